@@ -1,0 +1,31 @@
+"""resgraph: declarative PyTorch architectures with named skip edges and automatic projections.
+
+    >>> import resgraph
+    >>> model = resgraph.build("examples/tutorial.yaml")  # doctest: +SKIP
+
+Importing resgraph does not import torch; `build` does.
+"""
+
+from __future__ import annotations
+
+from .api import build, check, load_spec
+from .errors import Diagnostic, Location, ResgraphError, SpecError, UsageError
+from .projections import ProjectionPlan
+from .spec import Projection, Spec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Diagnostic",
+    "Location",
+    "Projection",
+    "ProjectionPlan",
+    "ResgraphError",
+    "Spec",
+    "SpecError",
+    "UsageError",
+    "__version__",
+    "build",
+    "check",
+    "load_spec",
+]

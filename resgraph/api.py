@@ -1,0 +1,86 @@
+"""The library's entry points: load -> validate -> resolve -> infer shapes -> lower.
+
+Everything before `lower` is torch-free (unless a spec uses an uncurated torch.nn class), so
+checking a spec is cheap and `resgraph validate` starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any, Union
+
+from .errors import UsageError
+from .graph import Graph, build_graph
+from .loader import LoadedSpec, SourceMap, load_file, load_text
+from .shapes import infer_shapes
+from .spec import Spec
+from .validate import validate
+
+if TYPE_CHECKING:
+    from .lower import CompiledModule
+
+__all__ = ["SpecSource", "build", "check", "load", "load_spec"]
+
+SpecSource = Union[str, "os.PathLike[str]", dict]
+
+
+def load(spec: SpecSource, *, file: str | None = None) -> LoadedSpec:
+    """Parse a spec given as a path, YAML text or an already-parsed dict.
+
+    A string is a path when it has no newline and names an existing file or ends in .yaml/.yml.
+    """
+    if isinstance(spec, dict):
+        return LoadedSpec(spec, SourceMap(file or "<dict>"), json.dumps(spec, indent=2))
+    if isinstance(spec, os.PathLike) or (isinstance(spec, str) and _looks_like_path(spec)):
+        return load_file(spec)
+    if isinstance(spec, str):
+        return load_text(spec, file or "<string>")
+    raise UsageError(f"a spec is a path, YAML text or a dict, not {type(spec).__name__}")
+
+
+def _looks_like_path(text: str) -> bool:
+    return "\n" not in text and (text.endswith((".yaml", ".yml")) or os.path.isfile(text))
+
+
+def load_spec(spec: SpecSource, *, file: str | None = None) -> Spec:
+    """The validated spec object.
+
+    Raises:
+        SpecError: every problem found, each with file:line:col.
+        UsageError: the file cannot be read.
+    """
+    return validate(load(spec, file=file))
+
+
+def check(spec: SpecSource, *, file: str | None = None) -> Graph:
+    """Run every check short of allocating weights: the resolved graph with every shape inferred.
+
+    Raises:
+        SpecError: every problem found, each with file:line:col.
+    """
+    loaded = load(spec, file=file)
+    return _check_loaded(loaded)
+
+
+def _check_loaded(loaded: LoadedSpec) -> Graph:
+    return infer_shapes(build_graph(validate(loaded), loaded.source))
+
+
+def build(spec: SpecSource, *, seed: int | None = None, file: str | None = None) -> CompiledModule:
+    """Compile a spec into an ordinary torch.nn.Module.
+
+    Args:
+        spec: a path, YAML text, or a dict.
+        seed: makes weight initialisation deterministic (the global RNG is left untouched).
+        file: the name to report in error locations when `spec` is text or a dict.
+    Returns:
+        A `CompiledModule` whose class is named after the spec, with `.code` and `.spec`.
+    Raises:
+        SpecError: every problem found, each with file:line:col.
+    """
+    from .lower import lower
+
+    loaded = load(spec, file=file)
+    graph = _check_loaded(loaded)
+    return lower(graph, spec_text=loaded.text, spec_file=loaded.file, seed=seed)

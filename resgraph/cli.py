@@ -1,0 +1,129 @@
+"""The `resgraph` command: a thin layer that parses arguments, calls the library, prints.
+
+Exit codes: 0 success, 1 the spec is invalid, 2 usage error (bad flags, missing file).
+Heavy imports happen inside commands, so `--help`, `schema` and `validate` never load torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import ResgraphError, SpecError, UsageError
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+MODEL_SUFFIXES = (".pt", ".pth")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.run(args)
+    except SpecError as exc:
+        print(exc.format(), file=sys.stderr)
+        return EXIT_INVALID
+    except UsageError as exc:
+        print(f"resgraph: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ResgraphError as exc:
+        print(f"resgraph: error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resgraph",
+        description="Declarative PyTorch architectures with named skip edges and automatic projections.")
+    parser.add_argument("--version", action="version", version=f"resgraph {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    validate = commands.add_parser("validate", help="check specs (schema, names, shapes); print every error")
+    validate.add_argument("specs", nargs="+", metavar="SPEC", help="spec files (YAML)")
+    validate.set_defaults(run=_validate)
+
+    build = commands.add_parser("build", help="compile a spec and print its summary")
+    build.add_argument("spec", metavar="SPEC", help="spec file (YAML)")
+    build.add_argument("--json", action="store_true", help="print the summary as JSON")
+    build.add_argument("--seed", type=int, help="initialise weights deterministically")
+    build.add_argument("-o", "--output", metavar="FILE",
+                       help="save weights and spec to FILE (.pt), loadable with resgraph.load "
+                            "or torch.load(weights_only=True)")
+    build.add_argument("--code", action="store_true", help="print the generated forward() instead of the summary")
+    build.set_defaults(run=_build)
+
+    schema = commands.add_parser("schema", help="print the spec language's JSON Schema")
+    schema.set_defaults(run=_schema)
+    return parser
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .api import check
+
+    status = EXIT_OK
+    for path in args.specs:
+        try:
+            graph = check(path)
+        except SpecError as exc:
+            print(exc.format(), file=sys.stderr)
+            status = EXIT_INVALID
+            continue
+        except UsageError as exc:
+            print(f"resgraph: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        projected = sum(1 for n in graph.nodes.values() if n.meta.get("projection") is not None
+                        and not n.meta["projection"].is_identity)
+        print(f"{path}: ok ({len(graph.nodes)} nodes, {projected} projection{'s' if projected != 1 else ''})")
+    return status
+
+
+def _build(args: argparse.Namespace) -> int:
+    if args.output and not args.output.endswith(MODEL_SUFFIXES):
+        raise UsageError(f"-o {args.output}: the output must end in {' or '.join(MODEL_SUFFIXES)}")
+    from .api import build
+    from .summary import format_summary, summarize
+
+    module = build(args.spec, seed=args.seed)
+    if args.output:
+        from .artifact import save
+
+        try:
+            save(module, args.output)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    if args.code:
+        print(module.code, end="")
+        return EXIT_OK
+    summary = summarize(module)
+    if args.json:
+        import json
+
+        data = summary.to_dict()
+        if args.output:
+            data["saved"] = args.output
+        print(json.dumps(data, indent=2))
+    else:
+        print(format_summary(summary))
+        if args.output:
+            print(f"Saved: {args.output}")
+    return EXIT_OK
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from .schema import schema_text
+
+    sys.stdout.write(schema_text())
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Stage 5a, codegen: a typed graph -> the Python source of its `forward` method.
+
+The generated code is what a person would write: one line per node, submodules called by their
+layer names, skips as `target = target + self.skip(source)`, a shape comment on every line,
+and `del` after a value's last use so memory is freed as early as in a hand-written module.
+
+Only validated identifiers (`[A-Za-z][A-Za-z0-9_]*`, never keywords or nn.Module attributes) and
+integers reach the source; no string from a spec is ever pasted into code otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .graph import Graph, Node, NodeKind
+from .ops import Merge, MergeLayer, merge_code
+from .projections import ProjectionPlan, StepKind
+
+__all__ = ["generate_forward", "shape_comment"]
+
+_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def shape_comment(node: Node) -> str:
+    """'(N, 64, 32, 32)': the node's full output shape, batch included."""
+    shape = node.meta["type"].shape
+    return "(N" + "".join(f", {d}" for d in shape) + ")"
+
+
+def generate_forward(graph: Graph) -> str:
+    """The source of `def forward(self, <inputs>)` for a graph whose shapes are inferred."""
+    statements: list[tuple[str, str, set[str], str]] = []  # (code, written var, read vars, comment)
+    for node in graph.nodes.values():
+        if node.kind is NodeKind.input:
+            continue
+        reads = {graph.nodes[name].var for name in node.inputs}
+        statements.append((_statement(graph, node), node.var, reads, _comment(graph, node)))
+
+    returned = [graph.nodes[name].var for name in graph.outputs]
+    for name in [*graph.inputs, *(s[1] for s in statements)]:
+        assert _IDENTIFIER.match(name), f"unvalidated name reached codegen: {name!r}"
+
+    last_read: dict[str, int] = {}
+    for index, (_, _, reads, _) in enumerate(statements):
+        for var in reads:
+            last_read[var] = index
+    written_after: dict[str, int] = {}
+    for index, (_, var, _, _) in enumerate(statements):
+        written_after[var] = index
+
+    lines = [f"def forward(self, {', '.join(graph.inputs)}):"]
+    for index, (code, _, _, comment) in enumerate(statements):
+        lines.append(f"    {code}  # {comment}")
+        dead = sorted(var for var, last in last_read.items()
+                      if last == index and var not in returned and written_after.get(var, -1) <= index
+                      and index < len(statements) - 1)
+        if dead:
+            lines.append(f"    del {', '.join(dead)}")
+    lines.append(f"    return {', '.join(returned)}")
+    return "\n".join(lines) + "\n"
+
+
+def _statement(graph: Graph, node: Node) -> str:
+    args = [graph.nodes[name].var for name in node.inputs]
+    if node.kind is NodeKind.layer:
+        layer = node.layer
+        if isinstance(layer, MergeLayer):
+            return f"{node.var} = {layer.code(args)}"
+        return f"{node.var} = self.{node.name}({', '.join(args)})"
+    skip = node.skip
+    assert skip is not None
+    target, source = args
+    projected = _projected(node, source)
+    operands = [projected, target] if skip.merge is Merge.concat else [target, projected]
+    return f"{target} = {merge_code(skip.merge, operands, skip.concat_dim)}"
+
+
+def _projected(node: Node, source: str) -> str:
+    """The expression for a skip's source after its projection steps."""
+    plan: ProjectionPlan = node.meta["projection"]
+    expr = source
+    rank = node.meta["type"].rank + 1  # batch included
+    for step in plan.code_steps:
+        if step.kind is StepKind.subsample:
+            expr = f"{expr}[:, :, {', '.join(f'::{s}' for s in step.args['stride'])}]"
+        elif step.kind is StepKind.crop:
+            spans = ", ".join(f"{a}:{a + n}" for a, n in zip(step.args["start"], step.args["size"]))
+            expr = f"{expr}[:, :, {spans}]"
+        else:
+            assert step.kind is StepKind.pad
+            # F.pad lists (before, after) pairs from the last dim backwards.
+            trailing = 0 if step.args["dim"] == -1 else rank - 2
+            pads = [0, 0] * trailing + [step.args["before"], step.args["after"]]
+            expr = f"torch.nn.functional.pad({expr}, ({', '.join(map(str, pads))}))"
+    if plan.module_steps:
+        expr = f"self.{node.name}({expr})"
+    return expr
+
+
+def _comment(graph: Graph, node: Node) -> str:
+    if node.kind is NodeKind.skip:
+        skip = node.skip
+        assert skip is not None
+        plan: ProjectionPlan = node.meta["projection"]
+        how = "identity" if plan.is_identity else f"{plan.policy.value} projection: {plan.reason}"
+        return f"{shape_comment(node)} skip {node.name}: {skip.merge.value} {skip.source} ({how})"
+    return shape_comment(node)

@@ -1,0 +1,220 @@
+"""Stage 1, load: YAML text -> plain data plus a map from data paths to source positions.
+
+PyYAML's own constructors lose positions and silently keep the last of two duplicate keys, so
+the loader composes the node tree with the safe loader and builds the data itself. That also
+makes it the one place that rejects non-core tags (`!!python/object`), recursive aliases and
+alias-expansion bombs before anything else sees the data.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .errors import Diagnostic, Location, SpecError, UsageError
+
+__all__ = ["Path", "SourceMap", "LoadedSpec", "load_text", "load_file", "MAX_NODES", "MAX_DEPTH"]
+
+Path = tuple[str | int, ...]
+
+MAX_NODES = 200_000  # nodes after alias expansion; a 100k-layer spec needs about 5 per layer
+MAX_DEPTH = 64  # nesting depth of collections; a spec needs fewer than 10
+
+_CORE_TAGS = {
+    "tag:yaml.org,2002:null",
+    "tag:yaml.org,2002:bool",
+    "tag:yaml.org,2002:int",
+    "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:str",
+    "tag:yaml.org,2002:map",
+    "tag:yaml.org,2002:seq",
+    "tag:yaml.org,2002:merge",
+}
+_TEXT_TAGS = {"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value"}
+
+
+@dataclass
+class SourceMap:
+    """Positions of the values and keys of a loaded document, keyed by data path."""
+
+    file: str
+    values: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    keys: dict[Path, tuple[int, int]] = field(default_factory=dict)
+
+    def locate(self, path: Path, *, key: bool = False) -> Location:
+        """The position of `path` (its key when `key`), falling back to the nearest parent."""
+        path = tuple(path)
+        if not self.values:  # data given as a Python dict: there is no text to point into
+            return Location(self.file)
+        while True:
+            table = (self.keys, self.values) if key else (self.values, self.keys)
+            for positions in table:
+                if path in positions:
+                    line, column = positions[path]
+                    return Location(self.file, line, column)
+            if not path:
+                return Location(self.file, 1, 1)
+            path = path[:-1]
+
+
+@dataclass
+class LoadedSpec:
+    """A parsed document: its data, where each piece came from, and the original text."""
+
+    data: Any
+    source: SourceMap
+    text: str
+
+    @property
+    def file(self) -> str:
+        return self.source.file
+
+
+def load_file(path: str | os.PathLike[str]) -> LoadedSpec:
+    """Read and parse a spec file.
+
+    Raises:
+        UsageError: the file cannot be read.
+        SpecError: the file is not a valid, safe YAML document.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        raise UsageError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{name}: is a directory, not a spec file") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError([Diagnostic(Location(name, 1, 1), f"the file is not UTF-8 text ({exc.reason})")]) from None
+    except OSError as exc:
+        raise UsageError(f"{name}: {exc.strerror}") from None
+    return load_text(text, name)
+
+
+def load_text(text: str, file: str = "<spec>") -> LoadedSpec:
+    """Parse YAML text into plain data (dict/list/str/int/float/bool/None) with positions.
+
+    Raises:
+        SpecError: syntax errors, duplicate keys, disallowed tags, recursive or exploding aliases.
+    """
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = exc.problem or exc.context or "invalid YAML"
+        hint = "YAML does not allow tabs for indentation; use spaces" if "\t" in problem or "tab" in problem else None
+        raise SpecError([Diagnostic(Location(file, line, column), f"YAML syntax error: {problem}", hint)]) from None
+    except RecursionError:
+        raise SpecError([Diagnostic(Location(file, 1, 1), "YAML nesting is too deep to parse")]) from None
+    except yaml.YAMLError as exc:
+        raise SpecError([Diagnostic(Location(file, 1, 1), f"YAML error: {exc}")]) from None
+    source = SourceMap(file)
+    if root is None:
+        raise SpecError([Diagnostic(Location(file, 1, 1), "the spec is empty")])
+    builder = _Builder(source)
+    data = builder.build(root, ())
+    if builder.diagnostics:
+        raise SpecError(builder.diagnostics)
+    return LoadedSpec(data, source, text)
+
+
+class _Builder:
+    """Turns a composed YAML node tree into plain data, recording positions and problems."""
+
+    def __init__(self, source: SourceMap) -> None:
+        self.source = source
+        self.diagnostics: list[Diagnostic] = []
+        self.nodes_built = 0
+        self.constructor = yaml.SafeLoader("")  # only its scalar constructors are used
+        self.active: set[int] = set()  # ids of collection nodes on the current path
+
+    def where(self, node: yaml.Node) -> Location:
+        return Location(self.source.file, node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def fail(self, node: yaml.Node, message: str, hint: str | None = None) -> None:
+        self.diagnostics.append(Diagnostic(self.where(node), message, hint))
+
+    def build(self, node: yaml.Node, path: Path) -> Any:
+        self.nodes_built += 1
+        if self.nodes_built > MAX_NODES:
+            if self.nodes_built == MAX_NODES + 1:
+                self.fail(node, f"the document expands to more than {MAX_NODES:,} YAML nodes",
+                          "aliases (*name) multiply nodes; write the spec out or use blocks")
+            return None
+        self.source.values.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+        if isinstance(node, yaml.ScalarNode) and node.tag in _TEXT_TAGS:
+            return node.value  # dates and '=' read as the text written, not as Python objects
+        if node.tag not in _CORE_TAGS:
+            self.fail(node, f"YAML tag {node.tag!r} is not allowed in a spec",
+                      "specs hold plain data only: mappings, lists, strings, numbers, booleans and null")
+            return None
+        if isinstance(node, yaml.ScalarNode):
+            return self.scalar(node)
+        if len(path) > MAX_DEPTH:
+            self.fail(node, f"the spec nests deeper than {MAX_DEPTH} levels")
+            return None
+        if id(node) in self.active:
+            self.fail(node, "recursive YAML alias: a node contains itself")
+            return None
+        self.active.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
+            return self.mapping(node, path)
+        finally:
+            self.active.discard(id(node))
+
+    def scalar(self, node: yaml.ScalarNode) -> Any:
+        try:
+            value = self.constructor.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, OverflowError) as exc:
+            self.fail(node, f"cannot read scalar {node.value!r}: {exc}")
+            return None
+        return value
+
+    def mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        first_seen: dict[str, yaml.Node] = {}
+        merged: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                merged.update(self.merge_source(value_node, path))
+                continue
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _CORE_TAGS:
+                self.fail(key_node, "mapping keys must be plain strings")
+                continue
+            key = key_node.value if key_node.tag == "tag:yaml.org,2002:str" else self.scalar(key_node)
+            if not isinstance(key, str):
+                self.fail(key_node, f"mapping key {key_node.value!r} must be a string",
+                          f"quote it: '{key_node.value}'")
+                continue
+            if key in first_seen:
+                first = first_seen[key].start_mark
+                self.fail(key_node, f"duplicate key {key!r} (first defined at line {first.line + 1}, "
+                                    f"column {first.column + 1})",
+                          "YAML keeps only one of them; remove or rename one")
+                continue
+            first_seen[key] = key_node
+            child = (*path, key)
+            self.source.keys[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            result[key] = self.build(value_node, child)
+        # `<<: *base` supplies defaults; keys written in the mapping itself win (YAML merge).
+        return {**merged, **result} if merged else result
+
+    def merge_source(self, node: yaml.Node, path: Path) -> dict[str, Any]:
+        sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        combined: dict[str, Any] = {}
+        for source in reversed(sources):
+            value = self.build(source, path)
+            if not isinstance(value, dict):
+                self.fail(source, "a merge key '<<' must refer to a mapping")
+                continue
+            combined.update(value)
+        return combined

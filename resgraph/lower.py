@@ -1,0 +1,136 @@
+"""Stage 5b, lower: a typed graph -> an ordinary `torch.nn.Module` with a generated forward.
+
+Each op layer becomes a submodule named after it; each projection that has parameters becomes
+an `nn.Sequential` named after its skip. The forward is real Python (see codegen), compiled once
+per build: calling the module runs straight-line code, with no interpretation of the graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import linecache
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from .codegen import generate_forward
+from .errors import Diagnostic, SpecError
+from .graph import Graph, NodeKind
+from .ops import MergeLayer
+from .projections import ProjectionPlan, Step, StepKind
+
+__all__ = ["CompiledModule", "lower"]
+
+
+class CompiledModule(nn.Module):
+    """Base class of every module resgraph builds.
+
+    Attributes:
+        code: the source of the generated `forward` (also `type(model).code`).
+        spec: the validated spec the module was built from.
+    """
+
+    code: str = ""
+
+    def __init__(self, graph: Graph, spec_text: str, spec_file: str) -> None:
+        super().__init__()
+        self.spec = graph.spec
+        self._resgraph_graph = graph
+        self._resgraph_source = (spec_text, spec_file)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # The class is generated, so pickle by recipe: rebuild from the spec, then load the state.
+        text, file = self._resgraph_source
+        return (_unpickle, (text, file, self.state_dict(), self.training))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> CompiledModule:
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        shared = {"spec", "_resgraph_graph", "_resgraph_source"}  # immutable after build: share them
+        for key, value in self.__dict__.items():
+            clone.__dict__[key] = value if key in shared else copy.deepcopy(value, memo)
+        return clone
+
+
+def _unpickle(text: str, file: str, state: dict[str, Any], training: bool) -> CompiledModule:
+    from .api import build
+
+    module = build(text, file=file)
+    module.load_state_dict(state)
+    return module.train(training)
+
+
+def lower(graph: Graph, *, spec_text: str = "", spec_file: str = "<spec>", seed: int | None = None) -> CompiledModule:
+    """Instantiate the graph's modules and its generated forward.
+
+    Args:
+        graph: a graph annotated by `infer_shapes`.
+        seed: when given, initialise weights from this seed without touching the global RNG.
+    Raises:
+        SpecError: torch refused a layer's arguments (a combination the shape check cannot see).
+    """
+    source = generate_forward(graph)
+    cls = _generated_class(graph.name, source)
+    module = cls(graph, spec_text, spec_file)
+    diagnostics = []
+    with _seeded(seed):
+        for node in graph.nodes.values():
+            try:
+                if node.kind is NodeKind.layer and not isinstance(node.layer, MergeLayer):
+                    assert node.layer is not None
+                    module.add_module(node.name, getattr(nn, node.layer.torch_name)(**node.meta["args"]))
+                elif node.kind is NodeKind.skip and node.meta["projection"].module_steps:
+                    module.add_module(node.name, projection_module(node.meta["projection"]))
+            except (TypeError, ValueError, RuntimeError) as exc:
+                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                op = node.layer.op if node.layer else "projection"
+                diagnostics.append(Diagnostic(graph.where(node), f"layer {node.name!r} ({op}): torch rejected "
+                                                                 f"its arguments: {detail}"))
+    if diagnostics:
+        raise SpecError(diagnostics)
+    return module
+
+
+def projection_module(plan: ProjectionPlan) -> nn.Sequential:
+    """The parameterised part of a projection, as torchvision-style `nn.Sequential`."""
+    return nn.Sequential(*(_step_module(step) for step in plan.module_steps))
+
+
+def _step_module(step: Step) -> nn.Module:
+    a = step.args
+    if step.kind is StepKind.conv:
+        conv = getattr(nn, f"Conv{a['dims']}d")
+        return conv(a["in"], a["out"], kernel_size=1, stride=a["stride"], bias=False)
+    if step.kind is StepKind.norm:
+        return getattr(nn, f"BatchNorm{a['dims']}d")(a["features"])
+    if step.kind is StepKind.avgpool:
+        pool = getattr(nn, f"AvgPool{a['dims']}d")
+        return pool(a["kernel"], stride=a["kernel"], ceil_mode=True, count_include_pad=False)
+    assert step.kind is StepKind.linear, step
+    return nn.Linear(a["in"], a["out"], bias=False)
+
+
+def _generated_class(name: str, source: str) -> type[CompiledModule]:
+    digest = hashlib.sha1(source.encode()).hexdigest()[:10]
+    filename = f"<resgraph-generated {name} {digest}>"
+    # Register the source so tracebacks and inspect.getsource show the generated lines.
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    namespace: dict[str, Any] = {"torch": torch}
+    exec(compile(source, filename, "exec"), namespace)  # source holds only validated names and ints
+    forward = namespace["forward"]
+    forward.__qualname__ = f"{name}.forward"
+    return type(name, (CompiledModule,), {"forward": forward, "code": source, "__module__": "resgraph.generated"})
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

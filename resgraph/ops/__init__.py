@@ -1,0 +1,30 @@
+"""The op catalogue: every layer kind a spec can name, keyed by its `op` string.
+
+`OPS` holds the curated ops (typed arguments, pure shape functions); `GenericLayer` accepts any
+other torch.nn class. Importing this package never imports torch.
+"""
+
+from __future__ import annotations
+
+from . import conv, dense, elementwise, merge, norm, pool, reshape  # noqa: F401  (they register ops)
+from .base import OPS, Identifier, Layer, Layout, ShapeError, StrictModel, TensorType, register_op
+from .generic import GenericLayer, GenericOpError
+from .merge import Merge, MergeLayer, broadcast_shape, merge_code, merge_type
+
+__all__ = [
+    "OPS",
+    "GenericLayer",
+    "GenericOpError",
+    "Identifier",
+    "Layer",
+    "Layout",
+    "Merge",
+    "MergeLayer",
+    "ShapeError",
+    "StrictModel",
+    "TensorType",
+    "broadcast_shape",
+    "merge_code",
+    "merge_type",
+    "register_op",
+]

@@ -1,0 +1,166 @@
+"""The vocabulary every op shares: tensor types, the layer base model, and the op registry.
+
+An op is a pydantic model (its constructor arguments, as a spec writes them) with three
+class-level facts and two pure functions:
+
+- `torch_name`: the `torch.nn` class it builds, or None for ops that are code (add, concat).
+- `inferred`: the input-size arguments resgraph fills in (`in_channels`...), never written.
+- `layout`: what its output's layout is (`channels_first` like conv maps, `features_last` like
+  Linear outputs), or None to keep its input's; projections need it to pick conv vs linear.
+- `inferred_args(inputs)` and `output_type(inputs)`: shape functions over per-sample shapes.
+  They run without torch, so `resgraph validate` checks every shape in milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+__all__ = [
+    "DTYPES",
+    "FLOAT_DTYPES",
+    "Identifier",
+    "Layer",
+    "Layout",
+    "OPS",
+    "ShapeError",
+    "StrictModel",
+    "TensorType",
+    "register_op",
+    "sample_dim",
+    "to_tuple",
+]
+
+IDENTIFIER_PATTERN = r"^[A-Za-z][A-Za-z0-9_]*$"
+Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER_PATTERN, max_length=128)]
+Layout = Literal["channels_first", "features_last"]
+
+DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "bool")
+FLOAT_DTYPES = frozenset({"float32", "float64", "float16", "bfloat16"})
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors and infinities are not numbers, everywhere in a spec."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, populate_by_name=True)
+
+
+class ShapeError(ValueError):
+    """An op cannot accept its input; the message says why in the user's terms."""
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """The static type of a value: per-sample shape (batch implicit), dtype and layout."""
+
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    layout: Layout = "channels_first"
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def channels(self) -> int:
+        return self.shape[0] if self.layout == "channels_first" else self.shape[-1]
+
+    def with_shape(self, shape: tuple[int, ...], layout: Layout | None = None) -> TensorType:
+        return replace(self, shape=tuple(shape), layout=layout or self.layout)
+
+    def __str__(self) -> str:
+        return "(" + ", ".join(str(d) for d in self.shape) + ("," if len(self.shape) == 1 else "") + ")"
+
+
+class Layer(StrictModel):
+    """Base of every layer kind: an op name, optional explicit inputs, and the op's arguments."""
+
+    op: str
+    input: Identifier | list[Identifier] | None = Field(
+        default=None, description="The node(s) this layer reads; default: the previous layer."
+    )
+
+    torch_name: ClassVar[str | None] = None
+    inferred: ClassVar[tuple[str, ...]] = ()
+    layout: ClassVar[Layout | None] = None
+    min_inputs: ClassVar[int] = 1
+    max_inputs: ClassVar[int | None] = 1
+
+    def args(self) -> dict[str, Any]:
+        """The constructor arguments the spec wrote (lists as tuples), without `op`/`input`."""
+        written = self.model_dump(exclude={"op", "input"}, exclude_unset=True, by_alias=False)
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in written.items()}
+
+    def inferred_args(self, inputs: list[TensorType]) -> dict[str, Any]:
+        """The input-size arguments resgraph fills in from the input types."""
+        return {}
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        """The output type for these inputs. Raises ShapeError when they are unacceptable."""
+        raise NotImplementedError
+
+    def module_args(self, inputs: list[TensorType]) -> dict[str, Any]:
+        return {**self.inferred_args(inputs), **self.args()}
+
+    def output_layout(self, inputs: list[TensorType]) -> Layout:
+        return self.layout or inputs[0].layout
+
+
+OPS: dict[str, type[Layer]] = {}
+
+L = TypeVar("L", bound=type[Layer])
+
+
+def register_op(cls: L) -> L:
+    """Class decorator: add an op model to the registry under its `op` literal."""
+    name = cls.model_fields["op"].annotation.__args__[0]  # type: ignore[union-attr]
+    if name in OPS:
+        raise RuntimeError(f"op {name!r} is registered twice ({OPS[name].__module__} and {cls.__module__})")
+    OPS[name] = cls
+    return cls
+
+
+def to_tuple(value: int | tuple[int, ...] | list[int], size: int, name: str) -> tuple[int, ...]:
+    """Expand an int-or-sequence argument to `size` entries, as torch's `_ntuple` does."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != size:
+            raise ShapeError(f"{name} has {len(value)} entries, expected {size}")
+        return tuple(value)
+    return (value,) * size
+
+
+def sample_dim(dim: int, rank: int, name: str = "dim") -> int:
+    """Map a torch dim (batch is dim 0) to an index into the per-sample shape of `rank` dims."""
+    full_rank = rank + 1
+    if not -full_rank <= dim < full_rank:
+        raise ShapeError(f"{name}={dim} is out of range for a tensor of {full_rank} dims (batch included)")
+    full = dim % full_rank
+    if full == 0:
+        raise ShapeError(f"{name}={dim} is the batch dimension; use a dim between 1 and {rank}")
+    return full - 1
+
+
+def require_rank(inputs: list[TensorType], ranks: tuple[int, ...], expected: str) -> TensorType:
+    """The single input, checked to have one of the allowed per-sample ranks."""
+    (tensor,) = inputs
+    if tensor.rank not in ranks:
+        raise ShapeError(f"expects {expected} per sample, got {tensor}")
+    return tensor
+
+
+def require_float(tensor: TensorType, op: str) -> None:
+    if tensor.dtype not in FLOAT_DTYPES:
+        raise ShapeError(f"{op} needs a floating-point input, got {tensor.dtype}")
+
+
+def describe_torch_op(name: str, inferred: tuple[str, ...]) -> str:
+    """The schema description of a curated op: its torch class and what resgraph infers."""
+    if not inferred:
+        return f"torch.nn.{name}."
+    return f"torch.nn.{name}; resgraph infers {', '.join(inferred)} from the input."
+
+
+ShapeFn = Callable[[list[TensorType]], TensorType]

@@ -1,0 +1,127 @@
+"""Convolutions: Conv1d-3d and ConvTranspose1d-3d, with PyTorch's exact output-size arithmetic."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field, create_model
+
+from .base import Layer, ShapeError, TensorType, describe_torch_op, register_op, require_rank, to_tuple
+
+__all__ = ["ConvBase", "ConvTransposeBase", "conv_output_size", "spatial_family"]
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+IntOrTuple = PositiveInt | list[PositiveInt]
+PaddingInt = NonNegativeInt | list[NonNegativeInt]
+PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """floor((L + 2p - d(k-1) - 1) / s) + 1, as documented for torch.nn.Conv2d."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+class ConvBase(Layer):
+    """Shared arguments and shape rule of Conv1d, Conv2d and Conv3d."""
+
+    out_channels: PositiveInt
+    kernel_size: IntOrTuple
+    stride: IntOrTuple = 1
+    padding: PaddingInt | Literal["same", "valid"] = 0
+    dilation: IntOrTuple = 1
+    groups: PositiveInt = 1
+    bias: bool = True
+    padding_mode: PaddingMode = "zeros"
+
+    spatial_dims: ClassVar[int] = 2
+    inferred: ClassVar[tuple[str, ...]] = ("in_channels",)
+    layout: ClassVar[Literal["channels_first"]] = "channels_first"
+
+    def inferred_args(self, inputs: list[TensorType]) -> dict[str, Any]:
+        return {"in_channels": inputs[0].shape[0]}
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        n = self.spatial_dims
+        x = require_rank(inputs, (n + 1,), "(C, " + ", ".join("DHW"[3 - n:]) + ")")
+        channels, spatial = x.shape[0], x.shape[1:]
+        check_groups(channels, self.out_channels, self.groups)
+        kernel = to_tuple(self.kernel_size, n, "kernel_size")
+        stride = to_tuple(self.stride, n, "stride")
+        dilation = to_tuple(self.dilation, n, "dilation")
+        if self.padding == "same":
+            if any(s != 1 for s in stride):
+                raise ShapeError("padding='same' needs stride 1 (PyTorch refuses strided 'same' convolutions)")
+            return x.with_shape((self.out_channels, *spatial), "channels_first")
+        padding = (0,) * n if self.padding == "valid" else to_tuple(self.padding, n, "padding")
+        sizes = tuple(conv_output_size(*args) for args in zip(spatial, kernel, stride, padding, dilation))
+        if any(size < 1 for size in sizes):
+            raise ShapeError(f"input {x} is too small for kernel_size={_show(kernel)} with "
+                             f"padding={_show(padding)}, dilation={_show(dilation)}: output size would be {sizes}")
+        return x.with_shape((self.out_channels, *sizes), "channels_first")
+
+
+class ConvTransposeBase(Layer):
+    """Shared arguments and shape rule of ConvTranspose1d, 2d and 3d."""
+
+    out_channels: PositiveInt
+    kernel_size: IntOrTuple
+    stride: IntOrTuple = 1
+    padding: PaddingInt = 0
+    output_padding: PaddingInt = 0
+    groups: PositiveInt = 1
+    bias: bool = True
+    dilation: IntOrTuple = 1
+    padding_mode: Literal["zeros"] = "zeros"
+
+    spatial_dims: ClassVar[int] = 2
+    inferred: ClassVar[tuple[str, ...]] = ("in_channels",)
+    layout: ClassVar[Literal["channels_first"]] = "channels_first"
+
+    def inferred_args(self, inputs: list[TensorType]) -> dict[str, Any]:
+        return {"in_channels": inputs[0].shape[0]}
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        n = self.spatial_dims
+        x = require_rank(inputs, (n + 1,), "(C, " + ", ".join("DHW"[3 - n:]) + ")")
+        check_groups(x.shape[0], self.out_channels, self.groups)
+        kernel = to_tuple(self.kernel_size, n, "kernel_size")
+        stride = to_tuple(self.stride, n, "stride")
+        padding = to_tuple(self.padding, n, "padding")
+        output_padding = to_tuple(self.output_padding, n, "output_padding")
+        dilation = to_tuple(self.dilation, n, "dilation")
+        for op, s, d in zip(output_padding, stride, dilation):
+            if op >= max(s, d):
+                raise ShapeError(f"output_padding={op} must be smaller than stride ({s}) or dilation ({d})")
+        sizes = tuple((size - 1) * s - 2 * p + d * (k - 1) + op + 1
+                      for size, k, s, p, op, d in zip(x.shape[1:], kernel, stride, padding, output_padding, dilation))
+        if any(size < 1 for size in sizes):
+            raise ShapeError(f"padding={_show(padding)} is too large for input {x}: output size would be {sizes}")
+        return x.with_shape((self.out_channels, *sizes), "channels_first")
+
+
+def check_groups(in_channels: int, out_channels: int, groups: int) -> None:
+    if in_channels % groups or out_channels % groups:
+        raise ShapeError(f"groups={groups} must divide both the input channels ({in_channels}) "
+                         f"and out_channels ({out_channels})")
+
+
+def _show(values: tuple[int, ...]) -> str:
+    return str(values[0]) if len(set(values)) == 1 else str(values)
+
+
+def spatial_family(base: type[Layer], prefix: str, dims: tuple[int, ...] = (1, 2, 3)) -> list[type[Layer]]:
+    """Register `{prefix}1d`.. `{prefix}3d`: one model per dimensionality, sharing `base`."""
+    classes = []
+    for n in dims:
+        name = f"{prefix}{n}d"
+        cls = create_model(name, __base__=base, __module__=base.__module__, op=(Literal[name], ...))
+        cls.torch_name = name
+        cls.spatial_dims = n
+        cls.__doc__ = describe_torch_op(name, base.inferred)
+        classes.append(register_op(cls))
+    return classes
+
+
+CONVS = spatial_family(ConvBase, "Conv")
+CONV_TRANSPOSES = spatial_family(ConvTransposeBase, "ConvTranspose")

@@ -1,0 +1,62 @@
+"""Dense layers: Linear (in_features inferred) and Embedding (integer ids to vectors)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field
+
+from .base import FLOAT_DTYPES, Layer, ShapeError, TensorType, describe_torch_op, register_op
+
+__all__ = ["Embedding", "Linear"]
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+@register_op
+class Linear(Layer):
+    __doc__ = describe_torch_op("Linear", ("in_features",)) + " It maps the last dim."
+
+    op: Literal["Linear"]
+    out_features: PositiveInt
+    bias: bool = True
+
+    torch_name: ClassVar[str] = "Linear"
+    inferred: ClassVar[tuple[str, ...]] = ("in_features",)
+    layout: ClassVar[Literal["features_last"]] = "features_last"
+
+    def inferred_args(self, inputs: list[TensorType]) -> dict[str, Any]:
+        return {"in_features": inputs[0].shape[-1]}
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        (x,) = inputs
+        if x.rank < 1:
+            raise ShapeError(f"expects (..., features) per sample, got {x}")
+        if x.dtype not in FLOAT_DTYPES:
+            raise ShapeError(f"needs a floating-point input, got {x.dtype}")
+        return x.with_shape((*x.shape[:-1], self.out_features), "features_last")
+
+
+@register_op
+class Embedding(Layer):
+    __doc__ = describe_torch_op("Embedding", ()) + " Its input holds integer ids."
+
+    op: Literal["Embedding"]
+    num_embeddings: PositiveInt
+    embedding_dim: PositiveInt
+    padding_idx: int | None = None
+    max_norm: Annotated[float, Field(gt=0)] | None = None
+    norm_type: float = 2.0
+    scale_grad_by_freq: bool = False
+    sparse: bool = False
+
+    torch_name: ClassVar[str] = "Embedding"
+    layout: ClassVar[Literal["features_last"]] = "features_last"
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        (x,) = inputs
+        if x.dtype not in ("int64", "int32"):
+            raise ShapeError(f"needs integer ids (an input with dtype: int64), got {x.dtype}")
+        if self.padding_idx is not None and not -self.num_embeddings <= self.padding_idx < self.num_embeddings:
+            raise ShapeError(f"padding_idx={self.padding_idx} is outside [0, num_embeddings={self.num_embeddings})")
+        return TensorType((*x.shape, self.embedding_dim), "float32", "features_last")

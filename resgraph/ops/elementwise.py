@@ -1,0 +1,66 @@
+"""Shape-preserving ops: activations, dropouts, softmax and Identity, declared as one table."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, create_model
+
+from .base import Layer, TensorType, describe_torch_op, register_op, sample_dim
+
+__all__ = ["ELEMENTWISE", "ElementwiseBase"]
+
+Probability = Annotated[float, Field(ge=0, le=1)]
+INPLACE: Any = (bool, False)
+
+# op name -> its constructor arguments as pydantic field definitions (type, default).
+_TABLE: dict[str, dict[str, Any]] = {
+    "Identity": {},
+    "ReLU": {"inplace": INPLACE},
+    "ReLU6": {"inplace": INPLACE},
+    "LeakyReLU": {"negative_slope": (float, 0.01), "inplace": INPLACE},
+    "PReLU": {"num_parameters": (Annotated[int, Field(ge=1)], 1), "init": (float, 0.25)},
+    "ELU": {"alpha": (float, 1.0), "inplace": INPLACE},
+    "CELU": {"alpha": (float, 1.0), "inplace": INPLACE},
+    "SELU": {"inplace": INPLACE},
+    "GELU": {"approximate": (Literal["none", "tanh"], "none")},
+    "SiLU": {"inplace": INPLACE},
+    "Mish": {"inplace": INPLACE},
+    "Sigmoid": {},
+    "Tanh": {},
+    "Hardswish": {"inplace": INPLACE},
+    "Hardsigmoid": {"inplace": INPLACE},
+    "Hardtanh": {"min_val": (float, -1.0), "max_val": (float, 1.0), "inplace": INPLACE},
+    "Softplus": {"beta": (float, 1.0), "threshold": (float, 20.0)},
+    "Softsign": {},
+    "LogSigmoid": {},
+    "Tanhshrink": {},
+    "Softmax": {"dim": (int, ...)},
+    "LogSoftmax": {"dim": (int, ...)},
+    "Dropout": {"p": (Probability, 0.5), "inplace": INPLACE},
+    "Dropout1d": {"p": (Probability, 0.5), "inplace": INPLACE},
+    "Dropout2d": {"p": (Probability, 0.5), "inplace": INPLACE},
+    "Dropout3d": {"p": (Probability, 0.5), "inplace": INPLACE},
+    "AlphaDropout": {"p": (Probability, 0.5), "inplace": INPLACE},
+}
+
+
+class ElementwiseBase(Layer):
+    """An op whose output has its input's type."""
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        (x,) = inputs
+        dim = getattr(self, "dim", None)
+        if dim is not None:
+            sample_dim(dim, x.rank)  # raises for the batch dim or an out-of-range dim
+        return x
+
+
+def _define(name: str, fields: dict[str, Any]) -> type[Layer]:
+    cls = create_model(name, __base__=ElementwiseBase, __module__=__name__,
+                       __doc__=describe_torch_op(name, ()), op=(Literal[name], ...), **fields)
+    cls.torch_name = name
+    return register_op(cls)
+
+
+ELEMENTWISE = {name: _define(name, fields) for name, fields in _TABLE.items()}

@@ -1,0 +1,112 @@
+"""Merges, shared by merge layers (`op: add`) and skip edges: add, concat and mul.
+
+One function decides a merge's result type and one writes its code, so a skip and a layer that
+merge the same tensors agree exactly.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from .base import Identifier, Layer, ShapeError, TensorType, register_op, sample_dim
+
+__all__ = ["Add", "Concat", "Merge", "Mul", "broadcast_shape", "merge_code", "merge_type"]
+
+
+class Merge(str, Enum):
+    """How two tensors combine: elementwise sum, concatenation along a dim, or product (gating)."""
+
+    add = "add"
+    concat = "concat"
+    mul = "mul"
+
+
+def broadcast_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
+    """NumPy broadcasting of two per-sample shapes, or None when they do not broadcast.
+
+    >>> broadcast_shape((64, 1, 1), (64, 8, 8))
+    (64, 8, 8)
+    """
+    rank = max(len(a), len(b))
+    a, b = (1,) * (rank - len(a)) + a, (1,) * (rank - len(b)) + b
+    if any(x != y and 1 not in (x, y) for x, y in zip(a, b)):
+        return None
+    return tuple(max(x, y) for x, y in zip(a, b))
+
+
+def merge_type(kind: Merge, types: list[TensorType], dim: int = 1) -> TensorType:
+    """The type of merging `types` in order. Raises ShapeError naming the offending shapes."""
+    first = types[0]
+    shapes = ", ".join(str(t) for t in types)
+    if kind is Merge.add:
+        if any(t.shape != first.shape for t in types):
+            raise ShapeError(f"add needs equal shapes, got {shapes}")
+        return first
+    if kind is Merge.mul:
+        shape: tuple[int, ...] | None = first.shape
+        for t in types[1:]:
+            shape = broadcast_shape(shape, t.shape) if shape is not None else None
+        if shape is None:
+            raise ShapeError(f"mul needs broadcastable shapes, got {shapes}")
+        return first.with_shape(shape)
+    if any(t.rank != first.rank for t in types):
+        raise ShapeError(f"concat needs tensors of one rank, got {shapes}")
+    axis = sample_dim(dim, first.rank)
+    for t in types:
+        if t.shape[:axis] + t.shape[axis + 1:] != first.shape[:axis] + first.shape[axis + 1:]:
+            raise ShapeError(f"concat along dim {dim} needs all other dims equal, got {shapes}")
+    size = sum(t.shape[axis] for t in types)
+    return first.with_shape((*first.shape[:axis], size, *first.shape[axis + 1:]))
+
+
+def merge_code(kind: Merge, operands: list[str], dim: int = 1) -> str:
+    """A Python expression merging the named operands."""
+    if kind is Merge.add:
+        return " + ".join(operands)
+    if kind is Merge.mul:
+        return " * ".join(operands)
+    return f"torch.cat([{', '.join(operands)}], dim={dim})"
+
+
+class MergeLayer(Layer):
+    """A merge used as a layer: it reads two or more named nodes and has no parameters."""
+
+    input: list[Identifier] = Field(min_length=2, description="The nodes to merge, in order.")
+
+    kind: ClassVar[Merge]
+    min_inputs: ClassVar[int] = 2
+    max_inputs: ClassVar[int | None] = None
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        return merge_type(self.kind, inputs, getattr(self, "dim", 1))
+
+    def code(self, operands: list[str]) -> str:
+        return merge_code(self.kind, operands, getattr(self, "dim", 1))
+
+
+@register_op
+class Add(MergeLayer):
+    """Elementwise sum of the inputs (shapes must be equal)."""
+
+    op: Literal["add"]
+    kind: ClassVar[Merge] = Merge.add
+
+
+@register_op
+class Concat(MergeLayer):
+    """Concatenation of the inputs along `dim` (batch is dim 0; default 1, the channels)."""
+
+    op: Literal["concat"]
+    dim: int = 1
+    kind: ClassVar[Merge] = Merge.concat
+
+
+@register_op
+class Mul(MergeLayer):
+    """Elementwise product of the inputs, broadcasting (gating)."""
+
+    op: Literal["mul"]
+    kind: ClassVar[Merge] = Merge.mul

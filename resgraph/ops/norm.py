@@ -1,0 +1,100 @@
+"""Normalisation layers: BatchNorm, InstanceNorm, LayerNorm, GroupNorm (feature sizes inferred)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field
+
+from .base import Layer, ShapeError, TensorType, describe_torch_op, register_op, require_rank
+from .conv import spatial_family
+
+__all__ = ["BatchNormBase", "GroupNorm", "InstanceNormBase", "LayerNorm"]
+
+Positive = Annotated[float, Field(gt=0)]
+
+
+class BatchNormBase(Layer):
+    """Shared arguments and rank rule of BatchNorm1d-3d."""
+
+    eps: Positive = 1e-5
+    momentum: Annotated[float, Field(ge=0, le=1)] | None = 0.1
+    affine: bool = True
+    track_running_stats: bool = True
+
+    spatial_dims: ClassVar[int] = 2
+    inferred: ClassVar[tuple[str, ...]] = ("num_features",)
+    layout: ClassVar[Literal["channels_first"]] = "channels_first"
+
+    def inferred_args(self, inputs: list[TensorType]) -> dict[str, Any]:
+        return {"num_features": inputs[0].shape[0]}
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        n = self.spatial_dims
+        # BatchNorm1d normalises both (C,) feature vectors and (C, L) sequences.
+        ranks, expected = ((1, 2), "(C,) or (C, L)") if n == 1 else ((n + 1,), "(C, " + ", ".join("DHW"[3 - n:]) + ")")
+        x = require_rank(inputs, ranks, expected)
+        return x.with_shape(x.shape, "channels_first")
+
+
+class InstanceNormBase(BatchNormBase):
+    """Shared arguments and rank rule of InstanceNorm1d-3d."""
+
+    affine: bool = False
+    track_running_stats: bool = False
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        n = self.spatial_dims
+        x = require_rank(inputs, (n + 1,), "(C, " + ", ".join("DHW"[3 - n:]) + ")")
+        return x.with_shape(x.shape, "channels_first")
+
+
+BATCH_NORMS = spatial_family(BatchNormBase, "BatchNorm")
+INSTANCE_NORMS = spatial_family(InstanceNormBase, "InstanceNorm")
+
+
+@register_op
+class LayerNorm(Layer):
+    __doc__ = describe_torch_op("LayerNorm", ("normalized_shape",)) + " It normalises the last dim."
+
+    op: Literal["LayerNorm"]
+    eps: Positive = 1e-5
+    elementwise_affine: bool = True
+    bias: bool = True
+
+    torch_name: ClassVar[str] = "LayerNorm"
+    inferred: ClassVar[tuple[str, ...]] = ("normalized_shape",)
+
+    def inferred_args(self, inputs: list[TensorType]) -> dict[str, Any]:
+        return {"normalized_shape": inputs[0].shape[-1]}
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        (x,) = inputs
+        if x.rank < 1:
+            raise ShapeError(f"expects at least one dim per sample, got {x}")
+        return x
+
+
+@register_op
+class GroupNorm(Layer):
+    __doc__ = describe_torch_op("GroupNorm", ("num_channels",))
+
+    op: Literal["GroupNorm"]
+    num_groups: Annotated[int, Field(ge=1)]
+    eps: Positive = 1e-5
+    affine: bool = True
+
+    torch_name: ClassVar[str] = "GroupNorm"
+    inferred: ClassVar[tuple[str, ...]] = ("num_channels",)
+    layout: ClassVar[Literal["channels_first"]] = "channels_first"
+
+    def inferred_args(self, inputs: list[TensorType]) -> dict[str, Any]:
+        return {"num_channels": inputs[0].shape[0]}
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        (x,) = inputs
+        if x.rank < 1:
+            raise ShapeError(f"expects (C, ...) per sample, got {x}")
+        if x.shape[0] % self.num_groups:
+            raise ShapeError(f"num_groups={self.num_groups} does not divide the {x.shape[0]} input channels")
+        return x.with_shape(x.shape, "channels_first")

@@ -1,0 +1,111 @@
+"""Pooling: MaxPool/AvgPool 1d-3d (with ceil_mode's edge rule) and the adaptive pools."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
+
+from .base import Layer, ShapeError, TensorType, require_rank, to_tuple
+from .conv import spatial_family
+
+__all__ = ["AdaptivePoolBase", "AvgPoolBase", "MaxPoolBase", "pool_output_size"]
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+IntOrTuple = PositiveInt | list[PositiveInt]
+
+
+def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:
+    """PyTorch's pooling size: like convolution, but ceil_mode drops a window that starts in the padding."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = (math.ceil(span / stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def _spatial(n: int) -> str:
+    return "(C, " + ", ".join("DHW"[3 - n:]) + ")"
+
+
+class _PoolBase(Layer):
+    kernel_size: IntOrTuple
+    stride: IntOrTuple | None = None
+    padding: NonNegativeInt | list[NonNegativeInt] = 0
+    ceil_mode: bool = False
+
+    spatial_dims: ClassVar[int] = 2
+    layout: ClassVar[Literal["channels_first"]] = "channels_first"
+
+    def _dilation(self) -> int | list[int]:
+        return 1
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        n = self.spatial_dims
+        x = require_rank(inputs, (n + 1,), _spatial(n))
+        kernel = to_tuple(self.kernel_size, n, "kernel_size")
+        stride = kernel if self.stride is None else to_tuple(self.stride, n, "stride")
+        padding = to_tuple(self.padding, n, "padding")
+        dilation = to_tuple(self._dilation(), n, "dilation")
+        for k, p, d in zip(kernel, padding, dilation):
+            if p > (d * (k - 1) + 1) // 2:
+                raise ShapeError(f"padding={p} must be at most half the kernel size ({k})")
+        sizes = tuple(pool_output_size(*args, self.ceil_mode)
+                      for args in zip(x.shape[1:], kernel, stride, padding, dilation))
+        if any(size < 1 for size in sizes):
+            raise ShapeError(f"input {x} is too small for kernel_size={self.kernel_size}: output size would be {sizes}")
+        return x.with_shape((x.shape[0], *sizes), "channels_first")
+
+
+class MaxPoolBase(_PoolBase):
+    """Shared arguments and shape rule of MaxPool1d-3d."""
+
+    dilation: IntOrTuple = 1
+    return_indices: Literal[False] = Field(False, description="Must be false: a layer has one output.")
+
+    def _dilation(self) -> int | list[int]:
+        return self.dilation
+
+
+class AvgPoolBase(_PoolBase):
+    """Shared arguments and shape rule of AvgPool1d-3d."""
+
+    count_include_pad: bool = True
+
+
+class AvgPoolDivisorBase(AvgPoolBase):
+    """Shared arguments and shape rule of AvgPool2d and AvgPool3d."""
+
+    divisor_override: PositiveInt | None = None
+
+
+class AdaptivePoolBase(Layer):
+    """Shared arguments and shape rule of the adaptive pools: a fixed output size."""
+
+    output_size: PositiveInt | None | list[PositiveInt | None]
+
+    spatial_dims: ClassVar[int] = 2
+    layout: ClassVar[Literal["channels_first"]] = "channels_first"
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        n = self.spatial_dims
+        x = require_rank(inputs, (n + 1,), _spatial(n))
+        wanted = self.output_size if isinstance(self.output_size, (list, tuple)) else [self.output_size] * n
+        if len(wanted) != n:
+            raise ShapeError(f"output_size has {len(wanted)} entries, expected {n}")
+        sizes = tuple(size if want is None else want for size, want in zip(x.shape[1:], wanted))
+        return x.with_shape((x.shape[0], *sizes), "channels_first")
+
+
+class AdaptiveMaxPoolBase(AdaptivePoolBase):
+    """Shared arguments and shape rule of AdaptiveMaxPool1d-3d."""
+
+    return_indices: Literal[False] = Field(False, description="Must be false: a layer has one output.")
+
+
+MAX_POOLS = spatial_family(MaxPoolBase, "MaxPool")
+AVG_POOLS = spatial_family(AvgPoolBase, "AvgPool", (1,)) + spatial_family(AvgPoolDivisorBase, "AvgPool", (2, 3))
+ADAPTIVE_AVG_POOLS = spatial_family(AdaptivePoolBase, "AdaptiveAvgPool")
+ADAPTIVE_MAX_POOLS = spatial_family(AdaptiveMaxPoolBase, "AdaptiveMaxPool")

@@ -1,0 +1,137 @@
+"""Ops that move elements between dims: Flatten, Unflatten, Upsample, PixelShuffle/Unshuffle."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
+
+from .base import Layer, ShapeError, TensorType, describe_torch_op, register_op, sample_dim
+
+__all__ = ["Flatten", "PixelShuffle", "PixelUnshuffle", "Unflatten", "Upsample"]
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+@register_op
+class Flatten(Layer):
+    __doc__ = describe_torch_op("Flatten", ()) + " Dims count the batch as dim 0."
+
+    op: Literal["Flatten"]
+    start_dim: int = 1
+    end_dim: int = -1
+
+    torch_name: ClassVar[str] = "Flatten"
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        (x,) = inputs
+        start = sample_dim(self.start_dim, x.rank, "start_dim")
+        end = sample_dim(self.end_dim, x.rank, "end_dim")
+        if start > end:
+            raise ShapeError(f"start_dim={self.start_dim} comes after end_dim={self.end_dim}")
+        shape = (*x.shape[:start], math.prod(x.shape[start:end + 1]), *x.shape[end + 1:])
+        return x.with_shape(shape, "features_last" if len(shape) == 1 else None)
+
+
+@register_op
+class Unflatten(Layer):
+    __doc__ = describe_torch_op("Unflatten", ()) + " dim counts the batch as dim 0."
+
+    op: Literal["Unflatten"]
+    dim: int
+    unflattened_size: list[Annotated[int, Field(ge=-1)]]
+
+    torch_name: ClassVar[str] = "Unflatten"
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        (x,) = inputs
+        index = sample_dim(self.dim, x.rank)
+        sizes = list(self.unflattened_size)
+        known = math.prod(s for s in sizes if s != -1)
+        if sizes.count(-1) > 1 or 0 in sizes:
+            raise ShapeError("unflattened_size may hold at most one -1 and no zeros")
+        if -1 in sizes:
+            if x.shape[index] % known:
+                raise ShapeError(f"dim of size {x.shape[index]} cannot be split into {self.unflattened_size}")
+            sizes[sizes.index(-1)] = x.shape[index] // known
+        elif known != x.shape[index]:
+            raise ShapeError(f"unflattened_size {self.unflattened_size} has {known} elements, "
+                             f"but the dim has {x.shape[index]}")
+        return x.with_shape((*x.shape[:index], *sizes, *x.shape[index + 1:]))
+
+
+@register_op
+class Upsample(Layer):
+    __doc__ = describe_torch_op("Upsample", ()) + " Give size or scale_factor."
+
+    op: Literal["Upsample"]
+    size: PositiveInt | list[PositiveInt] | None = None
+    scale_factor: Annotated[float, Field(gt=0)] | list[Annotated[float, Field(gt=0)]] | None = None
+    mode: Literal["nearest", "linear", "bilinear", "bicubic", "trilinear", "nearest-exact"] = "nearest"
+    align_corners: bool | None = None
+    recompute_scale_factor: bool | None = None
+
+    torch_name: ClassVar[str] = "Upsample"
+    layout: ClassVar[Literal["channels_first"]] = "channels_first"
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        (x,) = inputs
+        n = x.rank - 1
+        if n < 1:
+            raise ShapeError(f"expects (C, *spatial) per sample, got {x}")
+        needed = {"linear": 1, "bilinear": 2, "bicubic": 2, "trilinear": 3}.get(self.mode)
+        if needed is not None and needed != n:
+            raise ShapeError(f"mode={self.mode!r} needs {needed} spatial dims, the input {x} has {n}")
+        if (self.size is None) == (self.scale_factor is None):
+            raise ShapeError("give exactly one of size and scale_factor")
+        if self.size is not None:
+            sizes = _expand(self.size, n, "size")
+        else:
+            factors = _expand(self.scale_factor, n, "scale_factor")
+            sizes = tuple(math.floor(s * f) for s, f in zip(x.shape[1:], factors))
+        return x.with_shape((x.shape[0], *sizes), "channels_first")
+
+
+def _expand(value: object, n: int, name: str) -> tuple:
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ShapeError(f"{name} has {len(value)} entries, expected {n}")
+        return tuple(value)
+    return (value,) * n
+
+
+@register_op
+class PixelShuffle(Layer):
+    __doc__ = describe_torch_op("PixelShuffle", ())
+
+    op: Literal["PixelShuffle"]
+    upscale_factor: PositiveInt
+
+    torch_name: ClassVar[str] = "PixelShuffle"
+    layout: ClassVar[Literal["channels_first"]] = "channels_first"
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        (x,) = inputs
+        r = self.upscale_factor
+        if x.rank != 3 or x.shape[0] % (r * r):
+            raise ShapeError(f"expects (C*{r * r}, H, W) per sample, got {x}")
+        return x.with_shape((x.shape[0] // (r * r), x.shape[1] * r, x.shape[2] * r))
+
+
+@register_op
+class PixelUnshuffle(Layer):
+    __doc__ = describe_torch_op("PixelUnshuffle", ())
+
+    op: Literal["PixelUnshuffle"]
+    downscale_factor: PositiveInt
+
+    torch_name: ClassVar[str] = "PixelUnshuffle"
+    layout: ClassVar[Literal["channels_first"]] = "channels_first"
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        (x,) = inputs
+        r = self.downscale_factor
+        if x.rank != 3 or x.shape[1] % r or x.shape[2] % r:
+            raise ShapeError(f"expects (C, H, W) with H and W divisible by {r}, got {x}")
+        return x.with_shape((x.shape[0] * r * r, x.shape[1] // r, x.shape[2] // r))

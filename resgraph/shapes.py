@@ -1,0 +1,127 @@
+"""Stage 4, infer shapes: type every node statically and plan every skip's projection.
+
+Runs before any weight exists (curated ops use pure shape functions; uncurated torch.nn classes
+run on the meta device). Results go to `node.meta`: `type` (TensorType), `args` (the full
+constructor arguments, inferred sizes included) and, for skips, `projection` (ProjectionPlan).
+A node whose inputs failed is skipped silently, so each reported error is an independent one.
+"""
+
+from __future__ import annotations
+
+from .errors import Diagnostic, SpecError
+from .graph import Graph, Node, NodeKind
+from .ops import GenericLayer, GenericOpError, ShapeError, TensorType, merge_type
+from .projections import ProjectionError, plan_projection
+
+__all__ = ["infer_shapes"]
+
+
+def infer_shapes(graph: Graph) -> Graph:
+    """Annotate every node with its type; return the same graph.
+
+    Raises:
+        SpecError: every shape the spec gets wrong, each at its layer or skip.
+    """
+    diagnostics: list[Diagnostic] = []
+    for node in graph.nodes.values():
+        if node.kind is NodeKind.input:
+            decl = node.decl
+            assert decl is not None
+            layout = decl.layout or ("channels_first" if len(decl.shape) >= 3 else "features_last")
+            node.meta["type"] = TensorType(tuple(decl.shape), decl.dtype, layout)
+            continue
+        inputs = [graph.nodes[name].meta.get("type") for name in node.inputs]
+        if any(t is None for t in inputs):
+            continue
+        try:
+            if node.kind is NodeKind.layer:
+                _infer_layer(node, inputs)
+            else:
+                _infer_skip(graph, node, inputs, diagnostics)
+        except ShapeError as exc:
+            diagnostics.append(_located(graph, node, exc))
+    diagnostics += _inplace_hazards(graph)
+    if diagnostics:
+        raise SpecError(diagnostics)
+    return graph
+
+
+def _infer_layer(node: Node, inputs: list[TensorType]) -> None:
+    layer = node.layer
+    assert layer is not None
+    node.meta["type"] = layer.output_type(inputs)
+    node.meta["args"] = layer.module_args(inputs)
+
+
+def _infer_skip(graph: Graph, node: Node, inputs: list[TensorType], diagnostics: list[Diagnostic]) -> None:
+    skip = node.skip
+    assert skip is not None
+    target, source = inputs
+    policy = skip.projection or graph.spec.defaults.projection
+    try:
+        plan = plan_projection(policy, skip.merge, source, target, skip.concat_dim)
+    except ProjectionError as exc:
+        diagnostics.append(_skip_error(graph, node, target, source, exc))
+        if skip.merge.value == "add":
+            node.meta["type"] = target  # the merge's type is known: later layers can still be checked
+        return
+    node.meta["projection"] = plan
+    node.meta["type"] = merge_type(skip.merge, [target, plan.output], skip.concat_dim)
+
+
+def _skip_error(graph: Graph, node: Node, target: TensorType, source: TensorType,
+                exc: ProjectionError) -> Diagnostic:
+    skip = node.skip
+    assert skip is not None
+    hint = exc.hint
+    if exc.non_integer:
+        shrinking = _shrinking_layers(graph, skip.source, skip.to)
+        where = f" (shrunk by {', '.join(shrinking)})" if shrinking else ""
+        hint = (f"keep the spatial size with `padding: 1` on 3x3 convs (or `padding: same`) between "
+                f"{skip.source!r} and {skip.to!r}{where}, or set `projection: crop` on this skip")
+    message = (f"skip {node.name!r}: cannot {skip.merge.value} {skip.source!r} {source} "
+               f"{'into' if skip.merge.value != 'add' else 'to'} {skip.to!r} {target}: {exc}")
+    return Diagnostic(graph.where(node), message, hint)
+
+
+def _shrinking_layers(graph: Graph, source: str, target: str) -> list[str]:
+    """Layers from `source` up to `target` whose output is spatially smaller than their input."""
+    names = list(graph.nodes)
+    start, stop = names.index(source), names.index(target)
+    found = []
+    for name in names[start + 1:stop + 1]:
+        node = graph.nodes[name]
+        out = node.meta.get("type")
+        if node.kind is not NodeKind.layer or out is None or not node.inputs:
+            continue
+        before = graph.nodes[node.inputs[0]].meta.get("type")
+        if before and before.rank == out.rank >= 2 and out.shape[1:] < before.shape[1:]:
+            found.append(f"{name}: {'x'.join(map(str, before.shape[1:]))}->{'x'.join(map(str, out.shape[1:]))}")
+    return found
+
+
+def _located(graph: Graph, node: Node, exc: ShapeError) -> Diagnostic:
+    """A shape error at its layer; an uncurated op's name or argument error at that key."""
+    layer = node.layer
+    key = exc.field if isinstance(exc, GenericOpError) else None
+    what = f"layer {node.name!r} ({layer.op})" if layer else f"skip {node.name!r}"
+    return Diagnostic(graph.where(node, key), f"{what}: {exc}")
+
+
+def _inplace_hazards(graph: Graph) -> list[Diagnostic]:
+    """An in-place op must not overwrite a value that something else still reads."""
+    readers = graph.consumers()
+    diagnostics = []
+    for node in graph.nodes.values():
+        if node.layer is None or not node.layer.args().get("inplace") or isinstance(node.layer, GenericLayer):
+            continue
+        (source,) = node.inputs
+        others = [r for r in readers[source] if r != node.name]
+        if others or source in graph.outputs or graph.nodes[source].kind is NodeKind.input:
+            why = (f"{', '.join(repr(o) for o in others)} also read{'s' if len(others) == 1 else ''} it" if others
+                   else "it is an input or output of the model")
+            diagnostics.append(Diagnostic(graph.where(node, "inplace"),
+                                          f"layer {node.name!r} ({node.layer.op}): inplace: true would overwrite "
+                                          f"{graph.nodes[source].var!r}, but {why}",
+                                          "remove `inplace: true`"))
+    return diagnostics

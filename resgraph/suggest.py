@@ -1,0 +1,31 @@
+"""'Did you mean' suggestions for misspelt keys, op names and node references."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = ["did_you_mean", "closest"]
+
+
+def closest(word: str, candidates: Iterable[str]) -> str | None:
+    """The candidate most similar to `word`, if any is similar enough; case-insensitive first."""
+    pool = list(dict.fromkeys(candidates))
+    lowered = {c.lower(): c for c in pool}
+    if word.lower() in lowered:
+        return lowered[word.lower()]
+    matches = difflib.get_close_matches(word, pool, n=1, cutoff=0.6)
+    if not matches:
+        by_lower = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+        matches = [lowered[m] for m in by_lower]
+    return matches[0] if matches else None
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """`"; did you mean 'x'?"` or an empty string.
+
+    >>> did_you_mean("kernal_size", ["kernel_size", "stride"])
+    "; did you mean 'kernel_size'?"
+    """
+    match = closest(word, candidates)
+    return f"; did you mean {match!r}?" if match and match != word else ""

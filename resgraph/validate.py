@@ -1,0 +1,305 @@
+"""Stage 2, validate: plain data -> a typed `Spec`, or every structural mistake with a location.
+
+jsonschema checks structure first and reports all violations at once; pydantic then builds the
+typed objects and applies cross-field rules. Both libraries' errors are translated here, once,
+into resgraph diagnostics that name the layer or skip, the key, what was expected and a fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import cache
+from typing import Any
+
+from .errors import Diagnostic, SpecError
+from .loader import LoadedSpec, Path, SourceMap
+from .ops import OPS
+from .suggest import did_you_mean
+
+__all__ = ["validate", "schema_diagnostics"]
+
+NAME_RULE = "names start with a letter and hold only letters, digits and '_'"
+
+
+def validate(loaded: LoadedSpec) -> Any:
+    """Check loaded data against the schema and the models.
+
+    Returns:
+        The typed `Spec`.
+    Raises:
+        SpecError: with every schema violation, or every model-level violation.
+    """
+    from pydantic import ValidationError
+
+    from .spec import Spec
+
+    diagnostics = schema_diagnostics(loaded.data, loaded.source)
+    if diagnostics:
+        raise SpecError(diagnostics)
+    try:
+        return Spec.model_validate(loaded.data)
+    except ValidationError as exc:
+        raise SpecError(list(_pydantic_diagnostics(exc, loaded))) from None
+
+
+@cache
+def _validator() -> Any:
+    import jsonschema
+
+    from .schema import json_schema
+
+    return jsonschema.Draft202012Validator(json_schema())
+
+
+def schema_diagnostics(data: Any, source: SourceMap) -> list[Diagnostic]:
+    """Every jsonschema violation of `data`, translated and de-duplicated, in file order."""
+    seen: set[tuple[Any, str]] = set()
+    result = []
+    for error in _validator().iter_errors(data):
+        for diagnostic in _translate(error, data, source):
+            key = (diagnostic.location, diagnostic.message)
+            if key not in seen:
+                seen.add(key)
+                result.append(diagnostic)
+    return result
+
+
+# --- where: a readable name for the part of the spec a path points into --------------------------
+
+def subject(path: Path, data: Any) -> tuple[str, Path]:
+    """('layer 'conv1' (Conv2d)', rest-of-path) for a path into the spec."""
+    if len(path) >= 3 and path[0] in ("layers", "skips") and isinstance(path[1], int):
+        name = path[2]
+        if path[0] == "skips":
+            return f"skip {name!r}", path[3:]
+        body = _get(data, path[:3])
+        op = body.get("op") if isinstance(body, dict) else None
+        return (f"layer {name!r} ({op})" if isinstance(op, str) else f"layer {name!r}"), path[3:]
+    if len(path) >= 2 and path[0] == "inputs":
+        return f"input {path[1]!r}", path[2:]
+    if len(path) >= 2 and path[0] in ("layers", "skips", "outputs"):
+        return f"{path[0]}[{path[1]}]", path[2:]
+    if path:
+        return str(path[0]), path[1:]
+    return "spec", ()
+
+
+def _get(data: Any, path: Path) -> Any:
+    for part in path:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _label(path: Path, data: Any, key: str | None = None) -> str:
+    who, rest = subject((*path, key) if key is not None else path, data)
+    field = ".".join(str(p) for p in rest)
+    return f"{who}: {field}" if field else who
+
+
+def _show(value: Any) -> str:
+    kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list",
+            dict: "mapping", type(None): "null"}.get(type(value), type(value).__name__)
+    if isinstance(value, (dict, list)):
+        return kind
+    text = repr(value)
+    return f"{kind} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+# --- jsonschema -----------------------------------------------------------------------------------
+
+def _translate(error: Any, data: Any, source: SourceMap) -> Iterator[Diagnostic]:
+    path: Path = tuple(error.absolute_path)
+    kind = error.validator
+    instance = error.instance
+    schema = error.schema if isinstance(error.schema, dict) else {}
+
+    if kind in ("oneOf", "anyOf") and error.context:
+        chosen = _branch_errors(error, path)
+        if chosen is not None:
+            for sub in chosen:
+                yield from _translate(sub, data, source)
+            return
+        if isinstance(instance, dict) and "op" in instance and len(path) == 3 and path[0] == "layers":
+            op = instance["op"]
+            yield Diagnostic(source.locate((*path, "op")),
+                             f"layer {path[2]!r}: unknown op {op!r}{did_you_mean(str(op), OPS)}",
+                             "op is a torch.nn class name such as Conv2d, or one of add, concat, mul")
+            return
+        yield Diagnostic(source.locate(path), f"{_label(path, data)}: expected {describe(schema)}, "
+                                              f"got {_show(instance)}")
+        return
+
+    if kind == "additionalProperties" and isinstance(instance, dict):
+        allowed = list(schema.get("properties", {}))
+        patterns = schema.get("patternProperties", {})
+        for key in instance:
+            if key in allowed or (patterns and _matches_any(key, patterns)):
+                continue
+            yield _unexpected_key(path, key, allowed, bool(patterns), data, source)
+        return
+
+    if kind == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        who = _label(path, data)
+        noun = "argument" if path[:1] == ("layers",) and len(path) == 3 else "key"
+        yield Diagnostic(source.locate(path, key=True), f"{who}: missing required {noun} {missing!r}")
+        return
+
+    if kind in ("minProperties", "maxProperties") and len(path) == 2 and path[0] in ("layers", "skips"):
+        what = "layer" if path[0] == "layers" else "skip"
+        keys = ", ".join(map(str, instance)) or "none"
+        example = "- conv1: {op: Conv2d, out_channels: 64, kernel_size: 3}" if what == "layer" \
+            else "- shortcut: {from: x, to: conv2, merge: add}"
+        yield Diagnostic(source.locate(path),
+                         f"{path[0]}[{path[1]}]: each {what} is a one-key mapping NAME: {{...}}, found keys: {keys}",
+                         f"write it as `{example}`; indent the body under its name")
+        return
+
+    if kind in ("minProperties", "minItems") and not instance:
+        yield Diagnostic(source.locate(path), f"{_label(path, data)}: must not be empty")
+        return
+
+    if kind == "pattern" and isinstance(instance, str):
+        yield Diagnostic(source.locate(path), f"{_label(path, data)}: invalid name {instance!r}: {NAME_RULE}")
+        return
+
+    if kind in ("enum", "const"):
+        options = schema.get("enum", [schema.get("const")])
+        hint = did_you_mean(instance, map(str, options)) if isinstance(instance, str) else ""
+        yield Diagnostic(source.locate(path),
+                         f"{_label(path, data)}: expected {describe(schema)}, got {_show(instance)}{hint}")
+        return
+
+    if kind == "type":
+        yield Diagnostic(source.locate(path), f"{_label(path, data)}: expected {describe(schema)}, "
+                                              f"got {_show(instance)}")
+        return
+
+    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "maxLength", "minItems", "maxItems"):
+        yield Diagnostic(source.locate(path), f"{_label(path, data)}: {_bound_message(kind, error.validator_value)}, "
+                                              f"got {_show(instance)}")
+        return
+
+    yield Diagnostic(source.locate(path), f"{_label(path, data)}: {error.message}")
+
+
+def _branch_errors(error: Any, path: Path) -> list[Any] | None:
+    """For a failed oneOf/anyOf, the errors of the alternative the user evidently meant.
+
+    An alternative is ruled out when it fails on the value's type or, for layer bodies, on the
+    `op` tag; if exactly one is left, its errors are the useful ones.
+    """
+    branches: dict[int, list[Any]] = {}
+    for sub in error.context:
+        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+
+    def ruled_out(errors: list[Any]) -> bool:
+        for sub in errors:
+            rel = tuple(sub.absolute_path)[len(path):]
+            if sub.validator == "type" and rel == ():
+                return True
+            if rel == ("op",) and sub.validator in ("const", "not", "enum", "pattern"):
+                return True
+        return False
+
+    left = [errors for errors in branches.values() if not ruled_out(errors)]
+    if len(left) == 1:
+        return left[0]
+    return None
+
+
+def _matches_any(key: str, patterns: dict[str, Any]) -> bool:
+    import re
+
+    return any(re.search(pattern, key) for pattern in patterns)
+
+
+def _unexpected_key(path: Path, key: str, allowed: list[str], named: bool, data: Any,
+                    source: SourceMap) -> Diagnostic:
+    where = source.locate((*path, key), key=True)
+    if named:  # a mapping of user-chosen names: the key is a bad name, not a misspelling
+        return Diagnostic(where, f"{_label(path, data)}: invalid name {key!r}: {NAME_RULE}")
+    if len(path) == 3 and path[0] == "layers":
+        op = _get(data, path).get("op")
+        model = OPS.get(op)
+        if model is not None and key in model.inferred:
+            return Diagnostic(where, f"layer {path[2]!r} ({op}): {key!r} is inferred from the input; remove it")
+        hint = did_you_mean(key, [k for k in allowed if k != "op"])
+        return Diagnostic(where, f"layer {path[2]!r} ({op}): unknown argument {key!r}{hint}",
+                          None if hint else f"{op} takes: {', '.join(k for k in allowed if k not in ('op',))}")
+    return Diagnostic(where, f"{_label(path, data)}: unknown key {key!r}{did_you_mean(key, allowed)}"
+                      if path else f"unknown top-level key {key!r}{did_you_mean(key, allowed)}")
+
+
+def _bound_message(kind: str, bound: Any) -> str:
+    return {
+        "minimum": f"must be at least {bound}",
+        "maximum": f"must be at most {bound}",
+        "exclusiveMinimum": f"must be greater than {bound}",
+        "exclusiveMaximum": f"must be less than {bound}",
+        "maxLength": f"must be at most {bound} characters",
+        "minItems": f"needs at least {bound} item{'s' if bound != 1 else ''}",
+        "maxItems": f"takes at most {bound} item{'s' if bound != 1 else ''}",
+    }[kind]
+
+
+def describe(schema: Any) -> str:
+    """A short English description of what a schema accepts ('an integer >= 1 or a list of ...')."""
+    if not isinstance(schema, dict):
+        return "a valid value"
+    if "$ref" in schema:
+        from .schema import json_schema
+
+        target = json_schema()["$defs"].get(schema["$ref"].rsplit("/", 1)[-1], {})
+        return describe(target)
+    for union in ("anyOf", "oneOf"):
+        if union in schema:
+            parts = list(dict.fromkeys(describe(s) for s in schema[union]))
+            return " or ".join(parts)
+    if "const" in schema:
+        return repr(schema["const"])
+    if "enum" in schema:
+        return "one of " + ", ".join(repr(v) for v in schema["enum"])
+    kind = schema.get("type")
+    if kind == "integer":
+        bound = schema.get("minimum")
+        return "an integer" + (f" >= {bound}" if bound is not None else "")
+    if kind == "number":
+        return "a number"
+    if kind == "boolean":
+        return "true or false"
+    if kind == "null":
+        return "null"
+    if kind == "string":
+        return "a name" if "pattern" in schema else "a string"
+    if kind == "array":
+        return f"a list of ({describe(schema.get('items', {}))})" if "items" in schema else "a list"
+    if kind == "object":
+        return f"a mapping ({schema['title']})" if "title" in schema else "a mapping"
+    return "a valid value"
+
+
+# --- pydantic --------------------------------------------------------------------------------------
+
+def _pydantic_diagnostics(exc: Any, loaded: LoadedSpec) -> Iterator[Diagnostic]:
+    for item in exc.errors(include_url=False):
+        path = _data_path(item["loc"], loaded.data)
+        message = item["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        yield Diagnostic(loaded.source.locate(path, key=item["type"] == "extra_forbidden"),
+                         f"{_label(path, loaded.data)}: {message}")
+
+
+def _data_path(loc: tuple[Any, ...], data: Any) -> Path:
+    """Drop pydantic's union tags from a loc, keeping only the steps that exist in the data."""
+    path: list[str | int] = []
+    for part in loc:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+            path.append(part)
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+            path.append(part)
+    return tuple(path)
