@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Union
 
 from .errors import UsageError
 from .graph import Graph, build_graph
@@ -28,7 +28,7 @@ SpecSource = Union[str, "os.PathLike[str]", dict]
 def load(spec: SpecSource, *, file: str | None = None) -> LoadedSpec:
     """Parse a spec given as a path, YAML text or an already-parsed dict.
 
-    A string is a path when it has no newline and names an existing file or ends in .yaml/.yml.
+    A string is a path when it has no newline and names an existing path or ends in .yaml/.yml.
     """
     if isinstance(spec, dict):
         return LoadedSpec(spec, SourceMap(file or "<dict>"), json.dumps(spec, indent=2))
@@ -40,7 +40,7 @@ def load(spec: SpecSource, *, file: str | None = None) -> LoadedSpec:
 
 
 def _looks_like_path(text: str) -> bool:
-    return "\n" not in text and (text.endswith((".yaml", ".yml")) or os.path.isfile(text))
+    return "\n" not in text and (text.endswith((".yaml", ".yml")) or os.path.exists(text))
 
 
 def load_spec(spec: SpecSource, *, file: str | None = None) -> Spec:

@@ -7,6 +7,7 @@ Heavy imports happen inside commands, so `--help`, `schema` and `validate` never
 from __future__ import annotations
 
 import argparse
+import pathlib
 import sys
 from collections.abc import Sequence
 
@@ -72,7 +73,7 @@ def _validate(args: argparse.Namespace) -> int:
     status = EXIT_OK
     for path in args.specs:
         try:
-            graph = check(path)
+            graph = check(pathlib.Path(path))
         except SpecError as exc:
             print(exc.format(), file=sys.stderr)
             status = EXIT_INVALID
@@ -92,7 +93,7 @@ def _build(args: argparse.Namespace) -> int:
     from .api import build
     from .summary import format_summary, summarize
 
-    module = build(args.spec, seed=args.seed)
+    module = build(pathlib.Path(args.spec), seed=args.seed)
     if args.output:
         from .artifact import save
 

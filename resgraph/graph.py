@@ -124,7 +124,8 @@ class _Resolver:
         if self.diagnostics:
             raise SpecError(self.diagnostics)
         layers = self.spec.layer_items()
-        references = {name: self.layer_inputs(i, name, layer) for i, name, layer in layers}
+        references = {name: refs for i, name, layer in layers
+                      if (refs := self.layer_inputs(i, name, layer)) is not None}
         self.check_references(references)
         skips_into = self.check_skips()
         outputs = self.check_outputs()
@@ -167,8 +168,11 @@ class _Resolver:
             if kind != "skip":
                 self.order[name] = len(self.order)
 
-    def layer_inputs(self, index: int, name: str, layer: Layer) -> list[str]:
-        """The spec names a layer reads: its `input`, else the previous layer, else the sole input."""
+    def layer_inputs(self, index: int, name: str, layer: Layer) -> list[str] | None:
+        """The spec names a layer reads: its `input`, else the previous layer, else the sole input.
+
+        None (with a diagnostic) when the layer must name its input and does not.
+        """
         if layer.input is not None:
             return [layer.input] if isinstance(layer.input, str) else list(layer.input)
         if index > 0:
@@ -178,11 +182,13 @@ class _Resolver:
             self.fail(("layers", index, name), f"layer {name!r}: the spec has several inputs "
                                                f"({', '.join(inputs)}); say which this layer reads",
                       f"add `input: {inputs[0]}`")
-            return []
+            return None
         return inputs
 
     def check_references(self, references: dict[str, list[str]]) -> None:
         for i, name, layer in self.spec.layer_items():
+            if name not in references:
+                continue
             path = ("layers", i, name)
             refs = references[name]
             if len(refs) < layer.min_inputs or (layer.max_inputs is not None and len(refs) > layer.max_inputs):

@@ -109,7 +109,8 @@ def load_text(text: str, file: str = "<spec>") -> LoadedSpec:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problem = exc.problem or exc.context or "invalid YAML"
-        hint = "YAML does not allow tabs for indentation; use spaces" if "\t" in problem or "tab" in problem else None
+        tab = "\t" in problem or "'\\t'" in problem or "tab" in problem
+        hint = "YAML does not allow tabs for indentation; use spaces" if tab else None
         raise SpecError([Diagnostic(Location(file, line, column), f"YAML syntax error: {problem}", hint)]) from None
     except RecursionError:
         raise SpecError([Diagnostic(Location(file, 1, 1), "YAML nesting is too deep to parse")]) from None
@@ -152,7 +153,8 @@ class _Builder:
         if isinstance(node, yaml.ScalarNode) and node.tag in _TEXT_TAGS:
             return node.value  # dates and '=' read as the text written, not as Python objects
         if node.tag not in _CORE_TAGS:
-            self.fail(node, f"YAML tag {node.tag!r} is not allowed in a spec",
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            self.fail(node, f"YAML tag {tag!r} is not allowed in a spec",
                       "specs hold plain data only: mappings, lists, strings, numbers, booleans and null")
             return None
         if isinstance(node, yaml.ScalarNode):

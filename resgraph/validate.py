@@ -7,6 +7,7 @@ into resgraph diagnostics that name the layer or skip, the key, what was expecte
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from functools import cache
 from typing import Any
@@ -55,7 +56,13 @@ def schema_diagnostics(data: Any, source: SourceMap) -> list[Diagnostic]:
     """Every jsonschema violation of `data`, translated and de-duplicated, in file order."""
     seen: set[tuple[Any, str]] = set()
     result = []
-    for error in _validator().iter_errors(data):
+    errors = list(_validator().iter_errors(data))
+    # An entry that is not a one-key mapping is mis-indented: errors inside it are only noise.
+    broken = {tuple(e.absolute_path) for e in errors if e.validator in ("minProperties", "maxProperties")}
+    for error in errors:
+        path = tuple(error.absolute_path)
+        if any(path[:len(b)] == b and len(path) > len(b) for b in broken):
+            continue
         for diagnostic in _translate(error, data, source):
             key = (diagnostic.location, diagnostic.message)
             if key not in seen:
@@ -122,6 +129,11 @@ def _translate(error: Any, data: Any, source: SourceMap) -> Iterator[Diagnostic]
             for sub in chosen:
                 yield from _translate(sub, data, source)
             return
+        if len(path) == 3 and path[0] in ("layers", "skips") and not isinstance(instance, dict):
+            example = "{op: ReLU}" if path[0] == "layers" else "{from: x, to: conv2, merge: add}"
+            yield Diagnostic(source.locate(path, key=True),
+                             f"{subject(path, data)[0]}: expected a mapping like {example}, got {_show(instance)}")
+            return
         if isinstance(instance, dict) and "op" in instance and len(path) == 3 and path[0] == "layers":
             op = instance["op"]
             yield Diagnostic(source.locate((*path, "op")),
@@ -179,8 +191,9 @@ def _translate(error: Any, data: Any, source: SourceMap) -> Iterator[Diagnostic]
         return
 
     if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "maxLength", "minItems", "maxItems"):
+        got = f"{len(instance)}" if isinstance(instance, (list, str)) and kind != "maxLength" else _show(instance)
         yield Diagnostic(source.locate(path), f"{_label(path, data)}: {_bound_message(kind, error.validator_value)}, "
-                                              f"got {_show(instance)}")
+                                              f"got {got}")
         return
 
     yield Diagnostic(source.locate(path), f"{_label(path, data)}: {error.message}")
@@ -212,8 +225,6 @@ def _branch_errors(error: Any, path: Path) -> list[Any] | None:
 
 
 def _matches_any(key: str, patterns: dict[str, Any]) -> bool:
-    import re
-
     return any(re.search(pattern, key) for pattern in patterns)
 
 
@@ -276,10 +287,18 @@ def describe(schema: Any) -> str:
     if kind == "string":
         return "a name" if "pattern" in schema else "a string"
     if kind == "array":
-        return f"a list of ({describe(schema.get('items', {}))})" if "items" in schema else "a list"
+        return f"a list of {_plural(describe(schema['items']))}" if "items" in schema else "a list"
     if kind == "object":
-        return f"a mapping ({schema['title']})" if "title" in schema else "a mapping"
+        return "a mapping"
     return "a valid value"
+
+
+def _plural(description: str) -> str:
+    for single, many in (("an integer", "integers"), ("a number", "numbers"), ("a name", "names"),
+                         ("a string", "strings"), ("a mapping", "mappings")):
+        if description.startswith(single):
+            return many + description[len(single):]
+    return f"({description})"
 
 
 # --- pydantic --------------------------------------------------------------------------------------
@@ -288,7 +307,11 @@ def _pydantic_diagnostics(exc: Any, loaded: LoadedSpec) -> Iterator[Diagnostic]:
     for item in exc.errors(include_url=False):
         path = _data_path(item["loc"], loaded.data)
         message = item["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        yield Diagnostic(loaded.source.locate(path, key=item["type"] == "extra_forbidden"),
+        named = re.match(r"'(\w+)'", message)  # a model rule names its key first: point at that key
+        if named and isinstance(_get(loaded.data, path), dict) and named.group(1) in _get(loaded.data, path):
+            path = (*path, named.group(1))
+            message = message[named.end():].lstrip()
+        yield Diagnostic(loaded.source.locate(path, key=item["type"] == "extra_forbidden" or bool(named)),
                          f"{_label(path, loaded.data)}: {message}")
 
 

@@ -143,6 +143,11 @@ def sample_dim(dim: int, rank: int, name: str = "dim") -> int:
     return full - 1
 
 
+def channels_first_shape(spatial_dims: int) -> str:
+    """'(C, L)', '(C, H, W)' or '(C, D, H, W)': how error messages name an N-d feature map."""
+    return "(C, " + {1: "L", 2: "H, W", 3: "D, H, W"}[spatial_dims] + ")"
+
+
 def require_rank(inputs: list[TensorType], ranks: tuple[int, ...], expected: str) -> TensorType:
     """The single input, checked to have one of the allowed per-sample ranks."""
     (tensor,) = inputs

@@ -6,7 +6,16 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, create_model
 
-from .base import Layer, ShapeError, TensorType, describe_torch_op, register_op, require_rank, to_tuple
+from .base import (
+    Layer,
+    ShapeError,
+    TensorType,
+    channels_first_shape,
+    describe_torch_op,
+    register_op,
+    require_rank,
+    to_tuple,
+)
 
 __all__ = ["ConvBase", "ConvTransposeBase", "conv_output_size", "spatial_family"]
 
@@ -43,7 +52,7 @@ class ConvBase(Layer):
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         n = self.spatial_dims
-        x = require_rank(inputs, (n + 1,), "(C, " + ", ".join("DHW"[3 - n:]) + ")")
+        x = require_rank(inputs, (n + 1,), channels_first_shape(n))
         channels, spatial = x.shape[0], x.shape[1:]
         check_groups(channels, self.out_channels, self.groups)
         kernel = to_tuple(self.kernel_size, n, "kernel_size")
@@ -83,7 +92,7 @@ class ConvTransposeBase(Layer):
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         n = self.spatial_dims
-        x = require_rank(inputs, (n + 1,), "(C, " + ", ".join("DHW"[3 - n:]) + ")")
+        x = require_rank(inputs, (n + 1,), channels_first_shape(n))
         check_groups(x.shape[0], self.out_channels, self.groups)
         kernel = to_tuple(self.kernel_size, n, "kernel_size")
         stride = to_tuple(self.stride, n, "stride")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, create_model
 
-from .base import Layer, TensorType, describe_torch_op, register_op, sample_dim
+from .base import Layer, TensorType, channels_first_shape, describe_torch_op, register_op, require_rank, sample_dim
+from .conv import spatial_family
 
 __all__ = ["ELEMENTWISE", "ElementwiseBase"]
 
@@ -38,9 +39,6 @@ _TABLE: dict[str, dict[str, Any]] = {
     "Softmax": {"dim": (int, ...)},
     "LogSoftmax": {"dim": (int, ...)},
     "Dropout": {"p": (Probability, 0.5), "inplace": INPLACE},
-    "Dropout1d": {"p": (Probability, 0.5), "inplace": INPLACE},
-    "Dropout2d": {"p": (Probability, 0.5), "inplace": INPLACE},
-    "Dropout3d": {"p": (Probability, 0.5), "inplace": INPLACE},
     "AlphaDropout": {"p": (Probability, 0.5), "inplace": INPLACE},
 }
 
@@ -64,3 +62,19 @@ def _define(name: str, fields: dict[str, Any]) -> type[Layer]:
 
 
 ELEMENTWISE = {name: _define(name, fields) for name, fields in _TABLE.items()}
+
+
+class DropoutNdBase(Layer):
+    """Channel dropout (Dropout1d-3d): zeroes whole channels of an N-d feature map."""
+
+    p: Probability = 0.5
+    inplace: bool = False
+
+    spatial_dims: ClassVar[int] = 2
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        n = self.spatial_dims
+        return require_rank(inputs, (n + 1,), channels_first_shape(n))
+
+
+CHANNEL_DROPOUTS = spatial_family(DropoutNdBase, "Dropout")

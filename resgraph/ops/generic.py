@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 
 from pydantic import ConfigDict, Field
 
-from .base import DTYPES, OPS, Identifier, Layer, ShapeError, TensorType
 from ..suggest import did_you_mean
+from .base import DTYPES, OPS, Identifier, Layer, ShapeError, TensorType
 
 __all__ = ["GenericLayer", "INFERABLE", "torch_module_class", "torch_module_names"]
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from .base import Layer, ShapeError, TensorType, describe_torch_op, register_op, require_rank
+from .base import Layer, ShapeError, TensorType, channels_first_shape, describe_torch_op, register_op, require_rank
 from .conv import spatial_family
 
 __all__ = ["BatchNormBase", "GroupNorm", "InstanceNormBase", "LayerNorm"]
@@ -32,7 +32,7 @@ class BatchNormBase(Layer):
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         n = self.spatial_dims
         # BatchNorm1d normalises both (C,) feature vectors and (C, L) sequences.
-        ranks, expected = ((1, 2), "(C,) or (C, L)") if n == 1 else ((n + 1,), "(C, " + ", ".join("DHW"[3 - n:]) + ")")
+        ranks, expected = ((1, 2), "(C,) or (C, L)") if n == 1 else ((n + 1,), channels_first_shape(n))
         x = require_rank(inputs, ranks, expected)
         return x.with_shape(x.shape, "channels_first")
 
@@ -45,7 +45,7 @@ class InstanceNormBase(BatchNormBase):
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         n = self.spatial_dims
-        x = require_rank(inputs, (n + 1,), "(C, " + ", ".join("DHW"[3 - n:]) + ")")
+        x = require_rank(inputs, (n + 1,), channels_first_shape(n))
         return x.with_shape(x.shape, "channels_first")
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from .base import Layer, ShapeError, TensorType, require_rank, to_tuple
+from .base import Layer, ShapeError, TensorType, channels_first_shape, require_rank, to_tuple
 from .conv import spatial_family
 
 __all__ = ["AdaptivePoolBase", "AvgPoolBase", "MaxPoolBase", "pool_output_size"]
@@ -26,10 +26,6 @@ def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation
     return out
 
 
-def _spatial(n: int) -> str:
-    return "(C, " + ", ".join("DHW"[3 - n:]) + ")"
-
-
 class _PoolBase(Layer):
     kernel_size: IntOrTuple
     stride: IntOrTuple | None = None
@@ -44,7 +40,7 @@ class _PoolBase(Layer):
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         n = self.spatial_dims
-        x = require_rank(inputs, (n + 1,), _spatial(n))
+        x = require_rank(inputs, (n + 1,), channels_first_shape(n))
         kernel = to_tuple(self.kernel_size, n, "kernel_size")
         stride = kernel if self.stride is None else to_tuple(self.stride, n, "stride")
         padding = to_tuple(self.padding, n, "padding")
@@ -91,7 +87,7 @@ class AdaptivePoolBase(Layer):
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         n = self.spatial_dims
-        x = require_rank(inputs, (n + 1,), _spatial(n))
+        x = require_rank(inputs, (n + 1,), channels_first_shape(n))
         wanted = self.output_size if isinstance(self.output_size, (list, tuple)) else [self.output_size] * n
         if len(wanted) != n:
             raise ShapeError(f"output_size has {len(wanted)} entries, expected {n}")

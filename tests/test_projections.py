@@ -1,0 +1,230 @@
+"""Projection policies: what each inserts for add, concat and mul, in 1-D, 2-D and 3-D, strided.
+
+The spec under test is always: input x -> target layer t (a 1x1 conv with chosen channels and
+stride) and one skip s from x to t. The README's policy table is the specification.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import resgraph
+from resgraph.ops import Merge, TensorType
+from resgraph.projections import Projection, plan_projection
+
+
+def skip_spec(dims: int, c_in: int, c_out: int, stride: int, *, merge: str = "add", projection: str = "auto",
+              size: int = 8, **skip: Any) -> dict[str, Any]:
+    return {
+        "resgraph": 1, "name": "SkipCase",
+        "inputs": {"x": [c_in, *([size] * dims)]},
+        "layers": [{"t": {"op": f"Conv{dims}d", "out_channels": c_out, "kernel_size": 1, "stride": stride}}],
+        "skips": [{"s": {"from": "x", "to": "t", "merge": merge, "projection": projection, **skip}}],
+    }
+
+
+def run(spec: dict[str, Any], dims: int, c_in: int, size: int = 8) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    model = resgraph.build(spec, seed=0).eval()
+    x = torch.randn(2, c_in, *([size] * dims))
+    with torch.no_grad():
+        return model, x, model(x)
+
+
+DIMS = [1, 2, 3]
+STRIDES = [1, 2, 4]
+
+
+@pytest.mark.parametrize("dims", DIMS)
+@pytest.mark.parametrize("stride", STRIDES)
+def test_auto_add_is_strided_1x1_conv_then_batchnorm(dims: int, stride: int) -> None:
+    model, x, y = run(skip_spec(dims, 3, 8, stride), dims, 3)
+    conv, norm = model.s
+    assert isinstance(conv, getattr(nn, f"Conv{dims}d")) and isinstance(norm, getattr(nn, f"BatchNorm{dims}d"))
+    assert conv.kernel_size == (1,) * dims and conv.stride == (stride,) * dims and conv.bias is None
+    assert conv.in_channels == 3 and conv.out_channels == 8 and norm.num_features == 8
+    assert y.shape == (2, 8, *([8 // stride] * dims))
+    torch.testing.assert_close(y, model.t(x) + norm(conv(x)))
+
+
+@pytest.mark.parametrize("dims", DIMS)
+def test_auto_is_identity_when_shapes_match(dims: int) -> None:
+    model, x, y = run(skip_spec(dims, 4, 4, 1), dims, 4)
+    assert not hasattr(model, "s")
+    torch.testing.assert_close(y, model.t(x) + x)
+
+
+@pytest.mark.parametrize("dims", DIMS)
+@pytest.mark.parametrize("stride", [2, 4])
+def test_conv_policy_has_no_norm(dims: int, stride: int) -> None:
+    model, _, y = run(skip_spec(dims, 3, 8, stride, projection="conv"), dims, 3)
+    assert len(model.s) == 1 and model.s[0].stride == (stride,) * dims
+    assert sum(p.numel() for p in model.s.parameters()) == 3 * 8
+    assert y.shape[1] == 8
+
+
+@pytest.mark.parametrize("dims", DIMS)
+@pytest.mark.parametrize("stride", [2, 4])
+def test_avgpool_policy_pools_by_the_ratio_then_projects(dims: int, stride: int) -> None:
+    model, x, y = run(skip_spec(dims, 3, 8, stride, projection="avgpool"), dims, 3)
+    pool, conv, norm = model.s
+    assert isinstance(pool, getattr(nn, f"AvgPool{dims}d")) and pool.kernel_size in (stride, (stride,) * dims)
+    assert conv.stride == (1,) * dims
+    torch.testing.assert_close(y, model.t(x) + norm(conv(pool(x))))
+
+
+def test_avgpool_policy_without_channel_change_is_parameter_free() -> None:
+    model, x, y = run(skip_spec(2, 4, 4, 2, projection="avgpool"), 2, 4)
+    assert len(model.s) == 1 and sum(p.numel() for p in model.s.parameters()) == 0
+    torch.testing.assert_close(y, model.t(x) + F.avg_pool2d(x, 2))
+
+
+@pytest.mark.parametrize("dims", DIMS)
+@pytest.mark.parametrize("stride", STRIDES)
+def test_pad_policy_subsamples_and_zero_pads_channels_without_parameters(dims: int, stride: int) -> None:
+    model, x, y = run(skip_spec(dims, 3, 8, stride, projection="pad"), dims, 3)
+    assert not hasattr(model, "s")  # option A has no parameters, so no submodule
+    sub = x[(slice(None), slice(None), *[slice(None, None, stride)] * dims)]
+    expected = F.pad(sub, (0, 0) * dims + (2, 3))  # 5 new channels: 2 before, 3 after
+    torch.testing.assert_close(y, model.t(x) + expected)
+
+
+@pytest.mark.parametrize("dims", DIMS)
+def test_crop_policy_center_crops_then_projects_channels(dims: int) -> None:
+    spec = skip_spec(dims, 3, 8, 1, projection="crop")
+    spec["layers"][0]["t"].update(kernel_size=3)  # valid conv: 8 -> 6
+    model, x, y = run(spec, dims, 3)
+    assert len(model.s) == 1 and isinstance(model.s[0], getattr(nn, f"Conv{dims}d"))
+    cropped = x[(slice(None), slice(None), *[slice(1, 7)] * dims)]
+    torch.testing.assert_close(y, model.t(x) + model.s(cropped))
+
+
+def test_crop_policy_with_equal_channels_is_parameter_free() -> None:
+    spec = skip_spec(2, 4, 4, 1, projection="crop", size=9)
+    spec["layers"][0]["t"].update(kernel_size=4)  # 9 -> 6: crop starts at 1
+    model, x, y = run(spec, 2, 4, size=9)
+    assert not hasattr(model, "s")
+    torch.testing.assert_close(y, model.t(x) + x[:, :, 1:7, 1:7])
+
+
+def test_none_policy_is_identity_when_shapes_match_and_an_error_otherwise() -> None:
+    model, x, y = run(skip_spec(2, 4, 4, 1, projection="none"), 2, 4)
+    torch.testing.assert_close(y, model.t(x) + x)
+    with pytest.raises(resgraph.SpecError, match="projection is 'none'"):
+        resgraph.build(skip_spec(2, 3, 4, 1, projection="none"))
+
+
+# --- concat: channels are free, only the other dims must be reconciled -----------------------------
+
+def test_concat_with_matching_spatial_size_needs_no_projection() -> None:
+    model, x, y = run(skip_spec(2, 3, 5, 1, merge="concat"), 2, 3)
+    assert not hasattr(model, "s")
+    torch.testing.assert_close(y, torch.cat([x, model.t(x)], dim=1))  # `from` first: DenseNet / U-Net order
+
+
+@pytest.mark.parametrize(("policy", "params"), [("auto", 3 * 3 + 2 * 3), ("conv", 3 * 3), ("avgpool", 0), ("pad", 0)])
+def test_concat_downsamples_the_source_and_keeps_its_channels(policy: str, params: int) -> None:
+    model, x, y = run(skip_spec(2, 3, 5, 2, merge="concat", projection=policy), 2, 3)
+    assert y.shape == (2, 3 + 5, 4, 4)
+    assert sum(p.numel() for p in model.parameters()) == 3 * 5 + 5 + params
+    if policy == "pad":
+        torch.testing.assert_close(y, torch.cat([x[:, :, ::2, ::2], model.t(x)], dim=1))
+
+
+def test_concat_along_another_dim_reconciles_the_channels() -> None:
+    spec = skip_spec(1, 3, 6, 1, merge="concat", dim=2)
+    model, x, y = run(spec, 1, 3)
+    assert y.shape == (2, 6, 16)  # lengths concatenated; source projected 3 -> 6 channels
+    assert model.s[0].out_channels == 6
+
+
+def test_concat_crop_policy_crops_the_source() -> None:
+    spec = skip_spec(2, 3, 4, 1, merge="concat", projection="crop")
+    spec["layers"][0]["t"].update(kernel_size=3)
+    model, x, y = run(spec, 2, 3)
+    torch.testing.assert_close(y, torch.cat([x[:, :, 1:7, 1:7], model.t(x)], dim=1))
+
+
+# --- mul: gating broadcasts; only non-broadcastable shapes are projected --------------------------
+
+def test_mul_broadcasts_a_channel_gate_without_projection() -> None:
+    spec = {"resgraph": 1, "name": "Gate", "inputs": {"x": [4, 6, 6]},
+            "layers": [{"pool": {"op": "AdaptiveAvgPool2d", "output_size": 1}},
+                       {"gate": {"op": "Sigmoid"}},
+                       {"body": {"op": "Conv2d", "input": "x", "out_channels": 4, "kernel_size": 3, "padding": 1}}],
+            "skips": [{"g": {"from": "gate", "to": "body", "merge": "mul"}}]}
+    model = resgraph.build(spec, seed=0).eval()
+    x = torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.body(x) * torch.sigmoid(F.adaptive_avg_pool2d(x, 1)))
+    assert not hasattr(model, "g")
+
+
+@pytest.mark.parametrize(("policy", "stride"), [("auto", 2), ("conv", 2), ("avgpool", 4), ("pad", 2)])
+def test_mul_projects_when_shapes_do_not_broadcast(policy: str, stride: int) -> None:
+    model, x, y = run(skip_spec(2, 3, 8, stride, merge="mul", projection=policy), 2, 3)
+    assert y.shape == (2, 8, 8 // stride, 8 // stride)
+
+
+# --- features: Linear projections for vectors and (seq, features) ---------------------------------
+
+def mlp_spec(shape: list[int], out: int, projection: str = "auto", merge: str = "add") -> dict[str, Any]:
+    return {"resgraph": 1, "name": "Mlp", "inputs": {"x": shape},
+            "layers": [{"fc": {"op": "Linear", "out_features": out}}],
+            "skips": [{"s": {"from": "x", "to": "fc", "merge": merge, "projection": projection}}]}
+
+
+@pytest.mark.parametrize("shape", [[6], [5, 6]])
+@pytest.mark.parametrize("policy", ["auto", "conv"])
+def test_feature_tensors_get_a_bias_free_linear_projection(shape: list[int], policy: str) -> None:
+    model = resgraph.build(mlp_spec(shape, 4, policy), seed=0)
+    (linear,) = model.s
+    assert isinstance(linear, nn.Linear) and linear.bias is None and linear.weight.shape == (4, 6)
+    x = torch.randn(2, *shape)
+    torch.testing.assert_close(model(x), model.fc(x) + linear(x))
+
+
+def test_feature_tensors_can_be_zero_padded() -> None:
+    model = resgraph.build(mlp_spec([3], 6, "pad"), seed=0)
+    x = torch.randn(2, 3)
+    torch.testing.assert_close(model(x), model.fc(x) + F.pad(x, (1, 2)))
+
+
+@pytest.mark.parametrize("policy", ["avgpool", "crop"])
+def test_spatial_policies_refuse_feature_tensors(policy: str) -> None:
+    with pytest.raises(resgraph.SpecError, match=f"projection '{policy}' needs spatial dims"):
+        resgraph.build(mlp_spec([6], 4, policy))
+
+
+# --- the planner itself ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("source", "target", "reason"), [
+    ((3, 32, 32), (64, 32, 32), "3->64 channels"),
+    ((64, 32, 32), (128, 16, 16), "64->128 channels, /2"),
+    ((64, 32, 32), (64, 8, 8), "/4"),
+    ((64, 32, 16), (64, 16, 16), "/2x1"),
+])
+def test_plan_reasons_read_like_the_summary(source: tuple[int, ...], target: tuple[int, ...], reason: str) -> None:
+    plan = plan_projection(Projection.auto, Merge.add, TensorType(source), TensorType(target))
+    assert plan.reason == reason and plan.output.shape == target
+
+
+def test_non_integer_ratio_is_never_rounded() -> None:
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.build(skip_spec(2, 3, 8, 3, size=8))  # 8 -> 3: ratio 8/3
+    (diagnostic,) = caught.value.diagnostics
+    assert "8x8 -> 3x3 is not an integer stride" in diagnostic.message
+    assert "projection: crop" in (diagnostic.hint or "")
+
+
+def test_defaults_projection_applies_to_every_skip_and_a_skip_overrides_it() -> None:
+    spec = skip_spec(2, 3, 8, 2)
+    spec["defaults"] = {"projection": "pad"}
+    spec["skips"][0]["s"].pop("projection")
+    assert not hasattr(resgraph.build(spec), "s")  # pad: no parameters
+    spec["skips"][0]["s"]["projection"] = "conv"
+    assert len(resgraph.build(spec).s) == 1
