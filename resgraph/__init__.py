@@ -9,6 +9,7 @@ Importing resgraph does not import torch; `build` does.
 from __future__ import annotations
 
 from .api import build, check, load_spec
+from .artifact import load
 from .errors import Diagnostic, Location, ResgraphError, SpecError, UsageError
 from .projections import ProjectionPlan
 from .spec import Projection, Spec
@@ -27,5 +28,6 @@ __all__ = [
     "__version__",
     "build",
     "check",
+    "load",
     "load_spec",
 ]

@@ -13,7 +13,7 @@ import torch
 
 import resgraph
 from conftest import ROOT
-from resgraph.artifact import load
+from resgraph import load
 from resgraph.cli import main
 
 
