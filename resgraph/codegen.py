@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 from .graph import Graph, Node, NodeKind
-from .ops import Merge, MergeLayer, merge_code
+from .ops import Merge, merge_code
 from .projections import ProjectionPlan, StepKind
 
 __all__ = ["generate_forward", "shape_comment"]
@@ -64,7 +64,8 @@ def _statement(graph: Graph, node: Node) -> str:
     args = [graph.nodes[name].var for name in node.inputs]
     if node.kind is NodeKind.layer:
         layer = node.layer
-        if isinstance(layer, MergeLayer):
+        assert layer is not None
+        if layer.code_only:
             return f"{node.var} = {layer.code(args)}"
         return f"{node.var} = self.{node.name}({', '.join(args)})"
     skip = node.skip

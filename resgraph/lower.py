@@ -20,7 +20,6 @@ from torch import nn
 from .codegen import generate_forward
 from .errors import Diagnostic, SpecError
 from .graph import Graph, NodeKind
-from .ops import MergeLayer
 from .projections import ProjectionPlan, Step, StepKind
 
 __all__ = ["CompiledModule", "lower"]
@@ -80,8 +79,7 @@ def lower(graph: Graph, *, spec_text: str = "", spec_file: str = "<spec>", seed:
     with _seeded(seed):
         for node in graph.nodes.values():
             try:
-                if node.kind is NodeKind.layer and not isinstance(node.layer, MergeLayer):
-                    assert node.layer is not None
+                if node.layer is not None and not node.layer.code_only:
                     module.add_module(node.name, getattr(nn, node.layer.torch_name)(**node.meta["args"]))
                 elif node.kind is NodeKind.skip and node.meta["projection"].module_steps:
                     module.add_module(node.name, projection_module(node.meta["projection"]))

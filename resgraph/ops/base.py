@@ -24,6 +24,7 @@ __all__ = [
     "FLOAT_DTYPES",
     "Identifier",
     "Layer",
+    "FeatureMapLayer",
     "Layout",
     "OPS",
     "ShapeError",
@@ -71,6 +72,9 @@ class TensorType:
     def with_shape(self, shape: tuple[int, ...], layout: Layout | None = None) -> TensorType:
         return replace(self, shape=tuple(shape), layout=layout or self.layout)
 
+    def with_layout(self, layout: Layout) -> TensorType:
+        return replace(self, layout=layout)
+
     def __str__(self) -> str:
         return "(" + ", ".join(str(d) for d in self.shape) + ("," if len(self.shape) == 1 else "") + ")"
 
@@ -83,7 +87,8 @@ class Layer(StrictModel):
         default=None, description="The node(s) this layer reads; default: the previous layer."
     )
 
-    torch_name: ClassVar[str | None] = None
+    torch_name: ClassVar[str | None] = None  # set by register_op unless the op is code
+    code_only: ClassVar[bool] = False  # merges are expressions in forward(), not modules
     inferred: ClassVar[tuple[str, ...]] = ()
     layout: ClassVar[Layout | None] = None
     min_inputs: ClassVar[int] = 1
@@ -102,11 +107,33 @@ class Layer(StrictModel):
         """The output type for these inputs. Raises ShapeError when they are unacceptable."""
         raise NotImplementedError
 
+    def code(self, operands: list[str]) -> str:
+        """For `code_only` ops: the Python expression computing the output from named operands."""
+        raise NotImplementedError(f"{self.op} is a module, not code")
+
     def module_args(self, inputs: list[TensorType]) -> dict[str, Any]:
         return {**self.inferred_args(inputs), **self.args()}
 
     def output_layout(self, inputs: list[TensorType]) -> Layout:
         return self.layout or inputs[0].layout
+
+
+class FeatureMapLayer(Layer):
+    """An op over `(C, *spatial)` maps with a fixed number of spatial dims (the Nd families).
+
+    Its inferred argument, if any, is the channel count C.
+    """
+
+    spatial_dims: ClassVar[int] = 2
+    layout: ClassVar[Layout | None] = "channels_first"
+
+    def inferred_args(self, inputs: list[TensorType]) -> dict[str, Any]:
+        return {name: inputs[0].shape[0] for name in self.inferred}
+
+    def feature_map(self, inputs: list[TensorType]) -> TensorType:
+        """The single input, checked to be a `(C, *spatial)` map of `spatial_dims` spatial dims."""
+        n = self.spatial_dims
+        return require_rank(inputs, (n + 1,), channels_first_shape(n))
 
 
 OPS: dict[str, type[Layer]] = {}
@@ -119,6 +146,8 @@ def register_op(cls: L) -> L:
     name = cls.model_fields["op"].annotation.__args__[0]  # type: ignore[union-attr]
     if name in OPS:
         raise RuntimeError(f"op {name!r} is registered twice ({OPS[name].__module__} and {cls.__module__})")
+    if not cls.code_only:
+        cls.torch_name = name  # curated ops are the torch.nn class of the same name
     OPS[name] = cls
     return cls
 

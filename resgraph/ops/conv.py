@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, create_model
 
-from .base import (
-    Layer,
-    ShapeError,
-    TensorType,
-    channels_first_shape,
-    describe_torch_op,
-    register_op,
-    require_rank,
-    to_tuple,
-)
+from .base import FeatureMapLayer, Layer, ShapeError, TensorType, describe_torch_op, register_op, to_tuple
 
 __all__ = ["ConvBase", "ConvTransposeBase", "conv_output_size", "spatial_family"]
 
@@ -31,7 +22,7 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-class ConvBase(Layer):
+class ConvBase(FeatureMapLayer):
     """Shared arguments and shape rule of Conv1d, Conv2d and Conv3d."""
 
     out_channels: PositiveInt
@@ -43,16 +34,11 @@ class ConvBase(Layer):
     bias: bool = True
     padding_mode: PaddingMode = "zeros"
 
-    spatial_dims: ClassVar[int] = 2
     inferred: ClassVar[tuple[str, ...]] = ("in_channels",)
-    layout: ClassVar[Literal["channels_first"]] = "channels_first"
-
-    def inferred_args(self, inputs: list[TensorType]) -> dict[str, Any]:
-        return {"in_channels": inputs[0].shape[0]}
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         n = self.spatial_dims
-        x = require_rank(inputs, (n + 1,), channels_first_shape(n))
+        x = self.feature_map(inputs)
         channels, spatial = x.shape[0], x.shape[1:]
         check_groups(channels, self.out_channels, self.groups)
         kernel = to_tuple(self.kernel_size, n, "kernel_size")
@@ -70,7 +56,7 @@ class ConvBase(Layer):
         return x.with_shape((self.out_channels, *sizes), "channels_first")
 
 
-class ConvTransposeBase(Layer):
+class ConvTransposeBase(FeatureMapLayer):
     """Shared arguments and shape rule of ConvTranspose1d, 2d and 3d."""
 
     out_channels: PositiveInt
@@ -83,16 +69,11 @@ class ConvTransposeBase(Layer):
     dilation: IntOrTuple = 1
     padding_mode: Literal["zeros"] = "zeros"
 
-    spatial_dims: ClassVar[int] = 2
     inferred: ClassVar[tuple[str, ...]] = ("in_channels",)
-    layout: ClassVar[Literal["channels_first"]] = "channels_first"
-
-    def inferred_args(self, inputs: list[TensorType]) -> dict[str, Any]:
-        return {"in_channels": inputs[0].shape[0]}
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         n = self.spatial_dims
-        x = require_rank(inputs, (n + 1,), channels_first_shape(n))
+        x = self.feature_map(inputs)
         check_groups(x.shape[0], self.out_channels, self.groups)
         kernel = to_tuple(self.kernel_size, n, "kernel_size")
         stride = to_tuple(self.stride, n, "stride")
@@ -119,13 +100,12 @@ def _show(values: tuple[int, ...]) -> str:
     return str(values[0]) if len(set(values)) == 1 else str(values)
 
 
-def spatial_family(base: type[Layer], prefix: str, dims: tuple[int, ...] = (1, 2, 3)) -> list[type[Layer]]:
+def spatial_family(base: type[FeatureMapLayer], prefix: str, dims: tuple[int, ...] = (1, 2, 3)) -> list[type[Layer]]:
     """Register `{prefix}1d`.. `{prefix}3d`: one model per dimensionality, sharing `base`."""
     classes = []
     for n in dims:
         name = f"{prefix}{n}d"
         cls = create_model(name, __base__=base, __module__=base.__module__, op=(Literal[name], ...))
-        cls.torch_name = name
         cls.spatial_dims = n
         cls.__doc__ = describe_torch_op(name, base.inferred)
         classes.append(register_op(cls))

@@ -21,7 +21,6 @@ class Linear(Layer):
     out_features: PositiveInt
     bias: bool = True
 
-    torch_name: ClassVar[str] = "Linear"
     inferred: ClassVar[tuple[str, ...]] = ("in_features",)
     layout: ClassVar[Literal["features_last"]] = "features_last"
 
@@ -50,7 +49,6 @@ class Embedding(Layer):
     scale_grad_by_freq: bool = False
     sparse: bool = False
 
-    torch_name: ClassVar[str] = "Embedding"
     layout: ClassVar[Literal["features_last"]] = "features_last"
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:

@@ -6,7 +6,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, create_model
 
-from .base import Layer, TensorType, channels_first_shape, describe_torch_op, register_op, require_rank, sample_dim
+from .base import FeatureMapLayer, Layer, TensorType, describe_torch_op, register_op, sample_dim
 from .conv import spatial_family
 
 __all__ = ["ELEMENTWISE", "ElementwiseBase"]
@@ -57,24 +57,22 @@ class ElementwiseBase(Layer):
 def _define(name: str, fields: dict[str, Any]) -> type[Layer]:
     cls = create_model(name, __base__=ElementwiseBase, __module__=__name__,
                        __doc__=describe_torch_op(name, ()), op=(Literal[name], ...), **fields)
-    cls.torch_name = name
     return register_op(cls)
 
 
 ELEMENTWISE = {name: _define(name, fields) for name, fields in _TABLE.items()}
 
 
-class DropoutNdBase(Layer):
+class DropoutNdBase(FeatureMapLayer):
     """Channel dropout (Dropout1d-3d): zeroes whole channels of an N-d feature map."""
 
     p: Probability = 0.5
     inplace: bool = False
 
-    spatial_dims: ClassVar[int] = 2
+    layout: ClassVar[None] = None  # channel dropout keeps whatever layout it is given
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
-        n = self.spatial_dims
-        return require_rank(inputs, (n + 1,), channels_first_shape(n))
+        return self.feature_map(inputs)
 
 
 CHANNEL_DROPOUTS = spatial_family(DropoutNdBase, "Dropout")

@@ -77,6 +77,7 @@ class MergeLayer(Layer):
     input: list[Identifier] = Field(min_length=2, description="The nodes to merge, in order.")
 
     kind: ClassVar[Merge]
+    code_only: ClassVar[bool] = True
     min_inputs: ClassVar[int] = 2
     max_inputs: ClassVar[int | None] = None
 

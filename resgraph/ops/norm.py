@@ -6,7 +6,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from .base import Layer, ShapeError, TensorType, channels_first_shape, describe_torch_op, register_op, require_rank
+from .base import FeatureMapLayer, Layer, ShapeError, TensorType, describe_torch_op, register_op, require_rank
 from .conv import spatial_family
 
 __all__ = ["BatchNormBase", "GroupNorm", "InstanceNormBase", "LayerNorm"]
@@ -14,7 +14,7 @@ __all__ = ["BatchNormBase", "GroupNorm", "InstanceNormBase", "LayerNorm"]
 Positive = Annotated[float, Field(gt=0)]
 
 
-class BatchNormBase(Layer):
+class BatchNormBase(FeatureMapLayer):
     """Shared arguments and rank rule of BatchNorm1d-3d."""
 
     eps: Positive = 1e-5
@@ -22,19 +22,14 @@ class BatchNormBase(Layer):
     affine: bool = True
     track_running_stats: bool = True
 
-    spatial_dims: ClassVar[int] = 2
     inferred: ClassVar[tuple[str, ...]] = ("num_features",)
-    layout: ClassVar[Literal["channels_first"]] = "channels_first"
-
-    def inferred_args(self, inputs: list[TensorType]) -> dict[str, Any]:
-        return {"num_features": inputs[0].shape[0]}
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
-        n = self.spatial_dims
-        # BatchNorm1d normalises both (C,) feature vectors and (C, L) sequences.
-        ranks, expected = ((1, 2), "(C,) or (C, L)") if n == 1 else ((n + 1,), channels_first_shape(n))
-        x = require_rank(inputs, ranks, expected)
-        return x.with_shape(x.shape, "channels_first")
+        if self.spatial_dims == 1:  # BatchNorm1d normalises (C,) feature vectors and (C, L) sequences
+            x = require_rank(inputs, (1, 2), "(C,) or (C, L)")
+        else:
+            x = self.feature_map(inputs)
+        return x.with_layout("channels_first")
 
 
 class InstanceNormBase(BatchNormBase):
@@ -44,9 +39,7 @@ class InstanceNormBase(BatchNormBase):
     track_running_stats: bool = False
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
-        n = self.spatial_dims
-        x = require_rank(inputs, (n + 1,), channels_first_shape(n))
-        return x.with_shape(x.shape, "channels_first")
+        return self.feature_map(inputs).with_layout("channels_first")
 
 
 BATCH_NORMS = spatial_family(BatchNormBase, "BatchNorm")
@@ -62,7 +55,6 @@ class LayerNorm(Layer):
     elementwise_affine: bool = True
     bias: bool = True
 
-    torch_name: ClassVar[str] = "LayerNorm"
     inferred: ClassVar[tuple[str, ...]] = ("normalized_shape",)
 
     def inferred_args(self, inputs: list[TensorType]) -> dict[str, Any]:
@@ -76,7 +68,7 @@ class LayerNorm(Layer):
 
 
 @register_op
-class GroupNorm(Layer):
+class GroupNorm(FeatureMapLayer):
     __doc__ = describe_torch_op("GroupNorm", ("num_channels",))
 
     op: Literal["GroupNorm"]
@@ -84,12 +76,7 @@ class GroupNorm(Layer):
     eps: Positive = 1e-5
     affine: bool = True
 
-    torch_name: ClassVar[str] = "GroupNorm"
     inferred: ClassVar[tuple[str, ...]] = ("num_channels",)
-    layout: ClassVar[Literal["channels_first"]] = "channels_first"
-
-    def inferred_args(self, inputs: list[TensorType]) -> dict[str, Any]:
-        return {"num_channels": inputs[0].shape[0]}
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
-from .base import Layer, ShapeError, TensorType, channels_first_shape, require_rank, to_tuple
+from .base import FeatureMapLayer, ShapeError, TensorType, to_tuple
 from .conv import spatial_family
 
 __all__ = ["AdaptivePoolBase", "AvgPoolBase", "MaxPoolBase", "pool_output_size"]
@@ -26,21 +26,18 @@ def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation
     return out
 
 
-class _PoolBase(Layer):
+class _PoolBase(FeatureMapLayer):
     kernel_size: IntOrTuple
     stride: IntOrTuple | None = None
     padding: NonNegativeInt | list[NonNegativeInt] = 0
     ceil_mode: bool = False
-
-    spatial_dims: ClassVar[int] = 2
-    layout: ClassVar[Literal["channels_first"]] = "channels_first"
 
     def _dilation(self) -> int | list[int]:
         return 1
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         n = self.spatial_dims
-        x = require_rank(inputs, (n + 1,), channels_first_shape(n))
+        x = self.feature_map(inputs)
         kernel = to_tuple(self.kernel_size, n, "kernel_size")
         stride = kernel if self.stride is None else to_tuple(self.stride, n, "stride")
         padding = to_tuple(self.padding, n, "padding")
@@ -77,17 +74,14 @@ class AvgPoolDivisorBase(AvgPoolBase):
     divisor_override: PositiveInt | None = None
 
 
-class AdaptivePoolBase(Layer):
+class AdaptivePoolBase(FeatureMapLayer):
     """Shared arguments and shape rule of the adaptive pools: a fixed output size."""
 
     output_size: PositiveInt | None | list[PositiveInt | None]
 
-    spatial_dims: ClassVar[int] = 2
-    layout: ClassVar[Literal["channels_first"]] = "channels_first"
-
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         n = self.spatial_dims
-        x = require_rank(inputs, (n + 1,), channels_first_shape(n))
+        x = self.feature_map(inputs)
         wanted = self.output_size if isinstance(self.output_size, (list, tuple)) else [self.output_size] * n
         if len(wanted) != n:
             raise ShapeError(f"output_size has {len(wanted)} entries, expected {n}")

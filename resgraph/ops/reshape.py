@@ -22,7 +22,6 @@ class Flatten(Layer):
     start_dim: int = 1
     end_dim: int = -1
 
-    torch_name: ClassVar[str] = "Flatten"
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs
@@ -42,7 +41,6 @@ class Unflatten(Layer):
     dim: int
     unflattened_size: list[Annotated[int, Field(ge=-1)]]
 
-    torch_name: ClassVar[str] = "Unflatten"
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs
@@ -72,7 +70,6 @@ class Upsample(Layer):
     align_corners: bool | None = None
     recompute_scale_factor: bool | None = None
 
-    torch_name: ClassVar[str] = "Upsample"
     layout: ClassVar[Literal["channels_first"]] = "channels_first"
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
@@ -108,7 +105,6 @@ class PixelShuffle(Layer):
     op: Literal["PixelShuffle"]
     upscale_factor: PositiveInt
 
-    torch_name: ClassVar[str] = "PixelShuffle"
     layout: ClassVar[Literal["channels_first"]] = "channels_first"
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
@@ -126,7 +122,6 @@ class PixelUnshuffle(Layer):
     op: Literal["PixelUnshuffle"]
     downscale_factor: PositiveInt
 
-    torch_name: ClassVar[str] = "PixelUnshuffle"
     layout: ClassVar[Literal["channels_first"]] = "channels_first"
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
