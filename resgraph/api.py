@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Union
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Union
 
 from .errors import UsageError
+from .expand import expand
 from .graph import Graph, build_graph
 from .loader import LoadedSpec, SourceMap, load_file, load_text
 from .shapes import infer_shapes
@@ -43,35 +45,40 @@ def _looks_like_path(text: str) -> bool:
     return "\n" not in text and (text.endswith((".yaml", ".yml")) or os.path.exists(text))
 
 
-def load_spec(spec: SpecSource, *, file: str | None = None) -> Spec:
-    """The validated spec object.
+def load_spec(spec: SpecSource, *, params: Mapping[str, Any] | None = None, file: str | None = None) -> Spec:
+    """The validated spec object (its `params` hold the values in force).
 
+    Args:
+        params: overrides of the spec's declared parameters.
     Raises:
         SpecError: every problem found, each with file:line:col.
         UsageError: the file cannot be read.
     """
-    return validate(load(spec, file=file))
+    return validate(load(spec, file=file), params)
 
 
-def check(spec: SpecSource, *, file: str | None = None) -> Graph:
+def check(spec: SpecSource, *, params: Mapping[str, Any] | None = None, file: str | None = None) -> Graph:
     """Run every check short of allocating weights: the resolved graph with every shape inferred.
 
     Raises:
         SpecError: every problem found, each with file:line:col.
     """
-    loaded = load(spec, file=file)
-    return _check_loaded(loaded)
+    return _check_loaded(load(spec, file=file), params)[1]
 
 
-def _check_loaded(loaded: LoadedSpec) -> Graph:
-    return infer_shapes(build_graph(validate(loaded), loaded.source))
+def _check_loaded(loaded: LoadedSpec, params: Mapping[str, Any] | None) -> tuple[Spec, Graph]:
+    spec = validate(loaded, params)
+    graph = build_graph(expand(spec, loaded.source, spec.params))
+    return spec, infer_shapes(graph)
 
 
-def build(spec: SpecSource, *, seed: int | None = None, file: str | None = None) -> CompiledModule:
+def build(spec: SpecSource, *, params: Mapping[str, Any] | None = None, seed: int | None = None,
+          file: str | None = None) -> CompiledModule:
     """Compile a spec into an ordinary torch.nn.Module.
 
     Args:
         spec: a path, YAML text, or a dict.
+        params: overrides of the spec's declared parameters, e.g. {"num_classes": 10}.
         seed: makes weight initialisation deterministic (the global RNG is left untouched).
         file: the name to report in error locations when `spec` is text or a dict.
     Returns:
@@ -82,5 +89,5 @@ def build(spec: SpecSource, *, seed: int | None = None, file: str | None = None)
     from .lower import lower
 
     loaded = load(spec, file=file)
-    graph = _check_loaded(loaded)
-    return lower(graph, spec_text=loaded.text, spec_file=loaded.file, seed=seed)
+    typed, graph = _check_loaded(loaded, params)
+    return lower(graph, typed, spec_text=loaded.text, spec_file=loaded.file, params=dict(params or {}), seed=seed)

@@ -32,8 +32,9 @@ def save(module: Any, path: str) -> None:
     """Write `module`'s weights and spec to `path` atomically."""
     import torch
 
-    text, file = module._resgraph_source
-    payload = {"format": ARTIFACT_FORMAT, "spec": text, "spec_file": file, "state_dict": module.state_dict()}
+    text, file, params = module._resgraph_source
+    payload = {"format": ARTIFACT_FORMAT, "spec": text, "spec_file": file, "params": params,
+               "state_dict": module.state_dict()}
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
@@ -57,7 +58,7 @@ def load(path: str | os.PathLike[str]) -> Any:
         raise UsageError(f"{name}: not a readable resgraph model file ({str(exc).splitlines()[0]})") from None
     if not isinstance(payload, dict) or payload.get("format") != ARTIFACT_FORMAT:
         raise UsageError(f"{name}: not a resgraph model file (no {ARTIFACT_FORMAT!r} marker)")
-    module = build(payload["spec"], file=payload.get("spec_file") or name)
+    module = build(payload["spec"], file=payload.get("spec_file") or name, params=payload.get("params") or {})
     try:
         result = module.load_state_dict(payload["state_dict"], strict=False)
     except RuntimeError as exc:  # a tensor of the wrong shape

@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check specs (schema, names, shapes); print every error")
     validate.add_argument("specs", nargs="+", metavar="SPEC", help="spec files (YAML)")
+    _add_set(validate)
     validate.set_defaults(run=_validate)
 
     build = commands.add_parser("build", help="compile a spec and print its summary")
@@ -60,11 +61,33 @@ def _parser() -> argparse.ArgumentParser:
                        help="save weights and spec to FILE (.pt), loadable with resgraph.load "
                             "or torch.load(weights_only=True)")
     build.add_argument("--code", action="store_true", help="print the generated forward() instead of the summary")
+    build.add_argument("--depth", type=int, metavar="N", help="show block internals down to depth N (default: all)")
+    _add_set(build)
     build.set_defaults(run=_build)
 
     schema = commands.add_parser("schema", help="print the spec language's JSON Schema")
     schema.set_defaults(run=_schema)
     return parser
+
+
+def _add_set(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="overrides",
+                         help="override a spec parameter (VALUE is read as YAML: 10, 0.5, true, [1, 2]); repeatable")
+
+
+def _overrides(pairs: list[str]) -> dict[str, object]:
+    import yaml
+
+    values: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"--set {pair}: expected NAME=VALUE")
+        try:
+            values[name.strip()] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            raise UsageError(f"--set {pair}: {text!r} is not a YAML value") from None
+    return values
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -73,7 +96,7 @@ def _validate(args: argparse.Namespace) -> int:
     status = EXIT_OK
     for path in args.specs:
         try:
-            graph = check(pathlib.Path(path))
+            graph = check(pathlib.Path(path), params=_overrides(args.overrides))
         except SpecError as exc:
             print(exc.format(), file=sys.stderr)
             status = EXIT_INVALID
@@ -81,9 +104,10 @@ def _validate(args: argparse.Namespace) -> int:
         except UsageError as exc:
             print(f"resgraph: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        projected = sum(1 for n in graph.nodes.values() if n.meta.get("projection") is not None
-                        and not n.meta["projection"].is_identity)
-        print(f"{path}: ok ({len(graph.nodes)} nodes, {projected} projection{'s' if projected != 1 else ''})")
+        graphs = [graph, *(g for _, g in graph.subgraphs())]
+        nodes = [n for g in graphs for n in g.nodes.values()]
+        projected = sum(1 for n in nodes if n.meta.get("projection") and not n.meta["projection"].is_identity)
+        print(f"{path}: ok ({len(nodes)} nodes, {projected} projection{'s' if projected != 1 else ''})")
     return status
 
 
@@ -93,7 +117,7 @@ def _build(args: argparse.Namespace) -> int:
     from .api import build
     from .summary import format_summary, summarize
 
-    module = build(pathlib.Path(args.spec), seed=args.seed)
+    module = build(pathlib.Path(args.spec), params=_overrides(args.overrides), seed=args.seed)
     if args.output:
         from .artifact import save
 
@@ -104,7 +128,7 @@ def _build(args: argparse.Namespace) -> int:
     if args.code:
         print(module.code, end="")
         return EXIT_OK
-    summary = summarize(module)
+    summary = summarize(module, depth=args.depth)
     if args.json:
         import json
 

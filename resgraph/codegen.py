@@ -62,11 +62,9 @@ def generate_forward(graph: Graph) -> str:
 
 def _statement(graph: Graph, node: Node) -> str:
     args = [graph.nodes[name].var for name in node.inputs]
-    if node.kind is NodeKind.layer:
-        layer = node.layer
-        assert layer is not None
-        if layer.code_only:
-            return f"{node.var} = {layer.code(args)}"
+    if node.kind is NodeKind.layer and node.layer is not None and node.layer.code_only:
+        return f"{node.var} = {node.layer.code(args)}"
+    if node.kind in (NodeKind.layer, NodeKind.block):
         return f"{node.var} = self.{node.name}({', '.join(args)})"
     skip = node.skip
     assert skip is not None

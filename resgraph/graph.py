@@ -1,9 +1,10 @@
-"""Stage 3, resolve: a typed `Spec` -> a `Graph` of named nodes in execution order.
+"""Stage 4, resolve: a `Scope` (see expand) -> a `Graph` of named nodes in execution order.
 
-There are three kinds of node, and nothing else:
+There are four kinds of node, and nothing else:
 
 - `input`: an argument of `forward`;
 - `layer`: an op applied to one or more earlier values;
+- `block`: a block call; `meta["instances"]` holds one resolved graph per instance;
 - `skip`: a skip edge's merge into its target layer. It is placed right after the target (and
   after earlier skips into the same target), so every later reference to the target reads the
   merged value, as the spec language promises.
@@ -19,10 +20,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from .errors import Diagnostic, SpecError
-from .loader import Path, SourceMap
+from .errors import Diagnostic, Location, SpecError
+from .expand import LayerItem, Scope, SkipItem
+from .loader import Origin
 from .ops import Layer
-from .spec import InputDecl, Skip, Spec
+from .spec import BlockCall, InputDecl, Skip
 from .suggest import did_you_mean
 
 __all__ = ["Graph", "Node", "NodeKind", "RESERVED_NAMES", "build_graph"]
@@ -32,6 +34,7 @@ class NodeKind(str, Enum):
     input = "input"
     layer = "layer"
     skip = "skip"
+    block = "block"
 
 
 # Node names become attributes of an nn.Module and local variables of forward(): none may shadow
@@ -54,14 +57,15 @@ RESERVED_NAMES = NN_MODULE_ATTRIBUTES | {"self", "torch", "code", "spec"}
 
 @dataclass
 class Node:
-    """One value in the graph. `inputs` are names of earlier nodes; `path` locates it in the spec."""
+    """One value in the graph. `inputs` are names of earlier nodes; `origin` locates it in a spec."""
 
     name: str
     kind: NodeKind
     inputs: list[str]
-    path: Path
+    origin: Origin
     layer: Layer | None = None
     skip: Skip | None = None
+    call: BlockCall | None = None
     decl: InputDecl | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -79,14 +83,18 @@ class Graph:
     nodes: dict[str, Node]
     inputs: list[str]
     outputs: list[str]
-    spec: Spec
-    source: SourceMap
+    scope: Scope
+    qualname: str = ""  # "layer1.0." for a block instance: how messages name its nodes
 
-    def where(self, node: Node, key: str | None = None) -> Any:
+    def where(self, node: Node, key: str | None = None) -> Location:
         """The location of a node's declaration (or of one of its keys)."""
-        if key is not None:
-            return self.source.locate((*node.path, key), key=True)
-        return self.source.locate(node.path, key=True)
+        return (node.origin.child(key) if key is not None else node.origin).locate(key=True)
+
+    def label(self, node: Node) -> str:
+        """How messages name a node: `layer 'layer1.0.conv1' (Conv2d)`."""
+        what = {NodeKind.skip: "skip", NodeKind.input: "input"}.get(node.kind, "layer")
+        detail = f" ({node.layer.op})" if node.layer else f" (block {node.call.block})" if node.call else ""
+        return f"{what} {self.qualname + node.name!r}{detail}"
 
     def consumers(self) -> dict[str, list[str]]:
         """Node name -> names of the nodes that read it."""
@@ -96,131 +104,171 @@ class Graph:
                 readers[name].append(node.name)
         return readers
 
+    def subgraphs(self) -> list[tuple[str, Graph]]:
+        """(qualified name, graph) of every block instance below this graph, depth first."""
+        found = []
+        for node in self.nodes.values():
+            for instance in node.meta.get("instances", []):
+                found.append((instance.qualname.rstrip("."), instance))
+                found.extend(instance.subgraphs())
+        return found
 
-def build_graph(spec: Spec, source: SourceMap) -> Graph:
-    """Resolve every name in `spec` into a graph.
+
+def build_graph(scope: Scope, qualname: str = "") -> Graph:
+    """Resolve every name in `scope` (and its block instances) into a graph.
 
     Raises:
         SpecError: duplicate or reserved names, unknown references, references to later nodes,
-            cycles, and skips that cannot be placed.
+            cycles, and skips that cannot be placed, in this scope or any block instance.
     """
-    return _Resolver(spec, source).run()
+    return _Resolver(scope, qualname).run()
 
 
 class _Resolver:
-    def __init__(self, spec: Spec, source: SourceMap) -> None:
-        self.spec = spec
-        self.source = source
+    def __init__(self, scope: Scope, qualname: str) -> None:
+        self.scope = scope
+        self.qualname = qualname
         self.diagnostics: list[Diagnostic] = []
         self.order: dict[str, int] = {}  # name -> position (inputs first, then layers)
         self.kinds: dict[str, str] = {}  # name -> "input" | "layer" | "skip"
-        self.declared_at: dict[str, Path] = {}
+        self.declared_at: dict[str, Origin] = {}
 
-    def fail(self, path: Path, message: str, hint: str | None = None, *, key: bool = True) -> None:
-        self.diagnostics.append(Diagnostic(self.source.locate(path, key=key), message, hint))
+    def q(self, name: str) -> str:
+        """A name as messages show it: qualified inside a block instance (`layer1.0.conv1`)."""
+        return repr(self.qualname + name)
+
+    def fail(self, origin: Origin, message: str, hint: str | None = None, *, key: bool = True) -> None:
+        self.diagnostics.append(Diagnostic(origin.locate(key=key), message, hint))
 
     def run(self) -> Graph:
+        scope = self.scope
         self.declare_names()
         if self.diagnostics:
             raise SpecError(self.diagnostics)
-        layers = self.spec.layer_items()
-        references = {name: refs for i, name, layer in layers
-                      if (refs := self.layer_inputs(i, name, layer)) is not None}
+        references = {item.name: refs for index, item in enumerate(scope.layers)
+                      if (refs := self.layer_inputs(index, item)) is not None}
         self.check_references(references)
         skips_into = self.check_skips()
         outputs = self.check_outputs()
+        instances = {item.name: self.resolve_instances(item) for item in scope.layers if item.instances}
         if self.diagnostics:
             raise SpecError(self.diagnostics)
 
         nodes: dict[str, Node] = {}
         value: dict[str, str] = {}  # spec name -> node holding its current (merged) value
-        for name, decl in self.spec.input_decls().items():
-            nodes[name] = Node(name, NodeKind.input, [], ("inputs", name), decl=decl)
+        for name, decl in scope.inputs.items():
+            nodes[name] = Node(name, NodeKind.input, [], scope.origin.child("inputs", name), decl=decl)
             value[name] = name
-        for i, name, layer in layers:
-            nodes[name] = Node(name, NodeKind.layer, [value[r] for r in references[name]],
-                               ("layers", i, name), layer=layer)
-            value[name] = name
-            for j, skip_name, skip in skips_into.get(name, []):
-                nodes[skip_name] = Node(skip_name, NodeKind.skip, [value[name], value[skip.source]],
-                                        ("skips", j, skip_name), skip=skip, meta={"var": name})
-                value[name] = skip_name
-        return Graph(self.spec.name, nodes, list(self.spec.inputs), [value[o] for o in outputs],
-                     self.spec, self.source)
+        for item in scope.layers:
+            inputs = [value[r] for r in references[item.name]]
+            if isinstance(item.body, BlockCall):
+                node = Node(item.name, NodeKind.block, inputs, item.origin, call=item.body,
+                            meta={"instances": instances[item.name]})
+            else:
+                node = Node(item.name, NodeKind.layer, inputs, item.origin, layer=item.body)
+            nodes[item.name] = node
+            value[item.name] = item.name
+            for skip_item in skips_into.get(item.name, []):
+                skip = skip_item.skip
+                nodes[skip_item.name] = Node(skip_item.name, NodeKind.skip, [value[item.name], value[skip.source]],
+                                             skip_item.origin, skip=skip, meta={"var": item.name})
+                value[item.name] = skip_item.name
+        return Graph(scope.name, nodes, list(scope.inputs), [value[o] for o in outputs], scope, self.qualname)
+
+    def resolve_instances(self, item: LayerItem) -> list[Graph]:
+        assert isinstance(item.body, BlockCall)
+        graphs = []
+        for instance in item.instances:
+            prefix = f"{self.qualname}{item.name}." + (f"{len(graphs)}." if item.body.repeat is not None else "")
+            try:
+                graphs.append(build_graph(instance, prefix))
+            except SpecError as exc:
+                self.diagnostics.extend(exc.diagnostics)
+        return graphs
 
     def declare_names(self) -> None:
-        entries: list[tuple[str, str, Path]] = [(name, "input", ("inputs", name)) for name in self.spec.inputs]
-        entries += [(name, "layer", ("layers", i, name)) for i, name, _ in self.spec.layer_items()]
-        entries += [(name, "skip", ("skips", i, name)) for i, name, _ in self.spec.skip_items()]
-        for name, kind, path in entries:
+        scope = self.scope
+        entries: list[tuple[str, str, Origin]] = [(name, "input", scope.origin.child("inputs", name))
+                                                  for name in scope.inputs]
+        entries += [(item.name, "layer", item.origin) for item in scope.layers]
+        entries += [(item.name, "skip", item.origin) for item in scope.skips]
+        for name, kind, origin in entries:
             if name in self.kinds:
-                first = self.source.locate(self.declared_at[name], key=True)
-                self.fail(path, f"{kind} {name!r}: the name is already used by the {self.kinds[name]} "
-                                f"at line {first.line}", "every input, layer and skip needs its own name")
+                first = self.declared_at[name].locate(key=True)
+                self.fail(origin, f"{kind} {self.q(name)}: the name is already used by the {self.kinds[name]} "
+                                  f"at line {first.line}", "every input, layer and skip needs its own name")
                 continue
             if name in RESERVED_NAMES or keyword.iskeyword(name):
-                self.fail(path, f"{kind} {name!r}: the name is reserved (it would shadow "
-                                f"{'a Python keyword' if keyword.iskeyword(name) else 'a torch.nn.Module attribute'})",
+                shadowed = "a Python keyword" if keyword.iskeyword(name) else "a torch.nn.Module attribute"
+                self.fail(origin, f"{kind} {self.q(name)}: the name is reserved (it would shadow {shadowed})",
                           f"rename it, e.g. {name}_")
                 continue
             self.kinds[name] = kind
-            self.declared_at[name] = path
+            self.declared_at[name] = origin
             if kind != "skip":
                 self.order[name] = len(self.order)
 
-    def layer_inputs(self, index: int, name: str, layer: Layer) -> list[str] | None:
-        """The spec names a layer reads: its `input`, else the previous layer, else the sole input.
+    def layer_inputs(self, index: int, item: LayerItem) -> list[str] | None:
+        """The names a layer reads: its `input`, else the previous layer, else the sole input.
 
         None (with a diagnostic) when the layer must name its input and does not.
         """
-        if layer.input is not None:
-            return [layer.input] if isinstance(layer.input, str) else list(layer.input)
+        body = item.body
+        if body.input is not None:
+            return [body.input] if isinstance(body.input, str) else list(body.input)
         if index > 0:
-            return [self.spec.layer_items()[index - 1][1]]
-        inputs = list(self.spec.inputs)
+            return [self.scope.layers[index - 1].name]
+        inputs = list(self.scope.inputs)
         if len(inputs) > 1:
-            self.fail(("layers", index, name), f"layer {name!r}: the spec has several inputs "
-                                               f"({', '.join(inputs)}); say which this layer reads",
-                      f"add `input: {inputs[0]}`")
+            where = "the block" if self.scope.block else "the spec"
+            self.fail(item.origin, f"layer {self.q(item.name)}: {where} has several inputs "
+                                   f"({', '.join(inputs)}); say which this layer reads", f"add `input: {inputs[0]}`")
             return None
         return inputs
 
-    def check_references(self, references: dict[str, list[str]]) -> None:
-        for i, name, layer in self.spec.layer_items():
-            if name not in references:
-                continue
-            path = ("layers", i, name)
-            refs = references[name]
-            if len(refs) < layer.min_inputs or (layer.max_inputs is not None and len(refs) > layer.max_inputs):
-                wanted = (f"{layer.min_inputs}" if layer.min_inputs == layer.max_inputs
-                          else f"at least {layer.min_inputs}")
-                self.fail((*path, "input") if layer.input is not None else path,
-                          f"layer {name!r} ({layer.op}): takes {wanted} input(s), got {len(refs)}")
-            for ref in refs:
-                self.check_reference(path, name, ref, references, "input")
+    def arity(self, item: LayerItem) -> tuple[int, int | None]:
+        if isinstance(item.body, BlockCall):
+            count = len(item.instances[0].inputs) if item.instances else 1
+            return count, count
+        return item.body.min_inputs, item.body.max_inputs
 
-    def check_reference(self, path: Path, name: str, ref: str, references: dict[str, list[str]], key: str) -> bool:
-        """True when `ref`, read by `name` at `path`, is a known earlier node; else records why not."""
-        where = (*path, key)
+    def check_references(self, references: dict[str, list[str]]) -> None:
+        for item in self.scope.layers:
+            if item.name not in references:
+                continue
+            refs = references[item.name]
+            least, most = self.arity(item)
+            if len(refs) < least or (most is not None and len(refs) > most):
+                wanted = f"{least}" if least == most else f"at least {least}"
+                op = item.body.op if isinstance(item.body, Layer) else f"block {item.body.block}"
+                self.fail(item.origin.child("input") if item.body.input is not None else item.origin,
+                          f"layer {self.q(item.name)} ({op}): takes {wanted} input(s), got {len(refs)}")
+            for ref in refs:
+                self.check_reference(item.origin, item.name, ref, references, "input")
+
+    def check_reference(self, origin: Origin, name: str, ref: str, references: dict[str, list[str]],
+                        key: str) -> bool:
+        """True when `ref`, read by `name`, is a known earlier node; else records why not."""
+        where = origin.child(key)
+        label = f"{self.kinds.get(name, 'layer')} {self.q(name)}"
         if ref not in self.kinds:
-            self.fail(where, f"{self.kinds.get(name, 'layer')} {name!r}: unknown node {ref!r}"
-                             f"{did_you_mean(ref, self.order)}", key=False)
+            self.fail(where, f"{label}: unknown node {ref!r}{did_you_mean(ref, self.order)}", key=False)
             return False
         if self.kinds[ref] == "skip":
-            target = next(s.to for _, n, s in self.spec.skip_items() if n == ref)
-            self.fail(where, f"{self.kinds.get(name, 'layer')} {name!r}: {ref!r} is a skip edge, not a node",
+            target = next(item.skip.to for item in self.scope.skips if item.name == ref)
+            self.fail(where, f"{label}: {ref!r} is a skip edge, not a node",
                       f"read its target instead: {target!r} holds the merged value", key=False)
             return False
         if ref == name:
-            self.fail(where, f"layer {name!r}: reads its own output (a cycle)", key=False)
+            self.fail(where, f"layer {self.q(name)}: reads its own output (a cycle)", key=False)
             return False
         if name in self.order and self.order[ref] > self.order[name]:
             cycle = self.find_cycle(name, ref, references)
             if cycle:
-                self.fail(where, f"layer {name!r}: cycle {' -> '.join(cycle)}", key=False)
+                self.fail(where, f"layer {self.q(name)}: cycle {' -> '.join(cycle)}", key=False)
             else:
-                self.fail(where, f"layer {name!r}: reads {ref!r}, which comes later", f"move {ref!r} above {name!r}; "
-                          "layers run in the order listed", key=False)
+                self.fail(where, f"layer {self.q(name)}: reads {ref!r}, which comes later",
+                          f"move {ref!r} above {name!r}; layers run in the order listed", key=False)
             return False
         return True
 
@@ -237,44 +285,53 @@ class _Resolver:
                     stack.append((nxt, [*trail, nxt]))
         return None
 
-    def check_skips(self) -> dict[str, list[tuple[int, str, Skip]]]:
-        into: dict[str, list[tuple[int, str, Skip]]] = {}
-        for i, name, skip in self.spec.skip_items():
-            path = ("skips", i, name)
+    def check_skips(self) -> dict[str, list[SkipItem]]:
+        into: dict[str, list[SkipItem]] = {}
+        for item in self.scope.skips:
+            skip, name = item.skip, self.q(item.name)
             ok = True
             for key, ref in (("from", skip.source), ("to", skip.to)):
                 if ref not in self.kinds:
-                    self.fail((*path, key), f"skip {name!r}: {key}: unknown node {ref!r}"
-                                            f"{did_you_mean(ref, self.order)}", key=False)
+                    self.fail(item.origin.child(key), f"skip {name}: {key}: unknown node {ref!r}"
+                                                      f"{did_you_mean(ref, self.order)}", key=False)
                     ok = False
                 elif self.kinds[ref] == "skip":
-                    self.fail((*path, key), f"skip {name!r}: {key}: {ref!r} is a skip edge, not a node", key=False)
+                    self.fail(item.origin.child(key), f"skip {name}: {key}: {ref!r} is a skip edge, not a node",
+                              key=False)
                     ok = False
             if not ok:
                 continue
             if self.kinds[skip.to] == "input":
-                self.fail((*path, "to"), f"skip {name!r}: to: {skip.to!r} is an input; a skip merges into a layer",
-                          key=False)
+                self.fail(item.origin.child("to"), f"skip {name}: to: {skip.to!r} is an input; a skip merges "
+                                                   "into a layer", key=False)
             elif skip.source == skip.to:
-                self.fail(path, f"skip {name!r}: from and to are both {skip.to!r}; a skip joins two different nodes")
+                self.fail(item.origin, f"skip {name}: from and to are both {skip.to!r}; a skip joins two "
+                                       "different nodes")
             elif self.order[skip.source] > self.order[skip.to]:
-                self.fail((*path, "from"), f"skip {name!r}: from: {skip.source!r} comes after to: {skip.to!r}",
+                self.fail(item.origin.child("from"), f"skip {name}: from: {skip.source!r} comes after to: "
+                                                     f"{skip.to!r}",
                           "a skip carries an earlier node's output forward; swap from and to", key=False)
             else:
-                into.setdefault(skip.to, []).append((i, name, skip))
+                into.setdefault(skip.to, []).append(item)
         return into
 
     def check_outputs(self) -> list[str]:
-        if self.spec.outputs is None:
-            return [self.spec.layer_items()[-1][1]]
+        scope = self.scope
+        if scope.outputs is None:
+            return [scope.layers[-1].name]
+        where = scope.origin.child("outputs")
+        if scope.block and len(scope.outputs) > 1:
+            self.fail(where, f"block {scope.block!r}: has {len(scope.outputs)} outputs; a block has one",
+                      "return one node, e.g. a concat of the values you need", key=False)
+            return []
         outputs = []
-        for i, ref in enumerate(self.spec.outputs):
+        for i, ref in enumerate(scope.outputs):
             if ref not in self.kinds:
-                self.fail(("outputs", i), f"outputs: unknown node {ref!r}{did_you_mean(ref, self.order)}", key=False)
+                self.fail(where.child(i), f"outputs: unknown node {ref!r}{did_you_mean(ref, self.order)}", key=False)
             elif self.kinds[ref] == "skip":
-                self.fail(("outputs", i), f"outputs: {ref!r} is a skip edge, not a node", key=False)
+                self.fail(where.child(i), f"outputs: {ref!r} is a skip edge, not a node", key=False)
             elif ref in outputs:
-                self.fail(("outputs", i), f"outputs: {ref!r} is listed twice", key=False)
+                self.fail(where.child(i), f"outputs: {ref!r} is listed twice", key=False)
             else:
                 outputs.append(ref)
         return outputs

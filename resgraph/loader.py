@@ -16,7 +16,7 @@ import yaml
 
 from .errors import Diagnostic, Location, SpecError, UsageError
 
-__all__ = ["Path", "SourceMap", "LoadedSpec", "load_text", "load_file", "MAX_NODES", "MAX_DEPTH"]
+__all__ = ["MAX_DEPTH", "MAX_NODES", "LoadedSpec", "Origin", "Path", "SourceMap", "load_file", "load_text"]
 
 Path = tuple[str | int, ...]
 
@@ -36,7 +36,7 @@ _CORE_TAGS = {
 _TEXT_TAGS = {"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value"}
 
 
-@dataclass
+@dataclass(eq=False)
 class SourceMap:
     """Positions of the values and keys of a loaded document, keyed by data path."""
 
@@ -58,6 +58,20 @@ class SourceMap:
             if not path:
                 return Location(self.file, 1, 1)
             path = path[:-1]
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a piece of a spec was written: a file's source map and a path into its data."""
+
+    source: SourceMap
+    path: Path
+
+    def child(self, *parts: str | int) -> Origin:
+        return Origin(self.source, (*self.path, *parts))
+
+    def locate(self, *, key: bool = False) -> Location:
+        return self.source.locate(self.path, key=key)
 
 
 @dataclass
@@ -149,7 +163,10 @@ class _Builder:
                 self.fail(node, f"the document expands to more than {MAX_NODES:,} YAML nodes",
                           "aliases (*name) multiply nodes; write the spec out or use blocks")
             return None
-        self.source.values.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+        quoted = isinstance(node, yaml.ScalarNode) and node.style in ("'", '"')
+        # A quoted scalar's position is its first character inside the quotes, so columns
+        # computed inside it (expressions) land on the right character.
+        self.source.values.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1 + quoted))
         if isinstance(node, yaml.ScalarNode) and node.tag in _TEXT_TAGS:
             return node.value  # dates and '=' read as the text written, not as Python objects
         if node.tag not in _CORE_TAGS:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import linecache
 from collections.abc import Iterator
@@ -21,30 +22,35 @@ from .codegen import generate_forward
 from .errors import Diagnostic, SpecError
 from .graph import Graph, NodeKind
 from .projections import ProjectionPlan, Step, StepKind
+from .spec import Spec
 
-__all__ = ["CompiledModule", "lower"]
+__all__ = ["CompiledModule", "GeneratedModule", "lower"]
 
 
-class CompiledModule(nn.Module):
-    """Base class of every module resgraph builds.
+class GeneratedModule(nn.Module):
+    """Base class of every module with a generated forward; `code` is that forward's source."""
+
+    code: str = ""
+
+
+class CompiledModule(GeneratedModule):
+    """Base class of the modules `resgraph.build` returns (block instances are GeneratedModules).
 
     Attributes:
         code: the source of the generated `forward` (also `type(model).code`).
         spec: the validated spec the module was built from.
     """
 
-    code: str = ""
-
-    def __init__(self, graph: Graph, spec_text: str, spec_file: str) -> None:
+    def __init__(self, graph: Graph, spec: Spec, spec_text: str, spec_file: str, params: dict[str, Any]) -> None:
         super().__init__()
-        self.spec = graph.spec
+        self.spec = spec
         self._resgraph_graph = graph
-        self._resgraph_source = (spec_text, spec_file)
+        self._resgraph_source = (spec_text, spec_file, params)
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         # The class is generated, so pickle by recipe: rebuild from the spec, then load the state.
-        text, file = self._resgraph_source
-        return (_unpickle, (text, file, self.state_dict(), self.training))
+        text, file, params = self._resgraph_source
+        return (_unpickle, (text, file, params, self.state_dict(), self.training))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> CompiledModule:
         clone = type(self).__new__(type(self))
@@ -55,16 +61,17 @@ class CompiledModule(nn.Module):
         return clone
 
 
-def _unpickle(text: str, file: str, state: dict[str, Any], training: bool) -> CompiledModule:
+def _unpickle(text: str, file: str, params: dict[str, Any], state: dict[str, Any], training: bool) -> CompiledModule:
     from .api import build
 
-    module = build(text, file=file)
+    module = build(text, file=file, params=params)
     module.load_state_dict(state)
     return module.train(training)
 
 
-def lower(graph: Graph, *, spec_text: str = "", spec_file: str = "<spec>", seed: int | None = None) -> CompiledModule:
-    """Instantiate the graph's modules and its generated forward.
+def lower(graph: Graph, spec: Spec, *, spec_text: str = "", spec_file: str = "<spec>",
+          params: dict[str, Any] | None = None, seed: int | None = None) -> CompiledModule:
+    """Instantiate the graph's modules (block instances nested) and generated forwards.
 
     Args:
         graph: a graph annotated by `infer_shapes`.
@@ -72,25 +79,39 @@ def lower(graph: Graph, *, spec_text: str = "", spec_file: str = "<spec>", seed:
     Raises:
         SpecError: torch refused a layer's arguments (a combination the shape check cannot see).
     """
-    source = generate_forward(graph)
-    cls = _generated_class(graph.name, source)
-    module = cls(graph, spec_text, spec_file)
-    diagnostics = []
+    diagnostics: list[Diagnostic] = []
     with _seeded(seed):
-        for node in graph.nodes.values():
-            try:
-                if node.layer is not None and not node.layer.code_only:
-                    module.add_module(node.name, getattr(nn, node.layer.torch_name)(**node.meta["args"]))
-                elif node.kind is NodeKind.skip and node.meta["projection"].module_steps:
-                    module.add_module(node.name, projection_module(node.meta["projection"]))
-            except (TypeError, ValueError, RuntimeError) as exc:
-                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                op = node.layer.op if node.layer else "projection"
-                diagnostics.append(Diagnostic(graph.where(node), f"layer {node.name!r} ({op}): torch rejected "
-                                                                 f"its arguments: {detail}"))
+        cls = _generated_class(graph.name, generate_forward(graph), CompiledModule)
+        module = cls(graph, spec, spec_text, spec_file, params or {})
+        _add_submodules(module, graph, diagnostics)
     if diagnostics:
         raise SpecError(diagnostics)
     return module
+
+
+def _lower_instance(graph: Graph, diagnostics: list[Diagnostic]) -> GeneratedModule:
+    module = _generated_class(graph.name, generate_forward(graph), GeneratedModule)()
+    _add_submodules(module, graph, diagnostics)
+    return module
+
+
+def _add_submodules(module: nn.Module, graph: Graph, diagnostics: list[Diagnostic]) -> None:
+    """Submodules in graph order: layers, projections, and block instances (recursively)."""
+    for node in graph.nodes.values():
+        try:
+            if node.layer is not None and not node.layer.code_only:
+                module.add_module(node.name, getattr(nn, node.layer.torch_name)(**node.meta["args"]))
+            elif node.kind is NodeKind.skip and node.meta["projection"].module_steps:
+                module.add_module(node.name, projection_module(node.meta["projection"]))
+            elif node.kind is NodeKind.block:
+                assert node.call is not None
+                instances = [_lower_instance(instance, diagnostics) for instance in node.meta["instances"]]
+                module.add_module(node.name, nn.Sequential(*instances) if node.call.repeat is not None
+                                  else instances[0])
+        except (TypeError, ValueError, RuntimeError) as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            diagnostics.append(Diagnostic(graph.where(node), f"{graph.label(node)}: torch rejected its "
+                                                             f"arguments: {detail}"))
 
 
 def projection_module(plan: ProjectionPlan) -> nn.Sequential:
@@ -112,7 +133,9 @@ def _step_module(step: Step) -> nn.Module:
     return nn.Linear(a["in"], a["out"], bias=False)
 
 
-def _generated_class(name: str, source: str) -> type[CompiledModule]:
+@functools.lru_cache(maxsize=4096)
+def _generated_class(name: str, source: str, base: type[GeneratedModule]) -> type[GeneratedModule]:
+    """The class for one generated forward; instances with the same code share it."""
     digest = hashlib.sha1(source.encode()).hexdigest()[:10]
     filename = f"<resgraph-generated {name} {digest}>"
     # Register the source so tracebacks and inspect.getsource show the generated lines.
@@ -121,7 +144,7 @@ def _generated_class(name: str, source: str) -> type[CompiledModule]:
     exec(compile(source, filename, "exec"), namespace)  # source holds only validated names and ints
     forward = namespace["forward"]
     forward.__qualname__ = f"{name}.forward"
-    return type(name, (CompiledModule,), {"forward": forward, "code": source, "__module__": "resgraph.generated"})
+    return type(name, (base,), {"forward": forward, "code": source, "__module__": "resgraph.generated"})
 
 
 @contextlib.contextmanager

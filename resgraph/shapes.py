@@ -16,19 +16,19 @@ from .projections import ProjectionError, plan_projection
 __all__ = ["infer_shapes"]
 
 
-def infer_shapes(graph: Graph) -> Graph:
-    """Annotate every node with its type; return the same graph.
+def infer_shapes(graph: Graph, input_types: list[TensorType] | None = None) -> Graph:
+    """Annotate every node (and every block instance's nodes) with its type; return the graph.
 
+    Args:
+        input_types: the types of a block instance's inputs, which its caller determines.
     Raises:
         SpecError: every shape the spec gets wrong, each at its layer or skip.
     """
     diagnostics: list[Diagnostic] = []
+    given = iter(input_types or [])
     for node in graph.nodes.values():
         if node.kind is NodeKind.input:
-            decl = node.decl
-            assert decl is not None
-            layout = decl.layout or ("channels_first" if len(decl.shape) >= 3 else "features_last")
-            node.meta["type"] = TensorType(tuple(decl.shape), decl.dtype, layout)
+            node.meta["type"] = _input_type(node) if node.decl is not None else next(given)
             continue
         inputs = [graph.nodes[name].meta.get("type") for name in node.inputs]
         if any(t is None for t in inputs):
@@ -36,6 +36,8 @@ def infer_shapes(graph: Graph) -> Graph:
         try:
             if node.kind is NodeKind.layer:
                 _infer_layer(node, inputs)
+            elif node.kind is NodeKind.block:
+                _infer_block(node, inputs, diagnostics)
             else:
                 _infer_skip(graph, node, inputs, diagnostics)
         except ShapeError as exc:
@@ -44,6 +46,26 @@ def infer_shapes(graph: Graph) -> Graph:
     if diagnostics:
         raise SpecError(diagnostics)
     return graph
+
+
+def _input_type(node: Node) -> TensorType:
+    decl = node.decl
+    assert decl is not None
+    layout = decl.layout or ("channels_first" if len(decl.shape) >= 3 else "features_last")
+    return TensorType(tuple(decl.shape), decl.dtype, layout)
+
+
+def _infer_block(node: Node, inputs: list[TensorType], diagnostics: list[Diagnostic]) -> None:
+    """Chain the instances: each one's output type is the next one's input type."""
+    current = inputs
+    for instance in node.meta["instances"]:
+        try:
+            infer_shapes(instance, current)
+        except SpecError as exc:
+            diagnostics.extend(exc.diagnostics)
+            return
+        current = [instance.nodes[instance.outputs[0]].meta["type"]]
+    node.meta["type"] = current[0]
 
 
 def _infer_layer(node: Node, inputs: list[TensorType]) -> None:
@@ -57,7 +79,7 @@ def _infer_skip(graph: Graph, node: Node, inputs: list[TensorType], diagnostics:
     skip = node.skip
     assert skip is not None
     target, source = inputs
-    policy = skip.projection or graph.spec.defaults.projection
+    policy = skip.projection or graph.scope.projection
     try:
         plan = plan_projection(policy, skip.merge, source, target, skip.concat_dim)
     except ProjectionError as exc:
@@ -79,7 +101,7 @@ def _skip_error(graph: Graph, node: Node, target: TensorType, source: TensorType
         where = f" (shrunk by {', '.join(shrinking)})" if shrinking else ""
         hint = (f"keep the spatial size with `padding: 1` on 3x3 convs (or `padding: same`) between "
                 f"{skip.source!r} and {skip.to!r}{where}, or set `projection: crop` on this skip")
-    message = (f"skip {node.name!r}: cannot {skip.merge.value} {skip.source!r} {source} "
+    message = (f"{graph.label(node)}: cannot {skip.merge.value} {skip.source!r} {source} "
                f"{'into' if skip.merge.value != 'add' else 'to'} {skip.to!r} {target}: {exc}")
     return Diagnostic(graph.where(node), message, hint)
 
@@ -102,10 +124,8 @@ def _shrinking_layers(graph: Graph, source: str, target: str) -> list[str]:
 
 def _located(graph: Graph, node: Node, exc: ShapeError) -> Diagnostic:
     """A shape error at its layer; an uncurated op's name or argument error at that key."""
-    layer = node.layer
     key = exc.field if isinstance(exc, GenericOpError) else None
-    what = f"layer {node.name!r} ({layer.op})" if layer else f"skip {node.name!r}"
-    return Diagnostic(graph.where(node, key), f"{what}: {exc}")
+    return Diagnostic(graph.where(node, key), f"{graph.label(node)}: {exc}")
 
 
 def _inplace_hazards(graph: Graph) -> list[Diagnostic]:
@@ -121,7 +141,7 @@ def _inplace_hazards(graph: Graph) -> list[Diagnostic]:
             why = (f"{', '.join(repr(o) for o in others)} also read{'s' if len(others) == 1 else ''} it" if others
                    else "it is an input or output of the model")
             diagnostics.append(Diagnostic(graph.where(node, "inplace"),
-                                          f"layer {node.name!r} ({node.layer.op}): inplace: true would overwrite "
+                                          f"{graph.label(node)}: inplace: true would overwrite "
                                           f"{graph.nodes[source].var!r}, but {why}",
                                           "remove `inplace: true`"))
     return diagnostics

@@ -1,8 +1,11 @@
 """The spec language as pydantic models; the JSON Schema in schemas/ is generated from these.
 
 A spec is inputs, an ordered list of layers (`- NAME: {op: ..., args}`), named skip edges
-(`- NAME: {from: A, to: B, merge: add}`) and outputs. Layer bodies are a union tagged by `op`:
-one typed model per curated op, `GenericLayer` for every other torch.nn class.
+(`- NAME: {from: A, to: B, merge: add}`) and outputs, plus parameters and reusable blocks.
+Layer bodies are a union tagged by `op`: one typed model per curated op, `GenericLayer` for
+every other torch.nn class, and `BlockCall` for `{block: ...}`. Bodies inside `blocks:` are
+templates (they may hold `${...}` expressions over block parameters): they stay data here and
+are typed per instance by the expansion stage.
 """
 
 from __future__ import annotations
@@ -10,12 +13,13 @@ from __future__ import annotations
 from enum import Enum
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Discriminator, Field, Tag, model_validator
+from pydantic import Discriminator, Field, Tag, WithJsonSchema, model_validator
 
-from .ops import OPS, GenericLayer, Identifier, Layer, Layout, Merge, StrictModel
+from .ops import OPS, GenericLayer, Identifier, Layout, Merge, StrictModel
 from .ops.base import DTYPES
 
-__all__ = ["FORMAT_VERSION", "Defaults", "InputDecl", "LayerBody", "Projection", "Skip", "Spec"]
+__all__ = ["FORMAT_VERSION", "REQUIRED", "BlockCall", "BlockDef", "BlockLibrary", "Defaults", "InputDecl", "LayerBody",
+           "Projection", "Scale", "Skip", "Spec"]
 
 FORMAT_VERSION = 1
 
@@ -71,17 +75,44 @@ class Defaults(StrictModel):
     projection: Projection = Field(default=Projection.auto, description="Projection policy of every skip.")
 
 
+class BlockCall(StrictModel):
+    """A layer that instantiates a block; with `repeat: N`, N chained instances (`NAME.0`, `NAME.1`...)."""
+
+    block: Identifier = Field(description="The block to instantiate (from `blocks:` or an imported file).")
+    input: Identifier | list[Identifier] | None = Field(
+        default=None, description="The node(s) the block reads; default: the previous layer.")
+    repeat: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
+        default=None, description="Chain this many instances, nested as NAME.0, NAME.1, ... (scaled by scale.depth).")
+    with_: dict[Identifier, Any] = Field(
+        default_factory=dict, alias="with",
+        description="Block parameter values; expressions may use `index` (the instance) and `block_index`.")
+
+
 def _layer_tag(value: Any) -> str:
-    op = value.get("op") if isinstance(value, dict) else getattr(value, "op", None)
+    if isinstance(value, dict):
+        if "block" in value and "op" not in value:
+            return "block"
+        op = value.get("op")
+    else:
+        if isinstance(value, BlockCall):
+            return "block"
+        op = getattr(value, "op", None)
     return op if isinstance(op, str) and op in OPS else "generic"
 
 
 def _layer_union() -> Any:
     members = tuple(Annotated[model, Tag(name)] for name, model in OPS.items())
-    return Annotated[Union[(*members, Annotated[GenericLayer, Tag("generic")])], Discriminator(_layer_tag)]
+    return Annotated[Union[(*members, Annotated[GenericLayer, Tag("generic")], Annotated[BlockCall, Tag("block")])],
+                     Discriminator(_layer_tag)]
 
 
 LayerBody = _layer_union()
+
+# Where a body is a template (inside `blocks:`), pydantic keeps it as data until each instance
+# is expanded; the JSON Schema still describes it as a layer (or skip) for editors and checks.
+LayerTemplate = Annotated[dict[str, Any], WithJsonSchema({"$ref": "#/$defs/LayerBody"})]
+SkipTemplate = Annotated[dict[str, Any], WithJsonSchema({"$ref": "#/$defs/Skip"})]
+TypedLayer = Annotated[LayerBody, WithJsonSchema({"$ref": "#/$defs/LayerBody"})]
 
 
 def _one_key(body: Any, what: str) -> Any:
@@ -90,32 +121,68 @@ def _one_key(body: Any, what: str) -> Any:
         min_length=1, max_length=1, json_schema_extra={"additionalProperties": False, "description": what})]
 
 
+LAYER_ENTRY = "- NAME: {op: ..., arguments} or - NAME: {block: ..., repeat: N, with: {...}}"
+SKIP_ENTRY = "- NAME: {from: A, to: B, merge: add}"
+
+
+class BlockDef(StrictModel):
+    """A named, parameterised sub-graph. Its inputs are referable by name inside it."""
+
+    description: str | None = None
+    params: dict[Identifier, Any] = Field(
+        default_factory=dict, description="Parameter -> default; the value `required` marks one without a default.")
+    inputs: list[Identifier] = Field(default_factory=lambda: ["x"], min_length=1,
+                                     description="Names of the block's inputs; default [x].")
+    layers: list[_one_key(LayerTemplate, LAYER_ENTRY)] = Field(min_length=1)  # type: ignore[valid-type]
+    skips: list[_one_key(SkipTemplate, SKIP_ENTRY)] = Field(default_factory=list)  # type: ignore[valid-type]
+    outputs: list[Identifier] | None = Field(default=None, min_length=1,
+                                              description="The block's outputs; default: its last layer.")
+
+
+REQUIRED = "required"
+
+
+class Scale(StrictModel):
+    """Global multipliers: `width` scales every conv's out_channels, `depth` every block repeat."""
+
+    width: Annotated[float, Field(gt=0, le=64)] = 1.0
+    depth: Annotated[float, Field(gt=0, le=64)] = 1.0
+    divisor: Annotated[int, Field(ge=1)] = Field(default=8, description="Scaled channels are multiples of this.")
+
+
 class Spec(StrictModel):
     """A resgraph architecture spec."""
 
     resgraph: Literal[1] = Field(description="Spec format version.")
     name: Identifier = Field(description="The model's name; the compiled module's class name.")
     description: str | None = None
+    imports: list[str] = Field(default_factory=list,
+                               description="Block library files (paths relative to this file) whose blocks to use.")
+    params: dict[Identifier, Any] = Field(
+        default_factory=dict, description="Parameters usable as ${name} anywhere; override with --set NAME=VALUE.")
+    scale: Scale = Field(default_factory=Scale)
+    blocks: dict[Identifier, BlockDef] = Field(default_factory=dict, json_schema_extra={"additionalProperties": False})
     inputs: dict[Identifier, list[Dim] | InputDecl] = Field(
         min_length=1, json_schema_extra={"additionalProperties": False},
         description="Input name -> per-sample shape, or {shape, dtype, layout}.")
     defaults: Defaults = Field(default_factory=Defaults)
-    layers: list[_one_key(LayerBody, "- NAME: {op: ..., arguments}")] = Field(  # type: ignore[valid-type]
+    layers: list[_one_key(TypedLayer, LAYER_ENTRY)] = Field(  # type: ignore[valid-type]
         min_length=1, description="Ordered; each layer reads the previous one unless it names `input`.")
-    skips: list[_one_key(Skip, "- NAME: {from: A, to: B, merge: add}")] = Field(  # type: ignore[valid-type]
+    skips: list[_one_key(Skip, SKIP_ENTRY)] = Field(  # type: ignore[valid-type]
         default_factory=list, description="Named edges merging one node's output into a later layer's.")
     outputs: list[Identifier] | None = Field(default=None, min_length=1,
                                               description="The returned nodes; default: the last layer.")
-
-    def layer_items(self) -> list[tuple[int, str, Layer]]:
-        """(index, name, layer) for every layer, in order."""
-        return [(i, name, body) for i, entry in enumerate(self.layers) for name, body in entry.items()]
-
-    def skip_items(self) -> list[tuple[int, str, Skip]]:
-        """(index, name, skip) for every skip, in order."""
-        return [(i, name, body) for i, entry in enumerate(self.skips) for name, body in entry.items()]
 
     def input_decls(self) -> dict[str, InputDecl]:
         """Every input in its long form."""
         return {name: value if isinstance(value, InputDecl) else InputDecl(shape=value)
                 for name, value in self.inputs.items()}
+
+
+class BlockLibrary(StrictModel):
+    """A file of blocks for other specs to import."""
+
+    resgraph: Literal[1] = Field(description="Spec format version.")
+    description: str | None = None
+    imports: list[str] = Field(default_factory=list)
+    blocks: dict[Identifier, BlockDef] = Field(min_length=1, json_schema_extra={"additionalProperties": False})

@@ -21,11 +21,12 @@ class ProjectionRow:
 
 @dataclass(frozen=True)
 class Row:
-    name: str
-    kind: str
+    name: str  # dotted: `layer1.0.conv1` inside block instances
+    kind: str  # input | layer | block | instance | skip
     op: str
     shape: list[int]
     params: int
+    depth: int = 0
     projection: ProjectionRow | None = None
 
 
@@ -48,30 +49,57 @@ class Summary:
         return data
 
 
-def summarize(module: Any) -> Summary:
-    """Rows for every node of a module built by resgraph, with parameter counts from its weights."""
+def summarize(module: Any, depth: int | None = None) -> Summary:
+    """Rows for every node of a module built by resgraph, block instances nested (dotted names).
+
+    Args:
+        depth: show block internals down to this nesting depth (0: only the top level).
+    """
     graph: Graph = module._resgraph_graph
-    rows = []
+    rows: list[Row] = []
+    _rows(module, graph, "", 0, rows)
+    if depth is not None:
+        rows = [row for row in rows if row.depth <= depth]
+    total = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return Summary(graph.name, graph.scope.origin.source.file, rows, total, trainable, list(graph.outputs))
+
+
+def _rows(module: Any, graph: Graph, prefix: str, level: int, rows: list[Row]) -> None:
     for node in graph.nodes.values():
-        shape = list(node.meta["type"].shape)
+        name, shape = prefix + node.name, list(node.meta["type"].shape)
         if node.kind is NodeKind.input:
-            rows.append(Row(node.name, "input", f"input {node.meta['type'].dtype}", shape, 0))
+            if not prefix:
+                rows.append(Row(name, "input", f"input {node.meta['type'].dtype}", shape, 0, level))
         elif node.kind is NodeKind.layer:
             layer = node.layer
             assert layer is not None
             args = ", ".join(f"{k}={_value(v)}" for k, v in layer.args().items())
-            rows.append(Row(node.name, "layer", f"{layer.op}({args})", shape, _params(module, node.name)))
+            if layer.code_only:
+                args = ", ".join([*node.inputs, *([args] if args else [])])
+            rows.append(Row(name, "layer", f"{layer.op}({args})", shape, _params(module, name), level))
+        elif node.kind is NodeKind.block:
+            call = node.call
+            assert call is not None
+            instances = node.meta["instances"]
+            repeat = f" x{len(instances)}" if call.repeat is not None else ""
+            rows.append(Row(name, "block", f"{call.block}{repeat}", shape, _params(module, name), level))
+            for index, instance in enumerate(instances):
+                inner = f"{name}.{index}." if call.repeat is not None else f"{name}."
+                if call.repeat is not None:
+                    params = ", ".join(f"{k}={_value(v)}" for k, v in instance.scope.params.items())
+                    rows.append(Row(inner[:-1], "instance", f"{call.block}({params})",
+                                    list(instance.nodes[instance.outputs[0]].meta["type"].shape),
+                                    _params(module, inner[:-1]), level + 1))
+                _rows(module, instance, inner, level + 1 + (call.repeat is not None), rows)
         else:
             skip = node.skip
             assert skip is not None
             plan: ProjectionPlan = node.meta["projection"]
-            params = _params(module, node.name)
+            params = _params(module, name)
             projection = ProjectionRow(plan.policy.value, plan.reason, describe_steps(plan.steps), params)
-            rows.append(Row(node.name, "skip", f"skip {skip.merge.value} <- {skip.source}", shape, params,
+            rows.append(Row(name, "skip", f"skip {skip.merge.value} <- {skip.source}", shape, params, level,
                             projection))
-    total = sum(p.numel() for p in module.parameters())
-    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    return Summary(graph.name, graph.source.file, rows, total, trainable, list(graph.outputs))
 
 
 def describe_steps(steps: tuple[Step, ...]) -> str:
@@ -106,17 +134,21 @@ def _value(value: Any) -> str:
 
 
 def _params(module: Any, name: str) -> int:
-    sub = getattr(module, name, None) if name in module._modules else None
-    return sum(p.numel() for p in sub.parameters()) if sub is not None else 0
+    try:
+        sub = module.get_submodule(name)
+    except AttributeError:  # parameter-free nodes have no submodule
+        return 0
+    return sum(p.numel() for p in sub.parameters())
 
 
 def format_summary(summary: Summary) -> str:
     """A torchinfo-like table: layer, op, output shape (batch as N) and parameter count."""
     table = [("Layer", "Op", "Output shape", "Params")]
     for row in summary.rows:
-        table.append((row.name, row.op, "(N" + "".join(f", {d}" for d in row.shape) + ")", f"{row.params:,}"))
+        shape = "(N" + "".join(f", {d}" for d in row.shape) + ")"
+        table.append(("  " * row.depth + row.name, row.op, shape, f"{row.params:,}"))
         if row.projection and row.projection.steps != "identity":
-            table.append(("  └ projection", f"{row.projection.policy}: {row.projection.steps}",
+            table.append(("  " * row.depth + "  └ projection", f"{row.projection.policy}: {row.projection.steps}",
                           f"[{row.projection.reason}]", ""))
     widths = [max(len(r[i]) for r in table) for i in range(4)]
     line = "-" * (sum(widths) + 6)

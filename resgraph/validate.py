@@ -7,56 +7,67 @@ into resgraph diagnostics that name the layer or skip, the key, what was expecte
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from functools import cache
 from typing import Any
 
 from .errors import Diagnostic, SpecError
-from .loader import LoadedSpec, Path, SourceMap
+from .loader import LoadedSpec, Origin, Path, SourceMap
 from .ops import OPS
 from .suggest import did_you_mean
 
-__all__ = ["validate", "schema_diagnostics"]
+__all__ = ["pydantic_diagnostics", "schema_diagnostics", "validate"]
 
 NAME_RULE = "names start with a letter and hold only letters, digits and '_'"
 
 
-def validate(loaded: LoadedSpec) -> Any:
-    """Check loaded data against the schema and the models.
+def validate(loaded: LoadedSpec, params: Mapping[str, Any] | None = None) -> Any:
+    """Check loaded data against the schema, evaluate its top-level expressions, build the model.
 
+    Args:
+        params: overrides of the spec's declared `params` (as from `--set NAME=VALUE`).
     Returns:
-        The typed `Spec`.
+        The typed `Spec`, whose `params` hold the values in force (defaults, then overrides).
+        Layers inside `blocks:` stay templates; the expansion stage types them per instance.
     Raises:
-        SpecError: with every schema violation, or every model-level violation.
+        SpecError: every schema violation; else every expression or model-level violation.
     """
     from pydantic import ValidationError
 
-    from .spec import Spec
+    from .expand import evaluate_spec_data, resolve_params, scale_width
+    from .schema import json_schema
+    from .spec import Scale, Spec
 
-    diagnostics = schema_diagnostics(loaded.data, loaded.source)
+    diagnostics = schema_diagnostics(loaded.data, loaded.source, json_schema())
+    if diagnostics:
+        raise SpecError(diagnostics)
+    root = Origin(loaded.source, ())
+    values = resolve_params(loaded.data.get("params", {}), params or {}, root.child("params"), diagnostics)
+    data = evaluate_spec_data(loaded.data, values, root, diagnostics)
     if diagnostics:
         raise SpecError(diagnostics)
     try:
-        return Spec.model_validate(loaded.data)
+        scale = Scale.model_validate(data.get("scale", {}))
+        data["layers"] = [{name: scale_width(body, scale) for name, body in entry.items()} for entry in data["layers"]]
+        return Spec.model_validate(data).model_copy(update={"params": values})
     except ValidationError as exc:
-        raise SpecError(list(_pydantic_diagnostics(exc, loaded))) from None
+        raise SpecError(list(pydantic_diagnostics(exc, data, root))) from None
 
 
 @cache
-def _validator() -> Any:
+def _validator(schema_json: str) -> Any:
     import jsonschema
 
-    from .schema import json_schema
-
-    return jsonschema.Draft202012Validator(json_schema())
+    return jsonschema.Draft202012Validator(json.loads(schema_json))
 
 
-def schema_diagnostics(data: Any, source: SourceMap) -> list[Diagnostic]:
-    """Every jsonschema violation of `data`, translated and de-duplicated, in file order."""
+def schema_diagnostics(data: Any, source: SourceMap, schema: dict[str, Any]) -> list[Diagnostic]:
+    """Every violation of `schema` by `data`, translated and de-duplicated, in file order."""
     seen: set[tuple[Any, str]] = set()
     result = []
-    errors = list(_validator().iter_errors(data))
+    errors = list(_validator(json.dumps(schema, sort_keys=True)).iter_errors(data))
     # An entry that is not a one-key mapping is mis-indented: errors inside it are only noise.
     broken = {tuple(e.absolute_path) for e in errors if e.validator in ("minProperties", "maxProperties")}
     for error in errors:
@@ -73,14 +84,18 @@ def schema_diagnostics(data: Any, source: SourceMap) -> list[Diagnostic]:
 
 # --- where: a readable name for the part of the spec a path points into --------------------------
 
-def subject(path: Path, data: Any) -> tuple[str, Path]:
-    """('layer 'conv1' (Conv2d)', rest-of-path) for a path into the spec."""
+def subject(path: Path, data: Any, op: Any = None) -> tuple[str, Path]:
+    """('layer 'conv1' (Conv2d)', rest-of-path) for a path into the spec (or one of its blocks)."""
+    if len(path) >= 2 and path[0] == "blocks":
+        inner, rest = subject(path[2:], _get(data, path[:2]), op)
+        return (f"block {path[1]!r}" + (f", {inner}" if inner != "spec" else "")), rest
     if len(path) >= 3 and path[0] in ("layers", "skips") and isinstance(path[1], int):
         name = path[2]
         if path[0] == "skips":
             return f"skip {name!r}", path[3:]
-        body = _get(data, path[:3])
-        op = body.get("op") if isinstance(body, dict) else None
+        if op is None:
+            body = _get(data, path[:3])
+            op = body.get("op") if isinstance(body, dict) else None
         return (f"layer {name!r} ({op})" if isinstance(op, str) else f"layer {name!r}"), path[3:]
     if len(path) >= 2 and path[0] == "inputs":
         return f"input {path[1]!r}", path[2:]
@@ -100,8 +115,8 @@ def _get(data: Any, path: Path) -> Any:
     return data
 
 
-def _label(path: Path, data: Any, key: str | None = None) -> str:
-    who, rest = subject((*path, key) if key is not None else path, data)
+def _label(path: Path, data: Any, op: Any = None) -> str:
+    who, rest = subject(path, data, op)
     field = ".".join(str(p) for p in rest)
     return f"{who}: {field}" if field else who
 
@@ -134,7 +149,12 @@ def _translate(error: Any, data: Any, source: SourceMap) -> Iterator[Diagnostic]
             yield Diagnostic(source.locate(path, key=True),
                              f"{subject(path, data)[0]}: expected a mapping like {example}, got {_show(instance)}")
             return
-        if isinstance(instance, dict) and "op" in instance and len(path) == 3 and path[0] == "layers":
+        untagged = isinstance(instance, dict) and "op" not in instance and "block" not in instance
+        if _is_layer_body(path, data) and untagged:
+            yield Diagnostic(source.locate(path, key=True),
+                             f"{subject(path, data)[0]}: needs `op:` (a layer) or `block:` (a block instance)")
+            return
+        if isinstance(instance, dict) and "op" in instance and _is_layer_body(path, data):
             op = instance["op"]
             yield Diagnostic(source.locate((*path, "op")),
                              f"layer {path[2]!r}: unknown op {op!r}{did_you_mean(str(op), OPS)}",
@@ -199,6 +219,13 @@ def _translate(error: Any, data: Any, source: SourceMap) -> Iterator[Diagnostic]
     yield Diagnostic(source.locate(path), f"{_label(path, data)}: {error.message}")
 
 
+def _is_layer_body(path: Path, data: Any) -> bool:
+    """True for the body of a `- NAME: {...}` layer entry, at the top level or in a block."""
+    if len(path) == 3 and path[0] == "layers":
+        return True
+    return len(path) == 5 and path[0] == "blocks" and path[2] == "layers"
+
+
 def _branch_errors(error: Any, path: Path) -> list[Any] | None:
     """For a failed oneOf/anyOf, the errors of the alternative the user evidently meant.
 
@@ -214,11 +241,21 @@ def _branch_errors(error: Any, path: Path) -> list[Any] | None:
             rel = tuple(sub.absolute_path)[len(path):]
             if sub.validator == "type" and rel == ():
                 return True
+            if sub.validator == "required" and rel == () and isinstance(sub.instance, dict) and any(
+                    key in ("op", "block") and key not in sub.instance for key in sub.validator_value):
+                return True  # the discriminating key is absent: this alternative is not the one meant
             if rel == ("op",) and sub.validator in ("const", "not", "enum", "pattern"):
                 return True
         return False
 
-    left = [errors for errors in branches.values() if not ruled_out(errors)]
+    alternatives = error.schema.get(error.validator, []) if isinstance(error.schema, dict) else []
+    expression_meant = isinstance(error.instance, str) and error.instance.startswith("${")
+
+    def is_expression(index: int) -> bool:
+        return index < len(alternatives) and alternatives[index] == {"$ref": "#/$defs/Expression"}
+
+    left = [errors for index, errors in branches.items() if not ruled_out(errors)
+            and (expression_meant or not is_expression(index))]
     if len(left) == 1:
         return left[0]
     return None
@@ -233,13 +270,13 @@ def _unexpected_key(path: Path, key: str, allowed: list[str], named: bool, data:
     where = source.locate((*path, key), key=True)
     if named:  # a mapping of user-chosen names: the key is a bad name, not a misspelling
         return Diagnostic(where, f"{_label(path, data)}: invalid name {key!r}: {NAME_RULE}")
-    if len(path) == 3 and path[0] == "layers":
+    if _is_layer_body(path, data):
         op = _get(data, path).get("op")
         model = OPS.get(op)
         if model is not None and key in model.inferred:
-            return Diagnostic(where, f"layer {path[2]!r} ({op}): {key!r} is inferred from the input; remove it")
+            return Diagnostic(where, f"{_label(path, data)}: {key!r} is inferred from the input; remove it")
         hint = did_you_mean(key, [k for k in allowed if k != "op"])
-        return Diagnostic(where, f"layer {path[2]!r} ({op}): unknown argument {key!r}{hint}",
+        return Diagnostic(where, f"{_label(path, data)}: unknown argument {key!r}{hint}",
                           None if hint else f"{op} takes: {', '.join(k for k in allowed if k not in ('op',))}")
     return Diagnostic(where, f"{_label(path, data)}: unknown key {key!r}{did_you_mean(key, allowed)}"
                       if path else f"unknown top-level key {key!r}{did_you_mean(key, allowed)}")
@@ -261,6 +298,8 @@ def describe(schema: Any) -> str:
     """A short English description of what a schema accepts ('an integer >= 1 or a list of ...')."""
     if not isinstance(schema, dict):
         return "a valid value"
+    if schema.get("$ref") == "#/$defs/Expression":
+        return "a ${...} expression"
     if "$ref" in schema:
         from .schema import json_schema
 
@@ -268,7 +307,9 @@ def describe(schema: Any) -> str:
         return describe(target)
     for union in ("anyOf", "oneOf"):
         if union in schema:
-            parts = list(dict.fromkeys(describe(s) for s in schema[union]))
+            # Any value may be a ${...} expression; saying so in every message is only noise.
+            options = [s for s in schema[union] if s != {"$ref": "#/$defs/Expression"}] or schema[union]
+            parts = list(dict.fromkeys(describe(s) for s in options))
             return " or ".join(parts)
     if "const" in schema:
         return repr(schema["const"])
@@ -303,16 +344,19 @@ def _plural(description: str) -> str:
 
 # --- pydantic --------------------------------------------------------------------------------------
 
-def _pydantic_diagnostics(exc: Any, loaded: LoadedSpec) -> Iterator[Diagnostic]:
+def pydantic_diagnostics(exc: Any, data: Any, origin: Origin) -> Iterator[Diagnostic]:
+    """Translate a pydantic ValidationError about `data`, which was written at `origin`."""
     for item in exc.errors(include_url=False):
-        path = _data_path(item["loc"], loaded.data)
+        path = _data_path(item["loc"], data)
         message = item["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
         named = re.match(r"'(\w+)'", message)  # a model rule names its key first: point at that key
-        if named and isinstance(_get(loaded.data, path), dict) and named.group(1) in _get(loaded.data, path):
+        if named and isinstance(_get(data, path), dict) and named.group(1) in _get(data, path):
             path = (*path, named.group(1))
             message = message[named.end():].lstrip()
-        yield Diagnostic(loaded.source.locate(path, key=item["type"] == "extra_forbidden" or bool(named)),
-                         f"{_label(path, loaded.data)}: {message}")
+        full = (*origin.path, *path)
+        op = _get(data, ("op",)) if origin.path else None
+        yield Diagnostic(origin.source.locate(full, key=item["type"] == "extra_forbidden" or bool(named)),
+                         f"{_label(full, data if not origin.path else None, op)}: {message}")
 
 
 def _data_path(loc: tuple[Any, ...], data: Any) -> Path:

@@ -11,6 +11,9 @@ import pathlib
 
 import pytest
 
+# Run by hand in an environment with torchvision (see its docstring); not part of the suite.
+collect_ignore = ["fixtures/generate_torchvision.py"]
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 BAD_SPECS = pathlib.Path(__file__).resolve().parent / "bad_specs"
@@ -18,6 +21,7 @@ BAD_SPECS = pathlib.Path(__file__).resolve().parent / "bad_specs"
 # Examples that must build; examples/tutorial_literal.yaml must fail (see test_examples.py).
 FAILING_EXAMPLES = {"tutorial_literal.yaml"}
 BUILDING_EXAMPLES = sorted(p.name for p in EXAMPLES.glob("*.yaml") if p.name not in FAILING_EXAMPLES)
+BLOCK_LIBRARIES = sorted(p.relative_to(EXAMPLES).as_posix() for p in (EXAMPLES / "blocks").glob("*.yaml"))
 
 
 def check_golden(path: pathlib.Path, actual: str) -> None:

@@ -8,10 +8,11 @@ import jsonschema
 import pytest
 import yaml
 
-from conftest import EXAMPLES, ROOT
+import resgraph
+from conftest import BLOCK_LIBRARIES, EXAMPLES, ROOT
 from resgraph.ops import OPS
 from resgraph.schema import json_schema, schema_text
-from resgraph.spec import Spec
+from resgraph.spec import BlockLibrary, Spec
 
 SCHEMA_FILE = ROOT / "schemas" / "resgraph.schema.json"
 ALL_EXAMPLES = sorted(p.name for p in EXAMPLES.glob("*.yaml"))
@@ -46,6 +47,14 @@ def test_uncurated_ops_are_accepted_but_curated_names_are_not_generic() -> None:
 def test_examples_pass_jsonschema_and_pydantic(example: str) -> None:
     text = (EXAMPLES / example).read_text()
     assert text.startswith("# yaml-language-server: $schema=../schemas/resgraph.schema.json\n")
-    data = yaml.safe_load(text)
-    jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text())).validate(data)
-    Spec.model_validate(data)
+    jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text())).validate(yaml.safe_load(text))
+    spec = resgraph.load_spec(EXAMPLES / example)  # expressions evaluated, then the pydantic models
+    assert isinstance(spec, Spec)
+
+
+@pytest.mark.parametrize("library", BLOCK_LIBRARIES)
+def test_block_libraries_pass_jsonschema_and_pydantic(library: str) -> None:
+    data = yaml.safe_load((EXAMPLES / library).read_text())
+    schema = json.loads(SCHEMA_FILE.read_text())
+    jsonschema.Draft202012Validator({"$defs": schema["$defs"], "$ref": "#/$defs/BlockLibrary"}).validate(data)
+    BlockLibrary.model_validate(data)

@@ -43,6 +43,10 @@ DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "bool")
 FLOAT_DTYPES = frozenset({"float32", "float64", "float16", "bfloat16"})
 
 
+# Keys of a layer body that are resgraph's, not the torch constructor's.
+RESGRAPH_KEYS = frozenset({"op", "input", "scale"})
+
+
 class StrictModel(BaseModel):
     """Unknown keys are errors and infinities are not numbers, everywhere in a spec."""
 
@@ -96,7 +100,7 @@ class Layer(StrictModel):
 
     def args(self) -> dict[str, Any]:
         """The constructor arguments the spec wrote (lists as tuples), without `op`/`input`."""
-        written = self.model_dump(exclude={"op", "input"}, exclude_unset=True, by_alias=False)
+        written = self.model_dump(exclude=RESGRAPH_KEYS, exclude_unset=True, by_alias=False)
         return {k: tuple(v) if isinstance(v, list) else v for k, v in written.items()}
 
     def inferred_args(self, inputs: list[TensorType]) -> dict[str, Any]:

@@ -33,6 +33,7 @@ class ConvBase(FeatureMapLayer):
     groups: PositiveInt = 1
     bias: bool = True
     padding_mode: PaddingMode = "zeros"
+    scale: bool = Field(True, description="false: scale.width leaves out_channels as written.")
 
     inferred: ClassVar[tuple[str, ...]] = ("in_channels",)
 
@@ -68,6 +69,7 @@ class ConvTransposeBase(FeatureMapLayer):
     bias: bool = True
     dilation: IntOrTuple = 1
     padding_mode: Literal["zeros"] = "zeros"
+    scale: bool = Field(True, description="false: scale.width leaves out_channels as written.")
 
     inferred: ClassVar[tuple[str, ...]] = ("in_channels",)
 

@@ -1,0 +1,198 @@
+"""Safe `${...}` expressions over parameters: parsed with `ast`, evaluated by a whitelist walker.
+
+Nothing here calls eval or exec. An expression may use numbers, strings, booleans, None, lists,
+names bound by the spec (parameters, `index`, ...), arithmetic, comparisons, `and`/`or`/`not`,
+`a if cond else b`, indexing (`widths[index]`) and the functions in `FUNCTIONS`. Everything else
+is an error whose offset points into the expression.
+
+>>> evaluate("make_divisible(planes * 1.5, 8) if index == 0 else planes", {"planes": 20, "index": 0})
+32
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .suggest import did_you_mean
+
+__all__ = ["FUNCTIONS", "ExpressionError", "evaluate", "expression_body", "make_divisible"]
+
+_PATTERN = re.compile(r"^\$\{(.*)\}$", re.DOTALL)
+MAX_LENGTH = 1_000
+MAX_MAGNITUDE = 2**62  # larger numbers are never a layer argument; refuse them before they grow
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round `value` to a multiple of `divisor`, never more than 10% down (MobileNet's rule).
+
+    >>> make_divisible(32 * 0.75), make_divisible(20, 8), make_divisible(3, 8)
+    (24, 24, 8)
+    """
+    if divisor < 1:
+        raise ValueError("divisor must be at least 1")
+    floor = divisor if min_value is None else min_value
+    rounded = max(floor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "min": min, "max": max, "abs": abs, "round": round, "int": int, "float": float,
+    "ceil": math.ceil, "floor": math.floor, "sqrt": math.sqrt, "len": len, "sum": sum,
+    "make_divisible": make_divisible,
+}
+
+_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+_COMPARE = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
+            ast.Gt: operator.gt, ast.GtE: operator.ge, ast.In: lambda a, b: a in b,
+            ast.NotIn: lambda a, b: a not in b}
+_UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_}
+
+
+class ExpressionError(ValueError):
+    """A bad expression; `offset` is the 0-based column inside the expression text."""
+
+    def __init__(self, message: str, offset: int = 0) -> None:
+        super().__init__(message)
+        self.offset = offset
+
+
+def expression_body(value: Any) -> str | None:
+    """The text inside `${...}` when `value` is an expression string, else None."""
+    if isinstance(value, str):
+        match = _PATTERN.match(value)
+        if match:
+            return match.group(1)
+    return None
+
+
+def evaluate(text: str, names: Mapping[str, Any]) -> Any:
+    """Evaluate an expression body (without `${}`) with `names` bound.
+
+    Raises:
+        ExpressionError: syntax errors, unknown names, disallowed constructs, arithmetic errors.
+    """
+    if len(text) > MAX_LENGTH:
+        raise ExpressionError(f"expression is longer than {MAX_LENGTH} characters")
+    stripped = text.strip()
+    lead = len(text) - len(text.lstrip())
+    try:
+        tree = ast.parse(stripped, mode="eval")
+    except SyntaxError as exc:
+        raise ExpressionError(f"invalid expression: {exc.msg}", lead + max((exc.offset or 1) - 1, 0)) from None
+    return _Evaluator(names, lead).visit(tree.body)
+
+
+class _Evaluator:
+    def __init__(self, names: Mapping[str, Any], lead: int) -> None:
+        self.names = names
+        self.lead = lead
+
+    def fail(self, node: ast.AST, message: str) -> ExpressionError:
+        return ExpressionError(message, self.lead + getattr(node, "col_offset", 0))
+
+    def visit(self, node: ast.AST) -> Any:
+        method = getattr(self, f"visit_{type(node).__name__}", None)
+        if method is None:
+            raise self.fail(node, f"{_describe(node)} is not allowed in an expression")
+        value = method(node)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) > MAX_MAGNITUDE:
+            raise self.fail(node, "number is too large")
+        return value
+
+    def visit_Constant(self, node: ast.Constant) -> Any:
+        if not isinstance(node.value, (int, float, str, bool, type(None))):
+            raise self.fail(node, f"constant {node.value!r} is not allowed")
+        return node.value
+
+    def visit_Name(self, node: ast.Name) -> Any:
+        if node.id in self.names:
+            return self.names[node.id]
+        if node.id in FUNCTIONS:
+            raise self.fail(node, f"{node.id} is a function; call it: {node.id}(...)")
+        hint = did_you_mean(node.id, [*self.names, "True", "False", "None"])
+        raise self.fail(node, f"unknown name {node.id!r}{hint}")
+
+    def visit_List(self, node: ast.List) -> list[Any]:
+        return [self.visit(item) for item in node.elts]
+
+    visit_Tuple = visit_List
+
+    def visit_BinOp(self, node: ast.BinOp) -> Any:
+        left, right = self.visit(node.left), self.visit(node.right)
+        if isinstance(node.op, ast.Pow) and isinstance(right, (int, float)) and abs(right) > 64:
+            raise self.fail(node, "exponent is too large")
+        if isinstance(node.op, (ast.Mult, ast.Pow)) and not all(isinstance(v, (int, float)) for v in (left, right)):
+            raise self.fail(node, "only numbers can be multiplied")  # no "a" * 10**9
+        try:
+            return _BINARY[type(node.op)](left, right)
+        except KeyError:
+            raise self.fail(node, f"operator {type(node.op).__name__} is not allowed") from None
+        except (TypeError, ZeroDivisionError, OverflowError, ValueError) as exc:
+            raise self.fail(node, f"cannot compute: {exc}") from None
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> Any:
+        operand = self.visit(node.operand)
+        try:
+            return _UNARY[type(node.op)](operand)
+        except KeyError:
+            raise self.fail(node, f"operator {type(node.op).__name__} is not allowed") from None
+        except TypeError as exc:
+            raise self.fail(node, f"cannot compute: {exc}") from None
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> Any:
+        value: Any = None
+        for item in node.values:
+            value = self.visit(item)
+            if isinstance(node.op, ast.And) and not value or isinstance(node.op, ast.Or) and value:
+                return value
+        return value
+
+    def visit_Compare(self, node: ast.Compare) -> bool:
+        left = self.visit(node.left)
+        for op, comparator in zip(node.ops, node.comparators):
+            right = self.visit(comparator)
+            try:
+                if not _COMPARE[type(op)](left, right):
+                    return False
+            except TypeError as exc:
+                raise self.fail(node, f"cannot compare: {exc}") from None
+            left = right
+        return True
+
+    def visit_IfExp(self, node: ast.IfExp) -> Any:
+        return self.visit(node.body) if self.visit(node.test) else self.visit(node.orelse)
+
+    def visit_Subscript(self, node: ast.Subscript) -> Any:
+        container, key = self.visit(node.value), self.visit(node.slice)
+        if not isinstance(container, list) or not isinstance(key, int) or isinstance(key, bool):
+            raise self.fail(node, "only lists can be indexed, by an integer")
+        if not -len(container) <= key < len(container):
+            raise self.fail(node, f"index {key} is out of range for a list of {len(container)}")
+        return container[key]
+
+    def visit_Call(self, node: ast.Call) -> Any:
+        if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
+            name = node.func.id if isinstance(node.func, ast.Name) else _describe(node.func)
+            raise self.fail(node, f"unknown function {name!r}; available: {', '.join(sorted(FUNCTIONS))}")
+        args = [self.visit(arg) for arg in node.args]
+        kwargs = {kw.arg: self.visit(kw.value) for kw in node.keywords if kw.arg is not None}
+        if any(kw.arg is None for kw in node.keywords) or any(isinstance(a, ast.Starred) for a in node.args):
+            raise self.fail(node, "argument unpacking is not allowed")
+        try:
+            return FUNCTIONS[node.func.id](*args, **kwargs)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise self.fail(node, f"{node.func.id}(...) failed: {exc}") from None
+
+
+def _describe(node: ast.AST) -> str:
+    names = {"Attribute": "attribute access", "Lambda": "lambda", "ListComp": "a comprehension",
+             "GeneratorExp": "a comprehension", "DictComp": "a comprehension", "SetComp": "a comprehension",
+             "Dict": "a mapping", "Set": "a set", "JoinedStr": "an f-string", "NamedExpr": "assignment",
+             "Starred": "unpacking", "Await": "await", "Yield": "yield", "Slice": "slicing"}
+    return names.get(type(node).__name__, type(node).__name__)
