@@ -242,6 +242,13 @@ class _Expander:
             return 1
         return max(1, math.ceil(call.repeat * self.spec.scale.depth - 1e-9))
 
+    @staticmethod
+    def label(item: LayerItem) -> str:
+        """`layer 'stage'`, or `block 'b', layer 'inner'` for a layer inside a block."""
+        from .validate import subject
+
+        return subject(item.origin.path, None, "")[0].replace(" ()", "")
+
     def instantiate(self, item: LayerItem, names: Mapping[str, Any], stack: list[str], *,
                     top_level: bool = False) -> list[Scope]:
         call = item.body
@@ -249,13 +256,13 @@ class _Expander:
         block = self.blocks.get(call.block)
         if block is None:
             self.diagnostics.append(Diagnostic(item.origin.child("block").locate(),
-                                               f"layer {item.name!r}: unknown block {call.block!r}"
+                                               f"{self.label(item)}: unknown block {call.block!r}"
                                                f"{did_you_mean(call.block, self.blocks)}"))
             return []
         if call.block in stack:
             cycle = " -> ".join([*stack[stack.index(call.block):], call.block])
             self.diagnostics.append(Diagnostic(item.origin.child("block").locate(),
-                                               f"layer {item.name!r}: block cycle {cycle}"))
+                                               f"{self.label(item)}: block cycle {cycle}"))
             return []
         if len(stack) >= MAX_BLOCK_DEPTH:
             self.diagnostics.append(Diagnostic(item.origin.locate(key=True),
@@ -264,7 +271,7 @@ class _Expander:
         definition = block.definition
         if call.repeat is not None and (len(definition.inputs) != 1 or len(definition.outputs or [None]) != 1):
             self.diagnostics.append(Diagnostic(item.origin.child("repeat").locate(key=True),
-                                               f"layer {item.name!r}: repeat chains instances, so block "
+                                               f"{self.label(item)}: repeat chains instances, so block "
                                                f"{call.block!r} needs one input and one output"))
             return []
         self.check_with(item, call, definition, block)
@@ -291,13 +298,13 @@ class _Expander:
             if key not in definition.params:
                 self.diagnostics.append(Diagnostic(
                     item.origin.child("with", key).locate(key=True),
-                    f"layer {item.name!r}: block {call.block!r} has no parameter {key!r}"
+                    f"{self.label(item)}: block {call.block!r} has no parameter {key!r}"
                     f"{did_you_mean(key, definition.params)}",
                     f"its parameters: {', '.join(definition.params) or 'none'}"))
         missing = [p for p, default in definition.params.items() if default == REQUIRED and p not in call.with_]
         if missing:
             self.diagnostics.append(Diagnostic(item.origin.locate(key=True),
-                                               f"layer {item.name!r}: block {call.block!r} needs "
+                                               f"{self.label(item)}: block {call.block!r} needs "
                                                f"{', '.join(map(repr, missing))}",
                                                f"add `with: {{{', '.join(f'{m}: ...' for m in missing)}}}`"))
 
@@ -321,7 +328,10 @@ class _Expander:
         for i, entry in enumerate(definition.layers):
             for name, template in entry.items():
                 where = origin.child("layers", i, name)
+                known = len(self.diagnostics)
                 concrete = evaluate_tree(template, names, where, self.diagnostics, _is_with_here)
+                if len(self.diagnostics) > known:
+                    continue  # its expression errors are reported; typing it would only repeat them
                 body = self.typed_layer(concrete, where)
                 if body is None:
                     continue
@@ -333,8 +343,9 @@ class _Expander:
         for i, entry in enumerate(definition.skips):
             for name, template in entry.items():
                 where = origin.child("skips", i, name)
+                known = len(self.diagnostics)
                 concrete = evaluate_tree(template, names, where, self.diagnostics)
-                skip = self.typed(Skip, concrete, where)
+                skip = self.typed(Skip, concrete, where) if len(self.diagnostics) == known else None
                 if skip is not None:
                     skips.append(SkipItem(name, skip, where))
         return Scope(class_name(block_name), {name: None for name in definition.inputs}, layers, skips,

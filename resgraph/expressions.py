@@ -177,9 +177,11 @@ class _Evaluator:
         return container[key]
 
     def visit_Call(self, node: ast.Call) -> Any:
-        if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
-            name = node.func.id if isinstance(node.func, ast.Name) else _describe(node.func)
-            raise self.fail(node, f"unknown function {name!r}; available: {', '.join(sorted(FUNCTIONS))}")
+        if not isinstance(node.func, ast.Name):
+            raise self.fail(node.func, f"{_describe(node.func)} is not allowed in an expression")
+        if node.func.id not in FUNCTIONS:
+            hint = did_you_mean(node.func.id, FUNCTIONS) or f"; available: {', '.join(sorted(FUNCTIONS))}"
+            raise self.fail(node, f"unknown function {node.func.id!r}{hint}")
         args = [self.visit(arg) for arg in node.args]
         kwargs = {kw.arg: self.visit(kw.value) for kw in node.keywords if kw.arg is not None}
         if any(kw.arg is None for kw in node.keywords) or any(isinstance(a, ast.Starred) for a in node.args):

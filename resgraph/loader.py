@@ -124,7 +124,11 @@ def load_text(text: str, file: str = "<spec>") -> LoadedSpec:
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problem = exc.problem or exc.context or "invalid YAML"
         tab = "\t" in problem or "'\\t'" in problem or "tab" in problem
+        line_text = text.splitlines()[line - 1] if 0 < line <= len(text.splitlines()) else ""
         hint = "YAML does not allow tabs for indentation; use spaces" if tab else None
+        if hint is None and "${" in line_text:
+            hint = 'inside {...} mappings, quote expressions: out_channels: "${planes * 4}"'
+
         raise SpecError([Diagnostic(Location(file, line, column), f"YAML syntax error: {problem}", hint)]) from None
     except RecursionError:
         raise SpecError([Diagnostic(Location(file, 1, 1), "YAML nesting is too deep to parse")]) from None

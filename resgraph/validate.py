@@ -176,7 +176,7 @@ def _translate(error: Any, data: Any, source: SourceMap) -> Iterator[Diagnostic]
     if kind == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
         who = _label(path, data)
-        noun = "argument" if path[:1] == ("layers",) and len(path) == 3 else "key"
+        noun = "argument" if _is_layer_body(path, data) else "key"
         yield Diagnostic(source.locate(path, key=True), f"{who}: missing required {noun} {missing!r}")
         return
 
@@ -348,7 +348,7 @@ def pydantic_diagnostics(exc: Any, data: Any, origin: Origin) -> Iterator[Diagno
     """Translate a pydantic ValidationError about `data`, which was written at `origin`."""
     for item in exc.errors(include_url=False):
         path = _data_path(item["loc"], data)
-        message = item["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        message = _pydantic_message(item)
         named = re.match(r"'(\w+)'", message)  # a model rule names its key first: point at that key
         if named and isinstance(_get(data, path), dict) and named.group(1) in _get(data, path):
             path = (*path, named.group(1))
@@ -357,6 +357,32 @@ def pydantic_diagnostics(exc: Any, data: Any, origin: Origin) -> Iterator[Diagno
         op = _get(data, ("op",)) if origin.path else None
         yield Diagnostic(origin.source.locate(full, key=item["type"] == "extra_forbidden" or bool(named)),
                          f"{_label(full, data if not origin.path else None, op)}: {message}")
+
+
+_PYDANTIC_BOUNDS = {"greater_than_equal": ("ge", "minimum"), "greater_than": ("gt", "exclusiveMinimum"),
+                    "less_than_equal": ("le", "maximum"), "less_than": ("lt", "exclusiveMaximum")}
+
+
+def _pydantic_message(item: dict[str, Any]) -> str:
+    """pydantic's message in the words the jsonschema translation uses for the same mistake."""
+    kind, ctx = item["type"], item.get("ctx") or {}
+    got = _show(item.get("input"))
+    if kind in _PYDANTIC_BOUNDS:
+        key, schema_word = _PYDANTIC_BOUNDS[kind]
+        return f"{_bound_message(schema_word, ctx.get(key))}, got {got}"
+    words = {"int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+             "bool_type": "true or false", "bool_parsing": "true or false", "float_type": "a number",
+             "float_parsing": "a number", "string_type": "a string", "list_type": "a list", "dict_type": "a mapping",
+             "finite_number": "a finite number"}
+    if kind in words:
+        return f"expected {words[kind]}, got {got}"
+    if kind == "literal_error":
+        return f"expected {ctx.get('expected', 'another value')}, got {got}"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "missing"
+    return item["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
 
 def _data_path(loc: tuple[Any, ...], data: Any) -> Path:

@@ -1,0 +1,77 @@
+"""The reference zoo reproduces torchvision: exact parameter counts and, for ResNets, key names.
+
+The numbers come from tests/fixtures/torchvision.json, written by generate_torchvision.py in an
+environment with torchvision 0.29.1 (torchvision is not a test dependency).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import resgraph
+from conftest import EXAMPLES
+
+FIXTURE = json.loads((EXAMPLES.parent / "tests" / "fixtures" / "torchvision.json").read_text())["models"]
+ZOO = {"resnet18": "ResNet18", "resnet34": "ResNet34", "resnet50": "ResNet50", "resnet101": "ResNet101",
+       "resnet152": "ResNet152"}
+
+
+def test_fixture_holds_the_issue_table() -> None:
+    assert {name: entry["parameters"] for name, entry in FIXTURE.items()} == {
+        "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160,
+        "resnet152": 60_192_808, "densenet121": 7_978_856, "mobilenet_v2": 3_504_872,
+        "efficientnet_b0": 5_288_548, "vit_b_16": 86_567_656}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_parameter_count_equals_torchvision(name: str) -> None:
+    model = resgraph.build(EXAMPLES / f"{name}.yaml")
+    assert type(model).__name__ == ZOO[name]
+    assert sum(p.numel() for p in model.parameters()) == FIXTURE[name]["parameters"]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_state_dict_keys_and_shapes_equal_torchvision_in_order(name: str) -> None:
+    model = resgraph.build(EXAMPLES / f"{name}.yaml")
+    ours = [[key, list(value.shape)] for key, value in model.state_dict().items()]
+    assert ours == FIXTURE[name]["state_dict"]
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_forward_on_a_small_input(name: str) -> None:
+    model = resgraph.build(EXAMPLES / f"{name}.yaml", params={"num_classes": 7}).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 7)
+
+
+class TorchvisionBasicBlock(nn.Module):
+    """torchvision's BasicBlock, written out: the reference for resgraph's `basic` block."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+def test_resnet18_layer2_equals_hand_written_blocks_with_the_same_weights() -> None:
+    model = resgraph.build(EXAMPLES / "resnet18.yaml", seed=0).train()
+    reference = nn.Sequential(TorchvisionBasicBlock(64, 128, 2), TorchvisionBasicBlock(128, 128, 1)).train()
+    reference.load_state_dict(model.layer2.state_dict(), strict=True)
+    x = torch.randn(2, 64, 16, 16)
+    torch.testing.assert_close(model.layer2(x), reference(x), rtol=0, atol=0)
+    assert isinstance(model.layer2, nn.Sequential) and type(model.layer2[0]).__name__ == "Basic"
