@@ -283,10 +283,11 @@ class _Expander:
                 context |= {"block_index": self.block_index, "num_blocks": self.num_blocks}
                 self.block_index += 1
             scope_names = {**names, **context}
+            known = len(self.diagnostics)
             bound = evaluate_tree(call.with_, scope_names, item.origin.child("with"), self.diagnostics)
             block_params = self.bind(definition, block, bound, {**self.params, **context}, item)
-            if block_params is None:
-                continue
+            if block_params is None or len(self.diagnostics) > known:
+                continue  # its parameters failed (and are reported): the instance would only repeat that
             qualname = f"{index}" if call.repeat is not None else item.name
             instances.append(self.scope(call.block, definition, block.origin, {**self.params, **context,
                                                                                **block_params},

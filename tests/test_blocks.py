@@ -1,0 +1,212 @@
+"""Blocks, parameters, repeats, scaling, imports and expressions: the spec language's reuse."""
+
+from __future__ import annotations
+
+import pathlib
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+import resgraph
+from resgraph.cli import main
+
+UNIT = """
+resgraph: 1
+name: Net
+params:
+  width: 8
+blocks:
+  unit:
+    params: {planes: required, stride: 1}
+    layers:
+      - conv: {op: Conv2d, out_channels: "${planes}", kernel_size: 3, stride: "${stride}", padding: 1}
+      - act:  {op: ReLU}
+    skips:
+      - shortcut: {from: x, to: conv}
+inputs:
+  x: [3, 16, 16]
+"""
+
+
+def spec(layers: str, head: str = UNIT) -> str:
+    return textwrap.dedent(head) + "layers:\n" + textwrap.dedent(layers)
+
+
+def test_defaults_apply_and_required_params_must_be_given() -> None:
+    model = resgraph.build(spec("  - stage: {block: unit, with: {planes: 4}}\n"))
+    assert model.stage.conv.stride == (1, 1) and model.stage.conv.out_channels == 4
+    with pytest.raises(resgraph.SpecError, match="block 'unit' needs 'planes'"):
+        resgraph.check(spec("  - stage: {block: unit}\n"))
+
+
+def test_a_block_without_repeat_is_one_module_and_with_repeat_a_sequential() -> None:
+    model = resgraph.build(spec("  - a: {block: unit, with: {planes: 4}}\n"
+                                "  - b: {block: unit, repeat: 3, with: {planes: 4}}\n"))
+    assert not isinstance(model.a, nn.Sequential) and type(model.a).__name__ == "Unit"
+    assert isinstance(model.b, nn.Sequential) and len(model.b) == 3
+    keys = list(model.state_dict())
+    assert "a.conv.weight" in keys and "b.2.conv.weight" in keys
+    assert "a.shortcut.0.weight" in keys  # 3 -> 4 channels: projected, named after the skip
+    assert "b.0.shortcut.0.weight" not in keys  # 4 -> 4: identity
+    assert model(torch.randn(2, 3, 16, 16)).shape == (2, 4, 16, 16)
+
+
+def test_repeats_vary_by_instance_index() -> None:
+    model = resgraph.build(spec("  - stage: {block: unit, repeat: 3, with: {planes: \"${8 * (index + 1)}\", "
+                                "stride: \"${2 if index == 0 else 1}\"}}\n"))
+    assert [m.conv.out_channels for m in model.stage] == [8, 16, 24]
+    assert [m.conv.stride for m in model.stage] == [(2, 2), (1, 1), (1, 1)]
+    assert model(torch.randn(1, 3, 16, 16)).shape == (1, 24, 8, 8)
+
+
+def test_block_index_counts_instances_across_the_network() -> None:
+    head = UNIT.replace("params: {planes: required, stride: 1}", "params: {planes: required, stride: 1, rate: 0.0}")
+    head = head.replace("      - act:  {op: ReLU}", "      - act:  {op: Dropout, p: \"${rate}\"}")
+    rate = "\"${0.3 * block_index / (num_blocks - 1)}\""
+    model = resgraph.build(spec(f"  - s1: {{block: unit, repeat: 2, with: {{planes: 4, rate: {rate}}}}}\n"
+                                f"  - s2: {{block: unit, repeat: 2, with: {{planes: 4, rate: {rate}}}}}\n", head))
+    rates = [m.act.p for m in [*model.s1, *model.s2]]
+    assert rates == pytest.approx([0.0, 0.1, 0.2, 0.3])
+
+
+def test_blocks_nest_and_inner_names_follow_the_hierarchy() -> None:
+    head = UNIT + textwrap.indent(textwrap.dedent("""
+        pair:
+          params: {planes: required}
+          layers:
+            - first: {block: unit, with: {planes: "${planes}"}}
+            - second: {block: unit, repeat: 2, with: {planes: "${planes * 2}"}}
+        """), "  ").replace("\n  pair:", "\n  pair:", 1)
+    head = head.replace("inputs:\n  x: [3, 16, 16]\n", "") + "inputs:\n  x: [3, 16, 16]\n"
+    model = resgraph.build(spec("  - body: {block: pair, with: {planes: 4}}\n", head))
+    keys = list(model.state_dict())
+    assert "body.first.conv.weight" in keys and "body.second.1.conv.weight" in keys
+    assert model.body.second[1].conv.out_channels == 8
+    assert "self.first(x)" in type(model.body).code
+
+
+def test_params_are_overridable_from_python_and_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    text = spec("  - stage: {block: unit, with: {planes: \"${width}\"}}\n")
+    assert resgraph.build(text).stage.conv.out_channels == 8
+    assert resgraph.build(text, params={"width": 12}).stage.conv.out_channels == 12
+    assert resgraph.load_spec(text, params={"width": 12}).params == {"width": 12}
+    with pytest.raises(resgraph.SpecError, match="no parameter 'widht'; did you mean 'width'"):
+        resgraph.build(text, params={"widht": 12})
+    assert main(["build", "examples/resnet18.yaml", "--set", "num_classes=10", "--json"]) == 0
+    assert '"total_params": 11181642' in capsys.readouterr().out
+
+
+def test_width_and_depth_multipliers_rederive_projections() -> None:
+    text = spec("  - stem: {op: Conv2d, out_channels: 16, kernel_size: 1}\n"
+                "  - stage: {block: unit, repeat: 2, with: {planes: 16}}\n"
+                "  - head: {op: Conv2d, out_channels: 5, kernel_size: 1, scale: false}\n")
+    plain = resgraph.build(text)
+    assert not hasattr(plain.stage[0], "shortcut")  # 16 -> 16 channels: identity
+    scaled = resgraph.build(text.replace("params:\n  width: 8\n", "params:\n  width: 8\nscale: {width: 0.5, depth: 2}\n"))
+    assert scaled.stem.out_channels == 8 and scaled.stage[0].conv.out_channels == 8  # make_divisible(16 * 0.5, 8)
+    assert len(scaled.stage) == 4 and scaled.head.out_channels == 5  # depth doubled; the head opted out
+    widened = resgraph.build(text.replace("params:\n  width: 8\n", "params:\n  width: 8\nscale: {width: 2}\n"))
+    assert widened.stage[0].conv.out_channels == 32
+    assert not hasattr(widened.stage[0], "shortcut")  # stem widened too: 32 -> 32, still identity
+    mixed = resgraph.build(text.replace("out_channels: 16, kernel_size: 1}", "out_channels: 16, kernel_size: 1, "
+                                        "scale: false}").replace("params:\n  width: 8\n",
+                                                                 "params:\n  width: 8\nscale: {width: 2}\n"))
+    assert mixed.stage[0].shortcut[0].weight.shape == (32, 16, 1, 1)  # stem kept 16: projection re-derived
+
+
+def test_blocks_import_from_another_file_relative_to_the_importer(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "blocks.yaml").write_text(textwrap.dedent("""
+        resgraph: 1
+        imports: [more.yaml]
+        blocks:
+          double:
+            layers:
+              - a: {block: twice}
+              - b: {block: twice}
+        """))
+    (tmp_path / "lib" / "more.yaml").write_text(textwrap.dedent("""
+        resgraph: 1
+        blocks:
+          twice:
+            layers:
+              - scale: {op: Linear, out_features: 4, bias: false}
+        """))
+    (tmp_path / "net.yaml").write_text(textwrap.dedent("""
+        resgraph: 1
+        name: Imported
+        imports: [lib/blocks.yaml]
+        inputs:
+          x: [4]
+        layers:
+          - body: {block: double}
+        """))
+    model = resgraph.build(tmp_path / "net.yaml")
+    assert list(model.state_dict()) == ["body.a.scale.weight", "body.b.scale.weight"]
+
+
+def test_import_problems_are_located(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "a.yaml").write_text("resgraph: 1\nimports: [b.yaml]\nblocks:\n  x1:\n    layers:\n"
+                                     "      - r: {op: ReLU}\n")
+    (tmp_path / "b.yaml").write_text("resgraph: 1\nimports: [a.yaml]\nblocks:\n  x2:\n    layers:\n"
+                                     "      - r: {op: ReLU, inplace: perhaps}\n")
+    (tmp_path / "net.yaml").write_text("resgraph: 1\nname: N\nimports: [a.yaml]\ninputs:\n  x: [4]\nlayers:\n"
+                                       "  - r: {op: ReLU}\n")
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(tmp_path / "net.yaml")
+    (message,) = [d.format() for d in caught.value.diagnostics]
+    assert message.endswith("b.yaml:6:32: error: block 'x2', layer 'r' (ReLU): inplace: expected true or false, "
+                            "got string 'perhaps'")
+    (tmp_path / "b.yaml").write_text("resgraph: 1\nimports: [a.yaml]\nblocks:\n  x2:\n    layers:\n"
+                                     "      - r: {op: ReLU}\n")
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(tmp_path / "net.yaml")
+    (message,) = [d.format() for d in caught.value.diagnostics]
+    assert "b.yaml:2:11: error: import cycle:" in message and message.endswith("a.yaml")
+
+
+def test_a_block_defined_twice_is_an_error(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "lib.yaml").write_text("resgraph: 1\nblocks:\n  unit:\n    layers:\n      - r: {op: ReLU}\n")
+    text = spec("  - stage: {block: unit, with: {planes: 4}}\n").replace("resgraph: 1\n", "resgraph: 1\n"
+                                                                          "imports: [lib.yaml]\n", 1)
+    (tmp_path / "net.yaml").write_text(text)
+    with pytest.raises(resgraph.SpecError, match="block 'unit' is defined twice"):
+        resgraph.check(tmp_path / "net.yaml")
+
+
+def test_expression_errors_point_into_the_expression() -> None:
+    text = spec("  - stage: {block: unit, with: {planes: \"${width * wdith}\"}}\n")
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(text, file="net.yaml")
+    (diagnostic,) = caught.value.diagnostics
+    line = text.splitlines()[diagnostic.location.line - 1]
+    assert line[diagnostic.location.column - 1:].startswith("wdith")
+    assert diagnostic.message == "in ${width * wdith}: unknown name 'wdith'; did you mean 'width'?"
+
+
+@pytest.mark.parametrize(("expression", "message"), [
+    ("open('x')", "unknown function 'open'"),
+    ("().__class__", "attribute access is not allowed"),
+    ("[c for c in 'ab']", "a comprehension is not allowed"),
+    ("'x' * 1000000000", "only numbers can be multiplied"),
+    ("9 ** 99", "exponent is too large"),
+    ("lambda: 0", "lambda is not allowed"),
+    ("1 / 0", "cannot compute: division by zero"),
+])
+def test_expressions_cannot_run_code_or_exhaust_memory(expression: str, message: str) -> None:
+    text = spec(f"  - stage: {{block: unit, with: {{planes: \"${{{expression}}}\"}}}}\n")
+    with pytest.raises(resgraph.SpecError, match=message.replace("(", r"\(")):
+        resgraph.check(text)
+
+
+def test_expressions_offer_arithmetic_conditionals_and_helpers() -> None:
+    from resgraph.expressions import evaluate
+
+    names = {"w": 1.4, "i": 2, "chans": [16, 24, 40]}
+    assert evaluate("make_divisible(32 * w, 8)", names) == 48
+    assert evaluate("max(1, round(3 * w))", names) == 4
+    assert evaluate("chans[i] if i < len(chans) else 0", names) == 40
+    assert evaluate("i == 2 and not w < 1", names) is True
+    assert evaluate("ceil(i * w) // 2 + i % 2 - -1", names) == 2
