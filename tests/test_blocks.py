@@ -102,17 +102,20 @@ def test_width_and_depth_multipliers_rederive_projections() -> None:
     text = spec("  - stem: {op: Conv2d, out_channels: 16, kernel_size: 1}\n"
                 "  - stage: {block: unit, repeat: 2, with: {planes: 16}}\n"
                 "  - head: {op: Conv2d, out_channels: 5, kernel_size: 1, scale: false}\n")
+
+    def with_scale(text: str, scale: str) -> str:
+        return text.replace("params:\n  width: 8\n", f"params:\n  width: 8\nscale: {scale}\n")
+
     plain = resgraph.build(text)
     assert not hasattr(plain.stage[0], "shortcut")  # 16 -> 16 channels: identity
-    scaled = resgraph.build(text.replace("params:\n  width: 8\n", "params:\n  width: 8\nscale: {width: 0.5, depth: 2}\n"))
+    scaled = resgraph.build(with_scale(text, "{width: 0.5, depth: 2}"))
     assert scaled.stem.out_channels == 8 and scaled.stage[0].conv.out_channels == 8  # make_divisible(16 * 0.5, 8)
     assert len(scaled.stage) == 4 and scaled.head.out_channels == 5  # depth doubled; the head opted out
-    widened = resgraph.build(text.replace("params:\n  width: 8\n", "params:\n  width: 8\nscale: {width: 2}\n"))
+    widened = resgraph.build(with_scale(text, "{width: 2}"))
     assert widened.stage[0].conv.out_channels == 32
     assert not hasattr(widened.stage[0], "shortcut")  # stem widened too: 32 -> 32, still identity
-    mixed = resgraph.build(text.replace("out_channels: 16, kernel_size: 1}", "out_channels: 16, kernel_size: 1, "
-                                        "scale: false}").replace("params:\n  width: 8\n",
-                                                                 "params:\n  width: 8\nscale: {width: 2}\n"))
+    stem_kept = text.replace("out_channels: 16, kernel_size: 1}", "out_channels: 16, kernel_size: 1, scale: false}")
+    mixed = resgraph.build(with_scale(stem_kept, "{width: 2}"))
     assert mixed.stage[0].shortcut[0].weight.shape == (32, 16, 1, 1)  # stem kept 16: projection re-derived
 
 
