@@ -132,10 +132,23 @@ def _is_with(rel: tuple[str | int, ...]) -> bool:
 
 def evaluate_spec_data(data: dict[str, Any], names: Mapping[str, Any], origin: Origin,
                        diagnostics: list[Diagnostic]) -> dict[str, Any]:
-    """The top level of a spec with its expressions evaluated; `params` and `blocks` stay as written."""
+    """The top level of a spec with its expressions evaluated and `when: false` entries left out.
+
+    `params` and `blocks` stay as written (blocks are expanded per instance, later).
+    """
     kept = {k: data[k] for k in ("params", "blocks") if k in data}
     rest = {k: v for k, v in data.items() if k not in kept}
-    return {**evaluate_tree(rest, names, origin, diagnostics, _is_with), **kept}
+    evaluated = evaluate_tree(rest, names, origin, diagnostics, _is_with)
+    for section in ("layers", "skips"):
+        if isinstance(evaluated.get(section), list):
+            evaluated[section] = [entry for entry in evaluated[section] if not is_left_out(entry)]
+    return {**evaluated, **kept}
+
+
+def is_left_out(entry: Any) -> bool:
+    """True for a `- NAME: {..., when: false}` entry (after evaluation)."""
+    return (isinstance(entry, dict) and len(entry) == 1
+            and isinstance(body := next(iter(entry.values())), dict) and body.get("when") is False)
 
 
 # --- blocks -------------------------------------------------------------------------------------
@@ -331,8 +344,8 @@ class _Expander:
                 where = origin.child("layers", i, name)
                 known = len(self.diagnostics)
                 concrete = evaluate_tree(template, names, where, self.diagnostics, _is_with_here)
-                if len(self.diagnostics) > known:
-                    continue  # its expression errors are reported; typing it would only repeat them
+                if len(self.diagnostics) > known or is_left_out({name: concrete}):
+                    continue  # left out by `when`, or its expression errors are reported already
                 body = self.typed_layer(concrete, where)
                 if body is None:
                     continue
@@ -346,7 +359,9 @@ class _Expander:
                 where = origin.child("skips", i, name)
                 known = len(self.diagnostics)
                 concrete = evaluate_tree(template, names, where, self.diagnostics)
-                skip = self.typed(Skip, concrete, where) if len(self.diagnostics) == known else None
+                if len(self.diagnostics) > known or is_left_out({name: concrete}):
+                    continue
+                skip = self.typed(Skip, concrete, where)
                 if skip is not None:
                     skips.append(SkipItem(name, skip, where))
         return Scope(class_name(block_name), {name: None for name in definition.inputs}, layers, skips,

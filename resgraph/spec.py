@@ -57,6 +57,7 @@ class Skip(StrictModel):
     merge: Merge = Field(default=Merge.add, description="add, concat (along dim) or mul (gating, broadcasting).")
     projection: Projection | None = Field(default=None, description="Overrides defaults.projection for this skip.")
     dim: int | None = Field(default=None, description="Concat dim (batch is dim 0); default 1, the channels.")
+    when: bool = Field(default=True, description="false (usually an expression): the skip is left out.")
 
     @model_validator(mode="after")
     def _dim_only_for_concat(self) -> Skip:
@@ -83,6 +84,7 @@ class BlockCall(StrictModel):
         default=None, description="The node(s) the block reads; default: the previous layer.")
     repeat: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
         default=None, description="Chain this many instances, nested as NAME.0, NAME.1, ... (scaled by scale.depth).")
+    when: bool = Field(default=True, description="false (usually an expression): the layer is left out.")
     with_: dict[Identifier, Any] = Field(
         default_factory=dict, alias="with",
         description="Block parameter values; expressions may use `index` (the instance) and `block_index`.")

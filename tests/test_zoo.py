@@ -17,7 +17,8 @@ from conftest import EXAMPLES
 
 FIXTURE = json.loads((EXAMPLES.parent / "tests" / "fixtures" / "torchvision.json").read_text())["models"]
 ZOO = {"resnet18": "ResNet18", "resnet34": "ResNet34", "resnet50": "ResNet50", "resnet101": "ResNet101",
-       "resnet152": "ResNet152"}
+       "resnet152": "ResNet152", "densenet121": "DenseNet121", "mobilenet_v2": "MobileNetV2",
+       "efficientnet_b0": "EfficientNetB0"}
 
 
 def test_fixture_holds_the_issue_table() -> None:
@@ -75,3 +76,31 @@ def test_resnet18_layer2_equals_hand_written_blocks_with_the_same_weights() -> N
     x = torch.randn(2, 64, 16, 16)
     torch.testing.assert_close(model.layer2(x), reference(x), rtol=0, atol=0)
     assert isinstance(model.layer2, nn.Sequential) and type(model.layer2[0]).__name__ == "Basic"
+
+
+def test_unet_has_the_papers_shapes_and_crops_each_copy() -> None:
+    graph = resgraph.check(EXAMPLES / "unet.yaml")  # the paper's 572x572 tile, shapes only
+    shape = {name: graph.nodes[name].meta["type"].shape for name in ("enc4", "bottleneck", "copy4", "head")}
+    assert shape == {"enc4": (512, 64, 64), "bottleneck": (1024, 28, 28), "copy4": (1024, 56, 56),
+                     "head": (2, 388, 388)}
+    plans = [graph.nodes[f"copy{i}"].meta["projection"] for i in (4, 3, 2, 1)]
+    assert [plan.reason for plan in plans] == ["crop 64x64->56x56", "crop 136x136->104x104",
+                                               "crop 280x280->200x200", "crop 568x568->392x392"]
+
+    model = resgraph.build(EXAMPLES / "unet.yaml", params={"size": 188})
+    convs = [(m.in_channels, m.out_channels, m.kernel_size[0]) for m in model.modules()
+             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    assert sum(m.numel() for m in model.parameters()) == sum(i * o * k * k + o for i, o, k in convs) == 31_030_658
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 188, 188)).shape == (1, 2, 4, 4)
+
+
+def test_preact_resnet_skips_wrap_norm_activation_conv_pairs() -> None:
+    model = resgraph.build(EXAMPLES / "preact_resnet.yaml", seed=0)
+    block = model.layer2[0]
+    code = type(block).code
+    assert code.index("self.bn1(x)") < code.index("conv2 = conv2 + self.shortcut(x)")  # identity path: raw x
+    assert isinstance(block.shortcut[0], nn.Conv2d) and len(block.shortcut) == 1  # plain 1x1 conv, stride 2
+    assert block.shortcut[0].stride == (2, 2)
+    assert not hasattr(model.layer2[1], "shortcut")
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)

@@ -44,7 +44,7 @@ FLOAT_DTYPES = frozenset({"float32", "float64", "float16", "bfloat16"})
 
 
 # Keys of a layer body that are resgraph's, not the torch constructor's.
-RESGRAPH_KEYS = frozenset({"op", "input", "scale"})
+RESGRAPH_KEYS = frozenset({"op", "input", "scale", "when"})
 
 
 class StrictModel(BaseModel):
@@ -90,6 +90,7 @@ class Layer(StrictModel):
     input: Identifier | list[Identifier] | None = Field(
         default=None, description="The node(s) this layer reads; default: the previous layer."
     )
+    when: bool = Field(default=True, description="false (usually an expression): the layer is left out.")
 
     torch_name: ClassVar[str | None] = None  # set by register_op unless the op is code
     code_only: ClassVar[bool] = False  # merges are expressions in forward(), not modules

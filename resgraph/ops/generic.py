@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from pydantic import ConfigDict, Field
 
 from ..suggest import did_you_mean
-from .base import DTYPES, OPS, Identifier, Layer, ShapeError, TensorType
+from .base import DTYPES, OPS, RESGRAPH_KEYS, Identifier, Layer, ShapeError, TensorType
 
 __all__ = ["GenericLayer", "INFERABLE", "torch_module_class", "torch_module_names"]
 
@@ -56,7 +56,8 @@ class GenericLayer(Layer):
     max_inputs: ClassVar[int | None] = None
 
     def args(self) -> dict[str, Any]:
-        return {k: tuple(v) if isinstance(v, list) else v for k, v in (self.model_extra or {}).items()}
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in (self.model_extra or {}).items()
+                if k not in RESGRAPH_KEYS}
 
     @property
     def torch_name(self) -> str:  # type: ignore[override]
