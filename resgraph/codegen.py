@@ -33,7 +33,7 @@ def generate_forward(graph: Graph) -> str:
     for node in graph.nodes.values():
         if node.kind is NodeKind.input:
             continue
-        reads = {graph.nodes[name].var for name in node.inputs}
+        reads = {graph.nodes[name].var for name in node.inputs} or set(_batch_source(graph, node))
         statements.append((_statement(graph, node), node.var, reads, _comment(graph, node)))
 
     returned = [graph.nodes[name].var for name in graph.outputs]
@@ -61,10 +61,12 @@ def generate_forward(graph: Graph) -> str:
 
 
 def _statement(graph: Graph, node: Node) -> str:
-    args = [graph.nodes[name].var for name in node.inputs]
-    if node.kind is NodeKind.layer and node.layer is not None and node.layer.code_only:
-        return f"{node.var} = {node.layer.code(args)}"
-    if node.kind in (NodeKind.layer, NodeKind.block):
+    args = [graph.nodes[name].var for name in node.inputs] or _batch_source(graph, node)
+    if node.kind is NodeKind.layer and node.layer is not None:
+        if node.layer.code_only:
+            return f"{node.var} = {node.layer.code(args, f'self.{node.name}')}"
+        return f"{node.var} = {node.layer.call(f'self.{node.name}', args)}"
+    if node.kind is NodeKind.block:
         return f"{node.var} = self.{node.name}({', '.join(args)})"
     skip = node.skip
     assert skip is not None
@@ -72,6 +74,11 @@ def _statement(graph: Graph, node: Node) -> str:
     projected = _projected(node, source)
     operands = [projected, target] if skip.merge is Merge.concat else [target, projected]
     return f"{target} = {merge_code(skip.merge, operands, skip.concat_dim)}"
+
+
+def _batch_source(graph: Graph, node: Node) -> list[str]:
+    """An op with no inputs (a learned tensor) is expanded to the batch of the first input."""
+    return [graph.inputs[0]] if node.kind is NodeKind.layer else []
 
 
 def _projected(node: Node, source: str) -> str:

@@ -216,6 +216,8 @@ class _Resolver:
         body = item.body
         if body.input is not None:
             return [body.input] if isinstance(body.input, str) else list(body.input)
+        if isinstance(body, Layer) and body.max_inputs == 0:
+            return []
         if index > 0:
             return [self.scope.layers[index - 1].name]
         inputs = list(self.scope.inputs)

@@ -99,8 +99,12 @@ def _add_submodules(module: nn.Module, graph: Graph, diagnostics: list[Diagnosti
     """Submodules in graph order: layers, projections, and block instances (recursively)."""
     for node in graph.nodes.values():
         try:
-            if node.layer is not None and not node.layer.code_only:
-                module.add_module(node.name, getattr(nn, node.layer.torch_name)(**node.meta["args"]))
+            if node.layer is not None and (node.layer.torch_name or node.layer.owns_parameter):
+                built = node.layer.build(node.meta["args"])
+                if isinstance(built, nn.Parameter):
+                    module.register_parameter(node.name, built)
+                else:
+                    module.add_module(node.name, built)
             elif node.kind is NodeKind.skip and node.meta["projection"].module_steps:
                 module.add_module(node.name, projection_module(node.meta["projection"]))
             elif node.kind is NodeKind.block:

@@ -52,11 +52,20 @@ def json_schema() -> dict[str, Any]:
 
 
 def _or_expression(schema: dict[str, Any]) -> dict[str, Any]:
-    """`schema` or a ${...} expression (keeping the description at the top for editors)."""
+    """`schema` or a ${...} expression, and the same for its list items and union members.
+
+    The description stays at the top for editors.
+    """
     if schema.get("$ref") == "#/$defs/Expression":
         return schema
     schema = dict(schema)
+    if isinstance(schema.get("items"), dict):
+        schema["items"] = _or_expression(schema["items"])
     meta = {k: schema.pop(k) for k in ("title", "description", "default") if k in schema}
+    members = schema.pop("anyOf", None)
+    if members is not None:
+        inner = [_or_expression(m)["anyOf"][0] if m.get("type") == "array" else m for m in members]
+        return {**meta, **schema, "anyOf": [*inner, {"$ref": "#/$defs/Expression"}]}
     return {**meta, "anyOf": [schema, {"$ref": "#/$defs/Expression"}]}
 
 

@@ -134,11 +134,15 @@ def _value(value: Any) -> str:
 
 
 def _params(module: Any, name: str) -> int:
+    """Parameters under `name`: a submodule's, or a learned tensor's (`parameter` layers)."""
     try:
-        sub = module.get_submodule(name)
-    except AttributeError:  # parameter-free nodes have no submodule
+        return sum(p.numel() for p in module.get_submodule(name).parameters())
+    except AttributeError:
+        pass
+    try:
+        return module.get_parameter(name).numel()
+    except AttributeError:  # parameter-free nodes own nothing
         return 0
-    return sum(p.numel() for p in sub.parameters())
 
 
 def format_summary(summary: Summary) -> str:

@@ -21,6 +21,18 @@ BAD_SPECS = pathlib.Path(__file__).resolve().parent / "bad_specs"
 # Examples that must build; examples/tutorial_literal.yaml must fail (see test_examples.py).
 FAILING_EXAMPLES = {"tutorial_literal.yaml"}
 BUILDING_EXAMPLES = sorted(p.name for p in EXAMPLES.glob("*.yaml") if p.name not in FAILING_EXAMPLES)
+# Tests run every example on a small input: these parameters shrink it where a spec declares them.
+SMALL_INPUTS = {"image_size": 64, "size": 188}
+
+
+def small_params(example: str) -> dict[str, int]:
+    """The SMALL_INPUTS parameters that `example` declares."""
+    import resgraph
+
+    declared = resgraph.load_spec(EXAMPLES / example).params
+    return {name: value for name, value in SMALL_INPUTS.items() if name in declared}
+
+
 BLOCK_LIBRARIES = sorted(p.relative_to(EXAMPLES).as_posix() for p in (EXAMPLES / "blocks").glob("*.yaml"))
 
 

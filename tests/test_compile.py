@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import resgraph
-from conftest import BUILDING_EXAMPLES, EXAMPLES
+from conftest import BUILDING_EXAMPLES, EXAMPLES, small_params
 
 
 class HandWrittenTutorial(nn.Module):
@@ -149,8 +149,9 @@ def test_batch_size_is_free(tutorial: nn.Module) -> None:
 
 @pytest.mark.parametrize("example", BUILDING_EXAMPLES)
 def test_inferred_shapes_equal_actual_shapes_node_by_node(example: str) -> None:
-    model = resgraph.build(EXAMPLES / example, seed=0).eval()
-    graph = resgraph.check(EXAMPLES / example)
+    params = small_params(example)
+    model = resgraph.build(EXAMPLES / example, params=params, seed=0).eval()
+    graph = resgraph.check(EXAMPLES / example, params=params)
     actual: dict[str, tuple[int, ...]] = {}
     for name, module in model.named_children():
         module.register_forward_hook(lambda m, i, o, name=name: actual.__setitem__(name, tuple(o.shape[1:])))

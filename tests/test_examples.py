@@ -6,12 +6,12 @@ import pytest
 import torch
 
 import resgraph
-from conftest import BUILDING_EXAMPLES, EXAMPLES
+from conftest import BUILDING_EXAMPLES, EXAMPLES, small_params
 
 
 @pytest.mark.parametrize("example", BUILDING_EXAMPLES)
 def test_example_builds_and_runs_a_forward_pass(example: str) -> None:
-    model = resgraph.build(EXAMPLES / example, seed=0)
+    model = resgraph.build(EXAMPLES / example, params=small_params(example), seed=0)
     graph = model._resgraph_graph
     inputs = [torch.randn(2, *graph.nodes[name].meta["type"].shape) for name in graph.inputs]
     out = model(*inputs)

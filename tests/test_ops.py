@@ -66,6 +66,13 @@ CASES: dict[str, list[tuple[dict[str, Any], tuple[int, ...]] | tuple[dict[str, A
     "Dropout2d": [({}, (3, 4, 5))],
     "Dropout3d": [({"inplace": False}, (2, 3, 4, 5))],
     "PReLU": [({"num_parameters": 3}, (3, 4, 4))],
+    "transpose": [({"dim0": 1, "dim1": 2}, (3, 5)), ({"dim0": -1, "dim1": 1}, (2, 3, 4))],
+    "permute": [({"dims": [0, 2, 3, 1]}, (3, 4, 5))],
+    "reshape": [({"shape": [2, -1]}, (3, 4)), ({"shape": [12]}, (3, 4))],
+    "mean": [({"dim": 1}, (5, 8)), ({"dim": [2, 3], "keepdim": True}, (3, 4, 5))],
+    "select": [({"dim": 1, "index": 0}, (5, 8)), ({"dim": -1, "index": -1}, (5, 8))],
+    "parameter": [({"shape": [1, 8], "init": "normal"}, (4,)), ({"shape": [3, 2, 2], "init": "trunc_normal"}, (4,))],
+    "MultiheadAttention": [({"num_heads": 2}, (5, 8)), ({"num_heads": 4, "add_bias_kv": True}, (3, 8))],
     "add": [({"input": ["a", "b"]}, (3, 4))],
     "concat": [({"input": ["a", "b"], "dim": -1}, (3, 4))],
     "mul": [({"input": ["a", "b"]}, (3, 4))],
@@ -84,13 +91,17 @@ def test_every_registered_op_has_shape_cases() -> None:
 
 
 def _run_torch(layer: Any, inputs: list[TensorType], dtype: str) -> torch.Tensor:
+    """Run the op the way generated code does: its `code`, or its `call` on the module it builds."""
     tensors = [torch.randint(0, 10, (2, *t.shape)) if dtype == "int64" else torch.randn(2, *t.shape) for t in inputs]
-    if layer.code_only:  # merge ops are code, not modules
-        namespace = {"torch": torch, **{f"v{i}": t for i, t in enumerate(tensors)}}
-        return eval(layer.code([f"v{i}" for i in range(len(tensors))]), namespace)  # test-only: trusted code
-    module = getattr(torch.nn, layer.torch_name)(**layer.module_args(inputs)).eval()
+    names = {f"v{i}": t for i, t in enumerate(tensors)}
+    if layer.code_only:
+        owner = layer.build({}) if layer.owns_parameter else None
+        expression = layer.code(list(names), "owner")
+    else:
+        owner = layer.build(layer.module_args(inputs)).eval()
+        expression = layer.call("owner", list(names))
     with torch.no_grad():
-        return module(*tensors)
+        return eval(expression, {"torch": torch, "owner": owner, **names})  # test-only: code resgraph generates
 
 
 @pytest.mark.parametrize(("op", "args", "shape", "dtype"), [
@@ -138,7 +149,14 @@ def test_generic_torch_op_infers_input_size_and_runs_on_meta() -> None:
     assert out.shape == (5, 8) and out.layout == "features_last"
 
 
-def test_generic_op_that_returns_a_tuple_is_refused() -> None:
-    layer = GenericLayer.model_validate({"op": "LSTM", "input_size": 4, "hidden_size": 3, "batch_first": True})
-    with pytest.raises(ShapeError, match="returns tuple, not a tensor"):
-        layer.output_type([TensorType((5, 4), layout="features_last")])
+def test_a_tuple_result_must_be_picked_with_output() -> None:
+    args = {"op": "LSTM", "input_size": 4, "hidden_size": 3, "batch_first": True}
+    sequence = TensorType((5, 4), layout="features_last")
+    with pytest.raises(ShapeError, match="returns a tuple of 2, not a tensor; pick one element with `output: 0`"):
+        GenericLayer.model_validate(args).output_type([sequence])
+    picked = GenericLayer.model_validate({**args, "output": 0})
+    assert picked.output_type([sequence]).shape == (5, 3)
+    assert picked.call("self.lstm", ["x"]) == "self.lstm(x)[0]"
+    assert "output" not in picked.args()
+    with pytest.raises(ShapeError, match="output: 2 does not index the result, which is a tuple of 2"):
+        GenericLayer.model_validate({**args, "output": 2}).output_type([sequence])

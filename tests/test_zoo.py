@@ -18,7 +18,7 @@ from conftest import EXAMPLES
 FIXTURE = json.loads((EXAMPLES.parent / "tests" / "fixtures" / "torchvision.json").read_text())["models"]
 ZOO = {"resnet18": "ResNet18", "resnet34": "ResNet34", "resnet50": "ResNet50", "resnet101": "ResNet101",
        "resnet152": "ResNet152", "densenet121": "DenseNet121", "mobilenet_v2": "MobileNetV2",
-       "efficientnet_b0": "EfficientNetB0"}
+       "efficientnet_b0": "EfficientNetB0", "vit_b_16": "VisionTransformerB16"}
 
 
 def test_fixture_holds_the_issue_table() -> None:
@@ -44,7 +44,7 @@ def test_state_dict_keys_and_shapes_equal_torchvision_in_order(name: str) -> Non
 
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_forward_on_a_small_input(name: str) -> None:
-    model = resgraph.build(EXAMPLES / f"{name}.yaml", params={"num_classes": 7}).eval()
+    model = resgraph.build(EXAMPLES / f"{name}.yaml", params={"num_classes": 7, "image_size": 64}).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 7)
 

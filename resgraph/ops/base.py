@@ -44,7 +44,7 @@ FLOAT_DTYPES = frozenset({"float32", "float64", "float16", "bfloat16"})
 
 
 # Keys of a layer body that are resgraph's, not the torch constructor's.
-RESGRAPH_KEYS = frozenset({"op", "input", "scale", "when"})
+RESGRAPH_KEYS = frozenset({"op", "input", "scale", "when", "output"})
 
 
 class StrictModel(BaseModel):
@@ -94,6 +94,7 @@ class Layer(StrictModel):
 
     torch_name: ClassVar[str | None] = None  # set by register_op unless the op is code
     code_only: ClassVar[bool] = False  # merges are expressions in forward(), not modules
+    owns_parameter: ClassVar[bool] = False  # a code op with a learned tensor of its own
     inferred: ClassVar[tuple[str, ...]] = ()
     layout: ClassVar[Layout | None] = None
     min_inputs: ClassVar[int] = 1
@@ -112,9 +113,23 @@ class Layer(StrictModel):
         """The output type for these inputs. Raises ShapeError when they are unacceptable."""
         raise NotImplementedError
 
-    def code(self, operands: list[str]) -> str:
-        """For `code_only` ops: the Python expression computing the output from named operands."""
+    def code(self, operands: list[str], owner: str) -> str:
+        """For `code_only` ops: the expression computing the output from the named operands.
+
+        `owner` is the attribute holding the op's own parameter, if it has one (`self.cls`).
+        Ops without inputs receive the first forward input, to size the batch.
+        """
         raise NotImplementedError(f"{self.op} is a module, not code")
+
+    def call(self, module: str, operands: list[str]) -> str:
+        """For module ops: the expression calling the built module (`self.conv1(x)`)."""
+        return f"{module}({', '.join(operands)})"
+
+    def build(self, args: dict[str, Any]) -> Any:
+        """The torch object this layer owns: a module, or an nn.Parameter for learned tensors."""
+        from torch import nn
+
+        return getattr(nn, self.torch_name)(**args)
 
     def module_args(self, inputs: list[TensorType]) -> dict[str, Any]:
         return {**self.inferred_args(inputs), **self.args()}

@@ -72,6 +72,10 @@ class GenericLayer(Layer):
         return {name: x.shape[0] if rule == "channels" else x.shape[-1]
                 for name, rule in INFERABLE.items() if name in parameters and name not in given}
 
+    def call(self, module: str, operands: list[str]) -> str:
+        pick = (self.model_extra or {}).get("output")
+        return super().call(module, operands) + (f"[{int(pick)}]" if pick is not None else "")
+
     def check_arguments(self) -> None:
         """Raise GenericOpError for an unknown class or arguments its signature does not take."""
         cls = torch_module_class(self.op)
@@ -99,9 +103,15 @@ class GenericLayer(Layer):
         except Exception as exc:  # torch reports bad arguments and shapes in many exception types
             raise ShapeError(f"torch.nn.{self.op} rejected input {', '.join(map(str, inputs))}: "
                              f"{_first_line(exc)}") from None
+        pick = (self.model_extra or {}).get("output")
+        if pick is not None:
+            if not isinstance(out, (tuple, list)) or not isinstance(pick, int) or not -len(out) <= pick < len(out):
+                size = f"a tuple of {len(out)}" if isinstance(out, (tuple, list)) else "a single tensor"
+                raise GenericOpError(f"output: {pick!r} does not index the result, which is {size}", "output")
+            out = out[pick]
         if not isinstance(out, torch.Tensor):
-            raise ShapeError(f"torch.nn.{self.op} returns {type(out).__name__}, not a tensor; "
-                             "resgraph layers have one tensor output")
+            what = f"a tuple of {len(out)}" if isinstance(out, (tuple, list)) else type(out).__name__
+            raise ShapeError(f"torch.nn.{self.op} returns {what}, not a tensor; pick one element with `output: 0`")
         dtype = str(out.dtype).removeprefix("torch.")
         shape = tuple(out.shape[1:])
         layout = inputs[0].layout if len(shape) == inputs[0].rank else (

@@ -84,7 +84,7 @@ class MergeLayer(Layer):
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         return merge_type(self.kind, inputs, getattr(self, "dim", 1))
 
-    def code(self, operands: list[str]) -> str:
+    def code(self, operands: list[str], owner: str) -> str:
         return merge_code(self.kind, operands, getattr(self, "dim", 1))
 
 

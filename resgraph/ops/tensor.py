@@ -1,0 +1,182 @@
+"""Parameter-free tensor ops (written as code in forward) and learned tensors.
+
+Dims follow torch: the batch is dim 0, so `{op: transpose, dim0: 1, dim1: 2}` swaps the first
+two per-sample dims, as `x.transpose(1, 2)` does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field
+
+from .base import Layer, Layout, ShapeError, TensorType, register_op, sample_dim
+
+__all__ = ["LearnedTensor", "Mean", "Permute", "Reshape", "Select", "Transpose"]
+
+
+class TensorOp(Layer):
+    """A parameter-free op written as one expression on its input."""
+
+    code_only: ClassVar[bool] = True
+
+
+def _moved_layout(x: TensorType, order: list[int]) -> Layout:
+    """The layout after reordering per-sample dims: where did the channel (feature) dim go?"""
+    if x.rank < 2:
+        return x.layout
+    channel = 0 if x.layout == "channels_first" else x.rank - 1
+    position = order.index(channel)
+    if position == 0:
+        return "channels_first"
+    if position == x.rank - 1:
+        return "features_last"
+    return x.layout
+
+
+@register_op
+class Transpose(TensorOp):
+    """Swap two dims (`x.transpose(dim0, dim1)`), e.g. (C, L) -> (L, C)."""
+
+    op: Literal["transpose"]
+    dim0: int
+    dim1: int
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        (x,) = inputs
+        a, b = sample_dim(self.dim0, x.rank, "dim0"), sample_dim(self.dim1, x.rank, "dim1")
+        order = list(range(x.rank))
+        order[a], order[b] = order[b], order[a]
+        return x.with_shape(tuple(x.shape[i] for i in order), _moved_layout(x, order))
+
+    def code(self, operands: list[str], owner: str) -> str:
+        return f"{operands[0]}.transpose({self.dim0}, {self.dim1})"
+
+
+@register_op
+class Permute(TensorOp):
+    """Reorder dims (`x.permute(*dims)`); `dims` lists every dim, the batch (0) first."""
+
+    op: Literal["permute"]
+    dims: list[int] = Field(min_length=2)
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        (x,) = inputs
+        full = [d % (x.rank + 1) if -(x.rank + 1) <= d <= x.rank else None for d in self.dims]
+        if None in full or sorted(full) != list(range(x.rank + 1)):  # type: ignore[type-var]
+            raise ShapeError(f"dims={self.dims} is not an ordering of the {x.rank + 1} dims of {x} (batch included)")
+        if full[0] != 0:
+            raise ShapeError("dims must keep the batch first (start with 0)")
+        order = [d - 1 for d in full[1:]]  # type: ignore[operator]
+        return x.with_shape(tuple(x.shape[i] for i in order), _moved_layout(x, order))
+
+    def code(self, operands: list[str], owner: str) -> str:
+        return f"{operands[0]}.permute({', '.join(map(str, self.dims))})"
+
+
+@register_op
+class Reshape(TensorOp):
+    """Reshape each sample (`x.reshape(N, *shape)`); one entry may be -1."""
+
+    op: Literal["reshape"]
+    shape: list[Annotated[int, Field(ge=-1)]] = Field(min_length=1)
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        (x,) = inputs
+        sizes, total = list(self.shape), math.prod(x.shape)
+        if sizes.count(-1) > 1 or 0 in sizes:
+            raise ShapeError("shape may hold at most one -1 and no zeros")
+        known = math.prod(s for s in sizes if s != -1)
+        if -1 in sizes:
+            if total % known:
+                raise ShapeError(f"cannot reshape {x} ({total} elements) to {self.shape}")
+            sizes[sizes.index(-1)] = total // known
+        elif known != total:
+            raise ShapeError(f"cannot reshape {x} ({total} elements) to {self.shape} ({known} elements)")
+        return x.with_shape(tuple(sizes), "channels_first" if len(sizes) >= 3 else "features_last")
+
+    def code(self, operands: list[str], owner: str) -> str:
+        x = operands[0]
+        return f"{x}.reshape({x}.shape[0], {', '.join(map(str, self.shape))})"
+
+
+@register_op
+class Mean(TensorOp):
+    """Average over dims (`x.mean(dim, keepdim)`), e.g. global pooling of tokens."""
+
+    op: Literal["mean"]
+    dim: int | list[int]
+    keepdim: bool = False
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        (x,) = inputs
+        dims = {sample_dim(d, x.rank) for d in (self.dim if isinstance(self.dim, list) else [self.dim])}
+        shape = tuple(1 if i in dims else s for i, s in enumerate(x.shape) if self.keepdim or i not in dims)
+        return x.with_shape(shape, None if len(shape) >= 2 else "features_last")
+
+    def code(self, operands: list[str], owner: str) -> str:
+        dim = tuple(self.dim) if isinstance(self.dim, list) else self.dim
+        return f"{operands[0]}.mean(dim={dim}, keepdim={self.keepdim})"
+
+
+@register_op
+class Select(TensorOp):
+    """Pick one index along a dim, dropping it (`x.select(dim, index)`), e.g. the class token."""
+
+    op: Literal["select"]
+    dim: int
+    index: int
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        (x,) = inputs
+        axis = sample_dim(self.dim, x.rank)
+        if not -x.shape[axis] <= self.index < x.shape[axis]:
+            raise ShapeError(f"index {self.index} is out of range for dim {self.dim} of size {x.shape[axis]}")
+        shape = x.shape[:axis] + x.shape[axis + 1:]
+        return x.with_shape(shape, "features_last" if len(shape) <= 2 else None)
+
+    def code(self, operands: list[str], owner: str) -> str:
+        return f"{operands[0]}.select({self.dim}, {self.index})"
+
+
+@register_op
+class LearnedTensor(Layer):
+    """A learned tensor of per-sample `shape`, shared by every sample (a class token, a
+    positional embedding). Stored as an nn.Parameter of shape (1, *shape), named after the layer."""
+
+    op: Literal["parameter"]
+    shape: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    init: Literal["zeros", "ones", "normal", "trunc_normal", "uniform"] = "zeros"
+    std: Annotated[float, Field(gt=0)] = Field(0.02, description="Spread of normal / trunc_normal / uniform init.")
+
+    code_only: ClassVar[bool] = True
+    owns_parameter: ClassVar[bool] = True
+    min_inputs: ClassVar[int] = 0
+    max_inputs: ClassVar[int | None] = 0
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        return TensorType(tuple(self.shape), "float32", "channels_first" if len(self.shape) >= 3 else "features_last")
+
+    def module_args(self, inputs: list[TensorType]) -> dict[str, Any]:
+        return {}
+
+    def build(self, args: dict[str, Any]) -> Any:
+        import torch
+        from torch import nn
+
+        data = torch.empty(1, *self.shape)
+        if self.init == "zeros":
+            nn.init.zeros_(data)
+        elif self.init == "ones":
+            nn.init.ones_(data)
+        elif self.init == "normal":
+            nn.init.normal_(data, std=self.std)
+        elif self.init == "trunc_normal":
+            nn.init.trunc_normal_(data, std=self.std, a=-2 * self.std, b=2 * self.std)
+        else:
+            nn.init.uniform_(data, -self.std, self.std)
+        return nn.Parameter(data)
+
+    def code(self, operands: list[str], owner: str) -> str:
+        return f"{owner}.expand({operands[0]}.shape[0], {', '.join(['-1'] * len(self.shape))})"
