@@ -24,6 +24,7 @@ from .errors import Diagnostic, Location, SpecError
 from .expressions import ExpressionError, evaluate, expression_body, make_divisible
 from .loader import Origin, SourceMap, load_file
 from .ops import Layer
+from .ops.tensor import SplitBase, pieces
 from .spec import REQUIRED, BlockCall, BlockDef, BlockLibrary, InputDecl, LayerBody, Projection, Scale, Skip, Spec
 from .suggest import did_you_mean
 
@@ -189,8 +190,9 @@ class _Expander:
             raise SpecError(self.diagnostics)
         self.num_blocks = sum(self.repeats(body) for entry in self.spec.layers for body in entry.values()
                               if isinstance(body, BlockCall))
-        layers = [LayerItem(name, body, root.child("layers", i, name))
-                  for i, entry in enumerate(self.spec.layers) for name, body in entry.items()]
+        layers = with_pieces([LayerItem(name, body, root.child("layers", i, name))
+                              for i, entry in enumerate(self.spec.layers) for name, body in entry.items()],
+                             list(self.spec.inputs))
         skips = [SkipItem(name, skip, root.child("skips", i, name))
                  for i, entry in enumerate(self.spec.skips) for name, skip in entry.items()]
         scope = Scope(self.spec.name, dict(self.spec.input_decls()), layers, skips, self.spec.outputs,
@@ -364,7 +366,8 @@ class _Expander:
                 skip = self.typed(Skip, concrete, where)
                 if skip is not None:
                     skips.append(SkipItem(name, skip, where))
-        return Scope(class_name(block_name), {name: None for name in definition.inputs}, layers, skips,
+        return Scope(class_name(block_name), {name: None for name in definition.inputs},
+                     with_pieces(layers, definition.inputs), skips,
                      definition.outputs, self.spec.defaults.projection, origin, block=block_name,
                      params=block_params)
 
@@ -379,6 +382,24 @@ class _Expander:
         except ValidationError as exc:
             self.diagnostics.extend(pydantic_diagnostics(exc, data, origin))
             return None
+
+
+def with_pieces(items: list[LayerItem], inputs: list[str]) -> list[LayerItem]:
+    """Layers with each chunk/split replaced by one item per named output.
+
+    Every piece reads what the chunk/split itself reads: its `input`, else the layer before it,
+    else the scope's sole input.
+    """
+    result: list[LayerItem] = []
+    for item in items:
+        body = item.body
+        if not isinstance(body, SplitBase):
+            result.append(item)
+            continue
+        source = body.input or (result[-1].name if result else inputs[0] if len(inputs) == 1 else None)
+        result += [LayerItem(name, piece.model_copy(update={"input": source}), item.origin.child("outputs", i))
+                   for i, (name, piece) in enumerate(pieces(item.name, body))]
+    return result
 
 
 def scale_width(body: Any, scale: Scale) -> Any:

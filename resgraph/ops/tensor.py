@@ -11,9 +11,10 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from .base import Layer, Layout, ShapeError, TensorType, register_op, sample_dim
+from .base import Identifier, Layer, Layout, ShapeError, TensorType, register_op, sample_dim
 
-__all__ = ["LearnedTensor", "Mean", "Permute", "Reshape", "Select", "Transpose"]
+__all__ = ["Chunk", "LearnedTensor", "Mean", "Permute", "Piece", "Reshape", "Select", "Split", "SplitBase",
+           "Transpose", "pieces"]
 
 
 class TensorOp(Layer):
@@ -180,3 +181,89 @@ class LearnedTensor(Layer):
 
     def code(self, operands: list[str], owner: str) -> str:
         return f"{owner}.expand({operands[0]}.shape[0], {', '.join(['-1'] * len(self.shape))})"
+
+
+class SplitBase(TensorOp):
+    """An op with several named outputs: the expansion stage turns it into one `Piece` per
+    name, so every node of a graph holds exactly one tensor."""
+
+    dim: int = 1
+    outputs: list[Identifier] = Field(min_length=2, description="Names for the pieces, in order.")
+
+    def sizes(self, length: int) -> list[int]:
+        raise NotImplementedError
+
+    def piece_types(self, inputs: list[TensorType]) -> list[TensorType]:
+        (x,) = inputs
+        axis = sample_dim(self.dim, x.rank)
+        sizes = self.sizes(x.shape[axis])
+        if len(sizes) != len(self.outputs):
+            raise ShapeError(f"dim {self.dim} of {x} splits into {len(sizes)} pieces {sizes}, "
+                             f"but {len(self.outputs)} outputs are named")
+        return [x.with_shape((*x.shape[:axis], size, *x.shape[axis + 1:])) for size in sizes]
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        return self.piece_types(inputs)[-1]  # as a plain layer, its value is its last piece
+
+    def piece_code(self, operand: str, index: int) -> str:
+        raise NotImplementedError
+
+    def code(self, operands: list[str], owner: str) -> str:
+        return self.piece_code(operands[0], len(self.outputs) - 1)
+
+
+@register_op
+class Chunk(SplitBase):
+    """`x.chunk(chunks, dim)`: pieces of equal size (the last may be smaller), one name each."""
+
+    op: Literal["chunk"]
+    chunks: Annotated[int, Field(ge=2)]
+
+    def sizes(self, length: int) -> list[int]:
+        step = -(-length // self.chunks)  # torch.chunk: ceil(length / chunks), as many as fit
+        return [min(step, length - start) for start in range(0, length, step)]
+
+    def piece_code(self, operand: str, index: int) -> str:
+        return f"{operand}.chunk({self.chunks}, dim={self.dim})[{index}]"
+
+
+@register_op
+class Split(SplitBase):
+    """`x.split(split_size, dim)`: pieces of `split_size` (an int, or one size per piece)."""
+
+    op: Literal["split"]
+    split_size: Annotated[int, Field(ge=1)] | list[Annotated[int, Field(ge=1)]]
+
+    def sizes(self, length: int) -> list[int]:
+        if isinstance(self.split_size, list):
+            if sum(self.split_size) != length:
+                raise ShapeError(f"split sizes {self.split_size} add up to {sum(self.split_size)}, "
+                                 f"not the dim's {length}")
+            return list(self.split_size)
+        return [min(self.split_size, length - start) for start in range(0, length, self.split_size)]
+
+    def piece_code(self, operand: str, index: int) -> str:
+        size = list(self.split_size) if isinstance(self.split_size, list) else self.split_size
+        return f"{operand}.split({size}, dim={self.dim})[{index}]"
+
+
+class Piece(TensorOp):
+    """One named output of a chunk or split (made by the expansion stage, never written)."""
+
+    op: str
+    group: Chunk | Split
+    index: int
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        return self.group.piece_types(inputs)[self.index]
+
+    def args(self) -> dict[str, Any]:
+        return {**self.group.args(), "index": self.index}
+
+    def code(self, operands: list[str], owner: str) -> str:
+        return self.group.piece_code(operands[0], self.index)
+
+
+def pieces(name: str, group: SplitBase) -> list[tuple[str, Piece]]:
+    """The nodes a chunk/split layer stands for: (output name, Piece)."""
+    return [(out, Piece(op=group.op, input=group.input, group=group, index=i)) for i, out in enumerate(group.outputs)]

@@ -1,0 +1,73 @@
+"""Tensor ops in specs: named outputs, learned tensors, attention, and picking tuple elements."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import resgraph
+
+HEAD = "resgraph: 1\nname: T\ninputs:\n  x: [8, 6]\nlayers:\n"
+
+
+def test_chunk_and_split_name_their_outputs_and_read_the_same_input() -> None:
+    model = resgraph.build(HEAD + "  - pre: {op: Identity}\n"
+                                  "  - parts: {op: chunk, chunks: 2, outputs: [value, gate]}\n"
+                                  "  - glu: {op: mul, input: [value, gate]}\n")
+    x = torch.randn(3, 8, 6)
+    torch.testing.assert_close(model(x), x[:, :4] * x[:, 4:])
+    assert "value = pre.chunk(2, dim=1)[0]" in model.code and "gate = pre.chunk(2, dim=1)[1]" in model.code
+
+
+def test_a_chunk_name_is_not_a_node() -> None:
+    with pytest.raises(resgraph.SpecError, match="unknown node 'parts'"):
+        resgraph.check(HEAD + "  - parts: {op: chunk, chunks: 2, outputs: [a, b]}\n  - c: {op: ReLU, input: parts}\n")
+
+
+def test_learned_tensors_expand_over_the_batch_and_are_parameters() -> None:
+    model = resgraph.build(HEAD + "  - tokens: {op: transpose, dim0: 1, dim1: 2}\n"
+                                  "  - cls: {op: parameter, shape: [1, 8], init: ones}\n"
+                                  "  - seq: {op: concat, input: [cls, tokens], dim: 1}\n"
+                                  "  - pos: {op: parameter, shape: [7, 8], init: normal}\n"
+                                  "  - out: {op: add, input: [seq, pos]}\n"
+                                  "  - first: {op: select, dim: 1, index: 0}\n")
+    assert dict((k, tuple(v.shape)) for k, v in model.named_parameters()) == {"cls": (1, 1, 8), "pos": (1, 7, 8)}
+    x = torch.randn(3, 8, 6)
+    torch.testing.assert_close(model(x), 1 + model.pos[0, 0].expand(3, 8))
+    out = model(x)
+    out.sum().backward()
+    assert model.cls.grad is not None and model.pos.grad is not None
+
+
+def test_self_attention_and_query_key_value() -> None:
+    text = ("resgraph: 1\nname: A\ninputs:\n  q: [5, 8]\n  kv: [7, 8]\nlayers:\n"
+            "  - self_attn: {op: MultiheadAttention, input: q, num_heads: 2}\n"
+            "  - cross: {op: MultiheadAttention, input: [self_attn, kv, kv], num_heads: 4}\n"
+            "  - pooled: {op: mean, dim: 1}\n")
+    model = resgraph.build(text, seed=0).eval()
+    q, kv = torch.randn(2, 5, 8), torch.randn(2, 7, 8)
+    with torch.no_grad():
+        expected_self = model.self_attn(q, q, q, need_weights=False)[0]
+        expected = model.cross(expected_self, kv, kv, need_weights=False)[0].mean(dim=1)
+        torch.testing.assert_close(model(q, kv), expected)
+    assert model.self_attn.batch_first and model.self_attn.embed_dim == 8
+
+
+def test_tuple_results_of_torch_layers_are_picked_with_output() -> None:
+    text = HEAD.replace("x: [8, 6]", "x: [5, 4]") + ("  - lstm: {op: LSTM, input_size: 4, hidden_size: 3, "
+                                                     "batch_first: true, output: 0}\n  - last: {op: select, dim: 1, "
+                                                     "index: -1}\n")
+    model = resgraph.build(text, seed=0)
+    x = torch.randn(2, 5, 4)
+    torch.testing.assert_close(model(x), model.lstm(x)[0][:, -1])
+
+
+def test_permute_reshape_and_mean_follow_torch_dims() -> None:
+    text = ("resgraph: 1\nname: P\ninputs:\n  x: [4, 3, 2]\nlayers:\n"
+            "  - last: {op: permute, dims: [0, 2, 3, 1]}\n  - flat: {op: reshape, shape: [-1, 4]}\n"
+            "  - avg: {op: mean, dim: 1}\n")
+    model = resgraph.build(text)
+    x = torch.randn(2, 4, 3, 2)
+    torch.testing.assert_close(model(x), x.permute(0, 2, 3, 1).reshape(2, -1, 4).mean(dim=1))
+    graph = resgraph.check(text)
+    assert graph.nodes["last"].meta["type"].layout == "features_last"  # channels moved last
