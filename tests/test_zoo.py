@@ -7,6 +7,7 @@ environment with torchvision 0.29.1 (torchvision is not a test dependency).
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -104,3 +105,12 @@ def test_preact_resnet_skips_wrap_norm_activation_conv_pairs() -> None:
     assert block.shortcut[0].stride == (2, 2)
     assert not hasattr(model.layer2[1], "shortcut")
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_readme_zoo_table_states_what_the_specs_build() -> None:
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    rows = re.findall(r"^\| `examples/(\w+)\.yaml` \| ([\d,]+) \|", readme, flags=re.MULTILINE)
+    assert len(rows) == len(ZOO) + 2  # the torchvision zoo, U-Net and the pre-activation ResNet
+    for name, stated in rows:
+        model = resgraph.build(EXAMPLES / f"{name}.yaml")
+        assert sum(p.numel() for p in model.parameters()) == int(stated.replace(",", "")), name
