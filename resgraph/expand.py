@@ -255,6 +255,8 @@ class _Expander:
     def repeats(self, call: BlockCall) -> int:
         if call.repeat is None:
             return 1
+        if not call.scale:
+            return call.repeat
         return max(1, math.ceil(call.repeat * self.spec.scale.depth - 1e-9))
 
     @staticmethod

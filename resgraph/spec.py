@@ -85,6 +85,8 @@ class BlockCall(StrictModel):
     repeat: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
         default=None, description="Chain this many instances, nested as NAME.0, NAME.1, ... (scaled by scale.depth).")
     when: bool = Field(default=True, description="false (usually an expression): the layer is left out.")
+    scale: bool = Field(default=True, description="false: scale.depth leaves `repeat` as written "
+                                                  "(e.g. a repeat over the rows of a stage table).")
     with_: dict[Identifier, Any] = Field(
         default_factory=dict, alias="with",
         description="Block parameter values; expressions may use `index` (the instance) and `block_index`.")

@@ -26,7 +26,7 @@ def test_fixture_holds_the_issue_table() -> None:
     assert {name: entry["parameters"] for name, entry in FIXTURE.items()} == {
         "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160,
         "resnet152": 60_192_808, "densenet121": 7_978_856, "mobilenet_v2": 3_504_872,
-        "efficientnet_b0": 5_288_548, "vit_b_16": 86_567_656}
+        "efficientnet_b0": 5_288_548, "efficientnet_b1": 7_794_184, "vit_b_16": 86_567_656}
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))
@@ -77,6 +77,12 @@ def test_resnet18_layer2_equals_hand_written_blocks_with_the_same_weights() -> N
     x = torch.randn(2, 64, 16, 16)
     torch.testing.assert_close(model.layer2(x), reference(x), rtol=0, atol=0)
     assert isinstance(model.layer2, nn.Sequential) and type(model.layer2[0]).__name__ == "Basic"
+
+
+def test_depth_scaling_turns_efficientnet_b0_into_b1() -> None:
+    model = resgraph.build(EXAMPLES / "efficientnet_b0.yaml", params={"depth_mult": 1.1, "image_size": 240})
+    assert sum(p.numel() for p in model.parameters()) == FIXTURE["efficientnet_b1"]["parameters"]
+    assert [len(stage.blocks) for stage in model.stages] == [2, 3, 3, 4, 4, 5, 2]  # ceil(n * 1.1)
 
 
 def test_unet_has_the_papers_shapes_and_crops_each_copy() -> None:
