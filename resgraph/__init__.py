@@ -8,8 +8,9 @@ Importing resgraph does not import torch; `build` does.
 
 from __future__ import annotations
 
-from .api import build, check, load_spec
+from .api import build, check, load_spec, render
 from .artifact import load
+from .diagram import write_diagram
 from .errors import Diagnostic, Location, ResgraphError, SpecError, UsageError
 from .projections import ProjectionPlan
 from .spec import Projection, Spec
@@ -30,4 +31,6 @@ __all__ = [
     "check",
     "load",
     "load_spec",
+    "render",
+    "write_diagram",
 ]

@@ -22,7 +22,7 @@ from .validate import validate
 if TYPE_CHECKING:
     from .lower import CompiledModule
 
-__all__ = ["SpecSource", "build", "check", "load", "load_spec"]
+__all__ = ["SpecSource", "build", "check", "load", "load_spec", "render"]
 
 SpecSource = Union[str, "os.PathLike[str]", dict]
 
@@ -91,3 +91,32 @@ def build(spec: SpecSource, *, params: Mapping[str, Any] | None = None, seed: in
     loaded = load(spec, file=file)
     typed, graph = _check_loaded(loaded, params)
     return lower(graph, typed, spec_text=loaded.text, spec_file=loaded.file, params=dict(params or {}), seed=seed)
+
+
+def render(spec: SpecSource, *, params: Mapping[str, Any] | None = None, shapes: bool = True,
+           param_counts: bool = True, args: bool = True, depth: int | None = None, fold_repeats: bool = False,
+           rankdir: str = "TB", file: str | None = None) -> Any:
+    """The architecture diagram of a spec, as a `graphviz.Digraph` (no file is written).
+
+    Weights are never allocated: parameter counts come from modules built on the meta device.
+
+    Args:
+        shapes, param_counts, args: what each node shows besides its name and op.
+        depth: module levels to show, as torchinfo counts them (1: the top level, each block call one node).
+        fold_repeats: draw a repeated block once, in a box labelled xN.
+        rankdir: TB (top to bottom) or LR (left to right).
+    Raises:
+        SpecError: the spec is invalid.
+    """
+    import torch
+
+    from .diagram import RenderOptions, render_graph
+    from .lower import lower
+
+    loaded = load(spec, file=file)
+    typed, graph = _check_loaded(loaded, params)
+    with torch.device("meta"):
+        module = lower(graph, typed)
+    options = RenderOptions(shapes=shapes, param_counts=param_counts, args=args, depth=depth,
+                            fold_repeats=fold_repeats, rankdir=rankdir)
+    return render_graph(graph, module, options)

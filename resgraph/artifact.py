@@ -21,11 +21,22 @@ def atomic_write(path: str, write: Any) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600; the file should look like any other
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _mode_for(path: str) -> int:
+    """The replaced file's mode, or what a plain open() would give a new file (0666 less umask)."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def save(module: Any, path: str) -> None:

@@ -61,13 +61,37 @@ def _parser() -> argparse.ArgumentParser:
                        help="save weights and spec to FILE (.pt), loadable with resgraph.load "
                             "or torch.load(weights_only=True)")
     build.add_argument("--code", action="store_true", help="print the generated forward() instead of the summary")
-    build.add_argument("--depth", type=int, metavar="N", help="show block internals down to depth N (default: all)")
+    build.add_argument("--depth", type=_positive, metavar="N",
+                       help="module levels to show (1: top level only; default: all)")
+    build.add_argument("--diagram", metavar="FILE", help="also draw the architecture to FILE (.svg, .png, .pdf, .dot)")
     _add_set(build)
     build.set_defaults(run=_build)
+
+    render = commands.add_parser("render", help="draw the architecture with Graphviz")
+    render.add_argument("spec", metavar="SPEC", help="spec file (YAML)")
+    render.add_argument("-o", "--output", metavar="FILE",
+                        help="the diagram; its extension picks the format: .svg (default), .png, .pdf, .dot")
+    render.add_argument("--depth", type=_positive, metavar="N",
+                        help="module levels to show (1: each block call is one node; default: all)")
+    render.add_argument("--fold-repeats", action="store_true", help="draw a repeated block once, labelled xN")
+    render.add_argument("--rankdir", choices=("TB", "LR"), default="TB",
+                        help="top-to-bottom (default) or left-to-right")
+    render.add_argument("--no-shapes", action="store_true", help="leave out output shapes")
+    render.add_argument("--no-params", action="store_true", help="leave out parameter counts")
+    render.add_argument("--no-args", action="store_true", help="leave out op arguments (kernel, stride, ...)")
+    _add_set(render)
+    render.set_defaults(run=_render)
 
     schema = commands.add_parser("schema", help="print the spec language's JSON Schema")
     schema.set_defaults(run=_schema)
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text) if text.isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
 
 
 def _add_set(command: argparse.ArgumentParser) -> None:
@@ -117,6 +141,7 @@ def _build(args: argparse.Namespace) -> int:
     from .api import build
     from .summary import format_summary, summarize
 
+    _check_diagram_path(args.diagram)
     module = build(pathlib.Path(args.spec), params=_overrides(args.overrides), seed=args.seed)
     if args.output:
         from .artifact import save
@@ -125,9 +150,14 @@ def _build(args: argparse.Namespace) -> int:
             save(module, args.output)
         except OSError as exc:
             raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    status = EXIT_OK
+    if args.diagram:
+        from .api import render
+
+        status = _draw(render(pathlib.Path(args.spec), params=_overrides(args.overrides)), args.diagram)
     if args.code:
         print(module.code, end="")
-        return EXIT_OK
+        return status
     summary = summarize(module, depth=args.depth)
     if args.json:
         import json
@@ -140,7 +170,44 @@ def _build(args: argparse.Namespace) -> int:
         print(format_summary(summary))
         if args.output:
             print(f"Saved: {args.output}")
-    return EXIT_OK
+    return status
+
+
+def _render(args: argparse.Namespace) -> int:
+    from .api import render
+
+    output = args.output or str(pathlib.Path(args.spec).with_suffix(".svg").name)
+    _check_diagram_path(output)
+    dot = render(pathlib.Path(args.spec), params=_overrides(args.overrides), shapes=not args.no_shapes,
+                 param_counts=not args.no_params, args=not args.no_args, depth=args.depth,
+                 fold_repeats=args.fold_repeats, rankdir=args.rankdir)
+    status = _draw(dot, output)
+    if status == EXIT_OK:
+        print(f"Wrote {output}")
+    return status
+
+
+def _check_diagram_path(path: str | None) -> None:
+    """Refuse an unknown diagram format before any work is done."""
+    from .diagram import FORMATS
+
+    if path is not None and pathlib.Path(path).suffix.lower().lstrip(".") not in FORMATS:
+        raise UsageError(f"{path}: unknown diagram format; use one of {', '.join('.' + f for f in FORMATS)}")
+
+
+def _draw(dot: object, path: str) -> int:
+    """Write the diagram; without Graphviz's `dot`, write the .dot source and say how to get it."""
+    from .diagram import write_diagram
+
+    fallback = write_diagram(dot, path)
+    if fallback is None:
+        return EXIT_OK
+    print(f"resgraph: error: cannot draw {path}: Graphviz's `dot` program is not installed.\n"
+          f"  Wrote the diagram source to {fallback} instead.\n"
+          f"  Install Graphviz (Debian/Ubuntu: apt-get install graphviz; macOS: brew install graphviz;\n"
+          f"  others: https://graphviz.org/download/), then run again, or: dot -T{pathlib.Path(path).suffix[1:]} "
+          f"{fallback} -o {path}", file=sys.stderr)
+    return EXIT_INVALID
 
 
 def _schema(args: argparse.Namespace) -> int:

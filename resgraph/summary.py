@@ -8,7 +8,8 @@ from typing import Any
 from .graph import Graph, NodeKind
 from .projections import ProjectionPlan, Step, StepKind
 
-__all__ = ["ProjectionRow", "Row", "Summary", "format_summary", "summarize"]
+__all__ = ["ProjectionRow", "Row", "Summary", "describe_steps", "format_summary", "parameter_count", "short_value",
+           "summarize"]
 
 
 @dataclass(frozen=True)
@@ -53,13 +54,13 @@ def summarize(module: Any, depth: int | None = None) -> Summary:
     """Rows for every node of a module built by resgraph, block instances nested (dotted names).
 
     Args:
-        depth: show block internals down to this nesting depth (0: only the top level).
+        depth: module levels to show, as torchinfo counts them (1: only the top level).
     """
     graph: Graph = module._resgraph_graph
     rows: list[Row] = []
     _rows(module, graph, "", 0, rows)
     if depth is not None:
-        rows = [row for row in rows if row.depth <= depth]
+        rows = [row for row in rows if row.depth < depth]
     total = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     return Summary(graph.name, graph.scope.origin.source.file, rows, total, trainable, list(graph.outputs))
@@ -74,29 +75,29 @@ def _rows(module: Any, graph: Graph, prefix: str, level: int, rows: list[Row]) -
         elif node.kind is NodeKind.layer:
             layer = node.layer
             assert layer is not None
-            args = ", ".join(f"{k}={_value(v)}" for k, v in layer.args().items())
+            args = ", ".join(f"{k}={short_value(v)}" for k, v in layer.args().items())
             if layer.code_only:
                 args = ", ".join([*node.inputs, *([args] if args else [])])
-            rows.append(Row(name, "layer", f"{layer.op}({args})", shape, _params(module, name), level))
+            rows.append(Row(name, "layer", f"{layer.op}({args})", shape, parameter_count(module, name), level))
         elif node.kind is NodeKind.block:
             call = node.call
             assert call is not None
             instances = node.meta["instances"]
             repeat = f" x{len(instances)}" if call.repeat is not None else ""
-            rows.append(Row(name, "block", f"{call.block}{repeat}", shape, _params(module, name), level))
+            rows.append(Row(name, "block", f"{call.block}{repeat}", shape, parameter_count(module, name), level))
             for index, instance in enumerate(instances):
                 inner = f"{name}.{index}." if call.repeat is not None else f"{name}."
                 if call.repeat is not None:
-                    params = ", ".join(f"{k}={_value(v)}" for k, v in instance.scope.params.items())
+                    params = ", ".join(f"{k}={short_value(v)}" for k, v in instance.scope.params.items())
                     rows.append(Row(inner[:-1], "instance", f"{call.block}({params})",
                                     list(instance.nodes[instance.outputs[0]].meta["type"].shape),
-                                    _params(module, inner[:-1]), level + 1))
+                                    parameter_count(module, inner[:-1]), level + 1))
                 _rows(module, instance, inner, level + 1 + (call.repeat is not None), rows)
         else:
             skip = node.skip
             assert skip is not None
             plan: ProjectionPlan = node.meta["projection"]
-            params = _params(module, name)
+            params = parameter_count(module, name)
             projection = ProjectionRow(plan.policy.value, plan.reason, describe_steps(plan.steps), params)
             rows.append(Row(name, "skip", f"skip {skip.merge.value} <- {skip.source}", shape, params, level,
                             projection))
@@ -111,15 +112,15 @@ def describe_steps(steps: tuple[Step, ...]) -> str:
         a = step.args
         if step.kind is StepKind.conv:
             stride = a["stride"]
-            parts.append(f"Conv{a['dims']}d 1x1" + (f" /{_value(stride)}" if stride not in (1, (1,)) else ""))
+            parts.append(f"Conv{a['dims']}d 1x1" + (f" /{short_value(stride)}" if stride not in (1, (1,)) else ""))
         elif step.kind is StepKind.norm:
             parts.append(f"BatchNorm{a['dims']}d")
         elif step.kind is StepKind.avgpool:
-            parts.append(f"AvgPool{a['dims']}d /{_value(a['kernel'])}")
+            parts.append(f"AvgPool{a['dims']}d /{short_value(a['kernel'])}")
         elif step.kind is StepKind.linear:
             parts.append("Linear")
         elif step.kind is StepKind.subsample:
-            parts.append(f"subsample /{_value(a['stride'])}")
+            parts.append(f"subsample /{short_value(a['stride'])}")
         elif step.kind is StepKind.crop:
             parts.append(f"center-crop to {'x'.join(map(str, a['size']))}")
         else:
@@ -127,13 +128,13 @@ def describe_steps(steps: tuple[Step, ...]) -> str:
     return " + ".join(parts)
 
 
-def _value(value: Any) -> str:
+def short_value(value: Any) -> str:
     if isinstance(value, (tuple, list)):
         return str(value[0]) if len(set(value)) == 1 else "x".join(map(str, value))
     return str(value)
 
 
-def _params(module: Any, name: str) -> int:
+def parameter_count(module: Any, name: str) -> int:
     """Parameters under `name`: a submodule's, or a learned tensor's (`parameter` layers)."""
     try:
         return sum(p.numel() for p in module.get_submodule(name).parameters())
