@@ -8,7 +8,7 @@ Importing resgraph does not import torch; `build` does.
 
 from __future__ import annotations
 
-from .api import build, check, load_spec, render
+from .api import build, check, load_spec, render, to_python
 from .artifact import load
 from .diagram import write_diagram
 from .errors import Diagnostic, Location, ResgraphError, SpecError, UsageError
@@ -32,5 +32,6 @@ __all__ = [
     "load",
     "load_spec",
     "render",
+    "to_python",
     "write_diagram",
 ]

@@ -22,7 +22,7 @@ from .validate import validate
 if TYPE_CHECKING:
     from .lower import CompiledModule
 
-__all__ = ["SpecSource", "build", "check", "load", "load_spec", "render"]
+__all__ = ["SpecSource", "build", "check", "load", "load_spec", "render", "to_python"]
 
 SpecSource = Union[str, "os.PathLike[str]", dict]
 
@@ -120,3 +120,14 @@ def render(spec: SpecSource, *, params: Mapping[str, Any] | None = None, shapes:
     options = RenderOptions(shapes=shapes, param_counts=param_counts, args=args, depth=depth,
                             fold_repeats=fold_repeats, rankdir=rankdir)
     return render_graph(graph, module, options)
+
+
+def to_python(module: CompiledModule) -> str:
+    """A standalone PyTorch file (importing only torch) defining `module`'s class.
+
+    Its state_dict keys equal `module`'s, so `module.state_dict()` loads into it with strict=True.
+    """
+    from .export_py import export_python
+
+    text, file, _ = module._resgraph_source
+    return export_python(module._resgraph_graph, spec_file=file, spec_text=text)

@@ -17,7 +17,7 @@ from .errors import ResgraphError, SpecError, UsageError
 __all__ = ["main"]
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
-MODEL_SUFFIXES = (".pt", ".pth")
+MODEL_SUFFIXES = (".pt", ".pth", ".py")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,8 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--json", action="store_true", help="print the summary as JSON")
     build.add_argument("--seed", type=int, help="initialise weights deterministically")
     build.add_argument("-o", "--output", metavar="FILE",
-                       help="save weights and spec to FILE (.pt), loadable with resgraph.load "
-                            "or torch.load(weights_only=True)")
+                       help="save the model: .pt (weights and spec; resgraph.load or "
+                            "torch.load(weights_only=True)), or .py (a standalone PyTorch file)")
     build.add_argument("--code", action="store_true", help="print the generated forward() instead of the summary")
     build.add_argument("--depth", type=_positive, metavar="N",
                        help="module levels to show (1: top level only; default: all)")
@@ -144,12 +144,7 @@ def _build(args: argparse.Namespace) -> int:
     _check_diagram_path(args.diagram)
     module = build(pathlib.Path(args.spec), params=_overrides(args.overrides), seed=args.seed)
     if args.output:
-        from .artifact import save
-
-        try:
-            save(module, args.output)
-        except OSError as exc:
-            raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+        _save(module, args.output)
     status = EXIT_OK
     if args.diagram:
         from .api import render
@@ -171,6 +166,21 @@ def _build(args: argparse.Namespace) -> int:
         if args.output:
             print(f"Saved: {args.output}")
     return status
+
+
+def _save(module: object, path: str) -> None:
+    from .artifact import atomic_write, save
+
+    try:
+        if path.endswith(".py"):
+            from .api import to_python
+
+            source = to_python(module)  # type: ignore[arg-type]
+            atomic_write(path, lambda tmp: pathlib.Path(tmp).write_text(source, encoding="utf-8"))
+        else:
+            save(module, path)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _render(args: argparse.Namespace) -> int:

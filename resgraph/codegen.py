@@ -27,14 +27,18 @@ def shape_comment(node: Node) -> str:
     return "(N" + "".join(f", {d}" for d in shape) + ")"
 
 
-def generate_forward(graph: Graph) -> str:
-    """The source of `def forward(self, <inputs>)` for a graph whose shapes are inferred."""
+def generate_forward(graph: Graph, *, shapes: bool = True) -> str:
+    """The source of `def forward(self, <inputs>)` for a graph whose shapes are inferred.
+
+    With `shapes=False` the comments leave out everything specific to one instance (shapes,
+    projection reasons), so instances of a block with the same computation share one source.
+    """
     statements: list[tuple[str, str, set[str], str]] = []  # (code, written var, read vars, comment)
     for node in graph.nodes.values():
         if node.kind is NodeKind.input:
             continue
         reads = {graph.nodes[name].var for name in node.inputs} or set(_batch_source(graph, node))
-        statements.append((_statement(graph, node), node.var, reads, _comment(graph, node)))
+        statements.append((_statement(graph, node), node.var, reads, _comment(node, shapes)))
 
     returned = [graph.nodes[name].var for name in graph.outputs]
     for name in [*graph.inputs, *(s[1] for s in statements)]:
@@ -50,7 +54,7 @@ def generate_forward(graph: Graph) -> str:
 
     lines = [f"def forward(self, {', '.join(graph.inputs)}):"]
     for index, (code, _, _, comment) in enumerate(statements):
-        lines.append(f"    {code}  # {comment}")
+        lines.append(f"    {code}  # {comment}" if comment else f"    {code}")
         dead = sorted(var for var, last in last_read.items()
                       if last == index and var not in returned and written_after.get(var, -1) <= index
                       and index < len(statements) - 1)
@@ -103,11 +107,15 @@ def _projected(node: Node, source: str) -> str:
     return expr
 
 
-def _comment(graph: Graph, node: Node) -> str:
+def _comment(node: Node, shapes: bool) -> str:
     if node.kind is NodeKind.skip:
         skip = node.skip
         assert skip is not None
         plan: ProjectionPlan = node.meta["projection"]
-        how = "identity" if plan.is_identity else f"{plan.policy.value} projection: {plan.reason}"
-        return f"{shape_comment(node)} skip {node.name}: {skip.merge.value} {skip.source} ({how})"
-    return shape_comment(node)
+        if plan.is_identity:
+            how = "identity"
+        else:
+            how = f"{plan.policy.value} projection" + (f": {plan.reason}" if shapes else "")
+        text = f"skip {node.name}: {skip.merge.value} {skip.source} ({how})"
+        return f"{shape_comment(node)} {text}" if shapes else text
+    return shape_comment(node) if shapes else ""

@@ -21,7 +21,7 @@ from torch import nn
 from .codegen import generate_forward
 from .errors import Diagnostic, SpecError
 from .graph import Graph, NodeKind
-from .projections import ProjectionPlan, Step, StepKind
+from .projections import ProjectionPlan, step_constructor
 from .spec import Spec
 
 __all__ = ["CompiledModule", "GeneratedModule", "lower"]
@@ -120,21 +120,11 @@ def _add_submodules(module: nn.Module, graph: Graph, diagnostics: list[Diagnosti
 
 def projection_module(plan: ProjectionPlan) -> nn.Sequential:
     """The parameterised part of a projection, as torchvision-style `nn.Sequential`."""
-    return nn.Sequential(*(_step_module(step) for step in plan.module_steps))
-
-
-def _step_module(step: Step) -> nn.Module:
-    a = step.args
-    if step.kind is StepKind.conv:
-        conv = getattr(nn, f"Conv{a['dims']}d")
-        return conv(a["in"], a["out"], kernel_size=1, stride=a["stride"], bias=False)
-    if step.kind is StepKind.norm:
-        return getattr(nn, f"BatchNorm{a['dims']}d")(a["features"])
-    if step.kind is StepKind.avgpool:
-        pool = getattr(nn, f"AvgPool{a['dims']}d")
-        return pool(a["kernel"], stride=a["kernel"], ceil_mode=True, count_include_pad=False)
-    assert step.kind is StepKind.linear, step
-    return nn.Linear(a["in"], a["out"], bias=False)
+    modules = []
+    for step in plan.module_steps:
+        name, kwargs = step_constructor(step)
+        modules.append(getattr(nn, name)(**kwargs))
+    return nn.Sequential(*modules)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -27,7 +27,8 @@ from .ops import Merge, ShapeError, TensorType, broadcast_shape
 from .ops.base import sample_dim
 from .spec import Projection
 
-__all__ = ["ProjectionError", "ProjectionPlan", "Step", "StepKind", "plan_projection", "wanted_shape"]
+__all__ = ["ProjectionError", "ProjectionPlan", "Step", "StepKind", "plan_projection", "step_constructor",
+           "wanted_shape"]
 
 
 class StepKind(str, Enum):
@@ -72,6 +73,21 @@ class ProjectionPlan:
     @property
     def module_steps(self) -> tuple[Step, ...]:
         return tuple(s for s in self.steps if not s.kind.is_code)
+
+
+def step_constructor(step: Step) -> tuple[str, dict[str, Any]]:
+    """The torch.nn class and keyword arguments of a module step (lowering and export share it)."""
+    a = step.args
+    if step.kind is StepKind.conv:
+        return f"Conv{a['dims']}d", {"in_channels": a["in"], "out_channels": a["out"], "kernel_size": 1,
+                                     "stride": a["stride"], "bias": False}
+    if step.kind is StepKind.norm:
+        return f"BatchNorm{a['dims']}d", {"num_features": a["features"]}
+    if step.kind is StepKind.avgpool:
+        return f"AvgPool{a['dims']}d", {"kernel_size": a["kernel"], "stride": a["kernel"], "ceil_mode": True,
+                                        "count_include_pad": False}
+    assert step.kind is StepKind.linear, step
+    return "Linear", {"in_features": a["in"], "out_features": a["out"], "bias": False}
 
 
 class ProjectionError(ShapeError):

@@ -162,21 +162,19 @@ class LearnedTensor(Layer):
     def module_args(self, inputs: list[TensorType]) -> dict[str, Any]:
         return {}
 
+    def initializer(self) -> tuple[str, dict[str, float]]:
+        """The torch.nn.init function and its arguments (building and export share them)."""
+        return {"zeros": ("zeros_", {}), "ones": ("ones_", {}), "normal": ("normal_", {"std": self.std}),
+                "trunc_normal": ("trunc_normal_", {"std": self.std, "a": -2 * self.std, "b": 2 * self.std}),
+                "uniform": ("uniform_", {"a": -self.std, "b": self.std})}[self.init]
+
     def build(self, args: dict[str, Any]) -> Any:
         import torch
         from torch import nn
 
         data = torch.empty(1, *self.shape)
-        if self.init == "zeros":
-            nn.init.zeros_(data)
-        elif self.init == "ones":
-            nn.init.ones_(data)
-        elif self.init == "normal":
-            nn.init.normal_(data, std=self.std)
-        elif self.init == "trunc_normal":
-            nn.init.trunc_normal_(data, std=self.std, a=-2 * self.std, b=2 * self.std)
-        else:
-            nn.init.uniform_(data, -self.std, self.std)
+        function, kwargs = self.initializer()
+        getattr(nn.init, function)(data, **kwargs)
         return nn.Parameter(data)
 
     def code(self, operands: list[str], owner: str) -> str:
