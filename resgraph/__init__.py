@@ -12,6 +12,7 @@ from .api import build, check, load_spec, render, to_python
 from .artifact import load
 from .diagram import write_diagram
 from .errors import Diagnostic, Location, ResgraphError, SpecError, UsageError
+from .onnx_export import to_onnx
 from .projections import ProjectionPlan
 from .spec import Projection, Spec
 
@@ -32,6 +33,7 @@ __all__ = [
     "load",
     "load_spec",
     "render",
+    "to_onnx",
     "to_python",
     "write_diagram",
 ]

@@ -17,7 +17,7 @@ from .errors import ResgraphError, SpecError, UsageError
 __all__ = ["main"]
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
-MODEL_SUFFIXES = (".pt", ".pth", ".py")
+MODEL_SUFFIXES = (".pt", ".pth", ".py", ".onnx")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, help="initialise weights deterministically")
     build.add_argument("-o", "--output", metavar="FILE",
                        help="save the model: .pt (weights and spec; resgraph.load or "
-                            "torch.load(weights_only=True)), or .py (a standalone PyTorch file)")
+                            "torch.load(weights_only=True)), .py (a standalone PyTorch file) or .onnx")
     build.add_argument("--code", action="store_true", help="print the generated forward() instead of the summary")
     build.add_argument("--depth", type=_positive, metavar="N",
                        help="module levels to show (1: top level only; default: all)")
@@ -172,7 +172,11 @@ def _save(module: object, path: str) -> None:
     from .artifact import atomic_write, save
 
     try:
-        if path.endswith(".py"):
+        if path.endswith(".onnx"):
+            from .onnx_export import to_onnx
+
+            to_onnx(module, path)
+        elif path.endswith(".py"):
             from .api import to_python
 
             source = to_python(module)  # type: ignore[arg-type]

@@ -97,7 +97,7 @@ def test_validate_checks_every_file_and_fails_if_any_is_invalid(capsys: pytest.C
 
 @pytest.mark.parametrize(("args", "message"), [
     (["build", "no/such/spec.yaml"], "no/such/spec.yaml: no such file"),
-    (["build", "examples/tutorial.yaml", "-o", "model.txt"], "must end in .pt or .pth or .py"),
+    (["build", "examples/tutorial.yaml", "-o", "model.txt"], "must end in .pt or .pth or .py or .onnx"),
     (["build", "examples/tutorial.yaml", "-o", "/no/such/dir/model.pt"], "cannot write"),
     (["validate", "examples"], "is a directory"),
 ])

@@ -73,3 +73,52 @@ def test_cli_writes_an_importable_file(tmp_path: pathlib.Path) -> None:
                            capture_output=True, text=True, cwd=tmp_path)
     assert check.returncode == 0, check.stderr
     assert check.stdout.strip() == "torch.Size([1, 128, 32, 32])"
+
+
+@pytest.mark.parametrize("example", BUILDING_EXAMPLES)
+def test_no_graph_breaks_and_torch_export_with_a_dynamic_batch(example: str) -> None:
+    model = resgraph.build(EXAMPLES / example, params=small_params(example), seed=0).eval()
+    inputs = example_inputs(model)
+    explanation = torch._dynamo.explain(model)(*inputs)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(model, tuple(inputs), dynamic_shapes=tuple({0: batch} for _ in inputs))
+    bigger = example_inputs(model, batch=3)
+    with torch.no_grad():
+        expected, actual = model(*bigger), program.module()(*bigger)
+    torch.testing.assert_close(actual, expected)
+
+
+TRIO = {"tutorial.yaml": {}, "resnet18.yaml": {"image_size": 64}, "vit_b_16.yaml": {"image_size": 32}}
+
+
+@pytest.mark.parametrize("example", sorted(TRIO))
+def test_torch_compile_fullgraph_matches_eager(example: str) -> None:
+    model = resgraph.build(EXAMPLES / example, params=TRIO[example], seed=0).eval()
+    inputs = example_inputs(model)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(*inputs), model(*inputs))
+
+
+@pytest.mark.parametrize("example", sorted(TRIO))
+def test_onnx_export_passes_the_checker_and_matches_onnxruntime(example: str, tmp_path: pathlib.Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    model = resgraph.build(EXAMPLES / example, params=TRIO[example], seed=0).eval()
+    path = tmp_path / "model.onnx"
+    resgraph.to_onnx(model, str(path))  # runs onnx.checker
+    session = ort.InferenceSession(str(path))
+    assert [i.name for i in session.get_inputs()] == model._resgraph_graph.inputs
+    inputs = example_inputs(model, batch=3)  # not the export batch: the batch dim is dynamic
+    (actual,) = session.run(None, {name: t.numpy() for name, t in zip(model._resgraph_graph.inputs, inputs)})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(actual), model(*inputs), rtol=1e-4, atol=1e-4)
+
+
+def test_distributed_data_parallel_gradients_equal_single_process(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "ddp.txt"
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_worker.py"), str(out)], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    worst, count = out.read_text().split()
+    assert int(count) == 14 and float(worst) < 1e-6  # every parameter of the residual MLP
