@@ -8,7 +8,7 @@ Importing resgraph does not import torch; `build` does.
 
 from __future__ import annotations
 
-from .api import build, check, load_spec, render, to_python
+from .api import build, check, count_parameters, load_spec, render, to_python
 from .artifact import load
 from .diagram import write_diagram
 from .errors import Diagnostic, Location, ResgraphError, SpecError, UsageError
@@ -30,6 +30,7 @@ __all__ = [
     "__version__",
     "build",
     "check",
+    "count_parameters",
     "load",
     "load_spec",
     "render",

@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Union
 
-from .errors import UsageError
+from .errors import Diagnostic, Location, SpecError, UsageError
 from .expand import expand
 from .graph import Graph, build_graph
 from .loader import LoadedSpec, SourceMap, load_file, load_text
@@ -22,7 +22,8 @@ from .validate import validate
 if TYPE_CHECKING:
     from .lower import CompiledModule
 
-__all__ = ["SpecSource", "build", "check", "load", "load_spec", "render", "to_python"]
+__all__ = ["DEFAULT_MAX_PARAMS", "SpecSource", "build", "check", "count_parameters", "load", "load_spec", "render",
+           "to_python"]
 
 SpecSource = Union[str, "os.PathLike[str]", dict]
 
@@ -72,25 +73,61 @@ def _check_loaded(loaded: LoadedSpec, params: Mapping[str, Any] | None) -> tuple
     return spec, infer_shapes(graph)
 
 
+DEFAULT_MAX_PARAMS = 2**31
+
+
 def build(spec: SpecSource, *, params: Mapping[str, Any] | None = None, seed: int | None = None,
-          file: str | None = None) -> CompiledModule:
+          max_params: int | None = DEFAULT_MAX_PARAMS, file: str | None = None) -> CompiledModule:
     """Compile a spec into an ordinary torch.nn.Module.
 
     Args:
         spec: a path, YAML text, or a dict.
         params: overrides of the spec's declared parameters, e.g. {"num_classes": 10}.
         seed: makes weight initialisation deterministic (the global RNG is left untouched).
+        max_params: refuse, before allocating any weight, a model with more parameters (None: no limit).
         file: the name to report in error locations when `spec` is text or a dict.
     Returns:
         A `CompiledModule` whose class is named after the spec, with `.code` and `.spec`.
     Raises:
-        SpecError: every problem found, each with file:line:col.
+        SpecError: every problem found, each with file:line:col; or a model over `max_params`.
     """
     from .lower import lower
 
     loaded = load(spec, file=file)
     typed, graph = _check_loaded(loaded, params)
+    if max_params is not None:
+        _check_size(_meta_module(graph, typed), max_params, loaded.file)
     return lower(graph, typed, spec_text=loaded.text, spec_file=loaded.file, params=dict(params or {}), seed=seed)
+
+
+def count_parameters(spec: SpecSource, *, params: Mapping[str, Any] | None = None, file: str | None = None) -> int:
+    """The number of parameters a spec's model has, computed without allocating any weight."""
+    loaded = load(spec, file=file)
+    typed, graph = _check_loaded(loaded, params)
+    return sum(p.numel() for p in _meta_module(graph, typed).parameters())
+
+
+def _meta_module(graph: Graph, spec: Spec) -> Any:
+    """The model built on the meta device: every shape and count, no storage."""
+    import torch
+
+    from .lower import lower
+
+    with torch.device("meta"):
+        return lower(graph, spec)
+
+
+def _check_size(module: Any, limit: int, file: str) -> None:
+    total = sum(p.numel() for p in module.parameters())
+    if total <= limit:
+        return
+    sizes = {name: sum(p.numel() for p in child.parameters()) for name, child in module.named_children()}
+    sizes |= {name: p.numel() for name, p in module.named_parameters(recurse=False)}
+    largest = max(sizes, key=sizes.__getitem__)
+    raise SpecError([Diagnostic(Location(file), f"the model would have {total:,} parameters "
+                                                f"({total * 4 / 2**30:.1f} GiB as float32), more than the limit of "
+                                                f"{limit:,}; the largest part is {largest!r} with {sizes[largest]:,}",
+                                "raise the limit with --max-params N (Python: max_params=N) if this is intended")])
 
 
 def render(spec: SpecSource, *, params: Mapping[str, Any] | None = None, shapes: bool = True,
@@ -108,15 +145,11 @@ def render(spec: SpecSource, *, params: Mapping[str, Any] | None = None, shapes:
     Raises:
         SpecError: the spec is invalid.
     """
-    import torch
-
     from .diagram import RenderOptions, render_graph
-    from .lower import lower
 
     loaded = load(spec, file=file)
     typed, graph = _check_loaded(loaded, params)
-    with torch.device("meta"):
-        module = lower(graph, typed)
+    module = _meta_module(graph, typed)
     options = RenderOptions(shapes=shapes, param_counts=param_counts, args=args, depth=depth,
                             fold_repeats=fold_repeats, rankdir=rankdir)
     return render_graph(graph, module, options)

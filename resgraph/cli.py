@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--code", action="store_true", help="print the generated forward() instead of the summary")
     build.add_argument("--depth", type=_positive, metavar="N",
                        help="module levels to show (1: top level only; default: all)")
+    build.add_argument("--max-params", type=_positive, metavar="N", default=None,
+                       help="refuse, before allocating weights, a model with more parameters (default: 2^31)")
     build.add_argument("--diagram", metavar="FILE", help="also draw the architecture to FILE (.svg, .png, .pdf, .dot)")
     _add_set(build)
     build.set_defaults(run=_build)
@@ -142,7 +144,10 @@ def _build(args: argparse.Namespace) -> int:
     from .summary import format_summary, summarize
 
     _check_diagram_path(args.diagram)
-    module = build(pathlib.Path(args.spec), params=_overrides(args.overrides), seed=args.seed)
+    from .api import DEFAULT_MAX_PARAMS
+
+    module = build(pathlib.Path(args.spec), params=_overrides(args.overrides), seed=args.seed,
+                   max_params=args.max_params or DEFAULT_MAX_PARAMS)
     if args.output:
         _save(module, args.output)
     status = EXIT_OK

@@ -8,7 +8,11 @@ alias-expansion bombs before anything else sees the data.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +24,10 @@ __all__ = ["MAX_DEPTH", "MAX_NODES", "LoadedSpec", "Origin", "Path", "SourceMap"
 
 Path = tuple[str | int, ...]
 
-MAX_NODES = 200_000  # nodes after alias expansion; a 100k-layer spec needs about 5 per layer
+MAX_NODES = 2_000_000  # YAML nodes after alias expansion (a layer takes about 8)
+MAX_BYTES = 16 * 2**20  # a spec written with blocks is a few KiB; a generated 100k-layer chain is ~5 MiB
+# libyaml's composer when PyYAML was built with it (it keeps positions too); the Python one otherwise.
+_COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_DEPTH = 64  # nesting depth of collections; a spec needs fewer than 10
 
 _CORE_TAGS = {
@@ -115,16 +122,49 @@ def load_text(text: str, file: str = "<spec>") -> LoadedSpec:
     Raises:
         SpecError: syntax errors, duplicate keys, disallowed tags, recursive or exploding aliases.
     """
+    with gc_paused():
+        return _load_text(text, file)
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building big trees of fresh objects.
+
+    Parsing allocates hundreds of thousands of nodes that are never garbage; the collector's
+    passes over them made large specs four times slower.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _load_text(text: str, file: str) -> LoadedSpec:
     if text.startswith("\ufeff"):
         text = text[1:]
+    if len(text) > MAX_BYTES:
+        raise SpecError([Diagnostic(Location(file, 1, 1), f"the spec is {len(text) / 2**20:.1f} MiB; "
+                                                          f"resgraph reads specs up to {MAX_BYTES // 2**20} MiB",
+                                    "use blocks and `repeat:` instead of writing every layer out")])
+    # libyaml recurses in C on nested [ and {: deep enough nesting overflows its stack and kills
+    # the process. Where the bracket depth (over-estimated: quoting is ignored) looks deep, use
+    # PyYAML's Python composer, whose recursion limit is an exception.
+    composer = _COMPOSER if _bracket_depth(text) <= MAX_DEPTH else yaml.SafeLoader
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=composer)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problem = exc.problem or exc.context or "invalid YAML"
-        tab = "\t" in problem or "'\\t'" in problem or "tab" in problem
-        line_text = text.splitlines()[line - 1] if 0 < line <= len(text.splitlines()) else ""
+        start = exc.context_mark
+        if exc.problem and exc.context and start and mark and (start.line, start.column) != (mark.line, mark.column):
+            problem += f" ({exc.context}, which started at line {start.line + 1}, column {start.column + 1})"
+        lines = text.splitlines()
+        line_text = lines[line - 1] if 0 < line <= len(lines) else ""
+        tab = "\t" in line_text[:column] or "\t" in problem
         hint = "YAML does not allow tabs for indentation; use spaces" if tab else None
         if hint is None and "${" in line_text:
             hint = 'inside {...} mappings, quote expressions: out_channels: "${planes * 4}"'
@@ -137,11 +177,56 @@ def load_text(text: str, file: str = "<spec>") -> LoadedSpec:
     source = SourceMap(file)
     if root is None:
         raise SpecError([Diagnostic(Location(file, 1, 1), "the spec is empty")])
+    # Only aliases can make the data bigger than the text, and they need an anchor (&name).
+    size, recursive = _expanded_size(root) if "&" in text else (0, None)
+    if recursive is not None:
+        where = Location(file, recursive.start_mark.line + 1, recursive.start_mark.column + 1)
+        raise SpecError([Diagnostic(where, "recursive YAML alias: a node contains itself")])
+    if size > MAX_NODES:
+        raise SpecError([Diagnostic(Location(file, 1, 1), f"the document expands to more than {MAX_NODES:,} YAML "
+                                                          "nodes", "aliases (*name) multiply nodes; write the spec "
+                                                                   "out or use blocks and `repeat:`")])
     builder = _Builder(source)
     data = builder.build(root, ())
     if builder.diagnostics:
         raise SpecError(builder.diagnostics)
     return LoadedSpec(data, source, text)
+
+
+def _bracket_depth(text: str) -> int:
+    """The deepest nesting of [ and { in the text, counting brackets inside strings too."""
+    depth = deepest = 0
+    for match in re.finditer(r"[\[\]{}]", text):
+        depth = depth + 1 if match.group() in "[{" else max(depth - 1, 0)
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _expanded_size(root: yaml.Node) -> tuple[int, yaml.Node | None]:
+    """How many nodes the document has once aliases are expanded, counted without expanding them.
+
+    Aliased nodes are shared objects in the composed tree, so a memoised count over distinct
+    nodes takes time proportional to the text, however explosive the aliases ("billion laughs").
+    Returns the size (capped just above MAX_NODES) and a node that contains itself, if any.
+    """
+    sizes: dict[int, float] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes and sizes[key] >= 0:
+            continue
+        children = [] if isinstance(node, yaml.ScalarNode) else (
+            node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair])
+        if children_done:
+            sizes[key] = 1 + sum(sizes.get(id(child), float("inf")) for child in children)
+            continue
+        if key in sizes:  # met again while its own children are pending: a recursive alias
+            return MAX_NODES + 1, node
+        sizes[key] = -1
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if sizes.get(id(child), -2) < 0)
+    return int(min(sizes[id(root)], MAX_NODES + 1)), None
 
 
 class _Builder:
@@ -195,8 +280,10 @@ class _Builder:
             self.active.discard(id(node))
 
     def scalar(self, node: yaml.ScalarNode) -> Any:
+        if node.tag == "tag:yaml.org,2002:str":
+            return node.value  # the common case needs no constructor
         try:
-            value = self.constructor.construct_object(node, deep=True)
+            value = self.constructor.yaml_constructors[node.tag](self.constructor, node)
         except (yaml.YAMLError, ValueError, OverflowError) as exc:
             self.fail(node, f"cannot read scalar {node.value!r}: {exc}")
             return None

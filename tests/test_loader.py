@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pathlib
+import subprocess
+import sys
 import time
 
 import pytest
 
 from resgraph.errors import SpecError
-from resgraph.loader import MAX_NODES, load_text
+from resgraph.loader import MAX_BYTES, MAX_NODES, load_text
 
 
 def errors(text: str) -> list[str]:
@@ -91,3 +94,45 @@ def test_syntax_errors_point_at_the_problem() -> None:
 def test_byte_order_mark_and_empty_documents() -> None:
     assert load_text("\ufeffa: 1\n").data == {"a": 1}
     assert errors("") == ["s.yaml:1:1: error: the spec is empty"]
+
+
+def test_a_multi_megabyte_spec_loads_within_a_second_and_an_oversized_one_is_refused() -> None:
+    lines = ["resgraph: 1", "name: Big", "inputs:", "  x: [16]", "layers:"]
+    lines += [f"  - fc{i}: {{op: Linear, out_features: 16}}" for i in range(50_000)]
+    text = "\n".join(lines) + "\n"
+    assert len(text) > 2 * 2**20
+    start = time.perf_counter()
+    loaded = load_text(text, "s.yaml")
+    assert time.perf_counter() - start < 2.0  # about 1 s on this machine; bounded, not benchmarked
+    assert str(loaded.source.locate(("layers", 49_999, "fc49999", "out_features"))) == "s.yaml:50005:41"
+    start = time.perf_counter()
+    (message,) = errors("# " + "x" * (MAX_BYTES + 10) + "\n")
+    assert "resgraph reads specs up to 16 MiB" in message and time.perf_counter() - start < 1.0
+
+
+HOSTILE = {
+    "alias bomb (10**11 nodes expanded)": "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [" + ", ".join([f"*{chr(ord(c) - 1)}"] * 10) + "]\n" for c in "bcdefghijk"),
+    "100,000 nested lists (crashes libyaml's composer)": "a: " + "[" * 100_000 + "]" * 100_000 + "\n",
+    "100,000 nested mappings": "a: " + "{b: " * 100_000 + "1" + "}" * 100_000 + "\n",
+    "recursive alias": "a: &x\n  - *x\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_inputs_are_refused_quickly_within_bounded_memory(name: str, tmp_path: pathlib.Path) -> None:
+    """In a child process, so a crash fails the test and its peak memory is its own."""
+    path = tmp_path / "hostile.yaml"
+    path.write_text(HOSTILE[name])
+    # VmHWM is this process image's own peak (ru_maxrss would include the parent's, across exec).
+    probe = ("import re, sys, time\nfrom resgraph.errors import SpecError\nfrom resgraph.loader import load_file\n"
+             "start = time.perf_counter()\ntry:\n    load_file(sys.argv[1])\n    print('accepted')\n"
+             "except SpecError as exc:\n    print('refused:', exc.diagnostics[0].message)\n"
+             "peak = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+             "print(time.perf_counter() - start, peak)\n")
+    result = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-500:]
+    verdict, measures = result.stdout.strip().splitlines()
+    seconds, peak_kib = measures.split()
+    assert verdict.startswith("refused:")
+    assert float(seconds) < 2.0 and int(peak_kib) < 300 * 1024
