@@ -13,6 +13,7 @@ from .artifact import load
 from .diagram import write_diagram
 from .errors import Diagnostic, Location, ResgraphError, SpecError, UsageError
 from .onnx_export import to_onnx
+from .ops.generic import register_op
 from .projections import ProjectionPlan
 from .spec import Projection, Spec
 
@@ -33,6 +34,7 @@ __all__ = [
     "count_parameters",
     "load",
     "load_spec",
+    "register_op",
     "render",
     "to_onnx",
     "to_python",

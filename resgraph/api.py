@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Union
 
 from .errors import Diagnostic, Location, SpecError, UsageError
 from .expand import expand
 from .graph import Graph, build_graph
 from .loader import LoadedSpec, SourceMap, load_file, load_text
+from .ops.generic import allowed_imports
 from .shapes import infer_shapes
 from .spec import Spec
 from .validate import validate
@@ -58,13 +59,17 @@ def load_spec(spec: SpecSource, *, params: Mapping[str, Any] | None = None, file
     return validate(load(spec, file=file), params)
 
 
-def check(spec: SpecSource, *, params: Mapping[str, Any] | None = None, file: str | None = None) -> Graph:
+def check(spec: SpecSource, *, params: Mapping[str, Any] | None = None, allow_imports: Iterable[str] = (),
+          file: str | None = None) -> Graph:
     """Run every check short of allocating weights: the resolved graph with every shape inferred.
 
+    Args:
+        allow_imports: module prefixes whose classes a spec may name as `op: package.module.Class`.
     Raises:
         SpecError: every problem found, each with file:line:col.
     """
-    return _check_loaded(load(spec, file=file), params)[1]
+    with allowed_imports(allow_imports):
+        return _check_loaded(load(spec, file=file), params)[1]
 
 
 def _check_loaded(loaded: LoadedSpec, params: Mapping[str, Any] | None) -> tuple[Spec, Graph]:
@@ -77,7 +82,8 @@ DEFAULT_MAX_PARAMS = 2**31
 
 
 def build(spec: SpecSource, *, params: Mapping[str, Any] | None = None, seed: int | None = None,
-          max_params: int | None = DEFAULT_MAX_PARAMS, file: str | None = None) -> CompiledModule:
+          max_params: int | None = DEFAULT_MAX_PARAMS, allow_imports: Iterable[str] = (),
+          file: str | None = None) -> CompiledModule:
     """Compile a spec into an ordinary torch.nn.Module.
 
     Args:
@@ -85,6 +91,8 @@ def build(spec: SpecSource, *, params: Mapping[str, Any] | None = None, seed: in
         params: overrides of the spec's declared parameters, e.g. {"num_classes": 10}.
         seed: makes weight initialisation deterministic (the global RNG is left untouched).
         max_params: refuse, before allocating any weight, a model with more parameters (None: no limit).
+        allow_imports: module prefixes whose classes the spec may name as `op: package.module.Class`;
+            without them a spec cannot make resgraph import anything.
         file: the name to report in error locations when `spec` is text or a dict.
     Returns:
         A `CompiledModule` whose class is named after the spec, with `.code` and `.spec`.
@@ -93,18 +101,25 @@ def build(spec: SpecSource, *, params: Mapping[str, Any] | None = None, seed: in
     """
     from .lower import lower
 
-    loaded = load(spec, file=file)
-    typed, graph = _check_loaded(loaded, params)
-    if max_params is not None:
-        _check_size(_meta_module(graph, typed), max_params, loaded.file)
-    return lower(graph, typed, spec_text=loaded.text, spec_file=loaded.file, params=dict(params or {}), seed=seed)
+    prefixes = tuple(allow_imports)
+    with allowed_imports(prefixes):
+        loaded = load(spec, file=file)
+        typed, graph = _check_loaded(loaded, params)
+        if max_params is not None:
+            _check_size(_meta_module(graph, typed), max_params, loaded.file)
+        module = lower(graph, typed, spec_text=loaded.text, spec_file=loaded.file, params=dict(params or {}),
+                       seed=seed)
+    module._resgraph_allow_imports = prefixes
+    return module
 
 
-def count_parameters(spec: SpecSource, *, params: Mapping[str, Any] | None = None, file: str | None = None) -> int:
+def count_parameters(spec: SpecSource, *, params: Mapping[str, Any] | None = None, allow_imports: Iterable[str] = (),
+                     file: str | None = None) -> int:
     """The number of parameters a spec's model has, computed without allocating any weight."""
-    loaded = load(spec, file=file)
-    typed, graph = _check_loaded(loaded, params)
-    return sum(p.numel() for p in _meta_module(graph, typed).parameters())
+    with allowed_imports(allow_imports):
+        loaded = load(spec, file=file)
+        typed, graph = _check_loaded(loaded, params)
+        return sum(p.numel() for p in _meta_module(graph, typed).parameters())
 
 
 def _meta_module(graph: Graph, spec: Spec) -> Any:
@@ -132,7 +147,7 @@ def _check_size(module: Any, limit: int, file: str) -> None:
 
 def render(spec: SpecSource, *, params: Mapping[str, Any] | None = None, shapes: bool = True,
            param_counts: bool = True, args: bool = True, depth: int | None = None, fold_repeats: bool = False,
-           rankdir: str = "TB", file: str | None = None) -> Any:
+           rankdir: str = "TB", allow_imports: Iterable[str] = (), file: str | None = None) -> Any:
     """The architecture diagram of a spec, as a `graphviz.Digraph` (no file is written).
 
     Weights are never allocated: parameter counts come from modules built on the meta device.
@@ -147,9 +162,10 @@ def render(spec: SpecSource, *, params: Mapping[str, Any] | None = None, shapes:
     """
     from .diagram import RenderOptions, render_graph
 
-    loaded = load(spec, file=file)
-    typed, graph = _check_loaded(loaded, params)
-    module = _meta_module(graph, typed)
+    with allowed_imports(allow_imports):
+        loaded = load(spec, file=file)
+        typed, graph = _check_loaded(loaded, params)
+        module = _meta_module(graph, typed)
     options = RenderOptions(shapes=shapes, param_counts=param_counts, args=args, depth=depth,
                             fold_repeats=fold_repeats, rankdir=rankdir)
     return render_graph(graph, module, options)

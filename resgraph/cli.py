@@ -99,6 +99,9 @@ def _positive(text: str) -> int:
 def _add_set(command: argparse.ArgumentParser) -> None:
     command.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="overrides",
                          help="override a spec parameter (VALUE is read as YAML: 10, 0.5, true, [1, 2]); repeatable")
+    command.add_argument("--allow-import", action="append", default=[], metavar="PREFIX", dest="allow_imports",
+                         help="let the spec name classes under this module prefix (op: PREFIX.module.Class); "
+                              "repeatable; without it a spec cannot make resgraph import code")
 
 
 def _overrides(pairs: list[str]) -> dict[str, object]:
@@ -122,7 +125,7 @@ def _validate(args: argparse.Namespace) -> int:
     status = EXIT_OK
     for path in args.specs:
         try:
-            graph = check(pathlib.Path(path), params=_overrides(args.overrides))
+            graph = check(pathlib.Path(path), params=_overrides(args.overrides), allow_imports=args.allow_imports)
         except SpecError as exc:
             print(exc.format(), file=sys.stderr)
             status = EXIT_INVALID
@@ -147,14 +150,15 @@ def _build(args: argparse.Namespace) -> int:
     from .api import DEFAULT_MAX_PARAMS
 
     module = build(pathlib.Path(args.spec), params=_overrides(args.overrides), seed=args.seed,
-                   max_params=args.max_params or DEFAULT_MAX_PARAMS)
+                   max_params=args.max_params or DEFAULT_MAX_PARAMS, allow_imports=args.allow_imports)
     if args.output:
         _save(module, args.output)
     status = EXIT_OK
     if args.diagram:
         from .api import render
 
-        status = _draw(render(pathlib.Path(args.spec), params=_overrides(args.overrides)), args.diagram)
+        status = _draw(render(pathlib.Path(args.spec), params=_overrides(args.overrides),
+                              allow_imports=args.allow_imports), args.diagram)
     if args.code:
         print(module.code, end="")
         return status
@@ -199,7 +203,7 @@ def _render(args: argparse.Namespace) -> int:
     _check_diagram_path(output)
     dot = render(pathlib.Path(args.spec), params=_overrides(args.overrides), shapes=not args.no_shapes,
                  param_counts=not args.no_params, args=not args.no_args, depth=args.depth,
-                 fold_repeats=args.fold_repeats, rankdir=args.rankdir)
+                 fold_repeats=args.fold_repeats, rankdir=args.rankdir, allow_imports=args.allow_imports)
     status = _draw(dot, output)
     if status == EXIT_OK:
         print(f"Wrote {output}")

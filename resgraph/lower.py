@@ -50,21 +50,24 @@ class CompiledModule(GeneratedModule):
     def __reduce_ex__(self, protocol: Any) -> Any:
         # The class is generated, so pickle by recipe: rebuild from the spec, then load the state.
         text, file, params = self._resgraph_source
-        return (_unpickle, (text, file, params, self.state_dict(), self.training))
+        imports = getattr(self, "_resgraph_allow_imports", ())
+        return (_unpickle, (text, file, params, self.state_dict(), self.training, imports))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> CompiledModule:
         clone = type(self).__new__(type(self))
         memo[id(self)] = clone
-        shared = {"spec", "_resgraph_graph", "_resgraph_source"}  # immutable after build: share them
+        # Immutable after build: share them.
+        shared = {"spec", "_resgraph_graph", "_resgraph_source", "_resgraph_allow_imports"}
         for key, value in self.__dict__.items():
             clone.__dict__[key] = value if key in shared else copy.deepcopy(value, memo)
         return clone
 
 
-def _unpickle(text: str, file: str, params: dict[str, Any], state: dict[str, Any], training: bool) -> CompiledModule:
+def _unpickle(text: str, file: str, params: dict[str, Any], state: dict[str, Any], training: bool,
+              imports: tuple[str, ...] = ()) -> CompiledModule:
     from .api import build
 
-    module = build(text, file=file, params=params)
+    module = build(text, file=file, params=params, allow_imports=imports)
     module.load_state_dict(state)
     return module.train(training)
 

@@ -7,16 +7,24 @@ uses it.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
+import re
+from collections.abc import Iterable, Iterator
 from functools import cache
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, StringConstraints
 
 from ..suggest import did_you_mean
-from .base import DTYPES, OPS, RESGRAPH_KEYS, Identifier, Layer, ShapeError, TensorType
+from .base import DTYPES, IDENTIFIER_PATTERN, OPS, RESGRAPH_KEYS, Layer, ShapeError, TensorType
 
-__all__ = ["GenericLayer", "INFERABLE", "torch_module_class", "torch_module_names"]
+__all__ = ["CUSTOM_OPS", "GenericLayer", "INFERABLE", "allowed_imports", "register_op", "torch_module_class",
+           "torch_module_names"]
+
+DottedName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$",
+                                             max_length=256)]
 
 # Input-size arguments resgraph fills in for any torch.nn class whose signature has them.
 INFERABLE: dict[str, str] = {
@@ -51,7 +59,9 @@ class GenericLayer(Layer):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False, frozen=True,
                               json_schema_extra={"description": __doc__})
 
-    op: Identifier = Field(description="A torch.nn class name.", json_schema_extra=_exclude_curated)
+    op: DottedName = Field(description="A torch.nn class name, an op registered with resgraph.register_op, or an "
+                                       "allowed import path (package.module.Class).",
+                           json_schema_extra=_exclude_curated)
 
     max_inputs: ClassVar[int | None] = None
 
@@ -62,6 +72,9 @@ class GenericLayer(Layer):
     @property
     def torch_name(self) -> str:  # type: ignore[override]
         return self.op
+
+    def build(self, args: dict[str, Any]) -> Any:
+        return torch_module_class(self.op)(**args)
 
     def inferred_args(self, inputs: list[TensorType]) -> dict[str, Any]:
         parameters = _constructor_parameters(torch_module_class(self.op))
@@ -134,14 +147,82 @@ def torch_module_names() -> tuple[str, ...]:
                         and not name.startswith("_") and name not in _NOT_LAYERS))
 
 
-def torch_module_class(op: str) -> type:
-    """The torch.nn class named `op`. Raises GenericOpError with suggestions when there is none."""
+# Layers registered from Python with register_op, and the import prefixes the current caller
+# allows (set by the API for the duration of one call: a spec can never allow imports itself).
+CUSTOM_OPS: dict[str, type] = {}
+ALLOWED_IMPORTS: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("allowed_imports", default=())
+
+
+def register_op(name: str, module_class: type) -> type:
+    """Make a Python `nn.Module` class usable in specs as `op: name`.
+
+    Its constructor arguments are checked against its signature and its shapes are inferred on
+    the meta device, like any uncurated torch.nn class; input sizes it names `in_channels`,
+    `in_features`, ... are inferred too. Returns the class, so it works as a decorator factory.
+
+    Raises:
+        ValueError: `name` is not an identifier, or already names an op.
+        TypeError: `module_class` is not an nn.Module subclass.
+    """
     import torch
 
+    if not isinstance(module_class, type) or not issubclass(module_class, torch.nn.Module):
+        raise TypeError(f"register_op({name!r}, ...) needs a torch.nn.Module subclass, got {module_class!r}")
+    if not re.fullmatch(IDENTIFIER_PATTERN.strip("^$"), name):
+        raise ValueError(f"op name {name!r} must start with a letter and hold only letters, digits and _")
+    if name in OPS or name in CUSTOM_OPS or name in torch_module_names():
+        raise ValueError(f"op {name!r} is already defined; choose another name")
+    CUSTOM_OPS[name] = module_class
+    return module_class
+
+
+@contextlib.contextmanager
+def allowed_imports(prefixes: Iterable[str]) -> Iterator[None]:
+    """Within the block, a spec's dotted `op: package.module.Class` may import under these prefixes."""
+    token = ALLOWED_IMPORTS.set(tuple(prefixes))
+    try:
+        yield
+    finally:
+        ALLOWED_IMPORTS.reset(token)
+
+
+def torch_module_class(op: str) -> type:
+    """The class an uncurated op names: a registered op, an allowed import, or a torch.nn class.
+
+    Raises:
+        GenericOpError: an unknown name (with suggestions), or an import the caller did not allow.
+    """
+    import torch
+
+    if op in CUSTOM_OPS:
+        return CUSTOM_OPS[op]
+    if "." in op:
+        return _imported_class(op)
     if op not in torch_module_names():
-        hint = did_you_mean(op, [*OPS, *torch_module_names()])
+        hint = did_you_mean(op, [*OPS, *CUSTOM_OPS, *torch_module_names()])
         raise GenericOpError(f"unknown op {op!r}: not a resgraph op or a torch.nn layer class{hint}", "op")
     return getattr(torch.nn, op)
+
+
+def _imported_class(path: str) -> type:
+    import importlib
+
+    import torch
+
+    allowed = ALLOWED_IMPORTS.get()
+    if not any(path == prefix or path.startswith(prefix if prefix.endswith(".") else prefix + ".")
+               for prefix in allowed):
+        package = path.split(".")[0]
+        raise GenericOpError(f"op {path!r} is a Python import; resgraph imports code named in a spec only when the "
+                             f"caller allows it (--allow-import {package}, or allow_imports=['{package}'])", "op")
+    module_name, _, class_name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise GenericOpError(f"cannot import {path!r}: {exc}", "op") from None
+    if not isinstance(cls, type) or not issubclass(cls, torch.nn.Module):
+        raise GenericOpError(f"{path!r} is not a torch.nn.Module class", "op")
+    return cls
 
 
 @cache

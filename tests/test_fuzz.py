@@ -1,0 +1,164 @@
+"""Property-based fuzzing of the whole pipeline (hypothesis).
+
+1. Generated specs (random chains of image and feature ops, random skips, merges and projection
+   policies) either build a module whose forward runs, with every inferred shape equal to the
+   actual one, or are refused with a located SpecError.
+2. Mutated specs (dropped keys, wrong types, odd names and numbers, deep nesting, corrupted
+   text) never raise anything but resgraph's own errors, each with a line and column.
+
+CI runs a bounded profile; set RESGRAPH_FUZZ_EXAMPLES=20000 for a long local run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import torch
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import resgraph
+
+EXAMPLES = int(os.environ.get("RESGRAPH_FUZZ_EXAMPLES", "40"))
+PROFILE = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 100,
+                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+IMAGE_OPS = st.one_of(
+    st.builds(lambda c, k, s, p: {"op": "Conv2d", "out_channels": c, "kernel_size": k, "stride": s, "padding": p},
+              st.integers(1, 6), st.integers(1, 3), st.integers(1, 2), st.integers(0, 1)),
+    st.just({"op": "BatchNorm2d"}), st.just({"op": "ReLU"}), st.just({"op": "GELU"}), st.just({"op": "Identity"}),
+    st.builds(lambda k: {"op": "MaxPool2d", "kernel_size": k}, st.integers(1, 2)),
+    st.builds(lambda k: {"op": "AvgPool2d", "kernel_size": k, "ceil_mode": True}, st.integers(1, 3)),
+    st.builds(lambda g: {"op": "GroupNorm", "num_groups": g}, st.integers(1, 2)),
+)
+FEATURE_OPS = st.one_of(
+    st.builds(lambda f: {"op": "Linear", "out_features": f}, st.integers(1, 8)),
+    st.just({"op": "LayerNorm"}), st.just({"op": "Tanh"}), st.just({"op": "Dropout", "p": 0.0}),
+)
+
+
+@st.composite
+def specs(draw: st.DrawFn) -> dict[str, Any]:
+    """A chain of layers over an image or a feature input, with random skips between them."""
+    image = draw(st.booleans())
+    shape = [draw(st.integers(1, 4)), draw(st.integers(3, 10)), draw(st.integers(3, 10))] if image else \
+        [draw(st.integers(1, 8))]
+    layers, names = [], ["x"]
+    for i in range(draw(st.integers(1, 6))):
+        if image and draw(st.integers(0, 5)) == 0:
+            body, image = {"op": "Flatten"}, False
+        else:
+            body = dict(draw(IMAGE_OPS if image else FEATURE_OPS))
+        layers.append({f"l{i}": body})
+        names.append(f"l{i}")
+    skips = []
+    for j in range(draw(st.integers(0, 3))):
+        target = draw(st.integers(1, len(names) - 1))
+        source = draw(st.integers(0, target - 1))
+        skip = {"from": names[source], "to": names[target],
+                "merge": draw(st.sampled_from(["add", "concat", "mul"])),
+                "projection": draw(st.sampled_from(["auto", "conv", "avgpool", "pad", "crop", "none"]))}
+        skips.append({f"s{j}": skip})
+    spec = {"resgraph": 1, "name": "Fuzz", "inputs": {"x": shape}, "layers": layers}
+    if skips:
+        spec["skips"] = skips
+    return spec
+
+
+def assert_located(error: resgraph.SpecError) -> None:
+    assert error.diagnostics
+    for diagnostic in error.diagnostics:
+        assert diagnostic.location.line >= 1 and diagnostic.location.column >= 1, diagnostic.format()
+        assert diagnostic.message
+
+
+@PROFILE
+@given(specs())
+def test_generated_specs_build_with_true_shapes_or_are_refused(spec: dict[str, Any]) -> None:
+    text = yaml.safe_dump(spec, sort_keys=False)
+    try:
+        model = resgraph.build(text, file="fuzz.yaml", seed=0).eval()
+    except resgraph.SpecError as error:
+        assert_located(error)
+        return
+    graph = model._resgraph_graph
+    actual: dict[str, tuple[int, ...]] = {}
+    for name, module in model.named_children():
+        module.register_forward_hook(lambda m, i, o, name=name: actual.__setitem__(name, tuple(o.shape[1:])))
+    x = torch.randn(2, *spec["inputs"]["x"])
+    with torch.no_grad():
+        out = model(x)
+    for name, shape in actual.items():
+        node = graph.nodes[name]
+        expected = node.meta["type"].shape if node.kind.value == "layer" else None
+        if expected is not None:
+            assert shape == expected, name
+    assert tuple(out.shape[1:]) == graph.nodes[graph.outputs[0]].meta["type"].shape
+
+
+def deep_list(depth: int) -> list[Any]:
+    value: list[Any] = [1]
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+JUNK = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.sampled_from([math.nan, math.inf, -math.inf, 1e308]),
+    st.text(max_size=20), st.text(alphabet="éλ中🙂-. ", min_size=0, max_size=5), st.just("x" * 10_000),
+    st.lists(st.integers(), max_size=4), st.dictionaries(st.text(max_size=4), st.integers(), max_size=3),
+    st.builds(deep_list, st.just(100)), st.just("${__import__('os')}"), st.just("${1 / 0}"),
+)
+
+
+def paths(data: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [prefix] if prefix else []
+    if len(prefix) > 12:  # junk can be 100 lists deep; mutating its inside adds nothing
+        return found
+    if isinstance(data, dict):
+        for key, value in data.items():
+            found += paths(value, (*prefix, key))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            found += paths(value, (*prefix, index))
+    return found
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> str:
+    spec = draw(specs())
+    for _ in range(draw(st.integers(1, 3))):
+        target = draw(st.sampled_from(paths(spec)))
+        parent = spec
+        for part in target[:-1]:
+            parent = parent[part]
+        key = target[-1]
+        action = draw(st.sampled_from(["replace", "delete", "rename", "swap"]))
+        if action == "delete" and isinstance(parent, dict):
+            del parent[key]
+        elif action == "rename" and isinstance(parent, dict):
+            parent[draw(st.text(max_size=6))] = parent.pop(key)
+        elif action == "swap" and isinstance(parent, dict) and len(parent) > 1:
+            other = draw(st.sampled_from(sorted(parent, key=str)))
+            parent[key], parent[other] = parent[other], parent[key]
+        else:
+            parent[key] = draw(JUNK)
+    text = yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)
+    if draw(st.booleans()):  # corrupt the text itself
+        at = draw(st.integers(0, len(text)))
+        text = text[:at] + draw(st.text(alphabet="{}[]:-&*!|>'\"#%@`\t\n ", max_size=4)) + text[at:]
+    return text
+
+
+@PROFILE
+@given(mutated())
+def test_mutated_specs_only_raise_located_resgraph_errors(text: str) -> None:
+    try:
+        model = resgraph.build(text, file="fuzz.yaml", max_params=10_000_000)
+    except resgraph.SpecError as error:
+        assert_located(error)
+        return
+    assert isinstance(model, torch.nn.Module)
