@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import resgraph
 
-EXAMPLES = int(os.environ.get("RESGRAPH_FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("RESGRAPH_FUZZ_EXAMPLES", "100"))
 PROFILE = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 100,
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

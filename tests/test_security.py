@@ -105,3 +105,33 @@ def test_saved_models_are_loaded_without_running_pickled_code(tmp_path: pathlib.
 def test_yaml_tags_cannot_construct_objects(text: str) -> None:
     with pytest.raises(resgraph.SpecError, match="is not allowed in a spec"):
         resgraph.check(text)
+
+
+def test_an_oversized_model_is_refused_before_allocation_within_bounds(tmp_path: pathlib.Path) -> None:
+    spec = tmp_path / "huge.yaml"
+    spec.write_text("resgraph: 1\nname: Huge\ninputs:\n  x: [100000]\nlayers:\n"
+                    "  - fc1: {op: Linear, out_features: 100000}\n  - fc2: {op: Linear, out_features: 100000}\n")
+    probe = ("import re, sys, time\nimport resgraph\nstart = time.perf_counter()\n"
+             "try:\n    resgraph.build(sys.argv[1])\n"
+             "except resgraph.SpecError as exc:\n    print(exc.diagnostics[0].message)\n"
+             "peak = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+             "print(time.perf_counter() - start, peak)\n")
+    result = subprocess.run([sys.executable, "-c", probe, str(spec)], capture_output=True, text=True, cwd=ROOT)
+    message, measures = result.stdout.strip().splitlines()
+    assert message.startswith("the model would have 20,000,200,000 parameters (74.5 GiB as float32)")
+    seconds, peak_kib = measures.split()
+    assert float(seconds) < 5 and int(peak_kib) < 1024 * 1024  # 80 GB of weights were never allocated
+    assert resgraph.count_parameters(spec) == 20_000_200_000
+    with pytest.raises(resgraph.SpecError, match="more than the limit of 100"):
+        resgraph.build(HEAD + "  - fc: {op: Linear, out_features: 100}\n", max_params=100)
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ("resgraph: 1\n".encode("utf-16"), "the file is not UTF-8 text"),
+    ("name: Caf\u00e9\n".encode("latin-1"), "the file is not UTF-8 text"),
+])
+def test_odd_encodings_are_reported(tmp_path: pathlib.Path, data: bytes, message: str) -> None:
+    path = tmp_path / "odd.yaml"
+    path.write_bytes(data)
+    with pytest.raises(resgraph.SpecError, match=message):
+        resgraph.check(path)
