@@ -44,22 +44,24 @@ def generate_forward(graph: Graph, *, shapes: bool = True) -> str:
     for name in [*graph.inputs, *(s[1] for s in statements)]:
         assert _IDENTIFIER.match(name), f"unvalidated name reached codegen: {name!r}"
 
+    # A variable dies after the statement that reads it last, unless it is returned or written
+    # again later (then the new value replaces it anyway).
     last_read: dict[str, int] = {}
-    for index, (_, _, reads, _) in enumerate(statements):
-        for var in reads:
-            last_read[var] = index
-    written_after: dict[str, int] = {}
-    for index, (_, var, _, _) in enumerate(statements):
-        written_after[var] = index
+    last_write: dict[str, int] = {}
+    for index, (_, var, reads, _) in enumerate(statements):
+        for read in reads:
+            last_read[read] = index
+        last_write[var] = index
+    dies_at: dict[int, list[str]] = {}
+    for var, index in last_read.items():
+        if var not in returned and last_write.get(var, -1) <= index < len(statements) - 1:
+            dies_at.setdefault(index, []).append(var)
 
     lines = [f"def forward(self, {', '.join(graph.inputs)}):"]
     for index, (code, _, _, comment) in enumerate(statements):
         lines.append(f"    {code}  # {comment}" if comment else f"    {code}")
-        dead = sorted(var for var, last in last_read.items()
-                      if last == index and var not in returned and written_after.get(var, -1) <= index
-                      and index < len(statements) - 1)
-        if dead:
-            lines.append(f"    del {', '.join(dead)}")
+        if index in dies_at:
+            lines.append(f"    del {', '.join(sorted(dies_at[index]))}")
     lines.append(f"    return {', '.join(returned)}")
     return "\n".join(lines) + "\n"
 

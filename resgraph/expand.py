@@ -264,7 +264,7 @@ class _Expander:
         """`layer 'stage'`, or `block 'b', layer 'inner'` for a layer inside a block."""
         from .validate import subject
 
-        return subject(item.origin.path, None, "")[0].replace(" ()", "")
+        return subject(item.origin.path, None, "")[0]
 
     def instantiate(self, item: LayerItem, names: Mapping[str, Any], stack: list[str], *,
                     top_level: bool = False) -> list[Scope]:

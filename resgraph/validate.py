@@ -20,6 +20,7 @@ from .suggest import did_you_mean
 
 __all__ = ["pydantic_diagnostics", "schema_diagnostics", "validate"]
 
+_OP_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 NAME_RULE = "names start with a letter and hold only letters, digits and '_'"
 
 
@@ -57,17 +58,68 @@ def validate(loaded: LoadedSpec, params: Mapping[str, Any] | None = None) -> Any
 
 
 @cache
-def _validator(schema_json: str) -> Any:
+def _validators(schema_json: str) -> tuple[Any, dict[str, Any]]:
+    """A validator for the document with layer bodies checked only as mappings, and one per body
+    definition (Conv2d, GenericLayer, BlockCall, ...).
+
+    The published schema says a body is `oneOf` the definitions, which is what editors need; but
+    proving "exactly one" checks every body against all of them. Dispatching on `op` (or
+    `block`) validates each body once, against the same definitions, with the same errors.
+    """
     import jsonschema
 
-    return jsonschema.Draft202012Validator(json.loads(schema_json))
+    schema = json.loads(schema_json)
+    defs = schema["$defs"]
+    shell = {**schema, "$defs": {**defs, "LayerBody": {"type": "object"}}}
+    names = [ref["$ref"].rsplit("/", 1)[-1] for ref in defs["LayerBody"]["oneOf"]]
+    bodies = {name: jsonschema.Draft202012Validator({"$defs": defs, "$ref": f"#/$defs/{name}"}) for name in names}
+    return jsonschema.Draft202012Validator(shell), bodies
+
+
+def _layer_bodies(data: Any) -> list[tuple[Path, dict[str, Any]]]:
+    """(path, body) of every `- NAME: {...}` layer entry, at the top level and inside blocks."""
+    if not isinstance(data, dict):
+        return []
+    lists: list[tuple[Path, Any]] = [(("layers",), data.get("layers"))]
+    if isinstance(data.get("blocks"), dict):
+        lists += [(("blocks", name, "layers"), block.get("layers")) for name, block in data["blocks"].items()
+                  if isinstance(block, dict)]
+    found = []
+    for prefix, entries in lists:
+        for index, entry in enumerate(entries if isinstance(entries, list) else []):
+            if isinstance(entry, dict) and len(entry) == 1:
+                name, body = next(iter(entry.items()))
+                if isinstance(body, dict):
+                    found.append(((*prefix, index, name), body))
+    return found
+
+
+def _body_definition(body: dict[str, Any]) -> str | None:
+    """The schema definition a layer body is meant to match, chosen as pydantic chooses it."""
+    if "block" in body and "op" not in body:
+        return "BlockCall"
+    op = body.get("op")
+    if not isinstance(op, str):
+        return None
+    if op in OPS:
+        return OPS[op].__name__
+    return "GenericLayer" if _OP_NAME.fullmatch(op) else None
 
 
 def schema_diagnostics(data: Any, source: SourceMap, schema: dict[str, Any]) -> list[Diagnostic]:
     """Every violation of `schema` by `data`, translated and de-duplicated, in file order."""
     seen: set[tuple[Any, str]] = set()
     result = []
-    errors = list(_validator(json.dumps(schema, sort_keys=True)).iter_errors(data))
+    shell, bodies = _validators(json.dumps(schema, sort_keys=True))
+    errors = list(shell.iter_errors(data))
+    for path, body in _layer_bodies(data):
+        definition = _body_definition(body)
+        if definition is None:
+            result.extend(_untyped_body(path, body, data, source))
+            continue
+        for error in bodies[definition].iter_errors(body):
+            error.path.extendleft(reversed(path))  # report it where it sits in the document
+            errors.append(error)
     # An entry that is not a one-key mapping is mis-indented: errors inside it are only noise.
     broken = {tuple(e.absolute_path) for e in errors if e.validator in ("minProperties", "maxProperties")}
     for error in errors:
@@ -85,7 +137,10 @@ def schema_diagnostics(data: Any, source: SourceMap, schema: dict[str, Any]) -> 
 # --- where: a readable name for the part of the spec a path points into --------------------------
 
 def subject(path: Path, data: Any, op: Any = None) -> tuple[str, Path]:
-    """('layer 'conv1' (Conv2d)', rest-of-path) for a path into the spec (or one of its blocks)."""
+    """('layer 'conv1' (Conv2d)', rest-of-path) for a path into the spec (or one of its blocks).
+
+    `op` names the layer's op; None looks it up in `data`; "" leaves it out.
+    """
     if len(path) >= 2 and path[0] == "blocks":
         inner, rest = subject(path[2:], _get(data, path[:2]), op)
         return (f"block {path[1]!r}" + (f", {inner}" if inner != "spec" else "")), rest
@@ -96,7 +151,7 @@ def subject(path: Path, data: Any, op: Any = None) -> tuple[str, Path]:
         if op is None:
             body = _get(data, path[:3])
             op = body.get("op") if isinstance(body, dict) else None
-        return (f"layer {name!r} ({op})" if isinstance(op, str) else f"layer {name!r}"), path[3:]
+        return (f"layer {name!r} ({op})" if isinstance(op, str) and op else f"layer {name!r}"), path[3:]
     if len(path) >= 2 and path[0] == "inputs":
         return f"input {path[1]!r}", path[2:]
     if len(path) >= 2 and path[0] in ("layers", "skips", "outputs"):
@@ -144,22 +199,6 @@ def _translate(error: Any, data: Any, source: SourceMap) -> Iterator[Diagnostic]
             for sub in chosen:
                 yield from _translate(sub, data, source)
             return
-        if len(path) == 3 and path[0] in ("layers", "skips") and not isinstance(instance, dict):
-            example = "{op: ReLU}" if path[0] == "layers" else "{from: x, to: conv2, merge: add}"
-            yield Diagnostic(source.locate(path, key=True),
-                             f"{subject(path, data)[0]}: expected a mapping like {example}, got {_show(instance)}")
-            return
-        untagged = isinstance(instance, dict) and "op" not in instance and "block" not in instance
-        if _is_layer_body(path, data) and untagged:
-            yield Diagnostic(source.locate(path, key=True),
-                             f"{subject(path, data)[0]}: needs `op:` (a layer) or `block:` (a block instance)")
-            return
-        if isinstance(instance, dict) and "op" in instance and _is_layer_body(path, data):
-            op = instance["op"]
-            yield Diagnostic(source.locate((*path, "op")),
-                             f"layer {path[2]!r}: unknown op {op!r}{did_you_mean(str(op), OPS)}",
-                             "op is a torch.nn class name such as Conv2d, or one of add, concat, mul")
-            return
         yield Diagnostic(source.locate(path), f"{_label(path, data)}: expected {describe(schema)}, "
                                               f"got {_show(instance)}")
         return
@@ -205,6 +244,12 @@ def _translate(error: Any, data: Any, source: SourceMap) -> Iterator[Diagnostic]
                          f"{_label(path, data)}: expected {describe(schema)}, got {_show(instance)}{hint}")
         return
 
+    if kind == "type" and len(path) in (3, 5) and (path[0] in ("layers", "skips") or path[0] == "blocks"):
+        if _is_layer_body(path, data) or (len(path) == 3 and path[0] == "skips"):
+            example = "{op: ReLU}" if _is_layer_body(path, data) else "{from: x, to: conv2, merge: add}"
+            yield Diagnostic(source.locate(path, key=True),
+                             f"{subject(path, data)[0]}: expected a mapping like {example}, got {_show(instance)}")
+            return
     if kind == "type":
         yield Diagnostic(source.locate(path), f"{_label(path, data)}: expected {describe(schema)}, "
                                               f"got {_show(instance)}")
@@ -217,6 +262,17 @@ def _translate(error: Any, data: Any, source: SourceMap) -> Iterator[Diagnostic]
         return
 
     yield Diagnostic(source.locate(path), f"{_label(path, data)}: {error.message}")
+
+
+def _untyped_body(path: Path, body: dict[str, Any], data: Any, source: SourceMap) -> list[Diagnostic]:
+    """A layer body whose `op` is missing or not a name: no definition fits it."""
+    who = subject(path, data, "")[0]
+    if "op" not in body:
+        return [Diagnostic(source.locate(path, key=True),
+                           f"{who}: needs `op:` (a layer) or `block:` (a block instance)")]
+    op = body["op"]
+    return [Diagnostic(source.locate((*path, "op")), f"{who}: unknown op {op!r}{did_you_mean(str(op), OPS)}",
+                       "op is a torch.nn class name such as Conv2d, or one of add, concat, mul")]
 
 
 def _is_layer_body(path: Path, data: Any) -> bool:
