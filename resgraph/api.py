@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Union
 
-from .errors import Diagnostic, Location, SpecError, UsageError
+from .errors import Diagnostic, SpecError, UsageError
 from .expand import expand
 from .graph import Graph, build_graph
 from .loader import LoadedSpec, SourceMap, load_file, load_text
@@ -106,7 +106,7 @@ def build(spec: SpecSource, *, params: Mapping[str, Any] | None = None, seed: in
         loaded = load(spec, file=file)
         typed, graph = _check_loaded(loaded, params)
         if max_params is not None:
-            _check_size(_meta_module(graph, typed), max_params, loaded.file)
+            _check_size(_meta_module(graph, typed), max_params, graph)
         module = lower(graph, typed, spec_text=loaded.text, spec_file=loaded.file, params=dict(params or {}),
                        seed=seed)
     module._resgraph_allow_imports = prefixes
@@ -132,17 +132,27 @@ def _meta_module(graph: Graph, spec: Spec) -> Any:
         return lower(graph, spec)
 
 
-def _check_size(module: Any, limit: int, file: str) -> None:
+def _check_size(module: Any, limit: int, graph: Graph) -> None:
+    """Refuse a model over `limit` parameters, pointing at its largest top-level part."""
     total = sum(p.numel() for p in module.parameters())
     if total <= limit:
         return
     sizes = {name: sum(p.numel() for p in child.parameters()) for name, child in module.named_children()}
     sizes |= {name: p.numel() for name, p in module.named_parameters(recurse=False)}
     largest = max(sizes, key=sizes.__getitem__)
-    raise SpecError([Diagnostic(Location(file), f"the model would have {total:,} parameters "
-                                                f"({total * 4 / 2**30:.1f} GiB as float32), more than the limit of "
-                                                f"{limit:,}; the largest part is {largest!r} with {sizes[largest]:,}",
+    where = graph.where(graph.nodes[largest])
+    raise SpecError([Diagnostic(where, f"the model would have {total:,} parameters ({_size(total * 4)} as float32), "
+                                       f"more than the limit of {limit:,}; the largest part, {largest!r}, has "
+                                       f"{sizes[largest]:,}",
                                 "raise the limit with --max-params N (Python: max_params=N) if this is intended")])
+
+
+def _size(n_bytes: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n_bytes < 1024 or unit == "GiB":
+            return f"{n_bytes:.1f} {unit}" if unit != "bytes" else f"{int(n_bytes)} bytes"
+        n_bytes /= 1024
+    raise AssertionError("unreachable")
 
 
 def render(spec: SpecSource, *, params: Mapping[str, Any] | None = None, shapes: bool = True,

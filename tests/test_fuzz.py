@@ -162,3 +162,27 @@ def test_mutated_specs_only_raise_located_resgraph_errors(text: str) -> None:
         assert_located(error)
         return
     assert isinstance(model, torch.nn.Module)
+
+
+def test_regression_mul_of_different_ranks_is_not_broadcast_against_the_batch() -> None:
+    """Found by the fuzzer: (N, 7) * (N, 1, 3, 7) was typed as broadcastable per sample."""
+    text = ("resgraph: 1\nname: F\ninputs:\n  x: [1, 3, 7]\nlayers:\n  - l0: {op: Flatten}\n"
+            "  - l1: {op: Linear, out_features: 7}\nskips:\n  - s: {from: x, to: l1, merge: mul}\n")
+    try:
+        resgraph.build(text, file="fuzz.yaml")
+    except resgraph.SpecError as error:
+        assert_located(error)
+        assert "ranks differ" in error.diagnostics[0].message
+    else:
+        raise AssertionError("a rank-changing mul skip must be refused")
+
+
+def test_regression_the_parameter_limit_error_is_located() -> None:
+    """Found by the fuzzer: the --max-params error had no line and column."""
+    text = "resgraph: 1\nname: F\ninputs:\n  x: [1000]\nlayers:\n  - a: {op: Linear, out_features: 1000}\n"
+    try:
+        resgraph.build(text, file="fuzz.yaml", max_params=1000)
+    except resgraph.SpecError as error:
+        assert_located(error)
+        assert str(error.diagnostics[0].location) == "fuzz.yaml:6:5"
+        assert "(3.8 MiB as float32)" in error.diagnostics[0].message

@@ -119,6 +119,7 @@ def test_an_oversized_model_is_refused_before_allocation_within_bounds(tmp_path:
     result = subprocess.run([sys.executable, "-c", probe, str(spec)], capture_output=True, text=True, cwd=ROOT)
     message, measures = result.stdout.strip().splitlines()
     assert message.startswith("the model would have 20,000,200,000 parameters (74.5 GiB as float32)")
+    assert "the largest part, 'fc1', has 10,000,100,000" in message
     seconds, peak_kib = measures.split()
     assert float(seconds) < 5 and int(peak_kib) < 1024 * 1024  # 80 GB of weights were never allocated
     assert resgraph.count_parameters(spec) == 20_000_200_000

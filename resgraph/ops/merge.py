@@ -25,14 +25,15 @@ class Merge(str, Enum):
 
 
 def broadcast_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
-    """NumPy broadcasting of two per-sample shapes, or None when they do not broadcast.
+    """Broadcasting of two per-sample shapes of one rank, or None when they do not broadcast.
 
-    >>> broadcast_shape((64, 1, 1), (64, 8, 8))
-    (64, 8, 8)
+    Ranks must be equal: at run time the batch dim leads both tensors, so per-sample shapes of
+    different ranks would be aligned against the batch, not as NumPy aligns them.
+
+    >>> broadcast_shape((64, 1, 1), (64, 8, 8)), broadcast_shape((8,), (3, 8))
+    ((64, 8, 8), None)
     """
-    rank = max(len(a), len(b))
-    a, b = (1,) * (rank - len(a)) + a, (1,) * (rank - len(b)) + b
-    if any(x != y and 1 not in (x, y) for x, y in zip(a, b)):
+    if len(a) != len(b) or any(x != y and 1 not in (x, y) for x, y in zip(a, b)):
         return None
     return tuple(max(x, y) for x, y in zip(a, b))
 
