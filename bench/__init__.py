@@ -1,0 +1,1 @@
+"""resgraph's benchmark runner (`python -m bench`); see bench/run.py and docs/benchmarks.md."""
