@@ -13,6 +13,7 @@ class-level facts and two pure functions:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
@@ -190,6 +191,24 @@ def sample_dim(dim: int, rank: int, name: str = "dim") -> int:
     if full == 0:
         raise ShapeError(f"{name}={dim} is the batch dimension; use a dim between 1 and {rank}")
     return full - 1
+
+
+def fill_sizes(sizes: list[int], total: int, name: str) -> tuple[int, ...]:
+    """`sizes` with its one -1 (if any) resolved so that they multiply to `total`.
+
+    >>> fill_sizes([2, -1], 12, "shape")
+    (2, 6)
+    """
+    if sizes.count(-1) > 1 or 0 in sizes:
+        raise ShapeError(f"{name} may hold at most one -1 and no zeros")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if total % known:
+            raise ShapeError(f"{total} elements cannot be split into {name} {sizes}")
+        return tuple(total // known if s == -1 else s for s in sizes)
+    if known != total:
+        raise ShapeError(f"{name} {sizes} has {known} elements, but the input has {total}")
+    return tuple(sizes)
 
 
 def channels_first_shape(spatial_dims: int) -> str:

@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from .base import Layer, ShapeError, TensorType, describe_torch_op, register_op, sample_dim
+from .base import Layer, ShapeError, TensorType, describe_torch_op, fill_sizes, register_op, sample_dim
 
 __all__ = ["Flatten", "PixelShuffle", "PixelUnshuffle", "Unflatten", "Upsample"]
 
@@ -45,17 +45,7 @@ class Unflatten(Layer):
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs
         index = sample_dim(self.dim, x.rank)
-        sizes = list(self.unflattened_size)
-        known = math.prod(s for s in sizes if s != -1)
-        if sizes.count(-1) > 1 or 0 in sizes:
-            raise ShapeError("unflattened_size may hold at most one -1 and no zeros")
-        if -1 in sizes:
-            if x.shape[index] % known:
-                raise ShapeError(f"dim of size {x.shape[index]} cannot be split into {self.unflattened_size}")
-            sizes[sizes.index(-1)] = x.shape[index] // known
-        elif known != x.shape[index]:
-            raise ShapeError(f"unflattened_size {self.unflattened_size} has {known} elements, "
-                             f"but the dim has {x.shape[index]}")
+        sizes = fill_sizes(list(self.unflattened_size), x.shape[index], "unflattened_size")
         return x.with_shape((*x.shape[:index], *sizes, *x.shape[index + 1:]))
 
 

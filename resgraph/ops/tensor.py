@@ -11,7 +11,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from .base import Identifier, Layer, Layout, ShapeError, TensorType, register_op, sample_dim
+from .base import Identifier, Layer, Layout, ShapeError, TensorType, fill_sizes, register_op, sample_dim
 
 __all__ = ["Chunk", "LearnedTensor", "Mean", "Permute", "Piece", "Reshape", "Select", "Split", "SplitBase",
            "Transpose", "pieces"]
@@ -21,6 +21,11 @@ class TensorOp(Layer):
     """A parameter-free op written as one expression on its input."""
 
     code_only: ClassVar[bool] = True
+
+
+def _reordered(x: TensorType, order: list[int]) -> TensorType:
+    """`x` with its per-sample dims in `order`, its layout following the channel dim."""
+    return x.with_shape(tuple(x.shape[i] for i in order), _moved_layout(x, order))
 
 
 def _moved_layout(x: TensorType, order: list[int]) -> Layout:
@@ -49,7 +54,7 @@ class Transpose(TensorOp):
         a, b = sample_dim(self.dim0, x.rank, "dim0"), sample_dim(self.dim1, x.rank, "dim1")
         order = list(range(x.rank))
         order[a], order[b] = order[b], order[a]
-        return x.with_shape(tuple(x.shape[i] for i in order), _moved_layout(x, order))
+        return _reordered(x, order)
 
     def code(self, operands: list[str], owner: str) -> str:
         return f"{operands[0]}.transpose({self.dim0}, {self.dim1})"
@@ -70,7 +75,7 @@ class Permute(TensorOp):
         if full[0] != 0:
             raise ShapeError("dims must keep the batch first (start with 0)")
         order = [d - 1 for d in full[1:]]  # type: ignore[operator]
-        return x.with_shape(tuple(x.shape[i] for i in order), _moved_layout(x, order))
+        return _reordered(x, order)
 
     def code(self, operands: list[str], owner: str) -> str:
         return f"{operands[0]}.permute({', '.join(map(str, self.dims))})"
@@ -85,17 +90,8 @@ class Reshape(TensorOp):
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs
-        sizes, total = list(self.shape), math.prod(x.shape)
-        if sizes.count(-1) > 1 or 0 in sizes:
-            raise ShapeError("shape may hold at most one -1 and no zeros")
-        known = math.prod(s for s in sizes if s != -1)
-        if -1 in sizes:
-            if total % known:
-                raise ShapeError(f"cannot reshape {x} ({total} elements) to {self.shape}")
-            sizes[sizes.index(-1)] = total // known
-        elif known != total:
-            raise ShapeError(f"cannot reshape {x} ({total} elements) to {self.shape} ({known} elements)")
-        return x.with_shape(tuple(sizes), "channels_first" if len(sizes) >= 3 else "features_last")
+        sizes = fill_sizes(list(self.shape), math.prod(x.shape), "shape")
+        return x.with_shape(sizes, "channels_first" if len(sizes) >= 3 else "features_last")
 
     def code(self, operands: list[str], owner: str) -> str:
         x = operands[0]
