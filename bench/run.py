@@ -85,7 +85,7 @@ def build_time(quick: bool) -> dict[str, Any]:
 
 def stage_breakdown(path: Path, params: dict[str, Any] | None = None) -> dict[str, float]:
     """Seconds per pipeline stage for one build."""
-    from resgraph.api import _check_size, _meta_module, load
+    from resgraph.api import _check_size, load
     from resgraph.codegen import generate_forward
     from resgraph.expand import expand
     from resgraph.graph import build_graph
@@ -102,8 +102,8 @@ def stage_breakdown(path: Path, params: dict[str, Any] | None = None) -> dict[st
     marks.append(("expand blocks", time.perf_counter()))
     graph = infer_shapes(build_graph(scope))
     marks.append(("resolve + infer shapes", time.perf_counter()))
-    _check_size(_meta_module(graph, spec), resgraph.api.DEFAULT_MAX_PARAMS, graph)
-    marks.append(("count parameters (meta)", time.perf_counter()))
+    _check_size(graph, spec, resgraph.api.DEFAULT_MAX_PARAMS)
+    marks.append(("count parameters", time.perf_counter()))
     for g in [graph, *(g for _, g in graph.subgraphs())]:
         generate_forward(g)
     marks.append(("generate code", time.perf_counter()))

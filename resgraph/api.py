@@ -106,7 +106,7 @@ def build(spec: SpecSource, *, params: Mapping[str, Any] | None = None, seed: in
         loaded = load(spec, file=file)
         typed, graph = _check_loaded(loaded, params)
         if max_params is not None:
-            _check_size(_meta_module(graph, typed), max_params, graph)
+            _check_size(graph, typed, max_params)
         module = lower(graph, typed, spec_text=loaded.text, spec_file=loaded.file, params=dict(params or {}),
                        seed=seed)
     module._resgraph_allow_imports = prefixes
@@ -119,7 +119,17 @@ def count_parameters(spec: SpecSource, *, params: Mapping[str, Any] | None = Non
     with allowed_imports(allow_imports):
         loaded = load(spec, file=file)
         typed, graph = _check_loaded(loaded, params)
-        return sum(p.numel() for p in _meta_module(graph, typed).parameters())
+        return sum(_part_sizes(graph, typed).values())
+
+
+def _part_sizes(graph: Graph, spec: Spec) -> dict[str, int]:
+    """Parameters of each top-level node: from the ops' own counts, else from a meta-device build."""
+    counts = {name: node.meta.get("params", 0) for name, node in graph.nodes.items()}
+    if None not in counts.values():
+        return counts
+    module = _meta_module(graph, spec)  # an uncurated op somewhere: only building can tell
+    sizes = {name: sum(p.numel() for p in child.parameters()) for name, child in module.named_children()}
+    return sizes | {name: p.numel() for name, p in module.named_parameters(recurse=False)}
 
 
 def _meta_module(graph: Graph, spec: Spec) -> Any:
@@ -132,13 +142,12 @@ def _meta_module(graph: Graph, spec: Spec) -> Any:
         return lower(graph, spec)
 
 
-def _check_size(module: Any, limit: int, graph: Graph) -> None:
+def _check_size(graph: Graph, spec: Spec, limit: int) -> None:
     """Refuse a model over `limit` parameters, pointing at its largest top-level part."""
-    total = sum(p.numel() for p in module.parameters())
+    sizes = _part_sizes(graph, spec)
+    total = sum(sizes.values())
     if total <= limit:
         return
-    sizes = {name: sum(p.numel() for p in child.parameters()) for name, child in module.named_children()}
-    sizes |= {name: p.numel() for name, p in module.named_parameters(recurse=False)}
     largest = max(sizes, key=sizes.__getitem__)
     where = graph.where(graph.nodes[largest])
     raise SpecError([Diagnostic(where, f"the model would have {total:,} parameters ({_size(total * 4)} as float32), "

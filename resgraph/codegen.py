@@ -10,6 +10,7 @@ integers reach the source; no string from a spec is ever pasted into code otherw
 
 from __future__ import annotations
 
+import math
 import re
 
 from .graph import Graph, Node, NodeKind
@@ -19,6 +20,7 @@ from .projections import ProjectionPlan, StepKind
 __all__ = ["generate_forward", "shape_comment"]
 
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+LARGE = 16_384  # elements per sample (64 KiB of float32) from which freeing a value early pays
 
 
 def shape_comment(node: Node) -> str:
@@ -32,13 +34,20 @@ def generate_forward(graph: Graph, *, shapes: bool = True) -> str:
 
     With `shapes=False` the comments leave out everything specific to one instance (shapes,
     projection reasons), so instances of a block with the same computation share one source.
+
+    Values are deleted after their last use when they are large (LARGE elements per sample or
+    more), which lowers peak memory like a hand-written forward that reuses `x`; small values are
+    left to the function's end, because a `del` costs more than it saves on them. Without
+    shapes, every value is deleted, the same for all instances.
     """
     statements: list[tuple[str, str, set[str], str]] = []  # (code, written var, read vars, comment)
+    size = {name: math.prod(graph.nodes[name].meta["type"].shape) for name in graph.inputs}
     for node in graph.nodes.values():
         if node.kind is NodeKind.input:
             continue
         reads = {graph.nodes[name].var for name in node.inputs} or set(_batch_source(graph, node))
         statements.append((_statement(graph, node), node.var, reads, _comment(node, shapes)))
+        size[node.var] = max(size.get(node.var, 0), math.prod(node.meta["type"].shape))
 
     returned = [graph.nodes[name].var for name in graph.outputs]
     for name in [*graph.inputs, *(s[1] for s in statements)]:
@@ -54,7 +63,8 @@ def generate_forward(graph: Graph, *, shapes: bool = True) -> str:
         last_write[var] = index
     dies_at: dict[int, list[str]] = {}
     for var, index in last_read.items():
-        if var not in returned and last_write.get(var, -1) <= index < len(statements) - 1:
+        worth_it = not shapes or size.get(var, LARGE) >= LARGE
+        if worth_it and var not in returned and last_write.get(var, -1) <= index < len(statements) - 1:
             dies_at.setdefault(index, []).append(var)
 
     lines = [f"def forward(self, {', '.join(graph.inputs)}):"]

@@ -27,7 +27,8 @@ from .ops import Merge, ShapeError, TensorType, broadcast_shape
 from .ops.base import sample_dim
 from .spec import Projection
 
-__all__ = ["ProjectionError", "ProjectionPlan", "Step", "StepKind", "plan_projection", "step_constructor",
+__all__ = ["ProjectionError", "ProjectionPlan", "Step", "StepKind", "plan_projection", "projection_parameters",
+           "step_constructor",
            "wanted_shape"]
 
 
@@ -88,6 +89,18 @@ def step_constructor(step: Step) -> tuple[str, dict[str, Any]]:
                                         "count_include_pad": False}
     assert step.kind is StepKind.linear, step
     return "Linear", {"in_features": a["in"], "out_features": a["out"], "bias": False}
+
+
+def projection_parameters(plan: ProjectionPlan) -> int:
+    """Parameters of a projection's modules (running statistics are buffers, not parameters)."""
+    total = 0
+    for step in plan.module_steps:
+        a = step.args
+        if step.kind in (StepKind.conv, StepKind.linear):
+            total += a["in"] * a["out"]
+        elif step.kind is StepKind.norm:
+            total += 2 * a["features"]
+    return total
 
 
 class ProjectionError(ShapeError):

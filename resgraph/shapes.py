@@ -2,7 +2,8 @@
 
 Runs before any weight exists (curated ops use pure shape functions; uncurated torch.nn classes
 run on the meta device). Results go to `node.meta`: `type` (TensorType), `args` (the full
-constructor arguments, inferred sizes included) and, for skips, `projection` (ProjectionPlan).
+constructor arguments, inferred sizes included), `params` (parameter count, None where only
+building can tell) and, for skips, `projection` (ProjectionPlan).
 A node whose inputs failed is skipped silently, so each reported error is an independent one.
 """
 
@@ -11,9 +12,9 @@ from __future__ import annotations
 from .errors import Diagnostic, SpecError
 from .graph import Graph, Node, NodeKind
 from .ops import GenericLayer, GenericOpError, ShapeError, TensorType, merge_type
-from .projections import ProjectionError, plan_projection
+from .projections import ProjectionError, plan_projection, projection_parameters
 
-__all__ = ["infer_shapes"]
+__all__ = ["infer_shapes", "total_parameters"]
 
 
 def infer_shapes(graph: Graph, input_types: list[TensorType] | None = None) -> Graph:
@@ -66,6 +67,8 @@ def _infer_block(node: Node, inputs: list[TensorType], diagnostics: list[Diagnos
             return
         current = [instance.nodes[instance.outputs[0]].meta["type"]]
     node.meta["type"] = current[0]
+    counts = [total_parameters(instance) for instance in node.meta["instances"]]
+    node.meta["params"] = None if None in counts else sum(counts)
 
 
 def _infer_layer(node: Node, inputs: list[TensorType]) -> None:
@@ -73,6 +76,13 @@ def _infer_layer(node: Node, inputs: list[TensorType]) -> None:
     assert layer is not None
     node.meta["type"] = layer.output_type(inputs)
     node.meta["args"] = layer.module_args(inputs)
+    node.meta["params"] = layer.parameter_count(node.meta["args"])
+
+
+def total_parameters(graph: Graph) -> int | None:
+    """The graph's parameter count from the per-node counts, or None if any node cannot tell."""
+    counts = [node.meta.get("params", 0) for node in graph.nodes.values()]
+    return None if None in counts else sum(counts)
 
 
 def _infer_skip(graph: Graph, node: Node, inputs: list[TensorType], diagnostics: list[Diagnostic]) -> None:
@@ -88,6 +98,7 @@ def _infer_skip(graph: Graph, node: Node, inputs: list[TensorType], diagnostics:
             node.meta["type"] = target  # the merge's type is known: later layers can still be checked
         return
     node.meta["projection"] = plan
+    node.meta["params"] = projection_parameters(plan)
     node.meta["type"] = merge_type(skip.merge, [target, plan.output], skip.concat_dim)
 
 

@@ -51,3 +51,10 @@ def test_dag_concatenates_branches_and_gates() -> None:
     assert "mixed = torch.cat([branch1x1, branch3x3, branch_pool], dim=1)" in code
     assert "gated = mixed * gate" in code
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("example", BUILDING_EXAMPLES)
+def test_static_parameter_count_equals_the_built_model(example: str) -> None:
+    params = small_params(example)
+    model = resgraph.build(EXAMPLES / example, params=params)
+    assert resgraph.count_parameters(EXAMPLES / example, params=params) == sum(p.numel() for p in model.parameters())

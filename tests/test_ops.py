@@ -168,3 +168,20 @@ def test_a_tuple_result_must_be_picked_with_output() -> None:
     assert "output" not in picked.args()
     with pytest.raises(ShapeError, match="output: 2 does not index the result, which is a tuple of 2"):
         GenericLayer.model_validate({**args, "output": 2}).output_type([sequence])
+
+
+@pytest.mark.parametrize(("op", "args", "shape", "dtype"), [
+    pytest.param(p.values[0], p.values[1], p.values[2], p.values[3] if len(p.values) > 3 else F, id=p.id)
+    for p in PARAMS])
+def test_static_parameter_count_matches_the_built_module(op: str, args: dict[str, Any], shape: tuple[int, ...],
+                                                         dtype: str) -> None:
+    layer = OPS[op].model_validate({"op": op, **args})
+    inputs = [TensorType(shape, dtype)] * max(layer.min_inputs, 1)
+    layer.output_type(inputs)
+    counted = layer.parameter_count(layer.module_args(inputs))
+    if layer.owns_parameter:
+        assert counted == layer.build({}).numel()
+    elif layer.code_only:
+        assert counted == 0
+    else:
+        assert counted == sum(p.numel() for p in layer.build(layer.module_args(inputs)).parameters())

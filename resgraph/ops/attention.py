@@ -36,6 +36,12 @@ class MultiheadAttention(Layer):
             extra["vdim"] = value.shape[-1]
         return {"embed_dim": query.shape[-1], "batch_first": True, **extra}
 
+    def parameter_count(self, args: dict[str, Any]) -> int | None:
+        e = args["embed_dim"]
+        k, v = args.get("kdim", e), args.get("vdim", e)
+        projections = e * (e + k + v) + 3 * e * self.bias  # q, k, v (one packed weight when k == v == e)
+        return projections + e * e + e * self.bias + 2 * e * self.add_bias_kv  # out_proj, bias_k/bias_v
+
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         if len(inputs) == 2:
             raise ShapeError("takes one input (self-attention) or three (query, key, value), got 2")

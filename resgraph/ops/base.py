@@ -132,6 +132,13 @@ class Layer(StrictModel):
 
         return getattr(nn, self.torch_name)(**args)
 
+    def parameter_count(self, args: dict[str, Any]) -> int | None:
+        """Parameters the built module will have, from its full constructor `args`, without torch.
+
+        None where only building can tell (uncurated torch.nn classes).
+        """
+        return 0
+
     def module_args(self, inputs: list[TensorType]) -> dict[str, Any]:
         return {**self.inferred_args(inputs), **self.args()}
 

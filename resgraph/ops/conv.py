@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+import math
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, create_model
 
@@ -36,6 +37,10 @@ class ConvBase(FeatureMapLayer):
     scale: bool = Field(True, description="false: scale.width leaves out_channels as written.")
 
     inferred: ClassVar[tuple[str, ...]] = ("in_channels",)
+
+    def parameter_count(self, args: dict[str, Any]) -> int | None:
+        kernel = math.prod(to_tuple(self.kernel_size, self.spatial_dims, "kernel_size"))
+        return self.out_channels * (args["in_channels"] // self.groups) * kernel + self.out_channels * self.bias
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         n = self.spatial_dims
@@ -72,6 +77,10 @@ class ConvTransposeBase(FeatureMapLayer):
     scale: bool = Field(True, description="false: scale.width leaves out_channels as written.")
 
     inferred: ClassVar[tuple[str, ...]] = ("in_channels",)
+
+    def parameter_count(self, args: dict[str, Any]) -> int | None:
+        kernel = math.prod(to_tuple(self.kernel_size, self.spatial_dims, "kernel_size"))
+        return args["in_channels"] * (self.out_channels // self.groups) * kernel + self.out_channels * self.bias
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         n = self.spatial_dims

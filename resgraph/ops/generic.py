@@ -76,6 +76,9 @@ class GenericLayer(Layer):
     def build(self, args: dict[str, Any]) -> Any:
         return torch_module_class(self.op)(**args)
 
+    def parameter_count(self, args: dict[str, Any]) -> int | None:
+        return None  # an arbitrary constructor: only building it can tell
+
     def inferred_args(self, inputs: list[TensorType]) -> dict[str, Any]:
         parameters = _constructor_parameters(torch_module_class(self.op))
         given = self.args()

@@ -24,6 +24,9 @@ class BatchNormBase(FeatureMapLayer):
 
     inferred: ClassVar[tuple[str, ...]] = ("num_features",)
 
+    def parameter_count(self, args: dict[str, Any]) -> int | None:
+        return 2 * args["num_features"] if self.affine else 0  # running stats are buffers
+
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         if self.spatial_dims == 1:  # BatchNorm1d normalises (C,) feature vectors and (C, L) sequences
             x = require_rank(inputs, (1, 2), "(C,) or (C, L)")
@@ -60,6 +63,9 @@ class LayerNorm(Layer):
     def inferred_args(self, inputs: list[TensorType]) -> dict[str, Any]:
         return {"normalized_shape": inputs[0].shape[-1]}
 
+    def parameter_count(self, args: dict[str, Any]) -> int | None:
+        return args["normalized_shape"] * (1 + self.bias) if self.elementwise_affine else 0
+
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs
         if x.rank < 1:
@@ -77,6 +83,9 @@ class GroupNorm(FeatureMapLayer):
     affine: bool = True
 
     inferred: ClassVar[tuple[str, ...]] = ("num_channels",)
+
+    def parameter_count(self, args: dict[str, Any]) -> int | None:
+        return 2 * args["num_channels"] if self.affine else 0
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs

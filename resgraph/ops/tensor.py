@@ -158,6 +158,9 @@ class LearnedTensor(Layer):
     def module_args(self, inputs: list[TensorType]) -> dict[str, Any]:
         return {}
 
+    def parameter_count(self, args: dict[str, Any]) -> int | None:
+        return math.prod(self.shape)
+
     def initializer(self) -> tuple[str, dict[str, float]]:
         """The torch.nn.init function and its arguments (building and export share them)."""
         return {"zeros": ("zeros_", {}), "ones": ("ones_", {}), "normal": ("normal_", {"std": self.std}),
