@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Union
 from .errors import Diagnostic, SpecError, UsageError
 from .expand import expand
 from .graph import Graph, build_graph
-from .loader import LoadedSpec, SourceMap, load_file, load_text
+from .loader import LoadedSpec, SourceMap, gc_paused, load_file, load_text
 from .ops.generic import allowed_imports
 from .shapes import infer_shapes
 from .spec import Spec
@@ -73,9 +73,10 @@ def check(spec: SpecSource, *, params: Mapping[str, Any] | None = None, allow_im
 
 
 def _check_loaded(loaded: LoadedSpec, params: Mapping[str, Any] | None) -> tuple[Spec, Graph]:
-    spec = validate(loaded, params)
-    graph = build_graph(expand(spec, loaded.source, spec.params))
-    return spec, infer_shapes(graph)
+    with gc_paused():  # the passes allocate many small, acyclic objects: see loader.gc_paused
+        spec = validate(loaded, params)
+        graph = build_graph(expand(spec, loaded.source, spec.params))
+        return spec, infer_shapes(graph)
 
 
 DEFAULT_MAX_PARAMS = 2**31
@@ -107,8 +108,9 @@ def build(spec: SpecSource, *, params: Mapping[str, Any] | None = None, seed: in
         typed, graph = _check_loaded(loaded, params)
         if max_params is not None:
             _check_size(graph, typed, max_params)
-        module = lower(graph, typed, spec_text=loaded.text, spec_file=loaded.file, params=dict(params or {}),
-                       seed=seed)
+        with gc_paused():
+            module = lower(graph, typed, spec_text=loaded.text, spec_file=loaded.file, params=dict(params or {}),
+                           seed=seed)
     module._resgraph_allow_imports = prefixes
     return module
 

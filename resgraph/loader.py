@@ -20,7 +20,8 @@ import yaml
 
 from .errors import Diagnostic, Location, SpecError, UsageError
 
-__all__ = ["MAX_DEPTH", "MAX_NODES", "LoadedSpec", "Origin", "Path", "SourceMap", "load_file", "load_text"]
+__all__ = ["MAX_DEPTH", "MAX_NODES", "LoadedSpec", "Origin", "Path", "SourceMap", "gc_paused", "load_file",
+           "load_text"]
 
 Path = tuple[str | int, ...]
 
