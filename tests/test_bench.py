@@ -24,6 +24,7 @@ def test_quick_benchmark_runs_and_reports_every_measurement(tmp_path: pathlib.Pa
     assert data["build"]["ratio"] > 0 and set(data["build"]["stages"]) >= {"validate (schema, pydantic)",
                                                                            "lower (modules, weights)"}
     assert [row["layers"] for row in data["scaling"]] == [100, 300]
+    assert all(row["build_peak_mib"] >= 0 and row["validate_s"] > 0 for row in data["scaling"])
     assert data["memory"]["resgraph_mib"] > 0 and data["compile"]["speedup"] > 0
     table = (tmp_path / "latest.md").read_text()
     for phrase in ("forward latency", "build ResNet-50", "peak memory", "torch.compile", "Scaling"):
