@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ from .ops.tensor import SplitBase, pieces
 from .spec import REQUIRED, BlockCall, BlockDef, BlockLibrary, InputDecl, LayerBody, Projection, Scale, Skip, Spec
 from .suggest import did_you_mean
 
-__all__ = ["BlockInstance", "LayerItem", "Scope", "SkipItem", "evaluate_tree", "expand", "resolve_params"]
+__all__ = ["LayerItem", "Scope", "SkipItem", "evaluate_tree", "expand", "resolve_params"]
 
 MAX_BLOCK_DEPTH = 32
 SCALED_OPS = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
@@ -63,8 +63,6 @@ class Scope:
     block: str | None = None  # the block this scope instantiates
     params: dict[str, Any] = field(default_factory=dict)
 
-
-BlockInstance = Scope
 
 _LAYER = TypeAdapter(LayerBody)
 
@@ -422,11 +420,3 @@ def _is_with_here(rel: tuple[str | int, ...]) -> bool:
 def class_name(block: str) -> str:
     """`bottleneck` -> `Bottleneck`, `mb_conv` -> `MbConv`: a block's generated module class."""
     return "".join(part[:1].upper() + part[1:] for part in block.split("_") if part) or "Block"
-
-
-def iter_scopes(scope: Scope) -> Iterator[Scope]:
-    """A scope and every block instance below it, depth first."""
-    yield scope
-    for item in scope.layers:
-        for instance in item.instances:
-            yield from iter_scopes(instance)

@@ -18,10 +18,8 @@ from pydantic import Discriminator, Field, Tag, WithJsonSchema, model_validator
 from .ops import OPS, GenericLayer, Identifier, Layout, Merge, StrictModel
 from .ops.base import DTYPES
 
-__all__ = ["FORMAT_VERSION", "REQUIRED", "BlockCall", "BlockDef", "BlockLibrary", "Defaults", "InputDecl", "LayerBody",
+__all__ = ["REQUIRED", "BlockCall", "BlockDef", "BlockLibrary", "Defaults", "InputDecl", "LayerBody",
            "Projection", "Scale", "Skip", "Spec"]
-
-FORMAT_VERSION = 1
 
 
 class Projection(str, Enum):

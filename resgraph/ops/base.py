@@ -14,7 +14,6 @@ class-level facts and two pure functions:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
@@ -69,10 +68,6 @@ class TensorType:
     @property
     def rank(self) -> int:
         return len(self.shape)
-
-    @property
-    def channels(self) -> int:
-        return self.shape[0] if self.layout == "channels_first" else self.shape[-1]
 
     def with_shape(self, shape: tuple[int, ...], layout: Layout | None = None) -> TensorType:
         return replace(self, shape=tuple(shape), layout=layout or self.layout)
@@ -142,8 +137,6 @@ class Layer(StrictModel):
     def module_args(self, inputs: list[TensorType]) -> dict[str, Any]:
         return {**self.inferred_args(inputs), **self.args()}
 
-    def output_layout(self, inputs: list[TensorType]) -> Layout:
-        return self.layout or inputs[0].layout
 
 
 class FeatureMapLayer(Layer):
@@ -231,9 +224,6 @@ def require_rank(inputs: list[TensorType], ranks: tuple[int, ...], expected: str
     return tensor
 
 
-def require_float(tensor: TensorType, op: str) -> None:
-    if tensor.dtype not in FLOAT_DTYPES:
-        raise ShapeError(f"{op} needs a floating-point input, got {tensor.dtype}")
 
 
 def describe_torch_op(name: str, inferred: tuple[str, ...]) -> str:
@@ -243,4 +233,3 @@ def describe_torch_op(name: str, inferred: tuple[str, ...]) -> str:
     return f"torch.nn.{name}; resgraph infers {', '.join(inferred)} from the input."
 
 
-ShapeFn = Callable[[list[TensorType]], TensorType]
