@@ -18,7 +18,7 @@ from .artifact import atomic_write
 from .errors import ResgraphError, UsageError
 from .graph import Graph, Node, NodeKind
 from .projections import ProjectionPlan
-from .summary import describe_steps, parameter_count, short_value
+from .summary import describe_steps, instance_title, parameter_count, short_value
 
 __all__ = ["FORMATS", "RenderOptions", "render_graph", "write_diagram"]
 
@@ -184,18 +184,17 @@ class _Renderer:
             stage.attr(label=f"{node_id}: {call.block}{times}{folded}", style="rounded", color="#8a7fb5",
                        fontname="Helvetica", fontsize="11")
             if not repeated:
-                return self.graph(stage, instances[0], f"{node_id}.", current, level + 1)[0]
-            for index, instance in enumerate(shown):
-                inner = f"{node_id}.{index}"
-                params = ", ".join(f"{k}={short_value(v)}" for k, v in instance.scope.params.items())
-                title = f"{call.block}({params})"
+                return self.graph(stage, instances[0], instances[0].qualname, current, level + 1)[0]
+            for instance in shown:
+                inner, title = instance.qualname.rstrip("."), instance_title(instance)
                 if depth is not None and depth <= level + 1:
                     out = instance.nodes[instance.outputs[0]]
-                    current = [self.collapsed(stage, inner, f"{node.name}.{index}", title, out, current, False)]
+                    short = inner[len(prefix):]  # `layer1.0` within its parent
+                    current = [self.collapsed(stage, inner, short, title, out, current, False)]
                     continue
                 with stage.subgraph(name=f"cluster_{inner}") as box:
                     box.attr(label=f"{inner}: {title}", style="rounded,dashed", color="#b3acd1", fontsize="10")
-                    current = self.graph(box, instance, f"{inner}.", current, level + 2)
+                    current = self.graph(box, instance, instance.qualname, current, level + 2)
         return current[0]
 
 

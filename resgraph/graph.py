@@ -178,8 +178,8 @@ class _Resolver:
     def resolve_instances(self, item: LayerItem) -> list[Graph]:
         assert isinstance(item.body, BlockCall)
         graphs = []
-        for instance in item.instances:
-            prefix = f"{self.qualname}{item.name}." + (f"{len(graphs)}." if item.body.repeat is not None else "")
+        for index, instance in enumerate(item.instances):
+            prefix = f"{self.qualname}{item.name}." + (f"{index}." if item.body.repeat is not None else "")
             try:
                 graphs.append(build_graph(instance, prefix))
             except SpecError as exc:

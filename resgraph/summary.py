@@ -8,8 +8,8 @@ from typing import Any
 from .graph import Graph, NodeKind
 from .projections import ProjectionPlan, Step, StepKind
 
-__all__ = ["ProjectionRow", "Row", "Summary", "describe_steps", "format_summary", "parameter_count", "short_value",
-           "summarize"]
+__all__ = ["ProjectionRow", "Row", "Summary", "describe_steps", "format_summary", "instance_title", "parameter_count",
+           "short_value", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -85,14 +85,13 @@ def _rows(module: Any, graph: Graph, prefix: str, level: int, rows: list[Row]) -
             instances = node.meta["instances"]
             repeat = f" x{len(instances)}" if call.repeat is not None else ""
             rows.append(Row(name, "block", f"{call.block}{repeat}", shape, parameter_count(module, name), level))
-            for index, instance in enumerate(instances):
-                inner = f"{name}.{index}." if call.repeat is not None else f"{name}."
+            for instance in instances:
                 if call.repeat is not None:
-                    params = ", ".join(f"{k}={short_value(v)}" for k, v in instance.scope.params.items())
-                    rows.append(Row(inner[:-1], "instance", f"{call.block}({params})",
+                    qualified = instance.qualname.rstrip(".")
+                    rows.append(Row(qualified, "instance", instance_title(instance),
                                     list(instance.nodes[instance.outputs[0]].meta["type"].shape),
-                                    parameter_count(module, inner[:-1]), level + 1))
-                _rows(module, instance, inner, level + 1 + (call.repeat is not None), rows)
+                                    parameter_count(module, qualified), level + 1))
+                _rows(module, instance, instance.qualname, level + 1 + (call.repeat is not None), rows)
         else:
             skip = node.skip
             assert skip is not None
@@ -101,6 +100,12 @@ def _rows(module: Any, graph: Graph, prefix: str, level: int, rows: list[Row]) -
             projection = ProjectionRow(plan.policy.value, plan.reason, describe_steps(plan.steps), params)
             rows.append(Row(name, "skip", f"skip {skip.merge.value} <- {skip.source}", shape, params, level,
                             projection))
+
+
+def instance_title(instance: Graph) -> str:
+    """`basic(planes=64, stride=2)`: a block instance's block and the parameters it was built with."""
+    params = ", ".join(f"{k}={short_value(v)}" for k, v in instance.scope.params.items())
+    return f"{instance.scope.block}({params})"
 
 
 def describe_steps(steps: tuple[Step, ...]) -> str:
