@@ -229,10 +229,9 @@ class _Expander:
                 self.add_block(name, definition, library_origin.child("blocks", name))
 
     def validate_library(self, data: Any, source: SourceMap) -> BlockLibrary | None:
-        from .schema import library_schema
         from .validate import pydantic_diagnostics, schema_diagnostics
 
-        problems = schema_diagnostics(data, source, library_schema())
+        problems = schema_diagnostics(data, source, "library")
         if not problems:
             try:
                 return BlockLibrary.model_validate(data)

@@ -7,7 +7,6 @@ into resgraph diagnostics that name the layer or skip, the key, what was expecte
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator, Mapping
 from functools import cache
@@ -38,10 +37,9 @@ def validate(loaded: LoadedSpec, params: Mapping[str, Any] | None = None) -> Any
     from pydantic import ValidationError
 
     from .expand import evaluate_spec_data, resolve_params, scale_width
-    from .schema import json_schema
     from .spec import Scale, Spec
 
-    diagnostics = schema_diagnostics(loaded.data, loaded.source, json_schema())
+    diagnostics = schema_diagnostics(loaded.data, loaded.source)
     if diagnostics:
         raise SpecError(diagnostics)
     root = Origin(loaded.source, ())
@@ -58,7 +56,7 @@ def validate(loaded: LoadedSpec, params: Mapping[str, Any] | None = None) -> Any
 
 
 @cache
-def _validators(schema_json: str) -> tuple[Any, dict[str, Any]]:
+def _validators(root: str) -> tuple[Any, dict[str, Any]]:
     """A validator for the document with layer bodies checked only as mappings, and one per body
     definition (Conv2d, GenericLayer, BlockCall, ...).
 
@@ -68,7 +66,9 @@ def _validators(schema_json: str) -> tuple[Any, dict[str, Any]]:
     """
     import jsonschema
 
-    schema = json.loads(schema_json)
+    from .schema import json_schema, library_schema
+
+    schema = {"spec": json_schema, "library": library_schema}[root]()
     defs = schema["$defs"]
     shell = {**schema, "$defs": {**defs, "LayerBody": {"type": "object"}}}
     names = [ref["$ref"].rsplit("/", 1)[-1] for ref in defs["LayerBody"]["oneOf"]]
@@ -106,11 +106,14 @@ def _body_definition(body: dict[str, Any]) -> str | None:
     return "GenericLayer" if _OP_NAME.fullmatch(op) else None
 
 
-def schema_diagnostics(data: Any, source: SourceMap, schema: dict[str, Any]) -> list[Diagnostic]:
-    """Every violation of `schema` by `data`, translated and de-duplicated, in file order."""
+def schema_diagnostics(data: Any, source: SourceMap, root: str = "spec") -> list[Diagnostic]:
+    """Every violation of the schema by `data`, translated and de-duplicated, in file order.
+
+    `root` is "spec" (the whole schema) or "library" (its BlockLibrary definition).
+    """
     seen: set[tuple[Any, str]] = set()
     result = []
-    shell, bodies = _validators(json.dumps(schema, sort_keys=True))
+    shell, bodies = _validators(root)
     errors = list(shell.iter_errors(data))
     for path, body in _layer_bodies(data):
         definition = _body_definition(body)
