@@ -159,11 +159,14 @@ def _check_size(graph: Graph, spec: Spec, limit: int) -> None:
 
 
 def _size(n_bytes: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n_bytes < 1024 or unit == "GiB":
-            return f"{n_bytes:.1f} {unit}" if unit != "bytes" else f"{int(n_bytes)} bytes"
+    """`3.8 MiB`: a byte count in the largest unit that keeps it at or above 1 (up to GiB)."""
+    if n_bytes < 1024:
+        return f"{int(n_bytes)} bytes"
+    for unit in ("KiB", "MiB"):
         n_bytes /= 1024
-    raise AssertionError("unreachable")
+        if n_bytes < 1024:
+            return f"{n_bytes:.1f} {unit}"
+    return f"{n_bytes / 1024:.1f} GiB"
 
 
 def render(spec: SpecSource, *, params: Mapping[str, Any] | None = None, shapes: bool = True,
