@@ -84,11 +84,12 @@ def build_time(quick: bool) -> dict[str, Any]:
 
 def stage_breakdown(path: Path, params: dict[str, Any] | None = None) -> dict[str, float]:
     """Seconds per pipeline stage for one build."""
-    from resgraph.api import _check_size, load
     from resgraph.codegen import generate_forward
     from resgraph.expand import expand
-    from resgraph.graph import build_graph
     from resgraph.lower import lower
+    from resgraph.model import part_sizes
+    from resgraph.pipeline import load
+    from resgraph.resolve import resolve
     from resgraph.shapes import infer_shapes
     from resgraph.validate import validate
 
@@ -96,17 +97,17 @@ def stage_breakdown(path: Path, params: dict[str, Any] | None = None) -> dict[st
     loaded = load(path)
     marks.append(("load YAML", time.perf_counter()))
     spec = validate(loaded, params)
-    marks.append(("validate (schema, pydantic)", time.perf_counter()))
-    scope = expand(spec, loaded.source, spec.params)
-    marks.append(("expand blocks", time.perf_counter()))
-    graph = infer_shapes(build_graph(scope))
+    marks.append(("validate (schema, top level)", time.perf_counter()))
+    scope = expand(spec, loaded.source)
+    marks.append(("expand (layers typed, blocks instantiated)", time.perf_counter()))
+    graph = infer_shapes(resolve(scope))
     marks.append(("resolve + infer shapes", time.perf_counter()))
-    _check_size(graph, spec, resgraph.api.DEFAULT_MAX_PARAMS)
+    part_sizes(graph)
     marks.append(("count parameters", time.perf_counter()))
     for g in [graph, *(g for _, g in graph.subgraphs())]:
         generate_forward(g)
     marks.append(("generate code", time.perf_counter()))
-    lower(graph, spec)
+    lower(graph)
     marks.append(("lower (modules, weights)", time.perf_counter()))
     return {name: end - marks[i][1] for i, (name, end) in enumerate(marks[1:])}
 
@@ -118,14 +119,14 @@ def chain(n: int) -> dict[str, Any]:
     return {"resgraph": 1, "name": "Chain", "inputs": {"x": [8]}, "layers": layers, "skips": skips}
 
 
-STAGES = {"validate": "resgraph.load_spec(spec)", "shapes": "_check_loaded(load(spec), None)",
+STAGES = {"validate": "resgraph.load_spec(spec)", "shapes": "check_loaded(load(spec), None)",
           "build": "resgraph.build(spec, max_params=None)"}
 
 SCALING_PROBE = """
 import re, sys, time
 sys.path.insert(0, {root!r})
 import resgraph
-from resgraph.api import _check_loaded, load
+from resgraph.pipeline import check_loaded, load
 from bench.run import chain
 resgraph.build(chain(10))  # imports and caches first: they are not the stage's cost
 spec = chain({n})

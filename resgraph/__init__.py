@@ -3,40 +3,72 @@
     >>> import resgraph
     >>> model = resgraph.build("examples/tutorial.yaml")  # doctest: +SKIP
 
-Importing resgraph does not import torch; `build` does.
+Importing resgraph imports nothing heavy: each public name is loaded from its module on first
+use (PEP 562), so `resgraph --help` starts fast and `check` never imports torch.
 """
 
 from __future__ import annotations
 
-from .api import build, check, count_parameters, load_spec, render, to_python
-from .artifact import load
-from .diagram import write_diagram
-from .errors import Diagnostic, Location, ResgraphError, SpecError, UsageError
-from .onnx_export import to_onnx
-from .ops.generic import register_op
-from .projections import ProjectionPlan
-from .spec import Projection, Spec
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from .version import __version__
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "BuildRecord": "pipeline",
+    "CompiledModule": "model",
+    "Diagnostic": "errors",
+    "Location": "errors",
+    "Projection": "spec",
+    "ProjectionPlan": "projections",
+    "ResgraphError": "errors",
+    "Spec": "spec",
+    "SpecError": "errors",
+    "UsageError": "errors",
+    "build": "api",
+    "check": "api",
+    "count_parameters": "api",
+    "load": "artifact",
+    "load_spec": "api",
+    "rebuild": "api",
+    "register_op": "ops.generic",
+    "render": "api",
+    "save": "formats",
+    "to_onnx": "onnx_export",
+    "to_python": "api",
+    "write_diagram": "formats",
+}
 
 __all__ = [
-    "Diagnostic",
-    "Location",
-    "Projection",
-    "ProjectionPlan",
-    "ResgraphError",
-    "Spec",
-    "SpecError",
-    "UsageError",
-    "__version__",
-    "build",
-    "check",
-    "count_parameters",
-    "load",
-    "load_spec",
-    "register_op",
-    "render",
-    "to_onnx",
-    "to_python",
-    "write_diagram",
+    "BuildRecord", "CompiledModule", "Diagnostic", "Location", "Projection", "ProjectionPlan", "ResgraphError", "Spec",
+    "SpecError", "UsageError", "__version__", "build", "check", "count_parameters", "load", "load_spec", "rebuild",
+    "register_op", "render", "save", "to_onnx", "to_python", "write_diagram",
 ]
+
+if TYPE_CHECKING:
+    from .api import build, check, count_parameters, load_spec, rebuild, render, to_python
+    from .artifact import load
+    from .errors import Diagnostic, Location, ResgraphError, SpecError, UsageError
+    from .formats import save, write_diagram
+    from .model import CompiledModule
+    from .onnx_export import to_onnx
+    from .ops.generic import register_op
+    from .pipeline import BuildRecord
+    from .projections import ProjectionPlan
+    from .spec import Projection, Spec
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        try:  # a submodule, as `resgraph.ops` after `import resgraph`
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError:
+            raise AttributeError(f"module 'resgraph' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

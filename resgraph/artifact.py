@@ -1,64 +1,55 @@
-"""Saved models: weights plus the spec text, in a file `torch.load(weights_only=True)` accepts."""
+"""Saved models (`.pt`): weights plus the build record, in a file `torch.load(weights_only=True)` reads.
+
+The file stores what the rebuild needs (the spec text, parameter overrides, the imported block
+libraries' texts, the import prefixes the build was allowed), so loading it reads nothing else.
+Import permission is never taken from the file: the caller of `load` grants it.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from typing import Any
+from collections.abc import Iterable
 
 from .errors import ResgraphError, UsageError
+from .files import atomic_write
+from .model import CompiledModule, rebuild
+from .pipeline import DEFAULT_MAX_PARAMS, BuildRecord
 
-__all__ = ["ARTIFACT_FORMAT", "atomic_write", "load", "save"]
+__all__ = ["ARTIFACT_FORMAT", "load", "save"]
 
 ARTIFACT_FORMAT = "resgraph.model/1"
 
 
-def atomic_write(path: str, write: Any) -> None:
-    """Call `write(tmp_path)`, then move the result over `path`: a failure leaves `path` untouched."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600; the file should look like any other
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+def save(module: CompiledModule, path: str) -> None:
+    """Write `module`'s weights and build record to `path` atomically.
 
-
-def _mode_for(path: str) -> int:
-    """The replaced file's mode, or what a plain open() would give a new file (0666 less umask)."""
-    try:
-        return os.stat(path).st_mode & 0o777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
-def save(module: Any, path: str) -> None:
-    """Write `module`'s weights and spec to `path` atomically."""
+    Raises:
+        OSError: the file cannot be written (an existing file is left as it was).
+    """
     import torch
 
-    text, file, params = module._resgraph_source
-    payload = {"format": ARTIFACT_FORMAT, "spec": text, "spec_file": file, "params": params,
+    record = module.build_record
+    payload = {"format": ARTIFACT_FORMAT, "spec": record.spec, "spec_file": record.file,
+               "params": dict(record.params), "allow_imports": list(record.allow_imports),
+               "imports": None if record.imports is None else [list(pair) for pair in record.imports],
+               "version": record.version,
                "state_dict": module.state_dict()}
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def load(path: str | os.PathLike[str]) -> Any:
-    """Rebuild a saved module from its stored spec and restore its weights.
+def load(path: str | os.PathLike[str], *, allow_imports: Iterable[str] = (),
+         max_params: int | None = DEFAULT_MAX_PARAMS) -> CompiledModule:
+    """Rebuild a saved module from its stored build record and restore its weights.
 
+    Args:
+        allow_imports: module prefixes the model may import layers from; a model saved from a
+            build with `--allow-import P` needs P here too (the file's own list is not trusted).
+        max_params: the same limit `build` applies, checked before any weight is allocated.
     Raises:
-        UsageError: the file is missing or not a resgraph artifact.
+        UsageError: the file is missing or not a resgraph artifact, or needs imports not allowed.
         ResgraphError: the stored weights do not fit the stored spec.
     """
     import torch
-
-    from .api import build
 
     name = os.fspath(path)
     try:
@@ -69,7 +60,11 @@ def load(path: str | os.PathLike[str]) -> Any:
         raise UsageError(f"{name}: not a readable resgraph model file ({str(exc).splitlines()[0]})") from None
     if not isinstance(payload, dict) or payload.get("format") != ARTIFACT_FORMAT:
         raise UsageError(f"{name}: not a resgraph model file (no {ARTIFACT_FORMAT!r} marker)")
-    module = build(payload["spec"], file=payload.get("spec_file") or name, params=payload.get("params") or {})
+    record = BuildRecord(payload["spec"], payload.get("spec_file") or name, payload.get("params") or {},
+                         tuple(payload.get("allow_imports") or ()),
+                         None if payload.get("imports") is None else tuple(tuple(p) for p in payload["imports"]),
+                         payload.get("version") or "unknown")
+    module = rebuild(record, allow_imports=allow_imports, max_params=max_params)
     try:
         result = module.load_state_dict(payload["state_dict"], strict=False)
     except RuntimeError as exc:  # a tensor of the wrong shape

@@ -11,13 +11,13 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
-from . import __version__
 from .errors import ResgraphError, SpecError, UsageError
+from .formats import diagram_suffixes, find_format
+from .version import __version__
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
-MODEL_SUFFIXES = (".pt", ".pth", ".py", ".onnx")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,21 +58,22 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--json", action="store_true", help="print the summary as JSON")
     build.add_argument("--seed", type=int, help="initialise weights deterministically")
     build.add_argument("-o", "--output", metavar="FILE",
-                       help="save the model: .pt (weights and spec; resgraph.load or "
-                            "torch.load(weights_only=True)), .py (a standalone PyTorch file) or .onnx")
+                       help=f"save the model; the suffix picks the format: {_listed('model')}")
     build.add_argument("--code", action="store_true", help="print the generated forward() instead of the summary")
     build.add_argument("--depth", type=_positive, metavar="N",
                        help="module levels to show (1: top level only; default: all)")
     build.add_argument("--max-params", type=_positive, metavar="N", default=None,
                        help="refuse, before allocating weights, a model with more parameters (default: 2^31)")
-    build.add_argument("--diagram", metavar="FILE", help="also draw the architecture to FILE (.svg, .png, .pdf, .dot)")
+    build.add_argument("--diagram", metavar="FILE",
+                       help=f"also draw the architecture to FILE ({', '.join(diagram_suffixes())})")
     _add_set(build)
     build.set_defaults(run=_build)
 
     render = commands.add_parser("render", help="draw the architecture with Graphviz")
     render.add_argument("spec", metavar="SPEC", help="spec file (YAML)")
     render.add_argument("-o", "--output", metavar="FILE",
-                        help="the diagram; its extension picks the format: .svg (default), .png, .pdf, .dot")
+                        help=f"the diagram (default: SPEC's name with .svg); the suffix picks the format: "
+                             f"{', '.join(diagram_suffixes())}")
     render.add_argument("--depth", type=_positive, metavar="N",
                         help="module levels to show (1: each block call is one node; default: all)")
     render.add_argument("--fold-repeats", action="store_true", help="draw a repeated block once, labelled xN")
@@ -87,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     schema = commands.add_parser("schema", help="print the spec language's JSON Schema")
     schema.set_defaults(run=_schema)
     return parser
+
+
+def _listed(kind: str) -> str:
+    from .formats import FORMATS
+
+    return ", ".join(f"{fmt.suffix} ({fmt.description})" for fmt in FORMATS.values() if fmt.kind == kind)
 
 
 def _positive(text: str) -> int:
@@ -141,24 +148,22 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    if args.output and not args.output.endswith(MODEL_SUFFIXES):
-        raise UsageError(f"-o {args.output}: the output must end in {' or '.join(MODEL_SUFFIXES)}")
-    from .api import build
+    # Refuse an unknown output format before any work is done.
+    if args.output:
+        find_format(args.output, "model")
+    if args.diagram:
+        find_format(args.diagram, "diagram")
+    from .api import DEFAULT_MAX_PARAMS, build, render
+    from .formats import save
     from .summary import format_summary, summarize
-
-    _check_diagram_path(args.diagram)
-    from .api import DEFAULT_MAX_PARAMS
 
     module = build(pathlib.Path(args.spec), params=_overrides(args.overrides), seed=args.seed,
                    max_params=args.max_params or DEFAULT_MAX_PARAMS, allow_imports=args.allow_imports)
     if args.output:
-        _save(module, args.output)
+        save(module, args.output)
     status = EXIT_OK
     if args.diagram:
-        from .api import render
-
-        status = _draw(render(pathlib.Path(args.spec), params=_overrides(args.overrides),
-                              allow_imports=args.allow_imports), args.diagram)
+        status = _draw(render(module), args.diagram)
     if args.code:
         print(module.code, end="")
         return status
@@ -177,30 +182,11 @@ def _build(args: argparse.Namespace) -> int:
     return status
 
 
-def _save(module: object, path: str) -> None:
-    from .artifact import atomic_write, save
-
-    try:
-        if path.endswith(".onnx"):
-            from .onnx_export import to_onnx
-
-            to_onnx(module, path)
-        elif path.endswith(".py"):
-            from .api import to_python
-
-            source = to_python(module)  # type: ignore[arg-type]
-            atomic_write(path, lambda tmp: pathlib.Path(tmp).write_text(source, encoding="utf-8"))
-        else:
-            save(module, path)
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
 def _render(args: argparse.Namespace) -> int:
+    output = args.output or str(pathlib.Path(args.spec).with_suffix(".svg").name)
+    find_format(output, "diagram")
     from .api import render
 
-    output = args.output or str(pathlib.Path(args.spec).with_suffix(".svg").name)
-    _check_diagram_path(output)
     dot = render(pathlib.Path(args.spec), params=_overrides(args.overrides), shapes=not args.no_shapes,
                  param_counts=not args.no_params, args=not args.no_args, depth=args.depth,
                  fold_repeats=args.fold_repeats, rankdir=args.rankdir, allow_imports=args.allow_imports)
@@ -210,17 +196,9 @@ def _render(args: argparse.Namespace) -> int:
     return status
 
 
-def _check_diagram_path(path: str | None) -> None:
-    """Refuse an unknown diagram format before any work is done."""
-    from .diagram import FORMATS
-
-    if path is not None and pathlib.Path(path).suffix.lower().lstrip(".") not in FORMATS:
-        raise UsageError(f"{path}: unknown diagram format; use one of {', '.join('.' + f for f in FORMATS)}")
-
-
 def _draw(dot: object, path: str) -> int:
     """Write the diagram; without Graphviz's `dot`, write the .dot source and say how to get it."""
-    from .diagram import write_diagram
+    from .formats import write_diagram
 
     fallback = write_diagram(dot, path)
     if fallback is None:

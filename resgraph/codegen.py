@@ -1,4 +1,4 @@
-"""Stage 5a, codegen: a typed graph -> the Python source of its `forward` method.
+"""Stage 6, codegen: a typed graph -> the Python source of its `forward` method.
 
 The generated code is what a person would write: one line per node, submodules called by their
 layer names, skips as `target = target + self.skip(source)`, a shape comment on every line,
@@ -6,6 +6,18 @@ and `del` after a value's last use so memory is freed as early as in a hand-writ
 
 Only validated identifiers (`[A-Za-z][A-Za-z0-9_]*`, never keywords or nn.Module attributes) and
 integers reach the source; no string from a spec is ever pasted into code otherwise.
+
+>>> from resgraph.graph import GraphBuilder
+>>> from resgraph.shapes import infer_shapes
+>>> b = GraphBuilder("Net")
+>>> _ = b.input("x", [3, 8, 8]), b.layer("conv", "Conv2d", out_channels=4, kernel_size=3, padding=1)
+>>> _ = b.skip("res", "x", "conv"), b.layer("act", "ReLU")
+>>> print(generate_forward(infer_shapes(b.build())), end="")
+def forward(self, x):
+    conv = self.conv(x)  # (N, 4, 8, 8)
+    conv = conv + self.res(x)  # (N, 4, 8, 8) skip res: add x (auto projection: 3->4 channels)
+    act = self.act(conv)  # (N, 4, 8, 8)
+    return act
 """
 
 from __future__ import annotations
@@ -13,9 +25,10 @@ from __future__ import annotations
 import math
 import re
 
-from .graph import Graph, Node, NodeKind
+from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode
 from .ops import Merge, merge_code
-from .projections import ProjectionPlan, StepKind
+from .ownership import Owns, owns
+from .projections import ProjectionPlan, step_code
 
 __all__ = ["generate_forward", "shape_comment"]
 
@@ -43,7 +56,7 @@ def generate_forward(graph: Graph, *, shapes: bool = True) -> str:
     statements: list[tuple[str, str, set[str], str]] = []  # (code, written var, read vars, comment)
     size = {name: math.prod(graph.nodes[name].meta["type"].shape) for name in graph.inputs}
     for node in graph.nodes.values():
-        if node.kind is NodeKind.input:
+        if isinstance(node, InputNode):
             continue
         reads = {graph.nodes[name].var for name in node.inputs} or set(_batch_source(graph, node))
         statements.append((_statement(graph, node), node.var, reads, _comment(node, shapes)))
@@ -78,14 +91,14 @@ def generate_forward(graph: Graph, *, shapes: bool = True) -> str:
 
 def _statement(graph: Graph, node: Node) -> str:
     args = [graph.nodes[name].var for name in node.inputs] or _batch_source(graph, node)
-    if node.kind is NodeKind.layer and node.layer is not None:
+    if isinstance(node, LayerNode):
         if node.layer.code_only:
             return f"{node.var} = {node.layer.code(args, f'self.{node.name}')}"
         return f"{node.var} = {node.layer.call(f'self.{node.name}', args)}"
-    if node.kind is NodeKind.block:
+    if isinstance(node, BlockNode):
         return f"{node.var} = self.{node.name}({', '.join(args)})"
+    assert isinstance(node, SkipNode)
     skip = node.skip
-    assert skip is not None
     target, source = args
     projected = _projected(node, source)
     operands = [projected, target] if skip.merge is Merge.concat else [target, projected]
@@ -94,35 +107,24 @@ def _statement(graph: Graph, node: Node) -> str:
 
 def _batch_source(graph: Graph, node: Node) -> list[str]:
     """An op with no inputs (a learned tensor) is expanded to the batch of the first input."""
-    return [graph.inputs[0]] if node.kind is NodeKind.layer else []
+    return [graph.inputs[0]] if isinstance(node, LayerNode) else []
 
 
-def _projected(node: Node, source: str) -> str:
+def _projected(node: SkipNode, source: str) -> str:
     """The expression for a skip's source after its projection steps."""
     plan: ProjectionPlan = node.meta["projection"]
     expr = source
     rank = node.meta["type"].rank + 1  # batch included
     for step in plan.code_steps:
-        if step.kind is StepKind.subsample:
-            expr = f"{expr}[:, :, {', '.join(f'::{s}' for s in step.args['stride'])}]"
-        elif step.kind is StepKind.crop:
-            spans = ", ".join(f"{a}:{a + n}" for a, n in zip(step.args["start"], step.args["size"]))
-            expr = f"{expr}[:, :, {spans}]"
-        else:
-            assert step.kind is StepKind.pad
-            # F.pad lists (before, after) pairs from the last dim backwards.
-            trailing = 0 if step.args["dim"] == -1 else rank - 2
-            pads = [0, 0] * trailing + [step.args["before"], step.args["after"]]
-            expr = f"torch.nn.functional.pad({expr}, ({', '.join(map(str, pads))}))"
-    if plan.module_steps:
+        expr = step_code(step, expr, rank)
+    if owns(node) is Owns.projection:
         expr = f"self.{node.name}({expr})"
     return expr
 
 
 def _comment(node: Node, shapes: bool) -> str:
-    if node.kind is NodeKind.skip:
+    if isinstance(node, SkipNode):
         skip = node.skip
-        assert skip is not None
         plan: ProjectionPlan = node.meta["projection"]
         if plan.is_identity:
             how = "identity"

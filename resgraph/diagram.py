@@ -14,15 +14,15 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .artifact import atomic_write
 from .errors import ResgraphError, UsageError
-from .graph import Graph, Node, NodeKind
-from .projections import ProjectionPlan
-from .summary import describe_steps, instance_title, parameter_count, short_value
+from .files import atomic_write
+from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
+from .ownership import graph_parameters, owned_parameters
+from .projections import ProjectionPlan, describe_steps
+from .summary import instance_title, short_value
 
-__all__ = ["FORMATS", "RenderOptions", "render_graph", "write_diagram"]
+__all__ = ["RenderOptions", "render_graph", "write_diagram"]
 
-FORMATS = ("svg", "png", "pdf", "dot")
 SKIP_COLOR = "#d1495b"
 MERGE_SYMBOL = {"add": "+", "mul": "×", "concat": "cat"}
 KEY_ARGS = {"kernel_size": "k", "stride": "s", "padding": "p", "dilation": "d", "groups": "g"}
@@ -77,10 +77,14 @@ class _Renderer:
             return None
         return "(" + ", ".join(map(str, node.meta["type"].shape)) + ")"
 
-    def count(self, qualified: str) -> str | None:
+    def count(self, node: Node | Graph, prefix: str = "") -> str | None:
+        """'1,792 params' for what a node owns (or a whole block instance); None when nothing."""
         if not self.options.param_counts:
             return None
-        n = parameter_count(self.module, qualified)
+        if isinstance(node, Graph):
+            n = graph_parameters(self.module, node)
+        else:
+            n = owned_parameters(self.module, node, prefix)
         return f"{n:,} params" if n else None
 
     def graph(self, dot: Any, graph: Graph, prefix: str, inputs: list[str], level: int) -> list[str]:
@@ -96,14 +100,12 @@ class _Renderer:
             else:
                 producer[name] = inputs[index]
         for node in graph.nodes.values():
-            if node.kind is NodeKind.input:
-                continue
             sources = [producer[name] for name in node.inputs]
-            if node.kind is NodeKind.layer:
+            if isinstance(node, LayerNode):
                 producer[node.name] = self.layer(dot, node, prefix, sources)
-            elif node.kind is NodeKind.block:
+            elif isinstance(node, BlockNode):
                 producer[node.name] = self.block(dot, node, prefix, sources, level)
-            else:
+            elif isinstance(node, SkipNode):
                 producer[node.name] = self.skip(dot, node, prefix, sources)
         outputs = [producer[name] for name in graph.outputs]
         if top:
@@ -114,21 +116,19 @@ class _Renderer:
                 self.edge(source, out_id)
         return outputs
 
-    def layer(self, dot: Any, node: Node, prefix: str, sources: list[str]) -> str:
+    def layer(self, dot: Any, node: LayerNode, prefix: str, sources: list[str]) -> str:
         layer = node.layer
-        assert layer is not None
         node_id = prefix + node.name
         if layer.code_only and layer.op in MERGE_SYMBOL:
             dot.node(node_id, self.label(node.name, layer.op, self.shape(node)), fillcolor="#fff7e0")
         else:
-            dot.node(node_id, self.label(node.name, self.op_text(node), self.shape(node), self.count(node_id)))
+            dot.node(node_id, self.label(node.name, self.op_text(node), self.shape(node), self.count(node, prefix)))
         for source in sources:
             self.edge(source, node_id)
         return node_id
 
-    def op_text(self, node: Node) -> str:
+    def op_text(self, node: LayerNode) -> str:
         layer = node.layer
-        assert layer is not None
         if not self.options.args:
             return layer.op
         args = layer.args()
@@ -136,9 +136,8 @@ class _Renderer:
                (k in ("stride", "dilation", "groups") and short_value(v) == "1")]
         return f"{layer.op} {' '.join(key)}".strip()
 
-    def skip(self, dot: Any, node: Node, prefix: str, sources: list[str]) -> str:
+    def skip(self, dot: Any, node: SkipNode, prefix: str, sources: list[str]) -> str:
         skip = node.skip
-        assert skip is not None
         target, source = sources
         node_id = prefix + node.name
         dot.node(node_id, MERGE_SYMBOL[skip.merge.value], shape="circle", width="0.3", height="0.3",
@@ -152,31 +151,31 @@ class _Renderer:
         else:
             projection_id = f"{node_id}/projection"
             dot.node(projection_id, self.label(f"{node.name}: {plan.policy.value} projection",
-                                               describe_steps(plan.steps), plan.reason, self.count(node_id)),
+                                               describe_steps(plan.steps), plan.reason, self.count(node, prefix)),
                      style="rounded,dashed,filled", fillcolor="#fde8ea", color=SKIP_COLOR)
             self.edge(source, projection_id, label=edge_label, **style)
             self.edge(projection_id, node_id, **style)
         return node_id
 
     def collapsed(self, dot: Any, node_id: str, name: str, what: str, node: Node, sources: list[str],
-                  repeated: bool) -> str:
-        dot.node(node_id, self.label(name, what, self.shape(node), self.count(node_id)), fillcolor="#e8e4f3",
+                  repeated: bool, count: str | None) -> str:
+        dot.node(node_id, self.label(name, what, self.shape(node), count), fillcolor="#e8e4f3",
                  peripheries="2" if repeated else "1")
         for source in sources:
             self.edge(source, node_id)
         return node_id
 
-    def block(self, dot: Any, node: Node, prefix: str, sources: list[str], level: int) -> str:
+    def block(self, dot: Any, node: BlockNode, prefix: str, sources: list[str], level: int) -> str:
         """A block call at module level `level` (top = 1): one node, instance nodes, or clusters."""
         call = node.call
-        assert call is not None
-        instances: list[Graph] = node.meta["instances"]
+        instances = node.instances
         node_id = prefix + node.name
-        repeated = call.repeat is not None
+        repeated = node.repeated
         times = f" ×{len(instances)}" if repeated else ""
         depth = self.options.depth
         if depth is not None and depth <= level:
-            return self.collapsed(dot, node_id, node.name, f"{call.block}{times}", node, sources, repeated)
+            return self.collapsed(dot, node_id, node.name, f"{call.block}{times}", node, sources, repeated,
+                                  self.count(node, prefix))
         shown = instances[:1] if self.options.fold_repeats and repeated else instances
         folded = " (first shown)" if len(shown) < len(instances) else ""
         current = sources
@@ -190,7 +189,7 @@ class _Renderer:
                 if depth is not None and depth <= level + 1:
                     out = instance.nodes[instance.outputs[0]]
                     short = inner[len(prefix):]  # `layer1.0` within its parent
-                    current = [self.collapsed(stage, inner, short, title, out, current, False)]
+                    current = [self.collapsed(stage, inner, short, title, out, current, False, self.count(instance))]
                     continue
                 with stage.subgraph(name=f"cluster_{inner}") as box:
                     box.attr(label=f"{inner}: {title}", style="rounded,dashed", color="#b3acd1", fontsize="10")
@@ -199,35 +198,31 @@ class _Renderer:
 
 
 def write_diagram(dot: Any, path: str) -> str | None:
-    """Write `dot` to `path` in the format its extension names, atomically.
+    """Write `dot` to `path` in the format its extension names (see `formats`), atomically.
 
     Returns:
         None on success; when Graphviz's `dot` program is missing and the format needs it, the
         path of the .dot file written instead (and the caller should exit non-zero).
     Raises:
-        UsageError: an unknown extension, or a path that cannot be written.
+        ResgraphError: Graphviz failed.
+        OSError: the path cannot be written.
     """
     import graphviz
 
-    fmt = os.path.splitext(path)[1].lower().lstrip(".") or "svg"
-    if fmt not in FORMATS:
-        raise UsageError(f"{path}: unknown diagram format {fmt!r}; use one of {', '.join('.' + f for f in FORMATS)}")
+    fmt = os.path.splitext(path)[1].lower().lstrip(".")
+    if fmt == "dot":
+        atomic_write(path, lambda tmp: _write_text(tmp, dot.source))
+        return None
     try:
-        if fmt == "dot":
-            atomic_write(path, lambda tmp: _write_text(tmp, dot.source))
-            return None
-        try:
-            data = dot.pipe(format=fmt)
-        except graphviz.ExecutableNotFound:
-            fallback = os.path.splitext(path)[0] + ".dot"
-            atomic_write(fallback, lambda tmp: _write_text(tmp, dot.source))
-            return fallback
-        except graphviz.CalledProcessError as exc:
-            detail = exc.stderr.decode(errors="replace").strip() if exc.stderr else str(exc)
-            raise ResgraphError(f"Graphviz failed to draw {path}: {detail}") from None
-        atomic_write(path, lambda tmp: _write_bytes(tmp, data))
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+        data = dot.pipe(format=fmt)
+    except graphviz.ExecutableNotFound:
+        fallback = os.path.splitext(path)[0] + ".dot"
+        atomic_write(fallback, lambda tmp: _write_text(tmp, dot.source))
+        return fallback
+    except graphviz.CalledProcessError as exc:
+        detail = exc.stderr.decode(errors="replace").strip() if exc.stderr else str(exc)
+        raise ResgraphError(f"Graphviz failed to draw {path}: {detail}") from None
+    atomic_write(path, lambda tmp: _write_bytes(tmp, data))
     return None
 
 

@@ -61,6 +61,11 @@ class SpecError(ResgraphError):
     def __str__(self) -> str:
         return self.format()
 
+    def __reduce__(self) -> tuple[type[SpecError], tuple[list[Diagnostic]]]:
+        # Exception pickling replays `args` (the formatted text); replay the diagnostics instead,
+        # so errors cross process boundaries (multiprocessing, DDP workers) intact.
+        return (type(self), (self.diagnostics,))
+
 
 class UsageError(ResgraphError):
     """The caller asked for something impossible (missing file, bad option): not a spec problem."""

@@ -1,13 +1,21 @@
-"""Stage 3, expand: parameters, `${...}` expressions and blocks -> a tree of concrete scopes.
+"""Stage 3, expand: a validated `Spec` -> a tree of concrete scopes (the top level and every block instance).
 
-A `Scope` is one graph to resolve: the spec's top level, or one instance of a block. Its layer
-bodies are typed (every expression evaluated, every block parameter bound), and every piece
-remembers its `Origin`, so later errors point at the line that wrote it, in whichever file.
+A `Scope` is one graph to resolve: the spec's top level (the root block), or one instance of a
+block. Its layer bodies are typed (every expression evaluated, every block parameter bound, by
+`evaluate.concrete`: the same path for both), and every piece remembers its `Origin`, so later
+errors point at the line that wrote it, in whichever file.
 
 Names an expression can use: the spec's `params`; inside a block, the block's params; and for
 block instances `index` (position in its `repeat`), `repeats` (how many), `block_index` (the
 position among all top-level block instances) and `num_blocks` (their number) - what
 stochastic-depth schedules need.
+
+>>> from resgraph.loader import load_text
+>>> from resgraph.validate import validate
+>>> loaded = load_text("resgraph: 1\\nname: M\\ninputs: {x: [4]}\\nlayers:\\n  - fc: {op: Linear, out_features: 2}\\n")
+>>> scope = expand(validate(loaded), loaded.source)
+>>> [(item.name, item.body.op) for item in scope.layers]
+[('fc', 'Linear')]
 """
 
 from __future__ import annotations
@@ -18,20 +26,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
-
-from .errors import Diagnostic, Location, SpecError
-from .expressions import ExpressionError, evaluate, expression_body, make_divisible
-from .loader import Origin, SourceMap, load_file
+from .errors import Diagnostic, SpecError
+from .evaluate import LAYER, concrete, evaluate_tree
+from .loader import LoadedSpec, Origin, SourceMap, load_file
 from .ops import Layer
 from .ops.tensor import SplitBase, pieces
-from .spec import REQUIRED, BlockCall, BlockDef, BlockLibrary, InputDecl, LayerBody, Projection, Scale, Skip, Spec
+from .spec import REQUIRED, BlockCall, BlockDef, InputDecl, Projection, Skip, Spec
 from .suggest import did_you_mean
+from .translate import subject
+from .validate import validate_library
 
-__all__ = ["LayerItem", "Scope", "SkipItem", "evaluate_tree", "expand", "resolve_params"]
+__all__ = ["MAX_BLOCK_DEPTH", "LayerItem", "Reader", "Scope", "SkipItem", "class_name", "expand"]
 
 MAX_BLOCK_DEPTH = 32
-SCALED_OPS = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
+
+Reader = Callable[[str], LoadedSpec]  # reads an imported file: load_file, or a build record's copy
 
 
 @dataclass
@@ -58,99 +67,11 @@ class Scope:
     layers: list[LayerItem]
     skips: list[SkipItem]
     outputs: list[str] | None
-    projection: Projection
+    projection: Projection  # the default policy of its skips
     origin: Origin
-    block: str | None = None  # the block this scope instantiates
+    block: str | None = None  # the block this scope instantiates; None at the top level
     params: dict[str, Any] = field(default_factory=dict)
 
-
-_LAYER = TypeAdapter(LayerBody)
-
-
-# --- expressions over data ---------------------------------------------------------------------
-
-def evaluate_tree(value: Any, names: Mapping[str, Any], origin: Origin, diagnostics: list[Diagnostic],
-                  skip: Callable[[tuple[str | int, ...]], bool] = lambda path: False) -> Any:
-    """`value` with every `${...}` string replaced by its result; errors become diagnostics.
-
-    `skip(relative_path)` leaves a subtree untouched (block-call `with:` values, evaluated per
-    instance later).
-    """
-
-    def walk(item: Any, rel: tuple[str | int, ...]) -> Any:
-        if skip(rel):
-            return item
-        if isinstance(item, dict):
-            return {k: walk(v, (*rel, k)) for k, v in item.items()}
-        if isinstance(item, list):
-            return [walk(v, (*rel, i)) for i, v in enumerate(item)]
-        body = expression_body(item)
-        if body is None:
-            return item
-        try:
-            result = evaluate(body, names)
-        except ExpressionError as exc:
-            where = origin.child(*rel).locate()
-            column = where.column + 2 + exc.offset if where.line else 0
-            diagnostics.append(Diagnostic(Location(where.file, where.line, column),
-                                          f"in ${{{body.strip()}}}: {exc}"))
-            return None
-        if expression_body(result) is not None:
-            diagnostics.append(Diagnostic(origin.child(*rel).locate(), "an expression may not produce an expression"))
-            return None
-        return result
-
-    return walk(value, ())
-
-
-def resolve_params(declared: Mapping[str, Any], overrides: Mapping[str, Any], origin: Origin,
-                   diagnostics: list[Diagnostic]) -> dict[str, Any]:
-    """Parameter values: declared defaults (which may use earlier params), then overrides.
-
-    An override of an undeclared parameter is an error with suggestions.
-    """
-    for name in overrides:
-        if name not in declared:
-            hint = did_you_mean(name, declared)
-            known = f" (declared: {', '.join(declared)})" if declared and not hint else ""
-            diagnostics.append(Diagnostic(Location(origin.source.file), f"--set {name}: the spec declares no "
-                                                                        f"parameter {name!r}{hint}{known}"))
-    values: dict[str, Any] = {}
-    for name, default in declared.items():
-        if name in overrides:
-            values[name] = overrides[name]
-        else:
-            values[name] = evaluate_tree(default, values, origin.child(name), diagnostics)
-    return values
-
-
-def _is_with(rel: tuple[str | int, ...]) -> bool:
-    """Inside a layer entry, the `with:` of a block call is evaluated per instance, later."""
-    return len(rel) >= 4 and rel[0] == "layers" and rel[3] == "with"
-
-
-def evaluate_spec_data(data: dict[str, Any], names: Mapping[str, Any], origin: Origin,
-                       diagnostics: list[Diagnostic]) -> dict[str, Any]:
-    """The top level of a spec with its expressions evaluated and `when: false` entries left out.
-
-    `params` and `blocks` stay as written (blocks are expanded per instance, later).
-    """
-    kept = {k: data[k] for k in ("params", "blocks") if k in data}
-    rest = {k: v for k, v in data.items() if k not in kept}
-    evaluated = evaluate_tree(rest, names, origin, diagnostics, _is_with)
-    for section in ("layers", "skips"):
-        if isinstance(evaluated.get(section), list):
-            evaluated[section] = [entry for entry in evaluated[section] if not is_left_out(entry)]
-    return {**evaluated, **kept}
-
-
-def is_left_out(entry: Any) -> bool:
-    """True for a `- NAME: {..., when: false}` entry (after evaluation)."""
-    return (isinstance(entry, dict) and len(entry) == 1
-            and isinstance(body := next(iter(entry.values())), dict) and body.get("when") is False)
-
-
-# --- blocks -------------------------------------------------------------------------------------
 
 @dataclass
 class _Block:
@@ -158,22 +79,24 @@ class _Block:
     origin: Origin  # of `blocks.NAME` in the file that defined it
 
 
-def expand(spec: Spec, source: SourceMap, params: dict[str, Any]) -> Scope:
-    """Expand a validated spec into its scope tree.
+def expand(spec: Spec, source: SourceMap, *, read: Reader = load_file) -> Scope:
+    """Expand a validated spec into its scope tree; `spec.params` hold the parameter values.
 
+    Args:
+        read: how imported block libraries are read (by path, relative to the working directory).
     Raises:
         SpecError: unknown blocks or block parameters, missing required parameters, block cycles,
-            expression errors, imports that cannot be read, and layer bodies that are invalid
-            once a block's parameters are bound.
+            expression errors, imports that cannot be read, and layer or skip bodies that are
+            invalid once their expressions are evaluated, in the top level or any block instance.
     """
-    return _Expander(spec, source, params).run()
+    return _Expander(spec, source, read).run()
 
 
 class _Expander:
-    def __init__(self, spec: Spec, source: SourceMap, params: dict[str, Any]) -> None:
+    def __init__(self, spec: Spec, source: SourceMap, read: Reader) -> None:
         self.spec = spec
         self.source = source
-        self.params = params
+        self.read = read
         self.diagnostics: list[Diagnostic] = []
         self.blocks: dict[str, _Block] = {}
         self.block_index = 0
@@ -186,18 +109,11 @@ class _Expander:
             self.add_block(name, definition, root.child("blocks", name))
         if self.diagnostics:
             raise SpecError(self.diagnostics)
-        self.num_blocks = sum(self.repeats(body) for entry in self.spec.layers for body in entry.values()
-                              if isinstance(body, BlockCall))
-        layers = with_pieces([LayerItem(name, body, root.child("layers", i, name))
-                              for i, entry in enumerate(self.spec.layers) for name, body in entry.items()],
-                             list(self.spec.inputs))
-        skips = [SkipItem(name, skip, root.child("skips", i, name))
-                 for i, entry in enumerate(self.spec.skips) for name, skip in entry.items()]
-        scope = Scope(self.spec.name, dict(self.spec.input_decls()), layers, skips, self.spec.outputs,
-                      self.spec.defaults.projection, root, params=self.params)
-        for item in layers:
-            if isinstance(item.body, BlockCall):
-                item.instances = self.instantiate(item, self.params, [], top_level=True)
+        spec = self.spec
+        top = BlockDef.model_construct(params={}, inputs=list(spec.inputs), layers=spec.layers, skips=spec.skips,
+                                       outputs=spec.outputs)
+        scope = self.scope(spec.name, top, root, dict(spec.params), [], inputs=dict(spec.input_decls()),
+                           params=dict(spec.params))
         if self.diagnostics:
             raise SpecError(self.diagnostics)
         return scope
@@ -213,32 +129,18 @@ class _Expander:
                 self.diagnostics.append(Diagnostic(where.locate(), f"import cycle: {cycle}"))
                 continue
             try:
-                loaded = load_file(path)
+                loaded = self.read(path)
+                library = validate_library(loaded)
             except SpecError as exc:
                 self.diagnostics.extend(exc.diagnostics)
                 continue
             except Exception as exc:  # UsageError and OS errors: the file cannot be read
                 self.diagnostics.append(Diagnostic(where.locate(), f"cannot import {relative!r}: {exc}"))
                 continue
-            library = self.validate_library(loaded.data, loaded.source)
-            if library is None:
-                continue
             library_origin = Origin(loaded.source, ())
             self.load_imports(library.imports, library_origin, [*chain, os.path.abspath(path)])
             for name, definition in library.blocks.items():
                 self.add_block(name, definition, library_origin.child("blocks", name))
-
-    def validate_library(self, data: Any, source: SourceMap) -> BlockLibrary | None:
-        from .validate import pydantic_diagnostics, schema_diagnostics
-
-        problems = schema_diagnostics(data, source, "library")
-        if not problems:
-            try:
-                return BlockLibrary.model_validate(data)
-            except ValidationError as exc:
-                problems = list(pydantic_diagnostics(exc, data, Origin(source, ())))
-        self.diagnostics.extend(problems)
-        return None
 
     def add_block(self, name: str, definition: BlockDef, origin: Origin) -> None:
         if name in self.blocks:
@@ -248,7 +150,32 @@ class _Expander:
             return
         self.blocks[name] = _Block(definition, origin)
 
-    # instances
+    # scopes: the top level and block instances alike
+    def scope(self, name: str, definition: BlockDef, origin: Origin, names: dict[str, Any], stack: list[str], *,
+              inputs: dict[str, InputDecl | None], params: dict[str, Any], block: str | None = None) -> Scope:
+        layers = []
+        for i, entry in enumerate(definition.layers):
+            for layer_name, template in entry.items():
+                where = origin.child("layers", i, layer_name)
+                body = concrete(template, LAYER, names, where, self.diagnostics, self.spec.scale)
+                if body is not None:
+                    layers.append(LayerItem(layer_name, body, where))
+        top_level = block is None
+        if top_level:
+            self.num_blocks = sum(self.repeats(item.body) for item in layers if isinstance(item.body, BlockCall))
+        for item in layers:
+            if isinstance(item.body, BlockCall):
+                item.instances = self.instantiate(item, names, stack, top_level=top_level)
+        skips = []
+        for i, entry in enumerate(definition.skips):
+            for skip_name, template in entry.items():
+                where = origin.child("skips", i, skip_name)
+                skip = concrete(template, Skip, names, where, self.diagnostics)
+                if skip is not None:
+                    skips.append(SkipItem(skip_name, skip, where))
+        return Scope(name, inputs, with_pieces(layers, list(inputs)), skips, definition.outputs,
+                     self.spec.defaults.projection, origin, block=block, params=params)
+
     def repeats(self, call: BlockCall) -> int:
         if call.repeat is None:
             return 1
@@ -259,8 +186,6 @@ class _Expander:
     @staticmethod
     def label(item: LayerItem) -> str:
         """`layer 'stage'`, or `block 'b', layer 'inner'` for a layer inside a block."""
-        from .validate import subject
-
         return subject(item.origin.path, None, "")[0]
 
     def instantiate(self, item: LayerItem, names: Mapping[str, Any], stack: list[str], *,
@@ -288,7 +213,7 @@ class _Expander:
                                                f"{self.label(item)}: repeat chains instances, so block "
                                                f"{call.block!r} needs one input and one output"))
             return []
-        self.check_with(item, call, definition, block)
+        self.check_with(item, call, definition)
         count = self.repeats(call)
         instances = []
         for index in range(count):
@@ -296,19 +221,18 @@ class _Expander:
             if top_level:
                 context |= {"block_index": self.block_index, "num_blocks": self.num_blocks}
                 self.block_index += 1
-            scope_names = {**names, **context}
             known = len(self.diagnostics)
-            bound = evaluate_tree(call.with_, scope_names, item.origin.child("with"), self.diagnostics)
-            block_params = self.bind(definition, block, bound, {**self.params, **context}, item)
+            bound = evaluate_tree(call.with_, {**names, **context}, item.origin.child("with"), self.diagnostics)
+            block_params = self.bind(definition, block, bound, {**self.spec.params, **context})
             if block_params is None or len(self.diagnostics) > known:
                 continue  # its parameters failed (and are reported): the instance would only repeat that
-            qualname = f"{index}" if call.repeat is not None else item.name
-            instances.append(self.scope(call.block, definition, block.origin, {**self.params, **context,
-                                                                               **block_params},
-                                        [*stack, call.block], qualname, block_params))
+            instances.append(self.scope(class_name(call.block), definition, block.origin,
+                                        {**self.spec.params, **context, **block_params}, [*stack, call.block],
+                                        inputs={name: None for name in definition.inputs}, params=block_params,
+                                        block=call.block))
         return instances
 
-    def check_with(self, item: LayerItem, call: BlockCall, definition: BlockDef, block: _Block) -> None:
+    def check_with(self, item: LayerItem, call: BlockCall, definition: BlockDef) -> None:
         for key in call.with_:
             if key not in definition.params:
                 self.diagnostics.append(Diagnostic(
@@ -323,8 +247,8 @@ class _Expander:
                                                f"{', '.join(map(repr, missing))}",
                                                f"add `with: {{{', '.join(f'{m}: ...' for m in missing)}}}`"))
 
-    def bind(self, definition: BlockDef, block: _Block, given: dict[str, Any], names: dict[str, Any],
-             item: LayerItem) -> dict[str, Any] | None:
+    def bind(self, definition: BlockDef, block: _Block, given: dict[str, Any],
+             names: dict[str, Any]) -> dict[str, Any] | None:
         """Block parameter values: given ones, else defaults (which may use earlier ones)."""
         values: dict[str, Any] = {}
         for name, default in definition.params.items():
@@ -336,51 +260,6 @@ class _Expander:
                 values[name] = evaluate_tree(default, {**names, **values}, block.origin.child("params", name),
                                              self.diagnostics)
         return values
-
-    def scope(self, block_name: str, definition: BlockDef, origin: Origin, names: dict[str, Any],
-              stack: list[str], qualname: str, block_params: dict[str, Any]) -> Scope:
-        layers = []
-        for i, entry in enumerate(definition.layers):
-            for name, template in entry.items():
-                where = origin.child("layers", i, name)
-                known = len(self.diagnostics)
-                concrete = evaluate_tree(template, names, where, self.diagnostics, _is_with_here)
-                if len(self.diagnostics) > known or is_left_out({name: concrete}):
-                    continue  # left out by `when`, or its expression errors are reported already
-                body = self.typed_layer(concrete, where)
-                if body is None:
-                    continue
-                item = LayerItem(name, body, where)
-                if isinstance(body, BlockCall):
-                    item.instances = self.instantiate(item, names, stack)
-                layers.append(item)
-        skips = []
-        for i, entry in enumerate(definition.skips):
-            for name, template in entry.items():
-                where = origin.child("skips", i, name)
-                known = len(self.diagnostics)
-                concrete = evaluate_tree(template, names, where, self.diagnostics)
-                if len(self.diagnostics) > known or is_left_out({name: concrete}):
-                    continue
-                skip = self.typed(Skip, concrete, where)
-                if skip is not None:
-                    skips.append(SkipItem(name, skip, where))
-        return Scope(class_name(block_name), {name: None for name in definition.inputs},
-                     with_pieces(layers, definition.inputs), skips,
-                     definition.outputs, self.spec.defaults.projection, origin, block=block_name,
-                     params=block_params)
-
-    def typed_layer(self, data: Any, origin: Origin) -> Layer | BlockCall | None:
-        return self.typed(_LAYER, scale_width(data, self.spec.scale), origin)
-
-    def typed(self, model: Any, data: Any, origin: Origin) -> Any:
-        from .validate import pydantic_diagnostics
-
-        try:
-            return model.validate_python(data) if isinstance(model, TypeAdapter) else model.model_validate(data)
-        except ValidationError as exc:
-            self.diagnostics.extend(pydantic_diagnostics(exc, data, origin))
-            return None
 
 
 def with_pieces(items: list[LayerItem], inputs: list[str]) -> list[LayerItem]:
@@ -399,21 +278,6 @@ def with_pieces(items: list[LayerItem], inputs: list[str]) -> list[LayerItem]:
         result += [LayerItem(name, piece.model_copy(update={"input": source}), item.origin.child("outputs", i))
                    for i, (name, piece) in enumerate(pieces(item.name, body))]
     return result
-
-
-def scale_width(body: Any, scale: Scale) -> Any:
-    """A layer body with `scale.width` applied: conv out_channels times width, made divisible.
-
-    Layers opt out with `scale: false` (e.g. a head whose channels are class scores).
-    """
-    if (scale.width == 1 or not isinstance(body, dict) or body.get("op") not in SCALED_OPS
-            or body.get("scale", True) is False or not isinstance(body.get("out_channels"), (int, float))):
-        return body
-    return {**body, "out_channels": make_divisible(body["out_channels"] * scale.width, scale.divisor)}
-
-
-def _is_with_here(rel: tuple[str | int, ...]) -> bool:
-    return rel[:1] == ("with",)
 
 
 def class_name(block: str) -> str:

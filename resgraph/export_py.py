@@ -12,14 +12,16 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from . import __version__
 from .codegen import generate_forward
-from .graph import Graph, Node, NodeKind
+from .files import atomic_write
+from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
 from .ops import GenericLayer
-from .ops.generic import torch_module_class
+from .ops.generic import allowed_imports, torch_module_class
+from .ownership import Owns, owns
 from .projections import step_constructor
+from .version import __version__
 
-__all__ = ["export_python"]
+__all__ = ["export_python", "module_source", "write_python"]
 
 INDENT = "    "
 
@@ -40,6 +42,28 @@ def export_python(graph: Graph, *, spec_file: str, spec_text: str) -> str:
     if exporter.imports:  # layers from the user's own code (register_op / --allow-import)
         imports += "\n" + "".join(f"import {name}\n" for name in sorted(exporter.imports))
     return header + imports + "\n\n" + body + "\n"
+
+
+def module_source(module: Any) -> str:
+    """The standalone source of a compiled model (`resgraph.to_python`)."""
+    record = module.build_record
+    with allowed_imports(record.allow_imports):  # its own layer classes are found as they were at build
+        return export_python(module.graph, spec_file=record.file, spec_text=record.spec)
+
+
+def write_python(module: Any, path: str) -> None:
+    """Write `module` (a compiled model) as a standalone PyTorch file, atomically.
+
+    Raises:
+        OSError: the file cannot be written (an existing file is left as it was).
+    """
+    source = module_source(module)
+    atomic_write(path, lambda tmp: _write_text(tmp, source))
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def _literal(value: Any) -> str:
@@ -82,28 +106,28 @@ class _Exporter:
 
     def owned(self, node: Node) -> list[tuple[str, str]]:
         """(attribute, construction expression) for what a node owns, if anything."""
-        if node.layer is not None and node.layer.owns_parameter:
-            shape = ", ".join(map(str, (1, *node.layer.shape)))  # type: ignore[attr-defined]
-            function, kwargs = node.layer.initializer()  # type: ignore[attr-defined]
-            args = "".join(f", {k}={_literal(v)}" for k, v in kwargs.items())
-            return [(node.name, f"nn.Parameter(nn.init.{function}(torch.empty({shape}){args}))")]
-        if node.layer is not None and not node.layer.code_only:
+        kind = owns(node)
+        if kind is Owns.parameter:
+            assert isinstance(node, LayerNode)
+            return [(node.name, node.layer.parameter_source())]
+        if kind is Owns.module:
             return [(node.name, self.construct(node))]
-        if node.kind is NodeKind.skip and node.meta["projection"].module_steps:
+        if kind is Owns.projection:
+            assert isinstance(node, SkipNode)
             steps = [_call(*step_constructor(step)) for step in node.meta["projection"].module_steps]
             return [(node.name, "nn.Sequential(" + ", ".join(steps) + ")")]
-        if node.kind is NodeKind.block:
-            assert node.call is not None
-            instances = [self.instance(instance) for instance in node.meta["instances"]]
-            if node.call.repeat is None:
+        if kind in (Owns.block, Owns.repeat):
+            assert isinstance(node, BlockNode)
+            instances = [self.instance(instance) for instance in node.instances]
+            if kind is Owns.block:
                 return [(node.name, instances[0])]
             return [(node.name, "nn.Sequential(\n" + ",\n".join(_indent(i) for i in instances) + ",\n)")]
         return []
 
     def construct(self, node: Node) -> str:
         """`nn.Conv2d(...)`, or `package.module.Class(...)` (imported) for a class outside torch.nn."""
+        assert isinstance(node, LayerNode)
         layer = node.layer
-        assert layer is not None
         cls = torch_module_class(layer.op) if isinstance(layer, GenericLayer) else None
         if cls is None or cls.__module__.startswith("torch.nn"):
             return _call(layer.torch_name, node.meta["args"])
@@ -132,8 +156,8 @@ class _Exporter:
             name = f"{graph.name}{n}"
         self.taken.add(name)
         self.classes[key] = name
-        owned = [attribute for node in graph.nodes.values() for attribute, _ in self.owned_names(node)]
-        lines = [f"class {name}(nn.Module):", f'{INDENT}"""Block `{graph.scope.block}`; built with its submodules."""',
+        owned = [node.name for node in graph.nodes.values() if owns(node) is not Owns.nothing]
+        lines = [f"class {name}(nn.Module):", f'{INDENT}"""Block `{graph.block}`; built with its submodules."""',
                  ""]
         params = "".join(f", {attribute}" for attribute in owned)
         lines.append(f"{INDENT}def __init__(self{params}) -> None:")
@@ -142,16 +166,6 @@ class _Exporter:
         lines += [""] + _indented(source)
         self.block_sources.append("\n".join(lines))
         return name
-
-    def owned_names(self, node: Node) -> list[tuple[str, None]]:
-        """The attributes a node owns, without building their expressions (for block signatures)."""
-        if node.layer is not None and (node.layer.owns_parameter or not node.layer.code_only):
-            return [(node.name, None)]
-        if node.kind is NodeKind.skip and node.meta["projection"].module_steps:
-            return [(node.name, None)]
-        if node.kind is NodeKind.block:
-            return [(node.name, None)]
-        return []
 
 
 def _indented(source: str) -> list[str]:

@@ -1,33 +1,33 @@
-"""Stage 4, resolve: a `Scope` (see expand) -> a `Graph` of named nodes in execution order.
+"""The graph every later stage reads: named nodes in execution order, of four kinds and no others.
 
-There are four kinds of node, and nothing else:
+- `InputNode`: an argument of `forward`; `decl` is its declared type (None inside a block
+  instance, whose caller supplies it).
+- `LayerNode`: an op applied to earlier values (`layer`).
+- `BlockNode`: a block call; `instances` holds one resolved graph per instance (`repeat: N`
+  chains N of them).
+- `SkipNode`: a skip edge's merge into its target layer, with its projection `policy` resolved.
+  It is placed right after the target (and after earlier skips into the same target), so every
+  later reference to the target reads the merged value, as the spec language promises.
 
-- `input`: an argument of `forward`;
-- `layer`: an op applied to one or more earlier values;
-- `block`: a block call; `meta["instances"]` holds one resolved graph per instance;
-- `skip`: a skip edge's merge into its target layer. It is placed right after the target (and
-  after earlier skips into the same target), so every later reference to the target reads the
-  merged value, as the spec language promises.
-
-Every reference is resolved here, so later passes never meet an unknown name. Analyses store
-their results in `node.meta` (`type`, `projection`, ...), as torch.fx passes do.
+Nodes hold structure only. Analyses write their results to `node.meta`, as torch.fx passes do:
+`type` (TensorType), `args` (a layer's full constructor arguments), `params` (its parameter
+count, None where only building can tell) and `projection` (a skip's ProjectionPlan).
+The resolve stage (`resolve.py`) builds graphs; nothing here imports torch.
 """
 
 from __future__ import annotations
 
-import keyword
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
-from .errors import Diagnostic, Location, SpecError
-from .expand import LayerItem, Scope, SkipItem
-from .loader import Origin
-from .ops import Layer
-from .spec import BlockCall, InputDecl, Skip
-from .suggest import did_you_mean
+from .errors import Location
+from .loader import Origin, SourceMap
+from .ops import OPS, GenericLayer, Layer
+from .spec import BlockCall, InputDecl, Projection, Skip
 
-__all__ = ["Graph", "Node", "NodeKind", "RESERVED_NAMES", "build_graph"]
+__all__ = ["NN_MODULE_ATTRIBUTES", "RESERVED_NAMES", "BlockNode", "Graph", "GraphBuilder", "InputNode", "LayerNode",
+           "Node", "NodeKind", "SkipNode"]
 
 
 class NodeKind(str, Enum):
@@ -52,39 +52,95 @@ NN_MODULE_ATTRIBUTES = frozenset({
     "set_submodule", "share_memory", "state_dict", "to", "to_empty", "train", "training", "type", "xpu",
     "zero_grad",
 })
-RESERVED_NAMES = NN_MODULE_ATTRIBUTES | {"self", "torch", "code", "spec"}
+# The compiled module's own public attributes (api.CompiledModule) and the generated code's names.
+MODEL_ATTRIBUTES = frozenset({"code", "spec", "graph", "build_record"})
+RESERVED_NAMES = NN_MODULE_ATTRIBUTES | MODEL_ATTRIBUTES | {"self", "torch"}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Node:
     """One value in the graph. `inputs` are names of earlier nodes; `origin` locates it in a spec."""
 
     name: str
-    kind: NodeKind
     inputs: list[str]
     origin: Origin
-    layer: Layer | None = None
-    skip: Skip | None = None
-    call: BlockCall | None = None
-    decl: InputDecl | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+    kind: ClassVar[NodeKind]
 
     @property
     def var(self) -> str:
         """The variable holding this node's value in generated code (a skip updates its target's)."""
-        return self.meta.get("var", self.name)
+        return self.name
+
+    def detail(self) -> str:
+        """What messages add after the node's name: ` (Conv2d)`, ` (block basic)`, or nothing."""
+        return ""
+
+
+@dataclass(kw_only=True)
+class InputNode(Node):
+    decl: InputDecl | None  # None in a block instance: its caller supplies the type
+
+    kind: ClassVar[NodeKind] = NodeKind.input
+
+
+@dataclass(kw_only=True)
+class LayerNode(Node):
+    layer: Layer
+
+    kind: ClassVar[NodeKind] = NodeKind.layer
+
+    def detail(self) -> str:
+        return f" ({self.layer.op})"
+
+
+@dataclass(kw_only=True)
+class SkipNode(Node):
+    skip: Skip
+    policy: Projection  # the skip's own, else its scope's default
+    target: str  # the variable it merges into: the `to` layer's
+
+    kind: ClassVar[NodeKind] = NodeKind.skip
+
+    @property
+    def var(self) -> str:
+        return self.target
+
+
+@dataclass(kw_only=True)
+class BlockNode(Node):
+    call: BlockCall
+    instances: list[Graph]
+
+    kind: ClassVar[NodeKind] = NodeKind.block
+
+    @property
+    def repeated(self) -> bool:
+        """True for `repeat: N`: the instances are chained in an nn.Sequential."""
+        return self.call.repeat is not None
+
+    def detail(self) -> str:
+        return f" (block {self.call.block})"
 
 
 @dataclass
 class Graph:
     """Nodes in execution order, which inputs `forward` takes, and which values it returns."""
 
-    name: str
+    name: str  # the class name of the module it becomes
     nodes: dict[str, Node]
     inputs: list[str]
     outputs: list[str]
-    scope: Scope
+    origin: Origin  # where it is defined: the spec's root, or `blocks.NAME`
     qualname: str = ""  # "layer1.0." for a block instance: how messages name its nodes
+    block: str | None = None  # the block a block instance instantiates
+    params: dict[str, Any] = field(default_factory=dict)  # a block instance's parameter values
+
+    @property
+    def file(self) -> str:
+        """The file that defines this graph (a block library's, for its instances)."""
+        return self.origin.source.file
 
     def where(self, node: Node, key: str | None = None) -> Location:
         """The location of a node's declaration (or of one of its keys)."""
@@ -93,8 +149,7 @@ class Graph:
     def label(self, node: Node) -> str:
         """How messages name a node: `layer 'layer1.0.conv1' (Conv2d)`."""
         what = {NodeKind.skip: "skip", NodeKind.input: "input"}.get(node.kind, "layer")
-        detail = f" ({node.layer.op})" if node.layer else f" (block {node.call.block})" if node.call else ""
-        return f"{what} {self.qualname + node.name!r}{detail}"
+        return f"{what} {self.qualname + node.name!r}{node.detail()}"
 
     def consumers(self) -> dict[str, list[str]]:
         """Node name -> names of the nodes that read it."""
@@ -108,232 +163,88 @@ class Graph:
         """(qualified name, graph) of every block instance below this graph, depth first."""
         found = []
         for node in self.nodes.values():
-            for instance in node.meta.get("instances", []):
-                found.append((instance.qualname.rstrip("."), instance))
-                found.extend(instance.subgraphs())
+            if isinstance(node, BlockNode):
+                for instance in node.instances:
+                    found.append((instance.qualname.rstrip("."), instance))
+                    found.extend(instance.subgraphs())
         return found
 
 
-def build_graph(scope: Scope, qualname: str = "") -> Graph:
-    """Resolve every name in `scope` (and its block instances) into a graph.
+class GraphBuilder:
+    """Builds a graph by hand, node by node, as the resolver would (for tests, doctests and tools).
 
-    Raises:
-        SpecError: duplicate or reserved names, unknown references, references to later nodes,
-            cycles, and skips that cannot be placed, in this scope or any block instance.
+    Names stay unique; a layer reads the previous node unless given `inputs`; a skip must be
+    added right after its target (and the target's earlier skips), where the resolver puts it,
+    and later nodes that name the target read the merged value.
+
+    >>> b = GraphBuilder("Net")
+    >>> b.input("x", [3, 8, 8]); b.layer("conv", "Conv2d", out_channels=4, kernel_size=3, padding=1)
+    'x'
+    'conv'
+    >>> b.skip("res", "x", "conv"); [(n.name, n.kind.value, n.inputs) for n in b.build().nodes.values()]
+    'res'
+    [('x', 'input', []), ('conv', 'layer', ['x']), ('res', 'skip', ['conv', 'x'])]
     """
-    return _Resolver(scope, qualname).run()
 
+    def __init__(self, name: str, *, file: str = "<built by hand>") -> None:
+        self.name = name
+        self.origin = Origin(SourceMap(file), ())
+        self.nodes: dict[str, Node] = {}
+        self.value: dict[str, str] = {}  # name -> node holding its current (merged) value
+        self.last: str | None = None  # the last input or layer added
 
-class _Resolver:
-    def __init__(self, scope: Scope, qualname: str) -> None:
-        self.scope = scope
-        self.qualname = qualname
-        self.diagnostics: list[Diagnostic] = []
-        self.order: dict[str, int] = {}  # name -> position (inputs first, then layers)
-        self.kinds: dict[str, str] = {}  # name -> "input" | "layer" | "skip"
-        self.declared_at: dict[str, Origin] = {}
+    def _add(self, node: Node, name: str | None = None) -> str:
+        if node.name in self.nodes or node.name in self.value:
+            raise ValueError(f"the name {node.name!r} is already used")
+        self.nodes[node.name] = node
+        self.value[name or node.name] = node.name
+        return node.name
 
-    def q(self, name: str) -> str:
-        """A name as messages show it: qualified inside a block instance (`layer1.0.conv1`)."""
-        return repr(self.qualname + name)
+    def input(self, name: str, shape: list[int] | None = None, *, dtype: str = "float32",
+              layout: str | None = None) -> str:
+        """An input; `shape=None` for a block instance's input (its caller supplies the type)."""
+        decl = None if shape is None else InputDecl(shape=shape, dtype=dtype, layout=layout)
+        self.last = self._add(InputNode(name=name, inputs=[], origin=self.origin.child("inputs", name), decl=decl))
+        return name
 
-    def fail(self, origin: Origin, message: str, hint: str | None = None, *, key: bool = True) -> None:
-        self.diagnostics.append(Diagnostic(origin.locate(key=key), message, hint))
+    def layer(self, name: str, op: str | Layer, inputs: str | list[str] | None = None, **args: Any) -> str:
+        """A layer applying `op` (an op name with its arguments, or a typed Layer)."""
+        if isinstance(op, str):
+            op = OPS.get(op, GenericLayer).model_validate({"op": op, **args})
+        names = [inputs] if isinstance(inputs, str) else list(inputs) if inputs is not None else (
+            [] if op.max_inputs == 0 else [self._previous()])
+        node = LayerNode(name=name, inputs=[self.value[n] for n in names], origin=self.origin.child("layers", name),
+                         layer=op)
+        self.last = self._add(node)
+        return name
 
-    def run(self) -> Graph:
-        scope = self.scope
-        self.declare_names()
-        if self.diagnostics:
-            raise SpecError(self.diagnostics)
-        references = {item.name: refs for index, item in enumerate(scope.layers)
-                      if (refs := self.layer_inputs(index, item)) is not None}
-        self.check_references(references)
-        skips_into = self.check_skips()
-        outputs = self.check_outputs()
-        instances = {item.name: self.resolve_instances(item) for item in scope.layers if item.instances}
-        if self.diagnostics:
-            raise SpecError(self.diagnostics)
+    def block(self, name: str, call: BlockCall, instances: list[Graph], inputs: str | list[str] | None = None) -> str:
+        """A block call whose instances were built (and named with their qualnames) by hand."""
+        names = [inputs] if isinstance(inputs, str) else list(inputs) if inputs is not None else [self._previous()]
+        node = BlockNode(name=name, inputs=[self.value[n] for n in names], origin=self.origin.child("layers", name),
+                         call=call, instances=instances)
+        self.last = self._add(node)
+        return name
 
-        nodes: dict[str, Node] = {}
-        value: dict[str, str] = {}  # spec name -> node holding its current (merged) value
-        for name, decl in scope.inputs.items():
-            nodes[name] = Node(name, NodeKind.input, [], scope.origin.child("inputs", name), decl=decl)
-            value[name] = name
-        for item in scope.layers:
-            inputs = [value[r] for r in references[item.name]]
-            if isinstance(item.body, BlockCall):
-                node = Node(item.name, NodeKind.block, inputs, item.origin, call=item.body,
-                            meta={"instances": instances[item.name]})
-            else:
-                node = Node(item.name, NodeKind.layer, inputs, item.origin, layer=item.body)
-            nodes[item.name] = node
-            value[item.name] = item.name
-            for skip_item in skips_into.get(item.name, []):
-                skip = skip_item.skip
-                nodes[skip_item.name] = Node(skip_item.name, NodeKind.skip, [value[item.name], value[skip.source]],
-                                             skip_item.origin, skip=skip, meta={"var": item.name})
-                value[item.name] = skip_item.name
-        return Graph(scope.name, nodes, list(scope.inputs), [value[o] for o in outputs], scope, self.qualname)
+    def skip(self, name: str, source: str, to: str, *, merge: str = "add", projection: str | None = None,
+             dim: int | None = None, default: Projection = Projection.auto) -> str:
+        """A skip merging `source` into `to`, which must be the last layer added."""
+        if to != self.last:
+            raise ValueError(f"add skip {name!r} right after its target {to!r}, where the resolver places it")
+        skip = Skip.model_validate({"from": source, "to": to, "merge": merge, "projection": projection, "dim": dim})
+        node = SkipNode(name=name, inputs=[self.value[to], self.value[source]], origin=self.origin.child("skips", name),
+                        skip=skip, policy=skip.projection or default, target=to)
+        self._add(node, name)
+        self.value[to] = name
+        return name
 
-    def resolve_instances(self, item: LayerItem) -> list[Graph]:
-        assert isinstance(item.body, BlockCall)
-        graphs = []
-        for index, instance in enumerate(item.instances):
-            prefix = f"{self.qualname}{item.name}." + (f"{index}." if item.body.repeat is not None else "")
-            try:
-                graphs.append(build_graph(instance, prefix))
-            except SpecError as exc:
-                self.diagnostics.extend(exc.diagnostics)
-        return graphs
+    def _previous(self) -> str:
+        if self.last is None:
+            raise ValueError("the first node must be an input")
+        return self.last
 
-    def declare_names(self) -> None:
-        scope = self.scope
-        entries: list[tuple[str, str, Origin]] = [(name, "input", scope.origin.child("inputs", name))
-                                                  for name in scope.inputs]
-        entries += [(item.name, "layer", item.origin) for item in scope.layers]
-        entries += [(item.name, "skip", item.origin) for item in scope.skips]
-        for name, kind, origin in entries:
-            if name in self.kinds:
-                first = self.declared_at[name].locate(key=True)
-                self.fail(origin, f"{kind} {self.q(name)}: the name is already used by the {self.kinds[name]} "
-                                  f"at line {first.line}", "every input, layer and skip needs its own name")
-                continue
-            if name in RESERVED_NAMES or keyword.iskeyword(name):
-                shadowed = "a Python keyword" if keyword.iskeyword(name) else "a torch.nn.Module attribute"
-                self.fail(origin, f"{kind} {self.q(name)}: the name is reserved (it would shadow {shadowed})",
-                          f"rename it, e.g. {name}_")
-                continue
-            self.kinds[name] = kind
-            self.declared_at[name] = origin
-            if kind != "skip":
-                self.order[name] = len(self.order)
-
-    def layer_inputs(self, index: int, item: LayerItem) -> list[str] | None:
-        """The names a layer reads: its `input`, else the previous layer, else the sole input.
-
-        None (with a diagnostic) when the layer must name its input and does not.
-        """
-        body = item.body
-        if body.input is not None:
-            return [body.input] if isinstance(body.input, str) else list(body.input)
-        if isinstance(body, Layer) and body.max_inputs == 0:
-            return []
-        if index > 0:
-            return [self.scope.layers[index - 1].name]
-        inputs = list(self.scope.inputs)
-        if len(inputs) > 1:
-            where = "the block" if self.scope.block else "the spec"
-            self.fail(item.origin, f"layer {self.q(item.name)}: {where} has several inputs "
-                                   f"({', '.join(inputs)}); say which this layer reads", f"add `input: {inputs[0]}`")
-            return None
-        return inputs
-
-    def arity(self, item: LayerItem) -> tuple[int, int | None]:
-        if isinstance(item.body, BlockCall):
-            count = len(item.instances[0].inputs) if item.instances else 1
-            return count, count
-        return item.body.min_inputs, item.body.max_inputs
-
-    def check_references(self, references: dict[str, list[str]]) -> None:
-        for item in self.scope.layers:
-            if item.name not in references:
-                continue
-            refs = references[item.name]
-            least, most = self.arity(item)
-            if len(refs) < least or (most is not None and len(refs) > most):
-                wanted = f"{least}" if least == most else f"at least {least}"
-                op = item.body.op if isinstance(item.body, Layer) else f"block {item.body.block}"
-                self.fail(item.origin.child("input") if item.body.input is not None else item.origin,
-                          f"layer {self.q(item.name)} ({op}): takes {wanted} input(s), got {len(refs)}")
-            for ref in refs:
-                self.check_reference(item.origin, item.name, ref, references, "input")
-
-    def check_reference(self, origin: Origin, name: str, ref: str, references: dict[str, list[str]],
-                        key: str) -> bool:
-        """True when `ref`, read by `name`, is a known earlier node; else records why not."""
-        where = origin.child(key)
-        label = f"{self.kinds.get(name, 'layer')} {self.q(name)}"
-        if ref not in self.kinds:
-            self.fail(where, f"{label}: unknown node {ref!r}{did_you_mean(ref, self.order)}", key=False)
-            return False
-        if self.kinds[ref] == "skip":
-            target = next(item.skip.to for item in self.scope.skips if item.name == ref)
-            self.fail(where, f"{label}: {ref!r} is a skip edge, not a node",
-                      f"read its target instead: {target!r} holds the merged value", key=False)
-            return False
-        if ref == name:
-            self.fail(where, f"layer {self.q(name)}: reads its own output (a cycle)", key=False)
-            return False
-        if name in self.order and self.order[ref] > self.order[name]:
-            cycle = self.find_cycle(name, ref, references)
-            if cycle:
-                self.fail(where, f"layer {self.q(name)}: cycle {' -> '.join(cycle)}", key=False)
-            else:
-                self.fail(where, f"layer {self.q(name)}: reads {ref!r}, which comes later",
-                          f"move {ref!r} above {name!r}; layers run in the order listed", key=False)
-            return False
-        return True
-
-    def find_cycle(self, start: str, ref: str, references: dict[str, list[str]]) -> list[str] | None:
-        """A dependency path start -> ref -> ... -> start, if the forward reference closes one."""
-        stack, seen = [(ref, [start, ref])], {ref}
-        while stack:
-            current, trail = stack.pop()
-            for nxt in references.get(current, []):
-                if nxt == start:
-                    return [*trail, start]
-                if nxt not in seen and nxt in references:
-                    seen.add(nxt)
-                    stack.append((nxt, [*trail, nxt]))
-        return None
-
-    def check_skips(self) -> dict[str, list[SkipItem]]:
-        into: dict[str, list[SkipItem]] = {}
-        for item in self.scope.skips:
-            skip, name = item.skip, self.q(item.name)
-            ok = True
-            for key, ref in (("from", skip.source), ("to", skip.to)):
-                if ref not in self.kinds:
-                    self.fail(item.origin.child(key), f"skip {name}: {key}: unknown node {ref!r}"
-                                                      f"{did_you_mean(ref, self.order)}", key=False)
-                    ok = False
-                elif self.kinds[ref] == "skip":
-                    self.fail(item.origin.child(key), f"skip {name}: {key}: {ref!r} is a skip edge, not a node",
-                              key=False)
-                    ok = False
-            if not ok:
-                continue
-            if self.kinds[skip.to] == "input":
-                self.fail(item.origin.child("to"), f"skip {name}: to: {skip.to!r} is an input; a skip merges "
-                                                   "into a layer", key=False)
-            elif skip.source == skip.to:
-                self.fail(item.origin, f"skip {name}: from and to are both {skip.to!r}; a skip joins two "
-                                       "different nodes")
-            elif self.order[skip.source] > self.order[skip.to]:
-                self.fail(item.origin.child("from"), f"skip {name}: from: {skip.source!r} comes after to: "
-                                                     f"{skip.to!r}",
-                          "a skip carries an earlier node's output forward; swap from and to", key=False)
-            else:
-                into.setdefault(skip.to, []).append(item)
-        return into
-
-    def check_outputs(self) -> list[str]:
-        scope = self.scope
-        if scope.outputs is None:
-            return [scope.layers[-1].name]
-        where = scope.origin.child("outputs")
-        if scope.block and len(scope.outputs) > 1:
-            self.fail(where, f"block {scope.block!r}: has {len(scope.outputs)} outputs; a block has one",
-                      "return one node, e.g. a concat of the values you need", key=False)
-            return []
-        outputs = []
-        for i, ref in enumerate(scope.outputs):
-            if ref not in self.kinds:
-                self.fail(where.child(i), f"outputs: unknown node {ref!r}{did_you_mean(ref, self.order)}", key=False)
-            elif self.kinds[ref] == "skip":
-                self.fail(where.child(i), f"outputs: {ref!r} is a skip edge, not a node", key=False)
-            elif ref in outputs:
-                self.fail(where.child(i), f"outputs: {ref!r} is listed twice", key=False)
-            else:
-                outputs.append(ref)
-        return outputs
+    def build(self, outputs: list[str] | None = None) -> Graph:
+        """The graph; its outputs are the named nodes' current values (default: the last layer)."""
+        chosen = outputs or [self._previous()]
+        inputs = [n.name for n in self.nodes.values() if isinstance(n, InputNode)]
+        return Graph(self.name, dict(self.nodes), inputs, [self.value[o] for o in chosen], self.origin)

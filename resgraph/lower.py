@@ -1,30 +1,37 @@
-"""Stage 5b, lower: a typed graph -> an ordinary `torch.nn.Module` with a generated forward.
+"""Stage 7, lower: a typed graph -> an ordinary `torch.nn.Module` with a generated forward.
 
-Each op layer becomes a submodule named after it; each projection that has parameters becomes
-an `nn.Sequential` named after its skip. The forward is real Python (see codegen), compiled once
-per build: calling the module runs straight-line code, with no interpretation of the graph.
+What each node owns (a layer's module, a learned tensor, a projection's `nn.Sequential`, block
+instances) is decided by `ownership.owns`; this stage only builds it. The forward is real Python
+(see codegen), compiled once per distinct source: calling the module runs straight-line code,
+with no interpretation of the graph. Lowering knows nothing of specs or files: the API layer
+(`api.CompiledModule`) adds the build record and the graph to the module it returns.
+
+>>> from resgraph import check
+>>> module = lower(check("resgraph: 1\\nname: Tiny\\ninputs: {x: [4]}\\n"
+...                       "layers:\\n  - fc: {op: Linear, out_features: 2}\\n"))
+>>> type(module).__name__, module.fc
+('Tiny', Linear(in_features=4, out_features=2, bias=True))
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import hashlib
 import linecache
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from .codegen import generate_forward
 from .errors import Diagnostic, SpecError
-from .graph import Graph, NodeKind
+from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
+from .ownership import Owns, owns
 from .projections import ProjectionPlan, step_constructor
-from .spec import Spec
 
-__all__ = ["CompiledModule", "GeneratedModule", "lower"]
+__all__ = ["GeneratedModule", "lower", "projection_module"]
 
 
 class GeneratedModule(nn.Module):
@@ -33,92 +40,61 @@ class GeneratedModule(nn.Module):
     code: str = ""
 
 
-class CompiledModule(GeneratedModule):
-    """Base class of the modules `resgraph.build` returns (block instances are GeneratedModules).
-
-    Attributes:
-        code: the source of the generated `forward` (also `type(model).code`).
-        spec: the validated spec the module was built from.
-    """
-
-    def __init__(self, graph: Graph, spec: Spec, spec_text: str, spec_file: str, params: dict[str, Any]) -> None:
-        super().__init__()
-        self.spec = spec
-        self._resgraph_graph = graph
-        self._resgraph_source = (spec_text, spec_file, params)
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        # The class is generated, so pickle by recipe: rebuild from the spec, then load the state.
-        text, file, params = self._resgraph_source
-        imports = getattr(self, "_resgraph_allow_imports", ())
-        return (_unpickle, (text, file, params, self.state_dict(), self.training, imports))
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> CompiledModule:
-        clone = type(self).__new__(type(self))
-        memo[id(self)] = clone
-        # Immutable after build: share them.
-        shared = {"spec", "_resgraph_graph", "_resgraph_source", "_resgraph_allow_imports"}
-        for key, value in self.__dict__.items():
-            clone.__dict__[key] = value if key in shared else copy.deepcopy(value, memo)
-        return clone
+M = TypeVar("M", bound=GeneratedModule)
 
 
-def _unpickle(text: str, file: str, params: dict[str, Any], state: dict[str, Any], training: bool,
-              imports: tuple[str, ...] = ()) -> CompiledModule:
-    from .api import build
-
-    module = build(text, file=file, params=params, allow_imports=imports)
-    module.load_state_dict(state)
-    return module.train(training)
-
-
-def lower(graph: Graph, spec: Spec, *, spec_text: str = "", spec_file: str = "<spec>",
-          params: dict[str, Any] | None = None, seed: int | None = None) -> CompiledModule:
+def lower(graph: Graph, *, base: type[M] = GeneratedModule, seed: int | None = None) -> M:  # type: ignore[assignment]
     """Instantiate the graph's modules (block instances nested) and generated forwards.
 
     Args:
         graph: a graph annotated by `infer_shapes`.
+        base: the class the top-level module's generated class derives from.
         seed: when given, initialise weights from this seed without touching the global RNG.
     Raises:
         SpecError: torch refused a layer's arguments (a combination the shape check cannot see).
     """
     diagnostics: list[Diagnostic] = []
     with _seeded(seed):
-        cls = _generated_class(graph.name, generate_forward(graph), CompiledModule)
-        module = cls(graph, spec, spec_text, spec_file, params or {})
-        _add_submodules(module, graph, diagnostics)
+        module = _generated_class(graph.name, generate_forward(graph), base)()
+        _add_owned(module, graph, diagnostics)
     if diagnostics:
         raise SpecError(diagnostics)
-    return module
+    return module  # type: ignore[return-value]
 
 
 def _lower_instance(graph: Graph, diagnostics: list[Diagnostic]) -> GeneratedModule:
     module = _generated_class(graph.name, generate_forward(graph), GeneratedModule)()
-    _add_submodules(module, graph, diagnostics)
+    _add_owned(module, graph, diagnostics)
     return module
 
 
-def _add_submodules(module: nn.Module, graph: Graph, diagnostics: list[Diagnostic]) -> None:
-    """Submodules in graph order: layers, projections, and block instances (recursively)."""
+def _add_owned(module: nn.Module, graph: Graph, diagnostics: list[Diagnostic]) -> None:
+    """What each node owns, in graph order: layers, projections, and block instances (recursively)."""
     for node in graph.nodes.values():
+        kind = owns(node)
+        if kind is Owns.nothing:
+            continue
         try:
-            if node.layer is not None and (node.layer.torch_name or node.layer.owns_parameter):
-                built = node.layer.build(node.meta["args"])
-                if isinstance(built, nn.Parameter):
-                    module.register_parameter(node.name, built)
-                else:
-                    module.add_module(node.name, built)
-            elif node.kind is NodeKind.skip and node.meta["projection"].module_steps:
-                module.add_module(node.name, projection_module(node.meta["projection"]))
-            elif node.kind is NodeKind.block:
-                assert node.call is not None
-                instances = [_lower_instance(instance, diagnostics) for instance in node.meta["instances"]]
-                module.add_module(node.name, nn.Sequential(*instances) if node.call.repeat is not None
-                                  else instances[0])
+            owned = _build(node, kind, diagnostics)
         except (TypeError, ValueError, RuntimeError) as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             diagnostics.append(Diagnostic(graph.where(node), f"{graph.label(node)}: torch rejected its "
                                                              f"arguments: {detail}"))
+            continue
+        if kind is Owns.parameter:
+            module.register_parameter(node.name, owned)
+        else:
+            module.add_module(node.name, owned)
+
+
+def _build(node: Node, kind: Owns, diagnostics: list[Diagnostic]) -> Any:
+    if isinstance(node, LayerNode):
+        return node.layer.build(node.meta["args"])
+    if isinstance(node, SkipNode):
+        return projection_module(node.meta["projection"])
+    assert isinstance(node, BlockNode), node
+    instances = [_lower_instance(instance, diagnostics) for instance in node.instances]
+    return nn.Sequential(*instances) if kind is Owns.repeat else instances[0]
 
 
 def projection_module(plan: ProjectionPlan) -> nn.Sequential:

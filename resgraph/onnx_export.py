@@ -9,8 +9,8 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from .artifact import atomic_write
 from .errors import ResgraphError, UsageError
+from .files import atomic_write
 
 __all__ = ["to_onnx"]
 
@@ -47,7 +47,7 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True) -> None:
         raise UsageError("ONNX export needs the onnx and onnxscript packages: pip install 'resgraph[onnx]'") from None
     import torch
 
-    graph = module._resgraph_graph
+    graph = module.graph
     examples = []
     for name in graph.inputs:
         kind = graph.nodes[name].meta["type"]

@@ -1,9 +1,14 @@
 """Projection planning: how a skip's source tensor is made to fit its target, as plain data.
 
-`plan_projection` is a pure function of the merge, the policy and the two tensor types. Its
-result lists steps from a closed vocabulary; the lowering turns parameter-free steps into code
-(slicing, zero padding) and the others into an `nn.Sequential` named after the skip, so a skip
-named `downsample` has torchvision's keys (`downsample.0.weight`, `downsample.1.running_mean`).
+`plan_projection` is a pure function of the merge, the policy and the two tensor types. Each
+policy is one small planning function in `POLICIES`; its result lists steps from a closed
+vocabulary, and everything about a step kind (its torch module or its code, its parameter count,
+how the summary names it) is one row of `STEPS`. Lowering, export, code generation and the
+summary all read that table, so a new policy or step is written in one place.
+
+Code steps (slicing, zero padding) are written into the generated forward; module steps become
+an `nn.Sequential` named after the skip, so a skip named `downsample` has torchvision's keys
+(`downsample.0.weight`, `downsample.1.running_mean`).
 
 | policy  | channels-first (C, *spatial)                                  | features-last (..., F)   |
 |---------|----------------------------------------------------------------|--------------------------|
@@ -15,10 +20,16 @@ named `downsample` has torchvision's keys (`downsample.0.weight`, `downsample.1.
 | none    | identity; any mismatch is an error                            | same                     |
 
 Every policy is the identity when the shapes already fit.
+
+>>> from resgraph.ops import Merge, TensorType
+>>> plan = plan_projection(Projection.auto, Merge.add, TensorType((64, 56, 56)), TensorType((128, 28, 28)))
+>>> [step.kind.value for step in plan.steps], plan.reason, describe_steps(plan.steps)
+(['conv', 'norm'], '64->128 channels, /2', 'Conv2d 1x1 /2 + BatchNorm2d')
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -27,13 +38,13 @@ from .ops import Merge, ShapeError, TensorType, broadcast_shape
 from .ops.base import sample_dim
 from .spec import Projection
 
-__all__ = ["ProjectionError", "ProjectionPlan", "Step", "StepKind", "plan_projection", "projection_parameters",
-           "step_constructor",
+__all__ = ["POLICIES", "STEPS", "ProjectionError", "ProjectionPlan", "Step", "StepKind", "StepRule",
+           "describe_steps", "plan_projection", "projection_parameters", "step_code", "step_constructor",
            "wanted_shape"]
 
 
 class StepKind(str, Enum):
-    """The closed set of projection steps. The first three are code, the rest are modules."""
+    """The closed set of projection steps; `STEPS` says what each one is."""
 
     subsample = "subsample"  # x[:, :, ::r, ::r]
     crop = "crop"  # center crop of the spatial dims
@@ -43,15 +54,15 @@ class StepKind(str, Enum):
     norm = "norm"  # BatchNormNd(c_out)
     linear = "linear"  # Linear(f_in, f_out, bias=False)
 
-    @property
-    def is_code(self) -> bool:
-        return self in (StepKind.subsample, StepKind.crop, StepKind.pad)
-
 
 @dataclass(frozen=True)
 class Step:
     kind: StepKind
     args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_code(self) -> bool:
+        return STEPS[self.kind].code is not None
 
 
 @dataclass(frozen=True)
@@ -69,39 +80,102 @@ class ProjectionPlan:
 
     @property
     def code_steps(self) -> tuple[Step, ...]:
-        return tuple(s for s in self.steps if s.kind.is_code)
+        return tuple(s for s in self.steps if s.is_code)
 
     @property
     def module_steps(self) -> tuple[Step, ...]:
-        return tuple(s for s in self.steps if not s.kind.is_code)
+        return tuple(s for s in self.steps if not s.is_code)
+
+
+# --- the step table -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StepRule:
+    """Everything about one step kind. A step is either code or a module, never both.
+
+    - `describe(args)`: how the summary and the diagram name it (`Conv2d 1x1 /2`).
+    - `module(args)`: the torch.nn class name and keyword arguments of a module step.
+    - `parameters(args)`: the module's parameter count (buffers are not parameters).
+    - `code(expr, args, rank)`: for a code step, the expression applying it to `expr`, a tensor
+      of `rank` dims, batch included.
+    """
+
+    describe: Callable[[dict[str, Any]], str]
+    module: Callable[[dict[str, Any]], tuple[str, dict[str, Any]]] | None = None
+    parameters: Callable[[dict[str, Any]], int] = lambda args: 0
+    code: Callable[[str, dict[str, Any], int], str] | None = None
+
+
+def _short(value: Any) -> str:
+    """`2` for (2, 2), `2x1` for (2, 1): a per-dim value as the summary shows it."""
+    if isinstance(value, (tuple, list)):
+        return str(value[0]) if len(set(value)) == 1 else "x".join(map(str, value))
+    return str(value)
+
+
+def _pad_code(expr: str, args: dict[str, Any], rank: int) -> str:
+    # F.pad lists (before, after) pairs from the last dim backwards.
+    trailing = 0 if args["dim"] == -1 else rank - 2
+    pads = [0, 0] * trailing + [args["before"], args["after"]]
+    return f"torch.nn.functional.pad({expr}, ({', '.join(map(str, pads))}))"
+
+
+STEPS: dict[StepKind, StepRule] = {
+    StepKind.subsample: StepRule(
+        describe=lambda a: f"subsample /{_short(a['stride'])}",
+        code=lambda expr, a, rank: f"{expr}[:, :, {', '.join(f'::{s}' for s in a['stride'])}]"),
+    StepKind.crop: StepRule(
+        describe=lambda a: f"center-crop to {'x'.join(map(str, a['size']))}",
+        code=lambda expr, a, rank: f"{expr}[:, :, {', '.join(f'{s}:{s + n}' for s, n in zip(a['start'], a['size']))}]"),
+    StepKind.pad: StepRule(
+        describe=lambda a: "zero-pad " + ("features" if a["dim"] == -1 else "channels"),
+        code=_pad_code),
+    StepKind.avgpool: StepRule(
+        describe=lambda a: f"AvgPool{a['dims']}d /{_short(a['kernel'])}",
+        module=lambda a: (f"AvgPool{a['dims']}d", {"kernel_size": a["kernel"], "stride": a["kernel"],
+                                                    "ceil_mode": True, "count_include_pad": False})),
+    StepKind.conv: StepRule(
+        describe=lambda a: f"Conv{a['dims']}d 1x1" + (f" /{_short(a['stride'])}" if a["stride"] not in (1, (1,))
+                                                      else ""),
+        module=lambda a: (f"Conv{a['dims']}d", {"in_channels": a["in"], "out_channels": a["out"], "kernel_size": 1,
+                                                "stride": a["stride"], "bias": False}),
+        parameters=lambda a: a["in"] * a["out"]),
+    StepKind.norm: StepRule(
+        describe=lambda a: f"BatchNorm{a['dims']}d",
+        module=lambda a: (f"BatchNorm{a['dims']}d", {"num_features": a["features"]}),
+        parameters=lambda a: 2 * a["features"]),
+    StepKind.linear: StepRule(
+        describe=lambda a: "Linear",
+        module=lambda a: ("Linear", {"in_features": a["in"], "out_features": a["out"], "bias": False}),
+        parameters=lambda a: a["in"] * a["out"]),
+}
 
 
 def step_constructor(step: Step) -> tuple[str, dict[str, Any]]:
     """The torch.nn class and keyword arguments of a module step (lowering and export share it)."""
-    a = step.args
-    if step.kind is StepKind.conv:
-        return f"Conv{a['dims']}d", {"in_channels": a["in"], "out_channels": a["out"], "kernel_size": 1,
-                                     "stride": a["stride"], "bias": False}
-    if step.kind is StepKind.norm:
-        return f"BatchNorm{a['dims']}d", {"num_features": a["features"]}
-    if step.kind is StepKind.avgpool:
-        return f"AvgPool{a['dims']}d", {"kernel_size": a["kernel"], "stride": a["kernel"], "ceil_mode": True,
-                                        "count_include_pad": False}
-    assert step.kind is StepKind.linear, step
-    return "Linear", {"in_features": a["in"], "out_features": a["out"], "bias": False}
+    build = STEPS[step.kind].module
+    assert build is not None, f"{step.kind} is a code step"
+    return build(step.args)
+
+
+def step_code(step: Step, expr: str, rank: int) -> str:
+    """The expression applying a code step to `expr` (a tensor of `rank` dims, batch included)."""
+    write = STEPS[step.kind].code
+    assert write is not None, f"{step.kind} is a module step"
+    return write(expr, step.args, rank)
+
+
+def describe_steps(steps: tuple[Step, ...]) -> str:
+    """'Conv2d 1x1 /2 + BatchNorm2d', or 'identity' when nothing is needed."""
+    return " + ".join(STEPS[step.kind].describe(step.args) for step in steps) or "identity"
 
 
 def projection_parameters(plan: ProjectionPlan) -> int:
     """Parameters of a projection's modules (running statistics are buffers, not parameters)."""
-    total = 0
-    for step in plan.module_steps:
-        a = step.args
-        if step.kind in (StepKind.conv, StepKind.linear):
-            total += a["in"] * a["out"]
-        elif step.kind is StepKind.norm:
-            total += 2 * a["features"]
-    return total
+    return sum(STEPS[step.kind].parameters(step.args) for step in plan.steps)
 
+
+# --- planning -------------------------------------------------------------------------------------
 
 class ProjectionError(ShapeError):
     """A mismatch the policy cannot reconcile. `non_integer` marks a fractional spatial ratio."""
@@ -127,6 +201,145 @@ def wanted_shape(merge: Merge, source: TensorType, target: TensorType, dim: int 
     return None if source.shape == target.shape else target.shape
 
 
+@dataclass(frozen=True)
+class Mismatch:
+    """A source that must become shape `want`: what every policy plans from."""
+
+    source: TensorType
+    want: tuple[int, ...]
+    spatial: bool  # a channels-first map (C, *spatial); else features-last (..., F)
+
+    @property
+    def channels(self) -> tuple[int, int]:
+        """(in, out) channels of a map, or features of a features-last tensor."""
+        return (self.source.shape[0], self.want[0]) if self.spatial else (self.source.shape[-1], self.want[-1])
+
+    @property
+    def dims(self) -> int:
+        return self.source.rank - 1
+
+    @property
+    def sizes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(in, out) spatial sizes of a map."""
+        return self.source.shape[1:], self.want[1:]
+
+    def stride(self) -> tuple[int, ...]:
+        """The integer spatial ratio in/out. Raises ProjectionError when there is none."""
+        spatial_in, spatial_out = self.sizes
+        if any(o > i for i, o in zip(spatial_in, spatial_out)):
+            raise ProjectionError(f"the target is larger ({_size(spatial_in)} -> {_size(spatial_out)}); "
+                                  "projections only downsample",
+                                  "upsample the source first (e.g. an Upsample or ConvTranspose2d layer)")
+        if any(i % o for i, o in zip(spatial_in, spatial_out)):
+            raise ProjectionError(f"spatial size {_size(spatial_in)} -> {_size(spatial_out)} is not an integer "
+                                  "stride", non_integer=True)
+        return tuple(i // o for i, o in zip(spatial_in, spatial_out))
+
+    def reason(self) -> str:
+        """'64->128 channels, /2': what the projection changes."""
+        c_in, c_out = self.channels
+        if not self.spatial:
+            return f"{c_in}->{c_out} features"
+        stride = self.stride()
+        return _join(f"{c_in}->{c_out} channels" if c_in != c_out else "",
+                     f"/{_short(stride)}" if any(r != 1 for r in stride) else "")
+
+    def conv(self, stride: Any = 1) -> Step:
+        c_in, c_out = self.channels
+        return Step(StepKind.conv, {"dims": self.dims, "in": c_in, "out": c_out, "stride": stride})
+
+    def norm(self) -> Step:
+        return Step(StepKind.norm, {"dims": self.dims, "features": self.channels[1]})
+
+    def linear(self) -> Step:
+        c_in, c_out = self.channels
+        return Step(StepKind.linear, {"in": c_in, "out": c_out})
+
+    def stride_arg(self) -> int | tuple[int, ...]:
+        """The stride as a module argument: an int when it is the same in every dim."""
+        stride = self.stride()
+        return stride[0] if len(set(stride)) == 1 else stride
+
+    def needs_spatial(self, policy: Projection) -> None:
+        if not self.spatial:
+            raise ProjectionError(f"projection {policy.value!r} needs spatial dims, but these are feature tensors "
+                                  f"({_size(self.source.shape)} -> {_size(self.want)})",
+                                  "use projection: auto, conv or pad")
+
+
+Plan = tuple[tuple[Step, ...], str]  # steps and reason
+
+
+def _auto(m: Mismatch) -> Plan:
+    if not m.spatial:
+        return (m.linear(),), m.reason()
+    return (m.conv(m.stride_arg()), m.norm()), m.reason()
+
+
+def _conv(m: Mismatch) -> Plan:
+    if not m.spatial:
+        return (m.linear(),), m.reason()
+    return (m.conv(m.stride_arg()),), m.reason()
+
+
+def _avgpool(m: Mismatch) -> Plan:
+    m.needs_spatial(Projection.avgpool)
+    stride, (c_in, c_out) = m.stride(), m.channels
+    steps = [Step(StepKind.avgpool, {"dims": m.dims, "kernel": m.stride_arg()})] if any(r != 1 for r in stride) else []
+    if c_in != c_out:
+        steps += [m.conv(), m.norm()]
+    return tuple(steps), m.reason()
+
+
+def _pad(m: Mismatch) -> Plan:
+    c_in, c_out = m.channels
+    stride = m.stride() if m.spatial else ()
+    what = "channels" if m.spatial else "features"
+    if c_out < c_in:
+        raise ProjectionError(f"pad cannot reduce {c_in} {what} to {c_out}",
+                              "use projection: auto or conv, which learn a 1x1 projection" if m.spatial
+                              else "use projection: auto")
+    steps = []
+    if any(r != 1 for r in stride):
+        steps.append(Step(StepKind.subsample, {"stride": stride}))
+    if c_out > c_in:
+        extra = c_out - c_in
+        steps.append(Step(StepKind.pad, {"dim": 1 if m.spatial else -1, "before": extra // 2,
+                                         "after": extra - extra // 2}))
+    return tuple(steps), m.reason()
+
+
+def _crop(m: Mismatch) -> Plan:
+    m.needs_spatial(Projection.crop)
+    (spatial_in, spatial_out), (c_in, c_out) = m.sizes, m.channels
+    if any(s < w for s, w in zip(spatial_in, spatial_out)):
+        raise ProjectionError(f"crop cannot enlarge spatial size {_size(spatial_in)} to {_size(spatial_out)}")
+    steps = []
+    if spatial_in != spatial_out:
+        starts = tuple((s - w) // 2 for s, w in zip(spatial_in, spatial_out))
+        steps.append(Step(StepKind.crop, {"start": starts, "size": spatial_out}))
+    if c_in != c_out:
+        steps.append(m.conv())
+    crop = f"crop {_size(spatial_in)}->{_size(spatial_out)}" if spatial_in != spatial_out else ""
+    return tuple(steps), _join(crop, f"{c_in}->{c_out} channels" if c_in != c_out else "")
+
+
+def _none(m: Mismatch) -> Plan:
+    raise ProjectionError("shapes differ and projection is 'none'",
+                          "set `projection: auto` on the skip (or under defaults:) to insert one")
+
+
+# One planning function per policy (see the module's table).
+POLICIES: dict[Projection, Callable[[Mismatch], Plan]] = {
+    Projection.auto: _auto,
+    Projection.conv: _conv,
+    Projection.avgpool: _avgpool,
+    Projection.pad: _pad,
+    Projection.crop: _crop,
+    Projection.none: _none,
+}
+
+
 def plan_projection(policy: Projection, merge: Merge, source: TensorType, target: TensorType,
                     dim: int = 1) -> ProjectionPlan:
     """Plan the steps that make `source` fit `target` under `policy`.
@@ -137,103 +350,21 @@ def plan_projection(policy: Projection, merge: Merge, source: TensorType, target
     want = wanted_shape(merge, source, target, dim)
     if want is None:
         return ProjectionPlan(policy, (), "shapes match", source)
-    if policy is Projection.none:
-        raise ProjectionError("shapes differ and projection is 'none'",
-                              "set `projection: auto` on the skip (or under defaults:) to insert one")
-    if source.rank != len(want):
+    if policy is not Projection.none and source.rank != len(want):
         raise ProjectionError(f"their ranks differ ({source.rank} vs {len(want)} dims per sample); "
                               "no projection changes the number of dims",
                               "merge tensors of the same kind, e.g. add a Flatten before the target")
-    if source.rank >= 2 and target.layout == "channels_first":
-        return _plan_channels_first(policy, source, want)
-    return _plan_features_last(policy, source, want)
-
-
-def _plan_channels_first(policy: Projection, source: TensorType, want: tuple[int, ...]) -> ProjectionPlan:
-    c_in, c_out = source.shape[0], want[0]
-    spatial_in, spatial_out = source.shape[1:], want[1:]
-    n = len(spatial_in)
-    channels = f"{c_in}->{c_out} channels" if c_in != c_out else ""
-    output = source.with_shape(want, "channels_first")
-
-    if policy is Projection.crop:
-        if any(s < w for s, w in zip(spatial_in, spatial_out)):
-            raise ProjectionError(f"crop cannot enlarge spatial size {_size(spatial_in)} to {_size(spatial_out)}")
-        steps = []
-        if spatial_in != spatial_out:
-            starts = tuple((s - w) // 2 for s, w in zip(spatial_in, spatial_out))
-            steps.append(Step(StepKind.crop, {"start": starts, "size": spatial_out}))
-        if c_in != c_out:
-            steps.append(Step(StepKind.conv, {"dims": n, "in": c_in, "out": c_out, "stride": 1}))
-        crop = f"crop {_size(spatial_in)}->{_size(spatial_out)}" if spatial_in != spatial_out else ""
-        return ProjectionPlan(policy, tuple(steps), _join(crop, channels), output)
-
-    stride = _integer_ratio(spatial_in, spatial_out)
-    strided = any(r != 1 for r in stride)
-    down = f"/{_show_stride(stride)}" if strided else ""
-    reason = _join(channels, down)
-    stride_arg = stride[0] if len(set(stride)) == 1 else stride
-
-    if policy in (Projection.auto, Projection.conv):
-        steps = [Step(StepKind.conv, {"dims": n, "in": c_in, "out": c_out, "stride": stride_arg})]
-        if policy is Projection.auto:
-            steps.append(Step(StepKind.norm, {"dims": n, "features": c_out}))
-        return ProjectionPlan(policy, tuple(steps), reason, output)
-
-    if policy is Projection.avgpool:
-        steps = [Step(StepKind.avgpool, {"dims": n, "kernel": stride_arg})] if strided else []
-        if c_in != c_out:
-            steps += [Step(StepKind.conv, {"dims": n, "in": c_in, "out": c_out, "stride": 1}),
-                      Step(StepKind.norm, {"dims": n, "features": c_out})]
-        return ProjectionPlan(policy, tuple(steps), reason, output)
-
-    assert policy is Projection.pad, policy
-    if c_out < c_in:
-        raise ProjectionError(f"pad cannot reduce {c_in} channels to {c_out}",
-                              "use projection: auto or conv, which learn a 1x1 projection")
-    steps = [Step(StepKind.subsample, {"stride": stride})] if strided else []
-    if c_out > c_in:
-        extra = c_out - c_in
-        steps.append(Step(StepKind.pad, {"dim": 1, "before": extra // 2, "after": extra - extra // 2}))
-    return ProjectionPlan(policy, tuple(steps), reason, output)
-
-
-def _plan_features_last(policy: Projection, source: TensorType, want: tuple[int, ...]) -> ProjectionPlan:
-    f_in, f_out = source.shape[-1], want[-1]
-    if source.shape[:-1] != want[:-1]:
+    spatial = source.rank >= 2 and target.layout == "channels_first"
+    if policy is not Projection.none and not spatial and source.shape[:-1] != want[:-1]:
         raise ProjectionError(f"their leading dims differ ({_size(source.shape[:-1])} vs {_size(want[:-1])}); "
                               "a feature projection only changes the last dim")
-    reason = f"{f_in}->{f_out} features"
-    output = source.with_shape(want, "features_last")
-    if policy in (Projection.auto, Projection.conv):
-        return ProjectionPlan(policy, (Step(StepKind.linear, {"in": f_in, "out": f_out}),), reason, output)
-    if policy is Projection.pad:
-        if f_out < f_in:
-            raise ProjectionError(f"pad cannot reduce {f_in} features to {f_out}", "use projection: auto")
-        extra = f_out - f_in
-        step = Step(StepKind.pad, {"dim": -1, "before": extra // 2, "after": extra - extra // 2})
-        return ProjectionPlan(policy, (step,), reason, output)
-    raise ProjectionError(f"projection {policy.value!r} needs spatial dims, but these are feature tensors "
-                          f"({_size(source.shape)} -> {_size(want)})", "use projection: auto, conv or pad")
-
-
-def _integer_ratio(spatial_in: tuple[int, ...], spatial_out: tuple[int, ...]) -> tuple[int, ...]:
-    if any(o > i for i, o in zip(spatial_in, spatial_out)):
-        raise ProjectionError(f"the target is larger ({_size(spatial_in)} -> {_size(spatial_out)}); "
-                              "projections only downsample",
-                              "upsample the source first (e.g. an Upsample or ConvTranspose2d layer)")
-    if any(i % o for i, o in zip(spatial_in, spatial_out)):
-        raise ProjectionError(f"spatial size {_size(spatial_in)} -> {_size(spatial_out)} is not an integer "
-                              "stride", non_integer=True)
-    return tuple(i // o for i, o in zip(spatial_in, spatial_out))
+    steps, reason = POLICIES[policy](Mismatch(source, want, spatial))
+    return ProjectionPlan(policy, steps, reason, source.with_shape(want, "channels_first" if spatial
+                                                                    else "features_last"))
 
 
 def _size(dims: tuple[int, ...]) -> str:
     return "x".join(map(str, dims)) if dims else "()"
-
-
-def _show_stride(stride: tuple[int, ...]) -> str:
-    return str(stride[0]) if len(set(stride)) == 1 else "x".join(map(str, stride))
 
 
 def _join(*parts: str) -> str:

@@ -30,8 +30,8 @@ def json_schema() -> dict[str, Any]:
     from .ops import OPS, GenericLayer
     from .spec import BlockCall, BlockLibrary, LayerBody, Scale, Skip, Spec
 
-    keys, top = models_json_schema([(Spec, "validation"), (BlockLibrary, "validation")], by_alias=True,
-                                   ref_template="#/$defs/{model}")
+    keys, top = models_json_schema([(Spec, "validation"), (BlockLibrary, "validation"), (Skip, "validation")],
+                                   by_alias=True, ref_template="#/$defs/{model}")
     defs: dict[str, Any] = top["$defs"]
     body = TypeAdapter(LayerBody).json_schema(by_alias=True, ref_template="#/$defs/{model}")
     defs.update(body.pop("$defs"))

@@ -3,9 +3,9 @@
 A spec is inputs, an ordered list of layers (`- NAME: {op: ..., args}`), named skip edges
 (`- NAME: {from: A, to: B, merge: add}`) and outputs, plus parameters and reusable blocks.
 Layer bodies are a union tagged by `op`: one typed model per curated op, `GenericLayer` for
-every other torch.nn class, and `BlockCall` for `{block: ...}`. Bodies inside `blocks:` are
-templates (they may hold `${...}` expressions over block parameters): they stay data here and
-are typed per instance by the expansion stage.
+every other torch.nn class, and `BlockCall` for `{block: ...}`. Layer and skip bodies are
+templates (they may hold `${...}` expressions over parameters), at the top level as inside
+`blocks:`: they stay data here and are typed per scope by the expansion stage.
 """
 
 from __future__ import annotations
@@ -114,7 +114,6 @@ LayerBody = _layer_union()
 # is expanded; the JSON Schema still describes it as a layer (or skip) for editors and checks.
 LayerTemplate = Annotated[dict[str, Any], WithJsonSchema({"$ref": "#/$defs/LayerBody"})]
 SkipTemplate = Annotated[dict[str, Any], WithJsonSchema({"$ref": "#/$defs/Skip"})]
-TypedLayer = Annotated[LayerBody, WithJsonSchema({"$ref": "#/$defs/LayerBody"})]
 
 
 def _one_key(body: Any, what: str) -> Any:
@@ -168,9 +167,9 @@ class Spec(StrictModel):
         min_length=1, json_schema_extra={"additionalProperties": False},
         description="Input name -> per-sample shape, or {shape, dtype, layout}.")
     defaults: Defaults = Field(default_factory=Defaults)
-    layers: list[_one_key(TypedLayer, LAYER_ENTRY)] = Field(  # type: ignore[valid-type]
+    layers: list[_one_key(LayerTemplate, LAYER_ENTRY)] = Field(  # type: ignore[valid-type]
         min_length=1, description="Ordered; each layer reads the previous one unless it names `input`.")
-    skips: list[_one_key(Skip, SKIP_ENTRY)] = Field(  # type: ignore[valid-type]
+    skips: list[_one_key(SkipTemplate, SKIP_ENTRY)] = Field(  # type: ignore[valid-type]
         default_factory=list, description="Named edges merging one node's output into a later layer's.")
     outputs: list[Identifier] | None = Field(default=None, min_length=1,
                                               description="The returned nodes; default: the last layer.")

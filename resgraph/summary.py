@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .graph import Graph, NodeKind
-from .projections import ProjectionPlan, Step, StepKind
+from .graph import BlockNode, Graph, InputNode, LayerNode, SkipNode
+from .ownership import graph_parameters, owned_parameters
+from .projections import ProjectionPlan, describe_steps
 
-__all__ = ["ProjectionRow", "Row", "Summary", "describe_steps", "format_summary", "instance_title", "parameter_count",
-           "short_value", "summarize"]
+__all__ = ["ProjectionRow", "Row", "Summary", "format_summary", "instance_title", "short_value", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -56,99 +56,57 @@ def summarize(module: Any, depth: int | None = None) -> Summary:
     Args:
         depth: module levels to show, as torchinfo counts them (1: only the top level).
     """
-    graph: Graph = module._resgraph_graph
+    graph: Graph = module.graph
     rows: list[Row] = []
     _rows(module, graph, "", 0, rows)
     if depth is not None:
         rows = [row for row in rows if row.depth < depth]
     total = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    return Summary(graph.name, graph.scope.origin.source.file, rows, total, trainable, list(graph.outputs))
+    return Summary(graph.name, module.build_record.file, rows, total, trainable, list(graph.outputs))
 
 
 def _rows(module: Any, graph: Graph, prefix: str, level: int, rows: list[Row]) -> None:
     for node in graph.nodes.values():
         name, shape = prefix + node.name, list(node.meta["type"].shape)
-        if node.kind is NodeKind.input:
+        params = owned_parameters(module, node, prefix)
+        if isinstance(node, InputNode):
             if not prefix:
                 rows.append(Row(name, "input", f"input {node.meta['type'].dtype}", shape, 0, level))
-        elif node.kind is NodeKind.layer:
+        elif isinstance(node, LayerNode):
             layer = node.layer
-            assert layer is not None
             args = ", ".join(f"{k}={short_value(v)}" for k, v in layer.args().items())
             if layer.code_only:
                 args = ", ".join([*node.inputs, *([args] if args else [])])
-            rows.append(Row(name, "layer", f"{layer.op}({args})", shape, parameter_count(module, name), level))
-        elif node.kind is NodeKind.block:
-            call = node.call
-            assert call is not None
-            instances = node.meta["instances"]
-            repeat = f" x{len(instances)}" if call.repeat is not None else ""
-            rows.append(Row(name, "block", f"{call.block}{repeat}", shape, parameter_count(module, name), level))
+            rows.append(Row(name, "layer", f"{layer.op}({args})", shape, params, level))
+        elif isinstance(node, BlockNode):
+            instances = node.instances
+            repeat = f" x{len(instances)}" if node.repeated else ""
+            rows.append(Row(name, "block", f"{node.call.block}{repeat}", shape, params, level))
             for instance in instances:
-                if call.repeat is not None:
+                if node.repeated:
                     qualified = instance.qualname.rstrip(".")
                     rows.append(Row(qualified, "instance", instance_title(instance),
                                     list(instance.nodes[instance.outputs[0]].meta["type"].shape),
-                                    parameter_count(module, qualified), level + 1))
-                _rows(module, instance, instance.qualname, level + 1 + (call.repeat is not None), rows)
-        else:
-            skip = node.skip
-            assert skip is not None
+                                    graph_parameters(module, instance), level + 1))
+                _rows(module, instance, instance.qualname, level + 1 + node.repeated, rows)
+        elif isinstance(node, SkipNode):
             plan: ProjectionPlan = node.meta["projection"]
-            params = parameter_count(module, name)
             projection = ProjectionRow(plan.policy.value, plan.reason, describe_steps(plan.steps), params)
-            rows.append(Row(name, "skip", f"skip {skip.merge.value} <- {skip.source}", shape, params, level,
+            rows.append(Row(name, "skip", f"skip {node.skip.merge.value} <- {node.skip.source}", shape, params, level,
                             projection))
 
 
 def instance_title(instance: Graph) -> str:
     """`basic(planes=64, stride=2)`: a block instance's block and the parameters it was built with."""
-    params = ", ".join(f"{k}={short_value(v)}" for k, v in instance.scope.params.items())
-    return f"{instance.scope.block}({params})"
-
-
-def describe_steps(steps: tuple[Step, ...]) -> str:
-    """'Conv2d 1x1 /2 + BatchNorm2d', or 'identity' when nothing is needed."""
-    if not steps:
-        return "identity"
-    parts = []
-    for step in steps:
-        a = step.args
-        if step.kind is StepKind.conv:
-            stride = a["stride"]
-            parts.append(f"Conv{a['dims']}d 1x1" + (f" /{short_value(stride)}" if stride not in (1, (1,)) else ""))
-        elif step.kind is StepKind.norm:
-            parts.append(f"BatchNorm{a['dims']}d")
-        elif step.kind is StepKind.avgpool:
-            parts.append(f"AvgPool{a['dims']}d /{short_value(a['kernel'])}")
-        elif step.kind is StepKind.linear:
-            parts.append("Linear")
-        elif step.kind is StepKind.subsample:
-            parts.append(f"subsample /{short_value(a['stride'])}")
-        elif step.kind is StepKind.crop:
-            parts.append(f"center-crop to {'x'.join(map(str, a['size']))}")
-        else:
-            parts.append("zero-pad " + ("features" if a["dim"] == -1 else "channels"))
-    return " + ".join(parts)
+    params = ", ".join(f"{k}={short_value(v)}" for k, v in instance.params.items())
+    return f"{instance.block}({params})"
 
 
 def short_value(value: Any) -> str:
     if isinstance(value, (tuple, list)):
         return str(value[0]) if len(set(value)) == 1 else "x".join(map(str, value))
     return str(value)
-
-
-def parameter_count(module: Any, name: str) -> int:
-    """Parameters under `name`: a submodule's, or a learned tensor's (`parameter` layers)."""
-    try:
-        return sum(p.numel() for p in module.get_submodule(name).parameters())
-    except AttributeError:
-        pass
-    try:
-        return module.get_parameter(name).numel()
-    except AttributeError:  # parameter-free nodes own nothing
-        return 0
 
 
 def format_summary(summary: Summary) -> str:

@@ -1,58 +1,87 @@
 """Stage 2, validate: plain data -> a typed `Spec`, or every structural mistake with a location.
 
-jsonschema checks structure first and reports all violations at once; pydantic then builds the
-typed objects and applies cross-field rules. Both libraries' errors are translated here, once,
-into resgraph diagnostics that name the layer or skip, the key, what was expected and a fix.
+jsonschema checks the structure of the whole document first and reports every violation at
+once; then the spec's parameters are resolved and its top-level sections (inputs, outputs,
+scale, defaults) evaluated and typed with pydantic. Layers and skips stay templates, at the top
+level as in blocks: the expansion stage evaluates and types them per scope, through `evaluate`.
+Third-party wording is translated by `translate`.
+
+>>> from resgraph.loader import load_text
+>>> spec = validate(load_text("resgraph: 1\\nname: M\\ninputs: {x: [4]}\\n"
+...                           "layers:\\n  - fc: {op: Linear, out_features: 2}\\n"))
+>>> spec.name, spec.input_decls()["x"].shape
+('M', [4])
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
+from pydantic import ValidationError
+
 from .errors import Diagnostic, SpecError
+from .evaluate import evaluate_tree, resolve_params
 from .loader import LoadedSpec, Origin, Path, SourceMap
 from .ops import OPS
-from .suggest import did_you_mean
+from .schema import json_schema, library_schema
+from .spec import BlockLibrary, Spec
+from .translate import jsonschema_diagnostics, pydantic_diagnostics, untyped_body
 
-__all__ = ["pydantic_diagnostics", "schema_diagnostics", "validate"]
+__all__ = ["is_block_library", "schema_diagnostics", "validate", "validate_library"]
 
 _OP_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
-NAME_RULE = "names start with a letter and hold only letters, digits and '_'"
+# Sections a spec writes as templates (typed per scope by expansion) or keeps unevaluated.
+_TEMPLATES = ("params", "blocks", "layers", "skips")
 
 
-def validate(loaded: LoadedSpec, params: Mapping[str, Any] | None = None) -> Any:
-    """Check loaded data against the schema, evaluate its top-level expressions, build the model.
+def validate(loaded: LoadedSpec, params: Mapping[str, Any] | None = None) -> Spec:
+    """Check loaded data against the schema and type the spec's top-level sections.
 
     Args:
         params: overrides of the spec's declared `params` (as from `--set NAME=VALUE`).
     Returns:
         The typed `Spec`, whose `params` hold the values in force (defaults, then overrides).
-        Layers inside `blocks:` stay templates; the expansion stage types them per instance.
+        Its layers and skips (and blocks') stay templates, typed per scope by `expand`.
     Raises:
-        SpecError: every schema violation; else every expression or model-level violation.
+        SpecError: every schema violation; else every parameter or top-level section violation.
     """
-    from pydantic import ValidationError
-
-    from .expand import evaluate_spec_data, resolve_params, scale_width
-    from .spec import Scale, Spec
-
     diagnostics = schema_diagnostics(loaded.data, loaded.source)
     if diagnostics:
         raise SpecError(diagnostics)
     root = Origin(loaded.source, ())
     values = resolve_params(loaded.data.get("params", {}), params or {}, root.child("params"), diagnostics)
-    data = evaluate_spec_data(loaded.data, values, root, diagnostics)
+    shell = {k: v for k, v in loaded.data.items() if k not in _TEMPLATES}
+    data = {**evaluate_tree(shell, values, root, diagnostics),
+            **{k: loaded.data[k] for k in _TEMPLATES if k in loaded.data}}
     if diagnostics:
         raise SpecError(diagnostics)
     try:
-        scale = Scale.model_validate(data.get("scale", {}))
-        data["layers"] = [{name: scale_width(body, scale) for name, body in entry.items()} for entry in data["layers"]]
         return Spec.model_validate(data).model_copy(update={"params": values})
     except ValidationError as exc:
         raise SpecError(list(pydantic_diagnostics(exc, data, root))) from None
+
+
+def is_block_library(data: Any) -> bool:
+    """True for a document that is a block library (`blocks:` and no `layers:`), not a spec."""
+    return isinstance(data, dict) and "blocks" in data and "layers" not in data and "name" not in data
+
+
+def validate_library(loaded: LoadedSpec) -> BlockLibrary:
+    """Check a block-library file (what `imports:` names) and type it.
+
+    Raises:
+        SpecError: every violation, located in the library file.
+    """
+    diagnostics = schema_diagnostics(loaded.data, loaded.source, "library")
+    if diagnostics:
+        raise SpecError(diagnostics)
+    try:
+        return BlockLibrary.model_validate(loaded.data)
+    except ValidationError as exc:
+        raise SpecError(list(pydantic_diagnostics(exc, loaded.data, Origin(loaded.source, ())))) from None
 
 
 @cache
@@ -65,8 +94,6 @@ def _validators(root: str) -> tuple[Any, dict[str, Any]]:
     `block`) validates each body once, against the same definitions, with the same errors.
     """
     import jsonschema
-
-    from .schema import json_schema, library_schema
 
     schema = {"spec": json_schema, "library": library_schema}[root]()
     defs = schema["$defs"]
@@ -111,347 +138,15 @@ def schema_diagnostics(data: Any, source: SourceMap, root: str = "spec") -> list
 
     `root` is "spec" (the whole schema) or "library" (its BlockLibrary definition).
     """
-    seen: set[tuple[Any, str]] = set()
     result = []
     shell, bodies = _validators(root)
     errors = list(shell.iter_errors(data))
     for path, body in _layer_bodies(data):
         definition = _body_definition(body)
         if definition is None:
-            result.extend(_untyped_body(path, body, data, source))
+            result.extend(untyped_body(path, body, data, source))
             continue
         for error in bodies[definition].iter_errors(body):
             error.path.extendleft(reversed(path))  # report it where it sits in the document
             errors.append(error)
-    # An entry that is not a one-key mapping is mis-indented: errors inside it are only noise.
-    broken = {tuple(e.absolute_path) for e in errors if e.validator in ("minProperties", "maxProperties")}
-    for error in errors:
-        path = tuple(error.absolute_path)
-        if any(path[:len(b)] == b and len(path) > len(b) for b in broken):
-            continue
-        for diagnostic in _translate(error, data, source):
-            key = (diagnostic.location, diagnostic.message)
-            if key not in seen:
-                seen.add(key)
-                result.append(diagnostic)
-    return result
-
-
-# --- where: a readable name for the part of the spec a path points into --------------------------
-
-def subject(path: Path, data: Any, op: Any = None) -> tuple[str, Path]:
-    """('layer 'conv1' (Conv2d)', rest-of-path) for a path into the spec (or one of its blocks).
-
-    `op` names the layer's op; None looks it up in `data`; "" leaves it out.
-    """
-    if len(path) >= 2 and path[0] == "blocks":
-        inner, rest = subject(path[2:], _get(data, path[:2]), op)
-        return (f"block {path[1]!r}" + (f", {inner}" if inner != "spec" else "")), rest
-    if len(path) >= 3 and path[0] in ("layers", "skips") and isinstance(path[1], int):
-        name = path[2]
-        if path[0] == "skips":
-            return f"skip {name!r}", path[3:]
-        if op is None:
-            body = _get(data, path[:3])
-            op = body.get("op") if isinstance(body, dict) else None
-        return (f"layer {name!r} ({op})" if isinstance(op, str) and op else f"layer {name!r}"), path[3:]
-    if len(path) >= 2 and path[0] == "inputs":
-        return f"input {path[1]!r}", path[2:]
-    if len(path) >= 2 and path[0] in ("layers", "skips", "outputs"):
-        return f"{path[0]}[{path[1]}]", path[2:]
-    if path:
-        return str(path[0]), path[1:]
-    return "spec", ()
-
-
-def _get(data: Any, path: Path) -> Any:
-    for part in path:
-        try:
-            data = data[part]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return data
-
-
-def _label(path: Path, data: Any, op: Any = None) -> str:
-    who, rest = subject(path, data, op)
-    field = ".".join(str(p) for p in rest)
-    return f"{who}: {field}" if field else who
-
-
-def _show(value: Any) -> str:
-    kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list",
-            dict: "mapping", type(None): "null"}.get(type(value), type(value).__name__)
-    if isinstance(value, (dict, list)):
-        return kind
-    text = repr(value)
-    return f"{kind} {text if len(text) <= 40 else text[:37] + '...'}"
-
-
-# --- jsonschema -----------------------------------------------------------------------------------
-
-def _translate(error: Any, data: Any, source: SourceMap) -> Iterator[Diagnostic]:
-    path: Path = tuple(error.absolute_path)
-    kind = error.validator
-    instance = error.instance
-    schema = error.schema if isinstance(error.schema, dict) else {}
-
-    if kind in ("oneOf", "anyOf") and error.context:
-        chosen = _branch_errors(error, path)
-        if chosen is not None:
-            for sub in chosen:
-                yield from _translate(sub, data, source)
-            return
-        yield Diagnostic(source.locate(path), f"{_label(path, data)}: expected {describe(schema)}, "
-                                              f"got {_show(instance)}")
-        return
-
-    if kind == "additionalProperties" and isinstance(instance, dict):
-        allowed = list(schema.get("properties", {}))
-        patterns = schema.get("patternProperties", {})
-        for key in instance:
-            if key in allowed or (patterns and _matches_any(key, patterns)):
-                continue
-            yield _unexpected_key(path, key, allowed, bool(patterns), data, source)
-        return
-
-    if kind == "required":
-        missing = error.message.split("'")[1] if "'" in error.message else error.message
-        who = _label(path, data)
-        noun = "argument" if _is_layer_body(path, data) else "key"
-        yield Diagnostic(source.locate(path, key=True), f"{who}: missing required {noun} {missing!r}")
-        return
-
-    if kind in ("minProperties", "maxProperties") and len(path) == 2 and path[0] in ("layers", "skips"):
-        what = "layer" if path[0] == "layers" else "skip"
-        keys = ", ".join(map(str, instance)) or "none"
-        example = "- conv1: {op: Conv2d, out_channels: 64, kernel_size: 3}" if what == "layer" \
-            else "- shortcut: {from: x, to: conv2, merge: add}"
-        yield Diagnostic(source.locate(path),
-                         f"{path[0]}[{path[1]}]: each {what} is a one-key mapping NAME: {{...}}, found keys: {keys}",
-                         f"write it as `{example}`; indent the body under its name")
-        return
-
-    if kind in ("minProperties", "minItems") and not instance:
-        yield Diagnostic(source.locate(path), f"{_label(path, data)}: must not be empty")
-        return
-
-    if kind == "pattern" and isinstance(instance, str):
-        yield Diagnostic(source.locate(path), f"{_label(path, data)}: invalid name {instance!r}: {NAME_RULE}")
-        return
-
-    if kind in ("enum", "const"):
-        options = schema.get("enum", [schema.get("const")])
-        hint = did_you_mean(instance, map(str, options)) if isinstance(instance, str) else ""
-        yield Diagnostic(source.locate(path),
-                         f"{_label(path, data)}: expected {describe(schema)}, got {_show(instance)}{hint}")
-        return
-
-    if kind == "type" and len(path) in (3, 5) and (path[0] in ("layers", "skips") or path[0] == "blocks"):
-        if _is_layer_body(path, data) or (len(path) == 3 and path[0] == "skips"):
-            example = "{op: ReLU}" if _is_layer_body(path, data) else "{from: x, to: conv2, merge: add}"
-            yield Diagnostic(source.locate(path, key=True),
-                             f"{subject(path, data)[0]}: expected a mapping like {example}, got {_show(instance)}")
-            return
-    if kind == "type":
-        yield Diagnostic(source.locate(path), f"{_label(path, data)}: expected {describe(schema)}, "
-                                              f"got {_show(instance)}")
-        return
-
-    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "maxLength", "minItems", "maxItems"):
-        got = f"{len(instance)}" if isinstance(instance, (list, str)) and kind != "maxLength" else _show(instance)
-        yield Diagnostic(source.locate(path), f"{_label(path, data)}: {_bound_message(kind, error.validator_value)}, "
-                                              f"got {got}")
-        return
-
-    yield Diagnostic(source.locate(path), f"{_label(path, data)}: {error.message}")
-
-
-def _untyped_body(path: Path, body: dict[str, Any], data: Any, source: SourceMap) -> list[Diagnostic]:
-    """A layer body whose `op` is missing or not a name: no definition fits it."""
-    who = subject(path, data, "")[0]
-    if "op" not in body:
-        return [Diagnostic(source.locate(path, key=True),
-                           f"{who}: needs `op:` (a layer) or `block:` (a block instance)")]
-    op = body["op"]
-    return [Diagnostic(source.locate((*path, "op")), f"{who}: unknown op {op!r}{did_you_mean(str(op), OPS)}",
-                       "op is a torch.nn class name such as Conv2d, or one of add, concat, mul")]
-
-
-def _is_layer_body(path: Path, data: Any) -> bool:
-    """True for the body of a `- NAME: {...}` layer entry, at the top level or in a block."""
-    if len(path) == 3 and path[0] == "layers":
-        return True
-    return len(path) == 5 and path[0] == "blocks" and path[2] == "layers"
-
-
-def _branch_errors(error: Any, path: Path) -> list[Any] | None:
-    """For a failed oneOf/anyOf, the errors of the alternative the user evidently meant.
-
-    An alternative is ruled out when it fails on the value's type or, for layer bodies, on the
-    `op` tag; if exactly one is left, its errors are the useful ones.
-    """
-    branches: dict[int, list[Any]] = {}
-    for sub in error.context:
-        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
-
-    def ruled_out(errors: list[Any]) -> bool:
-        for sub in errors:
-            rel = tuple(sub.absolute_path)[len(path):]
-            if sub.validator == "type" and rel == ():
-                return True
-            if sub.validator == "required" and rel == () and isinstance(sub.instance, dict) and any(
-                    key in ("op", "block") and key not in sub.instance for key in sub.validator_value):
-                return True  # the discriminating key is absent: this alternative is not the one meant
-            if rel == ("op",) and sub.validator in ("const", "not", "enum", "pattern"):
-                return True
-        return False
-
-    alternatives = error.schema.get(error.validator, []) if isinstance(error.schema, dict) else []
-    expression_meant = isinstance(error.instance, str) and error.instance.startswith("${")
-
-    def is_expression(index: int) -> bool:
-        return index < len(alternatives) and alternatives[index] == {"$ref": "#/$defs/Expression"}
-
-    left = [errors for index, errors in branches.items() if not ruled_out(errors)
-            and (expression_meant or not is_expression(index))]
-    if len(left) == 1:
-        return left[0]
-    return None
-
-
-def _matches_any(key: str, patterns: dict[str, Any]) -> bool:
-    return any(re.search(pattern, key) for pattern in patterns)
-
-
-def _unexpected_key(path: Path, key: str, allowed: list[str], named: bool, data: Any,
-                    source: SourceMap) -> Diagnostic:
-    where = source.locate((*path, key), key=True)
-    if named:  # a mapping of user-chosen names: the key is a bad name, not a misspelling
-        return Diagnostic(where, f"{_label(path, data)}: invalid name {key!r}: {NAME_RULE}")
-    if _is_layer_body(path, data):
-        op = _get(data, path).get("op")
-        model = OPS.get(op)
-        if model is not None and key in model.inferred:
-            return Diagnostic(where, f"{_label(path, data)}: {key!r} is inferred from the input; remove it")
-        hint = did_you_mean(key, [k for k in allowed if k != "op"])
-        return Diagnostic(where, f"{_label(path, data)}: unknown argument {key!r}{hint}",
-                          None if hint else f"{op} takes: {', '.join(k for k in allowed if k not in ('op',))}")
-    return Diagnostic(where, f"{_label(path, data)}: unknown key {key!r}{did_you_mean(key, allowed)}"
-                      if path else f"unknown top-level key {key!r}{did_you_mean(key, allowed)}")
-
-
-def _bound_message(kind: str, bound: Any) -> str:
-    return {
-        "minimum": f"must be at least {bound}",
-        "maximum": f"must be at most {bound}",
-        "exclusiveMinimum": f"must be greater than {bound}",
-        "exclusiveMaximum": f"must be less than {bound}",
-        "maxLength": f"must be at most {bound} characters",
-        "minItems": f"needs at least {bound} item{'s' if bound != 1 else ''}",
-        "maxItems": f"takes at most {bound} item{'s' if bound != 1 else ''}",
-    }[kind]
-
-
-def describe(schema: Any) -> str:
-    """A short English description of what a schema accepts ('an integer >= 1 or a list of ...')."""
-    if not isinstance(schema, dict):
-        return "a valid value"
-    if schema.get("$ref") == "#/$defs/Expression":
-        return "a ${...} expression"
-    if "$ref" in schema:
-        from .schema import json_schema
-
-        target = json_schema()["$defs"].get(schema["$ref"].rsplit("/", 1)[-1], {})
-        return describe(target)
-    for union in ("anyOf", "oneOf"):
-        if union in schema:
-            # Any value may be a ${...} expression; saying so in every message is only noise.
-            options = [s for s in schema[union] if s != {"$ref": "#/$defs/Expression"}] or schema[union]
-            parts = list(dict.fromkeys(describe(s) for s in options))
-            return " or ".join(parts)
-    if "const" in schema:
-        return repr(schema["const"])
-    if "enum" in schema:
-        return "one of " + ", ".join(repr(v) for v in schema["enum"])
-    kind = schema.get("type")
-    if kind == "integer":
-        bound = schema.get("minimum")
-        return "an integer" + (f" >= {bound}" if bound is not None else "")
-    if kind == "number":
-        return "a number"
-    if kind == "boolean":
-        return "true or false"
-    if kind == "null":
-        return "null"
-    if kind == "string":
-        return "a name" if "pattern" in schema else "a string"
-    if kind == "array":
-        return f"a list of {_plural(describe(schema['items']))}" if "items" in schema else "a list"
-    if kind == "object":
-        return "a mapping"
-    return "a valid value"
-
-
-def _plural(description: str) -> str:
-    for single, many in (("an integer", "integers"), ("a number", "numbers"), ("a name", "names"),
-                         ("a string", "strings"), ("a mapping", "mappings")):
-        if description.startswith(single):
-            return many + description[len(single):]
-    return f"({description})"
-
-
-# --- pydantic --------------------------------------------------------------------------------------
-
-def pydantic_diagnostics(exc: Any, data: Any, origin: Origin) -> Iterator[Diagnostic]:
-    """Translate a pydantic ValidationError about `data`, which was written at `origin`."""
-    for item in exc.errors(include_url=False):
-        path = _data_path(item["loc"], data)
-        message = _pydantic_message(item)
-        named = re.match(r"'(\w+)'", message)  # a model rule names its key first: point at that key
-        if named and isinstance(_get(data, path), dict) and named.group(1) in _get(data, path):
-            path = (*path, named.group(1))
-            message = message[named.end():].lstrip()
-        full = (*origin.path, *path)
-        op = _get(data, ("op",)) if origin.path else None
-        yield Diagnostic(origin.source.locate(full, key=item["type"] == "extra_forbidden" or bool(named)),
-                         f"{_label(full, data if not origin.path else None, op)}: {message}")
-
-
-_PYDANTIC_BOUNDS = {"greater_than_equal": ("ge", "minimum"), "greater_than": ("gt", "exclusiveMinimum"),
-                    "less_than_equal": ("le", "maximum"), "less_than": ("lt", "exclusiveMaximum")}
-
-
-def _pydantic_message(item: dict[str, Any]) -> str:
-    """pydantic's message in the words the jsonschema translation uses for the same mistake."""
-    kind, ctx = item["type"], item.get("ctx") or {}
-    got = _show(item.get("input"))
-    if kind in _PYDANTIC_BOUNDS:
-        key, schema_word = _PYDANTIC_BOUNDS[kind]
-        return f"{_bound_message(schema_word, ctx.get(key))}, got {got}"
-    words = {"int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
-             "bool_type": "true or false", "bool_parsing": "true or false", "float_type": "a number",
-             "float_parsing": "a number", "string_type": "a string", "list_type": "a list", "dict_type": "a mapping",
-             "finite_number": "a finite number"}
-    if kind in words:
-        return f"expected {words[kind]}, got {got}"
-    if kind == "literal_error":
-        return f"expected {ctx.get('expected', 'another value')}, got {got}"
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "missing"
-    return item["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
-
-
-def _data_path(loc: tuple[Any, ...], data: Any) -> Path:
-    """Drop pydantic's union tags from a loc, keeping only the steps that exist in the data."""
-    path: list[str | int] = []
-    for part in loc:
-        if isinstance(data, dict) and part in data:
-            data = data[part]
-            path.append(part)
-        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
-            data = data[part]
-            path.append(part)
-    return tuple(path)
+    return result + jsonschema_diagnostics(errors, data, source)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 
 import pytest
 
@@ -32,6 +33,10 @@ def small_params(example: str) -> dict[str, int]:
     declared = resgraph.load_spec(EXAMPLES / example).params
     return {name: value for name, value in SMALL_INPUTS.items() if name in declared}
 
+
+# Drawing SVG/PNG/PDF needs Graphviz's `dot` program; CI installs it, a fresh machine may not have it.
+needs_dot = pytest.mark.skipif(shutil.which("dot") is None,
+                               reason="Graphviz's `dot` program is not installed (apt-get install graphviz; CI has it)")
 
 BLOCK_LIBRARIES = sorted(p.relative_to(EXAMPLES).as_posix() for p in (EXAMPLES / "blocks").glob("*.yaml"))
 

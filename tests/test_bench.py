@@ -21,7 +21,7 @@ def test_quick_benchmark_runs_and_reports_every_measurement(tmp_path: pathlib.Pa
     assert [row["case"] for row in data["forward"]] == ["ResNet-50, batch 1", "ResNet-50, batch 2",
                                                          "residual MLP, 20 blocks, batch 1"]
     assert all(row["ratio"] > 0 for row in data["forward"])
-    assert data["build"]["ratio"] > 0 and set(data["build"]["stages"]) >= {"validate (schema, pydantic)",
+    assert data["build"]["ratio"] > 0 and set(data["build"]["stages"]) >= {"validate (schema, top level)",
                                                                            "lower (modules, weights)"}
     assert [row["layers"] for row in data["scaling"]] == [100, 300]
     assert all(row["build_peak_mib"] >= 0 and row["validate_s"] > 0 for row in data["scaling"])

@@ -13,7 +13,7 @@ import graphviz
 import pytest
 
 import resgraph
-from conftest import EXAMPLES, ROOT, check_golden
+from conftest import EXAMPLES, ROOT, check_golden, needs_dot
 
 GOLDEN = pathlib.Path(__file__).resolve().parent / "golden"
 IMAGES = ROOT / "docs" / "images"
@@ -91,6 +91,7 @@ def test_what_nodes_show_is_switchable() -> None:
         resgraph.render(EXAMPLES / "tutorial.yaml", rankdir="sideways")
 
 
+@needs_dot
 def test_real_graphviz_draws_svg_png_and_pdf(tmp_path: pathlib.Path) -> None:
     dot = resgraph.render(EXAMPLES / "tutorial.yaml")
     for name, magic in (("t.svg", b"<?xml"), ("t.png", b"\x89PNG"), ("t.pdf", b"%PDF")):
@@ -100,6 +101,7 @@ def test_real_graphviz_draws_svg_png_and_pdf(tmp_path: pathlib.Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.pdf", "t.png", "t.svg"]  # no temporary files
 
 
+@needs_dot
 def test_cli_render_and_build_diagram(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "net.png"
     result = subprocess.run([sys.executable, "-m", "resgraph", "render", "examples/resnet18.yaml", "-o", str(out),
@@ -126,11 +128,21 @@ def test_without_graphviz_the_dot_file_is_written_and_the_fix_is_named(tmp_path:
     assert dot_only.returncode == 0  # the asked-for format needs no Graphviz
 
 
-@pytest.mark.parametrize(("name", "options"), [("tutorial", {}), ("resnet18", {"fold_repeats": True})])
-def test_readme_images_are_in_sync_with_the_specs(name: str, options: dict[str, bool]) -> None:
-    """docs/images/NAME.dot equals a fresh render; NAME.svg is what Graphviz draws from it."""
+README_IMAGES = [("tutorial", {}), ("resnet18", {"fold_repeats": True})]
+
+
+@pytest.mark.parametrize(("name", "options"), README_IMAGES)
+def test_readme_image_sources_are_in_sync_with_the_specs(name: str, options: dict[str, bool]) -> None:
+    """docs/images/NAME.dot equals a fresh render."""
     dot = resgraph.render(EXAMPLES / f"{name}.yaml", **options)
     assert (IMAGES / f"{name}.dot").read_text() == dot.source, "regenerate with the commands in docs/images/README.md"
+
+
+@needs_dot
+@pytest.mark.parametrize(("name", "options"), README_IMAGES)
+def test_readme_images_are_what_graphviz_draws(name: str, options: dict[str, bool]) -> None:
+    """docs/images/NAME.svg is what Graphviz draws from NAME.dot."""
+    dot = resgraph.render(EXAMPLES / f"{name}.yaml", **options)
 
     def texts(svg: str) -> list[str]:
         return sorted(html.unescape(t) for t in re.findall(r"<text[^>]*>([^<]*)</text>", svg))

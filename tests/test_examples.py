@@ -12,7 +12,7 @@ from conftest import BUILDING_EXAMPLES, EXAMPLES, small_params
 @pytest.mark.parametrize("example", BUILDING_EXAMPLES)
 def test_example_builds_and_runs_a_forward_pass(example: str) -> None:
     model = resgraph.build(EXAMPLES / example, params=small_params(example), seed=0)
-    graph = model._resgraph_graph
+    graph = model.graph
     inputs = [torch.randn(2, *graph.nodes[name].meta["type"].shape) for name in graph.inputs]
     out = model(*inputs)
     outputs = out if isinstance(out, tuple) else (out,)

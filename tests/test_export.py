@@ -23,7 +23,7 @@ def import_file(path: pathlib.Path, name: str) -> object:
 
 
 def example_inputs(model: torch.nn.Module, batch: int = 2) -> list[torch.Tensor]:
-    graph = model._resgraph_graph
+    graph = model.graph
     inputs = []
     for name in graph.inputs:
         kind = graph.nodes[name].meta["type"]
@@ -108,9 +108,9 @@ def test_onnx_export_passes_the_checker_and_matches_onnxruntime(example: str, tm
     path = tmp_path / "model.onnx"
     resgraph.to_onnx(model, str(path))  # runs onnx.checker
     session = ort.InferenceSession(str(path))
-    assert [i.name for i in session.get_inputs()] == model._resgraph_graph.inputs
+    assert [i.name for i in session.get_inputs()] == model.graph.inputs
     inputs = example_inputs(model, batch=3)  # not the export batch: the batch dim is dynamic
-    (actual,) = session.run(None, {name: t.numpy() for name, t in zip(model._resgraph_graph.inputs, inputs)})
+    (actual,) = session.run(None, {name: t.numpy() for name, t in zip(model.graph.inputs, inputs)})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(actual), model(*inputs), rtol=1e-4, atol=1e-4)
 

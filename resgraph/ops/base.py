@@ -127,6 +127,11 @@ class Layer(StrictModel):
 
         return getattr(nn, self.torch_name)(**args)
 
+    def parameter_source(self) -> str:
+        """For `owns_parameter` ops: the Python expression (using `torch` and `nn`) that `build`
+        evaluates to, written into the standalone export."""
+        raise NotImplementedError(f"{self.op} owns no parameter")
+
     def parameter_count(self, args: dict[str, Any]) -> int | None:
         """Parameters the built module will have, from its full constructor `args`, without torch.
 

@@ -162,7 +162,7 @@ class LearnedTensor(Layer):
         return math.prod(self.shape)
 
     def initializer(self) -> tuple[str, dict[str, float]]:
-        """The torch.nn.init function and its arguments (building and export share them)."""
+        """The torch.nn.init function and its arguments (`build` and `parameter_source` share them)."""
         return {"zeros": ("zeros_", {}), "ones": ("ones_", {}), "normal": ("normal_", {"std": self.std}),
                 "trunc_normal": ("trunc_normal_", {"std": self.std, "a": -2 * self.std, "b": 2 * self.std}),
                 "uniform": ("uniform_", {"a": -self.std, "b": self.std})}[self.init]
@@ -175,6 +175,12 @@ class LearnedTensor(Layer):
         function, kwargs = self.initializer()
         getattr(nn.init, function)(data, **kwargs)
         return nn.Parameter(data)
+
+    def parameter_source(self) -> str:
+        function, kwargs = self.initializer()
+        shape = ", ".join(map(str, (1, *self.shape)))
+        extra = "".join(f", {k}={v!r}" for k, v in kwargs.items())
+        return f"nn.Parameter(nn.init.{function}(torch.empty({shape}){extra}))"
 
     def code(self, operands: list[str], owner: str) -> str:
         return f"{owner}.expand({operands[0]}.shape[0], {', '.join(['-1'] * len(self.shape))})"

@@ -1,0 +1,132 @@
+"""Evaluation: parameters and `${...}` expressions over spec data -> concrete, typed entries.
+
+One path serves the spec's top level and every block instance alike (the top level is the root
+block): evaluate every expression with the names in scope, leave out entries whose `when:` is
+false, apply `scale.width`, then type the result with the pydantic models, translating their
+errors. Expressions themselves are parsed and evaluated by `expressions`.
+
+>>> from resgraph.loader import load_text
+>>> loaded = load_text("x: ${2 * planes}", "<doc>")
+>>> diagnostics = []
+>>> evaluate_tree(loaded.data, {"planes": 32}, Origin(loaded.source, ()), diagnostics), diagnostics
+({'x': 64}, [])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from .errors import Diagnostic, Location
+from .expressions import ExpressionError, evaluate, expression_body, make_divisible
+from .loader import Origin, Path
+from .spec import LayerBody, Scale
+from .suggest import did_you_mean
+from .translate import pydantic_diagnostics
+
+__all__ = ["LAYER", "SCALED_OPS", "concrete", "evaluate_tree", "is_left_out", "resolve_params", "scale_width"]
+
+SCALED_OPS = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
+LAYER: TypeAdapter[Any] = TypeAdapter(LayerBody)
+
+T = TypeVar("T")
+
+
+def evaluate_tree(value: Any, names: Mapping[str, Any], origin: Origin, diagnostics: list[Diagnostic],
+                  skip: Callable[[Path], bool] = lambda path: False) -> Any:
+    """`value` with every `${...}` string replaced by its result; errors become diagnostics.
+
+    `skip(relative_path)` leaves a subtree untouched (block-call `with:` values, evaluated per
+    instance later).
+    """
+
+    def walk(item: Any, rel: Path) -> Any:
+        if skip(rel):
+            return item
+        if isinstance(item, dict):
+            return {k: walk(v, (*rel, k)) for k, v in item.items()}
+        if isinstance(item, list):
+            return [walk(v, (*rel, i)) for i, v in enumerate(item)]
+        body = expression_body(item)
+        if body is None:
+            return item
+        try:
+            result = evaluate(body, names)
+        except ExpressionError as exc:
+            where = origin.child(*rel).locate()
+            column = where.column + 2 + exc.offset if where.line else 0
+            diagnostics.append(Diagnostic(Location(where.file, where.line, column),
+                                          f"in ${{{body.strip()}}}: {exc}"))
+            return None
+        if expression_body(result) is not None:
+            diagnostics.append(Diagnostic(origin.child(*rel).locate(), "an expression may not produce an expression"))
+            return None
+        return result
+
+    return walk(value, ())
+
+
+def resolve_params(declared: Mapping[str, Any], overrides: Mapping[str, Any], origin: Origin,
+                   diagnostics: list[Diagnostic]) -> dict[str, Any]:
+    """Parameter values: declared defaults (which may use earlier params), then overrides.
+
+    An override of an undeclared parameter is an error with suggestions.
+    """
+    for name in overrides:
+        if name not in declared:
+            hint = did_you_mean(name, declared)
+            known = f" (declared: {', '.join(declared)})" if declared and not hint else ""
+            diagnostics.append(Diagnostic(Location(origin.source.file), f"--set {name}: the spec declares no "
+                                                                        f"parameter {name!r}{hint}{known}"))
+    values: dict[str, Any] = {}
+    for name, default in declared.items():
+        if name in overrides:
+            values[name] = overrides[name]
+        else:
+            values[name] = evaluate_tree(default, values, origin.child(name), diagnostics)
+    return values
+
+
+def is_left_out(body: Any) -> bool:
+    """True for an entry body whose `when:` evaluated to false."""
+    return isinstance(body, dict) and body.get("when") is False
+
+
+def scale_width(body: Any, scale: Scale) -> Any:
+    """A layer body with `scale.width` applied: conv out_channels times width, made divisible.
+
+    Layers opt out with `scale: false` (e.g. a head whose channels are class scores).
+    """
+    if (scale.width == 1 or not isinstance(body, dict) or body.get("op") not in SCALED_OPS
+            or body.get("scale", True) is False or not isinstance(body.get("out_channels"), (int, float))):
+        return body
+    return {**body, "out_channels": make_divisible(body["out_channels"] * scale.width, scale.divisor)}
+
+
+def _is_with(rel: Path) -> bool:
+    return rel[:1] == ("with",)
+
+
+def concrete(template: Any, model: type[T] | TypeAdapter[T], names: Mapping[str, Any], origin: Origin,
+             diagnostics: list[Diagnostic], scale: Scale | None = None) -> T | None:
+    """One layer or skip entry body, evaluated and typed; None when left out or invalid.
+
+    A block call's `with:` stays as written: it is evaluated per instance. With `scale`, the
+    width multiplier applies (layers only). Problems are appended to `diagnostics`.
+    """
+    known = len(diagnostics)
+    body = evaluate_tree(template, names, origin, diagnostics, _is_with)
+    if len(diagnostics) > known or is_left_out(body):
+        return None  # its expression errors are reported already, or `when:` left it out
+    if scale is not None:
+        body = scale_width(body, scale)
+    try:
+        if isinstance(model, TypeAdapter):
+            return model.validate_python(body)
+        assert issubclass(model, BaseModel)
+        return model.model_validate(body)  # type: ignore[return-value]
+    except ValidationError as exc:
+        diagnostics.extend(pydantic_diagnostics(exc, body, origin))
+        return None

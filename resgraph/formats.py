@@ -1,0 +1,131 @@
+"""Output formats: one table from file suffix to writer, read by the CLI (`-o`, `--diagram`) and the API
+(`resgraph.save`, `resgraph.write_diagram`).
+
+A writer is named as "module:function" and imported only when a file of its format is written,
+so listing the formats (for `--help` and error messages) imports neither torch nor an optional
+exporter. Adding a format is one row here and its writer function:
+
+- a model writer is `write(model, path) -> None`;
+- a diagram writer is `write(digraph, path) -> str | None`, returning the path of a `.dot`
+  file written instead when Graphviz cannot draw the format.
+
+>>> find_format("model.onnx", "model").requires
+('onnx', 'onnxscript')
+>>> model_suffixes()
+('.pt', '.pth', '.py', '.onnx')
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .errors import UsageError
+
+__all__ = ["FORMATS", "OutputFormat", "diagram_suffixes", "find_format", "model_suffixes", "save", "write_diagram"]
+
+Kind = Literal["model", "diagram"]
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    suffix: str  # ".pt"
+    kind: Kind  # what it writes: a compiled model, or a diagram
+    description: str  # for --help
+    writer: str  # "module:function", relative to the resgraph package
+    requires: tuple[str, ...] = ()  # optional packages the writer imports
+    extra: str | None = None  # the pip extra that installs them
+
+    def load_writer(self) -> Callable[..., Any]:
+        """The writer function, after checking its optional packages are installed.
+
+        Raises:
+            UsageError: an optional package is missing (the message says how to install it).
+        """
+        missing = [name for name in self.requires if importlib.util.find_spec(name) is None]
+        if missing:
+            install = f"pip install 'resgraph[{self.extra}]'" if self.extra else f"pip install {' '.join(missing)}"
+            raise UsageError(f"writing {self.suffix} files needs {' and '.join(missing)}: {install}")
+        module, _, function = self.writer.partition(":")
+        return getattr(importlib.import_module(f"resgraph.{module}"), function)
+
+
+FORMATS: dict[str, OutputFormat] = {}
+
+
+def _add(*formats: OutputFormat) -> None:
+    for fmt in formats:
+        if fmt.suffix in FORMATS:
+            raise RuntimeError(f"output format {fmt.suffix} is registered twice")
+        FORMATS[fmt.suffix] = fmt
+
+
+_add(
+    OutputFormat(".pt", "model", "weights and build record (resgraph.load, torch.load(weights_only=True))",
+                 "artifact:save"),
+    OutputFormat(".pth", "model", "the same as .pt", "artifact:save"),
+    OutputFormat(".py", "model", "a standalone PyTorch file", "export_py:write_python"),
+    OutputFormat(".onnx", "model", "ONNX", "onnx_export:to_onnx", ("onnx", "onnxscript"), "onnx"),
+    OutputFormat(".svg", "diagram", "SVG (Graphviz)", "diagram:write_diagram"),
+    OutputFormat(".png", "diagram", "PNG (Graphviz)", "diagram:write_diagram"),
+    OutputFormat(".pdf", "diagram", "PDF (Graphviz)", "diagram:write_diagram"),
+    OutputFormat(".dot", "diagram", "Graphviz DOT source", "diagram:write_diagram"),
+)
+
+
+def model_suffixes() -> tuple[str, ...]:
+    return tuple(s for s, f in FORMATS.items() if f.kind == "model")
+
+
+def diagram_suffixes() -> tuple[str, ...]:
+    return tuple(s for s, f in FORMATS.items() if f.kind == "diagram")
+
+
+def find_format(path: str, kind: Kind) -> OutputFormat:
+    """The format a path's suffix names (case-insensitive).
+
+    Raises:
+        UsageError: the suffix names no format of this kind.
+    """
+    suffix = os.path.splitext(path)[1].lower()
+    fmt = FORMATS.get(suffix)
+    if fmt is None or fmt.kind != kind:
+        options = model_suffixes() if kind == "model" else diagram_suffixes()
+        raise UsageError(f"{path}: the {kind} file must end in {' or '.join(options)}")
+    return fmt
+
+
+def save(model: Any, path: str | os.PathLike[str]) -> None:
+    """Write a compiled model to `path` in the format its suffix names (.pt, .pth, .py, .onnx), atomically.
+
+    Raises:
+        UsageError: an unknown suffix, a missing optional package, or a path that cannot be written.
+        ResgraphError: the exporter failed.
+    """
+    name = os.fspath(path)
+    writer = find_format(name, "model").load_writer()
+    try:
+        writer(model, name)
+    except OSError as exc:
+        raise UsageError(f"cannot write {name}: {exc.strerror or exc}") from None
+
+
+def write_diagram(dot: Any, path: str | os.PathLike[str]) -> str | None:
+    """Write a diagram (`resgraph.render`'s result) in the format its suffix names, atomically.
+
+    Returns:
+        None on success; when Graphviz's `dot` program is missing and the format needs it, the
+        path of the .dot file written instead.
+    Raises:
+        UsageError: an unknown suffix, or a path that cannot be written.
+    """
+    name = os.fspath(path)
+    writer = find_format(name, "diagram").load_writer()
+    try:
+        return writer(dot, name)
+    except OSError as exc:
+        raise UsageError(f"cannot write {name}: {exc.strerror or exc}") from None

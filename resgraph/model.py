@@ -1,0 +1,138 @@
+"""Compiled models: the class `resgraph.build` returns, and building or rebuilding one.
+
+A `CompiledModule` is the lowered module plus what the API knows about it: the typed graph it
+was lowered from and its frozen `BuildRecord`. Pickling, deep copies and `.pt` artifacts
+rebuild it from that record, so lowering itself never needs to know about specs or files.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from .errors import Diagnostic, SpecError, UsageError
+from .graph import Graph
+from .loader import gc_paused, load_text
+from .lower import GeneratedModule, lower
+from .ops.generic import allowed_imports
+from .ownership import owned_parameters
+from .pipeline import DEFAULT_MAX_PARAMS, BuildRecord, check_loaded, static_parameter_counts
+from .spec import Spec
+
+__all__ = ["CompiledModule", "compile_model", "meta_module", "part_sizes", "rebuild"]
+
+class CompiledModule(GeneratedModule):
+    """Base class of the modules `resgraph.build` returns (block instances are GeneratedModules).
+
+    Attributes:
+        code: the source of the generated `forward` (also `type(model).code`).
+        spec: the validated spec the module was built from.
+        graph: the typed graph it was lowered from (each node's type in `node.meta["type"]`).
+        build_record: the frozen `BuildRecord` that rebuilds it.
+    """
+
+    spec: Spec
+    graph: Graph
+    build_record: BuildRecord
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # The class is generated, so pickle by recipe: rebuild from the record, then load the state.
+        return (_unpickle, (self.build_record, self.state_dict(), self.training))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> CompiledModule:
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        shared = {"spec", "graph", "build_record"}  # immutable after build: share them
+        for key, value in self.__dict__.items():
+            clone.__dict__[key] = value if key in shared else copy.deepcopy(value, memo)
+        return clone
+
+
+def _unpickle(record: BuildRecord, state: dict[str, Any], training: bool) -> CompiledModule:
+    module = rebuild(record, allow_imports=record.allow_imports, max_params=None)
+    module.load_state_dict(state)
+    return module.train(training)
+
+
+def compile_model(spec: Spec, graph: Graph, record: BuildRecord, *, seed: int | None = None,
+                  max_params: int | None = DEFAULT_MAX_PARAMS) -> CompiledModule:
+    """Lower a checked graph into a `CompiledModule` carrying `spec`, `graph` and `record`.
+
+    Raises:
+        SpecError: the model has more than `max_params` parameters (checked before any weight
+            is allocated), or torch refused a layer's arguments.
+    """
+    with allowed_imports(record.allow_imports):
+        if max_params is not None:
+            _check_size(graph, max_params)
+        with gc_paused():
+            module = lower(graph, base=CompiledModule, seed=seed)
+    module.spec = spec
+    module.graph = graph
+    module.build_record = record
+    return module
+
+
+def rebuild(record: BuildRecord, *, allow_imports: Iterable[str] = (), seed: int | None = None,
+            max_params: int | None = DEFAULT_MAX_PARAMS) -> CompiledModule:
+    """Build the model a `BuildRecord` describes, reading imported libraries from the record.
+
+    Args:
+        allow_imports: the prefixes the caller allows. The record's own are never trusted: a
+            model built with imports the caller does not allow is refused.
+    Raises:
+        UsageError: the record needs imports the caller did not allow.
+        SpecError: the recorded spec is invalid (e.g. written by a newer resgraph).
+    """
+    allowed = tuple(allow_imports)
+    missing = [prefix for prefix in record.allow_imports if prefix not in allowed]
+    if missing:
+        flags = " ".join(f"--allow-import {prefix}" for prefix in missing)
+        raise UsageError(f"{record.file}: this model was built with {flags}; allow the same to rebuild it "
+                         f"(Python: allow_imports={list(record.allow_imports)!r})")
+    with allowed_imports(allowed):
+        spec, graph = check_loaded(load_text(record.spec, record.file), record.params, record.reader())
+    return compile_model(spec, graph, record, seed=seed, max_params=max_params)
+
+
+def meta_module(graph: Graph) -> GeneratedModule:
+    """The model built on the meta device: every shape and count, no storage."""
+    with torch.device("meta"):
+        return lower(graph)
+
+
+def part_sizes(graph: Graph) -> dict[str, int]:
+    """Parameters each top-level node owns: from the ops' own counts, else from a meta-device build."""
+    counts = static_parameter_counts(graph)
+    if counts is not None:
+        return counts
+    module = meta_module(graph)  # an uncurated op somewhere: only building can tell
+    return {name: owned_parameters(module, node) for name, node in graph.nodes.items()}
+
+
+def _check_size(graph: Graph, limit: int) -> None:
+    """Refuse a model over `limit` parameters, pointing at its largest top-level part."""
+    sizes = part_sizes(graph)
+    total = sum(sizes.values())
+    if total <= limit:
+        return
+    largest = max(sizes, key=sizes.__getitem__)
+    where = graph.where(graph.nodes[largest])
+    raise SpecError([Diagnostic(where, f"the model would have {total:,} parameters ({_size(total * 4)} as float32), "
+                                       f"more than the limit of {limit:,}; the largest part, {largest!r}, has "
+                                       f"{sizes[largest]:,}",
+                                "raise the limit with --max-params N (Python: max_params=N) if this is intended")])
+
+
+def _size(n_bytes: float) -> str:
+    """`3.8 MiB`: a byte count in the largest unit that keeps it at or above 1 (up to GiB)."""
+    if n_bytes < 1024:
+        return f"{int(n_bytes)} bytes"
+    for unit in ("KiB", "MiB"):
+        n_bytes /= 1024
+        if n_bytes < 1024:
+            return f"{n_bytes:.1f} {unit}"
+    return f"{n_bytes / 1024:.1f} GiB"

@@ -1,0 +1,123 @@
+"""The torch-free half of the pipeline: load -> validate -> expand -> resolve -> infer shapes.
+
+`check_loaded` runs the stages in order; `BuildRecord` is what a compiled model was built from,
+and `RecordingReader` collects the imported libraries' texts for it. The public entry points
+are in `api`; lowering and the compiled model class are in `model` (they need torch).
+
+>>> text = "resgraph: 1\\nname: M\\ninputs: {x: [4]}\\nlayers:\\n  - fc: {op: Linear, out_features: 2}\\n"
+>>> spec, graph = check_loaded(load(text), None)
+>>> graph.nodes["fc"].meta["type"].shape, static_parameter_counts(graph)
+((2,), {'x': 0, 'fc': 10})
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from .errors import UsageError
+from .expand import Reader, expand
+from .graph import Graph
+from .loader import LoadedSpec, SourceMap, gc_paused, load_file, load_text
+from .resolve import resolve
+from .shapes import infer_shapes
+from .spec import Spec
+from .validate import validate
+from .version import __version__
+
+__all__ = ["DEFAULT_MAX_PARAMS", "BuildRecord", "RecordingReader", "SpecSource", "check_loaded", "load",
+           "static_parameter_counts"]
+
+SpecSource = Union[str, "os.PathLike[str]", dict]
+DEFAULT_MAX_PARAMS = 2**31  # the default parameter limit of builds (about 8 GiB of float32 weights)
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    """What a compiled model was built from: enough to rebuild it exactly, anywhere.
+
+    Attributes:
+        spec: the spec's text (YAML; JSON for a spec given as a dict).
+        file: the name its error locations use.
+        params: the parameter overrides given to `build` (not the spec's defaults).
+        allow_imports: the module prefixes the spec was allowed to import layers from.
+        imports: (path, text) of every block library the spec imported, as read at build time;
+            None for records from before resgraph stored them (libraries are read from disk).
+        version: the resgraph version that built it.
+    """
+
+    spec: str
+    file: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    allow_imports: tuple[str, ...] = ()
+    imports: tuple[tuple[str, str], ...] | None = ()
+    version: str = __version__
+
+    def reader(self) -> Reader:
+        """Reads imported libraries from this record instead of the file system."""
+        if self.imports is None:
+            return load_file
+        stored = dict(self.imports)
+
+        def read(path: str) -> LoadedSpec:
+            if path not in stored:
+                raise UsageError(f"{path}: not stored in the build record (it was not imported at build time)")
+            return load_text(stored[path], path)
+
+        return read
+
+
+class RecordingReader:
+    """Reads imported libraries from disk and keeps their texts for the build record."""
+
+    def __init__(self) -> None:
+        self.texts: dict[str, str] = {}
+
+    def __call__(self, path: str) -> LoadedSpec:
+        loaded = load_file(path)
+        self.texts[path] = loaded.text
+        return loaded
+
+
+def load(spec: SpecSource, *, file: str | None = None) -> LoadedSpec:
+    """Parse a spec given as a path, YAML text or an already-parsed dict.
+
+    A string is a path when it has no newline and names an existing path or ends in .yaml/.yml.
+
+    Raises:
+        UsageError: the file cannot be read, or `spec` is none of these.
+        SpecError: the text is not valid, safe YAML.
+    """
+    if isinstance(spec, dict):
+        return LoadedSpec(spec, SourceMap(file or "<dict>"), json.dumps(spec, indent=2))
+    if isinstance(spec, os.PathLike) or (isinstance(spec, str) and _looks_like_path(spec)):
+        return load_file(spec)
+    if isinstance(spec, str):
+        return load_text(spec, file or "<string>")
+    raise UsageError(f"a spec is a path, YAML text or a dict, not {type(spec).__name__}")
+
+
+def _looks_like_path(text: str) -> bool:
+    return "\n" not in text and (text.endswith((".yaml", ".yml")) or os.path.exists(text))
+
+
+def check_loaded(loaded: LoadedSpec, params: Mapping[str, Any] | None, read: Reader = load_file) -> tuple[Spec, Graph]:
+    """Validate, expand, resolve and infer the shapes of a loaded spec.
+
+    Raises:
+        SpecError: every problem found, each with file:line:col.
+    """
+    with gc_paused():  # the passes allocate many small, acyclic objects: see loader.gc_paused
+        spec = validate(loaded, params)
+        graph = resolve(expand(spec, loaded.source, read=read))
+        return spec, infer_shapes(graph)
+
+
+def static_parameter_counts(graph: Graph) -> dict[str, int] | None:
+    """Parameters each top-level node owns, from the ops' own formulas; None when an uncurated
+    op's count needs a (meta-device) build."""
+    counts = {name: node.meta.get("params", 0) for name, node in graph.nodes.items()}
+    return None if None in counts.values() else counts

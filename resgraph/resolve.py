@@ -1,0 +1,258 @@
+"""Stage 4, resolve: a `Scope` (see expand) -> a `Graph` of named nodes in execution order.
+
+Every reference is resolved here, so later passes never meet an unknown name: duplicate and
+reserved names, unknown references, references to later nodes, cycles and misplaced skips are
+reported, all at once, for the scope and every block instance below it.
+
+>>> from resgraph.loader import load_text
+>>> from resgraph.validate import validate
+>>> from resgraph.expand import expand
+>>> text = ("resgraph: 1\\nname: M\\ninputs: {x: [4]}\\nlayers:\\n  - fc: {op: Linear, out_features: 4}\\n"
+...         "skips:\\n  - s: {from: x, to: fc}\\n")
+>>> loaded = load_text(text)
+>>> graph = resolve(expand(validate(loaded), loaded.source))
+>>> [(node.name, node.kind.value, node.inputs) for node in graph.nodes.values()]
+[('x', 'input', []), ('fc', 'layer', ['x']), ('s', 'skip', ['fc', 'x'])]
+"""
+
+from __future__ import annotations
+
+import keyword
+
+from .errors import Diagnostic, SpecError
+from .expand import LayerItem, Scope, SkipItem
+from .graph import RESERVED_NAMES, BlockNode, Graph, InputNode, LayerNode, Node, SkipNode
+from .loader import Origin
+from .ops import Layer
+from .spec import BlockCall
+from .suggest import did_you_mean
+
+__all__ = ["resolve"]
+
+
+def resolve(scope: Scope, qualname: str = "") -> Graph:
+    """Resolve every name in `scope` (and its block instances) into a graph.
+
+    Raises:
+        SpecError: duplicate or reserved names, unknown references, references to later nodes,
+            cycles, and skips that cannot be placed, in this scope or any block instance.
+    """
+    return _Resolver(scope, qualname).run()
+
+
+class _Resolver:
+    def __init__(self, scope: Scope, qualname: str) -> None:
+        self.scope = scope
+        self.qualname = qualname
+        self.diagnostics: list[Diagnostic] = []
+        self.order: dict[str, int] = {}  # name -> position (inputs first, then layers)
+        self.kinds: dict[str, str] = {}  # name -> "input" | "layer" | "skip"
+        self.declared_at: dict[str, Origin] = {}
+
+    def q(self, name: str) -> str:
+        """A name as messages show it: qualified inside a block instance (`layer1.0.conv1`)."""
+        return repr(self.qualname + name)
+
+    def fail(self, origin: Origin, message: str, hint: str | None = None, *, key: bool = True) -> None:
+        self.diagnostics.append(Diagnostic(origin.locate(key=key), message, hint))
+
+    def run(self) -> Graph:
+        scope = self.scope
+        self.declare_names()
+        if self.diagnostics:
+            raise SpecError(self.diagnostics)
+        references = {item.name: refs for index, item in enumerate(scope.layers)
+                      if (refs := self.layer_inputs(index, item)) is not None}
+        self.check_references(references)
+        skips_into = self.check_skips()
+        outputs = self.check_outputs()
+        instances = {item.name: self.resolve_instances(item) for item in scope.layers if item.instances}
+        if self.diagnostics:
+            raise SpecError(self.diagnostics)
+
+        nodes: dict[str, Node] = {}
+        value: dict[str, str] = {}  # spec name -> node holding its current (merged) value
+        for name, decl in scope.inputs.items():
+            nodes[name] = InputNode(name=name, inputs=[], origin=scope.origin.child("inputs", name), decl=decl)
+            value[name] = name
+        for item in scope.layers:
+            inputs = [value[r] for r in references[item.name]]
+            node: Node
+            if isinstance(item.body, BlockCall):
+                node = BlockNode(name=item.name, inputs=inputs, origin=item.origin, call=item.body,
+                                 instances=instances[item.name])
+            else:
+                node = LayerNode(name=item.name, inputs=inputs, origin=item.origin, layer=item.body)
+            nodes[item.name] = node
+            value[item.name] = item.name
+            for skip_item in skips_into.get(item.name, []):
+                skip = skip_item.skip
+                nodes[skip_item.name] = SkipNode(name=skip_item.name, inputs=[value[item.name], value[skip.source]],
+                                                 origin=skip_item.origin, skip=skip,
+                                                 policy=skip.projection or scope.projection, target=item.name)
+                value[item.name] = skip_item.name
+        return Graph(scope.name, nodes, list(scope.inputs), [value[o] for o in outputs], scope.origin,
+                     self.qualname, scope.block, scope.params)
+
+    def resolve_instances(self, item: LayerItem) -> list[Graph]:
+        assert isinstance(item.body, BlockCall)
+        graphs = []
+        for index, instance in enumerate(item.instances):
+            prefix = f"{self.qualname}{item.name}." + (f"{index}." if item.body.repeat is not None else "")
+            try:
+                graphs.append(resolve(instance, prefix))
+            except SpecError as exc:
+                self.diagnostics.extend(exc.diagnostics)
+        return graphs
+
+    def declare_names(self) -> None:
+        scope = self.scope
+        entries: list[tuple[str, str, Origin]] = [(name, "input", scope.origin.child("inputs", name))
+                                                  for name in scope.inputs]
+        entries += [(item.name, "layer", item.origin) for item in scope.layers]
+        entries += [(item.name, "skip", item.origin) for item in scope.skips]
+        for name, kind, origin in entries:
+            if name in self.kinds:
+                first = self.declared_at[name].locate(key=True)
+                self.fail(origin, f"{kind} {self.q(name)}: the name is already used by the {self.kinds[name]} "
+                                  f"at line {first.line}", "every input, layer and skip needs its own name")
+                continue
+            if name in RESERVED_NAMES or keyword.iskeyword(name):
+                shadowed = "a Python keyword" if keyword.iskeyword(name) else "a torch.nn.Module attribute"
+                self.fail(origin, f"{kind} {self.q(name)}: the name is reserved (it would shadow {shadowed})",
+                          f"rename it, e.g. {name}_")
+                continue
+            self.kinds[name] = kind
+            self.declared_at[name] = origin
+            if kind != "skip":
+                self.order[name] = len(self.order)
+
+    def layer_inputs(self, index: int, item: LayerItem) -> list[str] | None:
+        """The names a layer reads: its `input`, else the previous layer, else the sole input.
+
+        None (with a diagnostic) when the layer must name its input and does not.
+        """
+        body = item.body
+        if body.input is not None:
+            return [body.input] if isinstance(body.input, str) else list(body.input)
+        if isinstance(body, Layer) and body.max_inputs == 0:
+            return []
+        if index > 0:
+            return [self.scope.layers[index - 1].name]
+        inputs = list(self.scope.inputs)
+        if len(inputs) > 1:
+            where = "the block" if self.scope.block else "the spec"
+            self.fail(item.origin, f"layer {self.q(item.name)}: {where} has several inputs "
+                                   f"({', '.join(inputs)}); say which this layer reads", f"add `input: {inputs[0]}`")
+            return None
+        return inputs
+
+    def arity(self, item: LayerItem) -> tuple[int, int | None]:
+        if isinstance(item.body, BlockCall):
+            count = len(item.instances[0].inputs) if item.instances else 1
+            return count, count
+        return item.body.min_inputs, item.body.max_inputs
+
+    def check_references(self, references: dict[str, list[str]]) -> None:
+        for item in self.scope.layers:
+            if item.name not in references:
+                continue
+            refs = references[item.name]
+            least, most = self.arity(item)
+            if len(refs) < least or (most is not None and len(refs) > most):
+                wanted = f"{least}" if least == most else f"at least {least}"
+                op = item.body.op if isinstance(item.body, Layer) else f"block {item.body.block}"
+                self.fail(item.origin.child("input") if item.body.input is not None else item.origin,
+                          f"layer {self.q(item.name)} ({op}): takes {wanted} input(s), got {len(refs)}")
+            for ref in refs:
+                self.check_reference(item.origin, item.name, ref, references, "input")
+
+    def check_reference(self, origin: Origin, name: str, ref: str, references: dict[str, list[str]],
+                        key: str) -> bool:
+        """True when `ref`, read by `name`, is a known earlier node; else records why not."""
+        where = origin.child(key)
+        label = f"{self.kinds.get(name, 'layer')} {self.q(name)}"
+        if ref not in self.kinds:
+            self.fail(where, f"{label}: unknown node {ref!r}{did_you_mean(ref, self.order)}", key=False)
+            return False
+        if self.kinds[ref] == "skip":
+            target = next(item.skip.to for item in self.scope.skips if item.name == ref)
+            self.fail(where, f"{label}: {ref!r} is a skip edge, not a node",
+                      f"read its target instead: {target!r} holds the merged value", key=False)
+            return False
+        if ref == name:
+            self.fail(where, f"layer {self.q(name)}: reads its own output (a cycle)", key=False)
+            return False
+        if name in self.order and self.order[ref] > self.order[name]:
+            cycle = self.find_cycle(name, ref, references)
+            if cycle:
+                self.fail(where, f"layer {self.q(name)}: cycle {' -> '.join(cycle)}", key=False)
+            else:
+                self.fail(where, f"layer {self.q(name)}: reads {ref!r}, which comes later",
+                          f"move {ref!r} above {name!r}; layers run in the order listed", key=False)
+            return False
+        return True
+
+    def find_cycle(self, start: str, ref: str, references: dict[str, list[str]]) -> list[str] | None:
+        """A dependency path start -> ref -> ... -> start, if the forward reference closes one."""
+        stack, seen = [(ref, [start, ref])], {ref}
+        while stack:
+            current, trail = stack.pop()
+            for nxt in references.get(current, []):
+                if nxt == start:
+                    return [*trail, start]
+                if nxt not in seen and nxt in references:
+                    seen.add(nxt)
+                    stack.append((nxt, [*trail, nxt]))
+        return None
+
+    def check_skips(self) -> dict[str, list[SkipItem]]:
+        into: dict[str, list[SkipItem]] = {}
+        for item in self.scope.skips:
+            skip, name = item.skip, self.q(item.name)
+            ok = True
+            for key, ref in (("from", skip.source), ("to", skip.to)):
+                if ref not in self.kinds:
+                    self.fail(item.origin.child(key), f"skip {name}: {key}: unknown node {ref!r}"
+                                                      f"{did_you_mean(ref, self.order)}", key=False)
+                    ok = False
+                elif self.kinds[ref] == "skip":
+                    self.fail(item.origin.child(key), f"skip {name}: {key}: {ref!r} is a skip edge, not a node",
+                              key=False)
+                    ok = False
+            if not ok:
+                continue
+            if self.kinds[skip.to] == "input":
+                self.fail(item.origin.child("to"), f"skip {name}: to: {skip.to!r} is an input; a skip merges "
+                                                   "into a layer", key=False)
+            elif skip.source == skip.to:
+                self.fail(item.origin, f"skip {name}: from and to are both {skip.to!r}; a skip joins two "
+                                       "different nodes")
+            elif self.order[skip.source] > self.order[skip.to]:
+                self.fail(item.origin.child("from"), f"skip {name}: from: {skip.source!r} comes after to: "
+                                                     f"{skip.to!r}",
+                          "a skip carries an earlier node's output forward; swap from and to", key=False)
+            else:
+                into.setdefault(skip.to, []).append(item)
+        return into
+
+    def check_outputs(self) -> list[str]:
+        scope = self.scope
+        if scope.outputs is None:
+            return [scope.layers[-1].name]
+        where = scope.origin.child("outputs")
+        if scope.block and len(scope.outputs) > 1:
+            self.fail(where, f"block {scope.block!r}: has {len(scope.outputs)} outputs; a block has one",
+                      "return one node, e.g. a concat of the values you need", key=False)
+            return []
+        outputs = []
+        for i, ref in enumerate(scope.outputs):
+            if ref not in self.kinds:
+                self.fail(where.child(i), f"outputs: unknown node {ref!r}{did_you_mean(ref, self.order)}", key=False)
+            elif self.kinds[ref] == "skip":
+                self.fail(where.child(i), f"outputs: {ref!r} is a skip edge, not a node", key=False)
+            elif ref in outputs:
+                self.fail(where.child(i), f"outputs: {ref!r} is listed twice", key=False)
+            else:
+                outputs.append(ref)
+        return outputs
