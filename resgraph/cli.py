@@ -112,7 +112,11 @@ def _add_set(command: argparse.ArgumentParser) -> None:
 
 
 def _overrides(pairs: list[str]) -> dict[str, object]:
-    import yaml
+    """`--set NAME=VALUE` pairs as parameter overrides, each VALUE read by the rules of a spec.
+
+    `--set release=2024-01-01` is the text, as it would be written in the spec (not a date).
+    """
+    from .loader import load_value
 
     values: dict[str, object] = {}
     for pair in pairs:
@@ -120,9 +124,9 @@ def _overrides(pairs: list[str]) -> dict[str, object]:
         if not sep or not name.strip():
             raise UsageError(f"--set {pair}: expected NAME=VALUE")
         try:
-            values[name.strip()] = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
-            raise UsageError(f"--set {pair}: {text!r} is not a YAML value") from None
+            values[name.strip()] = load_value(text, name.strip())
+        except SpecError as exc:
+            raise UsageError(f"--set {pair}: not a YAML value ({exc.diagnostics[0].message})") from None
     return values
 
 

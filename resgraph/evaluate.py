@@ -58,7 +58,7 @@ def evaluate_tree(value: Any, names: Mapping[str, Any], origin: Origin, diagnost
             where = origin.child(*rel).locate()
             column = where.column + 2 + exc.offset if where.line else 0
             diagnostics.append(Diagnostic(Location(where.file, where.line, column),
-                                          f"in ${{{body.strip()}}}: {exc}"))
+                                          f"in ${{{_shorten(body.strip())}}}: {exc}"))
             return None
         if expression_body(result) is not None:
             diagnostics.append(Diagnostic(origin.child(*rel).locate(), "an expression may not produce an expression"))
@@ -72,14 +72,17 @@ def resolve_params(declared: Mapping[str, Any], overrides: Mapping[str, Any], or
                    diagnostics: list[Diagnostic]) -> dict[str, Any]:
     """Parameter values: declared defaults (which may use earlier params), then overrides.
 
-    An override of an undeclared parameter is an error with suggestions.
+    An override of an undeclared parameter is an error with suggestions. Overrides come from
+    `--set`, from `params=` in Python, or from a saved model's record, so the message names none
+    of them.
     """
     for name in overrides:
         if name not in declared:
             hint = did_you_mean(name, declared)
             known = f" (declared: {', '.join(declared)})" if declared and not hint else ""
-            diagnostics.append(Diagnostic(Location(origin.source.file), f"--set {name}: the spec declares no "
-                                                                        f"parameter {name!r}{hint}{known}"))
+            diagnostics.append(Diagnostic(Location(origin.source.file), f"cannot override parameter {name!r}: the "
+                                                                        f"spec declares no parameter {name!r}"
+                                                                        f"{hint}{known}"))
     values: dict[str, Any] = {}
     for name, default in declared.items():
         if name in overrides:
@@ -87,6 +90,11 @@ def resolve_params(declared: Mapping[str, Any], overrides: Mapping[str, Any], or
         else:
             values[name] = evaluate_tree(default, values, origin.child(name), diagnostics)
     return values
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    """An expression as echoed in a message: long ones cut in the middle."""
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 2:]}"
 
 
 def is_left_out(body: Any) -> bool:

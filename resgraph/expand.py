@@ -26,9 +26,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import Diagnostic, SpecError
+from .errors import Diagnostic, ResgraphError, SpecError
 from .evaluate import LAYER, concrete, evaluate_tree
-from .loader import LoadedSpec, Origin, SourceMap, load_file
+from .loader import LoadedSpec, Origin, SourceMap, load_import
 from .ops import Layer
 from .ops.tensor import SplitBase, pieces
 from .spec import REQUIRED, BlockCall, BlockDef, InputDecl, Projection, Skip, Spec
@@ -36,11 +36,16 @@ from .suggest import did_you_mean
 from .translate import subject
 from .validate import validate_library
 
-__all__ = ["MAX_BLOCK_DEPTH", "LayerItem", "Reader", "Scope", "SkipItem", "class_name", "expand"]
+__all__ = ["MAX_BLOCK_DEPTH", "MAX_EXPANDED_NODES", "LayerItem", "Reader", "Scope", "SkipItem", "class_name",
+           "expand"]
 
 MAX_BLOCK_DEPTH = 32
+# Layers and skips in all scopes together, the top level's and every block instance's: nested
+# `repeat:`s and `scale.depth` multiply, so the bound is on the total, not per call. A
+# 100,000-layer chain has 150,000; ResNet-152 has about 500. Expanding takes ~0.1 ms a node.
+MAX_EXPANDED_NODES = 200_000
 
-Reader = Callable[[str], LoadedSpec]  # reads an imported file: load_file, or a build record's copy
+Reader = Callable[[str], LoadedSpec]  # reads an imported file: load_import, or a build record's copy
 
 
 @dataclass
@@ -79,15 +84,20 @@ class _Block:
     origin: Origin  # of `blocks.NAME` in the file that defined it
 
 
-def expand(spec: Spec, source: SourceMap, *, read: Reader = load_file) -> Scope:
+def expand(spec: Spec, source: SourceMap, *, read: Reader = load_import) -> Scope:
     """Expand a validated spec into its scope tree; `spec.params` hold the parameter values.
+
+    The total number of layers and skips is bounded (MAX_EXPANDED_NODES): a block call's size is
+    projected from its first instance before the others are expanded, so a `repeat:` that
+    would exceed the bound is refused at its `repeat:` without being expanded.
 
     Args:
         read: how imported block libraries are read (by path, relative to the working directory).
     Raises:
         SpecError: unknown blocks or block parameters, missing required parameters, block cycles,
-            expression errors, imports that cannot be read, and layer or skip bodies that are
-            invalid once their expressions are evaluated, in the top level or any block instance.
+            expression errors, imports that cannot be read, layer or skip bodies that are invalid
+            once their expressions are evaluated (in the top level or any block instance), and
+            expansions over the bound.
     """
     return _Expander(spec, source, read).run()
 
@@ -101,6 +111,8 @@ class _Expander:
         self.blocks: dict[str, _Block] = {}
         self.block_index = 0
         self.num_blocks = 0
+        self.expanded = 0  # layers and skips made so far, in all scopes
+        self.exhausted = False  # the bound was hit (and reported): expand nothing more
 
     def run(self) -> Scope:
         root = Origin(self.source, ())
@@ -134,8 +146,9 @@ class _Expander:
             except SpecError as exc:
                 self.diagnostics.extend(exc.diagnostics)
                 continue
-            except Exception as exc:  # UsageError and OS errors: the file cannot be read
-                self.diagnostics.append(Diagnostic(where.locate(), f"cannot import {relative!r}: {exc}"))
+            except (ResgraphError, OSError, ValueError) as exc:  # the file cannot be read, or is not a library
+                reason = str(exc) or type(exc).__name__
+                self.diagnostics.append(Diagnostic(where.locate(), f"cannot import {relative!r}: {reason}"))
                 continue
             library_origin = Origin(loaded.source, ())
             self.load_imports(library.imports, library_origin, [*chain, os.path.abspath(path)])
@@ -154,6 +167,7 @@ class _Expander:
     def scope(self, name: str, definition: BlockDef, origin: Origin, names: dict[str, Any], stack: list[str], *,
               inputs: dict[str, InputDecl | None], params: dict[str, Any], block: str | None = None) -> Scope:
         layers = []
+        self.expanded += len(definition.layers) + len(definition.skips)
         for i, entry in enumerate(definition.layers):
             for layer_name, template in entry.items():
                 where = origin.child("layers", i, layer_name)
@@ -215,8 +229,17 @@ class _Expander:
             return []
         self.check_with(item, call, definition)
         count = self.repeats(call)
-        instances = []
+        instances: list[Scope] = []
+        start = self.expanded
         for index in range(count):
+            if self.exhausted:
+                break
+            if index == 1 or self.expanded > MAX_EXPANDED_NODES:
+                # Project the whole call from its first instance before expanding the rest.
+                projected = start + (self.expanded - start) * count
+                if projected > MAX_EXPANDED_NODES:
+                    self.refuse_size(item, call, count, self.expanded - start if index == 1 else None)
+                    break
             context = {"index": index, "repeats": count}
             if top_level:
                 context |= {"block_index": self.block_index, "num_blocks": self.num_blocks}
@@ -231,6 +254,18 @@ class _Expander:
                                         inputs={name: None for name in definition.inputs}, params=block_params,
                                         block=call.block))
         return instances
+
+    def refuse_size(self, item: LayerItem, call: BlockCall, count: int, first: int | None) -> None:
+        """Report a block call that would take the expansion over MAX_EXPANDED_NODES; stop expanding."""
+        self.exhausted = True
+        scaled = f" (repeat {call.repeat} times scale.depth {self.spec.scale.depth:g})" \
+            if call.repeat is not None and count != call.repeat else ""
+        each = f" of {first:,} layers and skips each" if first is not None else ""
+        where = (item.origin.child("repeat") if call.repeat is not None else item.origin).locate(key=True)
+        self.diagnostics.append(Diagnostic(
+            where, f"{self.label(item)}: {count:,} instances{scaled}{each} would expand the model to more than "
+                   f"{MAX_EXPANDED_NODES:,} layers and skips in all",
+            "nested `repeat:`s (and scale.depth) multiply; make them smaller"))
 
     def check_with(self, item: LayerItem, call: BlockCall, definition: BlockDef) -> None:
         for key in call.with_:
