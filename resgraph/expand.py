@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import Diagnostic, ResgraphError, SpecError
 from .evaluate import LAYER, concrete, evaluate_tree
+from .expressions import ExpressionError, evaluate, expression_body, expression_names
 from .loader import LoadedSpec, Origin, SourceMap, load_import
 from .ops import Layer
 from .ops.tensor import SplitBase, pieces
@@ -44,6 +45,7 @@ MAX_BLOCK_DEPTH = 32
 # `repeat:`s and `scale.depth` multiply, so the bound is on the total, not per call. A
 # 100,000-layer chain has 150,000; ResNet-152 has about 500. Expanding takes ~0.1 ms a node.
 MAX_EXPANDED_NODES = 200_000
+INSTANCE_NAMES = ("index", "repeats", "block_index", "num_blocks")  # bound per block instance
 
 Reader = Callable[[str], LoadedSpec]  # reads an imported file: load_import, or a build record's copy
 
@@ -124,6 +126,9 @@ class _Expander:
         spec = self.spec
         top = BlockDef.model_construct(params={}, inputs=list(spec.inputs), layers=spec.layers, skips=spec.skips,
                                        outputs=spec.outputs)
+        self.check_least_size(top, root)
+        if self.diagnostics:
+            raise SpecError(self.diagnostics)
         scope = self.scope(spec.name, top, root, dict(spec.params), [], inputs=dict(spec.input_decls()),
                            params=dict(spec.params))
         if self.diagnostics:
@@ -238,7 +243,7 @@ class _Expander:
                 # Project the whole call from its first instance before expanding the rest.
                 projected = start + (self.expanded - start) * count
                 if projected > MAX_EXPANDED_NODES:
-                    self.refuse_size(item, call, count, self.expanded - start if index == 1 else None)
+                    self.refuse_size(item.origin, call.repeat, count, self.expanded - start if index == 1 else None)
                     break
             context = {"index": index, "repeats": count}
             if top_level:
@@ -255,16 +260,73 @@ class _Expander:
                                         block=call.block))
         return instances
 
-    def refuse_size(self, item: LayerItem, call: BlockCall, count: int, first: int | None) -> None:
-        """Report a block call that would take the expansion over MAX_EXPANDED_NODES; stop expanding."""
+    def check_least_size(self, top: BlockDef, root: Origin) -> None:
+        """Refuse, before expanding anything, a spec whose literal repeats alone exceed the bound.
+
+        A lower bound: only calls whose `when:` is not an expression count, and a `repeat:`
+        expression counts only when it reads nothing but the spec's own parameters (anything
+        else may vary per instance, so it counts as 1); what this misses, `instantiate` catches
+        from each call's first instance.
+        """
+        sizes: dict[str, int] = {}
+
+        def literal_repeat(value: Any, local: Iterable[str]) -> int:
+            body = expression_body(value)
+            if body is not None:
+                names = expression_names(body)
+                if names is None or not names <= set(self.spec.params) or names & {*local, *INSTANCE_NAMES}:
+                    return 1
+                try:
+                    value = evaluate(body, self.spec.params)
+                except ExpressionError:
+                    return 1  # reported when the call is expanded
+            return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
+
+        def least(definition: BlockDef) -> list[tuple[int, int, dict[str, Any]]]:
+            """(instances, least size of one, template) of each block call that surely happens."""
+            calls = []
+            for entry in definition.layers:
+                for body in entry.values():
+                    callee = body.get("block") if isinstance(body, dict) else None
+                    if not isinstance(callee, str) or "op" in body or body.get("when", True) is not True:
+                        continue
+                    repeat = literal_repeat(body.get("repeat", 1), definition.params)
+                    count = repeat if body.get("scale", True) is False or "repeat" not in body else \
+                        max(1, math.ceil(repeat * self.spec.scale.depth - 1e-9))
+                    calls.append((count, block_size(callee), body))
+            return calls
+
+        def block_size(name: str) -> int:
+            if name in sizes or name not in self.blocks:
+                return sizes.get(name, 0)  # 0 while its own size is being computed: a cycle, reported later
+            sizes[name] = 0
+            definition = self.blocks[name].definition
+            total = len(definition.layers) + len(definition.skips)
+            sizes[name] = min(total + sum(count * size for count, size, _ in least(definition)), MAX_EXPANDED_NODES + 1)
+            return sizes[name]
+
+        calls = least(top)
+        total = len(top.layers) + len(top.skips) + sum(count * size for count, size, _ in calls)
+        if total <= MAX_EXPANDED_NODES:
+            return
+        count, size, body = max(calls, key=lambda call: call[0] * call[1])
+        where = next(root.child("layers", i, name) for i, entry in enumerate(top.layers)
+                     for name, template in entry.items() if template is body)
+        repeat = literal_repeat(body["repeat"], ()) if "repeat" in body else None
+        self.refuse_size(where, repeat, count, size)
+
+    def refuse_size(self, origin: Origin, repeat: int | None, count: int, first: int | None) -> None:
+        """Report the block call at `origin` that would take the expansion over MAX_EXPANDED_NODES
+        (`count` instances, each `first` nodes when known); stop expanding."""
         self.exhausted = True
-        scaled = f" (repeat {call.repeat} times scale.depth {self.spec.scale.depth:g})" \
-            if call.repeat is not None and count != call.repeat else ""
-        each = f" of {first:,} layers and skips each" if first is not None else ""
-        where = (item.origin.child("repeat") if call.repeat is not None else item.origin).locate(key=True)
+        scaled = f" (repeat {repeat} times scale.depth {self.spec.scale.depth:g})" \
+            if repeat is not None and count != repeat else ""
+        least = "at least " if first is not None and first > MAX_EXPANDED_NODES else ""
+        each = f" of {least}{first:,} layers and skips each" if first is not None else ""
+        where = (origin.child("repeat") if repeat is not None else origin).locate(key=True)
         self.diagnostics.append(Diagnostic(
-            where, f"{self.label(item)}: {count:,} instances{scaled}{each} would expand the model to more than "
-                   f"{MAX_EXPANDED_NODES:,} layers and skips in all",
+            where, f"{subject(origin.path, None, '')[0]}: {count:,} instances{scaled}{each} would expand the model "
+                   f"to more than {MAX_EXPANDED_NODES:,} layers and skips in all",
             "nested `repeat:`s (and scale.depth) multiply; make them smaller"))
 
     def check_with(self, item: LayerItem, call: BlockCall, definition: BlockDef) -> None:

@@ -27,8 +27,8 @@ from typing import Any
 
 from .suggest import did_you_mean
 
-__all__ = ["FUNCTIONS", "MAX_VALUE_SIZE", "ExpressionError", "evaluate", "expression_body", "make_divisible",
-           "value_size"]
+__all__ = ["FUNCTIONS", "MAX_VALUE_SIZE", "ExpressionError", "evaluate", "expression_body", "expression_names",
+           "make_divisible", "value_size"]
 
 _PATTERN = re.compile(r"^\$\{(.*)\}$", re.DOTALL)
 MAX_LENGTH = 1_000
@@ -109,6 +109,24 @@ def evaluate(text: str, names: Mapping[str, Any]) -> Any:
         raise ExpressionError(f"expression nests deeper than {MAX_NESTING} levels",
                               lead + getattr(deepest, "col_offset", 0))
     return _Evaluator(names, lead).visit(tree.body)
+
+
+def expression_names(text: str) -> set[str] | None:
+    """The names an expression body reads (not the functions it calls); None if it does not parse.
+
+    >>> sorted(expression_names("depths[index] * max(width, 2)"))
+    ['depths', 'index', 'width']
+    """
+    if len(text) > MAX_LENGTH:
+        return None
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except (SyntaxError, RecursionError, MemoryError, ValueError):
+        return None
+    if _nesting(tree.body) is not None:
+        return None
+    called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+    return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and id(node) not in called}
 
 
 def _nesting(root: ast.AST) -> ast.AST | None:
