@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .errors import printable
 from .graph import BlockNode, Graph, InputNode, LayerNode, SkipNode
 from .ownership import graph_parameters, owned_parameters
 from .projections import ProjectionPlan, describe_steps
@@ -104,9 +105,13 @@ def instance_title(instance: Graph) -> str:
 
 
 def short_value(value: Any) -> str:
-    if isinstance(value, (tuple, list)):
-        return str(value[0]) if len(set(value)) == 1 else "x".join(map(str, value))
-    return str(value)
+    """`3` for (3, 3), `3x1` for (3, 1); other values as written (nested lists, mappings), with
+    characters a terminal would act on escaped (a spec's strings reach the summary)."""
+    if isinstance(value, (tuple, list)) and value and all(isinstance(v, (int, float, str)) for v in value):
+        text = str(value[0]) if len(set(value)) == 1 else "x".join(map(str, value))
+    else:
+        text = str(value)
+    return printable(text)
 
 
 def format_summary(summary: Summary) -> str:
