@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from .errors import Diagnostic, ResgraphError, SpecError
 from .evaluate import LAYER, concrete, evaluate_tree
 from .expressions import ExpressionError, evaluate, expression_body, expression_names
@@ -46,6 +48,7 @@ MAX_BLOCK_DEPTH = 32
 # 100,000-layer chain has 150,000; ResNet-152 has about 500. Expanding takes ~0.1 ms a node.
 MAX_EXPANDED_NODES = 200_000
 INSTANCE_NAMES = ("index", "repeats", "block_index", "num_blocks")  # bound per block instance
+_REPEAT: TypeAdapter[int | None] = TypeAdapter(BlockCall.model_fields["repeat"].annotation)
 
 Reader = Callable[[str], LoadedSpec]  # reads an imported file: load_import, or a build record's copy
 
@@ -280,7 +283,10 @@ class _Expander:
                     value = evaluate(body, self.spec.params)
                 except ExpressionError:
                     return 1  # reported when the call is expanded
-            return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
+            try:
+                return _REPEAT.validate_python(value, strict=True) or 1
+            except ValidationError:
+                return 1  # out of its own range: reported when the call is typed
 
         def least(definition: BlockDef) -> list[tuple[int, int, dict[str, Any]]]:
             """(instances, least size of one, template) of each block call that surely happens."""

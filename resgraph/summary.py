@@ -135,4 +135,4 @@ def format_summary(summary: Summary) -> str:
            f"Non-trainable params: {summary.total_params - summary.trainable_params:,}"]
     projected = summary.projections
     out.append(f"Projections inserted: {len(projected)}" + (f" ({', '.join(projected)})" if projected else ""))
-    return "\n".join(out)
+    return printable("\n".join(out))  # the file name may come from a saved model
