@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .errors import Diagnostic, Location
-from .expressions import ExpressionError, evaluate, expression_body, make_divisible
+from .expressions import ExpressionError, evaluate, expression_body, expression_names, make_divisible
 from .loader import Origin, Path
 from .spec import LayerBody, Scale
 from .suggest import did_you_mean
@@ -84,12 +84,36 @@ def resolve_params(declared: Mapping[str, Any], overrides: Mapping[str, Any], or
                                                                         f"spec declares no parameter {name!r}"
                                                                         f"{hint}{known}"))
     values: dict[str, Any] = {}
+    failed: set[str] = set()  # parameters whose own expressions failed (and are reported)
     for name, default in declared.items():
         if name in overrides:
             values[name] = overrides[name]
+        elif _reads(default) & failed:
+            values[name] = None  # its inputs failed: a second error about it would only repeat theirs
+            failed.add(name)
         else:
+            known = len(diagnostics)
             values[name] = evaluate_tree(default, values, origin.child(name), diagnostics)
+            if len(diagnostics) > known:
+                failed.add(name)
     return values
+
+
+def _reads(value: Any) -> set[str]:
+    """The names every `${...}` in `value` (a parameter default, maybe a list of them) reads."""
+    names: set[str] = set()
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        else:
+            body = expression_body(item)
+            if body is not None:
+                names |= expression_names(body) or set()
+    return names
 
 
 def _shorten(text: str, limit: int = 60) -> str:

@@ -183,7 +183,7 @@ class _Evaluator:
             if abs(value) > MAX_MAGNITUDE:
                 raise self.fail(node, "number is too large")
             return value
-        if not isinstance(value, (str, list)):  # e.g. complex, from (-8) ** 0.5
+        if not isinstance(value, (str, list, dict)):  # e.g. complex, from (-8) ** 0.5; dicts come from params
             raise self.fail(node, f"cannot compute: the result is a {type(value).__name__}, not a number, "
                                   "string or list")
         if not isinstance(node, (ast.Name, ast.Subscript)) and value_size(value) > MAX_VALUE_SIZE:

@@ -164,9 +164,14 @@ def test_expression_values_are_bounded(params: str, expression: str, message: st
 
 
 def test_expressions_within_the_bounds_still_work() -> None:
-    spec = ("resgraph: 1\nname: M\nparams:\n  widths: [8, 16]\n  tag: \"a\"\ninputs: {x: [4]}\nlayers:\n"
-            "  - fc: {op: Linear, out_features: \"${round(sum(widths + [8]) / 2.0, -1) // 1 + len(tag + 'bc')}\"}\n")
-    assert resgraph.check(spec).nodes["fc"].meta["type"].shape == (23,)
+    spec = ("resgraph: 1\nname: M\nparams:\n  widths: [8, 16]\n  tag: \"a\"\n  rows: [{w: 2}, {w: 3}]\n"
+            "blocks:\n  b:\n    params: {row: required}\n    layers:\n      - fc: {op: Linear, out_features: 4}\n"
+            "inputs: {x: [4]}\nlayers:\n"
+            "  - fc: {op: Linear, out_features: \"${round(sum(widths + [8]) / 2.0, -1) // 1 + len(tag + 'bc')}\"}\n"
+            "  - table: {block: b, repeat: 2, with: {row: \"${rows[index]}\"}}\n")
+    graph = resgraph.check(spec)
+    assert graph.nodes["fc"].meta["type"].shape == (23,)
+    assert [instance.params["row"] for instance in graph.nodes["table"].instances] == [{"w": 2}, {"w": 3}]
 
 
 # --- imported files -----------------------------------------------------------------------------
