@@ -32,6 +32,7 @@ def save(module: CompiledModule, path: str) -> None:
     payload = {"format": ARTIFACT_FORMAT, "spec": record.spec, "spec_file": record.file,
                "params": dict(record.params), "allow_imports": list(record.allow_imports),
                "imports": None if record.imports is None else [list(pair) for pair in record.imports],
+               "input_shapes": {k: list(v) for k, v in record.input_shapes.items()},
                "version": record.version,
                "state_dict": module.state_dict()}
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
@@ -60,10 +61,12 @@ def load(path: str | os.PathLike[str], *, allow_imports: Iterable[str] = (),
         raise UsageError(f"{name}: not a readable resgraph model file ({str(exc).splitlines()[0]})") from None
     if not isinstance(payload, dict) or payload.get("format") != ARTIFACT_FORMAT:
         raise UsageError(f"{name}: not a resgraph model file (no {ARTIFACT_FORMAT!r} marker)")
-    record = BuildRecord(payload["spec"], payload.get("spec_file") or name, payload.get("params") or {},
-                         tuple(payload.get("allow_imports") or ()),
-                         None if payload.get("imports") is None else tuple(tuple(p) for p in payload["imports"]),
-                         payload.get("version") or "unknown")
+    record = BuildRecord(
+        spec=payload["spec"], file=payload.get("spec_file") or name, params=payload.get("params") or {},
+        allow_imports=tuple(payload.get("allow_imports") or ()),
+        imports=None if payload.get("imports") is None else tuple(tuple(p) for p in payload["imports"]),
+        input_shapes={k: tuple(v) for k, v in (payload.get("input_shapes") or {}).items()},
+        version=payload.get("version") or "unknown")
     module = rebuild(record, allow_imports=allow_imports, max_params=max_params)
     try:
         result = module.load_state_dict(payload["state_dict"], strict=False)

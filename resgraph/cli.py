@@ -85,6 +85,14 @@ def _parser() -> argparse.ArgumentParser:
     _add_set(render)
     render.set_defaults(run=_render)
 
+    sizes = commands.add_parser("sizes", help="list the input sizes the spec's model works at (no build)")
+    sizes.add_argument("spec", metavar="SPEC", help="spec file (YAML)")
+    sizes.add_argument("--range", type=_range, default=None, metavar="LO..HI",
+                       help="the sizes to try for each free dim (default: 1..2048)")
+    sizes.add_argument("--json", action="store_true", help="print the sizes as JSON")
+    _add_set(sizes)
+    sizes.set_defaults(run=_sizes)
+
     schema = commands.add_parser("schema", help="print the spec language's JSON Schema")
     schema.set_defaults(run=_schema)
     return parser
@@ -103,9 +111,19 @@ def _positive(text: str) -> int:
     return value
 
 
+def _range(text: str) -> tuple[int, int]:
+    low, sep, high = text.partition("..")
+    if not sep or not low.isdigit() or not high.isdigit() or not 1 <= int(low) <= int(high):
+        raise argparse.ArgumentTypeError(f"expected LO..HI with 1 <= LO <= HI, got {text!r}")
+    return int(low), int(high)
+
+
 def _add_set(command: argparse.ArgumentParser) -> None:
     command.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="overrides",
                          help="override a spec parameter (VALUE is read as YAML: 10, 0.5, true, [1, 2]); repeatable")
+    command.add_argument("--input", action="append", default=[], metavar="NAME=SHAPE", dest="inputs",
+                         help="use this per-sample shape for an input instead of the declared one "
+                              "(e.g. x=3,299,299); repeatable")
     command.add_argument("--allow-import", action="append", default=[], metavar="PREFIX", dest="allow_imports",
                          help="let the spec name classes under this module prefix (op: PREFIX.module.Class); "
                               "repeatable; without it a spec cannot make resgraph import code")
@@ -126,13 +144,25 @@ def _overrides(pairs: list[str]) -> dict[str, object]:
     return values
 
 
+def _input_shapes(pairs: list[str]) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        sizes = [part.strip() for part in text.split(",")]
+        if not sep or not name.strip() or not all(size.isdigit() and int(size) >= 1 for size in sizes):
+            raise UsageError(f"--input {pair}: expected NAME=SIZE,SIZE,... with whole sizes >= 1 (e.g. x=3,299,299)")
+        shapes[name.strip()] = tuple(int(size) for size in sizes)
+    return shapes
+
+
 def _validate(args: argparse.Namespace) -> int:
     from .api import check
 
     status = EXIT_OK
     for path in args.specs:
         try:
-            graph = check(pathlib.Path(path), params=_overrides(args.overrides), allow_imports=args.allow_imports)
+            graph = check(pathlib.Path(path), params=_overrides(args.overrides), allow_imports=args.allow_imports,
+                          input_shapes=_input_shapes(args.inputs))
         except SpecError as exc:
             print(exc.format(), file=sys.stderr)
             status = EXIT_INVALID
@@ -158,7 +188,8 @@ def _build(args: argparse.Namespace) -> int:
     from .summary import format_summary, summarize
 
     module = build(pathlib.Path(args.spec), params=_overrides(args.overrides), seed=args.seed,
-                   max_params=args.max_params or DEFAULT_MAX_PARAMS, allow_imports=args.allow_imports)
+                   max_params=args.max_params or DEFAULT_MAX_PARAMS, allow_imports=args.allow_imports,
+                   input_shapes=_input_shapes(args.inputs))
     if args.output:
         save(module, args.output)
     status = EXIT_OK
@@ -189,7 +220,8 @@ def _render(args: argparse.Namespace) -> int:
 
     dot = render(pathlib.Path(args.spec), params=_overrides(args.overrides), shapes=not args.no_shapes,
                  param_counts=not args.no_params, args=not args.no_args, depth=args.depth,
-                 fold_repeats=args.fold_repeats, rankdir=args.rankdir, allow_imports=args.allow_imports)
+                 fold_repeats=args.fold_repeats, rankdir=args.rankdir, allow_imports=args.allow_imports,
+                 input_shapes=_input_shapes(args.inputs))
     status = _draw(dot, output)
     if status == EXIT_OK:
         print(f"Wrote {output}")
@@ -209,6 +241,22 @@ def _draw(dot: object, path: str) -> int:
           f"  others: https://graphviz.org/download/), then run again, or: dot -T{pathlib.Path(path).suffix[1:]} "
           f"{fallback} -o {path}", file=sys.stderr)
     return EXIT_INVALID
+
+
+def _sizes(args: argparse.Namespace) -> int:
+    from .api import valid_sizes
+    from .sizes import DEFAULT_RANGE
+
+    low, high = args.range or DEFAULT_RANGE
+    report = valid_sizes(pathlib.Path(args.spec), params=_overrides(args.overrides), low=low, high=high,
+                         input_shapes=_input_shapes(args.inputs), allow_imports=args.allow_imports)
+    if args.json:
+        import json
+
+        print(json.dumps({"spec": args.spec, **report.to_dict()}, indent=2))
+    else:
+        print(report.format(args.spec))
+    return EXIT_OK
 
 
 def _schema(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from .codegen import generate_forward
+from .codegen import HELPERS, generate_forward, helpers_used
 from .files import atomic_write
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
 from .ops import GenericLayer
@@ -31,6 +31,9 @@ def export_python(graph: Graph, *, spec_file: str, spec_text: str) -> str:
     exporter = _Exporter()
     top = exporter.top_class(graph)
     body = "\n\n\n".join([*exporter.block_sources, top])
+    helpers = [HELPERS[name].rstrip("\n") for name in helpers_used(body)]
+    if helpers:
+        body = "\n\n\n".join([*helpers, body])
     uses_torch = "torch." in body
     digest = hashlib.sha256(spec_text.encode()).hexdigest()[:16]
     only = "only torch" if not exporter.imports else "torch and the modules of the spec's own layers"

@@ -33,8 +33,8 @@ def _quiet_exporter() -> Iterator[None]:
 def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True) -> None:
     """Export a module built by resgraph to an ONNX file, atomically.
 
-    Inputs are named after the spec's inputs; the batch dimension stays dynamic unless asked
-    otherwise. The file passes `onnx.checker`.
+    Inputs are named after the spec's inputs; the batch dimension, and every input size the model
+    admits (see `resgraph sizes`), stay dynamic unless asked otherwise. The file passes `onnx.checker`.
 
     Raises:
         UsageError: the onnx / onnxscript packages are missing.
@@ -48,13 +48,9 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True) -> None:
     import torch
 
     graph = module.graph
-    examples = []
-    for name in graph.inputs:
-        kind = graph.nodes[name].meta["type"]
-        dtype = getattr(torch, kind.dtype)
-        shape = (2, *kind.shape)  # batch 2: a batch of 1 would be specialised into the graph
-        examples.append(torch.zeros(shape, dtype=dtype) if not dtype.is_floating_point else torch.randn(shape))
-    dynamic = tuple({0: torch.export.Dim("batch", min=1)} for _ in examples) if dynamic_batch else None
+    examples = module.example_inputs(batch=2)  # batch 2: a batch of 1 would be specialised into the graph
+    # The batch, and each free input dim as far as the model admits other sizes, stay dynamic.
+    dynamic = module.dynamic_shapes() if dynamic_batch else None
     was_training = module.training
     module.eval()
     try:
