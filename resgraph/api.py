@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .ops.generic import allowed_imports
@@ -31,8 +31,9 @@ from .validate import validate
 if TYPE_CHECKING:
     from .graph import Graph
     from .model import CompiledModule
+    from .summarize import Summary
 
-__all__ = ["DEFAULT_MAX_PARAMS", "build", "check", "count_parameters", "load_spec", "rebuild", "render",
+__all__ = ["DEFAULT_MAX_PARAMS", "build", "check", "count_parameters", "load_spec", "rebuild", "render", "summary",
            "to_python"]
 
 def load_spec(spec: SpecSource, *, params: Mapping[str, Any] | None = None, file: str | None = None) -> Spec:
@@ -156,3 +157,44 @@ def to_python(module: CompiledModule) -> str:
     from .export_py import module_source
 
     return module_source(module)
+
+
+def summary(spec: SpecSource | CompiledModule | Graph, *, depth: int | None = None,
+            columns: Sequence[str] | str | None = None, params: Mapping[str, Any] | None = None,
+            allow_imports: Iterable[str] = (), file: str | None = None) -> Summary:
+    """A torchinfo-style summary of a spec, a checked graph (`check`) or a built model.
+
+    A spec or graph is summarised without allocating weights (counts come from a meta-device
+    build). Rows carry name, op, input and output shapes, kernel, parameters (trainable or not),
+    MACs, parameter and activation memory and the nodes each one reads; MACs and activations are
+    per sample. Totals and the projection list are always the whole model's.
+
+    >>> s = summary("examples/tutorial.yaml")
+    >>> s.total_params, s.projections, s.outputs, s.total_macs
+    (268928, ['shortcut1', 'shortcut2'], ['res2_conv2'], 275447808)
+
+    Args:
+        spec: a path, YAML text, a dict, a graph from `check`, or a model from `build`.
+        depth: module levels the rows show (1: the top level; default: all).
+        columns: the table's columns after the layer name, as a list or "op,macs,..."
+            (`resgraph.summarize.COLUMNS`; "default" and "all" expand).
+        params, allow_imports, file: as for `build` (ignored for a graph or a model).
+    Returns:
+        A `Summary`: `str()` or `.table()` is the text table, `.to_dict()` the JSON form, `.rows`
+        the rows shown.
+    Raises:
+        SpecError: the spec is invalid.
+        UsageError: an unknown column, or an unreadable file.
+    """
+    from .graph import Graph
+    from .model import CompiledModule, meta_module
+    from .summarize import summarize
+
+    if isinstance(spec, CompiledModule):
+        return summarize(spec.graph, spec, depth=depth, columns=columns, file=spec.build_record.file)
+    if isinstance(spec, Graph):
+        return summarize(spec, meta_module(spec), depth=depth, columns=columns, file=spec.file)
+    with allowed_imports(allow_imports):
+        loaded = load(spec, file=file)
+        _, graph = check_loaded(loaded, params)
+        return summarize(graph, meta_module(graph), depth=depth, columns=columns, file=loaded.file)

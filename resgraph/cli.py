@@ -66,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="refuse, before allocating weights, a model with more parameters (default: 2^31)")
     build.add_argument("--diagram", metavar="FILE",
                        help=f"also draw the architecture to FILE ({', '.join(diagram_suffixes())})")
+    build.add_argument("--columns", metavar="NAMES",
+                       help="the summary's columns after the layer name, comma-separated, from: op, input_shape, "
+                            "output_shape, kernel, params, trainable, macs, param_memory, activation_memory, "
+                            "connected_to; 'default' is op,output_shape,params and 'all' every column")
+    build.add_argument("--opset", type=_positive, metavar="N", help="the ONNX opset version (with -o FILE.onnx)")
     _add_set(build)
     build.set_defaults(run=_build)
 
@@ -153,30 +158,33 @@ def _build(args: argparse.Namespace) -> int:
         find_format(args.output, "model")
     if args.diagram:
         find_format(args.diagram, "diagram")
-    from .api import DEFAULT_MAX_PARAMS, build, render
+    if args.opset is not None and not (args.output or "").lower().endswith(".onnx"):
+        raise UsageError("--opset applies to ONNX files: add -o FILE.onnx")
+    from .api import DEFAULT_MAX_PARAMS, build, render, summary
     from .formats import save
-    from .summary import format_summary, summarize
+    from .summarize import parse_columns
 
+    columns = parse_columns(args.columns)  # an unknown column is refused before the model is built
     module = build(pathlib.Path(args.spec), params=_overrides(args.overrides), seed=args.seed,
                    max_params=args.max_params or DEFAULT_MAX_PARAMS, allow_imports=args.allow_imports)
     if args.output:
-        save(module, args.output)
+        save(module, args.output, **({"opset": args.opset} if args.opset is not None else {}))
     status = EXIT_OK
     if args.diagram:
         status = _draw(render(module), args.diagram)
     if args.code:
         print(module.code, end="")
         return status
-    summary = summarize(module, depth=args.depth)
+    result = summary(module, depth=args.depth, columns=columns)
     if args.json:
         import json
 
-        data = summary.to_dict()
+        data = result.to_dict()
         if args.output:
             data["saved"] = args.output
         print(json.dumps(data, indent=2))
     else:
-        print(format_summary(summary))
+        print(result.table())
         if args.output:
             print(f"Saved: {args.output}")
     return status

@@ -19,7 +19,7 @@ from .files import atomic_write
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
 from .ownership import graph_parameters, owned_parameters
 from .projections import ProjectionPlan, describe_steps
-from .summary import instance_title, short_value
+from .summarize import instance_title, short_value
 
 __all__ = ["RenderOptions", "render_graph", "write_diagram"]
 
