@@ -85,6 +85,11 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | 
         raise ResgraphError(f"ONNX export failed: {str(exc).strip().splitlines()[0]}") from None
     finally:
         module.train(was_training)
+    written = program.model.opset_imports.get("")
+    if opset is not None and written != opset:
+        # torch's exporter logs a failed down-conversion and keeps its own opset: say so rather than mislabel
+        raise ResgraphError(f"ONNX export: this model cannot be converted to opset {opset} (the exporter wrote "
+                            f"opset {written}); choose --opset {written} or higher (Python: opset={written})")
 
     def write(tmp: str) -> None:
         program.save(tmp)
