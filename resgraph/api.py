@@ -122,7 +122,8 @@ def count_parameters(spec: SpecSource, *, params: Mapping[str, Any] | None = Non
 
 def render(spec: SpecSource | CompiledModule, *, params: Mapping[str, Any] | None = None, shapes: bool = True,
            param_counts: bool = True, args: bool = True, depth: int | None = None, fold_repeats: bool = False,
-           rankdir: str = "TB", allow_imports: Iterable[str] = (), file: str | None = None) -> Any:
+           rankdir: str = "TB", layout: str = "default", dpi: int | None = None, allow_imports: Iterable[str] = (),
+           file: str | None = None) -> Any:
     """The architecture diagram of a spec, or of a built model, as a `graphviz.Digraph`.
 
     Weights are never allocated for a spec: parameter counts come from a meta-device build.
@@ -133,14 +134,17 @@ def render(spec: SpecSource | CompiledModule, *, params: Mapping[str, Any] | Non
         depth: module levels to show, as torchinfo counts them (1: the top level, each block call one node).
         fold_repeats: draw a repeated block once, in a box labelled xN.
         rankdir: TB (top to bottom) or LR (left to right).
+        layout: "u" draws an encoder-decoder as a U, the two ends of each top-level skip on one level.
+        dpi: the resolution of PNG output (Graphviz's default: 96).
     Raises:
         SpecError: the spec is invalid.
+        UsageError: an unknown rankdir or layout.
     """
     from .diagram import RenderOptions, render_graph
     from .model import CompiledModule, meta_module
 
     options = RenderOptions(shapes=shapes, param_counts=param_counts, args=args, depth=depth,
-                            fold_repeats=fold_repeats, rankdir=rankdir)
+                            fold_repeats=fold_repeats, rankdir=rankdir, layout=layout, dpi=dpi)
     if isinstance(spec, CompiledModule):
         return render_graph(spec.graph, spec, options)
     with allowed_imports(allow_imports):

@@ -75,6 +75,8 @@ _add(
     OutputFormat(".png", "diagram", "PNG (Graphviz)", "diagram:write_diagram"),
     OutputFormat(".pdf", "diagram", "PDF (Graphviz)", "diagram:write_diagram"),
     OutputFormat(".dot", "diagram", "Graphviz DOT source", "diagram:write_diagram"),
+    OutputFormat(".html", "diagram", "a self-contained page: the SVG with collapsible blocks and hover details",
+                 "diagram:write_diagram"),
 )
 
 
