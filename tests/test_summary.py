@@ -206,12 +206,14 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "resgraph", *args], capture_output=True, text=True, cwd=ROOT)
 
 
-def test_the_readme_summary_is_what_build_prints() -> None:
+def test_the_readme_summaries_are_what_build_prints() -> None:
     readme = (ROOT / "README.md").read_text()
-    shown = re.search(r"```console\n\$ resgraph build examples/tutorial.yaml\n(.*?)```", readme, re.DOTALL)
-    assert shown is not None
-    result = cli("build", "examples/tutorial.yaml")
-    assert result.returncode == 0 and result.stdout == shown.group(1)
+    shown = re.findall(r"```console\n\$ resgraph (build examples/[a-z0-9_]+\.yaml.*?)\n(.*?)```", readme, re.DOTALL)
+    summaries = [(command, output) for command, output in shown if "Total params" in output]
+    assert len(summaries) == 2  # the tutorial's, and ResNet-18's with --columns
+    for command, output in summaries:
+        result = cli(*command.split())
+        assert result.returncode == 0 and result.stdout == output, command
 
 
 def test_build_json_at_depth_one_keeps_whole_model_totals() -> None:
