@@ -227,13 +227,12 @@ class _Renderer:
             return self.collapsed(dot, node_id, node.name, f"{call.block}{times}", node, sources, repeated,
                                   self.count(node, prefix))
         shown = instances[:1] if self.options.fold_repeats and repeated else instances
-        title = f"{node_id}: {call.block}{times}"
+        heading = f"{node_id}: {call.block}{times}"
         if len(shown) < len(instances):
-            differences = instance_differences(instances)
-            title += " (first shown)" + "".join(f"\n{line}" for line in differences)
+            heading += " (first shown)" + "".join(f"\n{line}" for line in instance_differences(instances))
         current = sources
         with dot.subgraph(name=f"cluster_{node_id}") as stage:
-            stage.attr(label=title, style="rounded", color="#8a7fb5", fontname="Helvetica", fontsize="11")
+            stage.attr(label=heading, style="rounded", color="#8a7fb5", fontname="Helvetica", fontsize="11")
             if not repeated:
                 return self.graph(stage, instances[0], instances[0].qualname, current, level + 1)[0]
             for instance in shown:

@@ -117,9 +117,11 @@ def summarize(graph: Graph, module: Any, *, depth: int | None = None, columns: S
         columns: the table's columns after the layer name (see `COLUMNS`); default `DEFAULT_COLUMNS`.
         file: the spec's file, for the title.
     Raises:
-        UsageError: an unknown column name.
+        UsageError: an unknown column name, or a depth below 1.
     """
     chosen = parse_columns(columns)
+    if depth is not None and depth < 1:
+        raise UsageError(f"depth counts module levels from 1 (the top level), not {depth}")
     walker = _Walker(module)
     walker.graph(graph, "", 0, list(graph.inputs))
     rows = walker.rows

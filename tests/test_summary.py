@@ -152,6 +152,8 @@ def test_totals_and_projections_never_depend_on_the_depth_shown() -> None:
         assert (s.total_params, s.total_macs, s.activation_bytes) == (
             summaries[-1].total_params, summaries[-1].total_macs, summaries[-1].activation_bytes)
     assert summaries[-1].total_params == 11_689_512
+    with pytest.raises(resgraph.UsageError, match="depth counts module levels from 1"):
+        resgraph.summary(EXAMPLES / "resnet18.yaml", depth=0)
     assert summaries[0].total_macs == sum(r.macs for r in summaries[0].rows if r.kind != "input")
 
 
