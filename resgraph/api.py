@@ -33,9 +33,10 @@ from .validate import validate
 if TYPE_CHECKING:
     from .graph import Graph
     from .model import CompiledModule
+    from .summarize import Summary
 
 __all__ = ["DEFAULT_MAX_PARAMS", "InputShapes", "build", "check", "count_parameters", "load_spec", "rebuild", "render",
-           "to_python", "valid_sizes"]
+           "summary", "to_python", "valid_sizes"]
 
 InputShapes = Mapping[str, Sequence[int]]  # input name -> per-sample shape, e.g. {"x": (3, 299, 299)}
 
@@ -151,8 +152,8 @@ def count_parameters(spec: SpecSource, *, params: Mapping[str, Any] | None = Non
 
 def render(spec: SpecSource | CompiledModule, *, params: Mapping[str, Any] | None = None, shapes: bool = True,
            param_counts: bool = True, args: bool = True, depth: int | None = None, fold_repeats: bool = False,
-           rankdir: str = "TB", allow_imports: Iterable[str] = (), input_shapes: InputShapes | None = None,
-           file: str | None = None) -> Any:
+           rankdir: str = "TB", layout: str = "default", dpi: int | None = None, allow_imports: Iterable[str] = (),
+           input_shapes: InputShapes | None = None, file: str | None = None) -> Any:
     """The architecture diagram of a spec, or of a built model, as a `graphviz.Digraph`.
 
     Weights are never allocated for a spec: parameter counts come from a meta-device build.
@@ -163,14 +164,17 @@ def render(spec: SpecSource | CompiledModule, *, params: Mapping[str, Any] | Non
         depth: module levels to show, as torchinfo counts them (1: the top level, each block call one node).
         fold_repeats: draw a repeated block once, in a box labelled xN.
         rankdir: TB (top to bottom) or LR (left to right).
+        layout: "u" draws an encoder-decoder as a U, the two ends of each top-level skip on one level.
+        dpi: the resolution of PNG output (Graphviz's default: 96).
     Raises:
         SpecError: the spec is invalid.
+        UsageError: an unknown rankdir or layout.
     """
     from .diagram import RenderOptions, render_graph
     from .model import CompiledModule, meta_module
 
     options = RenderOptions(shapes=shapes, param_counts=param_counts, args=args, depth=depth,
-                            fold_repeats=fold_repeats, rankdir=rankdir)
+                            fold_repeats=fold_repeats, rankdir=rankdir, layout=layout, dpi=dpi)
     if isinstance(spec, CompiledModule):
         return render_graph(spec.graph, spec, options)
     with allowed_imports(allow_imports):
@@ -187,3 +191,45 @@ def to_python(module: CompiledModule) -> str:
     from .export_py import module_source
 
     return module_source(module)
+
+
+def summary(spec: SpecSource | CompiledModule | Graph, *, depth: int | None = None,
+            columns: Sequence[str] | str | None = None, params: Mapping[str, Any] | None = None,
+            input_shapes: InputShapes | None = None, allow_imports: Iterable[str] = (),
+            file: str | None = None) -> Summary:
+    """A torchinfo-style summary of a spec, a checked graph (`check`) or a built model.
+
+    A spec or graph is summarised without allocating weights (counts come from a meta-device
+    build). Rows carry name, op, input and output shapes, kernel, parameters (trainable or not),
+    MACs, parameter and activation memory and the nodes each one reads; MACs and activations are
+    per sample. Totals and the projection list are always the whole model's.
+
+    >>> s = summary("examples/tutorial.yaml")
+    >>> s.total_params, s.projections, s.outputs, s.total_macs
+    (268928, ['shortcut1', 'shortcut2'], ['res2_conv2'], 275447808)
+
+    Args:
+        spec: a path, YAML text, a dict, a graph from `check`, or a model from `build`.
+        depth: module levels the rows show (1: the top level; default: all).
+        columns: the table's columns after the layer name, as a list or "op,macs,..."
+            (`resgraph.summarize.COLUMNS`; "default" and "all" expand).
+        params, input_shapes, allow_imports, file: as for `build` (ignored for a graph or a model).
+    Returns:
+        A `Summary`: `str()` or `.table()` is the text table, `.to_dict()` the JSON form, `.rows`
+        the rows shown.
+    Raises:
+        SpecError: the spec is invalid.
+        UsageError: an unknown column, or an unreadable file.
+    """
+    from .graph import Graph
+    from .model import CompiledModule, meta_module
+    from .summarize import summarize
+
+    if isinstance(spec, CompiledModule):
+        return summarize(spec.graph, spec, depth=depth, columns=columns, file=spec.build_record.file)
+    if isinstance(spec, Graph):
+        return summarize(spec, meta_module(spec), depth=depth, columns=columns, file=spec.file)
+    with allowed_imports(allow_imports):
+        loaded = load(spec, file=file)
+        _, graph = check_loaded(loaded, params, input_shapes=input_shapes)
+        return summarize(graph, meta_module(graph), depth=depth, columns=columns, file=loaded.file)
