@@ -14,12 +14,16 @@ import inspect
 import itertools
 import json
 import math
+import os
 import subprocess
 import sys
 from typing import Any
 
 import pytest
 import torch
+import yaml
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import resgraph
@@ -30,9 +34,9 @@ from resgraph.ops.probe import PROBE_BATCH_SIZES, probe
 from resgraph.summary import format_summary, summarize
 
 
-def spec(layers: str, **inputs: list[int]) -> str:
-    """A one-model spec with the given inputs (default `x: [4]`) and layer lines."""
-    declared = "".join(f"  {name}: {shape}\n" for name, shape in (inputs or {"x": [4]}).items())
+def spec(layers: str, **inputs: Any) -> str:
+    """A one-model spec with the given inputs (default `x: [4]`; a shape or {shape, dtype}) and layer lines."""
+    declared = "".join(f"  {name}: {json.dumps(shape)}\n" for name, shape in (inputs or {"x": [4]}).items())
     return f"resgraph: 1\nname: G\ninputs:\n{declared}layers:\n{layers}"
 
 
@@ -236,54 +240,57 @@ def test_input_size_is_inferred_for_recurrent_layers() -> None:
     assert model.gru.input_size == 8 and model.cell.input_size == 6
 
 
-# Sample independence, per family: perturb one sample, the others' outputs must not move.
-FAMILIES = {
-    "rnn": ("{op: RNN, hidden_size: 6, num_layers: 2, nonlinearity: relu, output: 0}", [[5, 8]]),
-    "rnn-bidirectional": ("{op: RNN, hidden_size: 6, bidirectional: true, output: 0}", [[5, 8]]),
-    "lstm": ("{op: LSTM, hidden_size: 6, num_layers: 2, output: 0}", [[5, 8]]),
-    "lstm-projected": ("{op: LSTM, hidden_size: 6, proj_size: 3, bidirectional: true, output: 0}", [[5, 8]]),
-    "gru": ("{op: GRU, hidden_size: 6, num_layers: 2, bidirectional: true, output: 0}", [[5, 8]]),
-    "rnn-cell": ("{op: RNNCell, hidden_size: 6}", [[8]]),
-    "rnn-cell-with-state": ("{op: RNNCell, hidden_size: 6, input: [x, h]}", [[8], [6]]),
-    "lstm-cell": ("{op: LSTMCell, hidden_size: 6, output: 0}", [[8]]),
-    "gru-cell": ("{op: GRUCell, hidden_size: 6, input: [x, h]}", [[8], [6]]),
-    "transformer-encoder-layer": ("{op: TransformerEncoderLayer, nhead: 2, dim_feedforward: 16}", [[5, 8]]),
+# Sample independence, per family: change one sample, the others' outputs must not move.
+# Each entry: the layer, and its inputs (name: per-sample shape, or {shape, dtype}).
+SEQ, SEQ2 = [5, 8], [7, 8]
+FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
+    "rnn": ("{op: RNN, hidden_size: 6, num_layers: 2, nonlinearity: relu, output: 0}", {"x": SEQ}),
+    "rnn-bidirectional": ("{op: RNN, hidden_size: 6, bidirectional: true, output: 0}", {"x": SEQ}),
+    "lstm": ("{op: LSTM, hidden_size: 6, num_layers: 2, output: 0}", {"x": SEQ}),
+    "lstm-projected": ("{op: LSTM, hidden_size: 6, proj_size: 3, bidirectional: true, output: 0}", {"x": SEQ}),
+    "gru": ("{op: GRU, hidden_size: 6, num_layers: 2, bidirectional: true, output: 0}", {"x": SEQ}),
+    "rnn-cell": ("{op: RNNCell, hidden_size: 6}", {"x": [8]}),
+    "rnn-cell-with-state": ("{op: RNNCell, hidden_size: 6, input: [x, h]}", {"x": [8], "h": [6]}),
+    "lstm-cell": ("{op: LSTMCell, hidden_size: 6, output: 0}", {"x": [8]}),
+    "gru-cell": ("{op: GRUCell, hidden_size: 6, input: [x, h]}", {"x": [8], "h": [6]}),
+    "transformer-encoder-layer": ("{op: TransformerEncoderLayer, nhead: 2, dim_feedforward: 16}", {"x": SEQ}),
     "transformer-encoder-layer-norm-first": (
-        "{op: TransformerEncoderLayer, nhead: 4, dim_feedforward: 16, norm_first: true, activation: gelu}", [[5, 8]]),
+        "{op: TransformerEncoderLayer, nhead: 4, dim_feedforward: 16, norm_first: true, activation: gelu}", {"x": SEQ}),
     "transformer-decoder-layer": ("{op: TransformerDecoderLayer, nhead: 2, dim_feedforward: 16, input: [x, m]}",
-                                  [[5, 8], [7, 8]]),
+                                  {"x": SEQ, "m": SEQ2}),
     "transformer": ("{op: Transformer, nhead: 2, num_encoder_layers: 2, num_decoder_layers: 1, dim_feedforward: 16, "
-                    "input: [x, m]}", [[5, 8], [3, 8]]),
-    "multihead-attention": ("{op: MultiheadAttention, num_heads: 2}", [[5, 8]]),
+                    "input: [x, m]}", {"x": SEQ, "m": [3, 8]}),
+    "multihead-attention": ("{op: MultiheadAttention, num_heads: 2}", {"x": SEQ}),
     "multihead-attention-cross": ("{op: MultiheadAttention, num_heads: 2, add_bias_kv: true, add_zero_attn: true, "
-                                  "input: [x, m, v]}", [[5, 8], [7, 6], [7, 4]]),
-    "softmax2d": ("{op: Softmax2d}", [[3, 4, 5]]),
-    "softmin": ("{op: Softmin, dim: -1}", [[5, 8]]),
-    "cosine-similarity": ("{op: CosineSimilarity, dim: -1, input: [x, m]}", [[5, 8], [5, 8]]),
-    "pairwise-distance": ("{op: PairwiseDistance, keepdim: true, input: [x, m]}", [[5, 8], [5, 8]]),
-    "glu": ("{op: GLU, dim: 1}", [[6, 8]]),
-    "embedding-bag": ("{op: EmbeddingBag, num_embeddings: 10, embedding_dim: 3, mode: max}", [[5]]),
-    "local-response-norm": ("{op: LocalResponseNorm, size: 2}", [[4, 6]]),
-    "channel-shuffle": ("{op: ChannelShuffle, groups: 2}", [[4, 3, 3]]),
-    "fractional-max-pool": ("{op: FractionalMaxPool2d, kernel_size: 2, output_size: 3}", [[2, 6, 6]]),
-    "unfold-fold": ("{op: Unfold, kernel_size: 2}", [[2, 4, 4]]),
-    "rms-norm": ("{op: RMSNorm}", [[5, 8]]),
-    "loss-without-reduction": ("{op: SmoothL1Loss, reduction: none, input: [x, m]}", [[5, 8], [5, 8]]),
-    "cross-entropy-without-reduction": ("{op: CrossEntropyLoss, reduction: none, input: [x, t]}", [[5], "int64"]),
+                                  "input: [x, k, v]}", {"x": SEQ, "k": [7, 6], "v": [7, 4]}),
+    "softmax2d": ("{op: Softmax2d}", {"x": [3, 4, 5]}),
+    "softmin": ("{op: Softmin, dim: -1}", {"x": SEQ}),
+    "cosine-similarity": ("{op: CosineSimilarity, dim: -1, input: [x, y]}", {"x": SEQ, "y": SEQ}),
+    "pairwise-distance": ("{op: PairwiseDistance, keepdim: true, input: [x, y]}", {"x": SEQ, "y": SEQ}),
+    "glu": ("{op: GLU, dim: 1}", {"x": [6, 8]}),
+    "embedding-bag": ("{op: EmbeddingBag, num_embeddings: 10, embedding_dim: 3, mode: max}",
+                      {"x": {"shape": [5], "dtype": "int64"}}),
+    "local-response-norm": ("{op: LocalResponseNorm, size: 2}", {"x": [4, 6]}),
+    "channel-shuffle": ("{op: ChannelShuffle, groups: 2}", {"x": [4, 3, 3]}),
+    "fractional-max-pool": ("{op: FractionalMaxPool2d, kernel_size: 2, output_size: 3}", {"x": [2, 6, 6]}),
+    "unfold": ("{op: Unfold, kernel_size: 2}", {"x": [2, 4, 4]}),
+    "rms-norm": ("{op: RMSNorm}", {"x": SEQ}),
+    "loss-without-reduction": ("{op: SmoothL1Loss, reduction: none, input: [x, y]}", {"x": SEQ, "y": SEQ}),
+    "cross-entropy-without-reduction": ("{op: CrossEntropyLoss, reduction: none, input: [x, t]}",
+                                        {"x": [5], "t": {"shape": [], "dtype": "int64"}}),
 }
 
 
-def _family_spec(body: str, shapes: list[Any]) -> tuple[str, list[torch.Tensor]]:
-    names = ["x", "m", "v", "h", "t"]
-    used = [n for n in names if n == "x" or f" {n}]" in body or f" {n}," in body or f"[{n}," in body]
-    if shapes[-1] == "int64":  # a class-index target: (N,) of int64 for a (N, C) input
-        text = spec(f"  - out: {body}\n", x=shapes[0]).replace("layers:", "  t: {shape: [], dtype: int64}\nlayers:")
-        return text, [torch.randn(4, *shapes[0]), torch.randint(0, shapes[0][0], (4,))]
-    text = spec(f"  - out: {body}\n", **dict(zip(used, shapes)))
-    if "EmbeddingBag" in body:
-        text = text.replace("x: [5]", "x: {shape: [5], dtype: int64}")
-        return text, [torch.randint(0, 10, (4, 5))]
-    return text, [torch.randn(4, *shape) for shape in shapes]
+def _family_spec(body: str, inputs: dict[str, Any]) -> tuple[str, list[torch.Tensor]]:
+    """The spec of one family's layer, and a batch of 4 for each of its inputs."""
+    text = spec(f"  - out: {body}\n", **inputs)
+    values = []
+    for declared in inputs.values():
+        if isinstance(declared, dict):  # integer indices: embedding rows, class targets (< 5 here)
+            values.append(torch.randint(0, 5, (4, *declared["shape"])))
+        else:
+            values.append(torch.randn(4, *declared))
+    return text, values
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -693,3 +700,76 @@ def test_fixed_conventions_are_listed_once() -> None:
     layer = GenericLayer.model_validate({"op": "GRU", "hidden_size": 3})
     assert layer.args() == {"hidden_size": 3, "batch_first": True}
     assert GenericLayer.model_validate({"op": "NoSuchLayer"}).args() == {}  # never raises
+
+
+# --- properties over generated arguments ------------------------------------------------------------
+
+FUZZ_EXAMPLES = int(os.environ.get("RESGRAPH_FUZZ_EXAMPLES", "100"))
+FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=FUZZ_EXAMPLES <= 100,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**63), st.floats(allow_nan=True),
+                    st.text(max_size=12))
+VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                       st.dictionaries(st.text(max_size=4), inner, max_size=3)),
+                      max_leaves=12)
+NAMES = st.one_of(st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True), st.text(max_size=12),
+                  st.sampled_from(["class", "_weight", "device", "dtype", "self", "x); import os; (y", "in_features"]))
+
+
+@FUZZ
+@given(arguments=st.dictionaries(NAMES, VALUES, max_size=4))
+def test_any_arguments_are_refused_with_a_location_or_round_trip_through_the_export(arguments: dict[str, Any]) -> None:
+    op = unique_op("GenericTestKeywords", Keywords)
+    body = {k: v for k, v in arguments.items() if k not in ("op", "input", "when", "scale", "output")}
+    text = yaml.safe_dump({"resgraph": 1, "name": "Fuzz", "inputs": {"x": [4]},
+                           "layers": [{"k": {"op": op, **body}}]}, sort_keys=False)
+    try:
+        model = resgraph.build(text, seed=0)
+    except resgraph.SpecError as exc:
+        assert all(d.location.line >= 1 for d in exc.diagnostics), exc.format()
+        return
+    source = resgraph.to_python(model)
+    tree = ast.parse(source)
+    assert all(isinstance(n, (ast.Expr, ast.Import, ast.ImportFrom, ast.ClassDef)) for n in tree.body)
+    namespace: dict[str, Any] = {}
+    exec(compile(tree, "<export>", "exec"), namespace)
+    assert namespace["Fuzz"]().k.kwargs == model.k.kwargs
+
+
+TORCH_ARGUMENT_VALUES = st.one_of(st.integers(-2, 6), st.sampled_from([0.0, 0.5, 1e-5, 2.0]), st.booleans(),
+                                  st.none(), st.sampled_from(["none", "mean", "sum", "relu", "gelu", "max", "zeros"]),
+                                  st.lists(st.integers(1, 3), min_size=1, max_size=3))
+
+
+@FUZZ
+@given(data=st.data())
+def test_a_torch_class_that_validates_builds_and_runs_at_the_inferred_shape(data: st.DataObject) -> None:
+    name = data.draw(st.sampled_from(sorted(UNCURATED)))
+    from resgraph.ops.generic import _constructor_parameters
+
+    parameters = sorted(_constructor_parameters(torch_module_class(name))[0])
+    arguments = yaml.safe_load("{" + AUDIT_ARGS.get(name, "") + "}")  # a configuration that builds, then changes
+    if "reduction" in parameters:
+        arguments["reduction"] = "none"
+    chosen = data.draw(st.lists(st.sampled_from(parameters), unique=True, max_size=3)) if parameters else []
+    arguments.update({key: data.draw(TORCH_ARGUMENT_VALUES, label=key) for key in chosen})
+    arity = _forward_arity(torch_module_class(name))
+    shape = data.draw(st.sampled_from([[6], [4, 6], [2, 4, 6], [2, 2, 4, 6]]))
+    layer = {"op": name, **arguments, **({"input": [f"x{i}" for i in range(arity)]} if arity > 1 else {})}
+    text = yaml.safe_dump({"resgraph": 1, "name": "Fuzz", "inputs": {f"x{i}": shape for i in range(arity)},
+                           "layers": [{"k": layer}]}, sort_keys=False)
+    try:
+        graph = resgraph.check(text)
+    except resgraph.SpecError as exc:
+        assert all(d.location.line >= 1 for d in exc.diagnostics), exc.format()
+        return
+    event("validated")
+    model = resgraph.build(text, seed=0)  # validation passed: building must not fail
+    try:
+        with torch.no_grad():
+            out = model.eval()(*[torch.rand(3, *shape) for _ in range(arity)])
+    except (RuntimeError, ValueError, IndexError):
+        return  # values torch rejects at run time (targets out of range...): not a shape question
+    event("ran")
+    assert tuple(out.shape) == (3, *graph.nodes["k"].meta["type"].shape)
