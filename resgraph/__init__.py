@@ -35,19 +35,21 @@ _EXPORTS = {
     "register_op": "ops.generic",
     "render": "api",
     "save": "formats",
+    "summary": "api",
     "to_onnx": "onnx_export",
     "to_python": "api",
+    "valid_sizes": "api",
     "write_diagram": "formats",
 }
 
 __all__ = [
     "BuildRecord", "CompiledModule", "Diagnostic", "Location", "Projection", "ProjectionPlan", "ResgraphError", "Spec",
     "SpecError", "UsageError", "__version__", "build", "check", "count_parameters", "load", "load_spec", "rebuild",
-    "register_op", "render", "save", "to_onnx", "to_python", "write_diagram",
+    "register_op", "render", "save", "summary", "to_onnx", "to_python", "valid_sizes", "write_diagram",
 ]
 
 if TYPE_CHECKING:
-    from .api import build, check, count_parameters, load_spec, rebuild, render, to_python
+    from .api import build, check, count_parameters, load_spec, rebuild, render, summary, to_python, valid_sizes
     from .artifact import load
     from .errors import Diagnostic, Location, ResgraphError, SpecError, UsageError
     from .formats import save, write_diagram

@@ -12,9 +12,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .errors import UsageError
 from .ops.generic import allowed_imports
 from .pipeline import (
     DEFAULT_MAX_PARAMS,
@@ -25,15 +26,19 @@ from .pipeline import (
     load,
     static_parameter_counts,
 )
+from .sizes import DEFAULT_RANGE, SizeReport, solve_sizes
 from .spec import Spec
 from .validate import validate
 
 if TYPE_CHECKING:
     from .graph import Graph
     from .model import CompiledModule
+    from .summarize import Summary
 
-__all__ = ["DEFAULT_MAX_PARAMS", "build", "check", "count_parameters", "load_spec", "rebuild", "render",
-           "to_python"]
+__all__ = ["DEFAULT_MAX_PARAMS", "InputShapes", "build", "check", "count_parameters", "load_spec", "rebuild", "render",
+           "summary", "to_python", "valid_sizes"]
+
+InputShapes = Mapping[str, Sequence[int]]  # input name -> per-sample shape, e.g. {"x": (3, 299, 299)}
 
 def load_spec(spec: SpecSource, *, params: Mapping[str, Any] | None = None, file: str | None = None) -> Spec:
     """The validated spec object (its `params` hold the values in force).
@@ -48,21 +53,42 @@ def load_spec(spec: SpecSource, *, params: Mapping[str, Any] | None = None, file
 
 
 def check(spec: SpecSource, *, params: Mapping[str, Any] | None = None, allow_imports: Iterable[str] = (),
-          file: str | None = None) -> Graph:
+          input_shapes: InputShapes | None = None, file: str | None = None) -> Graph:
     """Run every check short of allocating weights: the resolved graph with every shape inferred.
 
     Args:
         allow_imports: module prefixes whose classes a spec may name as `op: package.module.Class`.
+        input_shapes: per-sample shapes to check instead of the declared ones, e.g. {"x": (3, 299, 299)}.
     Raises:
         SpecError: every problem found, each with file:line:col.
+        UsageError: the file cannot be read, or `input_shapes` names an unknown input.
     """
     with allowed_imports(allow_imports):
-        return check_loaded(load(spec, file=file), params)[1]
+        return check_loaded(load(spec, file=file), params, input_shapes=input_shapes)[1]
+
+
+def valid_sizes(spec: SpecSource, *, params: Mapping[str, Any] | None = None, input_shapes: InputShapes | None = None,
+                low: int = DEFAULT_RANGE[0], high: int = DEFAULT_RANGE[1], allow_imports: Iterable[str] = (),
+                file: str | None = None) -> SizeReport:
+    """Every input size in [low, high] at which the spec's model works, per free dim (see `resgraph sizes`).
+
+    Pure shape arithmetic: the spec is checked once, at its declared (or given) input sizes, and
+    the decisions that checking made are evaluated at every other size. Invalid sizes name the
+    first node whose decision fails there (`DimSizes.failures`).
+
+    Raises:
+        SpecError: the spec is invalid at its declared size.
+        UsageError: an empty range.
+    """
+    if not 1 <= low <= high:
+        raise UsageError(f"size range {low}..{high}: expected 1 <= low <= high")
+    graph = check(spec, params=params, input_shapes=input_shapes, allow_imports=allow_imports, file=file)
+    return solve_sizes(graph, low=low, high=high, failures=True)
 
 
 def build(spec: SpecSource, *, params: Mapping[str, Any] | None = None, seed: int | None = None,
           max_params: int | None = DEFAULT_MAX_PARAMS, allow_imports: Iterable[str] = (),
-          file: str | None = None) -> CompiledModule:
+          input_shapes: InputShapes | None = None, file: str | None = None) -> CompiledModule:
     """Compile a spec into an ordinary torch.nn.Module.
 
     Args:
@@ -72,10 +98,13 @@ def build(spec: SpecSource, *, params: Mapping[str, Any] | None = None, seed: in
         max_params: refuse, before allocating any weight, a model with more parameters (None: no limit).
         allow_imports: module prefixes whose classes the spec may name as `op: package.module.Class`;
             without them a spec cannot make resgraph import anything.
+        input_shapes: per-sample example shapes instead of the declared ones (for the summary and
+            the checks; the model works at every size its architecture admits either way).
         file: the name to report in error locations when `spec` is text or a dict.
     Returns:
         A `CompiledModule` whose class is named after the spec, with `.code`, `.spec`, `.graph`
-        and `.build_record`.
+        and `.build_record`. Its forward checks its inputs' shapes first (a ValueError names the
+        input, the shape it must have and the one it got).
     Raises:
         SpecError: every problem found, each with file:line:col; or a model over `max_params`.
         UsageError: the file cannot be read.
@@ -86,8 +115,10 @@ def build(spec: SpecSource, *, params: Mapping[str, Any] | None = None, seed: in
     loaded = load(spec, file=file)
     reader = RecordingReader()
     with allowed_imports(prefixes):
-        typed, graph = check_loaded(loaded, params, reader)
-    record = BuildRecord(loaded.text, loaded.file, dict(params or {}), prefixes, tuple(sorted(reader.texts.items())))
+        typed, graph = check_loaded(loaded, params, reader, input_shapes)
+    record = BuildRecord(spec=loaded.text, file=loaded.file, params=dict(params or {}), allow_imports=prefixes,
+                         imports=tuple(sorted(reader.texts.items())),
+                         input_shapes={name: tuple(shape) for name, shape in (input_shapes or {}).items()})
     return compile_model(typed, graph, record, seed=seed, max_params=max_params)
 
 
@@ -107,10 +138,10 @@ def rebuild(record: BuildRecord, *, allow_imports: Iterable[str] = (), seed: int
 
 
 def count_parameters(spec: SpecSource, *, params: Mapping[str, Any] | None = None, allow_imports: Iterable[str] = (),
-                     file: str | None = None) -> int:
+                     input_shapes: InputShapes | None = None, file: str | None = None) -> int:
     """The number of parameters a spec's model has, computed without allocating any weight."""
     with allowed_imports(allow_imports):
-        _, graph = check_loaded(load(spec, file=file), params)
+        _, graph = check_loaded(load(spec, file=file), params, input_shapes=input_shapes)
         counts = static_parameter_counts(graph)
         if counts is None:
             from .model import part_sizes
@@ -121,7 +152,8 @@ def count_parameters(spec: SpecSource, *, params: Mapping[str, Any] | None = Non
 
 def render(spec: SpecSource | CompiledModule, *, params: Mapping[str, Any] | None = None, shapes: bool = True,
            param_counts: bool = True, args: bool = True, depth: int | None = None, fold_repeats: bool = False,
-           rankdir: str = "TB", allow_imports: Iterable[str] = (), file: str | None = None) -> Any:
+           rankdir: str = "TB", layout: str = "default", dpi: int | None = None, allow_imports: Iterable[str] = (),
+           input_shapes: InputShapes | None = None, file: str | None = None) -> Any:
     """The architecture diagram of a spec, or of a built model, as a `graphviz.Digraph`.
 
     Weights are never allocated for a spec: parameter counts come from a meta-device build.
@@ -132,18 +164,21 @@ def render(spec: SpecSource | CompiledModule, *, params: Mapping[str, Any] | Non
         depth: module levels to show, as torchinfo counts them (1: the top level, each block call one node).
         fold_repeats: draw a repeated block once, in a box labelled xN.
         rankdir: TB (top to bottom) or LR (left to right).
+        layout: "u" draws an encoder-decoder as a U, the two ends of each top-level skip on one level.
+        dpi: the resolution of PNG output (Graphviz's default: 96).
     Raises:
         SpecError: the spec is invalid.
+        UsageError: an unknown rankdir or layout.
     """
     from .diagram import RenderOptions, render_graph
     from .model import CompiledModule, meta_module
 
     options = RenderOptions(shapes=shapes, param_counts=param_counts, args=args, depth=depth,
-                            fold_repeats=fold_repeats, rankdir=rankdir)
+                            fold_repeats=fold_repeats, rankdir=rankdir, layout=layout, dpi=dpi)
     if isinstance(spec, CompiledModule):
         return render_graph(spec.graph, spec, options)
     with allowed_imports(allow_imports):
-        _, graph = check_loaded(load(spec, file=file), params)
+        _, graph = check_loaded(load(spec, file=file), params, input_shapes=input_shapes)
         module = meta_module(graph)
     return render_graph(graph, module, options)
 
@@ -156,3 +191,45 @@ def to_python(module: CompiledModule) -> str:
     from .export_py import module_source
 
     return module_source(module)
+
+
+def summary(spec: SpecSource | CompiledModule | Graph, *, depth: int | None = None,
+            columns: Sequence[str] | str | None = None, params: Mapping[str, Any] | None = None,
+            input_shapes: InputShapes | None = None, allow_imports: Iterable[str] = (),
+            file: str | None = None) -> Summary:
+    """A torchinfo-style summary of a spec, a checked graph (`check`) or a built model.
+
+    A spec or graph is summarised without allocating weights (counts come from a meta-device
+    build). Rows carry name, op, input and output shapes, kernel, parameters (trainable or not),
+    MACs, parameter and activation memory and the nodes each one reads; MACs and activations are
+    per sample. Totals and the projection list are always the whole model's.
+
+    >>> s = summary("examples/tutorial.yaml")
+    >>> s.total_params, s.projections, s.outputs, s.total_macs
+    (268928, ['shortcut1', 'shortcut2'], ['res2_conv2'], 275447808)
+
+    Args:
+        spec: a path, YAML text, a dict, a graph from `check`, or a model from `build`.
+        depth: module levels the rows show (1: the top level; default: all).
+        columns: the table's columns after the layer name, as a list or "op,macs,..."
+            (`resgraph.summarize.COLUMNS`; "default" and "all" expand).
+        params, input_shapes, allow_imports, file: as for `build` (ignored for a graph or a model).
+    Returns:
+        A `Summary`: `str()` or `.table()` is the text table, `.to_dict()` the JSON form, `.rows`
+        the rows shown.
+    Raises:
+        SpecError: the spec is invalid.
+        UsageError: an unknown column, or an unreadable file.
+    """
+    from .graph import Graph
+    from .model import CompiledModule, meta_module
+    from .summarize import summarize
+
+    if isinstance(spec, CompiledModule):
+        return summarize(spec.graph, spec, depth=depth, columns=columns, file=spec.build_record.file)
+    if isinstance(spec, Graph):
+        return summarize(spec, meta_module(spec), depth=depth, columns=columns, file=spec.file)
+    with allowed_imports(allow_imports):
+        loaded = load(spec, file=file)
+        _, graph = check_loaded(loaded, params, input_shapes=input_shapes)
+        return summarize(graph, meta_module(graph), depth=depth, columns=columns, file=loaded.file)

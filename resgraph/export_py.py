@@ -18,7 +18,7 @@ import re
 import shlex
 from typing import Any
 
-from .codegen import generate_forward
+from .codegen import HELPERS, generate_forward, helpers_used
 from .errors import Diagnostic, ResgraphError, SpecError
 from .files import atomic_write
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
@@ -75,6 +75,9 @@ def export_python(graph: Graph, *, spec_file: str, spec_text: str) -> str:
     if exporter.diagnostics:
         raise SpecError(exporter.diagnostics)
     body = "\n\n\n".join([*exporter.block_sources, top])
+    helpers = [HELPERS[name].rstrip("\n") for name in helpers_used(body)]
+    if helpers:
+        body = "\n\n\n".join([*helpers, body])
     uses_torch = "torch." in body
     digest = hashlib.sha256(spec_text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     only = "only torch" if not exporter.imports else "torch and the modules of the spec's own layers"
@@ -113,12 +116,13 @@ def write_python(module: Any, path: str) -> None:
 
 
 def check_source(source: str) -> None:
-    """Check that generated source does nothing when imported but import and define classes.
+    """Check that generated source does nothing when imported but import and define things.
 
-    The module may hold a docstring, imports and class definitions; each class derives from
-    `nn.Module` with no keywords or decorators, and holds a docstring and methods without
-    decorators or default values. (What runs at import is exactly the module-level statements,
-    class bases, decorators and defaults, so nothing else can run.)
+    The module may hold a docstring, imports, the helper functions of `codegen.HELPERS` and
+    class definitions; each class derives from `nn.Module` with no keywords or decorators and
+    holds a docstring and methods. No function has decorators, default values or annotations
+    other than `None`. (What runs at import is exactly the module-level statements, class bases
+    and keywords, decorators, defaults and annotations, so nothing else can run.)
 
     Raises:
         ResgraphError: the source breaks these rules (a resgraph bug: the file is not written).
@@ -127,6 +131,16 @@ def check_source(source: str) -> None:
         return ResgraphError(f"internal error: the generated Python source {why}; nothing was written "
                              "(please report this)")
 
+    def plain(function: ast.stmt) -> bool:
+        if not isinstance(function, ast.FunctionDef) or function.decorator_list:
+            return False
+        arguments = function.args
+        annotations = [function.returns, *(a.annotation for a in [*arguments.posonlyargs, *arguments.args,
+                                                                   *arguments.kwonlyargs])]
+        return not arguments.defaults and not any(arguments.kw_defaults) and all(
+            annotation is None or isinstance(annotation, ast.Constant) and annotation.value is None
+            for annotation in annotations)
+
     try:
         tree = ast.parse(source)
     except SyntaxError as exc:
@@ -134,13 +148,14 @@ def check_source(source: str) -> None:
     for index, statement in enumerate(tree.body):
         if index == 0 and _is_docstring(statement) or isinstance(statement, (ast.Import, ast.ImportFrom)):
             continue
+        if isinstance(statement, ast.FunctionDef) and statement.name in HELPERS and plain(statement):
+            continue
         if not isinstance(statement, ast.ClassDef):
             raise refuse(f"has a {type(statement).__name__} statement at line {statement.lineno}")
         if statement.decorator_list or statement.keywords or [ast.unparse(b) for b in statement.bases] != ["nn.Module"]:
             raise refuse(f"defines class {statement.name} other than as a plain nn.Module")
         for member in statement.body[1 if _is_docstring(statement.body[0]) else 0:]:
-            if not isinstance(member, ast.FunctionDef) or member.decorator_list or member.args.defaults \
-                    or member.args.kw_defaults:
+            if not plain(member):
                 raise refuse(f"has a class member that is not a plain method at line {member.lineno}")
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,6 +75,8 @@ _add(
     OutputFormat(".png", "diagram", "PNG (Graphviz)", "diagram:write_diagram"),
     OutputFormat(".pdf", "diagram", "PDF (Graphviz)", "diagram:write_diagram"),
     OutputFormat(".dot", "diagram", "Graphviz DOT source", "diagram:write_diagram"),
+    OutputFormat(".html", "diagram", "a self-contained page: the SVG with collapsible blocks and hover details",
+                 "diagram:write_diagram"),
 )
 
 
@@ -99,17 +102,25 @@ def find_format(path: str, kind: Kind) -> OutputFormat:
     return fmt
 
 
-def save(model: Any, path: str | os.PathLike[str]) -> None:
+def save(model: Any, path: str | os.PathLike[str], **options: Any) -> None:
     """Write a compiled model to `path` in the format its suffix names (.pt, .pth, .py, .onnx), atomically.
 
+    Args:
+        options: the writer's own keyword arguments (.onnx: `opset`, `dynamic_batch`).
     Raises:
-        UsageError: an unknown suffix, a missing optional package, or a path that cannot be written.
+        UsageError: an unknown suffix, a missing optional package, an option the format does not
+            take, or a path that cannot be written.
         ResgraphError: the exporter failed.
     """
     name = os.fspath(path)
-    writer = find_format(name, "model").load_writer()
+    fmt = find_format(name, "model")
+    writer = fmt.load_writer()
+    accepted = inspect.signature(writer).parameters
+    unknown = [key for key in options if key not in accepted or key in ("model", "module", "path")]
+    if unknown:
+        raise UsageError(f"{fmt.suffix} files take no option {', '.join(map(repr, unknown))}")
     try:
-        writer(model, name)
+        writer(model, name, **options)
     except OSError as exc:
         raise UsageError(f"cannot write {name}: {exc.strerror or exc}") from None
 

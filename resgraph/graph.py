@@ -136,6 +136,7 @@ class Graph:
     qualname: str = ""  # "layer1.0." for a block instance: how messages name its nodes
     block: str | None = None  # the block a block instance instantiates
     params: dict[str, Any] = field(default_factory=dict)  # a block instance's parameter values
+    meta: dict[str, Any] = field(default_factory=dict)  # graph-level analysis results (see infer_shapes)
 
     @property
     def file(self) -> str:
@@ -211,6 +212,8 @@ class GraphBuilder:
         """A layer applying `op` (an op name with its arguments, or a typed Layer)."""
         if isinstance(op, str):
             op = OPS.get(op, GenericLayer).model_validate({"op": op, **args})
+        if inputs is None:
+            inputs = op.input  # the op's own `input:`, as a spec writes it
         names = [inputs] if isinstance(inputs, str) else list(inputs) if inputs is not None else (
             [] if op.max_inputs == 0 else [self._previous()])
         node = LayerNode(name=name, inputs=[self.value[n] for n in names], origin=self.origin.child("layers", name),

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from .codegen import generate_forward
+from .codegen import HELPERS, generate_forward, helpers_used
 from .errors import Diagnostic, SpecError, UsageError
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
 from .ownership import Owns, owns
@@ -115,6 +115,8 @@ def _generated_class(name: str, source: str, base: type[GeneratedModule]) -> typ
     # Register the source so tracebacks and inspect.getsource show the generated lines.
     linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
     namespace: dict[str, Any] = {"torch": torch}
+    for helper in helpers_used(source):  # functions the forward calls (codegen.HELPERS)
+        exec(compile(HELPERS[helper], f"<resgraph helper {helper}>", "exec"), namespace)
     exec(compile(source, filename, "exec"), namespace)  # source holds only validated names and ints
     forward = namespace["forward"]
     forward.__qualname__ = f"{name}.forward"

@@ -20,6 +20,7 @@ from .lower import GeneratedModule, lower
 from .ops.generic import allowed_imports
 from .ownership import owned_parameters
 from .pipeline import DEFAULT_MAX_PARAMS, BuildRecord, check_loaded, static_parameter_counts
+from .sizes import smallest_without_ones, solve_sizes
 from .spec import Spec
 
 __all__ = ["CompiledModule", "compile_model", "meta_module", "part_sizes", "rebuild"]
@@ -37,6 +38,45 @@ class CompiledModule(GeneratedModule):
     spec: Spec
     graph: Graph
     build_record: BuildRecord
+
+    def example_inputs(self, batch: int = 2) -> tuple[torch.Tensor, ...]:
+        """Random inputs at the declared sizes (integer inputs hold ids in [0, 10)), for tracing and tests."""
+        tensors = []
+        for name in self.graph.inputs:
+            kind = self.graph.nodes[name].meta["type"]
+            dtype = getattr(torch, kind.dtype)
+            shape = (batch, *kind.shape)
+            tensors.append(torch.randn(shape, dtype=dtype) if dtype.is_floating_point
+                           else torch.randint(0, 10, shape, dtype=dtype))
+        return tuple(tensors)
+
+    def dynamic_shapes(self, *, batch: bool = True) -> tuple[dict[int, Any], ...]:
+        """`torch.export`'s `dynamic_shapes` for this model: the batch, and every free input dim by the rule
+        its sizes follow (`H >= 33`: a Dim with that minimum; `H in {188 + 16k}`: 16*k + 156, k >= 2;
+        a bounded range: a Dim with both bounds). Fixed dims stay static. Use it with inputs at the
+        declared sizes (`example_inputs()`).
+        """
+        from torch.export import Dim
+
+        report = self.graph.meta["sizes"]
+        shapes = []
+        for name in self.graph.inputs:
+            dims: dict[int, Any] = {0: Dim(f"{name}_batch", min=1)} if batch else {}
+            for dim in report.of(name):
+                label, rule = f"{name}_{dim.name}", dim.rule
+                if not dim.free or rule.kind in ("fixed", "set", "none"):
+                    continue
+                # torch.export specialises sizes of 1: start where every size this dim sets is >= 2
+                low = smallest_without_ones(self.graph, f"{name}.{dim.name}", max(rule.start, 2))
+                if low is None or low > dim.declared:
+                    continue  # only sizes that torch.export cannot keep dynamic: leave it static
+                if rule.kind == "progression":  # a derived dim: start + step * j; its example needs j >= 2
+                    first = low + (-(low - rule.start)) % rule.step
+                    dims[dim.axis + 1] = rule.step * Dim(f"{label}_k", min=2) + (first - 2 * rule.step)
+                else:
+                    dims[dim.axis + 1] = Dim(label, min=low, **({"max": rule.stop} if rule.stop else {}))
+            shapes.append(dims)
+        return tuple(shapes)
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         # The class is generated, so pickle by recipe: rebuild from the record, then load the state.
@@ -65,6 +105,7 @@ def compile_model(spec: Spec, graph: Graph, record: BuildRecord, *, seed: int | 
         SpecError: the model has more than `max_params` parameters (checked before any weight
             is allocated), or torch refused a layer's arguments.
     """
+    graph.meta["sizes"] = solve_sizes(graph)  # the forward's input guard states them
     with allowed_imports(record.allow_imports):
         if max_params is not None:
             _check_size(graph, max_params)
@@ -94,7 +135,8 @@ def rebuild(record: BuildRecord, *, allow_imports: Iterable[str] = (), seed: int
         raise UsageError(f"{record.file}: this model was built with {flags}; allow the same to rebuild it "
                          f"(Python: allow_imports={list(record.allow_imports)!r})")
     with allowed_imports(allowed):
-        spec, graph = check_loaded(load_text(record.spec, record.file), record.params, record.reader())
+        spec, graph = check_loaded(load_text(record.spec, record.file), record.params, record.reader(),
+                                   record.input_shapes)
     return compile_model(spec, graph, record, seed=seed, max_params=max_params)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from .errors import ResgraphError, UsageError
 from .files import atomic_write
 
-__all__ = ["to_onnx"]
+__all__ = ["output_names", "to_onnx"]
 
 
 @contextlib.contextmanager
@@ -30,15 +30,35 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True) -> None:
+def output_names(graph: Any) -> list[str]:
+    """The spec's names for a graph's outputs (the layer a skip merges into, not the skip's name).
+
+    An output that is also an input, or named twice, gets a suffix: ONNX values are named once.
+    """
+    names: list[str] = []
+    taken = set(graph.inputs)
+    for node in graph.outputs:
+        name = base = graph.nodes[node].var
+        index = 1
+        while name in taken:
+            name, index = f"{base}_{index}", index + 1
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | None = None) -> None:
     """Export a module built by resgraph to an ONNX file, atomically.
 
-    Inputs are named after the spec's inputs; the batch dimension stays dynamic unless asked
-    otherwise. The file passes `onnx.checker`.
+    Inputs and outputs carry the spec's names (`x`; `res2_conv2`, not the exporter's `add_61`); the
+    batch dimension, and every input size the model admits (see `resgraph sizes`), stay dynamic unless
+    asked otherwise. The file passes `onnx.checker`.
 
+    Args:
+        opset: the ONNX opset version (default: the exporter's).
     Raises:
         UsageError: the onnx / onnxscript packages are missing.
-        ResgraphError: the exporter failed.
+        ResgraphError: the exporter failed (an unsupported opset included).
     """
     try:
         import onnx
@@ -48,23 +68,25 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True) -> None:
     import torch
 
     graph = module.graph
-    examples = []
-    for name in graph.inputs:
-        kind = graph.nodes[name].meta["type"]
-        dtype = getattr(torch, kind.dtype)
-        shape = (2, *kind.shape)  # batch 2: a batch of 1 would be specialised into the graph
-        examples.append(torch.zeros(shape, dtype=dtype) if not dtype.is_floating_point else torch.randn(shape))
-    dynamic = tuple({0: torch.export.Dim("batch", min=1)} for _ in examples) if dynamic_batch else None
+    examples = module.example_inputs(batch=2)  # batch 2: a batch of 1 would be specialised into the graph
+    # The batch, and each free input dim as far as the model admits other sizes, stay dynamic.
+    dynamic = module.dynamic_shapes() if dynamic_batch else None
     was_training = module.training
     module.eval()
     try:
         with _quiet_exporter():
             program = torch.onnx.export(module, tuple(examples), dynamo=True, input_names=list(graph.inputs),
-                                        dynamic_shapes=dynamic, verbose=False)
+                                        output_names=output_names(graph), dynamic_shapes=dynamic, verbose=False,
+                                        **({"opset_version": opset} if opset is not None else {}))
     except Exception as exc:  # the exporter raises many types
         raise ResgraphError(f"ONNX export failed: {str(exc).strip().splitlines()[0]}") from None
     finally:
         module.train(was_training)
+    written = program.model.opset_imports.get("")
+    if opset is not None and written != opset:
+        # torch's exporter logs a failed down-conversion and keeps its own opset: say so rather than mislabel
+        raise ResgraphError(f"ONNX export: this model cannot be converted to opset {opset} (the exporter wrote "
+                            f"opset {written}); choose --opset {written} or higher (Python: opset={written})")
 
     def write(tmp: str) -> None:
         program.save(tmp)

@@ -27,7 +27,7 @@ from typing import Any
 
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
 
-__all__ = ["Owns", "graph_parameters", "owned_parameters", "owns"]
+__all__ = ["Owns", "graph_parameters", "owned_parameters", "owned_tensors", "owns"]
 
 
 class Owns(str, Enum):
@@ -57,14 +57,19 @@ def owns(node: Node) -> Owns:
     return Owns.nothing
 
 
-def owned_parameters(module: Any, node: Node, prefix: str = "") -> int:
-    """The number of parameters `node` owns in a built `module` (`prefix`: its instance's path)."""
+def owned_tensors(module: Any, node: Node, prefix: str = "") -> list[Any]:
+    """The parameters `node` owns in a built `module` (`prefix`: its instance's path)."""
     kind = owns(node)
     if kind is Owns.nothing:
-        return 0
+        return []
     if kind is Owns.parameter:
-        return module.get_parameter(prefix + node.name).numel()
-    return sum(p.numel() for p in module.get_submodule(prefix + node.name).parameters())
+        return [module.get_parameter(prefix + node.name)]
+    return list(module.get_submodule(prefix + node.name).parameters())
+
+
+def owned_parameters(module: Any, node: Node, prefix: str = "") -> int:
+    """The number of parameters `node` owns in a built `module` (`prefix`: its instance's path)."""
+    return sum(p.numel() for p in owned_tensors(module, node, prefix))
 
 
 def graph_parameters(module: Any, graph: Graph) -> int:

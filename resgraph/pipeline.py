@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -44,6 +44,7 @@ class BuildRecord:
         file: the name its error locations use.
         params: the parameter overrides given to `build` (not the spec's defaults).
         allow_imports: the module prefixes the spec was allowed to import layers from.
+        input_shapes: per-sample input shapes given instead of the declared ones.
         imports: (path, text) of every block library the spec imported, as read at build time;
             None for records from before resgraph stored them (libraries are read from disk).
         version: the resgraph version that built it.
@@ -54,6 +55,7 @@ class BuildRecord:
     params: Mapping[str, Any] = field(default_factory=dict)
     allow_imports: tuple[str, ...] = ()
     imports: tuple[tuple[str, str], ...] | None = ()
+    input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     version: str = __version__
 
     def reader(self) -> Reader:
@@ -104,15 +106,20 @@ def _looks_like_path(text: str) -> bool:
     return "\n" not in text and (text.endswith((".yaml", ".yml")) or os.path.exists(text))
 
 
-def check_loaded(loaded: LoadedSpec, params: Mapping[str, Any] | None,
-                 read: Reader = load_import) -> tuple[Spec, Graph]:
+def check_loaded(loaded: LoadedSpec, params: Mapping[str, Any] | None, read: Reader = load_import,
+                 input_shapes: Mapping[str, Sequence[int]] | None = None) -> tuple[Spec, Graph]:
     """Validate, expand, resolve and infer the shapes of a loaded spec.
 
+    Args:
+        input_shapes: per-sample shapes that replace the declared ones (input name -> shape).
     Raises:
         SpecError: every problem found, each with file:line:col.
+        UsageError: `input_shapes` names an unknown input or is not a shape.
     """
     with gc_paused():  # the passes allocate many small, acyclic objects: see loader.gc_paused
         spec = validate(loaded, params)
+        if input_shapes:
+            spec = spec.with_input_shapes(input_shapes)
         graph = resolve(expand(spec, loaded.source, read=read))
         return spec, infer_shapes(graph)
 

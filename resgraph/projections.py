@@ -35,10 +35,12 @@ from enum import Enum
 from typing import Any
 
 from .ops import Merge, ShapeError, TensorType, broadcast_shape
-from .ops.base import sample_dim
+from .ops.base import Scale, sample_dim
+from .ops.merge import check_gate_layouts
 from .spec import Projection
+from .symbolic import Guard, hint, requirement, specialize
 
-__all__ = ["POLICIES", "STEPS", "ProjectionError", "ProjectionPlan", "Step", "StepKind", "StepRule",
+__all__ = ["POLICIES", "STEPS", "Mismatch", "ProjectionError", "ProjectionPlan", "Step", "StepKind", "StepRule",
            "describe_steps", "plan_projection", "projection_parameters", "step_code", "step_constructor",
            "wanted_shape"]
 
@@ -96,14 +98,17 @@ class StepRule:
     - `describe(args)`: how the summary and the diagram name it (`Conv2d 1x1 /2`).
     - `module(args)`: the torch.nn class name and keyword arguments of a module step.
     - `parameters(args)`: the module's parameter count (buffers are not parameters).
-    - `code(expr, args, rank)`: for a code step, the expression applying it to `expr`, a tensor
-      of `rank` dims, batch included.
+    - `code(expr, args, rank, target)`: for a code step, the expression applying it to `expr`, a
+      tensor of `rank` dims (batch included) merging into the variable `target`. Nothing that
+      depends on the input size is a constant in it: such sizes are read from the tensors at run
+      time (a crop crops to whatever size the target has), so the model works at every size
+      its input admits. It may call the helpers in `codegen.HELPERS`.
     """
 
     describe: Callable[[dict[str, Any]], str]
     module: Callable[[dict[str, Any]], tuple[str, dict[str, Any]]] | None = None
     parameters: Callable[[dict[str, Any]], int] = lambda args: 0
-    code: Callable[[str, dict[str, Any], int], str] | None = None
+    code: Callable[[str, dict[str, Any], int, str], str] | None = None
 
 
 def _short(value: Any) -> str:
@@ -113,7 +118,7 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-def _pad_code(expr: str, args: dict[str, Any], rank: int) -> str:
+def _pad_code(expr: str, args: dict[str, Any], rank: int, target: str) -> str:
     # F.pad lists (before, after) pairs from the last dim backwards.
     trailing = 0 if args["dim"] == -1 else rank - 2
     pads = [0, 0] * trailing + [args["before"], args["after"]]
@@ -123,10 +128,10 @@ def _pad_code(expr: str, args: dict[str, Any], rank: int) -> str:
 STEPS: dict[StepKind, StepRule] = {
     StepKind.subsample: StepRule(
         describe=lambda a: f"subsample /{_short(a['stride'])}",
-        code=lambda expr, a, rank: f"{expr}[:, :, {', '.join(f'::{s}' for s in a['stride'])}]"),
+        code=lambda expr, a, rank, target: f"{expr}[:, :, {', '.join(f'::{s}' for s in a['stride'])}]"),
     StepKind.crop: StepRule(
         describe=lambda a: f"center-crop to {'x'.join(map(str, a['size']))}",
-        code=lambda expr, a, rank: f"{expr}[:, :, {', '.join(f'{s}:{s + n}' for s, n in zip(a['start'], a['size']))}]"),
+        code=lambda expr, a, rank, target: f"_center_crop({expr}, {target})"),
     StepKind.pad: StepRule(
         describe=lambda a: "zero-pad " + ("features" if a["dim"] == -1 else "channels"),
         code=_pad_code),
@@ -158,11 +163,12 @@ def step_constructor(step: Step) -> tuple[str, dict[str, Any]]:
     return build(step.args)
 
 
-def step_code(step: Step, expr: str, rank: int) -> str:
-    """The expression applying a code step to `expr` (a tensor of `rank` dims, batch included)."""
+def step_code(step: Step, expr: str, rank: int, target: str) -> str:
+    """The expression applying a code step to `expr` (a tensor of `rank` dims, batch included) that
+    merges into the variable `target`."""
     write = STEPS[step.kind].code
     assert write is not None, f"{step.kind} is a module step"
-    return write(expr, step.args, rank)
+    return write(expr, step.args, rank, target)
 
 
 def describe_steps(steps: tuple[Step, ...]) -> str:
@@ -178,15 +184,25 @@ def projection_parameters(plan: ProjectionPlan) -> int:
 # --- planning -------------------------------------------------------------------------------------
 
 class ProjectionError(ShapeError):
-    """A mismatch the policy cannot reconcile. `non_integer` marks a fractional spatial ratio."""
+    """A mismatch the policy cannot reconcile; `kind` says which, for the hint that fixes it.
 
-    def __init__(self, message: str, hint: str | None = None, *, non_integer: bool = False) -> None:
+    Kinds: "larger" (the target is larger on the same grid, or grids unknown), "finer" (the target is
+    on a finer grid: upsampled relative to the source), "grid" (same grid,
+    different sizes: unpadded convolutions or pools shrank one side), "stride" (the grids differ
+    by an integer step, but the sizes do not match that step: an odd size met a stride that
+    floors), "ratio" (the grids differ by a non-integer ratio), "scales" (a concat or gate across
+    scales, which `auto` does not reconcile silently), or None.
+    """
+
+    def __init__(self, message: str, hint: str | None = None, *, kind: str | None = None,
+                 required: tuple[Guard, ...] = ()) -> None:
         super().__init__(message)
         self.hint = hint
-        self.non_integer = non_integer
+        self.kind = kind
+        self.required = required  # size conditions under which the skip would fit (for hints)
 
 
-def wanted_shape(merge: Merge, source: TensorType, target: TensorType, dim: int = 1) -> tuple[int, ...] | None:
+def wanted_shape(merge: Merge, source: TensorType, target: TensorType, dim: int = 1) -> tuple[Any, ...] | None:
     """The shape the source must have to merge into the target, or None when it already fits.
 
     add needs the target's shape; mul needs a shape that broadcasts with the target's (or, failing
@@ -203,46 +219,86 @@ def wanted_shape(merge: Merge, source: TensorType, target: TensorType, dim: int 
 
 @dataclass(frozen=True)
 class Mismatch:
-    """A source that must become shape `want`: what every policy plans from."""
+    """A source that must become shape `want` (the target's grid scale is `target_scale`): what every
+    policy plans from. Sizes may be symbolic; everything a step's module is built with is specialised."""
 
     source: TensorType
-    want: tuple[int, ...]
+    want: tuple[Any, ...]
     spatial: bool  # a channels-first map (C, *spatial); else features-last (..., F)
+    target_scale: Scale | None = None
 
     @property
     def channels(self) -> tuple[int, int]:
         """(in, out) channels of a map, or features of a features-last tensor."""
-        return (self.source.shape[0], self.want[0]) if self.spatial else (self.source.shape[-1], self.want[-1])
+        pair = (self.source.shape[0], self.want[0]) if self.spatial else (self.source.shape[-1], self.want[-1])
+        return specialize(pair[0]), specialize(pair[1])
 
     @property
     def dims(self) -> int:
         return self.source.rank - 1
 
     @property
-    def sizes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    def sizes(self) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
         """(in, out) spatial sizes of a map."""
         return self.source.shape[1:], self.want[1:]
 
-    def stride(self) -> tuple[int, ...]:
-        """The integer spatial ratio in/out. Raises ProjectionError when there is none."""
+    def steps(self) -> tuple[int, ...]:
+        """The integer step from the source's spatial grid to the target's, per dim (a projection's stride).
+
+        Where both grid scales are known, their ratio is the step (so a 9 -> 3 map reached by two
+        stride-2 layers steps by 4, aligned with them); otherwise the smallest step whose output
+        size, ceil(size / step) as a strided 1x1 conv, avgpool(ceil_mode) or subsample all give
+        it, equals the target's. Either way that output size must equal the target's.
+
+        Raises:
+            ProjectionError: no integer step maps the source's grid onto the target's.
+        """
         spatial_in, spatial_out = self.sizes
-        if any(o > i for i, o in zip(spatial_in, spatial_out)):
-            raise ProjectionError(f"the target is larger ({_size(spatial_in)} -> {_size(spatial_out)}); "
-                                  "projections only downsample",
-                                  "upsample the source first (e.g. an Upsample or ConvTranspose2d layer)")
-        if any(i % o for i, o in zip(spatial_in, spatial_out)):
-            raise ProjectionError(f"spatial size {_size(spatial_in)} -> {_size(spatial_out)} is not an integer "
-                                  "stride", non_integer=True)
-        return tuple(i // o for i, o in zip(spatial_in, spatial_out))
+        ratios = None
+        if self.source.scale is not None and self.target_scale is not None:
+            ratios = [target / source for source, target in zip(self.source.scale, self.target_scale)]
+        steps = []
+        for index, (size_in, size_out) in enumerate(zip(spatial_in, spatial_out)):
+            if ratios is not None:
+                ratio = ratios[index]
+                if ratio < 1:
+                    raise ProjectionError(f"the target is on a finer grid (upsampled x{_short(1 / ratio)} relative to "
+                                          f"the source; {_size(spatial_in)} -> {_size(spatial_out)}); projections only "
+                                          "downsample", kind="finer")
+                if ratio.denominator != 1:
+                    raise ProjectionError(f"the grids differ by a ratio of {ratio}, not an integer step "
+                                          f"({_size(spatial_in)} -> {_size(spatial_out)})", kind="ratio")
+                step = int(ratio)
+            else:
+                if size_out > size_in:
+                    raise ProjectionError(f"the target is larger ({_size(spatial_in)} -> {_size(spatial_out)}); "
+                                          "projections only downsample", kind="larger")
+                step = specialize(-(-size_in // size_out))
+            if -(-size_in // step) != size_out:
+                required = tuple(requirement("eq", -(-a // step), b) for a, b in zip(spatial_in, spatial_out))
+                if step == 1:
+                    larger = any(hint(o) > hint(i) for i, o in zip(spatial_in, spatial_out))
+                    raise ProjectionError(f"the spatial size {'grows' if larger else 'shrinks'} on one grid, with no "
+                                          f"stride between them: {_size(spatial_in)} -> {_size(spatial_out)}",
+                                          kind="larger" if larger else "grid", required=required)
+                raise ProjectionError(f"spatial size {_size(spatial_in)} -> {_size(spatial_out)} does not match a "
+                                      f"stride of {step} (which gives {_size(_ceil_sizes(spatial_in, step))})",
+                                      kind="stride", required=required)
+            steps.append(step)
+        return tuple(steps)
+
+    def strided(self) -> bool:
+        """True when the grids differ (some step > 1); False for the same grid. Raises ProjectionError."""
+        return any(step != 1 for step in self.steps())
 
     def reason(self) -> str:
         """'64->128 channels, /2': what the projection changes."""
         c_in, c_out = self.channels
         if not self.spatial:
             return f"{c_in}->{c_out} features"
-        stride = self.stride()
+        steps = self.steps()
         return _join(f"{c_in}->{c_out} channels" if c_in != c_out else "",
-                     f"/{_short(stride)}" if any(r != 1 for r in stride) else "")
+                     f"/{_short(steps)}" if any(r != 1 for r in steps) else "")
 
     def conv(self, stride: Any = 1) -> Step:
         c_in, c_out = self.channels
@@ -256,9 +312,9 @@ class Mismatch:
         return Step(StepKind.linear, {"in": c_in, "out": c_out})
 
     def stride_arg(self) -> int | tuple[int, ...]:
-        """The stride as a module argument: an int when it is the same in every dim."""
-        stride = self.stride()
-        return stride[0] if len(set(stride)) == 1 else stride
+        """The step as a module argument: an int when it is the same in every dim."""
+        steps = self.steps()
+        return steps[0] if len(set(steps)) == 1 else steps
 
     def needs_spatial(self, policy: Projection) -> None:
         if not self.spatial:
@@ -284,8 +340,8 @@ def _conv(m: Mismatch) -> Plan:
 
 def _avgpool(m: Mismatch) -> Plan:
     m.needs_spatial(Projection.avgpool)
-    stride, (c_in, c_out) = m.stride(), m.channels
-    steps = [Step(StepKind.avgpool, {"dims": m.dims, "kernel": m.stride_arg()})] if any(r != 1 for r in stride) else []
+    c_in, c_out = m.channels
+    steps = [Step(StepKind.avgpool, {"dims": m.dims, "kernel": m.stride_arg()})] if m.strided() else []
     if c_in != c_out:
         steps += [m.conv(), m.norm()]
     return tuple(steps), m.reason()
@@ -293,15 +349,15 @@ def _avgpool(m: Mismatch) -> Plan:
 
 def _pad(m: Mismatch) -> Plan:
     c_in, c_out = m.channels
-    stride = m.stride() if m.spatial else ()
+    steps_per_dim = m.steps() if m.spatial else ()
     what = "channels" if m.spatial else "features"
     if c_out < c_in:
         raise ProjectionError(f"pad cannot reduce {c_in} {what} to {c_out}",
                               "use projection: auto or conv, which learn a 1x1 projection" if m.spatial
                               else "use projection: auto")
     steps = []
-    if any(r != 1 for r in stride):
-        steps.append(Step(StepKind.subsample, {"stride": stride}))
+    if any(r != 1 for r in steps_per_dim):
+        steps.append(Step(StepKind.subsample, {"stride": steps_per_dim}))
     if c_out > c_in:
         extra = c_out - c_in
         steps.append(Step(StepKind.pad, {"dim": 1 if m.spatial else -1, "before": extra // 2,
@@ -313,15 +369,38 @@ def _crop(m: Mismatch) -> Plan:
     m.needs_spatial(Projection.crop)
     (spatial_in, spatial_out), (c_in, c_out) = m.sizes, m.channels
     if any(s < w for s, w in zip(spatial_in, spatial_out)):
-        raise ProjectionError(f"crop cannot enlarge spatial size {_size(spatial_in)} to {_size(spatial_out)}")
+        raise ProjectionError(f"crop cannot enlarge spatial size {_size(spatial_in)} to {_size(spatial_out)}",
+                              kind="larger")
+    if _is_stride(m):
+        raise ProjectionError(f"crop would misalign the grids: the target is a strided map "
+                              f"({_size(spatial_in)} -> {_size(spatial_out)}, /{_short(m.steps())}), and a centre "
+                              "crop of the source does not line up with the positions the stride kept",
+                              "use projection: auto or conv (a strided 1x1 conv) or avgpool, which follow the stride")
+    margins = [s - w for s, w in zip(spatial_in, spatial_out)]
+    if any(margin % 2 for margin in margins):
+        odd = [hint(margin) for margin in margins]
+        raise ProjectionError(f"a centre crop of {_size(spatial_in)} to {_size(spatial_out)} would be off-centre: the "
+                              f"margins {_size(tuple(odd))} are not even, so the two maps are not centred on each "
+                              "other (a layer between them dropped an odd row, e.g. a stride or pool on an odd size)",
+                              kind="off-centre", required=tuple(requirement("eq", margin % 2, 0) for margin in margins))
     steps = []
-    if spatial_in != spatial_out:
-        starts = tuple((s - w) // 2 for s, w in zip(spatial_in, spatial_out))
-        steps.append(Step(StepKind.crop, {"start": starts, "size": spatial_out}))
+    if hint_sizes(spatial_in) != hint_sizes(spatial_out):
+        # start and size are the declared-size values, for display: the generated code crops to
+        # whatever size the target has at run time.
+        starts = tuple((hint(s) - hint(w)) // 2 for s, w in zip(spatial_in, spatial_out))
+        steps.append(Step(StepKind.crop, {"start": starts, "size": hint_sizes(spatial_out)}))
     if c_in != c_out:
         steps.append(m.conv())
-    crop = f"crop {_size(spatial_in)}->{_size(spatial_out)}" if spatial_in != spatial_out else ""
+    crop = f"crop {_size(spatial_in)}->{_size(spatial_out)}" if steps and steps[0].kind is StepKind.crop else ""
     return tuple(steps), _join(crop, f"{c_in}->{c_out} channels" if c_in != c_out else "")
+
+
+def _is_stride(m: Mismatch) -> bool:
+    """True when the source and target are on grids an integer step apart (> 1)."""
+    try:
+        return m.strided()
+    except ProjectionError:
+        return False
 
 
 def _none(m: Mismatch) -> Plan:
@@ -347,6 +426,12 @@ def plan_projection(policy: Projection, merge: Merge, source: TensorType, target
     Raises:
         ProjectionError: the policy cannot reconcile the shapes (the message says why).
     """
+    if merge is Merge.mul:
+        try:
+            check_gate_layouts(source, target)
+        except ShapeError as exc:
+            raise ProjectionError(str(exc), "permute the gate to the target's layout first (e.g. `op: permute`), "
+                                            "or produce it with a 1x1 conv and a pool") from None
     want = wanted_shape(merge, source, target, dim)
     if want is None:
         return ProjectionPlan(policy, (), "shapes match", source)
@@ -358,13 +443,28 @@ def plan_projection(policy: Projection, merge: Merge, source: TensorType, target
     if policy is not Projection.none and not spatial and source.shape[:-1] != want[:-1]:
         raise ProjectionError(f"their leading dims differ ({_size(source.shape[:-1])} vs {_size(want[:-1])}); "
                               "a feature projection only changes the last dim")
-    steps, reason = POLICIES[policy](Mismatch(source, want, spatial))
+    mismatch = Mismatch(source, want, spatial, target.scale)
+    if policy is Projection.auto and merge is not Merge.add and spatial and _is_stride(mismatch):
+        sizes = f"{_size(mismatch.sizes[0])} vs {_size(mismatch.sizes[1])}, /{_short(mismatch.steps())}"
+        raise ProjectionError(f"the source and target are on different spatial scales ({sizes}); `auto` does not "
+                              f"{merge.value} across scales silently, since it is usually a skip from the wrong layer",
+                              "if it is intended, say how: `projection: conv` (a strided 1x1 conv), `avgpool` or "
+                              "`pad` on this skip", kind="scales")
+    steps, reason = POLICIES[policy](mismatch)
     return ProjectionPlan(policy, steps, reason, source.with_shape(want, "channels_first" if spatial
-                                                                    else "features_last"))
+                                                                    else "features_last", target.scale))
 
 
-def _size(dims: tuple[int, ...]) -> str:
-    return "x".join(map(str, dims)) if dims else "()"
+def hint_sizes(dims: tuple[Any, ...]) -> tuple[int, ...]:
+    return tuple(hint(d) for d in dims)
+
+
+def _ceil_sizes(dims: tuple[Any, ...], step: int) -> tuple[int, ...]:
+    return tuple(-(-hint(d) // step) for d in dims)
+
+
+def _size(dims: tuple[Any, ...]) -> str:
+    return "x".join(str(hint(d)) for d in dims) if dims else "()"
 
 
 def _join(*parts: str) -> str:

@@ -17,62 +17,152 @@ A node whose inputs failed is skipped silently, so each reported error is an ind
 
 from __future__ import annotations
 
+import contextvars
+from dataclasses import replace
+from fractions import Fraction
+from typing import Any
+
 from .errors import Diagnostic, SpecError
 from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode
+from .hints import skip_hint
 from .ops import GenericLayer, GenericOpError, ShapeError, TensorType, merge_type
+from .ops.base import FLOAT_DTYPES
 from .projections import ProjectionError, plan_projection, projection_parameters
+from .spec import InputDecl
+from .symbolic import Guard, SymInt, recorded, recording, site, specialize
 
-__all__ = ["infer_shapes", "total_parameters"]
+# The top-level graph's input symbols while it is inferred (hints for mismatches use them).
+_SYMBOLS: contextvars.ContextVar[dict[str, tuple[str, int, int]] | None] = contextvars.ContextVar("symbols",
+                                                                                                 default=None)
+
+__all__ = ["declared_type", "free_dims", "infer_shapes", "total_parameters"]
 
 
 def infer_shapes(graph: Graph, input_types: list[TensorType] | None = None) -> Graph:
     """Annotate every node (and every block instance's nodes) with its type; return the graph.
 
+    Each input's free dims (see `free_dims`) are symbols, so every size is known as a function of
+    them; the decisions made on them are recorded in `graph.meta["guards"]` (with the symbols in
+    `graph.meta["symbols"]`), from which `resgraph.sizes` tells every input size the model admits.
+    The types left in `node.meta["type"]` hold the sizes at the declared input size.
+
     Args:
-        input_types: the types of a block instance's inputs, which its caller determines.
+        input_types: the types of the graph's inputs, instead of their declarations (symbolic
+            sizes allowed).
     Raises:
         SpecError: every shape the spec gets wrong, each at its layer or skip.
     """
+    symbols: dict[str, tuple[str, int, int]] = {}
+    if input_types is None:
+        input_types = []
+        for name in graph.inputs:
+            node = graph.nodes[name]
+            assert isinstance(node, InputNode) and node.decl is not None, "a top-level input has a declaration"
+            declared = declared_type(node.decl)
+            shape = list(declared.shape)
+            for axis, label in free_dims(declared):
+                symbol = f"{name}.{label}"
+                symbols[symbol] = (name, axis, shape[axis])
+                shape[axis] = SymInt.symbol(symbol, shape[axis])
+            input_types.append(declared.with_shape(tuple(shape)))
+    with recording() as guards:
+        token = _SYMBOLS.set(symbols)
+        try:
+            diagnostics = _infer(graph, input_types)
+        finally:
+            _SYMBOLS.reset(token)
+    if diagnostics:
+        raise SpecError(diagnostics)
+    graph.meta["size_exprs"] = list(_to_hints(graph).values())  # every symbolic size a node had
+    graph.meta["symbols"] = symbols
+    graph.meta["guards"] = [guard for guard in guards if guard.left.op != "const" or guard.right.op != "const"]
+    return graph
+
+
+def _infer(graph: Graph, input_types: list[TensorType]) -> list[Diagnostic]:
     diagnostics: list[Diagnostic] = []
-    given = iter(input_types or [])
+    given = iter(input_types)
     for node in graph.nodes.values():
         if isinstance(node, InputNode):
-            node.meta["type"] = _input_type(node) if node.decl is not None else next(given)
+            node.meta["type"] = next(given)
             continue
         inputs = [graph.nodes[name].meta.get("type") for name in node.inputs]
         if any(t is None for t in inputs):
             continue
         try:
-            if isinstance(node, LayerNode):
-                _infer_layer(node, inputs)
-            elif isinstance(node, BlockNode):
-                _infer_block(node, inputs, diagnostics)
-            else:
-                assert isinstance(node, SkipNode)
-                _infer_skip(graph, node, inputs, diagnostics)
+            with site(graph.qualname + node.name):
+                if isinstance(node, LayerNode):
+                    _infer_layer(node, inputs)
+                elif isinstance(node, BlockNode):
+                    _infer_block(node, inputs, diagnostics)
+                else:
+                    assert isinstance(node, SkipNode)
+                    _infer_skip(graph, node, inputs, diagnostics)
         except ShapeError as exc:
             diagnostics.append(_located(graph, node, exc))
     diagnostics += _inplace_hazards(graph)
-    if diagnostics:
-        raise SpecError(diagnostics)
-    return graph
+    return diagnostics
 
 
-def _input_type(node: InputNode) -> TensorType:
-    decl = node.decl
-    assert decl is not None
+def declared_type(decl: InputDecl) -> TensorType:
+    """An input's declared type: its layout by rank unless given; a channels-first map's grid at scale 1."""
     layout = decl.layout or ("channels_first" if len(decl.shape) >= 3 else "features_last")
-    return TensorType(tuple(decl.shape), decl.dtype, layout)
+    scale = (Fraction(1),) * (len(decl.shape) - 1) if layout == "channels_first" and len(decl.shape) >= 2 else None
+    return TensorType(tuple(decl.shape), decl.dtype, layout, scale)
+
+
+_SPATIAL_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
+
+
+def free_dims(declared: TensorType) -> list[tuple[int, str]]:
+    """(axis, name) of the per-sample dims a model may be called with at other sizes.
+
+    A channels-first map's spatial dims (`H`, `W`; `L`; `D`, `H`, `W`) and a features-last
+    tensor's leading (sequence) dims (`L`, or `L1`, `L2`...) are free; its channels or features are
+    fixed by the layers' parameters. Every dim of an integer input (token ids) is a position.
+    """
+    rank = declared.rank
+    if declared.dtype not in FLOAT_DTYPES:
+        axes = list(range(rank))
+    elif declared.layout == "channels_first":
+        axes = list(range(1, rank))
+    else:
+        axes = list(range(rank - 1))
+    if not axes:
+        return []
+    if declared.layout == "channels_first" and len(axes) in _SPATIAL_NAMES and axes[0] == 1:
+        names = _SPATIAL_NAMES[len(axes)]
+    else:
+        names = ("L",) if len(axes) == 1 else tuple(f"L{i + 1}" for i in range(len(axes)))
+    return list(zip(axes, names))
+
+
+def _to_hints(graph: Graph, sizes: dict[int, Any] | None = None) -> dict[int, Any]:
+    """Every node's type at the declared size, in block instances too; returns the distinct symbolic
+    sizes the nodes had (by identity of their expressions)."""
+    sizes = {} if sizes is None else sizes
+    for node in graph.nodes.values():
+        if "type" in node.meta:
+            for dim in node.meta["type"].shape:
+                if isinstance(dim, SymInt):
+                    sizes.setdefault(id(dim.expr), dim.expr)
+            node.meta["type"] = node.meta["type"].hints()
+        if isinstance(node, SkipNode) and "projection" in node.meta:
+            plan = node.meta["projection"]
+            node.meta["projection"] = replace(plan, output=plan.output.hints())
+        if isinstance(node, BlockNode):
+            for instance in node.instances:
+                _to_hints(instance, sizes)
+    return sizes
 
 
 def _infer_block(node: BlockNode, inputs: list[TensorType], diagnostics: list[Diagnostic]) -> None:
     """Chain the instances: each one's output type is the next one's input type."""
     current = inputs
     for instance in node.instances:
-        try:
-            infer_shapes(instance, current)
-        except SpecError as exc:
-            diagnostics.extend(exc.diagnostics)
+        problems = _infer(instance, current)
+        if problems:
+            diagnostics.extend(problems)
             return
         current = [instance.nodes[instance.outputs[0]].meta["type"]]
     node.meta["type"] = current[0]
@@ -83,8 +173,20 @@ def _infer_block(node: BlockNode, inputs: list[TensorType], diagnostics: list[Di
 def _infer_layer(node: LayerNode, inputs: list[TensorType]) -> None:
     layer = node.layer
     node.meta["type"] = layer.output_type(inputs)
-    node.meta["args"] = layer.module_args(inputs)
-    node.meta["params"] = layer.parameter_count(node.meta["args"])
+    # A module's arguments are fixed numbers: a size that reaches one is specialised (recorded).
+    node.meta["args"] = _specialized(layer.module_args(inputs))
+    count = layer.parameter_count(node.meta["args"])
+    node.meta["params"] = None if count is None else specialize(count)
+
+
+def _specialized(value: Any) -> Any:
+    if isinstance(value, SymInt):
+        return specialize(value)
+    if isinstance(value, dict):
+        return {k: _specialized(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_specialized(v) for v in value)
+    return value
 
 
 def total_parameters(graph: Graph) -> int | None:
@@ -96,10 +198,11 @@ def total_parameters(graph: Graph) -> int | None:
 def _infer_skip(graph: Graph, node: SkipNode, inputs: list[TensorType], diagnostics: list[Diagnostic]) -> None:
     skip = node.skip
     target, source = inputs
+    decided = len(recorded())  # the decisions before this skip: sizes that fit it must keep them
     try:
         plan = plan_projection(node.policy, skip.merge, source, target, skip.concat_dim)
     except ProjectionError as exc:
-        diagnostics.append(_skip_error(graph, node, target, source, exc))
+        diagnostics.append(_skip_error(graph, node, target, source, exc, recorded()[:decided]))
         if skip.merge.value == "add":
             node.meta["type"] = target  # the merge's type is known: later layers can still be checked
         return
@@ -108,34 +211,13 @@ def _infer_skip(graph: Graph, node: SkipNode, inputs: list[TensorType], diagnost
     node.meta["type"] = merge_type(skip.merge, [target, plan.output], skip.concat_dim)
 
 
-def _skip_error(graph: Graph, node: SkipNode, target: TensorType, source: TensorType,
-                exc: ProjectionError) -> Diagnostic:
+def _skip_error(graph: Graph, node: SkipNode, target: TensorType, source: TensorType, exc: ProjectionError,
+                decided: list[Guard]) -> Diagnostic:
     skip = node.skip
-    hint = exc.hint
-    if exc.non_integer:
-        shrinking = _shrinking_layers(graph, skip.source, skip.to)
-        where = f" (shrunk by {', '.join(shrinking)})" if shrinking else ""
-        hint = (f"keep the spatial size with `padding: 1` on 3x3 convs (or `padding: same`) between "
-                f"{skip.source!r} and {skip.to!r}{where}, or set `projection: crop` on this skip")
+    hint = skip_hint(graph, node, exc, [*decided, *exc.required], _SYMBOLS.get() or {})
     message = (f"{graph.label(node)}: cannot {skip.merge.value} {skip.source!r} {source} "
                f"{'into' if skip.merge.value != 'add' else 'to'} {skip.to!r} {target}: {exc}")
     return Diagnostic(graph.where(node), message, hint)
-
-
-def _shrinking_layers(graph: Graph, source: str, target: str) -> list[str]:
-    """Layers from `source` up to `target` whose output is spatially smaller than their input."""
-    names = list(graph.nodes)
-    start, stop = names.index(source), names.index(target)
-    found = []
-    for name in names[start + 1:stop + 1]:
-        node = graph.nodes[name]
-        out = node.meta.get("type")
-        if not isinstance(node, LayerNode) or out is None or not node.inputs:
-            continue
-        before = graph.nodes[node.inputs[0]].meta.get("type")
-        if before and before.rank == out.rank >= 2 and out.shape[1:] < before.shape[1:]:
-            found.append(f"{name}: {'x'.join(map(str, before.shape[1:]))}->{'x'.join(map(str, out.shape[1:]))}")
-    return found
 
 
 def _located(graph: Graph, node: Node, exc: ShapeError) -> Diagnostic:

@@ -10,13 +10,16 @@ templates (they may hold `${...}` expressions over parameters), at the top level
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, WithJsonSchema, model_validator
 
+from .errors import UsageError
 from .ops import OPS, GenericLayer, Identifier, Layout, Merge, StrictModel
 from .ops.base import DTYPES
+from .suggest import did_you_mean
 
 __all__ = ["REQUIRED", "BlockCall", "BlockDef", "BlockLibrary", "Defaults", "InputDecl", "LayerBody",
            "Projection", "Scale", "Skip", "Spec"]
@@ -178,6 +181,23 @@ class Spec(StrictModel):
         """Every input in its long form."""
         return {name: value if isinstance(value, InputDecl) else InputDecl(shape=value)
                 for name, value in self.inputs.items()}
+
+    def with_input_shapes(self, shapes: Mapping[str, Sequence[int]]) -> Spec:
+        """This spec with some inputs declared at other per-sample shapes (dtype and layout kept).
+
+        Raises:
+            UsageError: an unknown input, or a shape that is not a list of positive ints.
+        """
+        decls = self.input_decls()
+        for name, shape in shapes.items():
+            if name not in decls:
+                raise UsageError(f"input shape for {name!r}: the spec has no input {name!r}"
+                                 f"{did_you_mean(name, decls)} (its inputs: {', '.join(decls)})")
+            if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
+                raise UsageError(f"input shape for {name!r}: expected positive whole sizes per sample, got {shape!r}")
+        inputs = {name: decl.model_copy(update={"shape": list(shapes[name])}) if name in shapes else decl
+                  for name, decl in decls.items()}
+        return self.model_copy(update={"inputs": inputs})
 
 
 class BlockLibrary(StrictModel):

@@ -134,11 +134,11 @@ def test_without_graphviz_an_existing_dot_file_is_never_overwritten(tmp_path: pa
     monkeypatch.setenv("PATH", os.path.dirname(sys.executable))  # no `dot` program
     source = resgraph.render(SPEC).source
     (tmp_path / "arch.dot").write_text("my notes")
-    assert main(["render", str(SPEC), "-o", str(tmp_path / "arch.svg")]) == 1
+    assert main(["render", str(SPEC), "-o", str(tmp_path / "arch.png")]) == 1
     err = capsys.readouterr().err
     assert f"Wrote the diagram source to {tmp_path / 'arch-2.dot'} instead" in err
     assert (tmp_path / "arch.dot").read_text() == "my notes" and (tmp_path / "arch-2.dot").read_text() == source
-    assert main(["build", str(SPEC), "--diagram", str(tmp_path / "arch.png")]) == 1  # the same source: reused
+    assert main(["build", str(SPEC), "--diagram", str(tmp_path / "arch.pdf")]) == 1  # the same source: reused
     assert sorted(os.listdir(tmp_path)) == ["arch-2.dot", "arch.dot"]
     (tmp_path / "fresh.dot").unlink(missing_ok=True)
     assert main(["render", str(SPEC), "-o", str(tmp_path / "fresh.pdf")]) == 1

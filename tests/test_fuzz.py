@@ -29,7 +29,6 @@ from hypothesis import strategies as st
 from torch import nn
 
 import resgraph
-from resgraph.summary import format_summary, summarize
 
 EXAMPLES = int(os.environ.get("RESGRAPH_FUZZ_EXAMPLES", "100"))
 PROFILE = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 100,
@@ -142,8 +141,8 @@ FILE_NAMES = st.one_of(
 
 def assert_usable(model: torch.nn.Module) -> None:
     """What a user does next with a built model never raises anything but resgraph's errors."""
-    summary = summarize(model)
-    format_summary(summary)
+    summary = resgraph.summary(model)
+    str(summary)
     json.dumps(summary.to_dict())
     resgraph.render(model).source  # noqa: B018 - building the DOT text is the check
     try:

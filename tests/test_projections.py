@@ -105,10 +105,23 @@ def test_crop_policy_center_crops_then_projects_channels(dims: int) -> None:
 
 def test_crop_policy_with_equal_channels_is_parameter_free() -> None:
     spec = skip_spec(2, 4, 4, 1, projection="crop", size=9)
-    spec["layers"][0]["t"].update(kernel_size=4)  # 9 -> 6: crop starts at 1
+    spec["layers"][0]["t"].update(kernel_size=5)  # 9 -> 5: crop starts at 2
     model, x, y = run(spec, 2, 4, size=9)
     assert not hasattr(model, "s")
-    torch.testing.assert_close(y, model.t(x) + x[:, :, 1:7, 1:7])
+    torch.testing.assert_close(y, model.t(x) + x[:, :, 2:7, 2:7])
+
+
+def test_crop_refuses_an_off_centre_crop() -> None:
+    spec = skip_spec(2, 4, 4, 1, projection="crop", size=9)
+    spec["layers"][0]["t"].update(kernel_size=4)  # 9 -> 6: margins of 3 cannot be split evenly
+    with pytest.raises(resgraph.SpecError, match="would be off-centre: the margins 3x3 are not even"):
+        resgraph.build(spec)
+
+
+def test_crop_refuses_a_strided_mismatch_because_the_grids_do_not_align() -> None:
+    with pytest.raises(resgraph.SpecError, match="crop would misalign the grids") as caught:
+        resgraph.build(skip_spec(2, 4, 4, 2, projection="crop"))
+    assert "projection: auto" in (caught.value.diagnostics[0].hint or "")
 
 
 def test_none_policy_is_identity_when_shapes_match_and_an_error_otherwise() -> None:
@@ -126,13 +139,25 @@ def test_concat_with_matching_spatial_size_needs_no_projection() -> None:
     torch.testing.assert_close(y, torch.cat([x, model.t(x)], dim=1))  # `from` first: DenseNet / U-Net order
 
 
-@pytest.mark.parametrize(("policy", "params"), [("auto", 3 * 3 + 2 * 3), ("conv", 3 * 3), ("avgpool", 0), ("pad", 0)])
+@pytest.mark.parametrize(("policy", "params"), [("conv", 3 * 3), ("avgpool", 0), ("pad", 0)])
 def test_concat_downsamples_the_source_and_keeps_its_channels(policy: str, params: int) -> None:
     model, x, y = run(skip_spec(2, 3, 5, 2, merge="concat", projection=policy), 2, 3)
     assert y.shape == (2, 3 + 5, 4, 4)
     assert sum(p.numel() for p in model.parameters()) == 3 * 5 + 5 + params
     if policy == "pad":
         torch.testing.assert_close(y, torch.cat([x[:, :, ::2, ::2], model.t(x)], dim=1))
+
+
+@pytest.mark.parametrize("merge", ["concat", "mul"])
+def test_auto_refuses_to_concat_or_gate_across_spatial_scales(merge: str) -> None:
+    """A concat (or non-broadcasting gate) from a 8x8 map into a 4x4 one is usually a skip from the wrong
+    layer: `auto` asks which projection is meant instead of inserting a strided conv silently."""
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.build(skip_spec(2, 3, 5, 2, merge=merge))
+    (diagnostic,) = caught.value.diagnostics
+    assert "on different spatial scales (8x8 vs 4x4, /2)" in diagnostic.message
+    assert "`projection: conv`" in (diagnostic.hint or "")
+    resgraph.build(skip_spec(2, 3, 5, 2, merge=merge, projection="conv"))  # stated explicitly: fine
 
 
 def test_concat_along_another_dim_reconciles_the_channels() -> None:
@@ -164,7 +189,22 @@ def test_mul_broadcasts_a_channel_gate_without_projection() -> None:
     assert not hasattr(model, "g")
 
 
-@pytest.mark.parametrize(("policy", "stride"), [("auto", 2), ("conv", 2), ("avgpool", 4), ("pad", 2)])
+def test_a_features_last_gate_into_a_channels_first_map_is_refused() -> None:
+    """A (1, 1, C) gate broadcast into a (C, H, W) map with H = W = C would scale the width, silently."""
+    spec = {"resgraph": 1, "name": "Gate", "inputs": {"x": [4, 4, 4]},
+            "layers": [{"pool": {"op": "AdaptiveAvgPool2d", "output_size": 1}},
+                       {"last": {"op": "permute", "dims": [0, 2, 3, 1]}},
+                       {"fc": {"op": "Linear", "out_features": 4}},
+                       {"body": {"op": "Conv2d", "input": "x", "out_channels": 4, "kernel_size": 3, "padding": 1}}],
+            "skips": [{"g": {"from": "fc", "to": "body", "merge": "mul"}}]}
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(spec)
+    (diagnostic,) = caught.value.diagnostics
+    assert "the gate (1, 1, 4) is features-last but the target (4, 4, 4) is channels-first" in diagnostic.message
+    assert "permute" in (diagnostic.hint or "")
+
+
+@pytest.mark.parametrize(("policy", "stride"), [("auto", 1), ("conv", 2), ("avgpool", 4), ("pad", 2)])
 def test_mul_projects_when_shapes_do_not_broadcast(policy: str, stride: int) -> None:
     model, x, y = run(skip_spec(2, 3, 8, stride, merge="mul", projection=policy), 2, 3)
     assert y.shape == (2, 8, 8 // stride, 8 // stride)
@@ -213,12 +253,27 @@ def test_plan_reasons_read_like_the_summary(source: tuple[int, ...], target: tup
     assert plan.reason == reason and plan.output.shape == target
 
 
-def test_non_integer_ratio_is_never_rounded() -> None:
+def test_a_size_the_stride_does_not_explain_is_never_rounded_or_cropped() -> None:
+    spec = skip_spec(2, 3, 8, 2, size=9)
+    spec["layers"][0]["t"].update(kernel_size=4)  # 9 -> 3 at stride 2, where a 1x1 stride-2 conv gives 5
     with pytest.raises(resgraph.SpecError) as caught:
-        resgraph.build(skip_spec(2, 3, 8, 3, size=8))  # 8 -> 3: ratio 8/3
+        resgraph.build(spec)
     (diagnostic,) = caught.value.diagnostics
-    assert "8x8 -> 3x3 is not an integer stride" in diagnostic.message
-    assert "projection: crop" in (diagnostic.hint or "")
+    assert "9x9 -> 3x3 does not match a stride of 2 (which gives 5x5)" in diagnostic.message
+    assert "projection: crop" not in (diagnostic.hint or "")
+
+
+@pytest.mark.parametrize("dims", DIMS)
+@pytest.mark.parametrize("size", [7, 15, 33])
+@pytest.mark.parametrize("policy", ["auto", "conv", "avgpool", "pad"])
+def test_every_policy_fits_a_strided_path_on_odd_sizes_as_torch_computes_it(dims: int, size: int, policy: str) -> None:
+    """A 3x3 stride-2 conv with padding 1 maps 7 -> 4, 15 -> 8, 33 -> 17: each policy's projection of the
+    skip must give torch's size too (ceil(size / 2)), so the model runs."""
+    spec = skip_spec(dims, 3, 6, 2, projection=policy, size=size)
+    spec["layers"][0]["t"].update(kernel_size=3, padding=1)
+    model, x, y = run(spec, dims, 3, size=size)
+    expected = (size + 2 - 3) // 2 + 1
+    assert y.shape == (2, 6, *([expected] * dims)) == model.t(x).shape
 
 
 def test_defaults_projection_applies_to_every_skip_and_a_skip_overrides_it() -> None:

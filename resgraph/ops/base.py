@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from ..symbolic import hint
 
 __all__ = [
     "DTYPES",
@@ -57,23 +60,53 @@ class ShapeError(ValueError):
     """An op cannot accept its input; the message says why in the user's terms."""
 
 
+Scale = tuple[Fraction, ...]
+_KEEP: Any = object()  # with_shape's default scale: see there
+
+
 @dataclass(frozen=True)
 class TensorType:
-    """The static type of a value: per-sample shape (batch implicit), dtype and layout."""
+    """The static type of a value: per-sample shape (batch implicit), dtype and layout.
 
-    shape: tuple[int, ...]
+    Sizes may be `SymInt`s (they depend on an input's free size; see `resgraph.symbolic`).
+    `scale` is, for a channels-first map, the step of its spatial grid in input pixels per dim
+    (1 at an input; 2 after a stride-2 conv; 1/2 after a 2x upsample), or None where unknown
+    (after an adaptive pool, a reshape, an uncurated op that resizes). Projections use it to tell
+    a stride (the grids align at a ratio) from a size change on the same grid (valid convs).
+    """
+
+    shape: tuple[Any, ...]  # int | SymInt
     dtype: str = "float32"
     layout: Layout = "channels_first"
+    scale: Scale | None = None
 
     @property
     def rank(self) -> int:
         return len(self.shape)
 
-    def with_shape(self, shape: tuple[int, ...], layout: Layout | None = None) -> TensorType:
-        return replace(self, shape=tuple(shape), layout=layout or self.layout)
+    def with_shape(self, shape: tuple[Any, ...], layout: Layout | None = None,
+                   scale: Scale | None = _KEEP) -> TensorType:
+        """This type with another shape (and layout). Unless `scale` is given, the grid scale is kept
+        only when the result is the same kind of map with the same spatial sizes."""
+        shape, layout = tuple(shape), layout or self.layout
+        if scale is _KEEP:
+            same_grid = (self.scale is not None and layout == "channels_first" and len(shape) == self.rank
+                         and all(hint(a) == hint(b) for a, b in zip(shape[1:], self.shape[1:])))
+            scale = self.scale if same_grid else None
+        return replace(self, shape=shape, layout=layout, scale=scale)
 
     def with_layout(self, layout: Layout) -> TensorType:
-        return replace(self, layout=layout)
+        return replace(self, layout=layout, scale=self.scale if layout == "channels_first" else None)
+
+    def scaled(self, factors: tuple[Fraction, ...] | None) -> Scale | None:
+        """The grid scale after an op that steps by `factors` per spatial dim (its strides)."""
+        if self.scale is None or factors is None or len(factors) != len(self.scale):
+            return None
+        return tuple(s * f for s, f in zip(self.scale, factors))
+
+    def hints(self) -> TensorType:
+        """This type with plain ints: every size at its declared value (for summaries and exports)."""
+        return replace(self, shape=tuple(hint(d) for d in self.shape))
 
     def __str__(self) -> str:
         return "(" + ", ".join(str(d) for d in self.shape) + ("," if len(self.shape) == 1 else "") + ")"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, create_model
 
 from .base import FeatureMapLayer, Layer, ShapeError, TensorType, describe_torch_op, register_op, to_tuple
 
-__all__ = ["ConvBase", "ConvTransposeBase", "conv_output_size", "spatial_family"]
+__all__ = ["ConvBase", "ConvTransposeBase", "conv_output_size", "spatial_family", "strides"]
 
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -59,7 +60,7 @@ class ConvBase(FeatureMapLayer):
         if any(size < 1 for size in sizes):
             raise ShapeError(f"input {x} is too small for kernel_size={_show(kernel)} with "
                              f"padding={_show(padding)}, dilation={_show(dilation)}: output size would be {sizes}")
-        return x.with_shape((self.out_channels, *sizes), "channels_first")
+        return x.with_shape((self.out_channels, *sizes), "channels_first", x.scaled(strides(stride)))
 
 
 class ConvTransposeBase(FeatureMapLayer):
@@ -98,7 +99,13 @@ class ConvTransposeBase(FeatureMapLayer):
                       for size, k, s, p, op, d in zip(x.shape[1:], kernel, stride, padding, output_padding, dilation))
         if any(size < 1 for size in sizes):
             raise ShapeError(f"padding={_show(padding)} is too large for input {x}: output size would be {sizes}")
-        return x.with_shape((self.out_channels, *sizes), "channels_first")
+        upsampling = tuple(1 / f for f in strides(stride))
+        return x.with_shape((self.out_channels, *sizes), "channels_first", x.scaled(upsampling))
+
+
+def strides(stride: tuple[int, ...]) -> tuple[Fraction, ...]:
+    """Per-dim grid steps, as exact fractions (see TensorType.scale)."""
+    return tuple(Fraction(s) for s in stride)
 
 
 def check_groups(in_channels: int, out_channels: int, groups: int) -> None:

@@ -1,8 +1,20 @@
 """Any other torch.nn class: arguments checked against its signature, shapes from the meta device.
 
 Curated ops get typed schema entries and pure shape functions; this fallback keeps the rest of
-`torch.nn` usable. It is the only op that imports torch during validation, and only when a spec
-uses it.
+`torch.nn` usable, and classes registered with `register_op` or imported where the caller allows.
+It is the only op that imports torch during validation, and only when a spec uses it.
+
+What a spec may write for such an op, checked before anything is built:
+
+- argument names are Python identifiers (not keywords, not private `_names`): they become
+  keyword arguments in the exported `.py`;
+- argument values are plain data (finite numbers, strings, booleans, null, lists of them): the
+  export writes them with `repr`;
+- no argument decides where or how storage is allocated (`device`, `dtype`, ...: `REFUSED`), so
+  no weight exists before the parameter-limit check;
+- the batch is dim 0: `batch_first` is always True, a dim argument of a torch.nn class never
+  names the batch, and classes that also take unbatched input get samples of their batched rank
+  (`SAMPLE_RANKS`); `probe` then checks on the meta device that the output leads with the batch.
 """
 
 from __future__ import annotations
@@ -10,7 +22,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
+import json
+import keyword
+import math
 import re
+import typing
 from collections.abc import Iterable, Iterator
 from functools import cache
 from typing import Annotated, Any, ClassVar
@@ -18,39 +34,76 @@ from typing import Annotated, Any, ClassVar
 from pydantic import ConfigDict, Field, StringConstraints
 
 from ..suggest import did_you_mean
-from .base import DTYPES, IDENTIFIER_PATTERN, OPS, RESGRAPH_KEYS, Layer, ShapeError, TensorType
+from .base import IDENTIFIER_PATTERN, OPS, RESGRAPH_KEYS, Layer, TensorType
+from .probe import GenericOpError, describe, known_parameters, probe
 
-__all__ = ["CUSTOM_OPS", "GenericLayer", "INFERABLE", "allowed_imports", "register_op", "torch_module_class",
-           "torch_module_names"]
+__all__ = ["CUSTOM_OPS", "FIXED", "GenericLayer", "GenericOpError", "INFERABLE", "REFUSED", "SAMPLE_RANKS",
+           "allowed_imports", "register_op", "torch_module_class", "torch_module_names"]
 
 DottedName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$",
                                              max_length=256)]
 
-# Input-size arguments resgraph fills in for any torch.nn class whose signature has them.
+# Input-size arguments resgraph fills in for any class whose signature has them.
 INFERABLE: dict[str, str] = {
     "in_channels": "channels",
     "num_features": "channels",
     "num_channels": "channels",
     "in_features": "last",
+    "input_size": "last",
     "normalized_shape": "last",
     "embed_dim": "last",
     "d_model": "last",
 }
 
-# Containers and abstract bases are not layers.
-_NOT_LAYERS = {"Module", "Sequential", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict", "Container"}
+# Conventions every resgraph model fixes, set for any class whose signature has them: the batch is
+# dim 0 (torch's recurrent and transformer classes default to dim 1).
+FIXED: dict[str, Any] = {"batch_first": True}
+
+# Construction arguments a spec may not set, and why. torch's factory kwargs (device, dtype, and
+# their tensor-level kin) decide where and how storage is allocated: resgraph builds on the meta
+# device to check shapes and counts, then allocates on the CPU only after the parameter limit.
+_MOVE = "move or convert the built model instead (`model.to(...)`)"
+REFUSED: dict[str, str] = {
+    "device": f"resgraph allocates weights on the CPU, after checking the parameter limit; {_MOVE}",
+    "dtype": f"resgraph builds float32 weights; {_MOVE}, e.g. `model.to(torch.bfloat16)`",
+    "layout": f"resgraph builds dense (strided) weights; {_MOVE}",
+    "memory_format": f"resgraph builds contiguous weights; {_MOVE}, e.g. `model.to(memory_format=...)`",
+    "pin_memory": "resgraph allocates weights in ordinary memory; pin them yourself if you need to",
+    "device_ids": "devices are chosen by the training script, not the spec",
+    "output_device": "devices are chosen by the training script, not the spec",
+    "process_group": "process groups are set up by the training script, not the spec",
+}
+
+# torch.nn classes that also accept an unbatched input, one dim smaller, and would then read
+# resgraph's batch as their sequence or channel axis: the dims each sample must have.
+_SEQUENCE = ("sequence", "features")
+SAMPLE_RANKS: dict[str, tuple[str, ...]] = {
+    "RNNBase": _SEQUENCE,
+    "RNNCellBase": ("features",),
+    "Transformer": _SEQUENCE,
+    "TransformerEncoder": _SEQUENCE,
+    "TransformerDecoder": _SEQUENCE,
+    "TransformerEncoderLayer": _SEQUENCE,
+    "TransformerDecoderLayer": _SEQUENCE,
+    "Softmax2d": ("C", "H", "W"),
+}
+
+# Arguments of torch.nn classes that name a dim of the input (batch included, as in torch).
+DIM_ARGUMENTS = ("dim", "start_dim", "end_dim")
+
+# Arguments of torch.nn classes that repeat a sublayer: building runs a Python loop this long.
+LAYER_COUNTS = ("num_layers", "num_encoder_layers", "num_decoder_layers")
+MAX_LAYER_COUNT = 1024
+MAX_VALUE_DEPTH = 8
+
+# Containers, wrappers and abstract bases are not layers.
+_NOT_LAYERS = {"Module", "Sequential", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict", "Container",
+               "DataParallel", "RNNBase", "RNNCellBase"}
+_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
 def _exclude_curated(schema: dict[str, Any]) -> None:
     schema["not"] = {"enum": sorted(OPS)}
-
-
-class GenericOpError(ShapeError):
-    """An uncurated op's name or arguments are wrong (not its shapes)."""
-
-    def __init__(self, message: str, field: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 class GenericLayer(Layer):
@@ -65,9 +118,19 @@ class GenericLayer(Layer):
 
     max_inputs: ClassVar[int | None] = None
 
+    def written_args(self) -> dict[str, Any]:
+        """The constructor arguments as the spec wrote them (lists as tuples, nested ones too)."""
+        return {k: _frozen(v) for k, v in (self.model_extra or {}).items() if k not in RESGRAPH_KEYS}
+
     def args(self) -> dict[str, Any]:
-        return {k: tuple(v) if isinstance(v, list) else v for k, v in (self.model_extra or {}).items()
-                if k not in RESGRAPH_KEYS}
+        """The spec's arguments plus the conventions resgraph fixes (`FIXED`), so that summaries,
+        diagrams and the export show them. Never raises, also for an unknown op."""
+        written = self.written_args()
+        try:
+            parameters, _ = _constructor_parameters(torch_module_class(self.op))
+        except GenericOpError:
+            return written
+        return {**written, **{k: v for k, v in FIXED.items() if k in parameters and k not in written}}
 
     @property
     def torch_name(self) -> str:  # type: ignore[override]
@@ -77,10 +140,11 @@ class GenericLayer(Layer):
         return torch_module_class(self.op)(**args)
 
     def parameter_count(self, args: dict[str, Any]) -> int | None:
-        return None  # an arbitrary constructor: only building it can tell
+        """The count the meta-device probe found for these arguments; None if none ran."""
+        return known_parameters(torch_module_class(self.op), args)
 
     def inferred_args(self, inputs: list[TensorType]) -> dict[str, Any]:
-        parameters = _constructor_parameters(torch_module_class(self.op))
+        parameters, _ = _constructor_parameters(torch_module_class(self.op))
         given = self.args()
         x = inputs[0]
         if not x.rank:
@@ -93,51 +157,160 @@ class GenericLayer(Layer):
         return super().call(module, operands) + (f"[{int(pick)}]" if pick is not None else "")
 
     def check_arguments(self) -> None:
-        """Raise GenericOpError for an unknown class or arguments its signature does not take."""
+        """Check what the spec wrote, before anything is built.
+
+        Raises:
+            GenericOpError: an unknown class; an argument name that is not an identifier, is
+                private, is refused (`REFUSED`) or that the signature does not take; a value that
+                is not plain data; `batch_first` other than true; an `output` that is not an index;
+                a lazy class; a missing argument.
+        """
         cls = torch_module_class(self.op)
-        parameters = _constructor_parameters(cls)
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-        for name in self.args():
-            if name not in parameters and not takes_any:
-                raise GenericOpError(f"torch.nn.{self.op} has no argument {name!r}{did_you_mean(name, parameters)}",
-                                     name)
-        missing = [name for name, p in parameters.items()
-                   if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-                   and name not in self.args() and name not in INFERABLE]
+        name = display_name(self.op, cls)
+        parameters, takes_any = _constructor_parameters(cls)
+        for key, value in self.written_args().items():
+            _check_name(key)
+            _check_value(key, value)
+            if key not in parameters and not takes_any:
+                choices = [p for p in parameters if p not in REFUSED]
+                raise GenericOpError(f"{name} has no argument {key!r}{did_you_mean(key, choices)}", key)
+            if key in FIXED and (type(value) is not type(FIXED[key]) or value != FIXED[key]):
+                raise GenericOpError(f"{key}: {json.dumps(value)} is not allowed: the batch is dim 0 in every resgraph "
+                                     f"model, so {name} is always built with {key}={FIXED[key]!r} (remove the key)",
+                                     key)
+            if key in LAYER_COUNTS and _is_torch(cls) and isinstance(value, int) and value > MAX_LAYER_COUNT:
+                raise GenericOpError(f"{key}={value} is more than {MAX_LAYER_COUNT} layers", key)
+        pick = (self.model_extra or {}).get("output")
+        if pick is not None and (not isinstance(pick, int) or isinstance(pick, bool)):
+            raise GenericOpError(f"output: {json.dumps(pick) if _is_plain(pick) else type(pick).__name__} is not an "
+                                 "index; write the position of the result to use, e.g. `output: 0`", "output")
+        _check_not_lazy(name, cls)
+        missing = [p for p, param in parameters.items()
+                   if param.default is inspect.Parameter.empty and p not in self.written_args() and p not in INFERABLE]
         if missing:
-            raise GenericOpError(f"torch.nn.{self.op} needs argument(s) {', '.join(map(repr, missing))}", "op")
+            raise GenericOpError(f"{name} needs argument(s) {', '.join(map(repr, missing))}", "op")
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
-        import torch
-
         self.check_arguments()
-        try:
-            with torch.device("meta"):
-                module = torch_module_class(self.op)(**self.module_args(inputs))
-                tensors = [torch.empty((2, *t.shape), dtype=getattr(torch, t.dtype)) for t in inputs]
-                out = module(*tensors)
-        except Exception as exc:  # torch reports bad arguments and shapes in many exception types
-            raise ShapeError(f"torch.nn.{self.op} rejected input {', '.join(map(str, inputs))}: "
-                             f"{_first_line(exc)}") from None
-        pick = (self.model_extra or {}).get("output")
-        if pick is not None:
-            if not isinstance(out, (tuple, list)) or not isinstance(pick, int) or not -len(out) <= pick < len(out):
-                size = f"a tuple of {len(out)}" if isinstance(out, (tuple, list)) else "a single tensor"
-                raise GenericOpError(f"output: {pick!r} does not index the result, which is {size}", "output")
-            out = out[pick]
-        if not isinstance(out, torch.Tensor):
-            what = f"a tuple of {len(out)}" if isinstance(out, (tuple, list)) else type(out).__name__
-            raise ShapeError(f"torch.nn.{self.op} returns {what}, not a tensor; pick one element with `output: 0`")
-        dtype = str(out.dtype).removeprefix("torch.")
-        shape = tuple(out.shape[1:])
-        layout = inputs[0].layout if len(shape) == inputs[0].rank else (
-            "channels_first" if len(shape) >= 3 else "features_last")
-        return TensorType(shape, dtype if dtype in DTYPES else "float32", layout)
+        cls = torch_module_class(self.op)
+        if _is_torch(cls):  # torch's own conventions; a registered class is judged by the probe alone
+            name, written = display_name(self.op, cls), self.written_args()
+            parameters, _ = _constructor_parameters(cls)
+            _check_sample_rank(name, cls, inputs, "input" if self.input is not None else "op")
+            _check_reduction(name, parameters, written)
+            _check_dims(name, cls, parameters, written, inputs[0].rank)
+        return probe(cls, self.module_args(inputs), tuple(inputs), (self.model_extra or {}).get("output")).output
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+def _check_sample_rank(name: str, cls: type, inputs: list[TensorType], field: str) -> None:
+    """A class that also takes unbatched input must get samples of its batched rank (`SAMPLE_RANKS`)."""
+    base = next((b for b in cls.__mro__ if _is_torch(b) and b.__name__ in SAMPLE_RANKS), None)
+    if base is None:
+        return
+    dims = SAMPLE_RANKS[base.__name__]
+    for t in inputs:
+        if t.rank != len(dims):
+            sample = "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+            raise GenericOpError(f"{name} reads (N, {', '.join(dims)}) with the batch first: each sample needs "
+                                 f"{len(dims)} dim{'s' if len(dims) > 1 else ''} {sample}, got {t}; torch would read "
+                                 "a batch of those as one unbatched input, taking the batch for one of its dims and "
+                                 "mixing samples", field)
+
+
+def _check_reduction(name: str, parameters: dict[str, inspect.Parameter], written: dict[str, Any]) -> None:
+    """A loss keeps the batch only with `reduction: none` (unless the legacy `reduce`/`size_average` decide)."""
+    reduction = written.get("reduction", getattr(parameters.get("reduction"), "default", "none"))
+    if reduction != "none" and not {"reduce", "size_average"} & set(written):
+        raise GenericOpError(f"{name} with reduction={reduction!r} reduces the whole batch to one value, but the "
+                             "batch is dim 0 in every resgraph model and each layer keeps it; set `reduction: none` "
+                             "for one value per sample", "reduction" if "reduction" in written else "op")
+
+
+def _check_dims(name: str, cls: type, parameters: dict[str, inspect.Parameter], written: dict[str, Any],
+                rank: int) -> None:
+    """A dim argument never names the batch, and is written where torch would otherwise guess it."""
+    for key in DIM_ARGUMENTS:
+        if key in parameters and parameters[key].default is None and key not in written:
+            raise GenericOpError(f"{name} needs `{key}` here: without it torch picks a dim from the input's rank, "
+                                 "which for some ranks is the batch (dim 0 in every resgraph model)", "op")
+        dim = written.get(key)
+        if not isinstance(dim, int) or isinstance(dim, bool) or not -(rank + 1) <= dim <= rank:
+            continue  # not a dim, or out of range: torch says so in its own words
+        if dim % (rank + 1) == 0:
+            valid = {0: "the input has no dims besides the batch", 1: f"use {key}=1 (or -1)"}.get(
+                rank, f"use a dim between 1 and {rank} (or count from the end)")
+            raise GenericOpError(f"{describe(cls, written)}: {key}={dim} is the batch dimension (dim 0 in every "
+                                 f"resgraph model), so the op would mix or drop samples; {valid}", key)
+
+
+def display_name(op: str, cls: type) -> str:
+    """How messages name an uncurated class: `torch.nn.LSTM`, or the op as the spec wrote it."""
+    return f"torch.nn.{op}" if "." not in op and _is_torch(cls) else op
+
+
+def _is_torch(cls: type) -> bool:
+    return cls.__module__.startswith("torch.")
+
+
+def _is_plain(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str)) or (
+        isinstance(value, (list, tuple)) and all(_is_plain(v) for v in value))
+
+
+def _frozen(value: Any) -> Any:
+    """Lists as tuples, at any depth: hashable, and what torch's `_ntuple` arguments expect."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def _check_name(key: Any) -> None:
+    """A spec key becomes `key=value` in generated source: only plain, public identifiers."""
+    shown = str(key)
+    if keyword.iskeyword(shown):
+        raise GenericOpError(f"{shown!r} is a Python keyword, not an argument name", shown)
+    if shown.startswith("_") and _IDENTIFIER.fullmatch(shown.lstrip("_")):
+        raise GenericOpError(f"{shown!r} is private to the class (torch's internal state, not a setting); a spec "
+                             "sets public arguments only", shown)
+    if not isinstance(key, str) or not _IDENTIFIER.fullmatch(key):
+        raise GenericOpError(f"{shown!r} is not an argument name: argument names are Python identifiers (ASCII "
+                             "letters, digits and _, starting with a letter)", shown)
+    if key in REFUSED:
+        raise GenericOpError(f"{key} may not be set in a spec: {REFUSED[key]}", key)
+
+
+def _check_value(key: str, value: Any, depth: int = 0) -> None:
+    """Arguments are plain data, which `repr` writes back as the same literal in the exported `.py`."""
+    if depth > MAX_VALUE_DEPTH:
+        raise GenericOpError(f"{key}: lists nest deeper than {MAX_VALUE_DEPTH} levels", key)
+    if isinstance(value, tuple):
+        for item in value:
+            _check_value(key, item, depth + 1)
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise GenericOpError(f"{key}: {value} is not a finite number; arguments of uncurated ops are written as "
+                             "Python literals, and infinities and NaN have none", key)
+    if value is not None and not isinstance(value, (bool, int, float, str)):
+        what = "a mapping" if isinstance(value, dict) else f"a {type(value).__name__}"
+        raise GenericOpError(f"{key}: {what} is not an argument value; arguments of uncurated ops are numbers, "
+                             "strings, booleans, null, or lists of them", key)
+
+
+def _check_not_lazy(name: str, cls: type) -> None:
+    """Lazy modules create weights at their first call, too late for shapes and the parameter limit."""
+    from torch.nn.modules.lazy import LazyModuleMixin
+
+    if not issubclass(cls, LazyModuleMixin):
+        return
+    target = getattr(cls, "cls_to_become", None)
+    if isinstance(target, type) and target.__name__ in OPS:
+        inferred = OPS[target.__name__].inferred
+        alternative = f"use `op: {target.__name__}`" + (f": resgraph infers {', '.join(inferred)} from the input"
+                                                       if inferred else "")
+    else:
+        alternative = "use the class it becomes, whose sizes are constructor arguments"
+    raise GenericOpError(f"{name} creates its weights at its first call, after resgraph has checked shapes and "
+                         f"the parameter limit; {alternative}", "op")
 
 
 @cache
@@ -161,7 +334,8 @@ def register_op(name: str, module_class: type) -> type:
 
     Its constructor arguments are checked against its signature and its shapes are inferred on
     the meta device, like any uncurated torch.nn class; input sizes it names `in_channels`,
-    `in_features`, ... are inferred too. Returns the class, so it works as a decorator factory.
+    `in_features`, ... are inferred too, and `batch_first` is always True. Returns the class, so
+    it works as a decorator factory.
 
     Raises:
         ValueError: `name` is not an identifier, or already names an op.
@@ -221,7 +395,7 @@ def _imported_class(path: str) -> type:
     module_name, _, class_name = path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as exc:
+    except Exception as exc:  # the caller's own module may fail to import in any way
         raise GenericOpError(f"cannot import {path!r}: {exc}", "op") from None
     if not isinstance(cls, type) or not issubclass(cls, torch.nn.Module):
         raise GenericOpError(f"{path!r} is not a torch.nn.Module class", "op")
@@ -229,7 +403,30 @@ def _imported_class(path: str) -> type:
 
 
 @cache
-def _constructor_parameters(cls: type) -> dict[str, inspect.Parameter]:
-    signature = inspect.signature(cls.__init__)
+def _constructor_parameters(cls: type) -> tuple[dict[str, inspect.Parameter], bool]:
+    """The keyword arguments `cls(...)` takes, and whether it takes any keyword (`**kwargs`).
+
+    torch's RNN classes are declared `__init__(self, *args, **kwargs)` with typed overloads; their
+    overloads are the real signature. A class without an `__init__` of its own takes nothing.
+    """
+    import torch
+
+    if cls.__init__ is torch.nn.Module.__init__:
+        return {}, False
+    try:
+        signatures = [inspect.signature(cls.__init__)]
+    except (TypeError, ValueError):  # a constructor inspect cannot read: let torch judge its arguments
+        return {}, True
+    named = _keyword_parameters(signatures[0])
+    if not named:
+        overloads = [inspect.signature(o) for o in typing.get_overloads(cls.__init__)]
+        if any(_keyword_parameters(s) for s in overloads):
+            signatures = [s for s in overloads if _keyword_parameters(s)]
+    parameters = {name: p for s in signatures for name, p in _keyword_parameters(s).items()}
+    takes_any = any(p.kind is p.VAR_KEYWORD for s in signatures for p in s.parameters.values())
+    return parameters, takes_any
+
+
+def _keyword_parameters(signature: inspect.Signature) -> dict[str, inspect.Parameter]:
     return {name: p for name, p in signature.parameters.items()
-            if name not in ("self", "device", "dtype") and p.kind is not p.VAR_POSITIONAL}
+            if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}

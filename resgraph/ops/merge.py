@@ -7,13 +7,14 @@ merge the same tensors agree exactly.
 from __future__ import annotations
 
 from enum import Enum
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from ..symbolic import SymInt, hint
 from .base import Identifier, Layer, ShapeError, TensorType, register_op, sample_dim
 
-__all__ = ["Add", "Concat", "Merge", "Mul", "broadcast_shape", "merge_code", "merge_type"]
+__all__ = ["Add", "Concat", "Merge", "Mul", "broadcast_shape", "check_gate_layouts", "merge_code", "merge_type"]
 
 
 class Merge(str, Enum):
@@ -33,9 +34,30 @@ def broadcast_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] |
     >>> broadcast_shape((64, 1, 1), (64, 8, 8)), broadcast_shape((8,), (3, 8))
     ((64, 8, 8), None)
     """
-    if len(a) != len(b) or any(x != y and 1 not in (x, y) for x, y in zip(a, b)):
+    if len(a) != len(b):
         return None
-    return tuple(max(x, y) for x, y in zip(a, b))
+    dims = [_broadcast_dim(x, y) for x, y in zip(a, b)]
+    return None if None in dims else tuple(dims)
+
+
+def _broadcast_dim(x: Any, y: Any) -> Any:
+    """One dim of a broadcast, deciding on symbolic sizes only what broadcasting itself decides (a
+    written 1 broadcasts whatever the other size is: no size decision is recorded for it)."""
+    if _is_one(x):
+        return y
+    if _is_one(y):
+        return x
+    if x == y:
+        return x
+    if x == 1:
+        return y
+    if y == 1:
+        return x
+    return None
+
+
+def _is_one(size: Any) -> bool:
+    return not isinstance(size, SymInt) and size == 1
 
 
 def merge_type(kind: Merge, types: list[TensorType], dim: int = 1) -> TensorType:
@@ -47,6 +69,8 @@ def merge_type(kind: Merge, types: list[TensorType], dim: int = 1) -> TensorType
             raise ShapeError(f"add needs equal shapes, got {shapes}")
         return first
     if kind is Merge.mul:
+        for t in types[1:]:
+            check_gate_layouts(t, first)
         shape: tuple[int, ...] | None = first.shape
         for t in types[1:]:
             shape = broadcast_shape(shape, t.shape) if shape is not None else None
@@ -61,6 +85,21 @@ def merge_type(kind: Merge, types: list[TensorType], dim: int = 1) -> TensorType
             raise ShapeError(f"concat along dim {dim} needs all other dims equal, got {shapes}")
     size = sum(t.shape[axis] for t in types)
     return first.with_shape((*first.shape[:axis], size, *first.shape[axis + 1:]))
+
+
+def check_gate_layouts(gate: TensorType, target: TensorType) -> None:
+    """A broadcast gate must line its channels up with the target's: a features-last (1, 1, C) gate
+    broadcast into a channels-first (C, H, W) map would scale its width instead, silently when H = W = C.
+
+    Raises:
+        ShapeError: the layouts differ and broadcasting would pair different axes.
+    """
+    broadcasts = gate.rank == target.rank >= 2 and any(hint(a) != hint(b) for a, b in zip(gate.shape, target.shape))
+    if broadcasts and gate.layout != target.layout:
+        raise ShapeError(f"the gate {gate} is {gate.layout.replace('_', '-')} but the target {target} is "
+                         f"{target.layout.replace('_', '-')}: broadcasting would pair its "
+                         f"{'features' if gate.layout == 'features_last' else 'channels'} with the target's "
+                         f"{'last dim' if gate.layout == 'features_last' else 'first dim'}")
 
 
 def merge_code(kind: Merge, operands: list[str], dim: int = 1) -> str:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Literal
 
 from pydantic import Field
 
+from ..symbolic import sym_min
 from .base import FeatureMapLayer, ShapeError, TensorType, to_tuple
-from .conv import spatial_family
+from .conv import spatial_family, strides
 
 __all__ = ["AdaptivePoolBase", "AvgPoolBase", "MaxPoolBase", "pool_output_size"]
 
@@ -18,12 +18,21 @@ IntOrTuple = PositiveInt | list[PositiveInt]
 
 
 def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:
-    """PyTorch's pooling size: like convolution, but ceil_mode drops a window that starts in the padding."""
+    """PyTorch's pooling size (`pooling_output_shape` in ATen): like convolution's, but with ceil_mode the
+    count rounds up, except that the last window must start inside the input or its left padding.
+
+    Written without branching on the size, so it holds for symbolic sizes too.
+
+    >>> [pool_output_size(75, 3, 2, 1, 1, False), pool_output_size(6, 2, 2, 0, 1, True)]
+    [38, 3]
+    >>> pool_output_size(5, 2, 2, 0, 1, True)  # ceil(3/2) + 1 = 3 windows; the third starts inside
+    3
+    """
     span = size + 2 * padding - dilation * (kernel - 1) - 1
-    out = (math.ceil(span / stride) if ceil_mode else span // stride) + 1
-    if ceil_mode and (out - 1) * stride >= size + padding:
-        out -= 1
-    return out
+    if not ceil_mode:
+        return span // stride + 1
+    # ceil(span / stride) + 1, capped so that the last window starts before size + padding
+    return sym_min(-(-span // stride) + 1, (size + padding - 1) // stride + 1)
 
 
 class _PoolBase(FeatureMapLayer):
@@ -49,7 +58,7 @@ class _PoolBase(FeatureMapLayer):
                       for args in zip(x.shape[1:], kernel, stride, padding, dilation))
         if any(size < 1 for size in sizes):
             raise ShapeError(f"input {x} is too small for kernel_size={self.kernel_size}: output size would be {sizes}")
-        return x.with_shape((x.shape[0], *sizes), "channels_first")
+        return x.with_shape((x.shape[0], *sizes), "channels_first", x.scaled(strides(stride)))
 
 
 class MaxPoolBase(_PoolBase):
@@ -86,7 +95,7 @@ class AdaptivePoolBase(FeatureMapLayer):
         if len(wanted) != n:
             raise ShapeError(f"output_size has {len(wanted)} entries, expected {n}")
         sizes = tuple(size if want is None else want for size, want in zip(x.shape[1:], wanted))
-        return x.with_shape((x.shape[0], *sizes), "channels_first")
+        return x.with_shape((x.shape[0], *sizes), "channels_first", None)  # a fixed output size: no grid
 
 
 class AdaptiveMaxPoolBase(AdaptivePoolBase):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
@@ -73,11 +74,11 @@ class Upsample(Layer):
         if (self.size is None) == (self.scale_factor is None):
             raise ShapeError("give exactly one of size and scale_factor")
         if self.size is not None:
-            sizes = _expand(self.size, n, "size")
-        else:
-            factors = _expand(self.scale_factor, n, "scale_factor")
-            sizes = tuple(math.floor(s * f) for s, f in zip(x.shape[1:], factors))
-        return x.with_shape((x.shape[0], *sizes), "channels_first")
+            return x.with_shape((x.shape[0], *_expand(self.size, n, "size")), "channels_first", None)
+        # floor(size * factor), as torch computes it; exact for factors such as 2, 0.5 or 1.5
+        factors = tuple(Fraction(f).limit_denominator(1 << 16) for f in _expand(self.scale_factor, n, "scale_factor"))
+        sizes = tuple(s * f.numerator // f.denominator for s, f in zip(x.shape[1:], factors))
+        return x.with_shape((x.shape[0], *sizes), "channels_first", x.scaled(tuple(1 / f for f in factors)))
 
 
 def _expand(value: object, n: int, name: str) -> tuple:
@@ -102,7 +103,8 @@ class PixelShuffle(Layer):
         r = self.upscale_factor
         if x.rank != 3 or x.shape[0] % (r * r):
             raise ShapeError(f"expects (C*{r * r}, H, W) per sample, got {x}")
-        return x.with_shape((x.shape[0] // (r * r), x.shape[1] * r, x.shape[2] * r))
+        return x.with_shape((x.shape[0] // (r * r), x.shape[1] * r, x.shape[2] * r), None,
+                            x.scaled((Fraction(1, r), Fraction(1, r))))
 
 
 @register_op
@@ -119,4 +121,5 @@ class PixelUnshuffle(Layer):
         r = self.downscale_factor
         if x.rank != 3 or x.shape[1] % r or x.shape[2] % r:
             raise ShapeError(f"expects (C, H, W) with H and W divisible by {r}, got {x}")
-        return x.with_shape((x.shape[0] * r * r, x.shape[1] // r, x.shape[2] // r))
+        return x.with_shape((x.shape[0] * r * r, x.shape[1] // r, x.shape[2] // r), None,
+                            x.scaled((Fraction(r), Fraction(r))))

@@ -1,0 +1,170 @@
+"""Hints for a skip whose shapes do not fit: name the real cause and propose fixes that work.
+
+A mismatch lists every layer between the skip's source and target that changed the spatial
+size, inside block calls too, with its kernel, stride, padding and dilation and the size before
+and after. The fixes depend on the cause (`ProjectionError.kind`):
+
+- "grid" (the same grid, shrunk by unpadded layers): the padding that keeps each layer's size,
+  or `projection: crop`, which aligns maps on one grid;
+- "stride" and "off-centre" (a strided layer met an odd size): the nearest input sizes at which
+  the skip fits, found from the guards recorded so far, or making the layer round up;
+- "larger" (the target was upsampled past the source): the nearest input sizes that fit, or an
+  upsample to an explicit size.
+
+A crop is never proposed where the maps are on different grids (it would misalign them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
+from .projections import ProjectionError
+from .sizes import valid_sizes_mask
+from .symbolic import Guard, hint
+
+__all__ = ["SizeChange", "changed_layers", "skip_hint"]
+
+_GEOMETRY = (("kernel_size", "kernel"), ("stride", "stride"), ("padding", "padding"), ("dilation", "dilation"),
+             ("scale_factor", "scale"), ("size", "size"), ("output_padding", "output_padding"))
+
+
+@dataclass(frozen=True)
+class SizeChange:
+    """A layer that changed the spatial size: its qualified name, op, geometry arguments and sizes."""
+
+    name: str
+    op: str
+    geometry: dict[str, Any]  # kernel_size, stride, padding, dilation, ... as written
+    before: tuple[int, ...]
+    after: tuple[int, ...]
+
+    def __str__(self) -> str:
+        geometry = ", ".join(f"{label} {_short(self.geometry[key])}" for key, label in _GEOMETRY
+                             if key in self.geometry)
+        return (f"{self.name!r} ({self.op}{', ' + geometry if geometry else ''}): "
+                f"{'x'.join(map(str, self.before))} -> {'x'.join(map(str, self.after))}")
+
+    def keeping_padding(self) -> int | str | None:
+        """The padding that keeps the size of this unstrided conv or pool, or None."""
+        kernel, stride = self.geometry.get("kernel_size"), self.geometry.get("stride", 1)
+        dilation = self.geometry.get("dilation", 1)
+        if not isinstance(kernel, int) or stride != 1 or not isinstance(dilation, int):
+            return None
+        span = dilation * (kernel - 1)
+        return span // 2 if span % 2 == 0 else "same"
+
+
+def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[Guard],
+              symbols: dict[str, tuple[str, int, int]]) -> str | None:
+    """The hint for a skip that `exc` refused. `guards` are the decisions made before the skip and the
+    conditions under which it would fit: the input sizes that satisfy all of them are proposed."""
+    skip = node.skip
+    changes = changed_layers(graph, skip.source, skip.to)
+    listed = "; ".join(map(str, changes))
+    if exc.kind == "grid":
+        fixes = []
+        by_padding: dict[Any, list[str]] = {}
+        for change in changes:
+            padding = change.keeping_padding()
+            if padding is not None:
+                by_padding.setdefault(padding, []).append(repr(change.name))
+        fixes += [f"`padding: {padding}` on {' and '.join(names)}" for padding, names in by_padding.items()]
+        fixes.append("`projection: crop` on this skip (the maps share a grid, so a centre crop aligns them)")
+        return _join(f"shrunk by {listed}" if listed else "", "keep the size with " + ", or ".join(fixes))
+    if exc.kind == "finer":
+        return _join(listed, "take the skip from a layer at the target's scale, or upsample the source first")
+    if exc.kind in ("stride", "off-centre", "larger"):
+        cause = {"stride": "a stride floored an odd size", "off-centre": "a layer dropped an odd row",
+                 "larger": "the target grew past the source"}[exc.kind]
+        fixes = []
+        sizes = _fitting_sizes(guards, symbols)
+        if sizes:
+            fixes.append(f"an input size at which this skip fits: {sizes}")
+        if exc.kind == "stride":
+            fixes.append("make the strided layers round up (`padding: 1` on a kernel-3 conv, `ceil_mode: true` on "
+                         "a pool)")
+        elif exc.kind == "larger":
+            fixes.append("give the upsampling layer an explicit `size:` (then the model has one input size)")
+        return _join(f"{listed}: {cause}" if listed else cause, "; or ".join(fixes))
+    return exc.hint
+
+
+def _join(what: str, fix: str) -> str:
+    return f"{what}. Fix: {fix}" if what and fix else what or fix
+
+
+def changed_layers(graph: Graph, source: str, target: str) -> list[SizeChange]:
+    """The layers from `source` up to `target` that changed the spatial size, looking inside block calls
+    (`'conv1' (Conv2d, kernel 3, stride 1, padding 0): 32x32 -> 30x30`)."""
+    names = list(graph.nodes)
+    if source not in names or target not in names:
+        return []
+    found: list[SizeChange] = []
+    for name in names[names.index(source) + 1:names.index(target) + 1]:
+        _collect(graph, graph.nodes[name], found)
+    return found
+
+
+def _collect(graph: Graph, node: Node, found: list[SizeChange]) -> None:
+    if isinstance(node, BlockNode):
+        for instance in node.instances:
+            for inner in instance.nodes.values():
+                _collect(instance, inner, found)
+        return
+    if not isinstance(node, LayerNode) or not node.inputs or "type" not in node.meta:
+        return
+    before, after = graph.nodes[node.inputs[0]].meta.get("type"), node.meta["type"]
+    if before is None or before.rank != after.rank or before.rank < 2:
+        return
+    size_in, size_out = _spatial(before), _spatial(after)
+    if size_in == size_out:
+        return
+    # The layer's own fields include defaults (stride 1, padding 0), which explain a shrink best.
+    geometry = {key: _single(getattr(node.layer, key)) for key, _ in _GEOMETRY
+                if getattr(node.layer, key, None) is not None}
+    if "stride" not in geometry and "kernel_size" in geometry and hasattr(node.layer, "stride"):
+        geometry = {**geometry, "stride": geometry["kernel_size"]}  # a pool's stride defaults to its kernel
+    found.append(SizeChange(graph.qualname + node.name, node.layer.op, geometry, size_in, size_out))
+
+
+def _spatial(tensor_type: Any) -> tuple[int, ...]:
+    return tuple(hint(d) for d in tensor_type.shape[1:])
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return str(value[0]) if len(set(value)) == 1 else "x".join(map(str, value))
+    return str(value)
+
+
+def _single(value: Any) -> Any:
+    """An int for a per-dim value that is the same in every dim."""
+    if isinstance(value, (list, tuple)) and len(set(value)) == 1:
+        return value[0]
+    return value
+
+
+def _fitting_sizes(guards: list[Guard], symbols: dict[str, tuple[str, int, int]], count: int = 3) -> str:
+    """"'x' 224x224 (or 256x256, 288x288)": the square input sizes nearest the declared ones at which
+    every guard holds. '' when none is found."""
+    if not guards or not symbols:
+        return ""
+    per_input: dict[str, list[str]] = {}
+    for symbol, (input_name, _, _) in symbols.items():
+        per_input.setdefault(input_name, []).append(symbol)
+    texts = []
+    for input_name, names in per_input.items():
+        declared = [symbols[name][2] for name in names]
+        if len(set(declared)) != 1:
+            continue  # not square: the sizes of one dim at a time would mislead
+        low, high = 1, max(2048, 2 * declared[0])
+        valid, _ = valid_sizes_mask(guards, symbols, set(names), low, high)
+        sizes = [low + index for index, ok in enumerate(valid) if ok]
+        if not sizes:
+            continue
+        nearest = sorted(sizes, key=lambda n: (abs(n - declared[0]), n))[:count]
+        shown = ["x".join([str(n)] * len(names)) for n in nearest]
+        texts.append(f"{input_name!r} {shown[0]}" + (f" (or {', '.join(shown[1:])})" if len(shown) > 1 else ""))
+    return "; ".join(texts)

@@ -1,0 +1,216 @@
+"""Multiply-accumulate counts (MACs) per sample: one formula per op family, all in this file.
+
+A count has two parts. `matmul` is what `torch.utils.flop_counter.FlopCounterMode` measures
+(convolutions, matrix products, attention; it reports 2 FLOPs per MAC and ignores biases), so
+`2 * matmul` equals its total on a real forward. `other` is resgraph's cost model for the ops that
+counter ignores (norms, pools, activations, merges); where fvcore has a convention it is used.
+
+Per sample, by op family (sources: torch's `torch/utils/flop_counter.py`, fvcore's
+`fvcore/nn/jit_handles.py`, ptflops' module hooks):
+
+- Conv1d-3d: out elements x in_channels/groups x kernel volume (flop_counter `conv_flop_count`).
+- ConvTranspose1d-3d: input positions x in_channels x out_channels/groups x kernel volume
+  (`conv_flop_count(transposed=True)`).
+- Linear, and the Linear and 1x1-conv projection steps: out elements x in_features
+  (flop_counter `mm_flop` / `addmm_flop`; the bias add is not counted).
+- MultiheadAttention: the q, k, v and out projections plus 2 x L x S x E for `q @ k^T` and
+  `attn @ v` (flop_counter `sdpa_flop_count` and `mm_flop`).
+- BatchNorm (inference) and the projection BatchNorm: 2 per element, 1 without affine
+  (fvcore `batchnorm_flop_jit`, eval mode).
+- LayerNorm, GroupNorm, InstanceNorm: 5 per element, 4 without affine (fvcore `norm_flop_counter`).
+- AdaptiveAvgPool / AdaptiveMaxPool, `mean`: 1 per input element (fvcore's `adaptive_avg_pool2d`).
+- MaxPool, AvgPool, the projection AvgPool: out elements x kernel volume (one per window element).
+- Upsample: 1 per output element for nearest, 4 for the interpolating modes (fvcore
+  `upsample_nearest2d` / `upsample_bilinear2d`).
+- Activations, Softmax, PReLU, and add / mul merges: 1 per output element (per extra operand for
+  merges): ptflops' convention; fvcore ignores them.
+- Dropout, Identity, reshapes, concat, select, Embedding, learned tensors, code projection steps
+  (subsample, crop, pad): 0, they only move data.
+- Any other torch.nn class: measured, with FlopCounterMode on one sample (matmul part only).
+
+>>> from resgraph.ops import OPS, TensorType
+>>> conv = OPS["Conv2d"](op="Conv2d", out_channels=64, kernel_size=3, padding=1)
+>>> layer_macs(conv, {"in_channels": 3}, [TensorType((3, 32, 32))], TensorType((64, 32, 32)))
+MacCount(matmul=1769472, other=0)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .ops import GenericLayer, Layer, TensorType
+from .ops.attention import MultiheadAttention
+from .ops.base import to_tuple
+from .ops.conv import ConvBase, ConvTransposeBase
+from .ops.dense import Linear
+from .ops.elementwise import ElementwiseBase
+from .ops.merge import MergeLayer
+from .ops.norm import BatchNormBase, GroupNorm, InstanceNormBase, LayerNorm
+from .ops.pool import AdaptivePoolBase, AvgPoolBase, MaxPoolBase
+from .ops.reshape import Upsample
+from .ops.tensor import Mean
+from .projections import ProjectionPlan, Step, StepKind
+
+__all__ = ["MAC_RULES", "STEP_MACS", "ZERO_MAC_OPS", "MacCount", "layer_macs", "merge_macs", "projection_macs"]
+
+
+@dataclass(frozen=True)
+class MacCount:
+    """MACs of one sample: `matmul` (what FlopCounterMode counts, halved) and `other` (the cost model)."""
+
+    matmul: int = 0
+    other: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.matmul + self.other
+
+    def __add__(self, other: MacCount) -> MacCount:
+        return MacCount(self.matmul + other.matmul, self.other + other.other)
+
+
+Rule = Callable[[Any, dict[str, Any], list[TensorType], TensorType], MacCount]
+
+# Op family (a base class of the op models) -> its formula; looked up along the op class's MRO.
+MAC_RULES: dict[type[Layer], Rule] = {}
+
+# Elementwise ops that do no arithmetic in inference.
+ZERO_MAC_OPS = frozenset({"Identity", "Dropout", "AlphaDropout"})
+
+
+def _rule(*families: type[Layer]) -> Callable[[Rule], Rule]:
+    def register(rule: Rule) -> Rule:
+        for family in families:
+            if family in MAC_RULES:
+                raise RuntimeError(f"a MAC formula for {family.__name__} is registered twice")
+            MAC_RULES[family] = rule
+        return rule
+
+    return register
+
+
+def _numel(t: TensorType | tuple[int, ...]) -> int:
+    return math.prod(t.shape if isinstance(t, TensorType) else t)
+
+
+def _kernel(layer: Any, value: Any) -> int:
+    return math.prod(to_tuple(value, layer.spatial_dims, "kernel_size"))
+
+
+@_rule(ConvBase)
+def _conv(layer: Any, args: dict[str, Any], inputs: list[TensorType], out: TensorType) -> MacCount:
+    # torch.utils.flop_counter.conv_flop_count: prod(out spatial) * prod(kernel) * c_out * c_in/groups (x2 FLOPs)
+    return MacCount(_numel(out) * (args["in_channels"] // layer.groups) * _kernel(layer, layer.kernel_size))
+
+
+@_rule(ConvTransposeBase)
+def _conv_transpose(layer: Any, args: dict[str, Any], inputs: list[TensorType], out: TensorType) -> MacCount:
+    # conv_flop_count(transposed=True): every *input* position meets the whole (c_in, c_out/groups, k) filter
+    positions = _numel(inputs[0].shape[1:])
+    return MacCount(positions * args["in_channels"] * (layer.out_channels // layer.groups)
+                    * _kernel(layer, layer.kernel_size))
+
+
+@_rule(Linear)
+def _linear(layer: Any, args: dict[str, Any], inputs: list[TensorType], out: TensorType) -> MacCount:
+    return MacCount(_numel(out) * args["in_features"])  # addmm: m x n x k; the bias add is not counted
+
+
+@_rule(MultiheadAttention)
+def _attention(layer: Any, args: dict[str, Any], inputs: list[TensorType], out: TensorType) -> MacCount:
+    query, key, value = (inputs * 3)[:3] if len(inputs) == 1 else inputs
+    e, length, source = args["embed_dim"], query.shape[0], key.shape[0]
+    keys = source + layer.add_bias_kv + layer.add_zero_attn  # the extra key/value rows torch appends
+    projections = length * e * e + source * e * key.shape[-1] + source * e * value.shape[-1] + length * e * e
+    return MacCount(projections + 2 * length * keys * e)  # sdpa_flop_count: q @ k^T and attn @ v
+
+
+@_rule(BatchNormBase)
+def _batch_norm(layer: Any, args: dict[str, Any], inputs: list[TensorType], out: TensorType) -> MacCount:
+    return MacCount(other=_numel(out) * (2 if layer.affine else 1))  # fvcore, inference: scale (and shift)
+
+
+@_rule(InstanceNormBase, LayerNorm, GroupNorm)
+def _norm(layer: Any, args: dict[str, Any], inputs: list[TensorType], out: TensorType) -> MacCount:
+    affine = getattr(layer, "affine", getattr(layer, "elementwise_affine", False))
+    return MacCount(other=_numel(out) * (5 if affine else 4))  # fvcore norm_flop_counter: statistics + scale
+
+
+@_rule(AdaptivePoolBase, Mean)
+def _reduce(layer: Any, args: dict[str, Any], inputs: list[TensorType], out: TensorType) -> MacCount:
+    return MacCount(other=_numel(inputs[0]))  # every input element is read into one sum (or max)
+
+
+@_rule(MaxPoolBase, AvgPoolBase)
+def _pool(layer: Any, args: dict[str, Any], inputs: list[TensorType], out: TensorType) -> MacCount:
+    return MacCount(other=_numel(out) * _kernel(layer, layer.kernel_size))
+
+
+@_rule(Upsample)
+def _upsample(layer: Any, args: dict[str, Any], inputs: list[TensorType], out: TensorType) -> MacCount:
+    return MacCount(other=_numel(out) * (1 if layer.mode.startswith("nearest") else 4))
+
+
+@_rule(ElementwiseBase)
+def _elementwise(layer: Any, args: dict[str, Any], inputs: list[TensorType], out: TensorType) -> MacCount:
+    return MacCount(other=0 if layer.op in ZERO_MAC_OPS else _numel(out))
+
+
+@_rule(MergeLayer)
+def _merge_layer(layer: Any, args: dict[str, Any], inputs: list[TensorType], out: TensorType) -> MacCount:
+    return merge_macs(layer.kind.value, out, len(inputs))
+
+
+def layer_macs(layer: Layer, args: dict[str, Any], inputs: list[TensorType], out: TensorType) -> MacCount | None:
+    """The MACs of one sample through `layer` (full constructor `args`, input and output types).
+
+    Returns:
+        The count; MacCount() for ops that only move data; None for an op with no formula (an
+        uncurated torch.nn class), which the caller measures instead.
+    """
+    for family in type(layer).__mro__:
+        rule = MAC_RULES.get(family)
+        if rule is not None:
+            return rule(layer, args, inputs, out)
+    if isinstance(layer, GenericLayer):
+        return None  # an arbitrary constructor: only running it can tell
+    return MacCount()  # reshapes, selections, Flatten, PixelShuffle, Embedding, channel dropout: no arithmetic
+
+
+def merge_macs(merge: str, out: TensorType, operands: int = 2) -> MacCount:
+    """add and mul: one per output element per extra operand; concat only copies."""
+    return MacCount(other=0 if merge == "concat" else _numel(out) * (operands - 1))
+
+
+# Projection step kind -> MACs from its arguments and the step's input and output shapes.
+STEP_MACS: dict[StepKind, Callable[[Step, tuple[int, ...], tuple[int, ...]], MacCount]] = {
+    StepKind.subsample: lambda step, x, y: MacCount(),
+    StepKind.crop: lambda step, x, y: MacCount(),
+    StepKind.pad: lambda step, x, y: MacCount(),
+    StepKind.avgpool: lambda step, x, y: MacCount(other=_numel(y) * math.prod(
+        to_tuple(step.args["kernel"], step.args["dims"], "kernel"))),
+    StepKind.conv: lambda step, x, y: MacCount(_numel(y) * step.args["in"]),
+    StepKind.norm: lambda step, x, y: MacCount(other=2 * _numel(y)),
+    StepKind.linear: lambda step, x, y: MacCount(_numel(y) * step.args["in"]),
+}
+
+
+def projection_macs(plan: ProjectionPlan, source: TensorType) -> MacCount:
+    """The MACs of a skip's projection steps, applied in order to `source`."""
+    total, shape = MacCount(), source.shape
+    for step in plan.steps:
+        after = _step_shape(step, shape, plan.output.shape)
+        total += STEP_MACS[step.kind](step, shape, after)
+        shape = after
+    return total
+
+
+def _step_shape(step: Step, shape: tuple[int, ...], final: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape after one step. Spatial steps come first in every plan and reach the final spatial
+    size, keeping the channels; the channel steps after them (conv, norm, pad, linear) reach `final`."""
+    if step.kind in (StepKind.subsample, StepKind.crop, StepKind.avgpool):
+        return (shape[0], *final[1:])
+    return final

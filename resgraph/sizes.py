@@ -1,0 +1,307 @@
+"""Stage 5b, solve sizes: every input size a checked model admits, from the decisions shape inference made.
+
+`infer_shapes` runs once, at the declared size, with each free input dim as a symbol, and records
+every decision it made on a symbolic size as a guard (`graph.meta["guards"]`). At another size
+the same model is valid exactly when every guard still holds (same projections, same strides,
+every layer's output at least 1): `solve_sizes` evaluates all guards for every size in a range at
+once, with numpy, and summarises each free dim's valid sizes as a rule (`H >= 33`,
+`H in {140 + 16k}`, `multiples of 32`). No model is built and torch is not imported.
+
+The rules feed the input guard of the generated forward and `resgraph sizes`.
+
+>>> from resgraph.graph import GraphBuilder
+>>> from resgraph.shapes import infer_shapes
+>>> b = GraphBuilder("Net")
+>>> _ = b.input("x", [3, 32, 32]), b.layer("conv", "Conv2d", out_channels=8, kernel_size=3, stride=2)
+>>> report = solve_sizes(infer_shapes(b.build()))
+>>> [dim.rule.describe(dim.name) for dim in report.dims]
+['C = 3', 'H >= 3', 'W >= 3']
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .graph import Graph
+from .symbolic import COMPARISONS, Expr, Guard, SymInt, evaluate, requirement
+
+__all__ = ["DEFAULT_RANGE", "DimSizes", "SizeReport", "SizeRule", "smallest_without_ones", "solve_sizes",
+           "valid_sizes_mask"]
+
+DEFAULT_RANGE = (1, 2048)
+
+
+@dataclass(frozen=True)
+class SizeRule:
+    """The sizes a dim admits, as a rule a reader (and a one-line check) can use.
+
+    kind: "fixed" (one value), "at_least" (start and up), "progression" (start + step*k, k >= 0),
+    "range" (start..stop), "set" (the listed values, in the range searched), "none".
+    """
+
+    kind: str
+    start: int = 0
+    step: int = 1
+    stop: int | None = None
+    values: tuple[int, ...] = ()
+
+    def holds(self, size: int) -> bool:
+        if self.kind == "none":
+            return False
+        if self.kind == "fixed":
+            return size == self.start
+        if self.kind == "set":
+            return size in self.values
+        if size < self.start or (self.stop is not None and size > self.stop):
+            return False
+        return (size - self.start) % self.step == 0
+
+    def describe(self, name: str) -> str:
+        """'H >= 33', 'H in {140 + 16k}', 'H: multiples of 32', '224 <= H <= 239', 'C = 3'."""
+        if self.kind == "none":
+            return f"no {name} works"
+        if self.kind == "fixed":
+            return f"{name} = {self.start}"
+        if self.kind == "at_least":
+            return f"any {name}" if self.start <= 1 else f"{name} >= {self.start}"
+        if self.kind == "range":
+            return f"{self.start} <= {name} <= {self.stop}"
+        if self.kind == "progression":
+            if self.start == self.step:
+                return f"{name}: multiples of {self.step}"
+            return f"{name} in {{{self.start} + {self.step}k}}"
+        shown = ", ".join(map(str, self.values[:12])) + (", ..." if len(self.values) > 12 else "")
+        return f"{name} in {{{shown}}}"
+
+    def violation(self, size: str) -> str | None:
+        """A Python condition on `size` (an expression) that is true for the sizes the rule refuses, or
+        None when there is nothing to refuse. A "set" has no one-line test: its smallest value is checked."""
+        if self.kind == "fixed":
+            return f"{size} != {self.start}"
+        if self.kind == "at_least":
+            return None if self.start <= 1 else f"{size} < {self.start}"
+        if self.kind == "range":
+            return f"not {self.start} <= {size} <= {self.stop}"
+        if self.kind == "progression":
+            if self.start == self.step:
+                return f"{size} % {self.step} != 0"
+            return f"{size} < {self.start} or ({size} - {self.start}) % {self.step} != 0"
+        if self.kind == "set" and self.values:
+            return f"{size} < {self.values[0]}"
+        return "True" if self.kind == "none" else None
+
+    def __str__(self) -> str:
+        return self.describe("size")
+
+
+@dataclass(frozen=True)
+class DimSizes:
+    """One dim of one input: its name (`H`), declared size and the sizes that work."""
+
+    input: str
+    axis: int  # per-sample axis (the batch is not counted)
+    name: str  # C, H, W, L, ...
+    declared: int
+    free: bool  # False for channels/features, fixed by the model's parameters
+    rule: SizeRule
+    valid: tuple[int, ...] = ()  # in the range searched (free dims only)
+    failures: dict[int, str] = field(default_factory=dict, compare=False)  # size -> first node that fails
+
+    @property
+    def smallest(self) -> int | None:
+        return self.valid[0] if self.valid else (self.rule.start if self.rule.kind == "fixed" else None)
+
+    def nearest(self, count: int = 3) -> list[int]:
+        """The valid sizes closest to the declared one."""
+        return sorted(self.valid, key=lambda n: (abs(n - self.declared), n))[:count]
+
+
+@dataclass(frozen=True)
+class SizeReport:
+    """Every dim of every input, and, for square inputs, the sizes where all spatial dims are equal."""
+
+    dims: tuple[DimSizes, ...]
+    square: dict[str, SizeRule] = field(default_factory=dict)  # input -> rule when its free dims are equal
+    square_valid: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    range: tuple[int, int] = DEFAULT_RANGE
+
+    def of(self, input_name: str) -> list[DimSizes]:
+        return [dim for dim in self.dims if dim.input == input_name]
+
+    def format(self, title: str) -> str:
+        """The report as text: per input, each dim's rule, the valid sizes with the smallest and the
+        declared one marked, and the invalid sizes nearest the declared one with the node that fails."""
+        low, high = self.range
+        lines = [f"{title}: input sizes tried per free dim: {low}..{high} (others at their declared size)"]
+        for input_name in dict.fromkeys(dim.input for dim in self.dims):
+            dims = self.of(input_name)
+            shape = ", ".join(dim.name if dim.free else str(dim.declared) for dim in dims)
+            declared = ", ".join(str(dim.declared) for dim in dims)
+            lines.append(f"{input_name}: (N, {shape}), declared (N, {declared})")
+            for dim in dims:
+                if not dim.free:
+                    lines.append(f"  {dim.name} = {dim.declared} (fixed by the layers' parameters)")
+                    continue
+                lines.append(f"  {dim.rule.describe(dim.name)}: {_sample(dim.valid, dim.declared)}")
+                below = [n for n in dim.failures if n < dim.declared]
+                above = [n for n in dim.failures if n > dim.declared]
+                invalid = ([max(below)] if below else []) + ([min(above)] if above else [])
+                if invalid:
+                    lines.append("    invalid, e.g. " + ", ".join(f"{n} (fails at {dim.failures[n]!r})"
+                                                                 for n in invalid))
+            if input_name in self.square:
+                names = " = ".join(dim.name for dim in dims if dim.free)
+                rule = self.square[input_name]
+                lines.append(f"  {names}: {rule.describe('size')}: {_sample(self.square_valid[input_name], None)}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        inputs: dict[str, Any] = {}
+        for dim in self.dims:
+            entry = inputs.setdefault(dim.input, {"dims": []})
+            entry["dims"].append({
+                "name": dim.name, "axis": dim.axis, "declared": dim.declared, "free": dim.free,
+                "rule": dim.rule.describe(dim.name), "smallest": dim.smallest, "valid": list(dim.valid),
+                "failures": {str(size): where for size, where in sorted(dim.failures.items())}})
+        for name, rule in self.square.items():
+            inputs[name]["square"] = {"rule": rule.describe("size"), "valid": list(self.square_valid[name])}
+        return {"range": list(self.range), "inputs": inputs}
+
+
+def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAULT_RANGE[1],
+                failures: bool = False) -> SizeReport:
+    """The sizes in [low, high] each free input dim admits (the others at their declared size).
+
+    Args:
+        graph: the top-level graph, after `infer_shapes` (which records the guards).
+        failures: also name, for each invalid size, the first node whose decision fails there.
+    """
+    guards: list[Guard] = graph.meta.get("guards", [])
+    symbols: dict[str, tuple[str, int, int]] = graph.meta.get("symbols", {})
+    candidates = list(range(low, high + 1))
+
+    def solve(varying: set[str]) -> tuple[Any, Any]:
+        return valid_sizes_mask(guards, symbols, varying, low, high, failures=failures)
+
+    dims = []
+    for input_name in graph.inputs:
+        node_type = graph.nodes[input_name].meta["type"]
+        names = _dim_names(node_type, input_name, symbols)
+        for axis, size in enumerate(node_type.shape):
+            symbol = next((s for s, (i, a, _) in symbols.items() if i == input_name and a == axis), None)
+            if symbol is None:
+                dims.append(DimSizes(input_name, axis, names[axis], size, False, SizeRule("fixed", size)))
+                continue
+            valid, first = solve({symbol})
+            values = tuple(c for c, ok in zip(candidates, valid) if ok)
+            found = {}
+            if failures:
+                found = {c: guards[i].site for c, i in zip(candidates, first) if i >= 0}
+            dims.append(DimSizes(input_name, axis, names[axis], size, True, _rule(values, low, high), values, found))
+    square: dict[str, SizeRule] = {}
+    square_valid: dict[str, tuple[int, ...]] = {}
+    for input_name in graph.inputs:
+        free = {s for s, (i, _, _) in symbols.items() if i == input_name}
+        if len(free) >= 2:
+            valid, _ = solve(free)
+            values = tuple(c for c, ok in zip(candidates, valid) if ok)
+            square[input_name], square_valid[input_name] = _rule(values, low, high), values
+    return SizeReport(tuple(dims), square, square_valid, (low, high))
+
+
+def smallest_without_ones(graph: Graph, symbol: str, start: int, high: int = DEFAULT_RANGE[1]) -> int | None:
+    """The smallest size >= start of `symbol` at which every node's size that depends on it is at least 2.
+
+    torch.export treats a size of 1 as a special case (it broadcasts): a dynamic dim must keep every
+    size it determines at 2 or more, so its minimum there is this, not the solver's."""
+    symbols = graph.meta.get("symbols", {})
+    need = [requirement("ge", SymInt(expr, 0), 2) for expr in graph.meta.get("size_exprs", [])]
+    need = [guard for guard in need if symbol in _symbols_of(guard)]
+    valid, _ = valid_sizes_mask([*graph.meta.get("guards", []), *need], symbols, {symbol}, start, high)
+    return next((start + index for index, ok in enumerate(valid) if ok), None)
+
+
+def _sample(values: tuple[int, ...], declared: int | None) -> str:
+    """'188 (smallest), 204, 220, ..., 572 (declared), ..., 2044 (117 sizes)'."""
+    if not values:
+        return "none"
+    shown: list[str] = []
+    picks = sorted({*values[:3], values[-1], *([declared] if declared in values else [])})
+    previous = None
+    for value in picks:
+        if previous is not None and values.index(value) > values.index(previous) + 1:
+            shown.append("...")
+        marks = [mark for mark, hit in (("smallest", value == values[0]), ("declared", value == declared)) if hit]
+        label = f" ({', '.join(marks)})" if marks else ""
+        shown.append(f"{value}{label}")
+        previous = value
+    return ", ".join(shown) + f" ({len(values)} size{'s' if len(values) != 1 else ''})"
+
+
+def valid_sizes_mask(guards: list[Guard], symbols: dict[str, tuple[str, int, int]], varying: set[str], low: int,
+                     high: int, *, failures: bool = False) -> tuple[Any, Any]:
+    """For each size in [low, high] given to all `varying` symbols (the others at their declared
+    values): whether every guard holds (a bool array), and the index of the first guard that fails
+    (-1 where none does; only computed with `failures`)."""
+    import numpy
+
+    candidates = numpy.arange(low, high + 1, dtype=numpy.int64)
+    env = {name: numpy.int64(value) for name, (_, _, value) in symbols.items()}
+    env.update({name: candidates for name in varying})
+    memo: dict[int, Any] = {}
+    valid = numpy.ones(len(candidates), dtype=bool)
+    first = numpy.full(len(candidates), -1)
+    with numpy.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for index, guard in enumerate(guards):
+            if not _symbols_of(guard) & varying:
+                continue
+            left, right = evaluate(guard.left, env, memo), evaluate(guard.right, env, memo)
+            holds = COMPARISONS[guard.op](left, right) == guard.outcome
+            if failures:
+                first = numpy.where(valid & ~holds & (first < 0), index, first)
+            valid = valid & holds
+    return valid, first
+
+
+def _symbols_of(guard: Guard) -> set[str]:
+    found: set[str] = set()
+    stack: list[Expr] = [guard.left, guard.right]
+    seen: set[int] = set()
+    while stack:
+        expr = stack.pop()
+        if id(expr) in seen:
+            continue
+        seen.add(id(expr))
+        if expr.op == "sym":
+            found.add(expr.args[0])
+        elif expr.op != "const":
+            stack.extend(expr.args)
+    return found
+
+
+def _dim_names(node_type: Any, input_name: str, symbols: dict[str, tuple[str, int, int]]) -> list[str]:
+    names = ["C" if node_type.layout == "channels_first" else "F"] * node_type.rank
+    if node_type.layout == "features_last" and node_type.rank:
+        names = ["S"] * node_type.rank
+        names[-1] = "F"
+    for symbol, (name, axis, _) in symbols.items():
+        if name == input_name:
+            names[axis] = symbol.split(".", 1)[1]
+    return names
+
+
+def _rule(values: tuple[int, ...], low: int, high: int) -> SizeRule:
+    """The simplest rule that states exactly `values` within [low, high]."""
+    if not values:
+        return SizeRule("none")
+    if len(values) == 1:
+        return SizeRule("fixed", values[0])
+    start = values[0]
+    step = math.gcd(*(b - a for a, b in zip(values, values[1:])))
+    if values == tuple(range(start, values[-1] + 1, step)):
+        if values[-1] + step > high:  # it runs to the end of the range: state it as unbounded
+            return SizeRule("at_least", start) if step == 1 else SizeRule("progression", start, step)
+        return SizeRule("range", start, 1, values[-1]) if step == 1 else SizeRule("set", start, values=values)
+    return SizeRule("set", start, values=values)

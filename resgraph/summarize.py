@@ -1,0 +1,420 @@
+"""Summaries of a lowered model: one row per node (block instances nested), projections marked, totals.
+
+Reads a typed graph and the module lowered from it (a real model, or one built on the meta
+device: counts need no storage). Every row carries its op, input and output shapes, kernel,
+parameters (trainable or not), MACs (`macs.py`), parameter and activation memory, and the nodes
+it reads. Totals and the projection list are always the whole model's, whatever `depth` shows.
+
+>>> from resgraph import check
+>>> from resgraph.model import meta_module
+>>> graph = check("resgraph: 1\\nname: M\\ninputs: {x: [3, 8, 8]}\\nlayers:\\n"
+...               "  - conv: {op: Conv2d, out_channels: 4, kernel_size: 3, padding: 1}\\n"
+...               "skips:\\n  - res: {from: x, to: conv}\\n")
+>>> s = summarize(graph, meta_module(graph))
+>>> s.total_params, s.total_macs, s.projections, s.outputs
+(132, 8448, ['res'], ['conv'])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from .errors import UsageError, printable
+from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode
+from .macs import MacCount, layer_macs, merge_macs, projection_macs
+from .ops import TensorType
+from .ownership import owned_tensors
+from .projections import ProjectionPlan, describe_steps
+from .suggest import did_you_mean
+
+__all__ = ["COLUMNS", "DEFAULT_COLUMNS", "DTYPE_BYTES", "Column", "ProjectionRow", "Row", "Summary", "format_bytes",
+           "format_count", "format_summary", "instance_title", "parse_columns", "short_value", "summarize"]
+
+DTYPE_BYTES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "bool": 1}
+
+
+@dataclass(frozen=True)
+class ProjectionRow:
+    policy: str
+    reason: str
+    steps: str
+    params: int
+
+
+@dataclass(frozen=True)
+class Row:
+    """One node of the model (or a block call / block instance, with its contents' totals).
+
+    MACs and activation bytes are per sample; `macs` is None where an uncurated op could not be
+    measured. `connected_to` names the rows this one reads (a block instance's input resolves to
+    the row that feeds it).
+    """
+
+    name: str  # dotted: `layer1.0.conv1` inside block instances
+    kind: str  # input | layer | block | instance | skip
+    op: str
+    shape: list[int]  # the output shape, per sample
+    params: int
+    depth: int = 0
+    projection: ProjectionRow | None = None
+    input_shapes: list[list[int]] = field(default_factory=list)
+    kernel: str | None = None
+    trainable_params: int = 0
+    macs: int | None = 0
+    matmul_macs: int | None = 0
+    param_bytes: int = 0
+    activation_bytes: int = 0
+    connected_to: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A model's rows (those `depth` shows) and its totals (always the whole model's).
+
+    `str(summary)` is the table; `to_dict()` is what `resgraph build --json` prints.
+    """
+
+    name: str
+    file: str
+    rows: list[Row]
+    total_params: int
+    trainable_params: int
+    outputs: list[str]  # the spec's names for the returned values
+    projections: list[str] = field(default_factory=list)  # every skip that got a projection, at any depth
+    total_macs: int = 0  # per sample
+    matmul_macs: int = 0  # the part FlopCounterMode counts: convolutions, linear layers, attention
+    param_bytes: int = 0
+    buffer_bytes: int = 0
+    activation_bytes: int = 0  # every node's output, one sample
+    input_bytes: int = 0
+    unmeasured: list[str] = field(default_factory=list)  # uncurated ops whose MACs are unknown
+    depth: int | None = None
+    columns: tuple[str, ...] = ()
+
+    def table(self) -> str:
+        """The text table (as `resgraph build` prints it)."""
+        return format_summary(self)
+
+    def __str__(self) -> str:
+        return format_summary(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["columns"] = list(self.columns)
+        return data
+
+
+def summarize(graph: Graph, module: Any, *, depth: int | None = None, columns: Sequence[str] | None = None,
+              file: str = "") -> Summary:
+    """The summary of `module`, lowered from `graph` (on the meta device or not).
+
+    Args:
+        depth: module levels to show, as torchinfo counts them (1: only the top level). Totals
+            never depend on it.
+        columns: the table's columns after the layer name (see `COLUMNS`); default `DEFAULT_COLUMNS`.
+        file: the spec's file, for the title.
+    Raises:
+        UsageError: an unknown column name, or a depth below 1.
+    """
+    chosen = parse_columns(columns)
+    if depth is not None and depth < 1:
+        raise UsageError(f"depth counts module levels from 1 (the top level), not {depth}")
+    walker = _Walker(module)
+    walker.graph(graph, "", 0, list(graph.inputs))
+    rows = walker.rows
+    leaves = [r for r in rows if r.kind in ("layer", "skip")]
+    total = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return Summary(
+        name=graph.name, file=file,
+        rows=[r for r in rows if depth is None or r.depth < depth],
+        total_params=total, trainable_params=trainable,
+        outputs=[graph.nodes[name].var for name in graph.outputs],
+        projections=[r.name for r in rows if r.projection and r.projection.steps != "identity"],
+        total_macs=sum(r.macs or 0 for r in leaves), matmul_macs=sum(r.matmul_macs or 0 for r in leaves),
+        param_bytes=sum(p.numel() * p.element_size() for p in module.parameters()),
+        buffer_bytes=sum(b.numel() * b.element_size() for b in module.buffers()),
+        activation_bytes=sum(r.activation_bytes for r in leaves),
+        input_bytes=sum(r.activation_bytes for r in rows if r.kind == "input"),
+        unmeasured=[r.name for r in leaves if r.macs is None], depth=depth, columns=chosen)
+
+
+@dataclass
+class _Totals:
+    macs: MacCount | None = field(default_factory=MacCount)
+    activation_bytes: int = 0
+
+    def add(self, macs: MacCount | None, activation_bytes: int) -> None:
+        self.macs = None if macs is None or self.macs is None else self.macs + macs
+        self.activation_bytes += activation_bytes
+
+
+class _Walker:
+    """Walks a graph and its block instances depth first, appending rows in execution order."""
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+        self.rows: list[Row] = []
+
+    def graph(self, graph: Graph, prefix: str, level: int, sources: list[str]) -> _Totals:
+        """Rows for `graph`'s nodes; `sources` name the rows feeding its inputs. Returns its totals."""
+        shown: dict[str, str] = dict(zip(graph.inputs, sources))  # node name -> the row that holds its value
+        totals = _Totals()
+        for node in graph.nodes.values():
+            name = prefix + node.name
+            inputs = [graph.nodes[i].meta["type"] for i in node.inputs]
+            reads = [shown[i] for i in node.inputs]
+            shown.setdefault(node.name, name)
+            out: TensorType = node.meta["type"]
+            common = {"shape": list(out.shape), "depth": level, "input_shapes": [list(t.shape) for t in inputs],
+                      "connected_to": reads, **self.owned(node, prefix)}
+            if isinstance(node, InputNode):
+                if not prefix:
+                    self.rows.append(Row(name, "input", f"input {out.dtype}", activation_bytes=_bytes(out), **common))
+            elif isinstance(node, LayerNode):
+                macs = self.layer_macs(node, name, inputs)
+                self.rows.append(Row(name, "layer", _layer_text(node), kernel=_kernel(node), **_mac_fields(macs),
+                                     activation_bytes=_bytes(out), **common))
+                totals.add(macs, _bytes(out))
+            elif isinstance(node, SkipNode):
+                plan: ProjectionPlan = node.meta["projection"]
+                macs = merge_macs(node.skip.merge.value, out) + projection_macs(plan, inputs[1])
+                memory = _bytes(out) + len(plan.steps) * _bytes(plan.output)
+                projection = ProjectionRow(plan.policy.value, plan.reason, describe_steps(plan.steps),
+                                           common["params"])
+                kernel = "1x1" if any(s.kind.value == "conv" for s in plan.steps) else None
+                self.rows.append(Row(name, "skip", f"skip {node.skip.merge.value} <- {node.skip.source}",
+                                     projection=projection, kernel=kernel, **_mac_fields(macs),
+                                     activation_bytes=memory, **common))
+                totals.add(macs, memory)
+            elif isinstance(node, BlockNode):
+                block = self.block(node, prefix, level, reads, common)
+                totals.add(block.macs, block.activation_bytes)
+        return totals
+
+    def block(self, node: BlockNode, prefix: str, level: int, reads: list[str], common: dict[str, Any]) -> _Totals:
+        """The block call's row, its instances' rows (for `repeat`) and their contents."""
+        repeat = f" x{len(node.instances)}" if node.repeated else ""
+        at = len(self.rows)
+        self.rows.append(Row(prefix + node.name, "block", f"{node.call.block}{repeat}", **common))
+        totals, sources = _Totals(), reads
+        for instance in node.instances:
+            qualified = instance.qualname.rstrip(".")
+            if not node.repeated:
+                inner = self.graph(instance, instance.qualname, level + 1, sources)
+            else:
+                first = len(self.rows)
+                self.rows.append(Row(qualified, "instance", instance_title(instance), shape=[], params=0))
+                inner = self.graph(instance, instance.qualname, level + 2, sources)
+                owned = [t for n in instance.nodes.values() for t in owned_tensors(self.module, n, instance.qualname)]
+                self.rows[first] = Row(
+                    qualified, "instance", instance_title(instance),
+                    list(instance.nodes[instance.outputs[0]].meta["type"].shape), sum(t.numel() for t in owned),
+                    level + 1, input_shapes=[list(instance.nodes[i].meta["type"].shape) for i in instance.inputs],
+                    trainable_params=sum(t.numel() for t in owned if t.requires_grad),
+                    param_bytes=sum(t.numel() * t.element_size() for t in owned), connected_to=sources,
+                    activation_bytes=inner.activation_bytes, **_mac_fields(inner.macs))
+                sources = [qualified]
+            totals.add(inner.macs, inner.activation_bytes)
+        self.rows[at] = replace(self.rows[at], activation_bytes=totals.activation_bytes, **_mac_fields(totals.macs))
+        return totals
+
+    def owned(self, node: Node, prefix: str) -> dict[str, int]:
+        tensors = owned_tensors(self.module, node, prefix)
+        return {"params": sum(t.numel() for t in tensors),
+                "trainable_params": sum(t.numel() for t in tensors if t.requires_grad),
+                "param_bytes": sum(t.numel() * t.element_size() for t in tensors)}
+
+    def layer_macs(self, node: LayerNode, name: str, inputs: list[TensorType]) -> MacCount | None:
+        macs = layer_macs(node.layer, node.meta.get("args", {}), inputs, node.meta["type"])
+        if macs is None:
+            macs = _measure(self.module.get_submodule(name), inputs)
+        return macs
+
+
+def _measure(module: Any, inputs: list[TensorType]) -> MacCount | None:
+    """An uncurated layer's MACs: FlopCounterMode on one sample (on the module's own device, meta included)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    tensors = [*module.parameters(), *module.buffers()]
+    device = tensors[0].device if tensors else torch.device("meta")
+    try:
+        args = [torch.zeros((1, *t.shape), dtype=getattr(torch, t.dtype), device=device) for t in inputs]
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            module(*args)
+    except Exception:  # an arbitrary module's forward may refuse zeros or the meta device: the count stays unknown
+        return None
+    return MacCount(counter.get_total_flops() // 2)
+
+
+def _mac_fields(macs: MacCount | None) -> dict[str, int | None]:
+    return {"macs": None if macs is None else macs.total, "matmul_macs": None if macs is None else macs.matmul}
+
+
+def _bytes(t: TensorType) -> int:
+    return math.prod(t.shape) * DTYPE_BYTES.get(t.dtype, 4)
+
+
+def _layer_text(node: LayerNode) -> str:
+    layer = node.layer
+    args = ", ".join(f"{k}={short_value(v)}" for k, v in layer.args().items())
+    if layer.code_only:
+        args = ", ".join([*node.inputs, *([args] if args else [])])
+    return f"{layer.op}({args})"
+
+
+def _kernel(node: LayerNode) -> str | None:
+    """`3x3`: a layer's kernel (convolutions and pools), spelled out over its spatial dims."""
+    kernel = getattr(node.layer, "kernel_size", None)
+    if kernel is None:
+        return None
+    sizes = list(kernel) if isinstance(kernel, (list, tuple)) else [kernel] * getattr(node.layer, "spatial_dims", 1)
+    return "x".join(map(str, sizes))
+
+
+def instance_title(instance: Graph) -> str:
+    """`basic(planes=64, stride=2)`: a block instance's block and the parameters it was built with."""
+    params = ", ".join(f"{k}={short_value(v)}" for k, v in instance.params.items())
+    return f"{instance.block}({params})"
+
+
+def short_value(value: Any) -> str:
+    """`3` for (3, 3), `3x1` for (3, 1); other values as written (nested lists, mappings), with
+    characters a terminal would act on escaped (a spec's strings reach the summary)."""
+    if isinstance(value, (tuple, list)) and value and all(isinstance(v, (int, float, str)) for v in value):
+        text = str(value[0]) if len(set(value)) == 1 else "x".join(map(str, value))
+    else:
+        text = str(value)
+    return printable(text)
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+def format_count(n: int | None) -> str:
+    """`1.77M`: a count in thousands (K), millions (M), billions (G) or trillions (T); `?` for unknown.
+
+    >>> format_count(999), format_count(1_769_472), format_count(4_089_184_256), format_count(None)
+    ('999', '1.77M', '4.09G', '?')
+    """
+    if n is None:
+        return "?"
+    for unit, size in (("T", 10**12), ("G", 10**9), ("M", 10**6), ("K", 10**3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def format_bytes(n: int) -> str:
+    """`3.8 MiB`: a byte count in the largest binary unit that keeps it at or above 1.
+
+    >>> format_bytes(512), format_bytes(1_075_712), format_bytes(3 * 2**30)
+    ('512 B', '1.0 MiB', '3.0 GiB')
+    """
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _shape(shape: list[int]) -> str:
+    return "(N" + "".join(f", {d}" for d in shape) + ")"
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: its header, how a row shows in it, and whether it is a number (right-aligned)."""
+
+    header: str
+    cell: Callable[[Row], str]
+    numeric: bool = False
+
+
+COLUMNS: dict[str, Column] = {
+    "op": Column("Op", lambda r: r.op),
+    "input_shape": Column("Input shape", lambda r: "; ".join(_shape(s) for s in r.input_shapes)),
+    "output_shape": Column("Output shape", lambda r: _shape(r.shape)),
+    "kernel": Column("Kernel", lambda r: r.kernel or ""),
+    "params": Column("Params", lambda r: f"{r.params:,}", numeric=True),
+    "trainable": Column("Trainable", lambda r: f"{r.trainable_params:,}", numeric=True),
+    "macs": Column("MACs", lambda r: format_count(r.macs) if r.kind != "input" else "", numeric=True),
+    "param_memory": Column("Param memory", lambda r: format_bytes(r.param_bytes) if r.param_bytes else "",
+                           numeric=True),
+    "activation_memory": Column("Activations", lambda r: format_bytes(r.activation_bytes), numeric=True),
+    "connected_to": Column("Connected to", lambda r: ", ".join(r.connected_to)),
+}
+DEFAULT_COLUMNS = ("op", "output_shape", "params")
+
+
+def parse_columns(columns: str | Iterable[str] | None) -> tuple[str, ...]:
+    """Column names from a list or a comma-separated string; `default` stands for DEFAULT_COLUMNS
+    and `all` for every column.
+
+    >>> parse_columns("default,macs")
+    ('op', 'output_shape', 'params', 'macs')
+
+    Raises:
+        UsageError: an unknown column (with the valid names and a "did you mean").
+    """
+    if columns is None:
+        return DEFAULT_COLUMNS
+    names = [c.strip() for c in columns.split(",")] if isinstance(columns, str) else list(columns)
+    chosen: list[str] = []
+    for name in names:
+        expanded = DEFAULT_COLUMNS if name == "default" else tuple(COLUMNS) if name == "all" else (name,)
+        for column in expanded:
+            if column not in COLUMNS:
+                raise UsageError(f"unknown summary column {column!r}{did_you_mean(column, COLUMNS)}; the columns are "
+                                 f"{', '.join(COLUMNS)} (or default, all)")
+            if column not in chosen:
+                chosen.append(column)
+    if not chosen:
+        raise UsageError("name at least one summary column")
+    return tuple(chosen)
+
+
+def format_summary(summary: Summary) -> str:
+    """A torchinfo-like table: the layer name, then `summary.columns`, then the model's totals."""
+    columns = [COLUMNS[name] for name in summary.columns or DEFAULT_COLUMNS]
+    table = [("Layer", *(c.header for c in columns))]
+    texts = [i for i, c in enumerate(columns) if not c.numeric]
+    for row in summary.rows:
+        table.append(("  " * row.depth + row.name, *(c.cell(row) for c in columns)))
+        if row.projection and row.projection.steps != "identity":
+            # the projection's policy and steps in the first text column, its reason in the second
+            extra = ["" for _ in columns]
+            what, why = f"{row.projection.policy}: {row.projection.steps}", f"[{row.projection.reason}]"
+            if len(texts) >= 2:
+                extra[texts[0]], extra[texts[1]] = what, why
+            elif texts:
+                extra[texts[0]] = f"{what} {why}"
+            table.append(("  " * row.depth + "  └ projection", *extra))
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    line = "-" * (sum(widths) + 2 * (len(widths) - 1))
+
+    def fmt(r: tuple[str, ...]) -> str:
+        cells = [f"{r[0]:<{widths[0]}}"]
+        cells += [f"{text:>{width}}" if column.numeric else f"{text:<{width}}"
+                  for text, width, column in zip(r[1:], widths[1:], columns)]
+        return "  ".join(cells).rstrip()
+
+    split = (f" (convolutions, linear layers, attention: {format_count(summary.matmul_macs)}; "
+             f"norms, pools, elementwise: {format_count(summary.total_macs - summary.matmul_macs)})")
+    unknown = f"; unknown for {', '.join(summary.unmeasured)}" if summary.unmeasured else ""
+    out = [f"{summary.name} ({summary.file})" if summary.file else summary.name, line, fmt(table[0]), line,
+           *(fmt(r) for r in table[1:]), line,
+           f"Total params: {summary.total_params:,}",
+           f"Trainable params: {summary.trainable_params:,}",
+           f"Non-trainable params: {summary.total_params - summary.trainable_params:,}"]
+    projected = summary.projections
+    out.append(f"Projections inserted: {len(projected)}" + (f" ({', '.join(projected)})" if projected else ""))
+    out += [f"MACs per sample: {format_count(summary.total_macs)}{split}{unknown}",
+            f"Parameter memory: {format_bytes(summary.param_bytes)} (+ {format_bytes(summary.buffer_bytes)} buffers)",
+            f"Activation memory per sample: {format_bytes(summary.activation_bytes)} "
+            f"(every layer's output; input {format_bytes(summary.input_bytes)})"]
+    return printable("\n".join(out))  # the file name may come from a saved model

@@ -1,0 +1,399 @@
+"""Symbolic sizes: a dim that depends on an input's free size, with the value it has at the declared size.
+
+Shape inference runs once, at the declared input size, but the sizes it computes are `SymInt`s:
+integers that remember how they were computed from the inputs' free dims (`x.H`, `x.W`). Shape
+functions are ordinary integer arithmetic (`(size + 2 * p - k) // s + 1` works unchanged).
+
+Whenever inference makes a decision on a symbolic size (a comparison, or turning it into a plain
+int for a module's constructor), the decision is recorded as a `Guard`, as torch's dynamic
+shapes do. The compiled model is valid at exactly the input sizes where every guard holds:
+`resgraph.sizes` evaluates the guards over a range of sizes at once (with numpy), which is how
+`resgraph sizes` answers "which input sizes work" without building anything again.
+
+Shape functions should avoid branching on sizes where both branches are valid (use `sym_max` /
+`sym_min`), since a branch taken is recorded as a constraint.
+
+>>> h = SymInt.symbol("x.H", 224)
+>>> out = (h + 2 * 1 - 3) // 2 + 1  # a 3x3 stride-2 convolution with padding 1
+>>> out, out.hint
+(112, 112)
+>>> with recording() as guards:
+...     fits = out == 112
+>>> fits, [str(g) for g in guards]
+(True, ['(x.H - 1) // 2 + 1 == 112'])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import operator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+__all__ = ["Expr", "Guard", "SymInt", "evaluate", "hint", "recorded", "recording", "requirement", "site",
+           "specialize", "sym_max", "sym_min"]
+
+
+@dataclass(frozen=True, eq=False)
+class Expr:
+    """A node of a size expression: a symbol, a constant, or an operation on two expressions."""
+
+    op: str  # "sym", "const", "add", "mul", "floordiv", "mod", "max", "min"
+    args: tuple[Any, ...]
+
+    def __str__(self) -> str:
+        if self.op == "sym":
+            return str(self.args[0])
+        if self.op == "const":
+            return str(self.args[0])
+        left, right = self.args
+        if self.op in ("max", "min"):
+            return f"{self.op}({left}, {right})"
+        if self.op == "add" and right.op == "const" and right.args[0] < 0:
+            return f"{left} - {-right.args[0]}"
+        symbol = {"add": "+", "mul": "*", "floordiv": "//", "mod": "%"}[self.op]
+        return f"{_wrap(left, self.op)} {symbol} {_wrap(right, self.op, right=True)}"
+
+
+def _wrap(expr: Expr, parent: str, right: bool = False) -> str:
+    strength = {"add": 1, "mul": 2, "floordiv": 2, "mod": 2}
+    inner = strength.get(expr.op)
+    outer = strength[parent] if parent in strength else 0
+    if inner is not None and (inner < outer or (right and inner == outer and parent != "add")):
+        return f"({expr})"
+    return str(expr)
+
+
+def _node(op: str, args: tuple[Any, ...]) -> Expr:
+    """A new expression node, or the equal one already made while recording (hash-consing): repeated
+    blocks then share their size expressions, and their guards are recorded once."""
+    recorder = _RECORDER.get()
+    if recorder is None:
+        return Expr(op, args)
+    key = (op, *(arg if op in ("sym", "const") else id(arg) for arg in args))
+    found = recorder.interned.get(key)
+    if found is None:
+        found = recorder.interned[key] = Expr(op, args)
+    return found
+
+
+def _const(value: int) -> Expr:
+    return _node("const", (value,))
+
+
+Operand = Union[int, "SymInt"]
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A decision shape inference made: `left <op> right` was `outcome` at the declared size.
+
+    `site` names the node being inferred (its qualified name, `layer1.0.conv1`), for messages.
+    """
+
+    op: str  # "eq", "ne", "lt", "le", "gt", "ge"
+    left: Expr
+    right: Expr
+    outcome: bool
+    site: str = ""
+
+    def __str__(self) -> str:
+        symbol = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}[self.op]
+        if not self.outcome:
+            symbol = {"==": "!=", "!=": "==", "<": ">=", "<=": ">", ">": "<=", ">=": "<"}[symbol]
+        return f"{self.left} {symbol} {self.right}"
+
+
+@dataclass
+class _Recorder:
+    guards: list[Guard] = field(default_factory=list)
+    site: str = ""
+    interned: dict[tuple[Any, ...], Expr] = field(default_factory=dict)  # see _node
+    seen: set[tuple[Any, ...]] = field(default_factory=set)  # guards recorded, by identity
+
+
+_RECORDER: contextvars.ContextVar[_Recorder | None] = contextvars.ContextVar("size_guards", default=None)
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[Guard]]:
+    """Within the block, decisions on symbolic sizes are appended to the yielded list."""
+    recorder = _Recorder()
+    token = _RECORDER.set(recorder)
+    try:
+        yield recorder.guards
+    finally:
+        _RECORDER.reset(token)
+
+
+def recorded() -> list[Guard]:
+    """The guards recorded so far in the current `recording()` block (empty outside one)."""
+    recorder = _RECORDER.get()
+    return list(recorder.guards) if recorder is not None else []
+
+
+@contextlib.contextmanager
+def site(label: str) -> Iterator[None]:
+    """Guards recorded within the block are attributed to `label` (a node being inferred)."""
+    recorder = _RECORDER.get()
+    if recorder is None:
+        yield
+        return
+    previous, recorder.site = recorder.site, label
+    try:
+        yield
+    finally:
+        recorder.site = previous
+
+
+def _record(op: str, left: Expr, right: Expr, outcome: bool) -> None:
+    recorder = _RECORDER.get()
+    if recorder is None:
+        return
+    key = (op, id(left), id(right), outcome)
+    if key not in recorder.seen:  # the same decision again (a repeated block): one guard, the first site
+        recorder.seen.add(key)
+        recorder.guards.append(Guard(op, left, right, outcome, recorder.site))
+
+
+_COMPARE: dict[str, Callable[[Any, Any], Any]] = {
+    "eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge}
+
+
+class SymInt:
+    """An integer size that depends on input sizes; behaves as its `hint` (the value at the declared size).
+
+    Arithmetic with ints and other SymInts builds a new SymInt; comparisons and conversions to
+    int return plain values and record the decision (see the module docstring).
+    """
+
+    __slots__ = ("expr", "hint")
+
+    def __init__(self, expr: Expr, hint: int) -> None:
+        self.expr = expr
+        self.hint = hint
+
+    @classmethod
+    def symbol(cls, name: str, hint: int) -> SymInt:
+        """A free input size named `name` (`x.H`), declared as `hint`."""
+        return cls(_node("sym", (name,)), hint)
+
+    # arithmetic ---------------------------------------------------------------------------------
+    def _apply(self, op: str, other: Operand, swap: bool = False) -> Operand:
+        if not isinstance(other, (int, SymInt)) or isinstance(other, bool):
+            return NotImplemented
+        left, right = (other, self) if swap else (self, other)
+        value = _INT_OPS[op](hint(left), hint(right))
+        simplified = _simplify(op, left, right)
+        if simplified is not None:
+            return simplified
+        return SymInt(_node(op, (_expr(left), _expr(right))), value)
+
+    def __add__(self, other: Operand) -> Operand:
+        return self._apply("add", other)
+
+    def __radd__(self, other: Operand) -> Operand:
+        return self._apply("add", other, swap=True)
+
+    def __sub__(self, other: Operand) -> Operand:
+        return self._apply("add", -other)  # type: ignore[operator]
+
+    def __rsub__(self, other: Operand) -> Operand:
+        return (-self)._apply("add", other)  # type: ignore[union-attr]
+
+    def __mul__(self, other: Operand) -> Operand:
+        return self._apply("mul", other)
+
+    def __rmul__(self, other: Operand) -> Operand:
+        return self._apply("mul", other, swap=True)
+
+    def __floordiv__(self, other: Operand) -> Operand:
+        return self._apply("floordiv", other)
+
+    def __rfloordiv__(self, other: Operand) -> Operand:
+        return self._apply("floordiv", other, swap=True)
+
+    def __mod__(self, other: Operand) -> Operand:
+        return self._apply("mod", other)
+
+    def __rmod__(self, other: Operand) -> Operand:
+        return self._apply("mod", other, swap=True)
+
+    def __neg__(self) -> Operand:
+        return self._apply("mul", -1)
+
+    def __pos__(self) -> SymInt:
+        return self
+
+    def __truediv__(self, other: Any) -> float:
+        return int(self) / other  # a ratio needs the exact value: specialise
+
+    def __rtruediv__(self, other: Any) -> float:
+        return other / int(self)
+
+    # decisions ----------------------------------------------------------------------------------
+    def _compare(self, op: str, other: Any) -> Any:
+        if not isinstance(other, (int, SymInt)) or isinstance(other, bool):
+            return NotImplemented
+        outcome = bool(_COMPARE[op](self.hint, hint(other)))
+        _record(op, self.expr, _expr(other), outcome)
+        return outcome
+
+    def __eq__(self, other: object) -> Any:  # type: ignore[override]
+        return self._compare("eq", other)
+
+    def __ne__(self, other: object) -> Any:  # type: ignore[override]
+        return self._compare("ne", other)
+
+    def __lt__(self, other: Operand) -> Any:
+        return self._compare("lt", other)
+
+    def __le__(self, other: Operand) -> Any:
+        return self._compare("le", other)
+
+    def __gt__(self, other: Operand) -> Any:
+        return self._compare("gt", other)
+
+    def __ge__(self, other: Operand) -> Any:
+        return self._compare("ge", other)
+
+    def __bool__(self) -> bool:
+        return bool(self._compare("ne", 0))
+
+    def __index__(self) -> int:
+        return specialize(self)
+
+    __int__ = __index__
+
+    def __float__(self) -> float:
+        return float(specialize(self))
+
+    def __hash__(self) -> int:
+        return hash(self.hint)
+
+    # display ------------------------------------------------------------------------------------
+    def __str__(self) -> str:
+        return str(self.hint)
+
+    __repr__ = __str__
+
+    def __format__(self, spec: str) -> str:
+        return format(self.hint, spec)
+
+
+_INT_OPS: dict[str, Callable[[int, int], int]] = {
+    "add": operator.add, "mul": operator.mul, "floordiv": operator.floordiv, "mod": operator.mod,
+    "max": max, "min": min}
+
+
+def _expr(value: Operand) -> Expr:
+    return value.expr if isinstance(value, SymInt) else _const(value)
+
+
+def _simplify(op: str, left: Operand, right: Operand) -> Operand | None:
+    """x + 0, x * 1, x // 1 and x * 0: no new node. (Only constants are compared: comparing a
+    SymInt would record a guard.)"""
+    if op == "add":
+        if not isinstance(left, SymInt):
+            left, right = right, left  # a constant is always on the right
+        if not isinstance(right, SymInt):
+            if right == 0:
+                return left
+            inner = left.expr  # type: ignore[union-attr]
+            if inner.op == "add" and inner.args[1].op == "const":  # (x + a) + b -> x + (a + b)
+                total = inner.args[1].args[0] + right
+                return SymInt(inner.args[0] if total == 0 else _node("add", (inner.args[0], _const(total))),
+                              hint(left) + right)
+    if op == "mul":
+        for a, b in ((left, right), (right, left)):
+            if not isinstance(b, SymInt) and b == 1:
+                return a
+            if not isinstance(b, SymInt) and b == 0:
+                return 0
+    if op == "floordiv" and not isinstance(right, SymInt) and right == 1:
+        return left
+    return None
+
+
+def requirement(op: str, left: Operand, right: Operand) -> Guard:
+    """A condition `left <op> right` to hold (not a decision taken): what the sizes solver can be asked
+    to satisfy, e.g. "this skip's sizes must match"."""
+    return Guard(op, _expr(left), _expr(right), True, "")
+
+
+def hint(value: Operand) -> int:
+    """The value at the declared size, without recording anything (for messages and displays)."""
+    return value.hint if isinstance(value, SymInt) else value
+
+
+def specialize(value: Operand) -> int:
+    """A plain int for something that cannot vary (a constructor argument): records `value == hint`."""
+    if isinstance(value, SymInt):
+        _record("eq", value.expr, _const(value.hint), True)
+        return value.hint
+    return value
+
+
+def sym_max(a: Operand, b: Operand) -> Operand:
+    """max(a, b) without deciding which is larger."""
+    if not isinstance(a, SymInt) and not isinstance(b, SymInt):
+        return max(a, b)
+    return SymInt(_node("max", (_expr(a), _expr(b))), max(hint(a), hint(b)))
+
+
+def sym_min(a: Operand, b: Operand) -> Operand:
+    """min(a, b) without deciding which is smaller."""
+    if not isinstance(a, SymInt) and not isinstance(b, SymInt):
+        return min(a, b)
+    return SymInt(_node("min", (_expr(a), _expr(b))), min(hint(a), hint(b)))
+
+
+def evaluate(expr: Expr, env: Mapping[str, Any], memo: dict[int, Any] | None = None) -> Any:
+    """The value of `expr` with each symbol bound by `env` (ints, or numpy arrays for many sizes at once).
+
+    `memo` (keyed by expression identity) shares the work between expressions with common parts.
+    """
+    memo = {} if memo is None else memo
+    key = id(expr)
+    if key in memo:
+        return memo[key]
+    stack = [expr]
+    while stack:  # iterative post-order: deep chains (100k layers) must not hit the recursion limit
+        node = stack[-1]
+        if id(node) in memo:
+            stack.pop()
+            continue
+        if node.op == "sym":
+            memo[id(node)] = env[node.args[0]]
+        elif node.op == "const":
+            memo[id(node)] = node.args[0]
+        else:
+            pending = [arg for arg in node.args if id(arg) not in memo]
+            if pending:
+                stack.extend(pending)
+                continue
+            left, right = (memo[id(arg)] for arg in node.args)
+            memo[id(node)] = _VECTOR_OPS[node.op](left, right)
+        stack.pop()
+    return memo[key]
+
+
+def _vector_max(a: Any, b: Any) -> Any:
+    import numpy
+
+    return numpy.maximum(a, b)
+
+
+def _vector_min(a: Any, b: Any) -> Any:
+    import numpy
+
+    return numpy.minimum(a, b)
+
+
+_VECTOR_OPS: dict[str, Callable[[Any, Any], Any]] = {
+    "add": operator.add, "mul": operator.mul, "floordiv": operator.floordiv, "mod": operator.mod,
+    "max": _vector_max, "min": _vector_min}
+
+COMPARISONS = _COMPARE

@@ -1,0 +1,423 @@
+"""Stage 5, infer shapes: every node typed statically, results written to `node.meta`.
+
+The specification:
+
+- an input's type is its declared shape and dtype; its layout is the declared one, else
+  `channels_first` from 3 dims on and `features_last` below;
+- a layer's `meta` holds `type`, `args` (the constructor arguments, inferred sizes included, as
+  torch takes them) and `params` (its parameter count, None where only building can tell);
+- a skip's `meta` holds its `projection` plan, the plan's `params` and the merged `type`;
+- a block node's instances are typed in a chain, and the block node takes the last one's type;
+- a shape error is reported at its layer (an uncurated op's bad argument at that argument),
+  every independent error in one `SpecError`, and nodes downstream of a failure are skipped;
+- an in-place op may not overwrite a value that something else still reads.
+
+Graphs are built by hand with `GraphBuilder`; where a test checks line:col, the graph is
+resolved from a spec text and `infer_shapes` is called on it directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from resgraph.errors import SpecError
+from resgraph.expand import expand
+from resgraph.graph import Graph, GraphBuilder
+from resgraph.loader import load_text
+from resgraph.ops import Merge, TensorType
+from resgraph.projections import plan_projection
+from resgraph.resolve import resolve
+from resgraph.shapes import infer_shapes, total_parameters
+from resgraph.spec import BlockCall, Projection
+from resgraph.validate import validate
+
+
+def messages(graph: Graph) -> list[str]:
+    """The messages of the SpecError that typing `graph` raises."""
+    with pytest.raises(SpecError) as caught:
+        infer_shapes(graph)
+    return [d.message for d in caught.value.diagnostics]
+
+
+def typed_text(text: str) -> Graph:
+    """A graph resolved from a spec text (`spec.yaml`), so its nodes have real positions."""
+    loaded = load_text(text, "spec.yaml")
+    return resolve(expand(validate(loaded), loaded.source))
+
+
+def located(graph: Graph) -> list[str]:
+    """`line:col: message` of every diagnostic typing `graph` raises."""
+    with pytest.raises(SpecError) as caught:
+        infer_shapes(graph)
+    return [f"{d.location.line}:{d.location.column}: {d.message}" for d in caught.value.diagnostics]
+
+
+def merge(builder: GraphBuilder, name: str, op: str, inputs: list[str], **args: Any) -> str:
+    """A merge layer: its `input` argument and the builder's inputs name the same nodes."""
+    return builder.layer(name, op, inputs, input=inputs, **args)
+
+
+# --- inputs --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("shape", "options", "expected"), [
+    ([3, 8, 8], {}, TensorType((3, 8, 8), "float32", "channels_first")),
+    ([2, 4, 4, 4], {}, TensorType((2, 4, 4, 4), "float32", "channels_first")),
+    ([5, 4], {}, TensorType((5, 4), "float32", "features_last")),
+    ([4], {}, TensorType((4,), "float32", "features_last")),
+    ([16], {"dtype": "int64"}, TensorType((16,), "int64", "features_last")),
+    ([8, 8, 3], {"layout": "features_last"}, TensorType((8, 8, 3), "float32", "features_last")),
+    ([3, 10], {"layout": "channels_first"}, TensorType((3, 10), "float32", "channels_first")),
+])
+def test_an_input_is_typed_by_its_declaration(shape: list[int], options: dict[str, str],
+                                              expected: TensorType) -> None:
+    b = GraphBuilder("Net")
+    b.input("x", shape, **options)
+    b.layer("out", "Identity")
+    graph = infer_shapes(b.build())
+    assert graph.nodes["x"].meta == {"type": expected}
+    assert graph.nodes["out"].meta["type"] == expected
+
+
+# --- layers: type, args, params --------------------------------------------------------------------------
+
+LAYER_CASES = [
+    # (op, written arguments, input shape, output shape, full constructor arguments)
+    ("Conv2d", {"out_channels": 4, "kernel_size": 3, "stride": 2, "padding": 1}, (3, 8, 8), (4, 4, 4),
+     {"in_channels": 3, "out_channels": 4, "kernel_size": 3, "stride": 2, "padding": 1}),
+    ("Conv1d", {"out_channels": 6, "kernel_size": 3, "groups": 2, "bias": False}, (4, 10), (6, 8),
+     {"in_channels": 4, "out_channels": 6, "kernel_size": 3, "groups": 2, "bias": False}),
+    ("ConvTranspose2d", {"out_channels": 2, "kernel_size": 2, "stride": 2}, (4, 3, 5), (2, 6, 10),
+     {"in_channels": 4, "out_channels": 2, "kernel_size": 2, "stride": 2}),
+    ("Linear", {"out_features": 3}, (5, 7), (5, 3), {"in_features": 7, "out_features": 3}),
+    ("BatchNorm2d", {}, (6, 4, 4), (6, 4, 4), {"num_features": 6}),
+    ("LayerNorm", {"eps": 1e-6}, (5, 8), (5, 8), {"normalized_shape": 8, "eps": 1e-6}),
+    ("GroupNorm", {"num_groups": 2}, (4, 3, 3), (4, 3, 3), {"num_channels": 4, "num_groups": 2}),
+    ("MaxPool2d", {"kernel_size": 2}, (3, 9, 9), (3, 4, 4), {"kernel_size": 2}),
+    ("Flatten", {}, (3, 2, 2), (12,), {}),
+    ("PReLU", {"num_parameters": 3}, (3, 4), (3, 4), {"num_parameters": 3}),
+    ("MultiheadAttention", {"num_heads": 2}, (5, 8), (5, 8), {"embed_dim": 8, "batch_first": True, "num_heads": 2}),
+]
+
+
+@pytest.mark.parametrize(("op", "written", "shape", "out", "args"), LAYER_CASES, ids=[c[0] for c in LAYER_CASES])
+def test_a_layer_gets_its_type_full_arguments_and_parameter_count(op: str, written: dict[str, Any],
+                                                                  shape: tuple[int, ...], out: tuple[int, ...],
+                                                                  args: dict[str, Any]) -> None:
+    b = GraphBuilder("Net")
+    b.input("x", list(shape))
+    b.layer("layer", op, **written)
+    meta = infer_shapes(b.build()).nodes["layer"].meta
+    assert meta["type"].shape == out and meta["args"] == args
+    # The reference: torch builds the module from exactly these arguments and runs it.
+    module = getattr(nn, op)(**meta["args"])
+    with torch.no_grad():
+        x = torch.randn(2, *shape)
+        y = module(x, x, x, need_weights=False)[0] if op == "MultiheadAttention" else module(x)
+    assert tuple(y.shape) == (2, *out)
+    assert meta["params"] == sum(p.numel() for p in module.parameters())
+
+
+def test_layouts_follow_the_op() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [3, 4, 4])
+    b.layer("conv", "Conv2d", out_channels=2, kernel_size=1)
+    b.layer("flat", "Flatten")
+    b.layer("fc", "Linear", out_features=3)
+    b.layer("act", "ReLU")
+    graph = infer_shapes(b.build())
+    assert [graph.nodes[n].meta["type"].layout for n in ("conv", "flat", "fc", "act")] == [
+        "channels_first", "features_last", "features_last", "features_last"]
+
+
+def test_code_ops_and_learned_tensors_have_arguments_and_counts_too() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [4, 6])
+    b.layer("token", "parameter", shape=[4, 1])
+    merge(b, "cat", "concat", ["token", "x"], dim=2)
+    b.layer("swap", "transpose", dim0=1, dim1=2)
+    graph = infer_shapes(b.build())
+    token, cat, swap = (graph.nodes[n].meta for n in ("token", "cat", "swap"))
+    assert token == {"type": TensorType((4, 1), "float32", "features_last"), "args": {}, "params": 4}
+    assert cat["type"].shape == (4, 7) and cat["params"] == 0
+    assert swap == {"type": TensorType((7, 4), "float32", "channels_first"), "args": {"dim0": 1, "dim1": 2},
+                    "params": 0}
+    assert total_parameters(graph) == 4
+
+
+def test_an_uncurated_op_is_typed_on_the_meta_device_and_its_count_is_unknown() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [3, 4, 4])
+    b.layer("pad", "ZeroPad2d", padding=[1, 2, 0, 1])  # (left, right, top, bottom)
+    b.layer("conv", "Conv2d", out_channels=2, kernel_size=1)
+    graph = infer_shapes(b.build())
+    pad = graph.nodes["pad"].meta
+    assert pad == {"type": TensorType((3, 5, 7), "float32", "channels_first"), "args": {"padding": (1, 2, 0, 1)},
+                   "params": None}
+    assert graph.nodes["conv"].meta["args"]["in_channels"] == 3 and total_parameters(graph) is None
+
+
+# --- skips ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("merge_kind", "merged", "params"), [
+    ("add", (8, 4, 4), 4 * 8 + 2 * 8),  # conv 4->8 /2 + BatchNorm(8)
+    ("concat", (12, 4, 4), 4 * 4 + 2 * 4),  # conv 4->4 /2 + BatchNorm(4): concat keeps the source's channels
+    ("mul", (8, 4, 4), 4 * 8 + 2 * 8),  # (4, 8, 8) does not broadcast with (8, 4, 4): as add
+])
+def test_a_skip_records_its_plan_the_plans_parameters_and_the_merged_type(merge_kind: str, merged: tuple[int, ...],
+                                                                          params: int) -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [4, 8, 8])
+    b.layer("conv", "Conv2d", out_channels=8, kernel_size=3, stride=2, padding=1)
+    b.skip("s", "x", "conv", merge=merge_kind)
+    b.layer("act", "ReLU")
+    graph = infer_shapes(b.build())
+    meta = graph.nodes["s"].meta
+    plan = plan_projection(Projection.auto, Merge(merge_kind), TensorType((4, 8, 8)), TensorType((8, 4, 4)))
+    assert meta["projection"] == plan and meta["type"].shape == merged and meta["params"] == params
+    assert graph.nodes["act"].meta["type"].shape == merged  # later readers see the merged value
+
+
+def test_a_skip_that_fits_is_an_identity_without_parameters() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [4, 8, 8])
+    b.layer("conv", "Conv2d", out_channels=4, kernel_size=3, padding=1)
+    b.skip("s", "x", "conv")
+    meta = infer_shapes(b.build()).nodes["s"].meta
+    assert meta["projection"].is_identity and meta["params"] == 0 and meta["type"].shape == (4, 8, 8)
+
+
+def test_a_skip_takes_its_policy_from_the_node() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [4, 8, 8])
+    b.layer("conv", "Conv2d", out_channels=8, kernel_size=3, stride=2, padding=1)
+    b.skip("s", "x", "conv", default=Projection.pad)
+    meta = infer_shapes(b.build()).nodes["s"].meta
+    assert [s.kind.value for s in meta["projection"].steps] == ["subsample", "pad"] and meta["params"] == 0
+
+
+def test_a_fractional_ratio_names_the_layers_that_shrank_the_map() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [3, 8, 8])
+    b.layer("conv", "Conv2d", out_channels=4, kernel_size=3)
+    b.layer("act", "ReLU")
+    b.skip("s", "x", "act")
+    with pytest.raises(SpecError) as caught:
+        infer_shapes(b.build())
+    (diagnostic,) = caught.value.diagnostics
+    assert diagnostic.message == ("skip 's': cannot add 'x' (3, 8, 8) to 'act' (4, 6, 6): "
+                                  "spatial size 8x8 -> 6x6 is not an integer stride")
+    assert diagnostic.hint == ("keep the spatial size with `padding: 1` on 3x3 convs (or `padding: same`) between "
+                               "'x' and 'act' (shrunk by conv: 8x8->6x6), or set `projection: crop` on this skip")
+
+
+def test_a_refused_projection_carries_the_policys_hint() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [8, 8, 8])
+    b.layer("conv", "Conv2d", out_channels=4, kernel_size=1)
+    b.skip("s", "x", "conv", projection="pad")
+    with pytest.raises(SpecError) as caught:
+        infer_shapes(b.build())
+    (diagnostic,) = caught.value.diagnostics
+    assert diagnostic.message == ("skip 's': cannot add 'x' (8, 8, 8) to 'conv' (4, 8, 8): "
+                                  "pad cannot reduce 8 channels to 4")
+    assert diagnostic.hint == "use projection: auto or conv, which learn a 1x1 projection"
+
+
+# --- errors: located, independent ones all reported, dependents skipped --------------------------------------
+
+def test_independent_errors_are_all_reported_and_their_dependents_skipped() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [4])
+    b.layer("c1", "Conv2d", out_channels=4, kernel_size=3)  # wrong: x has no spatial dims
+    b.layer("c2", "Conv2d", out_channels=4, kernel_size=3)  # would be wrong too, but reads c1: skipped
+    b.layer("fc", "Linear", "x", out_features=3)
+    b.layer("bad", "Conv1d", out_channels=2, kernel_size=1)  # an independent error
+    b.layer("after", "ReLU")  # skipped
+    assert messages(b.build()) == ["layer 'c1' (Conv2d): expects (C, H, W) per sample, got (4,)",
+                                   "layer 'bad' (Conv1d): expects (C, L) per sample, got (3,)"]
+
+
+def test_a_failed_add_skip_still_types_its_target_so_later_layers_are_checked() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [3, 8, 8])
+    b.layer("conv", "Conv2d", out_channels=4, kernel_size=1)
+    b.skip("s", "x", "conv", projection="none")
+    b.layer("fc", "Conv1d", out_channels=2, kernel_size=1)
+    assert messages(b.build()) == [
+        "skip 's': cannot add 'x' (3, 8, 8) to 'conv' (4, 8, 8): shapes differ and projection is 'none'",
+        "layer 'fc' (Conv1d): expects (C, L) per sample, got (4, 8, 8)"]
+
+
+def test_a_failed_concat_skip_leaves_its_readers_unchecked() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [3, 8, 8])
+    b.layer("conv", "Conv2d", out_channels=4, kernel_size=1)
+    b.skip("s", "x", "conv", merge="concat", dim=2, projection="none")
+    b.layer("fc", "Conv1d", out_channels=2, kernel_size=1)  # its input type is unknown: skipped
+    assert messages(b.build()) == [
+        "skip 's': cannot concat 'x' (3, 8, 8) into 'conv' (4, 8, 8): shapes differ and projection is 'none'"]
+
+
+def test_a_bad_skip_dim_is_reported_at_the_skip() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [3, 8, 8])
+    b.layer("conv", "Conv2d", out_channels=4, kernel_size=1)
+    b.skip("s", "x", "conv", merge="concat", dim=0)
+    assert messages(b.build()) == ["skip 's': dim=0 is the batch dimension; use a dim between 1 and 3"]
+
+
+SHAPE_ERRORS = """\
+resgraph: 1
+name: M
+inputs: {x: [3, 8, 8], v: [4]}
+layers:
+  - conv: {op: Conv2d, out_channels: 4, kernel_size: 9, input: x}
+  - after: {op: ReLU}
+  - fc: {op: Linear, out_features: 2, input: v}
+  - shrink: {op: Hardshrink, lamda: 0.5}
+  - pool: {op: MaxPool2d, kernel_size: 2, padding: 2, input: x}
+skips:
+  - s: {from: fc, to: pool}
+"""
+
+
+def test_errors_are_located_at_the_layer_or_at_the_argument_that_is_wrong() -> None:
+    assert located(typed_text(SHAPE_ERRORS)) == [
+        "5:5: layer 'conv' (Conv2d): input (3, 8, 8) is too small for kernel_size=9 with padding=0, dilation=1: "
+        "output size would be (0, 0)",
+        "8:30: layer 'shrink' (Hardshrink): torch.nn.Hardshrink has no argument 'lamda'; did you mean 'lambd'?",
+        "9:5: layer 'pool' (MaxPool2d): padding=2 must be at most half the kernel size (2)",
+    ]
+
+
+def test_hand_built_graphs_are_located_in_their_file() -> None:
+    b = GraphBuilder("Net", file="net.yaml")
+    b.input("x", [4])
+    b.layer("conv", "Conv2d", out_channels=4, kernel_size=3)
+    with pytest.raises(SpecError) as caught:
+        infer_shapes(b.build())
+    assert str(caught.value) == "net.yaml: error: layer 'conv' (Conv2d): expects (C, H, W) per sample, got (4,)"
+
+
+# --- block instances ---------------------------------------------------------------------------------------
+
+def unit(qualname: str, width: int, op: str = "Linear") -> Graph:
+    """One instance of a block `unit`: Linear(width) -> ReLU, its input typed by the caller."""
+    b = GraphBuilder("Unit")
+    b.input("x")
+    if op == "Linear":
+        b.layer("fc", "Linear", out_features=width)
+    else:
+        b.layer("fc", op, out_channels=width, kernel_size=1)
+    b.layer("act", "ReLU")
+    graph = b.build()
+    graph.qualname, graph.block, graph.params = qualname, "unit", {"width": width}
+    return graph
+
+
+def test_block_instances_are_typed_in_a_chain() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [5, 4])
+    b.block("stage", BlockCall.model_validate({"block": "unit", "repeat": 2}),
+            [unit("stage.0.", 6), unit("stage.1.", 2)])
+    b.layer("head", "Linear", out_features=1)
+    graph = infer_shapes(b.build())
+    first, second = graph.nodes["stage"].instances
+    assert first.nodes["x"].meta["type"].shape == (5, 4) and first.nodes["fc"].meta["args"]["in_features"] == 4
+    assert second.nodes["x"].meta["type"].shape == (5, 6) and second.nodes["fc"].meta["args"]["in_features"] == 6
+    stage = graph.nodes["stage"].meta
+    assert stage["type"] == TensorType((5, 2), "float32", "features_last")
+    assert stage["params"] == (4 * 6 + 6) + (6 * 2 + 2) == total_parameters(first) + total_parameters(second)
+    assert graph.nodes["head"].meta["args"]["in_features"] == 2
+    assert total_parameters(graph) == stage["params"] + 3
+
+
+def test_an_error_inside_an_instance_names_it_by_qualname_and_skips_the_block_readers() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [5, 4])
+    b.block("stage", BlockCall.model_validate({"block": "unit", "repeat": 2}),
+            [unit("stage.0.", 6), unit("stage.1.", 2, op="Conv2d")])
+    b.layer("head", "Conv3d", out_channels=1, kernel_size=1)  # reads the failed block: skipped
+    b.layer("other", "Conv3d", "x", out_channels=1, kernel_size=1)  # independent: reported
+    assert messages(b.build()) == ["layer 'stage.1.fc' (Conv2d): expects (C, H, W) per sample, got (5, 6)",
+                                   "layer 'other' (Conv3d): expects (C, D, H, W) per sample, got (5, 4)"]
+
+
+# --- in-place hazards --------------------------------------------------------------------------------------
+
+def test_an_inplace_op_on_a_value_nobody_else_reads_is_fine() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [4])
+    b.layer("fc", "Linear", out_features=4)
+    b.layer("act", "ReLU", inplace=True)
+    b.layer("drop", "Dropout", p=0.1, inplace=True)
+    infer_shapes(b.build())
+
+
+def test_inplace_hazards_name_every_other_reader() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [4])
+    b.layer("fc", "Linear", out_features=4)
+    b.layer("act", "ReLU", inplace=True)
+    b.layer("gate", "Sigmoid", "fc")
+    merge(b, "out", "mul", ["act", "gate", "fc"])
+    with pytest.raises(SpecError) as caught:
+        infer_shapes(b.build())
+    (diagnostic,) = caught.value.diagnostics
+    assert diagnostic.message == ("layer 'act' (ReLU): inplace: true would overwrite 'fc', "
+                                  "but 'gate', 'out' also read it")
+    assert diagnostic.hint == "remove `inplace: true`"
+
+
+def test_an_inplace_op_may_not_overwrite_a_skip_source_an_input_or_an_output() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [4])
+    b.layer("first", "ReLU", inplace=True)  # overwrites the caller's input
+    b.layer("fc", "Linear", out_features=4)
+    b.layer("act", "Tanh")
+    b.layer("drop", "Dropout", "fc", inplace=True)  # fc is also the skip's source
+    b.skip("s", "fc", "drop")
+    b.layer("last", "ReLU", "act", inplace=True)  # act is an output
+    assert messages(b.build(["act", "last"])) == [
+        "layer 'first' (ReLU): inplace: true would overwrite 'x', but it is an input or output of the model",
+        "layer 'drop' (Dropout): inplace: true would overwrite 'fc', but 'act', 's' also read it",
+        "layer 'last' (ReLU): inplace: true would overwrite 'act', but it is an input or output of the model",
+    ]
+
+
+def test_an_inplace_op_on_a_block_input_is_refused_inside_the_instance() -> None:
+    inner = GraphBuilder("Unit")
+    inner.input("x")
+    inner.layer("act", "ReLU", inplace=True)
+    instance = inner.build()
+    instance.qualname, instance.block = "body.", "unit"
+    b = GraphBuilder("Net")
+    b.input("x", [4])
+    b.layer("fc", "Linear", out_features=4)
+    b.block("body", BlockCall.model_validate({"block": "unit"}), [instance])
+    assert messages(b.build()) == [
+        "layer 'body.act' (ReLU): inplace: true would overwrite 'x', but it is an input or output of the model"]
+
+
+def test_inplace_hazards_and_shape_errors_are_reported_together() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [4])
+    b.layer("act", "ReLU", inplace=True)
+    b.layer("conv", "Conv2d", out_channels=1, kernel_size=1)
+    assert len(messages(b.build())) == 2
+
+
+@pytest.mark.xfail(strict=True, reason="shapes._inplace_hazards skips every uncurated op, so `inplace: true` on "
+                                       "e.g. torch.nn.RReLU overwrites a value another layer still reads")
+def test_an_uncurated_inplace_op_is_checked_like_a_curated_one() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [4])
+    b.layer("fc", "Linear", out_features=4)
+    b.layer("cut", "RReLU", inplace=True)
+    merge(b, "out", "add", ["fc", "cut"])  # reads fc, which `cut` overwrote: out == 2 * cut
+    assert messages(b.build()) == [
+        "layer 'cut' (RReLU): inplace: true would overwrite 'fc', but 'out' also reads it"]

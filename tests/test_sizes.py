@@ -1,0 +1,259 @@
+"""Input sizes: PyTorch's own size arithmetic, models that work at every size their architecture admits,
+the input guard, and `resgraph sizes` (checked against building at each size).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import resgraph
+from conftest import EXAMPLES, ROOT
+from resgraph.sizes import solve_sizes
+
+# --- hand-written references (torchvision's ResNet, written out: its state_dict keys) --------------
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, inplanes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, inplanes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or inplanes != planes * 4:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False),
+                                            nn.BatchNorm2d(planes * 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + identity)
+
+
+class ResNet(nn.Module):
+    def __init__(self, block: type[nn.Module], depths: list[int], expansion: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        inplanes = 64
+        for index, (planes, depth) in enumerate(zip([64, 128, 256, 512], depths)):
+            blocks = []
+            for i in range(depth):
+                blocks.append(block(inplanes, planes, 2 if i == 0 and index > 0 else 1))
+                inplanes = planes * expansion
+            setattr(self, f"layer{index + 1}", nn.Sequential(*blocks))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512 * expansion, 1000)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+REFERENCES = {"resnet18.yaml": (BasicBlock, [2, 2, 2, 2], 1), "resnet50.yaml": (Bottleneck, [3, 4, 6, 3], 4)}
+
+
+# --- sizes a network admits -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("example", ["resnet18.yaml", "resnet34.yaml", "resnet50.yaml", "resnet101.yaml",
+                                     "resnet152.yaml"])
+def test_the_zoo_resnets_check_at_every_common_size_with_the_same_parameters(example: str) -> None:
+    counts = {size: resgraph.count_parameters(EXAMPLES / example, params={"image_size": size})
+              for size in (224, 225, 240, 299, 600)}
+    assert len(set(counts.values())) == 1, counts
+
+
+@pytest.mark.parametrize("example", sorted(REFERENCES))
+def test_a_resnet_compiled_at_224_equals_torchvision_at_299(example: str) -> None:
+    """At 299, PyTorch's 3x3 stride-2 convs map 75 -> 38, and so must the 1x1 downsample projections."""
+    model = resgraph.build(EXAMPLES / example, seed=0).eval()
+    block, depths, expansion = REFERENCES[example]
+    reference = ResNet(block, depths, expansion).eval()
+    reference.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(1, 3, 299, 299)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
+        built_at_299 = resgraph.build(EXAMPLES / example, params={"image_size": 299}).eval()
+        built_at_299.load_state_dict(model.state_dict())
+        torch.testing.assert_close(built_at_299(x), model(x), rtol=0, atol=0)
+
+
+def small_unet(size: int) -> resgraph.CompiledModule:
+    return resgraph.build(EXAMPLES / "unet.yaml", params={"size": size, "width": 4}, seed=0).eval()
+
+
+def test_unet_compiled_once_works_at_every_tile_size_it_admits(tmp_path: pathlib.Path) -> None:
+    model = small_unet(572)
+    source = tmp_path / "unet_export.py"
+    source.write_text(resgraph.to_python(model))
+    spec = __import__("importlib.util").util.spec_from_file_location("unet_export", source)
+    module = __import__("importlib.util").util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    exported = module.UNet().eval()
+    exported.load_state_dict(model.state_dict(), strict=True)
+    for size in (572, 604, 636):
+        reference = small_unet(size)
+        reference.load_state_dict(model.state_dict())
+        x = torch.randn(1, 1, size, size)
+        with torch.no_grad():
+            expected = reference(x)
+            assert expected.shape == (1, 2, size - 184, size - 184)
+            torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+            torch.testing.assert_close(exported(x), expected, rtol=0, atol=0)
+
+
+def test_unet_torch_export_keeps_the_tile_size_dynamic() -> None:
+    model = small_unet(188)
+    shapes = model.dynamic_shapes()
+    program = torch.export.export(model, model.example_inputs(), dynamic_shapes=shapes)
+    for size in (188, 220, 252):
+        x = torch.randn(1, 1, size, size)
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(x), model(x))
+
+
+def test_a_size_the_architecture_does_not_admit_is_refused_by_the_input_guard() -> None:
+    model = small_unet(572)
+    expected = ("input 'x' must be (N, 1, H, W) with H in {188 + 16k}, W in {188 + 16k} (declared (N, 1, 572, 572)); "
+                "got (1, 1, 573, 572)")
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        model(torch.randn(1, 1, 573, 572))
+
+
+@pytest.mark.parametrize(("call", "got"), [((2, 3, 32, 32), "(2, 3, 32, 32)"), ((2, 3, 224), "(2, 3, 224)"),
+                                           ((2, 4, 224, 224), "(2, 4, 224, 224)")])
+def test_the_input_guard_names_the_input_the_shape_it_needs_and_what_it_got(call: tuple[int, ...], got: str) -> None:
+    model = resgraph.build(EXAMPLES / "vit_b_16.yaml", params={"depth": 1}, seed=0)
+    with pytest.raises(ValueError) as caught:
+        model(torch.randn(*call))
+    assert str(caught.value) == ("VisionTransformerB16: input 'x' must be (N, 3, H, W) with 224 <= H <= 239, "
+                                 f"224 <= W <= 239 (declared (N, 3, 224, 224)); got {got}")
+    assert model(torch.randn(1, 3, 230, 239)).shape == (1, 1000)  # any size in the range works
+
+
+def test_the_guard_does_not_reach_compiled_graphs() -> None:
+    model = resgraph.build(EXAMPLES / "tutorial.yaml", seed=0).eval()
+    explanation = torch._dynamo.explain(model)(torch.randn(2, 3, 32, 32))
+    assert explanation.graph_break_count == 0
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager", dynamic=True)
+    for size in (32, 40):
+        x = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), model(x))
+
+
+# --- the solver, against building at each size ------------------------------------------------------
+
+def builds_at(example: str, size: int, params: dict[str, int]) -> bool:
+    channels = resgraph.load_spec(EXAMPLES / example, params=params).input_decls()["x"].shape[0]
+    try:
+        resgraph.check(EXAMPLES / example, params=params, input_shapes={"x": (channels, size, size)})
+    except resgraph.SpecError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("example", "params", "low", "high", "rule"), [
+    ("unet.yaml", {"width": 4}, 150, 420, "H in {188 + 16k}"),
+    ("resnet50.yaml", {}, 1, 70, "any H"),
+    ("vit_b_16.yaml", {"depth": 1}, 200, 260, "224 <= H <= 239"),
+    ("efficientnet_b0.yaml", {}, 1, 60, "any H"),
+    ("mobilenet_v2.yaml", {}, 1, 40, "any H"),
+    ("densenet121.yaml", {}, 1, 40, "H >= 29"),
+    ("preact_resnet.yaml", {}, 1, 40, "any H"),
+])
+def test_the_solver_agrees_with_checking_at_every_size(example: str, params: dict[str, int], low: int, high: int,
+                                                       rule: str) -> None:
+    report = resgraph.valid_sizes(EXAMPLES / example, params=params, low=low, high=high)
+    height = report.of("x")[1]
+    assert height.rule.describe("H") == rule
+    square = set(report.square_valid["x"])
+    brute = {size for size in range(low, high + 1) if builds_at(example, size, params)}
+    assert square == brute
+
+
+def test_invalid_sizes_name_the_first_node_that_fails() -> None:
+    report = resgraph.valid_sizes(EXAMPLES / "unet.yaml", low=560, high=580)
+    height = report.of("x")[1]
+    assert height.valid == (572,)
+    assert height.failures[571] == "copy4" and height.failures[573] == "copy1"
+
+
+def test_input_shapes_override_the_declared_ones_without_editing_the_spec(tmp_path: pathlib.Path) -> None:
+    graph = resgraph.check(EXAMPLES / "resnet50.yaml", input_shapes={"x": (3, 299, 299)})
+    assert graph.nodes["layer2"].meta["type"].shape == (512, 38, 38)
+    model = resgraph.build(EXAMPLES / "tutorial.yaml", input_shapes={"x": (3, 33, 33)})
+    assert model.graph.nodes["res2_conv2"].meta["type"].shape == (128, 33, 33)
+    path = tmp_path / "m.pt"
+    resgraph.save(model, path)
+    assert resgraph.load(path).build_record.input_shapes == {"x": (3, 33, 33)}
+    with pytest.raises(resgraph.UsageError, match="the spec has no input 'y'"):
+        resgraph.check(EXAMPLES / "tutorial.yaml", input_shapes={"y": (3, 32, 32)})
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "resgraph", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_cli_sizes_prints_each_rule_with_the_smallest_and_declared_size() -> None:
+    result = cli("sizes", "examples/unet.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "  H in {188 + 16k}: 188 (smallest), 204, 220, ..., 572 (declared), ..., 2044 (117 sizes)" in result.stdout
+    assert "invalid, e.g. 571 (fails at 'copy4'), 573 (fails at 'copy1')" in result.stdout
+    data = json.loads(cli("sizes", "examples/resnet50.yaml", "--json", "--range", "1..64").stdout)
+    height = data["inputs"]["x"]["dims"][1]
+    assert height["rule"] == "any H" and height["valid"] == list(range(1, 65)) and height["declared"] == 224
+
+
+def test_cli_input_flag_overrides_a_shape() -> None:
+    result = cli("validate", "examples/resnet50.yaml", "--input", "x=3,299,299")
+    assert result.returncode == 0, result.stderr
+    bad = cli("validate", "examples/resnet50.yaml", "--input", "x=3,two,299")
+    assert bad.returncode == 2 and "expected NAME=SIZE,SIZE,..." in bad.stderr
+
+
+def test_the_solver_runs_on_a_hand_built_graph() -> None:
+    from resgraph.graph import GraphBuilder
+    from resgraph.shapes import infer_shapes
+
+    b = GraphBuilder("Net")
+    b.input("x", [4, 16], layout="channels_first")  # (C, L): a 1-d map
+    b.layer("conv", "Conv1d", out_channels=4, kernel_size=2, stride=2)
+    b.skip("res", "x", "conv")
+    report = solve_sizes(infer_shapes(b.build()), low=1, high=40)
+    (length,) = [dim for dim in report.dims if dim.free]
+    assert length.rule.describe("L") == "L: multiples of 2"  # a 2-wide stride-2 conv floors odd lengths

@@ -1,0 +1,237 @@
+"""The summary: `resgraph.summary(...)`, rows and totals, MACs against torch's FlopCounterMode, `build`'s table."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import torch
+from test_ops import CASES
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+import resgraph
+from conftest import BUILDING_EXAMPLES, EXAMPLES, ROOT, small_params
+from resgraph.macs import layer_macs
+from resgraph.model import meta_module
+from resgraph.ops import OPS, TensorType
+
+
+def counted_flops(module: torch.nn.Module, *inputs: torch.Tensor) -> int:
+    """FLOPs FlopCounterMode sees in one forward. Grad stays enabled and attention uses the math
+    kernel: under no_grad, or with the fused CPU kernel, PyTorch's attention is invisible to it."""
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        module(*inputs)
+    return counter.get_total_flops()
+
+
+def sample_inputs(graph: Any) -> list[torch.Tensor]:
+    tensors = []
+    for name in graph.inputs:
+        kind = graph.nodes[name].meta["type"]
+        dtype = getattr(torch, kind.dtype)
+        tensors.append(torch.randn(1, *kind.shape) if dtype.is_floating_point
+                       else torch.zeros((1, *kind.shape), dtype=dtype))
+    return tensors
+
+
+# --- MACs -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("example", BUILDING_EXAMPLES)
+def test_matmul_macs_equal_half_the_flops_torch_counts_on_a_real_forward(example: str) -> None:
+    """2 x MACs = FLOPs, exactly, for convolutions, linear layers and attention in every example."""
+    graph = resgraph.check(EXAMPLES / example, params=small_params(example))
+    summary = resgraph.summary(graph)
+    # A real forward on CPU tensors; the weights stay uninitialised because only shapes matter to the count.
+    module = meta_module(graph).to_empty(device="cpu").eval()
+    flops = counted_flops(module, *sample_inputs(graph))
+    assert flops > 0 and 2 * summary.matmul_macs == flops
+    assert summary.total_macs >= summary.matmul_macs
+
+
+def test_a_built_model_counts_the_same_as_its_spec() -> None:
+    model = resgraph.build(EXAMPLES / "tutorial.yaml", seed=0)
+    assert 2 * resgraph.summary(model).matmul_macs == counted_flops(model, torch.randn(1, 3, 32, 32))
+
+
+MODULE_OPS = sorted(op for op in CASES if op in OPS and not OPS[op].code_only)
+
+
+@pytest.mark.parametrize("op", MODULE_OPS)
+def test_every_module_op_formula_matches_flop_counter(op: str) -> None:
+    """Per op: the formula's matmul part is what FlopCounterMode counts (0 for ops it ignores)."""
+    for case in CASES[op]:
+        args, shape, dtype = (*case, "float32")[:3]
+        layer = OPS[op].model_validate({"op": op, **args})
+        inputs = [TensorType(tuple(shape), dtype)]
+        full = layer.module_args(inputs)
+        macs = layer_macs(layer, full, inputs, layer.output_type(inputs))
+        assert macs is not None
+        module = layer.build(full).eval()
+        x = torch.randn(1, *shape) if dtype == "float32" else torch.zeros((1, *shape), dtype=torch.int64)
+        call = (lambda t, m=module: m(t, t, t, need_weights=False)) if op == "MultiheadAttention" else module
+        assert 2 * macs.matmul == counted_flops(call, x), (op, args)
+
+
+@pytest.mark.parametrize(("op", "args", "shape", "expected"), [
+    ("BatchNorm2d", {}, (3, 4, 4), 2 * 48),  # fvcore, inference: scale and shift per element
+    ("BatchNorm2d", {"affine": False}, (3, 4, 4), 48),
+    ("LayerNorm", {}, (4, 6), 5 * 24),  # fvcore norm_flop_counter: statistics + scale
+    ("GroupNorm", {"num_groups": 2, "affine": False}, (4, 3, 3), 4 * 36),
+    ("MaxPool2d", {"kernel_size": 2}, (3, 8, 8), 3 * 4 * 4 * 4),  # one per window element
+    ("AdaptiveAvgPool2d", {"output_size": 1}, (3, 5, 5), 75),  # one per input element
+    ("Upsample", {"scale_factor": 2}, (3, 4, 5), 3 * 8 * 10),  # nearest: one per output element
+    ("Upsample", {"scale_factor": 2, "mode": "bilinear"}, (3, 4, 5), 4 * 3 * 8 * 10),
+    ("ReLU", {}, (3, 4), 12),
+    ("Dropout", {}, (3, 4), 0),
+    ("Flatten", {}, (3, 4, 5), 0),
+])
+def test_cost_model_of_ops_flop_counter_ignores(op: str, args: dict[str, Any], shape: tuple[int, ...],
+                                               expected: int) -> None:
+    layer = OPS[op].model_validate({"op": op, **args})
+    inputs = [TensorType(shape)]
+    macs = layer_macs(layer, layer.module_args(inputs), inputs, layer.output_type(inputs))
+    assert macs is not None and (macs.matmul, macs.other) == (0, expected)
+
+
+def test_skip_merges_and_projections_are_counted() -> None:
+    rows = {row.name: row for row in resgraph.summary(EXAMPLES / "tutorial.yaml").rows}
+    # shortcut1: 1x1 conv 3->64 on 32x32 (matmul), BatchNorm (2 per element), the add (1 per element)
+    elements = 64 * 32 * 32
+    assert rows["shortcut1"].matmul_macs == elements * 3
+    assert rows["shortcut1"].macs == elements * 3 + 2 * elements + elements
+
+
+def test_uncurated_ops_are_measured() -> None:
+    spec = ("resgraph: 1\nname: M\ninputs: {x: [6, 16]}\nlayers:\n"
+            "  - enc: {op: TransformerEncoderLayer, nhead: 2, dim_feedforward: 32, batch_first: true}\n")
+    row = next(r for r in resgraph.summary(spec).rows if r.name == "enc")
+    module = torch.nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True)
+    assert row.macs is not None and 2 * row.macs == counted_flops(module, torch.randn(1, 6, 16))
+
+
+# --- rows, totals, depth ----------------------------------------------------------------------------
+
+def test_rows_carry_shapes_kernel_parameters_macs_memory_and_connections() -> None:
+    rows = {row.name: row for row in resgraph.summary(EXAMPLES / "tutorial.yaml").rows}
+    conv = rows["res1_conv1"]
+    assert conv.input_shapes == [[3, 32, 32]] and conv.shape == [64, 32, 32] and conv.kernel == "3x3"
+    assert conv.params == conv.trainable_params == 64 * 3 * 9 + 64
+    assert conv.macs == conv.matmul_macs == 64 * 32 * 32 * 3 * 9  # the bias add is not a MAC
+    assert conv.param_bytes == 4 * conv.params and conv.activation_bytes == 4 * 64 * 32 * 32
+    assert conv.connected_to == ["x"]
+    assert rows["shortcut1"].connected_to == ["res1_conv2", "x"]  # the target, then the source
+    assert rows["relu"].connected_to == ["shortcut1"]  # later layers read the merged value
+    assert rows["shortcut1"].input_shapes == [[64, 32, 32], [3, 32, 32]] and rows["shortcut1"].kernel == "1x1"
+
+
+def test_block_instances_connect_to_what_feeds_them() -> None:
+    rows = {row.name: row for row in resgraph.summary(EXAMPLES / "resnet18.yaml").rows}
+    assert rows["layer1"].connected_to == ["maxpool"]
+    assert rows["layer1.0"].connected_to == ["maxpool"] and rows["layer1.1"].connected_to == ["layer1.0"]
+    assert rows["layer1.0.conv1"].connected_to == ["maxpool"]  # the instance's input is the caller's value
+    assert rows["layer2.0.downsample"].connected_to == ["layer2.0.bn2", "layer1"]
+    assert rows["avgpool"].connected_to == ["layer4"]
+    # a block's and an instance's MACs and activations are their contents'
+    inner = [r for name, r in rows.items() if name.startswith("layer1.0.")]
+    assert rows["layer1.0"].macs == sum(r.macs for r in inner)
+    assert rows["layer1"].macs == rows["layer1.0"].macs + rows["layer1.1"].macs
+    assert rows["layer1"].activation_bytes == sum(r.activation_bytes for r in inner) * 2
+
+
+def test_totals_and_projections_never_depend_on_the_depth_shown() -> None:
+    summaries = [resgraph.summary(EXAMPLES / "resnet18.yaml", depth=depth) for depth in (1, 2, 3)]
+    assert [len(s.rows) for s in summaries] == [12, 20, 76]  # stages, then instances, then their layers
+    for s in summaries:
+        assert s.projections == ["layer2.0.downsample", "layer3.0.downsample", "layer4.0.downsample"]
+        assert (s.total_params, s.total_macs, s.activation_bytes) == (
+            summaries[-1].total_params, summaries[-1].total_macs, summaries[-1].activation_bytes)
+    assert summaries[-1].total_params == 11_689_512
+    with pytest.raises(resgraph.UsageError, match="depth counts module levels from 1"):
+        resgraph.summary(EXAMPLES / "resnet18.yaml", depth=0)
+    assert summaries[0].total_macs == sum(r.macs for r in summaries[0].rows if r.kind != "input")
+
+
+def test_memory_totals() -> None:
+    s = resgraph.summary(EXAMPLES / "resnet18.yaml")
+    assert s.param_bytes == 4 * 11_689_512
+    model = resgraph.build(EXAMPLES / "resnet18.yaml")
+    assert s.buffer_bytes == sum(b.numel() * b.element_size() for b in model.buffers())
+    assert s.input_bytes == 4 * 3 * 224 * 224
+    assert s.activation_bytes == sum(r.activation_bytes for r in s.rows if r.kind in ("layer", "skip"))
+
+
+def test_spec_graph_and_model_give_the_same_summary() -> None:
+    path = EXAMPLES / "dag.yaml"
+    from_spec = resgraph.summary(path).to_dict()
+    from_graph = resgraph.summary(resgraph.check(path)).to_dict()
+    from_model = resgraph.summary(resgraph.build(path)).to_dict()
+    assert from_spec == from_graph == from_model
+
+
+def test_a_spec_is_summarised_without_allocating_weights() -> None:
+    huge = "resgraph: 1\nname: Huge\ninputs: {x: [200000]}\nlayers:\n  - fc: {op: Linear, out_features: 200000}\n"
+    s = resgraph.summary(huge)  # 40 billion parameters: 160 GB if they were allocated
+    assert s.total_params == 200_000 * 200_001 and s.param_bytes == 4 * s.total_params
+
+
+def test_frozen_parameters_are_not_trainable() -> None:
+    model = resgraph.build(EXAMPLES / "tutorial.yaml")
+    model.res1_conv1.requires_grad_(False)
+    s = resgraph.summary(model)
+    assert s.total_params - s.trainable_params == 1_792
+    row = next(r for r in s.rows if r.name == "res1_conv1")
+    assert (row.params, row.trainable_params) == (1_792, 0)
+
+
+def test_outputs_are_the_specs_names() -> None:
+    assert resgraph.summary(EXAMPLES / "tutorial.yaml").outputs == ["res2_conv2"]  # not the skip 'shortcut2'
+
+
+def test_columns_are_chosen_and_unknown_ones_refused() -> None:
+    s = resgraph.summary(EXAMPLES / "tutorial.yaml", columns="default,macs,kernel")
+    header = s.table().splitlines()[2]
+    assert re.split(r"\s{2,}", header) == ["Layer", "Op", "Output shape", "Params", "MACs", "Kernel"]
+    assert "1.77M" in s.table()
+    with pytest.raises(resgraph.UsageError, match="did you mean 'macs'"):
+        resgraph.summary(EXAMPLES / "tutorial.yaml", columns=["mac"])
+
+
+# --- the command line -------------------------------------------------------------------------------
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "resgraph", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_the_readme_summaries_are_what_build_prints() -> None:
+    readme = (ROOT / "README.md").read_text()
+    shown = re.findall(r"```console\n\$ resgraph (build examples/[a-z0-9_]+\.yaml.*?)\n(.*?)```", readme, re.DOTALL)
+    summaries = [(command, output) for command, output in shown if "Total params" in output]
+    assert len(summaries) == 2  # the tutorial's, and ResNet-18's with --columns
+    for command, output in summaries:
+        result = cli(*command.split())
+        assert result.returncode == 0 and result.stdout == output, command
+
+
+def test_build_json_at_depth_one_keeps_whole_model_totals() -> None:
+    result = cli("build", "examples/resnet18.yaml", "--depth", "1", "--json")
+    data = json.loads(result.stdout)
+    assert data["projections"] == ["layer2.0.downsample", "layer3.0.downsample", "layer4.0.downsample"]
+    assert "Projections inserted" not in result.stdout and data["total_params"] == 11_689_512
+    assert [row["name"] for row in data["rows"]][-3:] == ["avgpool", "flatten", "fc"] and len(data["rows"]) == 12
+    assert data["outputs"] == ["fc"] and math.isclose(data["total_macs"], 1.8239e9, rel_tol=1e-3)
+    fc = data["rows"][-1]
+    assert fc["connected_to"] == ["flatten"] and fc["macs"] == 512 * 1000 and fc["input_shapes"] == [[512]]
+
+
+def test_build_columns_flag() -> None:
+    result = cli("build", "examples/tutorial.yaml", "--depth", "1", "--columns", "macs,connected_to")
+    assert result.returncode == 0
+    assert re.split(r"\s{2,}", result.stdout.splitlines()[2]) == ["Layer", "MACs", "Connected to"]
+    bad = cli("build", "examples/tutorial.yaml", "--columns", "ops")
+    assert bad.returncode == 2 and "did you mean 'op'" in bad.stderr
