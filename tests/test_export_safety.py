@@ -121,11 +121,16 @@ def assert_plain_class(cls: ast.ClassDef, file_names: set[str]) -> None:
         assert isinstance(statement, ast.Assign) and len(statement.targets) == 1
         target = statement.targets[0]
         assert isinstance(target, ast.Attribute) and ast.unparse(target.value) == "self"
-    # forward: assignments, deletions and one return.
-    assert all(isinstance(s, (ast.Assign, ast.Delete)) for s in forward.body[:-1])
-    assert isinstance(forward.body[-1], ast.Return)
-    locals_ = {t.id for s in forward.body if isinstance(s, ast.Assign) for t in s.targets if isinstance(t, ast.Name)}
-    for method, known in ((init, file_names | {"super", "float"}), (forward, file_names | locals_)):
+    # forward: an input guard (`if ...: raise ValueError(...)`), assignments, deletions, one return.
+    body = forward.body
+    while isinstance(body[0], ast.If):
+        assert [type(s) for s in body[0].body] == [ast.Raise] and not body[0].orelse, ast.unparse(body[0])
+        body = body[1:]
+    assert all(isinstance(s, (ast.Assign, ast.Delete)) for s in body[:-1])
+    assert isinstance(body[-1], ast.Return)
+    locals_ = {t.id for s in body if isinstance(s, ast.Assign) for t in s.targets if isinstance(t, ast.Name)}
+    guard_builtins = {"str", "tuple", "ValueError"} - locals_  # what the guard's message uses
+    for method, known in ((init, file_names | {"super", "float"}), (forward, file_names | locals_ | guard_builtins)):
         parameters = {a.arg for a in method.args.args}
         for node in ast.walk(method):
             assert not isinstance(node, (ast.Lambda, ast.comprehension, ast.Import, ast.ImportFrom, ast.Global,
@@ -258,9 +263,6 @@ HOSTILE_VALUES = {
     "newline": "line\nimport os; os.system('touch PWNED')",
     "backslash": "C:\\Users\\N{BULLET}\\",
     "escape": "\x1b[31m\u202e",
-    "infinities": [float("inf"), float("-inf")],
-    "nan": float("nan"),
-    "mapping": {"a": [1, [2, {"b": None}]], "c d": {"e": True}},
     "nested": [[1, 2], [3, [4, 5.5]]],
     "none": None,
 }
@@ -272,8 +274,6 @@ def test_hostile_argument_values_are_literals(layers_module: pathlib.Path, tmp_p
 
     body = {"op": "HostileAnything", **HOSTILE_VALUES}
     text = HEAD.format(name="M") + "  - odd: " + yaml.safe_dump(body, default_flow_style=True, width=10**6)
-    text += "  - th: {op: Threshold, threshold: .inf, value: -.inf}\n  - th2: {op: Threshold, threshold: .nan, " \
-            "value: 0.0}\n"
     model = resgraph.build(text, seed=0)
     assert model.odd.kwargs.keys() == HOSTILE_VALUES.keys()
     source = resgraph.to_python(model)
@@ -287,6 +287,26 @@ def test_hostile_argument_values_are_literals(layers_module: pathlib.Path, tmp_p
         rebuilt = eval(compile(ast.Expression(written[key]), "<literal>", "eval"), {"__builtins__": {"float": float}})
         assert repr(rebuilt) == repr(model.odd.kwargs[key]) and type(rebuilt) is type(model.odd.kwargs[key])
     run_exported(tmp_path / "run", [(source, "M", model)], extra=layers_module)
+
+
+@pytest.mark.parametrize("value", ["{a: [1, [2, {b: null}]], 'c d': {e: true}}", ".inf", "-.inf", ".nan",
+                                   "[.inf, {k: .nan}]"])
+def test_values_without_a_plain_literal_are_refused_or_round_trip(value: str, layers_module: pathlib.Path) -> None:
+    """Mappings and infinities: refused with their place, or written so they read back exactly."""
+    import yaml
+
+    text = HEAD.format(name="M") + f"  - odd: {{op: HostileAnything, value: {value}}}\n"
+    try:
+        model = resgraph.build(text, seed=0)
+    except resgraph.SpecError as error:
+        assert [(d.location.line, "'odd'" in d.message) for d in error.diagnostics] == [(5, True)]
+        return
+    source = resgraph.to_python(model)
+    call = next(node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Call)
+                and ast.unparse(node.func) == "hostile_layers.Anything")
+    written = next(k.value for k in call.keywords if k.arg == "value")
+    rebuilt = eval(compile(ast.Expression(written), "<literal>", "eval"), {"__builtins__": {"float": float}})
+    assert repr(rebuilt) == repr(model.odd.kwargs["value"]) == repr(yaml.safe_load(value))
 
 
 def test_hostile_argument_names_are_refused_or_passed_as_data(layers_module: pathlib.Path,
@@ -313,7 +333,18 @@ def test_argument_names_that_are_not_keywords_are_written_as_a_dict() -> None:
     assert isinstance(call, ast.Call) and [k.arg for k in call.keywords] == ["ok", None]
     unpacked = eval(compile(ast.Expression(call.keywords[1].value), "<literal>", "eval"), {"__builtins__": {}})
     assert unpacked == {key: index for index, key in enumerate(HOSTILE_KEYS) if key != "ok"} | {"class": 2}
-    assert _literal(float("-inf")) == "-float('inf')" and _literal((1,)) == "(1,)"
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), -0.0, 1e308, 5e-324, (1,), (),
+                                   [1, (2.5, None)], {"a": [True, {"b": "c\n\"\"\""}]}, "\x1b\u202e\udcff",
+                                   {1: "int keys"}, [float("inf"), {"nan": float("nan")}]])
+def test_literals_round_trip_exactly(value: object) -> None:
+    """Every value an argument can hold reads back as itself, with only `float` as a name."""
+    source = _literal(value)
+    tree = ast.parse(source, mode="eval")
+    assert {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} <= {"float"}
+    rebuilt = eval(compile(tree, "<literal>", "eval"), {"__builtins__": {"float": float}})
+    assert repr(rebuilt) == repr(value) and type(rebuilt) is type(value)
 
 
 @pytest.mark.parametrize("source", [
