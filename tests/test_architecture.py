@@ -100,7 +100,7 @@ STAGES = ["loader", "validate", "evaluate", "expand", "resolve", "shapes", "proj
 @pytest.mark.parametrize("stage", STAGES)
 def test_stages_before_lowering_import_nothing_after_them(stage: str) -> None:
     later = {"resgraph.lower", "resgraph.model", "resgraph.api", "resgraph.cli", "resgraph.artifact",
-             "resgraph.diagram", "resgraph.summary", "resgraph.export_py", "resgraph.onnx_export"}
+             "resgraph.diagram", "resgraph.summarize", "resgraph.export_py", "resgraph.onnx_export"}
     reachable, todo = set(), [f"resgraph.{stage}"]
     while todo:
         for dep in IMPORTS.get(todo.pop(), ()):

@@ -31,7 +31,6 @@ from conftest import ROOT
 from resgraph.ops import OPS, GenericLayer, TensorType
 from resgraph.ops.generic import FIXED, REFUSED, SAMPLE_RANKS, torch_module_class, torch_module_names
 from resgraph.ops.probe import PROBE_BATCH_SIZES, probe
-from resgraph.summary import format_summary, summarize
 
 
 def spec(layers: str, **inputs: Any) -> str:
@@ -208,7 +207,7 @@ def test_classes_that_take_batch_first_are_built_batch_first(name: str) -> None:
     model = resgraph.build(text, seed=0)
     flags = [m.batch_first for m in model.seq.modules() if hasattr(m, "batch_first")]
     assert flags and all(flags)  # the layer itself and every sublayer (a Transformer's attention too)
-    assert "batch_first=True" in format_summary(summarize(model))  # the summary shows the convention
+    assert "batch_first=True" in resgraph.summary(model).table()  # the summary shows the convention
     assert "batch_first=True" in resgraph.to_python(model)  # and the export writes it
     assert model(torch.randn(3, 5, 8)).shape[:2] == (3, 5)
 

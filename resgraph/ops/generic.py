@@ -28,13 +28,15 @@ import math
 import re
 import typing
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from functools import cache
 from typing import Annotated, Any, ClassVar
 
 from pydantic import ConfigDict, Field, StringConstraints
 
 from ..suggest import did_you_mean
-from .base import IDENTIFIER_PATTERN, OPS, RESGRAPH_KEYS, Layer, TensorType
+from ..symbolic import SymInt, specialize
+from .base import IDENTIFIER_PATTERN, OPS, RESGRAPH_KEYS, Layer, ShapeError, TensorType
 from .probe import GenericOpError, describe, known_parameters, probe
 
 __all__ = ["CUSTOM_OPS", "FIXED", "GenericLayer", "GenericOpError", "INFERABLE", "REFUSED", "SAMPLE_RANKS",
@@ -191,6 +193,8 @@ class GenericLayer(Layer):
             raise GenericOpError(f"{name} needs argument(s) {', '.join(map(repr, missing))}", "op")
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
+        symbolic = inputs
+        inputs = [t.hints() for t in inputs]  # torch computes this op's sizes from concrete ones
         self.check_arguments()
         cls = torch_module_class(self.op)
         if _is_torch(cls):  # torch's own conventions; a registered class is judged by the probe alone
@@ -199,7 +203,34 @@ class GenericLayer(Layer):
             _check_sample_rank(name, cls, inputs, "input" if self.input is not None else "op")
             _check_reduction(name, parameters, written)
             _check_dims(name, cls, parameters, written, inputs[0].rank)
-        return probe(cls, self.module_args(inputs), tuple(inputs), (self.model_extra or {}).get("output")).output
+        pick = (self.model_extra or {}).get("output")
+        out = probe(cls, self.module_args(inputs), tuple(inputs), pick).output
+        if self._keeps_free_sizes(cls, symbolic, out, pick):
+            return replace(out, shape=symbolic[0].shape, scale=symbolic[0].scale)
+        # Otherwise its output depends on exact input sizes: each symbolic one is specialised (a
+        # recorded decision: the model then admits only these sizes; see resgraph.symbolic).
+        for t in symbolic:
+            for size in t.shape:
+                specialize(size)
+        same_grid = (out.layout == "channels_first" and out.rank == inputs[0].rank
+                     and out.shape[1:] == inputs[0].shape[1:])
+        return replace(out, scale=inputs[0].scale if same_grid else None)
+
+    def _keeps_free_sizes(self, cls: type, symbolic: list[TensorType], out: TensorType, pick: Any) -> bool:
+        """True for a one-input op whose output has its input's shape at two different sizes of the
+        input's free dims (an activation, a norm): its sizes then follow the input's at any size."""
+        if len(symbolic) != 1 or out.shape != symbolic[0].hints().shape:
+            return False
+        free = [isinstance(size, SymInt) for size in symbolic[0].shape]
+        if not any(free):
+            return False
+        other = symbolic[0].hints()
+        other = other.with_shape(tuple(size + 1 if is_free else size for size, is_free in zip(other.shape, free)),
+                                 scale=other.scale)
+        try:
+            return probe(cls, self.module_args([other]), (other,), pick).output.shape == other.shape
+        except ShapeError:
+            return False
 
 
 def _check_sample_rank(name: str, cls: type, inputs: list[TensorType], field: str) -> None:
