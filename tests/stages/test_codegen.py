@@ -179,15 +179,19 @@ def test_a_projecting_skip_calls_its_submodule_and_merges(merge_kind: str, polic
     assert generate_forward(typed(b)).splitlines()[2].split("  #")[0] == f"    {statement}"
 
 
-@pytest.mark.parametrize(("policy", "stride", "projected"), [
-    ("pad", 2, "torch.nn.functional.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 2, 2))"),
-    ("crop", 1, "self.s(_center_crop(x, t))"),  # on one grid: an unpadded 5x5 conv shrank 8x8 to 4x4
-    ("avgpool", 2, "self.s(x)"),
+STRIDED = {"kernel_size": 1, "stride": 2}  # 8x8 -> 4x4 on a grid twice as coarse
+SHRUNK = {"kernel_size": 5}  # 8x8 -> 4x4 on the input's grid (a crop aligns it)
+
+
+@pytest.mark.parametrize(("policy", "conv", "projected"), [
+    ("pad", STRIDED, "torch.nn.functional.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 2, 2))"),
+    ("crop", SHRUNK, "self.s(_center_crop(x, t))"),
+    ("avgpool", STRIDED, "self.s(x)"),
 ])
-def test_code_steps_are_inline_and_come_before_the_submodule(policy: str, stride: int, projected: str) -> None:
+def test_code_steps_are_inline_and_come_before_the_submodule(policy: str, conv: dict[str, int], projected: str) -> None:
     b = GraphBuilder("Net")
     b.input("x", [4, 8, 8])
-    b.layer("t", "Conv2d", out_channels=8, kernel_size=5 - 3 * (stride - 1), stride=stride, padding=0)
+    b.layer("t", "Conv2d", out_channels=8, **conv)
     b.skip("s", "x", "t", projection=policy)
     assert generate_forward(typed(b)).splitlines()[2].split("  #")[0] == f"    t = t + {projected}"
 
