@@ -276,9 +276,6 @@ def test_every_input_has_its_guard_and_a_rule_that_refuses_nothing_is_not_writte
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="SizeRule.violation checks a 'set' rule only against its smallest value, so the "
-                                       "input guard lets an invalid size through: here L=11 (valid: 10 and 12) passes "
-                                       "and the runtime crop silently takes an off-centre window")
 def test_the_input_guard_refuses_a_size_between_the_values_of_a_set_rule() -> None:
     # x (2, L): pool /2 and upsample x2 give 2 * (L // 2), an unpadded conv 2 less; x is cropped to it (centred at
     # even L only). A stride-4 conv then meets a learned (2, 2) tensor: 10 <= L <= 13. Valid: L in {10, 12}.

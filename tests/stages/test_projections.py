@@ -459,11 +459,6 @@ def test_required_is_never_met_when_one_grid_shrinks() -> None:
     assert not (evaluate(guard.left, sizes) == evaluate(guard.right, sizes)).any()
 
 
-@pytest.mark.xfail(strict=True, reason="Mismatch.steps takes a step from the grid scales in every spatial dim, the "
-                                       "concat dim included, where wanted_shape keeps the source's own size: an "
-                                       "explicit `projection: conv` on a concat along H between known grids is refused "
-                                       "with 'spatial size 8x8 -> 8x4 does not match a stride of 2', although the same "
-                                       "skip between unknown grids plans a conv /1x2")
 def test_a_concat_along_a_spatial_dim_steps_only_the_other_dims_on_known_grids() -> None:
     plan = plan_projection(Projection.conv, Merge.concat, m(4, 8, 8, at=AT1), m(8, 3, 4, at=AT2), 2)
     assert [s.kind.value for s in plan.steps] == ["conv"] and plan.reason == "4->8 channels, /1x2"
