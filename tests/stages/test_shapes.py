@@ -325,8 +325,8 @@ def test_a_map_shrunk_on_one_grid_names_the_layers_and_the_padding_that_keeps_th
         "skip 's': cannot add 'x' (3, 8, 8) to 'act' (4, 6, 6): "
         "the spatial size shrinks on one grid, with no stride between them: 8x8 -> 6x6",
         "shrunk by 'conv' (Conv2d, kernel 3, stride 1, padding 0, dilation 1): 8x8 -> 6x6. Fix: keep the size with "
-        "`padding: 1` on 'conv'; or set `projection: crop` on this skip (the maps share a grid, so a centre crop aligns "
-        "them)")
+        "`padding: 1` on 'conv'; or set `projection: crop` on this skip (the maps share a grid, so a centre crop "
+        "aligns them)")
 
 
 def test_a_stride_that_floored_an_odd_size_proposes_the_input_sizes_that_fit() -> None:
