@@ -28,13 +28,17 @@ _EXPORTS = {
     "UsageError": "errors",
     "build": "api",
     "check": "api",
+    "checkpoint": "distributed",
+    "compile": "distributed",
     "count_parameters": "api",
     "load": "artifact",
     "load_spec": "api",
+    "materialize": "api",
     "rebuild": "api",
     "register_op": "ops.generic",
     "render": "api",
     "save": "formats",
+    "shard": "distributed",
     "to_onnx": "onnx_export",
     "to_python": "api",
     "write_diagram": "formats",
@@ -42,13 +46,15 @@ _EXPORTS = {
 
 __all__ = [
     "BuildRecord", "CompiledModule", "Diagnostic", "Location", "Projection", "ProjectionPlan", "ResgraphError", "Spec",
-    "SpecError", "UsageError", "__version__", "build", "check", "count_parameters", "load", "load_spec", "rebuild",
-    "register_op", "render", "save", "to_onnx", "to_python", "write_diagram",
+    "SpecError", "UsageError", "__version__", "build", "check", "checkpoint", "compile", "count_parameters", "load",
+    "load_spec", "materialize", "rebuild", "register_op", "render", "save", "shard", "to_onnx", "to_python",
+    "write_diagram",
 ]
 
 if TYPE_CHECKING:
-    from .api import build, check, count_parameters, load_spec, rebuild, render, to_python
+    from .api import build, check, count_parameters, load_spec, materialize, rebuild, render, to_python
     from .artifact import load
+    from .distributed import checkpoint, compile, shard
     from .errors import Diagnostic, Location, ResgraphError, SpecError, UsageError
     from .formats import save, write_diagram
     from .model import CompiledModule

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .ops.generic import allowed_imports
 from .pipeline import (
@@ -29,10 +29,14 @@ from .spec import Spec
 from .validate import validate
 
 if TYPE_CHECKING:
+    import torch
+
     from .graph import Graph
     from .model import CompiledModule
 
-__all__ = ["DEFAULT_MAX_PARAMS", "build", "check", "count_parameters", "load_spec", "rebuild", "render",
+    M = TypeVar("M", bound=torch.nn.Module)
+
+__all__ = ["DEFAULT_MAX_PARAMS", "build", "check", "count_parameters", "load_spec", "materialize", "rebuild", "render",
            "to_python"]
 
 def load_spec(spec: SpecSource, *, params: Mapping[str, Any] | None = None, file: str | None = None) -> Spec:
@@ -62,17 +66,21 @@ def check(spec: SpecSource, *, params: Mapping[str, Any] | None = None, allow_im
 
 def build(spec: SpecSource, *, params: Mapping[str, Any] | None = None, seed: int | None = None,
           max_params: int | None = DEFAULT_MAX_PARAMS, allow_imports: Iterable[str] = (),
-          file: str | None = None) -> CompiledModule:
+          file: str | None = None, device: torch.device | str | int | None = None) -> CompiledModule:
     """Compile a spec into an ordinary torch.nn.Module.
 
     Args:
         spec: a path, YAML text, or a dict.
         params: overrides of the spec's declared parameters, e.g. {"num_classes": 10}.
         seed: makes weight initialisation deterministic (the global RNG is left untouched).
-        max_params: refuse, before allocating any weight, a model with more parameters (None: no limit).
+        max_params: refuse, before allocating any weight, a model with more parameters (None: no
+            limit). A meta build allocates nothing and is never refused; `materialize` checks.
         allow_imports: module prefixes whose classes the spec may name as `op: package.module.Class`;
             without them a spec cannot make resgraph import anything.
         file: the name to report in error locations when `spec` is text or a dict.
+        device: where to allocate the weights (default: torch's current default device).
+            "meta" allocates nothing: shapes, counts, summary and code only, for `shard` and then
+            `materialize`. Any device gets the weights a CPU build with `seed` gets.
     Returns:
         A `CompiledModule` whose class is named after the spec, with `.code`, `.spec`, `.graph`
         and `.build_record`.
@@ -88,7 +96,34 @@ def build(spec: SpecSource, *, params: Mapping[str, Any] | None = None, seed: in
     with allowed_imports(prefixes):
         typed, graph = check_loaded(loaded, params, reader)
     record = BuildRecord(loaded.text, loaded.file, dict(params or {}), prefixes, tuple(sorted(reader.texts.items())))
-    return compile_model(typed, graph, record, seed=seed, max_params=max_params)
+    return compile_model(typed, graph, record, seed=seed, max_params=max_params, device=device)
+
+
+def materialize(model: M, *, device: torch.device | str | int = "cpu", seed: int | None = None,
+                max_params: int | None = DEFAULT_MAX_PARAMS) -> M:
+    """Allocate a (meta-built, possibly sharded) model's weights on `device` and initialise them.
+
+    Every parameter and buffer equals, bit for bit, what `build(spec, seed=seed)` gives it; a
+    sharded (FSDP2) parameter receives only this process's shard, and no process ever holds more
+    than one layer's full weights besides its shards.
+
+    >>> model = build("examples/residual_mlp.yaml", device="meta")
+    >>> materialize(model, seed=0).fc1.weight.equal(build("examples/residual_mlp.yaml", seed=0).fc1.weight)
+    True
+
+    Args:
+        model: a model returned by `build` (usually with `device="meta"`; then `shard`, if sharded).
+        device: where to allocate.
+        seed: the seed of the build to reproduce; None: draw from the global RNG.
+        max_params: refuse to allocate more parameters than this in this process (None: no limit).
+    Returns:
+        `model`, allocated and initialised in place.
+    Raises:
+        SpecError: more than `max_params` parameters would be allocated in this process.
+    """
+    from .model import materialize as materialize_model
+
+    return materialize_model(model, device=device, seed=seed, max_params=max_params)
 
 
 def rebuild(record: BuildRecord, *, allow_imports: Iterable[str] = (), seed: int | None = None,
