@@ -80,8 +80,16 @@ def _walk(graph: Graph, choose: Choose, outermost: bool) -> Iterator[Graph]:
                     yield from _walk(instance, choose, outermost)
 
 
+def _graph(model: nn.Module) -> Graph:
+    graph = getattr(model, "graph", None)
+    if not isinstance(graph, Graph):
+        raise UsageError(f"expected a model returned by resgraph.build, not a {type(model).__name__} "
+                         "(it knows which submodules are block instances)")
+    return graph
+
+
 def _instances(model: nn.Module, choose: Choose, outermost: bool) -> list[tuple[str, nn.Module]]:
-    graph: Graph = model.graph  # type: ignore[assignment]
+    graph = _graph(model)
     names = [instance.qualname.rstrip(".") for instance in _walk(graph, choose, outermost)]
     return [(name, model.get_submodule(name)) for name in names]
 
@@ -95,9 +103,9 @@ def instances(model: nn.Module, blocks: Iterable[str] | None = None, *,
         blocks: block names; None: the instances of every block called with `repeat: N`.
         outermost: leave out instances nested inside another chosen instance.
     Raises:
-        UsageError: a name in `blocks` is not a block of this model.
+        UsageError: a name in `blocks` is not a block of this model, or `model` was not built by resgraph.
     """
-    return _instances(model, _chooser(model.graph, blocks), outermost)  # type: ignore[arg-type]
+    return _instances(model, _chooser(_graph(model), blocks), outermost)
 
 
 def _planned(model: nn.Module, key: str, blocks: Iterable[str] | None) -> Iterable[str] | None:

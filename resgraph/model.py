@@ -121,9 +121,11 @@ def materialize(module: C, *, device: Device = "cpu", seed: int | None = None,
         `module`, allocated and initialised in place.
     Raises:
         SpecError: more than `max_params` parameters would be allocated.
+        UsageError: `module` was not built by resgraph.
     """
-    graph: Graph = module.graph  # type: ignore[assignment]
-    record: BuildRecord = module.build_record  # type: ignore[assignment]
+    graph, record = getattr(module, "graph", None), getattr(module, "build_record", None)
+    if not isinstance(graph, Graph) or not isinstance(record, BuildRecord):
+        raise UsageError(f"materialize needs a model returned by resgraph.build, not a {type(module).__name__}")
     if max_params is not None:
         sizes = dict.fromkeys(graph.nodes, 0)
         for name, parameter in module.named_parameters():

@@ -43,13 +43,19 @@ GLOBAL_BATCH = 4
 
 
 def batch(model: torch.nn.Module, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same global batch in every process: inputs of the spec's shape, regression targets."""
+    """The same global batch in every process: inputs of the spec's first input's shape and dtype
+    (token ids below the smallest embedding's size), regression targets of the output's shape."""
     generator = torch.Generator().manual_seed(100 + step)
     graph = model.graph
-    shape = graph.nodes[graph.inputs[0]].meta["type"].shape
+    given = graph.nodes[graph.inputs[0]].meta["type"]
     out_shape = graph.nodes[graph.outputs[0]].meta["type"].shape
-    return (torch.randn(GLOBAL_BATCH, *shape, generator=generator),
-            torch.randn(GLOBAL_BATCH, *out_shape, generator=generator))
+    if given.dtype.startswith(("int", "uint")):
+        vocabulary = min((m.num_embeddings for m in model.modules() if isinstance(m, torch.nn.Embedding)), default=2)
+        x = torch.randint(0, vocabulary, (GLOBAL_BATCH, *given.shape), generator=generator,
+                          dtype=getattr(torch, given.dtype))
+    else:
+        x = torch.randn(GLOBAL_BATCH, *given.shape, generator=generator)
+    return x, torch.randn(GLOBAL_BATCH, *out_shape, generator=generator)
 
 
 def sharded_model(spec: str, params: dict[str, Any], flags: set[str], mesh: Any, seed: int) -> torch.nn.Module:
@@ -86,7 +92,7 @@ def worker(rank: int, world: int, port: int, out: str, spec: str, params: dict[s
     reference_optimizer = torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9)
     half = GLOBAL_BATCH // world
     for step in range(STEPS):
-        x, y = (t.to(dtype) for t in batch(reference, step))
+        x, y = (t.to(dtype) if t.is_floating_point() else t for t in batch(reference, step))
         mine = slice(rank * half, (rank + 1) * half)
         loss = torch.nn.functional.mse_loss(model(x[mine]), y[mine])
         loss.backward()
@@ -102,6 +108,7 @@ def worker(rank: int, world: int, port: int, out: str, spec: str, params: dict[s
             opt.step()
             opt.zero_grad()
     report["compiled_graphs"] = counters["stats"]["unique_graphs"]
+    report["same_python_export"] = resgraph.to_python(model) == resgraph.to_python(reference)
     report["param_diff"] = max((full(p) - q).abs().max().item()
                                for p, q in zip(model.parameters(), reference.parameters()))
 

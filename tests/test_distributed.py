@@ -221,6 +221,10 @@ def test_choosing_an_unknown_block_names_the_known_ones() -> None:
     with pytest.raises(UsageError, match="its blocks: encoder_block"):
         resgraph.shard(model, blocks=["mlp"])
     assert [name for name, _ in instances(model, "encoder_block")] == ["encoder.0", "encoder.1", "encoder.2"]
+    with pytest.raises(UsageError, match="a model returned by resgraph.build, not a Linear"):
+        resgraph.compile(torch.nn.Linear(2, 2))
+    with pytest.raises(UsageError, match="materialize needs a model returned by resgraph.build"):
+        resgraph.materialize(torch.nn.Linear(2, 2))
 
 
 def test_a_checkpointed_model_compiles_whole_without_graph_breaks_and_exports_unchanged() -> None:
@@ -301,6 +305,7 @@ def assert_trained_like_one_process(report: dict[str, Any]) -> None:
     assert max(report["grad_diffs"]) < 1e-6 and report["param_diff"] < 1e-6
     assert report["reload_diff"] == 0.0  # torch.distributed.checkpoint round trip
     assert report["full_state_keys_equal"] and report["full_state_diff"] < 1e-6
+    assert report["same_python_export"]
 
 
 def test_fsdp_sharded_checkpointed_compiled_vit_trains_like_one_process(tmp_path: pathlib.Path) -> None:
