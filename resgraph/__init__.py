@@ -54,8 +54,18 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .api import (build, check, count_parameters, load_spec, materialize, rebuild, render, summary, to_python,
-                      valid_sizes)
+    from .api import (
+        build,
+        check,
+        count_parameters,
+        load_spec,
+        materialize,
+        rebuild,
+        render,
+        summary,
+        to_python,
+        valid_sizes,
+    )
     from .artifact import load
     from .distributed import checkpoint, compile, shard
     from .errors import Diagnostic, Location, ResgraphError, SpecError, UsageError
