@@ -74,6 +74,32 @@ def forward_latency(quick: bool, device: str) -> list[dict[str, Any]]:
     return rows
 
 
+def guard_cost(quick: bool) -> dict[str, Any]:
+    """The input guard's cost: the residual MLP's forward with its guard vs the same forward without it
+    (same module state, a twin class whose generated forward leaves the guard out), and an A/A control."""
+    from resgraph.codegen import generate_forward
+    from resgraph.lower import _generated_class
+
+    depth, rounds, inner = (20, 5, 20) if quick else (200, 31, 50)
+    model = resgraph.build(MLP, params={"depth": depth}, seed=0).eval()
+    sizes = model.graph.meta.pop("sizes")
+    source = generate_forward(model.graph)  # the same forward, without the guard lines
+    model.graph.meta["sizes"] = sizes
+    assert "raise ValueError" in model.code and "raise ValueError" not in source
+    twin = _generated_class(type(model).__name__ + "Unguarded", source, type(model).__mro__[1]).__new__(
+        _generated_class(type(model).__name__ + "Unguarded", source, type(model).__mro__[1]))
+    twin.__dict__ = model.__dict__  # shares every submodule: only the forward's code differs
+    x = torch.randn(1, 32)
+    with torch.inference_mode():
+        for _ in range(5):
+            model(x), twin(x)
+        guarded, unguarded = interleaved(lambda: model(x), lambda: twin(x), rounds, inner)
+        same_a, same_b = interleaved(lambda: model(x), lambda: model(x), rounds, inner)
+    return {"case": f"residual MLP, {depth} blocks, batch 1", "guarded_us": guarded * 1e6,
+            "unguarded_us": unguarded * 1e6, "ratio": guarded / unguarded, "aa_ratio": same_a / same_b,
+            "overhead_ns": (guarded - unguarded) * 1e9}
+
+
 def build_time(quick: bool) -> dict[str, Any]:
     """Spec -> ResNet-50 module vs constructing the hand-written one; where resgraph's time goes."""
     rounds = 3 if quick else 9
@@ -210,6 +236,9 @@ def markdown(results: dict[str, Any]) -> str:
         target = "<= 1.00" if "MLP" in row["case"] else "<= 1.02"
         lines.append(f"| forward latency, {row['case']} | {row['resgraph_ms']:.3f} ms | {row['reference_ms']:.3f} ms "
                      f"| {row['ratio']:.3f} | {target} |")
+    g = results["guard"]
+    lines.append(f"| input guard, {g['case']} (with vs without; A/A {g['aa_ratio']:.3f}) | {g['guarded_us']:.1f} us "
+                 f"| {g['unguarded_us']:.1f} us | {g['ratio']:.3f} ({g['overhead_ns']:+.0f} ns) | not measurable |")
     b = results["build"]
     lines.append(f"| build ResNet-50 (spec -> module) | {b['resgraph_s']:.3f} s | {b['reference_s']:.3f} s "
                  f"| {b['ratio']:.2f} | <= 1.3 |")
@@ -249,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpu": cpu, "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
                     "python": platform.python_version()},
         "forward": forward_latency(args.quick, args.device),
+        "guard": guard_cost(args.quick),
         "build": build_time(args.quick),
         "scaling": scaling(args.quick),
     }

@@ -28,14 +28,18 @@ _EXPORTS = {
     "UsageError": "errors",
     "build": "api",
     "check": "api",
+    "checkpoint": "distributed",
+    "compile": "distributed",
     "count_parameters": "api",
     "load": "artifact",
     "load_spec": "api",
+    "materialize": "api",
     "rebuild": "api",
     "register_op": "ops.generic",
     "render": "api",
     "save": "formats",
     "summary": "api",
+    "shard": "distributed",
     "to_onnx": "onnx_export",
     "to_python": "api",
     "valid_sizes": "api",
@@ -44,13 +48,26 @@ _EXPORTS = {
 
 __all__ = [
     "BuildRecord", "CompiledModule", "Diagnostic", "Location", "Projection", "ProjectionPlan", "ResgraphError", "Spec",
-    "SpecError", "UsageError", "__version__", "build", "check", "count_parameters", "load", "load_spec", "rebuild",
-    "register_op", "render", "save", "summary", "to_onnx", "to_python", "valid_sizes", "write_diagram",
+    "SpecError", "UsageError", "__version__", "build", "check", "checkpoint", "compile", "count_parameters", "load",
+    "load_spec", "materialize", "rebuild", "register_op", "render", "save", "shard", "summary", "to_onnx", "to_python",
+    "valid_sizes", "write_diagram",
 ]
 
 if TYPE_CHECKING:
-    from .api import build, check, count_parameters, load_spec, rebuild, render, summary, to_python, valid_sizes
+    from .api import (
+        build,
+        check,
+        count_parameters,
+        load_spec,
+        materialize,
+        rebuild,
+        render,
+        summary,
+        to_python,
+        valid_sizes,
+    )
     from .artifact import load
+    from .distributed import checkpoint, compile, shard
     from .errors import Diagnostic, Location, ResgraphError, SpecError, UsageError
     from .formats import save, write_diagram
     from .model import CompiledModule

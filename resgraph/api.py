@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import UsageError
 from .ops.generic import allowed_imports
@@ -31,12 +31,16 @@ from .spec import Spec
 from .validate import validate
 
 if TYPE_CHECKING:
+    import torch
+
     from .graph import Graph
     from .model import CompiledModule
     from .summarize import Summary
 
-__all__ = ["DEFAULT_MAX_PARAMS", "InputShapes", "build", "check", "count_parameters", "load_spec", "rebuild", "render",
-           "summary", "to_python", "valid_sizes"]
+    M = TypeVar("M", bound=torch.nn.Module)
+
+__all__ = ["DEFAULT_MAX_PARAMS", "InputShapes", "build", "check", "count_parameters", "load_spec", "materialize",
+           "rebuild", "render", "summary", "to_python", "valid_sizes"]
 
 InputShapes = Mapping[str, Sequence[int]]  # input name -> per-sample shape, e.g. {"x": (3, 299, 299)}
 
@@ -88,19 +92,24 @@ def valid_sizes(spec: SpecSource, *, params: Mapping[str, Any] | None = None, in
 
 def build(spec: SpecSource, *, params: Mapping[str, Any] | None = None, seed: int | None = None,
           max_params: int | None = DEFAULT_MAX_PARAMS, allow_imports: Iterable[str] = (),
-          input_shapes: InputShapes | None = None, file: str | None = None) -> CompiledModule:
+          input_shapes: InputShapes | None = None, file: str | None = None,
+          device: torch.device | str | int | None = None) -> CompiledModule:
     """Compile a spec into an ordinary torch.nn.Module.
 
     Args:
         spec: a path, YAML text, or a dict.
         params: overrides of the spec's declared parameters, e.g. {"num_classes": 10}.
         seed: makes weight initialisation deterministic (the global RNG is left untouched).
-        max_params: refuse, before allocating any weight, a model with more parameters (None: no limit).
+        max_params: refuse, before allocating any weight, a model with more parameters (None: no
+            limit). A meta build allocates nothing and is never refused; `materialize` checks.
         allow_imports: module prefixes whose classes the spec may name as `op: package.module.Class`;
             without them a spec cannot make resgraph import anything.
         input_shapes: per-sample example shapes instead of the declared ones (for the summary and
             the checks; the model works at every size its architecture admits either way).
         file: the name to report in error locations when `spec` is text or a dict.
+        device: where to allocate the weights (default: torch's current default device).
+            "meta" allocates nothing: shapes, counts, summary and code only, for `shard` and then
+            `materialize`. Any device gets the weights a CPU build with `seed` gets.
     Returns:
         A `CompiledModule` whose class is named after the spec, with `.code`, `.spec`, `.graph`
         and `.build_record`. Its forward checks its inputs' shapes first (a ValueError names the
@@ -119,7 +128,34 @@ def build(spec: SpecSource, *, params: Mapping[str, Any] | None = None, seed: in
     record = BuildRecord(spec=loaded.text, file=loaded.file, params=dict(params or {}), allow_imports=prefixes,
                          imports=tuple(sorted(reader.texts.items())),
                          input_shapes={name: tuple(shape) for name, shape in (input_shapes or {}).items()})
-    return compile_model(typed, graph, record, seed=seed, max_params=max_params)
+    return compile_model(typed, graph, record, seed=seed, max_params=max_params, device=device)
+
+
+def materialize(model: M, *, device: torch.device | str | int = "cpu", seed: int | None = None,
+                max_params: int | None = DEFAULT_MAX_PARAMS) -> M:
+    """Allocate a (meta-built, possibly sharded) model's weights on `device` and initialise them.
+
+    Every parameter and buffer equals, bit for bit, what `build(spec, seed=seed)` gives it; a
+    sharded (FSDP2) parameter receives only this process's shard, and no process ever holds more
+    than one layer's full weights besides its shards.
+
+    >>> model = build("examples/residual_mlp.yaml", device="meta")
+    >>> materialize(model, seed=0).fc1.weight.equal(build("examples/residual_mlp.yaml", seed=0).fc1.weight)
+    True
+
+    Args:
+        model: a model returned by `build` (usually with `device="meta"`; then `shard`, if sharded).
+        device: where to allocate.
+        seed: the seed of the build to reproduce; None: draw from the global RNG.
+        max_params: refuse to allocate more parameters than this in this process (None: no limit).
+    Returns:
+        `model`, allocated and initialised in place.
+    Raises:
+        SpecError: more than `max_params` parameters would be allocated in this process.
+    """
+    from .model import materialize as materialize_model
+
+    return materialize_model(model, device=device, seed=seed, max_params=max_params)
 
 
 def rebuild(record: BuildRecord, *, allow_imports: Iterable[str] = (), seed: int | None = None,

@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="module levels to show (1: top level only; default: all)")
     build.add_argument("--max-params", type=_positive, metavar="N", default=None,
                        help="refuse, before allocating weights, a model with more parameters (default: 2^31)")
+    build.add_argument("--device", metavar="DEVICE",
+                       help="where to allocate the weights: cpu (default), cuda, cuda:1, ... or meta "
+                            "(allocate nothing: summary, code and diagram of a model of any size, no limit)")
     build.add_argument("--diagram", metavar="FILE",
                        help=f"also draw the architecture to FILE ({', '.join(diagram_suffixes())})")
     build.add_argument("--columns", metavar="NAMES",
@@ -201,6 +204,9 @@ def _build(args: argparse.Namespace) -> int:
         find_format(args.diagram, "diagram")
     if args.opset is not None and not (args.output or "").lower().endswith(".onnx"):
         raise UsageError("--opset applies to ONNX files: add -o FILE.onnx")
+    if args.device == "meta" and args.output and find_format(args.output, "model").suffix != ".py":
+        raise UsageError(f"-o {args.output}: a model built with --device meta has no weights to save; "
+                         "build it on a real device, or write its code with -o FILE.py")
     from .api import DEFAULT_MAX_PARAMS, build, render, summary
     from .formats import save
     from .summarize import parse_columns
@@ -208,7 +214,7 @@ def _build(args: argparse.Namespace) -> int:
     columns = parse_columns(args.columns)  # an unknown column is refused before the model is built
     module = build(pathlib.Path(args.spec), params=_overrides(args.overrides), seed=args.seed,
                    max_params=args.max_params or DEFAULT_MAX_PARAMS, allow_imports=args.allow_imports,
-                   input_shapes=_input_shapes(args.inputs))
+                   input_shapes=_input_shapes(args.inputs), device=_device(args.device))
     if args.output:
         save(module, args.output, **({"opset": args.opset} if args.opset is not None else {}))
     status = EXIT_OK
@@ -230,6 +236,18 @@ def _build(args: argparse.Namespace) -> int:
         if args.output:
             print(f"Saved: {args.output}")
     return status
+
+
+def _device(name: str | None) -> object:
+    """The torch.device `--device` names (None: the default), or a usage error saying why not."""
+    if name is None:
+        return None
+    import torch
+
+    try:
+        return torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise UsageError(f"--device {name}: {str(exc).splitlines()[0]} (e.g. cpu, cuda, cuda:1, meta)") from None
 
 
 def _render(args: argparse.Namespace) -> int:

@@ -70,9 +70,18 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
             padding = change.keeping_padding()
             if padding is not None:
                 by_padding.setdefault(padding, []).append(repr(change.name))
-        fixes += [f"`padding: {padding}` on {' and '.join(names)}" for padding, names in by_padding.items()]
-        fixes.append("`projection: crop` on this skip (the maps share a grid, so a centre crop aligns them)")
-        return _join(f"shrunk by {listed}" if listed else "", "keep the size with " + ", or ".join(fixes))
+        fixes += [f"keep the size with `padding: {padding}` on {' and '.join(names)}"
+                  for padding, names in by_padding.items()]
+        fitting = _fitting_sizes(guards, symbols)  # a rounding shrank it: some input sizes fit outright
+        if fitting:
+            fixes.append(f"use an input size at which this skip fits: {fitting}")
+        if not exc.crop_required:
+            fixes.append("set `projection: crop` on this skip (the maps share a grid, so a centre crop aligns them)")
+        elif not fitting:  # odd margins: a crop would be off-centre at this size
+            even = _fitting_sizes([*guards[:len(guards) - len(exc.required)], *exc.crop_required], symbols)
+            fixes.append("set `projection: crop` on this skip and use an input size where the margins are even"
+                         + (f": {even}" if even else ""))
+        return _join(f"shrunk by {listed}" if listed else "", "; or ".join(fixes))
     if exc.kind == "finer":
         return _join(listed, "take the skip from a layer at the target's scale, or upsample the source first")
     if exc.kind in ("stride", "off-centre", "larger"):

@@ -31,7 +31,7 @@ from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
 from .ownership import Owns, owns
 from .projections import ProjectionPlan, step_constructor
 
-__all__ = ["GeneratedModule", "lower", "projection_module"]
+__all__ = ["GeneratedModule", "build_owned", "lower", "owned_units", "projection_module", "seeded"]
 
 
 class GeneratedModule(nn.Module):
@@ -55,7 +55,7 @@ def lower(graph: Graph, *, base: type[M] = GeneratedModule, seed: int | None = N
         UsageError: `seed` is outside the range torch accepts.
     """
     diagnostics: list[Diagnostic] = []
-    with _seeded(seed):
+    with seeded(seed):
         module = _generated_class(graph.name, generate_forward(graph), base)()
         _add_owned(module, graph, diagnostics)
     if diagnostics:
@@ -89,13 +89,31 @@ def _add_owned(module: nn.Module, graph: Graph, diagnostics: list[Diagnostic]) -
 
 
 def _build(node: Node, kind: Owns, diagnostics: list[Diagnostic]) -> Any:
+    if isinstance(node, BlockNode):
+        instances = [_lower_instance(instance, diagnostics) for instance in node.instances]
+        return nn.Sequential(*instances) if kind is Owns.repeat else instances[0]
+    return build_owned(node)
+
+
+def build_owned(node: Node) -> Any:
+    """What a layer or skip node owns, freshly built and initialised (a module or an nn.Parameter)."""
     if isinstance(node, LayerNode):
         return node.layer.build(node.meta["args"])
-    if isinstance(node, SkipNode):
-        return projection_module(node.meta["projection"])
-    assert isinstance(node, BlockNode), node
-    instances = [_lower_instance(instance, diagnostics) for instance in node.instances]
-    return nn.Sequential(*instances) if kind is Owns.repeat else instances[0]
+    assert isinstance(node, SkipNode), node
+    return projection_module(node.meta["projection"])
+
+
+def owned_units(graph: Graph) -> Iterator[tuple[str, Node]]:
+    """(qualified attribute name, node) of every layer and skip that owns something, block
+    instances included, in the order `lower` builds them: the order their initialisation draws
+    from the random number generator, so replaying it reproduces a seeded build (see
+    `model.materialize`)."""
+    for node in graph.nodes.values():
+        if isinstance(node, BlockNode):
+            for instance in node.instances:
+                yield from owned_units(instance)
+        elif owns(node) is not Owns.nothing:
+            yield graph.qualname + node.name, node
 
 
 def projection_module(plan: ProjectionPlan) -> nn.Sequential:
@@ -124,7 +142,9 @@ def _generated_class(name: str, source: str, base: type[GeneratedModule]) -> typ
 
 
 @contextlib.contextmanager
-def _seeded(seed: int | None) -> Iterator[None]:
+def seeded(seed: int | None) -> Iterator[None]:
+    """Draw from a CPU generator seeded with `seed` inside the block, leaving the global one as it
+    was; with None, draw from the global generator."""
     if seed is None:
         yield
         return

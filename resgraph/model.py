@@ -7,23 +7,29 @@ rebuild it from that record, so lowering itself never needs to know about specs 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import itertools
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from torch import nn
 
+from .distributed import fill, local_numel, spec_checkpoints, training_diagnostics
 from .errors import Diagnostic, SpecError, UsageError
 from .graph import Graph
 from .loader import gc_paused, load_text
-from .lower import GeneratedModule, lower
+from .lower import GeneratedModule, build_owned, lower, owned_units, seeded
 from .ops.generic import allowed_imports
 from .ownership import owned_parameters
 from .pipeline import DEFAULT_MAX_PARAMS, BuildRecord, check_loaded, static_parameter_counts
 from .sizes import smallest_without_ones, solve_sizes
 from .spec import Spec
 
-__all__ = ["CompiledModule", "compile_model", "meta_module", "part_sizes", "rebuild"]
+__all__ = ["CompiledModule", "Device", "compile_model", "materialize", "meta_module", "part_sizes", "rebuild"]
+
+Device = torch.device | str | int  # what torch.device() accepts
 
 class CompiledModule(GeneratedModule):
     """Base class of the modules `resgraph.build` returns (block instances are GeneratedModules).
@@ -98,22 +104,84 @@ def _unpickle(record: BuildRecord, state: dict[str, Any], training: bool) -> Com
 
 
 def compile_model(spec: Spec, graph: Graph, record: BuildRecord, *, seed: int | None = None,
-                  max_params: int | None = DEFAULT_MAX_PARAMS) -> CompiledModule:
+                  max_params: int | None = DEFAULT_MAX_PARAMS, device: Device | None = None) -> CompiledModule:
     """Lower a checked graph into a `CompiledModule` carrying `spec`, `graph` and `record`.
 
+    Args:
+        device: where to allocate the weights. None: the current default device (CPU, or the
+            device of an enclosing `with torch.device(...)`). "meta": allocate nothing (no
+            parameter limit applies). Another device: build on meta, then `materialize` there, so
+            the weights equal a CPU build's with the same seed and no CPU copy is made.
     Raises:
         SpecError: the model has more than `max_params` parameters (checked before any weight
-            is allocated), or torch refused a layer's arguments.
+            is allocated), torch refused a layer's arguments, or the `training:` section names a
+            block the model lacks.
     """
+    diagnostics = training_diagnostics(spec.training, graph)
+    if diagnostics:
+        raise SpecError(diagnostics)
     graph.meta["sizes"] = solve_sizes(graph)  # the forward's input guard states them
+    target = None if device is None else torch.device(device)
+    # Lower on CPU or meta directly; on any other device, lower on meta and materialize there, so
+    # the random draws are the CPU generator's, as in a CPU build.
+    lower_on = target if target is None or target.type in ("cpu", "meta") else torch.device("meta")
     with allowed_imports(record.allow_imports):
-        if max_params is not None:
-            _check_size(graph, max_params)
-        with gc_paused():
-            module = lower(graph, base=CompiledModule, seed=seed)
+        if max_params is not None and (target is None or target.type != "meta"):
+            _check_size(graph, part_sizes(graph), max_params)
+        with gc_paused(), lower_on if lower_on is not None else contextlib.nullcontext():
+            module = lower(graph, base=CompiledModule, seed=seed if lower_on == target else None)
     module.spec = spec
     module.graph = graph
     module.build_record = record
+    spec_checkpoints(module)
+    if lower_on != target:
+        materialize(module, device=target, seed=seed, max_params=None)
+    return module
+
+
+C = TypeVar("C", bound=nn.Module)
+
+
+def materialize(module: C, *, device: Device = "cpu", seed: int | None = None,
+                max_params: int | None = DEFAULT_MAX_PARAMS) -> C:
+    """Allocate `module`'s parameters and buffers on `device` and initialise them as a build would.
+
+    The values equal, bit for bit, those of `resgraph.build(spec, seed=seed)` (on CPU), for a
+    model built with `device="meta"` and then sharded, checkpointed or compiled alike. Each
+    layer is built once more on CPU, from the same constructor and with the same random draws in
+    the same order as the build, and copied in; so peak extra memory is one layer's weights, and
+    a sharded (FSDP2) parameter receives only this process's shard.
+
+    Args:
+        module: a model returned by `resgraph.build` (usually with `device="meta"`).
+        device: where to allocate (e.g. "cuda", torch.device("cuda", local_rank)).
+        seed: the seed a build would have used; None: draw from (and advance) the global RNG.
+        max_params: refuse to allocate more than this many parameters in this process (a
+            sharded model counts its local shards only); None: no limit.
+    Returns:
+        `module`, allocated and initialised in place.
+    Raises:
+        SpecError: more than `max_params` parameters would be allocated.
+        UsageError: `module` was not built by resgraph.
+    """
+    graph, record = getattr(module, "graph", None), getattr(module, "build_record", None)
+    if not isinstance(graph, Graph) or not isinstance(record, BuildRecord):
+        raise UsageError(f"materialize needs a model returned by resgraph.build, not a {type(module).__name__}")
+    if max_params is not None:
+        sizes = dict.fromkeys(graph.nodes, 0)
+        for name, parameter in module.named_parameters():
+            sizes[name.split(".", 1)[0]] += local_numel(parameter)  # a node's attribute is named after it
+        _check_size(graph, sizes, max_params, "this process would allocate")
+    module.to_empty(device=device)
+    with allowed_imports(record.allow_imports), seeded(seed), torch.device("cpu"), torch.no_grad():
+        for path, node in owned_units(graph):
+            fresh = build_owned(node)
+            if isinstance(fresh, nn.Parameter):
+                fill(module.get_parameter(path), fresh)
+                continue
+            owner = module.get_submodule(path)
+            for name, tensor in itertools.chain(fresh.named_parameters(), fresh.named_buffers()):
+                fill(owner.get_parameter(name) if isinstance(tensor, nn.Parameter) else owner.get_buffer(name), tensor)
     return module
 
 
@@ -155,15 +223,14 @@ def part_sizes(graph: Graph) -> dict[str, int]:
     return {name: owned_parameters(module, node) for name, node in graph.nodes.items()}
 
 
-def _check_size(graph: Graph, limit: int) -> None:
-    """Refuse a model over `limit` parameters, pointing at its largest top-level part."""
-    sizes = part_sizes(graph)
+def _check_size(graph: Graph, sizes: dict[str, int], limit: int, subject: str = "the model would have") -> None:
+    """Refuse a model over `limit` parameters (`sizes`: per top-level node), pointing at its largest part."""
     total = sum(sizes.values())
     if total <= limit:
         return
     largest = max(sizes, key=sizes.__getitem__)
     where = graph.where(graph.nodes[largest])
-    raise SpecError([Diagnostic(where, f"the model would have {total:,} parameters ({_size(total * 4)} as float32), "
+    raise SpecError([Diagnostic(where, f"{subject} {total:,} parameters ({_size(total * 4)} as float32), "
                                        f"more than the limit of {limit:,}; the largest part, {largest!r}, has "
                                        f"{sizes[largest]:,}",
                                 "raise the limit with --max-params N (Python: max_params=N) if this is intended")])

@@ -195,11 +195,14 @@ class ProjectionError(ShapeError):
     """
 
     def __init__(self, message: str, hint: str | None = None, *, kind: str | None = None,
-                 required: tuple[Guard, ...] = ()) -> None:
+                 required: tuple[Guard, ...] = (), crop_required: tuple[Guard, ...] | None = None) -> None:
         super().__init__(message)
         self.hint = hint
         self.kind = kind
         self.required = required  # size conditions under which the skip would fit (for hints)
+        # For a map shrunk on one grid: the conditions under which a centre crop would align it (even
+        # margins); empty when it already would.
+        self.crop_required = crop_required
 
 
 def wanted_shape(merge: Merge, source: TensorType, target: TensorType, dim: int = 1) -> tuple[Any, ...] | None:
@@ -226,6 +229,7 @@ class Mismatch:
     want: tuple[Any, ...]
     spatial: bool  # a channels-first map (C, *spatial); else features-last (..., F)
     target_scale: Scale | None = None
+    concat_axis: int | None = None  # a concat along a spatial dim keeps the source's size there
 
     @property
     def channels(self) -> tuple[int, int]:
@@ -259,6 +263,9 @@ class Mismatch:
             ratios = [target / source for source, target in zip(self.source.scale, self.target_scale)]
         steps = []
         for index, (size_in, size_out) in enumerate(zip(spatial_in, spatial_out)):
+            if self.concat_axis == index + 1:
+                steps.append(1)  # the concat dim: the source keeps its own size and grid
+                continue
             if ratios is not None:
                 ratio = ratios[index]
                 if ratio < 1:
@@ -278,9 +285,12 @@ class Mismatch:
                 required = tuple(requirement("eq", -(-a // step), b) for a, b in zip(spatial_in, spatial_out))
                 if step == 1:
                     larger = any(hint(o) > hint(i) for i, o in zip(spatial_in, spatial_out))
+                    odd = [requirement("eq", (a - b) % 2, 0) for a, b in zip(spatial_in, spatial_out)
+                           if (hint(a) - hint(b)) % 2]
                     raise ProjectionError(f"the spatial size {'grows' if larger else 'shrinks'} on one grid, with no "
                                           f"stride between them: {_size(spatial_in)} -> {_size(spatial_out)}",
-                                          kind="larger" if larger else "grid", required=required)
+                                          kind="larger" if larger else "grid", required=required,
+                                          crop_required=tuple(odd))
                 raise ProjectionError(f"spatial size {_size(spatial_in)} -> {_size(spatial_out)} does not match a "
                                       f"stride of {step} (which gives {_size(_ceil_sizes(spatial_in, step))})",
                                       kind="stride", required=required)
@@ -443,7 +453,8 @@ def plan_projection(policy: Projection, merge: Merge, source: TensorType, target
     if policy is not Projection.none and not spatial and source.shape[:-1] != want[:-1]:
         raise ProjectionError(f"their leading dims differ ({_size(source.shape[:-1])} vs {_size(want[:-1])}); "
                               "a feature projection only changes the last dim")
-    mismatch = Mismatch(source, want, spatial, target.scale)
+    axis = sample_dim(dim, target.rank) if merge is Merge.concat and source.rank == target.rank else None
+    mismatch = Mismatch(source, want, spatial, target.scale, axis)
     if policy is Projection.auto and merge is not Merge.add and spatial and _is_stride(mismatch):
         sizes = f"{_size(mismatch.sizes[0])} vs {_size(mismatch.sizes[1])}, /{_short(mismatch.steps())}"
         raise ProjectionError(f"the source and target are on different spatial scales ({sizes}); `auto` does not "

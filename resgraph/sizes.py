@@ -77,7 +77,8 @@ class SizeRule:
 
     def violation(self, size: str) -> str | None:
         """A Python condition on `size` (an expression) that is true for the sizes the rule refuses, or
-        None when there is nothing to refuse. A "set" has no one-line test: its smallest value is checked."""
+        None when there is nothing to refuse. A "set" of up to 64 sizes is checked by membership; a
+        larger one only by its smallest value."""
         if self.kind == "fixed":
             return f"{size} != {self.start}"
         if self.kind == "at_least":
@@ -89,6 +90,8 @@ class SizeRule:
                 return f"{size} % {self.step} != 0"
             return f"{size} < {self.start} or ({size} - {self.start}) % {self.step} != 0"
         if self.kind == "set" and self.values:
+            if len(self.values) <= 64:
+                return f"{size} not in {self.values!r}"
             return f"{size} < {self.values[0]}"
         return "True" if self.kind == "none" else None
 

@@ -22,7 +22,7 @@ from .ops.base import DTYPES
 from .suggest import did_you_mean
 
 __all__ = ["REQUIRED", "BlockCall", "BlockDef", "BlockLibrary", "Defaults", "InputDecl", "LayerBody",
-           "Projection", "Scale", "Skip", "Spec"]
+           "Projection", "Scale", "Skip", "Spec", "Training"]
 
 
 class Projection(str, Enum):
@@ -88,6 +88,9 @@ class BlockCall(StrictModel):
     when: bool = Field(default=True, description="false (usually an expression): the layer is left out.")
     scale: bool = Field(default=True, description="false: scale.depth leaves `repeat` as written "
                                                   "(e.g. a repeat over the rows of a stage table).")
+    checkpoint: bool = Field(default=False, description=(
+        "true: activation checkpointing; each instance's activations are recomputed in the backward pass "
+        "instead of stored (torch.utils.checkpoint, non-reentrant). Gradients are unchanged."))
     with_: dict[Identifier, Any] = Field(
         default_factory=dict, alias="with",
         description="Block parameter values; expressions may use `index` (the instance) and `block_index`.")
@@ -154,6 +157,18 @@ class Scale(StrictModel):
     divisor: Annotated[int, Field(ge=1)] = Field(default=8, description="Scaled channels are multiples of this.")
 
 
+class Training(StrictModel):
+    """The plan for training at scale: which blocks `resgraph.shard` and `resgraph.compile` use
+    when called without `blocks=` (activation checkpointing is `checkpoint: true` on a block call)."""
+
+    shard: list[Identifier] | None = Field(
+        default=None, description="Blocks whose instances become FSDP2 units (fully_shard, then the root); "
+                                  "default: every block called with `repeat`.")
+    compile: list[Identifier] | None = Field(
+        default=None, description="Blocks compiled one forward per distinct instance class (regional "
+                                  "torch.compile); default: every block called with `repeat`.")
+
+
 class Spec(StrictModel):
     """A resgraph architecture spec."""
 
@@ -176,6 +191,8 @@ class Spec(StrictModel):
         default_factory=list, description="Named edges merging one node's output into a later layer's.")
     outputs: list[Identifier] | None = Field(default=None, min_length=1,
                                               description="The returned nodes; default: the last layer.")
+    training: Training = Field(default_factory=Training,
+                               description="Which blocks resgraph.shard and resgraph.compile use by default.")
 
     def input_decls(self) -> dict[str, InputDecl]:
         """Every input in its long form."""

@@ -5,18 +5,24 @@ The specification:
 - one statement per node, in graph order: `name = self.name(inputs)` for a module, the op's own
   expression for a code op, `name = self.name(inputs)` for a block call, and for a skip
   `target = target <merge> <projected source>` (concat puts the source first);
-- a projection's code steps are written inline, its module steps are the skip's submodule;
+- a projection's code steps are written inline, its module steps are the skip's submodule; no
+  size that depends on the input is a constant in the source: a crop is `_center_crop(source,
+  target)` (a helper in `HELPERS`, defined beside the forward), which crops at run time;
+- when `graph.meta["sizes"]` holds the solved sizes, the forward starts with an input guard that
+  checks each input's rank, fixed dims and free dims' rules and raises one ValueError naming it;
 - every line ends with the node's full shape (batch as N); a skip's comment says how it merges
   and why it projects; with `shapes=False` nothing instance-specific is written, so instances
   of one block with different shapes get the same source;
 - a large value (LARGE elements per sample or more) is deleted after its last reader; small
   values, returned values and values read by the last statement are not; with `shapes=False`
   every value is deleted;
-- the source compiles and computes what the same forward written by hand computes.
+- the source compiles and computes what the same forward written by hand computes;
+- every node name that reaches the source is an identifier.
 """
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 from typing import Any
 
@@ -24,9 +30,10 @@ import pytest
 import torch
 from torch import nn
 
-from resgraph.codegen import LARGE, generate_forward, shape_comment
+from resgraph.codegen import HELPERS, LARGE, generate_forward, helpers_used, input_guard, shape_comment
 from resgraph.graph import Graph, GraphBuilder
 from resgraph.shapes import infer_shapes
+from resgraph.sizes import solve_sizes
 from resgraph.spec import BlockCall
 
 
@@ -40,8 +47,10 @@ def merge(builder: GraphBuilder, name: str, op: str, inputs: list[str], **args: 
 
 
 def compiled(source: str) -> Any:
-    """The forward function a source defines (as lowering compiles it, with only `torch` in scope)."""
+    """The forward function a source defines (as lowering compiles it: `torch` and the helpers it calls in scope)."""
     namespace: dict[str, Any] = {"torch": torch}
+    for helper in helpers_used(source):
+        exec(compile(HELPERS[helper], "<helper>", "exec"), namespace)  # noqa: S102 (resgraph's own helper)
     exec(compile(source, "<generated>", "exec"), namespace)  # noqa: S102 (generated from a typed graph)
     return namespace["forward"]
 
@@ -157,30 +166,139 @@ def pair(qualname: str) -> Graph:
 
 # --- skips and merges -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("merge_kind", "statement"), [
-    ("add", "t = t + self.s(x)"),
-    ("mul", "t = t * self.s(x)"),
-    ("concat", "t = torch.cat([self.s(x), t], dim=1)"),
+@pytest.mark.parametrize(("merge_kind", "policy", "statement"), [
+    ("add", "auto", "t = t + self.s(x)"),
+    ("mul", "conv", "t = t * self.s(x)"),  # auto refuses a gate across scales: the skip says how
+    ("concat", "conv", "t = torch.cat([self.s(x), t], dim=1)"),
 ])
-def test_a_projecting_skip_calls_its_submodule_and_merges(merge_kind: str, statement: str) -> None:
+def test_a_projecting_skip_calls_its_submodule_and_merges(merge_kind: str, policy: str, statement: str) -> None:
     b = GraphBuilder("Net")
     b.input("x", [4, 8, 8])
     b.layer("t", "Conv2d", out_channels=8, kernel_size=1, stride=2)
-    b.skip("s", "x", "t", merge=merge_kind)
+    b.skip("s", "x", "t", merge=merge_kind, projection=policy)
     assert generate_forward(typed(b)).splitlines()[2].split("  #")[0] == f"    {statement}"
 
 
-@pytest.mark.parametrize(("policy", "projected"), [
-    ("pad", "torch.nn.functional.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 2, 2))"),
-    ("crop", "self.s(x[:, :, 2:6, 2:6])"),
-    ("avgpool", "self.s(x)"),
+STRIDED = {"kernel_size": 1, "stride": 2}  # 8x8 -> 4x4 on a grid twice as coarse
+SHRUNK = {"kernel_size": 5}  # 8x8 -> 4x4 on the input's grid (a crop aligns it)
+
+
+@pytest.mark.parametrize(("policy", "conv", "projected"), [
+    ("pad", STRIDED, "torch.nn.functional.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 2, 2))"),
+    ("crop", SHRUNK, "self.s(_center_crop(x, t))"),
+    ("avgpool", STRIDED, "self.s(x)"),
 ])
-def test_code_steps_are_inline_and_come_before_the_submodule(policy: str, projected: str) -> None:
+def test_code_steps_are_inline_and_come_before_the_submodule(policy: str, conv: dict[str, int], projected: str) -> None:
     b = GraphBuilder("Net")
     b.input("x", [4, 8, 8])
-    b.layer("t", "Conv2d", out_channels=8, kernel_size=1, stride=2)
+    b.layer("t", "Conv2d", out_channels=8, **conv)
     b.skip("s", "x", "t", projection=policy)
     assert generate_forward(typed(b)).splitlines()[2].split("  #")[0] == f"    t = t + {projected}"
+
+
+# --- size-generic code: runtime crops and the input guard --------------------------------------------------------
+
+def cropped() -> Graph:
+    """x (4, H, W) -> an unpadded 5x5 conv to 8 channels, plus x centre-cropped to its size (crop + 1x1 conv)."""
+    b = GraphBuilder("Net")
+    b.input("x", [4, 8, 8])
+    b.layer("conv", "Conv2d", out_channels=8, kernel_size=5)
+    b.skip("s", "x", "conv", projection="crop")
+    return typed(b)
+
+
+def test_a_crop_reads_the_sizes_at_run_time() -> None:
+    graph = cropped()
+    source = generate_forward(graph, shapes=False)
+    assert source.splitlines()[2] == ("    conv = conv + self.s(_center_crop(x, conv))"
+                                      "  # skip s: add x (crop projection)")
+    assert helpers_used(source) == ["_center_crop"] and helpers_used(generate_forward(basic())) == []
+    torch.manual_seed(0)
+    owner = SimpleNamespace(conv=nn.Conv2d(4, 8, 5), s=nn.Sequential(nn.Conv2d(4, 8, 1, bias=False)))
+    forward = compiled(source)
+    with torch.no_grad():
+        for size in [(8, 8), (13, 10)]:  # the declared size, and another one with odd and unequal sides
+            x = torch.randn(2, 4, *size)
+            expected = owner.conv(x) + owner.s(x[:, :, 2:-2, 2:-2])  # a 5x5 conv drops 2 rows on each side
+            assert torch.equal(forward(owner, x), expected)
+
+
+def test_center_crop_crops_each_spatial_dim_to_the_reference_centred() -> None:
+    namespace: dict[str, Any] = {}
+    exec(compile(HELPERS["_center_crop"], "<helper>", "exec"), namespace)  # noqa: S102 (resgraph's own helper)
+    x = torch.arange(2 * 3 * 9 * 12 * 7.0).reshape(2, 3, 9, 12, 7)
+    like = torch.empty(1, 1, 5, 4, 7)
+    assert torch.equal(namespace["_center_crop"](x, like), x[:, :, 2:7, 4:8, :])
+
+
+def test_the_input_guard_states_the_rank_the_fixed_dims_and_each_free_dims_rule() -> None:
+    graph = cropped()
+    assert input_guard(graph) == []  # sizes not solved: no guard
+    graph.meta["sizes"] = solve_sizes(graph)
+    assert generate_forward(graph, shapes=False).splitlines()[:3] == [
+        "def forward(self, x):",
+        "    if not torch.compiler.is_compiling() and "
+        "(x.dim() != 4 or x.shape[1] != 4 or x.shape[2] < 5 or x.shape[3] < 5):",
+        "        raise ValueError(\"Net: input 'x' must be (N, 4, H, W) with H >= 5, W >= 5 (declared (N, 4, 8, 8)); "
+        "got \" + str(tuple(x.shape)))",
+    ]
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 8), (2, 4, 8, 8, 1), (2, 3, 8, 8), (2, 4, 4, 8), (2, 4, 8, 4)])
+def test_a_call_with_a_shape_the_guard_refuses_raises_a_value_error_naming_the_input(shape: tuple[int, ...]) -> None:
+    graph = cropped()
+    graph.meta["sizes"] = solve_sizes(graph)
+    forward = compiled(generate_forward(graph))
+    owner = SimpleNamespace(conv=nn.Conv2d(4, 8, 5), s=nn.Sequential(nn.Conv2d(4, 8, 1, bias=False)))
+    with pytest.raises(ValueError) as caught:
+        forward(owner, torch.zeros(shape))
+    assert str(caught.value) == ("Net: input 'x' must be (N, 4, H, W) with H >= 5, W >= 5 (declared (N, 4, 8, 8)); "
+                                 f"got {shape}")
+    with torch.no_grad():
+        assert forward(owner, torch.zeros(2, 4, 5, 9)).shape == (2, 8, 1, 5)  # the smallest H works
+
+
+def test_every_input_has_its_guard_and_a_rule_that_refuses_nothing_is_not_written() -> None:
+    b = GraphBuilder("Net")
+    b.input("tokens", [6], dtype="int64")
+    b.input("x", [5, 4])
+    b.layer("embed", "Embedding", "tokens", num_embeddings=10, embedding_dim=4)
+    b.layer("fc", "Linear", "x", out_features=4)
+    graph = typed(b)
+    graph.meta["sizes"] = solve_sizes(graph)
+    assert generate_forward(graph).splitlines()[1:5] == [
+        "    if not torch.compiler.is_compiling() and (tokens.dim() != 2):",
+        "        raise ValueError(\"Net: input 'tokens' must be (N, L) (declared (N, 6)); got \" + "
+        "str(tuple(tokens.shape)))",
+        "    if not torch.compiler.is_compiling() and (x.dim() != 3 or x.shape[2] != 4):",
+        "        raise ValueError(\"Net: input 'x' must be (N, L, 4) (declared (N, 5, 4)); got \" + "
+        "str(tuple(x.shape)))",
+    ]
+
+
+def test_the_input_guard_refuses_a_size_between_the_values_of_a_set_rule() -> None:
+    # x (2, L): pool /2 and upsample x2 give 2 * (L // 2), an unpadded conv 2 less; x is cropped to it (centred at
+    # even L only). A stride-4 conv then meets a learned (2, 2) tensor: 10 <= L <= 13. Valid: L in {10, 12}.
+    b = GraphBuilder("Net")
+    b.input("x", [2, 12], layout="channels_first")
+    b.layer("pool", "MaxPool1d", kernel_size=2)
+    b.layer("up", "Upsample", scale_factor=2)
+    b.layer("conv", "Conv1d", out_channels=2, kernel_size=3)
+    b.skip("s", "x", "conv", projection="crop")
+    b.layer("down", "Conv1d", out_channels=2, kernel_size=4, stride=4)
+    b.layer("pos", "parameter", shape=[2, 2])
+    merge(b, "out", "add", ["down", "pos"])
+    graph = typed(b)
+    graph.meta["sizes"] = solve_sizes(graph)
+    (_, length) = graph.meta["sizes"].of("x")
+    assert length.rule.describe("L") == "L in {10, 12}"
+    owner = SimpleNamespace(pool=nn.MaxPool1d(2), up=nn.Upsample(scale_factor=2), conv=nn.Conv1d(2, 2, 3),
+                            down=nn.Conv1d(2, 2, 4, stride=4), pos=nn.Parameter(torch.zeros(1, 2, 2)))
+    forward = compiled(generate_forward(graph))
+    with torch.no_grad():
+        assert forward(owner, torch.randn(1, 2, 12)).shape == (1, 2, 2)
+        with pytest.raises(ValueError, match=re.escape("with L in {10, 12}")):
+            forward(owner, torch.randn(1, 2, 11))
 
 
 def test_several_skips_into_one_target_update_it_in_turn() -> None:
@@ -332,8 +450,6 @@ def test_the_mixer_forward_runs_like_the_hand_written_one() -> None:
     assert torch.equal(out_fc, fc)
 
 
-@pytest.mark.xfail(strict=True, reason="codegen's identifier guard checks inputs and assigned variables, not a skip's "
-                                       "own name, which it writes into the source (`self.<name>(...)` and the comment)")
 def test_a_name_that_is_not_an_identifier_never_reaches_the_source() -> None:
     b = GraphBuilder("Net")
     b.input("x", [4])

@@ -9,6 +9,8 @@ The specification:
 - nodes that own nothing (inputs, code ops, identity and code-only projections) add nothing;
 - the module computes exactly what the same network written by hand computes, with the same
   weights, and owns exactly the parameters shape inference counted;
+- the helpers a forward calls (`codegen.HELPERS`, e.g. a runtime crop) are defined beside it, so
+  the module runs at every input size its layers admit;
 - `seed` makes initialisation deterministic without touching the global RNG;
 - torch refusing a layer's arguments is a SpecError located at that layer.
 """
@@ -223,6 +225,21 @@ def test_without_a_seed_lowering_draws_from_the_global_rng(graph: Graph) -> None
     second = lower(graph)
     assert torch.equal(first.stem.weight, second.stem.weight)
     assert not torch.equal(first.stem.weight, lower(graph).stem.weight)
+
+
+# --- helpers beside the forward: one module, every input size -------------------------------------------------
+
+def test_a_module_with_a_runtime_crop_runs_at_other_input_sizes() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [4, 8, 8])
+    b.layer("conv", "Conv2d", out_channels=8, kernel_size=5)
+    b.skip("s", "x", "conv", projection="crop")  # one grid: x is centre-cropped by 2 on each side
+    module = lower(infer_shapes(b.build()), seed=0)
+    assert "_center_crop(x, conv)" in module.code
+    with torch.no_grad():
+        for size in [(8, 8), (11, 16)]:
+            x = torch.randn(2, 4, *size)
+            assert torch.equal(module(x), module.conv(x) + module.s(x[:, :, 2:-2, 2:-2]))
 
 
 # --- torch's refusals become located errors ----------------------------------------------------------------------

@@ -318,9 +318,6 @@ def test_graph_builder_builds_what_the_resolver_builds() -> None:
     assert [n.detail() for n in built.nodes.values()] == [n.detail() for n in loaded.nodes.values()]  # the ops
 
 
-@pytest.mark.xfail(strict=True, reason="GraphBuilder.layer ignores an op's own `input` argument: a merge given "
-                                       "input=[a, b] but no `inputs` reads only the previous node, so "
-                                       "infer_shapes types it as that node and codegen writes `m = b`")
 def test_graph_builder_reads_a_layers_own_input_argument() -> None:
     b = GraphBuilder("M")
     b.input("x", [4])

@@ -3,11 +3,18 @@
 The specification:
 
 - an input's type is its declared shape and dtype; its layout is the declared one, else
-  `channels_first` from 3 dims on and `features_last` below;
+  `channels_first` from 3 dims on and `features_last` below; a channels-first input is on the
+  grid of scale 1 (`TensorType.scale`), which convs, pools and upsampling then step;
+- inference runs once with each free input dim (`free_dims`) as a `SymInt`; afterwards every
+  `node.meta["type"]` holds plain ints (the declared size), and `graph.meta` holds the `symbols`,
+  the `guards` (every decision made on a symbolic size, with the node it was made at) and the
+  `size_exprs`;
 - a layer's `meta` holds `type`, `args` (the constructor arguments, inferred sizes included, as
   torch takes them) and `params` (its parameter count, None where only building can tell);
 - a skip's `meta` holds its `projection` plan, the plan's `params` and the merged `type`;
 - a block node's instances are typed in a chain, and the block node takes the last one's type;
+- a skip the policy refuses is reported with a hint chosen by the refusal's kind: the layers that
+  changed the size, and a fix that works for that cause;
 - a shape error is reported at its layer (an uncurated op's bad argument at that argument),
   every independent error in one `SpecError`, and nodes downstream of a failure are skipped;
 - an in-place op may not overwrite a value that something else still reads.
@@ -18,6 +25,7 @@ resolved from a spec text and `infer_shapes` is called on it directly.
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -29,10 +37,11 @@ from resgraph.expand import expand
 from resgraph.graph import Graph, GraphBuilder
 from resgraph.loader import load_text
 from resgraph.ops import Merge, TensorType
-from resgraph.projections import plan_projection
+from resgraph.projections import StepKind, plan_projection, step_code
 from resgraph.resolve import resolve
-from resgraph.shapes import infer_shapes, total_parameters
-from resgraph.spec import BlockCall, Projection
+from resgraph.shapes import declared_type, free_dims, infer_shapes, total_parameters
+from resgraph.spec import BlockCall, InputDecl, Projection
+from resgraph.symbolic import Guard, SymInt
 from resgraph.validate import validate
 
 
@@ -63,14 +72,19 @@ def merge(builder: GraphBuilder, name: str, op: str, inputs: list[str], **args: 
 
 # --- inputs --------------------------------------------------------------------------------------------
 
+def at(*steps: int | Fraction) -> tuple[Fraction, ...]:
+    """A grid scale: input pixels per step, per spatial dim."""
+    return tuple(Fraction(s) for s in steps)
+
+
 @pytest.mark.parametrize(("shape", "options", "expected"), [
-    ([3, 8, 8], {}, TensorType((3, 8, 8), "float32", "channels_first")),
-    ([2, 4, 4, 4], {}, TensorType((2, 4, 4, 4), "float32", "channels_first")),
+    ([3, 8, 8], {}, TensorType((3, 8, 8), "float32", "channels_first", at(1, 1))),
+    ([2, 4, 4, 4], {}, TensorType((2, 4, 4, 4), "float32", "channels_first", at(1, 1, 1))),
     ([5, 4], {}, TensorType((5, 4), "float32", "features_last")),
     ([4], {}, TensorType((4,), "float32", "features_last")),
     ([16], {"dtype": "int64"}, TensorType((16,), "int64", "features_last")),
     ([8, 8, 3], {"layout": "features_last"}, TensorType((8, 8, 3), "float32", "features_last")),
-    ([3, 10], {"layout": "channels_first"}, TensorType((3, 10), "float32", "channels_first")),
+    ([3, 10], {"layout": "channels_first"}, TensorType((3, 10), "float32", "channels_first", at(1))),
 ])
 def test_an_input_is_typed_by_its_declaration(shape: list[int], options: dict[str, str],
                                               expected: TensorType) -> None:
@@ -80,6 +94,82 @@ def test_an_input_is_typed_by_its_declaration(shape: list[int], options: dict[st
     graph = infer_shapes(b.build())
     assert graph.nodes["x"].meta == {"type": expected}
     assert graph.nodes["out"].meta["type"] == expected
+    assert declared_type(InputDecl(shape=shape, **options)) == expected
+
+
+@pytest.mark.parametrize(("shape", "options", "free"), [
+    ([3, 8, 8], {}, [(1, "H"), (2, "W")]),  # a map's spatial dims; its channels are fixed by the weights
+    ([2, 4, 4, 4], {}, [(1, "D"), (2, "H"), (3, "W")]),
+    ([3, 10], {"layout": "channels_first"}, [(1, "L")]),
+    ([5, 4], {}, [(0, "L")]),  # a sequence's leading dims; its features are fixed
+    ([2, 5, 4], {"layout": "features_last"}, [(0, "L1"), (1, "L2")]),
+    ([4], {}, []),
+    ([16], {"dtype": "int64"}, [(0, "L")]),  # every dim of token ids
+])
+def test_free_dims_are_the_sizes_a_model_may_be_called_with_at_other_values(shape: list[int],
+                                                                             options: dict[str, str],
+                                                                             free: list[tuple[int, str]]) -> None:
+    assert free_dims(declared_type(InputDecl(shape=shape, **options))) == free
+
+
+def test_grids_are_stepped_by_strides_and_upsampling_and_lost_by_adaptive_pools() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [3, 16, 16])
+    b.layer("conv", "Conv2d", out_channels=4, kernel_size=3, stride=2, padding=1)
+    b.layer("up", "Upsample", scale_factor=4)
+    b.layer("tconv", "ConvTranspose2d", out_channels=4, kernel_size=2, stride=2)
+    b.layer("pool", "MaxPool2d", kernel_size=3, stride=[2, 4])
+    b.layer("act", "ReLU")
+    b.layer("fixed", "AdaptiveAvgPool2d", output_size=2)
+    b.layer("flat", "Flatten")
+    graph = infer_shapes(b.build())
+    assert {name: graph.nodes[name].meta["type"].scale for name in list(graph.nodes)[1:]} == {
+        "conv": at(2, 2), "up": at(Fraction(1, 2), Fraction(1, 2)), "tconv": at(Fraction(1, 4), Fraction(1, 4)),
+        "pool": at(Fraction(1, 2), 1), "act": at(Fraction(1, 2), 1), "fixed": None, "flat": None}
+
+
+# --- symbolic sizes -------------------------------------------------------------------------------------------
+
+def all_types(graph: Graph) -> list[TensorType]:
+    """Every type a node (or a skip's projection) holds, in block instances too."""
+    found = []
+    for node in graph.nodes.values():
+        found += [node.meta["type"]] + ([node.meta["projection"].output] if "projection" in node.meta else [])
+        for instance in getattr(node, "instances", []):
+            found += all_types(instance)
+    return found
+
+
+def test_inference_leaves_plain_ints_and_records_symbols_guards_and_size_expressions() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [4, 9, 9])
+    b.layer("conv", "Conv2d", out_channels=8, kernel_size=3, stride=2, padding=1)
+    b.skip("s", "x", "conv")
+    b.block("stage", BlockCall.model_validate({"block": "unit", "repeat": 1}),
+            [unit("stage.0.", 8, op="Conv2d")])
+    graph = infer_shapes(b.build())
+    types = all_types(graph)
+    assert len(types) == 8 and all(type(d) is int for t in types for d in t.shape)
+    assert graph.nodes["conv"].meta["type"].shape == (8, 5, 5) == graph.nodes["stage"].meta["type"].shape
+    assert graph.meta["symbols"] == {"x.H": ("x", 1, 9), "x.W": ("x", 2, 9)}
+    guards = graph.meta["guards"]
+    assert guards and all(isinstance(g, Guard) for g in guards)
+    # Each decision is attributed to the node it was first made at: the conv's output is at least 1, the skip's
+    # shapes differ and its /2 projection gives the conv's size. The instance's 1x1 conv decides again that
+    # the same size is at least 1: one guard.
+    assert {g.site for g in guards} == {"conv", "s"}
+    assert [str(expr) for expr in graph.meta["size_exprs"]] == ["x.H", "x.W", "(x.H - 1) // 2 + 1",
+                                                                "(x.W - 1) // 2 + 1"]
+
+
+def test_given_input_types_may_be_symbolic() -> None:
+    # A block instance's caller types its inputs; a symbolic size flows through and is left as its value.
+    b = GraphBuilder("Unit")
+    b.input("x")
+    b.layer("conv", "Conv2d", out_channels=2, kernel_size=3, padding=1, stride=2)
+    graph = infer_shapes(b.build(), [TensorType((3, SymInt.symbol("x.H", 10), 6), scale=at(1, 1))])
+    assert graph.nodes["conv"].meta["type"] == TensorType((2, 5, 3), scale=at(2, 2))
+    assert type(graph.nodes["x"].meta["type"].shape[1]) is int and graph.meta["symbols"] == {}
 
 
 # --- layers: type, args, params --------------------------------------------------------------------------
@@ -148,37 +238,55 @@ def test_code_ops_and_learned_tensors_have_arguments_and_counts_too() -> None:
     assert total_parameters(graph) == 4
 
 
-def test_an_uncurated_op_is_typed_on_the_meta_device_and_its_count_is_unknown() -> None:
+def test_an_uncurated_op_is_typed_and_counted_by_a_meta_device_probe() -> None:
     b = GraphBuilder("Net")
     b.input("x", [3, 4, 4])
     b.layer("pad", "ZeroPad2d", padding=[1, 2, 0, 1])  # (left, right, top, bottom)
     b.layer("conv", "Conv2d", out_channels=2, kernel_size=1)
     graph = infer_shapes(b.build())
     pad = graph.nodes["pad"].meta
+    # Its output depends on the exact input size, so the free sizes are specialised: no grid scale left.
     assert pad == {"type": TensorType((3, 5, 7), "float32", "channels_first"), "args": {"padding": (1, 2, 0, 1)},
-                   "params": None}
-    assert graph.nodes["conv"].meta["args"]["in_channels"] == 3 and total_parameters(graph) is None
+                   "params": 0}
+    assert graph.nodes["conv"].meta["args"]["in_channels"] == 3 and total_parameters(graph) == 2 * 3 + 2
 
 
 # --- skips ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("merge_kind", "merged", "params"), [
-    ("add", (8, 4, 4), 4 * 8 + 2 * 8),  # conv 4->8 /2 + BatchNorm(8)
-    ("concat", (12, 4, 4), 4 * 4 + 2 * 4),  # conv 4->4 /2 + BatchNorm(4): concat keeps the source's channels
-    ("mul", (8, 4, 4), 4 * 8 + 2 * 8),  # (4, 8, 8) does not broadcast with (8, 4, 4): as add
+@pytest.mark.parametrize(("merge_kind", "policy", "merged", "params"), [
+    ("add", "auto", (8, 4, 4), 4 * 8 + 2 * 8),  # conv 4->8 /2 + BatchNorm(8)
+    ("concat", "conv", (12, 4, 4), 4 * 4),  # conv 4->4 /2: concat keeps the source's channels
+    ("mul", "conv", (8, 4, 4), 4 * 8),  # (4, 8, 8) does not broadcast with (8, 4, 4): as add
 ])
-def test_a_skip_records_its_plan_the_plans_parameters_and_the_merged_type(merge_kind: str, merged: tuple[int, ...],
+def test_a_skip_records_its_plan_the_plans_parameters_and_the_merged_type(merge_kind: str, policy: str,
+                                                                          merged: tuple[int, ...],
                                                                           params: int) -> None:
     b = GraphBuilder("Net")
     b.input("x", [4, 8, 8])
     b.layer("conv", "Conv2d", out_channels=8, kernel_size=3, stride=2, padding=1)
-    b.skip("s", "x", "conv", merge=merge_kind)
+    b.skip("s", "x", "conv", merge=merge_kind, projection=policy)
     b.layer("act", "ReLU")
     graph = infer_shapes(b.build())
     meta = graph.nodes["s"].meta
-    plan = plan_projection(Projection.auto, Merge(merge_kind), TensorType((4, 8, 8)), TensorType((8, 4, 4)))
+    plan = plan_projection(Projection(policy), Merge(merge_kind), TensorType((4, 8, 8), scale=at(1, 1)),
+                           TensorType((8, 4, 4), scale=at(2, 2)))
     assert meta["projection"] == plan and meta["type"].shape == merged and meta["params"] == params
     assert graph.nodes["act"].meta["type"].shape == merged  # later readers see the merged value
+
+
+def test_a_skip_steps_by_the_grids_not_by_the_sizes() -> None:
+    # 9 -> 5 -> 3 through two 1x1 stride-2 pools: the target's grid is 4 input pixels apart, so the skip
+    # subsamples by 4 (rows 0, 4, 8: the ones the pools kept), where 9 -> 3 alone would say 3.
+    b = GraphBuilder("Net")
+    b.input("x", [4, 9, 9])
+    b.layer("p1", "MaxPool2d", kernel_size=1, stride=2)
+    b.layer("p2", "MaxPool2d", kernel_size=1, stride=2)
+    b.skip("s", "x", "p2", projection="pad")
+    (step,) = infer_shapes(b.build()).nodes["s"].meta["projection"].steps
+    assert step.kind is StepKind.subsample and step.args == {"stride": (4, 4)}
+    x = torch.randn(2, 4, 9, 9)
+    kept = eval(step_code(step, "x", 4, "p2"), {"torch": torch}, {"x": x})  # noqa: S307 (resgraph's own code)
+    assert torch.equal(kept, nn.MaxPool2d(1, stride=2)(nn.MaxPool2d(1, stride=2)(x)))
 
 
 def test_a_skip_that_fits_is_an_identity_without_parameters() -> None:
@@ -199,19 +307,145 @@ def test_a_skip_takes_its_policy_from_the_node() -> None:
     assert [s.kind.value for s in meta["projection"].steps] == ["subsample", "pad"] and meta["params"] == 0
 
 
-def test_a_fractional_ratio_names_the_layers_that_shrank_the_map() -> None:
+def refused(builder: GraphBuilder) -> tuple[str, str | None]:
+    """The message and hint of the one diagnostic typing the builder's graph raises."""
+    with pytest.raises(SpecError) as caught:
+        infer_shapes(builder.build())
+    (diagnostic,) = caught.value.diagnostics
+    return diagnostic.message, diagnostic.hint
+
+
+def test_a_map_shrunk_on_one_grid_names_the_layers_and_the_padding_that_keeps_the_size() -> None:
     b = GraphBuilder("Net")
     b.input("x", [3, 8, 8])
     b.layer("conv", "Conv2d", out_channels=4, kernel_size=3)
     b.layer("act", "ReLU")
     b.skip("s", "x", "act")
-    with pytest.raises(SpecError) as caught:
-        infer_shapes(b.build())
-    (diagnostic,) = caught.value.diagnostics
-    assert diagnostic.message == ("skip 's': cannot add 'x' (3, 8, 8) to 'act' (4, 6, 6): "
-                                  "spatial size 8x8 -> 6x6 is not an integer stride")
-    assert diagnostic.hint == ("keep the spatial size with `padding: 1` on 3x3 convs (or `padding: same`) between "
-                               "'x' and 'act' (shrunk by conv: 8x8->6x6), or set `projection: crop` on this skip")
+    assert refused(b) == (
+        "skip 's': cannot add 'x' (3, 8, 8) to 'act' (4, 6, 6): "
+        "the spatial size shrinks on one grid, with no stride between them: 8x8 -> 6x6",
+        "shrunk by 'conv' (Conv2d, kernel 3, stride 1, padding 0, dilation 1): 8x8 -> 6x6. Fix: keep the size with "
+        "`padding: 1` on 'conv'; or set `projection: crop` on this skip (the maps share a grid, so a centre crop "
+        "aligns them)")
+
+
+def test_a_stride_that_floored_an_odd_size_proposes_the_input_sizes_that_fit() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [4, 9, 9])
+    b.layer("pool", "MaxPool2d", kernel_size=2)
+    b.skip("s", "x", "pool")
+    assert refused(b) == (
+        "skip 's': cannot add 'x' (4, 9, 9) to 'pool' (4, 4, 4): "
+        "spatial size 9x9 -> 4x4 does not match a stride of 2 (which gives 5x5)",
+        "'pool' (MaxPool2d, kernel 2, stride 2, padding 0, dilation 1): 9x9 -> 4x4: a stride floored an odd size. "
+        "Fix: an input size at which this skip fits: 'x' 8x8 (or 10x10, 6x6); or make the strided layers round up "
+        "(`padding: 1` on a kernel-3 conv, `ceil_mode: true` on a pool)")
+
+
+def test_an_off_centre_crop_names_the_layer_that_dropped_a_row_and_the_sizes_that_fit() -> None:
+    # pool /2 floors 9 to 4, the upsample doubles it to 8, a 3x3 conv leaves 6: a margin of 3.
+    b = GraphBuilder("Net")
+    b.input("x", [4, 9, 9])
+    b.layer("pool", "MaxPool2d", kernel_size=2)
+    b.layer("up", "Upsample", scale_factor=2)
+    b.layer("conv", "Conv2d", out_channels=4, kernel_size=3)
+    b.skip("s", "x", "conv", projection="crop")
+    assert refused(b) == (
+        "skip 's': cannot add 'x' (4, 9, 9) to 'conv' (4, 6, 6): a centre crop of 9x9 to 6x6 would be off-centre: "
+        "the margins 3x3 are not even, so the two maps are not centred on each other (a layer between them dropped "
+        "an odd row, e.g. a stride or pool on an odd size)",
+        "'pool' (MaxPool2d, kernel 2, stride 2, padding 0, dilation 1): 9x9 -> 4x4; 'up' (Upsample, scale 2.0): "
+        "4x4 -> 8x8; 'conv' (Conv2d, kernel 3, stride 1, padding 0, dilation 1): 8x8 -> 6x6: a layer dropped an odd "
+        "row. Fix: an input size at which this skip fits: 'x' 8x8 (or 10x10, 6x6)")
+
+
+def test_a_target_grown_past_its_source_proposes_the_sizes_that_fit_or_a_fixed_upsample() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [4, 15, 15])
+    b.layer("down", "Conv2d", out_channels=4, kernel_size=3, stride=2, padding=1)
+    b.layer("up", "Upsample", scale_factor=2)
+    b.skip("s", "x", "up")
+    assert refused(b) == (
+        "skip 's': cannot add 'x' (4, 15, 15) to 'up' (4, 16, 16): "
+        "the spatial size grows on one grid, with no stride between them: 15x15 -> 16x16",
+        "'down' (Conv2d, kernel 3, stride 2, padding 1, dilation 1): 15x15 -> 8x8; 'up' (Upsample, scale 2.0): "
+        "8x8 -> 16x16: the target grew past the source. Fix: an input size at which this skip fits: 'x' 14x14 "
+        "(or 16x16, 12x12); or give the upsampling layer an explicit `size:` (then the model has one input size)")
+
+
+def test_a_target_on_a_finer_grid_is_refused_with_the_upsampling_layer() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [4, 4, 4])
+    b.layer("up", "Upsample", scale_factor=2)
+    b.skip("s", "x", "up")
+    assert refused(b) == (
+        "skip 's': cannot add 'x' (4, 4, 4) to 'up' (4, 8, 8): the target is on a finer grid (upsampled x2 relative "
+        "to the source; 4x4 -> 8x8); projections only downsample",
+        "'up' (Upsample, scale 2.0): 4x4 -> 8x8. Fix: take the skip from a layer at the target's scale, or upsample "
+        "the source first")
+
+
+def test_grids_a_fraction_apart_are_refused() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [4, 12, 12])
+    b.layer("pool", "MaxPool2d", kernel_size=3)
+    b.layer("up", "Upsample", scale_factor=2)
+    b.skip("s", "x", "up")
+    assert refused(b)[0] == ("skip 's': cannot add 'x' (4, 12, 12) to 'up' (4, 8, 8): "
+                             "the grids differ by a ratio of 3/2, not an integer step (12x12 -> 8x8)")
+
+
+@pytest.mark.parametrize("merge_kind", ["concat", "mul"])
+def test_auto_refuses_to_merge_across_scales_and_says_how_to_ask_for_it(merge_kind: str) -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [4, 8, 8])
+    b.layer("pool", "MaxPool2d", kernel_size=2)
+    b.skip("s", "x", "pool", merge=merge_kind)
+    assert refused(b) == (
+        f"skip 's': cannot {merge_kind} 'x' (4, 8, 8) into 'pool' (4, 4, 4): the source and target are on different "
+        f"spatial scales (8x8 vs 4x4, /2); `auto` does not {merge_kind} across scales silently, since it is usually a "
+        "skip from the wrong layer",
+        "if it is intended, say how: `projection: conv` (a strided 1x1 conv), `avgpool` or `pad` on this skip")
+
+
+def test_crop_refuses_a_strided_target_and_names_the_policies_that_follow_the_stride() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [4, 8, 8])
+    b.layer("conv", "Conv2d", out_channels=4, kernel_size=3, stride=2, padding=1)
+    b.skip("s", "x", "conv", projection="crop")
+    assert refused(b) == (
+        "skip 's': cannot add 'x' (4, 8, 8) to 'conv' (4, 4, 4): crop would misalign the grids: the target is a "
+        "strided map (8x8 -> 4x4, /2), and a centre crop of the source does not line up with the positions the "
+        "stride kept",
+        "use projection: auto or conv (a strided 1x1 conv) or avgpool, which follow the stride")
+
+
+def test_a_features_last_gate_into_a_channels_first_map_is_refused() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [8, 4, 4])
+    b.input("g", [1, 1, 8], layout="features_last")
+    b.layer("conv", "Conv2d", "x", out_channels=8, kernel_size=1)
+    b.skip("s", "g", "conv", merge="mul")
+    assert refused(b) == (
+        "skip 's': cannot mul 'g' (1, 1, 8) into 'conv' (8, 4, 4): the gate (1, 1, 8) is features-last but the target "
+        "(8, 4, 4) is channels-first: broadcasting would pair its features with the target's last dim",
+        "permute the gate to the target's layout first (e.g. `op: permute`), or produce it with a 1x1 conv and a pool")
+
+
+def test_a_one_grid_shrink_with_an_odd_margin_is_not_told_to_crop() -> None:
+    def net(projection: str | None) -> GraphBuilder:
+        b = GraphBuilder("Net")
+        b.input("x", [4, 9, 9])
+        b.layer("pool", "MaxPool2d", kernel_size=2)
+        b.layer("up", "Upsample", scale_factor=2)  # 9 -> 4 -> 8, on the input's grid
+        b.skip("s", "x", "up", projection=projection)
+        return b
+
+    message, hint = refused(net(None))
+    assert "shrinks on one grid" in message and hint is not None
+    assert "off-centre" in refused(net("crop"))[0]  # the crop the hint would propose is refused...
+    assert "projection: crop" not in hint  # ...so it is no fix
+    assert "an input size at which this skip fits: 'x' 8x8 (or 10x10, 6x6)" in hint
 
 
 def test_a_refused_projection_carries_the_policys_hint() -> None:
