@@ -20,13 +20,15 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .errors import Diagnostic, Location
-from .expressions import ExpressionError, evaluate, expression_body, expression_names, make_divisible
+from .expressions import ExpressionError, evaluate, expression_body, expression_names
 from .loader import Origin, Path
+from .ops import Layer, ShapeError
 from .spec import LayerBody, Scale
 from .suggest import did_you_mean
-from .translate import pydantic_diagnostics
+from .translate import pydantic_diagnostics, subject
 
-__all__ = ["LAYER", "SCALED_OPS", "concrete", "evaluate_tree", "is_left_out", "resolve_params", "scale_width"]
+__all__ = ["LAYER", "LEFT_OUT", "SCALED_OPS", "concrete", "evaluate_tree", "is_left_out", "resolve_params",
+           "scale_width"]
 
 SCALED_OPS = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
 LAYER: TypeAdapter[Any] = TypeAdapter(LayerBody)
@@ -35,11 +37,12 @@ T = TypeVar("T")
 
 
 def evaluate_tree(value: Any, names: Mapping[str, Any], origin: Origin, diagnostics: list[Diagnostic],
-                  skip: Callable[[Path], bool] = lambda path: False) -> Any:
+                  skip: Callable[[Path], bool] = lambda path: False, dependent: list[str] | None = None) -> Any:
     """`value` with every `${...}` string replaced by its result; errors become diagnostics.
 
     `skip(relative_path)` leaves a subtree untouched (block-call `with:` values, evaluated per
-    instance later).
+    instance later). An expression that fails only because of an error reported elsewhere (it
+    reads an `Unavailable` name) is appended to `dependent`, when given, instead of reported.
     """
 
     def walk(item: Any, rel: Path) -> Any:
@@ -55,6 +58,9 @@ def evaluate_tree(value: Any, names: Mapping[str, Any], origin: Origin, diagnost
         try:
             result = evaluate(body, names)
         except ExpressionError as exc:
+            if exc.dependent and dependent is not None:
+                dependent.append(body)
+                return None
             where = origin.child(*rel).locate()
             column = where.column + 2 + exc.offset if where.line else 0
             diagnostics.append(Diagnostic(Location(where.file, where.line, column),
@@ -127,38 +133,60 @@ def is_left_out(body: Any) -> bool:
 
 
 def scale_width(body: Any, scale: Scale) -> Any:
-    """A layer body with `scale.width` applied: conv out_channels times width, made divisible.
+    """A layer body with `scale.width` applied: conv out_channels capped, times width, rounded (`Scale.channels`).
 
-    Layers opt out with `scale: false` (e.g. a head whose channels are class scores).
+    A depthwise conv (`groups` equal to `out_channels` as written) stays depthwise. Layers opt out
+    with `scale: false` (e.g. a head whose channels are class scores).
     """
-    if (scale.width == 1 or not isinstance(body, dict) or body.get("op") not in SCALED_OPS
-            or body.get("scale", True) is False or not isinstance(body.get("out_channels"), (int, float))):
+    if ((scale.width == 1 and scale.max_channels is None) or not isinstance(body, dict)
+            or body.get("op") not in SCALED_OPS or body.get("scale", True) is False
+            or not isinstance(body.get("out_channels"), (int, float))):
         return body
-    return {**body, "out_channels": make_divisible(body["out_channels"] * scale.width, scale.divisor)}
+    channels = scale.channels(body["out_channels"])
+    scaled = {**body, "out_channels": channels}
+    if body.get("groups") == body["out_channels"] and body["out_channels"] != 1:
+        scaled["groups"] = channels
+    return scaled
 
 
 def _is_with(rel: Path) -> bool:
     return rel[:1] == ("with",)
 
 
+LEFT_OUT: Any = type("LeftOut", (), {"__repr__": lambda self: "LEFT_OUT"})()  # what `when: false` gives
+
+
 def concrete(template: Any, model: type[T] | TypeAdapter[T], names: Mapping[str, Any], origin: Origin,
              diagnostics: list[Diagnostic], scale: Scale | None = None) -> T | None:
-    """One layer or skip entry body, evaluated and typed; None when left out or invalid.
+    """One layer or skip entry body, evaluated and typed; `LEFT_OUT` when its `when:` is false, None
+    when invalid (reported, or failing because of an error reported elsewhere).
 
     A block call's `with:` stays as written: it is evaluated per instance. With `scale`, the
     width multiplier applies (layers only). Problems are appended to `diagnostics`.
     """
-    known = len(diagnostics)
-    body = evaluate_tree(template, names, origin, diagnostics, _is_with)
-    if len(diagnostics) > known or is_left_out(body):
-        return None  # its expression errors are reported already, or `when:` left it out
+    known, dependent = len(diagnostics), []
+    body = evaluate_tree(template, names, origin, diagnostics, _is_with, dependent)
+    if len(diagnostics) > known or dependent:
+        return None  # its expression errors are reported already (here or elsewhere)
+    if is_left_out(body):
+        return LEFT_OUT
     if scale is not None:
         body = scale_width(body, scale)
     try:
         if isinstance(model, TypeAdapter):
-            return model.validate_python(body)
-        assert issubclass(model, BaseModel)
-        return model.model_validate(body)  # type: ignore[return-value]
+            typed = model.validate_python(body)
+        else:
+            assert issubclass(model, BaseModel)
+            typed = model.model_validate(body)
     except ValidationError as exc:
         diagnostics.extend(pydantic_diagnostics(exc, body, origin))
         return None
+    if isinstance(typed, Layer):
+        try:
+            typed.check_static()
+        except ShapeError as exc:
+            field = getattr(exc, "field", None)
+            where = (origin.child(field) if field else origin).locate(key=True)
+            diagnostics.append(Diagnostic(where, f"{subject(origin.path, None, typed.op)[0]}: {exc}"))
+            return None
+    return typed  # type: ignore[no-any-return]

@@ -1,14 +1,20 @@
-"""Stage 3, expand: a validated `Spec` -> a tree of concrete scopes (the top level and every block instance).
+"""Stage 3, expand: a validated `Spec` -> concrete scopes: the top level now, each block instance on demand.
 
 A `Scope` is one graph to resolve: the spec's top level (the root block), or one instance of a
 block. Its layer bodies are typed (every expression evaluated, every block parameter bound, by
 `evaluate.concrete`: the same path for both), and every piece remembers its `Origin`, so later
 errors point at the line that wrote it, in whichever file.
 
-Names an expression can use: the spec's `params`; inside a block, the block's params; and for
-block instances `index` (position in its `repeat`), `repeats` (how many), `block_index` (the
-position among all top-level block instances) and `num_blocks` (their number) - what
-stochastic-depth schedules need.
+A block call expands to a `BlockRecipe`; `instantiate(recipe, index, input_types)` makes each
+instance's scope once the types of its inputs are known, which shape inference does, instance
+after instance. So a block's body may read its input's shape: `in_channels` (dim 0 of its first
+input), `in_features` (its last dim), `in_shape` (its per-sample shape) and `in_shapes` (every
+input's). A size read this way becomes a fixed number of the model (see `resgraph.symbolic`).
+
+Names an expression can use: the spec's `params`; inside a block, the block's params and its
+input's shape; and for block instances `index` (position in its `repeat`), `repeats` (how
+many), `block_index` (the position among all top-level block instances, inherited by the blocks
+inside one) and `num_blocks` (their number) - what stochastic-depth schedules need.
 
 >>> from resgraph.loader import load_text
 >>> from resgraph.validate import validate
@@ -20,27 +26,27 @@ stochastic-depth schedules need.
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from .errors import Diagnostic, ResgraphError, SpecError
-from .evaluate import LAYER, concrete, evaluate_tree
-from .expressions import ExpressionError, evaluate, expression_body, expression_names
+from .evaluate import LAYER, LEFT_OUT, concrete, evaluate_tree
+from .expressions import ExpressionError, Unavailable, evaluate, expression_body, expression_names
 from .loader import LoadedSpec, Origin, SourceMap, load_import
-from .ops import Layer
+from .ops import Layer, TensorType
 from .ops.tensor import SplitBase, pieces
 from .spec import REQUIRED, BlockCall, BlockDef, InputDecl, Projection, Skip, Spec
 from .suggest import did_you_mean
+from .symbolic import specialize
 from .translate import subject
 from .validate import validate_library
 
-__all__ = ["MAX_BLOCK_DEPTH", "MAX_EXPANDED_NODES", "LayerItem", "Reader", "Scope", "SkipItem", "class_name",
-           "expand"]
+__all__ = ["MAX_BLOCK_DEPTH", "MAX_EXPANDED_NODES", "SHAPE_NAMES", "BlockRecipe", "Expander", "LayerItem", "Reader",
+           "Scope", "SkipItem", "class_name", "expand", "instantiate"]
 
 MAX_BLOCK_DEPTH = 32
 # Layers and skips in all scopes together, the top level's and every block instance's: nested
@@ -56,15 +62,15 @@ Reader = Callable[[str], LoadedSpec]  # reads an imported file: load_import, or 
 @dataclass
 class LayerItem:
     name: str
-    body: Layer | BlockCall
+    body: Layer | BlockCall | None  # None: refused (and reported); what reads it is left out quietly
     origin: Origin
-    instances: list[Scope] = field(default_factory=list)  # block calls only
+    recipe: BlockRecipe | None = None  # block calls: how their instances are made
 
 
 @dataclass
 class SkipItem:
     name: str
-    skip: Skip
+    skip: Skip | None  # None: refused (and reported)
     origin: Origin
 
 
@@ -89,54 +95,134 @@ class _Block:
     origin: Origin  # of `blocks.NAME` in the file that defined it
 
 
-def expand(spec: Spec, source: SourceMap, *, read: Reader = load_import) -> Scope:
-    """Expand a validated spec into its scope tree; `spec.params` hold the parameter values.
+@dataclass
+class BlockRecipe:
+    """A block call, expanded as far as it can be before its input types are known.
 
-    The total number of layers and skips is bounded (MAX_EXPANDED_NODES): a block call's size is
-    projected from its first instance before the others are expanded, so a `repeat:` that
-    would exceed the bound is refused at its `repeat:` without being expanded.
+    `instantiate(recipe, index, input_types)` makes instance `index`'s scope; shape inference
+    calls it instance after instance, since each instance's input is the previous one's output.
+    """
+
+    call: BlockCall
+    item: str  # the calling layer's name
+    origin: Origin  # the calling layer's
+    block: str
+    definition: BlockDef
+    block_origin: Origin
+    names: Mapping[str, Any]  # the caller's names (its `with:` values are evaluated with them)
+    stack: tuple[str, ...]  # the blocks being instantiated around this call (for cycles)
+    count: int  # instances (`repeat`, scaled)
+    first_block_index: int | None  # a top-level call's first instance's block_index
+    expander: Expander  # the blocks known, the scale in force, the expansion bound
+
+
+def expand(spec: Spec, source: SourceMap, *, read: Reader = load_import,
+           diagnostics: list[Diagnostic] | None = None) -> Scope:
+    """Expand a validated spec into its top-level scope; its block calls carry recipes for their instances.
+
+    `spec.params` hold the parameter values. The total number of layers and skips is bounded
+    (MAX_EXPANDED_NODES): a block call's size is projected from its first instance before the
+    others are made, so a `repeat:` that would exceed the bound is refused at its `repeat:`.
 
     Args:
         read: how imported block libraries are read (by path, relative to the working directory).
+        diagnostics: where to report what leaves the rest usable (a layer that cannot be typed,
+            a call to an unknown block: they are left out of the scope, their names listed in
+            `Scope.invalid`); without it, any problem raises.
     Raises:
         SpecError: unknown blocks or block parameters, missing required parameters, block cycles,
             expression errors, imports that cannot be read, layer or skip bodies that are invalid
-            once their expressions are evaluated (in the top level or any block instance), and
-            expansions over the bound.
+            once their expressions are evaluated, and expansions over the bound.
     """
-    return _Expander(spec, source, read).run()
+    found: list[Diagnostic] = []
+    scope = Expander(spec, source, read, found).root()
+    if found and diagnostics is None:
+        raise SpecError(found)
+    if diagnostics is not None:
+        diagnostics.extend(found)
+    return scope
 
 
-class _Expander:
-    def __init__(self, spec: Spec, source: SourceMap, read: Reader) -> None:
+def instantiate(recipe: BlockRecipe, index: int, input_types: list[TensorType] | None) -> Scope:
+    """Instance `index` of a block call, for inputs of these types (None: unknown, after an error
+    elsewhere: the instance is still made, so its own mistakes are reported, but what reads its
+    input's shape is left out silently).
+
+    Raises:
+        SpecError: the instance's parameters or layers are invalid, or the expansion bound is hit.
+    """
+    expander = recipe.expander
+    known = len(expander.diagnostics)
+    scope = expander.instance(recipe, index, input_types)
+    problems = expander.diagnostics[known:]
+    del expander.diagnostics[known:]
+    if problems or scope is None:
+        raise SpecError(problems)
+    return scope
+
+
+class _ShapeNames(Mapping[str, Any]):
+    """A block instance's names, with its input's shape among them (`SHAPE_NAMES`), read lazily: a
+    size becomes a plain number only when an expression reads it, which specialises it (a
+    recorded decision; see `resgraph.symbolic`), so reading nothing keeps the model size-generic."""
+
+    def __init__(self, base: Mapping[str, Any], inputs: list[TensorType] | None) -> None:
+        self.base = base
+        self.inputs = inputs
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self.base or key not in SHAPE_NAMES:
+            return self.base[key]
+        if self.inputs is None:
+            raise Unavailable(f"{key} is unknown: the shape of the block's input could not be inferred")
+        first = self.inputs[0]
+        if key == "in_shapes":
+            return [[specialize(size) for size in t.shape] for t in self.inputs]
+        if key == "in_shape":
+            return [specialize(size) for size in first.shape]
+        if not first.rank:
+            raise ExpressionError(f"{key}: the block's input {first} has no dims")
+        return specialize(first.shape[0] if key == "in_channels" else first.shape[-1])
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.base
+        yield from (name for name in SHAPE_NAMES if name not in self.base)
+
+    def __len__(self) -> int:
+        return len(set(self.base) | set(SHAPE_NAMES))
+
+
+SHAPE_NAMES = ("in_channels", "in_features", "in_shape", "in_shapes")
+
+
+class Expander:
+    """Expansion's state: the blocks known, the spec's scale and defaults, and how much has been expanded."""
+
+    def __init__(self, spec: Spec, source: SourceMap, read: Reader, diagnostics: list[Diagnostic]) -> None:
         self.spec = spec
         self.source = source
         self.read = read
-        self.diagnostics: list[Diagnostic] = []
+        self.diagnostics = diagnostics
         self.blocks: dict[str, _Block] = {}
-        self.block_index = 0
         self.num_blocks = 0
         self.expanded = 0  # layers and skips made so far, in all scopes
         self.exhausted = False  # the bound was hit (and reported): expand nothing more
+        self.first_sizes: dict[int, int] = {}  # id(recipe) -> nodes its first instance took
 
-    def run(self) -> Scope:
+    def root(self) -> Scope:
         root = Origin(self.source, ())
         self.load_imports(self.spec.imports, root, [os.path.abspath(self.source.file)])
         for name, definition in self.spec.blocks.items():
             self.add_block(name, definition, root.child("blocks", name))
-        if self.diagnostics:
-            raise SpecError(self.diagnostics)
         spec = self.spec
         top = BlockDef.model_construct(params={}, inputs=list(spec.inputs), layers=spec.layers, skips=spec.skips,
                                        outputs=spec.outputs)
-        self.check_least_size(top, root)
-        if self.diagnostics:
-            raise SpecError(self.diagnostics)
-        scope = self.scope(spec.name, top, root, dict(spec.params), [], inputs=dict(spec.input_decls()),
-                           params=dict(spec.params))
-        if self.diagnostics:
-            raise SpecError(self.diagnostics)
-        return scope
+        if not self.diagnostics:
+            self.check_least_size(top, root)
+        if self.diagnostics:  # the blocks could not be read, or the spec is too big: nothing more to report
+            return self.placeholder(top, root)
+        return self.scope(spec.name, top, root, dict(spec.params), (), inputs=dict(spec.input_decls()),
+                          params=dict(spec.params), top_level=True)
 
     # imports
     def load_imports(self, paths: list[str], origin: Origin, chain: list[str]) -> None:
@@ -171,29 +257,49 @@ class _Expander:
             return
         self.blocks[name] = _Block(definition, origin)
 
+    def placeholder(self, top: BlockDef, root: Origin) -> Scope:
+        """The top level with every entry refused: resolving it reports nothing more."""
+        layers = [LayerItem(name, None, root.child("layers", i, name)) for i, entry in enumerate(top.layers)
+                  for name in entry]
+        skips = [SkipItem(name, None, root.child("skips", i, name)) for i, entry in enumerate(top.skips)
+                 for name in entry]
+        return Scope(self.spec.name, dict(self.spec.input_decls()), layers, skips, None,
+                     self.spec.defaults.projection, root, params=dict(self.spec.params))
+
     # scopes: the top level and block instances alike
-    def scope(self, name: str, definition: BlockDef, origin: Origin, names: dict[str, Any], stack: list[str], *,
-              inputs: dict[str, InputDecl | None], params: dict[str, Any], block: str | None = None) -> Scope:
-        layers = []
+    def scope(self, name: str, definition: BlockDef, origin: Origin, names: Mapping[str, Any],
+              stack: tuple[str, ...], *, inputs: dict[str, InputDecl | None], params: dict[str, Any],
+              block: str | None = None, top_level: bool = False) -> Scope:
+        layers: list[LayerItem] = []
         self.expanded += len(definition.layers) + len(definition.skips)
         for i, entry in enumerate(definition.layers):
             for layer_name, template in entry.items():
                 where = origin.child("layers", i, layer_name)
+                if top_level and self.spec.invalid_entry("layers", i):
+                    layers.append(LayerItem(layer_name, None, where))  # refused by validation, and reported there
+                    continue
                 body = concrete(template, LAYER, names, where, self.diagnostics, self.spec.scale)
-                if body is not None:
+                if body is not LEFT_OUT:  # None: its error is reported; what reads it would only repeat that
                     layers.append(LayerItem(layer_name, body, where))
-        top_level = block is None
         if top_level:
             self.num_blocks = sum(self.repeats(item.body) for item in layers if isinstance(item.body, BlockCall))
+        block_index = 0
         for item in layers:
             if isinstance(item.body, BlockCall):
-                item.instances = self.instantiate(item, names, stack, top_level=top_level)
+                item.recipe = self.recipe(item, names, stack, block_index if top_level else None)
+                if item.recipe is None:
+                    item.body = None  # reported
+                else:
+                    block_index += item.recipe.count
         skips = []
         for i, entry in enumerate(definition.skips):
             for skip_name, template in entry.items():
                 where = origin.child("skips", i, skip_name)
+                if top_level and self.spec.invalid_entry("skips", i):
+                    skips.append(SkipItem(skip_name, None, where))
+                    continue
                 skip = concrete(template, Skip, names, where, self.diagnostics)
-                if skip is not None:
+                if skip is not LEFT_OUT:
                     skips.append(SkipItem(skip_name, skip, where))
         return Scope(name, inputs, with_pieces(layers, list(inputs)), skips, definition.outputs,
                      self.spec.defaults.projection, origin, block=block, params=params)
@@ -203,65 +309,85 @@ class _Expander:
             return 1
         if not call.scale:
             return call.repeat
-        return max(1, math.ceil(call.repeat * self.spec.scale.depth - 1e-9))
+        return self.spec.scale.repeats(call.repeat)
 
     @staticmethod
     def label(item: LayerItem) -> str:
         """`layer 'stage'`, or `block 'b', layer 'inner'` for a layer inside a block."""
         return subject(item.origin.path, None, "")[0]
 
-    def instantiate(self, item: LayerItem, names: Mapping[str, Any], stack: list[str], *,
-                    top_level: bool = False) -> list[Scope]:
+    def recipe(self, item: LayerItem, names: Mapping[str, Any], stack: tuple[str, ...],
+               first_block_index: int | None) -> BlockRecipe | None:
+        """A block call's recipe, after the checks that need no instance; None (reported) when it fails."""
         call = item.body
         assert isinstance(call, BlockCall)
         block = self.blocks.get(call.block)
         if block is None:
-            self.diagnostics.append(Diagnostic(item.origin.child("block").locate(),
-                                               f"{self.label(item)}: unknown block {call.block!r}"
-                                               f"{did_you_mean(call.block, self.blocks)}"))
-            return []
+            if not self.spec.invalid_block(call.block):  # an invalid block was reported where it is defined
+                self.diagnostics.append(Diagnostic(item.origin.child("block").locate(),
+                                                   f"{self.label(item)}: unknown block {call.block!r}"
+                                                   f"{did_you_mean(call.block, self.blocks)}"))
+            return None
+        if self.spec.invalid_block(call.block):
+            return None
         if call.block in stack:
             cycle = " -> ".join([*stack[stack.index(call.block):], call.block])
             self.diagnostics.append(Diagnostic(item.origin.child("block").locate(),
                                                f"{self.label(item)}: block cycle {cycle}"))
-            return []
+            return None
         if len(stack) >= MAX_BLOCK_DEPTH:
             self.diagnostics.append(Diagnostic(item.origin.locate(key=True),
                                                f"blocks nest deeper than {MAX_BLOCK_DEPTH} levels"))
-            return []
+            return None
         definition = block.definition
         if call.repeat is not None and (len(definition.inputs) != 1 or len(definition.outputs or [None]) != 1):
             self.diagnostics.append(Diagnostic(item.origin.child("repeat").locate(key=True),
                                                f"{self.label(item)}: repeat chains instances, so block "
                                                f"{call.block!r} needs one input and one output"))
-            return []
+            return None
+        known = len(self.diagnostics)
         self.check_with(item, call, definition)
-        count = self.repeats(call)
-        instances: list[Scope] = []
-        start = self.expanded
-        for index in range(count):
-            if self.exhausted:
-                break
-            if index == 1 or self.expanded > MAX_EXPANDED_NODES:
-                # Project the whole call from its first instance before expanding the rest.
-                projected = start + (self.expanded - start) * count
-                if projected > MAX_EXPANDED_NODES:
-                    self.refuse_size(item.origin, call.repeat, count, self.expanded - start if index == 1 else None)
-                    break
-            context = {"index": index, "repeats": count}
-            if top_level:
-                context |= {"block_index": self.block_index, "num_blocks": self.num_blocks}
-                self.block_index += 1
-            known = len(self.diagnostics)
-            bound = evaluate_tree(call.with_, {**names, **context}, item.origin.child("with"), self.diagnostics)
-            block_params = self.bind(definition, block, bound, {**self.spec.params, **context})
-            if block_params is None or len(self.diagnostics) > known:
-                continue  # its parameters failed (and are reported): the instance would only repeat that
-            instances.append(self.scope(class_name(call.block), definition, block.origin,
-                                        {**self.spec.params, **context, **block_params}, [*stack, call.block],
-                                        inputs={name: None for name in definition.inputs}, params=block_params,
-                                        block=call.block))
-        return instances
+        if len(self.diagnostics) > known:
+            return None
+        return BlockRecipe(call, item.name, item.origin, call.block, definition, block.origin, names, stack,
+                           self.repeats(call), first_block_index, self)
+
+    def instance(self, recipe: BlockRecipe, index: int, input_types: list[TensorType] | None) -> Scope | None:
+        """Instance `index` of a block call (see `instantiate`); None (reported) when it cannot be made."""
+        if self.exhausted:
+            return None
+        first = self.first_sizes.get(id(recipe))
+        if index == 1 and first is not None and self.expanded + first * (recipe.count - 1) > MAX_EXPANDED_NODES:
+            # Project the whole call from its first instance before expanding the rest.
+            self.refuse_size(recipe.origin, recipe.call.repeat, recipe.count, first)
+            return None
+        context: dict[str, Any] = {"index": index, "repeats": recipe.count}
+        if recipe.first_block_index is not None:
+            context |= {"block_index": recipe.first_block_index + index, "num_blocks": self.num_blocks}
+        else:  # a nested call: the blocks inside a top-level instance share its block_index
+            context |= {name: recipe.names[name] for name in ("block_index", "num_blocks") if name in recipe.names}
+        caller = {**recipe.names, **context} if not isinstance(recipe.names, _ShapeNames) else \
+            _ShapeNames({**recipe.names.base, **context}, recipe.names.inputs)
+        known = len(self.diagnostics)
+        dependent: list[str] = []
+        bound = evaluate_tree(recipe.call.with_, caller, recipe.origin.child("with"), self.diagnostics,
+                              dependent=dependent)
+        own = _ShapeNames({**self.spec.params, **context}, input_types)
+        block = _Block(recipe.definition, recipe.block_origin)
+        block_params = self.bind(recipe.definition, block, bound, own, dependent)
+        if block_params is None or len(self.diagnostics) > known or dependent:
+            return None  # its parameters failed (reported here, or depending on an error reported elsewhere)
+        before = self.expanded
+        names = _ShapeNames({**self.spec.params, **context, **block_params}, input_types)
+        scope = self.scope(class_name(recipe.block), recipe.definition, recipe.block_origin, names,
+                           (*recipe.stack, recipe.block), inputs={name: None for name in recipe.definition.inputs},
+                           params=block_params, block=recipe.block)
+        if index == 0:
+            self.first_sizes[id(recipe)] = self.expanded - before
+        if self.expanded > MAX_EXPANDED_NODES:
+            self.refuse_size(recipe.origin, recipe.call.repeat, recipe.count, self.expanded - before)
+            return None
+        return scope
 
     def check_least_size(self, top: BlockDef, root: Origin) -> None:
         """Refuse, before expanding anything, a spec whose literal repeats alone exceed the bound.
@@ -298,7 +424,7 @@ class _Expander:
                         continue
                     repeat = literal_repeat(body.get("repeat", 1), definition.params)
                     count = repeat if body.get("scale", True) is False or "repeat" not in body else \
-                        max(1, math.ceil(repeat * self.spec.scale.depth - 1e-9))
+                        self.spec.scale.repeats(repeat)
                     calls.append((count, block_size(callee), body))
             return calls
 
@@ -350,9 +476,10 @@ class _Expander:
                                                f"{', '.join(map(repr, missing))}",
                                                f"add `with: {{{', '.join(f'{m}: ...' for m in missing)}}}`"))
 
-    def bind(self, definition: BlockDef, block: _Block, given: dict[str, Any],
-             names: dict[str, Any]) -> dict[str, Any] | None:
-        """Block parameter values: given ones, else defaults (which may use earlier ones)."""
+    def bind(self, definition: BlockDef, block: _Block, given: dict[str, Any], names: _ShapeNames,
+             dependent: list[str]) -> dict[str, Any] | None:
+        """Block parameter values: given ones, else defaults (which may use earlier ones and the
+        block's input shape)."""
         values: dict[str, Any] = {}
         for name, default in definition.params.items():
             if name in given:
@@ -360,8 +487,9 @@ class _Expander:
             elif default == REQUIRED:
                 return None  # reported by check_with
             else:
-                values[name] = evaluate_tree(default, {**names, **values}, block.origin.child("params", name),
-                                             self.diagnostics)
+                values[name] = evaluate_tree(default, _ShapeNames({**names.base, **values}, names.inputs),
+                                             block.origin.child("params", name), self.diagnostics,
+                                             dependent=dependent)
         return values
 
 

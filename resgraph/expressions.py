@@ -27,7 +27,8 @@ from typing import Any
 
 from .suggest import did_you_mean
 
-__all__ = ["FUNCTIONS", "MAX_VALUE_SIZE", "ExpressionError", "evaluate", "expression_body", "expression_names",
+__all__ = ["FUNCTIONS", "MAX_VALUE_SIZE", "ExpressionError", "Unavailable", "evaluate", "expression_body",
+           "expression_names",
            "make_divisible", "value_size"]
 
 _PATTERN = re.compile(r"^\$\{(.*)\}$", re.DOTALL)
@@ -74,9 +75,18 @@ _UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_
 class ExpressionError(ValueError):
     """A bad expression; `offset` is the 0-based column inside the expression text."""
 
+    dependent = False  # True: the failure follows from another error, reported already
+
     def __init__(self, message: str, offset: int = 0) -> None:
         super().__init__(message)
         self.offset = offset
+
+
+class Unavailable(ExpressionError):
+    """A name whose value is unknown because of an error elsewhere (a block input whose shape could
+    not be inferred): the expression fails without a message of its own."""
+
+    dependent = True
 
 
 def expression_body(value: Any) -> str | None:
@@ -198,7 +208,10 @@ class _Evaluator:
 
     def visit_Name(self, node: ast.Name) -> Any:
         if node.id in self.names:
-            return self.names[node.id]
+            try:
+                return self.names[node.id]
+            except Unavailable as exc:
+                raise Unavailable(str(exc), self.lead + node.col_offset) from None
         if node.id in FUNCTIONS:
             raise self.fail(node, f"{node.id} is a function; call it: {node.id}(...)")
         hint = did_you_mean(node.id, [*self.names, "True", "False", "None"])

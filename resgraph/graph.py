@@ -4,7 +4,8 @@
   instance, whose caller supplies it).
 - `LayerNode`: an op applied to earlier values (`layer`).
 - `BlockNode`: a block call; `instances` holds one resolved graph per instance (`repeat: N`
-  chains N of them).
+  chains N of them), made during shape inference from its `recipe`, since a block's body may
+  read the shape of its input.
 - `SkipNode`: a skip edge's merge into its target layer, with its projection `policy` resolved.
   It is placed right after the target (and after earlier skips into the same target), so every
   later reference to the target reads the merged value, as the spec language promises.
@@ -111,7 +112,8 @@ class SkipNode(Node):
 @dataclass(kw_only=True)
 class BlockNode(Node):
     call: BlockCall
-    instances: list[Graph]
+    instances: list[Graph]  # one per instance: made by shape inference from `recipe` (or given, built by hand)
+    recipe: Any = None  # expand.BlockRecipe: how the instances are made once their input types are known
 
     kind: ClassVar[NodeKind] = NodeKind.block
 

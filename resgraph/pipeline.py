@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from .errors import UsageError
+from .errors import Diagnostic, SpecError, UsageError
 from .expand import Reader, expand
 from .graph import Graph
 from .loader import LoadedSpec, SourceMap, gc_paused, load_file, load_import, load_text
@@ -116,12 +116,19 @@ def check_loaded(loaded: LoadedSpec, params: Mapping[str, Any] | None, read: Rea
         SpecError: every problem found, each with file:line:col.
         UsageError: `input_shapes` names an unknown input or is not a shape.
     """
+    # Each stage reports what it can and leaves out what has a problem, and what depends on it, so
+    # that one run reports every independent mistake.
+    diagnostics: list[Diagnostic] = []
     with gc_paused():  # the passes allocate many small, acyclic objects: see loader.gc_paused
-        spec = validate(loaded, params)
+        spec = validate(loaded, params, diagnostics)
         if input_shapes:
             spec = spec.with_input_shapes(input_shapes)
-        graph = resolve(expand(spec, loaded.source, read=read))
-        return spec, infer_shapes(graph)
+        graph = resolve(expand(spec, loaded.source, read=read, diagnostics=diagnostics), diagnostics=diagnostics)
+        assert graph.outputs or diagnostics, "a graph without outputs passed resolution"
+        infer_shapes(graph, diagnostics=diagnostics)
+    if diagnostics:
+        raise SpecError(diagnostics)
+    return spec, graph
 
 
 def static_parameter_counts(graph: Graph) -> dict[str, int] | None:

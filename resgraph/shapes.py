@@ -23,11 +23,13 @@ from fractions import Fraction
 from typing import Any
 
 from .errors import Diagnostic, SpecError
+from .expand import instantiate
 from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode
 from .hints import skip_hint
 from .ops import GenericLayer, GenericOpError, ShapeError, TensorType, merge_type
 from .ops.base import FLOAT_DTYPES
 from .projections import ProjectionError, plan_projection, projection_parameters
+from .resolve import resolve
 from .spec import InputDecl
 from .symbolic import Guard, SymInt, recorded, recording, site, specialize
 
@@ -38,7 +40,8 @@ _SYMBOLS: contextvars.ContextVar[dict[str, tuple[str, int, int]] | None] = conte
 __all__ = ["declared_type", "free_dims", "infer_shapes", "total_parameters"]
 
 
-def infer_shapes(graph: Graph, input_types: list[TensorType] | None = None) -> Graph:
+def infer_shapes(graph: Graph, input_types: list[TensorType] | None = None,
+                 diagnostics: list[Diagnostic] | None = None) -> Graph:
     """Annotate every node (and every block instance's nodes) with its type; return the graph.
 
     Each input's free dims (see `free_dims`) are symbols, so every size is known as a function of
@@ -49,8 +52,11 @@ def infer_shapes(graph: Graph, input_types: list[TensorType] | None = None) -> G
     Args:
         input_types: the types of the graph's inputs, instead of their declarations (symbolic
             sizes allowed).
+        diagnostics: where to report problems instead of raising (the graph is then typed only
+            partly).
     Raises:
-        SpecError: every shape the spec gets wrong, each at its layer or skip.
+        SpecError: every shape the spec gets wrong, each at its layer or skip (and every problem
+            in the block instances it makes).
     """
     symbols: dict[str, tuple[str, int, int]] = {}
     if input_types is None:
@@ -68,11 +74,14 @@ def infer_shapes(graph: Graph, input_types: list[TensorType] | None = None) -> G
     with recording() as guards:
         token = _SYMBOLS.set(symbols)
         try:
-            diagnostics = _infer(graph, input_types)
+            problems = _infer(graph, input_types)
         finally:
             _SYMBOLS.reset(token)
-    if diagnostics:
-        raise SpecError(diagnostics)
+    if problems:
+        if diagnostics is None:
+            raise SpecError(problems)
+        diagnostics.extend(problems)
+        return graph
     graph.meta["size_exprs"] = list(_to_hints(graph).values())  # every symbolic size a node had
     graph.meta["symbols"] = symbols
     graph.meta["guards"] = [guard for guard in guards if guard.left.op != "const" or guard.right.op != "const"]
@@ -88,13 +97,15 @@ def _infer(graph: Graph, input_types: list[TensorType]) -> list[Diagnostic]:
             continue
         inputs = [graph.nodes[name].meta.get("type") for name in node.inputs]
         if any(t is None for t in inputs):
+            if isinstance(node, BlockNode):  # its body's own mistakes do not depend on its input
+                diagnostics += _check_blind(graph, node)
             continue
         try:
             with site(graph.qualname + node.name):
                 if isinstance(node, LayerNode):
                     _infer_layer(node, inputs)
                 elif isinstance(node, BlockNode):
-                    _infer_block(node, inputs, diagnostics)
+                    _infer_block(graph, node, inputs, diagnostics)
                 else:
                     assert isinstance(node, SkipNode)
                     _infer_skip(graph, node, inputs, diagnostics)
@@ -156,11 +167,28 @@ def _to_hints(graph: Graph, sizes: dict[int, Any] | None = None) -> dict[int, An
     return sizes
 
 
-def _infer_block(node: BlockNode, inputs: list[TensorType], diagnostics: list[Diagnostic]) -> None:
-    """Chain the instances: each one's output type is the next one's input type."""
+def _infer_block(graph: Graph, node: BlockNode, inputs: list[TensorType], diagnostics: list[Diagnostic]) -> None:
+    """Make and chain the instances: each one's output type is the next one's input type.
+
+    An instance is made (expanded and resolved) only once its input types are known, since its
+    body may read them; a block node built by hand brings its instances instead.
+    """
     current = inputs
-    for instance in node.instances:
-        problems = _infer(instance, current)
+    recipe = node.recipe
+    count = recipe.count if recipe is not None else len(node.instances)
+    for index in range(count):
+        if recipe is not None:
+            problems: list[Diagnostic] = []
+            try:
+                scope = instantiate(recipe, index, current)
+            except SpecError as exc:
+                diagnostics.extend(exc.diagnostics)
+                return
+            instance = resolve(scope, _instance_qualname(graph, node, index), problems)
+            node.instances.append(instance)
+        else:
+            instance, problems = node.instances[index], []
+        problems += _infer(instance, current)
         if problems:
             diagnostics.extend(problems)
             return
@@ -168,6 +196,29 @@ def _infer_block(node: BlockNode, inputs: list[TensorType], diagnostics: list[Di
     node.meta["type"] = current[0]
     counts = [total_parameters(instance) for instance in node.instances]
     node.meta["params"] = None if None in counts else sum(counts)
+
+
+def _instance_qualname(graph: Graph, node: BlockNode, index: int) -> str:
+    """`layer1.0.` for an instance of a repeated call, `stem.` for a single one."""
+    return f"{graph.qualname}{node.name}." + (f"{index}." if node.repeated else "")
+
+
+def _check_blind(graph: Graph, node: BlockNode) -> list[Diagnostic]:
+    """The mistakes of a block call's body that do not depend on its input, whose shape is unknown
+    after an error elsewhere: its first instance is made and resolved without input types (what
+    reads them is left out quietly), and so are the blocks it calls."""
+    if node.recipe is None:
+        return []
+    try:
+        scope = instantiate(node.recipe, 0, None)
+    except SpecError as exc:
+        return exc.diagnostics
+    problems: list[Diagnostic] = []
+    instance = resolve(scope, _instance_qualname(graph, node, 0), problems)
+    for inner in instance.nodes.values():
+        if isinstance(inner, BlockNode):
+            problems += _check_blind(instance, inner)
+    return problems
 
 
 def _infer_layer(node: LayerNode, inputs: list[TensorType]) -> None:

@@ -10,13 +10,15 @@ templates (they may hold `${...}` expressions over parameters), at the top level
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Discriminator, Field, Tag, WithJsonSchema, model_validator
+from pydantic import Discriminator, Field, PrivateAttr, Tag, WithJsonSchema, model_validator
 
 from .errors import UsageError
+from .expressions import make_divisible
 from .ops import OPS, GenericLayer, Identifier, Layout, Merge, StrictModel
 from .ops.base import DTYPES
 from .suggest import did_you_mean
@@ -150,11 +152,39 @@ REQUIRED = "required"
 
 
 class Scale(StrictModel):
-    """Global multipliers: `width` scales every conv's out_channels, `depth` every block repeat."""
+    """Global multipliers: `width` scales every conv's out_channels, `depth` every block repeat.
+
+    The rounding follows the reference being reproduced: EfficientNet and MobileNet round a width
+    to the nearest multiple of `divisor` (never more than 10% down) and a depth up
+    (`ceil(n * depth)`); Ultralytics' YOLO caps a width at `max_channels`, rounds it up to a
+    multiple of the divisor, and rounds a depth to the nearest (`max(round(n * depth), 1)`).
+    """
 
     width: Annotated[float, Field(gt=0, le=64)] = 1.0
     depth: Annotated[float, Field(gt=0, le=64)] = 1.0
     divisor: Annotated[int, Field(ge=1)] = Field(default=8, description="Scaled channels are multiples of this.")
+    max_channels: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="Channels are capped at this before the width multiplier (Ultralytics).")
+    width_rounding: Literal["nearest", "up"] = Field(
+        default="nearest", description="nearest: MobileNet's make_divisible (default); up: ceil to a multiple "
+                                       "of the divisor (Ultralytics).")
+    depth_rounding: Literal["up", "nearest"] = Field(
+        default="up", description="up: ceil(n * depth) (EfficientNet, default); nearest: max(round(n * depth), 1) "
+                                  "(Ultralytics).")
+
+    def channels(self, channels: float) -> int:
+        """A layer's channels after width scaling (and the cap), rounded as configured."""
+        channels = min(channels, self.max_channels) if self.max_channels is not None else channels
+        scaled = channels * self.width
+        if self.width_rounding == "up":
+            return max(self.divisor, math.ceil(scaled / self.divisor) * self.divisor)
+        return make_divisible(scaled, self.divisor)
+
+    def repeats(self, repeat: int) -> int:
+        """A block call's instance count after depth scaling, rounded as configured."""
+        if self.depth_rounding == "nearest":
+            return max(round(repeat * self.depth), 1)
+        return max(1, math.ceil(repeat * self.depth - 1e-9))
 
 
 class Training(StrictModel):
@@ -193,6 +223,25 @@ class Spec(StrictModel):
                                               description="The returned nodes; default: the last layer.")
     training: Training = Field(default_factory=Training,
                                description="Which blocks resgraph.shard and resgraph.compile use by default.")
+
+    # What validation found invalid and reported (expansion leaves them out, and what depends on
+    # them reports nothing more): entries as (section, index), and block names.
+    _invalid_entries: frozenset[tuple[str, int]] = PrivateAttr(default_factory=frozenset)
+    _invalid_blocks: frozenset[str] = PrivateAttr(default_factory=frozenset)
+
+    def invalid_entry(self, section: str, index: int) -> bool:
+        """True for a `layers`/`skips` entry that validation refused (and reported)."""
+        return (section, index) in self._invalid_entries
+
+    def invalid_block(self, name: str) -> bool:
+        """True for a block whose definition validation refused (and reported)."""
+        return name in self._invalid_blocks
+
+    def with_invalid(self, entries: frozenset[tuple[str, int]], blocks: frozenset[str]) -> Spec:
+        """This spec with the entries and blocks validation refused marked as such."""
+        marked = self.model_copy()
+        marked._invalid_entries, marked._invalid_blocks = entries, blocks
+        return marked
 
     def input_decls(self) -> dict[str, InputDecl]:
         """Every input in its long form."""

@@ -33,35 +33,91 @@ from .translate import jsonschema_diagnostics, pydantic_diagnostics, untyped_bod
 __all__ = ["is_block_library", "schema_diagnostics", "validate", "validate_library"]
 
 _OP_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
 # Sections a spec writes as templates (typed per scope by expansion) or keeps unevaluated.
 _TEMPLATES = ("params", "blocks", "layers", "skips")
 
 
-def validate(loaded: LoadedSpec, params: Mapping[str, Any] | None = None) -> Spec:
+def validate(loaded: LoadedSpec, params: Mapping[str, Any] | None = None,
+             diagnostics: list[Diagnostic] | None = None) -> Spec:
     """Check loaded data against the schema and type the spec's top-level sections.
 
     Args:
         params: overrides of the spec's declared `params` (as from `--set NAME=VALUE`).
+        diagnostics: where to report the mistakes that leave the rest of the spec usable: a
+            layer or skip entry, or a block definition, that breaks the schema. They are marked
+            invalid in the returned spec (`Spec.invalid_entry`, `invalid_block`), so later stages
+            skip them and what depends on them, and report everything else in the same run.
+            Without it, any mistake raises.
     Returns:
         The typed `Spec`, whose `params` hold the values in force (defaults, then overrides).
         Its layers and skips (and blocks') stay templates, typed per scope by `expand`.
     Raises:
-        SpecError: every schema violation; else every parameter or top-level section violation.
+        SpecError: every schema violation outside layer, skip and block entries (or any, without
+            `diagnostics`), and every parameter or top-level section violation.
     """
-    diagnostics = schema_diagnostics(loaded.data, loaded.source)
-    if diagnostics:
-        raise SpecError(diagnostics)
+    problems, paths = _schema_problems(loaded.data, loaded.source)
+    entries, blocks, fatal = _invalid_parts(paths)
+    if problems and (fatal or diagnostics is None):
+        raise SpecError(problems)
+    data = _without(loaded.data, entries, blocks)
     root = Origin(loaded.source, ())
-    values = resolve_params(loaded.data.get("params", {}), params or {}, root.child("params"), diagnostics)
-    shell = {k: v for k, v in loaded.data.items() if k not in _TEMPLATES}
-    data = {**evaluate_tree(shell, values, root, diagnostics),
-            **{k: loaded.data[k] for k in _TEMPLATES if k in loaded.data}}
-    if diagnostics:
-        raise SpecError(diagnostics)
+    found: list[Diagnostic] = []
+    values = resolve_params(data.get("params", {}), params or {}, root.child("params"), found)
+    shell = {k: v for k, v in data.items() if k not in _TEMPLATES}
+    data = {**evaluate_tree(shell, values, root, found), **{k: data[k] for k in _TEMPLATES if k in data}}
+    if found:
+        raise SpecError([*problems, *found])
     try:
-        return Spec.model_validate(data).model_copy(update={"params": values})
+        spec = Spec.model_validate(data).model_copy(update={"params": values})
     except ValidationError as exc:
-        raise SpecError(list(pydantic_diagnostics(exc, data, root))) from None
+        raise SpecError([*problems, *pydantic_diagnostics(exc, data, root)]) from None
+    if diagnostics is not None:
+        diagnostics.extend(problems)
+    return spec.with_invalid(frozenset(entries), frozenset(blocks))
+
+
+def _invalid_parts(paths: list[Path]) -> tuple[set[tuple[str, int]], set[str], bool]:
+    """Which top-level entries and blocks schema errors at `paths` fall in, and whether any falls
+    elsewhere (then nothing can be typed: the error is fatal)."""
+    entries: set[tuple[str, int]] = set()
+    blocks: set[str] = set()
+    fatal = False
+    for path in paths:
+        if len(path) >= 2 and path[0] in ("layers", "skips") and isinstance(path[1], int):
+            entries.add((str(path[0]), path[1]))
+        elif len(path) >= 2 and path[0] == "blocks" and isinstance(path[1], str):
+            blocks.add(path[1])
+        else:
+            fatal = True
+    return entries, blocks, fatal
+
+
+def _without(data: dict[str, Any], entries: set[tuple[str, int]], blocks: set[str]) -> dict[str, Any]:
+    """`data` with each invalid entry replaced by a well-formed stand-in at its place (so the others
+    keep their indices and positions) and each invalid block by an empty one. Expansion never
+    types a stand-in: the spec marks it invalid."""
+    if not entries and not blocks:
+        return data
+    result = dict(data)
+    for section in ("layers", "skips"):
+        if any(s == section for s, _ in entries):
+            result[section] = [_stand_in(entry) if (section, i) in entries else entry
+                               for i, entry in enumerate(data[section])]
+    if blocks:
+        result["blocks"] = {name: ({"layers": [{"invalid": {}}]} if name in blocks else block)
+                            for name, block in data["blocks"].items()}
+    return result
+
+
+def _stand_in(entry: Any) -> dict[str, Any]:
+    """An entry with the invalid one's name when that is a valid name (so references to it are
+    recognised as depending on it), else a placeholder name."""
+    if isinstance(entry, dict) and len(entry) == 1:
+        name = next(iter(entry))
+        if isinstance(name, str) and _NAME.fullmatch(name):
+            return {name: {}}
+    return {"invalid": {}}
 
 
 def is_block_library(data: Any) -> bool:
@@ -138,15 +194,23 @@ def schema_diagnostics(data: Any, source: SourceMap, root: str = "spec") -> list
 
     `root` is "spec" (the whole schema) or "library" (its BlockLibrary definition).
     """
-    result = []
+    return _schema_problems(data, source, root)[0]
+
+
+def _schema_problems(data: Any, source: SourceMap, root: str = "spec") -> tuple[list[Diagnostic], list[Path]]:
+    """The schema's diagnostics, and the data path of each violation."""
+    result, paths = [], []
     shell, bodies = _validators(root)
     errors = list(shell.iter_errors(data))
     for path, body in _layer_bodies(data):
         definition = _body_definition(body)
         if definition is None:
-            result.extend(untyped_body(path, body, data, source))
+            problems = untyped_body(path, body, data, source)
+            result.extend(problems)
+            paths.extend([path] * len(problems))
             continue
         for error in bodies[definition].iter_errors(body):
             error.path.extendleft(reversed(path))  # report it where it sits in the document
             errors.append(error)
-    return result + jsonschema_diagnostics(errors, data, source)
+    paths += [tuple(error.absolute_path) for error in errors]
+    return result + jsonschema_diagnostics(errors, data, source), paths

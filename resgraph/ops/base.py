@@ -175,6 +175,14 @@ class Layer(StrictModel):
     def module_args(self, inputs: list[TensorType]) -> dict[str, Any]:
         return {**self.inferred_args(inputs), **self.args()}
 
+    def check_static(self) -> None:
+        """Checks that need no input types (an uncurated op's class and argument names), run when the
+        layer is typed, so their mistakes are reported even where its input cannot be inferred.
+
+        Raises:
+            ShapeError: with a `field` attribute naming the key at fault, where there is one.
+        """
+
 
 
 class FeatureMapLayer(Layer):

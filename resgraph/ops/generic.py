@@ -192,6 +192,9 @@ class GenericLayer(Layer):
         if missing:
             raise GenericOpError(f"{name} needs argument(s) {', '.join(map(repr, missing))}", "op")
 
+    def check_static(self) -> None:
+        self.check_arguments()
+
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         symbolic = inputs
         inputs = [t.hints() for t in inputs]  # torch computes this op's sizes from concrete ones
