@@ -141,7 +141,7 @@ def _add_set(command: argparse.ArgumentParser) -> None:
 
 
 def _overrides(pairs: list[str]) -> dict[str, object]:
-    import yaml
+    from .loader import load_value
 
     values: dict[str, object] = {}
     for pair in pairs:
@@ -149,8 +149,8 @@ def _overrides(pairs: list[str]) -> dict[str, object]:
         if not sep or not name.strip():
             raise UsageError(f"--set {pair}: expected NAME=VALUE")
         try:
-            values[name.strip()] = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
+            values[name.strip()] = load_value(text) if text.strip() else ""  # read as spec values: 1e-6 is a number
+        except SpecError:
             raise UsageError(f"--set {pair}: {text!r} is not a YAML value") from None
     return values
 

@@ -17,7 +17,7 @@ from .files import atomic_write
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
 from .ops import GenericLayer
 from .ops.generic import allowed_imports, torch_module_class
-from .ownership import Owns, owns
+from .ownership import Owns, owns, tied_parameters
 from .projections import step_constructor
 from .version import __version__
 
@@ -94,25 +94,27 @@ class _Exporter:
         lines = [f"class {graph.name}(nn.Module):",
                  f'{INDENT}"""The spec\'s model; submodule names match resgraph.build(...)."""', "",
                  f"{INDENT}def __init__(self) -> None:", f"{INDENT * 2}super().__init__()"]
-        for statement in self.members(graph, "self."):
+        for statement in self.members(graph):
             lines += [f"{INDENT * 2}{line}" for line in statement.splitlines()]
+        for tie in tied_parameters(graph):
+            lines.append(f"{INDENT * 2}{_attribute(tie.path)} = {_attribute(tie.target)}  # tied")
         lines += [""] + _indented(generate_forward(graph))
         return "\n".join(lines)
 
-    def members(self, graph: Graph, owner: str) -> list[str]:
-        """Statements creating a graph's submodules and parameters, in graph order."""
+    def members(self, graph: Graph) -> list[str]:
+        """Statements creating a graph's submodules, parameters and buffers, in graph order."""
         lines: list[str] = []
         for node in graph.nodes.values():
             for name, expression in self.owned(node):
-                lines.append(f"{owner}{name} = {expression}")
+                lines.append(_assign(node, name, expression))
         return lines
 
     def owned(self, node: Node) -> list[tuple[str, str]]:
         """(attribute, construction expression) for what a node owns, if anything."""
         kind = owns(node)
-        if kind is Owns.parameter:
+        if kind in (Owns.parameter, Owns.buffer):
             assert isinstance(node, LayerNode)
-            return [(node.name, node.layer.parameter_source())]
+            return [(node.name, node.layer.tensor_source())]
         if kind is Owns.module:
             return [(node.name, self.construct(node))]
         if kind is Owns.projection:
@@ -159,16 +161,30 @@ class _Exporter:
             name = f"{graph.name}{n}"
         self.taken.add(name)
         self.classes[key] = name
-        owned = [node.name for node in graph.nodes.values() if owns(node) is not Owns.nothing]
+        owned = [node for node in graph.nodes.values() if owns(node) is not Owns.nothing]
         lines = [f"class {name}(nn.Module):", f'{INDENT}"""Block `{graph.block}`; built with its submodules."""',
                  ""]
-        params = "".join(f", {attribute}" for attribute in owned)
+        params = "".join(f", {node.name}" for node in owned)
         lines.append(f"{INDENT}def __init__(self{params}) -> None:")
         lines.append(f"{INDENT * 2}super().__init__()")
-        lines += [f"{INDENT * 2}self.{attribute} = {attribute}" for attribute in owned]
+        lines += [f"{INDENT * 2}{_assign(node, node.name, node.name)}" for node in owned]
         lines += [""] + _indented(source)
         self.block_sources.append("\n".join(lines))
         return name
+
+
+def _assign(node: Node, attribute: str, expression: str) -> str:
+    """The statement storing what `node` owns on `self`: a buffer is registered, the rest assigned."""
+    if owns(node) is Owns.buffer:
+        assert isinstance(node, LayerNode)
+        persistent = node.layer.persistent  # type: ignore[attr-defined]
+        return f"self.register_buffer({attribute!r}, {expression}, persistent={persistent!r})"
+    return f"self.{attribute} = {expression}"
+
+
+def _attribute(path: str) -> str:
+    """`self.wte.weight` for a parameter path; `self.h[0].attn.weight` where a part is an index."""
+    return "self" + "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in path.split("."))
 
 
 def _indented(source: str) -> list[str]:
