@@ -120,9 +120,9 @@ def tie_parameters(module: nn.Module, graph: Graph) -> list[Diagnostic]:
         where, label = tie.graph.where(tie.node, "tie"), tie.graph.label(tie.node)
         own = dict(module.get_submodule(tie.owner).named_parameters(remove_duplicate=False))
         if tie.attribute not in own:
-            diagnostics.append(Diagnostic(where, f"{label}: tie: it has no parameter {tie.attribute!r}"
-                                                 f"{did_you_mean(tie.attribute, own)}; its parameters are "
-                                                 f"{', '.join(own) or 'none'}"))
+            diagnostics.append(Diagnostic(where, f"{label}: tie: it has no parameter {tie.attribute!r} (its "
+                                                 f"parameters: {', '.join(own) or 'none'})"
+                                                 f"{did_you_mean(tie.attribute, own)}"))
         elif tie.target not in known or tie.target == tie.path:
             why = "is the parameter itself" if tie.target == tie.path else "is not a parameter of the model"
             diagnostics.append(Diagnostic(where, f"{label}: tie: {tie.target!r} {why}"

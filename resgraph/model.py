@@ -46,13 +46,15 @@ class CompiledModule(GeneratedModule):
     build_record: BuildRecord
 
     def example_inputs(self, batch: int = 2) -> tuple[torch.Tensor, ...]:
-        """Random inputs at the declared sizes (integer inputs hold ids in [0, 10)), for tracing and tests."""
+        """Random inputs at the declared sizes (integer inputs hold ids in [0, 10), bool inputs such as
+        masks are all false), for tracing and tests."""
         tensors = []
         for name in self.graph.inputs:
             kind = self.graph.nodes[name].meta["type"]
             dtype = getattr(torch, kind.dtype)
             shape = (batch, *kind.shape)
             tensors.append(torch.randn(shape, dtype=dtype) if dtype.is_floating_point
+                           else torch.zeros(shape, dtype=dtype) if dtype == torch.bool
                            else torch.randint(0, 10, shape, dtype=dtype))
         return tuple(tensors)
 

@@ -289,9 +289,16 @@ def instance_title(instance: Graph) -> str:
 
 
 def short_value(value: Any) -> str:
+    """`3` for (3, 3), `3x5` for (3, 5); a tensor literal by its shape: `<2x4 values>`."""
     if isinstance(value, (tuple, list)):
+        if any(isinstance(item, (tuple, list)) for item in value) or len(value) > 8:
+            return f"<{'x'.join(map(str, _literal_shape(value)))} values>"
         return str(value[0]) if len(set(value)) == 1 else "x".join(map(str, value))
     return str(value)
+
+
+def _literal_shape(value: Any) -> list[int]:
+    return [len(value), *_literal_shape(value[0])] if isinstance(value, (tuple, list)) and value else []
 
 
 # --- the table ----------------------------------------------------------------------------------

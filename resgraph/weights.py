@@ -7,13 +7,15 @@
    from a key to its new name (None drops it).
 2. **By name**: a checkpoint key equal to a model key, with the same shape, is that tensor.
 3. **By module order and shapes**: the tensors left over are grouped by module (the key up to its
-   last dot: `features.0.1` holds `weight`, `bias`, `running_mean`, `running_var`), and each group
-   is described by the shapes of its tensors in order. Groups with the same description are
-   paired in the order they appear in each state_dict, which is the order their modules were
-   registered: the k-th model module of a kind takes the k-th checkpoint module of that kind. So
-   two implementations that name modules differently (`features.0` and `stem`), or register a
-   projection before its target and after it, still line up, as long as modules of the *same*
-   kind come in the same order.
+   last dot: `features.0.1` holds `weight`, `bias`, `running_mean`, `running_var`), each module
+   described by the shapes of its tensors in order, and the modules, in state_dict order (the
+   order they were registered), into units: a module with weights of two or more dims (a conv, a
+   linear layer) and the vector-only modules registered right after it (its norm). Units of the
+   same shapes are paired in order: the k-th of a kind in the model takes the k-th of that kind
+   in the checkpoint. So implementations that name modules differently (`features.0` and
+   `stem`) line up, and so do a projection registered before its target in one and after it in
+   the other (a conv keeps its norm). Units of the same kind must come in the same order on both
+   sides: two equal blocks registered in swapped order cannot be told apart by any reader.
 
 The match is refused, with a report, when it is ambiguous (a kind of module occurs a different
 number of times on the two sides, so it cannot be told which are extra) or partial (a model
@@ -74,12 +76,13 @@ class WeightMapping:
         """Model key -> the checkpoint key loaded into it."""
         return {ours: theirs for ours, theirs, _ in self.pairs}
 
-    def report(self) -> str:
-        """The mapping as text: counts, every pair matched by order, and what did not match."""
+    def report(self, *, pairs: bool = True) -> str:
+        """The mapping as text: counts, every pair matched by order (with `pairs`), and what did not match."""
         by_name = sum(1 for *_, how in self.pairs if how == "name")
         lines = [f"{len(self.pairs)} tensors matched: {by_name} by name, {len(self.pairs) - by_name} by module "
                  "order and shapes"]
-        lines += [f"  {ours} <- {theirs}" for ours, theirs, how in self.pairs if how == "order"]
+        if pairs:
+            lines += [f"  {ours} <- {theirs}" for ours, theirs, how in self.pairs if how == "order"]
         for title, items in (("ambiguous", self.ambiguous), ("missing from the checkpoint", self.missing),
                              ("unexpected in the checkpoint", self.unexpected)):
             if items:
@@ -121,7 +124,8 @@ def load_weights(model: nn.Module, state_dict_or_path: Mapping[str, Any] | str |
     target = model.state_dict(keep_vars=True)
     mapping = match_state_dicts(target, source)
     if strict and not mapping.complete:
-        raise WeightsError("the checkpoint does not match the model:\n" + mapping.report(), mapping)
+        raise WeightsError("the checkpoint does not match the model (strict=False loads what matched):\n"
+                           + mapping.report(pairs=False), mapping)
     with torch.no_grad():
         for ours, theirs, _ in mapping.pairs:
             target[ours].copy_(source[theirs])
@@ -154,20 +158,13 @@ def match_state_dicts(target: Mapping[str, Any], source: Mapping[str, Any]) -> W
     matched = {key for key, _, _ in pairs}
     left_ours = _groups([k for k in ours if k not in matched and not _is_counter(k)], target)
     left_theirs = _groups([k for k in theirs if k not in used and not _is_counter(k)], source)
-    ambiguous: list[str] = []
-    for signature in dict.fromkeys(s for _, s in [*left_ours.values(), *left_theirs.values()]):  # by module order
-        mine = [(module, keys) for module, (keys, s) in left_ours.items() if s == signature]
-        other = [(module, keys) for module, (keys, s) in left_theirs.items() if s == signature]
-        if len(mine) != len(other):
-            if mine and other:
-                ambiguous.append(f"{len(mine)} model module(s) hold tensors {', '.join(signature[0])} but "
-                                 f"{len(other)} checkpoint module(s) do: {', '.join(m or '(root)' for m, _ in mine)} "
-                                 f"| {', '.join(m or '(root)' for m, _ in other)}")
-            continue
-        for (module, keys), (their_module, their_keys) in zip(mine, other):
-            pairs += [(key, their_key, "order") for key, their_key in zip(keys, their_keys)]
-            used.update(their_keys)
-            pairs += _counters(module, their_module, target, source, used)
+    mine, other = list(left_ours.items()), list(left_theirs.items())
+    matches, ambiguous = pair_units([(m, sig) for m, (_, sig) in mine], [(m, sig) for m, (_, sig) in other])
+    for i, j in matches:  # by module order and shapes
+        (module, (keys, _)), (their_module, (their_keys, _)) = mine[i], other[j]
+        pairs += [(key, their_key, "order") for key, their_key in zip(keys, their_keys)]
+        used.update(their_keys)
+        pairs += _counters(module, their_module, target, source, used)
     position = {key: index for index, key in enumerate(target)}
     pairs.sort(key=lambda pair: position[pair[0]])
     paired = {key for key, _, _ in pairs}
@@ -176,7 +173,60 @@ def match_state_dicts(target: Mapping[str, Any], source: Mapping[str, Any]) -> W
     return WeightMapping(pairs, missing, unexpected, ambiguous)
 
 
-Signature = tuple[tuple[str, ...], tuple[bool, ...]]  # a module's tensors: shapes (as text), whether each is float
+Signature = tuple[tuple[tuple[int, ...], ...], tuple[bool, ...]]  # a module's tensors: shapes, whether each is float
+
+
+def units(modules: list[tuple[str, Signature]]) -> list[list[int]]:
+    """Modules in runs that belong together: each module with a tensor of two or more dims (a conv,
+    a linear layer, an embedding) with the vector-only modules registered right after it (its norm,
+    a PReLU), as indices into `modules`. Vector-only modules before the first such module form a
+    unit of their own.
+
+    >>> conv, norm = ((8, 3, 3, 3),), ((8,), (8,))
+    >>> units([("a", (conv, (True,))), ("b", (norm, (True, True))), ("c", (conv, (True,)))])
+    [[0, 1], [2]]
+    """
+    found: list[list[int]] = []
+    for index, (_, (shapes, _)) in enumerate(modules):
+        leads = any(len(shape) >= 2 for shape in shapes)
+        if leads or not found:
+            found.append([index])
+        else:
+            found[-1].append(index)
+    return found
+
+
+def pair_units(ours: list[tuple[str, Signature]], theirs: list[tuple[str, Signature]]
+               ) -> tuple[list[tuple[int, int]], list[str]]:
+    """Pairs (i, j) of modules: units (see `units`) of equal shapes, the k-th of a kind on one side
+    with the k-th of that kind on the other; and one line per kind the two sides hold a different
+    number of times (those are left unpaired: which ones are extra is a guess).
+
+    Pairing units, not single modules, keeps a norm with its conv where a projection (conv and
+    norm) is registered before its target in one implementation and after it in the other:
+    pairing the k-th norm with the k-th norm would swap two norms of equal shapes.
+    """
+    def kinds(modules: list[tuple[str, Signature]]) -> dict[tuple[Signature, ...], list[list[int]]]:
+        grouped: dict[tuple[Signature, ...], list[list[int]]] = {}
+        for unit in units(modules):
+            grouped.setdefault(tuple(modules[i][1] for i in unit), []).append(unit)
+        return grouped
+
+    mine, other = kinds(ours), kinds(theirs)
+    pairs: list[tuple[int, int]] = []
+    ambiguous = []
+    for kind, found in mine.items():
+        matching = other.get(kind, [])
+        if matching and len(matching) != len(found):
+            names = [", ".join(modules[i][0] or "(root)" for i in unit) for modules, unit in
+                     [*((ours, u) for u in found), *((theirs, u) for u in matching)]]
+            shapes = "; ".join(", ".join(map(str, signature[0])) for signature in kind)
+            ambiguous.append(f"{len(found)} model unit(s) hold tensors {shapes} but {len(matching)} checkpoint "
+                             f"unit(s) do: {' | '.join(names)}")
+            continue
+        for unit, their_unit in zip(found, matching):
+            pairs += list(zip(unit, their_unit))
+    return sorted(pairs), ambiguous
 
 
 def _groups(keys: list[str], tensors: Mapping[str, Any]) -> dict[str, tuple[list[str], Signature]]:
@@ -184,7 +234,7 @@ def _groups(keys: list[str], tensors: Mapping[str, Any]) -> dict[str, tuple[list
     members: dict[str, list[str]] = {}
     for key in keys:
         members.setdefault(_module(key), []).append(key)
-    return {module: (found, (tuple(str(tuple(tensors[k].shape)) for k in found),
+    return {module: (found, (tuple(tuple(tensors[k].shape) for k in found),
                              tuple(tensors[k].is_floating_point() for k in found)))
             for module, found in members.items()}
 

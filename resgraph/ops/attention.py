@@ -76,9 +76,9 @@ class MultiheadAttention(Layer):
     def min_inputs(self) -> int:  # type: ignore[override]
         return 1 + len(self.masks)
 
-    @property
-    def max_inputs(self) -> int:  # type: ignore[override]
-        return 3 + len(self.masks)
+    # No upper bound for the resolver: output_type says what the inputs are for (a mask input
+    # without `masks` is the common mistake, and "takes 1 to 3 inputs" would not say that).
+    max_inputs: ClassVar[int | None] = None
 
     def split(self, inputs: list[Any]) -> tuple[list[Any], dict[str, Any]]:
         """(query, key, value) and the mask inputs by name, from the inputs in order."""
@@ -107,10 +107,12 @@ class MultiheadAttention(Layer):
         return projections + e * e + e * self.bias + 2 * e * self.add_bias_kv  # out_proj, bias_k/bias_v
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
-        if len(inputs) - len(self.masks) == 2:
-            masks = f" and {len(self.masks)} mask(s)" if self.masks else ""
+        if len(inputs) - len(self.masks) not in (1, 3):
+            masks = f", then {len(self.masks)} mask(s) ({', '.join(self.masks)})" if self.masks else ""
+            hint = ("; mask inputs follow them, named in order by `masks: [key_padding_mask, attn_mask]`"
+                    if len(inputs) > 3 and not self.masks else "")
             raise ShapeError(f"takes one input (self-attention) or three (query, key, value){masks}, got "
-                             f"{len(inputs)}")
+                             f"{len(inputs)}{hint}")
         (query, key, value), masks = self.split(inputs)
         if any(t.rank != 2 for t in (query, key, value)):
             raise ShapeError(f"expects (sequence, features) per sample, got {', '.join(map(str, inputs))}")
