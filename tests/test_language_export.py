@@ -53,7 +53,8 @@ def tour_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randint(0, 20, (batch, 8)), padding
 
 
-def assert_outputs_equal(actual: tuple[torch.Tensor, ...], expected: tuple[torch.Tensor, ...], **tolerance: float) -> None:
+def assert_outputs_equal(actual: tuple[torch.Tensor, ...], expected: tuple[torch.Tensor, ...],
+                         **tolerance: float) -> None:
     assert len(actual) == len(expected)
     for a, b in zip(actual, expected):
         torch.testing.assert_close(torch.as_tensor(a), b, **tolerance)

@@ -80,7 +80,8 @@ def test_every_module_op_formula_matches_flop_counter(op: str) -> None:
         owner = None if layer.code_only else layer.build(full).eval()
         expression = layer.code(names, "owner") if layer.code_only else layer.call("owner", names)
 
-        def call(*values: torch.Tensor, expression: str = expression, owner: Any = owner) -> Any:
+        def call(*values: torch.Tensor, expression: str = expression, owner: Any = owner,
+                 names: list[str] = names) -> Any:
             # test-only: the code resgraph generates for this op
             return eval(expression, {"torch": torch, "owner": owner, **dict(zip(names, values))})
 

@@ -138,7 +138,8 @@ def test_arange_with_an_input_counts_its_positions_at_run_time() -> None:
     ("{op: arange, start: 1}", "arange needs `stop`"),
     ("{op: arange, stop: 4, dim: 1}", "dim counts the positions of an input"),
     ("{op: arange, stop: 0, start: 3}", "arange from 3 to 0 by 1 is empty"),
-    ("{op: parameter, shape: [2, 8], batch: true}", "batch: true says the shape [2, 8] starts with a batch dim of size 1"),
+    ("{op: parameter, shape: [2, 8], batch: true}",
+     "batch: true says the shape [2, 8] starts with a batch dim of size 1"),
     ("{op: parameter, shape: [4, 1, 1], init: [1, 2, 3]}", "init has shape [3], but the tensor's shape is [4, 1, 1]"),
     ("{op: clamp}", "clamp needs `min`, `max` or both"),
     ("{op: div, scalar: 0}", "dividing by 0"),
@@ -271,7 +272,8 @@ def test_set_reads_exponent_numbers_on_the_command_line(tmp_path: pathlib.Path) 
     import sys
 
     spec = tmp_path / "numbers.yaml"
-    spec.write_text(HEAD + "params: {eps: 1e-6}\ninputs:\n  x: [4]\nlayers:\n  - norm: {op: LayerNorm, eps: \"${eps}\"}\n")
+    spec.write_text(HEAD + "params: {eps: 1e-6}\ninputs:\n  x: [4]\nlayers:\n"
+                           "  - norm: {op: LayerNorm, eps: \"${eps}\"}\n")
     result = subprocess.run([sys.executable, "-m", "resgraph", "build", str(spec), "--set", "eps=1e-3"],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr

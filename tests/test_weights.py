@@ -78,7 +78,8 @@ def trained(module: nn.Module) -> nn.Module:
     with torch.no_grad():
         for name, tensor in module.state_dict().items():
             if tensor.is_floating_point():
-                tensor.copy_(torch.rand_like(tensor) + 0.5 if name.endswith("running_var") else torch.randn_like(tensor))
+                variance = name.endswith("running_var")
+                tensor.copy_(torch.rand_like(tensor) + 0.5 if variance else torch.randn_like(tensor))
     return module.eval()
 
 
