@@ -7,6 +7,7 @@ Heavy imports happen inside commands, so `--help`, `schema` and `validate` never
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import sys
 from collections.abc import Callable, Sequence
@@ -39,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INVALID
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `resgraph build ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -141,6 +145,10 @@ def _add_set(command: argparse.ArgumentParser) -> None:
 
 
 def _overrides(pairs: list[str]) -> dict[str, object]:
+    """`--set NAME=VALUE` pairs as parameter overrides, each VALUE read by the rules of a spec.
+
+    `--set release=2024-01-01` is the text, as it would be written in the spec (not a date).
+    """
     from .loader import load_value
 
     values: dict[str, object] = {}
@@ -149,9 +157,9 @@ def _overrides(pairs: list[str]) -> dict[str, object]:
         if not sep or not name.strip():
             raise UsageError(f"--set {pair}: expected NAME=VALUE")
         try:
-            values[name.strip()] = load_value(text) if text.strip() else ""  # read as spec values: 1e-6 is a number
-        except SpecError:
-            raise UsageError(f"--set {pair}: {text!r} is not a YAML value") from None
+            values[name.strip()] = load_value(text, name.strip())
+        except SpecError as exc:
+            raise UsageError(f"--set {pair}: not a YAML value ({exc.diagnostics[0].message})") from None
     return values
 
 

@@ -21,7 +21,7 @@ from typing import Any, Union
 from .errors import UsageError
 from .expand import Reader, expand
 from .graph import Graph
-from .loader import LoadedSpec, SourceMap, gc_paused, load_file, load_text
+from .loader import LoadedSpec, SourceMap, gc_paused, load_file, load_import, load_text
 from .resolve import resolve
 from .shapes import infer_shapes
 from .spec import Spec
@@ -61,7 +61,7 @@ class BuildRecord:
     def reader(self) -> Reader:
         """Reads imported libraries from this record instead of the file system."""
         if self.imports is None:
-            return load_file
+            return load_import
         stored = dict(self.imports)
 
         def read(path: str) -> LoadedSpec:
@@ -79,7 +79,7 @@ class RecordingReader:
         self.texts: dict[str, str] = {}
 
     def __call__(self, path: str) -> LoadedSpec:
-        loaded = load_file(path)
+        loaded = load_import(path)
         self.texts[path] = loaded.text
         return loaded
 
@@ -106,7 +106,7 @@ def _looks_like_path(text: str) -> bool:
     return "\n" not in text and (text.endswith((".yaml", ".yml")) or os.path.exists(text))
 
 
-def check_loaded(loaded: LoadedSpec, params: Mapping[str, Any] | None, read: Reader = load_file,
+def check_loaded(loaded: LoadedSpec, params: Mapping[str, Any] | None, read: Reader = load_import,
                  input_shapes: Mapping[str, Sequence[int]] | None = None) -> tuple[Spec, Graph]:
     """Validate, expand, resolve and infer the shapes of a loaded spec.
 
