@@ -37,6 +37,7 @@ layers:
     x = torch.randn(3, 5, 16)
     torch.testing.assert_close(model(x), F.layer_norm(x, (16,), eps=1e-5))
     assert "shifted = variance + 1e-05" in model.code and "centred = x - mean" in model.code
+    assert 'shifted [label="shifted\nadd 1e-05\n(5, 1)"' in resgraph.render(spec).source  # its scalar shown
 
 
 def test_elementwise_functions_clamp_div_and_neg_follow_torch() -> None:
@@ -119,6 +120,9 @@ def test_constants_are_buffers_broadcast_over_the_batch_and_not_parameters() -> 
     assert "[buffer, not saved]" in row["ones"].op and summary.buffer_bytes == 3 * 8 + 2 * 12 * 4
     double = model.double()
     assert double.grid.dtype == torch.float64 and double.ids.dtype == torch.int64  # buffers move with the model
+    dot = resgraph.render(CONSTANTS).source
+    assert 'grid [label="grid\nconstant\n(3, 4)\nbuffer"' in dot and 'fillcolor="#e9eef5"' in dot
+    assert 'shifted [label="shifted\nadd\n(3, 4)"' in dot
 
 
 def test_arange_with_an_input_counts_its_positions_at_run_time() -> None:
