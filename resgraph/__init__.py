@@ -26,12 +26,15 @@ _EXPORTS = {
     "Spec": "spec",
     "SpecError": "errors",
     "UsageError": "errors",
+    "WeightMapping": "weights",
+    "WeightsError": "weights",
     "build": "api",
     "check": "api",
     "checkpoint": "distributed",
     "compile": "distributed",
     "count_parameters": "api",
     "load": "artifact",
+    "load_weights": "weights",
     "load_spec": "api",
     "materialize": "api",
     "rebuild": "api",
@@ -48,9 +51,9 @@ _EXPORTS = {
 
 __all__ = [
     "BuildRecord", "CompiledModule", "Diagnostic", "Location", "Projection", "ProjectionPlan", "ResgraphError", "Spec",
-    "SpecError", "UsageError", "__version__", "build", "check", "checkpoint", "compile", "count_parameters", "load",
-    "load_spec", "materialize", "rebuild", "register_op", "render", "save", "shard", "summary", "to_onnx", "to_python",
-    "valid_sizes", "write_diagram",
+    "SpecError", "UsageError", "WeightMapping", "WeightsError", "__version__", "build", "check", "checkpoint",
+    "compile", "count_parameters", "load", "load_spec", "load_weights", "materialize", "rebuild", "register_op",
+    "render", "save", "shard", "summary", "to_onnx", "to_python", "valid_sizes", "write_diagram",
 ]
 
 if TYPE_CHECKING:
@@ -76,6 +79,7 @@ if TYPE_CHECKING:
     from .pipeline import BuildRecord
     from .projections import ProjectionPlan
     from .spec import Projection, Spec
+    from .weights import WeightMapping, WeightsError, load_weights
 
 
 def __getattr__(name: str) -> Any:

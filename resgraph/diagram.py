@@ -23,6 +23,8 @@ from typing import Any
 from .errors import ResgraphError, UsageError
 from .files import atomic_write, write_fresh_text
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
+from .ops.arithmetic import ArithmeticOp
+from .ops.merge import MergeLayer
 from .ownership import graph_parameters, owned_parameters
 from .projections import ProjectionPlan, describe_steps
 from .summarize import Row, format_count, instance_title, short_value, summarize
@@ -34,6 +36,21 @@ __all__ = ["LAYOUTS", "PDF_LIMIT_INCHES", "PNG_LIMIT_PIXELS", "Fitted", "RenderO
 SKIP_COLOR = "#d1495b"
 MERGE_SYMBOL = {"add": "+", "mul": "×", "concat": "cat"}
 KEY_ARGS = {"kernel_size": "k", "stride": "s", "padding": "p", "dilation": "d", "groups": "g"}
+# Arguments shown as words after an op's key arguments, where they are set: `mul 0.5`, `pow ^2`,
+# `MultiheadAttention causal`, `parameter frozen`.
+DETAILS: dict[str, Callable[[Any], str | None]] = {
+    "scalar": lambda v: None if v is None else str(v),
+    "exponent": lambda v: f"^{v}",
+    "min": lambda v: None if v is None else f"min={v}",
+    "max": lambda v: None if v is None else f"max={v}",
+    "is_causal": lambda v: "causal" if v else None,
+    "masks": lambda v: " ".join(f"+{m}" for m in v) or None,
+    "enable_gqa": lambda v: "grouped" if v else None,
+    "trainable": lambda v: None if v else "frozen",
+}
+ARITHMETIC = (MergeLayer, ArithmeticOp)
+ARITHMETIC_FILL = "#fff7e0"  # merges and arithmetic: code, no parameters
+CONSTANT_FILL = "#e9eef5"  # buffers
 LAYOUTS = ("default", "u")
 PNG_LIMIT_PIXELS = 32_767  # cairo's largest bitmap side: beyond it Graphviz shrinks the whole picture
 PDF_LIMIT_INCHES = 200  # the largest PDF page readers open (Acrobat's limit, PDF 1.6)
@@ -78,6 +95,7 @@ def render_graph(graph: Graph, module: Any, options: RenderOptions = RenderOptio
     rows = {row.name: row for row in summarize(graph, module).rows} if options.tooltips else {}
     renderer = _Renderer(module, options, rows)
     renderer.graph(dot, graph, "", [], 1)
+    renderer.tie_edges()
     edges = _u_layout(graph, renderer) if options.layout == "u" else renderer.edges
     # Edges go to the root graph: an edge written inside a cluster would pull both ends into it.
     for edge in edges:
@@ -101,6 +119,7 @@ class _Renderer:
         self.edges: list[_Edge] = []
         self.position: dict[str, int] = {}  # node id -> index of the top-level node it belongs to
         self.top = 0  # the top-level node being emitted
+        self.ties: list[tuple[str, str]] = []  # (tied parameter's path, id of the node sharing it)
 
     def node(self, dot: Any, node_id: str, label: str, row: str | None = None, **attrs: str) -> None:
         self.position[node_id] = self.top
@@ -165,13 +184,20 @@ class _Renderer:
     def layer(self, dot: Any, node: LayerNode, prefix: str, sources: list[str]) -> str:
         layer = node.layer
         node_id = prefix + node.name
-        if layer.code_only and layer.op in MERGE_SYMBOL:
-            self.node(dot, node_id, self.label(node.name, layer.op, self.shape(node)), node_id, fillcolor="#fff7e0")
+        if isinstance(layer, ARITHMETIC):
+            self.node(dot, node_id, self.label(node.name, self.op_text(node), self.shape(node)), node_id,
+                      fillcolor=ARITHMETIC_FILL)
+        elif layer.owned() == "buffer":
+            self.node(dot, node_id, self.label(node.name, self.op_text(node), self.shape(node), "buffer"), node_id,
+                      fillcolor=CONSTANT_FILL)
         else:
+            ties = [f"{name} = {target}" for name, target in (layer.tie or {}).items()]
             self.node(dot, node_id, self.label(node.name, self.op_text(node), self.shape(node),
-                                               self.count(node, prefix)), node_id)
+                                               self.count(node, prefix), *ties), node_id)
         for source in sources:
             self.edge(source, node_id)
+        for target in (layer.tie or {}).values():
+            self.ties.append((target, node_id))
         return node_id
 
     def op_text(self, node: LayerNode) -> str:
@@ -181,7 +207,18 @@ class _Renderer:
         args = layer.args()
         key = [f"{KEY_ARGS[k]}={short_value(v)}" for k, v in args.items() if k in KEY_ARGS and not
                (k in ("stride", "dilation", "groups") and short_value(v) == "1")]
+        key += [text for k, v in args.items() if k in DETAILS and (text := DETAILS[k](v)) is not None]
         return f"{layer.op} {' '.join(key)}".strip()
+
+    def tie_edges(self) -> None:
+        """A dotted edge from each tied parameter's owner to the layer that shares it (when drawn)."""
+        for target, node_id in self.ties:
+            parts = target.split(".")
+            owner = next((".".join(parts[:n]) for n in range(len(parts), 0, -1)
+                          if ".".join(parts[:n]) in self.position), None)
+            if owner is not None:
+                self.edge(owner, node_id, style="dotted", arrowhead="none", constraint="false",
+                          label=f"tied {target}", color="#8a7fb5", fontcolor="#8a7fb5")
 
     def skip(self, dot: Any, node: SkipNode, prefix: str, sources: list[str]) -> str:
         skip = node.skip

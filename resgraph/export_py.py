@@ -4,7 +4,9 @@ only torch.
 The file holds one class per distinct generated forward: block classes receive their submodules
 as constructor arguments (so each forward is written once, however many instances use it), and
 the model's class builds everything explicitly in `__init__`, in graph order, so its state_dict
-has the compiled module's keys in the same order and loads with strict=True.
+has the compiled module's keys in the same order and loads with strict=True. Constants are
+registered as buffers (persistent or not, as built), and tied parameters are tied at the end of
+the model's `__init__` (`self.lm_head.weight = self.wte.weight`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .files import atomic_write
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
 from .ops import GenericLayer, ShapeError
 from .ops.generic import allowed_imports, torch_module_class
-from .ownership import Owns, owns
+from .ownership import Owns, owns, tied_parameters
 from .projections import step_constructor
 from .version import __version__
 
@@ -287,17 +289,19 @@ class _Exporter:
         lines = [f"class {name}(nn.Module):",
                  f"{INDENT}{_docstring('The spec' + chr(39) + 's model; submodule names match resgraph.build(...).')}",
                  "", f"{INDENT}def __init__(self) -> None:", f"{INDENT * 2}super().__init__()"]
-        for statement in self.members(graph, "self."):
+        for statement in self.members(graph):
             lines += [f"{INDENT * 2}{line}" for line in statement.splitlines()]
+        for tie in tied_parameters(graph):  # paths of validated names: identifiers and indices
+            lines.append(f"{INDENT * 2}{_attribute(tie.path)} = {_attribute(tie.target)}  # tied")
         lines += [""] + _indented(generate_forward(graph))
         return "\n".join(lines)
 
-    def members(self, graph: Graph, owner: str) -> list[str]:
-        """Statements creating a graph's submodules and parameters, in graph order."""
+    def members(self, graph: Graph) -> list[str]:
+        """Statements creating a graph's submodules, parameters and buffers, in graph order."""
         lines: list[str] = []
         for node in graph.nodes.values():
             for name, expression in self.owned(graph, node):
-                lines.append(f"{owner}{name} = {expression}")
+                lines.append(_assign(node, name, expression))
         return lines
 
     def owned(self, graph: Graph, node: Node) -> list[tuple[str, str]]:
@@ -305,9 +309,9 @@ class _Exporter:
         kind = owns(node)
         if kind is not Owns.nothing:
             assert _is_keyword_name(node.name), node.name  # the resolver checked every node name
-        if kind is Owns.parameter:
+        if kind in (Owns.parameter, Owns.buffer):
             assert isinstance(node, LayerNode)
-            return [(node.name, node.layer.parameter_source())]
+            return [(node.name, node.layer.tensor_source())]
         if kind is Owns.module:
             assert isinstance(node, LayerNode)
             return [(node.name, self.construct(graph, node))]
@@ -367,10 +371,26 @@ class _Exporter:
                  f"{INDENT}{_docstring(f'Block `{graph.block}`; built with its submodules.')}", ""]
         lines.append(f"{INDENT}def __init__(self{''.join(f', {parameters[a]}' for a in owned)}) -> None:")
         lines.append(f"{INDENT * 2}super().__init__()")
-        lines += [f"{INDENT * 2}self.{attribute} = {parameters[attribute]}" for attribute in owned]
+        lines += [f"{INDENT * 2}{_assign(graph.nodes[a], a, parameters[a])}" for a in owned]
         lines += [""] + _indented(source)
         self.block_sources.append("\n".join(lines))
         return name, parameters
+
+
+def _assign(node: Node, attribute: str, expression: str) -> str:
+    """The statement storing what `node` owns on `self`: a buffer is registered, the rest assigned."""
+    if owns(node) is Owns.buffer:
+        assert isinstance(node, LayerNode)
+        persistent = node.layer.persistent  # type: ignore[attr-defined]
+        return f"self.register_buffer({attribute!r}, {expression}, persistent={persistent!r})"
+    return f"self.{attribute} = {expression}"
+
+
+def _attribute(path: str) -> str:
+    """`self.wte.weight` for a parameter path; `self.h[0].attn.weight` where a part is an index."""
+    parts = path.split(".")
+    assert all(_is_keyword_name(part) or part.isdigit() for part in parts), path  # the spec's pattern checked them
+    return "self" + "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in parts)
 
 
 def _indented(source: str) -> list[str]:

@@ -4,6 +4,13 @@ PyYAML's own constructors lose positions and silently keep the last of two dupli
 the loader composes the node tree with the safe loader and builds the data itself. That also
 makes it the one place that rejects non-core tags (`!!python/object`), recursive aliases and
 alias-expansion bombs before anything else sees the data.
+
+Numbers are read as YAML 1.2 and every ML config reads them: `1e-6`, `3e4`, `-2e-3` are floats
+(YAML 1.1, which PyYAML implements, wants a dot and a signed exponent and reads them as strings);
+a quoted `"1e-6"` stays a string. `--set NAME=VALUE` values are read the same way (`load_value`).
+
+>>> load_text("eps: 1e-6\\nlr: 3e4\\nhalf: .5\\nbig: 1.5E+3\\nneg: -2e-3\\ntext: '1e-6'").data
+{'eps': 1e-06, 'lr': 30000.0, 'half': 0.5, 'big': 1500.0, 'neg': -0.002, 'text': '1e-6'}
 """
 
 from __future__ import annotations
@@ -43,6 +50,9 @@ _CORE_TAGS = {
     "tag:yaml.org,2002:merge",
 }
 _TEXT_TAGS = {"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value"}
+# A plain scalar YAML 1.1 leaves a string but YAML 1.2's core schema reads as a float: an exponent
+# without a dot or without a sign (`1e-6`, `3e4`, `1.0e6`). Those with both are floats already.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+$")
 
 
 @dataclass(eq=False)
@@ -370,6 +380,8 @@ class _Builder:
 
     def scalar(self, node: yaml.ScalarNode) -> Any:
         if node.tag == "tag:yaml.org,2002:str":
+            if not node.style and _EXPONENT_FLOAT.match(node.value):
+                return float(node.value)  # `eps: 1e-6`: a number, as YAML 1.2 reads it
             return node.value  # the common case needs no constructor
         try:
             value = self.constructor.yaml_constructors[node.tag](self.constructor, node)

@@ -1,7 +1,8 @@
 """Stage 7, lower: a typed graph -> an ordinary `torch.nn.Module` with a generated forward.
 
-What each node owns (a layer's module, a learned tensor, a projection's `nn.Sequential`, block
-instances) is decided by `ownership.owns`; this stage only builds it. The forward is real Python
+What each node owns (a layer's module, a learned tensor, a constant buffer, a projection's
+`nn.Sequential`, block instances) is decided by `ownership.owns`; this stage only builds it, then
+ties parameters (`tie:`) once the whole model exists, so a tie may name any parameter of it. The forward is real Python
 (see codegen), compiled once per distinct source: calling the module runs straight-line code,
 with no interpretation of the graph. Lowering knows nothing of specs or files: the API layer
 (`api.CompiledModule`) adds the build record and the graph to the module it returns.
@@ -28,10 +29,11 @@ from torch import nn
 from .codegen import HELPERS, generate_forward, helpers_used
 from .errors import Diagnostic, SpecError, UsageError
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
-from .ownership import Owns, owns
+from .ownership import Owns, owns, tied_parameters
 from .projections import ProjectionPlan, step_constructor
+from .suggest import did_you_mean
 
-__all__ = ["GeneratedModule", "build_owned", "lower", "owned_units", "projection_module", "seeded"]
+__all__ = ["GeneratedModule", "build_owned", "lower", "owned_units", "projection_module", "seeded", "tie_parameters"]
 
 
 class GeneratedModule(nn.Module):
@@ -51,13 +53,16 @@ def lower(graph: Graph, *, base: type[M] = GeneratedModule, seed: int | None = N
         base: the class the top-level module's generated class derives from.
         seed: when given, initialise weights from this seed without touching the global RNG.
     Raises:
-        SpecError: torch refused a layer's arguments (a combination the shape check cannot see).
+        SpecError: torch refused a layer's arguments (a combination the shape check cannot see), or
+            a `tie` names a parameter that does not exist or has another shape.
         UsageError: `seed` is outside the range torch accepts.
     """
     diagnostics: list[Diagnostic] = []
     with seeded(seed):
         module = _generated_class(graph.name, generate_forward(graph), base)()
         _add_owned(module, graph, diagnostics)
+    if not diagnostics:
+        diagnostics = tie_parameters(module, graph)
     if diagnostics:
         raise SpecError(diagnostics)
     return module  # type: ignore[return-value]
@@ -84,6 +89,9 @@ def _add_owned(module: nn.Module, graph: Graph, diagnostics: list[Diagnostic]) -
             continue
         if kind is Owns.parameter:
             module.register_parameter(node.name, owned)
+        elif kind is Owns.buffer:
+            assert isinstance(node, LayerNode)
+            module.register_buffer(node.name, owned, persistent=node.layer.persistent)  # type: ignore[attr-defined]
         else:
             module.add_module(node.name, owned)
 
@@ -95,8 +103,51 @@ def _build(node: Node, kind: Owns, diagnostics: list[Diagnostic]) -> Any:
     return build_owned(node)
 
 
+def tie_parameters(module: nn.Module, graph: Graph) -> list[Diagnostic]:
+    """Make every tied parameter (`tie: {weight: wte.weight}`) the very tensor it names.
+
+    `module` is the model lowered from `graph`; ties are set in graph order. Applying them again
+    (after `to_empty` re-creates the parameters) is harmless.
+
+    Returns:
+        One located diagnostic per tie that cannot hold: its layer has no such parameter, the
+        target is not a parameter of the model, or their shapes differ. Nothing is tied then.
+    """
+    diagnostics: list[Diagnostic] = []
+    resolved = []
+    ties = list(tied_parameters(graph))
+    known = dict(module.named_parameters(remove_duplicate=False)) if ties else {}
+    for tie in ties:
+        where, label = tie.graph.where(tie.node, "tie"), tie.graph.label(tie.node)
+        own = dict(module.get_submodule(tie.owner).named_parameters(remove_duplicate=False))
+        if tie.attribute not in own:
+            diagnostics.append(Diagnostic(where, f"{label}: tie: it has no parameter {tie.attribute!r} (its "
+                                                 f"parameters: {', '.join(own) or 'none'})"
+                                                 f"{did_you_mean(tie.attribute, own)}"))
+        elif tie.target not in known or tie.target == tie.path:
+            why = "is the parameter itself" if tie.target == tie.path else "is not a parameter of the model"
+            diagnostics.append(Diagnostic(where, f"{label}: tie: {tie.target!r} {why}"
+                                                 f"{did_you_mean(tie.target, known)}",
+                                          "name a parameter by its path from the model's root, as state_dict "
+                                          "does (e.g. wte.weight)"))
+        elif own[tie.attribute].shape != known[tie.target].shape:
+            diagnostics.append(Diagnostic(where, f"{label}: tie: its {tie.attribute} has shape "
+                                                 f"{tuple(own[tie.attribute].shape)}, but {tie.target} has "
+                                                 f"{tuple(known[tie.target].shape)}",
+                                          "tied parameters must have equal shapes"))
+        else:
+            resolved.append(tie)
+    if diagnostics:
+        return diagnostics
+    for tie in resolved:
+        parent, _, leaf = f"{tie.owner}.{tie.attribute}".rpartition(".")
+        setattr(module.get_submodule(parent), leaf, module.get_parameter(tie.target))
+    return []
+
+
 def build_owned(node: Node) -> Any:
-    """What a layer or skip node owns, freshly built and initialised (a module or an nn.Parameter)."""
+    """What a layer or skip node owns, freshly built and initialised (a module, an nn.Parameter or
+    a buffer tensor)."""
     if isinstance(node, LayerNode):
         return node.layer.build(node.meta["args"])
     assert isinstance(node, SkipNode), node

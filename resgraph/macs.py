@@ -14,7 +14,11 @@ Per sample, by op family (sources: torch's `torch/utils/flop_counter.py`, fvcore
 - Linear, and the Linear and 1x1-conv projection steps: out elements x in_features
   (flop_counter `mm_flop` / `addmm_flop`; the bias add is not counted).
 - MultiheadAttention: the q, k, v and out projections plus 2 x L x S x E for `q @ k^T` and
-  `attn @ v` (flop_counter `sdpa_flop_count` and `mm_flop`).
+  `attn @ v` (flop_counter `sdpa_flop_count` and `mm_flop`); a causal or masked one the same
+  (the counter counts the full score matrix).
+- scaled_dot_product_attention: per query head L x S x (E + Ev) (`sdpa_flop_count`; grouped
+  key/value heads are counted per query head, as the math kernel repeats them).
+- matmul: the broadcast stack size x n x k x m (flop_counter `bmm_flop`).
 - BatchNorm (inference) and the projection BatchNorm: 2 per element, 1 without affine
   (fvcore `batchnorm_flop_jit`, eval mode).
 - LayerNorm, GroupNorm, InstanceNorm: 5 per element, 4 without affine (fvcore `norm_flop_counter`).
@@ -23,9 +27,11 @@ Per sample, by op family (sources: torch's `torch/utils/flop_counter.py`, fvcore
 - Upsample: 1 per output element for nearest, 4 for the interpolating modes (fvcore
   `upsample_nearest2d` / `upsample_bilinear2d`).
 - Activations, Softmax, PReLU, and add / mul merges: 1 per output element (per extra operand for
-  merges): ptflops' convention; fvcore ignores them.
-- Dropout, Identity, reshapes, concat, select, Embedding, learned tensors, code projection steps
-  (subsample, crop, pad): 0, they only move data.
+  merges, or for a scalar operand): ptflops' convention; fvcore ignores them.
+- Arithmetic code ops (sub, div, pow, clamp, exp, log, sqrt, rsqrt, sin, cos, neg): 1 per output
+  element, the same convention.
+- Dropout, Identity, reshapes, concat, select, Embedding, learned tensors, constants (`full`,
+  `constant`, `arange`), code projection steps (subsample, crop, pad): 0, they only move data.
 - Any other torch.nn class: measured, with FlopCounterMode on one sample (matmul part only).
 
 >>> from resgraph.ops import OPS, TensorType
@@ -42,7 +48,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .ops import GenericLayer, Layer, TensorType
-from .ops.attention import MultiheadAttention
+from .ops.arithmetic import ArithmeticOp, Matmul
+from .ops.attention import MultiheadAttention, ScaledDotProductAttention
 from .ops.base import to_tuple
 from .ops.conv import ConvBase, ConvTransposeBase
 from .ops.dense import Linear
@@ -121,11 +128,28 @@ def _linear(layer: Any, args: dict[str, Any], inputs: list[TensorType], out: Ten
 
 @_rule(MultiheadAttention)
 def _attention(layer: Any, args: dict[str, Any], inputs: list[TensorType], out: TensorType) -> MacCount:
-    query, key, value = (inputs * 3)[:3] if len(inputs) == 1 else inputs
+    (query, key, value), _ = layer.split(inputs)  # the mask inputs cost nothing extra
     e, length, source = args["embed_dim"], query.shape[0], key.shape[0]
     keys = source + layer.add_bias_kv + layer.add_zero_attn  # the extra key/value rows torch appends
     projections = length * e * e + source * e * key.shape[-1] + source * e * value.shape[-1] + length * e * e
     return MacCount(projections + 2 * length * keys * e)  # sdpa_flop_count: q @ k^T and attn @ v
+
+
+@_rule(ScaledDotProductAttention)
+def _sdpa(layer: Any, args: dict[str, Any], inputs: list[TensorType], out: TensorType) -> MacCount:
+    query, key, value = inputs[:3]
+    # sdpa_flop_count: q @ k^T (L x S x E) and attn @ v (L x S x Ev), per query head
+    return MacCount(_numel(query.shape[:-1]) * key.shape[-2] * (query.shape[-1] + value.shape[-1]))
+
+
+@_rule(Matmul)
+def _matmul(layer: Any, args: dict[str, Any], inputs: list[TensorType], out: TensorType) -> MacCount:
+    return MacCount(_numel(out) * inputs[0].shape[-1])  # every output element is a k-long dot product
+
+
+@_rule(ArithmeticOp)
+def _arithmetic(layer: Any, args: dict[str, Any], inputs: list[TensorType], out: TensorType) -> MacCount:
+    return MacCount(other=_numel(out))
 
 
 @_rule(BatchNormBase)
@@ -161,7 +185,8 @@ def _elementwise(layer: Any, args: dict[str, Any], inputs: list[TensorType], out
 
 @_rule(MergeLayer)
 def _merge_layer(layer: Any, args: dict[str, Any], inputs: list[TensorType], out: TensorType) -> MacCount:
-    return merge_macs(layer.kind.value, out, len(inputs))
+    scalar = getattr(layer, "scalar", None) is not None  # `{op: mul, scalar: 0.5}`: one operation per element
+    return merge_macs(layer.kind.value, out, len(inputs) + scalar)
 
 
 def layer_macs(layer: Layer, args: dict[str, Any], inputs: list[TensorType], out: TensorType) -> MacCount | None:

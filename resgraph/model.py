@@ -20,9 +20,9 @@ from .distributed import fill, local_numel, spec_checkpoints, training_diagnosti
 from .errors import Diagnostic, SpecError, UsageError
 from .graph import Graph
 from .loader import gc_paused, load_text
-from .lower import GeneratedModule, build_owned, lower, owned_units, seeded
+from .lower import GeneratedModule, build_owned, lower, owned_units, seeded, tie_parameters
 from .ops.generic import allowed_imports
-from .ownership import owned_parameters
+from .ownership import owned_parameters, tied_parameters
 from .pipeline import DEFAULT_MAX_PARAMS, BuildRecord, check_loaded, static_parameter_counts
 from .sizes import smallest_without_ones, solve_sizes
 from .spec import Spec
@@ -46,13 +46,15 @@ class CompiledModule(GeneratedModule):
     build_record: BuildRecord
 
     def example_inputs(self, batch: int = 2) -> tuple[torch.Tensor, ...]:
-        """Random inputs at the declared sizes (integer inputs hold ids in [0, 10)), for tracing and tests."""
+        """Random inputs at the declared sizes (integer inputs hold ids in [0, 10), bool inputs such as
+        masks are all false), for tracing and tests."""
         tensors = []
         for name in self.graph.inputs:
             kind = self.graph.nodes[name].meta["type"]
             dtype = getattr(torch, kind.dtype)
             shape = (batch, *kind.shape)
             tensors.append(torch.randn(shape, dtype=dtype) if dtype.is_floating_point
+                           else torch.zeros(shape, dtype=dtype) if dtype == torch.bool
                            else torch.randint(0, 10, shape, dtype=dtype))
         return tuple(tensors)
 
@@ -173,15 +175,22 @@ def materialize(module: C, *, device: Device = "cpu", seed: int | None = None,
             sizes[name.split(".", 1)[0]] += local_numel(parameter)  # a node's attribute is named after it
         _check_size(graph, sizes, max_params, "this process would allocate")
     module.to_empty(device=device)
+    tied = {tie.path for tie in tied_parameters(graph)}  # filled through their owners
     with allowed_imports(record.allow_imports), seeded(seed), torch.device("cpu"), torch.no_grad():
         for path, node in owned_units(graph):
             fresh = build_owned(node)
             if isinstance(fresh, nn.Parameter):
                 fill(module.get_parameter(path), fresh)
                 continue
+            if isinstance(fresh, torch.Tensor):  # a constant buffer
+                fill(module.get_buffer(path), fresh)
+                continue
             owner = module.get_submodule(path)
             for name, tensor in itertools.chain(fresh.named_parameters(), fresh.named_buffers()):
-                fill(owner.get_parameter(name) if isinstance(tensor, nn.Parameter) else owner.get_buffer(name), tensor)
+                if f"{path}.{name}" not in tied:
+                    fill(owner.get_parameter(name) if isinstance(tensor, nn.Parameter) else owner.get_buffer(name),
+                         tensor)
+    tie_parameters(module, graph)  # to_empty made a tied parameter a tensor of its own again
     return module
 
 

@@ -33,10 +33,15 @@ def _quiet_exporter() -> Iterator[None]:
 def output_names(graph: Any) -> list[str]:
     """The spec's names for a graph's outputs (the layer a skip merges into, not the skip's name).
 
-    An output that is also an input, or named twice, gets a suffix: ONNX values are named once.
+    An output that is also an input, or named twice, or named as a stored tensor (a parameter or
+    buffer node's attribute, which the exporter writes as an initializer of that name), gets a
+    suffix: ONNX values are named once.
     """
+    from .ownership import Owns, owns
+
     names: list[str] = []
-    taken = set(graph.inputs)
+    taken = set(graph.inputs) | {name for name, node in graph.nodes.items()
+                                 if owns(node) in (Owns.parameter, Owns.buffer)}
     for node in graph.outputs:
         name = base = graph.nodes[node].var
         index = 1

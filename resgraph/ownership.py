@@ -7,6 +7,7 @@ A node owns at most one attribute of its graph's module, named after the node:
 |------------------------------------------|---------------------|-------------------------------|
 | layer whose op is a torch.nn module      | `Owns.module`       | that module                   |
 | layer whose op is a learned tensor       | `Owns.parameter`    | an `nn.Parameter`             |
+| layer whose op is a constant tensor      | `Owns.buffer`       | a buffer (`register_buffer`)  |
 | layer whose op is code (add, reshape...) | `Owns.nothing`      |                               |
 | skip whose projection has module steps   | `Owns.projection`   | an `nn.Sequential` of them    |
 | block call                               | `Owns.block`        | the instance's module         |
@@ -18,38 +19,46 @@ A node owns at most one attribute of its graph's module, named after the node:
 ...               "  - act: {op: ReLU}\\n  - out: {op: add, input: [fc, act]}\\n")
 >>> [owns(node).value for node in graph.nodes.values()]
 ['nothing', 'module', 'module', 'nothing']
+
+A layer with `tie: {weight: wte.weight}` owns its module, but that parameter is another node's:
+`tied_parameters` lists every tie of a graph and its block instances, and `owned_tensors` leaves
+tied parameters to their owner, so each shared tensor is counted once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
 
-__all__ = ["Owns", "graph_parameters", "owned_parameters", "owned_tensors", "owns"]
+__all__ = ["Owns", "Tie", "graph_parameters", "owned_parameters", "owned_tensors", "owns", "tied_parameters"]
 
 
 class Owns(str, Enum):
     nothing = "nothing"
     module = "module"
     parameter = "parameter"
+    buffer = "buffer"
     projection = "projection"
     block = "block"
     repeat = "repeat"
 
     @property
     def is_module(self) -> bool:
-        """True when the attribute is an nn.Module (everything owned but a learned tensor)."""
-        return self not in (Owns.nothing, Owns.parameter)
+        """True when the attribute is an nn.Module (everything owned but a learned tensor or a buffer)."""
+        return self not in (Owns.nothing, Owns.parameter, Owns.buffer)
+
+
+_LAYER_OWNS = {"module": Owns.module, "parameter": Owns.parameter, "buffer": Owns.buffer, None: Owns.nothing}
 
 
 def owns(node: Node) -> Owns:
     """What `node` owns in its graph's module (its attribute is always `node.name`)."""
     if isinstance(node, LayerNode):
-        if node.layer.owns_parameter:
-            return Owns.parameter
-        return Owns.nothing if node.layer.code_only else Owns.module
+        return _LAYER_OWNS[node.layer.owned()]
     if isinstance(node, SkipNode):
         return Owns.projection if node.meta["projection"].module_steps else Owns.nothing
     if isinstance(node, BlockNode):
@@ -57,14 +66,48 @@ def owns(node: Node) -> Owns:
     return Owns.nothing
 
 
+@dataclass(frozen=True)
+class Tie:
+    """One tie: the parameter `attribute` of the layer at `owner` (a path from the model's root) is
+    the model's parameter `target`; `node` and `graph` locate the layer that declares it."""
+
+    owner: str
+    attribute: str
+    target: str
+    node: LayerNode
+    graph: Graph
+
+    @property
+    def path(self) -> str:
+        """The tied parameter's own path (`lm_head.weight`), a second name of `target`."""
+        return f"{self.owner}.{self.attribute}"
+
+
+def tied_parameters(graph: Graph) -> Iterator[Tie]:
+    """Every tie of a graph and of its block instances, in graph order (instances depth first)."""
+    for node in graph.nodes.values():
+        if isinstance(node, LayerNode) and node.layer.tie:
+            for attribute, target in node.layer.tie.items():
+                yield Tie(graph.qualname + node.name, attribute, target, node, graph)
+        elif isinstance(node, BlockNode):
+            for instance in node.instances:
+                yield from tied_parameters(instance)
+
+
 def owned_tensors(module: Any, node: Node, prefix: str = "") -> list[Any]:
-    """The parameters `node` owns in a built `module` (`prefix`: its instance's path)."""
+    """The parameters `node` owns in a built model `module` (`prefix`: its instance's path from the
+    model's root). Buffers are not parameters, and a tied parameter belongs to the node it is tied to."""
     kind = owns(node)
-    if kind is Owns.nothing:
+    if kind in (Owns.nothing, Owns.buffer):
         return []
     if kind is Owns.parameter:
         return [module.get_parameter(prefix + node.name)]
-    return list(module.get_submodule(prefix + node.name).parameters())
+    if isinstance(node, BlockNode):  # its instances' nodes, so that ties inside them are left out too
+        return [tensor for instance in node.instances for inner in instance.nodes.values()
+                for tensor in owned_tensors(module, inner, instance.qualname)]
+    tied = set(node.layer.tie or ()) if isinstance(node, LayerNode) else set()
+    owned = module.get_submodule(prefix + node.name).named_parameters()
+    return [tensor for name, tensor in owned if name not in tied]
 
 
 def owned_parameters(module: Any, node: Node, prefix: str = "") -> int:

@@ -68,6 +68,7 @@ class Row:
     param_bytes: int = 0
     activation_bytes: int = 0
     connected_to: list[str] = field(default_factory=list)
+    tied_to: dict[str, str] = field(default_factory=dict)  # this layer's parameter -> the model's parameter it is
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ class _Walker:
             elif isinstance(node, LayerNode):
                 macs = self.layer_macs(node, name, inputs)
                 self.rows.append(Row(name, "layer", _layer_text(node), kernel=_kernel(node), **_mac_fields(macs),
-                                     activation_bytes=_bytes(out), **common))
+                                     activation_bytes=_bytes(out), tied_to=dict(node.layer.tie or {}), **common))
                 totals.add(macs, _bytes(out))
             elif isinstance(node, SkipNode):
                 plan: ProjectionPlan = node.meta["projection"]
@@ -260,11 +261,16 @@ def _bytes(t: TensorType) -> int:
 
 
 def _layer_text(node: LayerNode) -> str:
+    """`Conv2d(out_channels=64, ...)`; code ops name their inputs (`add(a, b)`); ties are noted
+    (`Linear(...) [weight tied to wte.weight]`), as are buffers and frozen parameters."""
     layer = node.layer
     args = ", ".join(f"{k}={short_value(v)}" for k, v in layer.args().items())
     if layer.code_only:
         args = ", ".join([*node.inputs, *([args] if args else [])])
-    return f"{layer.op}({args})"
+    notes = [f"{name} tied to {target}" for name, target in (layer.tie or {}).items()]
+    if layer.owned() == "buffer":
+        notes.append("buffer" if getattr(layer, "persistent", False) else "buffer, not saved")
+    return f"{layer.op}({args})" + "".join(f" [{note}]" for note in notes)
 
 
 def _kernel(node: LayerNode) -> str | None:
@@ -283,13 +289,21 @@ def instance_title(instance: Graph) -> str:
 
 
 def short_value(value: Any) -> str:
-    """`3` for (3, 3), `3x1` for (3, 1); other values as written (nested lists, mappings), with
-    characters a terminal would act on escaped (a spec's strings reach the summary)."""
-    if isinstance(value, (tuple, list)) and value and all(isinstance(v, (int, float, str)) for v in value):
+    """`3` for (3, 3), `3x1` for (3, 1); a tensor literal by its shape (`<2x4 values>`); other values
+    as written (mappings), with characters a terminal would act on escaped (a spec's strings reach
+    the summary)."""
+    if isinstance(value, (tuple, list)) and value and (any(isinstance(v, (tuple, list)) for v in value)
+                                                       or len(value) > 8):
+        text = f"<{'x'.join(map(str, _literal_shape(value)))} values>"
+    elif isinstance(value, (tuple, list)) and value and all(isinstance(v, (int, float, str)) for v in value):
         text = str(value[0]) if len(set(value)) == 1 else "x".join(map(str, value))
     else:
         text = str(value)
     return printable(text)
+
+
+def _literal_shape(value: Any) -> list[int]:
+    return [len(value), *_literal_shape(value[0])] if isinstance(value, (tuple, list)) and value else []
 
 
 # --- the table ----------------------------------------------------------------------------------

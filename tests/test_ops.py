@@ -15,8 +15,9 @@ import torch
 from resgraph.ops import OPS, GenericLayer, ShapeError, TensorType
 
 F = "float32"
-# op -> list of (arguments, per-sample input shape[, input dtype])
-CASES: dict[str, list[tuple[dict[str, Any], tuple[int, ...]] | tuple[dict[str, Any], tuple[int, ...], str]]] = {
+Shapes = tuple[int, ...] | list[tuple[int, ...]]  # one input's shape (repeated as the op needs), or one per input
+# op -> list of (arguments, per-sample input shape(s)[, input dtype])
+CASES: dict[str, list[tuple[dict[str, Any], Shapes] | tuple[dict[str, Any], Shapes, str]]] = {
     "Conv1d": [({"out_channels": 4, "kernel_size": 3}, (2, 10)),
                ({"out_channels": 4, "kernel_size": 3, "stride": 2, "padding": 1, "dilation": 2}, (2, 11)),
                ({"out_channels": 4, "kernel_size": 3, "padding": "same", "padding_mode": "reflect"}, (2, 9))],
@@ -72,16 +73,39 @@ CASES: dict[str, list[tuple[dict[str, Any], tuple[int, ...]] | tuple[dict[str, A
     "reshape": [({"shape": [2, -1]}, (3, 4)), ({"shape": [12]}, (3, 4))],
     "mean": [({"dim": 1}, (5, 8)), ({"dim": [2, 3], "keepdim": True}, (3, 4, 5))],
     "select": [({"dim": 1, "index": 0}, (5, 8)), ({"dim": -1, "index": -1}, (5, 8))],
-    "parameter": [({"shape": [1, 8], "init": "normal"}, (4,)), ({"shape": [3, 2, 2], "init": "trunc_normal"}, (4,))],
+    "parameter": [({"shape": [1, 8], "init": "normal"}, (4,)), ({"shape": [3, 2, 2], "init": "trunc_normal"}, (4,)),
+                  ({"shape": [1, 5, 8], "batch": True, "init": 1e-6}, (4,)),
+                  ({"shape": [1, 4, 1, 1], "init": [0, 1, 2, 3], "trainable": False}, (4,))],
+    "full": [({"shape": [2, 3], "value": 0.5}, (4,)), ({"shape": [1, 3], "value": 1, "dtype": "int64", "batch": True},
+                                                        (4,))],
+    "constant": [({"value": [[1, 2], [3, 4], [5, 6]]}, (4,)),
+                 ({"value": [1, 0, 1, 1], "shape": [2, 2], "dtype": "bool"}, (4,))],
+    "arange": [({"stop": 5}, (4,)), ({"start": 1, "stop": 2, "step": 0.25, "dtype": "float32"}, (4,)),
+               ({"input": "x", "dim": 1}, (6, 3)), ({"input": "x", "dim": -1, "start": 2, "step": 3}, (6, 3))],
+    "sub": [({"input": ["a", "b"]}, [(4, 8, 8), (4, 1, 1)]), ({"scalar": 1}, (3, 4)), ({"scalar": 2}, (3,), "int64")],
+    "div": [({"input": ["a", "b"]}, [(3, 4), (1, 4)]), ({"scalar": 2}, (3, 4), "int64")],
+    "pow": [({"exponent": 2}, (3, 4)), ({"exponent": 0.5}, (3, 4)), ({"exponent": 3}, (5,), "int64")],
+    "clamp": [({"min": 0, "max": 6}, (3, 4)), ({"max": 0.5}, (5,))],
+    "matmul": [({"input": ["a", "b"]}, [(3, 4), (4, 5)]), ({"input": ["a", "b"]}, [(2, 3, 4), (1, 4, 6)])],
+    "scaled_dot_product_attention": [({}, [(2, 5, 8), (2, 7, 8), (2, 7, 4)]), ({"is_causal": True}, [(5, 8)] * 3),
+                                     ({"enable_gqa": True, "scale": 0.5}, [(4, 5, 8), (2, 7, 8), (2, 7, 8)]),
+                                     ({}, [(2, 5, 8), (2, 7, 8), (2, 7, 8), (1, 5, 7)])],
     "chunk": [({"chunks": 2, "outputs": ["a", "b"]}, (6, 4)), ({"chunks": 3, "dim": -1, "outputs": ["a", "b", "c"]},
                                                                 (2, 7))],
     "split": [({"split_size": 4, "outputs": ["a", "b"]}, (6, 4)), ({"split_size": [1, 5], "outputs": ["a", "b"]},
                                                                     (6, 4))],
-    "MultiheadAttention": [({"num_heads": 2}, (5, 8)), ({"num_heads": 4, "add_bias_kv": True}, (3, 8))],
-    "add": [({"input": ["a", "b"]}, (3, 4))],
+    "MultiheadAttention": [({"num_heads": 2}, (5, 8)), ({"num_heads": 4, "add_bias_kv": True}, (3, 8)),
+                           ({"num_heads": 2, "is_causal": True}, (5, 8)),
+                           ({"num_heads": 2, "masks": ["key_padding_mask"]}, [(5, 8), (5,)]),
+                           ({"num_heads": 2, "masks": ["attn_mask", "key_padding_mask"]},
+                            [(5, 8), (7, 6), (7, 6), (5, 7), (7,)]),
+                           ({"num_heads": 2, "masks": ["attn_mask"]}, [(5, 8), (2, 5, 5)])],
+    "add": [({"input": ["a", "b"]}, (3, 4)), ({"scalar": 0.5}, (3, 4)), ({"scalar": 1}, (3,), "int64")],
     "concat": [({"input": ["a", "b"], "dim": -1}, (3, 4))],
-    "mul": [({"input": ["a", "b"]}, (3, 4))],
+    "mul": [({"input": ["a", "b"]}, (3, 4)), ({"scalar": 0.5}, (3, 4))],
 }
+for _name in ("exp", "log", "sqrt", "rsqrt", "sin", "cos", "neg"):
+    CASES[_name] = [({}, (3, 4)), ({}, (5,), "int64")]
 SIMPLE = {"Identity", "ReLU", "ReLU6", "LeakyReLU", "ELU", "CELU", "SELU", "GELU", "SiLU", "Mish", "Sigmoid",
           "Tanh", "Hardswish", "Hardsigmoid", "Hardtanh", "Softplus", "Softsign", "LogSigmoid", "Tanhshrink",
           "Dropout", "AlphaDropout"}
@@ -95,29 +119,42 @@ def test_every_registered_op_has_shape_cases() -> None:
     assert set(CASES) == set(OPS)
 
 
+def input_types(layer: Any, shapes: Shapes, dtype: str) -> list[TensorType]:
+    """The case's inputs: one type per listed shape, or its one shape as often as the op needs."""
+    if isinstance(shapes, list):
+        return [TensorType(shape, dtype) for shape in shapes]
+    return [TensorType(shapes, dtype)] * max(layer.min_inputs, 1)
+
+
+class _Self:
+    training = False  # generated code reads self.training (attention dropout)
+
+
 def _run_torch(layer: Any, inputs: list[TensorType], dtype: str) -> torch.Tensor:
     """Run the op the way generated code does: its `code`, or its `call` on the module it builds."""
-    tensors = [torch.randint(0, 10, (2, *t.shape)) if dtype == "int64" else torch.randn(2, *t.shape) for t in inputs]
+    tensors = [torch.randint(1, 10, (2, *t.shape)) if dtype == "int64" else torch.randn(2, *t.shape) for t in inputs]
     names = {f"v{i}": t for i, t in enumerate(tensors)}
     if layer.code_only:
-        owner = layer.build({}) if layer.owns_parameter else None
+        owner = layer.build({}) if layer.owned() else None
         expression = layer.code(list(names), "owner")
     else:
         owner = layer.build(layer.module_args(inputs)).eval()
         expression = layer.call("owner", list(names))
     with torch.no_grad():
-        return eval(expression, {"torch": torch, "owner": owner, **names})  # test-only: code resgraph generates
+        # test-only: code resgraph generates
+        return eval(expression, {"torch": torch, "owner": owner, "self": _Self(), **names})
 
 
 @pytest.mark.parametrize(("op", "args", "shape", "dtype"), [
     pytest.param(p.values[0], p.values[1], p.values[2], p.values[3] if len(p.values) > 3 else F, id=p.id)
     for p in PARAMS])
-def test_static_shape_matches_torch(op: str, args: dict[str, Any], shape: tuple[int, ...], dtype: str) -> None:
+def test_static_shape_matches_torch(op: str, args: dict[str, Any], shape: Shapes, dtype: str) -> None:
     layer = OPS[op].model_validate({"op": op, **args})
-    inputs = [TensorType(shape, dtype)] * max(layer.min_inputs, 1)
+    inputs = input_types(layer, shape, dtype)
     inferred = layer.output_type(inputs)
     actual = _run_torch(layer, inputs, dtype)
     assert inferred.shape == tuple(actual.shape[1:])
+    assert inferred.dtype == str(actual.dtype).removeprefix("torch."), "the static dtype is torch's"
 
 
 @pytest.mark.parametrize(("op", "args", "shape", "message"), [
@@ -173,15 +210,15 @@ def test_a_tuple_result_must_be_picked_with_output() -> None:
 @pytest.mark.parametrize(("op", "args", "shape", "dtype"), [
     pytest.param(p.values[0], p.values[1], p.values[2], p.values[3] if len(p.values) > 3 else F, id=p.id)
     for p in PARAMS])
-def test_static_parameter_count_matches_the_built_module(op: str, args: dict[str, Any], shape: tuple[int, ...],
+def test_static_parameter_count_matches_the_built_module(op: str, args: dict[str, Any], shape: Shapes,
                                                          dtype: str) -> None:
     layer = OPS[op].model_validate({"op": op, **args})
-    inputs = [TensorType(shape, dtype)] * max(layer.min_inputs, 1)
+    inputs = input_types(layer, shape, dtype)
     layer.output_type(inputs)
     counted = layer.parameter_count(layer.module_args(inputs))
-    if layer.owns_parameter:
+    if layer.owned() == "parameter":
         assert counted == layer.build({}).numel()
-    elif layer.code_only:
+    elif layer.code_only:  # code, or a buffer: no parameters
         assert counted == 0
     else:
         assert counted == sum(p.numel() for p in layer.build(layer.module_args(inputs)).parameters())

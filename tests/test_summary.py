@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_ops import CASES
+from test_ops import CASES, input_types
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -59,23 +59,33 @@ def test_a_built_model_counts_the_same_as_its_spec() -> None:
     assert 2 * resgraph.summary(model).matmul_macs == counted_flops(model, torch.randn(1, 3, 32, 32))
 
 
-MODULE_OPS = sorted(op for op in CASES if op in OPS and not OPS[op].code_only)
+# Module ops, and the code ops FlopCounterMode sees (matrix products).
+COUNTED_OPS = sorted(op for op in CASES if op in OPS and (not OPS[op].code_only
+                                                         or op in ("matmul", "scaled_dot_product_attention")))
 
 
-@pytest.mark.parametrize("op", MODULE_OPS)
+@pytest.mark.parametrize("op", COUNTED_OPS)
 def test_every_module_op_formula_matches_flop_counter(op: str) -> None:
     """Per op: the formula's matmul part is what FlopCounterMode counts (0 for ops it ignores)."""
     for case in CASES[op]:
         args, shape, dtype = (*case, "float32")[:3]
         layer = OPS[op].model_validate({"op": op, **args})
-        inputs = [TensorType(tuple(shape), dtype)]
+        inputs = input_types(layer, shape, dtype)
         full = layer.module_args(inputs)
         macs = layer_macs(layer, full, inputs, layer.output_type(inputs))
         assert macs is not None
-        module = layer.build(full).eval()
-        x = torch.randn(1, *shape) if dtype == "float32" else torch.zeros((1, *shape), dtype=torch.int64)
-        call = (lambda t, m=module: m(t, t, t, need_weights=False)) if op == "MultiheadAttention" else module
-        assert 2 * macs.matmul == counted_flops(call, x), (op, args)
+        tensors = [torch.randn(1, *t.shape) if dtype == "float32" else torch.zeros((1, *t.shape), dtype=torch.int64)
+                   for t in inputs]
+        names = [f"v{i}" for i in range(len(tensors))]
+        owner = None if layer.code_only else layer.build(full).eval()
+        expression = layer.code(names, "owner") if layer.code_only else layer.call("owner", names)
+
+        def call(*values: torch.Tensor, expression: str = expression, owner: Any = owner,
+                 names: list[str] = names) -> Any:
+            # test-only: the code resgraph generates for this op
+            return eval(expression, {"torch": torch, "owner": owner, **dict(zip(names, values))})
+
+        assert 2 * macs.matmul == counted_flops(call, *tensors), (op, args)
 
 
 @pytest.mark.parametrize(("op", "args", "shape", "expected"), [

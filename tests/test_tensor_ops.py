@@ -31,9 +31,10 @@ def test_learned_tensors_expand_over_the_batch_and_are_parameters() -> None:
                                   "  - pos: {op: parameter, shape: [7, 8], init: normal}\n"
                                   "  - out: {op: add, input: [seq, pos]}\n"
                                   "  - first: {op: select, dim: 1, index: 0}\n")
-    assert dict((k, tuple(v.shape)) for k, v in model.named_parameters()) == {"cls": (1, 1, 8), "pos": (1, 7, 8)}
+    # stored with exactly the declared shape, broadcast over the batch in forward
+    assert dict((k, tuple(v.shape)) for k, v in model.named_parameters()) == {"cls": (1, 8), "pos": (7, 8)}
     x = torch.randn(3, 8, 6)
-    torch.testing.assert_close(model(x), 1 + model.pos[0, 0].expand(3, 8))
+    torch.testing.assert_close(model(x), 1 + model.pos[0].expand(3, 8))
     out = model(x)
     out.sum().backward()
     assert model.cls.grad is not None and model.pos.grad is not None

@@ -1,19 +1,53 @@
-"""Attention: torch.nn.MultiheadAttention as a layer (self-attention, or query/key/value)."""
+"""Attention: torch.nn.MultiheadAttention as a layer, and `scaled_dot_product_attention` on q, k, v.
+
+**MultiheadAttention** takes one input (self-attention) or three (query, key, value), then one
+input per entry of `masks`, in that order. Per sample, with L query and S key positions:
+
+- `key_padding_mask`: `(S,)`, bool (true: the key is padding, ignored) or float (added to the
+  attention scores);
+- `attn_mask`: `(L, S)` for every head, or `(num_heads, L, S)` per head, bool (true: not
+  allowed to attend) or float (added); both as `torch.nn.MultiheadAttention` reads them.
+
+`is_causal: true` lets position t attend to positions up to t only; with no mask input torch
+runs it as a causal `scaled_dot_product_attention` (the mask is never materialised on that path).
+
+**scaled_dot_product_attention** is `torch.nn.functional.scaled_dot_product_attention` on inputs
+`[q, k, v]` or `[q, k, v, mask]`, per sample either `(seq, features)` (one head) or
+`(heads, seq, head_dim)`: q `(H, L, E)`, k `(Hk, S, E)`, v `(Hk, S, Ev)` give `(H, L, Ev)`.
+Fewer key/value heads than query heads (H a multiple of Hk) is grouped-query attention (one
+key/value head: multi-query), written as in torch with `enable_gqa: true`. The mask follows torch's sdpa
+convention, which is the opposite of MultiheadAttention's for bools: true means *may* attend; a
+float mask is added. It has q's rank per sample and broadcasts to `(H, L, S)` (e.g. `(1, L, S)`,
+or `(1, 1, S)` for key padding). `is_causal`, `scale` (default 1/sqrt(E)) and `dropout_p` (applied
+in training only) are torch's arguments.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from .base import Layer, ShapeError, TensorType, describe_torch_op, register_op
+from .base import FLOAT_DTYPES, Layer, ShapeError, TensorType, describe_torch_op, register_op
+from .merge import broadcast_shape
+
+__all__ = ["MultiheadAttention", "ScaledDotProductAttention"]
+
+Mask = Literal["attn_mask", "key_padding_mask"]
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
+def _check_mask_dtype(mask: TensorType, name: str, query: TensorType) -> None:
+    if mask.dtype != "bool" and mask.dtype != query.dtype:
+        raise ShapeError(f"{name} must be bool or a float mask of the query's dtype ({query.dtype}), got {mask.dtype}")
 
 
 @register_op
 class MultiheadAttention(Layer):
     __doc__ = (describe_torch_op("MultiheadAttention", ("embed_dim",))
-               + " One input attends to itself; three are query, key, value. Batch first; the layer's"
-                 " value is the attention output (torch's first result), computed with need_weights=False.")
+               + " One input attends to itself; three are query, key, value; then one input per entry of"
+                 " `masks`. Batch first; the layer's value is the attention output (torch's first result),"
+                 " computed with need_weights=False.")
 
     op: Literal["MultiheadAttention"]
     num_heads: Annotated[int, Field(ge=1)]
@@ -21,14 +55,40 @@ class MultiheadAttention(Layer):
     bias: bool = True
     add_bias_kv: bool = False
     add_zero_attn: bool = False
+    is_causal: bool = Field(False, description="true: position t attends to positions up to t only (a decoder).")
+    masks: list[Mask] = Field(default_factory=list, description=(
+        "The mask inputs that follow query (and key, value) in `input`, in order: key_padding_mask, per sample "
+        "(S,); attn_mask, per sample (L, S) or (num_heads, L, S). Bool true masks out, as in torch."))
 
     inferred: ClassVar[tuple[str, ...]] = ("embed_dim",)
     layout: ClassVar[Literal["features_last"]] = "features_last"
-    max_inputs: ClassVar[int | None] = 3
+
+    @model_validator(mode="after")
+    def _masks_are_distinct(self) -> MultiheadAttention:
+        if len(set(self.masks)) != len(self.masks):
+            raise ValueError("masks: each mask may be given once")
+        if self.is_causal and "attn_mask" in self.masks:
+            raise ValueError("is_causal: true builds the causal mask itself; give either is_causal or an attn_mask "
+                             "input (merge them into that mask if you need both)")
+        return self
+
+    @property
+    def min_inputs(self) -> int:  # type: ignore[override]
+        return 1 + len(self.masks)
+
+    # No upper bound for the resolver: output_type says what the inputs are for (a mask input
+    # without `masks` is the common mistake, and "takes 1 to 3 inputs" would not say that).
+    max_inputs: ClassVar[int | None] = None
+
+    def split(self, inputs: list[Any]) -> tuple[list[Any], dict[str, Any]]:
+        """(query, key, value) and the mask inputs by name, from the inputs in order."""
+        count = len(inputs) - len(self.masks)
+        attended = inputs[:count]
+        qkv = (attended * 3)[:3] if count == 1 else attended
+        return qkv, dict(zip(self.masks, inputs[count:]))
 
     def inferred_args(self, inputs: list[TensorType]) -> dict[str, Any]:
-        query, key = inputs[0], inputs[min(1, len(inputs) - 1)]
-        value = inputs[-1]
+        (query, key, value), _ = self.split(inputs)
         extra = {}
         if key.shape[-1] != query.shape[-1]:
             extra["kdim"] = key.shape[-1]
@@ -36,24 +96,127 @@ class MultiheadAttention(Layer):
             extra["vdim"] = value.shape[-1]
         return {"embed_dim": query.shape[-1], "batch_first": True, **extra}
 
-    def parameter_count(self, args: dict[str, Any]) -> int | None:
+    def module_args(self, inputs: list[TensorType]) -> dict[str, Any]:
+        forward_only = ("is_causal", "masks")  # arguments of forward(), not of the constructor
+        return {k: v for k, v in super().module_args(inputs).items() if k not in forward_only}
+
+    def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         e = args["embed_dim"]
         k, v = args.get("kdim", e), args.get("vdim", e)
         projections = e * (e + k + v) + 3 * e * self.bias  # q, k, v (one packed weight when k == v == e)
         return projections + e * e + e * self.bias + 2 * e * self.add_bias_kv  # out_proj, bias_k/bias_v
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
-        if len(inputs) == 2:
-            raise ShapeError("takes one input (self-attention) or three (query, key, value), got 2")
-        query, key, value = (inputs * 3)[:3] if len(inputs) == 1 else inputs
+        if len(inputs) - len(self.masks) not in (1, 3):
+            masks = f", then {len(self.masks)} mask(s) ({', '.join(self.masks)})" if self.masks else ""
+            hint = ("; mask inputs follow them, named in order by `masks: [key_padding_mask, attn_mask]`"
+                    if len(inputs) > 3 and not self.masks else "")
+            raise ShapeError(f"takes one input (self-attention) or three (query, key, value){masks}, got "
+                             f"{len(inputs)}{hint}")
+        (query, key, value), masks = self.split(inputs)
         if any(t.rank != 2 for t in (query, key, value)):
             raise ShapeError(f"expects (sequence, features) per sample, got {', '.join(map(str, inputs))}")
         if query.shape[-1] % self.num_heads:
             raise ShapeError(f"num_heads={self.num_heads} does not divide the {query.shape[-1]} features")
         if key.shape[0] != value.shape[0]:
             raise ShapeError(f"key and value need the same sequence length, got {key} and {value}")
+        length, source = query.shape[0], key.shape[0]
+        padding = masks.get("key_padding_mask")
+        if padding is not None:
+            if padding.shape != (source,):
+                raise ShapeError(f"key_padding_mask must be ({source},) per sample (one entry per key), got {padding}")
+            _check_mask_dtype(padding, "key_padding_mask", query)
+        mask = masks.get("attn_mask")
+        if mask is not None:
+            if mask.shape not in ((length, source), (1, length, source), (self.num_heads, length, source)):
+                raise ShapeError(f"attn_mask must be ({length}, {source}) or ({self.num_heads}, {length}, {source}) "
+                                 f"per sample (query by key positions, for all heads or per head), got {mask}")
+            _check_mask_dtype(mask, "attn_mask", query)
         return query.with_shape(query.shape, "features_last")
 
     def call(self, module: str, operands: list[str]) -> str:
-        q, k, v = (operands * 3)[:3] if len(operands) == 1 else operands
-        return f"{module}({q}, {k}, {v}, need_weights=False)[0]"
+        (q, k, v), masks = self.split(operands)
+        options = ["need_weights=False"]
+        if "key_padding_mask" in masks:
+            options.append(f"key_padding_mask={masks['key_padding_mask']}")
+        if "attn_mask" in masks:
+            # torch wants (N * num_heads, L, S): a mask for every head is repeated per head
+            m = masks["attn_mask"]
+            options.append(f"attn_mask={m}.reshape({m}.shape[0], -1, {m}.shape[-2], {m}.shape[-1])"
+                           f".expand(-1, {self.num_heads}, -1, -1).flatten(0, 1)")
+        if self.is_causal:
+            # the hint needs its mask; without padding masks torch drops it and runs causal sdpa
+            options.append(f"attn_mask=torch.ones({q}.shape[1], {k}.shape[1], dtype=torch.bool, "
+                           f"device={q}.device).triu(1)")
+            options.append("is_causal=True")
+        return f"{module}({q}, {k}, {v}, {', '.join(options)})[0]"
+
+
+@register_op
+class ScaledDotProductAttention(Layer):
+    """torch.nn.functional.scaled_dot_product_attention on inputs [q, k, v] (or [q, k, v, mask]),
+    per sample (seq, features) or (heads, seq, head_dim); fewer key/value heads is grouped-query
+    attention. A bool mask is true where attending is allowed; a float mask is added."""
+
+    op: Literal["scaled_dot_product_attention"]
+    is_causal: bool = Field(False, description="true: query position t attends to key positions up to t only.")
+    scale: Annotated[float, Field(gt=0)] | None = Field(None, description="The score scale; default 1/sqrt(head_dim).")
+    dropout_p: Probability = Field(0.0, description="Attention dropout, applied in training only.")
+    enable_gqa: bool = Field(False, description=(
+        "true: k and v may have fewer heads than q (a divisor of them): grouped-query or multi-query attention."))
+
+    code_only: ClassVar[bool] = True
+    min_inputs: ClassVar[int] = 3
+    max_inputs: ClassVar[int | None] = 4
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        query, key, value = inputs[:3]
+        shapes = ", ".join(map(str, inputs[:3]))
+        if query.rank not in (2, 3) or key.rank != query.rank or value.rank != query.rank:
+            raise ShapeError(f"expects q, k, v of (seq, features) or (heads, seq, head_dim) per sample, one rank for "
+                             f"all three, got {shapes}")
+        if len({query.dtype, key.dtype, value.dtype}) != 1 or query.dtype not in FLOAT_DTYPES:
+            raise ShapeError(f"q, k and v need one floating-point dtype, got {query.dtype}, {key.dtype}, {value.dtype}")
+        if key.shape[-1] != query.shape[-1]:
+            raise ShapeError(f"q and k need the same head size (last dim), got {shapes}")
+        if key.shape[-2] != value.shape[-2]:
+            raise ShapeError(f"k and v need the same sequence length, got {shapes}")
+        if query.rank == 3:
+            heads, kv_heads = query.shape[0], key.shape[0]
+            if value.shape[0] != kv_heads:
+                raise ShapeError(f"k and v need the same number of heads, got {shapes}")
+            if heads != kv_heads and not self.enable_gqa:
+                raise ShapeError(f"q has {heads} heads but k and v have {kv_heads}: for grouped-query (or "
+                                 f"multi-query) attention add `enable_gqa: true`, got {shapes}")
+            if heads % kv_heads:
+                raise ShapeError(f"{heads} query heads cannot share {kv_heads} key/value heads (grouped-query "
+                                 f"attention needs the query heads to be a multiple), got {shapes}")
+        out = (*query.shape[:-1], value.shape[-1])
+        if len(inputs) == 4:
+            self.check_mask(inputs[3], (*query.shape[:-1], key.shape[-2]))
+        return query.with_shape(out, "features_last")
+
+    def check_mask(self, mask: TensorType, scores: tuple[Any, ...]) -> None:
+        """The mask must broadcast to the attention scores (heads, L, S) without growing them."""
+        if self.is_causal:
+            raise ShapeError("is_causal: true and a mask input cannot be combined (torch refuses); merge the causal "
+                             "mask into the mask input instead")
+        shown = "(" + ", ".join(map(str, scores)) + ")"
+        if mask.rank != len(scores) or broadcast_shape(mask.shape, scores) != scores:
+            raise ShapeError(f"the mask must broadcast to the attention scores {shown} per sample (query by key "
+                             f"positions), got {mask}")
+        if mask.dtype != "bool" and mask.dtype not in FLOAT_DTYPES:
+            raise ShapeError(f"the mask must be bool (true: may attend) or float (added), got {mask.dtype}")
+
+    def code(self, operands: list[str], owner: str) -> str:
+        q, k, v = operands[:3]
+        options = [f"attn_mask={operands[3]}"] if len(operands) == 4 else []
+        if self.dropout_p:
+            options.append(f"dropout_p={self.dropout_p!r} if self.training else 0.0")
+        if self.is_causal:
+            options.append("is_causal=True")
+        if self.scale is not None:
+            options.append(f"scale={self.scale!r}")
+        if self.enable_gqa:
+            options.append("enable_gqa=True")
+        return f"torch.nn.functional.scaled_dot_product_attention({', '.join([q, k, v, *options])})"

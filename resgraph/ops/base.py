@@ -18,7 +18,8 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from typing_extensions import TypeAliasType
 
 from ..symbolic import hint
 
@@ -33,6 +34,7 @@ __all__ = [
     "ShapeError",
     "StrictModel",
     "TensorType",
+    "promote",
     "register_op",
     "sample_dim",
     "to_tuple",
@@ -44,16 +46,47 @@ Layout = Literal["channels_first", "features_last"]
 
 DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "bool")
 FLOAT_DTYPES = frozenset({"float32", "float64", "float16", "bfloat16"})
+Scalar = int | float  # a number operand of an arithmetic op
 
 
 # Keys of a layer body that are resgraph's, not the torch constructor's.
-RESGRAPH_KEYS = frozenset({"op", "input", "scale", "when", "output"})
+RESGRAPH_KEYS = frozenset({"op", "input", "scale", "when", "output", "tie"})
+
+# A parameter's path in the built model, as `state_dict` names it (`wte.weight`, `h.0.attn.weight`).
+ParameterPath = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$",
+                                                  max_length=512)]
+Owned = Literal["module", "parameter", "buffer"]
+# One schema definition shared by every op (a field per op would repeat it 80 times).
+Ties = TypeAliasType("Ties", Annotated[dict[ParameterPath, ParameterPath], Field(description=(
+    "Weight tying: this layer's parameter (key) is another parameter of the model (value, its path from the "
+    "model's root as state_dict names it), e.g. {weight: wte.weight}. Shapes must be equal."))])
 
 
 class StrictModel(BaseModel):
     """Unknown keys are errors and infinities are not numbers, everywhere in a spec."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, populate_by_name=True)
+
+
+def promote(dtypes: list[str], scalar: Scalar | None = None, *, floating: bool = False) -> str:
+    """The result dtype of an arithmetic op on tensors of `dtypes` (and a Python number), as torch
+    promotes: the widest float among the tensors; else float32 for a float number or a real-only
+    function (`floating`); else the widest integer (bool below int32 below int64).
+
+    >>> promote(["int64"], 0.5), promote(["float16", "float32"]), promote(["int32"], floating=True)
+    ('float32', 'float32', 'float32')
+    """
+    floats = [d for d in dtypes if d in FLOAT_DTYPES]
+    if floats:
+        if len(set(floats)) == 1:
+            return floats[0]
+        return "float64" if "float64" in floats else "float32"  # float16 with bfloat16 meets in float32
+    if floating or isinstance(scalar, float):
+        return "float32"
+    for integer in ("int64", "int32"):
+        if integer in dtypes:
+            return integer
+    return "int64" if isinstance(scalar, int) and not isinstance(scalar, bool) else dtypes[0]
 
 
 class ShapeError(ValueError):
@@ -95,6 +128,9 @@ class TensorType:
             scale = self.scale if same_grid else None
         return replace(self, shape=shape, layout=layout, scale=scale)
 
+    def with_dtype(self, dtype: str) -> TensorType:
+        return replace(self, dtype=dtype)
+
     def with_layout(self, layout: Layout) -> TensorType:
         return replace(self, layout=layout, scale=self.scale if layout == "channels_first" else None)
 
@@ -120,6 +156,7 @@ class Layer(StrictModel):
         default=None, description="The node(s) this layer reads; default: the previous layer."
     )
     when: bool = Field(default=True, description="false (usually an expression): the layer is left out.")
+    tie: Ties | None = None
 
     torch_name: ClassVar[str | None] = None  # set by register_op unless the op is code
     code_only: ClassVar[bool] = False  # merges are expressions in forward(), not modules
@@ -128,6 +165,20 @@ class Layer(StrictModel):
     layout: ClassVar[Layout | None] = None
     min_inputs: ClassVar[int] = 1
     max_inputs: ClassVar[int | None] = 1
+
+    @model_validator(mode="after")
+    def _tie_needs_a_module(self) -> Layer:
+        if self.tie and self.owned() != "module":
+            raise ValueError(f"tie: op {self.op!r} builds no module whose parameters could be tied; tie the "
+                             "parameter of a layer such as Linear or Embedding")
+        return self
+
+    def owned(self) -> Owned | None:
+        """What this layer stores in the built model: a module, an nn.Parameter, a buffer, or nothing
+        (code ops). `ownership.owns` reads it; the attribute is named after the layer."""
+        if self.owns_parameter:
+            return "parameter"
+        return None if self.code_only else "module"
 
     def args(self) -> dict[str, Any]:
         """The constructor arguments the spec wrote (lists as tuples), without `op`/`input`."""
@@ -160,16 +211,22 @@ class Layer(StrictModel):
 
         return getattr(nn, self.torch_name)(**args)
 
-    def parameter_source(self) -> str:
-        """For `owns_parameter` ops: the Python expression (using `torch` and `nn`) that `build`
-        evaluates to, written into the standalone export."""
-        raise NotImplementedError(f"{self.op} owns no parameter")
+    def tensor_source(self) -> str:
+        """For ops that own a parameter or a buffer (see `owned`): the Python expression (using
+        `torch` and `nn`) that `build` evaluates to, written into the standalone export."""
+        raise NotImplementedError(f"{self.op} owns no tensor")
 
     def parameter_count(self, args: dict[str, Any]) -> int | None:
-        """Parameters the built module will have, from its full constructor `args`, without torch.
+        """Parameters this layer owns, from its full constructor `args`, without torch.
 
-        None where only building can tell (uncurated torch.nn classes).
+        None where only building can tell: uncurated torch.nn classes, and a layer with a `tie`
+        (its tied parameters are counted once, at their owner, and only the built module knows
+        their sizes).
         """
+        return None if self.tie else self.built_parameter_count(args)
+
+    def built_parameter_count(self, args: dict[str, Any]) -> int | None:
+        """Parameters the built module (or learned tensor) has, ties aside; None where only building can tell."""
         return 0
 
     def module_args(self, inputs: list[TensorType]) -> dict[str, Any]:

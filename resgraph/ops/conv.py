@@ -39,7 +39,7 @@ class ConvBase(FeatureMapLayer):
 
     inferred: ClassVar[tuple[str, ...]] = ("in_channels",)
 
-    def parameter_count(self, args: dict[str, Any]) -> int | None:
+    def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         kernel = math.prod(to_tuple(self.kernel_size, self.spatial_dims, "kernel_size"))
         return self.out_channels * (args["in_channels"] // self.groups) * kernel + self.out_channels * self.bias
 
@@ -79,7 +79,7 @@ class ConvTransposeBase(FeatureMapLayer):
 
     inferred: ClassVar[tuple[str, ...]] = ("in_channels",)
 
-    def parameter_count(self, args: dict[str, Any]) -> int | None:
+    def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         kernel = math.prod(to_tuple(self.kernel_size, self.spatial_dims, "kernel_size"))
         return args["in_channels"] * (self.out_channels // self.groups) * kernel + self.out_channels * self.bias
 

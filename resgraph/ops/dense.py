@@ -27,7 +27,7 @@ class Linear(Layer):
     def inferred_args(self, inputs: list[TensorType]) -> dict[str, Any]:
         return {"in_features": inputs[0].shape[-1]}
 
-    def parameter_count(self, args: dict[str, Any]) -> int | None:
+    def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         return (args["in_features"] + self.bias) * self.out_features
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
@@ -54,7 +54,7 @@ class Embedding(Layer):
 
     layout: ClassVar[Literal["features_last"]] = "features_last"
 
-    def parameter_count(self, args: dict[str, Any]) -> int | None:
+    def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         return self.num_embeddings * self.embedding_dim
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:

@@ -46,7 +46,7 @@ _TABLE: dict[str, dict[str, Any]] = {
 class ElementwiseBase(Layer):
     """An op whose output has its input's type."""
 
-    def parameter_count(self, args: dict[str, Any]) -> int | None:
+    def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         return getattr(self, "num_parameters", 0)  # only PReLU learns (one slope per parameter)
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:

@@ -141,7 +141,7 @@ class GenericLayer(Layer):
     def build(self, args: dict[str, Any]) -> Any:
         return torch_module_class(self.op)(**args)
 
-    def parameter_count(self, args: dict[str, Any]) -> int | None:
+    def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         """The count the meta-device probe found for these arguments; None if none ran."""
         return known_parameters(torch_module_class(self.op), args)
 

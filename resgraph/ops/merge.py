@@ -12,9 +12,10 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from ..symbolic import SymInt, hint
-from .base import Identifier, Layer, ShapeError, TensorType, register_op, sample_dim
+from .base import Identifier, Layer, Scalar, ShapeError, TensorType, promote, register_op, sample_dim
 
-__all__ = ["Add", "Concat", "Merge", "Mul", "broadcast_shape", "check_gate_layouts", "merge_code", "merge_type"]
+__all__ = ["Add", "Concat", "Merge", "Mul", "ScalarMergeLayer", "broadcast_shape", "check_gate_layouts", "merge_code",
+           "merge_type"]
 
 
 class Merge(str, Enum):
@@ -128,9 +129,37 @@ class MergeLayer(Layer):
         return merge_code(self.kind, operands, getattr(self, "dim", 1))
 
 
+class ScalarMergeLayer(MergeLayer):
+    """add and mul: two or more inputs, or one input and a `scalar` (`{op: mul, scalar: 0.5}`)."""
+
+    input: Identifier | list[Identifier] | None = Field(  # type: ignore[assignment]
+        default=None, description="The nodes to merge, in order (two or more); with `scalar`, the one node "
+                                  "(default: the previous layer).")
+    scalar: Scalar | None = Field(None, description="A number as the other operand, instead of more inputs.")
+
+    @property
+    def min_inputs(self) -> int:  # type: ignore[override]
+        return 1 if self.scalar is not None else 2
+
+    @property
+    def max_inputs(self) -> int | None:  # type: ignore[override]
+        return 1 if self.scalar is not None else None
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        if self.scalar is None:
+            return super().output_type(inputs)
+        (x,) = inputs
+        return x.with_dtype(promote([x.dtype], self.scalar))
+
+    def code(self, operands: list[str], owner: str) -> str:
+        if self.scalar is None:
+            return super().code(operands, owner)
+        return merge_code(self.kind, [operands[0], repr(self.scalar)])
+
+
 @register_op
-class Add(MergeLayer):
-    """Elementwise sum of the inputs (shapes must be equal)."""
+class Add(ScalarMergeLayer):
+    """Elementwise sum of the inputs (shapes must be equal), or of one input and a `scalar`."""
 
     op: Literal["add"]
     kind: ClassVar[Merge] = Merge.add
@@ -146,8 +175,8 @@ class Concat(MergeLayer):
 
 
 @register_op
-class Mul(MergeLayer):
-    """Elementwise product of the inputs, broadcasting (gating)."""
+class Mul(ScalarMergeLayer):
+    """Elementwise product of the inputs, broadcasting (gating), or of one input and a `scalar`."""
 
     op: Literal["mul"]
     kind: ClassVar[Merge] = Merge.mul

@@ -24,7 +24,7 @@ class BatchNormBase(FeatureMapLayer):
 
     inferred: ClassVar[tuple[str, ...]] = ("num_features",)
 
-    def parameter_count(self, args: dict[str, Any]) -> int | None:
+    def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         return 2 * args["num_features"] if self.affine else 0  # running stats are buffers
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
@@ -63,7 +63,7 @@ class LayerNorm(Layer):
     def inferred_args(self, inputs: list[TensorType]) -> dict[str, Any]:
         return {"normalized_shape": inputs[0].shape[-1]}
 
-    def parameter_count(self, args: dict[str, Any]) -> int | None:
+    def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         return args["normalized_shape"] * (1 + self.bias) if self.elementwise_affine else 0
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
@@ -84,7 +84,7 @@ class GroupNorm(FeatureMapLayer):
 
     inferred: ClassVar[tuple[str, ...]] = ("num_channels",)
 
-    def parameter_count(self, args: dict[str, Any]) -> int | None:
+    def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         return 2 * args["num_channels"] if self.affine else 0
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:

@@ -1,4 +1,4 @@
-"""Parameter-free tensor ops (written as code in forward) and learned tensors.
+"""Parameter-free tensor ops that move data, written as code in forward (stored tensors: `stored.py`).
 
 Dims follow torch: the batch is dim 0, so `{op: transpose, dim0: 1, dim1: 2}` swaps the first
 two per-sample dims, as `x.transpose(1, 2)` does.
@@ -13,7 +13,7 @@ from pydantic import Field
 
 from .base import Identifier, Layer, Layout, ShapeError, TensorType, fill_sizes, register_op, sample_dim
 
-__all__ = ["Chunk", "LearnedTensor", "Mean", "Permute", "Piece", "Reshape", "Select", "Split", "SplitBase",
+__all__ = ["Chunk", "Mean", "Permute", "Piece", "Reshape", "Select", "Split", "SplitBase",
            "Transpose", "pieces"]
 
 
@@ -135,55 +135,6 @@ class Select(TensorOp):
 
     def code(self, operands: list[str], owner: str) -> str:
         return f"{operands[0]}.select({self.dim}, {self.index})"
-
-
-@register_op
-class LearnedTensor(Layer):
-    """A learned tensor of per-sample `shape`, shared by every sample (a class token, a
-    positional embedding). Stored as an nn.Parameter of shape (1, *shape), named after the layer."""
-
-    op: Literal["parameter"]
-    shape: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
-    init: Literal["zeros", "ones", "normal", "trunc_normal", "uniform"] = "zeros"
-    std: Annotated[float, Field(gt=0)] = Field(0.02, description="Spread of normal / trunc_normal / uniform init.")
-
-    code_only: ClassVar[bool] = True
-    owns_parameter: ClassVar[bool] = True
-    min_inputs: ClassVar[int] = 0
-    max_inputs: ClassVar[int | None] = 0
-
-    def output_type(self, inputs: list[TensorType]) -> TensorType:
-        return TensorType(tuple(self.shape), "float32", "channels_first" if len(self.shape) >= 3 else "features_last")
-
-    def module_args(self, inputs: list[TensorType]) -> dict[str, Any]:
-        return {}
-
-    def parameter_count(self, args: dict[str, Any]) -> int | None:
-        return math.prod(self.shape)
-
-    def initializer(self) -> tuple[str, dict[str, float]]:
-        """The torch.nn.init function and its arguments (`build` and `parameter_source` share them)."""
-        return {"zeros": ("zeros_", {}), "ones": ("ones_", {}), "normal": ("normal_", {"std": self.std}),
-                "trunc_normal": ("trunc_normal_", {"std": self.std, "a": -2 * self.std, "b": 2 * self.std}),
-                "uniform": ("uniform_", {"a": -self.std, "b": self.std})}[self.init]
-
-    def build(self, args: dict[str, Any]) -> Any:
-        import torch
-        from torch import nn
-
-        data = torch.empty(1, *self.shape)
-        function, kwargs = self.initializer()
-        getattr(nn.init, function)(data, **kwargs)
-        return nn.Parameter(data)
-
-    def parameter_source(self) -> str:
-        function, kwargs = self.initializer()
-        shape = ", ".join(map(str, (1, *self.shape)))
-        extra = "".join(f", {k}={v!r}" for k, v in kwargs.items())
-        return f"nn.Parameter(nn.init.{function}(torch.empty({shape}){extra}))"
-
-    def code(self, operands: list[str], owner: str) -> str:
-        return f"{owner}.expand({operands[0]}.shape[0], {', '.join(['-1'] * len(self.shape))})"
 
 
 class SplitBase(TensorOp):

@@ -92,7 +92,7 @@ class HandWritten(nn.Module):
         self.stage = nn.Sequential(HandWrittenUnit(4), HandWrittenUnit(4))
         self.down = nn.Conv2d(4, 8, 3, stride=2, padding=1)
         self.shortcut = nn.Sequential(nn.Conv2d(4, 8, 1, stride=2, bias=False), nn.BatchNorm2d(8))
-        self.pos = nn.Parameter(torch.zeros(1, 8, 4, 4))
+        self.pos = nn.Parameter(torch.zeros(8, 4, 4))
         self.head = HandWrittenUnit(8)
         self.flat = nn.Flatten()
         self.fc = nn.Linear(128, 3)
@@ -134,8 +134,9 @@ def test_the_module_is_of_a_class_named_after_the_graph_holding_its_forward(grap
     assert module.code == type(module).code == generate_forward(graph)
 
 
-def test_a_learned_tensor_is_a_parameter_with_a_batch_dim(module: GeneratedModule) -> None:
-    assert isinstance(module.pos, nn.Parameter) and module.pos.shape == (1, 8, 4, 4)
+def test_a_learned_tensor_is_a_parameter_of_exactly_its_declared_shape(module: GeneratedModule) -> None:
+    """Without `batch: true` it has no batch dim; the forward broadcasts it over the batch."""
+    assert isinstance(module.pos, nn.Parameter) and module.pos.shape == (8, 4, 4)
     assert dict(module.named_parameters())["pos"] is module.pos
     assert module.pos.std() > 0  # init: normal
 

@@ -1,0 +1,339 @@
+"""Loading a checkpoint written by another implementation of the same architecture.
+
+`load_weights(model, checkpoint)` matches the checkpoint's tensors to the model's in three steps:
+
+1. `rename` (optional) rewrites checkpoint keys first: a mapping of key prefixes
+   (`{"features.0": "stem"}`; a value of None drops the keys under that prefix) or a function
+   from a key to its new name (None drops it).
+2. **By name**: a checkpoint key equal to a model key, with the same shape, is that tensor.
+3. **By module order and shapes**: the tensors left over are grouped by module (the key up to its
+   last dot: `features.0.1` holds `weight`, `bias`, `running_mean`, `running_var`), each module
+   described by the shapes of its tensors in order, and the modules, in state_dict order (the
+   order they were registered), into units: a module with weights of two or more dims (a conv, a
+   linear layer) and the vector-only modules registered right after it (its norm). Units of the
+   same shapes are paired in order: the k-th of a kind in the model takes the k-th of that kind
+   in the checkpoint. So implementations that name modules differently (`features.0` and
+   `stem`) line up, and so do a projection registered before its target in one and after it in
+   the other (a conv keeps its norm). Units of the same kind must come in the same order on both
+   sides: two equal blocks registered in swapped order cannot be told apart by any reader.
+
+The match is refused, with a report, when it is ambiguous (a kind of module occurs a different
+number of times on the two sides, so it cannot be told which are extra) or partial (a model
+tensor receives nothing, or a checkpoint tensor is used nowhere), unless `strict=False`, which
+loads what matched and reports the rest. Tied parameters are one tensor, loaded once; BatchNorm's
+`num_batches_tracked` counters follow their module and are never required. The mapping used is
+logged (logger `resgraph.weights`) and returned.
+
+Only local files (`torch.load(..., weights_only=True)`) and in-memory state_dicts are read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ResgraphError, UsageError
+
+__all__ = ["Rename", "WeightMapping", "WeightsError", "load_weights"]
+
+logger = logging.getLogger("resgraph.weights")
+
+Rename = Mapping[str, "str | None"] | Callable[[str], "str | None"]
+COUNTERS = ("num_batches_tracked",)  # buffers that count steps: follow their module, never required
+WRAPPERS = ("state_dict", "model_state_dict", "model")  # checkpoint dicts that hold the state_dict under a key
+
+
+@dataclass(frozen=True)
+class WeightMapping:
+    """How a checkpoint was matched to a model.
+
+    Attributes:
+        pairs: (model key, checkpoint key, how) for every tensor loaded; how is "name" or "order".
+        missing: model keys that received nothing.
+        unexpected: checkpoint keys (after `rename`) that were used nowhere.
+        ambiguous: one line per kind of module whose modules could not be paired.
+        loaded: whether the tensors were copied into the model.
+    """
+
+    pairs: list[tuple[str, str, str]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    ambiguous: list[str] = field(default_factory=list)
+    loaded: bool = False
+
+    @property
+    def complete(self) -> bool:
+        """True when every model tensor was matched and every checkpoint tensor used."""
+        return not (self.missing or self.unexpected or self.ambiguous)
+
+    def as_dict(self) -> dict[str, str]:
+        """Model key -> the checkpoint key loaded into it."""
+        return {ours: theirs for ours, theirs, _ in self.pairs}
+
+    def report(self, *, pairs: bool = True) -> str:
+        """The mapping as text: counts, every pair matched by order (with `pairs`), and what did not match."""
+        by_name = sum(1 for *_, how in self.pairs if how == "name")
+        lines = [f"{len(self.pairs)} tensors matched: {by_name} by name, {len(self.pairs) - by_name} by module "
+                 "order and shapes"]
+        if pairs:
+            lines += [f"  {ours} <- {theirs}" for ours, theirs, how in self.pairs if how == "order"]
+        for title, items in (("ambiguous", self.ambiguous), ("missing from the checkpoint", self.missing),
+                             ("unexpected in the checkpoint", self.unexpected)):
+            if items:
+                lines.append(f"{len(items)} {title}:")
+                lines += [f"  {item}" for item in items]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.report()
+
+
+class WeightsError(ResgraphError):
+    """A checkpoint does not match the model (ambiguously or partially); `mapping` says how far it got."""
+
+    def __init__(self, message: str, mapping: WeightMapping) -> None:
+        super().__init__(message)
+        self.mapping = mapping
+
+
+def load_weights(model: nn.Module, state_dict_or_path: Mapping[str, Any] | str | os.PathLike[str], *,
+                 rename: Rename | None = None, strict: bool = True) -> WeightMapping:
+    """Load a checkpoint of the same architecture into `model`, matching by name, then by module
+    order and tensor shapes (see the module docstring).
+
+    Args:
+        model: any nn.Module (usually one `resgraph.build` returned).
+        state_dict_or_path: a state_dict, or a local file `torch.load` reads (tensors only; a dict
+            holding the state_dict under "state_dict", "model_state_dict" or "model" is unwrapped).
+        rename: checkpoint key prefixes to replace (`{"backbone.": ""}` style, whole dotted parts),
+            or a function from a key to its new name; None (either way) drops the key.
+        strict: refuse an ambiguous or partial match (nothing is loaded); False loads what matched.
+    Returns:
+        The mapping used (also logged to the `resgraph.weights` logger).
+    Raises:
+        WeightsError: with `strict`, the match is ambiguous or partial; the message is the report.
+        UsageError: the file cannot be read, or holds something other than tensors.
+    """
+    source = _renamed(_read(state_dict_or_path), rename)
+    target = model.state_dict(keep_vars=True)
+    mapping = match_state_dicts(target, source)
+    if strict and not mapping.complete:
+        raise WeightsError("the checkpoint does not match the model (strict=False loads what matched):\n"
+                           + mapping.report(pairs=False), mapping)
+    with torch.no_grad():
+        for ours, theirs, _ in mapping.pairs:
+            target[ours].copy_(source[theirs])
+    mapping = WeightMapping(mapping.pairs, mapping.missing, mapping.unexpected, mapping.ambiguous, loaded=True)
+    logger.info("load_weights: %s", mapping.report())
+    return mapping
+
+
+def match_state_dicts(target: Mapping[str, Any], source: Mapping[str, Any]) -> WeightMapping:
+    """The mapping from `source` keys to `target` keys (both state_dicts), without loading anything.
+
+    >>> ours = {"stem.weight": torch.zeros(4, 3), "stem.bias": torch.zeros(4), "head.weight": torch.zeros(2, 4)}
+    >>> theirs = {"features.0.weight": torch.ones(4, 3), "features.0.bias": torch.ones(4),
+    ...           "head.weight": torch.ones(2, 4)}
+    >>> for pair in match_state_dicts(ours, theirs).pairs:
+    ...     print(pair)
+    ('stem.weight', 'features.0.weight', 'order')
+    ('stem.bias', 'features.0.bias', 'order')
+    ('head.weight', 'head.weight', 'name')
+    """
+    ours, _ = _distinct(target)
+    theirs, aliases = _distinct(source)
+    pairs: list[tuple[str, str, str]] = []
+    used: set[str] = set()
+    for key in ours:  # by name (an alias of a checkpoint tensor may carry the model's name)
+        original = aliases.get(key, key)
+        if key in source and _fits(target[key], source[key]) and original not in used:
+            pairs.append((key, original, "name"))
+            used.add(original)
+    matched = {key for key, _, _ in pairs}
+    left_ours = _groups([k for k in ours if k not in matched and not _is_counter(k)], target)
+    left_theirs = _groups([k for k in theirs if k not in used and not _is_counter(k)], source)
+    mine, other = list(left_ours.items()), list(left_theirs.items())
+    matches, ambiguous = pair_units([(m, sig) for m, (_, sig) in mine], [(m, sig) for m, (_, sig) in other])
+    for i, j in matches:  # by module order and shapes
+        (module, (keys, _)), (their_module, (their_keys, _)) = mine[i], other[j]
+        pairs += [(key, their_key, "order") for key, their_key in zip(keys, their_keys)]
+        used.update(their_keys)
+        pairs += _counters(module, their_module, target, source, used)
+    position = {key: index for index, key in enumerate(target)}
+    pairs.sort(key=lambda pair: position[pair[0]])
+    paired = {key for key, _, _ in pairs}
+    missing = [k for k in ours if k not in paired and not _is_counter(k)]
+    unexpected = [k for k in theirs if k not in used and not _is_counter(k)]
+    return WeightMapping(pairs, missing, unexpected, ambiguous)
+
+
+Signature = tuple[tuple[tuple[int, ...], ...], tuple[bool, ...]]  # a module's tensors: shapes, whether each is float
+
+
+def units(modules: list[tuple[str, Signature]]) -> list[list[int]]:
+    """Modules in runs that belong together: each module with a tensor of two or more dims (a conv,
+    a linear layer, an embedding) with the vector-only modules registered right after it (its norm,
+    a PReLU), as indices into `modules`. Vector-only modules before the first such module form a
+    unit of their own.
+
+    >>> conv, norm = ((8, 3, 3, 3),), ((8,), (8,))
+    >>> units([("a", (conv, (True,))), ("b", (norm, (True, True))), ("c", (conv, (True,)))])
+    [[0, 1], [2]]
+    """
+    found: list[list[int]] = []
+    for index, (_, (shapes, _)) in enumerate(modules):
+        leads = any(len(shape) >= 2 for shape in shapes)
+        if leads or not found:
+            found.append([index])
+        else:
+            found[-1].append(index)
+    return found
+
+
+def pair_units(ours: list[tuple[str, Signature]], theirs: list[tuple[str, Signature]]
+               ) -> tuple[list[tuple[int, int]], list[str]]:
+    """Pairs (i, j) of modules: units (see `units`) of equal shapes, the k-th of a kind on one side
+    with the k-th of that kind on the other; and one line per kind the two sides hold a different
+    number of times (those are left unpaired: which ones are extra is a guess).
+
+    Pairing units, not single modules, keeps a norm with its conv where a projection (conv and
+    norm) is registered before its target in one implementation and after it in the other:
+    pairing the k-th norm with the k-th norm would swap two norms of equal shapes.
+    """
+    def kinds(modules: list[tuple[str, Signature]]) -> dict[tuple[Signature, ...], list[list[int]]]:
+        grouped: dict[tuple[Signature, ...], list[list[int]]] = {}
+        for unit in units(modules):
+            grouped.setdefault(tuple(modules[i][1] for i in unit), []).append(unit)
+        return grouped
+
+    mine, other = kinds(ours), kinds(theirs)
+    pairs: list[tuple[int, int]] = []
+    ambiguous = []
+    for kind, found in mine.items():
+        matching = other.get(kind, [])
+        if matching and len(matching) != len(found):
+            names = [", ".join(modules[i][0] or "(root)" for i in unit) for modules, unit in
+                     [*((ours, u) for u in found), *((theirs, u) for u in matching)]]
+            shapes = "; ".join(", ".join(map(str, signature[0])) for signature in kind)
+            ambiguous.append(f"{len(found)} model unit(s) hold tensors {shapes} but {len(matching)} checkpoint "
+                             f"unit(s) do: {' | '.join(names)}")
+            continue
+        for unit, their_unit in zip(found, matching):
+            pairs += list(zip(unit, their_unit))
+    return sorted(pairs), ambiguous
+
+
+def _groups(keys: list[str], tensors: Mapping[str, Any]) -> dict[str, tuple[list[str], Signature]]:
+    """Module path -> its tensors among `keys` (in order) and their description (shapes, float-ness)."""
+    members: dict[str, list[str]] = {}
+    for key in keys:
+        members.setdefault(_module(key), []).append(key)
+    return {module: (found, (tuple(tuple(tensors[k].shape) for k in found),
+                             tuple(tensors[k].is_floating_point() for k in found)))
+            for module, found in members.items()}
+
+
+def _counters(group: str, theirs_group: str, target: Mapping[str, Any], source: Mapping[str, Any],
+              used: set[str]) -> list[tuple[str, str, str]]:
+    """The step counters of two paired modules (BatchNorm's num_batches_tracked), when both have one."""
+    found = []
+    for counter in COUNTERS:
+        ours = f"{group}.{counter}" if group else counter
+        theirs = f"{theirs_group}.{counter}" if theirs_group else counter
+        if ours in target and theirs in source and theirs not in used:
+            found.append((ours, theirs, "order"))
+            used.add(theirs)
+    return found
+
+
+def _module(key: str) -> str:
+    return key.rpartition(".")[0]
+
+
+def _is_counter(key: str) -> bool:
+    return key.rpartition(".")[2] in COUNTERS
+
+
+def _fits(ours: Any, theirs: Any) -> bool:
+    return isinstance(theirs, torch.Tensor) and tuple(ours.shape) == tuple(theirs.shape)
+
+
+def _distinct(tensors: Mapping[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """The keys of distinct tensors, in order (a tied tensor under its first name), and alias -> first name."""
+    first: dict[tuple[Any, ...], str] = {}
+    keys, aliases = [], {}
+    for key, tensor in tensors.items():
+        identity = _identity(tensor)
+        if identity in first:
+            aliases[key] = first[identity]
+            continue
+        first[identity] = key
+        keys.append(key)
+    return keys, aliases
+
+
+def _identity(tensor: torch.Tensor) -> tuple[Any, ...]:
+    """Two names of one tensor (tied weights; a saved tie shares storage) have the same identity."""
+    if tensor.device.type == "meta":
+        return (id(tensor),)
+    return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
+
+
+def _read(state_dict_or_path: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    if isinstance(state_dict_or_path, (str, os.PathLike)):
+        path = os.fspath(state_dict_or_path)
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise UsageError(f"{path}: no such file") from None
+        except Exception as exc:  # torch.load raises many types for files it cannot read
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"{path}: not a checkpoint torch.load can read safely ({detail})") from None
+    elif isinstance(state_dict_or_path, Mapping):
+        loaded = state_dict_or_path
+    else:
+        raise UsageError(f"load_weights reads a state_dict or a file path, not a {type(state_dict_or_path).__name__}")
+    if isinstance(loaded, Mapping):
+        wrapped = [key for key in WRAPPERS if isinstance(loaded.get(key), Mapping)]
+        if wrapped and not any(isinstance(v, torch.Tensor) for v in loaded.values()):
+            loaded = loaded[wrapped[0]]
+    if not isinstance(loaded, Mapping):
+        raise UsageError(f"a checkpoint is a mapping of names to tensors, not a {type(loaded).__name__}")
+    others = [key for key, value in loaded.items() if not isinstance(value, torch.Tensor)]
+    if others:
+        raise UsageError(f"the checkpoint holds entries that are not tensors: {', '.join(map(str, others[:5]))}"
+                         + (" ..." if len(others) > 5 else ""))
+    return dict(loaded)
+
+
+def _renamed(tensors: dict[str, torch.Tensor], rename: Rename | None) -> dict[str, torch.Tensor]:
+    if rename is None:
+        return tensors
+    renamed: dict[str, torch.Tensor] = {}
+    for key, tensor in tensors.items():
+        new = rename(key) if callable(rename) else _by_prefix(key, rename)
+        if new is None:
+            continue
+        if new in renamed:
+            raise UsageError(f"rename maps two checkpoint keys to {new!r}")
+        renamed[new] = tensor
+    return renamed
+
+
+def _by_prefix(key: str, prefixes: Mapping[str, str | None]) -> str | None:
+    """`key` with its longest matching prefix (whole dotted parts, or the whole key) replaced."""
+    for old in sorted(prefixes, key=len, reverse=True):
+        stem = old.rstrip(".")
+        if key == stem or key.startswith(stem + ".") or not stem:
+            new = prefixes[old]
+            if new is None:
+                return None
+            rest = key[len(stem):].lstrip(".") if stem else key
+            return ".".join(part for part in (new.rstrip("."), rest) if part)
+    return key

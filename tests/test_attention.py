@@ -1,0 +1,251 @@
+"""Attention in specs: causal and masked MultiheadAttention, and scaled_dot_product_attention from parts.
+
+Every model is compared with torch's own module or function on the same weights, and causal
+models are checked to be causal: the output at position t does not change when later positions do.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import resgraph
+
+
+def causal_mask(length: int) -> torch.Tensor:
+    return nn.Transformer.generate_square_subsequent_mask(length)  # float: -inf above the diagonal
+
+
+def assert_causal(model: nn.Module, x: torch.Tensor, length: int) -> None:
+    """Changing positions after t leaves the output at positions up to t as it was."""
+    with torch.no_grad():
+        base = model(x)
+        for t in range(length - 1):
+            changed = x.clone()
+            changed[:, t + 1:] = torch.randn_like(changed[:, t + 1:]) if x.is_floating_point() else (
+                (changed[:, t + 1:] + 1) % 11)
+            after = model(changed)
+            torch.testing.assert_close(after[:, :t + 1], base[:, :t + 1], rtol=1e-5, atol=1e-5)
+            assert not torch.allclose(after[:, t + 1:], base[:, t + 1:])  # later positions do see the change
+
+
+CAUSAL = """resgraph: 1
+name: Causal
+inputs:
+  x: [7, 16]
+layers:
+  - attn: {op: MultiheadAttention, num_heads: 4, is_causal: true, dropout: 0.0}
+"""
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_causal_multihead_attention_equals_torch_with_the_causal_mask(mode: str) -> None:
+    model = resgraph.build(CAUSAL, seed=0).train(mode == "train")
+    reference = nn.MultiheadAttention(16, 4, batch_first=True).train(mode == "train")
+    reference.load_state_dict(model.attn.state_dict())
+    x = torch.randn(3, 7, 16)
+    with torch.no_grad():  # eval + no_grad is torch's fused fast path
+        expected = reference(x, x, x, attn_mask=causal_mask(7), need_weights=False)[0]
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    assert_causal(model, x, 7)
+
+
+def test_causal_attention_follows_a_free_sequence_length() -> None:
+    model = resgraph.build(CAUSAL, seed=0).eval()
+    x = torch.randn(2, 11, 16)  # the sequence length is free: the mask is built for it
+    with torch.no_grad():
+        expected = model.attn(x, x, x, attn_mask=causal_mask(11), need_weights=False)[0]
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+MASKED = """resgraph: 1
+name: Masked
+inputs:
+  x: [6, 8]
+  memory: [5, 8]
+  padding: {shape: [5], dtype: bool}
+  allowed: {shape: [2, 6, 5], dtype: bool}
+layers:
+  - padded: {op: MultiheadAttention, num_heads: 2, input: [x, memory, memory, padding], masks: [key_padding_mask]}
+  - both:   {op: MultiheadAttention, num_heads: 2, input: [padded, memory, memory, allowed, padding],
+             masks: [attn_mask, key_padding_mask]}
+"""
+
+
+def test_mask_inputs_are_torchs_key_padding_and_per_head_attention_masks() -> None:
+    model = resgraph.build(MASKED, seed=0).eval()
+    x, memory = torch.randn(3, 6, 8), torch.randn(3, 5, 8)
+    padding = torch.zeros(3, 5, dtype=torch.bool)
+    padding[0, 3:] = padding[1, 4:] = True  # sample 2 has no padding
+    blocked = torch.rand(3, 2, 6, 5) > 0.7  # per sample and head: true may not attend
+    blocked[..., 0] = False  # every query keeps one key
+    with torch.no_grad():
+        padded = model.padded(x, memory, memory, key_padding_mask=padding, need_weights=False)[0]
+        both = model.both(padded, memory, memory, attn_mask=blocked.flatten(0, 1), key_padding_mask=padding,
+                          need_weights=False)[0]
+        torch.testing.assert_close(model(x, memory, padding, blocked), both)
+        # a padded key changes nothing: sample 0 ignores memory positions 3 and 4
+        changed = memory.clone()
+        changed[0, 3:] = 100.0
+        torch.testing.assert_close(model(x, changed, padding, blocked)[0], both[0])
+
+
+def test_an_attention_mask_for_all_heads_is_shared_by_each_head() -> None:
+    spec = ("resgraph: 1\nname: M\ninputs:\n  x: [6, 8]\n  mask: [6, 6]\nlayers:\n"
+            "  - attn: {op: MultiheadAttention, num_heads: 2, input: [x, mask], masks: [attn_mask]}\n")
+    model = resgraph.build(spec, seed=0).eval()
+    x, mask = torch.randn(3, 6, 8), torch.randn(3, 6, 6)  # float: added to the scores
+    with torch.no_grad():
+        expected = model.attn(x, x, x, attn_mask=mask.repeat_interleave(2, dim=0), need_weights=False)[0]
+        torch.testing.assert_close(model(x, mask), expected)
+
+
+@pytest.mark.parametrize(("layer", "message"), [
+    ("{op: MultiheadAttention, num_heads: 2, input: [x, x, x, pad]}",
+     "takes one input (self-attention) or three (query, key, value), got 4; mask inputs follow them, named in "
+     "order by `masks: [key_padding_mask, attn_mask]`"),
+    ("{op: MultiheadAttention, num_heads: 2, input: [x, x], masks: [key_padding_mask]}",
+     "key_padding_mask must be (6,) per sample (one entry per key), got (6, 8)"),
+    ("{op: MultiheadAttention, num_heads: 2, input: [x, pad], masks: [attn_mask]}",
+     "attn_mask must be (6, 6) or (2, 6, 6) per sample"),
+    ("{op: MultiheadAttention, num_heads: 2, input: [x, pad], masks: [attn_mask], is_causal: true}",
+     "give either is_causal or an attn_mask input"),
+    ("{op: MultiheadAttention, num_heads: 2, input: [x, pad, pad], masks: [key_padding_mask, key_padding_mask]}",
+     "each mask may be given once"),
+])
+def test_attention_input_mistakes_are_explained(layer: str, message: str) -> None:
+    spec = ("resgraph: 1\nname: M\ninputs:\n  x: [6, 8]\n  pad: {shape: [6], dtype: bool}\nlayers:\n"
+            f"  - attn: {layer}\n")
+    with pytest.raises(resgraph.SpecError, match=message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace("]", r"\]").replace("`", "`")):
+        resgraph.check(spec)
+
+
+# --- scaled_dot_product_attention from parts -----------------------------------------------------
+
+def heads_spec(heads: int, kv_heads: int, extra: str = "", causal: bool = True) -> str:
+    """Grouped-query self-attention written from parts: q, k, v projections split into heads."""
+    gqa = ", enable_gqa: true" if kv_heads != heads else ""
+    return f"""resgraph: 1
+name: Grouped
+params: {{heads: {heads}, kv_heads: {kv_heads}, head_dim: 4}}
+inputs:
+  x: [6, 16]
+layers:
+  - q_proj: {{op: Linear, out_features: "${{heads * head_dim}}", input: x}}
+  - q_split: {{op: reshape, shape: [-1, "${{heads}}", "${{head_dim}}"]}}
+  - q: {{op: transpose, dim0: 1, dim1: 2}}                  # (heads, L, head_dim)
+  - k_proj: {{op: Linear, out_features: "${{kv_heads * head_dim}}", input: x}}
+  - k_split: {{op: reshape, shape: [-1, "${{kv_heads}}", "${{head_dim}}"]}}
+  - k: {{op: transpose, dim0: 1, dim1: 2}}
+  - v_proj: {{op: Linear, out_features: "${{kv_heads * head_dim}}", input: x}}
+  - v_split: {{op: reshape, shape: [-1, "${{kv_heads}}", "${{head_dim}}"]}}
+  - v: {{op: transpose, dim0: 1, dim1: 2}}
+  - attn: {{op: scaled_dot_product_attention, input: [q, k, v], is_causal: {str(causal).lower()}{gqa}{extra}}}
+  - merged: {{op: transpose, dim0: 1, dim1: 2}}
+  - out: {{op: reshape, shape: [-1, "${{heads * head_dim}}"]}}
+"""
+
+
+def reference_attention(model: nn.Module, x: torch.Tensor, heads: int, kv_heads: int, causal: bool) -> torch.Tensor:
+    """The same attention written out: softmax(q k^T / sqrt(d) + causal) v, key/value heads repeated."""
+    n, length, _ = x.shape
+    q = model.q_proj(x).reshape(n, length, heads, 4).transpose(1, 2)
+    k = model.k_proj(x).reshape(n, length, kv_heads, 4).transpose(1, 2).repeat_interleave(heads // kv_heads, 1)
+    v = model.v_proj(x).reshape(n, length, kv_heads, 4).transpose(1, 2).repeat_interleave(heads // kv_heads, 1)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(4)
+    if causal:
+        scores = scores + causal_mask(length)
+    return (scores.softmax(-1) @ v).transpose(1, 2).reshape(n, length, heads * 4)
+
+
+@pytest.mark.parametrize(("heads", "kv_heads"), [(4, 4), (4, 2), (4, 1)], ids=["multi-head", "grouped", "multi-query"])
+def test_sdpa_from_parts_is_multi_head_grouped_or_multi_query_attention(heads: int, kv_heads: int) -> None:
+    model = resgraph.build(heads_spec(heads, kv_heads), seed=0).eval()
+    x = torch.randn(2, 6, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference_attention(model, x, heads, kv_heads, True),
+                                   rtol=1e-5, atol=1e-5)
+    assert_causal(model, x, 6)
+    assert "enable_gqa=True" in model.code if kv_heads != heads else "enable_gqa" not in model.code
+
+
+def test_sdpa_scale_dropout_and_a_mask_input() -> None:
+    spec = heads_spec(2, 2, ", scale: 0.125, dropout_p: 0.5", causal=False).replace(
+        "  x: [6, 16]\n", "  x: [6, 16]\n  keep: {shape: [1, 6, 6], dtype: bool}\n").replace(
+        "input: [q, k, v]", "input: [q, k, v, keep]")
+    model = resgraph.build(spec, seed=0).eval()
+    x, keep = torch.randn(2, 6, 16), torch.rand(2, 1, 6, 6) > 0.3
+    keep[..., 0] = True
+    q = model.q_proj(x).reshape(2, 6, 2, 4).transpose(1, 2)
+    k = model.k_proj(x).reshape(2, 6, 2, 4).transpose(1, 2)
+    v = model.v_proj(x).reshape(2, 6, 2, 4).transpose(1, 2)
+    with torch.no_grad():
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=0.125)
+        torch.testing.assert_close(model(x, keep), expected.transpose(1, 2).reshape(2, 6, 8))
+    model.train()  # dropout applies in training only
+    torch.manual_seed(0)
+    assert not torch.allclose(model(x, keep), expected.transpose(1, 2).reshape(2, 6, 8))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (("enable_gqa: true", ""), "q has 4 heads but k and v have 2: for grouped-query (or multi-query) attention add "
+                               "`enable_gqa: true`"),
+    (("kv_heads: 2", "kv_heads: 3"), "4 query heads cannot share 3 key/value heads"),
+    (("input: [q, k, v]", "input: [q, k, v, x]"), "is_causal: true and a mask input cannot be combined"),
+    (("input: [q, k, v]", "input: [q, k_proj, v]"), "expects q, k, v of (seq, features) or (heads, seq, head_dim)"),
+])
+def test_sdpa_mistakes_are_explained(change: tuple[str, str], message: str) -> None:
+    spec = heads_spec(4, 2).replace(*change)
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(spec)
+    assert message in str(caught.value)
+
+
+def test_rotary_position_embedding_from_parts_equals_a_hand_written_one() -> None:
+    """RoPE (the rotate-half form): angles = positions x inverse frequencies, then
+    (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos), with arange, constant, matmul, sin, cos."""
+    dim, length = 8, 5
+    inv_freq = [1.0 / 10000 ** (2 * i / dim) for i in range(dim // 2)]
+    spec = f"""resgraph: 1
+name: Rotary
+inputs:
+  x: [{length}, {dim}]
+layers:
+  - positions: {{op: arange, stop: {length}, dtype: float32}}
+  - column: {{op: reshape, shape: [{length}, 1]}}
+  - inv_freq: {{op: constant, value: {inv_freq}, shape: [1, {dim // 2}]}}
+  - angles: {{op: matmul, input: [column, inv_freq]}}
+  - cos: {{op: cos}}
+  - sin: {{op: sin, input: angles}}
+  - halves: {{op: chunk, chunks: 2, dim: -1, outputs: [x1, x2], input: x}}
+  - x1_cos: {{op: mul, input: [x1, cos]}}
+  - x2_sin: {{op: mul, input: [x2, sin]}}
+  - first: {{op: sub, input: [x1_cos, x2_sin]}}
+  - x1_sin: {{op: mul, input: [x1, sin]}}
+  - x2_cos: {{op: mul, input: [x2, cos]}}
+  - second: {{op: add, input: [x1_sin, x2_cos]}}
+  - rotated: {{op: concat, input: [first, second], dim: -1}}
+"""
+    model = resgraph.build(spec)
+    x = torch.randn(3, length, dim)
+    angles = torch.arange(length, dtype=torch.float32)[:, None] * torch.tensor(inv_freq)[None, :]
+    x1, x2 = x.chunk(2, dim=-1)
+    expected = torch.cat([x1 * angles.cos() - x2 * angles.sin(), x1 * angles.sin() + x2 * angles.cos()], dim=-1)
+    torch.testing.assert_close(model(x), expected)
+    assert dict(model.named_buffers()).keys() == {"positions", "inv_freq"} and not list(model.parameters())
+    assert model.state_dict() == {}  # derived constants are not saved
+
+
+def test_attention_macs_count_what_flop_counter_counts() -> None:
+    from test_summary import counted_flops
+
+    for spec in (CAUSAL, heads_spec(4, 2)):
+        graph = resgraph.check(spec)
+        model = resgraph.build(spec, seed=0)
+        assert 2 * resgraph.summary(graph).matmul_macs == counted_flops(model, torch.randn(1, 7 if spec is CAUSAL
+                                                                                            else 6, 16))

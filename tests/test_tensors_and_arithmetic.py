@@ -1,0 +1,290 @@
+"""Arithmetic code ops, constant buffers, learned tensors with a declared shape, init and trainability,
+weight tying, and YAML numbers: each compared with the torch computation it stands for."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import resgraph
+from conftest import ROOT, check_golden
+from resgraph.cli import _overrides
+from resgraph.loader import load_text
+
+HEAD = "resgraph: 1\nname: T\n"
+
+
+# --- arithmetic ----------------------------------------------------------------------------------
+
+def test_layer_norm_written_with_arithmetic_equals_torchs() -> None:
+    spec = HEAD + """params: {eps: 1e-5}
+inputs:
+  x: [5, 16]
+layers:
+  - mean: {op: mean, dim: -1, keepdim: true, input: x}
+  - centred: {op: sub, input: [x, mean]}
+  - squared: {op: pow, exponent: 2}
+  - variance: {op: mean, dim: -1, keepdim: true}
+  - shifted: {op: add, scalar: "${eps}"}
+  - inverse: {op: rsqrt}
+  - normed: {op: mul, input: [centred, inverse]}
+"""
+    model = resgraph.build(spec)
+    x = torch.randn(3, 5, 16)
+    torch.testing.assert_close(model(x), F.layer_norm(x, (16,), eps=1e-5))
+    assert "shifted = variance + 1e-05" in model.code and "centred = x - mean" in model.code
+    assert 'shifted [label="shifted\nadd 1e-05\n(5, 1)"' in resgraph.render(spec).source  # its scalar shown
+
+
+def test_elementwise_functions_clamp_div_and_neg_follow_torch() -> None:
+    spec = HEAD + """inputs:
+  x: [4, 6]
+layers:
+  - e: {op: exp, input: x}
+  - one_plus: {op: add, scalar: 1}
+  - softplus: {op: log}
+  - clamped: {op: clamp, min: -1, max: 0.5, input: x}
+  - half: {op: div, scalar: 2}
+  - negated: {op: neg}
+  - root: {op: sqrt, input: e}
+  - ratio: {op: div, input: [negated, root]}
+  - waves: {op: sin, input: ratio}
+  - cosines: {op: cos, input: ratio}
+  - total: {op: add, input: [waves, cosines]}
+  - out: {op: sub, input: [total, softplus]}
+"""
+    model = resgraph.build(spec.replace("  - half:", "  - halved:"))
+    x = torch.randn(3, 4, 6)
+    ratio = -(x.clamp(-1, 0.5) / 2) / x.exp().sqrt()
+    torch.testing.assert_close(model(x), ratio.sin() + ratio.cos() - F.softplus(x))
+
+
+def test_binary_ops_broadcast_per_sample_and_gates_keep_their_layout_rule() -> None:
+    spec = HEAD + "inputs:\n  x: [4, 8, 8]\n  g: [4, 1, 1]\nlayers:\n  - d: {op: div, input: [x, g]}\n"
+    model = resgraph.build(spec)
+    x, g = torch.randn(2, 4, 8, 8), torch.rand(2, 4, 1, 1) + 0.5
+    torch.testing.assert_close(model(x, g), x / g)
+    with pytest.raises(resgraph.SpecError, match=r"sub needs broadcastable shapes, got \(4, 8, 8\), \(8,\) "
+                                                 r"\(per-sample shapes need one rank"):
+        resgraph.check(HEAD + "inputs:\n  x: [4, 8, 8]\n  b: [8]\nlayers:\n  - d: {op: sub, input: [x, b]}\n")
+
+
+def test_matmul_is_batch_aware_and_checks_inner_sizes() -> None:
+    spec = HEAD + "inputs:\n  a: [2, 3, 4]\n  b: [1, 4, 5]\nlayers:\n  - p: {op: matmul, input: [a, b]}\n"
+    model = resgraph.build(spec)
+    a, b = torch.randn(6, 2, 3, 4), torch.randn(6, 1, 4, 5)
+    torch.testing.assert_close(model(a, b), torch.matmul(a, b))
+    assert resgraph.check(spec).nodes["p"].meta["type"].shape == (2, 3, 5)
+    with pytest.raises(resgraph.SpecError, match=r"the inner sizes differ \(4 vs 3\)"):
+        resgraph.check(spec.replace("b: [1, 4, 5]", "b: [1, 3, 5]"))
+    with pytest.raises(resgraph.SpecError, match="matmul needs per-sample matrices"):
+        resgraph.check(spec.replace("b: [1, 4, 5]", "b: [4, 5]"))
+
+
+def test_integer_arithmetic_promotes_as_torch_does() -> None:
+    spec = HEAD + ("inputs:\n  ids: {shape: [5], dtype: int64}\nlayers:\n  - twice: {op: mul, scalar: 2}\n"
+                   "  - halves: {op: div, scalar: 2}\n  - roots: {op: sqrt, input: ids}\n")
+    graph = resgraph.check(spec)
+    assert [graph.nodes[n].meta["type"].dtype for n in ("twice", "halves", "roots")] == ["int64", "float32", "float32"]
+
+
+# --- constants and learned tensors ---------------------------------------------------------------
+
+CONSTANTS = HEAD + """inputs:
+  x: [3, 4]
+layers:
+  - ids: {op: arange, stop: 3}
+  - grid: {op: constant, value: [[0.5, 1.5, 2.5, 3.5], [0.5, 0.5, 0.5, 0.5], [1, 2, 3, 4]], persistent: true}
+  - ones: {op: full, shape: [1, 3, 4], value: 1.0, batch: true}
+  - shifted: {op: add, input: [x, grid]}
+  - out: {op: add, input: [shifted, ones]}
+"""
+
+
+def test_constants_are_buffers_broadcast_over_the_batch_and_not_parameters() -> None:
+    model = resgraph.build(CONSTANTS)
+    assert not list(model.parameters())
+    assert {name: tuple(b.shape) for name, b in model.named_buffers()} == {"ids": (3,), "grid": (3, 4),
+                                                                             "ones": (1, 3, 4)}
+    assert list(model.state_dict()) == ["grid"]  # persistent: true is saved; derived constants are not
+    x = torch.randn(2, 3, 4)
+    torch.testing.assert_close(model(x), x + model.grid + 1)
+    assert model.ids.dtype == torch.int64 and model.ids.tolist() == [0, 1, 2]
+    summary = resgraph.summary(model)
+    row = {r.name: r for r in summary.rows}
+    assert summary.total_params == 0 and row["grid"].params == 0 and "[buffer]" in row["grid"].op
+    assert "[buffer, not saved]" in row["ones"].op and summary.buffer_bytes == 3 * 8 + 2 * 12 * 4
+    double = model.double()
+    assert double.grid.dtype == torch.float64 and double.ids.dtype == torch.int64  # buffers move with the model
+    dot = resgraph.render(CONSTANTS).source
+    assert 'grid [label="grid\nconstant\n(3, 4)\nbuffer"' in dot and 'fillcolor="#e9eef5"' in dot
+    assert 'shifted [label="shifted\nadd\n(3, 4)"' in dot
+
+
+def test_arange_with_an_input_counts_its_positions_at_run_time() -> None:
+    spec = HEAD + ("inputs:\n  tokens: {shape: [8], dtype: int64}\nlayers:\n"
+                   "  - positions: {op: arange, input: tokens, dim: 1, start: 2, step: 3}\n")
+    model = resgraph.build(spec)
+    assert list(model.buffers()) == []
+    out = model(torch.zeros(2, 11, dtype=torch.int64))  # the sequence length is free
+    assert out.tolist() == [list(range(2, 2 + 3 * 11, 3))] * 2
+
+
+@pytest.mark.parametrize(("layer", "message"), [
+    ("{op: constant, value: [[1, 2], [3]]}", "the rows have different shapes"),
+    ("{op: constant, value: [1, 2, 3], shape: [2, 2]}", "value has shape [3], but the tensor's shape is [2, 2]"),
+    ("{op: constant, value: [0.5], dtype: int64}", "value holds fractions, but dtype is int64"),
+    ("{op: full, shape: [2], value: 3, dtype: bool}", "numbers other than 0 and 1"),
+    ("{op: arange, start: 1}", "arange needs `stop`"),
+    ("{op: arange, stop: 4, dim: 1}", "dim counts the positions of an input"),
+    ("{op: arange, stop: 0, start: 3}", "arange from 3 to 0 by 1 is empty"),
+    ("{op: parameter, shape: [2, 8], batch: true}",
+     "batch: true says the shape [2, 8] starts with a batch dim of size 1"),
+    ("{op: parameter, shape: [4, 1, 1], init: [1, 2, 3]}", "init has shape [3], but the tensor's shape is [4, 1, 1]"),
+    ("{op: clamp}", "clamp needs `min`, `max` or both"),
+    ("{op: div, scalar: 0}", "dividing by 0"),
+    ("{op: sub, scalar: 1, input: [x, x]}", "takes 1 input(s), got 2"),
+])
+def test_tensor_literal_and_argument_mistakes_are_located_errors(layer: str, message: str) -> None:
+    spec = HEAD + f"inputs:\n  x: [3, 4]\nlayers:\n  - bad: {layer}\n"
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(spec)
+    assert message in str(caught.value)
+    assert all(d.location.line == 6 for d in caught.value.diagnostics)
+
+
+def test_learned_tensors_have_their_declared_shape_init_and_trainability() -> None:
+    spec = HEAD + """inputs:
+  x: [4, 3, 3]
+layers:
+  - gamma: {op: parameter, shape: [4, 1, 1], init: 1.0e-6}
+  - scaled: {op: mul, input: [x, gamma]}
+  - weights: {op: parameter, shape: [1, 4, 1, 1], init: [0, 1, 2, 3], trainable: false, batch: true}
+  - out: {op: mul, input: [scaled, weights]}
+"""
+    model = resgraph.build(spec)
+    assert model.gamma.shape == (4, 1, 1) and bool((model.gamma == 1e-6).all())  # ConvNeXt's layer scale
+    assert model.weights.shape == (1, 4, 1, 1) and model.weights.flatten().tolist() == [0, 1, 2, 3]
+    assert model.gamma.requires_grad and not model.weights.requires_grad  # a frozen parameter (YOLOv8's DFL)
+    x = torch.randn(2, 4, 3, 3)
+    torch.testing.assert_close(model(x), x * 1e-6 * torch.arange(4.0).reshape(1, 4, 1, 1))
+    summary = resgraph.summary(model)
+    assert (summary.total_params, summary.trainable_params) == (8, 4)
+    assert list(model.state_dict()) == ["gamma", "weights"]
+
+
+# --- weight tying --------------------------------------------------------------------------------
+
+TIED = HEAD + """inputs:
+  tokens: {shape: [5], dtype: int64}
+blocks:
+  head:
+    layers:
+      - norm: {op: LayerNorm}
+      - proj: {op: Linear, out_features: 11, bias: false, tie: {weight: wte.weight}}
+layers:
+  - wte: {op: Embedding, num_embeddings: 11, embedding_dim: 8}
+  - hidden: {op: Linear, out_features: 8}
+  - lm_head: {op: Linear, out_features: 11, bias: false, tie: {weight: wte.weight}}
+  - second: {block: head, input: hidden}
+outputs: [lm_head, second]
+"""
+
+
+def test_a_tied_parameter_is_one_tensor_counted_once() -> None:
+    model = resgraph.build(TIED, seed=0)
+    assert model.lm_head.weight is model.wte.weight and model.second.proj.weight is model.wte.weight
+    unique = sum(p.numel() for p in model.parameters())
+    assert unique == 11 * 8 + (8 * 8 + 8) + 2 * 8 == resgraph.count_parameters(TIED)
+    summary = resgraph.summary(model)
+    rows = {row.name: row for row in summary.rows}
+    assert summary.total_params == unique and rows["lm_head"].params == 0 and rows["second"].params == 16
+    assert rows["lm_head"].tied_to == {"weight": "wte.weight"} and "[weight tied to wte.weight]" in rows["lm_head"].op
+    tokens = torch.randint(0, 11, (2, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens)[0], model.hidden(model.wte(tokens)) @ model.wte.weight.T)
+
+
+def test_tied_weights_round_trip_through_the_state_dict_and_the_python_export(tmp_path: pathlib.Path) -> None:
+    from test_export import import_file
+
+    model = resgraph.build(TIED, seed=0)
+    state = model.state_dict()
+    assert "lm_head.weight" in state and state["lm_head.weight"].data_ptr() == state["wte.weight"].data_ptr()
+    fresh = resgraph.build(TIED, seed=1)
+    fresh.load_state_dict(state, strict=True)
+    assert fresh.lm_head.weight is fresh.wte.weight and torch.equal(fresh.wte.weight, model.wte.weight)
+    source = resgraph.to_python(model)
+    assert "self.lm_head.weight = self.wte.weight  # tied" in source
+    assert "self.second.proj.weight = self.wte.weight  # tied" in source
+    path = tmp_path / "tied.py"
+    path.write_text(source)
+    exported = import_file(path, "tied").T()
+    exported.load_state_dict(state, strict=True)
+    assert exported.lm_head.weight is exported.wte.weight
+    tokens = torch.randint(0, 11, (2, 5))
+    with torch.no_grad():
+        for a, b in zip(exported(tokens), model(tokens)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_model_built_on_meta_and_materialized_keeps_its_ties() -> None:
+    on_meta = resgraph.build(TIED, device="meta")
+    resgraph.materialize(on_meta, seed=3)
+    built = resgraph.build(TIED, seed=3)
+    assert on_meta.lm_head.weight is on_meta.wte.weight
+    for (name, a), (_, b) in zip(on_meta.state_dict().items(), built.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_the_diagram_shows_the_tie() -> None:
+    source = resgraph.render(TIED).source
+    assert "weight = wte.weight" in source  # in the tied layers' labels
+    assert 'wte -> lm_head [label="tied wte.weight"' in source and 'wte -> "second.proj" [label="tied' in source
+
+
+@pytest.mark.parametrize("case", ["tie_unknown_parameter", "tie_unknown_target", "tie_shape_mismatch"])
+def test_tie_errors_are_located_at_the_tie(case: str) -> None:
+    """Ties are checked when the model is built (also on meta: `resgraph build`, summaries, renders)."""
+    path = f"tests/bad_builds/{case}.yaml"
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.build(path, device="meta")
+    for diagnostic in caught.value.diagnostics:
+        assert diagnostic.location.file == path and diagnostic.location.line >= 1
+    check_golden(ROOT / "tests" / "bad_builds" / f"{case}.expected", caught.value.format() + "\n")
+
+
+# --- numbers -------------------------------------------------------------------------------------
+
+def test_yaml_exponents_are_numbers_wherever_a_number_is_expected() -> None:
+    data = load_text("a: 1e-6\nb: 3e4\nc: .5\nd: 1.5E+3\ne: -2e-3\nf: '1e-6'\ng: \"3e4\"\nh: 1.0e6\ni: [2E-1]\n").data
+    assert data == {"a": 1e-6, "b": 3e4, "c": 0.5, "d": 1500.0, "e": -2e-3, "f": "1e-6", "g": "3e4", "h": 1e6,
+                    "i": [0.2]}
+    spec = HEAD + "params: {eps: 1e-6}\ninputs:\n  x: [4]\nlayers:\n  - norm: {op: LayerNorm, eps: 1e-5}\n"
+    assert resgraph.build(spec).norm.eps == 1e-5
+    assert _overrides(["eps=1e-6", "name='1e-6'", "n=3"]) == {"eps": 1e-6, "name": "1e-6", "n": 3}
+    with pytest.raises(resgraph.SpecError, match="expected a number, got string '1e-6'"):
+        resgraph.check(spec.replace("eps: 1e-5", "eps: '1e-6'"))
+
+
+def test_set_reads_exponent_numbers_on_the_command_line(tmp_path: pathlib.Path) -> None:
+    import subprocess
+    import sys
+
+    spec = tmp_path / "numbers.yaml"
+    spec.write_text(HEAD + "params: {eps: 1e-6}\ninputs:\n  x: [4]\nlayers:\n"
+                           "  - norm: {op: LayerNorm, eps: \"${eps}\"}\n")
+    result = subprocess.run([sys.executable, "-m", "resgraph", "build", str(spec), "--set", "eps=1e-3"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "LayerNorm(eps=0.001)" in result.stdout
+
+
+def test_vit_learned_tensors_have_torchvisions_shapes() -> None:
+    reference = nn.Parameter(torch.zeros(1, 1, 768))  # torchvision ViT's class_token
+    model = resgraph.build("examples/vit_b_16.yaml", device="meta")
+    assert model.class_token.shape == reference.shape and model.pos_embedding.shape == (1, 197, 768)
