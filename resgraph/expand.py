@@ -31,6 +31,7 @@ from .evaluate import LAYER, concrete, evaluate_tree
 from .loader import LoadedSpec, Origin, SourceMap, load_file
 from .ops import Layer
 from .ops.tensor import SplitBase, pieces
+from .resources import is_shipped
 from .spec import REQUIRED, BlockCall, BlockDef, InputDecl, Projection, Skip, Spec
 from .suggest import did_you_mean
 from .translate import subject
@@ -123,7 +124,7 @@ class _Expander:
         base = os.path.dirname(origin.source.file)
         for i, relative in enumerate(paths):
             where = origin.child("imports", i)
-            path = os.path.normpath(os.path.join(base, relative))
+            path = relative if is_shipped(relative) else os.path.normpath(os.path.join(base, relative))
             if os.path.abspath(path) in chain:
                 cycle = " -> ".join(os.path.relpath(p) for p in [*chain, os.path.abspath(path)])
                 self.diagnostics.append(Diagnostic(where.locate(), f"import cycle: {cycle}"))
