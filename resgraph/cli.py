@@ -1,9 +1,9 @@
 """The `resgraph` command: a thin layer that parses arguments, calls the library, prints.
 
 Exit codes: 0 success, 1 the spec is invalid, 2 usage error (bad flags, missing file), 130
-interrupted (Ctrl-C), 141 the reader of the output went away (`| head`), 143 terminated. An
-interrupted or terminated command leaves no partial file: every file is written to a temporary
-name and renamed (`files.atomic_write`), and the temporary file is removed on the way out.
+interrupted (Ctrl-C), 141 the reader of the output went away (`| head`); SIGTERM and SIGHUP end
+the process by that signal (143 and 129 in a shell). None leaves a partial file or a temporary
+one: `files.atomic_write` writes under a temporary name, removed on the way out.
 Heavy imports happen inside commands, so `--help` loads neither torch nor pydantic, and `schema`
 and `validate` never load torch.
 """
@@ -14,9 +14,8 @@ import argparse
 import contextlib
 import os
 import pathlib
-import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 from .errors import ResgraphError, SpecError, UsageError
 from .formats import diagram_suffixes, find_format
@@ -25,8 +24,8 @@ from .version import __version__
 __all__ = ["main"]
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
-# As a shell reports a process killed by the signal (128 + its number), so pipelines and scripts read them as usual.
-EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 128 + signal.SIGINT, 128 + 13  # 13: SIGPIPE (not defined on Windows)
+# 128 + SIGINT, 128 + SIGPIPE: what a shell reports for a command ended by that signal; scripts read them as usual.
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141
 
 # Flags of `build` that cannot be combined: the second would be silently ignored.
 BUILD_CONFLICTS = (
@@ -44,11 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        with _termination_as_exit():
-            status = args.run(args)
-            sys.stdout.flush()  # a reader that went away is noticed here, not at interpreter exit
-            return status
-    except BrokenPipeError:
+        status = args.run(args)
+        sys.stdout.flush()  # a reader that went away is noticed here, not in the interpreter's exit flush
+        return status
+    except BrokenPipeError:  # `resgraph build ... | head`: the reader left; say nothing more
         _discard_stdout()
         return EXIT_BROKEN_PIPE
     except SpecError as exc:
@@ -60,38 +58,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ResgraphError as exc:
         print(f"resgraph: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    except KeyboardInterrupt:  # Ctrl-C: files being written were removed as the exception passed
+    except KeyboardInterrupt:  # Ctrl-C: a file being written was removed as the exception passed (files.py)
         return EXIT_INTERRUPTED
-
-
-@contextlib.contextmanager
-def _termination_as_exit() -> Iterator[None]:
-    """Turn SIGTERM and SIGHUP into SystemExit(128 + signal) while a command runs.
-
-    Their default action ends the process on the spot, leaving a half-written temporary file;
-    an exception unwinds through `files.atomic_write`, which removes it. The previous handlers
-    are restored afterwards (`main` may run inside another program, as the tests do).
-    """
-    def leave(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    wanted = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
-    try:
-        previous = {signum: signal.signal(signum, leave) for signum in wanted}
-    except ValueError:  # not the main thread: signals cannot be handled here; leave them as they are
-        previous = {}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def _discard_stdout() -> None:
     """Point stdout at the null device, so the interpreter's final flush does not fail again."""
     with contextlib.suppress(OSError, ValueError):  # ValueError: stdout replaced by an object without a descriptor
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -199,7 +173,11 @@ def _add_set(command: argparse.ArgumentParser) -> None:
 
 
 def _overrides(pairs: list[str]) -> dict[str, object]:
-    import yaml
+    """`--set NAME=VALUE` pairs as parameter overrides, each VALUE read by the rules of a spec.
+
+    `--set release=2024-01-01` is the text, as it would be written in the spec (not a date).
+    """
+    from .loader import load_value
 
     values: dict[str, object] = {}
     for pair in pairs:
@@ -207,9 +185,9 @@ def _overrides(pairs: list[str]) -> dict[str, object]:
         if not sep or not name.strip():
             raise UsageError(f"--set {pair}: expected NAME=VALUE")
         try:
-            values[name.strip()] = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
-            raise UsageError(f"--set {pair}: {text!r} is not a YAML value") from None
+            values[name.strip()] = load_value(text, name.strip())
+        except SpecError as exc:
+            raise UsageError(f"--set {pair}: not a YAML value ({exc.diagnostics[0].message})") from None
     return values
 
 

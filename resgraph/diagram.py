@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ResgraphError, UsageError
-from .files import atomic_write
+from .files import atomic_write, write_fresh_text
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
 from .ownership import graph_parameters, owned_parameters
 from .projections import ProjectionPlan, describe_steps
@@ -431,7 +431,10 @@ def write_diagram(dot: Any, path: str) -> str | None:
 
     Returns:
         None on success; when Graphviz's `dot` program is missing and the format needs it, the
-        path of the .dot file written instead (and the caller should exit non-zero).
+        path of the .dot file written instead (and the caller should exit non-zero). That file
+        was not named by the user, so it never overwrites anything: `arch.dot` next to
+        `arch.svg`, else the first free `arch-2.dot`, `arch-3.dot`, ... (a file already holding
+        this very source is reused).
     Raises:
         ResgraphError: Graphviz failed.
         OSError: the path cannot be written.
@@ -450,9 +453,7 @@ def write_diagram(dot: Any, path: str) -> str | None:
     try:
         data = dot.pipe(format=fmt)
     except graphviz.ExecutableNotFound:
-        fallback = os.path.splitext(path)[0] + ".dot"
-        atomic_write(fallback, lambda tmp: _write_text(tmp, dot.source))
-        return fallback
+        return write_fresh_text(os.path.splitext(path)[0], ".dot", dot.source)
     except graphviz.CalledProcessError as exc:
         detail = exc.stderr.decode(errors="replace").strip() if exc.stderr else str(exc)
         raise ResgraphError(f"Graphviz failed to draw {path}: {detail}") from None

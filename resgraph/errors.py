@@ -7,9 +7,35 @@ holding all of them, so a user fixes a spec in one round trip. Internal invarian
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 
-__all__ = ["Diagnostic", "Location", "ResgraphError", "SpecError", "UsageError"]
+__all__ = ["Diagnostic", "Location", "ResgraphError", "SpecError", "UsageError", "printable"]
+
+# Characters a terminal acts on rather than shows: C0/C1 controls (ANSI escapes start with ESC),
+# format characters (bidirectional overrides can reorder what is displayed), surrogates (from
+# undecodable file names) and unassigned code points. Newlines and tabs lay messages out.
+_UNSHOWN = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
+
+
+def printable(text: str) -> str:
+    """`text` with every character a terminal would act on written as an escape (`\\x1b`).
+
+    Everything resgraph echoes (file names, names and values from a spec) goes through this
+    where diagnostics and errors are formatted, so a spec cannot move the cursor, recolour the
+    terminal or hide text.
+
+    >>> printable("ok \\x1b[31mred\\x1b[0m\\nnext")
+    'ok \\\\x1b[31mred\\\\x1b[0m\\nnext'
+    """
+    if text.isprintable():  # the common case: nothing to do
+        return text
+    return "".join(ch if ch in "\n\t" or unicodedata.category(ch) not in _UNSHOWN else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 @dataclass(frozen=True, order=True)
@@ -35,14 +61,18 @@ class Diagnostic:
     hint: str | None = None
 
     def format(self) -> str:
+        """`file:line:col: error: message` and an indented hint, safe to print to a terminal."""
         text = f"{self.location}: error: {self.message}"
         if self.hint:
             text += f"\n  hint: {self.hint}"
-        return text
+        return printable(text)
 
 
 class ResgraphError(Exception):
-    """Base class of every error resgraph raises on purpose."""
+    """Base class of every error resgraph raises on purpose; `str()` of one is safe to print."""
+
+    def __str__(self) -> str:
+        return printable(super().__str__())
 
 
 @dataclass

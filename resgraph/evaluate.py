@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .errors import Diagnostic, Location
-from .expressions import ExpressionError, evaluate, expression_body, make_divisible
+from .expressions import ExpressionError, evaluate, expression_body, expression_names, make_divisible
 from .loader import Origin, Path
 from .spec import LayerBody, Scale
 from .suggest import did_you_mean
@@ -58,7 +58,7 @@ def evaluate_tree(value: Any, names: Mapping[str, Any], origin: Origin, diagnost
             where = origin.child(*rel).locate()
             column = where.column + 2 + exc.offset if where.line else 0
             diagnostics.append(Diagnostic(Location(where.file, where.line, column),
-                                          f"in ${{{body.strip()}}}: {exc}"))
+                                          f"in ${{{_shorten(body.strip())}}}: {exc}"))
             return None
         if expression_body(result) is not None:
             diagnostics.append(Diagnostic(origin.child(*rel).locate(), "an expression may not produce an expression"))
@@ -72,21 +72,53 @@ def resolve_params(declared: Mapping[str, Any], overrides: Mapping[str, Any], or
                    diagnostics: list[Diagnostic]) -> dict[str, Any]:
     """Parameter values: declared defaults (which may use earlier params), then overrides.
 
-    An override of an undeclared parameter is an error with suggestions.
+    An override of an undeclared parameter is an error with suggestions. Overrides come from
+    `--set`, from `params=` in Python, or from a saved model's record, so the message names none
+    of them.
     """
     for name in overrides:
         if name not in declared:
             hint = did_you_mean(name, declared)
             known = f" (declared: {', '.join(declared)})" if declared and not hint else ""
-            diagnostics.append(Diagnostic(Location(origin.source.file), f"--set {name}: the spec declares no "
-                                                                        f"parameter {name!r}{hint}{known}"))
+            diagnostics.append(Diagnostic(Location(origin.source.file), f"cannot override parameter {name!r}: the "
+                                                                        f"spec declares no parameter {name!r}"
+                                                                        f"{hint}{known}"))
     values: dict[str, Any] = {}
+    failed: set[str] = set()  # parameters whose own expressions failed (and are reported)
     for name, default in declared.items():
         if name in overrides:
             values[name] = overrides[name]
+        elif _reads(default) & failed:
+            values[name] = None  # its inputs failed: a second error about it would only repeat theirs
+            failed.add(name)
         else:
+            known = len(diagnostics)
             values[name] = evaluate_tree(default, values, origin.child(name), diagnostics)
+            if len(diagnostics) > known:
+                failed.add(name)
     return values
+
+
+def _reads(value: Any) -> set[str]:
+    """The names every `${...}` in `value` (a parameter default, maybe a list of them) reads."""
+    names: set[str] = set()
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        else:
+            body = expression_body(item)
+            if body is not None:
+                names |= expression_names(body) or set()
+    return names
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    """An expression as echoed in a message: long ones cut in the middle."""
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 2:]}"
 
 
 def is_left_out(body: Any) -> bool:

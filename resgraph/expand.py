@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import Diagnostic, SpecError
+from pydantic import TypeAdapter, ValidationError
+
+from .errors import Diagnostic, ResgraphError, SpecError
 from .evaluate import LAYER, concrete, evaluate_tree
-from .loader import LoadedSpec, Origin, SourceMap, load_file
+from .expressions import ExpressionError, evaluate, expression_body, expression_names
+from .loader import LoadedSpec, Origin, SourceMap, load_import
 from .ops import Layer
 from .ops.tensor import SplitBase, pieces
 from .resources import is_shipped
@@ -37,11 +40,18 @@ from .suggest import did_you_mean
 from .translate import subject
 from .validate import validate_library
 
-__all__ = ["MAX_BLOCK_DEPTH", "LayerItem", "Reader", "Scope", "SkipItem", "class_name", "expand"]
+__all__ = ["MAX_BLOCK_DEPTH", "MAX_EXPANDED_NODES", "LayerItem", "Reader", "Scope", "SkipItem", "class_name",
+           "expand"]
 
 MAX_BLOCK_DEPTH = 32
+# Layers and skips in all scopes together, the top level's and every block instance's: nested
+# `repeat:`s and `scale.depth` multiply, so the bound is on the total, not per call. A
+# 100,000-layer chain has 150,000; ResNet-152 has about 500. Expanding takes ~0.1 ms a node.
+MAX_EXPANDED_NODES = 200_000
+INSTANCE_NAMES = ("index", "repeats", "block_index", "num_blocks")  # bound per block instance
+_REPEAT: TypeAdapter[int | None] = TypeAdapter(BlockCall.model_fields["repeat"].annotation)
 
-Reader = Callable[[str], LoadedSpec]  # reads an imported file: load_file, or a build record's copy
+Reader = Callable[[str], LoadedSpec]  # reads an imported file: load_import, or a build record's copy
 
 
 @dataclass
@@ -80,15 +90,20 @@ class _Block:
     origin: Origin  # of `blocks.NAME` in the file that defined it
 
 
-def expand(spec: Spec, source: SourceMap, *, read: Reader = load_file) -> Scope:
+def expand(spec: Spec, source: SourceMap, *, read: Reader = load_import) -> Scope:
     """Expand a validated spec into its scope tree; `spec.params` hold the parameter values.
+
+    The total number of layers and skips is bounded (MAX_EXPANDED_NODES): a block call's size is
+    projected from its first instance before the others are expanded, so a `repeat:` that
+    would exceed the bound is refused at its `repeat:` without being expanded.
 
     Args:
         read: how imported block libraries are read (by path, relative to the working directory).
     Raises:
         SpecError: unknown blocks or block parameters, missing required parameters, block cycles,
-            expression errors, imports that cannot be read, and layer or skip bodies that are
-            invalid once their expressions are evaluated, in the top level or any block instance.
+            expression errors, imports that cannot be read, layer or skip bodies that are invalid
+            once their expressions are evaluated (in the top level or any block instance), and
+            expansions over the bound.
     """
     return _Expander(spec, source, read).run()
 
@@ -102,6 +117,8 @@ class _Expander:
         self.blocks: dict[str, _Block] = {}
         self.block_index = 0
         self.num_blocks = 0
+        self.expanded = 0  # layers and skips made so far, in all scopes
+        self.exhausted = False  # the bound was hit (and reported): expand nothing more
 
     def run(self) -> Scope:
         root = Origin(self.source, ())
@@ -113,6 +130,9 @@ class _Expander:
         spec = self.spec
         top = BlockDef.model_construct(params={}, inputs=list(spec.inputs), layers=spec.layers, skips=spec.skips,
                                        outputs=spec.outputs)
+        self.check_least_size(top, root)
+        if self.diagnostics:
+            raise SpecError(self.diagnostics)
         scope = self.scope(spec.name, top, root, dict(spec.params), [], inputs=dict(spec.input_decls()),
                            params=dict(spec.params))
         if self.diagnostics:
@@ -135,8 +155,9 @@ class _Expander:
             except SpecError as exc:
                 self.diagnostics.extend(exc.diagnostics)
                 continue
-            except Exception as exc:  # UsageError and OS errors: the file cannot be read
-                self.diagnostics.append(Diagnostic(where.locate(), f"cannot import {relative!r}: {exc}"))
+            except (ResgraphError, OSError, ValueError) as exc:  # the file cannot be read, or is not a library
+                reason = str(exc) or type(exc).__name__
+                self.diagnostics.append(Diagnostic(where.locate(), f"cannot import {relative!r}: {reason}"))
                 continue
             library_origin = Origin(loaded.source, ())
             self.load_imports(library.imports, library_origin, [*chain, os.path.abspath(path)])
@@ -155,6 +176,7 @@ class _Expander:
     def scope(self, name: str, definition: BlockDef, origin: Origin, names: dict[str, Any], stack: list[str], *,
               inputs: dict[str, InputDecl | None], params: dict[str, Any], block: str | None = None) -> Scope:
         layers = []
+        self.expanded += len(definition.layers) + len(definition.skips)
         for i, entry in enumerate(definition.layers):
             for layer_name, template in entry.items():
                 where = origin.child("layers", i, layer_name)
@@ -216,8 +238,17 @@ class _Expander:
             return []
         self.check_with(item, call, definition)
         count = self.repeats(call)
-        instances = []
+        instances: list[Scope] = []
+        start = self.expanded
         for index in range(count):
+            if self.exhausted:
+                break
+            if index == 1 or self.expanded > MAX_EXPANDED_NODES:
+                # Project the whole call from its first instance before expanding the rest.
+                projected = start + (self.expanded - start) * count
+                if projected > MAX_EXPANDED_NODES:
+                    self.refuse_size(item.origin, call.repeat, count, self.expanded - start if index == 1 else None)
+                    break
             context = {"index": index, "repeats": count}
             if top_level:
                 context |= {"block_index": self.block_index, "num_blocks": self.num_blocks}
@@ -232,6 +263,78 @@ class _Expander:
                                         inputs={name: None for name in definition.inputs}, params=block_params,
                                         block=call.block))
         return instances
+
+    def check_least_size(self, top: BlockDef, root: Origin) -> None:
+        """Refuse, before expanding anything, a spec whose literal repeats alone exceed the bound.
+
+        A lower bound: only calls whose `when:` is not an expression count, and a `repeat:`
+        expression counts only when it reads nothing but the spec's own parameters (anything
+        else may vary per instance, so it counts as 1); what this misses, `instantiate` catches
+        from each call's first instance.
+        """
+        sizes: dict[str, int] = {}
+
+        def literal_repeat(value: Any, local: Iterable[str]) -> int:
+            body = expression_body(value)
+            if body is not None:
+                names = expression_names(body)
+                if names is None or not names <= set(self.spec.params) or names & {*local, *INSTANCE_NAMES}:
+                    return 1
+                try:
+                    value = evaluate(body, self.spec.params)
+                except ExpressionError:
+                    return 1  # reported when the call is expanded
+            try:
+                return _REPEAT.validate_python(value, strict=True) or 1
+            except ValidationError:
+                return 1  # out of its own range: reported when the call is typed
+
+        def least(definition: BlockDef) -> list[tuple[int, int, dict[str, Any]]]:
+            """(instances, least size of one, template) of each block call that surely happens."""
+            calls = []
+            for entry in definition.layers:
+                for body in entry.values():
+                    callee = body.get("block") if isinstance(body, dict) else None
+                    if not isinstance(callee, str) or "op" in body or body.get("when", True) is not True:
+                        continue
+                    repeat = literal_repeat(body.get("repeat", 1), definition.params)
+                    count = repeat if body.get("scale", True) is False or "repeat" not in body else \
+                        max(1, math.ceil(repeat * self.spec.scale.depth - 1e-9))
+                    calls.append((count, block_size(callee), body))
+            return calls
+
+        def block_size(name: str) -> int:
+            if name in sizes or name not in self.blocks:
+                return sizes.get(name, 0)  # 0 while its own size is being computed: a cycle, reported later
+            sizes[name] = 0
+            definition = self.blocks[name].definition
+            total = len(definition.layers) + len(definition.skips)
+            sizes[name] = min(total + sum(count * size for count, size, _ in least(definition)), MAX_EXPANDED_NODES + 1)
+            return sizes[name]
+
+        calls = least(top)
+        total = len(top.layers) + len(top.skips) + sum(count * size for count, size, _ in calls)
+        if total <= MAX_EXPANDED_NODES:
+            return
+        count, size, body = max(calls, key=lambda call: call[0] * call[1])
+        where = next(root.child("layers", i, name) for i, entry in enumerate(top.layers)
+                     for name, template in entry.items() if template is body)
+        repeat = literal_repeat(body["repeat"], ()) if "repeat" in body else None
+        self.refuse_size(where, repeat, count, size)
+
+    def refuse_size(self, origin: Origin, repeat: int | None, count: int, first: int | None) -> None:
+        """Report the block call at `origin` that would take the expansion over MAX_EXPANDED_NODES
+        (`count` instances, each `first` nodes when known); stop expanding."""
+        self.exhausted = True
+        scaled = f" (repeat {repeat} times scale.depth {self.spec.scale.depth:g})" \
+            if repeat is not None and count != repeat else ""
+        least = "at least " if first is not None and first > MAX_EXPANDED_NODES else ""
+        each = f" of {least}{first:,} layers and skips each" if first is not None else ""
+        where = (origin.child("repeat") if repeat is not None else origin).locate(key=True)
+        self.diagnostics.append(Diagnostic(
+            where, f"{subject(origin.path, None, '')[0]}: {count:,} instances{scaled}{each} would expand the model "
+                   f"to more than {MAX_EXPANDED_NODES:,} layers and skips in all",
+            "nested `repeat:`s (and scale.depth) multiply; make them smaller"))
 
     def check_with(self, item: LayerItem, call: BlockCall, definition: BlockDef) -> None:
         for key in call.with_:

@@ -5,6 +5,13 @@ names bound by the spec (parameters, `index`, ...), arithmetic, comparisons, `an
 `a if cond else b`, indexing (`widths[index]`) and the functions in `FUNCTIONS`. Everything else
 is an error whose offset points into the expression.
 
+Every expression is bounded, so no spec can make evaluation slow or large: its text
+(MAX_LENGTH characters), its nesting (MAX_NESTING levels, checked before evaluating), every
+number it produces (magnitude at most MAX_MAGNITUDE, exponents at most 64, `round` to at most
+64 digits) and every string or list (MAX_VALUE_SIZE characters or items, nested items counted,
+however they were built: doubling a value through a chain of parameters stops at the bound).
+Strings are never formatted (`'%d' % x`) or repeated.
+
 >>> evaluate("make_divisible(planes * 1.5, 8) if index == 0 else planes", {"planes": 20, "index": 0})
 32
 """
@@ -20,11 +27,15 @@ from typing import Any
 
 from .suggest import did_you_mean
 
-__all__ = ["FUNCTIONS", "ExpressionError", "evaluate", "expression_body", "make_divisible"]
+__all__ = ["FUNCTIONS", "MAX_VALUE_SIZE", "ExpressionError", "evaluate", "expression_body", "expression_names",
+           "make_divisible", "value_size"]
 
 _PATTERN = re.compile(r"^\$\{(.*)\}$", re.DOTALL)
 MAX_LENGTH = 1_000
 MAX_MAGNITUDE = 2**62  # larger numbers are never a layer argument; refuse them before they grow
+MAX_NESTING = 50  # levels of the expression's syntax tree (`-(-(...))`, nested lists); a real one has < 10
+MAX_VALUE_SIZE = 10_000  # characters of a string, items of a list (nested items counted)
+MAX_DIGITS = 64  # `round(x, n)` with |n| above this only computes enormous powers of ten
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -40,8 +51,14 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
+def _round(number: float, ndigits: int | None = None) -> float:
+    if ndigits is not None and (not isinstance(ndigits, int) or abs(ndigits) > MAX_DIGITS):
+        raise ValueError(f"ndigits must be a whole number from -{MAX_DIGITS} to {MAX_DIGITS}")
+    return round(number, ndigits)
+
+
 FUNCTIONS: dict[str, Callable[..., Any]] = {
-    "min": min, "max": max, "abs": abs, "round": round, "int": int, "float": float,
+    "min": min, "max": max, "abs": abs, "round": _round, "int": int, "float": float,
     "ceil": math.ceil, "floor": math.floor, "sqrt": math.sqrt, "len": len, "sum": sum,
     "make_divisible": make_divisible,
 }
@@ -85,7 +102,66 @@ def evaluate(text: str, names: Mapping[str, Any]) -> Any:
         tree = ast.parse(stripped, mode="eval")
     except SyntaxError as exc:
         raise ExpressionError(f"invalid expression: {exc.msg}", lead + max((exc.offset or 1) - 1, 0)) from None
+    except (RecursionError, MemoryError, ValueError):  # the parser's own limits on nesting
+        raise ExpressionError(f"expression nests deeper than {MAX_NESTING} levels", lead) from None
+    deepest = _nesting(tree.body)
+    if deepest is not None:
+        raise ExpressionError(f"expression nests deeper than {MAX_NESTING} levels",
+                              lead + getattr(deepest, "col_offset", 0))
     return _Evaluator(names, lead).visit(tree.body)
+
+
+def expression_names(text: str) -> set[str] | None:
+    """The names an expression body reads (not the functions it calls); None if it does not parse.
+
+    >>> sorted(expression_names("depths[index] * max(width, 2)"))
+    ['depths', 'index', 'width']
+    """
+    if len(text) > MAX_LENGTH:
+        return None
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except (SyntaxError, RecursionError, MemoryError, ValueError):
+        return None
+    if _nesting(tree.body) is not None:
+        return None
+    called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+    return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and id(node) not in called}
+
+
+def _nesting(root: ast.AST) -> ast.AST | None:
+    """The first node nested deeper than MAX_NESTING levels, if any (found without recursion)."""
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return node
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return None
+
+
+def value_size(value: Any, limit: int = MAX_VALUE_SIZE) -> int:
+    """Characters plus list items in `value`, nested items counted; counting stops above `limit`.
+
+    A list may hold the same list many times (`[p, p]`), so the count is of what the value
+    would be written out as, not of the objects in memory.
+
+    >>> value_size([1, "abc", [2, 3]])
+    8
+    """
+    size, stack = 0, [value]
+    while stack and size <= limit:
+        item = stack.pop()
+        if isinstance(item, str):
+            size += len(item)
+        elif isinstance(item, (list, tuple)):
+            size += len(item)
+            stack.extend(item)
+        elif isinstance(item, dict):
+            size += len(item)
+            stack.extend(item.keys())
+            stack.extend(item.values())
+    return size
 
 
 class _Evaluator:
@@ -101,8 +177,18 @@ class _Evaluator:
         if method is None:
             raise self.fail(node, f"{_describe(node)} is not allowed in an expression")
         value = method(node)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) > MAX_MAGNITUDE:
-            raise self.fail(node, "number is too large")
+        if isinstance(value, bool) or value is None:
+            return value
+        if isinstance(value, (int, float)):
+            if abs(value) > MAX_MAGNITUDE:
+                raise self.fail(node, "number is too large")
+            return value
+        if not isinstance(value, (str, list, dict)):  # e.g. complex, from (-8) ** 0.5; dicts come from params
+            raise self.fail(node, f"cannot compute: the result is a {type(value).__name__}, not a number, "
+                                  "string or list")
+        if not isinstance(node, (ast.Name, ast.Subscript)) and value_size(value) > MAX_VALUE_SIZE:
+            # names and indexing only return values that exist already; anything built is measured
+            raise self.fail(node, f"value is too large (more than {MAX_VALUE_SIZE:,} characters or list items)")
         return value
 
     def visit_Constant(self, node: ast.Constant) -> Any:
@@ -129,6 +215,8 @@ class _Evaluator:
             raise self.fail(node, "exponent is too large")
         if isinstance(node.op, (ast.Mult, ast.Pow)) and not all(isinstance(v, (int, float)) for v in (left, right)):
             raise self.fail(node, "only numbers can be multiplied")  # no "a" * 10**9
+        if isinstance(node.op, ast.Mod) and not all(isinstance(v, (int, float)) for v in (left, right)):
+            raise self.fail(node, "% is the remainder of numbers")  # no string formatting: '%0999999999d' % 1
         try:
             return _BINARY[type(node.op)](left, right)
         except KeyError:

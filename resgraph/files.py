@@ -1,6 +1,18 @@
 """Writing files the user named: atomically, with the mode a plain `open()` would give.
 
 A leaf module (no resgraph imports): every writer (artifacts, diagrams, exports) uses it.
+
+What `atomic_write(path, ...)` promises:
+
+- `path` is replaced in one step (`os.replace`) by a complete file, or left as it was: a failure
+  (an exception, a full disk, Ctrl-C, SIGTERM, SIGHUP) never leaves a partial file at `path` nor
+  the temporary file next to it.
+- A new file gets mode 0666 filtered by the process umask, as `open()` would create it; the
+  umask is never changed (changing it, even for a moment, races with other threads). A replaced
+  file keeps its mode.
+- A symlink at `path` is written through, as `open(path, "w")` would: the link stays and its
+  target (which may not exist yet) receives the new content, atomically, in the target's
+  directory.
 """
 
 from __future__ import annotations
@@ -8,31 +20,150 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "write_fresh_text"]
+
+MAX_FRESH_NAMES = 100  # arch.dot, arch-2.dot, ... arch-100.dot
+
+# Signals that end the process without unwinding the stack when left at their default action;
+# a temporary file being written when one arrives is removed first (see `_cleanup_on_signals`).
+# SIGINT normally raises KeyboardInterrupt, which `atomic_write`'s own cleanup handles.
+_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGINT") if hasattr(signal, name))
+_pending: set[str] = set()  # temporary files being written, by any thread
+_lock = threading.RLock()  # reentrant: the signal handler runs in the main thread, which may hold it
 
 
-def atomic_write(path: str, write: Callable[[str], object]) -> None:
+def atomic_write(path: str, write: Callable[[str], object], *, replace: bool = True) -> None:
     """Call `write(tmp_path)`, then move the result over `path`: a failure leaves `path` untouched.
 
-    The temporary file is created next to `path` with mode 0666 filtered by the process umask
-    (as `open()` would create it; the umask itself is never changed), or with the mode of the
-    file it replaces.
-
+    Args:
+        path: the file to write (a symlink is followed: its target is written).
+        write: writes the whole content to the path it is given.
+        replace: False refuses to overwrite an existing file (checked atomically, at the end).
     Raises:
+        FileExistsError: `replace` is False and `path` exists.
         OSError: the directory cannot be written (the temporary file is removed).
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    os.close(fd)
+    target = _resolve(path)
+    directory = os.path.dirname(target)
+    tmp = os.path.join(directory, f".{os.path.basename(target)}.{secrets.token_hex(6)}.tmp")
+    with _cleanup_on_signals(tmp):
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # mode filtered by the umask
+            write(tmp)
+            if replace:
+                with contextlib.suppress(FileNotFoundError):
+                    os.chmod(tmp, os.stat(target).st_mode & 0o7777)  # replacing a file keeps its mode
+                os.replace(tmp, target)
+            else:
+                _link_new(tmp, target)
+        except BaseException:  # KeyboardInterrupt included: Ctrl-C leaves no temporary file
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+def write_fresh_text(stem: str, suffix: str, text: str) -> str:
+    """Write `text` to a file nothing else is at: `stem + suffix`, else `stem-2 + suffix`, and so on.
+
+    For files the user did not name (a fallback output), so nothing of theirs is overwritten. A
+    candidate that already holds exactly `text` (a file from an earlier run) is reused as it is.
+
+    Returns:
+        The path written (or reused).
+    Raises:
+        FileExistsError: all MAX_FRESH_NAMES candidates are taken.
+        OSError: the directory cannot be written.
+    """
+    data = text.encode("utf-8")
+    for n in range(1, MAX_FRESH_NAMES + 1):
+        candidate = f"{stem}{suffix}" if n == 1 else f"{stem}-{n}{suffix}"
+        if os.path.lexists(candidate):  # anything at all, a dangling symlink included, is not ours to write
+            if _holds(candidate, data):
+                return candidate
+            continue
+        try:
+            atomic_write(candidate, lambda tmp: _write_bytes(tmp, data), replace=False)
+        except FileExistsError:  # created meanwhile by someone else
+            continue
+        return candidate
+    raise FileExistsError(f"{stem}{suffix} and {MAX_FRESH_NAMES - 1} numbered alternatives all exist")
+
+
+def _holds(path: str, data: bytes) -> bool:
+    """True when `path` is a regular file whose content is exactly `data` (read only if the size fits)."""
     try:
-        write(tmp)
-        with contextlib.suppress(FileNotFoundError):
-            os.chmod(tmp, os.stat(path).st_mode & 0o7777)  # replacing a file keeps its mode
-        os.replace(tmp, path)
-    except BaseException:
+        if os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) != len(data):
+            return False
+        with open(path, "rb") as handle:
+            return handle.read(len(data) + 1) == data
+    except OSError:
+        return False
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+
+
+def _link_new(tmp: str, target: str) -> None:
+    """Move `tmp` to `target`, which must not exist (FileExistsError if it does)."""
+    try:
+        os.link(tmp, target)  # atomic and never clobbers, where os.replace would
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: reserve the name, then replace the placeholder
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        os.replace(tmp, target)
+    else:
+        os.unlink(tmp)
+
+
+def _resolve(path: str) -> str:
+    """The absolute path to write: `path`, or the file a chain of symlinks at `path` ends at."""
+    absolute = os.path.abspath(path)
+    if not os.path.islink(absolute):
+        return absolute
+    return os.path.realpath(absolute)  # also for a dangling link: its target is created, as open() would
+
+
+@contextlib.contextmanager
+def _cleanup_on_signals(tmp: str) -> Iterator[None]:
+    """Remove `tmp` if a terminating signal arrives while it is being written.
+
+    Only signals left at their default action (SIG_DFL: die) are handled, so a program's own
+    handlers, and Python's KeyboardInterrupt for SIGINT, stay as they are; and only from the
+    main thread, where Python runs handlers. The handler removes every pending temporary file
+    (of any thread: the process is ending), restores the default action and delivers the signal
+    again, so the process ends exactly as it would have (SIGTERM: status 143 in a shell).
+    """
+    with _lock:
+        _pending.add(tmp)
+    installed: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for number in _SIGNALS:
+            if signal.getsignal(number) == signal.SIG_DFL:
+                installed[number] = signal.SIG_DFL
+                signal.signal(number, _on_signal)
+    try:
+        yield
+    finally:
+        for number, previous in installed.items():
+            signal.signal(number, previous)
+        with _lock:
+            _pending.discard(tmp)
+
+
+def _on_signal(number: int, frame: FrameType | None) -> None:
+    with _lock:
+        pending = list(_pending)
+    for tmp in pending:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise
+    signal.signal(number, signal.SIG_DFL)
+    os.kill(os.getpid(), number)

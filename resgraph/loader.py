@@ -12,6 +12,7 @@ import contextlib
 import gc
 import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,8 +21,8 @@ import yaml
 
 from .errors import Diagnostic, Location, SpecError, UsageError
 
-__all__ = ["MAX_DEPTH", "MAX_NODES", "LoadedSpec", "Origin", "Path", "SourceMap", "gc_paused", "load_file",
-           "load_text"]
+__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "LoadedSpec", "Origin", "Path", "SourceMap", "gc_paused",
+           "load_file", "load_import", "load_text", "load_value", "os_reason"]
 
 Path = tuple[str | int, ...]
 
@@ -95,26 +96,113 @@ class LoadedSpec:
         return self.source.file
 
 
-def load_file(path: str | os.PathLike[str]) -> LoadedSpec:
-    """Read and parse a spec file.
+def load_file(path: str | os.PathLike[str], *, regular_only: bool = False) -> LoadedSpec:
+    """Read and parse a spec file, reading at most MAX_BYTES.
 
+    Args:
+        regular_only: refuse anything but a regular file (or a symlink to one) before reading
+            it. A file named by the user may also be a pipe or a device (`/dev/stdin`): it is
+            read up to the size limit.
     Raises:
-        UsageError: the file cannot be read.
+        UsageError: the file cannot be read, is not a regular file when that is required, or is
+            larger than MAX_BYTES.
         SpecError: the file is not a valid, safe YAML document.
     """
     name = os.fspath(path)
+    return load_text(_read_text(name, regular_only=regular_only), name)
+
+
+def load_import(path: str) -> LoadedSpec:
+    """Read a block library that a spec's `imports:` names.
+
+    A spec names these files, so they are held to more than a file the user names: a regular
+    file only (no FIFO that blocks, no `/dev/zero`), its size checked before reading, and a file
+    that is not a resgraph document (no `resgraph:` key) is refused before it is parsed, so no
+    error message ever shows a piece of some other file.
+
+    Raises:
+        UsageError: the file cannot be read, is not a regular file, too large, or not resgraph's.
+        SpecError: the library is not a valid, safe YAML document.
+    """
+    text = _read_text(path, regular_only=True)
+    if not _RESGRAPH_KEY.search(text):
+        raise UsageError(f"{path}: not a resgraph block library (it has no `resgraph: 1` key)")
+    return load_text(text, path)
+
+
+_RESGRAPH_KEY = re.compile(r"""(?:^|[{,])[ \t]*["']?resgraph["']?[ \t]*:""", re.MULTILINE)
+
+
+def _read_text(name: str, *, regular_only: bool) -> str:
+    """The text of a file, read at most MAX_BYTES (see `load_file`)."""
     try:
-        with open(name, encoding="utf-8") as handle:
-            text = handle.read()
+        if regular_only:
+            # Checked before opening: opening a FIFO blocks until a writer appears.
+            _require_regular(name, os.stat(name).st_mode)
+        with open(name, "rb") as handle:
+            status = os.fstat(handle.fileno())
+            if regular_only:
+                _require_regular(name, status.st_mode)  # it may have been swapped since the check
+            if stat.S_ISDIR(status.st_mode):
+                raise IsADirectoryError
+            if stat.S_ISREG(status.st_mode) and status.st_size > MAX_BYTES:
+                raise UsageError(_too_big(name, status.st_size))  # said before reading a byte of it
+            data = handle.read(MAX_BYTES + 1)  # bounded for pipes and devices (/dev/zero) too
     except FileNotFoundError:
         raise UsageError(f"{name}: no such file") from None
     except IsADirectoryError:
         raise UsageError(f"{name}: is a directory, not a spec file") from None
+    except OSError as exc:
+        raise UsageError(f"{name}: cannot read it ({os_reason(exc)})") from None
+    if len(data) > MAX_BYTES:
+        raise UsageError(_too_big(name, None))
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError([Diagnostic(Location(name, 1, 1), f"the file is not UTF-8 text ({exc.reason})")]) from None
-    except OSError as exc:
-        raise UsageError(f"{name}: {exc.strerror}") from None
-    return load_text(text, name)
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # newlines as open() reads them
+
+
+def load_value(text: str, name: str) -> Any:
+    """A value written on the command line (`--set NAME=TEXT`), read by exactly a spec's rules.
+
+    The same scalar rules apply as in a spec file (`2024-01-01` is text, `0x10` is 16, `.inf`
+    is infinity), and so do the same bounds, tags and duplicate-key checks. Empty text is "".
+
+    >>> load_value("2024-01-01", "release"), load_value("[1, 2]", "depths"), load_value("", "tag")
+    ('2024-01-01', [1, 2], '')
+
+    Raises:
+        SpecError: the text is not a valid, safe YAML value (located at `--set NAME`).
+    """
+    if not text.strip():
+        return ""
+    return load_text(text, f"--set {name}").data
+
+
+def os_reason(exc: BaseException) -> str:
+    """Why an operating-system call failed, in words; never empty."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _require_regular(name: str, mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"{name}: not a regular file ({_file_kind(mode)}); only spec files can be read")
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [(stat.S_ISFIFO, "a pipe"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket")]
+    return next((kind for test, kind in kinds if test(mode)), "not a file")
+
+
+def _too_big(name: str, size: int | None) -> str:
+    found = f"is {size / 2**20:.1f} MiB" if size is not None else "is larger than that"
+    return f"{name}: {found}; resgraph reads spec files up to {MAX_BYTES // 2**20} MiB"
 
 
 def load_text(text: str, file: str = "<spec>") -> LoadedSpec:

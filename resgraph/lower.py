@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .codegen import HELPERS, generate_forward, helpers_used
-from .errors import Diagnostic, SpecError
+from .errors import Diagnostic, SpecError, UsageError
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
 from .ownership import Owns, owns
 from .projections import ProjectionPlan, step_constructor
@@ -52,6 +52,7 @@ def lower(graph: Graph, *, base: type[M] = GeneratedModule, seed: int | None = N
         seed: when given, initialise weights from this seed without touching the global RNG.
     Raises:
         SpecError: torch refused a layer's arguments (a combination the shape check cannot see).
+        UsageError: `seed` is outside the range torch accepts.
     """
     diagnostics: list[Diagnostic] = []
     with seeded(seed):
@@ -147,6 +148,8 @@ def seeded(seed: int | None) -> Iterator[None]:
     if seed is None:
         yield
         return
+    if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
+        raise UsageError(f"seed {seed!r} is not usable: a seed is a whole number from -2**63 to 2**64 - 1")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield

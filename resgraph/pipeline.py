@@ -21,9 +21,9 @@ from typing import Any, Union
 from .errors import UsageError
 from .expand import Reader, expand
 from .graph import Graph
-from .loader import LoadedSpec, SourceMap, gc_paused, load_text
+from .loader import LoadedSpec, SourceMap, gc_paused, load_file, load_text
 from .resolve import resolve
-from .resources import read_import
+from .resources import is_shipped, read_import, read_shipped
 from .shapes import infer_shapes
 from .spec import Spec
 from .validate import is_block_library, validate
@@ -89,7 +89,7 @@ def load(spec: SpecSource, *, file: str | None = None) -> LoadedSpec:
     """Parse a spec given as a path, YAML text or an already-parsed dict (a `LoadedSpec` is returned as is).
 
     A string is a path when it has no newline and names an existing path or ends in .yaml/.yml;
-    `resgraph:NAME` names a file shipped in the package (`resources.read_import`).
+    `resgraph:NAME` names a file shipped in the package (`resources.read_shipped`).
 
     Raises:
         UsageError: the file cannot be read, or `spec` is none of these.
@@ -100,7 +100,7 @@ def load(spec: SpecSource, *, file: str | None = None) -> LoadedSpec:
     if isinstance(spec, dict):
         return LoadedSpec(spec, SourceMap(file or "<dict>"), json.dumps(spec, indent=2))
     if isinstance(spec, os.PathLike) or (isinstance(spec, str) and _looks_like_path(spec)):
-        return read_import(spec)
+        return read_shipped(os.fspath(spec)) if is_shipped(os.fspath(spec)) else load_file(spec)
     if isinstance(spec, str):
         return load_text(spec, file or "<string>")
     raise UsageError(f"a spec is a path, YAML text or a dict, not {type(spec).__name__}")

@@ -239,6 +239,11 @@ class _Resolver:
     def check_outputs(self) -> list[str]:
         scope = self.scope
         if scope.outputs is None:
+            if not scope.layers:  # every layer was left out by `when:`
+                what = f"block {scope.block!r}" if scope.block else "the spec"
+                self.fail(scope.origin.child("layers"), f"{what}: no layer is left (every `when:` is false), so "
+                                                        "there is no output", key=True)
+                return []
             return [scope.layers[-1].name]
         where = scope.origin.child("outputs")
         if scope.block and len(scope.outputs) > 1:

@@ -19,10 +19,10 @@ from __future__ import annotations
 import pathlib
 
 from .errors import UsageError
-from .loader import LoadedSpec, load_file, load_text
+from .loader import LoadedSpec, load_import, load_text
 from .suggest import did_you_mean
 
-__all__ = ["PACKAGE_DIR", "SHIPPED", "is_shipped", "read_import", "schema_path", "shipped_libraries"]
+__all__ = ["PACKAGE_DIR", "SHIPPED", "is_shipped", "read_import", "read_shipped", "schema_path", "shipped_libraries"]
 
 SHIPPED = "resgraph:"  # the prefix of an import that names a file shipped in the package
 PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
@@ -44,20 +44,27 @@ def is_shipped(path: str) -> bool:
     return path.startswith(SHIPPED)
 
 
-def read_import(path: str | pathlib.Path) -> LoadedSpec:
-    """Read an imported file: a shipped library by name, anything else from disk (`loader.load_file`).
+def read_shipped(name: str) -> LoadedSpec:
+    """Read a shipped file by its name (`resgraph:blocks/resnet.yaml`); the name is its location in errors.
 
     Raises:
-        UsageError: the file cannot be read, or resgraph ships no library of that name (only the
-            names `shipped_libraries` lists are read, so a name cannot reach outside the package).
+        UsageError: resgraph ships no block library of that name (only the names
+            `shipped_libraries` lists are read, so a name cannot reach outside the package).
         SpecError: the text is not valid, safe YAML.
     """
-    name = str(path)
-    if not is_shipped(name):
-        return load_file(path)
     available = shipped_libraries()
     if name not in available:
         raise UsageError(f"{name}: resgraph ships no such file (it ships {', '.join(available)})"
                          f"{did_you_mean(name, available)}")
-    text = (PACKAGE_DIR / name[len(SHIPPED):]).read_text(encoding="utf-8")
-    return load_text(text, name)
+    return load_text((PACKAGE_DIR / name[len(SHIPPED):]).read_text(encoding="utf-8"), name)
+
+
+def read_import(path: str) -> LoadedSpec:
+    """Read a file a spec's `imports:` names: a shipped library by name, anything else from disk
+    (`loader.load_import`, which holds it to the rules for files a spec names).
+
+    Raises:
+        UsageError: the file cannot be read or is refused, or resgraph ships no library of that name.
+        SpecError: the text is not valid, safe YAML.
+    """
+    return read_shipped(path) if is_shipped(path) else load_import(path)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .errors import UsageError
+from .errors import UsageError, printable
 from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode
 from .macs import MacCount, layer_macs, merge_macs, projection_macs
 from .ops import TensorType
@@ -283,9 +283,13 @@ def instance_title(instance: Graph) -> str:
 
 
 def short_value(value: Any) -> str:
-    if isinstance(value, (tuple, list)):
-        return str(value[0]) if len(set(value)) == 1 else "x".join(map(str, value))
-    return str(value)
+    """`3` for (3, 3), `3x1` for (3, 1); other values as written (nested lists, mappings), with
+    characters a terminal would act on escaped (a spec's strings reach the summary)."""
+    if isinstance(value, (tuple, list)) and value and all(isinstance(v, (int, float, str)) for v in value):
+        text = str(value[0]) if len(set(value)) == 1 else "x".join(map(str, value))
+    else:
+        text = str(value)
+    return printable(text)
 
 
 # --- the table ----------------------------------------------------------------------------------
@@ -413,4 +417,4 @@ def format_summary(summary: Summary) -> str:
             f"Parameter memory: {format_bytes(summary.param_bytes)} (+ {format_bytes(summary.buffer_bytes)} buffers)",
             f"Activation memory per sample: {format_bytes(summary.activation_bytes)} "
             f"(every layer's output; input {format_bytes(summary.input_bytes)})"]
-    return "\n".join(out)
+    return printable("\n".join(out))  # the file name may come from a saved model

@@ -337,23 +337,55 @@ def _pydantic_message(item: dict[str, Any]) -> str:
              "finite_number": "a finite number"}
     if kind in words:
         return f"expected {words[kind]}, got {got}"
-    if kind == "literal_error":
-        return f"expected {ctx.get('expected', 'another value')}, got {got}"
+    if kind in ("literal_error", "enum"):
+        value = item.get("input")
+        hint = did_you_mean(value, re.findall(r"'([^']*)'", str(ctx.get("expected", "")))) \
+            if isinstance(value, str) else ""
+        return f"expected {ctx.get('expected', 'another value')}, got {got}{hint}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"expected a mapping, got {got}"
+    if kind == "string_pattern_mismatch":
+        return f"invalid name {item.get('input')!r}: {NAME_RULE}"
+    if kind in ("string_too_long", "string_too_short"):
+        bound = ctx.get("max_length", ctx.get("min_length"))
+        return f"must be {'at most' if kind == 'string_too_long' else 'at least'} {bound} characters, got {got}"
+    if kind in ("too_long", "too_short"):
+        bound = ctx.get("max_length", ctx.get("min_length"))
+        actual = ctx.get("actual_length", got)
+        return f"{_bound_message('maxItems' if kind == 'too_long' else 'minItems', bound)}, got {actual}"
     if kind == "extra_forbidden":
         return "unknown key"
     if kind == "missing":
         return "missing"
-    return item["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if kind in ("value_error", "assertion_error"):  # resgraph's own validators: already in its words
+        return item["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    # Any other kind: pydantic's "Input should be ..." phrased as the messages above are.
+    message = str(item.get("msg", "invalid value"))
+    expected = message.removeprefix("Input should be ")
+    if expected != message:
+        return f"expected {expected}, got {got}"
+    return f"{message[:1].lower()}{message[1:]} (got {got})"
 
 
 def _data_path(loc: tuple[Any, ...], data: Any) -> Path:
-    """Drop pydantic's union tags from a loc, keeping only the steps that exist in the data."""
+    """Drop pydantic's union tags from a loc, keeping only the steps that exist in the data.
+
+    A tag can equal a key of the data (a block call's tag is `block`, also its key): a step is
+    not taken when the next one exists where we are but not inside it.
+    """
     path: list[str | int] = []
-    for part in loc:
-        if isinstance(data, dict) and part in data:
-            data = data[part]
-            path.append(part)
-        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
-            data = data[part]
-            path.append(part)
+    for i, part in enumerate(loc):
+        if not _has(data, part):
+            continue
+        following = loc[i + 1] if i + 1 < len(loc) else None
+        if following is not None and _has(data, following) and not _has(data[part], following):
+            continue  # `part` is a tag that happens to be a key too
+        data = data[part]
+        path.append(part)
     return tuple(path)
+
+
+def _has(data: Any, part: Any) -> bool:
+    if isinstance(data, dict):
+        return part in data
+    return isinstance(data, list) and isinstance(part, int) and not isinstance(part, bool) and 0 <= part < len(data)

@@ -4,13 +4,20 @@
    policies) either build a module whose forward runs, with every inferred shape equal to the
    actual one, or are refused with a located SpecError.
 2. Mutated specs (dropped keys, wrong types, odd names and numbers, deep nesting, corrupted
-   text) never raise anything but resgraph's own errors, each with a line and column.
+   text, nested lists and mappings as values, odd file names) never raise anything but
+   resgraph's own errors, each with a line and column; what builds also summarizes, renders
+   and exports to Python source that only defines classes.
+3. Block specs whose parameters are nested lists (stage tables) and mappings, called with
+   `repeat:` and `${...}` over those tables, and layers taking mapping arguments, go through the
+   same: build, summary, diagram and `.py` export, or a located error.
 
 CI runs a bounded profile; set RESGRAPH_FUZZ_EXAMPLES=20000 for a long local run.
 """
 
 from __future__ import annotations
 
+import ast
+import json
 import math
 import os
 from typing import Any
@@ -19,6 +26,7 @@ import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 import resgraph
 
@@ -99,6 +107,98 @@ def test_generated_specs_build_with_true_shapes_or_are_refused(spec: dict[str, A
     assert tuple(out.shape[1:]) == graph.nodes[graph.outputs[0]].meta["type"].shape
 
 
+class FuzzAnything(nn.Module):
+    """A layer taking any keyword arguments (mappings, nested lists, ...), as registered layers may."""
+
+    def __init__(self, in_features: int, **kwargs: Any) -> None:
+        super().__init__()
+        self.kwargs = kwargs
+        self.scale = nn.Parameter(torch.ones(in_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+if "FuzzAnything" not in resgraph.ops.generic.CUSTOM_OPS:
+    resgraph.register_op("FuzzAnything", FuzzAnything)
+
+# Plain values as a spec can write them: scalars, and lists and mappings of them, nested.
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-1000, 1000), st.floats(allow_nan=True, allow_infinity=True),
+                    st.text(max_size=6))
+PLAIN = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                      st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+                     max_leaves=12)
+# File names as they come: quotes, backslashes (Windows paths), newlines, control characters,
+# bidirectional overrides, undecodable bytes (surrogates) and format placeholders.
+FILE_NAMES = st.one_of(
+    st.just("fuzz.yaml"),
+    st.text(alphabet=st.sampled_from(list('"\'"\n\r\t\x1b\x00\u202e{}%$;:/ aZ\udcff\udc80é')), max_size=12)
+    .map(lambda name: name + ".yaml"),
+    st.sampled_from(['a"""; import os; os.system("touch PWNED"); """b.yaml', "C:\\Users\\net.yaml",
+                     "C:\\N{x}\\x41.yaml", "end\\"]),
+)
+
+
+def assert_usable(model: torch.nn.Module) -> None:
+    """What a user does next with a built model never raises anything but resgraph's errors."""
+    summary = resgraph.summary(model)
+    str(summary)
+    json.dumps(summary.to_dict())
+    resgraph.render(model).source  # noqa: B018 - building the DOT text is the check
+    try:
+        source = resgraph.to_python(model)
+    except resgraph.SpecError as error:  # a value with no Python form: refused, with its place
+        assert_located(error)
+        return
+    tree = ast.parse(source)
+    assert all(isinstance(node, (ast.Import, ast.ImportFrom, ast.ClassDef)) for node in tree.body[1:])
+
+
+@st.composite
+def block_specs(draw: st.DrawFn) -> tuple[str, str]:
+    """A stage table (nested lists) driving repeated block instances, plus mapping-valued arguments."""
+    rows = draw(st.lists(st.tuples(st.integers(1, 6), st.integers(1, 2)), min_size=1, max_size=3))
+    table: list[Any] = [list(row) for row in rows]
+    if draw(st.booleans()):  # a row that is a mapping, a deeper list, a string...: refused where it is read
+        table.insert(draw(st.integers(0, len(table))), draw(PLAIN))
+    extra = draw(PLAIN)
+    options = draw(st.dictionaries(st.sampled_from(["mode", "table", "meta", "notes"]), PLAIN, max_size=2))
+    spec = {
+        "resgraph": 1, "name": draw(st.sampled_from(["Fuzz", "None", "class", "torch", "nn", "float"])),
+        "params": {"stages": table, "extra": extra},
+        "blocks": {"stage": {
+            "params": {"row": "required", "table": draw(PLAIN), "meta": {"a": draw(PLAIN)}},
+            "layers": [
+                {"conv": {"op": "Conv2d", "out_channels": "${row[0]}", "kernel_size": 3, "padding": 1,
+                          "stride": "${row[1]}"}},
+                {"super": {"op": "FuzzAnything", **options}},
+                {"nn": {"op": "ReLU"}},
+            ],
+        }},
+        "inputs": {"x": [2, 8, 8]},
+        "layers": [
+            {"body": {"block": "stage", "repeat": len(table), "with": {"row": "${stages[index]}"}}},
+            {"pool": {"op": "AdaptiveAvgPool2d", "output_size": 1}},
+            {"flat": {"op": "Flatten"}},
+            {"any": {"op": "FuzzAnything", "config": extra}},
+        ],
+    }
+    return yaml.safe_dump(spec, sort_keys=False, allow_unicode=True), draw(FILE_NAMES)
+
+
+@PROFILE
+@given(block_specs())
+def test_stage_tables_and_mapping_arguments_build_export_or_are_refused(case: tuple[str, str]) -> None:
+    text, file = case
+    try:
+        model = resgraph.build(text, file=file, seed=0)
+    except resgraph.SpecError as error:
+        assert_located(error)
+        return
+    model(torch.randn(2, 2, 8, 8))
+    assert_usable(model)
+
+
 def deep_list(depth: int) -> list[Any]:
     value: list[Any] = [1]
     for _ in range(depth):
@@ -111,6 +211,9 @@ JUNK = st.one_of(
     st.text(max_size=20), st.text(alphabet="éλ中🙂-. ", min_size=0, max_size=5), st.just("x" * 10_000),
     st.lists(st.integers(), max_size=4), st.dictionaries(st.text(max_size=4), st.integers(), max_size=3),
     st.builds(deep_list, st.just(100)), st.just("${__import__('os')}"), st.just("${1 / 0}"),
+    PLAIN, st.lists(st.lists(st.integers(-3, 64), max_size=3), min_size=1, max_size=3),
+    st.dictionaries(st.sampled_from(["a", "b", "mode", "in_features"]), PLAIN, min_size=1, max_size=3),
+    st.just("${[[1, 2], [3, 4]]}"), st.just({"op": "FuzzAnything", "m": {"k": [1, {"j": None}]}}),
 )
 
 
@@ -154,14 +257,15 @@ def mutated(draw: st.DrawFn) -> str:
 
 
 @PROFILE
-@given(mutated())
-def test_mutated_specs_only_raise_located_resgraph_errors(text: str) -> None:
+@given(mutated(), FILE_NAMES)
+def test_mutated_specs_only_raise_located_resgraph_errors(text: str, file: str) -> None:
     try:
-        model = resgraph.build(text, file="fuzz.yaml", max_params=10_000_000)
+        model = resgraph.build(text, file=file, max_params=10_000_000)
     except resgraph.SpecError as error:
         assert_located(error)
         return
     assert isinstance(model, torch.nn.Module)
+    assert_usable(model)
 
 
 def test_regression_mul_of_different_ranks_is_not_broadcast_against_the_batch() -> None:

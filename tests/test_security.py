@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 import pickle
+import re
 import subprocess
 import sys
 
@@ -137,3 +138,158 @@ def test_odd_encodings_are_reported(tmp_path: pathlib.Path, data: bytes, message
     path.write_bytes(data)
     with pytest.raises(resgraph.SpecError, match=message):
         resgraph.check(path)
+
+
+# --- --set values are read by the rules of the spec -------------------------------------------------
+
+SCALARS = ["2024-01-01", "2024-01-01 10:30:00", "2001-12-14t21:59:43.10-05:00", "10", "-7", "0x1F", "0o17", "017",
+           "1_000", "1:30", "1e3", "3.25", ".5", "-.inf", ".inf", ".NaN", "true", "False", "yes", "off", "on", "~",
+           "null", "'quoted'", '"2024-01-01"', "abc", "=", "a=b", "[1, 2]", "{a: 1, b: [x]}", "[2024-01-01]",
+           "''"]
+
+
+@pytest.mark.parametrize("text", SCALARS)
+def test_set_values_are_read_exactly_as_the_same_text_in_a_spec(text: str) -> None:
+    from resgraph.cli import _overrides
+
+    written = resgraph.load_spec(f"resgraph: 1\nname: S\nparams:\n  v: {text}\ninputs: {{x: [4]}}\nlayers:\n"
+                                 "  - fc: {op: Linear, out_features: 2}\n").params["v"]
+    given = _overrides([f"v={text}"])["v"]
+    assert type(given) is type(written) and repr(given) == repr(written)
+
+
+def test_a_date_given_with_set_keeps_a_layer_whose_condition_compares_text(capsys: pytest.CaptureFixture[str]) -> None:
+    from resgraph.cli import main
+
+    spec = ROOT / "tests" / "fixtures" / "release_when.yaml"
+    spec.write_text("resgraph: 1\nname: R\nparams: {release: '2023-01-01'}\ninputs: {x: [4]}\nlayers:\n"
+                    "  - new: {op: Linear, out_features: 3, when: \"${release == '2024-01-01'}\"}\n"
+                    "  - fc: {op: Linear, out_features: 2}\n")
+    try:
+        assert main(["build", str(spec), "--set", "release=2024-01-01", "--json"]) == 0
+        assert '"name": "new"' in capsys.readouterr().out
+    finally:
+        spec.unlink()
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("!!python/object/apply:os.system [x]", "YAML tag '!!python/object/apply:os.system' is not allowed"),
+    ("[1, 2", "not a YAML value (YAML syntax error"),
+    ("{a: 1, a: 2}", "duplicate key 'a'"),
+    ("&a [*a]", "recursive YAML alias"),
+])
+def test_set_values_are_held_to_the_rules_of_a_spec(value: str, message: str) -> None:
+    from resgraph.cli import _overrides
+
+    with pytest.raises(resgraph.UsageError, match=re.escape(message)):
+        _overrides([f"v={value}"])
+
+
+# --- messages: located, in resgraph's words, never an empty reason, never a control character ------
+
+@pytest.mark.parametrize(("repeat", "message"), [
+    ('"${10**7}"', "<string>:9:28: error: layer 'l': repeat: must be at most 100000, got integer 10000000"),
+    ('"${0}"', "<string>:9:28: error: layer 'l': repeat: must be at least 1, got integer 0"),
+    ('"${[2]}"', "<string>:9:28: error: layer 'l': repeat: expected an integer, got list"),
+    ('"${2.5}"', "<string>:9:28: error: layer 'l': repeat: expected an integer, got number 2.5"),
+    ("0", "<string>:9:27: error: layer 'l': repeat: must be at least 1, got integer 0"),
+])
+def test_a_bad_repeat_is_reported_at_repeat(repeat: str, message: str) -> None:
+    spec = ("resgraph: 1\nname: M\nblocks:\n  b:\n    layers:\n      - fc: {op: ReLU}\ninputs: {x: [4]}\nlayers:\n"
+            f"  - l: {{block: b, repeat: {repeat}}}\n")
+    with pytest.raises(resgraph.SpecError) as info:
+        resgraph.check(spec)
+    assert [d.format() for d in info.value.diagnostics] == [message]
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("{from: x, to: fc, merge: \"${'ad'}\"}", "merge: expected 'add', 'concat' or 'mul', got string 'ad'; did you mean "
+                                             "'add'?"),
+    ("{from: x, to: fc, projection: \"${[1]}\"}", "projection: expected 'auto', 'conv', 'avgpool', 'pad', 'crop' or "
+                                                  "'none', got list"),
+    ("{from: x, to: fc, dim: \"${'one'}\", merge: concat}", "dim: expected an integer, got string 'one'"),
+    ("{from: x, to: fc, when: \"${[1]}\"}", "when: expected true or false, got list"),
+])
+def test_errors_found_after_evaluation_are_in_resgraphs_words(body: str, message: str) -> None:
+    spec = HEAD + "  - fc: {op: Linear, out_features: 4}\nskips:\n  - s: " + body + "\n"
+    with pytest.raises(resgraph.SpecError) as info:
+        resgraph.check(spec)
+    text = str(info.value)
+    assert message in text
+    assert "Input should" not in text and "String should" not in text and "validation error" not in text
+
+
+HOSTILE_TEXT = "\x1b[2J\x1b]0;owned\x07\u202e\x9b31m"
+
+
+def test_control_characters_from_a_spec_never_reach_the_terminal(tmp_path: pathlib.Path) -> None:
+    """Strings, keys, names and the file name itself, through every command, with and without errors."""
+    import yaml
+
+    escaped = yaml.safe_dump(HOSTILE_TEXT).strip().removesuffix("...").strip()
+    good = tmp_path / f"ok{HOSTILE_TEXT}.yaml"
+    good.write_text("resgraph: 1\nname: S\nblocks:\n  b:\n    params: {tag: x}\n    layers:\n"
+                    "      - fc: {op: Linear, out_features: 4}\n"
+                    f"inputs: {{x: [4]}}\nlayers:\n  - blk: {{block: b, with: {{tag: {escaped}}}}}\n"
+                    f"  - up: {{op: Threshold, threshold: 0.5, value: 0.0}}\n")
+    bad = tmp_path / f"bad{HOSTILE_TEXT}.yaml"
+    bad.write_text(f"resgraph: 1\nname: S\ndescription: {escaped}\ninputs: {{x: [4]}}\nlayers:\n"
+                   f"  - fc: {{op: Linear, out_features: {escaped}, {escaped}: 1}}\n"
+                   f"  - up: {{op: Upsample, mode: {escaped}}}\n"
+                   f"  - e: {{op: ReLU, when: \"${{{escaped} + 1}}\"}}\n"
+                   f"  - m: {{op: Dropout, p: \"${{{escaped}}}\"}}\n")
+    runs = [(["build", str(good)], 0), (["build", str(good), "--json"], 0), (["validate", str(bad)], 1),
+            (["build", str(bad)], 1), (["render", str(bad), "-o", str(tmp_path / "x.dot")], 1),
+            (["build", str(good), "--set", f"tag={escaped}"], 1),
+            (["build", str(good), "--set", f"nope{HOSTILE_TEXT}=1"], 1),
+            (["build", str(tmp_path / f"{HOSTILE_TEXT}.yaml")], 2)]
+    for argv, status in runs:
+        result = subprocess.run([sys.executable, "-m", "resgraph", *argv], capture_output=True, cwd=ROOT)
+        output = result.stdout + result.stderr
+        assert b"Traceback" not in output, output
+        for byte in (b"\x1b", b"\x07", "\u202e".encode(), "\x9b".encode()):
+            assert byte not in output, (argv, output)
+        assert result.returncode == status, (argv, output)
+
+
+# --- no traceback ---------------------------------------------------------------------------------
+
+STAGES = """resgraph: 1
+name: Stages
+params:
+  stages: [[16, 1], [32, 2], [64, 2]]
+blocks:
+  stage:
+    params: {row: required, table: [[1, 2], [3, [4, 5]]], meta: {a: [1, 2]}}
+    layers:
+      - conv: {op: Conv2d, out_channels: "${row[0]}", kernel_size: 3, padding: 1, stride: "${row[1]}"}
+inputs: {x: [3, 16, 16]}
+layers:
+  - body: {block: stage, repeat: 3, with: {row: "${stages[index]}"}}
+"""
+
+
+def test_block_parameters_that_are_lists_of_lists(tmp_path: pathlib.Path) -> None:
+    spec = tmp_path / "stages.yaml"
+    spec.write_text(STAGES)
+    for argv in (["build", str(spec)], ["build", str(spec), "--json"], ["render", str(spec), "-o",
+                                                                        str(tmp_path / "s.dot")],
+                 ["build", str(spec), "-o", str(tmp_path / "s.py")]):
+        result = subprocess.run([sys.executable, "-m", "resgraph", *argv], capture_output=True, text=True, cwd=ROOT)
+        assert result.returncode == 0, result.stderr
+    summary = subprocess.run([sys.executable, "-m", "resgraph", "build", str(spec)], capture_output=True, text=True,
+                             cwd=ROOT).stdout
+    assert "stage(row=16x1, table=[[1, 2], [3, [4, 5]]], meta={'a': [1, 2]})" in summary
+    model = resgraph.build(spec)
+    assert model(torch.randn(2, 3, 16, 16)).shape == (2, 64, 4, 4)
+
+
+def test_every_layer_left_out_is_an_error_not_a_crash() -> None:
+    with pytest.raises(resgraph.SpecError, match="the spec: no layer is left"):
+        resgraph.check(HEAD + "  - fc: {op: ReLU, when: false}\n")
+
+
+def test_a_closed_output_pipe_is_not_a_traceback() -> None:
+    result = subprocess.run(f'"{sys.executable}" -m resgraph build examples/resnet50.yaml | head -1', shell=True,
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.stdout.startswith("ResNet50 (examples/resnet50.yaml)") and "Traceback" not in result.stderr
