@@ -27,8 +27,8 @@ from .pipeline import (
     static_parameter_counts,
 )
 from .sizes import DEFAULT_RANGE, SizeReport, solve_sizes
-from .spec import Spec
-from .validate import validate
+from .spec import BlockLibrary, Spec
+from .validate import is_block_library, validate, validate_library
 
 if TYPE_CHECKING:
     import torch
@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 
     M = TypeVar("M", bound=torch.nn.Module)
 
-__all__ = ["DEFAULT_MAX_PARAMS", "InputShapes", "build", "check", "count_parameters", "load_spec", "materialize",
+__all__ = ["DEFAULT_MAX_PARAMS", "InputShapes", "build", "check", "check_library", "count_parameters", "load_spec",
+           "materialize",
            "rebuild", "render", "summary", "to_python", "valid_sizes"]
 
 InputShapes = Mapping[str, Sequence[int]]  # input name -> per-sample shape, e.g. {"x": (3, 299, 299)}
@@ -69,6 +70,28 @@ def check(spec: SpecSource, *, params: Mapping[str, Any] | None = None, allow_im
     """
     with allowed_imports(allow_imports):
         return check_loaded(load(spec, file=file), params, input_shapes=input_shapes)[1]
+
+
+def check_library(library: SpecSource, *, file: str | None = None) -> BlockLibrary:
+    """Check a block library (a file `imports:` names) on its own: its structure and types.
+
+    A block's layers are checked in full where a spec calls it, since only a call gives its
+    parameters values.
+
+    >>> sorted(check_library("resgraph:blocks/resnet.yaml").blocks)
+    ['basic', 'bottleneck']
+
+    Args:
+        library: a path (`resgraph:blocks/resnet.yaml` names the shipped library), YAML text or a dict.
+    Raises:
+        SpecError: every violation, located in the library file.
+        UsageError: the file cannot be read, or it is a spec rather than a block library.
+    """
+    loaded = load(library, file=file)
+    if not is_block_library(loaded.data):
+        raise UsageError(f"{loaded.file} is not a block library (a file with `resgraph: 1` and `blocks:`, and no "
+                         "`name:` or `layers:`)")
+    return validate_library(loaded)
 
 
 def valid_sizes(spec: SpecSource, *, params: Mapping[str, Any] | None = None, input_shapes: InputShapes | None = None,

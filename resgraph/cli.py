@@ -1,12 +1,17 @@
 """The `resgraph` command: a thin layer that parses arguments, calls the library, prints.
 
-Exit codes: 0 success, 1 the spec is invalid, 2 usage error (bad flags, missing file).
-Heavy imports happen inside commands, so `--help`, `schema` and `validate` never load torch.
+Exit codes: 0 success, 1 the spec is invalid, 2 usage error (bad flags, missing file), 130
+interrupted (Ctrl-C), 141 the reader of the output went away (`| head`); SIGTERM and SIGHUP end
+the process by that signal (143 and 129 in a shell). None leaves a partial file or a temporary
+one: `files.atomic_write` writes under a temporary name, removed on the way out.
+Heavy imports happen inside commands, so `--help` loads neither torch nor pydantic, and `schema`
+and `validate` never load torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pathlib
 import sys
@@ -19,6 +24,16 @@ from .version import __version__
 __all__ = ["main"]
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+# 128 + SIGINT, 128 + SIGPIPE: what a shell reports for a command ended by that signal; scripts read them as usual.
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141
+
+# Flags of `build` that cannot be combined: the second would be silently ignored.
+BUILD_CONFLICTS = (
+    ("code", "json", "--code prints the generated code and --json the summary"),
+    ("code", "depth", "--depth chooses the summary's rows, and --code prints code"),
+    ("code", "columns", "--columns chooses the summary's columns, and --code prints code"),
+    ("json", "columns", "--json always has every column"),
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,7 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return args.run(args)
+        status = args.run(args)
+        sys.stdout.flush()  # a reader that went away is noticed here, not in the interpreter's exit flush
+        return status
+    except BrokenPipeError:  # `resgraph build ... | head`: the reader left; say nothing more
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
     except SpecError as exc:
         print(exc.format(), file=sys.stderr)
         return EXIT_INVALID
@@ -38,11 +58,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ResgraphError as exc:
         print(f"resgraph: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # `resgraph build ... | head`: the reader left; say nothing more
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
-        return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
+    except KeyboardInterrupt:  # Ctrl-C: a file being written was removed as the exception passed (files.py)
+        return EXIT_INTERRUPTED
+
+
+def _discard_stdout() -> None:
+    """Point stdout at the null device, so the interpreter's final flush does not fail again."""
+    with contextlib.suppress(OSError, ValueError):  # ValueError: stdout replaced by an object without a descriptor
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,7 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, help="initialise weights deterministically")
     build.add_argument("-o", "--output", metavar="FILE",
                        help=f"save the model; the suffix picks the format: {_listed('model')}")
-    build.add_argument("--code", action="store_true", help="print the generated forward() instead of the summary")
+    build.add_argument("--code", action="store_true",
+                       help="print the generated forward() of every generated class (each block's, then the model's) "
+                            "instead of the summary")
     build.add_argument("--depth", type=_positive, metavar="N",
                        help="module levels to show (1: top level only; default: all)")
     build.add_argument("--max-params", type=_positive, metavar="N", default=None,
@@ -109,6 +134,9 @@ def _parser() -> argparse.ArgumentParser:
     sizes.set_defaults(run=_sizes)
 
     schema = commands.add_parser("schema", help="print the spec language's JSON Schema")
+    schema.add_argument("--path", action="store_true",
+                        help="print the installed schema file's path instead "
+                             "(for an editor modeline: `# yaml-language-server: $schema=PATH`)")
     schema.set_defaults(run=_schema)
     return parser
 
@@ -175,12 +203,20 @@ def _input_shapes(pairs: list[str]) -> dict[str, tuple[int, ...]]:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from .api import check
+    from .api import check, check_library
+    from .pipeline import load
+    from .validate import is_block_library
 
     status = EXIT_OK
     for path in args.specs:
         try:
-            graph = check(pathlib.Path(path), params=_overrides(args.overrides), allow_imports=args.allow_imports,
+            loaded = load(pathlib.Path(path))
+            if is_block_library(loaded.data):
+                blocks = list(check_library(loaded).blocks)
+                print(f"{path}: ok (block library: {len(blocks)} block{'s' if len(blocks) != 1 else ''}: "
+                      f"{', '.join(blocks)})")
+                continue
+            graph = check(loaded, params=_overrides(args.overrides), allow_imports=args.allow_imports,
                           input_shapes=_input_shapes(args.inputs))
         except SpecError as exc:
             print(exc.format(), file=sys.stderr)
@@ -197,6 +233,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
+    for first, second, why in BUILD_CONFLICTS:
+        if getattr(args, first) and getattr(args, second) not in (None, False):
+            raise UsageError(f"--{first} and --{second} cannot be used together: {why}")
     # Refuse an unknown output format before any work is done.
     if args.output:
         find_format(args.output, "model")
@@ -221,7 +260,7 @@ def _build(args: argparse.Namespace) -> int:
     if args.diagram:
         status = _draw(lambda fold: render(module, fold_repeats=fold), args.diagram)
     if args.code:
-        print(module.code, end="")
+        print(_code_listing(module), end="")
         return status
     result = summary(module, depth=args.depth, columns=columns)
     if args.json:
@@ -236,6 +275,29 @@ def _build(args: argparse.Namespace) -> int:
         if args.output:
             print(f"Saved: {args.output}")
     return status
+
+
+def _code_listing(module: object) -> str:
+    """The forward of every generated class in `module`: block classes in the order their first
+    instance finishes (inner blocks before the blocks that use them), then the model's; each under
+    a comment naming the class and its instances."""
+    from .lower import GeneratedModule
+
+    instances: dict[type, list[str]] = {}
+
+    def visit(sub: object, name: str) -> None:
+        for child_name, child in sub.named_children():  # type: ignore[attr-defined]
+            visit(child, f"{name}.{child_name}" if name else child_name)
+        if isinstance(sub, GeneratedModule):
+            instances.setdefault(type(sub), []).append(name)
+
+    visit(module, "")
+    parts = []
+    for cls, names in instances.items():
+        where = ", ".join(names) if len(names) <= 4 else f"{names[0]}, {names[1]}, ..., {names[-1]} ({len(names)})"
+        where = "the model" if names == [""] else where
+        parts.append(f"# {cls.__name__}: {where}\n{cls.code}")
+    return "\n\n".join(parts)
 
 
 def _device(name: str | None) -> object:
@@ -310,6 +372,11 @@ def _sizes(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
+    if args.path:
+        from .resources import schema_path
+
+        print(schema_path())
+        return EXIT_OK
     from .schema import schema_text
 
     sys.stdout.write(schema_text())

@@ -39,6 +39,7 @@ from .expressions import ExpressionError, Unavailable, evaluate, expression_body
 from .loader import LoadedSpec, Origin, SourceMap, load_import
 from .ops import Layer, TensorType
 from .ops.tensor import SplitBase, pieces
+from .resources import is_shipped
 from .spec import REQUIRED, BlockCall, BlockDef, InputDecl, Projection, Skip, Spec
 from .suggest import did_you_mean
 from .symbolic import specialize
@@ -229,7 +230,7 @@ class Expander:
         base = os.path.dirname(origin.source.file)
         for i, relative in enumerate(paths):
             where = origin.child("imports", i)
-            path = os.path.normpath(os.path.join(base, relative))
+            path = relative if is_shipped(relative) else os.path.normpath(os.path.join(base, relative))
             if os.path.abspath(path) in chain:
                 cycle = " -> ".join(os.path.relpath(p) for p in [*chain, os.path.abspath(path)])
                 self.diagnostics.append(Diagnostic(where.locate(), f"import cycle: {cycle}"))

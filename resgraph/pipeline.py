@@ -21,17 +21,18 @@ from typing import Any, Union
 from .errors import Diagnostic, SpecError, UsageError
 from .expand import Reader, expand
 from .graph import Graph
-from .loader import LoadedSpec, SourceMap, gc_paused, load_file, load_import, load_text
+from .loader import LoadedSpec, SourceMap, gc_paused, load_file, load_text
 from .resolve import resolve
+from .resources import is_shipped, read_import, read_shipped
 from .shapes import infer_shapes
 from .spec import Spec
-from .validate import validate
+from .validate import is_block_library, validate
 from .version import __version__
 
 __all__ = ["DEFAULT_MAX_PARAMS", "BuildRecord", "RecordingReader", "SpecSource", "check_loaded", "load",
            "static_parameter_counts"]
 
-SpecSource = Union[str, "os.PathLike[str]", dict]
+SpecSource = Union[str, "os.PathLike[str]", dict, LoadedSpec]
 DEFAULT_MAX_PARAMS = 2**31  # the default parameter limit of builds (about 8 GiB of float32 weights)
 
 
@@ -61,7 +62,7 @@ class BuildRecord:
     def reader(self) -> Reader:
         """Reads imported libraries from this record instead of the file system."""
         if self.imports is None:
-            return load_import
+            return read_import
         stored = dict(self.imports)
 
         def read(path: str) -> LoadedSpec:
@@ -73,30 +74,33 @@ class BuildRecord:
 
 
 class RecordingReader:
-    """Reads imported libraries from disk and keeps their texts for the build record."""
+    """Reads imported libraries (from disk, or shipped ones by name) and keeps their texts for the build record."""
 
     def __init__(self) -> None:
         self.texts: dict[str, str] = {}
 
     def __call__(self, path: str) -> LoadedSpec:
-        loaded = load_import(path)
+        loaded = read_import(path)
         self.texts[path] = loaded.text
         return loaded
 
 
 def load(spec: SpecSource, *, file: str | None = None) -> LoadedSpec:
-    """Parse a spec given as a path, YAML text or an already-parsed dict.
+    """Parse a spec given as a path, YAML text or an already-parsed dict (a `LoadedSpec` is returned as is).
 
-    A string is a path when it has no newline and names an existing path or ends in .yaml/.yml.
+    A string is a path when it has no newline and names an existing path or ends in .yaml/.yml;
+    `resgraph:NAME` names a file shipped in the package (`resources.read_shipped`).
 
     Raises:
         UsageError: the file cannot be read, or `spec` is none of these.
         SpecError: the text is not valid, safe YAML.
     """
+    if isinstance(spec, LoadedSpec):
+        return spec
     if isinstance(spec, dict):
         return LoadedSpec(spec, SourceMap(file or "<dict>"), json.dumps(spec, indent=2))
     if isinstance(spec, os.PathLike) or (isinstance(spec, str) and _looks_like_path(spec)):
-        return load_file(spec)
+        return read_shipped(os.fspath(spec)) if is_shipped(os.fspath(spec)) else load_file(spec)
     if isinstance(spec, str):
         return load_text(spec, file or "<string>")
     raise UsageError(f"a spec is a path, YAML text or a dict, not {type(spec).__name__}")
@@ -106,7 +110,7 @@ def _looks_like_path(text: str) -> bool:
     return "\n" not in text and (text.endswith((".yaml", ".yml")) or os.path.exists(text))
 
 
-def check_loaded(loaded: LoadedSpec, params: Mapping[str, Any] | None, read: Reader = load_import,
+def check_loaded(loaded: LoadedSpec, params: Mapping[str, Any] | None, read: Reader = read_import,
                  input_shapes: Mapping[str, Sequence[int]] | None = None) -> tuple[Spec, Graph]:
     """Validate, expand, resolve and infer the shapes of a loaded spec.
 
@@ -114,8 +118,12 @@ def check_loaded(loaded: LoadedSpec, params: Mapping[str, Any] | None, read: Rea
         input_shapes: per-sample shapes that replace the declared ones (input name -> shape).
     Raises:
         SpecError: every problem found, each with file:line:col.
-        UsageError: `input_shapes` names an unknown input or is not a shape.
+        UsageError: `input_shapes` names an unknown input or is not a shape; the document is a block
+            library, not a spec.
     """
+    if is_block_library(loaded.data):
+        raise UsageError(f"{loaded.file} is a block library, not a spec: `resgraph validate {loaded.file}` checks it, "
+                         f"and a spec uses its blocks with `imports: [...]`")
     # Each stage reports what it can and leaves out what has a problem, and what depends on it, so
     # that one run reports every independent mistake.
     diagnostics: list[Diagnostic] = []

@@ -1,17 +1,24 @@
 """The JSON Schema of the spec language, generated from the pydantic models (never by hand).
 
-One document: its root describes a spec; `$defs/BlockLibrary` describes a file of blocks for
-`imports:`. Generation adds one rule the models cannot state: wherever a spec writes a value
-(op arguments, shapes, repeats, skip options), a `${...}` expression may stand instead.
+`json_schema()` is rooted at a spec, and `$defs/BlockLibrary` describes a file of blocks for
+`imports:`; these are what `validate` checks documents against. The published file
+(`schema_text()`: `resgraph/schemas/resgraph.schema.json` in the package, copied to
+`schemas/resgraph.schema.json`) holds the same definitions with a root that accepts both kinds
+of document, so one editor modeline serves specs and block libraries. Generation adds one rule
+the models cannot state: wherever a spec writes a value (op arguments, shapes, repeats, skip
+options), a `${...}` expression may stand instead.
+
+Regenerate the files with `python -m resgraph.schema`.
 """
 
 from __future__ import annotations
 
 import json
+import pathlib
 from functools import cache
 from typing import Any
 
-__all__ = ["DIALECT", "SCHEMA_ID", "json_schema", "library_schema", "schema_text"]
+__all__ = ["DIALECT", "SCHEMA_ID", "json_schema", "library_schema", "published_schema", "schema_text"]
 
 SCHEMA_ID = "https://resgraph.dev/schemas/resgraph.schema.json"
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -23,7 +30,7 @@ _NOT_VALUES = {"op", "input", "block", "from", "to", "with"}
 
 @cache
 def json_schema() -> dict[str, Any]:
-    """The schema as a dict; `schemas/resgraph.schema.json` holds exactly `schema_text()`."""
+    """The schema of a spec, as a dict (what `validate` checks a spec against)."""
     from pydantic import TypeAdapter
     from pydantic.json_schema import models_json_schema
 
@@ -76,6 +83,42 @@ def library_schema() -> dict[str, Any]:
     return {"$schema": DIALECT, "$defs": schema["$defs"], "$ref": "#/$defs/BlockLibrary"}
 
 
+@cache
+def published_schema() -> dict[str, Any]:
+    """The document editors read: a block library (`blocks:`, and neither `layers:` nor `name:`,
+    as `validate.is_block_library` decides) is checked as `$defs/BlockLibrary`, anything else as
+    `$defs/Spec`.
+
+    `if`/`then`/`else` rather than `anyOf`: an editor then reports the mistakes of the one kind
+    the document is, not a union of both kinds' complaints ("missing property name" in a library).
+    """
+    schema = json_schema()
+    spec = {key: value for key, value in schema.items() if key not in ("$schema", "$id", "$defs")}
+    library = {"required": ["blocks"], "not": {"anyOf": [{"required": ["layers"]}, {"required": ["name"]}]}}
+    return {"$schema": DIALECT, "$id": SCHEMA_ID, "title": "resgraph spec or block library",
+            "description": "A resgraph spec (a model), or a block library that specs import.",
+            "if": library, "then": {"$ref": "#/$defs/BlockLibrary"}, "else": {"$ref": "#/$defs/Spec"},
+            "$defs": dict(sorted({**schema["$defs"], "Spec": spec}.items()))}
+
+
 def schema_text() -> str:
-    """The schema file's exact text: sorted keys, two-space indent, trailing newline."""
-    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+    """The published schema file's exact text: sorted keys, two-space indent, trailing newline."""
+    return json.dumps(published_schema(), indent=2, sort_keys=True) + "\n"
+
+
+def _write_files(root: pathlib.Path) -> list[pathlib.Path]:
+    """Write the published schema into the package and its copy into the repository's `schemas/`."""
+    from .resources import schema_path
+
+    text = schema_text()
+    targets = [schema_path()]
+    if (root / "schemas").is_dir():  # a checkout of the repository, not an installed package
+        targets.append(root / "schemas" / schema_path().name)
+    for target in targets:
+        target.write_text(text, encoding="utf-8")
+    return targets
+
+
+if __name__ == "__main__":  # python -m resgraph.schema: regenerate the schema files after changing a model
+    for written in _write_files(pathlib.Path(__file__).resolve().parent.parent):
+        print(f"Wrote {written}")

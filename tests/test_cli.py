@@ -1,12 +1,15 @@
-"""The `resgraph` command: summaries, JSON, saving, schema, exit codes, and a fast start."""
+"""The `resgraph` command: summaries, JSON, code, saving, schema, exit codes, closed pipes, interrupts,
+and a fast start."""
 
 from __future__ import annotations
 
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -44,7 +47,75 @@ def test_build_json_has_rows_projections_and_totals(capsys: pytest.CaptureFixtur
 
 def test_build_code_prints_the_generated_forward(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["build", "examples/tutorial.yaml", "--code"]) == 0
-    assert capsys.readouterr().out.startswith("def forward(self, x):\n")
+    model = resgraph.build("examples/tutorial.yaml")
+    assert capsys.readouterr().out == f"# TutorialResNet: the model\n{model.code}"
+
+
+def test_build_code_prints_every_generated_class_of_a_block_model(capsys: pytest.CaptureFixture[str]) -> None:
+    from resgraph.lower import GeneratedModule
+
+    assert main(["build", "examples/resnet18.yaml", "--code", "--device", "meta"]) == 0
+    out = capsys.readouterr().out
+    model = resgraph.build("examples/resnet18.yaml", device="meta")
+    headers = [line for line in out.splitlines() if line.startswith("# ")]
+    # one section per generated class: the blocks' in order, then the model's
+    assert headers == ["# Basic: layer1.0, layer1.1", "# Basic: layer2.0", "# Basic: layer2.1", "# Basic: layer3.0",
+                       "# Basic: layer3.1", "# Basic: layer4.0", "# Basic: layer4.1", "# ResNet18: the model"]
+    sections = out.split("\n\n# ")
+    for name, sub in model.named_modules():
+        assert isinstance(sub, GeneratedModule) == (name == "" or name.count(".") == 1)
+        if isinstance(sub, GeneratedModule):
+            (section,) = [s for s in sections if (name or "the model") in s.splitlines()[0]]
+            assert section.split("\n", 1)[1].rstrip("\n") == type(sub).code.rstrip("\n")
+    assert out.endswith(model.code)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--code", "--json"], "--code and --json cannot be used together"),
+    (["--code", "--depth", "1"], "--code and --depth cannot be used together"),
+    (["--code", "--columns", "macs"], "--code and --columns cannot be used together"),
+    (["--json", "--columns", "macs"], "--json and --columns cannot be used together: --json always has every column"),
+])
+def test_conflicting_build_flags_are_usage_errors(flags: list[str], message: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["build", "examples/tutorial.yaml", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_closed_pipe_ends_quietly_with_141() -> None:
+    # `resgraph build ... | head -0`: the reader is gone before anything is written
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    process = subprocess.run([sys.executable, "-m", "resgraph", "build", "examples/resnet152.yaml", "--device", "meta"],
+                             stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    os.close(write_end)
+    assert (process.returncode, process.stderr) == (141, "")
+
+
+def test_head_reads_the_first_lines_without_a_traceback() -> None:
+    command = f"set -o pipefail; {sys.executable} -m resgraph build examples/resnet152.yaml --device meta | head -2"
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=ROOT)
+    title, rule = result.stdout.splitlines()
+    assert title == "ResNet152 (examples/resnet152.yaml)" and set(rule) == {"-"}
+    # 141 when the pipe was closed before resgraph finished writing; 0 when it was all in the pipe already
+    assert result.returncode in (0, 141) and result.stderr == ""
+
+
+# Ctrl-C exits 130; SIGTERM ends the process by the signal, as for any program (143 in a shell), after files.py
+# removed the temporary file.
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, -signal.SIGTERM)])
+def test_an_interrupted_save_leaves_no_file_and_no_traceback(tmp_path: pathlib.Path, signum: int, status: int) -> None:
+    # Signal the moment the temporary file appears, while the 230 MiB of weights are being written.
+    process = subprocess.Popen([sys.executable, "-m", "resgraph", "build", "examples/resnet152.yaml", "-o",
+                                str(tmp_path / "model.pt")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob(".model.pt.*.tmp")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == status, err.decode()
+    assert b"Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_build_output_saves_a_weights_only_loadable_artifact(tmp_path: pathlib.Path,
@@ -123,11 +194,18 @@ def test_version() -> None:
     assert result.returncode == 0 and result.stdout.strip() == f"resgraph {resgraph.__version__}"
 
 
-@pytest.mark.parametrize("args", [["--help"], ["schema"], ["validate", "examples/tutorial.yaml"]])
-def test_help_schema_and_validate_do_not_import_torch(args: list[str]) -> None:
+@pytest.mark.parametrize(("args", "unimported"), [
+    (["--help"], ["torch", "pydantic", "yaml", "jsonschema", "numpy", "graphviz"]),
+    (["build", "--help"], ["torch", "pydantic", "yaml", "jsonschema", "numpy", "graphviz"]),
+    (["schema", "--path"], ["torch", "pydantic"]),
+    (["schema"], ["torch"]),
+    (["validate", "examples/tutorial.yaml"], ["torch"]),
+])
+def test_help_schema_and_validate_do_not_import_torch(args: list[str], unimported: list[str]) -> None:
     probe = ("import sys, runpy\nsys.argv = ['resgraph', *sys.argv[1:]]\n"
              "try:\n    runpy.run_module('resgraph', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-             "assert 'torch' not in sys.modules, 'torch was imported'\n")
+             f"imported = [name for name in {unimported!r} if name in sys.modules]\n"
+             "assert not imported, f'imported {imported}'\n")
     result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=ROOT,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert result.returncode == 0, result.stderr

@@ -1,4 +1,5 @@
-"""The JSON Schema is generated from the models, valid, committed verbatim, and accepts the examples."""
+"""The JSON Schema is generated from the models, valid, committed verbatim, and accepts the examples
+and the block libraries (one published document: a library is checked as one, anything else as a spec)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,20 @@ import pytest
 import yaml
 
 import resgraph
-from conftest import BLOCK_LIBRARIES, EXAMPLES, ROOT
+from conftest import BLOCK_LIBRARIES, EXAMPLES
 from resgraph.ops import OPS
+from resgraph.resources import schema_path
 from resgraph.schema import json_schema, schema_text
 from resgraph.spec import BlockLibrary, Spec
+from resgraph.validate import is_block_library
 
-SCHEMA_FILE = ROOT / "schemas" / "resgraph.schema.json"
+SCHEMA_FILE = schema_path()  # the source; the repository's schemas/resgraph.schema.json is a copy (test_packaging)
 ALL_EXAMPLES = sorted(p.name for p in EXAMPLES.glob("*.yaml"))
 
 
 def test_committed_schema_equals_the_models() -> None:
     assert SCHEMA_FILE.read_text() == schema_text(), (
-        "schemas/resgraph.schema.json drifted from the models: run `resgraph schema > schemas/resgraph.schema.json`")
+        "resgraph/schemas/resgraph.schema.json drifted from the models: run `python -m resgraph.schema`")
 
 
 def test_schema_is_a_valid_json_schema() -> None:
@@ -54,7 +57,33 @@ def test_examples_pass_jsonschema_and_pydantic(example: str) -> None:
 
 @pytest.mark.parametrize("library", BLOCK_LIBRARIES)
 def test_block_libraries_pass_jsonschema_and_pydantic(library: str) -> None:
-    data = yaml.safe_load((EXAMPLES / library).read_text())
-    schema = json.loads(SCHEMA_FILE.read_text())
-    jsonschema.Draft202012Validator({"$defs": schema["$defs"], "$ref": "#/$defs/BlockLibrary"}).validate(data)
+    text = (EXAMPLES / library).read_text()
+    assert text.startswith("# yaml-language-server: $schema=../../schemas/resgraph.schema.json\n")
+    data = yaml.safe_load(text)
+    jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text())).validate(data)  # the published root
     BlockLibrary.model_validate(data)
+
+
+LIBRARY = {"resgraph": 1, "blocks": {"b": {"layers": [{"relu": {"op": "ReLU"}}]}}}
+SPEC = {"resgraph": 1, "name": "M", "inputs": {"x": [4]}, "layers": [{"fc": {"op": "Linear", "out_features": 2}}]}
+
+
+@pytest.mark.parametrize(("document", "complaint"), [
+    (LIBRARY, None),
+    ({**LIBRARY, "blocks": {"b": {"layers": [{"relu": {"op": "ReLU", "inplace": "yes"}}]}}}, "'yes' is not"),
+    (SPEC, None),
+    ({**SPEC, "blocks": LIBRARY["blocks"]}, None),  # a spec may define blocks too
+    ({**SPEC, "inputs": None}, "None is not"),
+    ({"resgraph": 1, "blocks": LIBRARY["blocks"], "layers": SPEC["layers"]}, "'name' is a required property"),
+    ({"resgraph": 1, "name": "M", "blocks": LIBRARY["blocks"]}, "'inputs' is a required property"),
+])
+def test_the_published_root_checks_a_library_as_one_and_anything_else_as_a_spec(document: dict,
+                                                                                complaint: str | None) -> None:
+    errors = list(jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text())).iter_errors(document))
+    messages = [e.message for e in errors] + [c.message for e in errors for c in e.context]
+    # the schema checks the document as the kind `validate` decides it is (then: a library; else: a spec)
+    assert {e.schema_path[0] for e in errors} <= {"then" if is_block_library(document) else "else"}
+    if complaint is None:
+        assert errors == []
+    else:
+        assert any(complaint in m for m in messages), messages
