@@ -1,0 +1,217 @@
+"""The zoo written with the language-reach constructs: exact parameter counts, and outputs equal to a
+hand-written reference module after `resgraph.load_weights` of the reference's own state_dict.
+
+Each reference is written here, with torchvision's (or GPT-2's, Llama's) structure and module
+names, so the weights load by the names and module order a real checkpoint would have. Every
+reference tensor is randomised before loading (BatchNorm statistics and ConvNeXt's 1e-6 layer
+scale included), so a tensor loaded into the wrong place cannot go unnoticed.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import resgraph
+from conftest import EXAMPLES
+
+COUNTS = {"resnext50_32x4d": 25_028_904, "convnext_tiny": 28_589_128}
+
+
+def randomise(module: nn.Module, seed: int = 1) -> nn.Module:
+    """Every float parameter and buffer of `module` set to random values (variances kept positive)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            if not tensor.is_floating_point():
+                continue
+            values = torch.randn(tensor.shape, generator=generator) * 0.1
+            tensor.copy_(values.abs() + 0.5 if name.endswith("running_var") else values)
+    return module
+
+
+@pytest.mark.parametrize("name", sorted(COUNTS))
+def test_parameter_count_equals_the_reference(name: str) -> None:
+    model = resgraph.build(EXAMPLES / f"{name}.yaml", device="meta")
+    assert sum(p.numel() for p in model.parameters()) == COUNTS[name]
+
+
+# --- ResNeXt-50 32x4d ---------------------------------------------------------------------------------------------
+
+class Bottleneck(nn.Module):
+    """torchvision's Bottleneck with groups and base width (ResNeXt), written out."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int, groups: int, base_width: int) -> None:
+        super().__init__()
+        width = int(planes * (base_width / 64.0)) * groups
+        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or inplanes != planes * 4:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False),
+                                            nn.BatchNorm2d(planes * 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + identity)
+
+
+class ResNeXt50(nn.Module):
+    """torchvision's resnext50_32x4d, written out."""
+
+    def __init__(self, groups: int = 32, width_per_group: int = 4, num_classes: int = 1000) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        inplanes = 64
+        for i, (planes, depth) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3))):
+            blocks = []
+            for j in range(depth):
+                blocks.append(Bottleneck(inplanes, planes, 2 if i and not j else 1, groups, width_per_group))
+                inplanes = planes * 4
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2048, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def test_resnext50_equals_torchvisions_structure_with_its_weights() -> None:
+    model = resgraph.build(EXAMPLES / "resnext50_32x4d.yaml", params={"image_size": 64}).eval()
+    reference = randomise(ResNeXt50()).eval()
+    mapping = resgraph.load_weights(model, reference.state_dict())
+    assert all(how == "name" for _, _, how in mapping.pairs)  # torchvision's names, key for key
+    model.load_state_dict(reference.state_dict(), strict=True)
+    assert model.layer2[0].conv2.groups == 32 and model.layer2[0].conv2.out_channels == 256
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+# --- ConvNeXt-T ---------------------------------------------------------------------------------------------------
+
+def stochastic_depth(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """torchvision.ops.stochastic_depth in "row" mode, written out."""
+    if not training or p == 0.0:
+        return x
+    noise = torch.empty([x.shape[0]] + [1] * (x.ndim - 1), dtype=x.dtype, device=x.device).bernoulli_(1.0 - p)
+    return x * (noise.div_(1.0 - p) if p < 1.0 else noise)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """torchvision's LayerNorm2d: LayerNorm over the channels of an (N, C, H, W) map."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class Permute(nn.Module):
+    def __init__(self, dims: list[int]) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.dims)
+
+
+class CNBlock(nn.Module):
+    """torchvision's CNBlock, written out."""
+
+    def __init__(self, dim: int, layer_scale: float, drop: float) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(dim, dim, 7, padding=3, groups=dim), Permute([0, 2, 3, 1]),
+                                   nn.LayerNorm(dim, eps=1e-6), nn.Linear(dim, 4 * dim), nn.GELU(),
+                                   nn.Linear(4 * dim, dim), Permute([0, 3, 1, 2]))
+        self.layer_scale = nn.Parameter(torch.ones(dim, 1, 1) * layer_scale)
+        self.drop = drop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return stochastic_depth(self.layer_scale * self.block(x), self.drop, self.training) + x
+
+
+class ConvNeXtTiny(nn.Module):
+    """torchvision's convnext_tiny, written out (stochastic_depth_prob 0.1 by default)."""
+
+    def __init__(self, drop: float = 0.1, num_classes: int = 1000) -> None:
+        super().__init__()
+        dims, depths = (96, 192, 384, 768), (3, 3, 9, 3)
+        layers: list[nn.Module] = [nn.Sequential(nn.Conv2d(3, 96, 4, 4), LayerNorm2d(96, eps=1e-6))]
+        block_id, total = 0, sum(depths)
+        for i, (dim, depth) in enumerate(zip(dims, depths)):
+            stage = []
+            for _ in range(depth):
+                stage.append(CNBlock(dim, 1e-6, drop * block_id / (total - 1.0)))
+                block_id += 1
+            layers.append(nn.Sequential(*stage))
+            if i < 3:
+                layers.append(nn.Sequential(LayerNorm2d(dim, eps=1e-6), nn.Conv2d(dim, dims[i + 1], 2, 2)))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(LayerNorm2d(768, eps=1e-6), nn.Flatten(1), nn.Linear(768, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.avgpool(self.features(x)))
+
+
+def test_convnext_layer_scale_starts_at_its_real_init() -> None:
+    model = resgraph.build(EXAMPLES / "convnext_tiny.yaml", params={"image_size": 64}, seed=0)
+    scale = model.stage3[4].layer_scale
+    assert scale.shape == (384, 1, 1) and scale.requires_grad
+    assert torch.equal(scale, torch.full((384, 1, 1), 1e-6))
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_convnext_tiny_equals_torchvisions_structure_with_its_weights(mode: str) -> None:
+    """In training too: stochastic depth draws exactly what torchvision's does from the same seed."""
+    model = resgraph.build(EXAMPLES / "convnext_tiny.yaml", params={"image_size": 64, "stochastic_depth": 0.5})
+    reference = randomise(ConvNeXtTiny(drop=0.5))
+    mapping = resgraph.load_weights(model, reference.state_dict())
+    assert dict((ours, theirs) for ours, theirs, _ in mapping.pairs)["stage3.4.layer_scale"] == (
+        "features.5.4.layer_scale")
+    model.train(mode == "train")
+    reference.train(mode == "train")
+    x = torch.randn(8, 3, 64, 64)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        ours = model(x)
+        torch.manual_seed(3)
+        torch.testing.assert_close(ours, reference(x), rtol=1e-5, atol=1e-5)
+        if mode == "train":  # some branches were dropped: training differs from inference
+            assert not torch.allclose(ours, model.eval()(x), rtol=1e-3, atol=1e-3)
+
+
+def test_stochastic_depth_drops_whole_samples_only_in_training() -> None:
+    spec = """resgraph: 1
+name: Dropped
+inputs: {x: [4, 3, 3]}
+layers:
+  - branch: {op: stochastic_depth, p: 0.5}
+  - batch:  {op: stochastic_depth, p: 0.5, mode: batch, input: x}
+  - never:  {op: stochastic_depth, p: 0.0, input: x}
+outputs: [branch, batch, never]
+"""
+    model = resgraph.build(spec)
+    x = torch.rand(64, 4, 3, 3) + 1
+    row, batch, never = model(x)
+    kept = (row != 0).flatten(1)
+    assert (kept.all(1) | (~kept).all(1)).all() and 10 < int(kept.all(1).sum()) < 54  # per sample, about half
+    torch.testing.assert_close(row[kept.all(1)], 2 * x[kept.all(1)])  # kept samples scaled by 1 / (1 - p)
+    assert torch.equal(batch, torch.zeros_like(x)) or torch.equal(batch, 2 * x)  # one draw for the batch
+    assert never is x or torch.equal(never, x)
+    model.eval()
+    assert all(torch.equal(out, x) for out in model(x))
+    with pytest.raises(resgraph.SpecError, match="p: must be at most 1, got number 1.5"):
+        resgraph.check(spec.replace("p: 0.5}", "p: 1.5}"))
