@@ -16,7 +16,7 @@ from torch import nn
 import resgraph
 from conftest import EXAMPLES
 
-COUNTS = {"resnext50_32x4d": 25_028_904, "convnext_tiny": 28_589_128}
+COUNTS = {"resnext50_32x4d": 25_028_904, "convnext_tiny": 28_589_128, "mobilenet_v3_large": 5_483_032}
 
 
 def randomise(module: nn.Module, seed: int = 1) -> nn.Module:
@@ -215,3 +215,14 @@ outputs: [branch, batch, never]
     assert all(torch.equal(out, x) for out in model(x))
     with pytest.raises(resgraph.SpecError, match="p: must be at most 1, got number 1.5"):
         resgraph.check(spec.replace("p: 0.5}", "p: 1.5}"))
+
+
+def test_mobilenet_v3_large_chooses_its_activation_and_gate_per_row() -> None:
+    model = resgraph.build(EXAMPLES / "mobilenet_v3_large.yaml", params={"image_size": 64}, seed=0).eval()
+    first, squeezed, hard = model.blocks[0], model.blocks[3], model.blocks[11]
+    assert not hasattr(first, "expand") and hasattr(first, "depthwise_relu")  # expanded == input: no 1x1 expand
+    assert squeezed.se_fc1.out_channels == 24 and hasattr(squeezed, "depthwise_relu")  # make_divisible(72 // 4, 8)
+    assert hasattr(hard, "depthwise_hs") and hard.se_fc1.out_channels == 168 and "excite_hs" in type(hard).code
+    assert model.stem_bn.eps == 0.001 and model.stem_bn.momentum == 0.01
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 64, 64)).shape == (2, 1000)
