@@ -9,8 +9,11 @@ scale included), so a tensor loaded into the wrong place cannot go unnoticed.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from test_attention import assert_causal
 from torch import nn
 
 import resgraph
@@ -226,3 +229,106 @@ def test_mobilenet_v3_large_chooses_its_activation_and_gate_per_row() -> None:
     assert model.stem_bn.eps == 0.001 and model.stem_bn.momentum == 0.01
     with torch.no_grad():
         assert model(torch.randn(2, 3, 64, 64)).shape == (2, 1000)
+
+
+# --- GPT-2 --------------------------------------------------------------------------------------------------------
+
+# A small GPT-2, by the same spec (what `--set` gives); dropout 0.1 as HF's defaults, off in eval mode.
+GPT2_SMALL = {"n_layer": 2, "n_embd": 64, "n_head": 4, "vocab_size": 128, "n_positions": 32, "seq_len": 16}
+
+
+def gelu_new(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's activation (HF's NewGELUActivation), written out."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + causal mask) v on (B, H, T, d), written out (no sdpa)."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    future = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).triu(1)
+    return scores.masked_fill(future, float("-inf")).softmax(-1) @ v
+
+
+class GPT2Attention(nn.Module):
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.c_attn = nn.Linear(d, 3 * d)  # HF's Conv1D holds the transpose of this weight
+        self.c_proj = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = (part.view(b, t, self.heads, d // self.heads).transpose(1, 2)
+                   for part in self.c_attn(x).split(d, dim=2))
+        return self.c_proj(causal_attention(q, k, v).transpose(1, 2).reshape(b, t, d))
+
+
+class GPT2MLP(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(d, 4 * d)
+        self.c_proj = nn.Linear(4 * d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(gelu_new(self.c_fc(x)))
+
+
+class GPT2Block(nn.Module):
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(d, eps=1e-5)
+        self.attn = GPT2Attention(d, heads)
+        self.ln_2 = nn.LayerNorm(d, eps=1e-5)
+        self.mlp = GPT2MLP(d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2Model(nn.Module):
+    """HF's GPT2Model (eval mode), with the LM head's logits (tied to wte) as a second output."""
+
+    def __init__(self, vocab_size: int, n_positions: int, n_embd: int, n_layer: int, n_head: int, **_: int) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(vocab_size, n_embd)
+        self.wpe = nn.Embedding(n_positions, n_embd)
+        self.h = nn.ModuleList(GPT2Block(n_embd, n_head) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd, eps=1e-5)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.wte(tokens) + self.wpe(torch.arange(tokens.shape[1]))
+        for block in self.h:
+            x = block(x)
+        hidden = self.ln_f(x)
+        return hidden, hidden @ self.wte.weight.T
+
+
+def test_gpt2_small_has_gpt2models_count_and_ties_its_lm_head() -> None:
+    model = resgraph.build(EXAMPLES / "gpt2.yaml", device="meta")
+    assert sum(p.numel() for p in model.parameters()) == 124_439_808  # GPT2Model's: the tied head adds none
+    assert model.lm_head.weight is model.wte.weight
+    assert [name for name, _ in model.named_modules()].count("h.11.attn.c_attn") == 1
+
+
+def test_gpt2_equals_a_hand_written_gpt2_with_the_same_weights() -> None:
+    model = resgraph.build(EXAMPLES / "gpt2.yaml", params=GPT2_SMALL, seed=0).eval()
+    reference = randomise(GPT2Model(**GPT2_SMALL)).eval()
+    mapping = resgraph.load_weights(model, reference.state_dict())
+    assert all(how == "name" for _, _, how in mapping.pairs)  # GPT2Model's names
+    assert model.lm_head.weight is model.wte.weight and torch.equal(model.wte.weight, reference.wte.weight)
+    tokens = torch.randint(0, 128, (3, 16))
+    with torch.no_grad():
+        hidden, logits = model(tokens)
+        expected_hidden, expected_logits = reference(tokens)
+        torch.testing.assert_close(hidden, expected_hidden, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5)
+        shorter = model(tokens[:, :9])  # any length up to n_positions: the positions follow the input
+        torch.testing.assert_close(shorter[0], reference(tokens[:, :9])[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("output", [0, 1])
+def test_gpt2_is_causal(output: int) -> None:
+    """Token t's hidden state and logits do not depend on the tokens after t."""
+    model = resgraph.build(EXAMPLES / "gpt2.yaml", params=GPT2_SMALL, seed=0).eval()
+    assert_causal(lambda tokens: model(tokens)[output], torch.randint(0, 128, (2, 16)), 16)
