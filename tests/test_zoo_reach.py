@@ -332,3 +332,124 @@ def test_gpt2_is_causal(output: int) -> None:
     """Token t's hidden state and logits do not depend on the tokens after t."""
     model = resgraph.build(EXAMPLES / "gpt2.yaml", params=GPT2_SMALL, seed=0).eval()
     assert_causal(lambda tokens: model(tokens)[output], torch.randint(0, 128, (2, 16)), 16)
+
+
+# --- Llama --------------------------------------------------------------------------------------------------------
+
+# The 7B spec at 2 layers and width 64 (what `--set` gives): 4 query heads, 2 key/value heads (grouped).
+LLAMA_SMALL = {"n_layers": 2, "dim": 64, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 32, "vocab_size": 128,
+               "seq_len": 16}
+
+
+class LlamaRMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, d: int, heads: int, kv_heads: int, theta: float = 10000.0) -> None:
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim, self.theta = heads, kv_heads, d // heads, theta
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(d, kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2).float() / self.head_dim))
+        angles = torch.cat([torch.outer(torch.arange(t).float(), inv_freq)] * 2, dim=-1)  # (T, head_dim)
+        q, k = (z * angles.cos() + rotate_half(z) * angles.sin() for z in (q, k))
+        repeats = self.heads // self.kv_heads  # HF's repeat_kv
+        k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
+        return self.o_proj(causal_attention(q, k, v).transpose(1, 2).reshape(b, t, d))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, d: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(d, hidden, bias=False)
+        self.up_proj = nn.Linear(d, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Module):
+    """HF's order of registration: self_attn, mlp, then the two norms."""
+
+    def __init__(self, d: int, heads: int, kv_heads: int, hidden: int) -> None:
+        super().__init__()
+        self.self_attn = LlamaAttention(d, heads, kv_heads)
+        self.mlp = LlamaMLP(d, hidden)
+        self.input_layernorm = LlamaRMSNorm(d)
+        self.post_attention_layernorm = LlamaRMSNorm(d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x))
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, vocab_size: int, dim: int, n_layers: int, n_heads: int, n_kv_heads: int,
+                 hidden: int) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(vocab_size, dim)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(dim, n_heads, n_kv_heads, hidden) for _ in range(n_layers))
+        self.norm = LlamaRMSNorm(dim)
+
+
+class LlamaForCausalLM(nn.Module):
+    """HF's LlamaForCausalLM, written out: `model.` holds the body, `lm_head` is untied."""
+
+    def __init__(self, vocab_size: int, dim: int, n_layers: int, n_heads: int, n_kv_heads: int, hidden: int) -> None:
+        super().__init__()
+        self.model = LlamaModel(vocab_size, dim, n_layers, n_heads, n_kv_heads, hidden)
+        self.lm_head = nn.Linear(dim, vocab_size, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.model.embed_tokens(tokens)
+        for layer in self.model.layers:
+            x = layer(x)
+        return self.lm_head(self.model.norm(x))
+
+
+def test_llama_7b_counts_exactly_on_the_meta_device() -> None:
+    model = resgraph.build(EXAMPLES / "llama_7b.yaml", device="meta")
+    assert sum(p.numel() for p in model.parameters()) == 6_738_415_616  # Llama 2 7B, untied embeddings
+    layer = model.layers[31]
+    assert layer.mlp.gate_proj.out_features == 11008 and layer.self_attn.k_proj.out_features == 4096
+    assert layer.input_layernorm.weight.shape == (4096,) and all(p.is_meta for p in model.parameters())
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2], ids=["multi-head", "grouped-query"])
+def test_llama_small_equals_a_hand_written_llama_with_the_same_weights(kv_heads: int) -> None:
+    params = {**LLAMA_SMALL, "n_kv_heads": kv_heads}
+    model = resgraph.build(EXAMPLES / "llama_7b.yaml", params=params, seed=0).eval()
+    reference = randomise(LlamaForCausalLM(128, 64, 2, 4, kv_heads, hidden=192)).eval()  # 32 * ceil(170 / 32)
+    mapping = resgraph.load_weights(model, reference.state_dict(), rename={"model": ""})
+    assert all(how == "name" for _, _, how in mapping.pairs)  # HF's names under `model.`
+    assert model.layers[1].self_attn.k_proj.out_features == 16 * kv_heads
+    tokens = torch.randint(0, 128, (3, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), reference(tokens), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model(tokens[:, :7]), reference(tokens[:, :7]), rtol=1e-5, atol=1e-5)
+
+
+def test_llama_small_is_causal() -> None:
+    model = resgraph.build(EXAMPLES / "llama_7b.yaml", params=LLAMA_SMALL, seed=0).eval()
+    assert_causal(model, torch.randint(0, 128, (2, 16)), 16)
