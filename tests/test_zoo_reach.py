@@ -10,6 +10,8 @@ scale included), so a tensor loaded into the wrong place cannot go unnoticed.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -453,3 +455,21 @@ def test_llama_small_equals_a_hand_written_llama_with_the_same_weights(kv_heads:
 def test_llama_small_is_causal() -> None:
     model = resgraph.build(EXAMPLES / "llama_7b.yaml", params=LLAMA_SMALL, seed=0).eval()
     assert_causal(model, torch.randint(0, 128, (2, 16)), 16)
+
+
+def peak_rss_kib(*command: str) -> int:
+    """The peak resident memory (KiB, Linux) of `command` run in a fresh wrapper process, so that no
+    other child of this test process counts."""
+    wrapper = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    result = subprocess.run([sys.executable, "-c", wrapper, *command], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return int(result.stdout)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux (bytes on macOS)")
+def test_llama_7b_summary_on_meta_stays_within_300_mb_of_importing_torch() -> None:
+    torch_only = peak_rss_kib(sys.executable, "-c", "import torch")
+    summary = peak_rss_kib(sys.executable, "-m", "resgraph", "build", str(EXAMPLES / "llama_7b.yaml"), "--device",
+                           "meta", "--depth", "1")
+    assert summary - torch_only < 300 * 1024, (summary, torch_only)  # measured: about 115 MB more
