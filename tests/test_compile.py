@@ -155,9 +155,8 @@ def test_inferred_shapes_equal_actual_shapes_node_by_node(example: str) -> None:
     actual: dict[str, tuple[int, ...]] = {}
     for name, module in model.named_children():
         module.register_forward_hook(lambda m, i, o, name=name: actual.__setitem__(name, tuple(o.shape[1:])))
-    inputs = [torch.randn(2, *graph.nodes[n].meta["type"].shape) for n in graph.inputs]
     with torch.no_grad():
-        model(*inputs)
+        model(*model.example_inputs(batch=2))  # token ids for the language models
     layers = {n: node for n, node in graph.nodes.items() if node.kind.value == "layer" and n in actual}
     assert layers, "no layer was checked"
     for name, node in layers.items():
