@@ -37,11 +37,12 @@ def output_names(graph: Any) -> list[str]:
     buffer node's attribute, which the exporter writes as an initializer of that name), gets a
     suffix: ONNX values are named once.
     """
+    from .graph import LayerNode
     from .ownership import Owns, owns
 
     names: list[str] = []
-    taken = set(graph.inputs) | {name for name, node in graph.nodes.items()
-                                 if owns(node) in (Owns.parameter, Owns.buffer)}
+    taken = set(graph.inputs) | {name for name, node in graph.nodes.items()  # only a layer stores a tensor
+                                 if isinstance(node, LayerNode) and owns(node) in (Owns.parameter, Owns.buffer)}
     for node in graph.outputs:
         name = base = graph.nodes[node].var
         index = 1

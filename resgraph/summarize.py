@@ -289,12 +289,12 @@ def instance_title(instance: Graph) -> str:
 
 
 def short_value(value: Any) -> str:
-    """`3` for (3, 3), `3x1` for (3, 1); a tensor literal by its shape (`<2x4 values>`); other values
-    as written (mappings), with characters a terminal would act on escaped (a spec's strings reach
-    the summary)."""
-    if isinstance(value, (tuple, list)) and value and (any(isinstance(v, (tuple, list)) for v in value)
-                                                       or len(value) > 8):
-        text = f"<{'x'.join(map(str, _literal_shape(value)))} values>"
+    """`3` for (3, 3), `3x1` for (3, 1); a large tensor literal by its shape (`<16x16 values>`); other
+    values as written (small or ragged lists, mappings), with characters a terminal would act on
+    escaped (a spec's strings reach the summary)."""
+    shape = _literal_shape(value)
+    if len(shape) > 1 or (shape and shape[0] > 8):
+        text = f"<{'x'.join(map(str, shape))} values>" if math.prod(shape) > 8 else str(value)
     elif isinstance(value, (tuple, list)) and value and all(isinstance(v, (int, float, str)) for v in value):
         text = str(value[0]) if len(set(value)) == 1 else "x".join(map(str, value))
     else:
@@ -303,7 +303,15 @@ def short_value(value: Any) -> str:
 
 
 def _literal_shape(value: Any) -> list[int]:
-    return [len(value), *_literal_shape(value[0])] if isinstance(value, (tuple, list)) and value else []
+    """The shape of a rectangular list of numbers (`[]` for anything else, or a number)."""
+    if not isinstance(value, (tuple, list)) or not value:
+        return []
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return [len(value)]
+    inner = [_literal_shape(v) for v in value]
+    if not inner[0] or any(shape != inner[0] for shape in inner):
+        return []
+    return [len(value), *inner[0]]
 
 
 # --- the table ----------------------------------------------------------------------------------
