@@ -61,6 +61,7 @@ def _round(number: float, ndigits: int | None = None) -> float:
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     "min": min, "max": max, "abs": abs, "round": _round, "int": int, "float": float,
     "ceil": math.ceil, "floor": math.floor, "sqrt": math.sqrt, "len": len, "sum": sum,
+    "exp": math.exp, "log": math.log,  # log(x) natural, log(x, base): RegNet's quantised stage widths
     "make_divisible": make_divisible,
 }
 
