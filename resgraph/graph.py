@@ -242,12 +242,21 @@ class GraphBuilder:
         self.last = self._add(node)
         return name
 
-    def block(self, name: str, call: BlockCall, instances: list[Graph], inputs: str | list[str] | None = None) -> str:
-        """A block call whose instances were built (and named with their qualnames) by hand."""
+    def block(self, name: str, call: BlockCall, instances: list[Graph], inputs: str | list[str] | None = None,
+              values: list[str] | None = None) -> str:
+        """A block call whose instances were built (and named with their qualnames) by hand.
+
+        `values` names its values when it has several (its block's outputs, or `0`, `1`, ... for a
+        collected repeat): each becomes a node `NAME.VALUE`, as the resolver makes them.
+        """
         names = [inputs] if isinstance(inputs, str) else list(inputs) if inputs is not None else [self._previous()]
         node = BlockNode(name=name, inputs=[self.value[n] for n in names], origin=self.origin.child("layers", name),
                          call=call, instances=instances)
         self.last = self._add(node)
+        for index, value in enumerate(values or []):
+            self._add(LayerNode(name=f"{name}.{value}", inputs=[name], origin=node.origin,
+                                layer=BlockOutput(output=value, index=index), variable=f"{name}_{value}"))
+            node.values.append(f"{name}.{value}")
         return name
 
     def skip(self, name: str, source: str, to: str, *, merge: str = "add", projection: str | None = None,

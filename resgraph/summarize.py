@@ -205,6 +205,8 @@ class _Walker:
     def block(self, node: BlockNode, prefix: str, level: int, reads: list[str], common: dict[str, Any]) -> _Totals:
         """The block call's row, its instances' rows (for `repeat`) and their contents."""
         repeat = f" x{len(node.instances)}" if node.repeated else ""
+        if node.values:  # its values are read by name: say which (`detect -> box, cls`, `bottleneck x3, collected`)
+            repeat += ", collected" if node.repeated else f" -> {', '.join(v.partition('.')[2] for v in node.values)}"
         at = len(self.rows)
         self.rows.append(Row(prefix + node.name, "block", f"{node.call.block}{repeat}", **common))
         totals, sources = _Totals(), reads

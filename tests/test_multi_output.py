@@ -305,3 +305,27 @@ def test_repeat_still_needs_one_output() -> None:
     with pytest.raises(resgraph.SpecError, match="repeat chains instances, so block 'detect' needs one input and "
                                                  "one output"):
         resgraph.check(spec)
+
+
+def test_a_graph_built_by_hand_with_a_two_output_block_generates_the_unpacking() -> None:
+    from resgraph.codegen import generate_forward
+    from resgraph.graph import GraphBuilder
+    from resgraph.shapes import infer_shapes
+    from resgraph.spec import BlockCall
+
+    inner = GraphBuilder("Two")
+    inner.input("x")
+    inner.layer("a", "ReLU")
+    inner.layer("b", "Tanh", inputs="x")
+    instance = inner.build(["a", "b"])
+    instance.qualname = "pair."
+    outer = GraphBuilder("Net")
+    outer.input("x", [4])
+    outer.block("pair", BlockCall(block="two"), [instance], values=["a", "b"])
+    outer.layer("both", "mul", inputs=["pair.a", "pair.b"])
+    graph = infer_shapes(outer.build())
+    assert generate_forward(graph).splitlines()[1:] == [
+        "    pair_a, pair_b = self.pair(x)  # (N, 4), (N, 4)",
+        "    both = pair_a * pair_b  # (N, 4)",
+        "    return both",
+    ]
