@@ -279,8 +279,8 @@ def test_python_export_and_torch_export_agree(tmp_path: pathlib.Path) -> None:
     ("  - act: {op: ReLU, input: head.bxo}\n", "layer 'act': 'head' has no output 'bxo'; did you mean 'box'?",
      (12, 28)),
     ("  - act: {op: ReLU, input: x.a}\n", "layer 'act': 'x.a': 'x' has one value, read as 'x'", (12, 28)),
-    ("  - act: {op: sub, input: [head.box, head.*]}\n", "layer 'act' (sub): takes 1-2 input(s), got 3 (2 written)",
-     (12, 27)),
+    ("  - act: {op: sub, input: [head.box, head.*]}\n", "layer 'act' (sub): takes 2 input(s), got 3 (2 written)",
+     (12, 20)),
 ])
 def test_bad_references_are_located_at_the_input(layers: str, message: str, where: tuple[int, int]) -> None:
     spec = HEAD + """blocks:
