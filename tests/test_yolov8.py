@@ -40,7 +40,7 @@ def test_scale_reaches_depths_and_widths_as_ultralytics_rounds_them() -> None:
 
 
 def test_an_unknown_scale_is_an_error() -> None:
-    with pytest.raises(resgraph.SpecError):
+    with pytest.raises(resgraph.SpecError, match="got index 'scale must be n, s, m, l or x'"):
         resgraph.check(SPEC, params={"scale": "q"})
 
 
