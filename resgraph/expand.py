@@ -37,7 +37,8 @@ from .errors import Diagnostic, ResgraphError, SpecError
 from .evaluate import LAYER, LEFT_OUT, concrete, evaluate_tree
 from .expressions import ExpressionError, Unavailable, evaluate, expression_body, expression_names
 from .loader import LoadedSpec, Origin, SourceMap, load_import
-from .ops import Layer, TensorType
+from .ops import OPS, GenericOpError, Layer, TensorType
+from .ops.generic import torch_module_class
 from .ops.tensor import SplitBase, pieces
 from .resources import is_shipped
 from .spec import REQUIRED, BlockCall, BlockDef, InputDecl, Projection, Skip, Spec
@@ -521,3 +522,28 @@ def with_pieces(items: list[LayerItem], inputs: list[str]) -> list[LayerItem]:
 def class_name(block: str) -> str:
     """`bottleneck` -> `Bottleneck`, `mb_conv` -> `MbConv`: a block's generated module class."""
     return "".join(part[:1].upper() + part[1:] for part in block.split("_") if part) or "Block"
+
+
+def check_unreached_blocks(spec: Spec, source: SourceMap, reached: set[str]) -> list[Diagnostic]:
+    """Unknown ops in the spec's own blocks that no instance was made of.
+
+    A block's body is typed when an instance of it is made; a block whose every call failed (or
+    that no layer calls) is never typed, so a misspelt op in it would surface only on the next
+    run. This names those ops without instantiating anything: ops written as literals only (a
+    `${}` op depends on parameters the failed call did not supply).
+    """
+    found: list[Diagnostic] = []
+    for block, definition in spec.blocks.items():
+        if block in reached or spec.invalid_block(block):
+            continue
+        for i, entry in enumerate(definition.layers):
+            for name, template in entry.items():
+                op = template.get("op")
+                if not isinstance(op, str) or op in OPS or "${" in op or "." in op:
+                    continue
+                try:
+                    torch_module_class(op)
+                except GenericOpError as exc:
+                    where = Origin(source, ("blocks", block, "layers", i, name, "op"))
+                    found.append(Diagnostic(where.locate(), f"block {block!r}, layer {name!r}: {exc}"))
+    return found

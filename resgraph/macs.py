@@ -30,7 +30,7 @@ Per sample, by op family (sources: torch's `torch/utils/flop_counter.py`, fvcore
   merges, or for a scalar operand): ptflops' convention; fvcore ignores them.
 - Arithmetic code ops (sub, div, pow, clamp, exp, log, sqrt, rsqrt, sin, cos, neg): 1 per output
   element, the same convention.
-- Dropout, Identity, reshapes, concat, select, Embedding, learned tensors, constants (`full`,
+- Dropout, stochastic depth, Identity, reshapes, concat, select, Embedding, learned tensors, constants (`full`,
   `constant`, `arange`), code projection steps (subsample, crop, pad): 0, they only move data.
 - Any other torch.nn class: measured, with FlopCounterMode on one sample (matmul part only).
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from .errors import Diagnostic, SpecError, UsageError
-from .expand import Reader, expand
+from .expand import Reader, check_unreached_blocks, expand
 from .graph import Graph
 from .loader import LoadedSpec, SourceMap, gc_paused, load_file, load_text
 from .resolve import resolve
@@ -134,6 +134,9 @@ def check_loaded(loaded: LoadedSpec, params: Mapping[str, Any] | None, read: Rea
         graph = resolve(expand(spec, loaded.source, read=read, diagnostics=diagnostics), diagnostics=diagnostics)
         assert graph.outputs or diagnostics, "a graph without outputs passed resolution"
         infer_shapes(graph, diagnostics=diagnostics)
+        if diagnostics:  # the run fails: also name what blocks that were never typed hold
+            reached = {instance.block for _, instance in graph.subgraphs() if instance.block}
+            diagnostics.extend(check_unreached_blocks(spec, loaded.source, reached))
     if diagnostics:
         raise SpecError(diagnostics)
     return spec, graph

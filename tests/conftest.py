@@ -23,7 +23,9 @@ BAD_SPECS = pathlib.Path(__file__).resolve().parent / "bad_specs"
 FAILING_EXAMPLES = {"tutorial_literal.yaml"}
 BUILDING_EXAMPLES = sorted(p.name for p in EXAMPLES.glob("*.yaml") if p.name not in FAILING_EXAMPLES)
 # Tests run every example on a small input: these parameters shrink it where a spec declares them.
-SMALL_INPUTS = {"image_size": 64, "size": 188}
+# The language models' widths, depths and vocabularies shrink too (GPT-2's and Llama's own parameter names).
+SMALL_INPUTS = {"image_size": 64, "size": 188, "seq_len": 16, "vocab_size": 128, "n_positions": 32,
+                "n_layer": 2, "n_embd": 64, "n_head": 4, "n_layers": 2, "dim": 64, "n_heads": 4, "multiple_of": 32}
 
 
 def small_params(example: str) -> dict[str, int]:

@@ -157,9 +157,8 @@ def test_inferred_shapes_equal_actual_shapes_node_by_node(example: str) -> None:
         # A block with several outputs returns a tuple (only layers are compared below)
         module.register_forward_hook(lambda m, i, o, name=name: actual.__setitem__(
             name, tuple(o.shape[1:]) if isinstance(o, torch.Tensor) else ()))
-    inputs = [torch.randn(2, *graph.nodes[n].meta["type"].shape) for n in graph.inputs]
     with torch.no_grad():
-        model(*inputs)
+        model(*model.example_inputs(batch=2))  # token ids for the language models
     layers = {n: node for n, node in graph.nodes.items() if node.kind.value == "layer" and n in actual}
     assert layers, "no layer was checked"
     for name, node in layers.items():

@@ -319,3 +319,12 @@ def test_fsdp_sharded_model_without_blocks_trains_like_one_process(tmp_path: pat
     report = run_fsdp(tmp_path, EXAMPLES / "residual_mlp.yaml", {}, "eval")
     assert report["fsdp_units"] == 1  # the root only
     assert_trained_like_one_process(report)
+
+
+def test_fsdp_sharded_small_llama_trains_like_one_process(tmp_path: pathlib.Path) -> None:
+    """The Llama-2-7B spec at 2 layers and width 64 (grouped-query attention), one FSDP unit per layer."""
+    small = {"n_layers": 2, "dim": 64, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 32, "vocab_size": 128,
+             "seq_len": 16}
+    report = run_fsdp(tmp_path, EXAMPLES / "llama_7b.yaml", small, "checkpoint", "float64")
+    assert report["fsdp_units"] == 3  # two decoder layers, then the root
+    assert_trained_like_one_process(report)

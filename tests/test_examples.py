@@ -13,8 +13,7 @@ from conftest import BUILDING_EXAMPLES, EXAMPLES, small_params
 def test_example_builds_and_runs_a_forward_pass(example: str) -> None:
     model = resgraph.build(EXAMPLES / example, params=small_params(example), seed=0)
     graph = model.graph
-    inputs = [torch.randn(2, *graph.nodes[name].meta["type"].shape) for name in graph.inputs]
-    out = model(*inputs)
+    out = model(*model.example_inputs(batch=2))  # token ids for the language models
     outputs = out if isinstance(out, tuple) else (out,)
     for tensor, name in zip(outputs, graph.outputs):
         assert tensor.shape[1:] == graph.nodes[name].meta["type"].shape

@@ -86,6 +86,7 @@ CASES: dict[str, list[tuple[dict[str, Any], Shapes] | tuple[dict[str, Any], Shap
     "div": [({"input": ["a", "b"]}, [(3, 4), (1, 4)]), ({"scalar": 2}, (3, 4), "int64")],
     "pow": [({"exponent": 2}, (3, 4)), ({"exponent": 0.5}, (3, 4)), ({"exponent": 3}, (5,), "int64")],
     "clamp": [({"min": 0, "max": 6}, (3, 4)), ({"max": 0.5}, (5,))],
+    "stochastic_depth": [({"p": 0.1}, (3, 4, 5)), ({"p": 0.5, "mode": "batch"}, (5,)), ({"p": 0.0}, (3, 4))],
     "matmul": [({"input": ["a", "b"]}, [(3, 4), (4, 5)]), ({"input": ["a", "b"]}, [(2, 3, 4), (1, 4, 6)])],
     "scaled_dot_product_attention": [({}, [(2, 5, 8), (2, 7, 8), (2, 7, 4)]), ({"is_causal": True}, [(5, 8)] * 3),
                                      ({"enable_gqa": True, "scale": 0.5}, [(4, 5, 8), (2, 7, 8), (2, 7, 8)]),

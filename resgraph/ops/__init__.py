@@ -6,7 +6,20 @@ other torch.nn class. Importing this package never imports torch.
 
 from __future__ import annotations
 
-from . import arithmetic, attention, conv, dense, elementwise, merge, norm, pool, reshape, stored, tensor  # noqa: F401  (register ops)
+from . import (  # noqa: F401  (register ops)
+    arithmetic,
+    attention,
+    conv,
+    dense,
+    elementwise,
+    merge,
+    norm,
+    pool,
+    reshape,
+    stochastic,
+    stored,
+    tensor,
+)
 from .base import OPS, Identifier, Layer, Layout, Reference, ShapeError, StrictModel, TensorType, register_op
 from .generic import GenericLayer, GenericOpError
 from .merge import Merge, MergeLayer, broadcast_shape, merge_code, merge_type
