@@ -329,3 +329,26 @@ def test_a_graph_built_by_hand_with_a_two_output_block_generates_the_unpacking()
         "    both = pair_a * pair_b  # (N, 4)",
         "    return both",
     ]
+
+
+def test_onnx_export_of_several_outputs_and_a_collected_repeat(tmp_path: pathlib.Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    spec = C2F.replace("  - c2f: {block: c2f, with: {c2: 32, n: 3, shortcut: true}}\n",
+                       "  - c2f: {block: c2f, with: {c2: 32, n: 3, shortcut: true}}\n"
+                       "  - pair: {block: two}\n").replace("blocks:\n", """blocks:
+  two:
+    layers:
+      - a: {op: ReLU}
+      - b: {op: Tanh, input: x}
+    outputs: [a, b]
+""", 1)
+    model = resgraph.build(spec, seed=0).eval()
+    path = tmp_path / "c2f.onnx"
+    resgraph.to_onnx(model, str(path))
+    session = ort.InferenceSession(str(path))
+    assert [o.name for o in session.get_outputs()] == ["pair_a", "pair_b"]
+    x = torch.randn(2, 16, 8, 8)
+    actual = session.run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        for ours, theirs in zip(model(x), actual, strict=True):
+            torch.testing.assert_close(torch.from_numpy(theirs), ours, rtol=1e-4, atol=1e-4)
