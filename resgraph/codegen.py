@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import re
 
-from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode
+from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode, is_block_value
 from .ops import Merge, merge_code
 from .ownership import Owns, owns
 from .projections import ProjectionPlan, step_code
@@ -74,27 +74,34 @@ def generate_forward(graph: Graph, *, shapes: bool = True) -> str:
     left to the function's end, because a `del` costs more than it saves on them. Without
     shapes, every value is deleted, the same for all instances.
     """
-    statements: list[tuple[str, str, set[str], str]] = []  # (code, written var, read vars, comment)
+    statements: list[tuple[str, list[Node], set[str], str]] = []  # (code, nodes written, read vars, comment)
     size = {name: math.prod(graph.nodes[name].meta["type"].shape) for name in graph.inputs}
     for node in graph.nodes.values():
-        if isinstance(node, InputNode):
+        if isinstance(node, InputNode) or is_block_value(node):
+            continue  # a block call's values are assigned by the call's statement
+        if isinstance(node, BlockNode) and node.values:
+            statements += _block_values(graph, node, shapes)
             continue
         reads = {graph.nodes[name].var for name in node.inputs} or set(_batch_source(graph, node))
-        statements.append((_statement(graph, node), node.var, reads, _comment(node, shapes)))
-        size[node.var] = max(size.get(node.var, 0), math.prod(node.meta["type"].shape))
+        statements.append((_statement(graph, node), [node], reads, _comment(node, shapes)))
+    for _, written, _, _ in statements:
+        for node in written:
+            size[node.var] = max(size.get(node.var, 0), math.prod(node.meta["type"].shape))
 
     returned = [graph.nodes[name].var for name in graph.outputs]
-    for name in graph.nodes:  # every node's name reaches the source (as a variable, attribute or comment)
-        assert _IDENTIFIER.match(name), f"unvalidated name reached codegen: {name!r}"
+    for node in graph.nodes.values():  # names reach the source as attributes (and comments), variables as such
+        assert _IDENTIFIER.match(node.var), f"unvalidated name reached codegen: {node.var!r}"
+        assert node.variable is not None or _IDENTIFIER.match(node.name), f"unvalidated name: {node.name!r}"
 
     # A variable dies after the statement that reads it last, unless it is returned or written
     # again later (then the new value replaces it anyway).
     last_read: dict[str, int] = {}
     last_write: dict[str, int] = {}
-    for index, (_, var, reads, _) in enumerate(statements):
+    for index, (_, written, reads, _) in enumerate(statements):
         for read in reads:
             last_read[read] = index
-        last_write[var] = index
+        for node in written:
+            last_write[node.var] = index
     dies_at: dict[int, list[str]] = {}
     for var, index in last_read.items():
         worth_it = not shapes or size.get(var, LARGE) >= LARGE
@@ -124,6 +131,24 @@ def _statement(graph: Graph, node: Node) -> str:
     projected = _projected(node, source)
     operands = [projected, target] if skip.merge is Merge.concat else [target, projected]
     return f"{target} = {merge_code(skip.merge, operands, skip.concat_dim)}"
+
+
+def _block_values(graph: Graph, node: BlockNode, shapes: bool) -> list[tuple[str, list[Node], set[str], str]]:
+    """The statements of a block call with several values: one call unpacked into them
+    (`head_box, head_cls = self.head(x)`), or for a collected repeat one line per instance, each
+    reading the one before (`stage_1 = self.stage[1](stage_0)`)."""
+    values = [graph.nodes[name] for name in node.values]
+    args = [graph.nodes[name].var for name in node.inputs]
+    if not node.repeated:
+        comment = ", ".join(shape_comment(value) for value in values) if shapes else ""
+        return [(f"{', '.join(v.var for v in values)} = self.{node.name}({', '.join(args)})", values, set(args),
+                 comment)]
+    statements = []
+    for index, value in enumerate(values):
+        statements.append((f"{value.var} = self.{node.name}[{index}]({', '.join(args)})", [value], set(args),
+                           shape_comment(value) if shapes else ""))
+        args = [value.var]
+    return statements
 
 
 def _batch_source(graph: Graph, node: Node) -> list[str]:

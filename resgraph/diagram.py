@@ -22,9 +22,10 @@ from typing import Any
 
 from .errors import ResgraphError, UsageError
 from .files import atomic_write, write_fresh_text
-from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
+from .graph import BlockNode, Graph, LayerNode, Node, SkipNode, is_block_value
 from .ops.arithmetic import ArithmeticOp
 from .ops.merge import MergeLayer
+from .ops.tensor import BlockOutput
 from .ownership import graph_parameters, owned_parameters
 from .projections import ProjectionPlan, describe_steps
 from .summarize import Row, format_count, instance_title, short_value, summarize
@@ -161,22 +162,28 @@ class _Renderer:
                 producer[name] = name
             else:
                 producer[name] = inputs[index]
+        values: dict[str, list[str]] = {}  # block call -> the ids producing each of its values
         for index, node in enumerate(graph.nodes.values()):
             if top:
                 self.top = index
             sources = [producer[name] for name in node.inputs]
-            if isinstance(node, LayerNode):
+            if is_block_value(node):  # drawn as its instance's output (`head.box`, `stage.0`): no node of its own
+                assert isinstance(node, LayerNode) and isinstance(node.layer, BlockOutput)
+                producer[node.name] = values[node.inputs[0]][node.layer.index]
+            elif isinstance(node, LayerNode):
                 producer[node.name] = self.layer(dot, node, prefix, sources)
             elif isinstance(node, BlockNode):
-                producer[node.name] = self.block(dot, node, prefix, sources, level)
+                values[node.name] = self.block(dot, node, prefix, sources, level)
+                producer[node.name] = values[node.name][-1 if node.repeated else 0]
             elif isinstance(node, SkipNode):
                 producer[node.name] = self.skip(dot, node, prefix, sources)
         outputs = [producer[name] for name in graph.outputs]
         if top:
             self.top = len(graph.nodes)
             for name, source in zip(graph.outputs, outputs):
-                out_id = f"output/{graph.nodes[name].var}"
-                self.node(dot, out_id, self.label(graph.nodes[name].var, "output"), shape="house",
+                shown = name if is_block_value(graph.nodes[name]) else graph.nodes[name].var
+                out_id = f"output/{shown}"
+                self.node(dot, out_id, self.label(shown, "output"), shape="house",
                           fillcolor="#e3f1df", style="filled")
                 self.edge(source, out_id)
         return outputs
@@ -252,8 +259,12 @@ class _Renderer:
             self.edge(source, node_id)
         return node_id
 
-    def block(self, dot: Any, node: BlockNode, prefix: str, sources: list[str], level: int) -> str:
-        """A block call at module level `level` (top = 1): one node, instance nodes, or clusters."""
+    def block(self, dot: Any, node: BlockNode, prefix: str, sources: list[str], level: int) -> list[str]:
+        """A block call at module level `level` (top = 1): one node, instance nodes, or clusters.
+
+        Returns the ids producing its values: its outputs (one call), each instance's output (a
+        repeat; an instance folded away is represented by the last one shown), or the one node.
+        """
         call = node.call
         instances = node.instances
         node_id = prefix + node.name
@@ -261,8 +272,9 @@ class _Renderer:
         times = f" ×{len(instances)}" if repeated else ""
         depth = self.options.depth
         if depth is not None and depth <= level:
-            return self.collapsed(dot, node_id, node.name, f"{call.block}{times}", node, sources, repeated,
-                                  self.count(node, prefix))
+            collapsed = self.collapsed(dot, node_id, node.name, f"{call.block}{times}", node, sources, repeated,
+                                       self.count(node, prefix))
+            return [collapsed] * max(len(instances) if repeated else len(node.values), 1)
         shown = instances[:1] if self.options.fold_repeats and repeated else instances
         heading = f"{node_id}: {call.block}{times}"
         if len(shown) < len(instances):
@@ -271,18 +283,21 @@ class _Renderer:
         with dot.subgraph(name=f"cluster_{node_id}") as stage:
             stage.attr(label=heading, style="rounded", color="#8a7fb5", fontname="Helvetica", fontsize="11")
             if not repeated:
-                return self.graph(stage, instances[0], instances[0].qualname, current, level + 1)[0]
+                return self.graph(stage, instances[0], instances[0].qualname, current, level + 1)
+            produced = []
             for instance in shown:
                 inner, title = instance.qualname.rstrip("."), instance_title(instance)
                 if depth is not None and depth <= level + 1:
                     out = instance.nodes[instance.outputs[0]]
                     short = inner[len(prefix):]  # `layer1.0` within its parent
                     current = [self.collapsed(stage, inner, short, title, out, current, False, self.count(instance))]
+                    produced.append(current[0])
                     continue
                 with stage.subgraph(name=f"cluster_{inner}") as box:
                     box.attr(label=f"{inner}: {title}", style="rounded,dashed", color="#b3acd1", fontsize="10")
                     current = self.graph(box, instance, instance.qualname, current, level + 2)
-        return current[0]
+                produced.append(current[0])
+        return produced + [current[0]] * (len(instances) - len(produced))
 
 
 def _tooltip(row: Row) -> str:

@@ -347,6 +347,12 @@ class Expander:
                                                f"{self.label(item)}: repeat chains instances, so block "
                                                f"{call.block!r} needs one input and one output"))
             return None
+        if call.collect and call.repeat is None:
+            self.diagnostics.append(Diagnostic(item.origin.child("collect").locate(key=True),
+                                               f"{self.label(item)}: collect keeps the output of every instance "
+                                               "of a repeat, and this call has no `repeat:`",
+                                               "add `repeat: N`, or remove `collect: true`"))
+            return None
         known = len(self.diagnostics)
         self.check_with(item, call, definition)
         if len(self.diagnostics) > known:

@@ -61,6 +61,7 @@ def _round(number: float, ndigits: int | None = None) -> float:
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     "min": min, "max": max, "abs": abs, "round": _round, "int": int, "float": float,
     "ceil": math.ceil, "floor": math.floor, "sqrt": math.sqrt, "len": len, "sum": sum,
+    "exp": math.exp, "log": math.log,  # log(x) natural, log(x, base): RegNet's quantised stage widths
     "make_divisible": make_divisible,
 }
 
@@ -272,7 +273,8 @@ class _Evaluator:
     def visit_Subscript(self, node: ast.Subscript) -> Any:
         container, key = self.visit(node.value), self.visit(node.slice)
         if not isinstance(container, list) or not isinstance(key, int) or isinstance(key, bool):
-            raise self.fail(node, "only lists can be indexed, by an integer")
+            got = f"a {type(container).__name__}" if not isinstance(container, list) else f"index {_clip(key)}"
+            raise self.fail(node, f"only lists can be indexed, by an integer; got {got}")
         if not -len(container) <= key < len(container):
             raise self.fail(node, f"index {key} is out of range for a list of {len(container)}")
         return container[key]
@@ -291,6 +293,12 @@ class _Evaluator:
             return FUNCTIONS[node.func.id](*args, **kwargs)
         except (TypeError, ValueError, OverflowError) as exc:
             raise self.fail(node, f"{node.func.id}(...) failed: {exc}") from None
+
+
+def _clip(value: Any, limit: int = 60) -> str:
+    """A value as a message shows it: its repr, cut when long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _describe(node: ast.AST) -> str:

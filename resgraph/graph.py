@@ -10,6 +10,11 @@
   It is placed right after the target (and after earlier skips into the same target), so every
   later reference to the target reads the merged value, as the spec language promises.
 
+A block call with several values (a block with several `outputs`, or a repeat with `collect:
+true`) is followed by one `LayerNode` per value, named as the spec reads it (`head.box`,
+`stage.0`), whose layer is a `BlockOutput`: the call's `values` lists them, and the call's
+statement assigns their variables (`var`: `head_box`), so they are no code of their own.
+
 Nodes hold structure only. Analyses write their results to `node.meta`, as torch.fx passes do:
 `type` (TensorType), `args` (a layer's full constructor arguments), `params` (its parameter
 count, None where only building can tell) and `projection` (a skip's ProjectionPlan).
@@ -25,10 +30,11 @@ from typing import Any, ClassVar
 from .errors import Location
 from .loader import Origin, SourceMap
 from .ops import OPS, GenericLayer, Layer
+from .ops.tensor import BlockOutput
 from .spec import BlockCall, InputDecl, Projection, Skip
 
 __all__ = ["NN_MODULE_ATTRIBUTES", "RESERVED_NAMES", "BlockNode", "Graph", "GraphBuilder", "InputNode", "LayerNode",
-           "Node", "NodeKind", "SkipNode"]
+           "Node", "NodeKind", "SkipNode", "is_block_value"]
 
 
 class NodeKind(str, Enum):
@@ -66,13 +72,14 @@ class Node:
     inputs: list[str]
     origin: Origin
     meta: dict[str, Any] = field(default_factory=dict)
+    variable: str | None = None  # its variable in generated code, where its name is not one (`head.box`)
 
     kind: ClassVar[NodeKind]
 
     @property
     def var(self) -> str:
         """The variable holding this node's value in generated code (a skip updates its target's)."""
-        return self.name
+        return self.variable or self.name
 
     def detail(self) -> str:
         """What messages add after the node's name: ` (Conv2d)`, ` (block basic)`, or nothing."""
@@ -114,6 +121,7 @@ class BlockNode(Node):
     call: BlockCall
     instances: list[Graph]  # one per instance: made by shape inference from `recipe` (or given, built by hand)
     recipe: Any = None  # expand.BlockRecipe: how the instances are made once their input types are known
+    values: list[str] = field(default_factory=list)  # its BlockOutput nodes, in order, when it has several values
 
     kind: ClassVar[NodeKind] = NodeKind.block
 
@@ -122,8 +130,19 @@ class BlockNode(Node):
         """True for `repeat: N`: the instances are chained in an nn.Sequential."""
         return self.call.repeat is not None
 
+    @property
+    def collected(self) -> bool:
+        """True for `collect: true`: every instance's output is a value of its own (`stage.0`, ...)."""
+        return self.call.collect
+
     def detail(self) -> str:
         return f" (block {self.call.block})"
+
+
+def is_block_value(node: Node) -> bool:
+    """True for a value of a block call with several (`head.box`, `stage.0`): a node of the graph,
+    but the call's statement assigns it, and summaries and diagrams show it at the call's output."""
+    return isinstance(node, LayerNode) and isinstance(node.layer, BlockOutput)
 
 
 @dataclass
@@ -223,12 +242,21 @@ class GraphBuilder:
         self.last = self._add(node)
         return name
 
-    def block(self, name: str, call: BlockCall, instances: list[Graph], inputs: str | list[str] | None = None) -> str:
-        """A block call whose instances were built (and named with their qualnames) by hand."""
+    def block(self, name: str, call: BlockCall, instances: list[Graph], inputs: str | list[str] | None = None,
+              values: list[str] | None = None) -> str:
+        """A block call whose instances were built (and named with their qualnames) by hand.
+
+        `values` names its values when it has several (its block's outputs, or `0`, `1`, ... for a
+        collected repeat): each becomes a node `NAME.VALUE`, as the resolver makes them.
+        """
         names = [inputs] if isinstance(inputs, str) else list(inputs) if inputs is not None else [self._previous()]
         node = BlockNode(name=name, inputs=[self.value[n] for n in names], origin=self.origin.child("layers", name),
                          call=call, instances=instances)
         self.last = self._add(node)
+        for index, value in enumerate(values or []):
+            self._add(LayerNode(name=f"{name}.{value}", inputs=[name], origin=node.origin,
+                                layer=BlockOutput(output=value, index=index), variable=f"{name}_{value}"))
+            node.values.append(f"{name}.{value}")
         return name
 
     def skip(self, name: str, source: str, to: str, *, merge: str = "add", projection: str | None = None,

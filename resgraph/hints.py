@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
+from .graph import BlockNode, Graph, LayerNode, Node, SkipNode, is_block_value
 from .projections import ProjectionError
 from .sizes import valid_sizes_mask
 from .symbolic import Guard, hint
@@ -122,8 +122,8 @@ def _collect(graph: Graph, node: Node, found: list[SizeChange]) -> None:
             for inner in instance.nodes.values():
                 _collect(instance, inner, found)
         return
-    if not isinstance(node, LayerNode) or not node.inputs or "type" not in node.meta:
-        return
+    if not isinstance(node, LayerNode) or not node.inputs or "type" not in node.meta or is_block_value(node):
+        return  # a block call's value changes no size: its instance's layers did
     before, after = graph.nodes[node.inputs[0]].meta.get("type"), node.meta["type"]
     if before is None or before.rank != after.rank or before.rank < 2:
         return

@@ -4,6 +4,12 @@ Every reference is resolved here, so later passes never meet an unknown name: du
 reserved names, unknown references, references to later nodes, cycles and misplaced skips are
 reported, all at once, for the scope and every block instance below it.
 
+A block call with several values (its block has several `outputs`, or it repeats with `collect:
+true`) gets one `BlockOutput` node per value right after it, named as references read it:
+`call.out` (an output's name) or `call.2` (an instance's index); `call.*` reads all of them, in
+order, where a list of inputs or outputs is written. A collected call's bare name reads its
+last instance's output, as a plain repeat's does; a call with several outputs has no bare value.
+
 >>> from resgraph.loader import load_text
 >>> from resgraph.validate import validate
 >>> from resgraph.expand import expand
@@ -25,6 +31,7 @@ from .expand import LayerItem, Scope, SkipItem
 from .graph import RESERVED_NAMES, BlockNode, Graph, InputNode, LayerNode, Node, SkipNode
 from .loader import Origin
 from .ops import Layer
+from .ops.tensor import BlockOutput
 from .spec import BlockCall
 from .suggest import did_you_mean
 
@@ -63,6 +70,9 @@ class _Resolver:
         self.declared_at: dict[str, Origin] = {}
         self.dropped: set[int] = set()  # ids of items whose names could not be declared
         self.failed: set[str] = set()  # names of layers and skips with a problem of their own
+        self.values: dict[str, list[str]] = {}  # block call -> its values' names (outputs, or instance indices)
+        self.collected: set[str] = set()  # block calls with `collect: true`
+        self.variables: set[str] = set()  # variables given to BlockOutput nodes
 
     def q(self, name: str) -> str:
         """A name as messages show it: qualified inside a block instance (`layer1.0.conv1`)."""
@@ -75,6 +85,7 @@ class _Resolver:
         scope = self.scope
         self.declare_names()
         valid = [item for item in scope.layers if id(item) not in self.dropped and item.body is not None]
+        self.declare_values(valid)
         references = {item.name: refs for item in valid if (refs := self.layer_inputs(item)) is not None}
         self.failed |= {item.name for item in valid if item.name not in references}
         self.check_references(references)
@@ -84,7 +95,7 @@ class _Resolver:
         # A layer is kept when it has no problem of its own and every node it reads is kept.
         kept = set(scope.inputs)
         for item in valid:
-            if item.name not in self.failed and all(ref in kept for ref in references[item.name]):
+            if item.name not in self.failed and all(_base(ref) in kept for ref in references[item.name]):
                 kept.add(item.name)
         nodes: dict[str, Node] = {}
         value: dict[str, str] = {}  # spec name -> node holding its current (merged) value
@@ -94,7 +105,7 @@ class _Resolver:
         for item in valid:
             if item.name not in kept:
                 continue
-            inputs = [value[r] for r in references[item.name]]
+            inputs = [value[r] for r in self.expand(references[item.name])]
             node: Node
             if isinstance(item.body, BlockCall):
                 node = BlockNode(name=item.name, inputs=inputs, origin=item.origin, call=item.body,
@@ -103,16 +114,101 @@ class _Resolver:
                 node = LayerNode(name=item.name, inputs=inputs, origin=item.origin, layer=item.body)
             nodes[item.name] = node
             value[item.name] = item.name
+            if isinstance(node, BlockNode) and item.name in self.values:
+                self.add_values(node, nodes, value)
             for skip_item in skips_into.get(item.name, []):
                 skip = skip_item.skip
-                if skip.source not in kept:
+                if _base(skip.source) not in kept:
                     continue  # it reads a node left out above: nothing to report of its own
-                nodes[skip_item.name] = SkipNode(name=skip_item.name, inputs=[value[item.name], value[skip.source]],
+                source = value[self.expand([skip.source])[0]]
+                nodes[skip_item.name] = SkipNode(name=skip_item.name, inputs=[value[item.name], source],
                                                  origin=skip_item.origin, skip=skip,
                                                  policy=skip.projection or scope.projection, target=item.name)
                 value[item.name] = skip_item.name
-        return Graph(scope.name, nodes, list(scope.inputs), [value[o] for o in outputs if o in kept], scope.origin,
-                     self.qualname, scope.block, scope.params)
+        returned = [value[o] for o in self.expand([o for o in outputs if _base(o) in kept])]
+        return Graph(scope.name, nodes, list(scope.inputs), returned, scope.origin, self.qualname, scope.block,
+                     scope.params)
+
+    def declare_values(self, items: list[LayerItem]) -> None:
+        """The values of every block call that has several (see the module docstring)."""
+        for item in items:
+            call, recipe = item.body, item.recipe
+            if not isinstance(call, BlockCall) or recipe is None:
+                continue
+            if call.collect:
+                self.values[item.name] = [str(i) for i in range(recipe.count)]
+                self.collected.add(item.name)
+            elif len(recipe.definition.outputs or ()) > 1:
+                self.values[item.name] = list(recipe.definition.outputs)
+
+    def add_values(self, node: BlockNode, nodes: dict[str, Node], value: dict[str, str]) -> None:
+        """A BlockOutput node per value of a block call, right after it."""
+        for index, output in enumerate(self.values[node.name]):
+            name = f"{node.name}.{output}"
+            nodes[name] = LayerNode(name=name, inputs=[node.name], origin=node.origin,
+                                    layer=BlockOutput(output=output, index=index),
+                                    variable=self.variable(f"{node.name}_{output.replace('.', '_')}"))
+            value[name] = name
+            node.values.append(name)
+        if node.name in self.collected:
+            value[node.name] = node.values[-1]  # the chain's value, as a plain repeat's
+
+    def variable(self, wanted: str) -> str:
+        """A variable for a BlockOutput node that no name of the scope (nor another such variable) uses."""
+        while wanted in self.kinds or wanted in self.variables:
+            wanted += "_"
+        self.variables.add(wanted)
+        return wanted
+
+    def expand(self, refs: list[str]) -> list[str]:
+        """References as the values they read: `call.*` spliced into each value's name, a collected
+        call's bare name into its last instance's. Unknown names are left as they are."""
+        result = []
+        for ref in refs:
+            base, _, part = ref.partition(".")
+            values = self.values.get(base)
+            if values is not None and part == "*":
+                result += [f"{base}.{v}" for v in values]
+            elif values is not None and not part and base in self.collected:
+                result.append(f"{base}.{values[-1]}")
+            else:
+                result.append(ref)
+        return result
+
+    def check_value(self, where: Origin, label: str, ref: str, *, spliced: bool = True) -> bool:
+        """True when `ref`, a reference to a known node, names a value it has; else records why not.
+
+        `spliced`: whether `call.*` may stand here (in lists of inputs or outputs).
+        """
+        base, _, part = ref.partition(".")
+        values = self.values.get(base)
+        if values is None:
+            if part:
+                self.fail(where, f"{label}: {ref!r}: {base!r} has one value, read as {base!r}",
+                          "`NAME.OUTPUT` reads one output of a block call with several outputs, `NAME.0` one "
+                          "instance of a repeat with `collect: true`", key=False)
+                return False
+            return True
+        names = ", ".join(f"{base}.{v}" for v in values)
+        if not part:
+            if base in self.collected:
+                return True
+            self.fail(where, f"{label}: {base!r} has {len(values)} outputs ({names}); say which it reads",
+                      f"read {base}.{values[0]}" + (f", or all of them in order as {base}.*" if spliced else ""),
+                      key=False)
+            return False
+        if part == "*":
+            if not spliced:
+                self.fail(where, f"{label}: {ref!r} stands for {len(values)} values; one is expected here",
+                          f"name one of {names}", key=False)
+                return False
+            return True
+        if part not in values:
+            shown = names if len(values) <= 8 else f"{base}.{values[0]} ... {base}.{values[-1]}"
+            self.fail(where, f"{label}: {base!r} has no output {part!r}{did_you_mean(part, values)}",
+                      f"its values: {shown}" + (f", or all of them as {base}.*" if spliced else ""), key=False)
+            return False
+        return True
 
     def declare_names(self) -> None:
         scope = self.scope
@@ -175,24 +271,29 @@ class _Resolver:
             if item.name not in references or item.body is None or id(item) in self.dropped:
                 continue
             refs = references[item.name]
-            least, most = self.arity(item)
-            if len(refs) < least or (most is not None and len(refs) > most):
-                wanted = f"{least}" if least == most else f"at least {least}"
-                op = item.body.op if isinstance(item.body, Layer) else f"block {item.body.block}"
-                self.fail(item.origin.child("input") if item.body.input is not None else item.origin,
-                          f"layer {self.q(item.name)} ({op}): takes {wanted} input(s), got {len(refs)}")
-                self.failed.add(item.name)
+            ok = True
             for ref in refs:
-                if ref in invalid:
+                if _base(ref) in invalid:
                     continue  # it reads an entry refused before (and reported): left out with it
                 if not self.check_reference(item.origin, item.name, ref, references, "input"):
                     self.failed.add(item.name)
+                    ok = False
+            count = len(self.expand(refs))
+            least, most = self.arity(item)
+            if ok and (count < least or (most is not None and count > most)):
+                wanted = f"{least}" if least == most else f"at least {least}"
+                op = item.body.op if isinstance(item.body, Layer) else f"block {item.body.block}"
+                spliced = f" ({len(refs)} written)" if count != len(refs) else ""
+                self.fail(item.origin.child("input") if item.body.input is not None else item.origin,
+                          f"layer {self.q(item.name)} ({op}): takes {wanted} input(s), got {count}{spliced}")
+                self.failed.add(item.name)
 
     def check_reference(self, origin: Origin, name: str, ref: str, references: dict[str, list[str]],
                         key: str) -> bool:
-        """True when `ref`, read by `name`, is a known earlier node; else records why not."""
+        """True when `ref`, read by `name`, is a value of a known earlier node; else records why not."""
         where = origin.child(key)
         label = f"{self.kinds.get(name, 'layer')} {self.q(name)}"
+        full, ref = ref, _base(ref)
         if ref not in self.kinds:
             earlier = [n for n, i in self.order.items() if i < self.order.get(name, len(self.order))]
             self.fail(where, f"{label}: unknown node {ref!r}{did_you_mean(ref, earlier or self.order)}", key=False)
@@ -213,14 +314,14 @@ class _Resolver:
                 self.fail(where, f"layer {self.q(name)}: reads {ref!r}, which comes later",
                           f"move {ref!r} above {name!r}; layers run in the order listed", key=False)
             return False
-        return True
+        return self.check_value(where, label, full)
 
     def find_cycle(self, start: str, ref: str, references: dict[str, list[str]]) -> list[str] | None:
         """A dependency path start -> ref -> ... -> start, if the forward reference closes one."""
         stack, seen = [(ref, [start, ref])], {ref}
         while stack:
             current, trail = stack.pop()
-            for nxt in references.get(current, []):
+            for nxt in map(_base, references.get(current, [])):
                 if nxt == start:
                     return [*trail, start]
                 if nxt not in seen and nxt in references:
@@ -241,10 +342,11 @@ class _Resolver:
             if item.skip is None or id(item) in self.dropped:
                 continue
             skip, name = item.skip, self.q(item.name)
-            if skip.source in invalid or skip.to in invalid:
+            source = _base(skip.source)
+            if source in invalid or skip.to in invalid:
                 continue
             ok = True
-            for key, ref in (("from", skip.source), ("to", skip.to)):
+            for key, ref in (("from", source), ("to", skip.to)):
                 if ref not in self.kinds:
                     self.fail(item.origin.child(key), f"skip {name}: {key}: unknown node {ref!r}"
                                                       f"{did_you_mean(ref, self.order)}", key=False)
@@ -253,15 +355,22 @@ class _Resolver:
                     self.fail(item.origin.child(key), f"skip {name}: {key}: {ref!r} is a skip edge, not a node",
                               key=False)
                     ok = False
-            if not ok:
+            if not ok or not self.check_value(item.origin.child("from"), f"skip {name}: from", skip.source,
+                                              spliced=False):
                 continue
-            if self.kinds[skip.to] == "input":
+            if skip.to in self.values:
+                self.fail(item.origin.child("to"), f"skip {name}: to: {skip.to!r} has several values; a skip merges "
+                                                   "into a layer's one value",
+                          f"merge into a layer that reads one, e.g. {{op: Identity, input: {skip.to}."
+                          f"{self.values[skip.to][0]}}}",
+                          key=False)
+            elif self.kinds[skip.to] == "input":
                 self.fail(item.origin.child("to"), f"skip {name}: to: {skip.to!r} is an input; a skip merges "
                                                    "into a layer", key=False)
-            elif skip.source == skip.to:
+            elif source == skip.to:
                 self.fail(item.origin, f"skip {name}: from and to are both {skip.to!r}; a skip joins two "
                                        "different nodes")
-            elif self.order[skip.source] > self.order[skip.to]:
+            elif self.order[source] > self.order[skip.to]:
                 self.fail(item.origin.child("from"), f"skip {name}: from: {skip.source!r} comes after to: "
                                                      f"{skip.to!r}",
                           "a skip carries an earlier node's output forward; swap from and to", key=False)
@@ -277,23 +386,39 @@ class _Resolver:
                 self.fail(scope.origin.child("layers"), f"{what}: no layer is left (every `when:` is false), so "
                                                         "there is no output", key=True)
                 return []
-            return [scope.layers[-1].name]
+            last = scope.layers[-1].name
+            if last in self.values and last not in self.collected:
+                if scope.block:  # its callers read its outputs by name: they must be listed
+                    self.fail(scope.origin.child("layers"), f"block {scope.block!r}: its last layer {last!r} has "
+                                                            f"{len(self.values[last])} outputs; a block's default "
+                                                            "output is one value",
+                              f"list the block's outputs: outputs: [{', '.join(self.expand([last + '.*']))}]")
+                    return []
+                return [f"{last}.*"]  # the model returns them all
+            return [last]
         where = scope.origin.child("outputs")
-        if scope.block and len(scope.outputs) > 1:
-            self.fail(where, f"block {scope.block!r}: has {len(scope.outputs)} outputs; a block has one",
-                      "return one node, e.g. a concat of the values you need", key=False)
-            return []
         outputs = []
         invalid = self.invalid
         for i, ref in enumerate(scope.outputs):
-            if ref in invalid:
+            base = _base(ref)
+            if base in invalid:
                 continue
-            if ref not in self.kinds:
-                self.fail(where.child(i), f"outputs: unknown node {ref!r}{did_you_mean(ref, self.order)}", key=False)
-            elif self.kinds[ref] == "skip":
-                self.fail(where.child(i), f"outputs: {ref!r} is a skip edge, not a node", key=False)
+            if base not in self.kinds:
+                self.fail(where.child(i), f"outputs: unknown node {base!r}{did_you_mean(base, self.order)}",
+                          key=False)
+            elif self.kinds[base] == "skip":
+                self.fail(where.child(i), f"outputs: {base!r} is a skip edge, not a node", key=False)
             elif ref in outputs:
                 self.fail(where.child(i), f"outputs: {ref!r} is listed twice", key=False)
-            else:
+            elif scope.block and ref.endswith(".*"):
+                self.fail(where.child(i), f"block {scope.block!r}: outputs: {ref!r}: a block's outputs are named "
+                                          "one by one, since its callers read them by name",
+                          f"list them: {', '.join(self.expand([ref]))}", key=False)
+            elif self.check_value(where.child(i), "outputs", ref):
                 outputs.append(ref)
         return outputs
+
+
+def _base(ref: str) -> str:
+    """The node a reference reads: `head` for `head.box`, `stage.2` and `stage.*`."""
+    return ref.partition(".")[0]

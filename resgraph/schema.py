@@ -23,6 +23,10 @@ __all__ = ["DIALECT", "SCHEMA_ID", "json_schema", "library_schema", "published_s
 SCHEMA_ID = "https://resgraph.dev/schemas/resgraph.schema.json"
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 EXPRESSION = {"type": "string", "pattern": r"^\$\{.*\}$", "description": "A ${...} expression over parameters."}
+COMPUTED_OP = {"type": "object", "required": ["op"], "properties": {"op": {"$ref": "#/$defs/Expression"}},
+               "title": "ComputedOp",
+               "description": "A layer whose op is a ${...} expression (`op: \"${'Hardswish' if hs else 'ReLU'}\"`); "
+                              "its arguments are checked as that op's once the expression is evaluated."}
 
 # $defs whose properties are values a spec may compute; keys listed here are names, not values.
 _NOT_VALUES = {"op", "input", "block", "from", "to", "with"}
@@ -44,6 +48,10 @@ def json_schema() -> dict[str, Any]:
     defs.update(body.pop("$defs"))
     defs["LayerBody"] = body
     defs["Expression"] = EXPRESSION
+    # An `op` written as an expression names its op only once evaluated (per scope, by expansion,
+    # which then types the body as that op); until then the body is checked as a mapping.
+    defs["ComputedOp"] = COMPUTED_OP
+    body["oneOf"].append({"$ref": "#/$defs/ComputedOp"})
     valued = {model.__name__ for model in (*OPS.values(), GenericLayer, BlockCall, Scale, Skip)}
     for name in valued:
         for key, prop in defs[name].get("properties", {}).items():

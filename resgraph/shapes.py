@@ -28,6 +28,7 @@ from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode
 from .hints import skip_hint
 from .ops import GenericLayer, GenericOpError, ShapeError, TensorType, merge_type
 from .ops.base import FLOAT_DTYPES
+from .ops.tensor import BlockOutput
 from .projections import ProjectionError, plan_projection, projection_parameters
 from .resolve import resolve
 from .spec import InputDecl
@@ -102,7 +103,9 @@ def _infer(graph: Graph, input_types: list[TensorType]) -> list[Diagnostic]:
             continue
         try:
             with site(graph.qualname + node.name):
-                if isinstance(node, LayerNode):
+                if isinstance(node, LayerNode) and isinstance(node.layer, BlockOutput):
+                    _infer_block_output(graph, node)
+                elif isinstance(node, LayerNode):
                     _infer_layer(node, inputs)
                 elif isinstance(node, BlockNode):
                     _infer_block(graph, node, inputs, diagnostics)
@@ -158,6 +161,8 @@ def _to_hints(graph: Graph, sizes: dict[int, Any] | None = None) -> dict[int, An
                 if isinstance(dim, SymInt):
                     sizes.setdefault(id(dim.expr), dim.expr)
             node.meta["type"] = node.meta["type"].hints()
+        if "types" in node.meta:
+            node.meta["types"] = [t.hints() for t in node.meta["types"]]
         if isinstance(node, SkipNode) and "projection" in node.meta:
             plan = node.meta["projection"]
             node.meta["projection"] = replace(plan, output=plan.output.hints())
@@ -174,6 +179,7 @@ def _infer_block(graph: Graph, node: BlockNode, inputs: list[TensorType], diagno
     body may read them; a block node built by hand brings its instances instead.
     """
     current = inputs
+    values: list[TensorType] = []  # each instance's output type (its last output's)
     recipe = node.recipe
     count = recipe.count if recipe is not None else len(node.instances)
     for index in range(count):
@@ -192,10 +198,20 @@ def _infer_block(graph: Graph, node: BlockNode, inputs: list[TensorType], diagno
         if problems:
             diagnostics.extend(problems)
             return
-        current = [instance.nodes[instance.outputs[0]].meta["type"]]
-    node.meta["type"] = current[0]
+        current = [instance.nodes[output].meta["type"] for output in instance.outputs]
+        values.append(current[-1])
+    # A call with several outputs has the types of its one instance's outputs; a collected repeat
+    # one per instance. Its own type is its first output's, or the chain's (its last instance's).
+    node.meta["types"] = current if not node.repeated else values
+    node.meta["type"] = current[-1] if node.repeated else current[0]
     counts = [total_parameters(instance) for instance in node.instances]
     node.meta["params"] = None if None in counts else sum(counts)
+
+
+def _infer_block_output(graph: Graph, node: LayerNode) -> None:
+    """One value of a block call with several: its type is the call's type of that value."""
+    assert isinstance(node.layer, BlockOutput)
+    node.meta.update(type=graph.nodes[node.inputs[0]].meta["types"][node.layer.index], args={}, params=0)
 
 
 def _instance_qualname(graph: Graph, node: BlockNode, index: int) -> str:

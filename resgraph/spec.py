@@ -19,7 +19,7 @@ from pydantic import Discriminator, Field, PrivateAttr, Tag, WithJsonSchema, mod
 
 from .errors import UsageError
 from .expressions import make_divisible
-from .ops import OPS, GenericLayer, Identifier, Layout, Merge, StrictModel
+from .ops import OPS, GenericLayer, Identifier, Layout, Merge, Reference, StrictModel
 from .ops.base import DTYPES
 from .suggest import did_you_mean
 
@@ -55,7 +55,8 @@ class InputDecl(StrictModel):
 class Skip(StrictModel):
     """Merge the output of `from` into the output of `to`; later uses of `to` see the result."""
 
-    source: Identifier = Field(alias="from", description="An input or a layer before `to`.")
+    source: Reference = Field(alias="from", description="An input or a layer before `to` (or one output of a "
+                                                        "block call: `call.out`, `call.0`).")
     to: Identifier = Field(description="The layer whose output receives the merge.")
     merge: Merge = Field(default=Merge.add, description="add, concat (along dim) or mul (gating, broadcasting).")
     projection: Projection | None = Field(default=None, description="Overrides defaults.projection for this skip.")
@@ -83,11 +84,14 @@ class BlockCall(StrictModel):
     """A layer that instantiates a block; with `repeat: N`, N chained instances (`NAME.0`, `NAME.1`...)."""
 
     block: Identifier = Field(description="The block to instantiate (from `blocks:` or an imported file).")
-    input: Identifier | list[Identifier] | None = Field(
+    input: Reference | list[Reference] | None = Field(
         default=None, description="The node(s) the block reads; default: the previous layer.")
     repeat: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
         default=None, description="Chain this many instances, nested as NAME.0, NAME.1, ... (scaled by scale.depth).")
     when: bool = Field(default=True, description="false (usually an expression): the layer is left out.")
+    collect: bool = Field(default=False, description=(
+        "true (with repeat): every instance's output stays readable, as NAME.0, NAME.1, ... and NAME.* (all of "
+        "them, in order, e.g. in a concat's input list); NAME alone is still the last one's."))
     scale: bool = Field(default=True, description="false: scale.depth leaves `repeat` as written "
                                                   "(e.g. a repeat over the rows of a stage table).")
     checkpoint: bool = Field(default=False, description=(
@@ -144,8 +148,9 @@ class BlockDef(StrictModel):
                                      description="Names of the block's inputs; default [x].")
     layers: list[_one_key(LayerTemplate, LAYER_ENTRY)] = Field(min_length=1)  # type: ignore[valid-type]
     skips: list[_one_key(SkipTemplate, SKIP_ENTRY)] = Field(default_factory=list)  # type: ignore[valid-type]
-    outputs: list[Identifier] | None = Field(default=None, min_length=1,
-                                              description="The block's outputs; default: its last layer.")
+    outputs: list[Reference] | None = Field(
+        default=None, min_length=1,
+        description="The block's outputs; default: its last layer. With several, a call's are read as CALL.NAME.")
 
 
 REQUIRED = "required"
@@ -219,8 +224,8 @@ class Spec(StrictModel):
         min_length=1, description="Ordered; each layer reads the previous one unless it names `input`.")
     skips: list[_one_key(SkipTemplate, SKIP_ENTRY)] = Field(  # type: ignore[valid-type]
         default_factory=list, description="Named edges merging one node's output into a later layer's.")
-    outputs: list[Identifier] | None = Field(default=None, min_length=1,
-                                              description="The returned nodes; default: the last layer.")
+    outputs: list[Reference] | None = Field(default=None, min_length=1,
+                                             description="The returned nodes; default: the last layer.")
     training: Training = Field(default_factory=Training,
                                description="Which blocks resgraph.shard and resgraph.compile use by default.")
 

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .errors import UsageError, printable
-from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode
+from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode, is_block_value
 from .macs import MacCount, layer_macs, merge_macs, projection_macs
 from .ops import TensorType
 from .ownership import owned_tensors
@@ -133,7 +133,7 @@ def summarize(graph: Graph, module: Any, *, depth: int | None = None, columns: S
         name=graph.name, file=file,
         rows=[r for r in rows if depth is None or r.depth < depth],
         total_params=total, trainable_params=trainable,
-        outputs=[graph.nodes[name].var for name in graph.outputs],
+        outputs=[name if is_block_value(graph.nodes[name]) else graph.nodes[name].var for name in graph.outputs],
         projections=[r.name for r in rows if r.projection and r.projection.steps != "identity"],
         total_macs=sum(r.macs or 0 for r in leaves), matmul_macs=sum(r.matmul_macs or 0 for r in leaves),
         param_bytes=sum(p.numel() * p.element_size() for p in module.parameters()),
@@ -159,12 +159,17 @@ class _Walker:
     def __init__(self, module: Any) -> None:
         self.module = module
         self.rows: list[Row] = []
+        self.values: dict[int, list[str]] = {}  # id(block call) -> the rows holding its values, when several
+        self.outputs: list[str] = []  # the rows holding the outputs of the graph walked last
 
     def graph(self, graph: Graph, prefix: str, level: int, sources: list[str]) -> _Totals:
         """Rows for `graph`'s nodes; `sources` name the rows feeding its inputs. Returns its totals."""
         shown: dict[str, str] = dict(zip(graph.inputs, sources))  # node name -> the row that holds its value
         totals = _Totals()
         for node in graph.nodes.values():
+            if is_block_value(node):  # no row: the value is its instance's output row (`head.box`, `stage.0`)
+                shown[node.name] = self.values[id(graph.nodes[node.inputs[0]])][node.layer.index]
+                continue
             name = prefix + node.name
             inputs = [graph.nodes[i].meta["type"] for i in node.inputs]
             reads = [shown[i] for i in node.inputs]
@@ -194,11 +199,14 @@ class _Walker:
             elif isinstance(node, BlockNode):
                 block = self.block(node, prefix, level, reads, common)
                 totals.add(block.macs, block.activation_bytes)
+        self.outputs = [shown[name] for name in graph.outputs]
         return totals
 
     def block(self, node: BlockNode, prefix: str, level: int, reads: list[str], common: dict[str, Any]) -> _Totals:
         """The block call's row, its instances' rows (for `repeat`) and their contents."""
         repeat = f" x{len(node.instances)}" if node.repeated else ""
+        if node.values:  # its values are read by name: say which (`detect -> box, cls`, `bottleneck x3, collected`)
+            repeat += ", collected" if node.repeated else f" -> {', '.join(v.partition('.')[2] for v in node.values)}"
         at = len(self.rows)
         self.rows.append(Row(prefix + node.name, "block", f"{node.call.block}{repeat}", **common))
         totals, sources = _Totals(), reads
@@ -206,6 +214,7 @@ class _Walker:
             qualified = instance.qualname.rstrip(".")
             if not node.repeated:
                 inner = self.graph(instance, instance.qualname, level + 1, sources)
+                self.values[id(node)] = self.outputs
             else:
                 first = len(self.rows)
                 self.rows.append(Row(qualified, "instance", instance_title(instance), shape=[], params=0))
@@ -219,6 +228,7 @@ class _Walker:
                     param_bytes=sum(t.numel() * t.element_size() for t in owned), connected_to=sources,
                     activation_bytes=inner.activation_bytes, **_mac_fields(inner.macs))
                 sources = [qualified]
+                self.values.setdefault(id(node), []).append(qualified)
             totals.add(inner.macs, inner.activation_bytes)
         self.rows[at] = replace(self.rows[at], activation_bytes=totals.activation_bytes, **_mac_fields(totals.macs))
         return totals

@@ -355,8 +355,9 @@ def _pydantic_message(item: dict[str, Any]) -> str:
         return f"{_bound_message('maxItems' if kind == 'too_long' else 'minItems', bound)}, got {actual}"
     if kind == "extra_forbidden":
         return "unknown key"
-    if kind == "missing":
-        return "missing"
+    if kind == "missing":  # a body checked only once typed (an `op` computed by an expression)
+        key = item["loc"][-1] if item.get("loc") else None
+        return f"missing required argument {key!r}" if isinstance(key, str) else "missing"
     if kind in ("value_error", "assertion_error"):  # resgraph's own validators: already in its words
         return item["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
     # Any other kind: pydantic's "Input should be ..." phrased as the messages above are.

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from .errors import Diagnostic, SpecError
 from .evaluate import evaluate_tree, resolve_params
+from .expressions import expression_body
 from .loader import LoadedSpec, Origin, Path, SourceMap
 from .ops import OPS
 from .schema import json_schema, library_schema
@@ -184,6 +185,8 @@ def _body_definition(body: dict[str, Any]) -> str | None:
     op = body.get("op")
     if not isinstance(op, str):
         return None
+    if expression_body(op) is not None:
+        return "ComputedOp"  # typed as the op it names once evaluated, by expansion
     if op in OPS:
         return OPS[op].__name__
     return "GenericLayer" if _OP_NAME.fullmatch(op) else None

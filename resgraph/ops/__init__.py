@@ -20,7 +20,7 @@ from . import (  # noqa: F401  (register ops)
     stored,
     tensor,
 )
-from .base import OPS, Identifier, Layer, Layout, ShapeError, StrictModel, TensorType, register_op
+from .base import OPS, Identifier, Layer, Layout, Reference, ShapeError, StrictModel, TensorType, register_op
 from .generic import GenericLayer, GenericOpError
 from .merge import Merge, MergeLayer, broadcast_shape, merge_code, merge_type
 
@@ -31,6 +31,7 @@ __all__ = [
     "Identifier",
     "Layer",
     "Layout",
+    "Reference",
     "Merge",
     "MergeLayer",
     "ShapeError",

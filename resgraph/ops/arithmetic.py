@@ -24,7 +24,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, create_model, model_validator
 
-from .base import FLOAT_DTYPES, Identifier, Layer, Scalar, ShapeError, TensorType, promote, register_op
+from .base import FLOAT_DTYPES, Layer, Reference, Scalar, ShapeError, TensorType, promote, register_op
 from .merge import broadcast_shape, check_gate_layouts
 
 __all__ = ["UNARY", "UNARY_OPS", "BinaryOp", "Clamp", "Matmul", "Pow", "UnaryOp", "broadcast_types"]
@@ -192,7 +192,7 @@ class Matmul(ArithmeticOp):
     rank, whose leading dims broadcast (`(H, L, D) @ (H, D, S)`, `(H, L, D) @ (1, D, S)`)."""
 
     op: Literal["matmul"]
-    input: Annotated[list[Identifier], Field(min_length=2, max_length=2)] | None = Field(
+    input: Annotated[list[Reference], Field(min_length=2, max_length=2)] | None = Field(
         None, description="The two operands, in order: [a, b].")
 
     min_inputs: ClassVar[int] = 2

@@ -29,6 +29,7 @@ __all__ = [
     "Identifier",
     "Layer",
     "FeatureMapLayer",
+    "Reference",
     "Layout",
     "OPS",
     "ShapeError",
@@ -42,6 +43,11 @@ __all__ = [
 
 IDENTIFIER_PATTERN = r"^[A-Za-z][A-Za-z0-9_]*$"
 Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER_PATTERN, max_length=128)]
+# A value a layer may read: a node's name; `call.out` for one output of a block call with several
+# (`call.inner.out` when that output is itself one of an inner call's), `call.3` for one
+# instance's output of a collected repeat, and `call.*` for all of them, in order (see resolve).
+REFERENCE_PATTERN = r"^[A-Za-z][A-Za-z0-9_]*(\.([A-Za-z][A-Za-z0-9_]*|[0-9]+))*(\.\*)?$"
+Reference = Annotated[str, StringConstraints(pattern=REFERENCE_PATTERN, max_length=512)]
 Layout = Literal["channels_first", "features_last"]
 
 DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "bool")
@@ -152,7 +158,7 @@ class Layer(StrictModel):
     """Base of every layer kind: an op name, optional explicit inputs, and the op's arguments."""
 
     op: str
-    input: Identifier | list[Identifier] | None = Field(
+    input: Reference | list[Reference] | None = Field(
         default=None, description="The node(s) this layer reads; default: the previous layer."
     )
     when: bool = Field(default=True, description="false (usually an expression): the layer is left out.")

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from ..symbolic import SymInt, hint
-from .base import Identifier, Layer, Scalar, ShapeError, TensorType, promote, register_op, sample_dim
+from .base import Layer, Reference, Scalar, ShapeError, TensorType, promote, register_op, sample_dim
 
 __all__ = ["Add", "Concat", "Merge", "Mul", "ScalarMergeLayer", "broadcast_shape", "check_gate_layouts", "merge_code",
            "merge_type"]
@@ -115,7 +115,9 @@ def merge_code(kind: Merge, operands: list[str], dim: int = 1) -> str:
 class MergeLayer(Layer):
     """A merge used as a layer: it reads two or more named nodes and has no parameters."""
 
-    input: list[Identifier] = Field(min_length=2, description="The nodes to merge, in order.")
+    # One entry may stand for several values (`stage.*`): the resolver counts the values.
+    input: list[Reference] = Field(min_length=1, description="The nodes to merge, in order: two or more "
+                                                             "(`call.*` counts as all of the call's values).")
 
     kind: ClassVar[Merge]
     code_only: ClassVar[bool] = True
@@ -132,7 +134,7 @@ class MergeLayer(Layer):
 class ScalarMergeLayer(MergeLayer):
     """add and mul: two or more inputs, or one input and a `scalar` (`{op: mul, scalar: 0.5}`)."""
 
-    input: Identifier | list[Identifier] | None = Field(  # type: ignore[assignment]
+    input: Reference | list[Reference] | None = Field(  # type: ignore[assignment]
         default=None, description="The nodes to merge, in order (two or more); with `scalar`, the one node "
                                   "(default: the previous layer).")
     scalar: Scalar | None = Field(None, description="A number as the other operand, instead of more inputs.")

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from .base import Identifier, Layer, Layout, ShapeError, TensorType, fill_sizes, register_op, sample_dim
 
-__all__ = ["Chunk", "Mean", "Permute", "Piece", "Reshape", "Select", "Split", "SplitBase",
+__all__ = ["BlockOutput", "Chunk", "Mean", "Permute", "Piece", "Reshape", "Select", "Split", "SplitBase",
            "Transpose", "pieces"]
 
 
@@ -221,3 +221,21 @@ class Piece(TensorOp):
 def pieces(name: str, group: SplitBase) -> list[tuple[str, Piece]]:
     """The nodes a chunk/split layer stands for: (output name, Piece)."""
     return [(out, Piece(op=group.op, input=group.input, group=group, index=i)) for i, out in enumerate(group.outputs)]
+
+
+class BlockOutput(TensorOp):
+    """One value of a block call that has several: a named output of a block with several outputs
+    (`head.box`), or one instance's output of a collected repeat (`stage.2`). Made by the resolve
+    stage, never written; its node reads the call's node, and the call's statement in the
+    generated forward assigns it (`head_box, head_cls = self.head(x)`), so it is no code of its own.
+    Shape inference types it from the call's `meta["types"]`."""
+
+    op: str = "output"
+    output: str  # the output's name (`box`), or the instance's index (`2`)
+    index: int  # its position among the call's values
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        raise NotImplementedError("a block output is typed from its call's types (see shapes)")
+
+    def args(self) -> dict[str, Any]:
+        return {"output": self.output}

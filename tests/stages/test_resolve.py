@@ -204,10 +204,21 @@ def test_errors_inside_block_instances_are_named_by_qualname_once_per_call() -> 
     ]
 
 
-def test_a_block_has_one_output() -> None:
+def test_a_block_with_several_outputs_gives_one_node_per_value() -> None:
+    """Its values follow the call, named as references read them; the spec's default output (its
+    last layer) is all of them."""
     text = BLOCKS.replace("      - s: {from: x, to: act}\n", "      - s: {from: x, to: act}\n    outputs: [fc, act]\n")
-    text = text.replace("  - stage: {block: unit, repeat: 2}\n", "")  # repeat refuses it earlier, in expand
-    assert shaped_errors(text) == ["12:14: block 'unit': has 2 outputs; a block has one"]
+    text = text.replace("  - stage: {block: unit, repeat: 2}\n", "")  # repeat refuses it, in expand
+    graph = resolved(text)
+    assert edges(graph) == [("x", "input", []), ("head", "block", ["x"]), ("head.fc", "layer", ["head"]),
+                            ("head.act", "layer", ["head"])]
+    head = graph.nodes["head"]
+    assert isinstance(head, BlockNode) and head.values == ["head.fc", "head.act"]
+    assert [graph.nodes[v].var for v in head.values] == ["head_fc", "head_act"]
+    assert graph.outputs == ["head.fc", "head.act"]
+    infer_shapes(graph)
+    assert head.instances[0].outputs == ["fc", "s"]
+    assert [graph.nodes[v].meta["type"].shape for v in head.values] == [(2,), (2,)]
 
 
 # --- name errors, all at once -------------------------------------------------------------------------
