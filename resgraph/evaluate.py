@@ -132,13 +132,25 @@ def is_left_out(body: Any) -> bool:
     return isinstance(body, dict) and body.get("when") is False
 
 
-def scale_width(body: Any, scale: Scale) -> Any:
+SHAPE_NAMES = ("in_channels", "in_features", "in_shape", "in_shapes")  # a block instance's input sizes
+
+
+def reads_input_shape(value: Any) -> bool:
+    """True when `value` is a `${}` expression that reads a block input's size (`SHAPE_NAMES`)."""
+    body = expression_body(value)
+    names = expression_names(body) if body is not None else None
+    return bool(names and names.intersection(SHAPE_NAMES))
+
+
+def scale_width(body: Any, scale: Scale, *, derived: bool = False) -> Any:
     """A layer body with `scale.width` applied: conv out_channels capped, times width, rounded (`Scale.channels`).
 
     A depthwise conv (`groups` equal to `out_channels` as written) stays depthwise. Layers opt out
-    with `scale: false` (e.g. a head whose channels are class scores).
+    with `scale: false` (e.g. a head whose channels are class scores). `derived`: out_channels was
+    computed from the block input's size, which is already scaled, so it is left as computed
+    (scaling it again would scale that width twice).
     """
-    if ((scale.width == 1 and scale.max_channels is None) or not isinstance(body, dict)
+    if ((scale.width == 1 and scale.max_channels is None) or derived or not isinstance(body, dict)
             or body.get("op") not in SCALED_OPS or body.get("scale", True) is False
             or not isinstance(body.get("out_channels"), (int, float))):
         return body
@@ -171,7 +183,8 @@ def concrete(template: Any, model: type[T] | TypeAdapter[T], names: Mapping[str,
     if is_left_out(body):
         return LEFT_OUT
     if scale is not None:
-        body = scale_width(body, scale)
+        derived = isinstance(template, dict) and reads_input_shape(template.get("out_channels"))
+        body = scale_width(body, scale, derived=derived)
     try:
         if isinstance(model, TypeAdapter):
             typed = model.validate_python(body)

@@ -34,7 +34,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from .errors import Diagnostic, ResgraphError, SpecError
-from .evaluate import LAYER, LEFT_OUT, concrete, evaluate_tree
+from .evaluate import LAYER, LEFT_OUT, SHAPE_NAMES, concrete, evaluate_tree
 from .expressions import ExpressionError, Unavailable, evaluate, expression_body, expression_names
 from .loader import LoadedSpec, Origin, SourceMap, load_import
 from .ops import OPS, GenericOpError, Layer, TensorType
@@ -192,9 +192,6 @@ class _ShapeNames(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(set(self.base) | set(SHAPE_NAMES))
-
-
-SHAPE_NAMES = ("in_channels", "in_features", "in_shape", "in_shapes")
 
 
 class Expander:
