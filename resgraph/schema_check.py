@@ -139,7 +139,12 @@ class Compiler:
             checks.append(lambda x: equal(x, const))
         if "enum" in schema:
             members = list(schema["enum"])
-            checks.append(lambda x: any(equal(x, m) for m in members))
+            hashable = [m for m in members if isinstance(m, str)]
+            if len(hashable) == len(members):  # names: a set lookup answers the same as `equal`
+                names = frozenset(hashable)
+                checks.append(lambda x: isinstance(x, str) and x in names)
+            else:
+                checks.append(lambda x: any(equal(x, m) for m in members))
         checks += self._strings(schema) + self._numbers(schema) + self._arrays(schema) + self._objects(schema)
         if "$ref" in schema:
             name = schema["$ref"]
@@ -148,8 +153,7 @@ class Compiler:
             key = name.removeprefix("#/$defs/")
             checks.append(lambda x: compiled[key](x))
         if "anyOf" in schema:
-            members_any = [self.compile(s) for s in schema["anyOf"]]
-            checks.append(lambda x: any(m(x) for m in members_any))
+            checks.append(_any([self.compile(s) for s in schema["anyOf"]]))
         if "allOf" in schema:
             members_all = [self.compile(s) for s in schema["allOf"]]
             checks.append(lambda x: all(m(x) for m in members_all))
@@ -195,7 +199,15 @@ class Compiler:
             if isinstance(schema["items"], list):
                 raise UnsupportedSchema("`items` as a list (use prefixItems)")
             item = self.compile(schema["items"])
-            checks.append(lambda x: not isinstance(x, list) or all(item(i) for i in x))
+
+            def items_ok(x: Any) -> bool:
+                if isinstance(x, list):
+                    for value in x:
+                        if not item(value):
+                            return False
+                return True
+
+            checks.append(items_ok)
         if "minItems" in schema:
             fewest = schema["minItems"]
             checks.append(lambda x: not isinstance(x, list) or len(x) >= fewest)
@@ -207,8 +219,8 @@ class Compiler:
     def _objects(self, schema: dict[str, Any]) -> list[Predicate]:
         checks: list[Predicate] = []
         if "required" in schema:
-            required = list(schema["required"])
-            checks.append(lambda x: not isinstance(x, dict) or all(k in x for k in required))
+            required = frozenset(schema["required"])
+            checks.append(lambda x: not isinstance(x, dict) or x.keys() >= required)
         if "minProperties" in schema:
             fewest = schema["minProperties"]
             checks.append(lambda x: not isinstance(x, dict) or len(x) >= fewest)
@@ -217,7 +229,15 @@ class Compiler:
             checks.append(lambda x: not isinstance(x, dict) or len(x) <= most)
         if "propertyNames" in schema:
             name_ok = self.compile(schema["propertyNames"])
-            checks.append(lambda x: not isinstance(x, dict) or all(name_ok(k) for k in x))
+
+            def names_ok(x: Any) -> bool:
+                if isinstance(x, dict):
+                    for key in x:
+                        if not name_ok(key):
+                            return False
+                return True
+
+            checks.append(names_ok)
         if any(k in schema for k in ("properties", "patternProperties", "additionalProperties")):
             checks.append(self._members(schema))
         return checks
@@ -228,6 +248,21 @@ class Compiler:
         patterns = [(re.compile(p).search, self.compile(s)) for p, s in schema.get("patternProperties", {}).items()]
         extra = schema.get("additionalProperties", True)
         other = None if extra is True or extra == {} else self.compile(extra)
+
+        if not patterns and extra is False:  # the common case: a closed record
+            allowed = frozenset(named)
+
+            def record(x: Any) -> bool:
+                if not isinstance(x, dict):
+                    return True
+                if not x.keys() <= allowed:
+                    return False
+                for key, value in x.items():
+                    if not named[key](value):
+                        return False
+                return True
+
+            return record
 
         def members(x: Any) -> bool:
             if not isinstance(x, dict):
@@ -256,6 +291,20 @@ _KEYWORDS = frozenset({"type", "const", "enum", "pattern", "maxLength", "minLeng
                        "exclusiveMinimum", "exclusiveMaximum", "items", "minItems", "maxItems", "required",
                        "minProperties", "maxProperties", "propertyNames", "properties", "patternProperties",
                        "additionalProperties", "$ref", "anyOf", "allOf", "oneOf", "not", "if", "then", "else"})
+
+
+def _any(members: list[Predicate]) -> Predicate:
+    if len(members) == 2:
+        first, second = members
+        return lambda x: first(x) or second(x)
+
+    def some(x: Any) -> bool:
+        for member in members:
+            if member(x):
+                return True
+        return False
+
+    return some
 
 
 def _all(checks: list[Predicate]) -> Predicate:

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from .errors import Diagnostic, SpecError
 from .evaluate import evaluate_tree, resolve_params
-from .loader import LoadedSpec, Origin, Path, SourceMap
+from .loader import LoadedSpec, Origin, Path, SourceMap, gc_paused
 from .ops import OPS
 from .resources import schema_path
 from .schema import json_schema, library_schema
@@ -61,6 +61,11 @@ def validate(loaded: LoadedSpec, params: Mapping[str, Any] | None = None,
         SpecError: every schema violation outside layer, skip and block entries (or any, without
             `diagnostics`), and every parameter or top-level section violation.
     """
+    with gc_paused():  # a large spec's many small, acyclic objects: see loader.gc_paused
+        return _validate(loaded, params, diagnostics)
+
+
+def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics: list[Diagnostic] | None) -> Spec:
     problems, paths = _schema_problems(loaded.data, loaded.source)
     entries, blocks, fatal = _invalid_parts(paths)
     if problems and (fatal or diagnostics is None):
