@@ -63,6 +63,7 @@ class _Resolver:
         self.declared_at: dict[str, Origin] = {}
         self.dropped: set[int] = set()  # ids of items whose names could not be declared
         self.failed: set[str] = set()  # names of layers and skips with a problem of their own
+        self.position = {id(item): i for i, item in enumerate(scope.layers)}  # (a scan per layer was quadratic)
 
     def q(self, name: str) -> str:
         """A name as messages show it: qualified inside a block instance (`layer1.0.conv1`)."""
@@ -151,7 +152,7 @@ class _Resolver:
             return [body.input] if isinstance(body.input, str) else list(body.input)
         if isinstance(body, Layer) and body.max_inputs == 0:
             return []
-        index = next(i for i, other in enumerate(self.scope.layers) if other is item)
+        index = self.position[id(item)]
         if index > 0:
             return [self.scope.layers[index - 1].name]
         inputs = list(self.scope.inputs)
