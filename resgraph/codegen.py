@@ -1,8 +1,9 @@
 """Stage 6, codegen: a typed graph -> the Python source of its `forward` method.
 
 The generated code is what a person would write: one line per node, submodules called by their
-layer names, skips as `target = target + self.skip(source)`, a shape comment on every line,
-and `del` after a value's last use so memory is freed as early as in a hand-written module.
+layer names, skips as `target = target + self.skip(source)` (or `target += ...` where adding in
+place is invisible, see `in_place_adds`), a shape comment on every line, and `del` after a
+value's last use so memory is freed as early as in a hand-written module.
 
 Only validated identifiers (`[A-Za-z][A-Za-z0-9_]*`, never keywords or nn.Module attributes) and
 integers reach the source; no string from a spec is ever pasted into code otherwise.
@@ -15,7 +16,7 @@ integers reach the source; no string from a spec is ever pasted into code otherw
 >>> print(generate_forward(infer_shapes(b.build())), end="")
 def forward(self, x):
     conv = self.conv(x)  # (N, 4, 8, 8)
-    conv = conv + self.res(x)  # (N, 4, 8, 8) skip res: add x (auto projection: 3->4 channels)
+    conv += self.res(x)  # (N, 4, 8, 8) skip res: add x (auto projection: 3->4 channels)
     act = self.act(conv)  # (N, 4, 8, 8)
     return act
 """
@@ -30,8 +31,10 @@ from .ops import Merge, merge_code
 from .ownership import Owns, owns
 from .projections import ProjectionPlan, step_code
 from .sizes import SizeReport
+from .symbolic import SymInt
 
-__all__ = ["HELPERS", "generate_forward", "helpers_used", "input_guard", "shape_comment"]
+__all__ = ["FRESH_OUTPUT_OPS", "HELPERS", "generate_forward", "helpers_used", "in_place_adds", "input_guard",
+           "shape_comment"]
 
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 LARGE = 16_384  # elements per sample (64 KiB of float32) from which freeing a value early pays
@@ -63,7 +66,7 @@ def helpers_used(source: str) -> list[str]:
     return [name for name in HELPERS if f"{name}(" in source]
 
 
-def generate_forward(graph: Graph, *, shapes: bool = True) -> str:
+def generate_forward(graph: Graph, *, shapes: bool = True, in_place: bool = True) -> str:
     """The source of `def forward(self, <inputs>)` for a graph whose shapes are inferred.
 
     With `shapes=False` the comments leave out everything specific to one instance (shapes,
@@ -73,8 +76,13 @@ def generate_forward(graph: Graph, *, shapes: bool = True) -> str:
     more), which lowers peak memory like a hand-written forward that reuses `x`; small values are
     left to the function's end, because a `del` costs more than it saves on them. Without
     shapes, every value is deleted, the same for all instances.
+
+    With `in_place` (the default), the skips `in_place_adds` names add into their target in place.
+    That choice depends on types (a source that broadcasts into its target), so without shapes two
+    instances of a block can still differ there, and then do not share a source.
     """
     statements: list[tuple[str, list[Node], set[str], str]] = []  # (code, nodes written, read vars, comment)
+    adds = in_place_adds(graph) if in_place else set()
     size = {name: math.prod(graph.nodes[name].meta["type"].shape) for name in graph.inputs}
     for node in graph.nodes.values():
         if isinstance(node, InputNode) or is_block_value(node):
@@ -83,7 +91,7 @@ def generate_forward(graph: Graph, *, shapes: bool = True) -> str:
             statements += _block_values(graph, node, shapes)
             continue
         reads = {graph.nodes[name].var for name in node.inputs} or set(_batch_source(graph, node))
-        statements.append((_statement(graph, node), [node], reads, _comment(node, shapes)))
+        statements.append((_statement(graph, node, node.name in adds), [node], reads, _comment(node, shapes)))
     for _, written, _, _ in statements:
         for node in written:
             size[node.var] = max(size.get(node.var, 0), math.prod(node.meta["type"].shape))
@@ -117,7 +125,7 @@ def generate_forward(graph: Graph, *, shapes: bool = True) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _statement(graph: Graph, node: Node) -> str:
+def _statement(graph: Graph, node: Node, in_place: bool = False) -> str:
     args = [graph.nodes[name].var for name in node.inputs] or _batch_source(graph, node)
     if isinstance(node, LayerNode):
         if node.layer.code_only:
@@ -129,8 +137,66 @@ def _statement(graph: Graph, node: Node) -> str:
     skip = node.skip
     target, source = args
     projected = _projected(node, source)
+    if in_place:
+        return f"{target} += {projected}"
     operands = [projected, target] if skip.merge is Merge.concat else [target, projected]
     return f"{target} = {merge_code(skip.merge, operands, skip.concat_dim)}"
+
+
+# Curated ops whose module returns a new tensor that no other value shares and that autograd does
+# not keep for the backward pass (their backward reads their input and weights): adding into it in
+# place changes nothing but that value, as torchvision's `out += identity` after a BatchNorm. Not
+# here: activations (ReLU's and Sigmoid's backward read their output; `inplace=True` ones return
+# their input), views and reshapes (they share their input's storage), Identity and Dropout (they
+# return their input), code ops and uncurated classes (anything could be returned).
+FRESH_OUTPUT_OPS = frozenset({"Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
+                              "Linear", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm"})
+
+
+def in_place_adds(graph: Graph) -> set[str]:
+    """The `add` skips whose target can be added into in place (`t += s`) with the same result and
+    the same gradients as `t = t + s`, and fewer allocations.
+
+    A skip qualifies when its target's value was made by a `FRESH_OUTPUT_OPS` layer (or by an
+    earlier merge into it, itself a new tensor), no statement read that value in between (it might
+    have kept it, or a view of it), its source is another value, and the sum has the target's shape
+    and dtype (the source broadcasts into the target). A graph input never qualifies: its tensor is
+    the caller's.
+    """
+    maker: dict[str, Node] = {}  # variable -> the node whose statement last wrote it
+    read_since: set[str] = set()  # variables read since that write
+    found: set[str] = set()
+    for node in graph.nodes.values():
+        reads = [graph.nodes[name].var for name in node.inputs]
+        if isinstance(node, SkipNode) and node.skip.merge is Merge.add and len(reads) == 2:
+            target, source = reads
+            made = maker.get(target)
+            if (made is not None and target not in read_since and source != target and _fresh(made)
+                    and _same_type(node, made)):
+                found.add(node.name)
+        read_since.update(reads)
+        maker[node.var] = node
+        read_since.discard(node.var)
+    return found
+
+
+def _fresh(node: Node) -> bool:
+    if isinstance(node, SkipNode):
+        return True  # a merge's result is a new tensor (or, added in place, its target's, itself fresh)
+    return (isinstance(node, LayerNode) and node.layer.op in FRESH_OUTPUT_OPS and not node.layer.code_only
+            and owns(node) is Owns.module)
+
+
+def _same_type(a: Node, b: Node) -> bool:
+    """Whether two nodes' types are certainly equal for every input size (shapes compared as
+    expressions: comparing symbolic sizes with == would record a guard)."""
+    ta, tb = a.meta["type"], b.meta["type"]
+
+    def key(dim: object) -> object:
+        return ("sym", str(dim.expr)) if isinstance(dim, SymInt) else ("int", dim)
+
+    return (ta.dtype == tb.dtype and ta.rank == tb.rank
+            and all(key(x) == key(y) for x, y in zip(ta.shape, tb.shape)))
 
 
 def _block_values(graph: Graph, node: BlockNode, shapes: bool) -> list[tuple[str, list[Node], set[str], str]]:

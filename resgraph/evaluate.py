@@ -22,8 +22,8 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from .errors import Diagnostic, Location
 from .expressions import ExpressionError, evaluate, expression_body, expression_names
 from .loader import Origin, Path
-from .ops import Layer, ShapeError
-from .spec import LayerBody, Scale
+from .ops import OPS, GenericLayer, Layer, ShapeError
+from .spec import BlockCall, Scale, _layer_tag
 from .suggest import did_you_mean
 from .translate import pydantic_diagnostics, subject
 
@@ -31,7 +31,21 @@ __all__ = ["LAYER", "LEFT_OUT", "SCALED_OPS", "concrete", "evaluate_tree", "is_l
            "scale_width"]
 
 SCALED_OPS = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
-LAYER: TypeAdapter[Any] = TypeAdapter(LayerBody)
+
+
+class _LayerModels:
+    """Types a layer body as `spec.LayerBody` does (the model its `op` names, `BlockCall` for a
+    `block:`, `GenericLayer` otherwise) without building the union: a union's validator is built
+    from every op model at import, while this builds only the models a spec uses (the models
+    defer their build), which is most of `resgraph validate`'s start-up."""
+
+    def validate_python(self, body: Any) -> Any:
+        tag = _layer_tag(body)
+        model = BlockCall if tag == "block" else OPS.get(tag, GenericLayer)
+        return model.model_validate(body)
+
+
+LAYER: Any = _LayerModels()
 
 T = TypeVar("T")
 
@@ -186,7 +200,7 @@ def concrete(template: Any, model: type[T] | TypeAdapter[T], names: Mapping[str,
         derived = isinstance(template, dict) and reads_input_shape(template.get("out_channels"))
         body = scale_width(body, scale, derived=derived)
     try:
-        if isinstance(model, TypeAdapter):
+        if isinstance(model, (TypeAdapter, _LayerModels)):
             typed = model.validate_python(body)
         else:
             assert issubclass(model, BaseModel)

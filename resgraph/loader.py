@@ -20,7 +20,7 @@ import gc
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,17 +93,33 @@ class Origin:
         return self.source.locate(self.path, key=key)
 
 
-@dataclass
 class LoadedSpec:
-    """A parsed document: its data, where each piece came from, and the original text."""
+    """A parsed document: its data, where each piece came from, and the original text.
 
-    data: Any
-    source: SourceMap
-    text: str
+    `text` may be given as a function that writes it: a spec passed as a dict has no text until a
+    build record needs one, and writing it (indented JSON, in pure Python) cost more than
+    validating a large spec.
+    """
+
+    __slots__ = ("_text", "data", "source")
+
+    def __init__(self, data: Any, source: SourceMap, text: str | Callable[[], str]) -> None:
+        self.data = data
+        self.source = source
+        self._text = text
+
+    @property
+    def text(self) -> str:
+        if not isinstance(self._text, str):
+            self._text = self._text()
+        return self._text
 
     @property
     def file(self) -> str:
         return self.source.file
+
+    def __repr__(self) -> str:
+        return f"LoadedSpec(file={self.file!r})"
 
 
 def load_file(path: str | os.PathLike[str], *, regular_only: bool = False) -> LoadedSpec:

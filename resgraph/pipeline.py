@@ -98,7 +98,7 @@ def load(spec: SpecSource, *, file: str | None = None) -> LoadedSpec:
     if isinstance(spec, LoadedSpec):
         return spec
     if isinstance(spec, dict):
-        return LoadedSpec(spec, SourceMap(file or "<dict>"), json.dumps(spec, indent=2))
+        return LoadedSpec(spec, SourceMap(file or "<dict>"), lambda: json.dumps(spec, indent=2))
     if isinstance(spec, os.PathLike) or (isinstance(spec, str) and _looks_like_path(spec)):
         return read_shipped(os.fspath(spec)) if is_shipped(os.fspath(spec)) else load_file(spec)
     if isinstance(spec, str):

@@ -73,6 +73,7 @@ class _Resolver:
         self.values: dict[str, list[str]] = {}  # block call -> its values' names (outputs, or instance indices)
         self.collected: set[str] = set()  # block calls with `collect: true`
         self.variables: set[str] = set()  # variables given to BlockOutput nodes
+        self.position = {id(item): i for i, item in enumerate(scope.layers)}  # (a scan per layer was quadratic)
 
     def q(self, name: str) -> str:
         """A name as messages show it: qualified inside a block instance (`layer1.0.conv1`)."""
@@ -247,7 +248,7 @@ class _Resolver:
             return [body.input] if isinstance(body.input, str) else list(body.input)
         if isinstance(body, Layer) and body.max_inputs == 0:
             return []
-        index = next(i for i, other in enumerate(self.scope.layers) if other is item)
+        index = self.position[id(item)]
         if index > 0:
             return [self.scope.layers[index - 1].name]
         inputs = list(self.scope.inputs)

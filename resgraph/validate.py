@@ -1,8 +1,10 @@
 """Stage 2, validate: plain data -> a typed `Spec`, or every structural mistake with a location.
 
-jsonschema checks the structure of the whole document first and reports every violation at
-once; then the spec's parameters are resolved and its top-level sections (inputs, outputs,
-scale, defaults) evaluated and typed with pydantic. Layers and skips stay templates, at the top
+The schema checks the structure of the whole document first and reports every violation at
+once: a predicate compiled from the packaged schema (`schema_check`) accepts most documents, and
+only one it rejects is walked by jsonschema, which words the errors. Then the spec's parameters
+are resolved and its top-level sections (inputs, outputs, scale, defaults) evaluated and typed
+with pydantic. Layers and skips stay templates, at the top
 level as in blocks: the expansion stage evaluates and types them per scope, through `evaluate`.
 Third-party wording is translated by `translate`.
 
@@ -15,6 +17,7 @@ Third-party wording is translated by `translate`.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from functools import cache
@@ -25,9 +28,11 @@ from pydantic import ValidationError
 from .errors import Diagnostic, SpecError
 from .evaluate import evaluate_tree, resolve_params
 from .expressions import expression_body
-from .loader import LoadedSpec, Origin, Path, SourceMap
+from .loader import LoadedSpec, Origin, Path, SourceMap, gc_paused
 from .ops import OPS
+from .resources import schema_path
 from .schema import json_schema, library_schema
+from .schema_check import Compiler, Predicate, UnsupportedSchema
 from .spec import BlockLibrary, Spec
 from .translate import jsonschema_diagnostics, pydantic_diagnostics, untyped_body
 
@@ -57,6 +62,11 @@ def validate(loaded: LoadedSpec, params: Mapping[str, Any] | None = None,
         SpecError: every schema violation outside layer, skip and block entries (or any, without
             `diagnostics`), and every parameter or top-level section violation.
     """
+    with gc_paused():  # a large spec's many small, acyclic objects: see loader.gc_paused
+        return _validate(loaded, params, diagnostics)
+
+
+def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics: list[Diagnostic] | None) -> Spec:
     problems, paths = _schema_problems(loaded.data, loaded.source)
     entries, blocks, fatal = _invalid_parts(paths)
     if problems and (fatal or diagnostics is None):
@@ -160,6 +170,40 @@ def _validators(root: str) -> tuple[Any, dict[str, Any]]:
     return jsonschema.Draft202012Validator(shell), bodies
 
 
+@cache
+def _predicates(root: str) -> tuple[Predicate, Compiler] | None:
+    """The compiled twins of `_validators(root)`, from the packaged schema file (a test keeps it equal
+    to the generated schema, so start-up needs neither the generation nor jsonschema); None when the
+    file cannot be read or compiled (then jsonschema checks every document)."""
+    try:
+        defs = dict(json.loads(schema_path().read_text(encoding="utf-8"))["$defs"])
+        spec = defs.pop("Spec")
+        shell = Compiler({**defs, "LayerBody": {"type": "object"}})
+        top = shell.compile(spec) if root == "spec" else shell.definition("BlockLibrary")
+        return top, Compiler(defs)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _accepts(data: Any, root: str) -> bool:
+    """True when the schema certainly has nothing to say about `data` (jsonschema would report no
+    error); False when it might, and jsonschema must look."""
+    predicates = _predicates(root)
+    if predicates is None:
+        return False
+    shell, bodies = predicates
+    if not shell(data):
+        return False
+    for _, body in _layer_bodies(data):
+        definition = _body_definition(body)
+        try:
+            if definition is None or not bodies.definition(definition)(body):
+                return False
+        except UnsupportedSchema:
+            return False
+    return True
+
+
 def _layer_bodies(data: Any) -> list[tuple[Path, dict[str, Any]]]:
     """(path, body) of every `- NAME: {...}` layer entry, at the top level and inside blocks."""
     if not isinstance(data, dict):
@@ -202,6 +246,13 @@ def schema_diagnostics(data: Any, source: SourceMap, root: str = "spec") -> list
 
 def _schema_problems(data: Any, source: SourceMap, root: str = "spec") -> tuple[list[Diagnostic], list[Path]]:
     """The schema's diagnostics, and the data path of each violation."""
+    if _accepts(data, root):
+        return [], []
+    return _jsonschema_problems(data, source, root)
+
+
+def _jsonschema_problems(data: Any, source: SourceMap, root: str) -> tuple[list[Diagnostic], list[Path]]:
+    """`_schema_problems` from jsonschema's own walk of the document."""
     result, paths = [], []
     shell, bodies = _validators(root)
     errors = list(shell.iter_errors(data))

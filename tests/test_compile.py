@@ -72,7 +72,7 @@ def test_forward_is_straight_line_generated_code(tutorial: nn.Module) -> None:
     code = tutorial.code
     assert code.startswith("def forward(self, x):")
     assert "for " not in code and "getattr" not in code  # no interpretation of a node list
-    assert "res1_conv2 = res1_conv2 + self.shortcut1(x)" in code
+    assert "res1_conv2 += self.shortcut1(x)" in code
     assert "# (N, 128, 32, 32)" in code
 
 

@@ -106,7 +106,7 @@ def test_preact_resnet_skips_wrap_norm_activation_conv_pairs() -> None:
     model = resgraph.build(EXAMPLES / "preact_resnet.yaml", seed=0)
     block = model.layer2[0]
     code = type(block).code
-    assert code.index("self.bn1(x)") < code.index("conv2 = conv2 + self.shortcut(x)")  # identity path: raw x
+    assert code.index("self.bn1(x)") < code.index("conv2 += self.shortcut(x)")  # identity path: raw x
     assert isinstance(block.shortcut[0], nn.Conv2d) and len(block.shortcut) == 1  # plain 1x1 conv, stride 2
     assert block.shortcut[0].stride == (2, 2)
     assert not hasattr(model.layer2[1], "shortcut")

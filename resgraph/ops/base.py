@@ -71,7 +71,10 @@ Ties = TypeAliasType("Ties", Annotated[dict[ParameterPath, ParameterPath], Field
 class StrictModel(BaseModel):
     """Unknown keys are errors and infinities are not numbers, everywhere in a spec."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, populate_by_name=True)
+    # defer_build: a model's validator is built on its first use, so start-up pays only for the ops a
+    # spec names (building all of them took most of `resgraph validate`'s time).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, populate_by_name=True,
+                              defer_build=True)
 
 
 def promote(dtypes: list[str], scalar: Scalar | None = None, *, floating: bool = False) -> str:

@@ -4,7 +4,8 @@ The specification:
 
 - one statement per node, in graph order: `name = self.name(inputs)` for a module, the op's own
   expression for a code op, `name = self.name(inputs)` for a block call, and for a skip
-  `target = target <merge> <projected source>` (concat puts the source first);
+  `target = target <merge> <projected source>` (concat puts the source first), or
+  `target += <projected source>` for an add into a fresh target (see tests/test_in_place.py);
 - a projection's code steps are written inline, its module steps are the skip's submodule; no
   size that depends on the input is a constant in the source: a crop is `_center_crop(source,
   target)` (a helper in `HELPERS`, defined beside the forward), which crops at run time;
@@ -93,7 +94,7 @@ def test_a_residual_unit() -> None:
         "    del conv1\n"
         "    conv2 = self.conv2(relu)  # (N, 8, 64, 64)\n"
         "    del relu\n"
-        "    conv2 = conv2 + self.down(x)  # (N, 8, 64, 64) skip down: add x (auto projection: 4->8 channels)\n"
+        "    conv2 += self.down(x)  # (N, 8, 64, 64) skip down: add x (auto projection: 4->8 channels)\n"
         "    del x\n"
         "    out = self.out(conv2)  # (N, 8, 64, 64)\n"
         "    return out\n")
@@ -107,7 +108,7 @@ def test_a_residual_unit_without_shapes() -> None:
         "    del conv1\n"
         "    conv2 = self.conv2(relu)\n"
         "    del relu\n"
-        "    conv2 = conv2 + self.down(x)  # skip down: add x (auto projection)\n"
+        "    conv2 += self.down(x)  # skip down: add x (auto projection)\n"
         "    del x\n"
         "    out = self.out(conv2)\n"
         "    return out\n")
@@ -167,7 +168,7 @@ def pair(qualname: str) -> Graph:
 # --- skips and merges -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("merge_kind", "policy", "statement"), [
-    ("add", "auto", "t = t + self.s(x)"),
+    ("add", "auto", "t += self.s(x)"),  # a conv's fresh output: added in place (test_in_place.py)
     ("mul", "conv", "t = t * self.s(x)"),  # auto refuses a gate across scales: the skip says how
     ("concat", "conv", "t = torch.cat([self.s(x), t], dim=1)"),
 ])
@@ -193,7 +194,7 @@ def test_code_steps_are_inline_and_come_before_the_submodule(policy: str, conv: 
     b.input("x", [4, 8, 8])
     b.layer("t", "Conv2d", out_channels=8, **conv)
     b.skip("s", "x", "t", projection=policy)
-    assert generate_forward(typed(b)).splitlines()[2].split("  #")[0] == f"    t = t + {projected}"
+    assert generate_forward(typed(b)).splitlines()[2].split("  #")[0] == f"    t += {projected}"
 
 
 # --- size-generic code: runtime crops and the input guard --------------------------------------------------------
@@ -210,7 +211,7 @@ def cropped() -> Graph:
 def test_a_crop_reads_the_sizes_at_run_time() -> None:
     graph = cropped()
     source = generate_forward(graph, shapes=False)
-    assert source.splitlines()[2] == ("    conv = conv + self.s(_center_crop(x, conv))"
+    assert source.splitlines()[2] == ("    conv += self.s(_center_crop(x, conv))"
                                       "  # skip s: add x (crop projection)")
     assert helpers_used(source) == ["_center_crop"] and helpers_used(generate_forward(basic())) == []
     torch.manual_seed(0)
@@ -399,7 +400,7 @@ def test_a_skip_target_dies_only_after_the_merged_value_is_read() -> None:
     # conv2's variable is rewritten by the skip; the skip reads x last, so x dies after it (see basic()).
     assert dels(generate_forward(basic())) == [("relu = self.relu(conv1)", "conv1"),
                                                ("conv2 = self.conv2(relu)", "relu"),
-                                               ("conv2 = conv2 + self.down(x)", "x")]
+                                               ("conv2 += self.down(x)", "x")]
 
 
 # --- instances share source without shapes -------------------------------------------------------------------
