@@ -257,20 +257,25 @@ def _bound_message(kind: str, bound: Any) -> str:
     }[kind]
 
 
-def describe(schema: Any) -> str:
-    """A short English description of what a schema accepts ('an integer >= 1 or a list of ...')."""
+def describe(schema: Any, seen: frozenset[str] = frozenset()) -> str:
+    """A short English description of what a schema accepts ('an integer >= 1 or a list of ...').
+
+    `seen`: the definitions being described; a recursive one (a nested list literal) is named once.
+    """
     if not isinstance(schema, dict):
         return "a valid value"
     if schema.get("$ref") == "#/$defs/Expression":
         return "a ${...} expression"
     if "$ref" in schema:
-        target = json_schema()["$defs"].get(schema["$ref"].rsplit("/", 1)[-1], {})
-        return describe(target)
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        if name in seen:
+            return "a list nested the same way"
+        return describe(json_schema()["$defs"].get(name, {}), seen | {name})
     for union in ("anyOf", "oneOf"):
         if union in schema:
             # Any value may be a ${...} expression; saying so in every message is only noise.
             options = [s for s in schema[union] if s != {"$ref": "#/$defs/Expression"}] or schema[union]
-            parts = list(dict.fromkeys(describe(s) for s in options))
+            parts = list(dict.fromkeys(describe(s, seen) for s in options))
             return " or ".join(parts)
     if "const" in schema:
         return repr(schema["const"])
@@ -289,7 +294,7 @@ def describe(schema: Any) -> str:
     if kind == "string":
         return "a name" if "pattern" in schema else "a string"
     if kind == "array":
-        return f"a list of {_plural(describe(schema['items']))}" if "items" in schema else "a list"
+        return f"a list of {_plural(describe(schema['items'], seen))}" if "items" in schema else "a list"
     if kind == "object":
         return "a mapping"
     return "a valid value"
