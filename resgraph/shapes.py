@@ -3,7 +3,8 @@
 Runs before any weight exists (curated ops use pure shape functions; uncurated torch.nn classes
 run on the meta device). Results go to `node.meta`: `type` (TensorType), `args` (the full
 constructor arguments, inferred sizes included), `params` (parameter count, None where only
-building can tell) and, for skips, `projection` (ProjectionPlan).
+building can tell), `storage` (a layer's or block's `Storage`: how its output shares memory with
+its inputs, which the in-place check follows) and, for skips, `projection` (ProjectionPlan).
 A node whose inputs failed is skipped silently, so each reported error is an independent one.
 
 >>> from resgraph.graph import GraphBuilder
@@ -26,8 +27,8 @@ from .errors import Diagnostic, SpecError
 from .expand import instantiate
 from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode
 from .hints import skip_hint
-from .ops import GenericLayer, GenericOpError, ShapeError, TensorType, merge_type
-from .ops.base import FLOAT_DTYPES
+from .ops import GenericOpError, ShapeError, TensorType, merge_type
+from .ops.base import FLOAT_DTYPES, FRESH, Storage
 from .projections import ProjectionError, plan_projection, projection_parameters
 from .resolve import resolve
 from .spec import InputDecl
@@ -194,6 +195,7 @@ def _infer_block(graph: Graph, node: BlockNode, inputs: list[TensorType], diagno
             return
         current = [instance.nodes[instance.outputs[0]].meta["type"]]
     node.meta["type"] = current[0]
+    node.meta["storage"] = _block_storage(node.instances)
     counts = [total_parameters(instance) for instance in node.instances]
     node.meta["params"] = None if None in counts else sum(counts)
 
@@ -224,6 +226,7 @@ def _check_blind(graph: Graph, node: BlockNode) -> list[Diagnostic]:
 def _infer_layer(node: LayerNode, inputs: list[TensorType]) -> None:
     layer = node.layer
     node.meta["type"] = layer.output_type(inputs)
+    node.meta["storage"] = layer.storage(inputs)
     # A module's arguments are fixed numbers: a size that reaches one is specialised (recorded).
     node.meta["args"] = _specialized(layer.module_args(inputs))
     count = layer.parameter_count(node.meta["args"])
@@ -277,21 +280,94 @@ def _located(graph: Graph, node: Node, exc: ShapeError) -> Diagnostic:
     return Diagnostic(graph.where(node, key), f"{graph.label(node)}: {exc}")
 
 
+def _storage(node: Node) -> Storage:
+    """How a node's value shares memory (see `Storage`): inputs are the caller's memory, a skip's
+    merge makes a new tensor, a layer's or block's was found when it was typed."""
+    return node.meta.get("storage", FRESH) if isinstance(node, (LayerNode, BlockNode)) else FRESH
+
+
+def _alias_path(graph: Graph, name: str) -> list[str]:
+    """The nodes whose values are one memory with `name`'s, from the one that made it to `name`
+    (`['fc', 'flat']` for a reshape of fc)."""
+    path = [name]
+    while (index := _storage(graph.nodes[path[-1]]).aliases) is not None:
+        path.append(graph.nodes[path[-1]].inputs[index])
+    return path[::-1]
+
+
+def _block_storage(instances: list[Graph]) -> Storage:
+    """A block call's output shares its input's memory when every instance passes it through (an
+    Identity, a reshape); autograd keeps it when a node on the way does."""
+    aliases, saves = True, False
+    for instance in instances:
+        path = _alias_path(instance, instance.outputs[0])
+        through = path[0] == instance.inputs[0] if instance.inputs else False
+        kept = any(_storage(instance.nodes[n]).saves_output for n in path)
+        saves = (saves or kept) if through else kept
+        aliases = aliases and through
+    return Storage(0 if aliases and instances else None, None, saves)
+
+
 def _inplace_hazards(graph: Graph) -> list[Diagnostic]:
-    """An in-place op must not overwrite a value that something else still reads."""
+    """An in-place op must not overwrite memory that something else still reads, that is an input or
+    output of the model, that a stored tensor broadcasts, or whose values autograd keeps.
+
+    Memory is followed through aliases (`Storage.aliases`): views (reshape, transpose, a chunk piece),
+    ops that return their input (Identity, a dropout in eval mode) and earlier in-place ops all share
+    their input's memory, so the op overwrites every value on that chain, and every reader of one of
+    them (other than the next on the chain) reads what it wrote. A reader that runs before it is
+    refused too: most ops keep their input for the backward pass, where it would be wrong.
+    """
     readers = graph.consumers()
     diagnostics = []
     for node in graph.nodes.values():
-        if (not isinstance(node, LayerNode) or not node.layer.args().get("inplace")
-                or isinstance(node.layer, GenericLayer)):
+        written = _storage(node).writes
+        if not isinstance(node, LayerNode) or written is None:
             continue
-        (source,) = node.inputs
-        others = [r for r in readers[source] if r != node.name]
-        if others or source in graph.outputs or isinstance(graph.nodes[source], InputNode):
-            why = (f"{', '.join(repr(o) for o in others)} also read{'s' if len(others) == 1 else ''} it" if others
-                   else "it is an input or output of the model")
-            diagnostics.append(Diagnostic(graph.where(node, "inplace"),
-                                          f"{graph.label(node)}: inplace: true would overwrite "
-                                          f"{graph.nodes[source].var!r}, but {why}",
-                                          "remove `inplace: true`"))
+        source = node.inputs[written]
+        path = _alias_path(graph, source)
+        others: list[str] = []
+        outputs = [p for p in path if p in graph.outputs]
+        for index, value in enumerate(path):
+            following = path[index + 1] if index + 1 < len(path) else node.name
+            for reader in readers[value]:
+                if reader != following:
+                    _effective_readers(graph, readers, reader, value, others, outputs)
+        root = graph.nodes[path[0]]
+        kept = next((p for p in path if _storage(graph.nodes[p]).saves_output), None)
+        if others:
+            why = f"{', '.join(repr(o) for o in others)} also read{'s' if len(others) == 1 else ''} it"
+        elif outputs or isinstance(root, InputNode):
+            why = "it is an input or output of the model"
+        elif _storage(root).fixed:
+            why = f"{root.var!r} is a stored tensor and {_storage(root).fixed}"
+        elif kept is not None:
+            why = (f"{graph.label(graph.nodes[kept])} keeps its output for the backward pass, which would then fail "
+                   "(autograd: modified by an inplace operation)")
+        else:
+            continue
+        target = repr(root.var) if len(path) == 1 else (
+            f"{root.var!r} (through {graph.nodes[source].var!r}, which shares its memory)")
+        keyed = "inplace" in node.layer.args()
+        what = "inplace: true would overwrite" if keyed else "would overwrite its input"
+        diagnostics.append(Diagnostic(graph.where(node, "inplace" if keyed else None),
+                                      f"{graph.label(node)}: {what} {target}, but {why}",
+                                      "remove `inplace: true`" if keyed else None))
     return diagnostics
+
+
+def _effective_readers(graph: Graph, readers: dict[str, list[str]], reader: str, value: str, found: list[str],
+                       outputs: list[str]) -> None:
+    """Add to `found` who really reads `value` through `reader`: a view of it is no read by itself, so
+    its readers are named instead (and it counts in `outputs` if the model returns it)."""
+    storage = _storage(graph.nodes[reader])
+    node = graph.nodes[reader]
+    is_view = storage.aliases is not None and storage.writes is None and node.inputs[storage.aliases] == value
+    if not is_view:
+        if reader not in found:
+            found.append(reader)
+        return
+    if reader in graph.outputs and reader not in outputs:
+        outputs.append(reader)
+    for further in readers[reader]:
+        _effective_readers(graph, readers, further, reader, found, outputs)

@@ -24,7 +24,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, create_model, model_validator
 
-from .base import FLOAT_DTYPES, Identifier, Layer, Scalar, ShapeError, TensorType, promote, register_op
+from .base import FLOAT_DTYPES, Identifier, Layer, Scalar, ShapeError, Storage, TensorType, promote, register_op
 from .merge import broadcast_shape, check_gate_layouts
 
 __all__ = ["UNARY", "UNARY_OPS", "BinaryOp", "Clamp", "Matmul", "Pow", "UnaryOp", "broadcast_types"]
@@ -40,6 +40,9 @@ UNARY: dict[str, tuple[str, bool]] = {
     "cos": ("torch.cos", True),
     "neg": ("torch.neg", False),
 }
+# Functions whose output autograd keeps for the backward pass (d exp(x) = exp(x) dx...): overwriting
+# it in place later makes backward() fail.
+SAVES_OUTPUT = frozenset({"exp", "sqrt", "rsqrt"})
 
 
 def broadcast_types(op: str, inputs: list[TensorType]) -> TensorType:
@@ -77,6 +80,9 @@ class UnaryOp(ArithmeticOp):
         if self.op == "neg" and x.dtype == "bool":
             raise ShapeError("cannot negate a bool tensor (torch refuses)")
         return x if not floating else x.with_dtype(promote([x.dtype], floating=True))
+
+    def storage(self, inputs: list[TensorType]) -> Storage:
+        return Storage(saves_output=self.op in SAVES_OUTPUT)
 
     def code(self, operands: list[str], owner: str) -> str:
         return f"{UNARY[self.op][0]}({operands[0]})"

@@ -32,6 +32,7 @@ __all__ = [
     "Layout",
     "OPS",
     "ShapeError",
+    "Storage",
     "StrictModel",
     "TensorType",
     "promote",
@@ -148,6 +149,28 @@ class TensorType:
         return "(" + ", ".join(str(d) for d in self.shape) + ("," if len(self.shape) == 1 else "") + ")"
 
 
+@dataclass(frozen=True)
+class Storage:
+    """How a layer's output relates to its inputs' memory: what the in-place check follows.
+
+    `aliases`: the index of the input whose storage the output is (the input itself, or a view of
+    it: reshape, transpose, a chunk piece, Identity, Dropout in eval mode), else None (fresh memory).
+    `writes`: the index of the input the layer overwrites (`inplace: true`), else None.
+    `saves_output`: autograd keeps the output for the backward pass (ReLU, Sigmoid, Softmax, exp...),
+    so overwriting it later in place makes `backward()` fail.
+    `fixed`: why the value may never be overwritten at all (a stored tensor broadcast over the
+    batch: one element of it stands for many), or None.
+    """
+
+    aliases: int | None = None
+    writes: int | None = None
+    saves_output: bool = False
+    fixed: str | None = None
+
+
+FRESH = Storage()
+
+
 class Layer(StrictModel):
     """Base of every layer kind: an op name, optional explicit inputs, and the op's arguments."""
 
@@ -165,6 +188,8 @@ class Layer(StrictModel):
     layout: ClassVar[Layout | None] = None
     min_inputs: ClassVar[int] = 1
     max_inputs: ClassVar[int | None] = 1
+    view: ClassVar[bool] = False  # its output shares its input's storage (see Storage.aliases)
+    saves_output: ClassVar[bool] = False  # autograd keeps its output (see Storage.saves_output)
 
     @model_validator(mode="after")
     def _tie_needs_a_module(self) -> Layer:
@@ -228,6 +253,15 @@ class Layer(StrictModel):
     def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         """Parameters the built module (or learned tensor) has, ties aside; None where only building can tell."""
         return 0
+
+    def storage(self, inputs: list[TensorType]) -> Storage:
+        """How the output shares memory with the inputs (see `Storage`), for the in-place check.
+
+        Curated ops say it with class facts (`view`, `saves_output`) and their `inplace` argument:
+        an in-place op's output is its input, overwritten.
+        """
+        writes = bool(self.args().get("inplace"))
+        return Storage(0 if writes or self.view else None, 0 if writes else None, self.saves_output)
 
     def module_args(self, inputs: list[TensorType]) -> dict[str, Any]:
         return {**self.inferred_args(inputs), **self.args()}

@@ -6,7 +6,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, create_model
 
-from .base import FeatureMapLayer, Layer, TensorType, describe_torch_op, register_op, sample_dim
+from .base import FeatureMapLayer, Layer, Storage, TensorType, describe_torch_op, register_op, sample_dim
 from .conv import spatial_family
 
 __all__ = ["ELEMENTWISE", "ElementwiseBase"]
@@ -42,9 +42,23 @@ _TABLE: dict[str, dict[str, Any]] = {
     "AlphaDropout": {"p": (Probability, 0.5), "inplace": INPLACE},
 }
 
+# Ops whose output autograd keeps for the backward pass (their derivative is written in terms of
+# it), as torch 2.x defines them; their in-place forms differ. Overwriting such an output in place
+# later makes backward() fail ("modified by an inplace operation"); tests/test_inplace_aliasing.py
+# checks both tables against torch.
+SAVES_OUTPUT = frozenset({"ReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax"})
+SAVES_OUTPUT_IN_PLACE = frozenset({"ReLU", "ELU", "CELU", "SELU", "LeakyReLU"})
+# Ops that return their input itself: always (Identity), or in eval mode (the dropouts).
+RETURNS_INPUT = frozenset({"Identity", "Dropout", "AlphaDropout"})
+
 
 class ElementwiseBase(Layer):
     """An op whose output has its input's type."""
+
+    def storage(self, inputs: list[TensorType]) -> Storage:
+        writes = bool(getattr(self, "inplace", False))
+        saves = self.op in (SAVES_OUTPUT_IN_PLACE if writes else SAVES_OUTPUT)
+        return Storage(0 if writes or self.op in RETURNS_INPUT else None, 0 if writes else None, saves)
 
     def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         return getattr(self, "num_parameters", 0)  # only PReLU learns (one slope per parameter)
@@ -73,6 +87,7 @@ class DropoutNdBase(FeatureMapLayer):
     inplace: bool = False
 
     layout: ClassVar[None] = None  # channel dropout keeps whatever layout it is given
+    view: ClassVar[bool] = True  # in eval mode it returns its input
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         return self.feature_map(inputs)

@@ -23,6 +23,7 @@ class Flatten(Layer):
     start_dim: int = 1
     end_dim: int = -1
 
+    view: ClassVar[bool] = True  # a view of its input where its strides allow (conservatively: always)
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs
@@ -42,6 +43,7 @@ class Unflatten(Layer):
     dim: int
     unflattened_size: list[Annotated[int, Field(ge=-1)]]
 
+    view: ClassVar[bool] = True  # a view of its input where its strides allow (conservatively: always)
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs

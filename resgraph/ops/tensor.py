@@ -23,6 +23,13 @@ class TensorOp(Layer):
     code_only: ClassVar[bool] = True
 
 
+class ViewOp(TensorOp):
+    """A tensor op whose result is a view of its input (same storage): transpose, permute,
+    select, chunk and split pieces, and reshape (a view where the strides allow: counted as one)."""
+
+    view: ClassVar[bool] = True
+
+
 def _reordered(x: TensorType, order: list[int]) -> TensorType:
     """`x` with its per-sample dims in `order`, its layout following the channel dim."""
     return x.with_shape(tuple(x.shape[i] for i in order), _moved_layout(x, order))
@@ -42,7 +49,7 @@ def _moved_layout(x: TensorType, order: list[int]) -> Layout:
 
 
 @register_op
-class Transpose(TensorOp):
+class Transpose(ViewOp):
     """Swap two dims (`x.transpose(dim0, dim1)`), e.g. (C, L) -> (L, C)."""
 
     op: Literal["transpose"]
@@ -61,7 +68,7 @@ class Transpose(TensorOp):
 
 
 @register_op
-class Permute(TensorOp):
+class Permute(ViewOp):
     """Reorder dims (`x.permute(*dims)`); `dims` lists every dim, the batch (0) first."""
 
     op: Literal["permute"]
@@ -82,7 +89,7 @@ class Permute(TensorOp):
 
 
 @register_op
-class Reshape(TensorOp):
+class Reshape(ViewOp):
     """Reshape each sample (`x.reshape(N, *shape)`); one entry may be -1."""
 
     op: Literal["reshape"]
@@ -118,7 +125,7 @@ class Mean(TensorOp):
 
 
 @register_op
-class Select(TensorOp):
+class Select(ViewOp):
     """Pick one index along a dim, dropping it (`x.select(dim, index)`), e.g. the class token."""
 
     op: Literal["select"]
@@ -137,7 +144,7 @@ class Select(TensorOp):
         return f"{operands[0]}.select({self.dim}, {self.index})"
 
 
-class SplitBase(TensorOp):
+class SplitBase(ViewOp):
     """An op with several named outputs: the expansion stage turns it into one `Piece` per
     name, so every node of a graph holds exactly one tensor."""
 
@@ -201,7 +208,7 @@ class Split(SplitBase):
         return f"{operand}.split({size}, dim={self.dim})[{index}]"
 
 
-class Piece(TensorOp):
+class Piece(ViewOp):
     """One named output of a chunk or split (made by the expansion stage, never written)."""
 
     op: str
