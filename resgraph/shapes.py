@@ -27,9 +27,9 @@ from .errors import Diagnostic, SpecError
 from .expand import instantiate
 from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode
 from .hints import skip_hint
-from .ops import GenericOpError, ShapeError, TensorType, merge_type
-from .ops.base import FLOAT_DTYPES, FRESH, Storage
-from .projections import ProjectionError, plan_projection, projection_parameters
+from .ops import ShapeError, TensorType, merge_type
+from .ops.base import FLOAT_DTYPES, FRESH, TO_FLOAT_HINT, DtypeError, Storage
+from .projections import ProjectionError, describe_steps, plan_projection, projection_parameters
 from .resolve import resolve
 from .spec import InputDecl
 from .symbolic import Guard, SymInt, recorded, recording, site, specialize
@@ -104,7 +104,7 @@ def _infer(graph: Graph, input_types: list[TensorType]) -> list[Diagnostic]:
         try:
             with site(graph.qualname + node.name):
                 if isinstance(node, LayerNode):
-                    _infer_layer(node, inputs)
+                    _infer_layer(graph, node, inputs)
                 elif isinstance(node, BlockNode):
                     _infer_block(graph, node, inputs, diagnostics)
                 else:
@@ -223,8 +223,14 @@ def _check_blind(graph: Graph, node: BlockNode) -> list[Diagnostic]:
     return problems
 
 
-def _infer_layer(node: LayerNode, inputs: list[TensorType]) -> None:
+def _infer_layer(graph: Graph, node: LayerNode, inputs: list[TensorType]) -> None:
     layer = node.layer
+    try:
+        layer.check_dtypes(inputs)
+    except DtypeError as exc:  # name where the value comes from: its dtype was decided there
+        source = graph.nodes[node.inputs[exc.index]]
+        exc.args = (f"{exc}: {source.var!r} is {exc.dtype}{_dtype_origin(graph, source)}",)
+        raise
     node.meta["type"] = layer.output_type(inputs)
     node.meta["storage"] = layer.storage(inputs)
     # A module's arguments are fixed numbers: a size that reaches one is specialised (recorded).
@@ -260,6 +266,12 @@ def _infer_skip(graph: Graph, node: SkipNode, inputs: list[TensorType], diagnost
         if skip.merge.value == "add":
             node.meta["type"] = target  # the merge's type is known: later layers can still be checked
         return
+    if plan.module_steps and source.dtype not in FLOAT_DTYPES:  # torch: "expected scalar type Float"
+        origin = _dtype_origin(graph, graph.nodes[node.inputs[1]])
+        diagnostics.append(Diagnostic(graph.where(node, "from"), (
+            f"{graph.label(node)}: {skip.source!r} is {source.dtype}{origin}, but its projection "
+            f"({describe_steps(plan.module_steps)}) computes with floating-point weights"), TO_FLOAT_HINT))
+        return
     node.meta["projection"] = plan
     node.meta["params"] = projection_parameters(plan)
     node.meta["type"] = merge_type(skip.merge, [target, plan.output], skip.concat_dim)
@@ -275,9 +287,17 @@ def _skip_error(graph: Graph, node: SkipNode, target: TensorType, source: Tensor
 
 
 def _located(graph: Graph, node: Node, exc: ShapeError) -> Diagnostic:
-    """A shape error at its layer; an uncurated op's name or argument error at that key."""
-    key = exc.field if isinstance(exc, GenericOpError) else None
-    return Diagnostic(graph.where(node, key), f"{graph.label(node)}: {exc}")
+    """A shape error at its layer, or at the key it names (an uncurated op's argument, a curated op's
+    argument that torch would refuse at the first forward), with its hint if it has one."""
+    key = getattr(exc, "field", None)
+    return Diagnostic(graph.where(node, key), f"{graph.label(node)}: {exc}", getattr(exc, "hint", None))
+
+
+def _dtype_origin(graph: Graph, node: Node) -> str:
+    """Where a value's dtype comes from, for messages: a declared input, or the op that made it."""
+    if isinstance(node, InputNode):
+        return " (its declared dtype)" if graph.qualname == "" else " (the block's input)"
+    return f" (the output of {node.layer.op})" if isinstance(node, LayerNode) else ""
 
 
 def _storage(node: Node) -> Storage:

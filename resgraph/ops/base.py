@@ -25,7 +25,10 @@ from ..symbolic import hint
 
 __all__ = [
     "DTYPES",
+    "DtypeError",
     "FLOAT_DTYPES",
+    "INT_DTYPES",
+    "NUMBER_DTYPES",
     "Identifier",
     "Layer",
     "FeatureMapLayer",
@@ -92,6 +95,27 @@ def promote(dtypes: list[str], scalar: Scalar | None = None, *, floating: bool =
 
 class ShapeError(ValueError):
     """An op cannot accept its input; the message says why in the user's terms."""
+
+
+INT_DTYPES = frozenset({"int64", "int32"})
+NUMBER_DTYPES = FLOAT_DTYPES | INT_DTYPES  # what ops that refuse only bool take (relu, max pooling)
+TO_FLOAT_HINT = ("integer values (token ids, positions) are looked up with `Embedding`; to compute with them as "
+                 "numbers, make them floating point first, e.g. `{op: mul, scalar: 1.0}`")
+
+
+class DtypeError(ShapeError):
+    """An op has no kernel for an input's dtype: torch would fail at the first forward.
+
+    `index` is the input at fault and `accepted` the dtypes the op takes; the shape stage names the
+    node that input comes from.
+    """
+
+    def __init__(self, index: int, dtype: str, accepted: frozenset[str]) -> None:
+        wanted = ("a floating-point input" if accepted == FLOAT_DTYPES else "a number (not bool) input"
+                  if accepted == NUMBER_DTYPES else f"input of dtype {', '.join(sorted(accepted))}")
+        super().__init__(f"needs {wanted}, got {dtype}")
+        self.index, self.dtype, self.accepted = index, dtype, accepted
+        self.hint = TO_FLOAT_HINT if accepted <= FLOAT_DTYPES and dtype not in FLOAT_DTYPES else None
 
 
 Scale = tuple[Fraction, ...]
@@ -189,6 +213,7 @@ class Layer(StrictModel):
     min_inputs: ClassVar[int] = 1
     max_inputs: ClassVar[int | None] = 1
     view: ClassVar[bool] = False  # its output shares its input's storage (see Storage.aliases)
+    input_dtypes: ClassVar[frozenset[str] | None] = None  # the dtypes torch has kernels for; None: any
     saves_output: ClassVar[bool] = False  # autograd keeps its output (see Storage.saves_output)
 
     @model_validator(mode="after")
@@ -253,6 +278,19 @@ class Layer(StrictModel):
     def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         """Parameters the built module (or learned tensor) has, ties aside; None where only building can tell."""
         return 0
+
+    def check_dtypes(self, inputs: list[TensorType]) -> None:
+        """Refuse an input whose dtype the op has no kernel for (`input_dtypes`), before its shapes.
+
+        Raises:
+            DtypeError: naming the input at fault and what the op takes.
+        """
+        accepted = self.input_dtypes
+        if accepted is None:
+            return
+        for index, t in enumerate(inputs):
+            if t.dtype not in accepted:
+                raise DtypeError(index, t.dtype, accepted)
 
     def storage(self, inputs: list[TensorType]) -> Storage:
         """How the output shares memory with the inputs (see `Storage`), for the in-place check.

@@ -8,7 +8,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, create_model
 
-from .base import FeatureMapLayer, Layer, ShapeError, TensorType, describe_torch_op, register_op, to_tuple
+from .base import FLOAT_DTYPES, FeatureMapLayer, Layer, ShapeError, TensorType, describe_torch_op, register_op, to_tuple
 
 __all__ = ["ConvBase", "ConvTransposeBase", "conv_output_size", "spatial_family", "strides"]
 
@@ -38,6 +38,7 @@ class ConvBase(FeatureMapLayer):
     scale: bool = Field(True, description="false: scale.width leaves out_channels as written.")
 
     inferred: ClassVar[tuple[str, ...]] = ("in_channels",)
+    input_dtypes: ClassVar[frozenset[str] | None] = FLOAT_DTYPES
 
     def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         kernel = math.prod(to_tuple(self.kernel_size, self.spatial_dims, "kernel_size"))
@@ -78,6 +79,7 @@ class ConvTransposeBase(FeatureMapLayer):
     scale: bool = Field(True, description="false: scale.width leaves out_channels as written.")
 
     inferred: ClassVar[tuple[str, ...]] = ("in_channels",)
+    input_dtypes: ClassVar[frozenset[str] | None] = FLOAT_DTYPES
 
     def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         kernel = math.prod(to_tuple(self.kernel_size, self.spatial_dims, "kernel_size"))

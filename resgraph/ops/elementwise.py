@@ -6,7 +6,17 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, create_model
 
-from .base import FeatureMapLayer, Layer, Storage, TensorType, describe_torch_op, register_op, sample_dim
+from .base import (
+    FLOAT_DTYPES,
+    NUMBER_DTYPES,
+    FeatureMapLayer,
+    Layer,
+    Storage,
+    TensorType,
+    describe_torch_op,
+    register_op,
+    sample_dim,
+)
 from .conv import spatial_family
 
 __all__ = ["ELEMENTWISE", "ElementwiseBase"]
@@ -42,6 +52,13 @@ _TABLE: dict[str, dict[str, Any]] = {
     "AlphaDropout": {"p": (Probability, 0.5), "inplace": INPLACE},
 }
 
+# The input dtypes torch has kernels for, where not every dtype (tests/test_dtype_flow.py checks
+# each op against torch): most activations are defined on floats only; the ones below also take
+# integers, and Sigmoid, Tanh, Softsign and Tanhshrink turn them into float32.
+_NUMBERS = {"ReLU", "ReLU6", "Hardtanh", "Softsign", "Tanhshrink"}
+_ANY = {"Identity", "Sigmoid", "Tanh"}
+TO_FLOAT = frozenset({"Sigmoid", "Tanh", "Softsign", "Tanhshrink"})
+
 # Ops whose output autograd keeps for the backward pass (their derivative is written in terms of
 # it), as torch 2.x defines them; their in-place forms differ. Overwriting such an output in place
 # later makes backward() fail ("modified by an inplace operation"); tests/test_inplace_aliasing.py
@@ -68,12 +85,13 @@ class ElementwiseBase(Layer):
         dim = getattr(self, "dim", None)
         if dim is not None:
             sample_dim(dim, x.rank)  # raises for the batch dim or an out-of-range dim
-        return x
+        return x.with_dtype("float32") if self.op in TO_FLOAT and x.dtype not in FLOAT_DTYPES else x
 
 
 def _define(name: str, fields: dict[str, Any]) -> type[Layer]:
     cls = create_model(name, __base__=ElementwiseBase, __module__=__name__,
                        __doc__=describe_torch_op(name, ()), op=(Literal[name], ...), **fields)
+    cls.input_dtypes = None if name in _ANY else NUMBER_DTYPES if name in _NUMBERS else FLOAT_DTYPES
     return register_op(cls)
 
 
@@ -88,6 +106,7 @@ class DropoutNdBase(FeatureMapLayer):
 
     layout: ClassVar[None] = None  # channel dropout keeps whatever layout it is given
     view: ClassVar[bool] = True  # in eval mode it returns its input
+    input_dtypes: ClassVar[frozenset[str] | None] = FLOAT_DTYPES
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         return self.feature_map(inputs)

@@ -6,7 +6,16 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from .base import FeatureMapLayer, Layer, ShapeError, TensorType, describe_torch_op, register_op, require_rank
+from .base import (
+    FLOAT_DTYPES,
+    FeatureMapLayer,
+    Layer,
+    ShapeError,
+    TensorType,
+    describe_torch_op,
+    register_op,
+    require_rank,
+)
 from .conv import spatial_family
 
 __all__ = ["BatchNormBase", "GroupNorm", "InstanceNormBase", "LayerNorm"]
@@ -23,6 +32,7 @@ class BatchNormBase(FeatureMapLayer):
     track_running_stats: bool = True
 
     inferred: ClassVar[tuple[str, ...]] = ("num_features",)
+    input_dtypes: ClassVar[frozenset[str] | None] = FLOAT_DTYPES
 
     def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         return 2 * args["num_features"] if self.affine else 0  # running stats are buffers
@@ -59,6 +69,7 @@ class LayerNorm(Layer):
     bias: bool = True
 
     inferred: ClassVar[tuple[str, ...]] = ("normalized_shape",)
+    input_dtypes: ClassVar[frozenset[str] | None] = FLOAT_DTYPES
 
     def inferred_args(self, inputs: list[TensorType]) -> dict[str, Any]:
         return {"normalized_shape": inputs[0].shape[-1]}
@@ -83,6 +94,7 @@ class GroupNorm(FeatureMapLayer):
     affine: bool = True
 
     inferred: ClassVar[tuple[str, ...]] = ("num_channels",)
+    input_dtypes: ClassVar[frozenset[str] | None] = FLOAT_DTYPES
 
     def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         return 2 * args["num_channels"] if self.affine else 0

@@ -8,7 +8,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from .base import Layer, ShapeError, TensorType, describe_torch_op, fill_sizes, register_op, sample_dim
+from .base import FLOAT_DTYPES, Layer, ShapeError, TensorType, describe_torch_op, fill_sizes, register_op, sample_dim
 
 __all__ = ["Flatten", "PixelShuffle", "PixelUnshuffle", "Unflatten", "Upsample"]
 
@@ -64,6 +64,7 @@ class Upsample(Layer):
     recompute_scale_factor: bool | None = None
 
     layout: ClassVar[Literal["channels_first"]] = "channels_first"
+    input_dtypes: ClassVar[frozenset[str] | None] = FLOAT_DTYPES
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs

@@ -11,7 +11,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from .base import Identifier, Layer, Layout, ShapeError, TensorType, fill_sizes, register_op, sample_dim
+from .base import FLOAT_DTYPES, Identifier, Layer, Layout, ShapeError, TensorType, fill_sizes, register_op, sample_dim
 
 __all__ = ["Chunk", "Mean", "Permute", "Piece", "Reshape", "Select", "Split", "SplitBase",
            "Transpose", "pieces"]
@@ -112,6 +112,8 @@ class Mean(TensorOp):
     op: Literal["mean"]
     dim: int | list[int]
     keepdim: bool = False
+
+    input_dtypes: ClassVar[frozenset[str] | None] = FLOAT_DTYPES  # torch: mean of integers has no dtype
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs
