@@ -24,6 +24,7 @@ from typing_extensions import TypeAliasType
 from ..symbolic import hint
 
 __all__ = [
+    "ArgumentError",
     "DTYPES",
     "DtypeError",
     "FLOAT_DTYPES",
@@ -95,6 +96,15 @@ def promote(dtypes: list[str], scalar: Scalar | None = None, *, floating: bool =
 
 class ShapeError(ValueError):
     """An op cannot accept its input; the message says why in the user's terms."""
+
+
+class ArgumentError(ShapeError):
+    """An argument torch would refuse only when the model is built or first called, blamed on its key
+    (`field`), with a fix where one is clear (`hint`)."""
+
+    def __init__(self, message: str, field: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.field, self.hint = field, hint
 
 
 INT_DTYPES = frozenset({"int64", "int32"})

@@ -9,6 +9,7 @@ from pydantic import Field, create_model
 from .base import (
     FLOAT_DTYPES,
     NUMBER_DTYPES,
+    ArgumentError,
     FeatureMapLayer,
     Layer,
     Storage,
@@ -80,8 +81,30 @@ class ElementwiseBase(Layer):
     def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         return getattr(self, "num_parameters", 0)  # only PReLU learns (one slope per parameter)
 
+    def check_static(self) -> None:
+        """Arguments torch refuses only when the module is built or run (its asserts and kernels check them)."""
+        low, high = getattr(self, "min_val", None), getattr(self, "max_val", None)
+        if low is not None and high is not None and not high > low:
+            raise ArgumentError(f"max_val={high} must be greater than min_val={low} (torch refuses to build it)",
+                                "max_val" if "max_val" in self.model_fields_set else "min_val",
+                                "set min_val below max_val (the range the values are clipped to)")
+        if self.op == "CELU" and getattr(self, "alpha", 1.0) == 0:
+            raise ArgumentError("alpha=0 divides by zero in CELU (torch refuses it at the first forward)", "alpha")
+        slope = {"LeakyReLU": "negative_slope", "ELU": "alpha", "CELU": "alpha"}.get(self.op)
+        if slope is not None and getattr(self, "inplace", False) and getattr(self, slope) < 0:
+            raise ArgumentError(f"{slope}={getattr(self, slope)} with inplace: true has no backward in torch (it "
+                                "refuses an in-place negative slope when gradients are computed)", "inplace",
+                                "remove `inplace: true`")
+
     def output_type(self, inputs: list[TensorType]) -> TensorType:
+        self.check_static()
         (x,) = inputs
+        count = getattr(self, "num_parameters", 1)
+        if count != 1 and (x.rank == 0 or count != x.shape[0]):
+            channels = f"its dim 1 (batch included) has {x.shape[0]}" if x.rank else "it has no dim besides the batch"
+            raise ArgumentError(f"num_parameters={count} must be 1 or the input's channel count, but {channels} "
+                                f"(input {x}); torch refuses the mismatch at the first forward", "num_parameters",
+                                f"use `num_parameters: {x.shape[0]}` (one slope per channel) or 1" if x.rank else None)
         dim = getattr(self, "dim", None)
         if dim is not None:
             sample_dim(dim, x.rank)  # raises for the batch dim or an out-of-range dim

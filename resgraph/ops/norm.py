@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
 from .base import (
     FLOAT_DTYPES,
+    ArgumentError,
     FeatureMapLayer,
     Layer,
     ShapeError,
@@ -52,7 +54,13 @@ class InstanceNormBase(BatchNormBase):
     track_running_stats: bool = False
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
-        return self.feature_map(inputs).with_layout("channels_first")
+        x = self.feature_map(inputs)
+        if math.prod(x.shape[1:]) == 1:  # statistics over one element: torch refuses it while training
+            raise ArgumentError(f"normalises each channel over its spatial elements, but the input {x} has one per "
+                                "channel (torch refuses: it needs more than one)", "op",
+                                "normalise over the channels instead (`LayerNorm` on features, `GroupNorm`), or "
+                                "before the spatial size shrinks to 1")
+        return x.with_layout("channels_first")
 
 
 BATCH_NORMS = spatial_family(BatchNormBase, "BatchNorm")

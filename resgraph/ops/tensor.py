@@ -11,7 +11,18 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from .base import FLOAT_DTYPES, Identifier, Layer, Layout, ShapeError, TensorType, fill_sizes, register_op, sample_dim
+from .base import (
+    FLOAT_DTYPES,
+    ArgumentError,
+    Identifier,
+    Layer,
+    Layout,
+    ShapeError,
+    TensorType,
+    fill_sizes,
+    register_op,
+    sample_dim,
+)
 
 __all__ = ["Chunk", "Mean", "Permute", "Piece", "Reshape", "Select", "Split", "SplitBase",
            "Transpose", "pieces"]
@@ -117,7 +128,18 @@ class Mean(TensorOp):
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs
-        dims = {sample_dim(d, x.rank) for d in (self.dim if isinstance(self.dim, list) else [self.dim])}
+        written = self.dim if isinstance(self.dim, list) else [self.dim]
+        if not written:  # torch reads `dim=()` as every dim, the batch too
+            raise ArgumentError("dim: [] would average over every dim, the batch too; list the dims to average",
+                                "dim", f"e.g. `dim: {list(range(1, x.rank + 1))}` for every per-sample dim")
+        axes = [sample_dim(d, x.rank) for d in written]
+        for axis in sorted({a for a in axes if axes.count(a) > 1}):
+            names = sorted({d for d, a in zip(written, axes) if a == axis})
+            same = "" if len(names) == 1 else (f" ({' and '.join(map(str, names))} are the same dim of a "
+                                               f"{x.rank + 1}-dim tensor, batch included)")
+            raise ArgumentError(f"dim={written} names dim {axis + 1} more than once{same}; torch refuses a "
+                                "repeated dim", "dim", "list each dim once")
+        dims = set(axes)
         shape = tuple(1 if i in dims else s for i, s in enumerate(x.shape) if self.keepdim or i not in dims)
         return x.with_shape(shape, None if len(shape) >= 2 else "features_last")
 
