@@ -132,3 +132,13 @@ def test_merges_promote_like_torch() -> None:
     assert model(torch.arange(8).expand(2, 8), torch.randn(2, 8)).shape == (2, 2)
     graph = resgraph.check(text)
     assert graph.nodes["cat"].meta["type"].dtype == "float32"
+
+
+def test_an_uncurated_op_without_a_kernel_for_the_dtype_is_refused() -> None:
+    """The meta device does not check kernels: a weightless uncurated op also runs once on small CPU zeros."""
+    with pytest.raises(NotImplementedError):
+        torch.nn.RReLU()(torch.zeros(2, 8, dtype=torch.int64))  # what torch does at the first forward
+    with pytest.raises(resgraph.SpecError, match="cannot compute on int64 values"):
+        resgraph.check(spec("  - r: {op: RReLU}\n"))
+    model = resgraph.build(spec("  - t: {op: Threshold, threshold: 0, value: 0}\n"))
+    assert model(torch.arange(-4, 4).expand(2, 8)).tolist()[0] == [0, 0, 0, 0, 0, 1, 2, 3]

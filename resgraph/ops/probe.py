@@ -178,7 +178,42 @@ def _probe(cls: type, args: Mapping[str, Any], inputs: tuple[TensorType, ...], p
         raise ShapeError(f"{described} accepts a batch of {accepted} but not of {refused} ({why}): an op whose "
                          "arguments depend on the batch size reads the batch as data")
     values = {batch: _picked(described, out, pick) for batch, out in outputs.items()}
+    if not any(True for _ in module.buffers()):
+        _check_kernels(cls, args, inputs, parameters, described)
     return Probe(_per_sample_type(described, values, inputs), parameters, facts.storage())
+
+
+# A CPU run (see _check_kernels) stays this small: it allocates its inputs for real.
+KERNEL_CHECK_ELEMENTS = 1 << 16
+
+
+def _check_kernels(cls: type, args: Mapping[str, Any], inputs: tuple[TensorType, ...], parameters: int,
+                   described: str) -> None:
+    """Integer and bool inputs: the meta device checks shapes but not whether a kernel exists for a
+    dtype (RReLU has none for int64), so a module without weights (no parameter may exist before the
+    parameter limit is checked) runs once on the CPU, on small zero inputs, in train and in eval
+    mode. Modules with weights, and larger inputs, are left to torch.
+
+    Raises:
+        ShapeError: torch has no kernel for an input's dtype.
+    """
+    import math
+
+    import torch
+
+    if all(t.dtype in FLOAT_DTYPES for t in inputs) or parameters or any(
+            math.prod(t.shape) > KERNEL_CHECK_ELEMENTS for t in inputs):
+        return
+    try:
+        with torch.device("cpu"), torch.no_grad():
+            module = cls(**args)
+            tensors = [torch.zeros((PROBE_BATCH_SIZES[0], *t.shape), dtype=getattr(torch, t.dtype)) for t in inputs]
+            for training in (True, False):
+                module.train(training)
+                module(*tensors)
+    except Exception as exc:  # noqa: BLE001  torch reports missing kernels in several exception types
+        dtypes = ", ".join(sorted({t.dtype for t in inputs}))
+        raise ShapeError(f"{described} cannot compute on {dtypes} values: {first_line(exc)}") from None
 
 
 def _probe_inputs(batch: int, inputs: tuple[TensorType, ...]) -> list[Any]:
