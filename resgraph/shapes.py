@@ -316,16 +316,21 @@ def _alias_path(graph: Graph, name: str) -> list[str]:
 
 
 def _block_storage(instances: list[Graph]) -> Storage:
-    """A block call's output shares its input's memory when every instance passes it through (an
-    Identity, a reshape); autograd keeps it when a node on the way does."""
-    aliases, saves = True, False
-    for instance in instances:
+    """A block call's output shares an input's memory when every instance passes it through (an
+    Identity, a reshape): the first instance any of its inputs, the later ones (chained by `repeat`)
+    the one they are given. Autograd keeps it when a node on the way does."""
+    aliases: int | None = None
+    saves = False
+    for position, instance in enumerate(instances):
         path = _alias_path(instance, instance.outputs[0])
-        through = path[0] == instance.inputs[0] if instance.inputs else False
         kept = any(_storage(instance.nodes[n]).saves_output for n in path)
-        saves = (saves or kept) if through else kept
-        aliases = aliases and through
-    return Storage(0 if aliases and instances else None, None, saves)
+        index = instance.inputs.index(path[0]) if path[0] in instance.inputs else None
+        if index is None or (position > 0 and index != 0):  # a value of its own
+            aliases, saves = None, kept
+        else:  # passed through: one memory with what this instance was given
+            aliases = index if position == 0 else aliases
+            saves = saves or kept
+    return Storage(aliases, None, saves)
 
 
 def _inplace_hazards(graph: Graph) -> list[Diagnostic]:

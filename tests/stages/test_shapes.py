@@ -664,3 +664,40 @@ def test_an_uncurated_inplace_op_is_checked_like_a_curated_one() -> None:
     merge(b, "out", "add", ["fc", "cut"])  # reads fc, which `cut` overwrote: out == 2 * cut
     assert messages(b.build()) == [
         "layer 'cut' (RReLU): inplace: true would overwrite 'fc', but 'out' also reads it"]
+
+
+def _instance(qualname: str, *ops: tuple[str, dict[str, Any]]) -> Graph:
+    b = GraphBuilder("Unit")
+    b.input("x")
+    for i, (op, args) in enumerate(ops):
+        b.layer(f"n{i}", op, **args)
+    graph = b.build()
+    graph.qualname, graph.block = qualname, "unit"
+    return graph
+
+
+def test_a_block_that_passes_its_input_through_shares_its_memory() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [4])
+    b.layer("fc", "Linear", out_features=4)
+    b.block("same", BlockCall.model_validate({"block": "unit", "repeat": 2}),
+            [_instance("same.0.", ("Identity", {})), _instance("same.1.", ("reshape", {"shape": [4]}))])
+    b.layer("act", "ReLU", inplace=True)
+    merge(b, "out", "add", ["act", "fc"])
+    graph = b.build()
+    assert messages(graph) == ["layer 'act' (ReLU): inplace: true would overwrite 'fc' (through 'same', which shares "
+                               "its memory), but 'out' also reads it"]
+    assert graph.nodes["same"].meta["storage"] == Storage(aliases=0)
+
+
+def test_a_block_output_keeps_what_autograd_keeps_along_the_chain() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [4])
+    b.block("stage", BlockCall.model_validate({"block": "unit", "repeat": 2}),
+            [_instance("stage.0.", ("Sigmoid", {})), _instance("stage.1.", ("Identity", {}))])
+    b.layer("act", "ReLU", inplace=True)
+    graph = b.build()
+    assert messages(graph) == ["layer 'act' (ReLU): inplace: true would overwrite 'stage', but layer 'stage' "
+                               "(block unit) keeps its output for the backward pass, which would then fail (autograd: "
+                               "modified by an inplace operation)"]
+    assert graph.nodes["stage"].meta["storage"] == Storage(saves_output=True)  # the Sigmoid's output, passed on
