@@ -214,6 +214,7 @@ def concrete(template: Any, model: type[T] | TypeAdapter[T], names: Mapping[str,
         except ShapeError as exc:
             field = getattr(exc, "field", None)
             where = (origin.child(field) if field is not None else origin).locate(key=True)
-            diagnostics.append(Diagnostic(where, f"{subject(origin.path, None, typed.op)[0]}: {exc}"))
+            diagnostics.append(Diagnostic(where, f"{subject(origin.path, None, typed.op)[0]}: {exc}",
+                                          getattr(exc, "hint", None)))
             return None
     return typed  # type: ignore[no-any-return]

@@ -3,7 +3,8 @@
 Runs before any weight exists (curated ops use pure shape functions; uncurated torch.nn classes
 run on the meta device). Results go to `node.meta`: `type` (TensorType), `args` (the full
 constructor arguments, inferred sizes included), `params` (parameter count, None where only
-building can tell) and, for skips, `projection` (ProjectionPlan).
+building can tell), `storage` (a layer's or block's `Storage`: how its output shares memory with
+its inputs, which the in-place check follows) and, for skips, `projection` (ProjectionPlan).
 A node whose inputs failed is skipped silently, so each reported error is an independent one.
 
 >>> from resgraph.graph import GraphBuilder
@@ -26,10 +27,10 @@ from .errors import Diagnostic, SpecError
 from .expand import instantiate
 from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode
 from .hints import skip_hint
-from .ops import GenericLayer, GenericOpError, ShapeError, TensorType, merge_type
-from .ops.base import FLOAT_DTYPES
+from .ops import ShapeError, TensorType, merge_type
+from .ops.base import FLOAT_DTYPES, FRESH, TO_FLOAT_HINT, DtypeError, Storage
 from .ops.tensor import BlockOutput
-from .projections import ProjectionError, plan_projection, projection_parameters
+from .projections import ProjectionError, describe_steps, plan_projection, projection_parameters
 from .resolve import resolve
 from .spec import InputDecl
 from .symbolic import Guard, SymInt, recorded, recording, site, specialize
@@ -106,7 +107,7 @@ def _infer(graph: Graph, input_types: list[TensorType]) -> list[Diagnostic]:
                 if isinstance(node, LayerNode) and isinstance(node.layer, BlockOutput):
                     _infer_block_output(graph, node)
                 elif isinstance(node, LayerNode):
-                    _infer_layer(node, inputs)
+                    _infer_layer(graph, node, inputs)
                 elif isinstance(node, BlockNode):
                     _infer_block(graph, node, inputs, diagnostics)
                 else:
@@ -204,6 +205,7 @@ def _infer_block(graph: Graph, node: BlockNode, inputs: list[TensorType], diagno
     # one per instance. Its own type is its first output's, or the chain's (its last instance's).
     node.meta["types"] = current if not node.repeated else values
     node.meta["type"] = current[-1] if node.repeated else current[0]
+    node.meta["storage"] = _block_storage(node.instances)
     counts = [total_parameters(instance) for instance in node.instances]
     node.meta["params"] = None if None in counts else sum(counts)
 
@@ -237,9 +239,16 @@ def _check_blind(graph: Graph, node: BlockNode) -> list[Diagnostic]:
     return problems
 
 
-def _infer_layer(node: LayerNode, inputs: list[TensorType]) -> None:
+def _infer_layer(graph: Graph, node: LayerNode, inputs: list[TensorType]) -> None:
     layer = node.layer
+    try:
+        layer.check_dtypes(inputs)
+    except DtypeError as exc:  # name where the value comes from: its dtype was decided there
+        source = graph.nodes[node.inputs[exc.index]]
+        exc.args = (f"{exc}: {source.var!r} is {exc.dtype}{_dtype_origin(graph, source)}",)
+        raise
     node.meta["type"] = layer.output_type(inputs)
+    node.meta["storage"] = layer.storage(inputs)
     # A module's arguments are fixed numbers: a size that reaches one is specialised (recorded).
     node.meta["args"] = _specialized(layer.module_args(inputs))
     count = layer.parameter_count(node.meta["args"])
@@ -273,6 +282,12 @@ def _infer_skip(graph: Graph, node: SkipNode, inputs: list[TensorType], diagnost
         if skip.merge.value == "add":
             node.meta["type"] = target  # the merge's type is known: later layers can still be checked
         return
+    if plan.module_steps and source.dtype not in FLOAT_DTYPES:  # torch: "expected scalar type Float"
+        origin = _dtype_origin(graph, graph.nodes[node.inputs[1]])
+        diagnostics.append(Diagnostic(graph.where(node, "from"), (
+            f"{graph.label(node)}: {skip.source!r} is {source.dtype}{origin}, but its projection "
+            f"({describe_steps(plan.module_steps)}) computes with floating-point weights"), TO_FLOAT_HINT))
+        return
     node.meta["projection"] = plan
     node.meta["params"] = projection_parameters(plan)
     node.meta["type"] = merge_type(skip.merge, [target, plan.output], skip.concat_dim)
@@ -288,26 +303,112 @@ def _skip_error(graph: Graph, node: SkipNode, target: TensorType, source: Tensor
 
 
 def _located(graph: Graph, node: Node, exc: ShapeError) -> Diagnostic:
-    """A shape error at its layer; an uncurated op's name or argument error at that key."""
-    key = exc.field if isinstance(exc, GenericOpError) else None
-    return Diagnostic(graph.where(node, key), f"{graph.label(node)}: {exc}")
+    """A shape error at its layer, or at the key it names (an uncurated op's argument, a curated op's
+    argument that torch would refuse at the first forward), with its hint if it has one."""
+    key = getattr(exc, "field", None)
+    return Diagnostic(graph.where(node, key), f"{graph.label(node)}: {exc}", getattr(exc, "hint", None))
+
+
+def _dtype_origin(graph: Graph, node: Node) -> str:
+    """Where a value's dtype comes from, for messages: a declared input, or the op that made it."""
+    if isinstance(node, InputNode):
+        return " (its declared dtype)" if graph.qualname == "" else " (the block's input)"
+    return f" (the output of {node.layer.op})" if isinstance(node, LayerNode) else ""
+
+
+def _storage(node: Node) -> Storage:
+    """How a node's value shares memory (see `Storage`): inputs are the caller's memory, a skip's
+    merge makes a new tensor, a layer's or block's was found when it was typed."""
+    return node.meta.get("storage", FRESH) if isinstance(node, (LayerNode, BlockNode)) else FRESH
+
+
+def _alias_path(graph: Graph, name: str) -> list[str]:
+    """The nodes whose values are one memory with `name`'s, from the one that made it to `name`
+    (`['fc', 'flat']` for a reshape of fc)."""
+    path = [name]
+    while (index := _storage(graph.nodes[path[-1]]).aliases) is not None:
+        path.append(graph.nodes[path[-1]].inputs[index])
+    return path[::-1]
+
+
+def _block_storage(instances: list[Graph]) -> Storage:
+    """A block call's output shares an input's memory when every instance passes it through (an
+    Identity, a reshape): the first instance any of its inputs, the later ones (chained by `repeat`)
+    the one they are given. Autograd keeps it when a node on the way does."""
+    aliases: int | None = None
+    saves = False
+    for position, instance in enumerate(instances):
+        path = _alias_path(instance, instance.outputs[0])
+        kept = any(_storage(instance.nodes[n]).saves_output for n in path)
+        index = instance.inputs.index(path[0]) if path[0] in instance.inputs else None
+        if index is None or (position > 0 and index != 0):  # a value of its own
+            aliases, saves = None, kept
+        else:  # passed through: one memory with what this instance was given
+            aliases = index if position == 0 else aliases
+            saves = saves or kept
+    return Storage(aliases, None, saves)
 
 
 def _inplace_hazards(graph: Graph) -> list[Diagnostic]:
-    """An in-place op must not overwrite a value that something else still reads."""
+    """An in-place op must not overwrite memory that something else still reads, that is an input or
+    output of the model, that a stored tensor broadcasts, or whose values autograd keeps.
+
+    Memory is followed through aliases (`Storage.aliases`): views (reshape, transpose, a chunk piece),
+    ops that return their input (Identity, a dropout in eval mode) and earlier in-place ops all share
+    their input's memory, so the op overwrites every value on that chain, and every reader of one of
+    them (other than the next on the chain) reads what it wrote. A reader that runs before it is
+    refused too: most ops keep their input for the backward pass, where it would be wrong.
+    """
     readers = graph.consumers()
     diagnostics = []
     for node in graph.nodes.values():
-        if (not isinstance(node, LayerNode) or not node.layer.args().get("inplace")
-                or isinstance(node.layer, GenericLayer)):
+        written = _storage(node).writes
+        if not isinstance(node, LayerNode) or written is None:
             continue
-        (source,) = node.inputs
-        others = [r for r in readers[source] if r != node.name]
-        if others or source in graph.outputs or isinstance(graph.nodes[source], InputNode):
-            why = (f"{', '.join(repr(o) for o in others)} also read{'s' if len(others) == 1 else ''} it" if others
-                   else "it is an input or output of the model")
-            diagnostics.append(Diagnostic(graph.where(node, "inplace"),
-                                          f"{graph.label(node)}: inplace: true would overwrite "
-                                          f"{graph.nodes[source].var!r}, but {why}",
-                                          "remove `inplace: true`"))
+        source = node.inputs[written]
+        path = _alias_path(graph, source)
+        others: list[str] = []
+        outputs = [p for p in path if p in graph.outputs]
+        for index, value in enumerate(path):
+            following = path[index + 1] if index + 1 < len(path) else node.name
+            for reader in readers[value]:
+                if reader != following:
+                    _effective_readers(graph, readers, reader, value, others, outputs)
+        root = graph.nodes[path[0]]
+        kept = next((p for p in path if _storage(graph.nodes[p]).saves_output), None)
+        if others:
+            why = f"{', '.join(repr(o) for o in others)} also read{'s' if len(others) == 1 else ''} it"
+        elif outputs or isinstance(root, InputNode):
+            why = "it is an input or output of the model"
+        elif _storage(root).fixed:
+            why = f"{root.var!r} is a stored tensor and {_storage(root).fixed}"
+        elif kept is not None:
+            why = (f"{graph.label(graph.nodes[kept])} keeps its output for the backward pass, which would then fail "
+                   "(autograd: modified by an inplace operation)")
+        else:
+            continue
+        target = repr(root.var) if len(path) == 1 else (
+            f"{root.var!r} (through {graph.nodes[source].var!r}, which shares its memory)")
+        keyed = "inplace" in node.layer.args()
+        what = "inplace: true would overwrite" if keyed else "would overwrite its input"
+        diagnostics.append(Diagnostic(graph.where(node, "inplace" if keyed else None),
+                                      f"{graph.label(node)}: {what} {target}, but {why}",
+                                      "remove `inplace: true`" if keyed else None))
     return diagnostics
+
+
+def _effective_readers(graph: Graph, readers: dict[str, list[str]], reader: str, value: str, found: list[str],
+                       outputs: list[str]) -> None:
+    """Add to `found` who really reads `value` through `reader`: a view of it is no read by itself, so
+    its readers are named instead (and it counts in `outputs` if the model returns it)."""
+    storage = _storage(graph.nodes[reader])
+    node = graph.nodes[reader]
+    is_view = storage.aliases is not None and storage.writes is None and node.inputs[storage.aliases] == value
+    if not is_view:
+        if reader not in found:
+            found.append(reader)
+        return
+    if reader in graph.outputs and reader not in outputs:
+        outputs.append(reader)
+    for further in readers[reader]:
+        _effective_readers(graph, readers, further, reader, found, outputs)

@@ -24,7 +24,18 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, create_model, model_validator
 
-from .base import FLOAT_DTYPES, Layer, Reference, Scalar, ShapeError, TensorType, promote, register_op
+from .base import (
+    FLOAT_DTYPES,
+    NUMBER_DTYPES,
+    Layer,
+    Reference,
+    Scalar,
+    ShapeError,
+    Storage,
+    TensorType,
+    promote,
+    register_op,
+)
 from .merge import broadcast_shape, check_gate_layouts
 
 __all__ = ["UNARY", "UNARY_OPS", "BinaryOp", "Clamp", "Matmul", "Pow", "UnaryOp", "broadcast_types"]
@@ -40,6 +51,9 @@ UNARY: dict[str, tuple[str, bool]] = {
     "cos": ("torch.cos", True),
     "neg": ("torch.neg", False),
 }
+# Functions whose output autograd keeps for the backward pass (d exp(x) = exp(x) dx...): overwriting
+# it in place later makes backward() fail.
+SAVES_OUTPUT = frozenset({"exp", "sqrt", "rsqrt"})
 
 
 def broadcast_types(op: str, inputs: list[TensorType]) -> TensorType:
@@ -78,6 +92,9 @@ class UnaryOp(ArithmeticOp):
             raise ShapeError("cannot negate a bool tensor (torch refuses)")
         return x if not floating else x.with_dtype(promote([x.dtype], floating=True))
 
+    def storage(self, inputs: list[TensorType]) -> Storage:
+        return Storage(saves_output=self.op in SAVES_OUTPUT)
+
     def code(self, operands: list[str], owner: str) -> str:
         return f"{UNARY[self.op][0]}({operands[0]})"
 
@@ -109,7 +126,7 @@ class BinaryOp(ArithmeticOp):
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         result = broadcast_types(self.op, inputs)
         dtype = promote([t.dtype for t in inputs], self.scalar, floating=self.op == "div")
-        if self.op == "sub" and dtype == "bool":
+        if self.op == "sub" and "bool" in {t.dtype for t in inputs}:
             raise ShapeError("cannot subtract bool tensors (torch refuses); convert them to a number dtype first")
         return result.with_dtype(dtype)
 
@@ -178,7 +195,7 @@ class Clamp(ArithmeticOp):
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs
         bounds = [b for b in (self.min, self.max) if b is not None]
-        dtype = promote([x.dtype], next((b for b in bounds if isinstance(b, float)), None))
+        dtype = promote([x.dtype], next((b for b in bounds if isinstance(b, float)), bounds[0] if bounds else None))
         return x.with_dtype(dtype)
 
     def code(self, operands: list[str], owner: str) -> str:
@@ -197,6 +214,7 @@ class Matmul(ArithmeticOp):
 
     min_inputs: ClassVar[int] = 2
     max_inputs: ClassVar[int | None] = 2
+    input_dtypes: ClassVar[frozenset[str] | None] = NUMBER_DTYPES  # torch has no bool matmul
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         a, b = inputs

@@ -28,7 +28,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from .base import FLOAT_DTYPES, Layer, ShapeError, TensorType, describe_torch_op, register_op
+from .base import FLOAT_DTYPES, DtypeError, Layer, ShapeError, TensorType, describe_torch_op, register_op
 from .merge import broadcast_shape
 
 __all__ = ["MultiheadAttention", "ScaledDotProductAttention"]
@@ -105,6 +105,13 @@ class MultiheadAttention(Layer):
         k, v = args.get("kdim", e), args.get("vdim", e)
         projections = e * (e + k + v) + 3 * e * self.bias  # q, k, v (one packed weight when k == v == e)
         return projections + e * e + e * self.bias + 2 * e * self.add_bias_kv  # out_proj, bias_k/bias_v
+
+    def check_dtypes(self, inputs: list[TensorType]) -> None:
+        if len(inputs) - len(self.masks) not in (1, 3):
+            return  # output_type says what the inputs must be
+        for index, t in enumerate(inputs[:len(inputs) - len(self.masks)]):  # masks are checked with shapes
+            if t.dtype not in FLOAT_DTYPES:
+                raise DtypeError(index, t.dtype, FLOAT_DTYPES)
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         if len(inputs) - len(self.masks) not in (1, 3):

@@ -24,8 +24,12 @@ from typing_extensions import TypeAliasType
 from ..symbolic import hint
 
 __all__ = [
+    "ArgumentError",
     "DTYPES",
+    "DtypeError",
     "FLOAT_DTYPES",
+    "INT_DTYPES",
+    "NUMBER_DTYPES",
     "Identifier",
     "Layer",
     "FeatureMapLayer",
@@ -33,6 +37,7 @@ __all__ = [
     "Layout",
     "OPS",
     "ShapeError",
+    "Storage",
     "StrictModel",
     "TensorType",
     "promote",
@@ -102,6 +107,36 @@ class ShapeError(ValueError):
     """An op cannot accept its input; the message says why in the user's terms."""
 
 
+class ArgumentError(ShapeError):
+    """An argument torch would refuse only when the model is built or first called, blamed on its key
+    (`field`), with a fix where one is clear (`hint`)."""
+
+    def __init__(self, message: str, field: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.field, self.hint = field, hint
+
+
+INT_DTYPES = frozenset({"int64", "int32"})
+NUMBER_DTYPES = FLOAT_DTYPES | INT_DTYPES  # what ops that refuse only bool take (relu, max pooling)
+TO_FLOAT_HINT = ("integer values (token ids, positions) are looked up with `Embedding`; to compute with them as "
+                 "numbers, make them floating point first, e.g. `{op: mul, scalar: 1.0}`")
+
+
+class DtypeError(ShapeError):
+    """An op has no kernel for an input's dtype: torch would fail at the first forward.
+
+    `index` is the input at fault and `accepted` the dtypes the op takes; the shape stage names the
+    node that input comes from.
+    """
+
+    def __init__(self, index: int, dtype: str, accepted: frozenset[str]) -> None:
+        wanted = ("a floating-point input" if accepted == FLOAT_DTYPES else "a number (not bool) input"
+                  if accepted == NUMBER_DTYPES else f"input of dtype {', '.join(sorted(accepted))}")
+        super().__init__(f"needs {wanted}, got {dtype}")
+        self.index, self.dtype, self.accepted = index, dtype, accepted
+        self.hint = TO_FLOAT_HINT if accepted <= FLOAT_DTYPES and dtype not in FLOAT_DTYPES else None
+
+
 Scale = tuple[Fraction, ...]
 _KEEP: Any = object()  # with_shape's default scale: see there
 
@@ -157,6 +192,28 @@ class TensorType:
         return "(" + ", ".join(str(d) for d in self.shape) + ("," if len(self.shape) == 1 else "") + ")"
 
 
+@dataclass(frozen=True)
+class Storage:
+    """How a layer's output relates to its inputs' memory: what the in-place check follows.
+
+    `aliases`: the index of the input whose storage the output is (the input itself, or a view of
+    it: reshape, transpose, a chunk piece, Identity, Dropout in eval mode), else None (fresh memory).
+    `writes`: the index of the input the layer overwrites (`inplace: true`), else None.
+    `saves_output`: autograd keeps the output for the backward pass (ReLU, Sigmoid, Softmax, exp...),
+    so overwriting it later in place makes `backward()` fail.
+    `fixed`: why the value may never be overwritten at all (a stored tensor broadcast over the
+    batch: one element of it stands for many), or None.
+    """
+
+    aliases: int | None = None
+    writes: int | None = None
+    saves_output: bool = False
+    fixed: str | None = None
+
+
+FRESH = Storage()
+
+
 class Layer(StrictModel):
     """Base of every layer kind: an op name, optional explicit inputs, and the op's arguments."""
 
@@ -174,6 +231,9 @@ class Layer(StrictModel):
     layout: ClassVar[Layout | None] = None
     min_inputs: ClassVar[int] = 1
     max_inputs: ClassVar[int | None] = 1
+    view: ClassVar[bool] = False  # its output shares its input's storage (see Storage.aliases)
+    input_dtypes: ClassVar[frozenset[str] | None] = None  # the dtypes torch has kernels for; None: any
+    saves_output: ClassVar[bool] = False  # autograd keeps its output (see Storage.saves_output)
 
     @model_validator(mode="after")
     def _tie_needs_a_module(self) -> Layer:
@@ -237,6 +297,28 @@ class Layer(StrictModel):
     def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         """Parameters the built module (or learned tensor) has, ties aside; None where only building can tell."""
         return 0
+
+    def check_dtypes(self, inputs: list[TensorType]) -> None:
+        """Refuse an input whose dtype the op has no kernel for (`input_dtypes`), before its shapes.
+
+        Raises:
+            DtypeError: naming the input at fault and what the op takes.
+        """
+        accepted = self.input_dtypes
+        if accepted is None:
+            return
+        for index, t in enumerate(inputs):
+            if t.dtype not in accepted:
+                raise DtypeError(index, t.dtype, accepted)
+
+    def storage(self, inputs: list[TensorType]) -> Storage:
+        """How the output shares memory with the inputs (see `Storage`), for the in-place check.
+
+        Curated ops say it with class facts (`view`, `saves_output`) and their `inplace` argument:
+        an in-place op's output is its input, overwritten.
+        """
+        writes = bool(self.args().get("inplace"))
+        return Storage(0 if writes or self.view else None, 0 if writes else None, self.saves_output)
 
     def module_args(self, inputs: list[TensorType]) -> dict[str, Any]:
         return {**self.inferred_args(inputs), **self.args()}

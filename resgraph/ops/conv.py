@@ -8,7 +8,17 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, create_model
 
-from .base import FeatureMapLayer, Layer, ShapeError, TensorType, describe_torch_op, register_op, to_tuple
+from .base import (
+    FLOAT_DTYPES,
+    ArgumentError,
+    FeatureMapLayer,
+    Layer,
+    ShapeError,
+    TensorType,
+    describe_torch_op,
+    register_op,
+    to_tuple,
+)
 
 __all__ = ["ConvBase", "ConvTransposeBase", "conv_output_size", "spatial_family", "strides"]
 
@@ -38,6 +48,7 @@ class ConvBase(FeatureMapLayer):
     scale: bool = Field(True, description="false: scale.width leaves out_channels as written.")
 
     inferred: ClassVar[tuple[str, ...]] = ("in_channels",)
+    input_dtypes: ClassVar[frozenset[str] | None] = FLOAT_DTYPES
 
     def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         kernel = math.prod(to_tuple(self.kernel_size, self.spatial_dims, "kernel_size"))
@@ -54,13 +65,32 @@ class ConvBase(FeatureMapLayer):
         if self.padding == "same":
             if any(s != 1 for s in stride):
                 raise ShapeError("padding='same' needs stride 1 (PyTorch refuses strided 'same' convolutions)")
+            # torch pads d(k-1) in all, the larger half after: that side is what must fit
+            self._check_wrapping(x, tuple(d * (k - 1) - d * (k - 1) // 2 for k, d in zip(kernel, dilation)))
             return x.with_shape((self.out_channels, *spatial), "channels_first")
         padding = (0,) * n if self.padding == "valid" else to_tuple(self.padding, n, "padding")
+        self._check_wrapping(x, padding)
         sizes = tuple(conv_output_size(*args) for args in zip(spatial, kernel, stride, padding, dilation))
         if any(size < 1 for size in sizes):
             raise ShapeError(f"input {x} is too small for kernel_size={_show(kernel)} with "
                              f"padding={_show(padding)}, dilation={_show(dilation)}: output size would be {sizes}")
         return x.with_shape((self.out_channels, *sizes), "channels_first", x.scaled(strides(stride)))
+
+
+    def _check_wrapping(self, x: TensorType, sides: tuple[int, ...]) -> None:
+        """`reflect` mirrors at most size - 1 elements onto each side, `circular` wraps at most once around:
+        torch refuses larger padding at the first forward."""
+        limit = {"reflect": "less than", "circular": "at most"}.get(self.padding_mode)
+        if limit is None:
+            return
+        for axis, (pad, size) in enumerate(zip(sides, x.shape[1:])):
+            if pad >= size if self.padding_mode == "reflect" else pad > size:
+                written = f"padding={_show(sides)}" if self.padding != "same" else f"padding='same' (pads {pad})"
+                raise ArgumentError(
+                    f"{written} with padding_mode={self.padding_mode!r} needs each side's padding {limit} the input "
+                    f"size, but the input {x} has {size} along dim {axis + 2} (batch included); torch refuses it",
+                    "padding" if "padding" in self.model_fields_set else "padding_mode",
+                    "use `padding_mode: replicate` (or zeros), or less padding")
 
 
 class ConvTransposeBase(FeatureMapLayer):
@@ -78,6 +108,7 @@ class ConvTransposeBase(FeatureMapLayer):
     scale: bool = Field(True, description="false: scale.width leaves out_channels as written.")
 
     inferred: ClassVar[tuple[str, ...]] = ("in_channels",)
+    input_dtypes: ClassVar[frozenset[str] | None] = FLOAT_DTYPES
 
     def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         kernel = math.prod(to_tuple(self.kernel_size, self.spatial_dims, "kernel_size"))

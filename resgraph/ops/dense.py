@@ -23,6 +23,7 @@ class Linear(Layer):
 
     inferred: ClassVar[tuple[str, ...]] = ("in_features",)
     layout: ClassVar[Literal["features_last"]] = "features_last"
+    input_dtypes: ClassVar[frozenset[str] | None] = FLOAT_DTYPES
 
     def inferred_args(self, inputs: list[TensorType]) -> dict[str, Any]:
         return {"in_features": inputs[0].shape[-1]}
@@ -34,8 +35,6 @@ class Linear(Layer):
         (x,) = inputs
         if x.rank < 1:
             raise ShapeError(f"expects (..., features) per sample, got {x}")
-        if x.dtype not in FLOAT_DTYPES:
-            raise ShapeError(f"needs a floating-point input, got {x.dtype}")
         return x.with_shape((*x.shape[:-1], self.out_features), "features_last")
 
 

@@ -36,7 +36,7 @@ from pydantic import ConfigDict, Field, StringConstraints
 
 from ..suggest import did_you_mean
 from ..symbolic import SymInt, specialize
-from .base import IDENTIFIER_PATTERN, OPS, RESGRAPH_KEYS, Layer, ShapeError, TensorType
+from .base import IDENTIFIER_PATTERN, OPS, RESGRAPH_KEYS, Layer, ShapeError, Storage, TensorType
 from .probe import GenericOpError, describe, known_parameters, probe
 
 __all__ = ["CUSTOM_OPS", "FIXED", "GenericLayer", "GenericOpError", "INFERABLE", "REFUSED", "SAMPLE_RANKS",
@@ -218,6 +218,15 @@ class GenericLayer(Layer):
         same_grid = (out.layout == "channels_first" and out.rank == inputs[0].rank
                      and out.shape[1:] == inputs[0].shape[1:])
         return replace(out, scale=inputs[0].scale if same_grid else None)
+
+    def storage(self, inputs: list[TensorType]) -> Storage:
+        """What the meta-device probe saw (see `probe`); `inplace: true` counts as a write even if it did not."""
+        inputs = [t.hints() for t in inputs]
+        pick = (self.model_extra or {}).get("output")
+        seen = probe(torch_module_class(self.op), self.module_args(inputs), tuple(inputs), pick).storage
+        if self.written_args().get("inplace") is True and seen.writes is None:
+            return replace(seen, aliases=0, writes=0)
+        return seen
 
     def _keeps_free_sizes(self, cls: type, symbolic: list[TensorType], out: TensorType, pick: Any) -> bool:
         """True for a one-input op whose output has its input's shape at two different sizes of the

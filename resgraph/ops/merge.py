@@ -63,7 +63,8 @@ def _is_one(size: Any) -> bool:
 
 def merge_type(kind: Merge, types: list[TensorType], dim: int = 1) -> TensorType:
     """The type of merging `types` in order. Raises ShapeError naming the offending shapes."""
-    first = types[0]
+    # the result has the promoted dtype of all the tensors, as torch's `+`, `*` and `torch.cat` give it
+    first = types[0].with_dtype(promote([t.dtype for t in types]))
     shapes = ", ".join(str(t) for t in types)
     if kind is Merge.add:
         if any(t.shape != first.shape for t in types):

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from .base import FeatureMapLayer, Layer, ShapeError, TensorType, describe_torch_op, register_op, require_rank
+from .base import (
+    FLOAT_DTYPES,
+    ArgumentError,
+    FeatureMapLayer,
+    Layer,
+    ShapeError,
+    TensorType,
+    describe_torch_op,
+    register_op,
+    require_rank,
+)
 from .conv import spatial_family
 
 __all__ = ["BatchNormBase", "GroupNorm", "InstanceNormBase", "LayerNorm"]
@@ -23,6 +34,7 @@ class BatchNormBase(FeatureMapLayer):
     track_running_stats: bool = True
 
     inferred: ClassVar[tuple[str, ...]] = ("num_features",)
+    input_dtypes: ClassVar[frozenset[str] | None] = FLOAT_DTYPES
 
     def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         return 2 * args["num_features"] if self.affine else 0  # running stats are buffers
@@ -42,7 +54,13 @@ class InstanceNormBase(BatchNormBase):
     track_running_stats: bool = False
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
-        return self.feature_map(inputs).with_layout("channels_first")
+        x = self.feature_map(inputs)
+        if math.prod(x.shape[1:]) == 1:  # statistics over one element: torch refuses it while training
+            raise ArgumentError(f"normalises each channel over its spatial elements, but the input {x} has one per "
+                                "channel (torch refuses: it needs more than one)", "op",
+                                "normalise over the channels instead (`LayerNorm` on features, `GroupNorm`), or "
+                                "before the spatial size shrinks to 1")
+        return x.with_layout("channels_first")
 
 
 BATCH_NORMS = spatial_family(BatchNormBase, "BatchNorm")
@@ -59,6 +77,7 @@ class LayerNorm(Layer):
     bias: bool = True
 
     inferred: ClassVar[tuple[str, ...]] = ("normalized_shape",)
+    input_dtypes: ClassVar[frozenset[str] | None] = FLOAT_DTYPES
 
     def inferred_args(self, inputs: list[TensorType]) -> dict[str, Any]:
         return {"normalized_shape": inputs[0].shape[-1]}
@@ -83,6 +102,7 @@ class GroupNorm(FeatureMapLayer):
     affine: bool = True
 
     inferred: ClassVar[tuple[str, ...]] = ("num_channels",)
+    input_dtypes: ClassVar[frozenset[str] | None] = FLOAT_DTYPES
 
     def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         return 2 * args["num_channels"] if self.affine else 0

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
 from ..symbolic import sym_min
-from .base import FeatureMapLayer, ShapeError, TensorType, to_tuple
+from .base import FLOAT_DTYPES, NUMBER_DTYPES, FeatureMapLayer, ShapeError, TensorType, to_tuple
 from .conv import spatial_family, strides
 
 __all__ = ["AdaptivePoolBase", "AvgPoolBase", "MaxPoolBase", "pool_output_size"]
@@ -67,6 +67,8 @@ class MaxPoolBase(_PoolBase):
     dilation: IntOrTuple = 1
     return_indices: Literal[False] = Field(False, description="Must be false: a layer has one output.")
 
+    input_dtypes: ClassVar[frozenset[str] | None] = NUMBER_DTYPES  # MaxPool1d: floats only (set below)
+
     def _dilation(self) -> int | list[int]:
         return self.dilation
 
@@ -75,6 +77,8 @@ class AvgPoolBase(_PoolBase):
     """Shared arguments and shape rule of AvgPool1d-3d."""
 
     count_include_pad: bool = True
+
+    input_dtypes: ClassVar[frozenset[str] | None] = FLOAT_DTYPES | {"int64"}  # torch has no int32 kernel
 
 
 class AvgPoolDivisorBase(AvgPoolBase):
@@ -87,6 +91,8 @@ class AdaptivePoolBase(FeatureMapLayer):
     """Shared arguments and shape rule of the adaptive pools: a fixed output size."""
 
     output_size: PositiveInt | None | list[PositiveInt | None]
+
+    input_dtypes: ClassVar[frozenset[str] | None] = FLOAT_DTYPES
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         n = self.spatial_dims
@@ -105,6 +111,7 @@ class AdaptiveMaxPoolBase(AdaptivePoolBase):
 
 
 MAX_POOLS = spatial_family(MaxPoolBase, "MaxPool")
+MAX_POOLS[0].input_dtypes = FLOAT_DTYPES  # torch's max_pool1d has no integer kernel (2d and 3d have)
 AVG_POOLS = spatial_family(AvgPoolBase, "AvgPool", (1,)) + spatial_family(AvgPoolDivisorBase, "AvgPool", (2, 3))
 ADAPTIVE_AVG_POOLS = spatial_family(AdaptivePoolBase, "AdaptiveAvgPool")
 ADAPTIVE_MAX_POOLS = spatial_family(AdaptiveMaxPoolBase, "AdaptiveMaxPool")

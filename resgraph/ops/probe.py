@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .base import DTYPES, ShapeError, TensorType
+from .base import DTYPES, FLOAT_DTYPES, FRESH, ShapeError, Storage, TensorType
 
 __all__ = ["PROBE_BATCH_SIZES", "GenericOpError", "Probe", "describe", "known_parameters", "probe"]
 
@@ -47,10 +47,12 @@ class GenericOpError(ShapeError):
 
 @dataclass(frozen=True)
 class Probe:
-    """One configuration's facts: its per-sample output type and its parameter count."""
+    """One configuration's facts: its per-sample output type, its parameter count, and how its output
+    shares memory with its inputs (what the in-place check follows)."""
 
     output: TensorType
     parameters: int
+    storage: Storage = FRESH
 
 
 @dataclass(frozen=True)
@@ -148,12 +150,20 @@ def _probe(cls: type, args: Mapping[str, Any], inputs: tuple[TensorType, ...], p
         parameters = _count(module)
         outputs: dict[int, Any] = {}
         refusals: dict[int, str] = {}
-        for batch in PROBE_BATCH_SIZES:
-            tensors = [torch.empty((batch, *t.shape), dtype=getattr(torch, t.dtype)) for t in inputs]
+        facts = _StorageFacts()
+        # The first call runs in train mode, the second in eval mode: the shapes must agree, and
+        # the calls also show how the output shares memory with the inputs (see `_StorageFacts`).
+        for batch, training in zip(PROBE_BATCH_SIZES, (True, False)):
+            module.train(training)
+            tensors = _probe_inputs(batch, inputs)
+            versions = [t._version for t in tensors]
             try:
-                outputs[batch] = module(*tensors)
+                with torch.enable_grad():
+                    outputs[batch] = module(*tensors)
             except Exception as exc:  # torch reports bad shapes in many exception types
                 refusals[batch] = first_line(exc)
+                continue
+            facts.see(tensors, versions, outputs[batch], pick)
         if _count(module) != parameters:
             raise ShapeError(f"{described} creates parameters when it is called; resgraph needs every parameter "
                              "to exist once it is constructed (to count them and to load a state_dict)")
@@ -168,7 +178,86 @@ def _probe(cls: type, args: Mapping[str, Any], inputs: tuple[TensorType, ...], p
         raise ShapeError(f"{described} accepts a batch of {accepted} but not of {refused} ({why}): an op whose "
                          "arguments depend on the batch size reads the batch as data")
     values = {batch: _picked(described, out, pick) for batch, out in outputs.items()}
-    return Probe(_per_sample_type(described, values, inputs), parameters)
+    if not any(True for _ in module.buffers()):
+        _check_kernels(cls, args, inputs, parameters, described)
+    return Probe(_per_sample_type(described, values, inputs), parameters, facts.storage())
+
+
+# A CPU run (see _check_kernels) stays this small: it allocates its inputs for real.
+KERNEL_CHECK_ELEMENTS = 1 << 16
+
+
+def _check_kernels(cls: type, args: Mapping[str, Any], inputs: tuple[TensorType, ...], parameters: int,
+                   described: str) -> None:
+    """Integer and bool inputs: the meta device checks shapes but not whether a kernel exists for a
+    dtype (RReLU has none for int64), so a module without weights (no parameter may exist before the
+    parameter limit is checked) runs once on the CPU, on small zero inputs, in train and in eval
+    mode. Modules with weights, and larger inputs, are left to torch.
+
+    Raises:
+        ShapeError: torch has no kernel for an input's dtype.
+    """
+    import math
+
+    import torch
+
+    if all(t.dtype in FLOAT_DTYPES for t in inputs) or parameters or any(
+            math.prod(t.shape) > KERNEL_CHECK_ELEMENTS for t in inputs):
+        return
+    try:
+        with torch.device("cpu"), torch.no_grad():
+            module = cls(**args)
+            tensors = [torch.zeros((PROBE_BATCH_SIZES[0], *t.shape), dtype=getattr(torch, t.dtype)) for t in inputs]
+            for training in (True, False):
+                module.train(training)
+                module(*tensors)
+    except Exception as exc:  # noqa: BLE001  torch reports missing kernels in several exception types
+        dtypes = ", ".join(sorted({t.dtype for t in inputs}))
+        raise ShapeError(f"{described} cannot compute on {dtypes} values: {first_line(exc)}") from None
+
+
+def _probe_inputs(batch: int, inputs: tuple[TensorType, ...]) -> list[Any]:
+    """Meta tensors for one call: float ones require grad (so autograd records what it keeps) and are
+    not leaves (autograd refuses in-place writes into a leaf that requires grad, which a model's
+    inner values never are)."""
+    import torch
+
+    tensors = []
+    for t in inputs:
+        tensor = torch.empty((batch, *t.shape), dtype=getattr(torch, t.dtype))
+        tensors.append(tensor.requires_grad_() * 1 if t.dtype in FLOAT_DTYPES else tensor)
+    return tensors
+
+
+class _StorageFacts:
+    """How a module's output shares memory with its inputs, seen on the meta device, where views,
+    version counters and autograd work as on real tensors: whether it returns an input or a view of
+    one (in train or in eval mode: a dropout returns its input in eval), whether it writes an input in
+    place (its version counter moves), and whether autograd keeps the output for backward."""
+
+    def __init__(self) -> None:
+        self.aliases: int | None = None
+        self.writes: int | None = None
+        self.saves = False
+
+    def see(self, tensors: list[Any], versions: list[int], out: Any, pick: int | None) -> None:
+        import torch
+
+        if pick is not None and isinstance(out, (tuple, list)) and -len(out) <= pick < len(out):
+            out = out[pick]
+        if not isinstance(out, torch.Tensor):
+            return  # _picked says why
+        if self.writes is None:
+            self.writes = next((i for i, (t, v) in enumerate(zip(tensors, versions)) if t._version != v), None)
+        for index, t in enumerate(tensors):
+            if self.aliases is None and (out is t or out._base is t or (t._base is not None and out._base is t._base)):
+                self.aliases = index
+        kept = out if out._base is None else out._base
+        self.saves = self.saves or (kept.grad_fn is not None
+                                    and any(name.startswith("_saved_result") for name in dir(kept.grad_fn)))
+
+    def storage(self) -> Storage:
+        return Storage(self.aliases, self.writes, self.saves)
 
 
 def _count(module: Any) -> int:

@@ -8,7 +8,17 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from .base import Layer, ShapeError, TensorType, describe_torch_op, fill_sizes, register_op, sample_dim
+from .base import (
+    FLOAT_DTYPES,
+    ArgumentError,
+    Layer,
+    ShapeError,
+    TensorType,
+    describe_torch_op,
+    fill_sizes,
+    register_op,
+    sample_dim,
+)
 
 __all__ = ["Flatten", "PixelShuffle", "PixelUnshuffle", "Unflatten", "Upsample"]
 
@@ -23,6 +33,7 @@ class Flatten(Layer):
     start_dim: int = 1
     end_dim: int = -1
 
+    view: ClassVar[bool] = True  # a view of its input where its strides allow (conservatively: always)
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs
@@ -42,6 +53,7 @@ class Unflatten(Layer):
     dim: int
     unflattened_size: list[Annotated[int, Field(ge=-1)]]
 
+    view: ClassVar[bool] = True  # a view of its input where its strides allow (conservatively: always)
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs
@@ -62,8 +74,20 @@ class Upsample(Layer):
     recompute_scale_factor: bool | None = None
 
     layout: ClassVar[Literal["channels_first"]] = "channels_first"
+    input_dtypes: ClassVar[frozenset[str] | None] = FLOAT_DTYPES
+
+    def check_static(self) -> None:
+        """Arguments torch refuses only at the first forward (F.interpolate checks them there)."""
+        if self.align_corners is not None and self.mode in ("nearest", "nearest-exact"):
+            raise ArgumentError(f"align_corners applies only to the interpolating modes (linear, bilinear, bicubic, "
+                                f"trilinear); torch refuses it with mode={self.mode!r}", "align_corners",
+                                "remove `align_corners`, or choose an interpolating mode such as `mode: bilinear`")
+        if self.recompute_scale_factor and self.size is not None:
+            raise ArgumentError("recompute_scale_factor: true applies only with scale_factor; torch refuses it with "
+                                "an explicit size", "recompute_scale_factor", "remove `recompute_scale_factor`")
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
+        self.check_static()
         (x,) = inputs
         n = x.rank - 1
         if n < 1:
@@ -78,6 +102,9 @@ class Upsample(Layer):
         # floor(size * factor), as torch computes it; exact for factors such as 2, 0.5 or 1.5
         factors = tuple(Fraction(f).limit_denominator(1 << 16) for f in _expand(self.scale_factor, n, "scale_factor"))
         sizes = tuple(s * f.numerator // f.denominator for s, f in zip(x.shape[1:], factors))
+        if any(size < 1 for size in sizes):
+            raise ArgumentError(f"scale_factor={self.scale_factor} shrinks the input {x} to {sizes}: every size must "
+                                "stay at least 1 (torch refuses an empty output)", "scale_factor")
         return x.with_shape((x.shape[0], *sizes), "channels_first", x.scaled(tuple(1 / f for f in factors)))
 
 

@@ -29,7 +29,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import Field, model_validator
 from typing_extensions import TypeAliasType
 
-from .base import DTYPES, Layer, Owned, TensorType, register_op, sample_dim
+from .base import DTYPES, INT_DTYPES, Layer, Owned, Storage, TensorType, register_op, sample_dim
 
 __all__ = ["Arange", "ConstantTensor", "Full", "ParameterTensor", "StoredTensor", "Values", "literal_shape"]
 
@@ -38,7 +38,6 @@ Number = bool | int | float
 Values = TypeAliasType("Values", list[Union[bool, int, float, "Values"]])  # type: ignore[misc]
 Dtype = Literal[DTYPES]  # type: ignore[valid-type]
 PositiveInt = Annotated[int, Field(ge=1)]
-INT_DTYPES = frozenset({"int64", "int32"})
 
 
 def literal_shape(value: Any) -> tuple[int, ...]:
@@ -130,6 +129,11 @@ class StoredTensor(Layer):
 
     def module_args(self, inputs: list[TensorType]) -> dict[str, Any]:
         return {}
+
+    def storage(self, inputs: list[TensorType]) -> Storage:
+        # `expand` makes every sample's value one and the same memory: torch refuses to write it in place
+        return Storage(fixed="its value is broadcast over the batch (`expand`): one element stands for every "
+                             "sample's")
 
     def code(self, operands: list[str], owner: str) -> str:
         # expand adds the batch dim in front (or widens a stored batch dim of 1): a view, no copy

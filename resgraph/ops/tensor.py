@@ -11,7 +11,18 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from .base import Identifier, Layer, Layout, ShapeError, TensorType, fill_sizes, register_op, sample_dim
+from .base import (
+    FLOAT_DTYPES,
+    ArgumentError,
+    Identifier,
+    Layer,
+    Layout,
+    ShapeError,
+    TensorType,
+    fill_sizes,
+    register_op,
+    sample_dim,
+)
 
 __all__ = ["BlockOutput", "Chunk", "Mean", "Permute", "Piece", "Reshape", "Select", "Split", "SplitBase",
            "Transpose", "pieces"]
@@ -21,6 +32,13 @@ class TensorOp(Layer):
     """A parameter-free op written as one expression on its input."""
 
     code_only: ClassVar[bool] = True
+
+
+class ViewOp(TensorOp):
+    """A tensor op whose result is a view of its input (same storage): transpose, permute,
+    select, chunk and split pieces, and reshape (a view where the strides allow: counted as one)."""
+
+    view: ClassVar[bool] = True
 
 
 def _reordered(x: TensorType, order: list[int]) -> TensorType:
@@ -42,7 +60,7 @@ def _moved_layout(x: TensorType, order: list[int]) -> Layout:
 
 
 @register_op
-class Transpose(TensorOp):
+class Transpose(ViewOp):
     """Swap two dims (`x.transpose(dim0, dim1)`), e.g. (C, L) -> (L, C)."""
 
     op: Literal["transpose"]
@@ -61,7 +79,7 @@ class Transpose(TensorOp):
 
 
 @register_op
-class Permute(TensorOp):
+class Permute(ViewOp):
     """Reorder dims (`x.permute(*dims)`); `dims` lists every dim, the batch (0) first."""
 
     op: Literal["permute"]
@@ -82,7 +100,7 @@ class Permute(TensorOp):
 
 
 @register_op
-class Reshape(TensorOp):
+class Reshape(ViewOp):
     """Reshape each sample (`x.reshape(N, *shape)`); one entry may be -1."""
 
     op: Literal["reshape"]
@@ -106,9 +124,22 @@ class Mean(TensorOp):
     dim: int | list[int]
     keepdim: bool = False
 
+    input_dtypes: ClassVar[frozenset[str] | None] = FLOAT_DTYPES  # torch: mean of integers has no dtype
+
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs
-        dims = {sample_dim(d, x.rank) for d in (self.dim if isinstance(self.dim, list) else [self.dim])}
+        written = self.dim if isinstance(self.dim, list) else [self.dim]
+        if not written:  # torch reads `dim=()` as every dim, the batch too
+            raise ArgumentError("dim: [] would average over every dim, the batch too; list the dims to average",
+                                "dim", f"e.g. `dim: {list(range(1, x.rank + 1))}` for every per-sample dim")
+        axes = [sample_dim(d, x.rank) for d in written]
+        for axis in sorted({a for a in axes if axes.count(a) > 1}):
+            names = sorted({d for d, a in zip(written, axes) if a == axis})
+            same = "" if len(names) == 1 else (f" ({' and '.join(map(str, names))} are the same dim of a "
+                                               f"{x.rank + 1}-dim tensor, batch included)")
+            raise ArgumentError(f"dim={written} names dim {axis + 1} more than once{same}; torch refuses a "
+                                "repeated dim", "dim", "list each dim once")
+        dims = set(axes)
         shape = tuple(1 if i in dims else s for i, s in enumerate(x.shape) if self.keepdim or i not in dims)
         return x.with_shape(shape, None if len(shape) >= 2 else "features_last")
 
@@ -118,7 +149,7 @@ class Mean(TensorOp):
 
 
 @register_op
-class Select(TensorOp):
+class Select(ViewOp):
     """Pick one index along a dim, dropping it (`x.select(dim, index)`), e.g. the class token."""
 
     op: Literal["select"]
@@ -137,7 +168,7 @@ class Select(TensorOp):
         return f"{operands[0]}.select({self.dim}, {self.index})"
 
 
-class SplitBase(TensorOp):
+class SplitBase(ViewOp):
     """An op with several named outputs: the expansion stage turns it into one `Piece` per
     name, so every node of a graph holds exactly one tensor."""
 
@@ -201,7 +232,7 @@ class Split(SplitBase):
         return f"{operand}.split({size}, dim={self.dim})[{index}]"
 
 
-class Piece(TensorOp):
+class Piece(ViewOp):
     """One named output of a chunk or split (made by the expansion stage, never written)."""
 
     op: str

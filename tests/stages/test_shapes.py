@@ -10,7 +10,9 @@ The specification:
   the `guards` (every decision made on a symbolic size, with the node it was made at) and the
   `size_exprs`;
 - a layer's `meta` holds `type`, `args` (the constructor arguments, inferred sizes included, as
-  torch takes them) and `params` (its parameter count, None where only building can tell);
+  torch takes them), `params` (its parameter count, None where only building can tell) and
+  `storage` (how its output shares memory with its inputs: views, in-place writes, outputs
+  autograd keeps);
 - a skip's `meta` holds its `projection` plan, the plan's `params` and the merged `type`;
 - a block node's instances are typed in a chain, and the block node takes the last one's type;
 - a skip the policy refuses is reported with a hint chosen by the refusal's kind: the layers that
@@ -37,6 +39,7 @@ from resgraph.expand import expand
 from resgraph.graph import Graph, GraphBuilder
 from resgraph.loader import load_text
 from resgraph.ops import Merge, TensorType
+from resgraph.ops.base import Storage
 from resgraph.projections import StepKind, plan_projection, step_code
 from resgraph.resolve import resolve
 from resgraph.shapes import declared_type, free_dims, infer_shapes, total_parameters
@@ -231,10 +234,12 @@ def test_code_ops_and_learned_tensors_have_arguments_and_counts_too() -> None:
     b.layer("swap", "transpose", dim0=1, dim1=2)
     graph = infer_shapes(b.build())
     token, cat, swap = (graph.nodes[n].meta for n in ("token", "cat", "swap"))
-    assert token == {"type": TensorType((4, 1), "float32", "features_last"), "args": {}, "params": 4}
-    assert cat["type"].shape == (4, 7) and cat["params"] == 0
+    assert token == {"type": TensorType((4, 1), "float32", "features_last"), "args": {}, "params": 4,
+                     "storage": Storage(fixed=token["storage"].fixed)}
+    assert token["storage"].fixed is not None  # broadcast over the batch: never written in place
+    assert cat["type"].shape == (4, 7) and cat["params"] == 0 and cat["storage"] == Storage()
     assert swap == {"type": TensorType((7, 4), "float32", "channels_first"), "args": {"dim0": 1, "dim1": 2},
-                    "params": 0}
+                    "params": 0, "storage": Storage(aliases=0)}  # a view of cat
     assert total_parameters(graph) == 4
 
 
@@ -247,7 +252,7 @@ def test_an_uncurated_op_is_typed_and_counted_by_a_meta_device_probe() -> None:
     pad = graph.nodes["pad"].meta
     # Its output depends on the exact input size, so the free sizes are specialised: no grid scale left.
     assert pad == {"type": TensorType((3, 5, 7), "float32", "channels_first"), "args": {"padding": (1, 2, 0, 1)},
-                   "params": 0}
+                   "params": 0, "storage": Storage()}
     assert graph.nodes["conv"].meta["args"]["in_channels"] == 3 and total_parameters(graph) == 2 * 3 + 2
 
 
@@ -593,8 +598,8 @@ def test_an_inplace_op_on_a_value_nobody_else_reads_is_fine() -> None:
     b = GraphBuilder("Net")
     b.input("x", [4])
     b.layer("fc", "Linear", out_features=4)
-    b.layer("act", "ReLU", inplace=True)
     b.layer("drop", "Dropout", p=0.1, inplace=True)
+    b.layer("act", "ReLU", inplace=True)
     infer_shapes(b.build())
 
 
@@ -651,8 +656,6 @@ def test_inplace_hazards_and_shape_errors_are_reported_together() -> None:
     assert len(messages(b.build())) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="shapes._inplace_hazards skips every uncurated op, so `inplace: true` on "
-                                       "e.g. torch.nn.RReLU overwrites a value another layer still reads")
 def test_an_uncurated_inplace_op_is_checked_like_a_curated_one() -> None:
     b = GraphBuilder("Net")
     b.input("x", [4])
@@ -661,3 +664,40 @@ def test_an_uncurated_inplace_op_is_checked_like_a_curated_one() -> None:
     merge(b, "out", "add", ["fc", "cut"])  # reads fc, which `cut` overwrote: out == 2 * cut
     assert messages(b.build()) == [
         "layer 'cut' (RReLU): inplace: true would overwrite 'fc', but 'out' also reads it"]
+
+
+def _instance(qualname: str, *ops: tuple[str, dict[str, Any]]) -> Graph:
+    b = GraphBuilder("Unit")
+    b.input("x")
+    for i, (op, args) in enumerate(ops):
+        b.layer(f"n{i}", op, **args)
+    graph = b.build()
+    graph.qualname, graph.block = qualname, "unit"
+    return graph
+
+
+def test_a_block_that_passes_its_input_through_shares_its_memory() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [4])
+    b.layer("fc", "Linear", out_features=4)
+    b.block("same", BlockCall.model_validate({"block": "unit", "repeat": 2}),
+            [_instance("same.0.", ("Identity", {})), _instance("same.1.", ("reshape", {"shape": [4]}))])
+    b.layer("act", "ReLU", inplace=True)
+    merge(b, "out", "add", ["act", "fc"])
+    graph = b.build()
+    assert messages(graph) == ["layer 'act' (ReLU): inplace: true would overwrite 'fc' (through 'same', which shares "
+                               "its memory), but 'out' also reads it"]
+    assert graph.nodes["same"].meta["storage"] == Storage(aliases=0)
+
+
+def test_a_block_output_keeps_what_autograd_keeps_along_the_chain() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [4])
+    b.block("stage", BlockCall.model_validate({"block": "unit", "repeat": 2}),
+            [_instance("stage.0.", ("Sigmoid", {})), _instance("stage.1.", ("Identity", {}))])
+    b.layer("act", "ReLU", inplace=True)
+    graph = b.build()
+    assert messages(graph) == ["layer 'act' (ReLU): inplace: true would overwrite 'stage', but layer 'stage' "
+                               "(block unit) keeps its output for the backward pass, which would then fail (autograd: "
+                               "modified by an inplace operation)"]
+    assert graph.nodes["stage"].meta["storage"] == Storage(saves_output=True)  # the Sigmoid's output, passed on
