@@ -17,6 +17,7 @@ CI runs a bounded profile; set RESGRAPH_FUZZ_EXAMPLES=20000 for a long local run
 from __future__ import annotations
 
 import ast
+import copy
 import json
 import math
 import os
@@ -232,7 +233,9 @@ def paths(data: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 
 @st.composite
 def mutated(draw: st.DrawFn) -> str:
-    spec = draw(specs())
+    # Mutated in place below: copy what was drawn, so a strategy that hands out a shared object
+    # (sampled_from, just) draws the same value on a replay (Hypothesis' FlakyStrategyDefinition).
+    spec = copy.deepcopy(draw(specs()))
     for _ in range(draw(st.integers(1, 3))):
         target = draw(st.sampled_from(paths(spec)))
         parent = spec
@@ -248,7 +251,7 @@ def mutated(draw: st.DrawFn) -> str:
             other = draw(st.sampled_from(sorted(parent, key=str)))
             parent[key], parent[other] = parent[other], parent[key]
         else:
-            parent[key] = draw(JUNK)
+            parent[key] = copy.deepcopy(draw(JUNK))
     text = yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)
     if draw(st.booleans()):  # corrupt the text itself
         at = draw(st.integers(0, len(text)))
