@@ -121,12 +121,14 @@ def assert_plain_class(cls: ast.ClassDef, file_names: set[str]) -> None:
         assert isinstance(statement, ast.Assign) and len(statement.targets) == 1
         target = statement.targets[0]
         assert isinstance(target, ast.Attribute) and ast.unparse(target.value) == "self"
-    # forward: an input guard (`if ...: raise ValueError(...)`), assignments, deletions, one return.
+    # forward: an input guard (`if ...: raise ValueError(...)`), assignments, in-place adds into a
+    # local (`t += s`), deletions, one return.
     body = forward.body
     while isinstance(body[0], ast.If):
         assert [type(s) for s in body[0].body] == [ast.Raise] and not body[0].orelse, ast.unparse(body[0])
         body = body[1:]
-    assert all(isinstance(s, (ast.Assign, ast.Delete)) for s in body[:-1])
+    assert all(isinstance(s, (ast.Assign, ast.Delete)) or (isinstance(s, ast.AugAssign) and isinstance(s.op, ast.Add)
+                                                            and isinstance(s.target, ast.Name)) for s in body[:-1])
     assert isinstance(body[-1], ast.Return)
     locals_ = {t.id for s in body if isinstance(s, ast.Assign) for t in s.targets if isinstance(t, ast.Name)}
     guard_builtins = {"str", "tuple", "ValueError"} - locals_  # what the guard's message uses
