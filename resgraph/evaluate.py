@@ -156,17 +156,18 @@ def reads_input_shape(value: Any) -> bool:
     return bool(names and names.intersection(SHAPE_NAMES))
 
 
-def scale_width(body: Any, scale: Scale, *, derived: bool = False) -> Any:
+def scale_width(body: Any, scale: Scale, template: Any = None) -> Any:
     """A layer body with `scale.width` applied: conv out_channels capped, times width, rounded (`Scale.channels`).
 
     A depthwise conv (`groups` equal to `out_channels` as written) stays depthwise. Layers opt out
-    with `scale: false` (e.g. a head whose channels are class scores). `derived`: out_channels was
-    computed from the block input's size, which is already scaled, so it is left as computed
-    (scaling it again would scale that width twice).
+    with `scale: false` (e.g. a head whose channels are class scores). An out_channels that the
+    `template` (the body as written) computes from the block input's size, already scaled, is left
+    as computed (scaling it again would scale that width twice).
     """
-    if ((scale.width == 1 and scale.max_channels is None) or derived or not isinstance(body, dict)
+    if ((scale.width == 1 and scale.max_channels is None) or not isinstance(body, dict)
             or body.get("op") not in SCALED_OPS or body.get("scale", True) is False
-            or not isinstance(body.get("out_channels"), (int, float))):
+            or not isinstance(body.get("out_channels"), (int, float))
+            or (isinstance(template, dict) and reads_input_shape(template.get("out_channels")))):
         return body
     channels = scale.channels(body["out_channels"])
     scaled = {**body, "out_channels": channels}
@@ -197,8 +198,7 @@ def concrete(template: Any, model: type[T] | TypeAdapter[T], names: Mapping[str,
     if is_left_out(body):
         return LEFT_OUT
     if scale is not None:
-        derived = isinstance(template, dict) and reads_input_shape(template.get("out_channels"))
-        body = scale_width(body, scale, derived=derived)
+        body = scale_width(body, scale, template)
     try:
         if isinstance(model, (TypeAdapter, _LayerModels)):
             typed = model.validate_python(body)
