@@ -173,7 +173,7 @@ def materialize(module: C, *, device: Device = "cpu", seed: int | None = None,
         sizes = dict.fromkeys(graph.nodes, 0)
         for name, parameter in module.named_parameters():
             sizes[name.split(".", 1)[0]] += local_numel(parameter)  # a node's attribute is named after it
-        _check_size(graph, sizes, max_params, "this process would allocate")
+        _check_size(graph, sizes, max_params, "this process would allocate", meta_hint=False)
     module.to_empty(device=device)
     tied = {tie.path for tie in tied_parameters(graph)}  # filled through their owners
     with allowed_imports(record.allow_imports), seeded(seed), torch.device("cpu"), torch.no_grad():
@@ -232,8 +232,12 @@ def part_sizes(graph: Graph) -> dict[str, int]:
     return {name: owned_parameters(module, node) for name, node in graph.nodes.items()}
 
 
-def _check_size(graph: Graph, sizes: dict[str, int], limit: int, subject: str = "the model would have") -> None:
-    """Refuse a model over `limit` parameters (`sizes`: per top-level node), pointing at its largest part."""
+def _check_size(graph: Graph, sizes: dict[str, int], limit: int, subject: str = "the model would have",
+                meta_hint: bool = True) -> None:
+    """Refuse a model over `limit` parameters (`sizes`: per top-level node), pointing at its largest part.
+
+    `meta_hint`: also offer the meta device, where a build allocates nothing (not when materializing).
+    """
     total = sum(sizes.values())
     if total <= limit:
         return
@@ -242,7 +246,9 @@ def _check_size(graph: Graph, sizes: dict[str, int], limit: int, subject: str = 
     raise SpecError([Diagnostic(where, f"{subject} {total:,} parameters ({_size(total * 4)} as float32), "
                                        f"more than the limit of {limit:,}; the largest part, {largest!r}, has "
                                        f"{sizes[largest]:,}",
-                                "raise the limit with --max-params N (Python: max_params=N) if this is intended")])
+                                "raise the limit with --max-params N (Python: max_params=N) if this is intended"
+                                + ("; or inspect it without allocating: --device meta (Python: device='meta')"
+                                   if meta_hint else ""))])
 
 
 def _size(n_bytes: float) -> str:

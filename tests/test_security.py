@@ -294,3 +294,14 @@ def test_a_closed_output_pipe_is_not_a_traceback() -> None:
     result = subprocess.run(f'"{sys.executable}" -m resgraph build examples/resnet50.yaml | head -1', shell=True,
                             capture_output=True, text=True, cwd=ROOT)
     assert result.stdout.startswith("ResNet50 (examples/resnet50.yaml)") and "Traceback" not in result.stderr
+
+
+def test_a_model_over_the_limit_is_offered_the_meta_device() -> None:
+    """Llama 2 7B is over the default limit: the refusal says how to inspect it without allocating."""
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.build(ROOT / "examples" / "llama_7b.yaml")
+    (diagnostic,) = caught.value.diagnostics
+    assert diagnostic.message.startswith("the model would have 6,738,415,616 parameters")
+    assert diagnostic.hint is not None and "--device meta (Python: device='meta')" in diagnostic.hint
+    meta = resgraph.build(ROOT / "examples" / "llama_7b.yaml", device="meta")  # what the hint offers works
+    assert sum(p.numel() for p in meta.parameters()) == 6_738_415_616
