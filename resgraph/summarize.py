@@ -26,6 +26,7 @@ from .errors import UsageError, printable
 from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode, is_block_value
 from .macs import MacCount, layer_macs, merge_macs, projection_macs
 from .ops import TensorType
+from .ops.stored import literal_shape
 from .ownership import owned_tensors
 from .projections import ProjectionPlan, describe_steps
 from .suggest import did_you_mean
@@ -312,16 +313,12 @@ def short_value(value: Any) -> str:
     return printable(text)
 
 
-def _literal_shape(value: Any) -> list[int]:
-    """The shape of a rectangular list of numbers (`[]` for anything else, or a number)."""
-    if not isinstance(value, (tuple, list)) or not value:
-        return []
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        return [len(value)]
-    inner = [_literal_shape(v) for v in value]
-    if not inner[0] or any(shape != inner[0] for shape in inner):
-        return []
-    return [len(value), *inner[0]]
+def _literal_shape(value: Any) -> tuple[int, ...]:
+    """The shape of a rectangular list literal; () for anything else (a number, a ragged list)."""
+    try:
+        return literal_shape(value)
+    except ValueError:
+        return ()
 
 
 # --- the table ----------------------------------------------------------------------------------
