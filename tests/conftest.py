@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import signal
 
 import pytest
 
@@ -26,6 +27,16 @@ BUILDING_EXAMPLES = sorted(p.name for p in EXAMPLES.glob("*.yaml") if p.name not
 # The language models' widths, depths and vocabularies shrink too (GPT-2's and Llama's own parameter names).
 SMALL_INPUTS = {"image_size": 64, "size": 188, "seq_len": 16, "vocab_size": 128, "n_positions": 32,
                 "n_layer": 2, "n_embd": 64, "n_head": 4, "n_layers": 2, "dim": 64, "n_heads": 4, "multiple_of": 32}
+
+
+def interruptible() -> None:
+    """A child's `preexec_fn`: SIGINT's default action, as Ctrl-C at a terminal finds it.
+
+    A job a shell starts in the background without job control (`nohup pytest &`, some CI runners)
+    inherits SIGINT *ignored*, and Python then never raises KeyboardInterrupt; the tests of Ctrl-C
+    send SIGINT to a child that must see what a foreground program sees.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def small_params(example: str) -> dict[str, int]:

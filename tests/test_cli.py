@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import resgraph
-from conftest import ROOT
+from conftest import ROOT, interruptible
 from resgraph import load
 from resgraph.cli import main
 
@@ -107,7 +107,8 @@ def test_head_reads_the_first_lines_without_a_traceback() -> None:
 def test_an_interrupted_save_leaves_no_file_and_no_traceback(tmp_path: pathlib.Path, signum: int, status: int) -> None:
     # Signal the moment the temporary file appears, while the 230 MiB of weights are being written.
     process = subprocess.Popen([sys.executable, "-m", "resgraph", "build", "examples/resnet152.yaml", "-o",
-                                str(tmp_path / "model.pt")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+                                str(tmp_path / "model.pt")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+                               preexec_fn=interruptible)
     deadline = time.monotonic() + 300
     while not list(tmp_path.glob(".model.pt.*.tmp")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
