@@ -29,14 +29,17 @@ SMALL_INPUTS = {"image_size": 64, "size": 188, "seq_len": 16, "vocab_size": 128,
                 "n_layer": 2, "n_embd": 64, "n_head": 4, "n_layers": 2, "dim": 64, "n_heads": 4, "multiple_of": 32}
 
 
-def interruptible() -> None:
-    """A child's `preexec_fn`: SIGINT's default action, as Ctrl-C at a terminal finds it.
+def default_signals() -> None:
+    """A child's `preexec_fn`: SIGINT and SIGHUP at their default action, as a program started at a terminal
+    finds them.
 
-    A job a shell starts in the background without job control (`nohup pytest &`, some CI runners)
-    inherits SIGINT *ignored*, and Python then never raises KeyboardInterrupt; the tests of Ctrl-C
-    send SIGINT to a child that must see what a foreground program sees.
+    A job a shell starts in the background without job control (`pytest &`, some CI runners) inherits
+    SIGINT *ignored*, and one under `nohup` SIGHUP; Python then never raises KeyboardInterrupt, and a
+    hang-up does nothing. The tests of those signals send them to a child that must see what a
+    foreground program sees.
     """
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    for number in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(number, signal.SIG_DFL)
 
 
 def small_params(example: str) -> dict[str, int]:

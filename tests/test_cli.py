@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import resgraph
-from conftest import ROOT, interruptible
+from conftest import ROOT, default_signals
 from resgraph import load
 from resgraph.cli import main
 
@@ -108,7 +108,7 @@ def test_an_interrupted_save_leaves_no_file_and_no_traceback(tmp_path: pathlib.P
     # Signal the moment the temporary file appears, while the 230 MiB of weights are being written.
     process = subprocess.Popen([sys.executable, "-m", "resgraph", "build", "examples/resnet152.yaml", "-o",
                                 str(tmp_path / "model.pt")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
-                               preexec_fn=interruptible)
+                               preexec_fn=default_signals)
     deadline = time.monotonic() + 300
     while not list(tmp_path.glob(".model.pt.*.tmp")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)

@@ -16,7 +16,7 @@ import time
 import pytest
 
 import resgraph
-from conftest import EXAMPLES, ROOT, interruptible
+from conftest import EXAMPLES, ROOT, default_signals
 from resgraph.cli import main
 from resgraph.files import atomic_write, write_fresh_text
 
@@ -215,7 +215,7 @@ def test_a_signal_during_a_write_leaves_no_temporary_file(number: int, mode: str
     target.write_text("previous")
     child = subprocess.Popen([sys.executable, "-c", SIGNAL_PROBE, str(target), mode], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=interruptible)
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=default_signals)
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "writing"  # the temporary file holds 1 MB now
     assert len(os.listdir(tmp_path)) == 2
