@@ -13,7 +13,9 @@ class-level facts and two pure functions:
 
 from __future__ import annotations
 
+import importlib
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
@@ -22,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from typing_extensions import TypeAliasType
 
 from ..symbolic import hint
+from .index import OP_MODULES
 
 __all__ = [
     "ArgumentError",
@@ -36,6 +39,7 @@ __all__ = [
     "Reference",
     "Layout",
     "OPS",
+    "OpRegistry",
     "ShapeError",
     "Storage",
     "StrictModel",
@@ -351,19 +355,76 @@ class FeatureMapLayer(Layer):
         return require_rank(inputs, (n + 1,), channels_first_shape(n))
 
 
-OPS: dict[str, type[Layer]] = {}
+class OpRegistry(Mapping[str, type[Layer]]):
+    """The curated ops by `op` name, each module imported only when one of its ops is first used.
+
+    Every op module registers its classes with `register_op` when it is imported; `OP_MODULES`
+    (`ops/index.py`, generated from those registrations by `python -m resgraph.schema`) says in
+    which module each name lives. So the names are known without importing any op: `name in OPS`,
+    `sorted(OPS)` and "did you mean" cost nothing; `OPS[name]` and `OPS.get(name)` import the one
+    module that defines `name`; `.values()` and `.items()` import every op (the schema generator).
+    Creating the op models is most of what importing them costs, and a spec names a few of ~120.
+
+    An op registered without an index entry (an op module added since the index was generated)
+    is still an op once its module is imported; `tests/test_op_index.py` keeps the index current.
+    """
+
+    def __init__(self, index: Mapping[str, str], package: str) -> None:
+        self._index = dict(index)  # name -> module of `package`
+        self._package = package
+        self._classes: dict[str, type[Layer]] = {}  # the ops registered so far, in registration order
+
+    def register(self, name: str, cls: type[Layer]) -> None:
+        """Record `cls` as op `name`. Raises RuntimeError when the name is registered already."""
+        if name in self._classes:
+            raise RuntimeError(f"op {name!r} is registered twice ({self._classes[name].__module__} and "
+                               f"{cls.__module__})")
+        self._classes[name] = cls
+
+    def registered(self) -> dict[str, type[Layer]]:
+        """The ops registered so far (their modules imported), by name; imports nothing."""
+        return dict(self._classes)
+
+    def __getitem__(self, name: str) -> type[Layer]:
+        cls = self._classes.get(name)
+        if cls is None:
+            module = self._index[name]  # KeyError: not a curated op
+            importlib.import_module(f"{self._package}.{module}")
+            cls = self._classes.get(name)
+            if cls is None:  # the generated index disagrees with the modules: a mistake in resgraph, not a spec
+                raise RuntimeError(f"ops/index.py says {module} defines op {name!r}, but importing it registers "
+                                   "no such op: regenerate the index with `python -m resgraph.schema`")
+        return cls
+
+    def __contains__(self, name: object) -> bool:  # Mapping's default would import the op's module
+        return name in self._classes or name in self._index
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._index
+        yield from (name for name in self._classes if name not in self._index)
+
+    def __len__(self) -> int:
+        return len(self._index) + sum(1 for name in self._classes if name not in self._index)
+
+    def __repr__(self) -> str:
+        return f"<OpRegistry: {len(self)} ops, {len(self._classes)} imported>"
+
+
+OPS = OpRegistry(OP_MODULES, __package__)
 
 L = TypeVar("L", bound=type[Layer])
 
 
 def register_op(cls: L) -> L:
-    """Class decorator: add an op model to the registry under its `op` literal."""
+    """Class decorator: add an op model to the registry under its `op` literal.
+
+    Raises:
+        RuntimeError: the name is registered already.
+    """
     name = cls.model_fields["op"].annotation.__args__[0]  # type: ignore[union-attr]
-    if name in OPS:
-        raise RuntimeError(f"op {name!r} is registered twice ({OPS[name].__module__} and {cls.__module__})")
+    OPS.register(name, cls)
     if not cls.code_only:
         cls.torch_name = name  # curated ops are the torch.nn class of the same name
-    OPS[name] = cls
     return cls
 
 
