@@ -13,8 +13,10 @@ class-level facts and two pure functions:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -239,6 +241,12 @@ class Layer(StrictModel):
     input_dtypes: ClassVar[frozenset[str] | None] = None  # the dtypes torch has kernels for; None: any
     saves_output: ClassVar[bool] = False  # autograd keeps its output (see Storage.saves_output)
 
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        # Its subclasses then read its ClassVars as objects: see resolve_class_annotations.
+        super().__pydantic_init_subclass__(**kwargs)
+        resolve_class_annotations(cls)
+
     @model_validator(mode="after")
     def _tie_needs_a_module(self) -> Layer:
         if self.tie and self.owned() != "module":
@@ -335,6 +343,28 @@ class Layer(StrictModel):
             ShapeError: with a `field` attribute naming the key at fault, where there is one.
         """
 
+
+
+def resolve_class_annotations(cls: type) -> None:
+    """Replace the annotations of `cls` that are not model fields (its `ClassVar`s) by the objects
+    their strings name (`from __future__ import annotations` keeps every annotation a string).
+
+    pydantic evaluates every base class's non-field annotations again for each subclass it creates
+    (fields it copies from the base): Layer's ten ClassVars were compiled and evaluated for each of
+    the ~120 op classes, a third of what creating the op models cost. Resolved once, as each class
+    is created (`Layer.__pydantic_init_subclass__`), they are read as they are.
+    """
+    namespace = vars(sys.modules[cls.__module__])
+    resolved = {}
+    for name, value in cls.__dict__.get("__annotations__", {}).items():
+        if isinstance(value, str) and name not in cls.__dict__.get("__pydantic_fields__", {}):
+            with contextlib.suppress(NameError):  # a name defined later in its module: left to pydantic
+                value = eval(value, namespace, dict(vars(cls)))  # noqa: S307 (resgraph's own source text)
+        resolved[name] = value
+    cls.__annotations__ = resolved
+
+
+resolve_class_annotations(Layer)
 
 
 class FeatureMapLayer(Layer):
