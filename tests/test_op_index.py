@@ -59,6 +59,28 @@ def test_names_are_known_without_importing_any_op_module_and_a_lookup_imports_on
     assert lines[4] == "True"
 
 
+def test_a_family_member_is_created_on_its_first_lookup_and_its_siblings_are_not() -> None:
+    lines = _fresh("from resgraph.ops import OPS\n"
+                   "from resgraph.ops.conv import ConvBase\n"
+                   "print(OPS['Conv2d'] is OPS['Conv2d'], sorted(c.__name__ for c in ConvBase.__subclasses__()))\n")
+    assert lines == ["True ['Conv2d']"]
+
+
+def test_a_promised_op_is_an_op_created_once_when_looked_up() -> None:
+    registry = OpRegistry({}, "resgraph.ops")
+    calls = []
+
+    def create() -> None:
+        calls.append(1)
+        registry.register("Linear", OPS["Linear"])
+
+    registry.promise("Linear", create)
+    assert "Linear" in registry and list(registry) == ["Linear"] and calls == []
+    assert registry["Linear"] is OPS["Linear"] and registry["Linear"] is OPS["Linear"] and calls == [1]
+    with pytest.raises(RuntimeError, match="registered twice"):
+        registry.promise("Linear", create)
+
+
 def test_an_unknown_name_is_a_key_error_and_a_second_registration_an_error() -> None:
     registry = OpRegistry({"Linear": "dense"}, "resgraph.ops")
     assert "Linear" in registry and list(registry) == ["Linear"] and len(registry) == 1
