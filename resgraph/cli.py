@@ -5,7 +5,9 @@ interrupted (Ctrl-C), 141 the reader of the output went away (`| head`); SIGTERM
 the process by that signal (143 and 129 in a shell). None leaves a partial file or a temporary
 one: `files.atomic_write` writes under a temporary name, removed on the way out.
 Heavy imports happen inside commands, so `--help` loads neither torch nor pydantic, and `schema`
-and `validate` never load torch.
+and `validate` never load torch. Only the command being run declares its arguments: `resgraph --help`
+lists the commands and imports nothing else of resgraph (not even the error types or the format
+table, whose dataclasses would double its start-up).
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ import pathlib
 import sys
 from collections.abc import Callable, Sequence
 
-from .errors import ResgraphError, SpecError, UsageError
-from .formats import diagram_suffixes, find_format
 from .version import __version__
 
 __all__ = ["main"]
@@ -37,11 +37,14 @@ BUILD_CONFLICTS = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    from .errors import ResgraphError, SpecError, UsageError  # once parsed: `--help` exits before this
+
     try:
         status = args.run(args)
         sys.stdout.flush()  # a reader that went away is noticed here, not in the interpreter's exit flush
@@ -68,19 +71,34 @@ def _discard_stdout() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The command line's parser, with the arguments of the command `argv` names (its first word).
+
+    The other commands are declared by name and summary only, which is all `resgraph --help` shows:
+    declaring every command's arguments would import the format table for their help texts.
+    """
     parser = argparse.ArgumentParser(
         prog="resgraph",
         description="Declarative PyTorch architectures with named skip edges and automatic projections.")
     parser.add_argument("--version", action="version", version=f"resgraph {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    named = next((arg for arg in argv if not arg.startswith("-")), None)  # the top level's options take no value
+    for name, (summary, declare, run) in COMMANDS.items():
+        command = commands.add_parser(name, help=summary)
+        if name == named:
+            declare(command)
+        command.set_defaults(run=run)
+    return parser
 
-    validate = commands.add_parser("validate", help="check specs (schema, names, shapes); print every error")
+
+def _validate_arguments(validate: argparse.ArgumentParser) -> None:
     validate.add_argument("specs", nargs="+", metavar="SPEC", help="spec files (YAML)")
     _add_set(validate)
-    validate.set_defaults(run=_validate)
 
-    build = commands.add_parser("build", help="compile a spec and print its summary")
+
+def _build_arguments(build: argparse.ArgumentParser) -> None:
+    from .formats import diagram_suffixes
+
     build.add_argument("spec", metavar="SPEC", help="spec file (YAML)")
     build.add_argument("--json", action="store_true", help="print the summary as JSON")
     build.add_argument("--seed", type=int, help="initialise weights deterministically")
@@ -104,9 +122,11 @@ def _parser() -> argparse.ArgumentParser:
                             "connected_to; 'default' is op,output_shape,params and 'all' every column")
     build.add_argument("--opset", type=_positive, metavar="N", help="the ONNX opset version (with -o FILE.onnx)")
     _add_set(build)
-    build.set_defaults(run=_build)
 
-    render = commands.add_parser("render", help="draw the architecture with Graphviz")
+
+def _render_arguments(render: argparse.ArgumentParser) -> None:
+    from .formats import diagram_suffixes
+
     render.add_argument("spec", metavar="SPEC", help="spec file (YAML)")
     render.add_argument("-o", "--output", metavar="FILE",
                         help=f"the diagram (default: SPEC's name with .svg); the suffix picks the format: "
@@ -123,22 +143,20 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--no-params", action="store_true", help="leave out parameter counts")
     render.add_argument("--no-args", action="store_true", help="leave out op arguments (kernel, stride, ...)")
     _add_set(render)
-    render.set_defaults(run=_render)
 
-    sizes = commands.add_parser("sizes", help="list the input sizes the spec's model works at (no build)")
+
+def _sizes_arguments(sizes: argparse.ArgumentParser) -> None:
     sizes.add_argument("spec", metavar="SPEC", help="spec file (YAML)")
     sizes.add_argument("--range", type=_range, default=None, metavar="LO..HI",
                        help="the sizes to try for each free dim (default: 1..2048)")
     sizes.add_argument("--json", action="store_true", help="print the sizes as JSON")
     _add_set(sizes)
-    sizes.set_defaults(run=_sizes)
 
-    schema = commands.add_parser("schema", help="print the spec language's JSON Schema")
+
+def _schema_arguments(schema: argparse.ArgumentParser) -> None:
     schema.add_argument("--path", action="store_true",
                         help="print the installed schema file's path instead "
                              "(for an editor modeline: `# yaml-language-server: $schema=PATH`)")
-    schema.set_defaults(run=_schema)
-    return parser
 
 
 def _listed(kind: str) -> str:
@@ -177,6 +195,7 @@ def _overrides(pairs: list[str]) -> dict[str, object]:
 
     `--set release=2024-01-01` is the text, as it would be written in the spec (not a date).
     """
+    from .errors import SpecError, UsageError
     from .loader import load_value
 
     values: dict[str, object] = {}
@@ -192,6 +211,8 @@ def _overrides(pairs: list[str]) -> dict[str, object]:
 
 
 def _input_shapes(pairs: list[str]) -> dict[str, tuple[int, ...]]:
+    from .errors import UsageError
+
     shapes: dict[str, tuple[int, ...]] = {}
     for pair in pairs:
         name, sep, text = pair.partition("=")
@@ -204,6 +225,7 @@ def _input_shapes(pairs: list[str]) -> dict[str, tuple[int, ...]]:
 
 def _validate(args: argparse.Namespace) -> int:
     from .api import check, check_library
+    from .errors import SpecError, UsageError
     from .pipeline import load
     from .validate import is_block_library
 
@@ -233,6 +255,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from .errors import UsageError
+    from .formats import find_format
+
     for first, second, why in BUILD_CONFLICTS:
         if getattr(args, first) and getattr(args, second) not in (None, False):
             raise UsageError(f"--{first} and --{second} cannot be used together: {why}")
@@ -306,6 +331,8 @@ def _device(name: str | None) -> object:
         return None
     import torch
 
+    from .errors import UsageError
+
     try:
         return torch.device(name)
     except (RuntimeError, ValueError) as exc:
@@ -313,6 +340,9 @@ def _device(name: str | None) -> object:
 
 
 def _render(args: argparse.Namespace) -> int:
+    from .errors import UsageError
+    from .formats import find_format
+
     output = args.output or str(pathlib.Path(args.spec).with_suffix(".svg").name)
     find_format(output, "diagram")
     if args.dpi is not None and not output.lower().endswith(".png"):
@@ -381,6 +411,16 @@ def _schema(args: argparse.Namespace) -> int:
 
     sys.stdout.write(schema_text())
     return EXIT_OK
+
+
+# Each command: its summary (for `resgraph --help`), what declares its arguments, and what runs it.
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    "validate": ("check specs (schema, names, shapes); print every error", _validate_arguments, _validate),
+    "build": ("compile a spec and print its summary", _build_arguments, _build),
+    "render": ("draw the architecture with Graphviz", _render_arguments, _render),
+    "sizes": ("list the input sizes the spec's model works at (no build)", _sizes_arguments, _sizes),
+    "schema": ("print the spec language's JSON Schema", _schema_arguments, _schema),
+}
 
 
 if __name__ == "__main__":

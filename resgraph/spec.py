@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from enum import Enum
+from functools import cache
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, PrivateAttr, Tag, WithJsonSchema, model_validator
@@ -23,8 +24,8 @@ from .ops import OPS, GenericLayer, Identifier, Layout, Merge, Reference, Strict
 from .ops.base import DTYPES
 from .suggest import did_you_mean
 
-__all__ = ["REQUIRED", "BlockCall", "BlockDef", "BlockLibrary", "Defaults", "InputDecl", "LayerBody",
-           "Projection", "Scale", "Skip", "Spec", "Training"]
+__all__ = ["REQUIRED", "BlockCall", "BlockDef", "BlockLibrary", "Defaults", "InputDecl", "Projection",
+           "Scale", "Skip", "Spec", "Training", "layer_body"]
 
 
 class Projection(str, Enum):
@@ -114,13 +115,17 @@ def _layer_tag(value: Any) -> str:
     return op if isinstance(op, str) and op in OPS else "generic"
 
 
-def _layer_union() -> Any:
+@cache
+def layer_body() -> Any:
+    """The type of a layer body (`$defs/LayerBody` in the schema): a union of every op's model,
+    `GenericLayer` and `BlockCall`, tagged by `op`.
+
+    Built on first use (by the schema generator), not at import: naming every op imports every op
+    module, and checking a spec needs only the ops it names (`evaluate` types each body by its tag).
+    """
     members = tuple(Annotated[model, Tag(name)] for name, model in OPS.items())
     return Annotated[Union[(*members, Annotated[GenericLayer, Tag("generic")], Annotated[BlockCall, Tag("block")])],
                      Discriminator(_layer_tag)]
-
-
-LayerBody = _layer_union()
 
 # Where a body is a template (inside `blocks:`), pydantic keeps it as data until each instance
 # is expanded; the JSON Schema still describes it as a layer (or skip) for editors and checks.

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 import resgraph
+from resgraph.ops import OPS
 from resgraph.ops.arithmetic import SAVES_OUTPUT as UNARY_SAVES_OUTPUT
 from resgraph.ops.elementwise import ELEMENTWISE, SAVES_OUTPUT, SAVES_OUTPUT_IN_PLACE
 
@@ -203,7 +204,7 @@ def test_the_message_names_the_alias_and_the_reader_at_the_inplace_key() -> None
 
 
 @pytest.mark.parametrize(("op", "inplace"), [(op, inplace) for op in sorted(ELEMENTWISE) for inplace in (False, True)
-                                              if not inplace or "inplace" in ELEMENTWISE[op].model_fields])
+                                              if not inplace or "inplace" in OPS[op].model_fields])
 def test_which_outputs_autograd_keeps_is_what_torch_does(op: str, inplace: bool) -> None:
     """The tables of ops whose output backward needs, checked op by op: an in-place ReLU after the op."""
     args = {"Softmax": {"dim": -1}, "LogSoftmax": {"dim": -1}}.get(op, {})

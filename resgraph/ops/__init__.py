@@ -1,25 +1,12 @@
 """The op catalogue: every layer kind a spec can name, keyed by its `op` string.
 
-`OPS` holds the curated ops (typed arguments, pure shape functions); `GenericLayer` accepts any
-other torch.nn class. Importing this package never imports torch.
+`OPS` holds the curated ops (typed arguments, pure shape functions), each module of them imported
+when one of its ops is first looked up (see `OpRegistry`); `GenericLayer` accepts any other
+torch.nn class. Importing this package never imports torch.
 """
 
 from __future__ import annotations
 
-from . import (  # noqa: F401  (register ops)
-    arithmetic,
-    attention,
-    conv,
-    dense,
-    elementwise,
-    merge,
-    norm,
-    pool,
-    reshape,
-    stochastic,
-    stored,
-    tensor,
-)
 from .base import OPS, Identifier, Layer, Layout, Reference, ShapeError, StrictModel, TensorType, register_op
 from .generic import GenericLayer, GenericOpError
 from .merge import Merge, MergeLayer, broadcast_shape, merge_code, merge_type

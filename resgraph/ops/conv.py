@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from fractions import Fraction
+from functools import partial
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, create_model
 
 from .base import (
     FLOAT_DTYPES,
+    OPS,
     ArgumentError,
     FeatureMapLayer,
     Layer,
@@ -149,16 +152,27 @@ def _show(values: tuple[int, ...]) -> str:
     return str(values[0]) if len(set(values)) == 1 else str(values)
 
 
-def spatial_family(base: type[FeatureMapLayer], prefix: str, dims: tuple[int, ...] = (1, 2, 3)) -> list[type[Layer]]:
-    """Register `{prefix}1d`.. `{prefix}3d`: one model per dimensionality, sharing `base`."""
-    classes = []
-    for n in dims:
-        name = f"{prefix}{n}d"
-        cls = create_model(name, __base__=base, __module__=base.__module__, op=(Literal[name], ...))
-        cls.spatial_dims = n
-        cls.__doc__ = describe_torch_op(name, base.inferred)
-        classes.append(register_op(cls))
-    return classes
+def spatial_family(base: type[FeatureMapLayer], prefix: str, dims: tuple[int, ...] = (1, 2, 3),
+                   facts: Mapping[int, Mapping[str, Any]] | None = None) -> list[str]:
+    """Define `{prefix}1d`.. `{prefix}3d`: one model per dimensionality, sharing `base`, each created on
+    its first use (see `OpRegistry.promise`). `facts` sets class facts of one dimensionality's model.
+
+    Returns:
+        The op names.
+    """
+    names = [f"{prefix}{n}d" for n in dims]
+    for n, name in zip(dims, names):
+        OPS.promise(name, partial(_spatial_member, base, name, n, (facts or {}).get(n, {})))
+    return names
+
+
+def _spatial_member(base: type[FeatureMapLayer], name: str, n: int, facts: Mapping[str, Any]) -> type[Layer]:
+    cls = create_model(name, __base__=base, __module__=base.__module__, op=(Literal[name], ...))
+    cls.spatial_dims = n
+    cls.__doc__ = describe_torch_op(name, base.inferred)
+    for fact, value in facts.items():
+        setattr(cls, fact, value)
+    return register_op(cls)
 
 
 CONVS = spatial_family(ConvBase, "Conv")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, create_model
@@ -9,6 +10,7 @@ from pydantic import Field, create_model
 from .base import (
     FLOAT_DTYPES,
     NUMBER_DTYPES,
+    OPS,
     ArgumentError,
     FeatureMapLayer,
     Layer,
@@ -118,7 +120,10 @@ def _define(name: str, fields: dict[str, Any]) -> type[Layer]:
     return register_op(cls)
 
 
-ELEMENTWISE = {name: _define(name, fields) for name, fields in _TABLE.items()}
+# Their models are created on first use (a spec names one or two of them): see OpRegistry.promise.
+ELEMENTWISE = tuple(_TABLE)
+for _name, _fields in _TABLE.items():
+    OPS.promise(_name, partial(_define, _name, _fields))
 
 
 class DropoutNdBase(FeatureMapLayer):

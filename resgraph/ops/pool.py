@@ -110,8 +110,8 @@ class AdaptiveMaxPoolBase(AdaptivePoolBase):
     return_indices: Literal[False] = Field(False, description="Must be false: a layer has one output.")
 
 
-MAX_POOLS = spatial_family(MaxPoolBase, "MaxPool")
-MAX_POOLS[0].input_dtypes = FLOAT_DTYPES  # torch's max_pool1d has no integer kernel (2d and 3d have)
+# torch's max_pool1d has no integer kernel (2d and 3d have)
+MAX_POOLS = spatial_family(MaxPoolBase, "MaxPool", facts={1: {"input_dtypes": FLOAT_DTYPES}})
 AVG_POOLS = spatial_family(AvgPoolBase, "AvgPool", (1,)) + spatial_family(AvgPoolDivisorBase, "AvgPool", (2, 3))
 ADAPTIVE_AVG_POOLS = spatial_family(AdaptivePoolBase, "AdaptiveAvgPool")
 ADAPTIVE_MAX_POOLS = spatial_family(AdaptiveMaxPoolBase, "AdaptiveMaxPool")
