@@ -13,9 +13,11 @@ are in `api`; lowering and the compiled model class are in `model` (they need to
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Union
 
 from .errors import Diagnostic, SpecError, UsageError
@@ -29,8 +31,8 @@ from .spec import Spec
 from .validate import is_block_library, validate
 from .version import __version__
 
-__all__ = ["DEFAULT_MAX_PARAMS", "BuildRecord", "RecordingReader", "SpecSource", "check_loaded", "load",
-           "static_parameter_counts"]
+__all__ = ["DEFAULT_MAX_PARAMS", "BuildRecord", "RecordingReader", "SpecSource", "check_loaded", "indented_json",
+           "load", "static_parameter_counts"]
 
 SpecSource = Union[str, "os.PathLike[str]", dict, LoadedSpec]
 DEFAULT_MAX_PARAMS = 2**31  # the default parameter limit of builds (about 8 GiB of float32 weights)
@@ -98,12 +100,81 @@ def load(spec: SpecSource, *, file: str | None = None) -> LoadedSpec:
     if isinstance(spec, LoadedSpec):
         return spec
     if isinstance(spec, dict):
-        return LoadedSpec(spec, SourceMap(file or "<dict>"), lambda: json.dumps(spec, indent=2))
+        return LoadedSpec(spec, SourceMap(file or "<dict>"), lambda: indented_json(spec))
     if isinstance(spec, os.PathLike) or (isinstance(spec, str) and _looks_like_path(spec)):
         return read_shipped(os.fspath(spec)) if is_shipped(os.fspath(spec)) else load_file(spec)
     if isinstance(spec, str):
         return load_text(spec, file or "<string>")
     raise UsageError(f"a spec is a path, YAML text or a dict, not {type(spec).__name__}")
+
+
+def indented_json(data: Any) -> str:
+    """`json.dumps(data, indent=2)`, the same text, about twice as fast on plain spec data.
+
+    The build record of a spec given as a dict is this text. `json.dumps` writes indented JSON
+    with its pure-Python encoder, a generator per container, which cost more than validating a
+    10,000-layer spec; this writes the same pieces into one list. Anything other than dicts with
+    string keys, lists, tuples, strings, numbers, booleans and None (or a cycle, or nesting too
+    deep) is left to `json.dumps`, which then gives its own result or error.
+
+    >>> indented_json({"a": [1, 2.5, None], "b": {}}) == json.dumps({"a": [1, 2.5, None], "b": {}}, indent=2)
+    True
+    """
+    parts: list[str] = []
+    append = parts.append
+
+    def write(value: Any, newline: str) -> None:  # newline: "\n" and the indent of `value`'s line
+        if isinstance(value, str):
+            append(encode_basestring_ascii(value))
+        elif value is None:
+            append("null")
+        elif value is True:
+            append("true")
+        elif value is False:
+            append("false")
+        elif isinstance(value, int):
+            append(int.__repr__(value))
+        elif isinstance(value, float):
+            append(_json_float(value))
+        elif isinstance(value, (list, tuple)):
+            if not value:
+                append("[]")
+                return
+            inner = newline + "  "
+            append("[")
+            for index, item in enumerate(value):
+                append("," + inner if index else inner)
+                write(item, inner)
+            append(newline + "]")
+        elif isinstance(value, dict):
+            if not value:
+                append("{}")
+                return
+            inner = newline + "  "
+            append("{")
+            for index, (key, item) in enumerate(value.items()):
+                if not isinstance(key, str):
+                    raise TypeError("a key json.dumps converts")
+                append(("," + inner if index else inner) + encode_basestring_ascii(key) + ": ")
+                write(item, inner)
+            append(newline + "}")
+        else:
+            raise TypeError("a value json.dumps converts or refuses")
+
+    try:
+        write(data, "\n")
+    except (TypeError, RecursionError):
+        return json.dumps(data, indent=2)
+    return "".join(parts)
+
+
+def _json_float(value: float) -> str:
+    """A float as `json.dumps` writes it (NaN and the infinities included)."""
+    if value != value:
+        return "NaN"
+    if value in (math.inf, -math.inf):
+        return "Infinity" if value > 0 else "-Infinity"
+    return float.__repr__(value)
 
 
 def _looks_like_path(text: str) -> bool:
