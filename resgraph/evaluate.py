@@ -58,34 +58,37 @@ def evaluate_tree(value: Any, names: Mapping[str, Any], origin: Origin, diagnost
     instance later). An expression that fails only because of an error reported elsewhere (it
     reads an `Unavailable` name) is appended to `dependent`, when given, instead of reported.
     """
+    return _walk(value, (), names, origin, diagnostics, skip, dependent)
 
-    def walk(item: Any, rel: Path) -> Any:
-        if skip(rel):
-            return item
-        if isinstance(item, dict):
-            return {k: walk(v, (*rel, k)) for k, v in item.items()}
-        if isinstance(item, list):
-            return [walk(v, (*rel, i)) for i, v in enumerate(item)]
-        body = expression_body(item)
-        if body is None:
-            return item
-        try:
-            result = evaluate(body, names)
-        except ExpressionError as exc:
-            if exc.dependent and dependent is not None:
-                dependent.append(body)
-                return None
-            where = origin.child(*rel).locate()
-            column = where.column + 2 + exc.offset if where.line else 0
-            diagnostics.append(Diagnostic(Location(where.file, where.line, column),
-                                          f"in ${{{_shorten(body.strip())}}}: {exc}"))
-            return None
-        if expression_body(result) is not None:
-            diagnostics.append(Diagnostic(origin.child(*rel).locate(), "an expression may not produce an expression"))
-            return None
-        return result
 
-    return walk(value, ())
+def _walk(item: Any, rel: Path, names: Mapping[str, Any], origin: Origin, diagnostics: list[Diagnostic],
+          skip: Callable[[Path], bool], dependent: list[str] | None) -> Any:
+    """`evaluate_tree` of the subtree at `rel`. (A plain function, not a closure: a recursive closure
+    is a reference cycle, garbage that only the collector frees, made once per entry of a spec.)"""
+    if skip(rel):
+        return item
+    if isinstance(item, dict):
+        return {k: _walk(v, (*rel, k), names, origin, diagnostics, skip, dependent) for k, v in item.items()}
+    if isinstance(item, list):
+        return [_walk(v, (*rel, i), names, origin, diagnostics, skip, dependent) for i, v in enumerate(item)]
+    body = expression_body(item)
+    if body is None:
+        return item
+    try:
+        result = evaluate(body, names)
+    except ExpressionError as exc:
+        if exc.dependent and dependent is not None:
+            dependent.append(body)
+            return None
+        where = origin.child(*rel).locate()
+        column = where.column + 2 + exc.offset if where.line else 0
+        diagnostics.append(Diagnostic(Location(where.file, where.line, column),
+                                      f"in ${{{_shorten(body.strip())}}}: {exc}"))
+        return None
+    if expression_body(result) is not None:
+        diagnostics.append(Diagnostic(origin.child(*rel).locate(), "an expression may not produce an expression"))
+        return None
+    return result
 
 
 def resolve_params(declared: Mapping[str, Any], overrides: Mapping[str, Any], origin: Origin,
@@ -232,17 +235,19 @@ def concrete(template: Any, model: type[T] | TypeAdapter[T], names: Mapping[str,
 
 def _frozen(model: Any, body: Any) -> Any:
     """A hashable key equal for equal bodies typed by the same model, or None when `body` holds a
-    value that cannot be a key. Each leaf is keyed with its type: 1, 1.0 and True are equal in
-    Python but not to the models."""
-    def freeze(value: Any) -> Any:
-        if isinstance(value, dict):
-            return (dict, tuple((k, freeze(v)) for k, v in value.items()))
-        if isinstance(value, list):
-            return (list, tuple(freeze(v) for v in value))
-        hash(value)  # a leaf that cannot be a key raises TypeError here
-        return (type(value), value)
-
+    value that cannot be a key."""
     try:
-        return (id(model), freeze(body))
+        return (id(model), _freeze(body))
     except TypeError:
         return None
+
+
+def _freeze(value: Any) -> Any:
+    """`value` as nested tuples. Each leaf is keyed with its type: 1, 1.0 and True are equal in
+    Python but not to the models. Raises TypeError for a leaf that cannot be a key."""
+    if isinstance(value, dict):
+        return (dict, tuple((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return (list, tuple(_freeze(v) for v in value))
+    hash(value)
+    return (type(value), value)

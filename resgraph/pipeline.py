@@ -121,51 +121,59 @@ def indented_json(data: Any) -> str:
     True
     """
     parts: list[str] = []
-    append = parts.append
-
-    def write(value: Any, newline: str) -> None:  # newline: "\n" and the indent of `value`'s line
-        if isinstance(value, str):
-            append(encode_basestring_ascii(value))
-        elif value is None:
-            append("null")
-        elif value is True:
-            append("true")
-        elif value is False:
-            append("false")
-        elif isinstance(value, int):
-            append(int.__repr__(value))
-        elif isinstance(value, float):
-            append(_json_float(value))
-        elif isinstance(value, (list, tuple)):
-            if not value:
-                append("[]")
-                return
-            inner = newline + "  "
-            append("[")
-            for index, item in enumerate(value):
-                append("," + inner if index else inner)
-                write(item, inner)
-            append(newline + "]")
-        elif isinstance(value, dict):
-            if not value:
-                append("{}")
-                return
-            inner = newline + "  "
-            append("{")
-            for index, (key, item) in enumerate(value.items()):
-                if not isinstance(key, str):
-                    raise TypeError("a key json.dumps converts")
-                append(("," + inner if index else inner) + encode_basestring_ascii(key) + ": ")
-                write(item, inner)
-            append(newline + "}")
-        else:
-            raise TypeError("a value json.dumps converts or refuses")
-
     try:
-        write(data, "\n")
+        _write_json(data, "\n", parts)
     except (TypeError, RecursionError):
         return json.dumps(data, indent=2)
     return "".join(parts)
+
+
+def _write_json(value: Any, newline: str, parts: list[str]) -> None:
+    """Append `value`'s pieces of indented JSON to `parts`; `newline` is "\n" and the indent of its line.
+
+    (A plain function, not a closure: a recursive closure is a reference cycle, which would keep
+    `parts` alive until the next collection, and with it the process's peak memory up.)
+    """
+    if isinstance(value, str):
+        parts.append(encode_basestring_ascii(value))
+    elif value is None:
+        parts.append("null")
+    elif value is True:
+        parts.append("true")
+    elif value is False:
+        parts.append("false")
+    elif isinstance(value, int):
+        parts.append(int.__repr__(value))
+    elif isinstance(value, float):
+        parts.append(_json_float(value))
+    elif isinstance(value, (list, tuple)):
+        if not value:
+            parts.append("[]")
+            return
+        inner = newline + "  "
+        separator = "," + inner  # one object for every item: the pieces are many, keep them small
+        parts.append("[")
+        for index, item in enumerate(value):
+            parts.append(separator if index else inner)
+            _write_json(item, inner, parts)
+        parts.append(newline + "]")
+    elif isinstance(value, dict):
+        if not value:
+            parts.append("{}")
+            return
+        inner = newline + "  "
+        separator = "," + inner
+        parts.append("{")
+        for index, (key, item) in enumerate(value.items()):
+            if not isinstance(key, str):
+                raise TypeError("a key json.dumps converts")
+            parts.append(separator if index else inner)
+            parts.append(encode_basestring_ascii(key))
+            parts.append(": ")
+            _write_json(item, inner, parts)
+        parts.append(newline + "}")
+    else:
+        raise TypeError("a value json.dumps converts or refuses")
 
 
 def _json_float(value: float) -> str:
