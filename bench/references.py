@@ -78,3 +78,25 @@ class ResidualMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x)
+
+
+class TutorialResNet(nn.Module):
+    """examples/tutorial.yaml written out: the tutorial's ResidualBlock(3, 64) then ResidualBlock(64, 128),
+    each shortcut a 1x1 conv + BatchNorm projection (the one resgraph inserts; same names)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.res1_conv1 = nn.Conv2d(3, 64, 3, padding=1)
+        self.res1_relu = nn.ReLU()
+        self.res1_conv2 = nn.Conv2d(64, 64, 3, padding=1)
+        self.shortcut1 = nn.Sequential(nn.Conv2d(3, 64, 1, bias=False), nn.BatchNorm2d(64))
+        self.relu = nn.ReLU()
+        self.res2_conv1 = nn.Conv2d(64, 128, 3, padding=1)
+        self.res2_relu = nn.ReLU()
+        self.res2_conv2 = nn.Conv2d(128, 128, 3, padding=1)
+        self.shortcut2 = nn.Sequential(nn.Conv2d(64, 128, 1, bias=False), nn.BatchNorm2d(128))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.res1_conv2(self.res1_relu(self.res1_conv1(x))) + self.shortcut1(x)  # (N, 64, H, W)
+        out = self.relu(out)
+        return self.res2_conv2(self.res2_relu(self.res2_conv1(out))) + self.shortcut2(out)  # (N, 128, H, W)

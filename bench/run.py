@@ -3,6 +3,8 @@
     python -m bench                 # the full run (several minutes on 2 CPU cores)
     python -m bench --quick         # a smoke run with tiny sizes (what CI runs; no timing claims)
     python -m bench --device cuda   # forward latency on a GPU
+    python -m bench --only scaling,stages   # some sections only (see SECTIONS); results go to
+                                            # only-<sections>.json/.md, latest.* are left alone
 
 Timing follows one protocol: warm-up calls first, then interleaved A/B rounds (A first in even
 rounds, B first in odd ones) under `torch.inference_mode()` with a fixed thread count; each
@@ -28,11 +30,12 @@ import torch
 import torch.fx
 
 import resgraph
-from bench.references import ResidualMLP, ResNet50
+from bench.references import ResidualMLP, ResNet50, TutorialResNet
 
 ROOT = Path(__file__).resolve().parent.parent
 RESNET50 = ROOT / "examples" / "resnet50.yaml"
 MLP = ROOT / "bench" / "specs" / "residual_mlp_200.yaml"
+TUTORIAL = ROOT / "examples" / "tutorial.yaml"
 
 
 def interleaved(a: Callable[[], Any], b: Callable[[], Any], rounds: int, inner: int) -> tuple[float, float]:
@@ -195,9 +198,13 @@ def spec_stages(quick: bool) -> list[dict[str, Any]]:
     rows = []
     depth = 20 if quick else 200
     rounds = 3 if quick else 9
-    for name, path, params, reference in (("residual MLP", MLP, {"depth": depth}, lambda: ResidualMLP(32, depth)),
-                                          ("ResNet-50", RESNET50, None, lambda: ResNet50())):
+    cases: list[tuple[str, Path, dict[str, Any] | None, Callable[[], torch.nn.Module]]] = [
+        ("residual MLP", MLP, {"depth": depth}, lambda: ResidualMLP(32, depth)),
+        ("tutorial", TUTORIAL, None, TutorialResNet),
+        ("ResNet-50", RESNET50, None, ResNet50)]
+    for name, path, params, reference in cases:
         stage_breakdown(path, params)  # warm
+        reference()
         stages: list[float] = []
         constructor: list[float] = []
         for _ in range(rounds):
@@ -385,65 +392,74 @@ def build_memory() -> dict[str, Any]:
 
 
 def markdown(results: dict[str, Any]) -> str:
+    """The results as Markdown tables; a section that was not run (`--only`) is left out."""
     m = results["machine"]
     lines = [f"Run {results['date']} on {m['cpu']} ({m['cores']} cores, {m['threads']} threads), torch {m['torch']}, "
              f"Python {m['python']}, device {results['device']}, load average {m['load']}"
              + (" (quick mode)" if results["quick"] else ""), "",
              "| measurement | resgraph | reference | ratio | A/A | target |", "|---|---|---|---|---|---|"]
-    for row in results["forward"]:
+    for row in results.get("forward", []):
         lines.append(f"| forward latency, {row['case']} (vs hand-written) | {row['resgraph_ms']:.3f} ms "
                      f"| {row['reference_ms']:.3f} ms | {row['ratio']:.3f} | {row['aa_ratio']:.3f} | <= 1.00 |")
-    for row in results["forward"]:
+    for row in results.get("forward", []):
         lines.append(f"| torch.fx GraphModule of the hand-written module, {row['case']} | | | {row['fx_ratio']:.3f} "
                      "| | peer |")
-    e = results["export"]
-    lines.append(f"| exported .py forward vs in-memory, {e['case']} | {e['exported_us']:.1f} us "
-                 f"| {e['in_memory_us']:.1f} us | {e['ratio']:.3f} | {e['aa_ratio']:.3f} | equal |")
-    g = results["guard"]
-    lines.append(f"| input guard, {g['case']} (with vs without) | {g['guarded_us']:.1f} us "
-                 f"| {g['unguarded_us']:.1f} us | {g['ratio']:.3f} ({g['overhead_ns']:+.0f} ns) | {g['aa_ratio']:.3f} "
-                 f"| guard alone: {g['guard_alone_ns']:.0f} ns per call |")
-    b = results["build"]
-    lines.append(f"| build ResNet-50 (spec -> module) | {b['resgraph_s']:.3f} s | {b['reference_s']:.3f} s "
-                 f"| {b['ratio']:.2f} | | <= 1.05 |")
-    for row in results["stages"]:
+    if "export" in results:
+        e = results["export"]
+        lines.append(f"| exported .py forward vs in-memory, {e['case']} | {e['exported_us']:.1f} us "
+                     f"| {e['in_memory_us']:.1f} us | {e['ratio']:.3f} | {e['aa_ratio']:.3f} | equal |")
+    if "guard" in results:
+        g = results["guard"]
+        lines.append(f"| input guard, {g['case']} (with vs without) | {g['guarded_us']:.1f} us "
+                     f"| {g['unguarded_us']:.1f} us | {g['ratio']:.3f} ({g['overhead_ns']:+.0f} ns) "
+                     f"| {g['aa_ratio']:.3f} | guard alone: {g['guard_alone_ns']:.0f} ns per call |")
+    if "build" in results:
+        b = results["build"]
+        lines.append(f"| build ResNet-50 (spec -> module) | {b['resgraph_s']:.3f} s | {b['reference_s']:.3f} s "
+                     f"| {b['ratio']:.2f} | | <= 1.05 |")
+    for row in results.get("stages", []):
         lines.append(f"| spec stages (load to code) vs hand-written constructor, {row['case']} "
                      f"| {row['stages_s']:.4f} s | {row['constructor_s']:.4f} s | {row['ratio']:.2f} | | <= 0.5 |")
     if "memory" in results:
         mem = results["memory"]
         lines.append(f"| peak memory building ResNet-50 | {mem['resgraph_mib']:.1f} MiB "
                      f"| {mem['reference_mib']:.1f} MiB | {mem['ratio']:.2f} | | <= 1.1 |")
-    r = results["registered"]
-    lines.append(f"| check, {r['layers']} registered layers vs curated Linear (warm) | {r['registered_ms']:.1f} ms "
-                 f"| {r['curated_ms']:.1f} ms | {r['ratio']:.2f} (count_parameters {r['count_ratio']:.2f}) "
-                 f"| {r['aa_ratio']:.3f} | <= 1.5 |")
+    if "registered" in results:
+        r = results["registered"]
+        lines.append(f"| check, {r['layers']} registered layers vs curated Linear (warm) | {r['registered_ms']:.1f} ms "
+                     f"| {r['curated_ms']:.1f} ms | {r['ratio']:.2f} (count_parameters {r['count_ratio']:.2f}) "
+                     f"| {r['aa_ratio']:.3f} | <= 1.5 |")
     if "compile" in results:
         c = results["compile"]
         model = "residual MLP, 5 blocks" if results["quick"] else "ResNet-50, batch 8"
         lines.append(f"| torch.compile (inductor) vs eager, {model} | {c['compiled_ms']:.1f} ms | "
                      f"{c['eager_ms']:.1f} ms eager | speed-up {c['speedup']:.2f}x (compile {c['compile_s']:.0f} s) "
                      "| | reported |")
-    lines += ["", f"Peers: torch.fx measured above; {results['torcharc']}.", "",
-              "CLI start-up (whole process, wall time, median of interleaved runs; byte-code compiled):", "",
-              "| command | median wall | median CPU (user + sys) | wall vs bare interpreter | target |",
-              "|---|---|---|---|---|"]
-    targets = {"resgraph --help": "< 0.1 s", "resgraph validate examples/resnet50.yaml": "< 0.25 s"}
-    for row in results["startup"]:
-        lines.append(f"| `{row['command']}` | {row['median_s']:.3f} s | {row['cpu_s']:.3f} s "
-                     f"| {row['vs_interpreter']:.2f}x "
-                     f"| {targets.get(row['command'], 'reference')} |")
-    lines += ["", "Build time by stage (ResNet-50):", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {stage} | {seconds:.3f} |" for stage, seconds in b["stages"].items()]
-    lines += ["", "Scaling (chains of Linear layers with a skip every two layers; time, and peak memory added",
-              "by the stage, each stage in a fresh process; the floor constructs the same Linear modules",
-              "directly):", "",
-              "| layers | nodes | validate | infer shapes | full build | torch floor | build / floor: time, memory |",
-              "|---|---|---|---|---|---|---|"]
-    for row in results["scaling"]:
-        cells = [f"{row[f'{s}_s']:.2f} s, {row[f'{s}_peak_mib']:.0f} MiB" for s in STAGES]
-        ratio = (f"{row['build_s'] / row['floor_s']:.2f}x, "
-                 f"{row['build_peak_mib'] / max(row['floor_peak_mib'], 1e-9):.2f}x")
-        lines.append(f"| {row['layers']:,} | {row['nodes']:,} | " + " | ".join(cells) + f" | {ratio} |")
+    lines += ["", f"Peers: torch.fx measured above; {results['torcharc']}."]
+    if "startup" in results:
+        lines += ["", "CLI start-up (whole process, wall time, median of interleaved runs; byte-code compiled):", "",
+                  "| command | median wall | median CPU (user + sys) | wall vs bare interpreter | target |",
+                  "|---|---|---|---|---|"]
+        targets = {"resgraph --help": "< 0.1 s", "resgraph validate examples/resnet50.yaml": "< 0.25 s"}
+        for row in results["startup"]:
+            lines.append(f"| `{row['command']}` | {row['median_s']:.3f} s | {row['cpu_s']:.3f} s "
+                         f"| {row['vs_interpreter']:.2f}x "
+                         f"| {targets.get(row['command'], 'reference')} |")
+    if "build" in results:
+        lines += ["", "Build time by stage (ResNet-50):", "", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {stage} | {seconds:.3f} |" for stage, seconds in results["build"]["stages"].items()]
+    if "scaling" in results:
+        lines += ["", "Scaling (chains of Linear layers with a skip every two layers; time, and peak memory added",
+                  "by the stage, each stage in a fresh process; the floor constructs the same Linear modules",
+                  "directly):", "",
+                  "| layers | nodes | validate | infer shapes | full build | torch floor "
+                  "| build / floor: time, memory |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in results["scaling"]:
+            cells = [f"{row[f'{s}_s']:.2f} s, {row[f'{s}_peak_mib']:.0f} MiB" for s in STAGES]
+            ratio = (f"{row['build_s'] / row['floor_s']:.2f}x, "
+                     f"{row['build_peak_mib'] / max(row['floor_peak_mib'], 1e-9):.2f}x")
+            lines.append(f"| {row['layers']:,} | {row['nodes']:,} | " + " | ".join(cells) + f" | {ratio} |")
     return "\n".join(lines) + "\n"
 
 
@@ -454,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch.set_num_threads")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="folder for latest.json/.md")
     parser.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile measurement")
+    parser.add_argument("--only", type=_sections, default=tuple(SECTIONS),
+                        help="comma-separated sections to run: " + ",".join(SECTIONS))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cpu = platform.processor() or platform.machine()
@@ -461,26 +479,45 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M"), "quick": args.quick, "device": args.device,
         "machine": {"cpu": cpu, "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
                     "python": platform.python_version(), "load": _load_average()},
-        "startup": cli_startup(args.quick),
-        "forward": forward_latency(args.quick, args.device),
-        "export": export_forward(args.quick),
-        "guard": guard_cost(args.quick),
-        "build": build_time(args.quick),
-        "stages": spec_stages(args.quick),
-        "registered": registered_op_check(args.quick),
-        "scaling": scaling(args.quick),
         "torcharc": torcharc_note(),
     }
-    if sys.platform.startswith("linux"):
-        results["memory"] = build_memory()
-    if not args.skip_compile:
-        results["compile"] = compile_speed(args.quick)
+    sections = [s for s in args.only if not (s == "compile" and args.skip_compile)
+                and not (s == "memory" and not sys.platform.startswith("linux"))]
+    for section in sections:
+        results[section] = SECTIONS[section](args)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    # A partial run writes files of its own, so the full run's latest.* stay whole.
+    stem = "latest" if set(args.only) == set(SECTIONS) else "only-" + "-".join(args.only)
+    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     text = markdown(results)
-    (args.out / "latest.md").write_text(text)
+    (args.out / f"{stem}.md").write_text(text)
     print(text)
     return 0
+
+
+# Section name -> what runs it, in the full run's order (`--only` picks some).
+SECTIONS: dict[str, Callable[[argparse.Namespace], Any]] = {
+    "startup": lambda args: cli_startup(args.quick),
+    "forward": lambda args: forward_latency(args.quick, args.device),
+    "export": lambda args: export_forward(args.quick),
+    "guard": lambda args: guard_cost(args.quick),
+    "build": lambda args: build_time(args.quick),
+    "stages": lambda args: spec_stages(args.quick),
+    "registered": lambda args: registered_op_check(args.quick),
+    "scaling": lambda args: scaling(args.quick),
+    "memory": lambda args: build_memory(),
+    "compile": lambda args: compile_speed(args.quick),
+}
+
+
+def _sections(text: str) -> tuple[str, ...]:
+    """`--only`'s value: known section names, in the order given."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in SECTIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown section(s) {', '.join(unknown) or '(none)'}; "
+                                         f"choose from {', '.join(SECTIONS)}")
+    return names
 
 
 def _load_average() -> str:

@@ -207,6 +207,7 @@ class Expander:
         self.expanded = 0  # layers and skips made so far, in all scopes
         self.exhausted = False  # the bound was hit (and reported): expand nothing more
         self.first_sizes: dict[int, int] = {}  # id(recipe) -> nodes its first instance took
+        self.typed_bodies: dict[Any, Any] = {}  # equal entry bodies share one typed object (see `concrete`)
 
     def root(self) -> Scope:
         root = Origin(self.source, ())
@@ -277,7 +278,8 @@ class Expander:
                 if top_level and self.spec.invalid_entry("layers", i):
                     layers.append(LayerItem(layer_name, None, where))  # refused by validation, and reported there
                     continue
-                body = concrete(template, LAYER, names, where, self.diagnostics, self.spec.scale)
+                body = concrete(template, LAYER, names, where, self.diagnostics, self.spec.scale,
+                                self.typed_bodies)
                 if body is not LEFT_OUT:  # None: its error is reported; what reads it would only repeat that
                     layers.append(LayerItem(layer_name, body, where))
         if top_level:
@@ -297,7 +299,7 @@ class Expander:
                 if top_level and self.spec.invalid_entry("skips", i):
                     skips.append(SkipItem(skip_name, None, where))
                     continue
-                skip = concrete(template, Skip, names, where, self.diagnostics)
+                skip = concrete(template, Skip, names, where, self.diagnostics, typed_bodies=self.typed_bodies)
                 if skip is not LEFT_OUT:
                     skips.append(SkipItem(skip_name, skip, where))
         return Scope(name, inputs, with_pieces(layers, list(inputs)), skips, definition.outputs,

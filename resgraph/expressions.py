@@ -19,6 +19,7 @@ Strings are never formatted (`'%d' % x`) or repeated.
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import operator
 import re
@@ -107,8 +108,19 @@ def evaluate(text: str, names: Mapping[str, Any]) -> Any:
     """
     if len(text) > MAX_LENGTH:
         raise ExpressionError(f"expression is longer than {MAX_LENGTH} characters")
-    stripped = text.strip()
     lead = len(text) - len(text.lstrip())
+    return _Evaluator(names, lead).visit(_checked_tree(text.strip(), lead))
+
+
+# A block's body is evaluated once per instance (200 times for a 200-block repeat): parse each
+# distinct text once. Trees are only read by `_Evaluator`; errors are raised anew (not cached).
+@functools.lru_cache(maxsize=4096)
+def _checked_tree(stripped: str, lead: int) -> ast.expr:
+    """The parsed body of an expression, within MAX_NESTING; `lead`: its offset in the text (for errors).
+
+    Raises:
+        ExpressionError: a syntax error, or nesting too deep.
+    """
     try:
         tree = ast.parse(stripped, mode="eval")
     except SyntaxError as exc:
@@ -119,7 +131,7 @@ def evaluate(text: str, names: Mapping[str, Any]) -> Any:
     if deepest is not None:
         raise ExpressionError(f"expression nests deeper than {MAX_NESTING} levels",
                               lead + getattr(deepest, "col_offset", 0))
-    return _Evaluator(names, lead).visit(tree.body)
+    return tree.body
 
 
 def expression_names(text: str) -> set[str] | None:

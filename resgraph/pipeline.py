@@ -13,9 +13,11 @@ are in `api`; lowering and the compiled model class are in `model` (they need to
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Union
 
 from .errors import Diagnostic, SpecError, UsageError
@@ -29,8 +31,8 @@ from .spec import Spec
 from .validate import is_block_library, validate
 from .version import __version__
 
-__all__ = ["DEFAULT_MAX_PARAMS", "BuildRecord", "RecordingReader", "SpecSource", "check_loaded", "load",
-           "static_parameter_counts"]
+__all__ = ["DEFAULT_MAX_PARAMS", "BuildRecord", "RecordingReader", "SpecSource", "check_loaded", "indented_json",
+           "load", "static_parameter_counts"]
 
 SpecSource = Union[str, "os.PathLike[str]", dict, LoadedSpec]
 DEFAULT_MAX_PARAMS = 2**31  # the default parameter limit of builds (about 8 GiB of float32 weights)
@@ -98,12 +100,89 @@ def load(spec: SpecSource, *, file: str | None = None) -> LoadedSpec:
     if isinstance(spec, LoadedSpec):
         return spec
     if isinstance(spec, dict):
-        return LoadedSpec(spec, SourceMap(file or "<dict>"), lambda: json.dumps(spec, indent=2))
+        return LoadedSpec(spec, SourceMap(file or "<dict>"), lambda: indented_json(spec))
     if isinstance(spec, os.PathLike) or (isinstance(spec, str) and _looks_like_path(spec)):
         return read_shipped(os.fspath(spec)) if is_shipped(os.fspath(spec)) else load_file(spec)
     if isinstance(spec, str):
         return load_text(spec, file or "<string>")
     raise UsageError(f"a spec is a path, YAML text or a dict, not {type(spec).__name__}")
+
+
+def indented_json(data: Any) -> str:
+    """`json.dumps(data, indent=2)`, the same text, about twice as fast on plain spec data.
+
+    The build record of a spec given as a dict is this text. `json.dumps` writes indented JSON
+    with its pure-Python encoder, a generator per container, which cost more than validating a
+    10,000-layer spec; this writes the same pieces into one list. Anything other than dicts with
+    string keys, lists, tuples, strings, numbers, booleans and None (or a cycle, or nesting too
+    deep) is left to `json.dumps`, which then gives its own result or error.
+
+    >>> indented_json({"a": [1, 2.5, None], "b": {}}) == json.dumps({"a": [1, 2.5, None], "b": {}}, indent=2)
+    True
+    """
+    parts: list[str] = []
+    try:
+        _write_json(data, "\n", parts)
+    except (TypeError, RecursionError):
+        return json.dumps(data, indent=2)
+    return "".join(parts)
+
+
+def _write_json(value: Any, newline: str, parts: list[str]) -> None:
+    """Append `value`'s pieces of indented JSON to `parts`; `newline` is "\n" and the indent of its line.
+
+    (A plain function, not a closure: a recursive closure is a reference cycle, which would keep
+    `parts` alive until the next collection, and with it the process's peak memory up.)
+    """
+    if isinstance(value, str):
+        parts.append(encode_basestring_ascii(value))
+    elif value is None:
+        parts.append("null")
+    elif value is True:
+        parts.append("true")
+    elif value is False:
+        parts.append("false")
+    elif isinstance(value, int):
+        parts.append(int.__repr__(value))
+    elif isinstance(value, float):
+        parts.append(_json_float(value))
+    elif isinstance(value, (list, tuple)):
+        if not value:
+            parts.append("[]")
+            return
+        inner = newline + "  "
+        separator = "," + inner  # one object for every item: the pieces are many, keep them small
+        parts.append("[")
+        for index, item in enumerate(value):
+            parts.append(separator if index else inner)
+            _write_json(item, inner, parts)
+        parts.append(newline + "]")
+    elif isinstance(value, dict):
+        if not value:
+            parts.append("{}")
+            return
+        inner = newline + "  "
+        separator = "," + inner
+        parts.append("{")
+        for index, (key, item) in enumerate(value.items()):
+            if not isinstance(key, str):
+                raise TypeError("a key json.dumps converts")
+            parts.append(separator if index else inner)
+            parts.append(encode_basestring_ascii(key))
+            parts.append(": ")
+            _write_json(item, inner, parts)
+        parts.append(newline + "}")
+    else:
+        raise TypeError("a value json.dumps converts or refuses")
+
+
+def _json_float(value: float) -> str:
+    """A float as `json.dumps` writes it (NaN and the infinities included)."""
+    if value != value:
+        return "NaN"
+    if value in (math.inf, -math.inf):
+        return "Infinity" if value > 0 else "-Infinity"
+    return float.__repr__(value)
 
 
 def _looks_like_path(text: str) -> bool:

@@ -292,6 +292,10 @@ class _Resolver:
     def check_reference(self, origin: Origin, name: str, ref: str, references: dict[str, list[str]],
                         key: str) -> bool:
         """True when `ref`, read by `name`, is a value of a known earlier node; else records why not."""
+        # The common case first, before any message is composed: an earlier input or layer with one value.
+        if (self.kinds.get(ref) in ("input", "layer") and ref != name and ref not in self.values
+                and (name not in self.order or self.order[ref] < self.order[name])):
+            return True
         where = origin.child(key)
         label = f"{self.kinds.get(name, 'layer')} {self.q(name)}"
         full, ref = ref, _base(ref)
@@ -356,8 +360,9 @@ class _Resolver:
                     self.fail(item.origin.child(key), f"skip {name}: {key}: {ref!r} is a skip edge, not a node",
                               key=False)
                     ok = False
-            if not ok or not self.check_value(item.origin.child("from"), f"skip {name}: from", skip.source,
-                                              spliced=False):
+            one_value = skip.source == source and source not in self.values  # what check_value accepts at once
+            if not ok or not one_value and not self.check_value(item.origin.child("from"), f"skip {name}: from",
+                                                                skip.source, spliced=False):
                 continue
             if skip.to in self.values:
                 self.fail(item.origin.child("to"), f"skip {name}: to: {skip.to!r} has several values; a skip merges "

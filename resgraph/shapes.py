@@ -41,6 +41,12 @@ _SYMBOLS: contextvars.ContextVar[dict[str, tuple[str, int, int]] | None] = conte
 
 __all__ = ["declared_type", "free_dims", "infer_shapes", "total_parameters"]
 
+# What typing a layer or skip wrote to `node.meta`, by what it depends on: the layer (by identity:
+# expansion gives equal bodies one object) or the skip's settings, and its input types. Only
+# inputs of plain int sizes are memoised: typing symbolic sizes records guards, at the node's site.
+# A chain of 10,000 equal layers, or 200 instances of a block, is typed once per distinct case.
+_Memo = dict[tuple[Any, ...], dict[str, Any]]
+
 
 def infer_shapes(graph: Graph, input_types: list[TensorType] | None = None,
                  diagnostics: list[Diagnostic] | None = None) -> Graph:
@@ -76,7 +82,7 @@ def infer_shapes(graph: Graph, input_types: list[TensorType] | None = None,
     with recording() as guards:
         token = _SYMBOLS.set(symbols)
         try:
-            problems = _infer(graph, input_types)
+            problems = _infer(graph, input_types, {})
         finally:
             _SYMBOLS.reset(token)
     if problems:
@@ -90,7 +96,7 @@ def infer_shapes(graph: Graph, input_types: list[TensorType] | None = None,
     return graph
 
 
-def _infer(graph: Graph, input_types: list[TensorType]) -> list[Diagnostic]:
+def _infer(graph: Graph, input_types: list[TensorType], memo: _Memo) -> list[Diagnostic]:
     diagnostics: list[Diagnostic] = []
     given = iter(input_types)
     for node in graph.nodes.values():
@@ -107,12 +113,12 @@ def _infer(graph: Graph, input_types: list[TensorType]) -> list[Diagnostic]:
                 if isinstance(node, LayerNode) and isinstance(node.layer, BlockOutput):
                     _infer_block_output(graph, node)
                 elif isinstance(node, LayerNode):
-                    _infer_layer(graph, node, inputs)
+                    _infer_layer(graph, node, inputs, memo)
                 elif isinstance(node, BlockNode):
-                    _infer_block(graph, node, inputs, diagnostics)
+                    _infer_block(graph, node, inputs, diagnostics, memo)
                 else:
                     assert isinstance(node, SkipNode)
-                    _infer_skip(graph, node, inputs, diagnostics)
+                    _infer_skip(graph, node, inputs, diagnostics, memo)
         except ShapeError as exc:
             diagnostics.append(_located(graph, node, exc))
     diagnostics += _inplace_hazards(graph)
@@ -156,15 +162,16 @@ def _to_hints(graph: Graph, sizes: dict[int, Any] | None = None) -> dict[int, An
     """Every node's type at the declared size, in block instances too; returns the distinct symbolic
     sizes the nodes had (by identity of their expressions)."""
     sizes = {} if sizes is None else sizes
+    # A type of plain ints is its own hint: it is kept (and stays shared, see _Memo), not copied.
     for node in graph.nodes.values():
-        if "type" in node.meta:
+        if "type" in node.meta and not _plain([node.meta["type"]]):
             for dim in node.meta["type"].shape:
                 if isinstance(dim, SymInt):
                     sizes.setdefault(id(dim.expr), dim.expr)
             node.meta["type"] = node.meta["type"].hints()
-        if "types" in node.meta:
+        if "types" in node.meta and not _plain(node.meta["types"]):
             node.meta["types"] = [t.hints() for t in node.meta["types"]]
-        if isinstance(node, SkipNode) and "projection" in node.meta:
+        if isinstance(node, SkipNode) and "projection" in node.meta and not _plain([node.meta["projection"].output]):
             plan = node.meta["projection"]
             node.meta["projection"] = replace(plan, output=plan.output.hints())
         if isinstance(node, BlockNode):
@@ -173,7 +180,8 @@ def _to_hints(graph: Graph, sizes: dict[int, Any] | None = None) -> dict[int, An
     return sizes
 
 
-def _infer_block(graph: Graph, node: BlockNode, inputs: list[TensorType], diagnostics: list[Diagnostic]) -> None:
+def _infer_block(graph: Graph, node: BlockNode, inputs: list[TensorType], diagnostics: list[Diagnostic],
+                 memo: _Memo) -> None:
     """Make and chain the instances: each one's output type is the next one's input type.
 
     An instance is made (expanded and resolved) only once its input types are known, since its
@@ -195,7 +203,7 @@ def _infer_block(graph: Graph, node: BlockNode, inputs: list[TensorType], diagno
             node.instances.append(instance)
         else:
             instance, problems = node.instances[index], []
-        problems += _infer(instance, current)
+        problems += _infer(instance, current, memo)
         if problems:
             diagnostics.extend(problems)
             return
@@ -239,8 +247,18 @@ def _check_blind(graph: Graph, node: BlockNode) -> list[Diagnostic]:
     return problems
 
 
-def _infer_layer(graph: Graph, node: LayerNode, inputs: list[TensorType]) -> None:
+def _plain(types: list[TensorType]) -> bool:
+    """True when every size is a plain int (no symbolic size: typing records nothing)."""
+    return all(type(size) is int for t in types for size in t.shape)
+
+
+def _infer_layer(graph: Graph, node: LayerNode, inputs: list[TensorType], memo: _Memo) -> None:
     layer = node.layer
+    key = ("layer", id(layer), *inputs) if _plain(inputs) else None
+    known = memo.get(key) if key is not None else None
+    if known is not None and known["layer"] is layer:  # (the layer is kept there, so its id stays its own)
+        node.meta.update(known["meta"])
+        return
     try:
         layer.check_dtypes(inputs)
     except DtypeError as exc:  # name where the value comes from: its dtype was decided there
@@ -253,6 +271,8 @@ def _infer_layer(graph: Graph, node: LayerNode, inputs: list[TensorType]) -> Non
     node.meta["args"] = _specialized(layer.module_args(inputs))
     count = layer.parameter_count(node.meta["args"])
     node.meta["params"] = None if count is None else specialize(count)
+    if key is not None:  # the meta's values are never modified after typing: nodes may share them
+        memo[key] = {"layer": layer, "meta": {k: node.meta[k] for k in ("type", "storage", "args", "params")}}
 
 
 def _specialized(value: Any) -> Any:
@@ -271,9 +291,15 @@ def total_parameters(graph: Graph) -> int | None:
     return None if None in counts else sum(counts)
 
 
-def _infer_skip(graph: Graph, node: SkipNode, inputs: list[TensorType], diagnostics: list[Diagnostic]) -> None:
+def _infer_skip(graph: Graph, node: SkipNode, inputs: list[TensorType], diagnostics: list[Diagnostic],
+                memo: _Memo) -> None:
     skip = node.skip
     target, source = inputs
+    key = ("skip", node.policy, skip.merge, skip.concat_dim, target, source) if _plain(inputs) else None
+    known = memo.get(key) if key is not None else None
+    if known is not None:
+        node.meta.update(known)
+        return
     decided = len(recorded())  # the decisions before this skip: sizes that fit it must keep them
     try:
         plan = plan_projection(node.policy, skip.merge, source, target, skip.concat_dim)
@@ -291,6 +317,8 @@ def _infer_skip(graph: Graph, node: SkipNode, inputs: list[TensorType], diagnost
     node.meta["projection"] = plan
     node.meta["params"] = projection_parameters(plan)
     node.meta["type"] = merge_type(skip.merge, [target, plan.output], skip.concat_dim)
+    if key is not None:
+        memo[key] = {k: node.meta[k] for k in ("projection", "params", "type")}
 
 
 def _skip_error(graph: Graph, node: SkipNode, target: TensorType, source: TensorType, exc: ProjectionError,

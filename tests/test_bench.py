@@ -23,9 +23,39 @@ def test_quick_benchmark_runs_and_reports_every_measurement(tmp_path: pathlib.Pa
     assert all(row["ratio"] > 0 for row in data["forward"])
     assert data["build"]["ratio"] > 0 and set(data["build"]["stages"]) >= {"validate (schema, top level)",
                                                                            "lower (modules, weights)"}
+    assert [row["case"] for row in data["stages"]] == ["residual MLP, 20 blocks", "tutorial", "ResNet-50"]
     assert [row["layers"] for row in data["scaling"]] == [100, 300]
     assert all(row["build_peak_mib"] >= 0 and row["validate_s"] > 0 for row in data["scaling"])
     assert data["memory"]["resgraph_mib"] > 0 and data["compile"]["speedup"] > 0
     table = (tmp_path / "latest.md").read_text()
     for phrase in ("forward latency", "build ResNet-50", "peak memory", "torch.compile", "Scaling"):
         assert phrase in table
+
+
+def test_only_runs_the_sections_named_and_leaves_latest_alone(tmp_path: pathlib.Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "stages", "--out", str(tmp_path)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "latest.json").exists()
+    data = json.loads((tmp_path / "only-stages.json").read_text())
+    assert "stages" in data and not {"forward", "scaling", "build", "startup"} & set(data)
+    assert "spec stages" in result.stdout and "Scaling" not in result.stdout
+
+
+def test_only_refuses_an_unknown_section(tmp_path: pathlib.Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "stages,scalling", "--out",
+                             str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 2 and "scalling" in result.stderr and "scaling" in result.stderr
+
+
+def test_the_tutorial_reference_is_the_tutorial_network() -> None:
+    import torch
+
+    import resgraph
+    from bench.references import TutorialResNet
+
+    model = resgraph.build(ROOT / "examples" / "tutorial.yaml", seed=0).eval()
+    reference = TutorialResNet().eval()
+    reference.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(reference(x), model(x))

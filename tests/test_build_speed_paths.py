@@ -1,0 +1,103 @@
+"""The shortcuts the build takes for speed give exactly what the plain paths give: a dict spec's
+record text is `json.dumps(spec, indent=2)`, equal layer bodies share one typed object, and
+memoised shape inference writes the same types as typing each node afresh."""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from typing import Any
+
+import pytest
+import torch
+
+import resgraph
+from resgraph.pipeline import indented_json
+
+
+class Width(enum.IntEnum):
+    small = 8
+
+
+class Tag(str):
+    pass
+
+
+CASES: list[Any] = [
+    {}, [], (), "text", 5, None, True, 2.5,
+    {"a": [], "b": {}, "c": [[]], "d": [{}]},
+    [1, [2, [3, {"x": (4, 5)}]]],
+    {"é": "ü\u2603\n\"\\", "x": [True, False, None, 1.5, math.nan, math.inf, -math.inf, -0.0, 1e300, 10**30]},
+    {"enum": Width.small, Tag("key"): Tag("value")},
+    {1: "int key"}, {"a": {None: 1}}, {"s": {1, 2}}, {"o": object()},
+]
+
+
+@pytest.mark.parametrize("data", CASES, ids=range(len(CASES)))
+def test_indented_json_writes_what_json_dumps_writes(data: Any) -> None:
+    try:
+        expected = json.dumps(data, indent=2)
+    except TypeError:
+        with pytest.raises(TypeError):
+            indented_json(data)
+        return
+    assert indented_json(data) == expected
+
+
+def test_indented_json_refuses_a_cycle_as_json_does() -> None:
+    data: dict[str, Any] = {}
+    data["self"] = data
+    with pytest.raises(ValueError, match="Circular reference"):
+        indented_json(data)
+
+
+def chain(n: int) -> dict[str, Any]:
+    layers = [{f"l{i}": {"op": "Linear", "out_features": 8}} for i in range(n)]
+    skips = [{f"s{i}": {"from": f"l{i}", "to": f"l{i + 2}"}} for i in range(0, n - 2, 2)]
+    return {"resgraph": 1, "name": "Chain", "inputs": {"x": [8]}, "layers": layers, "skips": skips}
+
+
+def test_a_dict_specs_record_is_its_indented_json() -> None:
+    spec = chain(6)
+    model = resgraph.build(spec, seed=0)
+    assert model.build_record.spec == json.dumps(spec, indent=2)
+    rebuilt = resgraph.rebuild(model.build_record, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), rebuilt.state_dict().values()))
+
+
+def test_equal_bodies_share_one_typed_layer_and_each_node_keeps_its_own_facts() -> None:
+    graph = resgraph.check(chain(6))
+    layers = [graph.nodes[f"l{i}"].layer for i in range(6)]
+    assert all(layer is layers[0] for layer in layers)  # typed once
+    assert [graph.nodes[f"l{i}"].meta["type"].shape for i in range(6)] == [(8,)] * 6
+    assert [graph.nodes[f"l{i}"].meta["params"] for i in range(6)] == [72] * 6
+    assert graph.nodes["s0"].meta["projection"].is_identity
+
+
+def test_memoised_shapes_tell_apart_equal_layers_on_different_inputs() -> None:
+    # fc1 and fc3 are equal bodies typed on inputs of different widths: each gets its own in_features.
+    spec = ("resgraph: 1\nname: M\ninputs: {x: [4]}\nlayers:\n"
+            "  - fc1: {op: Linear, out_features: 8}\n  - fc2: {op: Linear, out_features: 6}\n"
+            "  - fc3: {op: Linear, out_features: 8}\n")
+    model = resgraph.build(spec, seed=0)
+    assert model.fc1.in_features == 4 and model.fc3.in_features == 6
+    graph = model.graph
+    assert graph.nodes["fc1"].layer is graph.nodes["fc3"].layer
+    assert graph.nodes["fc1"].meta["args"] == {"in_features": 4, "out_features": 8}
+    assert graph.nodes["fc3"].meta["args"] == {"in_features": 6, "out_features": 8}
+    reference = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 6), torch.nn.Linear(6, 8))
+    reference.load_state_dict({k.replace("fc1", "0").replace("fc2", "1").replace("fc3", "2"): v
+                               for k, v in model.state_dict().items()})
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(model(x), reference(x))
+
+
+def test_equal_bodies_with_errors_are_each_reported_at_their_own_line() -> None:
+    spec = ("resgraph: 1\nname: M\ninputs: {x: [8]}\nlayers:\n"
+            "  - a: {op: Conv2d, out_channels: 4, kernel_size: 3}\n"
+            "  - b: {op: Conv2d, out_channels: 4, kernel_size: 3, input: x}\n")
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(spec)
+    found = sorted((d.location.line, d.message.split(":")[0]) for d in caught.value.diagnostics)
+    assert found == [(5, "layer 'a' (Conv2d)"), (6, "layer 'b' (Conv2d)")], caught.value
