@@ -30,24 +30,14 @@ import torch
 import torch.fx
 
 import resgraph
+from bench import peers
 from bench.references import ResidualMLP, ResNet50, TutorialResNet
+from bench.timing import interleaved
 
 ROOT = Path(__file__).resolve().parent.parent
 RESNET50 = ROOT / "examples" / "resnet50.yaml"
 MLP = ROOT / "bench" / "specs" / "residual_mlp_200.yaml"
 TUTORIAL = ROOT / "examples" / "tutorial.yaml"
-
-
-def interleaved(a: Callable[[], Any], b: Callable[[], Any], rounds: int, inner: int) -> tuple[float, float]:
-    """Median seconds per call of `a` and of `b`, timed in alternating order."""
-    times: dict[str, list[float]] = {"a": [], "b": []}
-    for r in range(rounds):
-        for key, fn in ((("a", a), ("b", b)) if r % 2 == 0 else (("b", b), ("a", a))):
-            start = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            times[key].append((time.perf_counter() - start) / inner)
-    return statistics.median(times["a"]), statistics.median(times["b"])
 
 
 def forward_latency(quick: bool, device: str) -> list[dict[str, Any]]:
@@ -109,15 +99,6 @@ def export_forward(quick: bool) -> dict[str, Any]:
         same_a, same_b = interleaved(lambda: ours(x), lambda: ours(x), rounds, inner)
     return {"case": f"residual MLP, {depth} blocks, batch 1", "exported_us": a * 1e6, "in_memory_us": b * 1e6,
             "ratio": a / b, "aa_ratio": same_a / same_b}
-
-
-def torcharc_note() -> str:
-    """TorchArc is an optional peer; say so when it is not installed (it is not a test dependency)."""
-    try:
-        import torcharc  # noqa: F401
-    except ImportError:
-        return "TorchArc is not installed here: its residual-MLP row is skipped (pip install torcharc to add it)"
-    return "TorchArc is installed, but no TorchArc spec of the residual MLP is written yet: row skipped"
 
 
 STARTUP_COMMANDS = {
@@ -435,7 +416,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| torch.compile (inductor) vs eager, {model} | {c['compiled_ms']:.1f} ms | "
                      f"{c['eager_ms']:.1f} ms eager | speed-up {c['speedup']:.2f}x (compile {c['compile_s']:.0f} s) "
                      "| | reported |")
-    lines += ["", f"Peers: torch.fx measured above; {results['torcharc']}."]
+    if "peers" in results:
+        lines += ["", "torch.fx is measured in the forward rows above."] + peers.markdown(results["peers"])
     if "startup" in results:
         lines += ["", "CLI start-up (whole process, wall time, median of interleaved runs; byte-code compiled):", "",
                   "| command | median wall | median CPU (user + sys) | wall vs bare interpreter | target |",
@@ -479,7 +461,6 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M"), "quick": args.quick, "device": args.device,
         "machine": {"cpu": cpu, "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
                     "python": platform.python_version(), "load": _load_average()},
-        "torcharc": torcharc_note(),
     }
     sections = [s for s in args.only if not (s == "compile" and args.skip_compile)
                 and not (s == "memory" and not sys.platform.startswith("linux"))]
@@ -507,6 +488,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "scaling": lambda args: scaling(args.quick),
     "memory": lambda args: build_memory(),
     "compile": lambda args: compile_speed(args.quick),
+    "peers": lambda args: peers.measure(args.quick),
 }
 
 

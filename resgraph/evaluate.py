@@ -34,7 +34,7 @@ SCALED_OPS = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d"
 
 
 class _LayerModels:
-    """Types a layer body as `spec.LayerBody` does (the model its `op` names, `BlockCall` for a
+    """Types a layer body as `spec.layer_body()` does (the model its `op` names, `BlockCall` for a
     `block:`, `GenericLayer` otherwise) without building the union: a union's validator is built
     from every op model at import, while this builds only the models a spec uses (the models
     defer their build), which is most of `resgraph validate`'s start-up."""
