@@ -92,6 +92,11 @@ def unique_op(name: str, cls: type) -> str:
 
 
 # Registered classes used below; module-level so that the standalone export can import them.
+class PassThrough(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
 class Keywords(nn.Module):
     """Takes any keyword argument and keeps it: the shape a spec key takes in generated code."""
 
@@ -437,6 +442,16 @@ def test_a_registered_op_that_drops_or_mixes_the_batch_is_refused(cls: type, mes
     op = unique_op(f"GenericTest{cls.__name__}", cls)
     diagnostic = error_of(spec(f"  - out: {{op: {op}}}\n"))
     assert message in diagnostic.message
+
+
+def test_an_input_too_large_for_any_tensor_is_refused_at_the_layer_not_raised() -> None:
+    # Shapes are arithmetic until a registered op is probed: 10**17 channels of 8x8 overflow the
+    # byte count even on the meta device (found by the fuzz run at 10,000 examples).
+    op = unique_op("GenericTestPassThrough", PassThrough)
+    diagnostic = error_of(spec("  - wide: {op: Conv2d, out_channels: 100000000000000000, kernel_size: 1}\n"
+                               f"  - out: {{op: {op}}}\n", x=[2, 8, 8]))
+    assert diagnostic.message.startswith("layer 'out' (")
+    assert "is too large for any tensor" in diagnostic.message and "100000000000000000" in diagnostic.message
 
 
 def test_probing_uses_two_different_batch_sizes() -> None:

@@ -219,12 +219,19 @@ def _check_kernels(cls: type, args: Mapping[str, Any], inputs: tuple[TensorType,
 def _probe_inputs(batch: int, inputs: tuple[TensorType, ...]) -> list[Any]:
     """Meta tensors for one call: float ones require grad (so autograd records what it keeps) and are
     not leaves (autograd refuses in-place writes into a leaf that requires grad, which a model's
-    inner values never are)."""
+    inner values never are).
+
+    Raises:
+        ShapeError: an input has more elements than any tensor can (torch refuses to create it).
+    """
     import torch
 
     tensors = []
     for t in inputs:
-        tensor = torch.empty((batch, *t.shape), dtype=getattr(torch, t.dtype))
+        try:
+            tensor = torch.empty((batch, *t.shape), dtype=getattr(torch, t.dtype))
+        except RuntimeError as exc:  # more elements than an int64 byte count holds: no tensor can have them
+            raise ShapeError(f"input {t} is too large for any tensor ({first_line(exc)})") from None
         tensors.append(tensor.requires_grad_() * 1 if t.dtype in FLOAT_DTYPES else tensor)
     return tensors
 
