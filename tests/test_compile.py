@@ -15,31 +15,8 @@ import torch
 from torch import nn
 
 import resgraph
+from bench.references import TutorialResNet
 from conftest import BUILDING_EXAMPLES, EXAMPLES, small_params
-
-
-class HandWrittenTutorial(nn.Module):
-    """The tutorial's two residual blocks, written out, with the shortcuts resgraph inserts."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.res1_conv1 = nn.Conv2d(3, 64, 3, padding=1)
-        self.res1_relu = nn.ReLU()
-        self.res1_conv2 = nn.Conv2d(64, 64, 3, padding=1)
-        self.shortcut1 = nn.Sequential(nn.Conv2d(3, 64, 1, bias=False), nn.BatchNorm2d(64))
-        self.relu = nn.ReLU()
-        self.res2_conv1 = nn.Conv2d(64, 128, 3, padding=1)
-        self.res2_relu = nn.ReLU()
-        self.res2_conv2 = nn.Conv2d(128, 128, 3, padding=1)
-        self.shortcut2 = nn.Sequential(nn.Conv2d(64, 128, 1, bias=False), nn.BatchNorm2d(128))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.res1_conv2(self.res1_relu(self.res1_conv1(x)))
-        out = out + self.shortcut1(x)
-        out = self.relu(out)
-        residual = out
-        out = self.res2_conv2(self.res2_relu(self.res2_conv1(out)))
-        return out + self.shortcut2(residual)
 
 
 @pytest.fixture
@@ -49,7 +26,7 @@ def tutorial() -> nn.Module:
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_tutorial_equals_hand_written_module_with_the_same_weights(tutorial: nn.Module, mode: str) -> None:
-    reference = HandWrittenTutorial()
+    reference = TutorialResNet()
     reference.load_state_dict(tutorial.state_dict(), strict=True)
     getattr(tutorial, mode)()
     getattr(reference, mode)()
@@ -59,7 +36,7 @@ def test_tutorial_equals_hand_written_module_with_the_same_weights(tutorial: nn.
 
 def test_tutorial_parameter_count_matches_the_reference(tutorial: nn.Module) -> None:
     count = sum(p.numel() for p in tutorial.parameters())
-    assert count == sum(p.numel() for p in HandWrittenTutorial().parameters()) == 268_928
+    assert count == sum(p.numel() for p in TutorialResNet().parameters()) == 268_928
 
 
 def test_class_is_named_after_the_spec_and_keeps_it(tutorial: nn.Module) -> None:
