@@ -25,10 +25,13 @@ class Bottleneck(nn.Module):
                                             nn.BatchNorm2d(planes * 4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+        # torchvision's order: the shortcut is computed last, just before the add (computing it first
+        # keeps it alive through the block and reads x while it is still in cache: 1-8% faster at
+        # batch 8 in loaded runs, a different program from torchvision's)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
         out += identity  # torchvision adds in place
         return self.relu(out)
 
