@@ -58,7 +58,7 @@ from .ops.merge import MergeLayer
 from .ops.norm import BatchNormBase, GroupNorm, InstanceNormBase, LayerNorm
 from .ops.pool import AdaptivePoolBase, AvgPoolBase, MaxPoolBase
 from .ops.reshape import Upsample
-from .ops.tensor import Mean
+from .ops.tensor_ops import Mean
 from .projections import ProjectionPlan, Step, StepKind
 
 __all__ = ["MAC_RULES", "STEP_MACS", "ZERO_MAC_OPS", "MacCount", "layer_macs", "merge_macs", "projection_macs"]
