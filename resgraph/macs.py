@@ -54,7 +54,7 @@ from .ops.base import to_tuple
 from .ops.conv import ConvBase, ConvTransposeBase
 from .ops.dense import Linear
 from .ops.elementwise import ElementwiseBase
-from .ops.merge import MergeLayer
+from .ops.merge_ops import MergeLayer
 from .ops.norm import BatchNormBase, GroupNorm, InstanceNormBase, LayerNorm
 from .ops.pool import AdaptivePoolBase, AvgPoolBase, MaxPoolBase
 from .ops.reshape import Upsample
