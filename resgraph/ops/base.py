@@ -87,6 +87,20 @@ class StrictModel(BaseModel):
     # spec names (building all of them took most of `resgraph validate`'s time).
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, populate_by_name=True,
                               defer_build=True)
+    # Models this one nests, whose validators are built before its own (see `model_rebuild`).
+    nested_first: ClassVar[tuple[type[StrictModel], ...]] = ()
+
+    @classmethod
+    def model_rebuild(cls, *, force: bool = False, raise_errors: bool = True, _parent_namespace_depth: int = 2,
+                      _types_namespace: Any = None) -> bool | None:
+        """pydantic's `model_rebuild` (which builds a deferred model on its first use), building the models
+        of `nested_first` first: pydantic then reuses their schemas in this one's instead of generating
+        them inline, and again when each is first used on its own (the spec's sections are)."""
+        for nested in cls.nested_first:
+            nested.model_rebuild(raise_errors=raise_errors)
+        depth = _parent_namespace_depth + 1 if _parent_namespace_depth > 0 else 0  # this frame is one more
+        return super().model_rebuild(force=force, raise_errors=raise_errors, _parent_namespace_depth=depth,
+                                     _types_namespace=_types_namespace)
 
 
 def promote(dtypes: list[str], scalar: Scalar | None = None, *, floating: bool = False) -> str:
