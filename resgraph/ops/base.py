@@ -361,24 +361,26 @@ class Layer(StrictModel):
 
 
 def resolve_class_annotations(cls: type) -> None:
-    """Replace the annotations of `cls` that are not model fields (its `ClassVar`s) by the objects
-    their strings name (`from __future__ import annotations` keeps every annotation a string).
+    """Replace the annotations of `cls` (its fields' and its `ClassVar`s') by the objects their strings
+    name (`from __future__ import annotations` keeps every annotation a string).
 
-    pydantic evaluates every base class's non-field annotations again for each subclass it creates
-    (fields it copies from the base): Layer's ten ClassVars were compiled and evaluated for each of
-    the ~120 op classes, a third of what creating the op models cost. Resolved once, as each class
-    is created (`Layer.__pydantic_init_subclass__`), they are read as they are.
+    pydantic evaluates every base class's annotations again for each subclass it creates, the
+    fields it copies from the base included: Layer's ten ClassVars and four fields were compiled and
+    evaluated for each of the ~120 op classes, most of what creating an op model cost. Resolved
+    once, as each class is created (`Layer.__pydantic_init_subclass__`), they are read as they are
+    (the base's own fields were typed when it was created; this changes only what its subclasses read).
     """
     namespace = vars(sys.modules[cls.__module__])
     resolved = {}
     for name, value in cls.__dict__.get("__annotations__", {}).items():
-        if isinstance(value, str) and name not in cls.__dict__.get("__pydantic_fields__", {}):
+        if isinstance(value, str):
             with contextlib.suppress(NameError):  # a name defined later in its module: left to pydantic
                 value = eval(value, namespace, dict(vars(cls)))  # noqa: S307 (resgraph's own source text)
         resolved[name] = value
     cls.__annotations__ = resolved
 
 
+resolve_class_annotations(StrictModel)  # every model's base: read again for each of them
 resolve_class_annotations(Layer)
 
 
