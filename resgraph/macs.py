@@ -55,9 +55,10 @@ from .ops.conv import ConvBase, ConvTransposeBase
 from .ops.dense import Linear
 from .ops.elementwise import ElementwiseBase
 from .ops.merge_ops import MergeLayer
-from .ops.norm import BatchNormBase, GroupNorm, InstanceNormBase, LayerNorm
+from .ops.norm import BatchNormBase
 from .ops.pool import AdaptivePoolBase, AvgPoolBase, MaxPoolBase
-from .ops.reshape import Upsample
+from .ops.resample import Upsample
+from .ops.sample_norm import GroupNorm, InstanceNormBase, LayerNorm
 from .ops.tensor_ops import Mean
 from .projections import ProjectionPlan, Step, StepKind
 

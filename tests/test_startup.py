@@ -25,7 +25,8 @@ from resgraph.spec import BlockLibrary, Spec
 # dense, reshape).
 NOT_FOR_RESNET = ["torch", "resgraph.lower", "resgraph.model", "resgraph.ops.tensor_ops", "resgraph.ops.merge_ops",
                   "resgraph.ops.attention", "resgraph.ops.arithmetic", "resgraph.ops.stored", "resgraph.summarize",
-                  "resgraph.formats", "resgraph.diagram", "difflib"]
+                  "resgraph.formats", "resgraph.diagram", "difflib", "resgraph.ops.sample_norm",
+                  "resgraph.ops.resample"]
 
 
 def _modules_after(args: list[str]) -> tuple[str, set[str]]:
