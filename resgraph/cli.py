@@ -97,7 +97,7 @@ def _list_command(commands: argparse._SubParsersAction, name: str, summary: str)
 
     `add_parser` builds a whole ArgumentParser (translated help strings, groups, `-h`): for the four
     commands not being run that was most of `resgraph --help`'s own time. This adds the same help
-    entry `add_parser` adds; the parser is built only for the command named (`tests/test_cli.py`
+    entry `add_parser` adds; the parser is built only for the command named (`tests/test_startup.py`
     checks that the help equals argparse's own with every parser built).
     """
     commands._choices_actions.append(commands._ChoicesPseudoAction(name, (), summary))

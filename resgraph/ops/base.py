@@ -366,7 +366,7 @@ def resolve_class_annotations(cls: type) -> None:
 
     pydantic evaluates every base class's annotations again for each subclass it creates, the
     fields it copies from the base included: Layer's ten ClassVars and four fields were compiled and
-    evaluated for each of the ~120 op classes, most of what creating an op model cost. Resolved
+    evaluated for each of the ~120 op classes, a large part of what creating an op model cost. Resolved
     once, as each class is created (`Layer.__pydantic_init_subclass__`), they are read as they are
     (the base's own fields were typed when it was created; this changes only what its subclasses read).
     """
