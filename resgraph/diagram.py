@@ -24,7 +24,7 @@ from .errors import ResgraphError, UsageError
 from .files import atomic_write, write_fresh_text
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode, is_block_value
 from .ops.arithmetic import ArithmeticOp
-from .ops.merge import MergeLayer
+from .ops.merge_ops import MergeLayer
 from .ops.tensor import BlockOutput
 from .ownership import graph_parameters, owned_parameters
 from .projections import ProjectionPlan, describe_steps

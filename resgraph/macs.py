@@ -54,11 +54,12 @@ from .ops.base import to_tuple
 from .ops.conv import ConvBase, ConvTransposeBase
 from .ops.dense import Linear
 from .ops.elementwise import ElementwiseBase
-from .ops.merge import MergeLayer
-from .ops.norm import BatchNormBase, GroupNorm, InstanceNormBase, LayerNorm
+from .ops.merge_ops import MergeLayer
+from .ops.norm import BatchNormBase
 from .ops.pool import AdaptivePoolBase, AvgPoolBase, MaxPoolBase
-from .ops.reshape import Upsample
-from .ops.tensor import Mean
+from .ops.resample import Upsample
+from .ops.sample_norm import GroupNorm, InstanceNormBase, LayerNorm
+from .ops.tensor_ops import Mean
 from .projections import ProjectionPlan, Step, StepKind
 
 __all__ = ["MAC_RULES", "STEP_MACS", "ZERO_MAC_OPS", "MacCount", "layer_macs", "merge_macs", "projection_macs"]

@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from enum import Enum
 from functools import cache
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Discriminator, Field, PrivateAttr, Tag, WithJsonSchema, model_validator
 
@@ -234,6 +234,8 @@ class Spec(StrictModel):
     training: Training = Field(default_factory=Training,
                                description="Which blocks resgraph.shard and resgraph.compile use by default.")
 
+    nested_first: ClassVar[tuple[type[StrictModel], ...]] = (Scale, BlockDef, InputDecl, Defaults, Training)
+
     # What validation found invalid and reported (expansion leaves them out, and what depends on
     # them reports nothing more): entries as (section, index), and block names.
     _invalid_entries: frozenset[tuple[str, int]] = PrivateAttr(default_factory=frozenset)
@@ -283,3 +285,5 @@ class BlockLibrary(StrictModel):
     description: str | None = None
     imports: list[str] = Field(default_factory=list)
     blocks: dict[Identifier, BlockDef] = Field(min_length=1, json_schema_extra={"additionalProperties": False})
+
+    nested_first: ClassVar[tuple[type[StrictModel], ...]] = (BlockDef,)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 
 __all__ = ["did_you_mean", "closest"]
@@ -10,6 +9,8 @@ __all__ = ["did_you_mean", "closest"]
 
 def closest(word: str, candidates: Iterable[str]) -> str | None:
     """The candidate most similar to `word`, if any is similar enough; case-insensitive first."""
+    import difflib  # only a mistake needs it: a valid spec's check does not pay for importing it
+
     pool = list(dict.fromkeys(candidates))
     lowered = {c.lower(): c for c in pool}
     if word.lower() in lowered:

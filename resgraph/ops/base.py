@@ -87,6 +87,20 @@ class StrictModel(BaseModel):
     # spec names (building all of them took most of `resgraph validate`'s time).
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, populate_by_name=True,
                               defer_build=True)
+    # Models this one nests, whose validators are built before its own (see `model_rebuild`).
+    nested_first: ClassVar[tuple[type[StrictModel], ...]] = ()
+
+    @classmethod
+    def model_rebuild(cls, *, force: bool = False, raise_errors: bool = True, _parent_namespace_depth: int = 2,
+                      _types_namespace: Any = None) -> bool | None:
+        """pydantic's `model_rebuild` (which builds a deferred model on its first use), building the models
+        of `nested_first` first: pydantic then reuses their schemas in this one's instead of generating
+        them inline, and again when each is first used on its own (the spec's sections are)."""
+        for nested in cls.nested_first:
+            nested.model_rebuild(raise_errors=raise_errors)
+        depth = _parent_namespace_depth + 1 if _parent_namespace_depth > 0 else 0  # this frame is one more
+        return super().model_rebuild(force=force, raise_errors=raise_errors, _parent_namespace_depth=depth,
+                                     _types_namespace=_types_namespace)
 
 
 def promote(dtypes: list[str], scalar: Scalar | None = None, *, floating: bool = False) -> str:
@@ -347,24 +361,26 @@ class Layer(StrictModel):
 
 
 def resolve_class_annotations(cls: type) -> None:
-    """Replace the annotations of `cls` that are not model fields (its `ClassVar`s) by the objects
-    their strings name (`from __future__ import annotations` keeps every annotation a string).
+    """Replace the annotations of `cls` (its fields' and its `ClassVar`s') by the objects their strings
+    name (`from __future__ import annotations` keeps every annotation a string).
 
-    pydantic evaluates every base class's non-field annotations again for each subclass it creates
-    (fields it copies from the base): Layer's ten ClassVars were compiled and evaluated for each of
-    the ~120 op classes, a third of what creating the op models cost. Resolved once, as each class
-    is created (`Layer.__pydantic_init_subclass__`), they are read as they are.
+    pydantic evaluates every base class's annotations again for each subclass it creates, the
+    fields it copies from the base included: Layer's ten ClassVars and four fields were compiled and
+    evaluated for each of the ~120 op classes, a large part of what creating an op model cost. Resolved
+    once, as each class is created (`Layer.__pydantic_init_subclass__`), they are read as they are
+    (the base's own fields were typed when it was created; this changes only what its subclasses read).
     """
     namespace = vars(sys.modules[cls.__module__])
     resolved = {}
     for name, value in cls.__dict__.get("__annotations__", {}).items():
-        if isinstance(value, str) and name not in cls.__dict__.get("__pydantic_fields__", {}):
+        if isinstance(value, str):
             with contextlib.suppress(NameError):  # a name defined later in its module: left to pydantic
                 value = eval(value, namespace, dict(vars(cls)))  # noqa: S307 (resgraph's own source text)
         resolved[name] = value
     cls.__annotations__ = resolved
 
 
+resolve_class_annotations(StrictModel)  # every model's base: read again for each of them
 resolve_class_annotations(Layer)
 
 
