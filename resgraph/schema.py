@@ -8,7 +8,7 @@ of document, so one editor modeline serves specs and block libraries. Generation
 the models cannot state: wherever a spec writes a value (op arguments, shapes, repeats, skip
 options), a `${...}` expression may stand instead.
 
-Regenerate the files with `python -m resgraph.schema`. The same command writes `ops/index.py`,
+Regenerate the files with `python -m resgraph.schema` (one run suffices). The same command writes `ops/index.py`,
 the op name -> module index (`op_index_text()`) that lets `ops.OPS` import only the op modules
 a spec names.
 """
@@ -167,6 +167,24 @@ def _write_files(root: pathlib.Path) -> list[pathlib.Path]:
     return [*targets, index]
 
 
-if __name__ == "__main__":  # python -m resgraph.schema: regenerate the schema files after changing a model
+def _main() -> None:
+    """Write the files; when the op index changed, write the schema again in a fresh process.
+
+    The spec models' layer union is built at import, in the order of the index this process
+    started with, and the schema follows that order: a process that reads the new index writes
+    the schema the tests compare against.
+    """
+    import subprocess
+    import sys
+
+    index = pathlib.Path(__file__).resolve().parent / "ops" / "index.py"
+    before = index.read_text(encoding="utf-8") if index.exists() else None
     for written in _write_files(pathlib.Path(__file__).resolve().parent.parent):
         print(f"Wrote {written}")
+    if index.read_text(encoding="utf-8") != before:
+        print("The op index changed: writing the schema again in its order")
+        subprocess.run([sys.executable, "-m", "resgraph.schema"], check=True)
+
+
+if __name__ == "__main__":  # python -m resgraph.schema: regenerate the schema files after changing a model
+    _main()
