@@ -37,7 +37,7 @@ from .symbolic import SymInt
 __all__ = ["FRESH_OUTPUT_OPS", "HELPERS", "generate_forward", "helpers_used", "in_place_adds", "input_guard",
            "shape_comment"]
 
-_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # whole names only: fullmatch (`$` would allow "x\n")
 _IDENTIFIERS = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?: [A-Za-z][A-Za-z0-9_]*)*")  # names joined by spaces
 LARGE = 16_384  # elements per sample (64 KiB of float32) from which freeing a value early pays
 
@@ -144,8 +144,8 @@ def _variables(graph: Graph) -> dict[str, str]:
     attributes = [node.name for node in graph.nodes.values() if node.variable is None]
     if not _IDENTIFIERS.fullmatch(" ".join([*variables.values(), *attributes])):
         for node in graph.nodes.values():
-            assert _IDENTIFIER.match(node.var), f"unvalidated name reached codegen: {node.var!r}"
-            assert node.variable is not None or _IDENTIFIER.match(node.name), f"unvalidated name: {node.name!r}"
+            assert _IDENTIFIER.fullmatch(node.var), f"unvalidated name reached codegen: {node.var!r}"
+            assert node.variable is not None or _IDENTIFIER.fullmatch(node.name), f"unvalidated name: {node.name!r}"
     return variables
 
 
