@@ -38,7 +38,6 @@ __all__ = ["FRESH_OUTPUT_OPS", "HELPERS", "generate_forward", "helpers_used", "i
            "shape_comment"]
 
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # whole names only: fullmatch (`$` would allow "x\n")
-_IDENTIFIERS = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?: [A-Za-z][A-Za-z0-9_]*)*")  # names joined by spaces
 LARGE = 16_384  # elements per sample (64 KiB of float32) from which freeing a value early pays
 
 
@@ -135,18 +134,13 @@ def generate_forward(graph: Graph, *, shapes: bool = True, in_place: bool = True
 
 
 def _variables(graph: Graph) -> dict[str, str]:
-    """Node name -> the variable holding its value, once every name reaching the source is checked.
-
-    Names become attributes (and comments), variables become variables: each must be a validated
-    identifier. All are checked by one regex over the joined names; only a failure looks closer.
-    """
-    variables = {name: node.var for name, node in graph.nodes.items()}
-    attributes = [node.name for node in graph.nodes.values() if node.variable is None]
-    if not _IDENTIFIERS.fullmatch(" ".join([*variables.values(), *attributes])):
-        for node in graph.nodes.values():
-            assert _IDENTIFIER.fullmatch(node.var), f"unvalidated name reached codegen: {node.var!r}"
-            assert node.variable is not None or _IDENTIFIER.fullmatch(node.name), f"unvalidated name: {node.name!r}"
-    return variables
+    """Node name -> the variable holding its value, once every name reaching the source is checked:
+    names become attributes (and comments), variables become variables, so each must be a
+    validated identifier."""
+    for node in graph.nodes.values():
+        assert _IDENTIFIER.fullmatch(node.var), f"unvalidated name reached codegen: {node.var!r}"
+        assert node.variable is not None or _IDENTIFIER.fullmatch(node.name), f"unvalidated name: {node.name!r}"
+    return {name: node.var for name, node in graph.nodes.items()}
 
 
 class _TypeFacts:

@@ -123,6 +123,6 @@ def test_a_name_that_is_no_identifier_is_still_refused() -> None:
     b.input("x", [4])
     b.layer("fc", "Linear", out_features=4)
     graph = infer_shapes(b.build())
-    graph.nodes["fc"].variable = "fc\n"  # the fast check (one regex over all names) fails; the plain one names it
+    graph.nodes["fc"].variable = "fc\n"  # `$` in a pattern would let it through
     with pytest.raises(AssertionError, match="unvalidated name reached codegen: 'fc\\\\n'"):
         generate_forward(graph)
