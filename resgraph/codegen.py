@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
 from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode, is_block_value
-from .ops import Merge, merge_code
+from .ops import Merge, TensorType, merge_code
 from .ownership import Owns, owns
 from .projections import ProjectionPlan, step_code
 from .sizes import SizeReport
@@ -36,7 +37,7 @@ from .symbolic import SymInt
 __all__ = ["FRESH_OUTPUT_OPS", "HELPERS", "generate_forward", "helpers_used", "in_place_adds", "input_guard",
            "shape_comment"]
 
-_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # whole names only: fullmatch (`$` would allow "x\n")
 LARGE = 16_384  # elements per sample (64 KiB of float32) from which freeing a value early pays
 
 
@@ -81,43 +82,50 @@ def generate_forward(graph: Graph, *, shapes: bool = True, in_place: bool = True
     That choice depends on types (a source that broadcasts into its target), so without shapes two
     instances of a block can still differ there, and then do not share a source.
     """
-    statements: list[tuple[str, list[Node], set[str], str]] = []  # (code, nodes written, read vars, comment)
-    adds = in_place_adds(graph) if in_place else set()
-    size = {name: math.prod(graph.nodes[name].meta["type"].shape) for name in graph.inputs}
+    variables = _variables(graph)
+    adds = _in_place_adds(graph, variables) if in_place else set()
+    types = _TypeFacts()
+    codes: list[str] = []  # one per statement, with its comment
+    comments: list[str] = []
+    last_read: dict[str, int] = {}  # variable -> the last statement reading it
+    last_write: dict[str, int] = {}  # variable -> the last statement writing it
+    size: dict[str, Any] = {}  # variable -> the most elements per sample it holds (only with shapes)
+    if shapes:
+        for name in graph.inputs:
+            size[name] = types.elements(graph.nodes[name])
     for node in graph.nodes.values():
         if isinstance(node, InputNode) or is_block_value(node):
             continue  # a block call's values are assigned by the call's statement
         if isinstance(node, BlockNode) and node.values:
-            statements += _block_values(graph, node, shapes)
-            continue
-        reads = {graph.nodes[name].var for name in node.inputs} or set(_batch_source(graph, node))
-        statements.append((_statement(graph, node, node.name in adds), [node], reads, _comment(node, shapes)))
-    for _, written, _, _ in statements:
-        for node in written:
-            size[node.var] = max(size.get(node.var, 0), math.prod(node.meta["type"].shape))
-
-    returned = [graph.nodes[name].var for name in graph.outputs]
-    for node in graph.nodes.values():  # names reach the source as attributes (and comments), variables as such
-        assert _IDENTIFIER.match(node.var), f"unvalidated name reached codegen: {node.var!r}"
-        assert node.variable is not None or _IDENTIFIER.match(node.name), f"unvalidated name: {node.name!r}"
+            statements = _block_values(graph, node, shapes, types)
+        else:
+            args = [variables[name] for name in node.inputs] or _batch_source(graph, node)
+            statements = [(_statement(node, args, node.name in adds), [node], args,
+                           _comment(node, shapes, types))]
+        for code, written, read, comment in statements:
+            index = len(codes)
+            codes.append(code)
+            comments.append(comment)
+            for var in read:
+                last_read[var] = index
+            for value in written:
+                var = variables[value.name]
+                last_write[var] = index
+                if shapes:
+                    size[var] = max(size.get(var, 0), types.elements(value))
+    returned = [variables[name] for name in graph.outputs]
 
     # A variable dies after the statement that reads it last, unless it is returned or written
     # again later (then the new value replaces it anyway).
-    last_read: dict[str, int] = {}
-    last_write: dict[str, int] = {}
-    for index, (_, written, reads, _) in enumerate(statements):
-        for read in reads:
-            last_read[read] = index
-        for node in written:
-            last_write[node.var] = index
     dies_at: dict[int, list[str]] = {}
     for var, index in last_read.items():
         worth_it = not shapes or size.get(var, LARGE) >= LARGE
-        if worth_it and var not in returned and last_write.get(var, -1) <= index < len(statements) - 1:
+        if worth_it and var not in returned and last_write.get(var, -1) <= index < len(codes) - 1:
             dies_at.setdefault(index, []).append(var)
 
     lines = [f"def forward(self, {', '.join(graph.inputs)}):", *input_guard(graph)]
-    for index, (code, _, _, comment) in enumerate(statements):
+    for index, code in enumerate(codes):
+        comment = comments[index]
         lines.append(f"    {code}  # {comment}" if comment else f"    {code}")
         if index in dies_at:
             lines.append(f"    del {', '.join(sorted(dies_at[index]))}")
@@ -125,8 +133,42 @@ def generate_forward(graph: Graph, *, shapes: bool = True, in_place: bool = True
     return "\n".join(lines) + "\n"
 
 
-def _statement(graph: Graph, node: Node, in_place: bool = False) -> str:
-    args = [graph.nodes[name].var for name in node.inputs] or _batch_source(graph, node)
+def _variables(graph: Graph) -> dict[str, str]:
+    """Node name -> the variable holding its value, once every name reaching the source is checked:
+    names become attributes (and comments), variables become variables, so each must be a
+    validated identifier."""
+    for node in graph.nodes.values():
+        assert _IDENTIFIER.fullmatch(node.var), f"unvalidated name reached codegen: {node.var!r}"
+        assert node.variable is not None or _IDENTIFIER.fullmatch(node.name), f"unvalidated name: {node.name!r}"
+    return {name: node.var for name, node in graph.nodes.items()}
+
+
+class _TypeFacts:
+    """What one source generation asks of node types, computed once per type object: shape inference
+    gives equal results the very same `TensorType`, so a 10,000-layer chain has a handful of them."""
+
+    def __init__(self) -> None:
+        self._comments: dict[int, tuple[TensorType, str]] = {}  # id -> (the type, kept alive; its comment)
+        self._elements: dict[int, tuple[TensorType, Any]] = {}
+
+    def comment(self, node: Node) -> str:
+        kind = node.meta["type"]
+        known = self._comments.get(id(kind))
+        if known is None:
+            known = self._comments[id(kind)] = (kind, shape_comment(node))
+        return known[1]
+
+    def elements(self, node: Node) -> Any:
+        """Elements per sample (an int, or a SymInt)."""
+        kind = node.meta["type"]
+        known = self._elements.get(id(kind))
+        if known is None:
+            known = self._elements[id(kind)] = (kind, math.prod(kind.shape))
+        return known[1]
+
+
+def _statement(node: Node, args: list[str], in_place: bool = False) -> str:
+    """A node's statement, given the variables it reads."""
     if isinstance(node, LayerNode):
         if node.layer.code_only:
             return f"{node.var} = {node.layer.code(args, f'self.{node.name}')}"
@@ -163,20 +205,29 @@ def in_place_adds(graph: Graph) -> set[str]:
     and dtype (the source broadcasts into the target). A graph input never qualifies: its tensor is
     the caller's.
     """
+    return _in_place_adds(graph, _variables(graph))
+
+
+def _in_place_adds(graph: Graph, variables: dict[str, str]) -> set[str]:
     maker: dict[str, Node] = {}  # variable -> the node whose statement last wrote it
     read_since: set[str] = set()  # variables read since that write
     found: set[str] = set()
+    same_type: dict[tuple[int, int], bool] = {}  # by the two types' ids: shape inference shares equal types
     for node in graph.nodes.values():
-        reads = [graph.nodes[name].var for name in node.inputs]
+        reads = [variables[name] for name in node.inputs]
         if isinstance(node, SkipNode) and node.skip.merge is Merge.add and len(reads) == 2:
             target, source = reads
             made = maker.get(target)
-            if (made is not None and target not in read_since and source != target and _fresh(made)
-                    and _same_type(node, made)):
-                found.add(node.name)
+            if made is not None and target not in read_since and source != target and _fresh(made):
+                pair = (id(node.meta["type"]), id(made.meta["type"]))
+                if pair not in same_type:
+                    same_type[pair] = _same_type(node, made)
+                if same_type[pair]:
+                    found.add(node.name)
         read_since.update(reads)
-        maker[node.var] = node
-        read_since.discard(node.var)
+        var = variables[node.name]
+        maker[var] = node
+        read_since.discard(var)
     return found
 
 
@@ -199,20 +250,20 @@ def _same_type(a: Node, b: Node) -> bool:
             and all(key(x) == key(y) for x, y in zip(ta.shape, tb.shape)))
 
 
-def _block_values(graph: Graph, node: BlockNode, shapes: bool) -> list[tuple[str, list[Node], set[str], str]]:
+def _block_values(graph: Graph, node: BlockNode, shapes: bool,
+                  types: _TypeFacts) -> list[tuple[str, list[Node], list[str], str]]:
     """The statements of a block call with several values: one call unpacked into them
     (`head_box, head_cls = self.head(x)`), or for a collected repeat one line per instance, each
     reading the one before (`stage_1 = self.stage[1](stage_0)`)."""
     values = [graph.nodes[name] for name in node.values]
     args = [graph.nodes[name].var for name in node.inputs]
     if not node.repeated:
-        comment = ", ".join(shape_comment(value) for value in values) if shapes else ""
-        return [(f"{', '.join(v.var for v in values)} = self.{node.name}({', '.join(args)})", values, set(args),
-                 comment)]
+        comment = ", ".join(types.comment(value) for value in values) if shapes else ""
+        return [(f"{', '.join(v.var for v in values)} = self.{node.name}({', '.join(args)})", values, args, comment)]
     statements = []
     for index, value in enumerate(values):
-        statements.append((f"{value.var} = self.{node.name}[{index}]({', '.join(args)})", [value], set(args),
-                           shape_comment(value) if shapes else ""))
+        statements.append((f"{value.var} = self.{node.name}[{index}]({', '.join(args)})", [value], args,
+                           types.comment(value) if shapes else ""))
         args = [value.var]
     return statements
 
@@ -225,6 +276,8 @@ def _batch_source(graph: Graph, node: Node) -> list[str]:
 def _projected(node: SkipNode, source: str) -> str:
     """The expression for a skip's source after its projection steps."""
     plan: ProjectionPlan = node.meta["projection"]
+    if not plan.steps:
+        return source  # the identity: most skips
     expr = source
     rank = node.meta["type"].rank + 1  # batch included
     for step in plan.code_steps:
@@ -234,7 +287,7 @@ def _projected(node: SkipNode, source: str) -> str:
     return expr
 
 
-def _comment(node: Node, shapes: bool) -> str:
+def _comment(node: Node, shapes: bool, types: _TypeFacts) -> str:
     if isinstance(node, SkipNode):
         skip = node.skip
         plan: ProjectionPlan = node.meta["projection"]
@@ -243,8 +296,8 @@ def _comment(node: Node, shapes: bool) -> str:
         else:
             how = f"{plan.policy.value} projection" + (f": {plan.reason}" if shapes else "")
         text = f"skip {node.name}: {skip.merge.value} {skip.source} ({how})"
-        return f"{shape_comment(node)} {text}" if shapes else text
-    return shape_comment(node) if shapes else ""
+        return f"{types.comment(node)} {text}" if shapes else text
+    return types.comment(node) if shapes else ""
 
 
 def input_guard(graph: Graph) -> list[str]:

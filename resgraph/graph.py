@@ -64,7 +64,7 @@ MODEL_ATTRIBUTES = frozenset({"code", "spec", "graph", "build_record"})
 RESERVED_NAMES = NN_MODULE_ATTRIBUTES | MODEL_ATTRIBUTES | {"self", "torch"}
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class Node:
     """One value in the graph. `inputs` are names of earlier nodes; `origin` locates it in a spec."""
 
@@ -86,14 +86,14 @@ class Node:
         return ""
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class InputNode(Node):
     decl: InputDecl | None  # None in a block instance: its caller supplies the type
 
     kind: ClassVar[NodeKind] = NodeKind.input
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class LayerNode(Node):
     layer: Layer
 
@@ -103,7 +103,7 @@ class LayerNode(Node):
         return f" ({self.layer.op})"
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class SkipNode(Node):
     skip: Skip
     policy: Projection  # the skip's own, else its scope's default
@@ -116,7 +116,7 @@ class SkipNode(Node):
         return self.target
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class BlockNode(Node):
     call: BlockCall
     instances: list[Graph]  # one per instance: made by shape inference from `recipe` (or given, built by hand)

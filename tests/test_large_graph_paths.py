@@ -1,0 +1,128 @@
+"""What keeps large builds lean gives exactly what the plain paths give.
+
+- Graph nodes and source origins have slots, no `__dict__` (a 10,000-layer chain holds 15,000 of
+  each), and still copy and pickle.
+- Code generation computes each type's facts (shape comment, elements per sample) once per type
+  object, and its text is the same when every node has a type object of its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import pickle
+from typing import Any
+
+import pytest
+
+import resgraph.codegen as codegen
+from resgraph.codegen import generate_forward, in_place_adds
+from resgraph.graph import BlockNode, Graph, GraphBuilder, InputNode, LayerNode, SkipNode
+from resgraph.loader import Origin, SourceMap
+from resgraph.pipeline import check_loaded, load
+from resgraph.shapes import infer_shapes
+from resgraph.sizes import solve_sizes
+
+
+def chain(n: int, width: int = 8) -> dict[str, Any]:
+    layers = [{f"l{i}": {"op": "Linear", "out_features": width}} for i in range(n)]
+    skips = [{f"s{i}": {"from": f"l{i}", "to": f"l{i + 2}"}} for i in range(0, n - 2, 2)]
+    return {"resgraph": 1, "name": "Chain", "inputs": {"x": [width]}, "layers": layers, "skips": skips}
+
+
+def checked(spec: dict[str, Any]) -> Graph:
+    graph = check_loaded(load(spec), None)[1]
+    graph.meta["sizes"] = solve_sizes(graph)
+    return graph
+
+
+def test_nodes_and_origins_have_no_instance_dict() -> None:
+    graph = checked(chain(6))
+    kinds = {type(node) for node in graph.nodes.values()}
+    assert kinds == {InputNode, LayerNode, SkipNode}
+    for node in graph.nodes.values():
+        assert not hasattr(node, "__dict__"), type(node).__name__
+        assert not hasattr(node.origin, "__dict__")
+    assert all("__slots__" in vars(kind) for kind in (InputNode, LayerNode, SkipNode, BlockNode))
+    with pytest.raises(AttributeError):
+        graph.nodes["l0"].note = "x"  # type: ignore[attr-defined]  # a typo'd attribute is an error now
+
+
+def test_origins_copy_and_pickle_through_their_constructor() -> None:
+    source = SourceMap("spec.yaml", values={("layers", 0): (3, 5)})
+    origin = Origin(source, ("layers",)).child(0, "fc")
+    for clone in (copy.copy(origin), copy.deepcopy(origin), pickle.loads(pickle.dumps(origin))):
+        assert clone.path == ("layers", 0, "fc") and clone.locate() == origin.locate()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        origin.path = ()  # type: ignore[misc]
+
+
+def test_graphs_of_slotted_nodes_copy_and_pickle() -> None:
+    graph = checked(chain(6))
+    for clone in (copy.deepcopy(graph), pickle.loads(pickle.dumps(graph))):
+        assert list(clone.nodes) == list(graph.nodes)
+        assert clone.nodes["s0"].var == "l2" and clone.nodes["l3"].inputs == graph.nodes["l3"].inputs
+        assert generate_forward(clone) == generate_forward(graph)
+
+
+def with_own_types(graph: Graph) -> Graph:
+    """A copy of `graph` in which no two nodes share a type object (as if nothing were memoised)."""
+    clone = copy.deepcopy(graph)
+    for node in clone.nodes.values():
+        node.meta["type"] = dataclasses.replace(node.meta["type"])
+    return clone
+
+
+@pytest.mark.parametrize("width", [8, 16_384])  # 16,384: every value is LARGE, so the `del` lines are written too
+def test_type_facts_are_computed_once_per_type_object_with_the_same_text(width: int,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    graph = checked(chain(300, width))
+    types = {id(node.meta["type"]) for node in graph.nodes.values()}
+    assert len(types) < 10  # shape inference shares equal results: what the cache relies on
+    counted: list[str] = []
+    plain = codegen.shape_comment
+
+    def counting(node: Any) -> str:
+        counted.append(node.name)
+        return plain(node)
+
+    monkeypatch.setattr(codegen, "shape_comment", counting)
+    source = generate_forward(graph)
+    assert len(counted) <= len(types)
+    separate = with_own_types(graph)
+    counted.clear()
+    assert generate_forward(separate) == source
+    assert len(counted) == sum(1 for node in separate.nodes.values() if not isinstance(node, InputNode))
+    for shapes in (True, False):
+        for in_place in (True, False):
+            assert generate_forward(separate, shapes=shapes, in_place=in_place) == generate_forward(
+                graph, shapes=shapes, in_place=in_place)
+    assert in_place_adds(separate) == in_place_adds(graph) == {f"s{i}" for i in range(0, 298, 2)}
+    if width == 16_384:
+        assert "    del l0\n" in source
+
+
+def test_every_line_of_a_chain_is_its_node_statement() -> None:
+    """The generated text of a chain read line by line: one statement per node, in graph order."""
+    graph = checked(chain(40))
+    lines = generate_forward(graph).splitlines()
+    body = [line for line in lines[1:-1] if not line.lstrip().startswith(("if ", "raise "))]
+    expected = []
+    for node in graph.nodes.values():
+        if isinstance(node, LayerNode):
+            source = graph.nodes[node.inputs[0]].var
+            expected.append(f"    {node.name} = self.{node.name}({source})  # (N, 8)")
+        elif isinstance(node, SkipNode):
+            expected.append(f"    {node.target} += {node.skip.source}  # (N, 8) skip {node.name}: add "
+                            f"{node.skip.source} (identity)")
+    assert body == expected and lines[-1] == "    return l39"
+
+
+def test_a_name_that_is_no_identifier_is_still_refused() -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [4])
+    b.layer("fc", "Linear", out_features=4)
+    graph = infer_shapes(b.build())
+    graph.nodes["fc"].variable = "fc\n"  # `$` in a pattern would let it through
+    with pytest.raises(AssertionError, match="unvalidated name reached codegen: 'fc\\\\n'"):
+        generate_forward(graph)
