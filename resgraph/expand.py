@@ -117,6 +117,20 @@ class BlockRecipe:
     first_block_index: int | None  # a top-level call's first instance's block_index
     expander: Expander  # the blocks known, the scale in force, the expansion bound
 
+    def instance_key(self, index: int, input_types: list[TensorType]) -> tuple[Any, ...] | None:
+        """What instance `index` depends on, when it is the same for other instances of this call.
+
+        An instance's scope is a function of the call (its `with:`, the caller's names), its
+        context names and its input types: when neither the call's `with:` nor the block (nor a
+        block it calls, which inherits `block_index`) reads a name that changes from instance to
+        instance (`index`; `block_index` for a top-level call), two instances given the same input
+        types are equal, and the key says so. None when they may differ, or cannot be told apart
+        without expanding them (an expression that does not parse: expanding reports it).
+        """
+        if self.expander.varies(self):
+            return None
+        return ("instance", id(self), *input_types)
+
 
 def expand(spec: Spec, source: SourceMap, *, read: Reader = load_import,
            diagnostics: list[Diagnostic] | None = None) -> Scope:
@@ -208,6 +222,8 @@ class Expander:
         self.exhausted = False  # the bound was hit (and reported): expand nothing more
         self.first_sizes: dict[int, int] = {}  # id(recipe) -> nodes its first instance took
         self.typed_bodies: dict[Any, Any] = {}  # equal entry bodies share one typed object (see `concrete`)
+        self.block_reads: dict[str, tuple[frozenset[str], frozenset[str]] | None] = {}  # see `reads_of_block`
+        self.varying: dict[int, tuple[BlockRecipe, bool]] = {}  # id(recipe) -> (recipe, `varies`'s answer)
 
     def root(self) -> Scope:
         root = Origin(self.source, ())
@@ -396,6 +412,54 @@ class Expander:
             return None
         return scope
 
+    def reserve(self, recipe: BlockRecipe, index: int, size: int) -> bool:
+        """Count instance `index` of a call as expanded without expanding it (it equals one made
+        before, which took `size` layers and skips with the instances inside it); False, counting
+        nothing, where expanding it would hit the bound, so that `instantiate` reports it as usual."""
+        first = self.first_sizes.get(id(recipe))
+        if self.exhausted or self.expanded + size > MAX_EXPANDED_NODES or (
+                index == 1 and first is not None and self.expanded + first * (recipe.count - 1) > MAX_EXPANDED_NODES):
+            return False
+        self.expanded += size
+        return True
+
+    def varies(self, recipe: BlockRecipe) -> bool:
+        """Whether a call's instances may differ beyond their input types (see `BlockRecipe.instance_key`)."""
+        known = self.varying.get(id(recipe))
+        if known is not None and known[0] is recipe:
+            return known[1]
+        changing = {"index", "block_index"} if recipe.first_block_index is not None else {"index"}
+        given = _names_read(recipe.call.with_)
+        reads = self.reads_of_block(recipe.block, ())
+        answer = given is None or reads is None or bool(
+            (given | reads[0]) & changing or reads[1] & changing & {"block_index"})
+        self.varying[id(recipe)] = (recipe, answer)  # (the recipe is kept there, so its id stays its own)
+        return answer
+
+    def reads_of_block(self, block: str, stack: tuple[str, ...]) -> tuple[frozenset[str], frozenset[str]] | None:
+        """(names a block's own expressions read, names the blocks it calls read, at any depth);
+        None when that cannot be told: an expression that does not parse, a call of an unknown
+        block or of a block named by an expression, a cycle."""
+        if block in self.block_reads:
+            return self.block_reads[block]
+        known = self.blocks.get(block)
+        answer: tuple[frozenset[str], frozenset[str]] | None = None
+        if known is not None and block not in stack:
+            definition = known.definition
+            own = _names_read([definition.params, definition.layers, definition.skips, definition.outputs])
+            inner: set[str] | None = set()
+            for entry in definition.layers:
+                for template in entry.values():
+                    callee = template.get("block") if isinstance(template, dict) and "op" not in template else None
+                    if callee is None or inner is None:
+                        continue
+                    reads = self.reads_of_block(callee, (*stack, block)) if isinstance(callee, str) else None
+                    inner = None if reads is None else inner | reads[0] | reads[1]
+            if own is not None and inner is not None:
+                answer = (frozenset(own), frozenset(inner))
+        self.block_reads[block] = answer
+        return answer
+
     def check_least_size(self, top: BlockDef, root: Origin) -> None:
         """Refuse, before expanding anything, a spec whose literal repeats alone exceed the bound.
 
@@ -498,6 +562,25 @@ class Expander:
                                              block.origin.child("params", name), self.diagnostics,
                                              dependent=dependent)
         return values
+
+
+def _names_read(value: Any) -> set[str] | None:
+    """The names every `${...}` in `value` (spec data: dicts, lists, scalars) reads; None when one of
+    them does not parse."""
+    names: set[str] = set()
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif (body := expression_body(item)) is not None:
+            read = expression_names(body)
+            if read is None:
+                return None
+            names |= read
+    return names
 
 
 def with_pieces(items: list[LayerItem], inputs: list[str]) -> list[LayerItem]:
