@@ -117,19 +117,32 @@ class BlockRecipe:
     first_block_index: int | None  # a top-level call's first instance's block_index
     expander: Expander  # the blocks known, the scale in force, the expansion bound
 
-    def instance_key(self, index: int, input_types: list[TensorType]) -> tuple[Any, ...] | None:
-        """What instance `index` depends on, when it is the same for other instances of this call.
+    def equal_instances_by(self, index: int) -> dict[str, Any] | None:
+        """The `with:` values of instance `index`, when they and its input types are all it is made
+        from (then equal values and types make equal instances); None when not.
 
-        An instance's scope is a function of the call (its `with:`, the caller's names), its
-        context names and its input types: when neither the call's `with:` nor the block (nor a
-        block it calls, which inherits `block_index`) reads a name that changes from instance to
-        instance (`index`; `block_index` for a top-level call), two instances given the same input
-        types are equal, and the key says so. None when they may differ, or cannot be told apart
-        without expanding them (an expression that does not parse: expanding reports it).
+        An instance is a function of the call, its `with:` values, the names of its context and
+        its input types. When the block (or a block it calls, which inherits `block_index`) reads
+        no name that changes from one instance to the next (`index`; `block_index` for a top-level
+        call), two instances given the same `with:` values (`stride: ${2 if index == 0 else 1}`
+        gives instances 1, 2, ... the same) and input types are equal. None also when a value
+        fails to evaluate: making the instance reports it.
         """
-        if self.expander.varies(self):
+        expander = self.expander
+        if expander.varies(self):
             return None
-        return ("instance", id(self), *input_types)
+        known = expander.constant_with.get(id(self))
+        if known is not None and known[0] is self:
+            return known[1]  # type: ignore[no-any-return]
+        problems: list[Diagnostic] = []
+        dependent: list[str] = []
+        given = expander.given(self, expander.context(self, index), problems, dependent)
+        if problems or dependent:
+            return None
+        read = _names_read(self.call.with_)
+        if read is not None and not read & {"index", "block_index"}:  # the same for every instance: evaluated once
+            expander.constant_with[id(self)] = (self, given)  # (the recipe is kept there, so its id stays its own)
+        return given  # type: ignore[no-any-return]
 
 
 def expand(spec: Spec, source: SourceMap, *, read: Reader = load_import,
@@ -224,6 +237,7 @@ class Expander:
         self.typed_bodies: dict[Any, Any] = {}  # equal entry bodies share one typed object (see `concrete`)
         self.block_reads: dict[str, tuple[frozenset[str], frozenset[str]] | None] = {}  # see `reads_of_block`
         self.varying: dict[int, tuple[BlockRecipe, bool]] = {}  # id(recipe) -> (recipe, `varies`'s answer)
+        self.constant_with: dict[int, tuple[BlockRecipe, Any]] = {}  # id(recipe) -> (recipe, its `with:` values)
 
     def root(self) -> Scope:
         root = Origin(self.source, ())
@@ -384,17 +398,10 @@ class Expander:
             # Project the whole call from its first instance before expanding the rest.
             self.refuse_size(recipe.origin, recipe.call.repeat, recipe.count, first)
             return None
-        context: dict[str, Any] = {"index": index, "repeats": recipe.count}
-        if recipe.first_block_index is not None:
-            context |= {"block_index": recipe.first_block_index + index, "num_blocks": self.num_blocks}
-        else:  # a nested call: the blocks inside a top-level instance share its block_index
-            context |= {name: recipe.names[name] for name in ("block_index", "num_blocks") if name in recipe.names}
-        caller = {**recipe.names, **context} if not isinstance(recipe.names, _ShapeNames) else \
-            _ShapeNames({**recipe.names.base, **context}, recipe.names.inputs)
+        context = self.context(recipe, index)
         known = len(self.diagnostics)
         dependent: list[str] = []
-        bound = evaluate_tree(recipe.call.with_, caller, recipe.origin.child("with"), self.diagnostics,
-                              dependent=dependent)
+        bound = self.given(recipe, context, self.diagnostics, dependent)
         own = _ShapeNames({**self.spec.params, **context}, input_types)
         block = _Block(recipe.definition, recipe.block_origin)
         block_params = self.bind(recipe.definition, block, bound, own, dependent)
@@ -412,6 +419,22 @@ class Expander:
             return None
         return scope
 
+    def context(self, recipe: BlockRecipe, index: int) -> dict[str, Any]:
+        """The names bound for instance `index` of a call (`INSTANCE_NAMES`)."""
+        context: dict[str, Any] = {"index": index, "repeats": recipe.count}
+        if recipe.first_block_index is not None:
+            context |= {"block_index": recipe.first_block_index + index, "num_blocks": self.num_blocks}
+        else:  # a nested call: the blocks inside a top-level instance share its block_index
+            context |= {name: recipe.names[name] for name in ("block_index", "num_blocks") if name in recipe.names}
+        return context
+
+    def given(self, recipe: BlockRecipe, context: dict[str, Any], diagnostics: list[Diagnostic],
+              dependent: list[str]) -> Any:
+        """A call's `with:` values for one instance, evaluated in the caller's names and its context."""
+        caller = {**recipe.names, **context} if not isinstance(recipe.names, _ShapeNames) else \
+            _ShapeNames({**recipe.names.base, **context}, recipe.names.inputs)
+        return evaluate_tree(recipe.call.with_, caller, recipe.origin.child("with"), diagnostics, dependent=dependent)
+
     def reserve(self, recipe: BlockRecipe, index: int, size: int) -> bool:
         """Count instance `index` of a call as expanded without expanding it (it equals one made
         before, which took `size` layers and skips with the instances inside it); False, counting
@@ -424,15 +447,14 @@ class Expander:
         return True
 
     def varies(self, recipe: BlockRecipe) -> bool:
-        """Whether a call's instances may differ beyond their input types (see `BlockRecipe.instance_key`)."""
+        """Whether the block of a call reads a name that changes from one instance to the next
+        (see `BlockRecipe.equal_instances_by`)."""
         known = self.varying.get(id(recipe))
         if known is not None and known[0] is recipe:
             return known[1]
         changing = {"index", "block_index"} if recipe.first_block_index is not None else {"index"}
-        given = _names_read(recipe.call.with_)
         reads = self.reads_of_block(recipe.block, ())
-        answer = given is None or reads is None or bool(
-            (given | reads[0]) & changing or reads[1] & changing & {"block_index"})
+        answer = reads is None or bool(reads[0] & changing or reads[1] & changing & {"block_index"})
         self.varying[id(recipe)] = (recipe, answer)  # (the recipe is kept there, so its id stays its own)
         return answer
 

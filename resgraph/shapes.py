@@ -24,7 +24,8 @@ from fractions import Fraction
 from typing import Any
 
 from .errors import Diagnostic, SpecError
-from .expand import instantiate
+from .evaluate import freeze
+from .expand import BlockRecipe, instantiate
 from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode
 from .hints import skip_hint
 from .ops import ShapeError, TensorType, merge_type
@@ -176,8 +177,7 @@ def _to_hints(graph: Graph, sizes: dict[int, Any] | None = None) -> dict[int, An
             node.meta["projection"] = replace(plan, output=plan.output.hints())
         if isinstance(node, BlockNode):
             for instance in node.instances:
-                if "shared" not in instance.meta:  # one copied (or copied from) is typed at plain sizes only
-                    _to_hints(instance, sizes)
+                _to_hints(instance, sizes)
     return sizes
 
 
@@ -194,7 +194,7 @@ def _infer_block(graph: Graph, node: BlockNode, inputs: list[TensorType], diagno
     recipe = node.recipe
     count = recipe.count if recipe is not None else len(node.instances)
     for index in range(count):
-        key = recipe.instance_key(index, current) if recipe is not None and _plain(current) else None
+        key = _instance_key(recipe, index, current) if recipe is not None else None
         if recipe is not None:
             qualname = _instance_qualname(graph, node, index)
             known = memo.get(key) if key is not None else None
@@ -232,6 +232,24 @@ def _infer_block(graph: Graph, node: BlockNode, inputs: list[TensorType], diagno
     node.meta["type"] = current[-1] if node.repeated else current[0]
     node.meta["storage"] = _block_storage(node.instances)
     node.meta["params"] = None if None in counts else sum(counts)
+
+
+def _instance_key(recipe: BlockRecipe, index: int, inputs: list[TensorType]) -> tuple[Any, ...] | None:
+    """A key equal for equal instances of a call (see `BlockRecipe.equal_instances_by`), or None.
+
+    A symbolic size counts by the identity of its expression (comparing it with `==` would record a
+    guard): `resgraph.symbolic` makes equal expressions one object while shapes are inferred, so
+    the guards an equal instance would record are recorded already.
+    """
+    given = recipe.equal_instances_by(index)
+    if given is None:
+        return None
+    types = tuple((t.dtype, t.layout, t.scale, tuple((size.expr, size.hint) if isinstance(size, SymInt) else size
+                                                      for size in t.shape)) for t in inputs)
+    try:
+        return ("instance", id(recipe), freeze(given), types)
+    except TypeError:  # a value that cannot be a key
+        return None
 
 
 def _copy_instance(template: Graph, qualname: str) -> Graph:

@@ -1,7 +1,8 @@
 """Equal block instances are made once: shape inference copies an instance whose call, context names
-read and input types equal an earlier one's (`BlockRecipe.instance_key`, `shapes._copy_instance`),
-and the copies share the generated forward's source. The models built are exactly the ones made
-without the shortcut: same weights from a seed, same outputs, same code, every instance named."""
+read, `with:` values and input types equal an earlier one's (`BlockRecipe.equal_instances_by`,
+`shapes._copy_instance`), and the copies share the generated forward's source. The models built
+are exactly the ones made without the shortcut: same weights from a seed, same outputs, same code,
+every instance named."""
 
 from __future__ import annotations
 
@@ -58,6 +59,27 @@ NESTED = {
                {"head": {"op": "Linear", "out_features": 5}}]}
 
 
+# Conv stages at symbolic sizes (H and W are free): each stage's first instance strides, the others
+# are equal (their input sizes are one expression), as in ResNet.
+CONVS = {
+    "resgraph": 1, "name": "Convs",
+    "blocks": {"basic": {
+        "params": {"planes": "required", "stride": 1},
+        "layers": [{"conv1": {"op": "Conv2d", "out_channels": "${planes}", "kernel_size": 3, "stride": "${stride}",
+                              "padding": 1, "bias": False}},
+                   {"bn1": {"op": "BatchNorm2d"}}, {"relu1": {"op": "ReLU"}},
+                   {"conv2": {"op": "Conv2d", "out_channels": "${planes}", "kernel_size": 3, "padding": 1}},
+                   {"bn2": {"op": "BatchNorm2d"}}],
+        "skips": [{"downsample": {"from": "x", "to": "bn2"}}]}},
+    "inputs": {"x": [3, 20, 20]},
+    "layers": [{"stem": {"op": "Conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1}},
+               {"layer1": {"block": "basic", "repeat": 3, "with": {"planes": 8}}},
+               {"layer2": {"block": "basic", "repeat": 3,
+                           "with": {"planes": 16, "stride": "${2 if index == 0 else 1}"}}},
+               {"pool": {"op": "AdaptiveAvgPool2d", "output_size": 1}}, {"flat": {"op": "Flatten"}},
+               {"fc": {"op": "Linear", "out_features": 4}}]}
+
+
 @pytest.fixture
 def count_work(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """How many instances are expanded and resolved, and how many forwards generated (not served
@@ -80,7 +102,7 @@ def count_work(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 def no_reuse(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
     """Turns the shortcut off: every instance is expanded, resolved and typed anew, as before it."""
     def turn_off() -> None:
-        monkeypatch.setattr(expand.BlockRecipe, "instance_key", lambda self, index, input_types: None)
+        monkeypatch.setattr(expand.BlockRecipe, "equal_instances_by", lambda self, index: None)
     yield turn_off
 
 
@@ -100,11 +122,17 @@ def test_instances_that_read_their_index_are_each_made(count_work: dict[str, int
     assert [model.blocks[i].fc1.out_features for i in range(20)] == [8 + i for i in range(20)]
 
 
-def test_a_with_value_that_reads_the_index_makes_each_instance(count_work: dict[str, int]) -> None:
-    # `with:` is evaluated per instance in the caller's names: the block's own text reads no index.
-    spec = mlp(6, with_={"width": "${8 if index % 2 == 0 else 8}"})
-    resgraph.build(spec, seed=0)
-    assert count_work["instantiate"] == 6
+@pytest.mark.parametrize(("width", "made"), [("${8 if index % 2 == 0 else 8}", 1), ("${8 + index % 2}", 3)])
+def test_with_values_that_read_the_index_count_by_their_values(count_work: dict[str, int], width: str,
+                                                               made: int) -> None:
+    # `with:` is evaluated per instance in the caller's names; the block's own text reads no index.
+    # Widths 8, 9, 8, 9...: instance 1 is given 8 features and instance 2 nine (the skip projects
+    # them), so instances 0, 1 and 2 differ, and 3, 4, 5 equal 1, 2, 1 (as ResNet's stages, whose
+    # first instance strides and the others do not).
+    model = resgraph.build(mlp(6, with_={"width": width}), seed=0)
+    assert count_work["instantiate"] == made
+    assert [model.blocks[i].fc2.out_features for i in range(6)] == [8 if i % 2 == 0 or made == 1 else 9
+                                                                     for i in range(6)]
 
 
 def test_nested_instances_are_copied_where_equal_and_made_where_not(count_work: dict[str, int]) -> None:
@@ -130,6 +158,9 @@ def graph_facts(graph: Graph) -> list[Any]:
                  for n in instance.nodes.values()]
         facts.append((name, instance.qualname, instance.name, instance.block, instance.params, instance.inputs,
                       instance.outputs, nodes, [instance.label(n) for n in instance.nodes.values()]))
+    # The decisions made on symbolic sizes, where they were made, and the sizes they allow.
+    facts.append([(str(guard), guard.site) for guard in graph.meta["guards"]])
+    facts.append([str(expr) for expr in graph.meta["size_exprs"]])
     return facts
 
 
@@ -138,15 +169,17 @@ def model_facts(model: resgraph.CompiledModule, x: torch.Tensor) -> dict[str, An
     with torch.no_grad():
         output = model(x)
     return {"state": {k: v.clone() for k, v in model.state_dict().items()}, "output": output,
+            "sizes": repr(model.graph.meta["sizes"]),  # the input sizes the guards allow
             "codes": [(name, getattr(module, "code", None)) for name, module in model.named_modules()],
             "graph": graph_facts(model.graph), "summary": str(resgraph.summary(model)),
             "python": resgraph.to_python(model)}
 
 
-@pytest.mark.parametrize("spec", [mlp(30), mlp(12, fc1="${8 + index}"), NESTED], ids=["mlp", "indexed", "nested"])
+@pytest.mark.parametrize("spec", [mlp(30), mlp(12, fc1="${8 + index}"), mlp(7, with_={"width": "${8 + index % 2}"}),
+                                  NESTED, CONVS], ids=["mlp", "indexed", "alternating", "nested", "convs"])
 def test_the_models_built_are_the_ones_built_without_copies(spec: dict[str, Any],
                                                             no_reuse: Callable[[], None]) -> None:
-    x = torch.randn(3, 8)
+    x = torch.randn(3, 3, 20, 20) if spec is CONVS else torch.randn(3, 8)
     copied = model_facts(resgraph.build(spec, seed=7), x)
     no_reuse()
     made = model_facts(resgraph.build(spec, seed=7), x)
@@ -154,7 +187,7 @@ def test_the_models_built_are_the_ones_built_without_copies(spec: dict[str, Any]
     assert list(copied["state"]) == list(made["state"])
     assert all(torch.equal(copied["state"][k], made["state"][k]) for k in made["state"])  # same seeded draws
     assert torch.equal(copied["output"], made["output"])
-    for key in ("codes", "graph", "summary", "python"):
+    for key in ("codes", "graph", "summary", "python", "sizes"):
         assert copied[key] == made[key], key
 
 
@@ -212,3 +245,12 @@ def test_without_the_shortcut_every_instance_is_made(count_work: dict[str, int],
     no_reuse()  # (what the comparisons above build against)
     resgraph.build(mlp(10), seed=0)
     assert count_work["instantiate"] == 10 and count_work["forward"] == 11
+
+
+def test_equal_instances_at_symbolic_sizes_are_copied(count_work: dict[str, int]) -> None:
+    model = resgraph.build(CONVS, seed=0)
+    # layer1's 3x3 convs keep the size (as expressions too: x.H), so its instances are all given
+    # the stem's type: layer1.0 is made, layer1.1 and layer1.2 copied. layer2.0 strides, so
+    # layer2.1 (given 16 channels at (x.H - 1) // 2 + 1) is made, and layer2.2 copied.
+    assert count_work["instantiate"] == 3
+    assert model(torch.randn(1, 3, 36, 28)).shape == (1, 4)  # still any size the guards allow
