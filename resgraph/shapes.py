@@ -194,7 +194,8 @@ def _infer_block(graph: Graph, node: BlockNode, inputs: list[TensorType], diagno
     recipe = node.recipe
     count = recipe.count if recipe is not None else len(node.instances)
     for index in range(count):
-        key = _instance_key(recipe, index, current) if recipe is not None else None
+        # (a call's own instances are the only ones with its key: a single one has no equal to copy)
+        key = _instance_key(recipe, index, current) if recipe is not None and recipe.count > 1 else None
         if recipe is not None:
             qualname = _instance_qualname(graph, node, index)
             known = memo.get(key) if key is not None else None
