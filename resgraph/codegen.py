@@ -81,7 +81,13 @@ def generate_forward(graph: Graph, *, shapes: bool = True, in_place: bool = True
     With `in_place` (the default), the skips `in_place_adds` names add into their target in place.
     That choice depends on types (a source that broadcasts into its target), so without shapes two
     instances of a block can still differ there, and then do not share a source.
+
+    Equal block instances (shape inference copies one for the next: see `shapes._copy_instance`)
+    share `graph.meta["shared"]`, where the first call keeps the source for the others.
     """
+    shared = graph.meta.get("shared") if shapes and in_place else None
+    if shared is not None and "forward" in shared:
+        return shared["forward"]  # type: ignore[no-any-return]
     variables = _variables(graph)
     adds = _in_place_adds(graph, variables) if in_place else set()
     types = _TypeFacts()
@@ -130,7 +136,10 @@ def generate_forward(graph: Graph, *, shapes: bool = True, in_place: bool = True
         if index in dies_at:
             lines.append(f"    del {', '.join(sorted(dies_at[index]))}")
     lines.append(f"    return {', '.join(returned)}")
-    return "\n".join(lines) + "\n"
+    source = "\n".join(lines) + "\n"
+    if shared is not None:
+        shared["forward"] = source
+    return source
 
 
 def _variables(graph: Graph) -> dict[str, str]:

@@ -27,7 +27,7 @@ from .spec import BlockCall, Scale, _layer_tag
 from .suggest import did_you_mean
 from .translate import pydantic_diagnostics, subject
 
-__all__ = ["LAYER", "LEFT_OUT", "SCALED_OPS", "concrete", "evaluate_tree", "is_left_out", "resolve_params",
+__all__ = ["LAYER", "LEFT_OUT", "SCALED_OPS", "concrete", "evaluate_tree", "freeze", "is_left_out", "resolve_params",
            "scale_width"]
 
 SCALED_OPS = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
@@ -237,17 +237,21 @@ def _frozen(model: Any, body: Any) -> Any:
     """A hashable key equal for equal bodies typed by the same model, or None when `body` holds a
     value that cannot be a key."""
     try:
-        return (id(model), _freeze(body))
+        return (id(model), freeze(body))
     except TypeError:
         return None
 
 
-def _freeze(value: Any) -> Any:
-    """`value` as nested tuples. Each leaf is keyed with its type: 1, 1.0 and True are equal in
-    Python but not to the models. Raises TypeError for a leaf that cannot be a key."""
+def freeze(value: Any) -> Any:
+    """`value` (spec data) as nested tuples: a key equal for equal values. Each leaf is keyed with its
+    type: 1, 1.0 and True are equal in Python but not to the models.
+
+    Raises:
+        TypeError: a leaf cannot be a key.
+    """
     if isinstance(value, dict):
-        return (dict, tuple((k, _freeze(v)) for k, v in value.items()))
+        return (dict, tuple((k, freeze(v)) for k, v in value.items()))
     if isinstance(value, list):
-        return (list, tuple(_freeze(v) for v in value))
+        return (list, tuple(freeze(v) for v in value))
     hash(value)
     return (type(value), value)

@@ -117,6 +117,33 @@ class BlockRecipe:
     first_block_index: int | None  # a top-level call's first instance's block_index
     expander: Expander  # the blocks known, the scale in force, the expansion bound
 
+    def equal_instances_by(self, index: int) -> dict[str, Any] | None:
+        """The `with:` values of instance `index`, when they and its input types are all it is made
+        from (then equal values and types make equal instances); None when not.
+
+        An instance is a function of the call, its `with:` values, the names of its context and
+        its input types. When the block (or a block it calls, which inherits `block_index`) reads
+        no name that changes from one instance to the next (`index`; `block_index` for a top-level
+        call), two instances given the same `with:` values (`stride: ${2 if index == 0 else 1}`
+        gives instances 1, 2, ... the same) and input types are equal. None also when a value
+        fails to evaluate: making the instance reports it.
+        """
+        expander = self.expander
+        if expander.varies(self):
+            return None
+        known = expander.constant_with.get(id(self))
+        if known is not None and known[0] is self:
+            return known[1]  # type: ignore[no-any-return]
+        problems: list[Diagnostic] = []
+        dependent: list[str] = []
+        given = expander.given(self, expander.context(self, index), problems, dependent)
+        if problems or dependent:
+            return None
+        read = _names_read(self.call.with_)
+        if read is not None and not read & {"index", "block_index"}:  # the same for every instance: evaluated once
+            expander.constant_with[id(self)] = (self, given)  # (the recipe is kept there, so its id stays its own)
+        return given  # type: ignore[no-any-return]
+
 
 def expand(spec: Spec, source: SourceMap, *, read: Reader = load_import,
            diagnostics: list[Diagnostic] | None = None) -> Scope:
@@ -208,6 +235,9 @@ class Expander:
         self.exhausted = False  # the bound was hit (and reported): expand nothing more
         self.first_sizes: dict[int, int] = {}  # id(recipe) -> nodes its first instance took
         self.typed_bodies: dict[Any, Any] = {}  # equal entry bodies share one typed object (see `concrete`)
+        self.block_reads: dict[str, tuple[frozenset[str], frozenset[str]] | None] = {}  # see `reads_of_block`
+        self.varying: dict[int, tuple[BlockRecipe, bool]] = {}  # id(recipe) -> (recipe, `varies`'s answer)
+        self.constant_with: dict[int, tuple[BlockRecipe, Any]] = {}  # id(recipe) -> (recipe, its `with:` values)
 
     def root(self) -> Scope:
         root = Origin(self.source, ())
@@ -368,17 +398,10 @@ class Expander:
             # Project the whole call from its first instance before expanding the rest.
             self.refuse_size(recipe.origin, recipe.call.repeat, recipe.count, first)
             return None
-        context: dict[str, Any] = {"index": index, "repeats": recipe.count}
-        if recipe.first_block_index is not None:
-            context |= {"block_index": recipe.first_block_index + index, "num_blocks": self.num_blocks}
-        else:  # a nested call: the blocks inside a top-level instance share its block_index
-            context |= {name: recipe.names[name] for name in ("block_index", "num_blocks") if name in recipe.names}
-        caller = {**recipe.names, **context} if not isinstance(recipe.names, _ShapeNames) else \
-            _ShapeNames({**recipe.names.base, **context}, recipe.names.inputs)
+        context = self.context(recipe, index)
         known = len(self.diagnostics)
         dependent: list[str] = []
-        bound = evaluate_tree(recipe.call.with_, caller, recipe.origin.child("with"), self.diagnostics,
-                              dependent=dependent)
+        bound = self.given(recipe, context, self.diagnostics, dependent)
         own = _ShapeNames({**self.spec.params, **context}, input_types)
         block = _Block(recipe.definition, recipe.block_origin)
         block_params = self.bind(recipe.definition, block, bound, own, dependent)
@@ -395,6 +418,69 @@ class Expander:
             self.refuse_size(recipe.origin, recipe.call.repeat, recipe.count, self.expanded - before)
             return None
         return scope
+
+    def context(self, recipe: BlockRecipe, index: int) -> dict[str, Any]:
+        """The names bound for instance `index` of a call (`INSTANCE_NAMES`)."""
+        context: dict[str, Any] = {"index": index, "repeats": recipe.count}
+        if recipe.first_block_index is not None:
+            context |= {"block_index": recipe.first_block_index + index, "num_blocks": self.num_blocks}
+        else:  # a nested call: the blocks inside a top-level instance share its block_index
+            context |= {name: recipe.names[name] for name in ("block_index", "num_blocks") if name in recipe.names}
+        return context
+
+    def given(self, recipe: BlockRecipe, context: dict[str, Any], diagnostics: list[Diagnostic],
+              dependent: list[str]) -> Any:
+        """A call's `with:` values for one instance, evaluated in the caller's names and its context."""
+        caller = {**recipe.names, **context} if not isinstance(recipe.names, _ShapeNames) else \
+            _ShapeNames({**recipe.names.base, **context}, recipe.names.inputs)
+        return evaluate_tree(recipe.call.with_, caller, recipe.origin.child("with"), diagnostics, dependent=dependent)
+
+    def reserve(self, recipe: BlockRecipe, index: int, size: int) -> bool:
+        """Count instance `index` of a call as expanded without expanding it (it equals one made
+        before, which took `size` layers and skips with the instances inside it); False, counting
+        nothing, where expanding it would hit the bound, so that `instantiate` reports it as usual."""
+        first = self.first_sizes.get(id(recipe))
+        if self.exhausted or self.expanded + size > MAX_EXPANDED_NODES or (
+                index == 1 and first is not None and self.expanded + first * (recipe.count - 1) > MAX_EXPANDED_NODES):
+            return False
+        self.expanded += size
+        return True
+
+    def varies(self, recipe: BlockRecipe) -> bool:
+        """Whether the block of a call reads a name that changes from one instance to the next
+        (see `BlockRecipe.equal_instances_by`)."""
+        known = self.varying.get(id(recipe))
+        if known is not None and known[0] is recipe:
+            return known[1]
+        changing = {"index", "block_index"} if recipe.first_block_index is not None else {"index"}
+        reads = self.reads_of_block(recipe.block, ())
+        answer = reads is None or bool(reads[0] & changing or reads[1] & changing & {"block_index"})
+        self.varying[id(recipe)] = (recipe, answer)  # (the recipe is kept there, so its id stays its own)
+        return answer
+
+    def reads_of_block(self, block: str, stack: tuple[str, ...]) -> tuple[frozenset[str], frozenset[str]] | None:
+        """(names a block's own expressions read, names the blocks it calls read, at any depth);
+        None when that cannot be told: an expression that does not parse, a call of an unknown
+        block or of a block named by an expression, a cycle."""
+        if block in self.block_reads:
+            return self.block_reads[block]
+        known = self.blocks.get(block)
+        answer: tuple[frozenset[str], frozenset[str]] | None = None
+        if known is not None and block not in stack:
+            definition = known.definition
+            own = _names_read([definition.params, definition.layers, definition.skips, definition.outputs])
+            inner: set[str] | None = set()
+            for entry in definition.layers:
+                for template in entry.values():
+                    callee = template.get("block") if isinstance(template, dict) and "op" not in template else None
+                    if callee is None or inner is None:
+                        continue
+                    reads = self.reads_of_block(callee, (*stack, block)) if isinstance(callee, str) else None
+                    inner = None if reads is None else inner | reads[0] | reads[1]
+            if own is not None and inner is not None:
+                answer = (frozenset(own), frozenset(inner))
+        self.block_reads[block] = answer
+        return answer
 
     def check_least_size(self, top: BlockDef, root: Origin) -> None:
         """Refuse, before expanding anything, a spec whose literal repeats alone exceed the bound.
@@ -498,6 +584,25 @@ class Expander:
                                              block.origin.child("params", name), self.diagnostics,
                                              dependent=dependent)
         return values
+
+
+def _names_read(value: Any) -> set[str] | None:
+    """The names every `${...}` in `value` (spec data: dicts, lists, scalars) reads; None when one of
+    them does not parse."""
+    names: set[str] = set()
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif (body := expression_body(item)) is not None:
+            read = expression_names(body)
+            if read is None:
+                return None
+            names |= read
+    return names
 
 
 def with_pieces(items: list[LayerItem], inputs: list[str]) -> list[LayerItem]:

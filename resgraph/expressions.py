@@ -140,6 +140,13 @@ def expression_names(text: str) -> set[str] | None:
     >>> sorted(expression_names("depths[index] * max(width, 2)"))
     ['depths', 'index', 'width']
     """
+    names = _names(text)
+    return None if names is None else set(names)
+
+
+@functools.lru_cache(maxsize=4096)
+def _names(text: str) -> frozenset[str] | None:
+    """`expression_names`, once per distinct text (each build asks again for the same expressions)."""
     if len(text) > MAX_LENGTH:
         return None
     try:
@@ -149,7 +156,7 @@ def expression_names(text: str) -> set[str] | None:
     if _nesting(tree.body) is not None:
         return None
     called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
-    return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and id(node) not in called}
+    return frozenset(node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and id(node) not in called)
 
 
 def _nesting(root: ast.AST) -> ast.AST | None:

@@ -24,7 +24,8 @@ from fractions import Fraction
 from typing import Any
 
 from .errors import Diagnostic, SpecError
-from .expand import instantiate
+from .evaluate import freeze
+from .expand import BlockRecipe, instantiate
 from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode
 from .hints import skip_hint
 from .ops import ShapeError, TensorType, merge_type
@@ -189,17 +190,30 @@ def _infer_block(graph: Graph, node: BlockNode, inputs: list[TensorType], diagno
     """
     current = inputs
     values: list[TensorType] = []  # each instance's output type (its last output's)
+    counts: list[int | None] = []  # each instance's parameter count
     recipe = node.recipe
     count = recipe.count if recipe is not None else len(node.instances)
     for index in range(count):
+        # (a call's own instances are the only ones with its key: a single one has no equal to copy)
+        key = _instance_key(recipe, index, current) if recipe is not None and recipe.count > 1 else None
         if recipe is not None:
+            qualname = _instance_qualname(graph, node, index)
+            known = memo.get(key) if key is not None else None
+            if (known is not None and known["recipe"] is recipe
+                    and recipe.expander.reserve(recipe, index, known["size"])):
+                node.instances.append(_copy_instance(known["graph"], qualname))
+                counts.append(known["params"])
+                current = known["outputs"]
+                values.append(current[-1])
+                continue
+            expanded = recipe.expander.expanded
             problems: list[Diagnostic] = []
             try:
                 scope = instantiate(recipe, index, current)
             except SpecError as exc:
                 diagnostics.extend(exc.diagnostics)
                 return
-            instance = resolve(scope, _instance_qualname(graph, node, index), problems)
+            instance = resolve(scope, qualname, problems)
             node.instances.append(instance)
         else:
             instance, problems = node.instances[index], []
@@ -209,13 +223,58 @@ def _infer_block(graph: Graph, node: BlockNode, inputs: list[TensorType], diagno
             return
         current = [instance.nodes[output].meta["type"] for output in instance.outputs]
         values.append(current[-1])
+        counts.append(total_parameters(instance))
+        if key is not None and recipe is not None:  # (the recipe is kept there, so its id stays its own)
+            memo[key] = {"recipe": recipe, "graph": instance, "outputs": current, "params": counts[-1],
+                         "size": recipe.expander.expanded - expanded}
     # A call with several outputs has the types of its one instance's outputs; a collected repeat
     # one per instance. Its own type is its first output's, or the chain's (its last instance's).
     node.meta["types"] = current if not node.repeated else values
     node.meta["type"] = current[-1] if node.repeated else current[0]
     node.meta["storage"] = _block_storage(node.instances)
-    counts = [total_parameters(instance) for instance in node.instances]
     node.meta["params"] = None if None in counts else sum(counts)
+
+
+def _instance_key(recipe: BlockRecipe, index: int, inputs: list[TensorType]) -> tuple[Any, ...] | None:
+    """A key equal for equal instances of a call (see `BlockRecipe.equal_instances_by`), or None.
+
+    A symbolic size counts by the identity of its expression (comparing it with `==` would record a
+    guard): `resgraph.symbolic` makes equal expressions one object while shapes are inferred, so
+    the guards an equal instance would record are recorded already.
+    """
+    given = recipe.equal_instances_by(index)
+    if given is None:
+        return None
+    types = tuple((t.dtype, t.layout, t.scale, tuple((size.expr, size.hint) if isinstance(size, SymInt) else size
+                                                      for size in t.shape)) for t in inputs)
+    try:
+        return ("instance", id(recipe), freeze(given), types)
+    except TypeError:  # a value that cannot be a key
+        return None
+
+
+def _copy_instance(template: Graph, qualname: str) -> Graph:
+    """A block instance equal to `template` (made from the same call, with the same input types:
+    see `BlockRecipe.instance_key`), named `qualname`, without expanding, resolving and typing it
+    again. Its nodes and every `meta` dict are its own (later stages write per instance: weights,
+    sizes, messages naming `layer1.3.conv1`); the values in them are shared, as `_Memo`'s are, and
+    never modified. The instances inside it are copied too, under the new name.
+
+    Equal instances share one `meta["shared"]` dict, where results that follow from the structure
+    alone may be kept (codegen keeps the forward's source there).
+    """
+    nodes: dict[str, Node] = {}
+    for name, node in template.nodes.items():
+        copied = object.__new__(type(node))  # copy.copy, without its generic protocol (5 times as long)
+        copied.__dict__ = {**node.__dict__, "meta": dict(node.meta), "inputs": list(node.inputs)}
+        if isinstance(copied, BlockNode):
+            copied.values = list(copied.values)
+            copied.instances = [_copy_instance(instance, qualname + instance.qualname[len(template.qualname):])
+                                for instance in copied.instances]
+        nodes[name] = copied
+    template.meta.setdefault("shared", {})
+    return Graph(template.name, nodes, list(template.inputs), list(template.outputs), template.origin, qualname,
+                 template.block, dict(template.params), dict(template.meta))
 
 
 def _infer_block_output(graph: Graph, node: LayerNode) -> None:
