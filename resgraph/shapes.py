@@ -265,8 +265,7 @@ def _copy_instance(template: Graph, qualname: str) -> Graph:
     """
     nodes: dict[str, Node] = {}
     for name, node in template.nodes.items():
-        copied = object.__new__(type(node))  # copy.copy, without its generic protocol (5 times as long)
-        copied.__dict__ = {**node.__dict__, "meta": dict(node.meta), "inputs": list(node.inputs)}
+        copied = node.shallow_copy()
         if isinstance(copied, BlockNode):
             copied.values = list(copied.values)
             copied.instances = [_copy_instance(instance, qualname + instance.qualname[len(template.qualname):])

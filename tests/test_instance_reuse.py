@@ -94,7 +94,7 @@ def count_work(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 
     monkeypatch.setattr(shapes, "instantiate", counted("instantiate", shapes.instantiate))
     monkeypatch.setattr(shapes, "resolve", counted("resolve", shapes.resolve))
-    monkeypatch.setattr(codegen, "in_place_adds", counted("forward", codegen.in_place_adds))  # once per generation
+    monkeypatch.setattr(codegen, "_variables", counted("forward", codegen._variables))  # once per generation
     return counts
 
 
