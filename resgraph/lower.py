@@ -20,6 +20,7 @@ import contextlib
 import functools
 import hashlib
 import linecache
+import marshal
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
@@ -176,6 +177,9 @@ def projection_module(plan: ProjectionPlan) -> nn.Sequential:
     return nn.Sequential(*modules)
 
 
+_LARGE_SOURCE = 100_000  # characters (~1,500 generated lines) from which copying the code object pays
+
+
 @functools.lru_cache(maxsize=4096)
 def _generated_class(name: str, source: str, base: type[GeneratedModule]) -> type[GeneratedModule]:
     """The class for one generated forward; instances with the same code share it."""
@@ -186,7 +190,12 @@ def _generated_class(name: str, source: str, base: type[GeneratedModule]) -> typ
     namespace: dict[str, Any] = {"torch": torch}
     for helper in helpers_used(source):  # functions the forward calls (codegen.HELPERS)
         exec(compile(HELPERS[helper], f"<resgraph helper {helper}>", "exec"), namespace)
-    exec(compile(source, filename, "exec"), namespace)  # source holds only validated names and ints
+    code = compile(source, filename, "exec")
+    if len(source) > _LARGE_SOURCE:
+        # The code object's parts lie among the compiler's freed memory and keep it from being
+        # reused; a fresh copy lets it go (10k-layer chain: build peak 73.5 -> 67.3 MiB, for 10 ms).
+        code = marshal.loads(marshal.dumps(code))
+    exec(code, namespace)  # source holds only validated names and ints
     forward = namespace["forward"]
     forward.__qualname__ = f"{name}.forward"
     return type(name, (base,), {"forward": forward, "code": source, "__module__": "resgraph.generated"})
