@@ -83,7 +83,9 @@ def generate_forward(graph: Graph, *, shapes: bool = True, in_place: bool = True
     instances of a block can still differ there, and then do not share a source.
 
     Equal block instances (shape inference copies one for the next: see `shapes._copy_instance`)
-    share `graph.meta["shared"]`, where the first call keeps the source for the others.
+    share `graph.meta["shared"]`, where the first call keeps the source for the others. Graphs
+    are not changed after shape inference (`model.graph` is read-only by contract), so the kept
+    source stays the graph's.
     """
     shared = graph.meta.get("shared") if shapes and in_place else None
     if shared is not None and "forward" in shared:

@@ -14,7 +14,8 @@ errors. Expressions themselves are parsed and evaluated by `expressions`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -27,8 +28,8 @@ from .spec import BlockCall, Scale, _layer_tag
 from .suggest import did_you_mean
 from .translate import pydantic_diagnostics, subject
 
-__all__ = ["LAYER", "LEFT_OUT", "SCALED_OPS", "concrete", "evaluate_tree", "freeze", "is_left_out", "resolve_params",
-           "scale_width"]
+__all__ = ["LAYER", "LEFT_OUT", "SCALED_OPS", "concrete", "evaluate_tree", "freeze", "is_left_out", "names_read",
+           "resolve_params", "scale_width"]
 
 SCALED_OPS = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
 
@@ -123,8 +124,24 @@ def resolve_params(declared: Mapping[str, Any], overrides: Mapping[str, Any], or
 
 
 def _reads(value: Any) -> set[str]:
-    """The names every `${...}` in `value` (a parameter default, maybe a list of them) reads."""
+    """The names every `${...}` in `value` (a parameter default, maybe a list of them) reads; one that
+    does not parse reads nothing (it is reported where it is evaluated)."""
+    return set().union(*(read or () for read in _expression_reads(value)))
+
+
+def names_read(value: Any) -> set[str] | None:
+    """The names every `${...}` in `value` (spec data: dicts, lists, scalars) reads; None when one of
+    them does not parse."""
     names: set[str] = set()
+    for read in _expression_reads(value):
+        if read is None:
+            return None
+        names |= read
+    return names
+
+
+def _expression_reads(value: Any) -> Iterator[set[str] | None]:
+    """What each `${...}` in `value` reads (None for one that does not parse)."""
     stack = [value]
     while stack:
         item = stack.pop()
@@ -132,11 +149,8 @@ def _reads(value: Any) -> set[str]:
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-        else:
-            body = expression_body(item)
-            if body is not None:
-                names |= expression_names(body) or set()
-    return names
+        elif (body := expression_body(item)) is not None:
+            yield expression_names(body)
 
 
 def _shorten(text: str, limit: int = 60) -> str:
@@ -254,4 +268,6 @@ def freeze(value: Any) -> Any:
     if isinstance(value, list):
         return (list, tuple(freeze(v) for v in value))
     hash(value)
+    if isinstance(value, float):  # -0.0 == 0.0, but a summary shows them apart
+        return (float, value, math.copysign(1.0, value))
     return (type(value), value)

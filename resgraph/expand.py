@@ -34,7 +34,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from .errors import Diagnostic, ResgraphError, SpecError
-from .evaluate import LAYER, LEFT_OUT, SHAPE_NAMES, concrete, evaluate_tree
+from .evaluate import LAYER, LEFT_OUT, SHAPE_NAMES, concrete, evaluate_tree, names_read
 from .expressions import ExpressionError, Unavailable, evaluate, expression_body, expression_names
 from .loader import LoadedSpec, Origin, SourceMap, load_import
 from .ops import OPS, GenericOpError, Layer, TensorType
@@ -56,6 +56,7 @@ MAX_BLOCK_DEPTH = 32
 # 100,000-layer chain has 150,000; ResNet-152 has about 500. Expanding takes ~0.1 ms a node.
 MAX_EXPANDED_NODES = 200_000
 INSTANCE_NAMES = ("index", "repeats", "block_index", "num_blocks")  # bound per block instance
+VARYING_NAMES = frozenset({"index", "block_index"})  # the instance names that differ between a call's instances
 _REPEAT: TypeAdapter[int | None] = TypeAdapter(BlockCall.model_fields["repeat"].annotation)
 
 Reader = Callable[[str], LoadedSpec]  # reads an imported file: load_import, or a build record's copy
@@ -139,8 +140,8 @@ class BlockRecipe:
         given = expander.given(self, expander.context(self, index), problems, dependent)
         if problems or dependent:
             return None
-        read = _names_read(self.call.with_)
-        if read is not None and not read & {"index", "block_index"}:  # the same for every instance: evaluated once
+        read = names_read(self.call.with_)
+        if read is not None and not read & VARYING_NAMES:  # the same for every instance: evaluated once
             expander.constant_with[id(self)] = (self, given)  # (the recipe is kept there, so its id stays its own)
         return given  # type: ignore[no-any-return]
 
@@ -452,7 +453,7 @@ class Expander:
         known = self.varying.get(id(recipe))
         if known is not None and known[0] is recipe:
             return known[1]
-        changing = {"index", "block_index"} if recipe.first_block_index is not None else {"index"}
+        changing = VARYING_NAMES if recipe.first_block_index is not None else {"index"}
         reads = self.reads_of_block(recipe.block, ())
         answer = reads is None or bool(reads[0] & changing or reads[1] & changing & {"block_index"})
         self.varying[id(recipe)] = (recipe, answer)  # (the recipe is kept there, so its id stays its own)
@@ -468,7 +469,7 @@ class Expander:
         answer: tuple[frozenset[str], frozenset[str]] | None = None
         if known is not None and block not in stack:
             definition = known.definition
-            own = _names_read([definition.params, definition.layers, definition.skips, definition.outputs])
+            own = names_read([definition.params, definition.layers, definition.skips, definition.outputs])
             inner: set[str] | None = set()
             for entry in definition.layers:
                 for template in entry.values():
@@ -584,25 +585,6 @@ class Expander:
                                              block.origin.child("params", name), self.diagnostics,
                                              dependent=dependent)
         return values
-
-
-def _names_read(value: Any) -> set[str] | None:
-    """The names every `${...}` in `value` (spec data: dicts, lists, scalars) reads; None when one of
-    them does not parse."""
-    names: set[str] = set()
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif (body := expression_body(item)) is not None:
-            read = expression_names(body)
-            if read is None:
-                return None
-            names |= read
-    return names
 
 
 def with_pieces(items: list[LayerItem], inputs: list[str]) -> list[LayerItem]:

@@ -215,7 +215,10 @@ def check_loaded(loaded: LoadedSpec, params: Mapping[str, Any] | None, read: Rea
         infer_shapes(graph, diagnostics=diagnostics)
         if diagnostics:  # the run fails: also name what blocks that were never typed hold
             reached = {instance.block for _, instance in graph.subgraphs() if instance.block}
-            diagnostics.extend(check_unreached_blocks(spec, loaded.source, reached))
+            # An op its failed instance already reported is not named again (a line gets one report).
+            reported = {(d.location.file, d.location.line) for d in diagnostics}
+            diagnostics.extend(d for d in check_unreached_blocks(spec, loaded.source, reached)
+                               if (d.location.file, d.location.line) not in reported)
     if diagnostics:
         raise SpecError(diagnostics)
     return spec, graph

@@ -255,10 +255,10 @@ def _instance_key(recipe: BlockRecipe, index: int, inputs: list[TensorType]) -> 
 
 def _copy_instance(template: Graph, qualname: str) -> Graph:
     """A block instance equal to `template` (made from the same call, with the same input types:
-    see `BlockRecipe.instance_key`), named `qualname`, without expanding, resolving and typing it
-    again. Its nodes and every `meta` dict are its own (later stages write per instance: weights,
-    sizes, messages naming `layer1.3.conv1`); the values in them are shared, as `_Memo`'s are, and
-    never modified. The instances inside it are copied too, under the new name.
+    see `_instance_key` and `BlockRecipe.equal_instances_by`), named `qualname`, without expanding,
+    resolving and typing it again. Its nodes and every `meta` dict are its own (later stages write
+    per instance: weights, sizes, messages naming `layer1.3.conv1`); the values in them are shared,
+    as `_Memo`'s are, and never modified. The instances inside it are copied too, under the new name.
 
     Equal instances share one `meta["shared"]` dict, where results that follow from the structure
     alone may be kept (codegen keeps the forward's source there).

@@ -254,3 +254,12 @@ def test_equal_instances_at_symbolic_sizes_are_copied(count_work: dict[str, int]
     # layer2.1 (given 16 channels at (x.H - 1) // 2 + 1) is made, and layer2.2 copied.
     assert count_work["instantiate"] == 3
     assert model(torch.randn(1, 3, 36, 28)).shape == (1, 4)  # still any size the guards allow
+
+
+def test_with_values_equal_in_python_but_shown_apart_are_not_one_instance() -> None:
+    # -0.0 == 0.0 (and 1 == 1.0 == True), but a summary shows each instance's own parameters.
+    spec = {"resgraph": 1, "name": "Signs", "inputs": {"x": [4]},
+            "blocks": {"A": {"params": {"p": 0.0}, "layers": [{"d": {"op": "Dropout", "p": "${p}"}}]}},
+            "layers": [{"s": {"block": "A", "repeat": 3, "with": {"p": "${-0.0 if index == 1 else 0.0}"}}}]}
+    params = [instance.params["p"] for _, instance in resgraph.build(spec).graph.subgraphs()]
+    assert [str(p) for p in params] == ["0.0", "-0.0", "0.0"]
