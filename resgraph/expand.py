@@ -394,10 +394,8 @@ class Expander:
         """Instance `index` of a block call (see `instantiate`); None (reported) when it cannot be made."""
         if self.exhausted:
             return None
-        first = self.first_sizes.get(id(recipe))
-        if index == 1 and first is not None and self.expanded + first * (recipe.count - 1) > MAX_EXPANDED_NODES:
-            # Project the whole call from its first instance before expanding the rest.
-            self.refuse_size(recipe.origin, recipe.call.repeat, recipe.count, first)
+        if self.projected_past_bound(recipe, index):
+            self.refuse_size(recipe.origin, recipe.call.repeat, recipe.count, self.first_sizes[id(recipe)])
             return None
         context = self.context(recipe, index)
         known = len(self.diagnostics)
@@ -440,12 +438,16 @@ class Expander:
         """Count instance `index` of a call as expanded without expanding it (it equals one made
         before, which took `size` layers and skips with the instances inside it); False, counting
         nothing, where expanding it would hit the bound, so that `instantiate` reports it as usual."""
-        first = self.first_sizes.get(id(recipe))
-        if self.exhausted or self.expanded + size > MAX_EXPANDED_NODES or (
-                index == 1 and first is not None and self.expanded + first * (recipe.count - 1) > MAX_EXPANDED_NODES):
+        if self.exhausted or self.expanded + size > MAX_EXPANDED_NODES or self.projected_past_bound(recipe, index):
             return False
         self.expanded += size
         return True
+
+    def projected_past_bound(self, recipe: BlockRecipe, index: int) -> bool:
+        """At a call's second instance, whether its instances, each the size of its first, would pass
+        the expansion bound: the whole call is refused then, before expanding the rest."""
+        first = self.first_sizes.get(id(recipe))
+        return index == 1 and first is not None and self.expanded + first * (recipe.count - 1) > MAX_EXPANDED_NODES
 
     def varies(self, recipe: BlockRecipe) -> bool:
         """Whether the block of a call reads a name that changes from one instance to the next
