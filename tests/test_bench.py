@@ -26,6 +26,9 @@ def test_quick_benchmark_runs_and_reports_every_measurement(tmp_path: pathlib.Pa
     assert [row["case"] for row in data["forward"]] == ["ResNet-50, batch 1", "ResNet-50, batch 2",
                                                          "residual MLP, 20 blocks, batch 1"]
     assert all(row["ratio"] > 0 for row in data["forward"])
+    # each forward row counts the minor page faults of resgraph, the reference and torch.fx (Linux)
+    assert all(isinstance(count, int) and count >= 0
+               for row in data["forward"] for count in row["page_faults"].values())
     assert data["build"]["ratio"] > 0 and set(data["build"]["stages"]) >= {"validate (schema, top level)",
                                                                            "lower (modules, weights)"}
     assert [row["case"] for row in data["stages"]] == ["residual MLP, 20 blocks", "tutorial", "ResNet-50"]
@@ -37,7 +40,8 @@ def test_quick_benchmark_runs_and_reports_every_measurement(tmp_path: pathlib.Pa
         assert "not installed" in row["note"] if "note" in row else all(
             value > 0 for key, value in row.items() if key != "case")
     table = (tmp_path / "latest.md").read_text()
-    for phrase in ("forward latency", "build ResNet-50", "peak memory", "torch.compile", "Scaling"):
+    for phrase in ("forward latency", "minor page faults", "build ResNet-50", "peak memory", "torch.compile",
+                   "Scaling"):
         assert phrase in table
 
 
