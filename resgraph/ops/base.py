@@ -498,8 +498,11 @@ def register_op(cls: L) -> L:
     return cls
 
 
-def to_tuple(value: int | tuple[int, ...] | list[int], size: int, name: str) -> tuple[int, ...]:
-    """Expand an int-or-sequence argument to `size` entries, as torch's `_ntuple` does."""
+V = TypeVar("V")
+
+
+def to_tuple(value: V | tuple[V, ...] | list[V], size: int, name: str) -> tuple[V, ...]:
+    """Expand a scalar-or-sequence argument to `size` entries, as torch's `_ntuple` does."""
     if isinstance(value, (list, tuple)):
         if len(value) != size:
             raise ShapeError(f"{name} has {len(value)} entries, expected {size}")

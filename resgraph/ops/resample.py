@@ -18,6 +18,7 @@ from .base import (
     TensorType,
     describe_torch_op,
     register_op,
+    to_tuple,
 )
 
 __all__ = ["PixelShuffle", "PixelUnshuffle", "Upsample"]
@@ -61,22 +62,14 @@ class Upsample(Layer):
         if (self.size is None) == (self.scale_factor is None):
             raise ShapeError("give exactly one of size and scale_factor")
         if self.size is not None:
-            return x.with_shape((x.shape[0], *_expand(self.size, n, "size")), "channels_first", None)
+            return x.with_shape((x.shape[0], *to_tuple(self.size, n, "size")), "channels_first", None)
         # floor(size * factor), as torch computes it; exact for factors such as 2, 0.5 or 1.5
-        factors = tuple(Fraction(f).limit_denominator(1 << 16) for f in _expand(self.scale_factor, n, "scale_factor"))
+        factors = tuple(Fraction(f).limit_denominator(1 << 16) for f in to_tuple(self.scale_factor, n, "scale_factor"))
         sizes = tuple(s * f.numerator // f.denominator for s, f in zip(x.shape[1:], factors))
         if any(size < 1 for size in sizes):
             raise ArgumentError(f"scale_factor={self.scale_factor} shrinks the input {x} to {sizes}: every size must "
                                 "stay at least 1 (torch refuses an empty output)", "scale_factor")
         return x.with_shape((x.shape[0], *sizes), "channels_first", x.scaled(tuple(1 / f for f in factors)))
-
-
-def _expand(value: object, n: int, name: str) -> tuple:
-    if isinstance(value, (list, tuple)):
-        if len(value) != n:
-            raise ShapeError(f"{name} has {len(value)} entries, expected {n}")
-        return tuple(value)
-    return (value,) * n
 
 
 @register_op
