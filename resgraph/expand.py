@@ -117,6 +117,10 @@ class BlockRecipe:
     count: int  # instances (`repeat`, scaled)
     first_block_index: int | None  # a top-level call's first instance's block_index
     expander: Expander  # the blocks known, the scale in force, the expansion bound
+    # Found once per call by `equal_instances_by`: whether its block reads a name that changes per
+    # instance, and its `with:` values where they read none (in a 1-tuple: the values may be None).
+    varies: bool | None = field(default=None, repr=False)
+    constant_with: tuple[Any] | None = field(default=None, repr=False)
 
     def equal_instances_by(self, index: int) -> dict[str, Any] | None:
         """The `with:` values of instance `index`, when they and its input types are all it is made
@@ -130,11 +134,12 @@ class BlockRecipe:
         fails to evaluate: making the instance reports it.
         """
         expander = self.expander
-        if expander.varies(self):
+        if self.varies is None:
+            self.varies = expander.reads_varying_names(self)
+        if self.varies:
             return None
-        known = expander.constant_with.get(id(self))
-        if known is not None and known[0] is self:
-            return known[1]  # type: ignore[no-any-return]
+        if self.constant_with is not None:
+            return self.constant_with[0]  # type: ignore[no-any-return]
         problems: list[Diagnostic] = []
         dependent: list[str] = []
         given = expander.given(self, expander.context(self, index), problems, dependent)
@@ -142,7 +147,7 @@ class BlockRecipe:
             return None
         read = names_read(self.call.with_)
         if read is not None and not read & VARYING_NAMES:  # the same for every instance: evaluated once
-            expander.constant_with[id(self)] = (self, given)  # (the recipe is kept there, so its id stays its own)
+            self.constant_with = (given,)
         return given  # type: ignore[no-any-return]
 
 
@@ -237,8 +242,6 @@ class Expander:
         self.first_sizes: dict[int, int] = {}  # id(recipe) -> nodes its first instance took
         self.typed_bodies: dict[Any, Any] = {}  # equal entry bodies share one typed object (see `concrete`)
         self.block_reads: dict[str, tuple[frozenset[str], frozenset[str]] | None] = {}  # see `reads_of_block`
-        self.varying: dict[int, tuple[BlockRecipe, bool]] = {}  # id(recipe) -> (recipe, `varies`'s answer)
-        self.constant_with: dict[int, tuple[BlockRecipe, Any]] = {}  # id(recipe) -> (recipe, its `with:` values)
 
     def root(self) -> Scope:
         root = Origin(self.source, ())
@@ -449,17 +452,12 @@ class Expander:
         first = self.first_sizes.get(id(recipe))
         return index == 1 and first is not None and self.expanded + first * (recipe.count - 1) > MAX_EXPANDED_NODES
 
-    def varies(self, recipe: BlockRecipe) -> bool:
+    def reads_varying_names(self, recipe: BlockRecipe) -> bool:
         """Whether the block of a call reads a name that changes from one instance to the next
         (see `BlockRecipe.equal_instances_by`)."""
-        known = self.varying.get(id(recipe))
-        if known is not None and known[0] is recipe:
-            return known[1]
         changing = VARYING_NAMES if recipe.first_block_index is not None else {"index"}
         reads = self.reads_of_block(recipe.block, ())
-        answer = reads is None or bool(reads[0] & changing or reads[1] & changing & {"block_index"})
-        self.varying[id(recipe)] = (recipe, answer)  # (the recipe is kept there, so its id stays its own)
-        return answer
+        return reads is None or bool(reads[0] & changing or reads[1] & changing & {"block_index"})
 
     def reads_of_block(self, block: str, stack: tuple[str, ...]) -> tuple[frozenset[str], frozenset[str]] | None:
         """(names a block's own expressions read, names the blocks it calls read, at any depth);

@@ -199,8 +199,7 @@ def _infer_block(graph: Graph, node: BlockNode, inputs: list[TensorType], diagno
         if recipe is not None:
             qualname = _instance_qualname(graph, node, index)
             known = memo.get(key) if key is not None else None
-            if (known is not None and known["recipe"] is recipe
-                    and recipe.expander.reserve(recipe, index, known["size"])):
+            if known is not None and recipe.expander.reserve(recipe, index, known["size"]):
                 node.instances.append(_copy_instance(known["graph"], qualname))
                 counts.append(known["params"])
                 current = known["outputs"]
