@@ -34,11 +34,16 @@ from .projections import ProjectionPlan, step_code
 from .sizes import SizeReport
 from .symbolic import SymInt
 
-__all__ = ["FRESH_OUTPUT_OPS", "HELPERS", "generate_forward", "helpers_used", "in_place_adds", "input_guard",
-           "shape_comment"]
+__all__ = ["FRESH_OUTPUT_OPS", "HELPERS", "MAX_STATEMENTS", "PART_PREFIX", "generate_forward", "helpers_used",
+           "in_place_adds", "input_guard", "shape_comment"]
 
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # whole names only: fullmatch (`$` would allow "x\n")
 LARGE = 16_384  # elements per sample (64 KiB of float32) from which freeing a value early pays
+# Statements per generated function. CPython's compiler holds about 3 KB per statement of the
+# function it compiles (a 15,000-statement forward: 45 MiB, more than torch's modules of the same
+# network), so a longer forward is written as a `forward` calling parts, each compiled on its own.
+MAX_STATEMENTS = 1_000
+PART_PREFIX = "_forward_part_"  # the parts' method names: `_` first, so no node name can shadow one
 
 
 def shape_comment(node: Node) -> str:
@@ -82,6 +87,11 @@ def generate_forward(graph: Graph, *, shapes: bool = True, in_place: bool = True
     That choice depends on types (a source that broadcasts into its target), so without shapes two
     instances of a block can still differ there, and then do not share a source.
 
+    A forward of more than MAX_STATEMENTS statements is cut into parts of at most that many,
+    each a method (`_forward_part_1(self, <live values>)`, ...) returning the values later parts
+    read; `forward` checks its inputs and calls them in turn. The statements, and so the
+    computation, are the same as in one function.
+
     Equal block instances (shape inference copies one for the next: see `shapes._copy_instance`)
     share `graph.meta["shared"]`, where the first call keeps the source for the others. Graphs
     are not changed after shape inference (`model.graph` is read-only by contract), so the kept
@@ -95,6 +105,7 @@ def generate_forward(graph: Graph, *, shapes: bool = True, in_place: bool = True
     types = _TypeFacts()
     codes: list[str] = []  # one per statement, with its comment
     comments: list[str] = []
+    first_write: dict[str, int] = {name: -1 for name in graph.inputs}  # variable -> the statement defining it
     last_read: dict[str, int] = {}  # variable -> the last statement reading it
     last_write: dict[str, int] = {}  # variable -> the last statement writing it
     size: dict[str, Any] = {}  # variable -> the most elements per sample it holds (only with shapes)
@@ -118,6 +129,7 @@ def generate_forward(graph: Graph, *, shapes: bool = True, in_place: bool = True
                 last_read[var] = index
             for value in written:
                 var = variables[value.name]
+                first_write.setdefault(var, index)
                 last_write[var] = index
                 if shapes:
                     size[var] = max(size.get(var, 0), types.elements(value))
@@ -131,17 +143,52 @@ def generate_forward(graph: Graph, *, shapes: bool = True, in_place: bool = True
         if worth_it and var not in returned and last_write.get(var, -1) <= index < len(codes) - 1:
             dies_at.setdefault(index, []).append(var)
 
-    lines = [f"def forward(self, {', '.join(graph.inputs)}):", *input_guard(graph)]
-    for index, code in enumerate(codes):
-        comment = comments[index]
-        lines.append(f"    {code}  # {comment}" if comment else f"    {code}")
-        if index in dies_at:
-            lines.append(f"    del {', '.join(sorted(dies_at[index]))}")
-    lines.append(f"    return {', '.join(returned)}")
+    def body(part: range) -> list[str]:
+        lines = []
+        for index in part:
+            comment = comments[index]
+            lines.append(f"    {codes[index]}  # {comment}" if comment else f"    {codes[index]}")
+            if index in dies_at:
+                lines.append(f"    del {', '.join(sorted(dies_at[index]))}")
+        return lines
+
+    def live(start: int) -> list[str]:
+        """The variables made before statement `start` that it or a later one reads, or that are
+        returned: what flows from one part into the next, in the order they were made."""
+        return [var for var, made in first_write.items()
+                if made < start and (last_read.get(var, -1) >= start or var in returned)]
+
+    header = f"def forward(self, {', '.join(graph.inputs)}):"
+    if len(codes) <= MAX_STATEMENTS:
+        lines = [header, *input_guard(graph), *body(range(len(codes))), f"    return {', '.join(returned)}"]
+    else:
+        lines = [header, *input_guard(graph)]
+        parts = _parts(len(codes))
+        functions: list[str] = []
+        for number, part in enumerate(parts, 1):
+            name = f"{PART_PREFIX}{number}"
+            inputs = live(part.start)
+            outputs = returned if number == len(parts) else live(part.stop)
+            call = f"self.{name}({', '.join(inputs)})"
+            if number == len(parts):
+                lines.append(f"    return {call}")
+            else:
+                lines.append(f"    {', '.join(outputs)} = {call}" if outputs else f"    {call}")
+            functions += ["", f"def {name}(self{''.join(f', {var}' for var in inputs)}):", *body(part)]
+            if outputs:
+                functions.append(f"    return {', '.join(outputs)}")
+        lines += functions
     source = "\n".join(lines) + "\n"
     if shared is not None:
         shared["forward"] = source
     return source
+
+
+def _parts(count: int) -> list[range]:
+    """`count` statements cut into the fewest runs of at most MAX_STATEMENTS, of near-equal length."""
+    number = -(-count // MAX_STATEMENTS)
+    bounds = [count * k // number for k in range(number + 1)]
+    return [range(start, stop) for start, stop in zip(bounds, bounds[1:])]
 
 
 def _variables(graph: Graph) -> dict[str, str]:

@@ -4,8 +4,7 @@
   each), and still copy and pickle.
 - Code generation computes each type's facts (shape comment, elements per sample) once per type
   object, and its text is the same when every node has a type object of its own.
-- A large forward's code object is copied after compiling (the compiler's memory is freed); the
-  copy computes the same values and keeps its lines for tracebacks and `inspect`.
+- A long forward is written and compiled in parts: see test_forward_parts.py.
 """
 
 from __future__ import annotations
@@ -128,29 +127,3 @@ def test_a_name_that_is_no_identifier_is_still_refused() -> None:
     graph.nodes["fc"].variable = "fc\n"  # `$` in a pattern would let it through
     with pytest.raises(AssertionError, match="unvalidated name reached codegen: 'fc\\\\n'"):
         generate_forward(graph)
-
-
-def test_a_large_forward_runs_and_shows_its_lines_like_a_small_one() -> None:
-    """Lowering copies a large forward's code object (to free the compiler's memory): the copy
-    computes what the layers compute and keeps its source for tracebacks and inspect."""
-    import inspect
-    import linecache
-
-    import torch
-
-    import resgraph
-    from resgraph.lower import _LARGE_SOURCE
-
-    model = resgraph.build(chain(1600, width=4), seed=0)
-    assert len(model.code) > _LARGE_SOURCE
-    x = torch.randn(2, 4)
-    values = {"x": x}
-    with torch.no_grad():
-        for i in range(1600):
-            values[f"l{i}"] = getattr(model, f"l{i}")(values[f"l{i - 1}"] if i else x)
-            if i >= 2 and i % 2 == 0:  # skip s{i-2}: l{i-2} added into l{i}
-                values[f"l{i}"] = values[f"l{i}"] + values[f"l{i - 2}"]
-        assert torch.allclose(model(x), values["l1599"], rtol=1e-4, atol=1e-5)
-    forward = type(model).forward
-    assert inspect.getsource(forward) == model.code
-    assert linecache.getline(forward.__code__.co_filename, 4).strip() == "l0 = self.l0(x)  # (N, 4)"
