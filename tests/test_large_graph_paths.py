@@ -5,6 +5,7 @@
 - Code generation computes each type's facts (shape comment, elements per sample) once per type
   object, and its text is the same when every node has a type object of its own.
 - A long forward is written and compiled in parts: see test_forward_parts.py.
+- The typed spec holds the layer and skip entries as given, not copies, and nothing changes them.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from typing import Any
 
 import pytest
 
+import resgraph
 import resgraph.codegen as codegen
+from conftest import BUILDING_EXAMPLES, EXAMPLES, small_params
 from resgraph.codegen import generate_forward, in_place_adds
+from resgraph.errors import SpecError
 from resgraph.graph import BlockNode, Graph, GraphBuilder, InputNode, LayerNode, SkipNode
 from resgraph.loader import Origin, SourceMap
 from resgraph.pipeline import check_loaded, load
@@ -127,3 +131,41 @@ def test_a_name_that_is_no_identifier_is_still_refused() -> None:
     graph.nodes["fc"].variable = "fc\n"  # `$` in a pattern would let it through
     with pytest.raises(AssertionError, match="unvalidated name reached codegen: 'fc\\\\n'"):
         generate_forward(graph)
+
+
+def test_the_typed_spec_holds_the_entries_as_given() -> None:
+    """A 10,000-layer spec's entries are not copied into the typed spec (the copy held 8 MiB for the
+    model's life): its layers and skips lists hold the very entries validated."""
+    spec = chain(6)
+    model = resgraph.build(spec, seed=0)
+    assert all(a is b for a, b in zip(model.spec.layers, spec["layers"], strict=True))
+    assert all(a is b for a, b in zip(model.spec.skips, spec["skips"], strict=True))
+
+
+@pytest.mark.parametrize("example", [*BUILDING_EXAMPLES, "tutorial_literal.yaml"])
+def test_checking_and_building_never_change_the_spec_given(example: str) -> None:
+    """Nothing resgraph does to a spec given as a dict changes it: the typed spec holds its entries,
+    and every stage only reads them (a failing build too: tutorial_literal)."""
+    path = EXAMPLES / example
+    data = load(path).data
+    before = copy.deepcopy(data)
+    try:
+        model = resgraph.build(data, params=small_params(example), file=str(path), device="meta")
+        resgraph.summary(model)
+        resgraph.to_python(model)
+    except SpecError:
+        assert example == "tutorial_literal.yaml"
+    else:
+        assert example != "tutorial_literal.yaml"
+    assert data == before
+
+
+def test_a_spec_with_invalid_entries_is_not_changed_by_their_removal() -> None:
+    spec = chain(6)
+    spec["layers"][2] = {"l2": {"op": "Linear", "out_features": "eight"}}
+    spec["skips"].append({"bad name": {"from": "l0", "to": "l1"}})
+    before = copy.deepcopy(spec)
+    with pytest.raises(SpecError) as failure:
+        resgraph.build(spec)
+    assert len(failure.value.diagnostics) >= 2
+    assert spec == before
