@@ -23,6 +23,7 @@ def forward(self, x):
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from typing import Any
@@ -152,23 +153,18 @@ def generate_forward(graph: Graph, *, shapes: bool = True, in_place: bool = True
                 lines.append(f"    del {', '.join(sorted(dies_at[index]))}")
         return lines
 
-    def live(start: int) -> list[str]:
-        """The variables made before statement `start` that it or a later one reads, or that are
-        returned: what flows from one part into the next, in the order they were made."""
-        return [var for var, made in first_write.items()
-                if made < start and (last_read.get(var, -1) >= start or var in returned)]
-
     header = f"def forward(self, {', '.join(graph.inputs)}):"
     if len(codes) <= MAX_STATEMENTS:
         lines = [header, *input_guard(graph), *body(range(len(codes))), f"    return {', '.join(returned)}"]
     else:
         lines = [header, *input_guard(graph)]
         parts = _parts(len(codes))
+        live = _live_at([part.start for part in parts], first_write, last_read, set(returned), len(codes))
         functions: list[str] = []
         for number, part in enumerate(parts, 1):
             name = f"{PART_PREFIX}{number}"
-            inputs = live(part.start)
-            outputs = returned if number == len(parts) else live(part.stop)
+            inputs = live[part.start]
+            outputs = returned if number == len(parts) else live[part.stop]
             call = f"self.{name}({', '.join(inputs)})"
             if number == len(parts):
                 lines.append(f"    return {call}")
@@ -182,6 +178,19 @@ def generate_forward(graph: Graph, *, shapes: bool = True, in_place: bool = True
     if shared is not None:
         shared["forward"] = source
     return source
+
+
+def _live_at(starts: list[int], first_write: dict[str, int], last_read: dict[str, int], returned: set[str],
+             end: int) -> dict[int, list[str]]:
+    """Part start -> the variables that flow into that part: made before it, and read by it or later,
+    or returned; in the order they were made. Each variable is placed at the starts it spans (a
+    scan of every variable per part would be quadratic: 150 parts of a 100,000-layer chain)."""
+    live: dict[int, list[str]] = {start: [] for start in starts}
+    for var, made in first_write.items():  # in the order the variables were made
+        used_until = end if var in returned else last_read.get(var, -1)
+        for start in starts[bisect.bisect_right(starts, made):bisect.bisect_right(starts, used_until)]:
+            live[start].append(var)
+    return live
 
 
 def _parts(count: int) -> list[range]:

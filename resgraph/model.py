@@ -35,8 +35,10 @@ class CompiledModule(GeneratedModule):
     """Base class of the modules `resgraph.build` returns (block instances are GeneratedModules).
 
     Attributes:
-        code: the source of the generated `forward` (also `type(model).code`).
-        spec: the validated spec the module was built from.
+        code: the source of the generated `forward` (also `type(model).code`), with its parts
+            (`_forward_part_1`, ...) after it when it is longer than `codegen.MAX_STATEMENTS`.
+        spec: the validated spec the module was built from. Its `layers` and `skips` hold the
+            entries given (of a dict spec: the dict's own; nothing in resgraph changes them).
         graph: the typed graph it was lowered from (each node's type in `node.meta["type"]`).
         build_record: the frozen `BuildRecord` that rebuilds it.
     """
