@@ -169,3 +169,46 @@ def test_a_spec_with_invalid_entries_is_not_changed_by_their_removal() -> None:
         resgraph.build(spec)
     assert len(failure.value.diagnostics) >= 2
     assert spec == before
+
+
+@pytest.fixture
+def evaluated(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The layer and skip templates `concrete` evaluates, in order."""
+    from resgraph import evaluate
+
+    seen: list[Any] = []
+    plain = evaluate.evaluate_tree
+
+    def counting(value: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(value)
+        return plain(value, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "evaluate_tree", counting)
+    return seen
+
+
+def test_equal_templates_without_expressions_are_evaluated_and_typed_once(evaluated: list[Any]) -> None:
+    graph = checked(chain(300))
+    layers = [t for t in evaluated if isinstance(t, dict) and "op" in t]
+    assert layers == [{"op": "Linear", "out_features": 8}]  # 1 of 300; each of the 149 skips differs
+    assert len([t for t in evaluated if isinstance(t, dict) and "from" in t]) == 149
+    assert all(graph.nodes[f"l{i}"].layer is graph.nodes["l0"].layer for i in range(300))
+
+
+def test_templates_with_expressions_are_evaluated_at_each_entry(evaluated: list[Any]) -> None:
+    spec = chain(30)
+    spec["params"] = {"width": 8}
+    spec["layers"] = [{f"l{i}": {"op": "Linear", "out_features": "${width}"}} for i in range(30)]
+    graph = checked(spec)
+    assert len([t for t in evaluated if isinstance(t, dict) and "op" in t]) == 30
+    assert all(graph.nodes[f"l{i}"].layer is graph.nodes["l0"].layer for i in range(30))  # equal results: one object
+
+
+def test_a_template_typed_as_written_is_scaled_once_and_another_written_as_its_result_is_scaled_too() -> None:
+    spec = {"resgraph": 1, "name": "Scaled", "scale": {"width": 0.5}, "inputs": {"x": [3, 8, 8]},
+            "layers": [{"c1": {"op": "Conv2d", "out_channels": 64, "kernel_size": 1}},
+                       {"c2": {"op": "Conv2d", "out_channels": 32, "kernel_size": 1}},
+                       {"c3": {"op": "Conv2d", "out_channels": 64, "kernel_size": 1}},
+                       {"c4": {"op": "Conv2d", "out_channels": 32, "kernel_size": 1}}]}
+    graph = checked(spec)
+    assert [graph.nodes[f"c{i}"].layer.out_channels for i in (1, 2, 3, 4)] == [32, 16, 32, 16]
