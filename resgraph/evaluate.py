@@ -218,15 +218,20 @@ def concrete(template: Any, model: type[T] | TypeAdapter[T], names: Mapping[str,
     written = _written_key(model, scale, template) if typed_bodies is not None else None
     if written is not None and written in typed_bodies:  # type: ignore[operator]
         return typed_bodies[written]  # type: ignore[index, no-any-return]
-    known, dependent = len(diagnostics), []
-    body = evaluate_tree(template, names, origin, diagnostics, _is_with, dependent)
-    if len(diagnostics) > known or dependent:
-        return None  # its expression errors are reported already (here or elsewhere)
+    if written is not None:
+        body = template  # nothing to evaluate (a copy would equal it)
+    else:
+        known, dependent = len(diagnostics), []
+        body = evaluate_tree(template, names, origin, diagnostics, _is_with, dependent)
+        if len(diagnostics) > known or dependent:
+            return None  # its expression errors are reported already (here or elsewhere)
     if is_left_out(body):
         return LEFT_OUT
     if scale is not None:
         body = scale_width(body, scale, template)
-    key = _frozen(model, body) if typed_bodies is not None else None
+    key = None
+    if typed_bodies is not None:  # equal bodies of different templates (`${w}` and 8) share one object too
+        key = (id(model), written[-1]) if written is not None and body is template else _frozen(model, body)
     if typed_bodies is not None and key is not None and key in typed_bodies:
         return typed_bodies[key]  # type: ignore[no-any-return]
     try:
@@ -280,9 +285,9 @@ def freeze(value: Any, literal: bool = False) -> Any:
         TypeError: a leaf cannot be a key, or, with `literal`, is an expression (`${...}`).
     """
     if isinstance(value, dict):
-        return (dict, tuple((k, freeze(v, literal)) for k, v in value.items()))
+        return (dict, tuple([(k, freeze(v, literal)) for k, v in value.items()]))
     if isinstance(value, list):
-        return (list, tuple(freeze(v, literal) for v in value))
+        return (list, tuple([freeze(v, literal) for v in value]))
     hash(value)
     if literal and expression_body(value) is not None:
         raise TypeError("an expression's value depends on the names it reads")

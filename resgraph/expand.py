@@ -306,10 +306,11 @@ class Expander:
               block: str | None = None, top_level: bool = False) -> Scope:
         layers: list[LayerItem] = []
         self.expanded += len(definition.layers) + len(definition.skips)
+        refused = self.spec.invalid_entries() if top_level else frozenset()
         for i, entry in enumerate(definition.layers):
             for layer_name, template in entry.items():
                 where = origin.child("layers", i, layer_name)
-                if top_level and self.spec.invalid_entry("layers", i):
+                if ("layers", i) in refused:
                     layers.append(LayerItem(layer_name, None, where))  # refused by validation, and reported there
                     continue
                 body = concrete(template, LAYER, names, where, self.diagnostics, self.spec.scale,
@@ -330,7 +331,7 @@ class Expander:
         for i, entry in enumerate(definition.skips):
             for skip_name, template in entry.items():
                 where = origin.child("skips", i, skip_name)
-                if top_level and self.spec.invalid_entry("skips", i):
+                if ("skips", i) in refused:
                     skips.append(SkipItem(skip_name, None, where))
                     continue
                 skip = concrete(template, Skip, names, where, self.diagnostics, typed_bodies=self.typed_bodies)

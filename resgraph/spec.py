@@ -246,9 +246,9 @@ class Spec(StrictModel):
     _invalid_entries: frozenset[tuple[str, int]] = PrivateAttr(default_factory=frozenset)
     _invalid_blocks: frozenset[str] = PrivateAttr(default_factory=frozenset)
 
-    def invalid_entry(self, section: str, index: int) -> bool:
-        """True for a `layers`/`skips` entry that validation refused (and reported)."""
-        return (section, index) in self._invalid_entries
+    def invalid_entries(self) -> frozenset[tuple[str, int]]:
+        """The `layers`/`skips` entries validation refused (and reported), as (section, index)."""
+        return self._invalid_entries
 
     def invalid_block(self, name: str) -> bool:
         """True for a block whose definition validation refused (and reported)."""

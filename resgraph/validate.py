@@ -52,7 +52,7 @@ def validate(loaded: LoadedSpec, params: Mapping[str, Any] | None = None,
         params: overrides of the spec's declared `params` (as from `--set NAME=VALUE`).
         diagnostics: where to report the mistakes that leave the rest of the spec usable: a
             layer or skip entry, or a block definition, that breaks the schema. They are marked
-            invalid in the returned spec (`Spec.invalid_entry`, `invalid_block`), so later stages
+            invalid in the returned spec (`Spec.invalid_entries`, `invalid_block`), so later stages
             skip them and what depends on them, and report everything else in the same run.
             Without it, any mistake raises.
     Returns:
