@@ -172,36 +172,42 @@ def test_a_spec_with_invalid_entries_is_not_changed_by_their_removal() -> None:
 
 
 @pytest.fixture
-def evaluated(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """The layer and skip templates `concrete` evaluates, in order."""
+def work(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
+    """The entry templates `concrete` evaluates, and the bodies it types, in order."""
     from resgraph import evaluate
 
-    seen: list[Any] = []
-    plain = evaluate.evaluate_tree
+    seen: dict[str, list[Any]] = {"evaluated": [], "typed": []}
+    evaluate_tree, validate_python = evaluate.evaluate_tree, type(evaluate.LAYER).validate_python
 
-    def counting(value: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append(value)
-        return plain(value, *args, **kwargs)
+    def evaluating(value: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(value, dict) and ("op" in value or "from" in value):
+            seen["evaluated"].append(value)
+        return evaluate_tree(value, *args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "evaluate_tree", counting)
+    def typing(self: Any, body: Any) -> Any:
+        seen["typed"].append(body)
+        return validate_python(self, body)
+
+    monkeypatch.setattr(evaluate, "evaluate_tree", evaluating)
+    monkeypatch.setattr(type(evaluate.LAYER), "validate_python", typing)
     return seen
 
 
-def test_equal_templates_without_expressions_are_evaluated_and_typed_once(evaluated: list[Any]) -> None:
+def test_equal_templates_without_expressions_are_typed_once_and_never_evaluated(work: dict[str, list[Any]]) -> None:
     graph = checked(chain(300))
-    layers = [t for t in evaluated if isinstance(t, dict) and "op" in t]
-    assert layers == [{"op": "Linear", "out_features": 8}]  # 1 of 300; each of the 149 skips differs
-    assert len([t for t in evaluated if isinstance(t, dict) and "from" in t]) == 149
+    assert work == {"evaluated": [], "typed": [{"op": "Linear", "out_features": 8}]}  # 1 of 300 layers
     assert all(graph.nodes[f"l{i}"].layer is graph.nodes["l0"].layer for i in range(300))
+    assert [graph.nodes[f"s{i}"].skip.source for i in range(0, 298, 2)] == [f"l{i}" for i in range(0, 298, 2)]
 
 
-def test_templates_with_expressions_are_evaluated_at_each_entry(evaluated: list[Any]) -> None:
+def test_templates_with_expressions_are_evaluated_at_each_entry(work: dict[str, list[Any]]) -> None:
     spec = chain(30)
     spec["params"] = {"width": 8}
-    spec["layers"] = [{f"l{i}": {"op": "Linear", "out_features": "${width}"}} for i in range(30)]
+    spec["layers"] = [{f"l{i}": {"op": "Linear", "out_features": "${width}" if i % 2 else 8}} for i in range(30)]
     graph = checked(spec)
-    assert len([t for t in evaluated if isinstance(t, dict) and "op" in t]) == 30
-    assert all(graph.nodes[f"l{i}"].layer is graph.nodes["l0"].layer for i in range(30))  # equal results: one object
+    assert len(work["evaluated"]) == 15  # the odd ones; the even ones are equal as written
+    assert work["typed"] == [{"op": "Linear", "out_features": 8}]  # equal results: typed once, one object
+    assert all(graph.nodes[f"l{i}"].layer is graph.nodes["l0"].layer for i in range(30))
 
 
 def test_a_template_typed_as_written_is_scaled_once_and_another_written_as_its_result_is_scaled_too() -> None:
