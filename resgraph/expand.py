@@ -470,7 +470,17 @@ class Expander:
         answer: tuple[frozenset[str], frozenset[str]] | None = None
         if known is not None and block not in stack:
             definition = known.definition
-            own = names_read([definition.params, definition.layers, definition.skips, definition.outputs])
+            parts: list[Any] = [definition.params, definition.skips, definition.outputs]
+            given: list[Any] = []  # a call's `with:`: evaluated per instance of that call, whose `index` it reads
+            for entry in definition.layers:
+                for template in entry.values():
+                    if isinstance(template, dict) and "op" not in template and "with" in template:
+                        parts.append({key: value for key, value in template.items() if key != "with"})
+                        given.append(template["with"])
+                    else:
+                        parts.append(template)
+            own, in_given = names_read(parts), names_read(given)
+            own = None if own is None or in_given is None else own | (in_given - {"index"})
             inner: set[str] | None = set()
             for entry in definition.layers:
                 for template in entry.values():

@@ -191,6 +191,35 @@ def test_the_models_built_are_the_ones_built_without_copies(spec: dict[str, Any]
         assert copied[key] == made[key], key
 
 
+# The inner call's `with:` reads `index`: the inner call's own instance index, evaluated per inner
+# instance. The outer block reads no name that varies, so its instances are equal.
+INNER_INDEX = {
+    "resgraph": 1, "name": "InnerIndex",
+    "blocks": {
+        "inner": {"params": {"w": "required"}, "layers": [{"fc": {"op": "Linear", "out_features": "${w}"}}]},
+        "outer": {"layers": [{"first": {"op": "Linear", "out_features": 8}},
+                             {"body": {"block": "inner", "repeat": 3, "with": {"w": "${8 + index}"}}},
+                             {"last": {"op": "Linear", "out_features": 8}}],
+                  "skips": [{"res": {"from": "x", "to": "last"}}]}},
+    "inputs": {"x": [8]},
+    "layers": [{"o": {"block": "outer", "repeat": 4}}]}
+
+
+def test_an_inner_calls_index_in_its_with_values_is_not_read_by_the_outer_block(
+        count_work: dict[str, int], no_reuse: Callable[[], None]) -> None:
+    x = torch.randn(2, 8)
+    copied = model_facts(resgraph.build(INNER_INDEX, seed=3), x)
+    assert count_work["instantiate"] == 1 + 3  # o.0 and its three inner instances; o.1-o.3 are copies
+    no_reuse()
+    made = model_facts(resgraph.build(INNER_INDEX, seed=3), x)
+    assert all(torch.equal(copied["state"][k], made["state"][k]) for k in made["state"])
+    assert torch.equal(copied["output"], made["output"])
+    for key in ("codes", "graph", "summary", "python", "sizes"):
+        assert copied[key] == made[key], key
+    model = resgraph.build(INNER_INDEX, seed=3)
+    assert [[model.o[i].body[j].fc.out_features for j in range(3)] for i in range(4)] == [[8, 9, 10]] * 4
+
+
 def test_copies_own_their_nodes_and_meta() -> None:
     graph = resgraph.check(mlp(4))
     instances = [instance for _, instance in graph.subgraphs()]
