@@ -159,26 +159,39 @@ def free_dims(declared: TensorType) -> list[tuple[int, str]]:
     return list(zip(axes, names))
 
 
-def _to_hints(graph: Graph, sizes: dict[int, Any] | None = None) -> dict[int, Any]:
+def _to_hints(graph: Graph, sizes: dict[int, Any] | None = None,
+              hinted: dict[int, tuple[TensorType, TensorType]] | None = None) -> dict[int, Any]:
     """Every node's type at the declared size, in block instances too; returns the distinct symbolic
     sizes the nodes had (by identity of their expressions)."""
     sizes = {} if sizes is None else sizes
+    hinted = {} if hinted is None else hinted  # id(type) -> (type, kept alive; its hints), so shared stays shared
     # A type of plain ints is its own hint: it is kept (and stays shared, see _Memo), not copied.
     for node in graph.nodes.values():
-        if "type" in node.meta and not _plain([node.meta["type"]]):
-            for dim in node.meta["type"].shape:
-                if isinstance(dim, SymInt):
-                    sizes.setdefault(id(dim.expr), dim.expr)
-            node.meta["type"] = node.meta["type"].hints()
+        if "type" in node.meta:
+            node.meta["type"] = _hinted(node.meta["type"], sizes, hinted)
         if "types" in node.meta and not _plain(node.meta["types"]):
-            node.meta["types"] = [t.hints() for t in node.meta["types"]]
+            node.meta["types"] = [_hinted(t, sizes, hinted) for t in node.meta["types"]]
         if isinstance(node, SkipNode) and "projection" in node.meta and not _plain([node.meta["projection"].output]):
             plan = node.meta["projection"]
-            node.meta["projection"] = replace(plan, output=plan.output.hints())
+            node.meta["projection"] = replace(plan, output=_hinted(plan.output, sizes, hinted))
         if isinstance(node, BlockNode):
             for instance in node.instances:
-                _to_hints(instance, sizes)
+                _to_hints(instance, sizes, hinted)
     return sizes
+
+
+def _hinted(kind: TensorType, sizes: dict[int, Any], hinted: dict[int, tuple[TensorType, TensorType]]) -> TensorType:
+    """`kind.hints()`, once per type object (equal instances' copies share their types), recording its
+    symbolic sizes in `sizes`."""
+    if _plain([kind]):
+        return kind
+    known = hinted.get(id(kind))
+    if known is None:
+        for dim in kind.shape:
+            if isinstance(dim, SymInt):
+                sizes.setdefault(id(dim.expr), dim.expr)
+        known = hinted[id(kind)] = (kind, kind.hints())
+    return known[1]
 
 
 def _infer_block(graph: Graph, node: BlockNode, inputs: list[TensorType], diagnostics: list[Diagnostic],
