@@ -338,17 +338,27 @@ print(time.perf_counter() - start, (kib("VmHWM") - base) / 1024)
 """
 
 
+SCALING_ROUNDS = 3  # fresh processes per stage and size; the median is reported (one process is one sample)
+
+
 def scaling(quick: bool) -> list[dict[str, Any]]:
     """Time and peak memory (resident, so torch's allocations count) to validate, infer shapes
-    and fully build n-layer chains, each stage in a fresh process."""
+    and fully build n-layer chains, each stage in a fresh process: the median of SCALING_ROUNDS
+    rounds, the stages' order reversed every other round."""
     rows = []
     for n in ((100, 300) if quick else (1_000, 10_000, 100_000)):
         row: dict[str, Any] = {"layers": n, "nodes": n + len(chain(n)["skips"]) + 1}
-        for name, stage in STAGES.items():
-            code = SCALING_PROBE.format(root=str(ROOT), n=n, stage=stage)
-            result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-            seconds, mib = result.stdout.split()
-            row[f"{name}_s"], row[f"{name}_peak_mib"] = float(seconds), float(mib)
+        samples: dict[str, list[tuple[float, float]]] = {name: [] for name in STAGES}
+        for round_ in range(1 if quick else SCALING_ROUNDS):
+            for name in (list(STAGES) if round_ % 2 == 0 else list(reversed(STAGES))):
+                code = SCALING_PROBE.format(root=str(ROOT), n=n, stage=STAGES[name])
+                result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+                seconds, mib = result.stdout.split()
+                samples[name].append((float(seconds), float(mib)))
+        for name, taken in samples.items():
+            row[f"{name}_s"] = statistics.median(seconds for seconds, _ in taken)
+            row[f"{name}_peak_mib"] = statistics.median(mib for _, mib in taken)
+        row["rounds"] = [{name: taken[i] for name, taken in samples.items()} for i in range(len(samples["build"]))]
         rows.append(row)
     return rows
 
@@ -465,8 +475,9 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [f"| {stage} | {seconds:.3f} |" for stage, seconds in results["build"]["stages"].items()]
     if "scaling" in results:
         lines += ["", "Scaling (chains of Linear layers with a skip every two layers; time, and peak memory added",
-                  "by the stage, each stage in a fresh process; the floor constructs the same Linear modules",
-                  "directly):", "",
+                  "by the stage, each stage in a fresh process, the median of "
+                  f"{len(results['scaling'][0]['rounds'])} such processes; the floor constructs the same",
+                  "Linear modules directly):", "",
                   "| layers | nodes | validate | infer shapes | full build | torch floor "
                   "| build / floor: time, memory |",
                   "|---|---|---|---|---|---|---|"]
