@@ -35,8 +35,8 @@ from .projections import ProjectionPlan, step_code
 from .sizes import SizeReport
 from .symbolic import SymInt
 
-__all__ = ["FRESH_OUTPUT_OPS", "HELPERS", "MAX_STATEMENTS", "PART_PREFIX", "generate_forward", "helpers_used",
-           "in_place_adds", "input_guard", "shape_comment"]
+__all__ = ["FRESH_OUTPUT_OPS", "HELPERS", "MAX_STATEMENTS", "PART_PREFIX", "functions_of", "generate_forward",
+           "helpers_used", "in_place_adds", "input_guard", "shape_comment"]
 
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # whole names only: fullmatch (`$` would allow "x\n")
 LARGE = 16_384  # elements per sample (64 KiB of float32) from which freeing a value early pays
@@ -144,40 +144,62 @@ def generate_forward(graph: Graph, *, shapes: bool = True, in_place: bool = True
         if worth_it and var not in returned and last_write.get(var, -1) <= index < len(codes) - 1:
             dies_at.setdefault(index, []).append(var)
 
-    def body(part: range) -> list[str]:
-        lines = []
-        for index in part:
-            comment = comments[index]
-            lines.append(f"    {codes[index]}  # {comment}" if comment else f"    {codes[index]}")
-            if index in dies_at:
-                lines.append(f"    del {', '.join(sorted(dies_at[index]))}")
-        return lines
-
-    header = f"def forward(self, {', '.join(graph.inputs)}):"
+    body = [[f"    {code}  # {comment}" if comment else f"    {code}"] for code, comment in zip(codes, comments)]
+    for index, dying in dies_at.items():
+        body[index].append(f"    del {', '.join(sorted(dying))}")
+    lines = [f"def forward(self, {', '.join(graph.inputs)}):", *input_guard(graph)]
     if len(codes) <= MAX_STATEMENTS:
-        lines = [header, *input_guard(graph), *body(range(len(codes))), f"    return {', '.join(returned)}"]
+        lines += [line for statement in body for line in statement]
+        lines.append(f"    return {', '.join(returned)}")
     else:
-        lines = [header, *input_guard(graph)]
         parts = _parts(len(codes))
         live = _live_at([part.start for part in parts], first_write, last_read, set(returned), len(codes))
-        functions: list[str] = []
-        for number, part in enumerate(parts, 1):
-            name = f"{PART_PREFIX}{number}"
-            inputs = live[part.start]
-            outputs = returned if number == len(parts) else live[part.stop]
-            call = f"self.{name}({', '.join(inputs)})"
-            if number == len(parts):
-                lines.append(f"    return {call}")
-            else:
-                lines.append(f"    {', '.join(outputs)} = {call}" if outputs else f"    {call}")
-            functions += ["", f"def {name}(self{''.join(f', {var}' for var in inputs)}):", *body(part)]
-            if outputs:
-                functions.append(f"    return {', '.join(outputs)}")
-        lines += functions
+        lines += _write_parts(body, parts, live, returned)
     source = "\n".join(lines) + "\n"
     if shared is not None:
         shared["forward"] = source
     return source
+
+
+def _write_parts(body: list[list[str]], parts: list[range], live: dict[int, list[str]],
+                 returned: list[str]) -> list[str]:
+    """The rest of a long forward: a call of each part in turn, then the parts' methods.
+
+    A part takes the values that flow into it and returns the ones that flow out. `forward` holds
+    the values it passes until the part returns, then deletes those the part did not return: at
+    any time it holds one boundary's values beyond what one function would (a part's own `del`
+    lines free the values it makes).
+    """
+    calls: list[str] = []
+    functions: list[str] = []
+    for number, part in enumerate(parts, 1):
+        name = f"{PART_PREFIX}{number}"
+        inputs = live[part.start]
+        last = number == len(parts)
+        outputs = returned if last else live[part.stop]
+        call = f"self.{name}({', '.join(inputs)})"
+        if last:
+            calls.append(f"    return {call}")
+        else:
+            calls.append(f"    {', '.join(outputs)} = {call}" if outputs else f"    {call}")
+            passed_on = set(outputs)
+            done = [var for var in inputs if var not in passed_on]
+            if done:
+                calls.append(f"    del {', '.join(done)}")
+        functions += ["", f"def {name}(self{''.join(f', {var}' for var in inputs)}):"]
+        functions += [line for index in part for line in body[index]]
+        if outputs:
+            functions.append(f"    return {', '.join(outputs)}")
+    return calls + functions
+
+
+def functions_of(source: str) -> list[tuple[str, int, str]]:
+    """(name, index of its first line, text) of each function in a generated source: `forward`,
+    then its parts. Each top-level `def` starts a function (the bodies are indented)."""
+    lines = source.splitlines(keepends=True)
+    starts = [number for number, line in enumerate(lines) if line.startswith("def ")]
+    return [(lines[start][4:lines[start].index("(")], start, "".join(lines[start:stop]))
+            for start, stop in zip(starts, [*starts[1:], len(lines)])]
 
 
 def _live_at(starts: list[int], first_write: dict[str, int], last_read: dict[str, int], returned: set[str],

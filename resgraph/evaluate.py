@@ -219,7 +219,9 @@ def concrete(template: Any, model: type[T] | TypeAdapter[T], names: Mapping[str,
     if written is not None and written in typed_bodies:  # type: ignore[operator]
         return typed_bodies[written]  # type: ignore[index, no-any-return]
     if written is not None:
-        body = template  # nothing to evaluate (a copy would equal it)
+        # Nothing to evaluate; typed from a copy all the same: the template may be the caller's own
+        # data, and a typed body may keep its lists (a generic layer's arguments).
+        body = copied = _copy_data(template)
     else:
         known, dependent = len(diagnostics), []
         body = evaluate_tree(template, names, origin, diagnostics, _is_with, dependent)
@@ -231,7 +233,7 @@ def concrete(template: Any, model: type[T] | TypeAdapter[T], names: Mapping[str,
         body = scale_width(body, scale, template)
     key = None
     if typed_bodies is not None:  # equal bodies of different templates (`${w}` and 8) share one object too
-        key = (id(model), written[-1]) if written is not None and body is template else _frozen(model, body)
+        key = _body_key(model, written[-1]) if written is not None and body is copied else _frozen(model, body)
     if typed_bodies is not None and key is not None and key in typed_bodies:
         return typed_bodies[key]  # type: ignore[no-any-return]
     try:
@@ -263,33 +265,47 @@ def _frozen(model: Any, body: Any) -> Any:
     """A hashable key equal for equal bodies typed by the same model, or None when `body` holds a
     value that cannot be a key."""
     try:
-        return (id(model), freeze(body))
+        return _body_key(model, freeze(body))
     except TypeError:
         return None
+
+
+def _body_key(model: Any, frozen: Any) -> tuple[int, Any]:
+    """The key of a body typed by `model`, from the body's `freeze`."""
+    return (id(model), frozen)
 
 
 def _written_key(model: Any, scale: Scale | None, template: Any) -> Any:
     """A hashable key equal for equal templates typed by the same model and scale, or None when the
     template holds an expression (its value depends on the names it reads) or an unhashable value."""
     try:
-        return ("as written", id(model), id(scale), freeze(template, literal=True))
+        return ("as written", id(model), id(scale), freeze(template, refuse_expressions=True))
     except TypeError:
         return None
 
 
-def freeze(value: Any, literal: bool = False) -> Any:
+def _copy_data(value: Any) -> Any:
+    """A copy of spec data's dicts and lists (its leaves are immutable)."""
+    if isinstance(value, dict):
+        return {k: _copy_data(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_data(v) for v in value]
+    return value
+
+
+def freeze(value: Any, refuse_expressions: bool = False) -> Any:
     """`value` (spec data) as nested tuples: a key equal for equal values. Each leaf is keyed with its
     type: 1, 1.0 and True are equal in Python but not to the models.
 
     Raises:
-        TypeError: a leaf cannot be a key, or, with `literal`, is an expression (`${...}`).
+        TypeError: a leaf cannot be a key, or is an expression (`${...}`) with `refuse_expressions`.
     """
     if isinstance(value, dict):
-        return (dict, tuple([(k, freeze(v, literal)) for k, v in value.items()]))
+        return (dict, tuple([(k, freeze(v, refuse_expressions)) for k, v in value.items()]))
     if isinstance(value, list):
-        return (list, tuple([freeze(v, literal) for v in value]))
+        return (list, tuple([freeze(v, refuse_expressions) for v in value]))
     hash(value)
-    if literal and expression_body(value) is not None:
+    if refuse_expressions and expression_body(value) is not None:
         raise TypeError("an expression's value depends on the names it reads")
     if isinstance(value, float):  # -0.0 == 0.0, but a summary shows them apart
         return (float, value, math.copysign(1.0, value))

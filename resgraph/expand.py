@@ -306,7 +306,7 @@ class Expander:
               block: str | None = None, top_level: bool = False) -> Scope:
         layers: list[LayerItem] = []
         self.expanded += len(definition.layers) + len(definition.skips)
-        refused = self.spec.invalid_entries() if top_level else frozenset()
+        refused = self.spec.invalid_entries if top_level else frozenset()
         for i, entry in enumerate(definition.layers):
             for layer_name, template in entry.items():
                 where = origin.child("layers", i, layer_name)

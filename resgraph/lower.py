@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from .codegen import HELPERS, generate_forward, helpers_used
+from .codegen import HELPERS, functions_of, generate_forward, helpers_used
 from .errors import Diagnostic, SpecError, UsageError
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
 from .ownership import Owns, owns, tied_parameters
@@ -182,18 +182,15 @@ def _generated_class(name: str, source: str, base: type[GeneratedModule]) -> typ
     digest = hashlib.sha1(source.encode()).hexdigest()[:10]
     filename = f"<resgraph-generated {name} {digest}>"
     # Register the source so tracebacks and inspect.getsource show the generated lines.
-    lines = source.splitlines(keepends=True)
-    linecache.cache[filename] = (len(source), None, lines, filename)
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
     namespace: dict[str, Any] = {"torch": torch}
     for helper in helpers_used(source):  # functions the forward calls (codegen.HELPERS)
         exec(compile(HELPERS[helper], f"<resgraph helper {helper}>", "exec"), namespace)
     # One function at a time (a long forward comes in parts: see codegen.MAX_STATEMENTS), each
     # at its own lines of the source, so the compiler's memory stays that of one part.
-    starts = [number for number, line in enumerate(lines) if line.startswith("def ")]
     methods: dict[str, Any] = {"code": source, "__module__": "resgraph.generated"}
-    for start, stop in zip(starts, [*starts[1:], len(lines)]):
-        exec(compile("\n" * start + "".join(lines[start:stop]), filename, "exec"), namespace)  # validated names
-        function_name = lines[start][4:lines[start].index("(")]
+    for function_name, first_line, text in functions_of(source):
+        exec(compile("\n" * first_line + text, filename, "exec"), namespace)  # source holds only validated names
         function = methods[function_name] = namespace.pop(function_name)
         function.__qualname__ = f"{name}.{function_name}"
     return type(name, (base,), methods)

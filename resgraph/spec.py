@@ -11,17 +11,27 @@ templates (they may hold `${...}` expressions over parameters), at the top level
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from enum import Enum
 from functools import cache
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import Discriminator, Field, PrivateAttr, SkipValidation, Tag, WithJsonSchema, model_validator
+from pydantic import (
+    AfterValidator,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    SkipValidation,
+    Tag,
+    WithJsonSchema,
+    model_validator,
+)
 
 from .errors import UsageError
 from .expressions import make_divisible
 from .ops import OPS, GenericLayer, Identifier, Layout, Merge, Reference, StrictModel
-from .ops.base import DTYPES
+from .ops.base import DTYPES, IDENTIFIER_PATTERN
 from .suggest import did_you_mean
 
 __all__ = ["REQUIRED", "BlockCall", "BlockDef", "BlockLibrary", "Defaults", "InputDecl", "Projection",
@@ -136,12 +146,34 @@ SkipTemplate = Annotated[dict[str, Any], WithJsonSchema({"$ref": "#/$defs/Skip"}
 def _one_key(body: Any, what: str) -> Any:
     """A `- NAME: body` list entry: a mapping with exactly one valid name.
 
-    The JSON Schema states this and validation checks it there (`schema_check`); the typed model
-    keeps each entry as given instead of copying it: entries are templates, only read (expansion
-    types each body), and a copy of a 10,000-layer spec's entries held 8 MiB for the model's life.
+    The typed model keeps each entry as given instead of copying it: entries are templates, only
+    read (expansion types each body from a copy), and a copy of a 10,000-layer spec's entries held
+    8 MiB for the model's life. The annotations in order: the schema's constraints, pydantic's
+    validation skipped (it would copy), the schema's wording, and `_entry_as_given`'s check.
     """
     return Annotated[dict[Identifier, body], Field(min_length=1, max_length=1), SkipValidation,
-                     Field(json_schema_extra={"additionalProperties": False, "description": what})]
+                     Field(json_schema_extra={"additionalProperties": False, "description": what}),
+                     AfterValidator(_entry_as_given)]
+
+
+_NAME = re.compile(IDENTIFIER_PATTERN)
+
+
+def _entry_as_given(entry: Any) -> Any:
+    """`entry` itself when it is one `NAME: {...}` pair with a valid name (the JSON Schema checks a
+    spec's entries before this, and words its errors; this guards models built directly).
+
+    Raises:
+        ValueError: anything else.
+    """
+    if not isinstance(entry, dict) or len(entry) != 1:
+        raise ValueError("an entry is one `NAME: {...}` pair")
+    ((name, body),) = entry.items()
+    if not isinstance(name, str) or len(name) > 128 or not _NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a valid name (a letter, then letters, digits and _)")
+    if not isinstance(body, dict):
+        raise ValueError(f"{name}: the body is a mapping, not {type(body).__name__}")
+    return entry
 
 
 LAYER_ENTRY = "- NAME: {op: ..., arguments} or - NAME: {block: ..., repeat: N, with: {...}}"
@@ -246,6 +278,7 @@ class Spec(StrictModel):
     _invalid_entries: frozenset[tuple[str, int]] = PrivateAttr(default_factory=frozenset)
     _invalid_blocks: frozenset[str] = PrivateAttr(default_factory=frozenset)
 
+    @property
     def invalid_entries(self) -> frozenset[tuple[str, int]]:
         """The `layers`/`skips` entries validation refused (and reported), as (section, index)."""
         return self._invalid_entries

@@ -13,6 +13,7 @@ import linecache
 import pathlib
 import re
 import traceback
+import weakref
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from test_export import example_inputs, import_file
 import resgraph
 import resgraph.codegen as codegen
 from conftest import BUILDING_EXAMPLES, EXAMPLES, small_params
-from resgraph.codegen import PART_PREFIX, generate_forward
+from resgraph.codegen import PART_PREFIX, functions_of, generate_forward
 from resgraph.graph import GraphBuilder
 from resgraph.lower import lower
 from resgraph.shapes import infer_shapes
@@ -36,25 +37,21 @@ def chain(n: int, width: int = 4) -> dict[str, Any]:
 
 
 def functions(source: str) -> dict[str, list[str]]:
-    """Each top-level function of a generated source -> its lines."""
-    found: dict[str, list[str]] = {}
-    for line in source.splitlines():
-        if line.startswith("def "):
-            current = found.setdefault(line[4:line.index("(")], [])
-        if line:
-            current.append(line)
-    return found
+    """Each function of a generated source -> its non-empty lines."""
+    return {name: [line for line in text.splitlines() if line] for name, _, text in functions_of(source)}
 
 
 def statements(source: str) -> list[str]:
     """The computing statements of a generated source, in order, with the parts' calls, parameters
     and returns left out: what one function and its parts must have alike."""
     kept = []
-    for lines in functions(source).values():
+    for name, lines in functions(source).items():
         for line in lines[1:]:
             text = line.strip()
             if PART_PREFIX in text or text.startswith(("return", "if not torch.compiler", "raise ValueError")):
                 continue
+            if name == "forward" and PART_PREFIX in source and text.startswith("del "):
+                continue  # what forward lets go of after a part: no statement of one function
             kept.append(text)
     return kept
 
@@ -107,6 +104,7 @@ def test_values_pass_between_parts_in_the_order_they_were_made_and_only_while_re
         f"    x, a = self.{PART_PREFIX}1(x)\n"
         f"    x, a, b, c = self.{PART_PREFIX}2(x, a)\n"
         f"    a, b, e = self.{PART_PREFIX}3(x, a, b, c)\n"
+        "    del x, c\n"
         f"    return self.{PART_PREFIX}4(a, b, e)\n"
         "\n"
         f"def {PART_PREFIX}1(self, x):\n"
@@ -135,7 +133,7 @@ def test_values_pass_between_parts_in_the_order_they_were_made_and_only_while_re
         assert torch.equal(b_, module.b(a)) and torch.equal(f, module.f(module.e(x) + a))
 
 
-def test_large_values_die_inside_their_part_after_their_last_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_large_values_made_in_a_part_die_there_after_their_last_reader(monkeypatch: pytest.MonkeyPatch) -> None:
     b = GraphBuilder("Net")
     b.input("x", [16_384])  # LARGE: each value is deleted after its last reader
     for name in "abcdef":
@@ -149,6 +147,32 @@ def test_large_values_die_inside_their_part_after_their_last_reader(monkeypatch:
     assert parts[f"{PART_PREFIX}2"][1:] == ["    d = self.d(c)  # (N, 16384)", "    del c",
                                             "    e = self.e(d)  # (N, 16384)", "    del d",
                                             "    f = self.f(e)  # (N, 16384)", "    return f"]
+
+
+def values_alive_at_the_last_layer(model: torch.nn.Module, layers: int, width: int) -> int:
+    """How many layer outputs are still referenced when the last layer runs (no autograd)."""
+    made: list[weakref.ref[torch.Tensor]] = []
+    alive: list[int] = []
+    for i in range(layers):
+        module = getattr(model, f"t{i}")
+        module.register_forward_hook(lambda _, args, out: made.append(weakref.ref(out)))
+    getattr(model, f"t{layers - 1}").register_forward_pre_hook(
+        lambda *_: alive.append(sum(ref() is not None for ref in made)))
+    with torch.no_grad():
+        model(torch.randn(1, width))
+    return alive[0]
+
+
+@pytest.mark.parametrize("layers", [12, 48])
+def test_a_forward_in_parts_holds_at_most_one_boundarys_values_more_than_one_function(
+        layers: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = {"resgraph": 1, "name": "Tanhs", "inputs": {"x": [16_384]},  # LARGE: each value dies after its reader
+            "layers": [{f"t{i}": {"op": "Tanh"}} for i in range(layers)]}
+    whole = values_alive_at_the_last_layer(resgraph.build(spec), layers, 16_384)
+    monkeypatch.setattr(codegen, "MAX_STATEMENTS", 3)
+    split = resgraph.build(spec)
+    assert f"{PART_PREFIX}{layers // 3}" in split.code
+    assert values_alive_at_the_last_layer(split, layers, 16_384) <= whole + 1  # the value passed into the part
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import pickle
+import re
 from typing import Any
 
 import pytest
+import torch
 
 import resgraph
 import resgraph.codegen as codegen
@@ -218,3 +220,33 @@ def test_a_template_typed_as_written_is_scaled_once_and_another_written_as_its_r
                        {"c4": {"op": "Conv2d", "out_channels": 32, "kernel_size": 1}}]}
     graph = checked(spec)
     assert [graph.nodes[f"c{i}"].layer.out_channels for i in (1, 2, 3, 4)] == [32, 16, 32, 16]
+
+
+def test_changing_a_dict_spec_after_the_build_changes_nothing_built() -> None:
+    """The typed spec holds the entries given, but the graph, code and summary were typed from
+    copies: lists a layer keeps (a generic op's arguments) are its own."""
+    spec = {"resgraph": 1, "name": "Padded", "inputs": {"x": [3, 8, 8]},
+            "layers": [{"pad": {"op": "ConstantPad2d", "padding": [1, 1, 1, 1], "value": 0.0}},
+                       {"pad2": {"op": "ConstantPad2d", "padding": [1, 1, 1, 1], "value": 0.0}}]}
+    model = resgraph.build(spec)
+    before = (str(resgraph.summary(model)), model.code, repr(model.graph.nodes["pad"].layer))
+    spec["layers"][0]["pad"]["padding"][:] = [7, 7, 7, 7]
+    assert (str(resgraph.summary(model)), model.code, repr(model.graph.nodes["pad"].layer)) == before
+    assert model(torch.randn(1, 3, 8, 8)).shape == (1, 3, 12, 12)
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ({}, "an entry is one `NAME: {...}` pair"), ("fc", "an entry is one `NAME: {...}` pair"),
+    ({"a": {}, "b": {}}, "an entry is one `NAME: {...}` pair"),
+    ({"bad name": {}}, "'bad name' is not a valid name"), ({"fc": 3}, "fc: the body is a mapping, not int")])
+def test_a_spec_model_built_directly_still_refuses_malformed_entries(entry: Any, message: str) -> None:
+    from pydantic import ValidationError
+
+    from resgraph.spec import BlockDef, Spec
+
+    for section in ("layers", "skips"):
+        with pytest.raises(ValidationError, match=re.escape(message)):
+            Spec.model_validate({"resgraph": 1, "name": "N", "inputs": {"x": [4]},
+                                 "layers": [{"fc": {"op": "Linear", "out_features": 4}}], section: [entry]})
+        with pytest.raises(ValidationError, match=re.escape(message)):
+            BlockDef.model_validate({"layers": [{"fc": {"op": "Linear", "out_features": 4}}], section: [entry]})
