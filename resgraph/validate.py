@@ -88,6 +88,27 @@ def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics:
     return spec.with_invalid(frozenset(entries), frozenset(blocks))
 
 
+def _keys_not_strings(value: Any, path: Path) -> list[tuple[Path, Any]]:
+    """(path of the mapping, key) of every mapping key in `value` that is not a string."""
+    found: list[tuple[Path, Any]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str):
+                found += _keys_not_strings(item, (*path, key))
+            else:
+                found.append((path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _keys_not_strings(item, (*path, index))
+    return found
+
+
+def _dotted(path: Path) -> str:
+    """`layers[0].fc` for ("layers", 0, "fc"); `the spec` for the top level."""
+    text = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path).lstrip(".")
+    return text or "the spec"
+
+
 def _invalid_parts(paths: list[Path]) -> tuple[set[tuple[str, int]], set[str], bool]:
     """Which top-level entries and blocks schema errors at `paths` fall in, and whether any falls
     elsewhere (then nothing can be typed: the error is fatal)."""
@@ -253,6 +274,10 @@ def _schema_problems(data: Any, source: SourceMap, root: str = "spec") -> tuple[
 
 def _jsonschema_problems(data: Any, source: SourceMap, root: str) -> tuple[list[Diagnostic], list[Path]]:
     """`_schema_problems` from jsonschema's own walk of the document."""
+    odd_keys = _keys_not_strings(data, ())
+    if odd_keys:  # (only a dict spec can have them; jsonschema cannot walk such a document)
+        return [Diagnostic(source.locate(path), f"{_dotted(path)}: mapping key {key!r} must be a string")
+                for path, key in odd_keys], [path for path, _ in odd_keys]
     result, paths = [], []
     shell, bodies = _validators(root)
     errors = list(shell.iter_errors(data))

@@ -138,3 +138,34 @@ def test_hostile_inputs_are_refused_quickly_within_bounded_memory(name: str, tmp
     assert verdict.startswith("refused:")
     # Each case takes at most about 2 s on a busy 2-core machine: 20 s guards against a hang only.
     assert float(seconds) < 20.0 and int(peak_kib) < 300 * 1024
+
+
+@pytest.mark.parametrize(("where", "key", "message"), [
+    ("layers", 1, "layers[0]: mapping key 1 must be a string"),
+    ("top", 2.5, "the spec: mapping key 2.5 must be a string"),
+    ("params", None, "params: mapping key None must be a string"),
+    ("with", 3, "layers[1].c.with: mapping key 3 must be a string"),
+    ("body", (1, 2), "layers[0].fc: mapping key (1, 2) must be a string")])
+def test_a_dict_spec_with_keys_that_are_not_strings_is_refused_where_they_stand(where: str, key: object,
+                                                                                message: str) -> None:
+    """A spec given as a dict may hold any key (YAML's refusal is above); each non-string one is
+    an error naming where it stands, not a crash in the schema check."""
+    import resgraph
+
+    spec: dict = {"resgraph": 1, "name": "N", "inputs": {"x": [4]},
+                  "blocks": {"b": {"layers": [{"fc": {"op": "Linear", "out_features": 4}}]}},
+                  "layers": [{"fc": {"op": "Linear", "out_features": 4}}, {"c": {"block": "b", "with": {}}}]}
+    if where == "layers":
+        spec["layers"][0] = {key: {"op": "Linear", "out_features": 4}}
+    elif where == "top":
+        spec[key] = 1
+    elif where == "params":
+        spec["params"] = {key: 3}
+    elif where == "with":
+        spec["layers"][1]["c"]["with"] = {key: 1}
+    else:
+        spec["layers"][0]["fc"][key] = 3
+    with pytest.raises(SpecError) as failure:
+        resgraph.build(spec)
+    assert [d.message for d in failure.value.diagnostics] == [message]
+    assert str(failure.value) == f"<dict>: error: {message}"
