@@ -31,7 +31,7 @@ from pydantic import (
 from .errors import UsageError
 from .expressions import make_divisible
 from .ops import OPS, GenericLayer, Identifier, Layout, Merge, Reference, StrictModel
-from .ops.base import DTYPES, IDENTIFIER_PATTERN
+from .ops.base import DTYPES, IDENTIFIER_MAX_LENGTH, IDENTIFIER_PATTERN
 from .suggest import did_you_mean
 
 __all__ = ["REQUIRED", "BlockCall", "BlockDef", "BlockLibrary", "Defaults", "InputDecl", "Projection",
@@ -169,7 +169,7 @@ def _entry_as_given(entry: Any) -> Any:
     if not isinstance(entry, dict) or len(entry) != 1:
         raise ValueError("an entry is one `NAME: {...}` pair")
     ((name, body),) = entry.items()
-    if not isinstance(name, str) or len(name) > 128 or not _NAME.fullmatch(name):
+    if not isinstance(name, str) or len(name) > IDENTIFIER_MAX_LENGTH or not _NAME.fullmatch(name):
         raise ValueError(f"{name!r} is not a valid name (a letter, then letters, digits and _)")
     if not isinstance(body, dict):
         raise ValueError(f"{name}: the body is a mapping, not {type(body).__name__}")

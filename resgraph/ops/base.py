@@ -54,7 +54,8 @@ __all__ = [
 ]
 
 IDENTIFIER_PATTERN = r"^[A-Za-z][A-Za-z0-9_]*$"
-Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER_PATTERN, max_length=128)]
+IDENTIFIER_MAX_LENGTH = 128
+Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER_PATTERN, max_length=IDENTIFIER_MAX_LENGTH)]
 # A value a layer may read: a node's name; `call.out` for one output of a block call with several
 # (`call.inner.out` when that output is itself one of an inner call's), `call.3` for one
 # instance's output of a collected repeat, and `call.*` for all of them, in order (see resolve).
