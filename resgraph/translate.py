@@ -17,7 +17,8 @@ from .ops import OPS
 from .schema import json_schema
 from .suggest import did_you_mean
 
-__all__ = ["NAME_RULE", "describe", "jsonschema_diagnostics", "pydantic_diagnostics", "subject", "untyped_body"]
+__all__ = ["NAME_RULE", "describe", "jsonschema_diagnostics", "keys_not_strings", "pydantic_diagnostics", "subject",
+           "untyped_body"]
 
 NAME_RULE = "names start with a letter and hold only letters, digits and '_'"
 
@@ -169,6 +170,28 @@ def _translate(error: Any, data: Any, source: SourceMap) -> Iterator[Diagnostic]
         return
 
     yield Diagnostic(source.locate(path), f"{_label(path, data)}: {error.message}")
+
+
+def keys_not_strings(data: Any, source: SourceMap) -> tuple[list[Diagnostic], list[Path]]:
+    """A diagnostic, and the path of its mapping, for every mapping key in `data` that is not a string
+    (a spec given as a dict may hold any key; YAML's are refused as the text is read)."""
+    found: tuple[list[Diagnostic], list[Path]] = ([], [])
+    stack: list[tuple[Path, Any]] = [((), data)]
+    while stack:  # in document order: children are pushed last first
+        path, value = stack.pop()
+        children: list[tuple[Path, Any]] = []
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str):
+                    children.append(((*path, key), item))
+                else:
+                    found[0].append(Diagnostic(source.locate(path), f"{_label(path, data)}: mapping key {key!r} "
+                                                                     "must be a string"))
+                    found[1].append(path)
+        elif isinstance(value, list):
+            children = [((*path, index), item) for index, item in enumerate(value)]
+        stack.extend(reversed(children))
+    return found
 
 
 def untyped_body(path: Path, body: dict[str, Any], data: Any, source: SourceMap) -> list[Diagnostic]:

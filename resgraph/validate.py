@@ -34,7 +34,7 @@ from .resources import schema_path
 from .schema import json_schema, library_schema
 from .schema_check import Compiler, Predicate, UnsupportedSchema
 from .spec import BlockLibrary, Spec
-from .translate import jsonschema_diagnostics, pydantic_diagnostics, untyped_body
+from .translate import jsonschema_diagnostics, keys_not_strings, pydantic_diagnostics, untyped_body
 
 __all__ = ["is_block_library", "schema_diagnostics", "validate", "validate_library"]
 
@@ -86,27 +86,6 @@ def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics:
     if diagnostics is not None:
         diagnostics.extend(problems)
     return spec.with_invalid(frozenset(entries), frozenset(blocks))
-
-
-def _keys_not_strings(value: Any, path: Path) -> list[tuple[Path, Any]]:
-    """(path of the mapping, key) of every mapping key in `value` that is not a string."""
-    found: list[tuple[Path, Any]] = []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if isinstance(key, str):
-                found += _keys_not_strings(item, (*path, key))
-            else:
-                found.append((path, key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found += _keys_not_strings(item, (*path, index))
-    return found
-
-
-def _dotted(path: Path) -> str:
-    """`layers[0].fc` for ("layers", 0, "fc"); `the spec` for the top level."""
-    text = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path).lstrip(".")
-    return text or "the spec"
 
 
 def _invalid_parts(paths: list[Path]) -> tuple[set[tuple[str, int]], set[str], bool]:
@@ -274,10 +253,9 @@ def _schema_problems(data: Any, source: SourceMap, root: str = "spec") -> tuple[
 
 def _jsonschema_problems(data: Any, source: SourceMap, root: str) -> tuple[list[Diagnostic], list[Path]]:
     """`_schema_problems` from jsonschema's own walk of the document."""
-    odd_keys = _keys_not_strings(data, ())
-    if odd_keys:  # (only a dict spec can have them; jsonschema cannot walk such a document)
-        return [Diagnostic(source.locate(path), f"{_dotted(path)}: mapping key {key!r} must be a string")
-                for path, key in odd_keys], [path for path, _ in odd_keys]
+    odd_keys = keys_not_strings(data, source)
+    if odd_keys[0]:  # (only a dict spec can have them; jsonschema cannot walk such a document)
+        return odd_keys
     result, paths = [], []
     shell, bodies = _validators(root)
     errors = list(shell.iter_errors(data))

@@ -142,10 +142,10 @@ def test_hostile_inputs_are_refused_quickly_within_bounded_memory(name: str, tmp
 
 @pytest.mark.parametrize(("where", "key", "message"), [
     ("layers", 1, "layers[0]: mapping key 1 must be a string"),
-    ("top", 2.5, "the spec: mapping key 2.5 must be a string"),
+    ("top", 2.5, "spec: mapping key 2.5 must be a string"),
     ("params", None, "params: mapping key None must be a string"),
-    ("with", 3, "layers[1].c.with: mapping key 3 must be a string"),
-    ("body", (1, 2), "layers[0].fc: mapping key (1, 2) must be a string")])
+    ("with", 3, "layer 'c': with: mapping key 3 must be a string"),
+    ("body", (1, 2), "layer 'fc' (Linear): mapping key (1, 2) must be a string")])
 def test_a_dict_spec_with_keys_that_are_not_strings_is_refused_where_they_stand(where: str, key: object,
                                                                                 message: str) -> None:
     """A spec given as a dict may hold any key (YAML's refusal is above); each non-string one is
@@ -169,3 +169,15 @@ def test_a_dict_spec_with_keys_that_are_not_strings_is_refused_where_they_stand(
         resgraph.build(spec)
     assert [d.message for d in failure.value.diagnostics] == [message]
     assert str(failure.value) == f"<dict>: error: {message}"
+
+
+def test_every_key_that_is_not_a_string_is_reported_in_document_order() -> None:
+    import resgraph
+
+    spec = {"resgraph": 1, "name": "N", "inputs": {"x": [4], 5: [4]}, "params": {None: 3},
+            "layers": [{"fc": {"op": "Linear", "out_features": 4, 2: 0}}]}
+    with pytest.raises(SpecError) as failure:
+        resgraph.build(spec)
+    assert [d.message for d in failure.value.diagnostics] == [
+        "inputs: mapping key 5 must be a string", "params: mapping key None must be a string",
+        "layer 'fc' (Linear): mapping key 2 must be a string"]
