@@ -472,23 +472,26 @@ class Expander:
             definition = known.definition
             parts: list[Any] = [definition.params, definition.skips, definition.outputs]
             given: list[Any] = []  # a call's `with:`: evaluated per instance of that call, whose `index` it reads
+            callees: list[Any] = []
             for entry in definition.layers:
                 for template in entry.values():
-                    if isinstance(template, dict) and "op" not in template and "with" in template:
-                        parts.append({key: value for key, value in template.items() if key != "with"})
-                        given.append(template["with"])
-                    else:
-                        parts.append(template)
+                    if not isinstance(template, dict) or "op" in template:
+                        parts.append(template)  # a layer
+                        continue
+                    parts.append({key: value for key, value in template.items() if key != "with"})
+                    given.append(template.get("with"))
+                    callees.append(template.get("block"))
             own, in_given = names_read(parts), names_read(given)
             own = None if own is None or in_given is None else own | (in_given - {"index"})
             inner: set[str] | None = set()
-            for entry in definition.layers:
-                for template in entry.values():
-                    callee = template.get("block") if isinstance(template, dict) and "op" not in template else None
-                    if callee is None or inner is None:
-                        continue
-                    reads = self.reads_of_block(callee, (*stack, block)) if isinstance(callee, str) else None
-                    inner = None if reads is None else inner | reads[0] | reads[1]
+            for callee in callees:
+                if callee is None:
+                    continue
+                reads = self.reads_of_block(callee, (*stack, block)) if isinstance(callee, str) else None
+                if reads is None:
+                    inner = None
+                    break
+                inner |= reads[0] | reads[1]
             if own is not None and inner is not None:
                 answer = (frozenset(own), frozenset(inner))
         self.block_reads[block] = answer
