@@ -72,7 +72,7 @@ def _node(op: str, args: tuple[Any, ...]) -> Expr:
     recorder = _RECORDER.get()
     if recorder is None:
         return Expr(op, args)
-    key = (op, *(arg if op in ("sym", "const") else id(arg) for arg in args))
+    key = (op, *args) if op in ("sym", "const") else (op, *map(id, args))
     found = recorder.interned.get(key)
     if found is None:
         found = recorder.interned[key] = Expr(op, args)
@@ -248,7 +248,8 @@ class SymInt:
         if not isinstance(other, (int, SymInt)) or isinstance(other, bool):
             return NotImplemented
         outcome = bool(_COMPARE[op](self.hint, hint(other)))
-        _record(op, self.expr, _expr(other), outcome)
+        if not isinstance(other, SymInt) or other.expr is not self.expr:  # (x == x holds at every size)
+            _record(op, self.expr, _expr(other), outcome)
         return outcome
 
     def __eq__(self, other: object) -> Any:  # type: ignore[override]
@@ -303,8 +304,8 @@ def _expr(value: Operand) -> Expr:
 
 
 def _simplify(op: str, left: Operand, right: Operand) -> Operand | None:
-    """x + 0, x * 1, x // 1 and x * 0: no new node. (Only constants are compared: comparing a
-    SymInt would record a guard.)"""
+    """x + 0, x * 1, x // 1 and x * 0: no new node; constants folded, (x + a) + b and (x * a) * b.
+    (Only constants are compared: comparing a SymInt would record a guard.)"""
     if op == "add":
         if not isinstance(left, SymInt):
             left, right = right, left  # a constant is always on the right
@@ -317,11 +318,16 @@ def _simplify(op: str, left: Operand, right: Operand) -> Operand | None:
                 return SymInt(inner.args[0] if total == 0 else _node("add", (inner.args[0], _const(total))),
                               hint(left) + right)
     if op == "mul":
-        for a, b in ((left, right), (right, left)):
-            if not isinstance(b, SymInt) and b == 1:
-                return a
-            if not isinstance(b, SymInt) and b == 0:
-                return 0
+        if not isinstance(left, SymInt):
+            left, right = right, left  # a constant is always on the right
+        if not isinstance(right, SymInt):
+            if right in (0, 1):
+                return left if right == 1 else 0
+            inner = left.expr  # type: ignore[union-attr]
+            if inner.op == "mul" and inner.args[1].op == "const":  # (x * a) * b -> x * (a * b): -(-x) is x
+                product = inner.args[1].args[0] * right
+                return SymInt(inner.args[0] if product == 1 else _node("mul", (inner.args[0], _const(product))),
+                              hint(left) * right)
     if op == "floordiv" and not isinstance(right, SymInt) and right == 1:
         return left
     return None

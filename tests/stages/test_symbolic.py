@@ -6,7 +6,8 @@ The specification:
   other SymInts, and builds an expression (`Expr`) that `evaluate` computes at any other size,
   for ints or for numpy arrays of sizes at once; `str(expr)` is a Python expression with the
   same value (symbols such as `x.H` read as attributes);
-- trivial arithmetic (`+ 0`, `* 1`, `// 1`, `* 0`, nested constant additions) makes no new node;
+- trivial arithmetic (`+ 0`, `* 1`, `// 1`, `* 0`, nested constant additions and multiplications,
+  so `-(-x)` is `x`) makes no new node;
 - every decision on a SymInt (a comparison, `bool`, turning it into an int or a float, a true
   division) returns a plain value and, inside `recording()`, records a `Guard`: the condition
   and its outcome at the declared size, attributed to the current `site`. Outside a recording
@@ -18,6 +19,7 @@ The specification:
 
 from __future__ import annotations
 
+import operator
 import sys
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -56,6 +58,9 @@ FUNCTIONS: dict[str, Callable[[Any, Any], Any]] = {
     "nested": lambda h, w: (h - (w - 1)) * 2 // (w + 2),
     "upsample": lambda h, w: h * 3 // 2,
     "pos": lambda h, w: +h,
+    "negneg": lambda h, w: operator.neg(-h) + w,
+    "scaled": lambda h, w: h * -2 * -3 - w * 2 * 0,
+    "ceil_by_one": lambda h, w: -(-h // 1) * 2,
 }
 VALUES = [(9, 5), (1, 1), (16, 3), (75, 38)]
 
@@ -94,6 +99,8 @@ def test_trivial_arithmetic_makes_no_new_node() -> None:
     assert h + 0 is h and 0 + h is h and h * 1 is h and 1 * h is h and h // 1 is h and +h is h
     assert h * 0 == 0 and type(h * 0) is int and type(0 * h) is int
     assert str(((h + 2) + 3).expr) == "x.H + 5" and ((h + 2) - 2).expr is h.expr
+    assert str(((h * 2) * 3).expr) == "x.H * 6" and operator.neg(-h) is not h and operator.neg(-h).expr is h.expr
+    assert str((-(-h // 1)).expr) == "x.H" and str((-h * 2).expr) == "x.H * -2"
 
 
 def test_operands_that_are_not_ints_are_refused() -> None:
@@ -137,6 +144,19 @@ def test_every_decision_returns_a_plain_value_and_records_a_guard() -> None:
         ("eq", True, "x.H // 3 == 3"),  # indexing
         ("eq", True, "x.H - 1 == 8"),  # specialize()
     ]
+
+
+def test_comparing_an_expression_with_itself_decides_nothing() -> None:
+    # It holds (or fails) at every size alike: a projection whose source and target sizes are one
+    # expression, a ceil-division by 1 (-(-x // 1) is x), a block instance given what it returns.
+    h = SymInt.symbol("x.H", 9)
+    with recording() as guards:
+        same = (h - 1) // 2
+        outcomes = [same == (h - 1) // 2, same != (h - 1) // 2, same <= same, same < same, -(-h // 1) == h]
+    assert outcomes == [True, False, True, False, True] and guards == []
+    with recording() as guards:
+        _ = h == h + 1, h + 0 >= h
+    assert [str(g) for g in guards] == ["x.H != x.H + 1"]
 
 
 def test_nothing_is_recorded_outside_a_recording_or_by_hint_and_requirement() -> None:
