@@ -16,6 +16,7 @@ a quoted `"1e-6"` stays a string. `--set NAME=VALUE` values are read the same wa
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import os
 import re
@@ -37,6 +38,26 @@ MAX_NODES = 2_000_000  # YAML nodes after alias expansion (a layer takes about 8
 MAX_BYTES = 16 * 2**20  # a spec written with blocks is a few KiB; a generated 100k-layer chain is ~5 MiB
 # libyaml's composer when PyYAML was built with it (it keeps positions too); the Python one otherwise.
 _COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Composer(_COMPOSER):  # type: ignore[valid-type,misc]
+    """PyYAML's composer (libyaml's where installed), with each scalar text's implicit tag (`3` an int,
+    `true` a bool) looked up once per process rather than matched again by regular expressions at
+    every node: a spec repeats the same few texts. (No path resolvers are registered, so the tag
+    follows from the node's kind, text and style alone.)"""
+
+    def resolve(self, kind: type[yaml.Node], value: Any, implicit: Any) -> str:
+        if value is not None and len(value) > 64:  # (the cache keeps short texts only)
+            return _RESOLVER.resolve(kind, value, implicit)
+        return _implicit_tag(kind, value, implicit)
+
+
+@functools.lru_cache(maxsize=4096)
+def _implicit_tag(kind: type[yaml.Node], value: Any, implicit: Any) -> str:
+    return _RESOLVER.resolve(kind, value, implicit)
+
+
+_RESOLVER = yaml.resolver.Resolver()
 MAX_DEPTH = 64  # nesting depth of collections; a spec needs fewer than 10
 
 _CORE_TAGS = {
@@ -276,7 +297,7 @@ def _load_text(text: str, file: str) -> LoadedSpec:
     # libyaml recurses in C on nested [ and {: deep enough nesting overflows its stack and kills
     # the process. Where the bracket depth (over-estimated: quoting is ignored) looks deep, use
     # PyYAML's Python composer, whose recursion limit is an exception.
-    composer = _COMPOSER if _bracket_depth(text) <= MAX_DEPTH else yaml.SafeLoader
+    composer = _Composer if _bracket_depth(text) <= MAX_DEPTH else yaml.SafeLoader
     try:
         root = yaml.compose(text, Loader=composer)
     except yaml.MarkedYAMLError as exc:

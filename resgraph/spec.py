@@ -275,8 +275,9 @@ class Spec(StrictModel):
 
     # What validation found invalid and reported (expansion leaves them out, and what depends on
     # them reports nothing more): entries as (section, index), and block names.
-    _invalid_entries: frozenset[tuple[str, int]] = PrivateAttr(default_factory=frozenset)
-    _invalid_blocks: frozenset[str] = PrivateAttr(default_factory=frozenset)
+    _invalid_entries: frozenset[tuple[str, int]] = PrivateAttr(frozenset())  # (a factory costs pydantic an
+    # inspect.signature per Spec made)
+    _invalid_blocks: frozenset[str] = PrivateAttr(frozenset())
 
     @property
     def invalid_entries(self) -> frozenset[tuple[str, int]]:
