@@ -19,7 +19,7 @@ from __future__ import annotations
 import pathlib
 
 from .errors import UsageError
-from .loader import LoadedSpec, load_import, load_text
+from .loader import LoadedSpec, load_import, load_library_text, load_text
 from .suggest import did_you_mean
 
 __all__ = ["PACKAGE_DIR", "SHIPPED", "is_shipped", "read_import", "read_shipped", "schema_path", "shipped_libraries"]
@@ -52,11 +52,15 @@ def read_shipped(name: str) -> LoadedSpec:
             `shipped_libraries` lists are read, so a name cannot reach outside the package).
         SpecError: the text is not valid, safe YAML.
     """
+    return load_text(_shipped_text(name), name)
+
+
+def _shipped_text(name: str) -> str:
     available = shipped_libraries()
     if name not in available:
         raise UsageError(f"{name}: resgraph ships no such file (it ships {', '.join(available)})"
                          f"{did_you_mean(name, available)}")
-    return load_text((PACKAGE_DIR / name[len(SHIPPED):]).read_text(encoding="utf-8"), name)
+    return (PACKAGE_DIR / name[len(SHIPPED):]).read_text(encoding="utf-8")
 
 
 def read_import(path: str) -> LoadedSpec:
@@ -67,4 +71,4 @@ def read_import(path: str) -> LoadedSpec:
         UsageError: the file cannot be read or is refused, or resgraph ships no library of that name.
         SpecError: the text is not valid, safe YAML.
     """
-    return read_shipped(path) if is_shipped(path) else load_import(path)
+    return load_library_text(_shipped_text(path), path) if is_shipped(path) else load_import(path)

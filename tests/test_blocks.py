@@ -170,6 +170,54 @@ def test_import_problems_are_located(tmp_path: pathlib.Path) -> None:
     assert "b.yaml:2:11: error: import cycle:" in message and message.endswith("a.yaml")
 
 
+LIBRARY = """
+resgraph: 1
+blocks:
+  unit:
+    layers:
+      - fc: {op: Linear, out_features: WIDTH}
+"""
+USER = "resgraph: 1\nname: N\nimports: [lib.yaml]\ninputs:\n  x: [4]\nlayers:\n  - stage: {block: unit}\n"
+
+
+def test_a_library_is_read_at_every_import_and_parsed_once_per_distinct_text(tmp_path: pathlib.Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    composed: list[str] = []
+    compose = yaml.compose
+    monkeypatch.setattr(yaml, "compose", lambda text, Loader: composed.append(text) or compose(text, Loader=Loader))
+    library = tmp_path / "lib.yaml"
+    library.write_text(LIBRARY.replace("WIDTH", "3"))
+    (tmp_path / "net.yaml").write_text(USER)
+    widths = [resgraph.build(tmp_path / "net.yaml").stage.fc.out_features for _ in range(3)]
+    library.write_text(LIBRARY.replace("WIDTH", "5"))  # an edit is seen at the next build
+    widths.append(resgraph.build(tmp_path / "net.yaml").stage.fc.out_features)
+    assert widths == [3, 3, 3, 5]
+    libraries = [text for text in composed if text.startswith("\nresgraph: 1\nblocks:")]
+    assert len(libraries) == 2 and composed.count(USER) == 4  # the spec itself is parsed at every build
+    # The record keeps the text each build read.
+    assert resgraph.build(tmp_path / "net.yaml").build_record.imports[0][1] == LIBRARY.replace("WIDTH", "5")
+
+
+def test_a_library_error_is_reported_at_every_build_and_each_copy_of_a_text_names_its_own_file(
+        tmp_path: pathlib.Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for folder in ("a", "b"):
+        (tmp_path / folder / "lib.yaml").write_text(LIBRARY.replace("WIDTH", "wide"))
+        (tmp_path / folder / "net.yaml").write_text(USER)
+    messages = []
+    for folder in ("a", "a", "b"):
+        with pytest.raises(resgraph.SpecError) as caught:
+            resgraph.check(tmp_path / folder / "net.yaml")
+        (diagnostic,) = caught.value.diagnostics
+        messages.append(diagnostic.format())
+    assert messages[0] == messages[1] == (f"{tmp_path / 'a' / 'lib.yaml'}:6:40: error: block 'unit', layer 'fc' "
+                                          "(Linear): out_features: expected an integer >= 1, got string 'wide'")
+    assert messages[2] == messages[0].replace(str(tmp_path / "a"), str(tmp_path / "b"))
+
+
 def test_a_block_defined_twice_is_an_error(tmp_path: pathlib.Path) -> None:
     (tmp_path / "lib.yaml").write_text("resgraph: 1\nblocks:\n  unit:\n    layers:\n      - r: {op: ReLU}\n")
     text = spec("  - stage: {block: unit, with: {planes: 4}}\n").replace("resgraph: 1\n", "resgraph: 1\n"
