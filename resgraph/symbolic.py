@@ -192,14 +192,18 @@ class SymInt:
 
     # arithmetic ---------------------------------------------------------------------------------
     def _apply(self, op: str, other: Operand, swap: bool = False) -> Operand:
-        if not isinstance(other, (int, SymInt)) or isinstance(other, bool):
+        # (shape inference makes every size through here: type() tests, hints read inline)
+        symbolic = type(other) is SymInt
+        if not symbolic and (type(other) is bool or not isinstance(other, int)):
             return NotImplemented
         left, right = (other, self) if swap else (self, other)
-        value = _INT_OPS[op](hint(left), hint(right))
         simplified = _simplify(op, left, right)
         if simplified is not None:
             return simplified
-        return SymInt(_node(op, (_expr(left), _expr(right))), value)
+        other_expr, other_hint = (other.expr, other.hint) if symbolic else (_const(other), other)  # type: ignore[union-attr]
+        if swap:
+            return SymInt(_node(op, (other_expr, self.expr)), _INT_OPS[op](other_hint, self.hint))
+        return SymInt(_node(op, (self.expr, other_expr)), _INT_OPS[op](self.hint, other_hint))
 
     def __add__(self, other: Operand) -> Operand:
         return self._apply("add", other)

@@ -91,6 +91,12 @@ class StrictModel(BaseModel):
     # Models this one nests, whose validators are built before its own (see `model_rebuild`).
     nested_first: ClassVar[tuple[type[StrictModel], ...]] = ()
 
+    def field_value(self, name: str, default: Any = None) -> Any:
+        """Field `name`'s value, or `default` where this model has no such field: code shared by a
+        family of ops reads fields only some members have (PReLU's `num_parameters`). `getattr` with a
+        default costs 6 µs there: pydantic's `__getattr__` raises an AttributeError, which it catches."""
+        return self.__dict__.get(name, default)
+
     @classmethod
     def model_rebuild(cls, *, force: bool = False, raise_errors: bool = True, _parent_namespace_depth: int = 2,
                       _types_namespace: Any = None) -> bool | None:

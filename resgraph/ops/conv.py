@@ -33,8 +33,10 @@ PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    """floor((L + 2p - d(k-1) - 1) / s) + 1, as documented for torch.nn.Conv2d."""
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+    """floor((L + 2p - d(k-1) - 1) / s) + 1, as documented for torch.nn.Conv2d.
+
+    (The constants are summed first: each operation on a symbolic size makes a node.)"""
+    return (size + (2 * padding - dilation * (kernel - 1) - 1)) // stride + 1
 
 
 class ConvBase(FeatureMapLayer):

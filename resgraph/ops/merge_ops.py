@@ -28,10 +28,10 @@ class MergeLayer(Layer):
     max_inputs: ClassVar[int | None] = None
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
-        return merge_type(self.kind, inputs, getattr(self, "dim", 1))
+        return merge_type(self.kind, inputs, self.field_value("dim", 1))
 
     def code(self, operands: list[str], owner: str) -> str:
-        return merge_code(self.kind, operands, getattr(self, "dim", 1))
+        return merge_code(self.kind, operands, self.field_value("dim", 1))
 
 
 class ScalarMergeLayer(MergeLayer):

@@ -28,7 +28,7 @@ def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation
     >>> pool_output_size(5, 2, 2, 0, 1, True)  # ceil(3/2) + 1 = 3 windows; the third starts inside
     3
     """
-    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    span = size + (2 * padding - dilation * (kernel - 1) - 1)  # (constants first, as in conv_output_size)
     if not ceil_mode:
         return span // stride + 1
     # ceil(span / stride) + 1, capped so that the last window starts before size + padding

@@ -108,7 +108,7 @@ class StoredTensor(Layer):
         raise NotImplementedError
 
     def tensor_dtype(self) -> str:
-        return getattr(self, "dtype", "float32")  # constants declare one; learned tensors are float32
+        return self.field_value("dtype", "float32")  # constants declare one; learned tensors are float32
 
     def sample_shape(self) -> tuple[int, ...]:
         shape = self.stored_shape()
