@@ -351,7 +351,7 @@ class Layer(StrictModel):
         Curated ops say it with class facts (`view`, `saves_output`) and their `inplace` argument:
         an in-place op's output is its input, overwritten.
         """
-        writes = bool(self.args().get("inplace"))
+        writes = bool(self.field_value("inplace", False))
         return Storage(0 if writes or self.view else None, 0 if writes else None, self.saves_output)
 
     def module_args(self, inputs: list[TensorType]) -> dict[str, Any]:
