@@ -22,7 +22,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .errors import Diagnostic, Location
 from .expressions import ExpressionError, evaluate, expression_body, expression_names
-from .loader import Origin, Path
+from .loader import Origin, Path, copy_data
 from .ops import OPS, GenericLayer, Layer, ShapeError
 from .spec import BlockCall, Scale, _layer_tag
 from .suggest import did_you_mean
@@ -221,7 +221,7 @@ def concrete(template: Any, model: type[T] | TypeAdapter[T], names: Mapping[str,
     if written is not None:
         # Nothing to evaluate; typed from a copy all the same: the template may be the caller's own
         # data, and a typed body may keep its lists (a generic layer's arguments).
-        body = copied = _copy_data(template)
+        body = copied = copy_data(template)
     else:
         known, dependent = len(diagnostics), []
         body = evaluate_tree(template, names, origin, diagnostics, _is_with, dependent)
@@ -282,15 +282,6 @@ def _written_key(model: Any, scale: Scale | None, template: Any) -> Any:
         return ("as written", id(model), id(scale), freeze(template, refuse_expressions=True))
     except TypeError:
         return None
-
-
-def _copy_data(value: Any) -> Any:
-    """A copy of spec data's dicts and lists (its leaves are immutable)."""
-    if isinstance(value, dict):
-        return {k: _copy_data(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy_data(v) for v in value]
-    return value
 
 
 def freeze(value: Any, refuse_expressions: bool = False) -> Any:

@@ -29,8 +29,8 @@ import yaml
 
 from .errors import Diagnostic, Location, SpecError, UsageError
 
-__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "LoadedSpec", "Origin", "Path", "SourceMap", "gc_paused",
-           "load_file", "load_import", "load_text", "load_value", "os_reason"]
+__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "LoadedSpec", "Origin", "Path", "SourceMap", "copy_data", "gc_paused",
+           "load_file", "load_import", "load_library_text", "load_text", "load_value", "os_reason"]
 
 Path = tuple[str | int, ...]
 
@@ -38,26 +38,6 @@ MAX_NODES = 2_000_000  # YAML nodes after alias expansion (a layer takes about 8
 MAX_BYTES = 16 * 2**20  # a spec written with blocks is a few KiB; a generated 100k-layer chain is ~5 MiB
 # libyaml's composer when PyYAML was built with it (it keeps positions too); the Python one otherwise.
 _COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _Composer(_COMPOSER):  # type: ignore[valid-type,misc]
-    """PyYAML's composer (libyaml's where installed), with each scalar text's implicit tag (`3` an int,
-    `true` a bool) looked up once per process rather than matched again by regular expressions at
-    every node: a spec repeats the same few texts. (No path resolvers are registered, so the tag
-    follows from the node's kind, text and style alone.)"""
-
-    def resolve(self, kind: type[yaml.Node], value: Any, implicit: Any) -> str:
-        if value is not None and len(value) > 64:  # (the cache keeps short texts only)
-            return _RESOLVER.resolve(kind, value, implicit)
-        return _implicit_tag(kind, value, implicit)
-
-
-@functools.lru_cache(maxsize=4096)
-def _implicit_tag(kind: type[yaml.Node], value: Any, implicit: Any) -> str:
-    return _RESOLVER.resolve(kind, value, implicit)
-
-
-_RESOLVER = yaml.resolver.Resolver()
 MAX_DEPTH = 64  # nesting depth of collections; a spec needs fewer than 10
 
 _CORE_TAGS = {
@@ -74,6 +54,27 @@ _TEXT_TAGS = {"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value"}
 # A plain scalar YAML 1.1 leaves a string but YAML 1.2's core schema reads as a float: an exponent
 # without a dot or without a sign (`1e-6`, `3e4`, `1.0e6`). Those with both are floats already.
 _EXPONENT_FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+$")
+
+
+class _Composer(_COMPOSER):  # type: ignore[valid-type,misc]
+    """PyYAML's composer (libyaml's where installed), with each scalar text's implicit tag (`3` an int,
+    `true` a bool) looked up once per process rather than matched again by regular expressions at
+    every node: a spec repeats the same few texts. (No path resolvers are registered, so the tag
+    follows from the node's kind, text and style alone; the table is `_COMPOSER`'s own, as first
+    read in this process.)"""
+
+    def resolve(self, kind: type[yaml.Node], value: Any, implicit: Any) -> str:
+        if value is not None and len(value) > 64:  # (the cache keeps short texts only)
+            return _RESOLVER.resolve(kind, value, implicit)
+        return _implicit_tag(kind, value, implicit)
+
+
+_RESOLVER = _COMPOSER("")  # (a composer of nothing: only its tag table is used)
+
+
+@functools.lru_cache(maxsize=4096)
+def _implicit_tag(kind: type[yaml.Node], value: Any, implicit: Any) -> str:
+    return _RESOLVER.resolve(kind, value, implicit)
 
 
 @dataclass(eq=False)
@@ -187,24 +188,37 @@ def load_import(path: str) -> LoadedSpec:
 
 
 def load_library_text(text: str, file: str) -> LoadedSpec:
-    """`load_text` for a block library, parsed once per distinct text and name in a process.
+    """`load_text` for a block library, composed once per distinct text and name in a process.
 
     A library is read again at every import (so a changed file is seen), but ResNet-50 builds
     through the same 35 lines of `blocks/resnet.yaml` every time: composing them cost 1.5 ms of a
-    20 ms check. The result is shared, as every parse result may be: nothing resgraph does
-    changes loaded data or its source map. Errors are not kept (they are raised again).
+    20 ms check. Each call returns data of its own (a copy of the dicts and lists, 0.02 ms), so a
+    caller that changes it changes no later import. Errors are not kept (they are raised again).
     """
     if len(text) > _LIBRARY_CACHE_TEXT:
         return load_text(text, file)
-    return _load_library_text(text, file)
+    parsed = _load_library_text(text, file)
+    source = parsed.source
+    return LoadedSpec(copy_data(parsed.data), SourceMap(source.file, dict(source.values), dict(source.keys)), text)
 
 
-_LIBRARY_CACHE_TEXT = 1 << 20  # characters; a library is a few hundred lines
+# Characters: a library is a few hundred lines (ResNet's is 2 KiB), and a parse holds about 40 times
+# its text, so the 16 kept hold at most about 40 MiB.
+_LIBRARY_CACHE_TEXT = 64 * 2**10
 
 
 @functools.lru_cache(maxsize=16)
 def _load_library_text(text: str, file: str) -> LoadedSpec:
     return load_text(text, file)
+
+
+def copy_data(value: Any) -> Any:
+    """A copy of loaded data's dicts and lists (its leaves are immutable: strings, numbers, None)."""
+    if isinstance(value, dict):
+        return {k: copy_data(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [copy_data(v) for v in value]
+    return value
 
 
 _RESGRAPH_KEY = re.compile(r"""(?:^|[{,])[ \t]*["']?resgraph["']?[ \t]*:""", re.MULTILINE)

@@ -227,7 +227,7 @@ def smallest_without_ones(graph: Graph, symbol: str, start: int, high: int = DEF
     size it determines at 2 or more, so its minimum there is this, not the solver's."""
     symbols = graph.meta.get("symbols", {})
     need = [requirement("ge", SymInt(expr, 0), 2) for expr in graph.meta.get("size_exprs", [])]
-    need = [guard for guard in need if symbol in _symbols_of(guard)]
+    need = [guard for guard, read in zip(need, _guard_symbols(need), strict=True) if symbol in read]
     valid, _ = valid_sizes_mask([*graph.meta.get("guards", []), *need], symbols, {symbol}, start, high)
     return next((start + index for index, ok in enumerate(valid) if ok), None)
 
@@ -264,8 +264,9 @@ def valid_sizes_mask(guards: list[Guard], symbols: dict[str, tuple[str, int, int
     memo: dict[int, Any] = {}
     valid = numpy.ones(len(candidates), dtype=bool)
     first = numpy.full(len(candidates), -1)
+    reads = _guard_symbols(guards) if reads is None else reads
     with numpy.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        for index, (guard, read) in enumerate(zip(guards, reads if reads is not None else _guard_symbols(guards))):
+        for index, (guard, read) in enumerate(zip(guards, reads, strict=True)):
             if not read & varying:
                 continue
             left, right = evaluate(guard.left, env, memo), evaluate(guard.right, env, memo)
@@ -274,10 +275,6 @@ def valid_sizes_mask(guards: list[Guard], symbols: dict[str, tuple[str, int, int
                 first = numpy.where(valid & ~holds & (first < 0), index, first)
             valid = valid & holds
     return valid, first
-
-
-def _symbols_of(guard: Guard) -> frozenset[str]:
-    return _guard_symbols([guard])[0]
 
 
 def _guard_symbols(guards: list[Guard]) -> list[frozenset[str]]:
@@ -313,7 +310,7 @@ def _dim_names(node_type: Any, input_name: str, symbols: dict[str, tuple[str, in
 
 
 def _rule(values: tuple[int, ...], low: int, high: int) -> SizeRule:
-    """The simplest rule that states exactly `values` within [low, high]."""
+    """The simplest rule that states exactly `values` (increasing, each once) within [low, high]."""
     if not values:
         return SizeRule("none")
     if len(values) == 1:

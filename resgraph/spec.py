@@ -274,9 +274,9 @@ class Spec(StrictModel):
     nested_first: ClassVar[tuple[type[StrictModel], ...]] = (Scale, BlockDef, InputDecl, Defaults, Training)
 
     # What validation found invalid and reported (expansion leaves them out, and what depends on
-    # them reports nothing more): entries as (section, index), and block names.
-    _invalid_entries: frozenset[tuple[str, int]] = PrivateAttr(frozenset())  # (a factory costs pydantic an
-    # inspect.signature per Spec made)
+    # them reports nothing more): entries as (section, index), and block names. (Defaults, not
+    # factories: pydantic calls inspect.signature on a factory for every Spec made.)
+    _invalid_entries: frozenset[tuple[str, int]] = PrivateAttr(frozenset())
     _invalid_blocks: frozenset[str] = PrivateAttr(frozenset())
 
     @property

@@ -6,8 +6,9 @@ functions are ordinary integer arithmetic (`(size + 2 * p - k) // s + 1` works u
 
 Whenever inference makes a decision on a symbolic size (a comparison, or turning it into a plain
 int for a module's constructor), the decision is recorded as a `Guard`, as torch's dynamic
-shapes do. The compiled model is valid at exactly the input sizes where every guard holds:
-`resgraph.sizes` evaluates the guards over a range of sizes at once (with numpy), which is how
+shapes do; comparing a size with itself decides nothing and records nothing. The compiled model
+is valid at exactly the input sizes where every guard holds: `resgraph.sizes` evaluates the
+guards over a range of sizes at once (with numpy), which is how
 `resgraph sizes` answers "which input sizes work" without building anything again.
 
 Shape functions should avoid branching on sizes where both branches are valid (use `sym_max` /
@@ -176,7 +177,8 @@ class SymInt:
     """An integer size that depends on input sizes; behaves as its `hint` (the value at the declared size).
 
     Arithmetic with ints and other SymInts builds a new SymInt; comparisons and conversions to
-    int return plain values and record the decision (see the module docstring).
+    int return plain values and record the decision, unless it compares a size with itself (see
+    the module docstring).
     """
 
     __slots__ = ("expr", "hint")
@@ -252,7 +254,9 @@ class SymInt:
         if not isinstance(other, (int, SymInt)) or isinstance(other, bool):
             return NotImplemented
         outcome = bool(_COMPARE[op](self.hint, hint(other)))
-        if not isinstance(other, SymInt) or other.expr is not self.expr:  # (x == x holds at every size)
+        # x == x holds (x < x fails) at every size: nothing to record. One expression object always has
+        # one hint (a symbol is made once per input dim; an expression's hint follows from its symbols').
+        if not isinstance(other, SymInt) or other.expr is not self.expr:
             _record(op, self.expr, _expr(other), outcome)
         return outcome
 

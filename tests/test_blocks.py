@@ -218,6 +218,34 @@ def test_a_library_error_is_reported_at_every_build_and_each_copy_of_a_text_name
     assert messages[2] == messages[0].replace(str(tmp_path / "a"), str(tmp_path / "b"))
 
 
+def test_what_reading_a_library_returns_is_the_callers_own(tmp_path: pathlib.Path) -> None:
+    from resgraph.resources import read_import
+
+    library = tmp_path / "lib.yaml"
+    library.write_text(LIBRARY.replace("WIDTH", "3"))
+    (tmp_path / "net.yaml").write_text(USER)
+    read = read_import(str(library))
+    read.data["blocks"]["unit"]["layers"][0] = {"changed": {"op": "ReLU"}}
+    read.source.values.clear()
+    again = read_import(str(library))
+    assert again.data["blocks"]["unit"]["layers"] == [{"fc": {"op": "Linear", "out_features": 3}}]
+    assert again.source.locate(("blocks", "unit", "layers", 0, "fc", "out_features")).line == 6
+    model = resgraph.build(tmp_path / "net.yaml")
+    assert [name for name, _ in model.named_children()] == ["stage"] and model.stage.fc.out_features == 3
+
+
+def test_a_library_syntax_error_is_reported_at_every_build(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "lib.yaml").write_text(LIBRARY.replace("WIDTH", "[3"))
+    (tmp_path / "net.yaml").write_text(USER)
+    messages = []
+    for _ in range(2):
+        with pytest.raises(resgraph.SpecError) as caught:
+            resgraph.check(tmp_path / "net.yaml")
+        messages.append([d.format() for d in caught.value.diagnostics])
+    assert messages[0] == messages[1] and len(messages[0]) == 1
+    assert messages[0][0].startswith(f"{tmp_path / 'lib.yaml'}:") and "YAML syntax error" in messages[0][0]
+
+
 def test_a_block_defined_twice_is_an_error(tmp_path: pathlib.Path) -> None:
     (tmp_path / "lib.yaml").write_text("resgraph: 1\nblocks:\n  unit:\n    layers:\n      - r: {op: ReLU}\n")
     text = spec("  - stage: {block: unit, with: {planes: 4}}\n").replace("resgraph: 1\n", "resgraph: 1\n"

@@ -10,7 +10,8 @@ The specification:
   so `-(-x)` is `x`) makes no new node;
 - every decision on a SymInt (a comparison, `bool`, turning it into an int or a float, a true
   division) returns a plain value and, inside `recording()`, records a `Guard`: the condition
-  and its outcome at the declared size, attributed to the current `site`. Outside a recording
+  and its outcome at the declared size, attributed to the current `site`; comparing a size with
+  itself (the same expression) decides nothing and records nothing. Outside a recording
   nothing is recorded. `hint`, `sym_max` and `sym_min` decide nothing; `requirement` builds a
   condition without recording it;
 - within a recording equal expressions are one object (hash-consing), so the same decision made
