@@ -346,6 +346,8 @@ def _infer_layer(graph: Graph, node: LayerNode, inputs: list[TensorType], memo: 
 
 
 def _specialized(value: Any) -> Any:
+    if type(value) in _ATOMS:  # (most arguments: one test, not four)
+        return value
     if isinstance(value, SymInt):
         return specialize(value)
     if isinstance(value, dict):
@@ -353,6 +355,9 @@ def _specialized(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(_specialized(v) for v in value)
     return value
+
+
+_ATOMS = frozenset({int, float, bool, str, type(None)})
 
 
 def total_parameters(graph: Graph) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from fractions import Fraction
@@ -139,8 +140,10 @@ class ConvTransposeBase(FeatureMapLayer):
         return x.with_shape((self.out_channels, *sizes), "channels_first", x.scaled(upsampling))
 
 
+@functools.lru_cache(maxsize=256)
 def strides(stride: tuple[int, ...]) -> tuple[Fraction, ...]:
-    """Per-dim grid steps, as exact fractions (see TensorType.scale)."""
+    """Per-dim grid steps, as exact fractions (see TensorType.scale); made once per stride (a
+    Fraction takes microseconds to make, and a network repeats a few strides)."""
     return tuple(Fraction(s) for s in stride)
 
 
