@@ -11,7 +11,6 @@ templates (they may hold `${...}` expressions over parameters), at the top level
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from enum import Enum
 from functools import cache
@@ -31,7 +30,7 @@ from pydantic import (
 from .errors import UsageError
 from .expressions import make_divisible
 from .ops import OPS, GenericLayer, Identifier, Layout, Merge, Reference, StrictModel
-from .ops.base import DTYPES, IDENTIFIER_MAX_LENGTH, IDENTIFIER_PATTERN
+from .ops.base import DTYPES, is_identifier
 from .suggest import did_you_mean
 
 __all__ = ["REQUIRED", "BlockCall", "BlockDef", "BlockLibrary", "Defaults", "InputDecl", "Projection",
@@ -156,9 +155,6 @@ def _one_key(body: Any, what: str) -> Any:
                      AfterValidator(_entry_as_given)]
 
 
-_NAME = re.compile(IDENTIFIER_PATTERN)
-
-
 def _entry_as_given(entry: Any) -> Any:
     """`entry` itself when it is one `NAME: {...}` pair with a valid name (the JSON Schema checks a
     spec's entries before this, and words its errors; this guards models built directly).
@@ -169,7 +165,7 @@ def _entry_as_given(entry: Any) -> Any:
     if not isinstance(entry, dict) or len(entry) != 1:
         raise ValueError("an entry is one `NAME: {...}` pair")
     ((name, body),) = entry.items()
-    if not isinstance(name, str) or len(name) > IDENTIFIER_MAX_LENGTH or not _NAME.fullmatch(name):
+    if not is_identifier(name):
         raise ValueError(f"{name!r} is not a valid name (a letter, then letters, digits and _)")
     if not isinstance(body, dict):
         raise ValueError(f"{name}: the body is a mapping, not {type(body).__name__}")

@@ -30,6 +30,7 @@ from .evaluate import evaluate_tree, resolve_params
 from .expressions import expression_body
 from .loader import LoadedSpec, Origin, Path, SourceMap, gc_paused
 from .ops import OPS
+from .ops.base import is_identifier
 from .resources import schema_path
 from .schema import json_schema, library_schema
 from .schema_check import Compiler, Predicate, UnsupportedSchema
@@ -39,7 +40,6 @@ from .translate import jsonschema_diagnostics, keys_not_strings, pydantic_diagno
 __all__ = ["is_block_library", "schema_diagnostics", "validate", "validate_library"]
 
 _OP_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
-_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
 # Sections a spec writes as templates (typed per scope by expansion) or keeps unevaluated.
 _TEMPLATES = ("params", "blocks", "layers", "skips")
 
@@ -126,7 +126,7 @@ def _stand_in(entry: Any) -> dict[str, Any]:
     recognised as depending on it), else a placeholder name."""
     if isinstance(entry, dict) and len(entry) == 1:
         name = next(iter(entry))
-        if isinstance(name, str) and _NAME.fullmatch(name):
+        if is_identifier(name):
             return {name: {}}
     return {"invalid": {}}
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
+import re
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -37,6 +38,7 @@ __all__ = [
     "INT_DTYPES",
     "NUMBER_DTYPES",
     "Identifier",
+    "is_identifier",
     "Layer",
     "FeatureMapLayer",
     "Reference",
@@ -56,6 +58,12 @@ __all__ = [
 IDENTIFIER_PATTERN = r"^[A-Za-z][A-Za-z0-9_]*$"
 IDENTIFIER_MAX_LENGTH = 128
 Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER_PATTERN, max_length=IDENTIFIER_MAX_LENGTH)]
+_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
+
+
+def is_identifier(name: Any) -> bool:
+    """True for a valid spec name (what `Identifier` accepts), checked without pydantic."""
+    return isinstance(name, str) and len(name) <= IDENTIFIER_MAX_LENGTH and _IDENTIFIER.fullmatch(name) is not None
 # A value a layer may read: a node's name; `call.out` for one output of a block call with several
 # (`call.inner.out` when that output is itself one of an inner call's), `call.3` for one
 # instance's output of a collected repeat, and `call.*` for all of them, in order (see resolve).
