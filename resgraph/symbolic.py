@@ -314,28 +314,21 @@ def _expr(value: Operand) -> Expr:
 def _simplify(op: str, left: Operand, right: Operand) -> Operand | None:
     """x + 0, x * 1, x // 1 and x * 0: no new node; constants folded, (x + a) + b and (x * a) * b.
     (Only constants are compared: comparing a SymInt would record a guard.)"""
-    if op == "add":
-        if not isinstance(left, SymInt):
-            left, right = right, left  # a constant is always on the right
-        if not isinstance(right, SymInt):
-            if right == 0:
-                return left
-            inner = left.expr  # type: ignore[union-attr]
-            if inner.op == "add" and inner.args[1].op == "const":  # (x + a) + b -> x + (a + b)
-                total = inner.args[1].args[0] + right
-                return SymInt(inner.args[0] if total == 0 else _node("add", (inner.args[0], _const(total))),
-                              hint(left) + right)
-    if op == "mul":
-        if not isinstance(left, SymInt):
-            left, right = right, left  # a constant is always on the right
-        if not isinstance(right, SymInt):
-            if right in (0, 1):
-                return left if right == 1 else 0
-            inner = left.expr  # type: ignore[union-attr]
-            if inner.op == "mul" and inner.args[1].op == "const":  # (x * a) * b -> x * (a * b): -(-x) is x
-                product = inner.args[1].args[0] * right
-                return SymInt(inner.args[0] if product == 1 else _node("mul", (inner.args[0], _const(product))),
-                              hint(left) * right)
+    if op in ("add", "mul"):
+        symbolic, constant = (left, right) if isinstance(left, SymInt) else (right, left)  # the constant on the right
+        if isinstance(constant, SymInt):
+            return None
+        identity = 0 if op == "add" else 1
+        if constant == identity:
+            return symbolic
+        if op == "mul" and constant == 0:
+            return 0
+        inner = symbolic.expr  # type: ignore[union-attr]
+        if inner.op == op and inner.args[1].op == "const":  # (x + a) + b -> x + (a + b); -(-x) is x
+            folded = _INT_OPS[op](inner.args[1].args[0], constant)
+            return SymInt(inner.args[0] if folded == identity else _node(op, (inner.args[0], _const(folded))),
+                          _INT_OPS[op](symbolic.hint, constant))  # type: ignore[union-attr]
+        return None
     if op == "floordiv" and not isinstance(right, SymInt) and right == 1:
         return left
     return None
