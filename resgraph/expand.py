@@ -219,6 +219,10 @@ class _ShapeNames(Mapping[str, Any]):
             raise ExpressionError(f"{key}: the block's input {first} has no dims")
         return specialize(first.shape[0] if key == "in_channels" else first.shape[-1])
 
+    def __contains__(self, key: object) -> bool:
+        # (Mapping's own reads the value: a shape name's would be specialised, or fail, just to be tested)
+        return key in self.base or key in SHAPE_NAMES
+
     def __iter__(self) -> Iterator[str]:
         yield from self.base
         yield from (name for name in SHAPE_NAMES if name not in self.base)

@@ -203,10 +203,10 @@ class _Evaluator:
         return ExpressionError(message, self.lead + getattr(node, "col_offset", 0))
 
     def visit(self, node: ast.AST) -> Any:
-        method = getattr(self, f"visit_{type(node).__name__}", None)
+        method = _VISITORS.get(type(node))
         if method is None:
             raise self.fail(node, f"{_describe(node)} is not allowed in an expression")
-        value = method(node)
+        value = method(self, node)
         if isinstance(value, bool) or value is None:
             return value
         if isinstance(value, (int, float)):
@@ -244,11 +244,12 @@ class _Evaluator:
 
     def visit_BinOp(self, node: ast.BinOp) -> Any:
         left, right = self.visit(node.left), self.visit(node.right)
+        numbers = isinstance(left, (int, float)) and isinstance(right, (int, float))
         if isinstance(node.op, ast.Pow) and isinstance(right, (int, float)) and abs(right) > 64:
             raise self.fail(node, "exponent is too large")
-        if isinstance(node.op, (ast.Mult, ast.Pow)) and not all(isinstance(v, (int, float)) for v in (left, right)):
+        if isinstance(node.op, (ast.Mult, ast.Pow)) and not numbers:
             raise self.fail(node, "only numbers can be multiplied")  # no "a" * 10**9
-        if isinstance(node.op, ast.Mod) and not all(isinstance(v, (int, float)) for v in (left, right)):
+        if isinstance(node.op, ast.Mod) and not numbers:
             raise self.fail(node, "% is the remainder of numbers")  # no string formatting: '%0999999999d' % 1
         try:
             return _BINARY[type(node.op)](left, right)
@@ -312,6 +313,12 @@ class _Evaluator:
             return FUNCTIONS[node.func.id](*args, **kwargs)
         except (TypeError, ValueError, OverflowError) as exc:
             raise self.fail(node, f"{node.func.id}(...) failed: {exc}") from None
+
+
+# The node types an expression may hold, each with its visitor (looked up once per node, by type).
+_VISITORS: dict[type, Callable[[_Evaluator, Any], Any]] = {
+    getattr(ast, name.removeprefix("visit_")): method for name, method in vars(_Evaluator).items()
+    if name.startswith("visit_")}
 
 
 def _clip(value: Any, limit: int = 60) -> str:
