@@ -230,6 +230,8 @@ class Mismatch:
     spatial: bool  # a channels-first map (C, *spatial); else features-last (..., F)
     target_scale: Scale | None = None
     concat_axis: int | None = None  # a concat along a spatial dim keeps the source's size there
+    # `steps()` once found (a plan asks for them two or three times: its stride, its reason)
+    _steps: tuple[int, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def channels(self) -> tuple[int, int]:
@@ -257,10 +259,14 @@ class Mismatch:
         Raises:
             ProjectionError: no integer step maps the source's grid onto the target's.
         """
+        if self._steps is not None:
+            return self._steps
         spatial_in, spatial_out = self.sizes
         ratios = None
         if self.source.scale is not None and self.target_scale is not None:
-            ratios = [target / source for source, target in zip(self.source.scale, self.target_scale)]
+            # (1 where the grids are one: Fraction division costs microseconds, and most skips have none)
+            ratios = [target / source if target != source else 1
+                      for source, target in zip(self.source.scale, self.target_scale)]
         steps = []
         for index, (size_in, size_out) in enumerate(zip(spatial_in, spatial_out)):
             if self.concat_axis == index + 1:
@@ -281,7 +287,7 @@ class Mismatch:
                     raise ProjectionError(f"the target is larger ({_size(spatial_in)} -> {_size(spatial_out)}); "
                                           "projections only downsample", kind="larger")
                 step = specialize(-(-size_in // size_out))
-            if -(-size_in // step) != size_out:
+            if (size_in if step == 1 else -(-size_in // step)) != size_out:  # (ceil(a / 1) is a: no arithmetic)
                 required = tuple(requirement("eq", -(-a // step), b) for a, b in zip(spatial_in, spatial_out))
                 if step == 1:
                     larger = any(hint(o) > hint(i) for i, o in zip(spatial_in, spatial_out))
@@ -295,7 +301,8 @@ class Mismatch:
                                       f"stride of {step} (which gives {_size(_ceil_sizes(spatial_in, step))})",
                                       kind="stride", required=required)
             steps.append(step)
-        return tuple(steps)
+        object.__setattr__(self, "_steps", tuple(steps))  # (a frozen dataclass: its one cache)
+        return self._steps
 
     def strided(self) -> bool:
         """True when the grids differ (some step > 1); False for the same grid. Raises ProjectionError."""
