@@ -6,6 +6,7 @@ is checked here against an actual forward pass. A new op without cases fails the
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any
 
@@ -13,6 +14,9 @@ import pytest
 import torch
 
 from resgraph.ops import OPS, GenericLayer, ShapeError, TensorType
+from resgraph.ops.conv import conv_output_size
+from resgraph.symbolic import SymInt
+from resgraph.symbolic import evaluate as evaluate_expr
 
 F = "float32"
 Shapes = tuple[int, ...] | list[tuple[int, ...]]  # one input's shape (repeated as the op needs), or one per input
@@ -223,3 +227,29 @@ def test_static_parameter_count_matches_the_built_module(op: str, args: dict[str
         assert counted == 0
     else:
         assert counted == sum(p.numel() for p in layer.build(layer.module_args(inputs)).parameters())
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_conv_output_size_is_torchs_for_plain_and_symbolic_sizes(stride: int) -> None:
+    """Every kernel, padding and dilation at sizes 1-12: the formula gives torch's length, and a symbolic
+    size's expression gives it at every size, not only at the size it was made for."""
+    for kernel, padding, dilation, size in itertools.product(range(1, 5), range(3), range(1, 3), range(1, 13)):
+        x = torch.empty(1, 1, size, device="meta")
+        weight = torch.empty(1, 1, kernel, device="meta")
+        try:
+            want = torch.nn.functional.conv1d(x, weight, stride=stride, padding=padding, dilation=dilation).shape[-1]
+        except RuntimeError:  # torch refuses an input smaller than the kernel's reach
+            want = None
+        if want is not None:
+            assert conv_output_size(size, kernel, stride, padding, dilation) == want
+        symbolic = conv_output_size(SymInt.symbol("x.L", 7), kernel, stride, padding, dilation)
+        if want is not None:
+            assert evaluate_expr(symbolic.expr if isinstance(symbolic, SymInt) else symbolic, {"x.L": size}) == want
+
+
+def test_a_stride_1_conv_that_keeps_the_size_keeps_the_very_expression() -> None:
+    """`padding: 1` around a 3x3 (or 2 around a dilated one): no arithmetic, no new expression."""
+    size = SymInt.symbol("x.H", 32)
+    assert conv_output_size(size, 3, 1, 1, 1) is size
+    assert conv_output_size(size, 3, 1, 2, 2) is size
+    assert str(conv_output_size(size, 3, 1, 0, 1).expr) == "x.H - 2"

@@ -36,8 +36,12 @@ PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
     """floor((L + 2p - d(k-1) - 1) / s) + 1, as documented for torch.nn.Conv2d.
 
-    (The constants are summed first: each operation on a symbolic size makes a node.)"""
-    return (size + (2 * padding - dilation * (kernel - 1) - 1)) // stride + 1
+    (The constants are summed first: each operation on a symbolic size makes a node. At stride 1
+    the formula is L + 2p - d(k-1): one operation, none where the padding keeps the size.)"""
+    offset = 2 * padding - dilation * (kernel - 1) - 1
+    if stride == 1:
+        return size + (offset + 1)
+    return (size + offset) // stride + 1
 
 
 class ConvBase(FeatureMapLayer):
