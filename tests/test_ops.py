@@ -253,3 +253,14 @@ def test_a_stride_1_conv_that_keeps_the_size_keeps_the_very_expression() -> None
     assert conv_output_size(size, 3, 1, 1, 1) is size
     assert conv_output_size(size, 3, 1, 2, 2) is size
     assert str(conv_output_size(size, 3, 1, 0, 1).expr) == "x.H - 2"
+
+
+def test_a_layers_written_arguments_follow_a_copy_and_are_the_callers_own() -> None:
+    """`args()` is computed once per layer; a copy with changed arguments has its own, and a caller's
+    changes to what `args()` returned reach neither the layer nor the next caller."""
+    layer = OPS["Conv2d"].model_validate({"op": "Conv2d", "out_channels": 4, "kernel_size": 3})
+    assert layer.args() == {"out_channels": 4, "kernel_size": 3}
+    assert layer.model_copy(update={"out_channels": 8}).args() == {"out_channels": 8, "kernel_size": 3}
+    layer.args()["out_channels"] = 99
+    assert layer.args() == {"out_channels": 4, "kernel_size": 3}
+    assert layer.module_args([TensorType((3, 8, 8))]) == {"in_channels": 3, "out_channels": 4, "kernel_size": 3}

@@ -14,6 +14,7 @@ class-level facts and two pure functions:
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import math
 import re
@@ -295,8 +296,20 @@ class Layer(StrictModel):
 
     def args(self) -> dict[str, Any]:
         """The constructor arguments the spec wrote (lists as tuples), without `op`/`input`."""
+        return dict(self._written_args)
+
+    @functools.cached_property
+    def _written_args(self) -> dict[str, Any]:
+        # Once per layer: a layer is frozen, and expansion gives equal bodies one object, so ResNet-50's
+        # 16 blocks type the same BatchNorm many times (a dump costs microseconds). See `model_copy`.
         written = self.model_dump(exclude=RESGRAPH_KEYS, exclude_unset=True, by_alias=False)
         return {k: tuple(v) if isinstance(v, list) else v for k, v in written.items()}
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Layer:
+        """pydantic's copy, without what `_written_args` kept (`update` may change an argument)."""
+        copied = super().model_copy(update=update, deep=deep)
+        copied.__dict__.pop("_written_args", None)
+        return copied
 
     def inferred_args(self, inputs: list[TensorType]) -> dict[str, Any]:
         """The input-size arguments resgraph fills in from the input types."""
