@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
+import stat
 import subprocess
 import sys
 import time
@@ -10,7 +12,7 @@ import time
 import pytest
 
 from resgraph.errors import SpecError
-from resgraph.loader import MAX_BYTES, MAX_NODES, load_text
+from resgraph.loader import MAX_BYTES, MAX_NODES, load_file, load_text
 
 
 def errors(text: str) -> list[str]:
@@ -181,3 +183,26 @@ def test_every_key_that_is_not_a_string_is_reported_in_document_order() -> None:
     assert [d.message for d in failure.value.diagnostics] == [
         "inputs: mapping key 5 must be a string", "params: mapping key None must be a string",
         "layer 'fc' (Linear): mapping key 2 must be a string"]
+
+
+def test_a_file_that_grows_after_its_size_is_read_is_read_whole(tmp_path: pathlib.Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A regular file is read at the size `fstat` gave, and on past it when there is more (it grew in
+    between, or it has no size, as /proc's files): never a silently cut spec."""
+    spec = tmp_path / "grown.yaml"
+    spec.write_text("resgraph: 1\nname: Grown\ninputs: {x: [4]}\nlayers:\n  - fc: {op: Linear, out_features: 2}\n")
+    real_fstat = os.fstat
+
+    def stale_fstat(fd: int) -> os.stat_result:
+        status = list(real_fstat(fd))
+        status[stat.ST_SIZE] = 10  # the size it had when fstat ran
+        return os.stat_result(status)
+
+    monkeypatch.setattr(os, "fstat", stale_fstat)
+    assert load_file(spec).data["layers"] == [{"fc": {"op": "Linear", "out_features": 2}}]
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/status").exists(), reason="needs Linux's /proc")
+def test_a_regular_file_that_reports_no_size_is_read_whole() -> None:
+    assert pathlib.Path("/proc/self/status").stat().st_size == 0
+    assert "nonvoluntary_ctxt_switches" in load_file("/proc/self/status").data  # its last line: YAML, as it happens
