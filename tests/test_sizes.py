@@ -257,3 +257,46 @@ def test_the_solver_runs_on_a_hand_built_graph() -> None:
     report = solve_sizes(infer_shapes(b.build()), low=1, high=40)
     (length,) = [dim for dim in report.dims if dim.free]
     assert length.rule.describe("L") == "L: multiples of 2"  # a 2-wide stride-2 conv floors odd lengths
+
+
+# --- uncurated torch.nn classes: sizes from the meta device ---------------------------------------
+
+RECURRENT = """resgraph: 1
+name: Recurrent
+inputs:
+  x: [20, 16]
+layers:
+  - lstm: {op: LSTM, hidden_size: 8, output: 0}
+  - gru: {op: GRU, hidden_size: 6, num_layers: 2, bidirectional: true, output: 0}
+  - norm: {op: LayerNorm}
+"""
+
+
+def test_a_recurrent_layer_keeps_the_sequence_length_free_while_changing_the_features() -> None:
+    """An LSTM or GRU maps (L, F) to (L, H) at any L: the spec admits every length, and the model
+    built at 20 gives, at each, what torch's own modules give with the same weights."""
+    height = resgraph.valid_sizes(RECURRENT, low=1, high=64).of("x")[0]
+    assert height.rule.describe("L") == "any L" and height.valid == tuple(range(1, 65))
+    model = resgraph.build(RECURRENT, seed=0).eval()
+    lstm, gru = nn.LSTM(16, 8, batch_first=True), nn.GRU(8, 6, num_layers=2, bidirectional=True, batch_first=True)
+    lstm.load_state_dict(model.lstm.state_dict())
+    gru.load_state_dict(model.gru.state_dict())
+    for length in (1, 7, 20, 33):
+        x = torch.randn(2, length, 16)
+        with torch.no_grad():
+            expected = nn.functional.layer_norm(gru(lstm(x)[0])[0], (12,), model.norm.weight, model.norm.bias)
+            torch.testing.assert_close(model(x), expected)
+
+
+def test_an_uncurated_op_that_needs_particular_sizes_still_fixes_them() -> None:
+    """ChannelShuffle keeps its input's shape, but only where its groups divide dim 1: a length torch
+    refuses is never admitted, and the guard refuses it before torch would."""
+    spec = RECURRENT.replace("  - lstm: {op: LSTM, hidden_size: 8, output: 0}\n", "").replace(
+        "  - gru: {op: GRU, hidden_size: 6, num_layers: 2, bidirectional: true, output: 0}\n",
+        "  - shuffle: {op: ChannelShuffle, groups: 4}\n")
+    valid = resgraph.valid_sizes(spec, low=1, high=64).of("x")[0].valid
+    assert 20 in valid and not {21, 22, 23} & set(valid)
+    with pytest.raises(RuntimeError):
+        nn.ChannelShuffle(4)(torch.randn(2, 22, 16))
+    with pytest.raises(ValueError, match=r"input 'x' must be \(N, L, 16\)"):
+        resgraph.build(spec)(torch.randn(2, 22, 16))
