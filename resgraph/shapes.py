@@ -289,9 +289,24 @@ def _copy_instance(template: Graph, qualname: str) -> Graph:
 
 
 def _infer_block_output(graph: Graph, node: LayerNode) -> None:
-    """One value of a block call with several: its type is the call's type of that value."""
+    """One value of a block call with several: its type is the call's type of that value.
+
+    A value the instance passes through from its input (the input itself, a chunk of it) is that
+    input's memory: `meta["alias_of"]` names the caller's node it shares, for the in-place check.
+    """
     assert isinstance(node.layer, BlockOutput)
-    node.meta.update(type=graph.nodes[node.inputs[0]].meta["types"][node.layer.index], args={}, params=0)
+    call = graph.nodes[node.inputs[0]]
+    assert isinstance(call, BlockNode)
+    index = node.layer.index
+    node.meta.update(type=call.meta["types"][index], args={}, params=0)
+    instance = call.instances[index if call.repeated else 0]
+    path = _alias_path(instance, instance.outputs[-1 if call.repeated else index])
+    if path[0] in instance.inputs:
+        given = instance.inputs.index(path[0])
+        if not call.repeated or index == 0:
+            node.meta["alias_of"] = call.inputs[given]
+        elif given == 0:  # a later instance of a collected repeat is given the one before's output
+            node.meta["alias_of"] = call.values[index - 1]
 
 
 def _instance_qualname(graph: Graph, node: BlockNode, index: int) -> str:
@@ -429,9 +444,13 @@ def _alias_path(graph: Graph, name: str) -> list[str]:
     """The nodes whose values are one memory with `name`'s, from the one that made it to `name`
     (`['fc', 'flat']` for a reshape of fc)."""
     path = [name]
-    while (index := _storage(graph.nodes[path[-1]]).aliases) is not None:
-        path.append(graph.nodes[path[-1]].inputs[index])
-    return path[::-1]
+    while True:
+        node = graph.nodes[path[-1]]
+        index = _storage(node).aliases
+        shared = node.meta.get("alias_of") if index is None else node.inputs[index]
+        if shared is None:
+            return path[::-1]
+        path.append(shared)
 
 
 def _block_storage(instances: list[Graph]) -> Storage:
@@ -507,6 +526,7 @@ def _effective_readers(graph: Graph, readers: dict[str, list[str]], reader: str,
     storage = _storage(graph.nodes[reader])
     node = graph.nodes[reader]
     is_view = storage.aliases is not None and storage.writes is None and node.inputs[storage.aliases] == value
+    is_view = is_view and not (isinstance(node, BlockNode) and node.values)  # a call with several values reads it
     if not is_view:
         if reader not in found:
             found.append(reader)
