@@ -70,10 +70,11 @@ def infer_shapes(graph: Graph, input_types: list[TensorType] | None = None,
     symbols: dict[str, tuple[str, int, int]] = {}
     if input_types is None:
         input_types = []
+        readers = graph.consumers()
         for name in graph.inputs:
             node = graph.nodes[name]
             assert isinstance(node, InputNode) and node.decl is not None, "a top-level input has a declaration"
-            declared = declared_type(node.decl)
+            declared = declared_type(node.decl, _read_as_map(graph, name, readers))
             shape = list(declared.shape)
             for axis, label in free_dims(declared):
                 symbol = f"{name}.{label}"
@@ -126,11 +127,36 @@ def _infer(graph: Graph, input_types: list[TensorType], memo: _Memo) -> list[Dia
     return diagnostics
 
 
-def declared_type(decl: InputDecl) -> TensorType:
-    """An input's declared type: its layout by rank unless given; a channels-first map's grid at scale 1."""
-    layout = decl.layout or ("channels_first" if len(decl.shape) >= 3 else "features_last")
+def declared_type(decl: InputDecl, map_read: bool = False) -> TensorType:
+    """An input's declared type: its layout by rank unless given; a channels-first map's grid at scale 1.
+
+    `map_read`: its readers take it as a `(C, L)` map (see `_read_as_map`), so a 2-dim input is one.
+    """
+    layout = decl.layout or ("channels_first" if len(decl.shape) >= 3 or (map_read and len(decl.shape) == 2)
+                             else "features_last")
     scale = (Fraction(1),) * (len(decl.shape) - 1) if layout == "channels_first" and len(decl.shape) >= 2 else None
     return TensorType(tuple(decl.shape), decl.dtype, layout, scale)
+
+
+def _read_as_map(graph: Graph, name: str, readers: dict[str, list[str]]) -> bool:
+    """True when every layer that reads input `name` (a block call's first layer included) is a 1-d
+    map op (Conv1d, BatchNorm1d, a 1-d pool...), which reads a 2-dim sample as `(C, L)`: the input
+    is then a 1-d map whose length is free, not a sequence of fixed features."""
+    ops = []
+    for reader in readers[name]:
+        node = graph.nodes[reader]
+        if isinstance(node, LayerNode):
+            ops.append(node.layer.op)
+        elif isinstance(node, BlockNode) and node.recipe is not None and node.inputs[:1] == [name]:
+            definition = node.recipe.definition
+            body = next(iter(definition.layers[0].values()))
+            reads_input = isinstance(body, dict) and body.get("input") in (None, definition.inputs[0])
+            ops.append(body.get("op") if reads_input else None)
+    return bool(ops) and all(isinstance(op, str) and op in _MAP_1D_OPS for op in ops)
+
+
+_MAP_1D_OPS = frozenset({"AdaptiveAvgPool1d", "AdaptiveMaxPool1d", "AvgPool1d", "BatchNorm1d", "Conv1d",
+                         "ConvTranspose1d", "Dropout1d", "InstanceNorm1d", "MaxPool1d"})
 
 
 _SPATIAL_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}

@@ -300,3 +300,56 @@ def test_an_uncurated_op_that_needs_particular_sizes_still_fixes_them() -> None:
         nn.ChannelShuffle(4)(torch.randn(2, 22, 16))
     with pytest.raises(ValueError, match=r"input 'x' must be \(N, L, 16\)"):
         resgraph.build(spec)(torch.randn(2, 22, 16))
+
+
+# --- 1-d maps: a 2-dim input that Conv1d reads is (C, L) ------------------------------------------
+
+RESNET_1D = """resgraph: 1
+name: ResNet1d
+inputs:
+  x: [2, 1001]
+blocks:
+  down:
+    layers:
+      - conv1: {op: Conv1d, out_channels: 8, kernel_size: 3, stride: 2, padding: 1, bias: false}
+      - bn1: {op: BatchNorm1d}
+      - relu: {op: ReLU}
+      - conv2: {op: Conv1d, out_channels: 8, kernel_size: 3, padding: 1, bias: false}
+    skips:
+      - downsample: {from: x, to: conv2}
+layers:
+  - stage: {block: down}
+  - pool: {op: AdaptiveAvgPool1d, output_size: 1}
+"""
+
+
+class Down1d(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv1d(2, 8, 3, 2, 1, bias=False), nn.BatchNorm1d(8)
+        self.conv2 = nn.Conv1d(8, 8, 3, 1, 1, bias=False)
+        self.downsample = nn.Sequential(nn.Conv1d(2, 8, 1, 2, bias=False), nn.BatchNorm1d(8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(torch.relu(self.bn1(self.conv1(x)))) + self.downsample(x)
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["read by a layer", "read by a block call"])
+def test_a_two_dim_input_read_by_conv1d_is_a_map_whose_length_is_free(direct: bool) -> None:
+    """Written `[2, 1001]` without a layout and read by a Conv1d, the input is (C, L): the channels
+    are fixed and every length works, as in torch; it is not a sequence of 1001 features."""
+    head = "  - head: {op: Conv1d, out_channels: 2, kernel_size: 1}\n"
+    spec = RESNET_1D if not direct else RESNET_1D.replace("  - stage:", head + "  - stage:")
+    report = resgraph.valid_sizes(spec, low=1, high=64)
+    channels, length = report.of("x")
+    assert (channels.name, channels.free, length.name, length.free) == ("C", False, "L", True)
+    assert length.valid == tuple(range(1, 65))
+    model = resgraph.build(spec, seed=0).eval()
+    reference = Down1d().eval()
+    reference.load_state_dict(model.stage.state_dict())
+    for size in (1001, 1000, 69, 7):
+        x = torch.randn(2, 2, size)
+        with torch.no_grad():
+            given = model.head(x) if direct else x
+            torch.testing.assert_close(model(x), nn.functional.adaptive_avg_pool1d(reference(given), 1))
+
