@@ -353,3 +353,38 @@ def test_a_two_dim_input_read_by_conv1d_is_a_map_whose_length_is_free(direct: bo
             given = model.head(x) if direct else x
             torch.testing.assert_close(model(x), nn.functional.adaptive_avg_pool1d(reference(given), 1))
 
+
+# --- a position table bounds the sequence length ----------------------------------------------------
+
+POSITIONS = """resgraph: 1
+name: Positions
+inputs:
+  tokens: {shape: [10], dtype: int64}
+layers:
+  - wte: {op: Embedding, num_embeddings: 50, embedding_dim: 8, input: tokens}
+  - positions: {op: arange, input: tokens, dim: 1}
+  - wpe: {op: Embedding, num_embeddings: 16, embedding_dim: 8}
+  - embedded: {op: add, input: [wte, wpe]}
+"""
+
+
+def test_positions_counted_at_run_time_admit_the_lengths_the_position_table_covers() -> None:
+    """GPT-2's learned positions: `Embedding(16)` of `arange(L)` works for L <= 16 and torch fails
+    with an IndexError beyond; resgraph admits exactly those lengths, and its guard refuses the rest."""
+    length = resgraph.valid_sizes(POSITIONS, low=1, high=40).of("tokens")[0]
+    assert length.valid == tuple(range(1, 17)) and length.failures[17] == "wpe"
+    model = resgraph.build(POSITIONS, seed=0)
+    table = nn.Embedding(16, 8)
+    table.load_state_dict(model.wpe.state_dict())
+    for size in (1, 16):
+        tokens = torch.randint(0, 50, (2, size))
+        torch.testing.assert_close(model(tokens), model.wte(tokens) + table(torch.arange(size)))
+    with pytest.raises(IndexError):
+        table(torch.arange(17))
+    with pytest.raises(ValueError, match=r"input 'tokens' must be \(N, L\) with 1 <= L <= 16"):
+        model(torch.randint(0, 50, (2, 17)))
+    shifted = POSITIONS.replace("dim: 1}", "dim: 1, start: 2, step: 2}")  # ids 2, 4, ..., 2L: L <= 7
+    at_five = resgraph.valid_sizes(shifted, input_shapes={"tokens": (5,)}, low=1, high=40)
+    assert at_five.of("tokens")[0].valid == tuple(range(1, 8))
+    with pytest.raises(resgraph.SpecError, match="its ids are positions up to 20, but the table has num_embeddings=16"):
+        resgraph.check(shifted)

@@ -341,7 +341,12 @@ class Arange(ConstantBase):
             return super().output_type(inputs)
         x = inputs[0]
         assert self.dim is not None
-        return TensorType((x.shape[sample_dim(self.dim, x.rank)],), self.dtype, "features_last")
+        length = x.shape[sample_dim(self.dim, x.rank)]
+        # Whole non-negative steps from a non-negative start: ids up to start + step * (length - 1).
+        counts = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.start, self.step)) and (
+            self.start >= 0 and self.step > 0)
+        below = self.start + self.step * (length - 1) + 1 if counts else None
+        return TensorType((length,), self.dtype, "features_last", ids_below=below)
 
     def data(self) -> tuple[str, dict[str, Any]]:
         return "arange", {"start": self.start, "end": self.stop, "step": self.step, "dtype": self.dtype}
