@@ -386,5 +386,5 @@ def test_positions_counted_at_run_time_admit_the_lengths_the_position_table_cove
     shifted = POSITIONS.replace("dim: 1}", "dim: 1, start: 2, step: 2}")  # ids 2, 4, ..., 2L: L <= 7
     at_five = resgraph.valid_sizes(shifted, input_shapes={"tokens": (5,)}, low=1, high=40)
     assert at_five.of("tokens")[0].valid == tuple(range(1, 8))
-    with pytest.raises(resgraph.SpecError, match="its ids are positions up to 20, but the table has num_embeddings=16"):
+    with pytest.raises(resgraph.SpecError, match="its ids go up to 20, but the table has num_embeddings=16"):
         resgraph.check(shifted)

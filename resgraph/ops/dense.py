@@ -65,7 +65,7 @@ class Embedding(Layer):
         # Positions counted at run time must stay inside the table: the comparison is a recorded
         # decision, so the input sizes the table covers are the ones the model admits (and guards).
         if x.ids_below is not None and x.ids_below > self.num_embeddings:
-            raise ShapeError(f"its ids are positions up to {x.ids_below - 1}, but the table has num_embeddings="
-                             f"{self.num_embeddings} rows (ids 0..{self.num_embeddings - 1}): raise num_embeddings "
-                             "or use a shorter input")
+            raise ShapeError(f"its ids go up to {x.ids_below - 1}, but the table has num_embeddings="
+                             f"{self.num_embeddings} rows (ids 0..{self.num_embeddings - 1}): raise num_embeddings"
+                             " (or, for positions counted over an input, give a shorter input)")
         return TensorType((*x.shape, self.embedding_dim), "float32", "features_last")
