@@ -388,3 +388,46 @@ def test_positions_counted_at_run_time_admit_the_lengths_the_position_table_cove
     assert at_five.of("tokens")[0].valid == tuple(range(1, 8))
     with pytest.raises(resgraph.SpecError, match="its ids go up to 20, but the table has num_embeddings=16"):
         resgraph.check(shifted)
+
+
+# --- dims that must be equal across inputs: a mask over the sequence ------------------------------
+
+MASKED = """resgraph: 1
+name: Masked
+inputs:
+  x: [6, 8]
+  padding: {shape: [6], dtype: bool}
+  blocked: {shape: [6, 6], dtype: bool}
+layers:
+  - attn: {op: MultiheadAttention, num_heads: 2, input: [x, padding, blocked], masks: [key_padding_mask, attn_mask]}
+  - out: {op: add, input: [attn, x]}
+"""
+
+
+def test_a_mask_over_the_sequence_follows_its_length_at_every_size() -> None:
+    """The masks' dims must equal x's sequence length: alone none of them admits another size, together
+    they admit every one. Compiled once at 6, the model equals torch's attention at other lengths, its
+    guard refuses masks that do not fit the sequence, and torch.export keeps the length dynamic."""
+    report = resgraph.valid_sizes(MASKED, low=1, high=40)
+    length, mask_length = report.of("x")[0], report.of("padding")[0]
+    assert length.valid == mask_length.valid == tuple(range(1, 41))
+    assert length.linked == ("blocked.L1", "blocked.L2", "padding.L") and mask_length.linked[-1] == "x.L"
+    assert "any L (equal to blocked.L1, blocked.L2, padding.L)" in report.format("Masked")
+    model = resgraph.build(MASKED, seed=0).eval()
+    reference = nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    reference.load_state_dict(model.attn.state_dict())
+    for size in (6, 11, 1):
+        x, padding = torch.randn(2, size, 8), torch.zeros(2, size, dtype=torch.bool)
+        blocked = torch.rand(2, size, size) > 0.7
+        blocked[..., 0] = False
+        with torch.no_grad():
+            expected = reference(x, x, x, key_padding_mask=padding, attn_mask=blocked.repeat_interleave(2, 0),
+                                 need_weights=False)[0] + x
+            torch.testing.assert_close(model(x, padding, blocked), expected)
+    with pytest.raises(ValueError, match=r"input 'padding' must be \(N, L\) with L = x\.L \(declared \(N, 6\)\); "
+                                         r"got \(2, 10\)"):
+        model(torch.randn(2, 11, 8), torch.zeros(2, 10, dtype=torch.bool), torch.zeros(2, 11, 11, dtype=torch.bool))
+    exported = torch.export.export(model, model.example_inputs(), dynamic_shapes=model.dynamic_shapes()).module()
+    x = torch.randn(3, 9, 8)
+    mask, blocked = torch.zeros(3, 9, dtype=torch.bool), torch.zeros(3, 9, 9, dtype=torch.bool)
+    torch.testing.assert_close(exported(x, mask, blocked), model(x, mask, blocked))
