@@ -389,6 +389,19 @@ def _comment(node: Node, shapes: bool, types: _TypeFacts) -> str:
     return types.comment(node) if shapes else ""
 
 
+def _first_linked(graph: Graph, symbols: dict[str, tuple[str, int, int]], name: str,
+                  dim: Any) -> tuple[str, int, str] | None:
+    """(input, axis, dim name) of the first dim, in input order, that `dim` must equal (`DimSizes.linked`),
+    if it comes before `dim`; None otherwise (`dim` is the first of its group, or has none)."""
+    order = {input_name: index for index, input_name in enumerate(graph.inputs)}
+    own = (order[name], dim.axis)
+    members = sorted((order[symbols[other][0]], symbols[other][1], other) for other in dim.linked)
+    if not members or members[0][:2] > own:
+        return None
+    input_name = graph.inputs[members[0][0]]
+    return input_name, members[0][1], members[0][2].split(".", 1)[1]
+
+
 def input_guard(graph: Graph) -> list[str]:
     """Lines checking each input's rank and sizes at the top of a forward, when its sizes are solved.
 
@@ -400,6 +413,7 @@ def input_guard(graph: Graph) -> list[str]:
     if report is None:
         return []
     lines = []
+    symbols = graph.meta.get("symbols", {})
     for name in graph.inputs:
         dims = report.of(name)
         wrong = [f"{name}.dim() != {len(dims) + 1}"]
@@ -407,8 +421,15 @@ def input_guard(graph: Graph) -> list[str]:
             violation = dim.rule.violation(f"{name}.shape[{dim.axis + 1}]")
             if violation is not None:
                 wrong.append(violation)
+            first = _first_linked(graph, symbols, name, dim)
+            if first is not None:  # a dim the model needs equal to one checked before: compared with that one
+                wrong.append(f"{name}.shape[{dim.axis + 1}] != {first[0]}.shape[{first[1] + 1}]")
         expected = "(N, " + ", ".join(dim.name if dim.free else str(dim.declared) for dim in dims) + ")"
         rules = [dim.rule.describe(dim.name) for dim in dims if dim.free and dim.rule.violation("n") is not None]
+        for dim in dims:
+            first = _first_linked(graph, symbols, name, dim)
+            if first is not None:
+                rules.append(f"{dim.name} = {first[2] if first[0] == name else f'{first[0]}.{first[2]}'}")
         declared = "(N, " + ", ".join(str(dim.declared) for dim in dims) + ")"
         message = (f"{graph.name}: input {name!r} must be {expected}" + (f" with {', '.join(rules)}" if rules else "")
                    + f" (declared {declared}); got ")

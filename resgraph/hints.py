@@ -16,6 +16,7 @@ A crop is never proposed where the maps are on different grids (it would misalig
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +71,15 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
             padding = change.keeping_padding()
             if padding is not None:
                 by_padding.setdefault(padding, []).append(repr(change.name))
-        fixes += [f"keep the size with `padding: {padding}` on {' and '.join(names)}"
+        # A strided layer on the way that floored an odd size still drops a row once the padding is
+        # fixed: the padding alone works only at an input size the strides divide.
+        floored = [c for c in changes if isinstance(c.geometry.get("stride"), int) and c.geometry["stride"] > 1
+                   and any(size % c.geometry["stride"] for size in c.before)]
+        total = math.prod(c.geometry["stride"] for c in changes
+                          if isinstance(c.geometry.get("stride"), int) and c.geometry["stride"] > 1)
+        also = (f" and an input size that is a multiple of {total} ({', '.join(repr(c.name) for c in floored)} "
+                "floored an odd size)") if floored else ""
+        fixes += [f"keep the size with `padding: {padding}` on {' and '.join(names)}{also}"
                   for padding, names in by_padding.items()]
         fitting = _fitting_sizes(guards, symbols)  # a rounding shrank it: some input sizes fit outright
         if fitting:

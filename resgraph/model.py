@@ -70,11 +70,17 @@ class CompiledModule(GeneratedModule):
 
         report = self.graph.meta["sizes"]
         shapes = []
+        made: dict[str, Any] = {}  # symbol -> its Dim: dims the model needs equal share one (`DimSizes.linked`)
+        batch_dim = Dim("batch", min=1)  # one for every input: the batch is dim 0 of each, the same N
         for name in self.graph.inputs:
-            dims: dict[int, Any] = {0: Dim(f"{name}_batch", min=1)} if batch else {}
+            dims: dict[int, Any] = {0: batch_dim} if batch else {}
             for dim in report.of(name):
                 label, rule = f"{name}_{dim.name}", dim.rule
                 if not dim.free or rule.kind in ("fixed", "set", "none"):
+                    continue
+                shared = next((made[other] for other in dim.linked if other in made), None)
+                if shared is not None:
+                    dims[dim.axis + 1] = made[f"{name}.{dim.name}"] = shared
                     continue
                 # torch.export specialises sizes of 1: start where every size this dim sets is >= 2
                 low = smallest_without_ones(self.graph, f"{name}.{dim.name}", max(rule.start, 2))
@@ -85,6 +91,7 @@ class CompiledModule(GeneratedModule):
                     dims[dim.axis + 1] = rule.step * Dim(f"{label}_k", min=2) + (first - 2 * rule.step)
                 else:
                     dims[dim.axis + 1] = Dim(label, min=low, **({"max": rule.stop} if rule.stop else {}))
+                made[f"{name}.{dim.name}"] = dims[dim.axis + 1]
             shapes.append(dims)
         return tuple(shapes)
 

@@ -70,10 +70,11 @@ def infer_shapes(graph: Graph, input_types: list[TensorType] | None = None,
     symbols: dict[str, tuple[str, int, int]] = {}
     if input_types is None:
         input_types = []
+        readers = graph.consumers()
         for name in graph.inputs:
             node = graph.nodes[name]
             assert isinstance(node, InputNode) and node.decl is not None, "a top-level input has a declaration"
-            declared = declared_type(node.decl)
+            declared = declared_type(node.decl, _read_as_map(graph, name, readers))
             shape = list(declared.shape)
             for axis, label in free_dims(declared):
                 symbol = f"{name}.{label}"
@@ -126,11 +127,36 @@ def _infer(graph: Graph, input_types: list[TensorType], memo: _Memo) -> list[Dia
     return diagnostics
 
 
-def declared_type(decl: InputDecl) -> TensorType:
-    """An input's declared type: its layout by rank unless given; a channels-first map's grid at scale 1."""
-    layout = decl.layout or ("channels_first" if len(decl.shape) >= 3 else "features_last")
+def declared_type(decl: InputDecl, map_read: bool = False) -> TensorType:
+    """An input's declared type: its layout by rank unless given; a channels-first map's grid at scale 1.
+
+    `map_read`: its readers take it as a `(C, L)` map (see `_read_as_map`), so a 2-dim input is one.
+    """
+    layout = decl.layout or ("channels_first" if len(decl.shape) >= 3 or (map_read and len(decl.shape) == 2)
+                             else "features_last")
     scale = (Fraction(1),) * (len(decl.shape) - 1) if layout == "channels_first" and len(decl.shape) >= 2 else None
     return TensorType(tuple(decl.shape), decl.dtype, layout, scale)
+
+
+def _read_as_map(graph: Graph, name: str, readers: dict[str, list[str]]) -> bool:
+    """True when every layer that reads input `name` (a block call's first layer included) is a 1-d
+    map op (Conv1d, BatchNorm1d, a 1-d pool...), which reads a 2-dim sample as `(C, L)`: the input
+    is then a 1-d map whose length is free, not a sequence of fixed features."""
+    ops = []
+    for reader in readers[name]:
+        node = graph.nodes[reader]
+        if isinstance(node, LayerNode):
+            ops.append(node.layer.op)
+        elif isinstance(node, BlockNode) and node.recipe is not None and node.inputs[:1] == [name]:
+            definition = node.recipe.definition
+            body = next(iter(definition.layers[0].values()))
+            reads_input = isinstance(body, dict) and body.get("input") in (None, definition.inputs[0])
+            ops.append(body.get("op") if reads_input else None)
+    return bool(ops) and all(isinstance(op, str) and op in _MAP_1D_OPS for op in ops)
+
+
+_MAP_1D_OPS = frozenset({"AdaptiveAvgPool1d", "AdaptiveMaxPool1d", "AvgPool1d", "BatchNorm1d", "Conv1d",
+                         "ConvTranspose1d", "Dropout1d", "InstanceNorm1d", "MaxPool1d"})
 
 
 _SPATIAL_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
@@ -289,9 +315,24 @@ def _copy_instance(template: Graph, qualname: str) -> Graph:
 
 
 def _infer_block_output(graph: Graph, node: LayerNode) -> None:
-    """One value of a block call with several: its type is the call's type of that value."""
+    """One value of a block call with several: its type is the call's type of that value.
+
+    A value the instance passes through from its input (the input itself, a chunk of it) is that
+    input's memory: `meta["alias_of"]` names the caller's node it shares, for the in-place check.
+    """
     assert isinstance(node.layer, BlockOutput)
-    node.meta.update(type=graph.nodes[node.inputs[0]].meta["types"][node.layer.index], args={}, params=0)
+    call = graph.nodes[node.inputs[0]]
+    assert isinstance(call, BlockNode)
+    index = node.layer.index
+    node.meta.update(type=call.meta["types"][index], args={}, params=0)
+    instance = call.instances[index if call.repeated else 0]
+    path = _alias_path(instance, instance.outputs[-1 if call.repeated else index])
+    if path[0] in instance.inputs:
+        given = instance.inputs.index(path[0])
+        if not call.repeated or index == 0:
+            node.meta["alias_of"] = call.inputs[given]
+        elif given == 0:  # a later instance of a collected repeat is given the one before's output
+            node.meta["alias_of"] = call.values[index - 1]
 
 
 def _instance_qualname(graph: Graph, node: BlockNode, index: int) -> str:
@@ -429,9 +470,13 @@ def _alias_path(graph: Graph, name: str) -> list[str]:
     """The nodes whose values are one memory with `name`'s, from the one that made it to `name`
     (`['fc', 'flat']` for a reshape of fc)."""
     path = [name]
-    while (index := _storage(graph.nodes[path[-1]]).aliases) is not None:
-        path.append(graph.nodes[path[-1]].inputs[index])
-    return path[::-1]
+    while True:
+        node = graph.nodes[path[-1]]
+        index = _storage(node).aliases
+        shared = node.meta.get("alias_of") if index is None else node.inputs[index]
+        if shared is None:
+            return path[::-1]
+        path.append(shared)
 
 
 def _block_storage(instances: list[Graph]) -> Storage:
@@ -507,6 +552,7 @@ def _effective_readers(graph: Graph, readers: dict[str, list[str]], reader: str,
     storage = _storage(graph.nodes[reader])
     node = graph.nodes[reader]
     is_view = storage.aliases is not None and storage.writes is None and node.inputs[storage.aliases] == value
+    is_view = is_view and not (isinstance(node, BlockNode) and node.values)  # a call with several values reads it
     if not is_view:
         if reader not in found:
             found.append(reader)

@@ -28,8 +28,8 @@ from typing import Any
 from .graph import Graph
 from .symbolic import COMPARISONS, Expr, Guard, SymInt, evaluate, requirement
 
-__all__ = ["DEFAULT_RANGE", "DimSizes", "SizeReport", "SizeRule", "smallest_without_ones", "solve_sizes",
-           "valid_sizes_mask"]
+__all__ = ["DEFAULT_RANGE", "DimSizes", "SizeReport", "SizeRule", "linked_symbols", "smallest_without_ones",
+           "solve_sizes", "valid_sizes_mask"]
 
 DEFAULT_RANGE = (1, 2048)
 
@@ -112,6 +112,9 @@ class DimSizes:
     rule: SizeRule
     valid: tuple[int, ...] = ()  # in the range searched (free dims only)
     failures: dict[int, str] = field(default_factory=dict, compare=False)  # size -> first node that fails
+    # The free dims the model needs equal to this one (`pad.L` for a mask over x's sequence), as
+    # symbols: they are solved together, each at the same size, and the guard checks they agree.
+    linked: tuple[str, ...] = ()
 
     @property
     def smallest(self) -> int | None:
@@ -148,7 +151,8 @@ class SizeReport:
                 if not dim.free:
                     lines.append(f"  {dim.name} = {dim.declared} (fixed by the layers' parameters)")
                     continue
-                lines.append(f"  {dim.rule.describe(dim.name)}: {_sample(dim.valid, dim.declared)}")
+                same = f" (equal to {', '.join(dim.linked)})" if dim.linked else ""
+                lines.append(f"  {dim.rule.describe(dim.name)}{same}: {_sample(dim.valid, dim.declared)}")
                 below = [n for n in dim.failures if n < dim.declared]
                 above = [n for n in dim.failures if n > dim.declared]
                 invalid = ([max(below)] if below else []) + ([min(above)] if above else [])
@@ -168,7 +172,8 @@ class SizeReport:
             entry["dims"].append({
                 "name": dim.name, "axis": dim.axis, "declared": dim.declared, "free": dim.free,
                 "rule": dim.rule.describe(dim.name), "smallest": dim.smallest, "valid": list(dim.valid),
-                "failures": {str(size): where for size, where in sorted(dim.failures.items())}})
+                "failures": {str(size): where for size, where in sorted(dim.failures.items())},
+                **({"equal_to": list(dim.linked)} if dim.linked else {})})
         for name, rule in self.square.items():
             inputs[name]["square"] = {"rule": rule.describe("size"), "valid": list(self.square_valid[name])}
         return {"range": list(self.range), "inputs": inputs}
@@ -200,6 +205,7 @@ def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAUL
         return values, found
 
     dims = []
+    groups = linked_symbols(guards)
     for input_name in graph.inputs:
         node_type = graph.nodes[input_name].meta["type"]
         names = _dim_names(node_type, input_name, symbols)
@@ -208,28 +214,60 @@ def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAUL
             if symbol is None:
                 dims.append(DimSizes(input_name, axis, names[axis], size, False, SizeRule("fixed", size)))
                 continue
-            values, found = solve({symbol})
-            dims.append(DimSizes(input_name, axis, names[axis], size, True, _rule(values, low, high), values, found))
+            group = groups.get(symbol, frozenset((symbol,)))
+            values, found = solve(set(group))
+            dims.append(DimSizes(input_name, axis, names[axis], size, True, _rule(values, low, high), values, found,
+                                 tuple(sorted(group - {symbol}))))
     square: dict[str, SizeRule] = {}
     square_valid: dict[str, tuple[int, ...]] = {}
     for input_name in graph.inputs:
         free = {s for s, (i, _, _) in symbols.items() if i == input_name}
         if len(free) >= 2:
-            values, _ = solve(free)
+            values, _ = solve(set().union(*(groups.get(symbol, {symbol}) for symbol in free)))
             square[input_name], square_valid[input_name] = _rule(values, low, high), values
     return SizeReport(tuple(dims), square, square_valid, (low, high))
 
 
 def smallest_without_ones(graph: Graph, symbol: str, start: int, high: int = DEFAULT_RANGE[1]) -> int | None:
-    """The smallest size >= start of `symbol` at which every node's size that depends on it is at least 2.
+    """The smallest size >= start of `symbol` (and the symbols linked to it, see `linked_symbols`) at
+    which every node's size that depends on it is at least 2.
 
     torch.export treats a size of 1 as a special case (it broadcasts): a dynamic dim must keep every
     size it determines at 2 or more, so its minimum there is this, not the solver's."""
     symbols = graph.meta.get("symbols", {})
+    guards = graph.meta.get("guards", [])
+    group = linked_symbols(guards).get(symbol, frozenset((symbol,)))
     need = [requirement("ge", SymInt(expr, 0), 2) for expr in graph.meta.get("size_exprs", [])]
-    need = [guard for guard, read in zip(need, _guard_symbols(need), strict=True) if symbol in read]
-    valid, _ = valid_sizes_mask([*graph.meta.get("guards", []), *need], symbols, {symbol}, start, high)
+    need = [guard for guard, read in zip(need, _guard_symbols(need), strict=True) if read & group]
+    valid, _ = valid_sizes_mask([*guards, *need], symbols, set(group), start, high)
     return next((start + index for index, ok in enumerate(valid) if ok), None)
+
+
+def linked_symbols(guards: list[Guard]) -> dict[str, frozenset[str]]:
+    """Free dims the model needs equal (a guard `pad.L == x.L`: a mask over x's sequence, two inputs
+    added): symbol -> every symbol of its group, itself included, for symbols in a group of two or more.
+
+    Such dims admit no other size alone, only together: the solver varies a group at once.
+
+    >>> from resgraph.symbolic import Guard, SymInt
+    >>> a, b, c = (SymInt.symbol(name, 6) for name in ("x.L", "pad.L", "y.L"))
+    >>> sorted(linked_symbols([Guard("eq", b.expr, a.expr, True, "attn")])["x.L"])
+    ['pad.L', 'x.L']
+    """
+    parent: dict[str, str] = {}
+
+    def root(name: str) -> str:
+        while parent.setdefault(name, name) != name:
+            name = parent[name]
+        return name
+
+    for guard in guards:
+        if guard.op == "eq" and guard.outcome and guard.left.op == guard.right.op == "sym":
+            parent[root(guard.left.args[0])] = root(guard.right.args[0])
+    groups: dict[str, set[str]] = {}
+    for name in parent:
+        groups.setdefault(root(name), set()).add(name)
+    return {name: frozenset(group) for group in groups.values() if len(group) > 1 for name in group}
 
 
 def _sample(values: tuple[int, ...], declared: int | None) -> str:

@@ -249,3 +249,19 @@ def test_attention_macs_count_what_flop_counter_counts() -> None:
         model = resgraph.build(spec, seed=0)
         assert 2 * resgraph.summary(graph).matmul_macs == counted_flops(model, torch.randn(1, 7 if spec is CAUSAL
                                                                                             else 6, 16))
+
+
+@pytest.mark.parametrize("extra", ["add_bias_kv: true", "add_zero_attn: true",
+                                   "add_bias_kv: true, add_zero_attn: true"])
+def test_causal_attention_with_extra_keys_equals_torch_with_the_causal_mask(extra: str) -> None:
+    """With add_bias_kv / add_zero_attn, torch appends keys every position may attend to (it widens the
+    mask for them); the causal model equals torch's module given the causal mask, bias key included."""
+    model = resgraph.build(CAUSAL.replace("dropout: 0.0", f"dropout: 0.0, {extra}"), seed=0).eval()
+    reference = nn.MultiheadAttention(16, 4, batch_first=True, add_bias_kv="add_bias_kv" in extra,
+                                      add_zero_attn="add_zero_attn" in extra).eval()
+    reference.load_state_dict(model.attn.state_dict())
+    x = torch.randn(3, 7, 16)
+    with torch.no_grad():
+        expected = reference(x, x, x, attn_mask=causal_mask(7), need_weights=False)[0]
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    assert_causal(model, x, 7)

@@ -120,6 +120,25 @@ CASES: dict[str, tuple[str, list[str], bool]] = {
     "after a block ending in Softmax": (
         "blocks:\n  soft:\n    layers:\n      - fc: {op: Linear, out_features: 6}\n      - p: {op: Softmax, dim: -1}\n"
         "layers:\n  - b: {block: soft}\n  - act: {op: ReLU, inplace: true}\n", ["act"], True),
+    # a value of a block call with several: the block's input passed through, or a piece of it
+    "a block value that is the caller's": (
+        "blocks:\n  pair:\n    layers:\n      - y: {op: Linear, out_features: 6}\n    outputs: [y, x]\n"
+        "layers:\n  - fc: {op: Linear, out_features: 6}\n  - p: {block: pair}\n"
+        "  - act: {op: ReLU, input: p.x, inplace: true}\n  - out: {op: add, input: [act, fc]}\n", ["act"], True),
+    "a block value that is a chunk of the caller's": (
+        "blocks:\n  halves:\n    layers:\n      - parts: {op: chunk, chunks: 2, dim: 2, outputs: [a, b]}\n"
+        "    outputs: [a, b]\nlayers:\n  - fc: {op: Linear, out_features: 6}\n  - h: {block: halves}\n"
+        "  - act: {op: ReLU, input: h.a, inplace: true}\n  - out: {op: concat, input: [act, fc], dim: 2}\n",
+        ["act"], True),
+    "a collected value that is the caller's": (
+        UNIT + "layers:\n  - fc: {op: Linear, out_features: 6}\n  - st: {block: same, repeat: 2, collect: true}\n"
+        "  - act: {op: ReLU, input: st.1, inplace: true}\n  - out: {op: add, input: [act, fc]}\n", ["act"], True),
+    "a block value of its own": (
+        "blocks:\n  pair:\n    layers:\n      - y: {op: Linear, out_features: 6}\n"
+        "      - z: {op: Linear, out_features: 6, input: x}\n    outputs: [y, z]\n"
+        "layers:\n  - fc: {op: Linear, out_features: 6}\n  - p: {block: pair}\n"
+        "  - act: {op: ReLU, input: p.z, inplace: true}\n  - out: {op: add, input: [act, p.y, fc]}\n",
+        ["act"], False),
     "after uncurated Softmin": ("layers:\n  - fc: {op: Linear, out_features: 6}\n  - s: {op: Softmin, dim: -1}\n"
                                 "  - act: {op: ReLU, inplace: true}\n", ["act"], True),
 }

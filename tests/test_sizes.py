@@ -257,3 +257,177 @@ def test_the_solver_runs_on_a_hand_built_graph() -> None:
     report = solve_sizes(infer_shapes(b.build()), low=1, high=40)
     (length,) = [dim for dim in report.dims if dim.free]
     assert length.rule.describe("L") == "L: multiples of 2"  # a 2-wide stride-2 conv floors odd lengths
+
+
+# --- uncurated torch.nn classes: sizes from the meta device ---------------------------------------
+
+RECURRENT = """resgraph: 1
+name: Recurrent
+inputs:
+  x: [20, 16]
+layers:
+  - lstm: {op: LSTM, hidden_size: 8, output: 0}
+  - gru: {op: GRU, hidden_size: 6, num_layers: 2, bidirectional: true, output: 0}
+  - norm: {op: LayerNorm}
+"""
+
+
+def test_a_recurrent_layer_keeps_the_sequence_length_free_while_changing_the_features() -> None:
+    """An LSTM or GRU maps (L, F) to (L, H) at any L: the spec admits every length, and the model
+    built at 20 gives, at each, what torch's own modules give with the same weights."""
+    height = resgraph.valid_sizes(RECURRENT, low=1, high=64).of("x")[0]
+    assert height.rule.describe("L") == "any L" and height.valid == tuple(range(1, 65))
+    model = resgraph.build(RECURRENT, seed=0).eval()
+    lstm, gru = nn.LSTM(16, 8, batch_first=True), nn.GRU(8, 6, num_layers=2, bidirectional=True, batch_first=True)
+    lstm.load_state_dict(model.lstm.state_dict())
+    gru.load_state_dict(model.gru.state_dict())
+    for length in (1, 7, 20, 33):
+        x = torch.randn(2, length, 16)
+        with torch.no_grad():
+            expected = nn.functional.layer_norm(gru(lstm(x)[0])[0], (12,), model.norm.weight, model.norm.bias)
+            torch.testing.assert_close(model(x), expected)
+
+
+def test_an_uncurated_op_that_needs_particular_sizes_still_fixes_them() -> None:
+    """ChannelShuffle keeps its input's shape, but only where its groups divide dim 1: a length torch
+    refuses is never admitted, and the guard refuses it before torch would."""
+    spec = RECURRENT.replace("  - lstm: {op: LSTM, hidden_size: 8, output: 0}\n", "").replace(
+        "  - gru: {op: GRU, hidden_size: 6, num_layers: 2, bidirectional: true, output: 0}\n",
+        "  - shuffle: {op: ChannelShuffle, groups: 4}\n")
+    valid = resgraph.valid_sizes(spec, low=1, high=64).of("x")[0].valid
+    assert 20 in valid and not {21, 22, 23} & set(valid)
+    with pytest.raises(RuntimeError):
+        nn.ChannelShuffle(4)(torch.randn(2, 22, 16))
+    with pytest.raises(ValueError, match=r"input 'x' must be \(N, L, 16\)"):
+        resgraph.build(spec)(torch.randn(2, 22, 16))
+
+
+# --- 1-d maps: a 2-dim input that Conv1d reads is (C, L) ------------------------------------------
+
+RESNET_1D = """resgraph: 1
+name: ResNet1d
+inputs:
+  x: [2, 1001]
+blocks:
+  down:
+    layers:
+      - conv1: {op: Conv1d, out_channels: 8, kernel_size: 3, stride: 2, padding: 1, bias: false}
+      - bn1: {op: BatchNorm1d}
+      - relu: {op: ReLU}
+      - conv2: {op: Conv1d, out_channels: 8, kernel_size: 3, padding: 1, bias: false}
+    skips:
+      - downsample: {from: x, to: conv2}
+layers:
+  - stage: {block: down}
+  - pool: {op: AdaptiveAvgPool1d, output_size: 1}
+"""
+
+
+class Down1d(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv1d(2, 8, 3, 2, 1, bias=False), nn.BatchNorm1d(8)
+        self.conv2 = nn.Conv1d(8, 8, 3, 1, 1, bias=False)
+        self.downsample = nn.Sequential(nn.Conv1d(2, 8, 1, 2, bias=False), nn.BatchNorm1d(8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(torch.relu(self.bn1(self.conv1(x)))) + self.downsample(x)
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["read by a layer", "read by a block call"])
+def test_a_two_dim_input_read_by_conv1d_is_a_map_whose_length_is_free(direct: bool) -> None:
+    """Written `[2, 1001]` without a layout and read by a Conv1d, the input is (C, L): the channels
+    are fixed and every length works, as in torch; it is not a sequence of 1001 features."""
+    head = "  - head: {op: Conv1d, out_channels: 2, kernel_size: 1}\n"
+    spec = RESNET_1D if not direct else RESNET_1D.replace("  - stage:", head + "  - stage:")
+    report = resgraph.valid_sizes(spec, low=1, high=64)
+    channels, length = report.of("x")
+    assert (channels.name, channels.free, length.name, length.free) == ("C", False, "L", True)
+    assert length.valid == tuple(range(1, 65))
+    model = resgraph.build(spec, seed=0).eval()
+    reference = Down1d().eval()
+    reference.load_state_dict(model.stage.state_dict())
+    for size in (1001, 1000, 69, 7):
+        x = torch.randn(2, 2, size)
+        with torch.no_grad():
+            given = model.head(x) if direct else x
+            torch.testing.assert_close(model(x), nn.functional.adaptive_avg_pool1d(reference(given), 1))
+
+
+# --- a position table bounds the sequence length ----------------------------------------------------
+
+POSITIONS = """resgraph: 1
+name: Positions
+inputs:
+  tokens: {shape: [10], dtype: int64}
+layers:
+  - wte: {op: Embedding, num_embeddings: 50, embedding_dim: 8, input: tokens}
+  - positions: {op: arange, input: tokens, dim: 1}
+  - wpe: {op: Embedding, num_embeddings: 16, embedding_dim: 8}
+  - embedded: {op: add, input: [wte, wpe]}
+"""
+
+
+def test_positions_counted_at_run_time_admit_the_lengths_the_position_table_covers() -> None:
+    """GPT-2's learned positions: `Embedding(16)` of `arange(L)` works for L <= 16 and torch fails
+    with an IndexError beyond; resgraph admits exactly those lengths, and its guard refuses the rest."""
+    length = resgraph.valid_sizes(POSITIONS, low=1, high=40).of("tokens")[0]
+    assert length.valid == tuple(range(1, 17)) and length.failures[17] == "wpe"
+    model = resgraph.build(POSITIONS, seed=0)
+    table = nn.Embedding(16, 8)
+    table.load_state_dict(model.wpe.state_dict())
+    for size in (1, 16):
+        tokens = torch.randint(0, 50, (2, size))
+        torch.testing.assert_close(model(tokens), model.wte(tokens) + table(torch.arange(size)))
+    with pytest.raises(IndexError):
+        table(torch.arange(17))
+    with pytest.raises(ValueError, match=r"input 'tokens' must be \(N, L\) with 1 <= L <= 16"):
+        model(torch.randint(0, 50, (2, 17)))
+    shifted = POSITIONS.replace("dim: 1}", "dim: 1, start: 2, step: 2}")  # ids 2, 4, ..., 2L: L <= 7
+    at_five = resgraph.valid_sizes(shifted, input_shapes={"tokens": (5,)}, low=1, high=40)
+    assert at_five.of("tokens")[0].valid == tuple(range(1, 8))
+    with pytest.raises(resgraph.SpecError, match="its ids go up to 20, but the table has num_embeddings=16"):
+        resgraph.check(shifted)
+
+
+# --- dims that must be equal across inputs: a mask over the sequence ------------------------------
+
+MASKED = """resgraph: 1
+name: Masked
+inputs:
+  x: [6, 8]
+  padding: {shape: [6], dtype: bool}
+  blocked: {shape: [6, 6], dtype: bool}
+layers:
+  - attn: {op: MultiheadAttention, num_heads: 2, input: [x, padding, blocked], masks: [key_padding_mask, attn_mask]}
+  - out: {op: add, input: [attn, x]}
+"""
+
+
+def test_a_mask_over_the_sequence_follows_its_length_at_every_size() -> None:
+    """The masks' dims must equal x's sequence length: alone none of them admits another size, together
+    they admit every one. Compiled once at 6, the model equals torch's attention at other lengths, its
+    guard refuses masks that do not fit the sequence, and torch.export keeps the length dynamic."""
+    report = resgraph.valid_sizes(MASKED, low=1, high=40)
+    length, mask_length = report.of("x")[0], report.of("padding")[0]
+    assert length.valid == mask_length.valid == tuple(range(1, 41))
+    assert length.linked == ("blocked.L1", "blocked.L2", "padding.L") and mask_length.linked[-1] == "x.L"
+    assert "any L (equal to blocked.L1, blocked.L2, padding.L)" in report.format("Masked")
+    model = resgraph.build(MASKED, seed=0).eval()
+    reference = nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    reference.load_state_dict(model.attn.state_dict())
+    for size in (6, 11, 1):
+        x, padding = torch.randn(2, size, 8), torch.zeros(2, size, dtype=torch.bool)
+        blocked = torch.rand(2, size, size) > 0.7
+        blocked[..., 0] = False
+        with torch.no_grad():
+            expected = reference(x, x, x, key_padding_mask=padding, attn_mask=blocked.repeat_interleave(2, 0),
+                                 need_weights=False)[0] + x
+            torch.testing.assert_close(model(x, padding, blocked), expected)
+    with pytest.raises(ValueError, match=r"input 'padding' must be \(N, L\) with L = x\.L \(declared \(N, 6\)\); "
+                                         r"got \(2, 10\)"):
+        model(torch.randn(2, 11, 8), torch.zeros(2, 10, dtype=torch.bool), torch.zeros(2, 11, 11, dtype=torch.bool))
+    exported = torch.export.export(model, model.example_inputs(), dynamic_shapes=model.dynamic_shapes()).module()
+    x = torch.randn(3, 9, 8)
+    mask, blocked = torch.zeros(3, 9, dtype=torch.bool), torch.zeros(3, 9, 9, dtype=torch.bool)
+    torch.testing.assert_close(exported(x, mask, blocked), model(x, mask, blocked))

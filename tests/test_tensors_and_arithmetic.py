@@ -288,3 +288,26 @@ def test_vit_learned_tensors_have_torchvisions_shapes() -> None:
     reference = nn.Parameter(torch.zeros(1, 1, 768))  # torchvision ViT's class_token
     model = resgraph.build("examples/vit_b_16.yaml", device="meta")
     assert model.class_token.shape == reference.shape and model.pos_embedding.shape == (1, 197, 768)
+
+
+# --- integer constants as ids ---------------------------------------------------------------------
+
+@pytest.mark.parametrize(("ids", "largest"), [("{op: arange, stop: 16}", None), ("{op: arange, stop: 17}", 16),
+                                              ("{op: arange, start: 3, stop: 40, step: 4}", 39),
+                                              ("{op: constant, value: [0, 15, 7], dtype: int64}", None),
+                                              ("{op: constant, value: [[0, 3], [99, 1]], dtype: int64}", 99),
+                                              ("{op: full, shape: [4], value: 16, dtype: int64}", 16)])
+def test_constant_ids_must_lie_in_the_embedding_table_they_index(ids: str, largest: int | None) -> None:
+    """torch's Embedding fails at the first forward with an IndexError on an id past its table;
+    resgraph refuses such a constant when the spec is checked, at the Embedding, and builds the rest."""
+    spec = HEAD + f"inputs:\n  x: [8]\nlayers:\n  - ids: {ids}\n  - table: {{op: Embedding, num_embeddings: 16, " \
+                  "embedding_dim: 8}\n  - out: {op: mean, dim: 1, input: table}\n"
+    if largest is not None:
+        with pytest.raises(resgraph.SpecError, match=f"ids go up to {largest}, but the table has num_embeddings=16"):
+            resgraph.check(spec)
+        return
+    model = resgraph.build(spec, seed=0)
+    table = nn.Embedding(16, 8)
+    table.load_state_dict(model.table.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model(torch.randn(2, 8))[0], table(model.ids).mean(0))

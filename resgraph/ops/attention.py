@@ -155,7 +155,10 @@ class MultiheadAttention(Layer):
             # the hint needs its mask; without padding masks torch drops it and runs causal sdpa
             options.append(f"attn_mask=torch.ones({q}.shape[1], {k}.shape[1], dtype=torch.bool, "
                            f"device={q}.device).triu(1)")
-            options.append("is_causal=True")
+            if not (self.add_bias_kv or self.add_zero_attn):
+                # (not with extra keys: torch's causal sdpa then never attends to the learned bias key or
+                # the zero key, where the mask, which torch widens for them, lets every position attend)
+                options.append("is_causal=True")
         return f"{module}({q}, {k}, {v}, {', '.join(options)})[0]"
 
 

@@ -21,7 +21,7 @@ import re
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
@@ -187,12 +187,16 @@ class TensorType:
     (1 at an input; 2 after a stride-2 conv; 1/2 after a 2x upsample), or None where unknown
     (after an adaptive pool, a reshape, an uncurated op that resizes). Projections use it to tell
     a stride (the grids align at a ratio) from a size change on the same grid (valid convs).
+    `ids_below`, for integer positions counted at run time (`arange` over a dim), is a bound every
+    value stays under (int | SymInt), so an `Embedding` of them knows the lengths its table covers;
+    None where unknown. Any other type made from this one drops it.
     """
 
     shape: tuple[Any, ...]  # int | SymInt
     dtype: str = "float32"
     layout: Layout = "channels_first"
     scale: Scale | None = None
+    ids_below: Any = field(default=None, compare=False)  # (not compared: a SymInt's == records a guard)
 
     @property
     def rank(self) -> int:

@@ -62,4 +62,10 @@ class Embedding(Layer):
             raise ShapeError(f"needs integer ids (an input with dtype: int64), got {x.dtype}")
         if self.padding_idx is not None and not -self.num_embeddings <= self.padding_idx < self.num_embeddings:
             raise ShapeError(f"padding_idx={self.padding_idx} is outside [0, num_embeddings={self.num_embeddings})")
+        # Positions counted at run time must stay inside the table: the comparison is a recorded
+        # decision, so the input sizes the table covers are the ones the model admits (and guards).
+        if x.ids_below is not None and x.ids_below > self.num_embeddings:
+            raise ShapeError(f"its ids go up to {x.ids_below - 1}, but the table has num_embeddings="
+                             f"{self.num_embeddings} rows (ids 0..{self.num_embeddings - 1}): raise num_embeddings"
+                             " (or, for positions counted over an input, give a shorter input)")
         return TensorType((*x.shape, self.embedding_dim), "float32", "features_last")

@@ -208,8 +208,9 @@ class GenericLayer(Layer):
             _check_dims(name, cls, parameters, written, inputs[0].rank)
         pick = (self.model_extra or {}).get("output")
         out = probe(cls, self.module_args(inputs), tuple(inputs), pick).output
-        if self._keeps_free_sizes(cls, symbolic, out, pick):
-            return replace(out, shape=symbolic[0].shape, scale=symbolic[0].scale)
+        followed = self._follows_free_sizes(cls, symbolic, out, pick)
+        if followed is not None:
+            return followed
         # Otherwise its output depends on exact input sizes: each symbolic one is specialised (a
         # recorded decision: the model then admits only these sizes; see resgraph.symbolic).
         for t in symbolic:
@@ -228,21 +229,34 @@ class GenericLayer(Layer):
             return replace(seen, aliases=0, writes=0)
         return seen
 
-    def _keeps_free_sizes(self, cls: type, symbolic: list[TensorType], out: TensorType, pick: Any) -> bool:
-        """True for a one-input op whose output has its input's shape at two different sizes of the
-        input's free dims (an activation, a norm): its sizes then follow the input's at any size."""
-        if len(symbolic) != 1 or out.shape != symbolic[0].hints().shape:
-            return False
-        free = [isinstance(size, SymInt) for size in symbolic[0].shape]
-        if not any(free):
-            return False
-        other = symbolic[0].hints()
-        other = other.with_shape(tuple(size + 1 if is_free else size for size, is_free in zip(other.shape, free)),
-                                 scale=other.scale)
-        try:
-            return probe(cls, self.module_args([other]), (other,), pick).output.shape == other.shape
-        except ShapeError:
-            return False
+    def _follows_free_sizes(self, cls: type, symbolic: list[TensorType], out: TensorType,
+                            pick: Any) -> TensorType | None:
+        """The output type with the input's free sizes kept symbolic, for a one-input op that passes
+        each free dim of its input through at its place and keeps its other dims whatever the free
+        sizes are (an activation or a norm; an LSTM's or a GRU's sequence, whose features change),
+        as two more probes at other free sizes confirm; None for any other op.
+
+        Such an op works at every size of those dims, so it need not fix them (see `output_type`).
+        """
+        if len(symbolic) != 1:
+            return None
+        given, seen = symbolic[0], symbolic[0].hints()
+        free = [isinstance(size, SymInt) for size in given.shape]
+        if not any(free) or out.rank != seen.rank or any(
+                is_free and size != before for size, before, is_free in zip(out.shape, seen.shape, free)):
+            return None
+        for step in (1, 2):  # two more sizes: a dim that only happens to equal its input's once is not followed
+            other = seen.with_shape(tuple(size + step if is_free else size for size, is_free in zip(seen.shape, free)),
+                                    scale=seen.scale)
+            expected = tuple(moved if is_free else kept for moved, kept, is_free in zip(other.shape, out.shape, free))
+            try:
+                if probe(cls, self.module_args([other]), (other,), pick).output.shape != expected:
+                    return None
+            except ShapeError:
+                return None
+        same_grid = out.layout == "channels_first" and out.shape[1:] == seen.shape[1:]
+        shape = tuple(size if is_free else kept for size, kept, is_free in zip(given.shape, out.shape, free))
+        return replace(out, shape=shape, scale=given.scale if same_grid else None)
 
 
 def _check_sample_rank(name: str, cls: type, inputs: list[TensorType], field: str) -> None:

@@ -213,6 +213,18 @@ class ConstantBase(StoredTensor):
     def owned(self) -> Owned | None:
         return "buffer"
 
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        out = super().output_type(inputs)
+        values = self.values() if out.dtype in INT_DTYPES else None
+        if not values or min(values) < 0:
+            return out
+        # Integer ids: an Embedding that reads them checks its table covers them (see TensorType.ids_below).
+        return TensorType(out.shape, out.dtype, out.layout, out.scale, ids_below=int(max(values)) + 1)
+
+    def values(self) -> list[int | float] | None:
+        """Every value the constant holds, where the spec gives them all; None otherwise."""
+        return None
+
     def data(self) -> tuple[str, dict[str, Any]]:
         """The torch function building the buffer and its arguments (`build` and `tensor_source` share them)."""
         raise NotImplementedError
@@ -254,6 +266,9 @@ class Full(ConstantBase):
     def stored_shape(self) -> tuple[int, ...]:
         return tuple(self.shape)
 
+    def values(self) -> list[int | float] | None:
+        return [self.value]
+
     def data(self) -> tuple[str, dict[str, Any]]:
         return "full", {"size": tuple(self.shape), "fill_value": self.value, "dtype": self.dtype}
 
@@ -280,6 +295,9 @@ class ConstantTensor(ConstantBase):
 
     def stored_shape(self) -> tuple[int, ...]:
         return tuple(self.shape) if self.shape is not None else literal_shape(self.value)
+
+    def values(self) -> list[int | float] | None:
+        return _flat(self.value)
 
     def data(self) -> tuple[str, dict[str, Any]]:
         return "tensor", {"data": _flat(self.value), "dtype": self.dtype, "shape": self.stored_shape()}
@@ -336,12 +354,21 @@ class Arange(ConstantBase):
     def stored_shape(self) -> tuple[int, ...]:
         return (self.length(),)
 
+    def values(self) -> list[int | float] | None:
+        last = self.start + self.step * (self.length() - 1)
+        return [self.start, last] if self.input is None else None  # (its extremes: it runs from one to the other)
+
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         if self.input is None:
             return super().output_type(inputs)
         x = inputs[0]
         assert self.dim is not None
-        return TensorType((x.shape[sample_dim(self.dim, x.rank)],), self.dtype, "features_last")
+        length = x.shape[sample_dim(self.dim, x.rank)]
+        # Whole non-negative steps from a non-negative start: ids up to start + step * (length - 1).
+        counts = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.start, self.step)) and (
+            self.start >= 0 and self.step > 0)
+        below = self.start + self.step * (length - 1) + 1 if counts else None
+        return TensorType((length,), self.dtype, "features_last", ids_below=below)
 
     def data(self) -> tuple[str, dict[str, Any]]:
         return "arange", {"start": self.start, "end": self.stop, "step": self.step, "dtype": self.dtype}
