@@ -69,6 +69,7 @@ class _Resolver:
         self.kinds: dict[str, str] = {}  # name -> "input" | "layer" | "skip"
         self.declared_at: dict[str, Origin] = {}
         self.dropped: set[int] = set()  # ids of items whose names could not be declared
+        self.reserved: set[str] = set()  # reserved names refused in declare_names: readers are left out quietly
         self.failed: set[str] = set()  # names of layers and skips with a problem of their own
         self.values: dict[str, list[str]] = {}  # block call -> its values' names (outputs, or instance indices)
         self.collected: set[str] = set()  # block calls with `collect: true`
@@ -227,10 +228,13 @@ class _Resolver:
                 self.dropped.add(id(item))
                 continue
             if name in RESERVED_NAMES or keyword.iskeyword(name):
-                shadowed = "a Python keyword" if keyword.iskeyword(name) else "a torch.nn.Module attribute"
+                shadowed = ("a Python keyword" if keyword.iskeyword(name) else
+                            "a name the generated code uses" if name in ("self", "torch") else
+                            "a torch.nn.Module attribute")
                 self.fail(origin, f"{kind} {self.q(name)}: the name is reserved (it would shadow {shadowed})",
                           f"rename it, e.g. {name}_")
                 self.dropped.add(id(item))
+                self.reserved.add(name)
                 continue
             self.kinds[name] = kind
             self.declared_at[name] = origin
@@ -338,7 +342,7 @@ class _Resolver:
     def invalid(self) -> set[str]:
         """Names of entries refused before resolving (and reported): what reads them is left out quietly."""
         return {item.name for item in self.scope.layers if item.body is None} | \
-            {item.name for item in self.scope.skips if item.skip is None}
+            {item.name for item in self.scope.skips if item.skip is None} | self.reserved
 
     def check_skips(self) -> dict[str, list[SkipItem]]:
         into: dict[str, list[SkipItem]] = {}
