@@ -278,10 +278,12 @@ def _build(args: argparse.Namespace) -> int:
     for first, second, why in BUILD_CONFLICTS:
         if getattr(args, first) and getattr(args, second) not in (None, False):
             raise UsageError(f"--{first} and --{second} cannot be used together: {why}")
-    # Refuse an unknown output format before any work is done.
-    if args.output:
+    # Refuse an unknown output format, or an output that is the spec itself, before any work is done.
+    if args.output is not None:
+        _check_output(args.output, "-o", args.spec)
         find_format(args.output, "model")
-    if args.diagram:
+    if args.diagram is not None:
+        _check_output(args.diagram, "--diagram", args.spec)
         find_format(args.diagram, "diagram")
     if args.opset is not None and not (args.output or "").lower().endswith(".onnx"):
         raise UsageError("--opset applies to ONNX files: add -o FILE.onnx")
@@ -351,9 +353,38 @@ def _device(name: str | None) -> object:
     from .errors import UsageError
 
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except (RuntimeError, ValueError) as exc:
         raise UsageError(f"--device {name}: {str(exc).splitlines()[0]} (e.g. cpu, cuda, cuda:1, meta)") from None
+    try:  # a well-formed device this machine lacks (`cuda` on a CPU-only torch, `cuda:7` with one GPU)
+        torch.empty(0, device=device)
+    except (AssertionError, RuntimeError) as exc:  # torch's own wording: its first sentence says why
+        reason = (str(exc).strip().splitlines() or ["unavailable"])[0].split(". ")[0].rstrip(".")
+        raise UsageError(f"--device {name}: this machine cannot allocate there: {reason} "
+                         "(e.g. cpu, or meta to allocate nothing)") from None
+    return device
+
+
+def _check_output(path: str, flag: str, spec: str) -> None:
+    """Refuse an empty output name, or one that is the spec file itself (by any path: `./spec.svg`,
+    a symlink or a hard link), which writing would overwrite with the output.
+
+    Raises:
+        UsageError: which, and what to do.
+    """
+    import os
+
+    from .errors import UsageError
+
+    if not path:
+        raise UsageError(f"{flag}: the file name is empty; name the file to write")
+    try:
+        same = os.path.samefile(path, spec)
+    except OSError:  # one of them does not exist (yet): not the same file
+        same = False
+    if same:
+        raise UsageError(f"{flag} {path}: that is the spec file {spec}; writing it would overwrite the spec. "
+                         "Name another file")
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -362,7 +393,8 @@ def _render(args: argparse.Namespace) -> int:
     from .errors import UsageError
     from .formats import find_format
 
-    output = args.output or str(pathlib.Path(args.spec).with_suffix(".svg").name)
+    output = str(pathlib.Path(args.spec).with_suffix(".svg").name) if args.output is None else args.output
+    _check_output(output, "-o" if args.output is not None else "the default output", args.spec)
     find_format(output, "diagram")
     if args.dpi is not None and not output.lower().endswith(".png"):
         raise UsageError("--dpi sets the resolution of PNG files: add -o FILE.png")
