@@ -253,3 +253,9 @@ def test_a_device_this_machine_lacks_is_a_usage_error_not_a_traceback() -> None:
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("resgraph: error: --device cuda:99: this machine cannot allocate there: ")
     assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_an_input_size_beyond_2_62_is_a_usage_error_not_a_traceback() -> None:
+    result = cli("build", "examples/tutorial.yaml", "--input", "x=3,100000000000000000000000,32")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "input shape for 'x': expected whole sizes per sample from 1 to 2^62" in result.stderr
