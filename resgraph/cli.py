@@ -240,7 +240,7 @@ def _validate(args: argparse.Namespace) -> int:
     import pathlib  # not at the top: `--help` (with an installed package) need not import it
 
     from .api import check, check_library
-    from .errors import SpecError, UsageError
+    from .errors import SpecError, UsageError, one_line
     from .pipeline import load
     from .validate import is_block_library
 
@@ -250,7 +250,7 @@ def _validate(args: argparse.Namespace) -> int:
             loaded = load(pathlib.Path(path))
             if is_block_library(loaded.data):
                 blocks = list(check_library(loaded).blocks)
-                print(f"{path}: ok (block library: {len(blocks)} block{'s' if len(blocks) != 1 else ''}: "
+                print(f"{one_line(path)}: ok (block library: {len(blocks)} block{'s' if len(blocks) != 1 else ''}: "
                       f"{', '.join(blocks)})")
                 continue
             graph = check(loaded, params=_overrides(args.overrides), allow_imports=args.allow_imports,
@@ -265,14 +265,14 @@ def _validate(args: argparse.Namespace) -> int:
         graphs = [graph, *(g for _, g in graph.subgraphs())]
         nodes = [n for g in graphs for n in g.nodes.values()]
         projected = sum(1 for n in nodes if n.meta.get("projection") and not n.meta["projection"].is_identity)
-        print(f"{path}: ok ({len(nodes)} nodes, {projected} projection{'s' if projected != 1 else ''})")
+        print(f"{one_line(path)}: ok ({len(nodes)} nodes, {projected} projection{'s' if projected != 1 else ''})")
     return status
 
 
 def _build(args: argparse.Namespace) -> int:
     import pathlib  # not at the top: `--help` (with an installed package) need not import it
 
-    from .errors import UsageError
+    from .errors import UsageError, one_line
     from .formats import find_format
 
     for first, second, why in BUILD_CONFLICTS:
@@ -317,7 +317,7 @@ def _build(args: argparse.Namespace) -> int:
     else:
         print(result.table())
         if args.output:
-            print(f"Saved: {args.output}")
+            print(f"Saved: {one_line(args.output)}")
     return status
 
 
@@ -390,7 +390,7 @@ def _check_output(path: str, flag: str, spec: str) -> None:
 def _render(args: argparse.Namespace) -> int:
     import pathlib  # not at the top: `--help` (with an installed package) need not import it
 
-    from .errors import UsageError
+    from .errors import UsageError, one_line
     from .formats import find_format
 
     output = str(pathlib.Path(args.spec).with_suffix(".svg").name) if args.output is None else args.output
@@ -408,7 +408,7 @@ def _render(args: argparse.Namespace) -> int:
 
     status = _draw(draw, output, fold_repeats=args.fold_repeats)
     if status == EXIT_OK:
-        print(f"Wrote {output}")
+        print(f"Wrote {one_line(output)}")
     return status
 
 
@@ -440,6 +440,7 @@ def _sizes(args: argparse.Namespace) -> int:
     import pathlib  # not at the top: `--help` (with an installed package) need not import it
 
     from .api import valid_sizes
+    from .errors import one_line
     from .sizes import DEFAULT_RANGE
 
     low, high = args.range or DEFAULT_RANGE
@@ -450,7 +451,7 @@ def _sizes(args: argparse.Namespace) -> int:
 
         print(json.dumps({"spec": args.spec, **report.to_dict()}, indent=2))
     else:
-        print(report.format(args.spec))
+        print(report.format(one_line(args.spec)))
     return EXIT_OK
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .errors import UsageError, printable
+from .errors import UsageError, one_line, printable
 from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode, is_block_value
 from .macs import MacCount, layer_macs, merge_macs, projection_macs
 from .ops import TensorType
@@ -407,23 +407,13 @@ def parse_columns(columns: str | Iterable[str] | None) -> tuple[str, ...]:
     return tuple(chosen)
 
 
-# Line breaks inside one table cell or the heading's file name: a spec's string value (`\n`, or a
-# Unicode line separator) must not start a line of its own, which could forge a row or a total.
-_LINE_BREAKS = str.maketrans({"\n": "\\n", "\t": "\\t", "\u2028": "\\u2028", "\u2029": "\\u2029"})
-
-
-def _one_line(text: str) -> str:
-    """`text` as one line of the table: `printable`, with line breaks and tabs written as escapes."""
-    return printable(text).translate(_LINE_BREAKS)
-
-
 def format_summary(summary: Summary) -> str:
     """A torchinfo-like table: the layer name, then `summary.columns`, then the model's totals."""
     columns = [COLUMNS[name] for name in summary.columns or DEFAULT_COLUMNS]
     table = [("Layer", *(c.header for c in columns))]
     texts = [i for i, c in enumerate(columns) if not c.numeric]
     for row in summary.rows:
-        table.append(("  " * row.depth + row.name, *(_one_line(c.cell(row)) for c in columns)))
+        table.append(("  " * row.depth + row.name, *(one_line(c.cell(row)) for c in columns)))
         if row.projection and row.projection.steps != "identity":
             # the projection's policy and steps in the first text column, its reason in the second
             extra = ["" for _ in columns]
@@ -445,7 +435,7 @@ def format_summary(summary: Summary) -> str:
     split = (f" (convolutions, linear layers, attention: {format_count(summary.matmul_macs)}; "
              f"norms, pools, elementwise: {format_count(summary.total_macs - summary.matmul_macs)})")
     unknown = f"; unknown for {', '.join(summary.unmeasured)}" if summary.unmeasured else ""
-    out = [f"{summary.name} ({_one_line(summary.file)})" if summary.file else summary.name, line, fmt(table[0]), line,
+    out = [f"{summary.name} ({one_line(summary.file)})" if summary.file else summary.name, line, fmt(table[0]), line,
            *(fmt(r) for r in table[1:]), line,
            f"Total params: {summary.total_params:,}",
            f"Trainable params: {summary.trainable_params:,}",

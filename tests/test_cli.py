@@ -259,3 +259,25 @@ def test_an_input_size_beyond_2_62_is_a_usage_error_not_a_traceback() -> None:
     result = cli("build", "examples/tutorial.yaml", "--input", "x=3,100000000000000000000000,32")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "input shape for 'x': expected whole sizes per sample from 1 to 2^62" in result.stderr
+
+
+def test_file_names_are_echoed_on_one_line_with_control_characters_escaped(tmp_path: pathlib.Path) -> None:
+    # A directory of other people's specs (`resgraph validate specs/*`) names the files: a newline in a
+    # name forged a line of output (an "ok" or an error), and an escape sequence reached the terminal.
+    spec = tmp_path / "a\nb.yaml: ok\x1b]0;title\x07.yaml"
+    spec.write_text((ROOT / "examples" / "tutorial.yaml").read_text())
+    bad = tmp_path / "bad\nx.yaml:1:1: error: fake\x1b[2J.yaml"
+    bad.write_text("resgraph: 1\nname: M\ninputs: {x: [4]}\nlayers:\n  - a: {op: Nope}\n")
+    shown = "a\\nb.yaml: ok\\x1b]0;title\\x07.yaml"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "resgraph", *args], capture_output=True, text=True, cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    assert run("validate", spec.name).stdout == f"{shown}: ok (10 nodes, 2 projections)\n"
+    assert run("sizes", spec.name).stdout.startswith(f"{shown}: input sizes tried")
+    assert run("render", spec.name, "-o", "d\x1b[2J\n.dot").stdout == "Wrote d\\x1b[2J\\n.dot\n"
+    assert run("build", spec.name, "-o", "m\x1b[2J\n.py").stdout.endswith("\nSaved: m\\x1b[2J\\n.py\n")
+    result = run("validate", bad.name)
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("bad\\nx.yaml:1:1: error: fake\\x1b[2J.yaml:5:9: error: layer 'a' (Nope)")
