@@ -77,10 +77,11 @@ class Diagnostic:
 
     def format(self) -> str:
         """`file:line:col: error: message` and an indented hint, safe to print to a terminal."""
-        text = f"{self.location}: error: {self.message}"
+        # One line each: a newline in an echoed value (an import path, a name) would forge a diagnostic.
+        text = f"{self.location}: error: {one_line(self.message)}"
         if self.hint:
-            text += f"\n  hint: {self.hint}"
-        return printable(text)
+            text += f"\n  hint: {one_line(self.hint)}"
+        return text
 
 
 class ResgraphError(Exception):

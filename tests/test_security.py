@@ -328,3 +328,17 @@ def test_huge_constants_are_refused_before_allocation(layer: str, tmp_path: path
     with pytest.raises(resgraph.SpecError, match="constants would hold 120 elements, more than the limit of 100"):
         resgraph.build(small, max_params=100)
     assert resgraph.build(small, device="meta").c.shape == (30, 4)
+
+
+def test_a_diagnostic_is_one_line_whatever_the_spec_echoes(tmp_path: pathlib.Path) -> None:
+    # An import path is echoed twice (as written and as resolved): its newline started a forged
+    # `file:line:col: error:` line of its own.
+    spec = tmp_path / "imp.yaml"
+    spec.write_text('resgraph: 1\nname: M\nimports: ["a\\nx.yaml:1:1: error: fake\\e[2J"]\ninputs: {x: [4]}\n'
+                    "layers:\n  - a: {op: ReLU}\n")
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(spec)
+    text = caught.value.format()
+    assert len(text.splitlines()) == 1 and "\x1b" not in text
+    assert "cannot import 'a\\nx.yaml:1:1: error: fake\\x1b[2J': " in text
+    assert text.endswith("/a\\nx.yaml:1:1: error: fake\\x1b[2J: no such file")
