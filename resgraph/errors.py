@@ -115,3 +115,8 @@ class SpecError(ResgraphError):
 
 class UsageError(ResgraphError):
     """The caller asked for something impossible (missing file, bad option): not a spec problem."""
+
+    def __str__(self) -> str:
+        # One line: the message names files and options as given, and a newline in one would forge
+        # a second `resgraph: error:` line.
+        return one_line(Exception.__str__(self))

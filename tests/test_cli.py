@@ -281,3 +281,10 @@ def test_file_names_are_echoed_on_one_line_with_control_characters_escaped(tmp_p
     result = run("validate", bad.name)
     assert result.returncode == 1 and len(result.stderr.splitlines()) == 1
     assert result.stderr.startswith("bad\\nx.yaml:1:1: error: fake\\x1b[2J.yaml:5:9: error: layer 'a' (Nope)")
+
+
+def test_a_usage_error_is_one_line_whatever_file_name_it_names() -> None:
+    result = cli("build", "examples/tutorial.yaml", "-o", "nodir\nresgraph: error: fake\x1b[2J/x.py")
+    assert result.returncode == 2
+    assert result.stderr == "resgraph: error: cannot write nodir\\nresgraph: error: fake\\x1b[2J/x.py: No such file " \
+                            "or directory\n"
