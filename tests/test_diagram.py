@@ -428,3 +428,13 @@ def test_spec_strings_are_drawn_as_written(value: str) -> None:
     svg = resgraph.render(_tagged_spec(value), shapes=False, param_counts=False).pipe(format="svg").decode()
     texts = [html.unescape(t) for t in re.findall(r"<text[^>]*>([^<]*)</text>", svg)]
     assert f"DiagramTagged p={value}" in texts
+
+
+def test_without_graphviz_the_suggested_command_quotes_the_file_names(tmp_path: pathlib.Path) -> None:
+    # The command to paste into a shell named the files unquoted: `dot -Tpng x;touch X.dot -o ...`.
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable)}  # no `dot` on this PATH
+    result = subprocess.run([sys.executable, "-m", "resgraph", "render", str(ROOT / "examples" / "tutorial.yaml"),
+                             "-o", "my net;touch X.png"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    assert "or: dot -Tpng 'my net;touch X.dot' -o 'my net;touch X.png'" in result.stderr
+    assert (tmp_path / "my net;touch X.dot").exists() and not (tmp_path / "X").exists()
