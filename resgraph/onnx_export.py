@@ -17,17 +17,25 @@ __all__ = ["output_names", "to_onnx"]
 
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """The exporter's own progress lines and internal warnings are not the user's concern."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """The exporter's own progress lines and internal warnings are not the user's concern.
+
+    onnxscript's version converter logs a failed down-conversion (`--opset 1`) with its traceback
+    (`logger.exception`, at ERROR): to_onnx reports that case itself, so onnxscript is silenced
+    up to CRITICAL.
+    """
+    quieted = {"torch.onnx": logging.ERROR, "onnxscript": logging.CRITICAL}
+    loggers = {name: logging.getLogger(name) for name in quieted}
+    levels = {name: logger.level for name, logger in loggers.items()}
+    for name, logger in loggers.items():
+        logger.setLevel(quieted[name])
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             yield
     finally:
-        logger.setLevel(level)
+        for name, logger in loggers.items():
+            logger.setLevel(levels[name])
 
 
 def output_names(graph: Any) -> list[str]:

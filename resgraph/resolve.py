@@ -228,7 +228,9 @@ class _Resolver:
                 self.dropped.add(id(item))
                 continue
             if name in RESERVED_NAMES or keyword.iskeyword(name):
-                shadowed = "a Python keyword" if keyword.iskeyword(name) else "a torch.nn.Module attribute"
+                shadowed = ("a Python keyword" if keyword.iskeyword(name) else
+                            "a name the generated code uses" if name in ("self", "torch") else
+                            "a torch.nn.Module attribute")
                 self.fail(origin, f"{kind} {self.q(name)}: the name is reserved (it would shadow {shadowed})",
                           f"rename it, e.g. {name}_")
                 self.dropped.add(id(item))

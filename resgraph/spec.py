@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from .errors import UsageError
-from .expressions import make_divisible
+from .expressions import MAX_MAGNITUDE, make_divisible
 from .ops import OPS, GenericLayer, Identifier, Layout, Merge, Reference, StrictModel
 from .ops.base import DTYPES, is_identifier
 from .suggest import did_you_mean
@@ -48,7 +48,10 @@ class Projection(str, Enum):
     none = "none"
 
 
-Dim = Annotated[int, Field(ge=1)]
+# An input's per-sample size: at most 2^62, the bound of every number an expression makes (larger sizes
+# are never real, and size solving works in int64, which a larger one overflowed with a traceback).
+MAX_DIM = MAX_MAGNITUDE
+Dim = Annotated[int, Field(ge=1, le=MAX_DIM)]
 
 
 class InputDecl(StrictModel):
@@ -306,8 +309,10 @@ class Spec(StrictModel):
             if name not in decls:
                 raise UsageError(f"input shape for {name!r}: the spec has no input {name!r}"
                                  f"{did_you_mean(name, decls)} (its inputs: {', '.join(decls)})")
-            if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
-                raise UsageError(f"input shape for {name!r}: expected positive whole sizes per sample, got {shape!r}")
+            whole = all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_DIM for d in shape)
+            if not shape or not whole:
+                raise UsageError(f"input shape for {name!r}: expected whole sizes per sample from 1 to 2^62, "
+                                 f"got {shape!r}")
         inputs = {name: decl.model_copy(update={"shape": list(shapes[name])}) if name in shapes else decl
                   for name, decl in decls.items()}
         return self.model_copy(update={"inputs": inputs})

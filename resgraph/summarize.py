@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .errors import UsageError, printable
+from .errors import UsageError, one_line, printable
 from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode, is_block_value
 from .macs import MacCount, layer_macs, merge_macs, projection_macs
 from .ops import TensorType
@@ -413,7 +413,7 @@ def format_summary(summary: Summary) -> str:
     table = [("Layer", *(c.header for c in columns))]
     texts = [i for i, c in enumerate(columns) if not c.numeric]
     for row in summary.rows:
-        table.append(("  " * row.depth + row.name, *(c.cell(row) for c in columns)))
+        table.append(("  " * row.depth + row.name, *(one_line(c.cell(row)) for c in columns)))
         if row.projection and row.projection.steps != "identity":
             # the projection's policy and steps in the first text column, its reason in the second
             extra = ["" for _ in columns]
@@ -435,7 +435,7 @@ def format_summary(summary: Summary) -> str:
     split = (f" (convolutions, linear layers, attention: {format_count(summary.matmul_macs)}; "
              f"norms, pools, elementwise: {format_count(summary.total_macs - summary.matmul_macs)})")
     unknown = f"; unknown for {', '.join(summary.unmeasured)}" if summary.unmeasured else ""
-    out = [f"{summary.name} ({summary.file})" if summary.file else summary.name, line, fmt(table[0]), line,
+    out = [f"{summary.name} ({one_line(summary.file)})" if summary.file else summary.name, line, fmt(table[0]), line,
            *(fmt(r) for r in table[1:]), line,
            f"Total params: {summary.total_params:,}",
            f"Trainable params: {summary.trainable_params:,}",

@@ -181,3 +181,11 @@ def test_a_stored_file_name_with_control_characters_is_printed_escaped(
     with pytest.raises(resgraph.SpecError) as info:
         resgraph.load(path)
     assert "\x1b" not in str(info.value) and "\\x1b]0;owned\\x07\\x1b[2Jspec.yaml:7:11: error" in str(info.value)
+
+
+@pytest.mark.parametrize("size", [2**62 + 1, 2**63, 10**23])
+def test_a_stored_input_size_beyond_2_62_is_refused(saved: tuple[pathlib.Path, dict[str, Any]], size: int) -> None:
+    # Past int64, size solving crashed with an OverflowError traceback: the bound a spec and --input apply.
+    path, payload = saved
+    message = load_error(crafted(path, {**payload, "input_shapes": {"x": [size]}}))
+    assert "input shape for 'x': expected whole sizes per sample from 1 to 2^62" in message

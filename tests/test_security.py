@@ -305,3 +305,40 @@ def test_a_model_over_the_limit_is_offered_the_meta_device() -> None:
     assert diagnostic.hint is not None and "--device meta (Python: device='meta')" in diagnostic.hint
     meta = resgraph.build(ROOT / "examples" / "llama_7b.yaml", device="meta")  # what the hint offers works
     assert sum(p.numel() for p in meta.parameters()) == 6_738_415_616
+
+
+@pytest.mark.parametrize("layer", ["{op: full, shape: [100000, 100000, 10], value: 0.5}",
+                                   "{op: arange, stop: 100000000000}"])
+def test_huge_constants_are_refused_before_allocation(layer: str, tmp_path: pathlib.Path) -> None:
+    # Constants are buffers, not parameters: --max-params guarded only the weights, and these
+    # asked torch for 400 and 800 GB at build. The same limit bounds them, checked before lowering.
+    spec = tmp_path / "constants.yaml"
+    spec.write_text(f"resgraph: 1\nname: Big\ninputs:\n  x: [4]\nlayers:\n  - big: {layer}\n")
+    probe = ("import re, sys\nimport resgraph\n"
+             "try:\n    resgraph.build(sys.argv[1])\n"
+             "except resgraph.SpecError as exc:\n    print(exc.diagnostics[0].message)\n"
+             "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n")
+    result = subprocess.run([sys.executable, "-c", probe, str(spec)], capture_output=True, text=True, cwd=ROOT)
+    message, peak_kib = result.stdout.strip().splitlines()
+    assert message == ("layer 'big' (" + layer.split(",")[0].removeprefix("{op: ") + "): the model's constants would "
+                       "hold 100,000,000,000 elements, more than the limit of 2,147,483,648; this one has "
+                       "100,000,000,000")
+    assert int(peak_kib) < 1024 * 1024  # nothing near their size was allocated
+    small = "resgraph: 1\nname: Small\ninputs:\n  x: [4]\nlayers:\n  - c: {op: full, shape: [30, 4], value: 1}\n"
+    with pytest.raises(resgraph.SpecError, match="constants would hold 120 elements, more than the limit of 100"):
+        resgraph.build(small, max_params=100)
+    assert resgraph.build(small, device="meta").c.shape == (30, 4)
+
+
+def test_a_diagnostic_is_one_line_whatever_the_spec_echoes(tmp_path: pathlib.Path) -> None:
+    # An import path is echoed twice (as written and as resolved): its newline started a forged
+    # `file:line:col: error:` line of its own.
+    spec = tmp_path / "imp.yaml"
+    spec.write_text('resgraph: 1\nname: M\nimports: ["a\\nx.yaml:1:1: error: fake\\e[2J"]\ninputs: {x: [4]}\n'
+                    "layers:\n  - a: {op: ReLU}\n")
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(spec)
+    text = caught.value.format()
+    assert len(text.splitlines()) == 1 and "\x1b" not in text
+    assert "cannot import 'a\\nx.yaml:1:1: error: fake\\x1b[2J': " in text
+    assert text.endswith("/a\\nx.yaml:1:1: error: fake\\x1b[2J: no such file")

@@ -431,3 +431,21 @@ def test_a_mask_over_the_sequence_follows_its_length_at_every_size() -> None:
     x = torch.randn(3, 9, 8)
     mask, blocked = torch.zeros(3, 9, dtype=torch.bool), torch.zeros(3, 9, 9, dtype=torch.bool)
     torch.testing.assert_close(exported(x, mask, blocked), model(x, mask, blocked))
+
+
+@pytest.mark.parametrize("span", ["1..100000000", "1..10000000000000000000000", "5..4611686018427387905"])
+def test_a_range_too_wide_or_past_2_62_is_a_usage_error(span: str) -> None:
+    # Every size in the range is evaluated at once: 1..10^8 ran out of memory (MemoryError traceback),
+    # and a size past int64 raised a ValueError traceback.
+    result = subprocess.run([sys.executable, "-m", "resgraph", "sizes", "examples/tutorial.yaml", "--range", span],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"resgraph: error: size range {span}: at most 1,048,576 sizes, up to 2^62")
+    low, high = map(int, span.split(".."))
+    with pytest.raises(resgraph.UsageError, match="at most 1,048,576 sizes"):
+        resgraph.valid_sizes(EXAMPLES / "tutorial.yaml", low=low, high=high)
+
+
+def test_a_narrow_range_of_large_sizes_still_works() -> None:
+    report = resgraph.valid_sizes(EXAMPLES / "tutorial.yaml", low=10**9, high=10**9 + 100)
+    assert report.range == (10**9, 10**9 + 100)

@@ -245,3 +245,20 @@ def test_build_columns_flag() -> None:
     assert re.split(r"\s{2,}", result.stdout.splitlines()[2]) == ["Layer", "MACs", "Connected to"]
     bad = cli("build", "examples/tutorial.yaml", "--columns", "ops")
     assert bad.returncode == 2 and "did you mean 'op'" in bad.stderr
+
+
+def test_spec_strings_cannot_start_a_line_of_the_table() -> None:
+    # A block parameter's text is shown in its call's row (`unit(tag=...)`); a newline or a Unicode
+    # line separator in it, or in the file name, used to start a line of its own: a forged row or total.
+    spec = {"resgraph": 1, "name": "Net", "inputs": {"x": [3, 8, 8]},
+            "blocks": {"unit": {"params": {"tag": "required"},
+                                "layers": [{"c": {"op": "Conv2d", "out_channels": 3, "kernel_size": 1}}]}},
+            "layers": [{"b": {"block": "unit", "repeat": 2, "with": {"tag": "a\nTotal params: 0\tb\u2028c\u2029d"}}}]}
+    table = str(resgraph.summary(spec, file="net\nTrainable params: 0.yaml"))
+    lines = table.splitlines()
+    assert lines[0] == "Net (net\\nTrainable params: 0.yaml)"
+    assert [line for line in lines if line.startswith(("Total params", "Trainable params"))] == [
+        "Total params: 24", "Trainable params: 24"]
+    row = next(line for line in lines if line.startswith("  b.0 "))
+    assert "unit(tag=a\\nTotal params: 0\\tb\\u2028c\\u2029d)" in row
+    assert len({len(line) for line in lines[1:4]}) == 1  # rules and header as wide as before: one cell, one line
