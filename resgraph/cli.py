@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 from .version import __version__
@@ -353,13 +354,17 @@ def _device(name: str | None) -> object:
     from .errors import UsageError
 
     try:
-        device = torch.device(name)
+        with warnings.catch_warnings():  # (torch warns of retired names, mkldnn: the error below says it all)
+            warnings.simplefilter("ignore")
+            device = torch.device(name)
     except (RuntimeError, ValueError) as exc:
         raise UsageError(f"--device {name}: {str(exc).splitlines()[0]} (e.g. cpu, cuda, cuda:1, meta)") from None
     try:  # a well-formed device this machine lacks (`cuda` on a CPU-only torch, `cuda:7` with one GPU)
         torch.empty(0, device=device)
-    except (AssertionError, RuntimeError) as exc:  # torch's own wording: its first sentence says why
+    except (AssertionError, RuntimeError, ImportError) as exc:  # torch's own wording: its first sentence says why
         reason = (str(exc).strip().splitlines() or ["unavailable"])[0].split(". ")[0].rstrip(".")
+        if "INTERNAL ASSERT" in reason or isinstance(exc, ImportError):  # (torch's wording for a device it lacks)
+            reason = "this torch has no backend for it"
         raise UsageError(f"--device {name}: this machine cannot allocate there: {reason} "
                          "(e.g. cpu, or meta to allocate nothing)") from None
     return device

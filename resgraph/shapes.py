@@ -25,7 +25,7 @@ from typing import Any
 
 from .errors import Diagnostic, SpecError
 from .evaluate import freeze
-from .expand import BlockRecipe, instantiate
+from .expand import MAX_BLOCK_DEPTH, BlockRecipe, instantiate
 from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode
 from .hints import skip_hint
 from .ops import ShapeError, TensorType, merge_type
@@ -33,7 +33,7 @@ from .ops.base import FLOAT_DTYPES, FRESH, TO_FLOAT_HINT, DtypeError, Storage
 from .ops.tensor import BlockOutput
 from .projections import ProjectionError, describe_steps, plan_projection, projection_parameters
 from .resolve import resolve
-from .spec import InputDecl
+from .spec import BlockDef, InputDecl
 from .symbolic import Guard, SymInt, recorded, recording, site, specialize
 
 # The top-level graph's input symbols while it is inferred (hints for mismatches use them).
@@ -148,11 +148,20 @@ def _read_as_map(graph: Graph, name: str, readers: dict[str, list[str]]) -> bool
         if isinstance(node, LayerNode):
             ops.append(node.layer.op)
         elif isinstance(node, BlockNode) and node.recipe is not None and node.inputs[:1] == [name]:
-            definition = node.recipe.definition
-            body = next(iter(definition.layers[0].values()))
-            reads_input = isinstance(body, dict) and body.get("input") in (None, definition.inputs[0])
-            ops.append(body.get("op") if reads_input else None)
+            ops.append(_first_op(node.recipe.definition, node.recipe.expander.blocks))
     return bool(ops) and all(isinstance(op, str) and op in _MAP_1D_OPS for op in ops)
+
+
+def _first_op(definition: BlockDef, blocks: dict[str, Any], depth: int = 0) -> Any:
+    """The op written by the first layer of a block, when that layer reads the block's input; through
+    a first layer that calls a block, that block's (None when it cannot be told)."""
+    body = next(iter(definition.layers[0].values()))
+    if not isinstance(body, dict) or body.get("input") not in (None, definition.inputs[0]):
+        return None
+    called = blocks.get(body["block"]) if "block" in body and isinstance(body["block"], str) else None
+    if called is not None and depth < MAX_BLOCK_DEPTH:
+        return _first_op(called.definition, blocks, depth + 1)
+    return body.get("op")
 
 
 _MAP_1D_OPS = frozenset({"AdaptiveAvgPool1d", "AdaptiveMaxPool1d", "AvgPool1d", "BatchNorm1d", "Conv1d",
@@ -286,7 +295,7 @@ def _instance_key(recipe: BlockRecipe, index: int, inputs: list[TensorType]) -> 
     types = tuple((t.dtype, t.layout, t.scale, tuple((size.expr, size.hint) if isinstance(size, SymInt) else size
                                                       for size in t.shape)) for t in inputs)
     try:
-        return ("instance", id(recipe), freeze(given), types)
+        return ("instance", id(recipe), freeze(given), types, _id_bounds(inputs))
     except TypeError:  # a value that cannot be a key
         return None
 
@@ -358,6 +367,13 @@ def _check_blind(graph: Graph, node: BlockNode) -> list[Diagnostic]:
     return problems
 
 
+def _id_bounds(types: list[TensorType]) -> tuple[Any, ...]:
+    """The types' `ids_below`, which their equality leaves out: for the memo keys, since an Embedding's
+    check of its ids reads them (two otherwise equal inputs must not share its verdict)."""
+    return tuple((t.ids_below.expr, t.ids_below.hint) if isinstance(t.ids_below, SymInt) else t.ids_below
+                 for t in types)
+
+
 def _plain(types: list[TensorType]) -> bool:
     """True when every size is a plain int (no symbolic size: typing records nothing)."""
     return all(type(size) is int for t in types for size in t.shape)
@@ -365,7 +381,7 @@ def _plain(types: list[TensorType]) -> bool:
 
 def _infer_layer(graph: Graph, node: LayerNode, inputs: list[TensorType], memo: _Memo) -> None:
     layer = node.layer
-    key = ("layer", id(layer), *inputs) if _plain(inputs) else None
+    key = ("layer", id(layer), *inputs, *_id_bounds(inputs)) if _plain(inputs) else None
     known = memo.get(key) if key is not None else None
     if known is not None and known["layer"] is layer:  # (the layer is kept there, so its id stays its own)
         node.meta.update(known["meta"])

@@ -344,6 +344,11 @@ def test_a_two_dim_input_read_by_conv1d_is_a_map_whose_length_is_free(direct: bo
     channels, length = report.of("x")
     assert (channels.name, channels.free, length.name, length.free) == ("C", False, "L", True)
     assert length.valid == tuple(range(1, 65))
+    # Through a block whose first layer calls another block: the same (C, L) map.
+    nested = RESNET_1D.replace("blocks:\n", "blocks:\n  outer:\n    layers:\n      - inner: {block: down}\n").replace(
+        "{block: down}\n  - pool", "{block: outer}\n  - pool")
+    dims = resgraph.valid_sizes(nested, low=1, high=8).of("x")
+    assert [(d.name, d.free) for d in dims] == [("C", False), ("L", True)]
     model = resgraph.build(spec, seed=0).eval()
     reference = Down1d().eval()
     reference.load_state_dict(model.stage.state_dict())
