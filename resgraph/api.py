@@ -26,8 +26,8 @@ from .pipeline import (
     load,
     static_parameter_counts,
 )
-from .sizes import DEFAULT_RANGE, SizeReport, solve_sizes
-from .spec import MAX_DIM, BlockLibrary, Spec
+from .sizes import DEFAULT_RANGE, MAX_SIZE_SPAN, SizeReport, check_range, solve_sizes
+from .spec import BlockLibrary, Spec
 from .validate import is_block_library, validate, validate_library
 
 if TYPE_CHECKING:
@@ -93,9 +93,6 @@ def check_library(library: SpecSource, *, file: str | None = None) -> BlockLibra
     return validate_library(loaded)
 
 
-MAX_SIZE_SPAN = 2**20  # sizes `valid_sizes` tries at once: 1..2^20 takes about 0.2 GB and 2 s
-
-
 def valid_sizes(spec: SpecSource, *, params: Mapping[str, Any] | None = None, input_shapes: InputShapes | None = None,
                 low: int = DEFAULT_RANGE[0], high: int = DEFAULT_RANGE[1], allow_imports: Iterable[str] = (),
                 file: str | None = None) -> SizeReport:
@@ -109,13 +106,7 @@ def valid_sizes(spec: SpecSource, *, params: Mapping[str, Any] | None = None, in
         SpecError: the spec is invalid at its declared size.
         UsageError: an empty range, or one of more than MAX_SIZE_SPAN sizes or beyond 2^62.
     """
-    if not 1 <= low <= high:
-        raise UsageError(f"size range {low}..{high}: expected 1 <= low <= high")
-    # Every size in the range is evaluated at once (arrays of its length): 1..10^8 ran out of
-    # memory with a traceback, and a size past int64 raised one.
-    if high > MAX_DIM or high - low + 1 > MAX_SIZE_SPAN:
-        raise UsageError(f"size range {low}..{high}: at most {MAX_SIZE_SPAN:,} sizes, up to 2^62, are tried at once; "
-                         "ask for a narrower range (e.g. 1..2048, or 100000..200000)")
+    check_range(low, high)  # (before the spec is checked: a range it refuses is refused at once)
     graph = check(spec, params=params, input_shapes=input_shapes, allow_imports=allow_imports, file=file)
     return solve_sizes(graph, low=low, high=high, failures=True)
 

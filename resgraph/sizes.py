@@ -25,13 +25,32 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import UsageError
+from .expressions import MAX_MAGNITUDE
 from .graph import Graph
 from .symbolic import COMPARISONS, Expr, Guard, SymInt, evaluate, requirement
 
-__all__ = ["DEFAULT_RANGE", "DimSizes", "SizeReport", "SizeRule", "linked_symbols", "smallest_without_ones",
-           "solve_sizes", "valid_sizes_mask"]
+__all__ = ["DEFAULT_RANGE", "MAX_SIZE_SPAN", "DimSizes", "SizeReport", "SizeRule", "check_range", "linked_symbols",
+           "smallest_without_ones", "solve_sizes", "valid_sizes_mask"]
 
 DEFAULT_RANGE = (1, 2048)
+MAX_SIZE_SPAN = 2**20  # sizes tried at once: 1..2^20 takes about 0.2 GB and 2 s
+
+
+def check_range(low: int, high: int) -> None:
+    """Refuse a range of sizes the solver cannot try at once.
+
+    Every size in the range is evaluated at once (arrays of its length): 1..10^8 ran out of memory,
+    and a size past int64 cannot be held.
+
+    Raises:
+        UsageError: an empty range, or one of more than MAX_SIZE_SPAN sizes or beyond 2^62.
+    """
+    if not 1 <= low <= high:
+        raise UsageError(f"size range {low}..{high}: expected 1 <= low <= high")
+    if high > MAX_MAGNITUDE or high - low + 1 > MAX_SIZE_SPAN:
+        raise UsageError(f"size range {low}..{high}: at most {MAX_SIZE_SPAN:,} sizes, up to 2^62, are tried at once; "
+                         "ask for a narrower range (e.g. 1..2048, or 100000..200000)")
 
 
 @dataclass(frozen=True)
@@ -186,7 +205,10 @@ def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAUL
     Args:
         graph: the top-level graph, after `infer_shapes` (which records the guards).
         failures: also name, for each invalid size, the first node whose decision fails there.
+    Raises:
+        UsageError: a range `check_range` refuses.
     """
+    check_range(low, high)
     guards: list[Guard] = graph.meta.get("guards", [])
     symbols: dict[str, tuple[str, int, int]] = graph.meta.get("symbols", {})
 

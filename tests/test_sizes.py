@@ -449,6 +449,8 @@ def test_a_range_too_wide_or_past_2_62_is_a_usage_error(span: str) -> None:
     low, high = map(int, span.split(".."))
     with pytest.raises(resgraph.UsageError, match="at most 1,048,576 sizes"):
         resgraph.valid_sizes(EXAMPLES / "tutorial.yaml", low=low, high=high)
+    with pytest.raises(resgraph.UsageError, match="at most 1,048,576 sizes"):  # the solver itself, on a checked graph
+        solve_sizes(resgraph.check(EXAMPLES / "tutorial.yaml"), low=low, high=high)
 
 
 def test_a_narrow_range_of_large_sizes_still_works() -> None:
