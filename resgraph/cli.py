@@ -377,8 +377,6 @@ def _check_output(path: str, flag: str, spec: str) -> None:
     Raises:
         UsageError: which, and what to do.
     """
-    import os
-
     from .errors import UsageError
 
     if not path:
@@ -437,8 +435,9 @@ def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = Fal
             if suffix in ("svg", "html") else "\n  (PNG and PDF need Graphviz's `dot`; SVG and HTML can be drawn "
                                               "without it: pip install 'resgraph[diagrams]')")
     # A command to paste into a shell: the names quoted (`my net.svg`, `x;y.svg`), shown on one line.
-    command = "" if suffix == "html" else one_line(f", or: dot -T{suffix} {shlex.quote(fallback)} "
-                                                   f"-o {shlex.quote(path)}")
+    # (Left out where a name has a character one_line escapes: the command would name another file.)
+    pasteable = suffix != "html" and one_line(path) == path and one_line(fallback) == fallback
+    command = f", or: dot -T{suffix} {shlex.quote(fallback)} -o {shlex.quote(path)}" if pasteable else ""
     print(f"resgraph: error: cannot draw {one_line(path)}: Graphviz's `dot` program is not installed.\n"
           f"  Wrote the diagram source to {one_line(fallback)} instead.\n"
           f"  Install Graphviz (Debian/Ubuntu: apt-get install graphviz; macOS: brew install graphviz;\n"

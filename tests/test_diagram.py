@@ -438,3 +438,12 @@ def test_without_graphviz_the_suggested_command_quotes_the_file_names(tmp_path: 
     assert result.returncode == 1
     assert "or: dot -Tpng 'my net;touch X.dot' -o 'my net;touch X.png'" in result.stderr
     assert (tmp_path / "my net;touch X.dot").exists() and not (tmp_path / "X").exists()
+
+
+def test_without_graphviz_no_command_is_suggested_for_a_name_printed_escaped(tmp_path: pathlib.Path) -> None:
+    # A newline is printed as `\n` (one line per message): the command would name another file.
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable)}  # no `dot` on this PATH
+    result = subprocess.run([sys.executable, "-m", "resgraph", "render", str(ROOT / "examples" / "tutorial.yaml"),
+                             "-o", "two\nlines.png"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert result.returncode == 1 and "or: dot" not in result.stderr
+    assert "two\\nlines.png" in result.stderr and (tmp_path / "two\nlines.dot").exists()
