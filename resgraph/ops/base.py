@@ -189,7 +189,8 @@ class TensorType:
     a stride (the grids align at a ratio) from a size change on the same grid (valid convs).
     `ids_below`, for integer positions counted at run time (`arange` over a dim), is a bound every
     value stays under (int | SymInt), so an `Embedding` of them knows the lengths its table covers;
-    None where unknown. Any other type made from this one drops it.
+    None where unknown. A type made from this one (`with_shape` and its siblings) drops it; an op
+    that returns its input's type as it is (`neg`, a dropout) keeps it, an upper bound still.
     """
 
     shape: tuple[Any, ...]  # int | SymInt

@@ -222,7 +222,8 @@ class ConstantBase(StoredTensor):
         return TensorType(out.shape, out.dtype, out.layout, out.scale, ids_below=int(max(values)) + 1)
 
     def values(self) -> list[int | float] | None:
-        """Every value the constant holds, where the spec gives them all; None otherwise."""
+        """Values whose least and greatest are the constant's (every value it holds, or a range's two
+        ends), where the spec gives them; None otherwise. Its ids' bound is read from them."""
         return None
 
     def data(self) -> tuple[str, dict[str, Any]]:
