@@ -417,19 +417,17 @@ def input_guard(graph: Graph) -> list[str]:
     for name in graph.inputs:
         dims = report.of(name)
         wrong = [f"{name}.dim() != {len(dims) + 1}"]
-        for dim in dims:
+        firsts = [_first_linked(graph, symbols, name, dim) for dim in dims]
+        for dim, first in zip(dims, firsts, strict=True):
             violation = dim.rule.violation(f"{name}.shape[{dim.axis + 1}]")
             if violation is not None:
                 wrong.append(violation)
-            first = _first_linked(graph, symbols, name, dim)
             if first is not None:  # a dim the model needs equal to one checked before: compared with that one
                 wrong.append(f"{name}.shape[{dim.axis + 1}] != {first[0]}.shape[{first[1] + 1}]")
         expected = "(N, " + ", ".join(dim.name if dim.free else str(dim.declared) for dim in dims) + ")"
         rules = [dim.rule.describe(dim.name) for dim in dims if dim.free and dim.rule.violation("n") is not None]
-        for dim in dims:
-            first = _first_linked(graph, symbols, name, dim)
-            if first is not None:
-                rules.append(f"{dim.name} = {first[2] if first[0] == name else f'{first[0]}.{first[2]}'}")
+        rules += [f"{dim.name} = {first[2] if first[0] == name else f'{first[0]}.{first[2]}'}"
+                  for dim, first in zip(dims, firsts, strict=True) if first is not None]
         declared = "(N, " + ", ".join(str(dim.declared) for dim in dims) + ")"
         message = (f"{graph.name}: input {name!r} must be {expected}" + (f" with {', '.join(rules)}" if rules else "")
                    + f" (declared {declared}); got ")

@@ -34,8 +34,8 @@ from .ops import OPS, GenericLayer, Layer
 from .ops.tensor import BlockOutput
 from .spec import BlockCall, InputDecl, Projection, Skip
 
-__all__ = ["NN_MODULE_ATTRIBUTES", "RESERVED_NAMES", "BlockNode", "Graph", "GraphBuilder", "InputNode", "LayerNode",
-           "Node", "NodeKind", "SkipNode", "is_block_value"]
+__all__ = ["GENERATED_CODE_NAMES", "NN_MODULE_ATTRIBUTES", "RESERVED_NAMES", "BlockNode", "Graph", "GraphBuilder",
+           "InputNode", "LayerNode", "Node", "NodeKind", "SkipNode", "is_block_value"]
 
 
 class NodeKind(str, Enum):
@@ -62,7 +62,8 @@ NN_MODULE_ATTRIBUTES = frozenset({
 })
 # The compiled module's own public attributes (api.CompiledModule) and the generated code's names.
 MODEL_ATTRIBUTES = frozenset({"code", "spec", "graph", "build_record"})
-RESERVED_NAMES = NN_MODULE_ATTRIBUTES | MODEL_ATTRIBUTES | {"self", "torch"}
+GENERATED_CODE_NAMES = frozenset({"self", "torch"})  # names the generated forward itself uses
+RESERVED_NAMES = NN_MODULE_ATTRIBUTES | MODEL_ATTRIBUTES | GENERATED_CODE_NAMES
 
 
 @dataclass(kw_only=True, slots=True)

@@ -73,10 +73,9 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
                 by_padding.setdefault(padding, []).append(repr(change.name))
         # A strided layer on the way that floored an odd size still drops a row once the padding is
         # fixed: the padding alone works only at an input size the strides divide.
-        floored = [c for c in changes if isinstance(c.geometry.get("stride"), int) and c.geometry["stride"] > 1
-                   and any(size % c.geometry["stride"] for size in c.before)]
-        total = math.prod(c.geometry["stride"] for c in changes
-                          if isinstance(c.geometry.get("stride"), int) and c.geometry["stride"] > 1)
+        strided = [c for c in changes if isinstance(c.geometry.get("stride"), int) and c.geometry["stride"] > 1]
+        floored = [c for c in strided if any(size % c.geometry["stride"] for size in c.before)]
+        total = math.prod(c.geometry["stride"] for c in strided)
         also = (f" and an input size that is a multiple of {total} ({', '.join(repr(c.name) for c in floored)} "
                 "floored an odd size)") if floored else ""
         fixes += [f"keep the size with `padding: {padding}` on {' and '.join(names)}{also}"

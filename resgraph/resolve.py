@@ -28,7 +28,7 @@ from typing import Any
 
 from .errors import Diagnostic, SpecError
 from .expand import LayerItem, Scope, SkipItem
-from .graph import RESERVED_NAMES, BlockNode, Graph, InputNode, LayerNode, Node, SkipNode
+from .graph import GENERATED_CODE_NAMES, RESERVED_NAMES, BlockNode, Graph, InputNode, LayerNode, Node, SkipNode
 from .loader import Origin
 from .ops import Layer
 from .ops.tensor import BlockOutput
@@ -229,7 +229,7 @@ class _Resolver:
                 continue
             if name in RESERVED_NAMES or keyword.iskeyword(name):
                 shadowed = ("a Python keyword" if keyword.iskeyword(name) else
-                            "a name the generated code uses" if name in ("self", "torch") else
+                            "a name the generated code uses" if name in GENERATED_CODE_NAMES else
                             "a torch.nn.Module attribute")
                 self.fail(origin, f"{kind} {self.q(name)}: the name is reserved (it would shadow {shadowed})",
                           f"rename it, e.g. {name}_")

@@ -28,8 +28,8 @@ from .evaluate import freeze
 from .expand import MAX_BLOCK_DEPTH, BlockRecipe, instantiate
 from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode
 from .hints import skip_hint
-from .ops import ShapeError, TensorType, merge_type
-from .ops.base import FLOAT_DTYPES, FRESH, TO_FLOAT_HINT, DtypeError, Storage
+from .ops import OPS, ShapeError, TensorType, merge_type
+from .ops.base import FLOAT_DTYPES, FRESH, TO_FLOAT_HINT, DtypeError, FeatureMapLayer, Storage
 from .ops.tensor import BlockOutput
 from .projections import ProjectionError, describe_steps, plan_projection, projection_parameters
 from .resolve import resolve
@@ -149,7 +149,7 @@ def _read_as_map(graph: Graph, name: str, readers: dict[str, list[str]]) -> bool
             ops.append(node.layer.op)
         elif isinstance(node, BlockNode) and node.recipe is not None and node.inputs[:1] == [name]:
             ops.append(_first_op(node.recipe.definition, node.recipe.expander.blocks))
-    return bool(ops) and all(isinstance(op, str) and op in _MAP_1D_OPS for op in ops)
+    return bool(ops) and all(_reads_1d_map(op) for op in ops)
 
 
 def _first_op(definition: BlockDef, blocks: dict[str, Any], depth: int = 0) -> Any:
@@ -164,8 +164,11 @@ def _first_op(definition: BlockDef, blocks: dict[str, Any], depth: int = 0) -> A
     return body.get("op")
 
 
-_MAP_1D_OPS = frozenset({"AdaptiveAvgPool1d", "AdaptiveMaxPool1d", "AvgPool1d", "BatchNorm1d", "Conv1d",
-                         "ConvTranspose1d", "Dropout1d", "InstanceNorm1d", "MaxPool1d"})
+def _reads_1d_map(op: Any) -> bool:
+    """Whether the op named `op` reads a `(C, L)` map: a feature-map op of one spatial dim (Conv1d,
+    BatchNorm1d, a 1-d pool...), as its class declares (`FeatureMapLayer.spatial_dims`)."""
+    cls = OPS.get(op) if isinstance(op, str) else None
+    return cls is not None and issubclass(cls, FeatureMapLayer) and cls.spatial_dims == 1
 
 
 _SPATIAL_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
