@@ -380,7 +380,11 @@ def _load_text(text: str, file: str) -> LoadedSpec:
 
 
 def _bracket_depth(text: str) -> int:
-    """The deepest nesting of [ and { in the text, counting brackets inside strings too."""
+    """The deepest nesting of [ and { in the text, counting brackets inside strings too; or, where the
+    text has no more than MAX_DEPTH opening brackets, their count (a bound, all the caller asks)."""
+    opening = text.count("[") + text.count("{")
+    if opening <= MAX_DEPTH:
+        return opening
     depth = deepest = 0
     for match in re.finditer(r"[\[\]{}]", text):
         depth = depth + 1 if match.group() in "[{" else max(depth - 1, 0)
@@ -475,6 +479,9 @@ class _Builder:
             if not node.style and _EXPONENT_FLOAT.match(node.value):
                 return float(node.value)  # `eps: 1e-6`: a number, as YAML 1.2 reads it
             return node.value  # the common case needs no constructor
+        text = node.value
+        if node.tag == "tag:yaml.org,2002:int" and text.isascii() and text.isdigit() and text[0] != "0":
+            return int(text)  # the common case; YAML 1.1's `0755` is octal, and `1_000`, `0x1f` are PyYAML's
         try:
             value = self.constructor.yaml_constructors[node.tag](self.constructor, node)
         except (yaml.YAMLError, ValueError, OverflowError) as exc:

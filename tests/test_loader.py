@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from resgraph.errors import SpecError
 from resgraph.loader import MAX_BYTES, MAX_NODES, load_file, load_text
@@ -201,3 +202,21 @@ def test_a_file_that_grows_after_its_size_is_read_is_read_whole(tmp_path: pathli
 
         monkeypatch.setattr(os, "fstat", stale_fstat)
         assert load_file(spec).data["layers"] == [{"fc": {"op": "Linear", "out_features": 2}}]
+
+
+@pytest.mark.parametrize("text", ["0", "7", "10", "123456789012345678901234567890", "-7", "+7", "017", "0755", "00",
+                                  "1_000", "0x1F", "0o17", "0b101", "1:30", "!!int 12", "!!int 0755", "'12'",
+                                  "\u0661\u0662", "12 # a comment"])
+def test_integers_read_as_pyyaml_reads_them(text: str) -> None:
+    # The builder reads plain decimal ints itself; every other spelling (YAML 1.1's octal `0755`,
+    # underscores, bases, sexagesimal) is PyYAML's, and the results must not differ.
+    value = load_text(f"a: {text}\n").data["a"]
+    expected = yaml.safe_load(f"a: {text}\n")["a"]
+    assert type(value) is type(expected) and value == expected
+
+
+def test_a_flat_spec_with_many_brackets_still_loads_and_deep_brackets_in_a_long_text_are_refused() -> None:
+    flat = "layers:\n" + "".join(f"  - l{i}: {{op: Linear, out_features: [{i}]}}\n" for i in range(100))
+    assert len(load_text(flat).data["layers"]) == 100
+    (message,) = errors(flat + "deep: " + "[" * 80 + "]" * 80 + "\n")
+    assert "nests deeper than" in message
