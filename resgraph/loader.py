@@ -480,8 +480,9 @@ class _Builder:
                 return float(node.value)  # `eps: 1e-6`: a number, as YAML 1.2 reads it
             return node.value  # the common case needs no constructor
         text = node.value
-        if node.tag == "tag:yaml.org,2002:int" and text.isascii() and text.isdigit() and text[0] != "0":
-            return int(text)  # the common case; YAML 1.1's `0755` is octal, and `1_000`, `0x1f` are PyYAML's
+        if (node.tag == "tag:yaml.org,2002:int" and len(text) <= 18 and text.isascii() and text.isdigit()
+                and text[0] != "0"):
+            return int(text)  # the common case; YAML 1.1's `0755` is octal, `1_000`, `0x1f` and long ones PyYAML's
         try:
             value = self.constructor.yaml_constructors[node.tag](self.constructor, node)
         except (yaml.YAMLError, ValueError, OverflowError) as exc:

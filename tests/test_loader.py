@@ -206,7 +206,7 @@ def test_a_file_that_grows_after_its_size_is_read_is_read_whole(tmp_path: pathli
 
 @pytest.mark.parametrize("text", ["0", "7", "10", "123456789012345678901234567890", "-7", "+7", "017", "0755", "00",
                                   "1_000", "0x1F", "0o17", "0b101", "1:30", "!!int 12", "!!int 0755", "'12'",
-                                  "\u0661\u0662", "12 # a comment"])
+                                  "\u0661\u0662", "12 # a comment", "9" * 18, "9" * 19])
 def test_integers_read_as_pyyaml_reads_them(text: str) -> None:
     # The builder reads plain decimal ints itself; every other spelling (YAML 1.1's octal `0755`,
     # underscores, bases, sexagesimal) is PyYAML's, and the results must not differ.
@@ -220,3 +220,8 @@ def test_a_flat_spec_with_many_brackets_still_loads_and_deep_brackets_in_a_long_
     assert len(load_text(flat).data["layers"]) == 100
     (message,) = errors(flat + "deep: " + "[" * 80 + "]" * 80 + "\n")
     assert "nests deeper than" in message
+
+
+def test_an_integer_too_long_to_read_is_a_located_error() -> None:
+    (message,) = errors("a: 1\nb: " + "7" * 5000 + "\n")
+    assert message.startswith("s.yaml:2:4:") and "cannot read scalar" in message
