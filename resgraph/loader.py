@@ -51,6 +51,9 @@ _CORE_TAGS = {
     "tag:yaml.org,2002:merge",
 }
 _TEXT_TAGS = {"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value"}
+# The node each core tag fits (the rest fit scalars); `!!merge` fits none: it is only a key (`<<`).
+_TAG_NODES: dict[str, type] = {"tag:yaml.org,2002:map": yaml.MappingNode, "tag:yaml.org,2002:seq": yaml.SequenceNode,
+                               "tag:yaml.org,2002:merge": type(None)}
 # A plain scalar YAML 1.1 leaves a string but YAML 1.2's core schema reads as a float: an exponent
 # without a dot or without a sign (`1e-6`, `3e4`, `1.0e6`). Those with both are floats already.
 _EXPONENT_FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+$")
@@ -454,6 +457,11 @@ class _Builder:
             self.fail(node, f"YAML tag {tag!r} is not allowed in a spec",
                       "specs hold plain data only: mappings, lists, strings, numbers, booleans and null")
             return None
+        if not isinstance(node, _TAG_NODES.get(node.tag, yaml.ScalarNode)):  # `!!map 3`, `!!int [1]`: PyYAML refuses
+            kind = {yaml.ScalarNode: "a scalar", yaml.SequenceNode: "a list"}.get(type(node), "a mapping")
+            self.fail(node, f"YAML tag {node.tag.replace('tag:yaml.org,2002:', '!!')!r} cannot be given to {kind}",
+                      "remove the tag: specs need none")
+            return None
         if isinstance(node, yaml.ScalarNode):
             return self.scalar(node)
         if len(path) > MAX_DEPTH:
@@ -477,8 +485,9 @@ class _Builder:
             return node.value  # the common case needs no constructor
         try:
             value = self.constructor.yaml_constructors[node.tag](self.constructor, node)
-        except (yaml.YAMLError, ValueError, OverflowError) as exc:
-            self.fail(node, f"cannot read scalar {node.value!r}: {exc}")
+        except (yaml.YAMLError, ValueError, OverflowError, KeyError) as exc:  # KeyError: `!!bool 3`
+            reason = f"not a YAML {node.tag.rpartition(':')[2]}" if isinstance(exc, KeyError) else str(exc)
+            self.fail(node, f"cannot read scalar {node.value!r}: {reason}")
             return None
         return value
 

@@ -1,0 +1,58 @@
+"""Held-back cases of the inspection, rendering and robustness issues: hostile or odd input a new user
+or an attacker would try, each answered with a result or a located resgraph error, never a traceback."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from resgraph.errors import SpecError
+from resgraph.loader import load_text
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TUTORIAL = ROOT / "examples" / "tutorial.yaml"
+
+
+def run_cli(*args: str, cwd: pathlib.Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "resgraph", *args], capture_output=True, text=True, timeout=120,
+                          cwd=cwd)
+
+
+def load_errors(text: str) -> list[str]:
+    with pytest.raises(SpecError) as caught:
+        load_text(text, "s.yaml")
+    return [d.format() for d in caught.value.diagnostics]
+
+
+# --- YAML core tags on the wrong kind of node ---------------------------------------------------
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("!!bool 3", "cannot read scalar '3': not a YAML bool"),  # was a KeyError traceback
+    ("!!merge 3", "YAML tag '!!merge' cannot be given to a scalar"),  # was a KeyError traceback
+    ("!!map 3", "YAML tag '!!map' cannot be given to a scalar"),  # was "got generator <generator object ..."
+    ("!!seq 3", "YAML tag '!!seq' cannot be given to a scalar"),
+    ("!!str [1]", "YAML tag '!!str' cannot be given to a list"),  # was read as the list, tag ignored
+    ("!!int {a: 1}", "YAML tag '!!int' cannot be given to a mapping"),
+    ("!!seq {a: 1}", "YAML tag '!!seq' cannot be given to a mapping"),
+    ("!!null []", "YAML tag '!!null' cannot be given to a list"),
+])
+def test_a_core_tag_on_the_wrong_node_is_a_located_error(value: str, message: str) -> None:
+    (error,) = load_errors(f"x: 1\ny: {value}\n")
+    assert error.startswith(f"s.yaml:2:4: error: {message}")
+
+
+def test_core_tags_on_their_own_nodes_still_read() -> None:
+    data = load_text("a: !!map {x: !!seq [!!int 1, !!bool yes, !!null ~, !!float 2, !!str 3]}\n"
+                     "b: &b {k: 1}\nc: {!!merge <<: *b}\n").data
+    assert data == {"a": {"x": [1, True, None, 2.0, "3"]}, "b": {"k": 1}, "c": {"k": 1}}
+
+
+def test_a_bad_bool_tag_through_the_cli_exits_1_with_its_location(tmp_path: pathlib.Path) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text("resgraph: 1\nname: M\ninputs: {x: [!!bool 3]}\nlayers:\n  - l: {op: Linear, out_features: 2}\n")
+    result = run_cli("validate", str(spec))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{spec}:3:14: error: cannot read scalar '3'" in result.stderr
