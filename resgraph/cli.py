@@ -179,8 +179,13 @@ def _listed(kind: str) -> str:
     return ", ".join(f"{fmt.suffix} ({fmt.description})" for fmt in FORMATS.values() if fmt.kind == kind)
 
 
+def _whole(text: str) -> bool:
+    """Whether `text` is a whole number in ASCII digits (`str.isdigit` also accepts `²`, which `int` refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def _positive(text: str) -> int:
-    value = int(text) if text.isdigit() else 0
+    value = int(text) if _whole(text) else 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return value
@@ -188,7 +193,7 @@ def _positive(text: str) -> int:
 
 def _range(text: str) -> tuple[int, int]:
     low, sep, high = text.partition("..")
-    if not sep or not low.isdigit() or not high.isdigit() or not 1 <= int(low) <= int(high):
+    if not sep or not _whole(low) or not _whole(high) or not 1 <= int(low) <= int(high):
         raise argparse.ArgumentTypeError(f"expected LO..HI with 1 <= LO <= HI, got {text!r}")
     return int(low), int(high)
 
@@ -231,7 +236,7 @@ def _input_shapes(pairs: list[str]) -> dict[str, tuple[int, ...]]:
     for pair in pairs:
         name, sep, text = pair.partition("=")
         sizes = [part.strip() for part in text.split(",")]
-        if not sep or not name.strip() or not all(size.isdigit() and int(size) >= 1 for size in sizes):
+        if not sep or not name.strip() or not all(_whole(size) and int(size) >= 1 for size in sizes):
             raise UsageError(f"--input {pair}: expected NAME=SIZE,SIZE,... with whole sizes >= 1 (e.g. x=3,299,299)")
         shapes[name.strip()] = tuple(int(size) for size in sizes)
     return shapes

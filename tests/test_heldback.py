@@ -27,6 +27,18 @@ def load_errors(text: str) -> list[str]:
     return [d.format() for d in caught.value.diagnostics]
 
 
+def main_in_process(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """`resgraph ARGS` run in this process: its exit status (argparse's exit included), stdout and stderr."""
+    from resgraph.cli import main
+
+    try:
+        status = main(args)
+    except SystemExit as exc:
+        status = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
 # --- YAML core tags on the wrong kind of node ---------------------------------------------------
 
 @pytest.mark.parametrize(("value", "message"), [
@@ -56,3 +68,19 @@ def test_a_bad_bool_tag_through_the_cli_exits_1_with_its_location(tmp_path: path
     result = run_cli("validate", str(spec))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"{spec}:3:14: error: cannot read scalar '3'" in result.stderr
+
+
+# --- CLI values ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [
+    ["build", str(TUTORIAL), "--input", "x=3,\u00b2,32"],  # '²'.isdigit() is True, int('²') raised ValueError
+    ["validate", str(TUTORIAL), "--input", "x=\u00b3"],
+    ["sizes", str(TUTORIAL), "--range", "1..\u00b2"],
+    ["build", str(TUTORIAL), "--depth", "\u00b2"],
+    ["render", str(TUTORIAL), "--dpi", "\u00b9\u00b2"],
+])
+def test_superscript_digits_in_numeric_flags_are_usage_errors(args: list[str], capsys: pytest.CaptureFixture[str]
+                                                              ) -> None:
+    status, _, err = main_in_process(args, capsys)
+    assert status == 2 and "Traceback" not in err
+    assert "expected" in err and "invalid _" not in err  # our own wording, not argparse's "invalid _positive value"
