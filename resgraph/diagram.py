@@ -214,8 +214,8 @@ class _Renderer:
         if not self.options.args:
             return layer.op
         args = layer.args()
-        key = [f"{KEY_ARGS[k]}={short_value(v)}" for k, v in args.items() if k in KEY_ARGS and not
-               (k in ("stride", "dilation", "groups") and short_value(v) == "1")]
+        key = [f"{KEY_ARGS[k]}={short_value(v, per_dim=True)}" for k, v in args.items() if k in KEY_ARGS and not
+               (k in ("stride", "dilation", "groups") and short_value(v, per_dim=True) == "1")]
         key += [text for k, v in args.items() if k in DETAILS and (text := DETAILS[k](v)) is not None]
         return f"{layer.op} {' '.join(key)}".strip()
 

@@ -84,3 +84,43 @@ def test_superscript_digits_in_numeric_flags_are_usage_errors(args: list[str], c
     status, _, err = main_in_process(args, capsys)
     assert status == 2 and "Traceback" not in err
     assert "expected" in err and "invalid _" not in err  # our own wording, not argparse's "invalid _positive value"
+
+
+# --- summary: values as written, memory in the model's own dtype --------------------------------
+
+SHAPES_SPEC = ("resgraph: 1\nname: R\ninputs: {x: [4, 2, 2]}\nlayers:\n"
+               "  - c: {op: Conv2d, out_channels: 2, kernel_size: [1, 1]}\n"
+               "  - r: {op: reshape, shape: [2, 2, 2]}\n"
+               "  - u: {op: reshape, shape: [1, 1, 8]}\n"
+               "  - v: {op: reshape, shape: [1, 8]}\n"
+               "  - enc: {op: TransformerEncoderLayer, d_model: 8, nhead: 2, dim_feedforward: 16, batch_first: true}\n"
+               "  - f: {op: Flatten}\n"
+               "  - l: {op: Linear, out_features: 3}\n")
+
+
+def test_a_shape_argument_is_shown_whole_and_a_kernel_collapsed() -> None:
+    import resgraph
+
+    ops = {row.name: row.op for row in resgraph.summary(SHAPES_SPEC).rows}
+    assert ops["r"] == "reshape(c, shape=2x2x2)"  # was `shape=2`: a reshape to (2,) as far as the reader knew
+    assert ops["u"] == "reshape(r, shape=1x1x8)"
+    assert ops["c"] == "Conv2d(out_channels=2, kernel_size=1)"  # a per-dim argument keeps the short form
+
+
+def test_a_half_model_counts_its_activations_in_half() -> None:
+    import torch
+
+    import resgraph
+
+    torch.manual_seed(0)
+    model = resgraph.build(SHAPES_SPEC)
+    full = resgraph.summary(model)
+    half = resgraph.summary(model.half())
+    sample = torch.zeros(1, 4, 2, 2, dtype=torch.half)
+    assert half.rows[0].op == "input float16" and half.input_bytes == sample.numel() * sample.element_size()
+    assert half.activation_bytes * 2 == full.activation_bytes  # was equal: every value still counted as float32
+    assert half.param_bytes == sum(p.numel() * p.element_size() for p in model.parameters())
+    # the uncurated layer is measured on half inputs, as the half model runs (it was "?": a float32 input failed)
+    enc = {row.name: row for row in half.rows}["enc"]
+    assert enc.macs is not None and enc.macs == {row.name: row for row in full.rows}["enc"].macs
+    assert half.unmeasured == []
