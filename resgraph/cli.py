@@ -75,34 +75,32 @@ def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     """The command line's parser, with the arguments of the command `argv` names (its first word).
 
     The other commands are declared by name and summary only, which is all `resgraph --help` shows:
-    declaring every command's arguments would import the format table for their help texts.
+    declaring every command's arguments would import the format table for their help texts. Only
+    argparse's public API is used (`parser_class`), so a new Python's argparse cannot break it.
     """
     parser = argparse.ArgumentParser(
         prog="resgraph",
         description="Declarative PyTorch architectures with named skip edges and automatic projections.")
     parser.add_argument("--version", action="version", version=f"resgraph {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     named = next((arg for arg in argv if not arg.startswith("-")), None)  # the top level's options take no value
+    building = False
+
+    def command_parser(**kwargs: object) -> argparse.ArgumentParser | None:
+        # `add_parser` makes each command's parser with this (argparse's documented `parser_class`), after
+        # listing the command and its summary for `--help`. Only the command being run needs a parser:
+        # building the other four was most of `resgraph --help`'s own time. A command left as None is
+        # still a valid choice; argparse looks a parser up only for the command named.
+        return argparse.ArgumentParser(**kwargs) if building else None  # type: ignore[arg-type]
+
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                     parser_class=command_parser)  # type: ignore[arg-type]
     for name, (summary, declare, run) in COMMANDS.items():
-        if name == named:
-            command = commands.add_parser(name, help=summary)
+        building = name == named
+        command = commands.add_parser(name, help=summary)
+        if command is not None:
             declare(command)
             command.set_defaults(run=run)
-        else:
-            _list_command(commands, name, summary)
     return parser
-
-
-def _list_command(commands: argparse._SubParsersAction, name: str, summary: str) -> None:
-    """Make `name` a command that `commands` lists and accepts as a choice, without building its parser.
-
-    `add_parser` builds a whole ArgumentParser (translated help strings, groups, `-h`): for the four
-    commands not being run that was most of `resgraph --help`'s own time. This adds the same help
-    entry `add_parser` adds; the parser is built only for the command named (`tests/test_startup.py`
-    checks that the help equals argparse's own with every parser built).
-    """
-    commands._choices_actions.append(commands._ChoicesPseudoAction(name, (), summary))
-    commands._name_parser_map[name] = None  # type: ignore[assignment]  # a choice; never parsed (not named)
 
 
 def _validate_arguments(validate: argparse.ArgumentParser) -> None:

@@ -124,3 +124,19 @@ def test_a_half_model_counts_its_activations_in_half() -> None:
     enc = {row.name: row for row in half.rows}["enc"]
     assert enc.macs is not None and enc.macs == {row.name: row for row in full.rows}["enc"].macs
     assert half.unmeasured == []
+
+
+# --- the CLI uses argparse's public API only ----------------------------------------------------
+
+def test_the_cli_reads_no_private_name_of_another_module() -> None:
+    """`_list_command` appended to argparse's `_choices_actions` and `_name_parser_map`: a new Python's
+    argparse could break `resgraph --help`. The CLI may use its own private names, none of a library's."""
+    import ast
+
+    import resgraph.cli as cli
+
+    tree = ast.parse(pathlib.Path(cli.__file__).read_text())
+    own = {node.name for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    private = sorted({node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                      and node.attr.startswith("_") and not node.attr.startswith("__") and node.attr not in own})
+    assert private == []
