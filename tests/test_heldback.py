@@ -140,3 +140,17 @@ def test_the_cli_reads_no_private_name_of_another_module() -> None:
     private = sorted({node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
                       and node.attr.startswith("_") and not node.attr.startswith("__") and node.attr not in own})
     assert private == []
+
+
+def test_an_unknown_key_on_a_block_call_points_to_with_not_to_an_op_named_none() -> None:
+    spec = ("resgraph: 1\nname: M\ninputs: {x: [4]}\nlayers:\n  - b: {block: blk, k: 4}\n"
+            "blocks:\n  blk:\n    params: {k: required}\n    layers:\n"
+            "      - l: {op: Linear, out_features: \"${k}\"}\n")
+    import resgraph
+
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(spec)
+    (diagnostic,) = caught.value.diagnostics
+    assert str(diagnostic.location) == "<string>:5:21" and diagnostic.message == "layer 'b': unknown argument 'k'"
+    assert diagnostic.hint is not None and not diagnostic.hint.startswith("None")  # was "None takes: block, ..."
+    assert diagnostic.hint.endswith("pass the block's parameters under with: {k: ...}")
