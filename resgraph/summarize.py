@@ -127,8 +127,8 @@ def summarize(graph: Graph, module: Any, *, depth: int | None = None, columns: S
         UsageError: an unknown column name, or a depth below 1.
     """
     chosen = parse_columns(columns)
-    if depth is not None and depth < 1:
-        raise UsageError(f"depth counts module levels from 1 (the top level), not {depth}")
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
+        raise UsageError(f"depth counts module levels from 1 (the top level): a whole number >= 1, not {depth!r}")
     walker = _Walker(module)
     walker.graph(graph, "", 0, list(graph.inputs))
     rows = walker.rows
@@ -411,13 +411,18 @@ def parse_columns(columns: str | Iterable[str] | None) -> tuple[str, ...]:
     ('op', 'output_shape', 'params', 'macs')
 
     Raises:
-        UsageError: an unknown column (with the valid names and a "did you mean").
+        UsageError: an unknown column (with the valid names and a "did you mean"), or one that is not a string.
     """
     if columns is None:
         return DEFAULT_COLUMNS
+    if not isinstance(columns, (str, Iterable)):
+        raise UsageError(f"summary columns are a list of names or a comma-separated string, not {columns!r}")
     names = [c.strip() for c in columns.split(",")] if isinstance(columns, str) else list(columns)
     chosen: list[str] = []
     for name in names:
+        if not isinstance(name, str):
+            raise UsageError(f"a summary column is named by a string, not {name!r}; the columns are "
+                             f"{', '.join(COLUMNS)} (or default, all)")
         expanded = DEFAULT_COLUMNS if name == "default" else tuple(COLUMNS) if name == "all" else (name,)
         for column in expanded:
             if column not in COLUMNS:

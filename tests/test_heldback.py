@@ -154,3 +154,25 @@ def test_an_unknown_key_on_a_block_call_points_to_with_not_to_an_op_named_none()
     assert str(diagnostic.location) == "<string>:5:21" and diagnostic.message == "layer 'b': unknown argument 'k'"
     assert diagnostic.hint is not None and not diagnostic.hint.startswith("None")  # was "None takes: block, ..."
     assert diagnostic.hint.endswith("pass the block's parameters under with: {k: ...}")
+
+
+# --- summary(...) arguments given as a torchinfo user would -------------------------------------
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"input_shapes": (3, 32, 32)}, "input shapes: expected a mapping from input name to per-sample shape, "
+                                    "e.g. {'x': (3, 224, 224)}, got (3, 32, 32)"),  # was AttributeError: 'items'
+    ({"input_shapes": {"x": 3}}, "input shape for 'x': expected whole sizes"),  # was TypeError: not iterable
+    ({"input_shapes": {"x": "332"}}, "input shape for 'x': expected whole sizes"),
+    ({"input_shapes": {3: (3, 32, 32)}}, "input shape for 3: the spec has no input 3"),  # was AttributeError: lower
+    ({"depth": "2"}, "depth counts module levels from 1"),  # was TypeError: '<' between str and int
+    ({"depth": True}, "depth counts module levels from 1"),  # was accepted as depth 1
+    ({"depth": 2.5}, "depth counts module levels from 1"),  # was accepted
+    ({"columns": ["op", 3]}, "a summary column is named by a string, not 3"),  # was AttributeError: lower
+    ({"columns": 3}, "summary columns are a list of names or a comma-separated string, not 3"),  # was TypeError
+])
+def test_summary_options_of_the_wrong_type_are_usage_errors(options: dict[str, object], message: str) -> None:
+    import resgraph
+
+    with pytest.raises(resgraph.UsageError) as caught:
+        resgraph.summary(TUTORIAL, **options)  # type: ignore[arg-type]
+    assert str(caught.value).startswith(message)
