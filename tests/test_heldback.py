@@ -176,3 +176,32 @@ def test_summary_options_of_the_wrong_type_are_usage_errors(options: dict[str, o
     with pytest.raises(resgraph.UsageError) as caught:
         resgraph.summary(TUTORIAL, **options)  # type: ignore[arg-type]
     assert str(caught.value).startswith(message)
+
+
+# --- huge integers are refused where they are written ---------------------------------------------
+
+@pytest.mark.parametrize(("literal", "shown"), [
+    ("0x" + "f" * 6000, "0xffffffffffffffffff...ffffffffff (6,002 characters)"),  # build/render: ValueError traceback
+    ("9" * 5000, "99999999999999999999...9999999999 (5,000 characters)"),  # was a 5,000-digit message
+    ("99999999999999999999999999999999999", "99999999999999999999999999999999999"),
+    ("-0b1" + "0" * 70, "-0b10000000000000000...0000000000 (74 characters)"),
+])
+def test_an_integer_beyond_64_bits_is_a_located_error(literal: str, shown: str) -> None:
+    (error,) = load_errors(f"a: 1\nb: [{literal}]\n")
+    assert error == f"s.yaml:2:5: error: the integer {shown} is too large: no tensor size, index or dtype holds " \
+                    "more than 2^64"
+
+
+def test_a_hex_size_of_6000_digits_gives_every_command_a_located_error(tmp_path: pathlib.Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"resgraph: 1\nname: M\ninputs: {{x: [4]}}\nlayers:\n  - l: {{op: Linear, out_features: "
+                    f"0x{'f' * 6000}}}\n")
+    for args in (["validate"], ["build", "--device", "meta"], ["render", "-o", str(tmp_path / "m.dot")]):
+        status, _, err = main_in_process([args[0], str(spec), *args[1:]], capsys)
+        assert status == 1 and err.startswith(f"{spec}:5:35: error: the integer 0xffff"), args
+
+
+def test_integers_within_64_bits_still_read() -> None:
+    data = load_text(f"a: [{2**64}, {-(2**64)}, {2**63 - 1}, 0x{'f' * 16}]\n").data
+    assert data == {"a": [2**64, -(2**64), 2**63 - 1, 2**64 - 1]}
