@@ -248,6 +248,8 @@ def _validate(args: argparse.Namespace) -> int:
     from .pipeline import load
     from .validate import is_block_library
 
+    # The flags are read once, before any file: a bad --set is one error, not one per file.
+    overrides, input_shapes = _overrides(args.overrides), _input_shapes(args.inputs)
     status = EXIT_OK
     for path in args.specs:
         try:
@@ -257,15 +259,15 @@ def _validate(args: argparse.Namespace) -> int:
                 print(f"{one_line(path)}: ok (block library: {len(blocks)} block{'s' if len(blocks) != 1 else ''}: "
                       f"{', '.join(blocks)})")
                 continue
-            graph = check(loaded, params=_overrides(args.overrides), allow_imports=args.allow_imports,
-                          input_shapes=_input_shapes(args.inputs))
+            graph = check(loaded, params=overrides, allow_imports=args.allow_imports, input_shapes=input_shapes)
         except SpecError as exc:
             print(exc.format(), file=sys.stderr)
-            status = EXIT_INVALID
+            status = max(status, EXIT_INVALID)
             continue
-        except UsageError as exc:
+        except UsageError as exc:  # this file cannot be read (missing, a directory): the others are still checked
             print(f"resgraph: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            status = EXIT_USAGE
+            continue
         graphs = [graph, *(g for _, g in graph.subgraphs())]
         nodes = [n for g in graphs for n in g.nodes.values()]
         projected = sum(1 for n in nodes if n.meta.get("projection") and not n.meta["projection"].is_identity)

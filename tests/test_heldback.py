@@ -205,3 +205,23 @@ def test_a_hex_size_of_6000_digits_gives_every_command_a_located_error(tmp_path:
 def test_integers_within_64_bits_still_read() -> None:
     data = load_text(f"a: [{2**64}, {-(2**64)}, {2**63 - 1}, 0x{'f' * 16}]\n").data
     assert data == {"a": [2**64, -(2**64), 2**63 - 1, 2**64 - 1]}
+
+
+# --- validate: one unreadable file hides nothing else -------------------------------------------
+
+def test_validate_checks_every_file_after_an_unreadable_one(tmp_path: pathlib.Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("resgraph: 1\nname: M\ninputs: {x: [4]}\nlayers:\n  - l: {op: Linaer, out_features: 2}\n")
+    missing = tmp_path / "missing.yaml"
+    status, out, err = main_in_process(["validate", str(missing), str(bad), str(tmp_path), str(TUTORIAL)], capsys)
+    assert status == 2  # a file could not be read: a usage error outranks an invalid spec
+    assert f"resgraph: error: {missing}: no such file" in err  # it stopped here: nothing after it was checked
+    assert f"{bad}:5:9: error: layer 'l' (Linaer): unknown op 'Linaer'" in err
+    assert f"resgraph: error: {tmp_path}: is a directory" in err
+    assert out == f"{TUTORIAL}: ok (10 nodes, 2 projections)\n"
+
+
+def test_validate_reports_a_bad_set_once_not_per_file(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = main_in_process(["validate", str(TUTORIAL), str(TUTORIAL), "--set", "a=["], capsys)
+    assert status == 2 and err.count("--set a=[: not a YAML value") == 1
