@@ -225,3 +225,16 @@ def test_validate_checks_every_file_after_an_unreadable_one(tmp_path: pathlib.Pa
 def test_validate_reports_a_bad_set_once_not_per_file(capsys: pytest.CaptureFixture[str]) -> None:
     status, _, err = main_in_process(["validate", str(TUTORIAL), str(TUTORIAL), "--set", "a=["], capsys)
     assert status == 2 and err.count("--set a=[: not a YAML value") == 1
+
+
+# --- the compiled schema predicate agrees with jsonschema on NaN --------------------------------
+
+@pytest.mark.parametrize("schema", [{"minimum": 1}, {"maximum": 1}, {"exclusiveMinimum": 0}, {"exclusiveMaximum": 1},
+                                    {"allOf": [{"type": "number"}, {"maximum": 0}]}])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 0, 1, 1.5, -0.0, True])
+def test_bounds_agree_with_jsonschema_on_nan_and_infinities(schema: dict[str, object], value: object) -> None:
+    import jsonschema
+
+    from resgraph.schema_check import compile_schema
+
+    assert compile_schema(schema)(value) == jsonschema.Draft202012Validator(schema).is_valid(value)
