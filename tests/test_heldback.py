@@ -238,3 +238,28 @@ def test_bounds_agree_with_jsonschema_on_nan_and_infinities(schema: dict[str, ob
     from resgraph.schema_check import compile_schema
 
     assert compile_schema(schema)(value) == jsonschema.Draft202012Validator(schema).is_valid(value)
+
+
+# --- a huge echoed value does not make a huge message -------------------------------------------
+
+def test_an_unknown_op_of_300000_characters_gives_a_message_of_bounded_length(tmp_path: pathlib.Path,
+                                                                             capsys: pytest.CaptureFixture[str]
+                                                                             ) -> None:
+    from resgraph.errors import MAX_MESSAGE
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"resgraph: 1\nname: M\ninputs: {{x: [4]}}\nlayers:\n  - l: {{op: {'a' * 300_000}, "
+                    "out_features: 2}\n")
+    status, _, err = main_in_process(["validate", str(spec)], capsys)
+    (line,) = err.splitlines()  # was one line of 300,125 characters
+    assert status == 1 and line.startswith(f"{spec}:5:13: error: layer 'l' (aaaa")
+    assert len(line) <= len(f"{spec}:5:13: error: ") + MAX_MESSAGE
+    # the start (where, which layer) and the end (what is wrong) are kept, the middle counted
+    assert "characters ...]" in line and "op: must be at most 256 characters, got string 'aaa" in line
+
+
+def test_a_short_message_is_not_shortened() -> None:
+    from resgraph.errors import Diagnostic, Location
+
+    message = "x" * 2000
+    assert Diagnostic(Location("f", 1, 1), message).format() == f"f:1:1: error: {message}"
