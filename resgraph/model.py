@@ -63,10 +63,9 @@ class CompiledModule(GeneratedModule):
 
     def dynamic_shapes(self, *, batch: bool = True) -> tuple[dict[int, Any], ...]:
         """`torch.export`'s `dynamic_shapes` for this model: the batch, and every free input dim by the rule
-        its sizes follow (`H >= 33`: `Dim.DYNAMIC` with that minimum; a bounded range: with both
-        bounds; `H in {188 + 16k}`: the derived Dim 16*k + 156, k >= 2; dims the model needs equal:
-        one shared named Dim). Fixed dims stay static. Use it with inputs at the declared sizes
-        (`example_inputs()`).
+        its sizes follow (`H >= 33`: a Dim with that minimum; `H in {188 + 16k}`: 16*k + 156, k >= 2;
+        a bounded range: a Dim with both bounds). Fixed dims stay static. Use it with inputs at the
+        declared sizes (`example_inputs()`).
         """
         from torch.export import Dim
 
@@ -91,14 +90,8 @@ class CompiledModule(GeneratedModule):
                 if rule.kind == "progression":  # a derived dim: start + step * j; its example needs j >= 2
                     first = low + (-(low - rule.start)) % rule.step
                     dims[dim.axis + 1] = rule.step * Dim(f"{label}_k", min=2) + (first - 2 * rule.step)
-                elif dim.linked:  # named, so that the dims it must equal share it
-                    dims[dim.axis + 1] = Dim(label, min=low, **({"max": rule.stop} if rule.stop else {}))
                 else:
-                    # A hint rather than a named Dim: torch.export still refuses to specialise it, but
-                    # accepts guards its solver cannot prove over the whole range (ConvNeXt's Linear on
-                    # a permuted map guards `1 % (96 * (W // 4)) != 0`, which a named Dim turned into a
-                    # "Constraints violated" error).
-                    dims[dim.axis + 1] = Dim.DYNAMIC(min=low, max=rule.stop)
+                    dims[dim.axis + 1] = Dim(label, min=low, **({"max": rule.stop} if rule.stop else {}))
                 made[f"{name}.{dim.name}"] = dims[dim.axis + 1]
             shapes.append(dims)
         return tuple(shapes)
