@@ -50,6 +50,7 @@ _CORE_TAGS = {
     "tag:yaml.org,2002:seq",
     "tag:yaml.org,2002:merge",
 }
+_MAX_INT = 2**64  # no tensor size, index or integer dtype holds more; larger ints only overflow later
 _TEXT_TAGS = {"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value"}
 # The node each core tag fits (the rest fit scalars); `!!merge` fits none: it is only a key (`<<`).
 _TAG_NODES: dict[str, type] = {"tag:yaml.org,2002:map": yaml.MappingNode, "tag:yaml.org,2002:seq": yaml.SequenceNode,
@@ -483,11 +484,19 @@ class _Builder:
             if not node.style and _EXPONENT_FLOAT.match(node.value):
                 return float(node.value)  # `eps: 1e-6`: a number, as YAML 1.2 reads it
             return node.value  # the common case needs no constructor
+        text = node.value if len(node.value) <= 40 else f"{node.value[:20]}...{node.value[-10:]}"
         try:
             value = self.constructor.yaml_constructors[node.tag](self.constructor, node)
         except (yaml.YAMLError, ValueError, OverflowError, KeyError) as exc:  # KeyError: `!!bool 3`
             reason = f"not a YAML {node.tag.rpartition(':')[2]}" if isinstance(exc, KeyError) else str(exc)
-            self.fail(node, f"cannot read scalar {node.value!r}: {reason}")
+            if not str(exc).startswith("Exceeds the limit"):  # (Python's cap on decimal digits: too large, below)
+                self.fail(node, f"cannot read scalar {text!r}: {reason}")
+                return None
+            value = _MAX_INT + 1
+        if isinstance(value, int) and abs(value) > _MAX_INT:  # (`0xfff...` of 6,000 digits: later str() raised)
+            length = f" ({len(node.value):,} characters)" if text != node.value else ""
+            self.fail(node, f"the integer {text}{length} is too large: no tensor size, index or dtype holds more "
+                            "than 2^64")
             return None
         return value
 
