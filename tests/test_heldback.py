@@ -263,3 +263,15 @@ def test_a_short_message_is_not_shortened() -> None:
 
     message = "x" * 2000
     assert Diagnostic(Location("f", 1, 1), message).format() == f"f:1:1: error: {message}"
+
+
+# --- render(...) options checked as the CLI's flags are ----------------------------------------
+
+@pytest.mark.parametrize("options", [{"depth": "1"}, {"depth": 0}, {"depth": True}, {"depth": 1.5}, {"dpi": -1},
+                                     {"dpi": 0}, {"dpi": "96"}])
+def test_render_options_that_are_not_whole_numbers_are_usage_errors(options: dict[str, object]) -> None:
+    import resgraph
+
+    # depth="1" was a TypeError deep in the drawing of a model with blocks; depth=0 and dpi=-1 drew silently
+    with pytest.raises(resgraph.UsageError, match=f"{next(iter(options))} must be a whole number >= 1"):
+        resgraph.render(ROOT / "examples" / "resnet18.yaml", **options)  # type: ignore[arg-type]
