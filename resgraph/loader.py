@@ -50,7 +50,10 @@ _CORE_TAGS = {
     "tag:yaml.org,2002:seq",
     "tag:yaml.org,2002:merge",
 }
-_MAX_INT = 2**64  # no tensor size, index or integer dtype holds more; larger ints only overflow later
+# Larger integers are refused where they are written: nothing in a spec needs them (no tensor size, index or
+# dtype holds more than 2^64), and printing one of thousands of digits fails (Python's cap: 4,300). Smaller
+# ones reach the schema, whose bounds say which field takes what (`must be at most 2^62`).
+_MAX_INT = 10**100
 _TEXT_TAGS = {"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value"}
 # The node each core tag fits (the rest fit scalars); `!!merge` fits none: it is only a key (`<<`).
 _TAG_NODES: dict[str, type] = {"tag:yaml.org,2002:map": yaml.MappingNode, "tag:yaml.org,2002:seq": yaml.SequenceNode,
@@ -493,10 +496,10 @@ class _Builder:
                 self.fail(node, f"cannot read scalar {text!r}: {reason}")
                 return None
             value = _MAX_INT + 1
-        if isinstance(value, int) and abs(value) > _MAX_INT:  # (`0xfff...` of 6,000 digits: later str() raised)
+        if isinstance(value, int) and abs(value) >= _MAX_INT:  # (`0xfff...` of 6,000 digits: later str() raised)
             length = f" ({len(node.value):,} characters)" if text != node.value else ""
-            self.fail(node, f"the integer {text}{length} is too large: no tensor size, index or dtype holds more "
-                            "than 2^64")
+            self.fail(node, f"the integer {text}{length} is too large: a spec's numbers have at most 100 digits "
+                            "(no tensor size, index or dtype holds more than 2^64)")
             return None
         return value
 
