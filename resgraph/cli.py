@@ -75,34 +75,32 @@ def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     """The command line's parser, with the arguments of the command `argv` names (its first word).
 
     The other commands are declared by name and summary only, which is all `resgraph --help` shows:
-    declaring every command's arguments would import the format table for their help texts.
+    declaring every command's arguments would import the format table for their help texts. Only
+    argparse's public API is used (`parser_class`), so a new Python's argparse cannot break it.
     """
     parser = argparse.ArgumentParser(
         prog="resgraph",
         description="Declarative PyTorch architectures with named skip edges and automatic projections.")
     parser.add_argument("--version", action="version", version=f"resgraph {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     named = next((arg for arg in argv if not arg.startswith("-")), None)  # the top level's options take no value
+    building = False
+
+    def command_parser(**kwargs: object) -> argparse.ArgumentParser | None:
+        # `add_parser` makes each command's parser with this (argparse's documented `parser_class`), after
+        # listing the command and its summary for `--help`. Only the command being run needs a parser:
+        # building the other four was most of `resgraph --help`'s own time. A command left as None is
+        # still a valid choice; argparse looks a parser up only for the command named.
+        return argparse.ArgumentParser(**kwargs) if building else None  # type: ignore[arg-type]
+
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                     parser_class=command_parser)  # type: ignore[arg-type]
     for name, (summary, declare, run) in COMMANDS.items():
-        if name == named:
-            command = commands.add_parser(name, help=summary)
+        building = name == named
+        command = commands.add_parser(name, help=summary)
+        if command is not None:
             declare(command)
             command.set_defaults(run=run)
-        else:
-            _list_command(commands, name, summary)
     return parser
-
-
-def _list_command(commands: argparse._SubParsersAction, name: str, summary: str) -> None:
-    """Make `name` a command that `commands` lists and accepts as a choice, without building its parser.
-
-    `add_parser` builds a whole ArgumentParser (translated help strings, groups, `-h`): for the four
-    commands not being run that was most of `resgraph --help`'s own time. This adds the same help
-    entry `add_parser` adds; the parser is built only for the command named (`tests/test_startup.py`
-    checks that the help equals argparse's own with every parser built).
-    """
-    commands._choices_actions.append(commands._ChoicesPseudoAction(name, (), summary))
-    commands._name_parser_map[name] = None  # type: ignore[assignment]  # a choice; never parsed (not named)
 
 
 def _validate_arguments(validate: argparse.ArgumentParser) -> None:
@@ -179,8 +177,13 @@ def _listed(kind: str) -> str:
     return ", ".join(f"{fmt.suffix} ({fmt.description})" for fmt in FORMATS.values() if fmt.kind == kind)
 
 
+def _whole(text: str) -> bool:
+    """Whether `text` is a whole number in ASCII digits (`str.isdigit` also accepts `²`, which `int` refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def _positive(text: str) -> int:
-    value = int(text) if text.isdigit() else 0
+    value = int(text) if _whole(text) else 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return value
@@ -188,7 +191,7 @@ def _positive(text: str) -> int:
 
 def _range(text: str) -> tuple[int, int]:
     low, sep, high = text.partition("..")
-    if not sep or not low.isdigit() or not high.isdigit() or not 1 <= int(low) <= int(high):
+    if not sep or not _whole(low) or not _whole(high) or not 1 <= int(low) <= int(high):
         raise argparse.ArgumentTypeError(f"expected LO..HI with 1 <= LO <= HI, got {text!r}")
     return int(low), int(high)
 
@@ -231,7 +234,7 @@ def _input_shapes(pairs: list[str]) -> dict[str, tuple[int, ...]]:
     for pair in pairs:
         name, sep, text = pair.partition("=")
         sizes = [part.strip() for part in text.split(",")]
-        if not sep or not name.strip() or not all(size.isdigit() and int(size) >= 1 for size in sizes):
+        if not sep or not name.strip() or not all(_whole(size) and int(size) >= 1 for size in sizes):
             raise UsageError(f"--input {pair}: expected NAME=SIZE,SIZE,... with whole sizes >= 1 (e.g. x=3,299,299)")
         shapes[name.strip()] = tuple(int(size) for size in sizes)
     return shapes
@@ -245,6 +248,8 @@ def _validate(args: argparse.Namespace) -> int:
     from .pipeline import load
     from .validate import is_block_library
 
+    # The flags are read once, before any file: a bad --set is one error, not one per file.
+    overrides, input_shapes = _overrides(args.overrides), _input_shapes(args.inputs)
     status = EXIT_OK
     for path in args.specs:
         try:
@@ -254,15 +259,15 @@ def _validate(args: argparse.Namespace) -> int:
                 print(f"{one_line(path)}: ok (block library: {len(blocks)} block{'s' if len(blocks) != 1 else ''}: "
                       f"{', '.join(blocks)})")
                 continue
-            graph = check(loaded, params=_overrides(args.overrides), allow_imports=args.allow_imports,
-                          input_shapes=_input_shapes(args.inputs))
+            graph = check(loaded, params=overrides, allow_imports=args.allow_imports, input_shapes=input_shapes)
         except SpecError as exc:
             print(exc.format(), file=sys.stderr)
-            status = EXIT_INVALID
+            status = max(status, EXIT_INVALID)
             continue
-        except UsageError as exc:
+        except UsageError as exc:  # this file cannot be read (missing, a directory): the others are still checked
             print(f"resgraph: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            status = EXIT_USAGE
+            continue
         graphs = [graph, *(g for _, g in graph.subgraphs())]
         nodes = [n for g in graphs for n in g.nodes.values()]
         projected = sum(1 for n in nodes if n.meta.get("projection") and not n.meta["projection"].is_identity)

@@ -77,10 +77,15 @@ def render_graph(graph: Graph, module: Any, options: RenderOptions = RenderOptio
     """The diagram of a typed graph. `module` supplies parameter counts (it may live on `meta`).
 
     Raises:
-        UsageError: an unknown rankdir or layout, or `layout="u"` for a graph without top-level skips.
+        UsageError: an unknown rankdir or layout, a depth or dpi that is not a whole number >= 1, or
+            `layout="u"` for a graph without top-level skips.
     """
     import graphviz
 
+    for name in ("depth", "dpi"):  # (as the CLI's flags are checked: `depth="1"` failed deep in the drawing)
+        value = getattr(options, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UsageError(f"{name} must be a whole number >= 1 (or None), not {value!r}")
     if options.rankdir not in ("TB", "LR", "BT", "RL"):
         raise UsageError(f"rankdir must be TB, LR, BT or RL, not {options.rankdir!r}")
     if options.layout not in LAYOUTS:
@@ -214,8 +219,8 @@ class _Renderer:
         if not self.options.args:
             return layer.op
         args = layer.args()
-        key = [f"{KEY_ARGS[k]}={short_value(v)}" for k, v in args.items() if k in KEY_ARGS and not
-               (k in ("stride", "dilation", "groups") and short_value(v) == "1")]
+        key = [f"{KEY_ARGS[k]}={short_value(v, per_dim=True)}" for k, v in args.items() if k in KEY_ARGS and not
+               (k in ("stride", "dilation", "groups") and short_value(v, per_dim=True) == "1")]
         key += [text for k, v in args.items() if k in DETAILS and (text := DETAILS[k](v)) is not None]
         return f"{layer.op} {' '.join(key)}".strip()
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass, field
 
-__all__ = ["Diagnostic", "Location", "ResgraphError", "SpecError", "UsageError", "one_line", "printable"]
+__all__ = ["MAX_MESSAGE", "Diagnostic", "Location", "ResgraphError", "SpecError", "UsageError", "one_line", "printable",
+           "shortened"]
 
 # Characters a terminal acts on rather than shows: C0/C1 controls (ANSI escapes start with ESC),
 # format characters (bidirectional overrides can reorder what is displayed), surrogates (from
@@ -47,6 +48,24 @@ def one_line(text: str) -> str:
     return printable(text).translate(_LINE_BREAKS)
 
 
+# The most characters of one message or hint shown: a value echoed from a spec (a 300,000-character
+# op name) is cut in the middle, keeping the start that says what is wrong and the end with its advice.
+MAX_MESSAGE = 2000
+
+
+def shortened(text: str, limit: int = MAX_MESSAGE) -> str:
+    """`text`, or its start and end around a note of how much was left out when it is longer than `limit`.
+
+    >>> shortened("unknown op '" + "a" * 100 + "'; did you mean 'Linear'?", 80)
+    "unknown op 'aaaaaaaaaaaaaaaaaa[... 87 characters ...]d you mean 'Linear'?"
+    """
+    if len(text) <= limit:
+        return text
+    tail = limit // 4
+    head = limit - tail - 30  # room for the note
+    return f"{text[:head]}[... {len(text) - head - tail:,} characters ...]{text[-tail:]}"
+
+
 def _escape(ch: str) -> str:
     code = ord(ch)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
@@ -78,9 +97,9 @@ class Diagnostic:
     def format(self) -> str:
         """`file:line:col: error: message` and an indented hint, safe to print to a terminal."""
         # One line each: a newline in an echoed value (an import path, a name) would forge a diagnostic.
-        text = f"{self.location}: error: {one_line(self.message)}"
+        text = f"{self.location}: error: {one_line(shortened(self.message))}"
         if self.hint:
-            text += f"\n  hint: {one_line(self.hint)}"
+            text += f"\n  hint: {one_line(shortened(self.hint))}"
         return text
 
 
@@ -119,4 +138,4 @@ class UsageError(ResgraphError):
     def __str__(self) -> str:
         # One line: the message names files and options as given, and a newline in one would forge
         # a second `resgraph: error:` line.
-        return one_line(Exception.__str__(self))
+        return one_line(shortened(Exception.__str__(self)))

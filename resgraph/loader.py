@@ -50,7 +50,14 @@ _CORE_TAGS = {
     "tag:yaml.org,2002:seq",
     "tag:yaml.org,2002:merge",
 }
+# Larger integers are refused where they are written: nothing in a spec needs them (no tensor size, index or
+# dtype holds more than 2^64), and printing one of thousands of digits fails (Python's cap: 4,300). Smaller
+# ones reach the schema, whose bounds say which field takes what (`must be at most 2^62`).
+_MAX_INT = 10**100
 _TEXT_TAGS = {"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value"}
+# The node each core tag fits (the rest fit scalars); `!!merge` fits none: it is only a key (`<<`).
+_TAG_NODES: dict[str, type] = {"tag:yaml.org,2002:map": yaml.MappingNode, "tag:yaml.org,2002:seq": yaml.SequenceNode,
+                               "tag:yaml.org,2002:merge": type(None)}
 # A plain scalar YAML 1.1 leaves a string but YAML 1.2's core schema reads as a float: an exponent
 # without a dot or without a sign (`1e-6`, `3e4`, `1.0e6`). Those with both are floats already.
 _EXPONENT_FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+$")
@@ -458,6 +465,11 @@ class _Builder:
             self.fail(node, f"YAML tag {tag!r} is not allowed in a spec",
                       "specs hold plain data only: mappings, lists, strings, numbers, booleans and null")
             return None
+        if not isinstance(node, _TAG_NODES.get(node.tag, yaml.ScalarNode)):  # `!!map 3`, `!!int [1]`: PyYAML refuses
+            kind = {yaml.ScalarNode: "a scalar", yaml.SequenceNode: "a list"}.get(type(node), "a mapping")
+            self.fail(node, f"YAML tag {node.tag.replace('tag:yaml.org,2002:', '!!')!r} cannot be given to {kind}",
+                      "remove the tag: specs need none")
+            return None
         if isinstance(node, yaml.ScalarNode):
             return self.scalar(node)
         if len(path) > MAX_DEPTH:
@@ -479,14 +491,23 @@ class _Builder:
             if not node.style and _EXPONENT_FLOAT.match(node.value):
                 return float(node.value)  # `eps: 1e-6`: a number, as YAML 1.2 reads it
             return node.value  # the common case needs no constructor
-        text = node.value
-        if (node.tag == "tag:yaml.org,2002:int" and len(text) <= 18 and text.isascii() and text.isdigit()
-                and text[0] != "0"):
-            return int(text)  # the common case; YAML 1.1's `0755` is octal, `1_000`, `0x1f` and long ones PyYAML's
+        written = node.value
+        if (node.tag == "tag:yaml.org,2002:int" and len(written) <= 18 and written.isascii() and written.isdigit()
+                and written[0] != "0"):
+            return int(written)  # the common case; YAML 1.1's `0755` is octal; `1_000`, `0x1f`, long ones: PyYAML
+        text = written if len(written) <= 40 else f"{written[:20]}...{written[-10:]}"
         try:
             value = self.constructor.yaml_constructors[node.tag](self.constructor, node)
-        except (yaml.YAMLError, ValueError, OverflowError) as exc:
-            self.fail(node, f"cannot read scalar {node.value!r}: {exc}")
+        except (yaml.YAMLError, ValueError, OverflowError, KeyError) as exc:  # KeyError: `!!bool 3`
+            reason = f"not a YAML {node.tag.rpartition(':')[2]}" if isinstance(exc, KeyError) else str(exc)
+            if not str(exc).startswith("Exceeds the limit"):  # (Python's cap on decimal digits: too large, below)
+                self.fail(node, f"cannot read scalar {text!r}: {reason}")
+                return None
+            value = _MAX_INT + 1
+        if isinstance(value, int) and abs(value) >= _MAX_INT:  # (`0xfff...` of 6,000 digits: later str() raised)
+            length = f" ({len(node.value):,} characters)" if text != node.value else ""
+            self.fail(node, f"the integer {text}{length} is too large: a spec's numbers have at most 100 digits "
+                            "(no tensor size, index or dtype holds more than 2^64)")
             return None
         return value
 

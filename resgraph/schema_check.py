@@ -185,8 +185,10 @@ class Compiler:
 
     def _numbers(self, schema: dict[str, Any]) -> list[Predicate]:
         checks: list[Predicate] = []
-        bounds = {"minimum": lambda x, b: x >= b, "maximum": lambda x, b: x <= b,
-                  "exclusiveMinimum": lambda x, b: x > b, "exclusiveMaximum": lambda x, b: x < b}
+        # jsonschema fails a bound on the opposite comparison (`instance < minimum`), so NaN, which
+        # compares false with everything, passes every bound: written the same way, so does it here.
+        bounds = {"minimum": lambda x, b: not x < b, "maximum": lambda x, b: not x > b,
+                  "exclusiveMinimum": lambda x, b: not x <= b, "exclusiveMaximum": lambda x, b: not x >= b}
         for keyword, holds in bounds.items():
             if keyword in schema:
                 bound = schema[keyword]

@@ -305,11 +305,15 @@ class Spec(StrictModel):
             UsageError: an unknown input, or a shape that is not a list of positive ints.
         """
         decls = self.input_decls()
+        if not isinstance(shapes, Mapping):  # `input_shapes=(3, 224, 224)`, as torchinfo's input_size is given
+            raise UsageError(f"input shapes: expected a mapping from input name to per-sample shape, e.g. "
+                             f"{{{next(iter(decls), 'x')!r}: (3, 224, 224)}}, got {shapes!r}")
         for name, shape in shapes.items():
             if name not in decls:
                 raise UsageError(f"input shape for {name!r}: the spec has no input {name!r}"
                                  f"{did_you_mean(name, decls)} (its inputs: {', '.join(decls)})")
-            whole = all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_DIM for d in shape)
+            whole = isinstance(shape, Sequence) and not isinstance(shape, str) and all(
+                isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_DIM for d in shape)
             if not shape or not whole:
                 raise UsageError(f"input shape for {name!r}: expected whole sizes per sample from 1 to 2^62, "
                                  f"got {shape!r}")

@@ -8,10 +8,18 @@ __all__ = ["did_you_mean", "closest"]
 
 
 def closest(word: str, candidates: Iterable[str]) -> str | None:
-    """The candidate most similar to `word`, if any is similar enough; case-insensitive first."""
+    """The candidate most similar to `word`, if any is similar enough; case-insensitive first.
+
+    A `word` or candidate that is not a string (a name given from Python as a number) matches nothing.
+
+    >>> closest("Conv2D", ["Conv2d", "Linear"]), closest(3, ["x"])
+    ('Conv2d', None)
+    """
     import difflib  # only a mistake needs it: a valid spec's check does not pay for importing it
 
-    pool = list(dict.fromkeys(candidates))
+    if not isinstance(word, str):
+        return None
+    pool = [c for c in dict.fromkeys(candidates) if isinstance(c, str)]
     lowered = {c.lower(): c for c in pool}
     if word.lower() in lowered:
         return lowered[word.lower()]

@@ -31,9 +31,14 @@ from .ownership import owned_tensors
 from .projections import ProjectionPlan, describe_steps
 from .suggest import did_you_mean
 
-__all__ = ["COLUMNS", "DEFAULT_COLUMNS", "DTYPE_BYTES", "Column", "ProjectionRow", "Row", "Summary", "format_bytes",
-           "format_count", "format_summary", "instance_title", "parse_columns", "short_value", "summarize"]
+__all__ = ["COLUMNS", "DEFAULT_COLUMNS", "DTYPE_BYTES", "PER_DIM_ARGS", "Column", "ProjectionRow", "Row", "Summary",
+           "format_bytes", "format_count", "format_summary", "instance_title", "parse_columns", "short_value",
+           "summarize"]
 
+# Arguments that hold one value per spatial dim, shown as one number when every dim has the same (`3` for
+# kernel_size [3, 3]). Any other list is shown whole: `shape: [1, 1, 1]` is not `shape=1`.
+PER_DIM_ARGS = frozenset({"kernel_size", "stride", "padding", "dilation", "output_padding", "output_size", "size",
+                          "scale_factor"})
 DTYPE_BYTES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "bool": 1}
 
 
@@ -122,8 +127,8 @@ def summarize(graph: Graph, module: Any, *, depth: int | None = None, columns: S
         UsageError: an unknown column name, or a depth below 1.
     """
     chosen = parse_columns(columns)
-    if depth is not None and depth < 1:
-        raise UsageError(f"depth counts module levels from 1 (the top level), not {depth}")
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
+        raise UsageError(f"depth counts module levels from 1 (the top level): a whole number >= 1, not {depth!r}")
     walker = _Walker(module)
     walker.graph(graph, "", 0, list(graph.inputs))
     rows = walker.rows
@@ -159,6 +164,9 @@ class _Walker:
 
     def __init__(self, module: Any) -> None:
         self.module = module
+        # A model converted after its build (`model.half()`, `.double()`) computes in its weights' dtype:
+        # its float32 values are that dtype's, in the memory column and the inputs an uncurated op is measured on.
+        self.float_dtype = _float_dtype(module)
         self.rows: list[Row] = []
         self.values: dict[int, list[str]] = {}  # id(block call) -> the rows holding its values, when several
         self.outputs: list[str] = []  # the rows holding the outputs of the graph walked last
@@ -172,10 +180,10 @@ class _Walker:
                 shown[node.name] = self.values[id(graph.nodes[node.inputs[0]])][node.layer.index]
                 continue
             name = prefix + node.name
-            inputs = [graph.nodes[i].meta["type"] for i in node.inputs]
+            inputs = [self.runtime(graph.nodes[i].meta["type"]) for i in node.inputs]
             reads = [shown[i] for i in node.inputs]
             shown.setdefault(node.name, name)
-            out: TensorType = node.meta["type"]
+            out: TensorType = self.runtime(node.meta["type"])
             common = {"shape": list(out.shape), "depth": level, "input_shapes": [list(t.shape) for t in inputs],
                       "connected_to": reads, **self.owned(node, prefix)}
             if isinstance(node, InputNode):
@@ -189,7 +197,7 @@ class _Walker:
             elif isinstance(node, SkipNode):
                 plan: ProjectionPlan = node.meta["projection"]
                 macs = merge_macs(node.skip.merge.value, out) + projection_macs(plan, inputs[1])
-                memory = _bytes(out) + len(plan.steps) * _bytes(plan.output)
+                memory = _bytes(out) + len(plan.steps) * _bytes(self.runtime(plan.output))
                 projection = ProjectionRow(plan.policy.value, plan.reason, describe_steps(plan.steps),
                                            common["params"])
                 kernel = "1x1" if any(s.kind.value == "conv" for s in plan.steps) else None
@@ -234,6 +242,10 @@ class _Walker:
         self.rows[at] = replace(self.rows[at], activation_bytes=totals.activation_bytes, **_mac_fields(totals.macs))
         return totals
 
+    def runtime(self, t: TensorType) -> TensorType:
+        """`t` as the module computes it: a float32 value in the module's own floating dtype."""
+        return replace(t, dtype=self.float_dtype) if self.float_dtype and t.dtype == "float32" else t
+
     def owned(self, node: Node, prefix: str) -> dict[str, int]:
         tensors = owned_tensors(self.module, node, prefix)
         return {"params": sum(t.numel() for t in tensors),
@@ -263,6 +275,13 @@ def _measure(module: Any, inputs: list[TensorType]) -> MacCount | None:
     return MacCount(counter.get_total_flops() // 2)
 
 
+def _float_dtype(module: Any) -> str | None:
+    """The one floating dtype of `module`'s parameters and buffers (`float16` after `.half()`), or None."""
+    dtypes = {str(t.dtype).removeprefix("torch.") for t in (*module.parameters(), *module.buffers())
+              if t.is_floating_point()}
+    return dtypes.pop() if len(dtypes) == 1 else None
+
+
 def _mac_fields(macs: MacCount | None) -> dict[str, int | None]:
     return {"macs": None if macs is None else macs.total, "matmul_macs": None if macs is None else macs.matmul}
 
@@ -275,7 +294,7 @@ def _layer_text(node: LayerNode) -> str:
     """`Conv2d(out_channels=64, ...)`; code ops name their inputs (`add(a, b)`); ties are noted
     (`Linear(...) [weight tied to wte.weight]`), as are buffers and frozen parameters."""
     layer = node.layer
-    args = ", ".join(f"{k}={short_value(v)}" for k, v in layer.args().items())
+    args = ", ".join(f"{k}={short_value(v, per_dim=k in PER_DIM_ARGS)}" for k, v in layer.args().items())
     if layer.code_only:
         args = ", ".join([*node.inputs, *([args] if args else [])])
     notes = [f"{name} tied to {target}" for name, target in (layer.tie or {}).items()]
@@ -299,15 +318,19 @@ def instance_title(instance: Graph) -> str:
     return f"{instance.block}({params})"
 
 
-def short_value(value: Any) -> str:
-    """`3` for (3, 3), `3x1` for (3, 1); a large tensor literal by its shape (`<16x16 values>`); other
-    values as written (small or ragged lists, mappings), with characters a terminal would act on
-    escaped (a spec's strings reach the summary)."""
+def short_value(value: Any, *, per_dim: bool = False) -> str:
+    """`3x1` for (3, 1); `3` for (3, 3) when `per_dim` (a value per spatial dim, such as a kernel size);
+    a large tensor literal by its shape (`<16x16 values>`); other values as written (small or ragged
+    lists, mappings), with characters a terminal would act on escaped (a spec's strings reach the summary).
+
+    >>> short_value([3, 3], per_dim=True), short_value([1, 1, 1]), short_value([3, 1])
+    ('3', '1x1x1', '3x1')
+    """
     shape = _literal_shape(value)
     if len(shape) > 1 or (shape and shape[0] > 8):
         text = f"<{'x'.join(map(str, shape))} values>" if math.prod(shape) > 8 else str(value)
     elif isinstance(value, (tuple, list)) and value and all(isinstance(v, (int, float, str)) for v in value):
-        text = str(value[0]) if len(set(value)) == 1 else "x".join(map(str, value))
+        text = str(value[0]) if per_dim and len(set(value)) == 1 else "x".join(map(str, value))
     else:
         text = str(value)
     return printable(text)
@@ -388,13 +411,18 @@ def parse_columns(columns: str | Iterable[str] | None) -> tuple[str, ...]:
     ('op', 'output_shape', 'params', 'macs')
 
     Raises:
-        UsageError: an unknown column (with the valid names and a "did you mean").
+        UsageError: an unknown column (with the valid names and a "did you mean"), or one that is not a string.
     """
     if columns is None:
         return DEFAULT_COLUMNS
+    if not isinstance(columns, (str, Iterable)):
+        raise UsageError(f"summary columns are a list of names or a comma-separated string, not {columns!r}")
     names = [c.strip() for c in columns.split(",")] if isinstance(columns, str) else list(columns)
     chosen: list[str] = []
     for name in names:
+        if not isinstance(name, str):
+            raise UsageError(f"a summary column is named by a string, not {name!r}; the columns are "
+                             f"{', '.join(COLUMNS)} (or default, all)")
         expanded = DEFAULT_COLUMNS if name == "default" else tuple(COLUMNS) if name == "all" else (name,)
         for column in expanded:
             if column not in COLUMNS:

@@ -262,8 +262,11 @@ def _unexpected_key(path: Path, key: str, allowed: list[str], named: bool, data:
         if model is not None and key in model.inferred:
             return Diagnostic(where, f"{_label(path, data)}: {key!r} is inferred from the input; remove it")
         hint = did_you_mean(key, [k for k in allowed if k != "op"])
+        takes = ", ".join(k for k in allowed if k not in ("op",))
+        if op is None:  # a block call (it names no op): its block's parameters go under `with:`
+            takes = f"a block call takes: {takes}; pass the block's parameters under with: {{{key}: ...}}"
         return Diagnostic(where, f"{_label(path, data)}: unknown argument {key!r}{hint}",
-                          None if hint else f"{op} takes: {', '.join(k for k in allowed if k not in ('op',))}")
+                          None if hint else takes if op is None else f"{op} takes: {takes}")
     return Diagnostic(where, f"{_label(path, data)}: unknown key {key!r}{did_you_mean(key, allowed)}"
                       if path else f"unknown top-level key {key!r}{did_you_mean(key, allowed)}")
 
