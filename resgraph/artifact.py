@@ -30,12 +30,16 @@ def save(module: CompiledModule, path: str) -> None:
     """Write `module`'s weights and build record to `path` atomically.
 
     Raises:
+        UsageError: the weights are not what `load` can restore: on the meta device (nothing to
+            save), sharded (FSDP2 DTensors), or of another dtype than the spec builds (a model
+            converted with `.half()`: `load` rebuilds the spec as written, so it would not get them back).
         OSError: the file cannot be written, the disk is full included (an existing file is left
             as it was, and no temporary file remains).
     """
     import torch
 
     record = module.build_record
+    _check_savable(module)
     payload = {"format": ARTIFACT_FORMAT, "spec": record.spec, "spec_file": record.file,
                "params": dict(record.params), "allow_imports": list(record.allow_imports),
                "imports": None if record.imports is None else [list(pair) for pair in record.imports],
@@ -74,7 +78,8 @@ def load(path: str | os.PathLike[str], *, allow_imports: Iterable[str] = (),
         UsageError: the file is missing, not a regular file, not a resgraph artifact or missing
             a part of one, or it needs imports not allowed.
         SpecError: the stored spec is invalid (e.g. from a newer resgraph) or over a bound.
-        ResgraphError: the stored weights do not fit the stored spec.
+        ResgraphError: the stored weights do not fit the stored spec: a tensor missing, extra, of
+            another shape or dtype, or tied parameters (`tie:`) stored with different values.
     """
     import torch
 
@@ -105,7 +110,7 @@ def load(path: str | os.PathLike[str], *, allow_imports: Iterable[str] = (),
     except RuntimeError as exc:  # a tensor of the wrong shape
         detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])
         raise ResgraphError(f"{name}: the stored weights do not match the stored spec ({detail})") from None
-    problems = []
+    problems = _dtype_problems(module.state_dict(), state) + _tie_problems(module, state)
     if result.missing_keys:
         problems.append(f"missing weights: {', '.join(result.missing_keys[:5])}")
     if result.unexpected_keys:
@@ -113,6 +118,66 @@ def load(path: str | os.PathLike[str], *, allow_imports: Iterable[str] = (),
     if problems:
         raise ResgraphError(f"{name}: the stored weights do not match the stored spec ({'; '.join(problems)})")
     return module
+
+
+def _check_savable(module: CompiledModule) -> None:
+    """Refuse a model whose weights a `.pt` file cannot hold as `load` would restore them.
+
+    Raises:
+        UsageError: a tensor is on the meta device, a DTensor (FSDP2 shard), or of another dtype
+            than a build of the module's spec gives it.
+    """
+    from .distributed import is_dtensor
+    from .model import meta_module
+    from .ops.generic import allowed_imports
+
+    state = module.state_dict()
+    meta = next((key for key, tensor in state.items() if tensor.is_meta), None)
+    if meta is not None:
+        raise UsageError(f"{type(module).__name__} was built with device='meta' and has no weights to save "
+                         f"({meta} holds no data): resgraph.materialize it first, or write its code (.py)")
+    sharded = next((key for key, tensor in state.items() if is_dtensor(tensor)), None)
+    if sharded is not None:
+        raise UsageError(f"{type(module).__name__} is sharded ({sharded} is a DTensor): a .pt file holds whole "
+                         "weights; save the full state dict (torch.distributed.checkpoint.state_dict."
+                         "get_model_state_dict with full_state_dict=True) or use torch.distributed.checkpoint")
+    with allowed_imports(module.build_record.allow_imports):
+        built = meta_module(module.graph).state_dict()  # the dtypes a rebuild gives, allocating nothing
+    problems = _dtype_problems(built, state)
+    if problems:
+        raise UsageError(f"cannot save {type(module).__name__} as a .pt file: {problems[0]}; resgraph.load rebuilds "
+                         "the spec as written and would not restore it. Convert it back (e.g. model.float()), or "
+                         "save its state_dict with torch.save")
+
+
+def _dtype_problems(built: Mapping[str, Any], stored: Mapping[str, Any]) -> list[str]:
+    """One line per tensor whose stored dtype differs from the built one (load_state_dict would convert it
+    silently: a float16 weight rounded, an int64 one made float)."""
+    wrong = [f"{key} is {_dtype(tensor)}, but the spec builds {_dtype(built[key])}" for key, tensor in stored.items()
+             if key in built and tensor.dtype != built[key].dtype]
+    return wrong[:1] + ([f"and {len(wrong) - 1} more of another dtype"] if len(wrong) > 1 else [])
+
+
+def _tie_problems(module: CompiledModule, stored: Mapping[str, Any]) -> list[str]:
+    """One line per tie (`tie: {weight: wte.weight}`) whose two names hold different values in the file.
+
+    Both names of a tied parameter are stored, and loading copies each into the one tensor, so
+    without this check the later one would silently win.
+    """
+    import torch
+
+    from .ownership import tied_parameters
+
+    problems = []
+    for tie in tied_parameters(module.graph):
+        own, target = stored.get(tie.path), stored.get(tie.target)
+        if own is not None and target is not None and not (own.shape == target.shape and torch.equal(own, target)):
+            problems.append(f"{tie.path} is tied to {tie.target}, but the file holds different values for them")
+    return problems
+
+
+def _dtype(tensor: Any) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
 
 
 def _record(payload: dict[Any, Any], name: str) -> BuildRecord:

@@ -28,6 +28,7 @@ section, else every block called with `repeat: N`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import types
@@ -40,10 +41,11 @@ from torch import nn
 
 from .errors import Diagnostic, UsageError
 from .graph import BlockNode, Graph
+from .ownership import tied_parameters
 from .suggest import did_you_mean
 
-__all__ = ["block_names", "checkpoint", "checkpointed_class", "compile", "fill", "instances", "local_numel", "shard",
-           "spec_checkpoints", "training_diagnostics"]
+__all__ = ["block_names", "checkpoint", "checkpointed_class", "compile", "fill", "instances", "is_dtensor",
+           "local_numel", "shard", "spec_checkpoints", "training_diagnostics"]
 
 M = TypeVar("M", bound=nn.Module)
 Choose = Callable[[BlockNode, Graph], bool]
@@ -130,11 +132,32 @@ def training_diagnostics(training: Any, graph: Graph) -> list[Diagnostic]:
     return diagnostics
 
 
+def _apart_from_ties(model: nn.Module, chosen: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+    """The chosen instances that hold both names of every tie they hold one of.
+
+    FSDP2 manages each parameter in one unit: an instance holding a parameter tied to one outside it
+    (`tie: {weight: body.0.fc.weight}` on a top-level layer) cannot be a unit of its own, or the first
+    forward fails ("shared with a parameter already managed by another FSDP group"). Its parameters
+    then belong to the enclosing unit (a chosen instance holding both, else the root).
+    """
+    ends = [(tie.path, tie.target) for tie in tied_parameters(_graph(model))]
+    if not ends:
+        return chosen
+
+    def inside(path: str, prefix: str) -> bool:
+        return path.startswith(prefix + ".")
+
+    return [(name, module) for name, module in chosen
+            if all(inside(own, name) == inside(target, name) for own, target in ends)]
+
+
 def shard(model: M, *, mesh: Any = None, blocks: Iterable[str] | None = None, **options: Any) -> M:
     """Shard a model with FSDP2: `fully_shard` on every instance of the chosen blocks, then the root.
 
     Instances are wrapped innermost first, as FSDP2 requires (each call takes the parameters
-    not yet owned by a wrapped submodule). Works on a model built with `device="meta"`: shard it,
+    not yet owned by a wrapped submodule). An instance holding a parameter tied (`tie:`) to one
+    outside it is not a unit of its own (FSDP2 keeps a tied pair in one unit): its parameters join
+    the enclosing unit. Works on a model built with `device="meta"`: shard it,
     then `resgraph.materialize` it, and each process allocates only its own shards.
 
     Args:
@@ -150,7 +173,7 @@ def shard(model: M, *, mesh: Any = None, blocks: Iterable[str] | None = None, **
     """
     from torch.distributed.fsdp import fully_shard
 
-    chosen = instances(model, _planned(model, "shard", blocks))
+    chosen = _apart_from_ties(model, instances(model, _planned(model, "shard", blocks)))
     for _, module in sorted(chosen, key=lambda item: -item[0].count(".")):  # children before parents
         fully_shard(module, mesh=mesh, **options)
     fully_shard(model, mesh=mesh, **options)
@@ -172,7 +195,10 @@ def checkpointed_class(cls: type[M]) -> type[M]:
     def forward(self: nn.Module, *args: Any) -> Any:
         if not torch.is_grad_enabled():
             return inner(self, *args)
-        return torch.utils.checkpoint.checkpoint(inner, self, *args, use_reentrant=False)
+        if torch.compiler.is_compiling():  # the compiled backward recomputes without mutating buffers
+            return torch.utils.checkpoint.checkpoint(inner, self, *args, use_reentrant=False)
+        return torch.utils.checkpoint.checkpoint(inner, self, *args, use_reentrant=False,
+                                                 context_fn=functools.partial(_buffers_kept_on_recompute, self))
 
     # torch.compile keeps compiled code per code object, with at most 8 entries
     # (torch._dynamo.config.recompile_limit): a copy of this wrapper's code for every class lets
@@ -182,6 +208,48 @@ def checkpointed_class(cls: type[M]) -> type[M]:
     forward = types.FunctionType(code, forward.__globals__, "forward", None, forward.__closure__)
     forward.__qualname__ = f"{cls.__name__}.forward"
     return type(cls.__name__, (cls,), {"forward": forward, "_checkpointed": True, "__module__": cls.__module__})
+
+
+class _BufferGuard:
+    """The contexts of one checkpointed call: the recomputation in the backward pass leaves the buffers
+    the forward updates as it found them.
+
+    A BatchNorm in training mode updates its running statistics on every forward; recomputing the
+    block would update them a second time (momentum applied twice, `num_batches_tracked` counted
+    twice), so a checkpointed model would drift from the same model trained without checkpointing.
+    The buffers kept are those of modules tracking running statistics (`track_running_stats`, which
+    torch's kernels update without moving the version counter) and any other whose version counter
+    the forward moved; a constant buffer (a mask, a rotary table) is never copied.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.stats = [buffer for inner in module.modules() if getattr(inner, "track_running_stats", False)
+                      and inner.training for buffer in inner.buffers(recurse=False)]
+        self.others = [buffer for buffer in module.buffers() if all(buffer is not stat for stat in self.stats)]
+        self.changed: list[torch.Tensor] = []
+
+    @contextlib.contextmanager
+    def forward(self) -> Iterator[None]:
+        versions = [buffer._version for buffer in self.others]
+        yield
+        self.changed = self.stats + [buffer for buffer, version in zip(self.others, versions)
+                                     if buffer._version != version]
+
+    @contextlib.contextmanager
+    def recompute(self) -> Iterator[None]:
+        saved = [buffer.detach().clone() for buffer in self.changed]
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for buffer, value in zip(self.changed, saved):
+                    buffer.copy_(value)
+
+
+def _buffers_kept_on_recompute(module: nn.Module) -> tuple[Any, Any]:
+    """`torch.utils.checkpoint`'s `context_fn`: see `_BufferGuard`."""
+    guard = _BufferGuard(module)
+    return guard.forward(), guard.recompute()
 
 
 def _checkpoint(chosen: list[tuple[str, nn.Module]]) -> None:
@@ -244,6 +312,11 @@ def _dtensor(tensor: torch.Tensor) -> Any:
     """
     module = sys.modules.get("torch.distributed.tensor")
     return module if module is not None and isinstance(tensor, module.DTensor) else None
+
+
+def is_dtensor(tensor: torch.Tensor) -> bool:
+    """True for a DTensor (an FSDP2 shard), without importing torch.distributed.tensor."""
+    return _dtensor(tensor) is not None
 
 
 def local_numel(tensor: torch.Tensor) -> int:

@@ -61,7 +61,7 @@ NN_MODULE_ATTRIBUTES = frozenset({
     "zero_grad",
 })
 # The compiled module's own public attributes (api.CompiledModule) and the generated code's names.
-MODEL_ATTRIBUTES = frozenset({"code", "spec", "graph", "build_record"})
+MODEL_ATTRIBUTES = frozenset({"code", "spec", "graph", "build_record", "example_inputs", "dynamic_shapes"})
 GENERATED_CODE_NAMES = frozenset({"self", "torch"})  # names the generated forward itself uses
 RESERVED_NAMES = NN_MODULE_ATTRIBUTES | MODEL_ATTRIBUTES | GENERATED_CODE_NAMES
 

@@ -28,7 +28,8 @@ from .pipeline import DEFAULT_MAX_PARAMS, BuildRecord, check_loaded, static_para
 from .sizes import smallest_without_ones, solve_sizes
 from .spec import Spec
 
-__all__ = ["CompiledModule", "Device", "compile_model", "materialize", "meta_module", "part_sizes", "rebuild"]
+__all__ = ["CompiledModule", "Device", "compile_model", "export_program", "materialize", "meta_module", "name_outputs",
+           "part_sizes", "rebuild"]
 
 Device = torch.device | str | int  # what torch.device() accepts
 
@@ -63,9 +64,10 @@ class CompiledModule(GeneratedModule):
 
     def dynamic_shapes(self, *, batch: bool = True) -> tuple[dict[int, Any], ...]:
         """`torch.export`'s `dynamic_shapes` for this model: the batch, and every free input dim by the rule
-        its sizes follow (`H >= 33`: a Dim with that minimum; `H in {188 + 16k}`: 16*k + 156, k >= 2;
-        a bounded range: a Dim with both bounds). Fixed dims stay static. Use it with inputs at the
-        declared sizes (`example_inputs()`).
+        its sizes follow (`H >= 33`: `Dim.DYNAMIC` with that minimum; a bounded range: with both
+        bounds; `H in {188 + 16k}`: the derived Dim 16*k + 156, k >= 2; dims the model needs equal:
+        one shared named Dim). Fixed dims stay static. Use it with inputs at the declared sizes
+        (`example_inputs()`).
         """
         from torch.export import Dim
 
@@ -90,8 +92,14 @@ class CompiledModule(GeneratedModule):
                 if rule.kind == "progression":  # a derived dim: start + step * j; its example needs j >= 2
                     first = low + (-(low - rule.start)) % rule.step
                     dims[dim.axis + 1] = rule.step * Dim(f"{label}_k", min=2) + (first - 2 * rule.step)
-                else:
+                elif dim.linked:  # named, so that the dims it must equal share it
                     dims[dim.axis + 1] = Dim(label, min=low, **({"max": rule.stop} if rule.stop else {}))
+                else:
+                    # A hint rather than a named Dim: torch.export still refuses to specialise it, but
+                    # accepts guards its solver cannot prove over the whole range (ConvNeXt's Linear on
+                    # a permuted map guards `1 % (96 * (W // 4)) != 0`, which a named Dim turned into a
+                    # "Constraints violated" error).
+                    dims[dim.axis + 1] = Dim.DYNAMIC(min=low, max=rule.stop)
                 made[f"{name}.{dim.name}"] = dims[dim.axis + 1]
             shapes.append(dims)
         return tuple(shapes)
@@ -203,6 +211,51 @@ def materialize(module: C, *, device: Device = "cpu", seed: int | None = None,
                          tensor)
     tie_parameters(module, graph)  # to_empty made a tied parameter a tensor of its own again
     return module
+
+
+def export_program(module: CompiledModule, *, dynamic: bool = True, **options: Any) -> Any:
+    """`torch.export.export` of a built model, its outputs named as the spec names them.
+
+    torch names an exported graph's outputs after the op that made them (`add__1`, `linear_48`);
+    these carry the names ONNX files and `resgraph build --json` use (`res2_conv2`; see
+    `onnx_export.output_names`), in `program.graph_signature.user_outputs` and the graph's code.
+
+    Args:
+        module: a model returned by `resgraph.build` (exported as it is: call `.eval()` first for inference).
+        dynamic: keep the batch and every free input dim dynamic (`module.dynamic_shapes()`).
+        options: passed to `torch.export.export` (strict, ...).
+    Returns:
+        The `torch.export.ExportedProgram`, traced at `module.example_inputs()`.
+    """
+    program = torch.export.export(module, module.example_inputs(batch=2),
+                                  dynamic_shapes=module.dynamic_shapes() if dynamic else None, **options)
+    return name_outputs(program, module.graph)
+
+
+def name_outputs(program: Any, graph: Graph) -> Any:
+    """Rename the nodes an exported program returns to the spec's output names, in place.
+
+    An output that is an input, a parameter or a buffer (a placeholder), or a value returned twice,
+    keeps torch's name: renaming it would rename an input too. A spec name the graph has used for
+    another node, even one renamed here, gets the graph's suffix (`linear_2`): fx never reuses a name.
+
+    Returns:
+        `program`, changed in place.
+    """
+    from .onnx_export import output_names
+
+    user = [spec for spec in program.graph_signature.output_specs if spec.kind.name == "USER_OUTPUT"]
+    nodes = {node.name: node for node in program.graph.nodes}
+    renamed: set[str] = set()
+    for spec, wanted in zip(user, output_names(graph)):
+        node = nodes.get(getattr(spec.arg, "name", None))
+        if node is None or node.op == "placeholder" or node.name in renamed or node.name == wanted:
+            continue
+        node._rename(wanted)  # through the graph's namespace, which keeps names unique
+        spec.arg.name = node.name
+        renamed.add(node.name)
+    program.graph_module.recompile()
+    return program
 
 
 def rebuild(record: BuildRecord, *, allow_imports: Iterable[str] = (), seed: int | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -71,7 +72,7 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | 
     Args:
         opset: the ONNX opset version (default: the exporter's).
     Raises:
-        UsageError: the onnx / onnxscript packages are missing.
+        UsageError: the onnx / onnxscript packages are missing, or the model was built on the meta device.
         ResgraphError: the exporter failed (an unsupported opset included).
     """
     try:
@@ -81,6 +82,10 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | 
         raise UsageError("ONNX export needs the onnx and onnxscript packages: pip install 'resgraph[onnx]'") from None
     import torch
 
+    meta = next((name for name, tensor in module.state_dict().items() if tensor.is_meta), None)
+    if meta is not None:  # torch's exporter fails deep inside, in colour, and logs at ERROR
+        raise UsageError(f"{type(module).__name__} was built with device='meta' and has no weights to export "
+                         f"({meta} holds no data): resgraph.materialize it first, or write its code (.py)")
     graph = module.graph
     examples = module.example_inputs(batch=2)  # batch 2: a batch of 1 would be specialised into the graph
     # The batch, and each free input dim as far as the model admits other sizes, stay dynamic.
@@ -93,7 +98,8 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | 
                                         output_names=output_names(graph), dynamic_shapes=dynamic, verbose=False,
                                         **({"opset_version": opset} if opset is not None else {}))
     except Exception as exc:  # the exporter raises many types
-        raise ResgraphError(f"ONNX export failed: {str(exc).strip().splitlines()[0]}") from None
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()  # the exporter colours its text
+        raise ResgraphError(f"ONNX export failed: {first[0] if first else type(exc).__name__}") from None
     finally:
         module.train(was_training)
     written = program.model.opset_imports.get("")

@@ -123,6 +123,11 @@ def worker(rank: int, world: int, port: int, out: str, spec: str, params: dict[s
     # The full (unsharded) state dict loads, strictly, into an ordinary build.
     whole = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
+        try:  # a .pt file holds whole weights: a sharded model is refused, not written as DTensors
+            resgraph.save(model, os.path.join(folder, "sharded.pt"))
+            report["pt_of_sharded"] = "written"
+        except resgraph.UsageError as exc:
+            report["pt_of_sharded"] = str(exc)
         plain = resgraph.build(spec, params=params, seed=1).to(dtype)
         plain.load_state_dict(whole, strict=True)
         report["full_state_keys_equal"] = list(whole) == list(reference.state_dict())

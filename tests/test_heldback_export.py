@@ -1,0 +1,167 @@
+"""Using compiled models elsewhere, beyond the cases of the issue: `.pt` files whose weights are not
+what their spec builds (another dtype, tied parameters that disagree, no data at all), and
+torch.export / ONNX with every free input dim dynamic on a ConvNeXt-style model.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import pytest
+import torch
+
+import resgraph
+from conftest import EXAMPLES
+from resgraph.lower import GeneratedModule
+
+MLP = EXAMPLES / "residual_mlp.yaml"
+TINY_GPT2 = {"n_layer": 1, "n_embd": 32, "n_head": 2, "vocab_size": 64, "n_positions": 16, "seq_len": 16}
+
+# ConvNeXt at toy width and depth: torch's solver cannot prove a guard its blocks add
+# (`1 % (8 * (W // 4)) != 0`) over the whole range W >= 64, so a named Dim for W failed the export.
+CONVNEXT = EXAMPLES / "convnext_tiny.yaml"
+TINY_CONVNEXT = {"image_size": 64, "depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64]}
+
+
+def tampered(tmp_path: pathlib.Path, model: Any, change: Any) -> pathlib.Path:
+    """`model` saved, then its file's state_dict changed by `change` (a function of the dict)."""
+    path = tmp_path / "model.pt"
+    resgraph.save(model, path)
+    payload = torch.load(path, weights_only=True)
+    change(payload["state_dict"])
+    torch.save(payload, path)
+    return path
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64, torch.int64])
+def test_a_stored_weight_of_another_dtype_is_refused_not_converted(tmp_path: pathlib.Path,
+                                                                   dtype: torch.dtype) -> None:
+    def convert(state: dict[str, torch.Tensor]) -> None:
+        state["fc1.weight"] = state["fc1.weight"].to(dtype)
+
+    path = tampered(tmp_path, resgraph.build(MLP, seed=0), convert)
+    expected = rf"the stored weights do not match the stored spec \(fc1.weight is {str(dtype)[6:]}, but the spec builds"
+    with pytest.raises(resgraph.ResgraphError, match=expected + r" float32\)"):
+        resgraph.load(path)
+
+
+def test_a_model_converted_to_another_dtype_is_not_saved_as_a_pt_file(tmp_path: pathlib.Path) -> None:
+    """load rebuilds the spec as written: a half model came back as float32, silently."""
+    path = tmp_path / "half.pt"
+    expected = r"fc1.weight is float16, but the spec builds float32.*model.float\(\)"
+    with pytest.raises(resgraph.UsageError, match=expected):
+        resgraph.save(resgraph.build(MLP, seed=0).half(), path)
+    assert not path.exists()
+    model = resgraph.build(MLP, seed=0)
+    resgraph.save(model.half().float(), path)  # converted back: saved, and loaded as it was
+    assert all(torch.equal(a, b) for a, b in zip(resgraph.load(path).state_dict().values(),
+                                                 model.state_dict().values()))
+
+
+def test_a_meta_model_is_not_saved_as_a_pt_file(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "meta.pt"
+    with pytest.raises(resgraph.UsageError, match=r"device='meta' and has no weights to save.*materialize"):
+        resgraph.save(resgraph.build(MLP, device="meta"), path)
+    assert not path.exists()  # it was written, and loading it failed on "Cannot copy out of meta tensor"
+
+
+def test_tied_weights_stored_with_different_values_are_refused(tmp_path: pathlib.Path) -> None:
+    model = resgraph.build(EXAMPLES / "gpt2.yaml", params=TINY_GPT2, seed=0).eval()
+
+    def untie(state: dict[str, torch.Tensor]) -> None:
+        state["lm_head.weight"] = torch.zeros_like(state["lm_head.weight"])
+
+    path = tampered(tmp_path, model, untie)
+    # Both names of the tied tensor are stored; the later one silently overwrote the embedding.
+    with pytest.raises(resgraph.ResgraphError, match="lm_head.weight is tied to wte.weight, but the file holds "
+                                                     "different values for them"):
+        resgraph.load(path)
+    resgraph.save(model, path)
+    loaded = resgraph.load(path).eval()
+    assert loaded.lm_head.weight is loaded.wte.weight
+    tokens = model.example_inputs()
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(loaded(*tokens), model(*tokens)))
+
+
+OTHER_SIZES = [torch.randn(3, 3, 64, 77), torch.randn(1, 3, 96, 70)]
+
+
+def test_dynamic_shapes_export_convnext_at_every_size() -> None:
+    model = resgraph.build(CONVNEXT, params=TINY_CONVNEXT, seed=0).eval()
+    # was: "Constraints violated (x_W)! ... satisfy the generated guard (1 % (8*(L['x'].size()[3] // 4))) != 0"
+    program = torch.export.export(model, model.example_inputs(), dynamic_shapes=model.dynamic_shapes())
+    for x in OTHER_SIZES:
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(x), model(x), rtol=0, atol=0)
+
+
+def test_convnext_exports_to_onnx_with_dynamic_sizes(tmp_path: pathlib.Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    model = resgraph.build(CONVNEXT, params=TINY_CONVNEXT, seed=0).eval()
+    path = tmp_path / "convnext.onnx"
+    resgraph.to_onnx(model, str(path))  # was: "ONNX export failed: Constraints violated (x_W)!"
+    session = ort.InferenceSession(str(path))
+    for x in OTHER_SIZES:
+        (actual,) = session.run(None, {"x": x.numpy()})
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(actual), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_every_public_attribute_of_a_compiled_model_is_a_reserved_name() -> None:
+    """A layer named after one (`example_inputs`, `dynamic_shapes`) crashed the build with a bare KeyError
+    ("attribute 'example_inputs' already exists") instead of a located error."""
+    from resgraph.graph import RESERVED_NAMES
+    from resgraph.model import CompiledModule
+
+    own = {name for name in vars(CompiledModule) | CompiledModule.__annotations__ if not name.startswith("_")}
+    own |= {name for name in vars(GeneratedModule) | GeneratedModule.__annotations__ if not name.startswith("_")}
+    assert own - RESERVED_NAMES == set()
+    for name in sorted(own):
+        spec = f"resgraph: 1\nname: M\ninputs: {{x: [4]}}\nlayers:\n  - {name}: {{op: Linear, out_features: 2}}\n"
+        with pytest.raises(resgraph.SpecError, match=rf"<string>:5:5: error: layer '{name}': the name is reserved"):
+            resgraph.build(spec)
+
+
+TINY_YOLO = {"image_size": 64}
+PASSTHROUGH = """\
+resgraph: 1
+name: Passthrough
+inputs: {x: [4]}
+layers:
+  - fc: {op: Linear, out_features: 4}
+  - head: {op: Linear, out_features: 4}
+outputs: [x, fc, head]
+"""
+
+
+@pytest.mark.parametrize(("spec", "params", "names"), [
+    (EXAMPLES / "tutorial.yaml", {}, ("res2_conv2",)),  # torch's name: add__1 (the in-place merge)
+    (EXAMPLES / "yolov8.yaml", TINY_YOLO, ("detect_y", "detect_x3", "detect_x4", "detect_x5")),  # cat_23, cat_13, ...
+    (EXAMPLES / "gpt2.yaml", TINY_GPT2, ("ln_f", "lm_head")),  # layer_norm_2, linear_4
+    # an input stays an input (not renamed, as ONNX's x_1 would be); linear, linear_1 become fc, head
+    (PASSTHROUGH, {}, ("x", "fc", "head")),
+], ids=["tutorial", "yolov8", "gpt2", "passthrough"])
+def test_an_exported_program_names_its_outputs_as_the_spec_does(spec: Any, params: dict[str, Any],
+                                                                 names: tuple[str, ...]) -> None:
+    from resgraph.model import export_program
+
+    model = resgraph.build(spec, params=params, seed=0).eval()
+    program = export_program(model)
+    assert program.graph_signature.user_outputs == names
+    inputs = model.example_inputs(batch=3)  # the batch stays dynamic
+    with torch.no_grad():
+        actual, expected = program.module()(*inputs), model(*inputs)
+    for a, b in zip(actual if isinstance(actual, tuple) else (actual,), expected if isinstance(expected, tuple)
+                    else (expected,)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_meta_model_is_not_exported_to_onnx(tmp_path: pathlib.Path) -> None:
+    pytest.importorskip("onnxscript")
+    path = tmp_path / "meta.onnx"
+    # was: "ONNX export failed: Failed to export the model with torch.export. \x1b[96mThis is step 1/3..."
+    with pytest.raises(resgraph.UsageError, match=r"device='meta' and has no weights to export"):
+        resgraph.to_onnx(resgraph.build(MLP, device="meta"), str(path))
+    assert not path.exists()
