@@ -33,6 +33,7 @@ _EXPORTS = {
     "checkpoint": "distributed",
     "compile": "distributed",
     "count_parameters": "api",
+    "export_program": "model",
     "load": "artifact",
     "load_weights": "weights",
     "load_spec": "api",
@@ -52,7 +53,7 @@ _EXPORTS = {
 __all__ = [
     "BuildRecord", "CompiledModule", "Diagnostic", "Location", "Projection", "ProjectionPlan", "ResgraphError", "Spec",
     "SpecError", "UsageError", "WeightMapping", "WeightsError", "__version__", "build", "check", "checkpoint",
-    "compile", "count_parameters", "load", "load_spec", "load_weights", "materialize", "rebuild", "register_op",
+    "compile", "count_parameters", "export_program", "load", "load_spec", "load_weights", "materialize", "rebuild", "register_op",
     "render", "save", "shard", "summary", "to_onnx", "to_python", "valid_sizes", "write_diagram",
 ]
 
@@ -73,7 +74,7 @@ if TYPE_CHECKING:
     from .distributed import checkpoint, compile, shard
     from .errors import Diagnostic, Location, ResgraphError, SpecError, UsageError
     from .formats import save, write_diagram
-    from .model import CompiledModule
+    from .model import CompiledModule, export_program
     from .onnx_export import to_onnx
     from .ops.generic import register_op
     from .pipeline import BuildRecord

@@ -145,10 +145,8 @@ outputs: [x, fc, head]
 ], ids=["tutorial", "yolov8", "gpt2", "passthrough"])
 def test_an_exported_program_names_its_outputs_as_the_spec_does(spec: Any, params: dict[str, Any],
                                                                  names: tuple[str, ...]) -> None:
-    from resgraph.model import export_program
-
     model = resgraph.build(spec, params=params, seed=0).eval()
-    program = export_program(model)
+    program = resgraph.export_program(model)
     assert program.graph_signature.user_outputs == names
     inputs = model.example_inputs(batch=3)  # the batch stays dynamic
     with torch.no_grad():
