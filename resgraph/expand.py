@@ -41,7 +41,7 @@ from .ops import OPS, GenericOpError, Layer, TensorType
 from .ops.generic import torch_module_class
 from .ops.tensor import SplitBase, pieces
 from .resources import is_shipped
-from .spec import REQUIRED, BlockCall, BlockDef, InputDecl, Projection, Skip, Spec
+from .spec import INSTANCE_NAMES, REQUIRED, BlockCall, BlockDef, InputDecl, Projection, Skip, Spec
 from .suggest import did_you_mean
 from .symbolic import specialize
 from .translate import subject
@@ -55,7 +55,6 @@ MAX_BLOCK_DEPTH = 32
 # `repeat:`s and `scale.depth` multiply, so the bound is on the total, not per call. A
 # 100,000-layer chain has 150,000; ResNet-152 has about 500. Expanding takes ~0.1 ms a node.
 MAX_EXPANDED_NODES = 200_000
-INSTANCE_NAMES = ("index", "repeats", "block_index", "num_blocks")  # bound per block instance
 VARYING_NAMES = frozenset({"index", "block_index"})  # the instance names that differ between a call's instances
 _REPEAT: TypeAdapter[int | None] = TypeAdapter(BlockCall.model_fields["repeat"].annotation)
 
@@ -409,13 +408,16 @@ class Expander:
         known = len(self.diagnostics)
         dependent: list[str] = []
         bound = self.given(recipe, context, self.diagnostics, dependent)
-        own = _ShapeNames({**self.spec.params, **context}, input_types)
+        # Inside a block the built-in names win over top-level parameters of the same name (a spec's
+        # `in_channels: 1` sizes its input; a block's `${in_channels}` is still its own input's)
+        spec_params = {k: v for k, v in self.spec.params.items() if k not in SHAPE_NAMES}
+        own = _ShapeNames({**spec_params, **context}, input_types)
         block = _Block(recipe.definition, recipe.block_origin)
         block_params = self.bind(recipe.definition, block, bound, own, dependent)
         if block_params is None or len(self.diagnostics) > known or dependent:
             return None  # its parameters failed (reported here, or depending on an error reported elsewhere)
         before = self.expanded
-        names = _ShapeNames({**self.spec.params, **context, **block_params}, input_types)
+        names = _ShapeNames({**spec_params, **context, **block_params}, input_types)
         scope = self.scope(class_name(recipe.block), recipe.definition, recipe.block_origin, names,
                            (*recipe.stack, recipe.block), inputs={name: None for name in recipe.definition.inputs},
                            params=block_params, block=recipe.block)
