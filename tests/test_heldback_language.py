@@ -72,3 +72,216 @@ def test_is_between_values_is_a_located_error_not_a_traceback() -> None:
                      "  - fc: {op: Linear, out_features: \"${8 if w is not 4 else 4}\"}\n")
     assert found == ["<string>:6:44: error: in ${8 if w is not 4 else 4}: 'is not' only tests for None "
                      "(x is not None); compare values with !="]
+
+
+# --- held-back networks against hand-written torch ------------------------------------------------
+
+BERT = HEADER + """\
+params: {d: 32, heads: 4, ff: 64, vocab: 50, seq: 10}
+blocks:
+  encoder:                        # post-norm, as nn.TransformerEncoderLayer (BERT)
+    params: {heads: required, ff: required}
+    inputs: [x, pad]
+    layers:
+      - self_attn: {op: MultiheadAttention, num_heads: "${heads}", input: [x, x, x, pad], masks: [key_padding_mask]}
+      - norm1:   {op: LayerNorm, eps: 1e-12}
+      - linear1: {op: Linear, out_features: "${ff}"}
+      - act:     {op: GELU}
+      - linear2: {op: Linear, out_features: "${in_features}"}
+      - norm2:   {op: LayerNorm, eps: 1e-12}
+    skips:
+      - r1: {from: x, to: self_attn}
+      - r2: {from: norm1, to: linear2}
+inputs:
+  tokens: {shape: ["${seq}"], dtype: int64}
+  pad: {shape: ["${seq}"], dtype: bool}
+layers:
+  - emb:     {op: Embedding, num_embeddings: "${vocab}", embedding_dim: "${d}", input: tokens}
+  - pos_ids: {op: arange, input: tokens, dim: 1}
+  - pos:     {op: Embedding, num_embeddings: 16, embedding_dim: "${d}"}
+  - summed:  {op: add, input: [emb, pos]}
+  - ln:      {op: LayerNorm, eps: 1e-12}
+  - l0: {block: encoder, input: [ln, pad], with: {heads: "${heads}", ff: "${ff}"}}
+  - l1: {block: encoder, input: [l0, pad], with: {heads: "${heads}", ff: "${ff}"}}
+"""
+
+
+class ReferenceBert(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.pos, self.ln = nn.Embedding(50, 32), nn.Embedding(16, 32), nn.LayerNorm(32, eps=1e-12)
+        self.layers = nn.ModuleList(nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, activation="gelu",
+                                                               batch_first=True, layer_norm_eps=1e-12)
+                                    for _ in range(2))
+
+    def forward(self, tokens: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        x = self.ln(self.emb(tokens) + self.pos(torch.arange(tokens.shape[1])))
+        for layer in self.layers:
+            x = layer(x, src_key_padding_mask=pad)
+        return x
+
+
+def test_a_bert_style_encoder_with_a_padding_mask_equals_torchs_encoder_layers() -> None:
+    torch.manual_seed(0)
+    model, reference = resgraph.build(BERT).eval(), ReferenceBert().eval()
+    state = {k.replace("l0.", "layers.0.").replace("l1.", "layers.1."): v for k, v in model.state_dict().items()}
+    reference.load_state_dict(state)  # strict: the same tensors under torch's names
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in reference.parameters())
+    tokens, pad = torch.randint(0, 50, (3, 10)), torch.zeros(3, 10, dtype=torch.bool)
+    pad[0, 7:], pad[1, 4:] = True, True
+    with torch.no_grad():
+        for length in (10, 8):  # the sequence is free up to the position table
+            torch.testing.assert_close(model(tokens[:, :length], pad[:, :length]),
+                                       reference(tokens[:, :length], pad[:, :length]), atol=1e-5, rtol=1e-5)
+
+
+DECODER = HEADER + """\
+blocks:
+  decoder:                        # causal self-attention, then cross-attention to a padded memory
+    inputs: [x, memory, mpad]
+    layers:
+      - self_attn: {op: MultiheadAttention, num_heads: 4, is_causal: true, input: x}
+      - norm1: {op: LayerNorm}
+      - multihead_attn: {op: MultiheadAttention, num_heads: 4, input: [norm1, memory, memory, mpad],
+                         masks: [key_padding_mask]}
+      - norm2: {op: LayerNorm}
+      - linear1: {op: Linear, out_features: 64}
+      - act: {op: ReLU}
+      - linear2: {op: Linear, out_features: "${in_features}"}
+      - norm3: {op: LayerNorm}
+    skips:
+      - r1: {from: x, to: self_attn}
+      - r2: {from: norm1, to: multihead_attn}
+      - r3: {from: norm2, to: linear2}
+inputs:
+  tgt: [7, 32]
+  memory: [11, 32]
+  mpad: {shape: [11], dtype: bool}
+layers:
+  - l0: {block: decoder, input: [tgt, memory, mpad]}
+  - l1: {block: decoder, input: [l0, memory, mpad]}
+"""
+
+
+def test_a_cross_attention_decoder_equals_torchs_decoder_layers_and_is_causal() -> None:
+    torch.manual_seed(0)
+    model = resgraph.build(DECODER).eval()
+    reference = nn.ModuleList(nn.TransformerDecoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+                              for _ in range(2)).eval()
+    reference.load_state_dict({k.replace("l0.", "0.").replace("l1.", "1."): v for k, v in model.state_dict().items()})
+    x, memory = torch.randn(2, 7, 32), torch.randn(2, 11, 32)
+    mpad = torch.zeros(2, 11, dtype=torch.bool)
+    mpad[0, 5:] = True
+
+    def decode(x: torch.Tensor) -> torch.Tensor:
+        mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1])
+        for layer in reference:
+            x = layer(x, memory, tgt_mask=mask, tgt_is_causal=True, memory_key_padding_mask=mpad)
+        return x
+
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, memory, mpad), decode(x), atol=1e-5, rtol=1e-5)
+        later = x.clone()
+        later[:, 5:] += 1.0
+        torch.testing.assert_close(model(later, memory, mpad)[:, :5], model(x, memory, mpad)[:, :5])
+
+
+SQUEEZENET = HEADER + """\
+blocks:
+  fire:
+    params: {s: required, e: required}
+    layers:
+      - squeeze: {op: Conv2d, out_channels: "${s}", kernel_size: 1}
+      - squeeze_activation: {op: ReLU, inplace: true}
+      - expand1x1: {op: Conv2d, out_channels: "${e}", kernel_size: 1}
+      - expand1x1_activation: {op: ReLU, inplace: true}
+      - expand3x3: {op: Conv2d, out_channels: "${e}", kernel_size: 3, padding: 1, input: squeeze_activation}
+      - expand3x3_activation: {op: ReLU, inplace: true}
+      - cat: {op: concat, input: [expand1x1_activation, expand3x3_activation], dim: 1}
+inputs:
+  x: [3, 224, 224]
+layers:
+  - conv: {op: Conv2d, out_channels: 64, kernel_size: 3, stride: 2}
+  - relu: {op: ReLU, inplace: true}
+  - pool1: {op: MaxPool2d, kernel_size: 3, stride: 2, ceil_mode: true}
+  - f3: {block: fire, with: {s: 16, e: 64}}
+  - f4: {block: fire, with: {s: 16, e: 64}}
+  - pool2: {op: MaxPool2d, kernel_size: 3, stride: 2, ceil_mode: true}
+  - f6: {block: fire, with: {s: 32, e: 128}}
+  - f7: {block: fire, with: {s: 32, e: 128}}
+  - pool3: {op: MaxPool2d, kernel_size: 3, stride: 2, ceil_mode: true}
+  - f9: {block: fire, with: {s: 48, e: 192}}
+  - f10: {block: fire, with: {s: 48, e: 192}}
+  - f11: {block: fire, with: {s: 64, e: 256}}
+  - f12: {block: fire, with: {s: 64, e: 256}}
+  - drop: {op: Dropout, p: 0.5}
+  - final_conv: {op: Conv2d, out_channels: 1000, kernel_size: 1}
+  - relu2: {op: ReLU, inplace: true}
+  - gap: {op: AdaptiveAvgPool2d, output_size: 1}
+  - flat: {op: Flatten}
+"""
+
+
+def test_squeezenet_1_1_has_torchvisions_parameter_count() -> None:
+    model = resgraph.build(SQUEEZENET, device="meta")
+    assert sum(p.numel() for p in model.parameters()) == 1_235_496  # torchvision squeezenet1_1
+
+
+SHUFFLE_SE_INCEPTION = HEADER + """\
+blocks:
+  shuffle:                        # ShuffleNet's channel shuffle, sizes read from the input
+    params: {groups: 2}
+    layers:
+      - split:  {op: reshape, shape: ["${groups}", "${in_channels // groups}", "${in_shape[1]}", "${in_shape[2]}"]}
+      - swap:   {op: transpose, dim0: 1, dim1: 2}
+      - merged: {op: reshape, shape: ["${in_channels}", "${in_shape[1]}", "${in_shape[2]}"]}
+  se:
+    params: {r: 4}
+    layers:
+      - pool: {op: AdaptiveAvgPool2d, output_size: 1}
+      - fc1:  {op: Conv2d, out_channels: "${in_channels // r}", kernel_size: 1}
+      - relu: {op: ReLU}
+      - fc2:  {op: Conv2d, out_channels: "${in_channels}", kernel_size: 1}
+      - gate: {op: Sigmoid}
+      - scaled: {op: mul, input: [x, gate]}
+  inception:
+    layers:
+      - b1:  {op: Conv2d, out_channels: 8, kernel_size: 1, input: x}
+      - b2a: {op: Conv2d, out_channels: 4, kernel_size: 1, input: x}
+      - b2:  {op: Conv2d, out_channels: 8, kernel_size: 3, padding: 1}
+      - b3a: {op: Conv2d, out_channels: 2, kernel_size: 1, input: x}
+      - b3:  {op: Conv2d, out_channels: 4, kernel_size: 5, padding: 2}
+      - b4a: {op: MaxPool2d, kernel_size: 3, stride: 1, padding: 1, input: x}
+      - b4:  {op: Conv2d, out_channels: 4, kernel_size: 1}
+      - out: {op: concat, input: [b1, b2, b3, b4], dim: 1}
+inputs:
+  x: [6, 10, 12]
+layers:
+  - conv: {op: Conv2d, out_channels: 12, kernel_size: 3, padding: 1, groups: 3}
+  - sh:  {block: shuffle, with: {groups: 3}}
+  - se:  {block: se}
+  - inc: {block: inception}
+"""
+
+
+def test_channel_shuffle_se_and_inception_concat_equal_a_functional_reference() -> None:
+    torch.manual_seed(0)
+    model = resgraph.build(SHUFFLE_SE_INCEPTION).eval()
+    w = model.state_dict()
+
+    def conv(t: torch.Tensor, name: str, **options: int) -> torch.Tensor:
+        return nn.functional.conv2d(t, w[f"{name}.weight"], w[f"{name}.bias"], **options)
+
+    def reference(x: torch.Tensor) -> torch.Tensor:
+        y = conv(x, "conv", padding=1, groups=3)
+        n, c, h, width = y.shape
+        y = y.view(n, 3, c // 3, h, width).transpose(1, 2).reshape(n, c, h, width)
+        y = y * torch.sigmoid(conv(torch.relu(conv(y.mean((2, 3), keepdim=True), "se.fc1")), "se.fc2"))
+        return torch.cat([conv(y, "inc.b1"), conv(conv(y, "inc.b2a"), "inc.b2", padding=1),
+                          conv(conv(y, "inc.b3a"), "inc.b3", padding=2),
+                          conv(nn.functional.max_pool2d(y, 3, 1, 1), "inc.b4")], 1)
+
+    assert model.se.fc1.out_channels == 3  # in_channels // r of the shuffled 12 channels
+    x = torch.randn(2, 6, 10, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x))
