@@ -285,3 +285,149 @@ def test_channel_shuffle_se_and_inception_concat_equal_a_functional_reference() 
     x = torch.randn(2, 6, 10, 12)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x))
+
+
+# --- ids into an Embedding ------------------------------------------------------------------------
+
+def embedding_of(ids: str, between: str = "") -> str:
+    return (HEADER + "inputs: {x: [4]}\nlayers:\n  - ids: " + ids + "\n" + between
+            + "  - emb: {op: Embedding, num_embeddings: 10, embedding_dim: 4}\n")
+
+
+@pytest.mark.parametrize(("ids", "least"), [
+    ("{op: constant, value: [-1, 2, 3], dtype: int64}", -1),
+    ("{op: full, shape: [3], value: -2, dtype: int64}", -2),
+    ("{op: arange, start: -3, stop: 4}", -3),
+    ("{op: arange, input: x, dim: 1, start: -1}", -1),
+])
+def test_negative_ids_into_an_embedding_are_refused_where_torch_would_fail_at_run_time(ids: str, least: int) -> None:
+    found = messages(embedding_of(ids))
+    assert found == [f"<string>:6:5: error: layer 'emb' (Embedding): its ids include {least}, but an Embedding's ids "
+                     "run from 0 to num_embeddings - 1 (9); torch refuses a negative id when the model runs"]
+
+
+def test_ids_mapped_by_an_op_are_not_judged_by_the_constants_least_value() -> None:
+    # ReLU and neg map the values: -1 becomes 0 (or 1), which the table holds; Identity keeps them.
+    model = resgraph.build(embedding_of("{op: constant, value: [-1, 2, 3], dtype: int64}", "  - r: {op: ReLU}\n"))
+    torch.testing.assert_close(model(torch.zeros(2, 4)), model.emb.weight[[0, 2, 3]].expand(2, 3, 4))
+    resgraph.check(embedding_of("{op: constant, value: [-1, -2], dtype: int64}", "  - n: {op: neg}\n"))
+    with pytest.raises(resgraph.SpecError, match="its ids include -1"):
+        resgraph.check(embedding_of("{op: constant, value: [-1, 2], dtype: int64}", "  - i: {op: Identity}\n"))
+
+
+# --- attention inputs of rank 3 -------------------------------------------------------------------
+
+SDPA_OF_INPUTS = HEADER + """\
+inputs:
+  q: [8, 16, 4]
+  k: [8, 16, 4]
+  v: [8, 16, 4]
+layers:
+  - attended: {op: scaled_dot_product_attention, input: [q, k, v]}
+"""
+
+
+def test_a_rank_3_input_read_by_attention_is_a_sequence_not_an_image() -> None:
+    # Before: (heads, L, head_dim) read as an image (C, H, W): heads "fixed by the layers' parameters",
+    # and k's and v's sequence fixed at 16 since q, k and v were not known to share their sizes.
+    report = resgraph.valid_sizes(SDPA_OF_INPUTS, low=1, high=32)
+    assert {(d.input, d.name): d.linked for d in report.dims} == {
+        ("q", "L1"): ("k.L1", "v.L1"), ("q", "L2"): (), ("q", "F"): (),
+        ("k", "L1"): ("q.L1", "v.L1"), ("k", "L2"): ("v.L2",), ("k", "F"): (),
+        ("v", "L1"): ("k.L1", "q.L1"), ("v", "L2"): ("k.L2",), ("v", "F"): ()}
+    free = {(d.input, d.name): d.valid for d in report.dims if d.free}
+    assert len(free) == 6 and all(valid == tuple(range(1, 33)) for valid in free.values())
+    model = resgraph.build(SDPA_OF_INPUTS)
+    q, k, v = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 7, 4), torch.randn(2, 3, 7, 4)
+    torch.testing.assert_close(model(q, k, v), nn.functional.scaled_dot_product_attention(q, k, v))
+    with pytest.raises(ValueError, match=r"input 'v' must be \(N, L1, L2, 4\) with L1 = q.L1, L2 = k.L2"):
+        model(q, k, v[:, :, :6])
+
+
+# --- weights shared between instances -------------------------------------------------------------
+
+ALBERT = HEADER + """\
+params: {n: 3}
+blocks:
+  layer:                          # one layer applied n times with the same weights (ALBERT)
+    layers:
+      - fc:  {op: Linear, out_features: 16, tie: {weight: "${None if index == 0 else 'layers.0.fc.weight'}",
+                                                  bias: "${None if index == 0 else 'layers.0.fc.bias'}"}}
+      - act: {op: GELU}
+    skips:
+      - r: {from: x, to: act}
+inputs:
+  x: [5, 16]
+layers:
+  - layers: {block: layer, repeat: "${n}"}
+"""
+
+SIAMESE = HEADER + """\
+blocks:
+  tower:
+    params: {owner: null}         # null: this tower owns its weights; else the path of the tower it shares
+    layers:
+      - conv: {op: Conv2d, out_channels: 8, kernel_size: 3,
+               tie: {weight: "${None if owner is None else owner + '.conv.weight'}",
+                     bias: "${None if owner is None else owner + '.conv.bias'}"}}
+      - relu: {op: ReLU}
+      - pool: {op: AdaptiveAvgPool2d, output_size: 1}
+      - flat: {op: Flatten}
+inputs:
+  a: [3, 16, 16]
+  b: [3, 16, 16]
+layers:
+  - left:  {block: tower, input: a}
+  - right: {block: tower, input: b, with: {owner: left}}
+  - distance: {op: sub, input: [left, right]}
+"""
+
+
+def test_an_albert_style_shared_layer_ties_every_instance_to_the_first() -> None:
+    # Before: a tie's value could not be an expression ("invalid name"), so a repeat could not share
+    # one layer's weights without a second, untied copy of the block.
+    model = resgraph.build(ALBERT)
+    fc = model.layers[0].fc
+    assert all(model.layers[i].fc.weight is fc.weight and model.layers[i].fc.bias is fc.bias for i in (1, 2))
+    assert sum(p.numel() for p in model.parameters()) == 16 * 16 + 16
+    x = torch.randn(2, 5, 16)
+    expected = x
+    for _ in range(3):
+        expected = nn.functional.gelu(fc(expected)) + expected
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_a_siamese_net_shares_its_tower_and_a_null_tie_is_no_tie() -> None:
+    model = resgraph.build(SIAMESE)
+    assert model.right.conv.weight is model.left.conv.weight and model.right.conv.bias is model.left.conv.bias
+    assert sum(p.numel() for p in model.parameters()) == 8 * 3 * 3 * 3 + 8
+    a = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(model(a, a), torch.zeros(2, 8))  # one tower: equal inputs, equal embeddings
+    untied = resgraph.build(HEADER + "inputs: {x: [4]}\nlayers:\n"
+                            "  - fc: {op: Linear, out_features: 4, tie: {weight: null}}\n")
+    assert sum(p.numel() for p in untied.parameters()) == 20
+
+
+def test_a_tie_expression_that_names_no_parameter_is_an_error_at_the_tie() -> None:
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.build(ALBERT.replace("'layers.0.fc.weight'", "'layers.0.fc.weigth'"), device="meta")
+    assert [d.format().splitlines()[0] for d in caught.value.diagnostics] == [
+        f"<string>:7:45: error: layer 'layers.{i}.fc' (Linear): tie: 'layers.0.fc.weigth' is not a parameter of "
+        "the model; did you mean 'layers.0.fc.weight'?" for i in (1, 2)]
+
+
+def test_a_gain_of_lower_rank_is_refused_with_the_reshape_that_fixes_it() -> None:
+    # An RMSNorm's (D,) weight against (L, D) activations: the batch leads both at run time, so torch would
+    # pair the weight with the sequence. `mul` (the merge) now says so as `sub`/`div` do, and how to fix it.
+    spec = HEADER + ("inputs: {x: [10, 32]}\nlayers:\n"
+                     "  - weight: {op: parameter, shape: [32], init: ones}\n"
+                     "  - scaled: {op: mul, input: [x, weight]}\n")
+    assert messages(spec) == ["<string>:6:5: error: layer 'scaled' (mul): mul needs broadcastable shapes, got "
+                              "(10, 32), (32,) (per-sample shapes need one rank: the batch dim leads each tensor; "
+                              "reshape (32,) to (1, 32))"]
+    fixed = spec.replace("  - scaled: {op: mul, input: [x, weight]}\n",
+                         "  - gain: {op: reshape, shape: [1, 32], input: weight}\n"
+                         "  - scaled: {op: mul, input: [x, gain]}\n")
+    model = resgraph.build(fixed)
+    x = torch.randn(2, 10, 32)
+    torch.testing.assert_close(model(x), x * model.weight)

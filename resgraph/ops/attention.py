@@ -62,6 +62,7 @@ class MultiheadAttention(Layer):
 
     inferred: ClassVar[tuple[str, ...]] = ("embed_dim",)
     layout: ClassVar[Literal["features_last"]] = "features_last"
+    reads_sequences: ClassVar[bool] = True
 
     @model_validator(mode="after")
     def _masks_are_distinct(self) -> MultiheadAttention:
@@ -178,6 +179,7 @@ class ScaledDotProductAttention(Layer):
     code_only: ClassVar[bool] = True
     min_inputs: ClassVar[int] = 3
     max_inputs: ClassVar[int | None] = 4
+    reads_sequences: ClassVar[bool] = True
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         query, key, value = inputs[:3]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, field_validator, model_validator
 from typing_extensions import TypeAliasType
 
 from ..symbolic import hint
@@ -81,13 +81,19 @@ Scalar = int | float  # a number operand of an arithmetic op
 RESGRAPH_KEYS = frozenset({"op", "input", "scale", "when", "output", "tie"})
 
 # A parameter's path in the built model, as `state_dict` names it (`wte.weight`, `h.0.attn.weight`).
-ParameterPath = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$",
-                                                  max_length=512)]
+PARAMETER_PATH_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$"
+ParameterPath = Annotated[str, StringConstraints(pattern=PARAMETER_PATH_PATTERN, max_length=512)]
 Owned = Literal["module", "parameter", "buffer"]
+# A tie's target: a path, or null for "not tied" (so a block can tie only some instances, from an
+# expression: `weight: "${None if index == 0 else 'layers.0.fc.weight'}"`, an ALBERT-style shared layer).
+TiedPath = Annotated[ParameterPath | None, WithJsonSchema({"anyOf": [
+    {"type": "string", "pattern": PARAMETER_PATH_PATTERN, "maxLength": 512}, {"type": "null"},
+    {"type": "string", "pattern": r"^\$\{.*\}$", "description": "A ${...} expression over parameters."}]})]
 # One schema definition shared by every op (a field per op would repeat it 80 times).
-Ties = TypeAliasType("Ties", Annotated[dict[ParameterPath, ParameterPath], Field(description=(
+Ties = TypeAliasType("Ties", Annotated[dict[ParameterPath, TiedPath], Field(description=(
     "Weight tying: this layer's parameter (key) is another parameter of the model (value, its path from the "
-    "model's root as state_dict names it), e.g. {weight: wte.weight}. Shapes must be equal."))])
+    "model's root as state_dict names it), e.g. {weight: wte.weight}. Shapes must be equal. A value may be an "
+    "expression; null leaves that parameter untied (e.g. in a repeat's first instance)."))])
 
 
 class StrictModel(BaseModel):
@@ -191,6 +197,10 @@ class TensorType:
     value stays under (int | SymInt), so an `Embedding` of them knows the lengths its table covers;
     None where unknown. A type made from this one (`with_shape` and its siblings) drops it; an op
     that returns its input's type as it is (`neg`, a dropout) keeps it, an upper bound still.
+    `ids_from` is the least value where it is known (a constant's, an `arange`'s start), so an
+    `Embedding` refuses negative ids, which torch refuses only at run time. It is dropped likewise,
+    and also by an op that returns its input's type but maps the values (`neg`, ReLU): only the ops
+    that return their input itself (Identity, the dropouts) keep it (see `shapes._infer_layer`).
     """
 
     shape: tuple[Any, ...]  # int | SymInt
@@ -198,6 +208,7 @@ class TensorType:
     layout: Layout = "channels_first"
     scale: Scale | None = None
     ids_below: Any = field(default=None, compare=False)  # (not compared: a SymInt's == records a guard)
+    ids_from: int | None = field(default=None, compare=False)  # the least id, where known (a constant's)
 
     @property
     def rank(self) -> int:
@@ -273,6 +284,9 @@ class Layer(StrictModel):
     owns_parameter: ClassVar[bool] = False  # a code op with a learned tensor of its own
     inferred: ClassVar[tuple[str, ...]] = ()
     layout: ClassVar[Layout | None] = None
+    # True for ops that read every input as (..., seq, features) (attention): an input read only by
+    # such ops is features-last whatever its rank (shapes.declared_type), never an image
+    reads_sequences: ClassVar[bool] = False
     min_inputs: ClassVar[int] = 1
     max_inputs: ClassVar[int | None] = 1
     view: ClassVar[bool] = False  # its output shares its input's storage (see Storage.aliases)
@@ -284,6 +298,14 @@ class Layer(StrictModel):
         # Its subclasses then read its ClassVars as objects: see resolve_class_annotations.
         super().__pydantic_init_subclass__(**kwargs)
         resolve_class_annotations(cls)
+
+    @field_validator("tie", mode="after")
+    @classmethod
+    def _untied_entries_dropped(cls, tie: dict[str, str | None] | None) -> dict[str, str | None] | None:
+        """`{weight: null}` is no tie: every consumer then reads only real ties (and `{}` is none)."""
+        if tie is None:
+            return None
+        return {attribute: target for attribute, target in tie.items() if target is not None} or None
 
     @model_validator(mode="after")
     def _tie_needs_a_module(self) -> Layer:

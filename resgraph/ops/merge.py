@@ -14,7 +14,7 @@ from typing import Any
 from ..symbolic import SymInt, hint
 from .base import ShapeError, TensorType, promote, sample_dim
 
-__all__ = ["Merge", "broadcast_shape", "check_gate_layouts", "merge_code", "merge_type"]
+__all__ = ["Merge", "broadcast_failure", "broadcast_shape", "check_gate_layouts", "merge_code", "merge_type"]
 
 
 class Merge(str, Enum):
@@ -76,7 +76,7 @@ def merge_type(kind: Merge, types: list[TensorType], dim: int = 1) -> TensorType
         for t in types[1:]:
             shape = broadcast_shape(shape, t.shape) if shape is not None else None
         if shape is None:
-            raise ShapeError(f"mul needs broadcastable shapes, got {shapes}")
+            raise broadcast_failure("mul", types)
         return first.with_shape(shape)
     if any(t.rank != first.rank for t in types):
         raise ShapeError(f"concat needs tensors of one rank, got {shapes}")
@@ -86,6 +86,19 @@ def merge_type(kind: Merge, types: list[TensorType], dim: int = 1) -> TensorType
             raise ShapeError(f"concat along dim {dim} needs all other dims equal, got {shapes}")
     size = sum(t.shape[axis] for t in types)
     return first.with_shape((*first.shape[:axis], size, *first.shape[axis + 1:]))
+
+
+def broadcast_failure(op: str, types: list[TensorType]) -> ShapeError:
+    """The error for `types` that do not broadcast; where their ranks differ, it says why (the batch
+    leads each tensor at run time, so dims would pair wrongly) and the reshape that lines them up."""
+    shapes = ", ".join(str(t) for t in types)
+    rank = max(t.rank for t in types)
+    short = [t for t in types if t.rank < rank]
+    if not short:
+        return ShapeError(f"{op} needs broadcastable shapes, got {shapes}")
+    fixes = ", ".join(f"{t} to {TensorType((1,) * (rank - t.rank) + tuple(t.shape))}" for t in short)
+    return ShapeError(f"{op} needs broadcastable shapes, got {shapes} (per-sample shapes need one rank: the batch "
+                      f"dim leads each tensor; reshape {fixes})")
 
 
 def check_gate_layouts(gate: TensorType, target: TensorType) -> None:
