@@ -431,3 +431,26 @@ def test_a_gain_of_lower_rank_is_refused_with_the_reshape_that_fixes_it() -> Non
     model = resgraph.build(fixed)
     x = torch.randn(2, 10, 32)
     torch.testing.assert_close(model(x), x * model.weight)
+
+
+def test_a_per_head_attention_mask_leaves_every_query_length_valid() -> None:
+    # Before: the mask's shape was compared with (L, S) too, a tuple of another rank, whose == compared the
+    # mask's heads with L: "L != 4" was recorded, and `resgraph sizes` called L = 4 (= num_heads) invalid.
+    spec = HEADER + """\
+inputs:
+  x: [6, 16]
+  mem: [9, 16]
+  am: {shape: [4, 6, 9], dtype: bool}
+  kp: {shape: [9], dtype: bool}
+layers:
+  - attn: {op: MultiheadAttention, num_heads: 4, input: [x, mem, mem, am, kp], masks: [attn_mask, key_padding_mask]}
+"""
+    report = resgraph.valid_sizes(spec, low=1, high=12)
+    (length,) = [d for d in report.dims if (d.input, d.name) == ("x", "L")]
+    assert length.valid == tuple(range(1, 13)) and length.linked == ("am.L2",)
+    model = resgraph.build(spec).eval()
+    x, mem = torch.randn(2, 4, 16), torch.randn(2, 9, 16)
+    am, kp = torch.rand(2, 4, 4, 9) > 0.7, torch.zeros(2, 9, dtype=torch.bool)
+    kp[0, 6:] = True
+    expected = model.attn(x, mem, mem, attn_mask=am.flatten(0, 1), key_padding_mask=kp, need_weights=False)[0]
+    torch.testing.assert_close(model(x, mem, am, kp), expected)

@@ -131,12 +131,16 @@ class MultiheadAttention(Layer):
         length, source = query.shape[0], key.shape[0]
         padding = masks.get("key_padding_mask")
         if padding is not None:
-            if padding.shape != (source,):
+            if padding.rank != 1 or padding.shape[0] != source:
                 raise ShapeError(f"key_padding_mask must be ({source},) per sample (one entry per key), got {padding}")
             _check_mask_dtype(padding, "key_padding_mask", query)
         mask = masks.get("attn_mask")
         if mask is not None:
-            if mask.shape not in ((length, source), (1, length, source), (self.num_heads, length, source)):
+            # Forms of the mask's own rank only: comparing shapes of two ranks compares their leading
+            # sizes (a tuple's ==), a spurious decision (heads == L) that would make L = heads "invalid"
+            forms = [form for form in ((length, source), (1, length, source), (self.num_heads, length, source))
+                     if len(form) == mask.rank]
+            if mask.shape not in forms:
                 raise ShapeError(f"attn_mask must be ({length}, {source}) or ({self.num_heads}, {length}, {source}) "
                                  f"per sample (query by key positions, for all heads or per head), got {mask}")
             _check_mask_dtype(mask, "attn_mask", query)
