@@ -75,9 +75,9 @@ def infer_shapes(graph: Graph, input_types: list[TensorType] | None = None,
         for name in graph.inputs:
             node = graph.nodes[name]
             assert isinstance(node, InputNode) and node.decl is not None, "a top-level input has a declaration"
-            ops = _reader_ops(graph, name, readers)
-            declared = declared_type(node.decl, bool(ops) and all(_reads_1d_map(op) for op in ops),
-                                     bool(ops) and all(_reads_sequences(op) for op in ops))
+            reads = _reads(graph, name, readers)
+            declared = declared_type(node.decl, bool(reads) and all(_reads_1d_map(op) for op, _ in reads),
+                                     bool(reads) and all(sequence for _, sequence in reads))
             shape = list(declared.shape)
             for axis, label in free_dims(declared):
                 symbol = f"{name}.{label}"
@@ -148,19 +148,61 @@ def declared_type(decl: InputDecl, map_read: bool = False, sequence_read: bool =
     return TensorType(tuple(decl.shape), decl.dtype, layout, scale)
 
 
-def _reader_ops(graph: Graph, name: str, readers: dict[str, list[str]]) -> list[Any]:
-    """The ops of the layers that read input `name` (a block call's first layer included; None where
-    it cannot be told). An input read only by 1-d map ops (Conv1d, BatchNorm1d, a 1-d pool...) is a
-    `(C, L)` map whose length is free, not a sequence of fixed features; one read only by attention
-    is a sequence whatever its rank (see `declared_type`)."""
-    ops = []
+def _reads(graph: Graph, name: str, readers: dict[str, list[str]]) -> list[tuple[Any, bool]]:
+    """How input `name` is read: per reading layer (a block call's layers that read it included), its
+    op (None where it cannot be told) and whether it reads the input as a sequence (see
+    `Layer.sequence_inputs`). An input read only by 1-d map ops (Conv1d, BatchNorm1d, a 1-d pool...)
+    is a `(C, L)` map whose length is free, not a sequence of fixed features; one read only as
+    attention's q, k or v is a sequence whatever its rank (see `declared_type`)."""
+    reads: list[tuple[Any, bool]] = []
     for reader in readers[name]:
         node = graph.nodes[reader]
         if isinstance(node, LayerNode):
-            ops.append(node.layer.op)
+            reads.append((node.layer.op, _as_sequence(node.layer.op, node.inputs, name,
+                                                      len(getattr(node.layer, "masks", ())))))
         elif isinstance(node, BlockNode) and node.recipe is not None and node.inputs[:1] == [name]:
-            ops.append(_first_op(node.recipe.definition, node.recipe.expander.blocks))
-    return ops
+            op = _first_op(node.recipe.definition, node.recipe.expander.blocks)
+            reads.append((op, False))
+        elif isinstance(node, BlockNode) and node.recipe is not None and name in node.inputs:
+            # a later input of a block (a mask beside the block's x): the layers that name it say how
+            definition = node.recipe.definition
+            if len(definition.inputs) == len(node.inputs):
+                inner = definition.inputs[node.inputs.index(name)]
+                reads += _naming_reads(definition, inner, node.recipe.expander.blocks)
+            else:
+                reads.append((None, False))
+    return reads
+
+
+def _as_sequence(op: Any, inputs: list[str], name: str, masks: int) -> bool:
+    """Whether the op named `op`, reading `inputs`, reads `name` only as a sequence (attention's q, k, v)."""
+    cls = OPS.get(op) if isinstance(op, str) else None
+    if cls is None:
+        return False
+    count = cls.sequence_inputs(len(inputs), masks)
+    return all(index < count for index, read in enumerate(inputs) if read == name)
+
+
+def _naming_reads(definition: BlockDef, name: str, blocks: dict[str, Any], depth: int = 0) -> list[tuple[Any, bool]]:
+    """`_reads` of a block's input `name` from its layers' templates, through the blocks they call
+    ((None, False) where it cannot be told before expansion: an op written as an expression)."""
+    reads: list[tuple[Any, bool]] = []
+    for entry in definition.layers:
+        body = next(iter(entry.values()))
+        read = body.get("input") if isinstance(body, dict) else None
+        names = read if isinstance(read, list) else [read]
+        if name not in names:
+            continue
+        called = blocks.get(body["block"]) if isinstance(body.get("block"), str) else None
+        op = body.get("op")
+        if called is not None and depth < MAX_BLOCK_DEPTH and len(called.definition.inputs) == len(names):
+            reads += _naming_reads(called.definition, called.definition.inputs[names.index(name)], blocks, depth + 1)
+        elif isinstance(op, str) and "block" not in body:
+            masks = body.get("masks")
+            reads.append((op, _as_sequence(op, names, name, len(masks) if isinstance(masks, list) else 0)))
+        else:
+            reads.append((None, False))
+    return reads or [(None, False)]
 
 
 def _first_op(definition: BlockDef, blocks: dict[str, Any], depth: int = 0) -> Any:
@@ -180,12 +222,6 @@ def _reads_1d_map(op: Any) -> bool:
     BatchNorm1d, a 1-d pool...), as its class declares (`FeatureMapLayer.spatial_dims`)."""
     cls = OPS.get(op) if isinstance(op, str) else None
     return cls is not None and issubclass(cls, FeatureMapLayer) and cls.spatial_dims == 1
-
-
-def _reads_sequences(op: Any) -> bool:
-    """Whether the op named `op` reads its inputs as `(..., seq, features)` (`Layer.reads_sequences`)."""
-    cls = OPS.get(op) if isinstance(op, str) else None
-    return cls is not None and cls.reads_sequences
 
 
 _SPATIAL_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}

@@ -454,3 +454,90 @@ layers:
     kp[0, 6:] = True
     expected = model.attn(x, mem, mem, attn_mask=am.flatten(0, 1), key_padding_mask=kp, need_weights=False)[0]
     torch.testing.assert_close(model(x, mem, am, kp), expected)
+
+
+# --- sizes of a T5-style encoder: heads split by reshape, an additive mask through blocks -------------
+
+T5_ENCODER = HEADER + """\
+params: {d: 32, h: 4, ff: 64, seq: 10}
+blocks:
+  rmsnorm:
+    layers:
+      - sq: {op: pow, exponent: 2, input: x}
+      - ms: {op: mean, dim: -1, keepdim: true}
+      - eps: {op: add, scalar: 1.0e-6}
+      - inv: {op: rsqrt}
+      - normed: {op: mul, input: [x, inv]}
+      - weight: {op: parameter, shape: ["${in_features}"], init: ones}
+      - gain: {op: reshape, shape: [1, "${in_features}"], input: weight}
+      - out: {op: mul, input: [normed, gain]}
+  attention:
+    params: {h: required}
+    inputs: [x, mask]
+    layers:
+      - q: {op: Linear, out_features: "${in_features}", bias: false, input: x}
+      - qh: {op: reshape, shape: [-1, "${h}", "${in_features // h}"]}
+      - qt: {op: transpose, dim0: 1, dim1: 2}
+      - k: {op: Linear, out_features: "${in_features}", bias: false, input: x}
+      - kh: {op: reshape, shape: [-1, "${h}", "${in_features // h}"]}
+      - kt: {op: transpose, dim0: 1, dim1: 2}
+      - v: {op: Linear, out_features: "${in_features}", bias: false, input: x}
+      - vh: {op: reshape, shape: [-1, "${h}", "${in_features // h}"]}
+      - vt: {op: transpose, dim0: 1, dim1: 2}
+      - att: {op: scaled_dot_product_attention, input: [qt, kt, vt, mask], scale: 1.0}
+      - back: {op: transpose, dim0: 1, dim1: 2}
+      - joined: {op: reshape, shape: [-1, "${in_features}"]}
+      - o: {op: Linear, out_features: "${in_features}", bias: false}
+  layer:
+    params: {h: required, ff: required}
+    inputs: [x, mask]
+    layers:
+      - ln1: {block: rmsnorm, input: x}
+      - attn: {block: attention, input: [ln1, mask], with: {h: "${h}"}}
+      - ln2: {block: rmsnorm}
+      - wi: {op: Linear, out_features: "${ff}", bias: false}
+      - act: {op: ReLU}
+      - wo: {op: Linear, out_features: "${in_features}", bias: false}
+    skips:
+      - r1: {from: x, to: attn}
+      - r2: {from: attn, to: wo}
+inputs:
+  x: ["${seq}", "${d}"]
+  mask: [1, 1, "${seq}"]
+layers:
+  - l0: {block: layer, input: [x, mask], with: {h: "${h}", ff: "${ff}"}}
+  - l1: {block: layer, input: [l0, mask], with: {h: "${h}", ff: "${ff}"}}
+"""
+
+
+def rms(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * weight
+
+
+def t5_layer(p: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    h = rms(x, p.ln1.weight)
+    n, length, d = h.shape
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(n, length, 4, d // 4).transpose(1, 2)  # (N, 4, L, d/4)
+
+    a = nn.functional.scaled_dot_product_attention(heads(p.attn.q(h)), heads(p.attn.k(h)), heads(p.attn.v(h)),
+                                                   attn_mask=mask, scale=1.0)
+    x = x + p.attn.o(a.transpose(1, 2).reshape(n, length, d))
+    return x + p.wo(torch.relu(p.wi(rms(x, p.ln2.weight))))
+
+
+def test_a_t5_style_encoder_works_and_is_solved_at_every_sequence_length() -> None:
+    # Before: a reshape's -1 made L * 32 // 32 of x's L, which size solving could not link to the mask's
+    # key length (both were fixed at 10), and a broadcast of the mask's 1 against L recorded `1 != L`,
+    # which made L = 1 invalid.
+    report = resgraph.valid_sizes(T5_ENCODER, low=1, high=40)
+    dims = {(d.input, d.name): d for d in report.dims}
+    assert dims["x", "L"].valid == tuple(range(1, 41)) and dims["x", "L"].linked == ("mask.W",)
+    assert dims["mask", "W"].valid == tuple(range(1, 41))
+    model = resgraph.build(T5_ENCODER).eval()
+    for length in (10, 1, 17):
+        x, mask = torch.randn(2, length, 32), torch.zeros(2, 1, 1, length)
+        mask[0, ..., length - 1:] = float("-inf") if length > 1 else 0.0
+        with torch.no_grad():
+            torch.testing.assert_close(model(x, mask), t5_layer(model.l1, t5_layer(model.l0, x, mask), mask))

@@ -62,7 +62,10 @@ class MultiheadAttention(Layer):
 
     inferred: ClassVar[tuple[str, ...]] = ("embed_dim",)
     layout: ClassVar[Literal["features_last"]] = "features_last"
-    reads_sequences: ClassVar[bool] = True
+
+    @classmethod
+    def sequence_inputs(cls, count: int, masks: int) -> int:
+        return count - masks  # query (key, value); the masks follow
 
     @model_validator(mode="after")
     def _masks_are_distinct(self) -> MultiheadAttention:
@@ -183,7 +186,10 @@ class ScaledDotProductAttention(Layer):
     code_only: ClassVar[bool] = True
     min_inputs: ClassVar[int] = 3
     max_inputs: ClassVar[int | None] = 4
-    reads_sequences: ClassVar[bool] = True
+
+    @classmethod
+    def sequence_inputs(cls, count: int, masks: int) -> int:
+        return 3  # q, k, v; a mask's last dim is the key positions, not features
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         query, key, value = inputs[:3]

@@ -20,7 +20,7 @@ import math
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
@@ -28,7 +28,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, field_validator, model_validator
 from typing_extensions import TypeAliasType
 
-from ..symbolic import hint
+from ..symbolic import SymInt, hint
 from .index import OP_MODULES
 
 __all__ = [
@@ -284,9 +284,6 @@ class Layer(StrictModel):
     owns_parameter: ClassVar[bool] = False  # a code op with a learned tensor of its own
     inferred: ClassVar[tuple[str, ...]] = ()
     layout: ClassVar[Layout | None] = None
-    # True for ops that read every input as (..., seq, features) (attention): an input read only by
-    # such ops is features-last whatever its rank (shapes.declared_type), never an image
-    reads_sequences: ClassVar[bool] = False
     min_inputs: ClassVar[int] = 1
     max_inputs: ClassVar[int | None] = 1
     view: ClassVar[bool] = False  # its output shares its input's storage (see Storage.aliases)
@@ -313,6 +310,13 @@ class Layer(StrictModel):
             raise ValueError(f"tie: op {self.op!r} builds no module whose parameters could be tied; tie the "
                              "parameter of a layer such as Linear or Embedding")
         return self
+
+    @classmethod
+    def sequence_inputs(cls, count: int, masks: int) -> int:
+        """How many of its `count` inputs (the first ones; `masks` of them are masks) the op reads as
+        `(..., seq, features)`: attention's q, k, v. An input read only there is features-last whatever
+        its rank (`shapes.declared_type`): a `(heads, L, head_dim)` query is not an image."""
+        return 0
 
     def owned(self) -> Owned | None:
         """What this layer stores in the built model: a module, an nn.Parameter, a buffer, or nothing
@@ -578,19 +582,31 @@ def sample_dim(dim: int, rank: int, name: str = "dim") -> int:
     return full - 1
 
 
-def fill_sizes(sizes: list[int], total: int, name: str) -> tuple[int, ...]:
-    """`sizes` with its one -1 (if any) resolved so that they multiply to `total`.
+def fill_sizes(sizes: list[int], factors: Sequence[Any], name: str) -> tuple[int, ...]:
+    """`sizes` with its one -1 (if any) resolved so that they multiply to the product of `factors`
+    (the input dims that are reshaped; sizes may be `SymInt`s).
 
-    >>> fill_sizes([2, -1], 12, "shape")
+    The -1 is solved by cancelling the written sizes against the input's fixed dims where they divide
+    them, so a free dim comes out as itself (`(L, 32) -> (-1, 4, 8)` gives `L`, not `L * 32 // 32`, an
+    expression in which size solving could not see that L is linked to another input's L).
+
+    >>> fill_sizes([2, -1], [12], "shape")
     (2, 6)
     """
     if sizes.count(-1) > 1 or 0 in sizes:
         raise ShapeError(f"{name} may hold at most one -1 and no zeros")
     known = math.prod(s for s in sizes if s != -1)
+    total = math.prod(factors)
     if -1 in sizes:
-        if total % known:
+        fixed = math.prod(f for f in factors if not isinstance(f, SymInt))
+        free = [f for f in factors if isinstance(f, SymInt)]
+        if free and fixed % known == 0:
+            missing = math.prod([fixed // known, *free])
+        elif total % known:
             raise ShapeError(f"{total} elements cannot be split into {name} {sizes}")
-        return tuple(total // known if s == -1 else s for s in sizes)
+        else:
+            missing = total // known
+        return tuple(missing if s == -1 else s for s in sizes)
     if known != total:
         raise ShapeError(f"{name} {sizes} has {known} elements, but the input has {total}")
     return tuple(sizes)

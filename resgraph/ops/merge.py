@@ -47,13 +47,14 @@ def _broadcast_dim(x: Any, y: Any) -> Any:
         return y
     if _is_one(y):
         return x
-    if x == y:
-        return x
-    if x == 1:
-        return y
-    if y == 1:
-        return x
-    return None
+    # One decision, the one the declared sizes took: a size that is 1 there broadcasts (`x == 1`), else
+    # the two must be equal. (Testing `x == y` first recorded `x != y` for a 1 against a free L, which
+    # then made L = 1 "invalid", though a 1 against a 1 broadcasts the same.)
+    if hint(x) == 1:
+        return y if x == 1 else None
+    if hint(y) == 1:
+        return x if y == 1 else None
+    return x if x == y else None
 
 
 def _is_one(size: Any) -> bool:
