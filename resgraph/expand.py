@@ -38,6 +38,7 @@ from .evaluate import LAYER, LEFT_OUT, SHAPE_NAMES, concrete, evaluate_tree, nam
 from .expressions import ExpressionError, Unavailable, evaluate, expression_body, expression_names
 from .loader import LoadedSpec, Origin, SourceMap, load_import
 from .ops import OPS, GenericOpError, Layer, TensorType
+from .ops.base import is_identifier
 from .ops.generic import torch_module_class
 from .ops.tensor import SplitBase, pieces
 from .resources import is_shipped
@@ -314,11 +315,13 @@ class Expander:
             for layer_name, template in entry.items():
                 where = origin.child("layers", i, layer_name)
                 if ("layers", i) in refused:
-                    layers.append(LayerItem(layer_name, None, where))  # refused by validation, and reported there
+                    layers += refused_items(layer_name, template, where)  # refused by validation, and reported there
                     continue
                 body = concrete(template, LAYER, names, where, self.diagnostics, self.spec.scale,
                                 self.typed_bodies)
-                if body is not LEFT_OUT:  # None: its error is reported; what reads it would only repeat that
+                if body is None:  # its error is reported; what reads it would only repeat that
+                    layers += refused_items(layer_name, template, where)
+                elif body is not LEFT_OUT:
                     layers.append(LayerItem(layer_name, body, where))
         if top_level:
             self.num_blocks = sum(self.repeats(item.body) for item in layers if isinstance(item.body, BlockCall))
@@ -605,6 +608,16 @@ class Expander:
                                              block.origin.child("params", name), self.diagnostics,
                                              dependent=dependent)
         return values
+
+
+def refused_items(name: str, template: Any, where: Origin) -> list[LayerItem]:
+    """The items standing for a refused layer (body None), so that what reads it is left out quietly:
+    the layer itself, or, for a chunk/split, each of the outputs it names (which readers use instead
+    of its own name; without them, each reader of a refused split said "unknown node 'y0'")."""
+    pieces = template.get("outputs") if isinstance(template, dict) and "block" not in template else None
+    if isinstance(pieces, list) and pieces and all(isinstance(p, str) and is_identifier(p) for p in pieces):
+        return [LayerItem(piece, None, where.child("outputs", k)) for k, piece in enumerate(pieces)]
+    return [LayerItem(name, None, where)]
 
 
 def with_pieces(items: list[LayerItem], inputs: list[str]) -> list[LayerItem]:

@@ -161,9 +161,12 @@ def _stand_in(entry: Any) -> dict[str, Any]:
     """An entry with the invalid one's name when that is a valid name (so references to it are
     recognised as depending on it), else a placeholder name."""
     if isinstance(entry, dict) and len(entry) == 1:
-        name = next(iter(entry))
+        name, body = next(iter(entry.items()))
         if is_identifier(name):
-            return {name: {}}
+            # a chunk/split's readers name its outputs: keep them, so those readers are recognised too
+            pieces = body.get("outputs") if isinstance(body, dict) else None
+            valid = isinstance(pieces, list) and all(isinstance(p, str) and is_identifier(p) for p in pieces)
+            return {name: {"outputs": pieces}} if valid and pieces else {name: {}}
     return {"invalid": {}}
 
 

@@ -541,3 +541,32 @@ def test_a_t5_style_encoder_works_and_is_solved_at_every_sequence_length() -> No
         mask[0, ..., length - 1:] = float("-inf") if length > 1 else 0.0
         with torch.no_grad():
             torch.testing.assert_close(model(x, mask), t5_layer(model.l1, t5_layer(model.l0, x, mask), mask))
+
+
+def test_a_per_sample_shape_with_a_batch_dim_written_in_is_told_to_leave_it_out() -> None:
+    spec = HEADER + ("inputs: {x: [32, 4, 4]}\nlayers:\n"
+                     "  - gain: {op: parameter, shape: [1, 32, 1, 1], init: 0.5}\n"
+                     "  - gated: {op: mul, input: [x, gain]}\n")
+    assert messages(spec) == ["<string>:6:5: error: layer 'gated' (mul): mul needs broadcastable shapes, got "
+                              "(32, 4, 4), (1, 32, 1, 1) (per-sample shapes need one rank: the batch dim leads each "
+                              "tensor; leave the batch out: write (1, 32, 1, 1) as (32, 1, 1), or `batch: true` on a "
+                              "stored tensor)"]
+    model = resgraph.build(spec.replace("shape: [1, 32, 1, 1]", "shape: [1, 32, 1, 1], batch: true"))
+    x = torch.randn(2, 32, 4, 4)
+    torch.testing.assert_close(model(x), x * 0.5)
+
+
+# --- a refused chunk/split: its readers say nothing more ------------------------------------------
+
+def test_readers_of_a_refused_split_are_left_out_quietly() -> None:
+    # Before: each reader of y0/y1 also said "unknown node 'y0'" (after an expression error, a schema
+    # error, or in a block whose input's shape was unknown after an error in an earlier block).
+    found = messages(HEADER + "params: {w: 8}\ninputs: {x: [16, 4, 4]}\nlayers:\n"
+                     "  - parts: {op: chunk, chunks: \"${n_parts}\", dim: 1, outputs: [a, b]}\n"
+                     "  - both: {op: concat, input: [b, a]}\n"
+                     "  - typo: {op: split, split_size: \"${w}\", dim: 1, outputs: [c, d], bogus: 1, input: x}\n"
+                     "  - again: {op: concat, input: [c, d, missing]}\n")
+    assert [f.splitlines()[0] for f in found] == [
+        "<string>:6:35: error: in ${n_parts}: unknown name 'n_parts'",
+        "<string>:8:68: error: layer 'typo' (split): unknown argument 'bogus'",
+        "<string>:9:32: error: layer 'again': unknown node 'missing'"]

@@ -93,13 +93,18 @@ def broadcast_failure(op: str, types: list[TensorType]) -> ShapeError:
     """The error for `types` that do not broadcast; where their ranks differ, it says why (the batch
     leads each tensor at run time, so dims would pair wrongly) and the reshape that lines them up."""
     shapes = ", ".join(str(t) for t in types)
-    rank = max(t.rank for t in types)
-    short = [t for t in types if t.rank < rank]
-    if not short:
+    rank, low = max(t.rank for t in types), min(t.rank for t in types)
+    if rank == low:
         return ShapeError(f"{op} needs broadcastable shapes, got {shapes}")
-    fixes = ", ".join(f"{t} to {TensorType((1,) * (rank - t.rank) + tuple(t.shape))}" for t in short)
-    return ShapeError(f"{op} needs broadcastable shapes, got {shapes} (per-sample shapes need one rank: the batch "
-                      f"dim leads each tensor; reshape {fixes})")
+    why = (f"{op} needs broadcastable shapes, got {shapes} (per-sample shapes need one rank: the batch dim leads "
+           "each tensor")
+    long = [t for t in types if t.rank > low]
+    if all(_is_one(size) for t in long for size in t.shape[:t.rank - low]):
+        # (1, C, 1, 1) against (C, H, W): a batch dim written into a per-sample shape
+        fixes = ", ".join(f"{t} as {TensorType(tuple(t.shape[t.rank - low:]))}" for t in long)
+        return ShapeError(f"{why}; leave the batch out: write {fixes}, or `batch: true` on a stored tensor)")
+    fixes = ", ".join(f"{t} to {TensorType((1,) * (rank - t.rank) + tuple(t.shape))}" for t in types if t.rank < rank)
+    return ShapeError(f"{why}; reshape {fixes})")
 
 
 def check_gate_layouts(gate: TensorType, target: TensorType) -> None:
