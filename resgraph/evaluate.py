@@ -24,7 +24,7 @@ from .errors import Diagnostic, Location
 from .expressions import ExpressionError, evaluate, expression_body, expression_names
 from .loader import Origin, Path, copy_data
 from .ops import OPS, GenericLayer, Layer, ShapeError
-from .spec import BlockCall, Scale, _layer_tag
+from .spec import SHAPE_NAMES, BlockCall, Scale, _layer_tag
 from .suggest import did_you_mean
 from .translate import pydantic_diagnostics, subject
 
@@ -163,7 +163,6 @@ def is_left_out(body: Any) -> bool:
     return isinstance(body, dict) and body.get("when") is False
 
 
-SHAPE_NAMES = ("in_channels", "in_features", "in_shape", "in_shapes")  # a block instance's input sizes
 
 
 def reads_input_shape(value: Any) -> bool:

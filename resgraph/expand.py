@@ -38,10 +38,11 @@ from .evaluate import LAYER, LEFT_OUT, SHAPE_NAMES, concrete, evaluate_tree, nam
 from .expressions import ExpressionError, Unavailable, evaluate, expression_body, expression_names
 from .loader import LoadedSpec, Origin, SourceMap, load_import
 from .ops import OPS, GenericOpError, Layer, TensorType
+from .ops.base import is_identifier
 from .ops.generic import torch_module_class
 from .ops.tensor import SplitBase, pieces
 from .resources import is_shipped
-from .spec import REQUIRED, BlockCall, BlockDef, InputDecl, Projection, Skip, Spec
+from .spec import INSTANCE_NAMES, REQUIRED, BlockCall, BlockDef, InputDecl, Projection, Skip, Spec
 from .suggest import did_you_mean
 from .symbolic import specialize
 from .translate import subject
@@ -55,7 +56,6 @@ MAX_BLOCK_DEPTH = 32
 # `repeat:`s and `scale.depth` multiply, so the bound is on the total, not per call. A
 # 100,000-layer chain has 150,000; ResNet-152 has about 500. Expanding takes ~0.1 ms a node.
 MAX_EXPANDED_NODES = 200_000
-INSTANCE_NAMES = ("index", "repeats", "block_index", "num_blocks")  # bound per block instance
 VARYING_NAMES = frozenset({"index", "block_index"})  # the instance names that differ between a call's instances
 _REPEAT: TypeAdapter[int | None] = TypeAdapter(BlockCall.model_fields["repeat"].annotation)
 
@@ -315,11 +315,13 @@ class Expander:
             for layer_name, template in entry.items():
                 where = origin.child("layers", i, layer_name)
                 if ("layers", i) in refused:
-                    layers.append(LayerItem(layer_name, None, where))  # refused by validation, and reported there
+                    layers += refused_items(layer_name, template, where)  # refused by validation, and reported there
                     continue
                 body = concrete(template, LAYER, names, where, self.diagnostics, self.spec.scale,
                                 self.typed_bodies)
-                if body is not LEFT_OUT:  # None: its error is reported; what reads it would only repeat that
+                if body is None:  # its error is reported; what reads it would only repeat that
+                    layers += refused_items(layer_name, template, where)
+                elif body is not LEFT_OUT:
                     layers.append(LayerItem(layer_name, body, where))
         if top_level:
             self.num_blocks = sum(self.repeats(item.body) for item in layers if isinstance(item.body, BlockCall))
@@ -409,13 +411,16 @@ class Expander:
         known = len(self.diagnostics)
         dependent: list[str] = []
         bound = self.given(recipe, context, self.diagnostics, dependent)
-        own = _ShapeNames({**self.spec.params, **context}, input_types)
+        # Inside a block the built-in names win over top-level parameters of the same name (a spec's
+        # `in_channels: 1` sizes its input; a block's `${in_channels}` is still its own input's)
+        spec_params = {k: v for k, v in self.spec.params.items() if k not in SHAPE_NAMES}
+        own = _ShapeNames({**spec_params, **context}, input_types)
         block = _Block(recipe.definition, recipe.block_origin)
         block_params = self.bind(recipe.definition, block, bound, own, dependent)
         if block_params is None or len(self.diagnostics) > known or dependent:
             return None  # its parameters failed (reported here, or depending on an error reported elsewhere)
         before = self.expanded
-        names = _ShapeNames({**self.spec.params, **context, **block_params}, input_types)
+        names = _ShapeNames({**spec_params, **context, **block_params}, input_types)
         scope = self.scope(class_name(recipe.block), recipe.definition, recipe.block_origin, names,
                            (*recipe.stack, recipe.block), inputs={name: None for name in recipe.definition.inputs},
                            params=block_params, block=recipe.block)
@@ -603,6 +608,16 @@ class Expander:
                                              block.origin.child("params", name), self.diagnostics,
                                              dependent=dependent)
         return values
+
+
+def refused_items(name: str, template: Any, where: Origin) -> list[LayerItem]:
+    """The items standing for a refused layer (body None), so that what reads it is left out quietly:
+    the layer itself, or, for a chunk/split, each of the outputs it names (which readers use instead
+    of its own name; without them, each reader of a refused split said "unknown node 'y0'")."""
+    pieces = template.get("outputs") if isinstance(template, dict) and "block" not in template else None
+    if isinstance(pieces, list) and pieces and all(isinstance(p, str) and is_identifier(p) for p in pieces):
+        return [LayerItem(piece, None, where.child("outputs", k)) for k, piece in enumerate(pieces)]
+    return [LayerItem(name, None, where)]
 
 
 def with_pieces(items: list[LayerItem], inputs: list[str]) -> list[LayerItem]:

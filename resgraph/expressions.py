@@ -1,7 +1,8 @@
 """Safe `${...}` expressions over parameters: parsed with `ast`, evaluated by a whitelist walker.
 
 Nothing here calls eval or exec. An expression may use numbers, strings, booleans, None, lists,
-names bound by the spec (parameters, `index`, ...), arithmetic, comparisons, `and`/`or`/`not`,
+names bound by the spec (parameters, `index`, ...), arithmetic, comparisons (`is`/`is not` with
+None only), `and`/`or`/`not`,
 `a if cond else b`, indexing (`widths[index]`) and the functions in `FUNCTIONS`. Everything else
 is an error whose offset points into the expression.
 
@@ -279,6 +280,17 @@ class _Evaluator:
         left = self.visit(node.left)
         for op, comparator in zip(node.ops, node.comparators):
             right = self.visit(comparator)
+            if isinstance(op, (ast.Is, ast.IsNot)):
+                # `owner is None` tests a parameter left at its null default; identity of other values
+                # (numbers, strings) is an accident of the interpreter, never a spec's meaning
+                if left is not None and right is not None:
+                    word = "is" if isinstance(op, ast.Is) else "is not"
+                    raise self.fail(node, f"'{word}' only tests for None (x {word} None); compare values with "
+                                          f"{'==' if isinstance(op, ast.Is) else '!='}")
+                if (left is right) != isinstance(op, ast.Is):
+                    return False
+                left = right
+                continue
             try:
                 if not _COMPARE[type(op)](left, right):
                     return False

@@ -31,6 +31,7 @@ from .expand import LayerItem, Scope, SkipItem
 from .graph import GENERATED_CODE_NAMES, RESERVED_NAMES, BlockNode, Graph, InputNode, LayerNode, Node, SkipNode
 from .loader import Origin
 from .ops import Layer
+from .ops.base import is_identifier
 from .ops.tensor import BlockOutput
 from .spec import BlockCall
 from .suggest import did_you_mean
@@ -352,7 +353,10 @@ class _Resolver:
                 continue
             skip, name = item.skip, self.q(item.name)
             source = _base(skip.source)
-            if source in invalid or skip.to in invalid:
+            if source in invalid or _base(skip.to) in invalid:
+                continue
+            if skip.to != _base(skip.to):
+                self.fail_dotted_target(item, name, skip.to)
                 continue
             ok = True
             for key, ref in (("from", source), ("to", skip.to)):
@@ -387,6 +391,27 @@ class _Resolver:
             else:
                 into.setdefault(skip.to, []).append(item)
         return into
+
+    def fail_dotted_target(self, item: SkipItem, name: str, target: str) -> None:
+        """A skip `to: call.out`: a skip merges into a layer's own value (every later reader sees the
+        merge), which one output of a block call is not; say so and what to write instead."""
+        base = _base(target)
+        where = item.origin.child("to")
+        if base not in self.kinds:
+            self.fail(where, f"skip {name}: to: unknown node {base!r}{did_you_mean(base, self.order)} (in "
+                             f"{target!r})", key=False)
+        elif base in self.values:
+            piece = target[len(base) + 1:]
+            self.fail(where, f"skip {name}: to: {target!r} is one output of the block call {base!r}; a skip merges "
+                             "into a layer's value, not into one value of a call",
+                      f"merge into a layer that reads it: add `- {base}_{piece}: {{op: Identity, input: {target}}}` "
+                      f"after {base!r} and write `to: {base}_{piece}`"
+                      if is_identifier(f"{base}_{piece}") else
+                      f"merge into a layer that reads it, e.g. {{op: Identity, input: {target}}}", key=False)
+        else:
+            self.fail(where, f"skip {name}: to: {target!r} is not a node name: a skip's target is a layer, written "
+                             f"by its name alone", f"write `to: {base}`" if self.kinds[base] == "layer" else None,
+                      key=False)
 
     def check_outputs(self) -> list[str]:
         scope = self.scope

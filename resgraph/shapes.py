@@ -30,6 +30,7 @@ from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode
 from .hints import skip_hint
 from .ops import OPS, ShapeError, TensorType, merge_type
 from .ops.base import FLOAT_DTYPES, FRESH, TO_FLOAT_HINT, DtypeError, FeatureMapLayer, Storage
+from .ops.elementwise import RETURNS_INPUT
 from .ops.tensor import BlockOutput
 from .projections import ProjectionError, describe_steps, plan_projection, projection_parameters
 from .resolve import resolve
@@ -74,7 +75,9 @@ def infer_shapes(graph: Graph, input_types: list[TensorType] | None = None,
         for name in graph.inputs:
             node = graph.nodes[name]
             assert isinstance(node, InputNode) and node.decl is not None, "a top-level input has a declaration"
-            declared = declared_type(node.decl, _read_as_map(graph, name, readers))
+            reads = _reads(graph, name, readers)
+            declared = declared_type(node.decl, bool(reads) and all(_reads_1d_map(op) for op, _ in reads),
+                                     bool(reads) and all(sequence for _, sequence in reads))
             shape = list(declared.shape)
             for axis, label in free_dims(declared):
                 symbol = f"{name}.{label}"
@@ -127,29 +130,79 @@ def _infer(graph: Graph, input_types: list[TensorType], memo: _Memo) -> list[Dia
     return diagnostics
 
 
-def declared_type(decl: InputDecl, map_read: bool = False) -> TensorType:
+def declared_type(decl: InputDecl, map_read: bool = False, sequence_read: bool = False) -> TensorType:
     """An input's declared type: its layout by rank unless given; a channels-first map's grid at scale 1.
 
-    `map_read`: its readers take it as a `(C, L)` map (see `_read_as_map`), so a 2-dim input is one.
+    `map_read`: its readers take it as a `(C, L)` map (1-d map ops), so a 2-dim input is one.
+    `sequence_read`: its readers take it as `(..., seq, features)` (attention), so an input of any
+    rank is features-last: a `(heads, L, head_dim)` query is not an image.
+
+    >>> query = InputDecl(shape=[8, 16, 4])
+    >>> declared_type(query).layout, declared_type(query, sequence_read=True).layout
+    ('channels_first', 'features_last')
     """
-    layout = decl.layout or ("channels_first" if len(decl.shape) >= 3 or (map_read and len(decl.shape) == 2)
-                             else "features_last")
+    rank = len(decl.shape)
+    layout = decl.layout or ("features_last" if sequence_read else "channels_first" if rank >= 3 or (
+        map_read and rank == 2) else "features_last")
     scale = (Fraction(1),) * (len(decl.shape) - 1) if layout == "channels_first" and len(decl.shape) >= 2 else None
     return TensorType(tuple(decl.shape), decl.dtype, layout, scale)
 
 
-def _read_as_map(graph: Graph, name: str, readers: dict[str, list[str]]) -> bool:
-    """True when every layer that reads input `name` (a block call's first layer included) is a 1-d
-    map op (Conv1d, BatchNorm1d, a 1-d pool...), which reads a 2-dim sample as `(C, L)`: the input
-    is then a 1-d map whose length is free, not a sequence of fixed features."""
-    ops = []
+def _reads(graph: Graph, name: str, readers: dict[str, list[str]]) -> list[tuple[Any, bool]]:
+    """How input `name` is read: per reading layer (a block call's layers that read it included), its
+    op (None where it cannot be told) and whether it reads the input as a sequence (see
+    `Layer.sequence_inputs`). An input read only by 1-d map ops (Conv1d, BatchNorm1d, a 1-d pool...)
+    is a `(C, L)` map whose length is free, not a sequence of fixed features; one read only as
+    attention's q, k or v is a sequence whatever its rank (see `declared_type`)."""
+    reads: list[tuple[Any, bool]] = []
     for reader in readers[name]:
         node = graph.nodes[reader]
         if isinstance(node, LayerNode):
-            ops.append(node.layer.op)
+            reads.append((node.layer.op, _as_sequence(node.layer.op, node.inputs, name,
+                                                      len(getattr(node.layer, "masks", ())))))
         elif isinstance(node, BlockNode) and node.recipe is not None and node.inputs[:1] == [name]:
-            ops.append(_first_op(node.recipe.definition, node.recipe.expander.blocks))
-    return bool(ops) and all(_reads_1d_map(op) for op in ops)
+            op = _first_op(node.recipe.definition, node.recipe.expander.blocks)
+            reads.append((op, False))
+        elif isinstance(node, BlockNode) and node.recipe is not None and name in node.inputs:
+            # a later input of a block (a mask beside the block's x): the layers that name it say how
+            definition = node.recipe.definition
+            if len(definition.inputs) == len(node.inputs):
+                inner = definition.inputs[node.inputs.index(name)]
+                reads += _naming_reads(definition, inner, node.recipe.expander.blocks)
+            else:
+                reads.append((None, False))
+    return reads
+
+
+def _as_sequence(op: Any, inputs: list[str], name: str, masks: int) -> bool:
+    """Whether the op named `op`, reading `inputs`, reads `name` only as a sequence (attention's q, k, v)."""
+    cls = OPS.get(op) if isinstance(op, str) else None
+    if cls is None:
+        return False
+    count = cls.sequence_inputs(len(inputs), masks)
+    return all(index < count for index, read in enumerate(inputs) if read == name)
+
+
+def _naming_reads(definition: BlockDef, name: str, blocks: dict[str, Any], depth: int = 0) -> list[tuple[Any, bool]]:
+    """`_reads` of a block's input `name` from its layers' templates, through the blocks they call
+    ((None, False) where it cannot be told before expansion: an op written as an expression)."""
+    reads: list[tuple[Any, bool]] = []
+    for entry in definition.layers:
+        body = next(iter(entry.values()))
+        read = body.get("input") if isinstance(body, dict) else None
+        names = read if isinstance(read, list) else [read]
+        if name not in names:
+            continue
+        called = blocks.get(body["block"]) if isinstance(body.get("block"), str) else None
+        op = body.get("op")
+        if called is not None and depth < MAX_BLOCK_DEPTH and len(called.definition.inputs) == len(names):
+            reads += _naming_reads(called.definition, called.definition.inputs[names.index(name)], blocks, depth + 1)
+        elif isinstance(op, str) and "block" not in body:
+            masks = body.get("masks")
+            reads.append((op, _as_sequence(op, names, name, len(masks) if isinstance(masks, list) else 0)))
+        else:
+            reads.append((None, False))
+    return reads or [(None, False)]
 
 
 def _first_op(definition: BlockDef, blocks: dict[str, Any], depth: int = 0) -> Any:
@@ -371,10 +424,10 @@ def _check_blind(graph: Graph, node: BlockNode) -> list[Diagnostic]:
 
 
 def _id_bounds(types: list[TensorType]) -> tuple[Any, ...]:
-    """The types' `ids_below`, which their equality leaves out: for the memo keys, since an Embedding's
-    check of its ids reads them (two otherwise equal inputs must not share its verdict)."""
-    return tuple((t.ids_below.expr, t.ids_below.hint) if isinstance(t.ids_below, SymInt) else t.ids_below
-                 for t in types)
+    """The types' `ids_below` and `ids_from`, which their equality leaves out: for the memo keys, since an
+    Embedding's check of its ids reads them (two otherwise equal inputs must not share its verdict)."""
+    return tuple(((t.ids_below.expr, t.ids_below.hint) if isinstance(t.ids_below, SymInt) else t.ids_below,
+                  t.ids_from) for t in types)
 
 
 def _plain(types: list[TensorType]) -> bool:
@@ -395,7 +448,11 @@ def _infer_layer(graph: Graph, node: LayerNode, inputs: list[TensorType], memo: 
         source = graph.nodes[node.inputs[exc.index]]
         exc.args = (f"{exc}: {source.var!r} is {exc.dtype}{_dtype_origin(graph, source)}",)
         raise
-    node.meta["type"] = layer.output_type(inputs)
+    out = layer.output_type(inputs)
+    if out.ids_from is not None and layer.op not in RETURNS_INPUT and any(out is t for t in inputs):
+        # An op returning its input's type may still map its values (neg, ReLU): the least id is unknown then
+        out = TensorType(out.shape, out.dtype, out.layout, out.scale, ids_below=out.ids_below)
+    node.meta["type"] = out
     node.meta["storage"] = layer.storage(inputs)
     # A module's arguments are fixed numbers: a size that reaches one is specialised (recorded).
     node.meta["args"] = _specialized(layer.module_args(inputs))

@@ -284,7 +284,9 @@ def linked_symbols(guards: list[Guard]) -> dict[str, frozenset[str]]:
         return name
 
     for guard in guards:
-        if guard.op == "eq" and guard.outcome and guard.left.op == guard.right.op == "sym":
+        # `a == b` that held, or `a != b` that failed (ops check either way: `if k.shape[-1] != q.shape[-1]`)
+        equal = (guard.op, guard.outcome) in (("eq", True), ("ne", False))
+        if equal and guard.left.op == guard.right.op == "sym":
             parent[root(guard.left.args[0])] = root(guard.right.args[0])
     groups: dict[str, set[str]] = {}
     for name in parent:

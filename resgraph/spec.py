@@ -33,8 +33,8 @@ from .ops import OPS, GenericLayer, Identifier, Layout, Merge, Reference, Strict
 from .ops.base import DTYPES, is_identifier
 from .suggest import did_you_mean
 
-__all__ = ["REQUIRED", "BlockCall", "BlockDef", "BlockLibrary", "Defaults", "InputDecl", "Projection",
-           "Scale", "Skip", "Spec", "Training", "layer_body"]
+__all__ = ["BUILTIN_NAMES", "INSTANCE_NAMES", "REQUIRED", "SHAPE_NAMES", "BlockCall", "BlockDef", "BlockLibrary",
+           "Defaults", "InputDecl", "Projection", "Scale", "Skip", "Spec", "Training", "layer_body"]
 
 
 class Projection(str, Enum):
@@ -70,7 +70,10 @@ class Skip(StrictModel):
 
     source: Reference = Field(alias="from", description="An input or a layer before `to` (or one output of a "
                                                         "block call: `call.out`, `call.0`).")
-    to: Identifier = Field(description="The layer whose output receives the merge.")
+    # A Reference, not an Identifier, only so that `to: call.out` reaches the resolver, which says
+    # why a skip cannot merge into one value of a call and what to write instead ("invalid name" did not).
+    to: Reference = Field(description="The layer whose output receives the merge (a layer name; not one output "
+                                      "of a block call).")
     merge: Merge = Field(default=Merge.add, description="add, concat (along dim) or mul (gating, broadcasting).")
     projection: Projection | None = Field(default=None, description="Overrides defaults.projection for this skip.")
     dim: int | None = Field(default=None, description="Concat dim (batch is dim 0); default 1, the channels.")
@@ -195,6 +198,23 @@ class BlockDef(StrictModel):
 
 
 REQUIRED = "required"
+
+# The names a block body reads without declaring them: its instance's place (bound per instance by
+# expansion) and its input's sizes (read lazily, see `expand._ShapeNames`). A parameter of the same
+# name would hide one of them silently (a block's `index: 3` wins over the instance's position, a
+# top-level `in_channels` over every block's input size), so no parameter may take one.
+INSTANCE_NAMES = ("index", "repeats", "block_index", "num_blocks")
+SHAPE_NAMES = ("in_channels", "in_features", "in_shape", "in_shapes")
+BUILTIN_NAMES: dict[str, str] = {
+    "index": "the instance's position in its repeat",
+    "repeats": "the number of instances of its repeat",
+    "block_index": "the position among all block instances of the network",
+    "num_blocks": "the number of block instances of the network",
+    "in_channels": "dim 0 of the block's first input",
+    "in_features": "the last dim of the block's first input",
+    "in_shape": "the per-sample shape of the block's first input",
+    "in_shapes": "every block input's per-sample shape",
+}
 
 
 class Scale(StrictModel):

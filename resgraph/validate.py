@@ -34,7 +34,7 @@ from .ops.base import is_identifier
 from .resources import schema_path
 from .schema import json_schema, library_schema
 from .schema_check import Compiler, Predicate, UnsupportedSchema
-from .spec import BlockLibrary, Spec
+from .spec import BUILTIN_NAMES, BlockLibrary, Spec
 from .translate import jsonschema_diagnostics, keys_not_strings, pydantic_diagnostics, untyped_body
 
 __all__ = ["is_block_library", "schema_diagnostics", "validate", "validate_library"]
@@ -69,6 +69,9 @@ def validate(loaded: LoadedSpec, params: Mapping[str, Any] | None = None,
 def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics: list[Diagnostic] | None) -> Spec:
     problems, paths = _schema_problems(loaded.data, loaded.source)
     entries, blocks, fatal = _invalid_parts(paths)
+    shadowing = builtin_shadows(loaded.data, loaded.source)
+    problems += [diagnostic for _, diagnostic in shadowing]
+    blocks |= {str(path[1]) for path, _ in shadowing}  # left out: its calls report nothing more
     if problems and (fatal or diagnostics is None):
         raise SpecError(problems)
     data = _without(loaded.data, entries, blocks)
@@ -86,6 +89,39 @@ def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics:
     if diagnostics is not None:
         diagnostics.extend(problems)
     return spec.with_invalid(frozenset(entries), frozenset(blocks))
+
+
+def builtin_shadows(data: Any, source: SourceMap) -> list[tuple[Path, Diagnostic]]:
+    """Block parameters named like a name resgraph binds in block bodies (`spec.BUILTIN_NAMES`:
+    `index`, `num_blocks`, `in_channels`, ...), each with its path and a diagnostic at its key: such
+    a parameter would silently hide the built-in name.
+
+    >>> from resgraph.loader import load_text
+    >>> loaded = load_text("resgraph: 1\\nblocks:\\n  b: {params: {in_channels: 3, depth: 2}}\\n", "s.yaml")
+    >>> [(path, str(d.location)) for path, d in builtin_shadows(loaded.data, loaded.source)]
+    [(('blocks', 'b', 'params', 'in_channels'), 's.yaml:3:16')]
+    """
+    found: list[tuple[Path, Diagnostic]] = []
+    if not isinstance(data, dict):
+        return found
+    # (top-level parameters may take these names: inside a block the built-in name wins, see `expand`)
+    blocks = data.get("blocks")
+    owners = [(("blocks", name, "params"), f"block {name!r}: ") for name in blocks] if isinstance(blocks, dict) else []
+    for path, label in owners:
+        params: Any = data
+        for key in path:
+            params = params.get(key) if isinstance(params, dict) else None
+        if not isinstance(params, dict):
+            continue
+        for name in params:
+            if name in BUILTIN_NAMES:
+                where = (*path, name)
+                hint = (f"rename the parameter (e.g. {name}_value); inside a block, `{name}` already means "
+                        f"{BUILTIN_NAMES[name]}")
+                found.append((where, Diagnostic(source.locate(where, key=True),
+                                                f"{label}parameter {name!r} would hide the built-in name "
+                                                f"{name!r} ({BUILTIN_NAMES[name]})", hint)))
+    return found
 
 
 def _invalid_parts(paths: list[Path]) -> tuple[set[tuple[str, int]], set[str], bool]:
@@ -125,9 +161,12 @@ def _stand_in(entry: Any) -> dict[str, Any]:
     """An entry with the invalid one's name when that is a valid name (so references to it are
     recognised as depending on it), else a placeholder name."""
     if isinstance(entry, dict) and len(entry) == 1:
-        name = next(iter(entry))
+        name, body = next(iter(entry.items()))
         if is_identifier(name):
-            return {name: {}}
+            # a chunk/split's readers name its outputs: keep them, so those readers are recognised too
+            pieces = body.get("outputs") if isinstance(body, dict) else None
+            valid = isinstance(pieces, list) and all(isinstance(p, str) and is_identifier(p) for p in pieces)
+            return {name: {"outputs": pieces}} if valid and pieces else {name: {}}
     return {"invalid": {}}
 
 
@@ -143,6 +182,7 @@ def validate_library(loaded: LoadedSpec) -> BlockLibrary:
         SpecError: every violation, located in the library file.
     """
     diagnostics = schema_diagnostics(loaded.data, loaded.source, "library")
+    diagnostics += [diagnostic for _, diagnostic in builtin_shadows(loaded.data, loaded.source)]
     if diagnostics:
         raise SpecError(diagnostics)
     try:

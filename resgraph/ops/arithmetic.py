@@ -36,7 +36,7 @@ from .base import (
     promote,
     register_op,
 )
-from .merge import broadcast_shape, check_gate_layouts
+from .merge import broadcast_failure, broadcast_shape, check_gate_layouts
 
 __all__ = ["UNARY", "UNARY_OPS", "BinaryOp", "Clamp", "Matmul", "Pow", "UnaryOp", "broadcast_types"]
 
@@ -69,10 +69,7 @@ def broadcast_types(op: str, inputs: list[TensorType]) -> TensorType:
         check_gate_layouts(other, first)
         shape = broadcast_shape(shape, other.shape) if shape is not None else None
     if shape is None:
-        shapes = ", ".join(str(t) for t in inputs)
-        ranks = " (per-sample shapes need one rank: the batch dim leads each tensor)" if len(
-            {t.rank for t in inputs}) > 1 else ""
-        raise ShapeError(f"{op} needs broadcastable shapes, got {shapes}{ranks}")
+        raise broadcast_failure(op, inputs)
     return first.with_shape(shape)
 
 

@@ -63,6 +63,10 @@ class MultiheadAttention(Layer):
     inferred: ClassVar[tuple[str, ...]] = ("embed_dim",)
     layout: ClassVar[Literal["features_last"]] = "features_last"
 
+    @classmethod
+    def sequence_inputs(cls, count: int, masks: int) -> int:
+        return count - masks  # query (key, value); the masks follow
+
     @model_validator(mode="after")
     def _masks_are_distinct(self) -> MultiheadAttention:
         if len(set(self.masks)) != len(self.masks):
@@ -130,12 +134,16 @@ class MultiheadAttention(Layer):
         length, source = query.shape[0], key.shape[0]
         padding = masks.get("key_padding_mask")
         if padding is not None:
-            if padding.shape != (source,):
+            if padding.rank != 1 or padding.shape[0] != source:
                 raise ShapeError(f"key_padding_mask must be ({source},) per sample (one entry per key), got {padding}")
             _check_mask_dtype(padding, "key_padding_mask", query)
         mask = masks.get("attn_mask")
         if mask is not None:
-            if mask.shape not in ((length, source), (1, length, source), (self.num_heads, length, source)):
+            # Forms of the mask's own rank only: comparing shapes of two ranks compares their leading
+            # sizes (a tuple's ==), a spurious decision (heads == L) that would make L = heads "invalid"
+            forms = [form for form in ((length, source), (1, length, source), (self.num_heads, length, source))
+                     if len(form) == mask.rank]
+            if mask.shape not in forms:
                 raise ShapeError(f"attn_mask must be ({length}, {source}) or ({self.num_heads}, {length}, {source}) "
                                  f"per sample (query by key positions, for all heads or per head), got {mask}")
             _check_mask_dtype(mask, "attn_mask", query)
@@ -178,6 +186,10 @@ class ScaledDotProductAttention(Layer):
     code_only: ClassVar[bool] = True
     min_inputs: ClassVar[int] = 3
     max_inputs: ClassVar[int | None] = 4
+
+    @classmethod
+    def sequence_inputs(cls, count: int, masks: int) -> int:
+        return 3  # q, k, v; a mask's last dim is the key positions, not features
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         query, key, value = inputs[:3]

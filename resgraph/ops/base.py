@@ -20,15 +20,15 @@ import math
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, field_validator, model_validator
 from typing_extensions import TypeAliasType
 
-from ..symbolic import hint
+from ..symbolic import SymInt, hint
 from .index import OP_MODULES
 
 __all__ = [
@@ -81,13 +81,19 @@ Scalar = int | float  # a number operand of an arithmetic op
 RESGRAPH_KEYS = frozenset({"op", "input", "scale", "when", "output", "tie"})
 
 # A parameter's path in the built model, as `state_dict` names it (`wte.weight`, `h.0.attn.weight`).
-ParameterPath = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$",
-                                                  max_length=512)]
+PARAMETER_PATH_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$"
+ParameterPath = Annotated[str, StringConstraints(pattern=PARAMETER_PATH_PATTERN, max_length=512)]
 Owned = Literal["module", "parameter", "buffer"]
+# A tie's target: a path, or null for "not tied" (so a block can tie only some instances, from an
+# expression: `weight: "${None if index == 0 else 'layers.0.fc.weight'}"`, an ALBERT-style shared layer).
+TiedPath = Annotated[ParameterPath | None, WithJsonSchema({"anyOf": [
+    {"type": "string", "pattern": PARAMETER_PATH_PATTERN, "maxLength": 512}, {"type": "null"},
+    {"type": "string", "pattern": r"^\$\{.*\}$", "description": "A ${...} expression over parameters."}]})]
 # One schema definition shared by every op (a field per op would repeat it 80 times).
-Ties = TypeAliasType("Ties", Annotated[dict[ParameterPath, ParameterPath], Field(description=(
+Ties = TypeAliasType("Ties", Annotated[dict[ParameterPath, TiedPath], Field(description=(
     "Weight tying: this layer's parameter (key) is another parameter of the model (value, its path from the "
-    "model's root as state_dict names it), e.g. {weight: wte.weight}. Shapes must be equal."))])
+    "model's root as state_dict names it), e.g. {weight: wte.weight}. Shapes must be equal. A value may be an "
+    "expression; null leaves that parameter untied (e.g. in a repeat's first instance)."))])
 
 
 class StrictModel(BaseModel):
@@ -191,6 +197,10 @@ class TensorType:
     value stays under (int | SymInt), so an `Embedding` of them knows the lengths its table covers;
     None where unknown. A type made from this one (`with_shape` and its siblings) drops it; an op
     that returns its input's type as it is (`neg`, a dropout) keeps it, an upper bound still.
+    `ids_from` is the least value where it is known (a constant's, an `arange`'s start), so an
+    `Embedding` refuses negative ids, which torch refuses only at run time. It is dropped likewise,
+    and also by an op that returns its input's type but maps the values (`neg`, ReLU): only the ops
+    that return their input itself (Identity, the dropouts) keep it (see `shapes._infer_layer`).
     """
 
     shape: tuple[Any, ...]  # int | SymInt
@@ -198,6 +208,7 @@ class TensorType:
     layout: Layout = "channels_first"
     scale: Scale | None = None
     ids_below: Any = field(default=None, compare=False)  # (not compared: a SymInt's == records a guard)
+    ids_from: int | None = field(default=None, compare=False)  # the least id, where known (a constant's)
 
     @property
     def rank(self) -> int:
@@ -285,12 +296,27 @@ class Layer(StrictModel):
         super().__pydantic_init_subclass__(**kwargs)
         resolve_class_annotations(cls)
 
+    @field_validator("tie", mode="after")
+    @classmethod
+    def _untied_entries_dropped(cls, tie: dict[str, str | None] | None) -> dict[str, str | None] | None:
+        """`{weight: null}` is no tie: every consumer then reads only real ties (and `{}` is none)."""
+        if tie is None:
+            return None
+        return {attribute: target for attribute, target in tie.items() if target is not None} or None
+
     @model_validator(mode="after")
     def _tie_needs_a_module(self) -> Layer:
         if self.tie and self.owned() != "module":
             raise ValueError(f"tie: op {self.op!r} builds no module whose parameters could be tied; tie the "
                              "parameter of a layer such as Linear or Embedding")
         return self
+
+    @classmethod
+    def sequence_inputs(cls, count: int, masks: int) -> int:
+        """How many of its `count` inputs (the first ones; `masks` of them are masks) the op reads as
+        `(..., seq, features)`: attention's q, k, v. An input read only there is features-last whatever
+        its rank (`shapes.declared_type`): a `(heads, L, head_dim)` query is not an image."""
+        return 0
 
     def owned(self) -> Owned | None:
         """What this layer stores in the built model: a module, an nn.Parameter, a buffer, or nothing
@@ -556,19 +582,31 @@ def sample_dim(dim: int, rank: int, name: str = "dim") -> int:
     return full - 1
 
 
-def fill_sizes(sizes: list[int], total: int, name: str) -> tuple[int, ...]:
-    """`sizes` with its one -1 (if any) resolved so that they multiply to `total`.
+def fill_sizes(sizes: list[int], factors: Sequence[Any], name: str) -> tuple[int, ...]:
+    """`sizes` with its one -1 (if any) resolved so that they multiply to the product of `factors`
+    (the input dims that are reshaped; sizes may be `SymInt`s).
 
-    >>> fill_sizes([2, -1], 12, "shape")
+    The -1 is solved by cancelling the written sizes against the input's fixed dims where they divide
+    them, so a free dim comes out as itself (`(L, 32) -> (-1, 4, 8)` gives `L`, not `L * 32 // 32`, an
+    expression in which size solving could not see that L is linked to another input's L).
+
+    >>> fill_sizes([2, -1], [12], "shape")
     (2, 6)
     """
     if sizes.count(-1) > 1 or 0 in sizes:
         raise ShapeError(f"{name} may hold at most one -1 and no zeros")
     known = math.prod(s for s in sizes if s != -1)
+    total = math.prod(factors)
     if -1 in sizes:
-        if total % known:
+        fixed = math.prod(f for f in factors if not isinstance(f, SymInt))
+        free = [f for f in factors if isinstance(f, SymInt)]
+        if free and fixed % known == 0:
+            missing = math.prod([fixed // known, *free])
+        elif total % known:
             raise ShapeError(f"{total} elements cannot be split into {name} {sizes}")
-        return tuple(total // known if s == -1 else s for s in sizes)
+        else:
+            missing = total // known
+        return tuple(missing if s == -1 else s for s in sizes)
     if known != total:
         raise ShapeError(f"{name} {sizes} has {known} elements, but the input has {total}")
     return tuple(sizes)

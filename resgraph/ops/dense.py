@@ -64,6 +64,9 @@ class Embedding(Layer):
             raise ShapeError(f"padding_idx={self.padding_idx} is outside [0, num_embeddings={self.num_embeddings})")
         # Positions counted at run time must stay inside the table: the comparison is a recorded
         # decision, so the input sizes the table covers are the ones the model admits (and guards).
+        if x.ids_from is not None and x.ids_from < 0:
+            raise ShapeError(f"its ids include {x.ids_from}, but an Embedding's ids run from 0 to num_embeddings - 1 "
+                             f"({self.num_embeddings - 1}); torch refuses a negative id when the model runs")
         if x.ids_below is not None and x.ids_below > self.num_embeddings:
             raise ShapeError(f"its ids go up to {x.ids_below - 1}, but the table has num_embeddings="
                              f"{self.num_embeddings} rows (ids 0..{self.num_embeddings - 1}): raise num_embeddings"

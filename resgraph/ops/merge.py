@@ -14,7 +14,7 @@ from typing import Any
 from ..symbolic import SymInt, hint
 from .base import ShapeError, TensorType, promote, sample_dim
 
-__all__ = ["Merge", "broadcast_shape", "check_gate_layouts", "merge_code", "merge_type"]
+__all__ = ["Merge", "broadcast_failure", "broadcast_shape", "check_gate_layouts", "merge_code", "merge_type"]
 
 
 class Merge(str, Enum):
@@ -47,13 +47,14 @@ def _broadcast_dim(x: Any, y: Any) -> Any:
         return y
     if _is_one(y):
         return x
-    if x == y:
-        return x
-    if x == 1:
-        return y
-    if y == 1:
-        return x
-    return None
+    # One decision, the one the declared sizes took: a size that is 1 there broadcasts (`x == 1`), else
+    # the two must be equal. (Testing `x == y` first recorded `x != y` for a 1 against a free L, which
+    # then made L = 1 "invalid", though a 1 against a 1 broadcasts the same.)
+    if hint(x) == 1:
+        return y if x == 1 else None
+    if hint(y) == 1:
+        return x if y == 1 else None
+    return x if x == y else None
 
 
 def _is_one(size: Any) -> bool:
@@ -76,7 +77,7 @@ def merge_type(kind: Merge, types: list[TensorType], dim: int = 1) -> TensorType
         for t in types[1:]:
             shape = broadcast_shape(shape, t.shape) if shape is not None else None
         if shape is None:
-            raise ShapeError(f"mul needs broadcastable shapes, got {shapes}")
+            raise broadcast_failure("mul", types)
         return first.with_shape(shape)
     if any(t.rank != first.rank for t in types):
         raise ShapeError(f"concat needs tensors of one rank, got {shapes}")
@@ -86,6 +87,24 @@ def merge_type(kind: Merge, types: list[TensorType], dim: int = 1) -> TensorType
             raise ShapeError(f"concat along dim {dim} needs all other dims equal, got {shapes}")
     size = sum(t.shape[axis] for t in types)
     return first.with_shape((*first.shape[:axis], size, *first.shape[axis + 1:]))
+
+
+def broadcast_failure(op: str, types: list[TensorType]) -> ShapeError:
+    """The error for `types` that do not broadcast; where their ranks differ, it says why (the batch
+    leads each tensor at run time, so dims would pair wrongly) and the reshape that lines them up."""
+    shapes = ", ".join(str(t) for t in types)
+    rank, low = max(t.rank for t in types), min(t.rank for t in types)
+    if rank == low:
+        return ShapeError(f"{op} needs broadcastable shapes, got {shapes}")
+    why = (f"{op} needs broadcastable shapes, got {shapes} (per-sample shapes need one rank: the batch dim leads "
+           "each tensor")
+    long = [t for t in types if t.rank > low]
+    if all(_is_one(size) for t in long for size in t.shape[:t.rank - low]):
+        # (1, C, 1, 1) against (C, H, W): a batch dim written into a per-sample shape
+        fixes = ", ".join(f"{t} as {TensorType(tuple(t.shape[t.rank - low:]))}" for t in long)
+        return ShapeError(f"{why}; leave the batch out: write {fixes}, or `batch: true` on a stored tensor)")
+    fixes = ", ".join(f"{t} to {TensorType((1,) * (rank - t.rank) + tuple(t.shape))}" for t in types if t.rank < rank)
+    return ShapeError(f"{why}; reshape {fixes})")
 
 
 def check_gate_layouts(gate: TensorType, target: TensorType) -> None:

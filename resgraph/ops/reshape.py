@@ -56,5 +56,5 @@ class Unflatten(Layer):
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs
         index = sample_dim(self.dim, x.rank)
-        sizes = fill_sizes(list(self.unflattened_size), x.shape[index], "unflattened_size")
+        sizes = fill_sizes(list(self.unflattened_size), [x.shape[index]], "unflattened_size")
         return x.with_shape((*x.shape[:index], *sizes, *x.shape[index + 1:]))

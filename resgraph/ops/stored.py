@@ -216,10 +216,12 @@ class ConstantBase(StoredTensor):
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         out = super().output_type(inputs)
         values = self.values() if out.dtype in INT_DTYPES else None
-        if not values or min(values) < 0:
+        if not values:
             return out
-        # Integer ids: an Embedding that reads them checks its table covers them (see TensorType.ids_below).
-        return TensorType(out.shape, out.dtype, out.layout, out.scale, ids_below=int(max(values)) + 1)
+        # Integer ids: an Embedding that reads them checks its table covers them (see TensorType.ids_below),
+        # and that none is negative (ids_from)
+        return TensorType(out.shape, out.dtype, out.layout, out.scale, ids_below=int(max(values)) + 1,
+                          ids_from=int(min(values)))
 
     def values(self) -> list[int | float] | None:
         """Values whose least and greatest are the constant's (every value it holds, or a range's two
@@ -369,7 +371,9 @@ class Arange(ConstantBase):
         counts = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.start, self.step)) and (
             self.start >= 0 and self.step > 0)
         below = self.start + self.step * (length - 1) + 1 if counts else None
-        return TensorType((length,), self.dtype, "features_last", ids_below=below)
+        # (a negative start is the least id whatever the length; a negative step's least id depends on it)
+        least = self.start if isinstance(self.start, int) and self.step > 0 else None
+        return TensorType((length,), self.dtype, "features_last", ids_below=below, ids_from=least)
 
     def data(self) -> tuple[str, dict[str, Any]]:
         return "arange", {"start": self.start, "end": self.stop, "step": self.step, "dtype": self.dtype}

@@ -7,7 +7,6 @@ two per-sample dims, as `x.transpose(1, 2)` does. Their bases, which the stages 
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
@@ -95,7 +94,7 @@ class Reshape(ViewOp):
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs
-        sizes = fill_sizes(list(self.shape), math.prod(x.shape), "shape")
+        sizes = fill_sizes(list(self.shape), x.shape, "shape")
         return x.with_shape(sizes, "channels_first" if len(sizes) >= 3 else "features_last")
 
     def code(self, operands: list[str], owner: str) -> str:
