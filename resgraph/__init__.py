@@ -53,8 +53,8 @@ _EXPORTS = {
 __all__ = [
     "BuildRecord", "CompiledModule", "Diagnostic", "Location", "Projection", "ProjectionPlan", "ResgraphError", "Spec",
     "SpecError", "UsageError", "WeightMapping", "WeightsError", "__version__", "build", "check", "checkpoint",
-    "compile", "count_parameters", "export_program", "load", "load_spec", "load_weights", "materialize", "rebuild", "register_op",
-    "render", "save", "shard", "summary", "to_onnx", "to_python", "valid_sizes", "write_diagram",
+    "compile", "count_parameters", "export_program", "load", "load_spec", "load_weights", "materialize", "rebuild",
+    "register_op", "render", "save", "shard", "summary", "to_onnx", "to_python", "valid_sizes", "write_diagram",
 ]
 
 if TYPE_CHECKING:

@@ -240,6 +240,7 @@ class Expander:
         self.read = read
         self.diagnostics = diagnostics
         self.blocks: dict[str, _Block] = {}
+        self.imported: set[str] = set()  # libraries read so far (absolute paths, shipped names): each is read once
         self.num_blocks = 0
         self.expanded = 0  # layers and skips made so far, in all scopes
         self.exhausted = False  # the bound was hit (and reported): expand nothing more
@@ -272,6 +273,10 @@ class Expander:
                 cycle = " -> ".join(os.path.relpath(p) for p in [*chain, os.path.abspath(path)])
                 self.diagnostics.append(Diagnostic(where.locate(), f"import cycle: {cycle}"))
                 continue
+            key = path if is_shipped(path) else os.path.abspath(path)
+            if key in self.imported:  # two libraries import a third (a diamond): its blocks are defined once
+                continue
+            self.imported.add(key)
             try:
                 loaded = self.read(path)
                 library = validate_library(loaded)

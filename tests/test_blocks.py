@@ -170,6 +170,28 @@ def test_import_problems_are_located(tmp_path: pathlib.Path) -> None:
     assert "b.yaml:2:11: error: import cycle:" in message and message.endswith("a.yaml")
 
 
+def test_a_library_two_libraries_import_is_read_once_and_its_blocks_defined_once(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "common.yaml").write_text("resgraph: 1\nblocks:\n  unit:\n    layers:\n"
+                                          "      - fc: {op: Linear, out_features: 4}\n")
+    for side in ("left", "right"):
+        (tmp_path / f"{side}.yaml").write_text(f"resgraph: 1\nimports: [common.yaml]\nblocks:\n  {side}:\n"
+                                               "    layers:\n      - u: {block: unit}\n")
+    (tmp_path / "net.yaml").write_text("resgraph: 1\nname: N\nimports: [left.yaml, right.yaml, common.yaml]\n"
+                                       "inputs:\n  x: [4]\nlayers:\n  - a: {block: left}\n  - b: {block: right}\n")
+    model = resgraph.build(tmp_path / "net.yaml")
+    assert list(model.state_dict()) == ["a.u.fc.weight", "a.u.fc.bias", "b.u.fc.weight", "b.u.fc.bias"]
+    assert [path for path, _ in model.build_record.imports] == [str(tmp_path / name) for name in
+                                                                 ("common.yaml", "left.yaml", "right.yaml")]
+    # Two different files defining one name are still an error, at the second definition.
+    (tmp_path / "right.yaml").write_text("resgraph: 1\nblocks:\n  unit:\n    layers:\n      - r: {op: ReLU}\n"
+                                         "  right:\n    layers:\n      - u: {block: unit}\n")
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(tmp_path / "net.yaml")
+    (message,) = [d.format() for d in caught.value.diagnostics]
+    assert message.startswith(f"{tmp_path / 'right.yaml'}:3:3: error: block 'unit' is defined twice (first at "
+                              f"{tmp_path / 'common.yaml'}:3:3)")
+
+
 LIBRARY = """
 resgraph: 1
 blocks:
