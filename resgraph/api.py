@@ -23,12 +23,13 @@ from .pipeline import (
     RecordingReader,
     SpecSource,
     check_loaded,
+    check_loaded_library,
     load,
     static_parameter_counts,
 )
 from .sizes import DEFAULT_RANGE, MAX_SIZE_SPAN, SizeReport, check_range, solve_sizes
 from .spec import BlockLibrary, Spec
-from .validate import is_block_library, validate, validate_library
+from .validate import is_block_library, validate
 
 if TYPE_CHECKING:
     import torch
@@ -72,7 +73,8 @@ def check(spec: SpecSource, *, params: Mapping[str, Any] | None = None, allow_im
 
 
 def check_library(library: SpecSource, *, file: str | None = None) -> BlockLibrary:
-    """Check a block library (a file `imports:` names) on its own: its structure and types.
+    """Check a block library (a file `imports:` names) on its own: its structure and types, its
+    imports (read as a spec would), the ops it names and the blocks it calls.
 
     A block's layers are checked in full where a spec calls it, since only a call gives its
     parameters values.
@@ -90,7 +92,7 @@ def check_library(library: SpecSource, *, file: str | None = None) -> BlockLibra
     if not is_block_library(loaded.data):
         raise UsageError(f"{loaded.file} is not a block library (a file with `resgraph: 1` and `blocks:`, and no "
                          "`name:` or `layers:`)")
-    return validate_library(loaded)
+    return check_loaded_library(loaded)
 
 
 def valid_sizes(spec: SpecSource, *, params: Mapping[str, Any] | None = None, input_shapes: InputShapes | None = None,

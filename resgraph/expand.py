@@ -42,7 +42,7 @@ from .ops.base import is_identifier
 from .ops.generic import torch_module_class
 from .ops.tensor import SplitBase, pieces
 from .resources import is_shipped
-from .spec import INSTANCE_NAMES, REQUIRED, BlockCall, BlockDef, InputDecl, Projection, Skip, Spec
+from .spec import INSTANCE_NAMES, REQUIRED, BlockCall, BlockDef, BlockLibrary, InputDecl, Projection, Skip, Spec
 from .suggest import did_you_mean
 from .symbolic import specialize
 from .translate import subject
@@ -231,39 +231,22 @@ class _ShapeNames(Mapping[str, Any]):
         return len(set(self.base) | set(SHAPE_NAMES))
 
 
-class Expander:
-    """Expansion's state: the blocks known, the spec's scale and defaults, and how much has been expanded."""
+class _BlockTable:
+    """The blocks a document knows: its own and those of the libraries it imports (transitively),
+    each library read once; problems (unreadable imports, cycles, a name defined twice) reported."""
 
-    def __init__(self, spec: Spec, source: SourceMap, read: Reader, diagnostics: list[Diagnostic]) -> None:
-        self.spec = spec
-        self.source = source
+    def __init__(self, read: Reader, diagnostics: list[Diagnostic]) -> None:
         self.read = read
         self.diagnostics = diagnostics
         self.blocks: dict[str, _Block] = {}
-        self.imported: set[str] = set()  # libraries read so far (absolute paths, shipped names): each is read once
-        self.num_blocks = 0
-        self.expanded = 0  # layers and skips made so far, in all scopes
-        self.exhausted = False  # the bound was hit (and reported): expand nothing more
-        self.first_sizes: dict[int, int] = {}  # id(recipe) -> nodes its first instance took
-        self.typed_bodies: dict[Any, Any] = {}  # equal entry bodies share one typed object (see `concrete`)
-        self.block_reads: dict[str, tuple[frozenset[str], frozenset[str]] | None] = {}  # see `reads_of_block`
+        self.imported: set[str] = set()  # libraries read so far (absolute paths, shipped names)
 
-    def root(self) -> Scope:
-        root = Origin(self.source, ())
-        self.load_imports(self.spec.imports, root, [os.path.abspath(self.source.file)])
-        for name, definition in self.spec.blocks.items():
+    def add_document(self, imports: list[str], blocks: Mapping[str, BlockDef], root: Origin) -> None:
+        """A document's imports, then its own blocks (an imported name defined again is reported here)."""
+        self.load_imports(imports, root, [os.path.abspath(root.source.file)])
+        for name, definition in blocks.items():
             self.add_block(name, definition, root.child("blocks", name))
-        spec = self.spec
-        top = BlockDef.model_construct(params={}, inputs=list(spec.inputs), layers=spec.layers, skips=spec.skips,
-                                       outputs=spec.outputs)
-        if not self.diagnostics:
-            self.check_least_size(top, root)
-        if self.diagnostics:  # the blocks could not be read, or the spec is too big: nothing more to report
-            return self.placeholder(top, root)
-        return self.scope(spec.name, top, root, dict(spec.params), (), inputs=dict(spec.input_decls()),
-                          params=dict(spec.params), top_level=True)
 
-    # imports
     def load_imports(self, paths: list[str], origin: Origin, chain: list[str]) -> None:
         base = os.path.dirname(origin.source.file)
         for i, relative in enumerate(paths):
@@ -299,6 +282,34 @@ class Expander:
                                                                         f"(first at {first})"))
             return
         self.blocks[name] = _Block(definition, origin)
+
+
+class Expander(_BlockTable):
+    """Expansion's state: the blocks known, the spec's scale and defaults, and how much has been expanded."""
+
+    def __init__(self, spec: Spec, source: SourceMap, read: Reader, diagnostics: list[Diagnostic]) -> None:
+        super().__init__(read, diagnostics)
+        self.spec = spec
+        self.source = source
+        self.num_blocks = 0
+        self.expanded = 0  # layers and skips made so far, in all scopes
+        self.exhausted = False  # the bound was hit (and reported): expand nothing more
+        self.first_sizes: dict[int, int] = {}  # id(recipe) -> nodes its first instance took
+        self.typed_bodies: dict[Any, Any] = {}  # equal entry bodies share one typed object (see `concrete`)
+        self.block_reads: dict[str, tuple[frozenset[str], frozenset[str]] | None] = {}  # see `reads_of_block`
+
+    def root(self) -> Scope:
+        root = Origin(self.source, ())
+        self.add_document(self.spec.imports, self.spec.blocks, root)
+        spec = self.spec
+        top = BlockDef.model_construct(params={}, inputs=list(spec.inputs), layers=spec.layers, skips=spec.skips,
+                                       outputs=spec.outputs)
+        if not self.diagnostics:
+            self.check_least_size(top, root)
+        if self.diagnostics:  # the blocks could not be read, or the spec is too big: nothing more to report
+            return self.placeholder(top, root)
+        return self.scope(spec.name, top, root, dict(spec.params), (), inputs=dict(spec.input_decls()),
+                          params=dict(spec.params), top_level=True)
 
     def placeholder(self, top: BlockDef, root: Origin) -> Scope:
         """The top level with every entry refused: resolving it reports nothing more."""
@@ -656,10 +667,33 @@ def check_unreached_blocks(spec: Spec, source: SourceMap, reached: set[str]) -> 
     run. This names those ops without instantiating anything: ops written as literals only (a
     `${}` op depends on parameters the failed call did not supply).
     """
+    unreached = {block: definition for block, definition in spec.blocks.items()
+                 if block not in reached and not spec.invalid_block(block)}
+    return _unknown_ops(unreached, source)
+
+
+def check_library_blocks(library: BlockLibrary, source: SourceMap, read: Reader = load_import) -> list[Diagnostic]:
+    """What a block library's own check can tell before any call gives its blocks' parameters
+    values: imports that cannot be read (or define a name twice), ops that do not exist, and block
+    calls naming a block that neither the library nor its imports define (literal names only)."""
+    table = _BlockTable(read, [])
+    table.add_document(library.imports, library.blocks, Origin(source, ()))
+    found = table.diagnostics + _unknown_ops(library.blocks, source)
+    for block, definition in library.blocks.items():
+        for i, entry in enumerate(definition.layers):
+            for name, template in entry.items():
+                called = template.get("block")
+                if isinstance(called, str) and "${" not in called and called not in table.blocks:
+                    where = Origin(source, ("blocks", block, "layers", i, name, "block"))
+                    found.append(Diagnostic(where.locate(), f"block {block!r}, layer {name!r}: unknown block "
+                                                            f"{called!r}{did_you_mean(called, table.blocks)}"))
+    return sorted(found, key=lambda d: (d.location.file, d.location.line, d.location.column))
+
+
+def _unknown_ops(blocks: Mapping[str, BlockDef], source: SourceMap) -> list[Diagnostic]:
+    """Each op these blocks write as a literal that names no op (a `${}` op is known only at a call)."""
     found: list[Diagnostic] = []
-    for block, definition in spec.blocks.items():
-        if block in reached or spec.invalid_block(block):
-            continue
+    for block, definition in blocks.items():
         for i, entry in enumerate(definition.layers):
             for name, template in entry.items():
                 op = template.get("op")

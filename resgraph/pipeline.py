@@ -21,18 +21,18 @@ from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Union
 
 from .errors import Diagnostic, SpecError, UsageError
-from .expand import Reader, check_unreached_blocks, expand
+from .expand import Reader, check_library_blocks, check_unreached_blocks, expand
 from .graph import Graph
 from .loader import LoadedSpec, SourceMap, gc_paused, load_file, load_text
 from .resolve import resolve
 from .resources import is_shipped, read_import, read_shipped
 from .shapes import infer_shapes
-from .spec import Spec
-from .validate import is_block_library, validate
+from .spec import BlockLibrary, Spec
+from .validate import is_block_library, validate, validate_library
 from .version import __version__
 
-__all__ = ["DEFAULT_MAX_PARAMS", "BuildRecord", "RecordingReader", "SpecSource", "check_loaded", "indented_json",
-           "load", "static_parameter_counts"]
+__all__ = ["DEFAULT_MAX_PARAMS", "BuildRecord", "RecordingReader", "SpecSource", "check_loaded", "check_loaded_library",
+           "indented_json", "load", "static_parameter_counts"]
 
 SpecSource = Union[str, "os.PathLike[str]", dict, LoadedSpec]
 DEFAULT_MAX_PARAMS = 2**31  # the default parameter limit of builds (about 8 GiB of float32 weights)
@@ -222,6 +222,19 @@ def check_loaded(loaded: LoadedSpec, params: Mapping[str, Any] | None, read: Rea
     if diagnostics:
         raise SpecError(diagnostics)
     return spec, graph
+
+
+def check_loaded_library(loaded: LoadedSpec, read: Reader = read_import) -> BlockLibrary:
+    """Validate a loaded block library, then what it names: its imports, ops and called blocks.
+
+    Raises:
+        SpecError: every problem found, each with file:line:col.
+    """
+    library = validate_library(loaded)
+    diagnostics = check_library_blocks(library, loaded.source, read)
+    if diagnostics:
+        raise SpecError(diagnostics)
+    return library
 
 
 def static_parameter_counts(graph: Graph) -> dict[str, int] | None:

@@ -192,6 +192,27 @@ def test_a_library_two_libraries_import_is_read_once_and_its_blocks_defined_once
                               f"{tmp_path / 'common.yaml'}:3:3)")
 
 
+def test_a_library_checked_alone_reports_its_imports_ops_and_block_calls(tmp_path: pathlib.Path) -> None:
+    from resgraph.api import check_library
+
+    (tmp_path / "base.yaml").write_text("resgraph: 1\nblocks:\n  unit:\n    layers:\n      - r: {op: ReLU}\n")
+    library = tmp_path / "lib.yaml"
+    library.write_text("resgraph: 1\nimports: [base.yaml, missing.yaml]\nblocks:\n  b:\n    params: {kind: unit}\n"
+                       "    layers:\n      - fc: {op: Linaer, out_features: 4}\n      - u: {block: unit}\n"
+                       "      - v: {block: unti}\n      - x: {op: '${kind}'}\n")
+    with pytest.raises(resgraph.SpecError) as caught:
+        check_library(library)
+    assert [d.format().replace(str(tmp_path) + "/", "") for d in caught.value.diagnostics] == [
+        "lib.yaml:2:22: error: cannot import 'missing.yaml': missing.yaml: no such file",
+        "lib.yaml:7:18: error: block 'b', layer 'fc': unknown op 'Linaer': not a resgraph op or a torch.nn layer "
+        "class; did you mean 'Linear'?",
+        "lib.yaml:9:20: error: block 'b', layer 'v': unknown block 'unti'; did you mean 'unit'?",
+    ]
+    library.write_text("resgraph: 1\nimports: [base.yaml]\nblocks:\n  b:\n    layers:\n      - u: {block: unit}\n"
+                       "      - own: {block: c}\n  c:\n    layers:\n      - fc: {op: Linear, out_features: 4}\n")
+    assert sorted(check_library(library).blocks) == ["b", "c"]  # imported and own blocks are known
+
+
 LIBRARY = """
 resgraph: 1
 blocks:
