@@ -308,7 +308,8 @@ class Expander(_BlockTable):
             self.check_least_size(top, root)
         if self.diagnostics:  # the blocks could not be read, or the spec is too big: nothing more to report
             return self.placeholder(top, root)
-        return self.scope(spec.name, top, root, dict(spec.params), (), inputs=dict(spec.input_decls()),
+        inputs = {name: None if spec.invalid_input(name) else decl for name, decl in spec.input_decls().items()}
+        return self.scope(spec.name, top, root, dict(spec.params), (), inputs=inputs,
                           params=dict(spec.params), top_level=True)
 
     def placeholder(self, top: BlockDef, root: Origin) -> Scope:

@@ -74,7 +74,10 @@ def infer_shapes(graph: Graph, input_types: list[TensorType] | None = None,
         readers = graph.consumers()
         for name in graph.inputs:
             node = graph.nodes[name]
-            assert isinstance(node, InputNode) and node.decl is not None, "a top-level input has a declaration"
+            assert isinstance(node, InputNode)
+            if node.decl is None:  # validation refused its declaration (and reported it): no type
+                input_types.append(None)  # type: ignore[arg-type]
+                continue
             reads = _reads(graph, name, readers)
             declared = declared_type(node.decl, bool(reads) and all(_reads_1d_map(op) for op, _ in reads),
                                      bool(reads) and all(sequence for _, sequence in reads))
@@ -90,7 +93,7 @@ def infer_shapes(graph: Graph, input_types: list[TensorType] | None = None,
             problems = _infer(graph, input_types, {})
         finally:
             _SYMBOLS.reset(token)
-    if problems:
+    if problems or None in input_types:
         if diagnostics is None:
             raise SpecError(problems)
         diagnostics.extend(problems)

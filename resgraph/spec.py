@@ -297,6 +297,7 @@ class Spec(StrictModel):
     # factories: pydantic calls inspect.signature on a factory for every Spec made.)
     _invalid_entries: frozenset[tuple[str, int]] = PrivateAttr(frozenset())
     _invalid_blocks: frozenset[str] = PrivateAttr(frozenset())
+    _invalid_inputs: frozenset[str] = PrivateAttr(frozenset())
 
     @property
     def invalid_entries(self) -> frozenset[tuple[str, int]]:
@@ -307,10 +308,15 @@ class Spec(StrictModel):
         """True for a block whose definition validation refused (and reported)."""
         return name in self._invalid_blocks
 
-    def with_invalid(self, entries: frozenset[tuple[str, int]], blocks: frozenset[str]) -> Spec:
-        """This spec with the entries and blocks validation refused marked as such."""
+    def invalid_input(self, name: str) -> bool:
+        """True for an input whose declaration validation refused (and reported): it has no type."""
+        return name in self._invalid_inputs
+
+    def with_invalid(self, entries: frozenset[tuple[str, int]], blocks: frozenset[str],
+                     inputs: frozenset[str] = frozenset()) -> Spec:
+        """This spec with the entries, blocks and inputs validation refused marked as such."""
         marked = self.model_copy()
-        marked._invalid_entries, marked._invalid_blocks = entries, blocks
+        marked._invalid_entries, marked._invalid_blocks, marked._invalid_inputs = entries, blocks, inputs
         return marked
 
     def input_decls(self) -> dict[str, InputDecl]:

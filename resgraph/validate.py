@@ -51,16 +51,17 @@ def validate(loaded: LoadedSpec, params: Mapping[str, Any] | None = None,
     Args:
         params: overrides of the spec's declared `params` (as from `--set NAME=VALUE`).
         diagnostics: where to report the mistakes that leave the rest of the spec usable: a
-            layer or skip entry, or a block definition, that breaks the schema. They are marked
-            invalid in the returned spec (`Spec.invalid_entries`, `invalid_block`), so later stages
-            skip them and what depends on them, and report everything else in the same run.
-            Without it, any mistake raises.
+            layer or skip entry, a block definition or an input declaration (its name, shape or
+            dtype) that breaks the schema. They are marked invalid in the returned spec
+            (`Spec.invalid_entries`, `invalid_block`, `invalid_input`), so later stages skip them
+            and what depends on them, and report everything else in the same run. Without it,
+            any mistake raises.
     Returns:
         The typed `Spec`, whose `params` hold the values in force (defaults, then overrides).
         Its layers and skips (and blocks') stay templates, typed per scope by `expand`.
     Raises:
-        SpecError: every schema violation outside layer, skip and block entries (or any, without
-            `diagnostics`), and every parameter or top-level section violation.
+        SpecError: every schema violation outside layer, skip and block entries and inputs (or
+            any, without `diagnostics`), and every parameter or top-level section violation.
     """
     with gc_paused():  # a large spec's many small, acyclic objects: see loader.gc_paused
         return _validate(loaded, params, diagnostics)
@@ -68,13 +69,14 @@ def validate(loaded: LoadedSpec, params: Mapping[str, Any] | None = None,
 
 def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics: list[Diagnostic] | None) -> Spec:
     problems, paths = _schema_problems(loaded.data, loaded.source)
-    entries, blocks, fatal = _invalid_parts(paths)
+    entries, blocks, inputs, fatal = _invalid_parts(paths, loaded.data)
     shadowing = builtin_shadows(loaded.data, loaded.source)
     problems += [diagnostic for _, diagnostic in shadowing]
     blocks |= {str(path[1]) for path, _ in shadowing}  # left out: its calls report nothing more
     if problems and (fatal or diagnostics is None):
         raise SpecError(problems)
-    data = _without(loaded.data, entries, blocks)
+    stand_ins = _input_stand_ins(loaded.data, inputs)
+    data = _without(loaded.data, entries, blocks, stand_ins)
     root = Origin(loaded.source, ())
     found: list[Diagnostic] = []
     values = resolve_params(data.get("params", {}), params or {}, root.child("params"), found)
@@ -88,7 +90,7 @@ def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics:
         raise SpecError([*problems, *pydantic_diagnostics(exc, data, root)]) from None
     if diagnostics is not None:
         diagnostics.extend(problems)
-    return spec.with_invalid(frozenset(entries), frozenset(blocks))
+    return spec.with_invalid(frozenset(entries), frozenset(blocks), frozenset(stand_ins.values()))
 
 
 def builtin_shadows(data: Any, source: SourceMap) -> list[tuple[Path, Diagnostic]]:
@@ -124,27 +126,35 @@ def builtin_shadows(data: Any, source: SourceMap) -> list[tuple[Path, Diagnostic
     return found
 
 
-def _invalid_parts(paths: list[Path]) -> tuple[set[tuple[str, int]], set[str], bool]:
-    """Which top-level entries and blocks schema errors at `paths` fall in, and whether any falls
-    elsewhere (then nothing can be typed: the error is fatal)."""
+def _invalid_parts(paths: list[Path], data: Any) -> tuple[set[tuple[str, int]], set[str], set[str], bool]:
+    """Which top-level entries, blocks and inputs schema errors at `paths` fall in, and whether any
+    falls elsewhere (then nothing can be typed: the error is fatal)."""
     entries: set[tuple[str, int]] = set()
     blocks: set[str] = set()
+    inputs: set[str] = set()
     fatal = False
+    declared = data.get("inputs") if isinstance(data, dict) else None
     for path in paths:
         if len(path) >= 2 and path[0] in ("layers", "skips") and isinstance(path[1], int):
             entries.add((str(path[0]), path[1]))
         elif len(path) >= 2 and path[0] == "blocks" and isinstance(path[1], str):
             blocks.add(path[1])
+        elif len(path) >= 2 and path[0] == "inputs" and isinstance(path[1], str):
+            inputs.add(path[1])  # its shape or dtype
+        elif path == ("inputs",) and isinstance(declared, dict) and any(not is_identifier(k) for k in declared):
+            inputs.update(k for k in declared if not is_identifier(k))  # its name
         else:
             fatal = True
-    return entries, blocks, fatal
+    return entries, blocks, inputs, fatal
 
 
-def _without(data: dict[str, Any], entries: set[tuple[str, int]], blocks: set[str]) -> dict[str, Any]:
+def _without(data: dict[str, Any], entries: set[tuple[str, int]], blocks: set[str],
+             inputs: Mapping[str, str]) -> dict[str, Any]:
     """`data` with each invalid entry replaced by a well-formed stand-in at its place (so the others
-    keep their indices and positions) and each invalid block by an empty one. Expansion never
-    types a stand-in: the spec marks it invalid."""
-    if not entries and not blocks:
+    keep their indices and positions), each invalid block by an empty one, and each invalid input by
+    a one-dim stand-in under the name `inputs` maps it to. Expansion never types a stand-in: the
+    spec marks it invalid, and an invalid input has no type, so what reads it is left out silently."""
+    if not entries and not blocks and not inputs:
         return data
     result = dict(data)
     for section in ("layers", "skips"):
@@ -154,7 +164,18 @@ def _without(data: dict[str, Any], entries: set[tuple[str, int]], blocks: set[st
     if blocks:
         result["blocks"] = {name: ({"layers": [{"invalid": {}}]} if name in blocks else block)
                             for name, block in data["blocks"].items()}
+    if inputs:
+        result["inputs"] = {inputs.get(name, name): ([1] if name in inputs else decl)
+                            for name, decl in data["inputs"].items()}
     return result
+
+
+def _input_stand_ins(data: Any, inputs: set[str]) -> dict[str, str]:
+    """Each invalid input's name -> the name its stand-in takes: its own, or a placeholder where
+    its own is not a valid name (it keeps its place, so the first layer still reads it)."""
+    declared = data.get("inputs") if inputs else None
+    return {name: name if is_identifier(name) else f"invalid_input_{i}"
+            for i, name in enumerate(declared or {}) if name in inputs}
 
 
 def _stand_in(entry: Any) -> dict[str, Any]:
