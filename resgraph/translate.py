@@ -141,6 +141,13 @@ def _translate(error: Any, data: Any, source: SourceMap) -> Iterator[Diagnostic]
         yield Diagnostic(source.locate(path), f"{_label(path, data)}: must not be empty")
         return
 
+    if kind == "pattern" and isinstance(instance, str) and "${" in instance:
+        yield Diagnostic(source.locate(path), f"{_label(path, data)}: a name cannot be an expression ({instance!r}): "
+                                              "the graph's nodes, edges and blocks are fixed before parameters are "
+                                              "evaluated",
+                         "write one layer, skip or call per choice, each with a `when:` "
+                         "(e.g. `when: \"${use_b}\"` on the one reading b, `when: \"${not use_b}\"` on the other)")
+        return
     if kind == "pattern" and isinstance(instance, str):
         yield Diagnostic(source.locate(path), f"{_label(path, data)}: invalid name {instance!r}: {NAME_RULE}")
         return
