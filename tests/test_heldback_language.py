@@ -631,3 +631,24 @@ def test_efficientnet_compound_scaling_matches_torchvisions_counts(width: float,
     # (see the report: B2 then silently loses the residuals of stages 3-7 with the same count).
     model = resgraph.build(EFFICIENTNET, params={"width": width, "depth": depth}, device="meta")
     assert sum(p.numel() for p in model.parameters()) == count
+
+
+@pytest.mark.parametrize("spec, sample", [
+    ("resgraph: 1\nname: G\ninputs: {a: [2, 1, 1]}\nlayers:\n  - m: {op: mul, input: [a, a]}\n", (2, 5, 5)),
+    ("resgraph: 1\nname: G\ninputs: {x: [1, 16]}\nlayers:\n  - g: {op: Linear, out_features: 16}\n"
+     "  - m: {op: mul, input: [x, g]}\n", (5, 16)),  # a gate x * f(x), declared at length 1
+])
+def test_free_sizes_declared_at_1_and_multiplied_with_themselves_stay_free(spec: str, sample: tuple[int, ...]) -> None:
+    # Review of the broadcast change: two sizes equal where declared (both 1) were tested `x == 1`
+    # first, which pinned them to 1; they broadcast at any size, as torch does.
+    free = [d for d in resgraph.valid_sizes(spec, low=1, high=6).dims if d.free]
+    assert free and all(d.valid == (1, 2, 3, 4, 5, 6) for d in free)
+    assert resgraph.build(spec)(torch.randn(3, *sample)).shape == (3, *sample)
+
+
+def test_llama_at_sequence_length_1_admits_every_length() -> None:
+    spec, params = "examples/llama_7b.yaml", {"seq_len": 1, "vocab_size": 128, "n_layers": 1, "dim": 64,
+                                              "n_heads": 4, "multiple_of": 32}
+    (length,) = resgraph.valid_sizes(spec, params=params, low=1, high=8).dims
+    assert length.valid == tuple(range(1, 9))
+    assert resgraph.build(spec, params=params)(torch.randint(0, 128, (2, 7))).shape[:2] == (2, 7)

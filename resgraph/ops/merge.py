@@ -47,9 +47,12 @@ def _broadcast_dim(x: Any, y: Any) -> Any:
         return y
     if _is_one(y):
         return x
-    # One decision, the one the declared sizes took: a size that is 1 there broadcasts (`x == 1`), else
-    # the two must be equal. (Testing `x == y` first recorded `x != y` for a 1 against a free L, which
-    # then made L = 1 "invalid", though a 1 against a 1 broadcasts the same.)
+    # One decision, the one the declared sizes took: sizes equal there stay equal (two free sizes of
+    # one tensor, `x * x`: testing `x == 1` first would pin them to 1); else a size that is 1 there
+    # broadcasts (`x == 1`; testing `x == y` first recorded `x != y` for a 1 against a free L, which
+    # made L = 1 "invalid"); else the two must be equal.
+    if hint(x) == hint(y):
+        return x if x == y else None
     if hint(x) == 1:
         return y if x == 1 else None
     if hint(y) == 1:
