@@ -118,8 +118,26 @@ class CompiledModule(GeneratedModule):
 
 
 def _unpickle(record: BuildRecord, state: dict[str, Any], training: bool) -> CompiledModule:
-    module = rebuild(record, allow_imports=record.allow_imports, max_params=None)
+    """The pickled model rebuilt, its tensors as they were pickled: a model converted with `.double()`
+    or `.half()`, moved to another device, or built on meta comes back so, not converted to what a
+    build gives (ties kept: each tied name holds the one shared tensor)."""
+    tensors = list(state.values())
+    meta = bool(tensors) and all(t.is_meta for t in tensors)
+    module = rebuild(record, allow_imports=record.allow_imports, max_params=None, device="meta" if meta else None)
+    if meta:
+        return module.train(training)
+    floating = {t.dtype for t in tensors if t.is_floating_point()}
+    devices = {t.device for t in tensors}
+    if len(floating) == 1:  # (non-persistent buffers, which the state lacks, follow too)
+        module.to(floating.pop())
+    if len(devices) == 1:
+        module.to(devices.pop())
     module.load_state_dict(state)
+    own = dict(module.named_parameters(remove_duplicate=False))
+    own.update(module.named_buffers(remove_duplicate=False))
+    for key, tensor in state.items():  # mixed dtypes or devices: each tensor as it was
+        if key in own and (own[key].dtype != tensor.dtype or own[key].device != tensor.device):
+            own[key].data = tensor
     return module.train(training)
 
 
@@ -259,12 +277,13 @@ def name_outputs(program: Any, graph: Graph) -> Any:
 
 
 def rebuild(record: BuildRecord, *, allow_imports: Iterable[str] = (), seed: int | None = None,
-            max_params: int | None = DEFAULT_MAX_PARAMS) -> CompiledModule:
+            max_params: int | None = DEFAULT_MAX_PARAMS, device: Device | None = None) -> CompiledModule:
     """Build the model a `BuildRecord` describes, reading imported libraries from the record.
 
     Args:
         allow_imports: the prefixes the caller allows. The record's own are never trusted: a
             model built with imports the caller does not allow is refused.
+        device: as `compile_model`'s ("meta": nothing allocated).
     Raises:
         UsageError: the record needs imports the caller did not allow.
         SpecError: the recorded spec is invalid (e.g. written by a newer resgraph).
@@ -278,7 +297,7 @@ def rebuild(record: BuildRecord, *, allow_imports: Iterable[str] = (), seed: int
     with allowed_imports(allowed):
         spec, graph = check_loaded(load_text(record.spec, record.file), record.params, record.reader(),
                                    record.input_shapes)
-    return compile_model(spec, graph, record, seed=seed, max_params=max_params)
+    return compile_model(spec, graph, record, seed=seed, max_params=max_params, device=device)
 
 
 def meta_module(graph: Graph) -> GeneratedModule:

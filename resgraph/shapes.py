@@ -163,17 +163,15 @@ def _reads(graph: Graph, name: str, readers: dict[str, list[str]]) -> list[tuple
         if isinstance(node, LayerNode):
             reads.append((node.layer.op, _as_sequence(node.layer.op, node.inputs, name,
                                                       len(getattr(node.layer, "masks", ())))))
-        elif isinstance(node, BlockNode) and node.recipe is not None and node.inputs[:1] == [name]:
-            op = _first_op(node.recipe.definition, node.recipe.expander.blocks)
-            reads.append((op, False))
-        elif isinstance(node, BlockNode) and node.recipe is not None and name in node.inputs:
-            # a later input of a block (a mask beside the block's x): the layers that name it say how
+        elif isinstance(node, BlockNode) and node.recipe is not None:
+            # the block's layers that read it say how (its first input, also the first layer with no `input:`)
             definition = node.recipe.definition
-            if len(definition.inputs) == len(node.inputs):
-                inner = definition.inputs[node.inputs.index(name)]
-                reads += _naming_reads(definition, inner, node.recipe.expander.blocks)
-            else:
+            if len(definition.inputs) != len(node.inputs):
                 reads.append((None, False))
+                continue
+            for inner, outer in zip(definition.inputs, node.inputs):
+                if outer == name:
+                    reads += _naming_reads(definition, inner, node.recipe.expander.blocks)
     return reads
 
 
@@ -188,13 +186,19 @@ def _as_sequence(op: Any, inputs: list[str], name: str, masks: int) -> bool:
 
 def _naming_reads(definition: BlockDef, name: str, blocks: dict[str, Any], depth: int = 0) -> list[tuple[Any, bool]]:
     """`_reads` of a block's input `name` from its layers' templates, through the blocks they call
-    ((None, False) where it cannot be told before expansion: an op written as an expression)."""
+    ((None, False) where it cannot be told before expansion: an op written as an expression). The
+    first layer reads the block's first input when it names no input."""
     reads: list[tuple[Any, bool]] = []
-    for entry in definition.layers:
+    for index, entry in enumerate(definition.layers):
         body = next(iter(entry.values()))
         read = body.get("input") if isinstance(body, dict) else None
+        if read is None and index == 0:
+            read = definition.inputs[0]
         names = read if isinstance(read, list) else [read]
         if name not in names:
+            continue
+        if not isinstance(body, dict):
+            reads.append((None, False))
             continue
         called = blocks.get(body["block"]) if isinstance(body.get("block"), str) else None
         op = body.get("op")
@@ -206,18 +210,6 @@ def _naming_reads(definition: BlockDef, name: str, blocks: dict[str, Any], depth
         else:
             reads.append((None, False))
     return reads or [(None, False)]
-
-
-def _first_op(definition: BlockDef, blocks: dict[str, Any], depth: int = 0) -> Any:
-    """The op written by the first layer of a block, when that layer reads the block's input; through
-    a first layer that calls a block, that block's (None when it cannot be told)."""
-    body = next(iter(definition.layers[0].values()))
-    if not isinstance(body, dict) or body.get("input") not in (None, definition.inputs[0]):
-        return None
-    called = blocks.get(body["block"]) if "block" in body and isinstance(body["block"], str) else None
-    if called is not None and depth < MAX_BLOCK_DEPTH:
-        return _first_op(called.definition, blocks, depth + 1)
-    return body.get("op")
 
 
 def _reads_1d_map(op: Any) -> bool:

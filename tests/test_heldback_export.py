@@ -5,6 +5,7 @@ torch.export / ONNX with every free input dim dynamic on a ConvNeXt-style model.
 
 from __future__ import annotations
 
+import io
 import pathlib
 from typing import Any
 
@@ -57,6 +58,29 @@ def test_a_model_converted_to_another_dtype_is_not_saved_as_a_pt_file(tmp_path: 
     resgraph.save(model.half().float(), path)  # converted back: saved, and loaded as it was
     assert all(torch.equal(a, b) for a, b in zip(resgraph.load(path).state_dict().values(),
                                                  model.state_dict().values()))
+
+
+def _pickled(model: torch.nn.Module) -> Any:
+    buffer = io.BytesIO()
+    torch.save(model, buffer)  # the whole module: pickled by its build record and state
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+def test_a_whole_model_pickled_keeps_its_dtypes_device_and_ties() -> None:
+    # Review: torch.save(model) of a .double() model came back float32 (rebuilt, then its state converted).
+    gpt2 = resgraph.build(EXAMPLES / "gpt2.yaml", params=TINY_GPT2, seed=0).double().eval()
+    again = _pickled(gpt2)
+    assert again.wte.weight.dtype == torch.float64 and again.lm_head.weight is again.wte.weight
+    ids = torch.randint(0, 64, (2, 5))
+    for a, b in zip(again(ids), gpt2(ids)):
+        assert torch.equal(a, b)
+    mixed = resgraph.build(MLP, seed=0)
+    next(mixed.children()).half()  # one layer converted: each tensor keeps its own dtype
+    assert {k: t.dtype for k, t in _pickled(mixed).state_dict().items()} == \
+        {k: t.dtype for k, t in mixed.state_dict().items()}
+    meta = _pickled(resgraph.build(MLP, device="meta"))  # was: "Cannot copy out of meta tensor"
+    assert all(p.is_meta for p in meta.parameters())
 
 
 def test_a_meta_model_is_not_saved_as_a_pt_file(tmp_path: pathlib.Path) -> None:

@@ -344,6 +344,29 @@ def test_a_rank_3_input_read_by_attention_is_a_sequence_not_an_image() -> None:
         model(q, k, v[:, :, :6])
 
 
+SDPA_THROUGH_A_BLOCK = HEADER + """\
+blocks:
+  attend:
+    inputs: [q, k, v]
+    layers:
+      - attended: {op: scaled_dot_product_attention, input: [q, k, v]}
+inputs:
+  q: [8, 16, 4]
+  k: [8, 16, 4]
+  v: [8, 16, 4]
+layers:
+  - a: {block: attend, input: [q, k, v]}
+"""
+
+
+def test_attention_inputs_read_through_a_block_are_sequences_as_when_read_directly() -> None:
+    # Review: the block's first input was judged by its first layer's op alone (not as attention's q),
+    # so q was an image (C, H, W) with W fixed, while k and v were sequences.
+    through, direct = (resgraph.valid_sizes(spec, low=1, high=32) for spec in (SDPA_THROUGH_A_BLOCK, SDPA_OF_INPUTS))
+    assert [(d.input, d.name, d.free, d.linked, d.valid) for d in through.dims] == \
+        [(d.input, d.name, d.free, d.linked, d.valid) for d in direct.dims]
+
+
 # --- weights shared between instances -------------------------------------------------------------
 
 ALBERT = HEADER + """\
