@@ -94,12 +94,14 @@ class CompiledModule(GeneratedModule):
                     dims[dim.axis + 1] = rule.step * Dim(f"{label}_k", min=2) + (first - 2 * rule.step)
                 elif dim.linked:  # named, so that the dims it must equal share it
                     dims[dim.axis + 1] = Dim(label, min=low, **({"max": rule.stop} if rule.stop else {}))
-                else:
+                elif hasattr(Dim, "DYNAMIC"):
                     # A hint rather than a named Dim: torch.export still refuses to specialise it, but
                     # accepts guards its solver cannot prove over the whole range (ConvNeXt's Linear on
                     # a permuted map guards `1 % (96 * (W // 4)) != 0`, which a named Dim turned into a
-                    # "Constraints violated" error).
+                    # "Constraints violated" error). (torch < 2.6 has no hints: a named Dim there.)
                     dims[dim.axis + 1] = Dim.DYNAMIC(min=low, max=rule.stop)
+                else:
+                    dims[dim.axis + 1] = Dim(label, min=low, **({"max": rule.stop} if rule.stop else {}))
                 made[f"{name}.{dim.name}"] = dims[dim.axis + 1]
             shapes.append(dims)
         return tuple(shapes)

@@ -110,6 +110,32 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | 
 
     def write(tmp: str) -> None:
         program.save(tmp)
+        _name_dims(tmp, graph)
         onnx.checker.check_model(tmp)
 
     atomic_write(path, write)
+
+
+def _name_dims(path: str, graph: Any) -> None:
+    """Name the input dims torch's exporter left unnamed (`s53`: a `Dim.DYNAMIC` hint) as resgraph
+    names them (`x_H`, as `resgraph sizes` does), in every value of the ONNX file at `path` that carries
+    them: runtimes refer to dynamic dims by name (optimisation profiles, shape bindings)."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)  # (weights stored beside it are left as they are)
+    renames: dict[str, str] = {}
+    for value in model.graph.input:
+        if value.name not in graph.inputs:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        for dim in graph.meta["sizes"].of(value.name):
+            given = dims[dim.axis + 1].dim_param if dim.axis + 1 < len(dims) else ""
+            if re.fullmatch(r"s\d+", given):
+                renames.setdefault(given, f"{value.name}_{dim.name}")
+    if not renames:
+        return
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:  # a name, or within a size expression: ((s53 - 1)//2) + 1
+            if dim.dim_param:
+                dim.dim_param = re.sub(r"\bs\d+\b", lambda m: renames.get(m.group(), m.group()), dim.dim_param)
+    onnx.save(model, path)
