@@ -128,14 +128,12 @@ def _check_savable(module: CompiledModule) -> None:
             than a build of the module's spec gives it.
     """
     from .distributed import is_dtensor
+    from .lower import require_weights
     from .model import meta_module
     from .ops.generic import allowed_imports
 
+    require_weights(module, "save")
     state = module.state_dict()
-    meta = next((key for key, tensor in state.items() if tensor.is_meta), None)
-    if meta is not None:
-        raise UsageError(f"{type(module).__name__} was built with device='meta' and has no weights to save "
-                         f"({meta} holds no data): resgraph.materialize it first, or write its code (.py)")
     sharded = next((key for key, tensor in state.items() if is_dtensor(tensor)), None)
     if sharded is not None:
         raise UsageError(f"{type(module).__name__} is sharded ({sharded} is a DTensor): a .pt file holds whole "

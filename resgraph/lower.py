@@ -33,7 +33,8 @@ from .ownership import Owns, owns, tied_parameters
 from .projections import ProjectionPlan, step_constructor
 from .suggest import did_you_mean
 
-__all__ = ["GeneratedModule", "build_owned", "lower", "owned_units", "projection_module", "seeded", "tie_parameters"]
+__all__ = ["GeneratedModule", "build_owned", "lower", "owned_units", "projection_module", "require_weights", "seeded",
+           "tie_parameters"]
 
 
 class GeneratedModule(nn.Module):
@@ -208,3 +209,15 @@ def seeded(seed: int | None) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+def require_weights(module: nn.Module, action: str) -> None:
+    """Refuse to `action` (save, export to ONNX) a model built on the meta device: it has no weights.
+
+    Raises:
+        UsageError: naming a tensor that holds no data, and the ways on.
+    """
+    meta = next((key for key, tensor in module.state_dict().items() if tensor.is_meta), None)
+    if meta is not None:
+        raise UsageError(f"{type(module).__name__} was built with device='meta' and has no weights to {action} "
+                         f"({meta} holds no data): resgraph.materialize it first, or write its code (.py)")

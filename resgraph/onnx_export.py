@@ -82,10 +82,9 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | 
         raise UsageError("ONNX export needs the onnx and onnxscript packages: pip install 'resgraph[onnx]'") from None
     import torch
 
-    meta = next((name for name, tensor in module.state_dict().items() if tensor.is_meta), None)
-    if meta is not None:  # torch's exporter fails deep inside, in colour, and logs at ERROR
-        raise UsageError(f"{type(module).__name__} was built with device='meta' and has no weights to export "
-                         f"({meta} holds no data): resgraph.materialize it first, or write its code (.py)")
+    from .lower import require_weights
+
+    require_weights(module, "export")  # torch's exporter fails deep inside, in colour, and logs at ERROR
     graph = module.graph
     examples = module.example_inputs(batch=2)  # batch 2: a batch of 1 would be specialised into the graph
     # The batch, and each free input dim as far as the model admits other sizes, stay dynamic.
