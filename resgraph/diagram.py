@@ -28,7 +28,7 @@ from .ops.merge_ops import MergeLayer
 from .ops.tensor import BlockOutput
 from .ownership import graph_parameters, owned_parameters
 from .projections import ProjectionPlan, describe_steps
-from .summarize import Row, format_count, instance_title, short_value, summarize
+from .summarize import PER_DIM_ARGS, Row, format_count, instance_title, short_value, summarize
 from .wasm import svg_without_dot
 
 __all__ = ["LAYOUTS", "PDF_LIMIT_INCHES", "PNG_LIMIT_PIXELS", "Fitted", "RenderOptions", "fit_diagram",
@@ -219,8 +219,9 @@ class _Renderer:
         if not self.options.args:
             return layer.op
         args = layer.args()
-        key = [f"{KEY_ARGS[k]}={short_value(v, per_dim=True)}" for k, v in args.items() if k in KEY_ARGS and not
-               (k in ("stride", "dilation", "groups") and short_value(v, per_dim=True) == "1")]
+        shown = {k: short_value(v, per_dim=k in PER_DIM_ARGS) for k, v in args.items() if k in KEY_ARGS}
+        key = [f"{KEY_ARGS[k]}={text}" for k, text in shown.items()
+               if not (k in ("stride", "dilation", "groups") and text == "1")]
         key += [text for k, v in args.items() if k in DETAILS and (text := DETAILS[k](v)) is not None]
         return f"{layer.op} {' '.join(key)}".strip()
 

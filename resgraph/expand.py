@@ -49,7 +49,7 @@ from .translate import subject
 from .validate import validate_library
 
 __all__ = ["MAX_BLOCK_DEPTH", "MAX_EXPANDED_NODES", "SHAPE_NAMES", "BlockRecipe", "Expander", "LayerItem", "Reader",
-           "Scope", "SkipItem", "class_name", "expand", "instantiate"]
+           "Scope", "SkipItem", "check_library_blocks", "check_unreached_blocks", "class_name", "expand", "instantiate"]
 
 MAX_BLOCK_DEPTH = 32
 # Layers and skips in all scopes together, the top level's and every block instance's: nested
@@ -332,12 +332,12 @@ class Expander(_BlockTable):
             for layer_name, template in entry.items():
                 where = origin.child("layers", i, layer_name)
                 if ("layers", i) in refused:
-                    layers += refused_items(layer_name, template, where)  # refused by validation, and reported there
+                    layers += _refused_items(layer_name, template, where)  # refused by validation, and reported there
                     continue
                 body = concrete(template, LAYER, names, where, self.diagnostics, self.spec.scale,
                                 self.typed_bodies)
                 if body is None:  # its error is reported; what reads it would only repeat that
-                    layers += refused_items(layer_name, template, where)
+                    layers += _refused_items(layer_name, template, where)
                 elif body is not LEFT_OUT:
                     layers.append(LayerItem(layer_name, body, where))
         if top_level:
@@ -627,7 +627,7 @@ class Expander(_BlockTable):
         return values
 
 
-def refused_items(name: str, template: Any, where: Origin) -> list[LayerItem]:
+def _refused_items(name: str, template: Any, where: Origin) -> list[LayerItem]:
     """The items standing for a refused layer (body None), so that what reads it is left out quietly:
     the layer itself, or, for a chunk/split, each of the outputs it names (which readers use instead
     of its own name; without them, each reader of a refused split said "unknown node 'y0'")."""

@@ -466,6 +466,9 @@ class _Builder:
                       "specs hold plain data only: mappings, lists, strings, numbers, booleans and null")
             return None
         if not isinstance(node, _TAG_NODES.get(node.tag, yaml.ScalarNode)):  # `!!map 3`, `!!int [1]`: PyYAML refuses
+            if node.tag == "tag:yaml.org,2002:merge" and node.value == "<<":  # YAML reads a plain << as a merge key
+                self.fail(node, "'<<' is YAML's merge key, not a value", "quote it: '<<'")
+                return None
             kind = {yaml.ScalarNode: "a scalar", yaml.SequenceNode: "a list"}.get(type(node), "a mapping")
             self.fail(node, f"YAML tag {node.tag.replace('tag:yaml.org,2002:', '!!')!r} cannot be given to {kind}",
                       "remove the tag: specs need none")
@@ -506,7 +509,7 @@ class _Builder:
             value = _MAX_INT + 1
         if isinstance(value, int) and abs(value) >= _MAX_INT:  # (`0xfff...` of 6,000 digits: later str() raised)
             length = f" ({len(node.value):,} characters)" if text != node.value else ""
-            self.fail(node, f"the integer {text}{length} is too large: a spec's numbers have at most 100 digits "
+            self.fail(node, f"the integer {text}{length} is too large: a spec's integers are smaller than 10^100 "
                             "(no tensor size, index or dtype holds more than 2^64)")
             return None
         return value
@@ -522,7 +525,10 @@ class _Builder:
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _CORE_TAGS:
                 self.fail(key_node, "mapping keys must be plain strings")
                 continue
+            known = len(self.diagnostics)
             key = key_node.value if key_node.tag == "tag:yaml.org,2002:str" else self.scalar(key_node)
+            if len(self.diagnostics) > known:  # the key itself cannot be read (reported)
+                continue
             if not isinstance(key, str):
                 self.fail(key_node, f"mapping key {key_node.value!r} must be a string",
                           f"quote it: '{key_node.value}'")

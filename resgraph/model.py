@@ -245,7 +245,9 @@ def export_program(module: CompiledModule, *, dynamic: bool = True, **options: A
         dynamic: keep the batch and every free input dim dynamic (`module.dynamic_shapes()`).
         options: passed to `torch.export.export` (strict, ...).
     Returns:
-        The `torch.export.ExportedProgram`, traced at `module.example_inputs()`.
+        The `torch.export.ExportedProgram`, traced at `module.example_inputs()`. (Its graph's nodes are
+        renamed through fx's own namespace, which keeps names unique; a later
+        `program.run_decompositions()` makes new nodes, named by torch again.)
     """
     program = torch.export.export(module, module.example_inputs(batch=2),
                                   dynamic_shapes=module.dynamic_shapes() if dynamic else None, **options)

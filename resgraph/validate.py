@@ -37,7 +37,7 @@ from .schema_check import Compiler, Predicate, UnsupportedSchema
 from .spec import BUILTIN_NAMES, BlockLibrary, Spec
 from .translate import jsonschema_diagnostics, keys_not_strings, pydantic_diagnostics, untyped_body
 
-__all__ = ["is_block_library", "schema_diagnostics", "validate", "validate_library"]
+__all__ = ["builtin_shadows", "is_block_library", "schema_diagnostics", "validate", "validate_library"]
 
 _OP_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 # Sections a spec writes as templates (typed per scope by expansion) or keeps unevaluated.

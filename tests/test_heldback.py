@@ -186,10 +186,10 @@ def test_summary_options_of_the_wrong_type_are_usage_errors(options: dict[str, o
     ("1" + "0" * 100, "10000000000000000000...0000000000 (101 characters)"),
     ("-0b1" + "0" * 340, "-0b10000000000000000...0000000000 (344 characters)"),
 ])
-def test_an_integer_of_more_than_100_digits_is_a_located_error(literal: str, shown: str) -> None:
+def test_an_integer_of_10_to_the_100_or_more_is_a_located_error(literal: str, shown: str) -> None:
     (error,) = load_errors(f"a: 1\nb: [{literal}]\n")
-    assert error == f"s.yaml:2:5: error: the integer {shown} is too large: a spec's numbers have at most 100 " \
-                    "digits (no tensor size, index or dtype holds more than 2^64)"
+    assert error == f"s.yaml:2:5: error: the integer {shown} is too large: a spec's integers are smaller than " \
+                    "10^100 (no tensor size, index or dtype holds more than 2^64)"
 
 
 def test_a_hex_size_of_6000_digits_gives_every_command_a_located_error(tmp_path: pathlib.Path,
@@ -216,7 +216,7 @@ def test_validate_checks_every_file_after_an_unreadable_one(tmp_path: pathlib.Pa
     missing = tmp_path / "missing.yaml"
     status, out, err = main_in_process(["validate", str(missing), str(bad), str(tmp_path), str(TUTORIAL)], capsys)
     assert status == 2  # a file could not be read: a usage error outranks an invalid spec
-    assert f"resgraph: error: {missing}: no such file" in err  # it stopped here: nothing after it was checked
+    assert f"resgraph: error: {missing}: no such file" in err  # it used to stop here, checking nothing after it
     assert f"{bad}:5:9: error: layer 'l' (Linaer): unknown op 'Linaer'" in err
     assert f"resgraph: error: {tmp_path}: is a directory" in err
     assert out == f"{TUTORIAL}: ok (10 nodes, 2 projections)\n"

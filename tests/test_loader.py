@@ -225,3 +225,18 @@ def test_a_flat_spec_with_many_brackets_still_loads_and_deep_brackets_in_a_long_
 def test_an_integer_too_long_to_read_is_a_located_error() -> None:
     (message,) = errors("a: 1\nb: " + "7" * 5000 + "\n")
     assert message.startswith("s.yaml:2:4:") and "is too large" in message
+
+
+def test_a_plain_merge_key_as_a_value_says_to_quote_it() -> None:
+    # (no tag was written: YAML itself reads a plain << as its merge key)
+    assert errors("a: <<\n") == ["s.yaml:1:4: error: '<<' is YAML's merge key, not a value\n  hint: quote it: '<<'"]
+    assert load_text("a: '<<'\n").data == {"a": "<<"}
+
+
+def test_an_integer_key_too_large_is_reported_once_and_shortened() -> None:
+    (message,) = errors("1" * 200 + ": 3\nb: 0x" + "f" * 90 + "\n")[:1]
+    assert message.startswith("s.yaml:1:1: error: the integer 11111111111111111111...1111111111 (200 characters) is "
+                              "too large") and len(message) < 300
+    assert len(errors("1" * 200 + ": 3\n")) == 1
+    (hex_message,) = errors("b: 0x" + "f" * 90 + "\n")  # 92 characters, a value past 10^100
+    assert "smaller than 10^100" in hex_message
