@@ -189,6 +189,14 @@ def _positive(text: str) -> int:
     return value
 
 
+def _module_prefix(text: str) -> str:
+    """An --allow-import value: a dotted module name (an empty one would silently allow nothing)."""
+    parts = text.removesuffix(".").split(".")
+    if not all(part.isidentifier() and part.isascii() for part in parts):
+        raise argparse.ArgumentTypeError(f"expected a module prefix such as mylayers or mypackage.layers, got {text!r}")
+    return text
+
+
 def _range(text: str) -> tuple[int, int]:
     low, sep, high = text.partition("..")
     if not sep or not _whole(low) or not _whole(high) or not 1 <= int(low) <= int(high):
@@ -203,6 +211,7 @@ def _add_set(command: argparse.ArgumentParser) -> None:
                          help="use this per-sample shape for an input instead of the declared one "
                               "(e.g. x=3,299,299); repeatable")
     command.add_argument("--allow-import", action="append", default=[], metavar="PREFIX", dest="allow_imports",
+                         type=_module_prefix,
                          help="let the spec name classes under this module prefix (op: PREFIX.module.Class); "
                               "repeatable; without it a spec cannot make resgraph import code")
 

@@ -275,3 +275,18 @@ def test_render_options_that_are_not_whole_numbers_are_usage_errors(options: dic
     # depth="1" was a TypeError deep in the drawing of a model with blocks; depth=0 and dpi=-1 drew silently
     with pytest.raises(resgraph.UsageError, match=f"{next(iter(options))} must be a whole number >= 1"):
         resgraph.render(ROOT / "examples" / "resnet18.yaml", **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("prefix", ["", "my layers", ".x", "pkg..sub", "1pkg"])
+def test_an_allow_import_that_is_no_module_prefix_is_a_usage_error(prefix: str,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # (an empty prefix allowed nothing, silently)
+    status, out, err = main_in_process(["validate", str(TUTORIAL), "--allow-import", prefix], capsys)
+    assert status == 2 and out == ""
+    assert f"argument --allow-import: expected a module prefix such as mylayers or mypackage.layers, got {prefix!r}" \
+        in err
+
+
+@pytest.mark.parametrize("prefix", ["mylayers", "my_pkg.layers", "pkg."])
+def test_a_module_prefix_is_accepted(prefix: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main_in_process(["validate", str(TUTORIAL), "--allow-import", prefix], capsys)[0] == 0
