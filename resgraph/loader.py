@@ -361,6 +361,8 @@ def _load_text(text: str, file: str) -> LoadedSpec:
         hint = "YAML does not allow tabs for indentation; use spaces" if tab else None
         if hint is None and "${" in line_text:
             hint = 'inside {...} mappings, quote expressions: out_channels: "${planes * 4}"'
+        if hint is None and len(line_text[:column - 1].lstrip(" -?")) > 1024:  # YAML's own limit, libyaml's wording
+            hint = "a plain YAML key is at most 1024 characters long: shorten it"
 
         raise SpecError([Diagnostic(Location(file, line, column), f"YAML syntax error: {problem}", hint)]) from None
     except RecursionError:

@@ -240,3 +240,11 @@ def test_an_integer_key_too_large_is_reported_once_and_shortened() -> None:
     assert len(errors("1" * 200 + ": 3\n")) == 1
     (hex_message,) = errors("b: 0x" + "f" * 90 + "\n")  # 92 characters, a value past 10^100
     assert "smaller than 10^100" in hex_message
+
+
+def test_a_key_past_yamls_1024_characters_is_named_in_the_hint() -> None:
+    (message,) = errors("layers:\n  - " + "a" * 1100 + ": {op: ReLU}\n")
+    assert message == ("s.yaml:2:1105: error: YAML syntax error: mapping values are not allowed in this context\n"
+                       "  hint: a plain YAML key is at most 1024 characters long: shorten it")
+    (other,) = errors("a: b: c\n")  # the same libyaml error for another cause: no such hint
+    assert "1024" not in other
