@@ -104,24 +104,17 @@ def builtin_shadows(data: Any, source: SourceMap) -> list[tuple[Path, Diagnostic
     [(('blocks', 'b', 'params', 'in_channels'), 's.yaml:3:16')]
     """
     found: list[tuple[Path, Diagnostic]] = []
-    if not isinstance(data, dict):
-        return found
     # (top-level parameters may take these names: inside a block the built-in name wins, see `expand`)
-    blocks = data.get("blocks")
-    owners = [(("blocks", name, "params"), f"block {name!r}: ") for name in blocks] if isinstance(blocks, dict) else []
-    for path, label in owners:
-        params: Any = data
-        for key in path:
-            params = params.get(key) if isinstance(params, dict) else None
-        if not isinstance(params, dict):
-            continue
-        for name in params:
+    blocks = data.get("blocks") if isinstance(data, dict) else None
+    for block, definition in blocks.items() if isinstance(blocks, dict) else ():
+        params = definition.get("params") if isinstance(definition, dict) else None
+        for name in params if isinstance(params, dict) else ():
             if name in BUILTIN_NAMES:
-                where = (*path, name)
+                where = ("blocks", block, "params", name)
                 hint = (f"rename the parameter (e.g. {name}_value); inside a block, `{name}` already means "
                         f"{BUILTIN_NAMES[name]}")
                 found.append((where, Diagnostic(source.locate(where, key=True),
-                                                f"{label}parameter {name!r} would hide the built-in name "
+                                                f"block {block!r}: parameter {name!r} would hide the built-in name "
                                                 f"{name!r} ({BUILTIN_NAMES[name]})", hint)))
     return found
 
