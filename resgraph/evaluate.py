@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .errors import Diagnostic, Location
-from .expressions import ExpressionError, evaluate, expression_body, expression_names
+from .expressions import ExpressionError, evaluate, expression_body, expression_calls, expression_names
 from .loader import Origin, Path, copy_data
 from .ops import OPS, GenericLayer, Layer, ShapeError
 from .spec import SHAPE_NAMES, BlockCall, Scale, _layer_tag
@@ -165,11 +165,14 @@ def is_left_out(body: Any) -> bool:
 
 
 
-def reads_input_shape(value: Any) -> bool:
-    """True when `value` is a `${}` expression that reads a block input's size (`SHAPE_NAMES`)."""
+def is_scaled_already(value: Any) -> bool:
+    """True when `value` is a `${}` expression whose width is scaled already: it reads a block
+    input's size (`SHAPE_NAMES`), which follows the scaled input, or calls `scaled(...)`."""
     body = expression_body(value)
-    names = expression_names(body) if body is not None else None
-    return bool(names and names.intersection(SHAPE_NAMES))
+    if body is None:
+        return False
+    names, calls = expression_names(body), expression_calls(body)
+    return bool(names and names.intersection(SHAPE_NAMES)) or bool(calls and "scaled" in calls)
 
 
 def scale_width(body: Any, scale: Scale, template: Any = None) -> Any:
@@ -177,15 +180,15 @@ def scale_width(body: Any, scale: Scale, template: Any = None) -> Any:
 
     A depthwise conv (`groups` equal to `out_channels` as written) stays depthwise. Layers opt out
     with `scale: false` (e.g. a head whose channels are class scores). An out_channels that the
-    `template` (the body as written) computes from the block input's size, already scaled, is left
-    as computed (scaling it again would scale that width twice).
+    `template` (the body as written) computes from the block input's size or with `scaled(...)`,
+    already scaled, is left as computed (scaling it again would scale that width twice).
     """
-    if ((scale.width == 1 and scale.max_channels is None) or not isinstance(body, dict)
+    if (not scale.scales_widths or not isinstance(body, dict)
             or body.get("op") not in SCALED_OPS or body.get("scale", True) is False
             or not isinstance(body.get("out_channels"), (int, float))
-            or (isinstance(template, dict) and reads_input_shape(template.get("out_channels")))):
+            or (isinstance(template, dict) and is_scaled_already(template.get("out_channels")))):
         return body
-    channels = scale.channels(body["out_channels"])
+    channels = scale.scaled_width(body["out_channels"])
     scaled = {**body, "out_channels": channels}
     if body.get("groups") == body["out_channels"] and body["out_channels"] != 1:
         scaled["groups"] = channels

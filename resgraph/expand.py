@@ -35,7 +35,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from .errors import Diagnostic, ResgraphError, SpecError
 from .evaluate import LAYER, LEFT_OUT, SHAPE_NAMES, concrete, evaluate_tree, names_read
-from .expressions import ExpressionError, Unavailable, evaluate, expression_body, expression_names
+from .expressions import ExpressionError, Unavailable, evaluate, expression_body, expression_names, width_scaling
 from .loader import LoadedSpec, Origin, SourceMap, load_import
 from .ops import OPS, GenericOpError, Layer, TensorType
 from .ops.base import is_identifier
@@ -298,7 +298,12 @@ class Expander(_BlockTable):
         self.typed_bodies: dict[Any, Any] = {}  # equal entry bodies share one typed object (see `concrete`)
         self.block_reads: dict[str, tuple[frozenset[str], frozenset[str]] | None] = {}  # see `reads_of_block`
 
+    # (root and instance are where expressions are evaluated: `scaled(...)` reads the spec's scale there)
     def root(self) -> Scope:
+        with width_scaling(self.spec.scale.scaled_width):
+            return self._root()
+
+    def _root(self) -> Scope:
         root = Origin(self.source, ())
         self.add_document(self.spec.imports, self.spec.blocks, root)
         spec = self.spec
@@ -419,6 +424,10 @@ class Expander(_BlockTable):
 
     def instance(self, recipe: BlockRecipe, index: int, input_types: list[TensorType] | None) -> Scope | None:
         """Instance `index` of a block call (see `instantiate`); None (reported) when it cannot be made."""
+        with width_scaling(self.spec.scale.scaled_width):
+            return self._instance(recipe, index, input_types)
+
+    def _instance(self, recipe: BlockRecipe, index: int, input_types: list[TensorType] | None) -> Scope | None:
         if self.exhausted:
             return None
         if self.projected_past_bound(recipe, index):

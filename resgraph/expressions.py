@@ -20,18 +20,20 @@ Strings are never formatted (`'%d' % x`) or repeated.
 from __future__ import annotations
 
 import ast
+import contextlib
+import contextvars
 import functools
 import math
 import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from .suggest import did_you_mean
 
 __all__ = ["FUNCTIONS", "MAX_VALUE_SIZE", "ExpressionError", "Unavailable", "evaluate", "expression_body",
-           "expression_names",
-           "make_divisible", "value_size"]
+           "expression_calls", "expression_names",
+           "make_divisible", "value_size", "width_scaling"]
 
 _PATTERN = re.compile(r"^\$\{(.*)\}$", re.DOTALL)
 MAX_LENGTH = 1_000
@@ -60,11 +62,47 @@ def _round(number: float, ndigits: int | None = None) -> float:
     return round(number, ndigits)
 
 
+# `scale.width` as expansion applies it, while a spec's layers and blocks are expanded (see `scaled`).
+_WIDTH_SCALING: contextvars.ContextVar[Callable[[float], float] | None] = contextvars.ContextVar(
+    "resgraph_width_scaling", default=None)
+
+
+@contextlib.contextmanager
+def width_scaling(scaled_width: Callable[[float], float]) -> Iterator[None]:
+    """Bind `scaled(...)` to `scaled_width` (the spec's `Scale.scaled_width`) for the expressions
+    evaluated inside: the layers, skips and block calls of one spec."""
+    token = _WIDTH_SCALING.set(scaled_width)
+    try:
+        yield
+    finally:
+        _WIDTH_SCALING.reset(token)
+
+
+def scaled(channels: float) -> float:
+    """The channels a conv written with `out_channels: channels` has under the spec's `scale.width`.
+
+    A block input's `in_channels` is already scaled, and a width parameter is not: under a width
+    multiplier `in_channels == out` is false for every block, and a residual guarded by it is
+    silently left out. `in_channels == scaled(out)` compares them in one currency.
+
+    Raises:
+        ValueError: `channels` is not a positive number, or no spec's scale is in force (a
+            parameter's default, which is read before `scale:`, since `scale:` may read parameters).
+    """
+    scaled_width = _WIDTH_SCALING.get()
+    if scaled_width is None:
+        raise ValueError("it applies the spec's `scale:`, so it is only available in layers, skips and block "
+                         "calls (parameters are read before `scale:`, which may itself read them)")
+    if isinstance(channels, bool) or not isinstance(channels, (int, float)) or not channels > 0:
+        raise ValueError(f"it takes a positive number of channels, not {channels!r}")
+    return scaled_width(channels)
+
+
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     "min": min, "max": max, "abs": abs, "round": _round, "int": int, "float": float,
     "ceil": math.ceil, "floor": math.floor, "sqrt": math.sqrt, "len": len, "sum": sum,
     "exp": math.exp, "log": math.log,  # log(x) natural, log(x, base): RegNet's quantised stage widths
-    "make_divisible": make_divisible,
+    "make_divisible": make_divisible, "scaled": scaled,
 }
 
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -141,13 +179,24 @@ def expression_names(text: str) -> set[str] | None:
     >>> sorted(expression_names("depths[index] * max(width, 2)"))
     ['depths', 'index', 'width']
     """
-    names = _names(text)
-    return None if names is None else set(names)
+    names = _names_and_calls(text)
+    return None if names is None else set(names[0])
+
+
+def expression_calls(text: str) -> set[str] | None:
+    """The functions an expression body calls; None if it does not parse.
+
+    >>> sorted(expression_calls("scaled(max(width, 2))"))
+    ['max', 'scaled']
+    """
+    names = _names_and_calls(text)
+    return None if names is None else set(names[1])
 
 
 @functools.lru_cache(maxsize=4096)
-def _names(text: str) -> frozenset[str] | None:
-    """`expression_names`, once per distinct text (each build asks again for the same expressions)."""
+def _names_and_calls(text: str) -> tuple[frozenset[str], frozenset[str]] | None:
+    """The names an expression reads and the functions it calls, once per distinct text (each build
+    asks again for the same expressions)."""
     if len(text) > MAX_LENGTH:
         return None
     try:
@@ -156,8 +205,10 @@ def _names(text: str) -> frozenset[str] | None:
         return None
     if _nesting(tree.body) is not None:
         return None
-    called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
-    return frozenset(node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and id(node) not in called)
+    functions = [node.func for node in ast.walk(tree) if isinstance(node, ast.Call)]
+    called = {id(function) for function in functions}
+    return (frozenset(node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and id(node) not in called),
+            frozenset(function.id for function in functions if isinstance(function, ast.Name)))
 
 
 def _nesting(root: ast.AST) -> ast.AST | None:

@@ -238,6 +238,16 @@ class Scale(StrictModel):
         default="up", description="up: ceil(n * depth) (EfficientNet, default); nearest: max(round(n * depth), 1) "
                                   "(Ultralytics).")
 
+    @property
+    def scales_widths(self) -> bool:
+        """False where every conv keeps its written width (width 1, no cap)."""
+        return self.width != 1 or self.max_channels is not None
+
+    def scaled_width(self, channels: float) -> float:
+        """The out_channels a scaled conv written with `channels` gets (`channels` itself when
+        `scales_widths` is false); expressions read it as `scaled(...)`."""
+        return self.channels(channels) if self.scales_widths else channels
+
     def channels(self, channels: float) -> int:
         """A layer's channels after width scaling (and the cap), rounded as configured."""
         channels = min(channels, self.max_channels) if self.max_channels is not None else channels

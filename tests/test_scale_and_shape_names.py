@@ -11,6 +11,10 @@ The specification:
 - Inside a block body, `in_channels` (dim 0 of the first input), `in_features` (its last dim),
   `in_shape` and `in_shapes` read the sizes of the values the call passes in. A width computed from
   them is already scaled (it follows the scaled input), so `scale.width` does not scale it again.
+- `scaled(c)` is the width a conv written with `out_channels: c` gets under the spec's scale, so a
+  block compares its (scaled) input with a width parameter in one currency:
+  `when: "${in_channels == scaled(out)}"`. A width computed with `scaled(...)` is not scaled again;
+  a parameter's default cannot call it (parameters are read before `scale:`, which may read them).
 - `block_index` and `num_blocks` count top-level block instances; a nested call sees its enclosing
   instance's index.
 """
@@ -196,3 +200,69 @@ layers:
   - b: {block: outer}
 """)
     assert [m.nested.drop.p for m in model.a] + [model.b.nested.drop.p] == pytest.approx([0.0, 0.1, 0.2, 0.3])
+
+
+BASIC_BLOCKS = """\
+inputs: {x: [3, 16, 16]}
+blocks:
+  basic:
+    params: {out: 64, stride: 1}
+    layers:
+      - conv: {op: Conv2d, out_channels: "${out}", kernel_size: 3, padding: 1, stride: "${stride}"}
+      - act: {op: ReLU}
+    skips:
+      - residual: {from: x, to: act, when: "${stride == 1 and in_channels == %s}"}
+layers:
+  - stem: {op: Conv2d, out_channels: 64, kernel_size: 3, padding: 1}
+  - b1: {block: basic, with: {out: 64}}
+  - b2: {block: basic, with: {out: 128, stride: 2}}
+  - b3: {block: basic, with: {out: 128}}
+"""
+
+
+def residual_blocks(scale: str, compared: str) -> list[str]:
+    model = resgraph.build(HEADER + f"scale: {scale}\n" + BASIC_BLOCKS % compared)
+    return [name for name in ("b1", "b2", "b3") if "residual" in getattr(model, name).code]
+
+
+@pytest.mark.parametrize("scale", ["{width: 0.5}", "{width: 0.25}", "{width: 1.5}", "{width: 0.33, divisor: 4}",
+                                   "{width: 1.0, max_channels: 96}", "{width: 0.75, width_rounding: up}",
+                                   "{width: 1.0}"])
+def test_scaled_compares_a_scaled_input_with_a_width_parameter_in_one_currency(scale: str) -> None:
+    assert residual_blocks(scale, "scaled(out)") == ["b1", "b3"]
+
+
+def test_without_scaled_a_width_parameter_is_unscaled_and_the_comparison_fails() -> None:
+    # Why `scaled` exists: 32 channels in (64 at width 0.5) are never equal to `out: 64`.
+    assert residual_blocks("{width: 1.0}", "out") == ["b1", "b3"]
+    assert residual_blocks("{width: 0.5}", "out") == []
+
+
+@pytest.mark.parametrize(("scale", "expected"), [("{width: 0.5}", [32, 16, 24, 8]),
+                                                 ("{width: 0.75, width_rounding: up}", [48, 16, 40, 8]),
+                                                 ("{width: 1.0, max_channels: 40}", [40, 24, 40, 8]),
+                                                 ("{width: 1.0}", [64, 20, 48, 3])])
+def test_scaled_follows_the_scales_rounding_and_is_not_scaled_again(scale: str, expected: list[int]) -> None:
+    widths = [64, 20, 48, 3]
+    layers = "".join(f"  - c{i}: {{op: Conv2d, out_channels: \"${{scaled({w})}}\", kernel_size: 1}}\n"
+                     for i, w in enumerate(widths))
+    model = resgraph.build(HEADER + f"scale: {scale}\ninputs: {{x: [3, 4, 4]}}\nlayers:\n" + layers)
+    assert [getattr(model, f"c{i}").out_channels for i in range(len(widths))] == expected
+    scale_model = Scale.model_validate(resgraph.loader.load_text(f"{scale}\n", "<scale>").data)
+    assert expected == [scale_model.scaled_width(w) for w in widths]
+
+
+def test_scaled_in_a_parameter_default_or_of_a_non_width_is_an_error_at_its_expression() -> None:
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.build(HEADER + "params: {w: \"${scaled(64)}\"}\ninputs: {x: [3, 4, 4]}\n"
+                                "layers:\n  - c: {op: Conv2d, out_channels: \"${w}\", kernel_size: 1}\n")
+    (diagnostic,) = caught.value.diagnostics
+    assert (diagnostic.location.line, diagnostic.location.column) == (3, 16)
+    assert "only available in layers, skips and block calls" in diagnostic.message
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.build(HEADER + "scale: {width: 0.5}\ninputs: {x: [3, 4, 4]}\nlayers:\n"
+                                "  - c: {op: Conv2d, out_channels: \"${scaled(0)}\", kernel_size: 1}\n"
+                                "  - d: {op: Conv2d, out_channels: \"${scaled('wide')}\", kernel_size: 1}\n")
+    assert [(d.location.line, d.message) for d in caught.value.diagnostics] == [
+        (6, "in ${scaled(0)}: scaled(...) failed: it takes a positive number of channels, not 0"),
+        (7, "in ${scaled('wide')}: scaled(...) failed: it takes a positive number of channels, not 'wide'")]
