@@ -208,6 +208,7 @@ def check_loaded(loaded: LoadedSpec, params: Mapping[str, Any] | None, read: Rea
     diagnostics: list[Diagnostic] = []
     with gc_paused():  # the passes allocate many small, acyclic objects: see loader.gc_paused
         spec = validate(loaded, params, diagnostics)
+        declared = spec
         if input_shapes:
             spec = spec.with_input_shapes(input_shapes)
         graph = resolve(expand(spec, loaded.source, read=read, diagnostics=diagnostics), diagnostics=diagnostics)
@@ -219,9 +220,23 @@ def check_loaded(loaded: LoadedSpec, params: Mapping[str, Any] | None, read: Rea
             reported = {(d.location.file, d.location.line) for d in diagnostics}
             diagnostics.extend(d for d in check_unreached_blocks(spec, loaded.source, reached)
                                if (d.location.file, d.location.line) not in reported)
+            diagnostics.extend(_batch_dims_given(declared, input_shapes or {}, loaded.source))
     if diagnostics:
         raise SpecError(diagnostics)
     return spec, graph
+
+
+def _batch_dims_given(declared: Spec, input_shapes: Mapping[str, Sequence[int]], source: SourceMap) -> list[Diagnostic]:
+    """For a check that failed: each input given one dim more than the spec declares, which is most
+    likely a batch dim (shapes are per sample, as in the spec), located at the input's declaration.
+    (A shape of another rank can be meant, so it is named only once something failed.)"""
+    decls = declared.input_decls()
+    return [Diagnostic(source.locate(("inputs", name), key=True),
+                       f"input {name}: the input shape given, {list(shape)}, has one dim more than the spec "
+                       f"declares, {list(decls[name].shape)}: input shapes are per sample, without the batch dim",
+                       f"give {list(shape[1:])}")
+            for name, shape in input_shapes.items()
+            if name in decls and decls[name].shape is not None and len(shape) == len(decls[name].shape) + 1]
 
 
 def check_loaded_library(loaded: LoadedSpec, read: Reader = read_import) -> BlockLibrary:

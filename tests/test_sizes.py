@@ -225,6 +225,25 @@ def test_input_shapes_override_the_declared_ones_without_editing_the_spec(tmp_pa
         resgraph.check(EXAMPLES / "tutorial.yaml", input_shapes={"y": (3, 32, 32)})
 
 
+def test_an_input_shape_given_with_a_batch_dim_is_named_at_the_input_when_the_check_fails() -> None:
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(EXAMPLES / "tutorial.yaml", input_shapes={"x": (8, 3, 32, 32)})
+    first, *rest = sorted(caught.value.diagnostics, key=lambda d: d.location.line)
+    assert first.location.line == 8 and first.message == (
+        "input x: the input shape given, [8, 3, 32, 32], has one dim more than the spec declares, [3, 32, 32]: "
+        "input shapes are per sample, without the batch dim")
+    assert first.hint == "give [3, 32, 32]"
+    assert rest and "expects (C, H, W) per sample, got (8, 3, 32, 32)" in rest[0].message
+    # Another rank that builds is meant: nothing is said. Nor for a shape of the declared rank.
+    header = "resgraph: 1\nname: Net\ninputs: {x: [16]}\nlayers:\n"
+    lengths = resgraph.check(header + "  - fc: {op: Linear, out_features: 2}\n", input_shapes={"x": (4, 16)})
+    assert lengths.nodes["fc"].meta["type"].shape == (4, 2)
+    fixed = header + "  - fc: {op: Linear, in_features: 16, out_features: 2}\n"
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(fixed, input_shapes={"x": (8,)})
+    assert [d.location.line for d in caught.value.diagnostics] == [5]
+
+
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "resgraph", *args], capture_output=True, text=True, cwd=ROOT)
 
