@@ -88,6 +88,13 @@ def _check_dtype(values: list[Any], dtype: str, what: str) -> None:
         raise ValueError(f"{what} holds numbers other than 0 and 1 (true/false), but dtype is bool")
 
 
+def _default_dtype(layer: ConstantBase, values: list[Any]) -> None:
+    """A constant written with true/false only and no `dtype` is a bool tensor, as `torch.tensor`
+    makes it: stored as float32, a mask's `true` (may not attend) would be added to the scores as 1.0."""
+    if "dtype" not in layer.model_fields_set and values and all(isinstance(v, bool) for v in values):
+        layer.__dict__["dtype"] = "bool"  # (the layer is frozen; this runs once, while it is validated)
+
+
 def _layout(rank: int) -> Literal["channels_first", "features_last"]:
     return "channels_first" if rank >= 3 else "features_last"
 
@@ -259,10 +266,11 @@ class Full(ConstantBase):
     op: Literal["full"]
     shape: list[PositiveInt] = Field(min_length=1, description="Per sample (with `batch: true`, led by 1).")
     value: Number
-    dtype: Dtype = "float32"  # type: ignore[assignment]
+    dtype: Dtype = Field("float32", description="Default float32; bool where `value` is true or false.")  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _value_fits_dtype(self) -> Full:
+        _default_dtype(self, [self.value])
         _check_dtype([self.value], self.dtype, "value")
         return self
 
@@ -284,7 +292,8 @@ class ConstantTensor(ConstantBase):
     value: Values = Field(description="A list literal (nested for several dims).")
     shape: list[PositiveInt] | None = Field(None, description=(
         "Optional: the shape, when `value` is a flat list of its size; default: the literal's shape."))
-    dtype: Dtype = "float32"  # type: ignore[assignment]
+    dtype: Dtype = Field("float32", description=(  # type: ignore[assignment]
+        "Default float32; bool where every value is true or false (a mask)."))
 
     @model_validator(mode="after")
     def _value_is_a_tensor(self) -> ConstantTensor:
@@ -293,6 +302,7 @@ class ConstantTensor(ConstantBase):
             _fits(self.value, tuple(self.shape), "value")
         elif not found:
             raise ValueError("value must be a list literal")
+        _default_dtype(self, _flat(self.value))
         _check_dtype(_flat(self.value), self.dtype, "value")
         return self
 
