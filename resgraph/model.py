@@ -108,7 +108,10 @@ class CompiledModule(GeneratedModule):
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         # The class is generated, so pickle by recipe: rebuild from the record, then load the state.
-        return (_unpickle, (self.build_record, self.state_dict(), self.training))
+        # A state_dict holds values only: which parameters are frozen (`requires_grad_(False)`, a
+        # fine-tuned backbone) travels beside it, as a pickled nn.Parameter keeps it.
+        frozen = sorted(name for name, p in self.named_parameters(remove_duplicate=False) if not p.requires_grad)
+        return (_unpickle, (self.build_record, self.state_dict(), self.training, frozen))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> CompiledModule:
         clone = type(self).__new__(type(self))
@@ -119,13 +122,19 @@ class CompiledModule(GeneratedModule):
         return clone
 
 
-def _unpickle(record: BuildRecord, state: dict[str, Any], training: bool) -> CompiledModule:
+def _unpickle(record: BuildRecord, state: dict[str, Any], training: bool,
+              frozen: list[str] | None = None) -> CompiledModule:
     """The pickled model rebuilt, its tensors as they were pickled: a model converted with `.double()`
     or `.half()`, moved to another device, or built on meta comes back so, not converted to what a
-    build gives (ties kept: each tied name holds the one shared tensor)."""
+    build gives (ties kept: each tied name holds the one shared tensor), and exactly the parameters
+    that were frozen frozen (`frozen`: their names; None in a pickle written before it was kept)."""
     tensors = list(state.values())
     meta = bool(tensors) and all(t.is_meta for t in tensors)
     module = rebuild(record, allow_imports=record.allow_imports, max_params=None, device="meta" if meta else None)
+    if frozen is not None:
+        names = set(frozen)
+        for name, parameter in module.named_parameters(remove_duplicate=False):
+            parameter.requires_grad_(name not in names)
     if meta:
         return module.train(training)
     floating = {t.dtype for t in tensors if t.is_floating_point()}
