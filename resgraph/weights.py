@@ -29,6 +29,7 @@ Only local files (`torch.load(..., weights_only=True)`) and in-memory state_dict
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -59,6 +60,11 @@ class WeightMapping:
         unexpected: checkpoint keys (after `rename`) that were used nowhere.
         ambiguous: one line per kind of module whose modules could not be paired.
         loaded: whether the tensors were copied into the model.
+        mismatched: (key, the model's shape, the checkpoint's shape) for each key both sides hold
+            with different shapes (another `num_classes`, a transposed weight), left unloaded;
+            such a key is neither missing nor unexpected.
+        shapes: the shape of each key listed as missing (`("model", key)`) or unexpected
+            (`("checkpoint", key)`), for the report.
     """
 
     pairs: list[tuple[str, str, str]] = field(default_factory=list)
@@ -66,11 +72,13 @@ class WeightMapping:
     unexpected: list[str] = field(default_factory=list)
     ambiguous: list[str] = field(default_factory=list)
     loaded: bool = False
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    shapes: dict[tuple[str, str], tuple[int, ...]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def complete(self) -> bool:
         """True when every model tensor was matched and every checkpoint tensor used."""
-        return not (self.missing or self.unexpected or self.ambiguous)
+        return not (self.missing or self.unexpected or self.ambiguous or self.mismatched)
 
     def as_dict(self) -> dict[str, str]:
         """Model key -> the checkpoint key loaded into it."""
@@ -83,11 +91,17 @@ class WeightMapping:
                  "order and shapes"]
         if pairs:
             lines += [f"  {ours} <- {theirs}" for ours, theirs, how in self.pairs if how == "order"]
-        for title, items in (("ambiguous", self.ambiguous), ("missing from the checkpoint", self.missing),
-                             ("unexpected in the checkpoint", self.unexpected)):
+        if self.mismatched:
+            lines.append(f"{len(self.mismatched)} with another shape in the checkpoint (not loaded):")
+            lines += [f"  {key}: the model's is {_shape(ours)}, the checkpoint's {_shape(theirs)}"
+                      for key, ours, theirs in self.mismatched]
+        for title, items, side in (("ambiguous", self.ambiguous, ""),
+                                   ("missing from the checkpoint", self.missing, "model"),
+                                   ("unexpected in the checkpoint", self.unexpected, "checkpoint")):
             if items:
                 lines.append(f"{len(items)} {title}:")
-                lines += [f"  {item}" for item in items]
+                lines += [f"  {item}" + (f" {_shape(self.shapes[side, item])}" if (side, item) in self.shapes else "")
+                          for item in items]
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -129,7 +143,7 @@ def load_weights(model: nn.Module, state_dict_or_path: Mapping[str, Any] | str |
     with torch.no_grad():
         for ours, theirs, _ in mapping.pairs:
             target[ours].copy_(source[theirs])
-    mapping = WeightMapping(mapping.pairs, mapping.missing, mapping.unexpected, mapping.ambiguous, loaded=True)
+    mapping = dataclasses.replace(mapping, loaded=True)
     logger.info("load_weights: %s", mapping.report())
     return mapping
 
@@ -170,7 +184,19 @@ def match_state_dicts(target: Mapping[str, Any], source: Mapping[str, Any]) -> W
     paired = {key for key, _, _ in pairs}
     missing = [k for k in ours if k not in paired and not _is_counter(k)]
     unexpected = [k for k in theirs if k not in used and not _is_counter(k)]
-    return WeightMapping(pairs, missing, unexpected, ambiguous)
+    # A key both sides hold that nothing paired differs in shape: say so, rather than listing the
+    # one name as both missing and unexpected
+    mismatched = [(k, tuple(target[k].shape), tuple(source[k].shape)) for k in missing if k in unexpected]
+    both = {k for k, _, _ in mismatched}
+    missing = [k for k in missing if k not in both]
+    unexpected = [k for k in unexpected if k not in both]
+    shapes = {**{("model", k): tuple(target[k].shape) for k in missing},
+              **{("checkpoint", k): tuple(source[k].shape) for k in unexpected}}
+    return WeightMapping(pairs, missing, unexpected, ambiguous, mismatched=mismatched, shapes=shapes)
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return f"({', '.join(map(str, shape))})" if len(shape) != 1 else f"({shape[0]},)"
 
 
 Signature = tuple[tuple[tuple[int, ...], ...], tuple[bool, ...]]  # a module's tensors: shapes, whether each is float

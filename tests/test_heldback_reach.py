@@ -17,6 +17,7 @@ import copy
 import io
 import pickle
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -74,3 +75,59 @@ layers:
   - y: {op: mul, input: [x, w]}
 """).requires_grad_(True)))
     assert thawed.w.requires_grad  # a parameter declared frozen, thawed by the user, stays thawed
+
+
+# --- pretrained weights ---------------------------------------------------------------------------
+
+CLASSIFIER = HEADER + """params: {classes: 5}
+inputs: {x: [6]}
+layers:
+  - norm0: {op: BatchNorm1d}
+  - fc1: {op: Linear, out_features: 8}
+  - ln: {op: LayerNorm}
+  - act: {op: ReLU}
+  - fc2: {op: Linear, out_features: "${classes}"}
+"""
+
+
+class Classifier(torch.nn.Module):
+    """The same network as another codebase writes it: an input norm before any weight matrix."""
+
+    def __init__(self, classes: int = 5) -> None:
+        super().__init__()
+        self.input_norm = torch.nn.BatchNorm1d(6)
+        self.body = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.LayerNorm(8), torch.nn.ReLU())
+        self.head = torch.nn.Linear(8, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(self.input_norm(x)))
+
+
+def test_a_checkpoint_whose_head_has_another_size_is_refused_naming_both_shapes() -> None:
+    torch.manual_seed(0)
+    reference = Classifier().eval()
+    with torch.no_grad():
+        for tensor in [*reference.parameters(), reference.input_norm.running_mean]:
+            tensor.normal_()
+    model = resgraph.build(CLASSIFIER).eval()
+    assert resgraph.load_weights(model, reference.state_dict()).complete
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(model(x), reference(x))
+    # the same names, another number of classes: one line per key with both shapes, not "missing" and
+    # "unexpected" under one name
+    ten = {k: torch.zeros(10, *v.shape[1:]) if k.startswith("fc2.") else v for k, v in model.state_dict().items()}
+    with pytest.raises(resgraph.WeightsError) as caught:
+        resgraph.load_weights(model, ten)
+    report = str(caught.value)
+    assert "2 with another shape in the checkpoint (not loaded):\n" \
+           "  fc2.weight: the model's is (5, 8), the checkpoint's (10, 8)\n" \
+           "  fc2.bias: the model's is (5,), the checkpoint's (10,)" in report
+    assert "missing" not in report and "unexpected" not in report
+    mapping = resgraph.load_weights(model, ten, strict=False)
+    assert [key for key, *_ in mapping.mismatched] == ["fc2.weight", "fc2.bias"] and not mapping.complete
+    assert not mapping.missing and not mapping.unexpected
+    # other names: what is missing and what is left over, each with its shape
+    with pytest.raises(resgraph.WeightsError) as caught:
+        resgraph.load_weights(model, Classifier(10).state_dict())
+    assert "2 missing from the checkpoint:\n  fc2.weight (5, 8)\n  fc2.bias (5,)\n" \
+           "2 unexpected in the checkpoint:\n  head.weight (10, 8)\n  head.bias (10,)" in str(caught.value)
