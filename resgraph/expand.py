@@ -90,6 +90,7 @@ class Scope:
     origin: Origin
     block: str | None = None  # the block this scope instantiates; None at the top level
     params: dict[str, Any] = field(default_factory=dict)
+    left_out: dict[str, Origin] = field(default_factory=dict)  # entries whose `when:` is false -> that `when:`
 
 
 @dataclass
@@ -331,6 +332,7 @@ class Expander(_BlockTable):
               stack: tuple[str, ...], *, inputs: dict[str, InputDecl | None], params: dict[str, Any],
               block: str | None = None, top_level: bool = False) -> Scope:
         layers: list[LayerItem] = []
+        left_out: dict[str, Origin] = {}
         self.expanded += len(definition.layers) + len(definition.skips)
         refused = self.spec.invalid_entries if top_level else frozenset()
         for i, entry in enumerate(definition.layers):
@@ -345,6 +347,8 @@ class Expander(_BlockTable):
                     layers += _refused_items(layer_name, template, where)
                 elif body is not LEFT_OUT:
                     layers.append(LayerItem(layer_name, body, where))
+                else:
+                    left_out[layer_name] = where.child("when")
         if top_level:
             self.num_blocks = sum(self.repeats(item.body) for item in layers if isinstance(item.body, BlockCall))
         block_index = 0
@@ -365,8 +369,10 @@ class Expander(_BlockTable):
                 skip = concrete(template, Skip, names, where, self.diagnostics, typed_bodies=self.typed_bodies)
                 if skip is not LEFT_OUT:
                     skips.append(SkipItem(skip_name, skip, where))
+                else:
+                    left_out[skip_name] = where.child("when")
         return Scope(name, inputs, with_pieces(layers, list(inputs)), skips, definition.outputs,
-                     self.spec.defaults.projection, origin, block=block, params=params)
+                     self.spec.defaults.projection, origin, block=block, params=params, left_out=left_out)
 
     def repeats(self, call: BlockCall) -> int:
         if call.repeat is None:

@@ -24,6 +24,7 @@ last instance's output, as a plain repeat's does; a call with several outputs ha
 from __future__ import annotations
 
 import keyword
+from collections.abc import Iterable
 from typing import Any
 
 from .errors import Diagnostic, SpecError
@@ -83,6 +84,17 @@ class _Resolver:
 
     def fail(self, origin: Origin, message: str, hint: str | None = None, *, key: bool = True) -> None:
         self.diagnostics.append(Diagnostic(origin.locate(key=key), message, hint))
+
+    def fail_unknown(self, origin: Origin, prefix: str, ref: str, candidates: Iterable[str], suffix: str = "") -> None:
+        """`PREFIX: unknown node 'ref'`, or, for an entry its `when:` left out, that it is left out and where."""
+        when = self.scope.left_out.get(ref)
+        if when is None:
+            self.fail(origin, f"{prefix}unknown node {ref!r}{did_you_mean(ref, candidates)}{suffix}", key=False)
+            return
+        line = when.locate(key=True).line
+        at = f" (line {line})" if line else ""
+        self.fail(origin, f"{prefix}{ref!r} is left out: its `when:`{at} is false{suffix}",
+                  "give what reads it the same `when:`, or read another node when it is left out", key=False)
 
     def run(self) -> Graph:
         scope = self.scope
@@ -306,7 +318,7 @@ class _Resolver:
         full, ref = ref, _base(ref)
         if ref not in self.kinds:
             earlier = [n for n, i in self.order.items() if i < self.order.get(name, len(self.order))]
-            self.fail(where, f"{label}: unknown node {ref!r}{did_you_mean(ref, earlier or self.order)}", key=False)
+            self.fail_unknown(where, f"{label}: ", ref, earlier or self.order)
             return False
         if self.kinds[ref] == "skip":
             target = next(item.skip.to for item in self.scope.skips if item.name == ref)
@@ -361,8 +373,7 @@ class _Resolver:
             ok = True
             for key, ref in (("from", source), ("to", skip.to)):
                 if ref not in self.kinds:
-                    self.fail(item.origin.child(key), f"skip {name}: {key}: unknown node {ref!r}"
-                                                      f"{did_you_mean(ref, self.order)}", key=False)
+                    self.fail_unknown(item.origin.child(key), f"skip {name}: {key}: ", ref, self.order)
                     ok = False
                 elif self.kinds[ref] == "skip":
                     self.fail(item.origin.child(key), f"skip {name}: {key}: {ref!r} is a skip edge, not a node",
@@ -398,8 +409,7 @@ class _Resolver:
         base = _base(target)
         where = item.origin.child("to")
         if base not in self.kinds:
-            self.fail(where, f"skip {name}: to: unknown node {base!r}{did_you_mean(base, self.order)} (in "
-                             f"{target!r})", key=False)
+            self.fail_unknown(where, f"skip {name}: to: ", base, self.order, f" (in {target!r})")
         elif base in self.values:
             piece = target[len(base) + 1:]
             self.fail(where, f"skip {name}: to: {target!r} is one output of the block call {base!r}; a skip merges "
@@ -439,8 +449,7 @@ class _Resolver:
             if base in invalid:
                 continue
             if base not in self.kinds:
-                self.fail(where.child(i), f"outputs: unknown node {base!r}{did_you_mean(base, self.order)}",
-                          key=False)
+                self.fail_unknown(where.child(i), "outputs: ", base, self.order)
             elif self.kinds[base] == "skip":
                 self.fail(where.child(i), f"outputs: {base!r} is a skip edge, not a node", key=False)
             elif ref in outputs:

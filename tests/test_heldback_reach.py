@@ -131,3 +131,39 @@ def test_a_checkpoint_whose_head_has_another_size_is_refused_naming_both_shapes(
         resgraph.load_weights(model, Classifier(10).state_dict())
     assert "2 missing from the checkpoint:\n  fc2.weight (5, 8)\n  fc2.bias (5,)\n" \
            "2 unexpected in the checkpoint:\n  head.weight (10, 8)\n  head.bias (10,)" in str(caught.value)
+
+
+# --- when: --------------------------------------------------------------------------------------
+
+def messages(text: str) -> list[str]:
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(text)
+    return [d.format() for d in caught.value.diagnostics]
+
+
+def test_reading_an_entry_its_when_left_out_says_so_not_unknown_node() -> None:
+    found = messages(HEADER + """blocks:
+  ir:
+    params: {t: 1}
+    layers:
+      - expand: {op: Conv2d, out_channels: 8, kernel_size: 1, when: "${t != 1}"}
+      - dw: {op: Conv2d, out_channels: 8, kernel_size: 3, padding: 1, input: expand}
+    outputs: [dw, expand]
+inputs: {x: [4, 8, 8]}
+layers:
+  - b: {block: ir}
+  - heads: {block: ir, repeat: 2, collect: true, when: false}
+  - c: {op: concat, input: [b.dw, heads.0]}
+skips:
+  - s: {from: gone, to: c}
+  - gone: {from: x, to: c, when: false}
+""")
+    left_out = "is false\n  hint: give what reads it the same `when:`, or read another node when it is left out"
+    assert found == [
+        f"<string>:8:78: error: layer 'b.dw': 'expand' is left out: its `when:` (line 7) {left_out}",
+        f"<string>:9:19: error: outputs: 'expand' is left out: its `when:` (line 7) {left_out}",
+        f"<string>:14:28: error: layer 'c': 'heads' is left out: its `when:` (line 13) {left_out}",
+        f"<string>:16:15: error: skip 's': from: 'gone' is left out: its `when:` (line 17) {left_out}",
+    ]
+    assert "unknown node 'nothing'" in messages(HEADER + "inputs: {x: [4]}\nlayers:\n"
+                                                "  - y: {op: Identity, input: nothing}\n")[0]
