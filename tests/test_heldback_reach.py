@@ -167,3 +167,17 @@ skips:
     ]
     assert "unknown node 'nothing'" in messages(HEADER + "inputs: {x: [4]}\nlayers:\n"
                                                 "  - y: {op: Identity, input: nothing}\n")[0]
+
+
+def test_the_summary_shows_a_tensor_literal_as_written_not_as_a_shape() -> None:
+    text = str(resgraph.summary(HEADER + """inputs: {x: [2, 2]}
+layers:
+  - k: {op: constant, value: [[1, 2], [3, 4]]}
+  - v: {op: constant, value: [0.5, 1.5]}
+  - m: {op: constant, value: [true, false]}
+  - p: {op: parameter, shape: [2], init: [0.25, 4]}
+  - y: {op: mul, input: [x, k]}
+"""))
+    for shown in ("constant(value=[[1, 2], [3, 4]])", "constant(value=[0.5, 1.5])",
+                  "constant(value=[True, False])", "parameter(shape=2, init=[0.25, 4])"):
+        assert shown in text  # (a 1-d literal read "0.5x1.5", as a shape would)
