@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -165,28 +166,35 @@ def is_left_out(body: Any) -> bool:
 
 
 
-def is_scaled_already(value: Any) -> bool:
+def is_scaled_already(value: Any, prescaled: AbstractSet[str] = frozenset()) -> bool:
     """True when `value` is a `${}` expression whose width is scaled already: it reads a block
-    input's size (`SHAPE_NAMES`), which follows the scaled input, or calls `scaled(...)`."""
+    input's size (`SHAPE_NAMES`), which follows the scaled input, or a block parameter given such
+    a width (`prescaled`: `with: {c2: "${in_channels // 2}"}`), or calls `scaled(...)`.
+
+    >>> is_scaled_already("${in_channels // 4}"), is_scaled_already("${c2}", {"c2"}), is_scaled_already("${c2}")
+    (True, True, False)
+    """
     body = expression_body(value)
     if body is None:
         return False
     names, calls = expression_names(body), expression_calls(body)
-    return bool(names and names.intersection(SHAPE_NAMES)) or bool(calls and "scaled" in calls)
+    reads_width = bool(names and (names.intersection(SHAPE_NAMES) or names.intersection(prescaled)))
+    return reads_width or bool(calls and "scaled" in calls)
 
 
-def scale_width(body: Any, scale: Scale, template: Any = None) -> Any:
+def scale_width(body: Any, scale: Scale, template: Any = None, prescaled: AbstractSet[str] = frozenset()) -> Any:
     """A layer body with `scale.width` applied: conv out_channels capped, times width, rounded (`Scale.channels`).
 
     A depthwise conv (`groups` equal to `out_channels` as written) stays depthwise. Layers opt out
     with `scale: false` (e.g. a head whose channels are class scores). An out_channels that the
-    `template` (the body as written) computes from the block input's size or with `scaled(...)`,
-    already scaled, is left as computed (scaling it again would scale that width twice).
+    `template` (the body as written) computes from the block input's size, from a parameter in
+    `prescaled` or with `scaled(...)`, already scaled, is left as computed (scaling it again would
+    scale that width twice).
     """
     if (not scale.scales_widths or not isinstance(body, dict)
             or body.get("op") not in SCALED_OPS or body.get("scale", True) is False
             or not isinstance(body.get("out_channels"), (int, float))
-            or (isinstance(template, dict) and is_scaled_already(template.get("out_channels")))):
+            or (isinstance(template, dict) and is_scaled_already(template.get("out_channels"), prescaled))):
         return body
     channels = scale.scaled_width(body["out_channels"])
     scaled = {**body, "out_channels": channels}
@@ -204,12 +212,13 @@ LEFT_OUT: Any = type("LeftOut", (), {"__repr__": lambda self: "LEFT_OUT"})()  # 
 
 def concrete(template: Any, model: type[T] | TypeAdapter[T], names: Mapping[str, Any], origin: Origin,
              diagnostics: list[Diagnostic], scale: Scale | None = None,
-             typed_bodies: dict[Any, Any] | None = None) -> T | None:
+             typed_bodies: dict[Any, Any] | None = None, prescaled: AbstractSet[str] = frozenset()) -> T | None:
     """One layer or skip entry body, evaluated and typed; `LEFT_OUT` when its `when:` is false, None
     when invalid (reported, or failing because of an error reported elsewhere).
 
     A block call's `with:` stays as written: it is evaluated per instance. With `scale`, the
-    width multiplier applies (layers only). Problems are appended to `diagnostics`.
+    width multiplier applies (layers only; `prescaled`: the parameters in `names` that hold widths
+    scaled already, see `is_scaled_already`). Problems are appended to `diagnostics`.
 
     `typed_bodies` (one expansion's, see `Expander`): bodies already typed, by value. An entry
     equal to one typed before gets that very object (typed entries are never modified), so a
@@ -232,7 +241,7 @@ def concrete(template: Any, model: type[T] | TypeAdapter[T], names: Mapping[str,
     if is_left_out(body):
         return LEFT_OUT
     if scale is not None:
-        body = scale_width(body, scale, template)
+        body = scale_width(body, scale, template, prescaled)
     key = None
     if typed_bodies is not None:  # equal bodies of different templates (`${w}` and 8) share one object too
         key = _body_key(model, written[-1]) if written is not None and body is copied else _frozen(model, body)

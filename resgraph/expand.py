@@ -34,7 +34,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from .errors import Diagnostic, ResgraphError, SpecError
-from .evaluate import LAYER, LEFT_OUT, SHAPE_NAMES, concrete, evaluate_tree, names_read
+from .evaluate import LAYER, LEFT_OUT, SHAPE_NAMES, concrete, evaluate_tree, is_scaled_already, names_read
 from .expressions import ExpressionError, Unavailable, evaluate, expression_body, expression_names, width_scaling
 from .loader import LoadedSpec, Origin, SourceMap, load_import
 from .ops import OPS, GenericOpError, Layer, TensorType
@@ -202,9 +202,11 @@ class _ShapeNames(Mapping[str, Any]):
     size becomes a plain number only when an expression reads it, which specialises it (a
     recorded decision; see `resgraph.symbolic`), so reading nothing keeps the model size-generic."""
 
-    def __init__(self, base: Mapping[str, Any], inputs: list[TensorType] | None) -> None:
+    def __init__(self, base: Mapping[str, Any], inputs: list[TensorType] | None,
+                 prescaled: frozenset[str] = frozenset()) -> None:
         self.base = base
         self.inputs = inputs
+        self.prescaled = prescaled  # parameters holding widths scaled already (see `evaluate.is_scaled_already`)
 
     def __getitem__(self, key: str) -> Any:
         if key in self.base or key not in SHAPE_NAMES:
@@ -342,7 +344,7 @@ class Expander(_BlockTable):
                     layers += _refused_items(layer_name, template, where)  # refused by validation, and reported there
                     continue
                 body = concrete(template, LAYER, names, where, self.diagnostics, self.spec.scale,
-                                self.typed_bodies)
+                                self.typed_bodies, names.prescaled if isinstance(names, _ShapeNames) else frozenset())
                 if body is None:  # its error is reported; what reads it would only repeat that
                     layers += _refused_items(layer_name, template, where)
                 elif body is not LEFT_OUT:
@@ -452,7 +454,10 @@ class Expander(_BlockTable):
         if block_params is None or len(self.diagnostics) > known or dependent:
             return None  # its parameters failed (reported here, or depending on an error reported elsewhere)
         before = self.expanded
-        names = _ShapeNames({**spec_params, **context, **block_params}, input_types)
+        names = _ShapeNames({**spec_params, **context, **block_params}, input_types,
+                            prescaled_params(recipe.definition.params, recipe.call.with_ or {},
+                                             recipe.names.prescaled if isinstance(recipe.names, _ShapeNames)
+                                             else frozenset()))
         scope = self.scope(class_name(recipe.block), recipe.definition, recipe.block_origin, names,
                            (*recipe.stack, recipe.block), inputs={name: None for name in recipe.definition.inputs},
                            params=block_params, block=recipe.block)
@@ -640,6 +645,27 @@ class Expander(_BlockTable):
                                              block.origin.child("params", name), self.diagnostics,
                                              dependent=dependent)
         return values
+
+
+def prescaled_params(params: Mapping[str, Any], given: Mapping[str, Any], caller: frozenset[str]) -> frozenset[str]:
+    """The parameters of a block instance that hold widths scaled already: given (`with:`) by an
+    expression that reads the caller's input size, a caller's such parameter or `scaled(...)`, or
+    not given and defaulting to an expression that reads the block's input size or such a
+    parameter before it (`hidden: "${in_channels // 2}"`). A conv whose width reads one is not
+    scaled again (see `evaluate.is_scaled_already`).
+
+    >>> sorted(prescaled_params({"c2": REQUIRED, "hidden": "${c2 // 2}", "k": 1}, {"c2": "${in_channels}"},
+    ...                         frozenset()))
+    ['c2', 'hidden']
+    """
+    found: set[str] = set()
+    for name, default in params.items():
+        if name in given:
+            if is_scaled_already(given[name], caller):
+                found.add(name)
+        elif is_scaled_already(default, found):
+            found.add(name)
+    return frozenset(found)
 
 
 def _refused_items(name: str, template: Any, where: Origin) -> list[LayerItem]:

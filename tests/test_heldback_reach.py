@@ -181,3 +181,66 @@ layers:
     for shown in ("constant(value=[[1, 2], [3, 4]])", "constant(value=[0.5, 1.5])",
                   "constant(value=[True, False])", "parameter(shape=2, init=[0.25, 4])"):
         assert shown in text  # (a 1-d literal read "0.5x1.5", as a shape would)
+
+
+# --- scale: widths passed into a block ------------------------------------------------------------
+
+SPPF = HEADER + """scale: {width: 0.5}
+blocks:
+  conv:
+    params: {c: required}
+    layers:
+      - cv: {op: Conv2d, out_channels: "${c}", kernel_size: 1}
+  sppf:
+    params: {hidden: "${in_channels // 2}"}
+    layers:
+      - cv1: {op: Conv2d, out_channels: "${hidden}", kernel_size: 1}
+      - cv2: {block: conv, with: {c: "${in_channels}"}}
+      - cv3: {block: conv, with: {c: "${hidden * 2}"}}
+inputs: {x: [3, 8, 8]}
+layers:
+  - stem: {op: Conv2d, out_channels: 64, kernel_size: 1}
+  - pool: {block: sppf}
+  - head: {block: conv, with: {c: "${scaled(128)}"}}
+  - out:  {block: conv, with: {c: 40}}
+"""
+
+
+class ConvRef(torch.nn.Module):
+    def __init__(self, c1: int, c2: int) -> None:
+        super().__init__()
+        self.cv = torch.nn.Conv2d(c1, c2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cv(x)
+
+
+class SppfRef(torch.nn.Module):
+    """As Ultralytics writes it: hidden = c1 // 2 of the (already scaled) input, never scaled again."""
+
+    def __init__(self, c1: int) -> None:
+        super().__init__()
+        self.cv1 = torch.nn.Conv2d(c1, c1 // 2, 1)
+        self.cv2 = ConvRef(c1 // 2, c1)
+        self.cv3 = ConvRef(c1, c1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cv3(self.cv2(self.cv1(x)))
+
+
+def test_a_width_passed_into_a_block_from_an_input_size_or_scaled_is_not_scaled_again() -> None:
+    model = resgraph.build(SPPF, seed=0)
+    stem = 32  # 64 at width 0.5
+    # a parameter given `${in_channels}` or `${scaled(128)}`, or defaulting to `${in_channels // 2}`,
+    # holds a width scaled already; a literal width passed in is scaled where the conv uses it
+    assert [model.stem.out_channels, model.pool.cv1.out_channels, model.pool.cv2.cv.out_channels,
+            model.pool.cv3.cv.out_channels, model.head.cv.out_channels, model.out.cv.out_channels] == \
+           [stem, stem // 2, stem, stem, 64, 24]  # (40 * 0.5 = 20 rounds to 24, as make_divisible does)
+    reference = torch.nn.Sequential()
+    reference.add_module("stem", torch.nn.Conv2d(3, stem, 1))
+    reference.add_module("pool", SppfRef(stem))
+    reference.add_module("head", ConvRef(stem, 64))
+    reference.add_module("out", ConvRef(64, 24))
+    reference.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(model(x), reference(x))
