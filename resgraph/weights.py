@@ -20,7 +20,9 @@
 The match is refused, with a report, when it is ambiguous (a kind of module occurs a different
 number of times on the two sides, so it cannot be told which are extra) or partial (a model
 tensor receives nothing, or a checkpoint tensor is used nowhere), unless `strict=False`, which
-loads what matched and reports the rest. Tied parameters are one tensor, loaded once; BatchNorm's
+loads what matched and reports the rest. Tied parameters are one tensor, loaded once (a
+checkpoint that saved a model's tie as two tensors loads when they are equal); a tied
+checkpoint's tensor loads an untied model's two by their names; BatchNorm's
 `num_batches_tracked` counters follow their module and are never required. The mapping used is
 logged (logger `resgraph.weights`) and returned.
 
@@ -63,8 +65,8 @@ class WeightMapping:
         mismatched: (key, the model's shape, the checkpoint's shape) for each key both sides hold
             with different shapes (another `num_classes`, a transposed weight), left unloaded;
             such a key is neither missing nor unexpected.
-        shapes: the shape of each key listed as missing (`("model", key)`) or unexpected
-            (`("checkpoint", key)`), for the report.
+        details: what the report says after each key listed as missing (`("model", key)`) or
+            unexpected (`("checkpoint", key)`): its shape, and for a model's tied name, the tie.
     """
 
     pairs: list[tuple[str, str, str]] = field(default_factory=list)
@@ -73,7 +75,7 @@ class WeightMapping:
     ambiguous: list[str] = field(default_factory=list)
     loaded: bool = False
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
-    shapes: dict[tuple[str, str], tuple[int, ...]] = field(default_factory=dict, repr=False, compare=False)
+    details: dict[tuple[str, str], str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def complete(self) -> bool:
@@ -100,7 +102,7 @@ class WeightMapping:
                                    ("unexpected in the checkpoint", self.unexpected, "checkpoint")):
             if items:
                 lines.append(f"{len(items)} {title}:")
-                lines += [f"  {item}" + (f" {_shape(self.shapes[side, item])}" if (side, item) in self.shapes else "")
+                lines += [f"  {item}" + (f" {self.details[side, item]}" if (side, item) in self.details else "")
                           for item in items]
         return "\n".join(lines)
 
@@ -160,15 +162,15 @@ def match_state_dicts(target: Mapping[str, Any], source: Mapping[str, Any]) -> W
     ('stem.bias', 'features.0.bias', 'order')
     ('head.weight', 'head.weight', 'name')
     """
-    ours, _ = _distinct(target)
+    ours, tied = _distinct(target)
     theirs, aliases = _distinct(source)
     pairs: list[tuple[str, str, str]] = []
     used: set[str] = set()
     for key in ours:  # by name (an alias of a checkpoint tensor may carry the model's name)
-        original = aliases.get(key, key)
-        if key in source and _fits(target[key], source[key]) and original not in used:
-            pairs.append((key, original, "name"))
-            used.add(original)
+        # (so one tensor of a tied checkpoint may load two untied model tensors, each by its own name)
+        if key in source and _fits(target[key], source[key]):
+            pairs.append((key, key, "name"))
+            used.add(aliases.get(key, key))
     matched = {key for key, _, _ in pairs}
     left_ours = _groups([k for k in ours if k not in matched and not _is_counter(k)], target)
     left_theirs = _groups([k for k in theirs if k not in used and not _is_counter(k)], source)
@@ -182,6 +184,15 @@ def match_state_dicts(target: Mapping[str, Any], source: Mapping[str, Any]) -> W
     position = {key: index for index, key in enumerate(target)}
     pairs.sort(key=lambda pair: position[pair[0]])
     paired = {key for key, _, _ in pairs}
+    loaded_from = {ours_key: theirs_key for ours_key, theirs_key, _ in pairs}
+    conflicts = {}
+    for alias, owner in tied.items():  # a tied model's second name, saved as a tensor of its own
+        if alias in theirs and alias not in used and owner in loaded_from and _fits(target[owner], source[alias]):
+            if torch.equal(source[alias], source[loaded_from[owner]]):
+                used.add(alias)  # the same values: the one tensor, saved twice
+            else:
+                conflicts[alias] = (f"[tied to {owner} in the model, but its values differ from "
+                                    f"{loaded_from[owner]}'s]")
     missing = [k for k in ours if k not in paired and not _is_counter(k)]
     unexpected = [k for k in theirs if k not in used and not _is_counter(k)]
     # A key both sides hold that nothing paired differs in shape: say so, rather than listing the
@@ -190,9 +201,11 @@ def match_state_dicts(target: Mapping[str, Any], source: Mapping[str, Any]) -> W
     both = {k for k, _, _ in mismatched}
     missing = [k for k in missing if k not in both]
     unexpected = [k for k in unexpected if k not in both]
-    shapes = {**{("model", k): tuple(target[k].shape) for k in missing},
-              **{("checkpoint", k): tuple(source[k].shape) for k in unexpected}}
-    return WeightMapping(pairs, missing, unexpected, ambiguous, mismatched=mismatched, shapes=shapes)
+    details = {**{("model", k): _shape(tuple(target[k].shape)) for k in missing},
+               **{("checkpoint", k): " ".join([_shape(tuple(source[k].shape)), *([conflicts[k]] if k in conflicts
+                                                                                  else [])])
+                  for k in unexpected}}
+    return WeightMapping(pairs, missing, unexpected, ambiguous, mismatched=mismatched, details=details)
 
 
 def _shape(shape: tuple[int, ...]) -> str:

@@ -244,3 +244,32 @@ def test_a_width_passed_into_a_block_from_an_input_size_or_scaled_is_not_scaled_
     reference.load_state_dict(model.state_dict())
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(model(x), reference(x))
+
+
+TIED = HEADER + """inputs:
+  tokens: {shape: [4], dtype: int64}
+layers:
+  - embed: {op: Embedding, num_embeddings: 10, embedding_dim: 6}
+  - head: {op: Linear, out_features: 10, bias: false, tie: {weight: embed.weight}}
+"""
+
+
+def test_a_tied_checkpoint_loads_into_an_untied_model_by_both_names() -> None:
+    tied = resgraph.build(TIED, seed=1)
+    untied = resgraph.build(TIED.replace(", tie: {weight: embed.weight}", ""), seed=0)
+    mapping = resgraph.load_weights(untied, tied.state_dict())  # (the state_dict holds one tensor twice)
+    assert mapping.complete and mapping.pairs == [("embed.weight", "embed.weight", "name"),
+                                                  ("head.weight", "head.weight", "name")]
+    assert torch.equal(untied.head.weight, tied.embed.weight) and untied.head.weight is not untied.embed.weight
+
+
+def test_a_tie_saved_as_two_tensors_loads_when_they_agree_and_is_named_when_they_do_not() -> None:
+    model = resgraph.build(TIED, seed=0)
+    saved = {key: tensor.clone() for key, tensor in resgraph.build(TIED, seed=1).state_dict().items()}
+    mapping = resgraph.load_weights(model, saved)  # two equal tensors, as a per-tensor .half() or .clone() leaves
+    assert mapping.complete and torch.equal(model.head.weight, saved["embed.weight"])
+    saved["head.weight"] = torch.randn(10, 6)
+    with pytest.raises(resgraph.WeightsError) as caught:
+        resgraph.load_weights(model, saved)
+    assert "1 unexpected in the checkpoint:\n  head.weight (10, 6) [tied to embed.weight in the model, but its " \
+           "values differ from embed.weight's]" in str(caught.value)
