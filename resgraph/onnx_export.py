@@ -62,6 +62,26 @@ def output_names(graph: Any) -> list[str]:
     return names
 
 
+def exporter_failure(text: str) -> str:
+    """The first line of the exporter's message, and, where it gives one, the cause its "Exception
+    summary" names first (its first line alone is a step number and next steps, not what failed).
+
+    >>> exporter_failure("\x1b[96mFailed to convert (step 3/3). Next steps:\\n- report it\\n## Exception summary\\n"
+    ...                  "<class 'AssertionError'>: only 4D query, key, and value are supported\\n⬆️\\n...")
+    'Failed to convert (step 3/3): only 4D query, key, and value are supported'
+    """
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", text).strip().splitlines()]  # (in colour)
+    if not lines:
+        return ""
+    first = lines[0]
+    if "## Exception summary" in lines[1:]:
+        cause = next((line for line in lines[lines.index("## Exception summary") + 1:] if line), "")
+        cause = re.sub(r"^<class '[\w.]+'>:\s*", "", cause)
+        if cause:
+            first = re.sub(r"\.?\s*Next steps:$", "", first) + ": " + cause
+    return first
+
+
 def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | None = None) -> None:
     """Export a module built by resgraph to an ONNX file, atomically.
 
@@ -97,8 +117,7 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | 
                                         output_names=output_names(graph), dynamic_shapes=dynamic, verbose=False,
                                         **({"opset_version": opset} if opset is not None else {}))
     except Exception as exc:  # the exporter raises many types
-        first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()  # the exporter colours its text
-        raise ResgraphError(f"ONNX export failed: {first[0] if first else type(exc).__name__}") from None
+        raise ResgraphError(f"ONNX export failed: {exporter_failure(str(exc)) or type(exc).__name__}") from None
     finally:
         module.train(was_training)
     written = program.model.opset_imports.get("")

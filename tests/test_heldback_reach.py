@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import io
+import pathlib
 import pickle
 
 import pytest
@@ -273,3 +274,27 @@ def test_a_tie_saved_as_two_tensors_loads_when_they_agree_and_is_named_when_they
         resgraph.load_weights(model, saved)
     assert "1 unexpected in the checkpoint:\n  head.weight (10, 6) [tied to embed.weight in the model, but its " \
            "values differ from embed.weight's]" in str(caught.value)
+
+
+# --- exports --------------------------------------------------------------------------------------
+
+def test_a_failed_onnx_export_names_the_exporters_cause_not_only_its_step(monkeypatch: pytest.MonkeyPatch,
+                                                                           tmp_path: pathlib.Path) -> None:
+    pytest.importorskip("onnxscript")
+    # (torch's exporter refuses sdpa on 3-d q/k/v so; its message starts with the step and the next steps)
+    failure = ("\x1b[96mFailed to convert the exported program to an ONNX model. This is step 3/3 of exporting the "
+               "model to ONNX. Next steps:\n- If there is a missing ONNX function, implement it.\n"
+               "## Exception summary\n<class 'AssertionError'>: only 4D query, key, and value are supported\n⬆️\n"
+               "<class 'torch.onnx._internal.exporter._errors.ConversionError'>: Error when translating node\n")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(failure)
+
+    monkeypatch.setattr(torch.onnx, "export", refuse)
+    model = resgraph.build(HEADER + "inputs: {x: [3, 8]}\nlayers:\n"
+                           "  - attn: {op: scaled_dot_product_attention, input: [x, x, x], is_causal: true}\n")
+    with pytest.raises(resgraph.ResgraphError) as caught:
+        resgraph.to_onnx(model, str(tmp_path / "attn.onnx"))
+    assert str(caught.value) == ("ONNX export failed: Failed to convert the exported program to an ONNX model. This "
+                                 "is step 3/3 of exporting the model to ONNX: only 4D query, key, and value are "
+                                 "supported")
