@@ -298,3 +298,14 @@ def test_a_failed_onnx_export_names_the_exporters_cause_not_only_its_step(monkey
     assert str(caught.value) == ("ONNX export failed: Failed to convert the exported program to an ONNX model. This "
                                  "is step 3/3 of exporting the model to ONNX: only 4D query, key, and value are "
                                  "supported")
+
+
+def test_a_transposed_weight_of_the_same_name_is_named_as_the_transpose() -> None:
+    model = resgraph.build(HEADER + "inputs: {x: [5, 8]}\nlayers:\n  - c_attn: {op: Linear, out_features: 24}\n")
+    hugging_face = {"c_attn.weight": model.c_attn.weight.detach().t().clone(), "c_attn.bias": model.c_attn.bias}
+    with pytest.raises(resgraph.WeightsError) as caught:
+        resgraph.load_weights(model, hugging_face)
+    assert "  c_attn.weight: the model's is (24, 8), the checkpoint's (8, 24) (its transpose, as Hugging Face's " \
+           "Conv1D stores a Linear's weight: transpose such tensors before loading)" in str(caught.value)
+    fixed = {k: v.t() if k.endswith("c_attn.weight") else v for k, v in hugging_face.items()}
+    assert resgraph.load_weights(model, fixed).complete
