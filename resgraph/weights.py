@@ -8,7 +8,8 @@
 2. **By name**: a checkpoint key equal to a model key, with the same shape, is that tensor.
 3. **By module order and shapes**: the tensors left over are grouped by module (the key up to its
    last dot: `features.0.1` holds `weight`, `bias`, `running_mean`, `running_var`), each module
-   described by the shapes of its tensors in order, and the modules, in state_dict order (the
+   described by the shapes of its tensors in order (a tensor of the root module is a module of
+   its own: `class_token`, `pos_embed`), and the modules, in state_dict order (the
    order they were registered), into units: a module with weights of two or more dims (a conv, a
    linear layer) and the vector-only modules registered right after it (its norm). Units of the
    same shapes are paired in order: the k-th of a kind in the model takes the k-th of that kind
@@ -275,7 +276,10 @@ def _groups(keys: list[str], tensors: Mapping[str, Any]) -> dict[str, tuple[list
     """Module path -> its tensors among `keys` (in order) and their description (shapes, float-ness)."""
     members: dict[str, list[str]] = {}
     for key in keys:
-        members.setdefault(_module(key), []).append(key)
+        # A tensor of the root module (a class token, a position table: a top-level `parameter`) is
+        # a unit of its own: implementations register such tensors in other orders (and resgraph
+        # puts every top-level one there), so tying them into one signature would pair none.
+        members.setdefault(_module(key) or key, []).append(key)
     return {module: (found, (tuple(tuple(tensors[k].shape) for k in found),
                              tuple(tensors[k].is_floating_point() for k in found)))
             for module, found in members.items()}

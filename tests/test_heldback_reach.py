@@ -309,3 +309,33 @@ def test_a_transposed_weight_of_the_same_name_is_named_as_the_transpose() -> Non
            "Conv1D stores a Linear's weight: transpose such tensors before loading)" in str(caught.value)
     fixed = {k: v.t() if k.endswith("c_attn.weight") else v for k, v in hugging_face.items()}
     assert resgraph.load_weights(model, fixed).complete
+
+
+class TimmStyleStem(torch.nn.Module):
+    """timm's ViT stem: the class token registered before the position table, both on the root."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cls_token = torch.nn.Parameter(torch.randn(1, 1, 8))
+        self.pos_embed = torch.nn.Parameter(torch.randn(1, 5, 8))
+        self.patch_embed = torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), self.patch_embed(x)], dim=1)
+        return tokens + self.pos_embed
+
+
+def test_top_level_tensors_registered_in_another_order_pair_by_shape() -> None:
+    model = resgraph.build(HEADER + """inputs: {x: [4, 8]}
+layers:
+  - pos:  {op: parameter, shape: [1, 5, 8], batch: true, init: normal}
+  - stem: {op: Linear, out_features: 8, input: x}
+  - cls:  {op: parameter, shape: [1, 1, 8], batch: true, init: normal}
+  - cat:  {op: concat, input: [cls, stem], dim: 1}
+  - y:    {op: add, input: [cat, pos]}
+""")
+    reference = TimmStyleStem()
+    mapping = resgraph.load_weights(model, reference.state_dict())  # (its root tensors were one unit: refused)
+    assert mapping.complete and mapping.as_dict()["pos"] == "pos_embed" and mapping.as_dict()["cls"] == "cls_token"
+    x = torch.randn(2, 4, 8)
+    torch.testing.assert_close(model(x), reference(x))
