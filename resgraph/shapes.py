@@ -387,6 +387,7 @@ def _infer_block_output(graph: Graph, node: LayerNode) -> None:
     node.meta.update(type=call.meta["types"][index], args={}, params=0)
     instance = call.instances[index if call.repeated else 0]
     path = _alias_path(instance, instance.outputs[-1 if call.repeated else index])
+    node.meta["storage"] = _returned_storage(instance, path)
     if path[0] in instance.inputs:
         given = instance.inputs.index(path[0])
         if not call.repeated or index == 0:
@@ -553,19 +554,31 @@ def _alias_path(graph: Graph, name: str) -> list[str]:
 def _block_storage(instances: list[Graph]) -> Storage:
     """A block call's output shares an input's memory when every instance passes it through (an
     Identity, a reshape): the first instance any of its inputs, the later ones (chained by `repeat`)
-    the one they are given. Autograd keeps it when a node on the way does."""
+    the one they are given. Autograd keeps it when a node on the way does. It may never be
+    overwritten when the last instance returns a stored tensor (or a view of one)."""
     aliases: int | None = None
     saves = False
+    fixed = None
     for position, instance in enumerate(instances):
         path = _alias_path(instance, instance.outputs[0])
         kept = any(_storage(instance.nodes[n]).saves_output for n in path)
         index = instance.inputs.index(path[0]) if path[0] in instance.inputs else None
         if index is None or (position > 0 and index != 0):  # a value of its own
-            aliases, saves = None, kept
+            aliases, saves, fixed = None, kept, _returned_storage(instance, path).fixed
         else:  # passed through: one memory with what this instance was given
             aliases = index if position == 0 else aliases
             saves = saves or kept
-    return Storage(aliases, None, saves)
+    return Storage(aliases, None, saves, fixed)
+
+
+def _returned_storage(instance: Graph, path: list[str]) -> Storage:
+    """What a value an instance returns along `path` (see `_alias_path`) forbids its caller: to be
+    overwritten when autograd keeps it (`saves_output`), or ever, when it is (a view of) a stored
+    tensor (`fixed`: `expand` makes one element every sample's; overwriting it would write the
+    parameter itself). Its aliasing of the caller's memory is told by `meta["alias_of"]`."""
+    saves = any(_storage(instance.nodes[n]).saves_output for n in path)
+    fixed = None if path[0] in instance.inputs else _storage(instance.nodes[path[0]]).fixed
+    return Storage(None, None, saves, fixed)
 
 
 def _inplace_hazards(graph: Graph) -> list[Diagnostic]:
@@ -594,20 +607,28 @@ def _inplace_hazards(graph: Graph) -> list[Diagnostic]:
                 if reader != following:
                     _effective_readers(graph, readers, reader, value, others, outputs)
         root = graph.nodes[path[0]]
+        # (a value of a call with several is named as the spec reads it, `head.box`, not by its variable)
+        shown = root.name if isinstance(root, LayerNode) and isinstance(root.layer, BlockOutput) else root.var
         kept = next((p for p in path if _storage(graph.nodes[p]).saves_output), None)
         if others:
             why = f"{', '.join(repr(o) for o in others)} also read{'s' if len(others) == 1 else ''} it"
         elif outputs or isinstance(root, InputNode):
             why = "it is an input or output of the model"
         elif _storage(root).fixed:
-            why = f"{root.var!r} is a stored tensor and {_storage(root).fixed}"
+            returned = isinstance(root, BlockNode) or (isinstance(root, LayerNode)
+                                                       and isinstance(root.layer, BlockOutput))
+            why = f"{shown!r} is a stored tensor{' the block returns' if returned else ''} and {_storage(root).fixed}"
         elif kept is not None:
-            why = (f"{graph.label(graph.nodes[kept])} keeps its output for the backward pass, which would then fail "
-                   "(autograd: modified by an inplace operation)")
+            holder = graph.nodes[kept]
+            inside = isinstance(holder, BlockNode) or (isinstance(holder, LayerNode)
+                                                       and isinstance(holder.layer, BlockOutput))
+            why = ((f"the layer in block call {holder.name.split('.')[0]!r} that makes {holder.name!r} keeps it"
+                    if inside else f"{graph.label(holder)} keeps its output")
+                   + " for the backward pass, which would then fail (autograd: modified by an inplace operation)")
         else:
             continue
-        target = repr(root.var) if len(path) == 1 else (
-            f"{root.var!r} (through {graph.nodes[source].var!r}, which shares its memory)")
+        target = repr(shown) if len(path) == 1 else (
+            f"{shown!r} (through {graph.nodes[source].var!r}, which shares its memory)")
         keyed = "inplace" in node.layer.args()
         what = "inplace: true would overwrite" if keyed else "would overwrite its input"
         diagnostics.append(Diagnostic(graph.where(node, "inplace" if keyed else None),

@@ -339,3 +339,48 @@ layers:
     assert mapping.complete and mapping.as_dict()["pos"] == "pos_embed" and mapping.as_dict()["cls"] == "cls_token"
     x = torch.randn(2, 4, 8)
     torch.testing.assert_close(model(x), reference(x))
+
+
+# --- in place, through a block's outputs ----------------------------------------------------------
+
+RETURNS_STORED = HEADER + """blocks:
+  gate:
+    layers:
+      - g: {op: parameter, shape: [4], init: [-1, 2, -3, 4]}
+      - y: {op: mul, input: [x, g]}
+      - a: {op: ReLU, input: x}
+    outputs: [y, g, a]
+  scale:
+    layers:
+      - g: {op: parameter, shape: [2, 2], init: [-1, 2, -3, 4]}
+      - flat: {op: reshape, shape: [4]}
+  outer:
+    layers:
+      - inner: {block: scale}
+inputs: {x: [4]}
+layers:
+"""
+
+
+def test_overwriting_a_stored_tensor_a_block_returns_is_refused_as_when_read_directly() -> None:
+    # (in the forward, torch refused it in training; under no_grad with a batch of 1 it overwrote the parameter)
+    fixed = "is a stored tensor the block returns and its value is broadcast over the batch (`expand`): one " \
+            "element stands for every sample's\n  hint: remove `inplace: true`"
+    assert messages(RETURNS_STORED + "  - b: {block: gate}\n  - r: {op: ReLU, inplace: true, input: b.g}\n"
+                    "  - s: {op: add, input: [r, b.y]}\n") == [
+        f"<string>:20:19: error: layer 'r' (ReLU): inplace: true would overwrite 'b.g', but 'b.g' {fixed}"]
+    assert messages(RETURNS_STORED + "  - b: {block: outer}\n  - r: {op: ReLU, inplace: true}\n") == [
+        f"<string>:20:19: error: layer 'r' (ReLU): inplace: true would overwrite 'b', but 'b' {fixed}"]
+    # a value autograd keeps (a ReLU's output) may not be overwritten either
+    found = messages(RETURNS_STORED + "  - b: {block: gate}\n  - r: {op: Hardtanh, inplace: true, input: b.a}\n"
+                     "  - s: {op: add, input: [r, b.y, b.g]}\n")
+    assert found == ["<string>:20:23: error: layer 'r' (Hardtanh): inplace: true would overwrite 'b.a', but the "
+                     "layer in block call 'b' that makes 'b.a' keeps it for the backward pass, which would then fail "
+                     "(autograd: modified by an inplace operation)\n  hint: remove `inplace: true`"]
+    model = resgraph.build(RETURNS_STORED + "  - b: {block: gate}\n  - r: {op: ReLU, input: b.g}\n"
+                           "  - s: {op: add, input: [r, b.y]}\n")
+    with torch.no_grad():
+        x = torch.randn(1, 4)
+        g = torch.tensor([-1.0, 2, -3, 4])
+        torch.testing.assert_close(model(x), torch.relu(g).expand(1, -1) + x * g)
+        assert torch.equal(model.b.g, g)
