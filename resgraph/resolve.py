@@ -93,6 +93,10 @@ class _Resolver:
             return
         line = when.locate(key=True).line
         at = f" (line {line})" if line else ""
+        if tuple(when.path)[-4:-3] == ("skips",):  # a skip is no node even where its `when:` is true
+            self.fail(origin, f"{prefix}{ref!r} is a skip edge (left out here: its `when:`{at} is false), not a "
+                              f"node{suffix}", "read its target instead: it holds the merged value", key=False)
+            return
         self.fail(origin, f"{prefix}{ref!r} is left out: its `when:`{at} is false{suffix}",
                   "give what reads it the same `when:`, or read another node when it is left out", key=False)
 

@@ -164,7 +164,8 @@ skips:
         f"<string>:8:78: error: layer 'b.dw': 'expand' is left out: its `when:` (line 7) {left_out}",
         f"<string>:9:19: error: outputs: 'expand' is left out: its `when:` (line 7) {left_out}",
         f"<string>:14:28: error: layer 'c': 'heads' is left out: its `when:` (line 13) {left_out}",
-        f"<string>:16:15: error: skip 's': from: 'gone' is left out: its `when:` (line 17) {left_out}",
+        "<string>:16:15: error: skip 's': from: 'gone' is a skip edge (left out here: its `when:` (line 17) is "
+        "false), not a node\n  hint: read its target instead: it holds the merged value",
     ]
     assert "unknown node 'nothing'" in messages(HEADER + "inputs: {x: [4]}\nlayers:\n"
                                                 "  - y: {op: Identity, input: nothing}\n")[0]
