@@ -96,10 +96,10 @@ class WeightMapping:
             lines += [f"  {ours} <- {theirs}" for ours, theirs, how in self.pairs if how == "order"]
         if self.mismatched:
             lines.append(f"{len(self.mismatched)} with another shape in the checkpoint (not loaded):")
+            transposed = (" (its transpose, as Hugging Face's Conv1D stores a Linear's weight: transpose every such "
+                          "weight before loading, square ones too, which load untransposed unnoticed)")
             lines += [f"  {key}: the model's is {_shape(ours)}, the checkpoint's {_shape(theirs)}"
-                      + (" (its transpose, as Hugging Face's Conv1D stores a Linear's weight: transpose such "
-                         "tensors before loading)" if len(ours) == 2 and ours != theirs and ours == theirs[::-1]
-                         else "")
+                      + (transposed if len(ours) == 2 and ours != theirs and ours == theirs[::-1] else "")
                       for key, ours, theirs in self.mismatched]
         for title, items, side in (("ambiguous", self.ambiguous, ""),
                                    ("missing from the checkpoint", self.missing, "model"),

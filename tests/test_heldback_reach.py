@@ -307,7 +307,8 @@ def test_a_transposed_weight_of_the_same_name_is_named_as_the_transpose() -> Non
     with pytest.raises(resgraph.WeightsError) as caught:
         resgraph.load_weights(model, hugging_face)
     assert "  c_attn.weight: the model's is (24, 8), the checkpoint's (8, 24) (its transpose, as Hugging Face's " \
-           "Conv1D stores a Linear's weight: transpose such tensors before loading)" in str(caught.value)
+           "Conv1D stores a Linear's weight: transpose every such weight before loading, square ones too, which " \
+           "load untransposed unnoticed)" in str(caught.value)
     fixed = {k: v.t() if k.endswith("c_attn.weight") else v for k, v in hugging_face.items()}
     assert resgraph.load_weights(model, fixed).complete
 
