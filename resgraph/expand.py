@@ -349,8 +349,9 @@ class Expander(_BlockTable):
                     layers += _refused_items(layer_name, template, where)
                 elif body is not LEFT_OUT:
                     layers.append(LayerItem(layer_name, body, where))
-                else:
-                    left_out[layer_name] = where.child("when")
+                else:  # (a chunk/split is read by the names of its outputs)
+                    left_out.update({item.name: where.child("when") for item in _refused_items(layer_name, template,
+                                                                                               where)})
         if top_level:
             self.num_blocks = sum(self.repeats(item.body) for item in layers if isinstance(item.body, BlockCall))
         block_index = 0

@@ -167,6 +167,10 @@ skips:
         "<string>:16:15: error: skip 's': from: 'gone' is a skip edge (left out here: its `when:` (line 17) is "
         "false), not a node\n  hint: read its target instead: it holds the merged value",
     ]
+    pieces = messages(HEADER + "inputs: {x: [4]}\nlayers:\n"
+                      "  - halves: {op: chunk, chunks: 2, outputs: [a, b], when: false}\n"
+                      "  - y: {op: Identity, input: b}\n")
+    assert pieces == [f"<string>:6:30: error: layer 'y': 'b' is left out: its `when:` (line 5) {left_out}"]
     assert "unknown node 'nothing'" in messages(HEADER + "inputs: {x: [4]}\nlayers:\n"
                                                 "  - y: {op: Identity, input: nothing}\n")[0]
 
