@@ -130,7 +130,8 @@ def test_ambiguous_and_partial_matches_are_refused_with_a_report() -> None:
     assert "<-" not in message  # the error lists problems; the full mapping is logged and returned
     before = model.fc.weight.clone()
     partial = {k: v for k, v in trained(Reference()).state_dict().items() if not k.startswith("fc.")}
-    with pytest.raises(resgraph.WeightsError, match=r"2 missing from the checkpoint:\n  fc.weight \(5, 16\)\n  fc.bias \(5,\)"):
+    with pytest.raises(resgraph.WeightsError,
+                       match=r"2 missing from the checkpoint:\n  fc.weight \(5, 16\)\n  fc.bias \(5,\)"):
         resgraph.load_weights(model, partial)
     assert torch.equal(model.fc.weight, before)  # a refused match loads nothing
     mapping = resgraph.load_weights(model, partial, strict=False)
