@@ -216,8 +216,20 @@ def wanted_shape(merge: Merge, source: TensorType, target: TensorType, dim: int 
     if merge is Merge.concat and source.rank == target.rank:
         axis = sample_dim(dim, target.rank)
         want = (*target.shape[:axis], source.shape[axis], *target.shape[axis + 1:])
-        return None if want == source.shape else want
-    return None if source.shape == target.shape else target.shape
+        return None if _same_shape(want, source.shape) else want
+    return None if _same_shape(source.shape, target.shape) else target.shape
+
+
+def _same_shape(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Whether two shapes are equal, recording a guard only where they are.
+
+    Equal shapes plan the identity, which holds only at sizes where they stay equal: each dim's
+    equality is recorded. Shapes that differ at the declared size plan a projection, and the plan
+    records the conditions it needs itself (its stride, its margins); it still fits at a size where
+    the two happen to coincide. Comparing the tuples directly would record the first differing dim
+    only (the comparison stops there), refusing e.g. H = 1 for a strided skip while admitting W = 1.
+    """
+    return len(a) == len(b) and hint_sizes(a) == hint_sizes(b) and a == b
 
 
 @dataclass(frozen=True)
