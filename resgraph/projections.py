@@ -400,7 +400,7 @@ def _crop(m: Mismatch) -> Plan:
     if any(s < w for s, w in zip(spatial_in, spatial_out)):
         raise ProjectionError(f"crop cannot enlarge spatial size {_size(spatial_in)} to {_size(spatial_out)}",
                               kind="larger")
-    if _is_stride(m):
+    if _is_stride(m, across_grids=True):
         raise ProjectionError(f"crop would misalign the grids: the target is a strided map "
                               f"({_size(spatial_in)} -> {_size(spatial_out)}, /{_short(m.steps())}), and a centre "
                               "crop of the source does not line up with the positions the stride kept",
@@ -424,11 +424,17 @@ def _crop(m: Mismatch) -> Plan:
     return tuple(steps), _join(crop, f"{c_in}->{c_out} channels" if c_in != c_out else "")
 
 
-def _is_stride(m: Mismatch) -> bool:
-    """True when the source and target are on grids an integer step apart (> 1)."""
+def _is_stride(m: Mismatch, *, across_grids: bool = False) -> bool:
+    """True when the source and target are on grids an integer step apart (> 1).
+
+    With `across_grids`, grids known to be a non-integer ratio apart (or the target's finer) raise
+    the ProjectionError that says so, rather than counting as one grid: a crop must not align them.
+    """
     try:
         return m.strided()
-    except ProjectionError:
+    except ProjectionError as exc:
+        if across_grids and exc.kind in ("ratio", "finer"):
+            raise
         return False
 
 

@@ -46,3 +46,31 @@ def test_a_strided_skip_admits_size_1_in_every_spatial_dim_alike() -> None:
         with torch.no_grad():
             torch.testing.assert_close(model(x), model.down(x) + projected(model, "s", x, 2))
 
+
+# --- grids a non-integer ratio apart ---------------------------------------------------------------
+
+ACROSS_A_RATIO = """
+resgraph: 1
+name: Ratio
+inputs: {x: [3, 12, 12]}
+layers:
+  - down: {op: Conv2d, out_channels: 8, kernel_size: 3, stride: 3, padding: 1}
+  - up:   {op: Upsample, scale_factor: 2}
+skips:
+  - s: {from: x, to: up, projection: POLICY}
+"""
+
+
+@pytest.mark.parametrize("policy", ["auto", "conv", "avgpool", "pad", "crop"])
+def test_grids_3_to_2_apart_are_refused_by_every_policy_with_the_layers_and_a_fix(policy: str) -> None:
+    # /3 then x2: the grids differ by 3/2. A 12x12 map cropped to 8x8 lines up with none of the
+    # positions the stride kept, yet `crop` built it (it took the grids for one).
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.build(ACROSS_A_RATIO.replace("POLICY", policy))
+    (diagnostic,) = caught.value.diagnostics
+    assert (diagnostic.location.line, diagnostic.location.column) == (9, 5)
+    assert "the grids differ by a ratio of 3/2, not an integer step (12x12 -> 8x8)" in diagnostic.message
+    assert diagnostic.hint is not None
+    assert "'down' (Conv2d, kernel 3, stride 3, padding 1, dilation 1): 12x12 -> 4x4" in diagnostic.hint
+    assert "'up' (Upsample, scale 2.0): 4x4 -> 8x8" in diagnostic.hint
+    assert "compose to an integer step" in diagnostic.hint
