@@ -37,6 +37,7 @@ from typing import Any
 from .ops import Merge, ShapeError, TensorType, broadcast_shape
 from .ops.base import Scale, sample_dim
 from .ops.merge import check_gate_layouts
+from .ops.pool import check_avg_pool3d_input
 from .spec import Projection
 from .symbolic import Guard, hint, requirement, specialize
 
@@ -371,6 +372,12 @@ def _avgpool(m: Mismatch) -> Plan:
     m.needs_spatial(Projection.avgpool)
     c_in, c_out = m.channels
     steps = [Step(StepKind.avgpool, {"dims": m.dims, "kernel": m.stride_arg()})] if m.strided() else []
+    if steps and m.dims == 3:
+        try:
+            check_avg_pool3d_input(m.sizes[0], m.steps())
+        except ShapeError as exc:
+            raise ProjectionError(f"projection 'avgpool': {exc}", "use projection: auto or conv (a strided 1x1 conv), "
+                                  "which takes any size") from None
     if c_in != c_out:
         steps += [m.conv(), m.norm()]
     return tuple(steps), m.reason()

@@ -74,3 +74,42 @@ def test_grids_3_to_2_apart_are_refused_by_every_policy_with_the_layers_and_a_fi
     assert "'down' (Conv2d, kernel 3, stride 3, padding 1, dilation 1): 12x12 -> 4x4" in diagnostic.hint
     assert "'up' (Upsample, scale 2.0): 4x4 -> 8x8" in diagnostic.hint
     assert "compose to an integer step" in diagnostic.hint
+
+
+# --- a 3-D avgpool projection where AvgPool3d refuses the size ----------------------------------
+
+VOLUME = """
+resgraph: 1
+name: Volume
+inputs: {x: [4, DEPTH, 7, 7]}
+layers:
+  - down: {op: Conv3d, out_channels: 6, kernel_size: 3, stride: 2, padding: 1}
+skips:
+  - s: {from: x, to: down, projection: POLICY}
+"""
+
+
+def test_a_3d_avgpool_projection_refuses_sizes_smaller_than_its_window() -> None:
+    # torch's avg_pool3d (unlike 1d and 2d) refuses an input smaller than its kernel even with
+    # ceil_mode: the model built at 7 admitted a depth of 1 and raised torch's RuntimeError.
+    report = resgraph.valid_sizes(VOLUME.replace("DEPTH", "7").replace("POLICY", "avgpool"), low=1, high=9)
+    assert {dim.name: dim.rule.start for dim in report.dims if dim.free} == {"D": 2, "H": 2, "W": 2}
+    model = resgraph.build(VOLUME.replace("DEPTH", "7").replace("POLICY", "avgpool"), seed=0).eval()
+    with pytest.raises(ValueError, match=r"with D >= 2, H >= 2, W >= 2"):
+        model(torch.randn(1, 4, 1, 7, 7))
+    with torch.no_grad():  # at 2 it pools 2 -> 1 as the strided conv does
+        x = torch.randn(1, 4, 2, 7, 7)
+        conv, norm = model.s[1], model.s[2]
+        pooled = F.avg_pool3d(x, 2, 2, ceil_mode=True, count_include_pad=False)
+        shortcut = F.batch_norm(F.conv3d(pooled, conv.weight), norm.running_mean, norm.running_var, norm.weight,
+                                norm.bias, training=False)
+        torch.testing.assert_close(model(x), model.down(x) + shortcut)
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.build(VOLUME.replace("DEPTH", "1").replace("POLICY", "avgpool"))
+    (diagnostic,) = caught.value.diagnostics
+    assert (diagnostic.location.line, diagnostic.location.column) == (8, 5)
+    assert "AvgPool3d needs every spatial size to be at least its kernel (2x2x2)" in diagnostic.message
+    assert diagnostic.hint == "use projection: auto or conv (a strided 1x1 conv), which takes any size"
+    # the strided 1x1 conv takes a depth of 1
+    assert resgraph.build(VOLUME.replace("DEPTH", "1").replace("POLICY", "auto"))(torch.randn(1, 4, 1, 7, 7)).shape \
+        == (1, 6, 1, 4, 4)
