@@ -5,6 +5,10 @@ the schema against validation; the public build record.
 
 from __future__ import annotations
 
+import copy
+import pathlib
+import pickle
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -113,3 +117,39 @@ def test_a_3d_avgpool_projection_refuses_sizes_smaller_than_its_window() -> None
     # the strided 1x1 conv takes a depth of 1
     assert resgraph.build(VOLUME.replace("DEPTH", "1").replace("POLICY", "auto"))(torch.randn(1, 4, 1, 7, 7)).shape \
         == (1, 6, 1, 4, 4)
+
+
+# --- `when:` takes true or false, written or computed ------------------------------------------
+
+GATED_SKIP = """
+resgraph: 1
+name: Gated
+inputs: {x: [4, 8, 8]}
+layers:
+  - c: {op: Conv2d, out_channels: 4, kernel_size: 3, padding: 1}
+skips:
+  - s: {from: x, to: c, when: WHEN}
+"""
+
+
+@pytest.mark.parametrize(("when", "found"), [("0", "integer 0"), ('"${0}"', "integer 0"), ('"${1}"', "integer 1"),
+                                             ("\"${'yes'}\"", "string 'yes'")])
+def test_a_when_that_is_not_a_boolean_is_refused_written_or_computed(when: str, found: str) -> None:
+    # `when: 0` was refused, but `when: "${0}"` was read as false by the typed model and the skip was
+    # kept all the same: a model with the skip the user meant to leave out.
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.build(GATED_SKIP.replace("WHEN", when))
+    (diagnostic,) = caught.value.diagnostics
+    assert diagnostic.location.line == 8
+    assert diagnostic.message == f"skip 's': when: expected true or false, got {found}"
+    layer = GATED_SKIP.replace("padding: 1}", f"padding: 1, when: {when}}}")
+    with pytest.raises(resgraph.SpecError, match=f"layer 'c' \\(Conv2d\\): when: expected true or false, got {found}"):
+        resgraph.build(layer.replace(", when: WHEN", ""))
+
+
+def test_a_computed_false_when_leaves_the_skip_out() -> None:
+    model = resgraph.build(GATED_SKIP.replace("WHEN", '"${1 == 0}"'), seed=0).eval()
+    x = torch.randn(2, 4, 8, 8)
+    assert not hasattr(model, "s")
+    torch.testing.assert_close(model(x), model.c(x))
+
