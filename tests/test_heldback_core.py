@@ -153,3 +153,26 @@ def test_a_computed_false_when_leaves_the_skip_out() -> None:
     assert not hasattr(model, "s")
     torch.testing.assert_close(model(x), model.c(x))
 
+
+# --- the build record ---------------------------------------------------------------------------
+
+def _same_model(a: nn.Module, b: nn.Module) -> bool:
+    left, right = a.state_dict(), b.state_dict()
+    return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
+
+
+def test_a_dict_spec_with_an_emoji_rebuilds_pickles_and_loads_from_its_record(tmp_path: pathlib.Path) -> None:
+    # The record's text is JSON, which escapes an emoji as a surrogate pair; YAML refuses that escape,
+    # so rebuild, pickle, deepcopy and resgraph.load of such a model all failed with a YAML syntax error.
+    spec = {"resgraph": 1, "name": "Smiley", "description": "residual \U0001F600 and a literal \\ud83d",
+            "inputs": {"x": [3, 8, 8]},
+            "layers": [{"c": {"op": "Conv2d", "out_channels": 8, "kernel_size": 3, "stride": 2, "padding": 1}}],
+            "skips": [{"s": {"from": "x", "to": "c"}}]}
+    model = resgraph.build(spec, seed=1)
+    again = resgraph.rebuild(model.build_record, seed=1)
+    assert again.spec.description == spec["description"] and again.code == model.code
+    assert _same_model(model, again)
+    assert _same_model(model, pickle.loads(pickle.dumps(model))) and _same_model(model, copy.deepcopy(model))
+    resgraph.save(model, tmp_path / "smiley.pt")
+    loaded = resgraph.load(tmp_path / "smiley.pt")
+    assert loaded.build_record == model.build_record and _same_model(model, loaded)
