@@ -22,6 +22,7 @@ from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Union
 
 from .errors import Diagnostic, SpecError, UsageError
+from .evaluate import plain_overrides
 from .expand import Reader, check_library_blocks, check_unreached_blocks, expand
 from .graph import Graph
 from .loader import LoadedSpec, SourceMap, gc_paused, load_file, load_text
@@ -222,9 +223,10 @@ def check_loaded(loaded: LoadedSpec, params: Mapping[str, Any] | None, read: Rea
         input_shapes: per-sample shapes that replace the declared ones (input name -> shape).
     Raises:
         SpecError: every problem found, each with file:line:col.
-        UsageError: `input_shapes` names an unknown input or is not a shape; the document is a block
-            library, not a spec.
+        UsageError: `input_shapes` names an unknown input or is not a shape; a parameter override is
+            not spec data (`evaluate.plain_overrides`); the document is a block library, not a spec.
     """
+    params = plain_overrides(params)
     if is_block_library(loaded.data):
         raise UsageError(f"{loaded.file} is a block library, not a spec: `resgraph validate {loaded.file}` checks it, "
                          f"and a spec uses its blocks with `imports: [...]`")

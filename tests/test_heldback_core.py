@@ -6,9 +6,11 @@ the schema against validation; the public build record.
 from __future__ import annotations
 
 import copy
+import enum
 import pathlib
 import pickle
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -176,3 +178,35 @@ def test_a_dict_spec_with_an_emoji_rebuilds_pickles_and_loads_from_its_record(tm
     resgraph.save(model, tmp_path / "smiley.pt")
     loaded = resgraph.load(tmp_path / "smiley.pt")
     assert loaded.build_record == model.build_record and _same_model(model, loaded)
+
+
+class Width(enum.IntEnum):
+    wide = 6
+
+
+OVERRIDDEN = """
+resgraph: 1
+name: Overridden
+params: {width: 4, kernel: [3, 3]}
+inputs: {x: [3, 8, 8]}
+layers:
+  - c: {op: Conv2d, out_channels: "${width}", kernel_size: "${kernel}", padding: 1}
+  - d: {op: Conv2d, out_channels: 8, kernel_size: 3, padding: 1}
+skips:
+  - s: {from: x, to: d}
+"""
+
+
+def test_overrides_are_recorded_as_plain_data_that_a_saved_model_loads_back(tmp_path: pathlib.Path) -> None:
+    # An IntEnum or a numpy float override built and saved, but the file held the enum's class,
+    # which torch.load(weights_only=True) refuses: resgraph.save wrote a model resgraph.load could not read.
+    model = resgraph.build(OVERRIDDEN, seed=0, params={"width": Width.wide, "kernel": (3, np.float64(3.0))})
+    assert model.build_record.params == {"width": 6, "kernel": [3, 3.0]}
+    assert type(model.build_record.params["width"]) is int and model.c.out_channels == 6
+    resgraph.save(model, tmp_path / "m.pt")
+    assert _same_model(model, resgraph.load(tmp_path / "m.pt"))
+
+
+def test_an_override_that_is_not_spec_data_is_a_usage_error_naming_it() -> None:
+    with pytest.raises(resgraph.UsageError, match=r"parameter 'kernel': numpy.int64 np.int64\(3\) is not spec data"):
+        resgraph.build(OVERRIDDEN, params={"kernel": [np.int64(3), 3]})
