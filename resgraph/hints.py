@@ -102,7 +102,9 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
         cause = {"stride": "a stride floored an odd size", "off-centre": "a layer dropped an odd row",
                  "larger": "the target grew past the source"}[exc.kind]
         fixes = []
-        sizes = _fitting_sizes(guards, symbols)
+        # Without the conditions under which the skip fits, every size where the earlier decisions
+        # hold would be "fitting", the declared one (which fails) first.
+        sizes = _fitting_sizes(guards, symbols) if exc.required else ""
         if sizes:
             fixes.append(f"an input size at which this skip fits: {sizes}")
         if exc.kind == "stride":

@@ -210,3 +210,25 @@ def test_overrides_are_recorded_as_plain_data_that_a_saved_model_loads_back(tmp_
 def test_an_override_that_is_not_spec_data_is_a_usage_error_naming_it() -> None:
     with pytest.raises(resgraph.UsageError, match=r"parameter 'kernel': numpy.int64 np.int64\(3\) is not spec data"):
         resgraph.build(OVERRIDDEN, params={"kernel": [np.int64(3), 3]})
+
+
+UPSAMPLED = """
+resgraph: 1
+name: Upsampled
+inputs: {x: [3, 12, 12]}
+layers:
+  - up: {op: Upsample, scale_factor: 2}
+skips:
+  - s: {from: x, to: up, projection: crop}
+"""
+
+
+def test_a_target_upsampled_past_its_source_is_not_told_to_use_the_size_that_fails() -> None:
+    # The hint offered "an input size at which this skip fits: 'x' 12x12 (or 11x11, 13x13)": the declared
+    # size, at which it had just failed (an upsample by 2 never fits), found from no condition at all.
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.build(UPSAMPLED)
+    (diagnostic,) = caught.value.diagnostics
+    assert diagnostic.message.endswith("crop cannot enlarge spatial size 12x12 to 24x24")
+    assert diagnostic.hint == ("'up' (Upsample, scale 2.0): 12x12 -> 24x24: the target grew past the source. Fix: "
+                               "give the upsampling layer an explicit `size:` (then the model has one input size)")
