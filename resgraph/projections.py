@@ -209,11 +209,19 @@ class ProjectionError(ShapeError):
 def wanted_shape(merge: Merge, source: TensorType, target: TensorType, dim: int = 1) -> tuple[Any, ...] | None:
     """The shape the source must have to merge into the target, or None when it already fits.
 
-    add needs the target's shape; mul needs a shape that broadcasts with the target's (or, failing
-    that, the target's own); concat needs the target's shape except along `dim`.
+    add needs the target's shape; mul needs a shape that broadcasts with the target's: a gate whose
+    channels (features) alone keep it from broadcasting needs the target's channels and keeps its
+    own other dims (an SE gate (C', 1, 1) into (C, H, W) becomes (C, 1, 1)), anything else the
+    target's own shape; concat needs the target's shape except along `dim`.
     """
-    if merge is Merge.mul and broadcast_shape(source.shape, target.shape) is not None:
-        return None
+    if merge is Merge.mul:
+        if broadcast_shape(source.shape, target.shape) is not None:
+            return None
+        if source.rank == target.rank and source.rank >= 1:
+            axis = 0 if source.rank >= 2 and target.layout == "channels_first" else source.rank - 1
+            gate = (*source.shape[:axis], target.shape[axis], *source.shape[axis + 1:])
+            if broadcast_shape(gate, target.shape) is not None:
+                return gate
     if merge is Merge.concat and source.rank == target.rank:
         axis = sample_dim(dim, target.rank)
         want = (*target.shape[:axis], source.shape[axis], *target.shape[axis + 1:])

@@ -232,3 +232,55 @@ def test_a_target_upsampled_past_its_source_is_not_told_to_use_the_size_that_fai
     assert diagnostic.message.endswith("crop cannot enlarge spatial size 12x12 to 24x24")
     assert diagnostic.hint == ("'up' (Upsample, scale 2.0): 12x12 -> 24x24: the target grew past the source. Fix: "
                                "give the upsampling layer an explicit `size:` (then the model has one input size)")
+
+
+# --- a gate whose channels differ from its target's ---------------------------------------------
+
+GATE = """
+resgraph: 1
+name: Gate
+inputs: {x: [6, 5, 5]}
+layers:
+  - pool: {op: AdaptiveAvgPool2d, output_size: 1}
+  - gate: {op: Sigmoid}
+  - body: {op: Conv2d, out_channels: 12, kernel_size: 3, padding: 1, input: x}
+skips:
+  - s: {from: gate, to: body, merge: mul, projection: POLICY}
+"""
+
+
+def test_a_squeeze_gate_with_other_channels_is_projected_to_the_targets_channels_and_broadcasts() -> None:
+    # A (6, 1, 1) gate into a (12, 5, 5) map was asked to become (12, 5, 5): refused as "the target is
+    # larger (1x1 -> 5x5)", with a hint to give an upsampling layer an explicit size.
+    model = resgraph.build(GATE.replace("POLICY", "auto"), seed=0).eval()
+    conv, norm = model.s
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.bias) == (6, 12, (1, 1), None)
+    x = torch.randn(2, 6, 5, 5)
+    with torch.no_grad():
+        gate = torch.sigmoid(F.adaptive_avg_pool2d(x, 1))
+        torch.testing.assert_close(model(x), model.body(x) * projected(model, "s", gate))
+    padded = resgraph.build(GATE.replace("POLICY", "pad"), seed=0).eval()
+    with torch.no_grad():
+        gate = torch.sigmoid(F.adaptive_avg_pool2d(x, 1))
+        torch.testing.assert_close(padded(x), padded.body(x) * F.pad(gate, (0, 0, 0, 0, 3, 3)))
+    with pytest.raises(resgraph.SpecError, match="shapes differ and projection is 'none'"):
+        resgraph.build(GATE.replace("POLICY", "none"))
+
+
+def test_a_features_last_gate_with_other_features_gets_a_linear_projection() -> None:
+    spec = """
+resgraph: 1
+name: FeatureGate
+inputs: {x: [7, 16]}
+layers:
+  - mean: {op: mean, dim: 1, keepdim: true}
+  - gate: {op: Linear, out_features: 4}
+  - body: {op: Linear, out_features: 8, input: x}
+skips:
+  - s: {from: gate, to: body, merge: mul}
+"""
+    model = resgraph.build(spec, seed=0).eval()
+    x = torch.randn(2, 7, 16)
+    with torch.no_grad():
+        gate = model.gate(x.mean(1, keepdim=True))  # (N, 1, 4)
+        torch.testing.assert_close(model(x), model.body(x) * F.linear(gate, model.s[0].weight))
