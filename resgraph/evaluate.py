@@ -26,7 +26,7 @@ from .loader import Origin, Path, copy_data
 from .ops import OPS, GenericLayer, Layer, ShapeError
 from .spec import SHAPE_NAMES, BlockCall, Scale, _layer_tag
 from .suggest import did_you_mean
-from .translate import pydantic_diagnostics, subject
+from .translate import coerced_diagnostics, pydantic_diagnostics, subject
 
 __all__ = ["LAYER", "LEFT_OUT", "SCALED_OPS", "concrete", "evaluate_tree", "freeze", "is_left_out", "names_read",
            "plain_overrides", "resolve_params", "scale_width"]
@@ -277,6 +277,12 @@ def concrete(template: Any, model: type[T] | TypeAdapter[T], names: Mapping[str,
     except ValidationError as exc:
         diagnostics.extend(pydantic_diagnostics(exc, body, origin))
         return None
+    if written is None and isinstance(template, dict) and isinstance(body, dict):
+        coerced = coerced_diagnostics(typed, body, [key for key, value in template.items()
+                                                    if expression_body(value) is not None], origin)
+        if coerced:
+            diagnostics.extend(coerced)
+            return None
     if isinstance(typed, Layer):
         try:
             typed.check_static()

@@ -284,3 +284,47 @@ skips:
     with torch.no_grad():
         gate = model.gate(x.mean(1, keepdim=True))  # (N, 1, 4)
         torch.testing.assert_close(model(x), model.body(x) * F.linear(gate, model.s[0].weight))
+
+
+# --- computed values are held to the types written ones are -------------------------------------
+
+COMPUTED = """
+resgraph: 1
+name: Computed
+params: {flag: true, count: 2, text: "4"}
+blocks:
+  unit:
+    layers:
+      - conv: {op: Conv2d, out_channels: 4, kernel_size: 1}
+inputs: {x: [4, 8, 8]}
+layers:
+  - c:    {op: Conv2d, out_channels: WIDTH, kernel_size: 1, bias: BIAS}
+  - drop: {op: Dropout, p: RATE}
+  - rep:  {block: unit, repeat: REPEAT}
+"""
+
+
+@pytest.mark.parametrize(("values", "where", "message"), [
+    ({"WIDTH": '"${flag}"'}, (11, 39), "layer 'c' (Conv2d): out_channels: expected an integer, got boolean True"),
+    ({"RATE": '"${flag}"'}, (12, 29), "layer 'drop' (Dropout): p: expected a number, got boolean True"),
+    ({"WIDTH": '"${text}"'}, (11, 39), "layer 'c' (Conv2d): out_channels: expected an integer, got string '4'"),
+    ({"BIAS": '"${count - 1}"'}, (11, 64), "layer 'c' (Conv2d): bias: expected true or false, got integer 1"),
+    ({"REPEAT": '"${flag}"'}, (13, 34), "layer 'rep': repeat: expected an integer, got boolean True"),
+])
+def test_a_computed_value_of_the_wrong_kind_is_refused_as_the_written_one_is(
+        values: dict[str, str], where: tuple[int, int], message: str) -> None:
+    # pydantic's lax mode read a computed true as 1: `out_channels: "${flag}"` built one channel and
+    # `p: "${flag}"` a dropout that zeroes everything, where `out_channels: true` is refused.
+    text = COMPUTED
+    for key, value in {"WIDTH": "4", "BIAS": "true", "RATE": "0.5", "REPEAT": "2", **values}.items():
+        text = text.replace(key, value)
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.build(text)
+    (diagnostic,) = caught.value.diagnostics
+    assert ((diagnostic.location.line, diagnostic.location.column), diagnostic.message) == (where, message)
+
+
+def test_computed_values_of_the_right_kind_still_build() -> None:
+    text = COMPUTED.replace("WIDTH", '"${count * 2.0}"').replace("BIAS", '"${count > 1}"')
+    model = resgraph.build(text.replace("RATE", '"${count / 4}"').replace("REPEAT", '"${count}"'))
+    assert model.c.out_channels == 4 and model.c.bias is not None and model.drop.p == 0.5 and len(model.rep) == 2
