@@ -215,18 +215,25 @@ def wanted_shape(merge: Merge, source: TensorType, target: TensorType, dim: int 
     target's own shape; concat needs the target's shape except along `dim`.
     """
     if merge is Merge.mul:
-        if broadcast_shape(source.shape, target.shape) is not None:
+        if _broadcasts(source.shape, target.shape):
             return None
         if source.rank == target.rank and source.rank >= 1:
             axis = 0 if source.rank >= 2 and target.layout == "channels_first" else source.rank - 1
             gate = (*source.shape[:axis], target.shape[axis], *source.shape[axis + 1:])
-            if broadcast_shape(gate, target.shape) is not None:
+            if _broadcasts(gate, target.shape):
                 return gate
     if merge is Merge.concat and source.rank == target.rank:
         axis = sample_dim(dim, target.rank)
         want = (*target.shape[:axis], source.shape[axis], *target.shape[axis + 1:])
         return None if _same_shape(want, source.shape) else want
     return None if _same_shape(source.shape, target.shape) else target.shape
+
+
+def _broadcasts(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Whether two shapes broadcast, recording what broadcasting needs only where they do (see
+    `_same_shape`: shapes that do not broadcast at the declared size plan a projection, which still
+    fits where a size happens to become 1 or equal)."""
+    return broadcast_shape(hint_sizes(a), hint_sizes(b)) is not None and broadcast_shape(a, b) is not None
 
 
 def _same_shape(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:

@@ -53,6 +53,20 @@ def test_a_strided_skip_admits_size_1_in_every_spatial_dim_alike() -> None:
             torch.testing.assert_close(model(x), model.down(x) + projected(model, "s", x, 2))
 
 
+
+def test_a_strided_gate_admits_size_1_as_the_strided_add_does() -> None:
+    # A mul whose shapes do not broadcast at the declared size recorded "H != H'" while checking
+    # whether they broadcast, so the input guard refused H = 1 (where both are 1 and the model works).
+    spec = STRIDED_SAME_CHANNELS.replace("skips:\n  - s: {from: x, to: down}",
+                                         "skips:\n  - s: {from: x, to: down, merge: mul, projection: conv}")
+    report = resgraph.valid_sizes(spec, low=1, high=12)
+    assert {dim.name: dim.rule.start for dim in report.dims if dim.free} == {"H": 1, "W": 1}
+    model = resgraph.build(spec, seed=0).eval()
+    for size in [(1, 1), (1, 5), (9, 9)]:
+        x = torch.randn(2, 8, *size)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), model.down(x) * F.conv2d(x, model.s[0].weight, stride=2))
+
 # --- grids a non-integer ratio apart ---------------------------------------------------------------
 
 ACROSS_A_RATIO = """
