@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import UsageError
+from .evaluate import plain_overrides
 from .ops.generic import allowed_imports
 from .pipeline import (
     DEFAULT_MAX_PARAMS,
@@ -144,11 +145,12 @@ def build(spec: SpecSource, *, params: Mapping[str, Any] | None = None, seed: in
     from .model import compile_model
 
     prefixes = tuple(allow_imports)
+    overrides = plain_overrides(params)  # (what the record stores: plain data a saved model loads back)
     loaded = load(spec, file=file)
     reader = RecordingReader()
     with allowed_imports(prefixes):
-        typed, graph = check_loaded(loaded, params, reader, input_shapes)
-    record = BuildRecord(spec=loaded.text, file=loaded.file, params=dict(params or {}), allow_imports=prefixes,
+        typed, graph = check_loaded(loaded, overrides, reader, input_shapes)
+    record = BuildRecord(spec=loaded.text, file=loaded.file, params=overrides, allow_imports=prefixes,
                          imports=tuple(sorted(reader.texts.items())),
                          input_shapes={name: tuple(shape) for name, shape in (input_shapes or {}).items()})
     return compile_model(typed, graph, record, seed=seed, max_params=max_params, device=device)

@@ -21,16 +21,16 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from .errors import Diagnostic, Location
+from .errors import Diagnostic, Location, UsageError
 from .expressions import ExpressionError, evaluate, expression_body, expression_calls, expression_names
 from .loader import Origin, Path, copy_data
 from .ops import OPS, GenericLayer, Layer, ShapeError
 from .spec import SHAPE_NAMES, BlockCall, Scale, _layer_tag
 from .suggest import did_you_mean
-from .translate import pydantic_diagnostics, subject
+from .translate import coerced_diagnostics, pydantic_diagnostics, subject
 
 __all__ = ["LAYER", "LEFT_OUT", "SCALED_OPS", "concrete", "evaluate_tree", "freeze", "is_left_out", "names_read",
-           "resolve_params", "scale_width"]
+           "plain_overrides", "resolve_params", "scale_width"]
 
 SCALED_OPS = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
 
@@ -91,6 +91,39 @@ def _walk(item: Any, rel: Path, names: Mapping[str, Any], origin: Origin, diagno
         diagnostics.append(Diagnostic(origin.child(*rel).locate(), "an expression may not produce an expression"))
         return None
     return result
+
+
+def plain_overrides(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Parameter overrides given in Python as spec data, the kinds of value YAML gives (and a saved
+    model's record stores, for `torch.load(weights_only=True)` to read back).
+
+    Tuples become lists; subclasses of int, float and str (an `IntEnum`, `numpy.float64`) become
+    the plain type. None, booleans, lists and str-keyed mappings of these pass as they are.
+
+    >>> plain_overrides({"depths": (3, 4), "eps": 1e-5})
+    {'depths': [3, 4], 'eps': 1e-05}
+
+    Raises:
+        UsageError: a value of another type (a numpy integer, a tensor, an object), naming the parameter.
+    """
+    def plain(value: Any, name: str) -> Any:
+        if value is None or isinstance(value, bool):  # (bool has no subclasses)
+            return value
+        for kind in (int, float, str):
+            if isinstance(value, kind):
+                return value if type(value) is kind else kind(value)
+        if isinstance(value, (list, tuple)):
+            return [plain(item, name) for item in value]
+        if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+            return {str(key): plain(item, name) for key, item in value.items()}
+        raise UsageError(f"parameter {name!r}: {type(value).__module__}.{type(value).__qualname__} {value!r:.60} is "
+                         "not spec data; give a number, string, boolean, None, or a list or str-keyed dict of them "
+                         "(e.g. int(value) for a numpy integer)")
+
+    try:
+        return {name: plain(value, str(name)) for name, value in (params or {}).items()}
+    except RecursionError:
+        raise UsageError("parameter overrides are nested too deeply") from None
 
 
 def resolve_params(declared: Mapping[str, Any], overrides: Mapping[str, Any], origin: Origin,
@@ -256,6 +289,12 @@ def concrete(template: Any, model: type[T] | TypeAdapter[T], names: Mapping[str,
     except ValidationError as exc:
         diagnostics.extend(pydantic_diagnostics(exc, body, origin))
         return None
+    if written is None and isinstance(template, dict) and isinstance(body, dict):
+        coerced = coerced_diagnostics(typed, body, [key for key, value in template.items()
+                                                    if expression_body(value) is not None], origin)
+        if coerced:
+            diagnostics.extend(coerced)
+            return None
     if isinstance(typed, Layer):
         try:
             typed.check_static()

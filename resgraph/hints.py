@@ -9,7 +9,9 @@ and after. The fixes depend on the cause (`ProjectionError.kind`):
 - "stride" and "off-centre" (a strided layer met an odd size): the nearest input sizes at which
   the skip fits, found from the guards recorded so far, or making the layer round up;
 - "larger" (the target was upsampled past the source): the nearest input sizes that fit, or an
-  upsample to an explicit size.
+  upsample to an explicit size;
+- "ratio" (strides and upsamples between them compose to a fraction, e.g. /3 then x2): a source
+  on an integer step from the target, or scale changes that compose to one.
 
 A crop is never proposed where the maps are on different grids (it would misalign them).
 """
@@ -92,11 +94,17 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
         return _join(f"shrunk by {listed}" if listed else "", "; or ".join(fixes))
     if exc.kind == "finer":
         return _join(listed, "take the skip from a layer at the target's scale, or upsample the source first")
+    if exc.kind == "ratio":
+        return _join(listed, "take the skip from a layer whose grid is an integer step from the target's, or change "
+                             "the strides and scale factors between them so that they compose to an integer step "
+                             "(no projection resamples by a fraction)")
     if exc.kind in ("stride", "off-centre", "larger"):
         cause = {"stride": "a stride floored an odd size", "off-centre": "a layer dropped an odd row",
                  "larger": "the target grew past the source"}[exc.kind]
         fixes = []
-        sizes = _fitting_sizes(guards, symbols)
+        # Without the conditions under which the skip fits, every size where the earlier decisions
+        # hold would be "fitting", the declared one (which fails) first.
+        sizes = _fitting_sizes(guards, symbols) if exc.required else ""
         if sizes:
             fixes.append(f"an input size at which this skip fits: {sizes}")
         if exc.kind == "stride":

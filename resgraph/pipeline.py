@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Union
 
 from .errors import Diagnostic, SpecError, UsageError
+from .evaluate import plain_overrides
 from .expand import Reader, check_library_blocks, check_unreached_blocks, expand
 from .graph import Graph
 from .loader import LoadedSpec, SourceMap, gc_paused, load_file, load_text
@@ -32,7 +34,7 @@ from .validate import is_block_library, validate, validate_library
 from .version import __version__
 
 __all__ = ["DEFAULT_MAX_PARAMS", "BuildRecord", "RecordingReader", "SpecSource", "check_loaded", "check_loaded_library",
-           "indented_json", "load", "static_parameter_counts"]
+           "dict_spec_text", "indented_json", "load", "static_parameter_counts"]
 
 SpecSource = Union[str, "os.PathLike[str]", dict, LoadedSpec]
 DEFAULT_MAX_PARAMS = 2**31  # the default parameter limit of builds (about 8 GiB of float32 weights)
@@ -100,12 +102,36 @@ def load(spec: SpecSource, *, file: str | None = None) -> LoadedSpec:
     if isinstance(spec, LoadedSpec):
         return spec
     if isinstance(spec, dict):
-        return LoadedSpec(spec, SourceMap(file or "<dict>"), lambda: indented_json(spec))
+        return LoadedSpec(spec, SourceMap(file or "<dict>"), lambda: dict_spec_text(spec))
     if isinstance(spec, os.PathLike) or (isinstance(spec, str) and _looks_like_path(spec)):
         return read_shipped(os.fspath(spec)) if is_shipped(os.fspath(spec)) else load_file(spec)
     if isinstance(spec, str):
         return load_text(spec, file or "<string>")
     raise UsageError(f"a spec is a path, YAML text or a dict, not {type(spec).__name__}")
+
+
+def dict_spec_text(spec: Any) -> str:
+    r"""The text a spec given as a dict is recorded as (its build record's): indented JSON, which YAML
+    reads back as the same data, so `rebuild` and `load` parse it as they parse any spec.
+
+    One difference from `json.dumps`: a character beyond U+FFFF (an emoji in a description) is
+    written as itself, not as JSON's surrogate-pair escape, which YAML refuses ("invalid Unicode
+    character escape code"); the text is JSON all the same.
+
+    >>> dict_spec_text({"d": chr(0x1F600) + "\\ud83d"}) == '{\n  "d": "' + chr(0x1F600) + '\\\\ud83d"\n}'
+    True
+    """
+    text = indented_json(spec)
+    if "\\ud" not in text:
+        return text
+    # Left to right, so an escaped backslash (`\\`) is passed over whole and never read as the start
+    # of an escape.
+    return _PAIR_OR_BACKSLASH.sub(lambda found: found[0] if found[1] is None else
+                                  chr(0x10000 + ((int(found[1], 16) - 0xD800) << 10) + int(found[2], 16) - 0xDC00),
+                                  text)
+
+
+_PAIR_OR_BACKSLASH = re.compile(r"\\\\|\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
 
 
 def indented_json(data: Any) -> str:
@@ -197,9 +223,10 @@ def check_loaded(loaded: LoadedSpec, params: Mapping[str, Any] | None, read: Rea
         input_shapes: per-sample shapes that replace the declared ones (input name -> shape).
     Raises:
         SpecError: every problem found, each with file:line:col.
-        UsageError: `input_shapes` names an unknown input or is not a shape; the document is a block
-            library, not a spec.
+        UsageError: `input_shapes` names an unknown input or is not a shape; a parameter override is
+            not spec data (`evaluate.plain_overrides`); the document is a block library, not a spec.
     """
+    params = plain_overrides(params)
     if is_block_library(loaded.data):
         raise UsageError(f"{loaded.file} is a block library, not a spec: `resgraph validate {loaded.file}` checks it, "
                          f"and a spec uses its blocks with `imports: [...]`")

@@ -37,6 +37,7 @@ from typing import Any
 from .ops import Merge, ShapeError, TensorType, broadcast_shape
 from .ops.base import Scale, sample_dim
 from .ops.merge import check_gate_layouts
+from .ops.pool import check_avg_pool3d_input
 from .spec import Projection
 from .symbolic import Guard, hint, requirement, specialize
 
@@ -208,16 +209,43 @@ class ProjectionError(ShapeError):
 def wanted_shape(merge: Merge, source: TensorType, target: TensorType, dim: int = 1) -> tuple[Any, ...] | None:
     """The shape the source must have to merge into the target, or None when it already fits.
 
-    add needs the target's shape; mul needs a shape that broadcasts with the target's (or, failing
-    that, the target's own); concat needs the target's shape except along `dim`.
+    add needs the target's shape; mul needs a shape that broadcasts with the target's: a gate whose
+    channels (features) alone keep it from broadcasting needs the target's channels and keeps its
+    own other dims (an SE gate (C', 1, 1) into (C, H, W) becomes (C, 1, 1)), anything else the
+    target's own shape; concat needs the target's shape except along `dim`.
     """
-    if merge is Merge.mul and broadcast_shape(source.shape, target.shape) is not None:
-        return None
+    if merge is Merge.mul:
+        if _broadcasts(source.shape, target.shape):
+            return None
+        if source.rank == target.rank and source.rank >= 1:
+            axis = 0 if source.rank >= 2 and target.layout == "channels_first" else source.rank - 1
+            gate = (*source.shape[:axis], target.shape[axis], *source.shape[axis + 1:])
+            if _broadcasts(gate, target.shape):
+                return gate
     if merge is Merge.concat and source.rank == target.rank:
         axis = sample_dim(dim, target.rank)
         want = (*target.shape[:axis], source.shape[axis], *target.shape[axis + 1:])
-        return None if want == source.shape else want
-    return None if source.shape == target.shape else target.shape
+        return None if _same_shape(want, source.shape) else want
+    return None if _same_shape(source.shape, target.shape) else target.shape
+
+
+def _broadcasts(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Whether two shapes broadcast, recording what broadcasting needs only where they do (see
+    `_same_shape`: shapes that do not broadcast at the declared size plan a projection, which still
+    fits where a size happens to become 1 or equal)."""
+    return broadcast_shape(hint_sizes(a), hint_sizes(b)) is not None and broadcast_shape(a, b) is not None
+
+
+def _same_shape(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Whether two shapes are equal, recording a guard only where they are.
+
+    Equal shapes plan the identity, which holds only at sizes where they stay equal: each dim's
+    equality is recorded. Shapes that differ at the declared size plan a projection, and the plan
+    records the conditions it needs itself (its stride, its margins); it still fits at a size where
+    the two happen to coincide. Comparing the tuples directly would record the first differing dim
+    only (the comparison stops there), refusing e.g. H = 1 for a strided skip while admitting W = 1.
+    """
+    return len(a) == len(b) and hint_sizes(a) == hint_sizes(b) and a == b
 
 
 @dataclass(frozen=True)
@@ -359,6 +387,12 @@ def _avgpool(m: Mismatch) -> Plan:
     m.needs_spatial(Projection.avgpool)
     c_in, c_out = m.channels
     steps = [Step(StepKind.avgpool, {"dims": m.dims, "kernel": m.stride_arg()})] if m.strided() else []
+    if steps and m.dims == 3:
+        try:
+            check_avg_pool3d_input(m.sizes[0], m.steps())
+        except ShapeError as exc:
+            raise ProjectionError(f"projection 'avgpool': {exc}", "use projection: auto or conv (a strided 1x1 conv), "
+                                  "which takes any size") from None
     if c_in != c_out:
         steps += [m.conv(), m.norm()]
     return tuple(steps), m.reason()
@@ -388,7 +422,7 @@ def _crop(m: Mismatch) -> Plan:
     if any(s < w for s, w in zip(spatial_in, spatial_out)):
         raise ProjectionError(f"crop cannot enlarge spatial size {_size(spatial_in)} to {_size(spatial_out)}",
                               kind="larger")
-    if _is_stride(m):
+    if _is_stride(m, across_grids=True):
         raise ProjectionError(f"crop would misalign the grids: the target is a strided map "
                               f"({_size(spatial_in)} -> {_size(spatial_out)}, /{_short(m.steps())}), and a centre "
                               "crop of the source does not line up with the positions the stride kept",
@@ -412,11 +446,17 @@ def _crop(m: Mismatch) -> Plan:
     return tuple(steps), _join(crop, f"{c_in}->{c_out} channels" if c_in != c_out else "")
 
 
-def _is_stride(m: Mismatch) -> bool:
-    """True when the source and target are on grids an integer step apart (> 1)."""
+def _is_stride(m: Mismatch, *, across_grids: bool = False) -> bool:
+    """True when the source and target are on grids an integer step apart (> 1).
+
+    With `across_grids`, grids known to be a non-integer ratio apart (or the target's finer) raise
+    the ProjectionError that says so, rather than counting as one grid: a crop must not align them.
+    """
     try:
         return m.strided()
-    except ProjectionError:
+    except ProjectionError as exc:
+        if across_grids and exc.kind in ("ratio", "finer"):
+            raise
         return False
 
 

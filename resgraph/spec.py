@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     SkipValidation,
+    StrictBool,
     Tag,
     WithJsonSchema,
     model_validator,
@@ -77,7 +78,7 @@ class Skip(StrictModel):
     merge: Merge = Field(default=Merge.add, description="add, concat (along dim) or mul (gating, broadcasting).")
     projection: Projection | None = Field(default=None, description="Overrides defaults.projection for this skip.")
     dim: int | None = Field(default=None, description="Concat dim (batch is dim 0); default 1, the channels.")
-    when: bool = Field(default=True, description="false (usually an expression): the skip is left out.")
+    when: StrictBool = Field(default=True, description="false (usually an expression): the skip is left out.")
 
     @model_validator(mode="after")
     def _dim_only_for_concat(self) -> Skip:
@@ -104,7 +105,7 @@ class BlockCall(StrictModel):
         default=None, description="The node(s) the block reads; default: the previous layer.")
     repeat: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
         default=None, description="Chain this many instances, nested as NAME.0, NAME.1, ... (scaled by scale.depth).")
-    when: bool = Field(default=True, description="false (usually an expression): the layer is left out.")
+    when: StrictBool = Field(default=True, description="false (usually an expression): the layer is left out.")
     collect: bool = Field(default=False, description=(
         "true (with repeat): every instance's output stays readable, as NAME.0, NAME.1, ... and NAME.* (all of "
         "them, in order, e.g. in a concat's input list); NAME alone is still the last one's."))

@@ -17,8 +17,8 @@ from .ops import OPS
 from .schema import json_schema
 from .suggest import did_you_mean
 
-__all__ = ["NAME_RULE", "describe", "jsonschema_diagnostics", "keys_not_strings", "pydantic_diagnostics", "subject",
-           "untyped_body"]
+__all__ = ["NAME_RULE", "coerced_diagnostics", "describe", "jsonschema_diagnostics", "keys_not_strings",
+           "pydantic_diagnostics", "subject", "untyped_body"]
 
 NAME_RULE = "names start with a letter and hold only letters, digits and '_'"
 
@@ -356,6 +356,44 @@ def pydantic_diagnostics(exc: Any, data: Any, origin: Origin) -> Iterator[Diagno
         op = _get(data, ("op",)) if origin.path else None
         yield Diagnostic(origin.source.locate(full, key=item["type"] == "extra_forbidden" or bool(named)),
                          f"{_label(full, data if not origin.path else None, op)}: {message}")
+
+
+def coerced_diagnostics(typed: Any, body: dict[str, Any], computed: Iterable[str], origin: Origin) -> list[Diagnostic]:
+    """Computed values pydantic converted to another kind of value, as errors: what the schema
+    refuses written is refused computed.
+
+    pydantic's lax mode reads true as 1 and 1 as true, and "4" as 4. A written `out_channels: true`
+    never reaches it (the JSON Schema refuses it first), but `out_channels: "${flag}"` with a
+    boolean `flag` did, and built one channel (`p: "${flag}"`: a dropout of probability 1).
+
+    Args:
+        typed: the model `body` was typed as.
+        computed: the keys of `body` whose values came from `${...}` expressions.
+    """
+    found = []
+    fields = _FIELDS.get(type(typed))
+    if fields is None:
+        fields = _FIELDS[type(typed)] = {(info.alias or name): name for name, info in type(typed).model_fields.items()}
+    for key in computed:
+        if key not in fields:
+            continue
+        given, kept = body[key], typed.__dict__.get(fields[key])
+        if isinstance(given, bool) or isinstance(kept, bool):
+            changed = isinstance(given, bool) != isinstance(kept, bool)
+        else:
+            changed = isinstance(given, str) != isinstance(kept, str)
+        if not changed or given is None or kept is None:
+            continue
+        expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+            type(kept), f"a {type(kept).__name__}")
+        full = (*origin.path, key)
+        op = body.get("op") if origin.path else None
+        found.append(Diagnostic(origin.source.locate(full), f"{_label(full, None, op)}: expected {expected}, got "
+                                                            f"{_show(given)}"))
+    return found
+
+
+_FIELDS: dict[type, dict[str, str]] = {}  # a model's keys as written (aliases) -> its field names
 
 
 _PYDANTIC_BOUNDS = {"greater_than_equal": ("ge", "minimum"), "greater_than": ("gt", "exclusiveMinimum"),

@@ -169,6 +169,8 @@ def test_static_shape_matches_torch(op: str, args: dict[str, Any], shape: Shapes
     ("ConvTranspose2d", {"out_channels": 4, "kernel_size": 3, "stride": 2, "output_padding": 2}, (3, 4, 4),
      "output_padding=2 must be smaller"),
     ("MaxPool2d", {"kernel_size": 2, "padding": 2}, (3, 8, 8), "at most half the kernel size"),
+    ("AvgPool3d", {"kernel_size": 2, "padding": 1, "ceil_mode": True}, (3, 1, 4, 4),
+     "at least its kernel (2x2x2), padding aside, as torch checks it; the input is 1x4x4"),
     ("GroupNorm", {"num_groups": 3}, (4, 2, 2), "does not divide"),
     ("Flatten", {"start_dim": 0}, (3, 4), "batch dimension"),
     ("Flatten", {"start_dim": 5}, (3, 4), "out of range"),

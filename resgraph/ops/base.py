@@ -25,7 +25,16 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from typing_extensions import TypeAliasType
 
 from ..symbolic import SymInt, hint
@@ -276,7 +285,7 @@ class Layer(StrictModel):
     input: Reference | list[Reference] | None = Field(
         default=None, description="The node(s) this layer reads; default: the previous layer."
     )
-    when: bool = Field(default=True, description="false (usually an expression): the layer is left out.")
+    when: StrictBool = Field(default=True, description="false (usually an expression): the layer is left out.")
     tie: Ties | None = None
 
     torch_name: ClassVar[str | None] = None  # set by register_op unless the op is code

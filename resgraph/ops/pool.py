@@ -6,11 +6,11 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from ..symbolic import sym_min
+from ..symbolic import hint, sym_min
 from .base import FLOAT_DTYPES, NUMBER_DTYPES, FeatureMapLayer, ShapeError, TensorType, to_tuple
 from .conv import spatial_family, strides
 
-__all__ = ["AdaptivePoolBase", "AvgPoolBase", "MaxPoolBase", "pool_output_size"]
+__all__ = ["AdaptivePoolBase", "AvgPoolBase", "MaxPoolBase", "check_avg_pool3d_input", "pool_output_size"]
 
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -33,6 +33,21 @@ def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation
         return span // stride + 1
     # ceil(span / stride) + 1, capped so that the last window starts before size + padding
     return sym_min(-(-span // stride) + 1, (size + padding - 1) // stride + 1)
+
+
+def check_avg_pool3d_input(sizes: tuple[int, ...], kernel: tuple[int, ...]) -> None:
+    """AvgPool3d's own rule: every spatial size at least the kernel's, padding aside (ATen's
+    `pool3d_shape_check` for avg_pool3d: "input image ... smaller than kernel size"). AvgPool1d and 2d
+    have no such rule: a 1-long input pools by a window of 2 with ceil_mode. Records the comparisons
+    on symbolic sizes, so the sizes it refuses are refused by the input guard too.
+
+    Raises:
+        ShapeError: an input size smaller than the kernel.
+    """
+    if any(size < k for size, k in zip(sizes, kernel)):
+        shown = "x".join(str(hint(size)) for size in sizes)
+        raise ShapeError(f"AvgPool3d needs every spatial size to be at least its kernel "
+                         f"({'x'.join(map(str, kernel))}), padding aside, as torch checks it; the input is {shown}")
 
 
 class _PoolBase(FeatureMapLayer):
@@ -79,6 +94,11 @@ class AvgPoolBase(_PoolBase):
     count_include_pad: bool = True
 
     input_dtypes: ClassVar[frozenset[str] | None] = FLOAT_DTYPES | {"int64"}  # torch has no int32 kernel
+
+    def output_type(self, inputs: list[TensorType]) -> TensorType:
+        if self.spatial_dims == 3:
+            check_avg_pool3d_input(self.feature_map(inputs).shape[1:], to_tuple(self.kernel_size, 3, "kernel_size"))
+        return super().output_type(inputs)
 
 
 class AvgPoolDivisorBase(AvgPoolBase):
