@@ -275,11 +275,13 @@ def pair_units(ours: list[tuple[str, Signature]], theirs: list[tuple[str, Signat
 def _groups(keys: list[str], tensors: Mapping[str, Any]) -> dict[str, tuple[list[str], Signature]]:
     """Module path -> its tensors among `keys` (in order) and their description (shapes, float-ness)."""
     members: dict[str, list[str]] = {}
+    # A tensor of the root module beside submodules (a class token, a position table: a top-level
+    # `parameter`) is a unit of its own: implementations register such tensors in other orders (and
+    # resgraph puts every top-level one there), so tying them into one signature would pair none.
+    # Where the root holds every tensor (a bare layer's state_dict: weight, bias), they are one module.
+    beside_submodules = any(_module(key) for key in keys)
     for key in keys:
-        # A tensor of the root module (a class token, a position table: a top-level `parameter`) is
-        # a unit of its own: implementations register such tensors in other orders (and resgraph
-        # puts every top-level one there), so tying them into one signature would pair none.
-        members.setdefault(_module(key) or key, []).append(key)
+        members.setdefault(_module(key) or (key if beside_submodules else ""), []).append(key)
     return {module: (found, (tuple(tuple(tensors[k].shape) for k in found),
                              tuple(tensors[k].is_floating_point() for k in found)))
             for module, found in members.items()}

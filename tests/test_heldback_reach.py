@@ -21,6 +21,7 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import resgraph
 
@@ -345,6 +346,19 @@ layers:
     assert mapping.complete and mapping.as_dict()["pos"] == "pos_embed" and mapping.as_dict()["cls"] == "cls_token"
     x = torch.randn(2, 4, 8)
     torch.testing.assert_close(model(x), reference(x))
+
+
+def test_a_bare_layers_state_dict_pairs_by_order_with_a_layer_of_the_model_and_back() -> None:
+    # (every tensor of a bare layer is at the root: they stay one module, as a layer's weight and bias)
+    model = resgraph.build(HEADER + "inputs: {x: [16]}\nlayers:\n  - fc: {op: Linear, out_features: 5}\n")
+    layer = nn.Linear(16, 5)
+    mapping = resgraph.load_weights(model, layer.state_dict())
+    assert mapping.complete and mapping.as_dict() == {"fc.weight": "weight", "fc.bias": "bias"}
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(model(x), layer(x))
+    bare = nn.Linear(16, 5)
+    assert resgraph.load_weights(bare, nn.Sequential(layer).state_dict()).complete
+    torch.testing.assert_close(bare(x), layer(x))
 
 
 # --- in place, through a block's outputs ----------------------------------------------------------
