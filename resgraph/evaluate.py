@@ -93,12 +93,16 @@ def _walk(item: Any, rel: Path, names: Mapping[str, Any], origin: Origin, diagno
     return result
 
 
+# The plain value a subclass holds: `str(member)` of a `(str, Enum)` is 'Mode.a', not its value.
+_PLAIN_VALUE: dict[type, Callable[[Any], Any]] = {int: int.__int__, float: float.__float__, str: str.__str__}
+
+
 def plain_overrides(params: Mapping[str, Any] | None) -> dict[str, Any]:
     """Parameter overrides given in Python as spec data, the kinds of value YAML gives (and a saved
     model's record stores, for `torch.load(weights_only=True)` to read back).
 
-    Tuples become lists; subclasses of int, float and str (an `IntEnum`, `numpy.float64`) become
-    the plain type. None, booleans, lists and str-keyed mappings of these pass as they are.
+    Tuples become lists; subclasses of int, float and str (an `IntEnum`, a `(str, Enum)`,
+    `numpy.float64`) become the plain value they hold. None, booleans, lists and str-keyed mappings of these pass as they are.
 
     >>> plain_overrides({"depths": (3, 4), "eps": 1e-5})
     {'depths': [3, 4], 'eps': 1e-05}
@@ -109,9 +113,9 @@ def plain_overrides(params: Mapping[str, Any] | None) -> dict[str, Any]:
     def plain(value: Any, name: str) -> Any:
         if value is None or isinstance(value, bool):  # (bool has no subclasses)
             return value
-        for kind in (int, float, str):
+        for kind, plain_value in _PLAIN_VALUE.items():
             if isinstance(value, kind):
-                return value if type(value) is kind else kind(value)
+                return value if type(value) is kind else plain_value(value)
         if isinstance(value, (list, tuple)):
             return [plain(item, name) for item in value]
         if isinstance(value, dict) and all(isinstance(key, str) for key in value):

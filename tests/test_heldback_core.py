@@ -221,6 +221,20 @@ def test_overrides_are_recorded_as_plain_data_that_a_saved_model_loads_back(tmp_
     assert _same_model(model, resgraph.load(tmp_path / "m.pt"))
 
 
+class Activation(str, enum.Enum):
+    relu = "ReLU"
+    gelu = "GELU"
+
+
+def test_a_str_enum_override_is_its_value_not_its_name() -> None:
+    # (str() of a `(str, Enum)` member is 'Activation.gelu': the op was refused as an import of it)
+    spec = OVERRIDDEN.replace("params: {", "params: {act: ReLU, ").replace(
+        "  - d:", "  - a: {op: \"${act}\"}\n  - d:")
+    model = resgraph.build(spec, params={"act": Activation.gelu})
+    assert model.build_record.params["act"] == "GELU" and type(model.build_record.params["act"]) is str
+    assert isinstance(model.a, torch.nn.GELU)
+
+
 def test_an_override_that_is_not_spec_data_is_a_usage_error_naming_it() -> None:
     with pytest.raises(resgraph.UsageError, match=r"parameter 'kernel': numpy.int64 np.int64\(3\) is not spec data"):
         resgraph.build(OVERRIDDEN, params={"kernel": [np.int64(3), 3]})
