@@ -102,7 +102,8 @@ def plain_overrides(params: Mapping[str, Any] | None) -> dict[str, Any]:
     model's record stores, for `torch.load(weights_only=True)` to read back).
 
     Tuples become lists; subclasses of int, float and str (an `IntEnum`, a `(str, Enum)`,
-    `numpy.float64`) become the plain value they hold. None, booleans, lists and str-keyed mappings of these pass as they are.
+    `numpy.float64`) become the plain value they hold. None, booleans, lists and str-keyed
+    mappings of these pass as they are.
 
     >>> plain_overrides({"depths": (3, 4), "eps": 1e-5})
     {'depths': [3, 4], 'eps': 1e-05}
