@@ -258,6 +258,8 @@ class Mismatch:
     spatial: bool  # a channels-first map (C, *spatial); else features-last (..., F)
     target_scale: Scale | None = None
     concat_axis: int | None = None  # a concat along a spatial dim keeps the source's size there
+    gating: bool = False  # the source multiplies the target (`merge: mul`)
+    broadcast_gate: bool = False  # ... and keeps dims the target broadcasts (an SE gate (C, 1, 1))
     # `steps()` once found (a plan asks for them two or three times: its stride, its reason)
     _steps: tuple[int, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -374,7 +376,14 @@ Plan = tuple[tuple[Step, ...], str]  # steps and reason
 def _auto(m: Mismatch) -> Plan:
     if not m.spatial:
         return (m.linear(),), m.reason()
-    return (m.conv(m.stride_arg()), m.norm()), m.reason()
+    return (m.conv(m.stride_arg()), *_norm(m)), m.reason()
+
+
+def _norm(m: Mismatch) -> tuple[Step, ...]:
+    """The norm after a projection's conv; none for a broadcast gate, whose map is 1x1 where the
+    target's is not: a BatchNorm there normalises across the batch alone (and refuses a batch of
+    1 in training), and SE blocks project their gates with the conv alone."""
+    return () if m.broadcast_gate else (m.norm(),)
 
 
 def _conv(m: Mismatch) -> Plan:
@@ -394,7 +403,7 @@ def _avgpool(m: Mismatch) -> Plan:
             raise ProjectionError(f"projection 'avgpool': {exc}", "use projection: auto or conv (a strided 1x1 conv), "
                                   "which takes any size") from None
     if c_in != c_out:
-        steps += [m.conv(), m.norm()]
+        steps += [m.conv(), *_norm(m)]
     return tuple(steps), m.reason()
 
 
@@ -406,6 +415,11 @@ def _pad(m: Mismatch) -> Plan:
         raise ProjectionError(f"pad cannot reduce {c_in} {what} to {c_out}",
                               "use projection: auto or conv, which learn a 1x1 projection" if m.spatial
                               else "use projection: auto")
+    if c_out > c_in and m.gating:
+        raise ProjectionError(f"pad would give the gate {c_out - c_in} {what} of zeros, which would zero those "
+                              f"{what} of the target it multiplies ({c_in} -> {c_out} {what})",
+                              "use projection: auto or conv, or produce the gate with the target's "
+                              f"{what} (e.g. the last 1x1 conv of an SE block)")
     steps = []
     if any(r != 1 for r in steps_per_dim):
         steps.append(Step(StepKind.subsample, {"stride": steps_per_dim}))
@@ -501,7 +515,9 @@ def plan_projection(policy: Projection, merge: Merge, source: TensorType, target
         raise ProjectionError(f"their leading dims differ ({_size(source.shape[:-1])} vs {_size(want[:-1])}); "
                               "a feature projection only changes the last dim")
     axis = sample_dim(dim, target.rank) if merge is Merge.concat and source.rank == target.rank else None
-    mismatch = Mismatch(source, want, spatial, target.scale, axis)
+    gating = merge is Merge.mul
+    broadcast_gate = gating and hint_sizes(want) != hint_sizes(target.shape)
+    mismatch = Mismatch(source, want, spatial, target.scale, axis, gating, broadcast_gate)
     if policy is Projection.auto and merge is not Merge.add and spatial and _is_stride(mismatch):
         sizes = f"{_size(mismatch.sizes[0])} vs {_size(mismatch.sizes[1])}, /{_short(mismatch.steps())}"
         raise ProjectionError(f"the source and target are on different spatial scales ({sizes}); `auto` does not "

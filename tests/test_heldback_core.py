@@ -280,19 +280,38 @@ skips:
 def test_a_squeeze_gate_with_other_channels_is_projected_to_the_targets_channels_and_broadcasts() -> None:
     # A (6, 1, 1) gate into a (12, 5, 5) map was asked to become (12, 5, 5): refused as "the target is
     # larger (1x1 -> 5x5)", with a hint to give an upsampling layer an explicit size.
-    model = resgraph.build(GATE.replace("POLICY", "auto"), seed=0).eval()
-    conv, norm = model.s
+    # The projection is the 1x1 conv alone, as SE blocks project a gate: a BatchNorm over its 1x1
+    # map would normalise across the batch only (and refuse a batch of 1 in training).
+    model = resgraph.build(GATE.replace("POLICY", "auto"), seed=0)
+    (conv,) = model.s
     assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.bias) == (6, 12, (1, 1), None)
+    assert model.train()(torch.randn(1, 6, 5, 5)).shape == (1, 12, 5, 5)
     x = torch.randn(2, 6, 5, 5)
     with torch.no_grad():
         gate = torch.sigmoid(F.adaptive_avg_pool2d(x, 1))
-        torch.testing.assert_close(model(x), model.body(x) * projected(model, "s", gate))
-    padded = resgraph.build(GATE.replace("POLICY", "pad"), seed=0).eval()
-    with torch.no_grad():
-        gate = torch.sigmoid(F.adaptive_avg_pool2d(x, 1))
-        torch.testing.assert_close(padded(x), padded.body(x) * F.pad(gate, (0, 0, 0, 0, 3, 3)))
+        torch.testing.assert_close(model(x), model.body(x) * conv(gate))
+    # Zero padding would zero the target's channels the gate does not cover: refused.
+    with pytest.raises(resgraph.SpecError, match="pad would give the gate 6 channels of zeros"):
+        resgraph.build(GATE.replace("POLICY", "pad"))
     with pytest.raises(resgraph.SpecError, match="shapes differ and projection is 'none'"):
         resgraph.build(GATE.replace("POLICY", "none"))
+
+
+def test_a_full_size_gate_with_other_channels_keeps_the_norm_and_refuses_zero_padding() -> None:
+    spec = """
+resgraph: 1
+name: FullGate
+inputs: {x: [6, 5, 5]}
+layers:
+  - g: {op: Sigmoid}
+  - body: {op: Conv2d, out_channels: 12, kernel_size: 3, padding: 1, input: x}
+skips:
+  - s: {from: g, to: body, merge: mul, projection: POLICY}
+"""
+    conv, norm = resgraph.build(spec.replace("POLICY", "auto")).s
+    assert (conv.out_channels, type(norm)) == (12, torch.nn.BatchNorm2d)
+    with pytest.raises(resgraph.SpecError, match="pad would give the gate 6 channels of zeros"):
+        resgraph.build(spec.replace("POLICY", "pad"))
 
 
 def test_a_features_last_gate_with_other_features_gets_a_linear_projection() -> None:

@@ -204,10 +204,18 @@ def test_a_features_last_gate_into_a_channels_first_map_is_refused() -> None:
     assert "permute" in (diagnostic.hint or "")
 
 
-@pytest.mark.parametrize(("policy", "stride"), [("auto", 1), ("conv", 2), ("avgpool", 4), ("pad", 2)])
+@pytest.mark.parametrize(("policy", "stride"), [("auto", 1), ("conv", 2), ("avgpool", 4)])
 def test_mul_projects_when_shapes_do_not_broadcast(policy: str, stride: int) -> None:
     model, x, y = run(skip_spec(2, 3, 8, stride, merge="mul", projection=policy), 2, 3)
     assert y.shape == (2, 8, 8 // stride, 8 // stride)
+
+
+def test_mul_with_pad_subsamples_a_gate_but_never_pads_it_with_zero_channels() -> None:
+    model, x, y = run(skip_spec(2, 3, 3, 2, merge="mul", projection="pad"), 2, 3)
+    torch.testing.assert_close(y, model.t(x) * x[:, :, ::2, ::2])
+    with pytest.raises(resgraph.SpecError, match="pad would give the gate 5 channels of zeros, which would zero "
+                                                 "those channels of the target"):
+        resgraph.build(skip_spec(2, 3, 8, 2, merge="mul", projection="pad"))
 
 
 # --- features: Linear projections for vectors and (seq, features) ---------------------------------
