@@ -29,8 +29,8 @@ from .spec import SHAPE_NAMES, BlockCall, Scale, _layer_tag
 from .suggest import did_you_mean
 from .translate import coerced_diagnostics, pydantic_diagnostics, subject
 
-__all__ = ["LAYER", "LEFT_OUT", "SCALED_OPS", "concrete", "evaluate_tree", "freeze", "is_left_out", "names_read",
-           "plain_overrides", "resolve_params", "scale_width"]
+__all__ = ["LAYER", "LEFT_OUT", "SCALED_OPS", "concrete", "evaluate_tree", "freeze", "holds_expression", "is_left_out",
+           "names_read", "plain_overrides", "resolve_params", "scale_width"]
 
 SCALED_OPS = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
 
@@ -179,6 +179,11 @@ def names_read(value: Any) -> set[str] | None:
     return names
 
 
+def holds_expression(value: Any) -> bool:
+    """Whether `value` (spec data) has a `${...}` anywhere in it."""
+    return next(_expression_reads(value), False) is not False
+
+
 def _expression_reads(value: Any) -> Iterator[set[str] | None]:
     """What each `${...}` in `value` reads (None for one that does not parse)."""
     stack = [value]
@@ -296,7 +301,7 @@ def concrete(template: Any, model: type[T] | TypeAdapter[T], names: Mapping[str,
         return None
     if written is None and isinstance(template, dict) and isinstance(body, dict):
         coerced = coerced_diagnostics(typed, body, [key for key, value in template.items()
-                                                    if expression_body(value) is not None], origin)
+                                                    if holds_expression(value)], origin)
         if coerced:
             diagnostics.extend(coerced)
             return None

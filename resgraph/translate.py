@@ -11,6 +11,8 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from pydantic import BaseModel
+
 from .errors import Diagnostic
 from .loader import Origin, Path, SourceMap
 from .ops import OPS
@@ -364,36 +366,65 @@ def coerced_diagnostics(typed: Any, body: dict[str, Any], computed: Iterable[str
 
     pydantic's lax mode reads true as 1 and 1 as true, and "4" as 4. A written `out_channels: true`
     never reaches it (the JSON Schema refuses it first), but `out_channels: "${flag}"` with a
-    boolean `flag` did, and built one channel (`p: "${flag}"`: a dropout of probability 1).
+    boolean `flag` did, and built one channel (`p: "${flag}"`: a dropout of probability 1). Values
+    are compared all the way down: `kernel_size: ["${flag}", 3]`, `scale: {width: "${s}"}`.
 
     Args:
         typed: the model `body` was typed as.
-        computed: the keys of `body` whose values came from `${...}` expressions.
+        computed: the keys of `body` whose values hold `${...}` expressions.
     """
     found = []
-    fields = _FIELDS.get(type(typed))
-    if fields is None:
-        fields = _FIELDS[type(typed)] = {(info.alias or name): name for name, info in type(typed).model_fields.items()}
     for key in computed:
-        if key not in fields:
+        if key not in _fields(type(typed)):
             continue
-        given, kept = body[key], typed.__dict__.get(fields[key])
-        if isinstance(given, bool) or isinstance(kept, bool):
-            changed = isinstance(given, bool) != isinstance(kept, bool)
-        else:
-            changed = isinstance(given, str) != isinstance(kept, str)
-        if not changed or given is None or kept is None:
+        found_leaf = _coerced(body[key], typed.__dict__.get(_fields(type(typed))[key]), ())
+        if found_leaf is None:
             continue
+        where, given, kept = found_leaf
         expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
             type(kept), f"a {type(kept).__name__}")
-        full = (*origin.path, key)
+        full = (*origin.path, key, *where)
         op = body.get("op") if origin.path else None
         found.append(Diagnostic(origin.source.locate(full), f"{_label(full, None, op)}: expected {expected}, got "
                                                             f"{_show(given)}"))
     return found
 
 
-_FIELDS: dict[type, dict[str, str]] = {}  # a model's keys as written (aliases) -> its field names
+def _coerced(given: Any, kept: Any, path: Path) -> tuple[Path, Any, Any] | None:
+    """The first leaf where typing changed the kind of value (a boolean for a number or back, a
+    string for a number), as (its path below `path`, given, kept), walking dicts, lists and nested
+    models alike."""
+    if isinstance(given, dict) and isinstance(kept, BaseModel):
+        fields = _fields(type(kept))
+        pairs = [(key, value, kept.__dict__.get(fields[key])) for key, value in given.items() if key in fields]
+    elif isinstance(given, dict) and isinstance(kept, dict):
+        pairs = [(key, value, kept[key]) for key, value in given.items() if key in kept]
+    elif isinstance(given, (list, tuple)) and isinstance(kept, (list, tuple)) and len(given) == len(kept):
+        pairs = [(index, *pair) for index, pair in enumerate(zip(given, kept))]
+    else:
+        if given is None or kept is None:
+            return None
+        if isinstance(given, bool) or isinstance(kept, bool):
+            changed = isinstance(given, bool) != isinstance(kept, bool)
+        else:
+            changed = isinstance(given, str) != isinstance(kept, str)
+        return (path, given, kept) if changed else None
+    for key, value, typed in pairs:
+        leaf = _coerced(value, typed, (*path, key))
+        if leaf is not None:
+            return leaf
+    return None
+
+
+def _fields(model: type[BaseModel]) -> dict[str, str]:
+    """A model's keys as written (aliases) -> its field names (once per model)."""
+    fields = _FIELDS.get(model)
+    if fields is None:
+        fields = _FIELDS[model] = {(info.alias or name): name for name, info in model.model_fields.items()}
+    return fields
+
+
+_FIELDS: dict[type, dict[str, str]] = {}
 
 
 _PYDANTIC_BOUNDS = {"greater_than_equal": ("ge", "minimum"), "greater_than": ("gt", "exclusiveMinimum"),

@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .errors import Diagnostic, SpecError
-from .evaluate import evaluate_tree, resolve_params
+from .evaluate import evaluate_tree, holds_expression, resolve_params
 from .expressions import expression_body
 from .loader import LoadedSpec, Origin, Path, SourceMap, gc_paused
 from .ops import OPS
@@ -35,7 +35,7 @@ from .resources import schema_path
 from .schema import json_schema, library_schema
 from .schema_check import Compiler, Predicate, UnsupportedSchema
 from .spec import BUILTIN_NAMES, BlockLibrary, Spec
-from .translate import jsonschema_diagnostics, keys_not_strings, pydantic_diagnostics, untyped_body
+from .translate import coerced_diagnostics, jsonschema_diagnostics, keys_not_strings, pydantic_diagnostics, untyped_body
 
 __all__ = ["builtin_shadows", "is_block_library", "schema_diagnostics", "validate", "validate_library"]
 
@@ -88,6 +88,9 @@ def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics:
         spec = Spec.model_validate(data).model_copy(update={"params": values})
     except ValidationError as exc:
         raise SpecError([*problems, *pydantic_diagnostics(exc, data, root)]) from None
+    coerced = coerced_diagnostics(spec, data, [key for key, value in shell.items() if holds_expression(value)], root)
+    if coerced:
+        raise SpecError([*problems, *coerced])
     if diagnostics is not None:
         diagnostics.extend(problems)
     return spec.with_invalid(frozenset(entries), frozenset(blocks), frozenset(stand_ins.values()))

@@ -371,6 +371,28 @@ def test_a_computed_value_of_the_wrong_kind_is_refused_as_the_written_one_is(
     assert ((diagnostic.location.line, diagnostic.location.column), diagnostic.message) == (where, message)
 
 
+@pytest.mark.parametrize(("edit", "where", "message"), [
+    (("kernel_size: 1, bias", 'kernel_size: ["${flag}", 1], bias'), (11, 56),
+     "layer 'c' (Conv2d): kernel_size.0: expected an integer, got boolean True"),
+    (("kernel_size: 1, bias", 'kernel_size: "${[1, text]}", bias'), (11, 55),
+     "layer 'c' (Conv2d): kernel_size.1: expected an integer, got string '4'"),
+    (("inputs: {x: [4, 8, 8]}", 'scale: {width: "${text}"}\ninputs: {x: [4, 8, 8]}'), (9, 17),
+     "scale: width: expected a number, got string '4'"),
+    (("inputs: {x: [4, 8, 8]}", 'inputs: {x: {shape: [4, "${flag}", 8]}}'), (9, 26),
+     "input 'x': shape.1: expected an integer, got boolean True"),
+])
+def test_a_computed_value_inside_a_list_or_a_spec_section_is_held_to_its_kind_too(
+        edit: tuple[str, str], where: tuple[int, int], message: str) -> None:
+    # (`kernel_size: ["${flag}", 1]` built a (1, 1) kernel; `scale: {width: "${text}"}` scaled by 4)
+    text = COMPUTED.replace(*edit)
+    for key, value in {"WIDTH": "4", "BIAS": "true", "RATE": "0.5", "REPEAT": "2"}.items():
+        text = text.replace(key, value)
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.build(text)
+    (diagnostic,) = caught.value.diagnostics
+    assert ((diagnostic.location.line, diagnostic.location.column), diagnostic.message) == (where, message)
+
+
 def test_computed_values_of_the_right_kind_still_build() -> None:
     text = COMPUTED.replace("WIDTH", '"${count * 2.0}"').replace("BIAS", '"${count > 1}"')
     model = resgraph.build(text.replace("RATE", '"${count / 4}"').replace("REPEAT", '"${count}"'))
