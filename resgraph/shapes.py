@@ -620,8 +620,8 @@ def _inplace_hazards(graph: Graph) -> list[Diagnostic]:
             why = f"{shown!r} is a stored tensor{' the block returns' if returned else ''} and {_storage(root).fixed}"
         elif kept is not None:
             holder = graph.nodes[kept]
-            inside = isinstance(holder, BlockNode) or (isinstance(holder, LayerNode)
-                                                       and isinstance(holder.layer, BlockOutput))
+            # (one value of a call with several, `b.a`, is made by a layer inside the call)
+            inside = isinstance(holder, LayerNode) and isinstance(holder.layer, BlockOutput)
             why = ((f"the layer in block call {holder.name.split('.')[0]!r} that makes {holder.name!r} keeps it"
                     if inside else f"{graph.label(holder)} keeps its output")
                    + " for the backward pass, which would then fail (autograd: modified by an inplace operation)")

@@ -120,13 +120,21 @@ ONE_GRID = Refused("the spatial size shrinks on one grid, with no stride between
                    None, "grid", ("8 == 4", "8 == 4"))  # ceil(8 / 1) == 4, per dim: never
 
 
+def _zero_gate(added: int, before: int, after: int, what: str) -> Refused:
+    return Refused(f"pad would give the gate {added} {what} of zeros, which would zero those {what} of the target it "
+                   f"multiplies ({before} -> {after} {what})",
+                   f"use projection: auto or conv, or produce the gate with the target's {what} (e.g. the last 1x1 "
+                   "conv of an SE block)")
+
+
 def _needs_spatial(policy: str, sizes: str) -> Refused:
     return Refused(f"projection '{policy}' needs spatial dims, but these are feature tensors ({sizes})",
                    "use projection: auto, conv or pad")
 
 
 # (policy, merge) -> (step kinds, reason), or Refused. `{big}`/`{small}`: the map's spatial sizes
-# (`8x8`/`4x4` in 2-D). A mul here never broadcasts ((4, 8, 8) into (8, 4, 4)), so it projects as add does.
+# (`8x8`/`4x4` in 2-D). A mul here never broadcasts ((4, 8, 8) into (8, 4, 4)), so it projects as add does,
+# except that pad refuses to give a gate channels of zeros.
 STRIDED_PLANS: dict[tuple[str, str], tuple[list[str], str] | Refused] = {
     ("auto", "add"): (["conv", "norm"], "4->8 channels, /2"),
     ("conv", "add"): (["conv"], "4->8 channels, /2"),
@@ -143,7 +151,7 @@ STRIDED_PLANS: dict[tuple[str, str], tuple[list[str], str] | Refused] = {
     ("auto", "mul"): _across_scales("mul"),
     ("conv", "mul"): (["conv"], "4->8 channels, /2"),
     ("avgpool", "mul"): (["avgpool", "conv", "norm"], "4->8 channels, /2"),
-    ("pad", "mul"): (["subsample", "pad"], "4->8 channels, /2"),
+    ("pad", "mul"): _zero_gate(4, 4, 8, "channels"),  # zeros would zero the target's channels they gate
     ("crop", "mul"): MISALIGNED,
     ("none", "mul"): NONE,
 }
@@ -195,7 +203,7 @@ def _expected(layout: Layout, policy: str, merge: str) -> tuple[list[str], str, 
         # The projected source is on the target's grid.
         output = layout.source.with_shape((4 if merge == "concat" else 8, *target.shape[1:]), None, target.scale)
     else:
-        row = FEATURE_PLANS[policy]
+        row = _zero_gate(4, 6, 10, "features") if (policy, merge) == ("pad", "mul") else FEATURE_PLANS[policy]
         big = small = ""
         output = layout.source.with_shape((*layout.source.shape[:-1], 10), "features_last")
     if isinstance(row, Refused):
