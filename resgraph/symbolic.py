@@ -33,15 +33,15 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-__all__ = ["Expr", "Guard", "SymInt", "evaluate", "hint", "recorded", "recording", "requirement", "site",
-           "specialize", "sym_max", "sym_min"]
+__all__ = ["Expr", "Guard", "SymInt", "evaluate", "hint", "recorded", "recording", "requirement", "scaled_size",
+           "site", "specialize", "sym_max", "sym_min"]
 
 
 @dataclass(frozen=True, eq=False)
 class Expr:
     """A node of a size expression: a symbol, a constant, or an operation on two expressions."""
 
-    op: str  # "sym", "const", "add", "mul", "floordiv", "mod", "max", "min"
+    op: str  # "sym", "const", "add", "mul", "floordiv", "mod", "max", "min", "fmul" (see scaled_size)
     args: tuple[Any, ...]
 
     def __str__(self) -> str:
@@ -52,6 +52,8 @@ class Expr:
         left, right = self.args
         if self.op in ("max", "min"):
             return f"{self.op}({left}, {right})"
+        if self.op == "fmul":
+            return f"int({_wrap(left, 'mul')} * {right})"
         if self.op == "add" and right.op == "const" and right.args[0] < 0:
             return f"{left} - {-right.args[0]}"
         symbol = {"add": "+", "mul": "*", "floordiv": "//", "mod": "%"}[self.op]
@@ -367,6 +369,20 @@ def sym_min(a: Operand, b: Operand) -> Operand:
     return SymInt(_node("min", (_expr(a), _expr(b))), min(hint(a), hint(b)))
 
 
+def scaled_size(size: Operand, factor: float) -> Operand:
+    """int(float(size) * factor): the size torch gives a dim interpolated by `factor` (`Upsample`'s
+    scale_factor). torch multiplies in double precision and truncates, so 90 * 0.7 is 62 (the double
+    product is 62.99999999999999), not the 63 exact arithmetic gives.
+
+    >>> h = SymInt.symbol("x.H", 90)
+    >>> scaled_size(90, 0.7), scaled_size(h, 0.7).hint, str(scaled_size(h, 0.7).expr)
+    (62, 62, 'int(x.H * 0.7)')
+    """
+    if not isinstance(size, SymInt):
+        return int(float(size) * factor)
+    return SymInt(_node("fmul", (size.expr, _const(factor))), int(float(size.hint) * factor))
+
+
 def evaluate(expr: Expr, env: Mapping[str, Any], memo: dict[int, Any] | None = None) -> Any:
     """The value of `expr` with each symbol bound by `env` (ints, or numpy arrays for many sizes at once).
 
@@ -409,8 +425,14 @@ def _vector_min(a: Any, b: Any) -> Any:
     return numpy.minimum(a, b)
 
 
+def _vector_fmul(a: Any, b: Any) -> Any:
+    import numpy
+
+    return numpy.trunc(numpy.multiply(a, b, dtype=numpy.float64)).astype(numpy.int64)  # as scaled_size, at every size
+
+
 _VECTOR_OPS: dict[str, Callable[[Any, Any], Any]] = {
     "add": operator.add, "mul": operator.mul, "floordiv": operator.floordiv, "mod": operator.mod,
-    "max": _vector_max, "min": _vector_min}
+    "max": _vector_max, "min": _vector_min, "fmul": _vector_fmul}
 
 COMPARISONS = _COMPARE
