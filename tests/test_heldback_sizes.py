@@ -42,3 +42,82 @@ def test_a_fractional_scale_factor_sizes_as_torch_does(factor: float, declared: 
         height = torch.nn.Upsample(scale_factor=factor)(torch.zeros(1, 3, size, 8, device="meta")).shape[2] \
             if int(size * factor) >= 1 else 0
         assert _refused(model, torch.zeros(1, 3, size, 8)) == (height != expected), size
+
+
+# --- the guard's rules hold beyond the range `resgraph sizes` tries by default (1..2048) -----------
+
+_POSITIONS = """\
+inputs:
+  tokens: {shape: [16], dtype: int64}
+layers:
+  - wte: {op: Embedding, num_embeddings: 10, embedding_dim: 4, input: tokens}
+  - positions: {op: arange, input: tokens, dim: 1}
+  - wpe: {op: Embedding, num_embeddings: %d, embedding_dim: 4}
+  - embedded: {op: add, input: [wte, wpe]}
+"""
+
+
+def test_a_position_table_longer_than_the_default_range_bounds_the_guard() -> None:
+    """The solver tried 1..2048, found every length valid and stated 'any L': a model with a 3,000-row
+    position table took 3,001 tokens past its guard and failed in the embedding ('index out of range')."""
+    spec = "resgraph: 1\nname: Net\n" + _POSITIONS % 3000
+    model = resgraph.build(spec, seed=0)
+    assert model(torch.zeros(1, 3000, dtype=torch.long)).shape == (1, 3000, 4)
+    assert _refused(model, torch.zeros(1, 3001, dtype=torch.long))
+    with pytest.raises(IndexError):  # what the guard spares the caller: torch at 3,001 without it
+        torch.nn.Embedding(3000, 4)(torch.arange(3001))
+    (length,) = resgraph.valid_sizes(spec).dims
+    assert length.rule.describe("L") == "1 <= L <= 3000"
+    assert length.valid == tuple(range(1, 2049))  # the sizes listed stay those of the range asked for
+    assert model.dynamic_shapes()[0][1].max == 3000
+
+
+def test_a_model_declared_past_the_default_range_accepts_its_declared_input() -> None:
+    """16,000 audio samples into a Flatten and a Linear: no size in 1..2048 fits, so the rule was 'no L
+    works' and the model refused its own declared input."""
+    spec = _spec([1, 16000], "  - conv: {op: Conv1d, out_channels: 2, kernel_size: 4, stride: 4}\n"
+                 "  - flat: {op: Flatten}\n  - fc: {op: Linear, out_features: 3}\n")
+    model = resgraph.build(spec, seed=0)
+    assert model(torch.zeros(2, 1, 16000)).shape == (2, 3)
+    for length in range(15990, 16010):  # exactly where torch's conv gives the Linear its 2 * 4000 features
+        fits = 2 * torch.nn.Conv1d(1, 2, 4, 4)(torch.zeros(1, 1, length, device="meta")).shape[2] == 8000
+        assert _refused(model, torch.zeros(1, 1, length)) == (not fits), length
+    (_, samples) = resgraph.valid_sizes(spec).dims
+    assert samples.rule.describe("L") == "16000 <= L <= 16003"
+
+
+def test_a_bounded_progression_is_checked_whole_not_by_its_smallest_size() -> None:
+    """Multiples of 4 up to a 1,000-row position table: 250 sizes made a 'set' that the guard checked only
+    by its smallest member, so 17 tokens (not a multiple of 4) and 1,004 (past the table) went through to
+    torch's errors inside the forward."""
+    spec = ("resgraph: 1\nname: Net\n" + _POSITIONS % 1000
+            + "  - t: {op: transpose, dim0: 1, dim1: 2}\n"
+              "  - down: {op: Conv1d, out_channels: 4, kernel_size: 4, stride: 4}\n"
+              "  - up: {op: ConvTranspose1d, out_channels: 4, kernel_size: 4, stride: 4}\n"
+              "  - sum: {op: add, input: [t, up]}\n")
+    model = resgraph.build(spec, seed=0)
+    for length in (1, 3, 5, 15, 17, 998, 1001, 1004, 2048):
+        assert _refused(model, torch.zeros(1, length, dtype=torch.long)), length
+    for length in (4, 16, 996, 1000):
+        assert model(torch.zeros(1, length, dtype=torch.long)).shape == (1, 4, length)
+    (length_dim,) = resgraph.valid_sizes(spec).dims
+    assert length_dim.rule.describe("L") == "L: multiples of 4 up to 1000"
+    with pytest.raises(ValueError, match="multiples of 4 up to 1000"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_sizes_of_two_residues_are_a_periodic_rule_the_guard_checks_exactly() -> None:
+    """Two branches that round differently (kernel 3 padding 1, and kernel 2, both stride 3) agree
+    unless H % 3 == 1: valid sizes 2, 3, 5, 6, 8, ... made a 'set' whose guard checked only the smallest,
+    so 4 went through to torch's 'Sizes of tensors must match' in the concat."""
+    spec = _spec([3, 30, 8], "  - a: {op: Conv2d, out_channels: 4, kernel_size: 3, stride: 3, padding: 1, input: x}\n"
+                 "  - b: {op: Conv2d, out_channels: 4, kernel_size: 2, stride: 3, input: x}\n"
+                 "  - cat: {op: concat, input: [a, b], dim: 1}\n")
+    model = resgraph.build(spec, seed=0)
+    a, b = torch.nn.Conv2d(3, 4, 3, 3, 1), torch.nn.Conv2d(3, 4, 2, 3)
+    for height in [*range(1, 40), 2047, 2048, 2049, 2050, 4000, 4001]:
+        x = torch.zeros(1, 3, height, 8, device="meta")
+        fits = height >= 2 and a(x).shape == b(x).shape
+        assert _refused(model, torch.zeros(1, 3, height, 8)) == (not fits), height
+    height_dim = resgraph.valid_sizes(spec).dims[1]
+    assert height_dim.rule.describe("H") == "H in {2, 3} + 3k"
