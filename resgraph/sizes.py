@@ -30,8 +30,8 @@ from .expressions import MAX_MAGNITUDE
 from .graph import Graph
 from .symbolic import COMPARISONS, Expr, Guard, SymInt, evaluate, requirement
 
-__all__ = ["DEFAULT_RANGE", "MAX_SIZE_SPAN", "DimSizes", "SizeReport", "SizeRule", "check_range", "linked_symbols",
-           "smallest_without_ones", "solve_sizes", "valid_sizes_mask"]
+__all__ = ["DEFAULT_RANGE", "MAX_SIZE_SPAN", "DimSizes", "SizeReport", "SizeRule", "check_range", "joint_guards",
+           "linked_symbols", "smallest_without_ones", "solve_sizes", "valid_sizes_mask"]
 
 DEFAULT_RANGE = (1, 2048)
 MAX_SIZE_SPAN = 2**20  # sizes tried at once: 1..2^20 takes about 0.2 GB and 2 s
@@ -161,6 +161,9 @@ class SizeReport:
     square: dict[str, SizeRule] = field(default_factory=dict)  # input -> rule when its free dims are equal
     square_valid: dict[str, tuple[int, ...]] = field(default_factory=dict)
     range: tuple[int, int] = DEFAULT_RANGE
+    # conditions on several free dims at once that the rules do not imply (see `joint_guards`), each with
+    # the symbols it reads; the input guard checks them
+    joint: tuple[tuple[Guard, frozenset[str]], ...] = ()
 
     def of(self, input_name: str) -> list[DimSizes]:
         return [dim for dim in self.dims if dim.input == input_name]
@@ -191,6 +194,8 @@ class SizeReport:
                 names = " = ".join(dim.name for dim in dims if dim.free)
                 rule = self.square[input_name]
                 lines.append(f"  {names}: {rule.describe('size')}: {_sample(self.square_valid[input_name], None)}")
+        lines += [f"together: {guard}, as {guard.site!r} needs (beyond each dim's own rule)"
+                  for guard, _ in self.joint]
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -204,7 +209,8 @@ class SizeReport:
                 **({"equal_to": list(dim.linked)} if dim.linked else {})})
         for name, rule in self.square.items():
             inputs[name]["square"] = {"rule": rule.describe("size"), "valid": list(self.square_valid[name])}
-        return {"range": list(self.range), "inputs": inputs}
+        together = [{"condition": str(guard), "at": guard.site} for guard, _ in self.joint]
+        return {"range": list(self.range), "inputs": inputs, **({"together": together} if together else {})}
 
 
 def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAULT_RANGE[1],
@@ -266,7 +272,9 @@ def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAUL
         if len(free) >= 2:
             square[input_name], square_valid[input_name], _ = solve(
                 set().union(*(groups.get(symbol, {symbol}) for symbol in free)))
-    return SizeReport(tuple(dims), square, square_valid, (low, high))
+    rules = {f"{dim.input}.{dim.name}": dim.rule for dim in dims if dim.free}
+    joint = tuple(joint_guards(guards, symbols, rules))
+    return SizeReport(tuple(dims), square, square_valid, (low, high), joint)
 
 
 def _solve_range(guards: list[Guard], symbols: dict[str, tuple[str, int, int]], varying: set[str], low: int,
@@ -326,6 +334,58 @@ def smallest_without_ones(graph: Graph, symbol: str, start: int, high: int = DEF
     need = [guard for guard, read in zip(need, _guard_symbols(need), strict=True) if read & group]
     valid, _ = valid_sizes_mask([*guards, *need], symbols, set(group), start, high)
     return next((start + index for index, ok in enumerate(valid) if ok), None)
+
+
+def joint_guards(guards: list[Guard], symbols: dict[str, tuple[str, int, int]] | None = None,
+                 rules: dict[str, SizeRule] | None = None) -> list[tuple[Guard, frozenset[str]]]:
+    """The guards that read free dims solved apart (not one group of `linked_symbols`): `x.H + x.W >= 10`
+    for a kernel of 10 over H and W concatenated, each with the symbols it reads.
+
+    Each dim's rule is solved with the others at their declared sizes, so rules alone do not state
+    such a guard: H >= 2 and W >= 2 hold at 2x2, where H + W >= 10 does not. The input guard checks
+    these as they are, except (given each symbol's `rules`) one that holds at every combination of
+    sizes the rules admit, where they admit finitely many (ViT's 16 x 16 sizes, one patch count).
+
+    >>> from resgraph.symbolic import SymInt, recording
+    >>> h, w = SymInt.symbol("x.H", 8), SymInt.symbol("x.W", 8)
+    >>> with recording() as guards:
+    ...     _ = (h + w >= 10, h >= 2)
+    >>> [(str(guard), sorted(read)) for guard, read in joint_guards(guards)]
+    [('x.H + x.W >= 10', ['x.H', 'x.W'])]
+    >>> joint_guards(guards, {}, {"x.H": SizeRule("range", 5, 1, 9), "x.W": SizeRule("range", 5, 1, 9)})
+    []
+    """
+    groups = linked_symbols(guards)
+    joint = [(guard, read) for guard, read in zip(guards, _guard_symbols(guards), strict=True)
+             if len({groups.get(symbol, symbol) for symbol in read}) > 1]
+    if rules is None:
+        return joint
+    return [(guard, read) for guard, read in joint if not _implied(guard, read, symbols or {}, rules)]
+
+
+def _implied(guard: Guard, read: frozenset[str], symbols: dict[str, tuple[str, int, int]],
+             rules: dict[str, SizeRule]) -> bool:
+    """Whether `guard` holds at every combination of the sizes the `rules` of the symbols it reads admit;
+    False where one admits unboundedly many, or the combinations exceed MAX_SIZE_SPAN."""
+    import numpy
+
+    admitted = []
+    for symbol in sorted(read):
+        rule = rules.get(symbol)
+        if rule is None or rule.kind in ("at_least", "periodic", "none") or (
+                rule.kind == "progression" and rule.stop is None):
+            return False
+        values = (rule.values if rule.kind == "set" else (rule.start,) if rule.kind == "fixed"
+                  else tuple(range(rule.start, rule.stop + 1, rule.step)))  # type: ignore[operator]
+        admitted.append(numpy.asarray(values, dtype=numpy.int64))
+    if math.prod(len(values) for values in admitted) > MAX_SIZE_SPAN:
+        return False
+    grids = numpy.meshgrid(*admitted, indexing="ij")
+    env: dict[str, Any] = {name: numpy.int64(value) for name, (_, _, value) in symbols.items()}
+    env.update({symbol: grid.ravel() for symbol, grid in zip(sorted(read), grids, strict=True)})
+    with numpy.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        holds = COMPARISONS[guard.op](evaluate(guard.left, env), evaluate(guard.right, env)) == guard.outcome
+    return bool(numpy.all(holds))
 
 
 def linked_symbols(guards: list[Guard]) -> dict[str, frozenset[str]]:

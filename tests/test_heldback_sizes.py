@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import resgraph
+from conftest import EXAMPLES
 
 
 def _spec(input_shape: list[int], layers: str, *, inputs: str | None = None) -> str:
@@ -121,3 +122,53 @@ def test_sizes_of_two_residues_are_a_periodic_rule_the_guard_checks_exactly() ->
         assert _refused(model, torch.zeros(1, 3, height, 8)) == (not fits), height
     height_dim = resgraph.valid_sizes(spec).dims[1]
     assert height_dim.rule.describe("H") == "H in {2, 3} + 3k"
+
+
+# --- conditions on several free dims at once ------------------------------------------------------
+
+def test_a_condition_on_two_dims_together_is_checked_by_the_guard() -> None:
+    """Row and column means concatenated into a kernel of 10 need H + W >= 10. Each dim's rule is solved
+    with the other at its declared 8, so the rules were H >= 2 and W >= 2: a 2x2 input passed the guard
+    and failed in torch's Conv1d ('Kernel size can't be greater than actual input size')."""
+    spec = _spec([1, 8, 8], "  - a: {op: mean, dim: 3, input: x}\n  - b: {op: mean, dim: 2, input: x}\n"
+                 "  - cat: {op: concat, input: [a, b], dim: 2}\n"
+                 "  - conv: {op: Conv1d, out_channels: 2, kernel_size: 10}\n")
+    model = resgraph.build(spec, seed=0)
+    conv = torch.nn.Conv1d(1, 2, 10)
+    for height in range(1, 12):
+        for width in range(1, 12):
+            x = torch.zeros(1, 1, height, width)
+            try:  # the same torch modules, by hand
+                conv(torch.cat([x.mean(3), x.mean(2)], 2))
+                fits = True
+            except RuntimeError:
+                fits = False
+            # refused where torch fails; accepted where it runs and each size meets its own rule (H >= 2 is the
+            # rule at the declared W = 8: a 1x9 input runs, but the guard keeps to each dim's rule)
+            assert _refused(model, x) == (not fits or height < 2 or width < 2), (height, width)
+    with pytest.raises(ValueError, match=r"input 'x' must be \(N, 1, H, W\) with H \+ W - 9 >= 1, as 'conv' needs"):
+        model(torch.zeros(1, 1, 2, 2))
+    report = resgraph.valid_sizes(spec)
+    assert [dim.rule.describe(dim.name) for dim in report.dims if dim.free] == ["H >= 2", "W >= 2"]
+    assert "together: x.H + x.W - 9 >= 1, as 'conv' needs" in report.format("spec")
+    assert report.to_dict()["together"] == [{"condition": "x.H + x.W - 9 >= 1", "at": "conv"}]
+
+
+def test_a_condition_on_two_inputs_together_names_both() -> None:
+    spec = _spec([], "  - cat: {op: concat, input: [x, y], dim: 2}\n"
+                 "  - conv: {op: Conv1d, out_channels: 2, kernel_size: 10}\n",
+                 inputs="  x: {shape: [1, 8], layout: channels_first}\n  y: {shape: [1, 8], layout: channels_first}\n")
+    model = resgraph.build(spec, seed=0)
+    assert model(torch.zeros(1, 1, 2), torch.zeros(1, 1, 8)).shape == (1, 2, 1)
+    with pytest.raises(ValueError, match=r"inputs 'x', 'y' must have x.L \+ y.L - 9 >= 1, as 'conv' needs.*"
+                                         r"got \(1, 1, 2\), \(1, 1, 3\)"):
+        model(torch.zeros(1, 1, 2), torch.zeros(1, 1, 3))
+    assert "(x.shape[2] + y.shape[2] - 9 < 1)" in resgraph.to_python(model)  # the standalone .py checks it too
+
+
+def test_conditions_the_rules_imply_add_no_check() -> None:
+    """ViT-B/16's patch count (H // 16) * (W // 16) == 196 reads H and W together, but holds at every pair
+    of sizes in 224..239: its forward checks the two ranges only."""
+    model = resgraph.build(EXAMPLES / "vit_b_16.yaml", device="meta")
+    assert model.graph.meta["sizes"].joint == ()
+    assert model.code.count("raise ValueError") == 1
