@@ -195,3 +195,38 @@ def test_avgpool3d_refuses_inputs_smaller_than_its_kernel_as_torch_does() -> Non
     with pytest.raises(resgraph.SpecError,
                        match=r"6:5: error: layer .q. \(AvgPool3d\): .*kernel_size=\[2, 3, 2\].*AvgPool3d needs"):
         resgraph.check(spec.replace("[2, 9, 9, 9]", "[2, 9, 2, 9]"))
+
+
+# --- hints that name the real cause ------------------------------------------------------------------
+
+def _hint(spec: str) -> str:
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(spec)
+    (diagnostic,) = caught.value.diagnostics
+    return diagnostic.hint or ""
+
+
+def test_a_pool_that_rounded_up_past_its_stride_is_named_and_ceil_mode_is_the_fix() -> None:
+    """A padded pool with ceil_mode gives 8 -> 5 where a stride of 2 gives 4: the target is larger than the
+    skip's stride gives. The hint said 'a stride floored an odd size' and proposed `ceil_mode: true`, which
+    the pool already had; and, the input not being square, it proposed no input size."""
+    spec = _spec([3, 15, 22], "  - c1: {op: Conv2d, out_channels: 8, kernel_size: 3, stride: 2, padding: 1}\n"
+                 "  - p: {op: MaxPool2d, kernel_size: 3, stride: 2, padding: 1, ceil_mode: true}\n"
+                 "  - c2: {op: Conv2d, out_channels: 8, kernel_size: 3, padding: 2, dilation: 2}\n"
+                 "skips:\n  - short: {from: x, to: c2, projection: pad}\n")
+    assert _hint(spec) == (
+        "'c1' (Conv2d, kernel 3, stride 2, padding 1, dilation 1): 15x22 -> 8x11; 'p' (MaxPool2d, kernel 3, "
+        "stride 2, padding 1, dilation 1, ceil_mode): 8x11 -> 5x6: a layer rounded up past its stride: 'p' gave "
+        "5x6 where a stride of 2 gives 4x6. Fix: an input size at which this skip fits: 'x' 14x22 (or 13x22, "
+        "17x22); or drop `ceil_mode: true` on 'p'")
+    for shape in ([3, 14, 22], [3, 13, 22], [3, 17, 22]):  # the sizes proposed fit, and so does the fix
+        resgraph.check(spec.replace("[3, 15, 22]", str(shape)))
+    resgraph.check(spec.replace(", ceil_mode: true", ""))
+
+
+def test_a_conv_padded_past_its_stride_is_given_the_padding_that_rounds_as_the_stride() -> None:
+    spec = _spec([3, 16, 16], "  - c: {op: Conv2d, out_channels: 8, kernel_size: 3, stride: 2, padding: 2}\n"
+                 "skips:\n  - short: {from: x, to: c}\n")
+    assert _hint(spec).endswith("a layer rounded up past its stride: 'c' gave 9x9 where a stride of 2 gives 8x8. "
+                                "Fix: `padding: 1` on 'c', which rounds as its stride does")
+    resgraph.check(spec.replace("padding: 2", "padding: 1"))
