@@ -506,7 +506,12 @@ def _rule(values: tuple[int, ...], low: int, high: int) -> SizeRule:
     if len(values) == (last - start) // step + 1:  # (increasing, each a multiple of step apart: every one)
         if last + step > high:  # it runs to the end of the range: state it as unbounded
             return SizeRule("at_least", start) if step == 1 else SizeRule("progression", start, step)
-        return SizeRule("range", start, 1, last) if step == 1 else SizeRule("progression", start, step, last)
+        if step == 1:
+            return SizeRule("range", start, 1, last)
+        # (a few sizes read best listed: L in {10, 12}; more as a bounded progression)
+        if len(values) <= 12:
+            return SizeRule("set", start, values=values)
+        return SizeRule("progression", start, step, last)
     period = _period(values, high)
     if period is not None:  # (a stride and a second branch's rounding: H % 3 != 1)
         offsets = tuple(value - start for value in values if value < start + period)
