@@ -357,12 +357,6 @@ def _conv(m: Mismatch) -> Plan:
 
 def _avgpool(m: Mismatch) -> Plan:
     m.needs_spatial(Projection.avgpool)
-    if m.dims == 3 and m.strided():  # torch's avg_pool3d refuses a map smaller than its kernel (padding aside)
-        spatial_in = m.sizes[0]
-        if any(size < step for size, step in zip(spatial_in, m.steps()) if step > 1):
-            raise ProjectionError(f"avgpool would pool {_size(spatial_in)} with AvgPool3d /{_short(m.steps())}, but "
-                                  "torch's avg_pool3d refuses an input smaller than its kernel in any dim",
-                                  "use `projection: conv` (a strided 1x1 conv) or `pad`, which take any size")
     c_in, c_out = m.channels
     steps = [Step(StepKind.avgpool, {"dims": m.dims, "kernel": m.stride_arg()})] if m.strided() else []
     if c_in != c_out:
