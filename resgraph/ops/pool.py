@@ -41,10 +41,6 @@ class _PoolBase(FeatureMapLayer):
     padding: NonNegativeInt | list[NonNegativeInt] = 0
     ceil_mode: bool = False
 
-    # torch's avg_pool3d also refuses an input smaller than the kernel in any dim, padding aside
-    # (`pool3d_shape_check`'s check_input_size), where padding would give the windows room
-    kernel_within_input: ClassVar[bool] = False
-
     def _dilation(self) -> int | list[int]:
         return 1
 
@@ -58,9 +54,6 @@ class _PoolBase(FeatureMapLayer):
         for k, p, d in zip(kernel, padding, dilation):
             if p > (d * (k - 1) + 1) // 2:
                 raise ShapeError(f"padding={p} must be at most half the kernel size ({k})")
-        if self.kernel_within_input and any(size < k for size, k in zip(x.shape[1:], kernel)):
-            raise ShapeError(f"input {x} is smaller than kernel_size={self.kernel_size} in a spatial dim: {self.op} "
-                             "needs each input size at least the kernel's, padding aside (torch refuses it)")
         sizes = tuple(pool_output_size(*args, self.ceil_mode)
                       for args in zip(x.shape[1:], kernel, stride, padding, dilation))
         if any(size < 1 for size in sizes):
@@ -119,7 +112,6 @@ class AdaptiveMaxPoolBase(AdaptivePoolBase):
 
 # torch's max_pool1d has no integer kernel (2d and 3d have)
 MAX_POOLS = spatial_family(MaxPoolBase, "MaxPool", facts={1: {"input_dtypes": FLOAT_DTYPES}})
-AVG_POOLS = spatial_family(AvgPoolBase, "AvgPool", (1,)) + spatial_family(
-    AvgPoolDivisorBase, "AvgPool", (2, 3), facts={3: {"kernel_within_input": True}})
+AVG_POOLS = spatial_family(AvgPoolBase, "AvgPool", (1,)) + spatial_family(AvgPoolDivisorBase, "AvgPool", (2, 3))
 ADAPTIVE_AVG_POOLS = spatial_family(AdaptivePoolBase, "AdaptiveAvgPool")
 ADAPTIVE_MAX_POOLS = spatial_family(AdaptiveMaxPoolBase, "AdaptiveMaxPool")
