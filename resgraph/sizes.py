@@ -20,6 +20,7 @@ The rules feed the input guard of the generated forward and `resgraph sizes`.
 
 from __future__ import annotations
 
+import bisect
 import math
 import operator
 from dataclasses import dataclass, field
@@ -115,7 +116,7 @@ class SizeRule:
         if self.kind == "progression":
             above = f" or {size} > {self.stop}" if self.stop is not None else ""
             if self.start == self.step:
-                return f"{size} % {self.step} != 0" + (f" or {size} > {self.stop}" if above else "")
+                return f"{size} % {self.step} != 0{above}"
             return f"{size} < {self.start}{above} or ({size} - {self.start}) % {self.step} != 0"
         if self.kind == "periodic":
             return (f"{size} < {self.start} or ({size} - {self.start}) % {self.step} not in "
@@ -246,10 +247,8 @@ def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAUL
             values, first = rule_sizes, rule_first
         else:  # a range far past every constant: its sizes, tried on their own
             values, first = _solve_range(guards, symbols, varying, low, high, failures, reads)
-        lo = next((index for index, value in enumerate(values) if value >= low), len(values))
-        hi = next((index for index, value in enumerate(values) if value > high), len(values))
         found = {size: guards[index].site for size, index in first.items() if low <= size <= high}
-        return rule, values[lo:hi], found
+        return rule, values[bisect.bisect_left(values, low):bisect.bisect_right(values, high)], found
 
     dims = []
     groups = linked_symbols(guards)
