@@ -33,7 +33,7 @@ from .ops import Merge, TensorType, merge_code
 from .ownership import Owns, owns
 from .projections import ProjectionPlan, step_code
 from .sizes import SizeReport
-from .symbolic import SymInt
+from .symbolic import SymInt, render
 
 __all__ = ["FRESH_OUTPUT_OPS", "HELPERS", "MAX_STATEMENTS", "PART_PREFIX", "functions_of", "generate_forward",
            "helpers_used", "in_place_adds", "input_guard", "shape_comment"]
@@ -433,5 +433,46 @@ def input_guard(graph: Graph) -> list[str]:
                    + f" (declared {declared}); got ")
         lines.append(f"    if not torch.compiler.is_compiling() and ({' or '.join(wrong)}):")
         lines.append(f"        raise ValueError({message!r} + str(tuple({name}.shape)))")
+    return lines + _joint_checks(graph, report, symbols)
+
+
+_PYTHON_COMPARISON = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+_NEGATED = {"eq": "ne", "ne": "eq", "lt": "ge", "le": "gt", "gt": "le", "ge": "lt"}
+
+
+def _joint_checks(graph: Graph, report: SizeReport, symbols: dict[str, tuple[str, int, int]]) -> list[str]:
+    """Lines checking, per node, the conditions it puts on several free dims at once (`SizeReport.joint`,
+    `H + W >= 10`): each dim's rule holds alone at sizes where they fail together (2x2)."""
+    by_site: dict[str, list[tuple[Any, frozenset[str]]]] = {}
+    for guard, read in report.joint:
+        by_site.setdefault(guard.site, []).append((guard, read))
+    lines = []
+    in_code = {symbol: f"{name}.shape[{axis + 1}]" for symbol, (name, axis, _) in symbols.items()}
+    for site, guards in by_site.items():
+        read = set().union(*(read for _, read in guards))
+        inputs = [name for name in graph.inputs if any(symbols[symbol][0] == name for symbol in read)]
+        shown = {symbol: symbol.split(".", 1)[1] if len(inputs) == 1 else symbol for symbol in symbols}
+        # a condition holds where the comparison comes out as it did at the declared size
+        wrong = [_comparison(guard, _NEGATED[guard.op] if guard.outcome else guard.op, in_code) for guard, _ in guards]
+        needs = " and ".join(_comparison(guard, guard.op if guard.outcome else _NEGATED[guard.op], shown)
+                             for guard, _ in guards)
+        if len(needs) > 300:  # (a detection head's sums of products: name the dims only)
+            needs = "a condition on " + " and ".join(sorted(shown[symbol] for symbol in read)) + " together"
+        if len(inputs) == 1:
+            dims = report.of(inputs[0])
+            shape = "(N, " + ", ".join(dim.name if dim.free else str(dim.declared) for dim in dims) + ")"
+            declared = "(N, " + ", ".join(str(dim.declared) for dim in dims) + ")"
+            subject, tail = f"input {inputs[0]!r} must be {shape} with", f"; declared {declared}"
+        else:
+            subject, tail = f"inputs {', '.join(map(repr, inputs))} must have", ""
+        message = (f"{graph.name}: {subject} {needs}, as {site!r} needs (each size works alone, not these "
+                   f"together{tail}); got ")
+        got = " + ', ' + ".join(f"str(tuple({name}.shape))" for name in inputs)
+        lines.append(f"    if not torch.compiler.is_compiling() and ({' or '.join(wrong)}):")
+        lines.append(f"        raise ValueError({message!r} + {got})")
     return lines
 
+
+def _comparison(guard: Any, op: str, names: dict[str, str]) -> str:
+    """`guard`'s two sides compared by `op`, as Python source with symbols written as `names` gives."""
+    return f"{render(guard.left, names)} {_PYTHON_COMPARISON[op]} {render(guard.right, names)}"

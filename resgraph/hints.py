@@ -7,7 +7,9 @@ and after. The fixes depend on the cause (`ProjectionError.kind`):
 - "grid" (the same grid, shrunk by unpadded layers): the padding that keeps each layer's size,
   or `projection: crop`, which aligns maps on one grid;
 - "stride" and "off-centre" (a strided layer met an odd size): the nearest input sizes at which
-  the skip fits, found from the guards recorded so far, or making the layer round up;
+  the skip fits, found from the guards recorded so far, or making the layer round up; where a layer
+  rounded up past its stride (ceil_mode with padding, too much padding), that layer and the
+  setting that rounds as the stride does;
 - "larger" (the target was upsampled past the source): the nearest input sizes that fit, or an
   upsample to an explicit size;
 - "ratio" (strides and upsamples between them compose to a fraction, e.g. /3 then x2): a source
@@ -25,12 +27,13 @@ from typing import Any
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode, is_block_value
 from .projections import ProjectionError
 from .sizes import valid_sizes_mask
-from .symbolic import Guard, hint
+from .symbolic import COMPARISONS, Guard, evaluate, hint
 
 __all__ = ["SizeChange", "changed_layers", "skip_hint"]
 
 _GEOMETRY = (("kernel_size", "kernel"), ("stride", "stride"), ("padding", "padding"), ("dilation", "dilation"),
-             ("scale_factor", "scale"), ("size", "size"), ("output_padding", "output_padding"))
+             ("scale_factor", "scale"), ("size", "size"), ("output_padding", "output_padding"),
+             ("ceil_mode", "ceil_mode"))
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,8 @@ class SizeChange:
     after: tuple[int, ...]
 
     def __str__(self) -> str:
-        geometry = ", ".join(f"{label} {_short(self.geometry[key])}" for key, label in _GEOMETRY
-                             if key in self.geometry)
+        geometry = ", ".join(label if self.geometry[key] is True else f"{label} {_short(self.geometry[key])}"
+                             for key, label in _GEOMETRY if key in self.geometry)  # (ceil_mode: where true)
         return (f"{self.name!r} ({self.op}{', ' + geometry if geometry else ''}): "
                 f"{'x'.join(map(str, self.before))} -> {'x'.join(map(str, self.after))}")
 
@@ -101,19 +104,55 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
     if exc.kind in ("stride", "off-centre", "larger"):
         cause = {"stride": "a stride floored an odd size", "off-centre": "a layer dropped an odd row",
                  "larger": "the target grew past the source"}[exc.kind]
+        # A layer that rounded up past ceil(size / stride) (ceil_mode with padding, or more padding than its
+        # kernel needs) makes the target larger than the stride gives: rounding up more cannot fix that.
+        past = [c for c in changes if _rounded_past(c)]
+        if exc.kind == "stride" and past:
+            cause = ("a layer rounded up past its stride: " + ", ".join(
+                f"{c.name!r} gave {'x'.join(map(str, c.after))} where a stride of {_short(c.geometry['stride'])} "
+                f"gives {'x'.join(map(str, _ceil(c)))}" for c in past))
         fixes = []
         # Without the conditions under which the skip fits, every size where the earlier decisions
         # hold would be "fitting", the declared one (which fails) first.
         sizes = _fitting_sizes(guards, symbols) if exc.required else ""
         if sizes:
             fixes.append(f"an input size at which this skip fits: {sizes}")
-        if exc.kind == "stride":
+        if exc.kind == "stride" and past:
+            ceiled = [repr(c.name) for c in past if c.geometry.get("ceil_mode")]
+            fixes += [f"drop `ceil_mode: true` on {' and '.join(ceiled)}"] if ceiled else []
+            fixes += [f"{_rounding_padding(c)} on {c.name!r}, which rounds as its stride does"
+                      for c in past if not c.geometry.get("ceil_mode")]
+        elif exc.kind == "stride":
             fixes.append("make the strided layers round up (`padding: 1` on a kernel-3 conv, `ceil_mode: true` on "
                          "a pool)")
         elif exc.kind == "larger":
             fixes.append("give the upsampling layer an explicit `size:` (then the model has one input size)")
         return _join(f"{listed}: {cause}" if listed else cause, "; or ".join(fixes))
     return exc.hint
+
+
+def _ceil(change: SizeChange) -> tuple[int, ...]:
+    """The sizes a strided layer's input gives at ceil(size / stride), per spatial dim."""
+    stride = change.geometry.get("stride", 1)
+    strides = stride if isinstance(stride, (list, tuple)) else [stride] * len(change.before)
+    return tuple(-(-size // step) for size, step in zip(change.before, strides))
+
+
+def _rounding_padding(change: SizeChange) -> str:
+    """"`padding: 1`": the padding with which a strided layer gives ceil(size / stride): dilation * (kernel - 1)
+    // 2 (exact for odd kernels)."""
+    kernel, dilation = change.geometry.get("kernel_size"), change.geometry.get("dilation", 1)
+    if isinstance(kernel, int) and isinstance(dilation, int):
+        return f"`padding: {dilation * (kernel - 1) // 2}`"
+    return "padding dilation * (kernel - 1) // 2"
+
+
+def _rounded_past(change: SizeChange) -> bool:
+    """Whether a strided layer (not a transposed conv or an upsample) gave a size past ceil(size / stride)."""
+    stride = change.geometry.get("stride", 1)
+    if "output_padding" in change.geometry or "scale_factor" in change.geometry or stride in (1, [1], None):
+        return False
+    return any(after > ceiled for after, ceiled in zip(change.after, _ceil(change)))
 
 
 def _join(what: str, fix: str) -> str:
@@ -148,7 +187,7 @@ def _collect(graph: Graph, node: Node, found: list[SizeChange]) -> None:
         return
     # The layer's own fields include defaults (stride 1, padding 0), which explain a shrink best.
     geometry = {key: _single(getattr(node.layer, key)) for key, _ in _GEOMETRY
-                if getattr(node.layer, key, None) is not None}
+                if getattr(node.layer, key, None) is not None and getattr(node.layer, key) is not False}
     if "stride" not in geometry and "kernel_size" in geometry and hasattr(node.layer, "stride"):
         geometry = {**geometry, "stride": geometry["kernel_size"]}  # a pool's stride defaults to its kernel
     found.append(SizeChange(graph.qualname + node.name, node.layer.op, geometry, size_in, size_out))
@@ -172,8 +211,9 @@ def _single(value: Any) -> Any:
 
 
 def _fitting_sizes(guards: list[Guard], symbols: dict[str, tuple[str, int, int]], count: int = 3) -> str:
-    """"'x' 224x224 (or 256x256, 288x288)": the square input sizes nearest the declared ones at which
-    every guard holds. '' when none is found."""
+    """"'x' 224x224 (or 256x256, 288x288)": the input sizes nearest the declared ones at which every guard
+    holds: square where the input is declared square, else each failing dim moved to its nearest sizes
+    (`'x' 16x22`). '' when none is found."""
     if not guards or not symbols:
         return ""
     per_input: dict[str, list[str]] = {}
@@ -182,14 +222,35 @@ def _fitting_sizes(guards: list[Guard], symbols: dict[str, tuple[str, int, int]]
     texts = []
     for input_name, names in per_input.items():
         declared = [symbols[name][2] for name in names]
-        if len(set(declared)) != 1:
-            continue  # not square: the sizes of one dim at a time would mislead
-        low, high = 1, max(2048, 2 * declared[0])
-        valid, _ = valid_sizes_mask(guards, symbols, set(names), low, high)
-        sizes = [low + index for index, ok in enumerate(valid) if ok]
-        if not sizes:
-            continue
-        nearest = sorted(sizes, key=lambda n: (abs(n - declared[0]), n))[:count]
-        shown = ["x".join([str(n)] * len(names)) for n in nearest]
-        texts.append(f"{input_name!r} {shown[0]}" + (f" (or {', '.join(shown[1:])})" if len(shown) > 1 else ""))
+        if len(set(declared)) == 1:
+            low, high = 1, max(2048, 2 * declared[0])
+            valid, _ = valid_sizes_mask(guards, symbols, set(names), low, high)
+            sizes = [low + index for index, ok in enumerate(valid) if ok]
+            nearest = sorted(sizes, key=lambda n: (abs(n - declared[0]), n))[:count]
+            shown = ["x".join([str(n)] * len(names)) for n in nearest]
+        else:
+            shown = ["x".join(map(str, sizes)) for sizes in _nearest_per_dim(guards, symbols, names, count)]
+        if shown:
+            texts.append(f"{input_name!r} {shown[0]}" + (f" (or {', '.join(shown[1:])})" if len(shown) > 1 else ""))
     return "; ".join(texts)
+
+
+def _nearest_per_dim(guards: list[Guard], symbols: dict[str, tuple[str, int, int]], names: list[str],
+                     count: int) -> list[tuple[int, ...]]:
+    """For an input declared non-square: its sizes with each dim that fails moved to its nearest valid
+    sizes (solved alone, the others at their declared sizes), the i-th nearest of each together, kept
+    where every guard holds."""
+    options = []
+    for name in names:
+        declared = symbols[name][2]
+        low, high = 1, max(2048, 2 * declared)
+        valid, _ = valid_sizes_mask(guards, symbols, {name}, low, high)
+        sizes = sorted((low + index for index, ok in enumerate(valid) if ok), key=lambda n: (abs(n - declared), n))
+        options.append(sizes[:count] if sizes and sizes[0] != declared else [declared] * count)
+    combos = []
+    for choice in zip(*options):
+        env = {symbol: value for symbol, (_, _, value) in symbols.items()}
+        env.update(zip(names, choice))
+        if all(COMPARISONS[g.op](evaluate(g.left, env), evaluate(g.right, env)) == g.outcome for g in guards):
+            combos.append(tuple(choice))
+    return list(dict.fromkeys(combos))

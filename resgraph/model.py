@@ -25,7 +25,7 @@ from .lower import GeneratedModule, build_owned, lower, owned_units, seeded, tie
 from .ops.generic import allowed_imports
 from .ownership import Owns, owned_parameters, owns, tied_parameters
 from .pipeline import DEFAULT_MAX_PARAMS, BuildRecord, check_loaded, static_parameter_counts
-from .sizes import smallest_without_ones, solve_sizes
+from .sizes import DEFAULT_RANGE, smallest_without_ones, solve_sizes
 from .spec import Spec
 
 __all__ = ["CompiledModule", "Device", "compile_model", "export_program", "materialize", "meta_module", "name_outputs",
@@ -79,19 +79,21 @@ class CompiledModule(GeneratedModule):
             dims: dict[int, Any] = {0: batch_dim} if batch else {}
             for dim in report.of(name):
                 label, rule = f"{name}_{dim.name}", dim.rule
-                if not dim.free or rule.kind in ("fixed", "set", "none"):
+                if not dim.free or rule.kind in ("fixed", "set", "periodic", "none"):
                     continue
                 shared = next((made[other] for other in dim.linked if other in made), None)
                 if shared is not None:
                     dims[dim.axis + 1] = made[f"{name}.{dim.name}"] = shared
                     continue
                 # torch.export specialises sizes of 1: start where every size this dim sets is >= 2
-                low = smallest_without_ones(self.graph, f"{name}.{dim.name}", max(rule.start, 2))
+                low = smallest_without_ones(self.graph, f"{name}.{dim.name}", max(rule.start, 2),
+                                            max(DEFAULT_RANGE[1], dim.declared))
                 if low is None or low > dim.declared:
                     continue  # only sizes that torch.export cannot keep dynamic: leave it static
                 if rule.kind == "progression":  # a derived dim: start + step * j; its example needs j >= 2
                     first = low + (-(low - rule.start)) % rule.step
-                    dims[dim.axis + 1] = rule.step * Dim(f"{label}_k", min=2) + (first - 2 * rule.step)
+                    bound = {"max": (rule.stop - first) // rule.step + 2} if rule.stop is not None else {}
+                    dims[dim.axis + 1] = rule.step * Dim(f"{label}_k", min=2, **bound) + (first - 2 * rule.step)
                 elif dim.linked:  # named, so that the dims it must equal share it
                     dims[dim.axis + 1] = Dim(label, min=low, **({"max": rule.stop} if rule.stop else {}))
                 elif hasattr(Dim, "DYNAMIC"):

@@ -20,6 +20,7 @@ The rules feed the input guard of the generated forward and `resgraph sizes`.
 
 from __future__ import annotations
 
+import bisect
 import math
 import operator
 from dataclasses import dataclass, field
@@ -30,11 +31,12 @@ from .expressions import MAX_MAGNITUDE
 from .graph import Graph
 from .symbolic import COMPARISONS, Expr, Guard, SymInt, evaluate, requirement
 
-__all__ = ["DEFAULT_RANGE", "MAX_SIZE_SPAN", "DimSizes", "SizeReport", "SizeRule", "check_range", "linked_symbols",
-           "smallest_without_ones", "solve_sizes", "valid_sizes_mask"]
+__all__ = ["DEFAULT_RANGE", "MAX_SIZE_SPAN", "DimSizes", "SizeReport", "SizeRule", "check_range", "joint_guards",
+           "linked_symbols", "smallest_without_ones", "solve_sizes", "valid_sizes_mask"]
 
 DEFAULT_RANGE = (1, 2048)
 MAX_SIZE_SPAN = 2**20  # sizes tried at once: 1..2^20 takes about 0.2 GB and 2 s
+MAX_PERIOD = 256  # the longest period a rule of sizes is looked for with (products of strides)
 
 
 def check_range(low: int, high: int) -> None:
@@ -57,8 +59,9 @@ def check_range(low: int, high: int) -> None:
 class SizeRule:
     """The sizes a dim admits, as a rule a reader (and a one-line check) can use.
 
-    kind: "fixed" (one value), "at_least" (start and up), "progression" (start + step*k, k >= 0),
-    "range" (start..stop), "set" (the listed values, in the range searched), "none".
+    kind: "fixed" (one value), "at_least" (start and up), "progression" (start + step*k, k >= 0, up to
+    stop where given), "range" (start..stop), "periodic" (from start on, the sizes whose offset from
+    start modulo step is one of `values`), "set" (exactly the listed values), "none".
     """
 
     kind: str
@@ -74,6 +77,8 @@ class SizeRule:
             return size == self.start
         if self.kind == "set":
             return size in self.values
+        if self.kind == "periodic":
+            return size >= self.start and (size - self.start) % self.step in self.values
         if size < self.start or (self.stop is not None and size > self.stop):
             return False
         return (size - self.start) % self.step == 0
@@ -89,16 +94,19 @@ class SizeRule:
         if self.kind == "range":
             return f"{self.start} <= {name} <= {self.stop}"
         if self.kind == "progression":
+            bound = f" up to {self.stop}" if self.stop is not None else ""
             if self.start == self.step:
-                return f"{name}: multiples of {self.step}"
-            return f"{name} in {{{self.start} + {self.step}k}}"
+                return f"{name}: multiples of {self.step}{bound}"
+            return f"{name} in {{{self.start} + {self.step}k}}{bound}"
+        if self.kind == "periodic":
+            return f"{name} in {{{', '.join(str(self.start + offset) for offset in self.values)}}} + {self.step}k"
         shown = ", ".join(map(str, self.values[:12])) + (", ..." if len(self.values) > 12 else "")
         return f"{name} in {{{shown}}}"
 
     def violation(self, size: str) -> str | None:
-        """A Python condition on `size` (an expression) that is true for the sizes the rule refuses, or
-        None when there is nothing to refuse. A "set" of up to 64 sizes is checked by membership; a
-        larger one only by its smallest value."""
+        """A Python condition on `size` (an expression) that is true for exactly the sizes the rule refuses,
+        or None when there is nothing to refuse. A "set" is checked by membership in a set display
+        (which Python compiles to a frozenset constant: one hash lookup, however many sizes)."""
         if self.kind == "fixed":
             return f"{size} != {self.start}"
         if self.kind == "at_least":
@@ -106,13 +114,15 @@ class SizeRule:
         if self.kind == "range":
             return f"not {self.start} <= {size} <= {self.stop}"
         if self.kind == "progression":
+            above = f" or {size} > {self.stop}" if self.stop is not None else ""
             if self.start == self.step:
-                return f"{size} % {self.step} != 0"
-            return f"{size} < {self.start} or ({size} - {self.start}) % {self.step} != 0"
+                return f"{size} % {self.step} != 0{above}"
+            return f"{size} < {self.start}{above} or ({size} - {self.start}) % {self.step} != 0"
+        if self.kind == "periodic":
+            return (f"{size} < {self.start} or ({size} - {self.start}) % {self.step} not in "
+                    f"{{{', '.join(map(str, self.values))}}}")
         if self.kind == "set" and self.values:
-            if len(self.values) <= 64:
-                return f"{size} not in {self.values!r}"
-            return f"{size} < {self.values[0]}"
+            return f"{size} not in {{{', '.join(map(str, self.values))}}}"
         return "True" if self.kind == "none" else None
 
     def __str__(self) -> str:
@@ -152,6 +162,9 @@ class SizeReport:
     square: dict[str, SizeRule] = field(default_factory=dict)  # input -> rule when its free dims are equal
     square_valid: dict[str, tuple[int, ...]] = field(default_factory=dict)
     range: tuple[int, int] = DEFAULT_RANGE
+    # conditions on several free dims at once that the rules do not imply (see `joint_guards`), each with
+    # the symbols it reads; the input guard checks them
+    joint: tuple[tuple[Guard, frozenset[str]], ...] = ()
 
     def of(self, input_name: str) -> list[DimSizes]:
         return [dim for dim in self.dims if dim.input == input_name]
@@ -182,6 +195,8 @@ class SizeReport:
                 names = " = ".join(dim.name for dim in dims if dim.free)
                 rule = self.square[input_name]
                 lines.append(f"  {names}: {rule.describe('size')}: {_sample(self.square_valid[input_name], None)}")
+        lines += [f"together: {guard}, as {guard.site!r} needs (beyond each dim's own rule)"
+                  for guard, _ in self.joint]
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -195,7 +210,8 @@ class SizeReport:
                 **({"equal_to": list(dim.linked)} if dim.linked else {})})
         for name, rule in self.square.items():
             inputs[name]["square"] = {"rule": rule.describe("size"), "valid": list(self.square_valid[name])}
-        return {"range": list(self.range), "inputs": inputs}
+        together = [{"condition": str(guard), "at": guard.site} for guard, _ in self.joint]
+        return {"range": list(self.range), "inputs": inputs, **({"together": together} if together else {})}
 
 
 def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAULT_RANGE[1],
@@ -213,18 +229,26 @@ def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAUL
     symbols: dict[str, tuple[str, int, int]] = graph.meta.get("symbols", {})
 
     reads = _guard_symbols(guards)
+    memo: dict[int, int] = {}
+    constants = [max(_largest_constant(guard.left, memo), _largest_constant(guard.right, memo)) for guard in guards]
 
-    def solve(varying: set[str]) -> tuple[tuple[int, ...], dict[int, str]]:
-        """The valid sizes, and (with `failures`) the site of the first guard failing at each other size."""
-        valid, first = valid_sizes_mask(guards, symbols, varying, low, high, failures=failures, reads=reads)
-        # (numpy turns the masks into ints: a Python loop over the 2,048 candidates cost ResNet-50's
-        # build 3 ms)
-        values = tuple((valid.nonzero()[0] + low).tolist())
-        found = {}
-        if failures:
-            failing = (first >= 0).nonzero()[0]
-            found = {size: guards[index].site for size, index in zip((failing + low).tolist(), first[failing].tolist())}
-        return values, found
+    def solve(varying: set[str]) -> tuple[SizeRule, tuple[int, ...], dict[int, str]]:
+        """The rule the sizes of `varying` follow, the valid sizes in [low, high], and (with `failures`)
+        the site of the first guard failing at each other size there.
+
+        The rule is solved over 1..`_rule_span` (past the declared sizes and every constant the
+        guards compare with), whatever range was asked for: it is what the input guard checks, so a
+        bound beyond the range (a position table of 4,096 rows) or a declared size beyond it (16,000
+        audio samples) must not be lost."""
+        span = _rule_span(constants, reads, symbols, varying, high)
+        rule_sizes, rule_first = _solve_range(guards, symbols, varying, 1, span, failures, reads)
+        rule = _rule(rule_sizes, 1, span)
+        if high <= span:
+            values, first = rule_sizes, rule_first
+        else:  # a range far past every constant: its sizes, tried on their own
+            values, first = _solve_range(guards, symbols, varying, low, high, failures, reads)
+        found = {size: guards[index].site for size, index in first.items() if low <= size <= high}
+        return rule, values[bisect.bisect_left(values, low):bisect.bisect_right(values, high)], found
 
     dims = []
     groups = linked_symbols(guards)
@@ -237,17 +261,63 @@ def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAUL
                 dims.append(DimSizes(input_name, axis, names[axis], size, False, SizeRule("fixed", size)))
                 continue
             group = groups.get(symbol, frozenset((symbol,)))
-            values, found = solve(set(group))
-            dims.append(DimSizes(input_name, axis, names[axis], size, True, _rule(values, low, high), values, found,
+            rule, values, found = solve(set(group))
+            dims.append(DimSizes(input_name, axis, names[axis], size, True, rule, values, found,
                                  tuple(sorted(group - {symbol}))))
     square: dict[str, SizeRule] = {}
     square_valid: dict[str, tuple[int, ...]] = {}
     for input_name in graph.inputs:
         free = {s for s, (i, _, _) in symbols.items() if i == input_name}
         if len(free) >= 2:
-            values, _ = solve(set().union(*(groups.get(symbol, {symbol}) for symbol in free)))
-            square[input_name], square_valid[input_name] = _rule(values, low, high), values
-    return SizeReport(tuple(dims), square, square_valid, (low, high))
+            square[input_name], square_valid[input_name], _ = solve(
+                set().union(*(groups.get(symbol, {symbol}) for symbol in free)))
+    rules = {f"{dim.input}.{dim.name}": dim.rule for dim in dims if dim.free}
+    joint = tuple(joint_guards(guards, symbols, rules))
+    return SizeReport(tuple(dims), square, square_valid, (low, high), joint)
+
+
+def _solve_range(guards: list[Guard], symbols: dict[str, tuple[str, int, int]], varying: set[str], low: int,
+                 high: int, failures: bool, reads: list[frozenset[str]]) -> tuple[tuple[int, ...], dict[int, int]]:
+    """The valid sizes in [low, high] of `varying`, and (with `failures`) the index of the first guard
+    failing at each invalid one."""
+    valid, first = valid_sizes_mask(guards, symbols, varying, low, high, failures=failures, reads=reads)
+    # (numpy turns the masks into ints: a Python loop over the 2,048 candidates cost ResNet-50's build 3 ms)
+    values = tuple((valid.nonzero()[0] + low).tolist())
+    found: dict[int, int] = {}
+    if failures:
+        failing = (first >= 0).nonzero()[0]
+        found = dict(zip((failing + low).tolist(), first[failing].tolist()))
+    return values, found
+
+
+def _rule_span(constants: list[int], reads: list[frozenset[str]], symbols: dict[str, tuple[str, int, int]],
+               varying: set[str], high: int) -> int:
+    """The sizes 1..span over which the rule of `varying` is solved: at least the default range and the
+    range asked for, and twice past the declared sizes and every constant the guards on `varying` compare
+    with (`constants`: each guard's largest; a size past them all changes no decision that a smaller
+    one did not, so a rule that still holds there holds on), within MAX_SIZE_SPAN."""
+    largest = max(symbols[name][2] for name in varying)
+    largest = max([largest, *(constant for constant, read in zip(constants, reads, strict=True) if read & varying)])
+    span = max(DEFAULT_RANGE[1], 2 * largest + 2, high if high <= MAX_SIZE_SPAN else 0)
+    return min(span, MAX_SIZE_SPAN)
+
+
+def _largest_constant(expr: Expr, memo: dict[int, int]) -> int:
+    """The largest magnitude of a constant in `expr` (expressions are shared: each node is visited once)."""
+    stack = [expr]
+    while stack:  # iterative post-order, as in `evaluate`
+        node = stack[-1]
+        if id(node) in memo:
+            stack.pop()
+        elif node.op == "sym":
+            memo[id(node)] = 0
+        elif node.op == "const":
+            memo[id(node)] = math.ceil(abs(node.args[0]))
+        elif pending := [arg for arg in node.args if id(arg) not in memo]:
+            stack.extend(pending)
+        else:
+            memo[id(node)] = max(memo[id(arg)] for arg in node.args)
+    return memo[id(expr)]
 
 
 def smallest_without_ones(graph: Graph, symbol: str, start: int, high: int = DEFAULT_RANGE[1]) -> int | None:
@@ -263,6 +333,58 @@ def smallest_without_ones(graph: Graph, symbol: str, start: int, high: int = DEF
     need = [guard for guard, read in zip(need, _guard_symbols(need), strict=True) if read & group]
     valid, _ = valid_sizes_mask([*guards, *need], symbols, set(group), start, high)
     return next((start + index for index, ok in enumerate(valid) if ok), None)
+
+
+def joint_guards(guards: list[Guard], symbols: dict[str, tuple[str, int, int]] | None = None,
+                 rules: dict[str, SizeRule] | None = None) -> list[tuple[Guard, frozenset[str]]]:
+    """The guards that read free dims solved apart (not one group of `linked_symbols`): `x.H + x.W >= 10`
+    for a kernel of 10 over H and W concatenated, each with the symbols it reads.
+
+    Each dim's rule is solved with the others at their declared sizes, so rules alone do not state
+    such a guard: H >= 2 and W >= 2 hold at 2x2, where H + W >= 10 does not. The input guard checks
+    these as they are, except (given each symbol's `rules`) one that holds at every combination of
+    sizes the rules admit, where they admit finitely many (ViT's 16 x 16 sizes, one patch count).
+
+    >>> from resgraph.symbolic import SymInt, recording
+    >>> h, w = SymInt.symbol("x.H", 8), SymInt.symbol("x.W", 8)
+    >>> with recording() as guards:
+    ...     _ = (h + w >= 10, h >= 2)
+    >>> [(str(guard), sorted(read)) for guard, read in joint_guards(guards)]
+    [('x.H + x.W >= 10', ['x.H', 'x.W'])]
+    >>> joint_guards(guards, {}, {"x.H": SizeRule("range", 5, 1, 9), "x.W": SizeRule("range", 5, 1, 9)})
+    []
+    """
+    groups = linked_symbols(guards)
+    joint = [(guard, read) for guard, read in zip(guards, _guard_symbols(guards), strict=True)
+             if len({groups.get(symbol, symbol) for symbol in read}) > 1]
+    if rules is None:
+        return joint
+    return [(guard, read) for guard, read in joint if not _implied(guard, read, symbols or {}, rules)]
+
+
+def _implied(guard: Guard, read: frozenset[str], symbols: dict[str, tuple[str, int, int]],
+             rules: dict[str, SizeRule]) -> bool:
+    """Whether `guard` holds at every combination of the sizes the `rules` of the symbols it reads admit;
+    False where one admits unboundedly many, or the combinations exceed MAX_SIZE_SPAN."""
+    import numpy
+
+    admitted = []
+    for symbol in sorted(read):
+        rule = rules.get(symbol)
+        if rule is None or rule.kind in ("at_least", "periodic", "none") or (
+                rule.kind == "progression" and rule.stop is None):
+            return False
+        values = (rule.values if rule.kind == "set" else (rule.start,) if rule.kind == "fixed"
+                  else tuple(range(rule.start, rule.stop + 1, rule.step)))  # type: ignore[operator]
+        admitted.append(numpy.asarray(values, dtype=numpy.int64))
+    if math.prod(len(values) for values in admitted) > MAX_SIZE_SPAN:
+        return False
+    grids = numpy.meshgrid(*admitted, indexing="ij")
+    env: dict[str, Any] = {name: numpy.int64(value) for name, (_, _, value) in symbols.items()}
+    env.update({symbol: grid.ravel() for symbol, grid in zip(sorted(read), grids, strict=True)})
+    with numpy.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        holds = COMPARISONS[guard.op](evaluate(guard.left, env), evaluate(guard.right, env)) == guard.outcome
+    return bool(numpy.all(holds))
 
 
 def linked_symbols(guards: list[Guard]) -> dict[str, frozenset[str]]:
@@ -372,7 +494,8 @@ def _dim_names(node_type: Any, input_name: str, symbols: dict[str, tuple[str, in
 
 
 def _rule(values: tuple[int, ...], low: int, high: int) -> SizeRule:
-    """The simplest rule that states exactly `values` (increasing, each once) within [low, high]."""
+    """The simplest rule that states exactly `values` (increasing, each once) within [low, high]; one that
+    runs to `high` is stated as unbounded."""
     if not values:
         return SizeRule("none")
     if len(values) == 1:
@@ -382,5 +505,28 @@ def _rule(values: tuple[int, ...], low: int, high: int) -> SizeRule:
     if len(values) == (last - start) // step + 1:  # (increasing, each a multiple of step apart: every one)
         if last + step > high:  # it runs to the end of the range: state it as unbounded
             return SizeRule("at_least", start) if step == 1 else SizeRule("progression", start, step)
-        return SizeRule("range", start, 1, last) if step == 1 else SizeRule("set", start, values=values)
+        if step == 1:
+            return SizeRule("range", start, 1, last)
+        # (a few sizes read best listed: L in {10, 12}; more as a bounded progression)
+        if len(values) <= 12:
+            return SizeRule("set", start, values=values)
+        return SizeRule("progression", start, step, last)
+    period = _period(values, high)
+    if period is not None:  # (a stride and a second branch's rounding: H % 3 != 1)
+        offsets = tuple(value - start for value in values if value < start + period)
+        return SizeRule("periodic", start, period, values=offsets)
     return SizeRule("set", start, values=values)
+
+
+def _period(values: tuple[int, ...], high: int) -> int | None:
+    """The smallest p (up to MAX_PERIOD) such that, from the first value up to `high`, a size is in
+    `values` exactly when the size p further on is (checked over at least four periods), or None."""
+    import numpy
+
+    start = values[0]
+    member = numpy.zeros(high - start + 1, dtype=bool)
+    member[numpy.asarray(values) - start] = True
+    for period in range(2, min(len(member) // 4, MAX_PERIOD) + 1):
+        if (member[:-period] == member[period:]).all():
+            return period
+    return None

@@ -31,40 +31,74 @@ import contextvars
 import operator
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Union
 
-__all__ = ["Expr", "Guard", "SymInt", "evaluate", "hint", "recorded", "recording", "requirement", "site",
-           "specialize", "sym_max", "sym_min"]
+__all__ = ["Expr", "Guard", "SymInt", "evaluate", "hint", "recorded", "recording", "render", "requirement",
+           "scaled_size", "site", "specialize", "sym_max", "sym_min"]
 
 
 @dataclass(frozen=True, eq=False)
 class Expr:
     """A node of a size expression: a symbol, a constant, or an operation on two expressions."""
 
-    op: str  # "sym", "const", "add", "mul", "floordiv", "mod", "max", "min"
+    op: str  # "sym", "const", "add", "mul", "floordiv", "mod", "max", "min", "fmul" (see scaled_size)
     args: tuple[Any, ...]
 
     def __str__(self) -> str:
-        if self.op == "sym":
-            return str(self.args[0])
-        if self.op == "const":
-            return str(self.args[0])
-        left, right = self.args
-        if self.op in ("max", "min"):
-            return f"{self.op}({left}, {right})"
-        if self.op == "add" and right.op == "const" and right.args[0] < 0:
-            return f"{left} - {-right.args[0]}"
-        symbol = {"add": "+", "mul": "*", "floordiv": "//", "mod": "%"}[self.op]
-        return f"{_wrap(left, self.op)} {symbol} {_wrap(right, self.op, right=True)}"
+        return render(self)
 
 
-def _wrap(expr: Expr, parent: str, right: bool = False) -> str:
-    strength = {"add": 1, "mul": 2, "floordiv": 2, "mod": 2}
-    inner = strength.get(expr.op)
-    outer = strength[parent] if parent in strength else 0
+_STRENGTH = {"add": 1, "mul": 2, "floordiv": 2, "mod": 2}  # how tightly each operator binds
+_SYMBOL = {"add": "+", "mul": "*", "floordiv": "//", "mod": "%"}
+
+
+def render(expr: Expr, names: Mapping[str, str] | None = None) -> str:
+    """`expr` as Python source, each symbol written as `names` gives (as itself where not given): the
+    generated input guard evaluates a size expression on `x.shape[2]`.
+
+    >>> h = SymInt.symbol("x.H", 9)
+    >>> render(((h - 1) // 2 + 1).expr), render(((h - 1) // 2 + 1).expr, {"x.H": "x.shape[2]"})
+    ('(x.H - 1) // 2 + 1', '(x.shape[2] - 1) // 2 + 1')
+    """
+    names = names or {}
+    texts: dict[int, str] = {}
+    stack = [expr]
+    while stack:  # iterative post-order, as in `evaluate`
+        node = stack[-1]
+        if id(node) in texts:
+            stack.pop()
+            continue
+        if node.op == "sym":
+            texts[id(node)] = names.get(node.args[0], node.args[0])
+        elif node.op == "const":
+            texts[id(node)] = str(node.args[0])
+        elif pending := [arg for arg in node.args if id(arg) not in texts]:
+            stack.extend(pending)
+            continue
+        else:
+            texts[id(node)] = _render_node(node, texts)
+        stack.pop()
+    return texts[id(expr)]
+
+
+def _render_node(node: Expr, texts: dict[int, str]) -> str:
+    left, right = node.args
+    if node.op in ("max", "min"):
+        return f"{node.op}({texts[id(left)]}, {texts[id(right)]})"
+    if node.op == "fmul":
+        return f"int({_wrap(left, 'mul', texts)} * {texts[id(right)]})"
+    if node.op == "add" and right.op == "const" and right.args[0] < 0:
+        return f"{texts[id(left)]} - {-right.args[0]}"
+    return f"{_wrap(left, node.op, texts)} {_SYMBOL[node.op]} {_wrap(right, node.op, texts, right=True)}"
+
+
+def _wrap(expr: Expr, parent: str, texts: dict[int, str], right: bool = False) -> str:
+    inner = _STRENGTH.get(expr.op)
+    outer = _STRENGTH.get(parent, 0)
     if inner is not None and (inner < outer or (right and inner == outer and parent != "add")):
-        return f"({expr})"
-    return str(expr)
+        return f"({texts[id(expr)]})"
+    return texts[id(expr)]
 
 
 def _node(op: str, args: tuple[Any, ...]) -> Expr:
@@ -367,6 +401,25 @@ def sym_min(a: Operand, b: Operand) -> Operand:
     return SymInt(_node("min", (_expr(a), _expr(b))), min(hint(a), hint(b)))
 
 
+def scaled_size(size: Operand, factor: float) -> Operand:
+    """int(float(size) * factor): the size torch gives a dim interpolated by `factor` (`Upsample`'s
+    scale_factor). torch multiplies in double precision and truncates, so 90 * 0.7 is 62 (the double
+    product is 62.99999999999999), not the 63 exact arithmetic gives.
+
+    >>> h = SymInt.symbol("x.H", 90)
+    >>> scaled_size(90, 0.7), scaled_size(h, 0.7).hint, str(scaled_size(h, 0.7).expr)
+    (62, 62, 'int(x.H * 0.7)')
+    """
+    exact = Fraction(factor)  # the double's exact value
+    if exact.denominator <= 1 << 16 and exact.numerator <= 1 << 16:
+        # (2, 0.5, 1.5, 0.25: the double product of any size below 2^36 is exact, so it is this integer
+        # arithmetic, which keeps expressions simple: x.H * 2, not int(x.H * 2.0))
+        return size * exact.numerator // exact.denominator
+    if not isinstance(size, SymInt):
+        return int(float(size) * factor)
+    return SymInt(_node("fmul", (size.expr, _const(factor))), int(float(size.hint) * factor))
+
+
 def evaluate(expr: Expr, env: Mapping[str, Any], memo: dict[int, Any] | None = None) -> Any:
     """The value of `expr` with each symbol bound by `env` (ints, or numpy arrays for many sizes at once).
 
@@ -409,8 +462,14 @@ def _vector_min(a: Any, b: Any) -> Any:
     return numpy.minimum(a, b)
 
 
+def _vector_fmul(a: Any, b: Any) -> Any:
+    import numpy
+
+    return numpy.trunc(numpy.multiply(a, b, dtype=numpy.float64)).astype(numpy.int64)  # as scaled_size, at every size
+
+
 _VECTOR_OPS: dict[str, Callable[[Any, Any], Any]] = {
     "add": operator.add, "mul": operator.mul, "floordiv": operator.floordiv, "mod": operator.mod,
-    "max": _vector_max, "min": _vector_min}
+    "max": _vector_max, "min": _vector_min, "fmul": _vector_fmul}
 
 COMPARISONS = _COMPARE

@@ -10,6 +10,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
+from ..symbolic import scaled_size
 from .base import (
     FLOAT_DTYPES,
     ArgumentError,
@@ -63,9 +64,10 @@ class Upsample(Layer):
             raise ShapeError("give exactly one of size and scale_factor")
         if self.size is not None:
             return x.with_shape((x.shape[0], *to_tuple(self.size, n, "size")), "channels_first", None)
-        # floor(size * factor), as torch computes it; exact for factors such as 2, 0.5 or 1.5
-        factors = tuple(Fraction(f).limit_denominator(1 << 16) for f in to_tuple(self.scale_factor, n, "scale_factor"))
-        sizes = tuple(s * f.numerator // f.denominator for s, f in zip(x.shape[1:], factors))
+        scales = to_tuple(self.scale_factor, n, "scale_factor")
+        sizes = tuple(scaled_size(s, float(f)) for s, f in zip(x.shape[1:], scales))  # torch's double arithmetic
+        # (the grid's step: exact for factors such as 2, 0.5 or 1.5)
+        factors = tuple(Fraction(f).limit_denominator(1 << 16) for f in scales)
         if any(size < 1 for size in sizes):
             raise ArgumentError(f"scale_factor={self.scale_factor} shrinks the input {x} to {sizes}: every size must "
                                 "stay at least 1 (torch refuses an empty output)", "scale_factor")

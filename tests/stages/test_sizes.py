@@ -107,8 +107,9 @@ RULES: dict[str, tuple[Callable[[int], GraphBuilder], int, tuple[int, int], str,
     "multiples": (multiples, 8, (1, 40), "progression", "L: multiples of 2", list(range(2, 41, 2))),
     "progression": (progression, 8, (1, 40), "progression", "L in {4 + 2k}", list(range(4, 41, 2))),
     "set": (listed, 8, (1, 40), "set", "L in {8, 10}", [8, 10]),
-    # The range searched may exclude every valid size (here the declared one too).
-    "none": (at_least, 6, (1, 2), "none", "no L works", []),
+    # The range searched may exclude every valid size (here the declared one too): none is listed, but the
+    # rule is solved past the range, so it still states them (the input guard checks it).
+    "none": (at_least, 6, (1, 2), "at_least", "L >= 3", []),
 }
 
 
@@ -239,11 +240,16 @@ RULE_TEXTS = [
     (SizeRule("range", 224, 1, 239), "224 <= H <= 239", "not 224 <= n <= 239"),
     (SizeRule("progression", 32, 32), "H: multiples of 32", "n % 32 != 0"),
     (SizeRule("progression", 188, 16), "H in {188 + 16k}", "n < 188 or (n - 188) % 16 != 0"),
-    (SizeRule("set", 8, values=(8, 10, 13)), "H in {8, 10, 13}", "n not in (8, 10, 13)"),
+    (SizeRule("progression", 4, 4, 1000), "H: multiples of 4 up to 1000", "n % 4 != 0 or n > 1000"),
+    (SizeRule("progression", 6, 4, 1002), "H in {6 + 4k} up to 1002", "n < 6 or n > 1002 or (n - 6) % 4 != 0"),
+    (SizeRule("periodic", 2, 3, values=(0, 1)), "H in {2, 3} + 3k", "n < 2 or (n - 2) % 3 not in {0, 1}"),
+    # a set is checked by membership in a set display (Python makes it a frozenset constant)
+    (SizeRule("set", 8, values=(8, 10, 13)), "H in {8, 10, 13}", "n not in {8, 10, 13}"),
     (SizeRule("set", 1, values=tuple(range(1, 40, 3))), "H in {1, 4, 7, 10, 13, 16, 19, 22, 25, 28, 31, 34, ...}",
-     "n not in (1, 4, 7, 10, 13, 16, 19, 22, 25, 28, 31, 34, 37)"),
+     "n not in {1, 4, 7, 10, 13, 16, 19, 22, 25, 28, 31, 34, 37}"),
+    # more than 64 sizes: every one is checked (was only the smallest: the sizes between them got through)
     (SizeRule("set", 1, values=tuple(range(1, 400, 3))), "H in {1, 4, 7, 10, 13, 16, 19, 22, 25, 28, 31, 34, ...}",
-     "n < 1"),  # more than 64 sizes: only the smallest is checked
+     "n not in {" + ", ".join(map(str, range(1, 400, 3))) + "}"),
     (SizeRule("none"), "no H works", "True"),
 ]
 
