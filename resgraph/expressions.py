@@ -86,13 +86,13 @@ def scaled(channels: float) -> float:
     silently left out. `in_channels == scaled(out)` compares them in one currency.
 
     Raises:
-        ValueError: `channels` is not a positive number, or no spec's scale is in force (a
-            parameter's default, which is read before `scale:`, since `scale:` may read parameters).
+        ValueError: `channels` is not a positive number, or no spec's scale is in force (the spec's
+            own `params:`, which are read before `scale:`, since `scale:` may read them).
     """
     scaled_width = _WIDTH_SCALING.get()
     if scaled_width is None:
-        raise ValueError("it applies the spec's `scale:`, so it is only available in layers, skips and block "
-                         "calls (parameters are read before `scale:`, which may itself read them)")
+        raise ValueError("it applies the spec's `scale:`, which is read after the spec's own `params:` (it may read "
+                         "them), so they cannot call it; blocks, their parameters, layers and skips can")
     if isinstance(channels, bool) or not isinstance(channels, (int, float)) or not channels > 0:
         raise ValueError(f"it takes a positive number of channels, not {channels!r}")
     return scaled_width(channels)

@@ -254,8 +254,9 @@ def check_loaded(loaded: LoadedSpec, params: Mapping[str, Any] | None, read: Rea
 
 
 def _batch_dims_given(declared: Spec, input_shapes: Mapping[str, Sequence[int]], source: SourceMap) -> list[Diagnostic]:
-    """For a check that failed: each input given one dim more than the spec declares, which is most
-    likely a batch dim (shapes are per sample, as in the spec), located at the input's declaration.
+    """For a check that failed: each input given one dim more than the spec declares, in front of its
+    declared first dim, which is most likely a batch dim (shapes are per sample, as in the spec),
+    located at the input's declaration.
     (A shape of another rank can be meant, so it is named only once something failed.)"""
     decls = declared.input_decls()
     return [Diagnostic(source.locate(("inputs", name), key=True),
@@ -263,7 +264,8 @@ def _batch_dims_given(declared: Spec, input_shapes: Mapping[str, Sequence[int]],
                        f"declares, {list(decls[name].shape)}: input shapes are per sample, without the batch dim",
                        f"give {list(shape[1:])}")
             for name, shape in input_shapes.items()
-            if name in decls and decls[name].shape is not None and len(shape) == len(decls[name].shape) + 1]
+            if name in decls and decls[name].shape is not None and len(shape) == len(decls[name].shape) + 1
+            and list(shape[1:2]) == list(decls[name].shape[:1])]  # (a trailing extra dim is not a batch)
 
 
 def check_loaded_library(loaded: LoadedSpec, read: Reader = read_import) -> BlockLibrary:

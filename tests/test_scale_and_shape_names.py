@@ -14,7 +14,8 @@ The specification:
 - `scaled(c)` is the width a conv written with `out_channels: c` gets under the spec's scale, so a
   block compares its (scaled) input with a width parameter in one currency:
   `when: "${in_channels == scaled(out)}"`. A width computed with `scaled(...)` is not scaled again;
-  a parameter's default cannot call it (parameters are read before `scale:`, which may read them).
+  the spec's own `params:` cannot call it (they are read before `scale:`, which may read them), a
+  block's parameters can.
 - `block_index` and `num_blocks` count top-level block instances; a nested call sees its enclosing
   instance's index.
 """
@@ -252,13 +253,18 @@ def test_scaled_follows_the_scales_rounding_and_is_not_scaled_again(scale: str, 
     assert expected == [scale_model.scaled_width(w) for w in widths]
 
 
-def test_scaled_in_a_parameter_default_or_of_a_non_width_is_an_error_at_its_expression() -> None:
+def test_scaled_in_the_specs_own_params_or_of_a_non_width_is_an_error_at_its_expression() -> None:
     with pytest.raises(resgraph.SpecError) as caught:
         resgraph.build(HEADER + "params: {w: \"${scaled(64)}\"}\ninputs: {x: [3, 4, 4]}\n"
                                 "layers:\n  - c: {op: Conv2d, out_channels: \"${w}\", kernel_size: 1}\n")
     (diagnostic,) = caught.value.diagnostics
     assert (diagnostic.location.line, diagnostic.location.column) == (3, 16)
-    assert "only available in layers, skips and block calls" in diagnostic.message
+    assert "which is read after the spec's own `params:`" in diagnostic.message
+    blocks = resgraph.build(HEADER + "scale: {width: 0.5}\ninputs: {x: [3, 4, 4]}\nblocks:\n  b:\n"
+                                     "    params: {hidden: \"${scaled(64)}\"}\n    layers:\n"
+                                     "      - c: {op: Conv2d, out_channels: \"${hidden}\", kernel_size: 1}\n"
+                                     "layers:\n  - one: {block: b}\n")
+    assert blocks.one.c.out_channels == 32  # a block parameter's default can: scaled once
     with pytest.raises(resgraph.SpecError) as caught:
         resgraph.build(HEADER + "scale: {width: 0.5}\ninputs: {x: [3, 4, 4]}\nlayers:\n"
                                 "  - c: {op: Conv2d, out_channels: \"${scaled(0)}\", kernel_size: 1}\n"

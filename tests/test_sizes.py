@@ -238,6 +238,9 @@ def test_an_input_shape_given_with_a_batch_dim_is_named_at_the_input_when_the_ch
     header = "resgraph: 1\nname: Net\ninputs: {x: [16]}\nlayers:\n"
     lengths = resgraph.check(header + "  - fc: {op: Linear, out_features: 2}\n", input_shapes={"x": (4, 16)})
     assert lengths.nodes["fc"].meta["type"].shape == (4, 2)
+    with pytest.raises(resgraph.SpecError) as caught:  # an extra trailing dim is not a batch dim
+        resgraph.check(EXAMPLES / "tutorial.yaml", input_shapes={"x": (3, 32, 32, 1)})
+    assert not any("batch dim" in d.message for d in caught.value.diagnostics)
     fixed = header + "  - fc: {op: Linear, in_features: 16, out_features: 2}\n"
     with pytest.raises(resgraph.SpecError) as caught:
         resgraph.check(fixed, input_shapes={"x": (8,)})
