@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -77,6 +77,14 @@ class SkipItem:
     origin: Origin
 
 
+class LeftOut(NamedTuple):
+    """An entry its `when:` left out, for what reads it to say so: that `when:`, and whether the
+    entry is a skip edge (which is no node to read even where it is kept)."""
+
+    when: Origin
+    skip: bool
+
+
 @dataclass
 class Scope:
     """One graph to resolve: inputs, typed layers and skips, outputs, and where it came from."""
@@ -90,7 +98,7 @@ class Scope:
     origin: Origin
     block: str | None = None  # the block this scope instantiates; None at the top level
     params: dict[str, Any] = field(default_factory=dict)
-    left_out: dict[str, Origin] = field(default_factory=dict)  # entries whose `when:` is false -> that `when:`
+    left_out: dict[str, LeftOut] = field(default_factory=dict)  # entries whose `when:` is false
 
 
 @dataclass
@@ -334,7 +342,7 @@ class Expander(_BlockTable):
               stack: tuple[str, ...], *, inputs: dict[str, InputDecl | None], params: dict[str, Any],
               block: str | None = None, top_level: bool = False) -> Scope:
         layers: list[LayerItem] = []
-        left_out: dict[str, Origin] = {}
+        left_out: dict[str, LeftOut] = {}
         self.expanded += len(definition.layers) + len(definition.skips)
         refused = self.spec.invalid_entries if top_level else frozenset()
         for i, entry in enumerate(definition.layers):
@@ -350,8 +358,8 @@ class Expander(_BlockTable):
                 elif body is not LEFT_OUT:
                     layers.append(LayerItem(layer_name, body, where))
                 else:  # (a chunk/split is read by the names of its outputs)
-                    left_out.update({item.name: where.child("when") for item in _refused_items(layer_name, template,
-                                                                                               where)})
+                    left_out.update({item.name: LeftOut(where.child("when"), skip=False)
+                                     for item in _refused_items(layer_name, template, where)})
         if top_level:
             self.num_blocks = sum(self.repeats(item.body) for item in layers if isinstance(item.body, BlockCall))
         block_index = 0
@@ -373,7 +381,7 @@ class Expander(_BlockTable):
                 if skip is not LEFT_OUT:
                     skips.append(SkipItem(skip_name, skip, where))
                 else:
-                    left_out[skip_name] = where.child("when")
+                    left_out[skip_name] = LeftOut(where.child("when"), skip=True)
         return Scope(name, inputs, with_pieces(layers, list(inputs)), skips, definition.outputs,
                      self.spec.defaults.projection, origin, block=block, params=params, left_out=left_out)
 

@@ -85,20 +85,23 @@ class _Resolver:
     def fail(self, origin: Origin, message: str, hint: str | None = None, *, key: bool = True) -> None:
         self.diagnostics.append(Diagnostic(origin.locate(key=key), message, hint))
 
-    def fail_unknown(self, origin: Origin, prefix: str, ref: str, candidates: Iterable[str], suffix: str = "") -> None:
-        """`PREFIX: unknown node 'ref'`, or, for an entry its `when:` left out, that it is left out and where."""
-        when = self.scope.left_out.get(ref)
-        if when is None:
+    def fail_unknown(self, origin: Origin, prefix: str, ref: str, candidates: Iterable[str], suffix: str = "", *,
+                     output: bool = False) -> None:
+        """`PREFIX: unknown node 'ref'`, or, for an entry its `when:` left out, that it is left out and
+        where (`output`: the reader is the scope's `outputs:`, which are always there)."""
+        left_out = self.scope.left_out.get(ref)
+        if left_out is None:
             self.fail(origin, f"{prefix}unknown node {ref!r}{did_you_mean(ref, candidates)}{suffix}", key=False)
             return
-        line = when.locate(key=True).line
+        line = left_out.when.locate(key=True).line
         at = f" (line {line})" if line else ""
-        if tuple(when.path)[-4:-3] == ("skips",):  # a skip is no node even where its `when:` is true
+        if left_out.skip:  # a skip is no node even where its `when:` is true
             self.fail(origin, f"{prefix}{ref!r} is a skip edge (left out here: its `when:`{at} is false), not a "
                               f"node{suffix}", "read its target instead: it holds the merged value", key=False)
             return
-        self.fail(origin, f"{prefix}{ref!r} is left out: its `when:`{at} is false{suffix}",
-                  "give what reads it the same `when:`, or read another node when it is left out", key=False)
+        fix = ("an output is there under every condition: name a node that no `when:` leaves out" if output else
+               "give what reads it the same `when:`, or read another node when it is left out")
+        self.fail(origin, f"{prefix}{ref!r} is left out: its `when:`{at} is false{suffix}", fix, key=False)
 
     def run(self) -> Graph:
         scope = self.scope
@@ -453,7 +456,7 @@ class _Resolver:
             if base in invalid:
                 continue
             if base not in self.kinds:
-                self.fail_unknown(where.child(i), "outputs: ", base, self.order)
+                self.fail_unknown(where.child(i), "outputs: ", base, self.order, output=True)
             elif self.kinds[base] == "skip":
                 self.fail(where.child(i), f"outputs: {base!r} is a skip edge, not a node", key=False)
             elif ref in outputs:
