@@ -26,7 +26,7 @@ from typing import Any
 from .errors import Diagnostic, SpecError
 from .evaluate import freeze
 from .expand import MAX_BLOCK_DEPTH, BlockRecipe, instantiate
-from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode
+from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode, is_block_value
 from .hints import skip_hint
 from .ops import OPS, ShapeError, TensorType, merge_type
 from .ops.base import FLOAT_DTYPES, FRESH, TO_FLOAT_HINT, DtypeError, FeatureMapLayer, Storage
@@ -608,20 +608,19 @@ def _inplace_hazards(graph: Graph) -> list[Diagnostic]:
                     _effective_readers(graph, readers, reader, value, others, outputs)
         root = graph.nodes[path[0]]
         # (a value of a call with several is named as the spec reads it, `head.box`, not by its variable)
-        shown = root.name if isinstance(root, LayerNode) and isinstance(root.layer, BlockOutput) else root.var
+        shown = root.name if is_block_value(root) else root.var
         kept = next((p for p in path if _storage(graph.nodes[p]).saves_output), None)
         if others:
             why = f"{', '.join(repr(o) for o in others)} also read{'s' if len(others) == 1 else ''} it"
         elif outputs or isinstance(root, InputNode):
             why = "it is an input or output of the model"
         elif _storage(root).fixed:
-            returned = isinstance(root, BlockNode) or (isinstance(root, LayerNode)
-                                                       and isinstance(root.layer, BlockOutput))
+            returned = isinstance(root, BlockNode) or is_block_value(root)
             why = f"{shown!r} is a stored tensor{' the block returns' if returned else ''} and {_storage(root).fixed}"
         elif kept is not None:
             holder = graph.nodes[kept]
             # (one value of a call with several, `b.a`, is made by a layer inside the call)
-            inside = isinstance(holder, LayerNode) and isinstance(holder.layer, BlockOutput)
+            inside = is_block_value(holder)
             why = ((f"the layer in block call {holder.name.split('.')[0]!r} that makes {holder.name!r} keeps it"
                     if inside else f"{graph.label(holder)} keeps its output")
                    + " for the backward pass, which would then fail (autograd: modified by an inplace operation)")

@@ -323,8 +323,8 @@ def instance_title(instance: Graph) -> str:
 def short_value(value: Any, *, per_dim: bool = False, literal: bool = False) -> str:
     """`3x1` for (3, 1); `3` for (3, 3) when `per_dim` (a value per spatial dim, such as a kernel size);
     a large tensor literal by its shape (`<16x16 values>`); other values as written (small or ragged
-    lists, mappings, a `literal` tensor's values, true/false), with characters a terminal would act
-    on escaped (a spec's strings reach the summary).
+    lists, mappings, a `literal` tensor's values; booleans as torch's reprs print them, `True`), with
+    characters a terminal would act on escaped (a spec's strings reach the summary).
 
     >>> short_value([3, 3], per_dim=True), short_value([1, 1, 1]), short_value([3, 1])
     ('3', '1x1x1', '3x1')

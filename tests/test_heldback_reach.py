@@ -187,7 +187,7 @@ layers:
   - y: {op: mul, input: [x, k]}
 """))
     for shown in ("constant(value=[[1, 2], [3, 4]])", "constant(value=[0.5, 1.5])",
-                  "constant(value=[True, False])", "parameter(shape=2, init=[0.25, 4])"):
+                  "constant(value=[True, False], dtype=bool)", "parameter(shape=2, init=[0.25, 4])"):
         assert shown in text  # (a 1-d literal read "0.5x1.5", as a shape would)
 
 

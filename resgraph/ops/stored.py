@@ -93,6 +93,7 @@ def _default_dtype(layer: ConstantBase, values: list[Any]) -> None:
     makes it: stored as float32, a mask's `true` (may not attend) would be added to the scores as 1.0."""
     if "dtype" not in layer.model_fields_set and values and all(isinstance(v, bool) for v in values):
         layer.__dict__["dtype"] = "bool"  # (the layer is frozen; this runs once, while it is validated)
+        layer.__pydantic_fields_set__.add("dtype")  # (so `args()` and dumps show it, as if written)
 
 
 def _layout(rank: int) -> Literal["channels_first", "features_last"]:
