@@ -1,0 +1,72 @@
+"""Held-back cases of the reliability and security issue: numbers that no tensor can hold, outputs
+that would overwrite what a build reads, and file names and targets a plain `open()` handles. Each
+is answered with a result or a located resgraph error, never a traceback or a broken model."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import resgraph
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+HEAD = "resgraph: 1\nname: M\ninputs: {{x: {shape}}}\nlayers:\n"
+
+
+def run_cli(*args: str, cwd: pathlib.Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "resgraph", *args], capture_output=True, text=True, timeout=120,
+                          cwd=cwd)
+
+
+def spec_errors(text: str) -> list[str]:
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(text)
+    return [d.format() for d in caught.value.diagnostics]
+
+
+# --- sizes no tensor can have -------------------------------------------------------------------
+
+@pytest.mark.parametrize(("shape", "layer", "message"), [
+    # was built: the summary showed a 301-digit size and the forward could never run
+    ("[2, 8]", "{op: Upsample, scale_factor: 1e300}",
+     "its output (N, 2, >2^62) would have a size above 2^62 (4,611,686,018,427,387,904)"),
+    ("[2, 8, 8]", "{op: Upsample, scale_factor: 4611686018427387904}",
+     "its size arithmetic reaches more than 2^62"),
+    # was an OverflowError traceback from the sizes solver
+    ("[2, 8]", "{op: Conv1d, out_channels: 2, kernel_size: 1, padding: 4611686018427387904}",
+     "its size arithmetic reaches more than 2^62, which no tensor size can be"),
+    # was built with an input guard that refused every size, the declared one too (int64 wrapped round)
+    ("[2, 8]", "{op: Conv1d, out_channels: 2, kernel_size: 1, padding: 4611686018427387904, "
+               "stride: 4611686018427387904}",
+     "its size arithmetic reaches more than 2^62"),
+    ("[4, 2147483648, 2147483648]", "{op: ReLU}",
+     "the shape (N, 4, 2147483648, 2147483648) would have more than 2^62 elements per sample"),
+])
+def test_a_size_beyond_2_62_is_an_error_at_its_layer(shape: str, layer: str, message: str) -> None:
+    errors = spec_errors(HEAD.format(shape=shape) + f"  - r: {layer}\n")
+    assert len(errors) == 1 and message in errors[0], errors
+    where = "<string>:3:10: error: input 'x'" if "the shape" in message else "<string>:5:5: error: layer 'r'"
+    assert errors[0].startswith(where), errors
+
+
+def test_a_size_beyond_2_62_through_the_cli_is_a_located_error(tmp_path: pathlib.Path) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text(HEAD.format(shape="[2, 8]") + "  - r: {op: Conv1d, out_channels: 2, kernel_size: 1, "
+                                                  "padding: 4611686018427387904}\n")
+    for command in ("validate", "build", "render", "sizes"):
+        result = run_cli(command, str(spec), cwd=tmp_path)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, (command, result.stderr)
+        assert result.stderr.startswith(f"{spec}:5:5: error: layer 'r' (Conv1d): its size arithmetic"), command
+
+
+def test_large_sizes_below_the_bound_still_build_and_solve() -> None:
+    """Padding 2^60 with stride 2^61 is odd but valid (torch runs it): every length works."""
+    spec = HEAD.format(shape="[2, 8]") + ("  - r: {op: Conv1d, out_channels: 2, kernel_size: 1, "
+                                          "padding: 1152921504606846976, stride: 2305843009213693952}\n")
+    graph = resgraph.check(spec)
+    assert graph.nodes["r"].meta["type"].shape == (2, 2)
+    sizes = resgraph.valid_sizes(spec, low=1, high=64)
+    assert [dim.valid for dim in sizes.of("x") if dim.free] == [tuple(range(1, 65))]
