@@ -51,7 +51,7 @@ def atomic_write(path: str, write: Callable[[str], object], *, replace: bool = T
     """
     target = _resolve(path)
     directory = os.path.dirname(target)
-    tmp = os.path.join(directory, f".{os.path.basename(target)}.{secrets.token_hex(6)}.tmp")
+    tmp = _temporary_path(directory, os.path.basename(target))
     with _cleanup_on_signals(tmp):
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # mode filtered by the umask
@@ -122,6 +122,20 @@ def _link_new(tmp: str, target: str) -> None:
         os.replace(tmp, target)
     else:
         os.unlink(tmp)
+
+
+def _temporary_path(directory: str, name: str) -> str:
+    """`directory/.NAME.RANDOM.tmp`, NAME shortened where the whole would be longer than a file name
+    may be there (255 bytes on most file systems): any name `open()` can write can be written."""
+    suffix = f".{secrets.token_hex(6)}.tmp"
+    try:
+        limit = os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # (no pathconf on Windows; a directory that is missing fails later)
+        limit = 255
+    stem = name
+    while stem and len(os.fsencode(f".{stem}{suffix}")) > limit:
+        stem = stem[:-1]
+    return os.path.join(directory, f".{stem}{suffix}")
 
 
 def _resolve(path: str) -> str:

@@ -70,3 +70,62 @@ def test_large_sizes_below_the_bound_still_build_and_solve() -> None:
     assert graph.nodes["r"].meta["type"].shape == (2, 2)
     sizes = resgraph.valid_sizes(spec, low=1, high=64)
     assert [dim.valid for dim in sizes.of("x") if dim.free] == [tuple(range(1, 65))]
+
+
+# --- outputs that would overwrite what the build reads --------------------------------------------
+
+LIBRARY = "resgraph: 1\nblocks:\n  Act:\n    layers:\n      - act: {op: ReLU}\n"
+
+
+@pytest.mark.parametrize(("command", "output"), [
+    (["render", "s.yaml", "-o", "lib.svg"], "lib.svg"),
+    (["render", "s.yaml", "-o", "./sub/../lib.dot"], "./sub/../lib.dot"),
+    (["build", "s.yaml", "--diagram", "link.html"], "link.html"),
+    (["build", "s.yaml", "-o", "lib.py"], "lib.py"),
+])
+def test_an_output_that_is_an_imported_library_is_refused(command: list[str], output: str,
+                                                          tmp_path: pathlib.Path) -> None:
+    """A block library may have any name; writing over it lost the user's blocks (it was written)."""
+    suffix = pathlib.Path(output).suffix
+    library = tmp_path / f"lib{suffix}"
+    library.write_text(LIBRARY)
+    (tmp_path / "sub").mkdir()
+    if output == "link.html":
+        (tmp_path / "link.html").symlink_to(library.name)
+    (tmp_path / "s.yaml").write_text(f"resgraph: 1\nname: M\nimports: [lib{suffix}]\ninputs: {{x: [4]}}\n"
+                                     "layers:\n  - a: {block: Act}\n")
+    result = run_cli(*command, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr == (f"resgraph: error: {'--diagram' if '--diagram' in command else '-o'} {output}: that "
+                             f"is the block library {library.name} that the spec imports; writing it would "
+                             "overwrite it. Name another file\n")
+    assert library.read_text() == LIBRARY
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["s.yaml", library.name, "sub", *(["link.html"] if output == "link.html" else [])])
+
+
+def test_an_output_beside_an_imported_library_is_written(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "lib.yaml").write_text(LIBRARY)
+    (tmp_path / "s.yaml").write_text("resgraph: 1\nname: M\nimports: [lib.yaml]\ninputs: {x: [4]}\n"
+                                     "layers:\n  - a: {block: Act}\n")
+    result = run_cli("render", "s.yaml", "-o", "lib.dot", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout == "Wrote lib.dot\n", result.stderr
+    assert "digraph M" in (tmp_path / "lib.dot").read_text()
+
+
+# --- file names as long as the file system allows -----------------------------------------------
+
+@pytest.mark.parametrize("stem", ["a" * 252, "é" * 126, "€" * 84], ids=["ascii", "2-byte", "3-byte"])
+def test_a_file_name_of_the_longest_length_is_written(stem: str, tmp_path: pathlib.Path) -> None:
+    """Names of 255 bytes, the most a file name may have: the temporary file beside it (`.NAME.RANDOM.tmp`)
+    was longer, so writing a name that `open()` writes failed with 'File name too long'."""
+    from resgraph.files import atomic_write
+
+    for suffix in (".py", ".pt"):
+        path = tmp_path / (stem + suffix)
+        model = resgraph.build(HEAD.format(shape="[4]") + "  - fc: {op: Linear, out_features: 2}\n", seed=0)
+        resgraph.save(model, str(path))
+        assert path.stat().st_size > 0
+    atomic_write(str(tmp_path / ("b" * 255)), lambda tmp: pathlib.Path(tmp).write_text("data"))
+    assert (tmp_path / ("b" * 255)).read_text() == "data"
+    assert len([p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]) == 0
