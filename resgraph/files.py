@@ -10,6 +10,8 @@ What `atomic_write(path, ...)` promises:
 - A new file gets mode 0666 filtered by the process umask, as `open()` would create it; the
   umask is never changed (changing it, even for a moment, races with other threads). A replaced
   file keeps its mode.
+- A file the process may not write (read-only to it) is refused with PermissionError, as `open()`
+  refuses it, although replacing it would only need the directory to be writable.
 - A symlink at `path` is written through, as `open(path, "w")` would: the link stays and its
   target (which may not exist yet) receives the new content, atomically, in the target's
   directory.
@@ -18,6 +20,7 @@ What `atomic_write(path, ...)` promises:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import signal
@@ -47,9 +50,14 @@ def atomic_write(path: str, write: Callable[[str], object], *, replace: bool = T
         replace: False refuses to overwrite an existing file (checked atomically, at the end).
     Raises:
         FileExistsError: `replace` is False and `path` exists.
+        PermissionError: `path` exists and this process may not write it.
         OSError: the directory cannot be written (the temporary file is removed).
     """
     target = _resolve(path)
+    if replace and os.path.exists(target) and not os.access(target, os.W_OK):
+        # A file its owner made read-only: `open()` would refuse it, and replacing it (which only needs
+        # the directory to be writable) would silently discard what the owner protected.
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
     directory = os.path.dirname(target)
     tmp = _temporary_path(directory, os.path.basename(target))
     with _cleanup_on_signals(tmp):

@@ -129,3 +129,34 @@ def test_a_file_name_of_the_longest_length_is_written(stem: str, tmp_path: pathl
     atomic_write(str(tmp_path / ("b" * 255)), lambda tmp: pathlib.Path(tmp).write_text("data"))
     assert (tmp_path / ("b" * 255)).read_text() == "data"
     assert len([p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]) == 0
+
+
+# --- read-only targets ----------------------------------------------------------------------------
+
+def _as_unprivileged() -> list[str]:
+    """A command prefix running a child without the power to write read-only files (root drops
+    CAP_DAC_OVERRIDE through setpriv); skips where that cannot be arranged."""
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: every file is writable")
+    return ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+            "--bounding-set=-dac_override,-dac_read_search"]
+
+
+@pytest.mark.parametrize("suffix", [".py", ".pt", ".svg"])
+def test_a_read_only_output_is_refused_as_open_would(suffix: str, tmp_path: pathlib.Path) -> None:
+    """`-o` onto a file its owner made read-only replaced it (renaming only needs the directory)."""
+    target = tmp_path / f"kept{suffix}"
+    target.write_text("protected\n")
+    target.chmod(0o444)
+    command = ["render", str(ROOT / "examples" / "tutorial.yaml"), "-o", target.name] if suffix == ".svg" else \
+        ["build", str(ROOT / "examples" / "tutorial.yaml"), "-o", target.name]
+    result = subprocess.run([*_as_unprivileged(), sys.executable, "-m", "resgraph", *command], capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert f"cannot write {target.name}: Permission denied" in result.stderr
+    assert target.read_text() == "protected\n" and sorted(p.name for p in tmp_path.iterdir()) == [target.name]
