@@ -10,8 +10,9 @@ What `atomic_write(path, ...)` promises:
 - A new file gets mode 0666 filtered by the process umask, as `open()` would create it; the
   umask is never changed (changing it, even for a moment, races with other threads). A replaced
   file keeps its mode.
-- A file the process may not write (read-only to it) is refused with PermissionError, as `open()`
-  refuses it, although replacing it would only need the directory to be writable.
+- Only a regular file is replaced, and only one the process may write: a read-only file is refused
+  with PermissionError, as `open()` refuses it (although the rename only needs the directory to be
+  writable), and a FIFO, device or socket with an OSError, never replaced by a regular file.
 - A symlink at `path` is written through, as `open(path, "w")` would: the link stays and its
   target (which may not exist yet) receives the new content, atomically, in the target's
   directory.
@@ -24,6 +25,7 @@ import errno
 import os
 import secrets
 import signal
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
@@ -50,14 +52,12 @@ def atomic_write(path: str, write: Callable[[str], object], *, replace: bool = T
         replace: False refuses to overwrite an existing file (checked atomically, at the end).
     Raises:
         FileExistsError: `replace` is False and `path` exists.
-        PermissionError: `path` exists and this process may not write it.
+        PermissionError: `path` is a file this process may not write.
+        IsADirectoryError, OSError: `path` is a directory, FIFO, device or socket.
         OSError: the directory cannot be written (the temporary file is removed).
     """
     target = _resolve(path)
-    if replace and os.path.exists(target) and not os.access(target, os.W_OK):
-        # A file its owner made read-only: `open()` would refuse it, and replacing it (which only needs
-        # the directory to be writable) would silently discard what the owner protected.
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+    _check_replaceable(target, path)
     directory = os.path.dirname(target)
     tmp = _temporary_path(directory, os.path.basename(target))
     with _cleanup_on_signals(tmp):
@@ -130,6 +130,28 @@ def _link_new(tmp: str, target: str) -> None:
         os.replace(tmp, target)
     else:
         os.unlink(tmp)
+
+
+def _check_replaceable(target: str, path: str) -> None:
+    """Refuse to replace what is at `target` (`path` resolved) unless it is a regular file this process
+    may write; nothing there is fine.
+
+    A rename replaces anything, but a FIFO, a device (`out.onnx -> /dev/null` made /dev/null a
+    regular file, for every program) or a socket is not an output file, and a read-only file is one
+    its owner protected: `open()` would refuse it, although the rename only needs the directory.
+    """
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        return
+    except OSError:  # (e.g. a loop of symlinks: writing reports it)
+        return
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    if not stat.S_ISREG(mode):
+        raise OSError(errno.EINVAL, "not a regular file (resgraph never replaces a FIFO, device or socket)", path)
+    if not os.access(target, os.W_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
 
 
 def _temporary_path(directory: str, name: str) -> str:

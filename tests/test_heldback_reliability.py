@@ -160,3 +160,44 @@ def test_a_read_only_output_is_refused_as_open_would(suffix: str, tmp_path: path
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     assert f"cannot write {target.name}: Permission denied" in result.stderr
     assert target.read_text() == "protected\n" and sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+
+
+def _special(kind: str, path: pathlib.Path) -> None:
+    import os
+    import stat
+
+    if kind == "fifo":
+        os.mkfifo(path)
+        return
+    try:  # a character device like /dev/null (1, 3): only root may make one
+        os.mknod(path, stat.S_IFCHR | 0o644, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("making a device node needs root")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "link to device"])
+def test_a_fifo_or_device_at_the_output_is_never_replaced(kind: str, tmp_path: pathlib.Path) -> None:
+    """They were replaced by a regular file; a symlink `out.py -> /dev/null`, run as root, would have
+    turned /dev/null itself into a regular file."""
+    import stat
+
+    special = tmp_path / "special.py"
+    _special(kind.split()[-1], special)
+    name = "out.py" if kind == "link to device" else special.name
+    if name != special.name:
+        (tmp_path / name).symlink_to(special.name)
+    before = special.lstat()
+    result = run_cli("build", str(ROOT / "examples" / "tutorial.yaml"), "-o", name, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr == (
+        f"resgraph: error: cannot write {name}: not a regular file (resgraph never replaces a FIFO, device or "
+        "socket)\n"), result.stderr
+    after = special.lstat()
+    assert (after.st_ino, stat.S_IFMT(after.st_mode)) == (before.st_ino, stat.S_IFMT(before.st_mode))
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_directory_at_the_output_is_a_clear_error(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "arch.svg").mkdir()
+    result = run_cli("render", str(ROOT / "examples" / "tutorial.yaml"), "-o", "arch.svg", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr == "resgraph: error: cannot write arch.svg: Is a directory\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["arch.svg"]
