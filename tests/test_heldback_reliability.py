@@ -201,3 +201,49 @@ def test_a_directory_at_the_output_is_a_clear_error(tmp_path: pathlib.Path) -> N
     result = run_cli("render", str(ROOT / "examples" / "tutorial.yaml"), "-o", "arch.svg", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr == "resgraph: error: cannot write arch.svg: Is a directory\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["arch.svg"]
+
+
+# --- stored numbers their dtype cannot hold -------------------------------------------------------
+
+@pytest.mark.parametrize(("layer", "message"), [
+    # each was built with an inf where the spec wrote a number
+    ("{op: constant, value: [1.0e39, 1.0]}", "value holds 1e+39, more than float32 holds (its largest number is "
+                                             "about 3.40e38): it would be stored as inf; write a smaller number"),
+    ("{op: constant, value: [70000.0, 1.0], dtype: float16}", "value holds 70000.0, more than float16 holds (its "
+                                                               "largest number is about 65504): it would be stored "
+                                                               "as inf; write a smaller number or dtype: float32"),
+    ("{op: constant, value: [-3.4e38, 1.0], dtype: bfloat16}", "value holds -3.4e+38, more than bfloat16 holds"),
+    ("{op: constant, value: [[1, 2], [340282366920938463463374607431768211456, 4]]}",
+     "value holds 340282366920938463463374607431768211456, more than float32 holds"),
+    ("{op: parameter, shape: [2], init: [1.0e39, 1]}", "init holds 1e+39, more than float32 holds"),
+    # was built wrapped round: [-1294967298, -1294967297]
+    ("{op: arange, start: 2147483640, stop: 2147483650, dtype: int32}",
+     "the range holds 2147483649, outside the range of int32 (-2147483648 to 2147483647); write dtype: int64"),
+    ("{op: arange, stop: 70010, start: 70000, dtype: float16}", "more than float16 holds"),
+    # were errors only when building (torch's wording, at the layer), not when validating
+    ("{op: constant, value: [3000000000, 1], dtype: int32}", "value holds 3000000000, outside the range of int32"),
+    ("{op: full, shape: [2], value: 9223372036854775808, dtype: int64}",
+     "value holds 9223372036854775808, outside the range of int64 (-9223372036854775808 to 9223372036854775807)"),
+    ("{op: full, shape: [2], value: 65520, dtype: float16}", "value holds 65520, more than float16 holds"),
+    ("{op: parameter, shape: [2], init: 1.0e39}", "init holds 1e+39, more than float32 holds"),
+])
+def test_a_stored_number_its_dtype_cannot_hold_is_an_error_when_validating(layer: str, message: str) -> None:
+    errors = spec_errors(HEAD.format(shape="[2]") + f"  - c: {layer}\n  - o: {{op: add, input: [x, c]}}\n")
+    assert len(errors) == 1 and errors[0].startswith("<string>:5:8: error: layer 'c'") and message in errors[0], errors
+
+
+@pytest.mark.parametrize("layer", [
+    "{op: constant, value: [65504.0, -65504.0, 65519.99], dtype: float16}",
+    "{op: constant, value: [3.4028234e38, -3.39e38]}",
+    "{op: constant, value: [2147483647, -2147483648], dtype: int32}",
+    "{op: full, shape: [2], value: -9223372036854775808, dtype: int64}",
+    "{op: arange, start: 2147483640, stop: 2147483648, dtype: int32}",
+])
+def test_the_largest_numbers_a_dtype_holds_are_stored_exactly_as_torch_stores_them(layer: str) -> None:
+    import torch
+
+    model = resgraph.build(HEAD.format(shape="[2]") + f"  - c: {layer}\n")
+    stored = model.c if isinstance(model.c, torch.Tensor) else dict(model.named_buffers())["c"]
+    assert torch.isfinite(stored.double()).all()
+    if "int32" in layer:
+        assert stored.dtype == torch.int32 and stored.min() >= -2**31 and stored.max() == 2**31 - 1

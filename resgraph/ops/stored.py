@@ -76,16 +76,37 @@ def _fits(value: Any, shape: tuple[int, ...], what: str) -> None:
                          f"(write a list of that shape, or a flat list of {math.prod(shape)} numbers)")
 
 
+# The whole numbers each integer dtype holds, and the least magnitude each float dtype stores as
+# inf (torch rounds a Python float to float32 first, then to a narrower float: measured).
+_INT_RANGES = {"int32": (-2**31, 2**31 - 1), "int64": (-2**63, 2**63 - 1)}
+_FLOAT_OVERFLOW = {"float16": 65519.998046875, "bfloat16": 3.396177427818412e38, "float32": 3.4028235677973366e38}
+_FLOAT_LARGEST = {"float16": "65504", "bfloat16": "3.39e38", "float32": "3.40e38"}
+
+
 def _check_dtype(values: list[Any], dtype: str, what: str) -> None:
     """Values a dtype cannot hold exactly are errors, not silent truncations.
 
     Raises:
-        ValueError: a fraction for an integer dtype, a number other than 0/1 for bool.
+        ValueError: a fraction for an integer dtype, a number other than 0/1 for bool, a number
+            outside an integer dtype's range (torch refuses it at build; arange wrapped it round),
+            or one too large for a float dtype (stored as inf).
     """
     if dtype in INT_DTYPES and any(isinstance(v, float) and not v.is_integer() for v in values):
         raise ValueError(f"{what} holds fractions, but dtype is {dtype}; write dtype: float32 or whole numbers")
     if dtype == "bool" and any(v not in (0, 1) for v in values):
         raise ValueError(f"{what} holds numbers other than 0 and 1 (true/false), but dtype is bool")
+    if dtype in _INT_RANGES:
+        low, high = _INT_RANGES[dtype]
+        outside = next((v for v in values if not low <= v <= high), None)
+        if outside is not None:
+            wider = "; write dtype: int64" if dtype == "int32" and -2**63 <= outside < 2**63 else ""
+            raise ValueError(f"{what} holds {outside!r}, outside the range of {dtype} ({low} to {high}){wider}")
+    if dtype in _FLOAT_OVERFLOW:
+        large = next((v for v in values if abs(v) >= _FLOAT_OVERFLOW[dtype]), None)
+        if large is not None:
+            raise ValueError(f"{what} holds {large!r}, more than {dtype} holds (its largest number is about "
+                             f"{_FLOAT_LARGEST[dtype]}): it would be stored as inf; write a smaller number"
+                             + ("" if dtype == "float32" else " or dtype: float32"))
 
 
 def _layout(rank: int) -> Literal["channels_first", "features_last"]:
@@ -160,6 +181,8 @@ class ParameterTensor(StoredTensor):
     def _init_fits(self) -> ParameterTensor:
         if isinstance(self.init, list):
             _fits(self.init, tuple(self.shape), "init")
+        if not isinstance(self.init, str):  # (parameters are float32)
+            _check_dtype(_flat(self.init), "float32", "init")
         return self
 
     def stored_shape(self) -> tuple[int, ...]:
@@ -336,6 +359,8 @@ class Arange(ConstantBase):
             if self.dim is None:
                 raise ValueError("with an input, say which dim's positions to count: add `dim`")
         _check_dtype([self.start, self.step], self.dtype, "start and step")
+        if self.input is None:  # (its values run from start to the last: both must fit the dtype)
+            _check_dtype([self.start, self.start + self.step * (self.length() - 1)], self.dtype, "the range")
         return self
 
     @property
