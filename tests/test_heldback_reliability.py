@@ -208,10 +208,10 @@ def test_a_directory_at_the_output_is_a_clear_error(tmp_path: pathlib.Path) -> N
 @pytest.mark.parametrize(("layer", "message"), [
     # each was built with an inf where the spec wrote a number
     ("{op: constant, value: [1.0e39, 1.0]}", "value holds 1e+39, more than float32 holds (its largest number is "
-                                             "about 3.40e38): it would be stored as inf; write a smaller number"),
+                                             "about 3.40e38): it would be inf; write a smaller number"),
     ("{op: constant, value: [70000.0, 1.0], dtype: float16}", "value holds 70000.0, more than float16 holds (its "
-                                                               "largest number is about 65504): it would be stored "
-                                                               "as inf; write a smaller number or dtype: float32"),
+                                                               "largest number is about 65504): it would be inf; "
+                                                               "write a smaller number or dtype: float32"),
     ("{op: constant, value: [-3.4e38, 1.0], dtype: bfloat16}", "value holds -3.4e+38, more than bfloat16 holds"),
     ("{op: constant, value: [[1, 2], [340282366920938463463374607431768211456, 4]]}",
      "value holds 340282366920938463463374607431768211456, more than float32 holds"),
@@ -247,3 +247,40 @@ def test_the_largest_numbers_a_dtype_holds_are_stored_exactly_as_torch_stores_th
     assert torch.isfinite(stored.double()).all()
     if "int32" in layer:
         assert stored.dtype == torch.int32 and stored.min() >= -2**31 and stored.max() == 2**31 - 1
+
+
+@pytest.mark.parametrize(("dtype", "layer", "message"), [
+    # each built a model whose every output was inf or wrapped round (1 + (2^63 - 1) in int32 gave 0)
+    ("float32", "{op: mul, scalar: 1.0e39}", "5:18: error: layer 'r' (mul): scalar=1e+39 is more than float32 holds "
+                                             "(its largest number is about 3.40e38): it would be inf; this op "
+                                             "computes in float32 (from its input's dtype), where the number cannot "
+                                             "be used as written; write a smaller number (or make the input float64)"),
+    ("float32", "{op: sub, scalar: -1.0e39}", "scalar=-1e+39 is more than float32 holds"),
+    ("float16", "{op: add, scalar: 70000}", "scalar=70000 is more than float16 holds"),
+    ("int32", "{op: mul, scalar: 3000000000}", "5:18: error: layer 'r' (mul): scalar=3000000000 is outside the range "
+                                               "of int32 (-2147483648 to 2147483647); this op computes in int32"),
+    ("int32", "{op: add, scalar: 9223372036854775807}", "scalar=9223372036854775807 is outside the range of int32"),
+    ("int64", "{op: sub, scalar: 9223372036854775809}", "scalar=9223372036854775809 is outside the range of int64"),
+    ("bool", "{op: add, scalar: 9223372036854775808}", "outside the range of int64"),
+    # torch refused these only at the first forward
+    ("float32", "{op: clamp, min: 1.0e39}", "5:20: error: layer 'r' (clamp): min=1e+39 is more than float32 holds"),
+    ("int32", "{op: clamp, max: 2147483648}", "max=2147483648 is outside the range of int32"),
+])
+def test_a_number_operand_the_computation_cannot_hold_is_an_error_at_its_key(dtype: str, layer: str,
+                                                                              message: str) -> None:
+    errors = spec_errors(f"resgraph: 1\nname: M\ninputs: {{x: {{shape: [2], dtype: {dtype}}}}}\nlayers:\n"
+                         f"  - r: {layer}\n")
+    assert len(errors) == 1 and message in errors[0], errors
+
+
+@pytest.mark.parametrize(("dtype", "op", "scalar"), [
+    ("float32", "mul", 3.0e38), ("int32", "add", 3000000000.0),  # (a float operand: computed in float32)
+    ("int32", "mul", -2147483648), ("float16", "add", 65504), ("int64", "div", 9223372036854775807),
+])
+def test_number_operands_within_the_dtype_compute_as_torch_does(dtype: str, op: str, scalar: float) -> None:
+    import torch
+
+    model = resgraph.build(f"resgraph: 1\nname: M\ninputs: {{x: {{shape: [2], dtype: {dtype}}}}}\nlayers:\n"
+                           f"  - r: {{op: {op}, scalar: {scalar!r}}}\n")
+    x = torch.ones(2, 2, dtype=getattr(torch, dtype))
+    assert torch.equal(model(x), getattr(torch, op)(x, scalar))

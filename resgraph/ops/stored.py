@@ -29,7 +29,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import Field, model_validator
 from typing_extensions import TypeAliasType
 
-from .base import DTYPES, INT_DTYPES, Layer, Owned, Storage, TensorType, register_op, sample_dim
+from .base import DTYPES, INT_DTYPES, Layer, Owned, Storage, TensorType, number_overflow, register_op, sample_dim
 
 __all__ = ["Arange", "ConstantTensor", "Full", "ParameterTensor", "StoredTensor", "Values", "literal_shape"]
 
@@ -76,13 +76,6 @@ def _fits(value: Any, shape: tuple[int, ...], what: str) -> None:
                          f"(write a list of that shape, or a flat list of {math.prod(shape)} numbers)")
 
 
-# The whole numbers each integer dtype holds, and the least magnitude each float dtype stores as
-# inf (torch rounds a Python float to float32 first, then to a narrower float: measured).
-_INT_RANGES = {"int32": (-2**31, 2**31 - 1), "int64": (-2**63, 2**63 - 1)}
-_FLOAT_OVERFLOW = {"float16": 65519.998046875, "bfloat16": 3.396177427818412e38, "float32": 3.4028235677973366e38}
-_FLOAT_LARGEST = {"float16": "65504", "bfloat16": "3.39e38", "float32": "3.40e38"}
-
-
 def _check_dtype(values: list[Any], dtype: str, what: str) -> None:
     """Values a dtype cannot hold exactly are errors, not silent truncations.
 
@@ -95,18 +88,12 @@ def _check_dtype(values: list[Any], dtype: str, what: str) -> None:
         raise ValueError(f"{what} holds fractions, but dtype is {dtype}; write dtype: float32 or whole numbers")
     if dtype == "bool" and any(v not in (0, 1) for v in values):
         raise ValueError(f"{what} holds numbers other than 0 and 1 (true/false), but dtype is bool")
-    if dtype in _INT_RANGES:
-        low, high = _INT_RANGES[dtype]
-        outside = next((v for v in values if not low <= v <= high), None)
-        if outside is not None:
-            wider = "; write dtype: int64" if dtype == "int32" and -2**63 <= outside < 2**63 else ""
-            raise ValueError(f"{what} holds {outside!r}, outside the range of {dtype} ({low} to {high}){wider}")
-    if dtype in _FLOAT_OVERFLOW:
-        large = next((v for v in values if abs(v) >= _FLOAT_OVERFLOW[dtype]), None)
-        if large is not None:
-            raise ValueError(f"{what} holds {large!r}, more than {dtype} holds (its largest number is about "
-                             f"{_FLOAT_LARGEST[dtype]}): it would be stored as inf; write a smaller number"
-                             + ("" if dtype == "float32" else " or dtype: float32"))
+    for value in values:
+        problem = number_overflow(value, dtype)
+        if problem is not None:
+            fix = ("; write dtype: int64" if dtype == "int32" and number_overflow(value, "int64") is None else
+                   "; write a smaller number" + ("" if dtype in ("float32", "int64") else " or dtype: float32"))
+            raise ValueError(f"{what} holds {value!r}, {problem}{fix}")
 
 
 def _layout(rank: int) -> Literal["channels_first", "features_last"]:
