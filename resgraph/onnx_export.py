@@ -72,7 +72,8 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | 
     Args:
         opset: the ONNX opset version (default: the exporter's).
     Raises:
-        UsageError: the onnx / onnxscript packages are missing, or the model was built on the meta device.
+        UsageError: the onnx / onnxscript packages are missing, the model was built on the meta device, or
+            `opset` is newer than the installed onnx package knows.
         ResgraphError: the exporter failed (an unsupported opset included).
     """
     try:
@@ -85,6 +86,10 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | 
     from .lower import require_weights
 
     require_weights(module, "export")  # torch's exporter fails deep inside, in colour, and logs at ERROR
+    newest = onnx.defs.onnx_opset_version()
+    if opset is not None and opset > newest:  # (the exporter failed with its own multi-line message)
+        raise UsageError(f"ONNX opset {opset} does not exist yet: the installed onnx package knows opsets up to "
+                         f"{newest}; choose --opset {newest} or lower (Python: opset={newest})")
     graph = module.graph
     examples = module.example_inputs(batch=2)  # batch 2: a batch of 1 would be specialised into the graph
     # The batch, and each free input dim as far as the model admits other sizes, stay dynamic.
@@ -105,7 +110,8 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | 
     if opset is not None and written != opset:
         # torch's exporter logs a failed down-conversion and keeps its own opset: say so rather than mislabel
         raise ResgraphError(f"ONNX export: this model cannot be converted to opset {opset} (the exporter wrote "
-                            f"opset {written}); choose --opset {written} or higher (Python: opset={written})")
+                            f"opset {written}); choose an opset from {written} to {newest} (--opset {written}; "
+                            f"Python: opset={written})")
 
     def write(tmp: str) -> None:
         program.save(tmp)

@@ -284,3 +284,20 @@ def test_number_operands_within_the_dtype_compute_as_torch_does(dtype: str, op: 
                            f"  - r: {{op: {op}, scalar: {scalar!r}}}\n")
     x = torch.ones(2, 2, dtype=getattr(torch, dtype))
     assert torch.equal(model(x), getattr(torch, op)(x, scalar))
+
+
+# --- ONNX opsets ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("opset", ["29", "99999999999999999999"])
+def test_an_opset_newer_than_onnx_knows_is_a_usage_error(opset: str, tmp_path: pathlib.Path) -> None:
+    """It was torch's multi-line 'Failed to convert ... Next steps:' (a huge one), or, past the newest
+    opset, 'choose --opset 18 or higher' for an opset that was higher."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    newest = onnx.defs.onnx_opset_version()
+    opset = str(max(int(opset), newest + 1))
+    result = run_cli("build", str(ROOT / "examples" / "tutorial.yaml"), "-o", "t.onnx", "--opset", opset, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr == (
+        f"resgraph: error: ONNX opset {opset} does not exist yet: the installed onnx package knows opsets up to "
+        f"{newest}; choose --opset {newest} or lower (Python: opset={newest})\n")
+    assert not list(tmp_path.iterdir())
