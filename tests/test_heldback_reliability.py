@@ -301,3 +301,64 @@ def test_an_opset_newer_than_onnx_knows_is_a_usage_error(opset: str, tmp_path: p
         f"resgraph: error: ONNX opset {opset} does not exist yet: the installed onnx package knows opsets up to "
         f"{newest}; choose --opset {newest} or lower (Python: opset={newest})\n")
     assert not list(tmp_path.iterdir())
+
+
+# --- diagrams Graphviz would take hours to lay out -----------------------------------------------
+
+def main_in_process(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from resgraph.cli import main
+
+    try:
+        status = main(args)
+    except SystemExit as exc:
+        status = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+REPEATED = "resgraph: 1\nname: M\ninputs: {{x: [4]}}\nblocks:\n  B:\n    layers:\n      - r: {{op: ReLU}}\n" \
+           "layers:\n  - s: {{block: B, repeat: {n}}}\n"
+
+
+def test_a_diagram_too_large_to_lay_out_is_folded_with_a_note(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A 30,000-instance repeat ran Graphviz for more than 5 minutes (150,000 statements); the bound is
+    lowered here so that the test is fast, as the flow is the same."""
+    import resgraph.diagram
+
+    monkeypatch.setattr(resgraph.diagram, "LAYOUT_LIMIT", 200)
+    spec = tmp_path / "s.yaml"
+    spec.write_text(REPEATED.format(n=100))
+    status, out, err = main_in_process(["render", str(spec), "-o", str(tmp_path / "s.svg")], capsys)
+    assert status == 0 and out == f"Wrote {tmp_path / 's.svg'}\n"
+    assert err.startswith("resgraph: note: the full diagram has 506 nodes, edges and boxes, more than Graphviz lays "
+                          "out in reasonable time (200); repeated blocks are folded (--fold-repeats)")
+    assert "×100 (first shown)" in (tmp_path / "s.svg").read_text()
+
+
+@pytest.mark.parametrize("suffix", ["svg", "png", "html"])
+def test_a_diagram_too_large_even_folded_is_refused_before_graphviz_runs(suffix: str, tmp_path: pathlib.Path,
+                                                                           monkeypatch: pytest.MonkeyPatch,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import resgraph.diagram
+
+    monkeypatch.setattr(resgraph.diagram, "LAYOUT_LIMIT", 200)
+    spec = tmp_path / "s.yaml"
+    spec.write_text("resgraph: 1\nname: M\ninputs: {x: [4]}\nlayers:\n"
+                    + "".join(f"  - r{i}: {{op: ReLU}}\n" for i in range(150)))
+    status, _, err = main_in_process(["render", str(spec), "-o", str(tmp_path / f"s.{suffix}")], capsys)
+    assert status == 1 and err == (f"resgraph: error: cannot draw {tmp_path / f's.{suffix}'}: the diagram has 303 "
+                                   "nodes, edges and boxes, more than Graphviz lays out in reasonable time (200), even "
+                                   "with repeated blocks folded. Show fewer levels (--depth 2, or --depth 1), or write "
+                                   "its source (-o s.dot)\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+    status, _, _ = main_in_process(["render", str(spec), "-o", str(tmp_path / "s.dot")], capsys)  # no layout: written
+    assert status == 0 and (tmp_path / "s.dot").stat().st_size > 0
+    with pytest.raises(resgraph.ResgraphError, match="more than Graphviz lays out in reasonable time"):
+        resgraph.write_diagram(resgraph.render(spec), tmp_path / "api.svg")
+
+
+def test_the_layout_bound_leaves_every_example_whole() -> None:
+    from resgraph.diagram import LAYOUT_LIMIT
+
+    assert len(resgraph.render(ROOT / "examples" / "llama_7b.yaml").body) < LAYOUT_LIMIT / 3
