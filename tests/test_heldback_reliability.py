@@ -362,3 +362,42 @@ def test_the_layout_bound_leaves_every_example_whole() -> None:
     from resgraph.diagram import LAYOUT_LIMIT
 
     assert len(resgraph.render(ROOT / "examples" / "llama_7b.yaml").body) < LAYOUT_LIMIT / 3
+
+
+# --- many imports ---------------------------------------------------------------------------------
+
+def _libraries(tmp_path: pathlib.Path, count: int, filler: str) -> pathlib.Path:
+    for i in range(count):
+        (tmp_path / f"l{i}.yaml").write_text(f"resgraph: 1\nblocks:\n  A{i}:\n    params: {{table: {filler}}}\n"
+                                             "    layers:\n      - r: {op: ReLU}\n")
+    spec = tmp_path / "s.yaml"
+    names = [f"l{i}.yaml" for i in range(count)] + ["missing.yaml"]
+    spec.write_text(f"resgraph: 1\nname: M\nimports: [{', '.join(names)}]\ninputs: {{x: [4]}}\n"
+                    "layers:\n  - a: {block: A0}\n")
+    return spec
+
+
+@pytest.mark.parametrize(("bound", "filler", "refused"), [
+    ("MAX_NODES", "[" + ", ".join(["0"] * 300) + "]", 3),  # about 310 nodes a library
+    ("MAX_BYTES", "'" + "x" * 900 + "'", 1),  # about 980 bytes a library
+], ids=["nodes", "bytes"])
+def test_the_spec_and_its_imports_are_bounded_together(bound: str, filler: str, refused: int, tmp_path: pathlib.Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each file was bounded on its own only: 12 libraries of 1.9M nodes each took 6.7 GB and 74 s
+    (and any number could be imported). The bounds are lowered here so that the test is fast."""
+    import resgraph.expand
+
+    monkeypatch.setattr(resgraph.expand, bound, 1000)
+    spec = _libraries(tmp_path, 5, filler)
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(spec)
+    (error,) = [d.format() for d in caught.value.diagnostics]  # what follows (the missing file too) is not read
+    assert error.startswith(f"{spec}:3:") and f"cannot import 'l{refused}.yaml': with it, the spec and its libraries " \
+        "would hold more than" in error and "(nothing further is imported)" in error
+
+
+def test_imports_within_the_bounds_are_read(tmp_path: pathlib.Path) -> None:
+    spec = _libraries(tmp_path, 5, "[" + ", ".join(["0"] * 300) + "]")
+    spec.write_text(spec.read_text().replace(", missing.yaml", ""))
+    assert [name for name, _ in resgraph.build(spec).build_record.imports] == [str(tmp_path / f"l{i}.yaml")
+                                                                                for i in range(5)]
