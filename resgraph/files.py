@@ -24,14 +24,16 @@ import contextlib
 import errno
 import os
 import secrets
+import shutil
 import signal
 import stat
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-__all__ = ["atomic_write", "write_fresh_text"]
+__all__ = ["atomic_write", "atomic_write_staged", "write_fresh_text"]
 
 MAX_FRESH_NAMES = 100  # arch.dot, arch-2.dot, ... arch-100.dot
 
@@ -74,6 +76,47 @@ def atomic_write(path: str, write: Callable[[str], object], *, replace: bool = T
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+
+def atomic_write_staged(path: str, write: Callable[[str], object]) -> list[str]:
+    """`atomic_write` for a writer that may leave companion files beside its file, named after it
+    (ONNX's external weights, `NAME.data`, which the file refers to by that relative name).
+
+    `write` gets `DIR/.resgraph-RANDOM/NAME`, NAME being the final file's name, in a fresh folder
+    beside `path`. Each file it leaves in that folder is moved beside `path` under its name (each
+    replacing an older one atomically, companions first, the file itself last), so the names the
+    file holds stay right; the folder is always removed, on a failure or a terminating signal too.
+    The rules of `atomic_write` for modes, symlinks and what may be replaced apply to every file.
+
+    Returns:
+        The companion files written (their final paths).
+    Raises:
+        OSError: a file cannot be written (older files are left as they were where nothing of
+            this write had replaced them yet).
+    """
+    target = _resolve(path)
+    directory, name = os.path.split(target)
+    _check_replaceable(target, path)
+    folder = tempfile.mkdtemp(prefix=".resgraph-", dir=directory)
+    os.chmod(folder, 0o700)
+    with _cleanup_on_signals(folder):
+        try:
+            write(os.path.join(folder, name))
+            made = sorted(os.listdir(folder))
+            if name not in made:
+                raise FileNotFoundError(errno.ENOENT, "the writer wrote no file", path)
+            companions = [entry for entry in made if entry != name]
+            for entry in companions:
+                _check_replaceable(os.path.join(directory, entry), os.path.join(os.path.dirname(path), entry))
+            for entry in [*companions, name]:  # the file last: it names its companions
+                final = os.path.join(directory, entry)
+                staged = os.path.join(folder, entry)  # (created by open(): 0666 filtered by the umask)
+                with contextlib.suppress(FileNotFoundError):
+                    os.chmod(staged, os.stat(final).st_mode & 0o7777)  # replacing a file keeps its mode
+                os.replace(staged, final)
+            return [os.path.join(directory, entry) for entry in companions]
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_fresh_text(stem: str, suffix: str, text: str) -> str:
@@ -207,6 +250,8 @@ def _on_signal(number: int, frame: FrameType | None) -> None:
     with _lock:
         pending = list(_pending)
     for tmp in pending:
+        if os.path.isdir(tmp) and not os.path.islink(tmp):  # a staging folder (atomic_write_staged)
+            shutil.rmtree(tmp, ignore_errors=True)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
     signal.signal(number, signal.SIG_DFL)

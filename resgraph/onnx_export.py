@@ -5,15 +5,20 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import re
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
 from .errors import ResgraphError, UsageError
-from .files import atomic_write
+from .files import atomic_write_staged
 
-__all__ = ["output_names", "to_onnx"]
+__all__ = ["EXTERNAL_DATA_BYTES", "output_names", "to_onnx"]
+
+# Weights above this size are stored beside the .onnx file, in `NAME.onnx.data` (torch's own
+# threshold: a protobuf file cannot exceed 2 GiB).
+EXTERNAL_DATA_BYTES = 1_610_612_736
 
 
 @contextlib.contextmanager
@@ -113,12 +118,23 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | 
                             f"opset {written}); choose an opset from {written} to {newest} (--opset {written}; "
                             f"Python: opset={written})")
 
-    def write(tmp: str) -> None:
-        program.save(tmp)
-        _name_dims(tmp, graph)
-        onnx.checker.check_model(tmp)
+    # Weights beyond protobuf's comfort go to `NAME.data` beside the file, which names it. Written
+    # under a temporary name, the file named a temporary `.data` that was left behind (gigabytes,
+    # once per export): both are staged under their final names and moved into place.
+    external = _stored_bytes(module) > EXTERNAL_DATA_BYTES
 
-    atomic_write(path, write)
+    def write(staged: str) -> None:
+        program.save(staged, external_data=external)
+        _name_dims(staged, graph)
+        onnx.checker.check_model(staged)
+
+    atomic_write_staged(os.fspath(path), write)
+
+
+def _stored_bytes(module: Any) -> int:
+    """Bytes of the weights and buffers the exporter stores (a tied tensor once)."""
+    tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def _name_dims(path: str, graph: Any) -> None:

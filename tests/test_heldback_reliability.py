@@ -401,3 +401,58 @@ def test_imports_within_the_bounds_are_read(tmp_path: pathlib.Path) -> None:
     spec.write_text(spec.read_text().replace(", missing.yaml", ""))
     assert [name for name, _ in resgraph.build(spec).build_record.imports] == [str(tmp_path / f"l{i}.yaml")
                                                                                 for i in range(5)]
+
+
+# --- ONNX weights stored beside the file ----------------------------------------------------------
+
+def test_onnx_weights_stored_beside_the_file_are_named_after_it(tmp_path: pathlib.Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above 1.5 GiB of weights the exporter writes `NAME.data`. Written under a temporary name, the
+    .onnx named `.NAME.RANDOM.tmp.data`, which was left behind (gigabytes, once per export). The size
+    is lowered here so that a small model takes that path."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    import resgraph.onnx_export
+
+    monkeypatch.setattr(resgraph.onnx_export, "EXTERNAL_DATA_BYTES", 0)
+    model = resgraph.build(ROOT / "examples" / "tutorial.yaml", seed=0).eval()
+    for _ in range(2):  # the second export replaces both files
+        resgraph.save(model, tmp_path / "m.onnx")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("m.onnx", "m.onnx.data"):  # the pair is self-contained: it works wherever it is moved
+        (tmp_path / name).rename(moved / name)
+    ort = pytest.importorskip("onnxruntime")
+    import torch
+
+    x = torch.randn(2, 3, 32, 32)
+    (y,) = ort.InferenceSession(str(moved / "m.onnx")).run(None, {"x": x.numpy()})
+    assert torch.allclose(torch.from_numpy(y), model(x).detach(), atol=1e-5)
+
+
+def test_a_small_onnx_model_is_one_file(tmp_path: pathlib.Path) -> None:
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    resgraph.save(resgraph.build(ROOT / "examples" / "tutorial.yaml", seed=0), tmp_path / "m.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_a_staged_write_that_fails_leaves_the_old_files_and_no_folder(tmp_path: pathlib.Path) -> None:
+    from resgraph.files import atomic_write_staged
+
+    (tmp_path / "m.onnx").write_text("old")
+    (tmp_path / "m.onnx.data").write_text("old data")
+
+    def fail(staged: str) -> None:
+        pathlib.Path(staged).write_text("new")
+        pathlib.Path(staged + ".data").write_text("new data")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write_staged(str(tmp_path / "m.onnx"), fail)
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"m.onnx": "old", "m.onnx.data": "old data"}
+    written = atomic_write_staged(str(tmp_path / "m.onnx"),
+                                  lambda staged: [pathlib.Path(staged + s).write_text("new") for s in ("", ".data")])
+    assert written == [str(tmp_path / "m.onnx.data")]
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"m.onnx": "new", "m.onnx.data": "new"}
