@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import UsageError
-from .ops.generic import allowed_imports
+from .ops.generic import allowed_imports, import_prefixes
 from .pipeline import (
     DEFAULT_MAX_PARAMS,
     BuildRecord,
@@ -143,7 +143,7 @@ def build(spec: SpecSource, *, params: Mapping[str, Any] | None = None, seed: in
     """
     from .model import compile_model
 
-    prefixes = tuple(allow_imports)
+    prefixes = import_prefixes(allow_imports)
     loaded = load(spec, file=file)
     reader = RecordingReader()
     with allowed_imports(prefixes):

@@ -456,3 +456,26 @@ def test_a_staged_write_that_fails_leaves_the_old_files_and_no_folder(tmp_path: 
                                   lambda staged: [pathlib.Path(staged + s).write_text("new") for s in ("", ".data")])
     assert written == [str(tmp_path / "m.onnx.data")]
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"m.onnx": "new", "m.onnx.data": "new"}
+
+
+# --- the Python API's import permission -----------------------------------------------------------
+
+IMPORTING = "resgraph: 1\nname: M\ninputs: {x: [4]}\nlayers:\n  - r: {op: torch.nn.ReLU}\n"
+
+
+@pytest.mark.parametrize("call", ["build", "check", "render", "summary", "count_parameters", "valid_sizes"])
+def test_allow_imports_given_as_one_string_is_a_usage_error(call: str) -> None:
+    """`allow_imports="torch"` allowed the prefixes 't', 'o', 'r', 'c', 'h', and the spec was then told
+    to ask for allow_imports=['torch']."""
+    with pytest.raises(resgraph.UsageError, match=r"allow_imports is a list of module prefixes, e\.g\. \['torch'\], "
+                                                  r"not the string 'torch'"):
+        getattr(resgraph, call)(IMPORTING, allow_imports="torch")
+
+
+def test_loading_with_allow_imports_given_as_one_string_is_a_usage_error(tmp_path: pathlib.Path) -> None:
+    resgraph.save(resgraph.build(IMPORTING, allow_imports=["torch"]), tmp_path / "m.pt")
+    with pytest.raises(resgraph.UsageError, match="not the string 'torch'"):
+        resgraph.load(tmp_path / "m.pt", allow_imports="torch")
+    with pytest.raises(resgraph.UsageError, match=r"holds module prefixes \(strings\)"):
+        resgraph.build(IMPORTING, allow_imports=[b"torch"])
+    assert type(resgraph.load(tmp_path / "m.pt", allow_imports=("torch",)).r).__name__ == "ReLU"
