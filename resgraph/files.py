@@ -10,6 +10,9 @@ What `atomic_write(path, ...)` promises:
 - A new file gets mode 0666 filtered by the process umask, as `open()` would create it; the
   umask is never changed (changing it, even for a moment, races with other threads). A replaced
   file keeps its mode.
+- Only a regular file is replaced, and only one the process may write: a read-only file is refused
+  with PermissionError, as `open()` refuses it (although the rename only needs the directory to be
+  writable), and a FIFO, device or socket with an OSError, never replaced by a regular file.
 - A symlink at `path` is written through, as `open(path, "w")` would: the link stays and its
   target (which may not exist yet) receives the new content, atomically, in the target's
   directory.
@@ -18,15 +21,19 @@ What `atomic_write(path, ...)` promises:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
+import shutil
 import signal
+import stat
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-__all__ = ["atomic_write", "write_fresh_text"]
+__all__ = ["atomic_write", "atomic_write_staged", "write_fresh_text"]
 
 MAX_FRESH_NAMES = 100  # arch.dot, arch-2.dot, ... arch-100.dot
 
@@ -47,11 +54,14 @@ def atomic_write(path: str, write: Callable[[str], object], *, replace: bool = T
         replace: False refuses to overwrite an existing file (checked atomically, at the end).
     Raises:
         FileExistsError: `replace` is False and `path` exists.
+        PermissionError: `path` is a file this process may not write.
+        IsADirectoryError, OSError: `path` is a directory, FIFO, device or socket.
         OSError: the directory cannot be written (the temporary file is removed).
     """
     target = _resolve(path)
+    _check_replaceable(target, path)
     directory = os.path.dirname(target)
-    tmp = os.path.join(directory, f".{os.path.basename(target)}.{secrets.token_hex(6)}.tmp")
+    tmp = _temporary_path(directory, os.path.basename(target))
     with _cleanup_on_signals(tmp):
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # mode filtered by the umask
@@ -66,6 +76,47 @@ def atomic_write(path: str, write: Callable[[str], object], *, replace: bool = T
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+
+def atomic_write_staged(path: str, write: Callable[[str], object]) -> list[str]:
+    """`atomic_write` for a writer that may leave companion files beside its file, named after it
+    (ONNX's external weights, `NAME.data`, which the file refers to by that relative name).
+
+    `write` gets `DIR/.resgraph-RANDOM/NAME`, NAME being the final file's name, in a fresh folder
+    beside `path`. Each file it leaves in that folder is moved beside `path` under its name (each
+    replacing an older one atomically, companions first, the file itself last), so the names the
+    file holds stay right; the folder is always removed, on a failure or a terminating signal too.
+    The rules of `atomic_write` for modes, symlinks and what may be replaced apply to every file.
+
+    Returns:
+        The companion files written (their final paths).
+    Raises:
+        OSError: a file cannot be written (older files are left as they were where nothing of
+            this write had replaced them yet).
+    """
+    target = _resolve(path)
+    directory, name = os.path.split(target)
+    _check_replaceable(target, path)
+    folder = tempfile.mkdtemp(prefix=".resgraph-", dir=directory)
+    os.chmod(folder, 0o700)
+    with _cleanup_on_signals(folder):
+        try:
+            write(os.path.join(folder, name))
+            made = sorted(os.listdir(folder))
+            if name not in made:
+                raise FileNotFoundError(errno.ENOENT, "the writer wrote no file", path)
+            companions = [entry for entry in made if entry != name]
+            for entry in companions:
+                _check_replaceable(os.path.join(directory, entry), os.path.join(os.path.dirname(path), entry))
+            for entry in [*companions, name]:  # the file last: it names its companions
+                final = os.path.join(directory, entry)
+                staged = os.path.join(folder, entry)  # (created by open(): 0666 filtered by the umask)
+                with contextlib.suppress(FileNotFoundError):
+                    os.chmod(staged, os.stat(final).st_mode & 0o7777)  # replacing a file keeps its mode
+                os.replace(staged, final)
+            return [os.path.join(directory, entry) for entry in companions]
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_fresh_text(stem: str, suffix: str, text: str) -> str:
@@ -124,6 +175,42 @@ def _link_new(tmp: str, target: str) -> None:
         os.unlink(tmp)
 
 
+def _check_replaceable(target: str, path: str) -> None:
+    """Refuse to replace what is at `target` (`path` resolved) unless it is a regular file this process
+    may write; nothing there is fine.
+
+    A rename replaces anything, but a FIFO, a device (`out.onnx -> /dev/null` made /dev/null a
+    regular file, for every program) or a socket is not an output file, and a read-only file is one
+    its owner protected: `open()` would refuse it, although the rename only needs the directory.
+    """
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        return
+    except OSError:  # (e.g. a loop of symlinks: writing reports it)
+        return
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    if not stat.S_ISREG(mode):
+        raise OSError(errno.EINVAL, "not a regular file (resgraph never replaces a FIFO, device or socket)", path)
+    if not os.access(target, os.W_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+
+
+def _temporary_path(directory: str, name: str) -> str:
+    """`directory/.NAME.RANDOM.tmp`, NAME shortened where the whole would be longer than a file name
+    may be there (255 bytes on most file systems): any name `open()` can write can be written."""
+    suffix = f".{secrets.token_hex(6)}.tmp"
+    try:
+        limit = os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # (no pathconf on Windows; a directory that is missing fails later)
+        limit = 255
+    stem = name
+    while stem and len(os.fsencode(f".{stem}{suffix}")) > limit:
+        stem = stem[:-1]
+    return os.path.join(directory, f".{stem}{suffix}")
+
+
 def _resolve(path: str) -> str:
     """The absolute path to write: `path`, or the file a chain of symlinks at `path` ends at."""
     absolute = os.path.abspath(path)
@@ -163,6 +250,8 @@ def _on_signal(number: int, frame: FrameType | None) -> None:
     with _lock:
         pending = list(_pending)
     for tmp in pending:
+        if os.path.isdir(tmp) and not os.path.islink(tmp):  # a staging folder (atomic_write_staged)
+            shutil.rmtree(tmp, ignore_errors=True)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
     signal.signal(number, signal.SIG_DFL)

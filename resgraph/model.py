@@ -22,7 +22,7 @@ from .errors import Diagnostic, SpecError, UsageError
 from .graph import Graph, LayerNode
 from .loader import gc_paused, load_text
 from .lower import GeneratedModule, build_owned, lower, owned_units, seeded, tie_parameters
-from .ops.generic import allowed_imports
+from .ops.generic import allowed_imports, import_prefixes
 from .ownership import Owns, owned_parameters, owns, tied_parameters
 from .pipeline import DEFAULT_MAX_PARAMS, BuildRecord, check_loaded, static_parameter_counts
 from .sizes import DEFAULT_RANGE, smallest_without_ones, solve_sizes
@@ -303,7 +303,7 @@ def rebuild(record: BuildRecord, *, allow_imports: Iterable[str] = (), seed: int
         UsageError: the record needs imports the caller did not allow.
         SpecError: the recorded spec is invalid (e.g. written by a newer resgraph).
     """
-    allowed = tuple(allow_imports)
+    allowed = import_prefixes(allow_imports)
     missing = [prefix for prefix in record.allow_imports if prefix not in allowed]
     if missing:
         flags = " ".join(f"--allow-import {prefix}" for prefix in missing)

@@ -5,15 +5,20 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import re
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
 from .errors import ResgraphError, UsageError
-from .files import atomic_write
+from .files import atomic_write_staged
 
-__all__ = ["output_names", "to_onnx"]
+__all__ = ["EXTERNAL_DATA_BYTES", "output_names", "to_onnx"]
+
+# Weights above this size are stored beside the .onnx file, in `NAME.onnx.data` (torch's own
+# threshold: a protobuf file cannot exceed 2 GiB).
+EXTERNAL_DATA_BYTES = 1_610_612_736
 
 
 @contextlib.contextmanager
@@ -92,7 +97,8 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | 
     Args:
         opset: the ONNX opset version (default: the exporter's).
     Raises:
-        UsageError: the onnx / onnxscript packages are missing, or the model was built on the meta device.
+        UsageError: the onnx / onnxscript packages are missing, the model was built on the meta device, or
+            `opset` is newer than the installed onnx package knows.
         ResgraphError: the exporter failed (an unsupported opset included).
     """
     try:
@@ -105,6 +111,10 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | 
     from .lower import require_weights
 
     require_weights(module, "export")  # torch's exporter fails deep inside, in colour, and logs at ERROR
+    newest = onnx.defs.onnx_opset_version()
+    if opset is not None and opset > newest:  # (the exporter failed with its own multi-line message)
+        raise UsageError(f"ONNX opset {opset} does not exist yet: the installed onnx package knows opsets up to "
+                         f"{newest}; choose --opset {newest} or lower (Python: opset={newest})")
     graph = module.graph
     examples = module.example_inputs(batch=2)  # batch 2: a batch of 1 would be specialised into the graph
     # The batch, and each free input dim as far as the model admits other sizes, stay dynamic.
@@ -124,14 +134,26 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | 
     if opset is not None and written != opset:
         # torch's exporter logs a failed down-conversion and keeps its own opset: say so rather than mislabel
         raise ResgraphError(f"ONNX export: this model cannot be converted to opset {opset} (the exporter wrote "
-                            f"opset {written}); choose --opset {written} or higher (Python: opset={written})")
+                            f"opset {written}); choose an opset from {written} to {newest} (--opset {written}; "
+                            f"Python: opset={written})")
 
-    def write(tmp: str) -> None:
-        program.save(tmp)
-        _name_dims(tmp, graph)
-        onnx.checker.check_model(tmp)
+    # Weights beyond protobuf's comfort go to `NAME.data` beside the file, which names it. Written
+    # under a temporary name, the file named a temporary `.data` that was left behind (gigabytes,
+    # once per export): both are staged under their final names and moved into place.
+    external = _stored_bytes(module) > EXTERNAL_DATA_BYTES
 
-    atomic_write(path, write)
+    def write(staged: str) -> None:
+        program.save(staged, external_data=external)
+        _name_dims(staged, graph)
+        onnx.checker.check_model(staged)
+
+    atomic_write_staged(os.fspath(path), write)
+
+
+def _stored_bytes(module: Any) -> int:
+    """Bytes of the weights and buffers the exporter stores (a tied tensor once)."""
+    tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def _name_dims(path: str, graph: Any) -> None:

@@ -19,6 +19,7 @@ A node whose inputs failed is skipped silently, so each reported error is an ind
 from __future__ import annotations
 
 import contextvars
+import math
 from dataclasses import replace
 from fractions import Fraction
 from typing import Any
@@ -34,8 +35,8 @@ from .ops.elementwise import RETURNS_INPUT
 from .ops.tensor import BlockOutput
 from .projections import ProjectionError, describe_steps, plan_projection, projection_parameters
 from .resolve import resolve
-from .spec import BlockDef, InputDecl
-from .symbolic import Guard, SymInt, recorded, recording, site, specialize
+from .spec import MAX_DIM, BlockDef, InputDecl
+from .symbolic import Guard, SizeOverflowError, SymInt, hint, recorded, recording, site, specialize
 
 # The top-level graph's input symbols while it is inferred (hints for mismatches use them).
 _SYMBOLS: contextvars.ContextVar[dict[str, tuple[str, int, int]] | None] = contextvars.ContextVar("symbols",
@@ -110,6 +111,11 @@ def _infer(graph: Graph, input_types: list[TensorType], memo: _Memo) -> list[Dia
     for node in graph.nodes.values():
         if isinstance(node, InputNode):
             node.meta["type"] = next(given)
+            try:
+                _check_size(node)
+            except ShapeError as exc:  # (its readers are then left out: their errors would only repeat it)
+                diagnostics.append(_located(graph, node, exc))
+                del node.meta["type"]
             continue
         inputs = [graph.nodes[name].meta.get("type") for name in node.inputs]
         if any(t is None for t in inputs):
@@ -127,10 +133,34 @@ def _infer(graph: Graph, input_types: list[TensorType], memo: _Memo) -> list[Dia
                 else:
                     assert isinstance(node, SkipNode)
                     _infer_skip(graph, node, inputs, diagnostics, memo)
-        except ShapeError as exc:
+                _check_size(node)
+        except (ShapeError, SizeOverflowError) as exc:
             diagnostics.append(_located(graph, node, exc))
     diagnostics += _inplace_hazards(graph)
     return diagnostics
+
+
+def _check_size(node: Node) -> None:
+    """Refuse an output no tensor can have: a size, or a number of elements per sample, above
+    MAX_DIM (2^62). torch counts sizes in 64 bits, so such a model would pass every check here and
+    fail at its first forward; and the sizes solver, which works in int64, would overflow.
+
+    Raises:
+        ShapeError: which, with the shape (sizes too large to print are shown as `>2^62`).
+    """
+    kind = node.meta.get("type")
+    if kind is None:  # (a skip refused with its own diagnostic, a block call whose values are typed apart)
+        return
+    sizes = [hint(d) for d in kind.shape]
+    elements = math.prod(sizes)
+    if elements <= MAX_DIM:  # (every size is at least 1, so no size is larger either)
+        return
+    shown = "(" + ", ".join(["N", *(str(s) if s <= MAX_DIM else ">2^62" for s in sizes)]) + ")"
+    what = "a size above 2^62" if max(sizes) > MAX_DIM else "more than 2^62 elements per sample"
+    subject, fix = (("the shape", "declare a smaller input") if isinstance(node, InputNode)
+                    else ("its output", "check the arguments that grow it"))
+    raise ShapeError(f"{subject} {shown} would have {what} ({MAX_DIM:,}), more than a tensor can hold (torch "
+                     f"counts sizes in 64 bits); {fix}")
 
 
 def declared_type(decl: InputDecl, map_read: bool = False, sequence_read: bool = False) -> TensorType:
@@ -518,7 +548,7 @@ def _skip_error(graph: Graph, node: SkipNode, target: TensorType, source: Tensor
     return Diagnostic(graph.where(node), message, hint)
 
 
-def _located(graph: Graph, node: Node, exc: ShapeError) -> Diagnostic:
+def _located(graph: Graph, node: Node, exc: ShapeError | SizeOverflowError) -> Diagnostic:
     """A shape error at its layer, or at the key it names (an uncurated op's argument, a curated op's
     argument that torch would refuse at the first forward), with its hint if it has one."""
     key = getattr(exc, "field", None)

@@ -34,8 +34,18 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Union
 
-__all__ = ["Expr", "Guard", "SymInt", "evaluate", "hint", "recorded", "recording", "render", "requirement",
-           "scaled_size", "site", "specialize", "sym_max", "sym_min"]
+__all__ = ["MAX_SIZE", "Expr", "Guard", "SizeOverflowError", "SymInt", "evaluate", "hint", "recorded", "recording",
+           "render", "requirement", "scaled_size", "site", "specialize", "sym_max", "sym_min"]
+
+# The largest magnitude a size expression may hold, constants and values at the declared size
+# alike (`expressions.MAX_MAGNITUDE`, the bound on declared sizes). Sizes are solved in int64
+# (`evaluate` over numpy arrays), where a larger constant raised OverflowError and a sum of two
+# silently wrapped round, which made every size, the declared one too, look invalid.
+MAX_SIZE = 2**62
+
+
+class SizeOverflowError(ArithmeticError):
+    """Size arithmetic beyond MAX_SIZE (shape inference reports it at the node being typed)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,7 +125,22 @@ def _node(op: str, args: tuple[Any, ...]) -> Expr:
 
 
 def _const(value: int) -> Expr:
+    if not -MAX_SIZE <= value <= MAX_SIZE:
+        raise SizeOverflowError(_overflow(value))
     return _node("const", (value,))
+
+
+def _checked(value: int) -> int:
+    """`value`, a size at the declared input size, if within MAX_SIZE."""
+    if not -MAX_SIZE <= value <= MAX_SIZE:
+        raise SizeOverflowError(_overflow(value))
+    return value
+
+
+def _overflow(value: int) -> str:
+    return (f"its size arithmetic reaches {'-' if value < 0 else ''}more than 2^62, which no tensor size can be "
+            "(torch counts sizes in 64 bits); make the arguments that grow or shift sizes (padding, dilation, "
+            "stride, scale, ...) smaller")
 
 
 Operand = Union[int, "SymInt"]
@@ -237,9 +262,8 @@ class SymInt:
         if simplified is not None:
             return simplified
         other_expr, other_hint = (other.expr, other.hint) if symbolic else (_const(other), other)  # type: ignore[union-attr]
-        if swap:
-            return SymInt(_node(op, (other_expr, self.expr)), _INT_OPS[op](other_hint, self.hint))
-        return SymInt(_node(op, (self.expr, other_expr)), _INT_OPS[op](self.hint, other_hint))
+        value = _checked(_INT_OPS[op](other_hint, self.hint) if swap else _INT_OPS[op](self.hint, other_hint))
+        return SymInt(_node(op, (other_expr, self.expr) if swap else (self.expr, other_expr)), value)
 
     def __add__(self, other: Operand) -> Operand:
         return self._apply("add", other)
@@ -361,7 +385,7 @@ def _simplify(op: str, left: Operand, right: Operand) -> Operand | None:
         if inner.op == op and inner.args[1].op == "const":  # (x + a) + b -> x + (a + b); -(-x) is x
             folded = _INT_OPS[op](inner.args[1].args[0], constant)
             return SymInt(inner.args[0] if folded == identity else _node(op, (inner.args[0], _const(folded))),
-                          _INT_OPS[op](symbolic.hint, constant))  # type: ignore[union-attr]
+                          _checked(_INT_OPS[op](symbolic.hint, constant)))  # type: ignore[union-attr]
         return None
     if op == "floordiv" and not isinstance(right, SymInt) and right == 1:
         return left

@@ -445,13 +445,14 @@ def test_a_registered_op_that_drops_or_mixes_the_batch_is_refused(cls: type, mes
 
 
 def test_an_input_too_large_for_any_tensor_is_refused_at_the_layer_not_raised() -> None:
-    # Shapes are arithmetic until a registered op is probed: 10**17 channels of 8x8 overflow the
-    # byte count even on the meta device (found by the fuzz run at 10,000 examples).
+    # Shapes are arithmetic until a registered op is probed: 2^56 channels of 8x8 (2^62 elements, the
+    # most shape inference admits) overflow the byte count even on the meta device (found by the
+    # fuzz run at 10,000 examples, with 10^17 channels, now refused at the conv that makes them).
     op = unique_op("GenericTestPassThrough", PassThrough)
-    diagnostic = error_of(spec("  - wide: {op: Conv2d, out_channels: 100000000000000000, kernel_size: 1}\n"
+    diagnostic = error_of(spec("  - wide: {op: Conv2d, out_channels: 72057594037927936, kernel_size: 1}\n"
                                f"  - out: {{op: {op}}}\n", x=[2, 8, 8]))
     assert diagnostic.message.startswith("layer 'out' (")
-    assert "is too large for any tensor" in diagnostic.message and "100000000000000000" in diagnostic.message
+    assert "is too large for any tensor" in diagnostic.message and "72057594037927936" in diagnostic.message
 
 
 def test_probing_uses_two_different_batch_sizes() -> None:

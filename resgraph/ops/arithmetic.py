@@ -33,6 +33,7 @@ from .base import (
     ShapeError,
     Storage,
     TensorType,
+    check_scalar,
     promote,
     register_op,
 )
@@ -123,6 +124,7 @@ class BinaryOp(ArithmeticOp):
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         result = broadcast_types(self.op, inputs)
         dtype = promote([t.dtype for t in inputs], self.scalar, floating=self.op == "div")
+        check_scalar(self.scalar, dtype, "scalar")
         if self.op == "sub" and "bool" in {t.dtype for t in inputs}:
             raise ShapeError("cannot subtract bool tensors (torch refuses); convert them to a number dtype first")
         return result.with_dtype(dtype)
@@ -193,6 +195,8 @@ class Clamp(ArithmeticOp):
         (x,) = inputs
         bounds = [b for b in (self.min, self.max) if b is not None]
         dtype = promote([x.dtype], next((b for b in bounds if isinstance(b, float)), bounds[0] if bounds else None))
+        check_scalar(self.min, dtype, "min")
+        check_scalar(self.max, dtype, "max")
         return x.with_dtype(dtype)
 
     def code(self, operands: list[str], owner: str) -> str:

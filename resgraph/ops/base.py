@@ -45,10 +45,14 @@ __all__ = [
     "DTYPES",
     "DtypeError",
     "FLOAT_DTYPES",
+    "FLOAT_OVERFLOW",
     "INT_DTYPES",
+    "INT_RANGES",
     "NUMBER_DTYPES",
     "Identifier",
+    "check_scalar",
     "is_identifier",
+    "number_overflow",
     "Layer",
     "FeatureMapLayer",
     "Reference",
@@ -169,6 +173,41 @@ class ArgumentError(ShapeError):
 
 
 INT_DTYPES = frozenset({"int64", "int32"})
+# The whole numbers each integer dtype holds, and the least magnitude each float dtype stores as
+# inf (torch rounds a Python number to float32 first, then to a narrower float: measured). float64
+# holds every number a spec can write (integers below 10^100, finite floats).
+INT_RANGES = {"int32": (-2**31, 2**31 - 1), "int64": (-2**63, 2**63 - 1)}
+FLOAT_OVERFLOW = {"float16": 65519.998046875, "bfloat16": 3.396177427818412e38, "float32": 3.4028235677973366e38}
+_FLOAT_LARGEST = {"float16": "65504", "bfloat16": "3.39e38", "float32": "3.40e38"}
+
+
+def number_overflow(value: int | float, dtype: str) -> str | None:
+    """Why a tensor of `dtype` cannot hold the number `value` (torch wraps an integer round, stores a
+    float as inf, or refuses it only at run time); None where it can.
+
+    >>> number_overflow(3_000_000_000, "int32"), number_overflow(65504, "float16"), number_overflow(1e39, "float64")
+    ('outside the range of int32 (-2147483648 to 2147483647)', None, None)
+    """
+    if dtype in INT_RANGES:
+        low, high = INT_RANGES[dtype]
+        return None if low <= value <= high else f"outside the range of {dtype} ({low} to {high})"
+    if dtype in FLOAT_OVERFLOW and abs(value) >= FLOAT_OVERFLOW[dtype]:
+        return f"more than {dtype} holds (its largest number is about {_FLOAT_LARGEST[dtype]}): it would be inf"
+    return None
+
+
+def check_scalar(value: int | float | None, dtype: str, field: str) -> None:
+    """Refuse a number operand (`scalar`, a clamp bound) that an op computing in `dtype` cannot hold.
+
+    Raises:
+        ArgumentError: at `field`, naming the dtype.
+    """
+    problem = None if value is None else number_overflow(value, dtype)
+    if problem is not None:
+        wider = " (or make the input float64)" if dtype in FLOAT_OVERFLOW else " (or make the input int64)" \
+            if dtype == "int32" else ""
+        raise ArgumentError(f"{field}={value!r} is {problem}; this op computes in {dtype} (from its input's dtype), "
+                            f"where the number cannot be used as written; write a smaller number{wider}", field)
 NUMBER_DTYPES = FLOAT_DTYPES | INT_DTYPES  # what ops that refuse only bool take (relu, max pooling)
 TO_FLOAT_HINT = ("integer values (token ids, positions) are looked up with `Embedding`; to compute with them as "
                  "numbers, make them floating point first, e.g. `{op: mul, scalar: 1.0}`")

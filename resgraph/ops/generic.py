@@ -40,7 +40,7 @@ from .base import IDENTIFIER_PATTERN, OPS, RESGRAPH_KEYS, Layer, ShapeError, Sto
 from .probe import GenericOpError, describe, known_parameters, probe
 
 __all__ = ["CUSTOM_OPS", "FIXED", "GenericLayer", "GenericOpError", "INFERABLE", "REFUSED", "SAMPLE_RANKS",
-           "allowed_imports", "register_op", "torch_module_class", "torch_module_names"]
+           "allowed_imports", "import_prefixes", "register_op", "torch_module_class", "torch_module_names"]
 
 DottedName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$",
                                              max_length=256)]
@@ -410,10 +410,32 @@ def register_op(name: str, module_class: type) -> type:
     return module_class
 
 
+def import_prefixes(prefixes: Iterable[str]) -> tuple[str, ...]:
+    """The module prefixes a caller allows (`allow_imports=`), checked.
+
+    Raises:
+        UsageError: `prefixes` is one string (`allow_imports="mylayers"`), whose letters would each
+            have been a prefix and the name itself none, or holds something other than strings.
+    """
+    from ..errors import UsageError
+
+    if isinstance(prefixes, (str, bytes)):
+        raise UsageError(f"allow_imports is a list of module prefixes, e.g. [{prefixes!r}], not the string "
+                         f"{prefixes!r} (each of its letters would be a prefix)")
+    checked = tuple(prefixes)
+    if not all(isinstance(prefix, str) for prefix in checked):
+        raise UsageError(f"allow_imports holds module prefixes (strings), not {checked!r}")
+    return checked
+
+
 @contextlib.contextmanager
 def allowed_imports(prefixes: Iterable[str]) -> Iterator[None]:
-    """Within the block, a spec's dotted `op: package.module.Class` may import under these prefixes."""
-    token = ALLOWED_IMPORTS.set(tuple(prefixes))
+    """Within the block, a spec's dotted `op: package.module.Class` may import under these prefixes.
+
+    Raises:
+        UsageError: see `import_prefixes`.
+    """
+    token = ALLOWED_IMPORTS.set(import_prefixes(prefixes))
     try:
         yield
     finally:

@@ -9,7 +9,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from .base import Layer, Reference, Scalar, TensorType, promote, register_op
+from .base import Layer, Reference, Scalar, TensorType, check_scalar, promote, register_op
 from .merge import Merge, merge_code, merge_type
 
 __all__ = ["Add", "Concat", "MergeLayer", "Mul", "ScalarMergeLayer"]
@@ -54,7 +54,9 @@ class ScalarMergeLayer(MergeLayer):
         if self.scalar is None:
             return super().output_type(inputs)
         (x,) = inputs
-        return x.with_dtype(promote([x.dtype], self.scalar))
+        dtype = promote([x.dtype], self.scalar)
+        check_scalar(self.scalar, dtype, "scalar")
+        return x.with_dtype(dtype)
 
     def code(self, operands: list[str], owner: str) -> str:
         if self.scalar is None:

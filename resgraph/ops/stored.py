@@ -29,7 +29,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import Field, model_validator
 from typing_extensions import TypeAliasType
 
-from .base import DTYPES, INT_DTYPES, Layer, Owned, Storage, TensorType, register_op, sample_dim
+from .base import DTYPES, INT_DTYPES, Layer, Owned, Storage, TensorType, number_overflow, register_op, sample_dim
 
 __all__ = ["Arange", "ConstantTensor", "Full", "ParameterTensor", "StoredTensor", "Values", "literal_shape"]
 
@@ -80,12 +80,20 @@ def _check_dtype(values: list[Any], dtype: str, what: str) -> None:
     """Values a dtype cannot hold exactly are errors, not silent truncations.
 
     Raises:
-        ValueError: a fraction for an integer dtype, a number other than 0/1 for bool.
+        ValueError: a fraction for an integer dtype, a number other than 0/1 for bool, a number
+            outside an integer dtype's range (torch refuses it at build; arange wrapped it round),
+            or one too large for a float dtype (stored as inf).
     """
     if dtype in INT_DTYPES and any(isinstance(v, float) and not v.is_integer() for v in values):
         raise ValueError(f"{what} holds fractions, but dtype is {dtype}; write dtype: float32 or whole numbers")
     if dtype == "bool" and any(v not in (0, 1) for v in values):
         raise ValueError(f"{what} holds numbers other than 0 and 1 (true/false), but dtype is bool")
+    for value in values:
+        problem = number_overflow(value, dtype)
+        if problem is not None:
+            fix = ("; write dtype: int64" if dtype == "int32" and number_overflow(value, "int64") is None else
+                   "; write a smaller number" + ("" if dtype in ("float32", "int64") else " or dtype: float32"))
+            raise ValueError(f"{what} holds {value!r}, {problem}{fix}")
 
 
 def _default_dtype(layer: ConstantBase, values: list[Any]) -> None:
@@ -168,6 +176,8 @@ class ParameterTensor(StoredTensor):
     def _init_fits(self) -> ParameterTensor:
         if isinstance(self.init, list):
             _fits(self.init, tuple(self.shape), "init")
+        if not isinstance(self.init, str):  # (parameters are float32)
+            _check_dtype(_flat(self.init), "float32", "init")
         return self
 
     def stored_shape(self) -> tuple[int, ...]:
@@ -347,6 +357,8 @@ class Arange(ConstantBase):
             if self.dim is None:
                 raise ValueError("with an input, say which dim's positions to count: add `dim`")
         _check_dtype([self.start, self.step], self.dtype, "start and step")
+        if self.input is None:  # (its values run from start to the last: both must fit the dtype)
+            _check_dtype([self.start, self.start + self.step * (self.length() - 1)], self.dtype, "the range")
         return self
 
     @property
