@@ -135,7 +135,8 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | 
         # torch's exporter logs a failed down-conversion and keeps its own opset: say so rather than mislabel
         raise ResgraphError(f"ONNX export: this model cannot be converted to opset {opset} (the exporter wrote "
                             f"opset {written}); choose an opset from {written} to {newest} (--opset {written}; "
-                            f"Python: opset={written})")
+                            f"Python: opset={written}), or one below {written} that has a conversion for each of "
+                            f"the model's ops")
 
     # Weights beyond protobuf's comfort go to `NAME.data` beside the file, which names it. Written
     # under a temporary name, the file named a temporary `.data` that was left behind (gigabytes,

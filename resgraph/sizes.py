@@ -61,7 +61,9 @@ class SizeRule:
 
     kind: "fixed" (one value), "at_least" (start and up), "progression" (start + step*k, k >= 0, up to
     stop where given), "range" (start..stop), "periodic" (from start on, the sizes whose offset from
-    start modulo step is one of `values`), "set" (exactly the listed values), "none".
+    start modulo step is one of `values`), "set" (exactly the listed values; with a `stop`, the
+    listed values up to stop, where the sizes were solved, and any size above it, which is not
+    known to fail: sizes that follow no pattern tell nothing of the sizes past them), "none".
     """
 
     kind: str
@@ -76,7 +78,7 @@ class SizeRule:
         if self.kind == "fixed":
             return size == self.start
         if self.kind == "set":
-            return size in self.values
+            return size in self.values or (self.stop is not None and size > self.stop)
         if self.kind == "periodic":
             return size >= self.start and (size - self.start) % self.step in self.values
         if size < self.start or (self.stop is not None and size > self.stop):
@@ -101,7 +103,8 @@ class SizeRule:
         if self.kind == "periodic":
             return f"{name} in {{{', '.join(str(self.start + offset) for offset in self.values)}}} + {self.step}k"
         shown = ", ".join(map(str, self.values[:12])) + (", ..." if len(self.values) > 12 else "")
-        return f"{name} in {{{shown}}}"
+        above = f", or {name} > {self.stop} (not solved there)" if self.stop is not None else ""
+        return f"{name} in {{{shown}}}{above}"
 
     def violation(self, size: str) -> str | None:
         """A Python condition on `size` (an expression) that is true for exactly the sizes the rule refuses,
@@ -122,7 +125,8 @@ class SizeRule:
             return (f"{size} < {self.start} or ({size} - {self.start}) % {self.step} not in "
                     f"{{{', '.join(map(str, self.values))}}}")
         if self.kind == "set" and self.values:
-            return f"{size} not in {{{', '.join(map(str, self.values))}}}"
+            members = f"{size} not in {{{', '.join(map(str, self.values))}}}"
+            return members if self.stop is None else f"{size} < {self.start} or ({size} <= {self.stop} and {members})"
         return "True" if self.kind == "none" else None
 
     def __str__(self) -> str:
@@ -372,7 +376,7 @@ def _implied(guard: Guard, read: frozenset[str], symbols: dict[str, tuple[str, i
     for symbol in sorted(read):
         rule = rules.get(symbol)
         if rule is None or rule.kind in ("at_least", "periodic", "none") or (
-                rule.kind == "progression" and rule.stop is None):
+                rule.kind == "progression" and rule.stop is None) or (rule.kind == "set" and rule.stop is not None):
             return False
         values = (rule.values if rule.kind == "set" else (rule.start,) if rule.kind == "fixed"
                   else tuple(range(rule.start, rule.stop + 1, rule.step)))  # type: ignore[operator]
@@ -515,7 +519,7 @@ def _rule(values: tuple[int, ...], low: int, high: int) -> SizeRule:
     if period is not None:  # (a stride and a second branch's rounding: H % 3 != 1)
         offsets = tuple(value - start for value in values if value < start + period)
         return SizeRule("periodic", start, period, values=offsets)
-    return SizeRule("set", start, values=values)
+    return SizeRule("set", start, stop=high, values=values)  # (no pattern: nothing is known past `high`)
 
 
 def _period(values: tuple[int, ...], high: int) -> int | None:

@@ -207,3 +207,23 @@ def test_a_conv_padded_past_its_stride_is_given_the_padding_that_rounds_as_the_s
     assert _hint(spec).endswith("a layer rounded up past its stride: 'c' gave 9x9 where a stride of 2 gives 8x8. "
                                 "Fix: `padding: 1` on 'c', which rounds as its stride does")
     resgraph.check(spec.replace("padding: 2", "padding: 1"))
+
+
+def test_sizes_that_follow_no_pattern_are_checked_where_solved_and_admitted_past_it() -> None:
+    # Two branches strided by 512 agree at H % 512 in {0, 2..511} (a period past the 256 searched):
+    # the valid sizes, listed, say nothing of the sizes past them; 3000 and 4096 run in torch, and
+    # a guard holding the list refused them.
+    model = resgraph.build("""resgraph: 1
+name: Strided
+inputs: {x: [3, 1024, 8]}
+layers:
+  - a: {op: Conv2d, out_channels: 4, kernel_size: 1, stride: [512, 1], input: x}
+  - b: {op: Conv2d, out_channels: 4, kernel_size: [2, 1], stride: [512, 1], input: x}
+  - c: {op: concat, input: [a, b], dim: 1}
+""")
+    rule = model.graph.meta["sizes"].of("x")[1].rule
+    assert rule.kind == "set" and rule.describe("H").endswith(f", or H > {rule.stop} (not solved there)")
+    for height in (1024, 1536, 3000, 4096):
+        assert model(torch.zeros(1, 3, height, 8)).shape == (1, 8, (height - 1) // 512 + 1, 8)
+    with pytest.raises(ValueError, match="must be"):  # torch's concat would fail: 3 rows against 2
+        model(torch.zeros(1, 3, 1025, 8))

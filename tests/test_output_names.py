@@ -82,5 +82,6 @@ def test_an_unreachable_opset_prints_one_error_line_and_no_traceback(tmp_path: p
     assert result.returncode == 1
     assert result.stderr.splitlines() == ["resgraph: error: ONNX export: this model cannot be converted to opset 1 "
                                           "(the exporter wrote opset 18); choose an opset from 18 to "
-                                          f"{onnx.defs.onnx_opset_version()} (--opset 18; Python: opset=18)"]
+                                          f"{onnx.defs.onnx_opset_version()} (--opset 18; Python: opset=18), or one "
+                                          "below 18 that has a conversion for each of the model's ops"]
     assert not list(tmp_path.iterdir())

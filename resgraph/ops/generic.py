@@ -410,8 +410,8 @@ def register_op(name: str, module_class: type) -> type:
     return module_class
 
 
-def import_prefixes(prefixes: Iterable[str]) -> tuple[str, ...]:
-    """The module prefixes a caller allows (`allow_imports=`), checked.
+def import_prefixes(prefixes: Iterable[str] | None) -> tuple[str, ...]:
+    """The module prefixes a caller allows (`allow_imports=`), checked; None allows none.
 
     Raises:
         UsageError: `prefixes` is one string (`allow_imports="mylayers"`), whose letters would each
@@ -419,6 +419,8 @@ def import_prefixes(prefixes: Iterable[str]) -> tuple[str, ...]:
     """
     from ..errors import UsageError
 
+    if prefixes is None:  # (as "allow nothing" reads)
+        return ()
     if isinstance(prefixes, (str, bytes)):
         raise UsageError(f"allow_imports is a list of module prefixes, e.g. [{prefixes!r}], not the string "
                          f"{prefixes!r} (each of its letters would be a prefix)")
