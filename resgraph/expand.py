@@ -285,8 +285,8 @@ class _BlockTable:
                 if self.nodes_read > MAX_NODES or self.bytes_read > MAX_BYTES:
                     self.over_bound = True
                     over = (f"{self.nodes_read:,} YAML nodes, more than the {MAX_NODES:,}"
-                            if self.nodes_read > MAX_NODES else
-                            f"{self.bytes_read / 2**20:.1f} MiB of library text, more than the {MAX_BYTES // 2**20} MiB")
+                            if self.nodes_read > MAX_NODES else f"{self.bytes_read / 2**20:.1f} MiB of library "
+                                                                f"text, more than the {MAX_BYTES // 2**20} MiB")
                     self.diagnostics.append(Diagnostic(where.locate(), (
                         f"cannot import {relative!r}: with it, the spec and its libraries would hold {over} resgraph "
                         "reads for one spec (nothing further is imported)"),
