@@ -179,6 +179,7 @@ class Graph:
     block: str | None = None  # the block a block instance instantiates
     params: dict[str, Any] = field(default_factory=dict)  # a block instance's parameter values
     meta: dict[str, Any] = field(default_factory=dict)  # graph-level analysis results (see infer_shapes)
+    left_out: dict[str, int] = field(default_factory=dict)  # layers a false `when:` left out -> its line
 
     @property
     def file(self) -> str:

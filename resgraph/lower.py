@@ -125,6 +125,12 @@ def tie_parameters(module: nn.Module, graph: Graph) -> list[Diagnostic]:
             diagnostics.append(Diagnostic(where, f"{label}: tie: it has no parameter {tie.attribute!r} (its "
                                                  f"parameters: {', '.join(own) or 'none'})"
                                                  f"{did_you_mean(tie.attribute, own)}"))
+        elif (head := tie.target.split(".")[0]) in graph.left_out and tie.target not in known:
+            line = graph.left_out[head]
+            diagnostics.append(Diagnostic(where, f"{label}: tie: {tie.target!r} is a parameter of layer {head!r}, "
+                                                 f"which is left out: its `when:`{f' (line {line})' if line else ''} "
+                                                 "is false",
+                                          "give the tied layer the same `when:`, or tie it to another parameter"))
         elif tie.target not in known or tie.target == tie.path:
             why = "is the parameter itself" if tie.target == tie.path else "is not a parameter of the model"
             diagnostics.append(Diagnostic(where, f"{label}: tie: {tie.target!r} {why}"

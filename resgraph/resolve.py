@@ -148,8 +148,9 @@ class _Resolver:
                                                  policy=skip.projection or scope.projection, target=item.name)
                 value[item.name] = skip_item.name
         returned = [value[o] for o in self.expand([o for o in outputs if _base(o) in kept])]
+        left_out = {name: entry.when.locate(key=True).line for name, entry in scope.left_out.items() if not entry.skip}
         return Graph(scope.name, nodes, list(scope.inputs), returned, scope.origin, self.qualname, scope.block,
-                     scope.params)
+                     scope.params, left_out=left_out)
 
     def declare_values(self, items: list[LayerItem]) -> None:
         """The values of every block call that has several (see the module docstring)."""

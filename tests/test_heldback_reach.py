@@ -177,6 +177,16 @@ skips:
                                                 "  - y: {op: Identity, input: nothing}\n")[0]
 
 
+def test_a_tie_to_a_layer_its_when_left_out_says_so() -> None:
+    with pytest.raises(resgraph.SpecError) as caught:  # (ties are checked once the model exists)
+        resgraph.build(HEADER + "inputs: {x: [4]}\nlayers:\n"
+                                "  - a: {op: Linear, out_features: 4, when: false}\n"
+                                "  - b: {op: Linear, out_features: 4, tie: {weight: a.weight}}\n")
+    assert [d.format() for d in caught.value.diagnostics] == [
+        "<string>:6:38: error: layer 'b' (Linear): tie: 'a.weight' is a parameter of layer 'a', which is left out: "
+        "its `when:` (line 5) is false\n  hint: give the tied layer the same `when:`, or tie it to another parameter"]
+
+
 def test_the_summary_shows_a_tensor_literal_as_written_not_as_a_shape() -> None:
     text = str(resgraph.summary(HEADER + """inputs: {x: [2, 2]}
 layers:
