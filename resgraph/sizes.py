@@ -29,7 +29,7 @@ from typing import Any
 from .errors import UsageError
 from .expressions import MAX_MAGNITUDE
 from .graph import Graph
-from .symbolic import COMPARISONS, Expr, Guard, SymInt, evaluate, requirement
+from .symbolic import COMPARISONS, MAX_SIZE, VECTOR_OPS, Expr, Guard, SymInt, evaluate, requirement
 
 __all__ = ["DEFAULT_RANGE", "MAX_SIZE_SPAN", "DimSizes", "SizeReport", "SizeRule", "check_range", "joint_guards",
            "linked_symbols", "smallest_without_ones", "solve_sizes", "valid_sizes_mask"]
@@ -60,10 +60,11 @@ class SizeRule:
     """The sizes a dim admits, as a rule a reader (and a one-line check) can use.
 
     kind: "fixed" (one value), "at_least" (start and up), "progression" (start + step*k, k >= 0, up to
-    stop where given), "range" (start..stop), "periodic" (from start on, the sizes whose offset from
-    start modulo step is one of `values`), "set" (exactly the listed values; with a `stop`, the
-    listed values up to stop, where the sizes were solved, and any size above it, which is not
-    known to fail: sizes that follow no pattern tell nothing of the sizes past them), "none".
+    stop where given), "range" (start..stop), "periodic" (from start on, up to stop where given, the
+    sizes whose offset from start modulo step is one of `values`), "set" (exactly the listed values;
+    with a `stop`, the listed values up to stop, where the sizes were solved, and any size above it,
+    which is not known to fail: sizes that follow no pattern tell nothing of the sizes past them),
+    "none".
     """
 
     kind: str
@@ -80,7 +81,8 @@ class SizeRule:
         if self.kind == "set":
             return size in self.values or (self.stop is not None and size > self.stop)
         if self.kind == "periodic":
-            return size >= self.start and (size - self.start) % self.step in self.values
+            return (self.start <= size <= (size if self.stop is None else self.stop)
+                    and (size - self.start) % self.step in self.values)
         if size < self.start or (self.stop is not None and size > self.stop):
             return False
         return (size - self.start) % self.step == 0
@@ -101,7 +103,11 @@ class SizeRule:
                 return f"{name}: multiples of {self.step}{bound}"
             return f"{name} in {{{self.start} + {self.step}k}}{bound}"
         if self.kind == "periodic":
-            return f"{name} in {{{', '.join(str(self.start + offset) for offset in self.values)}}} + {self.step}k"
+            bound = f" up to {self.stop}" if self.stop is not None else ""
+            listed = ", ".join(str(self.start + offset) for offset in self.values)
+            return f"{name} in {{{listed}}} + {self.step}k{bound}"
+        if not self.values and self.stop is not None:
+            return f"{name} > {self.stop} (not solved there)"
         shown = ", ".join(map(str, self.values[:12])) + (", ..." if len(self.values) > 12 else "")
         above = f", or {name} > {self.stop} (not solved there)" if self.stop is not None else ""
         return f"{name} in {{{shown}}}{above}"
@@ -122,8 +128,11 @@ class SizeRule:
                 return f"{size} % {self.step} != 0{above}"
             return f"{size} < {self.start}{above} or ({size} - {self.start}) % {self.step} != 0"
         if self.kind == "periodic":
-            return (f"{size} < {self.start} or ({size} - {self.start}) % {self.step} not in "
+            above = f" or {size} > {self.stop}" if self.stop is not None else ""
+            return (f"{size} < {self.start}{above} or ({size} - {self.start}) % {self.step} not in "
                     f"{{{', '.join(map(str, self.values))}}}")
+        if self.kind == "set" and not self.values and self.stop is not None:
+            return f"{size} <= {self.stop}"
         if self.kind == "set" and self.values:
             members = f"{size} not in {{{', '.join(map(str, self.values))}}}"
             return members if self.stop is None else f"{size} < {self.start} or ({size} <= {self.stop} and {members})"
@@ -240,16 +249,21 @@ def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAUL
         """The rule the sizes of `varying` follow, the valid sizes in [low, high], and (with `failures`)
         the site of the first guard failing at each other size there.
 
-        The rule is solved over 1..`_rule_span` (past the declared sizes and every constant the
-        guards compare with), whatever range was asked for: it is what the input guard checks, so a
-        bound beyond the range (a position table of 4,096 rows) or a declared size beyond it (16,000
-        audio samples) must not be lost."""
-        span = _rule_span(constants, reads, symbols, varying, high)
-        rule_sizes, rule_first = _solve_range(guards, symbols, varying, 1, span, failures, reads)
-        rule = _rule(rule_sizes, 1, span)
-        if high <= span:
+        The rule is solved over 1..span (twice past the declared sizes and every constant the guards
+        compare with, see `_interest`), whatever range was asked for: it is what the input guard checks,
+        so a bound beyond the range (a position table of 4,096 rows) or a declared size beyond it (16,000
+        audio samples) must not be lost. Where that span passes MAX_SIZE_SPAN (2,000,000 samples, a table
+        of 2^20 rows), windows around those sizes are solved instead (`_windowed_rule`)."""
+        points = _interest(constants, reads, symbols, varying)
+        span = max(DEFAULT_RANGE[1], 2 * points[-1] + 2, high if high <= MAX_SIZE_SPAN else 0)
+        if span <= MAX_SIZE_SPAN:
+            rule_sizes, rule_first = _solve_range(guards, symbols, varying, 1, span, failures, reads)
+            rule = _rule(rule_sizes, 1, span)
+        else:
+            rule = _windowed_rule(guards, symbols, varying, points, reads)
+        if span <= MAX_SIZE_SPAN and high <= span:
             values, first = rule_sizes, rule_first
-        else:  # a range far past every constant: its sizes, tried on their own
+        else:  # a range far past every constant, or a rule solved in windows: the range's sizes on their own
             values, first = _solve_range(guards, symbols, varying, low, high, failures, reads)
         found = {size: guards[index].site for size, index in first.items() if low <= size <= high}
         return rule, values[bisect.bisect_left(values, low):bisect.bisect_right(values, high)], found
@@ -294,16 +308,125 @@ def _solve_range(guards: list[Guard], symbols: dict[str, tuple[str, int, int]], 
     return values, found
 
 
-def _rule_span(constants: list[int], reads: list[frozenset[str]], symbols: dict[str, tuple[str, int, int]],
-               varying: set[str], high: int) -> int:
-    """The sizes 1..span over which the rule of `varying` is solved: at least the default range and the
-    range asked for, and twice past the declared sizes and every constant the guards on `varying` compare
-    with (`constants`: each guard's largest; a size past them all changes no decision that a smaller
-    one did not, so a rule that still holds there holds on), within MAX_SIZE_SPAN."""
-    largest = max(symbols[name][2] for name in varying)
-    largest = max([largest, *(constant for constant, read in zip(constants, reads, strict=True) if read & varying)])
-    span = max(DEFAULT_RANGE[1], 2 * largest + 2, high if high <= MAX_SIZE_SPAN else 0)
-    return min(span, MAX_SIZE_SPAN)
+def _interest(constants: list[int], reads: list[frozenset[str]], symbols: dict[str, tuple[str, int, int]],
+              varying: set[str]) -> list[int]:
+    """The sizes where the rule of `varying` may change, increasing: the declared sizes and every constant the
+    guards on `varying` compare with (`constants`: each guard's largest). A size past them all changes no
+    decision that a smaller one did not, so a rule solved twice past them that still holds there holds on."""
+    declared = {symbols[name][2] for name in varying}
+    return sorted(declared | {constant for constant, read in zip(constants, reads, strict=True) if read & varying})
+
+
+WINDOW = 8 * MAX_PERIOD  # the sizes tried on either side of a size that matters, where all cannot be tried
+
+
+def _windowed_rule(guards: list[Guard], symbols: dict[str, tuple[str, int, int]], varying: set[str],
+                   points: list[int], reads: list[frozenset[str]]) -> SizeRule:
+    """The rule of `varying` where its sizes reach past MAX_SIZE_SPAN (a declared size of 2,000,000, a
+    position table of 2^20 rows): solved over 1..DEFAULT_RANGE's end and a window of WINDOW sizes around
+    each of `points` (and twice each, as the span would be). The sizes between two windows are taken to
+    follow the rule both edges follow, and the sizes past the last window the rule its end follows: one
+    range of sizes (`_one_range`), or the first window's rule, unbounded or up to where the windows stop
+    following it (`_first_rule_bounded`). Where neither states every window, the sizes past the first
+    window are unknown and the rule admits them (a 'set' with a stop): it may let a size through to
+    torch's own error, but never refuses a valid size by a bound it did not solve."""
+    centres = sorted({*points, *(2 * point for point in points)})
+    spans: list[list[int]] = [[1, DEFAULT_RANGE[1]]]
+    for centre in centres:
+        low, high = max(1, centre - WINDOW), min(centre + WINDOW, MAX_SIZE)
+        if low <= spans[-1][1] + 1:
+            spans[-1][1] = max(spans[-1][1], high)
+        else:
+            spans.append([low, high])
+    windows = [(low, valid_sizes_mask(guards, symbols, varying, low, high, reads=reads)[0]) for low, high in spans]
+    rule = _one_range(windows) or _first_rule_bounded(windows)
+    if rule is not None:
+        return rule
+    # the first window's valid sizes, listed, and every size past it admitted
+    first = windows[0][1]
+    values = tuple((first.nonzero()[0] + 1).tolist())
+    return SizeRule("set", values[0] if values else len(first) + 1, stop=len(first), values=values)
+
+
+def _one_range(windows: list[tuple[int, Any]]) -> SizeRule | None:
+    """The rule of the windows' valid sizes (`(first size, mask)`, increasing) where they are one range,
+    or none: a gap whose edges are both valid (half a window each) is valid, one whose edges are both
+    invalid is invalid, and the sizes past the last window are as its last half window is. None where the
+    edges of a gap or the end disagree, or the valid sizes are more than one range."""
+    half = WINDOW // 2
+    runs: list[list[int]] = []  # valid sizes as [first, last]; last -1: no end
+    for index, (low, valid) in enumerate(windows):
+        if index:
+            end = windows[index - 1][0] + len(windows[index - 1][1]) - 1
+            before_valid = bool(runs) and runs[-1][1] == end and runs[-1][0] <= end - half + 1
+            before_invalid = not runs or runs[-1][1] <= end - half
+            if before_valid and valid[:half].all():
+                runs[-1][1] = low - 1
+            elif not (before_invalid and not valid[:half].any()):
+                return None  # the edges disagree: the sizes between were not solved
+        for start, stop in _runs(valid.nonzero()[0].tolist()):
+            if runs and runs[-1][1] == low + start - 1:
+                runs[-1][1] = low + stop
+            else:
+                runs.append([low + start, low + stop])
+    tail = windows[-1][1][-half:]
+    if tail.all():
+        runs[-1][1] = -1
+    elif tail.any() or len(runs) > 1:
+        return None
+    if not runs:
+        return SizeRule("none")
+    start, stop = runs[0]
+    return (SizeRule("at_least", start) if stop < 0 else SizeRule("fixed", start) if start == stop
+            else SizeRule("range", start, 1, stop))
+
+
+def _first_rule_bounded(windows: list[tuple[int, Any]]) -> SizeRule | None:
+    """The rule of the first window's valid sizes, where it runs to that window's end (`L: multiples of
+    4`), if every later window follows it (stated unbounded), or follows it up to a size and has no valid
+    size past that one (stated up to it: multiples of 4 up to a position table's 2^20 rows); else None.
+    A window that does not follow it from its first size on leaves the sizes before it unknown: None."""
+    import numpy
+
+    low, first = windows[0]
+    rule = _rule(tuple((first.nonzero()[0] + low).tolist()), low, low + len(first) - 1)
+    if rule.kind not in ("at_least", "progression", "periodic") or rule.stop is not None:
+        return None
+    last = None  # the last valid size, once a window stops following the rule
+    for low, valid in windows[1:]:
+        sizes = numpy.arange(low, low + len(valid), dtype=numpy.int64)
+        follows = sizes >= rule.start
+        if rule.kind != "at_least":
+            offsets = (sizes - rule.start) % rule.step
+            follows &= offsets == 0 if rule.kind == "progression" else numpy.isin(offsets, rule.values)
+        if last is not None:
+            if valid.any():
+                return None
+            continue
+        differ = (valid != follows).nonzero()[0]
+        if len(differ) == 0:
+            continue
+        if differ[0] == 0 or valid[differ[0]:].any():
+            return None
+        last = int(low + valid[:differ[0]].nonzero()[0][-1]) if valid[:differ[0]].any() else None
+        if last is None:
+            return None
+    if last is None:
+        return rule
+    if rule.kind == "at_least":
+        return SizeRule("range", rule.start, 1, last)
+    return SizeRule(rule.kind, rule.start, rule.step, last, rule.values)
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Increasing indices as maximal runs of consecutive ones: [0, 1, 2, 5] -> [(0, 2), (5, 5)]."""
+    runs: list[tuple[int, int]] = []
+    for index in indices:
+        if runs and runs[-1][1] == index - 1:
+            runs[-1] = (runs[-1][0], index)
+        else:
+            runs.append((index, index))
+    return runs
 
 
 def _largest_constant(expr: Expr, memo: dict[int, int]) -> int:
@@ -329,14 +452,27 @@ def smallest_without_ones(graph: Graph, symbol: str, start: int, high: int = DEF
     which every node's size that depends on it is at least 2.
 
     torch.export treats a size of 1 as a special case (it broadcasts): a dynamic dim must keep every
-    size it determines at 2 or more, so its minimum there is this, not the solver's."""
+    size it determines at 2 or more, so its minimum there is this, not the solver's.
+
+    Sizes are tried in chunks from `start`, growing to MAX_SIZE_SPAN in all (then the last WINDOW up to
+    `high`): a model declared at 4e9 samples has a range of 4e9 sizes, which no array holds. None where
+    none of those is found."""
     symbols = graph.meta.get("symbols", {})
     guards = graph.meta.get("guards", [])
     group = linked_symbols(guards).get(symbol, frozenset((symbol,)))
     need = [requirement("ge", SymInt(expr, 0), 2) for expr in graph.meta.get("size_exprs", [])]
     need = [guard for guard, read in zip(need, _guard_symbols(need), strict=True) if read & group]
-    valid, _ = valid_sizes_mask([*guards, *need], symbols, set(group), start, high)
-    return next((start + index for index, ok in enumerate(valid) if ok), None)
+    chunks, low, width = [], start, DEFAULT_RANGE[1]
+    while low <= high and low - start < MAX_SIZE_SPAN:
+        chunks.append((low, min(high, low + width - 1)))
+        low, width = low + width, 2 * width
+    if low <= high:
+        chunks.append((max(low, high - WINDOW + 1), high))
+    for low, stop in chunks:
+        valid, _ = valid_sizes_mask([*guards, *need], symbols, set(group), low, stop)
+        if valid.any():
+            return low + int(valid.argmax())
+    return None
 
 
 def joint_guards(guards: list[Guard], symbols: dict[str, tuple[str, int, int]] | None = None,
@@ -386,9 +522,11 @@ def _implied(guard: Guard, read: frozenset[str], symbols: dict[str, tuple[str, i
     grids = numpy.meshgrid(*admitted, indexing="ij")
     env: dict[str, Any] = {name: numpy.int64(value) for name, (_, _, value) in symbols.items()}
     env.update({symbol: grid.ravel() for symbol, grid in zip(sorted(read), grids, strict=True)})
+    ops, overflow = _checked_ops(len(grids[0].ravel()))
     with numpy.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        holds = COMPARISONS[guard.op](evaluate(guard.left, env), evaluate(guard.right, env)) == guard.outcome
-    return bool(numpy.all(holds))
+        left, right = evaluate(guard.left, env, ops=ops), evaluate(guard.right, env, ops=ops)
+        holds = COMPARISONS[guard.op](left, right) == guard.outcome
+    return bool(numpy.all(holds & ~overflow))
 
 
 def linked_symbols(guards: list[Guard]) -> dict[str, frozenset[str]]:
@@ -453,16 +591,42 @@ def valid_sizes_mask(guards: list[Guard], symbols: dict[str, tuple[str, int, int
     valid = numpy.ones(len(candidates), dtype=bool)
     first = numpy.full(len(candidates), -1)
     reads = _guard_symbols(guards) if reads is None else reads
+    ops, overflow = _checked_ops(len(candidates))
     with numpy.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for index, (guard, read) in enumerate(zip(guards, reads, strict=True)):
             if not read & varying:
                 continue
-            left, right = evaluate(guard.left, env, memo), evaluate(guard.right, env, memo)
-            holds = COMPARISONS[guard.op](left, right) == guard.outcome
+            left, right = evaluate(guard.left, env, memo, ops), evaluate(guard.right, env, memo, ops)
+            # a size whose arithmetic leaves int64's range is invalid (no tensor holds 2^62 elements), never
+            # its wrapped-round value: the first guard that reads such a size fails there
+            holds = (COMPARISONS[guard.op](left, right) == guard.outcome) & ~overflow
             if failures:
                 first = numpy.where(valid & ~holds & (first < 0), index, first)
             valid = valid & holds
     return valid, first
+
+
+def _checked_ops(count: int) -> tuple[dict[str, Any], Any]:
+    """`symbolic.VECTOR_OPS` over `count` candidate sizes, and a bool array that each sum and product marks
+    where its result passes MAX_SIZE (numpy's int64 would wrap it round: an Upsample by 2^60 of 2,048 rows
+    read as 0 rows). The product is checked in float64, which holds any product of two int64s."""
+    import numpy
+
+    overflow = numpy.zeros(count, dtype=bool)
+
+    def checked(op: Any, exact: Any) -> Any:
+        def apply(a: Any, b: Any) -> Any:
+            wide = op(numpy.asarray(a, dtype=numpy.float64), numpy.asarray(b, dtype=numpy.float64))
+            beyond = numpy.abs(wide) > MAX_SIZE
+            if beyond.any():
+                overflow[...] |= numpy.broadcast_to(beyond, overflow.shape)
+                return numpy.where(beyond, 0, exact(numpy.where(beyond, 0, a), numpy.where(beyond, 0, b)))
+            return exact(a, b)
+        return apply
+
+    ops = dict(VECTOR_OPS, add=checked(numpy.add, VECTOR_OPS["add"]), mul=checked(numpy.multiply, VECTOR_OPS["mul"]),
+               fmul=checked(numpy.multiply, VECTOR_OPS["fmul"]))
+    return ops, overflow
 
 
 def _guard_symbols(guards: list[Guard]) -> list[frozenset[str]]:
@@ -515,10 +679,12 @@ def _rule(values: tuple[int, ...], low: int, high: int) -> SizeRule:
         if len(values) <= 12:
             return SizeRule("set", start, values=values)
         return SizeRule("progression", start, step, last)
-    period = _period(values, high)
+    period, stop = _period(values, high), None
+    if period is None and last + MAX_PERIOD < high:  # periodic up to a bound (a position table), none past it
+        period, stop = _period(values, last), last
     if period is not None:  # (a stride and a second branch's rounding: H % 3 != 1)
         offsets = tuple(value - start for value in values if value < start + period)
-        return SizeRule("periodic", start, period, values=offsets)
+        return SizeRule("periodic", start, period, stop, offsets)
     return SizeRule("set", start, stop=high, values=values)  # (no pattern: nothing is known past `high`)
 
 

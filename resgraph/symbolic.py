@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Union
 
-__all__ = ["MAX_SIZE", "Expr", "Guard", "SizeOverflowError", "SymInt", "evaluate", "hint", "recorded", "recording",
-           "render", "requirement", "scaled_size", "site", "specialize", "sym_max", "sym_min"]
+__all__ = ["MAX_SIZE", "VECTOR_OPS", "Expr", "Guard", "SizeOverflowError", "SymInt", "evaluate", "hint", "recorded",
+           "recording", "render", "requirement", "scaled_size", "site", "specialize", "sym_max", "sym_min"]
 
 # The largest magnitude a size expression may hold, constants and values at the declared size
 # alike (`expressions.MAX_MAGNITUDE`, the bound on declared sizes). Sizes are solved in int64
@@ -444,11 +444,14 @@ def scaled_size(size: Operand, factor: float) -> Operand:
     return SymInt(_node("fmul", (size.expr, _const(factor))), int(float(size.hint) * factor))
 
 
-def evaluate(expr: Expr, env: Mapping[str, Any], memo: dict[int, Any] | None = None) -> Any:
+def evaluate(expr: Expr, env: Mapping[str, Any], memo: dict[int, Any] | None = None,
+             ops: Mapping[str, Callable[[Any, Any], Any]] | None = None) -> Any:
     """The value of `expr` with each symbol bound by `env` (ints, or numpy arrays for many sizes at once).
 
-    `memo` (keyed by expression identity) shares the work between expressions with common parts.
+    `memo` (keyed by expression identity) shares the work between expressions with common parts;
+    `ops` replaces the arithmetic (`VECTOR_OPS`: numpy's, which wraps past int64; `sizes` checks it).
     """
+    ops = VECTOR_OPS if ops is None else ops
     memo = {} if memo is None else memo
     key = id(expr)
     if key in memo:
@@ -469,7 +472,7 @@ def evaluate(expr: Expr, env: Mapping[str, Any], memo: dict[int, Any] | None = N
                 stack.extend(pending)
                 continue
             left, right = (memo[id(arg)] for arg in node.args)
-            memo[id(node)] = _VECTOR_OPS[node.op](left, right)
+            memo[id(node)] = ops[node.op](left, right)
         stack.pop()
     return memo[key]
 
@@ -492,7 +495,7 @@ def _vector_fmul(a: Any, b: Any) -> Any:
     return numpy.trunc(numpy.multiply(a, b, dtype=numpy.float64)).astype(numpy.int64)  # as scaled_size, at every size
 
 
-_VECTOR_OPS: dict[str, Callable[[Any, Any], Any]] = {
+VECTOR_OPS: dict[str, Callable[[Any, Any], Any]] = {
     "add": operator.add, "mul": operator.mul, "floordiv": operator.floordiv, "mod": operator.mod,
     "max": _vector_max, "min": _vector_min, "fmul": _vector_fmul}
 

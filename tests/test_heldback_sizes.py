@@ -227,3 +227,117 @@ layers:
         assert model(torch.zeros(1, 3, height, 8)).shape == (1, 8, (height - 1) // 512 + 1, 8)
     with pytest.raises(ValueError, match="must be"):  # torch's concat would fail: 3 rows against 2
         model(torch.zeros(1, 3, 1025, 8))
+
+
+# --- sizes past what the solver tries at once (2^20), and arithmetic past int64 ------------------------
+
+def test_a_model_declared_past_two_to_the_twenty_accepts_its_declared_input() -> None:
+    """2,000,000 samples: the rule was solved over 1..2^20 only, found no size and said 'no L works', so the
+    model refused its own declared input. The sizes around the declared one are solved, and the gaps between
+    the windows solved take the rule their edges agree on."""
+    spec = _spec([1, 2000000], "  - conv: {op: Conv1d, out_channels: 2, kernel_size: 4, stride: 4}\n"
+                 "  - flat: {op: Flatten}\n  - fc: {op: Linear, out_features: 3}\n")
+    (_, samples) = resgraph.valid_sizes(spec).dims
+    assert samples.rule.describe("L") == "2000000 <= L <= 2000003"
+    model = resgraph.build(spec, seed=0)
+    assert model(torch.zeros(1, 1, 2000000)).shape == (1, 3)
+    for length in (1999999, 2000004, 1000000, 2048):
+        assert _refused(model, torch.zeros(1, 1, length)), length
+
+
+def test_a_position_table_of_two_to_the_twenty_rows_bounds_the_guard() -> None:
+    """A table of 2^20 rows: the solve stopped at 2^20 with every size valid and stated 'any L', so
+    2^20 + 1 tokens passed the guard and hit IndexError inside the embedding."""
+    spec = "resgraph: 1\nname: Net\n" + _POSITIONS % 2**20
+    (length,) = resgraph.valid_sizes(spec).dims
+    assert length.rule.describe("L") == "1 <= L <= 1048576"
+    model = resgraph.build(spec, seed=0, device="meta")
+    assert _refused(model, torch.zeros(1, 2**20 + 1, dtype=torch.long, device="meta"))
+    assert not _refused(model, torch.zeros(1, 2**20, dtype=torch.long, device="meta"))
+
+
+def test_sizes_whose_arithmetic_passes_int64_are_invalid_not_wrapped_round() -> None:
+    """A transposed conv of stride 2^60 on a length declared 1: at 17, (17 - 1) * 2^60 wrapped round to 0 in
+    int64, the same as at 1, so `resgraph sizes` said 'L in {1 + 16k}'; no such input can run."""
+    spec = _spec([], "  - up: {op: ConvTranspose1d, out_channels: 1, kernel_size: 1, stride: 1152921504606846976}\n"
+                 "  - flat: {op: Flatten}\n  - fc: {op: Linear, out_features: 2}\n",
+                 inputs="  x: {shape: [1, 1], layout: channels_first}\n")
+    report = resgraph.valid_sizes(spec, low=1, high=64)
+    (_, length) = report.dims
+    assert length.rule.describe("L") == "L = 1" and length.valid == (1,)
+    assert length.failures[17] == "up"  # where the size first passes 2^62
+
+
+def test_a_progression_past_two_to_the_twenty_is_checked_whole() -> None:
+    """Down by 4 and up again, added to the input, declared at 2,000,000 samples: multiples of 4. The
+    solve stopped at 2^20 short of the declared size; the rule holds in every window solved, and on."""
+    spec = _spec([], "  - down: {op: Conv1d, out_channels: 1, kernel_size: 4, stride: 4}\n"
+                 "  - up: {op: ConvTranspose1d, out_channels: 1, kernel_size: 4, stride: 4}\n"
+                 "  - s: {op: add, input: [x, up]}\n", inputs="  x: {shape: [1, 2000000], layout: channels_first}\n")
+    (_, samples) = resgraph.valid_sizes(spec).dims
+    assert samples.rule.describe("L") == "L: multiples of 4"
+    model = resgraph.build(spec, seed=0, device="meta")
+    assert not _refused(model, torch.zeros(1, 1, 2000000, device="meta"))
+    assert _refused(model, torch.zeros(1, 1, 2000001, device="meta"))
+
+
+def test_a_progression_bounded_by_a_table_past_two_to_the_twenty_keeps_its_bound() -> None:
+    spec = ("resgraph: 1\nname: Net\n" + _POSITIONS % 3000001
+            + "  - t: {op: transpose, dim0: 1, dim1: 2}\n"
+              "  - down: {op: Conv1d, out_channels: 4, kernel_size: 4, stride: 4}\n"
+              "  - up: {op: ConvTranspose1d, out_channels: 4, kernel_size: 4, stride: 4}\n"
+              "  - sum: {op: add, input: [t, up]}\n")
+    (length,) = resgraph.valid_sizes(spec).dims
+    assert length.rule.describe("L") == "L: multiples of 4 up to 3000000"
+    assert not length.rule.holds(3000004) and length.rule.holds(3000000) and not length.rule.holds(2999999)
+
+
+def test_two_inputs_declared_past_two_to_the_twenty_are_solved_together() -> None:
+    spec = _spec([], "  - s: {op: add, input: [x, y]}\n"
+                 "  - conv: {op: Conv1d, out_channels: 2, kernel_size: 4, stride: 4}\n"
+                 "  - flat: {op: Flatten}\n  - fc: {op: Linear, out_features: 3}\n",
+                 inputs="  x: {shape: [1, 2000000], layout: channels_first}\n"
+                        "  y: {shape: [1, 2000000], layout: channels_first}\n")
+    report = resgraph.valid_sizes(spec)
+    assert [dim.rule.describe("L") for dim in report.dims if dim.free] == ["2000000 <= L <= 2000003"] * 2
+    model = resgraph.build(spec, seed=0, device="meta")
+    x = torch.zeros(1, 1, 2000000, device="meta")
+    assert not _refused(model, x, x)
+    assert _refused(model, x, torch.zeros(1, 1, 2000001, device="meta"))
+
+
+def test_sizes_of_two_residues_past_two_to_the_twenty_stay_a_periodic_rule() -> None:
+    spec = _spec([3, 2000000, 8], "  - a: {op: Conv2d, out_channels: 4, kernel_size: 3, stride: 3, padding: 1}\n"
+                 "  - b: {op: Conv2d, out_channels: 4, kernel_size: 2, stride: 3, input: x}\n"
+                 "  - cat: {op: concat, input: [a, b], dim: 1}\n")
+    height = resgraph.valid_sizes(spec).dims[1]
+    assert height.rule.describe("H") == "H in {2, 3} + 3k"
+
+
+def test_dynamic_shapes_of_a_model_declared_at_billions_of_samples_are_found_in_chunks() -> None:
+    """The smallest size without ones was searched over every size up to the declared 4e9 at once: a
+    MemoryError asking for 30 GiB."""
+    spec = _spec([], "  - conv: {op: Conv1d, out_channels: 2, kernel_size: 4, stride: 4}\n",
+                 inputs="  x: {shape: [1, 4000000000], layout: channels_first}\n")
+    model = resgraph.build(spec, seed=0, device="meta")
+    (shapes,) = model.dynamic_shapes()
+    assert shapes[2].min == 8  # the output is 2 long at 8 samples, 1 below
+
+
+@pytest.mark.parametrize("rows", [3000, 3000000])
+def test_sizes_of_two_residues_up_to_a_position_table_are_a_bounded_periodic_rule(rows: int) -> None:
+    """Two strided branches (valid L in {2, 3} + 3k) after a position table: the pattern stops at the table's
+    last row. It made a 'set' listing every size up to the table and admitting every size past the solve
+    ('or L > 6002'), so 6,003 tokens passed the guard to IndexError; past 2^20 rows, the same from 2,108 on."""
+    spec = ("resgraph: 1\nname: Net\n" + _POSITIONS.replace("[16]", "[30]") % rows
+            + "  - t: {op: transpose, dim0: 1, dim1: 2}\n"
+              "  - a: {op: Conv1d, out_channels: 4, kernel_size: 3, stride: 3, padding: 1, input: t}\n"
+              "  - b: {op: Conv1d, out_channels: 4, kernel_size: 2, stride: 3, input: t}\n"
+              "  - cat: {op: concat, input: [a, b], dim: 1}\n")
+    (length,) = resgraph.valid_sizes(spec).dims
+    assert length.rule.describe("L") == f"L in {{2, 3}} + 3k up to {rows}"
+    model = resgraph.build(spec, seed=0, device="meta")
+    for size in (4, rows + 2, 2 * rows + 3, 2 * rows + 5):
+        assert _refused(model, torch.zeros(1, size, dtype=torch.long, device="meta")), size
+    for size in (2, 5, rows - 1, rows):
+        assert not _refused(model, torch.zeros(1, size, dtype=torch.long, device="meta")), size
