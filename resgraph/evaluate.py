@@ -30,7 +30,7 @@ from .suggest import did_you_mean
 from .translate import coerced_diagnostics, pydantic_diagnostics, subject
 
 __all__ = ["LAYER", "LEFT_OUT", "SCALED_OPS", "concrete", "evaluate_tree", "freeze", "holds_expression", "is_left_out",
-           "names_read", "plain_overrides", "resolve_params", "scale_width"]
+           "evaluate_params", "names_read", "plain_overrides", "resolve_params", "scale_width"]
 
 SCALED_OPS = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
 
@@ -146,18 +146,32 @@ def resolve_params(declared: Mapping[str, Any], overrides: Mapping[str, Any], or
             diagnostics.append(Diagnostic(Location(origin.source.file), f"cannot override parameter {name!r}: the "
                                                                         f"spec declares no parameter {name!r}"
                                                                         f"{hint}{known}"))
+    return evaluate_params(declared, overrides, lambda values: values, origin, diagnostics)
+
+
+def evaluate_params(declared: Mapping[str, Any], given: Mapping[str, Any],
+                    names: Callable[[dict[str, Any]], Mapping[str, Any]], origin: Origin,
+                    diagnostics: list[Diagnostic], dependent: list[str] | None = None) -> dict[str, Any]:
+    """Parameter values in declared order: the given one, else the default evaluated in
+    `names(values so far)` (so a default may use earlier parameters).
+
+    A default that reads a parameter whose own expression failed is left None without a message of
+    its own: the failure is reported once, where it happened, not again as `None * 2` in each
+    parameter computed from it (a spec's `params:` and a block's alike).
+    """
     values: dict[str, Any] = {}
     failed: set[str] = set()  # parameters whose own expressions failed (and are reported)
     for name, default in declared.items():
-        if name in overrides:
-            values[name] = overrides[name]
+        if name in given:
+            values[name] = given[name]
         elif _reads(default) & failed:
             values[name] = None  # its inputs failed: a second error about it would only repeat theirs
             failed.add(name)
         else:
-            known = len(diagnostics)
-            values[name] = evaluate_tree(default, values, origin.child(name), diagnostics)
-            if len(diagnostics) > known:
+            known = (len(diagnostics), len(dependent) if dependent is not None else 0)
+            values[name] = evaluate_tree(default, names(values), origin.child(name), diagnostics,
+                                         dependent=dependent)
+            if (len(diagnostics), len(dependent) if dependent is not None else 0) != known:
                 failed.add(name)
     return values
 

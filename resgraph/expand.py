@@ -34,7 +34,16 @@ from typing import Any, NamedTuple
 from pydantic import TypeAdapter, ValidationError
 
 from .errors import Diagnostic, ResgraphError, SpecError
-from .evaluate import LAYER, LEFT_OUT, SHAPE_NAMES, concrete, evaluate_tree, is_scaled_already, names_read
+from .evaluate import (
+    LAYER,
+    LEFT_OUT,
+    SHAPE_NAMES,
+    concrete,
+    evaluate_params,
+    evaluate_tree,
+    is_scaled_already,
+    names_read,
+)
 from .expressions import ExpressionError, Unavailable, evaluate, expression_body, expression_names, width_scaling
 from .loader import MAX_BYTES, MAX_NODES, LoadedSpec, Origin, SourceMap, load_import
 from .ops import OPS, GenericOpError, Layer, TensorType
@@ -473,6 +482,8 @@ class Expander(_BlockTable):
         known = len(self.diagnostics)
         dependent: list[str] = []
         bound = self.given(recipe, context, self.diagnostics, dependent)
+        if len(self.diagnostics) > known or dependent:
+            return None  # a `with:` value failed: the defaults computed from it would only repeat it
         # Inside a block the built-in names win over top-level parameters of the same name (a spec's
         # `in_channels: 1` sizes its input; a block's `${in_channels}` is still its own input's)
         spec_params = {k: v for k, v in self.spec.params.items() if k not in SHAPE_NAMES}
@@ -662,17 +673,11 @@ class Expander(_BlockTable):
              dependent: list[str]) -> dict[str, Any] | None:
         """Block parameter values: given ones, else defaults (which may use earlier ones and the
         block's input shape)."""
-        values: dict[str, Any] = {}
-        for name, default in definition.params.items():
-            if name in given:
-                values[name] = given[name]
-            elif default == REQUIRED:
-                return None  # reported by check_with
-            else:
-                values[name] = evaluate_tree(default, _ShapeNames({**names.base, **values}, names.inputs),
-                                             block.origin.child("params", name), self.diagnostics,
-                                             dependent=dependent)
-        return values
+        if any(default == REQUIRED and name not in given for name, default in definition.params.items()):
+            return None  # reported by check_with
+        return evaluate_params(definition.params, given,
+                               lambda values: _ShapeNames({**names.base, **values}, names.inputs),
+                               block.origin.child("params"), self.diagnostics, dependent)
 
 
 def prescaled_params(params: Mapping[str, Any], given: Mapping[str, Any], caller: frozenset[str]) -> frozenset[str]:
