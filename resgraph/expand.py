@@ -50,7 +50,7 @@ from .ops import OPS, GenericOpError, Layer, TensorType
 from .ops.base import is_identifier
 from .ops.generic import torch_module_class
 from .ops.tensor import SplitBase, pieces
-from .resources import is_shipped
+from .resources import SHIPPED, is_shipped, shipped_libraries
 from .spec import INSTANCE_NAMES, REQUIRED, BlockCall, BlockDef, BlockLibrary, InputDecl, Projection, Skip, Spec
 from .suggest import did_you_mean
 from .symbolic import specialize
@@ -307,7 +307,8 @@ class _BlockTable:
                 continue
             except (ResgraphError, OSError, ValueError) as exc:  # the file cannot be read, or is not a library
                 reason = str(exc) or type(exc).__name__
-                self.diagnostics.append(Diagnostic(where.locate(), f"cannot import {relative!r}: {reason}"))
+                self.diagnostics.append(Diagnostic(where.locate(), f"cannot import {relative!r}: {reason}",
+                                                   _missing_import_hint(relative, path, origin.source.file)))
                 continue
             library_origin = Origin(loaded.source, ())
             self.load_imports(library.imports, library_origin, [*chain, os.path.abspath(path)])
@@ -678,6 +679,21 @@ class Expander(_BlockTable):
         return evaluate_params(definition.params, given,
                                lambda values: _ShapeNames({**names.base, **values}, names.inputs),
                                block.origin.child("params"), self.diagnostics, dependent)
+
+
+def _missing_import_hint(relative: str, path: str, importer: str) -> str | None:
+    """How to fix an import whose file is not there: the shipped library of that name, and where a
+    spec given as text or a dict (no file of its own) looked for it."""
+    if is_shipped(path) or os.path.exists(path):
+        return None  # there, but unreadable or not a library: the reason says so
+    hints = []
+    shipped = f"{SHIPPED}{relative.removeprefix('./')}"
+    if shipped in shipped_libraries():
+        hints.append(f"resgraph ships this library: import it as `{shipped}`")
+    if not os.path.dirname(importer) and importer.startswith("<"):
+        hints.append(f"a spec given as text or a dict has no file of its own, so its imports are read relative to "
+                     f"the current directory ({os.getcwd()}); build it from its path to import relative to it")
+    return "; ".join(hints) or None
 
 
 def prescaled_params(params: Mapping[str, Any], given: Mapping[str, Any], caller: frozenset[str]) -> frozenset[str]:

@@ -3,12 +3,15 @@ reported once, where they happen."""
 
 from __future__ import annotations
 
+import pathlib
 import textwrap
 
 import pytest
 
 import resgraph
 from resgraph.errors import SpecError
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 
 
 def _errors(text: str) -> list[str]:
@@ -50,3 +53,26 @@ def test_a_failed_block_default_is_reported_once_not_again_in_later_defaults() -
           - a: {block: lin}
         """)
     assert errors == ["<string>:7:20: error: in ${1 // 0}: cannot compute: integer division or modulo by zero"]
+
+
+def test_a_copied_resnet_spec_whose_library_is_missing_is_pointed_at_the_shipped_one(tmp_path: pathlib.Path) -> None:
+    copied = tmp_path / "resnet18.yaml"
+    copied.write_text((EXAMPLES / "resnet18.yaml").read_text())
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(copied)
+    (problem,) = caught.value.diagnostics
+    assert problem.location.line == 6 and problem.message.endswith("/blocks/resnet.yaml: no such file")
+    assert problem.hint == "resgraph ships this library: import it as `resgraph:blocks/resnet.yaml`"
+    copied.write_text(copied.read_text().replace("[blocks/resnet.yaml]", "[resgraph:blocks/resnet.yaml]"))
+    assert resgraph.build(copied, device="meta").fc.out_features == 1000
+
+
+def test_a_spec_given_as_text_says_where_its_relative_imports_were_looked_for(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    text = (EXAMPLES / "resnet18.yaml").read_text()
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(text)
+    (problem,) = caught.value.diagnostics
+    assert f"relative to the current directory ({tmp_path})" in (problem.hint or "")
+    assert "build it from its path" in (problem.hint or "")
