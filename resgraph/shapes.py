@@ -32,7 +32,7 @@ from .hints import skip_hint
 from .ops import OPS, ShapeError, TensorType, merge_type
 from .ops.base import FLOAT_DTYPES, FRESH, TO_FLOAT_HINT, DtypeError, FeatureMapLayer, Storage
 from .ops.elementwise import RETURNS_INPUT
-from .ops.tensor import BlockOutput
+from .ops.tensor import BlockOutput, SplitBase
 from .projections import ProjectionError, describe_steps, plan_projection, projection_parameters
 from .resolve import resolve
 from .spec import MAX_DIM, BlockDef, InputDecl
@@ -107,6 +107,7 @@ def infer_shapes(graph: Graph, input_types: list[TensorType] | None = None,
 
 def _infer(graph: Graph, input_types: list[TensorType], memo: _Memo) -> list[Diagnostic]:
     diagnostics: list[Diagnostic] = []
+    failed_splits: set[tuple[int, str]] = set()
     given = iter(input_types)
     for node in graph.nodes.values():
         if isinstance(node, InputNode):
@@ -135,9 +136,22 @@ def _infer(graph: Graph, input_types: list[TensorType], memo: _Memo) -> list[Dia
                     _infer_skip(graph, node, inputs, diagnostics, memo)
                 _check_size(node)
         except (ShapeError, SizeOverflowError) as exc:
-            diagnostics.append(_located(graph, node, exc))
+            problem = _located(graph, node, exc)
+            group = _split_group(node)
+            if group is not None:  # every piece of a chunk or split fails alike: say it once, at the first
+                said = (id(group), str(exc))
+                if said in failed_splits:
+                    continue
+                failed_splits.add(said)
+            diagnostics.append(problem)
     diagnostics += _inplace_hazards(graph)
     return diagnostics
+
+
+def _split_group(node: Node) -> SplitBase | None:
+    """The chunk or split a node is one piece of (`ops.tensor_ops.Piece`), else None."""
+    group = getattr(node.layer, "group", None) if isinstance(node, LayerNode) else None
+    return group if isinstance(group, SplitBase) else None
 
 
 def _check_size(node: Node) -> None:

@@ -76,3 +76,21 @@ def test_a_spec_given_as_text_says_where_its_relative_imports_were_looked_for(
     (problem,) = caught.value.diagnostics
     assert f"relative to the current directory ({tmp_path})" in (problem.hint or "")
     assert "build it from its path" in (problem.hint or "")
+
+
+@pytest.mark.parametrize(("layer", "message"), [
+    ("{op: chunk, chunks: 4, dim: 2, outputs: [a, b, c, d]}",
+     "dim 2 of (4, 6, 8) splits into 3 pieces [2, 2, 2], but 4 outputs are named"),
+    ("{op: split, split_size: [2, 3], dim: 1, outputs: [a, b]}", "split sizes [2, 3] add up to 5, not the dim's 4"),
+    ("{op: chunk, chunks: 2, dim: -4, outputs: [a, b]}", "dim=-4 is the batch dimension; use a dim between 1 and 3"),
+])
+def test_a_chunk_or_split_that_does_not_fit_is_reported_once_not_once_per_output(layer: str, message: str) -> None:
+    errors = _errors(f"""\
+        resgraph: 1
+        name: P
+        inputs:
+          x: [4, 6, 8]
+        layers:
+          - parts: {layer}
+        """)
+    assert len(errors) == 1 and errors[0].endswith(message)
