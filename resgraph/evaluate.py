@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .errors import Diagnostic, Location, UsageError
-from .expressions import ExpressionError, evaluate, expression_body, expression_calls, expression_names
+from .expressions import ExpressionError, Unavailable, evaluate, expression_body, expression_calls, expression_names
 from .loader import Origin, Path, copy_data
 from .ops import OPS, GenericLayer, Layer, ShapeError
 from .spec import SHAPE_NAMES, BlockCall, Scale, _layer_tag
@@ -30,7 +30,7 @@ from .suggest import did_you_mean
 from .translate import coerced_diagnostics, pydantic_diagnostics, subject
 
 __all__ = ["LAYER", "LEFT_OUT", "SCALED_OPS", "concrete", "evaluate_tree", "freeze", "holds_expression", "is_left_out",
-           "evaluate_params", "names_read", "plain_overrides", "resolve_params", "scale_width"]
+           "FailedNames", "evaluate_params", "names_read", "plain_overrides", "resolve_params", "scale_width"]
 
 SCALED_OPS = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
 
@@ -132,8 +132,11 @@ def plain_overrides(params: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def resolve_params(declared: Mapping[str, Any], overrides: Mapping[str, Any], origin: Origin,
-                   diagnostics: list[Diagnostic]) -> dict[str, Any]:
+                   diagnostics: list[Diagnostic]) -> Mapping[str, Any]:
     """Parameter values: declared defaults (which may use earlier params), then overrides.
+
+    Where a parameter's expression failed (reported), the values are a `FailedNames`: what reads it
+    (`scale:`, an input's shape) fails as `Unavailable`, quietly, instead of reading None.
 
     An override of an undeclared parameter is an error with suggestions. Overrides come from
     `--set`, from `params=` in Python, or from a saved model's record, so the message names none
@@ -146,21 +149,53 @@ def resolve_params(declared: Mapping[str, Any], overrides: Mapping[str, Any], or
             diagnostics.append(Diagnostic(Location(origin.source.file), f"cannot override parameter {name!r}: the "
                                                                         f"spec declares no parameter {name!r}"
                                                                         f"{hint}{known}"))
-    return evaluate_params(declared, overrides, lambda values: values, origin, diagnostics)
+    failed: set[str] = set()
+    values = evaluate_params(declared, overrides, lambda values: values, origin, diagnostics, failed=failed)
+    return FailedNames(values, failed) if failed else values
+
+
+class FailedNames(Mapping[str, Any]):
+    """Names some of which failed to evaluate (reported where they failed): reading one raises
+    `Unavailable`, so an expression that reads it is dropped rather than reported again.
+
+    >>> names = FailedNames({"a": 1, "b": None}, {"b"})
+    >>> names["a"], "b" in names
+    (1, True)
+    """
+
+    def __init__(self, values: Mapping[str, Any], failed: AbstractSet[str]) -> None:
+        self.values = values
+        self.failed = failed
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self.failed:
+            raise Unavailable(f"{key} is unknown: its own expression failed")
+        return self.values[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.values  # (Mapping's own reads the value, which raises for a failed name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)
 
 
 def evaluate_params(declared: Mapping[str, Any], given: Mapping[str, Any],
                     names: Callable[[dict[str, Any]], Mapping[str, Any]], origin: Origin,
-                    diagnostics: list[Diagnostic], dependent: list[str] | None = None) -> dict[str, Any]:
+                    diagnostics: list[Diagnostic], dependent: list[str] | None = None,
+                    failed: set[str] | None = None) -> dict[str, Any]:
     """Parameter values in declared order: the given one, else the default evaluated in
     `names(values so far)` (so a default may use earlier parameters).
 
     A default that reads a parameter whose own expression failed is left None without a message of
     its own: the failure is reported once, where it happened, not again as `None * 2` in each
-    parameter computed from it (a spec's `params:` and a block's alike).
+    parameter computed from it (a spec's `params:` and a block's alike). The names of the
+    parameters that failed are added to `failed`, when given.
     """
     values: dict[str, Any] = {}
-    failed: set[str] = set()  # parameters whose own expressions failed (and are reported)
+    failed = set() if failed is None else failed  # parameters whose own expressions failed (and are reported)
     for name, default in declared.items():
         if name in given:
             values[name] = given[name]

@@ -27,7 +27,7 @@ import math
 import operator
 import re
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from .suggest import did_you_mean
 
@@ -98,11 +98,27 @@ def scaled(channels: float) -> float:
     return scaled_width(channels)
 
 
+class _Refused(Exception):
+    """Raised by `error(message)`: the spec's own message, shown as it is."""
+
+
+def error(message: str) -> NoReturn:
+    """Fail the expression with the spec's own `message`, located at the call: how a spec refuses a
+    value it does not support (`${0 if scale == 'n' else ... else error('scale must be n, s, ...')}`).
+
+    Raises:
+        ValueError: `message` is not a string.
+    """
+    if not isinstance(message, str):
+        raise ValueError(f"it takes a message (a string), not {_clip(message)}")
+    raise _Refused(message)
+
+
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     "min": min, "max": max, "abs": abs, "round": _round, "int": int, "float": float,
     "ceil": math.ceil, "floor": math.floor, "sqrt": math.sqrt, "len": len, "sum": sum,
     "exp": math.exp, "log": math.log,  # log(x) natural, log(x, base): RegNet's quantised stage widths
-    "make_divisible": make_divisible, "scaled": scaled,
+    "make_divisible": make_divisible, "scaled": scaled, "error": error,
 }
 
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -374,6 +390,8 @@ class _Evaluator:
             raise self.fail(node, "argument unpacking is not allowed")
         try:
             return FUNCTIONS[node.func.id](*args, **kwargs)
+        except _Refused as exc:
+            raise self.fail(node, str(exc)) from None
         except (TypeError, ValueError, OverflowError) as exc:
             raise self.fail(node, f"{node.func.id}(...) failed: {exc}") from None
 

@@ -81,7 +81,7 @@ def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics:
     found: list[Diagnostic] = []
     values = resolve_params(data.get("params", {}), params or {}, root.child("params"), found)
     shell = {k: v for k, v in data.items() if k not in _TEMPLATES}
-    data = {**evaluate_tree(shell, values, root, found), **{k: data[k] for k in _TEMPLATES if k in data}}
+    data = {**evaluate_tree(shell, values, root, found, dependent=[]), **{k: data[k] for k in _TEMPLATES if k in data}}
     if found:
         raise SpecError([*problems, *found])
     try:

@@ -94,3 +94,33 @@ def test_a_chunk_or_split_that_does_not_fit_is_reported_once_not_once_per_output
           - parts: {layer}
         """)
     assert len(errors) == 1 and errors[0].endswith(message)
+
+
+def test_error_refuses_a_value_with_the_specs_own_message_and_what_reads_it_stays_quiet() -> None:
+    errors = _errors("""\
+        resgraph: 1
+        name: P
+        params:
+          size: q
+          row: "${0 if size == 'n' else 1 if size == 's' else error('size must be n or s')}"
+          widths: [0.25, 0.5]
+        scale: {width: "${widths[row]}"}
+        inputs:
+          x: [3, 8, 8]
+        layers:
+          - conv: {op: Conv2d, out_channels: 64, kernel_size: 1}
+        """)
+    (problem,) = errors  # at the call of `error`; not again where scale.width reads `row`
+    assert problem.startswith("<string>:5:55: error: in ${") and problem.endswith("}: size must be n or s")
+
+
+def test_error_takes_a_message() -> None:
+    (problem,) = _errors("""\
+        resgraph: 1
+        name: P
+        inputs:
+          x: [4]
+        layers:
+          - fc: {op: Linear, out_features: "${error(3)}"}
+        """)
+    assert problem.endswith("error(...) failed: it takes a message (a string), not 3")

@@ -39,9 +39,11 @@ def test_scale_reaches_depths_and_widths_as_ultralytics_rounds_them() -> None:
     assert x.detect.l3.cls.out_channels == 80 and x.detect.l3.box.out_channels == 64
 
 
-def test_an_unknown_scale_is_an_error() -> None:
-    with pytest.raises(resgraph.SpecError, match="got index 'scale must be n, s, m, l or x'"):
+def test_an_unknown_scale_is_one_error_at_the_row_parameter() -> None:
+    with pytest.raises(resgraph.SpecError) as caught:
         resgraph.check(SPEC, params={"scale": "q"})
+    (problem,) = caught.value.diagnostics  # not again in each of scale:'s three rows that read it
+    assert problem.location.line == 20 and problem.message.endswith(": scale must be n, s, m, l or x")
 
 
 def ultralytics_decode(levels: list[torch.Tensor], dfl: torch.Tensor, nc: int = 80) -> torch.Tensor:
