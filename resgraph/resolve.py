@@ -228,6 +228,13 @@ class _Resolver:
             return True
         if part not in values:
             shown = names if len(values) <= 8 else f"{base}.{values[0]} ... {base}.{values[-1]}"
+            if base in self.collected and part.isdigit():  # a count the spec may not see: scaled, computed
+                self.fail(where, f"{label}: {base!r} has no instance {part}: its repeat makes {len(values)} "
+                                 f"({shown})",
+                          f"the count is what `repeat:` gives, times `scale.depth` where the spec scales depth "
+                          f"(`scale: false` on the call keeps it as written); read every instance as {base}.*",
+                          key=False)
+                return False
             self.fail(where, f"{label}: {base!r} has no output {part!r}{did_you_mean(part, values)}",
                       f"its values: {shown}" + (f", or all of them as {base}.*" if spliced else ""), key=False)
             return False

@@ -124,3 +124,21 @@ def test_error_takes_a_message() -> None:
           - fc: {op: Linear, out_features: "${error(3)}"}
         """)
     assert problem.endswith("error(...) failed: it takes a message (a string), not 3")
+
+
+def test_reading_an_instance_that_depth_scaling_removed_says_how_many_the_repeat_makes() -> None:
+    (problem,) = _errors("""\
+        resgraph: 1
+        name: P
+        scale: {depth: 0.3}
+        inputs:
+          x: [4, 8, 8]
+        blocks:
+          unit:
+            layers:
+              - c: {op: Conv2d, out_channels: 4, kernel_size: 3, padding: 1}
+        layers:
+          - m: {block: unit, repeat: 3, collect: true}
+          - cat: {op: concat, input: [m.0, m.2]}
+        """)
+    assert problem == "<string>:12:30: error: layer 'cat': 'm' has no instance 2: its repeat makes 1 (m.0)"
