@@ -280,7 +280,7 @@ class _BlockTable:
             where = origin.child("imports", i)
             path = relative if is_shipped(relative) else os.path.normpath(os.path.join(base, relative))
             if os.path.abspath(path) in chain:
-                cycle = " -> ".join(os.path.relpath(p) for p in [*chain, os.path.abspath(path)])
+                cycle = " -> ".join(_shown_path(p) for p in [*chain, os.path.abspath(path)])
                 self.diagnostics.append(Diagnostic(where.locate(), f"import cycle: {cycle}"))
                 continue
             key = path if is_shipped(path) else os.path.abspath(path)
@@ -679,6 +679,16 @@ class Expander(_BlockTable):
         return evaluate_params(definition.params, given,
                                lambda values: _ShapeNames({**names.base, **values}, names.inputs),
                                block.origin.child("params"), self.diagnostics, dependent)
+
+
+def _shown_path(path: str) -> str:
+    """An absolute path as a message shows it: relative to the current directory when it lies under it
+    (`lib/a.yaml`), else absolute (not `../../tmp/lib/a.yaml`)."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # (another drive, on Windows)
+        return path
+    return path if relative.startswith(os.pardir) else relative
 
 
 def _missing_import_hint(relative: str, path: str, importer: str) -> str | None:

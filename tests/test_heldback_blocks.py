@@ -142,3 +142,25 @@ def test_reading_an_instance_that_depth_scaling_removed_says_how_many_the_repeat
           - cat: {op: concat, input: [m.0, m.2]}
         """)
     assert problem == "<string>:12:30: error: layer 'cat': 'm' has no instance 2: its repeat makes 1 (m.0)"
+
+
+def test_an_import_cycle_outside_the_current_directory_names_its_files_by_absolute_path(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "lib").mkdir()
+    for name, other in (("a", "b"), ("b", "a")):
+        (tmp_path / "lib" / f"{name}.yaml").write_text(
+            f"resgraph: 1\nimports: [{other}.yaml]\nblocks: {{{name}: {{layers: [{{r: {{op: ReLU}}}}]}}}}\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("resgraph: 1\nname: P\nimports: [lib/a.yaml]\ninputs: {x: [4]}\nlayers:\n  - r: {op: ReLU}\n")
+    elsewhere = tmp_path / "work" / "deep"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(spec)
+    (problem,) = caught.value.diagnostics
+    lib = tmp_path / "lib"
+    assert problem.message == f"import cycle: {spec} -> {lib / 'a.yaml'} -> {lib / 'b.yaml'} -> {lib / 'a.yaml'}"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SpecError) as caught:
+        resgraph.check("spec.yaml")
+    assert caught.value.diagnostics[0].message == "import cycle: spec.yaml -> lib/a.yaml -> lib/b.yaml -> lib/a.yaml"
