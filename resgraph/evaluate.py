@@ -149,8 +149,19 @@ def resolve_params(declared: Mapping[str, Any], overrides: Mapping[str, Any], or
             diagnostics.append(Diagnostic(Location(origin.source.file), f"cannot override parameter {name!r}: the "
                                                                         f"spec declares no parameter {name!r}"
                                                                         f"{hint}{known}"))
+    # An override is a value: a `${...}` in it would reach the layers unevaluated, and be reported
+    # there as "an expression may not produce an expression", far from where it was given.
+    refused = {name for name, value in overrides.items() if name in declared and holds_expression(value)}
+    for name in refused:
+        diagnostics.append(Diagnostic(Location(origin.source.file),
+                                      f"cannot override parameter {name!r} with {_shorten(str(overrides[name]))!r}: "
+                                      "an override is a value, not an expression",
+                                      f"give the value itself; an expression belongs in the spec's `params:` "
+                                      f"(`{name}: \"${{...}}\"`)"))
     failed: set[str] = set()
-    values = evaluate_params(declared, overrides, lambda values: values, origin, diagnostics, failed=failed)
+    given = {name: value for name, value in overrides.items() if name not in refused}
+    values = evaluate_params(declared, given, lambda values: values, origin, diagnostics, failed=failed)
+    failed |= refused
     return FailedNames(values, failed) if failed else values
 
 

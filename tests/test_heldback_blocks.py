@@ -164,3 +164,24 @@ def test_an_import_cycle_outside_the_current_directory_names_its_files_by_absolu
     with pytest.raises(SpecError) as caught:
         resgraph.check("spec.yaml")
     assert caught.value.diagnostics[0].message == "import cycle: spec.yaml -> lib/a.yaml -> lib/b.yaml -> lib/a.yaml"
+
+
+@pytest.mark.parametrize(("override", "shown"), [
+    ({"num_classes": "${image_size}"}, "'${image_size}'"),
+    ({"depths": [2, "${1 + 1}", 2, 2]}, "\"[2, '${1 + 1}', 2, 2]\""),
+])
+def test_an_override_holding_an_expression_is_refused_where_it_is_given(override: dict, shown: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(EXAMPLES / "resnet18.yaml", params=override)
+    (problem,) = caught.value.diagnostics  # not again at each layer that reads the parameter
+    name = next(iter(override))
+    assert problem.location.line == 0
+    assert problem.message == (f"cannot override parameter {name!r} with {shown}: "
+                               "an override is a value, not an expression")
+
+
+def test_cli_set_with_an_expression_exits_with_the_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from resgraph.cli import main
+    assert main(["validate", str(EXAMPLES / "resnet18.yaml"), "--set", "num_classes=${image_size}"]) != 0
+    err = capsys.readouterr().err
+    assert "cannot override parameter 'num_classes'" in err and "Traceback" not in err
