@@ -25,7 +25,7 @@ from .errors import Diagnostic, Location, UsageError
 from .expressions import ExpressionError, Unavailable, evaluate, expression_body, expression_calls, expression_names
 from .loader import Origin, Path, copy_data
 from .ops import OPS, GenericLayer, Layer, ShapeError
-from .spec import SHAPE_NAMES, BlockCall, Scale, _layer_tag
+from .spec import BUILTIN_NAMES, SHAPE_NAMES, BlockCall, Scale, _layer_tag
 from .suggest import did_you_mean
 from .translate import coerced_diagnostics, pydantic_diagnostics, subject
 
@@ -85,12 +85,24 @@ def _walk(item: Any, rel: Path, names: Mapping[str, Any], origin: Origin, diagno
         where = origin.child(*rel).locate()
         column = where.column + 2 + exc.offset if where.line else 0
         diagnostics.append(Diagnostic(Location(where.file, where.line, column),
-                                      f"in ${{{_shorten(body.strip())}}}: {exc}"))
+                                      f"in ${{{_shorten(body.strip())}}}: {exc}", _builtin_name_hint(exc.unknown_name)))
         return None
     if expression_body(result) is not None:
         diagnostics.append(Diagnostic(origin.child(*rel).locate(), "an expression may not produce an expression"))
         return None
     return result
+
+
+def _builtin_name_hint(name: str | None) -> str | None:
+    """Where a name resgraph binds (`index`, `in_channels`, ...) can be read, for an expression that
+    read it where it is not bound: a call's own `repeat:` or `when:`, a layer outside any block."""
+    if name not in BUILTIN_NAMES:
+        return None
+    if name in SHAPE_NAMES:
+        return (f"`{name}` ({BUILTIN_NAMES[name]}) is bound inside a block's body, for each instance; "
+                "outside blocks, the spec's own inputs have declared shapes")
+    return (f"`{name}` ({BUILTIN_NAMES[name]}) is bound inside a block and in a block call's `with:`, for each "
+            "instance; a call's own `repeat:` and `when:` are read once for the whole call")
 
 
 # The plain value a subclass holds: `str(member)` of a `(str, Enum)` is 'Mode.a', not its value.

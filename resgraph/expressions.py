@@ -133,6 +133,7 @@ class ExpressionError(ValueError):
     """A bad expression; `offset` is the 0-based column inside the expression text."""
 
     dependent = False  # True: the failure follows from another error, reported already
+    unknown_name: str | None = None  # the name it failed to find, where that is why it failed
 
     def __init__(self, message: str, offset: int = 0) -> None:
         super().__init__(message)
@@ -303,7 +304,9 @@ class _Evaluator:
         if node.id in FUNCTIONS:
             raise self.fail(node, f"{node.id} is a function; call it: {node.id}(...)")
         hint = did_you_mean(node.id, [*self.names, "True", "False", "None"])
-        raise self.fail(node, f"unknown name {node.id!r}{hint}")
+        error = self.fail(node, f"unknown name {node.id!r}{hint}")
+        error.unknown_name = node.id
+        raise error
 
     def visit_List(self, node: ast.List) -> list[Any]:
         return [self.visit(item) for item in node.elts]

@@ -185,3 +185,28 @@ def test_cli_set_with_an_expression_exits_with_the_error(capsys: pytest.CaptureF
     assert main(["validate", str(EXAMPLES / "resnet18.yaml"), "--set", "num_classes=${image_size}"]) != 0
     err = capsys.readouterr().err
     assert "cannot override parameter 'num_classes'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("layer", "name"), [
+    ('{block: lin, repeat: 3, when: "${index > 0}"}', "index"),
+    ('{block: lin, repeat: "${2 + repeats}"}', "repeats"),
+    ('{op: Linear, out_features: "${4 * num_blocks}"}', "num_blocks"),
+])
+def test_an_instance_name_read_where_it_is_not_bound_says_where_it_is(layer: str, name: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(textwrap.dedent(f"""\
+            resgraph: 1
+            name: P
+            inputs:
+              x: [4]
+            blocks:
+              lin:
+                layers:
+                  - fc: {{op: Linear, out_features: 4}}
+            layers:
+              - a: {layer}
+            """))
+    (problem,) = caught.value.diagnostics
+    assert problem.message.endswith(f"unknown name {name!r}")
+    assert problem.hint is not None and problem.hint.startswith(f"`{name}` (")
+    assert "in a block call's `with:`" in problem.hint and "`when:` are read once for the whole call" in problem.hint
