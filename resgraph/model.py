@@ -113,7 +113,12 @@ class CompiledModule(GeneratedModule):
         # A state_dict holds values only: which parameters are frozen (`requires_grad_(False)`, a
         # fine-tuned backbone) travels beside it, as a pickled nn.Parameter keeps it.
         frozen = sorted(name for name, p in self.named_parameters(remove_duplicate=False) if not p.requires_grad)
-        return (_unpickle, (self.build_record, self.state_dict(), self.training, frozen))
+        # So does each submodule's own mode (`model.train(); model.bn1.eval()` keeps bn1's statistics),
+        # and a submodule put in place of a built one (`model.fc = nn.Linear(2048, 10)`, fine-tuning)
+        # travels as itself: the record rebuilds the old one, whose state the new one's would not fit.
+        flipped = sorted(name for name, m in self.named_modules() if name and m.training != self.training)
+        return (_unpickle, (self.build_record, self.state_dict(), self.training, frozen, flipped,
+                            replaced_modules(self)))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> CompiledModule:
         clone = type(self).__new__(type(self))
@@ -124,15 +129,55 @@ class CompiledModule(GeneratedModule):
         return clone
 
 
+def replaced_modules(module: CompiledModule) -> dict[str, nn.Module]:
+    """The submodules of `module` that its build did not make: each outermost one put in place of a
+    built submodule of another kind or other tensor shapes (`model.fc = nn.Linear(2048, 10)`), or
+    added under a new name, by its dotted path."""
+    with allowed_imports(import_prefixes(module.build_record.allow_imports)):  # the ones it was built with
+        built = dict(meta_module(module.graph).named_modules())
+    replaced: dict[str, nn.Module] = {}
+    for name, sub in module.named_modules():
+        if not name or any(name.startswith(f"{outer}.") for outer in replaced):
+            continue
+        if name not in built or _kind(sub) != _kind(built[name]):
+            replaced[name] = sub
+    return replaced
+
+
+def _kind(module: nn.Module) -> tuple[Any, ...]:
+    """What a rebuild must reproduce of one module: its class (a generated one by name: checkpointing
+    swaps it for a subclass of the same name) and the shapes of the tensors it holds itself."""
+    cls = type(module)
+    kind = cls.__name__ if isinstance(module, GeneratedModule) else cls
+    tensors = itertools.chain(module.named_parameters(recurse=False), module.named_buffers(recurse=False))
+    return (kind, tuple((name, tuple(t.shape)) for name, t in tensors))
+
+
 def _unpickle(record: BuildRecord, state: dict[str, Any], training: bool,
-              frozen: list[str] | None = None) -> CompiledModule:
+              frozen: list[str] | None = None, flipped: Iterable[str] = (),
+              replaced: dict[str, nn.Module] | None = None) -> CompiledModule:
     """The pickled model rebuilt, its tensors as they were pickled: a model converted with `.double()`
     or `.half()`, moved to another device, or built on meta comes back so, not converted to what a
     build gives (ties kept: each tied name holds the one shared tensor), and exactly the parameters
-    that were frozen frozen (`frozen`: their names; None in a pickle written before it was kept)."""
+    that were frozen frozen (`frozen`: their names; None in a pickle written before it was kept).
+    `flipped`: the submodules whose mode differs from the model's; `replaced`: submodules pickled
+    as themselves (see `replaced_modules`), put back in place of the rebuilt ones."""
     tensors = list(state.values())
     meta = bool(tensors) and all(t.is_meta for t in tensors)
     module = rebuild(record, allow_imports=record.allow_imports, max_params=None, device="meta" if meta else None)
+    for name, sub in (replaced or {}).items():
+        parent, _, attribute = name.rpartition(".")
+        setattr(module.get_submodule(parent), attribute, sub)
+    module = _restored(module, state, training, frozen, meta)
+    for name in flipped:
+        module.get_submodule(name).train(not training)
+    return module
+
+
+def _restored(module: CompiledModule, state: dict[str, Any], training: bool, frozen: list[str] | None,
+              meta: bool) -> CompiledModule:
+    """`module` (rebuilt) with the pickled `state`, frozen flags and mode."""
+    tensors = list(state.values())
     if frozen is not None:
         names = set(frozen)
         for name, parameter in module.named_parameters(remove_duplicate=False):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import pathlib
+import pickle
 import re
 from typing import Any
 
@@ -83,6 +84,32 @@ def test_a_whole_model_pickled_keeps_its_dtypes_device_and_ties() -> None:
     meta = _pickled(resgraph.build(MLP, device="meta"))  # was: "Cannot copy out of meta tensor"
     assert all(p.is_meta for p in meta.parameters())
 
+
+
+def test_a_whole_model_pickled_keeps_each_submodules_mode() -> None:
+    # Was: every submodule came back in the model's mode, so a BatchNorm put in eval mode inside a
+    # training model (frozen statistics, a common fine-tuning set-up) updated its statistics again.
+    model = resgraph.build(MLP, seed=0).train()
+    model.norm1.eval()
+    for copied in (_pickled(model), pickle.loads(pickle.dumps(model))):
+        assert {n: m.training for n, m in copied.named_modules()} == \
+            {n: m.training for n, m in model.named_modules()}
+        assert copied.training and not copied.norm1.training
+
+
+def test_a_whole_model_with_a_replaced_head_is_pickled_with_it() -> None:
+    # Was: torch.save(model) after `model.head = nn.Linear(128, 3)` wrote a file torch.load could not
+    # read back ("size mismatch for head.weight"): the rebuild made the spec's 10-way head.
+    model = resgraph.build(MLP, seed=0).eval()
+    model.head = torch.nn.Linear(128, 3)
+    model.extra = torch.nn.Identity()
+    model.head.bias.requires_grad_(False)
+    again = _pickled(model)
+    assert isinstance(again.head, torch.nn.Linear) and again.head.out_features == 3
+    assert isinstance(again.extra, torch.nn.Identity) and not again.head.bias.requires_grad
+    x = torch.randn(4, 784)
+    assert torch.equal(again(x), model(x))
+    assert resgraph.model.replaced_modules(resgraph.build(MLP, seed=0)) == {}
 
 def test_a_meta_model_is_not_saved_as_a_pt_file(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "meta.pt"
