@@ -139,18 +139,44 @@ def replaced_modules(module: CompiledModule) -> dict[str, nn.Module]:
     for name, sub in module.named_modules():
         if not name or any(name.startswith(f"{outer}.") for outer in replaced):
             continue
-        if name not in built or _kind(sub) != _kind(built[name]):
+        if name not in built or not _as_built(sub, built[name]):
             replaced[name] = sub
     return replaced
 
 
-def _kind(module: nn.Module) -> tuple[Any, ...]:
-    """What a rebuild must reproduce of one module: its class (a generated one by name: checkpointing
-    swaps it for a subclass of the same name) and the shapes of the tensors it holds itself."""
-    cls = type(module)
-    kind = cls.__name__ if isinstance(module, GeneratedModule) else cls
+
+def require_as_built(module: CompiledModule, what: str) -> None:
+    """Refuse to write `module` as `what` (a format written from its spec) when a submodule was
+    replaced after the build: the file would describe the spec's model, not this one.
+
+    Raises:
+        UsageError: naming the first replaced submodule and what to do instead.
+    """
+    replaced = replaced_modules(module)
+    if replaced:
+        name, sub = next(iter(replaced.items()))
+        raise UsageError(f"cannot write {type(module).__name__} as {what}: its submodule {name!r} "
+                         f"({type(sub).__name__}) was put there after the build, and {what} describes the model by "
+                         "its spec, which builds another one there. Change the spec (or its params) and rebuild, or "
+                         "save the whole module with torch.save(model)")
+
+
+def _as_built(module: nn.Module, built: nn.Module) -> bool:
+    """Whether `module` is what a rebuild makes in its place (`built`): of its class (or FSDP2's
+    subclass of it, `FSDPLinear`; a generated one by name, as checkpointing swaps it for a subclass of
+    the same name) and holding tensors of the same names and shapes itself."""
+    cls, want = type(module), type(built)
+    names = (want.__name__, f"FSDP{want.__name__}")  # FSDP2 subclasses each unit as FSDP<its class>
+    if isinstance(built, GeneratedModule):
+        same_class = cls.__name__ in names
+    else:
+        same_class = cls is want or (cls.__name__ == names[1] and issubclass(cls, want))
+    return same_class and _own_shapes(module) == _own_shapes(built)
+
+
+def _own_shapes(module: nn.Module) -> tuple[tuple[str, tuple[int, ...]], ...]:
     tensors = itertools.chain(module.named_parameters(recurse=False), module.named_buffers(recurse=False))
-    return (kind, tuple((name, tuple(t.shape)) for name, t in tensors))
+    return tuple((name, tuple(t.shape)) for name, t in tensors)
 
 
 def _unpickle(record: BuildRecord, state: dict[str, Any], training: bool,

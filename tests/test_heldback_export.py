@@ -111,6 +111,24 @@ def test_a_whole_model_with_a_replaced_head_is_pickled_with_it() -> None:
     assert torch.equal(again(x), model(x))
     assert resgraph.model.replaced_modules(resgraph.build(MLP, seed=0)) == {}
 
+
+@pytest.mark.parametrize("suffix", [".pt", ".py"])
+def test_a_model_with_a_replaced_head_is_not_written_as_its_spec(tmp_path: pathlib.Path, suffix: str) -> None:
+    # Was: the .pt file saved and then failed to load (size mismatch), and the .py file silently
+    # defined the spec's 10-way head, which the model's state_dict does not fit.
+    model = resgraph.build(MLP, seed=0)
+    model.head = torch.nn.Linear(128, 3)
+    path = tmp_path / f"model{suffix}"
+    with pytest.raises(resgraph.UsageError, match=r"submodule 'head' \(Linear\) was put there after the build"
+                                                  r".*torch\.save\(model\)"):
+        resgraph.save(model, path)
+    assert not path.exists()
+    with pytest.raises(resgraph.UsageError, match="'head'"):
+        resgraph.to_python(model)
+    model.head = torch.nn.Linear(128, 10)  # the spec's own kind and shape: a re-initialised head
+    resgraph.save(model, path)
+    assert path.exists()
+
 def test_a_meta_model_is_not_saved_as_a_pt_file(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "meta.pt"
     with pytest.raises(resgraph.UsageError, match=r"device='meta' and has no weights to save.*materialize"):
