@@ -270,7 +270,8 @@ def materialize(module: C, *, device: Device = "cpu", seed: int | None = None,
     """Allocate `module`'s parameters and buffers on `device` and initialise them as a build would.
 
     The values equal, bit for bit, those of `resgraph.build(spec, seed=seed)` (on CPU), for a
-    model built with `device="meta"` and then sharded, checkpointed or compiled alike. Each
+    model built with `device="meta"` and then sharded, checkpointed or compiled alike. A submodule
+    put in place after the build is initialised by its own `reset_parameters()`, as torch does. Each
     layer is built once more on CPU, from the same constructor and with the same random draws in
     the same order as the build, and copied in; so peak extra memory is one layer's weights, and
     a sharded (FSDP2) parameter receives only this process's shard.
@@ -285,21 +286,39 @@ def materialize(module: C, *, device: Device = "cpu", seed: int | None = None,
         `module`, allocated and initialised in place.
     Raises:
         SpecError: more than `max_params` parameters would be allocated.
-        UsageError: `module` was not built by resgraph.
+        UsageError: `module` was not built by resgraph, or a submodule put in place after the build
+            has tensors and no `reset_parameters()`.
     """
     graph, record = getattr(module, "graph", None), getattr(module, "build_record", None)
     if not isinstance(graph, Graph) or not isinstance(record, BuildRecord):
         raise UsageError(f"materialize needs a model returned by resgraph.build, not a {type(module).__name__}")
+    # Submodules put in place after the build (a new head for fine-tuning) are not the spec's: each
+    # is initialised as torch initialises a module after `to_empty`, by its own `reset_parameters`.
+    # One already allocated keeps its values.
+    replaced = replaced_modules(module)
+    kept = {path: outer.state_dict() for path, outer in replaced.items()
+            if not any(t.is_meta for t in itertools.chain(outer.parameters(), outer.buffers()))}
+    resets = [(f"{path}.{name}" if name else path, sub) for path, outer in replaced.items() if path not in kept
+              for name, sub in outer.named_modules()
+              if next(itertools.chain(sub.parameters(recurse=False), sub.buffers(recurse=False)), None) is not None]
+    unresettable = [name for name, sub in resets if not callable(getattr(sub, "reset_parameters", None))]
+    if unresettable:
+        raise UsageError(f"cannot materialize {type(module).__name__}: {unresettable[0]!r} "
+                         f"({type(module.get_submodule(unresettable[0])).__name__}) was put there after the build, on "
+                         "meta, and has no reset_parameters() to initialise it; create it on a device instead")
     if max_params is not None:
         sizes = dict.fromkeys(graph.nodes, 0)
         for name, parameter in module.named_parameters():
-            sizes[name.split(".", 1)[0]] += local_numel(parameter)  # a node's attribute is named after it
+            top = name.split(".", 1)[0]  # a node's attribute is named after it
+            sizes[top] = sizes.get(top, 0) + local_numel(parameter)
         _check_size(graph, sizes, max_params, "this process would allocate", meta_hint=False)
     module.to_empty(device=device)
     tied = {tie.path for tie in tied_parameters(graph)}  # filled through their owners
     with allowed_imports(record.allow_imports), seeded(seed), torch.device("cpu"), torch.no_grad():
         for path, node in owned_units(graph):
-            fresh = build_owned(node)
+            fresh = build_owned(node)  # drawn even when replaced: the rest keep a build's values
+            if any(path == outer or path.startswith(f"{outer}.") for outer in replaced):
+                continue
             if isinstance(fresh, nn.Parameter):
                 fill(module.get_parameter(path), fresh)
                 continue
@@ -311,6 +330,10 @@ def materialize(module: C, *, device: Device = "cpu", seed: int | None = None,
                 if f"{path}.{name}" not in tied:
                     fill(owner.get_parameter(name) if isinstance(tensor, nn.Parameter) else owner.get_buffer(name),
                          tensor)
+        for _, sub in resets:
+            sub.reset_parameters()
+        for path, state in kept.items():
+            module.get_submodule(path).load_state_dict(state)
     tie_parameters(module, graph)  # to_empty made a tied parameter a tensor of its own again
     return module
 
@@ -411,13 +434,13 @@ def _check_size(graph: Graph, sizes: dict[str, int], limit: int, subject: str = 
     if total <= limit:
         return
     largest = max(sizes, key=sizes.__getitem__)
-    where = graph.where(graph.nodes[largest])
-    raise SpecError([Diagnostic(where, f"{subject} {total:,} parameters ({_size(total * 4)} as float32), "
-                                       f"more than the limit of {limit:,}; the largest part, {largest!r}, has "
-                                       f"{sizes[largest]:,}",
-                                "raise the limit with --max-params N (Python: max_params=N) if this is intended"
-                                + ("; or inspect it without allocating: --device meta (Python: device='meta')"
-                                   if meta_hint else ""))])
+    message = (f"{subject} {total:,} parameters ({_size(total * 4)} as float32), more than the limit of "
+               f"{limit:,}; the largest part, {largest!r}, has {sizes[largest]:,}")
+    hint = ("raise the limit with --max-params N (Python: max_params=N) if this is intended"
+            + ("; or inspect it without allocating: --device meta (Python: device='meta')" if meta_hint else ""))
+    if largest not in graph.nodes:  # a submodule added to the model after its build: no place in the spec
+        raise UsageError(f"{message} (added after the build); {hint}")
+    raise SpecError([Diagnostic(graph.where(graph.nodes[largest]), message, hint)])
 
 
 def _check_constants(graph: Graph, limit: int) -> None:

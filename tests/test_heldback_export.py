@@ -1,6 +1,7 @@
 """Using compiled models elsewhere, beyond the cases of the issue: `.pt` files whose weights are not
-what their spec builds (another dtype, tied parameters that disagree, no data at all), and
-torch.export / ONNX with every free input dim dynamic on a ConvNeXt-style model.
+what their spec builds (another dtype, tied parameters that disagree, no data at all),
+torch.export / ONNX with every free input dim dynamic on a ConvNeXt-style model, and models changed
+after their build (a submodule's mode, a replaced head) pickled, saved and materialized.
 """
 
 from __future__ import annotations
@@ -241,3 +242,41 @@ def test_a_meta_model_is_not_exported_to_onnx(tmp_path: pathlib.Path) -> None:
     with pytest.raises(resgraph.UsageError, match=r"device='meta' and has no weights to export"):
         resgraph.to_onnx(resgraph.build(MLP, device="meta"), str(path))
     assert not path.exists()
+
+
+def test_a_meta_model_with_a_replaced_head_materializes() -> None:
+    # Was: RuntimeError "The size of tensor a (3) must match the size of tensor b (10)" (the spec's
+    # head copied into the new one), and a KeyError for a submodule under a new name.
+    reference = resgraph.build(MLP, seed=0)
+    model = resgraph.build(MLP, device="meta")
+    with torch.device("meta"):
+        model.head = torch.nn.Linear(128, 3)        # initialised by its own reset_parameters()
+    model.extra = torch.nn.Linear(3, 3)             # allocated already: keeps its values
+    torch.nn.init.ones_(model.extra.weight)
+    resgraph.materialize(model, device="cpu", seed=0)
+    assert not model.head.weight.is_meta and model.head.weight.std() > 0
+    assert torch.equal(model.extra.weight, torch.ones(3, 3))
+    built = reference.state_dict()
+    for key, tensor in model.state_dict().items():  # the rest: bit for bit a seeded build
+        if not key.startswith(("head.", "extra.")):
+            assert torch.equal(tensor, built[key]), key
+
+
+def test_a_meta_submodule_without_reset_parameters_is_not_materialized_uninitialised() -> None:
+    class Scale(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(10))
+
+    model = resgraph.build(MLP, device="meta")
+    with torch.device("meta"):
+        model.head = torch.nn.Sequential(torch.nn.Linear(128, 10), Scale())
+    with pytest.raises(resgraph.UsageError, match=r"'head\.1' \(Scale\) was put there after the build, on meta, "
+                                                  r"and has no reset_parameters\(\)"):
+        resgraph.materialize(model, device="cpu", seed=0)
+    assert model.head[0].weight.is_meta  # refused before anything was allocated
+    with torch.device("meta"):
+        model.head = torch.nn.Linear(128, 10)
+        model.extra = torch.nn.Linear(1000, 1000)
+    with pytest.raises(resgraph.UsageError, match=r"the largest part, 'extra', has 1,001,000 \(added after"):
+        resgraph.materialize(model, device="cpu", max_params=100_000)
