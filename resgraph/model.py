@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from .distributed import fill, local_numel, spec_checkpoints, training_diagnostics
+from .distributed import checkpointed_class, fill, local_numel, spec_checkpoints, training_diagnostics
 from .errors import Diagnostic, SpecError, UsageError
 from .graph import Graph, LayerNode
 from .loader import gc_paused, load_text
@@ -117,8 +117,10 @@ class CompiledModule(GeneratedModule):
         # and a submodule put in place of a built one (`model.fc = nn.Linear(2048, 10)`, fine-tuning)
         # travels as itself: the record rebuilds the old one, whose state the new one's would not fit.
         flipped = sorted(name for name, m in self.named_modules() if name and m.training != self.training)
+        # Instances checkpointed by `resgraph.checkpoint` (the record rebuilds only the spec's).
+        checkpointed = [name for name, m in self.named_modules() if getattr(type(m), "_checkpointed", False)]
         return (_unpickle, (self.build_record, self.state_dict(), self.training, frozen, flipped,
-                            replaced_modules(self)))
+                            replaced_modules(self), checkpointed))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> CompiledModule:
         clone = type(self).__new__(type(self))
@@ -181,19 +183,23 @@ def _own_shapes(module: nn.Module) -> tuple[tuple[str, tuple[int, ...]], ...]:
 
 def _unpickle(record: BuildRecord, state: dict[str, Any], training: bool,
               frozen: list[str] | None = None, flipped: Iterable[str] = (),
-              replaced: dict[str, nn.Module] | None = None) -> CompiledModule:
+              replaced: dict[str, nn.Module] | None = None, checkpointed: Iterable[str] = ()) -> CompiledModule:
     """The pickled model rebuilt, its tensors as they were pickled: a model converted with `.double()`
     or `.half()`, moved to another device, or built on meta comes back so, not converted to what a
     build gives (ties kept: each tied name holds the one shared tensor), and exactly the parameters
     that were frozen frozen (`frozen`: their names; None in a pickle written before it was kept).
     `flipped`: the submodules whose mode differs from the model's; `replaced`: submodules pickled
-    as themselves (see `replaced_modules`), put back in place of the rebuilt ones."""
+    as themselves (see `replaced_modules`), put back in place of the rebuilt ones; `checkpointed`: the
+    instances whose forward runs under activation checkpointing."""
     tensors = list(state.values())
     meta = bool(tensors) and all(t.is_meta for t in tensors)
     module = rebuild(record, allow_imports=record.allow_imports, max_params=None, device="meta" if meta else None)
     for name, sub in (replaced or {}).items():
         parent, _, attribute = name.rpartition(".")
         setattr(module.get_submodule(parent), attribute, sub)
+    for name in checkpointed:
+        instance = module.get_submodule(name)
+        instance.__class__ = checkpointed_class(type(instance))
     module = _restored(module, state, training, frozen, meta)
     for name in flipped:
         module.get_submodule(name).train(not training)

@@ -113,6 +113,16 @@ def test_a_whole_model_with_a_replaced_head_is_pickled_with_it() -> None:
     assert resgraph.model.replaced_modules(resgraph.build(MLP, seed=0)) == {}
 
 
+
+def test_a_whole_model_pickled_stays_checkpointed() -> None:
+    # Was: the instances `resgraph.checkpoint` chose came back plain (rebuilt from the record, which
+    # checkpoints only the spec's `checkpoint: true` calls): the activation memory silently grew.
+    gpt2 = resgraph.checkpoint(resgraph.build(EXAMPLES / "gpt2.yaml", params=TINY_GPT2, seed=0))
+    chosen = [n for n, m in gpt2.named_modules() if getattr(type(m), "_checkpointed", False)]
+    assert chosen
+    for copied in (_pickled(gpt2), pickle.loads(pickle.dumps(gpt2))):
+        assert [n for n, m in copied.named_modules() if getattr(type(m), "_checkpointed", False)] == chosen
+
 @pytest.mark.parametrize("suffix", [".pt", ".py"])
 def test_a_model_with_a_replaced_head_is_not_written_as_its_spec(tmp_path: pathlib.Path, suffix: str) -> None:
     # Was: the .pt file saved and then failed to load (size mismatch), and the .py file silently
