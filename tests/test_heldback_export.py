@@ -290,3 +290,30 @@ def test_a_meta_submodule_without_reset_parameters_is_not_materialized_uninitial
         model.extra = torch.nn.Linear(1000, 1000)
     with pytest.raises(resgraph.UsageError, match=r"the largest part, 'extra', has 1,001,000 \(added after"):
         resgraph.materialize(model, device="cpu", max_params=100_000)
+
+
+TWO_INPUTS = """
+resgraph: 1
+name: Two
+inputs:
+  x: [16]
+  y: [16]
+layers:
+  - s: {op: add, input: [x, y]}
+  - out: {op: Linear, out_features: 4}
+"""
+
+
+def test_the_guard_accepts_the_batches_the_exported_program_does() -> None:
+    # Was: a y of batch 1 beside an x of batch 2 broadcast silently in the eager model (and its .py
+    # export), while the exported program (one batch Dim for every input) refused it.
+    model = resgraph.build(TWO_INPUTS, seed=0).eval()
+    program = resgraph.export_program(model).module()
+    x, y = torch.randn(2, 16), torch.randn(1, 16)
+    with pytest.raises(ValueError, match=r"^Two: input 'y' must have the same batch size as 'x' \(2\); got \(1, 16\)$"):
+        model(x, y)
+    with pytest.raises(Exception, match=r"y\.size\(\)\[0\] == x\.size\(\)\[0\]"):
+        program(x, y)
+    y = torch.randn(2, 16)
+    assert torch.allclose(model(x, y), program(x, y))
+    assert "y.shape[0] != x.shape[0]" in resgraph.to_python(model)  # the standalone file checks it too
