@@ -125,11 +125,11 @@ def _check_savable(module: CompiledModule) -> None:
 
     Raises:
         UsageError: a tensor is on the meta device, a DTensor (FSDP2 shard), or of another dtype
-            than a build of the module's spec gives it.
+            than a build of the module's spec gives it; a submodule was replaced after the build.
     """
     from .distributed import is_dtensor
     from .lower import require_weights
-    from .model import meta_module
+    from .model import meta_module, require_as_built
     from .ops.generic import allowed_imports
 
     require_weights(module, "save")
@@ -139,6 +139,7 @@ def _check_savable(module: CompiledModule) -> None:
         raise UsageError(f"{type(module).__name__} is sharded ({sharded} is a DTensor): a .pt file holds whole "
                          "weights; save the full state dict (torch.distributed.checkpoint.state_dict."
                          "get_model_state_dict with full_state_dict=True) or use torch.distributed.checkpoint")
+    require_as_built(module, "a .pt file")
     with allowed_imports(module.build_record.allow_imports):
         built = meta_module(module.graph).state_dict()  # the dtypes a rebuild gives, allocating nothing
     problems = _dtype_problems(built, state)

@@ -433,6 +433,12 @@ def input_guard(graph: Graph) -> list[str]:
                    + f" (declared {declared}); got ")
         lines.append(f"    if not torch.compiler.is_compiling() and ({' or '.join(wrong)}):")
         lines.append(f"        raise ValueError({message!r} + str(tuple({name}.shape)))")
+    for name in graph.inputs[1:]:  # one batch for all: a batch of 1 would broadcast against the others
+        leading = graph.inputs[0]
+        message = f"{graph.name}: input {name!r} must have the same batch size as {leading!r} ("
+        lines.append(f"    if not torch.compiler.is_compiling() and {name}.shape[0] != {leading}.shape[0]:")
+        lines.append(f'        raise ValueError({message!r} + str({leading}.shape[0]) + "); got " '
+                     f"+ str(tuple({name}.shape)))")
     return lines + _joint_checks(graph, report, symbols)
 
 

@@ -100,7 +100,11 @@ def module_source(module: Any) -> str:
 
     Raises:
         SpecError: a layer cannot be written as source (see `export_python`).
+        UsageError: a submodule was replaced after the build (the source would be the spec's).
     """
+    from .model import require_as_built  # torch: only a built model reaches here, not validation
+
+    require_as_built(module, "Python source")
     record = module.build_record
     with allowed_imports(record.allow_imports):  # its own layer classes are found as they were at build
         return export_python(module.graph, spec_file=record.file, spec_text=record.spec)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from .distributed import fill, local_numel, spec_checkpoints, training_diagnostics
+from .distributed import checkpointed_class, fill, local_numel, spec_checkpoints, training_diagnostics
 from .errors import Diagnostic, SpecError, UsageError
 from .graph import Graph, LayerNode
 from .loader import gc_paused, load_text
@@ -113,7 +113,14 @@ class CompiledModule(GeneratedModule):
         # A state_dict holds values only: which parameters are frozen (`requires_grad_(False)`, a
         # fine-tuned backbone) travels beside it, as a pickled nn.Parameter keeps it.
         frozen = sorted(name for name, p in self.named_parameters(remove_duplicate=False) if not p.requires_grad)
-        return (_unpickle, (self.build_record, self.state_dict(), self.training, frozen))
+        # So does each submodule's own mode (`model.train(); model.bn1.eval()` keeps bn1's statistics),
+        # and a submodule put in place of a built one (`model.fc = nn.Linear(2048, 10)`, fine-tuning)
+        # travels as itself: the record rebuilds the old one, whose state the new one's would not fit.
+        flipped = sorted(name for name, m in self.named_modules() if name and m.training != self.training)
+        # Instances checkpointed by `resgraph.checkpoint` (the record rebuilds only the spec's).
+        checkpointed = [name for name, m in self.named_modules() if getattr(type(m), "_checkpointed", False)]
+        return (_unpickle, (self.build_record, self.state_dict(), self.training, frozen, flipped,
+                            replaced_modules(self), checkpointed))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> CompiledModule:
         clone = type(self).__new__(type(self))
@@ -124,15 +131,85 @@ class CompiledModule(GeneratedModule):
         return clone
 
 
+def replaced_modules(module: CompiledModule) -> dict[str, nn.Module]:
+    """The submodules of `module` that its build did not make: each outermost one put in place of a
+    built submodule of another kind or other tensor shapes (`model.fc = nn.Linear(2048, 10)`), or
+    added under a new name, by its dotted path."""
+    with allowed_imports(import_prefixes(module.build_record.allow_imports)):  # the ones it was built with
+        built = dict(meta_module(module.graph).named_modules())
+    replaced: dict[str, nn.Module] = {}
+    for name, sub in module.named_modules():
+        if not name or any(name.startswith(f"{outer}.") for outer in replaced):
+            continue
+        if name not in built or not _as_built(sub, built[name]):
+            replaced[name] = sub
+    return replaced
+
+
+
+def require_as_built(module: CompiledModule, what: str) -> None:
+    """Refuse to write `module` as `what` (a format written from its spec) when a submodule was
+    replaced after the build: the file would describe the spec's model, not this one.
+
+    Raises:
+        UsageError: naming the first replaced submodule and what to do instead.
+    """
+    replaced = replaced_modules(module)
+    if replaced:
+        name, sub = next(iter(replaced.items()))
+        raise UsageError(f"cannot write {type(module).__name__} as {what}: its submodule {name!r} "
+                         f"({type(sub).__name__}) was put there after the build, and {what} describes the model by "
+                         "its spec, which builds another one there. Change the spec (or its params) and rebuild, or "
+                         "save the whole module with torch.save(model)")
+
+
+def _as_built(module: nn.Module, built: nn.Module) -> bool:
+    """Whether `module` is what a rebuild makes in its place (`built`): of its class (or FSDP2's
+    subclass of it, `FSDPLinear`; a generated one by name, as checkpointing swaps it for a subclass of
+    the same name) and holding tensors of the same names and shapes itself."""
+    cls, want = type(module), type(built)
+    names = (want.__name__, f"FSDP{want.__name__}")  # FSDP2 subclasses each unit as FSDP<its class>
+    if isinstance(built, GeneratedModule):
+        same_class = cls.__name__ in names
+    else:
+        same_class = cls is want or (cls.__name__ == names[1] and issubclass(cls, want))
+    return same_class and _own_shapes(module) == _own_shapes(built)
+
+
+def _own_shapes(module: nn.Module) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    tensors = itertools.chain(module.named_parameters(recurse=False), module.named_buffers(recurse=False))
+    return tuple((name, tuple(t.shape)) for name, t in tensors)
+
+
 def _unpickle(record: BuildRecord, state: dict[str, Any], training: bool,
-              frozen: list[str] | None = None) -> CompiledModule:
+              frozen: list[str] | None = None, flipped: Iterable[str] = (),
+              replaced: dict[str, nn.Module] | None = None, checkpointed: Iterable[str] = ()) -> CompiledModule:
     """The pickled model rebuilt, its tensors as they were pickled: a model converted with `.double()`
     or `.half()`, moved to another device, or built on meta comes back so, not converted to what a
     build gives (ties kept: each tied name holds the one shared tensor), and exactly the parameters
-    that were frozen frozen (`frozen`: their names; None in a pickle written before it was kept)."""
+    that were frozen frozen (`frozen`: their names; None in a pickle written before it was kept).
+    `flipped`: the submodules whose mode differs from the model's; `replaced`: submodules pickled
+    as themselves (see `replaced_modules`), put back in place of the rebuilt ones; `checkpointed`: the
+    instances whose forward runs under activation checkpointing."""
     tensors = list(state.values())
     meta = bool(tensors) and all(t.is_meta for t in tensors)
     module = rebuild(record, allow_imports=record.allow_imports, max_params=None, device="meta" if meta else None)
+    for name, sub in (replaced or {}).items():
+        parent, _, attribute = name.rpartition(".")
+        setattr(module.get_submodule(parent), attribute, sub)
+    for name in checkpointed:
+        instance = module.get_submodule(name)
+        instance.__class__ = checkpointed_class(type(instance))
+    module = _restored(module, state, training, frozen, meta)
+    for name in flipped:
+        module.get_submodule(name).train(not training)
+    return module
+
+
+def _restored(module: CompiledModule, state: dict[str, Any], training: bool, frozen: list[str] | None,
+              meta: bool) -> CompiledModule:
+    """`module` (rebuilt) with the pickled `state`, frozen flags and mode."""
+    tensors = list(state.values())
     if frozen is not None:
         names = set(frozen)
         for name, parameter in module.named_parameters(remove_duplicate=False):
@@ -199,7 +276,8 @@ def materialize(module: C, *, device: Device = "cpu", seed: int | None = None,
     """Allocate `module`'s parameters and buffers on `device` and initialise them as a build would.
 
     The values equal, bit for bit, those of `resgraph.build(spec, seed=seed)` (on CPU), for a
-    model built with `device="meta"` and then sharded, checkpointed or compiled alike. Each
+    model built with `device="meta"` and then sharded, checkpointed or compiled alike. A submodule
+    put in place after the build is initialised by its own `reset_parameters()`, as torch does. Each
     layer is built once more on CPU, from the same constructor and with the same random draws in
     the same order as the build, and copied in; so peak extra memory is one layer's weights, and
     a sharded (FSDP2) parameter receives only this process's shard.
@@ -214,21 +292,39 @@ def materialize(module: C, *, device: Device = "cpu", seed: int | None = None,
         `module`, allocated and initialised in place.
     Raises:
         SpecError: more than `max_params` parameters would be allocated.
-        UsageError: `module` was not built by resgraph.
+        UsageError: `module` was not built by resgraph, or a submodule put in place after the build
+            has tensors and no `reset_parameters()`.
     """
     graph, record = getattr(module, "graph", None), getattr(module, "build_record", None)
     if not isinstance(graph, Graph) or not isinstance(record, BuildRecord):
         raise UsageError(f"materialize needs a model returned by resgraph.build, not a {type(module).__name__}")
+    # Submodules put in place after the build (a new head for fine-tuning) are not the spec's: each
+    # is initialised as torch initialises a module after `to_empty`, by its own `reset_parameters`.
+    # One already allocated keeps its values.
+    replaced = replaced_modules(module)
+    kept = {path: outer.state_dict() for path, outer in replaced.items()
+            if not any(t.is_meta for t in itertools.chain(outer.parameters(), outer.buffers()))}
+    resets = [(f"{path}.{name}" if name else path, sub) for path, outer in replaced.items() if path not in kept
+              for name, sub in outer.named_modules()
+              if next(itertools.chain(sub.parameters(recurse=False), sub.buffers(recurse=False)), None) is not None]
+    unresettable = [name for name, sub in resets if not callable(getattr(sub, "reset_parameters", None))]
+    if unresettable:
+        raise UsageError(f"cannot materialize {type(module).__name__}: {unresettable[0]!r} "
+                         f"({type(module.get_submodule(unresettable[0])).__name__}) was put there after the build, on "
+                         "meta, and has no reset_parameters() to initialise it; create it on a device instead")
     if max_params is not None:
         sizes = dict.fromkeys(graph.nodes, 0)
         for name, parameter in module.named_parameters():
-            sizes[name.split(".", 1)[0]] += local_numel(parameter)  # a node's attribute is named after it
+            top = name.split(".", 1)[0]  # a node's attribute is named after it
+            sizes[top] = sizes.get(top, 0) + local_numel(parameter)
         _check_size(graph, sizes, max_params, "this process would allocate", meta_hint=False)
     module.to_empty(device=device)
     tied = {tie.path for tie in tied_parameters(graph)}  # filled through their owners
     with allowed_imports(record.allow_imports), seeded(seed), torch.device("cpu"), torch.no_grad():
         for path, node in owned_units(graph):
-            fresh = build_owned(node)
+            fresh = build_owned(node)  # drawn even when replaced: the rest keep a build's values
+            if any(path == outer or path.startswith(f"{outer}.") for outer in replaced):
+                continue
             if isinstance(fresh, nn.Parameter):
                 fill(module.get_parameter(path), fresh)
                 continue
@@ -240,6 +336,10 @@ def materialize(module: C, *, device: Device = "cpu", seed: int | None = None,
                 if f"{path}.{name}" not in tied:
                     fill(owner.get_parameter(name) if isinstance(tensor, nn.Parameter) else owner.get_buffer(name),
                          tensor)
+        for _, sub in resets:
+            sub.reset_parameters()
+        for path, state in kept.items():
+            module.get_submodule(path).load_state_dict(state)
     tie_parameters(module, graph)  # to_empty made a tied parameter a tensor of its own again
     return module
 
@@ -340,13 +440,13 @@ def _check_size(graph: Graph, sizes: dict[str, int], limit: int, subject: str = 
     if total <= limit:
         return
     largest = max(sizes, key=sizes.__getitem__)
-    where = graph.where(graph.nodes[largest])
-    raise SpecError([Diagnostic(where, f"{subject} {total:,} parameters ({_size(total * 4)} as float32), "
-                                       f"more than the limit of {limit:,}; the largest part, {largest!r}, has "
-                                       f"{sizes[largest]:,}",
-                                "raise the limit with --max-params N (Python: max_params=N) if this is intended"
-                                + ("; or inspect it without allocating: --device meta (Python: device='meta')"
-                                   if meta_hint else ""))])
+    message = (f"{subject} {total:,} parameters ({_size(total * 4)} as float32), more than the limit of "
+               f"{limit:,}; the largest part, {largest!r}, has {sizes[largest]:,}")
+    hint = ("raise the limit with --max-params N (Python: max_params=N) if this is intended"
+            + ("; or inspect it without allocating: --device meta (Python: device='meta')" if meta_hint else ""))
+    if largest not in graph.nodes:  # a submodule added to the model after its build: no place in the spec
+        raise UsageError(f"{message} (added after the build); {hint}")
+    raise SpecError([Diagnostic(graph.where(graph.nodes[largest]), message, hint)])
 
 
 def _check_constants(graph: Graph, limit: int) -> None:

@@ -1,12 +1,14 @@
 """Using compiled models elsewhere, beyond the cases of the issue: `.pt` files whose weights are not
-what their spec builds (another dtype, tied parameters that disagree, no data at all), and
-torch.export / ONNX with every free input dim dynamic on a ConvNeXt-style model.
+what their spec builds (another dtype, tied parameters that disagree, no data at all),
+torch.export / ONNX with every free input dim dynamic on a ConvNeXt-style model, and models changed
+after their build (a submodule's mode, a replaced head) pickled, saved and materialized.
 """
 
 from __future__ import annotations
 
 import io
 import pathlib
+import pickle
 import re
 from typing import Any
 
@@ -83,6 +85,60 @@ def test_a_whole_model_pickled_keeps_its_dtypes_device_and_ties() -> None:
     meta = _pickled(resgraph.build(MLP, device="meta"))  # was: "Cannot copy out of meta tensor"
     assert all(p.is_meta for p in meta.parameters())
 
+
+
+def test_a_whole_model_pickled_keeps_each_submodules_mode() -> None:
+    # Was: every submodule came back in the model's mode, so a BatchNorm put in eval mode inside a
+    # training model (frozen statistics, a common fine-tuning set-up) updated its statistics again.
+    model = resgraph.build(MLP, seed=0).train()
+    model.norm1.eval()
+    for copied in (_pickled(model), pickle.loads(pickle.dumps(model))):
+        assert {n: m.training for n, m in copied.named_modules()} == \
+            {n: m.training for n, m in model.named_modules()}
+        assert copied.training and not copied.norm1.training
+
+
+def test_a_whole_model_with_a_replaced_head_is_pickled_with_it() -> None:
+    # Was: torch.save(model) after `model.head = nn.Linear(128, 3)` wrote a file torch.load could not
+    # read back ("size mismatch for head.weight"): the rebuild made the spec's 10-way head.
+    model = resgraph.build(MLP, seed=0).eval()
+    model.head = torch.nn.Linear(128, 3)
+    model.extra = torch.nn.Identity()
+    model.head.bias.requires_grad_(False)
+    again = _pickled(model)
+    assert isinstance(again.head, torch.nn.Linear) and again.head.out_features == 3
+    assert isinstance(again.extra, torch.nn.Identity) and not again.head.bias.requires_grad
+    x = torch.randn(4, 784)
+    assert torch.equal(again(x), model(x))
+    assert resgraph.model.replaced_modules(resgraph.build(MLP, seed=0)) == {}
+
+
+
+def test_a_whole_model_pickled_stays_checkpointed() -> None:
+    # Was: the instances `resgraph.checkpoint` chose came back plain (rebuilt from the record, which
+    # checkpoints only the spec's `checkpoint: true` calls): the activation memory silently grew.
+    gpt2 = resgraph.checkpoint(resgraph.build(EXAMPLES / "gpt2.yaml", params=TINY_GPT2, seed=0))
+    chosen = [n for n, m in gpt2.named_modules() if getattr(type(m), "_checkpointed", False)]
+    assert chosen
+    for copied in (_pickled(gpt2), pickle.loads(pickle.dumps(gpt2))):
+        assert [n for n, m in copied.named_modules() if getattr(type(m), "_checkpointed", False)] == chosen
+
+@pytest.mark.parametrize("suffix", [".pt", ".py"])
+def test_a_model_with_a_replaced_head_is_not_written_as_its_spec(tmp_path: pathlib.Path, suffix: str) -> None:
+    # Was: the .pt file saved and then failed to load (size mismatch), and the .py file silently
+    # defined the spec's 10-way head, which the model's state_dict does not fit.
+    model = resgraph.build(MLP, seed=0)
+    model.head = torch.nn.Linear(128, 3)
+    path = tmp_path / f"model{suffix}"
+    with pytest.raises(resgraph.UsageError, match=r"submodule 'head' \(Linear\) was put there after the build"
+                                                  r".*torch\.save\(model\)"):
+        resgraph.save(model, path)
+    assert not path.exists()
+    with pytest.raises(resgraph.UsageError, match="'head'"):
+        resgraph.to_python(model)
+    model.head = torch.nn.Linear(128, 10)  # the spec's own kind and shape: a re-initialised head
+    resgraph.save(model, path)
+    assert path.exists()
 
 def test_a_meta_model_is_not_saved_as_a_pt_file(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "meta.pt"
@@ -196,3 +252,68 @@ def test_a_meta_model_is_not_exported_to_onnx(tmp_path: pathlib.Path) -> None:
     with pytest.raises(resgraph.UsageError, match=r"device='meta' and has no weights to export"):
         resgraph.to_onnx(resgraph.build(MLP, device="meta"), str(path))
     assert not path.exists()
+
+
+def test_a_meta_model_with_a_replaced_head_materializes() -> None:
+    # Was: RuntimeError "The size of tensor a (3) must match the size of tensor b (10)" (the spec's
+    # head copied into the new one), and a KeyError for a submodule under a new name.
+    reference = resgraph.build(MLP, seed=0)
+    model = resgraph.build(MLP, device="meta")
+    with torch.device("meta"):
+        model.head = torch.nn.Linear(128, 3)        # initialised by its own reset_parameters()
+    model.extra = torch.nn.Linear(3, 3)             # allocated already: keeps its values
+    torch.nn.init.ones_(model.extra.weight)
+    resgraph.materialize(model, device="cpu", seed=0)
+    assert not model.head.weight.is_meta and model.head.weight.std() > 0
+    assert torch.equal(model.extra.weight, torch.ones(3, 3))
+    built = reference.state_dict()
+    for key, tensor in model.state_dict().items():  # the rest: bit for bit a seeded build
+        if not key.startswith(("head.", "extra.")):
+            assert torch.equal(tensor, built[key]), key
+
+
+def test_a_meta_submodule_without_reset_parameters_is_not_materialized_uninitialised() -> None:
+    class Scale(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(10))
+
+    model = resgraph.build(MLP, device="meta")
+    with torch.device("meta"):
+        model.head = torch.nn.Sequential(torch.nn.Linear(128, 10), Scale())
+    with pytest.raises(resgraph.UsageError, match=r"'head\.1' \(Scale\) was put there after the build, on meta, "
+                                                  r"and has no reset_parameters\(\)"):
+        resgraph.materialize(model, device="cpu", seed=0)
+    assert model.head[0].weight.is_meta  # refused before anything was allocated
+    with torch.device("meta"):
+        model.head = torch.nn.Linear(128, 10)
+        model.extra = torch.nn.Linear(1000, 1000)
+    with pytest.raises(resgraph.UsageError, match=r"the largest part, 'extra', has 1,001,000 \(added after"):
+        resgraph.materialize(model, device="cpu", max_params=100_000)
+
+
+TWO_INPUTS = """
+resgraph: 1
+name: Two
+inputs:
+  x: [16]
+  y: [16]
+layers:
+  - s: {op: add, input: [x, y]}
+  - out: {op: Linear, out_features: 4}
+"""
+
+
+def test_the_guard_accepts_the_batches_the_exported_program_does() -> None:
+    # Was: a y of batch 1 beside an x of batch 2 broadcast silently in the eager model (and its .py
+    # export), while the exported program (one batch Dim for every input) refused it.
+    model = resgraph.build(TWO_INPUTS, seed=0).eval()
+    program = resgraph.export_program(model).module()
+    x, y = torch.randn(2, 16), torch.randn(1, 16)
+    with pytest.raises(ValueError, match=r"^Two: input 'y' must have the same batch size as 'x' \(2\); got \(1, 16\)$"):
+        model(x, y)
+    with pytest.raises(Exception, match=r"y\.size\(\)\[0\] == x\.size\(\)\[0\]"):
+        program(x, y)
+    y = torch.randn(2, 16)
+    assert torch.allclose(model(x, y), program(x, y))
+    assert "y.shape[0] != x.shape[0]" in resgraph.to_python(model)  # the standalone file checks it too
