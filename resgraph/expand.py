@@ -46,16 +46,15 @@ from .evaluate import (
 )
 from .expressions import ExpressionError, Unavailable, evaluate, expression_body, expression_names, width_scaling
 from .loader import MAX_BYTES, MAX_NODES, LoadedSpec, Origin, SourceMap, load_import
-from .ops import OPS, GenericOpError, Layer, TensorType
+from .ops import Layer, TensorType
 from .ops.base import is_identifier
-from .ops.generic import torch_module_class
 from .ops.tensor import SplitBase, pieces
 from .resources import SHIPPED, is_shipped, shipped_libraries
 from .spec import INSTANCE_NAMES, REQUIRED, BlockCall, BlockDef, BlockLibrary, InputDecl, Projection, Skip, Spec
 from .suggest import did_you_mean
 from .symbolic import specialize
 from .translate import subject
-from .validate import validate_library
+from .validate import unknown_block_ops, validate_library
 
 __all__ = ["MAX_BLOCK_DEPTH", "MAX_EXPANDED_NODES", "SHAPE_NAMES", "BlockRecipe", "Expander", "LayerItem", "Reader",
            "Scope", "SkipItem", "check_library_blocks", "check_unreached_blocks", "class_name", "expand", "instantiate"]
@@ -770,7 +769,7 @@ def check_unreached_blocks(spec: Spec, source: SourceMap, reached: set[str]) -> 
     """
     unreached = {block: definition for block, definition in spec.blocks.items()
                  if block not in reached and not spec.invalid_block(block)}
-    return _unknown_ops(unreached, source)
+    return unknown_block_ops(unreached, source)
 
 
 def check_library_blocks(library: BlockLibrary, source: SourceMap, read: Reader = load_import) -> list[Diagnostic]:
@@ -779,7 +778,7 @@ def check_library_blocks(library: BlockLibrary, source: SourceMap, read: Reader 
     calls naming a block that neither the library nor its imports define (literal names only)."""
     table = _BlockTable(read, [])
     table.add_document(library.imports, library.blocks, Origin(source, ()))
-    found = table.diagnostics + _unknown_ops(library.blocks, source)
+    found = table.diagnostics + unknown_block_ops(library.blocks, source)
     for block, definition in library.blocks.items():
         for i, entry in enumerate(definition.layers):
             for name, template in entry.items():
@@ -790,19 +789,3 @@ def check_library_blocks(library: BlockLibrary, source: SourceMap, read: Reader 
                                                             f"{called!r}{did_you_mean(called, table.blocks)}"))
     return sorted(found, key=lambda d: (d.location.file, d.location.line, d.location.column))
 
-
-def _unknown_ops(blocks: Mapping[str, BlockDef], source: SourceMap) -> list[Diagnostic]:
-    """Each op these blocks write as a literal that names no op (a `${}` op is known only at a call)."""
-    found: list[Diagnostic] = []
-    for block, definition in blocks.items():
-        for i, entry in enumerate(definition.layers):
-            for name, template in entry.items():
-                op = template.get("op")
-                if not isinstance(op, str) or op in OPS or "${" in op or "." in op:
-                    continue
-                try:
-                    torch_module_class(op)
-                except GenericOpError as exc:
-                    where = Origin(source, ("blocks", block, "layers", i, name, "op"))
-                    found.append(Diagnostic(where.locate(), f"block {block!r}, layer {name!r}: {exc}"))
-    return found

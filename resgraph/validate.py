@@ -29,15 +29,17 @@ from .errors import Diagnostic, SpecError
 from .evaluate import evaluate_tree, holds_expression, resolve_params
 from .expressions import expression_body
 from .loader import LoadedSpec, Origin, Path, SourceMap, gc_paused
-from .ops import OPS
+from .ops import OPS, GenericOpError
 from .ops.base import is_identifier
+from .ops.generic import torch_module_class
 from .resources import schema_path
 from .schema import json_schema, library_schema
 from .schema_check import Compiler, Predicate, UnsupportedSchema
 from .spec import BUILTIN_NAMES, BlockLibrary, Spec
 from .translate import coerced_diagnostics, jsonschema_diagnostics, keys_not_strings, pydantic_diagnostics, untyped_body
 
-__all__ = ["builtin_shadows", "is_block_library", "schema_diagnostics", "validate", "validate_library"]
+__all__ = ["builtin_shadows", "is_block_library", "schema_diagnostics", "unknown_block_ops", "validate",
+           "validate_library"]
 
 _OP_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 # Sections a spec writes as templates (typed per scope by expansion) or keeps unevaluated.
@@ -92,7 +94,10 @@ def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics:
     if coerced:
         raise SpecError([*problems, *coerced])
     if diagnostics is not None:
-        diagnostics.extend(problems)
+        # A block the schema refused is never expanded, so a misspelt op in another of its layers
+        # (which the schema cannot tell from an uncurated torch.nn class) is named now, not next run.
+        invalid = {name: loaded.data["blocks"][name] for name in blocks if name in loaded.data.get("blocks", {})}
+        diagnostics.extend(_one_per_line(problems, unknown_block_ops(invalid, loaded.source)))
     return spec.with_invalid(frozenset(entries), frozenset(blocks), frozenset(stand_ins.values()))
 
 
@@ -200,12 +205,46 @@ def validate_library(loaded: LoadedSpec) -> BlockLibrary:
     """
     diagnostics = schema_diagnostics(loaded.data, loaded.source, "library")
     diagnostics += [diagnostic for _, diagnostic in builtin_shadows(loaded.data, loaded.source)]
-    if diagnostics:
-        raise SpecError(diagnostics)
+    if diagnostics:  # the library is refused whole: also name its misspelt ops, which the schema cannot see
+        blocks = loaded.data.get("blocks") if isinstance(loaded.data, dict) else None
+        raise SpecError(_one_per_line(diagnostics, unknown_block_ops(blocks, loaded.source)))
     try:
         return BlockLibrary.model_validate(loaded.data)
     except ValidationError as exc:
         raise SpecError(list(pydantic_diagnostics(exc, loaded.data, Origin(loaded.source, ())))) from None
+
+
+def unknown_block_ops(blocks: Any, source: SourceMap) -> list[Diagnostic]:
+    """Each op that blocks write as a literal and that names no op (a `${}` op is known only at a call).
+
+    `blocks` maps block names to typed `BlockDef`s or to their plain data, which the schema may
+    have refused (anything that is not a mapping or list where one belongs is passed over).
+
+    >>> from resgraph.loader import load_text
+    >>> loaded = load_text("blocks:\\n  b:\\n    layers:\\n      - act: {op: ReLUU}\\n", "lib.yaml")
+    >>> [(str(d.location), d.message[:42]) for d in unknown_block_ops(loaded.data["blocks"], loaded.source)]
+    [('lib.yaml:4:19', "block 'b', layer 'act': unknown op 'ReLUU'")]
+    """
+    found: list[Diagnostic] = []
+    for block, definition in blocks.items() if isinstance(blocks, Mapping) else ():
+        layers = definition.get("layers") if isinstance(definition, Mapping) else getattr(definition, "layers", None)
+        for i, entry in enumerate(layers if isinstance(layers, list) else ()):
+            for name, template in entry.items() if isinstance(entry, Mapping) else ():
+                op = template.get("op") if isinstance(template, Mapping) else None
+                if not isinstance(op, str) or op in OPS or "${" in op or "." in op:
+                    continue
+                try:
+                    torch_module_class(op)
+                except GenericOpError as exc:
+                    where = Origin(source, ("blocks", block, "layers", i, name, "op"))
+                    found.append(Diagnostic(where.locate(), f"block {block!r}, layer {name!r}: {exc}"))
+    return found
+
+
+def _one_per_line(diagnostics: list[Diagnostic], more: list[Diagnostic]) -> list[Diagnostic]:
+    """`diagnostics`, then those of `more` on a line none of them is on (a line gets one report)."""
+    lines = {(d.location.file, d.location.line) for d in diagnostics}
+    return [*diagnostics, *(d for d in more if (d.location.file, d.location.line) not in lines)]
 
 
 @cache

@@ -1,0 +1,74 @@
+"""Held-back cases of inspection and first contact: every independent mistake in one run."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import resgraph
+from resgraph.api import check_library
+from conftest import ROOT
+
+BLOCK_WITH_TWO_MISTAKES = """\
+resgraph: 1
+name: Blk
+inputs:
+  x: [3, 32, 32]
+blocks:
+  unit:
+    inputs: [h]
+    layers:
+      - conv: {op: Conv2d, out_channels: 8, kernal_size: 3}
+      - act: {op: ReLUU}
+layers:
+  - b: {block: unit}
+"""
+
+LIBRARY_WITH_MISTAKES = """\
+resgraph: 1
+blocks:
+  a:
+    layers:
+      - conv: {op: Conv2d, out_channels: 8, kernal_size: 3}
+      - act: {op: ReLUU}
+  b:
+    layers:
+      - act: {op: Sigmoidd}
+"""
+
+
+def _errors(exc: pytest.ExceptionInfo[resgraph.SpecError]) -> list[str]:
+    return [f"{d.location.line}:{d.location.column} {d.message}" for d in exc.value.diagnostics]
+
+
+def test_a_misspelt_op_in_a_block_the_schema_refused_is_reported_with_its_other_mistakes(
+        tmp_path: pathlib.Path) -> None:
+    # The block was left out whole for the argument typo, so `ReLUU` surfaced only on the next run.
+    spec = tmp_path / "blk.yaml"
+    spec.write_text(BLOCK_WITH_TWO_MISTAKES)
+    with pytest.raises(resgraph.SpecError) as exc:
+        resgraph.check(spec)
+    errors = _errors(exc)
+    assert any(e.startswith("9:") and "unknown argument 'kernal_size'" in e for e in errors)
+    assert any(e.startswith("10:19 ") and "unknown op 'ReLUU'" in e and "did you mean 'ReLU'" in e for e in errors)
+
+
+def test_a_library_with_a_schema_error_also_names_its_misspelt_ops(tmp_path: pathlib.Path) -> None:
+    library = tmp_path / "lib.yaml"
+    library.write_text(LIBRARY_WITH_MISTAKES)
+    (tmp_path / "spec.yaml").write_text("resgraph: 1\nname: Imp\nimports: [lib.yaml]\ninputs:\n  x: [3, 8, 8]\n"
+                                        "layers:\n  - b: {block: b}\n")
+    for run in (lambda: check_library(library), lambda: resgraph.check(tmp_path / "spec.yaml")):
+        with pytest.raises(resgraph.SpecError) as exc:
+            run()
+        errors = _errors(exc)
+        assert any(e.startswith("5:") and "kernal_size" in e for e in errors)
+        assert any(e.startswith("6:19 ") and "unknown op 'ReLUU'" in e for e in errors)
+        assert any(e.startswith("9:19 ") and "unknown op 'Sigmoidd'" in e for e in errors)
+    cli = subprocess.run([sys.executable, "-m", "resgraph", "validate", str(library)], capture_output=True, text=True,
+                         cwd=ROOT)
+    assert cli.returncode == 1 and "Traceback" not in cli.stderr
+    assert "lib.yaml:9:19: error: block 'b', layer 'act': unknown op 'Sigmoidd'" in cli.stdout + cli.stderr
