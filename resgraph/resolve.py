@@ -286,8 +286,13 @@ class _Resolver:
         inputs = list(self.scope.inputs)
         if len(inputs) > 1:
             where = "the block" if self.scope.block else "the spec"
-            self.fail(item.origin, f"layer {self.q(item.name)}: {where} has several inputs "
-                                   f"({', '.join(inputs)}); say which this layer reads", f"add `input: {inputs[0]}`")
+            # A spec input the schema refused has no declaration here, and may be known only by a
+            # stand-in name (`invalid_input_1` for `bad-name`): name the others, count it.
+            valid = [name for name in inputs if self.scope.block or self.scope.inputs[name] is not None]
+            refused = len(inputs) - len(valid)
+            listed = ", ".join(valid) + (f"{', ' if valid else ''}and {refused} refused above" if refused else "")
+            self.fail(item.origin, f"layer {self.q(item.name)}: {where} has several inputs ({listed}); say which "
+                                   "this layer reads", f"add `input: {valid[0]}`" if valid else None)
             return None
         return inputs
 

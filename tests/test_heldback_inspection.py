@@ -9,8 +9,8 @@ import sys
 import pytest
 
 import resgraph
-from resgraph.api import check_library
 from conftest import ROOT
+from resgraph.api import check_library
 
 BLOCK_WITH_TWO_MISTAKES = """\
 resgraph: 1
@@ -72,3 +72,17 @@ def test_a_library_with_a_schema_error_also_names_its_misspelt_ops(tmp_path: pat
                          cwd=ROOT)
     assert cli.returncode == 1 and "Traceback" not in cli.stderr
     assert "lib.yaml:9:19: error: block 'b', layer 'act': unknown op 'Sigmoidd'" in cli.stdout + cli.stderr
+
+
+def test_an_input_refused_for_its_name_is_not_named_by_its_stand_in(tmp_path: pathlib.Path) -> None:
+    # The spec's other mistake named `invalid_input_1`, a name the user never wrote, and the hint could suggest it.
+    spec = tmp_path / "inputs.yaml"
+    spec.write_text("resgraph: 1\nname: Two\ninputs:\n  x: [3, 8, 8]\n  bad-name: [3]\n"
+                    "layers:\n  - c1: {op: Conv2d, out_channels: 8, kernel_size: 3}\n")
+    with pytest.raises(resgraph.SpecError) as exc:
+        resgraph.check(spec)
+    errors = _errors(exc)
+    assert any(e.startswith("5:3 ") and "invalid name 'bad-name'" in e for e in errors)
+    assert "7:5 layer 'c1': the spec has several inputs (x, and 1 refused above); say which this layer reads" in errors
+    assert [d.hint for d in exc.value.diagnostics if d.location.line == 7] == ["add `input: x`"]
+    assert "invalid_input" not in str(exc.value)
