@@ -28,7 +28,7 @@ from .graph import Graph
 from .loader import LoadedSpec, SourceMap, gc_paused, load_file, load_text
 from .resolve import resolve
 from .resources import is_shipped, read_import, read_shipped
-from .shapes import infer_shapes
+from .shapes import check_uncalled_blocks, infer_shapes
 from .spec import BlockLibrary, Spec
 from .validate import is_block_library, validate, validate_library
 from .version import __version__
@@ -243,10 +243,14 @@ def check_loaded(loaded: LoadedSpec, params: Mapping[str, Any] | None, read: Rea
         infer_shapes(graph, diagnostics=diagnostics)
         if diagnostics:  # the run fails: also name what blocks that were never typed hold
             reached = {instance.block for _, instance in graph.subgraphs() if instance.block}
+            uncalled = [block for block in spec.blocks if block not in reached]
             # An op its failed instance already reported is not named again (a line gets one report).
             reported = {(d.location.file, d.location.line) for d in diagnostics}
-            diagnostics.extend(d for d in check_unreached_blocks(spec, loaded.source, reached)
-                               if (d.location.file, d.location.line) not in reported)
+            for found in (check_unreached_blocks(spec, loaded.source, reached),
+                          check_uncalled_blocks(spec, loaded.source, uncalled, reached, read)):
+                new = [d for d in found if (d.location.file, d.location.line) not in reported]
+                reported |= {(d.location.file, d.location.line) for d in new}
+                diagnostics.extend(new)
             diagnostics.extend(_batch_dims_given(declared, input_shapes or {}, loaded.source))
     if diagnostics:
         raise SpecError(diagnostics)

@@ -86,3 +86,59 @@ def test_an_input_refused_for_its_name_is_not_named_by_its_stand_in(tmp_path: pa
     assert "7:5 layer 'c1': the spec has several inputs (x, and 1 refused above); say which this layer reads" in errors
     assert [d.hint for d in exc.value.diagnostics if d.location.line == 7] == ["add `input: x`"]
     assert "invalid_input" not in str(exc.value)
+
+
+REPEAT_ZERO = """\
+resgraph: 1
+name: Hidden
+inputs:
+  x: [3, 32, 32]
+blocks:
+  unit:
+    inputs: [h]
+    params: {width: required}
+    layers:
+      - conv: {op: Conv2d, out_channels: 4, kernel_size: 3, padding: 1, input: hh}
+      - act: {op: ReLU}
+      - proj: {op: Conv2d, out_channels: "${width}", kernel_size: 1}
+    skips:
+      - sk: {from: h, to: nothere}
+    outputs: [ghost]
+  cyc_a:
+    layers:
+      - inner: {block: cyc_b}
+  cyc_b:
+    layers:
+      - inner: {block: cyc_a}
+layers:
+  - b1: {block: unit, repeat: 0, with: {width: 4}}
+"""
+
+
+def test_the_names_inside_a_block_whose_only_call_failed_are_checked_in_the_same_run(tmp_path: pathlib.Path) -> None:
+    # `repeat: 0` left the block uncalled, and only its misspelt ops were looked for: its three
+    # unknown names (and a cycle between two uncalled blocks) surfaced only once the call was fixed.
+    spec = tmp_path / "hidden.yaml"
+    spec.write_text(REPEAT_ZERO)
+    with pytest.raises(resgraph.SpecError) as exc:
+        resgraph.check(spec)
+    errors = _errors(exc)
+    assert any(e.startswith("10:") and "unknown node 'hh'; did you mean 'h'?" in e for e in errors)
+    assert any(e.startswith("14:") and "to: unknown node 'nothere'" in e for e in errors)
+    assert any(e.startswith("15:") and "unknown node 'ghost'" in e for e in errors)
+    assert sum("block cycle" in e for e in errors) == 1  # one cycle, reported once
+    assert any(e.startswith("23:") and "repeat: must be at least 1" in e for e in errors)
+    assert len(errors) == 5  # nothing that reads the unknown `width` is reported
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").glob("*.yaml")))
+def test_checking_an_examples_blocks_with_no_call_finds_nothing(example: str) -> None:
+    """Each example's blocks, checked as if every call had failed, have no mistake of their own."""
+    from resgraph.loader import load_file
+    from resgraph.resources import read_import
+    from resgraph.shapes import check_uncalled_blocks
+    from resgraph.validate import validate
+
+    loaded = load_file(str(ROOT / "examples" / example))
+    spec = validate(loaded, None, [])
+    assert check_uncalled_blocks(spec, loaded.source, list(spec.blocks), (), read_import) == []
