@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .errors import Diagnostic, SpecError
-from .evaluate import evaluate_tree, holds_expression, resolve_params
+from .evaluate import FailedNames, evaluate_tree, holds_expression, names_read, resolve_params
 from .expressions import expression_body
 from .loader import LoadedSpec, Origin, Path, SourceMap, gc_paused
 from .ops import OPS, GenericOpError
@@ -83,6 +83,19 @@ def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics:
     found: list[Diagnostic] = []
     values = resolve_params(data.get("params", {}), params or {}, root.child("params"), found)
     shell = {k: v for k, v in data.items() if k not in _TEMPLATES}
+    if found and diagnostics is not None:
+        failed = set(values.failed) if isinstance(values, FailedNames) else set()
+        if _reads_none_of(shell, failed):
+            # A parameter with no value: leave out the entries and blocks that read it (reported
+            # nothing more, as what reads a refused layer), and check everything else in this run.
+            reading = _parts_reading(data, failed)
+            entries |= reading[0]
+            blocks |= reading[1]
+            data = _without(loaded.data, entries, blocks, stand_ins)
+            problems += found
+            found = []
+            # (nothing left reads a failed one: the rest of the run reads the values as plain data)
+            values = dict(values.values) if isinstance(values, FailedNames) else values
     data = {**evaluate_tree(shell, values, root, found, dependent=[]), **{k: data[k] for k in _TEMPLATES if k in data}}
     if found:
         raise SpecError([*problems, *found])
@@ -99,6 +112,22 @@ def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics:
         invalid = {name: loaded.data["blocks"][name] for name in blocks if name in loaded.data.get("blocks", {})}
         diagnostics.extend(_one_per_line(problems, unknown_block_ops(invalid, loaded.source)))
     return spec.with_invalid(frozenset(entries), frozenset(blocks), frozenset(stand_ins.values()))
+
+
+def _reads_none_of(value: Any, names: set[str]) -> bool:
+    """True when every `${...}` in `value` parses and reads none of `names`."""
+    read = names_read(value)
+    return read is not None and not read & names
+
+
+def _parts_reading(data: dict[str, Any], names: set[str]) -> tuple[set[tuple[str, int]], set[str]]:
+    """The top-level layer and skip entries (section, index) and the blocks whose text reads one of
+    `names` (or holds an expression that does not parse, which might)."""
+    entries = {(section, i) for section in ("layers", "skips") if isinstance(data.get(section), list)
+               for i, entry in enumerate(data[section]) if not _reads_none_of(entry, names)}
+    blocks = data.get("blocks")
+    return entries, {name for name, block in (blocks.items() if isinstance(blocks, dict) else ())
+                     if not _reads_none_of(block, names)}
 
 
 def builtin_shadows(data: Any, source: SourceMap) -> list[tuple[Path, Diagnostic]]:

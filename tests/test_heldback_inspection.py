@@ -142,3 +142,43 @@ def test_checking_an_examples_blocks_with_no_call_finds_nothing(example: str) ->
     loaded = load_file(str(ROOT / "examples" / example))
     spec = validate(loaded, None, [])
     assert check_uncalled_blocks(spec, loaded.source, list(spec.blocks), (), read_import) == []
+
+
+PARAM_AND_LAYERS = """\
+resgraph: 1
+name: P
+params: {w: "${undefined_thing * 2}", depth: 2}
+inputs:
+  x: [3, 8, 8]
+layers:
+  - c: {op: Conv2d, out_channels: "${w}", kernel_size: 3}
+  - d: {op: ReLUU, input: x}
+  - f: {block: blk, input: x}
+  - g: {block: other, input: x}
+blocks:
+  blk:
+    params: {k: "${w}"}
+    layers:
+      - z: {op: Conv2d, out_channels: 4, kernel_size: "${k}"}
+  other:
+    layers:
+      - z: {op: Linear, out_features: "${depth}", input: nowhere}
+skips:
+  - s: {from: c, to: d}
+  - s2: {from: x, to: ghost}
+"""
+
+
+def test_a_parameter_that_fails_hides_only_what_reads_it(tmp_path: pathlib.Path) -> None:
+    # A failed parameter stopped the run after the schema: the unknown op, the block's unknown
+    # node and the skip's unknown target (none of which reads `w`) surfaced one run later.
+    spec = tmp_path / "params.yaml"
+    spec.write_text(PARAM_AND_LAYERS)
+    with pytest.raises(resgraph.SpecError) as exc:
+        resgraph.check(spec)
+    errors = _errors(exc)
+    assert errors[0].startswith("3:16 ") and "unknown name 'undefined_thing'" in errors[0]
+    assert any(e.startswith("8:") and "unknown op 'ReLUU'" in e for e in errors)
+    assert any(e.startswith("18:") and "unknown node 'nowhere'" in e for e in errors)
+    assert any(e.startswith("21:") and "to: unknown node 'ghost'" in e for e in errors)
+    assert len(errors) == 4  # `c`, `blk` and the skip from `c` read `w`: left out, not reported again
