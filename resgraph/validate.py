@@ -164,6 +164,7 @@ def _invalid_parts(paths: list[Path], data: Any) -> tuple[set[tuple[str, int]], 
     inputs: set[str] = set()
     fatal = False
     declared = data.get("inputs") if isinstance(data, dict) else None
+    defined = data.get("blocks") if isinstance(data, dict) else None
     for path in paths:
         if len(path) >= 2 and path[0] in ("layers", "skips") and isinstance(path[1], int):
             entries.add((str(path[0]), path[1]))
@@ -173,6 +174,8 @@ def _invalid_parts(paths: list[Path], data: Any) -> tuple[set[tuple[str, int]], 
             inputs.add(path[1])  # its shape or dtype
         elif path == ("inputs",) and isinstance(declared, dict) and any(not is_identifier(k) for k in declared):
             inputs.update(k for k in declared if not is_identifier(k))  # its name
+        elif path == ("blocks",) and isinstance(defined, dict) and any(not is_identifier(k) for k in defined):
+            blocks.update(k for k in defined if not is_identifier(k))  # its name (a call naming it is refused too)
         else:
             fatal = True
     return entries, blocks, inputs, fatal
@@ -189,11 +192,11 @@ def _without(data: dict[str, Any], entries: set[tuple[str, int]], blocks: set[st
     result = dict(data)
     for section in ("layers", "skips"):
         if any(s == section for s, _ in entries):
-            result[section] = [_stand_in(entry) if (section, i) in entries else entry
+            result[section] = [_stand_in(entry, f"invalid_{section[:-1]}_{i}") if (section, i) in entries else entry
                                for i, entry in enumerate(data[section])]
-    if blocks:
+    if blocks:  # (one with an invalid name is left out: no valid call can name it)
         result["blocks"] = {name: ({"layers": [{"invalid": {}}]} if name in blocks else block)
-                            for name, block in data["blocks"].items()}
+                            for name, block in data["blocks"].items() if is_identifier(name)}
     if inputs:
         result["inputs"] = {inputs.get(name, name): ([1] if name in inputs else decl)
                             for name, decl in data["inputs"].items()}
@@ -208,9 +211,10 @@ def _input_stand_ins(data: Any, inputs: set[str]) -> dict[str, str]:
             for i, name in enumerate(declared or {}) if name in inputs}
 
 
-def _stand_in(entry: Any) -> dict[str, Any]:
+def _stand_in(entry: Any, placeholder: str) -> dict[str, Any]:
     """An entry with the invalid one's name when that is a valid name (so references to it are
-    recognised as depending on it), else a placeholder name."""
+    recognised as depending on it), else `placeholder`, a name of its own (two entries refused
+    for their names must not collide as duplicates)."""
     if isinstance(entry, dict) and len(entry) == 1:
         name, body = next(iter(entry.items()))
         if is_identifier(name):
@@ -218,7 +222,7 @@ def _stand_in(entry: Any) -> dict[str, Any]:
             pieces = body.get("outputs") if isinstance(body, dict) else None
             valid = isinstance(pieces, list) and all(isinstance(p, str) and is_identifier(p) for p in pieces)
             return {name: {"outputs": pieces}} if valid and pieces else {name: {}}
-    return {"invalid": {}}
+    return {placeholder: {}}
 
 
 def is_block_library(data: Any) -> bool:

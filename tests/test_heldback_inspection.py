@@ -182,3 +182,37 @@ def test_a_parameter_that_fails_hides_only_what_reads_it(tmp_path: pathlib.Path)
     assert any(e.startswith("18:") and "unknown node 'nowhere'" in e for e in errors)
     assert any(e.startswith("21:") and "to: unknown node 'ghost'" in e for e in errors)
     assert len(errors) == 4  # `c`, `blk` and the skip from `c` read `w`: left out, not reported again
+
+
+INVALID_NAMES = """\
+resgraph: 1
+name: N
+inputs:
+  x: [3, 8, 8]
+blocks:
+  bad-block:
+    layers:
+      - z: {op: ReLU}
+layers:
+  - 2bad: {op: ReLU}
+  - ok: {op: ReLU, input: x}
+  - ok2: {op: ReLU, input: missing}
+  - invalid: {op: ReLU, input: ok}
+skips:
+  - bad skip: {from: x, to: ok}
+  - s: {from: nope, to: ok}
+"""
+
+
+def test_invalid_block_layer_and_skip_names_hide_nothing_else(tmp_path: pathlib.Path) -> None:
+    # A block's invalid name stopped the run (its unknown references surfaced next run), and two
+    # entries refused for their names were then reported as one name used twice (`skip 'invalid'`).
+    spec = tmp_path / "names.yaml"
+    spec.write_text(INVALID_NAMES)
+    with pytest.raises(resgraph.SpecError) as exc:
+        resgraph.check(spec)
+    errors = _errors(exc)
+    assert [e.split(" ", 1)[0] for e in errors] == ["6:3", "10:5", "12:28", "15:5", "16:15"]
+    assert "invalid name 'bad-block'" in errors[0] and "unknown node 'missing'" in errors[2]
+    assert "unknown node 'nope'" in errors[4]
+    assert not any("already used" in e for e in errors)
