@@ -174,6 +174,8 @@ def _invalid_parts(paths: list[Path], data: Any) -> tuple[set[tuple[str, int]], 
             inputs.add(path[1])  # its shape or dtype
         elif path == ("inputs",) and isinstance(declared, dict) and any(not is_identifier(k) for k in declared):
             inputs.update(k for k in declared if not is_identifier(k))  # its name
+        elif path[:1] == ("outputs",) and len(path) <= 2:  # an item (its index), or the list (-1)
+            entries.add(("outputs", path[1] if len(path) == 2 and isinstance(path[1], int) else -1))
         elif path == ("blocks",) and isinstance(defined, dict) and any(not is_identifier(k) for k in defined):
             blocks.update(k for k in defined if not is_identifier(k))  # its name (a call naming it is refused too)
         else:
@@ -184,9 +186,10 @@ def _invalid_parts(paths: list[Path], data: Any) -> tuple[set[tuple[str, int]], 
 def _without(data: dict[str, Any], entries: set[tuple[str, int]], blocks: set[str],
              inputs: Mapping[str, str]) -> dict[str, Any]:
     """`data` with each invalid entry replaced by a well-formed stand-in at its place (so the others
-    keep their indices and positions), each invalid block by an empty one, and each invalid input by
-    a one-dim stand-in under the name `inputs` maps it to. Expansion never types a stand-in: the
-    spec marks it invalid, and an invalid input has no type, so what reads it is left out silently."""
+    keep their indices and positions), invalid outputs left out, each invalid block by an empty one,
+    and each invalid input by a one-dim stand-in under the name `inputs` maps it to. Expansion never
+    types a stand-in: the spec marks it invalid, and an invalid input has no type, so what reads it
+    is left out silently."""
     if not entries and not blocks and not inputs:
         return data
     result = dict(data)
@@ -194,6 +197,14 @@ def _without(data: dict[str, Any], entries: set[tuple[str, int]], blocks: set[st
         if any(s == section for s, _ in entries):
             result[section] = [_stand_in(entry, f"invalid_{section[:-1]}_{i}") if (section, i) in entries else entry
                                for i, entry in enumerate(data[section])]
+    refused = {i for section, i in entries if section == "outputs"}
+    if refused:  # the valid outputs are kept; with none left, the last layer's value is the output
+        kept = [o for i, o in enumerate(data["outputs"]) if i not in refused] \
+            if -1 not in refused and isinstance(data["outputs"], list) else []
+        if kept:
+            result["outputs"] = kept
+        else:
+            del result["outputs"]
     if blocks:  # (one with an invalid name is left out: no valid call can name it)
         result["blocks"] = {name: ({"layers": [{"invalid": {}}]} if name in blocks else block)
                             for name, block in data["blocks"].items() if is_identifier(name)}

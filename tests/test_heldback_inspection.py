@@ -216,3 +216,19 @@ def test_invalid_block_layer_and_skip_names_hide_nothing_else(tmp_path: pathlib.
     assert "invalid name 'bad-block'" in errors[0] and "unknown node 'missing'" in errors[2]
     assert "unknown node 'nope'" in errors[4]
     assert not any("already used" in e for e in errors)
+
+
+@pytest.mark.parametrize(("outputs", "message"), [("[a, 5]", "8:14 outputs[1]: expected a name, got integer 5"),
+                                                  ("7", "8:10 outputs: expected a list of names or null"),
+                                                  ("[]", "8:10 outputs: must not be empty")])
+def test_a_malformed_outputs_list_hides_nothing_else(outputs: str, message: str, tmp_path: pathlib.Path) -> None:
+    # A schema error in `outputs` was fatal: the layers' own mistakes surfaced one run later.
+    spec = tmp_path / "outputs.yaml"
+    spec.write_text("resgraph: 1\nname: O\ninputs:\n  x: [3, 8, 8]\nlayers:\n  - a: {op: ReLUU}\n"
+                    f"  - b: {{op: ReLU, input: zz}}\noutputs: {outputs}\n")
+    with pytest.raises(resgraph.SpecError) as exc:
+        resgraph.check(spec)
+    errors = _errors(exc)
+    assert len(errors) == 3 and errors[2].startswith(message)
+    assert errors[0].startswith("6:9 ") and "unknown op 'ReLUU'" in errors[0]
+    assert errors[1] == "7:26 layer 'b': unknown node 'zz'"
