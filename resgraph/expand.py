@@ -810,13 +810,14 @@ def check_unreached_blocks(spec: Spec, source: SourceMap, reached: set[str]) -> 
 def blind_scopes(spec: Spec, source: SourceMap, blocks: Iterable[str], reached: Iterable[str] = (),
                  read: Reader = load_import) -> tuple[list[tuple[str, Scope]], list[Diagnostic]]:
     """Scopes of the spec's `blocks` made with nothing known of a call (`Expander.blind`), for a run
-    that failed before any call made one, and the problems making them found. Problems reading
-    the imports are not repeated (expansion reported them), nor cycles through a `reached` block
-    (one of whose instances was made, so expansion met the cycle and reported it)."""
+    that failed before any call made one, and the problems making them found. None when the imports
+    cannot all be read (expansion reported that, and checked nothing more either); cycles through a
+    `reached` block are not repeated (one of its instances was made: expansion met the cycle)."""
     expander = Expander(spec, source, read, [])
     expander.cycles_reported_through = frozenset(reached)
     expander.add_document(spec.imports, spec.blocks, Origin(source, ()))
-    del expander.diagnostics[:]
+    if expander.diagnostics:  # the blocks could not all be read: a call could name one that is missing
+        return [], []
     scopes = [(block, scope) for block in blocks if not spec.invalid_block(block)
               for scope in [expander.blind(block)] if scope is not None]
     return scopes, expander.diagnostics

@@ -232,3 +232,14 @@ def test_a_malformed_outputs_list_hides_nothing_else(outputs: str, message: str,
     assert len(errors) == 3 and errors[2].startswith(message)
     assert errors[0].startswith("6:9 ") and "unknown op 'ReLUU'" in errors[0]
     assert errors[1] == "7:26 layer 'b': unknown node 'zz'"
+
+
+def test_a_block_checked_with_no_call_after_a_failed_import_names_no_missing_block(tmp_path: pathlib.Path) -> None:
+    spec = tmp_path / "imports.yaml"
+    spec.write_text("resgraph: 1\nname: I\nimports: [nonexist.yaml]\ninputs:\n  x: [3, 8, 8]\nblocks:\n  wrap:\n"
+                    "    layers:\n      - inner: {block: basic, with: {planes: 3}}\nlayers:\n"
+                    "  - w: {block: wrap, repeat: 0}\n")
+    with pytest.raises(resgraph.SpecError) as exc:
+        resgraph.check(spec)
+    errors = _errors(exc)
+    assert len(errors) == 2 and "cannot import 'nonexist.yaml'" in errors[0] and "repeat" in errors[1]
