@@ -243,3 +243,15 @@ def test_a_block_checked_with_no_call_after_a_failed_import_names_no_missing_blo
         resgraph.check(spec)
     errors = _errors(exc)
     assert len(errors) == 2 and "cannot import 'nonexist.yaml'" in errors[0] and "repeat" in errors[1]
+
+
+def test_a_blocks_output_errors_name_the_block(tmp_path: pathlib.Path) -> None:
+    # `outputs: unknown node 'ghost'` read as the model's outputs, while it is the block's.
+    spec = tmp_path / "block_outputs.yaml"
+    spec.write_text("resgraph: 1\nname: B\ninputs:\n  x: [8]\nblocks:\n  unit:\n    layers:\n"
+                    "      - fc: {op: Linear, out_features: 4}\n      - act: {op: ReLU}\n"
+                    "    outputs: [act, ghost, act]\nlayers:\n  - b: {block: unit}\n")
+    with pytest.raises(resgraph.SpecError) as exc:
+        resgraph.check(spec)
+    assert _errors(exc) == ["10:20 block 'unit': outputs: unknown node 'ghost'",
+                            "10:27 block 'unit': outputs: 'act' is listed twice"]
