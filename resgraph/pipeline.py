@@ -273,13 +273,22 @@ def _batch_dims_given(declared: Spec, input_shapes: Mapping[str, Sequence[int]],
 
 
 def check_loaded_library(loaded: LoadedSpec, read: Reader = read_import) -> BlockLibrary:
-    """Validate a loaded block library, then what it names: its imports, ops and called blocks.
+    """Validate a loaded block library, then what it names: its imports, ops and called blocks,
+    and, when those are sound, the names inside each block (`shapes.check_uncalled_blocks`).
 
     Raises:
         SpecError: every problem found, each with file:line:col.
     """
     library = validate_library(loaded)
     diagnostics = check_library_blocks(library, loaded.source, read)
+    if not diagnostics:  # then each block as no call gives it values: its unknown names, its outputs
+        # (a block another calls is met twice, with its defaults there: a line gets one report)
+        as_spec = Spec.model_construct(name="Library", imports=library.imports, blocks=library.blocks)
+        reported: set[tuple[str, int]] = set()
+        for found in check_uncalled_blocks(as_spec, loaded.source, list(library.blocks), (), read):
+            if (found.location.file, found.location.line) not in reported:
+                reported.add((found.location.file, found.location.line))
+                diagnostics.append(found)
     if diagnostics:
         raise SpecError(diagnostics)
     return library

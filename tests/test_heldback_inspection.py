@@ -255,3 +255,19 @@ def test_a_blocks_output_errors_name_the_block(tmp_path: pathlib.Path) -> None:
         resgraph.check(spec)
     assert _errors(exc) == ["10:20 block 'unit': outputs: unknown node 'ghost'",
                             "10:27 block 'unit': outputs: 'act' is listed twice"]
+
+
+def test_a_block_library_checked_on_its_own_names_unknown_references(tmp_path: pathlib.Path) -> None:
+    # `resgraph validate lib.yaml` said ok for a library whose blocks read nodes that do not exist.
+    library = tmp_path / "lib.yaml"
+    library.write_text("resgraph: 1\nblocks:\n  a:\n    params: {w: 4}\n    layers:\n"
+                       "      - conv: {op: Conv2d, out_channels: 4, kernel_size: 3, input: hx}\n"
+                       "      - act: {op: ReLU}\n      - wide: {op: Conv2d, out_channels: \"${w}\", kernel_size: 1}\n"
+                       "    outputs: [wide, gone]\n  b:\n    layers:\n      - inner: {block: a}\n"
+                       "      - q: {op: ReLU, input: nothing}\n")
+    with pytest.raises(resgraph.SpecError) as exc:
+        check_library(library)
+    assert _errors(exc) == ["6:68 layer 'a.conv': unknown node 'hx'; did you mean 'x'?",
+                            "9:21 block 'a': outputs: unknown node 'gone'",
+                            "13:30 layer 'b.q': unknown node 'nothing'"]
+    assert sorted(check_library("resgraph:blocks/resnet.yaml").blocks) == ["basic", "bottleneck"]
