@@ -75,7 +75,8 @@ def check(spec: SpecSource, *, params: Mapping[str, Any] | None = None, allow_im
 
 def check_library(library: SpecSource, *, file: str | None = None) -> BlockLibrary:
     """Check a block library (a file `imports:` names) on its own: its structure and types, its
-    imports (read as a spec would), the ops it names and the blocks it calls.
+    imports (read as a spec would), the ops it names and the blocks it calls, and the names each
+    block's layers, skips and outputs read (what reads its parameters or input shape is left out).
 
     A block's layers are checked in full where a spec calls it, since only a call gives its
     parameters values.

@@ -46,19 +46,19 @@ from .evaluate import (
 )
 from .expressions import ExpressionError, Unavailable, evaluate, expression_body, expression_names, width_scaling
 from .loader import MAX_BYTES, MAX_NODES, LoadedSpec, Origin, SourceMap, load_import
-from .ops import OPS, GenericOpError, Layer, TensorType
+from .ops import Layer, TensorType
 from .ops.base import is_identifier
-from .ops.generic import torch_module_class
 from .ops.tensor import SplitBase, pieces
 from .resources import SHIPPED, is_shipped, shipped_libraries
 from .spec import INSTANCE_NAMES, REQUIRED, BlockCall, BlockDef, BlockLibrary, InputDecl, Projection, Skip, Spec
 from .suggest import did_you_mean
 from .symbolic import specialize
 from .translate import subject
-from .validate import validate_library
+from .validate import unknown_block_ops, validate_library
 
 __all__ = ["MAX_BLOCK_DEPTH", "MAX_EXPANDED_NODES", "SHAPE_NAMES", "BlockRecipe", "Expander", "LayerItem", "Reader",
-           "Scope", "SkipItem", "check_library_blocks", "check_unreached_blocks", "class_name", "expand", "instantiate"]
+           "Scope", "SkipItem", "blind_scopes", "check_library_blocks", "check_unreached_blocks", "class_name",
+           "expand", "instantiate"]
 
 MAX_BLOCK_DEPTH = 32
 # Layers and skips in all scopes together, the top level's and every block instance's: nested
@@ -220,12 +220,15 @@ class _ShapeNames(Mapping[str, Any]):
     recorded decision; see `resgraph.symbolic`), so reading nothing keeps the model size-generic."""
 
     def __init__(self, base: Mapping[str, Any], inputs: list[TensorType] | None,
-                 prescaled: frozenset[str] = frozenset()) -> None:
+                 prescaled: frozenset[str] = frozenset(), unknown: frozenset[str] = frozenset()) -> None:
         self.base = base
         self.inputs = inputs
         self.prescaled = prescaled  # parameters holding widths scaled already (see `evaluate.is_scaled_already`)
+        self.unknown = unknown  # names that exist but have no value here (a block checked with no call: `blind`)
 
     def __getitem__(self, key: str) -> Any:
+        if key in self.unknown:
+            raise Unavailable(f"{key} is unknown: the block is checked without a call that gives it")
         if key in self.base or key not in SHAPE_NAMES:
             return self.base[key]
         if self.inputs is None:
@@ -241,14 +244,19 @@ class _ShapeNames(Mapping[str, Any]):
 
     def __contains__(self, key: object) -> bool:
         # (Mapping's own reads the value: a shape name's would be specialised, or fail, just to be tested)
-        return key in self.base or key in SHAPE_NAMES
+        return key in self.base or key in SHAPE_NAMES or key in self.unknown
 
     def __iter__(self) -> Iterator[str]:
         yield from self.base
-        yield from (name for name in SHAPE_NAMES if name not in self.base)
+        yield from (name for name in (*SHAPE_NAMES, *sorted(self.unknown)) if name not in self.base)
 
     def __len__(self) -> int:
-        return len(set(self.base) | set(SHAPE_NAMES))
+        return len(set(self.base) | set(SHAPE_NAMES) | self.unknown)
+
+
+def _unknown(names: Mapping[str, Any]) -> frozenset[str]:
+    """The names `names` holds without a value (see `Expander.blind`)."""
+    return names.unknown if isinstance(names, _ShapeNames) else frozenset()
 
 
 class _BlockTable:
@@ -334,6 +342,10 @@ class Expander(_BlockTable):
         self.num_blocks = 0
         self.expanded = 0  # layers and skips made so far, in all scopes
         self.exhausted = False  # the bound was hit (and reported): expand nothing more
+        # Block cycles reported (each once, from whichever block it is entered), and blocks whose
+        # cycles another run reported: a `blind` check's expander is given those the expansion reached.
+        self.cycles: set[frozenset[str]] = set()
+        self.cycles_reported_through: frozenset[str] = frozenset()
         self.first_sizes: dict[int, int] = {}  # id(recipe) -> nodes its first instance took
         self.typed_bodies: dict[Any, Any] = {}  # equal entry bodies share one typed object (see `concrete`)
         self.block_reads: dict[str, tuple[frozenset[str], frozenset[str]] | None] = {}  # see `reads_of_block`
@@ -441,9 +453,12 @@ class Expander(_BlockTable):
         if self.spec.invalid_block(call.block):
             return None
         if call.block in stack:
-            cycle = " -> ".join([*stack[stack.index(call.block):], call.block])
-            self.diagnostics.append(Diagnostic(item.origin.child("block").locate(),
-                                               f"{self.label(item)}: block cycle {cycle}"))
+            blocks = frozenset(stack[stack.index(call.block):])
+            if blocks not in self.cycles and not blocks & self.cycles_reported_through:
+                self.cycles.add(blocks)
+                cycle = " -> ".join([*stack[stack.index(call.block):], call.block])
+                self.diagnostics.append(Diagnostic(item.origin.child("block").locate(),
+                                                   f"{self.label(item)}: block cycle {cycle}"))
             return None
         if len(stack) >= MAX_BLOCK_DEPTH:
             self.diagnostics.append(Diagnostic(item.origin.locate(key=True),
@@ -488,7 +503,8 @@ class Expander(_BlockTable):
         # Inside a block the built-in names win over top-level parameters of the same name (a spec's
         # `in_channels: 1` sizes its input; a block's `${in_channels}` is still its own input's)
         spec_params = {k: v for k, v in self.spec.params.items() if k not in SHAPE_NAMES}
-        own = _ShapeNames({**spec_params, **context}, input_types)
+        unknown = _unknown(recipe.names) & {"block_index", "num_blocks"}  # inside a block checked `blind`
+        own = _ShapeNames({**spec_params, **context}, input_types, unknown=unknown)
         block = _Block(recipe.definition, recipe.block_origin)
         block_params = self.bind(recipe.definition, block, bound, own, dependent)
         if block_params is None or len(self.diagnostics) > known or dependent:
@@ -497,7 +513,7 @@ class Expander(_BlockTable):
         names = _ShapeNames({**spec_params, **context, **block_params}, input_types,
                             prescaled_params(recipe.definition.params, recipe.call.with_ or {},
                                              recipe.names.prescaled if isinstance(recipe.names, _ShapeNames)
-                                             else frozenset()))
+                                             else frozenset()), unknown)
         scope = self.scope(class_name(recipe.block), recipe.definition, recipe.block_origin, names,
                            (*recipe.stack, recipe.block), inputs={name: None for name in recipe.definition.inputs},
                            params=block_params, block=recipe.block)
@@ -508,20 +524,38 @@ class Expander(_BlockTable):
             return None
         return scope
 
+    def blind(self, block: str) -> Scope | None:
+        """An instance of `block` made with nothing known of a call (no call made one, after errors
+        elsewhere): its parameters, instance names and input shape have no value, so what reads
+        them is left out quietly, and its own mistakes (unknown names, invalid bodies) are reported.
+        None when nothing can be made (the block is unknown, or the expansion bound was reached)."""
+        entry = self.blocks.get(block)
+        if entry is None or self.exhausted:
+            return None
+        definition = entry.definition
+        spec_params = {k: v for k, v in self.spec.params.items() if k not in SHAPE_NAMES}
+        unknown = frozenset({*definition.params, *INSTANCE_NAMES})
+        names = _ShapeNames({k: v for k, v in spec_params.items() if k not in unknown}, None, unknown=unknown)
+        with width_scaling(self.spec.scale.scaled_width):
+            return self.scope(class_name(block), definition, entry.origin, names, (block,),
+                              inputs={name: None for name in definition.inputs}, params={}, block=block)
+
     def context(self, recipe: BlockRecipe, index: int) -> dict[str, Any]:
         """The names bound for instance `index` of a call (`INSTANCE_NAMES`)."""
         context: dict[str, Any] = {"index": index, "repeats": recipe.count}
         if recipe.first_block_index is not None:
             context |= {"block_index": recipe.first_block_index + index, "num_blocks": self.num_blocks}
         else:  # a nested call: the blocks inside a top-level instance share its block_index
-            context |= {name: recipe.names[name] for name in ("block_index", "num_blocks") if name in recipe.names}
+            context |= {name: recipe.names[name] for name in ("block_index", "num_blocks")
+                    if name in recipe.names and name not in _unknown(recipe.names)}
         return context
 
     def given(self, recipe: BlockRecipe, context: dict[str, Any], diagnostics: list[Diagnostic],
               dependent: list[str]) -> Any:
         """A call's `with:` values for one instance, evaluated in the caller's names and its context."""
         caller = {**recipe.names, **context} if not isinstance(recipe.names, _ShapeNames) else \
-            _ShapeNames({**recipe.names.base, **context}, recipe.names.inputs)
+            _ShapeNames({**recipe.names.base, **context}, recipe.names.inputs,
+                        unknown=recipe.names.unknown - set(context))
         return evaluate_tree(recipe.call.with_, caller, recipe.origin.child("with"), diagnostics, dependent=dependent)
 
     def reserve(self, recipe: BlockRecipe, index: int, size: int) -> bool:
@@ -770,7 +804,23 @@ def check_unreached_blocks(spec: Spec, source: SourceMap, reached: set[str]) -> 
     """
     unreached = {block: definition for block, definition in spec.blocks.items()
                  if block not in reached and not spec.invalid_block(block)}
-    return _unknown_ops(unreached, source)
+    return unknown_block_ops(unreached, source)
+
+
+def blind_scopes(spec: Spec, source: SourceMap, blocks: Iterable[str], reached: Iterable[str] = (),
+                 read: Reader = load_import) -> tuple[list[tuple[str, Scope]], list[Diagnostic]]:
+    """Scopes of the spec's `blocks` made with nothing known of a call (`Expander.blind`), for a run
+    that failed before any call made one, and the problems making them found. None when the imports
+    cannot all be read (expansion reported that, and checked nothing more either); cycles through a
+    `reached` block are not repeated (one of its instances was made: expansion met the cycle)."""
+    expander = Expander(spec, source, read, [])
+    expander.cycles_reported_through = frozenset(reached)
+    expander.add_document(spec.imports, spec.blocks, Origin(source, ()))
+    if expander.diagnostics:  # the blocks could not all be read: a call could name one that is missing
+        return [], []
+    scopes = [(block, scope) for block in blocks if not spec.invalid_block(block)
+              for scope in [expander.blind(block)] if scope is not None]
+    return scopes, expander.diagnostics
 
 
 def check_library_blocks(library: BlockLibrary, source: SourceMap, read: Reader = load_import) -> list[Diagnostic]:
@@ -779,7 +829,7 @@ def check_library_blocks(library: BlockLibrary, source: SourceMap, read: Reader 
     calls naming a block that neither the library nor its imports define (literal names only)."""
     table = _BlockTable(read, [])
     table.add_document(library.imports, library.blocks, Origin(source, ()))
-    found = table.diagnostics + _unknown_ops(library.blocks, source)
+    found = table.diagnostics + unknown_block_ops(library.blocks, source)
     for block, definition in library.blocks.items():
         for i, entry in enumerate(definition.layers):
             for name, template in entry.items():
@@ -790,19 +840,3 @@ def check_library_blocks(library: BlockLibrary, source: SourceMap, read: Reader 
                                                             f"{called!r}{did_you_mean(called, table.blocks)}"))
     return sorted(found, key=lambda d: (d.location.file, d.location.line, d.location.column))
 
-
-def _unknown_ops(blocks: Mapping[str, BlockDef], source: SourceMap) -> list[Diagnostic]:
-    """Each op these blocks write as a literal that names no op (a `${}` op is known only at a call)."""
-    found: list[Diagnostic] = []
-    for block, definition in blocks.items():
-        for i, entry in enumerate(definition.layers):
-            for name, template in entry.items():
-                op = template.get("op")
-                if not isinstance(op, str) or op in OPS or "${" in op or "." in op:
-                    continue
-                try:
-                    torch_module_class(op)
-                except GenericOpError as exc:
-                    where = Origin(source, ("blocks", block, "layers", i, name, "op"))
-                    found.append(Diagnostic(where.locate(), f"block {block!r}, layer {name!r}: {exc}"))
-    return found

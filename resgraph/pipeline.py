@@ -28,7 +28,7 @@ from .graph import Graph
 from .loader import LoadedSpec, SourceMap, gc_paused, load_file, load_text
 from .resolve import resolve
 from .resources import is_shipped, read_import, read_shipped
-from .shapes import infer_shapes
+from .shapes import check_uncalled_blocks, infer_shapes
 from .spec import BlockLibrary, Spec
 from .validate import is_block_library, validate, validate_library
 from .version import __version__
@@ -243,10 +243,14 @@ def check_loaded(loaded: LoadedSpec, params: Mapping[str, Any] | None, read: Rea
         infer_shapes(graph, diagnostics=diagnostics)
         if diagnostics:  # the run fails: also name what blocks that were never typed hold
             reached = {instance.block for _, instance in graph.subgraphs() if instance.block}
+            uncalled = [block for block in spec.blocks if block not in reached]
             # An op its failed instance already reported is not named again (a line gets one report).
             reported = {(d.location.file, d.location.line) for d in diagnostics}
-            diagnostics.extend(d for d in check_unreached_blocks(spec, loaded.source, reached)
-                               if (d.location.file, d.location.line) not in reported)
+            for found in (check_unreached_blocks(spec, loaded.source, reached),
+                          check_uncalled_blocks(spec, loaded.source, uncalled, reached, read)):
+                new = [d for d in found if (d.location.file, d.location.line) not in reported]
+                reported |= {(d.location.file, d.location.line) for d in new}
+                diagnostics.extend(new)
             diagnostics.extend(_batch_dims_given(declared, input_shapes or {}, loaded.source))
     if diagnostics:
         raise SpecError(diagnostics)
@@ -269,13 +273,22 @@ def _batch_dims_given(declared: Spec, input_shapes: Mapping[str, Sequence[int]],
 
 
 def check_loaded_library(loaded: LoadedSpec, read: Reader = read_import) -> BlockLibrary:
-    """Validate a loaded block library, then what it names: its imports, ops and called blocks.
+    """Validate a loaded block library, then what it names: its imports, ops and called blocks,
+    and, when those are sound, the names inside each block (`shapes.check_uncalled_blocks`).
 
     Raises:
         SpecError: every problem found, each with file:line:col.
     """
     library = validate_library(loaded)
     diagnostics = check_library_blocks(library, loaded.source, read)
+    if not diagnostics:  # then each block as no call gives it values: its unknown names, its outputs
+        # (a block another calls is met twice, with its defaults there: a line gets one report)
+        as_spec = Spec.model_construct(name="Library", imports=library.imports, blocks=library.blocks)
+        reported: set[tuple[str, int]] = set()
+        for found in check_uncalled_blocks(as_spec, loaded.source, list(library.blocks), (), read):
+            if (found.location.file, found.location.line) not in reported:
+                reported.add((found.location.file, found.location.line))
+                diagnostics.append(found)
     if diagnostics:
         raise SpecError(diagnostics)
     return library

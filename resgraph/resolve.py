@@ -286,8 +286,13 @@ class _Resolver:
         inputs = list(self.scope.inputs)
         if len(inputs) > 1:
             where = "the block" if self.scope.block else "the spec"
-            self.fail(item.origin, f"layer {self.q(item.name)}: {where} has several inputs "
-                                   f"({', '.join(inputs)}); say which this layer reads", f"add `input: {inputs[0]}`")
+            # A spec input the schema refused has no declaration here, and may be known only by a
+            # stand-in name (`invalid_input_1` for `bad-name`): name the others, count it.
+            valid = [name for name in inputs if self.scope.block or self.scope.inputs[name] is not None]
+            refused = len(inputs) - len(valid)
+            listed = ", ".join(valid) + (f"{', ' if valid else ''}and {refused} refused above" if refused else "")
+            self.fail(item.origin, f"layer {self.q(item.name)}: {where} has several inputs ({listed}); say which "
+                                   "this layer reads", f"add `input: {valid[0]}`" if valid else None)
             return None
         return inputs
 
@@ -457,6 +462,7 @@ class _Resolver:
                 return [f"{last}.*"]  # the model returns them all
             return [last]
         where = scope.origin.child("outputs")
+        label = f"block {scope.block!r}: outputs: " if scope.block else "outputs: "  # a block's, or the model's
         outputs = []
         invalid = self.invalid
         for i, ref in enumerate(scope.outputs):
@@ -464,16 +470,16 @@ class _Resolver:
             if base in invalid:
                 continue
             if base not in self.kinds:
-                self.fail_unknown(where.child(i), "outputs: ", base, self.order, output=True)
+                self.fail_unknown(where.child(i), label, base, self.order, output=True)
             elif self.kinds[base] == "skip":
-                self.fail(where.child(i), f"outputs: {base!r} is a skip edge, not a node", key=False)
+                self.fail(where.child(i), f"{label}{base!r} is a skip edge, not a node", key=False)
             elif ref in outputs:
-                self.fail(where.child(i), f"outputs: {ref!r} is listed twice", key=False)
+                self.fail(where.child(i), f"{label}{ref!r} is listed twice", key=False)
             elif scope.block and ref.endswith(".*"):
-                self.fail(where.child(i), f"block {scope.block!r}: outputs: {ref!r}: a block's outputs are named "
+                self.fail(where.child(i), f"{label}{ref!r}: a block's outputs are named "
                                           "one by one, since its callers read them by name",
                           f"list them: {', '.join(self.expand([ref]))}", key=False)
-            elif self.check_value(where.child(i), "outputs", ref):
+            elif self.check_value(where.child(i), label[:-2], ref):
                 outputs.append(ref)
         return outputs
 

@@ -20,29 +20,31 @@ from __future__ import annotations
 
 import contextvars
 import math
+from collections.abc import Iterable
 from dataclasses import replace
 from fractions import Fraction
 from typing import Any
 
 from .errors import Diagnostic, SpecError
 from .evaluate import freeze
-from .expand import MAX_BLOCK_DEPTH, BlockRecipe, instantiate
+from .expand import MAX_BLOCK_DEPTH, BlockRecipe, Reader, blind_scopes, instantiate
 from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode, is_block_value
 from .hints import skip_hint
+from .loader import SourceMap
 from .ops import OPS, ShapeError, TensorType, merge_type
 from .ops.base import FLOAT_DTYPES, FRESH, TO_FLOAT_HINT, DtypeError, FeatureMapLayer, Storage
 from .ops.elementwise import RETURNS_INPUT
 from .ops.tensor import BlockOutput, SplitBase
 from .projections import ProjectionError, describe_steps, plan_projection, projection_parameters
 from .resolve import resolve
-from .spec import MAX_DIM, BlockDef, InputDecl
+from .spec import MAX_DIM, BlockDef, InputDecl, Spec
 from .symbolic import Guard, SizeOverflowError, SymInt, hint, recorded, recording, site, specialize
 
 # The top-level graph's input symbols while it is inferred (hints for mismatches use them).
 _SYMBOLS: contextvars.ContextVar[dict[str, tuple[str, int, int]] | None] = contextvars.ContextVar("symbols",
                                                                                                  default=None)
 
-__all__ = ["declared_type", "free_dims", "infer_shapes", "total_parameters"]
+__all__ = ["check_uncalled_blocks", "declared_type", "free_dims", "infer_shapes", "total_parameters"]
 
 # What typing a layer or skip wrote to `node.meta`, by what it depends on: the layer (by identity:
 # expansion gives equal bodies one object) or the skip's settings, and its input types. Only
@@ -460,6 +462,22 @@ def _check_blind(graph: Graph, node: BlockNode) -> list[Diagnostic]:
     for inner in instance.nodes.values():
         if isinstance(inner, BlockNode):
             problems += _check_blind(instance, inner)
+    return problems
+
+
+def check_uncalled_blocks(spec: Spec, source: SourceMap, blocks: Iterable[str], reached: Iterable[str],
+                          read: Reader) -> list[Diagnostic]:
+    """The mistakes of the spec's `blocks` that no call made an instance of (every call failed, or
+    none is written), for a run that failed: each is made with nothing known of a call and resolved
+    (what reads its parameters or input shape is left out quietly), and so are the blocks it calls.
+    `reached` are the blocks an instance was made of (a cycle through them is reported already).
+    Without it, a `repeat: 0` hid every unknown name inside the block it repeats."""
+    scopes, problems = blind_scopes(spec, source, blocks, reached, read)
+    for block, scope in scopes:
+        instance = resolve(scope, f"{block}.", problems)
+        for inner in instance.nodes.values():
+            if isinstance(inner, BlockNode):
+                problems += _check_blind(instance, inner)
     return problems
 
 

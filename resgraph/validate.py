@@ -26,18 +26,20 @@ from typing import Any
 from pydantic import ValidationError
 
 from .errors import Diagnostic, SpecError
-from .evaluate import evaluate_tree, holds_expression, resolve_params
+from .evaluate import FailedNames, evaluate_tree, holds_expression, names_read, resolve_params
 from .expressions import expression_body
 from .loader import LoadedSpec, Origin, Path, SourceMap, gc_paused
-from .ops import OPS
+from .ops import OPS, GenericOpError
 from .ops.base import is_identifier
+from .ops.generic import torch_module_class
 from .resources import schema_path
 from .schema import json_schema, library_schema
 from .schema_check import Compiler, Predicate, UnsupportedSchema
 from .spec import BUILTIN_NAMES, BlockLibrary, Spec
 from .translate import coerced_diagnostics, jsonschema_diagnostics, keys_not_strings, pydantic_diagnostics, untyped_body
 
-__all__ = ["builtin_shadows", "is_block_library", "schema_diagnostics", "validate", "validate_library"]
+__all__ = ["builtin_shadows", "is_block_library", "schema_diagnostics", "unknown_block_ops", "validate",
+           "validate_library"]
 
 _OP_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 # Sections a spec writes as templates (typed per scope by expansion) or keeps unevaluated.
@@ -81,6 +83,19 @@ def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics:
     found: list[Diagnostic] = []
     values = resolve_params(data.get("params", {}), params or {}, root.child("params"), found)
     shell = {k: v for k, v in data.items() if k not in _TEMPLATES}
+    if found and diagnostics is not None:
+        failed = set(values.failed) if isinstance(values, FailedNames) else set()
+        if _reads_none_of(shell, failed):
+            # A parameter with no value: leave out the entries and blocks that read it (reported
+            # nothing more, as what reads a refused layer), and check everything else in this run.
+            reading = _parts_reading(data, failed)
+            entries |= reading[0]
+            blocks |= reading[1]
+            data = _without(loaded.data, entries, blocks, stand_ins)
+            problems += found
+            found = []
+            # (nothing left reads a failed one: the rest of the run reads the values as plain data)
+            values = dict(values.values) if isinstance(values, FailedNames) else values
     data = {**evaluate_tree(shell, values, root, found, dependent=[]), **{k: data[k] for k in _TEMPLATES if k in data}}
     if found:
         raise SpecError([*problems, *found])
@@ -92,8 +107,27 @@ def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics:
     if coerced:
         raise SpecError([*problems, *coerced])
     if diagnostics is not None:
-        diagnostics.extend(problems)
+        # A block the schema refused is never expanded, so a misspelt op in another of its layers
+        # (which the schema cannot tell from an uncurated torch.nn class) is named now, not next run.
+        invalid = {name: loaded.data["blocks"][name] for name in blocks if name in loaded.data.get("blocks", {})}
+        diagnostics.extend(_one_per_line(problems, unknown_block_ops(invalid, loaded.source)))
     return spec.with_invalid(frozenset(entries), frozenset(blocks), frozenset(stand_ins.values()))
+
+
+def _reads_none_of(value: Any, names: set[str]) -> bool:
+    """True when every `${...}` in `value` parses and reads none of `names`."""
+    read = names_read(value)
+    return read is not None and not read & names
+
+
+def _parts_reading(data: dict[str, Any], names: set[str]) -> tuple[set[tuple[str, int]], set[str]]:
+    """The top-level layer and skip entries (section, index) and the blocks whose text reads one of
+    `names` (or holds an expression that does not parse, which might)."""
+    entries = {(section, i) for section in ("layers", "skips") if isinstance(data.get(section), list)
+               for i, entry in enumerate(data[section]) if not _reads_none_of(entry, names)}
+    blocks = data.get("blocks")
+    return entries, {name for name, block in (blocks.items() if isinstance(blocks, dict) else ())
+                     if not _reads_none_of(block, names)}
 
 
 def builtin_shadows(data: Any, source: SourceMap) -> list[tuple[Path, Diagnostic]]:
@@ -130,6 +164,7 @@ def _invalid_parts(paths: list[Path], data: Any) -> tuple[set[tuple[str, int]], 
     inputs: set[str] = set()
     fatal = False
     declared = data.get("inputs") if isinstance(data, dict) else None
+    defined = data.get("blocks") if isinstance(data, dict) else None
     for path in paths:
         if len(path) >= 2 and path[0] in ("layers", "skips") and isinstance(path[1], int):
             entries.add((str(path[0]), path[1]))
@@ -139,6 +174,10 @@ def _invalid_parts(paths: list[Path], data: Any) -> tuple[set[tuple[str, int]], 
             inputs.add(path[1])  # its shape or dtype
         elif path == ("inputs",) and isinstance(declared, dict) and any(not is_identifier(k) for k in declared):
             inputs.update(k for k in declared if not is_identifier(k))  # its name
+        elif path[:1] == ("outputs",) and len(path) <= 2:  # an item (its index), or the list (-1)
+            entries.add(("outputs", path[1] if len(path) == 2 and isinstance(path[1], int) else -1))
+        elif path == ("blocks",) and isinstance(defined, dict) and any(not is_identifier(k) for k in defined):
+            blocks.update(k for k in defined if not is_identifier(k))  # its name (a call naming it is refused too)
         else:
             fatal = True
     return entries, blocks, inputs, fatal
@@ -147,19 +186,28 @@ def _invalid_parts(paths: list[Path], data: Any) -> tuple[set[tuple[str, int]], 
 def _without(data: dict[str, Any], entries: set[tuple[str, int]], blocks: set[str],
              inputs: Mapping[str, str]) -> dict[str, Any]:
     """`data` with each invalid entry replaced by a well-formed stand-in at its place (so the others
-    keep their indices and positions), each invalid block by an empty one, and each invalid input by
-    a one-dim stand-in under the name `inputs` maps it to. Expansion never types a stand-in: the
-    spec marks it invalid, and an invalid input has no type, so what reads it is left out silently."""
+    keep their indices and positions), invalid outputs left out, each invalid block by an empty one,
+    and each invalid input by a one-dim stand-in under the name `inputs` maps it to. Expansion never
+    types a stand-in: the spec marks it invalid, and an invalid input has no type, so what reads it
+    is left out silently."""
     if not entries and not blocks and not inputs:
         return data
     result = dict(data)
     for section in ("layers", "skips"):
         if any(s == section for s, _ in entries):
-            result[section] = [_stand_in(entry) if (section, i) in entries else entry
+            result[section] = [_stand_in(entry, f"invalid_{section[:-1]}_{i}") if (section, i) in entries else entry
                                for i, entry in enumerate(data[section])]
-    if blocks:
+    refused = {i for section, i in entries if section == "outputs"}
+    if refused:  # the valid outputs are kept; with none left, the last layer's value is the output
+        kept = [o for i, o in enumerate(data["outputs"]) if i not in refused] \
+            if -1 not in refused and isinstance(data["outputs"], list) else []
+        if kept:
+            result["outputs"] = kept
+        else:
+            del result["outputs"]
+    if blocks:  # (one with an invalid name is left out: no valid call can name it)
         result["blocks"] = {name: ({"layers": [{"invalid": {}}]} if name in blocks else block)
-                            for name, block in data["blocks"].items()}
+                            for name, block in data["blocks"].items() if is_identifier(name)}
     if inputs:
         result["inputs"] = {inputs.get(name, name): ([1] if name in inputs else decl)
                             for name, decl in data["inputs"].items()}
@@ -174,9 +222,10 @@ def _input_stand_ins(data: Any, inputs: set[str]) -> dict[str, str]:
             for i, name in enumerate(declared or {}) if name in inputs}
 
 
-def _stand_in(entry: Any) -> dict[str, Any]:
+def _stand_in(entry: Any, placeholder: str) -> dict[str, Any]:
     """An entry with the invalid one's name when that is a valid name (so references to it are
-    recognised as depending on it), else a placeholder name."""
+    recognised as depending on it), else `placeholder`, a name of its own (two entries refused
+    for their names must not collide as duplicates)."""
     if isinstance(entry, dict) and len(entry) == 1:
         name, body = next(iter(entry.items()))
         if is_identifier(name):
@@ -184,7 +233,7 @@ def _stand_in(entry: Any) -> dict[str, Any]:
             pieces = body.get("outputs") if isinstance(body, dict) else None
             valid = isinstance(pieces, list) and all(isinstance(p, str) and is_identifier(p) for p in pieces)
             return {name: {"outputs": pieces}} if valid and pieces else {name: {}}
-    return {"invalid": {}}
+    return {placeholder: {}}
 
 
 def is_block_library(data: Any) -> bool:
@@ -200,12 +249,46 @@ def validate_library(loaded: LoadedSpec) -> BlockLibrary:
     """
     diagnostics = schema_diagnostics(loaded.data, loaded.source, "library")
     diagnostics += [diagnostic for _, diagnostic in builtin_shadows(loaded.data, loaded.source)]
-    if diagnostics:
-        raise SpecError(diagnostics)
+    if diagnostics:  # the library is refused whole: also name its misspelt ops, which the schema cannot see
+        blocks = loaded.data.get("blocks") if isinstance(loaded.data, dict) else None
+        raise SpecError(_one_per_line(diagnostics, unknown_block_ops(blocks, loaded.source)))
     try:
         return BlockLibrary.model_validate(loaded.data)
     except ValidationError as exc:
         raise SpecError(list(pydantic_diagnostics(exc, loaded.data, Origin(loaded.source, ())))) from None
+
+
+def unknown_block_ops(blocks: Any, source: SourceMap) -> list[Diagnostic]:
+    """Each op that blocks write as a literal and that names no op (a `${}` op is known only at a call).
+
+    `blocks` maps block names to typed `BlockDef`s or to their plain data, which the schema may
+    have refused (anything that is not a mapping or list where one belongs is passed over).
+
+    >>> from resgraph.loader import load_text
+    >>> loaded = load_text("blocks:\\n  b:\\n    layers:\\n      - act: {op: ReLUU}\\n", "lib.yaml")
+    >>> [(str(d.location), d.message[:42]) for d in unknown_block_ops(loaded.data["blocks"], loaded.source)]
+    [('lib.yaml:4:19', "block 'b', layer 'act': unknown op 'ReLUU'")]
+    """
+    found: list[Diagnostic] = []
+    for block, definition in blocks.items() if isinstance(blocks, Mapping) else ():
+        layers = definition.get("layers") if isinstance(definition, Mapping) else getattr(definition, "layers", None)
+        for i, entry in enumerate(layers if isinstance(layers, list) else ()):
+            for name, template in entry.items() if isinstance(entry, Mapping) else ():
+                op = template.get("op") if isinstance(template, Mapping) else None
+                if not isinstance(op, str) or op in OPS or "${" in op or "." in op:
+                    continue
+                try:
+                    torch_module_class(op)
+                except GenericOpError as exc:
+                    where = Origin(source, ("blocks", block, "layers", i, name, "op"))
+                    found.append(Diagnostic(where.locate(), f"block {block!r}, layer {name!r}: {exc}"))
+    return found
+
+
+def _one_per_line(diagnostics: list[Diagnostic], more: list[Diagnostic]) -> list[Diagnostic]:
+    """`diagnostics`, then those of `more` on a line none of them is on (a line gets one report)."""
+    lines = {(d.location.file, d.location.line) for d in diagnostics}
+    return [*diagnostics, *(d for d in more if (d.location.file, d.location.line) not in lines)]
 
 
 @cache

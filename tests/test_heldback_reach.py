@@ -163,8 +163,8 @@ skips:
     left_out = "is false\n  hint: give what reads it the same `when:`, or read another node when it is left out"
     assert found == [
         f"<string>:8:78: error: layer 'b.dw': 'expand' is left out: its `when:` (line 7) {left_out}",
-        "<string>:9:19: error: outputs: 'expand' is left out: its `when:` (line 7) is false\n  hint: an output is "
-        "there under every condition: name a node that no `when:` leaves out",
+        "<string>:9:19: error: block 'ir': outputs: 'expand' is left out: its `when:` (line 7) is false\n  hint: an "
+        "output is there under every condition: name a node that no `when:` leaves out",
         f"<string>:14:28: error: layer 'c': 'heads' is left out: its `when:` (line 13) {left_out}",
         "<string>:16:15: error: skip 's': from: 'gone' is a skip edge (left out here: its `when:` (line 17) is "
         "false), not a node\n  hint: read its target instead: it holds the merged value",
