@@ -124,8 +124,8 @@ class SizeRule:
             return f"not {self.start} <= {size} <= {self.stop}"
         if self.kind == "progression":
             above = f" or {size} > {self.stop}" if self.stop is not None else ""
-            if self.start == self.step:
-                return f"{size} % {self.step} != 0{above}"
+            if self.start == self.step:  # (0 is a multiple too, but no size)
+                return f"{size} < {self.step} or {size} % {self.step} != 0{above}"
             return f"{size} < {self.start}{above} or ({size} - {self.start}) % {self.step} != 0"
         if self.kind == "periodic":
             above = f" or {size} > {self.stop}" if self.stop is not None else ""

@@ -238,9 +238,9 @@ RULE_TEXTS = [
     (SizeRule("at_least", 1), "any H", None),
     (SizeRule("at_least", 33), "H >= 33", "n < 33"),
     (SizeRule("range", 224, 1, 239), "224 <= H <= 239", "not 224 <= n <= 239"),
-    (SizeRule("progression", 32, 32), "H: multiples of 32", "n % 32 != 0"),
+    (SizeRule("progression", 32, 32), "H: multiples of 32", "n < 32 or n % 32 != 0"),  # (0 is no size)
     (SizeRule("progression", 188, 16), "H in {188 + 16k}", "n < 188 or (n - 188) % 16 != 0"),
-    (SizeRule("progression", 4, 4, 1000), "H: multiples of 4 up to 1000", "n % 4 != 0 or n > 1000"),
+    (SizeRule("progression", 4, 4, 1000), "H: multiples of 4 up to 1000", "n < 4 or n % 4 != 0 or n > 1000"),
     (SizeRule("progression", 6, 4, 1002), "H in {6 + 4k} up to 1002", "n < 6 or n > 1002 or (n - 6) % 4 != 0"),
     (SizeRule("periodic", 2, 3, values=(0, 1)), "H in {2, 3} + 3k", "n < 2 or (n - 2) % 3 not in {0, 1}"),
     # a set is checked by membership in a set display (Python makes it a frozenset constant)
@@ -258,6 +258,8 @@ RULE_TEXTS = [
 def test_a_rule_describes_itself_and_writes_its_guard_condition(rule: SizeRule, text: str,
                                                                 violation: str | None) -> None:
     assert rule.describe("H") == text and rule.violation("n") == violation and str(rule) == rule.describe("size")
+    if violation is not None:  # the guard refuses exactly the sizes the rule does not hold, an empty dim's 0 too
+        assert [eval(violation, {}, {"n": n}) for n in range(0, 60)] == [not rule.holds(n) for n in range(0, 60)]
 
 
 PRECISE = [rule for rule, _, _ in RULE_TEXTS if rule.kind != "set" or len(rule.values) <= 64]
