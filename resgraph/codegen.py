@@ -433,13 +433,38 @@ def input_guard(graph: Graph) -> list[str]:
                    + f" (declared {declared}); got ")
         lines.append(f"    if not torch.compiler.is_compiling() and ({' or '.join(wrong)}):")
         lines.append(f"        raise ValueError({message!r} + str(tuple({name}.shape)))")
-    for name in graph.inputs[1:]:  # one batch for all: a batch of 1 would broadcast against the others
-        leading = graph.inputs[0]
+    for name, leading in _batch_partners(graph):
         message = f"{graph.name}: input {name!r} must have the same batch size as {leading!r} ("
         lines.append(f"    if not torch.compiler.is_compiling() and {name}.shape[0] != {leading}.shape[0]:")
         lines.append(f'        raise ValueError({message!r} + str({leading}.shape[0]) + "); got " '
                      f"+ str(tuple({name}.shape)))")
     return lines + _joint_checks(graph, report, symbols)
+
+
+def _batch_partners(graph: Graph) -> list[tuple[str, str]]:
+    """(input, the first input it meets) for each input whose values meet an earlier input's: they
+    must share the batch (a batch of 1 would broadcast against the other, where the exported
+    program's one batch `Dim` refuses it). Inputs that never meet may differ: a dual encoder's
+    query and documents."""
+    parent = {name: name for name in graph.nodes}
+
+    def group(name: str) -> str:
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    for node in graph.nodes.values():
+        for source in node.inputs:
+            if source in parent:
+                parent[group(source)] = group(node.name)
+    first: dict[str, str] = {}
+    partners = []
+    for name in graph.inputs:
+        leading = first.setdefault(group(name), name)
+        if leading != name:
+            partners.append((name, leading))
+    return partners
 
 
 _PYTHON_COMPARISON = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}

@@ -166,13 +166,16 @@ def require_as_built(module: CompiledModule, what: str) -> None:
 def _as_built(module: nn.Module, built: nn.Module) -> bool:
     """Whether `module` is what a rebuild makes in its place (`built`): of its class (or FSDP2's
     subclass of it, `FSDPLinear`; a generated one by name, as checkpointing swaps it for a subclass of
-    the same name) and holding tensors of the same names and shapes itself."""
+    the same name; a SyncBatchNorm for a BatchNorm) and holding tensors of the same names and shapes
+    itself."""
     cls, want = type(module), type(built)
     names = (want.__name__, f"FSDP{want.__name__}")  # FSDP2 subclasses each unit as FSDP<its class>
     if isinstance(built, GeneratedModule):
         same_class = cls.__name__ in names
     else:
-        same_class = cls is want or (cls.__name__ == names[1] and issubclass(cls, want))
+        same_class = cls is want or (cls.__name__ == names[1] and issubclass(cls, want)) or (
+            # DDP's conversion (`nn.SyncBatchNorm.convert_sync_batchnorm`): the same tensors, synced
+            cls is nn.SyncBatchNorm and isinstance(built, nn.modules.batchnorm._BatchNorm))
     return same_class and _own_shapes(module) == _own_shapes(built)
 
 

@@ -317,3 +317,32 @@ def test_the_guard_accepts_the_batches_the_exported_program_does() -> None:
     y = torch.randn(2, 16)
     assert torch.allclose(model(x, y), program(x, y))
     assert "y.shape[0] != x.shape[0]" in resgraph.to_python(model)  # the standalone file checks it too
+
+
+def test_inputs_that_never_meet_may_have_different_batches() -> None:
+    # A dual encoder scores one query against many documents: its inputs are never merged, so
+    # nothing broadcasts and the batches may differ (the batch check refused it; found by review).
+    model = resgraph.build("""resgraph: 1
+name: Dual
+inputs: {query: [16], doc: [16]}
+layers:
+  - q: {op: Linear, out_features: 8, input: query}
+  - d: {op: Linear, out_features: 8, input: doc}
+outputs: [q, d]
+""", seed=0)
+    query, docs = torch.randn(1, 16), torch.randn(100, 16)
+    q, d = model(query, docs)
+    torch.testing.assert_close(q, model.q(query))
+    torch.testing.assert_close(d, model.d(docs))
+    assert "shape[0] !=" not in model.code
+
+
+def test_a_model_converted_to_sync_batchnorm_saves_as_built(tmp_path: pathlib.Path) -> None:
+    # DDP's standard step swaps each BatchNorm for a SyncBatchNorm holding the same tensors: .pt and
+    # .py saves refused it as a replaced submodule (found by review).
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(resgraph.build(EXAMPLES / "tutorial.yaml", seed=0))
+    assert isinstance(model.shortcut1[1], torch.nn.SyncBatchNorm)  # (the projections' norms)
+    resgraph.save(model, tmp_path / "m.pt")
+    resgraph.save(model, tmp_path / "m.py")
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(resgraph.load(tmp_path / "m.pt").eval()(x), model.eval()(x))
