@@ -143,8 +143,14 @@ def replaced_modules(module: CompiledModule) -> dict[str, nn.Module]:
             continue
         if name not in built or not _as_built(sub, built[name]):
             replaced[name] = sub
+    # A tied layer whose parameter no longer is its tie's target (`model.b = nn.Linear(...)` of the
+    # same shape) is not what a rebuild makes either: the rebuild would tie it again.
+    own = dict(module.named_parameters(remove_duplicate=False))
+    for tie in tied_parameters(module.graph):
+        if (own.get(tie.path) is not own.get(tie.target) and tie.owner not in replaced
+                and not any(tie.owner.startswith(f"{outer}.") for outer in replaced)):
+            replaced[tie.owner] = module.get_submodule(tie.owner)
     return replaced
-
 
 
 def require_as_built(module: CompiledModule, what: str) -> None:

@@ -346,3 +346,22 @@ def test_a_model_converted_to_sync_batchnorm_saves_as_built(tmp_path: pathlib.Pa
     resgraph.save(model, tmp_path / "m.py")
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(resgraph.load(tmp_path / "m.pt").eval()(x), model.eval()(x))
+
+
+def test_a_tied_layer_replaced_by_an_untied_one_is_kept_untied_and_not_written_as_its_spec(
+        tmp_path: pathlib.Path) -> None:
+    # Its class and shape are as built, but the rebuild would tie it again: pickling gave a model
+    # whose outputs differed, silently (found by review).
+    spec = ("resgraph: 1\nname: Tied\ninputs: {x: [4]}\nlayers:\n  - a: {op: Linear, out_features: 4, bias: false}\n"
+            "  - b: {op: Linear, out_features: 4, bias: false, tie: {weight: a.weight}}\n")
+    model = resgraph.build(spec, seed=0)
+    model.b = torch.nn.Linear(4, 4, bias=False)
+    back = pickle.loads(pickle.dumps(model))
+    x = torch.randn(2, 4)
+    assert back.b.weight is not back.a.weight
+    torch.testing.assert_close(back(x), model(x))
+    with pytest.raises(resgraph.UsageError, match="its submodule 'b' \\(Linear\\) was put there after the build"):
+        resgraph.save(model, tmp_path / "m.pt")
+    tied = pickle.loads(pickle.dumps(resgraph.build(spec, seed=0)))  # as built: still tied, and saved
+    assert tied.b.weight is tied.a.weight
+    resgraph.save(tied, tmp_path / "tied.pt")
