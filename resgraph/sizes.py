@@ -370,10 +370,10 @@ def _one_range(windows: list[tuple[int, Any]]) -> SizeRule | None:
             else:
                 runs.append([low + start, low + stop])
     tail = windows[-1][1][-half:]
+    if len(runs) > 1 or (tail.any() and not tail.all()):
+        return None  # (two runs are no range, whichever runs on: the first would be stated alone)
     if tail.all():
         runs[-1][1] = -1
-    elif tail.any() or len(runs) > 1:
-        return None
     if not runs:
         return SizeRule("none")
     start, stop = runs[0]

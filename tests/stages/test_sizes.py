@@ -274,3 +274,17 @@ def test_the_guard_condition_refuses_exactly_the_sizes_the_rule_refuses(rule: Si
     refused = [bool(eval(condition, {}, {"n": int(n)})) if condition else False  # noqa: S307 (resgraph's own text)
                for n in sizes]
     assert refused == [not rule.holds(int(n)) for n in sizes]
+
+
+def test_windows_whose_valid_sizes_are_two_runs_state_no_range() -> None:
+    # Valid on 1..100 in the first window and on the last half (and more) of a far window: two runs,
+    # which no range states. The first alone was returned, and the guard refused the far valid sizes.
+    import numpy
+
+    from resgraph.sizes import WINDOW, _one_range
+
+    first, far = numpy.zeros(WINDOW, dtype=bool), numpy.zeros(WINDOW, dtype=bool)
+    first[:100] = True
+    far[-WINDOW // 2 - 5:] = True
+    assert _one_range([(1, first), (10 * WINDOW, far)]) is None
+    assert str(_one_range([(1, first), (10 * WINDOW, numpy.zeros(WINDOW, dtype=bool))])) == "1 <= size <= 100"
