@@ -108,6 +108,7 @@ class Scope:
     block: str | None = None  # the block this scope instantiates; None at the top level
     params: dict[str, Any] = field(default_factory=dict)
     left_out: dict[str, LeftOut] = field(default_factory=dict)  # entries whose `when:` is false
+    blind: bool = False  # made with nothing known of a call (`Expander.blind`): repeat counts unknown
 
 
 @dataclass
@@ -537,8 +538,10 @@ class Expander(_BlockTable):
         unknown = frozenset({*definition.params, *INSTANCE_NAMES})
         names = _ShapeNames({k: v for k, v in spec_params.items() if k not in unknown}, None, unknown=unknown)
         with width_scaling(self.spec.scale.scaled_width):
-            return self.scope(class_name(block), definition, entry.origin, names, (block,),
-                              inputs={name: None for name in definition.inputs}, params={}, block=block)
+            scope = self.scope(class_name(block), definition, entry.origin, names, (block,),
+                               inputs={name: None for name in definition.inputs}, params={}, block=block)
+        scope.blind = True
+        return scope
 
     def context(self, recipe: BlockRecipe, index: int) -> dict[str, Any]:
         """The names bound for instance `index` of a call (`INSTANCE_NAMES`)."""

@@ -271,3 +271,14 @@ def test_a_block_library_checked_on_its_own_names_unknown_references(tmp_path: p
                             "9:21 block 'a': outputs: unknown node 'gone'",
                             "13:30 layer 'b.q': unknown node 'nothing'"]
     assert sorted(check_library("resgraph:blocks/resnet.yaml").blocks) == ["basic", "bottleneck"]
+
+
+def test_a_library_splicing_a_collected_repeat_of_unknown_count_is_ok(tmp_path: pathlib.Path) -> None:
+    # With no call, `m.*` splices an unknown number of values: it was counted as one, and concat's
+    # "takes at least 2 input(s), got 1" refused a library whose every call builds (found by review).
+    library = tmp_path / "lib.yaml"
+    library.write_text("resgraph: 1\nblocks:\n  rep: {layers: [{c: {op: Conv2d, out_channels: \"${in_channels}\", "
+                       "kernel_size: 1}}]}\n  head:\n    params: {n: 3}\n    layers:\n"
+                       "      - m: {block: rep, repeat: \"${n}\", collect: true}\n"
+                       "      - cat2: {op: concat, input: [m.*]}\n")
+    assert sorted(check_library(library).blocks) == ["head", "rep"]
