@@ -44,14 +44,19 @@ def _errors(exc: pytest.ExceptionInfo[resgraph.SpecError]) -> list[str]:
     return [f"{d.location.line}:{d.location.column} {d.message}" for d in exc.value.diagnostics]
 
 
+def _check_errors(path: pathlib.Path, text: str) -> list[str]:
+    """`resgraph.check` of `text` written to `path` (a file, as a user's spec is): its errors, each as
+    `line:col message`."""
+    path.write_text(text)
+    with pytest.raises(resgraph.SpecError) as exc:
+        resgraph.check(path)
+    return _errors(exc)
+
+
 def test_a_misspelt_op_in_a_block_the_schema_refused_is_reported_with_its_other_mistakes(
         tmp_path: pathlib.Path) -> None:
     # The block was left out whole for the argument typo, so `ReLUU` surfaced only on the next run.
-    spec = tmp_path / "blk.yaml"
-    spec.write_text(BLOCK_WITH_TWO_MISTAKES)
-    with pytest.raises(resgraph.SpecError) as exc:
-        resgraph.check(spec)
-    errors = _errors(exc)
+    errors = _check_errors(tmp_path / "blk.yaml", BLOCK_WITH_TWO_MISTAKES)
     assert any(e.startswith("9:") and "unknown argument 'kernal_size'" in e for e in errors)
     assert any(e.startswith("10:19 ") and "unknown op 'ReLUU'" in e and "did you mean 'ReLU'" in e for e in errors)
 
@@ -79,7 +84,7 @@ def test_an_input_refused_for_its_name_is_not_named_by_its_stand_in(tmp_path: pa
     spec = tmp_path / "inputs.yaml"
     spec.write_text("resgraph: 1\nname: Two\ninputs:\n  x: [3, 8, 8]\n  bad-name: [3]\n"
                     "layers:\n  - c1: {op: Conv2d, out_channels: 8, kernel_size: 3}\n")
-    with pytest.raises(resgraph.SpecError) as exc:
+    with pytest.raises(resgraph.SpecError) as exc:  # (its hints are read too)
         resgraph.check(spec)
     errors = _errors(exc)
     assert any(e.startswith("5:3 ") and "invalid name 'bad-name'" in e for e in errors)
@@ -118,11 +123,7 @@ layers:
 def test_the_names_inside_a_block_whose_only_call_failed_are_checked_in_the_same_run(tmp_path: pathlib.Path) -> None:
     # `repeat: 0` left the block uncalled, and only its misspelt ops were looked for: its three
     # unknown names (and a cycle between two uncalled blocks) surfaced only once the call was fixed.
-    spec = tmp_path / "hidden.yaml"
-    spec.write_text(REPEAT_ZERO)
-    with pytest.raises(resgraph.SpecError) as exc:
-        resgraph.check(spec)
-    errors = _errors(exc)
+    errors = _check_errors(tmp_path / "hidden.yaml", REPEAT_ZERO)
     assert any(e.startswith("10:") and "unknown node 'hh'; did you mean 'h'?" in e for e in errors)
     assert any(e.startswith("14:") and "to: unknown node 'nothere'" in e for e in errors)
     assert any(e.startswith("15:") and "unknown node 'ghost'" in e for e in errors)
@@ -172,11 +173,7 @@ skips:
 def test_a_parameter_that_fails_hides_only_what_reads_it(tmp_path: pathlib.Path) -> None:
     # A failed parameter stopped the run after the schema: the unknown op, the block's unknown
     # node and the skip's unknown target (none of which reads `w`) surfaced one run later.
-    spec = tmp_path / "params.yaml"
-    spec.write_text(PARAM_AND_LAYERS)
-    with pytest.raises(resgraph.SpecError) as exc:
-        resgraph.check(spec)
-    errors = _errors(exc)
+    errors = _check_errors(tmp_path / "params.yaml", PARAM_AND_LAYERS)
     assert errors[0].startswith("3:16 ") and "unknown name 'undefined_thing'" in errors[0]
     assert any(e.startswith("8:") and "unknown op 'ReLUU'" in e for e in errors)
     assert any(e.startswith("18:") and "unknown node 'nowhere'" in e for e in errors)
@@ -207,11 +204,7 @@ skips:
 def test_invalid_block_layer_and_skip_names_hide_nothing_else(tmp_path: pathlib.Path) -> None:
     # A block's invalid name stopped the run (its unknown references surfaced next run), and two
     # entries refused for their names were then reported as one name used twice (`skip 'invalid'`).
-    spec = tmp_path / "names.yaml"
-    spec.write_text(INVALID_NAMES)
-    with pytest.raises(resgraph.SpecError) as exc:
-        resgraph.check(spec)
-    errors = _errors(exc)
+    errors = _check_errors(tmp_path / "names.yaml", INVALID_NAMES)
     assert [e.split(" ", 1)[0] for e in errors] == ["6:3", "10:5", "12:28", "15:5", "16:15"]
     assert "invalid name 'bad-block'" in errors[0] and "unknown node 'missing'" in errors[2]
     assert "unknown node 'nope'" in errors[4]
@@ -223,38 +216,29 @@ def test_invalid_block_layer_and_skip_names_hide_nothing_else(tmp_path: pathlib.
                                                   ("[]", "8:10 outputs: must not be empty")])
 def test_a_malformed_outputs_list_hides_nothing_else(outputs: str, message: str, tmp_path: pathlib.Path) -> None:
     # A schema error in `outputs` was fatal: the layers' own mistakes surfaced one run later.
-    spec = tmp_path / "outputs.yaml"
-    spec.write_text("resgraph: 1\nname: O\ninputs:\n  x: [3, 8, 8]\nlayers:\n  - a: {op: ReLUU}\n"
-                    f"  - b: {{op: ReLU, input: zz}}\noutputs: {outputs}\n")
-    with pytest.raises(resgraph.SpecError) as exc:
-        resgraph.check(spec)
-    errors = _errors(exc)
+    errors = _check_errors(tmp_path / "outputs.yaml",
+                           "resgraph: 1\nname: O\ninputs:\n  x: [3, 8, 8]\nlayers:\n  - a: {op: ReLUU}\n"
+                           f"  - b: {{op: ReLU, input: zz}}\noutputs: {outputs}\n")
     assert len(errors) == 3 and errors[2].startswith(message)
     assert errors[0].startswith("6:9 ") and "unknown op 'ReLUU'" in errors[0]
     assert errors[1] == "7:26 layer 'b': unknown node 'zz'"
 
 
 def test_a_block_checked_with_no_call_after_a_failed_import_names_no_missing_block(tmp_path: pathlib.Path) -> None:
-    spec = tmp_path / "imports.yaml"
-    spec.write_text("resgraph: 1\nname: I\nimports: [nonexist.yaml]\ninputs:\n  x: [3, 8, 8]\nblocks:\n  wrap:\n"
-                    "    layers:\n      - inner: {block: basic, with: {planes: 3}}\nlayers:\n"
-                    "  - w: {block: wrap, repeat: 0}\n")
-    with pytest.raises(resgraph.SpecError) as exc:
-        resgraph.check(spec)
-    errors = _errors(exc)
+    errors = _check_errors(tmp_path / "imports.yaml",
+                           "resgraph: 1\nname: I\nimports: [nonexist.yaml]\ninputs:\n  x: [3, 8, 8]\nblocks:\n  wrap:\n"
+                           "    layers:\n      - inner: {block: basic, with: {planes: 3}}\nlayers:\n"
+                           "  - w: {block: wrap, repeat: 0}\n")
     assert len(errors) == 2 and "cannot import 'nonexist.yaml'" in errors[0] and "repeat" in errors[1]
 
 
 def test_a_blocks_output_errors_name_the_block(tmp_path: pathlib.Path) -> None:
     # `outputs: unknown node 'ghost'` read as the model's outputs, while it is the block's.
-    spec = tmp_path / "block_outputs.yaml"
-    spec.write_text("resgraph: 1\nname: B\ninputs:\n  x: [8]\nblocks:\n  unit:\n    layers:\n"
-                    "      - fc: {op: Linear, out_features: 4}\n      - act: {op: ReLU}\n"
-                    "    outputs: [act, ghost, act]\nlayers:\n  - b: {block: unit}\n")
-    with pytest.raises(resgraph.SpecError) as exc:
-        resgraph.check(spec)
-    assert _errors(exc) == ["10:20 block 'unit': outputs: unknown node 'ghost'",
-                            "10:27 block 'unit': outputs: 'act' is listed twice"]
+    assert _check_errors(tmp_path / "block_outputs.yaml",
+                         "resgraph: 1\nname: B\ninputs:\n  x: [8]\nblocks:\n  unit:\n    layers:\n"
+                         "      - fc: {op: Linear, out_features: 4}\n      - act: {op: ReLU}\n"
+                         "    outputs: [act, ghost, act]\nlayers:\n  - b: {block: unit}\n") == [
+        "10:20 block 'unit': outputs: unknown node 'ghost'", "10:27 block 'unit': outputs: 'act' is listed twice"]
 
 
 def test_a_block_library_checked_on_its_own_names_unknown_references(tmp_path: pathlib.Path) -> None:
