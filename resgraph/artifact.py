@@ -139,10 +139,10 @@ def _check_savable(module: CompiledModule) -> None:
         raise UsageError(f"{type(module).__name__} is sharded ({sharded} is a DTensor): a .pt file holds whole "
                          "weights; save the full state dict (torch.distributed.checkpoint.state_dict."
                          "get_model_state_dict with full_state_dict=True) or use torch.distributed.checkpoint")
-    require_as_built(module, "a .pt file")
     with allowed_imports(module.build_record.allow_imports):
-        built = meta_module(module.graph).state_dict()  # the dtypes a rebuild gives, allocating nothing
-    problems = _dtype_problems(built, state)
+        rebuilt = meta_module(module.graph)  # what a rebuild gives (modules, dtypes), allocating nothing
+    require_as_built(module, "a .pt file", rebuilt)
+    problems = _dtype_problems(rebuilt.state_dict(), state)
     if problems:
         raise UsageError(f"cannot save {type(module).__name__} as a .pt file: {problems[0]}; resgraph.load rebuilds "
                          "the spec as written and would not restore it. Convert it back (e.g. model.float()), or "

@@ -131,12 +131,15 @@ class CompiledModule(GeneratedModule):
         return clone
 
 
-def replaced_modules(module: CompiledModule) -> dict[str, nn.Module]:
+def replaced_modules(module: CompiledModule, rebuilt: nn.Module | None = None) -> dict[str, nn.Module]:
     """The submodules of `module` that its build did not make: each outermost one put in place of a
     built submodule of another kind or other tensor shapes (`model.fc = nn.Linear(2048, 10)`), or
-    added under a new name, by its dotted path."""
-    with allowed_imports(import_prefixes(module.build_record.allow_imports)):  # the ones it was built with
-        built = dict(meta_module(module.graph).named_modules())
+    added under a new name, by its dotted path. `rebuilt`: the model's spec built on meta, where the
+    caller has it already (else it is built here)."""
+    if rebuilt is None:
+        with allowed_imports(module.build_record.allow_imports):  # the ones it was built with
+            rebuilt = meta_module(module.graph)
+    built = dict(rebuilt.named_modules())
     replaced: dict[str, nn.Module] = {}
     for name, sub in module.named_modules():
         if not name or any(name.startswith(f"{outer}.") for outer in replaced):
@@ -153,14 +156,15 @@ def replaced_modules(module: CompiledModule) -> dict[str, nn.Module]:
     return replaced
 
 
-def require_as_built(module: CompiledModule, what: str) -> None:
+def require_as_built(module: CompiledModule, what: str, rebuilt: nn.Module | None = None) -> None:
     """Refuse to write `module` as `what` (a format written from its spec) when a submodule was
-    replaced after the build: the file would describe the spec's model, not this one.
+    replaced after the build: the file would describe the spec's model, not this one. `rebuilt`: as
+    for `replaced_modules`.
 
     Raises:
         UsageError: naming the first replaced submodule and what to do instead.
     """
-    replaced = replaced_modules(module)
+    replaced = replaced_modules(module, rebuilt)
     if replaced:
         name, sub = next(iter(replaced.items()))
         raise UsageError(f"cannot write {type(module).__name__} as {what}: its submodule {name!r} "
