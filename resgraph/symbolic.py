@@ -34,14 +34,16 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Union
 
+from .expressions import MAX_MAGNITUDE
+
 __all__ = ["MAX_SIZE", "VECTOR_OPS", "Expr", "Guard", "SizeOverflowError", "SymInt", "evaluate", "hint", "recorded",
            "recording", "render", "requirement", "scaled_size", "site", "specialize", "sym_max", "sym_min"]
 
 # The largest magnitude a size expression may hold, constants and values at the declared size
-# alike (`expressions.MAX_MAGNITUDE`, the bound on declared sizes). Sizes are solved in int64
-# (`evaluate` over numpy arrays), where a larger constant raised OverflowError and a sum of two
-# silently wrapped round, which made every size, the declared one too, look invalid.
-MAX_SIZE = 2**62
+# alike: the bound on declared sizes and on every number an expression makes. Sizes are solved in
+# int64 (`evaluate` over numpy arrays), where a larger constant raised OverflowError and a sum of
+# two silently wrapped round, which made every size, the declared one too, look invalid.
+MAX_SIZE = MAX_MAGNITUDE
 
 
 class SizeOverflowError(ArithmeticError):
