@@ -261,7 +261,7 @@ def compile_model(spec: Spec, graph: Graph, record: BuildRecord, *, seed: int | 
     diagnostics = training_diagnostics(spec.training, graph)
     if diagnostics:
         raise SpecError(diagnostics)
-    graph.meta["sizes"] = solve_sizes(graph)  # the forward's input guard states them
+    graph.meta["sizes"] = solve_sizes(graph, square=False)  # the forward's input guard states them
     target = None if device is None else torch.device(device)
     # Lower on CPU or meta directly; on any other device, lower on meta and materialize there, so
     # the random draws are the CPU generator's, as in a CPU build.

@@ -228,12 +228,14 @@ class SizeReport:
 
 
 def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAULT_RANGE[1],
-                failures: bool = False) -> SizeReport:
+                failures: bool = False, square: bool = True) -> SizeReport:
     """The sizes in [low, high] each free input dim admits (the others at their declared size).
 
     Args:
         graph: the top-level graph, after `infer_shapes` (which records the guards).
         failures: also name, for each invalid size, the first node whose decision fails there.
+        square: also solve, for each input with two or more free dims, the sizes they admit when
+            all equal (`SizeReport.square`: a report states it; a forward's input guard does not).
     Raises:
         UsageError: a range `check_range` refuses.
     """
@@ -282,16 +284,16 @@ def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAUL
             rule, values, found = solve(set(group))
             dims.append(DimSizes(input_name, axis, names[axis], size, True, rule, values, found,
                                  tuple(sorted(group - {symbol}))))
-    square: dict[str, SizeRule] = {}
+    square_rules: dict[str, SizeRule] = {}
     square_valid: dict[str, tuple[int, ...]] = {}
-    for input_name in graph.inputs:
+    for input_name in graph.inputs if square else ():
         free = {s for s, (i, _, _) in symbols.items() if i == input_name}
         if len(free) >= 2:
-            square[input_name], square_valid[input_name], _ = solve(
+            square_rules[input_name], square_valid[input_name], _ = solve(
                 set().union(*(groups.get(symbol, {symbol}) for symbol in free)))
     rules = {f"{dim.input}.{dim.name}": dim.rule for dim in dims if dim.free}
-    joint = tuple(joint_guards(guards, symbols, rules))
-    return SizeReport(tuple(dims), square, square_valid, (low, high), joint)
+    joint = tuple(joint_guards(guards, symbols, rules, reads=reads))
+    return SizeReport(tuple(dims), square_rules, square_valid, (low, high), joint)
 
 
 def _solve_range(guards: list[Guard], symbols: dict[str, tuple[str, int, int]], varying: set[str], low: int,
@@ -476,7 +478,8 @@ def smallest_without_ones(graph: Graph, symbol: str, start: int, high: int = DEF
 
 
 def joint_guards(guards: list[Guard], symbols: dict[str, tuple[str, int, int]] | None = None,
-                 rules: dict[str, SizeRule] | None = None) -> list[tuple[Guard, frozenset[str]]]:
+                 rules: dict[str, SizeRule] | None = None, *,
+                 reads: list[frozenset[str]] | None = None) -> list[tuple[Guard, frozenset[str]]]:
     """The guards that read free dims solved apart (not one group of `linked_symbols`): `x.H + x.W >= 10`
     for a kernel of 10 over H and W concatenated, each with the symbols it reads.
 
@@ -484,6 +487,7 @@ def joint_guards(guards: list[Guard], symbols: dict[str, tuple[str, int, int]] |
     such a guard: H >= 2 and W >= 2 hold at 2x2, where H + W >= 10 does not. The input guard checks
     these as they are, except (given each symbol's `rules`) one that holds at every combination of
     sizes the rules admit, where they admit finitely many (ViT's 16 x 16 sizes, one patch count).
+    `reads`: the symbols each guard reads, where the caller has them (`_guard_symbols`).
 
     >>> from resgraph.symbolic import SymInt, recording
     >>> h, w = SymInt.symbol("x.H", 8), SymInt.symbol("x.W", 8)
@@ -495,7 +499,8 @@ def joint_guards(guards: list[Guard], symbols: dict[str, tuple[str, int, int]] |
     []
     """
     groups = linked_symbols(guards)
-    joint = [(guard, read) for guard, read in zip(guards, _guard_symbols(guards), strict=True)
+    reads = _guard_symbols(guards) if reads is None else reads
+    joint = [(guard, read) for guard, read in zip(guards, reads, strict=True)
              if len({groups.get(symbol, symbol) for symbol in read}) > 1]
     if rules is None:
         return joint
@@ -615,7 +620,13 @@ def _checked_ops(count: int) -> tuple[dict[str, Any], Any]:
     overflow = numpy.zeros(count, dtype=bool)
 
     def checked(op: Any, exact: Any) -> Any:
+        bound = operator.add if op is numpy.add else operator.mul
+
         def apply(a: Any, b: Any) -> Any:
+            # (where the operands' magnitudes cannot reach MAX_SIZE, as at every size of most models,
+            # two reductions per operand show it without the float64 copies)
+            if bound(_magnitude(a), _magnitude(b)) <= MAX_SIZE // 2:
+                return exact(a, b)
             wide = op(numpy.asarray(a, dtype=numpy.float64), numpy.asarray(b, dtype=numpy.float64))
             beyond = numpy.abs(wide) > MAX_SIZE
             if beyond.any():
@@ -627,6 +638,15 @@ def _checked_ops(count: int) -> tuple[dict[str, Any], Any]:
     ops = dict(VECTOR_OPS, add=checked(numpy.add, VECTOR_OPS["add"]), mul=checked(numpy.multiply, VECTOR_OPS["mul"]),
                fmul=checked(numpy.multiply, VECTOR_OPS["fmul"]))
     return ops, overflow
+
+
+def _magnitude(value: Any) -> int | float:
+    """The largest absolute value of a number or an array of numbers (0 for an empty one)."""
+    import numpy
+
+    if isinstance(value, numpy.ndarray):
+        return max(value.max().item(), -value.min().item()) if value.size else 0
+    return abs(value.item() if isinstance(value, numpy.generic) else value)
 
 
 def _guard_symbols(guards: list[Guard]) -> list[frozenset[str]]:
@@ -669,7 +689,8 @@ def _rule(values: tuple[int, ...], low: int, high: int) -> SizeRule:
     if len(values) == 1:
         return SizeRule("fixed", values[0])
     start, last = values[0], values[-1]
-    step = math.gcd(*map(operator.sub, values[1:], values))
+    # (every size from start to last, the common case, needs no pass over the differences)
+    step = 1 if len(values) == last - start + 1 else math.gcd(*map(operator.sub, values[1:], values))
     if len(values) == (last - start) // step + 1:  # (increasing, each a multiple of step apart: every one)
         if last + step > high:  # it runs to the end of the range: state it as unbounded
             return SizeRule("at_least", start) if step == 1 else SizeRule("progression", start, step)
