@@ -225,7 +225,7 @@ def render(spec: SpecSource | CompiledModule, *, params: Mapping[str, Any] | Non
         shapes, param_counts, args: what each node shows besides its name and op.
         depth: module levels to show, as torchinfo counts them (1: the top level, each block call one node).
         fold_repeats: draw a repeated block once, in a box labelled xN.
-        rankdir: TB (top to bottom) or LR (left to right).
+        rankdir: TB (top to bottom), LR (left to right), BT (bottom to top) or RL (right to left).
         layout: "u" draws an encoder-decoder as a U, the two ends of each top-level skip on one level.
         dpi: the resolution of PNG output (Graphviz's default: 96).
     Raises:

@@ -146,8 +146,8 @@ def _render_arguments(render: argparse.ArgumentParser) -> None:
     render.add_argument("--depth", type=_positive, metavar="N",
                         help="module levels to show (1: each block call is one node; default: all)")
     render.add_argument("--fold-repeats", action="store_true", help="draw a repeated block once, labelled xN")
-    render.add_argument("--rankdir", choices=("TB", "LR"), default="TB",
-                        help="top-to-bottom (default) or left-to-right")
+    render.add_argument("--rankdir", choices=("TB", "LR", "BT", "RL"), default="TB",
+                        help="top-to-bottom (default), left-to-right, bottom-to-top or right-to-left")
     render.add_argument("--layout", choices=("default", "u"), default="default",
                         help="u: draw an encoder-decoder as a U, the ends of each long skip on one level")
     render.add_argument("--dpi", type=_positive, metavar="N", help="the resolution of a PNG (default: 96)")

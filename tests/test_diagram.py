@@ -173,6 +173,16 @@ def test_what_nodes_show_is_switchable() -> None:
         resgraph.render(EXAMPLES / "tutorial.yaml", rankdir="sideways")
 
 
+@pytest.mark.parametrize("rankdir", ["TB", "LR", "BT", "RL"])
+def test_cli_render_takes_every_direction_the_api_takes(tmp_path: pathlib.Path, rankdir: str) -> None:
+    out = tmp_path / "net.dot"
+    result = subprocess.run([sys.executable, "-m", "resgraph", "render", "examples/tutorial.yaml", "-o", str(out),
+                             "--rankdir", rankdir], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert out.read_text() == resgraph.render(EXAMPLES / "tutorial.yaml", rankdir=rankdir).source
+    assert f"rankdir={rankdir}" in out.read_text()
+
+
 @needs_dot
 def test_real_graphviz_draws_svg_png_and_pdf(tmp_path: pathlib.Path) -> None:
     dot = resgraph.render(EXAMPLES / "tutorial.yaml")
