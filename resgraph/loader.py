@@ -29,8 +29,9 @@ import yaml
 
 from .errors import Diagnostic, Location, SpecError, UsageError
 
-__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "LoadedSpec", "Origin", "Path", "SourceMap", "copy_data", "gc_paused",
-           "load_file", "load_import", "load_library_text", "load_text", "load_value", "os_reason"]
+__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "LoadedSpec", "Origin", "Path", "SourceMap", "copy_data",
+           "data_problem", "gc_paused", "load_file", "load_import", "load_library_text", "load_text", "load_value",
+           "os_reason"]
 
 Path = tuple[str | int, ...]
 
@@ -218,6 +219,55 @@ def load_library_text(text: str, file: str) -> LoadedSpec:
 @functools.lru_cache(maxsize=16)
 def _load_library_text(text: str, file: str) -> LoadedSpec:
     return load_text(text, file)
+
+
+def data_problem(data: Any) -> tuple[Path, str, str] | None:
+    """Where plain data (a spec given as a dict) breaks the bounds a spec file is read with:
+    (path, problem) of the first dict or list that contains itself or nests deeper than MAX_DEPTH,
+    or of a value YAML cannot give (a set, bytes, a numpy integer: not a str, int, float, bool or
+    None, or a subclass of one), or ((), problem) where it holds more than MAX_NODES values, a list
+    or dict used in several places counted at each; each with a hint. None where it keeps them.
+    (Each distinct container is walked once.)"""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+
+    def size(value: dict[Any, Any] | list[Any] | tuple[Any, ...], path: Path) -> int:
+        if id(value) in sizes:
+            return sizes[id(value)]
+        if id(value) in on_path:
+            raise _Found(path, f"this {type(value).__name__} contains itself: a spec is a tree of plain data",
+                         "put a copy there (copy.deepcopy), not the collection itself")
+        if len(path) > MAX_DEPTH:
+            raise _Found(path, f"the spec nests deeper than {MAX_DEPTH} levels", "a spec needs fewer than 10")
+        on_path.add(id(value))
+        total = 1
+        for key, item in value.items() if isinstance(value, dict) else enumerate(value):
+            if isinstance(item, (dict, list, tuple)):
+                total += size(item, (*path, key))
+            elif item is None or isinstance(item, (str, int, float)):  # (bool is an int)
+                total += 1
+            else:
+                raise _Found((*path, key), f"{type(item).__module__}.{type(item).__qualname__} {item!r:.60} is not "
+                                           "spec data", "give what YAML gives: mappings, lists, strings, numbers, "
+                                                        "booleans and None (e.g. int(value) for a numpy integer)")
+        on_path.discard(id(value))
+        sizes[id(value)] = total
+        return total
+
+    try:
+        total = size(data, ()) if isinstance(data, (dict, list, tuple)) else 1
+    except _Found as found:
+        return found.path, found.problem, found.hint
+    if total > MAX_NODES:
+        return (), (f"the spec holds more than {MAX_NODES:,} values (a list or dict used in several places counts "
+                    "at each)"), "use blocks and `repeat:` instead of writing every layer out"
+    return None
+
+
+class _Found(Exception):
+    def __init__(self, path: Path, problem: str, hint: str) -> None:
+        super().__init__(problem)
+        self.path, self.problem, self.hint = path, problem, hint
 
 
 def copy_data(value: Any) -> Any:

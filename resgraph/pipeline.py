@@ -16,16 +16,16 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Union
 
-from .errors import Diagnostic, SpecError, UsageError
+from .errors import Diagnostic, Location, SpecError, UsageError
 from .evaluate import plain_overrides
 from .expand import Reader, check_library_blocks, check_unreached_blocks, expand
 from .graph import Graph
-from .loader import LoadedSpec, SourceMap, gc_paused, load_file, load_text
+from .loader import MAX_DEPTH, MAX_NODES, LoadedSpec, Path, SourceMap, data_problem, gc_paused, load_file, load_text
 from .resolve import resolve
 from .resources import is_shipped, read_import, read_shipped
 from .shapes import check_uncalled_blocks, infer_shapes
@@ -34,7 +34,7 @@ from .validate import is_block_library, validate, validate_library
 from .version import __version__
 
 __all__ = ["DEFAULT_MAX_PARAMS", "BuildRecord", "RecordingReader", "SpecSource", "check_loaded", "check_loaded_library",
-           "dict_spec_text", "indented_json", "load", "static_parameter_counts"]
+           "dict_spec_text", "load", "static_parameter_counts"]
 
 SpecSource = Union[str, "os.PathLike[str]", dict, LoadedSpec]
 DEFAULT_MAX_PARAMS = 2**31  # the default parameter limit of builds (about 8 GiB of float32 weights)
@@ -97,12 +97,13 @@ def load(spec: SpecSource, *, file: str | None = None) -> LoadedSpec:
 
     Raises:
         UsageError: the file cannot be read, or `spec` is none of these.
-        SpecError: the text is not valid, safe YAML.
+        SpecError: the text is not valid, safe YAML; a dict is not data a spec file could hold
+            (`dict_spec_text`).
     """
     if isinstance(spec, LoadedSpec):
         return spec
     if isinstance(spec, dict):
-        return LoadedSpec(spec, SourceMap(file or "<dict>"), lambda: dict_spec_text(spec))
+        return LoadedSpec(spec, SourceMap(file or "<dict>"), dict_spec_text(spec, file or "<dict>"))
     if isinstance(spec, os.PathLike) or (isinstance(spec, str) and _looks_like_path(spec)):
         return read_shipped(os.fspath(spec)) if is_shipped(os.fspath(spec)) else load_file(spec)
     if isinstance(spec, str):
@@ -110,9 +111,16 @@ def load(spec: SpecSource, *, file: str | None = None) -> LoadedSpec:
     raise UsageError(f"a spec is a path, YAML text or a dict, not {type(spec).__name__}")
 
 
-def dict_spec_text(spec: Any) -> str:
+def dict_spec_text(spec: Any, file: str = "<dict>") -> str | Callable[[], str]:
     r"""The text a spec given as a dict is recorded as (its build record's): indented JSON, which YAML
     reads back as the same data, so `rebuild` and `load` parse it as they parse any spec.
+
+    Writing it is also the check that the dict holds data a spec file could: nested at most
+    MAX_DEPTH deep (a dict that contains itself is infinitely deep), of at most MAX_NODES values
+    (a list used in several places counted at each), and only mappings, lists, strings, numbers,
+    booleans and None. Those bounds are what make every later pass over the data finite: a dict
+    that contained itself hung the build. A mapping key that is not a string is left to the
+    schema's check, which names it (the text is then written when a record needs it).
 
     One difference from `json.dumps`: a character beyond U+FFFF (an emoji in a description) is
     written as itself, not as JSON's surrogate-pair escape, which YAML refuses ("invalid Unicode
@@ -120,8 +128,48 @@ def dict_spec_text(spec: Any) -> str:
 
     >>> dict_spec_text({"d": chr(0x1F600) + "\\ud83d"}) == '{\n  "d": "' + chr(0x1F600) + '\\\\ud83d"\n}'
     True
+
+    Raises:
+        SpecError: the dict breaks one of those bounds, naming the path into it where it does.
     """
-    text = indented_json(spec)
+    parts: list[str] = []
+    try:
+        _write_json(spec, "\n", parts)
+        text = "".join(parts)
+    except (_Unbounded, RecursionError, TypeError):  # (or a value json.dumps converts: an IntEnum, a str subclass)
+        problem = data_problem(spec)
+        if problem is not None:
+            path, what, hint = problem
+            message = f"{_data_path(path)}: {what}" if path else what
+            raise SpecError([Diagnostic(Location(file), message, hint)]) from None
+        if not all(isinstance(key, str) for key in _keys(spec)):
+            return lambda: _unescape_pairs(json.dumps(spec, indent=2))
+        text = json.dumps(spec, indent=2)
+    return _unescape_pairs(text)
+
+
+def _keys(data: Any) -> Iterator[Any]:
+    """Every mapping key in plain data (a tree: see `data_problem`)."""
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            yield from value
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+
+
+def _data_path(path: Path) -> str:
+    """`params.depths[2]`, shortened in the middle past eight parts."""
+    def text(parts: Path) -> str:
+        return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts).lstrip(".")
+
+    return f"{text(path[:4])}...{text(path[-4:])}" if len(path) > 8 else text(path)
+
+
+def _unescape_pairs(text: str) -> str:
+    """JSON text with each surrogate-pair escape written as the character it stands for."""
     if "\\ud" not in text:
         return text
     # Left to right, so an escaped backslash (`\\`) is passed over whole and never read as the start
@@ -134,28 +182,24 @@ def dict_spec_text(spec: Any) -> str:
 _PAIR_OR_BACKSLASH = re.compile(r"\\\\|\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
 
 
-def indented_json(data: Any) -> str:
-    """`json.dumps(data, indent=2)`, the same text, about twice as fast on plain spec data.
+class _Unbounded(Exception):
+    """Raised by `_write_json` where the data passes the bounds a spec file is read within."""
 
-    The build record of a spec given as a dict is this text. `json.dumps` writes indented JSON
-    with its pure-Python encoder, a generator per container, which cost more than validating a
-    10,000-layer spec; this writes the same pieces into one list. Anything other than dicts with
-    string keys, lists, tuples, strings, numbers, booleans and None (or a cycle, or nesting too
-    deep) is left to `json.dumps`, which then gives its own result or error.
 
-    >>> indented_json({"a": [1, 2.5, None], "b": {}}) == json.dumps({"a": [1, 2.5, None], "b": {}}, indent=2)
-    True
-    """
-    parts: list[str] = []
-    try:
-        _write_json(data, "\n", parts)
-    except (TypeError, RecursionError):
-        return json.dumps(data, indent=2)
-    return "".join(parts)
+# The bounds a spec's JSON text is written within, those of a spec file (loader.MAX_DEPTH and
+# MAX_NODES): the indent of a collection MAX_DEPTH deep, and the pieces of MAX_NODES values (a
+# value writes two or three).
+_DEEPEST_NEWLINE = len("\n") + 2 * MAX_DEPTH
+_MOST_PARTS = 3 * MAX_NODES
 
 
 def _write_json(value: Any, newline: str, parts: list[str]) -> None:
     """Append `value`'s pieces of indented JSON to `parts`; `newline` is "\n" and the indent of its line.
+
+    The pieces are those of `json.dumps(value, indent=2)`, which writes indented JSON with its
+    pure-Python encoder, a generator per container: it cost more than validating a 10,000-layer
+    spec. Anything but dicts with string keys, lists, tuples, strings, numbers, booleans and None
+    raises TypeError; a collection past the bounds, `_Unbounded`.
 
     (A plain function, not a closure: a recursive closure is a reference cycle, which would keep
     `parts` alive until the next collection, and with it the process's peak memory up.)
@@ -176,6 +220,8 @@ def _write_json(value: Any, newline: str, parts: list[str]) -> None:
         if not value:
             parts.append("[]")
             return
+        if len(newline) > _DEEPEST_NEWLINE or len(parts) > _MOST_PARTS:
+            raise _Unbounded
         inner = newline + "  "
         separator = "," + inner  # one object for every item: the pieces are many, keep them small
         parts.append("[")
@@ -187,6 +233,8 @@ def _write_json(value: Any, newline: str, parts: list[str]) -> None:
         if not value:
             parts.append("{}")
             return
+        if len(newline) > _DEEPEST_NEWLINE or len(parts) > _MOST_PARTS:
+            raise _Unbounded
         inner = newline + "  "
         separator = "," + inner
         parts.append("{")

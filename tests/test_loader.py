@@ -186,6 +186,93 @@ def test_every_key_that_is_not_a_string_is_reported_in_document_order() -> None:
         "layer 'fc' (Linear): mapping key 2 must be a string"]
 
 
+def _dict_spec(**params: object) -> dict:
+    return {"resgraph": 1, "name": "N", "params": dict(params), "inputs": {"x": [4]},
+            "layers": [{"fc": {"op": "Linear", "out_features": 2}}]}
+
+
+def _nested(depth: int, leaf: object = 1) -> object:
+    for _ in range(depth):
+        leaf = [leaf]
+    return leaf
+
+
+def _itself() -> dict:
+    spec = _dict_spec()
+    spec["params"]["p"] = spec["params"]
+    return spec
+
+
+def _list_in_itself() -> dict:
+    spec = _dict_spec()
+    looped: list = [1]
+    looped.append(looped)
+    spec["layers"][0]["fc"]["bias"] = looped
+    return spec
+
+
+def _bomb() -> dict:
+    shared: list = [1] * 100
+    for _ in range(4):
+        shared = [shared] * 100  # 10^10 values once expanded, a few KiB in memory
+    return _dict_spec(p=shared)
+
+
+@pytest.mark.parametrize(("make", "message", "hint"), [
+    (_itself, "params.p: this dict contains itself: a spec is a tree of plain data", "copy.deepcopy"),
+    (_list_in_itself, "layers[0].fc.bias[1]: this list contains itself", "copy.deepcopy"),
+    (lambda: _dict_spec(p=_nested(1500)), "params.p[0][0]...[0][0][0][0]: the spec nests deeper than 64 levels",
+     "fewer than 10"),
+    (lambda: _dict_spec(p=_nested(63, {"a": 1})), "params.p[0][0]...[0][0][0][0]: the spec nests deeper than 64 "
+                                                  "levels", "fewer than 10"),  # the dict is 65 levels below the top
+    (_bomb, "the spec holds more than 2,000,000 values", "repeat:"),
+    (lambda: _dict_spec(p={1, 2}), "params.p: builtins.set {1, 2} is not spec data", "int(value)"),
+    (lambda: _dict_spec(p=b"x"), "params.p: builtins.bytes b'x' is not spec data", "numbers, booleans and None"),
+], ids=["dict-in-itself", "list-in-itself", "1500-deep", "65-deep", "shared-list-bomb", "set", "bytes"])
+def test_a_dict_spec_is_held_to_the_bounds_a_spec_file_is_read_with(make: object, message: str, hint: str) -> None:
+    """A dict can hold what no YAML file gives: itself, sharing without end, nesting past the
+    loader's bound, Python objects. Each was a hang, a RecursionError or a TypeError from deep
+    inside; each is now refused at load, naming the path into the dict."""
+    import resgraph
+
+    start = time.perf_counter()
+    for run in (resgraph.build, resgraph.check):
+        with pytest.raises(SpecError) as failure:
+            run(make())  # type: ignore[operator]
+        (diagnostic,) = failure.value.diagnostics
+        assert diagnostic.message.startswith(message) and hint in (diagnostic.hint or "")
+        assert str(diagnostic.location) == "<dict>"
+    assert time.perf_counter() - start < 20.0  # about 0.1 s: the bound guards against a hang only
+
+
+def test_a_dict_spec_at_the_bounds_builds_and_records_the_data_it_holds() -> None:
+    """Sharing is not nesting: a list used twice is plain data. A numpy float (a float), an IntEnum
+    (an int) and 64 levels of nesting are what a spec file can hold too."""
+    import enum
+    import json
+
+    import numpy
+
+    import resgraph
+
+    class Width(enum.IntEnum):
+        small = 2
+
+    shared = [1, 2]
+    spec = _dict_spec(a=shared, b=shared, deep=_nested(63))  # its innermost list is 64 levels below the top
+    spec["layers"][0]["fc"]["out_features"] = Width.small
+    spec["layers"].append({"fc2": {"op": "Linear", "out_features": numpy.float64(3.0)}})
+    model = resgraph.build(spec)
+    assert model.fc.out_features == 2 and model(torch_randn(5, 4)).shape == (5, 3)
+    assert model.build_record.spec == json.dumps(spec, indent=2)
+
+
+def torch_randn(*shape: int) -> object:
+    import torch
+
+    return torch.randn(*shape)
+
+
 def test_a_file_that_grows_after_its_size_is_read_is_read_whole(tmp_path: pathlib.Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A regular file is read at the size `fstat` gave, and on past it when there is more (it grew in
