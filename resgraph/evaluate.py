@@ -342,8 +342,11 @@ def concrete(template: Any, model: type[T] | TypeAdapter[T], names: Mapping[str,
     # A template without expressions types the same wherever it stands: one equal to a template
     # typed before gets that result without being evaluated again (a 10,000-layer chain: 1 of 10,000).
     written = _written_key(model, scale, template) if typed_bodies is not None else None
-    if written is not None and written in typed_bodies:  # type: ignore[operator]
-        return typed_bodies[written]  # type: ignore[index, no-any-return]
+    if written is not None:
+        # (one lookup: a key of nested tuples is hashed anew each time; no typed body is None)
+        typed_before = typed_bodies.get(written)  # type: ignore[union-attr]
+        if typed_before is not None:
+            return typed_before  # type: ignore[no-any-return]
     if written is not None:
         # Nothing to evaluate; typed from a copy all the same: the template may be the caller's own
         # data, and a typed body may keep its lists (a generic layer's arguments).
@@ -360,8 +363,10 @@ def concrete(template: Any, model: type[T] | TypeAdapter[T], names: Mapping[str,
     key = None
     if typed_bodies is not None:  # equal bodies of different templates (`${w}` and 8) share one object too
         key = _body_key(model, written[-1]) if written is not None and body is copied else _frozen(model, body)
-    if typed_bodies is not None and key is not None and key in typed_bodies:
-        return typed_bodies[key]  # type: ignore[no-any-return]
+    if typed_bodies is not None and key is not None:
+        typed_before = typed_bodies.get(key)
+        if typed_before is not None:
+            return typed_before  # type: ignore[no-any-return]
     try:
         if isinstance(model, (TypeAdapter, _LayerModels)):
             typed = model.validate_python(body)
@@ -424,12 +429,24 @@ def freeze(value: Any, refuse_expressions: bool = False) -> Any:
         TypeError: a leaf cannot be a key, or is an expression (`${...}`) with `refuse_expressions`.
     """
     if isinstance(value, dict):
-        return (dict, tuple([(k, freeze(v, refuse_expressions)) for k, v in value.items()]))
+        pairs = []
+        for key, member in value.items():
+            kind = type(member)
+            if kind in _KEYED_AS_GIVEN or (kind is str and not (refuse_expressions and member.startswith("${"))):
+                pairs.append((key, (kind, member)))  # a common leaf, keyed here as below, without a call
+            else:
+                pairs.append((key, freeze(member, refuse_expressions)))
+        return (dict, tuple(pairs))
     if isinstance(value, list):
-        return (list, tuple([freeze(v, refuse_expressions) for v in value]))
+        return (list, tuple([(kind, item) if (kind := type(item)) in _KEYED_AS_GIVEN
+                             else freeze(item, refuse_expressions) for item in value]))
     hash(value)
     if refuse_expressions and expression_body(value) is not None:
         raise TypeError("an expression's value depends on the names it reads")
     if isinstance(value, float):  # -0.0 == 0.0, but a summary shows them apart
         return (float, value, math.copysign(1.0, value))
     return (type(value), value)
+
+
+# Leaves whose key is (type, value) and that are never expressions: `freeze` keys them in place.
+_KEYED_AS_GIVEN = frozenset({int, bool, type(None)})
