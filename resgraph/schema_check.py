@@ -144,13 +144,18 @@ class Compiler:
         single = kinds[0] if kinds is not None and len(kinds) == 1 else None
         fused = single in _FAMILIES and "const" not in schema and "enum" not in schema
         checks: list[Predicate] = []
-        if kinds is not None and not fused:
+        # An op's name (`{type: string, const: Conv2d}`): the type test and `equal` (which is `==`
+        # for a string) as one check, before any other, as they are run apart.
+        name = single == "string" and isinstance(schema.get("const"), str) and "enum" not in schema
+        if name:
+            const = schema["const"]
+            checks.append(lambda x: isinstance(x, str) and x == const)
+        elif kinds is not None and not fused:
             tests = [_TYPES[k] for k in kinds]
             checks.append(tests[0] if len(tests) == 1 else (lambda x: any(t(x) for t in tests)))
-        if "const" in schema:
+        if "const" in schema and not name:
             const = schema["const"]
-            # (`equal` with a string is `==`: one test the less for an op's name in every layer)
-            checks.append((lambda x: bool(x == const)) if isinstance(const, str) else (lambda x: equal(x, const)))
+            checks.append(lambda x: equal(x, const))
         if "enum" in schema:
             members = list(schema["enum"])
             hashable = [m for m in members if isinstance(m, str)]
@@ -246,6 +251,24 @@ class Compiler:
         required = frozenset(schema["required"]) if "required" in schema else None
         fewest, most = schema.get("minProperties"), schema.get("maxProperties")
         name_ok = self.compile(schema["propertyNames"]) if "propertyNames" in schema else None
+        closed = schema.get("additionalProperties") is False and not schema.get("patternProperties")
+        if closed and name_ok is None and fewest is None and most is None:
+            # A model's record (a layer body): its keys and members checked here, in one call.
+            named = {key: self.compile(s) for key, s in schema.get("properties", {}).items()}
+            allowed = frozenset(named)
+
+            def record_ok(x: Any) -> bool:
+                if not isinstance(x, dict):
+                    return other
+                if (required is not None and not x.keys() >= required) or not x.keys() <= allowed:
+                    return False
+                for key, value in x.items():
+                    if not named[key](value):
+                        return False
+                return True
+
+            return record_ok
+
         members = self._members(schema) \
             if any(k in schema for k in ("properties", "patternProperties", "additionalProperties")) else None
         if required is None and fewest is None and most is None and name_ok is None and members is None:

@@ -324,9 +324,10 @@ class Spec(StrictModel):
         return name in self._invalid_inputs
 
     def with_invalid(self, entries: frozenset[tuple[str, int]], blocks: frozenset[str],
-                     inputs: frozenset[str] = frozenset()) -> Spec:
-        """This spec with the entries, blocks and inputs validation refused marked as such."""
-        marked = self.model_copy()
+                     inputs: frozenset[str] = frozenset(), update: Mapping[str, Any] | None = None) -> Spec:
+        """This spec with the entries, blocks and inputs validation refused marked as such, and the
+        fields in `update` replaced (as `model_copy` replaces them, in the same copy)."""
+        marked = self.model_copy(update=update)
         marked._invalid_entries, marked._invalid_blocks, marked._invalid_inputs = entries, blocks, inputs
         return marked
 
