@@ -69,10 +69,14 @@ def _walk(item: Any, rel: Path, names: Mapping[str, Any], origin: Origin, diagno
     is a reference cycle, garbage that only the collector frees, made once per entry of a spec.)"""
     if skip(rel):
         return item
+    # A member that is a number, boolean, None or a string not starting with `${` is kept as it is
+    # (what walking it would return, skipped or not) without a call.
     if isinstance(item, dict):
-        return {k: _walk(v, (*rel, k), names, origin, diagnostics, skip, dependent) for k, v in item.items()}
+        return {k: v if (kind := type(v)) in _SCALARS or (kind is str and not v.startswith("${"))
+                else _walk(v, (*rel, k), names, origin, diagnostics, skip, dependent) for k, v in item.items()}
     if isinstance(item, list):
-        return [_walk(v, (*rel, i), names, origin, diagnostics, skip, dependent) for i, v in enumerate(item)]
+        return [v if (kind := type(v)) in _SCALARS or (kind is str and not v.startswith("${"))
+                else _walk(v, (*rel, i), names, origin, diagnostics, skip, dependent) for i, v in enumerate(item)]
     body = expression_body(item)
     if body is None:
         return item
@@ -253,7 +257,16 @@ def names_read(value: Any) -> set[str] | None:
 
 def holds_expression(value: Any) -> bool:
     """Whether `value` (spec data) has a `${...}` anywhere in it."""
-    return next(_expression_reads(value), False) is not False
+    stack = [value]  # (as `_expression_reads` walks, without parsing what it finds)
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif expression_body(item) is not None:
+            return True
+    return False
 
 
 def _expression_reads(value: Any) -> Iterator[set[str] | None]:
@@ -450,3 +463,5 @@ def freeze(value: Any, refuse_expressions: bool = False) -> Any:
 
 # Leaves whose key is (type, value) and that are never expressions: `freeze` keys them in place.
 _KEYED_AS_GIVEN = frozenset({int, bool, type(None)})
+# Leaves that are never expressions nor hold any: `_walk` keeps them without a call.
+_SCALARS = frozenset({int, float, bool, type(None)})
