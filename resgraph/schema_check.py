@@ -214,17 +214,16 @@ class Compiler:
         # jsonschema fails a bound on the opposite comparison (`instance < minimum`), so NaN, which
         # compares false with everything, passes every bound: written the same way, so does it here.
         # (`is_instance` is `_is_integer` for a schema of type integer alone: every integer is a number.)
-        bounds = [(holds, schema[keyword]) for keyword, holds in _BOUNDS.items() if keyword in schema]
-        if not bounds:
+        lowest, highest = schema.get("minimum"), schema.get("maximum")
+        above, below = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+        if lowest is None and highest is None and above is None and below is None:
             return None
 
         def number_ok(x: Any) -> bool:
-            if not is_instance(x):
+            if type(x) is not int and not is_instance(x):  # (an int is both an integer and a number)
                 return other
-            for holds, bound in bounds:
-                if not holds(x, bound):
-                    return False
-            return True
+            return ((lowest is None or not x < lowest) and (highest is None or not x > highest)
+                    and (above is None or not x <= above) and (below is None or not x >= below))
 
         return number_ok
 
@@ -269,6 +268,29 @@ class Compiler:
 
             return record_ok
 
+        patterns = schema.get("patternProperties") or {}
+        names = schema.get("propertyNames", {})
+        if (isinstance(names, dict) and set(names) <= {"maxLength"} and len(patterns) == 1 and required is None
+                and "properties" not in schema and schema.get("additionalProperties") is False):
+            # A map from names to values of one kind (`blocks`, `inputs`, every layer and skip entry):
+            # each key's length, pattern and value checked in one loop, in one call.
+            longest = names.get("maxLength")
+            ((pattern, value_schema),) = patterns.items()
+            search, value_ok = re.compile(pattern).search, self.compile(value_schema)
+
+            def name_map_ok(x: Any) -> bool:
+                if not isinstance(x, dict):
+                    return other
+                if (fewest is not None and len(x) < fewest) or (most is not None and len(x) > most):
+                    return False
+                for key, value in x.items():
+                    if not isinstance(key, str) or (longest is not None and len(key) > longest) \
+                            or search(key) is None or not value_ok(value):
+                        return False
+                return True
+
+            return name_map_ok
+
         members = self._members(schema) \
             if any(k in schema for k in ("properties", "patternProperties", "additionalProperties")) else None
         if required is None and fewest is None and most is None and name_ok is None and members is None:
@@ -308,17 +330,6 @@ class Compiler:
 
             return record
 
-        if not named and len(patterns) == 1 and extra is False:  # a map from names (`blocks`, a layer entry)
-            ((search, pattern_check),) = patterns
-
-            def names_map(x: dict[Any, Any]) -> bool:
-                for key, value in x.items():
-                    if not isinstance(key, str) or search(key) is None or not pattern_check(value):
-                        return False
-                return True
-
-            return names_map
-
         def members(x: dict[Any, Any]) -> bool:
             for key, value in x.items():
                 check = named.get(key)
@@ -343,9 +354,6 @@ class Compiler:
 # The family of keywords that apply to each type (`minimum` to integers and numbers alike).
 _FAMILIES = {"string": "string", "integer": "number", "number": "number", "array": "array", "object": "object"}
 
-_BOUNDS: dict[str, Callable[[Any, Any], bool]] = {
-    "minimum": lambda x, b: not x < b, "maximum": lambda x, b: not x > b,
-    "exclusiveMinimum": lambda x, b: not x <= b, "exclusiveMaximum": lambda x, b: not x >= b}
 
 _KEYWORDS = frozenset({"type", "const", "enum", "pattern", "maxLength", "minLength", "minimum", "maximum",
                        "exclusiveMinimum", "exclusiveMaximum", "items", "minItems", "maxItems", "required",
