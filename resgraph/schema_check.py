@@ -146,14 +146,14 @@ class Compiler:
         checks: list[Predicate] = []
         # An op's name (`{type: string, const: Conv2d}`): the type test and `equal` (which is `==`
         # for a string) as one check, before any other, as they are run apart.
-        name = single == "string" and isinstance(schema.get("const"), str) and "enum" not in schema
-        if name:
+        string_const = single == "string" and isinstance(schema.get("const"), str) and "enum" not in schema
+        if string_const:
             const = schema["const"]
             checks.append(lambda x: isinstance(x, str) and x == const)
         elif kinds is not None and not fused:
             tests = [_TYPES[k] for k in kinds]
             checks.append(tests[0] if len(tests) == 1 else (lambda x: any(t(x) for t in tests)))
-        if "const" in schema and not name:
+        if "const" in schema and not string_const:
             const = schema["const"]
             checks.append(lambda x: equal(x, const))
         if "enum" in schema:
