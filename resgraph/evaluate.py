@@ -381,8 +381,11 @@ def concrete(template: Any, model: type[T] | TypeAdapter[T], names: Mapping[str,
         body = scale_width(body, scale, template, prescaled)
     key = None
     if typed_bodies is not None:  # equal bodies of different templates (`${w}` and 8) share one object too
-        key = _body_key(model, written[-1]) if written is not None and body is copied else _frozen(model, body)
-    if typed_bodies is not None and key is not None:
+        if written is not None and body is copied:  # (without a scale, `written` is this key, missed above)
+            key = written if scale is None else _body_key(model, written[-1])
+        else:
+            key = _frozen(model, body)
+    if typed_bodies is not None and key is not None and key is not written:
         typed_before = typed_bodies.get(key)
         if typed_before is not None:
             return typed_before  # type: ignore[no-any-return]
@@ -412,7 +415,7 @@ def concrete(template: Any, model: type[T] | TypeAdapter[T], names: Mapping[str,
             return None
     if typed_bodies is not None and key is not None:
         typed_bodies[key] = typed
-    if written is not None:
+    if written is not None and written is not key:
         typed_bodies[written] = typed  # type: ignore[index]
     return typed  # type: ignore[no-any-return]
 
@@ -433,11 +436,16 @@ def _body_key(model: Any, frozen: Any) -> tuple[int, Any]:
 
 def _written_key(model: Any, scale: Scale | None, template: Any) -> Any:
     """A hashable key equal for equal templates typed by the same model and scale, or None when the
-    template holds an expression (its value depends on the names it reads) or an unhashable value."""
+    template holds an expression (its value depends on the names it reads) or an unhashable value.
+
+    Without a scale (a skip), a template is typed as the body it is: its key is that body's
+    (`_body_key`), so the one key is made, looked up and stored (a long chain's 50,000 skips).
+    """
     try:
-        return ("as written", id(model), id(scale), freeze(template, refuse_expressions=True))
+        frozen = freeze(template, refuse_expressions=True)
     except TypeError:
         return None
+    return _body_key(model, frozen) if scale is None else ("as written", id(model), id(scale), frozen)
 
 
 def freeze(value: Any, refuse_expressions: bool = False) -> Any:
