@@ -44,7 +44,13 @@ class _LayerModels:
     def validate_python(self, body: Any) -> Any:
         tag = _layer_tag(body)
         model = BlockCall if tag == "block" else OPS.get(tag, GenericLayer)
-        return model.model_validate(body)
+        return _model_validate(model, body)
+
+
+def _model_validate(model: type[BaseModel], body: Any) -> Any:
+    """`model.model_validate(body)`: its validator, called without the Python wrapper around it
+    (0.5 us of the ~2 a body takes, for each distinct entry: a long chain's 50,000 skips)."""
+    return model.__pydantic_validator__.validate_python(body)
 
 
 LAYER: Any = _LayerModels()
@@ -69,10 +75,14 @@ def _walk(item: Any, rel: Path, names: Mapping[str, Any], origin: Origin, diagno
     is a reference cycle, garbage that only the collector frees, made once per entry of a spec.)"""
     if skip(rel):
         return item
+    # A member that is a number, boolean, None or a string not starting with `${` is kept as it is
+    # (what walking it would return, skipped or not) without a call.
     if isinstance(item, dict):
-        return {k: _walk(v, (*rel, k), names, origin, diagnostics, skip, dependent) for k, v in item.items()}
+        return {k: v if (kind := type(v)) in _SCALARS or (kind is str and not v.startswith("${"))
+                else _walk(v, (*rel, k), names, origin, diagnostics, skip, dependent) for k, v in item.items()}
     if isinstance(item, list):
-        return [_walk(v, (*rel, i), names, origin, diagnostics, skip, dependent) for i, v in enumerate(item)]
+        return [v if (kind := type(v)) in _SCALARS or (kind is str and not v.startswith("${"))
+                else _walk(v, (*rel, i), names, origin, diagnostics, skip, dependent) for i, v in enumerate(item)]
     body = expression_body(item)
     if body is None:
         return item
@@ -253,7 +263,16 @@ def names_read(value: Any) -> set[str] | None:
 
 def holds_expression(value: Any) -> bool:
     """Whether `value` (spec data) has a `${...}` anywhere in it."""
-    return next(_expression_reads(value), False) is not False
+    stack = [value]  # (as `_expression_reads` walks, without parsing what it finds)
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif expression_body(item) is not None:
+            return True
+    return False
 
 
 def _expression_reads(value: Any) -> Iterator[set[str] | None]:
@@ -342,8 +361,11 @@ def concrete(template: Any, model: type[T] | TypeAdapter[T], names: Mapping[str,
     # A template without expressions types the same wherever it stands: one equal to a template
     # typed before gets that result without being evaluated again (a 10,000-layer chain: 1 of 10,000).
     written = _written_key(model, scale, template) if typed_bodies is not None else None
-    if written is not None and written in typed_bodies:  # type: ignore[operator]
-        return typed_bodies[written]  # type: ignore[index, no-any-return]
+    if written is not None:
+        # (one lookup: a key of nested tuples is hashed anew each time; no typed body is None)
+        typed_before = typed_bodies.get(written)  # type: ignore[union-attr]
+        if typed_before is not None:
+            return typed_before  # type: ignore[no-any-return]
     if written is not None:
         # Nothing to evaluate; typed from a copy all the same: the template may be the caller's own
         # data, and a typed body may keep its lists (a generic layer's arguments).
@@ -359,15 +381,20 @@ def concrete(template: Any, model: type[T] | TypeAdapter[T], names: Mapping[str,
         body = scale_width(body, scale, template, prescaled)
     key = None
     if typed_bodies is not None:  # equal bodies of different templates (`${w}` and 8) share one object too
-        key = _body_key(model, written[-1]) if written is not None and body is copied else _frozen(model, body)
-    if typed_bodies is not None and key is not None and key in typed_bodies:
-        return typed_bodies[key]  # type: ignore[no-any-return]
+        if written is not None and body is copied:  # (without a scale, `written` is this key, missed above)
+            key = written if scale is None else _body_key(model, written[-1])
+        else:
+            key = _frozen(model, body)
+    if typed_bodies is not None and key is not None and key is not written:
+        typed_before = typed_bodies.get(key)
+        if typed_before is not None:
+            return typed_before  # type: ignore[no-any-return]
     try:
         if isinstance(model, (TypeAdapter, _LayerModels)):
             typed = model.validate_python(body)
         else:
             assert issubclass(model, BaseModel)
-            typed = model.model_validate(body)
+            typed = _model_validate(model, body)
     except ValidationError as exc:
         diagnostics.extend(pydantic_diagnostics(exc, body, origin))
         return None
@@ -388,7 +415,7 @@ def concrete(template: Any, model: type[T] | TypeAdapter[T], names: Mapping[str,
             return None
     if typed_bodies is not None and key is not None:
         typed_bodies[key] = typed
-    if written is not None:
+    if written is not None and written is not key:
         typed_bodies[written] = typed  # type: ignore[index]
     return typed  # type: ignore[no-any-return]
 
@@ -409,11 +436,16 @@ def _body_key(model: Any, frozen: Any) -> tuple[int, Any]:
 
 def _written_key(model: Any, scale: Scale | None, template: Any) -> Any:
     """A hashable key equal for equal templates typed by the same model and scale, or None when the
-    template holds an expression (its value depends on the names it reads) or an unhashable value."""
+    template holds an expression (its value depends on the names it reads) or an unhashable value.
+
+    Without a scale (a skip), a template is typed as the body it is: its key is that body's
+    (`_body_key`), so the one key is made, looked up and stored (a long chain's 50,000 skips).
+    """
     try:
-        return ("as written", id(model), id(scale), freeze(template, refuse_expressions=True))
+        frozen = freeze(template, refuse_expressions=True)
     except TypeError:
         return None
+    return _body_key(model, frozen) if scale is None else ("as written", id(model), id(scale), frozen)
 
 
 def freeze(value: Any, refuse_expressions: bool = False) -> Any:
@@ -424,12 +456,26 @@ def freeze(value: Any, refuse_expressions: bool = False) -> Any:
         TypeError: a leaf cannot be a key, or is an expression (`${...}`) with `refuse_expressions`.
     """
     if isinstance(value, dict):
-        return (dict, tuple([(k, freeze(v, refuse_expressions)) for k, v in value.items()]))
+        pairs = []
+        for key, member in value.items():
+            kind = type(member)
+            if kind in _KEYED_AS_GIVEN or (kind is str and not (refuse_expressions and member.startswith("${"))):
+                pairs.append((key, (kind, member)))  # a common leaf, keyed here as below, without a call
+            else:
+                pairs.append((key, freeze(member, refuse_expressions)))
+        return (dict, tuple(pairs))
     if isinstance(value, list):
-        return (list, tuple([freeze(v, refuse_expressions) for v in value]))
+        return (list, tuple([(kind, item) if (kind := type(item)) in _KEYED_AS_GIVEN
+                             else freeze(item, refuse_expressions) for item in value]))
     hash(value)
     if refuse_expressions and expression_body(value) is not None:
         raise TypeError("an expression's value depends on the names it reads")
     if isinstance(value, float):  # -0.0 == 0.0, but a summary shows them apart
         return (float, value, math.copysign(1.0, value))
     return (type(value), value)
+
+
+# Leaves whose key is (type, value) and that are never expressions: `freeze` keys them in place.
+_KEYED_AS_GIVEN = frozenset({int, bool, type(None)})
+# Leaves that are never expressions nor hold any: `_walk` keeps them without a call.
+_SCALARS = frozenset({int, float, bool, type(None)})

@@ -387,14 +387,16 @@ class Expander(_BlockTable):
         left_out: dict[str, LeftOut] = {}
         self.expanded += len(definition.layers) + len(definition.skips)
         refused = self.spec.invalid_entries if top_level else frozenset()
+        # (bound once: the loops below run once per layer and skip, 100,000 times in a long chain)
+        diagnostics, scale, typed_bodies = self.diagnostics, self.spec.scale, self.typed_bodies
+        prescaled = names.prescaled if isinstance(names, _ShapeNames) else frozenset()
         for i, entry in enumerate(definition.layers):
             for layer_name, template in entry.items():
                 where = origin.child("layers", i, layer_name)
-                if ("layers", i) in refused:
+                if refused and ("layers", i) in refused:
                     layers += _refused_items(layer_name, template, where)  # refused by validation, and reported there
                     continue
-                body = concrete(template, LAYER, names, where, self.diagnostics, self.spec.scale,
-                                self.typed_bodies, names.prescaled if isinstance(names, _ShapeNames) else frozenset())
+                body = concrete(template, LAYER, names, where, diagnostics, scale, typed_bodies, prescaled)
                 if body is None:  # its error is reported; what reads it would only repeat that
                     layers += _refused_items(layer_name, template, where)
                 elif body is not LEFT_OUT:
@@ -402,24 +404,24 @@ class Expander(_BlockTable):
                 else:  # (a chunk/split is read by the names of its outputs)
                     left_out.update({item.name: LeftOut(where.child("when"), skip=False)
                                      for item in _refused_items(layer_name, template, where)})
+        calls = [item for item in layers if isinstance(item.body, BlockCall)]
         if top_level:
-            self.num_blocks = sum(self.repeats(item.body) for item in layers if isinstance(item.body, BlockCall))
+            self.num_blocks = sum(self.repeats(item.body) for item in calls)  # type: ignore[arg-type]
         block_index = 0
-        for item in layers:
-            if isinstance(item.body, BlockCall):
-                item.recipe = self.recipe(item, names, stack, block_index if top_level else None)
-                if item.recipe is None:
-                    item.body = None  # reported
-                else:
-                    block_index += item.recipe.count
+        for item in calls:
+            item.recipe = self.recipe(item, names, stack, block_index if top_level else None)
+            if item.recipe is None:
+                item.body = None  # reported
+            else:
+                block_index += item.recipe.count
         skips = []
         for i, entry in enumerate(definition.skips):
             for skip_name, template in entry.items():
                 where = origin.child("skips", i, skip_name)
-                if ("skips", i) in refused:
+                if refused and ("skips", i) in refused:
                     skips.append(SkipItem(skip_name, None, where))
                     continue
-                skip = concrete(template, Skip, names, where, self.diagnostics, typed_bodies=self.typed_bodies)
+                skip = concrete(template, Skip, names, where, diagnostics, typed_bodies=typed_bodies)
                 if skip is not LEFT_OUT:
                     skips.append(SkipItem(skip_name, skip, where))
                 else:

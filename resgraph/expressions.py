@@ -149,7 +149,7 @@ class Unavailable(ExpressionError):
 
 def expression_body(value: Any) -> str | None:
     """The text inside `${...}` when `value` is an expression string, else None."""
-    if isinstance(value, str):
+    if isinstance(value, str) and value.startswith("${"):  # (most strings are not: no match tried)
         match = _PATTERN.match(value)
         if match:
             return match.group(1)

@@ -40,6 +40,8 @@ class UnsupportedSchema(ValueError):
 
 
 def _is_integer(x: Any) -> bool:
+    if type(x) is int:  # the common case, answered first
+        return True
     if isinstance(x, float):
         return x.is_integer()
     return isinstance(x, int) and not isinstance(x, bool)
@@ -97,11 +99,15 @@ def compile_schema(schema: Any, defs: Mapping[str, Any] | None = None) -> Predic
 
 
 class Compiler:
-    """Compiles schemas whose references resolve in one set of `$defs`, each definition once."""
+    """Compiles schemas whose references resolve in one set of `$defs`, each definition once.
 
-    def __init__(self, defs: Mapping[str, Any]) -> None:
+    `given`: definitions supplied as ready predicates instead of compiled from `defs` (`validate`
+    checks each layer body against the definition its `op` names, as jsonschema is run).
+    """
+
+    def __init__(self, defs: Mapping[str, Any], given: Mapping[str, Predicate] | None = None) -> None:
         self.defs = defs
-        self.compiled: dict[str, Predicate] = {}
+        self.compiled: dict[str, Predicate] = dict(given or {})
 
     def definition(self, name: str) -> Predicate:
         """The predicate of `$defs/NAME`. Raises UnsupportedSchema (also for an unknown NAME)."""
@@ -109,14 +115,15 @@ class Compiler:
 
     def ref(self, ref: str) -> Predicate:
         name = ref.removeprefix("#/$defs/")
+        if name != ref and name in self.compiled:
+            return self.compiled[name]
         if name == ref or "/" in name or name not in self.defs:
             raise UnsupportedSchema(f"unsupported reference {ref!r}")
-        if name not in self.compiled:
-            slot: list[Predicate] = []
-            self.compiled[name] = lambda x: slot[0](x)  # a cycle reaches this while compiling
-            slot.append(self.compile(self.defs[name]))
-            self.compiled[name] = slot[0]
-        return self.compiled[name]
+        slot: list[Predicate] = []
+        self.compiled[name] = lambda x: slot[0](x)  # a cycle reaches this while compiling
+        slot.append(self.compile(self.defs[name]))
+        self.compiled[name] = slot[0]
+        return slot[0]
 
     def compile(self, schema: Any) -> Predicate:  # noqa: C901  (one branch per keyword)
         """The predicate of `schema`. Raises UnsupportedSchema."""
@@ -129,12 +136,24 @@ class Compiler:
         unknown = set(schema) - _ANNOTATIONS - _KEYWORDS
         if unknown:
             raise UnsupportedSchema(f"unsupported keywords {sorted(unknown)}")
+        kinds = None if "type" not in schema else \
+            schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        # A keyword of one type holds for an instance of any other (`maxLength` for a number). With
+        # one declared type, only that type's keywords can fail; and when nothing is checked before
+        # them (`const`, `enum`), their check, answering False for another type, is the type test too.
+        single = kinds[0] if kinds is not None and len(kinds) == 1 else None
+        fused = single in _FAMILIES and "const" not in schema and "enum" not in schema
         checks: list[Predicate] = []
-        if "type" in schema:
-            kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        # An op's name (`{type: string, const: Conv2d}`): the type test and `equal` (which is `==`
+        # for a string) as one check, before any other, as they are run apart.
+        string_const = single == "string" and isinstance(schema.get("const"), str) and "enum" not in schema
+        if string_const:
+            const = schema["const"]
+            checks.append(lambda x: isinstance(x, str) and x == const)
+        elif kinds is not None and not fused:
             tests = [_TYPES[k] for k in kinds]
             checks.append(tests[0] if len(tests) == 1 else (lambda x: any(t(x) for t in tests)))
-        if "const" in schema:
+        if "const" in schema and not string_const:
             const = schema["const"]
             checks.append(lambda x: equal(x, const))
         if "enum" in schema:
@@ -145,13 +164,17 @@ class Compiler:
                 checks.append(lambda x: isinstance(x, str) and x in names)
             else:
                 checks.append(lambda x: any(equal(x, m) for m in members))
-        checks += self._strings(schema) + self._numbers(schema) + self._arrays(schema) + self._objects(schema)
+        integers = single == "integer"
+        groups = {"string": self._strings(schema, not fused),
+                  "number": self._numbers(schema, not fused, _is_integer if integers and fused else _is_number),
+                  "array": self._arrays(schema, not fused), "object": self._objects(schema, not fused)}
+        family = _FAMILIES.get(single) if single is not None else None
+        if fused and groups[family] is None:  # (`family` is set: `fused` needs `single` in _FAMILIES)
+            checks.append(_TYPES[single])
+        checks += [group for kind, group in groups.items()
+                   if group is not None and (single is None or kind == family)]
         if "$ref" in schema:
-            name = schema["$ref"]
-            self.ref(name)  # compile (and check) it now; look it up at call time (it may be a cycle)
-            compiled = self.compiled
-            key = name.removeprefix("#/$defs/")
-            checks.append(lambda x: compiled[key](x))
+            checks.append(self.ref(schema["$ref"]))  # (in a cycle, the slot that forwards to it)
         if "anyOf" in schema:
             checks.append(_any([self.compile(s) for s in schema["anyOf"]]))
         if "allOf" in schema:
@@ -170,82 +193,125 @@ class Compiler:
             checks.append(lambda x: then(x) if condition(x) else otherwise(x))
         return _all(checks)
 
-    def _strings(self, schema: dict[str, Any]) -> list[Predicate]:
-        checks: list[Predicate] = []
-        if "pattern" in schema:
-            search = re.compile(schema["pattern"]).search
-            checks.append(lambda x: not isinstance(x, str) or search(x) is not None)
-        if "maxLength" in schema:
-            longest = schema["maxLength"]
-            checks.append(lambda x: not isinstance(x, str) or len(x) <= longest)
-        if "minLength" in schema:
-            shortest = schema["minLength"]
-            checks.append(lambda x: not isinstance(x, str) or len(x) >= shortest)
-        return checks
+    # Each type's keywords as one check; `other`: its answer for an instance of another type (True
+    # where the keywords merely do not apply, False where the schema declares this type alone).
 
-    def _numbers(self, schema: dict[str, Any]) -> list[Predicate]:
-        checks: list[Predicate] = []
+    def _strings(self, schema: dict[str, Any], other: bool) -> Predicate | None:
+        search = re.compile(schema["pattern"]).search if "pattern" in schema else None
+        longest, shortest = schema.get("maxLength"), schema.get("minLength")
+        if search is None and longest is None and shortest is None:
+            return None
+
+        def string_ok(x: Any) -> bool:
+            if not isinstance(x, str):
+                return other
+            return ((search is None or search(x) is not None) and (longest is None or len(x) <= longest)
+                    and (shortest is None or len(x) >= shortest))
+
+        return string_ok
+
+    def _numbers(self, schema: dict[str, Any], other: bool, is_instance: Predicate) -> Predicate | None:
         # jsonschema fails a bound on the opposite comparison (`instance < minimum`), so NaN, which
         # compares false with everything, passes every bound: written the same way, so does it here.
-        bounds = {"minimum": lambda x, b: not x < b, "maximum": lambda x, b: not x > b,
-                  "exclusiveMinimum": lambda x, b: not x <= b, "exclusiveMaximum": lambda x, b: not x >= b}
-        for keyword, holds in bounds.items():
-            if keyword in schema:
-                bound = schema[keyword]
-                checks.append(lambda x, b=bound, holds=holds: not _is_number(x) or holds(x, b))
-        return checks
+        # (`is_instance` is `_is_integer` for a schema of type integer alone: every integer is a number.)
+        lowest, highest = schema.get("minimum"), schema.get("maximum")
+        above, below = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+        if lowest is None and highest is None and above is None and below is None:
+            return None
 
-    def _arrays(self, schema: dict[str, Any]) -> list[Predicate]:
-        checks: list[Predicate] = []
-        if "items" in schema:
-            if isinstance(schema["items"], list):
-                raise UnsupportedSchema("`items` as a list (use prefixItems)")
-            item = self.compile(schema["items"])
+        def number_ok(x: Any) -> bool:
+            if type(x) is not int and not is_instance(x):  # (an int is both an integer and a number)
+                return other
+            return ((lowest is None or not x < lowest) and (highest is None or not x > highest)
+                    and (above is None or not x <= above) and (below is None or not x >= below))
 
-            def items_ok(x: Any) -> bool:
-                if isinstance(x, list):
-                    for value in x:
-                        if not item(value):
-                            return False
+        return number_ok
+
+    def _arrays(self, schema: dict[str, Any], other: bool) -> Predicate | None:
+        if isinstance(schema.get("items"), list):
+            raise UnsupportedSchema("`items` as a list (use prefixItems)")
+        item = self.compile(schema["items"]) if "items" in schema else None
+        fewest, most = schema.get("minItems"), schema.get("maxItems")
+        if item is None and fewest is None and most is None:
+            return None
+
+        def array_ok(x: Any) -> bool:
+            if not isinstance(x, list):
+                return other
+            if item is not None:
+                for value in x:
+                    if not item(value):
+                        return False
+            return (fewest is None or len(x) >= fewest) and (most is None or len(x) <= most)
+
+        return array_ok
+
+    def _objects(self, schema: dict[str, Any], other: bool) -> Predicate | None:
+        required = frozenset(schema["required"]) if "required" in schema else None
+        fewest, most = schema.get("minProperties"), schema.get("maxProperties")
+        name_ok = self.compile(schema["propertyNames"]) if "propertyNames" in schema else None
+        closed = schema.get("additionalProperties") is False and not schema.get("patternProperties")
+        if closed and name_ok is None and fewest is None and most is None:
+            # A model's record (a layer body): its keys and members checked here, in one call.
+            named = {key: self.compile(s) for key, s in schema.get("properties", {}).items()}
+            allowed = frozenset(named)
+
+            def record_ok(x: Any) -> bool:
+                if not isinstance(x, dict):
+                    return other
+                if (required is not None and not x.keys() >= required) or not x.keys() <= allowed:
+                    return False
+                for key, value in x.items():
+                    if not named[key](value):
+                        return False
                 return True
 
-            checks.append(items_ok)
-        if "minItems" in schema:
-            fewest = schema["minItems"]
-            checks.append(lambda x: not isinstance(x, list) or len(x) >= fewest)
-        if "maxItems" in schema:
-            most = schema["maxItems"]
-            checks.append(lambda x: not isinstance(x, list) or len(x) <= most)
-        return checks
+            return record_ok
 
-    def _objects(self, schema: dict[str, Any]) -> list[Predicate]:
-        checks: list[Predicate] = []
-        if "required" in schema:
-            required = frozenset(schema["required"])
-            checks.append(lambda x: not isinstance(x, dict) or x.keys() >= required)
-        if "minProperties" in schema:
-            fewest = schema["minProperties"]
-            checks.append(lambda x: not isinstance(x, dict) or len(x) >= fewest)
-        if "maxProperties" in schema:
-            most = schema["maxProperties"]
-            checks.append(lambda x: not isinstance(x, dict) or len(x) <= most)
-        if "propertyNames" in schema:
-            name_ok = self.compile(schema["propertyNames"])
+        patterns = schema.get("patternProperties") or {}
+        names = schema.get("propertyNames", {})
+        if (isinstance(names, dict) and set(names) <= {"maxLength"} and len(patterns) == 1 and required is None
+                and "properties" not in schema and schema.get("additionalProperties") is False):
+            # A map from names to values of one kind (`blocks`, `inputs`, every layer and skip entry):
+            # each key's length, pattern and value checked in one loop, in one call.
+            longest = names.get("maxLength")
+            ((pattern, value_schema),) = patterns.items()
+            search, value_ok = re.compile(pattern).search, self.compile(value_schema)
 
-            def names_ok(x: Any) -> bool:
-                if isinstance(x, dict):
-                    for key in x:
-                        if not name_ok(key):
-                            return False
+            def name_map_ok(x: Any) -> bool:
+                if not isinstance(x, dict):
+                    return other
+                if (fewest is not None and len(x) < fewest) or (most is not None and len(x) > most):
+                    return False
+                for key, value in x.items():
+                    if not isinstance(key, str) or (longest is not None and len(key) > longest) \
+                            or search(key) is None or not value_ok(value):
+                        return False
                 return True
 
-            checks.append(names_ok)
-        if any(k in schema for k in ("properties", "patternProperties", "additionalProperties")):
-            checks.append(self._members(schema))
-        return checks
+            return name_map_ok
+
+        members = self._members(schema) \
+            if any(k in schema for k in ("properties", "patternProperties", "additionalProperties")) else None
+        if required is None and fewest is None and most is None and name_ok is None and members is None:
+            return None
+
+        def object_ok(x: Any) -> bool:
+            if not isinstance(x, dict):
+                return other
+            if (required is not None and not x.keys() >= required) or (fewest is not None and len(x) < fewest) \
+                    or (most is not None and len(x) > most):
+                return False
+            if name_ok is not None:
+                for key in x:
+                    if not name_ok(key):
+                        return False
+            return members is None or members(x)
+
+        return object_ok
 
     def _members(self, schema: dict[str, Any]) -> Predicate:
-        """`properties`, `patternProperties` and `additionalProperties` as one pass over the keys."""
+        """`properties`, `patternProperties` and `additionalProperties` as one pass over a mapping's keys."""
         named = {key: self.compile(s) for key, s in schema.get("properties", {}).items()}
         patterns = [(re.compile(p).search, self.compile(s)) for p, s in schema.get("patternProperties", {}).items()]
         extra = schema.get("additionalProperties", True)
@@ -254,9 +320,7 @@ class Compiler:
         if not patterns and extra is False:  # the common case: a closed record
             allowed = frozenset(named)
 
-            def record(x: Any) -> bool:
-                if not isinstance(x, dict):
-                    return True
+            def record(x: dict[Any, Any]) -> bool:
                 if not x.keys() <= allowed:
                     return False
                 for key, value in x.items():
@@ -266,9 +330,7 @@ class Compiler:
 
             return record
 
-        def members(x: Any) -> bool:
-            if not isinstance(x, dict):
-                return True
+        def members(x: dict[Any, Any]) -> bool:
             for key, value in x.items():
                 check = named.get(key)
                 if check is not None and not check(value):
@@ -287,6 +349,10 @@ class Compiler:
             return True
 
         return members
+
+
+# The family of keywords that apply to each type (`minimum` to integers and numbers alike).
+_FAMILIES = {"string": "string", "integer": "number", "number": "number", "array": "array", "object": "object"}
 
 
 _KEYWORDS = frozenset({"type", "const", "enum", "pattern", "maxLength", "minLength", "minimum", "maximum",

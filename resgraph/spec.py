@@ -310,23 +310,31 @@ class Spec(StrictModel):
     _invalid_blocks: frozenset[str] = PrivateAttr(frozenset())
     _invalid_inputs: frozenset[str] = PrivateAttr(frozenset())
 
+    def _private(self, name: str) -> Any:
+        """A private attribute's value, read where pydantic keeps it: `self._name` is found only
+        after the ordinary lookup fails, by pydantic's `__getattr__` (2.5 us, a tenth of a small
+        spec's expansion for the three sets below)."""
+        private = self.__pydantic_private__
+        return private[name] if private is not None and name in private else getattr(self, name)
+
     @property
     def invalid_entries(self) -> frozenset[tuple[str, int]]:
         """The `layers`/`skips` entries validation refused (and reported), as (section, index)."""
-        return self._invalid_entries
+        return self._private("_invalid_entries")  # type: ignore[no-any-return]
 
     def invalid_block(self, name: str) -> bool:
         """True for a block whose definition validation refused (and reported)."""
-        return name in self._invalid_blocks
+        return name in self._private("_invalid_blocks")
 
     def invalid_input(self, name: str) -> bool:
         """True for an input whose declaration validation refused (and reported): it has no type."""
-        return name in self._invalid_inputs
+        return name in self._private("_invalid_inputs")
 
     def with_invalid(self, entries: frozenset[tuple[str, int]], blocks: frozenset[str],
-                     inputs: frozenset[str] = frozenset()) -> Spec:
-        """This spec with the entries, blocks and inputs validation refused marked as such."""
-        marked = self.model_copy()
+                     inputs: frozenset[str] = frozenset(), update: Mapping[str, Any] | None = None) -> Spec:
+        """This spec with the entries, blocks and inputs validation refused marked as such, and the
+        fields in `update` replaced (as `model_copy` replaces them, in the same copy)."""
+        marked = self.model_copy(update=update)
         marked._invalid_entries, marked._invalid_blocks, marked._invalid_inputs = entries, blocks, inputs
         return marked
 

@@ -100,7 +100,7 @@ def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics:
     if found:
         raise SpecError([*problems, *found])
     try:
-        spec = Spec.model_validate(data).model_copy(update={"params": values})
+        spec = Spec.model_validate(data)  # (its `params` replaced by their values below, in its one copy)
     except ValidationError as exc:
         raise SpecError([*problems, *pydantic_diagnostics(exc, data, root)]) from None
     coerced = coerced_diagnostics(spec, data, [key for key, value in shell.items() if holds_expression(value)], root)
@@ -111,7 +111,8 @@ def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics:
         # (which the schema cannot tell from an uncurated torch.nn class) is named now, not next run.
         invalid = {name: loaded.data["blocks"][name] for name in blocks if name in loaded.data.get("blocks", {})}
         diagnostics.extend(_one_per_line(problems, unknown_block_ops(invalid, loaded.source)))
-    return spec.with_invalid(frozenset(entries), frozenset(blocks), frozenset(stand_ins.values()))
+    return spec.with_invalid(frozenset(entries), frozenset(blocks), frozenset(stand_ins.values()),
+                             update={"params": values})
 
 
 def _reads_none_of(value: Any, names: set[str]) -> bool:
@@ -311,16 +312,36 @@ def _validators(root: str) -> tuple[Any, dict[str, Any]]:
 
 
 @cache
-def _predicates(root: str) -> tuple[Predicate, Compiler] | None:
-    """The compiled twins of `_validators(root)`, from the packaged schema file (a test keeps it equal
+def _predicates(root: str) -> Predicate | None:
+    """The compiled twin of `_validators(root)`, from the packaged schema file (a test keeps it equal
     to the generated schema, so start-up needs neither the generation nor jsonschema); None when the
-    file cannot be read or compiled (then jsonschema checks every document)."""
+    file cannot be read or compiled (then jsonschema checks every document).
+
+    As there, each layer body is checked against the definition it names (`_body_definition`), not
+    against the published `oneOf`: here within the same walk of the document.
+    """
     try:
         defs = dict(json.loads(schema_path().read_text(encoding="utf-8"))["$defs"])
         spec = defs.pop("Spec")
-        shell = Compiler({**defs, "LayerBody": {"type": "object"}})
-        top = shell.compile(spec) if root == "spec" else shell.definition("BlockLibrary")
-        return top, Compiler(defs)
+        bodies = Compiler(defs)
+        checks: dict[str, Predicate] = {}  # definition name -> its predicate, looked up once
+
+        def layer_body(body: Any) -> bool:
+            if not isinstance(body, dict):
+                return False
+            definition = _body_definition(body)
+            if definition is None:
+                return False
+            check = checks.get(definition)
+            if check is None:
+                try:
+                    check = checks[definition] = bodies.definition(definition)
+                except UnsupportedSchema:
+                    return False
+            return check(body)
+
+        shell = Compiler(defs, given={"LayerBody": layer_body})
+        return shell.compile(spec) if root == "spec" else shell.definition("BlockLibrary")
     except (OSError, ValueError, KeyError):
         return None
 
@@ -328,20 +349,8 @@ def _predicates(root: str) -> tuple[Predicate, Compiler] | None:
 def _accepts(data: Any, root: str) -> bool:
     """True when the schema certainly has nothing to say about `data` (jsonschema would report no
     error); False when it might, and jsonschema must look."""
-    predicates = _predicates(root)
-    if predicates is None:
-        return False
-    shell, bodies = predicates
-    if not shell(data):
-        return False
-    for _, body in _layer_bodies(data):
-        definition = _body_definition(body)
-        try:
-            if definition is None or not bodies.definition(definition)(body):
-                return False
-        except UnsupportedSchema:
-            return False
-    return True
+    accepts = _predicates(root)
+    return accepts is not None and accepts(data)
 
 
 def _layer_bodies(data: Any) -> list[tuple[Path, dict[str, Any]]]:
@@ -371,9 +380,17 @@ def _body_definition(body: dict[str, Any]) -> str | None:
         return None
     if expression_body(op) is not None:
         return "ComputedOp"  # typed as the op it names once evaluated, by expansion
-    if op in OPS:
-        return OPS[op].__name__
+    definition = _CURATED_DEFINITIONS.get(op)
+    if definition is None and op in OPS:
+        definition = _CURATED_DEFINITIONS[op] = OPS[op].__name__
+    if definition is not None:
+        return definition
     return "GenericLayer" if _OP_NAME.fullmatch(op) else None
+
+
+# A curated op's model name, by op: asked once per op per process (an op, once registered, is
+# never registered again, so its model never changes), not once per layer through the registry.
+_CURATED_DEFINITIONS: dict[str, str] = {}
 
 
 def schema_diagnostics(data: Any, source: SourceMap, root: str = "spec") -> list[Diagnostic]:
