@@ -21,6 +21,7 @@ import functools
 import hashlib
 import linecache
 from collections.abc import Iterator
+from types import CodeType
 from typing import Any, TypeVar
 
 import torch
@@ -197,10 +198,20 @@ def _generated_class(name: str, source: str, base: type[GeneratedModule]) -> typ
     # at its own lines of the source, so the compiler's memory stays that of one part.
     methods: dict[str, Any] = {"code": source, "__module__": "resgraph.generated"}
     for function_name, first_line, text in functions_of(source):
-        exec(compile("\n" * first_line + text, filename, "exec"), namespace)  # source holds only validated names
+        code = _moved_down(compile(text, filename, "exec"), first_line)  # source holds only validated names
+        exec(code, namespace)
         function = methods[function_name] = namespace.pop(function_name)
         function.__qualname__ = f"{name}.{function_name}"
     return type(name, (base,), methods)
+
+
+def _moved_down(code: CodeType, lines: int) -> CodeType:
+    """`code`, and the code nested in it, as if its text had started `lines` lines further down:
+    equal to compiling the text after `lines` blank lines (line tables count from
+    `co_firstlineno`), without the compiler reading them (a 100,000-layer chain's 150 parts sit
+    after 11 million lines in all, a fifth of their compile time)."""
+    consts = tuple(_moved_down(const, lines) if isinstance(const, CodeType) else const for const in code.co_consts)
+    return code.replace(co_firstlineno=code.co_firstlineno + lines, co_consts=consts)
 
 
 @contextlib.contextmanager
