@@ -112,7 +112,7 @@ def generate_forward(graph: Graph, *, shapes: bool = True, in_place: bool = True
     size: dict[str, Any] = {}  # variable -> the most elements per sample it holds (only with shapes)
     if shapes:
         for name in graph.inputs:
-            size[name] = types.elements(graph.nodes[name])
+            size[name] = _elements(graph.nodes[name].meta["type"])
     for node, var, reads, adds_in_place in _reads(graph, variables, in_place):
         if isinstance(node, InputNode) or is_block_value(node):
             continue  # a block call's values are assigned by the call's statement
@@ -120,18 +120,19 @@ def generate_forward(graph: Graph, *, shapes: bool = True, in_place: bool = True
             statements = _block_values(graph, node, shapes, types)
         else:
             args = reads or _batch_source(graph, node)
-            statements = ((_statement(node, var, args, adds_in_place), ((node, var),), args,
-                           _comment(node, shapes, types)),)
+            _, shape, elements = types.of(node) if shapes else _NO_FACTS
+            statements = ((_statement(node, var, args, adds_in_place), ((var, elements),), args,
+                           _comment(node, shape)),)
         for code, written, read, comment in statements:
             index = len(body)
             body.append(f"    {code}  # {comment}" if comment else f"    {code}")
             for read_var in read:
                 last_read[read_var] = index
-            for value, written_var in written:
+            for written_var, elements in written:
                 first_write.setdefault(written_var, index)
                 last_write[written_var] = index
                 if shapes:
-                    size[written_var] = max(size.get(written_var, 0), types.elements(value))
+                    size[written_var] = max(size.get(written_var, 0), elements)
     returned = [variables[name] for name in graph.outputs]
 
     # A variable dies after the statement that reads it last, unless it is returned or written
@@ -246,28 +247,28 @@ def _all_identifiers(names: list[str]) -> bool:
     return _IDENTIFIER_LINES.fullmatch(text) is not None and text.count("\n") == len(names) - 1
 
 
+def _elements(kind: TensorType) -> Any:
+    """Elements per sample (an int, or a SymInt)."""
+    return math.prod(kind.shape)
+
+
 class _TypeFacts:
     """What one source generation asks of node types, computed once per type object: shape inference
     gives equal results the very same `TensorType`, so a 10,000-layer chain has a handful of them."""
 
     def __init__(self) -> None:
-        self._comments: dict[int, tuple[TensorType, str]] = {}  # id -> (the type, kept alive; its comment)
-        self._elements: dict[int, tuple[TensorType, Any]] = {}
+        self._facts: dict[int, tuple[TensorType, str, Any]] = {}  # by id: the type's facts (the type kept alive)
 
-    def comment(self, node: Node) -> str:
+    def of(self, node: Node) -> tuple[TensorType, str, Any]:
+        """A node's type, its shape comment and its elements per sample."""
         kind = node.meta["type"]
-        known = self._comments.get(id(kind))
+        known = self._facts.get(id(kind))
         if known is None:
-            known = self._comments[id(kind)] = (kind, shape_comment(node))
-        return known[1]
+            known = self._facts[id(kind)] = (kind, shape_comment(node), _elements(kind))
+        return known
 
-    def elements(self, node: Node) -> Any:
-        """Elements per sample (an int, or a SymInt)."""
-        kind = node.meta["type"]
-        known = self._elements.get(id(kind))
-        if known is None:
-            known = self._elements[id(kind)] = (kind, math.prod(kind.shape))
-        return known[1]
+
+_NO_FACTS = (None, None, None)  # what generate_forward uses of _TypeFacts.of without shapes
 
 
 def _statement(node: Node, var: str, args: list[str], in_place: bool = False) -> str:
@@ -362,20 +363,22 @@ def _same_type(a: Node, b: Node) -> bool:
 
 
 def _block_values(graph: Graph, node: BlockNode, shapes: bool,
-                  types: _TypeFacts) -> list[tuple[str, list[tuple[Node, str]], list[str], str]]:
+                  types: _TypeFacts) -> list[tuple[str, list[tuple[str, Any]], list[str], str]]:
     """The statements of a block call with several values: one call unpacked into them
     (`head_box, head_cls = self.head(x)`), or for a collected repeat one line per instance, each
-    reading the one before (`stage_1 = self.stage[1](stage_0)`)."""
+    reading the one before (`stage_1 = self.stage[1](stage_0)`). Each statement is (code, (variable,
+    elements per sample) of each value written, variables read, comment)."""
     values = [graph.nodes[name] for name in node.values]
+    facts = [types.of(value) if shapes else _NO_FACTS for value in values]
     args = [graph.nodes[name].var for name in node.inputs]
     if not node.repeated:
-        comment = ", ".join(types.comment(value) for value in values) if shapes else ""
+        comment = ", ".join(shape for _, shape, _ in facts) if shapes else ""
         return [(f"{', '.join(v.var for v in values)} = self.{node.name}({', '.join(args)})",
-                 [(value, value.var) for value in values], args, comment)]
+                 [(value.var, elements) for value, (_, _, elements) in zip(values, facts)], args, comment)]
     statements = []
-    for index, value in enumerate(values):
-        statements.append((f"{value.var} = self.{node.name}[{index}]({', '.join(args)})", [(value, value.var)], args,
-                           types.comment(value) if shapes else ""))
+    for index, (value, (_, shape, elements)) in enumerate(zip(values, facts)):
+        statements.append((f"{value.var} = self.{node.name}[{index}]({', '.join(args)})", [(value.var, elements)],
+                           args, shape if shapes else ""))
         args = [value.var]
     return statements
 
@@ -399,7 +402,10 @@ def _projected(node: SkipNode, source: str) -> str:
     return expr
 
 
-def _comment(node: Node, shapes: bool, types: _TypeFacts) -> str:
+def _comment(node: Node, shape: str | None) -> str:
+    """A node's comment: its shape comment (`shape`, None without shapes) and, for a skip, what it
+    merges and how."""
+    shapes = shape is not None
     if isinstance(node, SkipNode):
         skip = node.skip
         plan: ProjectionPlan = node.meta["projection"]
@@ -408,8 +414,8 @@ def _comment(node: Node, shapes: bool, types: _TypeFacts) -> str:
         else:
             how = f"{plan.policy.value} projection" + (f": {plan.reason}" if shapes else "")
         text = f"skip {node.name}: {skip.merge.value} {skip.source} ({how})"
-        return f"{types.comment(node)} {text}" if shapes else text
-    return types.comment(node) if shapes else ""
+        return f"{shape} {text}" if shapes else text
+    return shape if shapes else ""
 
 
 def _first_linked(graph: Graph, symbols: dict[str, tuple[str, int, int]], name: str,
