@@ -78,31 +78,33 @@ def _lower_instance(graph: Graph, diagnostics: list[Diagnostic]) -> GeneratedMod
 
 def _add_owned(module: nn.Module, graph: Graph, diagnostics: list[Diagnostic]) -> None:
     """What each node owns, in graph order: layers, projections, and block instances (recursively)."""
+    # Owns' members bound once: on Python 3.11 each lookup on an Enum class takes about 0.1 us, up to
+    # three per node here (a 100,000-layer chain has 150,000 nodes).
+    nothing, parameter, buffer = Owns.nothing, Owns.parameter, Owns.buffer
     for node in graph.nodes.values():
         kind = owns(node)
-        if kind is Owns.nothing:
+        if kind is nothing:
             continue
         try:
-            owned = _build(node, kind, diagnostics)
+            owned = _block_module(node, kind, diagnostics) if isinstance(node, BlockNode) else build_owned(node)
         except (TypeError, ValueError, RuntimeError) as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             diagnostics.append(Diagnostic(graph.where(node), f"{graph.label(node)}: torch rejected its "
                                                              f"arguments: {detail}"))
             continue
-        if kind is Owns.parameter:
+        if kind is parameter:
             module.register_parameter(node.name, owned)
-        elif kind is Owns.buffer:
+        elif kind is buffer:
             assert isinstance(node, LayerNode)
             module.register_buffer(node.name, owned, persistent=node.layer.persistent)  # type: ignore[attr-defined]
         else:
             module.add_module(node.name, owned)
 
 
-def _build(node: Node, kind: Owns, diagnostics: list[Diagnostic]) -> Any:
-    if isinstance(node, BlockNode):
-        instances = [_lower_instance(instance, diagnostics) for instance in node.instances]
-        return nn.Sequential(*instances) if kind is Owns.repeat else instances[0]
-    return build_owned(node)
+def _block_module(node: BlockNode, kind: Owns, diagnostics: list[Diagnostic]) -> nn.Module:
+    """A block call's instance, or for `repeat: N` the nn.Sequential of its instances."""
+    instances = [_lower_instance(instance, diagnostics) for instance in node.instances]
+    return nn.Sequential(*instances) if kind is Owns.repeat else instances[0]
 
 
 def tie_parameters(module: nn.Module, graph: Graph) -> list[Diagnostic]:
