@@ -21,6 +21,7 @@ import functools
 import hashlib
 import linecache
 from collections.abc import Iterator
+from types import CodeType
 from typing import Any, TypeVar
 
 import torch
@@ -77,31 +78,33 @@ def _lower_instance(graph: Graph, diagnostics: list[Diagnostic]) -> GeneratedMod
 
 def _add_owned(module: nn.Module, graph: Graph, diagnostics: list[Diagnostic]) -> None:
     """What each node owns, in graph order: layers, projections, and block instances (recursively)."""
+    # Owns' members bound once: on Python 3.11 each lookup on an Enum class takes about 0.1 us, up to
+    # three per node here (a 100,000-layer chain has 150,000 nodes).
+    nothing, parameter, buffer = Owns.nothing, Owns.parameter, Owns.buffer
     for node in graph.nodes.values():
         kind = owns(node)
-        if kind is Owns.nothing:
+        if kind is nothing:
             continue
         try:
-            owned = _build(node, kind, diagnostics)
+            owned = _block_module(node, kind, diagnostics) if isinstance(node, BlockNode) else build_owned(node)
         except (TypeError, ValueError, RuntimeError) as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             diagnostics.append(Diagnostic(graph.where(node), f"{graph.label(node)}: torch rejected its "
                                                              f"arguments: {detail}"))
             continue
-        if kind is Owns.parameter:
+        if kind is parameter:
             module.register_parameter(node.name, owned)
-        elif kind is Owns.buffer:
+        elif kind is buffer:
             assert isinstance(node, LayerNode)
             module.register_buffer(node.name, owned, persistent=node.layer.persistent)  # type: ignore[attr-defined]
         else:
             module.add_module(node.name, owned)
 
 
-def _build(node: Node, kind: Owns, diagnostics: list[Diagnostic]) -> Any:
-    if isinstance(node, BlockNode):
-        instances = [_lower_instance(instance, diagnostics) for instance in node.instances]
-        return nn.Sequential(*instances) if kind is Owns.repeat else instances[0]
-    return build_owned(node)
+def _block_module(node: BlockNode, kind: Owns, diagnostics: list[Diagnostic]) -> nn.Module:
+    """A block call's instance, or for `repeat: N` the nn.Sequential of its instances."""
+    instances = [_lower_instance(instance, diagnostics) for instance in node.instances]
+    return nn.Sequential(*instances) if kind is Owns.repeat else instances[0]
 
 
 def tie_parameters(module: nn.Module, graph: Graph) -> list[Diagnostic]:
@@ -197,10 +200,20 @@ def _generated_class(name: str, source: str, base: type[GeneratedModule]) -> typ
     # at its own lines of the source, so the compiler's memory stays that of one part.
     methods: dict[str, Any] = {"code": source, "__module__": "resgraph.generated"}
     for function_name, first_line, text in functions_of(source):
-        exec(compile("\n" * first_line + text, filename, "exec"), namespace)  # source holds only validated names
+        code = _moved_down(compile(text, filename, "exec"), first_line)  # source holds only validated names
+        exec(code, namespace)
         function = methods[function_name] = namespace.pop(function_name)
         function.__qualname__ = f"{name}.{function_name}"
     return type(name, (base,), methods)
+
+
+def _moved_down(code: CodeType, lines: int) -> CodeType:
+    """`code`, and the code nested in it, as if its text had started `lines` lines further down:
+    equal to compiling the text after `lines` blank lines (line tables count from
+    `co_firstlineno`), without the compiler reading them (a 100,000-layer chain's 150 parts sit
+    after 11 million lines in all, a fifth of their compile time)."""
+    consts = tuple(_moved_down(const, lines) if isinstance(const, CodeType) else const for const in code.co_consts)
+    return code.replace(co_firstlineno=code.co_firstlineno + lines, co_consts=consts)
 
 
 @contextlib.contextmanager

@@ -60,7 +60,8 @@ def owns(node: Node) -> Owns:
     if isinstance(node, LayerNode):
         return _LAYER_OWNS[node.layer.owned()]
     if isinstance(node, SkipNode):
-        return Owns.projection if node.meta["projection"].module_steps else Owns.nothing
+        plan = node.meta["projection"]
+        return Owns.projection if plan.steps and plan.module_steps else Owns.nothing  # most skips have no steps
     if isinstance(node, BlockNode):
         return Owns.repeat if node.repeated else Owns.block
     return Owns.nothing
