@@ -188,64 +188,61 @@ class _Unbounded(Exception):
 
 # The bounds a spec's JSON text is written within, those of a spec file (loader.MAX_DEPTH and
 # MAX_NODES): the indent of a collection MAX_DEPTH deep, and the pieces of MAX_NODES values (a
-# value writes two or three).
+# value after a container's first writes two).
 _DEEPEST_NEWLINE = len("\n") + 2 * MAX_DEPTH
-_MOST_PARTS = 3 * MAX_NODES
+_MOST_PARTS = 2 * MAX_NODES
 
 
 def _write_json(value: Any, newline: str, parts: list[str]) -> None:
     """Append `value`'s pieces of indented JSON to `parts`; `newline` is "\n" and the indent of its line.
 
-    The pieces are those of `json.dumps(value, indent=2)`, which writes indented JSON with its
+    The text is that of `json.dumps(value, indent=2)`, which writes indented JSON with its
     pure-Python encoder, a generator per container: it cost more than validating a 10,000-layer
-    spec. Anything but dicts with string keys, lists, tuples, strings, numbers, booleans and None
-    raises TypeError; a collection past the bounds, `_Unbounded`.
+    spec. Here a container writes its plain members itself (`_PLAIN_JSON`), so only containers
+    cost a call. Anything but dicts with string keys, lists, tuples, strings, numbers, booleans
+    and None raises TypeError; a collection past the bounds, `_Unbounded`.
 
     (A plain function, not a closure: a recursive closure is a reference cycle, which would keep
     `parts` alive until the next collection, and with it the process's peak memory up.)
     """
-    if isinstance(value, str):
-        parts.append(encode_basestring_ascii(value))
-    elif value is None:
-        parts.append("null")
-    elif value is True:
-        parts.append("true")
-    elif value is False:
-        parts.append("false")
-    elif isinstance(value, int):
-        parts.append(int.__repr__(value))
-    elif isinstance(value, float):
-        parts.append(_json_float(value))
-    elif isinstance(value, (list, tuple)):
+    if isinstance(value, (dict, list, tuple)):
         if not value:
-            parts.append("[]")
-            return
-        if len(newline) > _DEEPEST_NEWLINE or len(parts) > _MOST_PARTS:
-            raise _Unbounded
-        inner = newline + "  "
-        separator = "," + inner  # one object for every item: the pieces are many, keep them small
-        parts.append("[")
-        for index, item in enumerate(value):
-            parts.append(separator if index else inner)
-            _write_json(item, inner, parts)
-        parts.append(newline + "]")
-    elif isinstance(value, dict):
-        if not value:
-            parts.append("{}")
+            parts.append("{}" if isinstance(value, dict) else "[]")
             return
         if len(newline) > _DEEPEST_NEWLINE or len(parts) > _MOST_PARTS:
             raise _Unbounded
         inner = newline + "  "
         separator = "," + inner
-        parts.append("{")
-        for index, (key, item) in enumerate(value.items()):
-            if not isinstance(key, str):
-                raise TypeError("a key json.dumps converts")
-            parts.append(separator if index else inner)
-            parts.append(encode_basestring_ascii(key))
-            parts.append(": ")
-            _write_json(item, inner, parts)
-        parts.append(newline + "}")
+        if isinstance(value, dict):
+            parts.append("{")
+            for index, (key, item) in enumerate(value.items()):
+                if not isinstance(key, str):
+                    raise TypeError("a key json.dumps converts")
+                parts.append(f"{separator if index else inner}{encode_basestring_ascii(key)}: ")
+                plain = _PLAIN_JSON.get(type(item))
+                if plain is not None:
+                    parts.append(plain(item))
+                else:
+                    _write_json(item, inner, parts)
+            parts.append(newline + "}")
+        else:
+            parts.append("[")
+            for index, item in enumerate(value):
+                parts.append(separator if index else inner)
+                plain = _PLAIN_JSON.get(type(item))
+                if plain is not None:
+                    parts.append(plain(item))
+                else:
+                    _write_json(item, inner, parts)
+            parts.append(newline + "]")
+    elif isinstance(value, str):
+        parts.append(encode_basestring_ascii(value))
+    elif value is None or isinstance(value, bool):
+        parts.append(_PLAIN_JSON[type(value)](value))
+    elif isinstance(value, int):
+        parts.append(int.__repr__(value))
+    elif isinstance(value, float):
+        parts.append(_json_float(value))
     else:
         raise TypeError("a value json.dumps converts or refuses")
 
@@ -257,6 +254,12 @@ def _json_float(value: float) -> str:
     if value in (math.inf, -math.inf):
         return "Infinity" if value > 0 else "-Infinity"
     return float.__repr__(value)
+
+
+# How `_write_json` writes a member of exactly these types (a subclass, an IntEnum, takes the long way).
+_PLAIN_JSON: dict[type, Callable[[Any], str]] = {
+    str: encode_basestring_ascii, int: int.__repr__, float: _json_float, bool: lambda flag: "true" if flag else "false",
+    type(None): lambda _: "null"}
 
 
 def _looks_like_path(text: str) -> bool:
