@@ -375,7 +375,9 @@ class _Evaluator:
     def visit_Subscript(self, node: ast.Subscript) -> Any:
         container, key = self.visit(node.value), self.visit(node.slice)
         if not isinstance(container, list) or not isinstance(key, int) or isinstance(key, bool):
-            got = f"a {type(container).__name__}" if not isinstance(container, list) else f"index {_clip(key)}"
+            kind = type(container).__name__
+            article = "an" if kind[0] in "aeiou" else "a"
+            got = f"{article} {kind}, {_clip(container)}" if not isinstance(container, list) else f"index {_clip(key)}"
             raise self.fail(node, f"only lists can be indexed, by an integer; got {got}")
         if not -len(container) <= key < len(container):
             raise self.fail(node, f"index {key} is out of range for a list of {len(container)}")

@@ -210,3 +210,18 @@ def test_an_instance_name_read_where_it_is_not_bound_says_where_it_is(layer: str
     assert problem.message.endswith(f"unknown name {name!r}")
     assert problem.hint is not None and problem.hint.startswith(f"`{name}` (")
     assert "in a block call's `with:`" in problem.hint and "`when:` are read once for the whole call" in problem.hint
+
+
+@pytest.mark.parametrize(("depths", "got"), [("3", "an int, 3"), ("'3, 4'", "a str, '3, 4'"),
+                                             ("{a: 1}", "a dict, {'a': 1}")])
+def test_indexing_what_is_not_a_list_names_what_it_is(depths: str, got: str) -> None:
+    errors = _errors(f"""\
+        resgraph: 1
+        name: P
+        params: {{depths: {depths}}}
+        inputs:
+          x: [4]
+        layers:
+          - fc: {{op: Linear, out_features: "${{depths[0]}}"}}
+        """)
+    assert errors == [f"<string>:7:39: error: in ${{depths[0]}}: only lists can be indexed, by an integer; got {got}"]
