@@ -133,24 +133,26 @@ def plain_overrides(params: Mapping[str, Any] | None) -> dict[str, Any]:
     Raises:
         UsageError: a value of another type (a numpy integer, a tensor, an object), naming the parameter.
     """
-    def plain(value: Any, name: str) -> Any:
-        if value is None or isinstance(value, bool):  # (bool has no subclasses)
-            return value
-        for kind, plain_value in _PLAIN_VALUE.items():
-            if isinstance(value, kind):
-                return value if type(value) is kind else plain_value(value)
-        if isinstance(value, (list, tuple)):
-            return [plain(item, name) for item in value]
-        if isinstance(value, dict) and all(isinstance(key, str) for key in value):
-            return {str(key): plain(item, name) for key, item in value.items()}
-        raise UsageError(f"parameter {name!r}: {type(value).__module__}.{type(value).__qualname__} {value!r:.60} is "
-                         "not spec data; give a number, string, boolean, None, or a list or str-keyed dict of them "
-                         "(e.g. int(value) for a numpy integer)")
-
     try:
-        return {name: plain(value, str(name)) for name, value in (params or {}).items()}
+        return {name: _plain(value, str(name)) for name, value in (params or {}).items()}
     except RecursionError:
         raise UsageError("parameter overrides are nested too deeply") from None
+
+
+def _plain(value: Any, name: str) -> Any:
+    """An override's value as plain spec data (see `plain_overrides`); `name`: its parameter's."""
+    if value is None or isinstance(value, bool):  # (bool has no subclasses)
+        return value
+    for kind, plain_value in _PLAIN_VALUE.items():
+        if isinstance(value, kind):
+            return value if type(value) is kind else plain_value(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(item, name) for item in value]
+    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+        return {str(key): _plain(item, name) for key, item in value.items()}
+    raise UsageError(f"parameter {name!r}: {type(value).__module__}.{type(value).__qualname__} {value!r:.60} is "
+                     "not spec data; give a number, string, boolean, None, or a list or str-keyed dict of them "
+                     "(e.g. int(value) for a numpy integer)")
 
 
 def resolve_params(declared: Mapping[str, Any], overrides: Mapping[str, Any], origin: Origin,

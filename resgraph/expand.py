@@ -630,55 +630,61 @@ class Expander(_BlockTable):
         else may vary per instance, so it counts as 1); what this misses, `instantiate` catches
         from each call's first instance.
         """
-        sizes: dict[str, int] = {}
-
-        def literal_repeat(value: Any, local: Iterable[str]) -> int:
-            body = expression_body(value)
-            if body is not None:
-                names = expression_names(body)
-                if names is None or not names <= set(self.spec.params) or names & {*local, *INSTANCE_NAMES}:
-                    return 1
-                try:
-                    value = evaluate(body, self.spec.params)
-                except ExpressionError:
-                    return 1  # reported when the call is expanded
-            try:
-                return _REPEAT.validate_python(value, strict=True) or 1
-            except ValidationError:
-                return 1  # out of its own range: reported when the call is typed
-
-        def least(definition: BlockDef) -> list[tuple[int, int, dict[str, Any]]]:
-            """(instances, least size of one, template) of each block call that surely happens."""
-            calls = []
-            for entry in definition.layers:
-                for body in entry.values():
-                    callee = body.get("block") if isinstance(body, dict) else None
-                    if not isinstance(callee, str) or "op" in body or body.get("when", True) is not True:
-                        continue
-                    repeat = literal_repeat(body.get("repeat", 1), definition.params)
-                    count = repeat if body.get("scale", True) is False or "repeat" not in body else \
-                        self.spec.scale.repeats(repeat)
-                    calls.append((count, block_size(callee), body))
-            return calls
-
-        def block_size(name: str) -> int:
-            if name in sizes or name not in self.blocks:
-                return sizes.get(name, 0)  # 0 while its own size is being computed: a cycle, reported later
-            sizes[name] = 0
-            definition = self.blocks[name].definition
-            total = len(definition.layers) + len(definition.skips)
-            sizes[name] = min(total + sum(count * size for count, size, _ in least(definition)), MAX_EXPANDED_NODES + 1)
-            return sizes[name]
-
-        calls = least(top)
+        sizes: dict[str, int] = {}  # block -> its least size, 0 while it is being computed
+        calls = self._surely_called(top, sizes)
         total = len(top.layers) + len(top.skips) + sum(count * size for count, size, _ in calls)
         if total <= MAX_EXPANDED_NODES:
             return
         count, size, body = max(calls, key=lambda call: call[0] * call[1])
         where = next(root.child("layers", i, name) for i, entry in enumerate(top.layers)
                      for name, template in entry.items() if template is body)
-        repeat = literal_repeat(body["repeat"], ()) if "repeat" in body else None
+        repeat = self._literal_repeat(body["repeat"], ()) if "repeat" in body else None
         self.refuse_size(where, repeat, count, size)
+
+    # (Methods, not functions nested in check_least_size: two nested functions calling each other
+    # are a reference cycle, which kept the expander, and every typed body it holds, alive until
+    # the next garbage collection.)
+
+    def _surely_called(self, definition: BlockDef, sizes: dict[str, int]) -> list[tuple[int, int, dict[str, Any]]]:
+        """(instances, least size of one, template) of each block call in `definition` that surely happens."""
+        calls = []
+        for entry in definition.layers:
+            for body in entry.values():
+                callee = body.get("block") if isinstance(body, dict) else None
+                if not isinstance(callee, str) or "op" in body or body.get("when", True) is not True:
+                    continue
+                repeat = self._literal_repeat(body.get("repeat", 1), definition.params)
+                count = repeat if body.get("scale", True) is False or "repeat" not in body else \
+                    self.spec.scale.repeats(repeat)
+                calls.append((count, self._least_size(callee, sizes), body))
+        return calls
+
+    def _least_size(self, name: str, sizes: dict[str, int]) -> int:
+        if name in sizes or name not in self.blocks:
+            return sizes.get(name, 0)  # 0 while its own size is being computed: a cycle, reported later
+        sizes[name] = 0
+        definition = self.blocks[name].definition
+        total = len(definition.layers) + len(definition.skips)
+        least = sum(count * size for count, size, _ in self._surely_called(definition, sizes))
+        sizes[name] = min(total + least, MAX_EXPANDED_NODES + 1)
+        return sizes[name]
+
+    def _literal_repeat(self, value: Any, local: Iterable[str]) -> int:
+        """A call's `repeat:` where it is known before expanding (a literal, or an expression of the
+        spec's own parameters), else 1."""
+        body = expression_body(value)
+        if body is not None:
+            names = expression_names(body)
+            if names is None or not names <= set(self.spec.params) or names & {*local, *INSTANCE_NAMES}:
+                return 1
+            try:
+                value = evaluate(body, self.spec.params)
+            except ExpressionError:
+                return 1  # reported when the call is expanded
+        try:
+            return _REPEAT.validate_python(value, strict=True) or 1
+        except ValidationError:
+            return 1  # out of its own range: reported when the call is typed
 
     def refuse_size(self, origin: Origin, repeat: int | None, count: int, first: int | None) -> None:
         """Report the block call at `origin` that would take the expansion over MAX_EXPANDED_NODES
