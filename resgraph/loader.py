@@ -62,6 +62,8 @@ _TAG_NODES: dict[str, type] = {"tag:yaml.org,2002:map": yaml.MappingNode, "tag:y
 # A plain scalar YAML 1.1 leaves a string but YAML 1.2's core schema reads as a float: an exponent
 # without a dot or without a sign (`1e-6`, `3e4`, `1.0e6`). Those with both are floats already.
 _EXPONENT_FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+$")
+_NUMBER_START = frozenset("+-.0123456789")  # the first characters `_EXPONENT_FLOAT` admits
+_STR, _INT = "tag:yaml.org,2002:str", "tag:yaml.org,2002:int"
 
 
 class _Composer(_COMPOSER):  # type: ignore[valid-type,misc]
@@ -506,10 +508,13 @@ class _Builder:
                 self.fail(node, f"the document expands to more than {MAX_NODES:,} YAML nodes",
                           "aliases (*name) multiply nodes; write the spec out or use blocks")
             return None
-        quoted = isinstance(node, yaml.ScalarNode) and node.style in ("'", '"')
+        start, scalar = node.start_mark, type(node) is yaml.ScalarNode
         # A quoted scalar's position is its first character inside the quotes, so columns
         # computed inside it (expressions) land on the right character.
-        self.source.values.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1 + quoted))
+        quoted = scalar and (node.style == "'" or node.style == '"')
+        self.source.values.setdefault(path, (start.line + 1, start.column + 1 + quoted))
+        if scalar and (node.tag == _STR or node.tag == _INT):
+            return self.scalar(node)  # the common case: a name, an op, a size
         if isinstance(node, yaml.ScalarNode) and node.tag in _TEXT_TAGS:
             return node.value  # dates and '=' read as the text written, not as Python objects
         if node.tag not in _CORE_TAGS:
@@ -542,12 +547,12 @@ class _Builder:
             self.active.discard(id(node))
 
     def scalar(self, node: yaml.ScalarNode) -> Any:
-        if node.tag == "tag:yaml.org,2002:str":
-            if not node.style and _EXPONENT_FLOAT.match(node.value):
-                return float(node.value)  # `eps: 1e-6`: a number, as YAML 1.2 reads it
-            return node.value  # the common case needs no constructor
         written = node.value
-        if (node.tag == "tag:yaml.org,2002:int" and len(written) <= 18 and written.isascii() and written.isdigit()
+        if node.tag == _STR:
+            if not node.style and written[:1] in _NUMBER_START and _EXPONENT_FLOAT.match(written):
+                return float(written)  # `eps: 1e-6`: a number, as YAML 1.2 reads it
+            return written  # the common case needs no constructor
+        if (node.tag == _INT and len(written) <= 18 and written.isascii() and written.isdigit()
                 and written[0] != "0"):
             return int(written)  # the common case; YAML 1.1's `0755` is octal; `1_000`, `0x1f`, long ones: PyYAML
         text = written if len(written) <= 40 else f"{written[:20]}...{written[-10:]}"
@@ -571,20 +576,23 @@ class _Builder:
         first_seen: dict[str, yaml.Node] = {}
         merged: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
+            if type(key_node) is yaml.ScalarNode and key_node.tag == _STR:
+                key = key_node.value  # the common case: a plain or quoted name
+            elif key_node.tag == "tag:yaml.org,2002:merge":
                 merged.update(self.merge_source(value_node, path))
                 continue
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _CORE_TAGS:
+            elif not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _CORE_TAGS:
                 self.fail(key_node, "mapping keys must be plain strings")
                 continue
-            known = len(self.diagnostics)
-            key = key_node.value if key_node.tag == "tag:yaml.org,2002:str" else self.scalar(key_node)
-            if len(self.diagnostics) > known:  # the key itself cannot be read (reported)
-                continue
-            if not isinstance(key, str):
-                self.fail(key_node, f"mapping key {key_node.value!r} must be a string",
-                          f"quote it: '{key_node.value}'")
-                continue
+            else:
+                known = len(self.diagnostics)
+                key = self.scalar(key_node)
+                if len(self.diagnostics) > known:  # the key itself cannot be read (reported)
+                    continue
+                if not isinstance(key, str):
+                    self.fail(key_node, f"mapping key {key_node.value!r} must be a string",
+                              f"quote it: '{key_node.value}'")
+                    continue
             if key in first_seen:
                 first = first_seen[key].start_mark
                 self.fail(key_node, f"duplicate key {key!r} (first defined at line {first.line + 1}, "
