@@ -74,7 +74,7 @@ def infer_shapes(graph: Graph, input_types: list[TensorType] | None = None,
     symbols: dict[str, tuple[str, int, int]] = {}
     if input_types is None:
         input_types = []
-        readers = graph.consumers()
+        readers = graph.consumers(graph.inputs)
         for name in graph.inputs:
             node = graph.nodes[name]
             assert isinstance(node, InputNode)
@@ -653,13 +653,15 @@ def _inplace_hazards(graph: Graph) -> list[Diagnostic]:
     them (other than the next on the chain) reads what it wrote. A reader that runs before it is
     refused too: most ops keep their input for the backward pass, where it would be wrong.
     """
+    # Most graphs write nothing in place: who reads what is built only for those that do.
+    writers = [node for node in graph.nodes.values()
+               if isinstance(node, LayerNode) and node.meta.get("storage", FRESH).writes is not None]
+    if not writers:
+        return []
     readers = graph.consumers()
     diagnostics = []
-    for node in graph.nodes.values():
-        written = _storage(node).writes
-        if not isinstance(node, LayerNode) or written is None:
-            continue
-        source = node.inputs[written]
+    for node in writers:
+        source = node.inputs[node.meta["storage"].writes]
         path = _alias_path(graph, source)
         others: list[str] = []
         outputs = [p for p in path if p in graph.outputs]
