@@ -299,13 +299,14 @@ def _to_hints(graph: Graph, sizes: dict[int, Any] | None = None,
     hinted = {} if hinted is None else hinted  # id(type) -> (type, kept alive; its hints), so shared stays shared
     # A type of plain ints is its own hint: it is kept (and stays shared, see _Memo), not copied.
     for node in graph.nodes.values():
-        if "type" in node.meta:
-            node.meta["type"] = _hinted(node.meta["type"], sizes, hinted)
-        if "types" in node.meta and not _plain(node.meta["types"]):
-            node.meta["types"] = [_hinted(t, sizes, hinted) for t in node.meta["types"]]
-        if isinstance(node, SkipNode) and "projection" in node.meta and not _plain([node.meta["projection"].output]):
-            plan = node.meta["projection"]
-            node.meta["projection"] = replace(plan, output=_hinted(plan.output, sizes, hinted))
+        meta = node.meta
+        if "type" in meta:
+            meta["type"] = _hinted(meta["type"], sizes, hinted)
+        if "types" in meta and not _plain(meta["types"]):
+            meta["types"] = [_hinted(t, sizes, hinted) for t in meta["types"]]
+        if isinstance(node, SkipNode) and "projection" in meta and not _plain([meta["projection"].output]):
+            plan = meta["projection"]
+            meta["projection"] = replace(plan, output=_hinted(plan.output, sizes, hinted))
         if isinstance(node, BlockNode):
             for instance in node.instances:
                 _to_hints(instance, sizes, hinted)
@@ -313,12 +314,13 @@ def _to_hints(graph: Graph, sizes: dict[int, Any] | None = None,
 
 
 def _hinted(kind: TensorType, sizes: dict[int, Any], hinted: dict[int, tuple[TensorType, TensorType]]) -> TensorType:
-    """`kind.hints()`, once per type object (equal instances' copies share their types), recording its
-    symbolic sizes in `sizes`."""
-    if _plain([kind]):
-        return kind
+    """`kind.hints()`, once per type object (equal instances' copies and memoised layers share their
+    types: most nodes cost one look-up), recording its symbolic sizes in `sizes`."""
     known = hinted.get(id(kind))
     if known is None:
+        if _plain([kind]):
+            hinted[id(kind)] = (kind, kind)
+            return kind
         for dim in kind.shape:
             if isinstance(dim, SymInt):
                 sizes.setdefault(id(dim.expr), dim.expr)
@@ -490,7 +492,11 @@ def _id_bounds(types: list[TensorType]) -> tuple[Any, ...]:
 
 def _plain(types: list[TensorType]) -> bool:
     """True when every size is a plain int (no symbolic size: typing records nothing)."""
-    return all(type(size) is int for t in types for size in t.shape)
+    for t in types:  # (loops, not all() over a generator: typing a layer asks this twice)
+        for size in t.shape:
+            if type(size) is not int:
+                return False
+    return True
 
 
 def _infer_layer(graph: Graph, node: LayerNode, inputs: list[TensorType], memo: _Memo) -> None:
