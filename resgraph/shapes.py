@@ -128,7 +128,7 @@ def _infer(graph: Graph, input_types: list[TensorType], memo: _Memo) -> list[Dia
                 del node.meta["type"]
             continue
         inputs = [nodes[name].meta.get("type") for name in node.inputs]
-        if None in inputs:
+        if not all(inputs):  # (an input failed: a type is always true; `None in` would call each type's __eq__)
             if isinstance(node, BlockNode):  # its body's own mistakes do not depend on its input
                 diagnostics += _check_blind(graph, node)
             continue
