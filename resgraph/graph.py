@@ -195,12 +195,14 @@ class Graph:
         what = {NodeKind.skip: "skip", NodeKind.input: "input"}.get(node.kind, "layer")
         return f"{what} {self.qualname + node.name!r}{node.detail()}"
 
-    def consumers(self) -> dict[str, list[str]]:
-        """Node name -> names of the nodes that read it."""
-        readers: dict[str, list[str]] = {name: [] for name in self.nodes}
+    def consumers(self, of: list[str] | None = None) -> dict[str, list[str]]:
+        """Node name -> names of the nodes that read it: of every node, or of the nodes `of` only
+        (the graph's inputs, say: a dict of every node's costs a 100,000-node graph 20 ms)."""
+        readers: dict[str, list[str]] = {name: [] for name in (self.nodes if of is None else of)}
         for node in self.nodes.values():
             for name in node.inputs:
-                readers[name].append(node.name)
+                if name in readers:
+                    readers[name].append(node.name)
         return readers
 
     def subgraphs(self) -> list[tuple[str, Graph]]:

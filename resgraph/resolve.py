@@ -23,6 +23,7 @@ last instance's output, as a plain repeat's does; a call with several outputs ha
 
 from __future__ import annotations
 
+import functools
 import keyword
 from collections.abc import Iterable
 from typing import Any
@@ -76,7 +77,6 @@ class _Resolver:
         self.values: dict[str, list[str]] = {}  # block call -> its values' names (outputs, or instance indices)
         self.collected: set[str] = set()  # block calls with `collect: true`
         self.variables: set[str] = set()  # variables given to BlockOutput nodes
-        self.position = {id(item): i for i, item in enumerate(scope.layers)}  # (a scan per layer was quadratic)
 
     def q(self, name: str) -> str:
         """A name as messages show it: qualified inside a block instance (`layer1.0.conv1`)."""
@@ -108,25 +108,32 @@ class _Resolver:
         self.declare_names()
         valid = [item for item in scope.layers if id(item) not in self.dropped and item.body is not None]
         self.declare_values(valid)
-        references = {item.name: refs for item in valid if (refs := self.layer_inputs(item)) is not None}
+        references: dict[str, list[str]] = {}
+        previous = None  # the layer listed before this one, which it reads by default
+        for item in scope.layers:
+            if id(item) not in self.dropped and item.body is not None:
+                refs = self.layer_inputs(item, previous)
+                if refs is not None:
+                    references[item.name] = refs
+            previous = item.name
         self.failed |= {item.name for item in valid if item.name not in references}
         self.check_references(references)
         skips_into = self.check_skips()
         outputs = self.check_outputs()
 
-        # A layer is kept when it has no problem of its own and every node it reads is kept.
+        # A layer is kept when it has no problem of its own and every node it reads is kept (decided
+        # in order, as the nodes are made: a layer, and a skip's source, only read earlier ones).
         kept = set(scope.inputs)
-        for item in valid:
-            if item.name not in self.failed and all(_base(ref) in kept for ref in references[item.name]):
-                kept.add(item.name)
+        failed = self.failed
         nodes: dict[str, Node] = {}
         value: dict[str, str] = {}  # spec name -> node holding its current (merged) value
         for name, decl in scope.inputs.items():
             nodes[name] = InputNode(name=name, inputs=[], origin=scope.origin.child("inputs", name), decl=decl)
             value[name] = name
         for item in valid:
-            if item.name not in kept:
+            if item.name in failed or not all(_base(ref) in kept for ref in references[item.name]):
                 continue
+            kept.add(item.name)
             inputs = [value[r] for r in self.expand(references[item.name])]
             node: Node
             if isinstance(item.body, BlockCall):
@@ -138,7 +145,7 @@ class _Resolver:
             value[item.name] = item.name
             if isinstance(node, BlockNode) and item.name in self.values:
                 self.add_values(node, nodes, value)
-            for skip_item in skips_into.get(item.name, []):
+            for skip_item in skips_into.get(item.name, ()):
                 skip = skip_item.skip
                 if _base(skip.source) not in kept:
                     continue  # it reads a node left out above: nothing to report of its own
@@ -185,7 +192,10 @@ class _Resolver:
 
     def expand(self, refs: list[str]) -> list[str]:
         """References as the values they read: `call.*` spliced into each value's name, a collected
-        call's bare name into its last instance's. Unknown names are left as they are."""
+        call's bare name into its last instance's. Unknown names are left as they are: where no call
+        has several values, `refs` itself is returned (every reference is its own value)."""
+        if not self.values:
+            return refs
         result = []
         for ref in refs:
             base, _, part = ref.partition(".")
@@ -248,10 +258,11 @@ class _Resolver:
         items += [*scope.layers, *scope.skips]
         entries += [(item.name, "layer", item.origin) for item in scope.layers]
         entries += [(item.name, "skip", item.origin) for item in scope.skips]
+        kinds, declared_at, order = self.kinds, self.declared_at, self.order
         for (name, kind, origin), item in zip(entries, items):
-            if name in self.kinds:
-                first = self.declared_at[name].locate(key=True)
-                self.fail(origin, f"{kind} {self.q(name)}: the name is already used by the {self.kinds[name]} "
+            if name in kinds:
+                first = declared_at[name].locate(key=True)
+                self.fail(origin, f"{kind} {self.q(name)}: the name is already used by the {kinds[name]} "
                                   f"at line {first.line}", "every input, layer and skip needs its own name")
                 self.dropped.add(id(item))
                 continue
@@ -264,13 +275,13 @@ class _Resolver:
                 self.dropped.add(id(item))
                 self.reserved.add(name)
                 continue
-            self.kinds[name] = kind
-            self.declared_at[name] = origin
+            kinds[name] = kind
+            declared_at[name] = origin
             if kind != "skip":
-                self.order[name] = len(self.order)
+                order[name] = len(order)
 
-    def layer_inputs(self, item: LayerItem) -> list[str] | None:
-        """The names a layer reads: its `input`, else the previous layer, else the sole input.
+    def layer_inputs(self, item: LayerItem, previous: str | None) -> list[str] | None:
+        """The names a layer reads: its `input`, else the `previous` layer listed, else the sole input.
 
         None (with a diagnostic) when the layer must name its input and does not.
         """
@@ -280,9 +291,8 @@ class _Resolver:
             return [body.input] if isinstance(body.input, str) else list(body.input)
         if isinstance(body, Layer) and body.max_inputs == 0:
             return []
-        index = self.position[id(item)]
-        if index > 0:
-            return [self.scope.layers[index - 1].name]
+        if previous is not None:
+            return [previous]
         inputs = list(self.scope.inputs)
         if len(inputs) > 1:
             where = "the block" if self.scope.block else "the spec"
@@ -373,19 +383,30 @@ class _Resolver:
                     stack.append((nxt, [*trail, nxt]))
         return None
 
-    @property
+    @functools.cached_property
     def invalid(self) -> set[str]:
-        """Names of entries refused before resolving (and reported): what reads them is left out quietly."""
+        """Names of entries refused before resolving (and reported): what reads them is left out quietly.
+        (Read once names are declared, which fills `reserved`; three checks read it.)"""
         return {item.name for item in self.scope.layers if item.body is None} | \
             {item.name for item in self.scope.skips if item.skip is None} | self.reserved
 
     def check_skips(self) -> dict[str, list[SkipItem]]:
         into: dict[str, list[SkipItem]] = {}
         invalid = self.invalid
+        kinds, order, values = self.kinds, self.order, self.values
         for item in self.scope.skips:
             if item.skip is None or id(item) in self.dropped:
                 continue
-            skip, name = item.skip, self.q(item.name)
+            skip = item.skip
+            # The common case first, before any message is composed: from an earlier input or layer
+            # with one value, to a layer with one value (what every check below accepts).
+            source, to = skip.source, skip.to
+            if (kinds.get(source) in ("input", "layer") and kinds.get(to) == "layer" and "." not in source
+                    and "." not in to and source not in values and to not in values and source not in invalid
+                    and to not in invalid and order[source] < order[to]):
+                into.setdefault(to, []).append(item)
+                continue
+            name = self.q(item.name)
             source = _base(skip.source)
             if source in invalid or _base(skip.to) in invalid:
                 continue

@@ -50,7 +50,13 @@ __all__ = ["check_uncalled_blocks", "declared_type", "free_dims", "infer_shapes"
 # expansion gives equal bodies one object) or the skip's settings, and its input types. Only
 # inputs of plain int sizes are memoised: typing symbolic sizes records guards, at the node's site.
 # A chain of 10,000 equal layers, or 200 instances of a block, is typed once per distinct case.
-_Memo = dict[tuple[Any, ...], dict[str, Any]]
+# A layer's or skip's entry is kept once its typing has passed every check (`_check_size` too), so
+# an equal node reuses it without checking again (and without entering its site: it records nothing).
+_Memo = dict[tuple[Any, ...], Any]
+
+# The `node.meta` entries typing a layer or a skip writes (what an equal node reuses).
+_LAYER_META = ("type", "storage", "args", "params")
+_SKIP_META = ("projection", "params", "type")
 
 
 def infer_shapes(graph: Graph, input_types: list[TensorType] | None = None,
@@ -74,7 +80,7 @@ def infer_shapes(graph: Graph, input_types: list[TensorType] | None = None,
     symbols: dict[str, tuple[str, int, int]] = {}
     if input_types is None:
         input_types = []
-        readers = graph.consumers()
+        readers = graph.consumers(graph.inputs)
         for name in graph.inputs:
             node = graph.nodes[name]
             assert isinstance(node, InputNode)
@@ -111,7 +117,8 @@ def _infer(graph: Graph, input_types: list[TensorType], memo: _Memo) -> list[Dia
     diagnostics: list[Diagnostic] = []
     failed_splits: set[tuple[int, str]] = set()
     given = iter(input_types)
-    for node in graph.nodes.values():
+    nodes, qualname = graph.nodes, graph.qualname
+    for node in nodes.values():
         if isinstance(node, InputNode):
             node.meta["type"] = next(given)
             try:
@@ -120,23 +127,34 @@ def _infer(graph: Graph, input_types: list[TensorType], memo: _Memo) -> list[Dia
                 diagnostics.append(_located(graph, node, exc))
                 del node.meta["type"]
             continue
-        inputs = [graph.nodes[name].meta.get("type") for name in node.inputs]
-        if any(t is None for t in inputs):
+        inputs = [nodes[name].meta.get("type") for name in node.inputs]
+        if not all(inputs):  # (an input failed: a type is always true; `None in` would call each type's __eq__)
             if isinstance(node, BlockNode):  # its body's own mistakes do not depend on its input
                 diagnostics += _check_blind(graph, node)
             continue
+        key = _memo_key(node, inputs)
+        if key is not None:
+            known = memo.get(key)
+            if known is not None and known[0] is getattr(node, "layer", None):  # (see _memo_key)
+                node.meta.update(known[1])
+                continue
         try:
-            with site(graph.qualname + node.name):
+            with site(qualname + node.name):
                 if isinstance(node, LayerNode) and isinstance(node.layer, BlockOutput):
                     _infer_block_output(graph, node)
                 elif isinstance(node, LayerNode):
-                    _infer_layer(graph, node, inputs, memo)
+                    _infer_layer(graph, node, inputs)
                 elif isinstance(node, BlockNode):
                     _infer_block(graph, node, inputs, diagnostics, memo)
                 else:
                     assert isinstance(node, SkipNode)
-                    _infer_skip(graph, node, inputs, diagnostics, memo)
+                    _infer_skip(graph, node, inputs, diagnostics)
                 _check_size(node)
+            # The meta's values are never modified after typing: nodes may share them. (A skip refused
+            # with a diagnostic of its own has no projection: it is not kept, so an equal one says it too.)
+            if key is not None and (not isinstance(node, SkipNode) or "projection" in node.meta):
+                fields = _SKIP_META if isinstance(node, SkipNode) else _LAYER_META
+                memo[key] = (getattr(node, "layer", None), {k: node.meta[k] for k in fields})
         except (ShapeError, SizeOverflowError) as exc:
             problem = _located(graph, node, exc)
             group = _split_group(node)
@@ -299,13 +317,14 @@ def _to_hints(graph: Graph, sizes: dict[int, Any] | None = None,
     hinted = {} if hinted is None else hinted  # id(type) -> (type, kept alive; its hints), so shared stays shared
     # A type of plain ints is its own hint: it is kept (and stays shared, see _Memo), not copied.
     for node in graph.nodes.values():
-        if "type" in node.meta:
-            node.meta["type"] = _hinted(node.meta["type"], sizes, hinted)
-        if "types" in node.meta and not _plain(node.meta["types"]):
-            node.meta["types"] = [_hinted(t, sizes, hinted) for t in node.meta["types"]]
-        if isinstance(node, SkipNode) and "projection" in node.meta and not _plain([node.meta["projection"].output]):
-            plan = node.meta["projection"]
-            node.meta["projection"] = replace(plan, output=_hinted(plan.output, sizes, hinted))
+        meta = node.meta
+        if "type" in meta:
+            meta["type"] = _hinted(meta["type"], sizes, hinted)
+        if "types" in meta and not _plain(meta["types"]):
+            meta["types"] = [_hinted(t, sizes, hinted) for t in meta["types"]]
+        if isinstance(node, SkipNode) and "projection" in meta and not _plain([meta["projection"].output]):
+            plan = meta["projection"]
+            meta["projection"] = replace(plan, output=_hinted(plan.output, sizes, hinted))
         if isinstance(node, BlockNode):
             for instance in node.instances:
                 _to_hints(instance, sizes, hinted)
@@ -313,12 +332,13 @@ def _to_hints(graph: Graph, sizes: dict[int, Any] | None = None,
 
 
 def _hinted(kind: TensorType, sizes: dict[int, Any], hinted: dict[int, tuple[TensorType, TensorType]]) -> TensorType:
-    """`kind.hints()`, once per type object (equal instances' copies share their types), recording its
-    symbolic sizes in `sizes`."""
-    if _plain([kind]):
-        return kind
+    """`kind.hints()`, once per type object (equal instances' copies and memoised layers share their
+    types: most nodes cost one look-up), recording its symbolic sizes in `sizes`."""
     known = hinted.get(id(kind))
     if known is None:
+        if _plain([kind]):
+            hinted[id(kind)] = (kind, kind)
+            return kind
         for dim in kind.shape:
             if isinstance(dim, SymInt):
                 sizes.setdefault(id(dim.expr), dim.expr)
@@ -490,16 +510,29 @@ def _id_bounds(types: list[TensorType]) -> tuple[Any, ...]:
 
 def _plain(types: list[TensorType]) -> bool:
     """True when every size is a plain int (no symbolic size: typing records nothing)."""
-    return all(type(size) is int for t in types for size in t.shape)
+    for t in types:  # (loops, not all() over a generator: typing a layer asks this twice)
+        for size in t.shape:
+            if type(size) is not int:
+                return False
+    return True
 
 
-def _infer_layer(graph: Graph, node: LayerNode, inputs: list[TensorType], memo: _Memo) -> None:
+def _memo_key(node: Node, inputs: list[TensorType]) -> tuple[Any, ...] | None:
+    """The key of a layer's or skip's typing in `_Memo`, or None where it is not memoised (a block
+    call, a call's value, a symbolic size). A layer counts by identity: its entry keeps the layer,
+    so its id stays its own, and a hit checks it is the same layer."""
+    if isinstance(node, BlockNode) or not _plain(inputs):
+        return None
+    if isinstance(node, LayerNode):
+        layer = node.layer
+        return None if isinstance(layer, BlockOutput) else ("layer", id(layer), *inputs, *_id_bounds(inputs))
+    assert isinstance(node, SkipNode)
+    skip = node.skip
+    return ("skip", node.policy, skip.merge, skip.concat_dim, *inputs)
+
+
+def _infer_layer(graph: Graph, node: LayerNode, inputs: list[TensorType]) -> None:
     layer = node.layer
-    key = ("layer", id(layer), *inputs, *_id_bounds(inputs)) if _plain(inputs) else None
-    known = memo.get(key) if key is not None else None
-    if known is not None and known["layer"] is layer:  # (the layer is kept there, so its id stays its own)
-        node.meta.update(known["meta"])
-        return
     try:
         layer.check_dtypes(inputs)
     except DtypeError as exc:  # name where the value comes from: its dtype was decided there
@@ -516,8 +549,6 @@ def _infer_layer(graph: Graph, node: LayerNode, inputs: list[TensorType], memo: 
     node.meta["args"] = _specialized(layer.module_args(inputs))
     count = layer.parameter_count(node.meta["args"])
     node.meta["params"] = None if count is None else specialize(count)
-    if key is not None:  # the meta's values are never modified after typing: nodes may share them
-        memo[key] = {"layer": layer, "meta": {k: node.meta[k] for k in ("type", "storage", "args", "params")}}
 
 
 def _specialized(value: Any) -> Any:
@@ -541,15 +572,9 @@ def total_parameters(graph: Graph) -> int | None:
     return None if None in counts else sum(counts)
 
 
-def _infer_skip(graph: Graph, node: SkipNode, inputs: list[TensorType], diagnostics: list[Diagnostic],
-                memo: _Memo) -> None:
+def _infer_skip(graph: Graph, node: SkipNode, inputs: list[TensorType], diagnostics: list[Diagnostic]) -> None:
     skip = node.skip
     target, source = inputs
-    key = ("skip", node.policy, skip.merge, skip.concat_dim, target, source) if _plain(inputs) else None
-    known = memo.get(key) if key is not None else None
-    if known is not None:
-        node.meta.update(known)
-        return
     decided = len(recorded())  # the decisions before this skip: sizes that fit it must keep them
     try:
         plan = plan_projection(node.policy, skip.merge, source, target, skip.concat_dim)
@@ -567,8 +592,6 @@ def _infer_skip(graph: Graph, node: SkipNode, inputs: list[TensorType], diagnost
     node.meta["projection"] = plan
     node.meta["params"] = projection_parameters(plan)
     node.meta["type"] = merge_type(skip.merge, [target, plan.output], skip.concat_dim)
-    if key is not None:
-        memo[key] = {k: node.meta[k] for k in ("projection", "params", "type")}
 
 
 def _skip_error(graph: Graph, node: SkipNode, target: TensorType, source: TensorType, exc: ProjectionError,
@@ -653,13 +676,15 @@ def _inplace_hazards(graph: Graph) -> list[Diagnostic]:
     them (other than the next on the chain) reads what it wrote. A reader that runs before it is
     refused too: most ops keep their input for the backward pass, where it would be wrong.
     """
+    # Most graphs write nothing in place: who reads what is built only for those that do.
+    writers = [node for node in graph.nodes.values()
+               if isinstance(node, LayerNode) and node.meta.get("storage", FRESH).writes is not None]
+    if not writers:
+        return []
     readers = graph.consumers()
     diagnostics = []
-    for node in graph.nodes.values():
-        written = _storage(node).writes
-        if not isinstance(node, LayerNode) or written is None:
-            continue
-        source = node.inputs[written]
+    for node in writers:
+        source = node.inputs[node.meta["storage"].writes]
         path = _alias_path(graph, source)
         others: list[str] = []
         outputs = [p for p in path if p in graph.outputs]
