@@ -412,7 +412,9 @@ class Layer(StrictModel):
 
     def build(self, args: dict[str, Any]) -> Any:
         """The torch object this layer owns: a module, or an nn.Parameter for learned tensors."""
-        return _nn_class(self.torch_name)(**args)
+        from torch import nn
+
+        return getattr(nn, self.torch_name)(**args)
 
     def tensor_source(self) -> str:
         """For ops that own a parameter or a buffer (see `owned`): the Python expression (using
@@ -680,10 +682,3 @@ def describe_torch_op(name: str, inferred: tuple[str, ...]) -> str:
     return f"torch.nn.{name}; resgraph infers {', '.join(inferred)} from the input."
 
 
-@functools.cache
-def _nn_class(name: str) -> Any:
-    """`torch.nn.<name>`, imported on first use (resgraph's checks run without torch) and looked up
-    once per class, not once per layer built."""
-    from torch import nn
-
-    return getattr(nn, name)
