@@ -375,9 +375,7 @@ class _Evaluator:
     def visit_Subscript(self, node: ast.Subscript) -> Any:
         container, key = self.visit(node.value), self.visit(node.slice)
         if not isinstance(container, list) or not isinstance(key, int) or isinstance(key, bool):
-            kind = type(container).__name__
-            article = "an" if kind[0] in "aeiou" else "a"
-            got = f"{article} {kind}, {_clip(container)}" if not isinstance(container, list) else f"index {_clip(key)}"
+            got = _a_value(container) if not isinstance(container, list) else f"index {_clip(key)}"
             raise self.fail(node, f"only lists can be indexed, by an integer; got {got}")
         if not -len(container) <= key < len(container):
             raise self.fail(node, f"index {key} is out of range for a list of {len(container)}")
@@ -405,6 +403,15 @@ class _Evaluator:
 _VISITORS: dict[type, Callable[[_Evaluator, Any], Any]] = {
     getattr(ast, name.removeprefix("visit_")): method for name, method in vars(_Evaluator).items()
     if name.startswith("visit_")}
+
+
+def _a_value(value: Any) -> str:
+    """A value named as a spec names its kinds: 'an integer, 3', 'a mapping, {...}', 'null'."""
+    if value is None:
+        return "null"
+    kind = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "mapping"}.get(
+        type(value), type(value).__name__)
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}, {_clip(value)}"
 
 
 def _clip(value: Any, limit: int = 60) -> str:

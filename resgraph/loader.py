@@ -18,10 +18,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import math
 import os
 import re
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,7 @@ import yaml
 
 from .errors import Diagnostic, Location, SpecError, UsageError
 
-__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "LoadedSpec", "Origin", "Path", "SourceMap", "copy_data",
+__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_INT", "MAX_NODES", "LoadedSpec", "Origin", "Path", "SourceMap", "copy_data",
            "data_problem", "gc_paused", "load_file", "load_import", "load_library_text", "load_text", "load_value",
            "os_reason"]
 
@@ -54,7 +55,7 @@ _CORE_TAGS = {
 # Larger integers are refused where they are written: nothing in a spec needs them (no tensor size, index or
 # dtype holds more than 2^64), and printing one of thousands of digits fails (Python's cap: 4,300). Smaller
 # ones reach the schema, whose bounds say which field takes what (`must be at most 2^62`).
-_MAX_INT = 10**100
+MAX_INT = 10**100
 _TEXT_TAGS = {"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value"}
 # The node each core tag fits (the rest fit scalars); `!!merge` fits none: it is only a key (`<<`).
 _TAG_NODES: dict[str, type] = {"tag:yaml.org,2002:map": yaml.MappingNode, "tag:yaml.org,2002:seq": yaml.SequenceNode,
@@ -135,25 +136,15 @@ class Origin:
 
 
 class LoadedSpec:
-    """A parsed document: its data, where each piece came from, and the original text.
+    """A parsed document: its data, where each piece came from, and the original text (of a spec
+    given as a dict, the JSON its build record keeps: `pipeline.dict_spec_text`)."""
 
-    `text` may be given as a function that writes it: a spec passed as a dict has no text until a
-    build record needs one, and writing it (indented JSON, in pure Python) cost more than
-    validating a large spec.
-    """
+    __slots__ = ("data", "source", "text")
 
-    __slots__ = ("_text", "data", "source")
-
-    def __init__(self, data: Any, source: SourceMap, text: str | Callable[[], str]) -> None:
+    def __init__(self, data: Any, source: SourceMap, text: str) -> None:
         self.data = data
         self.source = source
-        self._text = text
-
-    @property
-    def text(self) -> str:
-        if not isinstance(self._text, str):
-            self._text = self._text()
-        return self._text
+        self.text = text
 
     @property
     def file(self) -> str:
@@ -224,40 +215,14 @@ def _load_library_text(text: str, file: str) -> LoadedSpec:
 
 
 def data_problem(data: Any) -> tuple[Path, str, str] | None:
-    """Where plain data (a spec given as a dict) breaks the bounds a spec file is read with:
-    (path, problem) of the first dict or list that contains itself or nests deeper than MAX_DEPTH,
-    or of a value YAML cannot give (a set, bytes, a numpy integer: not a str, int, float, bool or
-    None, or a subclass of one), or ((), problem) where it holds more than MAX_NODES values, a list
-    or dict used in several places counted at each; each with a hint. None where it keeps them.
-    (Each distinct container is walked once.)"""
-    sizes: dict[int, int] = {}
-    on_path: set[int] = set()
-
-    def size(value: dict[Any, Any] | list[Any] | tuple[Any, ...], path: Path) -> int:
-        if id(value) in sizes:
-            return sizes[id(value)]
-        if id(value) in on_path:
-            raise _Found(path, f"this {type(value).__name__} contains itself: a spec is a tree of plain data",
-                         "put a copy there (copy.deepcopy), not the collection itself")
-        if len(path) > MAX_DEPTH:
-            raise _Found(path, f"the spec nests deeper than {MAX_DEPTH} levels", "a spec needs fewer than 10")
-        on_path.add(id(value))
-        total = 1
-        for key, item in value.items() if isinstance(value, dict) else enumerate(value):
-            if isinstance(item, (dict, list, tuple)):
-                total += size(item, (*path, key))
-            elif item is None or isinstance(item, (str, int, float)):  # (bool is an int)
-                total += 1
-            else:
-                raise _Found((*path, key), f"{type(item).__module__}.{type(item).__qualname__} {item!r:.60} is not "
-                                           "spec data", "give what YAML gives: mappings, lists, strings, numbers, "
-                                                        "booleans and None (e.g. int(value) for a numpy integer)")
-        on_path.discard(id(value))
-        sizes[id(value)] = total
-        return total
-
+    """Where plain data (a spec given as a dict) breaks the bounds a spec file is read with, as
+    (path, problem, hint): the first dict or list that contains itself or nests deeper than
+    MAX_DEPTH, or value YAML cannot give (a set, bytes, a numpy integer: not a str, int, float,
+    bool or None, or a subclass of one) or an integer of 10^100 or more; or ((), problem, hint)
+    where the data holds more than MAX_NODES values, a list or dict used in several places
+    counted at each. None where it keeps them. (Each distinct container is walked once.)"""
     try:
-        total = size(data, ()) if isinstance(data, (dict, list, tuple)) else 1
+        total = _data_size(data, (), {}, set()) if isinstance(data, (dict, list, tuple)) else 1
     except _Found as found:
         return found.path, found.problem, found.hint
     if total > MAX_NODES:
@@ -266,7 +231,45 @@ def data_problem(data: Any) -> tuple[Path, str, str] | None:
     return None
 
 
+def _data_size(value: dict[Any, Any] | list[Any] | tuple[Any, ...], path: Path, sizes: dict[int, int],
+               on_path: set[int]) -> int:
+    """How many values `value` holds, itself included, each shared container counted at each use
+    (`sizes`: the count of each container met, by id; `on_path`: the ids of its parents).
+
+    Raises:
+        _Found: the first value that breaks a bound (see `data_problem`).
+    """
+    if id(value) in sizes:
+        return sizes[id(value)]
+    if id(value) in on_path:
+        raise _Found(path, f"this {type(value).__name__} contains itself: a spec is a tree of plain data",
+                     "put a copy there (copy.deepcopy), not the collection itself")
+    if len(path) > MAX_DEPTH:
+        raise _Found(path, f"the spec nests deeper than {MAX_DEPTH} levels",
+                     "flatten it: a spec needs fewer than 10 levels")
+    on_path.add(id(value))
+    total = 1
+    for key, item in value.items() if isinstance(value, dict) else enumerate(value):
+        if isinstance(item, (dict, list, tuple)):
+            total += _data_size(item, (*path, key), sizes, on_path)
+        elif isinstance(item, int) and not -MAX_INT < item < MAX_INT:  # (bool is an int)
+            digits = int(item.bit_length() * math.log10(2)) + 1
+            raise _Found((*path, key), f"an integer of about {digits:,} digits is too large: a spec's integers are "
+                                       "smaller than 10^100", "no tensor size, index or dtype holds more than 2^64")
+        elif item is None or isinstance(item, (str, int, float)):
+            total += 1
+        else:
+            raise _Found((*path, key), f"{type(item).__module__}.{type(item).__qualname__} {item!r:.60} is not "
+                                       "spec data", "give what YAML gives: mappings, lists, strings, numbers, "
+                                                    "booleans and None (e.g. int(value) for a numpy integer)")
+    on_path.discard(id(value))
+    sizes[id(value)] = total
+    return total
+
+
 class _Found(Exception):
+    """Raised by `_data_size` at the first value that breaks a bound: where, what, and a hint."""
+
     def __init__(self, path: Path, problem: str, hint: str) -> None:
         super().__init__(problem)
         self.path, self.problem, self.hint = path, problem, hint
@@ -563,8 +566,8 @@ class _Builder:
             if not str(exc).startswith("Exceeds the limit"):  # (Python's cap on decimal digits: too large, below)
                 self.fail(node, f"cannot read scalar {text!r}: {reason}")
                 return None
-            value = _MAX_INT + 1
-        if isinstance(value, int) and abs(value) >= _MAX_INT:  # (`0xfff...` of 6,000 digits: later str() raised)
+            value = MAX_INT + 1
+        if isinstance(value, int) and abs(value) >= MAX_INT:  # (`0xfff...` of 6,000 digits: later str() raised)
             length = f" ({len(node.value):,} characters)" if text != node.value else ""
             self.fail(node, f"the integer {text}{length} is too large: a spec's integers are smaller than 10^100 "
                             "(no tensor size, index or dtype holds more than 2^64)")

@@ -16,7 +16,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Union
@@ -25,11 +25,23 @@ from .errors import Diagnostic, Location, SpecError, UsageError
 from .evaluate import plain_overrides
 from .expand import Reader, check_library_blocks, check_unreached_blocks, expand
 from .graph import Graph
-from .loader import MAX_DEPTH, MAX_NODES, LoadedSpec, Path, SourceMap, data_problem, gc_paused, load_file, load_text
+from .loader import (
+    MAX_DEPTH,
+    MAX_INT,
+    MAX_NODES,
+    LoadedSpec,
+    Path,
+    SourceMap,
+    data_problem,
+    gc_paused,
+    load_file,
+    load_text,
+)
 from .resolve import resolve
 from .resources import is_shipped, read_import, read_shipped
 from .shapes import check_uncalled_blocks, infer_shapes
 from .spec import BlockLibrary, Spec
+from .translate import keys_not_strings
 from .validate import is_block_library, validate, validate_library
 from .version import __version__
 
@@ -111,16 +123,15 @@ def load(spec: SpecSource, *, file: str | None = None) -> LoadedSpec:
     raise UsageError(f"a spec is a path, YAML text or a dict, not {type(spec).__name__}")
 
 
-def dict_spec_text(spec: Any, file: str = "<dict>") -> str | Callable[[], str]:
+def dict_spec_text(spec: Any, file: str = "<dict>") -> str:
     r"""The text a spec given as a dict is recorded as (its build record's): indented JSON, which YAML
     reads back as the same data, so `rebuild` and `load` parse it as they parse any spec.
 
     Writing it is also the check that the dict holds data a spec file could: nested at most
     MAX_DEPTH deep (a dict that contains itself is infinitely deep), of at most MAX_NODES values
-    (a list used in several places counted at each), and only mappings, lists, strings, numbers,
-    booleans and None. Those bounds are what make every later pass over the data finite: a dict
-    that contained itself hung the build. A mapping key that is not a string is left to the
-    schema's check, which names it (the text is then written when a record needs it).
+    (a list used in several places counted at each), only mappings with string keys, lists,
+    strings, numbers under 10^100, booleans and None (`loader.data_problem`). Those bounds are
+    what make every later pass over the data finite: a dict that contained itself hung the build.
 
     One difference from `json.dumps`: a character beyond U+FFFF (an emoji in a description) is
     written as itself, not as JSON's surrogate-pair escape, which YAML refuses ("invalid Unicode
@@ -130,7 +141,8 @@ def dict_spec_text(spec: Any, file: str = "<dict>") -> str | Callable[[], str]:
     True
 
     Raises:
-        SpecError: the dict breaks one of those bounds, naming the path into it where it does.
+        SpecError: the dict breaks one of those bounds, naming the path into it where it does (each
+            key that is not a string, as validation names them).
     """
     parts: list[str] = []
     try:
@@ -142,22 +154,11 @@ def dict_spec_text(spec: Any, file: str = "<dict>") -> str | Callable[[], str]:
             path, what, hint = problem
             message = f"{_data_path(path)}: {what}" if path else what
             raise SpecError([Diagnostic(Location(file), message, hint)]) from None
-        if not all(isinstance(key, str) for key in _keys(spec)):
-            return lambda: _unescape_pairs(json.dumps(spec, indent=2))
+        odd_keys, _ = keys_not_strings(spec, SourceMap(file))
+        if odd_keys:  # (json.dumps would write `1: ...` as `"1": ...`, which another build reads as another spec)
+            raise SpecError(odd_keys) from None
         text = json.dumps(spec, indent=2)
     return _unescape_pairs(text)
-
-
-def _keys(data: Any) -> Iterator[Any]:
-    """Every mapping key in plain data (a tree: see `data_problem`)."""
-    stack = [data]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, dict):
-            yield from value
-            stack.extend(value.values())
-        elif isinstance(value, (list, tuple)):
-            stack.extend(value)
 
 
 def _data_path(path: Path) -> str:
@@ -188,7 +189,8 @@ class _Unbounded(Exception):
 
 # The bounds a spec's JSON text is written within, those of a spec file (loader.MAX_DEPTH and
 # MAX_NODES): the indent of a collection MAX_DEPTH deep, and the pieces of MAX_NODES values (a
-# value after a container's first writes two).
+# value after a container's first writes two; a container is refused on entry when its own
+# members would pass it). Past either, `loader.data_problem` counts exactly.
 _DEEPEST_NEWLINE = len("\n") + 2 * MAX_DEPTH
 _MOST_PARTS = 2 * MAX_NODES
 
@@ -209,7 +211,7 @@ def _write_json(value: Any, newline: str, parts: list[str]) -> None:
         if not value:
             parts.append("{}" if isinstance(value, dict) else "[]")
             return
-        if len(newline) > _DEEPEST_NEWLINE or len(parts) > _MOST_PARTS:
+        if len(newline) > _DEEPEST_NEWLINE or len(parts) + 2 * len(value) > _MOST_PARTS:
             raise _Unbounded
         inner = newline + "  "
         separator = "," + inner
@@ -240,11 +242,19 @@ def _write_json(value: Any, newline: str, parts: list[str]) -> None:
     elif value is None or isinstance(value, bool):
         parts.append(_PLAIN_JSON[type(value)](value))
     elif isinstance(value, int):
-        parts.append(int.__repr__(value))
+        parts.append(_json_int(value))
     elif isinstance(value, float):
         parts.append(_json_float(value))
     else:
         raise TypeError("a value json.dumps converts or refuses")
+
+
+def _json_int(value: int) -> str:
+    """An int as `json.dumps` writes it; `_Unbounded` from 10^100 on, as a spec file's integers are
+    refused (`loader.MAX_INT`; Python cannot even write one of more than 4,300 digits)."""
+    if -MAX_INT < value < MAX_INT:
+        return int.__repr__(value)
+    raise _Unbounded
 
 
 def _json_float(value: float) -> str:
@@ -258,7 +268,7 @@ def _json_float(value: float) -> str:
 
 # How `_write_json` writes a member of exactly these types (a subclass, an IntEnum, takes the long way).
 _PLAIN_JSON: dict[type, Callable[[Any], str]] = {
-    str: encode_basestring_ascii, int: int.__repr__, float: _json_float, bool: lambda flag: "true" if flag else "false",
+    str: encode_basestring_ascii, int: _json_int, float: _json_float, bool: lambda flag: "true" if flag else "false",
     type(None): lambda _: "null"}
 
 

@@ -47,8 +47,11 @@ def test_a_dict_specs_text_is_what_json_dumps_writes(data: Any) -> None:
         with pytest.raises(SpecError, match="is not spec data"):
             dict_spec_text(data)
         return
-    text = dict_spec_text(data)  # (written when a record needs it where a key is not a string: the schema names it)
-    assert (text() if callable(text) else text) == expected
+    if data in ({1: "int key"}, {"a": {None: 1}}):  # json.dumps writes the key as a string: another spec
+        with pytest.raises(SpecError, match="must be a string"):
+            dict_spec_text(data)
+        return
+    assert dict_spec_text(data) == expected
 
 
 def test_a_dict_that_contains_itself_has_no_text_and_is_refused() -> None:

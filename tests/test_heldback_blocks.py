@@ -212,8 +212,9 @@ def test_an_instance_name_read_where_it_is_not_bound_says_where_it_is(layer: str
     assert "in a block call's `with:`" in problem.hint and "`when:` are read once for the whole call" in problem.hint
 
 
-@pytest.mark.parametrize(("depths", "got"), [("3", "an int, 3"), ("'3, 4'", "a str, '3, 4'"),
-                                             ("{a: 1}", "a dict, {'a': 1}")])
+@pytest.mark.parametrize(("depths", "got"), [("3", "an integer, 3"), ("'3, 4'", "a string, '3, 4'"),
+                                             ("{a: 1}", "a mapping, {'a': 1}"), ("null", "null"),
+                                             ("true", "a boolean, True")])
 def test_indexing_what_is_not_a_list_names_what_it_is(depths: str, got: str) -> None:
     errors = _errors(f"""\
         resgraph: 1

@@ -228,7 +228,13 @@ def _bomb() -> dict:
     (_bomb, "the spec holds more than 2,000,000 values", "repeat:"),
     (lambda: _dict_spec(p={1, 2}), "params.p: builtins.set {1, 2} is not spec data", "int(value)"),
     (lambda: _dict_spec(p=b"x"), "params.p: builtins.bytes b'x' is not spec data", "numbers, booleans and None"),
-], ids=["dict-in-itself", "list-in-itself", "1500-deep", "65-deep", "shared-list-bomb", "set", "bytes"])
+    (lambda: _dict_spec(p=[0] * (MAX_NODES + 1)), "the spec holds more than 2,000,000 values", "repeat:"),
+    (lambda: _dict_spec(p=10**5000), "params.p: an integer of about 5,001 digits is too large: a spec's integers are "
+                                     "smaller than 10^100", "2^64"),
+    (lambda: _dict_spec(p=[1, -10**100]), "params.p[1]: an integer of about 101 digits is too large", "2^64"),
+    (lambda: _dict_spec(p={"inner": {(1, 2): 3}}), "params: p.inner: mapping key (1, 2) must be a string", ""),
+], ids=["dict-in-itself", "list-in-itself", "1500-deep", "65-deep", "shared-list-bomb", "set", "bytes", "flat-list",
+        "integer-of-5000-digits", "integer-of-101-digits", "tuple-key-inside-a-value"])
 def test_a_dict_spec_is_held_to_the_bounds_a_spec_file_is_read_with(make: object, message: str, hint: str) -> None:
     """A dict can hold what no YAML file gives: itself, sharing without end, nesting past the
     loader's bound, Python objects. Each was a hang, a RecursionError or a TypeError from deep
