@@ -23,7 +23,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .errors import Diagnostic, Location, UsageError
 from .expressions import ExpressionError, Unavailable, evaluate, expression_body, expression_calls, expression_names
-from .loader import Origin, Path, copy_data
+from .loader import MAX_NODES, Origin, Path, copy_data, data_path, data_problem
 from .ops import OPS, GenericLayer, Layer, ShapeError
 from .spec import BUILTIN_NAMES, SHAPE_NAMES, BlockCall, Scale, _layer_tag
 from .suggest import did_you_mean
@@ -131,16 +131,24 @@ def plain_overrides(params: Mapping[str, Any] | None) -> dict[str, Any]:
     {'depths': [3, 4], 'eps': 1e-05}
 
     Raises:
-        UsageError: a value of another type (a numpy integer, a tensor, an object), naming the parameter.
+        UsageError: a value of another type (a numpy integer, a tensor, an object) or past the bounds
+            a spec file's data keeps (`loader.data_problem`: nesting, size, integers, a list that
+            contains itself), naming the parameter.
     """
-    try:
-        return {name: _plain(value, str(name)) for name, value in (params or {}).items()}
-    except RecursionError:
-        raise UsageError("parameter overrides are nested too deeply") from None
+    problem = data_problem(dict(params or {}))
+    if problem is not None:
+        path, what, hint = problem
+        if not path:  # (the only problem of the whole: its size)
+            raise UsageError(f"parameter overrides hold more than {MAX_NODES:,} values (a list or dict used in several "
+                             "places counts at each)")
+        raise UsageError(f"parameter {path[0]!r}{f' at {data_path(path[1:])}' if path[1:] else ''}: {what}; {hint}")
+    return {name: _plain(value, str(name)) for name, value in (params or {}).items()}
 
 
 def _plain(value: Any, name: str) -> Any:
-    """An override's value as plain spec data (see `plain_overrides`); `name`: its parameter's."""
+    """An override's value as plain spec data (see `plain_overrides`); `name`: its parameter's. Its
+    values are of the kinds and within the bounds `loader.data_problem` keeps; a mapping's keys
+    are checked here."""
     if value is None or isinstance(value, bool):  # (bool has no subclasses)
         return value
     for kind, plain_value in _PLAIN_VALUE.items():

@@ -31,8 +31,8 @@ import yaml
 from .errors import Diagnostic, Location, SpecError, UsageError
 
 __all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_INT", "MAX_NODES", "LoadedSpec", "Origin", "Path", "SourceMap", "copy_data",
-           "data_problem", "gc_paused", "load_file", "load_import", "load_library_text", "load_text", "load_value",
-           "os_reason"]
+           "data_path", "data_problem", "gc_paused", "load_file", "load_import", "load_library_text", "load_text",
+           "load_value", "os_reason"]
 
 Path = tuple[str | int, ...]
 
@@ -226,9 +226,17 @@ def data_problem(data: Any) -> tuple[Path, str, str] | None:
     except _Found as found:
         return found.path, found.problem, found.hint
     if total > MAX_NODES:
-        return (), (f"the spec holds more than {MAX_NODES:,} values (a list or dict used in several places counts "
-                    "at each)"), "use blocks and `repeat:` instead of writing every layer out"
+        return _TOO_MANY.path, _TOO_MANY.problem, _TOO_MANY.hint
     return None
+
+
+def data_path(path: Path) -> str:
+    """A path into plain data as a message shows it: `params.depths[2]`, shortened in the middle past
+    eight parts."""
+    def text(parts: Path) -> str:
+        return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts).lstrip(".")
+
+    return f"{text(path[:4])}...{text(path[-4:])}" if len(path) > 8 else text(path)
 
 
 def _data_size(value: dict[Any, Any] | list[Any] | tuple[Any, ...], path: Path, sizes: dict[int, int],
@@ -247,11 +255,15 @@ def _data_size(value: dict[Any, Any] | list[Any] | tuple[Any, ...], path: Path, 
     if len(path) > MAX_DEPTH:
         raise _Found(path, f"the spec nests deeper than {MAX_DEPTH} levels",
                      "flatten it: a spec needs fewer than 10 levels")
+    if len(value) > MAX_NODES:  # (said at once, not after a walk of every member)
+        raise _TOO_MANY
     on_path.add(id(value))
     total = 1
     for key, item in value.items() if isinstance(value, dict) else enumerate(value):
         if isinstance(item, (dict, list, tuple)):
             total += _data_size(item, (*path, key), sizes, on_path)
+            if total > MAX_NODES:
+                raise _TOO_MANY
         elif isinstance(item, int) and not -MAX_INT < item < MAX_INT:  # (bool is an int)
             digits = int(item.bit_length() * math.log10(2)) + 1
             raise _Found((*path, key), f"an integer of about {digits:,} digits is too large: a spec's integers are "
@@ -273,6 +285,10 @@ class _Found(Exception):
     def __init__(self, path: Path, problem: str, hint: str) -> None:
         super().__init__(problem)
         self.path, self.problem, self.hint = path, problem, hint
+
+
+_TOO_MANY = _Found((), f"the spec holds more than {MAX_NODES:,} values (a list or dict used in several places counts "
+                       "at each)", "use blocks and `repeat:` instead of writing every layer out")
 
 
 def copy_data(value: Any) -> Any:

@@ -30,8 +30,8 @@ from .loader import (
     MAX_INT,
     MAX_NODES,
     LoadedSpec,
-    Path,
     SourceMap,
+    data_path,
     data_problem,
     gc_paused,
     load_file,
@@ -152,21 +152,13 @@ def dict_spec_text(spec: Any, file: str = "<dict>") -> str:
         problem = data_problem(spec)
         if problem is not None:
             path, what, hint = problem
-            message = f"{_data_path(path)}: {what}" if path else what
+            message = f"{data_path(path)}: {what}" if path else what
             raise SpecError([Diagnostic(Location(file), message, hint)]) from None
         odd_keys, _ = keys_not_strings(spec, SourceMap(file))
         if odd_keys:  # (json.dumps would write `1: ...` as `"1": ...`, which another build reads as another spec)
             raise SpecError(odd_keys) from None
         text = json.dumps(spec, indent=2)
     return _unescape_pairs(text)
-
-
-def _data_path(path: Path) -> str:
-    """`params.depths[2]`, shortened in the middle past eight parts."""
-    def text(parts: Path) -> str:
-        return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts).lstrip(".")
-
-    return f"{text(path[:4])}...{text(path[-4:])}" if len(path) > 8 else text(path)
 
 
 def _unescape_pairs(text: str) -> str:

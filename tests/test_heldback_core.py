@@ -9,6 +9,7 @@ import copy
 import enum
 import pathlib
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -236,8 +237,38 @@ def test_a_str_enum_override_is_its_value_not_its_name() -> None:
 
 
 def test_an_override_that_is_not_spec_data_is_a_usage_error_naming_it() -> None:
-    with pytest.raises(resgraph.UsageError, match=r"parameter 'kernel': numpy.int64 np.int64\(3\) is not spec data"):
+    with pytest.raises(resgraph.UsageError,
+                       match=r"parameter 'kernel' at \[0\]: numpy.int64 np.int64\(3\) is not spec data"):
         resgraph.build(OVERRIDDEN, params={"kernel": [np.int64(3), 3]})
+
+
+def _looped() -> list:
+    looped: list = [1]
+    looped.append(looped)
+    return looped
+
+
+def _nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (_looped(), r"parameter 'kernel' at \[1\]: this list contains itself"),
+    (_nested(200), r"parameter 'kernel' at \[0\]\[0\]\[0\]\[0\]\.\.\..*: the spec nests deeper than 64 levels"),
+    ([0] * 30_000_000, r"parameter overrides hold more than 2,000,000 values"),
+    ([[0] * 1000 for _ in range(3000)], r"parameter overrides hold more than 2,000,000 values"),
+    (10**200, r"parameter 'kernel': an integer of about 201 digits is too large"),
+], ids=["contains-itself", "200-deep", "30-million-flat", "3-million-nested", "200-digits"])
+def test_an_override_is_held_to_the_bounds_a_spec_file_is_read_with(value: object, message: str) -> None:
+    """Overrides given in Python can hold what no YAML gives; each is refused before it is copied
+    (a list of 30 million values took 9 s to copy and check), with where it is."""
+    start = time.perf_counter()
+    with pytest.raises(resgraph.UsageError, match=message):
+        resgraph.check(OVERRIDDEN, params={"kernel": value})
+    assert time.perf_counter() - start < 30.0  # well under a second: the bound guards against a hang only
 
 
 UPSAMPLED = """
