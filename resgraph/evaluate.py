@@ -131,10 +131,13 @@ def plain_overrides(params: Mapping[str, Any] | None) -> dict[str, Any]:
     {'depths': [3, 4], 'eps': 1e-05}
 
     Raises:
-        UsageError: a value of another type (a numpy integer, a tensor, an object) or past the bounds
-            a spec file's data keeps (`loader.data_problem`: nesting, size, integers, a list that
-            contains itself), naming the parameter.
+        UsageError: `params` is not a mapping; a value of another type (a numpy integer, a tensor,
+            an object) or past the bounds a spec file's data keeps (`loader.data_problem`: nesting,
+            size, integers, a list that contains itself), naming the parameter.
     """
+    if params is not None and not isinstance(params, Mapping):
+        raise UsageError(f"params must be a mapping of parameter names to values (e.g. {{'num_classes': 10}}), not "
+                         f"{type(params).__name__}")
     problem = data_problem(dict(params or {}))
     if problem is not None:
         path, what, hint = problem

@@ -428,3 +428,9 @@ def test_computed_values_of_the_right_kind_still_build() -> None:
     text = COMPUTED.replace("WIDTH", '"${count * 2.0}"').replace("BIAS", '"${count > 1}"')
     model = resgraph.build(text.replace("RATE", '"${count / 4}"').replace("REPEAT", '"${count}"'))
     assert model.c.out_channels == 4 and model.c.bias is not None and model.drop.p == 0.5 and len(model.rep) == 2
+
+
+@pytest.mark.parametrize("params", ["num_classes=10", [("kernel", 3)], 3], ids=["text", "pairs", "int"])
+def test_params_that_are_not_a_mapping_are_a_usage_error_saying_what_they_must_be(params: object) -> None:
+    with pytest.raises(resgraph.UsageError, match=f"params must be a mapping .*, not {type(params).__name__}"):
+        resgraph.check(OVERRIDDEN, params=params)  # type: ignore[arg-type]
