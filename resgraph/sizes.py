@@ -169,7 +169,12 @@ class DimSizes:
 
 @dataclass(frozen=True)
 class SizeReport:
-    """Every dim of every input, and, for square inputs, the sizes where all spatial dims are equal."""
+    """Every dim of every input, and, for square inputs, the sizes where all spatial dims are equal.
+
+    `square` and `square_valid` are empty where they were not solved (`solve_sizes(square=False)`,
+    as a build solves for its input guard, `graph.meta["sizes"]`), as for an input without two
+    free dims; `resgraph sizes` and `valid_sizes` solve them.
+    """
 
     dims: tuple[DimSizes, ...]
     square: dict[str, SizeRule] = field(default_factory=dict)  # input -> rule when its free dims are equal
