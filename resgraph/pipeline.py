@@ -17,13 +17,14 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Union
 
 from .errors import Diagnostic, Location, SpecError, UsageError
 from .evaluate import plain_overrides
 from .expand import Reader, check_library_blocks, check_unreached_blocks, expand
+from .expressions import expression_names
 from .graph import Graph
 from .loader import (
     MAX_DEPTH,
@@ -283,6 +284,39 @@ def check_loaded(loaded: LoadedSpec, params: Mapping[str, Any] | None, read: Rea
     if is_block_library(loaded.data):
         raise UsageError(f"{loaded.file} is a block library, not a spec: `resgraph validate {loaded.file}` checks it, "
                          f"and a spec uses its blocks with `imports: [...]`")
+    try:
+        return _check_loaded(loaded, params, read, input_shapes)
+    except SpecError as exc:
+        if not params:
+            raise
+        raise SpecError(_override_hints(exc.diagnostics, loaded, params)) from None
+
+
+def _override_hints(diagnostics: list[Diagnostic], loaded: LoadedSpec, params: Mapping[str, Any]) -> list[Diagnostic]:
+    """`diagnostics`, each on a line of the spec whose `${...}` reads an overridden parameter with a
+    hint giving the value it was given: a value of the wrong kind (`--set num_classes=ten`) is
+    reported where it is used, at a layer, which says nothing of the override."""
+    lines = loaded.text.splitlines() if loaded.source.values else []  # (a dict spec has no lines)
+    hinted = []
+    for diagnostic in diagnostics:
+        line = diagnostic.location.line
+        read: set[str] = set()
+        if diagnostic.location.file == loaded.file and line and 0 < line <= len(lines):
+            for body in _EXPRESSION_IN_LINE.findall(lines[line - 1]):
+                read |= (expression_names(body) or set()) & params.keys()
+        if read:
+            given = "; ".join(f"{name} = {params[name]!r:.40} is an override of the spec's value"
+                              for name in sorted(read))
+            diagnostic = replace(diagnostic, hint=f"{diagnostic.hint}; {given}" if diagnostic.hint else given)
+        hinted.append(diagnostic)
+    return hinted
+
+
+_EXPRESSION_IN_LINE = re.compile(r"\$\{([^}]*)\}")
+
+
+def _check_loaded(loaded: LoadedSpec, params: dict[str, Any], read: Reader,
+                  input_shapes: Mapping[str, Sequence[int]] | None) -> tuple[Spec, Graph]:
     # Each stage reports what it can and leaves out what has a problem, and what depends on it, so
     # that one run reports every independent mistake.
     diagnostics: list[Diagnostic] = []

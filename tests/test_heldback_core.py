@@ -9,6 +9,8 @@ import copy
 import enum
 import pathlib
 import pickle
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -434,3 +436,23 @@ def test_computed_values_of_the_right_kind_still_build() -> None:
 def test_params_that_are_not_a_mapping_are_a_usage_error_saying_what_they_must_be(params: object) -> None:
     with pytest.raises(resgraph.UsageError, match=f"params must be a mapping .*, not {type(params).__name__}"):
         resgraph.check(OVERRIDDEN, params=params)  # type: ignore[arg-type]
+
+
+def test_a_failure_reading_an_override_says_the_value_is_an_override() -> None:
+    # `--set width=wide` fails where `${width}` is typed, at a layer: the hint connects the two.
+    spec = OVERRIDDEN.replace("d: {op: Conv2d, out_channels: 8,", "d: {op: Conv2d, out_channels: 0,")
+    with pytest.raises(resgraph.SpecError) as failure:
+        resgraph.check(spec, params={"width": "wide"})
+    (width, zero) = failure.value.diagnostics
+    assert width.location.line == 7 and "out_channels" in width.message
+    assert width.hint is not None and width.hint.endswith("width = 'wide' is an override of the spec's value")
+    assert "override" not in (zero.hint or "")  # a line that reads no override gets no such hint
+
+
+def test_the_cli_names_the_override_a_failing_layer_read(tmp_path: pathlib.Path) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text(OVERRIDDEN)
+    result = subprocess.run([sys.executable, "-m", "resgraph", "build", str(spec), "--set", "width=wide"],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{spec}:7:" in result.stderr and "hint: width = 'wide' is an override of the spec's value" in result.stderr
