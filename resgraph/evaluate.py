@@ -275,21 +275,17 @@ def names_read(value: Any) -> set[str] | None:
 
 
 def holds_expression(value: Any) -> bool:
-    """Whether `value` (spec data) has a `${...}` anywhere in it."""
-    stack = [value]  # (as `_expression_reads` walks, without parsing what it finds)
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif expression_body(item) is not None:
-            return True
-    return False
+    """Whether `value` (spec data) has a `${...}` anywhere in it (found, not parsed)."""
+    return next(_expression_bodies(value), None) is not None
 
 
 def _expression_reads(value: Any) -> Iterator[set[str] | None]:
     """What each `${...}` in `value` reads (None for one that does not parse)."""
+    return (expression_names(body) for body in _expression_bodies(value))
+
+
+def _expression_bodies(value: Any) -> Iterator[str]:
+    """The text inside each `${...}` in `value` (spec data), in no particular order."""
     stack = [value]
     while stack:
         item = stack.pop()
@@ -298,7 +294,7 @@ def _expression_reads(value: Any) -> Iterator[set[str] | None]:
         elif isinstance(item, list):
             stack.extend(item)
         elif (body := expression_body(item)) is not None:
-            yield expression_names(body)
+            yield body
 
 
 def _shorten(text: str, limit: int = 60) -> str:

@@ -208,6 +208,8 @@ def _write_json(value: Any, newline: str, parts: list[str]) -> None:
             raise _Unbounded
         inner = newline + "  "
         separator = "," + inner
+        # (Two loops written out: one loop over (lead, member) pairs for both took 1.6x as long on a
+        # 100,000-layer chain.)
         if isinstance(value, dict):
             parts.append("{")
             for index, (key, item) in enumerate(value.items()):
