@@ -10,6 +10,8 @@ import os
 import pathlib
 import shutil
 import signal
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -71,3 +73,25 @@ def check_golden(path: pathlib.Path, actual: str) -> None:
 def _run_from_root(monkeypatch: pytest.MonkeyPatch) -> None:
     """Error messages name files relative to the repository root, as a user there would see."""
     monkeypatch.chdir(ROOT)
+
+
+@pytest.fixture
+def call_counts(monkeypatch: pytest.MonkeyPatch) -> Callable[..., dict[str, int]]:
+    """`call_counts((module, "name"), ...)`: counts the calls of those module functions (recursive
+    calls too, made through the module) for the rest of the test, in the dict it returns: a test
+    bounds work by counting it, not by the clock."""
+    def count(*targets: tuple[Any, str]) -> dict[str, int]:
+        calls = {name: 0 for _, name in targets}
+        for module, name in targets:
+            monkeypatch.setattr(module, name, _counting(getattr(module, name), name, calls))
+        return calls
+
+    return count
+
+
+def _counting(function: Callable[..., Any], name: str, calls: dict[str, int]) -> Callable[..., Any]:
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[name] += 1
+        return function(*args, **kwargs)
+
+    return counted
