@@ -226,7 +226,8 @@ def data_problem(data: Any) -> tuple[Path, str, str] | None:
     except _Found as found:
         return found.path, found.problem, found.hint
     if total > MAX_NODES:
-        return _TOO_MANY.path, _TOO_MANY.problem, _TOO_MANY.hint
+        too_many = _too_many()
+        return too_many.path, too_many.problem, too_many.hint
     return None
 
 
@@ -256,14 +257,14 @@ def _data_size(value: dict[Any, Any] | list[Any] | tuple[Any, ...], path: Path, 
         raise _Found(path, f"the spec nests deeper than {MAX_DEPTH} levels",
                      "flatten it: a spec needs fewer than 10 levels")
     if len(value) > MAX_NODES:  # (said at once, not after a walk of every member)
-        raise _TOO_MANY
+        raise _too_many()
     on_path.add(id(value))
     total = 1
     for key, item in value.items() if isinstance(value, dict) else enumerate(value):
         if isinstance(item, (dict, list, tuple)):
             total += _data_size(item, (*path, key), sizes, on_path)
             if total > MAX_NODES:
-                raise _TOO_MANY
+                raise _too_many()
         elif isinstance(item, int) and not -MAX_INT < item < MAX_INT:  # (bool is an int)
             digits = int(item.bit_length() * math.log10(2)) + 1
             raise _Found((*path, key), f"an integer of about {digits:,} digits is too large: a spec's integers are "
@@ -287,8 +288,11 @@ class _Found(Exception):
         self.path, self.problem, self.hint = path, problem, hint
 
 
-_TOO_MANY = _Found((), f"the spec holds more than {MAX_NODES:,} values (a list or dict used in several places counts "
-                       "at each)", "use blocks and `repeat:` instead of writing every layer out")
+def _too_many() -> _Found:
+    """The size bound's problem. (A new exception each time: one kept at module level would keep
+    its last traceback, and with it the frames holding the data it refused.)"""
+    return _Found((), f"the spec holds more than {MAX_NODES:,} values (a list or dict used in several places counts "
+                      "at each)", "use blocks and `repeat:` instead of writing every layer out")
 
 
 def copy_data(value: Any) -> Any:
