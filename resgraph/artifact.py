@@ -1,7 +1,9 @@
 """Saved models (`.pt`): weights plus the build record, in a file `torch.load(weights_only=True)` reads.
 
 The file stores what the rebuild needs (the spec text, parameter overrides, the imported block
-libraries' texts, the import prefixes the build was allowed), so loading it reads nothing else.
+libraries' texts, the import prefixes the build was allowed), so loading it reads nothing else, and
+what a state_dict leaves out (`model.modes`: train/eval mode, per submodule, and the frozen
+parameters), so a model comes back as it was saved, as a pickled one does.
 Import permission is never taken from the file: the caller of `load` grants it.
 """
 
@@ -16,7 +18,7 @@ from .errors import ResgraphError, UsageError
 from .expressions import value_size
 from .files import atomic_write
 from .loader import MAX_BYTES, os_reason
-from .model import CompiledModule, rebuild
+from .model import CompiledModule, modes, rebuild, restore_modes
 from .pipeline import DEFAULT_MAX_PARAMS, BuildRecord
 
 __all__ = ["ARTIFACT_FORMAT", "MAX_LIBRARIES", "load", "save"]
@@ -44,7 +46,7 @@ def save(module: CompiledModule, path: str) -> None:
                "params": dict(record.params), "allow_imports": list(record.allow_imports),
                "imports": None if record.imports is None else [list(pair) for pair in record.imports],
                "input_shapes": {k: list(v) for k, v in record.input_shapes.items()},
-               "version": record.version,
+               "version": record.version, "modes": modes(module),
                "state_dict": module.state_dict()}
 
     def write(tmp: str) -> None:
@@ -117,7 +119,33 @@ def load(path: str | os.PathLike[str], *, allow_imports: Iterable[str] = (),
         problems.append(f"unexpected weights: {', '.join(result.unexpected_keys[:5])}")
     if problems:
         raise ResgraphError(f"{name}: the stored weights do not match the stored spec ({'; '.join(problems)})")
+    _restore_modes(module, payload.get("modes"), name)
     return module
+
+
+def _restore_modes(module: CompiledModule, stored: Any, name: str) -> None:
+    """Put the saved train/eval modes and frozen parameters back (a file written before they were
+    kept has none: the model stays as built, in training mode with every parameter trainable).
+
+    Raises:
+        UsageError: the stored modes are not what `save` writes.
+        ResgraphError: they name a parameter or submodule the stored spec does not build.
+    """
+    if stored is None:
+        return
+    if not (isinstance(stored, dict) and isinstance(stored.get("training"), bool)
+            and all(isinstance(stored.get(key), list) and all(isinstance(item, str) for item in stored[key])
+                    for key in ("frozen", "flipped"))):
+        raise UsageError(f"{name}: not a complete resgraph model file (its train/eval modes are not what "
+                         "resgraph.save writes)")
+    parameters = {key for key, _ in module.named_parameters(remove_duplicate=False)}
+    submodules = {key for key, _ in module.named_modules() if key}
+    unknown = [f"parameter {key!r}" for key in stored["frozen"] if key not in parameters]
+    unknown += [f"submodule {key!r}" for key in stored["flipped"] if key not in submodules]
+    if unknown:
+        raise ResgraphError(f"{name}: the stored modes do not match the stored spec (it builds no "
+                            f"{', no '.join(unknown[:5])})")
+    restore_modes(module, stored["training"], stored["frozen"], stored["flipped"])
 
 
 def _check_savable(module: CompiledModule) -> None:

@@ -112,14 +112,14 @@ class CompiledModule(GeneratedModule):
         # The class is generated, so pickle by recipe: rebuild from the record, then load the state.
         # A state_dict holds values only: which parameters are frozen (`requires_grad_(False)`, a
         # fine-tuned backbone) travels beside it, as a pickled nn.Parameter keeps it.
-        frozen = sorted(name for name, p in self.named_parameters(remove_duplicate=False) if not p.requires_grad)
-        # So does each submodule's own mode (`model.train(); model.bn1.eval()` keeps bn1's statistics),
-        # and a submodule put in place of a built one (`model.fc = nn.Linear(2048, 10)`, fine-tuning)
-        # travels as itself: the record rebuilds the old one, whose state the new one's would not fit.
-        flipped = sorted(name for name, m in self.named_modules() if name and m.training != self.training)
+        # So does each submodule's own mode (`model.train(); model.bn1.eval()` keeps bn1's statistics):
+        # see `modes`. A submodule put in place of a built one (`model.fc = nn.Linear(2048, 10)`,
+        # fine-tuning) travels as itself: the record rebuilds the old one, whose state the new one's
+        # would not fit.
+        kept = modes(self)
         # Instances checkpointed by `resgraph.checkpoint` (the record rebuilds only the spec's).
         checkpointed = [name for name, m in self.named_modules() if getattr(type(m), "_checkpointed", False)]
-        return (_unpickle, (self.build_record, self.state_dict(), self.training, frozen, flipped,
+        return (_unpickle, (self.build_record, self.state_dict(), kept["training"], kept["frozen"], kept["flipped"],
                             replaced_modules(self), checkpointed))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> CompiledModule:
@@ -129,6 +129,33 @@ class CompiledModule(GeneratedModule):
         for key, value in self.__dict__.items():
             clone.__dict__[key] = value if key in shared else copy.deepcopy(value, memo)
         return clone
+
+
+def modes(module: nn.Module) -> dict[str, Any]:
+    """What a `state_dict` leaves out of a module's state, as plain data: whether it is in training
+    mode (`training`), the parameters frozen with `requires_grad_(False)` (`frozen`: their names,
+    tied names each listed) and the submodules whose mode differs from the module's (`flipped`:
+    `model.train(); model.bn1.eval()`). `restore_modes` puts them back on a rebuilt module."""
+    parameters = module.named_parameters(remove_duplicate=False)
+    return {"training": module.training,
+            "frozen": sorted(name for name, parameter in parameters if not parameter.requires_grad),
+            "flipped": sorted(name for name, m in module.named_modules() if name and m.training != module.training)}
+
+
+def restore_modes(module: nn.Module, training: bool, frozen: Iterable[str] | None, flipped: Iterable[str]) -> None:
+    """Set `module`'s mode, frozen parameters and flipped submodules as `modes` gave them (`frozen`
+    None: leave every parameter as built, for a pickle written before they were kept).
+
+    Raises:
+        AttributeError: a name in `flipped` that is no submodule of `module`.
+    """
+    module.train(training)
+    if frozen is not None:
+        names = set(frozen)
+        for name, parameter in module.named_parameters(remove_duplicate=False):
+            parameter.requires_grad_(name not in names)
+    for name in flipped:
+        module.get_submodule(name).train(not training)
 
 
 def replaced_modules(module: CompiledModule, rebuilt: nn.Module | None = None) -> dict[str, nn.Module]:
@@ -213,22 +240,16 @@ def _unpickle(record: BuildRecord, state: dict[str, Any], training: bool,
     for name in checkpointed:
         instance = module.get_submodule(name)
         instance.__class__ = checkpointed_class(type(instance))
-    module = _restored(module, state, training, frozen, meta)
-    for name in flipped:
-        module.get_submodule(name).train(not training)
+    module = _restored(module, state, meta)
+    restore_modes(module, training, frozen, flipped)
     return module
 
 
-def _restored(module: CompiledModule, state: dict[str, Any], training: bool, frozen: list[str] | None,
-              meta: bool) -> CompiledModule:
-    """`module` (rebuilt) with the pickled `state`, frozen flags and mode."""
+def _restored(module: CompiledModule, state: dict[str, Any], meta: bool) -> CompiledModule:
+    """`module` (rebuilt) with the pickled `state`, each tensor of its dtype and device."""
     tensors = list(state.values())
-    if frozen is not None:
-        names = set(frozen)
-        for name, parameter in module.named_parameters(remove_duplicate=False):
-            parameter.requires_grad_(name not in names)
     if meta:
-        return module.train(training)
+        return module
     floating = {t.dtype for t in tensors if t.is_floating_point()}
     devices = {t.device for t in tensors}
     if len(floating) == 1:  # (non-persistent buffers, which the state lacks, follow too)
@@ -241,7 +262,7 @@ def _restored(module: CompiledModule, state: dict[str, Any], training: bool, fro
     for key, tensor in state.items():  # mixed dtypes or devices: each tensor as it was
         if key in own and (own[key].dtype != tensor.dtype or own[key].device != tensor.device):
             own[key].data = tensor
-    return module.train(training)
+    return module
 
 
 def compile_model(spec: Spec, graph: Graph, record: BuildRecord, *, seed: int | None = None,

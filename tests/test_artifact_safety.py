@@ -189,3 +189,48 @@ def test_a_stored_input_size_beyond_2_62_is_refused(saved: tuple[pathlib.Path, d
     path, payload = saved
     message = load_error(crafted(path, {**payload, "input_shapes": {"x": [size]}}))
     assert "input shape for 'x': expected whole sizes per sample from 1 to 2^62" in message
+
+
+def test_a_saved_model_comes_back_in_its_modes_with_its_frozen_parameters(tmp_path: pathlib.Path) -> None:
+    # What a state_dict leaves out travels in the file, as in a pickle: eval mode, a submodule in the
+    # other mode (BatchNorm statistics kept while the rest trains), a frozen backbone.
+    model = resgraph.build(EXAMPLES / "resnet18.yaml", params={"num_classes": 3, "image_size": 32}, seed=0)
+    model.eval()
+    model.layer1.train()
+    for parameter in model.conv1.parameters():
+        parameter.requires_grad_(False)
+    path = tmp_path / "m.pt"
+    resgraph.save(model, path)
+    loaded = resgraph.load(path)
+    assert not loaded.training and loaded.layer1.training and loaded.layer1[0].bn1.training
+    assert not loaded.layer2.training and not loaded.bn1.training
+    frozen = {name for name, p in loaded.named_parameters() if not p.requires_grad}
+    assert frozen == {"conv1.weight"}
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model.layer1.eval(), loaded.layer1.eval()
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_a_file_saved_before_modes_were_kept_loads_as_built(saved: tuple[pathlib.Path, dict[str, Any]]) -> None:
+    path, payload = saved
+    del payload["modes"]
+    loaded = resgraph.load(crafted(path, payload))
+    assert loaded.training and all(p.requires_grad for p in loaded.parameters())
+
+
+@pytest.mark.parametrize("modes, kind, message", [
+    ("eval", resgraph.UsageError, "its train/eval modes are not what resgraph.save writes"),
+    ({"training": 0, "frozen": [], "flipped": []}, resgraph.UsageError, "train/eval modes"),
+    ({"training": True, "frozen": [1], "flipped": []}, resgraph.UsageError, "train/eval modes"),
+    ({"training": True, "frozen": [], "flipped": None}, resgraph.UsageError, "train/eval modes"),
+    ({"training": True, "frozen": ["fc.gamma"], "flipped": []}, resgraph.ResgraphError,
+     "the stored modes do not match the stored spec (it builds no parameter 'fc.gamma')"),
+    ({"training": True, "frozen": [], "flipped": ["head", "fc.x"]}, resgraph.ResgraphError,
+     "(it builds no submodule 'head', no submodule 'fc.x')"),
+])
+def test_stored_modes_that_do_not_fit_are_refused(saved: tuple[pathlib.Path, dict[str, Any]], modes: Any,
+                                                  kind: type[Exception], message: str) -> None:
+    path, payload = saved
+    payload["modes"] = modes
+    assert message in load_error(crafted(path, payload), kind)
