@@ -349,6 +349,7 @@ class Expander(_BlockTable):
         self.cycles_reported_through: frozenset[str] = frozenset()
         self.first_sizes: dict[int, int] = {}  # id(recipe) -> nodes its first instance took
         self.typed_bodies: dict[Any, Any] = {}  # equal entry bodies share one typed object (see `concrete`)
+        self.typed_templates: dict[int, tuple[Any, Any, Any]] = {}  # blocks' entries typed as written (`concrete`)
         self.block_reads: dict[str, tuple[frozenset[str], frozenset[str]] | None] = {}  # see `reads_of_block`
 
     # (root and instance are where expressions are evaluated: `scaled(...)` reads the spec's scale there)
@@ -389,6 +390,8 @@ class Expander(_BlockTable):
         refused = self.spec.invalid_entries if top_level else frozenset()
         # (bound once: the loops below run once per layer and skip, 100,000 times in a long chain)
         diagnostics, scale, typed_bodies = self.diagnostics, self.spec.scale, self.typed_bodies
+        # (a block's entries are met again at each instance; the top level's once, so it keeps none)
+        by_template = self.typed_templates if block is not None else None
         prescaled = names.prescaled if isinstance(names, _ShapeNames) else frozenset()
         for i, entry in enumerate(definition.layers):
             for layer_name, template in entry.items():
@@ -396,7 +399,7 @@ class Expander(_BlockTable):
                 if refused and ("layers", i) in refused:
                     layers += _refused_items(layer_name, template, where)  # refused by validation, and reported there
                     continue
-                body = concrete(template, LAYER, names, where, diagnostics, scale, typed_bodies, prescaled)
+                body = concrete(template, LAYER, names, where, diagnostics, scale, typed_bodies, prescaled, by_template)
                 if body is None:  # its error is reported; what reads it would only repeat that
                     layers += _refused_items(layer_name, template, where)
                 elif body is not LEFT_OUT:
@@ -421,7 +424,8 @@ class Expander(_BlockTable):
                 if refused and ("skips", i) in refused:
                     skips.append(SkipItem(skip_name, None, where))
                     continue
-                skip = concrete(template, Skip, names, where, diagnostics, typed_bodies=typed_bodies)
+                skip = concrete(template, Skip, names, where, diagnostics, typed_bodies=typed_bodies,
+                                by_template=by_template)
                 if skip is not LEFT_OUT:
                     skips.append(SkipItem(skip_name, skip, where))
                 else:

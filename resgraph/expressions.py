@@ -25,7 +25,6 @@ import contextvars
 import functools
 import math
 import operator
-import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NoReturn
 
@@ -35,7 +34,6 @@ __all__ = ["FUNCTIONS", "MAX_VALUE_SIZE", "ExpressionError", "Unavailable", "eva
            "expression_calls", "expression_names",
            "make_divisible", "value_size", "width_scaling"]
 
-_PATTERN = re.compile(r"^\$\{(.*)\}$", re.DOTALL)
 MAX_LENGTH = 1_000
 MAX_MAGNITUDE = 2**62  # larger numbers are never a layer argument; refuse them before they grow
 MAX_NESTING = 50  # levels of the expression's syntax tree (`-(-(...))`, nested lists); a real one has < 10
@@ -148,11 +146,20 @@ class Unavailable(ExpressionError):
 
 
 def expression_body(value: Any) -> str | None:
-    """The text inside `${...}` when `value` is an expression string, else None."""
-    if isinstance(value, str) and value.startswith("${"):  # (most strings are not: no match tried)
-        match = _PATTERN.match(value)
-        if match:
-            return match.group(1)
+    """The text inside `${...}` when `value` is an expression string, else None.
+
+    An expression string starts with `${` and ends with `}`, or with `}` and a newline (what the
+    regex `^[$][{](.*)[}]$` matched, `$` matching before a final newline too); found by slicing:
+    the regex match was a third of this call, made hundreds of times a build.
+
+    >>> expression_body("${a}"), expression_body("${a}\\n"), expression_body("${a} b"), expression_body(3)
+    ('a', 'a', None, None)
+    """
+    if isinstance(value, str) and value.startswith("${"):  # (most strings are not)
+        if value.endswith("}"):
+            return value[2:-1]
+        if value.endswith("}\n"):
+            return value[2:-2]
     return None
 
 
