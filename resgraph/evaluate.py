@@ -245,6 +245,8 @@ def evaluate_params(declared: Mapping[str, Any], given: Mapping[str, Any],
     for name, default in declared.items():
         if name in given:
             values[name] = given[name]
+        elif (kind := type(default)) in _SCALARS or (kind is str and not default.startswith("${")):
+            values[name] = default  # what evaluating it gives, without making the names to evaluate it in
         elif _reads(default) & failed:
             values[name] = None  # its inputs failed: a second error about it would only repeat theirs
             failed.add(name)

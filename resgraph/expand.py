@@ -140,6 +140,10 @@ class BlockRecipe:
     # instance, and its `with:` values where they read none (in a 1-tuple: the values may be None).
     varies: bool | None = field(default=None, repr=False)
     constant_with: tuple[Any] | None = field(default=None, repr=False)
+    with_varies: bool | None = field(default=None, repr=False)  # its `with:` reads `index`/`block_index` (or may)
+    # The `with:` values `equal_instances_by` just evaluated, with their instance's index: making
+    # that instance, which follows, takes them instead of evaluating them again (see `Expander.instance`).
+    evaluated_with: tuple[int, Any] | None = field(default=None, repr=False)
 
     def equal_instances_by(self, index: int) -> dict[str, Any] | None:
         """The `with:` values of instance `index`, when they and its input types are all it is made
@@ -164,9 +168,14 @@ class BlockRecipe:
         given = expander.given(self, expander.context(self, index), problems, dependent)
         if problems or dependent:
             return None
-        read = names_read(self.call.with_)
-        if read is not None and not read & VARYING_NAMES:  # the same for every instance: evaluated once
+        if self.with_varies is None:
+            read = names_read(self.call.with_)
+            self.with_varies = read is None or bool(read & VARYING_NAMES)
+        if not self.with_varies:  # the same for every instance: evaluated once
             self.constant_with = (given,)
+        # (Evaluated here outside `width_scaling`: values that evaluated without a problem called no
+        # `scaled(...)`, so the instance, evaluating them inside it, would get the same.)
+        self.evaluated_with = (index, given)
         return given  # type: ignore[no-any-return]
 
 
@@ -351,6 +360,7 @@ class Expander(_BlockTable):
         self.typed_bodies: dict[Any, Any] = {}  # equal entry bodies share one typed object (see `concrete`)
         self.typed_templates: dict[int, tuple[Any, Any, Any]] = {}  # blocks' entries typed as written (`concrete`)
         self.block_reads: dict[str, tuple[frozenset[str], frozenset[str]] | None] = {}  # see `reads_of_block`
+        self.spec_params: dict[str, Any] | None = None  # see `spec_params_in_blocks`
 
     # (root and instance are where expressions are evaluated: `scaled(...)` reads the spec's scale there)
     def root(self) -> Scope:
@@ -504,12 +514,14 @@ class Expander(_BlockTable):
         context = self.context(recipe, index)
         known = len(self.diagnostics)
         dependent: list[str] = []
-        bound = self.given(recipe, context, self.diagnostics, dependent)
+        evaluated, recipe.evaluated_with = recipe.evaluated_with, None
+        if evaluated is not None and evaluated[0] == index:
+            bound = evaluated[1]  # evaluated by `equal_instances_by` just before, without a problem
+        else:
+            bound = self.given(recipe, context, self.diagnostics, dependent)
         if len(self.diagnostics) > known or dependent:
             return None  # a `with:` value failed: the defaults computed from it would only repeat it
-        # Inside a block the built-in names win over top-level parameters of the same name (a spec's
-        # `in_channels: 1` sizes its input; a block's `${in_channels}` is still its own input's)
-        spec_params = {k: v for k, v in self.spec.params.items() if k not in SHAPE_NAMES}
+        spec_params = self.spec_params_in_blocks()
         unknown = _unknown(recipe.names) & {"block_index", "num_blocks"}  # inside a block checked `blind`
         own = _ShapeNames({**spec_params, **context}, input_types, unknown=unknown)
         block = _Block(recipe.definition, recipe.block_origin)
@@ -517,10 +529,11 @@ class Expander(_BlockTable):
         if block_params is None or len(self.diagnostics) > known or dependent:
             return None  # its parameters failed (reported here, or depending on an error reported elsewhere)
         before = self.expanded
-        names = _ShapeNames({**spec_params, **context, **block_params}, input_types,
-                            prescaled_params(recipe.definition.params, recipe.call.with_ or {},
-                                             recipe.names.prescaled if isinstance(recipe.names, _ShapeNames)
-                                             else frozenset()), unknown)
+        # (which parameters hold scaled widths matters only where widths are scaled: see `scale_width`)
+        prescaled = prescaled_params(recipe.definition.params, recipe.call.with_ or {},
+                                     recipe.names.prescaled if isinstance(recipe.names, _ShapeNames)
+                                     else frozenset()) if self.spec.scale.scales_widths else frozenset()
+        names = _ShapeNames({**spec_params, **context, **block_params}, input_types, prescaled, unknown)
         scope = self.scope(class_name(recipe.block), recipe.definition, recipe.block_origin, names,
                            (*recipe.stack, recipe.block), inputs={name: None for name in recipe.definition.inputs},
                            params=block_params, block=recipe.block)
@@ -540,7 +553,7 @@ class Expander(_BlockTable):
         if entry is None or self.exhausted:
             return None
         definition = entry.definition
-        spec_params = {k: v for k, v in self.spec.params.items() if k not in SHAPE_NAMES}
+        spec_params = self.spec_params_in_blocks()
         unknown = frozenset({*definition.params, *INSTANCE_NAMES})
         names = _ShapeNames({k: v for k, v in spec_params.items() if k not in unknown}, None, unknown=unknown)
         with width_scaling(self.spec.scale.scaled_width):
@@ -548,6 +561,14 @@ class Expander(_BlockTable):
                                inputs={name: None for name in definition.inputs}, params={}, block=block)
         scope.blind = True
         return scope
+
+    def spec_params_in_blocks(self) -> dict[str, Any]:
+        """The spec's parameters as block instances read them, found once per expansion: inside a
+        block the built-in names win over top-level parameters of the same name (a spec's
+        `in_channels: 1` sizes its input; a block's `${in_channels}` is still its own input's)."""
+        if self.spec_params is None:
+            self.spec_params = {k: v for k, v in self.spec.params.items() if k not in SHAPE_NAMES}
+        return self.spec_params
 
     def context(self, recipe: BlockRecipe, index: int) -> dict[str, Any]:
         """The names bound for instance `index` of a call (`INSTANCE_NAMES`)."""
