@@ -111,6 +111,17 @@ class Scope:
     blind: bool = False  # made with nothing known of a call (`Expander.blind`): repeat counts unknown
 
 
+class _Body(NamedTuple):
+    """What expanding a scope reads of a block definition: the top level's, the root block, taken
+    from the spec as it is (`BlockDef.model_construct` took 3 us of a small spec's expansion)."""
+
+    params: dict[str, Any]
+    inputs: list[str]
+    layers: list[dict[str, Any]]
+    skips: list[dict[str, Any]]
+    outputs: list[str] | None
+
+
 @dataclass
 class _Block:
     definition: BlockDef
@@ -288,7 +299,8 @@ class _BlockTable:
     def add_document(self, imports: list[str], blocks: Mapping[str, BlockDef], root: Origin) -> None:
         """A document's imports, then its own blocks (an imported name defined again is reported here)."""
         self.nodes_read += len(root.source.values)
-        self.load_imports(imports, root, [os.path.abspath(root.source.file)])
+        if imports:  # (the path is for import cycles: found only where there are imports)
+            self.load_imports(imports, root, [os.path.abspath(root.source.file)])
         for name, definition in blocks.items():
             self.add_block(name, definition, root.child("blocks", name))
 
@@ -371,8 +383,7 @@ class Expander(_BlockTable):
         root = Origin(self.source, ())
         self.add_document(self.spec.imports, self.spec.blocks, root)
         spec = self.spec
-        top = BlockDef.model_construct(params={}, inputs=list(spec.inputs), layers=spec.layers, skips=spec.skips,
-                                       outputs=spec.outputs)
+        top = _Body(params={}, inputs=list(spec.inputs), layers=spec.layers, skips=spec.skips, outputs=spec.outputs)
         if not self.diagnostics:
             self.check_least_size(top, root)
         if self.diagnostics:  # the blocks could not be read, or the spec is too big: nothing more to report
@@ -381,7 +392,7 @@ class Expander(_BlockTable):
         return self.scope(spec.name, top, root, dict(spec.params), (), inputs=inputs,
                           params=dict(spec.params), top_level=True)
 
-    def placeholder(self, top: BlockDef, root: Origin) -> Scope:
+    def placeholder(self, top: _Body, root: Origin) -> Scope:
         """The top level with every entry refused: resolving it reports nothing more."""
         layers = [LayerItem(name, None, root.child("layers", i, name)) for i, entry in enumerate(top.layers)
                   for name in entry]
@@ -391,7 +402,7 @@ class Expander(_BlockTable):
                      self.spec.defaults.projection, root, params=dict(self.spec.params))
 
     # scopes: the top level and block instances alike
-    def scope(self, name: str, definition: BlockDef, origin: Origin, names: Mapping[str, Any],
+    def scope(self, name: str, definition: BlockDef | _Body, origin: Origin, names: Mapping[str, Any],
               stack: tuple[str, ...], *, inputs: dict[str, InputDecl | None], params: dict[str, Any],
               block: str | None = None, top_level: bool = False) -> Scope:
         layers: list[LayerItem] = []
@@ -647,7 +658,7 @@ class Expander(_BlockTable):
         self.block_reads[block] = answer
         return answer
 
-    def check_least_size(self, top: BlockDef, root: Origin) -> None:
+    def check_least_size(self, top: _Body, root: Origin) -> None:
         """Refuse, before expanding anything, a spec whose literal repeats alone exceed the bound.
 
         A lower bound: only calls whose `when:` is not an expression count, and a `repeat:`
@@ -670,7 +681,8 @@ class Expander(_BlockTable):
     # are a reference cycle, which kept the expander, and every typed body it holds, alive until
     # the next garbage collection.)
 
-    def _surely_called(self, definition: BlockDef, sizes: dict[str, int]) -> list[tuple[int, int, dict[str, Any]]]:
+    def _surely_called(self, definition: BlockDef | _Body,
+                       sizes: dict[str, int]) -> list[tuple[int, int, dict[str, Any]]]:
         """(instances, least size of one, template) of each block call in `definition` that surely happens."""
         calls = []
         for entry in definition.layers:
