@@ -172,7 +172,7 @@ class _Resolver:
         """The values of every block call that has several (see the module docstring)."""
         for item in items:
             call, recipe = item.body, item.recipe
-            if not isinstance(call, BlockCall) or recipe is None:
+            if recipe is None or not isinstance(call, BlockCall):  # (a layer has no recipe: tested first)
                 continue
             if call.collect:
                 self.values[item.name] = [str(i) for i in range(recipe.count)]
