@@ -278,6 +278,8 @@ def names_read(value: Any) -> set[str] | None:
 
 def holds_expression(value: Any) -> bool:
     """Whether `value` (spec data) has a `${...}` anywhere in it (found, not parsed)."""
+    if not isinstance(value, (dict, list)):  # (a leaf, as most are: no walk to set up)
+        return expression_body(value) is not None
     return next(_expression_bodies(value), None) is not None
 
 
