@@ -370,7 +370,7 @@ class Expander(_BlockTable):
         self.cycles_reported_through: frozenset[str] = frozenset()
         self.first_sizes: dict[int, int] = {}  # id(recipe) -> nodes its first instance took
         self.typed_bodies: dict[Any, Any] = {}  # equal entry bodies share one typed object (see `concrete`)
-        self.typed_templates: dict[int, tuple[Any, Any, Any]] = {}  # blocks' entries typed as written (`concrete`)
+        self.typed_templates: dict[int, tuple[Any, Any, Any]] = {}  # blocks' entries met, by id (`concrete`)
         self.block_reads: dict[str, tuple[frozenset[str], frozenset[str]] | None] = {}  # see `reads_of_block`
         self.spec_params: dict[str, Any] | None = None  # see `spec_params_in_blocks`
 
