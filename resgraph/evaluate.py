@@ -245,6 +245,8 @@ def evaluate_params(declared: Mapping[str, Any], given: Mapping[str, Any],
     for name, default in declared.items():
         if name in given:
             values[name] = given[name]
+        elif (kind := type(default)) in _SCALARS or (kind is str and not default.startswith("${")):
+            values[name] = default  # what evaluating it gives, without making the names to evaluate it in
         elif _reads(default) & failed:
             values[name] = None  # its inputs failed: a second error about it would only repeat theirs
             failed.add(name)
@@ -276,6 +278,8 @@ def names_read(value: Any) -> set[str] | None:
 
 def holds_expression(value: Any) -> bool:
     """Whether `value` (spec data) has a `${...}` anywhere in it (found, not parsed)."""
+    if not isinstance(value, (dict, list)):  # (a leaf, as most are: no walk to set up)
+        return expression_body(value) is not None
     return next(_expression_bodies(value), None) is not None
 
 
@@ -355,7 +359,8 @@ LEFT_OUT: Any = type("LeftOut", (), {"__repr__": lambda self: "LEFT_OUT"})()  # 
 
 def concrete(template: Any, model: type[T] | TypeAdapter[T], names: Mapping[str, Any], origin: Origin,
              diagnostics: list[Diagnostic], scale: Scale | None = None,
-             typed_bodies: dict[Any, Any] | None = None, prescaled: AbstractSet[str] = frozenset()) -> T | None:
+             typed_bodies: dict[Any, Any] | None = None, prescaled: AbstractSet[str] = frozenset(),
+             by_template: dict[int, tuple[Any, Any, Any]] | None = None) -> T | None:
     """One layer or skip entry body, evaluated and typed; `LEFT_OUT` when its `when:` is false, None
     when invalid (reported, or failing because of an error reported elsewhere).
 
@@ -366,14 +371,27 @@ def concrete(template: Any, model: type[T] | TypeAdapter[T], names: Mapping[str,
     `typed_bodies` (one expansion's, see `Expander`): bodies already typed, by value. An entry
     equal to one typed before gets that very object (typed entries are never modified), so a
     block repeated 200 times, or a chain of 10,000 equal layers, is typed once and held once.
+    `by_template` (with `typed_bodies`): the templates met so far, by identity, each with its
+    model and its typed body, or None where it holds an expression: a block's entries are met
+    again at each of its instances, and finding one there is a look-up, where its key
+    (`_written_key`) walks it, and fails by an exception where it holds an expression.
     """
+    known = by_template.get(id(template)) if by_template is not None else None
+    if known is not None and known[1] is not model:
+        known = None  # (the template is kept there, so its id stays its own; one entry per model)
+    if known is not None and known[2] is not None:
+        return known[2]  # type: ignore[no-any-return]
     # A template without expressions types the same wherever it stands: one equal to a template
     # typed before gets that result without being evaluated again (a 10,000-layer chain: 1 of 10,000).
-    written = _written_key(model, scale, template) if typed_bodies is not None else None
+    written = _written_key(model, scale, template) if typed_bodies is not None and known is None else None
+    if written is None and by_template is not None and known is None:
+        by_template[id(template)] = (template, model, None)  # evaluated at each instance
     if written is not None:
         # (one lookup: a key of nested tuples is hashed anew each time; no typed body is None)
         typed_before = typed_bodies.get(written)  # type: ignore[union-attr]
         if typed_before is not None:
+            if by_template is not None:
+                by_template[id(template)] = (template, model, typed_before)
             return typed_before  # type: ignore[no-any-return]
     if written is not None:
         # Nothing to evaluate; typed from a copy all the same: the template may be the caller's own
@@ -426,6 +444,8 @@ def concrete(template: Any, model: type[T] | TypeAdapter[T], names: Mapping[str,
         typed_bodies[key] = typed
     if written is not None and written is not key:
         typed_bodies[written] = typed  # type: ignore[index]
+    if written is not None and by_template is not None:
+        by_template[id(template)] = (template, model, typed)
     return typed  # type: ignore[no-any-return]
 
 

@@ -111,6 +111,17 @@ class Scope:
     blind: bool = False  # made with nothing known of a call (`Expander.blind`): repeat counts unknown
 
 
+class _Body(NamedTuple):
+    """What expanding a scope reads of a block definition: the top level's, the root block, taken
+    from the spec as it is (`BlockDef.model_construct` took 3 us of a small spec's expansion)."""
+
+    params: dict[str, Any]
+    inputs: list[str]
+    layers: list[dict[str, Any]]
+    skips: list[dict[str, Any]]
+    outputs: list[str] | None
+
+
 @dataclass
 class _Block:
     definition: BlockDef
@@ -140,6 +151,10 @@ class BlockRecipe:
     # instance, and its `with:` values where they read none (in a 1-tuple: the values may be None).
     varies: bool | None = field(default=None, repr=False)
     constant_with: tuple[Any] | None = field(default=None, repr=False)
+    with_varies: bool | None = field(default=None, repr=False)  # its `with:` reads `index`/`block_index` (or may)
+    # The `with:` values `equal_instances_by` just evaluated, with their instance's index: making
+    # that instance, which follows, takes them instead of evaluating them again (see `Expander.instance`).
+    evaluated_with: tuple[int, Any] | None = field(default=None, repr=False)
 
     def equal_instances_by(self, index: int) -> dict[str, Any] | None:
         """The `with:` values of instance `index`, when they and its input types are all it is made
@@ -164,9 +179,14 @@ class BlockRecipe:
         given = expander.given(self, expander.context(self, index), problems, dependent)
         if problems or dependent:
             return None
-        read = names_read(self.call.with_)
-        if read is not None and not read & VARYING_NAMES:  # the same for every instance: evaluated once
+        if self.with_varies is None:
+            read = names_read(self.call.with_)
+            self.with_varies = read is None or bool(read & VARYING_NAMES)
+        if not self.with_varies:  # the same for every instance: evaluated once
             self.constant_with = (given,)
+        # (Evaluated here outside `width_scaling`: values that evaluated without a problem called no
+        # `scaled(...)`, so the instance, evaluating them inside it, would get the same.)
+        self.evaluated_with = (index, given)
         return given  # type: ignore[no-any-return]
 
 
@@ -279,7 +299,8 @@ class _BlockTable:
     def add_document(self, imports: list[str], blocks: Mapping[str, BlockDef], root: Origin) -> None:
         """A document's imports, then its own blocks (an imported name defined again is reported here)."""
         self.nodes_read += len(root.source.values)
-        self.load_imports(imports, root, [os.path.abspath(root.source.file)])
+        if imports:  # (the path is for import cycles: found only where there are imports)
+            self.load_imports(imports, root, [os.path.abspath(root.source.file)])
         for name, definition in blocks.items():
             self.add_block(name, definition, root.child("blocks", name))
 
@@ -349,7 +370,9 @@ class Expander(_BlockTable):
         self.cycles_reported_through: frozenset[str] = frozenset()
         self.first_sizes: dict[int, int] = {}  # id(recipe) -> nodes its first instance took
         self.typed_bodies: dict[Any, Any] = {}  # equal entry bodies share one typed object (see `concrete`)
+        self.typed_templates: dict[int, tuple[Any, Any, Any]] = {}  # blocks' entries met, by id (`concrete`)
         self.block_reads: dict[str, tuple[frozenset[str], frozenset[str]] | None] = {}  # see `reads_of_block`
+        self.spec_params: dict[str, Any] | None = None  # see `spec_params_in_blocks`
 
     # (root and instance are where expressions are evaluated: `scaled(...)` reads the spec's scale there)
     def root(self) -> Scope:
@@ -360,8 +383,7 @@ class Expander(_BlockTable):
         root = Origin(self.source, ())
         self.add_document(self.spec.imports, self.spec.blocks, root)
         spec = self.spec
-        top = BlockDef.model_construct(params={}, inputs=list(spec.inputs), layers=spec.layers, skips=spec.skips,
-                                       outputs=spec.outputs)
+        top = _Body(params={}, inputs=list(spec.inputs), layers=spec.layers, skips=spec.skips, outputs=spec.outputs)
         if not self.diagnostics:
             self.check_least_size(top, root)
         if self.diagnostics:  # the blocks could not be read, or the spec is too big: nothing more to report
@@ -370,7 +392,7 @@ class Expander(_BlockTable):
         return self.scope(spec.name, top, root, dict(spec.params), (), inputs=inputs,
                           params=dict(spec.params), top_level=True)
 
-    def placeholder(self, top: BlockDef, root: Origin) -> Scope:
+    def placeholder(self, top: _Body, root: Origin) -> Scope:
         """The top level with every entry refused: resolving it reports nothing more."""
         layers = [LayerItem(name, None, root.child("layers", i, name)) for i, entry in enumerate(top.layers)
                   for name in entry]
@@ -380,7 +402,7 @@ class Expander(_BlockTable):
                      self.spec.defaults.projection, root, params=dict(self.spec.params))
 
     # scopes: the top level and block instances alike
-    def scope(self, name: str, definition: BlockDef, origin: Origin, names: Mapping[str, Any],
+    def scope(self, name: str, definition: BlockDef | _Body, origin: Origin, names: Mapping[str, Any],
               stack: tuple[str, ...], *, inputs: dict[str, InputDecl | None], params: dict[str, Any],
               block: str | None = None, top_level: bool = False) -> Scope:
         layers: list[LayerItem] = []
@@ -389,6 +411,8 @@ class Expander(_BlockTable):
         refused = self.spec.invalid_entries if top_level else frozenset()
         # (bound once: the loops below run once per layer and skip, 100,000 times in a long chain)
         diagnostics, scale, typed_bodies = self.diagnostics, self.spec.scale, self.typed_bodies
+        # (a block's entries are met again at each instance; the top level's once, so it keeps none)
+        by_template = self.typed_templates if block is not None else None
         prescaled = names.prescaled if isinstance(names, _ShapeNames) else frozenset()
         for i, entry in enumerate(definition.layers):
             for layer_name, template in entry.items():
@@ -396,7 +420,7 @@ class Expander(_BlockTable):
                 if refused and ("layers", i) in refused:
                     layers += _refused_items(layer_name, template, where)  # refused by validation, and reported there
                     continue
-                body = concrete(template, LAYER, names, where, diagnostics, scale, typed_bodies, prescaled)
+                body = concrete(template, LAYER, names, where, diagnostics, scale, typed_bodies, prescaled, by_template)
                 if body is None:  # its error is reported; what reads it would only repeat that
                     layers += _refused_items(layer_name, template, where)
                 elif body is not LEFT_OUT:
@@ -421,7 +445,8 @@ class Expander(_BlockTable):
                 if refused and ("skips", i) in refused:
                     skips.append(SkipItem(skip_name, None, where))
                     continue
-                skip = concrete(template, Skip, names, where, diagnostics, typed_bodies=typed_bodies)
+                skip = concrete(template, Skip, names, where, diagnostics, typed_bodies=typed_bodies,
+                                by_template=by_template)
                 if skip is not LEFT_OUT:
                     skips.append(SkipItem(skip_name, skip, where))
                 else:
@@ -500,12 +525,14 @@ class Expander(_BlockTable):
         context = self.context(recipe, index)
         known = len(self.diagnostics)
         dependent: list[str] = []
-        bound = self.given(recipe, context, self.diagnostics, dependent)
+        evaluated, recipe.evaluated_with = recipe.evaluated_with, None
+        if evaluated is not None and evaluated[0] == index:
+            bound = evaluated[1]  # evaluated by `equal_instances_by` just before, without a problem
+        else:
+            bound = self.given(recipe, context, self.diagnostics, dependent)
         if len(self.diagnostics) > known or dependent:
             return None  # a `with:` value failed: the defaults computed from it would only repeat it
-        # Inside a block the built-in names win over top-level parameters of the same name (a spec's
-        # `in_channels: 1` sizes its input; a block's `${in_channels}` is still its own input's)
-        spec_params = {k: v for k, v in self.spec.params.items() if k not in SHAPE_NAMES}
+        spec_params = self.spec_params_in_blocks()
         unknown = _unknown(recipe.names) & {"block_index", "num_blocks"}  # inside a block checked `blind`
         own = _ShapeNames({**spec_params, **context}, input_types, unknown=unknown)
         block = _Block(recipe.definition, recipe.block_origin)
@@ -513,10 +540,11 @@ class Expander(_BlockTable):
         if block_params is None or len(self.diagnostics) > known or dependent:
             return None  # its parameters failed (reported here, or depending on an error reported elsewhere)
         before = self.expanded
-        names = _ShapeNames({**spec_params, **context, **block_params}, input_types,
-                            prescaled_params(recipe.definition.params, recipe.call.with_ or {},
-                                             recipe.names.prescaled if isinstance(recipe.names, _ShapeNames)
-                                             else frozenset()), unknown)
+        # (which parameters hold scaled widths matters only where widths are scaled: see `scale_width`)
+        prescaled = prescaled_params(recipe.definition.params, recipe.call.with_ or {},
+                                     recipe.names.prescaled if isinstance(recipe.names, _ShapeNames)
+                                     else frozenset()) if self.spec.scale.scales_widths else frozenset()
+        names = _ShapeNames({**spec_params, **context, **block_params}, input_types, prescaled, unknown)
         scope = self.scope(class_name(recipe.block), recipe.definition, recipe.block_origin, names,
                            (*recipe.stack, recipe.block), inputs={name: None for name in recipe.definition.inputs},
                            params=block_params, block=recipe.block)
@@ -536,7 +564,7 @@ class Expander(_BlockTable):
         if entry is None or self.exhausted:
             return None
         definition = entry.definition
-        spec_params = {k: v for k, v in self.spec.params.items() if k not in SHAPE_NAMES}
+        spec_params = self.spec_params_in_blocks()
         unknown = frozenset({*definition.params, *INSTANCE_NAMES})
         names = _ShapeNames({k: v for k, v in spec_params.items() if k not in unknown}, None, unknown=unknown)
         with width_scaling(self.spec.scale.scaled_width):
@@ -544,6 +572,14 @@ class Expander(_BlockTable):
                                inputs={name: None for name in definition.inputs}, params={}, block=block)
         scope.blind = True
         return scope
+
+    def spec_params_in_blocks(self) -> dict[str, Any]:
+        """The spec's parameters as block instances read them, found once per expansion: inside a
+        block the built-in names win over top-level parameters of the same name (a spec's
+        `in_channels: 1` sizes its input; a block's `${in_channels}` is still its own input's)."""
+        if self.spec_params is None:
+            self.spec_params = {k: v for k, v in self.spec.params.items() if k not in SHAPE_NAMES}
+        return self.spec_params
 
     def context(self, recipe: BlockRecipe, index: int) -> dict[str, Any]:
         """The names bound for instance `index` of a call (`INSTANCE_NAMES`)."""
@@ -622,7 +658,7 @@ class Expander(_BlockTable):
         self.block_reads[block] = answer
         return answer
 
-    def check_least_size(self, top: BlockDef, root: Origin) -> None:
+    def check_least_size(self, top: _Body, root: Origin) -> None:
         """Refuse, before expanding anything, a spec whose literal repeats alone exceed the bound.
 
         A lower bound: only calls whose `when:` is not an expression count, and a `repeat:`
@@ -645,7 +681,8 @@ class Expander(_BlockTable):
     # are a reference cycle, which kept the expander, and every typed body it holds, alive until
     # the next garbage collection.)
 
-    def _surely_called(self, definition: BlockDef, sizes: dict[str, int]) -> list[tuple[int, int, dict[str, Any]]]:
+    def _surely_called(self, definition: BlockDef | _Body,
+                       sizes: dict[str, int]) -> list[tuple[int, int, dict[str, Any]]]:
         """(instances, least size of one, template) of each block call in `definition` that surely happens."""
         calls = []
         for entry in definition.layers:

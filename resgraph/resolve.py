@@ -23,7 +23,6 @@ last instance's output, as a plain repeat's does; a call with several outputs ha
 
 from __future__ import annotations
 
-import functools
 import keyword
 from collections.abc import Iterable
 from typing import Any
@@ -77,6 +76,7 @@ class _Resolver:
         self.values: dict[str, list[str]] = {}  # block call -> its values' names (outputs, or instance indices)
         self.collected: set[str] = set()  # block calls with `collect: true`
         self.variables: set[str] = set()  # variables given to BlockOutput nodes
+        self.invalid: set[str] = set()  # see `refused_before`
 
     def q(self, name: str) -> str:
         """A name as messages show it: qualified inside a block instance (`layer1.0.conv1`)."""
@@ -106,18 +106,23 @@ class _Resolver:
     def run(self) -> Graph:
         scope = self.scope
         self.declare_names()
-        valid = [item for item in scope.layers if id(item) not in self.dropped and item.body is not None]
-        self.declare_values(valid)
+        self.invalid = self.refused_before()
+        # The layers with a name of their own and a body, and what each reads (one pass: a long chain
+        # has 100,000 of them).
+        valid: list[LayerItem] = []
         references: dict[str, list[str]] = {}
+        dropped = self.dropped
         previous = None  # the layer listed before this one, which it reads by default
         for item in scope.layers:
-            if id(item) not in self.dropped and item.body is not None:
+            if item.body is not None and not (dropped and id(item) in dropped):
+                valid.append(item)
                 refs = self.layer_inputs(item, previous)
                 if refs is not None:
                     references[item.name] = refs
             previous = item.name
+        self.declare_values(valid)
         self.failed |= {item.name for item in valid if item.name not in references}
-        self.check_references(references)
+        self.check_references(valid, references)
         skips_into = self.check_skips()
         outputs = self.check_outputs()
 
@@ -130,30 +135,34 @@ class _Resolver:
         for name, decl in scope.inputs.items():
             nodes[name] = InputNode(name=name, inputs=[], origin=scope.origin.child("inputs", name), decl=decl)
             value[name] = name
+        values, expand = self.values, self.expand
         for item in valid:
-            if item.name in failed or not all(_base(ref) in kept for ref in references[item.name]):
+            name, body = item.name, item.body
+            if name in failed or not _all_kept(references[name], kept):
                 continue
-            kept.add(item.name)
-            inputs = [value[r] for r in self.expand(references[item.name])]
+            kept.add(name)
+            inputs = [value[r] for r in expand(references[name])]
             node: Node
-            if isinstance(item.body, BlockCall):
-                node = BlockNode(name=item.name, inputs=inputs, origin=item.origin, call=item.body,
-                                 recipe=item.recipe, instances=[])
+            if isinstance(body, BlockCall):
+                node = nodes[name] = BlockNode(name=name, inputs=inputs, origin=item.origin, call=body,
+                                               recipe=item.recipe, instances=[])
+                value[name] = name
+                if name in values:
+                    self.add_values(node, nodes, value)
             else:
-                node = LayerNode(name=item.name, inputs=inputs, origin=item.origin, layer=item.body)
-            nodes[item.name] = node
-            value[item.name] = item.name
-            if isinstance(node, BlockNode) and item.name in self.values:
-                self.add_values(node, nodes, value)
-            for skip_item in skips_into.get(item.name, ()):
+                nodes[name] = LayerNode(name=name, inputs=inputs, origin=item.origin, layer=body)
+                value[name] = name
+            for skip_item in skips_into.get(name, ()):
                 skip = skip_item.skip
-                if _base(skip.source) not in kept:
+                source = skip.source
+                if _base(source) not in kept:
                     continue  # it reads a node left out above: nothing to report of its own
-                source = value[self.expand([skip.source])[0]]
-                nodes[skip_item.name] = SkipNode(name=skip_item.name, inputs=[value[item.name], source],
+                if values:
+                    source = expand([source])[0]
+                nodes[skip_item.name] = SkipNode(name=skip_item.name, inputs=[value[name], value[source]],
                                                  origin=skip_item.origin, skip=skip,
-                                                 policy=skip.projection or scope.projection, target=item.name)
-                value[item.name] = skip_item.name
+                                                 policy=skip.projection or scope.projection, target=name)
+                value[name] = skip_item.name
         returned = [value[o] for o in self.expand([o for o in outputs if _base(o) in kept])]
         left_out = {name: entry.when.locate(key=True).line for name, entry in scope.left_out.items() if not entry.skip}
         return Graph(scope.name, nodes, list(scope.inputs), returned, scope.origin, self.qualname, scope.block,
@@ -163,7 +172,7 @@ class _Resolver:
         """The values of every block call that has several (see the module docstring)."""
         for item in items:
             call, recipe = item.body, item.recipe
-            if not isinstance(call, BlockCall) or recipe is None:
+            if recipe is None or not isinstance(call, BlockCall):  # (a layer has no recipe: tested first)
                 continue
             if call.collect:
                 self.values[item.name] = [str(i) for i in range(recipe.count)]
@@ -313,15 +322,16 @@ class _Resolver:
         assert item.body is not None
         return item.body.min_inputs, item.body.max_inputs
 
-    def check_references(self, references: dict[str, list[str]]) -> None:
+    def check_references(self, valid: list[LayerItem], references: dict[str, list[str]]) -> None:
+        """Whether what each valid layer reads exists, comes earlier, and is as many values as it takes."""
         invalid = self.invalid
-        for item in self.scope.layers:
-            if item.name not in references or item.body is None or id(item) in self.dropped:
+        for item in valid:
+            refs = references.get(item.name)
+            if refs is None:
                 continue
-            refs = references[item.name]
             ok = True
             for ref in refs:
-                if _base(ref) in invalid:
+                if invalid and _base(ref) in invalid:
                     continue  # it reads an entry refused before (and reported): left out with it
                 if not self.check_reference(item.origin, item.name, ref, references, "input"):
                     self.failed.add(item.name)
@@ -383,10 +393,9 @@ class _Resolver:
                     stack.append((nxt, [*trail, nxt]))
         return None
 
-    @functools.cached_property
-    def invalid(self) -> set[str]:
+    def refused_before(self) -> set[str]:
         """Names of entries refused before resolving (and reported): what reads them is left out quietly.
-        (Read once names are declared, which fills `reserved`; three checks read it.)"""
+        (Found once names are declared, which fills `reserved`; three checks read it, as `invalid`.)"""
         return {item.name for item in self.scope.layers if item.body is None} | \
             {item.name for item in self.scope.skips if item.skip is None} | self.reserved
 
@@ -505,6 +514,14 @@ class _Resolver:
             elif self.check_value(where.child(i), label[:-2], ref):
                 outputs.append(ref)
         return outputs
+
+
+def _all_kept(refs: list[str], kept: set[str]) -> bool:
+    """Whether every node `refs` read is in `kept` (a loop, not `all()` over a generator: once per layer)."""
+    for ref in refs:
+        if _base(ref) not in kept:
+            return False
+    return True
 
 
 def _base(ref: str) -> str:
