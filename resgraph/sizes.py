@@ -632,42 +632,49 @@ def _stays_small(guards: list[Guard], reads: list[frozenset[str]], symbols: dict
     symbols stay within `largest` in magnitude (the others at their declared sizes): then numpy's own
     arithmetic is exact at every size tried, as `_checked_ops` would find operation by operation (it
     takes each operand's largest magnitude, two reductions over the sizes: a fifth of ResNet-50's
-    size solving). The bound is taken once per expression node, on magnitudes (`_MAGNITUDE_OPS`)."""
-    env = {name: abs(value) for name, (_, _, value) in symbols.items()}
-    env.update(dict.fromkeys(varying, largest))
-    memo: dict[int, Any] = {}
-    try:
-        for guard, read in zip(guards, reads, strict=True):
-            if read & varying:
-                evaluate(guard.left, env, memo, _MAGNITUDE_OPS)
-                evaluate(guard.right, env, memo, _MAGNITUDE_OPS)
-    except _TooLarge:
-        return False
+    size solving). One walk bounds each expression node's magnitude from its arguments' bounds."""
+    limit = MAX_SIZE // 2
+    bounds: dict[Expr, int | float] = {}
+    for guard, read in zip(guards, reads, strict=True):
+        if not read & varying:
+            continue
+        stack: list[Expr] = [guard.left, guard.right]
+        while stack:  # iterative post-order, as in `_guard_facts`
+            expr = stack.pop()
+            if expr in bounds:
+                continue
+            op = expr.op
+            if op == "sym":
+                name = expr.args[0]
+                bounds[expr] = largest if name in varying else abs(symbols[name][2])
+                continue
+            if op == "const":
+                bounds[expr] = abs(expr.args[0])
+                continue
+            left, right = expr.args
+            a, b = bounds.get(left), bounds.get(right)
+            if a is None or b is None:  # again once its arguments are bounded
+                stack.append(expr)
+                stack.extend(arg for arg, known in ((left, a), (right, b)) if known is None)
+                continue
+            if op == "add":
+                bound = a + b
+            elif op in ("mul", "fmul"):
+                bound = a * b
+            elif op == "floordiv":
+                if type(b) is not int:  # (an int quotient is no larger than its dividend; a fraction's can be)
+                    return False
+                bound = a
+            elif op == "mod":
+                bound = b
+            elif op in ("max", "min"):
+                bound = max(a, b)
+            else:
+                return False
+            if bound > limit:
+                return False
+            bounds[expr] = bound
     return True
-
-
-class _TooLarge(Exception):
-    """Raised by `_MAGNITUDE_OPS` where a sum or product may pass MAX_SIZE // 2."""
-
-
-def _small(magnitude: int | float) -> int | float:
-    if magnitude > MAX_SIZE // 2:
-        raise _TooLarge
-    return magnitude
-
-
-def _quotient_magnitude(a: int | float, b: int | float) -> int | float:
-    if type(b) is not int:  # (an int quotient is no larger than its dividend; a fraction's can be)
-        raise _TooLarge
-    return abs(a)
-
-
-# A bound on the magnitude of each operation's result from bounds on its operands' (a constant comes
-# as itself, so each takes `abs`); as `symbolic.VECTOR_OPS`, whose operations it bounds.
-_MAGNITUDE_OPS: dict[str, Any] = {
-    "add": lambda a, b: _small(abs(a) + abs(b)), "mul": lambda a, b: _small(abs(a) * abs(b)),
-    "fmul": lambda a, b: _small(abs(a) * abs(b)), "floordiv": _quotient_magnitude,
-    "mod": lambda a, b: abs(b), "max": lambda a, b: max(abs(a), abs(b)), "min": lambda a, b: max(abs(a), abs(b))}
 
 
 def _checked_ops(count: int) -> tuple[dict[str, Any], Any]:
