@@ -275,6 +275,7 @@ def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAUL
 
     dims = []
     groups = linked_symbols(guards)
+    lone: dict[str, tuple[SizeRule, tuple[int, ...]]] = {}  # what each symbol solved alone admits
     for input_name in graph.inputs:
         node_type = graph.nodes[input_name].meta["type"]
         names = _dim_names(node_type, input_name, symbols)
@@ -284,7 +285,14 @@ def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAUL
                 dims.append(DimSizes(input_name, axis, names[axis], size, False, SizeRule("fixed", size)))
                 continue
             group = groups.get(symbol, frozenset((symbol,)))
-            rule, values, found = solve(set(group))
+            twin = None if failures or len(group) > 1 else next(
+                (other for other in lone if _mirrors(guards, reads, symbols, other, symbol)), None)
+            if twin is not None:  # (W after H: the same guards, of another symbol, give the same answer)
+                rule, values, found = *lone[twin], {}
+            else:
+                rule, values, found = solve(set(group))
+                if len(group) == 1:
+                    lone[symbol] = rule, values
             dims.append(DimSizes(input_name, axis, names[axis], size, True, rule, values, found,
                                  tuple(sorted(group - {symbol}))))
     square_rules: dict[str, SizeRule] = {}
@@ -297,6 +305,42 @@ def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAUL
     rules = {f"{dim.input}.{dim.name}": dim.rule for dim in dims if dim.free}
     joint = tuple(joint_guards(guards, symbols, rules, reads=reads))
     return SizeReport(tuple(dims), square_rules, square_valid, (low, high), joint)
+
+
+def _mirrors(guards: list[Guard], reads: list[frozenset[str]], symbols: dict[str, tuple[str, int, int]],
+             solved: str, symbol: str) -> bool:
+    """Whether `symbol` is held to what `solved` is, at the same declared size: the guards reading
+    either read it alone, and pair up in order as the same decisions on the same expressions but
+    for the symbol (an image's W and H, through the same convolutions and pools). Solved alone, it
+    then admits exactly the sizes `solved` does. (The sites of failing guards may differ: only
+    where failures are not named.)"""
+    if symbols[solved][2] != symbols[symbol][2]:
+        return False
+    mine = [(guard, read) for guard, read in zip(guards, reads, strict=True) if symbol in read]
+    theirs = [(guard, read) for guard, read in zip(guards, reads, strict=True) if solved in read]
+    if len(mine) != len(theirs):
+        return False
+    seen: set[tuple[int, int]] = set()  # (expressions are shared: each pair is compared once)
+    for (guard, read), (other, other_read) in zip(mine, theirs):
+        if len(read) != 1 or len(other_read) != 1 or (guard.op, guard.outcome) != (other.op, other.outcome):
+            return False
+        pairs = [(guard.left, other.left), (guard.right, other.right)]
+        while pairs:  # iterative, as expressions can be 100,000 nodes deep
+            expr, counterpart = pairs.pop()
+            if expr is counterpart or (id(expr), id(counterpart)) in seen:
+                continue  # (one node in both reads neither symbol: the same value)
+            seen.add((id(expr), id(counterpart)))
+            if expr.op != counterpart.op:
+                return False
+            if expr.op == "sym":
+                if (expr.args[0], counterpart.args[0]) != (symbol, solved):
+                    return False
+            elif expr.op == "const":
+                if type(expr.args[0]) is not type(counterpart.args[0]) or expr.args[0] != counterpart.args[0]:
+                    return False
+            else:
+                pairs.extend(zip(expr.args, counterpart.args))
+    return True
 
 
 def _solve_range(guards: list[Guard], symbols: dict[str, tuple[str, int, int]], varying: set[str], low: int,
