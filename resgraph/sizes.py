@@ -368,7 +368,7 @@ def _valid_values(valid: Any, low: int) -> tuple[int, ...]:
     count = len(indices)
     if count:
         first, last = int(indices[0]) + low, int(indices[-1]) + low
-        if last < len(_SIZES):
+        if 0 <= first and last < len(_SIZES):
             step = 1 if count == 1 else int(indices[1] - indices[0])
             if last - first == step * (count - 1) and (count <= 2 or step == 1 or _equally_spaced(indices, step)):
                 return _SIZES[first:last + 1:step]
@@ -797,6 +797,7 @@ def _guard_facts(guards: list[Guard]) -> tuple[list[frozenset[str]], list[int]]:
 
 
 _NO_SYMBOLS: frozenset[str] = frozenset()
+
 
 def _dim_names(node_type: Any, input_name: str, symbols: dict[str, tuple[str, int, int]]) -> list[str]:
     names = ["C" if node_type.layout == "channels_first" else "F"] * node_type.rank
