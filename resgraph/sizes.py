@@ -699,7 +699,10 @@ def _stays_small(guards: list[Guard], reads: list[frozenset[str]], symbols: dict
             a, b = bounds.get(left), bounds.get(right)
             if a is None or b is None:  # again once its arguments are bounded
                 stack.append(expr)
-                stack.extend(arg for arg, known in ((left, a), (right, b)) if known is None)
+                if a is None:
+                    stack.append(left)
+                if b is None:
+                    stack.append(right)
                 continue
             if op == "add":
                 bound = a + b
@@ -789,7 +792,10 @@ def _guard_facts(guards: list[Guard]) -> tuple[list[frozenset[str]], list[int]]:
                 left_facts, right_facts = facts.get(left), facts.get(right)
                 if left_facts is None or right_facts is None:  # again once its arguments are done
                     stack.append(expr)
-                    stack.extend(arg for arg, known in ((left, left_facts), (right, right_facts)) if known is None)
+                    if left_facts is None:
+                        stack.append(left)
+                    if right_facts is None:
+                        stack.append(right)
                     continue
                 facts[expr] = (left_facts[0] | right_facts[0], max(left_facts[1], right_facts[1]))
     both = [(facts[guard.left], facts[guard.right]) for guard in guards]
