@@ -248,9 +248,7 @@ def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAUL
     guards: list[Guard] = graph.meta.get("guards", [])
     symbols: dict[str, tuple[str, int, int]] = graph.meta.get("symbols", {})
 
-    reads = _guard_symbols(guards)
-    memo: dict[int, int] = {}
-    constants = [max(_largest_constant(guard.left, memo), _largest_constant(guard.right, memo)) for guard in guards]
+    reads, constants = _guard_facts(guards)
 
     def solve(varying: set[str]) -> tuple[SizeRule, tuple[int, ...], dict[int, str]]:
         """The rule the sizes of `varying` follow, the valid sizes in [low, high], and (with `failures`)
@@ -277,6 +275,7 @@ def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAUL
 
     dims = []
     groups = linked_symbols(guards)
+    lone: dict[str, tuple[SizeRule, tuple[int, ...]]] = {}  # what each symbol solved alone admits
     for input_name in graph.inputs:
         node_type = graph.nodes[input_name].meta["type"]
         names = _dim_names(node_type, input_name, symbols)
@@ -286,7 +285,14 @@ def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAUL
                 dims.append(DimSizes(input_name, axis, names[axis], size, False, SizeRule("fixed", size)))
                 continue
             group = groups.get(symbol, frozenset((symbol,)))
-            rule, values, found = solve(set(group))
+            twin = None if failures or len(group) > 1 else next(
+                (other for other in lone if _mirrors(guards, reads, symbols, other, symbol)), None)
+            if twin is not None:  # (W after H: the same guards, of another symbol, give the same answer)
+                rule, values, found = *lone[twin], {}
+            else:
+                rule, values, found = solve(set(group))
+                if len(group) == 1:
+                    lone[symbol] = rule, values
             dims.append(DimSizes(input_name, axis, names[axis], size, True, rule, values, found,
                                  tuple(sorted(group - {symbol}))))
     square_rules: dict[str, SizeRule] = {}
@@ -301,18 +307,81 @@ def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAUL
     return SizeReport(tuple(dims), square_rules, square_valid, (low, high), joint)
 
 
+def _mirrors(guards: list[Guard], reads: list[frozenset[str]], symbols: dict[str, tuple[str, int, int]],
+             solved: str, symbol: str) -> bool:
+    """Whether `symbol` is held to what `solved` is, at the same declared size: the guards reading
+    either read it alone, and pair up in order as the same decisions on the same expressions but
+    for the symbol (an image's W and H, through the same convolutions and pools). Solved alone, it
+    then admits exactly the sizes `solved` does. (The sites of failing guards may differ: only
+    where failures are not named.)"""
+    if symbols[solved][2] != symbols[symbol][2]:
+        return False
+    mine = [(guard, read) for guard, read in zip(guards, reads, strict=True) if symbol in read]
+    theirs = [(guard, read) for guard, read in zip(guards, reads, strict=True) if solved in read]
+    if len(mine) != len(theirs):
+        return False
+    seen: set[tuple[int, int]] = set()  # (expressions are shared: each pair is compared once)
+    for (guard, read), (other, other_read) in zip(mine, theirs):
+        if len(read) != 1 or len(other_read) != 1 or (guard.op, guard.outcome) != (other.op, other.outcome):
+            return False
+        pairs = [(guard.left, other.left), (guard.right, other.right)]
+        while pairs:  # iterative, as expressions can be 100,000 nodes deep
+            expr, counterpart = pairs.pop()
+            if expr is counterpart or (id(expr), id(counterpart)) in seen:
+                continue  # (one node in both reads neither symbol: the same value)
+            seen.add((id(expr), id(counterpart)))
+            if expr.op != counterpart.op:
+                return False
+            if expr.op == "sym":
+                if (expr.args[0], counterpart.args[0]) != (symbol, solved):
+                    return False
+            elif expr.op == "const":
+                if type(expr.args[0]) is not type(counterpart.args[0]) or expr.args[0] != counterpart.args[0]:
+                    return False
+            else:
+                pairs.extend(zip(expr.args, counterpart.args))
+    return True
+
+
 def _solve_range(guards: list[Guard], symbols: dict[str, tuple[str, int, int]], varying: set[str], low: int,
                  high: int, failures: bool, reads: list[frozenset[str]]) -> tuple[tuple[int, ...], dict[int, int]]:
     """The valid sizes in [low, high] of `varying`, and (with `failures`) the index of the first guard
     failing at each invalid one."""
     valid, first = valid_sizes_mask(guards, symbols, varying, low, high, failures=failures, reads=reads)
-    # (numpy turns the masks into ints: a Python loop over the 2,048 candidates cost ResNet-50's build 3 ms)
-    values = tuple((valid.nonzero()[0] + low).tolist())
+    values = _valid_values(valid, low)
     found: dict[int, int] = {}
     if failures:
         failing = (first >= 0).nonzero()[0]
         found = dict(zip((failing + low).tolist(), first[failing].tolist()))
     return values, found
+
+
+def _valid_values(valid: Any, low: int) -> tuple[int, ...]:
+    """The sizes from `low` on that the bool array `valid` marks, increasing.
+
+    Each size above 256 is an int object of its own, and making 2,000 of them took a one-conv spec's
+    size solving a quarter of its time per free dim: where the sizes are a run or a progression
+    (nearly always) within `_SIZES`, the tuple is a slice of it, which shares its ints. (numpy turns
+    other masks into ints: a Python loop over the 2,048 candidates cost ResNet-50's build 3 ms.)
+    """
+    indices = valid.nonzero()[0]
+    count = len(indices)
+    if count:
+        first, last = int(indices[0]) + low, int(indices[-1]) + low
+        if 0 <= first and last < len(_SIZES):
+            step = 1 if count == 1 else int(indices[1] - indices[0])
+            if last - first == step * (count - 1) and (count <= 2 or step == 1 or _equally_spaced(indices, step)):
+                return _SIZES[first:last + 1:step]
+    return tuple((indices + low).tolist())
+
+
+def _equally_spaced(indices: Any, step: int) -> bool:
+    import numpy
+
+    return bool((numpy.diff(indices) == step).all())
+
+
+_SIZES = tuple(range(DEFAULT_RANGE[1] + 1))  # every size a rule is solved over by default, to slice (`_valid_values`)
 
 
 def _interest(constants: list[int], reads: list[frozenset[str]], symbols: dict[str, tuple[str, int, int]],
@@ -434,24 +503,6 @@ def _runs(indices: list[int]) -> list[tuple[int, int]]:
         else:
             runs.append((index, index))
     return runs
-
-
-def _largest_constant(expr: Expr, memo: dict[int, int]) -> int:
-    """The largest magnitude of a constant in `expr` (expressions are shared: each node is visited once)."""
-    stack = [expr]
-    while stack:  # iterative post-order, as in `evaluate`
-        node = stack[-1]
-        if id(node) in memo:
-            stack.pop()
-        elif node.op == "sym":
-            memo[id(node)] = 0
-        elif node.op == "const":
-            memo[id(node)] = math.ceil(abs(node.args[0]))
-        elif pending := [arg for arg in node.args if id(arg) not in memo]:
-            stack.extend(pending)
-        else:
-            memo[id(node)] = max(memo[id(arg)] for arg in node.args)
-    return memo[id(expr)]
 
 
 def smallest_without_ones(graph: Graph, symbol: str, start: int, high: int = DEFAULT_RANGE[1]) -> int | None:
@@ -601,19 +652,76 @@ def valid_sizes_mask(guards: list[Guard], symbols: dict[str, tuple[str, int, int
     valid = numpy.ones(len(candidates), dtype=bool)
     first = numpy.full(len(candidates), -1)
     reads = _guard_symbols(guards) if reads is None else reads
-    ops, overflow = _checked_ops(len(candidates))
+    checked = not _stays_small(guards, reads, symbols, varying, max(abs(low), abs(high)))
+    ops, overflow = _checked_ops(len(candidates)) if checked else (VECTOR_OPS, None)
     with numpy.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for index, (guard, read) in enumerate(zip(guards, reads, strict=True)):
             if not read & varying:
                 continue
             left, right = evaluate(guard.left, env, memo, ops), evaluate(guard.right, env, memo, ops)
-            # a size whose arithmetic leaves int64's range is invalid (no tensor holds 2^62 elements), never
-            # its wrapped-round value: the first guard that reads such a size fails there
-            holds = (COMPARISONS[guard.op](left, right) == guard.outcome) & ~overflow
+            holds = COMPARISONS[guard.op](left, right) == guard.outcome
+            if checked:
+                # a size whose arithmetic leaves int64's range is invalid (no tensor holds 2^62 elements), never
+                # its wrapped-round value: the first guard that reads such a size fails there
+                holds = holds & ~overflow
             if failures:
                 first = numpy.where(valid & ~holds & (first < 0), index, first)
             valid = valid & holds
     return valid, first
+
+
+def _stays_small(guards: list[Guard], reads: list[frozenset[str]], symbols: dict[str, tuple[str, int, int]],
+                 varying: set[str], largest: int) -> bool:
+    """Whether no sum or product in the guards that read `varying` can pass MAX_SIZE // 2 while those
+    symbols stay within `largest` in magnitude (the others at their declared sizes): then numpy's own
+    arithmetic is exact at every size tried, as `_checked_ops` would find operation by operation (it
+    takes each operand's largest magnitude, two reductions over the sizes: a fifth of ResNet-50's
+    size solving). One walk bounds each expression node's magnitude from its arguments' bounds."""
+    limit = MAX_SIZE // 2
+    bounds: dict[Expr, int | float] = {}
+    for guard, read in zip(guards, reads, strict=True):
+        if not read & varying:
+            continue
+        stack: list[Expr] = [guard.left, guard.right]
+        while stack:  # iterative post-order, as in `_guard_facts`
+            expr = stack.pop()
+            if expr in bounds:
+                continue
+            op = expr.op
+            if op == "sym":
+                name = expr.args[0]
+                bounds[expr] = largest if name in varying else abs(symbols[name][2])
+                continue
+            if op == "const":
+                bounds[expr] = abs(expr.args[0])
+                continue
+            left, right = expr.args
+            a, b = bounds.get(left), bounds.get(right)
+            if a is None or b is None:  # again once its arguments are bounded
+                stack.append(expr)
+                if a is None:
+                    stack.append(left)
+                if b is None:
+                    stack.append(right)
+                continue
+            if op == "add":
+                bound = a + b
+            elif op in ("mul", "fmul"):
+                bound = a * b
+            elif op == "floordiv":
+                if type(b) is not int:  # (an int quotient is no larger than its dividend; a fraction's can be)
+                    return False
+                bound = a
+            elif op == "mod":
+                bound = b
+            elif op in ("max", "min"):
+                bound = max(a, b)
+            else:
+                return False
+            if bound > limit:
+                return False
+            bounds[expr] = bound
+    return True
 
 
 def _checked_ops(count: int) -> tuple[dict[str, Any], Any]:
@@ -655,24 +763,46 @@ def _magnitude(value: Any) -> int | float:
 
 
 def _guard_symbols(guards: list[Guard]) -> list[frozenset[str]]:
-    """The symbols each guard reads. Guards share their expressions (see `symbolic._node`): each
-    expression node is visited once, not once per guard that contains it."""
-    memo: dict[int, frozenset[str]] = {}
+    """The symbols each guard reads (see `_guard_facts`)."""
+    return _guard_facts(guards)[0]
+
+
+def _guard_facts(guards: list[Guard]) -> tuple[list[frozenset[str]], list[int]]:
+    """The symbols each guard reads, and the largest magnitude of a constant in it.
+
+    Guards share their expressions (see `symbolic._node`): each expression node is visited once,
+    not once per guard that contains it, and once for both facts (two walks, with a list of pending
+    arguments made per node, took a third of ResNet-50's size solving). Nodes are keys as
+    themselves: an `Expr` hashes by identity.
+    """
+    facts: dict[Expr, tuple[frozenset[str], int]] = {}
     for guard in guards:
         stack: list[Expr] = [guard.left, guard.right]
         while stack:  # iterative post-order: a 100,000-layer chain's expressions are that deep
-            expr = stack[-1]
-            if id(expr) in memo:
-                stack.pop()
-            elif expr.op == "sym":
-                memo[id(expr)] = frozenset((expr.args[0],))
-            elif expr.op == "const":
-                memo[id(expr)] = frozenset()
-            elif pending := [arg for arg in expr.args if id(arg) not in memo]:
-                stack.extend(pending)
+            expr = stack.pop()
+            if expr in facts:
+                continue
+            op = expr.op
+            if op == "sym":
+                facts[expr] = (frozenset(expr.args[:1]), 0)
+            elif op == "const":
+                facts[expr] = (_NO_SYMBOLS, math.ceil(abs(expr.args[0])))
             else:
-                memo[id(expr)] = frozenset().union(*(memo[id(arg)] for arg in expr.args))
-    return [memo[id(guard.left)] | memo[id(guard.right)] for guard in guards]
+                left, right = expr.args
+                left_facts, right_facts = facts.get(left), facts.get(right)
+                if left_facts is None or right_facts is None:  # again once its arguments are done
+                    stack.append(expr)
+                    if left_facts is None:
+                        stack.append(left)
+                    if right_facts is None:
+                        stack.append(right)
+                    continue
+                facts[expr] = (left_facts[0] | right_facts[0], max(left_facts[1], right_facts[1]))
+    both = [(facts[guard.left], facts[guard.right]) for guard in guards]
+    return [left[0] | right[0] for left, right in both], [max(left[1], right[1]) for left, right in both]
+
+
+_NO_SYMBOLS: frozenset[str] = frozenset()
 
 
 def _dim_names(node_type: Any, input_name: str, symbols: dict[str, tuple[str, int, int]]) -> list[str]:
