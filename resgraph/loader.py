@@ -74,6 +74,13 @@ class _Composer(_COMPOSER):  # type: ignore[valid-type,misc]
     follows from the node's kind, text and style alone; the table is `_COMPOSER`'s own, as first
     read in this process.)"""
 
+    if _COMPOSER is not yaml.SafeLoader:  # (PyYAML's Python composer needs all of its parts' state)
+        def __init__(self, stream: str) -> None:
+            # Only libyaml's parser's state: the constructor's and the resolver's (their `__init__`s)
+            # serve constructing Python objects and path resolvers, neither of which composing uses.
+            # (A twentieth of the time composing the tutorial took.)
+            yaml.cyaml.CParser.__init__(self, stream)
+
     # The composer tells its path resolvers at every node that it enters and leaves it: two calls of
     # Python functions that return at once, as none is registered. C functions taking the same
     # arguments serve, for a tenth of the time composing takes.
