@@ -15,14 +15,12 @@ a quoted `"1e-6"` stays a string. `--set NAME=VALUE` values are read the same wa
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gc
 import math
 import os
 import re
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +71,19 @@ class _Composer(_COMPOSER):  # type: ignore[valid-type,misc]
     every node: a spec repeats the same few texts. (No path resolvers are registered, so the tag
     follows from the node's kind, text and style alone; the table is `_COMPOSER`'s own, as first
     read in this process.)"""
+
+    if _COMPOSER is not yaml.SafeLoader:  # (PyYAML's Python composer needs all of its parts' state)
+        def __init__(self, stream: str) -> None:
+            # Only libyaml's parser's state: the constructor's and the resolver's (their `__init__`s)
+            # serve constructing Python objects and path resolvers, neither of which composing uses.
+            # (A twentieth of the time composing the tutorial took.)
+            yaml.cyaml.CParser.__init__(self, stream)
+
+    # The composer tells its path resolvers at every node that it enters and leaves it: two calls of
+    # Python functions that return at once, as none is registered. C functions taking the same
+    # arguments serve, for a tenth of the time composing takes.
+    descend_resolver = staticmethod({}.get)  # (parent, index) -> None
+    ascend_resolver = staticmethod(tuple)  # () -> ()
 
     def resolve(self, kind: type[yaml.Node], value: Any, implicit: Any) -> str:
         if value is not None and len(value) > 64:  # (the cache keeps short texts only)
@@ -394,19 +405,23 @@ def load_text(text: str, file: str = "<spec>") -> LoadedSpec:
         return _load_text(text, file)
 
 
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
+class gc_paused:  # (named as the function it was: used as `with gc_paused():`)
     """Pause the cyclic garbage collector while building big trees of fresh objects.
 
     Parsing allocates hundreds of thousands of nodes that are never garbage; the collector's
-    passes over them made large specs four times slower.
+    passes over them made large specs four times slower. (A class, not a `contextlib`
+    generator: every build enters it in several stages, and a generator's entry and exit cost
+    three times as much, 0.01 ms of a one-layer spec's stages.)
     """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
+
+    __slots__ = ("enabled",)
+
+    def __enter__(self) -> None:
+        self.enabled = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
             gc.enable()
 
 
@@ -456,6 +471,11 @@ def _load_text(text: str, file: str) -> LoadedSpec:
         raise SpecError([Diagnostic(Location(file, 1, 1), f"the document expands to more than {MAX_NODES:,} YAML "
                                                           "nodes", "aliases (*name) multiply nodes; write the spec "
                                                                    "out or use blocks and `repeat:`")])
+    try:
+        return LoadedSpec(_common_data(root, source), source, text)
+    except _Uncommon:
+        pass  # (`_Builder` walks it again from the start, and says what it found)
+    source = SourceMap(file)
     builder = _Builder(source)
     data = builder.build(root, ())
     if builder.diagnostics:
@@ -639,3 +659,76 @@ class _Builder:
                 continue
             combined.update(value)
         return combined
+
+
+class _Uncommon(Exception):
+    """Raised by `_common_data` at a node it leaves to `_Builder`."""
+
+
+# Tags whose scalars PyYAML's own constructors read (`_Builder.scalar`); str and int are read inline.
+_CONSTRUCTED_TAGS = frozenset({"tag:yaml.org,2002:null", "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float",
+                               _INT})
+_MAP, _SEQ = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
+
+
+def _common_data(root: yaml.Node, source: SourceMap) -> Any:
+    """`_Builder(source).build(root, ())` for a document it would find nothing wrong with and where
+    no key is `<<`, in one lean walk: the builder's bookkeeping (its node count, the nodes on the
+    current path, merged keys, the first position kept where a path is met twice) is for documents
+    this walk leaves to it. Every path is met once here, so the node count is the number of paths.
+
+    Raises:
+        _Uncommon: at the first node the builder would refuse or merge (its tag, a duplicate or
+            non-string key, `<<`, nesting deeper than MAX_DEPTH, an unreadable scalar), or where the
+            document may have more than MAX_NODES nodes; part of `source` may have been written.
+    """
+    data = _common_node(root, (), source.values, source.keys)
+    if len(source.values) > MAX_NODES:
+        raise _Uncommon
+    return data
+
+
+def _common_node(node: yaml.Node, path: Path, values: dict[Path, tuple[int, int]],
+                 keys: dict[Path, tuple[int, int]]) -> Any:
+    """The value of `node` at `path`, its position (and its keys') recorded as `_Builder.build` records them."""
+    start, kind, tag = node.start_mark, type(node), node.tag
+    if kind is yaml.ScalarNode:
+        style, written = node.style, node.value
+        # (a quoted scalar's position is its first character inside the quotes: see `_Builder.build`)
+        values[path] = (start.line + 1, start.column + 1 + (style == "'" or style == '"'))
+        if tag == _STR:
+            if not style and written[:1] in _NUMBER_START and _EXPONENT_FLOAT.match(written):
+                return float(written)
+            return written
+        if tag == _INT and len(written) <= 18 and written.isascii() and written.isdigit() and written[0] != "0":
+            return int(written)
+        if tag in _TEXT_TAGS:
+            return written
+        if tag not in _CONSTRUCTED_TAGS:
+            raise _Uncommon
+        try:
+            value = _SCALARS.yaml_constructors[tag](_SCALARS, node)
+        except (yaml.YAMLError, ValueError, OverflowError, KeyError):
+            raise _Uncommon from None
+        if isinstance(value, int) and abs(value) >= MAX_INT:
+            raise _Uncommon
+        return value
+    values[path] = (start.line + 1, start.column + 1)
+    if len(path) > MAX_DEPTH or len(values) + len(node.value) > MAX_NODES:
+        raise _Uncommon  # (said before its members are walked: a huge document is not held twice)
+    if kind is yaml.SequenceNode and tag == _SEQ:
+        return [_common_node(item, (*path, index), values, keys) for index, item in enumerate(node.value)]
+    if kind is not yaml.MappingNode or tag != _MAP:
+        raise _Uncommon
+    result: dict[str, Any] = {}
+    for key_node, value_node in node.value:
+        if type(key_node) is not yaml.ScalarNode or key_node.tag != _STR:
+            raise _Uncommon  # `<<`, a key of another type or tag
+        key = key_node.value
+        if key in result:
+            raise _Uncommon  # a duplicate key
+        child = (*path, key)
+        mark = key_node.start_mark
+        keys[child] = (mark.line + 1, mark.column + 1)
+        result[key] = _common_node(value_node, child, values, keys)
+    return result

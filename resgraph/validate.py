@@ -325,10 +325,16 @@ def _predicates(root: str) -> Predicate | None:
         spec = defs.pop("Spec")
         bodies = Compiler(defs)
         checks: dict[str, Predicate] = {}  # definition name -> its predicate, looked up once
+        curated: dict[str, Predicate] = {}  # a curated op -> its definition's predicate
 
         def layer_body(body: Any) -> bool:
             if not isinstance(body, dict):
                 return False
+            op = body.get("op")
+            if type(op) is str:  # (a body with an `op` is dispatched by it alone)
+                check = curated.get(op)
+                if check is not None:
+                    return check(body)
             definition = _body_definition(body)
             if definition is None:
                 return False
@@ -338,6 +344,8 @@ def _predicates(root: str) -> Predicate | None:
                     check = checks[definition] = bodies.definition(definition)
                 except UnsupportedSchema:
                     return False
+            if type(op) is str and _CURATED_DEFINITIONS.get(op) == definition:
+                curated[op] = check  # (a registered op's model never changes: see _CURATED_DEFINITIONS)
             return check(body)
 
         shell = Compiler(defs, given={"LayerBody": layer_body})
