@@ -528,6 +528,39 @@ def _expanded_size(root: yaml.Node) -> tuple[int, yaml.Node | None]:
 _SCALARS = yaml.SafeLoader("")
 
 
+class _Unreadable(Exception):
+    """A scalar `_scalar_value` cannot read; its message says why."""
+
+
+def _scalar_value(node: yaml.ScalarNode) -> Any:
+    """The value of a scalar of a core tag (`str`, `int`, `float`, `bool`, `null`).
+
+    Raises:
+        _Unreadable: its text is not of its tag (`!!bool 3`, `!!float x`), or an integer of 10^100 or more.
+    """
+    written = node.value
+    if node.tag == _STR:
+        if not node.style and written[:1] in _NUMBER_START and _EXPONENT_FLOAT.match(written):
+            return float(written)  # `eps: 1e-6`: a number, as YAML 1.2 reads it
+        return written  # the common case needs no constructor
+    if (node.tag == _INT and len(written) <= 18 and written.isascii() and written.isdigit()
+            and written[0] != "0"):
+        return int(written)  # the common case; YAML 1.1's `0755` is octal; `1_000`, `0x1f`, long ones: PyYAML
+    text = written if len(written) <= 40 else f"{written[:20]}...{written[-10:]}"
+    try:
+        value = _SCALARS.yaml_constructors[node.tag](_SCALARS, node)
+    except (yaml.YAMLError, ValueError, OverflowError, KeyError) as exc:  # KeyError: `!!bool 3`
+        reason = f"not a YAML {node.tag.rpartition(':')[2]}" if isinstance(exc, KeyError) else str(exc)
+        if not str(exc).startswith("Exceeds the limit"):  # (Python's cap on decimal digits: too large, below)
+            raise _Unreadable(f"cannot read scalar {text!r}: {reason}") from None
+        value = MAX_INT + 1
+    if isinstance(value, int) and abs(value) >= MAX_INT:  # (`0xfff...` of 6,000 digits: later str() raised)
+        length = f" ({len(node.value):,} characters)" if text != node.value else ""
+        raise _Unreadable(f"the integer {text}{length} is too large: a spec's integers are smaller than 10^100 "
+                          "(no tensor size, index or dtype holds more than 2^64)")
+    return value
+
+
 class _Builder:
     """Turns a composed YAML node tree into plain data, recording positions and problems."""
 
@@ -535,7 +568,6 @@ class _Builder:
         self.source = source
         self.diagnostics: list[Diagnostic] = []
         self.nodes_built = 0
-        self.constructor = _SCALARS
         self.active: set[int] = set()  # ids of collection nodes on the current path
 
     def where(self, node: yaml.Node) -> Location:
@@ -590,29 +622,11 @@ class _Builder:
             self.active.discard(id(node))
 
     def scalar(self, node: yaml.ScalarNode) -> Any:
-        written = node.value
-        if node.tag == _STR:
-            if not node.style and written[:1] in _NUMBER_START and _EXPONENT_FLOAT.match(written):
-                return float(written)  # `eps: 1e-6`: a number, as YAML 1.2 reads it
-            return written  # the common case needs no constructor
-        if (node.tag == _INT and len(written) <= 18 and written.isascii() and written.isdigit()
-                and written[0] != "0"):
-            return int(written)  # the common case; YAML 1.1's `0755` is octal; `1_000`, `0x1f`, long ones: PyYAML
-        text = written if len(written) <= 40 else f"{written[:20]}...{written[-10:]}"
         try:
-            value = self.constructor.yaml_constructors[node.tag](self.constructor, node)
-        except (yaml.YAMLError, ValueError, OverflowError, KeyError) as exc:  # KeyError: `!!bool 3`
-            reason = f"not a YAML {node.tag.rpartition(':')[2]}" if isinstance(exc, KeyError) else str(exc)
-            if not str(exc).startswith("Exceeds the limit"):  # (Python's cap on decimal digits: too large, below)
-                self.fail(node, f"cannot read scalar {text!r}: {reason}")
-                return None
-            value = MAX_INT + 1
-        if isinstance(value, int) and abs(value) >= MAX_INT:  # (`0xfff...` of 6,000 digits: later str() raised)
-            length = f" ({len(node.value):,} characters)" if text != node.value else ""
-            self.fail(node, f"the integer {text}{length} is too large: a spec's integers are smaller than 10^100 "
-                            "(no tensor size, index or dtype holds more than 2^64)")
+            return _scalar_value(node)
+        except _Unreadable as exc:
+            self.fail(node, str(exc))
             return None
-        return value
 
     def mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, Any]:
         result: dict[str, Any] = {}
@@ -665,7 +679,7 @@ class _Uncommon(Exception):
     """Raised by `_common_data` at a node it leaves to `_Builder`."""
 
 
-# Tags whose scalars PyYAML's own constructors read (`_Builder.scalar`); str and int are read inline.
+# Tags of the scalars `_scalar_value` reads besides strings (PyYAML's own constructors, but for plain ints).
 _CONSTRUCTED_TAGS = frozenset({"tag:yaml.org,2002:null", "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float",
                                _INT})
 _MAP, _SEQ = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
@@ -693,26 +707,17 @@ def _common_node(node: yaml.Node, path: Path, values: dict[Path, tuple[int, int]
     """The value of `node` at `path`, its position (and its keys') recorded as `_Builder.build` records them."""
     start, kind, tag = node.start_mark, type(node), node.tag
     if kind is yaml.ScalarNode:
-        style, written = node.style, node.value
+        style = node.style
         # (a quoted scalar's position is its first character inside the quotes: see `_Builder.build`)
         values[path] = (start.line + 1, start.column + 1 + (style == "'" or style == '"'))
-        if tag == _STR:
-            if not style and written[:1] in _NUMBER_START and _EXPONENT_FLOAT.match(written):
-                return float(written)
-            return written
-        if tag == _INT and len(written) <= 18 and written.isascii() and written.isdigit() and written[0] != "0":
-            return int(written)
         if tag in _TEXT_TAGS:
-            return written
-        if tag not in _CONSTRUCTED_TAGS:
+            return node.value
+        if tag != _STR and tag not in _CONSTRUCTED_TAGS:
             raise _Uncommon
         try:
-            value = _SCALARS.yaml_constructors[tag](_SCALARS, node)
-        except (yaml.YAMLError, ValueError, OverflowError, KeyError):
+            return _scalar_value(node)
+        except _Unreadable:
             raise _Uncommon from None
-        if isinstance(value, int) and abs(value) >= MAX_INT:
-            raise _Uncommon
-        return value
     values[path] = (start.line + 1, start.column + 1)
     if len(path) > MAX_DEPTH or len(values) + len(node.value) > MAX_NODES:
         raise _Uncommon  # (said before its members are walked: a huge document is not held twice)
