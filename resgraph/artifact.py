@@ -2,7 +2,7 @@
 
 The file stores what the rebuild needs (the spec text, parameter overrides, the imported block
 libraries' texts, the import prefixes the build was allowed), so loading it reads nothing else, and
-what a state_dict leaves out (`model.modes`: train/eval mode, per submodule, and the frozen
+what a state_dict leaves out (`model.Modes`: train/eval mode, per submodule, and the frozen
 parameters), so a model comes back as it was saved, as a pickled one does.
 Import permission is never taken from the file: the caller of `load` grants it.
 """
@@ -14,7 +14,7 @@ import stat
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .errors import ResgraphError, UsageError
+from .errors import ResgraphError, UsageError, shortened
 from .expressions import value_size
 from .files import atomic_write
 from .loader import MAX_BYTES, os_reason
@@ -46,7 +46,7 @@ def save(module: CompiledModule, path: str) -> None:
                "params": dict(record.params), "allow_imports": list(record.allow_imports),
                "imports": None if record.imports is None else [list(pair) for pair in record.imports],
                "input_shapes": {k: list(v) for k, v in record.input_shapes.items()},
-               "version": record.version, "modes": modes(module),
+               "version": record.version, "modes": modes(module)._asdict(),
                "state_dict": module.state_dict()}
 
     def write(tmp: str) -> None:
@@ -133,11 +133,18 @@ def _restore_modes(module: CompiledModule, stored: Any, name: str) -> None:
     """
     if stored is None:
         return
-    if not (isinstance(stored, dict) and isinstance(stored.get("training"), bool)
-            and all(isinstance(stored.get(key), list) and all(isinstance(item, str) for item in stored[key])
-                    for key in ("frozen", "flipped"))):
+    if not isinstance(stored, dict):
+        problem = f"a {type(stored).__name__}, not a mapping"
+    elif not isinstance(stored.get("training"), bool):
+        problem = f"'training' is {shortened(repr(stored.get('training')), 80)}, not true or false"
+    else:
+        lists = ("frozen", "flipped")
+        wrong = [key for key in lists if not (isinstance(stored.get(key), list)
+                                              and all(isinstance(item, str) for item in stored[key]))]
+        problem = f"{wrong[0]!r} is {shortened(repr(stored.get(wrong[0])), 80)}, not a list of names" if wrong else None
+    if problem is not None:
         raise UsageError(f"{name}: not a complete resgraph model file (its train/eval modes are not what "
-                         "resgraph.save writes)")
+                         f"resgraph.save writes: {problem})")
     parameters = {key for key, _ in module.named_parameters(remove_duplicate=False)}
     submodules = {key for key, _ in module.named_modules() if key}
     unknown = [f"parameter {key!r}" for key in stored["frozen"] if key not in parameters]

@@ -12,7 +12,7 @@ import copy
 import itertools
 import math
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 from torch import nn
@@ -119,7 +119,7 @@ class CompiledModule(GeneratedModule):
         kept = modes(self)
         # Instances checkpointed by `resgraph.checkpoint` (the record rebuilds only the spec's).
         checkpointed = [name for name, m in self.named_modules() if getattr(type(m), "_checkpointed", False)]
-        return (_unpickle, (self.build_record, self.state_dict(), kept["training"], kept["frozen"], kept["flipped"],
+        return (_unpickle, (self.build_record, self.state_dict(), kept.training, kept.frozen, kept.flipped,
                             replaced_modules(self), checkpointed))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> CompiledModule:
@@ -131,15 +131,21 @@ class CompiledModule(GeneratedModule):
         return clone
 
 
-def modes(module: nn.Module) -> dict[str, Any]:
-    """What a `state_dict` leaves out of a module's state, as plain data: whether it is in training
-    mode (`training`), the parameters frozen with `requires_grad_(False)` (`frozen`: their names,
-    tied names each listed) and the submodules whose mode differs from the module's (`flipped`:
-    `model.train(); model.bn1.eval()`). `restore_modes` puts them back on a rebuilt module."""
+class Modes(NamedTuple):
+    """What a `state_dict` leaves out of a module's state: whether it is in training mode, the
+    parameters frozen with `requires_grad_(False)` (their names, tied names each listed) and the
+    submodules whose mode differs from the module's (`model.train(); model.bn1.eval()`)."""
+
+    training: bool
+    frozen: list[str]
+    flipped: list[str]
+
+
+def modes(module: nn.Module) -> Modes:
+    """`module`'s `Modes`, which `restore_modes` puts back on a rebuilt module."""
     parameters = module.named_parameters(remove_duplicate=False)
-    return {"training": module.training,
-            "frozen": sorted(name for name, parameter in parameters if not parameter.requires_grad),
-            "flipped": sorted(name for name, m in module.named_modules() if name and m.training != module.training)}
+    return Modes(module.training, sorted(name for name, parameter in parameters if not parameter.requires_grad),
+                 sorted(name for name, m in module.named_modules() if name and m.training != module.training))
 
 
 def restore_modes(module: nn.Module, training: bool, frozen: Iterable[str] | None, flipped: Iterable[str]) -> None:

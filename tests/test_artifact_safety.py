@@ -220,10 +220,10 @@ def test_a_file_saved_before_modes_were_kept_loads_as_built(saved: tuple[pathlib
 
 
 @pytest.mark.parametrize("modes, kind, message", [
-    ("eval", resgraph.UsageError, "its train/eval modes are not what resgraph.save writes"),
-    ({"training": 0, "frozen": [], "flipped": []}, resgraph.UsageError, "train/eval modes"),
-    ({"training": True, "frozen": [1], "flipped": []}, resgraph.UsageError, "train/eval modes"),
-    ({"training": True, "frozen": [], "flipped": None}, resgraph.UsageError, "train/eval modes"),
+    ("eval", resgraph.UsageError, "its train/eval modes are not what resgraph.save writes: a str, not a mapping"),
+    ({"training": 0, "frozen": [], "flipped": []}, resgraph.UsageError, "'training' is 0, not true or false"),
+    ({"training": True, "frozen": [1], "flipped": []}, resgraph.UsageError, "'frozen' is [1], not a list of names"),
+    ({"training": True, "frozen": [], "flipped": None}, resgraph.UsageError, "'flipped' is None, not a list"),
     ({"training": True, "frozen": ["fc.gamma"], "flipped": []}, resgraph.ResgraphError,
      "the stored modes do not match the stored spec (it builds no parameter 'fc.gamma')"),
     ({"training": True, "frozen": [], "flipped": ["head", "fc.x"]}, resgraph.ResgraphError,
