@@ -14,7 +14,6 @@ class-level facts and two pure functions:
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import math
 import re
@@ -289,7 +288,9 @@ class TensorType:
 
     def hints(self) -> TensorType:
         """This type with plain ints: every size at its declared value (for summaries and exports)."""
-        return TensorType(tuple(hint(d) for d in self.shape), self.dtype, self.layout, self.scale)
+        # (hint() inlined: every symbolic type of a build is hinted once)
+        return TensorType(tuple([d.hint if type(d) is SymInt else d for d in self.shape]), self.dtype, self.layout,
+                          self.scale)
 
     def __str__(self) -> str:
         return "(" + ", ".join(str(d) for d in self.shape) + ("," if len(self.shape) == 1 else "") + ")"
@@ -315,6 +316,8 @@ class Storage:
 
 
 FRESH = Storage()
+# The values `Layer.args` reads from a layer's fields as they are (model_dump gives them unchanged).
+_PLAIN_VALUES = frozenset({int, float, bool, str, type(None)})
 
 
 class Layer(StrictModel):
@@ -375,14 +378,35 @@ class Layer(StrictModel):
 
     def args(self) -> dict[str, Any]:
         """The constructor arguments the spec wrote (lists as tuples), without `op`/`input`."""
-        return dict(self._written_args)
+        # Dumped once per layer, kept in its __dict__: a layer is frozen, and expansion gives equal bodies
+        # one object, so ResNet-50's 16 blocks type the same BatchNorm many times (a dump costs
+        # microseconds). See `model_copy`. (Not functools.cached_property, which takes a lock per read.)
+        written = self.__dict__.get("_written_args")
+        if written is None:
+            written = self.__dict__["_written_args"] = self._dump_written()
+        return dict(written)
 
-    @functools.cached_property
-    def _written_args(self) -> dict[str, Any]:
-        # Once per layer: a layer is frozen, and expansion gives equal bodies one object, so ResNet-50's
-        # 16 blocks type the same BatchNorm many times (a dump costs microseconds). See `model_copy`.
-        written = self.model_dump(exclude=RESGRAPH_KEYS, exclude_unset=True, by_alias=False)
-        return {k: tuple(v) if isinstance(v, list) else v for k, v in written.items()}
+    def _dump_written(self) -> dict[str, Any]:
+        """What `args` keeps: the fields the spec set, in their order, lists as tuples. Where every such
+        value is plain (a number, a string, None, a list of them), they are read as they are, which is
+        what `model_dump` gives for them in a quarter of its time (once per layer of every build);
+        anything else goes through `model_dump`."""
+        values, fields_set = self.__dict__, self.__pydantic_fields_set__
+        written = {}
+        for name in type(self).__pydantic_fields__:
+            if name in fields_set and name not in RESGRAPH_KEYS:
+                value = values[name]
+                kind = type(value)
+                if kind in _PLAIN_VALUES:
+                    written[name] = value
+                elif (kind is list or kind is tuple) and all(type(item) in _PLAIN_VALUES for item in value):
+                    written[name] = tuple(value)
+                else:
+                    break
+        else:
+            return written
+        dumped = self.model_dump(exclude=RESGRAPH_KEYS, exclude_unset=True, by_alias=False)
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in dumped.items()}
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Layer:
         """pydantic's copy, without what `_written_args` kept (`update` may change an argument)."""
