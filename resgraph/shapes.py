@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextvars
 import math
 from collections.abc import Iterable
-from dataclasses import replace
 from fractions import Fraction
 from typing import Any
 
@@ -38,7 +37,7 @@ from .ops.tensor import BlockOutput, SplitBase
 from .projections import ProjectionError, describe_steps, plan_projection, projection_parameters
 from .resolve import resolve
 from .spec import MAX_DIM, BlockDef, InputDecl, Spec
-from .symbolic import Guard, SizeOverflowError, SymInt, hint, recorded, recording, site, specialize
+from .symbolic import Guard, SizeOverflowError, SymInt, recorded, recording, site, specialize
 
 # The top-level graph's input symbols while it is inferred (hints for mismatches use them).
 _SYMBOLS: contextvars.ContextVar[dict[str, tuple[str, int, int]] | None] = contextvars.ContextVar("symbols",
@@ -185,7 +184,7 @@ def _check_size(node: Node) -> None:
     kind = node.meta.get("type")
     if kind is None:  # (a skip refused with its own diagnostic, a block call whose values are typed apart)
         return
-    sizes = [hint(d) for d in kind.shape]
+    sizes = [d.hint if type(d) is SymInt else d for d in kind.shape]  # (hint() inlined: every dim of every node)
     elements = math.prod(sizes)
     if elements <= MAX_DIM:  # (every size is at least 1, so no size is larger either)
         return
@@ -318,13 +317,17 @@ def _to_hints(graph: Graph, sizes: dict[int, Any] | None = None,
     # A type of plain ints is its own hint: it is kept (and stays shared, see _Memo), not copied.
     for node in graph.nodes.values():
         meta = node.meta
-        if "type" in meta:
-            meta["type"] = _hinted(meta["type"], sizes, hinted)
+        kind = meta.get("type")  # (present, never None, on a graph typed without problems)
+        if kind is not None:
+            known = hinted.get(id(kind))  # (most nodes: copies and memoised layers share their types)
+            meta["type"] = known[1] if known is not None else _hinted(kind, sizes, hinted)
+        if isinstance(node, LayerNode):  # (most nodes: none of the kinds below)
+            continue
         if "types" in meta and not _plain(meta["types"]):
             meta["types"] = [_hinted(t, sizes, hinted) for t in meta["types"]]
         if isinstance(node, SkipNode) and "projection" in meta and not _plain([meta["projection"].output]):
             plan = meta["projection"]
-            meta["projection"] = replace(plan, output=_hinted(plan.output, sizes, hinted))
+            meta["projection"] = plan.with_output(_hinted(plan.output, sizes, hinted))
         if isinstance(node, BlockNode):
             for instance in node.instances:
                 _to_hints(instance, sizes, hinted)
@@ -336,10 +339,11 @@ def _hinted(kind: TensorType, sizes: dict[int, Any], hinted: dict[int, tuple[Ten
     types: most nodes cost one look-up), recording its symbolic sizes in `sizes`."""
     known = hinted.get(id(kind))
     if known is None:
-        if _plain([kind]):
+        symbolic = [dim for dim in kind.shape if type(dim) is not int]
+        if not symbolic:
             hinted[id(kind)] = (kind, kind)
             return kind
-        for dim in kind.shape:
+        for dim in symbolic:
             if isinstance(dim, SymInt):
                 sizes.setdefault(id(dim.expr), dim.expr)
         known = hinted[id(kind)] = (kind, kind.hints())
@@ -556,8 +560,8 @@ def _specialized(value: Any) -> Any:
         return value
     if isinstance(value, SymInt):
         return specialize(value)
-    if isinstance(value, dict):
-        return {k: _specialized(v) for k, v in value.items()}
+    if isinstance(value, dict):  # (a layer's arguments: their plain values are not passed down one by one)
+        return {k: v if type(v) in _ATOMS else _specialized(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(_specialized(v) for v in value)
     return value
