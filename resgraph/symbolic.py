@@ -268,6 +268,8 @@ class SymInt:
         return SymInt(_node(op, (other_expr, self.expr) if swap else (self.expr, other_expr)), value)
 
     def __add__(self, other: Operand) -> Operand:
+        if type(other) is int and other == 0:  # (x + 0, as _simplify has it: a conv that keeps its size)
+            return self
         return self._apply("add", other)
 
     def __radd__(self, other: Operand) -> Operand:
@@ -311,6 +313,10 @@ class SymInt:
 
     # decisions ----------------------------------------------------------------------------------
     def _compare(self, op: str, other: Any) -> Any:
+        if type(other) is int:  # (most decisions: a size against a number; the general case below)
+            outcome = _COMPARE[op](self.hint, other)
+            _record(op, self.expr, _const(other), outcome)
+            return outcome
         if not isinstance(other, (int, SymInt)) or isinstance(other, bool):
             return NotImplemented
         outcome = bool(_COMPARE[op](self.hint, hint(other)))

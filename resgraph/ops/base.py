@@ -36,7 +36,7 @@ from pydantic import (
 )
 from typing_extensions import TypeAliasType
 
-from ..symbolic import SymInt, hint
+from ..symbolic import SymInt
 from .index import OP_MODULES
 
 __all__ = [
@@ -228,6 +228,12 @@ class DtypeError(ShapeError):
 
 
 Scale = tuple[Fraction, ...]
+
+
+def _hints(shape: tuple[Any, ...]) -> tuple[int, ...]:
+    """Each size's `hint` (hint() inlined: every type of a build is hinted, some twice)."""
+    return tuple([d.hint if type(d) is SymInt else d for d in shape])
+
 _KEEP: Any = object()  # with_shape's default scale: see there
 
 
@@ -268,7 +274,7 @@ class TensorType:
         shape, layout = tuple(shape), layout or self.layout
         if scale is _KEEP:
             same_grid = (self.scale is not None and layout == "channels_first" and len(shape) == self.rank
-                         and all(hint(a) == hint(b) for a, b in zip(shape[1:], self.shape[1:])))
+                         and _hints(shape[1:]) == _hints(self.shape[1:]))
             scale = self.scale if same_grid else None
         return TensorType(shape, self.dtype, layout, scale)  # (not dataclasses.replace: 3x the time, per layer)
 
@@ -288,9 +294,7 @@ class TensorType:
 
     def hints(self) -> TensorType:
         """This type with plain ints: every size at its declared value (for summaries and exports)."""
-        # (hint() inlined: every symbolic type of a build is hinted once)
-        return TensorType(tuple([d.hint if type(d) is SymInt else d for d in self.shape]), self.dtype, self.layout,
-                          self.scale)
+        return TensorType(_hints(self.shape), self.dtype, self.layout, self.scale)
 
     def __str__(self) -> str:
         return "(" + ", ".join(str(d) for d in self.shape) + ("," if len(self.shape) == 1 else "") + ")"
