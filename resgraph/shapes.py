@@ -118,7 +118,8 @@ def _infer(graph: Graph, input_types: list[TensorType], memo: _Memo) -> list[Dia
     given = iter(input_types)
     nodes, qualname = graph.nodes, graph.qualname
     for node in nodes.values():
-        if isinstance(node, InputNode):
+        kind = type(node)  # (one of the four node classes, which have no subclasses: see graph.py)
+        if kind is InputNode:
             node.meta["type"] = next(given)
             try:
                 _check_size(node)
@@ -128,32 +129,33 @@ def _infer(graph: Graph, input_types: list[TensorType], memo: _Memo) -> list[Dia
             continue
         inputs = [nodes[name].meta.get("type") for name in node.inputs]
         if not all(inputs):  # (an input failed: a type is always true; `None in` would call each type's __eq__)
-            if isinstance(node, BlockNode):  # its body's own mistakes do not depend on its input
+            if kind is BlockNode:  # its body's own mistakes do not depend on its input
                 diagnostics += _check_blind(graph, node)
             continue
-        key = _memo_key(node, inputs)
+        key = None if kind is BlockNode else _memo_key(node, inputs)
         if key is not None:
             known = memo.get(key)
-            if known is not None and known[0] is getattr(node, "layer", None):  # (see _memo_key)
+            if known is not None and known[0] is (node.layer if kind is LayerNode else None):  # (see _memo_key)
                 node.meta.update(known[1])
                 continue
         try:
             with site(qualname + node.name):
-                if isinstance(node, LayerNode) and isinstance(node.layer, BlockOutput):
-                    _infer_block_output(graph, node)
-                elif isinstance(node, LayerNode):
-                    _infer_layer(graph, node, inputs)
-                elif isinstance(node, BlockNode):
+                if kind is LayerNode:
+                    if isinstance(node.layer, BlockOutput):
+                        _infer_block_output(graph, node)
+                    else:
+                        _infer_layer(graph, node, inputs)
+                elif kind is BlockNode:
                     _infer_block(graph, node, inputs, diagnostics, memo)
                 else:
-                    assert isinstance(node, SkipNode)
+                    assert kind is SkipNode
                     _infer_skip(graph, node, inputs, diagnostics)
                 _check_size(node)
             # The meta's values are never modified after typing: nodes may share them. (A skip refused
             # with a diagnostic of its own has no projection: it is not kept, so an equal one says it too.)
-            if key is not None and (not isinstance(node, SkipNode) or "projection" in node.meta):
-                fields = _SKIP_META if isinstance(node, SkipNode) else _LAYER_META
-                memo[key] = (getattr(node, "layer", None), {k: node.meta[k] for k in fields})
+            if key is not None and (kind is not SkipNode or "projection" in node.meta):
+                fields = _SKIP_META if kind is SkipNode else _LAYER_META
+                memo[key] = (node.layer if kind is LayerNode else None, {k: node.meta[k] for k in fields})
         except (ShapeError, SizeOverflowError) as exc:
             problem = _located(graph, node, exc)
             group = _split_group(node)
@@ -321,14 +323,15 @@ def _to_hints(graph: Graph, sizes: dict[int, Any] | None = None,
         if kind is not None:
             known = hinted.get(id(kind))  # (most nodes: copies and memoised layers share their types)
             meta["type"] = known[1] if known is not None else _hinted(kind, sizes, hinted)
-        if isinstance(node, LayerNode):  # (most nodes: none of the kinds below)
+        cls = type(node)
+        if cls is LayerNode or cls is InputNode:  # (most nodes: none of the cases below)
             continue
         if "types" in meta and not _plain(meta["types"]):
             meta["types"] = [_hinted(t, sizes, hinted) for t in meta["types"]]
-        if isinstance(node, SkipNode) and "projection" in meta and not _plain([meta["projection"].output]):
+        if cls is SkipNode and "projection" in meta and not _plain([meta["projection"].output]):
             plan = meta["projection"]
             meta["projection"] = plan.with_output(_hinted(plan.output, sizes, hinted))
-        if isinstance(node, BlockNode):
+        if cls is BlockNode:
             for instance in node.instances:
                 _to_hints(instance, sizes, hinted)
     return sizes
@@ -337,16 +340,17 @@ def _to_hints(graph: Graph, sizes: dict[int, Any] | None = None,
 def _hinted(kind: TensorType, sizes: dict[int, Any], hinted: dict[int, tuple[TensorType, TensorType]]) -> TensorType:
     """`kind.hints()`, once per type object (equal instances' copies and memoised layers share their
     types: most nodes cost one look-up), recording its symbolic sizes in `sizes`."""
-    known = hinted.get(id(kind))
+    key = id(kind)
+    known = hinted.get(key)
     if known is None:
         symbolic = [dim for dim in kind.shape if type(dim) is not int]
         if not symbolic:
-            hinted[id(kind)] = (kind, kind)
+            hinted[key] = (kind, kind)
             return kind
         for dim in symbolic:
-            if isinstance(dim, SymInt):
+            if type(dim) is SymInt:
                 sizes.setdefault(id(dim.expr), dim.expr)
-        known = hinted[id(kind)] = (kind, kind.hints())
+        known = hinted[key] = (kind, kind.hints())
     return known[1]
 
 
@@ -521,16 +525,16 @@ def _plain(types: list[TensorType]) -> bool:
     return True
 
 
-def _memo_key(node: Node, inputs: list[TensorType]) -> tuple[Any, ...] | None:
-    """The key of a layer's or skip's typing in `_Memo`, or None where it is not memoised (a block
-    call, a call's value, a symbolic size). A layer counts by identity: its entry keeps the layer,
-    so its id stays its own, and a hit checks it is the same layer."""
-    if isinstance(node, BlockNode) or not _plain(inputs):
+def _memo_key(node: LayerNode | SkipNode, inputs: list[TensorType]) -> tuple[Any, ...] | None:
+    """The key of a layer's or skip's typing in `_Memo`, or None where it is not memoised (a call's
+    value, a symbolic size; a block call has none). A layer counts by identity: its entry keeps the
+    layer, so its id stays its own, and a hit checks it is the same layer."""
+    if not _plain(inputs):
         return None
-    if isinstance(node, LayerNode):
+    if type(node) is LayerNode:
         layer = node.layer
         return None if isinstance(layer, BlockOutput) else ("layer", id(layer), *inputs, *_id_bounds(inputs))
-    assert isinstance(node, SkipNode)
+    assert type(node) is SkipNode
     skip = node.skip
     return ("skip", node.policy, skip.merge, skip.concat_dim, *inputs)
 
