@@ -198,6 +198,9 @@ def _check_size(node: Node) -> None:
                      f"counts sizes in 64 bits); {fix}")
 
 
+_UNIT = Fraction(1)  # an input's grid step (one object: a Fraction takes microseconds to make)
+
+
 def declared_type(decl: InputDecl, map_read: bool = False, sequence_read: bool = False) -> TensorType:
     """An input's declared type: its layout by rank unless given; a channels-first map's grid at scale 1.
 
@@ -212,7 +215,7 @@ def declared_type(decl: InputDecl, map_read: bool = False, sequence_read: bool =
     rank = len(decl.shape)
     layout = decl.layout or ("features_last" if sequence_read else "channels_first" if rank >= 3 or (
         map_read and rank == 2) else "features_last")
-    scale = (Fraction(1),) * (len(decl.shape) - 1) if layout == "channels_first" and len(decl.shape) >= 2 else None
+    scale = (_UNIT,) * (len(decl.shape) - 1) if layout == "channels_first" and len(decl.shape) >= 2 else None
     return TensorType(tuple(decl.shape), decl.dtype, layout, scale)
 
 
@@ -226,8 +229,7 @@ def _reads(graph: Graph, name: str, readers: dict[str, list[str]]) -> list[tuple
     for reader in readers[name]:
         node = graph.nodes[reader]
         if isinstance(node, LayerNode):
-            reads.append((node.layer.op, _as_sequence(node.layer.op, node.inputs, name,
-                                                      len(getattr(node.layer, "masks", ())))))
+            reads.append((node.layer.op, _as_sequence(node.layer.op, node.inputs, name, len(_masks(node.layer)))))
         elif isinstance(node, BlockNode) and node.recipe is not None:
             # the block's layers that read it say how (its first input, also the first layer with no `input:`)
             definition = node.recipe.definition
@@ -238,6 +240,13 @@ def _reads(graph: Graph, name: str, readers: dict[str, list[str]]) -> list[tuple
                 if outer == name:
                     reads += _naming_reads(definition, inner, node.recipe.expander.blocks)
     return reads
+
+
+def _masks(layer: Any) -> Any:
+    """`getattr(layer, "masks", ())`: attention's mask inputs, an uncurated op's `masks` key, else none;
+    read without the AttributeError pydantic raises inside getattr for an op with no such field (6 us)."""
+    extra = layer.__pydantic_extra__
+    return extra["masks"] if extra and "masks" in extra else layer.field_value("masks", ())
 
 
 def _as_sequence(op: Any, inputs: list[str], name: str, masks: int) -> bool:

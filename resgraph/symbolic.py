@@ -36,8 +36,8 @@ from typing import Any, Union
 
 from .expressions import MAX_MAGNITUDE
 
-__all__ = ["MAX_SIZE", "VECTOR_OPS", "Expr", "Guard", "SizeOverflowError", "SymInt", "evaluate", "hint", "recorded",
-           "recording", "render", "requirement", "scaled_size", "site", "specialize", "sym_max", "sym_min"]
+__all__ = ["MAX_SIZE", "VECTOR_OPS", "Expr", "Guard", "SizeOverflowError", "SymInt", "evaluate", "hint", "hints",
+           "recorded", "recording", "render", "requirement", "scaled_size", "site", "specialize", "sym_max", "sym_min"]
 
 # The largest magnitude a size expression may hold, constants and values at the declared size
 # alike: the bound on declared sizes and on every number an expression makes. Sizes are solved in
@@ -313,9 +313,15 @@ class SymInt:
 
     # decisions ----------------------------------------------------------------------------------
     def _compare(self, op: str, other: Any) -> Any:
-        if type(other) is int:  # (most decisions: a size against a number; the general case below)
+        # (most decisions compare a size with a number or another size: their cases first, inline)
+        if type(other) is int:
             outcome = _COMPARE[op](self.hint, other)
             _record(op, self.expr, _const(other), outcome)
+            return outcome
+        if type(other) is SymInt:
+            outcome = _COMPARE[op](self.hint, other.hint)
+            if other.expr is not self.expr:
+                _record(op, self.expr, other.expr, outcome)
             return outcome
         if not isinstance(other, (int, SymInt)) or isinstance(other, bool):
             return NotImplemented
@@ -409,6 +415,11 @@ def requirement(op: str, left: Operand, right: Operand) -> Guard:
 def hint(value: Operand) -> int:
     """The value at the declared size, without recording anything (for messages and displays)."""
     return value.hint if isinstance(value, SymInt) else value
+
+
+def hints(sizes: tuple[Operand, ...]) -> tuple[int, ...]:
+    """Each size's `hint`, as a tuple (hint() inlined: every type of a build is hinted, some twice)."""
+    return tuple([size.hint if type(size) is SymInt else size for size in sizes])
 
 
 def specialize(value: Operand) -> int:
