@@ -67,7 +67,10 @@ def _is_one(size: Any) -> bool:
 def merge_type(kind: Merge, types: list[TensorType], dim: int = 1) -> TensorType:
     """The type of merging `types` in order. Raises ShapeError naming the offending shapes."""
     # the result has the promoted dtype of all the tensors, as torch's `+`, `*` and `torch.cat` give it
-    first = types[0].with_dtype(promote([t.dtype for t in types]))
+    first = types[0]
+    dtype = promote([t.dtype for t in types])
+    if dtype != first.dtype or first.ids_below is not None or first.ids_from is not None:
+        first = first.with_dtype(dtype)  # (else the first type itself: the same value, no copy to make and hint)
     if kind is Merge.add:
         if any(t.shape != first.shape for t in types):
             raise ShapeError(f"add needs equal shapes, got {_shapes(types)}")
