@@ -20,7 +20,7 @@ import re
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
@@ -258,15 +258,6 @@ class TensorType:
     ids_below: Any = field(default=None, compare=False)  # (not compared: a SymInt's == records a guard)
     ids_from: int | None = field(default=None, compare=False)  # the least id, where known (a constant's)
 
-    def __init__(self, shape: tuple[Any, ...], dtype: str = "float32", layout: Layout = "channels_first",
-                 scale: Scale | None = None, ids_below: Any = None, ids_from: int | None = None) -> None:
-        # The fields above, in order, with their defaults (checked below the class). Written out, which
-        # `dataclass` keeps: the __init__ it generates for a frozen class sets each field through
-        # object.__setattr__, 2.5x the time, and typing makes a type per node (and one per hint).
-        values = self.__dict__
-        values["shape"], values["dtype"], values["layout"] = shape, dtype, layout
-        values["scale"], values["ids_below"], values["ids_from"] = scale, ids_below, ids_from
-
     @property
     def rank(self) -> int:
         return len(self.shape)
@@ -302,11 +293,6 @@ class TensorType:
 
     def __str__(self) -> str:
         return "(" + ", ".join(str(d) for d in self.shape) + ("," if len(self.shape) == 1 else "") + ")"
-
-
-# TensorType's written-out __init__ takes its fields, in order, with their defaults (see there).
-assert TensorType.__init__.__code__.co_varnames[1:7] == tuple(f.name for f in fields(TensorType)), "TensorType.__init__"
-assert TensorType.__init__.__defaults__ == tuple(f.default for f in fields(TensorType)[1:]), "TensorType.__init__"
 
 
 @dataclass(frozen=True)
