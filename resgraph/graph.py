@@ -24,6 +24,7 @@ The resolve stage (`resolve.py`) builds graphs; nothing here imports torch.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any, ClassVar, TypeVar
@@ -91,20 +92,23 @@ class Node:
         """A copy sharing every field's value but `meta` and `inputs`, which are its own (see
         `shapes._copy_instance`); `copy.copy` does the same through its generic protocol, about
         five times as long."""
-        copied = object.__new__(type(self))
-        for name in _field_names(type(self)):
-            object.__setattr__(copied, name, getattr(self, name))
-        copied.meta = dict(self.meta)
-        copied.inputs = list(self.inputs)
-        return copied
+        return _copier(type(self))(self)
 
 
 N = TypeVar("N", bound=Node)
 
 
 @functools.cache
-def _field_names(cls: type[Node]) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(cls))
+def _copier(cls: type[Node]) -> Callable[[Node], Node]:
+    """`shallow_copy` for the node class `cls`: a function assigning each field in turn, generated once
+    per class from its dataclass fields, as `dataclasses` writes `__init__` (a loop of setattr over the
+    field names took 1.6 us a node, this 0.2 us; ResNet-50's equal block instances copy ~90 nodes)."""
+    lines = [f"    copied.{f.name} = self.{f.name}" for f in fields(cls) if f.name not in ("meta", "inputs")]
+    source = "\n".join(["def shallow_copy(self):", "    copied = new(cls)", *lines, "    copied.meta = dict(self.meta)",
+                        "    copied.inputs = list(self.inputs)", "    return copied"])
+    namespace: dict[str, Any] = {"new": object.__new__, "cls": cls}
+    exec(source, namespace)  # noqa: S102 (the source names only the dataclass's own fields)
+    return namespace["shallow_copy"]
 
 
 @dataclass(kw_only=True, slots=True)

@@ -39,7 +39,7 @@ from .ops.base import Scale, sample_dim
 from .ops.merge import check_gate_layouts
 from .ops.pool import check_avg_pool3d_input
 from .spec import Projection
-from .symbolic import Guard, hint, requirement, specialize
+from .symbolic import Guard, hint, hints, requirement, specialize
 
 __all__ = ["POLICIES", "STEPS", "Mismatch", "ProjectionError", "ProjectionPlan", "Step", "StepKind", "StepRule",
            "describe_steps", "plan_projection", "projection_parameters", "step_code", "step_constructor",
@@ -76,6 +76,11 @@ class ProjectionPlan:
     steps: tuple[Step, ...]
     reason: str
     output: TensorType
+
+    def with_output(self, output: TensorType) -> ProjectionPlan:
+        """This plan with another projected type (its sizes at the declared input size, say).
+        (Not dataclasses.replace, which takes several times as long.)"""
+        return ProjectionPlan(self.policy, self.steps, self.reason, output)
 
     @property
     def is_identity(self) -> bool:
@@ -233,7 +238,7 @@ def _broadcasts(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     """Whether two shapes broadcast, recording what broadcasting needs only where they do (see
     `_same_shape`: shapes that do not broadcast at the declared size plan a projection, which still
     fits where a size happens to become 1 or equal)."""
-    return broadcast_shape(hint_sizes(a), hint_sizes(b)) is not None and broadcast_shape(a, b) is not None
+    return broadcast_shape(hints(a), hints(b)) is not None and broadcast_shape(a, b) is not None
 
 
 def _same_shape(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
@@ -245,7 +250,7 @@ def _same_shape(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     the two happen to coincide. Comparing the tuples directly would record the first differing dim
     only (the comparison stops there), refusing e.g. H = 1 for a strided skip while admitting W = 1.
     """
-    return len(a) == len(b) and hint_sizes(a) == hint_sizes(b) and a == b
+    return len(a) == len(b) and hints(a) == hints(b) and a == b
 
 
 @dataclass(frozen=True)
@@ -294,8 +299,9 @@ class Mismatch:
         spatial_in, spatial_out = self.sizes
         ratios = None
         if self.source.scale is not None and self.target_scale is not None:
-            # (1 where the grids are one: Fraction division costs microseconds, and most skips have none)
-            ratios = [target / source if target != source else 1
+            # (1 where the grids are one: Fraction division costs microseconds, and most skips have none;
+            # mostly the very same Fraction, which `is` tells without Fraction.__eq__'s ABC test)
+            ratios = [1 if target is source or target == source else target / source
                       for source, target in zip(self.source.scale, self.target_scale)]
         steps = []
         for index, (size_in, size_out) in enumerate(zip(spatial_in, spatial_out)):
@@ -449,11 +455,11 @@ def _crop(m: Mismatch) -> Plan:
                               "other (a layer between them dropped an odd row, e.g. a stride or pool on an odd size)",
                               kind="off-centre", required=tuple(requirement("eq", margin % 2, 0) for margin in margins))
     steps = []
-    if hint_sizes(spatial_in) != hint_sizes(spatial_out):
+    if hints(spatial_in) != hints(spatial_out):
         # start and size are the declared-size values, for display: the generated code crops to
         # whatever size the target has at run time.
         starts = tuple((hint(s) - hint(w)) // 2 for s, w in zip(spatial_in, spatial_out))
-        steps.append(Step(StepKind.crop, {"start": starts, "size": hint_sizes(spatial_out)}))
+        steps.append(Step(StepKind.crop, {"start": starts, "size": hints(spatial_out)}))
     if c_in != c_out:
         steps.append(m.conv())
     crop = f"crop {_size(spatial_in)}->{_size(spatial_out)}" if steps and steps[0].kind is StepKind.crop else ""
@@ -516,7 +522,7 @@ def plan_projection(policy: Projection, merge: Merge, source: TensorType, target
                               "a feature projection only changes the last dim")
     axis = sample_dim(dim, target.rank) if merge is Merge.concat and source.rank == target.rank else None
     gating = merge is Merge.mul
-    broadcast_gate = gating and hint_sizes(want) != hint_sizes(target.shape)
+    broadcast_gate = gating and hints(want) != hints(target.shape)
     mismatch = Mismatch(source, want, spatial, target.scale, axis, gating, broadcast_gate)
     if policy is Projection.auto and merge is not Merge.add and spatial and _is_stride(mismatch):
         sizes = f"{_size(mismatch.sizes[0])} vs {_size(mismatch.sizes[1])}, /{_short(mismatch.steps())}"
@@ -529,8 +535,6 @@ def plan_projection(policy: Projection, merge: Merge, source: TensorType, target
                                                                     else "features_last", target.scale))
 
 
-def hint_sizes(dims: tuple[Any, ...]) -> tuple[int, ...]:
-    return tuple(hint(d) for d in dims)
 
 
 def _ceil_sizes(dims: tuple[Any, ...], step: int) -> tuple[int, ...]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextvars
 import math
 from collections.abc import Iterable
-from dataclasses import replace
 from fractions import Fraction
 from typing import Any
 
@@ -38,7 +37,7 @@ from .ops.tensor import BlockOutput, SplitBase
 from .projections import ProjectionError, describe_steps, plan_projection, projection_parameters
 from .resolve import resolve
 from .spec import MAX_DIM, BlockDef, InputDecl, Spec
-from .symbolic import Guard, SizeOverflowError, SymInt, hint, recorded, recording, site, specialize
+from .symbolic import Guard, SizeOverflowError, SymInt, recorded, recording, site, specialize
 
 # The top-level graph's input symbols while it is inferred (hints for mismatches use them).
 _SYMBOLS: contextvars.ContextVar[dict[str, tuple[str, int, int]] | None] = contextvars.ContextVar("symbols",
@@ -119,7 +118,8 @@ def _infer(graph: Graph, input_types: list[TensorType], memo: _Memo) -> list[Dia
     given = iter(input_types)
     nodes, qualname = graph.nodes, graph.qualname
     for node in nodes.values():
-        if isinstance(node, InputNode):
+        kind = type(node)  # (one of the four node classes, which have no subclasses: see graph.py)
+        if kind is InputNode:
             node.meta["type"] = next(given)
             try:
                 _check_size(node)
@@ -129,32 +129,33 @@ def _infer(graph: Graph, input_types: list[TensorType], memo: _Memo) -> list[Dia
             continue
         inputs = [nodes[name].meta.get("type") for name in node.inputs]
         if not all(inputs):  # (an input failed: a type is always true; `None in` would call each type's __eq__)
-            if isinstance(node, BlockNode):  # its body's own mistakes do not depend on its input
+            if kind is BlockNode:  # its body's own mistakes do not depend on its input
                 diagnostics += _check_blind(graph, node)
             continue
-        key = _memo_key(node, inputs)
+        key = None if kind is BlockNode else _memo_key(node, inputs)
         if key is not None:
             known = memo.get(key)
-            if known is not None and known[0] is getattr(node, "layer", None):  # (see _memo_key)
+            if known is not None and known[0] is (node.layer if kind is LayerNode else None):  # (see _memo_key)
                 node.meta.update(known[1])
                 continue
         try:
             with site(qualname + node.name):
-                if isinstance(node, LayerNode) and isinstance(node.layer, BlockOutput):
-                    _infer_block_output(graph, node)
-                elif isinstance(node, LayerNode):
-                    _infer_layer(graph, node, inputs)
-                elif isinstance(node, BlockNode):
+                if kind is LayerNode:
+                    if isinstance(node.layer, BlockOutput):
+                        _infer_block_output(graph, node)
+                    else:
+                        _infer_layer(graph, node, inputs)
+                elif kind is BlockNode:
                     _infer_block(graph, node, inputs, diagnostics, memo)
                 else:
-                    assert isinstance(node, SkipNode)
+                    assert kind is SkipNode
                     _infer_skip(graph, node, inputs, diagnostics)
                 _check_size(node)
             # The meta's values are never modified after typing: nodes may share them. (A skip refused
             # with a diagnostic of its own has no projection: it is not kept, so an equal one says it too.)
-            if key is not None and (not isinstance(node, SkipNode) or "projection" in node.meta):
-                fields = _SKIP_META if isinstance(node, SkipNode) else _LAYER_META
-                memo[key] = (getattr(node, "layer", None), {k: node.meta[k] for k in fields})
+            if key is not None and (kind is not SkipNode or "projection" in node.meta):
+                fields = _SKIP_META if kind is SkipNode else _LAYER_META
+                memo[key] = (node.layer if kind is LayerNode else None, {k: node.meta[k] for k in fields})
         except (ShapeError, SizeOverflowError) as exc:
             problem = _located(graph, node, exc)
             group = _split_group(node)
@@ -185,7 +186,7 @@ def _check_size(node: Node) -> None:
     kind = node.meta.get("type")
     if kind is None:  # (a skip refused with its own diagnostic, a block call whose values are typed apart)
         return
-    sizes = [hint(d) for d in kind.shape]
+    sizes = [d.hint if type(d) is SymInt else d for d in kind.shape]  # (hint() inlined: every dim of every node)
     elements = math.prod(sizes)
     if elements <= MAX_DIM:  # (every size is at least 1, so no size is larger either)
         return
@@ -195,6 +196,9 @@ def _check_size(node: Node) -> None:
                     else ("its output", "check the arguments that grow it"))
     raise ShapeError(f"{subject} {shown} would have {what} ({MAX_DIM:,}), more than a tensor can hold (torch "
                      f"counts sizes in 64 bits); {fix}")
+
+
+_UNIT = Fraction(1)  # an input's grid step (one object: a Fraction takes microseconds to make)
 
 
 def declared_type(decl: InputDecl, map_read: bool = False, sequence_read: bool = False) -> TensorType:
@@ -211,7 +215,7 @@ def declared_type(decl: InputDecl, map_read: bool = False, sequence_read: bool =
     rank = len(decl.shape)
     layout = decl.layout or ("features_last" if sequence_read else "channels_first" if rank >= 3 or (
         map_read and rank == 2) else "features_last")
-    scale = (Fraction(1),) * (len(decl.shape) - 1) if layout == "channels_first" and len(decl.shape) >= 2 else None
+    scale = (_UNIT,) * (len(decl.shape) - 1) if layout == "channels_first" and len(decl.shape) >= 2 else None
     return TensorType(tuple(decl.shape), decl.dtype, layout, scale)
 
 
@@ -225,8 +229,7 @@ def _reads(graph: Graph, name: str, readers: dict[str, list[str]]) -> list[tuple
     for reader in readers[name]:
         node = graph.nodes[reader]
         if isinstance(node, LayerNode):
-            reads.append((node.layer.op, _as_sequence(node.layer.op, node.inputs, name,
-                                                      len(getattr(node.layer, "masks", ())))))
+            reads.append((node.layer.op, _as_sequence(node.layer.op, node.inputs, name, len(_masks(node.layer)))))
         elif isinstance(node, BlockNode) and node.recipe is not None:
             # the block's layers that read it say how (its first input, also the first layer with no `input:`)
             definition = node.recipe.definition
@@ -237,6 +240,13 @@ def _reads(graph: Graph, name: str, readers: dict[str, list[str]]) -> list[tuple
                 if outer == name:
                     reads += _naming_reads(definition, inner, node.recipe.expander.blocks)
     return reads
+
+
+def _masks(layer: Any) -> Any:
+    """`getattr(layer, "masks", ())`: attention's mask inputs, an uncurated op's `masks` key, else none;
+    read without the AttributeError pydantic raises inside getattr for an op with no such field (6 us)."""
+    extra = layer.__pydantic_extra__
+    return extra["masks"] if extra and "masks" in extra else layer.field_value("masks", ())
 
 
 def _as_sequence(op: Any, inputs: list[str], name: str, masks: int) -> bool:
@@ -318,14 +328,19 @@ def _to_hints(graph: Graph, sizes: dict[int, Any] | None = None,
     # A type of plain ints is its own hint: it is kept (and stays shared, see _Memo), not copied.
     for node in graph.nodes.values():
         meta = node.meta
-        if "type" in meta:
-            meta["type"] = _hinted(meta["type"], sizes, hinted)
+        kind = meta.get("type")  # (present, never None, on a graph typed without problems)
+        if kind is not None:
+            known = hinted.get(id(kind))  # (most nodes: copies and memoised layers share their types)
+            meta["type"] = known[1] if known is not None else _hinted(kind, sizes, hinted)
+        cls = type(node)
+        if cls is LayerNode or cls is InputNode:  # (most nodes: none of the cases below)
+            continue
         if "types" in meta and not _plain(meta["types"]):
             meta["types"] = [_hinted(t, sizes, hinted) for t in meta["types"]]
-        if isinstance(node, SkipNode) and "projection" in meta and not _plain([meta["projection"].output]):
+        if cls is SkipNode and "projection" in meta and not _plain([meta["projection"].output]):
             plan = meta["projection"]
-            meta["projection"] = replace(plan, output=_hinted(plan.output, sizes, hinted))
-        if isinstance(node, BlockNode):
+            meta["projection"] = plan.with_output(_hinted(plan.output, sizes, hinted))
+        if cls is BlockNode:
             for instance in node.instances:
                 _to_hints(instance, sizes, hinted)
     return sizes
@@ -334,15 +349,17 @@ def _to_hints(graph: Graph, sizes: dict[int, Any] | None = None,
 def _hinted(kind: TensorType, sizes: dict[int, Any], hinted: dict[int, tuple[TensorType, TensorType]]) -> TensorType:
     """`kind.hints()`, once per type object (equal instances' copies and memoised layers share their
     types: most nodes cost one look-up), recording its symbolic sizes in `sizes`."""
-    known = hinted.get(id(kind))
+    key = id(kind)
+    known = hinted.get(key)
     if known is None:
-        if _plain([kind]):
-            hinted[id(kind)] = (kind, kind)
+        symbolic = [dim for dim in kind.shape if type(dim) is not int]
+        if not symbolic:
+            hinted[key] = (kind, kind)
             return kind
-        for dim in kind.shape:
-            if isinstance(dim, SymInt):
+        for dim in symbolic:
+            if type(dim) is SymInt:
                 sizes.setdefault(id(dim.expr), dim.expr)
-        known = hinted[id(kind)] = (kind, kind.hints())
+        known = hinted[key] = (kind, kind.hints())
     return known[1]
 
 
@@ -517,16 +534,16 @@ def _plain(types: list[TensorType]) -> bool:
     return True
 
 
-def _memo_key(node: Node, inputs: list[TensorType]) -> tuple[Any, ...] | None:
-    """The key of a layer's or skip's typing in `_Memo`, or None where it is not memoised (a block
-    call, a call's value, a symbolic size). A layer counts by identity: its entry keeps the layer,
-    so its id stays its own, and a hit checks it is the same layer."""
-    if isinstance(node, BlockNode) or not _plain(inputs):
+def _memo_key(node: LayerNode | SkipNode, inputs: list[TensorType]) -> tuple[Any, ...] | None:
+    """The key of a layer's or skip's typing in `_Memo`, or None where it is not memoised (a call's
+    value, a symbolic size; a block call has none). A layer counts by identity: its entry keeps the
+    layer, so its id stays its own, and a hit checks it is the same layer."""
+    if not _plain(inputs):
         return None
-    if isinstance(node, LayerNode):
+    if type(node) is LayerNode:
         layer = node.layer
         return None if isinstance(layer, BlockOutput) else ("layer", id(layer), *inputs, *_id_bounds(inputs))
-    assert isinstance(node, SkipNode)
+    assert type(node) is SkipNode
     skip = node.skip
     return ("skip", node.policy, skip.merge, skip.concat_dim, *inputs)
 
@@ -556,8 +573,8 @@ def _specialized(value: Any) -> Any:
         return value
     if isinstance(value, SymInt):
         return specialize(value)
-    if isinstance(value, dict):
-        return {k: _specialized(v) for k, v in value.items()}
+    if isinstance(value, dict):  # (a layer's arguments: their plain values are not passed down one by one)
+        return {k: v if type(v) in _ATOMS else _specialized(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(_specialized(v) for v in value)
     return value

@@ -36,8 +36,8 @@ from typing import Any, Union
 
 from .expressions import MAX_MAGNITUDE
 
-__all__ = ["MAX_SIZE", "VECTOR_OPS", "Expr", "Guard", "SizeOverflowError", "SymInt", "evaluate", "hint", "recorded",
-           "recording", "render", "requirement", "scaled_size", "site", "specialize", "sym_max", "sym_min"]
+__all__ = ["MAX_SIZE", "VECTOR_OPS", "Expr", "Guard", "SizeOverflowError", "SymInt", "evaluate", "hint", "hints",
+           "recorded", "recording", "render", "requirement", "scaled_size", "site", "specialize", "sym_max", "sym_min"]
 
 # The largest magnitude a size expression may hold, constants and values at the declared size
 # alike: the bound on declared sizes and on every number an expression makes. Sizes are solved in
@@ -268,6 +268,8 @@ class SymInt:
         return SymInt(_node(op, (other_expr, self.expr) if swap else (self.expr, other_expr)), value)
 
     def __add__(self, other: Operand) -> Operand:
+        if type(other) is int and other == 0:  # (x + 0, as _simplify has it: a conv that keeps its size)
+            return self
         return self._apply("add", other)
 
     def __radd__(self, other: Operand) -> Operand:
@@ -311,6 +313,16 @@ class SymInt:
 
     # decisions ----------------------------------------------------------------------------------
     def _compare(self, op: str, other: Any) -> Any:
+        # (most decisions compare a size with a number or another size: their cases first, inline)
+        if type(other) is int:
+            outcome = _COMPARE[op](self.hint, other)
+            _record(op, self.expr, _const(other), outcome)
+            return outcome
+        if type(other) is SymInt:
+            outcome = _COMPARE[op](self.hint, other.hint)
+            if other.expr is not self.expr:
+                _record(op, self.expr, other.expr, outcome)
+            return outcome
         if not isinstance(other, (int, SymInt)) or isinstance(other, bool):
             return NotImplemented
         outcome = bool(_COMPARE[op](self.hint, hint(other)))
@@ -403,6 +415,11 @@ def requirement(op: str, left: Operand, right: Operand) -> Guard:
 def hint(value: Operand) -> int:
     """The value at the declared size, without recording anything (for messages and displays)."""
     return value.hint if isinstance(value, SymInt) else value
+
+
+def hints(sizes: tuple[Operand, ...]) -> tuple[int, ...]:
+    """Each size's `hint`, as a tuple (hint() inlined: every type of a build is hinted, some twice)."""
+    return tuple([size.hint if type(size) is SymInt else size for size in sizes])
 
 
 def specialize(value: Operand) -> int:

@@ -14,7 +14,6 @@ class-level facts and two pure functions:
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import math
 import re
@@ -37,7 +36,7 @@ from pydantic import (
 )
 from typing_extensions import TypeAliasType
 
-from ..symbolic import SymInt, hint
+from ..symbolic import SymInt, hints
 from .index import OP_MODULES
 
 __all__ = [
@@ -229,6 +228,7 @@ class DtypeError(ShapeError):
 
 
 Scale = tuple[Fraction, ...]
+
 _KEEP: Any = object()  # with_shape's default scale: see there
 
 
@@ -269,7 +269,7 @@ class TensorType:
         shape, layout = tuple(shape), layout or self.layout
         if scale is _KEEP:
             same_grid = (self.scale is not None and layout == "channels_first" and len(shape) == self.rank
-                         and all(hint(a) == hint(b) for a, b in zip(shape[1:], self.shape[1:])))
+                         and hints(shape[1:]) == hints(self.shape[1:]))
             scale = self.scale if same_grid else None
         return TensorType(shape, self.dtype, layout, scale)  # (not dataclasses.replace: 3x the time, per layer)
 
@@ -283,13 +283,13 @@ class TensorType:
         """The grid scale after an op that steps by `factors` per spatial dim (its strides)."""
         if self.scale is None or factors is None or len(factors) != len(self.scale):
             return None
-        if all(f == 1 for f in factors):  # (most layers: Fraction arithmetic costs microseconds)
+        if factors.count(1) == len(factors):  # (most layers: Fraction arithmetic costs microseconds)
             return self.scale
         return tuple(s * f for s, f in zip(self.scale, factors))
 
     def hints(self) -> TensorType:
         """This type with plain ints: every size at its declared value (for summaries and exports)."""
-        return TensorType(tuple(hint(d) for d in self.shape), self.dtype, self.layout, self.scale)
+        return TensorType(hints(self.shape), self.dtype, self.layout, self.scale)
 
     def __str__(self) -> str:
         return "(" + ", ".join(str(d) for d in self.shape) + ("," if len(self.shape) == 1 else "") + ")"
@@ -315,6 +315,8 @@ class Storage:
 
 
 FRESH = Storage()
+# The values `Layer.args` reads from a layer's fields as they are (model_dump gives them unchanged).
+_PLAIN_VALUES = frozenset({int, float, bool, str, type(None)})
 
 
 class Layer(StrictModel):
@@ -375,14 +377,35 @@ class Layer(StrictModel):
 
     def args(self) -> dict[str, Any]:
         """The constructor arguments the spec wrote (lists as tuples), without `op`/`input`."""
-        return dict(self._written_args)
+        # Dumped once per layer, kept in its __dict__: a layer is frozen, and expansion gives equal bodies
+        # one object, so ResNet-50's 16 blocks type the same BatchNorm many times (a dump costs
+        # microseconds). See `model_copy`. (Not functools.cached_property, which takes a lock per read.)
+        written = self.__dict__.get("_written_args")
+        if written is None:
+            written = self.__dict__["_written_args"] = self._dump_written()
+        return dict(written)
 
-    @functools.cached_property
-    def _written_args(self) -> dict[str, Any]:
-        # Once per layer: a layer is frozen, and expansion gives equal bodies one object, so ResNet-50's
-        # 16 blocks type the same BatchNorm many times (a dump costs microseconds). See `model_copy`.
-        written = self.model_dump(exclude=RESGRAPH_KEYS, exclude_unset=True, by_alias=False)
-        return {k: tuple(v) if isinstance(v, list) else v for k, v in written.items()}
+    def _dump_written(self) -> dict[str, Any]:
+        """What `args` keeps: the fields the spec set, in their order, lists as tuples. Where every such
+        value is plain (a number, a string, None, a list of them), they are read as they are, which is
+        what `model_dump` gives for them in a quarter of its time (once per layer of every build);
+        anything else goes through `model_dump`."""
+        values, fields_set = self.__dict__, self.__pydantic_fields_set__
+        written = {}
+        for name in type(self).__pydantic_fields__:
+            if name in fields_set and name not in RESGRAPH_KEYS:
+                value = values[name]
+                kind = type(value)
+                if kind in _PLAIN_VALUES:
+                    written[name] = value
+                elif (kind is list or kind is tuple) and all(type(item) in _PLAIN_VALUES for item in value):
+                    written[name] = tuple(value)
+                else:
+                    break
+        else:
+            return written
+        dumped = self.model_dump(exclude=RESGRAPH_KEYS, exclude_unset=True, by_alias=False)
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in dumped.items()}
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Layer:
         """pydantic's copy, without what `_written_args` kept (`update` may change an argument)."""
@@ -662,7 +685,10 @@ def fill_sizes(sizes: list[int], factors: Sequence[Any], name: str) -> tuple[int
 
 def channels_first_shape(spatial_dims: int) -> str:
     """'(C, L)', '(C, H, W)' or '(C, D, H, W)': how error messages name an N-d feature map."""
-    return "(C, " + {1: "L", 2: "H, W", 3: "D, H, W"}[spatial_dims] + ")"
+    return _MAP_SHAPES[spatial_dims]  # (a constant: every feature-map op's typing passes it to require_rank)
+
+
+_MAP_SHAPES = {1: "(C, L)", 2: "(C, H, W)", 3: "(C, D, H, W)"}
 
 
 def require_rank(inputs: list[TensorType], ranks: tuple[int, ...], expected: str) -> TensorType:

@@ -67,11 +67,13 @@ def _is_one(size: Any) -> bool:
 def merge_type(kind: Merge, types: list[TensorType], dim: int = 1) -> TensorType:
     """The type of merging `types` in order. Raises ShapeError naming the offending shapes."""
     # the result has the promoted dtype of all the tensors, as torch's `+`, `*` and `torch.cat` give it
-    first = types[0].with_dtype(promote([t.dtype for t in types]))
-    shapes = ", ".join(str(t) for t in types)
+    first = types[0]
+    dtype = promote([t.dtype for t in types])
+    if dtype != first.dtype or first.ids_below is not None or first.ids_from is not None:
+        first = first.with_dtype(dtype)  # (else the first type itself: the same value, no copy to make and hint)
     if kind is Merge.add:
         if any(t.shape != first.shape for t in types):
-            raise ShapeError(f"add needs equal shapes, got {shapes}")
+            raise ShapeError(f"add needs equal shapes, got {_shapes(types)}")
         return first
     if kind is Merge.mul:
         for t in types[1:]:
@@ -83,19 +85,25 @@ def merge_type(kind: Merge, types: list[TensorType], dim: int = 1) -> TensorType
             raise broadcast_failure("mul", types)
         return first.with_shape(shape)
     if any(t.rank != first.rank for t in types):
-        raise ShapeError(f"concat needs tensors of one rank, got {shapes}")
+        raise ShapeError(f"concat needs tensors of one rank, got {_shapes(types)}")
     axis = sample_dim(dim, first.rank)
     for t in types:
         if t.shape[:axis] + t.shape[axis + 1:] != first.shape[:axis] + first.shape[axis + 1:]:
-            raise ShapeError(f"concat along dim {dim} needs all other dims equal, got {shapes}")
+            raise ShapeError(f"concat along dim {dim} needs all other dims equal, got {_shapes(types)}")
     size = sum(t.shape[axis] for t in types)
     return first.with_shape((*first.shape[:axis], size, *first.shape[axis + 1:]))
+
+
+def _shapes(types: list[TensorType]) -> str:
+    """`(64, 8, 8), (3, 8, 8)`: the merged shapes, as errors name them (written only for an error:
+    every skip's merge is typed, and formatting its shapes cost a tenth of it)."""
+    return ", ".join(str(t) for t in types)
 
 
 def broadcast_failure(op: str, types: list[TensorType]) -> ShapeError:
     """The error for `types` that do not broadcast; where their ranks differ, it says why (the batch
     leads each tensor at run time, so dims would pair wrongly) and the reshape that lines them up."""
-    shapes = ", ".join(str(t) for t in types)
+    shapes = _shapes(types)
     rank, low = max(t.rank for t in types), min(t.rank for t in types)
     if rank == low:
         return ShapeError(f"{op} needs broadcastable shapes, got {shapes}")
