@@ -300,7 +300,7 @@ class _BlockTable:
         """A document's imports, then its own blocks (an imported name defined again is reported here)."""
         self.nodes_read += len(root.source.values)
         if imports:  # (the path is for import cycles: found only where there are imports)
-            self.load_imports(imports, root, [os.path.abspath(root.source.file)])
+            self.load_imports(imports, root, [_absolute(root.source.file)])
         for name, definition in blocks.items():
             self.add_block(name, definition, root.child("blocks", name))
 
@@ -309,11 +309,11 @@ class _BlockTable:
         for i, relative in enumerate(paths):
             where = origin.child("imports", i)
             path = relative if is_shipped(relative) else os.path.normpath(os.path.join(base, relative))
-            if os.path.abspath(path) in chain:
-                cycle = " -> ".join(_shown_path(p) for p in [*chain, os.path.abspath(path)])
+            if _absolute(path) in chain:
+                cycle = " -> ".join(_shown_path(p) for p in [*chain, _absolute(path)])
                 self.diagnostics.append(Diagnostic(where.locate(), f"import cycle: {cycle}"))
                 continue
-            key = path if is_shipped(path) else os.path.abspath(path)
+            key = path if is_shipped(path) else _absolute(path)
             if key in self.imported or self.over_bound:  # a diamond (its blocks are defined once), or no room
                 continue
             self.imported.add(key)
@@ -341,7 +341,7 @@ class _BlockTable:
                                                    _missing_import_hint(relative, path, origin.source.file)))
                 continue
             library_origin = Origin(loaded.source, ())
-            self.load_imports(library.imports, library_origin, [*chain, os.path.abspath(path)])
+            self.load_imports(library.imports, library_origin, [*chain, _absolute(path)])
             for name, definition in library.blocks.items():
                 self.add_block(name, definition, library_origin.child("blocks", name))
 
@@ -768,9 +768,25 @@ def _shown_path(path: str) -> str:
     (`lib/a.yaml`), else absolute (not `../../tmp/lib/a.yaml`)."""
     try:
         relative = os.path.relpath(path)
-    except ValueError:  # (another drive, on Windows)
+    except (ValueError, OSError):  # (another drive, on Windows; the current directory was removed)
         return path
     return path if relative.startswith(os.pardir) else relative
+
+
+def _absolute(path: str) -> str:
+    """`os.path.abspath(path)`; `path` normalised where the current directory was removed (abspath
+    asks for it): an import relative to it then fails where it is read, with a located message."""
+    try:
+        return os.path.abspath(path)
+    except OSError:
+        return os.path.normpath(path)
+
+
+def _current_directory() -> str:
+    try:
+        return os.getcwd()
+    except OSError:
+        return "which was removed"
 
 
 def _missing_import_hint(relative: str, path: str, importer: str) -> str | None:
@@ -784,7 +800,8 @@ def _missing_import_hint(relative: str, path: str, importer: str) -> str | None:
         hints.append(f"resgraph ships this library: import it as `{shipped}`")
     if not os.path.dirname(importer) and importer.startswith("<"):
         hints.append(f"a spec given as text or a dict has no file of its own, so its imports are read relative to "
-                     f"the current directory ({os.getcwd()}); build it from its path to import relative to it")
+                     f"the current directory ({_current_directory()}); build it from its path to import relative "
+                     "to it")
     return "; ".join(hints) or None
 
 

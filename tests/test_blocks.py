@@ -170,6 +170,23 @@ def test_import_problems_are_located(tmp_path: pathlib.Path) -> None:
     assert "b.yaml:2:11: error: import cycle:" in message and message.endswith("a.yaml")
 
 
+def test_a_spec_given_as_data_builds_where_the_current_directory_was_removed(tmp_path: pathlib.Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its relative imports are read relative to the current directory: there is none to read them
+    # from, which is said at the import; a spec without imports never asks for it.
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    body = {"resgraph": 1, "name": "N", "inputs": {"x": [4]}, "layers": [{"fc": {"op": "Linear", "out_features": 2}}]}
+    assert resgraph.build(body)(torch.zeros(1, 4)).shape == (1, 2)
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check({**body, "imports": ["blocks/resnet.yaml"]})
+    (problem,) = caught.value.diagnostics
+    assert problem.message == "cannot import 'blocks/resnet.yaml': blocks/resnet.yaml: no such file"
+    assert "import it as `resgraph:blocks/resnet.yaml`" in problem.hint and "(which was removed)" in problem.hint
+
+
 def test_a_library_two_libraries_import_is_read_once_and_its_blocks_defined_once(tmp_path: pathlib.Path) -> None:
     (tmp_path / "common.yaml").write_text("resgraph: 1\nblocks:\n  unit:\n    layers:\n"
                                           "      - fc: {op: Linear, out_features: 4}\n")
@@ -321,6 +338,23 @@ def test_expressions_cannot_run_code_or_exhaust_memory(expression: str, message:
     text = spec(f"  - stage: {{block: unit, with: {{planes: \"${{{expression}}}\"}}}}\n")
     with pytest.raises(resgraph.SpecError, match=message.replace("(", r"\(")):
         resgraph.check(text)
+
+
+def test_an_expression_is_a_whole_string_from_dollar_brace_to_the_last_brace() -> None:
+    # What the regex below matches: the body between `${` and a final `}`, which a
+    # newline may follow (a YAML block scalar ends with one); every other string is text.
+    import itertools
+    import re
+
+    from resgraph.expressions import expression_body
+
+    pattern = re.compile(r"^\$\{(.*)\}$", re.DOTALL)
+    for length in range(7):
+        for characters in itertools.product("${}\na", repeat=length):
+            text = "".join(characters)
+            match = pattern.match(text)
+            assert expression_body(text) == (match.group(1) if match else None), repr(text)
+    assert expression_body("${ w * 2 }\n") == " w * 2 " and expression_body("${a}\n\n") is None
 
 
 def test_expressions_offer_arithmetic_conditionals_and_helpers() -> None:

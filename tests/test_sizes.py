@@ -9,6 +9,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -204,6 +205,39 @@ def test_the_solver_agrees_with_checking_at_every_size(example: str, params: dic
     square = set(report.square_valid["x"])
     brute = {size for size in range(low, high + 1) if builds_at(example, size, params)}
     assert square == brute
+
+
+@pytest.mark.parametrize("declared", [(12, 12), (9, 14)])
+def test_the_input_guard_admits_exactly_the_sizes_torch_runs_when_height_and_width_differ(
+        declared: tuple[int, int]) -> None:
+    # Kernels, strides and dilations that differ per axis: H's rule is not W's, whether the declared
+    # sizes are equal or not (the solver shares one dim's answer with another only when their
+    # guards are the same).
+    spec = textwrap.dedent(f"""\
+        resgraph: 1
+        name: Aniso
+        inputs:
+          x: [2, {declared[0]}, {declared[1]}]
+        layers:
+          - conv: {{op: Conv2d, out_channels: 3, kernel_size: [3, 1], stride: [1, 2]}}
+          - pool: {{op: MaxPool2d, kernel_size: [2, 1], stride: [2, 1]}}
+          - conv2: {{op: Conv2d, out_channels: 3, kernel_size: [1, 3], dilation: [1, 2]}}
+        """)
+    model = resgraph.build(spec, seed=0)
+    reference = nn.Sequential(nn.Conv2d(2, 3, (3, 1), stride=(1, 2)), nn.MaxPool2d((2, 1), (2, 1)),
+                              nn.Conv2d(3, 3, (1, 3), dilation=(1, 2)))
+
+    def runs(module: nn.Module, x: torch.Tensor) -> bool:
+        try:
+            module(x)
+        except (RuntimeError, ValueError):
+            return False
+        return True
+
+    with torch.no_grad():
+        admitted = {(h, w) for h in range(1, 14) for w in range(1, 14) if runs(model, torch.zeros(1, 2, h, w))}
+        torch_runs = {(h, w) for h in range(1, 14) for w in range(1, 14) if runs(reference, torch.zeros(1, 2, h, w))}
+    assert admitted == torch_runs and (4, 9) in admitted and (9, 4) not in admitted
 
 
 def test_invalid_sizes_name_the_first_node_that_fails() -> None:
