@@ -69,20 +69,26 @@ def evaluate_tree(value: Any, names: Mapping[str, Any], origin: Origin, diagnost
     return _walk(value, (), names, origin, diagnostics, skip, dependent)
 
 
+def _literal(value: Any) -> bool:
+    """Whether `value` is a number, boolean, None or a string not starting with `${`: what evaluating
+    it gives is itself."""
+    kind = type(value)
+    return kind in _SCALARS or (kind is str and not value.startswith("${"))
+
+
 def _walk(item: Any, rel: Path, names: Mapping[str, Any], origin: Origin, diagnostics: list[Diagnostic],
           skip: Callable[[Path], bool], dependent: list[str] | None) -> Any:
     """`evaluate_tree` of the subtree at `rel`. (A plain function, not a closure: a recursive closure
     is a reference cycle, garbage that only the collector frees, made once per entry of a spec.)"""
     if skip(rel):
         return item
-    # A member that is a number, boolean, None or a string not starting with `${` is kept as it is
-    # (what walking it would return, skipped or not) without a call.
+    # A literal member is kept as it is (what walking it would return, skipped or not).
     if isinstance(item, dict):
-        return {k: v if (kind := type(v)) in _SCALARS or (kind is str and not v.startswith("${"))
-                else _walk(v, (*rel, k), names, origin, diagnostics, skip, dependent) for k, v in item.items()}
+        return {k: v if _literal(v) else _walk(v, (*rel, k), names, origin, diagnostics, skip, dependent)
+                for k, v in item.items()}
     if isinstance(item, list):
-        return [v if (kind := type(v)) in _SCALARS or (kind is str and not v.startswith("${"))
-                else _walk(v, (*rel, i), names, origin, diagnostics, skip, dependent) for i, v in enumerate(item)]
+        return [v if _literal(v) else _walk(v, (*rel, i), names, origin, diagnostics, skip, dependent)
+                for i, v in enumerate(item)]
     body = expression_body(item)
     if body is None:
         return item
@@ -245,7 +251,7 @@ def evaluate_params(declared: Mapping[str, Any], given: Mapping[str, Any],
     for name, default in declared.items():
         if name in given:
             values[name] = given[name]
-        elif (kind := type(default)) in _SCALARS or (kind is str and not default.startswith("${")):
+        elif _literal(default):
             values[name] = default  # what evaluating it gives, without making the names to evaluate it in
         elif _reads(default) & failed:
             values[name] = None  # its inputs failed: a second error about it would only repeat theirs
