@@ -19,7 +19,6 @@ A node whose inputs failed is skipped silently, so each reported error is an ind
 from __future__ import annotations
 
 import contextvars
-import math
 from collections.abc import Iterable
 from fractions import Fraction
 from typing import Any
@@ -186,10 +185,12 @@ def _check_size(node: Node) -> None:
     kind = node.meta.get("type")
     if kind is None:  # (a skip refused with its own diagnostic, a block call whose values are typed apart)
         return
-    sizes = [d.hint if type(d) is SymInt else d for d in kind.shape]  # (hint() inlined: every dim of every node)
-    elements = math.prod(sizes)
+    elements = 1
+    for d in kind.shape:  # (hint() inlined, a loop: every dim of every node)
+        elements *= d.hint if type(d) is SymInt else d
     if elements <= MAX_DIM:  # (every size is at least 1, so no size is larger either)
         return
+    sizes = [d.hint if type(d) is SymInt else d for d in kind.shape]
     shown = "(" + ", ".join(["N", *(str(s) if s <= MAX_DIM else ">2^62" for s in sizes)]) + ")"
     what = "a size above 2^62" if max(sizes) > MAX_DIM else "more than 2^62 elements per sample"
     subject, fix = (("the shape", "declare a smaller input") if isinstance(node, InputNode)
@@ -337,9 +338,11 @@ def _to_hints(graph: Graph, sizes: dict[int, Any] | None = None,
             continue
         if "types" in meta and not _plain(meta["types"]):
             meta["types"] = [_hinted(t, sizes, hinted) for t in meta["types"]]
-        if cls is SkipNode and "projection" in meta and not _plain([meta["projection"].output]):
+        if cls is SkipNode and "projection" in meta:
             plan = meta["projection"]
-            meta["projection"] = plan.with_output(_hinted(plan.output, sizes, hinted))
+            output = _hinted(plan.output, sizes, hinted)
+            if output is not plan.output:  # (a plain type is its own hint)
+                meta["projection"] = plan.with_output(output)
         if cls is BlockNode:
             for instance in node.instances:
                 _to_hints(instance, sizes, hinted)
@@ -348,18 +351,25 @@ def _to_hints(graph: Graph, sizes: dict[int, Any] | None = None,
 
 def _hinted(kind: TensorType, sizes: dict[int, Any], hinted: dict[int, tuple[TensorType, TensorType]]) -> TensorType:
     """`kind.hints()`, once per type object (equal instances' copies and memoised layers share their
-    types: most nodes cost one look-up), recording its symbolic sizes in `sizes`."""
+    types: most nodes cost one look-up), recording its symbolic sizes in `sizes`; a type of plain
+    ints is itself. (One pass over the sizes finds, records and hints them: a type per node.)"""
     key = id(kind)
     known = hinted.get(key)
     if known is None:
-        symbolic = [dim for dim in kind.shape if type(dim) is not int]
-        if not symbolic:
-            hinted[key] = (kind, kind)
-            return kind
-        for dim in symbolic:
-            if type(dim) is SymInt:
+        shape = []
+        plain = True
+        for dim in kind.shape:
+            kind_of_dim = type(dim)
+            if kind_of_dim is int:
+                shape.append(dim)
+                continue
+            plain = False
+            if kind_of_dim is SymInt:
                 sizes.setdefault(id(dim.expr), dim.expr)
-        known = hinted[key] = (kind, kind.hints())
+                dim = dim.hint
+            shape.append(dim)
+        # (as TensorType.hints() makes it)
+        known = hinted[key] = (kind, kind if plain else TensorType(tuple(shape), kind.dtype, kind.layout, kind.scale))
     return known[1]
 
 
