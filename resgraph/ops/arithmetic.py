@@ -36,6 +36,7 @@ from .base import (
     check_scalar,
     promote,
     register_op,
+    shared_storage,
 )
 from .merge import broadcast_failure, broadcast_shape, check_gate_layouts
 
@@ -91,7 +92,7 @@ class UnaryOp(ArithmeticOp):
         return x if not floating else x.with_dtype(promote([x.dtype], floating=True))
 
     def storage(self, inputs: list[TensorType]) -> Storage:
-        return Storage(saves_output=self.op in SAVES_OUTPUT)
+        return shared_storage(None, None, self.op in SAVES_OUTPUT)
 
     def code(self, operands: list[str], owner: str) -> str:
         return f"{UNARY[self.op][0]}({operands[0]})"

@@ -14,6 +14,7 @@ class-level facts and two pure functions:
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import math
 import re
@@ -315,6 +316,14 @@ class Storage:
 
 
 FRESH = Storage()
+
+
+@functools.cache
+def shared_storage(aliases: int | None, writes: int | None, saves_output: bool) -> Storage:
+    """`Storage(aliases, writes, saves_output)`, one object per distinct value: a Storage is immutable,
+    and every layer of every build asks for one of a handful (making one took half a microsecond)."""
+    return Storage(aliases, writes, saves_output)
+
 # The values `Layer.args` reads from a layer's fields as they are (model_dump gives them unchanged).
 _PLAIN_VALUES = frozenset({int, float, bool, str, type(None)})
 
@@ -477,7 +486,7 @@ class Layer(StrictModel):
         an in-place op's output is its input, overwritten.
         """
         writes = bool(self.field_value("inplace", False))
-        return Storage(0 if writes or self.view else None, 0 if writes else None, self.saves_output)
+        return shared_storage(0 if writes or self.view else None, 0 if writes else None, self.saves_output)
 
     def module_args(self, inputs: list[TensorType]) -> dict[str, Any]:
         return {**self.inferred_args(inputs), **self.args()}

@@ -79,11 +79,13 @@ class ConvBase(FeatureMapLayer):
             self._check_wrapping(x, tuple(d * (k - 1) - d * (k - 1) // 2 for k, d in zip(kernel, dilation)))
             return x.with_shape((self.out_channels, *spatial), "channels_first")
         padding = (0,) * n if self.padding == "valid" else to_tuple(self.padding, n, "padding")
-        self._check_wrapping(x, padding)
-        sizes = tuple(conv_output_size(*args) for args in zip(spatial, kernel, stride, padding, dilation))
-        if any(size < 1 for size in sizes):
-            raise ShapeError(f"input {x} is too small for kernel_size={_show(kernel)} with "
-                             f"padding={_show(padding)}, dilation={_show(dilation)}: output size would be {sizes}")
+        if self.padding_mode != "zeros":
+            self._check_wrapping(x, padding)
+        sizes = tuple([conv_output_size(*args) for args in zip(spatial, kernel, stride, padding, dilation)])
+        for size in sizes:  # (a loop, not any() over a generator: every conv of every build)
+            if size < 1:
+                raise ShapeError(f"input {x} is too small for kernel_size={_show(kernel)} with padding="
+                                 f"{_show(padding)}, dilation={_show(dilation)}: output size would be {sizes}")
         return x.with_shape((self.out_channels, *sizes), "channels_first", x.scaled(strides(stride)))
 
 

@@ -19,6 +19,7 @@ from .base import (
     describe_torch_op,
     register_op,
     sample_dim,
+    shared_storage,
 )
 from .conv import spatial_family
 
@@ -72,28 +73,33 @@ SAVES_OUTPUT_IN_PLACE = frozenset({"ReLU", "ELU", "CELU", "SELU", "LeakyReLU"})
 RETURNS_INPUT = frozenset({"Identity", "Dropout", "AlphaDropout"})
 
 
+# The argument an in-place op's slope is, where torch refuses a negative one in place.
+_SLOPES = {"LeakyReLU": "negative_slope", "ELU": "alpha", "CELU": "alpha"}
+
+
 class ElementwiseBase(Layer):
     """An op whose output has its input's type."""
 
     def storage(self, inputs: list[TensorType]) -> Storage:
         writes = bool(self.field_value("inplace", False))
         saves = self.op in (SAVES_OUTPUT_IN_PLACE if writes else SAVES_OUTPUT)
-        return Storage(0 if writes or self.op in RETURNS_INPUT else None, 0 if writes else None, saves)
+        return shared_storage(0 if writes or self.op in RETURNS_INPUT else None, 0 if writes else None, saves)
 
     def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         return self.field_value("num_parameters", 0)  # only PReLU learns (one slope per parameter)
 
     def check_static(self) -> None:
         """Arguments torch refuses only when the module is built or run (its asserts and kernels check them)."""
-        low, high = self.field_value("min_val", None), self.field_value("max_val", None)
+        values = self.__dict__  # (`field_value` read inline: every activation of every build passes here)
+        low, high = values.get("min_val"), values.get("max_val")
         if low is not None and high is not None and not high > low:
             raise ArgumentError(f"max_val={high} must be greater than min_val={low} (torch refuses to build it)",
                                 "max_val" if "max_val" in self.model_fields_set else "min_val",
                                 "set min_val below max_val (the range the values are clipped to)")
         if self.op == "CELU" and self.field_value("alpha", 1.0) == 0:
             raise ArgumentError("alpha=0 divides by zero in CELU (torch refuses it at the first forward)", "alpha")
-        slope = {"LeakyReLU": "negative_slope", "ELU": "alpha", "CELU": "alpha"}.get(self.op)
-        if slope is not None and self.field_value("inplace", False) and getattr(self, slope) < 0:
+        slope = _SLOPES.get(self.op)
+        if slope is not None and values.get("inplace", False) and getattr(self, slope) < 0:
             raise ArgumentError(f"{slope}={getattr(self, slope)} with inplace: true has no backward in torch (it "
                                 "refuses an in-place negative slope when gradients are computed)", "inplace",
                                 "remove `inplace: true`")
@@ -101,13 +107,14 @@ class ElementwiseBase(Layer):
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         self.check_static()
         (x,) = inputs
-        count = self.field_value("num_parameters", 1)
+        values = self.__dict__  # (`field_value` read inline, as in check_static)
+        count = values.get("num_parameters", 1)
         if count != 1 and (x.rank == 0 or count != x.shape[0]):
             channels = f"its dim 1 (batch included) has {x.shape[0]}" if x.rank else "it has no dim besides the batch"
             raise ArgumentError(f"num_parameters={count} must be 1 or the input's channel count, but {channels} "
                                 f"(input {x}); torch refuses the mismatch at the first forward", "num_parameters",
                                 f"use `num_parameters: {x.shape[0]}` (one slope per channel) or 1" if x.rank else None)
-        dim = self.field_value("dim", None)
+        dim = values.get("dim")
         if dim is not None:
             sample_dim(dim, x.rank)  # raises for the batch dim or an out-of-range dim
         return x.with_dtype("float32") if self.op in TO_FLOAT and x.dtype not in FLOAT_DTYPES else x
