@@ -265,14 +265,17 @@ class Mismatch:
     concat_axis: int | None = None  # a concat along a spatial dim keeps the source's size there
     gating: bool = False  # the source multiplies the target (`merge: mul`)
     broadcast_gate: bool = False  # ... and keeps dims the target broadcasts (an SE gate (C, 1, 1))
-    # `steps()` once found (a plan asks for them two or three times: its stride, its reason)
+    # `steps()` and `channels` once found (a plan asks for each two or three times: its modules, its reason)
     _steps: tuple[int, ...] | None = field(default=None, init=False, repr=False, compare=False)
+    _channels: tuple[int, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def channels(self) -> tuple[int, int]:
         """(in, out) channels of a map, or features of a features-last tensor."""
-        pair = (self.source.shape[0], self.want[0]) if self.spatial else (self.source.shape[-1], self.want[-1])
-        return specialize(pair[0]), specialize(pair[1])
+        if self._channels is None:  # (specialised once: asking again would record nothing new)
+            pair = (self.source.shape[0], self.want[0]) if self.spatial else (self.source.shape[-1], self.want[-1])
+            object.__setattr__(self, "_channels", (specialize(pair[0]), specialize(pair[1])))
+        return self._channels  # type: ignore[return-value]
 
     @property
     def dims(self) -> int:

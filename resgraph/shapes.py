@@ -36,7 +36,7 @@ from .ops.tensor import BlockOutput, SplitBase
 from .projections import ProjectionError, describe_steps, plan_projection, projection_parameters
 from .resolve import resolve
 from .spec import MAX_DIM, BlockDef, InputDecl, Spec
-from .symbolic import Guard, SizeOverflowError, SymInt, recorded, recording, site, specialize
+from .symbolic import Guard, SizeOverflowError, SymInt, recorded, recorded_count, recording, site, specialize
 
 # The top-level graph's input symbols while it is inferred (hints for mismatches use them).
 _SYMBOLS: contextvars.ContextVar[dict[str, tuple[str, int, int]] | None] = contextvars.ContextVar("symbols",
@@ -602,7 +602,7 @@ def total_parameters(graph: Graph) -> int | None:
 def _infer_skip(graph: Graph, node: SkipNode, inputs: list[TensorType], diagnostics: list[Diagnostic]) -> None:
     skip = node.skip
     target, source = inputs
-    decided = len(recorded())  # the decisions before this skip: sizes that fit it must keep them
+    decided = recorded_count()  # the decisions before this skip: sizes that fit it must keep them
     try:
         plan = plan_projection(node.policy, skip.merge, source, target, skip.concat_dim)
     except ProjectionError as exc:
@@ -610,7 +610,7 @@ def _infer_skip(graph: Graph, node: SkipNode, inputs: list[TensorType], diagnost
         if skip.merge.value == "add":
             node.meta["type"] = target  # the merge's type is known: later layers can still be checked
         return
-    if plan.module_steps and source.dtype not in FLOAT_DTYPES:  # torch: "expected scalar type Float"
+    if source.dtype not in FLOAT_DTYPES and plan.module_steps:  # torch: "expected scalar type Float"
         origin = _dtype_origin(graph, graph.nodes[node.inputs[1]])
         diagnostics.append(Diagnostic(graph.where(node, "from"), (
             f"{graph.label(node)}: {skip.source!r} is {source.dtype}{origin}, but its projection "

@@ -37,7 +37,8 @@ from typing import Any, Union
 from .expressions import MAX_MAGNITUDE
 
 __all__ = ["MAX_SIZE", "VECTOR_OPS", "Expr", "Guard", "SizeOverflowError", "SymInt", "evaluate", "hint", "hints",
-           "recorded", "recording", "render", "requirement", "scaled_size", "site", "specialize", "sym_max", "sym_min"]
+           "recorded", "recorded_count", "recording", "render", "requirement", "scaled_size", "site", "specialize",
+           "sym_max", "sym_min"]
 
 # The largest magnitude a size expression may hold, constants and values at the declared size
 # alike: the bound on declared sizes and on every number an expression makes. Sizes are solved in
@@ -196,6 +197,12 @@ def recorded() -> list[Guard]:
     return list(recorder.guards) if recorder is not None else []
 
 
+def recorded_count() -> int:
+    """How many guards `recorded()` would list (without copying them: a skip asks before it is planned)."""
+    recorder = _RECORDER.get()
+    return len(recorder.guards) if recorder is not None else 0
+
+
 def site(label: str) -> _Site:
     """Guards recorded within the `with` block are attributed to `label` (a node being inferred)."""
     return _Site(label)
@@ -316,7 +323,17 @@ class SymInt:
         # (most decisions compare a size with a number or another size: their cases first, inline)
         if type(other) is int:
             outcome = _COMPARE[op](self.hint, other)
-            _record(op, self.expr, _const(other), outcome)
+            recorder = _RECORDER.get()
+            # (_const and _record inlined where the constant is interned already: most decisions compare
+            # with 0 or 1, and a repeated block decides the same again)
+            right = recorder.interned.get(("const", other)) if recorder is not None else None
+            if right is None:
+                _record(op, self.expr, _const(other), outcome)
+                return outcome
+            key = (op, id(self.expr), id(right), outcome)
+            if key not in recorder.seen:  # (as _record)
+                recorder.seen.add(key)
+                recorder.guards.append(Guard(op, self.expr, right, outcome, recorder.site))
             return outcome
         if type(other) is SymInt:
             outcome = _COMPARE[op](self.hint, other.hint)
