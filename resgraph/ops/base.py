@@ -324,6 +324,7 @@ def shared_storage(aliases: int | None, writes: int | None, saves_output: bool) 
     and every layer of every build asks for one of a handful (making one took half a microsecond)."""
     return Storage(aliases, writes, saves_output)
 
+
 # The values `Layer.args` reads from a layer's fields as they are (model_dump gives them unchanged).
 _PLAIN_VALUES = frozenset({int, float, bool, str, type(None)})
 
