@@ -100,7 +100,7 @@ def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics:
     if found:
         raise SpecError([*problems, *found])
     try:
-        spec = Spec.model_validate(data)  # (its `params` replaced by their values below, in its one copy)
+        spec = Spec.model_validate(data)  # (its `params` replaced by their values below: `Spec.mark_invalid`)
     except ValidationError as exc:
         raise SpecError([*problems, *pydantic_diagnostics(exc, data, root)]) from None
     coerced = coerced_diagnostics(spec, data, [key for key, value in shell.items() if holds_expression(value)], root)
@@ -111,8 +111,7 @@ def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics:
         # (which the schema cannot tell from an uncurated torch.nn class) is named now, not next run.
         invalid = {name: loaded.data["blocks"][name] for name in blocks if name in loaded.data.get("blocks", {})}
         diagnostics.extend(_one_per_line(problems, unknown_block_ops(invalid, loaded.source)))
-    return spec.with_invalid(frozenset(entries), frozenset(blocks), frozenset(stand_ins.values()),
-                             update={"params": values})
+    return spec.mark_invalid(frozenset(entries), frozenset(blocks), frozenset(stand_ins.values()), values)
 
 
 def _reads_none_of(value: Any, names: set[str]) -> bool:
