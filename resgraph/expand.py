@@ -667,7 +667,8 @@ class Expander(_BlockTable):
         from each call's first instance.
         """
         sizes: dict[str, int] = {}  # block -> its least size, 0 while it is being computed
-        calls = self._surely_called(top, sizes)
+        # (a call to a block not known counts 0: with none known, only the entries themselves count)
+        calls = self._surely_called(top, sizes) if self.blocks else []
         total = len(top.layers) + len(top.skips) + sum(count * size for count, size, _ in calls)
         if total <= MAX_EXPANDED_NODES:
             return
