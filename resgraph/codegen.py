@@ -350,6 +350,8 @@ def _same_type(a: Node, b: Node) -> bool:
     """Whether two nodes' types are certainly equal for every input size (shapes compared as
     expressions: comparing symbolic sizes with == would record a guard)."""
     ta, tb = a.meta["type"], b.meta["type"]
+    if ta is tb:
+        return True  # (a merge that keeps its target's type gives that very object: most skips)
 
     def key(dim: object) -> object:
         return ("sym", str(dim.expr)) if isinstance(dim, SymInt) else ("int", dim)

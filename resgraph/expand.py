@@ -410,7 +410,9 @@ class Expander(_BlockTable):
         self.expanded += len(definition.layers) + len(definition.skips)
         refused = self.spec.invalid_entries if top_level else frozenset()
         # (bound once: the loops below run once per layer and skip, 100,000 times in a long chain)
-        diagnostics, scale, typed_bodies = self.diagnostics, self.spec.scale, self.typed_bodies
+        diagnostics, typed_bodies = self.diagnostics, self.typed_bodies
+        # (no width to scale: a layer is typed as the body it is, keyed once, as a skip is)
+        scale = self.spec.scale if self.spec.scale.scales_widths else None
         # (a block's entries are met again at each instance; the top level's once, so it keeps none)
         by_template = self.typed_templates if block is not None else None
         prescaled = names.prescaled if isinstance(names, _ShapeNames) else frozenset()
@@ -667,7 +669,8 @@ class Expander(_BlockTable):
         from each call's first instance.
         """
         sizes: dict[str, int] = {}  # block -> its least size, 0 while it is being computed
-        calls = self._surely_called(top, sizes)
+        # (a call to a block not known counts 0: with none known, only the entries themselves count)
+        calls = self._surely_called(top, sizes) if self.blocks else []
         total = len(top.layers) + len(top.skips) + sum(count * size for count, size, _ in calls)
         if total <= MAX_EXPANDED_NODES:
             return

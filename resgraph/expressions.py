@@ -20,12 +20,11 @@ Strings are never formatted (`'%d' % x`) or repeated.
 from __future__ import annotations
 
 import ast
-import contextlib
 import contextvars
 import functools
 import math
 import operator
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 from .suggest import did_you_mean
@@ -65,15 +64,24 @@ _WIDTH_SCALING: contextvars.ContextVar[Callable[[float], float] | None] = contex
     "resgraph_width_scaling", default=None)
 
 
-@contextlib.contextmanager
-def width_scaling(scaled_width: Callable[[float], float]) -> Iterator[None]:
+class width_scaling:  # (named as the function it was: used as `with width_scaling(...):`)
     """Bind `scaled(...)` to `scaled_width` (the spec's `Scale.scaled_width`) for the expressions
-    evaluated inside: the layers, skips and block calls of one spec."""
-    token = _WIDTH_SCALING.set(scaled_width)
-    try:
-        yield
-    finally:
-        _WIDTH_SCALING.reset(token)
+    evaluated inside: the layers, skips and block calls of one spec.
+
+    (A class, not a `contextlib` generator, whose entry and exit cost three times as much: every
+    expansion enters it, and every block instance.)
+    """
+
+    __slots__ = ("scaled_width", "token")
+
+    def __init__(self, scaled_width: Callable[[float], float]) -> None:
+        self.scaled_width = scaled_width
+
+    def __enter__(self) -> None:
+        self.token = _WIDTH_SCALING.set(self.scaled_width)
+
+    def __exit__(self, *exc: object) -> None:
+        _WIDTH_SCALING.reset(self.token)
 
 
 def scaled(channels: float) -> float:

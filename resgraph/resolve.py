@@ -132,8 +132,12 @@ class _Resolver:
         failed = self.failed
         nodes: dict[str, Node] = {}
         value: dict[str, str] = {}  # spec name -> node holding its current (merged) value
+        declared_at = self.declared_at
         for name, decl in scope.inputs.items():
-            nodes[name] = InputNode(name=name, inputs=[], origin=scope.origin.child("inputs", name), decl=decl)
+            # (an input is declared first, so its origin is the one made for it there, unless its name is reserved)
+            origin = declared_at.get(name) if self.kinds.get(name) == "input" else None
+            nodes[name] = InputNode(name=name, inputs=[], origin=origin or scope.origin.child("inputs", name),
+                                    decl=decl)
             value[name] = name
         values, expand = self.values, self.expand
         for item in valid:
@@ -324,7 +328,7 @@ class _Resolver:
 
     def check_references(self, valid: list[LayerItem], references: dict[str, list[str]]) -> None:
         """Whether what each valid layer reads exists, comes earlier, and is as many values as it takes."""
-        invalid = self.invalid
+        invalid, values, check_reference = self.invalid, self.values, self.check_reference
         for item in valid:
             refs = references.get(item.name)
             if refs is None:
@@ -333,10 +337,10 @@ class _Resolver:
             for ref in refs:
                 if invalid and _base(ref) in invalid:
                     continue  # it reads an entry refused before (and reported): left out with it
-                if not self.check_reference(item.origin, item.name, ref, references, "input"):
+                if not check_reference(item.origin, item.name, ref, references, "input"):
                     self.failed.add(item.name)
                     ok = False
-            count = len(self.expand(refs))
+            count = len(self.expand(refs)) if values else len(refs)  # (each reference is one value)
             least, most = self.arity(item)
             if self.scope.blind and any(ref.endswith(".*") for ref in refs):
                 continue  # (how many values `call.*` splices in is unknown with no call)
@@ -496,8 +500,13 @@ class _Resolver:
         where = scope.origin.child("outputs")
         label = f"block {scope.block!r}: outputs: " if scope.block else "outputs: "  # a block's, or the model's
         outputs = []
-        invalid = self.invalid
+        invalid, kinds, values = self.invalid, self.kinds, self.values
         for i, ref in enumerate(scope.outputs):
+            # The common case first, before any message or location is made: an input or layer with one value,
+            # listed once (what every check below accepts).
+            if kinds.get(ref) in ("input", "layer") and ref not in values and ref not in invalid and ref not in outputs:
+                outputs.append(ref)
+                continue
             base = _base(ref)
             if base in invalid:
                 continue
