@@ -671,8 +671,17 @@ class Expander(_BlockTable):
         sizes: dict[str, int] = {}  # block -> its least size, 0 while it is being computed
         # (a call to a block not known counts 0: with none known, only the entries themselves count)
         calls = self._surely_called(top, sizes) if self.blocks else []
-        total = len(top.layers) + len(top.skips) + sum(count * size for count, size, _ in calls)
+        entries = len(top.layers) + len(top.skips)
+        total = entries + sum(count * size for count, size, _ in calls)
         if total <= MAX_EXPANDED_NODES:
+            return
+        if entries > MAX_EXPANDED_NODES:  # the spec's own entries, whatever its calls add
+            self.exhausted = True
+            section = "layers" if len(top.layers) > MAX_EXPANDED_NODES or not top.skips else "skips"
+            self.diagnostics.append(Diagnostic(
+                root.child(section).locate(key=True),
+                f"the spec has {entries:,} layers and skips of its own, more than the {MAX_EXPANDED_NODES:,} a model "
+                "may have", "write repeated parts once as a block called with `repeat:`"))
             return
         count, size, body = max(calls, key=lambda call: call[0] * call[1])
         where = next(root.child("layers", i, name) for i, entry in enumerate(top.layers)

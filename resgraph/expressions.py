@@ -68,8 +68,9 @@ class width_scaling:  # (named as the function it was: used as `with width_scali
     """Bind `scaled(...)` to `scaled_width` (the spec's `Scale.scaled_width`) for the expressions
     evaluated inside: the layers, skips and block calls of one spec.
 
-    (A class, not a `contextlib` generator, whose entry and exit cost three times as much: every
-    expansion enters it, and every block instance.)
+    One instance per `with` (it keeps its entry's token to restore the binding on exit); not a
+    decorator. (A class, not a `contextlib` generator, whose entry and exit cost three times as much:
+    every expansion enters it, and every block instance.)
     """
 
     __slots__ = ("scaled_width", "token")

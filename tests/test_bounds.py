@@ -97,6 +97,25 @@ def test_the_bound_is_on_the_total_exactly(small_bound: int) -> None:
     refused(block_spec('"${k * 25}"', "params: {k: 1}\n"))
 
 
+@pytest.mark.parametrize(("extra", "where"), [
+    ("", "layers"),  # no block at all
+    ("  - c: {block: nope}\n", "layers"),  # a call to a block that does not exist counts nothing
+    ("skips:\n" + "".join(f"  - s{i}: {{from: x, to: l{i}}}\n" for i in range(50)), "skips"),
+])
+def test_a_spec_whose_own_entries_pass_the_bound_is_refused_at_its_section(small_bound: int, extra: str,
+                                                                            where: str) -> None:
+    layers = 101 if where == "layers" else 60
+    body = "".join(f"  - l{i}: {{op: ReLU}}\n" for i in range(layers))
+    spec = "resgraph: 1\nname: M\ninputs: {x: [4]}\nlayers:\n" + body + (extra if where == "layers" else "") + (
+        extra if where == "skips" else "")
+    (problem,) = refused(spec).diagnostics
+    line = spec.splitlines().index(f"{where}:") + 1
+    assert (problem.location.line, problem.location.column) == (line, 1)
+    entries = sum(line.startswith("  - ") for line in spec.splitlines())
+    assert problem.message.startswith(f"the spec has {entries} layers and skips of its own, more than the 100 a "
+                                      "model may have")
+
+
 @pytest.mark.parametrize("repeat", [
     '"${2 if index == 0 else 1}"',  # not known before the first instance
     '"${k}"',
