@@ -29,7 +29,7 @@ from typing import Any
 from .errors import UsageError
 from .expressions import MAX_MAGNITUDE
 from .graph import Graph
-from .symbolic import COMPARISONS, MAX_SIZE, VECTOR_OPS, Expr, Guard, SymInt, evaluate, requirement
+from .symbolic import COMPARISONS, MAX_SIZE, VECTOR_OPS, Expr, Guard, SymInt, evaluate, post_order, requirement
 
 __all__ = ["DEFAULT_RANGE", "MAX_SIZE_SPAN", "DimSizes", "SizeReport", "SizeRule", "check_range", "joint_guards",
            "linked_symbols", "smallest_without_ones", "solve_sizes", "valid_sizes_mask"]
@@ -682,11 +682,7 @@ def _stays_small(guards: list[Guard], reads: list[frozenset[str]], symbols: dict
     for guard, read in zip(guards, reads, strict=True):
         if not read & varying:
             continue
-        stack: list[Expr] = [guard.left, guard.right]
-        while stack:  # iterative post-order, as in `_guard_facts`
-            expr = stack.pop()
-            if expr in bounds:
-                continue
+        for expr in post_order((guard.left, guard.right), bounds):
             op = expr.op
             if op == "sym":
                 name = expr.args[0]
@@ -695,15 +691,7 @@ def _stays_small(guards: list[Guard], reads: list[frozenset[str]], symbols: dict
             if op == "const":
                 bounds[expr] = abs(expr.args[0])
                 continue
-            left, right = expr.args
-            a, b = bounds.get(left), bounds.get(right)
-            if a is None or b is None:  # again once its arguments are bounded
-                stack.append(expr)
-                if a is None:
-                    stack.append(left)
-                if b is None:
-                    stack.append(right)
-                continue
+            a, b = bounds[expr.args[0]], bounds[expr.args[1]]
             if op == "add":
                 bound = a + b
             elif op in ("mul", "fmul"):
@@ -777,27 +765,15 @@ def _guard_facts(guards: list[Guard]) -> tuple[list[frozenset[str]], list[int]]:
     """
     facts: dict[Expr, tuple[frozenset[str], int]] = {}
     for guard in guards:
-        stack: list[Expr] = [guard.left, guard.right]
-        while stack:  # iterative post-order: a 100,000-layer chain's expressions are that deep
-            expr = stack.pop()
-            if expr in facts:
-                continue
+        for expr in post_order((guard.left, guard.right), facts):
             op = expr.op
             if op == "sym":
                 facts[expr] = (frozenset(expr.args[:1]), 0)
             elif op == "const":
                 facts[expr] = (_NO_SYMBOLS, math.ceil(abs(expr.args[0])))
             else:
-                left, right = expr.args
-                left_facts, right_facts = facts.get(left), facts.get(right)
-                if left_facts is None or right_facts is None:  # again once its arguments are done
-                    stack.append(expr)
-                    if left_facts is None:
-                        stack.append(left)
-                    if right_facts is None:
-                        stack.append(right)
-                    continue
-                facts[expr] = (left_facts[0] | right_facts[0], max(left_facts[1], right_facts[1]))
+                left, right = facts[expr.args[0]], facts[expr.args[1]]
+                facts[expr] = (left[0] | right[0], max(left[1], right[1]))
     both = [(facts[guard.left], facts[guard.right]) for guard in guards]
     return [left[0] | right[0] for left, right in both], [max(left[1], right[1]) for left, right in both]
 

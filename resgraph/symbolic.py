@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import operator
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Union
@@ -37,8 +37,8 @@ from typing import Any, Union
 from .expressions import MAX_MAGNITUDE
 
 __all__ = ["MAX_SIZE", "VECTOR_OPS", "Expr", "Guard", "SizeOverflowError", "SymInt", "evaluate", "hint", "hints",
-           "recorded", "recorded_count", "recording", "render", "requirement", "scaled_size", "site", "specialize",
-           "sym_max", "sym_min"]
+           "post_order", "recorded", "recorded_count", "recording", "render", "requirement", "scaled_size", "site",
+           "specialize", "sym_max", "sym_min"]
 
 # The largest magnitude a size expression may hold, constants and values at the declared size
 # alike: the bound on declared sizes and on every number an expression makes. Sizes are solved in
@@ -60,6 +60,31 @@ class Expr:
 
     def __str__(self) -> str:
         return render(self)
+
+
+def post_order(roots: Iterable[Expr], done: Container[Expr]) -> Iterator[Expr]:
+    """Each expression node under `roots` that is not in `done`, once, after its two arguments: a fold
+    over shared expressions (see `_node`), where the caller adds each node it is given to `done`
+    (its result, keyed by the node itself) before asking for the next. Iterative: a 100,000-layer
+    chain's expressions are that deep."""
+    stack = list(roots)
+    while stack:
+        expr = stack.pop()
+        if expr in done:
+            continue
+        if expr.op == "sym" or expr.op == "const":
+            yield expr
+            continue
+        left, right = expr.args
+        left_pending, right_pending = left not in done, right not in done
+        if not (left_pending or right_pending):
+            yield expr
+            continue
+        stack.append(expr)  # again once its arguments are done
+        if left_pending:
+            stack.append(left)
+        if right_pending:
+            stack.append(right)
 
 
 _STRENGTH = {"add": 1, "mul": 2, "floordiv": 2, "mod": 2}  # how tightly each operator binds
@@ -229,8 +254,11 @@ class _Site:
 
 def _record(op: str, left: Expr, right: Expr, outcome: bool) -> None:
     recorder = _RECORDER.get()
-    if recorder is None:
-        return
+    if recorder is not None:
+        _add_guard(recorder, op, left, right, outcome)
+
+
+def _add_guard(recorder: _Recorder, op: str, left: Expr, right: Expr, outcome: bool) -> None:
     key = (op, id(left), id(right), outcome)
     if key not in recorder.seen:  # the same decision again (a repeated block): one guard, the first site
         recorder.seen.add(key)
@@ -324,16 +352,14 @@ class SymInt:
         if type(other) is int:
             outcome = _COMPARE[op](self.hint, other)
             recorder = _RECORDER.get()
-            # (_const and _record inlined where the constant is interned already: most decisions compare
-            # with 0 or 1, and a repeated block decides the same again)
+            # (the constant looked up where it is interned already, without _const's checks and _record's
+            # second look-up of the recorder: most decisions compare with 0 or 1, and a repeated block
+            # decides the same again)
             right = recorder.interned.get(("const", other)) if recorder is not None else None
             if right is None:
                 _record(op, self.expr, _const(other), outcome)
                 return outcome
-            key = (op, id(self.expr), id(right), outcome)
-            if key not in recorder.seen:  # (as _record)
-                recorder.seen.add(key)
-                recorder.guards.append(Guard(op, self.expr, right, outcome, recorder.site))
+            _add_guard(recorder, op, self.expr, right, outcome)
             return outcome
         if type(other) is SymInt:
             outcome = _COMPARE[op](self.hint, other.hint)
