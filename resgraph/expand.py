@@ -309,11 +309,12 @@ class _BlockTable:
         for i, relative in enumerate(paths):
             where = origin.child("imports", i)
             path = relative if is_shipped(relative) else os.path.normpath(os.path.join(base, relative))
-            if _absolute(path) in chain:
-                cycle = " -> ".join(_shown_path(p) for p in [*chain, _absolute(path)])
+            absolute = _absolute(path)
+            if absolute in chain:
+                cycle = " -> ".join(_shown_path(p) for p in [*chain, absolute])
                 self.diagnostics.append(Diagnostic(where.locate(), f"import cycle: {cycle}"))
                 continue
-            key = path if is_shipped(path) else _absolute(path)
+            key = path if is_shipped(path) else absolute
             if key in self.imported or self.over_bound:  # a diamond (its blocks are defined once), or no room
                 continue
             self.imported.add(key)
@@ -341,7 +342,7 @@ class _BlockTable:
                                                    _missing_import_hint(relative, path, origin.source.file)))
                 continue
             library_origin = Origin(loaded.source, ())
-            self.load_imports(library.imports, library_origin, [*chain, _absolute(path)])
+            self.load_imports(library.imports, library_origin, [*chain, absolute])
             for name, definition in library.blocks.items():
                 self.add_block(name, definition, library_origin.child("blocks", name))
 
@@ -795,6 +796,7 @@ def _absolute(path: str) -> str:
 
 
 def _current_directory() -> str:
+    """The current directory, as a hint names it (or that it was removed)."""
     try:
         return os.getcwd()
     except OSError:

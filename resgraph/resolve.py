@@ -161,8 +161,7 @@ class _Resolver:
                 source = skip.source
                 if _base(source) not in kept:
                     continue  # it reads a node left out above: nothing to report of its own
-                if values:
-                    source = expand([source])[0]
+                source = expand([source])[0]
                 nodes[skip_item.name] = SkipNode(name=skip_item.name, inputs=[value[name], value[source]],
                                                  origin=skip_item.origin, skip=skip,
                                                  policy=skip.projection or scope.projection, target=name)
@@ -328,7 +327,7 @@ class _Resolver:
 
     def check_references(self, valid: list[LayerItem], references: dict[str, list[str]]) -> None:
         """Whether what each valid layer reads exists, comes earlier, and is as many values as it takes."""
-        invalid, values, check_reference = self.invalid, self.values, self.check_reference
+        invalid, check_reference = self.invalid, self.check_reference
         for item in valid:
             refs = references.get(item.name)
             if refs is None:
@@ -340,7 +339,7 @@ class _Resolver:
                 if not check_reference(item.origin, item.name, ref, references, "input"):
                     self.failed.add(item.name)
                     ok = False
-            count = len(self.expand(refs)) if values else len(refs)  # (each reference is one value)
+            count = len(self.expand(refs))
             least, most = self.arity(item)
             if self.scope.blind and any(ref.endswith(".*") for ref in refs):
                 continue  # (how many values `call.*` splices in is unknown with no call)

@@ -352,24 +352,17 @@ def _to_hints(graph: Graph, sizes: dict[int, Any] | None = None,
 def _hinted(kind: TensorType, sizes: dict[int, Any], hinted: dict[int, tuple[TensorType, TensorType]]) -> TensorType:
     """`kind.hints()`, once per type object (equal instances' copies and memoised layers share their
     types: most nodes cost one look-up), recording its symbolic sizes in `sizes`; a type of plain
-    ints is itself. (One pass over the sizes finds, records and hints them: a type per node.)"""
+    ints is itself."""
     key = id(kind)
     known = hinted.get(key)
     if known is None:
-        shape = []
         plain = True
         for dim in kind.shape:
-            kind_of_dim = type(dim)
-            if kind_of_dim is int:
-                shape.append(dim)
-                continue
-            plain = False
-            if kind_of_dim is SymInt:
-                sizes.setdefault(id(dim.expr), dim.expr)
-                dim = dim.hint
-            shape.append(dim)
-        # (as TensorType.hints() makes it)
-        known = hinted[key] = (kind, kind if plain else TensorType(tuple(shape), kind.dtype, kind.layout, kind.scale))
+            if type(dim) is not int:
+                plain = False
+                if type(dim) is SymInt:
+                    sizes.setdefault(id(dim.expr), dim.expr)
+        known = hinted[key] = (kind, kind if plain else kind.hints())
     return known[1]
 
 

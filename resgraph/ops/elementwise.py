@@ -90,8 +90,7 @@ class ElementwiseBase(Layer):
 
     def check_static(self) -> None:
         """Arguments torch refuses only when the module is built or run (its asserts and kernels check them)."""
-        values = self.__dict__  # (`field_value` read inline: every activation of every build passes here)
-        low, high = values.get("min_val"), values.get("max_val")
+        low, high = self.field_value("min_val"), self.field_value("max_val")
         if low is not None and high is not None and not high > low:
             raise ArgumentError(f"max_val={high} must be greater than min_val={low} (torch refuses to build it)",
                                 "max_val" if "max_val" in self.model_fields_set else "min_val",
@@ -99,7 +98,7 @@ class ElementwiseBase(Layer):
         if self.op == "CELU" and self.field_value("alpha", 1.0) == 0:
             raise ArgumentError("alpha=0 divides by zero in CELU (torch refuses it at the first forward)", "alpha")
         slope = _SLOPES.get(self.op)
-        if slope is not None and values.get("inplace", False) and getattr(self, slope) < 0:
+        if slope is not None and self.field_value("inplace", False) and getattr(self, slope) < 0:
             raise ArgumentError(f"{slope}={getattr(self, slope)} with inplace: true has no backward in torch (it "
                                 "refuses an in-place negative slope when gradients are computed)", "inplace",
                                 "remove `inplace: true`")
@@ -107,14 +106,13 @@ class ElementwiseBase(Layer):
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         self.check_static()
         (x,) = inputs
-        values = self.__dict__  # (`field_value` read inline, as in check_static)
-        count = values.get("num_parameters", 1)
+        count = self.field_value("num_parameters", 1)
         if count != 1 and (x.rank == 0 or count != x.shape[0]):
             channels = f"its dim 1 (batch included) has {x.shape[0]}" if x.rank else "it has no dim besides the batch"
             raise ArgumentError(f"num_parameters={count} must be 1 or the input's channel count, but {channels} "
                                 f"(input {x}); torch refuses the mismatch at the first forward", "num_parameters",
                                 f"use `num_parameters: {x.shape[0]}` (one slope per channel) or 1" if x.rank else None)
-        dim = values.get("dim")
+        dim = self.field_value("dim")
         if dim is not None:
             sample_dim(dim, x.rank)  # raises for the batch dim or an out-of-range dim
         return x.with_dtype("float32") if self.op in TO_FLOAT and x.dtype not in FLOAT_DTYPES else x
