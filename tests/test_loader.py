@@ -83,6 +83,47 @@ def test_alias_expansion_bomb_is_bounded_in_time() -> None:
     assert any(f"more than {MAX_NODES:,} YAML nodes" in m for m in messages)
 
 
+@pytest.mark.parametrize("text", [
+    "- 1\n" * 3000,  # block sequence
+    "[" + "1," * 3000 + "1]",  # flow sequence: two characters a node
+    "{" + "a," * 3000 + "a}",  # flow mapping of keys without values: one character a node
+    "layers:\n" + "  - l: {op: ReLU}\n" * 1000,
+], ids=["block list", "flow list", "flow keys", "layers"])
+def test_a_spec_of_too_many_nodes_is_refused_before_it_is_composed(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Composing keeps every node with its positions (a 16 MiB flow list of 8 million numbers took
+    2.9 GB before the bound was checked); a text that may hold too many is counted as it streams."""
+    import resgraph.loader
+
+    monkeypatch.setattr(resgraph.loader, "MAX_NODES", 2000)
+    monkeypatch.setattr(yaml, "compose", lambda *_, **__: pytest.fail("composed a spec over the bound"))
+    (message,) = errors(text)
+    assert "error: the spec has more than 2,000 YAML nodes (values, lists and mappings); this one is the first " \
+        "past them" in message and "repeat:" in message
+    line, column = map(int, message.split(":")[1:3])  # where the 2,001st node starts
+    events = [e for e in yaml.parse(text, Loader=yaml.CSafeLoader) if type(e).__name__ in
+              ("ScalarEvent", "SequenceStartEvent", "MappingStartEvent")]
+    assert (line, column) == (events[2000].start_mark.line + 1, events[2000].start_mark.column + 1)
+
+
+def test_the_node_bound_is_never_below_the_nodes_composed() -> None:
+    """The count before composing runs only where the bound from the text's characters passes
+    MAX_NODES, so the bound must not under-count, whatever the style."""
+    from resgraph.loader import _node_bound
+
+    def nodes(node: yaml.Node) -> int:
+        if isinstance(node, yaml.ScalarNode):
+            return 1
+        children = node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair]
+        return 1 + sum(nodes(child) for child in children)
+
+    texts = [path.read_text() for path in sorted(pathlib.Path("examples").glob("*.yaml"))] + [
+        "a", "[]", "{}", "[a, b, c]", "[a: 1, b]", "{a, b, c}", "{a: 1, b: , c}", "[[], [[]], {}]", "? a\n? b\n",
+        "? a\n: b\n", "- - - 1\n  - 2\n", "a:\n  b:\n    c: [1, {d: e}]\n", "[? a, ? b : c]", "[a, b, ]",
+        "{a: [1, 2], b: {c: d}, e}", "- {a: 1}\n- [b, c]\n- ? d\n"]
+    for text in texts:
+        assert _node_bound(text) >= nodes(yaml.compose(text, Loader=yaml.SafeLoader)), text
+
+
 def test_deep_nesting_is_refused_not_crashed() -> None:
     (message,) = errors("a: " + "[" * 100 + "]" * 100 + "\n")
     assert "nests deeper than" in message
