@@ -73,6 +73,50 @@ def test_binary_ops_broadcast_per_sample_and_gates_keep_their_layout_rule() -> N
         resgraph.check(HEAD + "inputs:\n  x: [4, 8, 8]\n  b: [8]\nlayers:\n  - d: {op: sub, input: [x, b]}\n")
 
 
+@pytest.mark.parametrize(("x", "y"), [
+    ([4, 8, 8], [4, 1, 1]),  # a per-channel bias added to a map
+    ([1, 16], [6, 16]),  # the first input broadcasts into the second
+    ([6, 1], [1, 16]),  # both do: an outer sum
+    ([3, 5, 2], [3, 5, 2]),
+])
+def test_add_layers_broadcast_as_torch_does(x: list[int], y: list[int]) -> None:
+    """`{op: add, input: [a, b]}` is `a + b`: it broadcasts as sub and mul do (a skip's add does not:
+    its source is projected to the target's shape, see the projection tests)."""
+    spec = HEAD + f"inputs:\n  x: {x}\n  y: {y}\nlayers:\n  - s: {{op: add, input: [x, y]}}\n" \
+                  "  - t: {op: add, input: [s, x, y]}\n"
+    model = resgraph.build(spec)
+    a, b = torch.randn(2, *x), torch.randn(2, *y)
+    torch.testing.assert_close(model(a, b), (a + b) + a + b)
+    assert resgraph.check(spec).nodes["t"].meta["type"].shape == (a + b).shape[1:]
+
+
+def test_add_layers_refuse_what_torch_refuses_and_misaligned_layouts() -> None:
+    with pytest.raises(resgraph.SpecError, match=r"^<string>:7:5: error: layer 's' \(add\): add needs broadcastable "
+                                                 r"shapes, got \(8, 16\), \(8, 5\)$"):
+        resgraph.check(HEAD + "inputs:\n  x: [8, 16]\n  y: [8, 5]\nlayers:\n  - s: {op: add, input: [x, y]}\n")
+    with pytest.raises(resgraph.SpecError, match=r"add needs broadcastable shapes, got \(4, 8, 8\), \(8,\) "
+                                                 r"\(per-sample shapes need one rank"):
+        resgraph.check(HEAD + "inputs:\n  x: [4, 8, 8]\n  b: [8]\nlayers:\n  - d: {op: add, input: [x, b]}\n")
+    # a features-last (1, 1, 4) added to a channels-first (4, 4, 4) map would add along its width
+    with pytest.raises(resgraph.SpecError, match=r"features-last but the target \(4, 4, 4\) is channels-first"):
+        resgraph.check(HEAD + "inputs:\n  x: [4, 4, 4]\nlayers:\n  - pool: {op: AdaptiveAvgPool2d, output_size: 1}\n"
+                              "  - last: {op: permute, dims: [0, 2, 3, 1]}\n  - fc: {op: Linear, out_features: 4}\n"
+                              "  - c: {op: Conv2d, out_channels: 4, kernel_size: 1, input: x}\n"
+                              "  - s: {op: add, input: [c, fc]}\n")
+
+
+def test_add_layers_broadcast_symbolic_sizes_without_pinning_them() -> None:
+    """x's sequence L stays free (any L, as torch broadcasts a (1, 16) into it); b's 1 broadcasts."""
+    spec = HEAD + ("inputs:\n  x: {shape: [5, 16], layout: features_last}\n"
+                   "  b: {shape: [1, 16], layout: features_last}\nlayers:\n  - s: {op: add, input: [x, b]}\n")
+    model = resgraph.build(spec)
+    for length in (1, 3, 7, 64):
+        a, b = torch.randn(2, length, 16), torch.randn(2, 1, 16)
+        torch.testing.assert_close(model(a, b), a + b)
+    x_length, b_length = (d for d in resgraph.valid_sizes(spec, low=1, high=64).dims if d.name == "L")
+    assert x_length.valid == tuple(range(1, 65)) and b_length.valid == (1,)  # (b's L: 1 broadcast, as declared)
+
+
 def test_matmul_is_batch_aware_and_checks_inner_sizes() -> None:
     spec = HEAD + "inputs:\n  a: [2, 3, 4]\n  b: [1, 4, 5]\nlayers:\n  - p: {op: matmul, input: [a, b]}\n"
     model = resgraph.build(spec)

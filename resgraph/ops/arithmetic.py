@@ -20,7 +20,7 @@ division turn integers into float32.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, create_model, model_validator
 
@@ -38,7 +38,7 @@ from .base import (
     register_op,
     shared_storage,
 )
-from .merge import broadcast_failure, broadcast_shape, check_gate_layouts
+from .merge import broadcast_shape, broadcast_types
 
 __all__ = ["UNARY", "UNARY_OPS", "BinaryOp", "Clamp", "Matmul", "Pow", "UnaryOp", "broadcast_types"]
 
@@ -56,23 +56,6 @@ UNARY: dict[str, tuple[str, bool]] = {
 # Functions whose output autograd keeps for the backward pass (d exp(x) = exp(x) dx...): overwriting
 # it in place later makes backward() fail.
 SAVES_OUTPUT = frozenset({"exp", "sqrt", "rsqrt"})
-
-
-def broadcast_types(op: str, inputs: list[TensorType]) -> TensorType:
-    """The type of an elementwise op over `inputs`, broadcasting their shapes.
-
-    Raises:
-        ShapeError: the shapes do not broadcast, or a broadcast would pair a features-last
-            tensor's features with a channels-first map's channels (see `check_gate_layouts`).
-    """
-    first = inputs[0]
-    shape: tuple[Any, ...] | None = first.shape
-    for other in inputs[1:]:
-        check_gate_layouts(other, first)
-        shape = broadcast_shape(shape, other.shape) if shape is not None else None
-    if shape is None:
-        raise broadcast_failure(op, inputs)
-    return first.with_shape(shape)
 
 
 class ArithmeticOp(Layer):

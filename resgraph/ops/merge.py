@@ -14,7 +14,8 @@ from typing import Any
 from ..symbolic import SymInt, hint
 from .base import ShapeError, TensorType, promote, sample_dim
 
-__all__ = ["Merge", "broadcast_failure", "broadcast_shape", "check_gate_layouts", "merge_code", "merge_type"]
+__all__ = ["Merge", "broadcast_failure", "broadcast_shape", "broadcast_types", "check_gate_layouts", "merge_code",
+           "merge_type"]
 
 
 class Merge(str, Enum):
@@ -71,19 +72,11 @@ def merge_type(kind: Merge, types: list[TensorType], dim: int = 1) -> TensorType
     dtype = promote([t.dtype for t in types])
     if dtype != first.dtype or first.ids_below is not None or first.ids_from is not None:
         first = first.with_dtype(dtype)  # (else the first type itself: the same value, no copy to make and hint)
-    if kind is Merge.add:
-        if any(t.shape != first.shape for t in types):
-            raise ShapeError(f"add needs equal shapes, got {_shapes(types)}")
-        return first
-    if kind is Merge.mul:
-        for t in types[1:]:
-            check_gate_layouts(t, first)
-        shape: tuple[int, ...] | None = first.shape
-        for t in types[1:]:
-            shape = broadcast_shape(shape, t.shape) if shape is not None else None
-        if shape is None:
-            raise broadcast_failure("mul", types)
-        return first.with_shape(shape)
+    if kind is not Merge.concat:
+        if all(t.shape is first.shape for t in types):  # (a skip's, after its projection: one shape object)
+            return first
+        broadcast = broadcast_types(kind.value, [first, *types[1:]])
+        return first if broadcast.shape == first.shape else broadcast
     if any(t.rank != first.rank for t in types):
         raise ShapeError(f"concat needs tensors of one rank, got {_shapes(types)}")
     axis = sample_dim(dim, first.rank)
@@ -92,6 +85,24 @@ def merge_type(kind: Merge, types: list[TensorType], dim: int = 1) -> TensorType
             raise ShapeError(f"concat along dim {dim} needs all other dims equal, got {_shapes(types)}")
     size = sum(t.shape[axis] for t in types)
     return first.with_shape((*first.shape[:axis], size, *first.shape[axis + 1:]))
+
+
+def broadcast_types(op: str, inputs: list[TensorType]) -> TensorType:
+    """The type of an elementwise op over `inputs` (add, mul, sub...), broadcasting their shapes; the
+    first input's dtype (callers promote it).
+
+    Raises:
+        ShapeError: the shapes do not broadcast, or a broadcast would pair a features-last
+            tensor's features with a channels-first map's channels (see `check_gate_layouts`).
+    """
+    first = inputs[0]
+    shape: tuple[Any, ...] | None = first.shape
+    for other in inputs[1:]:
+        check_gate_layouts(other, first)
+        shape = broadcast_shape(shape, other.shape) if shape is not None else None
+    if shape is None:
+        raise broadcast_failure(op, inputs)
+    return first.with_shape(shape)
 
 
 def _shapes(types: list[TensorType]) -> str:
