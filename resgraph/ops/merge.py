@@ -76,7 +76,8 @@ def merge_type(kind: Merge, types: list[TensorType], dim: int = 1) -> TensorType
         if all(t.shape is first.shape for t in types):  # (a skip's, after its projection: one shape object)
             return first
         broadcast = broadcast_types(kind.value, [first, *types[1:]])
-        return first if broadcast.shape == first.shape else broadcast
+        # (by identity: `==` on a symbolic size records a guard, and a (1, D) broadcast to (L, D) would pin L to 1)
+        return first if all(a is b for a, b in zip(broadcast.shape, first.shape)) else broadcast
     if any(t.rank != first.rank for t in types):
         raise ShapeError(f"concat needs tensors of one rank, got {_shapes(types)}")
     axis = sample_dim(dim, first.rank)
