@@ -35,15 +35,15 @@ from enum import Enum
 from typing import Any
 
 from .ops import Merge, ShapeError, TensorType, broadcast_shape
-from .ops.base import Scale, sample_dim
+from .ops.base import FLOAT_DTYPES, NORM_DTYPES, WEIGHTED_DTYPES, Scale, sample_dim
 from .ops.merge import check_gate_layouts
 from .ops.pool import check_avg_pool3d_input
 from .spec import Projection
 from .symbolic import Guard, hint, hints, requirement, specialize
 
 __all__ = ["POLICIES", "STEPS", "Mismatch", "ProjectionError", "ProjectionPlan", "Step", "StepKind", "StepRule",
-           "describe_steps", "plan_projection", "projection_parameters", "step_code", "step_constructor",
-           "wanted_shape"]
+           "describe_steps", "plan_projection", "projection_dtypes", "projection_parameters", "step_code",
+           "step_constructor", "wanted_shape"]
 
 
 class StepKind(str, Enum):
@@ -104,6 +104,8 @@ class StepRule:
     - `describe(args)`: how the summary and the diagram name it (`Conv2d 1x1 /2`).
     - `module(args)`: the torch.nn class name and keyword arguments of a module step.
     - `parameters(args)`: the module's parameter count (buffers are not parameters).
+    - `input_dtypes`: the dtypes a module step computes with (its weights are float32; see
+      `ops.base.WEIGHTED_DTYPES`); a code step takes any.
     - `code(expr, args, rank, target)`: for a code step, the expression applying it to `expr`, a
       tensor of `rank` dims (batch included) merging into the variable `target`. Nothing that
       depends on the input size is a constant in it: such sizes are read from the tensors at run
@@ -115,6 +117,7 @@ class StepRule:
     module: Callable[[dict[str, Any]], tuple[str, dict[str, Any]]] | None = None
     parameters: Callable[[dict[str, Any]], int] = lambda args: 0
     code: Callable[[str, dict[str, Any], int, str], str] | None = None
+    input_dtypes: frozenset[str] = FLOAT_DTYPES
 
 
 def _short(value: Any) -> str:
@@ -150,15 +153,15 @@ STEPS: dict[StepKind, StepRule] = {
                                                       else ""),
         module=lambda a: (f"Conv{a['dims']}d", {"in_channels": a["in"], "out_channels": a["out"], "kernel_size": 1,
                                                 "stride": a["stride"], "bias": False}),
-        parameters=lambda a: a["in"] * a["out"]),
+        parameters=lambda a: a["in"] * a["out"], input_dtypes=WEIGHTED_DTYPES),
     StepKind.norm: StepRule(
         describe=lambda a: f"BatchNorm{a['dims']}d",
         module=lambda a: (f"BatchNorm{a['dims']}d", {"num_features": a["features"]}),
-        parameters=lambda a: 2 * a["features"]),
+        parameters=lambda a: 2 * a["features"], input_dtypes=NORM_DTYPES),
     StepKind.linear: StepRule(
         describe=lambda a: "Linear",
         module=lambda a: ("Linear", {"in_features": a["in"], "out_features": a["out"], "bias": False}),
-        parameters=lambda a: a["in"] * a["out"]),
+        parameters=lambda a: a["in"] * a["out"], input_dtypes=WEIGHTED_DTYPES),
 }
 
 
@@ -180,6 +183,18 @@ def step_code(step: Step, expr: str, rank: int, target: str) -> str:
 def describe_steps(steps: tuple[Step, ...]) -> str:
     """'Conv2d 1x1 /2 + BatchNorm2d', or 'identity' when nothing is needed."""
     return " + ".join(STEPS[step.kind].describe(step.args) for step in steps) or "identity"
+
+
+def projection_dtypes(plan: ProjectionPlan) -> frozenset[str] | None:
+    """The source dtypes a projection computes with: those every module step takes (each passes its
+    input's dtype on, or the one dtype its weights need), or None for code steps alone (any dtype).
+
+    >>> sorted(projection_dtypes(plan_projection(Projection.auto, Merge.add, TensorType((64, 8, 8)),
+    ...                                          TensorType((128, 4, 4)))))
+    ['float32']
+    """
+    accepted = [STEPS[step.kind].input_dtypes for step in plan.module_steps]
+    return frozenset.intersection(*accepted) if accepted else None
 
 
 def projection_parameters(plan: ProjectionPlan) -> int:

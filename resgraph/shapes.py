@@ -30,10 +30,19 @@ from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode, is_bl
 from .hints import skip_hint
 from .loader import SourceMap
 from .ops import OPS, ShapeError, TensorType, merge_type
-from .ops.base import FLOAT_DTYPES, FRESH, TO_FLOAT_HINT, DtypeError, FeatureMapLayer, Storage
+from .ops.base import (
+    FLOAT_DTYPES,
+    FRESH,
+    PRECISION_HINT,
+    TO_FLOAT_HINT,
+    WEIGHTED_DTYPES,
+    DtypeError,
+    FeatureMapLayer,
+    Storage,
+)
 from .ops.elementwise import RETURNS_INPUT
 from .ops.tensor import BlockOutput, SplitBase
-from .projections import ProjectionError, describe_steps, plan_projection, projection_parameters
+from .projections import ProjectionError, describe_steps, plan_projection, projection_dtypes, projection_parameters
 from .resolve import resolve
 from .spec import MAX_DIM, BlockDef, InputDecl, Spec
 from .symbolic import Guard, SizeOverflowError, SymInt, recorded, recorded_count, recording, site, specialize
@@ -603,11 +612,16 @@ def _infer_skip(graph: Graph, node: SkipNode, inputs: list[TensorType], diagnost
         if skip.merge.value == "add":
             node.meta["type"] = target  # the merge's type is known: later layers can still be checked
         return
-    if source.dtype not in FLOAT_DTYPES and plan.module_steps:  # torch: "expected scalar type Float"
+    accepted = projection_dtypes(plan)
+    if accepted is not None and source.dtype not in accepted:  # torch: "expected scalar type Float"
         origin = _dtype_origin(graph, graph.nodes[node.inputs[1]])
+        integers = source.dtype not in FLOAT_DTYPES
+        weights = "floating-point weights" if integers else "float32 weights, and torch needs the input's dtype " \
+            "to match" if accepted == WEIGHTED_DTYPES else "float32 state, which torch has no float64 kernel for"
         diagnostics.append(Diagnostic(graph.where(node, "from"), (
             f"{graph.label(node)}: {skip.source!r} is {source.dtype}{origin}, but its projection "
-            f"({describe_steps(plan.module_steps)}) computes with floating-point weights"), TO_FLOAT_HINT))
+            f"({describe_steps(plan.module_steps)}) computes with {weights}"),
+            TO_FLOAT_HINT if integers else PRECISION_HINT))
         return
     node.meta["projection"] = plan
     node.meta["params"] = projection_parameters(plan)

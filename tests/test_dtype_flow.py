@@ -21,7 +21,7 @@ from resgraph.ops import OPS, ShapeError, TensorType
 from resgraph.ops.base import FLOAT_DTYPES
 from resgraph.ops.stored import StoredTensor
 
-DTYPES = ("int64", "int32", "bool")
+DTYPES = ("int64", "int32", "bool", "float16", "bfloat16", "float64")  # (float32 is every other test's)
 
 
 class _Self:
@@ -66,6 +66,9 @@ def test_every_op_takes_exactly_the_dtypes_torch_takes(op: str, args: dict[str, 
     if op in STRICTER_THAN_TORCH and dtype not in FLOAT_DTYPES:
         assert ours is None and _torch_dtype(layer, inputs, dtype) is not None  # refused on purpose
         return
+    if op in CUDA_ONLY_KERNELS and dtype in CUDA_ONLY_KERNELS[op]:
+        assert ours == dtype and _torch_dtype(layer, inputs, dtype) is None  # taken: the model may run on a GPU
+        return
     assert ours == _torch_dtype(layer, inputs, dtype)
 
 
@@ -75,6 +78,11 @@ STRICTER_THAN_TORCH = {
     "stochastic_depth": "eval is the identity; training divides the mask by 1 - p in place, which an integer "
                         "tensor cannot hold",
 }
+
+
+# Ops torch has a kernel for on CUDA but not on the CPU, for these dtypes: a spec does not say where its
+# model runs, so they are taken.
+CUDA_ONLY_KERNELS = {"AvgPool3d": {"float16", "bfloat16"}}
 
 
 def spec(layers: str, inputs: str = "  x: {shape: [8], dtype: int64}\n", skips: str = "") -> str:
@@ -135,6 +143,41 @@ def test_a_projection_shortcut_from_an_integer_source_is_refused_at_the_skip() -
                          "  - g: {op: mul, input: ids, scalar: 1.0}\n  - f: {op: mul, scalar: 0.5}\n")
     fixed = fixed.replace("{from: ids, to: fc}", "{from: g, to: fc}")
     assert resgraph.build(fixed)(torch.arange(8).expand(3, 8)).shape == (3, 4)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
+def test_a_float_input_of_another_precision_than_the_weights_is_refused_where_torch_would_fail(dtype: str) -> None:
+    """resgraph builds float32 weights: a conv (Linear, PReLU, attention) needs its input float32,
+    a norm float32, float16 or bfloat16; each model that checks runs its declared input."""
+    inputs = f"  x: {{shape: [3, 8, 8], dtype: {dtype}}}\n"
+    diagnostic = error_of(spec("  - n: {op: BatchNorm2d, affine: false, track_running_stats: false}\n"
+                               "  - c: {op: Conv2d, out_channels: 4, kernel_size: 3}\n", inputs))
+    assert (diagnostic.location.line, diagnostic.location.column) == (7, 5)  # at the conv
+    assert diagnostic.message == (f"layer 'c' (Conv2d): needs a float32 input, the dtype of its weights (torch needs "
+                                  f"the two equal), got {dtype}: 'n' is {dtype} (the output of BatchNorm2d)")
+    assert "declare the input float32" in diagnostic.hint and "model.half()" in diagnostic.hint
+    x = torch.randn(2, 3, 8, 8, dtype=getattr(torch, dtype))
+    with pytest.raises(RuntimeError):  # what the refused model would have done
+        torch.nn.Conv2d(3, 4, 3)(x)
+    normed = spec("  - n: {op: BatchNorm2d}\n  - p: {op: MaxPool2d, kernel_size: 2}\n", inputs)
+    if dtype == "float64":  # torch has no float64 norm kernel beside float32 statistics
+        assert "needs a float32, float16 or bfloat16 input beside its float32 weights" in error_of(normed).message
+    else:
+        model = resgraph.build(normed)
+        assert model(x).dtype == x.dtype == getattr(torch, resgraph.check(normed).nodes["p"].meta["type"].dtype)
+
+
+def test_a_projection_from_a_float16_source_is_refused_at_the_skip_and_the_float32_spec_runs_halved() -> None:
+    text = spec("  - n: {op: BatchNorm2d}\n  - d: {op: MaxPool2d, kernel_size: 2}\n",
+                "  x: {shape: [3, 8, 8], dtype: float16}\n", "  - s: {from: x, to: d}\n")
+    diagnostic = error_of(text)
+    assert (diagnostic.location.line, diagnostic.location.column) == (9, 9)  # at `from`
+    assert diagnostic.message == ("skip 's': 'x' is float16 (its declared dtype), but its projection (Conv2d 1x1 /2 + "
+                                  "BatchNorm2d) computes with float32 weights, and torch needs the input's dtype to "
+                                  "match")
+    # the fix the hint gives: a float32 spec, the built model and its input converted together
+    model = resgraph.build(text.replace("dtype: float16", "dtype: float32")).half()
+    assert model(torch.randn(2, 3, 8, 8).half()).dtype == torch.float16
 
 
 def test_merges_promote_like_torch() -> None:

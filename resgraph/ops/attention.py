@@ -28,7 +28,16 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from .base import FLOAT_DTYPES, DtypeError, Layer, ShapeError, TensorType, describe_torch_op, register_op
+from .base import (
+    FLOAT_DTYPES,
+    WEIGHTED_DTYPES,
+    DtypeError,
+    Layer,
+    ShapeError,
+    TensorType,
+    describe_torch_op,
+    register_op,
+)
 from .merge import broadcast_shape
 
 __all__ = ["MultiheadAttention", "ScaledDotProductAttention"]
@@ -114,8 +123,8 @@ class MultiheadAttention(Layer):
         if len(inputs) - len(self.masks) not in (1, 3):
             return  # output_type says what the inputs must be
         for index, t in enumerate(inputs[:len(inputs) - len(self.masks)]):  # masks are checked with shapes
-            if t.dtype not in FLOAT_DTYPES:
-                raise DtypeError(index, t.dtype, FLOAT_DTYPES)
+            if t.dtype not in WEIGHTED_DTYPES:  # (each is projected by a float32 weight)
+                raise DtypeError(index, t.dtype, WEIGHTED_DTYPES)
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         if len(inputs) - len(self.masks) not in (1, 3):

@@ -48,7 +48,10 @@ __all__ = [
     "FLOAT_OVERFLOW",
     "INT_DTYPES",
     "INT_RANGES",
+    "NORM_DTYPES",
     "NUMBER_DTYPES",
+    "PRECISION_HINT",
+    "WEIGHTED_DTYPES",
     "Identifier",
     "check_scalar",
     "is_identifier",
@@ -87,6 +90,12 @@ Layout = Literal["channels_first", "features_last"]
 
 DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "bool")
 FLOAT_DTYPES = frozenset({"float32", "float64", "float16", "bfloat16"})
+# What a layer with weights takes: resgraph builds them float32. A layer that multiplies by them (a conv,
+# Linear, PReLU, attention's projections) needs its input in that dtype too (torch: "Input type (Half) and
+# bias type (float) should be the same"); a norm has kernels for float16 and bfloat16 inputs beside float32
+# weights and running statistics, but none for float64.
+WEIGHTED_DTYPES = frozenset({"float32"})
+NORM_DTYPES = frozenset({"float32", "float16", "bfloat16"})
 Scalar = int | float  # a number operand of an arithmetic op
 
 
@@ -211,6 +220,8 @@ def check_scalar(value: int | float | None, dtype: str, field: str) -> None:
 NUMBER_DTYPES = FLOAT_DTYPES | INT_DTYPES  # what ops that refuse only bool take (relu, max pooling)
 TO_FLOAT_HINT = ("integer values (token ids, positions) are looked up with `Embedding`; to compute with them as "
                  "numbers, make them floating point first, e.g. `{op: mul, scalar: 1.0}`")
+PRECISION_HINT = ("resgraph builds float32 weights: declare the input float32, and for another precision convert "
+                  "the built model and its inputs together (`model.half()`, `model.double()`, or `torch.autocast`)")
 
 
 class DtypeError(ShapeError):
@@ -221,11 +232,16 @@ class DtypeError(ShapeError):
     """
 
     def __init__(self, index: int, dtype: str, accepted: frozenset[str]) -> None:
-        wanted = ("a floating-point input" if accepted == FLOAT_DTYPES else "a number (not bool) input"
-                  if accepted == NUMBER_DTYPES else f"input of dtype {', '.join(sorted(accepted))}")
+        integers = accepted <= FLOAT_DTYPES and dtype not in FLOAT_DTYPES
+        wanted = ("a floating-point input" if accepted == FLOAT_DTYPES or integers else "a number (not bool) input"
+                  if accepted == NUMBER_DTYPES else "a float32 input, the dtype of its weights (torch needs the two "
+                  "equal)" if accepted == WEIGHTED_DTYPES else "a float32, float16 or bfloat16 input "
+                  "beside its float32 weights (torch has no float64 kernel for them)" if accepted == NORM_DTYPES
+                  else f"input of dtype {', '.join(sorted(accepted))}")
         super().__init__(f"needs {wanted}, got {dtype}")
         self.index, self.dtype, self.accepted = index, dtype, accepted
-        self.hint = TO_FLOAT_HINT if accepted <= FLOAT_DTYPES and dtype not in FLOAT_DTYPES else None
+        self.hint = TO_FLOAT_HINT if integers else PRECISION_HINT if dtype in FLOAT_DTYPES and accepted in (
+            WEIGHTED_DTYPES, NORM_DTYPES) else None
 
 
 Scale = tuple[Fraction, ...]

@@ -12,8 +12,8 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, create_model
 
 from .base import (
-    FLOAT_DTYPES,
     OPS,
+    WEIGHTED_DTYPES,
     ArgumentError,
     FeatureMapLayer,
     Layer,
@@ -58,7 +58,7 @@ class ConvBase(FeatureMapLayer):
     scale: bool = Field(True, description="false: scale.width leaves out_channels as written.")
 
     inferred: ClassVar[tuple[str, ...]] = ("in_channels",)
-    input_dtypes: ClassVar[frozenset[str] | None] = FLOAT_DTYPES
+    input_dtypes: ClassVar[frozenset[str] | None] = WEIGHTED_DTYPES
 
     def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         kernel = math.prod(to_tuple(self.kernel_size, self.spatial_dims, "kernel_size"))
@@ -120,7 +120,7 @@ class ConvTransposeBase(FeatureMapLayer):
     scale: bool = Field(True, description="false: scale.width leaves out_channels as written.")
 
     inferred: ClassVar[tuple[str, ...]] = ("in_channels",)
-    input_dtypes: ClassVar[frozenset[str] | None] = FLOAT_DTYPES
+    input_dtypes: ClassVar[frozenset[str] | None] = WEIGHTED_DTYPES
 
     def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         kernel = math.prod(to_tuple(self.kernel_size, self.spatial_dims, "kernel_size"))

@@ -6,7 +6,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from .base import FLOAT_DTYPES, Layer, ShapeError, TensorType, describe_torch_op, register_op
+from .base import WEIGHTED_DTYPES, Layer, ShapeError, TensorType, describe_torch_op, register_op
 
 __all__ = ["Embedding", "Linear"]
 
@@ -23,7 +23,7 @@ class Linear(Layer):
 
     inferred: ClassVar[tuple[str, ...]] = ("in_features",)
     layout: ClassVar[Literal["features_last"]] = "features_last"
-    input_dtypes: ClassVar[frozenset[str] | None] = FLOAT_DTYPES
+    input_dtypes: ClassVar[frozenset[str] | None] = WEIGHTED_DTYPES
 
     def inferred_args(self, inputs: list[TensorType]) -> dict[str, Any]:
         return {"in_features": inputs[0].shape[-1]}

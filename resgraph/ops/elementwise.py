@@ -11,6 +11,7 @@ from .base import (
     FLOAT_DTYPES,
     NUMBER_DTYPES,
     OPS,
+    WEIGHTED_DTYPES,
     ArgumentError,
     FeatureMapLayer,
     Layer,
@@ -121,7 +122,8 @@ class ElementwiseBase(Layer):
 def _define(name: str, fields: dict[str, Any]) -> type[Layer]:
     cls = create_model(name, __base__=ElementwiseBase, __module__=__name__,
                        __doc__=describe_torch_op(name, ()), op=(Literal[name], ...), **fields)
-    cls.input_dtypes = None if name in _ANY else NUMBER_DTYPES if name in _NUMBERS else FLOAT_DTYPES
+    cls.input_dtypes = (None if name in _ANY else NUMBER_DTYPES if name in _NUMBERS else WEIGHTED_DTYPES
+                        if name == "PReLU" else FLOAT_DTYPES)  # (PReLU multiplies by its float32 slopes)
     return register_op(cls)
 
 

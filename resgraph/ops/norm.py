@@ -12,6 +12,7 @@ from pydantic import Field
 
 from .base import (
     FLOAT_DTYPES,
+    NORM_DTYPES,
     FeatureMapLayer,
     TensorType,
     require_rank,
@@ -32,7 +33,10 @@ class BatchNormBase(FeatureMapLayer):
     track_running_stats: bool = True
 
     inferred: ClassVar[tuple[str, ...]] = ("num_features",)
-    input_dtypes: ClassVar[frozenset[str] | None] = FLOAT_DTYPES
+
+    @property
+    def input_dtypes(self) -> frozenset[str]:  # type: ignore[override]
+        return NORM_DTYPES if self.affine or self.track_running_stats else FLOAT_DTYPES  # (its state is float32)
 
     def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         return 2 * args["num_features"] if self.affine else 0  # running stats are buffers

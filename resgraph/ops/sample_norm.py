@@ -12,6 +12,7 @@ from pydantic import Field
 
 from .base import (
     FLOAT_DTYPES,
+    NORM_DTYPES,
     ArgumentError,
     FeatureMapLayer,
     Layer,
@@ -55,7 +56,10 @@ class LayerNorm(Layer):
     bias: bool = True
 
     inferred: ClassVar[tuple[str, ...]] = ("normalized_shape",)
-    input_dtypes: ClassVar[frozenset[str] | None] = FLOAT_DTYPES
+
+    @property
+    def input_dtypes(self) -> frozenset[str]:  # type: ignore[override]
+        return NORM_DTYPES if self.elementwise_affine else FLOAT_DTYPES  # (its weights are float32)
 
     def inferred_args(self, inputs: list[TensorType]) -> dict[str, Any]:
         return {"normalized_shape": inputs[0].shape[-1]}
@@ -80,7 +84,10 @@ class GroupNorm(FeatureMapLayer):
     affine: bool = True
 
     inferred: ClassVar[tuple[str, ...]] = ("num_channels",)
-    input_dtypes: ClassVar[frozenset[str] | None] = FLOAT_DTYPES
+
+    @property
+    def input_dtypes(self) -> frozenset[str]:  # type: ignore[override]
+        return NORM_DTYPES if self.affine else FLOAT_DTYPES  # (its weights are float32)
 
     def built_parameter_count(self, args: dict[str, Any]) -> int | None:
         return 2 * args["num_channels"] if self.affine else 0
