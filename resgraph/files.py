@@ -86,13 +86,15 @@ def atomic_write_staged(path: str, write: Callable[[str], object]) -> list[str]:
     beside `path`. Each file it leaves in that folder is moved beside `path` under its name (each
     replacing an older one atomically, companions first, the file itself last), so the names the
     file holds stay right; the folder is always removed, on a failure or a terminating signal too.
-    The rules of `atomic_write` for modes, symlinks and what may be replaced apply to every file.
+    The rules of `atomic_write` for modes, symlinks and what may be replaced apply to every file:
+    a symlink at a companion's name is written through (its target, on another file system too,
+    receives the content; the link stays).
 
     Returns:
-        The companion files written (their final paths).
+        The companion files written (their final paths: a symlink's target).
     Raises:
         OSError: a file cannot be written (older files are left as they were where nothing of
-            this write had replaced them yet).
+            this write had replaced them yet); one about a companion names it in its message.
     """
     target = _resolve(path)
     directory, name = os.path.split(target)
@@ -105,18 +107,46 @@ def atomic_write_staged(path: str, write: Callable[[str], object]) -> list[str]:
             made = sorted(os.listdir(folder))
             if name not in made:
                 raise FileNotFoundError(errno.ENOENT, "the writer wrote no file", path)
-            companions = [entry for entry in made if entry != name]
-            for entry in companions:
-                _check_replaceable(os.path.join(directory, entry), os.path.join(os.path.dirname(path), entry))
-            for entry in [*companions, name]:  # the file last: it names its companions
-                final = os.path.join(directory, entry)
-                staged = os.path.join(folder, entry)  # (created by open(): 0666 filtered by the umask)
-                with contextlib.suppress(FileNotFoundError):
-                    os.chmod(staged, os.stat(final).st_mode & 0o7777)  # replacing a file keeps its mode
-                os.replace(staged, final)
-            return [os.path.join(directory, entry) for entry in companions]
+            # A companion is where the file names it, beside it; one there that is a symlink is written
+            # through, as the file itself is (the link may keep the weights on another disk).
+            # (Shown as the caller named the file's folder, unless `path` is a symlink to another one.)
+            beside = os.path.dirname(path) if target == os.path.abspath(path) else directory
+            companions = {entry: (os.path.join(beside, entry), _resolve(os.path.join(directory, entry)))
+                          for entry in made if entry != name}
+            for shown, final in companions.values():
+                with _naming(shown):
+                    _check_replaceable(final, shown)
+            for entry, (shown, final) in companions.items():  # first: the file names them
+                with _naming(shown):
+                    _move_into_place(os.path.join(folder, entry), final)
+            _move_into_place(os.path.join(folder, name), target)
+            return [final for _, final in companions.values()]
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _naming(companion: str) -> Iterator[None]:
+    """An OSError about a companion file says which: the caller reports it as a failure to write the
+    file it named (`cannot write m.onnx: ...`), which alone would blame that file."""
+    try:
+        yield
+    except OSError as exc:
+        raise type(exc)(exc.errno, f"{companion}, written beside it: {exc.strerror or exc}", companion) from None
+
+
+def _move_into_place(staged: str, final: str) -> None:
+    """Replace `final` by the complete file `staged` in one step, keeping the mode of a file replaced
+    (a new one keeps `staged`'s: 0666 filtered by the umask, as `open()` created it). `final` on
+    another file system (a symlink's target there) gets a copy written beside it first."""
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(staged, os.stat(final).st_mode & 0o7777)  # replacing a file keeps its mode
+    try:
+        os.replace(staged, final)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        atomic_write(final, lambda tmp: shutil.copyfile(staged, tmp))
 
 
 def write_fresh_text(stem: str, suffix: str, text: str) -> str:

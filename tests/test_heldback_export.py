@@ -7,9 +7,13 @@ after their build (a submodule's mode, a replaced head) pickled, saved and mater
 from __future__ import annotations
 
 import io
+import os
 import pathlib
 import pickle
 import re
+import shutil
+import stat
+import tempfile
 from typing import Any
 
 import pytest
@@ -365,3 +369,85 @@ def test_a_tied_layer_replaced_by_an_untied_one_is_kept_untied_and_not_written_a
     tied = pickle.loads(pickle.dumps(resgraph.build(spec, seed=0)))  # as built: still tied, and saved
     assert tied.b.weight is tied.a.weight
     resgraph.save(tied, tmp_path / "tied.pt")
+
+
+# --- files written beside the one named: ONNX weights (`NAME.onnx.data`) ---------------------------
+
+def _write_pair(staged: str) -> None:
+    """A writer as ONNX's: the file, and the weights file it names, beside it."""
+    pathlib.Path(staged).write_text("new model")
+    pathlib.Path(staged + ".data").write_text("new weights")
+
+
+def _other_file_system(tmp_path: pathlib.Path) -> pathlib.Path:
+    other = pathlib.Path("/dev/shm")
+    if not other.is_dir() or os.stat(other).st_dev == os.stat(tmp_path).st_dev or not os.access(other, os.W_OK):
+        pytest.skip("no writable file system other than the temporary directory's")
+    return pathlib.Path(tempfile.mkdtemp(dir=other))
+
+
+@pytest.mark.parametrize("where", ["beside", "dangling", "other file system"])
+def test_a_symlink_at_the_weights_file_is_written_through(where: str, tmp_path: pathlib.Path) -> None:
+    """`m.onnx.data -> /big/disk/m.onnx.data` (weights kept on another disk) was replaced by a regular
+    file: the link was lost, gigabytes went to the small disk and the big disk kept the old weights.
+    Written through, as `-o` onto a symlink is: the link stays, its target gets the new weights."""
+    from resgraph.files import atomic_write_staged
+
+    folder = _other_file_system(tmp_path) if where == "other file system" else tmp_path / "disk"
+    try:
+        folder.mkdir(exist_ok=True)
+        real = folder / "weights.bin"
+        if where != "dangling":
+            real.write_text("old weights")
+            os.chmod(real, 0o640)
+        (tmp_path / "m.onnx.data").symlink_to(real)
+        assert atomic_write_staged(str(tmp_path / "m.onnx"), _write_pair) == [str(real)]
+        assert (tmp_path / "m.onnx.data").is_symlink() and os.readlink(tmp_path / "m.onnx.data") == str(real)
+        assert real.read_text() == "new weights" and (tmp_path / "m.onnx").read_text() == "new model"
+        if where != "dangling":
+            assert stat.S_IMODE(os.stat(real).st_mode) == 0o640  # a replaced file keeps its mode
+        assert sorted(p.name for p in folder.iterdir()) == ["weights.bin"]  # nothing temporary left
+        assert sorted(p.name for p in tmp_path.iterdir() if p != folder) == ["m.onnx", "m.onnx.data"]
+    finally:
+        if where == "other file system":
+            shutil.rmtree(folder)
+
+
+@pytest.mark.parametrize("kind", ["directory", "symlink to a directory", "symlink to a device"])
+def test_a_weights_file_that_cannot_be_replaced_is_named_and_nothing_is_written(kind: str,
+                                                                                tmp_path: pathlib.Path) -> None:
+    """The message blamed the file named (`cannot write m.onnx: Is a directory`), which was a regular file."""
+    from resgraph.files import atomic_write_staged
+
+    (tmp_path / "m.onnx").write_text("old model")
+    data = tmp_path / "m.onnx.data"
+    if kind == "directory":
+        data.mkdir()
+    elif kind == "symlink to a directory":
+        (tmp_path / "elsewhere").mkdir()
+        data.symlink_to(tmp_path / "elsewhere")
+    else:
+        data.symlink_to("/dev/null")
+    with pytest.raises(OSError) as caught:
+        atomic_write_staged(str(tmp_path / "m.onnx"), _write_pair)
+    assert caught.value.filename == str(data) and str(data) in caught.value.strerror
+    assert (tmp_path / "m.onnx").read_text() == "old model"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the staging folder is gone
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+
+
+def test_an_onnx_export_names_the_weights_file_it_cannot_write(tmp_path: pathlib.Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    import resgraph.onnx_export
+    from resgraph.cli import main
+
+    monkeypatch.setattr(resgraph.onnx_export, "EXTERNAL_DATA_BYTES", 0)  # (a small model's weights beside it)
+    (tmp_path / "m.onnx.data").mkdir()
+    out = tmp_path / "m.onnx"
+    assert main(["build", str(EXAMPLES / "tutorial.yaml"), "-o", str(out)]) == 2
+    assert not out.exists()
+    with pytest.raises(resgraph.UsageError) as caught:
+        resgraph.save(resgraph.build(EXAMPLES / "tutorial.yaml", seed=0), out)
+    assert str(caught.value) == f"cannot write {out}: {out}.data, written beside it: Is a directory"
