@@ -451,3 +451,25 @@ def test_an_onnx_export_names_the_weights_file_it_cannot_write(tmp_path: pathlib
     with pytest.raises(resgraph.UsageError) as caught:
         resgraph.save(resgraph.build(EXAMPLES / "tutorial.yaml", seed=0), out)
     assert str(caught.value) == f"cannot write {out}: {out}.data, written beside it: Is a directory"
+
+
+@pytest.mark.parametrize("link", ["symlink", "hard link", "two dangling symlinks"])
+def test_a_model_and_its_diagram_in_the_same_file_are_refused(link: str, tmp_path: pathlib.Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`-o m.pt --diagram d.svg` with d.svg a link to m.pt wrote the model, then the diagram over it:
+    exit 0 and `Saved: m.pt`, but m.pt held an SVG."""
+    from resgraph.cli import main
+
+    model, diagram = tmp_path / "m.pt", tmp_path / "d.svg"
+    if link == "two dangling symlinks":
+        model.symlink_to(tmp_path / "out")
+        diagram.symlink_to(tmp_path / "out")
+    else:
+        model.write_text("the user's model")
+        (diagram.symlink_to if link == "symlink" else diagram.hardlink_to)(model)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["build", str(EXAMPLES / "tutorial.yaml"), "-o", str(model), "--diagram", str(diagram)]) == 2
+    assert f"-o {model} and --diagram {diagram} are the same file" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    if link != "two dangling symlinks":
+        assert model.read_text() == "the user's model"
