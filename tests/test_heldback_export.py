@@ -12,6 +12,7 @@ import pathlib
 import pickle
 import re
 import shutil
+import signal
 import stat
 import tempfile
 from typing import Any
@@ -473,3 +474,76 @@ def test_a_model_and_its_diagram_in_the_same_file_are_refused(link: str, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     if link != "two dangling symlinks":
         assert model.read_text() == "the user's model"
+
+
+# --- files read back: saved models and checkpoints ------------------------------------------------
+
+def _load_weights_error(path: pathlib.Path) -> str:
+    """`resgraph.load_weights`'s message for `path`, run in a child with a time limit (a FIFO blocked it)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, resgraph\nmodel = resgraph.build(sys.argv[1])\n"
+             "try:\n    resgraph.load_weights(model, sys.argv[2])\nexcept resgraph.UsageError as exc:\n"
+             "    print(exc)\n")
+    result = subprocess.run([sys.executable, "-c", probe, str(EXAMPLES / "tutorial.yaml"), str(path)],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
+def test_a_checkpoint_that_is_no_regular_file_is_refused_without_reading(kind: str, tmp_path: pathlib.Path) -> None:
+    """`load_weights(model, "fifo")` blocked forever (and /dev/zero was read), where `resgraph.load` refused them."""
+    path = {"fifo": tmp_path / "ckpt.pt", "device": pathlib.Path("/dev/zero"), "directory": tmp_path}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    what = {"fifo": "a pipe", "device": "a character device", "directory": "a directory"}[kind]
+    assert _load_weights_error(path) == f"{path}: not a regular file ({what}); a checkpoint is a file torch.save wrote"
+
+
+def test_a_file_swapped_for_a_fifo_after_the_check_is_refused_not_waited_on(tmp_path: pathlib.Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from resgraph import loader
+
+    fifo = tmp_path / "swapped.pt"
+    os.mkfifo(fifo)
+    real_stat = os.stat
+    monkeypatch.setattr(loader.os, "stat", lambda name, *a, **k: real_stat(__file__) if name == str(fifo)
+                        else real_stat(name, *a, **k))  # the first look sees a regular file
+    def waited(number: int, frame: Any) -> None:
+        raise TimeoutError("resgraph.load waited on the FIFO for a writer")
+
+    previous = signal.signal(signal.SIGALRM, waited)
+    signal.alarm(30)
+    try:
+        with pytest.raises(resgraph.UsageError, match=r"not a regular file \(a pipe\); a saved model is a \.pt file"):
+            resgraph.load(fifo)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_tampered_file_is_refused_saying_what_the_safe_reader_refused(tmp_path: pathlib.Path) -> None:
+    """torch's first line advises loading the file with weights_only=False, which would run a
+    tampered file's code, and says nothing of what was refused."""
+
+    class Payload:
+        def __reduce__(self) -> tuple[Any, tuple[str]]:
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    model = resgraph.build(EXAMPLES / "tutorial.yaml", seed=0)
+    path = tmp_path / "model.pt"
+    resgraph.save(model, path)
+    payload = torch.load(path, weights_only=True)
+    torch.save({**payload, "extra": Payload()}, path)
+    for read, what in ((resgraph.load, "not a readable resgraph model file"),
+                       (lambda p: resgraph.load_weights(model, p), "not a checkpoint torch.load can read safely")):
+        with pytest.raises(resgraph.UsageError) as caught:
+            read(path)
+        message = str(caught.value)
+        assert message.startswith(f"{path}: {what} (torch's weights-only reader refused it: ")
+        assert re.search(r"GLOBAL (posix|nt)\.system", message) and "weights_only` set to `False" not in message
+        assert "\n" not in message
+    assert not (tmp_path / "ran").exists()
