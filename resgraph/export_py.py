@@ -21,7 +21,7 @@ import shlex
 from typing import Any
 
 from .codegen import HELPERS, generate_forward, helpers_used
-from .errors import Diagnostic, ResgraphError, SpecError
+from .errors import Diagnostic, ResgraphError, SpecError, UsageError
 from .files import atomic_write
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
 from .ops import GenericLayer, ShapeError
@@ -30,7 +30,7 @@ from .ownership import Owns, owns, tied_parameters
 from .projections import step_constructor
 from .version import __version__
 
-__all__ = ["RESERVED", "export_python", "module_source", "safe_identifier", "write_python"]
+__all__ = ["RESERVED", "check_module_file", "export_python", "module_source", "safe_identifier", "write_python"]
 
 INDENT = "    "
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -118,7 +118,49 @@ def write_python(module: Any, path: str) -> None:
         OSError: the file cannot be written (an existing file is left as it was).
     """
     source = module_source(module)
+    check_module_file(path, source)
     atomic_write(path, lambda tmp: _write_text(tmp, source))
+
+
+def check_module_file(path: str, source: str) -> None:
+    """Refuse to write `source` at `path` where it would import itself or overwrite what it imports.
+
+    The file imports torch and the modules of the spec's own layer classes: named after one of them
+    (`torch.py`, `mylayers.py`), it is found first by `import` beside it, so it imports itself (and
+    hides the real module from everything run there); at the path of a module's source, writing it
+    would replace the user's layer code with a file importing itself.
+
+    Raises:
+        UsageError: naming the module, and what to do.
+    """
+    import os
+    import sys
+
+    stem, suffix = os.path.splitext(os.path.basename(path))
+    for name in sorted(_imported_modules(source)):
+        if suffix.lower() == ".py" and stem == name.split(".")[0]:
+            raise UsageError(f"{path}: the file imports {name}; named {stem}.py it would import "
+                             f"itself instead (and hide {name.split('.')[0]} from code run beside it). Name it "
+                             f"otherwise, e.g. {stem}_model.py")
+        origin = getattr(sys.modules.get(name), "__file__", None)
+        try:
+            same = origin is not None and os.path.samefile(path, origin)
+        except (OSError, ValueError):  # the output does not exist yet
+            same = False
+        if same:
+            raise UsageError(f"{path}: that is the source of module {name}, whose layers the spec uses; "
+                             "writing it would overwrite it. Name another file")
+
+
+def _imported_modules(source: str) -> set[str]:
+    """The modules a generated file imports (`import a.b`, `from a import b`), read from its source."""
+    names: set[str] = set()
+    for statement in ast.parse(source).body:
+        if isinstance(statement, ast.Import):
+            names.update(alias.name for alias in statement.names)
+        elif isinstance(statement, ast.ImportFrom) and statement.module:
+            names.add(statement.module)
+    return names
 
 
 def check_source(source: str) -> None:

@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import stat
+import sys
 import tempfile
 from typing import Any
 
@@ -481,7 +482,6 @@ def test_a_model_and_its_diagram_in_the_same_file_are_refused(link: str, tmp_pat
 def _load_weights_error(path: pathlib.Path) -> str:
     """`resgraph.load_weights`'s message for `path`, run in a child with a time limit (a FIFO blocked it)."""
     import subprocess
-    import sys
 
     probe = ("import sys, resgraph\nmodel = resgraph.build(sys.argv[1])\n"
              "try:\n    resgraph.load_weights(model, sys.argv[2])\nexcept resgraph.UsageError as exc:\n"
@@ -547,3 +547,49 @@ def test_a_tampered_file_is_refused_saying_what_the_safe_reader_refused(tmp_path
         assert re.search(r"GLOBAL (posix|nt)\.system", message) and "weights_only` set to `False" not in message
         assert "\n" not in message
     assert not (tmp_path / "ran").exists()
+
+
+# --- a .py export named after what it imports ----------------------------------------------------
+
+LAYER_SOURCE = "import torch\n\n\nclass Double(torch.nn.Module):\n    def forward(self, x):\n        return x * 2\n"
+
+
+@pytest.fixture
+def own_layers(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
+    """A package `hb_pkg` with the user's layer module `hb_pkg/hb_layers.py`, importable here."""
+    package = tmp_path / "src" / "hb_pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "hb_layers.py").write_text(LAYER_SOURCE)
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    for name in ("hb_pkg", "hb_pkg.hb_layers"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    return package / "hb_layers.py"
+
+
+@pytest.mark.parametrize(("output", "message"), [
+    ("{layers}", "that is the source of module hb_pkg.hb_layers, whose layers the spec uses; writing it would "
+                 "overwrite it. Name another file"),
+    ("{link}", "that is the source of module hb_pkg.hb_layers"),
+    ("{dir}/torch.py", "the file imports torch; named torch.py it would import itself instead (and hide torch "
+                       "from code run beside it). Name it otherwise, e.g. torch_model.py"),
+    ("{dir}/hb_pkg.py", "the file imports hb_pkg.hb_layers; named hb_pkg.py it would import itself instead"),
+])
+def test_a_py_export_never_replaces_or_shadows_a_module_it_imports(output: str, message: str,
+                                                                    own_layers: pathlib.Path,
+                                                                    tmp_path: pathlib.Path) -> None:
+    """`build --allow-import hb_pkg -o hb_pkg/hb_layers.py` replaced the user's layer code with a file
+    that imports itself (exit 0); `-o torch.py` wrote a file that imports itself for torch, and hides
+    torch from everything run in its folder."""
+    (tmp_path / "link.py").symlink_to(own_layers)
+    spec = ("resgraph: 1\nname: M\ninputs: {x: [4]}\nlayers:\n  - d: {op: hb_pkg.hb_layers.Double}\n"
+            "  - fc: {op: Linear, out_features: 4}\n")
+    model = resgraph.build(spec, seed=0, allow_imports=["hb_pkg"])
+    path = output.format(layers=own_layers, link=tmp_path / "link.py", dir=tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(resgraph.UsageError) as caught:
+        resgraph.save(model, path)
+    assert str(caught.value).startswith(f"{path}: {message}")
+    assert own_layers.read_text() == LAYER_SOURCE and sorted(tmp_path.rglob("*")) == before
+    resgraph.save(model, tmp_path / "hb_model.py")  # any other name is written
+    assert "import hb_pkg.hb_layers\n" in (tmp_path / "hb_model.py").read_text()
