@@ -1,5 +1,5 @@
 """Reading files `torch.save` wrote (saved models, checkpoints): local regular files only, with
-`weights_only=True`, and every failure said in one line.
+`weights_only=True`, never with a compressed entry (a zip bomb), and every failure said in one line.
 
 >>> weights_only_refusal("Weights only load failed. In PyTorch 2.6, we changed ... trusted source.\\n\\n\\n"
 ...                      "Trying to load unsupported GLOBAL posix.system whose module posix is blocked.\\n\\n"
@@ -10,7 +10,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+import zipfile
+from typing import Any, BinaryIO
 
 from .errors import UsageError
 from .loader import open_regular, os_reason
@@ -27,13 +28,18 @@ def read_torch_file(name: str, *, expected: str, unreadable: str) -> Any:
         expected: what the file should be, said when it is no regular file (`a saved model is a .pt file`).
         unreadable: what the file is not, said when torch cannot read it (`not a readable resgraph model file`).
     Raises:
-        UsageError: no such file, not a regular file, unreadable, or not a file torch reads with
+        UsageError: no such file, not a regular file, unreadable, holding a compressed entry (torch.save
+            writes none: a small file could unpack to gigabytes), or not a file torch reads with
             `weights_only` (a tampered or foreign file: what the reader refused, e.g. a global it would call).
     """
     import torch
 
     try:
         with open_regular(name, expected) as handle:
+            packed = _compressed_entry(handle)
+            if packed is not None:
+                raise UsageError(f"{name}: {unreadable} (its entry {packed!r} is compressed, which torch.save never "
+                                 "writes: a few megabytes could unpack to gigabytes before anything is checked)")
             return torch.load(handle, map_location="cpu", weights_only=True)
     except UsageError:
         raise
@@ -47,6 +53,23 @@ def read_torch_file(name: str, *, expected: str, unreadable: str) -> Any:
         else:
             reason = text.splitlines()[0] if text else type(exc).__name__
         raise UsageError(f"{name}: {unreadable} ({reason})") from None
+
+
+def _compressed_entry(handle: BinaryIO) -> str | None:
+    """The first compressed entry of a zip file (torch.save's format stores each uncompressed, so what
+    torch.load allocates is bounded by the file's size); None for a file with none, or no zip file.
+    Reads the archive's directory only, and leaves the file at its start."""
+    try:
+        if not zipfile.is_zipfile(handle):
+            return None
+        handle.seek(0)
+        with zipfile.ZipFile(handle) as archive:
+            return next((entry.filename for entry in archive.infolist()
+                         if entry.compress_type != zipfile.ZIP_STORED), None)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError):
+        return None  # (torch.load says what is wrong with it)
+    finally:
+        handle.seek(0)
 
 
 def weights_only_refusal(text: str) -> str | None:

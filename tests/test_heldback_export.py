@@ -593,3 +593,28 @@ def test_a_py_export_never_replaces_or_shadows_a_module_it_imports(output: str, 
     assert own_layers.read_text() == LAYER_SOURCE and sorted(tmp_path.rglob("*")) == before
     resgraph.save(model, tmp_path / "hb_model.py")  # any other name is written
     assert "import hb_pkg.hb_layers\n" in (tmp_path / "hb_model.py").read_text()
+
+
+def test_a_file_with_compressed_entries_is_refused_before_torch_unpacks_it(tmp_path: pathlib.Path) -> None:
+    """torch.load inflates deflated zip entries: a 1.4 MB file took 400 MB more before its extra
+    tensor was refused (a 10 MB one, gigabytes). torch.save stores every entry as it is."""
+    import zipfile
+
+    model = resgraph.build(EXAMPLES / "tutorial.yaml", seed=0)
+    saved, packed = tmp_path / "model.pt", tmp_path / "packed.pt"
+    resgraph.save(model, saved)
+    with zipfile.ZipFile(saved) as source, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as target:
+        for entry in source.infolist():
+            target.writestr(entry.filename, source.read(entry.filename))
+    assert torch.load(packed, weights_only=True).keys() == torch.load(saved, weights_only=True).keys()  # torch reads it
+    for read, what in ((resgraph.load, "not a readable resgraph model file"),
+                       (lambda p: resgraph.load_weights(model, p), "not a checkpoint torch.load can read safely")):
+        with pytest.raises(resgraph.UsageError) as caught:
+            read(packed)
+        assert re.fullmatch(rf"{re.escape(str(packed))}: {what} \(its entry '[^']+' is compressed, which "
+                            r"torch.save never writes: a few megabytes could unpack to gigabytes before anything "
+                            r"is checked\)", str(caught.value))
+    resgraph.load(saved)  # as torch.save wrote it
+    legacy = tmp_path / "legacy.pt"  # the format before zip files: no entries to check
+    torch.save(model.state_dict(), legacy, _use_new_zipfile_serialization=False)
+    assert resgraph.load_weights(model, legacy).complete
