@@ -141,7 +141,8 @@ def _render_arguments(render: argparse.ArgumentParser) -> None:
 
     render.add_argument("spec", metavar="SPEC", help="spec file (YAML)")
     render.add_argument("-o", "--output", metavar="FILE",
-                        help=f"the diagram (default: SPEC's name with .svg); the suffix picks the format: "
+                        help=f"the diagram (default: SPEC's name with .svg, here, never replacing another file); "
+                             f"the suffix picks the format: "
                              f"{', '.join(diagram_suffixes())}")
     render.add_argument("--depth", type=_positive, metavar="N",
                         help="module levels to show (1: each block call is one node; default: all)")
@@ -446,15 +447,24 @@ def _render(args: argparse.Namespace) -> int:
                       depth=args.depth, fold_repeats=args.fold_repeats or fold, rankdir=args.rankdir,
                       layout=args.layout, dpi=args.dpi)
 
-    status = _draw(draw, output, fold_repeats=args.fold_repeats)
+    try:
+        status = _draw(draw, output, fold_repeats=args.fold_repeats, replace=args.output is not None)
+    except FileExistsError:  # (the default output: never a file the user did not name)
+        raise UsageError(f"{one_line(output)}: another file (or a link) is there already, and the default output "
+                         f"(SPEC's name with .svg) never replaces one; name it to replace it (-o {one_line(output)}), "
+                         "or name another") from None
     if status == EXIT_OK:
         print(f"Wrote {one_line(output)}")
     return status
 
 
-def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = False) -> int:
+def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = False, replace: bool = True) -> int:
     """Draw (folding repeats if the full diagram is too large for the format) and write the diagram;
-    without Graphviz's `dot`, write the .dot source and say how to get it."""
+    without Graphviz's `dot`, write the .dot source and say how to get it.
+
+    Raises:
+        FileExistsError: `replace` is False and another file is at `path`.
+    """
     import shlex
 
     from .diagram import fit_diagram
@@ -464,7 +474,7 @@ def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = Fal
     fitted = fit_diagram(draw, path, fold_repeats=fold_repeats)
     if fitted.note:
         print(f"resgraph: note: {one_line(fitted.note)}", file=sys.stderr)
-    fallback = write_diagram(fitted.dot, path)
+    fallback = write_diagram(fitted.dot, path, replace=replace)
     if fallback is None:
         return EXIT_OK
     suffix = os.path.splitext(path)[1][1:].lower()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import filecmp
 import os
 import secrets
 import shutil
@@ -51,13 +52,17 @@ def atomic_write(path: str, write: Callable[[str], object], *, replace: bool = T
     Args:
         path: the file to write (a symlink is followed: its target is written).
         write: writes the whole content to the path it is given.
-        replace: False refuses to overwrite an existing file (checked atomically, at the end).
+        replace: False refuses to overwrite an existing file (checked atomically, at the end); one
+            that already holds exactly the new content is left as it is, as if written. A symlink
+            at `path` is refused then (a dangling one too), not followed.
     Raises:
-        FileExistsError: `replace` is False and `path` exists.
+        FileExistsError: `replace` is False and something else is at `path`.
         PermissionError: `path` is a file this process may not write.
         IsADirectoryError, OSError: `path` is a directory, FIFO, device or socket.
         OSError: the directory cannot be written (the temporary file is removed).
     """
+    if not replace and os.path.islink(path):  # (nothing the user did not name is written through a link)
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
     target = _resolve(path)
     _check_replaceable(target, path)
     directory = os.path.dirname(target)
@@ -71,7 +76,12 @@ def atomic_write(path: str, write: Callable[[str], object], *, replace: bool = T
                     os.chmod(tmp, os.stat(target).st_mode & 0o7777)  # replacing a file keeps its mode
                 os.replace(tmp, target)
             else:
-                _link_new(tmp, target)
+                try:
+                    _link_new(tmp, target)
+                except FileExistsError:
+                    if not _holds(target, tmp):
+                        raise
+                    os.unlink(tmp)  # (the same content: nothing to write)
         except BaseException:  # KeyboardInterrupt included: Ctrl-C leaves no temporary file
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -176,10 +186,15 @@ def write_fresh_text(stem: str, suffix: str, text: str) -> str:
     raise FileExistsError(f"{stem}{suffix} and {MAX_FRESH_NAMES - 1} numbered alternatives all exist")
 
 
-def _holds(path: str, data: bytes) -> bool:
-    """True when `path` is a regular file whose content is exactly `data` (read only if the size fits)."""
+def _holds(path: str, data: bytes | str) -> bool:
+    """True when `path` is a regular file whose content is exactly `data` (bytes, or the content of the
+    file at that path; read only if the size fits)."""
     try:
-        if os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) != len(data):
+        if os.path.islink(path) or not os.path.isfile(path):
+            return False
+        if isinstance(data, str):
+            return os.path.getsize(path) == os.path.getsize(data) and filecmp.cmp(path, data, shallow=False)
+        if os.path.getsize(path) != len(data):
             return False
         with open(path, "rb") as handle:
             return handle.read(len(data) + 1) == data

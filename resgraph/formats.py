@@ -6,8 +6,9 @@ so listing the formats (for `--help` and error messages) imports neither torch n
 exporter. Adding a format is one row here and its writer function:
 
 - a model writer is `write(model, path) -> None`;
-- a diagram writer is `write(digraph, path) -> str | None`, returning the path of a `.dot`
-  file written instead when Graphviz cannot draw the format.
+- a diagram writer is `write(digraph, path, *, replace) -> str | None`, returning the path of a
+  `.dot` file written instead when Graphviz cannot draw the format (`replace=False`: another
+  file at `path` is left as it is, FileExistsError).
 
 >>> find_format("model.onnx", "model").requires
 ('onnx', 'onnxscript')
@@ -125,18 +126,24 @@ def save(model: Any, path: str | os.PathLike[str], **options: Any) -> None:
         raise UsageError(f"cannot write {name}: {exc.strerror or exc}") from None
 
 
-def write_diagram(dot: Any, path: str | os.PathLike[str]) -> str | None:
+def write_diagram(dot: Any, path: str | os.PathLike[str], *, replace: bool = True) -> str | None:
     """Write a diagram (`resgraph.render`'s result) in the format its suffix names, atomically.
 
+    Args:
+        replace: False leaves a file already at `path` as it is, unless it holds exactly this
+            diagram (for a path the user did not name).
     Returns:
         None on success; when Graphviz's `dot` program is missing and the format needs it, the
         path of the .dot file written instead.
     Raises:
         UsageError: an unknown suffix, or a path that cannot be written.
+        FileExistsError: `replace` is False and another file is at `path`.
     """
     name = os.fspath(path)
     writer = find_format(name, "diagram").load_writer()
     try:
-        return writer(dot, name)
+        return writer(dot, name, replace=replace)
+    except FileExistsError:
+        raise
     except OSError as exc:
         raise UsageError(f"cannot write {name}: {exc.strerror or exc}") from None

@@ -618,3 +618,35 @@ def test_a_file_with_compressed_entries_is_refused_before_torch_unpacks_it(tmp_p
     legacy = tmp_path / "legacy.pt"  # the format before zip files: no entries to check
     torch.save(model.state_dict(), legacy, _use_new_zipfile_serialization=False)
     assert resgraph.load_weights(model, legacy).complete
+
+
+# --- render's default output: a path the user did not name -----------------------------------------
+
+def test_renders_default_output_never_replaces_another_file(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """`resgraph render net.yaml` wrote `net.svg` here over whatever was there (a figure edited by
+    hand), although the user never named it."""
+    from resgraph.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(EXAMPLES / "tutorial.yaml", "net.yaml")
+    assert main(["render", "net.yaml"]) == 0
+    drawn = (tmp_path / "net.svg").read_bytes()
+    assert main(["render", "net.yaml"]) == 0  # the same diagram again: nothing to replace
+    assert (tmp_path / "net.svg").read_bytes() == drawn
+    capsys.readouterr()
+    refused = ("net.svg: another file (or a link) is there already, and the default output (SPEC's name with .svg) "
+               "never replaces one; name it to replace it (-o net.svg), or name another")
+    (tmp_path / "net.svg").write_text("my figure")
+    assert main(["render", "net.yaml"]) == 2
+    assert capsys.readouterr().err.strip() == f"resgraph: error: {refused}"
+    assert (tmp_path / "net.svg").read_text() == "my figure"
+    (tmp_path / "net.svg").unlink()
+    (tmp_path / "net.svg").symlink_to(tmp_path / "elsewhere.svg")  # dangling: not followed either
+    assert main(["render", "net.yaml"]) == 2
+    assert not (tmp_path / "elsewhere.svg").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.svg", "net.yaml"]  # nothing temporary left
+    (tmp_path / "net.svg").unlink()
+    (tmp_path / "net.svg").write_text("my figure")
+    assert main(["render", "net.yaml", "-o", "net.svg"]) == 0  # named: replaced
+    assert (tmp_path / "net.svg").read_bytes() == drawn
