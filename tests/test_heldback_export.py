@@ -6,6 +6,7 @@ after their build (a submodule's mode, a replaced head) pickled, saved and mater
 
 from __future__ import annotations
 
+import ast
 import io
 import os
 import pathlib
@@ -650,3 +651,40 @@ def test_renders_default_output_never_replaces_another_file(tmp_path: pathlib.Pa
     (tmp_path / "net.svg").write_text("my figure")
     assert main(["render", "net.yaml", "-o", "net.svg"]) == 0  # named: replaced
     assert (tmp_path / "net.svg").read_bytes() == drawn
+
+
+# --- the .py export's header: the command that regenerates it ----------------------------------------
+
+OPTIONS_SPEC = """resgraph: 1
+name: Tagged
+params: {width: 8, eps: 0.1, release: "2000-01-01", stages: [1, 1]}
+inputs: {x: [4]}
+layers:
+  - fc: {op: Linear, out_features: "${width * len(stages)}"}
+  - norm: {op: LayerNorm, eps: "${eps}"}
+  - extra: {op: ReLU, when: "${release == '2024-01-01'}"}
+"""
+
+
+def test_the_py_headers_command_regenerates_exactly_that_file(tmp_path: pathlib.Path) -> None:
+    """The header said `resgraph build net.yaml -o <this file>` for a build with `--set` and `--input`:
+    run as written, it gave another model (10 classes became the spec's default 1000), silently."""
+    import shlex
+
+    from resgraph.cli import main
+
+    spec = tmp_path / "net with space.yaml"
+    spec.write_text(OPTIONS_SPEC)
+    first, second = tmp_path / "first.py", tmp_path / "second.py"
+    sets = ["width=3", "eps=1.0e-5", "release=2024-01-01", "stages=[1, 1, 1]"]
+    assert main(["build", str(spec), *(f"--set={s}" for s in sets), "--input", "x=6", "-o", str(first)]) == 0
+    text = first.read_text()
+    command = re.search(r"\n    resgraph build (.*) -o <this file>\n", ast.get_docstring(ast.parse(text), clean=False))
+    assert command is not None
+    arguments = shlex.split(command[1])
+    assert arguments[0] == str(spec) and "--input" in arguments and arguments.count("--set") == 4
+    assert main(["build", *arguments, "-o", str(second)]) == 0
+    assert second.read_text() == text
+    model = resgraph.build(spec, params={"width": 3, "eps": 1.0e-5, "release": "2024-01-01", "stages": [1, 1, 1]},
+                           input_shapes={"x": (6,)})
+    assert "extra" in dict(model.named_children()) and model.norm.eps == 1.0e-5 and model.fc.in_features == 6
