@@ -14,7 +14,6 @@ from __future__ import annotations
 import ast
 import builtins
 import hashlib
-import json
 import keyword
 import math
 import re
@@ -28,6 +27,7 @@ from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
 from .ops import GenericLayer, ShapeError
 from .ops.generic import allowed_imports, torch_module_class
 from .ownership import Owns, owns, tied_parameters
+from .pipeline import dict_spec_text
 from .projections import step_constructor
 from .version import __version__
 
@@ -139,15 +139,16 @@ def build_options(record: Any) -> tuple[str, ...]:
 
 
 def _spec_value(value: Any) -> str:
-    """`value` as flow YAML that a spec (and `--set`) reads back as it: JSON, with YAML's `.inf` and
-    `.nan` for the numbers JSON lacks (a quoted string stays text: `"2024-01-01"` is no date)."""
+    """`value` as flow YAML that a spec (and `--set`) reads back as it, on one line: JSON as a dict
+    spec is recorded (`dict_spec_text`: a quoted string stays text, `"2024-01-01"` is no date; an
+    emoji is itself, not a surrogate pair YAML refuses), with YAML's `.inf` and `.nan`."""
     if isinstance(value, float) and not math.isfinite(value):
         return ".nan" if math.isnan(value) else ".inf" if value > 0 else "-.inf"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(map(_spec_value, value)) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k))}: {_spec_value(v)}" for k, v in value.items()) + "}"
-    return json.dumps(value)
+        return "{" + ", ".join(f"{_spec_value(str(k))}: {_spec_value(v)}" for k, v in value.items()) + "}"
+    return dict_spec_text(value)
 
 
 def write_python(module: Any, path: str) -> None:

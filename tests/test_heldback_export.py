@@ -688,3 +688,18 @@ def test_the_py_headers_command_regenerates_exactly_that_file(tmp_path: pathlib.
     model = resgraph.build(spec, params={"width": 3, "eps": 1.0e-5, "release": "2024-01-01", "stages": [1, 1, 1]},
                            input_shapes={"x": (6,)})
     assert "extra" in dict(model.named_children()) and model.norm.eps == 1.0e-5 and model.fc.in_features == 6
+
+
+@pytest.mark.parametrize("value", ["2024-01-01", "yes", "null", "0x10", "\U0001F600 a\u2028b\n\x1b", 1e-05, 10**30,
+                                   True, None, [1, "x", [2.5, None]], {"b c": "2024-01-01", "d": [1]}])
+def test_each_override_in_the_header_is_read_back_as_given(value: Any) -> None:
+    """Written as JSON alone, an emoji became a surrogate-pair escape, which YAML refuses."""
+    import shlex
+
+    from resgraph.export_py import build_options
+    from resgraph.loader import load_value
+    from resgraph.pipeline import BuildRecord
+
+    (option,) = build_options(BuildRecord("", "net.yaml", params={"p": value}))
+    flag, argument = shlex.split(option)
+    assert flag == "--set" and argument.startswith("p=") and load_value(argument[2:], "p") == value
