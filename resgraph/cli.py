@@ -289,7 +289,7 @@ def _build(args: argparse.Namespace) -> int:
     import pathlib  # not at the top: `--help` (with an installed package) need not import it
 
     from .errors import UsageError, one_line
-    from .formats import find_format
+    from .formats import check_writable, find_format
 
     for first, second, why in BUILD_CONFLICTS:
         if getattr(args, first) and getattr(args, second) not in (None, False):
@@ -298,9 +298,11 @@ def _build(args: argparse.Namespace) -> int:
     if args.output is not None:
         _check_output(args.output, "-o", args.spec)
         find_format(args.output, "model")
+        check_writable(args.output)  # (a missing folder is said before the build, not after an export)
     if args.diagram is not None:
         _check_output(args.diagram, "--diagram", args.spec)
         find_format(args.diagram, "diagram")
+        check_writable(args.diagram)
     if args.output and args.diagram and _same_file(args.output, args.diagram):  # (by a symlink or a hard link)
         raise UsageError(f"-o {one_line(args.output)} and --diagram {one_line(args.diagram)} are the same file; "
                          "the diagram would overwrite the model. Name two files")
@@ -426,11 +428,12 @@ def _render(args: argparse.Namespace) -> int:
     import pathlib  # not at the top: `--help` (with an installed package) need not import it
 
     from .errors import UsageError, one_line
-    from .formats import find_format
+    from .formats import check_writable, find_format
 
     output = str(pathlib.Path(args.spec).with_suffix(".svg").name) if args.output is None else args.output
     _check_output(output, "-o" if args.output is not None else "the default output", args.spec)
     find_format(output, "diagram")
+    check_writable(output)
     if args.dpi is not None and not output.lower().endswith(".png"):
         raise UsageError("--dpi sets the resolution of PNG files: add -o FILE.png")
     from .api import build, render

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_staged", "write_fresh_text"]
+__all__ = ["atomic_write", "atomic_write_staged", "check_writable", "write_fresh_text"]
 
 MAX_FRESH_NAMES = 100  # arch.dot, arch-2.dot, ... arch-100.dot
 
@@ -157,6 +157,23 @@ def _move_into_place(staged: str, final: str) -> None:
         if exc.errno != errno.EXDEV:
             raise
         atomic_write(final, lambda tmp: shutil.copyfile(staged, tmp))
+
+
+def check_writable(path: str) -> None:
+    """Raise now what writing `path` would raise only at its end, after the work of making the content
+    (an ONNX export of a large model takes minutes): its folder missing, not a folder, or one this
+    process may not write in; a directory, FIFO, device or read-only file at `path`.
+
+    Raises:
+        FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError, OSError: as `atomic_write`.
+    """
+    target = _resolve(path)
+    _check_replaceable(target, path)
+    directory = os.path.dirname(target)
+    if not stat.S_ISDIR(os.stat(directory).st_mode):  # (a missing folder: FileNotFoundError, naming it)
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+    if not os.access(directory, os.W_OK | os.X_OK):  # the temporary file is made there
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
 
 
 def write_fresh_text(stem: str, suffix: str, text: str) -> str:

@@ -28,7 +28,8 @@ from typing import Any, Literal
 
 from .errors import UsageError
 
-__all__ = ["FORMATS", "OutputFormat", "diagram_suffixes", "find_format", "model_suffixes", "save", "write_diagram"]
+__all__ = ["FORMATS", "OutputFormat", "check_writable", "diagram_suffixes", "find_format", "model_suffixes", "save",
+           "write_diagram"]
 
 Kind = Literal["model", "diagram"]
 
@@ -120,10 +121,31 @@ def save(model: Any, path: str | os.PathLike[str], **options: Any) -> None:
     unknown = [key for key in options if key not in accepted or key in ("model", "module", "path")]
     if unknown:
         raise UsageError(f"{fmt.suffix} files take no option {', '.join(map(repr, unknown))}")
+    check_writable(name)  # before the export, which may take minutes
     try:
         writer(model, name, **options)
     except OSError as exc:
-        raise UsageError(f"cannot write {name}: {exc.strerror or exc}") from None
+        raise _cannot_write(name, exc) from None
+
+
+def check_writable(path: str | os.PathLike[str]) -> None:
+    """Refuse now an output that could not be written at the end (see `files.check_writable`): the
+    CLI checks its outputs before it builds, and `save` before it exports.
+
+    Raises:
+        UsageError: `cannot write PATH: REASON` (a missing folder, a directory at PATH, ...).
+    """
+    from .files import check_writable as check
+
+    name = os.fspath(path)
+    try:
+        check(name)
+    except OSError as exc:
+        raise _cannot_write(name, exc) from None
+
+
+def _cannot_write(name: str, exc: OSError) -> UsageError:
+    return UsageError(f"cannot write {name}: {exc.strerror or exc}")
 
 
 def write_diagram(dot: Any, path: str | os.PathLike[str], *, replace: bool = True) -> str | None:
@@ -141,9 +163,10 @@ def write_diagram(dot: Any, path: str | os.PathLike[str], *, replace: bool = Tru
     """
     name = os.fspath(path)
     writer = find_format(name, "diagram").load_writer()
+    check_writable(name)
     try:
         return writer(dot, name, replace=replace)
     except FileExistsError:
         raise
     except OSError as exc:
-        raise UsageError(f"cannot write {name}: {exc.strerror or exc}") from None
+        raise _cannot_write(name, exc) from None

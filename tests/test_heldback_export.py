@@ -703,3 +703,39 @@ def test_each_override_in_the_header_is_read_back_as_given(value: Any) -> None:
     (option,) = build_options(BuildRecord("", "net.yaml", params={"p": value}))
     flag, argument = shlex.split(option)
     assert flag == "--set" and argument.startswith("p=") and load_value(argument[2:], "p") == value
+
+
+# --- an output that cannot be written is said before the work ----------------------------------------
+
+@pytest.mark.parametrize(("output", "reason"), [("missing/m.onnx", "No such file or directory"),
+                                                ("afile/m.py", "Not a directory"),
+                                                ("folder.pt", "Is a directory")])
+def test_an_output_that_cannot_be_written_is_refused_before_the_build_and_export(
+        output: str, reason: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`build resnet50.yaml -o missing/m.onnx` built and exported for 16 s, then said the folder is missing."""
+    import resgraph.api
+    import resgraph.onnx_export
+    from resgraph.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("a file, not a folder")
+    (tmp_path / "folder.pt").mkdir()
+    model = resgraph.build(EXAMPLES / "tutorial.yaml", seed=0)
+
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the work was done before the output was checked")
+
+    for name in ("build", "render"):
+        monkeypatch.setattr(resgraph.api, name, never)
+    monkeypatch.setattr(resgraph.onnx_export, "to_onnx", never)
+    assert main(["build", str(EXAMPLES / "tutorial.yaml"), "-o", output]) == 2
+    assert capsys.readouterr().err == f"resgraph: error: cannot write {output}: {reason}\n"
+    diagram = output.rsplit(".", 1)[0] + ".svg"
+    if output != "folder.pt":
+        for command in (["build", str(EXAMPLES / "tutorial.yaml"), "--diagram", diagram],
+                        ["render", str(EXAMPLES / "tutorial.yaml"), "-o", diagram]):
+            assert main(command) == 2
+            assert capsys.readouterr().err == f"resgraph: error: cannot write {diagram}: {reason}\n"
+    with pytest.raises(resgraph.UsageError, match=re.escape(f"cannot write {output}: {reason}")):
+        resgraph.save(model, output)  # before the exporter runs
