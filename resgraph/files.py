@@ -125,6 +125,8 @@ def atomic_write_staged(path: str, write: Callable[[str], object]) -> list[str]:
                           for entry in made if entry != name}
             for shown, final in companions.values():
                 with _naming(shown):
+                    if final == target:  # (a link to the file: one would overwrite the other)
+                        raise OSError(errno.EINVAL, f"a link to {path} itself", shown)
                     _check_replaceable(final, shown)
             for entry, (shown, final) in companions.items():  # first: the file names them
                 with _naming(shown):

@@ -416,7 +416,8 @@ def test_a_symlink_at_the_weights_file_is_written_through(where: str, tmp_path: 
             shutil.rmtree(folder)
 
 
-@pytest.mark.parametrize("kind", ["directory", "symlink to a directory", "symlink to a device"])
+@pytest.mark.parametrize("kind", ["directory", "symlink to a directory", "symlink to a device",
+                                  "symlink to the file itself"])
 def test_a_weights_file_that_cannot_be_replaced_is_named_and_nothing_is_written(kind: str,
                                                                                 tmp_path: pathlib.Path) -> None:
     """The message blamed the file named (`cannot write m.onnx: Is a directory`), which was a regular file."""
@@ -429,6 +430,8 @@ def test_a_weights_file_that_cannot_be_replaced_is_named_and_nothing_is_written(
     elif kind == "symlink to a directory":
         (tmp_path / "elsewhere").mkdir()
         data.symlink_to(tmp_path / "elsewhere")
+    elif kind == "symlink to the file itself":  # the weights would replace the model, or the model them
+        data.symlink_to(tmp_path / "m.onnx")
     else:
         data.symlink_to("/dev/null")
     with pytest.raises(OSError) as caught:
