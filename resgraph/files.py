@@ -16,6 +16,8 @@ What `atomic_write(path, ...)` promises:
 - A symlink at `path` is written through, as `open(path, "w")` would: the link stays and its
   target (which may not exist yet) receives the new content, atomically, in the target's
   directory.
+- `replace=False` (a path the user did not name) leaves anything at `path` as it is, a symlink
+  included, unless it is a file holding exactly the new content.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def atomic_write(path: str, write: Callable[[str], object], *, replace: bool = T
                 try:
                     _link_new(tmp, target)
                 except FileExistsError:
-                    if not _holds(target, tmp):
+                    if not _holds_same(target, tmp):
                         raise
                     os.unlink(tmp)  # (the same content: nothing to write)
         except BaseException:  # KeyboardInterrupt included: Ctrl-C leaves no temporary file
@@ -205,18 +207,22 @@ def write_fresh_text(stem: str, suffix: str, text: str) -> str:
     raise FileExistsError(f"{stem}{suffix} and {MAX_FRESH_NAMES - 1} numbered alternatives all exist")
 
 
-def _holds(path: str, data: bytes | str) -> bool:
-    """True when `path` is a regular file whose content is exactly `data` (bytes, or the content of the
-    file at that path; read only if the size fits)."""
+def _holds(path: str, data: bytes) -> bool:
+    """True when `path` is a regular file whose content is exactly `data` (read only if the size fits)."""
     try:
-        if os.path.islink(path) or not os.path.isfile(path):
-            return False
-        if isinstance(data, str):
-            return os.path.getsize(path) == os.path.getsize(data) and filecmp.cmp(path, data, shallow=False)
-        if os.path.getsize(path) != len(data):
+        if os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) != len(data):
             return False
         with open(path, "rb") as handle:
             return handle.read(len(data) + 1) == data
+    except OSError:
+        return False
+
+
+def _holds_same(path: str, other: str) -> bool:
+    """True when `path` is a regular file with exactly the content of the file `other`."""
+    try:
+        return (not os.path.islink(path) and os.path.isfile(path)
+                and os.path.getsize(path) == os.path.getsize(other) and filecmp.cmp(path, other, shallow=False))
     except OSError:
         return False
 
