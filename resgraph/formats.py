@@ -6,8 +6,9 @@ so listing the formats (for `--help` and error messages) imports neither torch n
 exporter. Adding a format is one row here and its writer function:
 
 - a model writer is `write(model, path) -> None`;
-- a diagram writer is `write(digraph, path) -> str | None`, returning the path of a `.dot`
-  file written instead when Graphviz cannot draw the format.
+- a diagram writer is `write(digraph, path, *, replace) -> str | None`, returning the path of a
+  `.dot` file written instead when Graphviz cannot draw the format (`replace=False`: another
+  file at `path` is left as it is, FileExistsError).
 
 >>> find_format("model.onnx", "model").requires
 ('onnx', 'onnxscript')
@@ -27,7 +28,8 @@ from typing import Any, Literal
 
 from .errors import UsageError
 
-__all__ = ["FORMATS", "OutputFormat", "diagram_suffixes", "find_format", "model_suffixes", "save", "write_diagram"]
+__all__ = ["FORMATS", "OutputFormat", "check_writable", "diagram_suffixes", "find_format", "model_suffixes", "save",
+           "write_diagram"]
 
 Kind = Literal["model", "diagram"]
 
@@ -119,24 +121,52 @@ def save(model: Any, path: str | os.PathLike[str], **options: Any) -> None:
     unknown = [key for key in options if key not in accepted or key in ("model", "module", "path")]
     if unknown:
         raise UsageError(f"{fmt.suffix} files take no option {', '.join(map(repr, unknown))}")
+    check_writable(name)  # before the export, which may take minutes
     try:
         writer(model, name, **options)
     except OSError as exc:
-        raise UsageError(f"cannot write {name}: {exc.strerror or exc}") from None
+        raise _cannot_write(name, exc) from None
 
 
-def write_diagram(dot: Any, path: str | os.PathLike[str]) -> str | None:
+def check_writable(path: str | os.PathLike[str]) -> None:
+    """Refuse now an output that could not be written at the end (see `files.check_writable`): the
+    CLI checks its outputs before it builds, and `save` before it exports.
+
+    Raises:
+        UsageError: `cannot write PATH: REASON` (a missing folder, a directory at PATH, ...).
+    """
+    from .files import check_writable as check
+
+    name = os.fspath(path)
+    try:
+        check(name)
+    except OSError as exc:
+        raise _cannot_write(name, exc) from None
+
+
+def _cannot_write(name: str, exc: OSError) -> UsageError:
+    return UsageError(f"cannot write {name}: {exc.strerror or exc}")
+
+
+def write_diagram(dot: Any, path: str | os.PathLike[str], *, replace: bool = True) -> str | None:
     """Write a diagram (`resgraph.render`'s result) in the format its suffix names, atomically.
 
+    Args:
+        replace: False leaves a file already at `path` as it is, unless it holds exactly this
+            diagram (for a path the user did not name).
     Returns:
         None on success; when Graphviz's `dot` program is missing and the format needs it, the
         path of the .dot file written instead.
     Raises:
         UsageError: an unknown suffix, or a path that cannot be written.
+        FileExistsError: `replace` is False and another file is at `path`.
     """
     name = os.fspath(path)
     writer = find_format(name, "diagram").load_writer()
+    check_writable(name)
     try:
-        return writer(dot, name)
+        return writer(dot, name, replace=replace)
+    except FileExistsError:
+        raise
     except OSError as exc:
-        raise UsageError(f"cannot write {name}: {exc.strerror or exc}") from None
+        raise _cannot_write(name, exc) from None

@@ -22,7 +22,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import yaml
 
@@ -30,7 +30,7 @@ from .errors import Diagnostic, Location, SpecError, UsageError
 
 __all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_INT", "MAX_NODES", "LoadedSpec", "Origin", "Path", "SourceMap", "copy_data",
            "data_path", "data_problem", "gc_paused", "load_file", "load_import", "load_library_text", "load_text",
-           "load_value", "os_reason"]
+           "load_value", "open_regular", "os_reason"]
 
 Path = tuple[str | int, ...]
 
@@ -375,6 +375,39 @@ def os_reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
+
+
+def open_regular(name: str, what: str) -> BinaryIO:
+    """`name` opened for reading in binary, if it is a regular file (a file `torch.load` is given).
+
+    Never blocks and never reads anything else: a FIFO would block the open until a writer came,
+    and a device (/dev/zero) would be read without end. The kind is checked before opening (a
+    device is not even opened) and again on the file opened, which may have been swapped since.
+
+    Args:
+        what: what the file should be, said when it is not (`a saved model is a .pt file`).
+    Raises:
+        UsageError: no such file, not a regular file (naming its kind), or it cannot be read.
+    """
+    def refuse(mode: int) -> None:
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else _file_kind(mode)
+            raise UsageError(f"{name}: not a regular file ({kind}); {what}")
+
+    try:
+        refuse(os.stat(name).st_mode)
+        descriptor = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO swapped in: no wait
+    except FileNotFoundError:
+        raise UsageError(f"{name}: no such file") from None
+    except OSError as exc:
+        raise UsageError(f"{name}: cannot read it ({os_reason(exc)})") from None
+    try:
+        refuse(os.fstat(descriptor).st_mode)
+        os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
 
 
 def _require_regular(name: str, mode: int) -> None:

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from .errors import ResgraphError, UsageError
+from .torch_files import read_torch_file
 
 __all__ = ["Rename", "WeightMapping", "WeightsError", "load_weights"]
 
@@ -335,14 +336,8 @@ def _identity(tensor: torch.Tensor) -> tuple[Any, ...]:
 
 def _read(state_dict_or_path: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if isinstance(state_dict_or_path, (str, os.PathLike)):
-        path = os.fspath(state_dict_or_path)
-        try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise UsageError(f"{path}: no such file") from None
-        except Exception as exc:  # torch.load raises many types for files it cannot read
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UsageError(f"{path}: not a checkpoint torch.load can read safely ({detail})") from None
+        loaded = read_torch_file(os.fspath(state_dict_or_path), expected="a checkpoint is a file torch.save wrote",
+                                 unreadable="not a checkpoint torch.load can read safely")
     elif isinstance(state_dict_or_path, Mapping):
         loaded = state_dict_or_path
     else:

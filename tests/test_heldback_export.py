@@ -6,10 +6,17 @@ after their build (a submodule's mode, a replaced head) pickled, saved and mater
 
 from __future__ import annotations
 
+import ast
 import io
+import os
 import pathlib
 import pickle
 import re
+import shutil
+import signal
+import stat
+import sys
+import tempfile
 from typing import Any
 
 import pytest
@@ -365,3 +372,373 @@ def test_a_tied_layer_replaced_by_an_untied_one_is_kept_untied_and_not_written_a
     tied = pickle.loads(pickle.dumps(resgraph.build(spec, seed=0)))  # as built: still tied, and saved
     assert tied.b.weight is tied.a.weight
     resgraph.save(tied, tmp_path / "tied.pt")
+
+
+# --- files written beside the one named: ONNX weights (`NAME.onnx.data`) ---------------------------
+
+def _write_pair(staged: str) -> None:
+    """A writer as ONNX's: the file, and the weights file it names, beside it."""
+    pathlib.Path(staged).write_text("new model")
+    pathlib.Path(staged + ".data").write_text("new weights")
+
+
+def _other_file_system(tmp_path: pathlib.Path) -> pathlib.Path:
+    other = pathlib.Path("/dev/shm")
+    if not other.is_dir() or os.stat(other).st_dev == os.stat(tmp_path).st_dev or not os.access(other, os.W_OK):
+        pytest.skip("no writable file system other than the temporary directory's")
+    return pathlib.Path(tempfile.mkdtemp(dir=other))
+
+
+@pytest.mark.parametrize("where", ["beside", "dangling", "other file system"])
+def test_a_symlink_at_the_weights_file_is_written_through(where: str, tmp_path: pathlib.Path) -> None:
+    """`m.onnx.data -> /big/disk/m.onnx.data` (weights kept on another disk) was replaced by a regular
+    file: the link was lost, gigabytes went to the small disk and the big disk kept the old weights.
+    Written through, as `-o` onto a symlink is: the link stays, its target gets the new weights."""
+    from resgraph.files import atomic_write_staged
+
+    folder = _other_file_system(tmp_path) if where == "other file system" else tmp_path / "disk"
+    try:
+        folder.mkdir(exist_ok=True)
+        real = folder / "weights.bin"
+        if where != "dangling":
+            real.write_text("old weights")
+            os.chmod(real, 0o640)
+        (tmp_path / "m.onnx.data").symlink_to(real)
+        assert atomic_write_staged(str(tmp_path / "m.onnx"), _write_pair) == [str(real)]
+        assert (tmp_path / "m.onnx.data").is_symlink() and os.readlink(tmp_path / "m.onnx.data") == str(real)
+        assert real.read_text() == "new weights" and (tmp_path / "m.onnx").read_text() == "new model"
+        if where != "dangling":
+            assert stat.S_IMODE(os.stat(real).st_mode) == 0o640  # a replaced file keeps its mode
+        assert sorted(p.name for p in folder.iterdir()) == ["weights.bin"]  # nothing temporary left
+        assert sorted(p.name for p in tmp_path.iterdir() if p != folder) == ["m.onnx", "m.onnx.data"]
+    finally:
+        if where == "other file system":
+            shutil.rmtree(folder)
+
+
+@pytest.mark.parametrize("kind", ["directory", "symlink to a directory", "symlink to a device",
+                                  "symlink to the file itself"])
+def test_a_weights_file_that_cannot_be_replaced_is_named_and_nothing_is_written(kind: str,
+                                                                                tmp_path: pathlib.Path) -> None:
+    """The message blamed the file named (`cannot write m.onnx: Is a directory`), which was a regular file."""
+    from resgraph.files import atomic_write_staged
+
+    (tmp_path / "m.onnx").write_text("old model")
+    data = tmp_path / "m.onnx.data"
+    if kind == "directory":
+        data.mkdir()
+    elif kind == "symlink to a directory":
+        (tmp_path / "elsewhere").mkdir()
+        data.symlink_to(tmp_path / "elsewhere")
+    elif kind == "symlink to the file itself":  # the weights would replace the model, or the model them
+        data.symlink_to(tmp_path / "m.onnx")
+    else:
+        data.symlink_to("/dev/null")
+    with pytest.raises(OSError) as caught:
+        atomic_write_staged(str(tmp_path / "m.onnx"), _write_pair)
+    assert caught.value.filename == str(data) and str(data) in caught.value.strerror
+    assert (tmp_path / "m.onnx").read_text() == "old model"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the staging folder is gone
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+
+
+def test_an_onnx_export_names_the_weights_file_it_cannot_write(tmp_path: pathlib.Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    import resgraph.onnx_export
+    from resgraph.cli import main
+
+    monkeypatch.setattr(resgraph.onnx_export, "EXTERNAL_DATA_BYTES", 0)  # (a small model's weights beside it)
+    (tmp_path / "m.onnx.data").mkdir()
+    out = tmp_path / "m.onnx"
+    assert main(["build", str(EXAMPLES / "tutorial.yaml"), "-o", str(out)]) == 2
+    assert not out.exists()
+    with pytest.raises(resgraph.UsageError) as caught:
+        resgraph.save(resgraph.build(EXAMPLES / "tutorial.yaml", seed=0), out)
+    assert str(caught.value) == f"cannot write {out}: {out}.data, written beside it: Is a directory"
+
+
+@pytest.mark.parametrize("link", ["symlink", "hard link", "two dangling symlinks"])
+def test_a_model_and_its_diagram_in_the_same_file_are_refused(link: str, tmp_path: pathlib.Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`-o m.pt --diagram d.svg` with d.svg a link to m.pt wrote the model, then the diagram over it:
+    exit 0 and `Saved: m.pt`, but m.pt held an SVG."""
+    from resgraph.cli import main
+
+    model, diagram = tmp_path / "m.pt", tmp_path / "d.svg"
+    if link == "two dangling symlinks":
+        model.symlink_to(tmp_path / "out")
+        diagram.symlink_to(tmp_path / "out")
+    else:
+        model.write_text("the user's model")
+        (diagram.symlink_to if link == "symlink" else diagram.hardlink_to)(model)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["build", str(EXAMPLES / "tutorial.yaml"), "-o", str(model), "--diagram", str(diagram)]) == 2
+    assert f"-o {model} and --diagram {diagram} are the same file" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    if link != "two dangling symlinks":
+        assert model.read_text() == "the user's model"
+
+
+# --- files read back: saved models and checkpoints ------------------------------------------------
+
+def _load_weights_error(path: pathlib.Path) -> str:
+    """`resgraph.load_weights`'s message for `path`, run in a child with a time limit (a FIFO blocked it)."""
+    import subprocess
+
+    probe = ("import sys, resgraph\nmodel = resgraph.build(sys.argv[1])\n"
+             "try:\n    resgraph.load_weights(model, sys.argv[2])\nexcept resgraph.UsageError as exc:\n"
+             "    print(exc)\n")
+    result = subprocess.run([sys.executable, "-c", probe, str(EXAMPLES / "tutorial.yaml"), str(path)],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
+def test_a_checkpoint_that_is_no_regular_file_is_refused_without_reading(kind: str, tmp_path: pathlib.Path) -> None:
+    """`load_weights(model, "fifo")` blocked forever (and /dev/zero was read), where `resgraph.load` refused them."""
+    path = {"fifo": tmp_path / "ckpt.pt", "device": pathlib.Path("/dev/zero"), "directory": tmp_path}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    what = {"fifo": "a pipe", "device": "a character device", "directory": "a directory"}[kind]
+    assert _load_weights_error(path) == f"{path}: not a regular file ({what}); a checkpoint is a file torch.save wrote"
+
+
+def test_a_file_swapped_for_a_fifo_after_the_check_is_refused_not_waited_on(tmp_path: pathlib.Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from resgraph import loader
+
+    fifo = tmp_path / "swapped.pt"
+    os.mkfifo(fifo)
+    real_stat = os.stat
+    monkeypatch.setattr(loader.os, "stat", lambda name, *a, **k: real_stat(__file__) if name == str(fifo)
+                        else real_stat(name, *a, **k))  # the first look sees a regular file
+    def waited(number: int, frame: Any) -> None:
+        raise TimeoutError("resgraph.load waited on the FIFO for a writer")
+
+    previous = signal.signal(signal.SIGALRM, waited)
+    signal.alarm(30)
+    try:
+        with pytest.raises(resgraph.UsageError, match=r"not a regular file \(a pipe\); a saved model is a \.pt file"):
+            resgraph.load(fifo)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_tampered_file_is_refused_saying_what_the_safe_reader_refused(tmp_path: pathlib.Path) -> None:
+    """torch's first line advises loading the file with weights_only=False, which would run a
+    tampered file's code, and says nothing of what was refused."""
+
+    class Payload:
+        def __reduce__(self) -> tuple[Any, tuple[str]]:
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    model = resgraph.build(EXAMPLES / "tutorial.yaml", seed=0)
+    path = tmp_path / "model.pt"
+    resgraph.save(model, path)
+    payload = torch.load(path, weights_only=True)
+    torch.save({**payload, "extra": Payload()}, path)
+    for read, what in ((resgraph.load, "not a readable resgraph model file"),
+                       (lambda p: resgraph.load_weights(model, p), "not a checkpoint torch.load can read safely")):
+        with pytest.raises(resgraph.UsageError) as caught:
+            read(path)
+        message = str(caught.value)
+        assert message.startswith(f"{path}: {what} (torch's weights-only reader refused it: ")
+        assert re.search(r"GLOBAL (posix|nt)\.system", message) and "weights_only` set to `False" not in message
+        assert "\n" not in message
+    assert not (tmp_path / "ran").exists()
+
+
+# --- a .py export named after what it imports ----------------------------------------------------
+
+LAYER_SOURCE = "import torch\n\n\nclass Double(torch.nn.Module):\n    def forward(self, x):\n        return x * 2\n"
+
+
+@pytest.fixture
+def own_layers(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
+    """A package `hb_pkg` with the user's layer module `hb_pkg/hb_layers.py`, importable here."""
+    package = tmp_path / "src" / "hb_pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "hb_layers.py").write_text(LAYER_SOURCE)
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    for name in ("hb_pkg", "hb_pkg.hb_layers"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    return package / "hb_layers.py"
+
+
+@pytest.mark.parametrize(("output", "message"), [
+    ("{layers}", "that is the source of module hb_pkg.hb_layers, whose layers the spec uses; writing it would "
+                 "overwrite it. Name another file"),
+    ("{link}", "that is the source of module hb_pkg.hb_layers"),
+    ("{dir}/torch.py", "the file imports torch; named torch.py it would import itself instead (and hide torch "
+                       "from code run beside it). Name it otherwise, e.g. torch_model.py"),
+    ("{dir}/hb_pkg.py", "the file imports hb_pkg.hb_layers; named hb_pkg.py it would import itself instead"),
+])
+def test_a_py_export_never_replaces_or_shadows_a_module_it_imports(output: str, message: str,
+                                                                    own_layers: pathlib.Path,
+                                                                    tmp_path: pathlib.Path) -> None:
+    """`build --allow-import hb_pkg -o hb_pkg/hb_layers.py` replaced the user's layer code with a file
+    that imports itself (exit 0); `-o torch.py` wrote a file that imports itself for torch, and hides
+    torch from everything run in its folder."""
+    (tmp_path / "link.py").symlink_to(own_layers)
+    spec = ("resgraph: 1\nname: M\ninputs: {x: [4]}\nlayers:\n  - d: {op: hb_pkg.hb_layers.Double}\n"
+            "  - fc: {op: Linear, out_features: 4}\n")
+    model = resgraph.build(spec, seed=0, allow_imports=["hb_pkg"])
+    path = output.format(layers=own_layers, link=tmp_path / "link.py", dir=tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(resgraph.UsageError) as caught:
+        resgraph.save(model, path)
+    assert str(caught.value).startswith(f"{path}: {message}")
+    assert own_layers.read_text() == LAYER_SOURCE and sorted(tmp_path.rglob("*")) == before
+    resgraph.save(model, tmp_path / "hb_model.py")  # any other name is written
+    assert "import hb_pkg.hb_layers\n" in (tmp_path / "hb_model.py").read_text()
+
+
+def test_a_file_with_compressed_entries_is_refused_before_torch_unpacks_it(tmp_path: pathlib.Path) -> None:
+    """torch.load inflates deflated zip entries: a 1.4 MB file took 400 MB more before its extra
+    tensor was refused (a 10 MB one, gigabytes). torch.save stores every entry as it is."""
+    import zipfile
+
+    model = resgraph.build(EXAMPLES / "tutorial.yaml", seed=0)
+    saved, packed = tmp_path / "model.pt", tmp_path / "packed.pt"
+    resgraph.save(model, saved)
+    with zipfile.ZipFile(saved) as source, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as target:
+        for entry in source.infolist():
+            target.writestr(entry.filename, source.read(entry.filename))
+    assert torch.load(packed, weights_only=True).keys() == torch.load(saved, weights_only=True).keys()  # torch reads it
+    for read, what in ((resgraph.load, "not a readable resgraph model file"),
+                       (lambda p: resgraph.load_weights(model, p), "not a checkpoint torch.load can read safely")):
+        with pytest.raises(resgraph.UsageError) as caught:
+            read(packed)
+        assert re.fullmatch(rf"{re.escape(str(packed))}: {what} \(its entry '[^']+' is compressed, which "
+                            r"torch.save never writes: a few megabytes could unpack to gigabytes before anything "
+                            r"is checked\)", str(caught.value))
+    resgraph.load(saved)  # as torch.save wrote it
+    legacy = tmp_path / "legacy.pt"  # the format before zip files: no entries to check
+    torch.save(model.state_dict(), legacy, _use_new_zipfile_serialization=False)
+    assert resgraph.load_weights(model, legacy).complete
+
+
+# --- render's default output: a path the user did not name -----------------------------------------
+
+def test_renders_default_output_never_replaces_another_file(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """`resgraph render net.yaml` wrote `net.svg` here over whatever was there (a figure edited by
+    hand), although the user never named it."""
+    from resgraph.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(EXAMPLES / "tutorial.yaml", "net.yaml")
+    assert main(["render", "net.yaml"]) == 0
+    drawn = (tmp_path / "net.svg").read_bytes()
+    assert main(["render", "net.yaml"]) == 0  # the same diagram again: nothing to replace
+    assert (tmp_path / "net.svg").read_bytes() == drawn
+    capsys.readouterr()
+    refused = ("net.svg: another file (or a link) is there already, and the default output (SPEC's name with .svg) "
+               "never replaces one; name it to replace it (-o net.svg), or name another")
+    (tmp_path / "net.svg").write_text("my figure")
+    assert main(["render", "net.yaml"]) == 2
+    assert capsys.readouterr().err.strip() == f"resgraph: error: {refused}"
+    assert (tmp_path / "net.svg").read_text() == "my figure"
+    (tmp_path / "net.svg").unlink()
+    (tmp_path / "net.svg").symlink_to(tmp_path / "elsewhere.svg")  # dangling: not followed either
+    assert main(["render", "net.yaml"]) == 2
+    assert not (tmp_path / "elsewhere.svg").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.svg", "net.yaml"]  # nothing temporary left
+    (tmp_path / "net.svg").unlink()
+    (tmp_path / "net.svg").write_text("my figure")
+    assert main(["render", "net.yaml", "-o", "net.svg"]) == 0  # named: replaced
+    assert (tmp_path / "net.svg").read_bytes() == drawn
+
+
+# --- the .py export's header: the command that regenerates it ----------------------------------------
+
+OPTIONS_SPEC = """resgraph: 1
+name: Tagged
+params: {width: 8, eps: 0.1, release: "2000-01-01", stages: [1, 1]}
+inputs: {x: [4]}
+layers:
+  - fc: {op: Linear, out_features: "${width * len(stages)}"}
+  - norm: {op: LayerNorm, eps: "${eps}"}
+  - extra: {op: ReLU, when: "${release == '2024-01-01'}"}
+"""
+
+
+def test_the_py_headers_command_regenerates_exactly_that_file(tmp_path: pathlib.Path) -> None:
+    """The header said `resgraph build net.yaml -o <this file>` for a build with `--set` and `--input`:
+    run as written, it gave another model (10 classes became the spec's default 1000), silently."""
+    import shlex
+
+    from resgraph.cli import main
+
+    spec = tmp_path / "net with space.yaml"
+    spec.write_text(OPTIONS_SPEC)
+    first, second = tmp_path / "first.py", tmp_path / "second.py"
+    sets = ["width=3", "eps=1.0e-5", "release=2024-01-01", "stages=[1, 1, 1]"]
+    assert main(["build", str(spec), *(f"--set={s}" for s in sets), "--input", "x=6", "-o", str(first)]) == 0
+    text = first.read_text()
+    command = re.search(r"\n    resgraph build (.*) -o <this file>\n", ast.get_docstring(ast.parse(text), clean=False))
+    assert command is not None
+    arguments = shlex.split(command[1])
+    assert arguments[0] == str(spec) and "--input" in arguments and arguments.count("--set") == 4
+    assert main(["build", *arguments, "-o", str(second)]) == 0
+    assert second.read_text() == text
+    model = resgraph.build(spec, params={"width": 3, "eps": 1.0e-5, "release": "2024-01-01", "stages": [1, 1, 1]},
+                           input_shapes={"x": (6,)})
+    assert "extra" in dict(model.named_children()) and model.norm.eps == 1.0e-5 and model.fc.in_features == 6
+
+
+@pytest.mark.parametrize("value", ["2024-01-01", "yes", "null", "0x10", "\U0001F600 a\u2028b\n\x1b", 1e-05, 10**30,
+                                   True, None, [1, "x", [2.5, None]], {"b c": "2024-01-01", "d": [1]}])
+def test_each_override_in_the_header_is_read_back_as_given(value: Any) -> None:
+    """Written as JSON alone, an emoji became a surrogate-pair escape, which YAML refuses."""
+    import shlex
+
+    from resgraph.export_py import build_options
+    from resgraph.loader import load_value
+    from resgraph.pipeline import BuildRecord
+
+    (option,) = build_options(BuildRecord("", "net.yaml", params={"p": value}))
+    flag, argument = shlex.split(option)
+    assert flag == "--set" and argument.startswith("p=") and load_value(argument[2:], "p") == value
+
+
+# --- an output that cannot be written is said before the work ----------------------------------------
+
+@pytest.mark.parametrize(("output", "reason"), [("missing/m.onnx", "No such file or directory"),
+                                                ("afile/m.py", "Not a directory"),
+                                                ("folder.pt", "Is a directory")])
+def test_an_output_that_cannot_be_written_is_refused_before_the_build_and_export(
+        output: str, reason: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`build resnet50.yaml -o missing/m.onnx` built and exported for 16 s, then said the folder is missing."""
+    import resgraph.api
+    import resgraph.onnx_export
+    from resgraph.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("a file, not a folder")
+    (tmp_path / "folder.pt").mkdir()
+    model = resgraph.build(EXAMPLES / "tutorial.yaml", seed=0)
+
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the work was done before the output was checked")
+
+    for name in ("build", "render"):
+        monkeypatch.setattr(resgraph.api, name, never)
+    monkeypatch.setattr(resgraph.onnx_export, "to_onnx", never)
+    assert main(["build", str(EXAMPLES / "tutorial.yaml"), "-o", output]) == 2
+    assert capsys.readouterr().err == f"resgraph: error: cannot write {output}: {reason}\n"
+    diagram = output.rsplit(".", 1)[0] + ".svg"
+    if output != "folder.pt":
+        for command in (["build", str(EXAMPLES / "tutorial.yaml"), "--diagram", diagram],
+                        ["render", str(EXAMPLES / "tutorial.yaml"), "-o", diagram]):
+            assert main(command) == 2
+            assert capsys.readouterr().err == f"resgraph: error: cannot write {diagram}: {reason}\n"
+    with pytest.raises(resgraph.UsageError, match=re.escape(f"cannot write {output}: {reason}")):
+        resgraph.save(model, output)  # before the exporter runs

@@ -1,0 +1,88 @@
+"""Reading files `torch.save` wrote (saved models, checkpoints): local regular files only, with
+`weights_only=True`, never with a compressed entry (a zip bomb), and every failure said in one line.
+
+>>> weights_only_refusal("Weights only load failed. In PyTorch 2.6, we changed ... trusted source.\\n\\n\\n"
+...                      "Trying to load unsupported GLOBAL posix.system whose module posix is blocked.\\n\\n"
+...                      "Check the documentation of torch.load to learn more ...")
+'Trying to load unsupported GLOBAL posix.system whose module posix is blocked'
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from typing import Any, BinaryIO
+
+from .errors import UsageError
+from .loader import open_regular, os_reason
+
+__all__ = ["read_torch_file", "weights_only_refusal"]
+
+_REFUSED = "Weights only load failed"
+
+
+def read_torch_file(name: str, *, expected: str, unreadable: str) -> Any:
+    """`torch.load(name, weights_only=True)` onto the CPU, of a regular file only (see `open_regular`).
+
+    Args:
+        expected: what the file should be, said when it is no regular file (`a saved model is a .pt file`).
+        unreadable: what the file is not, said when torch cannot read it (`not a readable resgraph model file`).
+    Raises:
+        UsageError: no such file, not a regular file, unreadable, holding a compressed entry (torch.save
+            writes none: a small file could unpack to gigabytes), or not a file torch reads with
+            `weights_only` (a tampered or foreign file: what the reader refused, e.g. a global it would call).
+    """
+    import torch
+
+    try:
+        with open_regular(name, expected) as handle:
+            packed = _compressed_entry(handle)
+            if packed is not None:
+                raise UsageError(f"{name}: {unreadable} (its entry {packed!r} is compressed, which torch.save never "
+                                 "writes: a few megabytes could unpack to gigabytes before anything is checked)")
+            return torch.load(handle, map_location="cpu", weights_only=True)
+    except UsageError:
+        raise
+    except OSError as exc:
+        raise UsageError(f"{name}: cannot read it ({os_reason(exc)})") from None
+    except Exception as exc:  # torch raises many types for a corrupt, empty or foreign file
+        text = str(exc).strip()
+        refusal = weights_only_refusal(text)
+        if refusal is not None:
+            reason = "torch's weights-only reader refused it" + (f": {refusal}" if refusal else "")
+        else:
+            reason = text.splitlines()[0] if text else type(exc).__name__
+        raise UsageError(f"{name}: {unreadable} ({reason})") from None
+
+
+def _compressed_entry(handle: BinaryIO) -> str | None:
+    """The first compressed entry of a zip file (torch.save's format stores each uncompressed, so what
+    torch.load allocates is bounded by the file's size); None for a file with none, or no zip file.
+    Reads the archive's directory only, and leaves the file at its start."""
+    try:
+        if not zipfile.is_zipfile(handle):
+            return None
+        handle.seek(0)
+        with zipfile.ZipFile(handle) as archive:
+            return next((entry.filename for entry in archive.infolist()
+                         if entry.compress_type != zipfile.ZIP_STORED), None)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError):
+        return None  # (torch.load says what is wrong with it)
+    finally:
+        handle.seek(0)
+
+
+def weights_only_refusal(text: str) -> str | None:
+    """What torch's weights-only unpickler refused, from its message; None for another failure.
+
+    The message's first paragraph is advice to load the file with `weights_only=False`, which
+    would run whatever code a tampered file holds: it is left out, and so is the closing pointer
+    to the documentation.
+    """
+    if not text.startswith(_REFUSED):
+        return None
+    lines = [line.strip() for line in text.splitlines()[1:]]
+    kept = [re.sub(r"^WeightsUnpickler error:\s*", "", line) for line in lines
+            if line and not line.startswith(("Please file an issue", "Check the documentation"))]
+    kept = [line for line in kept if line]
+    return kept[0].rstrip(".") if kept else ""
