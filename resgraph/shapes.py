@@ -288,10 +288,14 @@ def _naming_reads(definition: BlockDef, name: str, blocks: dict[str, Any], depth
 
 
 def _reads_1d_map(op: Any) -> bool:
-    """Whether the op named `op` reads a `(C, L)` map: a feature-map op of one spatial dim (Conv1d,
-    BatchNorm1d, a 1-d pool...), as its class declares (`FeatureMapLayer.spatial_dims`)."""
+    """Whether the op named `op` reads a 2-dim input as a `(C, L)` map: a feature-map op of one spatial
+    dim (Conv1d, BatchNorm1d, a 1-d pool...), as its class declares (`FeatureMapLayer.spatial_dims`), or
+    a channels-first op of any number of spatial dims (`Upsample`: torch resizes the last dim of an
+    `(N, C, L)` tensor)."""
     cls = OPS.get(op) if isinstance(op, str) else None
-    return cls is not None and issubclass(cls, FeatureMapLayer) and cls.spatial_dims == 1
+    if cls is None or cls.layout != "channels_first":
+        return False
+    return not issubclass(cls, FeatureMapLayer) or cls.spatial_dims == 1
 
 
 _SPATIAL_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}

@@ -48,3 +48,26 @@ def test_a_max_pool_builds_exactly_where_torch_accepts_its_padding(dims: int, ke
     else:
         message = _errors(spec)
         assert "layer 'pool'" in message and f"padding={padding} must be at most half the kernel size" in message
+
+
+# --- a 2-dim input that Upsample reads is a (C, L) signal: its length is free, its channels fixed ---
+
+@pytest.mark.parametrize("layers", [
+    "  - up: {op: Upsample, scale_factor: 2, mode: linear}\n  - conv: {op: Conv1d, out_channels: 4, kernel_size: 3}\n",
+    "  - up: {op: Upsample, scale_factor: 1.5}\n",
+], ids=["linear-then-conv1d", "nearest"])
+def test_a_signal_read_by_upsample_keeps_its_length_free(layers: str) -> None:
+    """Upsample resizes the last dim of an (N, C, L) tensor; the input was taken as a (L, F) sequence, so
+    the guard fixed the length at its declared 10 and called the channels 'L' ('must be (N, L, 10)')."""
+    model = resgraph.build(_spec([3, 10], layers), seed=0)
+    reference = torch.nn.Sequential(*model.children())  # the same modules, no guard
+    for length in range(1, 40):
+        x = torch.randn(2, 3, length)
+        assert _torch_runs(reference, (3, length)) == (length >= 2 or "conv" not in layers), length
+        if _torch_runs(reference, (3, length)):
+            torch.testing.assert_close(model(x), reference(x))
+        else:
+            with pytest.raises(ValueError, match=r"input 'x' must be \(N, 3, L\) with L >= 2"):
+                model(x)
+    with pytest.raises(ValueError, match=r"must be \(N, 3, L\)"):
+        model(torch.randn(2, 4, 10))  # the channels are the fixed dim
