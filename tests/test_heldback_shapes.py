@@ -71,3 +71,52 @@ def test_a_signal_read_by_upsample_keeps_its_length_free(layers: str) -> None:
                 model(x)
     with pytest.raises(ValueError, match=r"must be \(N, 3, L\)"):
         model(torch.randn(2, 4, 10))  # the channels are the fixed dim
+
+
+# --- a stride that floors: the hint names each layer that does not round as its stride, with a fix that works ---
+
+def _hint(spec: str) -> str:
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(spec)
+    (diagnostic,) = caught.value.diagnostics
+    return diagnostic.hint or ""
+
+
+@pytest.mark.parametrize(("layers", "fix", "fixed"), [
+    # a kernel-3 pool that already has ceil_mode: ceil_mode was proposed; padding 1 (without it) rounds up
+    ("  - c1: {op: Conv2d, out_channels: 8, kernel_size: 3, stride: 2, padding: 1}\n"
+     "  - p1: {op: MaxPool2d, kernel_size: 3, stride: 2, ceil_mode: true}\n",
+     "`padding: 1` and drop `ceil_mode: true` on 'p1'", {"stride: 2, ceil_mode: true": "stride: 2, padding: 1"}),
+    # a dilated conv whose padding 1 is short of its span of 5: `padding: 1` on a kernel-3 conv was proposed
+    ("  - c1: {op: Conv2d, out_channels: 8, kernel_size: 3, stride: 2, padding: 1, dilation: 2}\n",
+     "`padding: 2` on 'c1'", {"padding: 1, dilation: 2": "padding: 2, dilation: 2"}),
+    # an even kernel, which no padding makes round up, and a pool without ceil_mode
+    ("  - c1: {op: Conv2d, out_channels: 8, kernel_size: 4, stride: 2, padding: 1}\n"
+     "  - p1: {op: MaxPool2d, kernel_size: 2}\n",
+     "`kernel_size: 5` and `padding: 2` on 'c1' and `ceil_mode: true` on 'p1'",
+     {"kernel_size: 4, stride: 2, padding: 1": "kernel_size: 5, stride: 2, padding: 2",
+      "kernel_size: 2}": "kernel_size: 2, ceil_mode: true}"}),
+    # a pool of stride 3 over a kernel of 2, in 1-d
+    ("  - c1: {op: Conv1d, out_channels: 8, kernel_size: 1}\n  - p1: {op: AvgPool1d, kernel_size: 2, stride: 3}\n",
+     "`ceil_mode: true` on 'p1'", {"stride: 3}": "stride: 3, ceil_mode: true}"}),
+], ids=["pool-with-ceil-mode", "dilated-conv", "even-kernel-and-pool", "pool-1d-stride-3"])
+def test_a_floored_stride_names_each_layer_and_the_setting_that_rounds_it_up(layers: str, fix: str,
+                                                                             fixed: dict[str, str]) -> None:
+    """The fix was boilerplate ('`padding: 1` on a kernel-3 conv, `ceil_mode: true` on a pool'): wrong for a
+    dilated conv already padded 1, for an even kernel, and for a pool that already had ceil_mode. The fix the
+    hint names now makes the skip fit at every size at which torch runs the layers."""
+    shape = [4, 34] if "Conv1d" in layers else [4, 12, 12] if "dilation" in layers else [4, 33, 33]
+    spec = _spec(shape, layers, "  - s: {from: x, to: " + ("p1" if "p1" in layers else "c1") + "}\n")
+    hint = _hint(spec)
+    assert hint.endswith(f"make {'them' if ' and `' in fix.split(' on ')[1] else 'it'} round up as the strides do: "
+                         f"{fix}"), hint
+    if "dilation" in layers:  # 12 is even: no odd size met the stride, the padding fell short of the span
+        assert "a layer gave less than its stride does: 'c1' gave 5x5 where a stride of 2 gives 6x6" in hint
+    for old, new in fixed.items():
+        spec = spec.replace(old, new)
+    model = resgraph.build(spec, seed=0)
+    layers_alone = torch.nn.Sequential(*(m for name, m in model.named_children() if name != "s"))
+    for size in range(1, 65):
+        sample = (4, size) if len(shape) == 2 else (4, size, size)
+        if _torch_runs(layers_alone, sample):  # the skip fits wherever the layers run
+            assert model(torch.zeros(2, *sample)).shape == layers_alone(torch.zeros(2, *sample)).shape, size
