@@ -120,3 +120,40 @@ def test_a_floored_stride_names_each_layer_and_the_setting_that_rounds_it_up(lay
         sample = (4, size) if len(shape) == 2 else (4, size, size)
         if _torch_runs(layers_alone, sample):  # the skip fits wherever the layers run
             assert model(torch.zeros(2, *sample)).shape == layers_alone(torch.zeros(2, *sample)).shape, size
+
+
+# --- torch.export specialises a MaxPool1d's length: dynamic_shapes() leaves what it reads static ---
+
+_POOLED_SIGNAL = """\
+resgraph: 1
+name: Net
+inputs:
+  x: [4, 31]
+  y: [4, 20]
+blocks:
+  down:
+    layers:
+      - conv: {op: Conv1d, out_channels: 4, kernel_size: 3, padding: 1}
+      - pool: {op: MaxPool1d, kernel_size: 2, ceil_mode: true}
+layers:
+  - a: {block: down, input: x}
+  - b: {op: Conv1d, out_channels: 4, kernel_size: 3, stride: 2, padding: 1, input: y}
+  - am: {op: mean, dim: 2, input: a}
+  - bm: {op: mean, dim: 2, input: b}
+  - out: {op: add, input: [am, bm]}
+"""
+
+
+def test_export_with_dynamic_shapes_keeps_a_max_pooled_length_static_and_the_others_dynamic() -> None:
+    """`torch.export.export(model, model.example_inputs(), dynamic_shapes=model.dynamic_shapes())` (and
+    `resgraph.to_onnx`, which uses it) failed with 'Constraints violated ... specialized it to be a constant
+    (31)' for any model whose MaxPool1d reads a free length (here inside a block)."""
+    model = resgraph.build(_POOLED_SIGNAL, seed=0).eval()
+    program = resgraph.export_program(model)
+    for length in (9, 20, 57):  # y's length stays dynamic
+        x, y = torch.randn(2, 4, 31), torch.randn(2, 4, length)
+        torch.testing.assert_close(program.module()(x, y), model(x, y))
+    # x's is static in the program, as torch.export made it; the eager model still takes any length
+    with pytest.raises(Exception, match="Guard failed|expected"):
+        program.module()(torch.randn(2, 4, 30), torch.randn(2, 4, 20))
+    assert model(torch.randn(2, 4, 30), torch.randn(2, 4, 20)).shape == (2, 4)

@@ -134,8 +134,8 @@ class AdaptiveMaxPoolBase(AdaptivePoolBase):
     return_indices: Literal[False] = Field(False, description="Must be false: a layer has one output.")
 
 
-# torch's max_pool1d has no integer kernel (2d and 3d have)
-MAX_POOLS = spatial_family(MaxPoolBase, "MaxPool", facts={1: {"input_dtypes": FLOAT_DTYPES}})
+# torch's max_pool1d has no integer kernel (2d and 3d have), and torch.export specialises its length
+MAX_POOLS = spatial_family(MaxPoolBase, "MaxPool", facts={1: {"input_dtypes": FLOAT_DTYPES, "export_static": True}})
 AVG_POOLS = spatial_family(AvgPoolBase, "AvgPool", (1,)) + spatial_family(AvgPoolDivisorBase, "AvgPool", (2, 3))
 ADAPTIVE_AVG_POOLS = spatial_family(AdaptivePoolBase, "AdaptiveAvgPool")
 ADAPTIVE_MAX_POOLS = spatial_family(AdaptiveMaxPoolBase, "AdaptiveMaxPool")
