@@ -55,12 +55,16 @@ class SizeChange:
                 f"{'x'.join(map(str, self.before))} -> {'x'.join(map(str, self.after))}")
 
     def keeping_padding(self) -> int | str | None:
-        """The padding that keeps the size of this unstrided conv or pool, or None."""
+        """The padding that keeps the size of this unstrided conv or pool, or None (a strided layer; a pool
+        whose kernel spans an odd size, or needs more padding than half its kernel: pools take neither
+        `same` nor that, as torch checks them)."""
         kernel, stride = self.geometry.get("kernel_size"), self.geometry.get("stride", 1)
         dilation = self.geometry.get("dilation", 1)
         if not isinstance(kernel, int) or stride != 1 or not isinstance(dilation, int):
             return None
         span = dilation * (kernel - 1)
+        if self.op.startswith(_POOLS):
+            return span // 2 if span % 2 == 0 and span // 2 <= kernel // 2 else None
         return span // 2 if span % 2 == 0 else "same"
 
 
@@ -78,6 +82,11 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
             padding = change.keeping_padding()
             if padding is not None:
                 by_padding.setdefault(padding, []).append(repr(change.name))
+        # Every unstrided layer that shrank must keep its size: where one cannot by padding (a kernel-2 pool),
+        # padding the others does not make the skip fit.
+        if any(c.keeping_padding() is None and "kernel_size" in c.geometry and c.geometry.get("stride", 1) == 1
+               for c in changes):
+            by_padding = {}
         # A strided layer on the way that floored an odd size still drops a row once the padding is
         # fixed: the padding alone works only at an input size the strides divide.
         strided = [c for c in changes if isinstance(c.geometry.get("stride"), int) and c.geometry["stride"] > 1]
@@ -85,8 +94,9 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
         total = math.prod(c.geometry["stride"] for c in strided)
         also = (f" and an input size that is a multiple of {total} ({', '.join(repr(c.name) for c in floored)} "
                 "floored an odd size)") if floored else ""
-        fixes += [f"keep the size with `padding: {padding}` on {' and '.join(names)}{also}"
-                  for padding, names in by_padding.items()]
+        if by_padding:  # (every layer listed needs its padding: one fix, not alternatives)
+            fixes.append("keep the size with " + " and ".join(f"`padding: {padding}` on {' and '.join(names)}"
+                                                                for padding, names in by_padding.items()) + also)
         fitting = _fitting_sizes(guards, symbols)  # a rounding shrank it: some input sizes fit outright
         if fitting:
             fixes.append(f"use an input size at which this skip fits: {fitting}")
@@ -94,8 +104,9 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
             fixes.append("set `projection: crop` on this skip (the maps share a grid, so a centre crop aligns them)")
         elif not fitting:  # odd margins: a crop would be off-centre at this size
             even = _fitting_sizes([*guards[:len(guards) - len(exc.required)], *exc.crop_required], symbols)
-            fixes.append("set `projection: crop` on this skip and use an input size where the margins are even"
-                         + (f": {even}" if even else ""))
+            if even:  # (none where the layers shrink by an odd amount at every size)
+                fixes.append(f"set `projection: crop` on this skip and use an input size where the margins are even: "
+                             f"{even}")
         return _join(f"shrunk by {listed}" if listed else "", "; or ".join(fixes))
     if exc.kind == "finer":
         return _join(listed, "take the skip from a layer at the target's scale, or upsample the source first")

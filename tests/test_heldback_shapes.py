@@ -157,3 +157,59 @@ def test_export_with_dynamic_shapes_keeps_a_max_pooled_length_static_and_the_oth
     with pytest.raises(Exception, match="Guard failed|expected"):
         program.module()(torch.randn(2, 4, 30), torch.randn(2, 4, 20))
     assert model(torch.randn(2, 4, 30), torch.randn(2, 4, 20)).shape == (2, 4)
+
+
+# --- a map shrunk on one grid: the paddings proposed are ones torch takes, proposed together ---------
+
+_SHRINKING_POOLS = ("  - p: {op: MaxPool2d, kernel_size: %s, stride: 1}\n"
+                    "  - q: {op: AvgPool2d, kernel_size: 5, stride: 1}\n"
+                    "  - r: {op: MaxPool2d, kernel_size: 3, stride: 1, dilation: %s}\n")
+
+
+def _fits_wherever_the_layers_run(spec: str, skip: str = "s") -> None:
+    model = resgraph.build(spec, seed=0)
+    layers_alone = torch.nn.Sequential(*(m for name, m in model.named_children() if name != skip))
+    ran = 0
+    for size in range(1, 40):
+        if _torch_runs(layers_alone, (4, size, size)):
+            ran += 1
+            x = torch.randn(2, 4, size, size)
+            assert model(x).shape == layers_alone(x).shape, size
+    assert ran > 20
+
+
+def test_the_paddings_that_keep_each_pools_size_are_one_fix_that_works() -> None:
+    """They were alternatives ('keep the size with `padding: 1` on 'p' and 'r'; or keep the size with `padding: 2`
+    on 'q''), though each layer needs its own."""
+    spec = _spec([4, 12, 12], _SHRINKING_POOLS % (3, 1), "  - s: {from: x, to: r}\n")
+    hint = _hint(spec)
+    assert "Fix: keep the size with `padding: 1` on 'p' and 'r' and `padding: 2` on 'q'; or set `projection: crop`" \
+        in hint, hint
+    fixed = spec.replace("kernel_size: 3, stride: 1", "kernel_size: 3, stride: 1, padding: 1").replace(
+        "kernel_size: 5, stride: 1", "kernel_size: 5, stride: 1, padding: 2")
+    _fits_wherever_the_layers_run(fixed)
+
+
+@pytest.mark.parametrize(("kernel", "dilation"), [(2, 1), (3, 2)], ids=["kernel-2", "dilated-kernel-3"])
+def test_no_padding_is_proposed_that_torch_refuses_on_a_pool(kernel: int, dilation: int) -> None:
+    """A kernel-2 pool was given `padding: same` (pools take no 'same'), a dilated kernel-3 pool `padding: 2`
+    (torch: at most half the kernel, 1); padding the others alone leaves the skip unfit, so no padding is
+    proposed. With a kernel of 2 the margins are odd at every size, and a crop 'at an input size where the
+    margins are even' was proposed all the same."""
+    spec = _spec([4, 12, 12], _SHRINKING_POOLS % (kernel, dilation), "  - s: {from: x, to: r}\n")
+    hint = _hint(spec)
+    fixes = hint.split("Fix:")[1] if "Fix:" in hint else ""
+    assert "padding" not in fixes, hint
+    # torch: no padding keeps a kernel-2 pool's size, and a kernel of 3 takes at most 1, dilation aside
+    pools = [torch.nn.MaxPool2d(kernel, stride=1, padding=p, dilation=dilation) for p in range(kernel // 2 + 1)]
+    assert all(pool(torch.zeros(1, 4, 12, 12)).shape[-1] != 12 for pool in pools)
+    if kernel == 3:
+        assert not _torch_runs(torch.nn.MaxPool2d(3, stride=1, padding=2, dilation=2), (4, 12, 12))
+    if kernel == 2:
+        assert "crop" not in hint, hint
+        with pytest.raises(SpecError, match="off-centre"):  # as a crop is, at every size
+            resgraph.check(spec.replace("to: r}", "to: r, projection: crop}"))
+    else:
+        assert hint.endswith("Fix: set `projection: crop` on this skip (the maps share a grid, so a centre crop "
+                             "aligns them)"), hint
+        _fits_wherever_the_layers_run(spec.replace("to: r}", "to: r, projection: crop}"))
