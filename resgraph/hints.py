@@ -10,8 +10,8 @@ and after. The fixes depend on the cause (`ProjectionError.kind`):
   the skip fits, found from the guards recorded so far, or making the layer round up; where a layer
   rounded up past its stride (ceil_mode with padding, too much padding), that layer and the
   setting that rounds as the stride does;
-- "larger" (the target was upsampled past the source): the nearest input sizes that fit, or an
-  upsample to an explicit size;
+- "larger" (the target was upsampled, or padded, past the source): the nearest input sizes that
+  fit, an upsample to an explicit size, or the padding that keeps an unstrided layer's size;
 - "ratio" (strides and upsamples between them compose to a fraction, e.g. /3 then x2): a source
   on an integer step from the target, or scale changes that compose to one.
 
@@ -65,7 +65,7 @@ class SizeChange:
         span = dilation * (kernel - 1)
         if self.op.startswith(_POOLS):
             return span // 2 if span % 2 == 0 and span // 2 <= kernel // 2 else None
-        return span // 2 if span % 2 == 0 else "same"
+        return span // 2 if span % 2 == 0 else None if "Transpose" in self.op else "same"
 
 
 def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[Guard],
@@ -151,7 +151,16 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
                 fixes.append("make " + ("it" if len(named) == 1 else "them") + " round up as the strides do: "
                              + " and ".join(named))
         elif exc.kind == "larger":
-            fixes.append("give the upsampling layer an explicit `size:` (then the model has one input size)")
+            # a layer padded past its kernel grew the map: the padding that keeps its size; an upsample: a
+            # fixed size (a transposed conv has none: the input sizes above are its fix)
+            grown = [c for c in changes if c.geometry.get("stride", 1) == 1 and "kernel_size" in c.geometry
+                     and any(a > b for a, b in zip(c.after, c.before))]
+            paddings = [(c, c.keeping_padding()) for c in grown]
+            if paddings and all(padding is not None for _, padding in paddings):
+                fixes.append("keep the size with " + " and ".join(f"`padding: {padding}` on {c.name!r}"
+                                                                    for c, padding in paddings))
+            if any(c.op == "Upsample" for c in changes):
+                fixes.append("give the upsampling layer an explicit `size:` (then the model has one input size)")
         return _join(f"{listed}: {cause}" if listed else cause, "; or ".join(fixes))
     return exc.hint
 

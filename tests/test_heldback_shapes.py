@@ -213,3 +213,31 @@ def test_no_padding_is_proposed_that_torch_refuses_on_a_pool(kernel: int, dilati
         assert hint.endswith("Fix: set `projection: crop` on this skip (the maps share a grid, so a centre crop "
                              "aligns them)"), hint
         _fits_wherever_the_layers_run(spec.replace("to: r}", "to: r, projection: crop}"))
+
+
+# --- a target grown past its source without an upsample: no `size:` to give it ----------------------
+
+def test_a_conv_padded_past_its_kernel_is_given_the_padding_that_keeps_its_size() -> None:
+    """15 -> 17 by `padding: 2` on a kernel of 3: the fix was 'give the upsampling layer an explicit `size:`',
+    and there is no upsampling layer."""
+    spec = _spec([4, 15, 15], "  - c: {op: Conv2d, out_channels: 4, kernel_size: 3, padding: 2}\n",
+                 "  - s: {from: x, to: c}\n")
+    hint = _hint(spec)
+    assert hint.endswith("the target grew past the source. Fix: keep the size with `padding: 1` on 'c'"), hint
+    _fits_wherever_the_layers_run(spec.replace("padding: 2", "padding: 1"))
+
+
+@pytest.mark.parametrize("transposed", ["kernel_size: 2, stride: 2",
+                                        "kernel_size: 3, stride: 2, padding: 1, output_padding: 1"],
+                         ids=["kernel-2", "kernel-3-output-padding"])
+def test_a_transposed_conv_that_grew_past_the_source_is_given_the_input_sizes_that_fit(transposed: str) -> None:
+    spec = _spec([4, 15, 15], "  - c: {op: Conv2d, out_channels: 4, kernel_size: 3, stride: 2, padding: 1}\n"
+                 f"  - t: {{op: ConvTranspose2d, out_channels: 4, {transposed}}}\n", "  - s: {from: x, to: t}\n")
+    hint = _hint(spec)
+    assert hint.endswith("the target grew past the source. Fix: an input size at which this skip fits: 'x' 14x14 "
+                         "(or 16x16, 12x12)"), hint
+    model = resgraph.build(spec.replace("[4, 15, 15]", "[4, 14, 14]"), seed=0)
+    layers_alone = torch.nn.Sequential(model.c, model.t)
+    for size in (12, 14, 16):  # torch gives the source's size back at each size proposed
+        x = torch.randn(2, 4, size, size)
+        assert layers_alone(x).shape == x.shape and model(x).shape == x.shape
