@@ -66,8 +66,9 @@ class CompiledModule(GeneratedModule):
         """`torch.export`'s `dynamic_shapes` for this model: the batch, and every free input dim by the rule
         its sizes follow (`H >= 33`: `Dim.DYNAMIC` with that minimum; a bounded range: with both
         bounds; `H in {188 + 16k}`: the derived Dim 16*k + 156, k >= 2; dims the model needs equal:
-        one shared named Dim). Fixed dims stay static, and so do dims a MaxPool1d's length depends on
-        (torch.export specialises it: `Layer.export_static`). Use it with inputs at the declared sizes
+        one shared named Dim). Fixed dims stay static, and so do dims a MaxPool1d's length or an RNN's
+        sequence depends on (torch.export specialises them: `Layer.export_static`). Use it with inputs at
+        the declared sizes
         (`example_inputs()`).
         """
         from torch.export import Dim

@@ -241,3 +241,21 @@ def test_a_transposed_conv_that_grew_past_the_source_is_given_the_input_sizes_th
     for size in (12, 14, 16):  # torch gives the source's size back at each size proposed
         x = torch.randn(2, 4, size, size)
         assert layers_alone(x).shape == x.shape and model(x).shape == x.shape
+
+
+@pytest.mark.filterwarnings("ignore:The tensor attributes")  # (torch's own, of an RNN's flat weights)
+@pytest.mark.parametrize("recurrent", ["LSTM", "GRU", "RNN"])
+def test_export_with_dynamic_shapes_keeps_a_recurrent_sequence_static(recurrent: str) -> None:
+    """The sequence an RNN reads is free (the eager model takes any length), but torch.export specialises it:
+    exporting with `model.dynamic_shapes()` failed ('Constraints violated'). An attention layer's stays dynamic."""
+    spec = _spec([12, 8], f"  - r: {{op: {recurrent}, input_size: 8, hidden_size: 16, output: 0}}\n")
+    model = resgraph.build(spec, seed=0).eval()
+    x = torch.randn(2, 12, 8)
+    torch.testing.assert_close(resgraph.export_program(model).module()(x), model(x))
+    assert model(torch.randn(2, 5, 8)).shape == (2, 5, 16)
+    attention = resgraph.build(_spec([12, 8], "  - t: {op: TransformerEncoderLayer, nhead: 2, dim_feedforward: 16}\n"),
+                               seed=0).eval()
+    program = resgraph.export_program(attention)
+    for length in (5, 12, 30):
+        x = torch.randn(2, length, 8)
+        torch.testing.assert_close(program.module()(x), attention(x))
