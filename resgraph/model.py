@@ -68,8 +68,7 @@ class CompiledModule(GeneratedModule):
         bounds; `H in {188 + 16k}`: the derived Dim 16*k + 156, k >= 2; dims the model needs equal:
         one shared named Dim). Fixed dims stay static, and so do dims a MaxPool1d's length or an RNN's
         sequence depends on (torch.export specialises them: `Layer.export_static`). Use it with inputs at
-        the declared sizes
-        (`example_inputs()`).
+        the declared sizes (`example_inputs()`).
         """
         from torch.export import Dim
 
