@@ -259,3 +259,23 @@ def test_export_with_dynamic_shapes_keeps_a_recurrent_sequence_static(recurrent:
     for length in (5, 12, 30):
         x = torch.randn(2, length, 8)
         torch.testing.assert_close(program.module()(x), attention(x))
+
+
+# --- a strided 'same' convolution: the padding that gives what it would ----------------------------
+
+@pytest.mark.parametrize(("kernel", "stride", "dilation"), [(3, 2, 1), (5, 2, 1), (3, 3, 2), (7, 4, 1)])
+def test_a_strided_same_convolution_is_refused_at_its_padding_with_the_padding_that_rounds_up(
+        kernel: int, stride: int, dilation: int) -> None:
+    """torch refuses padding='same' with a stride; the error was at the layer, with no fix."""
+    spec = _spec([3, 16, 16], f"  - conv: {{op: Conv2d, out_channels: 4, kernel_size: {kernel}, stride: {stride}, "
+                              f"dilation: {dilation}, padding: same}}\n")
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(spec)
+    (diagnostic,) = caught.value.diagnostics
+    assert diagnostic.location.column == spec.splitlines()[5].index("padding") + 1
+    padding = dilation * (kernel - 1) // 2
+    assert diagnostic.hint == (f"`padding: {padding}` gives ceil(size / stride) at every size, what a strided 'same' "
+                               "would give")
+    conv = torch.nn.Conv2d(3, 4, kernel, stride=stride, padding=padding, dilation=dilation)
+    for size in range(dilation * (kernel - 1) + 1 - 2 * padding, 40):
+        assert conv(torch.zeros(1, 3, size, size)).shape[-1] == -(-size // stride), size
