@@ -3,6 +3,8 @@ dilation and padding, 1-d maps read by ops other than the Nd families, and the f
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -279,3 +281,27 @@ def test_a_strided_same_convolution_is_refused_at_its_padding_with_the_padding_t
     conv = torch.nn.Conv2d(3, 4, kernel, stride=stride, padding=padding, dilation=dilation)
     for size in range(dilation * (kernel - 1) + 1 - 2 * padding, 40):
         assert conv(torch.zeros(1, 3, size, size)).shape[-1] == -(-size // stride), size
+
+
+# --- chunk and split along a free dim: the number of pieces is decided, not the length ------------
+
+@pytest.mark.parametrize(("cut", "pieces_of"), [
+    ("{op: chunk, chunks: 3, dim: 2, outputs: [a, b, c]}", lambda x: x.chunk(3, dim=2)),
+    ("{op: split, split_size: 4, dim: 2, outputs: [a, b, c]}", lambda x: x.split(4, dim=2)),
+], ids=["chunk", "split"])
+def test_a_map_cut_along_a_free_dim_works_wherever_torch_gives_the_pieces_named(cut: str, pieces_of: Any) -> None:
+    """Cutting fixed the length at its declared size (`H = 12`): torch's chunk(3) of 9 or 15 rows gives the
+    same three pieces, and resgraph refused them."""
+    model = resgraph.build(_spec([4, 12, 6], f"  - s: {cut}\n  - o: {{op: concat, input: [a, b], dim: 1}}\n"),
+                           seed=0)
+    accepted = []
+    for size in range(1, 40):
+        x = torch.randn(2, 4, size, 6)
+        pieces = pieces_of(x)
+        if len(pieces) == 3:  # (as many pieces as names: resgraph's rule; the first two are whole)
+            torch.testing.assert_close(model(x), torch.cat([pieces[0], pieces[1]], 1))
+            accepted.append(size)
+        else:
+            with pytest.raises(ValueError, match="input 'x' must be"):
+                model(x)
+    assert len(accepted) > 3
