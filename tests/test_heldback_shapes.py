@@ -305,3 +305,21 @@ def test_a_map_cut_along_a_free_dim_works_wherever_torch_gives_the_pieces_named(
             with pytest.raises(ValueError, match="input 'x' must be"):
                 model(x)
     assert len(accepted) > 3
+
+
+# --- an uncurated op the meta device lets give an empty output -----------------------------------
+
+@pytest.mark.parametrize("op", ["UpsamplingBilinear2d", "UpsamplingNearest2d"])
+def test_an_uncurated_op_builds_exactly_where_torch_runs_it_and_never_to_an_empty_output(op: str) -> None:
+    """Scaled by 0.6, a 1x1 map has no rows: the meta device, where uncurated ops are probed, gave (4, 0, 0);
+    the model built and failed at its first forward ('Input and output sizes should be greater than 0')."""
+    module = getattr(torch.nn, op)(scale_factor=0.6)
+    for size in range(1, 6):
+        spec = _spec([4, size, size], f"  - u: {{op: {op}, scale_factor: 0.6}}\n")
+        if _torch_runs(module, (4, size, size)):
+            assert resgraph.build(spec)(torch.zeros(2, 4, size, size)).shape == module(
+                torch.zeros(2, 4, size, size)).shape
+        else:
+            message = _errors(spec)  # (the meta device refuses it for nearest, as the CPU does; not for bilinear)
+            assert f"layer 'u' ({op})" in message
+            assert "empty output (4, 0, 0)" in message or "greater than 0" in message
