@@ -312,7 +312,8 @@ def test_a_map_cut_along_a_free_dim_works_wherever_torch_gives_the_pieces_named(
 @pytest.mark.parametrize("op", ["UpsamplingBilinear2d", "UpsamplingNearest2d"])
 def test_an_uncurated_op_builds_exactly_where_torch_runs_it_and_never_to_an_empty_output(op: str) -> None:
     """Scaled by 0.6, a 1x1 map has no rows: the meta device, where uncurated ops are probed, gave (4, 0, 0);
-    the model built and failed at its first forward ('Input and output sizes should be greater than 0')."""
+    the model built and failed at its first forward ('Input and output sizes should be greater than 0'). (An
+    empty output torch computes, a negative ZeroPad2d's, is refused too: every size stays at least 1.)"""
     module = getattr(torch.nn, op)(scale_factor=0.6)
     for size in range(1, 6):
         spec = _spec([4, size, size], f"  - u: {{op: {op}, scale_factor: 0.6}}\n")
