@@ -324,3 +324,18 @@ def test_an_uncurated_op_builds_exactly_where_torch_runs_it_and_never_to_an_empt
             message = _errors(spec)  # (the meta device refuses it for nearest, as the CPU does; not for bilinear)
             assert f"layer 'u' ({op})" in message
             assert "empty output (4, 0, 0)" in message or "greater than 0" in message
+
+
+# --- Upsample's `area` mode, which torch's Upsample takes ---------------------------------------
+
+@pytest.mark.parametrize(("factor", "dims"), [(0.5, 2), (1.7, 2), (0.3, 1), (2.5, 3)])
+def test_upsample_in_area_mode_sizes_and_computes_as_torch_does(factor: float, dims: int) -> None:
+    """`mode: area` (F.interpolate's adaptive average) was refused as an unknown mode."""
+    shape = [3, *[9] * dims]
+    model = resgraph.build(_spec(shape, f"  - up: {{op: Upsample, scale_factor: {factor}, mode: area}}\n"))
+    upsample = torch.nn.Upsample(scale_factor=factor, mode="area")
+    for size in range(4, 14):
+        x = torch.randn(2, 3, *[size] * dims)
+        torch.testing.assert_close(model(x), upsample(x))
+    assert "align_corners applies only to the interpolating modes" in _errors(
+        _spec(shape, f"  - up: {{op: Upsample, scale_factor: {factor}, mode: area, align_corners: false}}\n"))
