@@ -339,3 +339,23 @@ def test_upsample_in_area_mode_sizes_and_computes_as_torch_does(factor: float, d
         torch.testing.assert_close(model(x), upsample(x))
     assert "align_corners applies only to the interpolating modes" in _errors(
         _spec(shape, f"  - up: {{op: Upsample, scale_factor: {factor}, mode: area, align_corners: false}}\n"))
+
+
+# --- an input size written as a symbol -------------------------------------------------------------
+
+def test_an_input_size_written_as_a_symbol_says_sizes_are_examples() -> None:
+    """`x: [3, H, W]` was answered 'expected an integer >= 1, got string 'H'', with no word that the declared
+    sizes are examples and the model takes every size its layers admit."""
+    spec = ("resgraph: 1\nname: Net\ninputs:\n  x: [3, H, W]\n  t: {shape: [L], dtype: int64}\nlayers:\n"
+            "  - c: {op: Conv2d, out_channels: 8, kernel_size: 3, input: x}\n")
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(spec)
+    found = [(d.location.line, d.location.column, d.message, d.hint) for d in caught.value.diagnostics]
+    assert [(line, column) for line, column, _, _ in found] == [(4, 10), (4, 13), (5, 15)]
+    assert found[0][2] == "input 'x': 1: expected an integer >= 1, got string 'H'"
+    assert all(hint.startswith("input sizes are examples, not symbols: write one (e.g. 224), or a parameter")
+               for _, _, _, hint in found)
+    sized = spec.replace("x: [3, H, W]", 'x: [3, "${size}", "${size}"]').replace("[L]", "[7]").replace(
+        "inputs:", "params: {size: 32}\ninputs:")
+    report = resgraph.valid_sizes(sized, high=64)
+    assert report.of("x")[1].valid == tuple(range(3, 65))  # a 3x3 conv: every size from 3
