@@ -1,5 +1,8 @@
 """Held-back cases of shapes at every input size (issue 11), compared with torch itself: pools with
-dilation and padding, 1-d maps read by ops other than the Nd families, and the fixes hints propose."""
+dilation and padding, 1-d maps read by Upsample, chunk and split along a free dim, empty outputs of
+uncurated ops, Upsample's area mode, sizes torch.export specialises (MaxPool1d, RNNs), and the fixes
+hints propose (strides that floor, maps shrunk on one grid, targets grown past their source, strided
+'same' convolutions, sizes written as symbols)."""
 
 from __future__ import annotations
 
