@@ -10,8 +10,8 @@ and after. The fixes depend on the cause (`ProjectionError.kind`):
   the skip fits, found from the guards recorded so far, or making the layer round up; where a layer
   rounded up past its stride (ceil_mode with padding, too much padding), that layer and the
   setting that rounds as the stride does;
-- "larger" (the target was upsampled past the source): the nearest input sizes that fit, or an
-  upsample to an explicit size;
+- "larger" (the target was upsampled, or padded, past the source): the nearest input sizes that
+  fit, an upsample to an explicit size, or the padding that keeps an unstrided layer's size;
 - "ratio" (strides and upsamples between them compose to a fraction, e.g. /3 then x2): a source
   on an integer step from the target, or scale changes that compose to one.
 
@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode, is_block_value
+from .ops.conv import conv_output_size
+from .ops.pool import pool_output_size
 from .projections import ProjectionError
 from .sizes import valid_sizes_mask
 from .symbolic import COMPARISONS, Guard, evaluate, hint
@@ -53,13 +55,17 @@ class SizeChange:
                 f"{'x'.join(map(str, self.before))} -> {'x'.join(map(str, self.after))}")
 
     def keeping_padding(self) -> int | str | None:
-        """The padding that keeps the size of this unstrided conv or pool, or None."""
+        """The padding that keeps the size of this unstrided conv or pool, or None (a strided layer; a pool
+        whose kernel spans an odd size, or needs more padding than half its kernel: pools take neither
+        `same` nor that, as torch checks them)."""
         kernel, stride = self.geometry.get("kernel_size"), self.geometry.get("stride", 1)
         dilation = self.geometry.get("dilation", 1)
         if not isinstance(kernel, int) or stride != 1 or not isinstance(dilation, int):
             return None
         span = dilation * (kernel - 1)
-        return span // 2 if span % 2 == 0 else "same"
+        if self.op.startswith(_POOLS):
+            return span // 2 if span % 2 == 0 and span // 2 <= kernel // 2 else None
+        return span // 2 if span % 2 == 0 else None if "Transpose" in self.op else "same"
 
 
 def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[Guard],
@@ -76,6 +82,11 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
             padding = change.keeping_padding()
             if padding is not None:
                 by_padding.setdefault(padding, []).append(repr(change.name))
+        # Every unstrided layer that shrank must keep its size: where one cannot by padding (a kernel-2 pool),
+        # padding the others does not make the skip fit.
+        if any(c.keeping_padding() is None and "kernel_size" in c.geometry and c.geometry.get("stride", 1) == 1
+               for c in changes):
+            by_padding = {}
         # A strided layer on the way that floored an odd size still drops a row once the padding is
         # fixed: the padding alone works only at an input size the strides divide.
         strided = [c for c in changes if isinstance(c.geometry.get("stride"), int) and c.geometry["stride"] > 1]
@@ -83,8 +94,9 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
         total = math.prod(c.geometry["stride"] for c in strided)
         also = (f" and an input size that is a multiple of {total} ({', '.join(repr(c.name) for c in floored)} "
                 "floored an odd size)") if floored else ""
-        fixes += [f"keep the size with `padding: {padding}` on {' and '.join(names)}{also}"
-                  for padding, names in by_padding.items()]
+        if by_padding:  # (every layer listed needs its padding: one fix, not alternatives)
+            fixes.append("keep the size with " + " and ".join(f"`padding: {padding}` on {' and '.join(names)}"
+                                                                for padding, names in by_padding.items()) + also)
         fitting = _fitting_sizes(guards, symbols)  # a rounding shrank it: some input sizes fit outright
         if fitting:
             fixes.append(f"use an input size at which this skip fits: {fitting}")
@@ -92,8 +104,9 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
             fixes.append("set `projection: crop` on this skip (the maps share a grid, so a centre crop aligns them)")
         elif not fitting:  # odd margins: a crop would be off-centre at this size
             even = _fitting_sizes([*guards[:len(guards) - len(exc.required)], *exc.crop_required], symbols)
-            fixes.append("set `projection: crop` on this skip and use an input size where the margins are even"
-                         + (f": {even}" if even else ""))
+            if even:  # (none where the layers shrink by an odd amount at every size)
+                fixes.append(f"set `projection: crop` on this skip and use an input size where the margins are even: "
+                             f"{even}")
         return _join(f"shrunk by {listed}" if listed else "", "; or ".join(fixes))
     if exc.kind == "finer":
         return _join(listed, "take the skip from a layer at the target's scale, or upsample the source first")
@@ -107,6 +120,12 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
         # A layer that rounded up past ceil(size / stride) (ceil_mode with padding, or more padding than its
         # kernel needs) makes the target larger than the stride gives: rounding up more cannot fix that.
         past = [c for c in changes if _rounded_past(c)]
+        short = [c for c in changes if _strided(c) and any(a < b for a, b in zip(c.after, _ceil(c)))]
+        if exc.kind == "stride" and short and not any(b % s for c in short for b, s in zip(c.before, _steps(c))):
+            # no odd size met a stride: the layer's padding fell short of its kernel's span (a dilation, say)
+            cause = ("a layer gave less than its stride does: " + ", ".join(
+                f"{c.name!r} gave {'x'.join(map(str, c.after))} where a stride of {_short(c.geometry['stride'])} "
+                f"gives {'x'.join(map(str, _ceil(c)))}" for c in short))
         if exc.kind == "stride" and past:
             cause = ("a layer rounded up past its stride: " + ", ".join(
                 f"{c.name!r} gave {'x'.join(map(str, c.after))} where a stride of {_short(c.geometry['stride'])} "
@@ -118,33 +137,113 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
         if sizes:
             fixes.append(f"an input size at which this skip fits: {sizes}")
         if exc.kind == "stride" and past:
-            ceiled = [repr(c.name) for c in past if c.geometry.get("ceil_mode")]
+            rounding = {c.name: _rounding_fix(c) for c in past}
+            ceiled = [repr(c.name) for c in past if rounding[c.name] == "drop `ceil_mode: true`"]
             fixes += [f"drop `ceil_mode: true` on {' and '.join(ceiled)}"] if ceiled else []
-            fixes += [f"{_rounding_padding(c)} on {c.name!r}, which rounds as its stride does"
-                      for c in past if not c.geometry.get("ceil_mode")]
+            fixes += [f"{rounding[c.name]} on {c.name!r}, which rounds as its stride does"
+                      for c in past if rounding[c.name] not in (None, "drop `ceil_mode: true`")]
         elif exc.kind == "stride":
-            fixes.append("make the strided layers round up (`padding: 1` on a kernel-3 conv, `ceil_mode: true` on "
-                         "a pool)")
+            # Each strided layer that does not give ceil(size / stride), the size every projection gives, with
+            # the setting that makes it (a layer that already rounds so at every size is not named).
+            floored = [(c, _rounding_fix(c)) for c in changes if _strided(c) and not _rounds_up(c)]
+            named = [f"{fix} on {c.name!r}" for c, fix in floored if fix is not None]
+            if named:
+                fixes.append("make " + ("it" if len(named) == 1 else "them") + " round up as the strides do: "
+                             + " and ".join(named))
         elif exc.kind == "larger":
-            fixes.append("give the upsampling layer an explicit `size:` (then the model has one input size)")
+            # a layer padded past its kernel grew the map: the padding that keeps its size; an upsample: a
+            # fixed size (a transposed conv has none: the input sizes above are its fix)
+            grown = [c for c in changes if c.geometry.get("stride", 1) == 1 and "kernel_size" in c.geometry
+                     and any(a > b for a, b in zip(c.after, c.before))]
+            paddings = [(c, c.keeping_padding()) for c in grown]
+            if paddings and all(padding is not None for _, padding in paddings):
+                fixes.append("keep the size with " + " and ".join(f"`padding: {padding}` on {c.name!r}"
+                                                                    for c, padding in paddings))
+            if any(c.op == "Upsample" for c in changes):
+                fixes.append("give the upsampling layer an explicit `size:` (then the model has one input size)")
         return _join(f"{listed}: {cause}" if listed else cause, "; or ".join(fixes))
     return exc.hint
 
 
+def _steps(change: SizeChange) -> tuple[int, ...]:
+    """A layer's stride per spatial dim."""
+    stride = change.geometry.get("stride", 1)
+    return tuple(stride) if isinstance(stride, (list, tuple)) else (stride,) * len(change.before)
+
+
 def _ceil(change: SizeChange) -> tuple[int, ...]:
     """The sizes a strided layer's input gives at ceil(size / stride), per spatial dim."""
+    return tuple(-(-size // step) for size, step in zip(change.before, _steps(change)))
+
+
+_POOLS = ("MaxPool", "AvgPool")
+
+
+def _geometry(change: SizeChange) -> tuple[int, int, int, int, bool] | None:
+    """(kernel, stride, padding, dilation, ceil_mode) of a conv or pool written with one value per argument
+    for every dim, else None."""
+    g = change.geometry
+    values = [g.get("kernel_size"), g.get("stride", 1), g.get("padding", 0), g.get("dilation", 1)]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return None
+    if not change.op.startswith(_POOLS) and not (change.op.startswith("Conv") and "Transpose" not in change.op):
+        return None
+    kernel, stride, padding, dilation = values
+    return kernel, stride, padding, dilation, bool(g.get("ceil_mode"))
+
+
+def _strided(change: SizeChange) -> bool:
     stride = change.geometry.get("stride", 1)
-    strides = stride if isinstance(stride, (list, tuple)) else [stride] * len(change.before)
-    return tuple(-(-size // step) for size, step in zip(change.before, strides))
+    return "output_padding" not in change.geometry and "scale_factor" not in change.geometry and any(
+        s != 1 for s in (stride if isinstance(stride, (list, tuple)) else [stride]))
 
 
-def _rounding_padding(change: SizeChange) -> str:
-    """"`padding: 1`": the padding with which a strided layer gives ceil(size / stride): dilation * (kernel - 1)
-    // 2 (exact for odd kernels)."""
-    kernel, dilation = change.geometry.get("kernel_size"), change.geometry.get("dilation", 1)
-    if isinstance(kernel, int) and isinstance(dilation, int):
-        return f"`padding: {dilation * (kernel - 1) // 2}`"
-    return "padding dilation * (kernel - 1) // 2"
+def _sizes_out(change: SizeChange, padding: int, ceil_mode: bool) -> list[tuple[int, int]]:
+    """(size given, ceil(size / stride)) of a conv or pool with this padding and ceil_mode, for the input sizes
+    from its kernel's span up, over several strides' worth of sizes."""
+    kernel, stride, _, dilation, _ = _geometry(change)  # type: ignore[misc]
+    span = dilation * (kernel - 1) + 1
+    sizes = range(span, span + 8 * stride + 8)
+    if change.op.startswith(_POOLS):
+        return [(pool_output_size(n, kernel, stride, padding, dilation, ceil_mode), -(-n // stride)) for n in sizes]
+    return [(conv_output_size(n, kernel, stride, padding, dilation), -(-n // stride)) for n in sizes]
+
+
+def _rounds_up(change: SizeChange) -> bool:
+    """Whether a strided conv or pool gives ceil(size / stride) at every size (unknown geometry: assumed not)."""
+    geometry = _geometry(change)
+    return geometry is not None and all(a == b for a, b in _sizes_out(change, geometry[2], geometry[4]))
+
+
+def _rounding_fix(change: SizeChange) -> str | None:
+    """"`padding: 1`", "`ceil_mode: true`", "drop `ceil_mode: true`" or both: the smallest change with which a
+    strided conv or pool gives ceil(size / stride) at every size, as a strided 1x1 conv or avgpool projection
+    does; None where its geometry is unknown (per-dim values that differ, an uncurated op).
+
+    A conv needs padding dilation * (kernel - 1) / 2, so one whose kernel spans an even size needs a
+    kernel one larger; a pool may need ceil_mode set or dropped, a padding (at most half its kernel, as
+    torch allows), or both: a kernel-3 pool with ceil_mode and no padding floors 17 to 8, and with
+    padding 1 it gives 9 from 16; padding 1 without ceil_mode gives both."""
+    geometry = _geometry(change)
+    if geometry is None:
+        return None
+    kernel, _, padding, dilation, ceil_mode = geometry
+    if change.op.startswith(_POOLS):
+        paddings = [padding, *(q for q in range(kernel // 2 + 1) if q != padding)]
+        candidates = [(padding, not ceil_mode), *((q, ceil_mode) for q in paddings[1:]),
+                      *((q, not ceil_mode) for q in paddings[1:])]
+    elif dilation * (kernel - 1) % 2:
+        # (no padding rounds an even span at every size: kernel + 1 spans dilation * kernel, which is even)
+        return f"`kernel_size: {kernel + 1}` and `padding: {dilation * kernel // 2}`"
+    else:
+        candidates = [(dilation * (kernel - 1) // 2, ceil_mode)]
+    for new_padding, new_ceil in candidates:
+        if all(a == b for a, b in _sizes_out(change, new_padding, new_ceil)):
+            parts = [f"`padding: {new_padding}`"] if new_padding != padding else []
+            if new_ceil != ceil_mode:
+                parts.append("`ceil_mode: true`" if new_ceil else "drop `ceil_mode: true`")
+            return " and ".join(parts)
+    return None
 
 
 def _rounded_past(change: SizeChange) -> bool:

@@ -66,12 +66,14 @@ class CompiledModule(GeneratedModule):
         """`torch.export`'s `dynamic_shapes` for this model: the batch, and every free input dim by the rule
         its sizes follow (`H >= 33`: `Dim.DYNAMIC` with that minimum; a bounded range: with both
         bounds; `H in {188 + 16k}`: the derived Dim 16*k + 156, k >= 2; dims the model needs equal:
-        one shared named Dim). Fixed dims stay static. Use it with inputs at the declared sizes
-        (`example_inputs()`).
+        one shared named Dim). Fixed dims stay static, and so do dims a MaxPool1d's length or an RNN's
+        sequence depends on (torch.export specialises them: `Layer.export_static`). Use it with inputs at
+        the declared sizes (`example_inputs()`).
         """
         from torch.export import Dim
 
         report = self.graph.meta["sizes"]
+        static = self.graph.meta.get("export_static", frozenset())  # sizes torch.export specialises (MaxPool1d)
         shapes = []
         made: dict[str, Any] = {}  # symbol -> its Dim: dims the model needs equal share one (`DimSizes.linked`)
         batch_dim = Dim("batch", min=1)  # one for every input: the batch is dim 0 of each, the same N
@@ -81,6 +83,8 @@ class CompiledModule(GeneratedModule):
                 label, rule = f"{name}_{dim.name}", dim.rule
                 if not dim.free or rule.kind in ("fixed", "set", "periodic", "none"):
                     continue
+                if static & {f"{name}.{dim.name}", *dim.linked}:
+                    continue  # a dynamic dim there is an export error ("Constraints violated")
                 shared = next((made[other] for other in dim.linked if other in made), None)
                 if shared is not None:
                     dims[dim.axis + 1] = made[f"{name}.{dim.name}"] = shared

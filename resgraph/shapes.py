@@ -45,11 +45,25 @@ from .ops.tensor import BlockOutput, SplitBase
 from .projections import ProjectionError, describe_steps, plan_projection, projection_dtypes, projection_parameters
 from .resolve import resolve
 from .spec import MAX_DIM, BlockDef, InputDecl, Spec
-from .symbolic import Guard, SizeOverflowError, SymInt, recorded, recorded_count, recording, site, specialize
+from .symbolic import (
+    Guard,
+    SizeOverflowError,
+    SymInt,
+    recorded,
+    recorded_count,
+    recording,
+    site,
+    size_symbols,
+    specialize,
+)
 
 # The top-level graph's input symbols while it is inferred (hints for mismatches use them).
 _SYMBOLS: contextvars.ContextVar[dict[str, tuple[str, int, int]] | None] = contextvars.ContextVar("symbols",
                                                                                                  default=None)
+
+# The symbolic sizes read by layers whose sizes torch.export specialises (`Layer.export_static`), while
+# the top-level graph is inferred.
+_EXPORT_STATIC: contextvars.ContextVar[list[SymInt] | None] = contextvars.ContextVar("export_static", default=None)
 
 __all__ = ["check_uncalled_blocks", "declared_type", "free_dims", "infer_shapes", "total_parameters"]
 
@@ -103,12 +117,14 @@ def infer_shapes(graph: Graph, input_types: list[TensorType] | None = None,
                 symbols[symbol] = (name, axis, shape[axis])
                 shape[axis] = SymInt.symbol(symbol, shape[axis])
             input_types.append(declared.with_shape(tuple(shape)))
+    export_static: list[SymInt] = []
     with recording() as guards:
-        token = _SYMBOLS.set(symbols)
+        token, static_token = _SYMBOLS.set(symbols), _EXPORT_STATIC.set(export_static)
         try:
             problems = _infer(graph, input_types, {})
         finally:
             _SYMBOLS.reset(token)
+            _EXPORT_STATIC.reset(static_token)
     if problems or None in input_types:
         if diagnostics is None:
             raise SpecError(problems)
@@ -116,6 +132,7 @@ def infer_shapes(graph: Graph, input_types: list[TensorType] | None = None,
         return graph
     graph.meta["size_exprs"] = list(_to_hints(graph).values())  # every symbolic size a node had
     graph.meta["symbols"] = symbols
+    graph.meta["export_static"] = size_symbols([size.expr for size in export_static])
     graph.meta["guards"] = [guard for guard in guards if guard.left.op != "const" or guard.right.op != "const"]
     return graph
 
@@ -297,10 +314,14 @@ def _naming_reads(definition: BlockDef, name: str, blocks: dict[str, Any], depth
 
 
 def _reads_1d_map(op: Any) -> bool:
-    """Whether the op named `op` reads a `(C, L)` map: a feature-map op of one spatial dim (Conv1d,
-    BatchNorm1d, a 1-d pool...), as its class declares (`FeatureMapLayer.spatial_dims`)."""
+    """Whether the op named `op` reads a 2-dim input as a `(C, L)` map: a feature-map op of one spatial
+    dim (Conv1d, BatchNorm1d, a 1-d pool...), as its class declares (`FeatureMapLayer.spatial_dims`), or
+    a channels-first op of any number of spatial dims (`Upsample`: torch resizes the last dim of an
+    `(N, C, L)` tensor)."""
     cls = OPS.get(op) if isinstance(op, str) else None
-    return cls is not None and issubclass(cls, FeatureMapLayer) and cls.spatial_dims == 1
+    if cls is None or cls.layout != "channels_first":
+        return False
+    return not issubclass(cls, FeatureMapLayer) or cls.spatial_dims == 1
 
 
 _SPATIAL_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
@@ -569,6 +590,10 @@ def _infer_layer(graph: Graph, node: LayerNode, inputs: list[TensorType]) -> Non
         exc.args = (f"{exc}: {source.var!r} is {exc.dtype}{_dtype_origin(graph, source)}",)
         raise
     out = layer.output_type(inputs)
+    if layer.export_static:
+        static = _EXPORT_STATIC.get()
+        if static is not None:
+            static += [size for t in inputs for size in t.shape if type(size) is SymInt]
     if out.ids_from is not None and layer.op not in RETURNS_INPUT and any(out is t for t in inputs):
         # An op returning its input's type may still map its values (neg, ReLU): the least id is unknown then
         out = TensorType(out.shape, out.dtype, out.layout, out.scale, ids_below=out.ids_below)

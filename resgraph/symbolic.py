@@ -38,7 +38,7 @@ from .expressions import MAX_MAGNITUDE
 
 __all__ = ["MAX_SIZE", "VECTOR_OPS", "Expr", "Guard", "SizeOverflowError", "SymInt", "evaluate", "hint", "hints",
            "post_order", "recorded", "recorded_count", "recording", "render", "requirement", "scaled_size", "site",
-           "specialize", "sym_max", "sym_min"]
+           "size_symbols", "specialize", "sym_max", "sym_min"]
 
 # The largest magnitude a size expression may hold, constants and values at the declared size
 # alike: the bound on declared sizes and on every number an expression makes. Sizes are solved in
@@ -85,6 +85,18 @@ def post_order(roots: Iterable[Expr], done: Container[Expr]) -> Iterator[Expr]:
             stack.append(left)
         if right_pending:
             stack.append(right)
+
+
+def size_symbols(exprs: Iterable[Expr]) -> frozenset[str]:
+    """The symbols that the expressions read.
+
+    >>> sorted(size_symbols([(SymInt.symbol("x.H", 8) + 1).expr, SymInt.symbol("x.W", 8).expr]))
+    ['x.H', 'x.W']
+    """
+    found: dict[Expr, None] = {}
+    for expr in post_order(exprs, found):
+        found[expr] = None
+    return frozenset(expr.args[0] for expr in found if expr.op == "sym")
 
 
 _STRENGTH = {"add": 1, "mul": 2, "floordiv": 2, "mod": 2}  # how tightly each operator binds

@@ -103,6 +103,13 @@ def _translate(error: Any, data: Any, source: SourceMap) -> Iterator[Diagnostic]
     instance = error.instance
     schema = error.schema if isinstance(error.schema, dict) else {}
 
+    if kind in ("type", "anyOf", "oneOf") and path[:1] == ("inputs",) and isinstance(path[-1], int) \
+            and isinstance(instance, str) and "${" not in instance:  # `x: [3, H, W]`: a size written as a symbol
+        yield Diagnostic(source.locate(path), f"{_label(path, data)}: expected {describe(schema)}, "
+                                              f"got {_show(instance)}",
+                         "input sizes are examples, not symbols: write one (e.g. 224), or a parameter (`\"${size}\"`); "
+                         "the model works at every size its layers admit (`resgraph sizes SPEC` lists them)")
+        return
     if kind in ("oneOf", "anyOf") and error.context:
         chosen = _branch_errors(error, path)
         if chosen is not None:

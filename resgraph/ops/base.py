@@ -365,6 +365,9 @@ class Layer(StrictModel):
     view: ClassVar[bool] = False  # its output shares its input's storage (see Storage.aliases)
     input_dtypes: ClassVar[frozenset[str] | None] = None  # the dtypes torch has kernels for; None: any
     saves_output: ClassVar[bool] = False  # autograd keeps its output (see Storage.saves_output)
+    # torch.export specialises its input's sizes (MaxPool1d: ATen's max_pool1d reads them as plain ints; an
+    # RNN's sequence), so `dynamic_shapes()` leaves the input dims they come from static
+    export_static: ClassVar[bool] = False
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:

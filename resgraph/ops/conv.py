@@ -74,7 +74,14 @@ class ConvBase(FeatureMapLayer):
         dilation = to_tuple(self.dilation, n, "dilation")
         if self.padding == "same":
             if any(s != 1 for s in stride):
-                raise ShapeError("padding='same' needs stride 1 (PyTorch refuses strided 'same' convolutions)")
+                spans = [d * (k - 1) for k, d in zip(kernel, dilation)]
+                padding = _show(tuple(span // 2 for span in spans))
+                raise ArgumentError(
+                    "padding='same' needs stride 1 (PyTorch refuses strided 'same' convolutions)", "padding",
+                    f"`padding: {padding}` gives ceil(size / stride) at every size, what a strided 'same' would give"
+                    if all(span % 2 == 0 for span in spans) else
+                    "an odd kernel_size with padding dilation * (kernel - 1) / 2 gives ceil(size / stride) at every "
+                    "size, what a strided 'same' would give")
             # torch pads d(k-1) in all, the larger half after: that side is what must fit
             self._check_wrapping(x, tuple(d * (k - 1) - d * (k - 1) // 2 for k, d in zip(kernel, dilation)))
             return x.with_shape((self.out_channels, *spatial), "channels_first")

@@ -90,6 +90,10 @@ SAMPLE_RANKS: dict[str, tuple[str, ...]] = {
     "Softmax2d": ("C", "H", "W"),
 }
 
+# torch.nn classes (by base) whose input sizes torch.export specialises (see `Layer.export_static`): RNN,
+# LSTM and GRU run a loop as long as the sequence.
+EXPORT_STATIC_BASES = frozenset({"RNNBase"})
+
 # Arguments of torch.nn classes that name a dim of the input (batch included, as in torch).
 DIM_ARGUMENTS = ("dim", "start_dim", "end_dim")
 
@@ -137,6 +141,14 @@ class GenericLayer(Layer):
     @property
     def torch_name(self) -> str:  # type: ignore[override]
         return self.op
+
+    @property
+    def export_static(self) -> bool:  # type: ignore[override]
+        try:
+            cls = torch_module_class(self.op)
+        except GenericOpError:
+            return False
+        return any(base.__name__ in EXPORT_STATIC_BASES for base in cls.__mro__)
 
     def build(self, args: dict[str, Any]) -> Any:
         return torch_module_class(self.op)(**args)

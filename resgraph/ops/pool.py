@@ -67,8 +67,12 @@ class _PoolBase(FeatureMapLayer):
         padding = to_tuple(self.padding, n, "padding")
         dilation = to_tuple(self._dilation(), n, "dilation")
         for k, p, d in zip(kernel, padding, dilation):
-            if p > (d * (k - 1) + 1) // 2:
-                raise ShapeError(f"padding={p} must be at most half the kernel size ({k})")
+            # torch checks the kernel as written, not as dilated: padding 2 on a kernel of 2 with dilation 3
+            # (which spans 4) is refused at the first forward
+            if p > k // 2:
+                raise ShapeError(f"padding={p} must be at most half the kernel size ({k})"
+                                 + (f", dilation aside (torch checks kernel_size {k}, not the {d * (k - 1) + 1} a "
+                                    f"dilation of {d} spans)" if p <= (d * (k - 1) + 1) // 2 else ""))
         sizes = tuple(pool_output_size(*args, self.ceil_mode)
                       for args in zip(x.shape[1:], kernel, stride, padding, dilation))
         if any(size < 1 for size in sizes):
@@ -130,8 +134,8 @@ class AdaptiveMaxPoolBase(AdaptivePoolBase):
     return_indices: Literal[False] = Field(False, description="Must be false: a layer has one output.")
 
 
-# torch's max_pool1d has no integer kernel (2d and 3d have)
-MAX_POOLS = spatial_family(MaxPoolBase, "MaxPool", facts={1: {"input_dtypes": FLOAT_DTYPES}})
+# torch's max_pool1d has no integer kernel (2d and 3d have), and torch.export specialises its length
+MAX_POOLS = spatial_family(MaxPoolBase, "MaxPool", facts={1: {"input_dtypes": FLOAT_DTYPES, "export_static": True}})
 AVG_POOLS = spatial_family(AvgPoolBase, "AvgPool", (1,)) + spatial_family(AvgPoolDivisorBase, "AvgPool", (2, 3))
 ADAPTIVE_AVG_POOLS = spatial_family(AdaptivePoolBase, "AdaptiveAvgPool")
 ADAPTIVE_MAX_POOLS = spatial_family(AdaptiveMaxPoolBase, "AdaptiveMaxPool")

@@ -304,6 +304,11 @@ def _per_sample_type(described: str, values: dict[int, Any], inputs: tuple[Tenso
     if dtype not in DTYPES:
         raise ShapeError(f"{described} returns {dtype} values; resgraph types values as {', '.join(DTYPES)}")
     shape = per_sample.pop()
+    if 0 in shape and all(0 not in t.shape for t in inputs):
+        # (the meta device computes an empty size where the CPU kernel refuses it: an upsample by 0.6 of 1)
+        raise ShapeError(f"{described} gives input {', '.join(map(str, inputs))} an empty output "
+                         f"{TensorType(shape)}: every size must stay at least 1 (most ops refuse an empty output "
+                         "when the model runs; the meta device, where shapes are checked, does not)")
     layout = inputs[0].layout if inputs and len(shape) == inputs[0].rank else (
         "channels_first" if len(shape) >= 3 else "features_last")
     return TensorType(shape, dtype, layout)

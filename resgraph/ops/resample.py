@@ -34,7 +34,7 @@ class Upsample(Layer):
     op: Literal["Upsample"]
     size: PositiveInt | list[PositiveInt] | None = None
     scale_factor: Annotated[float, Field(gt=0)] | list[Annotated[float, Field(gt=0)]] | None = None
-    mode: Literal["nearest", "linear", "bilinear", "bicubic", "trilinear", "nearest-exact"] = "nearest"
+    mode: Literal["nearest", "linear", "bilinear", "bicubic", "trilinear", "nearest-exact", "area"] = "nearest"
     align_corners: bool | None = None
     recompute_scale_factor: bool | None = None
 
@@ -43,7 +43,7 @@ class Upsample(Layer):
 
     def check_static(self) -> None:
         """Arguments torch refuses only at the first forward (F.interpolate checks them there)."""
-        if self.align_corners is not None and self.mode in ("nearest", "nearest-exact"):
+        if self.align_corners is not None and self.mode in ("nearest", "nearest-exact", "area"):
             raise ArgumentError(f"align_corners applies only to the interpolating modes (linear, bilinear, bicubic, "
                                 f"trilinear); torch refuses it with mode={self.mode!r}", "align_corners",
                                 "remove `align_corners`, or choose an interpolating mode such as `mode: bilinear`")

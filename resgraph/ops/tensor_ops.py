@@ -11,6 +11,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
+from ..symbolic import specialize
 from .base import (
     FLOAT_DTYPES,
     ArgumentError,
@@ -163,7 +164,7 @@ class Chunk(SplitBase):
 
     def sizes(self, length: int) -> list[int]:
         step = -(-length // self.chunks)  # torch.chunk: ceil(length / chunks), as many as fit
-        return [min(step, length - start) for start in range(0, length, step)]
+        return _pieces_of(length, step)
 
     def piece_code(self, operand: str, index: int) -> str:
         return f"{operand}.chunk({self.chunks}, dim={self.dim})[{index}]"
@@ -185,7 +186,7 @@ class Split(SplitBase):
                 raise ShapeError(f"split sizes {self.split_size} add up to {sum(self.split_size)}, "
                                  f"not the dim's {length}")
             return list(self.split_size)
-        return [min(self.split_size, length - start) for start in range(0, length, self.split_size)]
+        return _pieces_of(length, self.split_size)
 
     def piece_code(self, operand: str, index: int) -> str:
         size = list(self.split_size) if isinstance(self.split_size, list) else self.split_size
@@ -210,6 +211,20 @@ class Piece(ViewOp):
 
     def code(self, operands: list[str], owner: str) -> str:
         return self.group.piece_code(operands[0], self.index)
+
+
+def _pieces_of(length: int, step: int) -> list[int]:
+    """The sizes of `length` cut every `step`: as many full pieces as fit, then the rest.
+
+    The number of pieces is a plain number, the sizes follow the length: on a symbolic length the
+    count is what is decided (chunk(3) of 6, 7 or 9 rows gives three pieces; of 4 rows two), not the
+    length itself.
+
+    >>> _pieces_of(7, 3), _pieces_of(6, 2)
+    ([3, 3, 1], [2, 2, 2])
+    """
+    count = specialize(-(-length // step))
+    return [step] * (count - 1) + [length - (count - 1) * step]
 
 
 def _pieces(group: Chunk | Split) -> list[tuple[str, Layer]]:

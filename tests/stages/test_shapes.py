@@ -343,8 +343,8 @@ def test_a_stride_that_floored_an_odd_size_proposes_the_input_sizes_that_fit() -
         "skip 's': cannot add 'x' (4, 9, 9) to 'pool' (4, 4, 4): "
         "spatial size 9x9 -> 4x4 does not match a stride of 2 (which gives 5x5)",
         "'pool' (MaxPool2d, kernel 2, stride 2, padding 0, dilation 1): 9x9 -> 4x4: a stride floored an odd size. "
-        "Fix: an input size at which this skip fits: 'x' 8x8 (or 10x10, 6x6); or make the strided layers round up "
-        "(`padding: 1` on a kernel-3 conv, `ceil_mode: true` on a pool)")
+        "Fix: an input size at which this skip fits: 'x' 8x8 (or 10x10, 6x6); or make it round up as the strides "
+        "do: `ceil_mode: true` on 'pool'")
 
 
 def test_an_off_centre_crop_names_the_layer_that_dropped_a_row_and_the_sizes_that_fit() -> None:

@@ -1,0 +1,364 @@
+"""Held-back cases of shapes at every input size (issue 11), compared with torch itself: pools with
+dilation and padding, 1-d maps read by Upsample, chunk and split along a free dim, empty outputs of
+uncurated ops, Upsample's area mode, sizes torch.export specialises (MaxPool1d, RNNs), and the fixes
+hints propose (strides that floor, maps shrunk on one grid, targets grown past their source, strided
+'same' convolutions, sizes written as symbols)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+import resgraph
+from resgraph.errors import SpecError
+
+
+def _spec(input_shape: list[int], layers: str, skips: str = "") -> str:
+    return (f"resgraph: 1\nname: Net\ninputs:\n  x: {input_shape}\nlayers:\n{layers}"
+            + (f"skips:\n{skips}" if skips else ""))
+
+
+def _torch_runs(module: torch.nn.Module, shape: tuple[int, ...]) -> bool:
+    try:
+        module(torch.zeros(1, *shape))
+    except RuntimeError:
+        return False
+    return True
+
+
+def _errors(spec: str, **kwargs: object) -> str:
+    with pytest.raises(SpecError) as info:
+        resgraph.build(spec, **kwargs)
+    return str(info.value)
+
+
+# --- a pool's padding is checked against its kernel as written, dilation aside, as torch checks it ---
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize(("kernel", "padding", "dilation"), [(2, 2, 3), (3, 2, 2), (3, 2, 3), (5, 3, 2), (2, 1, 3),
+                                                              (4, 2, 2), (1, 1, 3)])
+def test_a_max_pool_builds_exactly_where_torch_accepts_its_padding(dims: int, kernel: int, padding: int,
+                                                                   dilation: int) -> None:
+    """A dilated kernel of 2 spans 4, but torch refuses padding 2 on it ('pad should be smaller than or equal
+    to half of kernel size'): the build passed and the model failed at its first forward."""
+    shape = (2, *[12] * dims)
+    spec = _spec(list(shape), f"  - pool: {{op: MaxPool{dims}d, kernel_size: {kernel}, padding: {padding}, "
+                              f"dilation: {dilation}}}\n")
+    pool = getattr(torch.nn, f"MaxPool{dims}d")(kernel, padding=padding, dilation=dilation)
+    if _torch_runs(pool, shape):
+        model = resgraph.build(spec)
+        assert model(torch.zeros(1, *shape)).shape == pool(torch.zeros(1, *shape)).shape
+    else:
+        message = _errors(spec)
+        assert "layer 'pool'" in message and f"padding={padding} must be at most half the kernel size" in message
+
+
+# --- a 2-dim input that Upsample reads is a (C, L) signal: its length is free, its channels fixed ---
+
+@pytest.mark.parametrize("layers", [
+    "  - up: {op: Upsample, scale_factor: 2, mode: linear}\n  - conv: {op: Conv1d, out_channels: 4, kernel_size: 3}\n",
+    "  - up: {op: Upsample, scale_factor: 1.5}\n",
+], ids=["linear-then-conv1d", "nearest"])
+def test_a_signal_read_by_upsample_keeps_its_length_free(layers: str) -> None:
+    """Upsample resizes the last dim of an (N, C, L) tensor; the input was taken as a (L, F) sequence, so
+    the guard fixed the length at its declared 10 and called the channels 'L' ('must be (N, L, 10)')."""
+    model = resgraph.build(_spec([3, 10], layers), seed=0)
+    reference = torch.nn.Sequential(*model.children())  # the same modules, no guard
+    for length in range(1, 40):
+        x = torch.randn(2, 3, length)
+        assert _torch_runs(reference, (3, length)) == (length >= 2 or "conv" not in layers), length
+        if _torch_runs(reference, (3, length)):
+            torch.testing.assert_close(model(x), reference(x))
+        else:
+            with pytest.raises(ValueError, match=r"input 'x' must be \(N, 3, L\) with L >= 2"):
+                model(x)
+    with pytest.raises(ValueError, match=r"must be \(N, 3, L\)"):
+        model(torch.randn(2, 4, 10))  # the channels are the fixed dim
+
+
+# --- a stride that floors: the hint names each layer that does not round as its stride, with a fix that works ---
+
+def _hint(spec: str) -> str:
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(spec)
+    (diagnostic,) = caught.value.diagnostics
+    return diagnostic.hint or ""
+
+
+@pytest.mark.parametrize(("layers", "fix", "fixed"), [
+    # a kernel-3 pool that already has ceil_mode: ceil_mode was proposed; padding 1 (without it) rounds up
+    ("  - c1: {op: Conv2d, out_channels: 8, kernel_size: 3, stride: 2, padding: 1}\n"
+     "  - p1: {op: MaxPool2d, kernel_size: 3, stride: 2, ceil_mode: true}\n",
+     "`padding: 1` and drop `ceil_mode: true` on 'p1'", {"stride: 2, ceil_mode: true": "stride: 2, padding: 1"}),
+    # a dilated conv whose padding 1 is short of its span of 5: `padding: 1` on a kernel-3 conv was proposed
+    ("  - c1: {op: Conv2d, out_channels: 8, kernel_size: 3, stride: 2, padding: 1, dilation: 2}\n",
+     "`padding: 2` on 'c1'", {"padding: 1, dilation: 2": "padding: 2, dilation: 2"}),
+    # an even kernel, which no padding makes round up, and a pool without ceil_mode
+    ("  - c1: {op: Conv2d, out_channels: 8, kernel_size: 4, stride: 2, padding: 1}\n"
+     "  - p1: {op: MaxPool2d, kernel_size: 2}\n",
+     "`kernel_size: 5` and `padding: 2` on 'c1' and `ceil_mode: true` on 'p1'",
+     {"kernel_size: 4, stride: 2, padding: 1": "kernel_size: 5, stride: 2, padding: 2",
+      "kernel_size: 2}": "kernel_size: 2, ceil_mode: true}"}),
+    # a pool of stride 3 over a kernel of 2, in 1-d
+    ("  - c1: {op: Conv1d, out_channels: 8, kernel_size: 1}\n  - p1: {op: AvgPool1d, kernel_size: 2, stride: 3}\n",
+     "`ceil_mode: true` on 'p1'", {"stride: 3}": "stride: 3, ceil_mode: true}"}),
+], ids=["pool-with-ceil-mode", "dilated-conv", "even-kernel-and-pool", "pool-1d-stride-3"])
+def test_a_floored_stride_names_each_layer_and_the_setting_that_rounds_it_up(layers: str, fix: str,
+                                                                             fixed: dict[str, str]) -> None:
+    """The fix was boilerplate ('`padding: 1` on a kernel-3 conv, `ceil_mode: true` on a pool'): wrong for a
+    dilated conv already padded 1, for an even kernel, and for a pool that already had ceil_mode. The fix the
+    hint names now makes the skip fit at every size at which torch runs the layers."""
+    shape = [4, 34] if "Conv1d" in layers else [4, 12, 12] if "dilation" in layers else [4, 33, 33]
+    spec = _spec(shape, layers, "  - s: {from: x, to: " + ("p1" if "p1" in layers else "c1") + "}\n")
+    hint = _hint(spec)
+    assert hint.endswith(f"make {'them' if ' and `' in fix.split(' on ')[1] else 'it'} round up as the strides do: "
+                         f"{fix}"), hint
+    if "dilation" in layers:  # 12 is even: no odd size met the stride, the padding fell short of the span
+        assert "a layer gave less than its stride does: 'c1' gave 5x5 where a stride of 2 gives 6x6" in hint
+    for old, new in fixed.items():
+        spec = spec.replace(old, new)
+    model = resgraph.build(spec, seed=0)
+    layers_alone = torch.nn.Sequential(*(m for name, m in model.named_children() if name != "s"))
+    for size in range(1, 65):
+        sample = (4, size) if len(shape) == 2 else (4, size, size)
+        if _torch_runs(layers_alone, sample):  # the skip fits wherever the layers run
+            assert model(torch.zeros(2, *sample)).shape == layers_alone(torch.zeros(2, *sample)).shape, size
+
+
+# --- torch.export specialises a MaxPool1d's length: dynamic_shapes() leaves what it reads static ---
+
+_POOLED_SIGNAL = """\
+resgraph: 1
+name: Net
+inputs:
+  x: [4, 31]
+  y: [4, 20]
+blocks:
+  down:
+    layers:
+      - conv: {op: Conv1d, out_channels: 4, kernel_size: 3, padding: 1}
+      - pool: {op: MaxPool1d, kernel_size: 2, ceil_mode: true}
+layers:
+  - a: {block: down, input: x}
+  - b: {op: Conv1d, out_channels: 4, kernel_size: 3, stride: 2, padding: 1, input: y}
+  - am: {op: mean, dim: 2, input: a}
+  - bm: {op: mean, dim: 2, input: b}
+  - out: {op: add, input: [am, bm]}
+"""
+
+
+def test_export_with_dynamic_shapes_keeps_a_max_pooled_length_static_and_the_others_dynamic() -> None:
+    """`torch.export.export(model, model.example_inputs(), dynamic_shapes=model.dynamic_shapes())` (and
+    `resgraph.to_onnx`, which uses it) failed with 'Constraints violated ... specialized it to be a constant
+    (31)' for any model whose MaxPool1d reads a free length (here inside a block)."""
+    model = resgraph.build(_POOLED_SIGNAL, seed=0).eval()
+    program = resgraph.export_program(model)
+    for length in (9, 20, 57):  # y's length stays dynamic
+        x, y = torch.randn(2, 4, 31), torch.randn(2, 4, length)
+        torch.testing.assert_close(program.module()(x, y), model(x, y))
+    # x's is static in the program, as torch.export made it; the eager model still takes any length
+    with pytest.raises(Exception, match="Guard failed|expected"):
+        program.module()(torch.randn(2, 4, 30), torch.randn(2, 4, 20))
+    assert model(torch.randn(2, 4, 30), torch.randn(2, 4, 20)).shape == (2, 4)
+
+
+# --- a map shrunk on one grid: the paddings proposed are ones torch takes, proposed together ---------
+
+_SHRINKING_POOLS = ("  - p: {op: MaxPool2d, kernel_size: %s, stride: 1}\n"
+                    "  - q: {op: AvgPool2d, kernel_size: 5, stride: 1}\n"
+                    "  - r: {op: MaxPool2d, kernel_size: 3, stride: 1, dilation: %s}\n")
+
+
+def _fits_wherever_the_layers_run(spec: str, skip: str = "s") -> None:
+    model = resgraph.build(spec, seed=0)
+    layers_alone = torch.nn.Sequential(*(m for name, m in model.named_children() if name != skip))
+    ran = 0
+    for size in range(1, 40):
+        if _torch_runs(layers_alone, (4, size, size)):
+            ran += 1
+            x = torch.randn(2, 4, size, size)
+            assert model(x).shape == layers_alone(x).shape, size
+    assert ran > 20
+
+
+def test_the_paddings_that_keep_each_pools_size_are_one_fix_that_works() -> None:
+    """They were alternatives ('keep the size with `padding: 1` on 'p' and 'r'; or keep the size with `padding: 2`
+    on 'q''), though each layer needs its own."""
+    spec = _spec([4, 12, 12], _SHRINKING_POOLS % (3, 1), "  - s: {from: x, to: r}\n")
+    hint = _hint(spec)
+    assert "Fix: keep the size with `padding: 1` on 'p' and 'r' and `padding: 2` on 'q'; or set `projection: crop`" \
+        in hint, hint
+    fixed = spec.replace("kernel_size: 3, stride: 1", "kernel_size: 3, stride: 1, padding: 1").replace(
+        "kernel_size: 5, stride: 1", "kernel_size: 5, stride: 1, padding: 2")
+    _fits_wherever_the_layers_run(fixed)
+
+
+@pytest.mark.parametrize(("kernel", "dilation"), [(2, 1), (3, 2)], ids=["kernel-2", "dilated-kernel-3"])
+def test_no_padding_is_proposed_that_torch_refuses_on_a_pool(kernel: int, dilation: int) -> None:
+    """A kernel-2 pool was given `padding: same` (pools take no 'same'), a dilated kernel-3 pool `padding: 2`
+    (torch: at most half the kernel, 1); padding the others alone leaves the skip unfit, so no padding is
+    proposed. With a kernel of 2 the margins are odd at every size, and a crop 'at an input size where the
+    margins are even' was proposed all the same."""
+    spec = _spec([4, 12, 12], _SHRINKING_POOLS % (kernel, dilation), "  - s: {from: x, to: r}\n")
+    hint = _hint(spec)
+    fixes = hint.split("Fix:")[1] if "Fix:" in hint else ""
+    assert "padding" not in fixes, hint
+    # torch: no padding keeps a kernel-2 pool's size, and a kernel of 3 takes at most 1, dilation aside
+    pools = [torch.nn.MaxPool2d(kernel, stride=1, padding=p, dilation=dilation) for p in range(kernel // 2 + 1)]
+    assert all(pool(torch.zeros(1, 4, 12, 12)).shape[-1] != 12 for pool in pools)
+    if kernel == 3:
+        assert not _torch_runs(torch.nn.MaxPool2d(3, stride=1, padding=2, dilation=2), (4, 12, 12))
+    if kernel == 2:
+        assert "crop" not in hint, hint
+        with pytest.raises(SpecError, match="off-centre"):  # as a crop is, at every size
+            resgraph.check(spec.replace("to: r}", "to: r, projection: crop}"))
+    else:
+        assert hint.endswith("Fix: set `projection: crop` on this skip (the maps share a grid, so a centre crop "
+                             "aligns them)"), hint
+        _fits_wherever_the_layers_run(spec.replace("to: r}", "to: r, projection: crop}"))
+
+
+# --- a target grown past its source without an upsample: no `size:` to give it ----------------------
+
+def test_a_conv_padded_past_its_kernel_is_given_the_padding_that_keeps_its_size() -> None:
+    """15 -> 17 by `padding: 2` on a kernel of 3: the fix was 'give the upsampling layer an explicit `size:`',
+    and there is no upsampling layer."""
+    spec = _spec([4, 15, 15], "  - c: {op: Conv2d, out_channels: 4, kernel_size: 3, padding: 2}\n",
+                 "  - s: {from: x, to: c}\n")
+    hint = _hint(spec)
+    assert hint.endswith("the target grew past the source. Fix: keep the size with `padding: 1` on 'c'"), hint
+    _fits_wherever_the_layers_run(spec.replace("padding: 2", "padding: 1"))
+
+
+@pytest.mark.parametrize("transposed", ["kernel_size: 2, stride: 2",
+                                        "kernel_size: 3, stride: 2, padding: 1, output_padding: 1"],
+                         ids=["kernel-2", "kernel-3-output-padding"])
+def test_a_transposed_conv_that_grew_past_the_source_is_given_the_input_sizes_that_fit(transposed: str) -> None:
+    spec = _spec([4, 15, 15], "  - c: {op: Conv2d, out_channels: 4, kernel_size: 3, stride: 2, padding: 1}\n"
+                 f"  - t: {{op: ConvTranspose2d, out_channels: 4, {transposed}}}\n", "  - s: {from: x, to: t}\n")
+    hint = _hint(spec)
+    assert hint.endswith("the target grew past the source. Fix: an input size at which this skip fits: 'x' 14x14 "
+                         "(or 16x16, 12x12)"), hint
+    model = resgraph.build(spec.replace("[4, 15, 15]", "[4, 14, 14]"), seed=0)
+    layers_alone = torch.nn.Sequential(model.c, model.t)
+    for size in (12, 14, 16):  # torch gives the source's size back at each size proposed
+        x = torch.randn(2, 4, size, size)
+        assert layers_alone(x).shape == x.shape and model(x).shape == x.shape
+
+
+@pytest.mark.filterwarnings("ignore:The tensor attributes")  # (torch's own, of an RNN's flat weights)
+@pytest.mark.parametrize("recurrent", ["LSTM", "GRU", "RNN"])
+def test_export_with_dynamic_shapes_keeps_a_recurrent_sequence_static(recurrent: str) -> None:
+    """The sequence an RNN reads is free (the eager model takes any length), but torch.export specialises it:
+    exporting with `model.dynamic_shapes()` failed ('Constraints violated'). An attention layer's stays dynamic."""
+    spec = _spec([12, 8], f"  - r: {{op: {recurrent}, input_size: 8, hidden_size: 16, output: 0}}\n")
+    model = resgraph.build(spec, seed=0).eval()
+    x = torch.randn(2, 12, 8)
+    torch.testing.assert_close(resgraph.export_program(model).module()(x), model(x))
+    assert model(torch.randn(2, 5, 8)).shape == (2, 5, 16)
+    attention = resgraph.build(_spec([12, 8], "  - t: {op: TransformerEncoderLayer, nhead: 2, dim_feedforward: 16}\n"),
+                               seed=0).eval()
+    program = resgraph.export_program(attention)
+    for length in (5, 12, 30):
+        x = torch.randn(2, length, 8)
+        torch.testing.assert_close(program.module()(x), attention(x))
+
+
+# --- a strided 'same' convolution: the padding that gives what it would ----------------------------
+
+@pytest.mark.parametrize(("kernel", "stride", "dilation"), [(3, 2, 1), (5, 2, 1), (3, 3, 2), (7, 4, 1)])
+def test_a_strided_same_convolution_is_refused_at_its_padding_with_the_padding_that_rounds_up(
+        kernel: int, stride: int, dilation: int) -> None:
+    """torch refuses padding='same' with a stride; the error was at the layer, with no fix."""
+    spec = _spec([3, 16, 16], f"  - conv: {{op: Conv2d, out_channels: 4, kernel_size: {kernel}, stride: {stride}, "
+                              f"dilation: {dilation}, padding: same}}\n")
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(spec)
+    (diagnostic,) = caught.value.diagnostics
+    assert diagnostic.location.column == spec.splitlines()[5].index("padding") + 1
+    padding = dilation * (kernel - 1) // 2
+    assert diagnostic.hint == (f"`padding: {padding}` gives ceil(size / stride) at every size, what a strided 'same' "
+                               "would give")
+    conv = torch.nn.Conv2d(3, 4, kernel, stride=stride, padding=padding, dilation=dilation)
+    for size in range(dilation * (kernel - 1) + 1 - 2 * padding, 40):
+        assert conv(torch.zeros(1, 3, size, size)).shape[-1] == -(-size // stride), size
+
+
+# --- chunk and split along a free dim: the number of pieces is decided, not the length ------------
+
+@pytest.mark.parametrize(("cut", "pieces_of"), [
+    ("{op: chunk, chunks: 3, dim: 2, outputs: [a, b, c]}", lambda x: x.chunk(3, dim=2)),
+    ("{op: split, split_size: 4, dim: 2, outputs: [a, b, c]}", lambda x: x.split(4, dim=2)),
+], ids=["chunk", "split"])
+def test_a_map_cut_along_a_free_dim_works_wherever_torch_gives_the_pieces_named(cut: str, pieces_of: Any) -> None:
+    """Cutting fixed the length at its declared size (`H = 12`): torch's chunk(3) of 9 or 15 rows gives the
+    same three pieces, and resgraph refused them."""
+    model = resgraph.build(_spec([4, 12, 6], f"  - s: {cut}\n  - o: {{op: concat, input: [a, b], dim: 1}}\n"),
+                           seed=0)
+    accepted = []
+    for size in range(1, 40):
+        x = torch.randn(2, 4, size, 6)
+        pieces = pieces_of(x)
+        if len(pieces) == 3:  # (as many pieces as names: resgraph's rule; the first two are whole)
+            torch.testing.assert_close(model(x), torch.cat([pieces[0], pieces[1]], 1))
+            accepted.append(size)
+        else:
+            with pytest.raises(ValueError, match="input 'x' must be"):
+                model(x)
+    assert len(accepted) > 3
+
+
+# --- an uncurated op the meta device lets give an empty output -----------------------------------
+
+@pytest.mark.parametrize("op", ["UpsamplingBilinear2d", "UpsamplingNearest2d"])
+def test_an_uncurated_op_builds_exactly_where_torch_runs_it_and_never_to_an_empty_output(op: str) -> None:
+    """Scaled by 0.6, a 1x1 map has no rows: the meta device, where uncurated ops are probed, gave (4, 0, 0);
+    the model built and failed at its first forward ('Input and output sizes should be greater than 0'). (An
+    empty output torch computes, a negative ZeroPad2d's, is refused too: every size stays at least 1.)"""
+    module = getattr(torch.nn, op)(scale_factor=0.6)
+    for size in range(1, 6):
+        spec = _spec([4, size, size], f"  - u: {{op: {op}, scale_factor: 0.6}}\n")
+        if _torch_runs(module, (4, size, size)):
+            assert resgraph.build(spec)(torch.zeros(2, 4, size, size)).shape == module(
+                torch.zeros(2, 4, size, size)).shape
+        else:
+            message = _errors(spec)  # (the meta device refuses it for nearest, as the CPU does; not for bilinear)
+            assert f"layer 'u' ({op})" in message
+            assert "empty output (4, 0, 0)" in message or "greater than 0" in message
+
+
+# --- Upsample's `area` mode, which torch's Upsample takes ---------------------------------------
+
+@pytest.mark.parametrize(("factor", "dims"), [(0.5, 2), (1.7, 2), (0.3, 1), (2.5, 3)])
+def test_upsample_in_area_mode_sizes_and_computes_as_torch_does(factor: float, dims: int) -> None:
+    """`mode: area` (F.interpolate's adaptive average) was refused as an unknown mode."""
+    shape = [3, *[9] * dims]
+    model = resgraph.build(_spec(shape, f"  - up: {{op: Upsample, scale_factor: {factor}, mode: area}}\n"))
+    upsample = torch.nn.Upsample(scale_factor=factor, mode="area")
+    for size in range(4, 14):
+        x = torch.randn(2, 3, *[size] * dims)
+        torch.testing.assert_close(model(x), upsample(x))
+    assert "align_corners applies only to the interpolating modes" in _errors(
+        _spec(shape, f"  - up: {{op: Upsample, scale_factor: {factor}, mode: area, align_corners: false}}\n"))
+
+
+# --- an input size written as a symbol -------------------------------------------------------------
+
+def test_an_input_size_written_as_a_symbol_says_sizes_are_examples() -> None:
+    """`x: [3, H, W]` was answered 'expected an integer >= 1, got string 'H'', with no word that the declared
+    sizes are examples and the model takes every size its layers admit."""
+    spec = ("resgraph: 1\nname: Net\ninputs:\n  x: [3, H, W]\n  t: {shape: [L], dtype: int64}\nlayers:\n"
+            "  - c: {op: Conv2d, out_channels: 8, kernel_size: 3, input: x}\n")
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(spec)
+    found = [(d.location.line, d.location.column, d.message, d.hint) for d in caught.value.diagnostics]
+    assert [(line, column) for line, column, _, _ in found] == [(4, 10), (4, 13), (5, 15)]
+    assert found[0][2] == "input 'x': 1: expected an integer >= 1, got string 'H'"
+    assert all(hint.startswith("input sizes are examples, not symbols: write one (e.g. 224), or a parameter")
+               for _, _, _, hint in found)
+    sized = spec.replace("x: [3, H, W]", 'x: [3, "${size}", "${size}"]').replace("[L]", "[7]").replace(
+        "inputs:", "params: {size: 32}\ninputs:")
+    report = resgraph.valid_sizes(sized, high=64)
+    assert report.of("x")[1].valid == tuple(range(3, 65))  # a 3x3 conv: every size from 3
