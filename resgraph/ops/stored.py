@@ -29,7 +29,18 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import Field, model_validator
 from typing_extensions import TypeAliasType
 
-from .base import DTYPES, INT_DTYPES, Layer, Owned, Storage, TensorType, number_overflow, register_op, sample_dim
+from .base import (
+    DTYPES,
+    INT_DTYPES,
+    Layer,
+    Owned,
+    Storage,
+    TensorType,
+    number_overflow,
+    register_op,
+    sample_dim,
+    scalar_overflow,
+)
 
 __all__ = ["Arange", "ConstantTensor", "Full", "ParameterTensor", "StoredTensor", "Values", "literal_shape"]
 
@@ -94,6 +105,19 @@ def _check_dtype(values: list[Any], dtype: str, what: str) -> None:
             fix = ("; write dtype: int64" if dtype == "int32" and number_overflow(value, "int64") is None else
                    "; write a smaller number" + ("" if dtype in ("float32", "int64") else " or dtype: float32"))
             raise ValueError(f"{what} holds {value!r}, {problem}{fix}")
+
+
+def _check_scalars(values: list[Any], what: str) -> None:
+    """Numbers passed to torch as scalar arguments (`torch.full`'s value, `torch.arange`'s ends and
+    step) must be ones torch takes (see `scalar_overflow`); a list literal (`torch.tensor`) takes any.
+
+    Raises:
+        ValueError: a whole number past what torch converts.
+    """
+    for value in values:
+        problem = scalar_overflow(value)
+        if problem is not None:
+            raise ValueError(f"{what} holds {value!r}, {problem}")
 
 
 def _default_dtype(layer: ConstantBase, values: list[Any]) -> None:
@@ -283,6 +307,7 @@ class Full(ConstantBase):
     def _value_fits_dtype(self) -> Full:
         _default_dtype(self, [self.value])
         _check_dtype([self.value], self.dtype, "value")
+        _check_scalars([self.value], "value")
         return self
 
     def stored_shape(self) -> tuple[int, ...]:
@@ -357,6 +382,7 @@ class Arange(ConstantBase):
             if self.dim is None:
                 raise ValueError("with an input, say which dim's positions to count: add `dim`")
         _check_dtype([self.start, self.step], self.dtype, "start and step")
+        _check_scalars([v for v in (self.start, self.stop, self.step) if v is not None], "start, stop and step")
         if self.input is None:  # (its values run from start to the last: both must fit the dtype)
             _check_dtype([self.start, self.start + self.step * (self.length() - 1)], self.dtype, "the range")
         return self
