@@ -75,3 +75,40 @@ def test_the_largest_whole_numbers_torch_takes_and_the_same_number_as_a_float_st
                            "  - d: {op: add, input: [b, c]}\n")
     x = torch.randn(2, 4)
     torch.testing.assert_close(model(x), x.clamp(max=18446744073709551615) * 1e23 + torch.full((4,), 1e23))
+
+
+# --- attention masks ------------------------------------------------------------------------------
+
+SDPA = (HEADER + "inputs:\n  q: {{shape: [2, 8, 4], dtype: {query}}}\n  m: {{shape: [1, 8, 8], dtype: {mask}}}\n"
+        "layers:\n  - a: {{op: scaled_dot_product_attention, input: [q, q, q, m]}}\n")
+
+
+@pytest.mark.parametrize(("query", "mask"), [("float32", "float64"), ("float32", "float16"), ("float64", "bfloat16"),
+                                             ("float32", "int64")])
+def test_an_sdpa_mask_of_a_dtype_torch_refuses_with_the_query_is_a_located_error(query: str, mask: str) -> None:
+    # Before: a float mask of any float dtype was accepted, and the first forward raised torch's
+    # "Expected attn_mask dtype to be bool or float or to match query dtype".
+    also = "" if query == "float32" else " or float32"
+    assert messages(SDPA.format(query=query, mask=mask)) == [
+        f"<string>:7:5: error: layer 'a' (scaled_dot_product_attention): the mask must be bool or a float mask of "
+        f"the query's dtype ({query}){also}, got {mask}"]
+
+
+@pytest.mark.parametrize(("query", "mask"), [("float64", "float32"), ("float64", "float64"), ("float32", "bool")])
+def test_an_sdpa_mask_torch_takes_with_the_query_equals_torch(query: str, mask: str) -> None:
+    model = resgraph.build(SDPA.format(query=query, mask=mask))
+    q = torch.randn(3, 2, 8, 4, dtype=getattr(torch, query))
+    m = torch.rand(3, 1, 8, 8) > 0.3 if mask == "bool" else torch.randn(3, 1, 8, 8, dtype=getattr(torch, mask))
+    torch.testing.assert_close(model(q, m), torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=m))
+
+
+def test_a_float32_mask_with_a_float64_query_in_multihead_attention_equals_torch() -> None:
+    # torch takes a float32 mask with any query (sdpa's rule); the check said "of the query's dtype" only
+    model = resgraph.build(HEADER + "inputs:\n  x: {shape: [5, 8], dtype: float64}\n  m: [5, 5]\nlayers:\n"
+                           "  - a: {op: MultiheadAttention, num_heads: 2, input: [x, x, x, m], masks: [attn_mask]}\n"
+                           ).double()
+    reference = torch.nn.MultiheadAttention(8, 2, batch_first=True).double()
+    reference.load_state_dict(model.a.state_dict())
+    x, m = torch.randn(3, 5, 8, dtype=torch.float64), torch.randn(3, 5, 5)
+    expected = reference(x, x, x, attn_mask=m.repeat_interleave(2, 0), need_weights=False)[0]
+    torch.testing.assert_close(model(x, m), expected)
