@@ -24,6 +24,13 @@ def messages(text: str) -> list[str]:
     return [d.format() for d in caught.value.diagnostics]
 
 
+def build_messages(text: str) -> list[str]:
+    """Errors found when the model is built (ties are checked there), on the meta device."""
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.build(text, device="meta")
+    return [d.format() for d in caught.value.diagnostics]
+
+
 # --- expressions ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("base", ["1", "1.0", "True", "0", "-2"])
@@ -112,3 +119,53 @@ def test_a_float32_mask_with_a_float64_query_in_multihead_attention_equals_torch
     x, m = torch.randn(3, 5, 8, dtype=torch.float64), torch.randn(3, 5, 5)
     expected = reference(x, x, x, attn_mask=m.repeat_interleave(2, 0), need_weights=False)[0]
     torch.testing.assert_close(model(x, m), expected)
+
+
+# --- ties -----------------------------------------------------------------------------------------
+
+LINEARS = HEADER + "inputs: {x: [4]}\nlayers:\n"
+
+
+def test_ties_that_form_a_cycle_are_one_error_at_the_tie_that_closes_it() -> None:
+    # Before: a.weight -> b.weight -> a.weight built; the summary counted the shared weight at no row
+    # (rows 4 + 4, total 24) and each row said it was tied to the other.
+    found = build_messages(LINEARS + "  - a: {op: Linear, out_features: 4, tie: {weight: c.weight}}\n"
+                               "  - b: {op: Linear, out_features: 4, tie: {weight: a.weight}}\n"
+                               "  - c: {op: Linear, out_features: 4, tie: {weight: b.weight}}\n")
+    assert found == ["<string>:7:38: error: layer 'c' (Linear): tie: 'b.weight' leads back to 'c.weight' through "
+                     "other ties (c.weight -> b.weight -> a.weight -> c.weight), so no parameter in the cycle owns "
+                     "the shared tensor\n  hint: remove one tie of the cycle: the parameter it leaves keeps its own "
+                     "tensor, and the others share it"]
+
+
+def test_a_chain_of_ties_shares_its_first_parameter_counted_once() -> None:
+    model = resgraph.build(LINEARS + "  - a: {op: Linear, out_features: 4}\n"
+                                     "  - b: {op: Linear, out_features: 4, tie: {weight: a.weight}}\n"
+                                     "  - c: {op: Linear, out_features: 4, tie: {weight: b.weight}}\n", seed=0)
+    assert model.c.weight is model.b.weight is model.a.weight
+    assert [row.params for row in resgraph.summary(model).rows[1:]] == [20, 4, 4]
+    assert sum(p.numel() for p in model.parameters()) == resgraph.summary(model).total_params == 28
+    x = torch.randn(2, 4)
+    w = model.a.weight
+    expected = ((x @ w.T + model.a.bias) @ w.T + model.b.bias) @ w.T + model.c.bias
+    torch.testing.assert_close(model(x), expected)
+
+
+@pytest.mark.parametrize(("layers", "message"), [
+    # Before: "did you mean 'b.weight'?", the tied parameter itself, which is an error of its own.
+    ("  - a: {op: Linear, out_features: 4}\n  - b: {op: Linear, out_features: 4, tie: {weight: nope.weight}}\n",
+     "'nope.weight' is not a parameter of the model; did you mean 'a.weight'?"),
+    ("  - a: {op: Linear, out_features: 4, bias: false}\n  - b: {op: Linear, out_features: 4, tie: {bias: a.bias}}\n",
+     "'a.bias' is not a parameter of the model: 'a' has no parameter 'bias' (its parameters: weight)"),
+    ("  - a: {op: BatchNorm1d}\n  - b: {op: Linear, out_features: 4, tie: {bias: a.running_mean}}\n",
+     "'a.running_mean' is not a parameter of the model: it is a buffer (a constant or a running statistic), and only "
+     "parameters are tied"),
+    ("  - k: {op: full, shape: [4], value: 0.5}\n  - b: {op: Linear, out_features: 4, input: x, tie: {bias: k}}\n",
+     "'k' is not a parameter of the model: it is a buffer (a constant or a running statistic), and only "
+     "parameters are tied"),
+])
+def test_a_tie_to_what_is_not_a_parameter_says_what_it_is_and_never_suggests_itself(layers: str, message: str) -> None:
+    found = build_messages(LINEARS + layers)
+    column = 48 if "input: x" in layers else 38
+    assert found == [f"<string>:6:{column}: error: layer 'b' (Linear): tie: {message}\n  hint: name a parameter by "
+                     "its path from the model's root, as state_dict does (e.g. wte.weight)"]
