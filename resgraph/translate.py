@@ -346,10 +346,13 @@ def _plural(description: str) -> str:
 # --- pydantic --------------------------------------------------------------------------------------
 
 def pydantic_diagnostics(exc: Any, data: Any, origin: Origin) -> Iterator[Diagnostic]:
-    """Translate a pydantic ValidationError about `data`, which was written at `origin`."""
-    for item in exc.errors(include_url=False):
-        path = _data_path(item["loc"], data)
-        message = _pydantic_message(item)
+    """Translate a pydantic ValidationError about `data`, which was written at `origin`.
+
+    A value that fails every alternative of a union (`init: zeros | 1e-6 | [list]`) is one
+    mistake, reported once (see `_union_messages`), as the JSON Schema translation reports it.
+    """
+    for path, item, message in _union_messages(
+            [(_data_path(item["loc"], data), item) for item in exc.errors(include_url=False)]):
         named = re.match(r"'(\w+)'", message)  # a model rule names its key first: point at that key
         if named and isinstance(_get(data, path), dict) and named.group(1) in _get(data, path):
             path = (*path, named.group(1))
@@ -358,6 +361,64 @@ def pydantic_diagnostics(exc: Any, data: Any, origin: Origin) -> Iterator[Diagno
         op = _get(data, ("op",)) if origin.path else None
         yield Diagnostic(origin.source.locate(full, key=item["type"] == "extra_forbidden" or bool(named)),
                          f"{_label(full, data if not origin.path else None, op)}: {message}")
+
+
+# The kind of value each of pydantic's type errors expects (bool: true/false, number: an int or float, ...):
+# an alternative of a union whose kind is not the value's own was not the one the spec meant.
+_EXPECTED_KIND = {"bool_type": "bool", "bool_parsing": "bool", "int_type": "number", "int_parsing": "number",
+                  "int_from_float": "number", "float_type": "number", "float_parsing": "number",
+                  "string_type": "str", "string_pattern_mismatch": "str", "literal_error": "str", "enum": "str",
+                  "list_type": "list", "dict_type": "dict", "model_type": "dict", "model_attributes_type": "dict"}
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "str", list: "list", tuple: "list", dict: "dict"}.get(type(value), "other")
+
+
+def _union_messages(items: list[tuple[Path, dict[str, Any]]]) -> Iterator[tuple[Path, dict[str, Any], str]]:
+    """(data path, pydantic error, message) for each mistake, the alternatives of a union merged.
+
+    pydantic reports a value that no alternative of a union takes once per alternative, at one data
+    path (its tags dropped): `value: .inf` on `bool | int | float` gave "expected true or false" and
+    "expected a finite number" twice. At a path holding several errors, or errors below it (an
+    alternative that took the value's kind and failed inside it), the alternatives expecting
+    another kind of value are left out; what is left is said once. Where every alternative expects
+    another kind, they are one message: "expected an integer or a list, got string 'a'".
+
+    >>> items = [(("v",), {"type": "bool_type", "input": 1.5, "msg": ""}),
+    ...          (("v",), {"type": "finite_number", "input": 1.5, "msg": ""}),
+    ...          (("v",), {"type": "finite_number", "input": 1.5, "msg": ""})]
+    >>> [message for _, _, message in _union_messages(items)]
+    ['expected a finite number, got number 1.5']
+    """
+    groups: dict[Path, list[dict[str, Any]]] = {}
+    for path, item in items:
+        groups.setdefault(path, []).append(item)
+    for path, group in groups.items():
+        deeper = any(other[:len(path)] == path and len(other) > len(path) for other in groups)
+        if len(group) == 1 and not deeper:
+            yield path, group[0], _pydantic_message(group[0])
+            continue
+        meant = [item for item in group if _EXPECTED_KIND.get(item["type"], _kind(item.get("input")))
+                 == _kind(item.get("input"))]
+        if meant or deeper:
+            said: set[str] = set()
+            for item in meant:
+                message = _pydantic_message(item)
+                if message not in said:
+                    said.add(message)
+                    yield path, item, message
+            continue
+        expected, got = [], ""
+        for item in group:
+            head, _, got = _pydantic_message(item).removeprefix("expected ").partition(", got ")
+            if head not in expected:
+                expected.append(head)
+        yield path, group[0], f"expected {' or '.join(expected)}, got {got}"
 
 
 def coerced_diagnostics(typed: Any, body: dict[str, Any], computed: Iterable[str], origin: Origin) -> list[Diagnostic]:

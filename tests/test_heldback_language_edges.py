@@ -169,3 +169,31 @@ def test_a_tie_to_what_is_not_a_parameter_says_what_it_is_and_never_suggests_its
     column = 48 if "input: x" in layers else 38
     assert found == [f"<string>:6:{column}: error: layer 'b' (Linear): tie: {message}\n  hint: name a parameter by "
                      "its path from the model's root, as state_dict does (e.g. wte.weight)"]
+
+
+# --- one mistake, one message ---------------------------------------------------------------------
+
+@pytest.mark.parametrize(("body", "message"), [
+    # Before, each was said once per alternative of the key's union: "expected true or false",
+    # "expected a finite number" twice and "expected a list", all at one place.
+    ("{op: full, shape: [4], value: .inf}", "value: expected a finite number, got number inf"),
+    ("{op: constant, value: [1, .inf]}", "value.1: expected a finite number, got number inf"),
+    ("{op: parameter, shape: [2], init: [1, .nan]}", "init.1: expected a finite number, got number nan"),
+    ("{op: parameter, shape: [2], init: .nan}", "init: expected a finite number, got number nan"),
+    ("{op: add, scalar: .inf}", "scalar: expected a finite number, got number inf"),
+    ("{op: Conv1d, out_channels: 2, kernel_size: \"${1.5}\"}", "kernel_size: expected an integer, got number 1.5"),
+    ("{op: Conv1d, out_channels: 2, kernel_size: 3, padding: \"${'sam'}\"}",
+     "padding: expected 'same' or 'valid', got string 'sam'; did you mean 'same'?"),
+    ("{op: parameter, shape: [2], init: \"${'zero'}\"}",
+     "init: expected 'zeros', 'ones', 'normal', 'trunc_normal' or 'uniform', got string 'zero'; did you mean 'zeros'?"),
+])
+def test_a_value_no_alternative_of_a_union_takes_is_one_message(body: str, message: str) -> None:
+    found = messages(HEADER + f"inputs: {{x: [1, 8]}}\nlayers:\n  - c: {body}\n")
+    assert len(found) == 1 and found[0].split(": ", 2)[2].split("): ", 1)[1] == message, found
+
+
+def test_a_computed_value_of_no_kind_a_union_takes_names_every_kind_once() -> None:
+    found = messages(HEADER + "inputs: {x: [1, 8]}\nlayers:\n"
+                     "  - c: {op: Conv1d, out_channels: 2, kernel_size: \"${None}\"}\n")
+    assert found == ["<string>:5:52: error: layer 'c' (Conv1d): kernel_size: expected an integer or a list, got null "
+                     "None"]
