@@ -335,7 +335,8 @@ class _Resolver:
             ok = True
             for ref in refs:
                 if invalid and _base(ref) in invalid:
-                    continue  # it reads an entry refused before (and reported): left out with it
+                    ok = False  # it reads an entry refused before (and reported): left out with it, and
+                    continue    # how many values that entry has is unknown (`call.*`): no count to check
                 if not check_reference(item.origin, item.name, ref, references, "input"):
                     self.failed.add(item.name)
                     ok = False

@@ -197,3 +197,16 @@ def test_a_computed_value_of_no_kind_a_union_takes_names_every_kind_once() -> No
                      "  - c: {op: Conv1d, out_channels: 2, kernel_size: \"${None}\"}\n")
     assert found == ["<string>:5:52: error: layer 'c' (Conv1d): kernel_size: expected an integer or a list, got null "
                      "None"]
+
+
+# --- block outputs --------------------------------------------------------------------------------
+
+BLOCK = "blocks:\n  b:\n    layers:\n      - fc: {op: Linear, out_features: 4}\n"
+
+
+@pytest.mark.parametrize("call", ["{block: b, collect: true}", "{block: b, repeat: 0, collect: true}"])
+def test_a_refused_collecting_call_is_one_error_not_also_a_count_at_its_reader(call: str) -> None:
+    # Before: the concat reading `s.*` also said "takes at least 2 input(s), got 1", as if `s` had one value.
+    found = messages(HEADER + BLOCK + f"inputs: {{x: [4]}}\nlayers:\n  - s: {call}\n"
+                     "  - cat: {op: concat, input: [s.*]}\n")
+    assert len(found) == 1 and "layer 's'" in found[0], found
