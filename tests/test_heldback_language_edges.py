@@ -210,3 +210,13 @@ def test_a_refused_collecting_call_is_one_error_not_also_a_count_at_its_reader(c
     found = messages(HEADER + BLOCK + f"inputs: {{x: [4]}}\nlayers:\n  - s: {call}\n"
                      "  - cat: {op: concat, input: [s.*]}\n")
     assert len(found) == 1 and "layer 's'" in found[0], found
+
+
+def test_an_inplace_op_on_a_value_a_block_returns_names_the_block_not_the_model() -> None:
+    # Before: "but it is an input or output of the model", where `a` is one of block 'two's outputs.
+    found = messages(HEADER + "blocks:\n  two:\n    layers:\n      - a: {op: Linear, out_features: 4, input: x}\n"
+                     "      - r: {op: ReLU, inplace: true}\n      - b: {op: Linear, out_features: 6, input: x}\n"
+                     "    outputs: [a, b]\ninputs: {x: [4]}\nlayers:\n  - h: {block: two}\n"
+                     "  - cat: {op: concat, input: [h.*]}\n")
+    assert found == ["<string>:7:23: error: layer 'h.r' (ReLU): inplace: true would overwrite 'a', but it is an input "
+                     "or output of block 'two'\n  hint: remove `inplace: true`"]
