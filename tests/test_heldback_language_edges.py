@@ -220,3 +220,17 @@ def test_an_inplace_op_on_a_value_a_block_returns_names_the_block_not_the_model(
                      "  - cat: {op: concat, input: [h.*]}\n")
     assert found == ["<string>:7:23: error: layer 'h.r' (ReLU): inplace: true would overwrite 'a', but it is an input "
                      "or output of block 'two'\n  hint: remove `inplace: true`"]
+
+
+# --- numbers --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("written", "value"), [("-.5", -0.5), ("+.25", 0.25), ("-.5e1", -5.0), (".5", 0.5)])
+def test_a_signed_fraction_without_a_leading_digit_is_a_number(written: str, value: float) -> None:
+    # Before: YAML 1.1 reads `.5` as a float but `-.5` as the string '-.5' ("expected a number, got
+    # string '-.5'"); YAML 1.2 and every ML config read it as -0.5.
+    model = resgraph.build(HEADER + f"params: {{shift: {written}}}\ninputs: {{x: [4]}}\nlayers:\n"
+                           f"  - a: {{op: add, scalar: {written}}}\n  - b: {{op: add, scalar: \"${{shift}}\"}}\n")
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(model(x), x + value + value)
+    assert resgraph.loader.load_value(written, "shift") == value
+    assert resgraph.loader.load_text(f"a: '{written}'").data == {"a": written}  # quoted, it stays text
