@@ -234,3 +234,39 @@ def test_a_signed_fraction_without_a_leading_digit_is_a_number(written: str, val
     torch.testing.assert_close(model(x), x + value + value)
     assert resgraph.loader.load_value(written, "shift") == value
     assert resgraph.loader.load_text(f"a: '{written}'").data == {"a": written}  # quoted, it stays text
+
+
+# (op, its arguments, the input's dtype, the key blamed, or None where torch takes it)
+ACTIVATION_SCALARS = [
+    ("LeakyReLU", {"negative_slope": 1e39}, "float32", "negative_slope"),
+    ("LeakyReLU", {"negative_slope": -1e39}, "bfloat16", "negative_slope"),
+    ("LeakyReLU", {"negative_slope": 70000.0}, "float16", None),  # (computed in float32)
+    ("ELU", {"alpha": 1e39}, "float32", "alpha"),
+    ("ELU", {"alpha": 1e39}, "float64", None),
+    ("CELU", {"alpha": -1e39}, "float16", "alpha"),
+    ("Softplus", {"beta": 1e39}, "float32", "beta"),
+    ("Softplus", {"threshold": -1e39}, "float32", "threshold"),
+    ("Hardtanh", {"max_val": 1e39}, "float32", "max_val"),
+    ("Hardtanh", {"max_val": 70000.0}, "float16", "max_val"),  # (the input's own dtype)
+    ("Hardtanh", {"max_val": 70000.0}, "float32", None),
+    ("Hardtanh", {"min_val": -3e9}, "int32", "min_val"),
+    ("Hardtanh", {"min_val": -3e9}, "int64", None),
+]
+
+
+@pytest.mark.parametrize(("op", "arguments", "dtype", "blamed"), ACTIVATION_SCALARS)
+def test_an_activation_argument_its_kernel_cannot_convert_is_refused_at_its_key_exactly_when_torch_fails(
+        op: str, arguments: dict, dtype: str, blamed: str | None) -> None:
+    # Before: the model built, and its first forward raised "value cannot be converted to type float
+    # without overflow".
+    x = (torch.arange(-6, 6) if dtype.startswith("int") else torch.randn(12)).to(getattr(torch, dtype)).reshape(2, 6)
+    reference = getattr(torch.nn, op)(**arguments)
+    written = ", ".join(f"{key}: {value!r}" for key, value in arguments.items())
+    text = HEADER + f"inputs: {{x: {{shape: [6], dtype: {dtype}}}}}\nlayers:\n  - a: {{op: {op}, {written}}}\n"
+    if blamed is None:
+        torch.testing.assert_close(resgraph.build(text)(x), reference(x))
+        return
+    with pytest.raises((RuntimeError, OverflowError)):
+        reference(x)
+    found = messages(text)
+    assert len(found) == 1 and f"error: layer 'a' ({op}): {blamed}=" in found[0], found
