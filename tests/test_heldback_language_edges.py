@@ -270,3 +270,22 @@ def test_an_activation_argument_its_kernel_cannot_convert_is_refused_at_its_key_
         reference(x)
     found = messages(text)
     assert len(found) == 1 and f"error: layer 'a' ({op}): {blamed}=" in found[0], found
+
+
+NESTED = (HEADER + "blocks:\n  two:\n    layers:\n      - a: {op: Linear, out_features: 4, input: x}\n"
+          "      - b: {op: Linear, out_features: 6, input: x}\n    outputs: [a, b]\n"
+          "  outer:\n    layers:\n      - t: {block: two}\n    outputs: [t.*]\ninputs: {x: [4]}\nlayers:\n"
+          "  - o: {block: outer}\n")
+
+
+@pytest.mark.parametrize("reader", ["  - c: {op: concat, input: [o.*]}\n",
+                                    "  - d: {op: Linear, out_features: 3, input: o.a}\n",
+                                    "  - e: {op: Linear, out_features: 3, input: x}\n"
+                                    "skips:\n  - s: {from: o.b, to: e}\n",
+                                    "outputs: [o.*]\n"])
+def test_a_block_whose_outputs_are_refused_is_one_error_and_its_readers_stay_quiet(reader: str) -> None:
+    # Before: each reader of the call also got "'o.*': 'o' has one value, read as 'o'", as if the
+    # block had the one output it was refused.
+    assert messages(NESTED + reader) == [
+        "<string>:12:15: error: block 'outer': outputs: 't.*': a block's outputs are named one by one, since its "
+        "callers read them by name\n  hint: list them: t.a, t.b"]
