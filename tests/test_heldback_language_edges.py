@@ -289,3 +289,17 @@ def test_a_block_whose_outputs_are_refused_is_one_error_and_its_readers_stay_qui
     assert messages(NESTED + reader) == [
         "<string>:12:15: error: block 'outer': outputs: 't.*': a block's outputs are named one by one, since its "
         "callers read them by name\n  hint: list them: t.a, t.b"]
+
+
+# --- constants ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("body", "column"), [("{op: arange, input: x, dim: 1, dtype: bool}", 46),
+                                              ("{op: arange, stop: 2, dtype: bool}", 37)])
+def test_a_bool_arange_which_torch_has_not_is_refused_at_its_dtype(body: str, column: int) -> None:
+    # Before: counted over an input, the model built and its first forward raised NotImplementedError
+    # ("arange_cpu" not implemented for 'Bool'); as a constant, torch's words at the layer.
+    with pytest.raises(NotImplementedError):
+        torch.arange(2, dtype=torch.bool)
+    assert messages(HEADER + f"inputs: {{x: [5, 4]}}\nlayers:\n  - p: {body}\n") == [
+        f"<string>:5:{column}: error: layer 'p' (arange): dtype: torch has no bool arange: write an integer or float "
+        "dtype (int64 is the default)"]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from typing_extensions import TypeAliasType
 
 from .base import (
@@ -364,6 +364,15 @@ class Arange(ConstantBase):
     step: int | float = 1
     dim: int | None = Field(None, description="With an input: the dim whose positions are counted (batch is 0).")
     dtype: Dtype = "int64"  # type: ignore[assignment]
+
+    @field_validator("dtype")
+    @classmethod
+    def _not_bool(cls, dtype: str) -> str:
+        # torch has no bool arange ("arange_cpu" not implemented for 'Bool'): a constant failed when
+        # built, one counted over an input at the first forward
+        if dtype == "bool":
+            raise ValueError("torch has no bool arange: write an integer or float dtype (int64 is the default)")
+        return dtype
 
     @model_validator(mode="after")
     def _one_form(self) -> Arange:
