@@ -303,3 +303,17 @@ def test_a_bool_arange_which_torch_has_not_is_refused_at_its_dtype(body: str, co
     assert messages(HEADER + f"inputs: {{x: [5, 4]}}\nlayers:\n  - p: {body}\n") == [
         f"<string>:5:{column}: error: layer 'p' (arange): dtype: torch has no bool arange: write an integer or float "
         "dtype (int64 is the default)"]
+
+
+def test_int32_positions_counted_over_an_input_that_would_wrap_round_are_refused() -> None:
+    # Before: the positions were computed in int32 and silently wrapped: [0, 1e9, 2e9, -1294967296, ...].
+    spec = (HEADER + "inputs: {{x: [{length}, 4]}}\nlayers:\n"
+            "  - p: {{op: arange, input: x, dim: 1, step: 1000000000, dtype: int32}}\n")
+    assert messages(spec.format(length=5)) == [
+        "<string>:5:57: error: layer 'p' (arange): the positions run from 0 to 4000000000 over dim 1 of (5, 4), "
+        "outside the range of int32 (-2147483648 to 2147483647), where torch wraps them round\n  hint: write dtype: "
+        "int64 (the default), or a smaller start or step"]
+    model = resgraph.build(spec.format(length=3))  # fits at 3, so longer inputs are refused by the guard
+    assert model(torch.randn(2, 3, 4)).tolist() == [[0, 10**9, 2 * 10**9]] * 2
+    with pytest.raises(ValueError, match=r"with 1 <= L <= 3"):
+        model(torch.randn(2, 5, 4))

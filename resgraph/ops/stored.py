@@ -29,9 +29,12 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import Field, field_validator, model_validator
 from typing_extensions import TypeAliasType
 
+from ..symbolic import hint
 from .base import (
     DTYPES,
     INT_DTYPES,
+    INT_RANGES,
+    ArgumentError,
     Layer,
     Owned,
     Storage,
@@ -425,6 +428,15 @@ class Arange(ConstantBase):
         x = inputs[0]
         assert self.dim is not None
         length = x.shape[sample_dim(self.dim, x.rank)]
+        if self.dtype == "int32":  # (int64 positions past 2^62 fail as size arithmetic)
+            # torch counts in int32 and wraps round past its range, silently: the last position must fit.
+            # On a free length this is a decision, recorded, so longer inputs are refused by the guard.
+            low, high = INT_RANGES["int32"]
+            last = self.start + self.step * (length - 1)
+            if not low <= last <= high:
+                raise ArgumentError(f"the positions run from {self.start} to {hint(last)} over dim {self.dim} of "
+                                    f"{x}, outside the range of int32 ({low} to {high}), where torch wraps them "
+                                    "round", "dtype", "write dtype: int64 (the default), or a smaller start or step")
         # Whole non-negative steps from a non-negative start: ids up to start + step * (length - 1).
         counts = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.start, self.step)) and (
             self.start >= 0 and self.step > 0)
