@@ -317,3 +317,22 @@ def test_int32_positions_counted_over_an_input_that_would_wrap_round_are_refused
     assert model(torch.randn(2, 3, 4)).tolist() == [[0, 10**9, 2 * 10**9]] * 2
     with pytest.raises(ValueError, match=r"with 1 <= L <= 3"):
         model(torch.randn(2, 5, 4))
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    # a fixed length (the features dim): plain arithmetic, refused where it passes int64
+    ("{op: arange, input: x, dim: -1, start: 9223372036854775806}",
+     "the positions run from 9223372036854775806 to 9223372036854775809 over dim -1 of (5, 4), outside the range of "
+     "int64 (-9223372036854775808 to 9223372036854775807), where torch wraps them round\n  hint: write a smaller "
+     "start or step"),
+    # a free length: size arithmetic, bounded at 2^62 (the message said "reaches -more than 2^62")
+    ("{op: arange, input: x, dim: 1, start: -9223372036854775000, step: -1}",
+     "its size arithmetic reaches below -2^62, which no tensor size can be (torch counts sizes in 64 bits); make the "
+     "arguments that grow or shift sizes (padding, dilation, stride, scale, ...) smaller"),
+])
+def test_int64_positions_past_int64_are_refused(body: str, message: str) -> None:
+    found = messages(HEADER + f"inputs: {{x: [5, 4]}}\nlayers:\n  - p: {body}\n")
+    assert len(found) == 1 and found[0].split("(arange): ", 1)[1] == message, found
+    fits = resgraph.build(HEADER + "inputs: {x: [5, 2]}\nlayers:\n"
+                          "  - p: {op: arange, input: x, dim: -1, start: 9223372036854775806}\n")
+    assert fits(torch.randn(1, 5, 2)).tolist() == [[2**63 - 2, 2**63 - 1]]

@@ -29,7 +29,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import Field, field_validator, model_validator
 from typing_extensions import TypeAliasType
 
-from ..symbolic import hint
+from ..symbolic import SymInt, hint
 from .base import (
     DTYPES,
     INT_DTYPES,
@@ -428,15 +428,17 @@ class Arange(ConstantBase):
         x = inputs[0]
         assert self.dim is not None
         length = x.shape[sample_dim(self.dim, x.rank)]
-        if self.dtype == "int32":  # (int64 positions past 2^62 fail as size arithmetic)
-            # torch counts in int32 and wraps round past its range, silently: the last position must fit.
-            # On a free length this is a decision, recorded, so longer inputs are refused by the guard.
-            low, high = INT_RANGES["int32"]
+        if self.dtype in INT_RANGES:
+            # torch counts in the integer dtype and wraps round past its range, silently: the last position
+            # must fit. On a free length this is a decision, recorded, so longer inputs are refused by the
+            # guard. (On a free length, int64 positions past 2^62 already fail as size arithmetic.)
+            low, high = INT_RANGES[self.dtype]
             last = self.start + self.step * (length - 1)
-            if not low <= last <= high:
+            if not (isinstance(last, SymInt) and self.dtype == "int64") and not low <= last <= high:
+                fix = "write dtype: int64 (the default), or" if self.dtype == "int32" else "write"
                 raise ArgumentError(f"the positions run from {self.start} to {hint(last)} over dim {self.dim} of "
-                                    f"{x}, outside the range of int32 ({low} to {high}), where torch wraps them "
-                                    "round", "dtype", "write dtype: int64 (the default), or a smaller start or step")
+                                    f"{x}, outside the range of {self.dtype} ({low} to {high}), where torch wraps "
+                                    f"them round", "dtype", f"{fix} a smaller start or step")
         # Whole non-negative steps from a non-negative start: ids up to start + step * (length - 1).
         counts = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.start, self.step)) and (
             self.start >= 0 and self.step > 0)
