@@ -336,3 +336,17 @@ def test_int64_positions_past_int64_are_refused(body: str, message: str) -> None
     fits = resgraph.build(HEADER + "inputs: {x: [5, 2]}\nlayers:\n"
                           "  - p: {op: arange, input: x, dim: -1, start: 9223372036854775806}\n")
     assert fits(torch.randn(1, 5, 2)).tolist() == [[2**63 - 2, 2**63 - 1]]
+
+
+@pytest.mark.parametrize(("written", "dtype"), [("step: 2.0", "int64"), ("start: 1.0, step: 3.0", "int32"),
+                                                ("start: 4.0", "int64")])
+def test_whole_float_start_and_step_count_positions_in_the_integer_dtype(written: str, dtype: str) -> None:
+    # Before: `positions * 2.0` made float32 positions where the spec (and the summary) say int64.
+    model = resgraph.build(HEADER + "inputs: {x: [5, 4]}\nlayers:\n"
+                           f"  - p: {{op: arange, input: x, dim: 1, {written}, dtype: {dtype}}}\n")
+    arguments = dict(part.split(": ") for part in written.split(", "))
+    start, step = int(float(arguments.get("start", 0))), int(float(arguments.get("step", 1)))
+    for length in (5, 7):
+        found = model(torch.randn(2, length, 4))
+        assert found.dtype == getattr(torch, dtype)
+        assert found.tolist() == [list(range(start, start + step * length, step))] * 2

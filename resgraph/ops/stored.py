@@ -395,6 +395,10 @@ class Arange(ConstantBase):
                 raise ValueError("with an input, say which dim's positions to count: add `dim`")
         _check_dtype([self.start, self.step], self.dtype, "start and step")
         _check_scalars([v for v in (self.start, self.stop, self.step) if v is not None], "start, stop and step")
+        if self.dtype in INT_DTYPES:  # whole numbers (checked above): `step: 2.0` counts in the integer dtype,
+            for name in ("start", "stop", "step"):  # where `positions * 2.0` made float32 positions
+                if isinstance(getattr(self, name), float):
+                    self.__dict__[name] = int(getattr(self, name))  # (frozen: set once, while validated)
         if self.input is None:  # (its values run from start to the last: both must fit the dtype)
             _check_dtype([self.start, self.start + self.step * (self.length() - 1)], self.dtype, "the range")
         return self
