@@ -398,8 +398,9 @@ def _union_messages(items: list[tuple[Path, dict[str, Any]]]) -> Iterator[tuple[
     groups: dict[Path, list[dict[str, Any]]] = {}
     for path, item in items:
         groups.setdefault(path, []).append(item)
+    above = {other[:end] for other in groups for end in range(len(other))}  # paths with errors below them
     for path, group in groups.items():
-        deeper = any(other[:len(path)] == path and len(other) > len(path) for other in groups)
+        deeper = path in above
         if len(group) == 1 and not deeper:
             yield path, group[0], _pydantic_message(group[0])
             continue
