@@ -266,18 +266,23 @@ def _unexpected_key(path: Path, key: str, allowed: list[str], named: bool, data:
     if named:  # a mapping of user-chosen names: the key is a bad name, not a misspelling
         return Diagnostic(where, f"{_label(path, data)}: invalid name {key!r}: {NAME_RULE}")
     if _is_layer_body(path, data):
-        op = _get(data, path).get("op")
-        model = OPS.get(op)
-        if model is not None and key in model.inferred:
-            return Diagnostic(where, f"{_label(path, data)}: {key!r} is inferred from the input; remove it")
-        hint = did_you_mean(key, [k for k in allowed if k != "op"])
-        takes = ", ".join(k for k in allowed if k not in ("op",))
-        if op is None:  # a block call (it names no op): its block's parameters go under `with:`
-            takes = f"a block call takes: {takes}; pass the block's parameters under with: {{{key}: ...}}"
-        return Diagnostic(where, f"{_label(path, data)}: unknown argument {key!r}{hint}",
-                          None if hint else takes if op is None else f"{op} takes: {takes}")
+        message, hint = _unknown_argument(_get(data, path).get("op"), key, allowed)
+        return Diagnostic(where, f"{_label(path, data)}: {message}", hint)
     return Diagnostic(where, f"{_label(path, data)}: unknown key {key!r}{did_you_mean(key, allowed)}"
                       if path else f"unknown top-level key {key!r}{did_you_mean(key, allowed)}")
+
+
+def _unknown_argument(op: Any, key: str, allowed: list[str]) -> tuple[str, str | None]:
+    """(message, hint) for a key that a layer body's op (None: a block call) does not take, whichever
+    check finds it: the schema for a literal op, the op's model for a computed one."""
+    model = OPS.get(op) if isinstance(op, str) else None
+    if model is not None and key in model.inferred:
+        return f"{key!r} is inferred from the input; remove it", None
+    hint = did_you_mean(key, [k for k in allowed if k != "op"])
+    takes = ", ".join(k for k in allowed if k not in ("op",))
+    if op is None:  # a block call (it names no op): its block's parameters go under `with:`
+        takes = f"a block call takes: {takes}; pass the block's parameters under with: {{{key}: ...}}"
+    return f"unknown argument {key!r}{hint}", None if hint else takes if op is None else f"{op} takes: {takes}"
 
 
 def _bound_message(kind: str, bound: Any) -> str:
@@ -359,8 +364,13 @@ def pydantic_diagnostics(exc: Any, data: Any, origin: Origin) -> Iterator[Diagno
             message = message[named.end():].lstrip()
         full = (*origin.path, *path)
         op = _get(data, ("op",)) if origin.path else None
-        yield Diagnostic(origin.source.locate(full, key=item["type"] == "extra_forbidden" or bool(named)),
-                         f"{_label(full, data if not origin.path else None, op)}: {message}")
+        where = origin.source.locate(full, key=item["type"] == "extra_forbidden" or bool(named))
+        if item["type"] == "extra_forbidden" and len(path) == 1 and isinstance(op, str) and op in OPS:
+            # a layer body typed only once its `op` is computed: said as the schema says it of a literal op
+            message, hint = _unknown_argument(op, str(path[0]), list(_fields(OPS[op])))
+            yield Diagnostic(where, f"{_label(origin.path, None, op)}: {message}", hint)
+            continue
+        yield Diagnostic(where, f"{_label(full, data if not origin.path else None, op)}: {message}")
 
 
 # The kind of value each of pydantic's type errors expects (bool: true/false, number: an int or float, ...):

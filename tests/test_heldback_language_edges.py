@@ -350,3 +350,14 @@ def test_whole_float_start_and_step_count_positions_in_the_integer_dtype(written
         found = model(torch.randn(2, length, 4))
         assert found.dtype == getattr(torch, dtype)
         assert found.tolist() == [list(range(start, start + step * length, step))] * 2
+
+
+@pytest.mark.parametrize("extra", ["bogus: 1", "out_featurs: 3", "in_features: 4"])
+def test_a_computed_op_with_an_argument_it_does_not_take_reads_as_a_literal_op_does(extra: str) -> None:
+    # Before: "layer 'b' (Linear): bogus: unknown key", with no list of what Linear takes, no "did you
+    # mean" and nothing about a width inferred from the input.
+    literal, computed = (messages(HEADER + "inputs: {x: [4]}\nlayers:\n"
+                                  f"  - b: {{op: {op}, {extra}, out_features: 4}}\n")
+                         for op in ("Linear", "\"${'Linear'}\""))
+    assert [m.split(": ", 1)[1] for m in computed] == [m.split(": ", 1)[1] for m in literal]
+    assert len(literal) == 1 and "unknown key" not in literal[0]
