@@ -6,6 +6,18 @@ The specification, as these cases pin it:
 
 - An expression function that cannot compute its value (`log(x, 1)`: a base of 1) is an error
   at the expression's line and column, never a traceback.
+- A number torch takes as a scalar (an arithmetic operand, a clamp bound, an exponent, `full`'s
+  value, `arange`'s ends, an activation's slope or bound) must be one it can convert for the dtype
+  it computes in; otherwise an error at its key, exactly where torch would fail at run time.
+- Attention masks follow torch's dtype rule (bool, or float of the query's dtype or float32).
+- Ties may chain but not close a cycle; a tie's "did you mean" never names the tied parameter
+  itself, and a target that is a buffer or a parameter its module lacks is said to be so.
+- A value that no alternative of a union takes is one message; a computed op's unknown argument
+  reads as a literal op's.
+- A layer reading a block call refused elsewhere (`collect` without `repeat`, a block whose
+  `outputs:` are refused) is left out quietly; an in-place op on a block's value names the block.
+- `-.5` is a number. Positions counted over an input fit their integer dtype (a free length is
+  bounded so, by the guard) and are counted in it; torch has no bool `arange`.
 """
 
 from __future__ import annotations
