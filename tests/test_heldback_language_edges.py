@@ -18,12 +18,15 @@ The specification, as these cases pin it:
   `outputs:` are refused) is left out quietly; an in-place op on a block's value names the block.
 - `-.5` is a number. Positions counted over an input fit their integer dtype (a free length is
   bounded so, by the guard) and are counted in it; torch has no bool `arange`.
+- `scale:` composes with widths read from a block's input (`${in_channels * t}`, `scaled(out)`):
+  MobileNetV2 so written equals torchvision's `width_mult` (a reference written out here).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import resgraph
 
@@ -373,3 +376,110 @@ def test_a_computed_op_with_an_argument_it_does_not_take_reads_as_a_literal_op_d
                          for op in ("Linear", "\"${'Linear'}\""))
     assert [m.split(": ", 1)[1] for m in computed] == [m.split(": ", 1)[1] for m in literal]
     assert len(literal) == 1 and "unknown key" not in literal[0]
+
+
+# --- scale: composed with expressions, against a reference ------------------------------------------
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """torchvision's `_make_divisible`."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def conv_bn_relu6(inp: int, out: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(inp, out, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(out), nn.ReLU6(inplace=True))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, inp: int, out: int, stride: int, t: int) -> None:
+        super().__init__()
+        hidden = int(round(inp * t))
+        self.residual = stride == 1 and inp == out
+        layers = [conv_bn_relu6(inp, hidden, 1)] if t != 1 else []
+        layers += [conv_bn_relu6(hidden, hidden, 3, stride, hidden), nn.Conv2d(hidden, out, 1, bias=False),
+                   nn.BatchNorm2d(out)]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+STAGES = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
+
+
+class MobileNetV2Reference(nn.Module):
+    """torchvision's MobileNetV2(width_mult=w), written out: widths by make_divisible, the last conv
+    kept at 1280 below width 1, each expansion from the (scaled) width it reads."""
+
+    def __init__(self, w: float) -> None:
+        super().__init__()
+        inp, last = make_divisible(32 * w), make_divisible(1280 * max(1.0, w))
+        features = [conv_bn_relu6(3, inp, 3, 2)]
+        for t, c, n, s in STAGES:
+            out = make_divisible(c * w)
+            for i in range(n):
+                features.append(InvertedResidual(inp, out, s if i == 0 else 1, t))
+                inp = out
+        features.append(conv_bn_relu6(inp, last, 1))
+        self.features = nn.Sequential(*features)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, 1000))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(nn.functional.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+
+
+MOBILENET_V2 = """resgraph: 1
+name: MobileNetV2
+params:
+  w: 1.0
+  stages: [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
+scale: {width: "${w}"}
+blocks:
+  ir:
+    params: {out: required, stride: 1, t: 6}
+    layers:
+      - expand:    {op: Conv2d, out_channels: "${in_channels * t}", kernel_size: 1, bias: false, when: "${t != 1}"}
+      - expand_bn: {op: BatchNorm2d, when: "${t != 1}"}
+      - expand_act: {op: ReLU6, inplace: true, when: "${t != 1}"}
+      - dw:        {op: Conv2d, out_channels: "${in_channels * t}", kernel_size: 3, stride: "${stride}", padding: 1,
+                    groups: "${in_channels * t}", bias: false}
+      - dw_bn:     {op: BatchNorm2d}
+      - dw_act:    {op: ReLU6, inplace: true}
+      - project:   {op: Conv2d, out_channels: "${out}", kernel_size: 1, bias: false}
+      - project_bn: {op: BatchNorm2d}
+    skips:
+      - residual: {from: x, to: project_bn, projection: none, when: "${stride == 1 and in_channels == scaled(out)}"}
+  stage:
+    params: {row: required}
+    layers:
+      - blocks: {block: ir, repeat: "${row[2]}",
+                 with: {t: "${row[0]}", out: "${row[1]}", stride: "${row[3] if index == 0 else 1}"}}
+inputs:
+  x: [3, 64, 64]
+layers:
+  - stem:     {op: Conv2d, out_channels: 32, kernel_size: 3, stride: 2, padding: 1, bias: false}
+  - stem_bn:  {op: BatchNorm2d}
+  - stem_act: {op: ReLU6, inplace: true}
+  - stages:   {block: stage, repeat: "${len(stages)}", scale: false, with: {row: "${stages[index]}"}}
+  - head:     {op: Conv2d, out_channels: "${1280 if w <= 1 else scaled(1280)}", kernel_size: 1, bias: false}
+  - head_bn:  {op: BatchNorm2d}
+  - head_act: {op: ReLU6, inplace: true}
+  - pool:     {op: AdaptiveAvgPool2d, output_size: 1}
+  - flatten:  {op: Flatten}
+  - dropout:  {op: Dropout, p: 0.2}
+  - classifier: {op: Linear, out_features: 1000}
+"""
+
+
+@pytest.mark.parametrize(("width", "count"), [(0.35, 1677128), (0.5, 1968680), (1.4, 6108776)])
+def test_mobilenet_v2_written_from_input_sizes_equals_torchvisions_width_mult(width: float, count: int) -> None:
+    # A block whose expansion reads `in_channels` and whose residual compares `scaled(out)` follows
+    # `scale:` as torchvision's width_mult does: same widths, count and outputs (weights by order).
+    model = resgraph.build(MOBILENET_V2, params={"w": width}, seed=0).eval()
+    reference = MobileNetV2Reference(width).eval()
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in reference.parameters()) == count
+    ours, theirs = list(model.state_dict().values()), list(reference.state_dict())
+    reference.load_state_dict(dict(zip(theirs, ours)))
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(model(x), reference(x))
