@@ -59,6 +59,22 @@ def _round(number: float, ndigits: int | None = None) -> float:
     return round(number, ndigits)
 
 
+def _log(x: float, base: float | None = None) -> float:
+    """`log(x)` (natural) or `log(x, base)`, RegNet's quantised stage widths.
+
+    Raises:
+        ValueError: a base that is not positive or is 1 (math.log divides by log(1) = 0 there).
+
+    >>> _log(8, 2)
+    3.0
+    """
+    if base is None:
+        return math.log(x)
+    if isinstance(base, (int, float)) and (base <= 0 or base == 1):
+        raise ValueError(f"the base must be a positive number other than 1, not {base!r}")
+    return math.log(x, base)
+
+
 # `scale.width` as expansion applies it, while a spec's layers and blocks are expanded (see `scaled`).
 _WIDTH_SCALING: contextvars.ContextVar[Callable[[float], float] | None] = contextvars.ContextVar(
     "resgraph_width_scaling", default=None)
@@ -124,7 +140,7 @@ def error(message: str) -> NoReturn:
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     "min": min, "max": max, "abs": abs, "round": _round, "int": int, "float": float,
     "ceil": math.ceil, "floor": math.floor, "sqrt": math.sqrt, "len": len, "sum": sum,
-    "exp": math.exp, "log": math.log,  # log(x) natural, log(x, base): RegNet's quantised stage widths
+    "exp": math.exp, "log": _log,  # log(x) natural, log(x, base): RegNet's quantised stage widths
     "make_divisible": make_divisible, "scaled": scaled, "error": error,
 }
 
@@ -417,7 +433,7 @@ class _Evaluator:
             return FUNCTIONS[node.func.id](*args, **kwargs)
         except _Refused as exc:
             raise self.fail(node, str(exc)) from None
-        except (TypeError, ValueError, OverflowError) as exc:
+        except (TypeError, ValueError, ArithmeticError) as exc:  # (ArithmeticError: overflow, division by 0)
             raise self.fail(node, f"{node.func.id}(...) failed: {exc}") from None
 
 

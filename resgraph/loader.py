@@ -5,12 +5,12 @@ the loader composes the node tree with the safe loader and builds the data itsel
 makes it the one place that rejects non-core tags (`!!python/object`), recursive aliases and
 alias-expansion bombs before anything else sees the data.
 
-Numbers are read as YAML 1.2 and every ML config reads them: `1e-6`, `3e4`, `-2e-3` are floats
+Numbers are read as YAML 1.2 and every ML config reads them: `1e-6`, `3e4`, `-2e-3`, `-.5` are floats
 (YAML 1.1, which PyYAML implements, wants a dot and a signed exponent and reads them as strings);
 a quoted `"1e-6"` stays a string. `--set NAME=VALUE` values are read the same way (`load_value`).
 
->>> load_text("eps: 1e-6\\nlr: 3e4\\nhalf: .5\\nbig: 1.5E+3\\nneg: -2e-3\\ntext: '1e-6'").data
-{'eps': 1e-06, 'lr': 30000.0, 'half': 0.5, 'big': 1500.0, 'neg': -0.002, 'text': '1e-6'}
+>>> load_text("eps: 1e-6\\nlr: 3e4\\nhalf: .5\\nbig: 1.5E+3\\nneg: -2e-3\\nlow: -.5\\ntext: '1e-6'").data
+{'eps': 1e-06, 'lr': 30000.0, 'half': 0.5, 'big': 1500.0, 'neg': -0.002, 'low': -0.5, 'text': '1e-6'}
 """
 
 from __future__ import annotations
@@ -59,8 +59,9 @@ _TEXT_TAGS = {"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value"}
 _TAG_NODES: dict[str, type] = {"tag:yaml.org,2002:map": yaml.MappingNode, "tag:yaml.org,2002:seq": yaml.SequenceNode,
                                "tag:yaml.org,2002:merge": type(None)}
 # A plain scalar YAML 1.1 leaves a string but YAML 1.2's core schema reads as a float: an exponent
-# without a dot or without a sign (`1e-6`, `3e4`, `1.0e6`). Those with both are floats already.
-_EXPONENT_FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+$")
+# without a dot or without a sign (`1e-6`, `3e4`, `1.0e6`; those with both are floats already), and
+# a signed fraction with no digit before its dot (`-.5`, `+.25`; YAML 1.1 reads `.5` but not `-.5`).
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+$|^[-+]\.[0-9]+$")
 _NUMBER_START = frozenset("+-.0123456789")  # the first characters `_EXPONENT_FLOAT` admits
 _STR, _INT = "tag:yaml.org,2002:str", "tag:yaml.org,2002:int"
 

@@ -30,7 +30,7 @@ from torch import nn
 from .codegen import HELPERS, functions_of, generate_forward, helpers_used
 from .errors import Diagnostic, SpecError, UsageError
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
-from .ownership import Owns, owns, tied_parameters
+from .ownership import Owns, Tie, owns, tied_parameters
 from .projections import ProjectionPlan, step_constructor
 from .suggest import did_you_mean
 
@@ -141,12 +141,14 @@ def tie_parameters(module: nn.Module, graph: Graph) -> list[Diagnostic]:
 
     Returns:
         One located diagnostic per tie that cannot hold: its layer has no such parameter, the
-        target is not a parameter of the model, or their shapes differ. Nothing is tied then.
+        target is not a parameter of the model, it closes a cycle of ties, or their shapes differ.
+        Nothing is tied then.
     """
     diagnostics: list[Diagnostic] = []
     resolved = []
     ties = list(tied_parameters(graph))
     known = dict(module.named_parameters(remove_duplicate=False)) if ties else {}
+    cycles = _tie_cycles(ties) if ties else {}
     for tie in ties:
         where, label = tie.graph.where(tie.node, "tie"), tie.graph.label(tie.node)
         own = dict(module.get_submodule(tie.owner).named_parameters(remove_duplicate=False))
@@ -161,11 +163,20 @@ def tie_parameters(module: nn.Module, graph: Graph) -> list[Diagnostic]:
                                                  "is false",
                                           "give the tied layer the same `when:`, or tie it to another parameter"))
         elif tie.target not in known or tie.target == tie.path:
-            why = "is the parameter itself" if tie.target == tie.path else "is not a parameter of the model"
-            diagnostics.append(Diagnostic(where, f"{label}: tie: {tie.target!r} {why}"
-                                                 f"{did_you_mean(tie.target, known)}",
+            if tie.target == tie.path:
+                why = "is the parameter itself"
+            else:  # (a suggestion is never the tied parameter's own path: tying it to itself is an error)
+                why = "is not a parameter of the model" + _not_a_parameter(
+                    module, tie, did_you_mean(tie.target, [name for name in known if name != tie.path]))
+            diagnostics.append(Diagnostic(where, f"{label}: tie: {tie.target!r} {why}",
                                           "name a parameter by its path from the model's root, as state_dict "
                                           "does (e.g. wte.weight)"))
+        elif (cycle := cycles.get(tie.path)) is not None:
+            diagnostics.append(Diagnostic(where, f"{label}: tie: {tie.target!r} leads back to {tie.path!r} through "
+                                                 f"other ties ({' -> '.join(cycle)}), so no parameter in the cycle "
+                                                 "owns the shared tensor",
+                                          "remove one tie of the cycle: the parameter it leaves keeps its own "
+                                          "tensor, and the others share it"))
         elif own[tie.attribute].shape != known[tie.target].shape:
             diagnostics.append(Diagnostic(where, f"{label}: tie: its {tie.attribute} has shape "
                                                  f"{tuple(own[tie.attribute].shape)}, but {tie.target} has "
@@ -179,6 +190,42 @@ def tie_parameters(module: nn.Module, graph: Graph) -> list[Diagnostic]:
         parent, _, leaf = f"{tie.owner}.{tie.attribute}".rpartition(".")
         setattr(module.get_submodule(parent), leaf, module.get_parameter(tie.target))
     return []
+
+
+def _not_a_parameter(module: nn.Module, tie: Tie, suggestion: str) -> str:
+    """What follows "is not a parameter of the model" for a tie's target: that it is a buffer
+    (`bn.running_mean`, a `constant`); else `suggestion` (a did-you-mean), where there is one; else
+    that its module has no such parameter (a Linear written with `bias: false`), where that module
+    exists."""
+    if tie.target in dict(module.named_buffers(remove_duplicate=False)):
+        return ": it is a buffer (a constant or a running statistic), and only parameters are tied"
+    parent, _, leaf = tie.target.rpartition(".")
+    if suggestion or not parent:
+        return suggestion
+    try:
+        owner = module.get_submodule(parent)
+    except AttributeError:
+        return ""
+    names = [name for name, _ in owner.named_parameters(recurse=False)]
+    return f": {parent!r} has no parameter {leaf!r} (its parameters: {', '.join(names) or 'none'})"
+
+
+def _tie_cycles(ties: list[Tie]) -> dict[str, list[str]]:
+    """The cycles of ties (`a.weight -> b.weight -> a.weight`: each tied to the next, so none owns
+    the tensor), by the path of the tie that closes each: its last in graph order (one error per
+    cycle), mapped to the cycle's paths from it round to it. A chain (`c -> b -> a`, `a` untied) is
+    no cycle: `a` owns the tensor."""
+    target_of = {tie.path: tie.target for tie in ties}
+    order = {tie.path: index for index, tie in enumerate(ties)}
+    cycles: dict[str, list[str]] = {}
+    for tie in ties:
+        cycle, path = [tie.path], tie.target
+        while path in target_of and path not in cycle:
+            cycle.append(path)
+            path = target_of[path]
+        if path == tie.path and max(order[member] for member in cycle) == order[tie.path]:
+            cycles[tie.path] = [*cycle, tie.path]
+    return cycles
 
 
 def build_owned(node: Node) -> Any:

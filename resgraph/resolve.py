@@ -75,6 +75,7 @@ class _Resolver:
         self.failed: set[str] = set()  # names of layers and skips with a problem of their own
         self.values: dict[str, list[str]] = {}  # block call -> its values' names (outputs, or instance indices)
         self.collected: set[str] = set()  # block calls with `collect: true`
+        self.unknown_values: set[str] = set()  # block calls whose block's `outputs:` are refused (see declare_values)
         self.variables: set[str] = set()  # variables given to BlockOutput nodes
         self.invalid: set[str] = set()  # see `refused_before`
 
@@ -177,11 +178,17 @@ class _Resolver:
             call, recipe = item.body, item.recipe
             if recipe is None or not isinstance(call, BlockCall):  # (a layer has no recipe: tested first)
                 continue
+            outputs = recipe.definition.outputs or ()
             if call.collect:
                 self.values[item.name] = [str(i) for i in range(recipe.count)]
                 self.collected.add(item.name)
-            elif len(recipe.definition.outputs or ()) > 1:
-                self.values[item.name] = list(recipe.definition.outputs)
+            elif any(output.endswith(".*") for output in outputs):
+                # The block's `outputs:` are refused where its instance is resolved (`check_outputs`): what
+                # its values are is unknown here, so a reader reads the call, and is left out with it
+                # when that instance fails, instead of failing on a count of values it cannot know.
+                self.unknown_values.add(item.name)
+            elif len(outputs) > 1:
+                self.values[item.name] = list(outputs)
 
     def add_values(self, node: BlockNode, nodes: dict[str, Node], value: dict[str, str]) -> None:
         """A BlockOutput node per value of a block call, right after it."""
@@ -206,13 +213,15 @@ class _Resolver:
         """References as the values they read: `call.*` spliced into each value's name, a collected
         call's bare name into its last instance's. Unknown names are left as they are: where no call
         has several values, `refs` itself is returned (every reference is its own value)."""
-        if not self.values:
+        if not self.values and not self.unknown_values:
             return refs
         result = []
         for ref in refs:
             base, _, part = ref.partition(".")
             values = self.values.get(base)
-            if values is not None and part == "*":
+            if base in self.unknown_values:
+                result.append(base)
+            elif values is not None and part == "*":
                 result += [f"{base}.{v}" for v in values]
             elif values is not None and not part and base in self.collected:
                 result.append(f"{base}.{values[-1]}")
@@ -228,6 +237,8 @@ class _Resolver:
         base, _, part = ref.partition(".")
         values = self.values.get(base)
         if values is None:
+            if base in self.unknown_values:
+                return True  # (read as the call itself: see declare_values)
             if part:
                 self.fail(where, f"{label}: {ref!r}: {base!r} has one value, read as {base!r}",
                           "`NAME.OUTPUT` reads one output of a block call with several outputs, `NAME.0` one "
@@ -335,7 +346,10 @@ class _Resolver:
             ok = True
             for ref in refs:
                 if invalid and _base(ref) in invalid:
-                    continue  # it reads an entry refused before (and reported): left out with it
+                    ok = False  # it reads an entry refused before (and reported): left out with it, and
+                    continue    # how many values that entry has is unknown (`call.*`): no count to check
+                if self.unknown_values and _base(ref) in self.unknown_values:
+                    ok = False  # (a count of values unknown here, as above; read as the call itself)
                 if not check_reference(item.origin, item.name, ref, references, "input"):
                     self.failed.add(item.name)
                     ok = False

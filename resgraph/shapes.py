@@ -759,7 +759,8 @@ def _inplace_hazards(graph: Graph) -> list[Diagnostic]:
         if others:
             why = f"{', '.join(repr(o) for o in others)} also read{'s' if len(others) == 1 else ''} it"
         elif outputs or isinstance(root, InputNode):
-            why = "it is an input or output of the model"
+            # (a block instance's inputs and outputs are its caller's values, read there too)
+            why = f"it is an input or output of {'block ' + repr(graph.block) if graph.block else 'the model'}"
         elif _storage(root).fixed:
             returned = isinstance(root, BlockNode) or is_block_value(root)
             why = f"{shown!r} is a stored tensor{' the block returns' if returned else ''} and {_storage(root).fixed}"

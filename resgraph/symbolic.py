@@ -178,7 +178,8 @@ def _checked(value: int) -> int:
 
 
 def _overflow(value: int) -> str:
-    return (f"its size arithmetic reaches {'-' if value < 0 else ''}more than 2^62, which no tensor size can be "
+    reached = "below -2^62" if value < 0 else "more than 2^62"
+    return (f"its size arithmetic reaches {reached}, which no tensor size can be "
             "(torch counts sizes in 64 bits); make the arguments that grow or shift sizes (padding, dilation, "
             "stride, scale, ...) smaller")
 

@@ -273,18 +273,23 @@ def _unexpected_key(path: Path, key: str, allowed: list[str], named: bool, data:
     if named:  # a mapping of user-chosen names: the key is a bad name, not a misspelling
         return Diagnostic(where, f"{_label(path, data)}: invalid name {key!r}: {NAME_RULE}")
     if _is_layer_body(path, data):
-        op = _get(data, path).get("op")
-        model = OPS.get(op)
-        if model is not None and key in model.inferred:
-            return Diagnostic(where, f"{_label(path, data)}: {key!r} is inferred from the input; remove it")
-        hint = did_you_mean(key, [k for k in allowed if k != "op"])
-        takes = ", ".join(k for k in allowed if k not in ("op",))
-        if op is None:  # a block call (it names no op): its block's parameters go under `with:`
-            takes = f"a block call takes: {takes}; pass the block's parameters under with: {{{key}: ...}}"
-        return Diagnostic(where, f"{_label(path, data)}: unknown argument {key!r}{hint}",
-                          None if hint else takes if op is None else f"{op} takes: {takes}")
+        message, hint = _unknown_argument(_get(data, path).get("op"), key, allowed)
+        return Diagnostic(where, f"{_label(path, data)}: {message}", hint)
     return Diagnostic(where, f"{_label(path, data)}: unknown key {key!r}{did_you_mean(key, allowed)}"
                       if path else f"unknown top-level key {key!r}{did_you_mean(key, allowed)}")
+
+
+def _unknown_argument(op: Any, key: str, allowed: list[str]) -> tuple[str, str | None]:
+    """(message, hint) for a key that a layer body's op (None: a block call) does not take, whichever
+    check finds it: the schema for a literal op, the op's model for a computed one."""
+    model = OPS.get(op) if isinstance(op, str) else None
+    if model is not None and key in model.inferred:
+        return f"{key!r} is inferred from the input; remove it", None
+    hint = did_you_mean(key, [k for k in allowed if k != "op"])
+    takes = ", ".join(k for k in allowed if k not in ("op",))
+    if op is None:  # a block call (it names no op): its block's parameters go under `with:`
+        takes = f"a block call takes: {takes}; pass the block's parameters under with: {{{key}: ...}}"
+    return f"unknown argument {key!r}{hint}", None if hint else takes if op is None else f"{op} takes: {takes}"
 
 
 def _bound_message(kind: str, bound: Any) -> str:
@@ -353,18 +358,85 @@ def _plural(description: str) -> str:
 # --- pydantic --------------------------------------------------------------------------------------
 
 def pydantic_diagnostics(exc: Any, data: Any, origin: Origin) -> Iterator[Diagnostic]:
-    """Translate a pydantic ValidationError about `data`, which was written at `origin`."""
-    for item in exc.errors(include_url=False):
-        path = _data_path(item["loc"], data)
-        message = _pydantic_message(item)
+    """Translate a pydantic ValidationError about `data`, which was written at `origin`.
+
+    A value that fails every alternative of a union (`init: zeros | 1e-6 | [list]`) is one
+    mistake, reported once (see `_union_messages`), as the JSON Schema translation reports it.
+    """
+    for path, item, message in _union_messages(
+            [(_data_path(item["loc"], data), item) for item in exc.errors(include_url=False)]):
         named = re.match(r"'(\w+)'", message)  # a model rule names its key first: point at that key
         if named and isinstance(_get(data, path), dict) and named.group(1) in _get(data, path):
             path = (*path, named.group(1))
             message = message[named.end():].lstrip()
         full = (*origin.path, *path)
         op = _get(data, ("op",)) if origin.path else None
-        yield Diagnostic(origin.source.locate(full, key=item["type"] == "extra_forbidden" or bool(named)),
-                         f"{_label(full, data if not origin.path else None, op)}: {message}")
+        where = origin.source.locate(full, key=item["type"] == "extra_forbidden" or bool(named))
+        if item["type"] == "extra_forbidden" and len(path) == 1 and isinstance(op, str) and op in OPS:
+            # a layer body typed only once its `op` is computed: said as the schema says it of a literal op
+            message, hint = _unknown_argument(op, str(path[0]), list(_fields(OPS[op])))
+            yield Diagnostic(where, f"{_label(origin.path, None, op)}: {message}", hint)
+            continue
+        yield Diagnostic(where, f"{_label(full, data if not origin.path else None, op)}: {message}")
+
+
+# The kind of value each of pydantic's type errors expects (bool: true/false, number: an int or float, ...):
+# an alternative of a union whose kind is not the value's own was not the one the spec meant.
+_EXPECTED_KIND = {"bool_type": "bool", "bool_parsing": "bool", "int_type": "number", "int_parsing": "number",
+                  "int_from_float": "number", "float_type": "number", "float_parsing": "number",
+                  "string_type": "str", "string_pattern_mismatch": "str", "literal_error": "str", "enum": "str",
+                  "list_type": "list", "dict_type": "dict", "model_type": "dict", "model_attributes_type": "dict"}
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "str", list: "list", tuple: "list", dict: "dict"}.get(type(value), "other")
+
+
+def _union_messages(items: list[tuple[Path, dict[str, Any]]]) -> Iterator[tuple[Path, dict[str, Any], str]]:
+    """(data path, pydantic error, message) for each mistake, the alternatives of a union merged.
+
+    pydantic reports a value that no alternative of a union takes once per alternative, at one data
+    path (its tags dropped): `value: .inf` on `bool | int | float` gave "expected true or false" and
+    "expected a finite number" twice. At a path holding several errors, or errors below it (an
+    alternative that took the value's kind and failed inside it), the alternatives expecting
+    another kind of value are left out; what is left is said once. Where every alternative expects
+    another kind, they are one message: "expected an integer or a list, got string 'a'".
+
+    >>> items = [(("v",), {"type": "bool_type", "input": 1.5, "msg": ""}),
+    ...          (("v",), {"type": "finite_number", "input": 1.5, "msg": ""}),
+    ...          (("v",), {"type": "finite_number", "input": 1.5, "msg": ""})]
+    >>> [message for _, _, message in _union_messages(items)]
+    ['expected a finite number, got number 1.5']
+    """
+    groups: dict[Path, list[dict[str, Any]]] = {}
+    for path, item in items:
+        groups.setdefault(path, []).append(item)
+    above = {other[:end] for other in groups for end in range(len(other))}  # paths with errors below them
+    for path, group in groups.items():
+        deeper = path in above
+        if len(group) == 1 and not deeper:
+            yield path, group[0], _pydantic_message(group[0])
+            continue
+        meant = [item for item in group if _EXPECTED_KIND.get(item["type"], _kind(item.get("input")))
+                 == _kind(item.get("input"))]
+        if meant or deeper:
+            said: set[str] = set()
+            for item in meant:
+                message = _pydantic_message(item)
+                if message not in said:
+                    said.add(message)
+                    yield path, item, message
+            continue
+        expected, got = [], ""
+        for item in group:
+            head, _, got = _pydantic_message(item).removeprefix("expected ").partition(", got ")
+            if head not in expected:
+                expected.append(head)
+        yield path, group[0], f"expected {' or '.join(expected)}, got {got}"
 
 
 def coerced_diagnostics(typed: Any, body: dict[str, Any], computed: Iterable[str], origin: Origin) -> list[Diagnostic]:

@@ -150,6 +150,7 @@ class Pow(ArithmeticOp):
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs
         dtype = promote([x.dtype], self.exponent)
+        check_scalar(self.exponent, dtype, "exponent")
         if dtype not in FLOAT_DTYPES and self.exponent < 0:
             raise ShapeError(f"an integer tensor ({x.dtype}) to a negative power is not an integer (torch refuses); "
                              "write a float exponent, e.g. -1.0")

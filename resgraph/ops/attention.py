@@ -47,8 +47,16 @@ Probability = Annotated[float, Field(ge=0, le=1)]
 
 
 def _check_mask_dtype(mask: TensorType, name: str, query: TensorType) -> None:
-    if mask.dtype != "bool" and mask.dtype != query.dtype:
-        raise ShapeError(f"{name} must be bool or a float mask of the query's dtype ({query.dtype}), got {mask.dtype}")
+    """torch's rule for an attention mask (sdpa's, which MultiheadAttention runs on): bool, or a float
+    mask of the query's dtype or float32; any other dtype fails at the first forward.
+
+    Raises:
+        ShapeError: another dtype.
+    """
+    if mask.dtype not in ("bool", "float32", query.dtype):
+        also = "" if query.dtype == "float32" else " or float32"
+        raise ShapeError(f"{name} must be bool or a float mask of the query's dtype ({query.dtype}){also}, "
+                         f"got {mask.dtype}")
 
 
 @register_op
@@ -224,11 +232,12 @@ class ScaledDotProductAttention(Layer):
                                  f"attention needs the query heads to be a multiple), got {shapes}")
         out = (*query.shape[:-1], value.shape[-1])
         if len(inputs) == 4:
-            self.check_mask(inputs[3], (*query.shape[:-1], key.shape[-2]))
+            self.check_mask(inputs[3], (*query.shape[:-1], key.shape[-2]), query)
         return query.with_shape(out, "features_last")
 
-    def check_mask(self, mask: TensorType, scores: tuple[Any, ...]) -> None:
-        """The mask must broadcast to the attention scores (heads, L, S) without growing them."""
+    def check_mask(self, mask: TensorType, scores: tuple[Any, ...], query: TensorType) -> None:
+        """The mask must broadcast to the attention scores (heads, L, S) without growing them, and be
+        of a dtype torch takes with `query`'s."""
         if self.is_causal:
             raise ShapeError("is_causal: true and a mask input cannot be combined (torch refuses); merge the causal "
                              "mask into the mask input instead")
@@ -236,8 +245,7 @@ class ScaledDotProductAttention(Layer):
         if mask.rank != len(scores) or broadcast_shape(mask.shape, scores) != scores:
             raise ShapeError(f"the mask must broadcast to the attention scores {shown} per sample (query by key "
                              f"positions), got {mask}")
-        if mask.dtype != "bool" and mask.dtype not in FLOAT_DTYPES:
-            raise ShapeError(f"the mask must be bool (true: may attend) or float (added), got {mask.dtype}")
+        _check_mask_dtype(mask, "the mask", query)
 
     def code(self, operands: list[str], owner: str) -> str:
         q, k, v = operands[:3]

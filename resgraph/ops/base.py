@@ -56,6 +56,7 @@ __all__ = [
     "check_scalar",
     "is_identifier",
     "number_overflow",
+    "scalar_overflow",
     "Layer",
     "FeatureMapLayer",
     "Reference",
@@ -205,8 +206,29 @@ def number_overflow(value: int | float, dtype: str) -> str | None:
     return None
 
 
+# The whole numbers torch takes as a Python scalar argument (an operand, a fill value, a range's ends):
+# int64's, and uint64's above them; past these it raises OverflowError at the call (measured).
+TORCH_SCALAR_RANGE = (-2**63, 2**64 - 1)
+
+
+def scalar_overflow(value: int | float) -> str | None:
+    """Why torch cannot take the Python number `value` as a scalar argument, whatever the dtype it
+    computes in (`x + 10**23` on a float tensor raises OverflowError); None where it can. Written as
+    a float, the same number is taken.
+
+    >>> scalar_overflow(2**64 - 1), scalar_overflow(1e23), scalar_overflow(10**23).split('; ')[1]
+    (None, None, 'write it as a float, 1e+23')
+    """
+    low, high = TORCH_SCALAR_RANGE
+    if isinstance(value, bool) or not isinstance(value, int) or low <= value <= high:
+        return None
+    return (f"a whole number outside what torch takes as a scalar ({low} to {high}); write it as a float, "
+            f"{float(value):g}")
+
+
 def check_scalar(value: int | float | None, dtype: str, field: str) -> None:
-    """Refuse a number operand (`scalar`, a clamp bound) that an op computing in `dtype` cannot hold.
+    """Refuse a number operand (`scalar`, a clamp bound, an exponent) that an op computing in `dtype`
+    cannot hold, or that torch cannot take as a scalar at all.
 
     Raises:
         ArgumentError: at `field`, naming the dtype.
@@ -217,6 +239,9 @@ def check_scalar(value: int | float | None, dtype: str, field: str) -> None:
             if dtype == "int32" else ""
         raise ArgumentError(f"{field}={value!r} is {problem}; this op computes in {dtype} (from its input's dtype), "
                             f"where the number cannot be used as written; write a smaller number{wider}", field)
+    problem = None if value is None else scalar_overflow(value)
+    if problem is not None:
+        raise ArgumentError(f"{field}={value!r} is {problem}", field)
 NUMBER_DTYPES = FLOAT_DTYPES | INT_DTYPES  # what ops that refuse only bool take (relu, max pooling)
 TO_FLOAT_HINT = ("integer values (token ids, positions) are looked up with `Embedding`; to compute with them as "
                  "numbers, make them floating point first, e.g. `{op: mul, scalar: 1.0}`")

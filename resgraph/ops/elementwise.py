@@ -17,6 +17,7 @@ from .base import (
     Layer,
     Storage,
     TensorType,
+    check_scalar,
     describe_torch_op,
     register_op,
     sample_dim,
@@ -77,6 +78,14 @@ RETURNS_INPUT = frozenset({"Identity", "Dropout", "AlphaDropout"})
 # The argument an in-place op's slope is, where torch refuses a negative one in place.
 _SLOPES = {"LeakyReLU": "negative_slope", "ELU": "alpha", "CELU": "alpha"}
 
+# Number arguments the kernel takes as a scalar, and the dtype it converts each to (measured): the
+# input's own (Hardtanh's bounds), or its compute type (float32 for float16, bfloat16 and float32
+# inputs, float64 for float64). One it cannot hold fails at the first forward ("value cannot be
+# converted to type float without overflow").
+_OPERANDS = {"Hardtanh": {"min_val": "input", "max_val": "input"}, "LeakyReLU": {"negative_slope": "compute"},
+             "ELU": {"alpha": "compute"}, "CELU": {"alpha": "compute"},
+             "Softplus": {"beta": "compute", "threshold": "compute"}}
+
 
 class ElementwiseBase(Layer):
     """An op whose output has its input's type."""
@@ -113,6 +122,9 @@ class ElementwiseBase(Layer):
             raise ArgumentError(f"num_parameters={count} must be 1 or the input's channel count, but {channels} "
                                 f"(input {x}); torch refuses the mismatch at the first forward", "num_parameters",
                                 f"use `num_parameters: {x.shape[0]}` (one slope per channel) or 1" if x.rank else None)
+        for field, converted in _OPERANDS.get(self.op, {}).items():
+            dtype = x.dtype if converted == "input" or x.dtype == "float64" else "float32"
+            check_scalar(getattr(self, field), dtype, field)
         dim = self.field_value("dim")
         if dim is not None:
             sample_dim(dim, x.rank)  # raises for the batch dim or an out-of-range dim

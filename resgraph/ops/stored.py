@@ -26,10 +26,24 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from typing_extensions import TypeAliasType
 
-from .base import DTYPES, INT_DTYPES, Layer, Owned, Storage, TensorType, number_overflow, register_op, sample_dim
+from ..symbolic import SymInt, hint
+from .base import (
+    DTYPES,
+    INT_DTYPES,
+    INT_RANGES,
+    ArgumentError,
+    Layer,
+    Owned,
+    Storage,
+    TensorType,
+    number_overflow,
+    register_op,
+    sample_dim,
+    scalar_overflow,
+)
 
 __all__ = ["Arange", "ConstantTensor", "Full", "ParameterTensor", "StoredTensor", "Values", "literal_shape"]
 
@@ -94,6 +108,19 @@ def _check_dtype(values: list[Any], dtype: str, what: str) -> None:
             fix = ("; write dtype: int64" if dtype == "int32" and number_overflow(value, "int64") is None else
                    "; write a smaller number" + ("" if dtype in ("float32", "int64") else " or dtype: float32"))
             raise ValueError(f"{what} holds {value!r}, {problem}{fix}")
+
+
+def _check_scalars(values: list[Any], what: str) -> None:
+    """Numbers passed to torch as scalar arguments (`torch.full`'s value, `torch.arange`'s ends and
+    step) must be ones torch takes (see `scalar_overflow`); a list literal (`torch.tensor`) takes any.
+
+    Raises:
+        ValueError: a whole number past what torch converts.
+    """
+    for value in values:
+        problem = scalar_overflow(value)
+        if problem is not None:
+            raise ValueError(f"{what} holds {value!r}, {problem}")
 
 
 def _default_dtype(layer: ConstantBase, values: list[Any]) -> None:
@@ -283,6 +310,7 @@ class Full(ConstantBase):
     def _value_fits_dtype(self) -> Full:
         _default_dtype(self, [self.value])
         _check_dtype([self.value], self.dtype, "value")
+        _check_scalars([self.value], "value")
         return self
 
     def stored_shape(self) -> tuple[int, ...]:
@@ -340,6 +368,15 @@ class Arange(ConstantBase):
     dim: int | None = Field(None, description="With an input: the dim whose positions are counted (batch is 0).")
     dtype: Dtype = "int64"  # type: ignore[assignment]
 
+    @field_validator("dtype")
+    @classmethod
+    def _not_bool(cls, dtype: str) -> str:
+        # torch has no bool arange ("arange_cpu" not implemented for 'Bool'): a constant failed when
+        # built, one counted over an input at the first forward
+        if dtype == "bool":
+            raise ValueError("torch has no bool arange: write an integer or float dtype (int64 is the default)")
+        return dtype
+
     @model_validator(mode="after")
     def _one_form(self) -> Arange:
         if self.step == 0:
@@ -357,6 +394,11 @@ class Arange(ConstantBase):
             if self.dim is None:
                 raise ValueError("with an input, say which dim's positions to count: add `dim`")
         _check_dtype([self.start, self.step], self.dtype, "start and step")
+        _check_scalars([v for v in (self.start, self.stop, self.step) if v is not None], "start, stop and step")
+        if self.dtype in INT_DTYPES:  # whole numbers (checked above): `step: 2.0` counts in the integer dtype,
+            for name in ("start", "stop", "step"):  # where `positions * 2.0` made float32 positions
+                if isinstance(getattr(self, name), float):
+                    self.__dict__[name] = int(getattr(self, name))  # (frozen: set once, while validated)
         if self.input is None:  # (its values run from start to the last: both must fit the dtype)
             _check_dtype([self.start, self.start + self.step * (self.length() - 1)], self.dtype, "the range")
         return self
@@ -390,6 +432,17 @@ class Arange(ConstantBase):
         x = inputs[0]
         assert self.dim is not None
         length = x.shape[sample_dim(self.dim, x.rank)]
+        if self.dtype in INT_RANGES:
+            # torch counts in the integer dtype and wraps round past its range, silently: the last position
+            # must fit. On a free length this is a decision, recorded, so longer inputs are refused by the
+            # guard. (On a free length, int64 positions past 2^62 already fail as size arithmetic.)
+            low, high = INT_RANGES[self.dtype]
+            last = self.start + self.step * (length - 1)
+            if not (isinstance(last, SymInt) and self.dtype == "int64") and not low <= last <= high:
+                fix = "write dtype: int64 (the default), or" if self.dtype == "int32" else "write"
+                raise ArgumentError(f"the positions run from {self.start} to {hint(last)} over dim {self.dim} of "
+                                    f"{x}, outside the range of {self.dtype} ({low} to {high}), where torch wraps "
+                                    f"them round", "dtype", f"{fix} a smaller start or step")
         # Whole non-negative steps from a non-negative start: ids up to start + step * (length - 1).
         counts = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.start, self.step)) and (
             self.start >= 0 and self.step > 0)

@@ -645,7 +645,7 @@ def test_an_inplace_op_on_a_block_input_is_refused_inside_the_instance() -> None
     b.layer("fc", "Linear", out_features=4)
     b.block("body", BlockCall.model_validate({"block": "unit"}), [instance])
     assert messages(b.build()) == [
-        "layer 'body.act' (ReLU): inplace: true would overwrite 'x', but it is an input or output of the model"]
+        "layer 'body.act' (ReLU): inplace: true would overwrite 'x', but it is an input or output of block 'unit'"]
 
 
 def test_inplace_hazards_and_shape_errors_are_reported_together() -> None:
