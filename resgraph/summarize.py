@@ -261,16 +261,23 @@ class _Walker:
 
 
 def _measure(module: Any, inputs: list[TensorType]) -> MacCount | None:
-    """An uncurated layer's MACs: FlopCounterMode on one sample (on the module's own device, meta included)."""
+    """An uncurated layer's MACs: FlopCounterMode on one sample, always on the meta device.
+
+    The module runs with meta stand-ins for its tensors (`functional_call`), wherever it lives: on
+    CPU, torch runs an LSTM as one fused kernel and an eval-mode TransformerEncoderLayer on its fast
+    path, which the counter cannot see (0 MACs), while on meta both run the matrix products it counts.
+    So a built model counts what its spec counts, in train or eval mode.
+    """
     import torch
+    from torch.func import functional_call
     from torch.utils.flop_counter import FlopCounterMode
 
-    tensors = [*module.parameters(), *module.buffers()]
-    device = tensors[0].device if tensors else torch.device("meta")
+    named = [*module.named_parameters(), *module.named_buffers()]
+    state = {name: torch.empty_like(t, device="meta") for name, t in named}
     try:
-        args = [torch.zeros((1, *t.shape), dtype=getattr(torch, t.dtype), device=device) for t in inputs]
+        args = [torch.zeros((1, *t.shape), dtype=getattr(torch, t.dtype), device="meta") for t in inputs]
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            module(*args)
+            functional_call(module, state, tuple(args), strict=False)
     except Exception:  # an arbitrary module's forward may refuse zeros or the meta device: the count stays unknown
         return None
     return MacCount(counter.get_total_flops() // 2)
