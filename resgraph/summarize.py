@@ -39,6 +39,9 @@ __all__ = ["COLUMNS", "DEFAULT_COLUMNS", "DTYPE_BYTES", "PER_DIM_ARGS", "Column"
 # kernel_size [3, 3]). Any other list is shown whole: `shape: [1, 1, 1]` is not `shape=1`.
 PER_DIM_ARGS = frozenset({"kernel_size", "stride", "padding", "dilation", "output_padding", "output_size", "size",
                           "scale_factor"})
+# Arguments whose list is a size, shown as `3x64`. Any other list (`dim: [2, 3]`, `dims`, `outputs`, `masks`)
+# is shown as a list: `dim=2x3` would read as a size.
+SIZE_ARGS = PER_DIM_ARGS | {"shape", "normalized_shape", "unflattened_size"}
 LITERAL_ARGS = frozenset({"value", "init"})  # tensor literals (`constant`, `parameter`): data, not sizes
 DTYPE_BYTES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "bool": 1}
 
@@ -302,7 +305,7 @@ def _layer_text(node: LayerNode) -> str:
     """`Conv2d(out_channels=64, ...)`; code ops name their inputs (`add(a, b)`); ties are noted
     (`Linear(...) [weight tied to wte.weight]`), as are buffers and frozen parameters."""
     layer = node.layer
-    args = ", ".join(f"{k}={short_value(v, per_dim=k in PER_DIM_ARGS, literal=k in LITERAL_ARGS)}"
+    args = ", ".join(f"{k}={short_value(v, per_dim=k in PER_DIM_ARGS, literal=k in LITERAL_ARGS, size=k in SIZE_ARGS)}"
                      for k, v in layer.args().items())
     if layer.code_only:
         args = ", ".join([*node.inputs, *([args] if args else [])])
@@ -327,14 +330,17 @@ def instance_title(instance: Graph) -> str:
     return f"{instance.block}({params})"
 
 
-def short_value(value: Any, *, per_dim: bool = False, literal: bool = False) -> str:
-    """`3x1` for (3, 1); `3` for (3, 3) when `per_dim` (a value per spatial dim, such as a kernel size);
-    a large tensor literal by its shape (`<16x16 values>`); other values as written (small or ragged
-    lists, mappings, a `literal` tensor's values; booleans as torch's reprs print them, `True`), with
-    characters a terminal would act on escaped (a spec's strings reach the summary).
+def short_value(value: Any, *, per_dim: bool = False, literal: bool = False, size: bool = True) -> str:
+    """`3x1` for a `size` (3, 1); `3` for (3, 3) when `per_dim` (a value per spatial dim, such as a kernel
+    size); a list that is not a size (dims, names) as a list, `[2, 3]`, `[box, cls]`; a large tensor
+    literal by its shape (`<16x16 values>`); other values as written (small or ragged lists, mappings,
+    a `literal` tensor's values; booleans as torch's reprs print them, `True`), with characters a
+    terminal would act on escaped (a spec's strings reach the summary).
 
     >>> short_value([3, 3], per_dim=True), short_value([1, 1, 1]), short_value([3, 1])
     ('3', '1x1x1', '3x1')
+    >>> short_value([2, 3], size=False), short_value(["box", "cls"])
+    ('[2, 3]', '[box, cls]')
     >>> short_value([1, 2, 3], literal=True), short_value([True, False])
     ('[1, 2, 3]', '[True, False]')
     """
@@ -345,7 +351,10 @@ def short_value(value: Any, *, per_dim: bool = False, literal: bool = False) -> 
         text = f"<{'x'.join(map(str, shape))} values>" if math.prod(shape) > 8 else str(value)
     elif (isinstance(value, (tuple, list)) and value and not literal
           and all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in value)):
-        text = str(value[0]) if per_dim and len(set(value)) == 1 else "x".join(map(str, value))
+        if size and not any(isinstance(v, str) for v in value):
+            text = str(value[0]) if per_dim and len(set(value)) == 1 else "x".join(map(str, value))
+        else:  # names, or dims: as a list (`outputs=p0xp1` and `dim=2x3` read as sizes)
+            text = "[" + ", ".join(map(str, value)) + "]"
     else:
         text = str(value)
     return printable(text)

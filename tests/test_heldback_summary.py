@@ -26,3 +26,25 @@ def test_an_uncurated_layers_macs_do_not_depend_on_where_or_how_the_model_runs()
     for mode in (model.train(), model.eval(), model.double()):
         assert {row.name: row.macs for row in resgraph.summary(mode).rows} == expected
     assert next(model.parameters()).device == torch.device("cpu")  # measured on meta stand-ins: left where it was
+
+
+LISTS = """\
+resgraph: 1
+name: Lists
+inputs: {x: [3, 8, 8]}
+layers:
+  - m: {op: mean, dim: [2, 3], input: x}
+  - p: {op: permute, dims: [0, 3, 2, 1], input: x}
+  - r: {op: reshape, shape: [3, 64]}
+  - u: {op: Upsample, size: [4, 5], input: x}
+  - parts: {op: chunk, chunks: 3, outputs: [p0, p1, p2]}
+"""
+
+
+def test_a_list_that_is_not_a_size_is_shown_as_a_list() -> None:
+    # `dim: [2, 3]` was shown `dim=2x3` and `outputs: [p0, p1, p2]` `outputs=p0xp1xp2`: sizes that the spec never wrote.
+    ops = {row.name: row.op for row in resgraph.summary(LISTS).rows}
+    assert ops["m"] == "mean(x, dim=[2, 3])"
+    assert ops["p"] == "permute(x, dims=[0, 3, 2, 1])"
+    assert ops["p0"].startswith("chunk(u, outputs=[p0, p1, p2], chunks=3")
+    assert (ops["r"], ops["u"]) == ("reshape(p, shape=3x64)", "Upsample(size=4x5)")  # sizes stay sizes
