@@ -18,6 +18,7 @@ it reads. Totals and the projection list are always the whole model's, whatever 
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -463,6 +464,24 @@ def parse_columns(columns: str | Iterable[str] | None) -> tuple[str, ...]:
     return tuple(chosen)
 
 
+def _cell_width(text: str) -> int:
+    """The columns `text` takes in a terminal: 2 for a wide character (`层`), 0 for a combining one.
+
+    >>> _cell_width("tag=a"), _cell_width("tag=层"), _cell_width("tag=e\u0301")
+    (5, 6, 5)
+    """
+    if text.isascii():
+        return len(text)
+    return sum(0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+               for ch in text)
+
+
+def _pad(text: str, width: int, *, right: bool = False) -> str:
+    """`text` padded to `width` terminal columns (str.format pads to a number of characters)."""
+    gap = " " * (width - _cell_width(text))
+    return gap + text if right else text + gap
+
+
 def format_summary(summary: Summary) -> str:
     """A torchinfo-like table: the layer name, then `summary.columns`, then the model's totals."""
     columns = [COLUMNS[name] for name in summary.columns or DEFAULT_COLUMNS]
@@ -479,13 +498,12 @@ def format_summary(summary: Summary) -> str:
             elif texts:
                 extra[texts[0]] = f"{what} {why}"
             table.append(("  " * row.depth + "  └ projection", *extra))
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    widths = [max(_cell_width(r[i]) for r in table) for i in range(len(table[0]))]
     line = "-" * (sum(widths) + 2 * (len(widths) - 1))
 
     def fmt(r: tuple[str, ...]) -> str:
-        cells = [f"{r[0]:<{widths[0]}}"]
-        cells += [f"{text:>{width}}" if column.numeric else f"{text:<{width}}"
-                  for text, width, column in zip(r[1:], widths[1:], columns)]
+        cells = [_pad(r[0], widths[0])]
+        cells += [_pad(text, width, right=column.numeric) for text, width, column in zip(r[1:], widths[1:], columns)]
         return "  ".join(cells).rstrip()
 
     split = (f" (convolutions, linear layers, attention: {format_count(summary.matmul_macs)}; "

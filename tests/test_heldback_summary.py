@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import torch
 
 import resgraph
@@ -48,3 +50,23 @@ def test_a_list_that_is_not_a_size_is_shown_as_a_list() -> None:
     assert ops["p"] == "permute(x, dims=[0, 3, 2, 1])"
     assert ops["p0"].startswith("chunk(u, outputs=[p0, p1, p2], chunks=3")
     assert (ops["r"], ops["u"]) == ("reshape(p, shape=3x64)", "Upsample(size=4x5)")  # sizes stay sizes
+
+
+def test_the_table_lines_up_in_a_terminal_when_a_value_has_wide_or_combining_characters() -> None:
+    # Widths were counted in characters: a CJK character takes two columns, a combining accent none,
+    # so every column after a block parameter such as `tag: 残差` started one column off per character.
+    spec = {"resgraph": 1, "name": "Net", "inputs": {"x": [3, 8, 8]},
+            "blocks": {"unit": {"params": {"tag": "required"},
+                                "layers": [{"c": {"op": "Conv2d", "out_channels": 3, "kernel_size": 1}}]}},
+            "layers": [{"b": {"block": "unit", "repeat": 3,
+                              "with": {"tag": "${['plain', '残差块', 'cafe\u0301'][index]}"}}}]}
+    lines = resgraph.summary(spec).table().splitlines()
+
+    def columns(text: str) -> int:  # terminal columns (what `wcwidth` counts, for these characters)
+        return sum(0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) == "W" else 1
+                   for ch in text)
+
+    rows = [line for line in lines if "(N, " in line]
+    assert any("残差块" in line for line in rows) and any("cafe\u0301" in line for line in rows)
+    assert len({columns(line[:line.index("(N, ")]) for line in rows}) == 1  # the shapes start in one column
+    assert len({columns(line) for line in rows}) == 1 and columns(rows[0]) == len(lines[1])  # as wide as the rules
