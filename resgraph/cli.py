@@ -229,6 +229,8 @@ def _overrides(pairs: list[str]) -> dict[str, object]:
         name, sep, text = pair.partition("=")
         if not sep or not name.strip():
             raise UsageError(f"--set {pair}: expected NAME=VALUE")
+        if name.strip() in values:  # the later one would silently win
+            raise UsageError(f"--set {pair}: {name.strip()} is already set by an earlier --set; give it once")
         try:
             values[name.strip()] = load_value(text, name.strip())
         except SpecError as exc:
@@ -245,6 +247,9 @@ def _input_shapes(pairs: list[str]) -> dict[str, tuple[int, ...]]:
         sizes = [part.strip() for part in text.split(",")]
         if not sep or not name.strip() or not all(_whole(size) and int(size) >= 1 for size in sizes):
             raise UsageError(f"--input {pair}: expected NAME=SIZE,SIZE,... with whole sizes >= 1 (e.g. x=3,299,299)")
+        if name.strip() in shapes:  # the later one would silently win
+            raise UsageError(f"--input {pair}: {name.strip()}'s shape is already given by an earlier --input; "
+                             "give it once")
         shapes[name.strip()] = tuple(int(size) for size in sizes)
     return shapes
 

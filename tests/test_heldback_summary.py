@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import unicodedata
 
+import pytest
 import torch
 
 import resgraph
+from conftest import ROOT
 
 RECURRENT = """\
 resgraph: 1
@@ -70,3 +74,17 @@ def test_the_table_lines_up_in_a_terminal_when_a_value_has_wide_or_combining_cha
     assert any("残差块" in line for line in rows) and any("cafe\u0301" in line for line in rows)
     assert len({columns(line[:line.index("(N, ")]) for line in rows}) == 1  # the shapes start in one column
     assert len({columns(line) for line in rows}) == 1 and columns(rows[0]) == len(lines[1])  # as wide as the rules
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--input", "x=3,32,32", "--input", "x=3,16,16"],
+     "--input x=3,16,16: x's shape is already given by an earlier --input; give it once"),
+    (["--set", "num_classes=5", "--set", "num_classes=7"],
+     "--set num_classes=7: num_classes is already set by an earlier --set; give it once"),
+])
+def test_a_flag_given_twice_for_one_name_is_refused(flags: list[str], message: str) -> None:
+    # The later value silently won: the summary showed 7 classes (or 16x16) with no word about the 5.
+    result = subprocess.run([sys.executable, "-m", "resgraph", "build", "examples/resnet18.yaml", *flags],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"resgraph: error: {message}\n"
