@@ -88,3 +88,18 @@ def test_a_flag_given_twice_for_one_name_is_refused(flags: list[str], message: s
                             capture_output=True, text=True, cwd=ROOT)
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == f"resgraph: error: {message}\n"
+
+
+def test_a_compiled_model_a_graph_and_a_foreign_module_given_to_summary_and_render() -> None:
+    # summary(torch.compile(model)) said "a spec is a path, YAML text or a dict, not OptimizedModule"
+    # (the model it wraps has a summary), render(check(spec)) "... not Graph" (summary takes one), and a
+    # module resgraph did not build was answered as if it were a misspelt spec.
+    spec = "examples/tutorial.yaml"
+    model = resgraph.build(ROOT / spec, seed=0)
+    assert resgraph.summary(torch.compile(model)).to_dict() == resgraph.summary(model).to_dict()
+    assert resgraph.render(torch.compile(model)).source == resgraph.render(model).source
+    assert resgraph.render(resgraph.check(ROOT / spec)).source == resgraph.render(ROOT / spec).source
+    for call in (resgraph.summary, resgraph.render):
+        with pytest.raises(resgraph.UsageError, match=r"takes a spec \(a path, YAML text or a dict\), a graph from "
+                           r"resgraph.check or a model from resgraph.build, not Sequential"):
+            call(torch.nn.Sequential(torch.nn.Linear(2, 2)))
