@@ -25,7 +25,7 @@ from typing import Any
 
 from .errors import UsageError, one_line, printable
 from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode, is_block_value
-from .macs import MacCount, layer_macs, merge_macs, projection_macs
+from .macs import MacCount, layer_macs, merge_macs, projection_macs, step_shapes
 from .ops import TensorType
 from .ops.stored import literal_shape
 from .ownership import owned_tensors
@@ -202,7 +202,8 @@ class _Walker:
             elif isinstance(node, SkipNode):
                 plan: ProjectionPlan = node.meta["projection"]
                 macs = merge_macs(node.skip.merge.value, out) + projection_macs(plan, inputs[1])
-                memory = _bytes(out) + len(plan.steps) * _bytes(self.runtime(plan.output))
+                # the merged value and each projection step's output (an avgpool or subsample keeps the channels)
+                memory = _bytes(out) + sum(_bytes(replace(out, shape=shape)) for shape in step_shapes(plan, inputs[1]))
                 projection = ProjectionRow(plan.policy.value, plan.reason, describe_steps(plan.steps),
                                            common["params"])
                 kernel = "1x1" if any(s.kind.value == "conv" for s in plan.steps) else None

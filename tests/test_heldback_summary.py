@@ -103,3 +103,32 @@ def test_a_compiled_model_a_graph_and_a_foreign_module_given_to_summary_and_rend
         with pytest.raises(resgraph.UsageError, match=r"takes a spec \(a path, YAML text or a dict\), a graph from "
                            r"resgraph.check or a model from resgraph.build, not Sequential"):
             call(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+PROJECTIONS = """\
+resgraph: 1
+name: Proj
+inputs: {x: [4, 15, 15]}
+layers:
+  - c1: {op: Conv2d, out_channels: 8, kernel_size: 3, stride: 2, padding: 1}
+  - c2: {op: Conv2d, out_channels: 16, kernel_size: 3, stride: 2, padding: 1}
+  - c3: {op: Conv2d, out_channels: 16, kernel_size: 3, padding: 1}
+skips:
+  - p1: {from: x, to: c2, projection: avgpool}
+  - p4: {from: c1, to: c3, projection: pad}
+"""
+
+
+def test_a_projections_activation_memory_is_each_steps_own_output() -> None:
+    # Every step was counted at the projected shape: an avgpool (ResNet-D) or a subsample keeps the
+    # source's channels, so p1's AvgPool2d output (4, 4, 4) was counted as (16, 4, 4).
+    rows = {row.name: row for row in resgraph.summary(PROJECTIONS).rows}
+    out = 4 * 16 * 4 * 4  # the merged value, float32
+    assert rows["p1"].activation_bytes == out + 4 * (4 * 4 * 4) + out + out  # AvgPool2d /4, Conv2d 1x1, BatchNorm2d
+    assert rows["p4"].activation_bytes == out + 4 * (8 * 4 * 4) + out  # subsample /2, zero-pad channels
+    model = resgraph.build(PROJECTIONS, seed=0)
+    produced: list[int] = []  # the bytes each of p1's steps returns in a real forward of one sample
+    for step in model.p1:
+        step.register_forward_hook(lambda module, args, output: produced.append(output.numel() * 4))
+    model(torch.randn(1, 4, 15, 15))
+    assert rows["p1"].activation_bytes == out + sum(produced)
