@@ -320,13 +320,15 @@ def dot_text(text: str) -> str:
     line break), and a trailing one escapes the closing quote, which made the whole file a syntax
     error; a value in `<...>` would be an HTML-like label. Spec strings (argument values, block
     parameters) reach labels and tooltips, so every backslash is doubled and HTML is never assumed.
+    Graphviz also reads `&amp;`, `&lt;` and `&#38;` as the characters they name, in SVG's text and
+    tooltips alike, so every `&` is written as `&amp;`: `a &lt; b` is shown as written.
 
-    >>> print(dot_text("padding=a\\"))
-    padding=a\\
+    >>> print(dot_text("padding=a\\"), dot_text("a &lt; b"))
+    padding=a\\ a &amp;lt; b
     """
     import graphviz
 
-    return graphviz.escape(text)
+    return graphviz.escape(text.replace("&", "&amp;"))
 
 
 def _tooltip(row: Row) -> str:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import resgraph
-from conftest import ROOT
+from conftest import ROOT, needs_dot
 
 RECURRENT = """\
 resgraph: 1
@@ -132,3 +132,16 @@ def test_a_projections_activation_memory_is_each_steps_own_output() -> None:
         step.register_forward_hook(lambda module, args, output: produced.append(output.numel() * 4))
     model(torch.randn(1, 4, 15, 15))
     assert rows["p1"].activation_bytes == out + sum(produced)
+
+
+@needs_dot
+def test_an_entity_in_a_spec_string_is_drawn_as_written() -> None:
+    # Graphviz reads `&lt;` and `&amp;` in a label as the characters they name: a block parameter
+    # `a &lt; b` was drawn `a < b`, and `&amp;` as `&`.
+    spec = {"resgraph": 1, "name": "Net", "inputs": {"x": [3, 8, 8]},
+            "blocks": {"unit": {"params": {"tag": "required"},
+                                "layers": [{"c": {"op": "Conv2d", "out_channels": 3, "kernel_size": 1}}]}},
+            "layers": [{"b": {"block": "unit", "repeat": 2, "with": {"tag": "${['a &lt; b &amp; c', 'R&D'][index]}"}}}]}
+    svg = resgraph.render(spec).pipe(format="svg").decode()
+    assert "b.0: unit(tag=a &amp;lt; b &amp;amp; c)" in svg  # the SVG text of what the spec wrote
+    assert "b.1: unit(tag=R&amp;D)" in svg
