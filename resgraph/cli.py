@@ -441,13 +441,13 @@ def _render(args: argparse.Namespace) -> int:
                       depth=args.depth, fold_repeats=args.fold_repeats or fold, rankdir=args.rankdir,
                       layout=args.layout, dpi=args.dpi)
 
-    status = _draw(draw, output, fold_repeats=args.fold_repeats)
+    status = _draw(draw, output, fold_repeats=args.fold_repeats, depth=args.depth)
     if status == EXIT_OK:
         print(f"Wrote {one_line(output)}")
     return status
 
 
-def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = False) -> int:
+def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = False, depth: int | None = None) -> int:
     """Draw (folding repeats if the full diagram is too large for the format) and write the diagram;
     without Graphviz's `dot`, write the .dot source and say how to get it."""
     import shlex
@@ -456,7 +456,7 @@ def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = Fal
     from .errors import one_line
     from .formats import write_diagram
 
-    fitted = fit_diagram(draw, path, fold_repeats=fold_repeats)
+    fitted = fit_diagram(draw, path, fold_repeats=fold_repeats, depth=depth)
     if fitted.note:
         print(f"resgraph: note: {one_line(fitted.note)}", file=sys.stderr)
     fallback = write_diagram(fitted.dot, path)

@@ -446,17 +446,19 @@ class Fitted:
     note: str | None = None
 
 
-def fit_diagram(draw: Callable[[bool], Any], path: str, *, fold_repeats: bool = False) -> Fitted:
+def fit_diagram(draw: Callable[[bool], Any], path: str, *, fold_repeats: bool = False,
+                depth: int | None = None) -> Fitted:
     """The diagram `draw(fold_repeats)` returns, folded when the full one is too large for `path`'s format.
 
     PNG is limited by cairo (`PNG_LIMIT_PIXELS` a side, at the diagram's dpi) and PDF by what readers
     open (`PDF_LIMIT_INCHES`); SVG and HTML have no size limit. Measuring needs Graphviz's `dot`;
     without it the diagram is returned as drawn. Every format but DOT is laid out by Graphviz, which
     takes minutes to hours beyond LAYOUT_LIMIT statements: a larger diagram is folded, or refused.
+    `depth` is the module levels `draw` shows (None: all), so that a refusal offers only fewer.
 
     Raises:
         ResgraphError: even folded, the diagram is too large for the format or for Graphviz to lay
-            out (the message names the flags that help).
+            out (the message names the flags that help, leaving out those already given).
     """
     fmt = os.path.splitext(path)[1].lower().lstrip(".")
     dot = draw(fold_repeats)
@@ -465,7 +467,7 @@ def fit_diagram(draw: Callable[[bool], Any], path: str, *, fold_repeats: bool = 
         statements = len(dot.body)
         folded = None if fold_repeats else draw(True)
         if folded is None or len(folded.body) > LAYOUT_LIMIT:
-            raise _too_large_to_lay_out(path, statements, folded=True)
+            raise _too_large_to_lay_out(path, statements, folded=True, depth=depth)
         dot, fold_repeats = folded, True
         note = (f"the full diagram has {statements:,} nodes, edges and boxes, more than Graphviz lays out in "
                 f"reasonable time ({LAYOUT_LIMIT:,}); repeated blocks are folded (--fold-repeats). For every "
@@ -475,27 +477,50 @@ def fit_diagram(draw: Callable[[bool], Any], path: str, *, fold_repeats: bool = 
     size = _measure(dot, fmt)
     if size is None:
         return Fitted(dot, note)
+    folded_any = fold_repeats
     if not fold_repeats:
         folded = draw(True)
         if folded.source != dot.source:
             smaller = _measure(folded, fmt)
             if smaller is None:
-                return Fitted(folded, f"the full diagram would be {size}, more than {_limit(fmt)}; repeated blocks "
-                                      f"are folded (--fold-repeats). For every layer, write SVG or HTML "
+                return Fitted(folded, f"the full diagram would be {size.text}, more than {_limit(fmt)}; repeated "
+                                      f"blocks are folded (--fold-repeats). For every layer, write SVG or HTML "
                                       f"(-o {_stem(path)}.svg)")
-            size = smaller
-    raise ResgraphError(f"cannot draw {path}: the diagram would be {size}, more than {_limit(fmt)}, even with "
-                        f"repeated blocks folded. Show fewer levels (--depth 2, or --depth 1), lay it out "
-                        f"sideways (--rankdir LR){', lower the resolution (--dpi 48)' if fmt == 'png' else ''}, or "
-                        f"write SVG or HTML, which have no size limit (-o {_stem(path)}.svg)")
+            dot, size, folded_any = folded, smaller, True
+    # Only advice that can help: fewer levels than shown, the other direction, a resolution that fits.
+    advice = [_fewer_levels(depth)]
+    if dot.graph_attr.get("rankdir", "TB") in ("TB", "BT"):
+        advice.append("lay it out sideways (--rankdir LR)")
+    if fmt == "png":
+        fits = math.floor(PNG_LIMIT_PIXELS / size.inches)  # the largest resolution at which it fits
+        if fits >= 1:
+            advice.append(f"lower the resolution (--dpi {fits} or less)")
+    advice.append(f"write SVG or HTML, which have no size limit (-o {_stem(path)}.svg)")
+    shown = [a for a in advice if a]
+    raise ResgraphError(f"cannot draw {path}: the diagram would be {size.text}, more than {_limit(fmt)}"
+                        f"{', even with repeated blocks folded' if folded_any else ''}. "
+                        f"{_sentence(', '.join(shown[:-1]) + ', or ' + shown[-1] if len(shown) > 1 else shown[0])}")
 
 
-def _too_large_to_lay_out(path: str, statements: int, folded: bool) -> ResgraphError:
+def _fewer_levels(depth: int | None) -> str | None:
+    """'show fewer levels (--depth 2, or --depth 1)': the levels below those shown; None at depth 1."""
+    if depth == 1:
+        return None
+    return "show fewer levels (--depth 1)" if depth == 2 else "show fewer levels (--depth 2, or --depth 1)"
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _too_large_to_lay_out(path: str, statements: int, folded: bool, depth: int | None = None) -> ResgraphError:
+    advice = [_fewer_levels(depth), None if folded else "fold repeated blocks (--fold-repeats)",
+              f"write its source (-o {_stem(path)}.dot)"]
+    shown = [a for a in advice if a]
     return ResgraphError(f"cannot draw {path}: the diagram has {statements:,} nodes, edges and boxes, more than "
                          f"Graphviz lays out in reasonable time ({LAYOUT_LIMIT:,})"
-                         f"{', even with repeated blocks folded' if folded else ''}. Show fewer levels (--depth 2, or "
-                         f"--depth 1){'' if folded else ', fold repeated blocks (--fold-repeats)'}, or write its "
-                         f"source (-o {_stem(path)}.dot)")
+                         f"{', even with repeated blocks folded' if folded else ''}. "
+                         f"{_sentence(', '.join(shown[:-1]) + ', or ' + shown[-1] if len(shown) > 1 else shown[0])}")
 
 
 def _stem(path: str) -> str:
@@ -507,8 +532,17 @@ def _limit(fmt: str) -> str:
             else f"the {PDF_LIMIT_INCHES} inches a side PDF readers open")
 
 
-def _measure(dot: Any, fmt: str) -> str | None:
-    """'393 x 41,080 px at 96 dpi' when the laid-out diagram is over the format's limit; None when it fits."""
+@dataclass(frozen=True)
+class _Size:
+    """A laid-out diagram over its format's limit: as the message says it, and its longest side in inches."""
+
+    text: str
+    inches: float
+
+
+def _measure(dot: Any, fmt: str) -> _Size | None:
+    """The size of the laid-out diagram when it is over the format's limit ('393 x 41,080 px at 96 dpi');
+    None when it fits."""
     import graphviz
 
     try:
@@ -520,12 +554,12 @@ def _measure(dot: Any, fmt: str) -> str | None:
     if fmt == "pdf":
         if max(inches) <= PDF_LIMIT_INCHES:
             return None
-        return f"{inches[0]:,.0f} x {inches[1]:,.0f} inches"
+        return _Size(f"{inches[0]:,.0f} x {inches[1]:,.0f} inches", max(inches))
     dpi = float(dot.graph_attr.get("dpi", DEFAULT_DPI))
     pixels = [round(i * dpi) for i in inches]
     if max(pixels) <= PNG_LIMIT_PIXELS:
         return None
-    return f"{pixels[0]:,} x {pixels[1]:,} px at {dpi:g} dpi"
+    return _Size(f"{pixels[0]:,} x {pixels[1]:,} px at {dpi:g} dpi", max(inches))
 
 
 def write_diagram(dot: Any, path: str) -> str | None:

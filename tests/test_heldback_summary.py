@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import subprocess
 import sys
 import unicodedata
@@ -145,3 +146,21 @@ def test_an_entity_in_a_spec_string_is_drawn_as_written() -> None:
     svg = resgraph.render(spec).pipe(format="svg").decode()
     assert "b.0: unit(tag=a &amp;lt; b &amp;amp; c)" in svg  # the SVG text of what the spec wrote
     assert "b.1: unit(tag=R&amp;D)" in svg
+
+
+@needs_dot
+def test_a_refused_png_offers_only_flags_that_are_not_given_already(tmp_path: pathlib.Path) -> None:
+    # The advice was fixed text: `--depth 2, or --depth 1`, `--rankdir LR` and `--dpi 48` to a user who had
+    # given `--depth 1 --rankdir LR` (or `--dpi 48` itself), "even with repeated blocks folded" for a
+    # spec with no repeats.
+    out = tmp_path / "net.png"
+    result = subprocess.run([sys.executable, "-m", "resgraph", "render", "examples/tutorial.yaml", "-o", str(out),
+                             "--dpi", "100000", "--rankdir", "LR", "--depth", "1"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 1 and not out.exists()
+    message = result.stderr
+    assert message.startswith(f"resgraph: error: cannot draw {out}: the diagram would be ")
+    assert "more than cairo's limit of 32,767 pixels a side. Lower the resolution (--dpi " in message
+    assert message.endswith(" or less), or write SVG or HTML, which have no size limit (-o net.svg)\n")
+    for given in ("--depth", "--rankdir", "folded"):
+        assert given not in message
