@@ -146,9 +146,11 @@ class _Renderer:
         return "\n".join(line for line in lines if line)
 
     def shape(self, node: Node) -> str | None:
+        """'(64, 56, 56)': a node's output shape; each output's for a call of a block with several."""
         if not self.options.shapes:
             return None
-        return "(" + ", ".join(map(str, node.meta["type"].shape)) + ")"
+        types = node.output_types() if isinstance(node, BlockNode) else [node.meta["type"]]
+        return "; ".join("(" + ", ".join(map(str, t.shape)) + ")" for t in types)
 
     def count(self, node: Node | Graph, prefix: str = "") -> str | None:
         """'1,792 params' for what a node owns (or a whole block instance); None when nothing."""
@@ -338,7 +340,8 @@ def _tooltip(row: Row) -> str:
 
     lines = [f"{row.name}: {row.op}"]
     inputs = ", ".join(shape(s) for s in row.input_shapes)
-    lines.append(f"{inputs} -> {shape(row.shape)}" if inputs else shape(row.shape))
+    outputs = "; ".join(shape(s) for s in row.output_shapes or [row.shape])
+    lines.append(f"{inputs} -> {outputs}" if inputs else outputs)
     if row.projection and row.projection.steps != "identity":
         lines.append(f"projection ({row.projection.policy}): {row.projection.steps} [{row.projection.reason}]")
     if row.kernel:

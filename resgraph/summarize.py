@@ -80,6 +80,7 @@ class Row:
     activation_bytes: int = 0
     connected_to: list[str] = field(default_factory=list)
     tied_to: dict[str, str] = field(default_factory=dict)  # this layer's parameter -> the model's parameter it is
+    output_shapes: list[list[int]] = field(default_factory=list)  # each output of a call with several (`shape`: 1st)
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,8 @@ class _Walker:
                                      activation_bytes=memory, **common))
                 totals.add(macs, memory)
             elif isinstance(node, BlockNode):
+                if len(outputs := node.output_types()) > 1:
+                    common["output_shapes"] = [list(self.runtime(t).shape) for t in outputs]
                 block = self.block(node, prefix, level, reads, common)
                 totals.add(block.macs, block.activation_bytes)
         self.outputs = [shown[name] for name in graph.outputs]
@@ -420,7 +423,7 @@ class Column:
 COLUMNS: dict[str, Column] = {
     "op": Column("Op", lambda r: r.op),
     "input_shape": Column("Input shape", lambda r: "; ".join(_shape(s) for s in r.input_shapes)),
-    "output_shape": Column("Output shape", lambda r: _shape(r.shape)),
+    "output_shape": Column("Output shape", lambda r: "; ".join(_shape(s) for s in r.output_shapes or [r.shape])),
     "kernel": Column("Kernel", lambda r: r.kernel or ""),
     "params": Column("Params", lambda r: f"{r.params:,}", numeric=True),
     "trainable": Column("Trainable", lambda r: f"{r.trainable_params:,}", numeric=True),

@@ -164,3 +164,36 @@ def test_a_refused_png_offers_only_flags_that_are_not_given_already(tmp_path: pa
     assert message.endswith(" or less), or write SVG or HTML, which have no size limit (-o net.svg)\n")
     for given in ("--depth", "--rankdir", "folded"):
         assert given not in message
+
+
+TWO_OUTPUTS = """\
+resgraph: 1
+name: Heads
+inputs: {x: [4, 8, 8]}
+blocks:
+  detect:
+    layers:
+      - box: {op: Conv2d, out_channels: 6, kernel_size: 1, input: x}
+      - cls: {op: Conv2d, out_channels: 3, kernel_size: 3, padding: 1, input: x}
+    outputs: [box, cls]
+layers:
+  - head: {block: detect}
+  - both: {op: concat, input: [head.box, head.cls]}
+"""
+
+
+def test_a_call_with_several_outputs_shows_every_outputs_shape() -> None:
+    # The call's row (all a `--depth 1` summary shows of it) and its collapsed diagram node gave only
+    # the first output's shape, (6, 8, 8): the (3, 8, 8) the call also returns was nowhere.
+    model = resgraph.build(TWO_OUTPUTS, seed=0)
+    returned: list[list[int]] = []
+    model.head.register_forward_hook(lambda m, args, out: returned.extend(list(t.shape[1:]) for t in out))
+    model(torch.randn(1, 4, 8, 8))
+    assert returned == [[6, 8, 8], [3, 8, 8]]
+    summary = resgraph.summary(model, depth=1)
+    head = next(row for row in summary.rows if row.name == "head")
+    assert head.output_shapes == returned and head.shape == returned[0]
+    line = next(line for line in summary.table().splitlines() if line.startswith("head "))
+    assert " (N, 6, 8, 8); (N, 3, 8, 8)  " in line and line.endswith(" 141")
+    assert summary.to_dict()["rows"][1]["output_shapes"] == returned
+    assert "(6, 8, 8); (3, 8, 8)" in resgraph.render(model, depth=1).source  # the collapsed node's label
