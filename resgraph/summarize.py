@@ -381,29 +381,35 @@ def _literal_shape(value: Any) -> tuple[int, ...]:
 
 def format_count(n: int | None) -> str:
     """`1.77M`: a count in thousands (K), millions (M), billions (G) or trillions (T); `?` for unknown.
+    The unit is the smallest whose rounded number stays under 1000 (999,999 is `1.00M`, not `1000.00K`).
 
     >>> format_count(999), format_count(1_769_472), format_count(4_089_184_256), format_count(None)
     ('999', '1.77M', '4.09G', '?')
+    >>> format_count(999_994), format_count(999_999)
+    ('999.99K', '1.00M')
     """
     if n is None:
         return "?"
-    for unit, size in (("T", 10**12), ("G", 10**9), ("M", 10**6), ("K", 10**3)):
-        if abs(n) >= size:
+    if abs(n) < 1000:
+        return str(n)
+    for unit, size in (("K", 10**3), ("M", 10**6), ("G", 10**9), ("T", 10**12)):
+        if round(abs(n) / size, 2) < 1000 or unit == "T":
             return f"{n / size:.2f}{unit}"
-    return str(n)
+    raise AssertionError("unreachable")
 
 
 def format_bytes(n: int) -> str:
-    """`3.8 MiB`: a byte count in the largest binary unit that keeps it at or above 1.
+    """`3.8 MiB`: a byte count in the largest binary unit that keeps it at or above 1 (as rounded:
+    1,048,575 bytes are `1.0 MiB`, not `1024.0 KiB`).
 
-    >>> format_bytes(512), format_bytes(1_075_712), format_bytes(3 * 2**30)
-    ('512 B', '1.0 MiB', '3.0 GiB')
+    >>> format_bytes(512), format_bytes(1_075_712), format_bytes(3 * 2**30), format_bytes(2**20 - 1)
+    ('512 B', '1.0 MiB', '3.0 GiB', '1.0 MiB')
     """
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
+    if n < 1024:
+        return f"{n} B"
+    for unit, size in (("KiB", 2**10), ("MiB", 2**20), ("GiB", 2**30)):
+        if round(n / size, 1) < 1024 or unit == "GiB":
+            return f"{n / size:.1f} {unit}"
     raise AssertionError("unreachable")
 
 

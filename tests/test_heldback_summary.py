@@ -12,6 +12,7 @@ import torch
 
 import resgraph
 from conftest import ROOT, needs_dot
+from resgraph.summarize import format_bytes, format_count
 
 RECURRENT = """\
 resgraph: 1
@@ -197,3 +198,14 @@ def test_a_call_with_several_outputs_shows_every_outputs_shape() -> None:
     assert " (N, 6, 8, 8); (N, 3, 8, 8)  " in line and line.endswith(" 141")
     assert summary.to_dict()["rows"][1]["output_shapes"] == returned
     assert "(6, 8, 8); (3, 8, 8)" in resgraph.render(model, depth=1).source  # the collapsed node's label
+
+
+def test_a_count_just_under_a_unit_is_shown_in_the_larger_unit() -> None:
+    # 999,999 MACs were shown `1000.00K` and 1,048,575 bytes `1024.0 KiB`: the unit was chosen before rounding.
+    spec = "resgraph: 1\nname: M\ninputs: {x: [1001]}\nlayers:\n  - fc: {op: Linear, out_features: 999, bias: false}\n"
+    summary = resgraph.summary(spec, columns="macs,activation_memory")
+    assert summary.total_macs == 999 * 1001 == 999_999
+    assert "MACs per sample: 1.00M (" in summary.table() and "1000.00K" not in summary.table()
+    assert (format_count(999_994), format_count(999_999_999), format_count(-999_999)) == ("999.99K", "1.00G", "-1.00M")
+    assert (format_bytes(2**20 - 1), format_bytes(2**20 - 52), format_bytes(2**30 - 1)) == (
+        "1.0 MiB", "1023.9 KiB", "1.0 GiB")
