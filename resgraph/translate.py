@@ -70,7 +70,7 @@ def _label(path: Path, data: Any, op: Any = None) -> str:
 def _show(value: Any) -> str:
     kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list",
             dict: "mapping", type(None): "null"}.get(type(value), type(value).__name__)
-    if isinstance(value, (dict, list)):
+    if isinstance(value, (dict, list)) or value is None:  # (`got null`, not `got null None`)
         return kind
     text = repr(value)
     return f"{kind} {text if len(text) <= 40 else text[:37] + '...'}"

@@ -209,3 +209,12 @@ def test_a_count_just_under_a_unit_is_shown_in_the_larger_unit() -> None:
     assert (format_count(999_994), format_count(999_999_999), format_count(-999_999)) == ("999.99K", "1.00G", "-1.00M")
     assert (format_bytes(2**20 - 1), format_bytes(2**20 - 52), format_bytes(2**30 - 1)) == (
         "1.0 MiB", "1023.9 KiB", "1.0 GiB")
+
+
+def test_a_null_where_a_number_belongs_is_named_once() -> None:
+    # The value was shown by its kind and its repr: "got null None".
+    spec = ("resgraph: 1\nname: S\ninputs: {x: [3, null, 4]}\n"
+            "layers:\n  - c: {op: Conv2d, out_channels: 4, kernel_size: 3}\n")
+    with pytest.raises(resgraph.SpecError) as exc:
+        resgraph.check(spec)
+    assert [d.message for d in exc.value.diagnostics] == ["input 'x': 1: expected an integer >= 1, got null"]
