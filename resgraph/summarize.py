@@ -269,26 +269,33 @@ class _Walker:
 
 
 def _measure(module: Any, inputs: list[TensorType]) -> MacCount | None:
-    """An uncurated layer's MACs: FlopCounterMode on one sample, always on the meta device.
+    """An uncurated layer's MACs: FlopCounterMode on one sample, on the meta device first.
 
     The module runs with meta stand-ins for its tensors (`functional_call`), wherever it lives: on
     CPU, torch runs an LSTM as one fused kernel and an eval-mode TransformerEncoderLayer on its fast
     path, which the counter cannot see (0 MACs), while on meta both run the matrix products it counts.
-    So a built model counts what its spec counts, in train or eval mode.
+    So a built model counts what its spec counts, in train or eval mode. A module that cannot run so
+    (a tensor kept as a plain attribute stays where it is) is measured where it lives.
     """
     import torch
     from torch.func import functional_call
     from torch.utils.flop_counter import FlopCounterMode
 
     named = [*module.named_parameters(), *module.named_buffers()]
-    state = {name: torch.empty_like(t, device="meta") for name, t in named}
-    try:
-        args = [torch.zeros((1, *t.shape), dtype=getattr(torch, t.dtype), device="meta") for t in inputs]
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            functional_call(module, state, tuple(args), strict=False)
-    except Exception:  # an arbitrary module's forward may refuse zeros or the meta device: the count stays unknown
-        return None
-    return MacCount(counter.get_total_flops() // 2)
+    stand_ins = {name: torch.empty_like(t, device="meta") for name, t in named}
+    own = named[0][1].device if named else torch.device("meta")
+    for device in ["meta", *([own] if own.type != "meta" else [])]:
+        try:
+            args = [torch.zeros((1, *t.shape), dtype=getattr(torch, t.dtype), device=device) for t in inputs]
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                if device == "meta":
+                    functional_call(module, stand_ins, tuple(args), strict=False)
+                else:
+                    module(*args)
+        except Exception:  # an arbitrary module's forward may refuse zeros or a device: try the next, or unknown
+            continue
+        return MacCount(counter.get_total_flops() // 2)
+    return None
 
 
 def _float_dtype(module: Any) -> str | None:

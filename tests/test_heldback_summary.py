@@ -218,3 +218,25 @@ def test_a_null_where_a_number_belongs_is_named_once() -> None:
     with pytest.raises(resgraph.SpecError) as exc:
         resgraph.check(spec)
     assert [d.message for d in exc.value.diagnostics] == ["input 'x': 1: expected an integer >= 1, got null"]
+
+
+def test_a_layer_that_cannot_run_on_meta_stand_ins_is_measured_where_it_lives(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A tensor kept as a plain attribute is not replaced by functional_call: on a built model it stays on
+    # the CPU beside meta stand-ins (torch.cat refuses the mix), so the layer is counted where it lives
+    # rather than left unknown.
+    (tmp_path / "resgraph_plain_layers.py").write_text(
+        "import torch\n\n"
+        "class Mix(torch.nn.Module):\n"
+        "    def __init__(self, features):\n"
+        "        super().__init__()\n"
+        "        self.weight = torch.nn.Parameter(torch.ones(features, features))\n"
+        "        self.plain = torch.ones(features, features)\n\n"
+        "    def forward(self, x):\n"
+        "        return torch.cat([x @ self.weight, self.plain.expand(x.shape[0], -1, -1)], dim=1)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = ("resgraph: 1\nname: M\ninputs: {x: [3, 4]}\n"
+            "layers:\n  - mix: {op: resgraph_plain_layers.Mix, features: 4}\n")
+    model = resgraph.build(spec, allow_imports=["resgraph_plain_layers"], seed=0)
+    row = next(row for row in resgraph.summary(model).rows if row.name == "mix")
+    assert row.macs == 3 * 4 * 4 and resgraph.summary(model).unmeasured == []
