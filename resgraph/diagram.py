@@ -358,7 +358,9 @@ def _tooltip(row: Row) -> str:
 
 def instance_differences(instances: list[Graph]) -> list[str]:
     """What differs between a repeat's instances, one line each: parameters, input shape, projections,
-    and layers a `when:` left out of some. A folded repeat shows the first instance and these lines.
+    layers a `when:` left out of some, and a layer's arguments or ties that an expression of `index`
+    sets inside the block (`conv dilation 1/2/4/8`; not those that only follow a parameter listed).
+    A folded repeat shows the first instance and these lines.
 
     >>> from resgraph import check
     >>> stage = check("examples/resnet18.yaml").nodes["layer2"].instances
@@ -367,10 +369,12 @@ def instance_differences(instances: list[Graph]) -> list[str]:
     """
     lines = []
     names = list(dict.fromkeys(k for instance in instances for k in instance.params))
+    listed = set()  # the series of the parameters listed: an argument that follows one adds nothing
     for name in names:
         values = [short_value(instance.params.get(name, "-")) for instance in instances]
         if len(set(values)) > 1:
             lines.append(f"{name} {_series(values)}")
+            listed.add(tuple(values))
     shapes = [instance.nodes[instance.inputs[0]].meta["type"].shape for instance in instances if instance.inputs]
     if len(set(shapes)) > 1:
         if all(s[1:] == shapes[0][1:] for s in shapes):
@@ -389,6 +393,23 @@ def instance_differences(instances: list[Graph]) -> list[str]:
             steps = [describe_steps(node.meta["projection"].steps) for node in kinds]
             if len(set(steps)) > 1:
                 lines.append(f"{name}: {_series(steps)}")
+        elif all(isinstance(node, LayerNode) for node in kinds):
+            lines += _layer_differences(name, [node.layer for node in kinds], listed)
+    return lines
+
+
+def _layer_differences(name: str, layers: list[Any], listed: set[tuple[str, ...]]) -> list[str]:
+    """`conv dilation 1/2/4/8`, `fc tie -/weight=body.0.fc.weight/...`: one layer's arguments and ties
+    that differ between instances, leaving out a series equal to a listed parameter's."""
+    lines = []
+    written = [layer.args() for layer in layers]
+    for key in dict.fromkeys(k for args in written for k in args):
+        values = [short_value(args.get(key, "-"), per_dim=key in PER_DIM_ARGS) for args in written]
+        if len(set(values)) > 1 and tuple(values) not in listed:
+            lines.append(f"{name} {key} {_series(values)}")
+    ties = [", ".join(f"{k}={v}" for k, v in (layer.tie or {}).items()) or "-" for layer in layers]
+    if len(set(ties)) > 1:
+        lines.append(f"{name} tie {_series(ties)}")
     return lines
 
 

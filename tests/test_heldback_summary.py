@@ -12,6 +12,7 @@ import torch
 
 import resgraph
 from conftest import ROOT, needs_dot
+from resgraph.diagram import instance_differences
 from resgraph.summarize import format_bytes, format_count
 
 RECURRENT = """\
@@ -240,3 +241,34 @@ def test_a_layer_that_cannot_run_on_meta_stand_ins_is_measured_where_it_lives(
     model = resgraph.build(spec, allow_imports=["resgraph_plain_layers"], seed=0)
     row = next(row for row in resgraph.summary(model).rows if row.name == "mix")
     assert row.macs == 3 * 4 * 4 and resgraph.summary(model).unmeasured == []
+
+
+TCN = """\
+resgraph: 1
+name: TCN
+inputs: {x: [8, 64]}
+blocks:
+  tblock:
+    layers:
+      - conv: {op: Conv1d, out_channels: 8, kernel_size: 3, dilation: "${2 ** index}", padding: "${2 ** index}"}
+      - fc:   {op: Linear, out_features: 64, tie: {weight: "${None if index == 0 else 'body.0.fc.weight'}"}}
+      - act:  {op: ReLU}
+    skips:
+      - res: {from: x, to: act}
+layers:
+  - body: {block: tblock, repeat: 4}
+"""
+
+
+def test_a_folded_repeat_lists_arguments_and_ties_its_body_computes_from_index() -> None:
+    # Only block parameters were compared: a TCN whose block computes `dilation: ${2 ** index}` folded to
+    # "body: tblock ×4 (first shown)", hiding the dilations 2, 4, 8 and the three instances sharing fc's weight.
+    model = resgraph.build(TCN, seed=0)
+    assert [model.body[i].conv.dilation for i in range(4)] == [(1,), (2,), (4,), (8,)]
+    assert all(model.body[i].fc.weight is model.body[0].fc.weight for i in range(4))
+    heading = next(line for line in resgraph.render(TCN, fold_repeats=True).body if "label=\"body: tblock" in line)
+    assert ("body: tblock ×4 (first shown)\nconv padding 1/2/4/8\nconv dilation 1/2/4/8\n"
+            "fc tie -/weight=body.0.fc.weight/weight=body.0.fc.weight/weight=body.0.fc.weight\"") in heading
+    # an argument that only follows a parameter already listed (ResNet's conv1 stride) is not repeated
+    stage = resgraph.check(ROOT / "examples/resnet18.yaml").nodes["layer2"].instances
+    assert not any(line.startswith("conv1 stride") for line in instance_differences(stage))
