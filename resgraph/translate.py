@@ -22,7 +22,7 @@ from .suggest import did_you_mean
 __all__ = ["NAME_RULE", "coerced_diagnostics", "describe", "jsonschema_diagnostics", "keys_not_strings",
            "pydantic_diagnostics", "subject", "untyped_body"]
 
-NAME_RULE = "names start with a letter and hold only letters, digits and '_'"
+NAME_RULE = "names start with an ASCII letter and hold only ASCII letters, digits and '_'"
 
 
 # --- where: a readable name for the part of the spec a path points into --------------------------

@@ -272,3 +272,12 @@ def test_a_folded_repeat_lists_arguments_and_ties_its_body_computes_from_index()
     # an argument that only follows a parameter already listed (ResNet's conv1 stride) is not repeated
     stage = resgraph.check(ROOT / "examples/resnet18.yaml").nodes["layer2"].instances
     assert not any(line.startswith("conv1 stride") for line in instance_differences(stage))
+
+
+def test_a_name_with_a_letter_outside_ascii_is_refused_by_a_rule_it_breaks() -> None:
+    # "names start with a letter and hold only letters, digits and '_'" refused `Modèle`, whose è is a letter.
+    spec = "resgraph: 1\nname: Modèle\ninputs: {x: [3]}\nlayers:\n  - i: {op: Identity}\n"
+    with pytest.raises(resgraph.SpecError) as exc:
+        resgraph.check(spec)
+    assert [d.message for d in exc.value.diagnostics] == [
+        "name: invalid name 'Modèle': names start with an ASCII letter and hold only ASCII letters, digits and '_'"]
