@@ -18,6 +18,7 @@ it reads. Totals and the projection list are always the whole model's, whatever 
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -328,11 +329,17 @@ def _layer_text(node: LayerNode) -> str:
 
 
 def _kernel(node: LayerNode) -> str | None:
-    """`3x3`: a layer's kernel (convolutions and pools), spelled out over its spatial dims."""
+    """`3x3`: a layer's kernel (convolutions and pools), spelled out over its spatial dims: a curated
+    op's, or those an uncurated class's name says as torch's do (`LPPool2d`: `2x2` for kernel_size 2).
+    A kernel of an uncurated class whose name says none is shown as written."""
     kernel = getattr(node.layer, "kernel_size", None)
     if kernel is None:
         return None
-    sizes = list(kernel) if isinstance(kernel, (list, tuple)) else [kernel] * getattr(node.layer, "spatial_dims", 1)
+    dims = getattr(node.layer, "spatial_dims", None)
+    if dims is None:
+        named = re.search(r"([123])d$", node.layer.op)
+        dims = int(named.group(1)) if named else 1
+    sizes = list(kernel) if isinstance(kernel, (list, tuple)) else [kernel] * dims
     return "x".join(map(str, sizes))
 
 

@@ -281,3 +281,13 @@ def test_a_name_with_a_letter_outside_ascii_is_refused_by_a_rule_it_breaks() -> 
         resgraph.check(spec)
     assert [d.message for d in exc.value.diagnostics] == [
         "name: invalid name 'Modèle': names start with an ASCII letter and hold only ASCII letters, digits and '_'"]
+
+
+def test_an_uncurated_pools_kernel_is_spelled_out_over_its_dims_as_a_curated_ones() -> None:
+    # The Kernel column gave MaxPool2d's kernel 2 as `2x2` but LPPool2d's as `2`, a 1-d kernel to the reader.
+    spec = ("resgraph: 1\nname: K\ninputs: {x: [4, 16, 16]}\nlayers:\n"
+            "  - mp: {op: MaxPool2d, kernel_size: 2}\n"
+            "  - lp: {op: LPPool2d, norm_type: 2, kernel_size: 2}\n"
+            "  - fm: {op: FractionalMaxPool2d, kernel_size: [2, 3], output_size: [2, 2]}\n")
+    kernels = {row.name: row.kernel for row in resgraph.summary(spec).rows}
+    assert (kernels["mp"], kernels["lp"], kernels["fm"]) == ("2x2", "2x2", "2x3")
