@@ -360,7 +360,8 @@ def instance_differences(instances: list[Graph]) -> list[str]:
     """What differs between a repeat's instances, one line each: parameters, input shape, projections,
     layers a `when:` left out of some, and a layer's arguments or ties that an expression of `index`
     sets inside the block (`conv dilation 1/2/4/8`; not those that only follow a parameter listed).
-    A folded repeat shows the first instance and these lines.
+    A block called inside is listed with what each instance's call makes, where that differs and no
+    parameter explains it (`inner: unit() ×1 | unit() ×2`). A folded repeat shows the first instance and these lines.
 
     >>> from resgraph import check
     >>> stage = check("examples/resnet18.yaml").nodes["layer2"].instances
@@ -395,7 +396,22 @@ def instance_differences(instances: list[Graph]) -> list[str]:
                 lines.append(f"{name}: {_series(steps)}")
         elif all(isinstance(node, LayerNode) for node in kinds):
             lines += _layer_differences(name, [node.layer for node in kinds], listed)
+        elif all(isinstance(node, BlockNode) for node in kinds) and not listed:
+            # a call inside, where no parameter of the instances differs to explain it (`repeat: ${index + 1}`)
+            calls = [_call_text(node) for node in kinds]
+            if len(set(calls)) > 1:
+                lines.append(f"{name}: {_series(calls)}")
     return lines
+
+
+def _call_text(node: BlockNode) -> str:
+    """`unit(d=1) ×3`: what a block call makes (its instances' titles, once when they are all alike)."""
+    titles = [instance_title(inner) for inner in node.instances]
+    if not titles:
+        return "-"
+    if len(set(titles)) == 1:
+        return titles[0] + (f" ×{len(titles)}" if node.repeated else "")
+    return "; ".join(titles)
 
 
 def _layer_differences(name: str, layers: list[Any], listed: set[tuple[str, ...]]) -> list[str]:

@@ -291,3 +291,27 @@ def test_an_uncurated_pools_kernel_is_spelled_out_over_its_dims_as_a_curated_one
             "  - fm: {op: FractionalMaxPool2d, kernel_size: [2, 3], output_size: [2, 2]}\n")
     kernels = {row.name: row.kernel for row in resgraph.summary(spec).rows}
     assert (kernels["mp"], kernels["lp"], kernels["fm"]) == ("2x2", "2x2", "2x3")
+
+
+def test_a_folded_repeat_lists_a_call_inside_that_differs_between_instances() -> None:
+    # `inner: {block: unit, repeat: "${index + 1}"}` calls one, two, then three units: folded, only the
+    # first outer instance was drawn, with nothing saying that the others hold more.
+    spec = """\
+resgraph: 1
+name: Nest
+inputs: {x: [8, 64]}
+blocks:
+  unit:
+    layers:
+      - conv: {op: Conv1d, out_channels: 8, kernel_size: 3, padding: 1}
+  outer:
+    layers:
+      - inner: {block: unit, repeat: "${index + 1}"}
+      - act: {op: ReLU}
+layers:
+  - body: {block: outer, repeat: 3}
+"""
+    assert [len(instance.nodes["inner"].instances) for instance in resgraph.check(spec).nodes["body"].instances] == [
+        1, 2, 3]
+    heading = next(line for line in resgraph.render(spec, fold_repeats=True).body if 'label="body: outer' in line)
+    assert 'label="body: outer ×3 (first shown)\ninner: unit() ×1 | unit() ×2 | unit() ×3"' in heading
