@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -212,16 +213,17 @@ def count_parameters(spec: SpecSource, *, params: Mapping[str, Any] | None = Non
         return sum(counts.values())
 
 
-def render(spec: SpecSource | CompiledModule, *, params: Mapping[str, Any] | None = None, shapes: bool = True,
+def render(spec: SpecSource | CompiledModule | Graph, *, params: Mapping[str, Any] | None = None, shapes: bool = True,
            param_counts: bool = True, args: bool = True, depth: int | None = None, fold_repeats: bool = False,
            rankdir: str = "TB", layout: str = "default", dpi: int | None = None, allow_imports: Iterable[str] = (),
            input_shapes: InputShapes | None = None, file: str | None = None) -> Any:
-    """The architecture diagram of a spec, or of a built model, as a `graphviz.Digraph`.
+    """The architecture diagram of a spec, a checked graph (`check`) or a built model, as a `graphviz.Digraph`.
 
-    Weights are never allocated for a spec: parameter counts come from a meta-device build.
+    Weights are never allocated for a spec or a graph: parameter counts come from a meta-device build.
 
     Args:
-        spec: a path, YAML text, a dict, or a model returned by `build`.
+        spec: a path, YAML text, a dict, a graph from `check`, or a model from `build` (or torch.compile's
+            or DistributedDataParallel's wrapper of one).
         shapes, param_counts, args: what each node shows besides its name and op.
         depth: module levels to show, as torchinfo counts them (1: the top level, each block call one node).
         fold_repeats: draw a repeated block once, in a box labelled xN.
@@ -230,19 +232,46 @@ def render(spec: SpecSource | CompiledModule, *, params: Mapping[str, Any] | Non
         dpi: the resolution of PNG output (Graphviz's default: 96).
     Raises:
         SpecError: the spec is invalid.
-        UsageError: an unknown rankdir or layout.
+        UsageError: an unknown rankdir or layout, or a torch module resgraph did not build.
     """
     from .diagram import RenderOptions, render_graph
+    from .graph import Graph
     from .model import CompiledModule, meta_module
 
     options = RenderOptions(shapes=shapes, param_counts=param_counts, args=args, depth=depth,
                             fold_repeats=fold_repeats, rankdir=rankdir, layout=layout, dpi=dpi)
+    spec = _built_model(spec, "render")
     if isinstance(spec, CompiledModule):
         return render_graph(spec.graph, spec, options)
+    if isinstance(spec, Graph):
+        return render_graph(spec, meta_module(spec), options)
     with allowed_imports(allow_imports):
         _, graph = check_loaded(load(spec, file=file), params, input_shapes=input_shapes)
         module = meta_module(graph)
     return render_graph(graph, module, options)
+
+
+def _built_model(spec: Any, what: str) -> Any:
+    """`spec` itself, or the model from `build` that a wrapper holds (torch.compile's `_orig_mod`,
+    DistributedDataParallel's `module`): the same parameters, so the same summary and diagram.
+
+    Raises:
+        UsageError: `spec` is a torch module resgraph did not build (it has no spec to read).
+    """
+    from .model import CompiledModule
+
+    if isinstance(spec, CompiledModule):
+        return spec
+    for attribute in ("_orig_mod", "module"):
+        inner = getattr(spec, attribute, None)
+        if isinstance(inner, CompiledModule):
+            return inner
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(spec, torch.nn.Module):
+        raise UsageError(f"{what} takes a spec (a path, YAML text or a dict), a graph from resgraph.check or a model "
+                         f"from resgraph.build, not {type(spec).__name__}: a module resgraph did not build has no "
+                         "spec to read")
+    return spec
 
 
 def to_python(module: CompiledModule) -> str:
@@ -271,7 +300,8 @@ def summary(spec: SpecSource | CompiledModule | Graph, *, depth: int | None = No
     (268928, ['shortcut1', 'shortcut2'], ['res2_conv2'], 275447808)
 
     Args:
-        spec: a path, YAML text, a dict, a graph from `check`, or a model from `build`.
+        spec: a path, YAML text, a dict, a graph from `check`, or a model from `build` (or torch.compile's
+            or DistributedDataParallel's wrapper of one).
         depth: module levels the rows show (1: the top level; default: all).
         columns: the table's columns after the layer name, as a list or "op,macs,..."
             (`resgraph.summarize.COLUMNS`; "default" and "all" expand).
@@ -281,12 +311,13 @@ def summary(spec: SpecSource | CompiledModule | Graph, *, depth: int | None = No
         the rows shown.
     Raises:
         SpecError: the spec is invalid.
-        UsageError: an unknown column, or an unreadable file.
+        UsageError: an unknown column, an unreadable file, or a torch module resgraph did not build.
     """
     from .graph import Graph
     from .model import CompiledModule, meta_module
     from .summarize import summarize
 
+    spec = _built_model(spec, "summary")
     if isinstance(spec, CompiledModule):
         return summarize(spec.graph, spec, depth=depth, columns=columns, file=spec.build_record.file)
     if isinstance(spec, Graph):

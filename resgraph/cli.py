@@ -230,6 +230,8 @@ def _overrides(pairs: list[str]) -> dict[str, object]:
         name, sep, text = pair.partition("=")
         if not sep or not name.strip():
             raise UsageError(f"--set {pair}: expected NAME=VALUE")
+        if name.strip() in values:  # the later one would silently win
+            raise UsageError(f"--set {pair}: {name.strip()} is already set by an earlier --set; give it once")
         try:
             values[name.strip()] = load_value(text, name.strip())
         except SpecError as exc:
@@ -246,6 +248,9 @@ def _input_shapes(pairs: list[str]) -> dict[str, tuple[int, ...]]:
         sizes = [part.strip() for part in text.split(",")]
         if not sep or not name.strip() or not all(_whole(size) and int(size) >= 1 for size in sizes):
             raise UsageError(f"--input {pair}: expected NAME=SIZE,SIZE,... with whole sizes >= 1 (e.g. x=3,299,299)")
+        if name.strip() in shapes:  # the later one would silently win
+            raise UsageError(f"--input {pair}: {name.strip()}'s shape is already given by an earlier --input; "
+                             "give it once")
         shapes[name.strip()] = tuple(int(size) for size in sizes)
     return shapes
 
@@ -451,7 +456,8 @@ def _render(args: argparse.Namespace) -> int:
                       layout=args.layout, dpi=args.dpi)
 
     try:
-        status = _draw(draw, output, fold_repeats=args.fold_repeats, replace=args.output is not None)
+        status = _draw(draw, output, fold_repeats=args.fold_repeats, depth=args.depth,
+                       replace=args.output is not None)
     except FileExistsError:  # (the default output: never a file the user did not name)
         raise UsageError(f"{one_line(output)}: another file (or a link) is there already, and the default output "
                          f"(SPEC's name with .svg) never replaces one; name it to replace it (-o {one_line(output)}), "
@@ -461,7 +467,8 @@ def _render(args: argparse.Namespace) -> int:
     return status
 
 
-def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = False, replace: bool = True) -> int:
+def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = False, depth: int | None = None,
+          replace: bool = True) -> int:
     """Draw (folding repeats if the full diagram is too large for the format) and write the diagram;
     without Graphviz's `dot`, write the .dot source and say how to get it.
 
@@ -474,7 +481,7 @@ def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = Fal
     from .errors import one_line
     from .formats import write_diagram
 
-    fitted = fit_diagram(draw, path, fold_repeats=fold_repeats)
+    fitted = fit_diagram(draw, path, fold_repeats=fold_repeats, depth=depth)
     if fitted.note:
         print(f"resgraph: note: {one_line(fitted.note)}", file=sys.stderr)
     fallback = write_diagram(fitted.dot, path, replace=replace)

@@ -146,9 +146,11 @@ class _Renderer:
         return "\n".join(line for line in lines if line)
 
     def shape(self, node: Node) -> str | None:
+        """'(64, 56, 56)': a node's output shape; each output's for a call of a block with several."""
         if not self.options.shapes:
             return None
-        return "(" + ", ".join(map(str, node.meta["type"].shape)) + ")"
+        types = node.output_types() if isinstance(node, BlockNode) else [node.meta["type"]]
+        return "; ".join("(" + ", ".join(map(str, t.shape)) + ")" for t in types)
 
     def count(self, node: Node | Graph, prefix: str = "") -> str | None:
         """'1,792 params' for what a node owns (or a whole block instance); None when nothing."""
@@ -320,13 +322,15 @@ def dot_text(text: str) -> str:
     line break), and a trailing one escapes the closing quote, which made the whole file a syntax
     error; a value in `<...>` would be an HTML-like label. Spec strings (argument values, block
     parameters) reach labels and tooltips, so every backslash is doubled and HTML is never assumed.
+    Graphviz also reads `&amp;`, `&lt;` and `&#38;` as the characters they name, in SVG's text and
+    tooltips alike, so every `&` is written as `&amp;`: `a &lt; b` is shown as written.
 
-    >>> print(dot_text("padding=a\\"))
-    padding=a\\
+    >>> print(dot_text("padding=a\\"), dot_text("a &lt; b"))
+    padding=a\\ a &amp;lt; b
     """
     import graphviz
 
-    return graphviz.escape(text)
+    return graphviz.escape(text.replace("&", "&amp;"))
 
 
 def _tooltip(row: Row) -> str:
@@ -336,7 +340,8 @@ def _tooltip(row: Row) -> str:
 
     lines = [f"{row.name}: {row.op}"]
     inputs = ", ".join(shape(s) for s in row.input_shapes)
-    lines.append(f"{inputs} -> {shape(row.shape)}" if inputs else shape(row.shape))
+    outputs = "; ".join(shape(s) for s in row.output_shapes or [row.shape])
+    lines.append(f"{inputs} -> {outputs}" if inputs else outputs)
     if row.projection and row.projection.steps != "identity":
         lines.append(f"projection ({row.projection.policy}): {row.projection.steps} [{row.projection.reason}]")
     if row.kernel:
@@ -353,7 +358,10 @@ def _tooltip(row: Row) -> str:
 
 def instance_differences(instances: list[Graph]) -> list[str]:
     """What differs between a repeat's instances, one line each: parameters, input shape, projections,
-    and layers a `when:` left out of some. A folded repeat shows the first instance and these lines.
+    layers a `when:` left out of some, and a layer's arguments or ties that an expression of `index`
+    sets inside the block (`conv dilation 1/2/4/8`; not those that only follow a parameter listed).
+    A block called inside is listed with what each instance's call makes, where that differs and no
+    parameter explains it (`inner: unit() ×1 | unit() ×2`). A folded repeat shows the first instance and these lines.
 
     >>> from resgraph import check
     >>> stage = check("examples/resnet18.yaml").nodes["layer2"].instances
@@ -362,10 +370,12 @@ def instance_differences(instances: list[Graph]) -> list[str]:
     """
     lines = []
     names = list(dict.fromkeys(k for instance in instances for k in instance.params))
+    listed = set()  # the series of the parameters listed: an argument that follows one adds nothing
     for name in names:
         values = [short_value(instance.params.get(name, "-")) for instance in instances]
         if len(set(values)) > 1:
             lines.append(f"{name} {_series(values)}")
+            listed.add(tuple(values))
     shapes = [instance.nodes[instance.inputs[0]].meta["type"].shape for instance in instances if instance.inputs]
     if len(set(shapes)) > 1:
         if all(s[1:] == shapes[0][1:] for s in shapes):
@@ -384,6 +394,38 @@ def instance_differences(instances: list[Graph]) -> list[str]:
             steps = [describe_steps(node.meta["projection"].steps) for node in kinds]
             if len(set(steps)) > 1:
                 lines.append(f"{name}: {_series(steps)}")
+        elif all(isinstance(node, LayerNode) for node in kinds):
+            lines += _layer_differences(name, [node.layer for node in kinds], listed)
+        elif all(isinstance(node, BlockNode) for node in kinds) and not listed:
+            # a call inside, where no parameter of the instances differs to explain it (`repeat: ${index + 1}`)
+            calls = [_call_text(node) for node in kinds]
+            if len(set(calls)) > 1:
+                lines.append(f"{name}: {_series(calls)}")
+    return lines
+
+
+def _call_text(node: BlockNode) -> str:
+    """`unit(d=1) ×3`: what a block call makes (its instances' titles, once when they are all alike)."""
+    titles = [instance_title(inner) for inner in node.instances]
+    if not titles:
+        return "-"
+    if len(set(titles)) == 1:
+        return titles[0] + (f" ×{len(titles)}" if node.repeated else "")
+    return "; ".join(titles)
+
+
+def _layer_differences(name: str, layers: list[Any], listed: set[tuple[str, ...]]) -> list[str]:
+    """`conv dilation 1/2/4/8`, `fc tie -/weight=body.0.fc.weight/...`: one layer's arguments and ties
+    that differ between instances, leaving out a series equal to a listed parameter's."""
+    lines = []
+    written = [layer.args() for layer in layers]
+    for key in dict.fromkeys(k for args in written for k in args):
+        values = [short_value(args.get(key, "-"), per_dim=key in PER_DIM_ARGS) for args in written]
+        if len(set(values)) > 1 and tuple(values) not in listed:
+            lines.append(f"{name} {key} {_series(values)}")
+    ties = [", ".join(f"{k}={v}" for k, v in (layer.tie or {}).items()) or "-" for layer in layers]
+    if len(set(ties)) > 1:
+        lines.append(f"{name} tie {_series(ties)}")
     return lines
 
 
@@ -444,17 +486,19 @@ class Fitted:
     note: str | None = None
 
 
-def fit_diagram(draw: Callable[[bool], Any], path: str, *, fold_repeats: bool = False) -> Fitted:
+def fit_diagram(draw: Callable[[bool], Any], path: str, *, fold_repeats: bool = False,
+                depth: int | None = None) -> Fitted:
     """The diagram `draw(fold_repeats)` returns, folded when the full one is too large for `path`'s format.
 
     PNG is limited by cairo (`PNG_LIMIT_PIXELS` a side, at the diagram's dpi) and PDF by what readers
     open (`PDF_LIMIT_INCHES`); SVG and HTML have no size limit. Measuring needs Graphviz's `dot`;
     without it the diagram is returned as drawn. Every format but DOT is laid out by Graphviz, which
     takes minutes to hours beyond LAYOUT_LIMIT statements: a larger diagram is folded, or refused.
+    `depth` is the module levels `draw` shows (None: all), so that a refusal offers only fewer.
 
     Raises:
         ResgraphError: even folded, the diagram is too large for the format or for Graphviz to lay
-            out (the message names the flags that help).
+            out (the message names the flags that help, leaving out those already given).
     """
     fmt = os.path.splitext(path)[1].lower().lstrip(".")
     dot = draw(fold_repeats)
@@ -463,7 +507,7 @@ def fit_diagram(draw: Callable[[bool], Any], path: str, *, fold_repeats: bool = 
         statements = len(dot.body)
         folded = None if fold_repeats else draw(True)
         if folded is None or len(folded.body) > LAYOUT_LIMIT:
-            raise _too_large_to_lay_out(path, statements, folded=True)
+            raise _too_large_to_lay_out(path, statements, folded=True, depth=depth)
         dot, fold_repeats = folded, True
         note = (f"the full diagram has {statements:,} nodes, edges and boxes, more than Graphviz lays out in "
                 f"reasonable time ({LAYOUT_LIMIT:,}); repeated blocks are folded (--fold-repeats). For every "
@@ -473,27 +517,50 @@ def fit_diagram(draw: Callable[[bool], Any], path: str, *, fold_repeats: bool = 
     size = _measure(dot, fmt)
     if size is None:
         return Fitted(dot, note)
+    folded_any = fold_repeats
     if not fold_repeats:
         folded = draw(True)
         if folded.source != dot.source:
             smaller = _measure(folded, fmt)
             if smaller is None:
-                return Fitted(folded, f"the full diagram would be {size}, more than {_limit(fmt)}; repeated blocks "
-                                      f"are folded (--fold-repeats). For every layer, write SVG or HTML "
+                return Fitted(folded, f"the full diagram would be {size.text}, more than {_limit(fmt)}; repeated "
+                                      f"blocks are folded (--fold-repeats). For every layer, write SVG or HTML "
                                       f"(-o {_stem(path)}.svg)")
-            size = smaller
-    raise ResgraphError(f"cannot draw {path}: the diagram would be {size}, more than {_limit(fmt)}, even with "
-                        f"repeated blocks folded. Show fewer levels (--depth 2, or --depth 1), lay it out "
-                        f"sideways (--rankdir LR){', lower the resolution (--dpi 48)' if fmt == 'png' else ''}, or "
-                        f"write SVG or HTML, which have no size limit (-o {_stem(path)}.svg)")
+            dot, size, folded_any = folded, smaller, True
+    # Only advice that can help: fewer levels than shown, the other direction, a resolution that fits.
+    advice = [_fewer_levels(depth)]
+    if dot.graph_attr.get("rankdir", "TB") in ("TB", "BT"):
+        advice.append("lay it out sideways (--rankdir LR)")
+    if fmt == "png":
+        fits = math.floor(PNG_LIMIT_PIXELS / size.inches)  # the largest resolution at which it fits
+        if fits >= 1:
+            advice.append(f"lower the resolution (--dpi {fits} or less)")
+    advice.append(f"write SVG or HTML, which have no size limit (-o {_stem(path)}.svg)")
+    shown = [a for a in advice if a]
+    raise ResgraphError(f"cannot draw {path}: the diagram would be {size.text}, more than {_limit(fmt)}"
+                        f"{', even with repeated blocks folded' if folded_any else ''}. "
+                        f"{_sentence(', '.join(shown[:-1]) + ', or ' + shown[-1] if len(shown) > 1 else shown[0])}")
 
 
-def _too_large_to_lay_out(path: str, statements: int, folded: bool) -> ResgraphError:
+def _fewer_levels(depth: int | None) -> str | None:
+    """'show fewer levels (--depth 2, or --depth 1)': the levels below those shown; None at depth 1."""
+    if depth == 1:
+        return None
+    return "show fewer levels (--depth 1)" if depth == 2 else "show fewer levels (--depth 2, or --depth 1)"
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _too_large_to_lay_out(path: str, statements: int, folded: bool, depth: int | None = None) -> ResgraphError:
+    advice = [_fewer_levels(depth), None if folded else "fold repeated blocks (--fold-repeats)",
+              f"write its source (-o {_stem(path)}.dot)"]
+    shown = [a for a in advice if a]
     return ResgraphError(f"cannot draw {path}: the diagram has {statements:,} nodes, edges and boxes, more than "
                          f"Graphviz lays out in reasonable time ({LAYOUT_LIMIT:,})"
-                         f"{', even with repeated blocks folded' if folded else ''}. Show fewer levels (--depth 2, or "
-                         f"--depth 1){'' if folded else ', fold repeated blocks (--fold-repeats)'}, or write its "
-                         f"source (-o {_stem(path)}.dot)")
+                         f"{', even with repeated blocks folded' if folded else ''}. "
+                         f"{_sentence(', '.join(shown[:-1]) + ', or ' + shown[-1] if len(shown) > 1 else shown[0])}")
 
 
 def _stem(path: str) -> str:
@@ -505,8 +572,17 @@ def _limit(fmt: str) -> str:
             else f"the {PDF_LIMIT_INCHES} inches a side PDF readers open")
 
 
-def _measure(dot: Any, fmt: str) -> str | None:
-    """'393 x 41,080 px at 96 dpi' when the laid-out diagram is over the format's limit; None when it fits."""
+@dataclass(frozen=True)
+class _Size:
+    """A laid-out diagram over its format's limit: as the message says it, and its longest side in inches."""
+
+    text: str
+    inches: float
+
+
+def _measure(dot: Any, fmt: str) -> _Size | None:
+    """The size of the laid-out diagram when it is over the format's limit ('393 x 41,080 px at 96 dpi');
+    None when it fits."""
     import graphviz
 
     try:
@@ -518,12 +594,12 @@ def _measure(dot: Any, fmt: str) -> str | None:
     if fmt == "pdf":
         if max(inches) <= PDF_LIMIT_INCHES:
             return None
-        return f"{inches[0]:,.0f} x {inches[1]:,.0f} inches"
+        return _Size(f"{inches[0]:,.0f} x {inches[1]:,.0f} inches", max(inches))
     dpi = float(dot.graph_attr.get("dpi", DEFAULT_DPI))
     pixels = [round(i * dpi) for i in inches]
     if max(pixels) <= PNG_LIMIT_PIXELS:
         return None
-    return f"{pixels[0]:,} x {pixels[1]:,} px at {dpi:g} dpi"
+    return _Size(f"{pixels[0]:,} x {pixels[1]:,} px at {dpi:g} dpi", max(inches))
 
 
 def write_diagram(dot: Any, path: str, *, replace: bool = True) -> str | None:

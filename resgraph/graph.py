@@ -160,6 +160,13 @@ class BlockNode(Node):
         """True for `collect: true`: every instance's output is a value of its own (`stage.0`, ...)."""
         return self.call.collect
 
+    def output_types(self) -> list[Any]:
+        """The types of what the call returns: each output of a block with several (`head.box`,
+        `head.cls`: `meta["type"]` is the first's), or its one output (a repeat's: the last instance's)."""
+        instance = self.instances[-1]
+        names = instance.outputs if not self.repeated else instance.outputs[:1]
+        return [instance.nodes[name].meta["type"] for name in names]
+
     def detail(self) -> str:
         return f" (block {self.call.block})"
 

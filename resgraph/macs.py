@@ -62,7 +62,8 @@ from .ops.sample_norm import GroupNorm, InstanceNormBase, LayerNorm
 from .ops.tensor_ops import Mean
 from .projections import ProjectionPlan, Step, StepKind
 
-__all__ = ["MAC_RULES", "STEP_MACS", "ZERO_MAC_OPS", "MacCount", "layer_macs", "merge_macs", "projection_macs"]
+__all__ = ["MAC_RULES", "STEP_MACS", "ZERO_MAC_OPS", "MacCount", "layer_macs", "merge_macs", "projection_macs",
+           "step_shapes"]
 
 
 @dataclass(frozen=True)
@@ -227,11 +228,27 @@ STEP_MACS: dict[StepKind, Callable[[Step, tuple[int, ...], tuple[int, ...]], Mac
 def projection_macs(plan: ProjectionPlan, source: TensorType) -> MacCount:
     """The MACs of a skip's projection steps, applied in order to `source`."""
     total, shape = MacCount(), source.shape
-    for step in plan.steps:
-        after = _step_shape(step, shape, plan.output.shape)
+    for step, after in zip(plan.steps, step_shapes(plan, source)):
         total += STEP_MACS[step.kind](step, shape, after)
         shape = after
     return total
+
+
+def step_shapes(plan: ProjectionPlan, source: TensorType) -> list[tuple[int, ...]]:
+    """The per-sample shape after each of a skip's projection steps, applied in order to `source`.
+
+    >>> from resgraph import check
+    >>> p1 = check('''{resgraph: 1, name: M, inputs: {x: [4, 15, 15]},
+    ...               layers: [c: {op: Conv2d, out_channels: 16, kernel_size: 3, stride: 4, padding: 1}],
+    ...               skips: [p1: {from: x, to: c, projection: avgpool}]}''').nodes["p1"]
+    >>> step_shapes(p1.meta["projection"], TensorType((4, 15, 15)))  # AvgPool2d /4, Conv2d 1x1, BatchNorm2d
+    [(4, 4, 4), (16, 4, 4), (16, 4, 4)]
+    """
+    shapes, shape = [], source.shape
+    for step in plan.steps:
+        shape = _step_shape(step, shape, plan.output.shape)
+        shapes.append(shape)
+    return shapes
 
 
 def _step_shape(step: Step, shape: tuple[int, ...], final: tuple[int, ...]) -> tuple[int, ...]:

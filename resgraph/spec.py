@@ -173,7 +173,7 @@ def _entry_as_given(entry: Any) -> Any:
         raise ValueError("an entry is one `NAME: {...}` pair")
     ((name, body),) = entry.items()
     if not is_identifier(name):
-        raise ValueError(f"{name!r} is not a valid name (a letter, then letters, digits and _)")
+        raise ValueError(f"{name!r} is not a valid name (an ASCII letter, then ASCII letters, digits and _)")
     if not isinstance(body, dict):
         raise ValueError(f"{name}: the body is a mapping, not {type(body).__name__}")
     return entry

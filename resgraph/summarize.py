@@ -18,13 +18,15 @@ it reads. Totals and the projection list are always the whole model's, whatever 
 from __future__ import annotations
 
 import math
+import re
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .errors import UsageError, one_line, printable
 from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode, is_block_value
-from .macs import MacCount, layer_macs, merge_macs, projection_macs
+from .macs import MacCount, layer_macs, merge_macs, projection_macs, step_shapes
 from .ops import TensorType
 from .ops.stored import literal_shape
 from .ownership import owned_tensors
@@ -39,6 +41,9 @@ __all__ = ["COLUMNS", "DEFAULT_COLUMNS", "DTYPE_BYTES", "PER_DIM_ARGS", "Column"
 # kernel_size [3, 3]). Any other list is shown whole: `shape: [1, 1, 1]` is not `shape=1`.
 PER_DIM_ARGS = frozenset({"kernel_size", "stride", "padding", "dilation", "output_padding", "output_size", "size",
                           "scale_factor"})
+# Arguments whose list is a size, shown as `3x64`. Any other list (`dim: [2, 3]`, `dims`, `outputs`, `masks`)
+# is shown as a list: `dim=2x3` would read as a size.
+SIZE_ARGS = PER_DIM_ARGS | {"shape", "normalized_shape", "unflattened_size"}
 LITERAL_ARGS = frozenset({"value", "init"})  # tensor literals (`constant`, `parameter`): data, not sizes
 DTYPE_BYTES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "bool": 1}
 
@@ -76,6 +81,7 @@ class Row:
     activation_bytes: int = 0
     connected_to: list[str] = field(default_factory=list)
     tied_to: dict[str, str] = field(default_factory=dict)  # this layer's parameter -> the model's parameter it is
+    output_shapes: list[list[int]] = field(default_factory=list)  # each output of a call with several (`shape`: 1st)
 
 
 @dataclass(frozen=True)
@@ -198,7 +204,8 @@ class _Walker:
             elif isinstance(node, SkipNode):
                 plan: ProjectionPlan = node.meta["projection"]
                 macs = merge_macs(node.skip.merge.value, out) + projection_macs(plan, inputs[1])
-                memory = _bytes(out) + len(plan.steps) * _bytes(self.runtime(plan.output))
+                # the merged value and each projection step's output (an avgpool or subsample keeps the channels)
+                memory = _bytes(out) + sum(_bytes(replace(out, shape=shape)) for shape in step_shapes(plan, inputs[1]))
                 projection = ProjectionRow(plan.policy.value, plan.reason, describe_steps(plan.steps),
                                            common["params"])
                 kernel = "1x1" if any(s.kind.value == "conv" for s in plan.steps) else None
@@ -207,6 +214,8 @@ class _Walker:
                                      activation_bytes=memory, **common))
                 totals.add(macs, memory)
             elif isinstance(node, BlockNode):
+                if len(outputs := node.output_types()) > 1:
+                    common["output_shapes"] = [list(self.runtime(t).shape) for t in outputs]
                 block = self.block(node, prefix, level, reads, common)
                 totals.add(block.macs, block.activation_bytes)
         self.outputs = [shown[name] for name in graph.outputs]
@@ -261,19 +270,33 @@ class _Walker:
 
 
 def _measure(module: Any, inputs: list[TensorType]) -> MacCount | None:
-    """An uncurated layer's MACs: FlopCounterMode on one sample (on the module's own device, meta included)."""
+    """An uncurated layer's MACs: FlopCounterMode on one sample, on the meta device first.
+
+    The module runs with meta stand-ins for its tensors (`functional_call`), wherever it lives: on
+    CPU, torch runs an LSTM as one fused kernel and an eval-mode TransformerEncoderLayer on its fast
+    path, which the counter cannot see (0 MACs), while on meta both run the matrix products it counts.
+    So a built model counts what its spec counts, in train or eval mode. A module that cannot run so
+    (a tensor kept as a plain attribute stays where it is) is measured where it lives.
+    """
     import torch
+    from torch.func import functional_call
     from torch.utils.flop_counter import FlopCounterMode
 
-    tensors = [*module.parameters(), *module.buffers()]
-    device = tensors[0].device if tensors else torch.device("meta")
-    try:
-        args = [torch.zeros((1, *t.shape), dtype=getattr(torch, t.dtype), device=device) for t in inputs]
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            module(*args)
-    except Exception:  # an arbitrary module's forward may refuse zeros or the meta device: the count stays unknown
-        return None
-    return MacCount(counter.get_total_flops() // 2)
+    named = [*module.named_parameters(), *module.named_buffers()]
+    stand_ins = {name: torch.empty_like(t, device="meta") for name, t in named}
+    own = named[0][1].device if named else torch.device("meta")
+    for device in ["meta", *([own] if own.type != "meta" else [])]:
+        try:
+            args = [torch.zeros((1, *t.shape), dtype=getattr(torch, t.dtype), device=device) for t in inputs]
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                if device == "meta":
+                    functional_call(module, stand_ins, tuple(args), strict=False)
+                else:
+                    module(*args)
+        except Exception:  # an arbitrary module's forward may refuse zeros or a device: try the next, or unknown
+            continue
+        return MacCount(counter.get_total_flops() // 2)
+    return None
 
 
 def _float_dtype(module: Any) -> str | None:
@@ -295,7 +318,7 @@ def _layer_text(node: LayerNode) -> str:
     """`Conv2d(out_channels=64, ...)`; code ops name their inputs (`add(a, b)`); ties are noted
     (`Linear(...) [weight tied to wte.weight]`), as are buffers and frozen parameters."""
     layer = node.layer
-    args = ", ".join(f"{k}={short_value(v, per_dim=k in PER_DIM_ARGS, literal=k in LITERAL_ARGS)}"
+    args = ", ".join(f"{k}={short_value(v, per_dim=k in PER_DIM_ARGS, literal=k in LITERAL_ARGS, size=k in SIZE_ARGS)}"
                      for k, v in layer.args().items())
     if layer.code_only:
         args = ", ".join([*node.inputs, *([args] if args else [])])
@@ -306,11 +329,17 @@ def _layer_text(node: LayerNode) -> str:
 
 
 def _kernel(node: LayerNode) -> str | None:
-    """`3x3`: a layer's kernel (convolutions and pools), spelled out over its spatial dims."""
+    """`3x3`: a layer's kernel (convolutions and pools), spelled out over its spatial dims: a curated
+    op's, or those an uncurated class's name says as torch's do (`LPPool2d`: `2x2` for kernel_size 2).
+    A kernel of an uncurated class whose name says none is shown as written."""
     kernel = getattr(node.layer, "kernel_size", None)
     if kernel is None:
         return None
-    sizes = list(kernel) if isinstance(kernel, (list, tuple)) else [kernel] * getattr(node.layer, "spatial_dims", 1)
+    dims = getattr(node.layer, "spatial_dims", None)
+    if dims is None:
+        named = re.search(r"([123])d$", node.layer.op)
+        dims = int(named.group(1)) if named else 1
+    sizes = list(kernel) if isinstance(kernel, (list, tuple)) else [kernel] * dims
     return "x".join(map(str, sizes))
 
 
@@ -320,14 +349,17 @@ def instance_title(instance: Graph) -> str:
     return f"{instance.block}({params})"
 
 
-def short_value(value: Any, *, per_dim: bool = False, literal: bool = False) -> str:
-    """`3x1` for (3, 1); `3` for (3, 3) when `per_dim` (a value per spatial dim, such as a kernel size);
-    a large tensor literal by its shape (`<16x16 values>`); other values as written (small or ragged
-    lists, mappings, a `literal` tensor's values; booleans as torch's reprs print them, `True`), with
-    characters a terminal would act on escaped (a spec's strings reach the summary).
+def short_value(value: Any, *, per_dim: bool = False, literal: bool = False, size: bool = True) -> str:
+    """`3x1` for a `size` (3, 1); `3` for (3, 3) when `per_dim` (a value per spatial dim, such as a kernel
+    size); a list that is not a size (dims, names) as a list, `[2, 3]`, `[box, cls]`; a large tensor
+    literal by its shape (`<16x16 values>`); other values as written (small or ragged lists, mappings,
+    a `literal` tensor's values; booleans as torch's reprs print them, `True`), with characters a
+    terminal would act on escaped (a spec's strings reach the summary).
 
     >>> short_value([3, 3], per_dim=True), short_value([1, 1, 1]), short_value([3, 1])
     ('3', '1x1x1', '3x1')
+    >>> short_value([2, 3], size=False), short_value(["box", "cls"])
+    ('[2, 3]', '[box, cls]')
     >>> short_value([1, 2, 3], literal=True), short_value([True, False])
     ('[1, 2, 3]', '[True, False]')
     """
@@ -338,7 +370,10 @@ def short_value(value: Any, *, per_dim: bool = False, literal: bool = False) -> 
         text = f"<{'x'.join(map(str, shape))} values>" if math.prod(shape) > 8 else str(value)
     elif (isinstance(value, (tuple, list)) and value and not literal
           and all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in value)):
-        text = str(value[0]) if per_dim and len(set(value)) == 1 else "x".join(map(str, value))
+        if size and not any(isinstance(v, str) for v in value):
+            text = str(value[0]) if per_dim and len(set(value)) == 1 else "x".join(map(str, value))
+        else:  # names, or dims: as a list (`outputs=p0xp1` and `dim=2x3` read as sizes)
+            text = "[" + ", ".join(map(str, value)) + "]"
     else:
         text = str(value)
     return printable(text)
@@ -360,29 +395,35 @@ def _literal_shape(value: Any) -> tuple[int, ...]:
 
 def format_count(n: int | None) -> str:
     """`1.77M`: a count in thousands (K), millions (M), billions (G) or trillions (T); `?` for unknown.
+    The unit is the smallest whose rounded number stays under 1000 (999,999 is `1.00M`, not `1000.00K`).
 
     >>> format_count(999), format_count(1_769_472), format_count(4_089_184_256), format_count(None)
     ('999', '1.77M', '4.09G', '?')
+    >>> format_count(999_994), format_count(999_999)
+    ('999.99K', '1.00M')
     """
     if n is None:
         return "?"
-    for unit, size in (("T", 10**12), ("G", 10**9), ("M", 10**6), ("K", 10**3)):
-        if abs(n) >= size:
+    if abs(n) < 1000:
+        return str(n)
+    for unit, size in (("K", 10**3), ("M", 10**6), ("G", 10**9), ("T", 10**12)):
+        if round(abs(n) / size, 2) < 1000 or unit == "T":
             return f"{n / size:.2f}{unit}"
-    return str(n)
+    raise AssertionError("unreachable")
 
 
 def format_bytes(n: int) -> str:
-    """`3.8 MiB`: a byte count in the largest binary unit that keeps it at or above 1.
+    """`3.8 MiB`: a byte count in the largest binary unit that keeps it at or above 1 (as rounded:
+    1,048,575 bytes are `1.0 MiB`, not `1024.0 KiB`).
 
-    >>> format_bytes(512), format_bytes(1_075_712), format_bytes(3 * 2**30)
-    ('512 B', '1.0 MiB', '3.0 GiB')
+    >>> format_bytes(512), format_bytes(1_075_712), format_bytes(3 * 2**30), format_bytes(2**20 - 1)
+    ('512 B', '1.0 MiB', '3.0 GiB', '1.0 MiB')
     """
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
+    if n < 1024:
+        return f"{n} B"
+    for unit, size in (("KiB", 2**10), ("MiB", 2**20), ("GiB", 2**30)):
+        if round(n / size, 1) < 1024 or unit == "GiB":
+            return f"{n / size:.1f} {unit}"
     raise AssertionError("unreachable")
 
 
@@ -402,7 +443,7 @@ class Column:
 COLUMNS: dict[str, Column] = {
     "op": Column("Op", lambda r: r.op),
     "input_shape": Column("Input shape", lambda r: "; ".join(_shape(s) for s in r.input_shapes)),
-    "output_shape": Column("Output shape", lambda r: _shape(r.shape)),
+    "output_shape": Column("Output shape", lambda r: "; ".join(_shape(s) for s in r.output_shapes or [r.shape])),
     "kernel": Column("Kernel", lambda r: r.kernel or ""),
     "params": Column("Params", lambda r: f"{r.params:,}", numeric=True),
     "trainable": Column("Trainable", lambda r: f"{r.trainable_params:,}", numeric=True),
@@ -447,6 +488,24 @@ def parse_columns(columns: str | Iterable[str] | None) -> tuple[str, ...]:
     return tuple(chosen)
 
 
+def _cell_width(text: str) -> int:
+    """The columns `text` takes in a terminal: 2 for a wide character (`层`), 0 for a combining one.
+
+    >>> _cell_width("tag=a"), _cell_width("tag=层"), _cell_width("tag=e\u0301")
+    (5, 6, 5)
+    """
+    if text.isascii():
+        return len(text)
+    return sum(0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+               for ch in text)
+
+
+def _pad(text: str, width: int, *, right: bool = False) -> str:
+    """`text` padded to `width` terminal columns (str.format pads to a number of characters)."""
+    gap = " " * (width - _cell_width(text))
+    return gap + text if right else text + gap
+
+
 def format_summary(summary: Summary) -> str:
     """A torchinfo-like table: the layer name, then `summary.columns`, then the model's totals."""
     columns = [COLUMNS[name] for name in summary.columns or DEFAULT_COLUMNS]
@@ -463,13 +522,12 @@ def format_summary(summary: Summary) -> str:
             elif texts:
                 extra[texts[0]] = f"{what} {why}"
             table.append(("  " * row.depth + "  └ projection", *extra))
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    widths = [max(_cell_width(r[i]) for r in table) for i in range(len(table[0]))]
     line = "-" * (sum(widths) + 2 * (len(widths) - 1))
 
     def fmt(r: tuple[str, ...]) -> str:
-        cells = [f"{r[0]:<{widths[0]}}"]
-        cells += [f"{text:>{width}}" if column.numeric else f"{text:<{width}}"
-                  for text, width, column in zip(r[1:], widths[1:], columns)]
+        cells = [_pad(r[0], widths[0])]
+        cells += [_pad(text, width, right=column.numeric) for text, width, column in zip(r[1:], widths[1:], columns)]
         return "  ".join(cells).rstrip()
 
     split = (f" (convolutions, linear layers, attention: {format_count(summary.matmul_macs)}; "

@@ -22,7 +22,7 @@ from .suggest import did_you_mean
 __all__ = ["NAME_RULE", "coerced_diagnostics", "describe", "jsonschema_diagnostics", "keys_not_strings",
            "pydantic_diagnostics", "subject", "untyped_body"]
 
-NAME_RULE = "names start with a letter and hold only letters, digits and '_'"
+NAME_RULE = "names start with an ASCII letter and hold only ASCII letters, digits and '_'"
 
 
 # --- where: a readable name for the part of the spec a path points into --------------------------
@@ -70,7 +70,7 @@ def _label(path: Path, data: Any, op: Any = None) -> str:
 def _show(value: Any) -> str:
     kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list",
             dict: "mapping", type(None): "null"}.get(type(value), type(value).__name__)
-    if isinstance(value, (dict, list)):
+    if isinstance(value, (dict, list)) or value is None:  # (`got null`, not `got null None`)
         return kind
     text = repr(value)
     return f"{kind} {text if len(text) <= 40 else text[:37] + '...'}"

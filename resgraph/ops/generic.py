@@ -415,7 +415,7 @@ def register_op(name: str, module_class: type) -> type:
     if not isinstance(module_class, type) or not issubclass(module_class, torch.nn.Module):
         raise TypeError(f"register_op({name!r}, ...) needs a torch.nn.Module subclass, got {module_class!r}")
     if not re.fullmatch(IDENTIFIER_PATTERN.strip("^$"), name):
-        raise ValueError(f"op name {name!r} must start with a letter and hold only letters, digits and _")
+        raise ValueError(f"op name {name!r} must start with an ASCII letter and hold only ASCII letters, digits and _")
     if name in OPS or name in CUSTOM_OPS or name in torch_module_names():
         raise ValueError(f"op {name!r} is already defined; choose another name")
     CUSTOM_OPS[name] = module_class
