@@ -8,6 +8,7 @@ alias-expansion bombs before anything else sees the data.
 Numbers are read as YAML 1.2 and every ML config reads them: `1e-6`, `3e4`, `-2e-3`, `-.5` are floats
 (YAML 1.1, which PyYAML implements, wants a dot and a signed exponent and reads them as strings);
 a quoted `"1e-6"` stays a string. `--set NAME=VALUE` values are read the same way (`load_value`).
+Plain values YAML 1.1 and 1.2 read differently (`010`, `1:30`, `yes`) are refused where they are written.
 
 >>> load_text("eps: 1e-6\\nlr: 3e4\\nhalf: .5\\nbig: 1.5E+3\\nneg: -2e-3\\nlow: -.5\\ntext: '1e-6'").data
 {'eps': 1e-06, 'lr': 30000.0, 'half': 0.5, 'big': 1500.0, 'neg': -0.002, 'low': -0.5, 'text': '1e-6'}
@@ -601,7 +602,17 @@ _SCALARS = yaml.SafeLoader("")
 
 
 class _Unreadable(Exception):
-    """A scalar `_scalar_value` cannot read; its message says why."""
+    """A scalar `_scalar_value` cannot read; its message says why, and `hint` how to write it."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+# Plain scalars YAML 1.1 (PyYAML) and YAML 1.2 read differently, refused rather than read one way silently:
+# `010` (octal 8, or 10), `1:30` (base 60: 90, or text), `yes`/`on`/`no`/`off` (booleans, or text).
+_LEADING_ZERO = re.compile(r"^[-+]?0[0-7_]+$")
+_YAML11_BOOLS = frozenset({"yes", "no", "on", "off"})
 
 
 def _scalar_value(node: yaml.ScalarNode) -> Any:
@@ -619,6 +630,8 @@ def _scalar_value(node: yaml.ScalarNode) -> Any:
             and written[0] != "0"):
         return int(written)  # the common case; YAML 1.1's `0755` is octal; `1_000`, `0x1f`, long ones: PyYAML
     text = written if len(written) <= 40 else f"{written[:20]}...{written[-10:]}"
+    if not node.style:
+        _refuse_yaml11_reading(node.tag, written, text)
     try:
         value = _SCALARS.yaml_constructors[node.tag](_SCALARS, node)
     except (yaml.YAMLError, ValueError, OverflowError, KeyError) as exc:  # KeyError: `!!bool 3`
@@ -631,6 +644,24 @@ def _scalar_value(node: yaml.ScalarNode) -> Any:
         raise _Unreadable(f"the integer {text}{length} is too large: a spec's integers are smaller than 10^100 "
                           "(no tensor size, index or dtype holds more than 2^64)")
     return value
+
+
+def _refuse_yaml11_reading(tag: str, written: str, text: str) -> None:
+    """Raise _Unreadable for a plain scalar that YAML 1.1, which PyYAML implements, reads as another
+    value than YAML 1.2 does (see `_LEADING_ZERO`): a spec means one of them, and which is not clear."""
+    kind = tag.rpartition(":")[2]
+    if kind == "int" and _LEADING_ZERO.match(written):
+        decimal, octal = int(written.replace("_", ""), 10), int(written.replace("_", ""), 8)
+        if decimal != octal:  # (`007` is 7 either way)
+            raise _Unreadable(f"{text} has a leading zero: YAML 1.1 reads it as octal ({octal}), YAML 1.2 as {decimal}",
+                              f"write {decimal}, or {octal} for the octal value; quote it for text")
+    if kind in ("int", "float") and ":" in written:
+        raise _Unreadable(f"{text} is a base-60 number in YAML 1.1 and text in YAML 1.2",
+                          "quote it for text; write the number itself for a number")
+    if kind == "bool" and written.lower() in _YAML11_BOOLS:
+        meaning = "true" if written.lower() in ("yes", "on") else "false"
+        raise _Unreadable(f"{text} is {meaning} in YAML 1.1 and text in YAML 1.2",
+                          f"write {meaning} for the boolean, or quote it for text")
 
 
 class _Builder:
@@ -697,7 +728,7 @@ class _Builder:
         try:
             return _scalar_value(node)
         except _Unreadable as exc:
-            self.fail(node, str(exc))
+            self.fail(node, str(exc), exc.hint)
             return None
 
     def mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, Any]:

@@ -143,10 +143,11 @@ def test_odd_encodings_are_reported(tmp_path: pathlib.Path, data: bytes, message
 
 # --- --set values are read by the rules of the spec -------------------------------------------------
 
-SCALARS = ["2024-01-01", "2024-01-01 10:30:00", "2001-12-14t21:59:43.10-05:00", "10", "-7", "0x1F", "0o17", "017",
-           "1_000", "1:30", "1e3", "3.25", ".5", "-.inf", ".inf", ".NaN", "true", "False", "yes", "off", "on", "~",
+SCALARS = ["2024-01-01", "2024-01-01 10:30:00", "2001-12-14t21:59:43.10-05:00", "10", "-7", "0x1F", "0o17", "007",
+           "1_000", "1e3", "3.25", ".5", "-.inf", ".inf", ".NaN", "true", "False", "~",
            "null", "'quoted'", '"2024-01-01"', "abc", "=", "a=b", "[1, 2]", "{a: 1, b: [x]}", "[2024-01-01]",
            "''"]
+AMBIGUOUS = ["017", "1:30", "yes", "off", "on"]  # YAML 1.1 and 1.2 read them as different values
 
 
 @pytest.mark.parametrize("text", SCALARS)
@@ -157,6 +158,18 @@ def test_set_values_are_read_exactly_as_the_same_text_in_a_spec(text: str) -> No
                                  "  - fc: {op: Linear, out_features: 2}\n").params["v"]
     given = _overrides([f"v={text}"])["v"]
     assert type(given) is type(written) and repr(given) == repr(written)
+
+
+@pytest.mark.parametrize("text", AMBIGUOUS)
+def test_set_values_yaml_versions_read_differently_are_refused_as_in_a_spec(text: str) -> None:
+    from resgraph.cli import _overrides
+
+    with pytest.raises(resgraph.SpecError, match="YAML 1.1") as caught:
+        resgraph.load_spec(f"resgraph: 1\nname: S\nparams:\n  v: {text}\ninputs: {{x: [4]}}\nlayers:\n"
+                           "  - fc: {op: Linear, out_features: 2}\n")
+    with pytest.raises(resgraph.UsageError, match=f"--set v={text}: .*YAML 1.1") as refused:
+        _overrides([f"v={text}"])
+    assert caught.value.diagnostics[0].message in str(refused.value)
 
 
 def test_a_date_given_with_set_keeps_a_layer_whose_condition_compares_text(capsys: pytest.CaptureFixture[str]) -> None:
