@@ -72,6 +72,28 @@ def test_every_op_takes_exactly_the_dtypes_torch_takes(op: str, args: dict[str, 
     assert ours == _torch_dtype(layer, inputs, dtype)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
+@pytest.mark.parametrize(("op", "args", "shape"), [
+    (op, {"affine": affine, "track_running_stats": stats}, shape)
+    for op, shape in (("BatchNorm2d", (3, 4, 4)), ("InstanceNorm1d", (3, 5)), ("InstanceNorm2d", (3, 4, 4)),
+                      ("InstanceNorm3d", (3, 2, 2, 2)))
+    for affine in (False, True) for stats in (False, True)] + [
+    ("LayerNorm", {"elementwise_affine": affine, "bias": bias}, (8,)) for affine in (False, True) for bias in
+    (False, True)] + [("GroupNorm", {"num_groups": 2, "affine": affine}, (4, 3)) for affine in (False, True)])
+def test_a_norm_takes_exactly_the_float_dtypes_torch_runs_beside_its_weights_and_statistics(
+        op: str, args: dict[str, Any], shape: tuple[int, ...], dtype: str) -> None:
+    """Weights limit a norm to float32, float16 and bfloat16 inputs; BatchNorm's running statistics do too,
+    InstanceNorm's do not (torch runs a float64 input beside them, in training and in eval)."""
+    layer = OPS[op].model_validate({"op": op, **args})
+    inputs = [TensorType(shape, dtype)]
+    try:
+        layer.check_dtypes(inputs)
+        ours: str | None = layer.output_type(inputs).dtype
+    except ShapeError:
+        ours = None
+    assert ours == _torch_dtype(layer, inputs, dtype)
+
+
 # Code ops whose eval-mode forward (all `_torch_dtype` runs for them: `_Self.training` is False)
 # takes dtypes their training forward does not: refused, so a model cannot fail once training starts.
 STRICTER_THAN_TORCH = {
