@@ -51,6 +51,15 @@ def _torch_dtype(layer: Any, inputs: list[TensorType], dtype: str) -> str | None
     return str(out.dtype).removeprefix("torch.")
 
 
+def _our_dtype(layer: Any, inputs: list[TensorType]) -> str | None:
+    """The output dtype resgraph types the op with on `inputs`, or None if it refuses them."""
+    try:
+        layer.check_dtypes(inputs)
+        return layer.output_type(inputs).dtype
+    except ShapeError:
+        return None
+
+
 @pytest.mark.parametrize(("op", "args", "shape", "dtype"), [
     pytest.param(op, case[0], case[1], dtype, id=f"{op}-{i}-{dtype}")
     for op, cases in CASES.items() for i, case in enumerate(cases) for dtype in DTYPES
@@ -58,11 +67,7 @@ def _torch_dtype(layer: Any, inputs: list[TensorType], dtype: str) -> str | None
 def test_every_op_takes_exactly_the_dtypes_torch_takes(op: str, args: dict[str, Any], shape: Any, dtype: str) -> None:
     layer = OPS[op].model_validate({"op": op, **args})
     inputs = input_types(layer, shape, dtype)
-    try:
-        layer.check_dtypes(inputs)
-        ours: str | None = layer.output_type(inputs).dtype
-    except ShapeError:
-        ours = None
+    ours = _our_dtype(layer, inputs)
     if op in STRICTER_THAN_TORCH and dtype not in FLOAT_DTYPES:
         assert ours is None and _torch_dtype(layer, inputs, dtype) is not None  # refused on purpose
         return
@@ -86,11 +91,7 @@ def test_a_norm_takes_exactly_the_float_dtypes_torch_runs_beside_its_weights_and
     InstanceNorm's do not (torch runs a float64 input beside them, in training and in eval)."""
     layer = OPS[op].model_validate({"op": op, **args})
     inputs = [TensorType(shape, dtype)]
-    try:
-        layer.check_dtypes(inputs)
-        ours: str | None = layer.output_type(inputs).dtype
-    except ShapeError:
-        ours = None
+    ours = _our_dtype(layer, inputs)
     assert ours == _torch_dtype(layer, inputs, dtype)
 
 
