@@ -157,6 +157,48 @@ def test_a_float32_mask_with_a_float64_query_in_multihead_attention_equals_torch
     torch.testing.assert_close(model(x, m), expected)
 
 
+MASK_DTYPES = ["bool", "float32", "float64", "float16", "bfloat16", "int64"]
+
+
+def _mask(dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.rand(shape) > 0.3 if dtype == "bool" else torch.zeros(shape).to(getattr(torch, dtype))
+
+
+@pytest.mark.parametrize("padding", MASK_DTYPES)
+@pytest.mark.parametrize("attn", MASK_DTYPES)
+def test_multihead_attention_takes_two_masks_exactly_where_torch_does(attn: str, padding: str) -> None:
+    """Given both, torch adds the masks (a bool one as a float mask of the query's dtype) and sdpa takes
+    the sum: a float16 attn_mask beside a bool key_padding_mask runs (the sum is float32), where each
+    was checked alone and refused; two float16 masks do not run."""
+    x = torch.randn(3, 5, 8)
+    reference = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+    a, k = _mask(attn, (3, 2, 5, 5)), _mask(padding, (3, 5))
+    try:
+        for training in (True, False):
+            reference.train(training)
+            reference(x, x, x, need_weights=False, attn_mask=a.reshape(6, 5, 5), key_padding_mask=k)
+    except (RuntimeError, AssertionError):  # (torch asserts "only bool and floating types" of a mask)
+        torch_runs = False
+    else:
+        torch_runs = True
+    text = (HEADER + f"inputs:\n  x: [5, 8]\n  k: {{shape: [5], dtype: {padding}}}\n"
+            f"  a: {{shape: [2, 5, 5], dtype: {attn}}}\nlayers:\n  - m: {{op: MultiheadAttention, num_heads: 2, "
+            "input: [x, x, x, k, a], masks: [key_padding_mask, attn_mask]}\n")
+    if not torch_runs:
+        (found,) = messages(text)
+        assert found.startswith("<string>:8:5: error: layer 'm' (MultiheadAttention): ")
+        assert "int64" in found if "int64" in (attn, padding) else "are added into one" in found
+        return
+    model = resgraph.build(text, seed=0)
+    reference.load_state_dict(model.m.state_dict())
+    for training in (True, False):
+        model.train(training), reference.train(training)
+        torch.manual_seed(0)
+        expected = reference(x, x, x, need_weights=False, attn_mask=a.reshape(6, 5, 5), key_padding_mask=k)[0]
+        torch.manual_seed(0)
+        torch.testing.assert_close(model(x, k, a), expected)
+
+
 # --- ties -----------------------------------------------------------------------------------------
 
 LINEARS = HEADER + "inputs: {x: [4]}\nlayers:\n"
