@@ -190,6 +190,14 @@ def test_a_float_input_of_another_precision_than_the_weights_is_refused_where_to
         assert model(x).dtype == x.dtype == getattr(torch, resgraph.check(normed).nodes["p"].meta["type"].dtype)
 
 
+def test_a_norm_without_weights_names_its_running_statistics_when_it_refuses_float64() -> None:
+    inputs = "  x: {shape: [3, 8, 8], dtype: float64}\n"
+    message = error_of(spec("  - n: {op: BatchNorm2d, affine: false}\n", inputs)).message
+    assert "needs a float32, float16 or bfloat16 input beside its float32 weights or running statistics" in message
+    with pytest.raises(RuntimeError):  # what torch does with the model
+        torch.nn.BatchNorm2d(3, affine=False)(torch.randn(2, 3, 8, 8, dtype=torch.float64))
+
+
 def test_a_projection_from_a_float16_source_is_refused_at_the_skip_and_the_float32_spec_runs_halved() -> None:
     text = spec("  - n: {op: BatchNorm2d}\n  - d: {op: MaxPool2d, kernel_size: 2}\n",
                 "  x: {shape: [3, 8, 8], dtype: float16}\n", "  - s: {from: x, to: d}\n")
