@@ -164,6 +164,7 @@ def _mask(dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.rand(shape) > 0.3 if dtype == "bool" else torch.zeros(shape).to(getattr(torch, dtype))
 
 
+@pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask and attn_mask is deprecated")
 @pytest.mark.parametrize("padding", MASK_DTYPES)
 @pytest.mark.parametrize("attn", MASK_DTYPES)
 def test_multihead_attention_takes_two_masks_exactly_where_torch_does(attn: str, padding: str) -> None:
