@@ -525,10 +525,26 @@ def _load_text(text: str, file: str) -> LoadedSpec:
 def _node_bound(text: str) -> int:
     """At least the number of nodes the text composes to (aliases share theirs), from the characters
     that open a slot for one: the root; a block sequence's item (`-`); a key and its value (`:` or
-    `?`); a flow collection's first entry (`[`, `{`) and each further one (`,`), two nodes for a
-    pair. Over-counting (the same characters in strings and comments) costs only a count."""
-    slots = text.count(":") + text.count("?") + text.count(",") + text.count("[") + text.count("{")
-    return 1 + text.count("-") + 2 * slots
+    `?`); a flow collection's first entry (`[`, `{`) and each further one (`,`). Over-counting (the
+    same characters in strings and comments) costs only a count.
+
+    A flow entry is one node, or a pair whose `:` or `?` counts its two; only a flow mapping's key
+    written without `:` (`{a, b}`) has a value (null) that nothing counts. Where the first count
+    passes MAX_NODES, those entries are bounded more closely: every `{` or `,` not followed by a `:`
+    before the next bracket or comma. (JSON's `}, {` between list items would else count each item
+    twice: the 100k-layer chain written as JSON came to 2.1M, past the bound, and paid the count.)
+    """
+    opens = text.count("{") + text.count(",")
+    # (each `{` and `,` counted twice: one slot, and the null value of a key written without `:`)
+    bound = 1 + text.count("-") + 2 * (text.count(":") + text.count("?")) + text.count("[") + 2 * opens
+    if bound <= MAX_NODES:
+        return bound  # (no closer look needed)
+    return bound - len(_PAIR_OPENED.findall(text))
+
+
+# A `{` or `,` whose entry has a `:` before any bracket or comma: a pair (`{a: 1`), whose `:` counts its
+# two nodes, or a key holding a `:` (`{a:b, ...}`, `"x:y"`), which that `:` counts instead.
+_PAIR_OPENED = re.compile(r"[{,][^:,{}\[\]]*:")
 
 
 def _refuse_past_max_nodes(text: str, file: str) -> None:

@@ -51,6 +51,15 @@ def _torch_dtype(layer: Any, inputs: list[TensorType], dtype: str) -> str | None
     return str(out.dtype).removeprefix("torch.")
 
 
+def _our_dtype(layer: Any, inputs: list[TensorType]) -> str | None:
+    """The output dtype resgraph types the op with on `inputs`, or None if it refuses them."""
+    try:
+        layer.check_dtypes(inputs)
+        return layer.output_type(inputs).dtype
+    except ShapeError:
+        return None
+
+
 @pytest.mark.parametrize(("op", "args", "shape", "dtype"), [
     pytest.param(op, case[0], case[1], dtype, id=f"{op}-{i}-{dtype}")
     for op, cases in CASES.items() for i, case in enumerate(cases) for dtype in DTYPES
@@ -58,17 +67,31 @@ def _torch_dtype(layer: Any, inputs: list[TensorType], dtype: str) -> str | None
 def test_every_op_takes_exactly_the_dtypes_torch_takes(op: str, args: dict[str, Any], shape: Any, dtype: str) -> None:
     layer = OPS[op].model_validate({"op": op, **args})
     inputs = input_types(layer, shape, dtype)
-    try:
-        layer.check_dtypes(inputs)
-        ours: str | None = layer.output_type(inputs).dtype
-    except ShapeError:
-        ours = None
+    ours = _our_dtype(layer, inputs)
     if op in STRICTER_THAN_TORCH and dtype not in FLOAT_DTYPES:
         assert ours is None and _torch_dtype(layer, inputs, dtype) is not None  # refused on purpose
         return
     if op in CUDA_ONLY_KERNELS and dtype in CUDA_ONLY_KERNELS[op]:
         assert ours == dtype and _torch_dtype(layer, inputs, dtype) is None  # taken: the model may run on a GPU
         return
+    assert ours == _torch_dtype(layer, inputs, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
+@pytest.mark.parametrize(("op", "args", "shape"), [
+    (op, {"affine": affine, "track_running_stats": stats}, shape)
+    for op, shape in (("BatchNorm2d", (3, 4, 4)), ("InstanceNorm1d", (3, 5)), ("InstanceNorm2d", (3, 4, 4)),
+                      ("InstanceNorm3d", (3, 2, 2, 2)))
+    for affine in (False, True) for stats in (False, True)] + [
+    ("LayerNorm", {"elementwise_affine": affine, "bias": bias}, (8,)) for affine in (False, True) for bias in
+    (False, True)] + [("GroupNorm", {"num_groups": 2, "affine": affine}, (4, 3)) for affine in (False, True)])
+def test_a_norm_takes_exactly_the_float_dtypes_torch_runs_beside_its_weights_and_statistics(
+        op: str, args: dict[str, Any], shape: tuple[int, ...], dtype: str) -> None:
+    """Weights limit a norm to float32, float16 and bfloat16 inputs; BatchNorm's running statistics do too,
+    InstanceNorm's do not (torch runs a float64 input beside them, in training and in eval)."""
+    layer = OPS[op].model_validate({"op": op, **args})
+    inputs = [TensorType(shape, dtype)]
+    ours = _our_dtype(layer, inputs)
     assert ours == _torch_dtype(layer, inputs, dtype)
 
 
@@ -165,6 +188,14 @@ def test_a_float_input_of_another_precision_than_the_weights_is_refused_where_to
     else:
         model = resgraph.build(normed)
         assert model(x).dtype == x.dtype == getattr(torch, resgraph.check(normed).nodes["p"].meta["type"].dtype)
+
+
+def test_a_norm_without_weights_names_its_running_statistics_when_it_refuses_float64() -> None:
+    inputs = "  x: {shape: [3, 8, 8], dtype: float64}\n"
+    message = error_of(spec("  - n: {op: BatchNorm2d, affine: false}\n", inputs)).message
+    assert "needs a float32, float16 or bfloat16 input beside its float32 weights or running statistics" in message
+    with pytest.raises(RuntimeError):  # what torch does with the model
+        torch.nn.BatchNorm2d(3, affine=False)(torch.randn(2, 3, 8, 8, dtype=torch.float64))
 
 
 def test_a_projection_from_a_float16_source_is_refused_at_the_skip_and_the_float32_spec_runs_halved() -> None:

@@ -99,6 +99,26 @@ def test_the_largest_whole_numbers_torch_takes_and_the_same_number_as_a_float_st
     torch.testing.assert_close(model(x), x.clamp(max=18446744073709551615) * 1e23 + torch.full((4,), 1e23))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16", "int64", "int32"])
+@pytest.mark.parametrize("exponent", [1e39, 3.5e38, 70000.0, 2.5, 2**40, 2**64 - 1, 3])
+def test_an_exponent_is_refused_exactly_where_torch_cannot_convert_it_for_the_input(dtype: str,
+                                                                                    exponent: float) -> None:
+    """torch converts an exponent to a float16, bfloat16 or integer input's dtype, and takes it as a double
+    with a float32 or float64 input or as a float power of integers: `x.pow(1e39)` on float32 is inf where
+    |x| > 1 and 0 where |x| < 1, as it should be (it was refused as "more than float32 holds")."""
+    x = torch.tensor([[0.5, 1.0, 2.0, 3.0]] if dtype in ("float32", "float64", "float16", "bfloat16")
+                     else [[0, 1, 2, 3]]).to(getattr(torch, dtype))
+    text = (HEADER + f"inputs: {{x: {{shape: [4], dtype: {dtype}}}}}\n"
+            f"layers:\n  - a: {{op: pow, exponent: {exponent!r}}}\n")
+    try:
+        expected = x.pow(exponent)
+    except RuntimeError:  # "value cannot be converted to type c10::Half without overflow"
+        (found,) = messages(text)
+        assert found.startswith(f"<string>:5:18: error: layer 'a' (pow): exponent={exponent!r} is ")
+        return
+    torch.testing.assert_close(resgraph.build(text)(x), expected, equal_nan=True)
+
+
 # --- attention masks ------------------------------------------------------------------------------
 
 SDPA = (HEADER + "inputs:\n  q: {{shape: [2, 8, 4], dtype: {query}}}\n  m: {{shape: [1, 8, 8], dtype: {mask}}}\n"
@@ -125,8 +145,9 @@ def test_an_sdpa_mask_torch_takes_with_the_query_equals_torch(query: str, mask: 
 
 
 def test_a_float32_mask_with_a_float64_query_in_multihead_attention_equals_torch() -> None:
-    # torch takes a float32 mask with any query (sdpa's rule); the check said "of the query's dtype" only
-    model = resgraph.build(HEADER + "inputs:\n  x: {shape: [5, 8], dtype: float64}\n  m: [5, 5]\nlayers:\n"
+    # torch takes a float32 mask with any query (sdpa's rule); the check said "of the query's dtype" only.
+    # (A float64 query is declared float32 and the built model converted: its weights are float32.)
+    model = resgraph.build(HEADER + "inputs:\n  x: [5, 8]\n  m: [5, 5]\nlayers:\n"
                            "  - a: {op: MultiheadAttention, num_heads: 2, input: [x, x, x, m], masks: [attn_mask]}\n"
                            ).double()
     reference = torch.nn.MultiheadAttention(8, 2, batch_first=True).double()
@@ -134,6 +155,49 @@ def test_a_float32_mask_with_a_float64_query_in_multihead_attention_equals_torch
     x, m = torch.randn(3, 5, 8, dtype=torch.float64), torch.randn(3, 5, 5)
     expected = reference(x, x, x, attn_mask=m.repeat_interleave(2, 0), need_weights=False)[0]
     torch.testing.assert_close(model(x, m), expected)
+
+
+MASK_DTYPES = ["bool", "float32", "float64", "float16", "bfloat16", "int64"]
+
+
+def _mask(dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.rand(shape) > 0.3 if dtype == "bool" else torch.zeros(shape).to(getattr(torch, dtype))
+
+
+@pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask and attn_mask is deprecated")
+@pytest.mark.parametrize("padding", MASK_DTYPES)
+@pytest.mark.parametrize("attn", MASK_DTYPES)
+def test_multihead_attention_takes_two_masks_exactly_where_torch_does(attn: str, padding: str) -> None:
+    """Given both, torch adds the masks (a bool one as a float mask of the query's dtype) and sdpa takes
+    the sum: a float16 attn_mask beside a bool key_padding_mask runs (the sum is float32), where each
+    was checked alone and refused; two float16 masks do not run."""
+    x = torch.randn(3, 5, 8)
+    reference = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+    a, k = _mask(attn, (3, 2, 5, 5)), _mask(padding, (3, 5))
+    try:
+        for training in (True, False):
+            reference.train(training)
+            reference(x, x, x, need_weights=False, attn_mask=a.reshape(6, 5, 5), key_padding_mask=k)
+    except (RuntimeError, AssertionError):  # (torch asserts "only bool and floating types" of a mask)
+        torch_runs = False
+    else:
+        torch_runs = True
+    text = (HEADER + f"inputs:\n  x: [5, 8]\n  k: {{shape: [5], dtype: {padding}}}\n"
+            f"  a: {{shape: [2, 5, 5], dtype: {attn}}}\nlayers:\n  - m: {{op: MultiheadAttention, num_heads: 2, "
+            "input: [x, x, x, k, a], masks: [key_padding_mask, attn_mask]}\n")
+    if not torch_runs:
+        (found,) = messages(text)
+        assert found.startswith("<string>:8:5: error: layer 'm' (MultiheadAttention): ")
+        assert "int64" in found if "int64" in (attn, padding) else "are added into one" in found
+        return
+    model = resgraph.build(text, seed=0)
+    reference.load_state_dict(model.m.state_dict())
+    for training in (True, False):
+        model.train(training), reference.train(training)
+        torch.manual_seed(0)
+        expected = reference(x, x, x, need_weights=False, attn_mask=a.reshape(6, 5, 5), key_padding_mask=k)[0]
+        torch.manual_seed(0)
+        torch.testing.assert_close(model(x, k, a), expected)
 
 
 # --- ties -----------------------------------------------------------------------------------------
@@ -210,8 +274,7 @@ def test_a_value_no_alternative_of_a_union_takes_is_one_message(body: str, messa
 def test_a_computed_value_of_no_kind_a_union_takes_names_every_kind_once() -> None:
     found = messages(HEADER + "inputs: {x: [1, 8]}\nlayers:\n"
                      "  - c: {op: Conv1d, out_channels: 2, kernel_size: \"${None}\"}\n")
-    assert found == ["<string>:5:52: error: layer 'c' (Conv1d): kernel_size: expected an integer or a list, got null "
-                     "None"]
+    assert found == ["<string>:5:52: error: layer 'c' (Conv1d): kernel_size: expected an integer or a list, got null"]
 
 
 # --- block outputs --------------------------------------------------------------------------------

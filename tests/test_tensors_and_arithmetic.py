@@ -105,6 +105,19 @@ def test_add_layers_refuse_what_torch_refuses_and_misaligned_layouts() -> None:
                               "  - s: {op: add, input: [c, fc]}\n")
 
 
+def test_a_misaligned_add_names_its_operand_not_a_gate() -> None:
+    """The layout rule is the gate's (mul); an add or a sub reads it of its operand."""
+    for op in ("add", "sub"):
+        with pytest.raises(resgraph.SpecError) as caught:
+            resgraph.check(HEAD + "inputs:\n  x: [4, 4, 4]\nlayers:\n"
+                                  "  - pool: {op: AdaptiveAvgPool2d, output_size: 1}\n"
+                                  "  - last: {op: permute, dims: [0, 2, 3, 1]}\n  - fc: {op: Linear, out_features: 4}\n"
+                                  "  - c: {op: Conv2d, out_channels: 4, kernel_size: 1, input: x}\n"
+                                  f"  - s: {{op: {op}, input: [c, fc]}}\n")
+        assert f"layer 's' ({op}): the operand (1, 1, 4) is features-last but the target (4, 4, 4) is " \
+            "channels-first" in str(caught.value)
+
+
 def test_add_layers_broadcast_symbolic_sizes_without_pinning_them() -> None:
     """x's sequence L stays free (any L, as torch broadcasts a (1, 16) into it); b's 1 broadcasts."""
     spec = HEAD + ("inputs:\n  x: {shape: [5, 16], layout: features_last}\n"

@@ -150,7 +150,12 @@ class Pow(ArithmeticOp):
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs
         dtype = promote([x.dtype], self.exponent)
-        check_scalar(self.exponent, dtype, "exponent")
+        # torch converts the exponent to the input's dtype where that is float16, bfloat16 or an integer
+        # dtype the result keeps (`x.pow(70000.0)` on float16 fails at the first forward); a float32 or
+        # float64 input, or integers to a float power, take it as a double (2.0 ** 1e39 is inf, 0.5 ** 1e39
+        # is 0: right, and as torch computes them)
+        held = "float64" if dtype in ("float32", "float64") else dtype
+        check_scalar(self.exponent, held, "exponent")
         if dtype not in FLOAT_DTYPES and self.exponent < 0:
             raise ShapeError(f"an integer tensor ({x.dtype}) to a negative power is not an integer (torch refuses); "
                              "write a float exponent, e.g. -1.0")

@@ -36,6 +36,7 @@ from .base import (
     ShapeError,
     TensorType,
     describe_torch_op,
+    promote,
     register_op,
 )
 from .merge import broadcast_shape
@@ -57,6 +58,29 @@ def _check_mask_dtype(mask: TensorType, name: str, query: TensorType) -> None:
         also = "" if query.dtype == "float32" else " or float32"
         raise ShapeError(f"{name} must be bool or a float mask of the query's dtype ({query.dtype}){also}, "
                          f"got {mask.dtype}")
+
+
+def _check_mask_dtypes(masks: dict[str, TensorType], query: TensorType) -> None:
+    """torch's rule for MultiheadAttention's masks: each is bool or float; given both, a bool one
+    becomes a float mask of the query's dtype and the two are added, and that sum is the mask sdpa
+    takes (`_check_mask_dtype`). So a float16 attn_mask fails alone but runs beside a bool or float32
+    key_padding_mask (the sum is float32), and two float16 masks fail (measured, train and eval).
+
+    Raises:
+        ShapeError: a mask, or the masks' sum, of a dtype torch refuses, naming them.
+    """
+    given = [(name, masks[name]) for name in ("key_padding_mask", "attn_mask") if name in masks]
+    for name, m in given:
+        if len(given) == 1 or (m.dtype != "bool" and m.dtype not in FLOAT_DTYPES):
+            _check_mask_dtype(m, name, query)
+    if len(given) < 2:
+        return
+    summed = promote([query.dtype if m.dtype == "bool" else m.dtype for _, m in given])
+    if summed not in ("float32", query.dtype):
+        (first, a), (second, b) = given
+        takes = "float32" if query.dtype == "float32" else f"the query's dtype ({query.dtype}) or float32"
+        raise ShapeError(f"{first} ({a.dtype}) and {second} ({b.dtype}) are added into one {summed} mask, and "
+                         f"torch takes a float mask of {takes} only; make them bool or float32")
 
 
 @register_op
@@ -153,7 +177,6 @@ class MultiheadAttention(Layer):
         if padding is not None:
             if padding.rank != 1 or padding.shape[0] != source:
                 raise ShapeError(f"key_padding_mask must be ({source},) per sample (one entry per key), got {padding}")
-            _check_mask_dtype(padding, "key_padding_mask", query)
         mask = masks.get("attn_mask")
         if mask is not None:
             # Forms of the mask's own rank only: comparing shapes of two ranks compares their leading
@@ -163,7 +186,7 @@ class MultiheadAttention(Layer):
             if mask.shape not in forms:
                 raise ShapeError(f"attn_mask must be ({length}, {source}) or ({self.num_heads}, {length}, {source}) "
                                  f"per sample (query by key positions, for all heads or per head), got {mask}")
-            _check_mask_dtype(mask, "attn_mask", query)
+        _check_mask_dtypes(masks, query)
         return query.with_shape(query.shape, "features_last")
 
     def call(self, module: str, operands: list[str]) -> str:

@@ -260,8 +260,8 @@ class DtypeError(ShapeError):
         integers = accepted <= FLOAT_DTYPES and dtype not in FLOAT_DTYPES
         wanted = ("a floating-point input" if accepted == FLOAT_DTYPES or integers else "a number (not bool) input"
                   if accepted == NUMBER_DTYPES else "a float32 input, the dtype of its weights (torch needs the two "
-                  "equal)" if accepted == WEIGHTED_DTYPES else "a float32, float16 or bfloat16 input "
-                  "beside its float32 weights (torch has no float64 kernel for them)" if accepted == NORM_DTYPES
+                  "equal)" if accepted == WEIGHTED_DTYPES else "a float32, float16 or bfloat16 input beside its "
+                  "float32 weights or running statistics (no float64 kernel takes them)" if accepted == NORM_DTYPES
                   else f"input of dtype {', '.join(sorted(accepted))}")
         super().__init__(f"needs {wanted}, got {dtype}")
         self.index, self.dtype, self.accepted = index, dtype, accepted

@@ -99,7 +99,7 @@ def broadcast_types(op: str, inputs: list[TensorType]) -> TensorType:
     first = inputs[0]
     shape: tuple[Any, ...] | None = first.shape
     for other in inputs[1:]:
-        check_gate_layouts(other, first)
+        check_gate_layouts(other, first, "gate" if op == "mul" else "operand")
         shape = broadcast_shape(shape, other.shape) if shape is not None else None
     if shape is None:
         raise broadcast_failure(op, inputs)
@@ -130,16 +130,17 @@ def broadcast_failure(op: str, types: list[TensorType]) -> ShapeError:
     return ShapeError(f"{why}; reshape {fixes})")
 
 
-def check_gate_layouts(gate: TensorType, target: TensorType) -> None:
+def check_gate_layouts(gate: TensorType, target: TensorType, what: str = "gate") -> None:
     """A broadcast gate must line its channels up with the target's: a features-last (1, 1, C) gate
     broadcast into a channels-first (C, H, W) map would scale its width instead, silently when H = W = C.
+    (So must any broadcast operand, an added bias or a subtracted mean: `what` names it.)
 
     Raises:
         ShapeError: the layouts differ and broadcasting would pair different axes.
     """
     broadcasts = gate.rank == target.rank >= 2 and any(hint(a) != hint(b) for a, b in zip(gate.shape, target.shape))
     if broadcasts and gate.layout != target.layout:
-        raise ShapeError(f"the gate {gate} is {gate.layout.replace('_', '-')} but the target {target} is "
+        raise ShapeError(f"the {what} {gate} is {gate.layout.replace('_', '-')} but the target {target} is "
                          f"{target.layout.replace('_', '-')}: broadcasting would pair its "
                          f"{'features' if gate.layout == 'features_last' else 'channels'} with the target's "
                          f"{'last dim' if gate.layout == 'features_last' else 'first dim'}")

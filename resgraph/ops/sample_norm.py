@@ -33,6 +33,12 @@ class InstanceNormBase(BatchNormBase):
     affine: bool = False
     track_running_stats: bool = False
 
+    @property
+    def input_dtypes(self) -> frozenset[str]:  # type: ignore[override]
+        # Only its float32 weights limit it: torch runs a float64 input beside float32 running statistics,
+        # in training and in eval (instance_norm casts them), where BatchNorm's kernel refuses them
+        return NORM_DTYPES if self.affine else FLOAT_DTYPES
+
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         x = self.feature_map(inputs)
         if math.prod(x.shape[1:]) == 1:  # statistics over one element: torch refuses it while training
