@@ -646,7 +646,8 @@ def _scalar_value(node: yaml.ScalarNode) -> Any:
             and written[0] != "0"):
         return int(written)  # the common case; YAML 1.1's `0755` is octal; `1_000`, `0x1f`, long ones: PyYAML
     text = written if len(written) <= 40 else f"{written[:20]}...{written[-10:]}"
-    if not node.style:
+    # (a tagged value, `!!bool yes`, says which reading it means; its node spans more than its text)
+    if not node.style and node.end_mark.index - node.start_mark.index == len(written):
         _refuse_yaml11_reading(node.tag, written, text)
     try:
         value = _SCALARS.yaml_constructors[node.tag](_SCALARS, node)

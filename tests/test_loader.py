@@ -81,9 +81,9 @@ def test_values_yaml_1_1_and_1_2_read_differently_are_refused_where_written(text
 
 
 def test_values_both_yaml_versions_read_alike_are_read() -> None:
-    text = "a: 007\nb: 0\nc: 0x1f\nd: 1_000\ne: true\nf: 'yes'\ng: \"1:30\"\nh: '010'\n"
+    text = "a: 007\nb: 0\nc: 0x1f\nd: 1_000\ne: true\nf: 'yes'\ng: \"1:30\"\nh: '010'\ni: !!bool yes\n"
     assert load_text(text).data == {"a": 7, "b": 0, "c": 31, "d": 1000, "e": True, "f": "yes", "g": "1:30",
-                                    "h": "010"}
+                                    "h": "010", "i": True}  # (a tag says which reading it means)
 
 
 def test_dates_and_non_string_keys() -> None:
