@@ -28,7 +28,7 @@ from .ops.merge_ops import MergeLayer
 from .ops.tensor import BlockOutput
 from .ownership import graph_parameters, owned_parameters
 from .projections import ProjectionPlan, describe_steps
-from .summarize import PER_DIM_ARGS, Row, format_count, instance_title, short_value, summarize
+from .summarize import Row, argument_text, format_count, instance_title, short_value, summarize
 from .wasm import svg_without_dot
 
 __all__ = ["LAYOUTS", "LAYOUT_LIMIT", "PDF_LIMIT_INCHES", "PNG_LIMIT_PIXELS", "Fitted", "RenderOptions", "fit_diagram",
@@ -225,7 +225,7 @@ class _Renderer:
         if not self.options.args:
             return layer.op
         args = layer.args()
-        shown = {k: short_value(v, per_dim=k in PER_DIM_ARGS) for k, v in args.items() if k in KEY_ARGS}
+        shown = {k: argument_text(k, v) for k, v in args.items() if k in KEY_ARGS}
         key = [f"{KEY_ARGS[k]}={text}" for k, text in shown.items()
                if not (k in ("stride", "dilation", "groups") and text == "1")]
         key += [text for k, v in args.items() if k in DETAILS and (text := DETAILS[k](v)) is not None]
@@ -420,7 +420,7 @@ def _layer_differences(name: str, layers: list[Any], listed: set[tuple[str, ...]
     lines = []
     written = [layer.args() for layer in layers]
     for key in dict.fromkeys(k for args in written for k in args):
-        values = [short_value(args.get(key, "-"), per_dim=key in PER_DIM_ARGS) for args in written]
+        values = [argument_text(key, args[key]) if key in args else "-" for args in written]
         if len(set(values)) > 1 and tuple(values) not in listed:
             lines.append(f"{name} {key} {_series(values)}")
     ties = [", ".join(f"{k}={v}" for k, v in (layer.tie or {}).items()) or "-" for layer in layers]

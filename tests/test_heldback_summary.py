@@ -274,6 +274,26 @@ def test_a_folded_repeat_lists_arguments_and_ties_its_body_computes_from_index()
     assert not any(line.startswith("conv1 stride") for line in instance_differences(stage))
 
 
+def test_a_folded_repeats_differing_argument_reads_as_the_summary_writes_it() -> None:
+    # The folded box wrote a list that is not a size as one (`m dim 1x2/1x3`) where the summary's row says
+    # `dim=[1, 2]`: both now show each argument by one rule (summarize.argument_text).
+    spec = """\
+resgraph: 1
+name: D
+inputs: {x: [4, 8, 8]}
+blocks:
+  unit:
+    layers:
+      - m: {op: mean, dim: [1, "${index + 2}"], keepdim: true}
+layers:
+  - body: {block: unit, repeat: 2}
+"""
+    rows = {row.name: row.op for row in resgraph.summary(spec).rows}
+    assert (rows["body.0.m"], rows["body.1.m"]) == ("mean(x, dim=[1, 2], keepdim=True)",
+                                                    "mean(x, dim=[1, 3], keepdim=True)")
+    assert instance_differences(resgraph.check(spec).nodes["body"].instances)[-1] == "m dim [1, 2] | [1, 3]"
+
+
 def test_a_name_with_a_letter_outside_ascii_is_refused_by_a_rule_it_breaks() -> None:
     # "names start with a letter and hold only letters, digits and '_'" refused `Modèle`, whose è is a letter.
     spec = "resgraph: 1\nname: Modèle\ninputs: {x: [3]}\nlayers:\n  - i: {op: Identity}\n"
