@@ -742,3 +742,21 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_build_and_export
             assert capsys.readouterr().err == f"resgraph: error: cannot write {diagram}: {reason}\n"
     with pytest.raises(resgraph.UsageError, match=re.escape(f"cannot write {output}: {reason}")):
         resgraph.save(model, output)  # before the exporter runs
+
+
+def test_to_onnx_refuses_an_output_it_cannot_write_before_exporting(tmp_path: pathlib.Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """resgraph.to_onnx(model, 'missing/m.onnx') exported first, then raised a FileNotFoundError naming its
+    own staging folder (`missing/.resgraph-d8t7k8sb`); it now refuses as resgraph.save does, at once."""
+    pytest.importorskip("onnxscript")
+    model = resgraph.build(MLP, seed=0)
+
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("exported before the output was checked")
+
+    monkeypatch.setattr(torch.onnx, "export", never)
+    (tmp_path / "folder.onnx").mkdir()
+    for output, reason in [(tmp_path / "missing" / "m.onnx", "No such file or directory"),
+                           (tmp_path / "folder.onnx", "Is a directory")]:
+        with pytest.raises(resgraph.UsageError, match=re.escape(f"cannot write {output}: {reason}")):
+            resgraph.to_onnx(model, str(output))
