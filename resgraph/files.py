@@ -122,7 +122,7 @@ def atomic_write_staged(path: str, write: Callable[[str], object]) -> list[str]:
             # A companion is where the file names it, beside it; one there that is a symlink is written
             # through, as the file itself is (the link may keep the weights on another disk).
             # (Shown as the caller named the file's folder, unless `path` is a symlink to another one.)
-            beside = os.path.dirname(path) if target == os.path.abspath(path) else directory
+            beside = directory if os.path.islink(path) else os.path.dirname(path)
             companions = {entry: (os.path.join(beside, entry), _resolve(os.path.join(directory, entry)))
                           for entry in made if entry != name}
             for shown, final in companions.values():
@@ -282,11 +282,13 @@ def _temporary_path(directory: str, name: str) -> str:
 
 
 def _resolve(path: str) -> str:
-    """The absolute path to write: `path`, or the file a chain of symlinks at `path` ends at."""
-    absolute = os.path.abspath(path)
-    if not os.path.islink(absolute):
-        return absolute
-    return os.path.realpath(absolute)  # also for a dangling link: its target is created, as open() would
+    """The absolute path to write: `path` as `open()` reads it, or the file a chain of symlinks at `path`
+    ends at. Its folder is resolved, not normalised as text: `link/../m.pt` is in the folder above the
+    link's target, where `open()` writes it, not in the folder holding the link (`os.path.abspath`)."""
+    if os.path.islink(path):
+        return os.path.realpath(path)  # also for a dangling link: its target is created, as open() would
+    directory, name = os.path.split(path)
+    return os.path.join(os.path.realpath(directory or os.curdir), name)
 
 
 @contextlib.contextmanager
