@@ -436,9 +436,13 @@ def _render(args: argparse.Namespace) -> int:
     from .formats import check_writable, find_format
 
     output = str(pathlib.Path(args.spec).with_suffix(".svg").name) if args.output is None else args.output
+    replace = args.output is not None  # (the default output: never a file the user did not name)
     _check_output(output, "-o" if args.output is not None else "the default output", args.spec)
     find_format(output, "diagram")
-    check_writable(output)
+    try:
+        check_writable(output, replace=replace)
+    except FileExistsError:  # (a symlink: said before the build)
+        raise _default_output_taken(output) from None
     if args.dpi is not None and not output.lower().endswith(".png"):
         raise UsageError("--dpi sets the resolution of PNG files: add -o FILE.png")
     from .api import build, render
@@ -456,15 +460,20 @@ def _render(args: argparse.Namespace) -> int:
                       layout=args.layout, dpi=args.dpi)
 
     try:
-        status = _draw(draw, output, fold_repeats=args.fold_repeats, depth=args.depth,
-                       replace=args.output is not None)
-    except FileExistsError:  # (the default output: never a file the user did not name)
-        raise UsageError(f"{one_line(output)}: another file (or a link) is there already, and the default output "
-                         f"(SPEC's name with .svg) never replaces one; name it to replace it (-o {one_line(output)}), "
-                         "or name another") from None
+        status = _draw(draw, output, fold_repeats=args.fold_repeats, depth=args.depth, replace=replace)
+    except FileExistsError:  # (another file, unless it holds this very diagram: known once drawn)
+        raise _default_output_taken(output) from None
     if status == EXIT_OK:
         print(f"Wrote {one_line(output)}")
     return status
+
+
+def _default_output_taken(output: str) -> Exception:
+    from .errors import UsageError, one_line
+
+    return UsageError(f"{one_line(output)}: another file (or a link) is there already, and the default output "
+                      f"(SPEC's name with .svg) never replaces one; name it to replace it (-o {one_line(output)}), "
+                      "or name another")
 
 
 def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = False, depth: int | None = None,

@@ -63,8 +63,7 @@ def atomic_write(path: str, write: Callable[[str], object], *, replace: bool = T
         IsADirectoryError, OSError: `path` is a directory, FIFO, device or socket.
         OSError: the directory cannot be written (the temporary file is removed).
     """
-    if not replace and os.path.islink(path):  # (nothing the user did not name is written through a link)
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+    _refuse_link(path, replace)
     target = _resolve(path)
     _check_replaceable(target, path)
     directory = os.path.dirname(target)
@@ -163,14 +162,17 @@ def _move_into_place(staged: str, final: str) -> None:
         atomic_write(final, lambda tmp: shutil.copyfile(staged, tmp))
 
 
-def check_writable(path: str) -> None:
+def check_writable(path: str, *, replace: bool = True) -> None:
     """Raise now what writing `path` would raise only at its end, after the work of making the content
     (an ONNX export of a large model takes minutes): its folder missing, not a folder, or one this
-    process may not write in; a directory, FIFO, device or read-only file at `path`.
+    process may not write in; a directory, FIFO, device or read-only file at `path`; with
+    `replace=False`, a symlink at `path`.
 
     Raises:
-        FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError, OSError: as `atomic_write`.
+        FileExistsError, FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError, OSError:
+            as `atomic_write(path, ..., replace=replace)`.
     """
+    _refuse_link(path, replace)
     target = _resolve(path)
     _check_replaceable(target, path)
     directory = os.path.dirname(target)
@@ -178,6 +180,12 @@ def check_writable(path: str) -> None:
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
     if not os.access(directory, os.W_OK | os.X_OK):  # the temporary file is made there
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+
+
+def _refuse_link(path: str, replace: bool) -> None:
+    """`replace=False` (a path the user did not name): a symlink there, dangling or not, is not followed."""
+    if not replace and os.path.islink(path):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
 
 
 def write_fresh_text(stem: str, suffix: str, text: str) -> str:

@@ -128,18 +128,23 @@ def save(model: Any, path: str | os.PathLike[str], **options: Any) -> None:
         raise _cannot_write(name, exc) from None
 
 
-def check_writable(path: str | os.PathLike[str]) -> None:
+def check_writable(path: str | os.PathLike[str], *, replace: bool = True) -> None:
     """Refuse now an output that could not be written at the end (see `files.check_writable`): the
     CLI checks its outputs before it builds, and `save` before it exports.
 
+    Args:
+        replace: as for `write_diagram`.
     Raises:
         UsageError: `cannot write PATH: REASON` (a missing folder, a directory at PATH, ...).
+        FileExistsError: `replace` is False and a symlink is at `path`.
     """
     from .files import check_writable as check
 
     name = os.fspath(path)
     try:
-        check(name)
+        check(name, replace=replace)
+    except FileExistsError:
+        raise
     except OSError as exc:
         raise _cannot_write(name, exc) from None
 
@@ -159,11 +164,11 @@ def write_diagram(dot: Any, path: str | os.PathLike[str], *, replace: bool = Tru
         path of the .dot file written instead.
     Raises:
         UsageError: an unknown suffix, or a path that cannot be written.
-        FileExistsError: `replace` is False and another file is at `path`.
+        FileExistsError: `replace` is False and another file, or a symlink, is at `path`.
     """
     name = os.fspath(path)
     writer = find_format(name, "diagram").load_writer()
-    check_writable(name)
+    check_writable(name, replace=replace)
     try:
         return writer(dot, name, replace=replace)
     except FileExistsError:

@@ -648,8 +648,19 @@ def test_renders_default_output_never_replaces_another_file(tmp_path: pathlib.Pa
     (tmp_path / "net.svg").unlink()
     (tmp_path / "net.svg").symlink_to(tmp_path / "elsewhere.svg")  # dangling: not followed either
     assert main(["render", "net.yaml"]) == 2
+    assert capsys.readouterr().err.strip() == f"resgraph: error: {refused}"
     assert not (tmp_path / "elsewhere.svg").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net.svg", "net.yaml"]  # nothing temporary left
+    # A link into a missing folder, or to a device, was refused for what is behind it ('cannot write net.svg:
+    # No such file or directory', '... not a regular file'), which the default output never reaches.
+    dot = resgraph.render("net.yaml")
+    for behind in (tmp_path / "missing" / "x.svg", pathlib.Path(os.devnull)):
+        (tmp_path / "net.svg").unlink()
+        (tmp_path / "net.svg").symlink_to(behind)
+        assert main(["render", "net.yaml"]) == 2
+        assert capsys.readouterr().err.strip() == f"resgraph: error: {refused}"
+        with pytest.raises(FileExistsError):
+            resgraph.write_diagram(dot, "net.svg", replace=False)
     (tmp_path / "net.svg").unlink()
     (tmp_path / "net.svg").write_text("my figure")
     assert main(["render", "net.yaml", "-o", "net.svg"]) == 0  # named: replaced
