@@ -108,6 +108,31 @@ def test_a_compiled_model_a_graph_and_a_foreign_module_given_to_summary_and_rend
             call(torch.nn.Sequential(torch.nn.Linear(2, 2)))
 
 
+def test_a_module_that_adds_layers_around_a_built_model_is_not_summarised_as_that_model() -> None:
+    # Any module with a `.module` that resgraph built was taken for DistributedDataParallel's wrapper:
+    # a classifier holding a backbone as `module` and a head of its own was summarised as the backbone
+    # alone, its totals short of the head's 11,000 parameters, silently.
+    model = resgraph.build(ROOT / "examples/residual_mlp.yaml", seed=0)
+
+    class Classifier(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = model
+            self.head = torch.nn.Linear(10, 1000)
+
+    for call in (resgraph.summary, resgraph.render):
+        with pytest.raises(resgraph.UsageError, match=r"not Classifier, which holds one \(\.module\) and parameters "
+                           r"or buffers of its own that no spec describes; pass the model itself \(\.module\)"):
+            call(Classifier())
+
+    class Wrapper(torch.nn.Module):  # DistributedDataParallel's shape: the model, nothing of its own
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = model
+
+    assert resgraph.summary(Wrapper()).total_params == resgraph.summary(model).total_params
+
+
 PROJECTIONS = """\
 resgraph: 1
 name: Proj
