@@ -252,35 +252,18 @@ def render(spec: SpecSource | CompiledModule | Graph, *, params: Mapping[str, An
 
 
 def _built_model(spec: Any, what: str) -> Any:
-    """`spec` itself, or the model from `build` that a wrapper holds (torch.compile's `_orig_mod`,
-    DistributedDataParallel's `module`) when the wrapper holds exactly its tensors: the same parameters,
-    so the same summary and diagram. A module that adds its own (a head around a backbone) is not one.
+    """`spec` itself, or, for a torch module, the model from `build` it is or wraps (`model.built_model`).
 
     Raises:
         UsageError: `spec` is a torch module resgraph did not build (it has no spec to read).
     """
-    from .model import CompiledModule
-
-    if isinstance(spec, CompiledModule):
-        return spec
-    torch = sys.modules.get("torch")
+    torch = sys.modules.get("torch")  # (without it loaded, no torch module can have been given)
     if torch is None or not isinstance(spec, torch.nn.Module):
         return spec
-    for attribute in ("_orig_mod", "module"):
-        inner = getattr(spec, attribute, None)
-        if isinstance(inner, CompiledModule):
-            if _tensor_ids(spec) == _tensor_ids(inner):
-                return inner
-            raise UsageError(f"{what} takes a model from resgraph.build, not {type(spec).__name__}, which holds one "
-                             f"(.{attribute}) and parameters or buffers of its own that no spec describes; pass "
-                             f"the model itself (.{attribute}), or write those layers in its spec")
-    raise UsageError(f"{what} takes a spec (a path, YAML text or a dict), a graph from resgraph.check or a model "
-                     f"from resgraph.build, not {type(spec).__name__}: a module resgraph did not build has no "
-                     "spec to read")
+    from .model import built_model
 
-
-def _tensor_ids(module: Any) -> set[int]:
-    return {id(t) for t in [*module.parameters(), *module.buffers()]}
+    return built_model(spec, what, takes="a spec (a path, YAML text or a dict), a graph from resgraph.check or a "
+                                         "model from resgraph.build")
 
 
 def to_python(module: CompiledModule) -> str:

@@ -108,8 +108,9 @@ def module_source(module: Any) -> str:
         SpecError: a layer cannot be written as source (see `export_python`).
         UsageError: a submodule was replaced after the build (the source would be the spec's).
     """
-    from .model import require_as_built  # torch: only a built model reaches here, not validation
+    from .model import built_model, require_as_built  # torch: only a built model reaches here, not validation
 
+    module = built_model(module, "to_python")  # (torch.compile's or DistributedDataParallel's wrapper: its model)
     require_as_built(module, "Python source")
     record = module.build_record
     with allowed_imports(record.allow_imports):  # its own layer classes are found as they were at build

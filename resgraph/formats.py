@@ -105,18 +105,22 @@ def find_format(path: str, kind: Kind) -> OutputFormat:
 
 
 def save(model: Any, path: str | os.PathLike[str], **options: Any) -> None:
-    """Write a compiled model to `path` in the format its suffix names (.pt, .pth, .py, .onnx), atomically.
+    """Write a compiled model (or torch.compile's or DistributedDataParallel's wrapper of one: see
+    `model.built_model`) to `path` in the format its suffix names (.pt, .pth, .py, .onnx), atomically.
 
     Args:
         options: the writer's own keyword arguments (.onnx: `opset`, `dynamic_batch`).
     Raises:
         UsageError: an unknown suffix, a missing optional package, an option the format does not
-            take, or a path that cannot be written.
+            take, a path that cannot be written, or a module resgraph did not build.
         ResgraphError: the exporter failed.
     """
+    from .model import built_model
+
     name = os.fspath(path)
     fmt = find_format(name, "model")
     writer = fmt.load_writer()
+    model = built_model(model, "save")  # (a wrapper's: its model's)
     accepted = inspect.signature(writer).parameters
     unknown = [key for key in options if key not in accepted or key in ("model", "module", "path")]
     if unknown:

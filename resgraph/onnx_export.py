@@ -112,7 +112,9 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | 
     import torch
 
     from .lower import require_weights
+    from .model import built_model
 
+    module = built_model(module, "to_onnx")  # (torch.compile's or DistributedDataParallel's wrapper: its model)
     require_weights(module, "export")  # torch's exporter fails deep inside, in colour, and logs at ERROR
     check_writable(path)  # before the export; at the write, the error named the staging folder
     newest = onnx.defs.onnx_opset_version()

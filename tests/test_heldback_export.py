@@ -771,3 +771,34 @@ def test_to_onnx_refuses_an_output_it_cannot_write_before_exporting(tmp_path: pa
                            (tmp_path / "folder.onnx", "Is a directory")]:
         with pytest.raises(resgraph.UsageError, match=re.escape(f"cannot write {output}: {reason}")):
             resgraph.to_onnx(model, str(output))
+
+
+def test_a_wrapped_model_is_written_as_its_model_and_a_foreign_module_is_refused(tmp_path: pathlib.Path) -> None:
+    """summary and render took torch.compile's and DataParallel's wrappers of a built model, but writing one
+    failed: save(torch.compile(model)) blamed a submodule '_orig_mod' 'put there after the build', and
+    save / to_python of DataParallel(model), or of any module resgraph did not build, raised AttributeError
+    ('... has no attribute build_record'). A wrapper is written as the model it holds; anything else is
+    refused by name, as summary refuses it."""
+    model = resgraph.build(MLP, seed=0)
+    for wrapper in (torch.compile(model), torch.nn.DataParallel(model)):
+        resgraph.save(wrapper, tmp_path / "w.pt")
+        assert resgraph.load(tmp_path / "w.pt").state_dict().keys() == model.state_dict().keys()
+        assert resgraph.to_python(wrapper) == resgraph.to_python(model)
+        resgraph.save(wrapper, tmp_path / "w.py")
+        assert (tmp_path / "w.py").read_text() == resgraph.to_python(model)
+
+    class Classifier(torch.nn.Module):  # a module of its own around the model: not a wrapper
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = model
+            self.head = torch.nn.Linear(10, 3)
+
+    for module, message in [(torch.nn.Linear(2, 2), "takes a model from resgraph.build, not Linear: a module "
+                                                    "resgraph did not build has no spec to read"),
+                            (Classifier(), "not Classifier, which holds one (.module) and parameters or buffers of "
+                                           "its own that no spec describes")]:
+        for write, *args in [(resgraph.save, tmp_path / "x.pt"), (resgraph.save, tmp_path / "x.py"),
+                             (resgraph.to_python,), (resgraph.to_onnx, str(tmp_path / "x.onnx"))]:
+            with pytest.raises(resgraph.UsageError, match=re.escape(message)):
+                write(module, *args)
+    assert sorted(os.listdir(tmp_path)) == ["w.pt", "w.py"]
