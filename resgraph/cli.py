@@ -292,6 +292,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _build(args: argparse.Namespace) -> int:
     import pathlib  # not at the top: `--help` (with an installed package) need not import it
+    import shlex
 
     from .errors import UsageError, one_line
     from .formats import check_writable, find_format
@@ -317,6 +318,7 @@ def _build(args: argparse.Namespace) -> int:
         raise UsageError(f"-o {args.output}: a model built with --device meta has no weights to save; "
                          "build it on a real device, or write its code with -o FILE.py")
     from .api import DEFAULT_MAX_PARAMS, build, render, summary
+    from .export_py import build_options
     from .formats import save
     from .summarize import parse_columns
 
@@ -332,7 +334,10 @@ def _build(args: argparse.Namespace) -> int:
         save(module, args.output, **({"opset": args.opset} if args.opset is not None else {}))
     status = EXIT_OK
     if args.diagram:
-        status = _draw(lambda fold: render(module, fold_repeats=fold), args.diagram)
+        # (build takes no drawing flags: the advice for a diagram too large offers render's, for this model)
+        command = " ".join(["resgraph render", shlex.quote(args.spec), *build_options(module.build_record)])
+        status = _draw(lambda fold: render(module, fold_repeats=fold), args.diagram, output_flag="--diagram",
+                       render_command=command)
     if args.code:
         print(_code_listing(module), end="")
         return status
@@ -477,9 +482,10 @@ def _default_output_taken(output: str) -> Exception:
 
 
 def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = False, depth: int | None = None,
-          replace: bool = True) -> int:
+          replace: bool = True, output_flag: str = "-o", render_command: str | None = None) -> int:
     """Draw (folding repeats if the full diagram is too large for the format) and write the diagram;
-    without Graphviz's `dot`, write the .dot source and say how to get it.
+    without Graphviz's `dot`, write the .dot source and say how to get it. `output_flag` and
+    `render_command`: as for `diagram.fit_diagram` (`build --diagram` takes no drawing flags).
 
     Raises:
         FileExistsError: `replace` is False and another file is at `path`.
@@ -490,7 +496,8 @@ def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = Fal
     from .errors import one_line
     from .formats import write_diagram
 
-    fitted = fit_diagram(draw, path, fold_repeats=fold_repeats, depth=depth)
+    fitted = fit_diagram(draw, path, fold_repeats=fold_repeats, depth=depth, output_flag=output_flag,
+                         render_command=render_command)
     if fitted.note:
         print(f"resgraph: note: {one_line(fitted.note)}", file=sys.stderr)
     fallback = write_diagram(fitted.dot, path, replace=replace)

@@ -193,6 +193,26 @@ def test_a_refused_png_offers_only_flags_that_are_not_given_already(tmp_path: pa
         assert given not in message
 
 
+@needs_dot
+def test_a_refused_build_diagram_offers_flags_that_build_takes(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # `build --diagram net.png` was offered render's flags as its own: --depth (build's sets the summary's
+    # levels), --rankdir and --dpi (build has neither) and `-o net.svg` (build's -o is the model file).
+    import resgraph.diagram
+    from resgraph.cli import main
+
+    monkeypatch.setattr(resgraph.diagram, "PNG_LIMIT_PIXELS", 300)
+    monkeypatch.chdir(tmp_path)
+    spec = str(ROOT / "examples/residual_mlp.yaml")
+    assert main(["build", spec, "--depth", "1", "--diagram", "net.png", "--input", "x=784"]) == 1
+    message = capsys.readouterr().err
+    assert message.startswith("resgraph: error: cannot draw net.png: the diagram would be ")
+    assert f". Draw it with resgraph render {spec} --input x=784, which can show fewer levels (--depth 2, or " \
+           "--depth 1), lay it out sideways (--rankdir LR), or lower the resolution (--dpi " in message
+    assert message.endswith(" or less), or write SVG or HTML, which have no size limit (--diagram net.svg)\n")
+    assert not (tmp_path / "net.png").exists()
+
+
 TWO_OUTPUTS = """\
 resgraph: 1
 name: Heads
