@@ -295,6 +295,7 @@ def _build(args: argparse.Namespace) -> int:
     import shlex
 
     from .errors import UsageError, one_line
+    from .files import same_file
     from .formats import check_writable, find_format
 
     for first, second, why in BUILD_CONFLICTS:
@@ -309,7 +310,7 @@ def _build(args: argparse.Namespace) -> int:
         _check_output(args.diagram, "--diagram", args.spec)
         find_format(args.diagram, "diagram")
         check_writable(args.diagram)
-    if args.output and args.diagram and _same_file(args.output, args.diagram):  # (by a symlink or a hard link)
+    if args.output and args.diagram and same_file(args.output, args.diagram):  # (by a symlink or a hard link)
         raise UsageError(f"-o {one_line(args.output)} and --diagram {one_line(args.diagram)} are the same file; "
                          "the diagram would overwrite the model. Name two files")
     if args.opset is not None and not (args.output or "").lower().endswith(".onnx"):
@@ -413,25 +414,15 @@ def _check_output(path: str, flag: str, spec: str, imports: Iterable[str] = ()) 
         UsageError: which, and what to do.
     """
     from .errors import UsageError, one_line
+    from .files import same_file
 
     if not path:
         raise UsageError(f"{flag}: the file name is empty; name the file to write")
     for source, what in [(spec, "the spec file"), *((name, "the block library") for name in imports)]:
-        if _same_file(path, source):
+        if same_file(path, source):
             imported = "" if source == spec else " that the spec imports"
             raise UsageError(f"{flag} {one_line(path)}: that is {what} {one_line(source)}{imported}; writing it "
                              f"would overwrite it. Name another file")
-
-
-def _same_file(path: str, other: str) -> bool:
-    """True when writing `path` would write `other`: the same file by any path to it (`./`, a symlink,
-    a hard link), or two symlinks to the same file not created yet."""
-    try:
-        return os.path.samefile(path, other)
-    except ValueError:  # no path (a NUL in it)
-        return False
-    except OSError:  # one of them does not exist (yet), or is no path (`resgraph:NAME`)
-        return os.path.realpath(path) == os.path.realpath(other)
 
 
 def _render(args: argparse.Namespace) -> int:

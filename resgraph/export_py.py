@@ -22,7 +22,7 @@ from typing import Any
 
 from .codegen import HELPERS, generate_forward, helpers_used
 from .errors import Diagnostic, ResgraphError, SpecError, UsageError
-from .files import atomic_write
+from .files import atomic_write, same_file
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
 from .ops import GenericLayer, ShapeError
 from .ops.generic import allowed_imports, torch_module_class
@@ -185,11 +185,7 @@ def check_module_file(path: str, source: str) -> None:
                              f"itself instead (and hide {name.split('.')[0]} from code run beside it). Name it "
                              f"otherwise, e.g. {stem}_model.py")
         origin = getattr(sys.modules.get(name), "__file__", None)
-        try:
-            same = origin is not None and os.path.samefile(path, origin)
-        except (OSError, ValueError):  # the output does not exist yet
-            same = False
-        if same:
+        if origin is not None and same_file(path, origin):
             raise UsageError(f"{path}: that is the source of module {name}, whose layers the spec uses; "
                              "writing it would overwrite it. Name another file")
 

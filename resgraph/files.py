@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_staged", "check_writable", "write_fresh_text"]
+__all__ = ["atomic_write", "atomic_write_staged", "check_writable", "same_file", "write_fresh_text"]
 
 MAX_FRESH_NAMES = 100  # arch.dot, arch-2.dot, ... arch-100.dot
 
@@ -180,6 +180,17 @@ def check_writable(path: str, *, replace: bool = True) -> None:
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
     if not os.access(directory, os.W_OK | os.X_OK):  # the temporary file is made there
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+
+
+def same_file(path: str, other: str) -> bool:
+    """True when writing `path` would write `other`: the same file by any path to it (`./`, a symlink,
+    a hard link), or two symlinks to the same file not created yet."""
+    try:
+        return os.path.samefile(path, other)
+    except ValueError:  # no path (a NUL in it)
+        return False
+    except OSError:  # one of them does not exist (yet), or is no path (`resgraph:NAME`)
+        return os.path.realpath(path) == os.path.realpath(other)
 
 
 def _refuse_link(path: str, replace: bool) -> None:
