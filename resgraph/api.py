@@ -252,26 +252,18 @@ def render(spec: SpecSource | CompiledModule | Graph, *, params: Mapping[str, An
 
 
 def _built_model(spec: Any, what: str) -> Any:
-    """`spec` itself, or the model from `build` that a wrapper holds (torch.compile's `_orig_mod`,
-    DistributedDataParallel's `module`): the same parameters, so the same summary and diagram.
+    """`spec` itself, or, for a torch module, the model from `build` it is or wraps (`model.built_model`).
 
     Raises:
         UsageError: `spec` is a torch module resgraph did not build (it has no spec to read).
     """
-    from .model import CompiledModule
-
-    if isinstance(spec, CompiledModule):
+    torch = sys.modules.get("torch")  # (without it loaded, no torch module can have been given)
+    if torch is None or not isinstance(spec, torch.nn.Module):
         return spec
-    for attribute in ("_orig_mod", "module"):
-        inner = getattr(spec, attribute, None)
-        if isinstance(inner, CompiledModule):
-            return inner
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(spec, torch.nn.Module):
-        raise UsageError(f"{what} takes a spec (a path, YAML text or a dict), a graph from resgraph.check or a model "
-                         f"from resgraph.build, not {type(spec).__name__}: a module resgraph did not build has no "
-                         "spec to read")
-    return spec
+    from .model import built_model
+
+    return built_model(spec, what, takes="a spec (a path, YAML text or a dict), a graph from resgraph.check or a "
+                                         "model from resgraph.build")
 
 
 def to_python(module: CompiledModule) -> str:

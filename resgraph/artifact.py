@@ -17,7 +17,7 @@ from .errors import ResgraphError, UsageError, shortened
 from .expressions import value_size
 from .files import atomic_write
 from .loader import MAX_BYTES
-from .model import CompiledModule, modes, rebuild, restore_modes
+from .model import CompiledModule, built_model, modes, rebuild, restore_modes
 from .pipeline import DEFAULT_MAX_PARAMS, BuildRecord
 from .torch_files import read_torch_file
 
@@ -29,7 +29,8 @@ MAX_OVERRIDE_SIZE = 100_000  # characters and items of the stored parameter over
 
 
 def save(module: CompiledModule, path: str) -> None:
-    """Write `module`'s weights and build record to `path` atomically.
+    """Write `module`'s weights and build record to `path` atomically (a wrapper's: its model's, see
+    `model.built_model`).
 
     Raises:
         UsageError: the weights are not what `load` can restore: on the meta device (nothing to
@@ -40,6 +41,7 @@ def save(module: CompiledModule, path: str) -> None:
     """
     import torch
 
+    module = built_model(module, "save")  # (torch.compile's wrapper: its state_dict's keys are prefixed)
     record = module.build_record
     _check_savable(module)
     payload = {"format": ARTIFACT_FORMAT, "spec": record.spec, "spec_file": record.file,

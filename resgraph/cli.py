@@ -292,8 +292,10 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _build(args: argparse.Namespace) -> int:
     import pathlib  # not at the top: `--help` (with an installed package) need not import it
+    import shlex
 
     from .errors import UsageError, one_line
+    from .files import same_file
     from .formats import check_writable, find_format
 
     for first, second, why in BUILD_CONFLICTS:
@@ -308,7 +310,7 @@ def _build(args: argparse.Namespace) -> int:
         _check_output(args.diagram, "--diagram", args.spec)
         find_format(args.diagram, "diagram")
         check_writable(args.diagram)
-    if args.output and args.diagram and _same_file(args.output, args.diagram):  # (by a symlink or a hard link)
+    if args.output and args.diagram and same_file(args.output, args.diagram):  # (by a symlink or a hard link)
         raise UsageError(f"-o {one_line(args.output)} and --diagram {one_line(args.diagram)} are the same file; "
                          "the diagram would overwrite the model. Name two files")
     if args.opset is not None and not (args.output or "").lower().endswith(".onnx"):
@@ -317,6 +319,7 @@ def _build(args: argparse.Namespace) -> int:
         raise UsageError(f"-o {args.output}: a model built with --device meta has no weights to save; "
                          "build it on a real device, or write its code with -o FILE.py")
     from .api import DEFAULT_MAX_PARAMS, build, render, summary
+    from .export_py import build_options
     from .formats import save
     from .summarize import parse_columns
 
@@ -332,7 +335,10 @@ def _build(args: argparse.Namespace) -> int:
         save(module, args.output, **({"opset": args.opset} if args.opset is not None else {}))
     status = EXIT_OK
     if args.diagram:
-        status = _draw(lambda fold: render(module, fold_repeats=fold), args.diagram)
+        # (build takes no drawing flags: the advice for a diagram too large offers render's, for this model)
+        command = " ".join(["resgraph render", shlex.quote(args.spec), *build_options(module.build_record)])
+        status = _draw(lambda fold: render(module, fold_repeats=fold), args.diagram, output_flag="--diagram",
+                       render_command=command)
     if args.code:
         print(_code_listing(module), end="")
         return status
@@ -408,25 +414,15 @@ def _check_output(path: str, flag: str, spec: str, imports: Iterable[str] = ()) 
         UsageError: which, and what to do.
     """
     from .errors import UsageError, one_line
+    from .files import same_file
 
     if not path:
         raise UsageError(f"{flag}: the file name is empty; name the file to write")
     for source, what in [(spec, "the spec file"), *((name, "the block library") for name in imports)]:
-        if _same_file(path, source):
+        if same_file(path, source):
             imported = "" if source == spec else " that the spec imports"
             raise UsageError(f"{flag} {one_line(path)}: that is {what} {one_line(source)}{imported}; writing it "
                              f"would overwrite it. Name another file")
-
-
-def _same_file(path: str, other: str) -> bool:
-    """True when writing `path` would write `other`: the same file by any path to it (`./`, a symlink,
-    a hard link), or two symlinks to the same file not created yet."""
-    try:
-        return os.path.samefile(path, other)
-    except ValueError:  # no path (a NUL in it)
-        return False
-    except OSError:  # one of them does not exist (yet), or is no path (`resgraph:NAME`)
-        return os.path.realpath(path) == os.path.realpath(other)
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -436,9 +432,13 @@ def _render(args: argparse.Namespace) -> int:
     from .formats import check_writable, find_format
 
     output = str(pathlib.Path(args.spec).with_suffix(".svg").name) if args.output is None else args.output
+    replace = args.output is not None  # (the default output: never a file the user did not name)
     _check_output(output, "-o" if args.output is not None else "the default output", args.spec)
     find_format(output, "diagram")
-    check_writable(output)
+    try:
+        check_writable(output, replace=replace)
+    except FileExistsError:  # (a symlink: said before the build)
+        raise _default_output_taken(output) from None
     if args.dpi is not None and not output.lower().endswith(".png"):
         raise UsageError("--dpi sets the resolution of PNG files: add -o FILE.png")
     from .api import build, render
@@ -456,21 +456,27 @@ def _render(args: argparse.Namespace) -> int:
                       layout=args.layout, dpi=args.dpi)
 
     try:
-        status = _draw(draw, output, fold_repeats=args.fold_repeats, depth=args.depth,
-                       replace=args.output is not None)
-    except FileExistsError:  # (the default output: never a file the user did not name)
-        raise UsageError(f"{one_line(output)}: another file (or a link) is there already, and the default output "
-                         f"(SPEC's name with .svg) never replaces one; name it to replace it (-o {one_line(output)}), "
-                         "or name another") from None
+        status = _draw(draw, output, fold_repeats=args.fold_repeats, depth=args.depth, replace=replace)
+    except FileExistsError:  # (another file, unless it holds this very diagram: known once drawn)
+        raise _default_output_taken(output) from None
     if status == EXIT_OK:
         print(f"Wrote {one_line(output)}")
     return status
 
 
+def _default_output_taken(output: str) -> Exception:
+    from .errors import UsageError, one_line
+
+    return UsageError(f"{one_line(output)}: another file (or a link) is there already, and the default output "
+                      f"(SPEC's name with .svg) never replaces one; name it to replace it (-o {one_line(output)}), "
+                      "or name another")
+
+
 def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = False, depth: int | None = None,
-          replace: bool = True) -> int:
+          replace: bool = True, output_flag: str = "-o", render_command: str | None = None) -> int:
     """Draw (folding repeats if the full diagram is too large for the format) and write the diagram;
-    without Graphviz's `dot`, write the .dot source and say how to get it.
+    without Graphviz's `dot`, write the .dot source and say how to get it. `output_flag` and
+    `render_command`: as for `diagram.fit_diagram` (`build --diagram` takes no drawing flags).
 
     Raises:
         FileExistsError: `replace` is False and another file is at `path`.
@@ -481,7 +487,8 @@ def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = Fal
     from .errors import one_line
     from .formats import write_diagram
 
-    fitted = fit_diagram(draw, path, fold_repeats=fold_repeats, depth=depth)
+    fitted = fit_diagram(draw, path, fold_repeats=fold_repeats, depth=depth, output_flag=output_flag,
+                         render_command=render_command)
     if fitted.note:
         print(f"resgraph: note: {one_line(fitted.note)}", file=sys.stderr)
     fallback = write_diagram(fitted.dot, path, replace=replace)

@@ -28,7 +28,7 @@ from .ops.merge_ops import MergeLayer
 from .ops.tensor import BlockOutput
 from .ownership import graph_parameters, owned_parameters
 from .projections import ProjectionPlan, describe_steps
-from .summarize import PER_DIM_ARGS, Row, format_count, instance_title, short_value, summarize
+from .summarize import Row, argument_text, format_count, instance_title, short_value, summarize
 from .wasm import svg_without_dot
 
 __all__ = ["LAYOUTS", "LAYOUT_LIMIT", "PDF_LIMIT_INCHES", "PNG_LIMIT_PIXELS", "Fitted", "RenderOptions", "fit_diagram",
@@ -225,7 +225,7 @@ class _Renderer:
         if not self.options.args:
             return layer.op
         args = layer.args()
-        shown = {k: short_value(v, per_dim=k in PER_DIM_ARGS) for k, v in args.items() if k in KEY_ARGS}
+        shown = {k: argument_text(k, v) for k, v in args.items() if k in KEY_ARGS}
         key = [f"{KEY_ARGS[k]}={text}" for k, text in shown.items()
                if not (k in ("stride", "dilation", "groups") and text == "1")]
         key += [text for k, v in args.items() if k in DETAILS and (text := DETAILS[k](v)) is not None]
@@ -420,7 +420,7 @@ def _layer_differences(name: str, layers: list[Any], listed: set[tuple[str, ...]
     lines = []
     written = [layer.args() for layer in layers]
     for key in dict.fromkeys(k for args in written for k in args):
-        values = [short_value(args.get(key, "-"), per_dim=key in PER_DIM_ARGS) for args in written]
+        values = [argument_text(key, args[key]) if key in args else "-" for args in written]
         if len(set(values)) > 1 and tuple(values) not in listed:
             lines.append(f"{name} {key} {_series(values)}")
     ties = [", ".join(f"{k}={v}" for k, v in (layer.tie or {}).items()) or "-" for layer in layers]
@@ -487,7 +487,7 @@ class Fitted:
 
 
 def fit_diagram(draw: Callable[[bool], Any], path: str, *, fold_repeats: bool = False,
-                depth: int | None = None) -> Fitted:
+                depth: int | None = None, output_flag: str = "-o", render_command: str | None = None) -> Fitted:
     """The diagram `draw(fold_repeats)` returns, folded when the full one is too large for `path`'s format.
 
     PNG is limited by cairo (`PNG_LIMIT_PIXELS` a side, at the diagram's dpi) and PDF by what readers
@@ -496,22 +496,28 @@ def fit_diagram(draw: Callable[[bool], Any], path: str, *, fold_repeats: bool = 
     takes minutes to hours beyond LAYOUT_LIMIT statements: a larger diagram is folded, or refused.
     `depth` is the module levels `draw` shows (None: all), so that a refusal offers only fewer.
 
+    Args:
+        output_flag: the caller's flag naming the diagram's file (`-o`; `--diagram` for `build`).
+        render_command: where the caller takes no drawing flags (`build --diagram`), the command that
+            does (`resgraph render net.yaml`): the advice offers --depth, --rankdir, --dpi through it.
     Raises:
         ResgraphError: even folded, the diagram is too large for the format or for Graphviz to lay
             out (the message names the flags that help, leaving out those already given).
     """
     fmt = os.path.splitext(path)[1].lower().lstrip(".")
+    folds = "" if render_command else " (--fold-repeats)"
     dot = draw(fold_repeats)
     note = None
     if fmt != "dot" and len(dot.body) > LAYOUT_LIMIT:  # (laying it out would take minutes to hours)
         statements = len(dot.body)
         folded = None if fold_repeats else draw(True)
         if folded is None or len(folded.body) > LAYOUT_LIMIT:
-            raise _too_large_to_lay_out(path, statements, folded=True, depth=depth)
+            raise _too_large_to_lay_out(path, statements, folded=True, depth=depth, output_flag=output_flag,
+                                        render_command=render_command)
         dot, fold_repeats = folded, True
         note = (f"the full diagram has {statements:,} nodes, edges and boxes, more than Graphviz lays out in "
-                f"reasonable time ({LAYOUT_LIMIT:,}); repeated blocks are folded (--fold-repeats). For every "
-                f"layer, write its source (-o {_stem(path)}.dot)")
+                f"reasonable time ({LAYOUT_LIMIT:,}); repeated blocks are folded{folds}. For every "
+                f"layer, write its source ({output_flag} {_stem(path)}.dot)")
     if fmt not in ("png", "pdf") or shutil.which("dot") is None:
         return Fitted(dot, note)
     size = _measure(dot, fmt)
@@ -524,8 +530,8 @@ def fit_diagram(draw: Callable[[bool], Any], path: str, *, fold_repeats: bool = 
             smaller = _measure(folded, fmt)
             if smaller is None:
                 return Fitted(folded, f"the full diagram would be {size.text}, more than {_limit(fmt)}; repeated "
-                                      f"blocks are folded (--fold-repeats). For every layer, write SVG or HTML "
-                                      f"(-o {_stem(path)}.svg)")
+                                      f"blocks are folded{folds}. For every layer, write SVG or HTML "
+                                      f"({output_flag} {_stem(path)}.svg)")
             dot, size, folded_any = folded, smaller, True
     # Only advice that can help: fewer levels than shown, the other direction, a resolution that fits.
     advice = [_fewer_levels(depth)]
@@ -535,11 +541,10 @@ def fit_diagram(draw: Callable[[bool], Any], path: str, *, fold_repeats: bool = 
         fits = math.floor(PNG_LIMIT_PIXELS / size.inches)  # the largest resolution at which it fits
         if fits >= 1:
             advice.append(f"lower the resolution (--dpi {fits} or less)")
-    advice.append(f"write SVG or HTML, which have no size limit (-o {_stem(path)}.svg)")
-    shown = [a for a in advice if a]
     raise ResgraphError(f"cannot draw {path}: the diagram would be {size.text}, more than {_limit(fmt)}"
                         f"{', even with repeated blocks folded' if folded_any else ''}. "
-                        f"{_sentence(', '.join(shown[:-1]) + ', or ' + shown[-1] if len(shown) > 1 else shown[0])}")
+                        + _advice(advice, f"write SVG or HTML, which have no size limit ({output_flag} "
+                                          f"{_stem(path)}.svg)", render_command))
 
 
 def _fewer_levels(depth: int | None) -> str | None:
@@ -549,18 +554,28 @@ def _fewer_levels(depth: int | None) -> str | None:
     return "show fewer levels (--depth 1)" if depth == 2 else "show fewer levels (--depth 2, or --depth 1)"
 
 
-def _sentence(text: str) -> str:
+def _advice(drawing: list[str | None], other: str, render_command: str | None) -> str:
+    """'Show fewer levels (--depth 1), ..., or write SVG ...': the drawing options that help (None: one
+    that does not), then `other`, as one sentence; the drawing options through `render_command`
+    where the caller's command does not take them."""
+    shown = [option for option in drawing if option]
+    if shown and render_command:
+        shown = [f"draw it with {render_command}, which can {_either(shown)}"]
+    text = _either([*shown, other])
     return text[:1].upper() + text[1:]
 
 
-def _too_large_to_lay_out(path: str, statements: int, folded: bool, depth: int | None = None) -> ResgraphError:
-    advice = [_fewer_levels(depth), None if folded else "fold repeated blocks (--fold-repeats)",
-              f"write its source (-o {_stem(path)}.dot)"]
-    shown = [a for a in advice if a]
+def _either(options: list[str]) -> str:
+    return ", ".join(options[:-1]) + ", or " + options[-1] if len(options) > 1 else options[0]
+
+
+def _too_large_to_lay_out(path: str, statements: int, folded: bool, depth: int | None = None,
+                          output_flag: str = "-o", render_command: str | None = None) -> ResgraphError:
+    drawing = [_fewer_levels(depth), None if folded else "fold repeated blocks (--fold-repeats)"]
     return ResgraphError(f"cannot draw {path}: the diagram has {statements:,} nodes, edges and boxes, more than "
                          f"Graphviz lays out in reasonable time ({LAYOUT_LIMIT:,})"
                          f"{', even with repeated blocks folded' if folded else ''}. "
-                         f"{_sentence(', '.join(shown[:-1]) + ', or ' + shown[-1] if len(shown) > 1 else shown[0])}")
+                         + _advice(drawing, f"write its source ({output_flag} {_stem(path)}.dot)", render_command))
 
 
 def _stem(path: str) -> str:

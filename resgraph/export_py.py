@@ -22,7 +22,7 @@ from typing import Any
 
 from .codegen import HELPERS, generate_forward, helpers_used
 from .errors import Diagnostic, ResgraphError, SpecError, UsageError
-from .files import atomic_write
+from .files import atomic_write, same_file
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
 from .ops import GenericLayer, ShapeError
 from .ops.generic import allowed_imports, torch_module_class
@@ -108,8 +108,9 @@ def module_source(module: Any) -> str:
         SpecError: a layer cannot be written as source (see `export_python`).
         UsageError: a submodule was replaced after the build (the source would be the spec's).
     """
-    from .model import require_as_built  # torch: only a built model reaches here, not validation
+    from .model import built_model, require_as_built  # torch: only a built model reaches here, not validation
 
+    module = built_model(module, "to_python")  # (torch.compile's or DistributedDataParallel's wrapper: its model)
     require_as_built(module, "Python source")
     record = module.build_record
     with allowed_imports(record.allow_imports):  # its own layer classes are found as they were at build
@@ -184,11 +185,7 @@ def check_module_file(path: str, source: str) -> None:
                              f"itself instead (and hide {name.split('.')[0]} from code run beside it). Name it "
                              f"otherwise, e.g. {stem}_model.py")
         origin = getattr(sys.modules.get(name), "__file__", None)
-        try:
-            same = origin is not None and os.path.samefile(path, origin)
-        except (OSError, ValueError):  # the output does not exist yet
-            same = False
-        if same:
+        if origin is not None and same_file(path, origin):
             raise UsageError(f"{path}: that is the source of module {name}, whose layers the spec uses; "
                              "writing it would overwrite it. Name another file")
 

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_staged", "check_writable", "write_fresh_text"]
+__all__ = ["atomic_write", "atomic_write_staged", "check_writable", "same_file", "write_fresh_text"]
 
 MAX_FRESH_NAMES = 100  # arch.dot, arch-2.dot, ... arch-100.dot
 
@@ -63,8 +63,7 @@ def atomic_write(path: str, write: Callable[[str], object], *, replace: bool = T
         IsADirectoryError, OSError: `path` is a directory, FIFO, device or socket.
         OSError: the directory cannot be written (the temporary file is removed).
     """
-    if not replace and os.path.islink(path):  # (nothing the user did not name is written through a link)
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+    _refuse_link(path, replace)
     target = _resolve(path)
     _check_replaceable(target, path)
     directory = os.path.dirname(target)
@@ -122,7 +121,7 @@ def atomic_write_staged(path: str, write: Callable[[str], object]) -> list[str]:
             # A companion is where the file names it, beside it; one there that is a symlink is written
             # through, as the file itself is (the link may keep the weights on another disk).
             # (Shown as the caller named the file's folder, unless `path` is a symlink to another one.)
-            beside = os.path.dirname(path) if target == os.path.abspath(path) else directory
+            beside = directory if os.path.islink(path) else os.path.dirname(path)
             companions = {entry: (os.path.join(beside, entry), _resolve(os.path.join(directory, entry)))
                           for entry in made if entry != name}
             for shown, final in companions.values():
@@ -163,14 +162,17 @@ def _move_into_place(staged: str, final: str) -> None:
         atomic_write(final, lambda tmp: shutil.copyfile(staged, tmp))
 
 
-def check_writable(path: str) -> None:
+def check_writable(path: str, *, replace: bool = True) -> None:
     """Raise now what writing `path` would raise only at its end, after the work of making the content
     (an ONNX export of a large model takes minutes): its folder missing, not a folder, or one this
-    process may not write in; a directory, FIFO, device or read-only file at `path`.
+    process may not write in; a directory, FIFO, device or read-only file at `path`; with
+    `replace=False`, a symlink at `path`.
 
     Raises:
-        FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError, OSError: as `atomic_write`.
+        FileExistsError, FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError, OSError:
+            as `atomic_write(path, ..., replace=replace)`.
     """
+    _refuse_link(path, replace)
     target = _resolve(path)
     _check_replaceable(target, path)
     directory = os.path.dirname(target)
@@ -178,6 +180,23 @@ def check_writable(path: str) -> None:
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
     if not os.access(directory, os.W_OK | os.X_OK):  # the temporary file is made there
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+
+
+def same_file(path: str, other: str) -> bool:
+    """True when writing `path` would write `other`: the same file by any path to it (`./`, a symlink,
+    a hard link), or two symlinks to the same file not created yet."""
+    try:
+        return os.path.samefile(path, other)
+    except ValueError:  # no path (a NUL in it)
+        return False
+    except OSError:  # one of them does not exist (yet), or is no path (`resgraph:NAME`)
+        return os.path.realpath(path) == os.path.realpath(other)
+
+
+def _refuse_link(path: str, replace: bool) -> None:
+    """`replace=False` (a path the user did not name): a symlink there, dangling or not, is not followed."""
+    if not replace and os.path.islink(path):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
 
 
 def write_fresh_text(stem: str, suffix: str, text: str) -> str:
@@ -282,11 +301,13 @@ def _temporary_path(directory: str, name: str) -> str:
 
 
 def _resolve(path: str) -> str:
-    """The absolute path to write: `path`, or the file a chain of symlinks at `path` ends at."""
-    absolute = os.path.abspath(path)
-    if not os.path.islink(absolute):
-        return absolute
-    return os.path.realpath(absolute)  # also for a dangling link: its target is created, as open() would
+    """The absolute path to write: `path` as `open()` reads it, or the file a chain of symlinks at `path`
+    ends at. Its folder is resolved, not normalised as text: `link/../m.pt` is in the folder above the
+    link's target, where `open()` writes it, not in the folder holding the link (`os.path.abspath`)."""
+    if os.path.islink(path):
+        return os.path.realpath(path)  # also for a dangling link: its target is created, as open() would
+    directory, name = os.path.split(path)
+    return os.path.join(os.path.realpath(directory or os.curdir), name)
 
 
 @contextlib.contextmanager

@@ -105,18 +105,22 @@ def find_format(path: str, kind: Kind) -> OutputFormat:
 
 
 def save(model: Any, path: str | os.PathLike[str], **options: Any) -> None:
-    """Write a compiled model to `path` in the format its suffix names (.pt, .pth, .py, .onnx), atomically.
+    """Write a compiled model (or torch.compile's or DistributedDataParallel's wrapper of one: see
+    `model.built_model`) to `path` in the format its suffix names (.pt, .pth, .py, .onnx), atomically.
 
     Args:
         options: the writer's own keyword arguments (.onnx: `opset`, `dynamic_batch`).
     Raises:
         UsageError: an unknown suffix, a missing optional package, an option the format does not
-            take, or a path that cannot be written.
+            take, a path that cannot be written, or a module resgraph did not build.
         ResgraphError: the exporter failed.
     """
+    from .model import built_model
+
     name = os.fspath(path)
     fmt = find_format(name, "model")
     writer = fmt.load_writer()
+    model = built_model(model, "save")  # (a wrapper's: its model's)
     accepted = inspect.signature(writer).parameters
     unknown = [key for key in options if key not in accepted or key in ("model", "module", "path")]
     if unknown:
@@ -128,18 +132,23 @@ def save(model: Any, path: str | os.PathLike[str], **options: Any) -> None:
         raise _cannot_write(name, exc) from None
 
 
-def check_writable(path: str | os.PathLike[str]) -> None:
+def check_writable(path: str | os.PathLike[str], *, replace: bool = True) -> None:
     """Refuse now an output that could not be written at the end (see `files.check_writable`): the
     CLI checks its outputs before it builds, and `save` before it exports.
 
+    Args:
+        replace: as for `write_diagram`.
     Raises:
         UsageError: `cannot write PATH: REASON` (a missing folder, a directory at PATH, ...).
+        FileExistsError: `replace` is False and a symlink is at `path`.
     """
     from .files import check_writable as check
 
     name = os.fspath(path)
     try:
-        check(name)
+        check(name, replace=replace)
+    except FileExistsError:
+        raise
     except OSError as exc:
         raise _cannot_write(name, exc) from None
 
@@ -159,11 +168,11 @@ def write_diagram(dot: Any, path: str | os.PathLike[str], *, replace: bool = Tru
         path of the .dot file written instead.
     Raises:
         UsageError: an unknown suffix, or a path that cannot be written.
-        FileExistsError: `replace` is False and another file is at `path`.
+        FileExistsError: `replace` is False and another file, or a symlink, is at `path`.
     """
     name = os.fspath(path)
     writer = find_format(name, "diagram").load_writer()
-    check_writable(name)
+    check_writable(name, replace=replace)
     try:
         return writer(dot, name, replace=replace)
     except FileExistsError:

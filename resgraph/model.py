@@ -28,8 +28,8 @@ from .pipeline import DEFAULT_MAX_PARAMS, BuildRecord, check_loaded, static_para
 from .sizes import DEFAULT_RANGE, smallest_without_ones, solve_sizes
 from .spec import Spec
 
-__all__ = ["CompiledModule", "Device", "compile_model", "export_program", "materialize", "meta_module", "name_outputs",
-           "part_sizes", "rebuild"]
+__all__ = ["WRAPPER_ATTRIBUTES", "CompiledModule", "Device", "built_model", "compile_model", "export_program",
+           "materialize", "meta_module", "name_outputs", "part_sizes", "rebuild"]
 
 Device = torch.device | str | int  # what torch.device() accepts
 
@@ -191,6 +191,39 @@ def replaced_modules(module: CompiledModule, rebuilt: nn.Module | None = None) -
                 and not any(tie.owner.startswith(f"{outer}.") for outer in replaced)):
             replaced[tie.owner] = module.get_submodule(tie.owner)
     return replaced
+
+
+# Where a wrapper keeps the model it runs: torch.compile's OptimizedModule, DistributedDataParallel's
+# (and DataParallel's) `module`.
+WRAPPER_ATTRIBUTES = ("_orig_mod", "module")
+
+
+def built_model(module: Any, what: str, takes: str = "a model from resgraph.build") -> CompiledModule:
+    """`module`, or the model from `build` that a wrapper of it holds (`WRAPPER_ATTRIBUTES`) when the
+    wrapper holds exactly that model's tensors: the same weights, so the same summary, diagram and
+    files. A module adding tensors of its own (a head around a backbone) is no wrapper.
+
+    Args:
+        what: the function given `module` (`save`), and `takes` what it takes, for the error.
+    Raises:
+        UsageError: `module` is no model resgraph built, nor a wrapper of one (it has no spec to read).
+    """
+    if isinstance(module, CompiledModule):
+        return module
+    for attribute in WRAPPER_ATTRIBUTES:
+        inner = getattr(module, attribute, None)
+        if isinstance(inner, CompiledModule) and isinstance(module, nn.Module):
+            if _tensor_ids(module) == _tensor_ids(inner):
+                return inner
+            raise UsageError(f"{what} takes a model from resgraph.build, not {type(module).__name__}, which holds one "
+                             f"(.{attribute}) and parameters or buffers of its own that no spec describes; pass "
+                             f"the model itself (.{attribute}), or write those layers in its spec")
+    raise UsageError(f"{what} takes {takes}, not {type(module).__name__}: a module resgraph did not build has no "
+                     "spec to read")
+
+
+def _tensor_ids(module: nn.Module) -> set[int]:
+    return {id(t) for t in [*module.parameters(), *module.buffers()]}
 
 
 def require_as_built(module: CompiledModule, what: str, rebuilt: nn.Module | None = None) -> None:

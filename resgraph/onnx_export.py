@@ -13,6 +13,7 @@ from typing import Any
 
 from .errors import ResgraphError, UsageError
 from .files import atomic_write_staged
+from .formats import check_writable
 
 __all__ = ["EXTERNAL_DATA_BYTES", "output_names", "to_onnx"]
 
@@ -97,9 +98,11 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | 
     Args:
         opset: the ONNX opset version (default: the exporter's).
     Raises:
-        UsageError: the onnx / onnxscript packages are missing, the model was built on the meta device, or
-            `opset` is newer than the installed onnx package knows.
+        UsageError: the onnx / onnxscript packages are missing, the model was built on the meta device,
+            `opset` is newer than the installed onnx package knows, or `path` cannot be written (a missing
+            folder, a directory there: said before the export, which may take minutes).
         ResgraphError: the exporter failed (an unsupported opset included).
+        OSError: the files could not be written after all (a full disk; nothing is left half-written).
     """
     try:
         import onnx
@@ -109,8 +112,11 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | 
     import torch
 
     from .lower import require_weights
+    from .model import built_model
 
+    module = built_model(module, "to_onnx")  # (torch.compile's or DistributedDataParallel's wrapper: its model)
     require_weights(module, "export")  # torch's exporter fails deep inside, in colour, and logs at ERROR
+    check_writable(path)  # before the export; at the write, the error named the staging folder
     newest = onnx.defs.onnx_opset_version()
     if opset is not None and opset > newest:  # (the exporter failed with its own multi-line message)
         raise UsageError(f"ONNX opset {opset} does not exist yet: the installed onnx package knows opsets up to "

@@ -34,8 +34,8 @@ from .projections import ProjectionPlan, describe_steps
 from .suggest import did_you_mean
 
 __all__ = ["COLUMNS", "DEFAULT_COLUMNS", "DTYPE_BYTES", "PER_DIM_ARGS", "Column", "ProjectionRow", "Row", "Summary",
-           "format_bytes", "format_count", "format_summary", "instance_title", "parse_columns", "short_value",
-           "summarize"]
+           "argument_text", "format_bytes", "format_count", "format_summary", "instance_title", "parse_columns",
+           "short_value", "summarize"]
 
 # Arguments that hold one value per spatial dim, shown as one number when every dim has the same (`3` for
 # kernel_size [3, 3]). Any other list is shown whole: `shape: [1, 1, 1]` is not `shape=1`.
@@ -318,8 +318,7 @@ def _layer_text(node: LayerNode) -> str:
     """`Conv2d(out_channels=64, ...)`; code ops name their inputs (`add(a, b)`); ties are noted
     (`Linear(...) [weight tied to wte.weight]`), as are buffers and frozen parameters."""
     layer = node.layer
-    args = ", ".join(f"{k}={short_value(v, per_dim=k in PER_DIM_ARGS, literal=k in LITERAL_ARGS, size=k in SIZE_ARGS)}"
-                     for k, v in layer.args().items())
+    args = ", ".join(f"{k}={argument_text(k, v)}" for k, v in layer.args().items())
     if layer.code_only:
         args = ", ".join([*node.inputs, *([args] if args else [])])
     notes = [f"{name} tied to {target}" for name, target in (layer.tie or {}).items()]
@@ -347,6 +346,16 @@ def instance_title(instance: Graph) -> str:
     """`basic(planes=64, stride=2)`: a block instance's block and the parameters it was built with."""
     params = ", ".join(f"{k}={short_value(v)}" for k, v in instance.params.items())
     return f"{instance.block}({params})"
+
+
+def argument_text(key: str, value: Any) -> str:
+    """A layer argument's value as the summary and the diagram show it (`short_value`, told by the
+    argument's name whether its list is a size, a value per spatial dim or a tensor literal).
+
+    >>> argument_text("kernel_size", [3, 3]), argument_text("shape", [4, 4]), argument_text("dim", [2, 3])
+    ('3', '4x4', '[2, 3]')
+    """
+    return short_value(value, per_dim=key in PER_DIM_ARGS, literal=key in LITERAL_ARGS, size=key in SIZE_ARGS)
 
 
 def short_value(value: Any, *, per_dim: bool = False, literal: bool = False, size: bool = True) -> str:

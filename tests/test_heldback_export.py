@@ -648,8 +648,19 @@ def test_renders_default_output_never_replaces_another_file(tmp_path: pathlib.Pa
     (tmp_path / "net.svg").unlink()
     (tmp_path / "net.svg").symlink_to(tmp_path / "elsewhere.svg")  # dangling: not followed either
     assert main(["render", "net.yaml"]) == 2
+    assert capsys.readouterr().err.strip() == f"resgraph: error: {refused}"
     assert not (tmp_path / "elsewhere.svg").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net.svg", "net.yaml"]  # nothing temporary left
+    # A link into a missing folder, or to a device, was refused for what is behind it ('cannot write net.svg:
+    # No such file or directory', '... not a regular file'), which the default output never reaches.
+    dot = resgraph.render("net.yaml")
+    for behind in (tmp_path / "missing" / "x.svg", pathlib.Path(os.devnull)):
+        (tmp_path / "net.svg").unlink()
+        (tmp_path / "net.svg").symlink_to(behind)
+        assert main(["render", "net.yaml"]) == 2
+        assert capsys.readouterr().err.strip() == f"resgraph: error: {refused}"
+        with pytest.raises(FileExistsError):
+            resgraph.write_diagram(dot, "net.svg", replace=False)
     (tmp_path / "net.svg").unlink()
     (tmp_path / "net.svg").write_text("my figure")
     assert main(["render", "net.yaml", "-o", "net.svg"]) == 0  # named: replaced
@@ -742,3 +753,52 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_build_and_export
             assert capsys.readouterr().err == f"resgraph: error: cannot write {diagram}: {reason}\n"
     with pytest.raises(resgraph.UsageError, match=re.escape(f"cannot write {output}: {reason}")):
         resgraph.save(model, output)  # before the exporter runs
+
+
+def test_to_onnx_refuses_an_output_it_cannot_write_before_exporting(tmp_path: pathlib.Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """resgraph.to_onnx(model, 'missing/m.onnx') exported first, then raised a FileNotFoundError naming its
+    own staging folder (`missing/.resgraph-d8t7k8sb`); it now refuses as resgraph.save does, at once."""
+    pytest.importorskip("onnxscript")
+    model = resgraph.build(MLP, seed=0)
+
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("exported before the output was checked")
+
+    monkeypatch.setattr(torch.onnx, "export", never)
+    (tmp_path / "folder.onnx").mkdir()
+    for output, reason in [(tmp_path / "missing" / "m.onnx", "No such file or directory"),
+                           (tmp_path / "folder.onnx", "Is a directory")]:
+        with pytest.raises(resgraph.UsageError, match=re.escape(f"cannot write {output}: {reason}")):
+            resgraph.to_onnx(model, str(output))
+
+
+def test_a_wrapped_model_is_written_as_its_model_and_a_foreign_module_is_refused(tmp_path: pathlib.Path) -> None:
+    """summary and render took torch.compile's and DataParallel's wrappers of a built model, but writing one
+    failed: save(torch.compile(model)) blamed a submodule '_orig_mod' 'put there after the build', and
+    save / to_python of DataParallel(model), or of any module resgraph did not build, raised AttributeError
+    ('... has no attribute build_record'). A wrapper is written as the model it holds; anything else is
+    refused by name, as summary refuses it."""
+    model = resgraph.build(MLP, seed=0)
+    for wrapper in (torch.compile(model), torch.nn.DataParallel(model)):
+        resgraph.save(wrapper, tmp_path / "w.pt")
+        assert resgraph.load(tmp_path / "w.pt").state_dict().keys() == model.state_dict().keys()
+        assert resgraph.to_python(wrapper) == resgraph.to_python(model)
+        resgraph.save(wrapper, tmp_path / "w.py")
+        assert (tmp_path / "w.py").read_text() == resgraph.to_python(model)
+
+    class Classifier(torch.nn.Module):  # a module of its own around the model: not a wrapper
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = model
+            self.head = torch.nn.Linear(10, 3)
+
+    for module, message in [(torch.nn.Linear(2, 2), "takes a model from resgraph.build, not Linear: a module "
+                                                    "resgraph did not build has no spec to read"),
+                            (Classifier(), "not Classifier, which holds one (.module) and parameters or buffers of "
+                                           "its own that no spec describes")]:
+        for write, *args in [(resgraph.save, tmp_path / "x.pt"), (resgraph.save, tmp_path / "x.py"),
+                             (resgraph.to_python,), (resgraph.to_onnx, str(tmp_path / "x.onnx"))]:
+            with pytest.raises(resgraph.UsageError, match=re.escape(message)):
+                write(module, *args)
+    assert sorted(os.listdir(tmp_path)) == ["w.pt", "w.py"]

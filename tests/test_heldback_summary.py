@@ -32,8 +32,10 @@ def test_an_uncurated_layers_macs_do_not_depend_on_where_or_how_the_model_runs()
     expected = {row.name: row.macs for row in resgraph.summary(RECURRENT).rows}
     assert expected["rnn"] == lstm and expected["enc"] > 0
     model = resgraph.build(RECURRENT, seed=0)
-    for mode in (model.train(), model.eval(), model.double()):
-        assert {row.name: row.macs for row in resgraph.summary(mode).rows} == expected
+    # (each converted in turn: a tuple of the three calls made them all before the first summary, so the
+    # train-mode model was never summarised)
+    for convert in (torch.nn.Module.train, torch.nn.Module.eval, torch.nn.Module.double):
+        assert {row.name: row.macs for row in resgraph.summary(convert(model)).rows} == expected, convert.__name__
     assert next(model.parameters()).device == torch.device("cpu")  # measured on meta stand-ins: left where it was
 
 
@@ -108,6 +110,31 @@ def test_a_compiled_model_a_graph_and_a_foreign_module_given_to_summary_and_rend
             call(torch.nn.Sequential(torch.nn.Linear(2, 2)))
 
 
+def test_a_module_that_adds_layers_around_a_built_model_is_not_summarised_as_that_model() -> None:
+    # Any module with a `.module` that resgraph built was taken for DistributedDataParallel's wrapper:
+    # a classifier holding a backbone as `module` and a head of its own was summarised as the backbone
+    # alone, its totals short of the head's 11,000 parameters, silently.
+    model = resgraph.build(ROOT / "examples/residual_mlp.yaml", seed=0)
+
+    class Classifier(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = model
+            self.head = torch.nn.Linear(10, 1000)
+
+    for call in (resgraph.summary, resgraph.render):
+        with pytest.raises(resgraph.UsageError, match=r"not Classifier, which holds one \(\.module\) and parameters "
+                           r"or buffers of its own that no spec describes; pass the model itself \(\.module\)"):
+            call(Classifier())
+
+    class Wrapper(torch.nn.Module):  # DistributedDataParallel's shape: the model, nothing of its own
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = model
+
+    assert resgraph.summary(Wrapper()).total_params == resgraph.summary(model).total_params
+
+
 PROJECTIONS = """\
 resgraph: 1
 name: Proj
@@ -166,6 +193,26 @@ def test_a_refused_png_offers_only_flags_that_are_not_given_already(tmp_path: pa
     assert message.endswith(" or less), or write SVG or HTML, which have no size limit (-o net.svg)\n")
     for given in ("--depth", "--rankdir", "folded"):
         assert given not in message
+
+
+@needs_dot
+def test_a_refused_build_diagram_offers_flags_that_build_takes(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # `build --diagram net.png` was offered render's flags as its own: --depth (build's sets the summary's
+    # levels), --rankdir and --dpi (build has neither) and `-o net.svg` (build's -o is the model file).
+    import resgraph.diagram
+    from resgraph.cli import main
+
+    monkeypatch.setattr(resgraph.diagram, "PNG_LIMIT_PIXELS", 300)
+    monkeypatch.chdir(tmp_path)
+    spec = str(ROOT / "examples/residual_mlp.yaml")
+    assert main(["build", spec, "--depth", "1", "--diagram", "net.png", "--input", "x=784"]) == 1
+    message = capsys.readouterr().err
+    assert message.startswith("resgraph: error: cannot draw net.png: the diagram would be ")
+    assert f". Draw it with resgraph render {spec} --input x=784, which can show fewer levels (--depth 2, or " \
+           "--depth 1), lay it out sideways (--rankdir LR), or lower the resolution (--dpi " in message
+    assert message.endswith(" or less), or write SVG or HTML, which have no size limit (--diagram net.svg)\n")
+    assert not (tmp_path / "net.png").exists()
 
 
 TWO_OUTPUTS = """\
@@ -272,6 +319,26 @@ def test_a_folded_repeat_lists_arguments_and_ties_its_body_computes_from_index()
     # an argument that only follows a parameter already listed (ResNet's conv1 stride) is not repeated
     stage = resgraph.check(ROOT / "examples/resnet18.yaml").nodes["layer2"].instances
     assert not any(line.startswith("conv1 stride") for line in instance_differences(stage))
+
+
+def test_a_folded_repeats_differing_argument_reads_as_the_summary_writes_it() -> None:
+    # The folded box wrote a list that is not a size as one (`m dim 1x2/1x3`) where the summary's row says
+    # `dim=[1, 2]`: both now show each argument by one rule (summarize.argument_text).
+    spec = """\
+resgraph: 1
+name: D
+inputs: {x: [4, 8, 8]}
+blocks:
+  unit:
+    layers:
+      - m: {op: mean, dim: [1, "${index + 2}"], keepdim: true}
+layers:
+  - body: {block: unit, repeat: 2}
+"""
+    rows = {row.name: row.op for row in resgraph.summary(spec).rows}
+    assert (rows["body.0.m"], rows["body.1.m"]) == ("mean(x, dim=[1, 2], keepdim=True)",
+                                                    "mean(x, dim=[1, 3], keepdim=True)")
+    assert instance_differences(resgraph.check(spec).nodes["body"].instances)[-1] == "m dim [1, 2] | [1, 3]"
 
 
 def test_a_name_with_a_letter_outside_ascii_is_refused_by_a_rule_it_breaks() -> None:
