@@ -426,7 +426,7 @@ def export_program(module: CompiledModule, *, dynamic: bool = True, **options: A
 
     torch names an exported graph's outputs after the op that made them (`add__1`, `linear_48`);
     these carry the names ONNX files and `resgraph build --json` use (`res2_conv2`; see
-    `onnx_export.output_names`), in `program.graph_signature.user_outputs` and the graph's code.
+    `ownership.output_names`), in `program.graph_signature.user_outputs` and the graph's code.
 
     Args:
         module: a model returned by `resgraph.build` (exported as it is: call `.eval()` first for inference).
@@ -452,7 +452,7 @@ def name_outputs(program: Any, graph: Graph) -> Any:
     Returns:
         `program`, changed in place.
     """
-    from .onnx_export import output_names
+    from .ownership import output_names
 
     user = [spec for spec in program.graph_signature.output_specs if spec.kind.name == "USER_OUTPUT"]
     nodes = {node.name: node for node in program.graph.nodes}

@@ -14,8 +14,9 @@ from typing import Any
 from .errors import ResgraphError, UsageError
 from .files import atomic_write_staged
 from .formats import check_writable
+from .ownership import output_names
 
-__all__ = ["EXTERNAL_DATA_BYTES", "output_names", "to_onnx"]
+__all__ = ["EXTERNAL_DATA_BYTES", "to_onnx"]
 
 # Weights above this size are stored beside the .onnx file, in `NAME.onnx.data` (torch's own
 # threshold: a protobuf file cannot exceed 2 GiB).
@@ -43,29 +44,6 @@ def _quiet_exporter() -> Iterator[None]:
     finally:
         for name, logger in loggers.items():
             logger.setLevel(levels[name])
-
-
-def output_names(graph: Any) -> list[str]:
-    """The spec's names for a graph's outputs (the layer a skip merges into, not the skip's name).
-
-    An output that is also an input, or named twice, or named as a stored tensor (a parameter or
-    buffer node's attribute, which the exporter writes as an initializer of that name), gets a
-    suffix: ONNX values are named once.
-    """
-    from .graph import LayerNode
-    from .ownership import Owns, owns
-
-    names: list[str] = []
-    taken = set(graph.inputs) | {name for name, node in graph.nodes.items()  # only a layer stores a tensor
-                                 if isinstance(node, LayerNode) and owns(node) in (Owns.parameter, Owns.buffer)}
-    for node in graph.outputs:
-        name = base = graph.nodes[node].var
-        index = 1
-        while name in taken:
-            name, index = f"{base}_{index}", index + 1
-        taken.add(name)
-        names.append(name)
-    return names
 
 
 def exporter_failure(text: str) -> str:

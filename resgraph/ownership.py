@@ -34,7 +34,8 @@ from typing import Any
 
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
 
-__all__ = ["Owns", "Tie", "graph_parameters", "owned_parameters", "owned_tensors", "owns", "tied_parameters"]
+__all__ = ["Owns", "Tie", "graph_parameters", "output_names", "owned_parameters", "owned_tensors", "owns",
+           "tied_parameters"]
 
 
 class Owns(str, Enum):
@@ -119,3 +120,24 @@ def owned_parameters(module: Any, node: Node, prefix: str = "") -> int:
 def graph_parameters(module: Any, graph: Graph) -> int:
     """The number of parameters a graph's nodes own in `module` (a block instance: its qualname's)."""
     return sum(owned_parameters(module, node, graph.qualname) for node in graph.nodes.values())
+
+
+def output_names(graph: Graph) -> list[str]:
+    """The spec's names for a graph's outputs (the layer a skip merges into, not the skip's name).
+
+    An output that is also an input, or named twice, or named as a stored tensor (a parameter or
+    buffer node's attribute, which the exporter writes as an initializer of that name), gets a
+    suffix: ONNX values are named once. The ONNX export and `model.name_outputs` (torch.export) use
+    them.
+    """
+    names: list[str] = []
+    taken = set(graph.inputs) | {name for name, node in graph.nodes.items()  # only a layer stores a tensor
+                                 if isinstance(node, LayerNode) and owns(node) in (Owns.parameter, Owns.buffer)}
+    for node in graph.outputs:
+        name = base = graph.nodes[node].var
+        index = 1
+        while name in taken:
+            name, index = f"{base}_{index}", index + 1
+        taken.add(name)
+        names.append(name)
+    return names

@@ -12,7 +12,7 @@ import pytest
 import resgraph
 from conftest import EXAMPLES, ROOT
 from resgraph.graph import GraphBuilder
-from resgraph.onnx_export import output_names
+from resgraph.ownership import output_names
 
 
 def test_output_names_follow_a_skip_to_the_layer_it_merges_into() -> None:
