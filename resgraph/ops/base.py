@@ -249,6 +249,16 @@ PRECISION_HINT = ("resgraph builds float32 weights: declare the input float32, a
                   "the built model and its inputs together (`model.half()`, `model.double()`, or `torch.autocast`)")
 
 
+# How a DtypeError names what an op takes, by its `input_dtypes`.
+_WANTED = {
+    FLOAT_DTYPES: "a floating-point input",
+    NUMBER_DTYPES: "a number (not bool) input",
+    WEIGHTED_DTYPES: "a float32 input, the dtype of its weights (torch needs the two equal)",
+    NORM_DTYPES: "a float32, float16 or bfloat16 input beside its float32 weights or running statistics (no "
+                 "float64 kernel takes them)",
+}
+
+
 class DtypeError(ShapeError):
     """An op has no kernel for an input's dtype: torch would fail at the first forward.
 
@@ -257,12 +267,9 @@ class DtypeError(ShapeError):
     """
 
     def __init__(self, index: int, dtype: str, accepted: frozenset[str]) -> None:
-        integers = accepted <= FLOAT_DTYPES and dtype not in FLOAT_DTYPES
-        wanted = ("a floating-point input" if accepted == FLOAT_DTYPES or integers else "a number (not bool) input"
-                  if accepted == NUMBER_DTYPES else "a float32 input, the dtype of its weights (torch needs the two "
-                  "equal)" if accepted == WEIGHTED_DTYPES else "a float32, float16 or bfloat16 input beside its "
-                  "float32 weights or running statistics (no float64 kernel takes them)" if accepted == NORM_DTYPES
-                  else f"input of dtype {', '.join(sorted(accepted))}")
+        integers = accepted <= FLOAT_DTYPES and dtype not in FLOAT_DTYPES  # (said as "floating-point", with its fix)
+        wanted = _WANTED[FLOAT_DTYPES] if integers else _WANTED.get(accepted) or \
+            f"input of dtype {', '.join(sorted(accepted))}"
         super().__init__(f"needs {wanted}, got {dtype}")
         self.index, self.dtype, self.accepted = index, dtype, accepted
         self.hint = TO_FLOAT_HINT if integers else PRECISION_HINT if dtype in FLOAT_DTYPES and accepted in (
