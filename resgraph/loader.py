@@ -40,6 +40,7 @@ MAX_BYTES = 16 * 2**20  # a spec written with blocks is a few KiB; a generated 1
 # libyaml's composer when PyYAML was built with it (it keeps positions too); the Python one otherwise.
 _COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_DEPTH = 64  # nesting depth of collections; a spec needs fewer than 10
+_SMALLER_SPEC_HINT = "use blocks and `repeat:` instead of writing every layer out"  # (past MAX_NODES or MAX_BYTES)
 
 _CORE_TAGS = {
     "tag:yaml.org,2002:null",
@@ -305,7 +306,7 @@ def _too_many() -> _Found:
     """The size bound's problem. (A new exception each time: one kept at module level would keep
     its last traceback, and with it the frames holding the data it refused.)"""
     return _Found((), f"the spec holds more than {MAX_NODES:,} values (a list or dict used in several places counts "
-                      "at each)", "use blocks and `repeat:` instead of writing every layer out")
+                      "at each)", _SMALLER_SPEC_HINT)
 
 
 def copy_data(value: Any) -> Any:
@@ -466,7 +467,7 @@ def _load_text(text: str, file: str) -> LoadedSpec:
     if len(text) > MAX_BYTES:
         raise SpecError([Diagnostic(Location(file, 1, 1), f"the spec is {len(text) / 2**20:.1f} MiB; "
                                                           f"resgraph reads specs up to {MAX_BYTES // 2**20} MiB",
-                                    "use blocks and `repeat:` instead of writing every layer out")])
+                                    _SMALLER_SPEC_HINT)])
     # libyaml recurses in C on nested [ and {: deep enough nesting overflows its stack and kills
     # the process. Where the bracket depth (over-estimated: quoting is ignored) looks deep, use
     # PyYAML's Python composer, whose recursion limit is an exception.
@@ -564,7 +565,7 @@ def _refuse_past_max_nodes(text: str, file: str) -> None:
                     raise SpecError([Diagnostic(Location(file, mark.line + 1, mark.column + 1),
                                                 f"the spec has more than {MAX_NODES:,} YAML nodes (values, lists "
                                                 "and mappings); this one is the first past them",
-                                                "use blocks and `repeat:` instead of writing every layer out")])
+                                                _SMALLER_SPEC_HINT)])
     finally:
         parser.dispose()
 
