@@ -33,12 +33,11 @@ from .ops import OPS, ShapeError, TensorType, merge_type
 from .ops.base import (
     FLOAT_DTYPES,
     FRESH,
-    PRECISION_HINT,
-    TO_FLOAT_HINT,
     WEIGHTED_DTYPES,
     DtypeError,
     FeatureMapLayer,
     Storage,
+    dtype_hint,
 )
 from .ops.elementwise import RETURNS_INPUT
 from .ops.tensor import BlockOutput, SplitBase
@@ -645,8 +644,7 @@ def _infer_skip(graph: Graph, node: SkipNode, inputs: list[TensorType], diagnost
             "to match" if accepted == WEIGHTED_DTYPES else "float32 state, which torch has no float64 kernel for"
         diagnostics.append(Diagnostic(graph.where(node, "from"), (
             f"{graph.label(node)}: {skip.source!r} is {source.dtype}{origin}, but its projection "
-            f"({describe_steps(plan.module_steps)}) computes with {weights}"),
-            TO_FLOAT_HINT if integers else PRECISION_HINT))
+            f"({describe_steps(plan.module_steps)}) computes with {weights}"), dtype_hint(source.dtype, accepted)))
         return
     node.meta["projection"] = plan
     node.meta["params"] = projection_parameters(plan)

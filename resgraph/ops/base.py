@@ -54,6 +54,7 @@ __all__ = [
     "WEIGHTED_DTYPES",
     "Identifier",
     "check_scalar",
+    "dtype_hint",
     "is_identifier",
     "number_overflow",
     "scalar_overflow",
@@ -272,8 +273,15 @@ class DtypeError(ShapeError):
             f"input of dtype {', '.join(sorted(accepted))}"
         super().__init__(f"needs {wanted}, got {dtype}")
         self.index, self.dtype, self.accepted = index, dtype, accepted
-        self.hint = TO_FLOAT_HINT if integers else PRECISION_HINT if dtype in FLOAT_DTYPES and accepted in (
-            WEIGHTED_DTYPES, NORM_DTYPES) else None
+        self.hint = dtype_hint(dtype, accepted)
+
+
+def dtype_hint(dtype: str, accepted: frozenset[str]) -> str | None:
+    """How to give an op (or a projection) that takes `accepted` a value it refuses as `dtype`: make
+    integers floating point; declare a float of another precision float32 where float32 weights need it."""
+    if accepted <= FLOAT_DTYPES and dtype not in FLOAT_DTYPES:
+        return TO_FLOAT_HINT
+    return PRECISION_HINT if dtype in FLOAT_DTYPES and accepted in (WEIGHTED_DTYPES, NORM_DTYPES) else None
 
 
 Scale = tuple[Fraction, ...]
