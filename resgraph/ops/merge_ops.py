@@ -66,7 +66,7 @@ class ScalarMergeLayer(MergeLayer):
 
 @register_op
 class Add(ScalarMergeLayer):
-    """Elementwise sum of the inputs, broadcasting as torch does, or of one input and a `scalar`."""
+    """Elementwise sum of the inputs, broadcasting per-sample shapes of one rank, or of one input and a `scalar`."""
 
     op: Literal["add"]
     kind: ClassVar[Merge] = Merge.add
