@@ -323,16 +323,9 @@ _RESGRAPH_KEY = re.compile(r"""(?:^|[{,])[ \t]*["']?resgraph["']?[ \t]*:""", re.
 
 def _read_text(name: str, *, regular_only: bool) -> str:
     """The text of a file, read at most MAX_BYTES (see `load_file`)."""
-    try:
-        if regular_only:
-            # Checked before opening: opening a FIFO blocks until a writer appears.
-            _require_regular(name, os.stat(name).st_mode)
-        with open(name, "rb") as handle:
+    with open_regular(name, _SPEC_FILES_ONLY) if regular_only else _open_spec(name) as handle:
+        try:
             status = os.fstat(handle.fileno())
-            if regular_only:
-                _require_regular(name, status.st_mode)  # it may have been swapped since the check
-            if stat.S_ISDIR(status.st_mode):
-                raise IsADirectoryError
             regular = stat.S_ISREG(status.st_mode)
             if regular and status.st_size > MAX_BYTES:
                 raise UsageError(_too_big(name, status.st_size))  # said before reading a byte of it
@@ -341,12 +334,8 @@ def _read_text(name: str, *, regular_only: bool) -> str:
             data = handle.read(status.st_size + 1 if regular else MAX_BYTES + 1)
             if regular and len(data) > status.st_size:  # it grew since (or has no size: /proc)
                 data += handle.read(MAX_BYTES + 1 - len(data))
-    except FileNotFoundError:
-        raise UsageError(f"{name}: no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{name}: is a directory, not a spec file") from None
-    except OSError as exc:
-        raise UsageError(f"{name}: cannot read it ({os_reason(exc)})") from None
+        except OSError as exc:
+            raise UsageError(f"{name}: cannot read it ({os_reason(exc)})") from None
     if len(data) > MAX_BYTES:
         raise UsageError(_too_big(name, None))
     try:
@@ -381,7 +370,7 @@ def os_reason(exc: BaseException) -> str:
 
 
 def open_regular(name: str, what: str) -> BinaryIO:
-    """`name` opened for reading in binary, if it is a regular file (a file `torch.load` is given).
+    """`name` opened for reading in binary, if it is a regular file (an import, a file `torch.load` is given).
 
     Never blocks and never reads anything else: a FIFO would block the open until a writer came,
     and a device (/dev/zero) would be read without end. The kind is checked before opening (a
@@ -392,20 +381,15 @@ def open_regular(name: str, what: str) -> BinaryIO:
     Raises:
         UsageError: no such file, not a regular file (naming its kind), or it cannot be read.
     """
-    def refuse(mode: int) -> None:
-        if not stat.S_ISREG(mode):
-            kind = "a directory" if stat.S_ISDIR(mode) else _file_kind(mode)
-            raise UsageError(f"{name}: not a regular file ({kind}); {what}")
-
     try:
-        refuse(os.stat(name).st_mode)
+        _refuse_irregular(name, os.stat(name).st_mode, what)
         descriptor = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO swapped in: no wait
     except FileNotFoundError:
         raise UsageError(f"{name}: no such file") from None
     except OSError as exc:
         raise UsageError(f"{name}: cannot read it ({os_reason(exc)})") from None
     try:
-        refuse(os.fstat(descriptor).st_mode)
+        _refuse_irregular(name, os.fstat(descriptor).st_mode, what)
         os.set_blocking(descriptor, True)
         return os.fdopen(descriptor, "rb")
     except BaseException:
@@ -413,11 +397,35 @@ def open_regular(name: str, what: str) -> BinaryIO:
         raise
 
 
-def _require_regular(name: str, mode: int) -> None:
-    if stat.S_ISDIR(mode):
-        raise IsADirectoryError
+def _open_spec(name: str) -> BinaryIO:
+    """A spec file the user named, opened: a pipe or a device (`/dev/stdin`) too, but never a directory.
+
+    A pipe the user names is waited on (its writer may start after resgraph), so it opens blocking.
+    """
+    try:
+        handle = open(name, "rb")  # closed by the caller's `with`
+    except FileNotFoundError:
+        raise UsageError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(_not_regular(name, stat.S_IFDIR, _SPEC_FILES_ONLY)) from None
+    except OSError as exc:
+        raise UsageError(f"{name}: cannot read it ({os_reason(exc)})") from None
+    return handle
+
+
+_SPEC_FILES_ONLY = "only spec files can be read"
+
+
+def _refuse_irregular(name: str, mode: int, what: str) -> None:
     if not stat.S_ISREG(mode):
-        raise UsageError(f"{name}: not a regular file ({_file_kind(mode)}); only spec files can be read")
+        raise UsageError(_not_regular(name, mode, what))
+
+
+def _not_regular(name: str, mode: int, what: str) -> str:
+    """What is said of a file of the wrong kind, whichever reader refuses it (one wording for all of them)."""
+    if stat.S_ISDIR(mode):
+        return f"{name}: is a directory, not a regular file; {what}"
+    return f"{name}: not a regular file ({_file_kind(mode)}); {what}"
 
 
 def _file_kind(mode: int) -> str:
