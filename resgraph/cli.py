@@ -406,23 +406,17 @@ def _device(name: str | None) -> object:
 
 
 def _check_output(path: str, flag: str, spec: str, imports: Iterable[str] = ()) -> None:
-    """Refuse an empty output name, or one that is a file the build reads, which writing would
-    overwrite with the output: the spec itself, or a block library it imports (by any path:
-    `./spec.svg`, a symlink or a hard link).
+    """Refuse an empty output name, or one that is a file the build reads (`formats.refuse_sources`).
 
     Raises:
         UsageError: which, and what to do.
     """
-    from .errors import UsageError, one_line
-    from .files import same_file
+    from .errors import UsageError
+    from .formats import refuse_sources
 
     if not path:
         raise UsageError(f"{flag}: the file name is empty; name the file to write")
-    for source, what in [(spec, "the spec file"), *((name, "the block library") for name in imports)]:
-        if same_file(path, source):
-            imported = "" if source == spec else " that the spec imports"
-            raise UsageError(f"{flag} {one_line(path)}: that is {what} {one_line(source)}{imported}; writing it "
-                             f"would overwrite it. Name another file")
+    refuse_sources(path, spec, imports, flag=flag)
 
 
 def _render(args: argparse.Namespace) -> int:

@@ -88,3 +88,58 @@ def test_a_spec_the_user_names_may_still_be_a_pipe(tmp_path: pathlib.Path) -> No
         assert loader.load_file(f"/dev/fd/{read}").data["name"] == "M"
     finally:
         os.close(read)
+
+
+# --- writing: never over the spec, from Python too ----------------------------------------------
+
+@pytest.fixture
+def spec(tmp_path: pathlib.Path) -> pathlib.Path:
+    path = tmp_path / "net.yaml"
+    path.write_text(SPEC)
+    return path
+
+
+@pytest.mark.parametrize("link", ["symlink", "hard link"])
+def test_save_refuses_to_write_over_the_spec_the_model_was_built_from(link: str, spec: pathlib.Path) -> None:
+    """`resgraph.save(model, "net.pt")` with net.pt a link to the spec replaced the spec with weights."""
+    output = spec.with_name("net.pt")
+    output.symlink_to(spec) if link == "symlink" else output.hardlink_to(spec)
+    model = resgraph.build(spec)
+    with pytest.raises(resgraph.UsageError) as caught:
+        resgraph.save(model, output)
+    assert str(caught.value) == (f"{output}: that is the spec file {spec}; writing it would overwrite it. "
+                                 "Name another file")
+    assert spec.read_text() == SPEC
+
+
+def test_write_diagram_refuses_to_write_over_the_spec_it_was_drawn_from(spec: pathlib.Path) -> None:
+    output = spec.with_name("net.svg")
+    output.symlink_to(spec)
+    with pytest.raises(resgraph.UsageError, match=r"net\.svg: that is the spec file .*net\.yaml; writing it would "):
+        resgraph.write_diagram(resgraph.render(spec), output)
+    spec.with_name("net.dot").hardlink_to(spec)
+    with pytest.raises(resgraph.UsageError, match=r"that is the spec file"):  # drawn from the built model too
+        resgraph.write_diagram(resgraph.render(resgraph.build(spec)), spec.with_name("net.dot"))
+    assert spec.read_text() == SPEC
+
+
+def test_the_library_refuses_to_write_over_a_block_library_the_spec_imports(tmp_path: pathlib.Path) -> None:
+    library = tmp_path / "lib.yaml"
+    library.write_text("resgraph: 1\nblocks:\n  head:\n    layers:\n      - fc: {op: Linear, out_features: 2}\n")
+    spec = tmp_path / "net.yaml"
+    spec.write_text(f"resgraph: 1\nname: M\nimports: ['{library}']\ninputs: {{x: [4]}}\nlayers:\n"
+                    "  - h: {block: head}\n")
+    for output in (tmp_path / "lib.pt", tmp_path / "lib.svg"):
+        output.symlink_to(library)
+    message = f"that is the block library {library} that the spec imports; writing it would overwrite it"
+    with pytest.raises(resgraph.UsageError, match=message):
+        resgraph.save(resgraph.build(spec), tmp_path / "lib.pt")
+    with pytest.raises(resgraph.UsageError, match=message):
+        resgraph.write_diagram(resgraph.render(spec), tmp_path / "lib.svg")
+    assert library.read_text().startswith("resgraph: 1\nblocks:")
+
+
+def test_save_and_write_diagram_still_write_other_files(spec: pathlib.Path) -> None:
+    resgraph.save(resgraph.build(spec), spec.with_name("net.pt"))
+    resgraph.write_diagram(resgraph.render(spec), spec.with_name("net.dot"))
+    assert spec.with_name("net.pt").stat().st_size > 0 and "digraph" in spec.with_name("net.dot").read_text()
