@@ -652,10 +652,10 @@ def _scalar_value(node: yaml.ScalarNode) -> Any:
     """
     written = node.value
     if node.tag == _STR:
-        if not node.style and written[:1] in _NUMBER_START:
+        if not node.style and written[:1] in _NUMBER_START and _untagged(node):  # (`!!str 1e-6` is text)
             if _EXPONENT_FLOAT.match(written):
                 return float(written)  # `eps: 1e-6`: a number, as YAML 1.2 reads it
-            if _YAML12_INT.match(written) and _untagged(node):
+            if _YAML12_INT.match(written):
                 _refuse_yaml11_reading(node.tag, written, _shown(written))
         return written  # the common case needs no constructor
     if (node.tag == _INT and len(written) <= 18 and written.isascii() and written.isdigit()

@@ -431,6 +431,8 @@ def test_a_long_integer_either_yaml_reads_otherwise_is_too_large_not_a_traceback
 def test_a_tag_says_which_reading_a_value_means() -> None:
     assert load_text("a: !!str 08\nb: !!int 0b11\nc: '0b11'\nd: \"0o17\"\ne: 0_8\n").data == {
         "a": "08", "b": 3, "c": "0b11", "d": "0o17", "e": "0_8"}  # (`0_8`: text to both versions)
+    # `!!str 1e-6` was read as the float 1e-06, as if untagged
+    assert load_text("a: !!str 1e-6\nb: !!float 1e-6\nc: 1e-6\n").data == {"a": "1e-6", "b": 1e-6, "c": 1e-6}
 
 
 def test_a_plain_merge_key_as_a_value_says_to_quote_it() -> None:
