@@ -29,7 +29,7 @@ from typing import Any, Literal
 from .errors import UsageError
 
 __all__ = ["FORMATS", "OutputFormat", "check_writable", "diagram_suffixes", "find_format", "model_suffixes",
-           "refuse_sources", "save", "write_diagram"]
+           "refuse_model_sources", "refuse_sources", "save", "write_diagram"]
 
 Kind = Literal["model", "diagram"]
 
@@ -122,8 +122,7 @@ def save(model: Any, path: str | os.PathLike[str], **options: Any) -> None:
     fmt = find_format(name, "model")
     writer = fmt.load_writer()
     model = built_model(model, "save")  # (a wrapper's: its model's)
-    record = model.build_record
-    refuse_sources(name, record.file, [library for library, _ in record.imports or ()])
+    refuse_model_sources(name, model)
     accepted = inspect.signature(writer).parameters
     unknown = [key for key in options if key not in accepted or key in ("model", "module", "path")]
     if unknown:
@@ -163,6 +162,16 @@ def refuse_sources(path: str | os.PathLike[str], spec: str, imports: Iterable[st
             imported = "" if source == spec else " that the spec imports"
             raise UsageError(f"{named}: that is {what} {one_line(source)}{imported}; writing it would overwrite it. "
                              "Name another file")
+
+
+def refuse_model_sources(path: str | os.PathLike[str], model: Any) -> None:
+    """`refuse_sources` for a model from `build`, whose build record names its spec and libraries.
+
+    Raises:
+        UsageError: `path` is one of them.
+    """
+    record = model.build_record
+    refuse_sources(path, record.file, [library for library, _ in record.imports or ()])
 
 
 def check_writable(path: str | os.PathLike[str], *, replace: bool = True) -> None:

@@ -143,3 +143,13 @@ def test_save_and_write_diagram_still_write_other_files(spec: pathlib.Path) -> N
     resgraph.save(resgraph.build(spec), spec.with_name("net.pt"))
     resgraph.write_diagram(resgraph.render(spec), spec.with_name("net.dot"))
     assert spec.with_name("net.pt").stat().st_size > 0 and "digraph" in spec.with_name("net.dot").read_text()
+
+
+def test_to_onnx_refuses_to_write_over_the_spec_too(spec: pathlib.Path) -> None:
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    output = spec.with_name("net.onnx")
+    output.symlink_to(spec)
+    with pytest.raises(resgraph.UsageError, match=r"net\.onnx: that is the spec file .*net\.yaml; writing it would"):
+        resgraph.to_onnx(resgraph.build(spec), str(output))
+    assert spec.read_text() == SPEC
