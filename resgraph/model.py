@@ -368,7 +368,8 @@ def materialize(module: C, *, device: Device = "cpu", seed: int | None = None,
     Returns:
         `module`, allocated and initialised in place.
     Raises:
-        SpecError: more than `max_params` parameters would be allocated.
+        SpecError: more than `max_params` parameters would be allocated, or constants (`full`,
+            `constant`, `arange` buffers) of more than `max_params` elements, as `build` refuses them.
         UsageError: `module` was not built by resgraph, or a submodule put in place after the build
             has tensors and no `reset_parameters()`.
     """
@@ -395,6 +396,7 @@ def materialize(module: C, *, device: Device = "cpu", seed: int | None = None,
             top = name.split(".", 1)[0]  # a node's attribute is named after it
             sizes[top] = sizes.get(top, 0) + local_numel(parameter)
         _check_size(graph, sizes, max_params, "this process would allocate", meta_hint=False)
+        _check_constants(graph, max_params, meta_hint=False)  # (buffers: FSDP2 shards none of them)
     module.to_empty(device=device)
     tied = {tie.path for tie in tied_parameters(graph)}  # filled through their owners
     with allowed_imports(record.allow_imports), seeded(seed), torch.device("cpu"), torch.no_grad():
@@ -526,12 +528,13 @@ def _check_size(graph: Graph, sizes: dict[str, int], limit: int, subject: str = 
     raise SpecError([Diagnostic(graph.where(graph.nodes[largest]), message, hint)])
 
 
-def _check_constants(graph: Graph, limit: int) -> None:
+def _check_constants(graph: Graph, limit: int, meta_hint: bool = True) -> None:
     """Refuse constants (`full`, `constant`, `arange` buffers) holding more than `limit` elements in all.
 
     They are not parameters, but a build allocates and fills them as it does weights, so the same
     limit bounds them before anything is allocated (a `full` of shape [100000, 100000, 10] asked
-    for 400 GB while `--max-params` guarded only the weights).
+    for 400 GB while `--max-params` guarded only the weights), and so does `materialize`, which
+    allocates them for a meta build. `meta_hint`: as for `_check_size`.
 
     Raises:
         SpecError: at the largest constant, with the total and the limit.
@@ -549,8 +552,9 @@ def _check_constants(graph: Graph, limit: int) -> None:
                                                    f"{total:,} elements, more than the limit of {limit:,}; this one "
                                                    f"has {size:,}",
                                 "constants are allocated like weights and --max-params N (Python: max_params=N) "
-                                "bounds them too: raise it if this is intended; or inspect the model without "
-                                "allocating: --device meta (Python: device='meta')")])
+                                "bounds them too: raise it if this is intended"
+                                + ("; or inspect the model without allocating: --device meta (Python: device='meta')"
+                                   if meta_hint else ""))])
 
 
 def _size(n_bytes: float) -> str:
