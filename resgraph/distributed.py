@@ -32,7 +32,7 @@ import contextlib
 import functools
 import sys
 import types
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import torch
@@ -45,7 +45,7 @@ from .ownership import tied_parameters
 from .suggest import did_you_mean
 
 __all__ = ["block_names", "checkpoint", "checkpointed_class", "compile", "fill", "instances", "is_dtensor",
-           "local_numel", "shard", "spec_checkpoints", "training_diagnostics"]
+           "local_numel", "require_unsharded", "shard", "spec_checkpoints", "training_diagnostics"]
 
 M = TypeVar("M", bound=nn.Module)
 Choose = Callable[[BlockNode, Graph], bool]
@@ -317,6 +317,20 @@ def _dtensor(tensor: torch.Tensor) -> Any:
 def is_dtensor(tensor: torch.Tensor) -> bool:
     """True for a DTensor (an FSDP2 shard), without importing torch.distributed.tensor."""
     return _dtensor(tensor) is not None
+
+
+def require_unsharded(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
+    """Refuse to write `module` (its `state`) as `what` when it is sharded: a file of whole weights
+    would hold only this process's shards, which nothing loads back as the model.
+
+    Raises:
+        UsageError: naming the first DTensor and the two ways to save a sharded model.
+    """
+    sharded = next((key for key, tensor in state.items() if is_dtensor(tensor)), None)
+    if sharded is not None:
+        raise UsageError(f"{type(module).__name__} is sharded ({sharded} is a DTensor): {what} holds whole weights; "
+                         "save the full state dict (torch.distributed.checkpoint.state_dict.get_model_state_dict "
+                         "with full_state_dict=True) or use torch.distributed.checkpoint")
 
 
 def local_numel(tensor: torch.Tensor) -> int:

@@ -17,7 +17,14 @@ from typing import Any, NamedTuple, TypeVar
 import torch
 from torch import nn
 
-from .distributed import checkpointed_class, fill, local_numel, spec_checkpoints, training_diagnostics
+from .distributed import (
+    checkpointed_class,
+    fill,
+    local_numel,
+    require_unsharded,
+    spec_checkpoints,
+    training_diagnostics,
+)
 from .errors import Diagnostic, SpecError, UsageError
 from .graph import Graph, LayerNode
 from .loader import gc_paused, load_text
@@ -120,10 +127,14 @@ class CompiledModule(GeneratedModule):
         # see `modes`. A submodule put in place of a built one (`model.fc = nn.Linear(2048, 10)`,
         # fine-tuning) travels as itself: the record rebuilds the old one, whose state the new one's
         # would not fit.
+        state = self.state_dict()
+        # A sharded model's state holds this process's shards as DTensors: the file would load as no
+        # model (and torch.save of any other FSDP2 module is refused, its class being generated too).
+        require_unsharded(self, state, "torch.save(model) (or pickle)")
         kept = modes(self)
         # Instances checkpointed by `resgraph.checkpoint` (the record rebuilds only the spec's).
         checkpointed = [name for name, m in self.named_modules() if getattr(type(m), "_checkpointed", False)]
-        return (_unpickle, (self.build_record, self.state_dict(), kept.training, kept.frozen, kept.flipped,
+        return (_unpickle, (self.build_record, state, kept.training, kept.frozen, kept.flipped,
                             replaced_modules(self), checkpointed))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> CompiledModule:

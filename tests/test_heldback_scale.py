@@ -7,11 +7,18 @@ build applies, a whole-module `torch.save` of a sharded model, and so on.
 
 from __future__ import annotations
 
+import io
+import pathlib
+import pickle
+from collections.abc import Iterator
+
 import pytest
 import torch
+import torch.distributed as dist
 
 import resgraph
-from resgraph import SpecError
+from conftest import EXAMPLES
+from resgraph import SpecError, UsageError
 
 # A small model holding a constant of 9,000,000 elements (36 MB): past a limit of 1,000,000.
 BIG_CONSTANT = """\
@@ -40,3 +47,31 @@ def test_materialize_bounds_constants_as_a_build_does() -> None:
     resgraph.materialize(model, max_params=9_000_000, seed=0)
     assert torch.equal(model.table, torch.full((3000, 3000), 0.5))
     assert torch.equal(model.fc.weight, resgraph.build(BIG_CONSTANT, seed=0, max_params=None).fc.weight)
+
+
+@pytest.fixture
+def one_process_group() -> Iterator[None]:
+    """A gloo process group of this process alone, as FSDP2 needs one to shard (over one rank)."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def sharded_mlp() -> torch.nn.Module:
+    return resgraph.materialize(resgraph.shard(resgraph.build(EXAMPLES / "residual_mlp.yaml", device="meta")), seed=0)
+
+
+@pytest.mark.usefixtures("one_process_group")
+def test_torch_save_of_a_sharded_model_is_refused_not_written_unloadable(tmp_path: pathlib.Path) -> None:
+    model = sharded_mlp()
+    # torch.save wrote this process's DTensor shards, and torch.load then failed in load_state_dict
+    # ("got mixed torch.Tensor and DTensor"): a file that loads as no model.
+    for save in (lambda: torch.save(model, io.BytesIO()), lambda: pickle.dumps(model)):
+        with pytest.raises(UsageError, match=r"ResidualMLP is sharded \(fc1\.weight is a DTensor\): torch\.save\("
+                                             r"model\) \(or pickle\) holds whole weights; save the full state dict"):
+            save()
+    with pytest.raises(UsageError, match=r"is sharded \(fc1\.weight is a DTensor\): a \.pt file holds whole weights"):
+        resgraph.save(model, tmp_path / "mlp.pt")  # (resgraph.save said so already)
+    assert not list(tmp_path.iterdir())
