@@ -169,11 +169,18 @@ def shard(model: M, *, mesh: Any = None, blocks: Iterable[str] | None = None, **
     Returns:
         `model`, sharded in place (its class becomes FSDP2's subclass of the generated one).
     Raises:
-        UsageError: a name in `blocks` is not a block of this model.
+        UsageError: a name in `blocks` is not a block of this model, or the model (or a chosen
+            instance) is sharded already.
     """
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import FSDPModule, fully_shard
 
     chosen = _apart_from_ties(model, instances(model, _planned(model, "shard", blocks)))
+    # FSDP2 takes a module once, and says so with a bare AssertionError (and the module's repr).
+    done = next((name or "the model" for name, module in [("", model), *chosen] if isinstance(module, FSDPModule)),
+                None)
+    if done is not None:
+        raise UsageError(f"{_graph(model).name} is sharded already ({done} is an FSDP2 unit): fully_shard takes "
+                         "a module once; shard a model once, or build it again to shard it another way")
     for _, module in sorted(chosen, key=lambda item: -item[0].count(".")):  # children before parents
         fully_shard(module, mesh=mesh, **options)
     fully_shard(model, mesh=mesh, **options)
@@ -324,11 +331,12 @@ def require_unsharded(module: nn.Module, state: Mapping[str, torch.Tensor], what
     would hold only this process's shards, which nothing loads back as the model.
 
     Raises:
-        UsageError: naming the first DTensor and the two ways to save a sharded model.
+        UsageError: naming the model (by its spec's name, not FSDP2's `FSDP<name>` class), the first
+            DTensor and the two ways to save a sharded model.
     """
     sharded = next((key for key, tensor in state.items() if is_dtensor(tensor)), None)
     if sharded is not None:
-        raise UsageError(f"{type(module).__name__} is sharded ({sharded} is a DTensor): {what} holds whole weights; "
+        raise UsageError(f"{_graph(module).name} is sharded ({sharded} is a DTensor): {what} holds whole weights; "
                          "save the full state dict (torch.distributed.checkpoint.state_dict.get_model_state_dict "
                          "with full_state_dict=True) or use torch.distributed.checkpoint")
 

@@ -69,9 +69,25 @@ def test_torch_save_of_a_sharded_model_is_refused_not_written_unloadable(tmp_pat
     # torch.save wrote this process's DTensor shards, and torch.load then failed in load_state_dict
     # ("got mixed torch.Tensor and DTensor"): a file that loads as no model.
     for save in (lambda: torch.save(model, io.BytesIO()), lambda: pickle.dumps(model)):
-        with pytest.raises(UsageError, match=r"ResidualMLP is sharded \(fc1\.weight is a DTensor\): torch\.save\("
+        with pytest.raises(UsageError, match=r"^ResidualMLP is sharded \(fc1\.weight is a DTensor\): torch\.save\("
                                              r"model\) \(or pickle\) holds whole weights; save the full state dict"):
             save()
     with pytest.raises(UsageError, match=r"is sharded \(fc1\.weight is a DTensor\): a \.pt file holds whole weights"):
         resgraph.save(model, tmp_path / "mlp.pt")  # (resgraph.save said so already)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.usefixtures("one_process_group")
+def test_sharding_a_sharded_model_again_is_a_usage_error() -> None:
+    model = sharded_mlp()
+    # FSDP2's own refusal was an AssertionError with the whole module's repr.
+    with pytest.raises(UsageError, match=r"^ResidualMLP is sharded already \(the model is an FSDP2 unit\): fully_shard "
+                                         r"takes a module once"):
+        resgraph.shard(model)
+    vit = resgraph.build(EXAMPLES / "vit_b_16.yaml", device="meta",
+                         params={"image_size": 16, "patch": 8, "hidden": 32, "depth": 2, "heads": 2, "mlp": 64})
+    from torch.distributed.fsdp import fully_shard
+
+    fully_shard(vit.encoder[1])  # by hand, before resgraph.shard
+    with pytest.raises(UsageError, match=r"\(encoder\.1 is an FSDP2 unit\)"):
+        resgraph.shard(vit)
