@@ -19,6 +19,7 @@ import torch.distributed as dist
 import resgraph
 from conftest import EXAMPLES
 from resgraph import SpecError, UsageError
+from resgraph.cli import main
 
 # A small model holding a constant of 9,000,000 elements (36 MB): past a limit of 1,000,000.
 BIG_CONSTANT = """\
@@ -91,3 +92,21 @@ def test_sharding_a_sharded_model_again_is_a_usage_error() -> None:
     fully_shard(vit.encoder[1])  # by hand, before resgraph.shard
     with pytest.raises(UsageError, match=r"\(encoder\.1 is an FSDP2 unit\)"):
         resgraph.shard(vit)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device", "meta", "--seed", "0"],
+     "--seed chooses the initial weights, and --device meta allocates none (no limit applies on meta): drop --seed"),
+    (["--device", "meta", "--max-params", "5"],
+     "--max-params bounds the weights allocated, and --device meta allocates none"),
+    (["--device", "meta:0", "-o", "mlp.pt"], "-o mlp.pt: a model built with --device meta:0 has no weights to save"),
+], ids=["seed", "max-params", "meta:0"])
+def test_cli_meta_builds_refuse_flags_they_would_ignore(args: list[str], message: str, tmp_path: pathlib.Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Each ran with exit 0 and did nothing (`meta:0` failed only after the build, in the save)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["build", str(EXAMPLES / "residual_mlp.yaml"), *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"resgraph: error: {message}")
+    assert captured.out == "" and not list(tmp_path.iterdir())  # refused before building
