@@ -300,17 +300,18 @@ def _unpickle(record: BuildRecord, state: dict[str, Any], training: bool,
 
 
 def _restored(module: CompiledModule, state: dict[str, Any], meta: bool) -> CompiledModule:
-    """`module` (rebuilt) with the pickled `state`, each tensor of its dtype and device."""
+    """`module` (rebuilt) with the pickled `state`, each tensor of its dtype and device (a meta model,
+    rebuilt on meta, has no values to load, but keeps its dtypes: one built on meta and converted
+    with `.to(torch.bfloat16)` before `materialize` is pickled so)."""
     tensors = list(state.values())
-    if meta:
-        return module
     floating = {t.dtype for t in tensors if t.is_floating_point()}
     devices = {t.device for t in tensors}
     if len(floating) == 1:  # (non-persistent buffers, which the state lacks, follow too)
         module.to(floating.pop())
-    if len(devices) == 1:
-        module.to(devices.pop())
-    module.load_state_dict(state)
+    if not meta:
+        if len(devices) == 1:
+            module.to(devices.pop())
+        module.load_state_dict(state)
     own = dict(module.named_parameters(remove_duplicate=False))
     own.update(module.named_buffers(remove_duplicate=False))
     for key, tensor in state.items():  # mixed dtypes or devices: each tensor as it was

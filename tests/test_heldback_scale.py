@@ -110,3 +110,24 @@ def test_cli_meta_builds_refuse_flags_they_would_ignore(args: list[str], message
     captured = capsys.readouterr()
     assert captured.err.startswith(f"resgraph: error: {message}")
     assert captured.out == "" and not list(tmp_path.iterdir())  # refused before building
+
+
+def test_a_meta_model_converted_before_materialize_pickles_with_its_dtypes() -> None:
+    """A meta build converted (`.to(torch.bfloat16)`, the usual step before materializing a large
+    model) came back from torch.save/pickle float32: only a meta model's values were skipped on
+    unpickling, and its dtypes with them."""
+    params = {"image_size": 16, "patch": 8, "hidden": 32, "depth": 2, "heads": 2, "mlp": 64, "num_classes": 10}
+    model = resgraph.build(EXAMPLES / "vit_b_16.yaml", params=params, device="meta").to(torch.bfloat16)
+    model.head.double()  # and one layer of its own dtype
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    expected = {name: (t.dtype, t.shape) for name, t in model.state_dict().items()}
+    assert {name: (t.dtype, t.shape) for name, t in loaded.state_dict().items()} == expected
+    assert all(t.is_meta for t in loaded.state_dict().values())
+    assert loaded.encoder[0].mlp_fc1.weight.dtype == torch.bfloat16 and loaded.head.weight.dtype == torch.float64
+    resgraph.materialize(loaded, seed=0)
+    reference = resgraph.build(EXAMPLES / "vit_b_16.yaml", params=params, seed=0)
+    assert torch.equal(loaded.encoder[1].mlp_fc1.weight, reference.encoder[1].mlp_fc1.weight.bfloat16())
+    assert torch.equal(loaded.head.weight, reference.head.weight.double())
