@@ -160,7 +160,7 @@ def _check_savable(module: CompiledModule) -> None:
 
     require_weights(module, "save")
     state = module.state_dict()
-    require_unsharded(module, state, "a .pt file")
+    require_unsharded(module, "a .pt file", state)
     with allowed_imports(module.build_record.allow_imports):
         rebuilt = meta_module(module.graph)  # what a rebuild gives (modules, dtypes), allocating nothing
     require_as_built(module, "a .pt file", rebuilt)

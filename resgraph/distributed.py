@@ -326,19 +326,24 @@ def is_dtensor(tensor: torch.Tensor) -> bool:
     return _dtensor(tensor) is not None
 
 
-def require_unsharded(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
-    """Refuse to write `module` (its `state`) as `what` when it is sharded: a file of whole weights
-    would hold only this process's shards, which nothing loads back as the model.
+def require_unsharded(module: nn.Module, what: str, state: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Refuse to write or trace `module` as `what` (a .pt file, an ONNX file, torch.export) when it
+    is sharded: a file of whole weights would hold only this process's shards, which nothing loads
+    back as the model, and tracing fails deep inside torch on the DTensors.
 
+    Args:
+        state: `module.state_dict()`, where the caller has it already.
     Raises:
         UsageError: naming the model (by its spec's name, not FSDP2's `FSDP<name>` class), the first
-            DTensor and the two ways to save a sharded model.
+            DTensor, and how to get whole weights.
     """
+    state = module.state_dict() if state is None else state
     sharded = next((key for key, tensor in state.items() if is_dtensor(tensor)), None)
     if sharded is not None:
-        raise UsageError(f"{_graph(module).name} is sharded ({sharded} is a DTensor): {what} holds whole weights; "
-                         "save the full state dict (torch.distributed.checkpoint.state_dict.get_model_state_dict "
-                         "with full_state_dict=True) or use torch.distributed.checkpoint")
+        raise UsageError(f"{_graph(module).name} is sharded ({sharded} is a DTensor): {what} needs whole weights; "
+                         "gather them (torch.distributed.checkpoint.state_dict.get_model_state_dict with "
+                         "full_state_dict=True) into an ordinary resgraph.build (load_state_dict), or save the shards "
+                         "with torch.distributed.checkpoint")
 
 
 def local_numel(tensor: torch.Tensor) -> int:

@@ -130,7 +130,7 @@ class CompiledModule(GeneratedModule):
         state = self.state_dict()
         # A sharded model's state holds this process's shards as DTensors: the file would load as no
         # model (and torch.save of any other FSDP2 module is refused, its class being generated too).
-        require_unsharded(self, state, "torch.save(model) (or pickle)")
+        require_unsharded(self, "torch.save(model) (or pickle)", state)
         kept = modes(self)
         # Instances checkpointed by `resgraph.checkpoint` (the record rebuilds only the spec's).
         checkpointed = [name for name, m in self.named_modules() if getattr(type(m), "_checkpointed", False)]
@@ -450,7 +450,10 @@ def export_program(module: CompiledModule, *, dynamic: bool = True, **options: A
         The `torch.export.ExportedProgram`, traced at `module.example_inputs()`. (Its graph's nodes are
         renamed through fx's own namespace, which keeps names unique; a later
         `program.run_decompositions()` makes new nodes, named by torch again.)
+    Raises:
+        UsageError: the model is sharded (FSDP2): export an ordinary build holding its full state dict.
     """
+    require_unsharded(module, "torch.export")  # (it failed reading a FakeTensor's data pointer)
     program = torch.export.export(module, module.example_inputs(batch=2),
                                   dynamic_shapes=module.dynamic_shapes() if dynamic else None, **options)
     return name_outputs(program, module.graph)

@@ -71,10 +71,23 @@ def test_torch_save_of_a_sharded_model_is_refused_not_written_unloadable(tmp_pat
     # ("got mixed torch.Tensor and DTensor"): a file that loads as no model.
     for save in (lambda: torch.save(model, io.BytesIO()), lambda: pickle.dumps(model)):
         with pytest.raises(UsageError, match=r"^ResidualMLP is sharded \(fc1\.weight is a DTensor\): torch\.save\("
-                                             r"model\) \(or pickle\) holds whole weights; save the full state dict"):
+                                             r"model\) \(or pickle\) needs whole weights; gather them"):
             save()
-    with pytest.raises(UsageError, match=r"is sharded \(fc1\.weight is a DTensor\): a \.pt file holds whole weights"):
+    with pytest.raises(UsageError, match=r"is sharded \(fc1\.weight is a DTensor\): a \.pt file needs whole weights"):
         resgraph.save(model, tmp_path / "mlp.pt")  # (resgraph.save said so already)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.usefixtures("one_process_group")
+def test_exporting_a_sharded_model_says_it_is_sharded(tmp_path: pathlib.Path) -> None:
+    """torch.export failed reading a FakeTensor's data pointer, and the ONNX exporter on a DTensor's repr."""
+    model = sharded_mlp()
+    with pytest.raises(UsageError, match=r"^ResidualMLP is sharded \(fc1\.weight is a DTensor\): torch\.export needs "
+                                         r"whole weights; gather them .* into an ordinary resgraph\.build"):
+        resgraph.export_program(model)
+    pytest.importorskip("onnxscript")
+    with pytest.raises(UsageError, match=r"is sharded \(fc1\.weight is a DTensor\): an ONNX file needs whole weights"):
+        resgraph.save(model, tmp_path / "mlp.onnx")
     assert not list(tmp_path.iterdir())
 
 
