@@ -372,7 +372,8 @@ def materialize(module: C, *, device: Device = "cpu", seed: int | None = None,
     a sharded (FSDP2) parameter receives only this process's shard.
 
     Args:
-        module: a model returned by `resgraph.build` (usually with `device="meta"`).
+        module: a model returned by `resgraph.build` (usually with `device="meta"`), or
+            torch.compile's wrapper of one.
         device: where to allocate (e.g. "cuda", torch.device("cuda", local_rank)).
         seed: the seed a build would have used; None: draw from (and advance) the global RNG.
         max_params: refuse to allocate more than this many parameters in this process (a
@@ -382,12 +383,14 @@ def materialize(module: C, *, device: Device = "cpu", seed: int | None = None,
     Raises:
         SpecError: more than `max_params` parameters would be allocated, or constants (`full`,
             `constant`, `arange` buffers) of more than `max_params` elements, as `build` refuses them.
-        UsageError: `module` was not built by resgraph, or a submodule put in place after the build
-            has tensors and no `reset_parameters()`.
+        UsageError: `module` was not built by resgraph (nor wraps a model that was), or a submodule
+            put in place after the build has tensors and no `reset_parameters()`.
     """
-    graph, record = getattr(module, "graph", None), getattr(module, "build_record", None)
-    if not isinstance(graph, Graph) or not isinstance(record, BuildRecord):
-        raise UsageError(f"materialize needs a model returned by resgraph.build, not a {type(module).__name__}")
+    # torch.compile's wrapper forwards `graph` to the model it holds, but names every submodule
+    # `_orig_mod.*`: read as the model, all of it counted as put in place after the build and was
+    # initialised by torch's reset_parameters, not as the seeded build.
+    given, module = module, built_model(module, "materialize")
+    graph, record = module.graph, module.build_record
     # Submodules put in place after the build (a new head for fine-tuning) are not the spec's: each
     # is initialised as torch initialises a module after `to_empty`, by its own `reset_parameters`.
     # One already allocated keeps its values.
@@ -432,7 +435,7 @@ def materialize(module: C, *, device: Device = "cpu", seed: int | None = None,
         for path, state in kept.items():
             module.get_submodule(path).load_state_dict(state)
     tie_parameters(module, graph)  # to_empty made a tied parameter a tensor of its own again
-    return module
+    return given
 
 
 def export_program(module: CompiledModule, *, dynamic: bool = True, **options: Any) -> Any:

@@ -144,3 +144,19 @@ def test_a_meta_model_converted_before_materialize_pickles_with_its_dtypes() -> 
     reference = resgraph.build(EXAMPLES / "vit_b_16.yaml", params=params, seed=0)
     assert torch.equal(loaded.encoder[1].mlp_fc1.weight, reference.encoder[1].mlp_fc1.weight.bfloat16())
     assert torch.equal(loaded.head.weight, reference.head.weight.double())
+
+
+def test_materialize_through_torch_compile_s_wrapper_gives_the_seeded_build() -> None:
+    """`torch.compile(model)` forwards `.graph` to the model, so materialize took the wrapper; its
+    submodules, named `_orig_mod.*`, all looked put in place after the build and were initialised by
+    their own reset_parameters(): unseeded weights, silently."""
+    spec = EXAMPLES / "residual_mlp.yaml"
+    model = resgraph.build(spec, device="meta")
+    compiled = torch.compile(model, backend="eager")
+    assert resgraph.materialize(compiled, seed=0) is compiled
+    reference = resgraph.build(spec, seed=0)
+    assert list(model.state_dict()) == list(reference.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+    x = torch.randn(2, 784)
+    model.eval(), reference.eval()  # (no dropout)
+    assert torch.allclose(compiled(x), reference(x), rtol=0, atol=1e-6)
