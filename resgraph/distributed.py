@@ -56,6 +56,13 @@ def block_names(graph: Graph) -> list[str]:
     return list(dict.fromkeys(instance.block for _, instance in graph.subgraphs() if instance.block))
 
 
+def _nameable(graph: Graph) -> list[str]:
+    """The block names `blocks=` and the `training:` plan may give: every block the spec defines or
+    imports (one a false `when:` or the parameters in force leave uncalled chooses no instance), and
+    those instantiated (all a graph built by hand knows of)."""
+    return list(dict.fromkeys([*block_names(graph), *graph.defined_blocks]))
+
+
 def _chooser(graph: Graph, blocks: Iterable[str] | None) -> Choose:
     """Which instances `blocks` names (None: those of every repeated block call)."""
     if blocks is None:
@@ -63,7 +70,7 @@ def _chooser(graph: Graph, blocks: Iterable[str] | None) -> Choose:
     if isinstance(blocks, str):  # a lone name would otherwise be read as a list of characters
         blocks = [blocks]
     wanted = set(blocks)
-    known = block_names(graph)
+    known = _nameable(graph)
     unknown = sorted(wanted - set(known))
     if unknown:
         raise UsageError(f"{graph.name} has no block named {unknown[0]!r}{did_you_mean(unknown[0], known)} "
@@ -119,8 +126,9 @@ def _planned(model: nn.Module, key: str, blocks: Iterable[str] | None) -> Iterab
 
 
 def training_diagnostics(training: Any, graph: Graph) -> list[Diagnostic]:
-    """A diagnostic for each block named in a spec's `training:` section that the model lacks."""
-    known = block_names(graph)
+    """A diagnostic for each block named in a spec's `training:` section that the spec neither
+    defines nor imports."""
+    known = _nameable(graph)
     diagnostics = []
     for key in ("shard", "compile"):
         for index, name in enumerate(getattr(training, key) or []):
@@ -128,7 +136,7 @@ def training_diagnostics(training: Any, graph: Graph) -> list[Diagnostic]:
                 where = graph.origin.child("training", key, index).locate()
                 diagnostics.append(Diagnostic(where, f"training.{key}: {graph.name} has no block named "
                                                      f"{name!r}{did_you_mean(name, known)}",
-                                              f"name blocks it instantiates: {', '.join(known) or 'it has none'}"))
+                                              f"name a block it defines or imports: {', '.join(known) or 'none'}"))
     return diagnostics
 
 

@@ -109,6 +109,7 @@ class Scope:
     params: dict[str, Any] = field(default_factory=dict)
     left_out: dict[str, LeftOut] = field(default_factory=dict)  # entries whose `when:` is false
     blind: bool = False  # made with nothing known of a call (`Expander.blind`): repeat counts unknown
+    defined_blocks: tuple[str, ...] = ()  # the top level's: every block the spec defines or imports, called or not
 
 
 class _Body(NamedTuple):
@@ -390,8 +391,10 @@ class Expander(_BlockTable):
         if self.diagnostics:  # the blocks could not be read, or the spec is too big: nothing more to report
             return self.placeholder(top, root)
         inputs = {name: None if spec.invalid_input(name) else decl for name, decl in spec.input_decls().items()}
-        return self.scope(spec.name, top, root, dict(spec.params), (), inputs=inputs,
-                          params=dict(spec.params), top_level=True)
+        scope = self.scope(spec.name, top, root, dict(spec.params), (), inputs=inputs,
+                           params=dict(spec.params), top_level=True)
+        scope.defined_blocks = tuple(self.blocks)
+        return scope
 
     def placeholder(self, top: _Body, root: Origin) -> Scope:
         """The top level with every entry refused: resolving it reports nothing more."""

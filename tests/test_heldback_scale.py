@@ -160,3 +160,44 @@ def test_materialize_through_torch_compile_s_wrapper_gives_the_seeded_build() ->
     x = torch.randn(2, 784)
     model.eval(), reference.eval()  # (no dropout)
     assert torch.allclose(compiled(x), reference(x), rtol=0, atol=1e-6)
+
+
+# The `training:` plan names a block whose only call a parameter turns off.
+OPTIONAL_BLOCK = """\
+resgraph: 1
+name: Optional
+imports: ["resgraph:blocks/resnet.yaml"]
+params: {refine: true}
+blocks:
+  cell:
+    layers:
+      - fc: {op: Linear, out_features: 8}
+      - act: {op: GELU}
+inputs: {x: [8]}
+layers:
+  - body: {block: cell, when: "${refine}", checkpoint: true}
+  - out: {op: Linear, out_features: 4}
+training:
+  shard: [cell]
+  compile: [cell, bottleneck]
+"""
+
+
+def test_the_training_plan_may_name_a_block_the_parameters_leave_uncalled() -> None:
+    """`--set refine=false` left `cell` uncalled, and the build failed: 'training.shard: Optional has
+    no block named 'cell'', of a block the spec defines. The plan names blocks; where none is called,
+    it chooses no instance."""
+    with_cell = resgraph.build(OPTIONAL_BLOCK, seed=0)
+    assert [name for name, _ in resgraph.distributed.instances(with_cell, ["cell"])] == ["body"]
+    without = resgraph.build(OPTIONAL_BLOCK, params={"refine": False}, seed=0)
+    assert [name for name, _ in without.named_children()] == ["out"]
+    assert resgraph.distributed.instances(without, ["cell", "bottleneck"]) == []
+    resgraph.compile(without, backend="eager")  # the plan, [cell, bottleneck]: nothing to compile
+    assert without.out._compiled_call_impl is None and without._compiled_call_impl is None
+    # A name the spec neither defines nor imports is still an error at its place in the plan.
+    with pytest.raises(SpecError) as caught:
+        resgraph.build(OPTIONAL_BLOCK.replace("shard: [cell]", "shard: [cel]"), params={"refine": False})
+    assert str(caught.value) == ("<string>:15:11: error: training.shard: Optional has no block named 'cel'; did you "
+                                 "mean 'cell'?\n  hint: name a block it defines or imports: basic, bottleneck, cell")
+    with pytest.raises(UsageError, match=r"no block named 'botleneck'; did you mean 'bottleneck'\?"):
+        resgraph.checkpoint(without, blocks=["botleneck"])
