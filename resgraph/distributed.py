@@ -39,13 +39,13 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from .errors import Diagnostic, UsageError
+from .errors import UsageError
 from .graph import BlockNode, Graph
 from .ownership import tied_parameters
 from .suggest import did_you_mean
 
 __all__ = ["block_names", "checkpoint", "checkpointed_class", "compile", "fill", "instances", "is_dtensor",
-           "local_numel", "require_unsharded", "shard", "spec_checkpoints", "training_diagnostics"]
+           "local_numel", "require_unsharded", "shard", "spec_checkpoints"]
 
 M = TypeVar("M", bound=nn.Module)
 Choose = Callable[[BlockNode, Graph], bool]
@@ -57,9 +57,9 @@ def block_names(graph: Graph) -> list[str]:
 
 
 def _nameable(graph: Graph) -> list[str]:
-    """The block names `blocks=` and the `training:` plan may give: every block the spec defines or
-    imports (one a false `when:` or the parameters in force leave uncalled chooses no instance), and
-    those instantiated (all a graph built by hand knows of)."""
+    """The block names `blocks=` may give: every block the spec defines or imports (one a false
+    `when:` or the parameters in force leave uncalled chooses no instance), and those instantiated
+    (all a graph built by hand knows of). The `training:` plan's names are checked by `expand`."""
     return list(dict.fromkeys([*block_names(graph), *graph.defined_blocks]))
 
 
@@ -123,21 +123,6 @@ def _planned(model: nn.Module, key: str, blocks: Iterable[str] | None) -> Iterab
         return blocks
     spec = getattr(model, "spec", None)
     return getattr(spec.training, key) if spec is not None else None
-
-
-def training_diagnostics(training: Any, graph: Graph) -> list[Diagnostic]:
-    """A diagnostic for each block named in a spec's `training:` section that the spec neither
-    defines nor imports."""
-    known = _nameable(graph)
-    diagnostics = []
-    for key in ("shard", "compile"):
-        for index, name in enumerate(getattr(training, key) or []):
-            if name not in known:
-                where = graph.origin.child("training", key, index).locate()
-                diagnostics.append(Diagnostic(where, f"training.{key}: {graph.name} has no block named "
-                                                     f"{name!r}{did_you_mean(name, known)}",
-                                              f"name a block it defines or imports: {', '.join(known) or 'none'}"))
-    return diagnostics
 
 
 def _apart_from_ties(model: nn.Module, chosen: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:

@@ -394,7 +394,21 @@ class Expander(_BlockTable):
         scope = self.scope(spec.name, top, root, dict(spec.params), (), inputs=inputs,
                            params=dict(spec.params), top_level=True)
         scope.defined_blocks = tuple(self.blocks)
+        self.check_training(root)
         return scope
+
+    def check_training(self, root: Origin) -> None:
+        """A diagnostic for each block the `training:` plan names that the spec neither defines nor
+        imports. (One it defines but the parameters in force leave uncalled is no mistake: the plan
+        chooses no instance of it.)"""
+        known = list(self.blocks)
+        for key in ("shard", "compile"):
+            for index, name in enumerate(getattr(self.spec.training, key) or []):
+                if name not in self.blocks:
+                    self.diagnostics.append(Diagnostic(
+                        root.child("training", key, index).locate(),
+                        f"training.{key}: {self.spec.name} has no block named {name!r}{did_you_mean(name, known)}",
+                        f"name a block it defines or imports: {', '.join(known) or 'none'}"))
 
     def placeholder(self, top: _Body, root: Origin) -> Scope:
         """The top level with every entry refused: resolving it reports nothing more."""

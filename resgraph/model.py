@@ -23,7 +23,6 @@ from .distributed import (
     local_numel,
     require_unsharded,
     spec_checkpoints,
-    training_diagnostics,
 )
 from .errors import Diagnostic, SpecError, UsageError
 from .graph import Graph, LayerNode
@@ -331,12 +330,8 @@ def compile_model(spec: Spec, graph: Graph, record: BuildRecord, *, seed: int | 
             the weights equal a CPU build's with the same seed and no CPU copy is made.
     Raises:
         SpecError: the model has more than `max_params` parameters (checked before any weight
-            is allocated), torch refused a layer's arguments, or the `training:` section names a
-            block the model lacks.
+            is allocated), or torch refused a layer's arguments.
     """
-    diagnostics = training_diagnostics(spec.training, graph)
-    if diagnostics:
-        raise SpecError(diagnostics)
     graph.meta["sizes"] = solve_sizes(graph, square=False)  # the forward's input guard states them
     target = None if device is None else torch.device(device)
     # Lower on CPU or meta directly; on any other device, lower on meta and materialize there, so

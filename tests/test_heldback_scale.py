@@ -201,3 +201,22 @@ def test_the_training_plan_may_name_a_block_the_parameters_leave_uncalled() -> N
                                  "mean 'cell'?\n  hint: name a block it defines or imports: basic, bottleneck, cell")
     with pytest.raises(UsageError, match=r"no block named 'botleneck'; did you mean 'bottleneck'\?"):
         resgraph.checkpoint(without, blocks=["botleneck"])
+
+
+def test_validate_and_check_report_a_training_plan_naming_an_unknown_block(tmp_path: pathlib.Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """`resgraph validate` printed ok (and `resgraph.check` passed) for a plan that `build` refused:
+    the plan was checked only when weights were lowered."""
+    spec = tmp_path / "plan.yaml"
+    spec.write_text(OPTIONAL_BLOCK.replace("compile: [cell, bottleneck]", "compile: [cell, botleneck]"))
+    expected = (f"{spec}:16:19: error: training.compile: Optional has no block named 'botleneck'; did you mean "
+                "'bottleneck'?\n  hint: name a block it defines or imports: basic, bottleneck, cell")
+    assert main(["validate", str(spec)]) == 1
+    assert expected in capsys.readouterr().err
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(spec)
+    assert str(caught.value) == expected
+    # With the other mistakes of the same run, not instead of them.
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(spec.read_text().replace("out_features: 4", "out_features: four"), params={"refine": False})
+    assert [d.location.line for d in caught.value.diagnostics] == [13, 16]
