@@ -220,3 +220,29 @@ def test_validate_and_check_report_a_training_plan_naming_an_unknown_block(tmp_p
     with pytest.raises(SpecError) as caught:
         resgraph.check(spec.read_text().replace("out_features: 4", "out_features: four"), params={"refine": False})
     assert [d.location.line for d in caught.value.diagnostics] == [13, 16]
+
+
+def test_load_weights_refuses_a_meta_model_instead_of_loading_nothing() -> None:
+    """`copy_` into a meta tensor does nothing: load_weights reported '14 tensors matched', loaded
+    none, and a materialize after it initialised the model afresh."""
+    spec = EXAMPLES / "residual_mlp.yaml"
+    checkpoint = resgraph.build(spec, seed=5).state_dict()
+    model = resgraph.build(spec, device="meta")
+    with pytest.raises(UsageError, match=r"^cannot load weights into ResidualMLP: fc1\.weight is on the meta device "
+                                         r"\(built with device='meta'\), with no storage to hold them; "
+                                         r"resgraph\.materialize the model first, then load_weights$"):
+        resgraph.load_weights(model, checkpoint)
+    resgraph.load_weights(resgraph.materialize(model), checkpoint)
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in checkpoint.items())
+
+
+@pytest.mark.usefixtures("one_process_group")
+def test_load_weights_loads_a_sharded_model_shard_by_shard() -> None:
+    """It failed with torch's 'Attempted to access the data pointer on an invalid python storage'
+    (copy_ of a tensor into a DTensor), after matching every tensor."""
+    checkpoint = resgraph.build(EXAMPLES / "residual_mlp.yaml", seed=5).state_dict()
+    model = sharded_mlp()
+    mapping = resgraph.load_weights(model, {f"net.{key}": value for key, value in checkpoint.items()},
+                                    rename={"net": ""})
+    assert mapping.loaded and not mapping.missing
+    assert all(torch.equal(tensor.full_tensor(), checkpoint[key]) for key, tensor in model.state_dict().items())
