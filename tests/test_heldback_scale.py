@@ -1,8 +1,10 @@
-"""Training at scale, held-back cases of issue 15: the limits `materialize` applies, saving a sharded
-model, sharding twice, and the command line's `--device meta` with flags it cannot honour.
+"""Training at scale, held-back cases of issue 15: the limits `materialize` applies; saving, exporting
+and loading weights into sharded and meta-built models; sharding twice; materializing through
+torch.compile's wrapper; the `training:` plan under parameters that leave a block uncalled, and
+checked by `validate`; and the command line's `--device meta` with flags it cannot honour.
 
-Each case is one the issue's own tests did not try: a meta build materialized under the limit a
-build applies, a whole-module `torch.save` of a sharded model, and so on.
+Each case is one the issue's own tests did not try. Sharding runs in this process, in a gloo group
+of one (FSDP2 needs a group; one rank shows every refusal and every mismatch of Tensor and DTensor).
 """
 
 from __future__ import annotations
