@@ -178,7 +178,8 @@ def materialize(model: M, *, device: torch.device | str | int = "cpu", seed: int
     Returns:
         `model`, allocated and initialised in place.
     Raises:
-        SpecError: more than `max_params` parameters would be allocated in this process.
+        SpecError: more than `max_params` parameters would be allocated in this process, or constants
+            of more than `max_params` elements (as `build` refuses them).
     """
     from .model import materialize as materialize_model
 

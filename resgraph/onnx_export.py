@@ -76,7 +76,7 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | 
     Args:
         opset: the ONNX opset version (default: the exporter's).
     Raises:
-        UsageError: the onnx / onnxscript packages are missing, the model was built on the meta device,
+        UsageError: the onnx / onnxscript packages are missing, the model was built on the meta device or is sharded,
             `opset` is newer than the installed onnx package knows, or `path` cannot be written (a missing
             folder, a directory there, the spec the model was built from: said before the export, which may
             take minutes).
@@ -90,11 +90,13 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | 
         raise UsageError("ONNX export needs the onnx and onnxscript packages: pip install 'resgraph[onnx]'") from None
     import torch
 
+    from .distributed import require_unsharded
     from .lower import require_weights
     from .model import built_model
 
     module = built_model(module, "to_onnx")  # (torch.compile's or DistributedDataParallel's wrapper: its model)
     require_weights(module, "export")  # torch's exporter fails deep inside, in colour, and logs at ERROR
+    require_unsharded(module, "an ONNX file")  # (it failed on the DTensors, naming a FakeTensor)
     refuse_model_sources(path, module)  # (never over the spec it was built from)
     check_writable(path)  # before the export; at the write, the error named the staging folder
     newest = onnx.defs.onnx_opset_version()
