@@ -315,12 +315,7 @@ class Mismatch:
         if self._steps is not None:
             return self._steps
         spatial_in, spatial_out = self.sizes
-        ratios = None
-        if self.source.scale is not None and self.target_scale is not None:
-            # (1 where the grids are one: Fraction division costs microseconds, and most skips have none;
-            # mostly the very same Fraction, which `is` tells without Fraction.__eq__'s ABC test)
-            ratios = [1 if target is source or target == source else target / source
-                      for source, target in zip(self.source.scale, self.target_scale)]
+        ratios = self._grid_ratios()
         steps = []
         for index, (size_in, size_out) in enumerate(zip(spatial_in, spatial_out)):
             if self.concat_axis == index + 1:
@@ -357,6 +352,24 @@ class Mismatch:
             steps.append(step)
         object.__setattr__(self, "_steps", tuple(steps))  # (a frozen dataclass: its one cache)
         return self._steps
+
+    def _grid_ratios(self) -> list[Any] | None:
+        """The target's grid scale over the source's per spatial dim, where both are known; else None."""
+        if self.source.scale is None or self.target_scale is None:
+            return None
+        # (1 where the grids are one: Fraction division costs microseconds, and most skips have none;
+        # mostly the very same Fraction, which `is` tells without Fraction.__eq__'s ABC test)
+        return [1 if target is source or target == source else target / source
+                for source, target in zip(self.source.scale, self.target_scale)]
+
+    def grid_steps(self) -> tuple[int, ...] | None:
+        """The integer step between the two grids per spatial dim where both grids are known (1 on a
+        concat's own dim), whether or not the sizes fit it; None where a grid is unknown or the grids
+        are no integer step apart (`steps()` says why)."""
+        ratios = self._grid_ratios()
+        if ratios is None or any(r < 1 or getattr(r, "denominator", 1) != 1 for r in ratios):
+            return None
+        return tuple(1 if self.concat_axis == index + 1 else int(r) for index, r in enumerate(ratios))
 
     def strided(self) -> bool:
         """True when the grids differ (some step > 1); False for the same grid. Raises ProjectionError."""
@@ -460,11 +473,18 @@ def _crop(m: Mismatch) -> Plan:
     if any(s < w for s, w in zip(spatial_in, spatial_out)):
         raise ProjectionError(f"crop cannot enlarge spatial size {_size(spatial_in)} to {_size(spatial_out)}",
                               kind="larger")
-    if _is_stride(m, across_grids=True):
+    known = m.grid_steps()
+    if _is_stride(m, across_grids=True) or any(step != 1 for step in known or ()):
+        # Grids known to be a step apart are strided whatever their sizes: where a layer padded past its
+        # stride (17 -> 7 at /3) the sizes fit no step, yet a centre crop would still misalign them.
+        fix = "use projection: auto or conv (a strided 1x1 conv) or avgpool, which follow the stride"
+        try:
+            m.steps()
+        except ProjectionError as exc:  # (those follow it only where the sizes fit it)
+            fix += f", at sizes that fit it: here the {exc}"
         raise ProjectionError(f"crop would misalign the grids: the target is a strided map "
-                              f"({_size(spatial_in)} -> {_size(spatial_out)}, /{_short(m.steps())}), and a centre "
-                              "crop of the source does not line up with the positions the stride kept",
-                              "use projection: auto or conv (a strided 1x1 conv) or avgpool, which follow the stride")
+                              f"({_size(spatial_in)} -> {_size(spatial_out)}, /{_short(known or m.steps())}), and a "
+                              "centre crop of the source does not line up with the positions the stride kept", fix)
     margins = [s - w for s, w in zip(spatial_in, spatial_out)]
     if any(margin % 2 for margin in margins):
         odd = [hint(margin) for margin in margins]

@@ -1,0 +1,38 @@
+"""Held-back cases of input sizes (issue 11) found by differential fuzzing against torch: random
+chains of convs, pools and skips, the sizes `valid_sizes` admits run by the compiled forward and
+compared with what resgraph predicts, the sizes it refuses run with the guard bypassed."""
+
+from __future__ import annotations
+
+import pytest
+
+import resgraph
+
+
+def _spec(input_shape: list[int], layers: str, skips: str) -> str:
+    return f"resgraph: 1\nname: Net\ninputs:\n  x: {input_shape}\nlayers:\n{layers}skips:\n{skips}"
+
+
+# --- crop across a stride whose sizes fit no step -------------------------------------------------
+
+PADDED_PAST_STRIDE = """\
+  - act:  {op: ReLU}
+  - down: {op: Conv2d, out_channels: 3, kernel_size: 1, stride: 3, padding: 1}
+"""
+
+
+@pytest.mark.parametrize("width", [16, 17])
+def test_crop_refuses_a_strided_target_also_where_padding_put_its_size_off_the_stride(width: int) -> None:
+    # A 1x1 stride-3 conv with padding 1 maps 28x17 to 10x7, where a stride of 3 gives 10x6: the
+    # sizes fit no step, so the grids were taken for one and `crop` built a centre crop of a map
+    # whose rows the stride picked 3 apart (exit 0, a misaligned sum); at 28x16 it was refused.
+    spec = _spec([4, 28, width], PADDED_PAST_STRIDE, "  - s: {from: act, to: down, projection: crop}\n")
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(spec, file="net.yaml")
+    (diagnostic,) = caught.value.diagnostics
+    assert (diagnostic.location.line, diagnostic.location.column) == (9, 5)
+    assert "crop would misalign the grids: the target is a strided map" in diagnostic.message
+    assert f"28x{width} -> 10x{(width + 1) // 3 + 1}, /3" in diagnostic.message
+    assert "use projection: auto or conv" in (diagnostic.hint or "")
+    if width == 17:  # the policies that follow the stride fit only sizes it explains: the hint says so
+        assert "does not match a stride of 3 (which gives 10x6)" in (diagnostic.hint or "")
