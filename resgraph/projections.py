@@ -307,7 +307,8 @@ class Mismatch:
         Where both grid scales are known, their ratio is the step (so a 9 -> 3 map reached by two
         stride-2 layers steps by 4, aligned with them); otherwise the smallest step whose output
         size, ceil(size / step) as a strided 1x1 conv, avgpool(ceil_mode) or subsample all give
-        it, equals the target's. Either way that output size must equal the target's.
+        it, equals the target's at the declared size (at other sizes the model keeps that step: only
+        its fit is a condition on the size). Either way that output size must equal the target's.
 
         Raises:
             ProjectionError: no integer step maps the source's grid onto the target's.
@@ -335,7 +336,8 @@ class Mismatch:
                 if size_out > size_in:
                     raise ProjectionError(f"the target is larger ({_size(spatial_in)} -> {_size(spatial_out)}); "
                                           "projections only downsample", kind="larger")
-                step = specialize(-(-size_in // size_out))
+                # the smallest step that fits at this size; the model keeps it, and fits wherever it still does
+                step = -(-hint(size_in) // hint(size_out))
             if (size_in if step == 1 else -(-size_in // step)) != size_out:  # (ceil(a / 1) is a: no arithmetic)
                 required = tuple(requirement("eq", -(-a // step), b) for a, b in zip(spatial_in, spatial_out))
                 if step == 1:

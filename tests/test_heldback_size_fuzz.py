@@ -5,6 +5,7 @@ compared with what resgraph predicts, the sizes it refuses run with the guard by
 from __future__ import annotations
 
 import pytest
+import torch
 
 import resgraph
 
@@ -36,3 +37,30 @@ def test_crop_refuses_a_strided_target_also_where_padding_put_its_size_off_the_s
     assert "use projection: auto or conv" in (diagnostic.hint or "")
     if width == 17:  # the policies that follow the stride fit only sizes it explains: the hint says so
         assert "does not match a stride of 3 (which gives 10x6)" in (diagnostic.hint or "")
+
+
+# --- a step chosen where the grid is unknown holds wherever it still fits --------------------------
+
+INTO_GLOBAL_POOL = """\
+  - conv: {op: Conv2d, out_channels: 8, kernel_size: 3, padding: 1}
+  - pool: {op: AdaptiveAvgPool2d, output_size: 1}
+"""
+
+
+def test_a_skip_into_an_adaptive_pool_keeps_its_step_at_every_size_it_still_fits() -> None:
+    # After an adaptive pool the grid is unknown: the projection's step is the smallest that fits at
+    # the declared size (37x30 -> 1x1: a 1x1 conv of stride (37, 30)). The solver required that
+    # step to stay the smallest one, so the model compiled at 37x30 admitted H = 37 and W = 30 only,
+    # although its strided conv still maps every smaller size to 1x1, as torch runs it.
+    spec = _spec([4, 37, 30], INTO_GLOBAL_POOL, "  - s: {from: x, to: pool}\n")
+    report = resgraph.valid_sizes(spec, low=1, high=64)
+    assert {dim.name: str(dim.rule) for dim in report.dims if dim.free} == {
+        "H": "1 <= size <= 37", "W": "1 <= size <= 30"}
+    model = resgraph.build(spec, seed=0).eval()
+    x = torch.randn(2, 4, 21, 17)
+    at_that_size = resgraph.build(spec, input_shapes={"x": (4, 21, 17)}).eval()
+    at_that_size.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), at_that_size(x))
+        with pytest.raises(ValueError, match=r"input 'x' must be \(N, 4, H, W\) with 1 <= H <= 37"):
+            model(torch.randn(2, 4, 38, 30))  # a stride of 37 maps 38 rows to 2: not the pool's 1
