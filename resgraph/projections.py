@@ -475,18 +475,16 @@ def _crop(m: Mismatch) -> Plan:
     if any(s < w for s, w in zip(spatial_in, spatial_out)):
         raise ProjectionError(f"crop cannot enlarge spatial size {_size(spatial_in)} to {_size(spatial_out)}",
                               kind="larger")
-    known = m.grid_steps()
-    if _is_stride(m, across_grids=True) or any(step != 1 for step in known or ()):
-        # Grids known to be a step apart are strided whatever their sizes: where a layer padded past its
-        # stride (17 -> 7 at /3) the sizes fit no step, yet a centre crop would still misalign them.
+    if _is_stride(m, across_grids=True):
         fix = "use projection: auto or conv (a strided 1x1 conv) or avgpool, which follow the stride"
         try:
             m.steps()
         except ProjectionError as exc:  # (those follow it only where the sizes fit it)
             fix += f", at sizes that fit it: here the {exc}"
         raise ProjectionError(f"crop would misalign the grids: the target is a strided map "
-                              f"({_size(spatial_in)} -> {_size(spatial_out)}, /{_short(known or m.steps())}), and a "
-                              "centre crop of the source does not line up with the positions the stride kept", fix)
+                              f"({_size(spatial_in)} -> {_size(spatial_out)}, /{_short(m.grid_steps() or m.steps())}), "
+                              "and a centre crop of the source does not line up with the positions the stride kept",
+                              fix)
     margins = [s - w for s, w in zip(spatial_in, spatial_out)]
     if any(margin % 2 for margin in margins):
         odd = [hint(margin) for margin in margins]
@@ -517,7 +515,9 @@ def _is_stride(m: Mismatch, *, across_grids: bool = False) -> bool:
     except ProjectionError as exc:
         if across_grids and exc.kind in ("ratio", "finer"):
             raise
-        return False
+        # Grids known to be a step apart are strided whatever their sizes: where a layer padded past its
+        # stride (17 -> 7 at /3) or an odd size met one, the sizes fit no step, yet the grids differ.
+        return any(step != 1 for step in m.grid_steps() or ())
 
 
 def _none(m: Mismatch) -> Plan:
@@ -565,7 +565,8 @@ def plan_projection(policy: Projection, merge: Merge, source: TensorType, target
     broadcast_gate = gating and hints(want) != hints(target.shape)
     mismatch = Mismatch(source, want, spatial, target.scale, axis, gating, broadcast_gate)
     if policy is Projection.auto and merge is not Merge.add and spatial and _is_stride(mismatch):
-        sizes = f"{_size(mismatch.sizes[0])} vs {_size(mismatch.sizes[1])}, /{_short(mismatch.steps())}"
+        steps = mismatch.grid_steps() or mismatch.steps()
+        sizes = f"{_size(mismatch.sizes[0])} vs {_size(mismatch.sizes[1])}, /{_short(steps)}"
         raise ProjectionError(f"the source and target are on different spatial scales ({sizes}); `auto` does not "
                               f"{merge.value} across scales silently, since it is usually a skip from the wrong layer",
                               "if it is intended, say how: `projection: conv` (a strided 1x1 conv), `avgpool` or "

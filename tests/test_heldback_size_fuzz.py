@@ -64,3 +64,30 @@ def test_a_skip_into_an_adaptive_pool_keeps_its_step_at_every_size_it_still_fits
         torch.testing.assert_close(model(x), at_that_size(x))
         with pytest.raises(ValueError, match=r"input 'x' must be \(N, 4, H, W\) with 1 <= H <= 37"):
             model(torch.randn(2, 4, 38, 30))  # a stride of 37 maps 38 rows to 2: not the pool's 1
+
+
+# --- a gate across scales is refused as such also where the sizes fit no step -----------------------
+
+GATE_ACROSS_A_STRIDE = """\
+  - pool: {op: MaxPool2d, kernel_size: 4, stride: 2}
+  - conv: {op: Conv2d, out_channels: 6, kernel_size: 1, padding: 1}
+"""
+
+
+def test_an_auto_gate_across_a_stride_is_refused_as_across_scales_also_where_the_sizes_fit_no_step() -> None:
+    # 16x14 -> 7x6 (a kernel 4 pool) -> 9x8 (a padded 1x1 conv): the maps are a stride of 2 apart, but
+    # the sizes fit no step, so `auto` reported the stride and proposed input sizes (15x13, ...) at
+    # which the skip then failed as a gate across scales, which `auto` never builds.
+    spec = _spec([2, 16, 14], GATE_ACROSS_A_STRIDE, "  - s: {from: x, to: conv, merge: mul}\n")
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(spec, file="net.yaml")
+    (diagnostic,) = caught.value.diagnostics
+    assert (diagnostic.location.line, diagnostic.location.column) == (9, 5)
+    assert "on different spatial scales (16x14 vs 9x8, /2); `auto` does not mul across scales" in diagnostic.message
+    assert "`projection: conv`" in (diagnostic.hint or "")
+    # what that hint leads to: the stride's own error, whose input sizes then fit
+    explicit = spec.replace("merge: mul}", "merge: mul, projection: conv}")
+    with pytest.raises(resgraph.SpecError, match="does not match a stride of 2") as caught:
+        resgraph.check(explicit)
+    assert "an input size at which this skip fits: 'x' 15x13" in (caught.value.diagnostics[0].hint or "")
+    resgraph.check(explicit, input_shapes={"x": (2, 15, 13)})
