@@ -29,7 +29,8 @@ from .ops.conv import conv_output_size
 from .ops.pool import pool_output_size
 from .projections import ProjectionError
 from .sizes import valid_sizes_mask
-from .symbolic import COMPARISONS, Guard, evaluate, hint
+from .symbolic import COMPARISONS, Guard, evaluate, hint, size_symbols
+from .symbolic import hints as hint_sizes
 
 __all__ = ["SizeChange", "changed_layers", "skip_hint"]
 
@@ -75,6 +76,12 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
     skip = node.skip
     changes = changed_layers(graph, skip.source, skip.to)
     listed = "; ".join(map(str, changes))
+    crop_required = exc.crop_required
+    if exc.kind == "stride" and changes and all("kernel_size" in c.geometry and not _strided(c) for c in changes):
+        # Grids unknown (after an adaptive pool) and only unstrided layers between: the step tried was a
+        # guess, and what changed the size is what changes it on one grid (6 -> 4 by a kernel 3)
+        exc = ProjectionError(str(exc), exc.hint, kind="grid", required=exc.required,
+                              crop_required=crop_required if _even_margins(graph, skip.source, skip.to) else (exc,))
     if exc.kind == "grid":
         fixes = []
         by_padding: dict[Any, list[str]] = {}
@@ -190,6 +197,12 @@ def _geometry(change: SizeChange) -> tuple[int, int, int, int, bool] | None:
         return None
     kernel, stride, padding, dilation = values
     return kernel, stride, padding, dilation, bool(g.get("ceil_mode"))
+
+
+def _even_margins(graph: Graph, source: str, target: str) -> bool:
+    """Whether a centre crop of the source's map to the target's leaves even margins (is centred)."""
+    a, b = (hint_sizes(graph.nodes[name].meta["type"].shape[1:]) for name in (source, target))
+    return all((x - y) % 2 == 0 for x, y in zip(a, b))
 
 
 def _strided(change: SizeChange) -> bool:
@@ -318,8 +331,16 @@ def _fitting_sizes(guards: list[Guard], symbols: dict[str, tuple[str, int, int]]
     per_input: dict[str, list[str]] = {}
     for symbol, (input_name, _, _) in symbols.items():
         per_input.setdefault(input_name, []).append(symbol)
+    env = {symbol: value for symbol, (_, _, value) in symbols.items()}
+    reads = [size_symbols((guard.left, guard.right)) for guard in guards]
     texts = []
     for input_name, names in per_input.items():
+        # A condition on none of this input's dims (sizes an adaptive pool fixed, another input's dims)
+        # that fails at the declared sizes fails at every size of this input: none fits (the solver
+        # would skip it, and offer the declared size itself).
+        if any(not read & set(names) and COMPARISONS[guard.op](evaluate(guard.left, env), evaluate(guard.right, env))
+               != guard.outcome for guard, read in zip(guards, reads)):
+            continue
         declared = [symbols[name][2] for name in names]
         if len(set(declared)) == 1:
             low, high = 1, max(2048, 2 * declared[0])

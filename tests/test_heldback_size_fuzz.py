@@ -91,3 +91,30 @@ def test_an_auto_gate_across_a_stride_is_refused_as_across_scales_also_where_the
         resgraph.check(explicit)
     assert "an input size at which this skip fits: 'x' 15x13" in (caught.value.diagnostics[0].hint or "")
     resgraph.check(explicit, input_shapes={"x": (2, 15, 13)})
+
+
+# --- after an adaptive pool no input size changes a skip: none is proposed ---------------------------
+
+AFTER_AN_ADAPTIVE_POOL = """\
+  - pool: {op: AdaptiveAvgPool1d, output_size: 2}
+  - wide: {op: Conv1d, out_channels: 6, kernel_size: 1, padding: 2}
+  - conv: {op: Conv1d, out_channels: 4, kernel_size: 3}
+"""
+
+
+def test_a_skip_after_an_adaptive_pool_is_not_given_input_sizes_and_is_told_the_layer_that_shrank_it() -> None:
+    # The pool fixes every size after it (6 -> 4 by the unpadded kernel 3, at any input length), yet
+    # the hint said "a stride floored an odd size. Fix: an input size at which this skip fits: 'x'
+    # 38 (or 37, 39)", the declared length first, at which it had just failed.
+    spec = _spec([1, 38], AFTER_AN_ADAPTIVE_POOL, "  - s: {from: wide, to: conv, projection: avgpool}\n")
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(spec, file="net.yaml")
+    (diagnostic,) = caught.value.diagnostics
+    assert (diagnostic.location.line, diagnostic.location.column) == (10, 5)
+    hint = diagnostic.hint or ""
+    assert "input size" not in hint and "'x' 38" not in hint and "floored" not in hint
+    assert "shrunk by 'conv' (Conv1d, kernel 3, stride 1, padding 0, dilation 1): 6 -> 4" in hint
+    assert "`padding: 1` on 'conv'" in hint and "`projection: crop`" in hint
+    # both fixes it proposes work
+    resgraph.check(spec.replace("kernel_size: 3}", "kernel_size: 3, padding: 1}"))
+    resgraph.check(spec.replace("projection: avgpool", "projection: crop"))
