@@ -29,8 +29,7 @@ from .ops.conv import conv_output_size
 from .ops.pool import pool_output_size
 from .projections import ProjectionError
 from .sizes import valid_sizes_mask
-from .symbolic import COMPARISONS, Guard, evaluate, hint, size_symbols
-from .symbolic import hints as hint_sizes
+from .symbolic import COMPARISONS, Guard, evaluate, hint, requirement, size_symbols
 
 __all__ = ["SizeChange", "changed_layers", "skip_hint"]
 
@@ -76,12 +75,11 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
     skip = node.skip
     changes = changed_layers(graph, skip.source, skip.to)
     listed = "; ".join(map(str, changes))
-    crop_required = exc.crop_required
     if exc.kind == "stride" and changes and all("kernel_size" in c.geometry and not _strided(c) for c in changes):
         # Grids unknown (after an adaptive pool) and only unstrided layers between: the step tried was a
         # guess, and what changed the size is what changes it on one grid (6 -> 4 by a kernel 3)
         exc = ProjectionError(str(exc), exc.hint, kind="grid", required=exc.required,
-                              crop_required=crop_required if _even_margins(graph, skip.source, skip.to) else (exc,))
+                              crop_required=_odd_margins(graph, skip.source, skip.to))
     if exc.kind == "grid":
         fixes = []
         by_padding: dict[Any, list[str]] = {}
@@ -199,10 +197,11 @@ def _geometry(change: SizeChange) -> tuple[int, int, int, int, bool] | None:
     return kernel, stride, padding, dilation, bool(g.get("ceil_mode"))
 
 
-def _even_margins(graph: Graph, source: str, target: str) -> bool:
-    """Whether a centre crop of the source's map to the target's leaves even margins (is centred)."""
-    a, b = (hint_sizes(graph.nodes[name].meta["type"].shape[1:]) for name in (source, target))
-    return all((x - y) % 2 == 0 for x, y in zip(a, b))
+def _odd_margins(graph: Graph, source: str, target: str) -> tuple[Guard, ...]:
+    """The conditions under which a centre crop of the source's map to the target's is centred (even
+    margins), for each dim whose margin is odd here; empty when it already is."""
+    a, b = (graph.nodes[name].meta["type"].shape[1:] for name in (source, target))
+    return tuple(requirement("eq", (x - y) % 2, 0) for x, y in zip(a, b) if (hint(x) - hint(y)) % 2)
 
 
 def _strided(change: SizeChange) -> bool:

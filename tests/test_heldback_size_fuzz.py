@@ -118,3 +118,15 @@ def test_a_skip_after_an_adaptive_pool_is_not_given_input_sizes_and_is_told_the_
     # both fixes it proposes work
     resgraph.check(spec.replace("kernel_size: 3}", "kernel_size: 3, padding: 1}"))
     resgraph.check(spec.replace("projection: avgpool", "projection: crop"))
+
+
+def test_after_an_adaptive_pool_an_odd_shrink_is_given_the_padding_and_not_a_crop() -> None:
+    # 6 -> 5 by a kernel 2: a centre crop would be off-centre, so only the padding is proposed
+    spec = _spec([1, 38], AFTER_AN_ADAPTIVE_POOL.replace("kernel_size: 3}", "kernel_size: 2}"),
+                 "  - s: {from: wide, to: conv, projection: avgpool}\n")
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(spec)
+    hint = caught.value.diagnostics[0].hint or ""
+    assert "shrunk by 'conv' (Conv1d, kernel 2, stride 1, padding 0, dilation 1): 6 -> 5" in hint
+    assert "`padding: same` on 'conv'" in hint and "crop" not in hint and "input size" not in hint
+    resgraph.check(spec.replace("kernel_size: 2}", "kernel_size: 2, padding: same}"))
