@@ -131,6 +131,14 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
             cause = ("a layer gave less than its stride does: " + ", ".join(
                 f"{c.name!r} gave {'x'.join(map(str, c.after))} where a stride of {_short(c.geometry['stride'])} "
                 f"gives {'x'.join(map(str, _ceil(c)))}" for c in short))
+        strided = [c for c in changes if _strided(c)]
+        grown_or_shrunk = [c for c in changes
+                           if not _strided(c) and "kernel_size" in c.geometry and c.after != c.before]
+        if exc.kind == "stride" and grown_or_shrunk and not short and not past and not any(
+                b % s for c in strided for b, s in zip(c.before, _steps(c))):
+            # no stride met an odd size: what moved the sizes off the stride is a layer on one grid
+            cause = "a layer between the strides changed the size: " + ", ".join(
+                f"{c.name!r} {'x'.join(map(str, c.before))} -> {'x'.join(map(str, c.after))}" for c in grown_or_shrunk)
         if exc.kind == "stride" and past:
             cause = ("a layer rounded up past its stride: " + ", ".join(
                 f"{c.name!r} gave {'x'.join(map(str, c.after))} where a stride of {_short(c.geometry['stride'])} "
@@ -141,20 +149,27 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
         sizes = _fitting_sizes(guards, symbols) if exc.required else ""
         if sizes:
             fixes.append(f"an input size at which this skip fits: {sizes}")
-        if exc.kind == "stride" and past:
+        # An unstrided layer on the way that changed the size (an unpadded conv, a padded 1x1) moves the
+        # sizes off the stride too: a rounding fix works only with its size kept, and not at all where
+        # no padding keeps it (a kernel-2 pool).
+        resized = [(c, c.keeping_padding()) for c in grown_or_shrunk]
+        keeping = "".join(f" and `padding: {padding}` on {c.name!r}" for c, padding in resized)
+        if exc.kind == "stride" and past and all(padding is not None for _, padding in resized):
             rounding = {c.name: _rounding_fix(c) for c in past}
             ceiled = [repr(c.name) for c in past if rounding[c.name] == "drop `ceil_mode: true`"]
-            fixes += [f"drop `ceil_mode: true` on {' and '.join(ceiled)}"] if ceiled else []
+            fixes += [f"drop `ceil_mode: true` on {' and '.join(ceiled)}"
+                      + (f", and keep the other sizes:{keeping[4:]}" if keeping else "")] if ceiled else []
             fixes += [f"{rounding[c.name]} on {c.name!r}, which rounds as its stride does"
+                      + (f", and keep the other sizes:{keeping[4:]}" if keeping else "")
                       for c in past if rounding[c.name] not in (None, "drop `ceil_mode: true`")]
-        elif exc.kind == "stride":
+        elif exc.kind == "stride" and not past and all(padding is not None for _, padding in resized):
             # Each strided layer that does not give ceil(size / stride), the size every projection gives, with
             # the setting that makes it (a layer that already rounds so at every size is not named).
             floored = [(c, _rounding_fix(c)) for c in changes if _strided(c) and not _rounds_up(c)]
             named = [f"{fix} on {c.name!r}" for c, fix in floored if fix is not None]
             if named:
                 fixes.append("make " + ("it" if len(named) == 1 else "them") + " round up as the strides do: "
-                             + " and ".join(named))
+                             + " and ".join(named) + (f", and keep the other sizes:{keeping[4:]}" if keeping else ""))
         elif exc.kind == "larger":
             # a layer padded past its kernel grew the map: the padding that keeps its size; an upsample: a
             # fixed size (a transposed conv has none: the input sizes above are its fix)

@@ -130,3 +130,27 @@ def test_after_an_adaptive_pool_an_odd_shrink_is_given_the_padding_and_not_a_cro
     assert "shrunk by 'conv' (Conv1d, kernel 2, stride 1, padding 0, dilation 1): 6 -> 5" in hint
     assert "`padding: same` on 'conv'" in hint and "crop" not in hint and "input size" not in hint
     resgraph.check(spec.replace("kernel_size: 2}", "kernel_size: 2, padding: same}"))
+
+
+# --- an unstrided layer between the strides is named, and its size kept by the fix -----------------
+
+GROWN_BEFORE_A_STRIDE = """\
+  - grow: {op: Conv1d, out_channels: 2, kernel_size: 1, padding: 1}
+  - down: {op: Conv1d, out_channels: 4, kernel_size: 2, stride: 2}
+"""
+
+
+def test_a_layer_that_grew_the_map_before_a_stride_is_the_cause_named_and_kept_by_the_fix() -> None:
+    # 40 -> 42 (a padded 1x1 conv) -> 21, where a stride of 2 gives 20: the hint said "a stride floored
+    # an odd size" (42 is even) and proposed a kernel 3 on 'down' alone, which still gives 21.
+    spec = _spec([1, 40], GROWN_BEFORE_A_STRIDE, "  - s: {from: x, to: down, projection: avgpool}\n")
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(spec)
+    hint = caught.value.diagnostics[0].hint or ""
+    assert "floored" not in hint
+    assert "a layer between the strides changed the size: 'grow' 40 -> 42" in hint
+    assert ("make it round up as the strides do: `kernel_size: 3` and `padding: 1` on 'down', and keep the other "
+            "sizes: `padding: 0` on 'grow'") in hint
+    fixed = spec.replace("kernel_size: 1, padding: 1}", "kernel_size: 1, padding: 0}").replace(
+        "kernel_size: 2, stride: 2}", "kernel_size: 3, stride: 2, padding: 1}")
+    assert all(dim.rule.kind == "at_least" for dim in resgraph.valid_sizes(fixed).dims if dim.free)  # every size
