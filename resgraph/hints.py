@@ -29,7 +29,7 @@ from .ops.conv import conv_output_size
 from .ops.pool import pool_output_size
 from .projections import ProjectionError
 from .sizes import valid_sizes_mask
-from .symbolic import COMPARISONS, Guard, evaluate, hint
+from .symbolic import COMPARISONS, Guard, evaluate, hint, requirement, size_symbols
 
 __all__ = ["SizeChange", "changed_layers", "skip_hint"]
 
@@ -75,6 +75,11 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
     skip = node.skip
     changes = changed_layers(graph, skip.source, skip.to)
     listed = "; ".join(map(str, changes))
+    if exc.kind == "stride" and changes and all("kernel_size" in c.geometry and not _strided(c) for c in changes):
+        # Grids unknown (after an adaptive pool) and only unstrided layers between: the step tried was a
+        # guess, and what changed the size is what changes it on one grid (6 -> 4 by a kernel 3)
+        exc = ProjectionError(str(exc), exc.hint, kind="grid", required=exc.required,
+                              crop_required=_odd_margins(graph, skip.source, skip.to))
     if exc.kind == "grid":
         fixes = []
         by_padding: dict[Any, list[str]] = {}
@@ -126,6 +131,14 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
             cause = ("a layer gave less than its stride does: " + ", ".join(
                 f"{c.name!r} gave {'x'.join(map(str, c.after))} where a stride of {_short(c.geometry['stride'])} "
                 f"gives {'x'.join(map(str, _ceil(c)))}" for c in short))
+        strided = [c for c in changes if _strided(c)]
+        grown_or_shrunk = [c for c in changes
+                           if not _strided(c) and "kernel_size" in c.geometry and c.after != c.before]
+        if exc.kind == "stride" and grown_or_shrunk and not short and not past and not any(
+                b % s for c in strided for b, s in zip(c.before, _steps(c))):
+            # no stride met an odd size: what moved the sizes off the stride is a layer on one grid
+            cause = "a layer between the strides changed the size: " + ", ".join(
+                f"{c.name!r} {'x'.join(map(str, c.before))} -> {'x'.join(map(str, c.after))}" for c in grown_or_shrunk)
         if exc.kind == "stride" and past:
             cause = ("a layer rounded up past its stride: " + ", ".join(
                 f"{c.name!r} gave {'x'.join(map(str, c.after))} where a stride of {_short(c.geometry['stride'])} "
@@ -136,20 +149,27 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
         sizes = _fitting_sizes(guards, symbols) if exc.required else ""
         if sizes:
             fixes.append(f"an input size at which this skip fits: {sizes}")
-        if exc.kind == "stride" and past:
+        # An unstrided layer on the way that changed the size (an unpadded conv, a padded 1x1) moves the
+        # sizes off the stride too: a rounding fix works only with its size kept, and not at all where
+        # no padding keeps it (a kernel-2 pool).
+        resized = [(c, c.keeping_padding()) for c in grown_or_shrunk]
+        keeping = "".join(f" and `padding: {padding}` on {c.name!r}" for c, padding in resized)
+        if exc.kind == "stride" and past and all(padding is not None for _, padding in resized):
             rounding = {c.name: _rounding_fix(c) for c in past}
             ceiled = [repr(c.name) for c in past if rounding[c.name] == "drop `ceil_mode: true`"]
-            fixes += [f"drop `ceil_mode: true` on {' and '.join(ceiled)}"] if ceiled else []
+            fixes += [f"drop `ceil_mode: true` on {' and '.join(ceiled)}"
+                      + (f", and keep the other sizes:{keeping[4:]}" if keeping else "")] if ceiled else []
             fixes += [f"{rounding[c.name]} on {c.name!r}, which rounds as its stride does"
+                      + (f", and keep the other sizes:{keeping[4:]}" if keeping else "")
                       for c in past if rounding[c.name] not in (None, "drop `ceil_mode: true`")]
-        elif exc.kind == "stride":
+        elif exc.kind == "stride" and not past and all(padding is not None for _, padding in resized):
             # Each strided layer that does not give ceil(size / stride), the size every projection gives, with
             # the setting that makes it (a layer that already rounds so at every size is not named).
             floored = [(c, _rounding_fix(c)) for c in changes if _strided(c) and not _rounds_up(c)]
             named = [f"{fix} on {c.name!r}" for c, fix in floored if fix is not None]
             if named:
                 fixes.append("make " + ("it" if len(named) == 1 else "them") + " round up as the strides do: "
-                             + " and ".join(named))
+                             + " and ".join(named) + (f", and keep the other sizes:{keeping[4:]}" if keeping else ""))
         elif exc.kind == "larger":
             # a layer padded past its kernel grew the map: the padding that keeps its size; an upsample: a
             # fixed size (a transposed conv has none: the input sizes above are its fix)
@@ -190,6 +210,13 @@ def _geometry(change: SizeChange) -> tuple[int, int, int, int, bool] | None:
         return None
     kernel, stride, padding, dilation = values
     return kernel, stride, padding, dilation, bool(g.get("ceil_mode"))
+
+
+def _odd_margins(graph: Graph, source: str, target: str) -> tuple[Guard, ...]:
+    """The conditions under which a centre crop of the source's map to the target's is centred (even
+    margins), for each dim whose margin is odd here; empty when it already is."""
+    a, b = (graph.nodes[name].meta["type"].shape[1:] for name in (source, target))
+    return tuple(requirement("eq", (x - y) % 2, 0) for x, y in zip(a, b) if (hint(x) - hint(y)) % 2)
 
 
 def _strided(change: SizeChange) -> bool:
@@ -318,8 +345,16 @@ def _fitting_sizes(guards: list[Guard], symbols: dict[str, tuple[str, int, int]]
     per_input: dict[str, list[str]] = {}
     for symbol, (input_name, _, _) in symbols.items():
         per_input.setdefault(input_name, []).append(symbol)
+    env = {symbol: value for symbol, (_, _, value) in symbols.items()}
+    reads = [size_symbols((guard.left, guard.right)) for guard in guards]
     texts = []
     for input_name, names in per_input.items():
+        # A condition on none of this input's dims (sizes an adaptive pool fixed, another input's dims)
+        # that fails at the declared sizes fails at every size of this input: none fits (the solver
+        # would skip it, and offer the declared size itself).
+        if any(not read & set(names) and COMPARISONS[guard.op](evaluate(guard.left, env), evaluate(guard.right, env))
+               != guard.outcome for guard, read in zip(guards, reads)):
+            continue
         declared = [symbols[name][2] for name in names]
         if len(set(declared)) == 1:
             low, high = 1, max(2048, 2 * declared[0])

@@ -324,7 +324,8 @@ class Mismatch:
         Where both grid scales are known, their ratio is the step (so a 9 -> 3 map reached by two
         stride-2 layers steps by 4, aligned with them); otherwise the smallest step whose output
         size, ceil(size / step) as a strided 1x1 conv, avgpool(ceil_mode) or subsample all give
-        it, equals the target's. Either way that output size must equal the target's.
+        it, equals the target's at the declared size (at other sizes the model keeps that step: only
+        its fit is a condition on the size). Either way that output size must equal the target's.
 
         Raises:
             ProjectionError: no integer step maps the source's grid onto the target's.
@@ -332,12 +333,7 @@ class Mismatch:
         if self._steps is not None:
             return self._steps
         spatial_in, spatial_out = self.sizes
-        ratios = None
-        if self.source.scale is not None and self.target_scale is not None:
-            # (1 where the grids are one: Fraction division costs microseconds, and most skips have none;
-            # mostly the very same Fraction, which `is` tells without Fraction.__eq__'s ABC test)
-            ratios = [1 if target is source or target == source else target / source
-                      for source, target in zip(self.source.scale, self.target_scale)]
+        ratios = self._grid_ratios()
         steps = []
         for index, (size_in, size_out) in enumerate(zip(spatial_in, spatial_out)):
             if self.concat_axis == index + 1:
@@ -357,7 +353,8 @@ class Mismatch:
                 if size_out > size_in:
                     raise ProjectionError(f"the target is larger ({_size(spatial_in)} -> {_size(spatial_out)}); "
                                           "projections only downsample", kind="larger")
-                step = specialize(-(-size_in // size_out))
+                # the smallest step that fits at this size; the model keeps it, and fits wherever it still does
+                step = -(-hint(size_in) // hint(size_out))
             if (size_in if step == 1 else -(-size_in // step)) != size_out:  # (ceil(a / 1) is a: no arithmetic)
                 required = tuple(requirement("eq", -(-a // step), b) for a, b in zip(spatial_in, spatial_out))
                 if step == 1:
@@ -374,6 +371,24 @@ class Mismatch:
             steps.append(step)
         object.__setattr__(self, "_steps", tuple(steps))  # (a frozen dataclass: its one cache)
         return self._steps
+
+    def _grid_ratios(self) -> list[Any] | None:
+        """The target's grid scale over the source's per spatial dim, where both are known; else None."""
+        if self.source.scale is None or self.target_scale is None:
+            return None
+        # (1 where the grids are one: Fraction division costs microseconds, and most skips have none;
+        # mostly the very same Fraction, which `is` tells without Fraction.__eq__'s ABC test)
+        return [1 if target is source or target == source else target / source
+                for source, target in zip(self.source.scale, self.target_scale)]
+
+    def grid_steps(self) -> tuple[int, ...] | None:
+        """The integer step between the two grids per spatial dim where both grids are known (1 on a
+        concat's own dim), whether or not the sizes fit it; None where a grid is unknown or the grids
+        are no integer step apart (`steps()` says why)."""
+        ratios = self._grid_ratios()
+        if ratios is None or any(r < 1 or getattr(r, "denominator", 1) != 1 for r in ratios):
+            return None
+        return tuple(1 if self.concat_axis == index + 1 else int(r) for index, r in enumerate(ratios))
 
     def strided(self) -> bool:
         """True when the grids differ (some step > 1); False for the same grid. Raises ProjectionError."""
@@ -478,10 +493,15 @@ def _crop(m: Mismatch) -> Plan:
         raise ProjectionError(f"crop cannot enlarge spatial size {_size(spatial_in)} to {_size(spatial_out)}",
                               kind="larger")
     if _is_stride(m, across_grids=True):
+        fix = "use projection: auto or conv (a strided 1x1 conv) or avgpool, which follow the stride"
+        try:
+            m.steps()
+        except ProjectionError as exc:  # (those follow it only where the sizes fit it)
+            fix += f", at sizes that fit it: here the {exc}"
         raise ProjectionError(f"crop would misalign the grids: the target is a strided map "
-                              f"({_size(spatial_in)} -> {_size(spatial_out)}, /{_short(m.steps())}), and a centre "
-                              "crop of the source does not line up with the positions the stride kept",
-                              "use projection: auto or conv (a strided 1x1 conv) or avgpool, which follow the stride")
+                              f"({_size(spatial_in)} -> {_size(spatial_out)}, /{_short(m.grid_steps() or m.steps())}), "
+                              "and a centre crop of the source does not line up with the positions the stride kept",
+                              fix)
     margins = [s - w for s, w in zip(spatial_in, spatial_out)]
     if any(margin % 2 for margin in margins):
         odd = [hint(margin) for margin in margins]
@@ -512,7 +532,9 @@ def _is_stride(m: Mismatch, *, across_grids: bool = False) -> bool:
     except ProjectionError as exc:
         if across_grids and exc.kind in ("ratio", "finer"):
             raise
-        return False
+        # Grids known to be a step apart are strided whatever their sizes: where a layer padded past its
+        # stride (17 -> 7 at /3) or an odd size met one, the sizes fit no step, yet the grids differ.
+        return any(step != 1 for step in m.grid_steps() or ())
 
 
 def _none(m: Mismatch) -> Plan:
@@ -560,7 +582,8 @@ def plan_projection(policy: Projection, merge: Merge, source: TensorType, target
     broadcast_gate = gating and hints(want) != hints(target.shape)
     mismatch = Mismatch(source, want, spatial, target.scale, axis, gating, broadcast_gate)
     if policy is Projection.auto and merge is not Merge.add and spatial and _is_stride(mismatch):
-        sizes = f"{_size(mismatch.sizes[0])} vs {_size(mismatch.sizes[1])}, /{_short(mismatch.steps())}"
+        steps = mismatch.grid_steps() or mismatch.steps()
+        sizes = f"{_size(mismatch.sizes[0])} vs {_size(mismatch.sizes[1])}, /{_short(steps)}"
         raise ProjectionError(f"the source and target are on different spatial scales ({sizes}); `auto` does not "
                               f"{merge.value} across scales silently, since it is usually a skip from the wrong layer",
                               "if it is intended, say how: `projection: conv` (a strided 1x1 conv), `avgpool` or "
