@@ -142,7 +142,8 @@ def build(spec: SpecSource, *, params: Mapping[str, Any] | None = None, seed: in
         input, the shape it must have and the one it got).
     Raises:
         SpecError: every problem found, each with file:line:col; or a model over `max_params`.
-        UsageError: the file cannot be read.
+        UsageError: the file cannot be read, or `device` is not one this machine can allocate on
+            (a malformed name, or `cuda` on a CPU-only torch).
     """
     from .model import compile_model
 

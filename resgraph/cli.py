@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import os
 import sys
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 
 from .version import __version__
@@ -315,7 +314,9 @@ def _build(args: argparse.Namespace) -> int:
                          "the diagram would overwrite the model. Name two files")
     if args.opset is not None and not (args.output or "").lower().endswith(".onnx"):
         raise UsageError("--opset applies to ONNX files: add -o FILE.onnx")
-    device = _device(args.device)
+    from .model import target_device
+
+    device = target_device(args.device, f"--device {args.device}")
     if getattr(device, "type", None) == "meta":  # (`meta:0` too) flags that would do nothing on a model without weights
         if args.output and find_format(args.output, "model").suffix != ".py":
             raise UsageError(f"-o {args.output}: a model built with --device {args.device} has no weights to save; "
@@ -385,31 +386,6 @@ def _code_listing(module: object) -> str:
         where = "the model" if names == [""] else where
         parts.append(f"# {cls.__name__}: {where}\n{cls.code}")
     return "\n\n".join(parts)
-
-
-def _device(name: str | None) -> object:
-    """The torch.device `--device` names (None: the default), or a usage error saying why not."""
-    if name is None:
-        return None
-    import torch
-
-    from .errors import UsageError
-
-    try:
-        with warnings.catch_warnings():  # (torch warns of retired names, mkldnn: the error below says it all)
-            warnings.simplefilter("ignore")
-            device = torch.device(name)
-    except (RuntimeError, ValueError) as exc:
-        raise UsageError(f"--device {name}: {str(exc).splitlines()[0]} (e.g. cpu, cuda, cuda:1, meta)") from None
-    try:  # a well-formed device this machine lacks (`cuda` on a CPU-only torch, `cuda:7` with one GPU)
-        torch.empty(0, device=device)
-    except (AssertionError, RuntimeError, ImportError) as exc:  # torch's own wording: its first sentence says why
-        reason = (str(exc).strip().splitlines() or ["unavailable"])[0].split(". ")[0].rstrip(".")
-        if "INTERNAL ASSERT" in reason or isinstance(exc, ImportError):  # (torch's wording for a device it lacks)
-            reason = "this torch has no backend for it"
-        raise UsageError(f"--device {name}: this machine cannot allocate there: {reason} "
-                         "(e.g. cpu, or meta to allocate nothing)") from None
-    return device
 
 
 def _check_output(path: str, flag: str, spec: str, imports: Iterable[str] = ()) -> None:

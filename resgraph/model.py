@@ -11,6 +11,7 @@ import contextlib
 import copy
 import itertools
 import math
+import warnings
 from collections.abc import Iterable
 from typing import Any, NamedTuple, TypeVar
 
@@ -319,6 +320,36 @@ def _restored(module: CompiledModule, state: dict[str, Any], meta: bool) -> Comp
     return module
 
 
+def target_device(device: Device | None, named: str | None = None) -> torch.device | None:
+    """The torch.device `device` names (None: the default device), checked to be one this machine
+    can allocate on, so that a build is refused before it starts instead of failing in torch.
+
+    Args:
+        named: how a message names the device (the CLI: `--device cuda`); default `device='cuda'`.
+    Raises:
+        UsageError: a malformed name (`gpu`), or a device this machine lacks (`cuda` on a CPU-only
+            torch, `cuda:7` with one GPU, a backend this torch was not built with).
+    """
+    if device is None:
+        return None
+    named = named if named is not None else f"device={device!r}"
+    try:
+        with warnings.catch_warnings():  # (torch warns of retired names, mkldnn: the error below says it all)
+            warnings.simplefilter("ignore")
+            target = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise UsageError(f"{named}: {str(exc).splitlines()[0]} (e.g. cpu, cuda, cuda:1, meta)") from None
+    try:  # a well-formed device this machine lacks
+        torch.empty(0, device=target)
+    except (AssertionError, RuntimeError, ImportError) as exc:  # torch's own wording: its first sentence says why
+        reason = (str(exc).strip().splitlines() or ["unavailable"])[0].split(". ")[0].rstrip(".")
+        if "INTERNAL ASSERT" in reason or isinstance(exc, ImportError):  # (torch's wording for a device it lacks)
+            reason = "this torch has no backend for it"
+        raise UsageError(f"{named}: this machine cannot allocate there: {reason} "
+                         "(e.g. cpu, or meta to allocate nothing)") from None
+    return target
+
+
 def compile_model(spec: Spec, graph: Graph, record: BuildRecord, *, seed: int | None = None,
                   max_params: int | None = DEFAULT_MAX_PARAMS, device: Device | None = None) -> CompiledModule:
     """Lower a checked graph into a `CompiledModule` carrying `spec`, `graph` and `record`.
@@ -333,7 +364,7 @@ def compile_model(spec: Spec, graph: Graph, record: BuildRecord, *, seed: int | 
             is allocated), or torch refused a layer's arguments.
     """
     graph.meta["sizes"] = solve_sizes(graph, square=False)  # the forward's input guard states them
-    target = None if device is None else torch.device(device)
+    target = target_device(device)
     # Lower on CPU or meta directly; on any other device, lower on meta and materialize there, so
     # the random draws are the CPU generator's, as in a CPU build.
     lower_on = target if target is None or target.type in ("cpu", "meta") else torch.device("meta")
@@ -378,13 +409,15 @@ def materialize(module: C, *, device: Device = "cpu", seed: int | None = None,
     Raises:
         SpecError: more than `max_params` parameters would be allocated, or constants (`full`,
             `constant`, `arange` buffers) of more than `max_params` elements, as `build` refuses them.
-        UsageError: `module` was not built by resgraph (nor wraps a model that was), or a submodule
-            put in place after the build has tensors and no `reset_parameters()`.
+        UsageError: `module` was not built by resgraph (nor wraps a model that was), a submodule
+            put in place after the build has tensors and no `reset_parameters()`, or `device` is not
+            one this machine can allocate on (`target_device`).
     """
     # torch.compile's wrapper forwards `graph` to the model it holds, but names every submodule
     # `_orig_mod.*`: read as the model, all of it counted as put in place after the build and was
     # initialised by torch's reset_parameters, not as the seeded build.
     given, module = module, built_model(module, "materialize")
+    device = target_device(device)
     graph, record = module.graph, module.build_record
     # Submodules put in place after the build (a new head for fine-tuning) are not the spec's: each
     # is initialised as torch initialises a module after `to_empty`, by its own `reset_parameters`.

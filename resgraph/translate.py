@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from .errors import Diagnostic
 from .loader import Origin, Path, SourceMap
 from .ops import OPS
-from .schema import json_schema
+from .schema import EXPRESSION, json_schema
 from .suggest import did_you_mean
 
 __all__ = ["NAME_RULE", "coerced_diagnostics", "describe", "jsonschema_diagnostics", "keys_not_strings",
@@ -150,6 +150,15 @@ def _translate(error: Any, data: Any, source: SourceMap) -> Iterator[Diagnostic]
         yield Diagnostic(source.locate(path), f"{_label(path, data)}: must not be empty")
         return
 
+    if kind == "pattern" and isinstance(instance, str) and schema.get("pattern") == EXPRESSION["pattern"]:
+        # (a value that may be an expression, written as one that is not: `"${c"`, `"${c} px"`)
+        opened = instance[instance.index("${"):] if "${" in instance else instance
+        problem = "its `${` is never closed by `}`" if "}" not in opened else \
+            "an expression is the whole value, `${...}`, with nothing before or after it"
+        yield Diagnostic(source.locate(path), f"{_label(path, data)}: {instance!r} is not an expression: {problem}",
+                         "write the value as `\"${...}\"`, e.g. `\"${c * 2}\"`; quote it to keep YAML from reading "
+                         "the braces")
+        return
     if kind == "pattern" and isinstance(instance, str) and "${" in instance:
         yield Diagnostic(source.locate(path), f"{_label(path, data)}: a name cannot be an expression ({instance!r}): "
                                               "the graph's nodes, edges and blocks are fixed before parameters are "

@@ -148,6 +148,27 @@ def test_cli_refuses_to_save_a_meta_model_and_names_a_bad_device(args: list[str]
     assert message in capsys.readouterr().err
 
 
+
+LACKING = [name for name, present in (("cuda", torch.cuda.is_available()), ("xpu", torch.xpu.is_available()))
+           if not present]
+
+
+@pytest.mark.parametrize("device, message", [
+    ("gpu", "device='gpu': Expected one of cpu, cuda"),
+    *((name, f"device={name!r}: this machine cannot allocate there") for name in LACKING),
+])
+def test_the_api_refuses_a_device_this_machine_lacks_as_the_cli_does(device: str, message: str) -> None:
+    """build and materialize name the device and why (torch raised a bare AssertionError, "Torch not
+    compiled with CUDA enabled", from inside materialize, after the spec had been checked)."""
+    with pytest.raises(UsageError, match=re.escape(message)):
+        resgraph.build(EXAMPLES / "residual_mlp.yaml", device=device)
+    meta = resgraph.build(EXAMPLES / "residual_mlp.yaml", device="meta")
+    with pytest.raises(UsageError, match=re.escape(message)):
+        resgraph.materialize(meta, device=device)
+    assert all(p.is_meta for p in meta.parameters())  # nothing was moved
+    assert resgraph.materialize(meta, device="cpu", seed=0).fc1.weight.equal(
+        resgraph.build(EXAMPLES / "residual_mlp.yaml", seed=0).fc1.weight)
+
 # The process's own peak from /proc (getrusage's ru_maxrss survives exec: a child started by a
 # large pytest process would report pytest's peak).
 PEAK_RSS = """

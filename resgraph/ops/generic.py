@@ -474,6 +474,25 @@ def torch_module_class(op: str) -> type:
     return getattr(torch.nn, op)
 
 
+_TORCH_NAMESPACES = frozenset({"torch", "nn", "F", "functional"})  # how PyTorch code spells torch's namespaces
+
+
+def _torch_spelling(path: str) -> str | None:
+    """The op a spec names a layer by, for one spelt as PyTorch code spells it (`nn.Conv2d`,
+    `torch.nn.ReLU`, `F.relu` -> ReLU); None for any other dotted name (the user's own module).
+
+    >>> _torch_spelling("nn.Conv2d"), _torch_spelling("F.relu"), _torch_spelling("mylayers.Gate")
+    ('Conv2d', 'ReLU', None)
+    """
+    if path.split(".")[0] not in _TORCH_NAMESPACES:
+        return None
+    name = path.rpartition(".")[2]
+    known = [*OPS, *CUSTOM_OPS, *torch_module_names()]
+    if name in known:
+        return name
+    return {op.lower(): op for op in known}.get(name.lower())
+
+
 def _imported_class(path: str) -> type:
     import importlib
 
@@ -482,9 +501,14 @@ def _imported_class(path: str) -> type:
     allowed = ALLOWED_IMPORTS.get()
     if not any(path == prefix or path.startswith(prefix if prefix.endswith(".") else prefix + ".")
                for prefix in allowed):
+        spelt = _torch_spelling(path)
+        written = f"write `op: {spelt}`, as a spec names PyTorch's own layers (without a package)"
+        if spelt is not None and not (path.startswith("torch.nn.") and spelt == path.rpartition(".")[2]):
+            raise GenericOpError(f"op {path!r}: {written}", "op")  # (`nn.Conv2d`, `F.relu`: no import would find it)
         package = path.split(".")[0]
         raise GenericOpError(f"op {path!r} is a Python import; resgraph imports code named in a spec only when the "
-                             f"caller allows it (--allow-import {package}, or allow_imports=['{package}'])", "op")
+                             f"caller allows it (--allow-import {package}, or allow_imports=['{package}'])"
+                             + (f"; or {written}" if spelt is not None else ""), "op")
     module_name, _, class_name = path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
