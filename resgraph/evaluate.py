@@ -248,6 +248,7 @@ def evaluate_params(declared: Mapping[str, Any], given: Mapping[str, Any],
     """
     values: dict[str, Any] = {}
     failed = set() if failed is None else failed  # parameters whose own expressions failed (and are reported)
+    order = {name: position for position, name in enumerate(declared)}
     for name, default in declared.items():
         if name in given:
             values[name] = given[name]
@@ -258,11 +259,42 @@ def evaluate_params(declared: Mapping[str, Any], given: Mapping[str, Any],
             failed.add(name)
         else:
             known = (len(diagnostics), len(dependent) if dependent is not None else 0)
-            values[name] = evaluate_tree(default, names(values), origin.child(name), diagnostics,
-                                         dependent=dependent)
+            scope = names(values)
+            later = {read for read in _reads(default) if order.get(read, -1) > order[name]}
+            if later:  # (read from an outer scope, a block's `${b}` would be the spec's `b`, not its own)
+                scope = _DeclaredLater(scope, later, name)
+            values[name] = evaluate_tree(default, scope, origin.child(name), diagnostics, dependent=dependent)
             if (len(diagnostics), len(dependent) if dependent is not None else 0) != known:
                 failed.add(name)
     return values
+
+
+class _DeclaredLater(Mapping[str, Any]):
+    """The names parameter `name`'s default is evaluated in: `names`, where each parameter declared
+    after it (`later`) reads as an error. A default reads only the parameters before it; without
+    this, a later parameter that shares its name with one of the spec's would read the spec's
+    value, silently, and not the block's own (given in `with:` or defaulted)."""
+
+    def __init__(self, names: Mapping[str, Any], later: AbstractSet[str], name: str) -> None:
+        self.names = names
+        self.later = later
+        self.name = name
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self.later:
+            raise ExpressionError(f"parameter {key!r} is declared after {self.name!r}: a default reads only the "
+                                  f"parameters declared before it; move {key!r} before {self.name!r}")
+        return self.names[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.later or key in self.names
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.names
+        yield from (key for key in self.later if key not in self.names)
+
+    def __len__(self) -> int:
+        return len(set(self))
 
 
 def _reads(value: Any) -> set[str]:

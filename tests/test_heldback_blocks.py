@@ -226,3 +226,55 @@ def test_indexing_what_is_not_a_list_names_what_it_is(depths: str, got: str) -> 
           - fc: {{op: Linear, out_features: "${{depths[0]}}"}}
         """)
     assert errors == [f"<string>:7:39: error: in ${{depths[0]}}: only lists can be indexed, by an integer; got {got}"]
+
+
+def test_a_block_default_reading_a_later_parameter_is_refused_not_read_from_the_spec() -> None:
+    # The spec's own `b` (100) must not stand in for the block's `b`, declared after `a` and given as 5.
+    errors = _errors("""\
+        resgraph: 1
+        name: P
+        params: {b: 100}
+        inputs:
+          x: [8]
+        blocks:
+          lin:
+            params: {a: "${b * 2}", b: 3}
+            layers:
+              - fc: {op: Linear, out_features: "${a}"}
+        layers:
+          - l: {block: lin, with: {b: 5}}
+        """)
+    assert errors == ["<string>:8:20: error: in ${b * 2}: parameter 'b' is declared after 'a': a default reads only "
+                      "the parameters declared before it; move 'b' before 'a'"]
+
+
+def test_a_spec_parameter_reading_a_later_one_says_so() -> None:
+    errors = _errors("""\
+        resgraph: 1
+        name: P
+        params: {a: "${2 * b}", b: 3}
+        inputs:
+          x: [8]
+        layers:
+          - fc: {op: Linear, out_features: "${a}"}
+        """)
+    assert errors == ["<string>:3:20: error: in ${2 * b}: parameter 'b' is declared after 'a': a default reads only "
+                      "the parameters declared before it; move 'b' before 'a'"]
+
+
+def test_a_block_default_reads_the_parameters_before_it_and_the_specs_own() -> None:
+    model = resgraph.build(textwrap.dedent("""\
+        resgraph: 1
+        name: P
+        params: {c: 100}
+        inputs:
+          x: [8]
+        blocks:
+          lin:
+            params: {b: 3, a: "${b * 2 + c}"}
+            layers:
+              - fc: {op: Linear, out_features: "${a}"}
+        layers:
+          - l: {block: lin, with: {b: 5}}
+        """), device="meta")
+    assert model.l.fc.out_features == 110
