@@ -5,7 +5,7 @@ block. Its layer bodies are typed (every expression evaluated, every block param
 `evaluate.concrete`: the same path for both), and every piece remembers its `Origin`, so later
 errors point at the line that wrote it, in whichever file.
 
-A block call expands to a `BlockRecipe`; `instantiate(recipe, index, input_types)` makes each
+A block call expands to a `BlockRecipe`; `instantiate(recipe, index, input_types, qualname)` makes each
 instance's scope once the types of its inputs are known, which shape inference does, instance
 after instance. So a block's body may read its input's shape: `in_channels` (dim 0 of its first
 input), `in_features` (its last dim), `in_shape` (its per-sample shape) and `in_shapes` (every
@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 
 from pydantic import TypeAdapter, ValidationError
 
-from .errors import Diagnostic, ResgraphError, SpecError
+from .errors import Diagnostic, Location, ResgraphError, SpecError
 from .evaluate import (
     LAYER,
     LEFT_OUT,
@@ -132,7 +132,7 @@ class _Block:
 class BlockRecipe:
     """A block call, expanded as far as it can be before its input types are known.
 
-    `instantiate(recipe, index, input_types)` makes instance `index`'s scope; shape inference
+    `instantiate(recipe, index, input_types, qualname)` makes instance `index`'s scope; shape inference
     calls it instance after instance, since each instance's input is the previous one's output.
     """
 
@@ -217,13 +217,19 @@ def expand(spec: Spec, source: SourceMap, *, read: Reader = load_import,
     return scope
 
 
-def instantiate(recipe: BlockRecipe, index: int, input_types: list[TensorType] | None) -> Scope:
+def instantiate(recipe: BlockRecipe, index: int, input_types: list[TensorType] | None, qualname: str) -> Scope:
     """Instance `index` of a block call, for inputs of these types (None: unknown, after an error
     elsewhere: the instance is still made, so its own mistakes are reported, but what reads its
     input's shape is left out silently).
 
+    Args:
+        qualname: how messages name the instance (`layer1.0.`); each of its problems ends with
+            `(in 'layer1.0')`, since a block's body is written once for every call and instance,
+            and its line alone does not say which one gave the value that failed. A problem
+            another instance reported already, word for word (a misspelt op), is not repeated.
     Raises:
-        SpecError: the instance's parameters or layers are invalid, or the expansion bound is hit.
+        SpecError: the instance's parameters or layers are invalid, or the expansion bound is hit;
+            its diagnostics may be empty when all of them were reported already.
     """
     expander = recipe.expander
     known = len(expander.diagnostics)
@@ -231,7 +237,11 @@ def instantiate(recipe: BlockRecipe, index: int, input_types: list[TensorType] |
     problems = expander.diagnostics[known:]
     del expander.diagnostics[known:]
     if problems or scope is None:
-        raise SpecError(problems)
+        seen = expander.instance_problems
+        fresh = [problem for problem in problems if (problem.location, problem.message) not in seen]
+        seen.update((problem.location, problem.message) for problem in problems)
+        raise SpecError([Diagnostic(problem.location, f"{problem.message} (in {qualname.removesuffix('.')!r})",
+                                    problem.hint) for problem in fresh])
     return scope
 
 
@@ -374,6 +384,7 @@ class Expander(_BlockTable):
         self.typed_templates: dict[int, tuple[Any, Any, Any]] = {}  # blocks' entries met, by id (`concrete`)
         self.block_reads: dict[str, tuple[frozenset[str], frozenset[str]] | None] = {}  # see `reads_of_block`
         self.spec_params: dict[str, Any] | None = None  # see `spec_params_in_blocks`
+        self.instance_problems: set[tuple[Location, str]] = set()  # reported by an instance (see `instantiate`)
 
     # (root and instance are where expressions are evaluated: `scaled(...)` reads the spec's scale there)
     def root(self) -> Scope:

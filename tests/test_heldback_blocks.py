@@ -35,7 +35,7 @@ def test_a_failed_with_value_is_reported_once_not_again_in_the_defaults_computed
         layers:
           - a: {block: lin, repeat: 4, with: {c: "${widths[index]}"}}
         """)
-    assert errors == ["<string>:12:45: error: in ${widths[index]}: index 3 is out of range for a list of 3"]
+    assert errors == ["<string>:12:45: error: in ${widths[index]}: index 3 is out of range for a list of 3 (in 'a.3')"]
 
 
 def test_a_failed_block_default_is_reported_once_not_again_in_later_defaults() -> None:
@@ -52,7 +52,7 @@ def test_a_failed_block_default_is_reported_once_not_again_in_later_defaults() -
         layers:
           - a: {block: lin}
         """)
-    assert errors == ["<string>:7:20: error: in ${1 // 0}: cannot compute: integer division or modulo by zero"]
+    assert errors == ["<string>:7:20: error: in ${1 // 0}: cannot compute: integer division or modulo by zero (in 'a')"]
 
 
 def test_a_copied_resnet_spec_whose_library_is_missing_is_pointed_at_the_shipped_one(tmp_path: pathlib.Path) -> None:
@@ -245,7 +245,7 @@ def test_a_block_default_reading_a_later_parameter_is_refused_not_read_from_the_
           - l: {block: lin, with: {b: 5}}
         """)
     assert errors == ["<string>:8:20: error: in ${b * 2}: parameter 'b' is declared after 'a': a default reads only "
-                      "the parameters declared before it; move 'b' before 'a'"]
+                      "the parameters declared before it; move 'b' before 'a' (in 'l')"]
 
 
 def test_a_spec_parameter_reading_a_later_one_says_so() -> None:
@@ -278,3 +278,50 @@ def test_a_block_default_reads_the_parameters_before_it_and_the_specs_own() -> N
           - l: {block: lin, with: {b: 5}}
         """), device="meta")
     assert model.l.fc.out_features == 110
+
+
+def test_a_block_body_error_names_the_call_and_instance_whose_values_failed() -> None:
+    # One body, three instances: the line alone cannot say which call (or which repeat) gave -8 and -4.
+    errors = _errors("""\
+        resgraph: 1
+        name: P
+        inputs:
+          x: [8]
+        blocks:
+          lin:
+            params: {c: 8}
+            layers:
+              - fc: {op: Linear, out_features: "${c // (index - 1)}"}
+          wrap:
+            layers:
+              - a: {block: lin, repeat: 2, with: {c: 4}}
+        layers:
+          - first: {block: lin}
+          - second: {block: wrap, repeat: 2}
+        """)
+    assert errors == [
+        "<string>:9:41: error: block 'lin', layer 'fc' (Linear): out_features: must be at least 1, got integer -8 "
+        "(in 'first')",
+        "<string>:9:41: error: block 'lin', layer 'fc' (Linear): out_features: must be at least 1, got integer -4 "
+        "(in 'second.0.a.0')",
+    ]
+
+
+def test_the_same_block_body_error_from_two_calls_is_reported_once() -> None:
+    errors = _errors("""\
+        resgraph: 1
+        name: P
+        inputs:
+          x: [8]
+        blocks:
+          lin:
+            params: {c: 8}
+            layers:
+              - fc: {op: Linaer, out_features: "${c}"}
+        layers:
+          - first: {block: lin}
+          - second: {block: lin, repeat: 2, with: {c: 3}}
+        """)
+    assert errors == ["<string>:9:14: error: block 'lin', layer 'fc' (Linaer): unknown op 'Linaer': not a resgraph op "
+                      "or a torch.nn layer class; did you mean 'Linear'? (in 'first')"]
+
