@@ -26,6 +26,7 @@ inside one) and `num_blocks` (their number) - what stochastic-depth schedules ne
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -109,6 +110,8 @@ class Scope:
     params: dict[str, Any] = field(default_factory=dict)
     left_out: dict[str, LeftOut] = field(default_factory=dict)  # entries whose `when:` is false
     blind: bool = False  # made with nothing known of a call (`Expander.blind`): repeat counts unknown
+    # Where else a name this scope does not know is declared (see `Expander.declared_elsewhere`).
+    elsewhere: Callable[[str], str | None] = field(default=lambda name: None, repr=False)
 
 
 class _Body(NamedTuple):
@@ -466,7 +469,33 @@ class Expander(_BlockTable):
                 else:
                     left_out[skip_name] = LeftOut(where.child("when"), skip=True)
         return Scope(name, inputs, with_pieces(layers, list(inputs)), skips, definition.outputs,
-                     self.spec.defaults.projection, origin, block=block, params=params, left_out=left_out)
+                     self.spec.defaults.projection, origin, block=block, params=params, left_out=left_out,
+                     elsewhere=functools.partial(self.declared_elsewhere, block))
+
+    def declared_elsewhere(self, block: str | None, name: str) -> str | None:
+        """Where `name`, which the scope of `block` (None: the top level) does not know, is declared
+        instead: as a layer of other blocks, or at the top level; None where it is nowhere. Each
+        scope reads only its own inputs and layers, so a skip or input naming another scope's
+        layer is unknown there, and a message saying only that would send one looking for a typo."""
+        owners = [other for other, entry in self.blocks.items()
+                  if other != block and any(name in layer for layer in entry.definition.layers)]
+        top = block is not None and (name in self.spec.inputs or any(name in layer for layer in self.spec.layers))
+        places, fixes = [], []
+        if owners:
+            blocks = " and ".join(repr(owner) for owner in owners[:3]) + (" and others" if owners[3:] else "")
+            places.append(f"a layer of block {blocks}")
+            fixes.append(f"read what a call of that block returns (to return {name!r}, add it to the block's "
+                         f"`outputs:` and read `CALL.{name}`)")
+        if top:
+            inputs = ", ".join([*self.blocks[block].definition.inputs, name]) if block in self.blocks else f"x, {name}"
+            places.append("a node of the spec's top level")
+            fixes.append(f"give block {block!r} another input (`inputs: [{inputs}]`) and pass {name!r} in its "
+                         "call's `input:` list")
+        if not places:
+            return None
+        here = f"block {block!r}" if block is not None else "the top level"
+        return (f"{name!r} is {' and '.join(places)}, and {here} reads only its own inputs and layers: "
+                f"{'; or '.join(fixes)}")
 
     def repeats(self, call: BlockCall) -> int:
         if call.repeat is None:

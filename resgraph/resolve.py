@@ -92,7 +92,8 @@ class _Resolver:
         where (`output`: the reader is the scope's `outputs:`, which are always there)."""
         left_out = self.scope.left_out.get(ref)
         if left_out is None:
-            self.fail(origin, f"{prefix}unknown node {ref!r}{did_you_mean(ref, candidates)}{suffix}", key=False)
+            self.fail(origin, f"{prefix}unknown node {ref!r}{did_you_mean(ref, candidates)}{suffix}",
+                      self.scope.elsewhere(ref), key=False)
             return
         line = left_out.when.locate(key=True).line
         at = f" (line {line})" if line else ""

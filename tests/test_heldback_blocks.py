@@ -325,3 +325,77 @@ def test_the_same_block_body_error_from_two_calls_is_reported_once() -> None:
     assert errors == ["<string>:9:14: error: block 'lin', layer 'fc' (Linaer): unknown op 'Linaer': not a resgraph op "
                       "or a torch.nn layer class; did you mean 'Linear'? (in 'first')"]
 
+
+def _diagnostics(text: str) -> list[tuple[int, int, str, str | None]]:
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(textwrap.dedent(text))
+    return [(d.location.line, d.location.column, d.message, d.hint) for d in caught.value.diagnostics]
+
+
+def test_a_skip_naming_a_layer_inside_another_block_says_where_that_layer_is() -> None:
+    problems = _diagnostics("""\
+        resgraph: 1
+        name: P
+        inputs:
+          x: [8]
+        blocks:
+          res:
+            layers:
+              - conv1: {op: Linear, out_features: 8}
+              - conv2: {op: Linear, out_features: 8}
+          other:
+            layers:
+              - a: {op: Linear, out_features: 8}
+            skips:
+              - sk: {from: conv1, to: a}
+        layers:
+          - r: {block: res}
+          - o: {block: other}
+          - c: {op: ReLU}
+        skips:
+          - s: {from: conv2, to: c}
+        """)
+    assert problems == [
+        (14, 20, "skip 'o.sk': from: unknown node 'conv1'",
+         "'conv1' is a layer of block 'res', and block 'other' reads only its own inputs and layers: read what a "
+         "call of that block returns (to return 'conv1', add it to the block's `outputs:` and read `CALL.conv1`)"),
+        (20, 15, "skip 's': from: unknown node 'conv2'",
+         "'conv2' is a layer of block 'res', and the top level reads only its own inputs and layers: read what a "
+         "call of that block returns (to return 'conv2', add it to the block's `outputs:` and read `CALL.conv2`)"),
+    ]
+
+
+def test_a_block_naming_a_top_level_node_is_told_to_take_it_as_an_input() -> None:
+    problems = _diagnostics("""\
+        resgraph: 1
+        name: P
+        inputs:
+          x: [8]
+        blocks:
+          unit:
+            inputs: [h]
+            layers:
+              - fc: {op: Linear, out_features: 8}
+            skips:
+              - sk: {from: stem, to: fc}
+        layers:
+          - stem: {op: Linear, out_features: 8}
+          - u: {block: unit}
+        """)
+    assert problems == [
+        (11, 20, "skip 'u.sk': from: unknown node 'stem'",
+         "'stem' is a node of the spec's top level, and block 'unit' reads only its own inputs and layers: give "
+         "block 'unit' another input (`inputs: [h, stem]`) and pass 'stem' in its call's `input:` list"),
+    ]
+
+
+def test_a_name_declared_nowhere_is_only_unknown() -> None:
+    problems = _diagnostics("""\
+        resgraph: 1
+        name: P
+        inputs:
+          x: [8]
+        layers:
+          - fc: {op: Linear, out_features: 8, input: nothing}
+        """)
+    assert problems == [(6, 46, "layer 'fc': unknown node 'nothing'", None)]
