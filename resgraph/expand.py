@@ -493,8 +493,9 @@ class Expander(_BlockTable):
                          "call's `input:` list")
         if not places:
             return None
+        own = f" ({', '.join(self.blocks[block].definition.inputs)})" if block in self.blocks else ""
         here = f"block {block!r}" if block is not None else "the top level"
-        return (f"{name!r} is {' and '.join(places)}, and {here} reads only its own inputs and layers: "
+        return (f"{name!r} is {' and '.join(places)}, and {here} reads only its own inputs{own} and layers: "
                 f"{'; or '.join(fixes)}")
 
     def repeats(self, call: BlockCall) -> int:

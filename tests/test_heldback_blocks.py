@@ -357,7 +357,7 @@ def test_a_skip_naming_a_layer_inside_another_block_says_where_that_layer_is() -
         """)
     assert problems == [
         (14, 20, "skip 'o.sk': from: unknown node 'conv1'",
-         "'conv1' is a layer of block 'res', and block 'other' reads only its own inputs and layers: read what a "
+         "'conv1' is a layer of block 'res', and block 'other' reads only its own inputs (x) and layers: read what a "
          "call of that block returns (to return 'conv1', add it to the block's `outputs:` and read `CALL.conv1`)"),
         (20, 15, "skip 's': from: unknown node 'conv2'",
          "'conv2' is a layer of block 'res', and the top level reads only its own inputs and layers: read what a "
@@ -384,7 +384,7 @@ def test_a_block_naming_a_top_level_node_is_told_to_take_it_as_an_input() -> Non
         """)
     assert problems == [
         (11, 20, "skip 'u.sk': from: unknown node 'stem'",
-         "'stem' is a node of the spec's top level, and block 'unit' reads only its own inputs and layers: give "
+         "'stem' is a node of the spec's top level, and block 'unit' reads only its own inputs (h) and layers: give "
          "block 'unit' another input (`inputs: [h, stem]`) and pass 'stem' in its call's `input:` list"),
     ]
 
