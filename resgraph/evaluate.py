@@ -173,23 +173,23 @@ def _plain(value: Any, name: str) -> Any:
 
 
 def resolve_params(declared: Mapping[str, Any], overrides: Mapping[str, Any], origin: Origin,
-                   diagnostics: list[Diagnostic]) -> Mapping[str, Any]:
+                   diagnostics: list[Diagnostic], blocks: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
     """Parameter values: declared defaults (which may use earlier params), then overrides.
 
     Where a parameter's expression failed (reported), the values are a `FailedNames`: what reads it
     (`scale:`, an input's shape) fails as `Unavailable`, quietly, instead of reading None.
 
-    An override of an undeclared parameter is an error with suggestions. Overrides come from
-    `--set`, from `params=` in Python, or from a saved model's record, so the message names none
-    of them.
+    An override of an undeclared parameter is an error with suggestions; where it names a
+    parameter of one of the spec's `blocks` (their definitions as spec data), it says how to make it
+    settable. Overrides come from `--set`, from `params=` in Python, or from a saved model's record,
+    so the message names none of them.
     """
     for name in overrides:
         if name not in declared:
             hint = did_you_mean(name, declared)
             known = f" (declared: {', '.join(declared)})" if declared and not hint else ""
-            diagnostics.append(Diagnostic(Location(origin.source.file), f"cannot override parameter {name!r}: the "
-                                                                        f"spec declares no parameter {name!r}"
-                                                                        f"{hint}{known}"))
+            message = f"cannot override parameter {name!r}: the spec declares no parameter {name!r}{hint}{known}"
+            diagnostics.append(Diagnostic(Location(origin.source.file), message, _block_param_hint(name, blocks)))
     # An override is a value: a `${...}` in it would reach the layers unevaluated, and be reported
     # there as "an expression may not produce an expression", far from where it was given.
     refused = {name for name, value in overrides.items() if name in declared and holds_expression(value)}
@@ -204,6 +204,18 @@ def resolve_params(declared: Mapping[str, Any], overrides: Mapping[str, Any], or
     values = evaluate_params(declared, given, lambda values: values, origin, diagnostics, failed=failed)
     failed |= refused
     return FailedNames(values, failed) if failed else values
+
+
+def _block_param_hint(name: str, blocks: Mapping[str, Any] | None) -> str | None:
+    """How to set block parameter `name` from outside, when one of `blocks` (spec data) declares it."""
+    owners = [block for block, definition in (blocks or {}).items()
+              if isinstance(definition, Mapping) and isinstance(definition.get("params"), Mapping)
+              and name in definition["params"]]
+    if not owners:
+        return None
+    return (f"{name!r} is a parameter of block {' and '.join(map(repr, owners[:3]))}, given by each call's `with:`; "
+            f"to set it from outside, declare it in the spec's `params:` and pass it on: "
+            f"`with: {{{name}: \"${{{name}}}\"}}`")
 
 
 class FailedNames(Mapping[str, Any]):

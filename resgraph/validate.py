@@ -81,7 +81,7 @@ def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics:
     data = _without(loaded.data, entries, blocks, stand_ins)
     root = Origin(loaded.source, ())
     found: list[Diagnostic] = []
-    values = resolve_params(data.get("params", {}), params or {}, root.child("params"), found)
+    values = resolve_params(data.get("params", {}), params or {}, root.child("params"), found, data.get("blocks"))
     shell = {k: v for k, v in data.items() if k not in _TEMPLATES}
     if found and diagnostics is not None:
         failed = set(values.failed) if isinstance(values, FailedNames) else set()

@@ -399,3 +399,25 @@ def test_a_name_declared_nowhere_is_only_unknown() -> None:
           - fc: {op: Linear, out_features: 8, input: nothing}
         """)
     assert problems == [(6, 46, "layer 'fc': unknown node 'nothing'", None)]
+
+
+def test_overriding_a_block_parameter_says_how_to_make_it_settable() -> None:
+    text = textwrap.dedent("""\
+        resgraph: 1
+        name: P
+        inputs:
+          x: [8]
+        blocks:
+          lin:
+            params: {width: 8}
+            layers:
+              - fc: {op: Linear, out_features: "${width}"}
+        layers:
+          - l: {block: lin}
+        """)
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(text, params={"width": 16})
+    (problem,) = caught.value.diagnostics
+    assert problem.message == "cannot override parameter 'width': the spec declares no parameter 'width'"
+    assert problem.hint == ("'width' is a parameter of block 'lin', given by each call's `with:`; to set it from "
+                            "outside, declare it in the spec's `params:` and pass it on: `with: {width: \"${width}\"}`")
