@@ -421,3 +421,29 @@ def test_overriding_a_block_parameter_says_how_to_make_it_settable() -> None:
     assert problem.message == "cannot override parameter 'width': the spec declares no parameter 'width'"
     assert problem.hint == ("'width' is a parameter of block 'lin', given by each call's `with:`; to set it from "
                             "outside, declare it in the spec's `params:` and pass it on: `with: {width: \"${width}\"}`")
+
+
+def test_a_block_library_input_listed_twice_is_refused_in_the_library(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "lib.yaml").write_text(textwrap.dedent("""\
+        resgraph: 1
+        blocks:
+          pair:
+            inputs: [a, b, a]
+            layers:
+              - fc: {op: Linear, out_features: 8, input: a}
+        """))
+    (tmp_path / "net.yaml").write_text(textwrap.dedent("""\
+        resgraph: 1
+        name: P
+        imports: [lib.yaml]
+        inputs:
+          x: [8]
+        layers:
+          - h: {op: Linear, out_features: 4}
+          - p: {block: pair, input: [x, h, x]}
+        """))
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(tmp_path / "net.yaml")
+    (problem,) = caught.value.diagnostics
+    assert str(problem.location) == f"{tmp_path / 'lib.yaml'}:4:20"
+    assert problem.message == "block 'pair': inputs: 'a' is listed twice; each input of a block needs its own name"
