@@ -447,3 +447,26 @@ def test_a_block_library_input_listed_twice_is_refused_in_the_library(tmp_path: 
     (problem,) = caught.value.diagnostics
     assert str(problem.location) == f"{tmp_path / 'lib.yaml'}:4:20"
     assert problem.message == "block 'pair': inputs: 'a' is listed twice; each input of a block needs its own name"
+
+
+@pytest.mark.parametrize(("entry", "column", "key", "meant"), [
+    ("- b: {blok: unit}", 9, "blok", "block"),
+    ("- b: {blocks: unit, with: {c: 3}}", 9, "blocks", "block"),
+    ("- b: {Op: ReLU}", 9, "Op", "op"),
+])
+def test_a_misspelt_op_or_block_key_is_named_at_the_key(entry: str, column: int, key: str, meant: str) -> None:
+    errors = _errors(f"""\
+        resgraph: 1
+        name: P
+        inputs:
+          x: [8]
+        blocks:
+          unit:
+            params: {{c: 8}}
+            layers:
+              - fc: {{op: Linear, out_features: "${{c}}"}}
+        layers:
+          {entry}
+        """)
+    assert errors == [f"<string>:11:{column}: error: layer 'b': unknown key {key!r}; did you mean {meant!r}? "
+                      "(a layer needs `op:`, a block instance `block:`)"]
