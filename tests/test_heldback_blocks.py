@@ -470,3 +470,20 @@ def test_a_misspelt_op_or_block_key_is_named_at_the_key(entry: str, column: int,
         """)
     assert errors == [f"<string>:11:{column}: error: layer 'b': unknown key {key!r}; did you mean {meant!r}? "
                       "(a layer needs `op:`, a block instance `block:`)"]
+
+
+def test_an_instance_whose_when_leaves_no_layer_is_named() -> None:
+    errors = _errors("""\
+        resgraph: 1
+        name: P
+        inputs:
+          x: [8]
+        blocks:
+          unit:
+            layers:
+              - fc: {op: Linear, out_features: 8, when: "${index != 1}"}
+        layers:
+          - a: {block: unit, repeat: 3}
+        """)
+    assert errors == ["<string>:7:5: error: block 'unit': no layer is left (every `when:` is false), so there is no "
+                      "output (in 'a.1')"]
