@@ -178,7 +178,8 @@ def materialize(model: M, *, device: torch.device | str | int = "cpu", seed: int
     Returns:
         `model`, allocated and initialised in place.
     Raises:
-        SpecError: more than `max_params` parameters would be allocated in this process.
+        SpecError: more than `max_params` parameters would be allocated in this process, or constants
+            of more than `max_params` elements (as `build` refuses them).
     """
     from .model import materialize as materialize_model
 
@@ -230,6 +231,9 @@ def render(spec: SpecSource | CompiledModule | Graph, *, params: Mapping[str, An
         rankdir: TB (top to bottom), LR (left to right), BT (bottom to top) or RL (right to left).
         layout: "u" draws an encoder-decoder as a U, the two ends of each top-level skip on one level.
         dpi: the resolution of PNG output (Graphviz's default: 96).
+    Returns:
+        The Digraph; its `spec_files` (the spec, then the block libraries drawn) are never written
+        over by `write_diagram`.
     Raises:
         SpecError: the spec is invalid.
         UsageError: an unknown rankdir or layout, or a torch module resgraph did not build.

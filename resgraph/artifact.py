@@ -153,18 +153,14 @@ def _check_savable(module: CompiledModule) -> None:
         UsageError: a tensor is on the meta device, a DTensor (FSDP2 shard), or of another dtype
             than a build of the module's spec gives it; a submodule was replaced after the build.
     """
-    from .distributed import is_dtensor
+    from .distributed import require_unsharded
     from .lower import require_weights
     from .model import meta_module, require_as_built
     from .ops.generic import allowed_imports
 
     require_weights(module, "save")
     state = module.state_dict()
-    sharded = next((key for key, tensor in state.items() if is_dtensor(tensor)), None)
-    if sharded is not None:
-        raise UsageError(f"{type(module).__name__} is sharded ({sharded} is a DTensor): a .pt file holds whole "
-                         "weights; save the full state dict (torch.distributed.checkpoint.state_dict."
-                         "get_model_state_dict with full_state_dict=True) or use torch.distributed.checkpoint")
+    require_unsharded(module, "a .pt file", state)
     with allowed_imports(module.build_record.allow_imports):
         rebuilt = meta_module(module.graph)  # what a rebuild gives (modules, dtypes), allocating nothing
     require_as_built(module, "a .pt file", rebuilt)

@@ -315,9 +315,16 @@ def _build(args: argparse.Namespace) -> int:
                          "the diagram would overwrite the model. Name two files")
     if args.opset is not None and not (args.output or "").lower().endswith(".onnx"):
         raise UsageError("--opset applies to ONNX files: add -o FILE.onnx")
-    if args.device == "meta" and args.output and find_format(args.output, "model").suffix != ".py":
-        raise UsageError(f"-o {args.output}: a model built with --device meta has no weights to save; "
-                         "build it on a real device, or write its code with -o FILE.py")
+    device = _device(args.device)
+    if getattr(device, "type", None) == "meta":  # (`meta:0` too) flags that would do nothing on a model without weights
+        if args.output and find_format(args.output, "model").suffix != ".py":
+            raise UsageError(f"-o {args.output}: a model built with --device {args.device} has no weights to save; "
+                             "build it on a real device, or write its code with -o FILE.py")
+        for flag, value, does in (("--seed", args.seed, "chooses the initial weights"),
+                                  ("--max-params", args.max_params, "bounds the weights allocated")):
+            if value is not None:
+                raise UsageError(f"{flag} {does}, and --device {args.device} allocates none (no limit applies on "
+                                 f"meta): drop {flag}, or build on a real device")
     from .api import DEFAULT_MAX_PARAMS, build, render, summary
     from .export_py import build_options
     from .formats import save
@@ -326,7 +333,7 @@ def _build(args: argparse.Namespace) -> int:
     columns = parse_columns(args.columns)  # an unknown column is refused before the model is built
     module = build(pathlib.Path(args.spec), params=_overrides(args.overrides), seed=args.seed,
                    max_params=args.max_params or DEFAULT_MAX_PARAMS, allow_imports=args.allow_imports,
-                   input_shapes=_input_shapes(args.inputs), device=_device(args.device))
+                   input_shapes=_input_shapes(args.inputs), device=device)
     imports = [name for name, _ in module.build_record.imports or ()]
     for flag, path in (("-o", args.output), ("--diagram", args.diagram)):
         if path is not None:  # (the libraries a spec imports are known once it is read)
@@ -406,23 +413,17 @@ def _device(name: str | None) -> object:
 
 
 def _check_output(path: str, flag: str, spec: str, imports: Iterable[str] = ()) -> None:
-    """Refuse an empty output name, or one that is a file the build reads, which writing would
-    overwrite with the output: the spec itself, or a block library it imports (by any path:
-    `./spec.svg`, a symlink or a hard link).
+    """Refuse an empty output name, or one that is a file the build reads (`formats.refuse_sources`).
 
     Raises:
         UsageError: which, and what to do.
     """
-    from .errors import UsageError, one_line
-    from .files import same_file
+    from .errors import UsageError
+    from .formats import refuse_sources
 
     if not path:
         raise UsageError(f"{flag}: the file name is empty; name the file to write")
-    for source, what in [(spec, "the spec file"), *((name, "the block library") for name in imports)]:
-        if same_file(path, source):
-            imported = "" if source == spec else " that the spec imports"
-            raise UsageError(f"{flag} {one_line(path)}: that is {what} {one_line(source)}{imported}; writing it "
-                             f"would overwrite it. Name another file")
+    refuse_sources(path, spec, imports, flag=flag)
 
 
 def _render(args: argparse.Namespace) -> int:

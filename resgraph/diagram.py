@@ -80,6 +80,8 @@ class RenderOptions:
 def render_graph(graph: Graph, module: Any, options: RenderOptions = RenderOptions()) -> Any:
     """The diagram of a typed graph. `module` supplies parameter counts (it may live on `meta`).
 
+    The Digraph's `spec_files` names the files it was drawn from (the spec, then its libraries).
+
     Raises:
         UsageError: an unknown rankdir or layout, a depth or dpi that is not a whole number >= 1, or
             `layout="u"` for a graph without top-level skips.
@@ -110,6 +112,9 @@ def render_graph(graph: Graph, module: Any, options: RenderOptions = RenderOptio
     # Edges go to the root graph: an edge written inside a cluster would pull both ends into it.
     for edge in edges:
         dot.edge(edge.tail, edge.head, **edge.attrs)
+    # The files it was drawn from, spec first, then the libraries its blocks came from: `write_diagram` never
+    # writes over them. (An attribute, not DOT text: the DOT would change with where the spec lies.)
+    dot.spec_files = tuple(dict.fromkeys([graph.file, *(sub.file for _, sub in graph.subgraphs())]))
     return dot
 
 

@@ -32,20 +32,20 @@ import contextlib
 import functools
 import sys
 import types
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from .errors import Diagnostic, UsageError
+from .errors import UsageError
 from .graph import BlockNode, Graph
 from .ownership import tied_parameters
 from .suggest import did_you_mean
 
 __all__ = ["block_names", "checkpoint", "checkpointed_class", "compile", "fill", "instances", "is_dtensor",
-           "local_numel", "shard", "spec_checkpoints", "training_diagnostics"]
+           "local_numel", "require_unsharded", "shard", "spec_checkpoints"]
 
 M = TypeVar("M", bound=nn.Module)
 Choose = Callable[[BlockNode, Graph], bool]
@@ -56,6 +56,13 @@ def block_names(graph: Graph) -> list[str]:
     return list(dict.fromkeys(instance.block for _, instance in graph.subgraphs() if instance.block))
 
 
+def _nameable(graph: Graph) -> list[str]:
+    """The block names `blocks=` may give: every block the spec defines or imports (one a false
+    `when:` or the parameters in force leave uncalled chooses no instance), and those instantiated
+    (all a graph built by hand knows of). The `training:` plan's names are checked by `expand`."""
+    return list(dict.fromkeys([*block_names(graph), *graph.defined_blocks]))
+
+
 def _chooser(graph: Graph, blocks: Iterable[str] | None) -> Choose:
     """Which instances `blocks` names (None: those of every repeated block call)."""
     if blocks is None:
@@ -63,7 +70,7 @@ def _chooser(graph: Graph, blocks: Iterable[str] | None) -> Choose:
     if isinstance(blocks, str):  # a lone name would otherwise be read as a list of characters
         blocks = [blocks]
     wanted = set(blocks)
-    known = block_names(graph)
+    known = _nameable(graph)
     unknown = sorted(wanted - set(known))
     if unknown:
         raise UsageError(f"{graph.name} has no block named {unknown[0]!r}{did_you_mean(unknown[0], known)} "
@@ -118,20 +125,6 @@ def _planned(model: nn.Module, key: str, blocks: Iterable[str] | None) -> Iterab
     return getattr(spec.training, key) if spec is not None else None
 
 
-def training_diagnostics(training: Any, graph: Graph) -> list[Diagnostic]:
-    """A diagnostic for each block named in a spec's `training:` section that the model lacks."""
-    known = block_names(graph)
-    diagnostics = []
-    for key in ("shard", "compile"):
-        for index, name in enumerate(getattr(training, key) or []):
-            if name not in known:
-                where = graph.origin.child("training", key, index).locate()
-                diagnostics.append(Diagnostic(where, f"training.{key}: {graph.name} has no block named "
-                                                     f"{name!r}{did_you_mean(name, known)}",
-                                              f"name blocks it instantiates: {', '.join(known) or 'it has none'}"))
-    return diagnostics
-
-
 def _apart_from_ties(model: nn.Module, chosen: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
     """The chosen instances that hold both names of every tie they hold one of.
 
@@ -169,11 +162,18 @@ def shard(model: M, *, mesh: Any = None, blocks: Iterable[str] | None = None, **
     Returns:
         `model`, sharded in place (its class becomes FSDP2's subclass of the generated one).
     Raises:
-        UsageError: a name in `blocks` is not a block of this model.
+        UsageError: a name in `blocks` is not a block of this model, or the model (or a chosen
+            instance) is sharded already.
     """
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import FSDPModule, fully_shard
 
     chosen = _apart_from_ties(model, instances(model, _planned(model, "shard", blocks)))
+    # FSDP2 takes a module once, and says so with a bare AssertionError (and the module's repr).
+    done = next((name or "the model" for name, module in [("", model), *chosen] if isinstance(module, FSDPModule)),
+                None)
+    if done is not None:
+        raise UsageError(f"{_graph(model).name} is sharded already ({done} is an FSDP2 unit): fully_shard takes "
+                         "a module once; shard a model once, or build it again to shard it another way")
     for _, module in sorted(chosen, key=lambda item: -item[0].count(".")):  # children before parents
         fully_shard(module, mesh=mesh, **options)
     fully_shard(model, mesh=mesh, **options)
@@ -317,6 +317,26 @@ def _dtensor(tensor: torch.Tensor) -> Any:
 def is_dtensor(tensor: torch.Tensor) -> bool:
     """True for a DTensor (an FSDP2 shard), without importing torch.distributed.tensor."""
     return _dtensor(tensor) is not None
+
+
+def require_unsharded(module: nn.Module, what: str, state: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Refuse to write or trace `module` as `what` (a .pt file, an ONNX file, torch.export) when it
+    is sharded: a file of whole weights would hold only this process's shards, which nothing loads
+    back as the model, and tracing fails deep inside torch on the DTensors.
+
+    Args:
+        state: `module.state_dict()`, where the caller has it already.
+    Raises:
+        UsageError: naming the model (by its spec's name, not FSDP2's `FSDP<name>` class), the first
+            DTensor, and how to get whole weights.
+    """
+    state = module.state_dict() if state is None else state
+    sharded = next((key for key, tensor in state.items() if is_dtensor(tensor)), None)
+    if sharded is not None:
+        raise UsageError(f"{_graph(module).name} is sharded ({sharded} is a DTensor): {what} needs whole weights; "
+                         "gather them (torch.distributed.checkpoint.state_dict.get_model_state_dict with "
+                         "full_state_dict=True) into an ordinary resgraph.build (load_state_dict), or save the shards "
+                         "with torch.distributed.checkpoint")
 
 
 def local_numel(tensor: torch.Tensor) -> int:

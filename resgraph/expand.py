@@ -110,6 +110,7 @@ class Scope:
     params: dict[str, Any] = field(default_factory=dict)
     left_out: dict[str, LeftOut] = field(default_factory=dict)  # entries whose `when:` is false
     blind: bool = False  # made with nothing known of a call (`Expander.blind`): repeat counts unknown
+    defined_blocks: tuple[str, ...] = ()  # the top level's: every block the spec defines or imports, called or not
     # Where else a name this scope does not know is declared (see `Expander.declared_elsewhere`).
     elsewhere: Callable[[str], str | None] = field(default=lambda name: None, repr=False)
 
@@ -404,8 +405,24 @@ class Expander(_BlockTable):
         if self.diagnostics:  # the blocks could not be read, or the spec is too big: nothing more to report
             return self.placeholder(top, root)
         inputs = {name: None if spec.invalid_input(name) else decl for name, decl in spec.input_decls().items()}
-        return self.scope(spec.name, top, root, dict(spec.params), (), inputs=inputs,
-                          params=dict(spec.params), top_level=True)
+        scope = self.scope(spec.name, top, root, dict(spec.params), (), inputs=inputs,
+                           params=dict(spec.params), top_level=True)
+        scope.defined_blocks = tuple(self.blocks)
+        self.check_training(root)
+        return scope
+
+    def check_training(self, root: Origin) -> None:
+        """A diagnostic for each block the `training:` plan names that the spec neither defines nor
+        imports. (One it defines but the parameters in force leave uncalled is no mistake: the plan
+        chooses no instance of it.)"""
+        known = list(self.blocks)
+        for key in ("shard", "compile"):
+            for index, name in enumerate(getattr(self.spec.training, key) or []):
+                if name not in self.blocks:
+                    self.diagnostics.append(Diagnostic(
+                        root.child("training", key, index).locate(),
+                        f"training.{key}: {self.spec.name} has no block named {name!r}{did_you_mean(name, known)}",
+                        f"name a block it defines or imports: {', '.join(known) or 'none'}"))
 
     def placeholder(self, top: _Body, root: Origin) -> Scope:
         """The top level with every entry refused: resolving it reports nothing more."""

@@ -22,14 +22,14 @@ import importlib
 import importlib.util
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import UsageError
 
-__all__ = ["FORMATS", "OutputFormat", "check_writable", "diagram_suffixes", "find_format", "model_suffixes", "save",
-           "write_diagram"]
+__all__ = ["FORMATS", "OutputFormat", "check_writable", "diagram_suffixes", "find_format", "model_suffixes",
+           "refuse_model_sources", "refuse_sources", "save", "write_diagram"]
 
 Kind = Literal["model", "diagram"]
 
@@ -112,7 +112,8 @@ def save(model: Any, path: str | os.PathLike[str], **options: Any) -> None:
         options: the writer's own keyword arguments (.onnx: `opset`, `dynamic_batch`).
     Raises:
         UsageError: an unknown suffix, a missing optional package, an option the format does not
-            take, a path that cannot be written, or a module resgraph did not build.
+            take, a path that cannot be written or that is the spec the model was built from (or a
+            block library it imports), or a module resgraph did not build.
         ResgraphError: the exporter failed.
     """
     from .model import built_model
@@ -121,6 +122,7 @@ def save(model: Any, path: str | os.PathLike[str], **options: Any) -> None:
     fmt = find_format(name, "model")
     writer = fmt.load_writer()
     model = built_model(model, "save")  # (a wrapper's: its model's)
+    refuse_model_sources(name, model)
     accepted = inspect.signature(writer).parameters
     unknown = [key for key in options if key not in accepted or key in ("model", "module", "path")]
     if unknown:
@@ -130,6 +132,46 @@ def save(model: Any, path: str | os.PathLike[str], **options: Any) -> None:
         writer(model, name, **options)
     except OSError as exc:
         raise _cannot_write(name, exc) from None
+
+
+def refuse_sources(path: str | os.PathLike[str], spec: str, imports: Iterable[str] = (), *,
+                   flag: str | None = None) -> None:
+    """Refuse an output that is a file it was made from, which writing would overwrite: the spec
+    itself, or a block library it imports, by any path to it (`./spec.yaml`, a symlink, a hard link).
+    The CLI's `-o` and `--diagram`, `save` and `write_diagram` all ask here.
+
+    >>> refuse_sources("net.svg", "net.yaml")
+    >>> try:
+    ...     refuse_sources("./net.yaml", "net.yaml", flag="-o")
+    ... except UsageError as exc:
+    ...     print(exc)
+    -o ./net.yaml: that is the spec file net.yaml; writing it would overwrite it. Name another file
+
+    Args:
+        flag: the command-line option that named `path`, said before it.
+    Raises:
+        UsageError: which file it is, and what to do.
+    """
+    from .errors import one_line
+    from .files import same_file
+
+    name = os.fspath(path)
+    named = f"{flag} {one_line(name)}" if flag else one_line(name)
+    for source, what in [(spec, "the spec file"), *((library, "the block library") for library in imports)]:
+        if same_file(name, source):
+            imported = "" if source == spec else " that the spec imports"
+            raise UsageError(f"{named}: that is {what} {one_line(source)}{imported}; writing it would overwrite it. "
+                             "Name another file")
+
+
+def refuse_model_sources(path: str | os.PathLike[str], model: Any) -> None:
+    """`refuse_sources` for a model from `build`, whose build record names its spec and libraries.
+
+    Raises:
+        UsageError: `path` is one of them.
+    """
+    record = model.build_record
+    refuse_sources(path, record.file, [library for library, _ in record.imports or ()])
 
 
 def check_writable(path: str | os.PathLike[str], *, replace: bool = True) -> None:
@@ -167,11 +209,15 @@ def write_diagram(dot: Any, path: str | os.PathLike[str], *, replace: bool = Tru
         None on success; when Graphviz's `dot` program is missing and the format needs it, the
         path of the .dot file written instead.
     Raises:
-        UsageError: an unknown suffix, or a path that cannot be written.
+        UsageError: an unknown suffix, a path that cannot be written, or one that is a file the
+            diagram was drawn from (its `spec_files`, see `resgraph.render`).
         FileExistsError: `replace` is False and another file, or a symlink, is at `path`.
     """
     name = os.fspath(path)
     writer = find_format(name, "diagram").load_writer()
+    drawn_from = getattr(dot, "spec_files", ())  # (none for a Digraph resgraph did not draw)
+    if drawn_from:
+        refuse_sources(name, drawn_from[0], drawn_from[1:])
     check_writable(name, replace=replace)
     try:
         return writer(dot, name, replace=replace)

@@ -191,6 +191,9 @@ class Graph:
     params: dict[str, Any] = field(default_factory=dict)  # a block instance's parameter values
     meta: dict[str, Any] = field(default_factory=dict)  # graph-level analysis results (see infer_shapes)
     left_out: dict[str, int] = field(default_factory=dict)  # layers a false `when:` left out -> its line
+    # The top level's: every block the spec defines or imports, called or not (a `when:` may leave
+    # out a block's only call, a depth scale its instances): what the `training:` plan may name.
+    defined_blocks: tuple[str, ...] = ()
 
     @property
     def file(self) -> str:

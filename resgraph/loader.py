@@ -323,16 +323,9 @@ _RESGRAPH_KEY = re.compile(r"""(?:^|[{,])[ \t]*["']?resgraph["']?[ \t]*:""", re.
 
 def _read_text(name: str, *, regular_only: bool) -> str:
     """The text of a file, read at most MAX_BYTES (see `load_file`)."""
-    try:
-        if regular_only:
-            # Checked before opening: opening a FIFO blocks until a writer appears.
-            _require_regular(name, os.stat(name).st_mode)
-        with open(name, "rb") as handle:
+    with open_regular(name, _SPEC_FILES_ONLY) if regular_only else _open_spec(name) as handle:
+        try:
             status = os.fstat(handle.fileno())
-            if regular_only:
-                _require_regular(name, status.st_mode)  # it may have been swapped since the check
-            if stat.S_ISDIR(status.st_mode):
-                raise IsADirectoryError
             regular = stat.S_ISREG(status.st_mode)
             if regular and status.st_size > MAX_BYTES:
                 raise UsageError(_too_big(name, status.st_size))  # said before reading a byte of it
@@ -341,12 +334,8 @@ def _read_text(name: str, *, regular_only: bool) -> str:
             data = handle.read(status.st_size + 1 if regular else MAX_BYTES + 1)
             if regular and len(data) > status.st_size:  # it grew since (or has no size: /proc)
                 data += handle.read(MAX_BYTES + 1 - len(data))
-    except FileNotFoundError:
-        raise UsageError(f"{name}: no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{name}: is a directory, not a spec file") from None
-    except OSError as exc:
-        raise UsageError(f"{name}: cannot read it ({os_reason(exc)})") from None
+        except OSError as exc:
+            raise UsageError(f"{name}: cannot read it ({os_reason(exc)})") from None
     if len(data) > MAX_BYTES:
         raise UsageError(_too_big(name, None))
     try:
@@ -381,7 +370,7 @@ def os_reason(exc: BaseException) -> str:
 
 
 def open_regular(name: str, what: str) -> BinaryIO:
-    """`name` opened for reading in binary, if it is a regular file (a file `torch.load` is given).
+    """`name` opened for reading in binary, if it is a regular file (an import, a file `torch.load` is given).
 
     Never blocks and never reads anything else: a FIFO would block the open until a writer came,
     and a device (/dev/zero) would be read without end. The kind is checked before opening (a
@@ -392,20 +381,15 @@ def open_regular(name: str, what: str) -> BinaryIO:
     Raises:
         UsageError: no such file, not a regular file (naming its kind), or it cannot be read.
     """
-    def refuse(mode: int) -> None:
-        if not stat.S_ISREG(mode):
-            kind = "a directory" if stat.S_ISDIR(mode) else _file_kind(mode)
-            raise UsageError(f"{name}: not a regular file ({kind}); {what}")
-
     try:
-        refuse(os.stat(name).st_mode)
+        _refuse_irregular(name, os.stat(name).st_mode, what)
         descriptor = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO swapped in: no wait
     except FileNotFoundError:
         raise UsageError(f"{name}: no such file") from None
     except OSError as exc:
         raise UsageError(f"{name}: cannot read it ({os_reason(exc)})") from None
     try:
-        refuse(os.fstat(descriptor).st_mode)
+        _refuse_irregular(name, os.fstat(descriptor).st_mode, what)
         os.set_blocking(descriptor, True)
         return os.fdopen(descriptor, "rb")
     except BaseException:
@@ -413,11 +397,35 @@ def open_regular(name: str, what: str) -> BinaryIO:
         raise
 
 
-def _require_regular(name: str, mode: int) -> None:
-    if stat.S_ISDIR(mode):
-        raise IsADirectoryError
+def _open_spec(name: str) -> BinaryIO:
+    """A spec file the user named, opened: a pipe or a device (`/dev/stdin`) too, but never a directory.
+
+    A pipe the user names is waited on (its writer may start after resgraph), so it opens blocking.
+    """
+    try:
+        handle = open(name, "rb")  # closed by the caller's `with`
+    except FileNotFoundError:
+        raise UsageError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(_not_regular(name, stat.S_IFDIR, _SPEC_FILES_ONLY)) from None
+    except OSError as exc:
+        raise UsageError(f"{name}: cannot read it ({os_reason(exc)})") from None
+    return handle
+
+
+_SPEC_FILES_ONLY = "only spec files can be read"
+
+
+def _refuse_irregular(name: str, mode: int, what: str) -> None:
     if not stat.S_ISREG(mode):
-        raise UsageError(f"{name}: not a regular file ({_file_kind(mode)}); only spec files can be read")
+        raise UsageError(_not_regular(name, mode, what))
+
+
+def _not_regular(name: str, mode: int, what: str) -> str:
+    """What is said of a file of the wrong kind, whichever reader refuses it (one wording for all of them)."""
+    if stat.S_ISDIR(mode):
+        return f"{name}: is a directory, not a regular file; {what}"
+    return f"{name}: not a regular file ({_file_kind(mode)}); {what}"
 
 
 def _file_kind(mode: int) -> str:
@@ -627,8 +635,12 @@ class _Unreadable(Exception):
 
 
 # Plain scalars YAML 1.1 (PyYAML) and YAML 1.2 read differently, refused rather than read one way silently:
-# `010` (octal 8, or 10), `1:30` (base 60: 90, or text), `yes`/`on`/`no`/`off` (booleans, or text).
+# `010` (octal 8, or 10), `1:30` (base 60: 90, or text), `yes`/`on`/`no`/`off` (booleans, or text), `0b100`
+# (binary 4, or text: YAML 1.2's core schema has no binary), and what YAML 1.1 leaves text but YAML 1.2 reads
+# as an integer: decimals with a leading zero that are no octal (`08`, `-019`), and `0o17` (YAML 1.2's octal).
 _LEADING_ZERO = re.compile(r"^[-+]?0[0-7_]+$")
+_BINARY = re.compile(r"^[-+]?0b[01_]+$")
+_YAML12_INT = re.compile(r"^[-+]?[0-9]+$|^0o[0-7]+$")  # (in a plain scalar PyYAML left text: see above)
 _YAML11_BOOLS = frozenset({"yes", "no", "on", "off"})
 
 
@@ -640,15 +652,17 @@ def _scalar_value(node: yaml.ScalarNode) -> Any:
     """
     written = node.value
     if node.tag == _STR:
-        if not node.style and written[:1] in _NUMBER_START and _EXPONENT_FLOAT.match(written):
-            return float(written)  # `eps: 1e-6`: a number, as YAML 1.2 reads it
+        if not node.style and written[:1] in _NUMBER_START and _untagged(node):  # (`!!str 1e-6` is text)
+            if _EXPONENT_FLOAT.match(written):
+                return float(written)  # `eps: 1e-6`: a number, as YAML 1.2 reads it
+            if _YAML12_INT.match(written):
+                _refuse_yaml11_reading(node.tag, written, _shown(written))
         return written  # the common case needs no constructor
     if (node.tag == _INT and len(written) <= 18 and written.isascii() and written.isdigit()
             and written[0] != "0"):
         return int(written)  # the common case; YAML 1.1's `0755` is octal; `1_000`, `0x1f`, long ones: PyYAML
-    text = written if len(written) <= 40 else f"{written[:20]}...{written[-10:]}"
-    # (a tagged value, `!!bool yes`, says which reading it means; its node spans more than its text)
-    if not node.style and node.end_mark.index - node.start_mark.index == len(written):
+    text = _shown(written)
+    if not node.style and _untagged(node):
         _refuse_yaml11_reading(node.tag, written, text)
     try:
         value = _SCALARS.yaml_constructors[node.tag](_SCALARS, node)
@@ -658,10 +672,41 @@ def _scalar_value(node: yaml.ScalarNode) -> Any:
             raise _Unreadable(f"cannot read scalar {text!r}: {reason}") from None
         value = MAX_INT + 1
     if isinstance(value, int) and abs(value) >= MAX_INT:  # (`0xfff...` of 6,000 digits: later str() raised)
-        length = f" ({len(node.value):,} characters)" if text != node.value else ""
-        raise _Unreadable(f"the integer {text}{length} is too large: a spec's integers are smaller than 10^100 "
-                          "(no tensor size, index or dtype holds more than 2^64)")
+        raise _too_large(written, text)
     return value
+
+
+def _too_large(written: str, text: str) -> _Unreadable:
+    length = f" ({len(written):,} characters)" if text != written else ""
+    return _Unreadable(f"the integer {text}{length} is too large: a spec's integers are smaller than 10^100 "
+                       "(no tensor size, index or dtype holds more than 2^64)")
+
+
+def _integer(written: str, base: int, text: str) -> int:
+    """A plain scalar's integer in `base` (a sign, a `0b`/`0o` prefix and `_`s allowed), for messages.
+
+    Raises:
+        _Unreadable: 10^100 or more, as any integer in a spec (read first: Python reads no decimal of
+            over 4,300 digits, nor writes one, so a long one ended in a ValueError's traceback).
+    """
+    digits = written.replace("_", "")
+    negative = digits.startswith("-")
+    digits = digits.lstrip("+-")
+    digits = (digits[2:] if digits[:2] in ("0b", "0o") else digits).lstrip("0") or "0"
+    if len(digits) * math.log10(base) > 101 or int(digits, base) >= MAX_INT:
+        raise _too_large(written, text)
+    return -int(digits, base) if negative else int(digits, base)
+
+
+def _shown(written: str) -> str:
+    """A scalar's text as messages quote it: a long one shortened."""
+    return written if len(written) <= 40 else f"{written[:20]}...{written[-10:]}"
+
+
+def _untagged(node: yaml.ScalarNode) -> bool:
+    """Whether a plain scalar has no tag: a tagged one (`!!bool yes`, `!!str 08`) says which reading it
+    means (its node spans more than its text)."""
+    return node.end_mark.index - node.start_mark.index == len(node.value)
 
 
 def _refuse_yaml11_reading(tag: str, written: str, text: str) -> None:
@@ -669,10 +714,18 @@ def _refuse_yaml11_reading(tag: str, written: str, text: str) -> None:
     value than YAML 1.2 does (see `_LEADING_ZERO`): a spec means one of them, and which is not clear."""
     kind = tag.rpartition(":")[2]
     if kind == "int" and _LEADING_ZERO.match(written):
-        decimal, octal = int(written.replace("_", ""), 10), int(written.replace("_", ""), 8)
+        decimal, octal = _integer(written, 10, text), _integer(written, 8, text)
         if decimal != octal:  # (`007` is 7 either way)
             raise _Unreadable(f"{text} has a leading zero: YAML 1.1 reads it as octal ({octal}), YAML 1.2 as {decimal}",
                               f"write {decimal}, or {octal} for the octal value; quote it for text")
+    if kind == "int" and _BINARY.match(written):
+        value = _integer(written, 2, text)
+        raise _Unreadable(f"{text} is the binary number {value} in YAML 1.1 and text in YAML 1.2",
+                          f"write {value} for the number, or quote it for text")
+    if kind == "str" and _YAML12_INT.match(written):  # (`08`, `0o17`: text to YAML 1.1, which PyYAML reads)
+        value = _integer(written, 8 if written.startswith("0o") else 10, text)
+        raise _Unreadable(f"{text} is text in YAML 1.1 and the integer {value} in YAML 1.2",
+                          f"write {value} for the number, or quote it for text")
     if kind in ("int", "float") and ":" in written:
         raise _Unreadable(f"{text} is a base-60 number in YAML 1.1 and text in YAML 1.2",
                           "quote it for text; write the number itself for a number")

@@ -17,7 +17,13 @@ from typing import Any, NamedTuple, TypeVar
 import torch
 from torch import nn
 
-from .distributed import checkpointed_class, fill, local_numel, spec_checkpoints, training_diagnostics
+from .distributed import (
+    checkpointed_class,
+    fill,
+    local_numel,
+    require_unsharded,
+    spec_checkpoints,
+)
 from .errors import Diagnostic, SpecError, UsageError
 from .graph import Graph, LayerNode
 from .loader import gc_paused, load_text
@@ -120,10 +126,14 @@ class CompiledModule(GeneratedModule):
         # see `modes`. A submodule put in place of a built one (`model.fc = nn.Linear(2048, 10)`,
         # fine-tuning) travels as itself: the record rebuilds the old one, whose state the new one's
         # would not fit.
+        state = self.state_dict()
+        # A sharded model's state holds this process's shards as DTensors: the file would load as no
+        # model (and torch.save of any other FSDP2 module is refused, its class being generated too).
+        require_unsharded(self, "torch.save(model) (or pickle)", state)
         kept = modes(self)
         # Instances checkpointed by `resgraph.checkpoint` (the record rebuilds only the spec's).
         checkpointed = [name for name, m in self.named_modules() if getattr(type(m), "_checkpointed", False)]
-        return (_unpickle, (self.build_record, self.state_dict(), kept.training, kept.frozen, kept.flipped,
+        return (_unpickle, (self.build_record, state, kept.training, kept.frozen, kept.flipped,
                             replaced_modules(self), checkpointed))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> CompiledModule:
@@ -289,17 +299,18 @@ def _unpickle(record: BuildRecord, state: dict[str, Any], training: bool,
 
 
 def _restored(module: CompiledModule, state: dict[str, Any], meta: bool) -> CompiledModule:
-    """`module` (rebuilt) with the pickled `state`, each tensor of its dtype and device."""
+    """`module` (rebuilt) with the pickled `state`, each tensor of its dtype and device (a meta model,
+    rebuilt on meta, has no values to load, but keeps its dtypes: one built on meta and converted
+    with `.to(torch.bfloat16)` before `materialize` is pickled so)."""
     tensors = list(state.values())
-    if meta:
-        return module
     floating = {t.dtype for t in tensors if t.is_floating_point()}
     devices = {t.device for t in tensors}
     if len(floating) == 1:  # (non-persistent buffers, which the state lacks, follow too)
         module.to(floating.pop())
-    if len(devices) == 1:
-        module.to(devices.pop())
-    module.load_state_dict(state)
+    if not meta:
+        if len(devices) == 1:
+            module.to(devices.pop())
+        module.load_state_dict(state)
     own = dict(module.named_parameters(remove_duplicate=False))
     own.update(module.named_buffers(remove_duplicate=False))
     for key, tensor in state.items():  # mixed dtypes or devices: each tensor as it was
@@ -319,12 +330,8 @@ def compile_model(spec: Spec, graph: Graph, record: BuildRecord, *, seed: int | 
             the weights equal a CPU build's with the same seed and no CPU copy is made.
     Raises:
         SpecError: the model has more than `max_params` parameters (checked before any weight
-            is allocated), torch refused a layer's arguments, or the `training:` section names a
-            block the model lacks.
+            is allocated), or torch refused a layer's arguments.
     """
-    diagnostics = training_diagnostics(spec.training, graph)
-    if diagnostics:
-        raise SpecError(diagnostics)
     graph.meta["sizes"] = solve_sizes(graph, square=False)  # the forward's input guard states them
     target = None if device is None else torch.device(device)
     # Lower on CPU or meta directly; on any other device, lower on meta and materialize there, so
@@ -360,7 +367,8 @@ def materialize(module: C, *, device: Device = "cpu", seed: int | None = None,
     a sharded (FSDP2) parameter receives only this process's shard.
 
     Args:
-        module: a model returned by `resgraph.build` (usually with `device="meta"`).
+        module: a model returned by `resgraph.build` (usually with `device="meta"`), or
+            torch.compile's wrapper of one.
         device: where to allocate (e.g. "cuda", torch.device("cuda", local_rank)).
         seed: the seed a build would have used; None: draw from (and advance) the global RNG.
         max_params: refuse to allocate more than this many parameters in this process (a
@@ -368,13 +376,16 @@ def materialize(module: C, *, device: Device = "cpu", seed: int | None = None,
     Returns:
         `module`, allocated and initialised in place.
     Raises:
-        SpecError: more than `max_params` parameters would be allocated.
-        UsageError: `module` was not built by resgraph, or a submodule put in place after the build
-            has tensors and no `reset_parameters()`.
+        SpecError: more than `max_params` parameters would be allocated, or constants (`full`,
+            `constant`, `arange` buffers) of more than `max_params` elements, as `build` refuses them.
+        UsageError: `module` was not built by resgraph (nor wraps a model that was), or a submodule
+            put in place after the build has tensors and no `reset_parameters()`.
     """
-    graph, record = getattr(module, "graph", None), getattr(module, "build_record", None)
-    if not isinstance(graph, Graph) or not isinstance(record, BuildRecord):
-        raise UsageError(f"materialize needs a model returned by resgraph.build, not a {type(module).__name__}")
+    # torch.compile's wrapper forwards `graph` to the model it holds, but names every submodule
+    # `_orig_mod.*`: read as the model, all of it counted as put in place after the build and was
+    # initialised by torch's reset_parameters, not as the seeded build.
+    given, module = module, built_model(module, "materialize")
+    graph, record = module.graph, module.build_record
     # Submodules put in place after the build (a new head for fine-tuning) are not the spec's: each
     # is initialised as torch initialises a module after `to_empty`, by its own `reset_parameters`.
     # One already allocated keeps its values.
@@ -395,6 +406,7 @@ def materialize(module: C, *, device: Device = "cpu", seed: int | None = None,
             top = name.split(".", 1)[0]  # a node's attribute is named after it
             sizes[top] = sizes.get(top, 0) + local_numel(parameter)
         _check_size(graph, sizes, max_params, "this process would allocate", meta_hint=False)
+        _check_constants(graph, max_params, meta_hint=False)  # (buffers: FSDP2 shards none of them)
     module.to_empty(device=device)
     tied = {tie.path for tie in tied_parameters(graph)}  # filled through their owners
     with allowed_imports(record.allow_imports), seeded(seed), torch.device("cpu"), torch.no_grad():
@@ -418,7 +430,7 @@ def materialize(module: C, *, device: Device = "cpu", seed: int | None = None,
         for path, state in kept.items():
             module.get_submodule(path).load_state_dict(state)
     tie_parameters(module, graph)  # to_empty made a tied parameter a tensor of its own again
-    return module
+    return given
 
 
 def export_program(module: CompiledModule, *, dynamic: bool = True, **options: Any) -> Any:
@@ -436,7 +448,10 @@ def export_program(module: CompiledModule, *, dynamic: bool = True, **options: A
         The `torch.export.ExportedProgram`, traced at `module.example_inputs()`. (Its graph's nodes are
         renamed through fx's own namespace, which keeps names unique; a later
         `program.run_decompositions()` makes new nodes, named by torch again.)
+    Raises:
+        UsageError: the model is sharded (FSDP2): export an ordinary build holding its full state dict.
     """
+    require_unsharded(module, "torch.export")  # (it failed reading a FakeTensor's data pointer)
     program = torch.export.export(module, module.example_inputs(batch=2),
                                   dynamic_shapes=module.dynamic_shapes() if dynamic else None, **options)
     return name_outputs(program, module.graph)
@@ -526,12 +541,13 @@ def _check_size(graph: Graph, sizes: dict[str, int], limit: int, subject: str = 
     raise SpecError([Diagnostic(graph.where(graph.nodes[largest]), message, hint)])
 
 
-def _check_constants(graph: Graph, limit: int) -> None:
+def _check_constants(graph: Graph, limit: int, meta_hint: bool = True) -> None:
     """Refuse constants (`full`, `constant`, `arange` buffers) holding more than `limit` elements in all.
 
     They are not parameters, but a build allocates and fills them as it does weights, so the same
     limit bounds them before anything is allocated (a `full` of shape [100000, 100000, 10] asked
-    for 400 GB while `--max-params` guarded only the weights).
+    for 400 GB while `--max-params` guarded only the weights), and so does `materialize`, which
+    allocates them for a meta build. `meta_hint`: as for `_check_size`.
 
     Raises:
         SpecError: at the largest constant, with the total and the limit.
@@ -549,8 +565,9 @@ def _check_constants(graph: Graph, limit: int) -> None:
                                                    f"{total:,} elements, more than the limit of {limit:,}; this one "
                                                    f"has {size:,}",
                                 "constants are allocated like weights and --max-params N (Python: max_params=N) "
-                                "bounds them too: raise it if this is intended; or inspect the model without "
-                                "allocating: --device meta (Python: device='meta')")])
+                                "bounds them too: raise it if this is intended"
+                                + ("; or inspect the model without allocating: --device meta (Python: device='meta')"
+                                   if meta_hint else ""))])
 
 
 def _size(n_bytes: float) -> str:

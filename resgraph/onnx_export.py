@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import ResgraphError, UsageError
 from .files import atomic_write_staged
-from .formats import check_writable
+from .formats import check_writable, refuse_model_sources
 from .ownership import output_names
 
 __all__ = ["EXTERNAL_DATA_BYTES", "to_onnx"]
@@ -76,9 +76,10 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | 
     Args:
         opset: the ONNX opset version (default: the exporter's).
     Raises:
-        UsageError: the onnx / onnxscript packages are missing, the model was built on the meta device,
+        UsageError: the onnx / onnxscript packages are missing, the model was built on the meta device or is sharded,
             `opset` is newer than the installed onnx package knows, or `path` cannot be written (a missing
-            folder, a directory there: said before the export, which may take minutes).
+            folder, a directory there, the spec the model was built from: said before the export, which may
+            take minutes).
         ResgraphError: the exporter failed (an unsupported opset included).
         OSError: the files could not be written after all (a full disk; nothing is left half-written).
     """
@@ -89,11 +90,14 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | 
         raise UsageError("ONNX export needs the onnx and onnxscript packages: pip install 'resgraph[onnx]'") from None
     import torch
 
+    from .distributed import require_unsharded
     from .lower import require_weights
     from .model import built_model
 
     module = built_model(module, "to_onnx")  # (torch.compile's or DistributedDataParallel's wrapper: its model)
     require_weights(module, "export")  # torch's exporter fails deep inside, in colour, and logs at ERROR
+    require_unsharded(module, "an ONNX file")  # (it failed on the DTensors, naming a FakeTensor)
+    refuse_model_sources(path, module)  # (never over the spec it was built from)
     check_writable(path)  # before the export; at the write, the error named the staging folder
     newest = onnx.defs.onnx_opset_version()
     if opset is not None and opset > newest:  # (the exporter failed with its own multi-line message)

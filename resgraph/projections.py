@@ -39,7 +39,7 @@ from .ops.base import FLOAT_DTYPES, NORM_DTYPES, WEIGHTED_DTYPES, Scale, sample_
 from .ops.merge import check_gate_layouts
 from .ops.pool import check_avg_pool3d_input
 from .spec import Projection
-from .symbolic import Guard, hint, hints, requirement, specialize
+from .symbolic import Guard, SymInt, hint, hints, requirement, specialize
 
 __all__ = ["POLICIES", "STEPS", "Mismatch", "ProjectionError", "ProjectionPlan", "Step", "StepKind", "StepRule",
            "describe_steps", "plan_projection", "projection_dtypes", "projection_parameters", "step_code",
@@ -235,18 +235,35 @@ def wanted_shape(merge: Merge, source: TensorType, target: TensorType, dim: int 
     target's own shape; concat needs the target's shape except along `dim`.
     """
     if merge is Merge.mul:
-        if _broadcasts(source.shape, target.shape):
+        if _gates(source.shape, target.shape):
             return None
         if source.rank == target.rank and source.rank >= 1:
             axis = 0 if source.rank >= 2 and target.layout == "channels_first" else source.rank - 1
             gate = (*source.shape[:axis], target.shape[axis], *source.shape[axis + 1:])
-            if _broadcasts(gate, target.shape):
+            if _gates(gate, target.shape):
                 return gate
     if merge is Merge.concat and source.rank == target.rank:
         axis = sample_dim(dim, target.rank)
         want = (*target.shape[:axis], source.shape[axis], *target.shape[axis + 1:])
         return None if _same_shape(want, source.shape) else want
     return None if _same_shape(source.shape, target.shape) else target.shape
+
+
+def _gates(gate: tuple[Any, ...], target: tuple[Any, ...]) -> bool:
+    """Whether `gate` multiplies `target` as it is: they broadcast, and no size of the target that is
+    1 only at these input sizes (a free size, not a written 1) would be broadcast up to the gate's.
+    At every other size that dim is no 1 and the skip is projected, so it is projected here too: one
+    model, with the same weights, at every size (a 2x2 gate into a strided target that is 1x1 at an
+    input of 2 made a model without the projection, whose merge came out 2x2).
+
+    >>> from resgraph.symbolic import SymInt
+    >>> h = SymInt.symbol("x.H", 1)
+    >>> _gates((8, 1, 1), (8, 4, 4)), _gates((8, 2, 2), (8, 1, 1)), _gates((8, 2, 2), (8, h, h))
+    (True, True, False)
+    """
+    if any(isinstance(t, SymInt) and hint(t) == 1 and hint(g) != 1 for g, t in zip(gate, target)):
+        return False
+    return _broadcasts(gate, target)
 
 
 def _broadcasts(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:

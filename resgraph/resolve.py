@@ -171,7 +171,7 @@ class _Resolver:
         returned = [value[o] for o in self.expand([o for o in outputs if _base(o) in kept])]
         left_out = {name: entry.when.locate(key=True).line for name, entry in scope.left_out.items() if not entry.skip}
         return Graph(scope.name, nodes, list(scope.inputs), returned, scope.origin, self.qualname, scope.block,
-                     scope.params, left_out=left_out)
+                     scope.params, left_out=left_out, defined_blocks=scope.defined_blocks)
 
     def declare_values(self, items: list[LayerItem]) -> None:
         """The values of every block call that has several (see the module docstring)."""

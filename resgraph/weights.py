@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .distributed import fill, is_dtensor
 from .errors import ResgraphError, UsageError
 from .torch_files import read_torch_file
 
@@ -139,17 +140,24 @@ def load_weights(model: nn.Module, state_dict_or_path: Mapping[str, Any] | str |
         The mapping used (also logged to the `resgraph.weights` logger).
     Raises:
         WeightsError: with `strict`, the match is ambiguous or partial; the message is the report.
-        UsageError: the file cannot be read, or holds something other than tensors.
+        UsageError: the file cannot be read, or holds something other than tensors; or the model is
+            on the meta device (materialize it first). A sharded (FSDP2) model loads, each process
+            keeping its shard of the checkpoint every process reads.
     """
-    source = _renamed(_read(state_dict_or_path), rename)
     target = model.state_dict(keep_vars=True)
+    empty = next((key for key, tensor in target.items() if tensor.is_meta), None)
+    if empty is not None:  # (copy_ into a meta tensor does nothing: every tensor "loaded", none held)
+        raise UsageError(f"cannot load weights into {type(model).__name__}: {empty} is on the meta device (built with "
+                         "device='meta'), with no storage to hold them; resgraph.materialize the model first, "
+                         "then load_weights")
+    source = _renamed(_read(state_dict_or_path), rename)
     mapping = match_state_dicts(target, source)
     if strict and not mapping.complete:
         raise WeightsError("the checkpoint does not match the model (strict=False loads what matched):\n"
                            + mapping.report(pairs=False), mapping)
     with torch.no_grad():
         for ours, theirs, _ in mapping.pairs:
-            target[ours].copy_(source[theirs])
+            fill(target[ours], source[theirs])  # a sharded (FSDP2) tensor keeps its own shard
     mapping = dataclasses.replace(mapping, loaded=True)
     logger.info("load_weights: %s", mapping.report())
     return mapping
@@ -331,6 +339,8 @@ def _identity(tensor: torch.Tensor) -> tuple[Any, ...]:
     """Two names of one tensor (tied weights; a saved tie shares storage) have the same identity."""
     if tensor.device.type == "meta":
         return (id(tensor),)
+    if is_dtensor(tensor):  # (an FSDP2 shard: its own storage is its local tensor's)
+        tensor = tensor.to_local()
     return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
 
 

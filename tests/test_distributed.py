@@ -223,7 +223,7 @@ def test_choosing_an_unknown_block_names_the_known_ones() -> None:
     assert [name for name, _ in instances(model, "encoder_block")] == ["encoder.0", "encoder.1", "encoder.2"]
     with pytest.raises(UsageError, match="a model returned by resgraph.build, not a Linear"):
         resgraph.compile(torch.nn.Linear(2, 2))
-    with pytest.raises(UsageError, match="materialize needs a model returned by resgraph.build"):
+    with pytest.raises(UsageError, match="materialize takes a model from resgraph.build, not Linear"):
         resgraph.materialize(torch.nn.Linear(2, 2))
 
 

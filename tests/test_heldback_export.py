@@ -503,8 +503,9 @@ def test_a_checkpoint_that_is_no_regular_file_is_refused_without_reading(kind: s
     path = {"fifo": tmp_path / "ckpt.pt", "device": pathlib.Path("/dev/zero"), "directory": tmp_path}[kind]
     if kind == "fifo":
         os.mkfifo(path)
-    what = {"fifo": "a pipe", "device": "a character device", "directory": "a directory"}[kind]
-    assert _load_weights_error(path) == f"{path}: not a regular file ({what}); a checkpoint is a file torch.save wrote"
+    what = {"fifo": "not a regular file (a pipe)", "device": "not a regular file (a character device)",
+            "directory": "is a directory, not a regular file"}[kind]  # a directory: worded as a spec's is
+    assert _load_weights_error(path) == f"{path}: {what}; a checkpoint is a file torch.save wrote"
 
 
 def test_a_file_swapped_for_a_fifo_after_the_check_is_refused_not_waited_on(tmp_path: pathlib.Path,

@@ -341,3 +341,47 @@ def test_sizes_of_two_residues_up_to_a_position_table_are_a_bounded_periodic_rul
         assert _refused(model, torch.zeros(1, size, dtype=torch.long, device="meta")), size
     for size in (2, 5, rows - 1, rows):
         assert not _refused(model, torch.zeros(1, size, dtype=torch.long, device="meta")), size
+
+
+# --- a mul skip whose strided target is 1x1 at the declared size -------------------------------------
+
+def _gated(size: int, projection: str) -> str:
+    return _spec([8, size, size], "  - a: {op: Conv2d, out_channels: 8, kernel_size: 3, padding: 1}\n"
+                 "  - b: {op: Conv2d, out_channels: 8, kernel_size: 3, stride: 2, padding: 1}\n"
+                 "  - c: {op: Conv2d, out_channels: 4, kernel_size: 1}\n"
+                 f"skips:\n  - g: {{from: a, to: b, merge: mul, projection: {projection}}}\n")
+
+
+@pytest.mark.parametrize("size", [2, 3, 16])
+def test_a_gate_into_a_target_that_is_1x1_only_at_the_declared_size_is_projected_as_at_any_size(size: int) -> None:
+    """Declared at 2, 'b' is (8, 1, 1): the skip broadcast the 2x2 gate up instead of projecting it, so the
+    model had no projection, its merge came out 2x2 (declared at 16, 1x1 at input 2), and it ran at 1 and 2 only."""
+    model = resgraph.build(_gated(size, "conv"), seed=0)
+    reference = resgraph.build(_gated(16, "conv"), seed=0)
+    assert [name for name, _ in model.named_parameters()] == [name for name, _ in reference.named_parameters()]
+    assert "g.0.weight" in dict(model.named_parameters())  # the strided 1x1 conv
+    model.load_state_dict(reference.state_dict())
+    for run in (1, 2, 3, 5, 16):
+        x = torch.randn(2, 8, run, run)
+        assert model(x).shape == (2, 4, (run + 1) // 2, (run + 1) // 2)
+        torch.testing.assert_close(model(x), reference(x))
+    assert resgraph.valid_sizes(_gated(size, "conv"), low=1, high=64).dims[1].rule.kind == "at_least"
+
+
+def test_auto_refuses_that_gate_across_scales_at_the_size_where_it_would_broadcast() -> None:
+    """Declared at 16, `auto` refuses a mul across scales; declared at 2 it silently broadcast the target up."""
+    with pytest.raises(resgraph.SpecError, match=r"skip 'g': cannot mul 'a' \(8, 2, 2\) into 'b' \(8, 1, 1\): the "
+                                                 r"source and target are on different spatial scales"):
+        resgraph.check(_gated(2, "auto"))
+
+
+def test_a_gate_into_a_written_1x1_target_still_broadcasts() -> None:
+    """A target that is 1x1 at every size (a global pool) is no size decision: the gate broadcasts over it."""
+    spec = _spec([8, 6, 6], "  - a: {op: Conv2d, out_channels: 8, kernel_size: 1}\n"
+                 "  - p: {op: AdaptiveAvgPool2d, output_size: 1}\n"
+                 "skips:\n  - g: {from: a, to: p, merge: mul}\n")
+    model = resgraph.build(spec, seed=0)
+    assert sum(p.numel() for p in model.parameters()) == 8 * 8 + 8
+    x = torch.randn(2, 8, 5, 7)
+    a = model.a(x)
+    torch.testing.assert_close(model(x), a * a.mean(dim=(2, 3), keepdim=True))

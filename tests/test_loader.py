@@ -68,6 +68,13 @@ def test_merge_keys_supply_defaults_and_explicit_keys_win() -> None:
     ("k: yes\n", "yes is true in YAML 1.1 and text in YAML 1.2", "write true"),
     ("k: OFF\n", "OFF is false in YAML 1.1 and text in YAML 1.2", "write false"),
     ("on: 1\n", "on is true in YAML 1.1", "write true"),
+    # YAML 1.2's core schema has no binary; its integers are any digits (`08`) and `0o` octals, which 1.1 leaves text
+    ("k: 0b100\n", "0b100 is the binary number 4 in YAML 1.1 and text in YAML 1.2", "write 4 for the number"),
+    ("k: [1, -0b1_1]\n", "-0b1_1 is the binary number -3 in YAML 1.1 and text in YAML 1.2", "write -3"),
+    ("k: 08\n", "08 is text in YAML 1.1 and the integer 8 in YAML 1.2", "write 8 for the number, or quote it"),
+    ("k: -019\n", "-019 is text in YAML 1.1 and the integer -19 in YAML 1.2", "write -19"),
+    ("k: 0o17\n", "0o17 is text in YAML 1.1 and the integer 15 in YAML 1.2", "write 15"),
+    ("k: {a: 09}\n", "09 is text in YAML 1.1 and the integer 9 in YAML 1.2", "quote it for text"),
 ])
 def test_values_yaml_1_1_and_1_2_read_differently_are_refused_where_written(text: str, message: str,
                                                                            hint: str) -> None:
@@ -388,7 +395,7 @@ def test_a_file_that_grows_after_its_size_is_read_is_read_whole(tmp_path: pathli
 
 
 @pytest.mark.parametrize("text", ["0", "7", "10", "123456789012345678901234567890", "-7", "+7", "007", "00",
-                                  "1_000", "0x1F", "0o17", "0b101", "!!int 12", "'12'",
+                                  "1_000", "0x1F", "!!int 0o17", "!!int 0b101", "!!int 12", "'12'",
                                   "\u0661\u0662", "12 # a comment", "9" * 18, "9" * 19])
 def test_integers_read_as_pyyaml_reads_them(text: str) -> None:
     # The builder reads plain decimal ints itself; every other spelling (underscores, bases) is
@@ -409,6 +416,23 @@ def test_a_flat_spec_with_many_brackets_still_loads_and_deep_brackets_in_a_long_
 def test_an_integer_too_long_to_read_is_a_located_error() -> None:
     (message,) = errors("a: 1\nb: " + "7" * 5000 + "\n")
     assert message.startswith("s.yaml:2:4:") and "is too large" in message
+
+
+@pytest.mark.parametrize("written", ["0" + "7" * 5000, "0" + "9" * 5000, "0b" + "1" * 20000, "0o" + "7" * 6000,
+                                     "0" + "7" * 120])
+def test_a_long_integer_either_yaml_reads_otherwise_is_too_large_not_a_traceback(written: str) -> None:
+    """Saying how YAML 1.1 and 1.2 read `0777...` of 5,000 digits wrote both numbers: Python's ValueError escaped."""
+    (message,) = errors(f"b: {written}\n")
+    assert message == (f"s.yaml:1:4: error: the integer {written[:20]}...{written[-10:]} ({len(written):,} characters) "
+                       "is too large: a spec's integers are smaller than 10^100 (no tensor size, index or dtype holds "
+                       "more than 2^64)")
+
+
+def test_a_tag_says_which_reading_a_value_means() -> None:
+    assert load_text("a: !!str 08\nb: !!int 0b11\nc: '0b11'\nd: \"0o17\"\ne: 0_8\n").data == {
+        "a": "08", "b": 3, "c": "0b11", "d": "0o17", "e": "0_8"}  # (`0_8`: text to both versions)
+    # `!!str 1e-6` was read as the float 1e-06, as if untagged
+    assert load_text("a: !!str 1e-6\nb: !!float 1e-6\nc: 1e-6\n").data == {"a": "1e-6", "b": 1e-6, "c": 1e-6}
 
 
 def test_a_plain_merge_key_as_a_value_says_to_quote_it() -> None:

@@ -143,11 +143,11 @@ def test_odd_encodings_are_reported(tmp_path: pathlib.Path, data: bytes, message
 
 # --- --set values are read by the rules of the spec -------------------------------------------------
 
-SCALARS = ["2024-01-01", "2024-01-01 10:30:00", "2001-12-14t21:59:43.10-05:00", "10", "-7", "0x1F", "0o17", "007",
+SCALARS = ["2024-01-01", "2024-01-01 10:30:00", "2001-12-14t21:59:43.10-05:00", "10", "-7", "0x1F", "!!int 0o17", "007",
            "1_000", "1e3", "3.25", ".5", "-.inf", ".inf", ".NaN", "true", "False", "~",
            "null", "'quoted'", '"2024-01-01"', "abc", "=", "a=b", "[1, 2]", "{a: 1, b: [x]}", "[2024-01-01]",
            "''"]
-AMBIGUOUS = ["017", "1:30", "yes", "off", "on"]  # YAML 1.1 and 1.2 read them as different values
+AMBIGUOUS = ["017", "1:30", "yes", "off", "on", "0o17", "0b101", "08"]  # YAML 1.1 and 1.2 read them as different values
 
 
 @pytest.mark.parametrize("text", SCALARS)
