@@ -173,23 +173,23 @@ def _plain(value: Any, name: str) -> Any:
 
 
 def resolve_params(declared: Mapping[str, Any], overrides: Mapping[str, Any], origin: Origin,
-                   diagnostics: list[Diagnostic]) -> Mapping[str, Any]:
+                   diagnostics: list[Diagnostic], blocks: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
     """Parameter values: declared defaults (which may use earlier params), then overrides.
 
     Where a parameter's expression failed (reported), the values are a `FailedNames`: what reads it
     (`scale:`, an input's shape) fails as `Unavailable`, quietly, instead of reading None.
 
-    An override of an undeclared parameter is an error with suggestions. Overrides come from
-    `--set`, from `params=` in Python, or from a saved model's record, so the message names none
-    of them.
+    An override of an undeclared parameter is an error with suggestions; where it names a
+    parameter of one of the spec's `blocks` (their definitions as spec data), it says how to make it
+    settable. Overrides come from `--set`, from `params=` in Python, or from a saved model's record,
+    so the message names none of them.
     """
     for name in overrides:
         if name not in declared:
             hint = did_you_mean(name, declared)
             known = f" (declared: {', '.join(declared)})" if declared and not hint else ""
-            diagnostics.append(Diagnostic(Location(origin.source.file), f"cannot override parameter {name!r}: the "
-                                                                        f"spec declares no parameter {name!r}"
-                                                                        f"{hint}{known}"))
+            message = f"cannot override parameter {name!r}: the spec declares no parameter {name!r}{hint}{known}"
+            diagnostics.append(Diagnostic(Location(origin.source.file), message, _block_param_hint(name, blocks)))
     # An override is a value: a `${...}` in it would reach the layers unevaluated, and be reported
     # there as "an expression may not produce an expression", far from where it was given.
     refused = {name for name, value in overrides.items() if name in declared and holds_expression(value)}
@@ -204,6 +204,18 @@ def resolve_params(declared: Mapping[str, Any], overrides: Mapping[str, Any], or
     values = evaluate_params(declared, given, lambda values: values, origin, diagnostics, failed=failed)
     failed |= refused
     return FailedNames(values, failed) if failed else values
+
+
+def _block_param_hint(name: str, blocks: Mapping[str, Any] | None) -> str | None:
+    """How to set block parameter `name` from outside, when one of `blocks` (spec data) declares it."""
+    owners = [block for block, definition in (blocks or {}).items()
+              if isinstance(definition, Mapping) and isinstance(definition.get("params"), Mapping)
+              and name in definition["params"]]
+    if not owners:
+        return None
+    return (f"{name!r} is a parameter of block {' and '.join(map(repr, owners[:3]))}, given by each call's `with:`; "
+            f"to set it from outside, declare it in the spec's `params:` and pass it on: "
+            f"`with: {{{name}: \"${{{name}}}\"}}`")
 
 
 class FailedNames(Mapping[str, Any]):
@@ -248,6 +260,7 @@ def evaluate_params(declared: Mapping[str, Any], given: Mapping[str, Any],
     """
     values: dict[str, Any] = {}
     failed = set() if failed is None else failed  # parameters whose own expressions failed (and are reported)
+    order = {name: position for position, name in enumerate(declared)}
     for name, default in declared.items():
         if name in given:
             values[name] = given[name]
@@ -258,11 +271,42 @@ def evaluate_params(declared: Mapping[str, Any], given: Mapping[str, Any],
             failed.add(name)
         else:
             known = (len(diagnostics), len(dependent) if dependent is not None else 0)
-            values[name] = evaluate_tree(default, names(values), origin.child(name), diagnostics,
-                                         dependent=dependent)
+            scope = names(values)
+            later = {read for read in _reads(default) if order.get(read, -1) > order[name]}
+            if later:  # (read from an outer scope, a block's `${b}` would be the spec's `b`, not its own)
+                scope = _DeclaredLater(scope, later, name)
+            values[name] = evaluate_tree(default, scope, origin.child(name), diagnostics, dependent=dependent)
             if (len(diagnostics), len(dependent) if dependent is not None else 0) != known:
                 failed.add(name)
     return values
+
+
+class _DeclaredLater(Mapping[str, Any]):
+    """The names parameter `name`'s default is evaluated in: `names`, where each parameter declared
+    after it (`later`) reads as an error. A default reads only the parameters before it; without
+    this, a later parameter that shares its name with one of the spec's would read the spec's
+    value, silently, and not the block's own (given in `with:` or defaulted)."""
+
+    def __init__(self, names: Mapping[str, Any], later: AbstractSet[str], name: str) -> None:
+        self.names = names
+        self.later = later
+        self.name = name
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self.later:
+            raise ExpressionError(f"parameter {key!r} is declared after {self.name!r}: a default reads only the "
+                                  f"parameters declared before it; move {key!r} before {self.name!r}")
+        return self.names[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.later or key in self.names
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.names
+        yield from (key for key in self.later if key not in self.names)
+
+    def __len__(self) -> int:
+        return len(set(self))
 
 
 def _reads(value: Any) -> set[str]:

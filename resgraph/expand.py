@@ -5,7 +5,7 @@ block. Its layer bodies are typed (every expression evaluated, every block param
 `evaluate.concrete`: the same path for both), and every piece remembers its `Origin`, so later
 errors point at the line that wrote it, in whichever file.
 
-A block call expands to a `BlockRecipe`; `instantiate(recipe, index, input_types)` makes each
+A block call expands to a `BlockRecipe`; `instantiate(recipe, index, input_types, qualname)` makes each
 instance's scope once the types of its inputs are known, which shape inference does, instance
 after instance. So a block's body may read its input's shape: `in_channels` (dim 0 of its first
 input), `in_features` (its last dim), `in_shape` (its per-sample shape) and `in_shapes` (every
@@ -26,6 +26,7 @@ inside one) and `num_blocks` (their number) - what stochastic-depth schedules ne
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from typing import Any, NamedTuple
 
 from pydantic import TypeAdapter, ValidationError
 
-from .errors import Diagnostic, ResgraphError, SpecError
+from .errors import Diagnostic, Location, ResgraphError, SpecError
 from .evaluate import (
     LAYER,
     LEFT_OUT,
@@ -110,6 +111,8 @@ class Scope:
     left_out: dict[str, LeftOut] = field(default_factory=dict)  # entries whose `when:` is false
     blind: bool = False  # made with nothing known of a call (`Expander.blind`): repeat counts unknown
     defined_blocks: tuple[str, ...] = ()  # the top level's: every block the spec defines or imports, called or not
+    # Where else a name this scope does not know is declared (see `Expander.declared_elsewhere`).
+    elsewhere: Callable[[str], str | None] = field(default=lambda name: None, repr=False)
 
 
 class _Body(NamedTuple):
@@ -133,7 +136,7 @@ class _Block:
 class BlockRecipe:
     """A block call, expanded as far as it can be before its input types are known.
 
-    `instantiate(recipe, index, input_types)` makes instance `index`'s scope; shape inference
+    `instantiate(recipe, index, input_types, qualname)` makes instance `index`'s scope; shape inference
     calls it instance after instance, since each instance's input is the previous one's output.
     """
 
@@ -218,13 +221,19 @@ def expand(spec: Spec, source: SourceMap, *, read: Reader = load_import,
     return scope
 
 
-def instantiate(recipe: BlockRecipe, index: int, input_types: list[TensorType] | None) -> Scope:
+def instantiate(recipe: BlockRecipe, index: int, input_types: list[TensorType] | None, qualname: str) -> Scope:
     """Instance `index` of a block call, for inputs of these types (None: unknown, after an error
     elsewhere: the instance is still made, so its own mistakes are reported, but what reads its
     input's shape is left out silently).
 
+    Args:
+        qualname: how messages name the instance (`layer1.0.`); each of its problems ends with
+            `(in 'layer1.0')`, since a block's body is written once for every call and instance,
+            and its line alone does not say which one gave the value that failed. A problem
+            another instance reported already, word for word (a misspelt op), is not repeated.
     Raises:
-        SpecError: the instance's parameters or layers are invalid, or the expansion bound is hit.
+        SpecError: the instance's parameters or layers are invalid, or the expansion bound is hit;
+            its diagnostics may be empty when all of them were reported already.
     """
     expander = recipe.expander
     known = len(expander.diagnostics)
@@ -232,7 +241,11 @@ def instantiate(recipe: BlockRecipe, index: int, input_types: list[TensorType] |
     problems = expander.diagnostics[known:]
     del expander.diagnostics[known:]
     if problems or scope is None:
-        raise SpecError(problems)
+        seen = expander.instance_problems
+        fresh = [problem for problem in problems if (problem.location, problem.message) not in seen]
+        seen.update((problem.location, problem.message) for problem in problems)
+        raise SpecError([Diagnostic(problem.location, f"{problem.message} (in {qualname.removesuffix('.')!r})",
+                                    problem.hint) for problem in fresh])
     return scope
 
 
@@ -375,6 +388,7 @@ class Expander(_BlockTable):
         self.typed_templates: dict[int, tuple[Any, Any, Any]] = {}  # blocks' entries met, by id (`concrete`)
         self.block_reads: dict[str, tuple[frozenset[str], frozenset[str]] | None] = {}  # see `reads_of_block`
         self.spec_params: dict[str, Any] | None = None  # see `spec_params_in_blocks`
+        self.instance_problems: set[tuple[Location, str]] = set()  # reported by an instance (see `instantiate`)
 
     # (root and instance are where expressions are evaluated: `scaled(...)` reads the spec's scale there)
     def root(self) -> Scope:
@@ -472,7 +486,34 @@ class Expander(_BlockTable):
                 else:
                     left_out[skip_name] = LeftOut(where.child("when"), skip=True)
         return Scope(name, inputs, with_pieces(layers, list(inputs)), skips, definition.outputs,
-                     self.spec.defaults.projection, origin, block=block, params=params, left_out=left_out)
+                     self.spec.defaults.projection, origin, block=block, params=params, left_out=left_out,
+                     elsewhere=functools.partial(self.declared_elsewhere, block))
+
+    def declared_elsewhere(self, block: str | None, name: str) -> str | None:
+        """Where `name`, which the scope of `block` (None: the top level) does not know, is declared
+        instead: as a layer of other blocks, or at the top level; None where it is nowhere. Each
+        scope reads only its own inputs and layers, so a skip or input naming another scope's
+        layer is unknown there, and a message saying only that would send one looking for a typo."""
+        owners = [other for other, entry in self.blocks.items()
+                  if other != block and any(name in layer for layer in entry.definition.layers)]
+        top = block is not None and (name in self.spec.inputs or any(name in layer for layer in self.spec.layers))
+        places, fixes = [], []
+        if owners:
+            blocks = " and ".join(repr(owner) for owner in owners[:3]) + (" and others" if owners[3:] else "")
+            places.append(f"a layer of block {blocks}")
+            fixes.append(f"read what a call of that block returns (to return {name!r}, add it to the block's "
+                         f"`outputs:` and read `CALL.{name}`)")
+        if top:
+            inputs = ", ".join([*self.blocks[block].definition.inputs, name]) if block in self.blocks else f"x, {name}"
+            places.append("a node of the spec's top level")
+            fixes.append(f"give block {block!r} another input (`inputs: [{inputs}]`) and pass {name!r} in its "
+                         "call's `input:` list")
+        if not places:
+            return None
+        own = f" ({', '.join(self.blocks[block].definition.inputs)})" if block in self.blocks else ""
+        here = f"block {block!r}" if block is not None else "the top level"
+        return (f"{name!r} is {' and '.join(places)}, and {here} reads only its own inputs{own} and layers: "
+                f"{'; or '.join(fixes)}")
 
     def repeats(self, call: BlockCall) -> int:
         if call.repeat is None:

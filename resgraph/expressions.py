@@ -337,8 +337,8 @@ class _Evaluator:
         if node.id in self.names:
             try:
                 return self.names[node.id]
-            except Unavailable as exc:
-                raise Unavailable(str(exc), self.lead + node.col_offset) from None
+            except ExpressionError as exc:  # (Unavailable: dependent; another: a name that may not be read here)
+                raise type(exc)(str(exc), self.lead + node.col_offset) from None
         if node.id in FUNCTIONS:
             raise self.fail(node, f"{node.id} is a function; call it: {node.id}(...)")
         hint = did_you_mean(node.id, [*self.names, "True", "False", "None"])

@@ -372,7 +372,9 @@ def check_loaded_library(loaded: LoadedSpec, read: Reader = read_import) -> Bloc
     diagnostics = check_library_blocks(library, loaded.source, read)
     if not diagnostics:  # then each block as no call gives it values: its unknown names, its outputs
         # (a block another calls is met twice, with its defaults there: a line gets one report)
-        as_spec = Spec.model_construct(name="Library", imports=library.imports, blocks=library.blocks)
+        # (no top level: a library has no inputs or layers, which messages may look for)
+        as_spec = Spec.model_construct(name="Library", imports=library.imports, blocks=library.blocks,
+                                       inputs={}, layers=[])
         reported: set[tuple[str, int]] = set()
         for found in check_uncalled_blocks(as_spec, loaded.source, list(library.blocks), (), read):
             if (found.location.file, found.location.line) not in reported:

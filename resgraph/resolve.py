@@ -92,7 +92,8 @@ class _Resolver:
         where (`output`: the reader is the scope's `outputs:`, which are always there)."""
         left_out = self.scope.left_out.get(ref)
         if left_out is None:
-            self.fail(origin, f"{prefix}unknown node {ref!r}{did_you_mean(ref, candidates)}{suffix}", key=False)
+            self.fail(origin, f"{prefix}unknown node {ref!r}{did_you_mean(ref, candidates)}{suffix}",
+                      self.scope.elsewhere(ref), key=False)
             return
         line = left_out.when.locate(key=True).line
         at = f" (line {line})" if line else ""
@@ -497,8 +498,10 @@ class _Resolver:
         if scope.outputs is None:
             if not scope.layers:  # every layer was left out by `when:`
                 what = f"block {scope.block!r}" if scope.block else "the spec"
+                # (which instance: its `when:`s may read `index` or the call's `with:`)
+                within = f" (in {self.qualname.removesuffix('.')!r})" if scope.block and not scope.blind else ""
                 self.fail(scope.origin.child("layers"), f"{what}: no layer is left (every `when:` is false), so "
-                                                        "there is no output", key=True)
+                                                        f"there is no output{within}", key=True)
                 return []
             last = scope.layers[-1].name
             if last in self.values and last not in self.collected:

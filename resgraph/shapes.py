@@ -422,7 +422,7 @@ def _infer_block(graph: Graph, node: BlockNode, inputs: list[TensorType], diagno
             expanded = recipe.expander.expanded
             problems: list[Diagnostic] = []
             try:
-                scope = instantiate(recipe, index, current)
+                scope = instantiate(recipe, index, current, qualname)
             except SpecError as exc:
                 diagnostics.extend(exc.diagnostics)
                 return
@@ -522,12 +522,13 @@ def _check_blind(graph: Graph, node: BlockNode) -> list[Diagnostic]:
     reads them is left out quietly), and so are the blocks it calls."""
     if node.recipe is None:
         return []
+    qualname = _instance_qualname(graph, node, 0)
     try:
-        scope = instantiate(node.recipe, 0, None)
+        scope = instantiate(node.recipe, 0, None, qualname)
     except SpecError as exc:
         return exc.diagnostics
     problems: list[Diagnostic] = []
-    instance = resolve(scope, _instance_qualname(graph, node, 0), problems)
+    instance = resolve(scope, qualname, problems)
     for inner in instance.nodes.values():
         if isinstance(inner, BlockNode):
             problems += _check_blind(instance, inner)

@@ -223,6 +223,12 @@ def untyped_body(path: Path, body: dict[str, Any], data: Any, source: SourceMap)
     """A layer body whose `op` is missing or not a name: no definition fits it."""
     who = subject(path, data, "")[0]
     if "op" not in body:
+        for key in body:  # `blok: unit`, `Op: ReLU`: point at the misspelt key
+            hint = did_you_mean(key, ("op", "block")) if isinstance(key, str) else ""
+            if hint:
+                return [Diagnostic(source.locate((*path, key), key=True),
+                                   f"{who}: unknown key {key!r}{hint} (a layer needs `op:`, a block instance "
+                                   "`block:`)")]
         return [Diagnostic(source.locate(path, key=True),
                            f"{who}: needs `op:` (a layer) or `block:` (a block instance)")]
     op = body["op"]

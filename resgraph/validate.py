@@ -38,7 +38,7 @@ from .schema_check import Compiler, Predicate, UnsupportedSchema
 from .spec import BUILTIN_NAMES, BlockLibrary, Spec
 from .translate import coerced_diagnostics, jsonschema_diagnostics, keys_not_strings, pydantic_diagnostics, untyped_body
 
-__all__ = ["builtin_shadows", "is_block_library", "schema_diagnostics", "unknown_block_ops", "validate",
+__all__ = ["block_name_problems", "is_block_library", "schema_diagnostics", "unknown_block_ops", "validate",
            "validate_library"]
 
 _OP_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -72,16 +72,16 @@ def validate(loaded: LoadedSpec, params: Mapping[str, Any] | None = None,
 def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics: list[Diagnostic] | None) -> Spec:
     problems, paths = _schema_problems(loaded.data, loaded.source)
     entries, blocks, inputs, fatal = _invalid_parts(paths, loaded.data)
-    shadowing = builtin_shadows(loaded.data, loaded.source)
-    problems += [diagnostic for _, diagnostic in shadowing]
-    blocks |= {str(path[1]) for path, _ in shadowing}  # left out: its calls report nothing more
+    misnamed = block_name_problems(loaded.data, loaded.source)
+    problems += [diagnostic for _, diagnostic in misnamed]
+    blocks |= {str(path[1]) for path, _ in misnamed}  # left out: its calls report nothing more
     if problems and (fatal or diagnostics is None):
         raise SpecError(problems)
     stand_ins = _input_stand_ins(loaded.data, inputs)
     data = _without(loaded.data, entries, blocks, stand_ins)
     root = Origin(loaded.source, ())
     found: list[Diagnostic] = []
-    values = resolve_params(data.get("params", {}), params or {}, root.child("params"), found)
+    values = resolve_params(data.get("params", {}), params or {}, root.child("params"), found, data.get("blocks"))
     shell = {k: v for k, v in data.items() if k not in _TEMPLATES}
     if found and diagnostics is not None:
         failed = set(values.failed) if isinstance(values, FailedNames) else set()
@@ -130,15 +130,18 @@ def _parts_reading(data: dict[str, Any], names: set[str]) -> tuple[set[tuple[str
                      if not _reads_none_of(block, names)}
 
 
-def builtin_shadows(data: Any, source: SourceMap) -> list[tuple[Path, Diagnostic]]:
-    """Block parameters named like a name resgraph binds in block bodies (`spec.BUILTIN_NAMES`:
-    `index`, `num_blocks`, `in_channels`, ...), each with its path and a diagnostic at its key: such
-    a parameter would silently hide the built-in name.
+def block_name_problems(data: Any, source: SourceMap) -> list[tuple[Path, Diagnostic]]:
+    """The names blocks declare that the schema cannot refuse, each with its path and a diagnostic
+    at it: a parameter named like a name resgraph binds in block bodies (`spec.BUILTIN_NAMES`:
+    `index`, `num_blocks`, `in_channels`, ...), which would silently hide the built-in name, and an
+    input listed twice (`inputs: [x, x]`), whose call would pass more values than the block's
+    forward takes.
 
     >>> from resgraph.loader import load_text
-    >>> loaded = load_text("resgraph: 1\\nblocks:\\n  b: {params: {in_channels: 3, depth: 2}}\\n", "s.yaml")
-    >>> [(path, str(d.location)) for path, d in builtin_shadows(loaded.data, loaded.source)]
-    [(('blocks', 'b', 'params', 'in_channels'), 's.yaml:3:16')]
+    >>> text = "resgraph: 1\\nblocks:\\n  b: {params: {in_channels: 3, depth: 2}, inputs: [a, a]}\\n"
+    >>> loaded = load_text(text, "s.yaml")
+    >>> [(path, str(d.location)) for path, d in block_name_problems(loaded.data, loaded.source)]
+    [(('blocks', 'b', 'params', 'in_channels'), 's.yaml:3:16'), (('blocks', 'b', 'inputs', 1), 's.yaml:3:55')]
     """
     found: list[tuple[Path, Diagnostic]] = []
     # (top-level parameters may take these names: inside a block the built-in name wins, see `expand`)
@@ -147,12 +150,21 @@ def builtin_shadows(data: Any, source: SourceMap) -> list[tuple[Path, Diagnostic
         params = definition.get("params") if isinstance(definition, dict) else None
         for name in params if isinstance(params, dict) else ():
             if name in BUILTIN_NAMES:
-                where = ("blocks", block, "params", name)
+                where: Path = ("blocks", block, "params", name)
                 hint = (f"rename the parameter (e.g. {name}_value); inside a block, `{name}` already means "
                         f"{BUILTIN_NAMES[name]}")
                 found.append((where, Diagnostic(source.locate(where, key=True),
                                                 f"block {block!r}: parameter {name!r} would hide the built-in name "
                                                 f"{name!r} ({BUILTIN_NAMES[name]})", hint)))
+        inputs = definition.get("inputs") if isinstance(definition, dict) else None
+        seen: set[Any] = set()
+        for i, name in enumerate(inputs if isinstance(inputs, list) else ()):
+            if isinstance(name, str) and name in seen:
+                where = ("blocks", block, "inputs", i)
+                found.append((where, Diagnostic(source.locate(where), f"block {block!r}: inputs: {name!r} is listed "
+                                                                      "twice; each input of a block needs its own name",
+                                                f"rename one (e.g. {name}2) and read each by its name")))
+            seen.add(name)
     return found
 
 
@@ -248,7 +260,7 @@ def validate_library(loaded: LoadedSpec) -> BlockLibrary:
         SpecError: every violation, located in the library file.
     """
     diagnostics = schema_diagnostics(loaded.data, loaded.source, "library")
-    diagnostics += [diagnostic for _, diagnostic in builtin_shadows(loaded.data, loaded.source)]
+    diagnostics += [diagnostic for _, diagnostic in block_name_problems(loaded.data, loaded.source)]
     if diagnostics:  # the library is refused whole: also name its misspelt ops, which the schema cannot see
         blocks = loaded.data.get("blocks") if isinstance(loaded.data, dict) else None
         raise SpecError(_one_per_line(diagnostics, unknown_block_ops(blocks, loaded.source)))

@@ -322,7 +322,7 @@ def test_expression_errors_point_into_the_expression() -> None:
     (diagnostic,) = caught.value.diagnostics
     line = text.splitlines()[diagnostic.location.line - 1]
     assert line[diagnostic.location.column - 1:].startswith("wdith")
-    assert diagnostic.message == "in ${width * wdith}: unknown name 'wdith'; did you mean 'width'?"
+    assert diagnostic.message == "in ${width * wdith}: unknown name 'wdith'; did you mean 'width'? (in 'stage')"
 
 
 @pytest.mark.parametrize(("expression", "message"), [

@@ -35,7 +35,7 @@ def test_a_failed_with_value_is_reported_once_not_again_in_the_defaults_computed
         layers:
           - a: {block: lin, repeat: 4, with: {c: "${widths[index]}"}}
         """)
-    assert errors == ["<string>:12:45: error: in ${widths[index]}: index 3 is out of range for a list of 3"]
+    assert errors == ["<string>:12:45: error: in ${widths[index]}: index 3 is out of range for a list of 3 (in 'a.3')"]
 
 
 def test_a_failed_block_default_is_reported_once_not_again_in_later_defaults() -> None:
@@ -52,7 +52,7 @@ def test_a_failed_block_default_is_reported_once_not_again_in_later_defaults() -
         layers:
           - a: {block: lin}
         """)
-    assert errors == ["<string>:7:20: error: in ${1 // 0}: cannot compute: integer division or modulo by zero"]
+    assert errors == ["<string>:7:20: error: in ${1 // 0}: cannot compute: integer division or modulo by zero (in 'a')"]
 
 
 def test_a_copied_resnet_spec_whose_library_is_missing_is_pointed_at_the_shipped_one(tmp_path: pathlib.Path) -> None:
@@ -226,3 +226,264 @@ def test_indexing_what_is_not_a_list_names_what_it_is(depths: str, got: str) -> 
           - fc: {{op: Linear, out_features: "${{depths[0]}}"}}
         """)
     assert errors == [f"<string>:7:39: error: in ${{depths[0]}}: only lists can be indexed, by an integer; got {got}"]
+
+
+def test_a_block_default_reading_a_later_parameter_is_refused_not_read_from_the_spec() -> None:
+    # The spec's own `b` (100) must not stand in for the block's `b`, declared after `a` and given as 5.
+    errors = _errors("""\
+        resgraph: 1
+        name: P
+        params: {b: 100}
+        inputs:
+          x: [8]
+        blocks:
+          lin:
+            params: {a: "${b * 2}", b: 3}
+            layers:
+              - fc: {op: Linear, out_features: "${a}"}
+        layers:
+          - l: {block: lin, with: {b: 5}}
+        """)
+    assert errors == ["<string>:8:20: error: in ${b * 2}: parameter 'b' is declared after 'a': a default reads only "
+                      "the parameters declared before it; move 'b' before 'a' (in 'l')"]
+
+
+def test_a_spec_parameter_reading_a_later_one_says_so() -> None:
+    errors = _errors("""\
+        resgraph: 1
+        name: P
+        params: {a: "${2 * b}", b: 3}
+        inputs:
+          x: [8]
+        layers:
+          - fc: {op: Linear, out_features: "${a}"}
+        """)
+    assert errors == ["<string>:3:20: error: in ${2 * b}: parameter 'b' is declared after 'a': a default reads only "
+                      "the parameters declared before it; move 'b' before 'a'"]
+
+
+def test_a_block_default_reads_the_parameters_before_it_and_the_specs_own() -> None:
+    model = resgraph.build(textwrap.dedent("""\
+        resgraph: 1
+        name: P
+        params: {c: 100}
+        inputs:
+          x: [8]
+        blocks:
+          lin:
+            params: {b: 3, a: "${b * 2 + c}"}
+            layers:
+              - fc: {op: Linear, out_features: "${a}"}
+        layers:
+          - l: {block: lin, with: {b: 5}}
+        """), device="meta")
+    assert model.l.fc.out_features == 110
+
+
+def test_a_block_body_error_names_the_call_and_instance_whose_values_failed() -> None:
+    # One body, three instances: the line alone cannot say which call (or which repeat) gave -8 and -4.
+    errors = _errors("""\
+        resgraph: 1
+        name: P
+        inputs:
+          x: [8]
+        blocks:
+          lin:
+            params: {c: 8}
+            layers:
+              - fc: {op: Linear, out_features: "${c // (index - 1)}"}
+          wrap:
+            layers:
+              - a: {block: lin, repeat: 2, with: {c: 4}}
+        layers:
+          - first: {block: lin}
+          - second: {block: wrap, repeat: 2}
+        """)
+    assert errors == [
+        "<string>:9:41: error: block 'lin', layer 'fc' (Linear): out_features: must be at least 1, got integer -8 "
+        "(in 'first')",
+        "<string>:9:41: error: block 'lin', layer 'fc' (Linear): out_features: must be at least 1, got integer -4 "
+        "(in 'second.0.a.0')",
+    ]
+
+
+def test_the_same_block_body_error_from_two_calls_is_reported_once() -> None:
+    errors = _errors("""\
+        resgraph: 1
+        name: P
+        inputs:
+          x: [8]
+        blocks:
+          lin:
+            params: {c: 8}
+            layers:
+              - fc: {op: Linaer, out_features: "${c}"}
+        layers:
+          - first: {block: lin}
+          - second: {block: lin, repeat: 2, with: {c: 3}}
+        """)
+    assert errors == ["<string>:9:14: error: block 'lin', layer 'fc' (Linaer): unknown op 'Linaer': not a resgraph op "
+                      "or a torch.nn layer class; did you mean 'Linear'? (in 'first')"]
+
+
+def _diagnostics(text: str) -> list[tuple[int, int, str, str | None]]:
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(textwrap.dedent(text))
+    return [(d.location.line, d.location.column, d.message, d.hint) for d in caught.value.diagnostics]
+
+
+def test_a_skip_naming_a_layer_inside_another_block_says_where_that_layer_is() -> None:
+    problems = _diagnostics("""\
+        resgraph: 1
+        name: P
+        inputs:
+          x: [8]
+        blocks:
+          res:
+            layers:
+              - conv1: {op: Linear, out_features: 8}
+              - conv2: {op: Linear, out_features: 8}
+          other:
+            layers:
+              - a: {op: Linear, out_features: 8}
+            skips:
+              - sk: {from: conv1, to: a}
+        layers:
+          - r: {block: res}
+          - o: {block: other}
+          - c: {op: ReLU}
+        skips:
+          - s: {from: conv2, to: c}
+        """)
+    assert problems == [
+        (14, 20, "skip 'o.sk': from: unknown node 'conv1'",
+         "'conv1' is a layer of block 'res', and block 'other' reads only its own inputs (x) and layers: read what a "
+         "call of that block returns (to return 'conv1', add it to the block's `outputs:` and read `CALL.conv1`)"),
+        (20, 15, "skip 's': from: unknown node 'conv2'",
+         "'conv2' is a layer of block 'res', and the top level reads only its own inputs and layers: read what a "
+         "call of that block returns (to return 'conv2', add it to the block's `outputs:` and read `CALL.conv2`)"),
+    ]
+
+
+def test_a_block_naming_a_top_level_node_is_told_to_take_it_as_an_input() -> None:
+    problems = _diagnostics("""\
+        resgraph: 1
+        name: P
+        inputs:
+          x: [8]
+        blocks:
+          unit:
+            inputs: [h]
+            layers:
+              - fc: {op: Linear, out_features: 8}
+            skips:
+              - sk: {from: stem, to: fc}
+        layers:
+          - stem: {op: Linear, out_features: 8}
+          - u: {block: unit}
+        """)
+    assert problems == [
+        (11, 20, "skip 'u.sk': from: unknown node 'stem'",
+         "'stem' is a node of the spec's top level, and block 'unit' reads only its own inputs (h) and layers: give "
+         "block 'unit' another input (`inputs: [h, stem]`) and pass 'stem' in its call's `input:` list"),
+    ]
+
+
+def test_a_name_declared_nowhere_is_only_unknown() -> None:
+    problems = _diagnostics("""\
+        resgraph: 1
+        name: P
+        inputs:
+          x: [8]
+        layers:
+          - fc: {op: Linear, out_features: 8, input: nothing}
+        """)
+    assert problems == [(6, 46, "layer 'fc': unknown node 'nothing'", None)]
+
+
+def test_overriding_a_block_parameter_says_how_to_make_it_settable() -> None:
+    text = textwrap.dedent("""\
+        resgraph: 1
+        name: P
+        inputs:
+          x: [8]
+        blocks:
+          lin:
+            params: {width: 8}
+            layers:
+              - fc: {op: Linear, out_features: "${width}"}
+        layers:
+          - l: {block: lin}
+        """)
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(text, params={"width": 16})
+    (problem,) = caught.value.diagnostics
+    assert problem.message == "cannot override parameter 'width': the spec declares no parameter 'width'"
+    assert problem.hint == ("'width' is a parameter of block 'lin', given by each call's `with:`; to set it from "
+                            "outside, declare it in the spec's `params:` and pass it on: `with: {width: \"${width}\"}`")
+
+
+def test_a_block_library_input_listed_twice_is_refused_in_the_library(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "lib.yaml").write_text(textwrap.dedent("""\
+        resgraph: 1
+        blocks:
+          pair:
+            inputs: [a, b, a]
+            layers:
+              - fc: {op: Linear, out_features: 8, input: a}
+        """))
+    (tmp_path / "net.yaml").write_text(textwrap.dedent("""\
+        resgraph: 1
+        name: P
+        imports: [lib.yaml]
+        inputs:
+          x: [8]
+        layers:
+          - h: {op: Linear, out_features: 4}
+          - p: {block: pair, input: [x, h, x]}
+        """))
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(tmp_path / "net.yaml")
+    (problem,) = caught.value.diagnostics
+    assert str(problem.location) == f"{tmp_path / 'lib.yaml'}:4:20"
+    assert problem.message == "block 'pair': inputs: 'a' is listed twice; each input of a block needs its own name"
+
+
+@pytest.mark.parametrize(("entry", "column", "key", "meant"), [
+    ("- b: {blok: unit}", 9, "blok", "block"),
+    ("- b: {blocks: unit, with: {c: 3}}", 9, "blocks", "block"),
+    ("- b: {Op: ReLU}", 9, "Op", "op"),
+])
+def test_a_misspelt_op_or_block_key_is_named_at_the_key(entry: str, column: int, key: str, meant: str) -> None:
+    errors = _errors(f"""\
+        resgraph: 1
+        name: P
+        inputs:
+          x: [8]
+        blocks:
+          unit:
+            params: {{c: 8}}
+            layers:
+              - fc: {{op: Linear, out_features: "${{c}}"}}
+        layers:
+          {entry}
+        """)
+    assert errors == [f"<string>:11:{column}: error: layer 'b': unknown key {key!r}; did you mean {meant!r}? "
+                      "(a layer needs `op:`, a block instance `block:`)"]
+
+
+def test_an_instance_whose_when_leaves_no_layer_is_named() -> None:
+    errors = _errors("""\
+        resgraph: 1
+        name: P
+        inputs:
+          x: [8]
+        blocks:
+          unit:
+            layers:
+              - fc: {op: Linear, out_features: 8, when: "${index != 1}"}
+        layers:
+          - a: {block: unit, repeat: 3}
+        """)
+    assert errors == ["<string>:7:5: error: block 'unit': no layer is left (every `when:` is false), so there is no "
+                      "output (in 'a.1')"]
