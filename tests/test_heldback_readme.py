@@ -164,3 +164,28 @@ def test_the_intro_says_which_tutorial_spec_works_and_the_refusal_shown_is_what_
     result = subprocess.run([sys.executable, "-m", "resgraph", "build", "examples/tutorial_literal.yaml"], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 1 and result.stdout + result.stderr == shown
+
+
+SKIP_INTO_GLOBAL_POOL = """
+resgraph: 1
+name: SkipIntoPool
+inputs:
+  x: [8, 16, 16]
+layers:
+  - conv: {op: Conv2d, out_channels: 16, kernel_size: 3, padding: 1}
+  - pool: {op: AdaptiveAvgPool2d, output_size: 1}
+skips:
+  - s: {from: x, to: pool}
+"""
+
+
+def test_an_admitted_size_keeps_the_weights_and_outputs_but_may_narrow_what_the_build_admits() -> None:
+    assert "the new build admits\n  only the sizes that step fits" in README
+    declared = resgraph.build(SKIP_INTO_GLOBAL_POOL, seed=0).eval()
+    at_five = resgraph.build(SKIP_INTO_GLOBAL_POOL, seed=0, input_shapes={"x": (8, 5, 5)}).eval()
+    assert all(torch.equal(a, b) for a, b in zip(declared.state_dict().values(), at_five.state_dict().values()))
+    x = torch.randn(2, 8, 5, 5)
+    assert torch.equal(declared(x), at_five(x))
+    declared(torch.randn(2, 8, 16, 16))
+    with pytest.raises(ValueError, match=r"1 <= H <= 5"):
+        at_five(torch.randn(2, 8, 16, 16))
