@@ -191,8 +191,14 @@ def rebuild(record: BuildRecord, *, allow_imports: Iterable[str] = (), seed: int
             max_params: int | None = DEFAULT_MAX_PARAMS) -> CompiledModule:
     """Build the model a `BuildRecord` describes (e.g. `model.build_record`), from the record alone.
 
+    The record holds the architecture, not the weights: with the `seed` the model was built with,
+    the rebuilt model's weights are the same (`rebuild(model.build_record, seed=0)` after
+    `build(spec, seed=0)`); without one they are freshly random. `resgraph.load` restores saved ones.
+
     Args:
         allow_imports: the prefixes the caller allows; a record that needs others is refused.
+        seed: seeds the weights as `build(..., seed=...)` does; None leaves them random.
+        max_params: the parameter limit, as for `build`.
     Raises:
         UsageError: the record needs imports the caller did not allow.
         SpecError: the recorded spec is invalid.

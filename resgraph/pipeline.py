@@ -55,7 +55,10 @@ DEFAULT_MAX_PARAMS = 2**31  # the default parameter limit of builds (about 8 GiB
 
 @dataclass(frozen=True)
 class BuildRecord:
-    """What a compiled model was built from: enough to rebuild it exactly, anywhere.
+    """What a compiled model was built from: enough to rebuild its architecture exactly, anywhere.
+
+    It holds neither the weights nor the seed: `rebuild(record, seed=...)` with the build's seed
+    gives the same weights too.
 
     Attributes:
         spec: the spec's text (YAML; JSON for a spec given as a dict).

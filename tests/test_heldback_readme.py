@@ -1,0 +1,191 @@
+"""The README's claims, run: the code it shows is the code resgraph writes, its snippets run as
+written, and its numbers are the ones resgraph's registries and builds give."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import resgraph
+from resgraph.ops import OPS
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+EXAMPLES = ROOT / "examples"
+
+
+def section(start: str, end: str) -> str:
+    """The README's text from the first `start` to the next `end` after it."""
+    a = README.index(start)
+    return README[a:README.index(end, a + len(start))]
+
+
+def blocks(text: str, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", text, re.DOTALL)
+
+
+def run_cli_lines(script: str, cwd: Path) -> None:
+    for line in script.splitlines():
+        command = line.split("#")[0].split()
+        assert command[0] == "resgraph", line
+        result = subprocess.run([sys.executable, "-m", "resgraph", *command[1:]], cwd=cwd, capture_output=True,
+                                text=True)
+        assert result.returncode == 0, result.stderr
+
+
+def test_the_forward_shown_is_the_tutorials_model_code() -> None:
+    shown = blocks(section("forward is straight-line generated code", "See [Using a compiled model]"), "python")
+    assert len(shown) == 1
+    assert shown[0] == resgraph.build(EXAMPLES / "tutorial.yaml", seed=0).code.rstrip("\n") + "\n"
+
+
+def test_rebuild_from_the_record_gives_the_same_weights_with_the_builds_seed() -> None:
+    assert "resgraph.rebuild(model.build_record, seed=0)" in README
+    model = resgraph.build(EXAMPLES / "tutorial.yaml", seed=0)
+    same = resgraph.rebuild(model.build_record, seed=0)
+    assert same.state_dict().keys() == model.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), model.state_dict().values()))
+    assert "seed" in resgraph.rebuild.__doc__ and "seed" in resgraph.BuildRecord.__doc__
+
+
+def test_import_without_resgraph_runs_as_written(tmp_path: Path) -> None:
+    text = section("**Import it without resgraph**", "The file has one class")
+    (bash,), (python,) = blocks(text, "bash"), blocks(text, "python")
+    (tmp_path / "examples").symlink_to(EXAMPLES)
+    run_cli_lines(bash, tmp_path)
+    # the snippet as written, then its commented alternative, against the compiled model's outputs
+    check = f"""
+{python}
+import resgraph
+model = resgraph.load("tutorial.pt").eval()
+x = torch.randn(2, 3, 32, 32)
+assert torch.equal(net.eval()(x), model(x))
+torch.save(model.state_dict(), "weights.pt")
+other = TutorialResNet()
+other.load_state_dict(torch.load("weights.pt"), strict=True)
+assert torch.equal(other.eval()(x), model(x))
+"""
+    result = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_mask_shared_by_the_batch_is_passed_expanded() -> None:
+    (snippet,) = blocks(section("A mask is an input", "`scaled_dot_product_attention` is"), "python")
+    scope: dict[str, object] = {"torch": torch, "resgraph": resgraph}
+    exec(snippet, scope)  # noqa: S102 - the README's own snippet
+    model, x, window = scope["model"], scope["x"], scope["window"]
+    got = model(x, window.expand(4, -1, -1))
+    want = model.attn(x, x, x, attn_mask=window, need_weights=False)[0]
+    assert torch.allclose(got, want, atol=1e-6)
+    for refused in (window, window[None]):  # what the README says the guard refuses
+        with pytest.raises(ValueError, match="input 'window' must"):
+            model(x, refused)
+
+
+def test_the_curated_op_counts_are_the_registrys() -> None:
+    torch_classes = sorted(name for name in OPS if name[0].isupper())
+    own = sorted(name for name in OPS if name[0].islower())
+    assert all(isinstance(getattr(torch.nn, name, None), type) for name in torch_classes)
+    stated = re.search(r"- (\d+) `torch.nn` classes are curated", README)
+    assert stated and int(stated.group(1)) == len(torch_classes)
+    assert f"So are resgraph's {len(own)} own ops" in README
+    assert "MultiheadAttention" in torch_classes
+    activations = [name for name in torch_classes if name in {
+        "CELU", "ELU", "GELU", "Hardsigmoid", "Hardswish", "Hardtanh", "LeakyReLU", "LogSigmoid", "Mish", "PReLU",
+        "ReLU", "ReLU6", "SELU", "SiLU", "Sigmoid", "Softplus", "Softsign", "Tanh", "Tanhshrink"}]
+    assert f"{len(activations)} activations" in README
+
+
+FLATTEN_LINEAR = """
+resgraph: 1
+name: FlattenLinear
+inputs:
+  x: [3, 32, 32]
+layers:
+  - conv: {op: Conv2d, out_channels: 8, kernel_size: 3, padding: 1}
+  - flat: {op: Flatten}
+  - fc:   {op: Linear, out_features: 10}
+"""
+
+
+def test_another_input_size_is_the_same_model_only_where_sizes_admits_it() -> None:
+    claim = section("- **Other sizes without editing the spec.**", "- **Size-generic code.**")
+    assert "the model is the same" in claim and "4 times the `in_features`" in claim
+    def admitted_heights(spec: object) -> list[int]:
+        return resgraph.valid_sizes(spec, low=1, high=64).to_dict()["inputs"]["x"]["dims"][1]["valid"]
+
+    assert 64 in admitted_heights(EXAMPLES / "tutorial.yaml")  # admitted: the same model
+    declared = resgraph.build(EXAMPLES / "tutorial.yaml", seed=0)
+    larger = resgraph.build(EXAMPLES / "tutorial.yaml", seed=0, input_shapes={"x": (3, 64, 64)})
+    assert declared.state_dict().keys() == larger.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(declared.state_dict().values(), larger.state_dict().values()))
+    assert admitted_heights(FLATTEN_LINEAR) == [32]  # not admitted: the model for that size
+    assert resgraph.build(FLATTEN_LINEAR).fc.in_features == 8 * 32 * 32
+    assert resgraph.build(FLATTEN_LINEAR, input_shapes={"x": (3, 64, 64)}).fc.in_features == 4 * 8 * 32 * 32
+
+
+def test_uncurated_layers_are_batch_first_and_accept_written_input_sizes() -> None:
+    assert "`batch_first` is always `True`" in README and "accepted when written" in README
+    model = resgraph.build("""
+resgraph: 1
+name: Recurrent
+inputs:
+  x: [10, 16]
+layers:
+  - lstm: {op: LSTM, input_size: 16, hidden_size: 8, output: 0}
+  - gru:  {op: GRU, hidden_size: 8, output: 0}
+""")
+    assert model.lstm.batch_first and model.gru.batch_first and model.gru.input_size == 8
+    assert model(torch.randn(3, 10, 16)).shape == (3, 10, 8)
+    with pytest.raises(resgraph.SpecError, match="'in_features' is inferred from the input; remove it"):
+        resgraph.check("""
+resgraph: 1
+name: Curated
+inputs:
+  x: [16]
+layers:
+  - fc: {op: Linear, in_features: 16, out_features: 3}
+""")
+
+
+def test_the_intro_says_which_tutorial_spec_works_and_the_refusal_shown_is_what_build_prints() -> None:
+    intro = section("A widely read tutorial", "## Set-up")
+    assert "`padding: 1`" in intro and "`examples/tutorial.yaml`" in intro
+    assert "`examples/tutorial_literal.yaml`" in intro and "resgraph refuses" in intro
+    assert "`examples/tutorial_literal_crop.yaml`" in intro
+    for spec in ("tutorial.yaml", "tutorial_literal_crop.yaml"):
+        assert resgraph.build(EXAMPLES / spec, seed=0) is not None
+    (shown,) = re.findall(r"```console\n\$ resgraph build examples/tutorial_literal\.yaml\n(.*?)```", README, re.DOTALL)
+    result = subprocess.run([sys.executable, "-m", "resgraph", "build", "examples/tutorial_literal.yaml"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and result.stdout + result.stderr == shown
+
+
+SKIP_INTO_GLOBAL_POOL = """
+resgraph: 1
+name: SkipIntoPool
+inputs:
+  x: [8, 16, 16]
+layers:
+  - conv: {op: Conv2d, out_channels: 16, kernel_size: 3, padding: 1}
+  - pool: {op: AdaptiveAvgPool2d, output_size: 1}
+skips:
+  - s: {from: x, to: pool}
+"""
+
+
+def test_an_admitted_size_keeps_the_weights_and_outputs_but_may_narrow_what_the_build_admits() -> None:
+    assert "the new build admits\n  only the sizes that step fits" in README
+    declared = resgraph.build(SKIP_INTO_GLOBAL_POOL, seed=0).eval()
+    at_five = resgraph.build(SKIP_INTO_GLOBAL_POOL, seed=0, input_shapes={"x": (8, 5, 5)}).eval()
+    assert all(torch.equal(a, b) for a, b in zip(declared.state_dict().values(), at_five.state_dict().values()))
+    x = torch.randn(2, 8, 5, 5)
+    assert torch.equal(declared(x), at_five(x))
+    declared(torch.randn(2, 8, 16, 16))
+    with pytest.raises(ValueError, match=r"1 <= H <= 5"):
+        at_five(torch.randn(2, 8, 16, 16))
