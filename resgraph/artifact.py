@@ -97,7 +97,7 @@ def load(path: str | os.PathLike[str], *, allow_imports: Iterable[str] = (),
     if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                   for k, v in state.items()):
         raise UsageError(f"{name}: not a complete resgraph model file (its weights are missing or not tensors)")
-    module = rebuild(record, allow_imports=allow_imports, max_params=max_params)
+    module = rebuild(record, allow_imports=allow_imports, max_params=max_params, meta_hint=False)
     try:
         result = module.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # a tensor of the wrong shape

@@ -351,7 +351,8 @@ def target_device(device: Device | None, named: str | None = None) -> torch.devi
 
 
 def compile_model(spec: Spec, graph: Graph, record: BuildRecord, *, seed: int | None = None,
-                  max_params: int | None = DEFAULT_MAX_PARAMS, device: Device | None = None) -> CompiledModule:
+                  max_params: int | None = DEFAULT_MAX_PARAMS, device: Device | None = None,
+                  meta_hint: bool = True) -> CompiledModule:
     """Lower a checked graph into a `CompiledModule` carrying `spec`, `graph` and `record`.
 
     Args:
@@ -359,9 +360,12 @@ def compile_model(spec: Spec, graph: Graph, record: BuildRecord, *, seed: int | 
             device of an enclosing `with torch.device(...)`). "meta": allocate nothing (no
             parameter limit applies). Another device: build on meta, then `materialize` there, so
             the weights equal a CPU build's with the same seed and no CPU copy is made.
+        meta_hint: whether a model over `max_params` is offered the meta device, where it could be
+            inspected without allocating (not where the caller takes no device: `load`).
     Raises:
         SpecError: the model has more than `max_params` parameters (checked before any weight
             is allocated), or torch refused a layer's arguments.
+        UsageError: `device` is not one this machine can allocate on (`target_device`).
     """
     graph.meta["sizes"] = solve_sizes(graph, square=False)  # the forward's input guard states them
     target = target_device(device)
@@ -370,8 +374,8 @@ def compile_model(spec: Spec, graph: Graph, record: BuildRecord, *, seed: int | 
     lower_on = target if target is None or target.type in ("cpu", "meta") else torch.device("meta")
     with allowed_imports(record.allow_imports):
         if max_params is not None and (target is None or target.type != "meta"):
-            _check_size(graph, part_sizes(graph), max_params)
-            _check_constants(graph, max_params)
+            _check_size(graph, part_sizes(graph), max_params, meta_hint=meta_hint)
+            _check_constants(graph, max_params, meta_hint=meta_hint)
         with gc_paused(), lower_on if lower_on is not None else contextlib.nullcontext():
             module = lower(graph, base=CompiledModule, seed=seed if lower_on == target else None)
     module.spec = spec
@@ -517,13 +521,16 @@ def name_outputs(program: Any, graph: Graph) -> Any:
 
 
 def rebuild(record: BuildRecord, *, allow_imports: Iterable[str] = (), seed: int | None = None,
-            max_params: int | None = DEFAULT_MAX_PARAMS, device: Device | None = None) -> CompiledModule:
+            max_params: int | None = DEFAULT_MAX_PARAMS, device: Device | None = None,
+            meta_hint: bool = True) -> CompiledModule:
     """Build the model a `BuildRecord` describes, reading imported libraries from the record.
 
     Args:
         allow_imports: the prefixes the caller allows. The record's own are never trusted: a
             model built with imports the caller does not allow is refused.
         device: as `compile_model`'s ("meta": nothing allocated).
+        meta_hint: whether a model over `max_params` is offered the meta device (not by `load`, which
+            loads weights into the model and takes no device).
     Raises:
         UsageError: the record needs imports the caller did not allow.
         SpecError: the recorded spec is invalid (e.g. written by a newer resgraph).
@@ -537,7 +544,8 @@ def rebuild(record: BuildRecord, *, allow_imports: Iterable[str] = (), seed: int
     with allowed_imports(allowed):
         spec, graph = check_loaded(load_text(record.spec, record.file), record.params, record.reader(),
                                    record.input_shapes)
-    return compile_model(spec, graph, record, seed=seed, max_params=max_params, device=device)
+    return compile_model(spec, graph, record, seed=seed, max_params=max_params, device=device,
+                         meta_hint=meta_hint)
 
 
 def meta_module(graph: Graph) -> GeneratedModule:

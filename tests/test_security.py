@@ -320,6 +320,19 @@ def test_a_model_over_the_limit_is_offered_the_meta_device() -> None:
     assert sum(p.numel() for p in meta.parameters()) == 6_738_415_616
 
 
+
+def test_loading_a_model_over_the_limit_is_offered_only_what_load_takes(tmp_path: pathlib.Path) -> None:
+    """`load` fills the model with the file's weights and takes no device: its refusal offers the
+    limit, not the meta device (its hint did, and neither `load` nor the CLI reading a .pt takes one)."""
+    path = tmp_path / "model.pt"
+    resgraph.save(resgraph.build(HEAD + "  - fc: {op: Linear, out_features: 100}\n", seed=0), path)
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.load(path, max_params=100)
+    (diagnostic,) = caught.value.diagnostics
+    assert "more than the limit of 100" in diagnostic.message
+    assert diagnostic.hint == "raise the limit with --max-params N (Python: max_params=N) if this is intended"
+    assert resgraph.load(path, max_params=None).fc.out_features == 100
+
 @pytest.mark.parametrize("layer", ["{op: full, shape: [100000, 100000, 10], value: 0.5}",
                                    "{op: arange, stop: 100000000000}"])
 def test_huge_constants_are_refused_before_allocation(layer: str, tmp_path: pathlib.Path) -> None:
