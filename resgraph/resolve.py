@@ -34,6 +34,7 @@ from .loader import Origin
 from .ops import Layer
 from .ops.base import is_identifier
 from .ops.tensor import BlockOutput
+from .ops.tensor_ops import Piece
 from .spec import BlockCall
 from .suggest import did_you_mean
 
@@ -86,11 +87,23 @@ class _Resolver:
     def fail(self, origin: Origin, message: str, hint: str | None = None, *, key: bool = True) -> None:
         self.diagnostics.append(Diagnostic(origin.locate(key=key), message, hint))
 
+    def split_outputs(self, name: str) -> list[tuple[str, Piece]]:
+        """The outputs a chunk/split layer `name` of this scope names, each with its piece; [] for any
+        other name. (A piece's origin is its layer's `outputs[i]`: `(..., NAME, "outputs", i)`.)"""
+        return [(item.name, item.body) for item in self.scope.layers
+                if isinstance(item.body, Piece) and item.origin.path[-3:-1] == (name, "outputs")]
+
     def fail_unknown(self, origin: Origin, prefix: str, ref: str, candidates: Iterable[str], suffix: str = "", *,
                      output: bool = False) -> None:
         """`PREFIX: unknown node 'ref'`, or, for an entry its `when:` left out, that it is left out and
         where (`output`: the reader is the scope's `outputs:`, which are always there)."""
         left_out = self.scope.left_out.get(ref)
+        outputs = self.split_outputs(ref) if left_out is None else []
+        if outputs:  # (a chunk/split is no node: each output it names is one)
+            self.fail(origin, f"{prefix}{ref!r} is a {type(outputs[0][1].group).__name__.lower()} with "
+                              f"{len(outputs)} outputs, not one node{suffix}",
+                      f"read one of its outputs: {', '.join(name for name, _ in outputs)}", key=False)
+            return
         if left_out is None:
             self.fail(origin, f"{prefix}unknown node {ref!r}{did_you_mean(ref, candidates)}{suffix}",
                       self.scope.elsewhere(ref), key=False)
