@@ -1,0 +1,62 @@
+"""Held-back cases of the robustness and security issues (#7, #14): hostile YAML, hostile `--set`
+and `--input` values, expressions, generated files and user files. Each is answered with a result
+or a located resgraph error naming what is wrong and how to fix it, never a traceback."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import resgraph
+
+SPEC = "resgraph: 1\nname: M\ninputs:\n  x: [4]\nlayers:\n  - fc: {op: Linear, out_features: 8}   # note\n"
+
+
+def run_cli(*args: str, cwd: pathlib.Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "resgraph", *args], capture_output=True, text=True, timeout=120,
+                          cwd=cwd)
+
+
+def spec_errors(text: str) -> list[str]:
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(text)
+    return [d.format() for d in caught.value.diagnostics]
+
+
+# --- characters YAML never allows -----------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "where", "code", "hint"), [
+    # each was `<string>:1:1: error: YAML error: unacceptable character #x001b: ... position 87`
+    (SPEC.replace("# note", "# \x1b[2Jnote"), "6:43", "U+001B (a control character)", '("\\x1b")'),
+    (SPEC.replace("name: M", "name: 'M\x7f'"), "2:9", "U+007F (a control character)", '("\\x7f")'),
+    (SPEC.replace("# note", "# é\x90"), "6:44", "U+0090 (a control character)", '("\\x90")'),  # after a 2-byte one
+    (SPEC.replace("# note", "# \ufffe"), "6:43", "U+FFFE (a noncharacter)", "remove it"),
+    (SPEC.replace("8}", "[" * 10 + "\x00" + "]" * 10 + "}"), "6:46", "U+0000 (a control character)", '("\\x00")'),
+    # (nested past what libyaml is given: PyYAML's own reader, which counts characters, not bytes)
+    (SPEC.replace("8}", "[" * 70 + "\x01" + "]" * 70 + "}"), "6:106", "U+0001 (a control character)", '("\\x01")'),
+])
+def test_a_character_yaml_refuses_is_an_error_where_it_is(text: str, where: str, code: str, hint: str) -> None:
+    (message,) = spec_errors(text)
+    assert message.startswith(f"<string>:{where}: error: the character {code} is not allowed in YAML"), message
+    assert hint in message and "position" not in message
+
+
+def test_a_control_character_in_a_spec_file_or_library_is_located_by_the_cli(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "lib.yaml").write_bytes(b"resgraph: 1\nblocks:\n  b:\n    layers:\n      - r: {op: ReLU}  # \x1b\n")
+    (tmp_path / "s.yaml").write_text(SPEC.replace("name: M", "name: M\nimports: [lib.yaml]"))
+    (tmp_path / "crlf.yaml").write_bytes(SPEC.replace("# note", "# \x1b").replace("\n", "\r\n").encode())
+    for spec, where in [("s.yaml", "lib.yaml:5:26"), ("crlf.yaml", "crlf.yaml:6:43")]:
+        result = run_cli("validate", spec, cwd=tmp_path)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.startswith(f"{where}: error: the character U+001B (a control character)"), result.stderr
+
+
+def test_a_control_character_in_a_set_value_names_it() -> None:
+    result = run_cli("validate", "examples/tutorial.yaml", "--set", "a=x\x7fy",
+                     cwd=pathlib.Path(__file__).resolve().parents[1])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "not a YAML value (the character U+007F (a control character) is not allowed" in result.stderr
+    assert "unicode string" not in result.stderr
