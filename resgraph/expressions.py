@@ -22,6 +22,7 @@ from __future__ import annotations
 import ast
 import contextvars
 import functools
+import itertools
 import math
 import operator
 from collections.abc import Callable, Mapping
@@ -341,7 +342,7 @@ class _Evaluator:
                 raise Unavailable(str(exc), self.lead + node.col_offset) from None
         if node.id in FUNCTIONS:
             raise self.fail(node, f"{node.id} is a function; call it: {node.id}(...)")
-        hint = did_you_mean(node.id, [*self.names, "True", "False", "None"])
+        hint = did_you_mean(node.id, itertools.chain(self.names, ("True", "False", "None")))  # (read only if used)
         error = self.fail(node, f"unknown name {node.id!r}{hint}")
         error.unknown_name = node.id
         raise error

@@ -7,10 +7,12 @@ from __future__ import annotations
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 
 import resgraph
+from resgraph.suggest import MAX_COMPARED, closest, suggestion_budget
 
 SPEC = "resgraph: 1\nname: M\ninputs:\n  x: [4]\nlayers:\n  - fc: {op: Linear, out_features: 8}   # note\n"
 
@@ -60,3 +62,39 @@ def test_a_control_character_in_a_set_value_names_it() -> None:
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "not a YAML value (the character U+007F (a control character) is not allowed" in result.stderr
     assert "unicode string" not in result.stderr
+
+
+# --- the error path is bounded too ---------------------------------------------------------------
+
+def test_thousands_of_misspelt_names_are_all_reported_in_bounded_time() -> None:
+    # 1,500 layers each reading a misspelt one of 1,500 parameters: every "did you mean" compared the
+    # name with every parameter (difflib, up to 20 us a pair): 40 s here, 73 s at 2,000, minutes at 8,000
+    n = 1_500
+    params = "".join(f"  width_{i}: 8\n" for i in range(n))
+    layers = "".join(f"  - fc{i}: {{op: Linear, out_features: '${{widht_{i}}}', input: x}}\n" for i in range(n))
+    start = time.perf_counter()
+    errors = spec_errors(f"resgraph: 1\nname: M\nparams:\n{params}inputs:\n  x: [4]\nlayers:\n{layers}")
+    elapsed = time.perf_counter() - start
+    assert elapsed < 15, elapsed  # a pathology guard: about 1 s
+    assert len(errors) == n  # every mistake is still reported, at its line
+    assert errors[0].startswith(f"<string>:{n + 7}:40: error: in ${{widht_0}}: unknown name 'widht_0'; "
+                                "did you mean 'width_0'?")
+    assert errors[-1].endswith(f"unknown name 'widht_{n - 1}'")  # past the bound: no suggestion
+
+
+def test_a_spent_suggestion_budget_reads_no_more_candidates() -> None:
+    def candidates(count: int):  # type: ignore[no-untyped-def]
+        for i in range(count):
+            yield f"name_{i}"
+
+    def unread():  # type: ignore[no-untyped-def]
+        raise AssertionError("read after the budget was spent")
+        yield
+
+    assert closest("nmae_3", candidates(10)) == "name_3"  # outside a check: no bound
+    with suggestion_budget():
+        assert closest("nmae_3", candidates(MAX_COMPARED // 2)) == "name_3"  # (compared twice: spends it)
+        assert closest("nmae_3", unread()) is None
+        with suggestion_budget():  # an inner check keeps the outer bound
+            assert closest("nmae_3", unread()) is None
+    assert closest("nmae_3", candidates(10)) == "name_3"
