@@ -18,6 +18,7 @@ Third-party wording is translated by `translate`.
 from __future__ import annotations
 
 import json
+import keyword
 import re
 from collections.abc import Mapping
 from functools import cache
@@ -74,7 +75,7 @@ def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics:
     entries, blocks, inputs, fatal = _invalid_parts(paths, loaded.data)
     shadowing = builtin_shadows(loaded.data, loaded.source)
     problems += [diagnostic for _, diagnostic in shadowing]
-    blocks |= {str(path[1]) for path, _ in shadowing}  # left out: its calls report nothing more
+    blocks |= {str(path[1]) for path, _ in shadowing if path[0] == "blocks"}  # left out: its calls report nothing more
     if problems and (fatal or diagnostics is None):
         raise SpecError(problems)
     stand_ins = _input_stand_ins(loaded.data, inputs)
@@ -132,8 +133,9 @@ def _parts_reading(data: dict[str, Any], names: set[str]) -> tuple[set[tuple[str
 
 def builtin_shadows(data: Any, source: SourceMap) -> list[tuple[Path, Diagnostic]]:
     """Block parameters named like a name resgraph binds in block bodies (`spec.BUILTIN_NAMES`:
-    `index`, `num_blocks`, `in_channels`, ...), each with its path and a diagnostic at its key: such
-    a parameter would silently hide the built-in name.
+    `index`, `num_blocks`, `in_channels`, ...), and parameters anywhere named a Python keyword, each
+    with its path and a diagnostic at its key: the first would silently hide the built-in name, and
+    no expression can read the second.
 
     >>> from resgraph.loader import load_text
     >>> loaded = load_text("resgraph: 1\\nblocks:\\n  b: {params: {in_channels: 3, depth: 2}}\\n", "s.yaml")
@@ -141,12 +143,21 @@ def builtin_shadows(data: Any, source: SourceMap) -> list[tuple[Path, Diagnostic
     [(('blocks', 'b', 'params', 'in_channels'), 's.yaml:3:16')]
     """
     found: list[tuple[Path, Diagnostic]] = []
-    # (top-level parameters may take these names: inside a block the built-in name wins, see `expand`)
+    # A parameter named a Python keyword (`if`, `lambda`, `None`) is never read: `${if}` does not parse
+    # and `${None}` is null; said at its key, where it was said only as "invalid syntax" where read.
+    top = data.get("params") if isinstance(data, dict) else None
+    for name in top if isinstance(top, dict) else ():
+        if isinstance(name, str) and keyword.iskeyword(name):
+            found.append((("params", name), _keyword_parameter(source, ("params", name), "")))
+    # (top-level parameters may take the built-in names: inside a block the built-in name wins, see `expand`)
     blocks = data.get("blocks") if isinstance(data, dict) else None
     for block, definition in blocks.items() if isinstance(blocks, dict) else ():
         params = definition.get("params") if isinstance(definition, dict) else None
         for name in params if isinstance(params, dict) else ():
-            if name in BUILTIN_NAMES:
+            if isinstance(name, str) and keyword.iskeyword(name):
+                where = ("blocks", block, "params", name)
+                found.append((where, _keyword_parameter(source, where, f"block {block!r}: ")))
+            elif name in BUILTIN_NAMES:
                 where = ("blocks", block, "params", name)
                 hint = (f"rename the parameter (e.g. {name}_value); inside a block, `{name}` already means "
                         f"{BUILTIN_NAMES[name]}")
@@ -154,6 +165,15 @@ def builtin_shadows(data: Any, source: SourceMap) -> list[tuple[Path, Diagnostic
                                                 f"block {block!r}: parameter {name!r} would hide the built-in name "
                                                 f"{name!r} ({BUILTIN_NAMES[name]})", hint)))
     return found
+
+
+def _keyword_parameter(source: SourceMap, where: Path, owner: str) -> Diagnostic:
+    name = where[-1]
+    read = f"is the constant {name}" if name in ("True", "False", "None") else "does not parse"
+    return Diagnostic(source.locate(where, key=True),
+                      f"{owner}parameter {name!r} is a Python keyword, which no expression can read "
+                      f"(`${{{name}}}` {read})",
+                      f"rename the parameter (e.g. {name.lower()}_value)")
 
 
 def _invalid_parts(paths: list[Path], data: Any) -> tuple[set[tuple[str, int]], set[str], set[str], bool]:

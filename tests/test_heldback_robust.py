@@ -98,3 +98,31 @@ def test_a_spent_suggestion_budget_reads_no_more_candidates() -> None:
         with suggestion_budget():  # an inner check keeps the outer bound
             assert closest("nmae_3", unread()) is None
     assert closest("nmae_3", candidates(10)) == "name_3"
+
+
+# --- parameter names an expression cannot read --------------------------------------------------
+
+@pytest.mark.parametrize(("params", "layers", "expected"), [
+    # was only `in ${if}: invalid expression: invalid syntax` where it was read
+    ("params:\n  if: 8\n", "  - fc: {op: Linear, out_features: '${if}'}\n",
+     "<string>:4:3: error: parameter 'if' is a Python keyword, which no expression can read (`${if}` does not parse)\n"
+     "  hint: rename the parameter (e.g. if_value)"),
+    # was `out_features: expected an integer, got null`: `${None}` is the constant, never the parameter
+    ("params:\n  None: 8\n", "  - fc: {op: Linear, out_features: '${None}'}\n",
+     "<string>:4:3: error: parameter 'None' is a Python keyword, which no expression can read (`${None}` is the "
+     "constant None)\n  hint: rename the parameter (e.g. none_value)"),
+    # was accepted, and any call giving it a value gave a value nothing could read
+    ("blocks:\n  b:\n    params: {lambda: 3}\n    layers:\n      - r: {op: Linear, out_features: 8}\n",
+     "  - c: {block: b, with: {lambda: 4}}\n",
+     "<string>:5:14: error: block 'b': parameter 'lambda' is a Python keyword, which no expression can read "
+     "(`${lambda}` does not parse)\n  hint: rename the parameter (e.g. lambda_value)"),
+])
+def test_a_parameter_named_a_python_keyword_is_an_error_at_its_key(params: str, layers: str, expected: str) -> None:
+    errors = spec_errors(f"resgraph: 1\nname: M\n{params}inputs:\n  x: [4]\nlayers:\n{layers}")
+    assert errors[0] == expected
+
+
+def test_parameters_named_like_soft_keywords_and_functions_are_read() -> None:
+    graph = resgraph.check("resgraph: 1\nname: M\nparams: {match: 6, type: 2, max: 3}\ninputs:\n  x: [4]\nlayers:\n"
+                           "  - fc: {op: Linear, out_features: '${match + type + max(max, 1)}'}\n")
+    assert graph.nodes["fc"].meta["args"]["out_features"] == 11
