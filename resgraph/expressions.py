@@ -217,7 +217,9 @@ def _checked_tree(text: str) -> tuple[int, ast.expr]:
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
-        raise ExpressionError(f"invalid expression: {exc.msg}", lead + max((exc.offset or 1) - 1, 0)) from None
+        broken = "; an expression is written on one line, and this one holds a line break" \
+            if "\n" in text.strip() else ""  # (`|` blocks keep them: `a *\n 2` is no Python expression)
+        raise ExpressionError(f"invalid expression: {exc.msg}{broken}", lead + max((exc.offset or 1) - 1, 0)) from None
     except (RecursionError, MemoryError, ValueError):  # the parser's own limits on nesting
         raise ExpressionError(f"expression nests deeper than {MAX_NESTING} levels", lead) from None
     deepest = _nesting(tree.body)

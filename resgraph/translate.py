@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from .errors import Diagnostic
 from .loader import Origin, Path, SourceMap
 from .ops import OPS
-from .schema import json_schema
+from .schema import EXPRESSION, json_schema
 from .suggest import did_you_mean
 
 __all__ = ["NAME_RULE", "coerced_diagnostics", "describe", "jsonschema_diagnostics", "keys_not_strings",
@@ -150,6 +150,10 @@ def _translate(error: Any, data: Any, source: SourceMap) -> Iterator[Diagnostic]
         yield Diagnostic(source.locate(path), f"{_label(path, data)}: must not be empty")
         return
 
+    if kind == "pattern" and isinstance(instance, str) and schema.get("pattern") == EXPRESSION["pattern"]:
+        # (a value that takes a number or an expression: it failed as the expression, not as a name)
+        yield _malformed_expression(path, instance, data, source)
+        return
     if kind == "pattern" and isinstance(instance, str) and "${" in instance:
         yield Diagnostic(source.locate(path), f"{_label(path, data)}: a name cannot be an expression ({instance!r}): "
                                               "the graph's nodes, edges and blocks are fixed before parameters are "
@@ -265,6 +269,19 @@ def _branch_errors(error: Any, path: Path) -> list[Any] | None:
 
 def _matches_any(key: str, patterns: dict[str, Any]) -> bool:
     return any(re.search(pattern, key) for pattern in patterns)
+
+
+def _malformed_expression(path: Path, text: str, data: Any, source: SourceMap) -> Diagnostic:
+    """A string starting with `${` that is not one expression: a line break inside it (`|` blocks,
+    `"\\n"`), or text after its `}`. Was said as "a name cannot be an expression", of a number."""
+    where = source.locate(path)
+    if "\n" in text.rstrip("\n"):
+        return Diagnostic(where, f"{_label(path, data)}: an expression is written on one line; {text!r} holds a "
+                                 "line break",
+                          'join its lines: quote it on one line, or fold it with `>-` and indent its lines alike')
+    return Diagnostic(where, f"{_label(path, data)}: {text!r} has text after its expression; an expression is the "
+                             "whole value, `${...}`",
+                      "move the text inside the braces, or remove it")
 
 
 def _unexpected_key(path: Path, key: str, allowed: list[str], named: bool, data: Any,

@@ -126,3 +126,46 @@ def test_parameters_named_like_soft_keywords_and_functions_are_read() -> None:
     graph = resgraph.check("resgraph: 1\nname: M\nparams: {match: 6, type: 2, max: 3}\ninputs:\n  x: [4]\nlayers:\n"
                            "  - fc: {op: Linear, out_features: '${match + type + max(max, 1)}'}\n")
     assert graph.nodes["fc"].meta["args"]["out_features"] == 11
+
+
+# --- expressions that are not one expression -----------------------------------------------------
+
+HEAD = "resgraph: 1\nname: M\nparams: {a: 8, b: true}\ninputs:\n  x: [4]\n"
+
+
+@pytest.mark.parametrize(("layers", "expected"), [
+    # each was "a name cannot be an expression ...: the graph's nodes, edges and blocks are fixed", of a
+    # number, a boolean or a repeat, which are no names and may be expressions
+    ("layers:\n  - fc:\n      op: Linear\n      out_features: |\n        ${a if b\n          else 4}\n",
+     "<string>:9:21: error: layer 'fc' (Linear): out_features: an expression is written on one line; "
+     "'${a if b\\n  else 4}\\n' holds a line break"),
+    ('layers:\n  - fc: {op: Linear, out_features: 8, when: "${b and\\n b}"}\n',
+     "<string>:7:46: error: layer 'fc' (Linear): when: an expression is written on one line; '${b and\\n b}' "
+     "holds a line break"),
+    ('blocks:\n  bb:\n    layers:\n      - r: {op: ReLU}\nlayers:\n  - c: {block: bb, repeat: "${1 +\\n 1}"}\n',
+     "<string>:11:29: error: layer 'c': repeat: an expression is written on one line; '${1 +\\n 1}' holds a line "
+     "break"),
+    ('layers:\n  - fc: {op: Linear, out_features: "${a} "}\n',
+     "<string>:7:37: error: layer 'fc' (Linear): out_features: '${a} ' has text after its expression; an "
+     "expression is the whole value, `${...}`\n  hint: move the text inside the braces, or remove it"),
+])
+def test_a_value_that_is_not_one_expression_says_why(layers: str, expected: str) -> None:
+    (message,) = spec_errors(HEAD + layers)
+    assert message.startswith(expected), message
+    assert "a name cannot be an expression" not in message
+
+
+def test_a_folded_expression_is_read_and_a_name_still_cannot_be_one() -> None:
+    graph = resgraph.check(HEAD + "layers:\n  - fc:\n      op: Linear\n      out_features: >-\n        ${a if b\n"
+                                  "        else 4}\n")
+    assert graph.nodes["fc"].meta["args"]["out_features"] == 8
+    (message,) = spec_errors(HEAD + 'layers:\n  - fc: {op: Linear, out_features: 8, input: "${a}"}\n')
+    assert "input: a name cannot be an expression ('${a}')" in message
+
+
+def test_a_parameter_written_over_lines_says_so() -> None:
+    (message,) = spec_errors("resgraph: 1\nname: M\nparams:\n  a: 8\n  c: |\n    ${a *\n      2}\ninputs:\n"
+                             "  x: [4]\nlayers:\n  - fc: {op: Linear, out_features: '${c}'}\n")
+    assert message.startswith("<string>:5:")  # (the `|` block's line)
+    assert message.endswith("error: in ${a *\\n  2}: invalid expression: invalid syntax; an expression is written "
+                            "on one line, and this one holds a line break"), message
