@@ -169,3 +169,11 @@ def test_a_parameter_written_over_lines_says_so() -> None:
     assert message.startswith("<string>:5:")  # (the `|` block's line)
     assert message.endswith("error: in ${a *\\n  2}: invalid expression: invalid syntax; an expression is written "
                             "on one line, and this one holds a line break"), message
+
+
+def test_an_empty_import_name_is_an_error_at_it() -> None:
+    # was "cannot import '': .: is a directory, not a spec file" (the importing file's folder)
+    errors = spec_errors("resgraph: 1\nname: M\nimports: ['']\ninputs:\n  x: [4]\nlayers:\n"
+                         "  - fc: {op: Linear, out_features: 8}\n")
+    assert errors == ["<string>:3:12: error: cannot import '': the file name is empty\n"
+                      "  hint: name a block library file, or remove the entry"]
