@@ -97,6 +97,13 @@ def load(path: str | os.PathLike[str], *, allow_imports: Iterable[str] = (),
     if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                   for k, v in state.items()):
         raise UsageError(f"{name}: not a complete resgraph model file (its weights are missing or not tensors)")
+    # (`save` writes dense tensors with data; copying from a meta one failed in torch's words, "an
+    # exception occurred", of two equal shapes)
+    hollow = next((f"{key} is {'on the meta device' if tensor.is_meta else f'a {tensor.layout} tensor'}"
+                   for key, tensor in state.items() if tensor.is_meta or tensor.layout != torch.strided), None)
+    if hollow is not None:
+        raise UsageError(f"{name}: not a complete resgraph model file (its weights are not dense tensors with "
+                         f"values: {hollow})")
     module = rebuild(record, allow_imports=allow_imports, max_params=max_params)
     try:
         result = module.load_state_dict(state, strict=False)

@@ -177,3 +177,26 @@ def test_an_empty_import_name_is_an_error_at_it() -> None:
                          "  - fc: {op: Linear, out_features: 8}\n")
     assert errors == ["<string>:3:12: error: cannot import '': the file name is empty\n"
                       "  hint: name a block library file, or remove the entry"]
+
+
+# --- saved models ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("make", "found"), [
+    # was "the stored weights do not match the stored spec (While copying the parameter named
+    # "fc.weight", whose dimensions in the model are torch.Size([8, 4]) and whose dimensions in the
+    # checkpoint are torch.Size([8, 4]), an exception occurred ..." (two equal shapes)
+    (lambda t: t.to("meta"), "fc.weight is on the meta device"),
+    (lambda t: t.to_sparse(), "fc.weight is a torch.sparse_coo tensor"),
+])
+def test_a_stored_weight_without_dense_values_is_named(make, found: str, tmp_path: pathlib.Path) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    path = tmp_path / "m.pt"
+    resgraph.save(resgraph.build(SPEC, seed=0), path)
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"]["fc.weight"] = make(payload["state_dict"]["fc.weight"])
+    torch.save(payload, path)
+    with pytest.raises(resgraph.UsageError) as caught:
+        resgraph.load(path)
+    assert str(caught.value) == (f"{path}: not a complete resgraph model file (its weights are not dense tensors "
+                                 f"with values: {found})")
