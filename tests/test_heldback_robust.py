@@ -200,3 +200,22 @@ def test_a_stored_weight_without_dense_values_is_named(make, found: str, tmp_pat
         resgraph.load(path)
     assert str(caught.value) == (f"{path}: not a complete resgraph model file (its weights are not dense tensors "
                                  f"with values: {found})")
+
+
+@pytest.mark.parametrize(("make", "found"), [
+    # each was a raw NotImplementedError traceback from load_state_dict's copy
+    (lambda t: t.to("meta"), "fc.weight is on the meta device"),
+    (lambda t: t.to_sparse(), "fc.weight is a torch.sparse_coo tensor"),
+])
+def test_a_checkpoint_tensor_without_dense_values_is_named_by_load_weights(make, found: str,  # type: ignore[no-untyped-def]
+                                                                          tmp_path: pathlib.Path) -> None:
+    import torch
+
+    model = resgraph.build(SPEC, seed=0)
+    checkpoint = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    checkpoint["fc.weight"] = make(checkpoint["fc.weight"])
+    torch.save(checkpoint, tmp_path / "ck.pt")
+    for given in (tmp_path / "ck.pt", checkpoint):
+        with pytest.raises(resgraph.UsageError) as caught:
+            resgraph.load_weights(model, given)
+        assert str(caught.value) == f"the checkpoint holds a tensor without dense values to load: {found}"
