@@ -37,6 +37,7 @@ from .resources import schema_path
 from .schema import json_schema, library_schema
 from .schema_check import Compiler, Predicate, UnsupportedSchema
 from .spec import BUILTIN_NAMES, BlockLibrary, Spec
+from .suggest import suggestion_budget
 from .translate import coerced_diagnostics, jsonschema_diagnostics, keys_not_strings, pydantic_diagnostics, untyped_body
 
 __all__ = ["builtin_shadows", "is_block_library", "schema_diagnostics", "unknown_block_ops", "validate",
@@ -66,7 +67,9 @@ def validate(loaded: LoadedSpec, params: Mapping[str, Any] | None = None,
         SpecError: every schema violation outside layer, skip and block entries and inputs (or
             any, without `diagnostics`), and every parameter or top-level section violation.
     """
-    with gc_paused():  # a large spec's many small, acyclic objects: see loader.gc_paused
+    # (gc: a large spec's many small, acyclic objects, see loader.gc_paused; suggestions: bounded for
+    # `load_spec` too, which validates alone, see suggest.MAX_COMPARED; in a check, the check's bound)
+    with gc_paused(), suggestion_budget():
         return _validate(loaded, params, diagnostics)
 
 

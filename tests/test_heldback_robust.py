@@ -219,3 +219,17 @@ def test_a_checkpoint_tensor_without_dense_values_is_named_by_load_weights(make,
         with pytest.raises(resgraph.UsageError) as caught:
             resgraph.load_weights(model, given)
         assert str(caught.value) == f"the checkpoint holds a tensor without dense values to load: {found}"
+
+
+def test_misspelt_parameters_are_reported_in_bounded_time_by_load_spec_too() -> None:
+    # `load_spec` validates alone, outside a check's bound: 1,500 parameters each reading a misspelt one
+    # of 1,500 others took 40 s
+    n = 1_500
+    params = "".join(f"  width_{i}: 8\n" for i in range(n)) + "".join(f"  q{i}: '${{widht_{i}}}'\n" for i in range(n))
+    start = time.perf_counter()
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.load_spec(f"resgraph: 1\nname: M\nparams:\n{params}inputs:\n  x: [4]\nlayers:\n"
+                           "  - fc: {op: Linear, out_features: 8}\n")
+    assert time.perf_counter() - start < 15  # a pathology guard: about 1 s
+    messages = [d.message for d in caught.value.diagnostics]
+    assert len(messages) == n and messages[0].endswith("unknown name 'widht_0'; did you mean 'width_0'?")
