@@ -19,7 +19,7 @@ from .files import atomic_write
 from .loader import MAX_BYTES
 from .model import CompiledModule, built_model, modes, rebuild, restore_modes
 from .pipeline import DEFAULT_MAX_PARAMS, BuildRecord
-from .torch_files import read_torch_file
+from .torch_files import hollow_tensor, read_torch_file
 
 __all__ = ["ARTIFACT_FORMAT", "MAX_LIBRARIES", "load", "save"]
 
@@ -97,6 +97,12 @@ def load(path: str | os.PathLike[str], *, allow_imports: Iterable[str] = (),
     if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                   for k, v in state.items()):
         raise UsageError(f"{name}: not a complete resgraph model file (its weights are missing or not tensors)")
+    # (`save` writes dense tensors with data; copying from a meta one failed in torch's words, "an
+    # exception occurred", of two equal shapes)
+    hollow = hollow_tensor(state)
+    if hollow is not None:
+        raise UsageError(f"{name}: not a complete resgraph model file (its weights are not dense tensors with "
+                         f"values: {hollow})")
     module = rebuild(record, allow_imports=allow_imports, max_params=max_params, meta_hint=False)
     try:
         result = module.load_state_dict(state, strict=False)

@@ -322,6 +322,11 @@ class _BlockTable:
         base = os.path.dirname(origin.source.file)
         for i, relative in enumerate(paths):
             where = origin.child("imports", i)
+            if not relative:  # (joined to the importing file's folder, it named that folder)
+                self.diagnostics.append(Diagnostic(where.locate(), f"cannot import {relative!r}: the file name is "
+                                                                   "empty", "name a block library file, or remove "
+                                                                            "the entry"))
+                continue
             path = relative if is_shipped(relative) else os.path.normpath(os.path.join(base, relative))
             absolute = _absolute(path)
             if absolute in chain:

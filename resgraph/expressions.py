@@ -22,6 +22,7 @@ from __future__ import annotations
 import ast
 import contextvars
 import functools
+import itertools
 import math
 import operator
 from collections.abc import Callable, Mapping
@@ -216,7 +217,9 @@ def _checked_tree(text: str) -> tuple[int, ast.expr]:
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
-        raise ExpressionError(f"invalid expression: {exc.msg}", lead + max((exc.offset or 1) - 1, 0)) from None
+        broken = "; an expression is written on one line, and this one holds a line break" \
+            if "\n" in text.strip() else ""  # (`|` blocks keep them: `a *\n 2` is no Python expression)
+        raise ExpressionError(f"invalid expression: {exc.msg}{broken}", lead + max((exc.offset or 1) - 1, 0)) from None
     except (RecursionError, MemoryError, ValueError):  # the parser's own limits on nesting
         raise ExpressionError(f"expression nests deeper than {MAX_NESTING} levels", lead) from None
     deepest = _nesting(tree.body)
@@ -341,7 +344,7 @@ class _Evaluator:
                 raise type(exc)(str(exc), self.lead + node.col_offset) from None
         if node.id in FUNCTIONS:
             raise self.fail(node, f"{node.id} is a function; call it: {node.id}(...)")
-        hint = did_you_mean(node.id, [*self.names, "True", "False", "None"])
+        hint = did_you_mean(node.id, itertools.chain(self.names, ("True", "False", "None")))  # (read only if used)
         error = self.fail(node, f"unknown name {node.id!r}{hint}")
         error.unknown_name = node.id
         raise error

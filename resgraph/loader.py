@@ -505,6 +505,8 @@ def _load_text(text: str, file: str) -> LoadedSpec:
         raise SpecError([Diagnostic(Location(file, line, column), f"YAML syntax error: {problem}", hint)]) from None
     except RecursionError:
         raise SpecError([Diagnostic(Location(file, 1, 1), "YAML nesting is too deep to parse")]) from None
+    except yaml.reader.ReaderError as exc:
+        raise SpecError([_unacceptable_character(text, file, exc)]) from None
     except yaml.YAMLError as exc:
         raise SpecError([Diagnostic(Location(file, 1, 1), f"YAML error: {exc}")]) from None
     source = SourceMap(file)
@@ -707,6 +709,34 @@ def _untagged(node: yaml.ScalarNode) -> bool:
     """Whether a plain scalar has no tag: a tagged one (`!!bool yes`, `!!str 08`) says which reading it
     means (its node spans more than its text)."""
     return node.end_mark.index - node.start_mark.index == len(node.value)
+
+
+# YAML's line breaks (a Mark's line counts them; `\r` is one too where the text did not come from a file)
+_YAML_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
+
+
+def _unacceptable_character(text: str, file: str, exc: yaml.reader.ReaderError) -> Diagnostic:
+    r"""The error for a character YAML does not allow anywhere (a control character such as ESC or NUL,
+    U+FFFE), located where it is: the reader's own position is a character offset from PyYAML's reader
+    and a UTF-8 byte offset from libyaml's, and its wording names neither a line nor a column.
+
+    >>> str(_unacceptable_character("a: 1\nb: '\x1b'", "s.yaml", yaml.reader.ReaderError("", 9, 27, "", "")).location)
+    's.yaml:2:5'
+    """
+    character = chr(exc.character) if isinstance(exc.character, int) else str(exc.character)
+    offset = text.find(character) if character else -1
+    if offset < 0:  # (the reader names the first character it refuses: it is in the text)
+        found = yaml.reader.Reader.NON_PRINTABLE.search(text)
+        offset = found.start() if found else 0
+    breaks = list(_YAML_BREAK.finditer(text, 0, offset))
+    line, start = len(breaks) + 1, breaks[-1].end() if breaks else 0
+    code = ord(text[offset]) if offset < len(text) else 0
+    kind = "a control character" if code < 0x20 or 0x7F <= code <= 0x9F else "a noncharacter"
+    return Diagnostic(Location(file, line, offset - start + 1),
+                      f"the character U+{code:04X} ({kind}) is not allowed in YAML, even in a comment or a "
+                      "quoted string",
+                      f'remove it; a string that needs it writes it as an escape in double quotes ("\\x{code:02x}")'
+                      if code <= 0xFF else "remove it")
 
 
 def _refuse_yaml11_reading(tag: str, written: str, text: str) -> None:

@@ -42,6 +42,7 @@ from .resolve import resolve
 from .resources import is_shipped, read_import, read_shipped
 from .shapes import check_uncalled_blocks, infer_shapes
 from .spec import BlockLibrary, Spec
+from .suggest import suggestion_budget
 from .translate import keys_not_strings
 from .validate import is_block_library, validate, validate_library
 from .version import __version__
@@ -325,7 +326,9 @@ def _check_loaded(loaded: LoadedSpec, params: dict[str, Any], read: Reader,
     # Each stage reports what it can and leaves out what has a problem, and what depends on it, so
     # that one run reports every independent mistake.
     diagnostics: list[Diagnostic] = []
-    with gc_paused():  # the passes allocate many small, acyclic objects: see loader.gc_paused
+    # (gc: the passes allocate many small, acyclic objects, see loader.gc_paused; suggestions: one
+    # bound for every error's "did you mean", see suggest.MAX_COMPARED)
+    with gc_paused(), suggestion_budget():
         spec = validate(loaded, params, diagnostics)
         declared = spec
         if input_shapes:
@@ -371,6 +374,11 @@ def check_loaded_library(loaded: LoadedSpec, read: Reader = read_import) -> Bloc
     Raises:
         SpecError: every problem found, each with file:line:col.
     """
+    with suggestion_budget():
+        return _check_loaded_library(loaded, read)
+
+
+def _check_loaded_library(loaded: LoadedSpec, read: Reader) -> BlockLibrary:
     library = validate_library(loaded)
     diagnostics = check_library_blocks(library, loaded.source, read)
     if not diagnostics:  # then each block as no call gives it values: its unknown names, its outputs

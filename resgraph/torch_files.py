@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 from .errors import UsageError
 from .loader import open_regular, os_reason
 
-__all__ = ["read_torch_file", "weights_only_refusal"]
+__all__ = ["hollow_tensor", "read_torch_file", "weights_only_refusal"]
 
 _REFUSED = "Weights only load failed"
 
@@ -53,6 +53,26 @@ def read_torch_file(name: str, *, expected: str, unreadable: str) -> Any:
         else:
             reason = text.splitlines()[0] if text else type(exc).__name__
         raise UsageError(f"{name}: {unreadable} ({reason})") from None
+
+
+def hollow_tensor(tensors: Any) -> str | None:
+    """The first of `tensors` (name -> tensor) that holds no values to copy into a model, described
+    (`fc.weight is on the meta device`, `... is a torch.sparse_coo tensor`); None when every one is a
+    dense tensor with values, as `torch.save` of a model's weights writes. Copying from such a tensor
+    fails in torch's own words ("an exception occurred", "Cannot access storage of SparseTensorImpl").
+
+    >>> import torch
+    >>> hollow_tensor({"w": torch.zeros(2)}), hollow_tensor({"w": torch.zeros(2, device="meta")})
+    (None, 'w is on the meta device')
+    """
+    import torch
+
+    for key, tensor in tensors.items():
+        if tensor.is_meta:
+            return f"{key} is on the meta device"
+        if tensor.layout != torch.strided:
+            return f"{key} is a {tensor.layout} tensor"
+    return None
 
 
 def _compressed_entry(handle: BinaryIO) -> str | None:

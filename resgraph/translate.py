@@ -151,13 +151,8 @@ def _translate(error: Any, data: Any, source: SourceMap) -> Iterator[Diagnostic]
         return
 
     if kind == "pattern" and isinstance(instance, str) and schema.get("pattern") == EXPRESSION["pattern"]:
-        # (a value that may be an expression, written as one that is not: `"${c"`, `"${c} px"`)
-        opened = instance[instance.index("${"):] if "${" in instance else instance
-        problem = "its `${` is never closed by `}`" if "}" not in opened else \
-            "an expression is the whole value, `${...}`, with nothing before or after it"
-        yield Diagnostic(source.locate(path), f"{_label(path, data)}: {instance!r} is not an expression: {problem}",
-                         "write the value as `\"${...}\"`, e.g. `\"${c * 2}\"`; quote it to keep YAML from reading "
-                         "the braces")
+        # (a value that takes a number or an expression: it failed as the expression, not as a name)
+        yield _malformed_expression(path, instance, data, source)
         return
     if kind == "pattern" and isinstance(instance, str) and "${" in instance:
         yield Diagnostic(source.locate(path), f"{_label(path, data)}: a name cannot be an expression ({instance!r}): "
@@ -280,6 +275,25 @@ def _branch_errors(error: Any, path: Path) -> list[Any] | None:
 
 def _matches_any(key: str, patterns: dict[str, Any]) -> bool:
     return any(re.search(pattern, key) for pattern in patterns)
+
+
+def _malformed_expression(path: Path, text: str, data: Any, source: SourceMap) -> Diagnostic:
+    """A string starting with `${` that is not one expression: its `${` never closed (`"${c"`), a line
+    break inside it (`|` blocks, `"\\n"`), or text after its `}`. Was said as "a name cannot be an
+    expression", of a number."""
+    where = source.locate(path)
+    if "}" not in text:
+        return Diagnostic(where, f"{_label(path, data)}: {text!r} is not an expression: its `${{` is never closed "
+                                 "by `}`",
+                          'close it: write the value as `"${...}"`, e.g. `"${c * 2}"` (quoted, so that YAML keeps '
+                          "the braces)")
+    if "\n" in text.rstrip("\n"):
+        return Diagnostic(where, f"{_label(path, data)}: an expression is written on one line; {text!r} holds a "
+                                 "line break",
+                          'join its lines: quote it on one line, or fold it with `>-` and indent its lines alike')
+    return Diagnostic(where, f"{_label(path, data)}: {text!r} has text after its expression; an expression is the "
+                             "whole value, `${...}`",
+                      "move the text inside the braces, or remove it")
 
 
 def _unexpected_key(path: Path, key: str, allowed: list[str], named: bool, data: Any,

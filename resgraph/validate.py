@@ -18,6 +18,7 @@ Third-party wording is translated by `translate`.
 from __future__ import annotations
 
 import json
+import keyword
 import re
 from collections.abc import Mapping
 from functools import cache
@@ -36,6 +37,7 @@ from .resources import schema_path
 from .schema import json_schema, library_schema
 from .schema_check import Compiler, Predicate, UnsupportedSchema
 from .spec import BUILTIN_NAMES, BlockLibrary, Spec
+from .suggest import suggestion_budget
 from .translate import coerced_diagnostics, jsonschema_diagnostics, keys_not_strings, pydantic_diagnostics, untyped_body
 
 __all__ = ["block_name_problems", "is_block_library", "schema_diagnostics", "unknown_block_ops", "validate",
@@ -65,7 +67,9 @@ def validate(loaded: LoadedSpec, params: Mapping[str, Any] | None = None,
         SpecError: every schema violation outside layer, skip and block entries and inputs (or
             any, without `diagnostics`), and every parameter or top-level section violation.
     """
-    with gc_paused():  # a large spec's many small, acyclic objects: see loader.gc_paused
+    # (gc: a large spec's many small, acyclic objects, see loader.gc_paused; suggestions: bounded for
+    # `load_spec` too, which validates alone, see suggest.MAX_COMPARED; in a check, the check's bound)
+    with gc_paused(), suggestion_budget():
         return _validate(loaded, params, diagnostics)
 
 
@@ -74,7 +78,7 @@ def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics:
     entries, blocks, inputs, fatal = _invalid_parts(paths, loaded.data)
     misnamed = block_name_problems(loaded.data, loaded.source)
     problems += [diagnostic for _, diagnostic in misnamed]
-    blocks |= {str(path[1]) for path, _ in misnamed}  # left out: its calls report nothing more
+    blocks |= {str(path[1]) for path, _ in misnamed if path[0] == "blocks"}  # left out: its calls report nothing more
     if problems and (fatal or diagnostics is None):
         raise SpecError(problems)
     stand_ins = _input_stand_ins(loaded.data, inputs)
@@ -131,10 +135,11 @@ def _parts_reading(data: dict[str, Any], names: set[str]) -> tuple[set[tuple[str
 
 
 def block_name_problems(data: Any, source: SourceMap) -> list[tuple[Path, Diagnostic]]:
-    """The names blocks declare that the schema cannot refuse, each with its path and a diagnostic
-    at it: a parameter named like a name resgraph binds in block bodies (`spec.BUILTIN_NAMES`:
-    `index`, `num_blocks`, `in_channels`, ...), which would silently hide the built-in name, and an
-    input listed twice (`inputs: [x, x]`), whose call would pass more values than the block's
+    """The names a spec or library declares that the schema cannot refuse, each with its path and a
+    diagnostic at it: a block parameter named like a name resgraph binds in block bodies
+    (`spec.BUILTIN_NAMES`: `index`, `num_blocks`, `in_channels`, ...), which would silently hide the
+    built-in name; a parameter anywhere named a Python keyword, which no expression can read; and a
+    block input listed twice (`inputs: [x, x]`), whose call would pass more values than the block's
     forward takes.
 
     >>> from resgraph.loader import load_text
@@ -144,13 +149,21 @@ def block_name_problems(data: Any, source: SourceMap) -> list[tuple[Path, Diagno
     [(('blocks', 'b', 'params', 'in_channels'), 's.yaml:3:16'), (('blocks', 'b', 'inputs', 1), 's.yaml:3:55')]
     """
     found: list[tuple[Path, Diagnostic]] = []
-    # (top-level parameters may take these names: inside a block the built-in name wins, see `expand`)
+    # A parameter named a Python keyword (`if`, `lambda`, `None`) is never read: `${if}` does not parse
+    # and `${None}` is null; said at its key, where it was said only as "invalid syntax" where read.
+    top = data.get("params") if isinstance(data, dict) else None
+    for name in top if isinstance(top, dict) else ():
+        if isinstance(name, str) and keyword.iskeyword(name):
+            found.append((("params", name), _keyword_parameter(source, ("params", name), "")))
+    # (top-level parameters may take the built-in names: inside a block the built-in name wins, see `expand`)
     blocks = data.get("blocks") if isinstance(data, dict) else None
     for block, definition in blocks.items() if isinstance(blocks, dict) else ():
         params = definition.get("params") if isinstance(definition, dict) else None
         for name in params if isinstance(params, dict) else ():
-            if name in BUILTIN_NAMES:
-                where: Path = ("blocks", block, "params", name)
+            where: Path = ("blocks", block, "params", name)
+            if isinstance(name, str) and keyword.iskeyword(name):
+                found.append((where, _keyword_parameter(source, where, f"block {block!r}: ")))
+            elif name in BUILTIN_NAMES:
                 hint = (f"rename the parameter (e.g. {name}_value); inside a block, `{name}` already means "
                         f"{BUILTIN_NAMES[name]}")
                 found.append((where, Diagnostic(source.locate(where, key=True),
@@ -166,6 +179,15 @@ def block_name_problems(data: Any, source: SourceMap) -> list[tuple[Path, Diagno
                                                 f"rename one (e.g. {name}2) and read each by its name")))
             seen.add(name)
     return found
+
+
+def _keyword_parameter(source: SourceMap, where: Path, owner: str) -> Diagnostic:
+    name = where[-1]
+    read = f"is the constant {name}" if name in ("True", "False", "None") else "does not parse"
+    return Diagnostic(source.locate(where, key=True),
+                      f"{owner}parameter {name!r} is a Python keyword, which no expression can read "
+                      f"(`${{{name}}}` {read})",
+                      f"rename the parameter (e.g. {name.lower()}_value)")
 
 
 def _invalid_parts(paths: list[Path], data: Any) -> tuple[set[tuple[str, int]], set[str], set[str], bool]:

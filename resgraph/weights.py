@@ -44,7 +44,7 @@ from torch import nn
 
 from .distributed import fill, is_dtensor
 from .errors import ResgraphError, UsageError
-from .torch_files import read_torch_file
+from .torch_files import hollow_tensor, read_torch_file
 
 __all__ = ["Rename", "WeightMapping", "WeightsError", "load_weights"]
 
@@ -362,6 +362,9 @@ def _read(state_dict_or_path: Mapping[str, Any] | str | os.PathLike[str]) -> dic
     if others:
         raise UsageError(f"the checkpoint holds entries that are not tensors: {', '.join(map(str, others[:5]))}"
                          + (" ..." if len(others) > 5 else ""))
+    hollow = hollow_tensor(loaded)
+    if hollow is not None:
+        raise UsageError(f"the checkpoint holds a tensor without dense values to load: {hollow}")
     return dict(loaded)
 
 
