@@ -73,8 +73,16 @@ def validate(loaded: LoadedSpec, params: Mapping[str, Any] | None = None,
         return _validate(loaded, params, diagnostics)
 
 
+# Top-level keys that only describe the model, with a valid stand-in for an invalid value (see `_validate`).
+_DESCRIPTIVE: dict[str, Any] = {"name": "Model", "description": None}
+
+
 def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics: list[Diagnostic] | None) -> Spec:
     problems, paths = _schema_problems(loaded.data, loaded.source)
+    # An invalid `name` or `description` changes nothing else: checked on with a stand-in, the rest of
+    # the spec's mistakes are reported in this run too (an invalid name hid a misspelt op).
+    described = {path[0] for path in paths if path[:1] and path[0] in _DESCRIPTIVE}
+    paths = [path for path in paths if not (path[:1] and path[0] in described)]
     entries, blocks, inputs, fatal = _invalid_parts(paths, loaded.data)
     misnamed = block_name_problems(loaded.data, loaded.source)
     problems += [diagnostic for _, diagnostic in misnamed]
@@ -83,6 +91,8 @@ def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics:
         raise SpecError(problems)
     stand_ins = _input_stand_ins(loaded.data, inputs)
     data = _without(loaded.data, entries, blocks, stand_ins)
+    if described:
+        data = {**data, **{key: _DESCRIPTIVE[key] for key in described}}
     root = Origin(loaded.source, ())
     found: list[Diagnostic] = []
     values = resolve_params(data.get("params", {}), params or {}, root.child("params"), found, data.get("blocks"))
