@@ -131,6 +131,10 @@ def _translate(error: Any, data: Any, source: SourceMap) -> Iterator[Diagnostic]
 
     if kind == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
+        known = schema.get("properties", {})
+        if isinstance(instance, dict) and any(isinstance(key, str) and key not in known and did_you_mean(key, [missing])
+                                              for key in instance):
+            return  # a misspelling of it is there: its "unknown key ...; did you mean" says it, once
         who = _label(path, data)
         noun = "argument" if _is_layer_body(path, data) else "key"
         yield Diagnostic(source.locate(path, key=True), f"{who}: missing required {noun} {missing!r}")
