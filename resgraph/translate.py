@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from .errors import Diagnostic
 from .loader import Origin, Path, SourceMap
 from .ops import OPS
+from .ops.base import DTYPES, dtype_suggestion
 from .schema import EXPRESSION, json_schema
 from .suggest import did_you_mean
 
@@ -172,7 +173,7 @@ def _translate(error: Any, data: Any, source: SourceMap) -> Iterator[Diagnostic]
 
     if kind in ("enum", "const"):
         options = schema.get("enum", [schema.get("const")])
-        hint = did_you_mean(instance, map(str, options)) if isinstance(instance, str) else ""
+        hint = _choice_hint(instance, map(str, options))
         yield Diagnostic(source.locate(path),
                          f"{_label(path, data)}: expected {describe(schema)}, got {_show(instance)}{hint}")
         return
@@ -299,6 +300,14 @@ def _unknown_argument(op: Any, key: str, allowed: list[str]) -> tuple[str, str |
     if op is None:  # a block call (it names no op): its block's parameters go under `with:`
         takes = f"a block call takes: {takes}; pass the block's parameters under with: {{{key}: ...}}"
     return f"unknown argument {key!r}{hint}", None if hint else takes if op is None else f"{op} takes: {takes}"
+
+
+def _choice_hint(value: Any, options: Iterable[str]) -> str:
+    """The "did you mean" for a string that is none of a closed set of names; a dtype's from the dtype rules."""
+    if not isinstance(value, str):
+        return ""
+    options = list(options)
+    return dtype_suggestion(value) if set(options) == set(DTYPES) else did_you_mean(value, options)
 
 
 def _bound_message(kind: str, bound: Any) -> str:
@@ -534,8 +543,7 @@ def _pydantic_message(item: dict[str, Any]) -> str:
         return f"expected {words[kind]}, got {got}"
     if kind in ("literal_error", "enum"):
         value = item.get("input")
-        hint = did_you_mean(value, re.findall(r"'([^']*)'", str(ctx.get("expected", "")))) \
-            if isinstance(value, str) else ""
+        hint = _choice_hint(value, re.findall(r"'([^']*)'", str(ctx.get("expected", ""))))
         return f"expected {ctx.get('expected', 'another value')}, got {got}{hint}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return f"expected a mapping, got {got}"

@@ -1,0 +1,44 @@
+"""Held-back cases of a new user's first hour: what a newcomer types and what resgraph answers.
+
+The specification, as these cases pin it:
+
+- A dtype is written one way (float32, int64, ...). torch's other spellings are refused with the
+  dtype they stand for in torch: `float` is float32 and `int` is int32 (not Python's float64 and
+  int64), `long` int64, `half` float16, `double` float64; `short` (int16) is not declarable.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import resgraph
+
+HEADER = "resgraph: 1\nname: Net\n"
+
+
+def messages(text: str) -> list[str]:
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(text)
+    return [d.format() for d in caught.value.diagnostics]
+
+
+# --- dtypes: torch's aliases ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("written", "meant"), [
+    ("float", "float32"), ("int", "int32"), ("long", "int64"), ("half", "float16"), ("double", "float64"),
+    ("torch.float", "float32"), ("torch.float32", "float32"), ("torch.long", "int64")])
+def test_a_torch_dtype_alias_is_refused_with_the_dtype_torch_gives_it(written: str, meant: str) -> None:
+    found = messages(HEADER + f"inputs:\n  x: {{shape: [8], dtype: {written}}}\nlayers:\n"
+                     f"  - c: {{op: full, shape: [8], value: 1, dtype: {written}}}\n")
+    assert len(found) == 2
+    assert found[0].startswith("<string>:4:26: error: input 'x': dtype:")
+    assert found[1].startswith("<string>:6:48: error: layer 'c' (full): dtype:")
+    for message in found:
+        assert f"did you mean {meant!r}?" in message, message
+
+
+def test_an_alias_of_a_dtype_a_spec_cannot_declare_says_so() -> None:
+    found = messages(HEADER + "inputs:\n  x: {shape: [8], dtype: short}\nlayers:\n  - r: {op: ReLU}\n")
+    assert len(found) == 1
+    assert "torch.short is int16, which a spec cannot declare: write int32 or int64" in found[0]
+    assert "did you mean" not in found[0]
