@@ -42,3 +42,18 @@ def test_an_alias_of_a_dtype_a_spec_cannot_declare_says_so() -> None:
     assert len(found) == 1
     assert "torch.short is int16, which a spec cannot declare: write int32 or int64" in found[0]
     assert "did you mean" not in found[0]
+
+
+# --- valid_sizes in a REPL ------------------------------------------------------------------------
+
+def test_a_size_report_echoes_in_one_line_and_keeps_every_size() -> None:
+    report = resgraph.valid_sizes("examples/unet.yaml")
+    shown = repr(report)
+    assert len(shown) < 400, shown
+    assert shown.startswith("SizeReport(1..2048: DimSizes(x.C = 1, fixed), DimSizes(x.H: H in {188 + 16k}, "
+                            "declared 572, 117 valid, 1931 failing)")
+    assert "square x: size in {188 + 16k}" in shown
+    height = report.dims[1]
+    assert len(repr(height)) < 200
+    assert (len(height.valid), len(height.failures)) == (117, 1931)  # the data stays
+    assert height.failures[1] == "enc1.conv1"
