@@ -28,7 +28,7 @@ from .evaluate import freeze
 from .expand import MAX_BLOCK_DEPTH, BlockRecipe, Reader, blind_scopes, instantiate
 from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode, is_block_value
 from .hints import skip_hint
-from .loader import SourceMap
+from .loader import Origin, SourceMap
 from .ops import OPS, ShapeError, TensorType, merge_type
 from .ops.base import (
     FLOAT_DTYPES,
@@ -183,11 +183,12 @@ def _infer(graph: Graph, input_types: list[TensorType], memo: _Memo) -> list[Dia
         except (ShapeError, SizeOverflowError) as exc:
             problem = _located(graph, node, exc)
             group = _split_group(node)
-            if group is not None:  # every piece of a chunk or split fails alike: say it once, at the first
+            if group is not None:  # every piece of a chunk or split fails alike: say it once, of the layer
                 said = (id(group), str(exc))
                 if said in failed_splits:
                     continue
                 failed_splits.add(said)
+                problem = _split_located(graph, node, group, exc)
             diagnostics.append(problem)
     diagnostics += _inplace_hazards(graph)
     return diagnostics
@@ -665,6 +666,16 @@ def _located(graph: Graph, node: Node, exc: ShapeError | SizeOverflowError) -> D
     argument that torch would refuse at the first forward), with its hint if it has one."""
     key = getattr(exc, "field", None)
     return Diagnostic(graph.where(node, key), f"{graph.label(node)}: {exc}", getattr(exc, "hint", None))
+
+
+def _split_located(graph: Graph, node: LayerNode, group: SplitBase, exc: ShapeError | SizeOverflowError) -> Diagnostic:
+    """A chunk's or split's shape error, said of the layer the spec wrote (`parts`), not of the piece
+    (`value`) that found it: a piece's origin is `<the layer's>.outputs.<i>` (see `expand.with_pieces`)."""
+    layer = Origin(node.origin.source, node.origin.path[:-2])
+    key = getattr(exc, "field", None)
+    where = (layer.child(key) if key is not None else layer).locate(key=True)
+    return Diagnostic(where, f"layer {graph.qualname + node.layer.split!r} ({group.op}): {exc}",
+                      getattr(exc, "hint", None))
 
 
 def _dtype_origin(graph: Graph, node: Node) -> str:

@@ -57,3 +57,22 @@ def test_a_size_report_echoes_in_one_line_and_keeps_every_size() -> None:
     assert len(repr(height)) < 200
     assert (len(height.valid), len(height.failures)) == (117, 1931)  # the data stays
     assert height.failures[1] == "enc1.conv1"
+
+
+# --- chunk / split: a mistake of the whole layer is said of the layer ----------------------------
+
+def test_a_chunk_with_too_many_outputs_names_the_chunk_layer() -> None:
+    found = messages(HEADER + "inputs:\n  x: [32]\nlayers:\n  - up: {op: Linear, out_features: 128}\n"
+                     "  - parts: {op: chunk, chunks: 2, outputs: [value, gate, extra]}\n"
+                     "  - gated: {op: mul, input: [value, gate]}\n")
+    assert found == ["<string>:7:5: error: layer 'parts' (chunk): dim 1 of (128,) splits into 2 pieces [64, 64], "
+                     "but 3 outputs are named"]
+
+
+def test_a_chunk_in_a_block_is_named_with_its_instance() -> None:
+    found = messages(HEADER + "inputs:\n  x: [32]\nblocks:\n  glu:\n    layers:\n"
+                     "      - up: {op: Linear, out_features: 64}\n"
+                     "      - halves: {op: split, split_size: 22, dim: -1, outputs: [a, b]}\n"
+                     "      - m: {op: mul, input: [a, b]}\nlayers:\n  - g: {block: glu}\n")
+    assert len(found) == 1
+    assert found[0].startswith("<string>:9:9: error: layer 'g.halves' (split): dim -1 of (64,) splits into 3 pieces")
