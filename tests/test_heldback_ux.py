@@ -76,3 +76,20 @@ def test_a_chunk_in_a_block_is_named_with_its_instance() -> None:
                      "      - m: {op: mul, input: [a, b]}\nlayers:\n  - g: {block: glu}\n")
     assert len(found) == 1
     assert found[0].startswith("<string>:9:9: error: layer 'g.halves' (split): dim -1 of (64,) splits into 3 pieces")
+
+
+# --- count_parameters takes what summary takes -----------------------------------------------------
+
+def test_count_parameters_takes_a_built_model_as_summary_does() -> None:
+    import torch
+
+    spec = "examples/tutorial.yaml"
+    model = resgraph.build(spec, seed=0)
+    expected = resgraph.count_parameters(spec)
+    assert expected == resgraph.summary(model).total_params == sum(p.numel() for p in model.parameters())
+    assert resgraph.count_parameters(model) == expected
+    assert resgraph.count_parameters(torch.compile(model)) == expected  # (compiling is lazy: nothing runs)
+    assert resgraph.count_parameters(resgraph.check(spec)) == expected
+    with pytest.raises(resgraph.UsageError) as caught:
+        resgraph.count_parameters(torch.nn.Linear(2, 2))
+    assert "count_parameters" in str(caught.value) and "Linear" in str(caught.value)
