@@ -361,8 +361,8 @@ class Mismatch:
                     larger = any(hint(o) > hint(i) for i, o in zip(spatial_in, spatial_out))
                     odd = [requirement("eq", (a - b) % 2, 0) for a, b in zip(spatial_in, spatial_out)
                            if (hint(a) - hint(b)) % 2]
-                    raise ProjectionError(f"the spatial size {'grows' if larger else 'shrinks'} on one grid, with no "
-                                          f"stride between them: {_size(spatial_in)} -> {_size(spatial_out)}",
+                    raise ProjectionError(f"the spatial size {'grows' if larger else 'shrinks'} on one grid (no net "
+                                          f"stride between them): {_size(spatial_in)} -> {_size(spatial_out)}",
                                           kind="larger" if larger else "grid", required=required,
                                           crop_required=tuple(odd))
                 raise ProjectionError(f"spatial size {_size(spatial_in)} -> {_size(spatial_out)} does not match a "

@@ -64,6 +64,8 @@ def _get(data: Any, path: Path) -> Any:
 
 def _label(path: Path, data: Any, op: Any = None) -> str:
     who, rest = subject(path, data, op)
+    if path[:1] == ("inputs",) and rest[-1:] and isinstance(rest[-1], int) and rest[:-1] in ((), ("shape",)):
+        rest = (f"dim {rest[-1]} of the shape",)  # `x: [0, -1]`: a size, said as the dim it is
     field = ".".join(str(p) for p in rest)
     return f"{who}: {field}" if field else who
 

@@ -93,3 +93,31 @@ def test_count_parameters_takes_a_built_model_as_summary_does() -> None:
     with pytest.raises(resgraph.UsageError) as caught:
         resgraph.count_parameters(torch.nn.Linear(2, 2))
     assert "count_parameters" in str(caught.value) and "Linear" in str(caught.value)
+
+
+# --- messages that say what is true ---------------------------------------------------------------
+
+UNET_SHRUNK = HEADER + """inputs:
+  x: [3, 64, 64]
+layers:
+  - enc:  {op: Conv2d, out_channels: 16, kernel_size: 3, padding: 1}
+  - down: {op: MaxPool2d, kernel_size: 2}
+  - mid:  {op: Conv2d, out_channels: 16, kernel_size: 3}
+  - up:   {op: ConvTranspose2d, out_channels: 16, kernel_size: 2, stride: 2}
+skips:
+  - s: {from: enc, to: up, merge: concat}
+"""
+
+
+def test_a_map_shrunk_between_strides_that_cancel_is_not_said_to_have_no_stride() -> None:
+    (found,) = messages(UNET_SHRUNK)
+    assert ("cannot concat 'enc' (16, 64, 64) into 'up' (16, 60, 60): the spatial size shrinks on one grid "
+            "(no net stride between them): 64x64 -> 60x60") in found
+    assert "'down' (MaxPool2d, kernel 2, stride 2" in found  # the hint names the strides that cancel
+
+
+def test_an_input_size_below_one_is_named_as_a_dim_of_the_shape() -> None:
+    found = messages(HEADER + "inputs:\n  x: [0, -1]\n  y: {shape: [4, 0]}\nlayers:\n  - r: {op: ReLU, input: x}\n")
+    assert found == ["<string>:4:7: error: input 'x': dim 0 of the shape: must be at least 1, got integer 0",
+                     "<string>:4:10: error: input 'x': dim 1 of the shape: must be at least 1, got integer -1",
+                     "<string>:5:18: error: input 'y': dim 1 of the shape: must be at least 1, got integer 0"]

@@ -116,7 +116,7 @@ def _across_scales(merge: str) -> Refused:
                    "this skip", "scales")
 
 
-ONE_GRID = Refused("the spatial size shrinks on one grid, with no stride between them: {big} -> {small}",
+ONE_GRID = Refused("the spatial size shrinks on one grid (no net stride between them): {big} -> {small}",
                    None, "grid", ("8 == 4", "8 == 4"))  # ceil(8 / 1) == 4, per dim: never
 
 
@@ -273,7 +273,7 @@ EXTRA = [
     Case(Projection.auto, Merge.add, m(4, 4, 4), m(8, 8, 8),
          Refused("the target is larger (4x4 -> 8x8); projections only downsample", None, "larger")),
     Case(Projection.auto, Merge.add, m(4, 4, 4, at=AT1), m(8, 6, 6, at=AT1),
-         Refused("the spatial size grows on one grid, with no stride between them: 4x4 -> 6x6", None, "larger",
+         Refused("the spatial size grows on one grid (no net stride between them): 4x4 -> 6x6", None, "larger",
                  ("4 == 6", "4 == 6"))),
     Case(Projection.pad, Merge.add, m(8, 4, 4), m(4, 8, 8),
          Refused("the target is larger (4x4 -> 8x8); projections only downsample", None, "larger")),
