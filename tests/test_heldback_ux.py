@@ -121,3 +121,27 @@ def test_an_input_size_below_one_is_named_as_a_dim_of_the_shape() -> None:
     assert found == ["<string>:4:7: error: input 'x': dim 0 of the shape: must be at least 1, got integer 0",
                      "<string>:4:10: error: input 'x': dim 1 of the shape: must be at least 1, got integer -1",
                      "<string>:5:18: error: input 'y': dim 1 of the shape: must be at least 1, got integer 0"]
+
+
+def test_a_map_skipped_into_a_linear_after_a_flatten_is_told_a_layer_that_works() -> None:
+    (found,) = messages(HEADER + "inputs: {x: [3, 32, 32]}\nlayers:\n"
+                        "  - c: {op: Conv2d, out_channels: 8, kernel_size: 3, padding: 1}\n"
+                        "  - p: {op: AdaptiveAvgPool2d, output_size: 1}\n  - f: {op: Flatten}\n"
+                        "  - fc: {op: Linear, out_features: 8}\nskips:\n  - s: {from: c, to: fc}\n")
+    assert "add a Flatten" not in found  # (the target already follows one)
+    assert found.endswith("hint: a skip joins values with the same number of dims: average the source to (8,) in "
+                          "a layer of its own, `- c_mean: {op: mean, dim: [2, 3], input: c}`, and start the skip from "
+                          "c_mean (give the layer written after it an `input:` naming what it read before)")
+    # what it proposes validates, and adds the channel means to fc's output
+    fixed = (HEADER + "inputs: {x: [3, 32, 32]}\nlayers:\n"
+             "  - c: {op: Conv2d, out_channels: 8, kernel_size: 3, padding: 1}\n"
+             "  - c_mean: {op: mean, dim: [2, 3], input: c}\n"
+             "  - p: {op: AdaptiveAvgPool2d, output_size: 1, input: c}\n  - f: {op: Flatten}\n"
+             "  - fc: {op: Linear, out_features: 8}\nskips:\n  - s: {from: c_mean, to: fc}\n")
+    import torch
+
+    model = resgraph.build(fixed, seed=0)
+    x = torch.randn(2, 3, 32, 32)
+    features = model.c(x)
+    expected = model.fc(features.mean((2, 3))) + features.mean((2, 3))
+    torch.testing.assert_close(model(x), expected)
