@@ -145,3 +145,11 @@ def test_a_map_skipped_into_a_linear_after_a_flatten_is_told_a_layer_that_works(
     features = model.c(x)
     expected = model.fc(features.mean((2, 3))) + features.mean((2, 3))
     torch.testing.assert_close(model(x), expected)
+
+
+def test_a_misspelt_summary_column_reads_as_sentences() -> None:
+    with pytest.raises(resgraph.UsageError) as caught:
+        resgraph.summary("examples/tutorial.yaml", columns="op,parms")
+    assert str(caught.value) == ("unknown summary column 'parms'; did you mean 'params'? The columns are op, "
+                                 "input_shape, output_shape, kernel, params, trainable, macs, param_memory, "
+                                 "activation_memory, connected_to (or default, all)")
