@@ -84,6 +84,7 @@ def _show(value: Any) -> str:
 def jsonschema_diagnostics(errors: Iterable[Any], data: Any, source: SourceMap) -> list[Diagnostic]:
     """jsonschema's errors about `data` as diagnostics, de-duplicated, in the order given."""
     errors = list(errors)
+    tuples = _tuples_written(data, data, source)
     # An entry that is not a one-key mapping is mis-indented: errors inside it are only noise.
     broken = {tuple(e.absolute_path) for e in errors if e.validator in ("minProperties", "maxProperties")}
     seen: set[tuple[Any, str]] = set()
@@ -93,11 +94,59 @@ def jsonschema_diagnostics(errors: Iterable[Any], data: Any, source: SourceMap) 
         if any(path[:len(b)] == b and len(path) > len(b) for b in broken):
             continue
         for diagnostic in _translate(error, data, source):
+            tuple_written = tuples.get(diagnostic.location)
+            if tuple_written is not None:  # one mistake, said once, at its first part
+                diagnostic = tuple_written
             key = (diagnostic.location, diagnostic.message)
             if key not in seen:
                 seen.add(key)
                 result.append(diagnostic)
     return result
+
+
+def _tuples_written(root: Any, data: Any, source: SourceMap, path: Path = ()) -> dict[Any, Diagnostic]:
+    """Values written as a Python tuple, `kernel_size: (3, 3)`: location of each part -> the one error.
+
+    YAML has no tuples: in a block mapping `(3, 3)` is the string '(3, 3)'; in a flow mapping
+    (`{op: Conv2d, kernel_size: (3, 3)}`) its comma ends the value, so it is the string '(3' and a
+    key '3)' with no value. Where the schema refuses one of those parts, the parts are one mistake.
+    """
+    found: dict[Any, Diagnostic] = {}
+    if isinstance(data, list):
+        for index, item in enumerate(data):
+            found.update(_tuples_written(root, item, source, (*path, index)))
+        return found
+    if not isinstance(data, dict):
+        return found
+    keys = list(data)
+    for position, key in enumerate(keys):
+        value = data[key]
+        if not isinstance(value, str) or not value.startswith("(") or not isinstance(key, str):
+            found.update(_tuples_written(root, value, source, (*path, key)))
+            continue
+        parts, strays = [value], []
+        if ")" not in value:  # a flow mapping split it: the keys after it, with no value, up to the one closing it
+            for stray in keys[position + 1:]:
+                if data[stray] is not None or not isinstance(stray, (str, int, float)):
+                    break
+                parts.append(str(stray))
+                strays.append(stray)
+                if str(stray).endswith(")"):
+                    break
+        written = ", ".join(part.strip() for part in parts)
+        if not written.endswith(")"):
+            continue
+        listed = "[" + written[1:-1].strip() + "]"
+        where = source.locate((*path, key))
+        read = (f"the string {value!r}" if not strays else
+                f"the string {value!r} and {'a key' if len(strays) == 1 else 'keys'} "
+                f"{', '.join(repr(str(p)) for p in strays)}: in a {{...}} mapping a comma ends a value")
+        diagnostic = Diagnostic(where, f"{_label((*path, key), root)}: {written} is a Python tuple, which YAML does "
+                                       f"not have (it read {read}); write a list: {listed}")
+        found[where] = diagnostic
+        for stray in strays:
+            found[source.locate((*path, stray), key=True)] = diagnostic
+    return found
 
 
 def _translate(error: Any, data: Any, source: SourceMap) -> Iterator[Diagnostic]:

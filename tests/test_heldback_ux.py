@@ -153,3 +153,16 @@ def test_a_misspelt_summary_column_reads_as_sentences() -> None:
     assert str(caught.value) == ("unknown summary column 'parms'; did you mean 'params'? The columns are op, "
                                  "input_shape, output_shape, kernel, params, trainable, macs, param_memory, "
                                  "activation_memory, connected_to (or default, all)")
+
+
+def test_a_tuple_written_as_in_python_is_one_error_saying_write_a_list() -> None:
+    found = messages(HEADER + "inputs: {x: [3, 8, 8]}\nlayers:\n"
+                     "  - c: {op: Conv2d, out_channels: 4, kernel_size: (3, 3), stride: (1,1)}\n"
+                     "  - d:\n      op: Conv2d\n      out_channels: 4\n      kernel_size: (3, 3)\n")
+    assert found == [
+        "<string>:5:51: error: layer 'c' (Conv2d): kernel_size: (3, 3) is a Python tuple, which YAML does not have "
+        "(it read the string '(3' and a key '3)': in a {...} mapping a comma ends a value); write a list: [3, 3]",
+        "<string>:5:67: error: layer 'c' (Conv2d): stride: (1, 1) is a Python tuple, which YAML does not have "
+        "(it read the string '(1' and a key '1)': in a {...} mapping a comma ends a value); write a list: [1, 1]",
+        "<string>:9:20: error: layer 'd' (Conv2d): kernel_size: (3, 3) is a Python tuple, which YAML does not have "
+        "(it read the string '(3, 3)'); write a list: [3, 3]"]
