@@ -76,7 +76,7 @@ _Memo = dict[tuple[Any, ...], Any]
 
 # The `node.meta` entries typing a layer or a skip writes (what an equal node reuses).
 _LAYER_META = ("type", "storage", "args", "params")
-_SKIP_META = ("projection", "params", "type")
+_SKIP_META = ("projection", "params", "type", "concat_dim")
 
 
 def infer_shapes(graph: Graph, input_types: list[TensorType] | None = None,
@@ -578,7 +578,7 @@ def _memo_key(node: LayerNode | SkipNode, inputs: list[TensorType]) -> tuple[Any
         return None if isinstance(layer, BlockOutput) else ("layer", id(layer), *inputs, *_id_bounds(inputs))
     assert type(node) is SkipNode
     skip = node.skip
-    return ("skip", node.policy, skip.merge, skip.concat_dim, *inputs)
+    return ("skip", node.policy, skip.merge, skip.dim, *inputs)
 
 
 def _infer_layer(graph: Graph, node: LayerNode, inputs: list[TensorType]) -> None:
@@ -630,8 +630,9 @@ def _infer_skip(graph: Graph, node: SkipNode, inputs: list[TensorType], diagnost
     skip = node.skip
     target, source = inputs
     decided = recorded_count()  # the decisions before this skip: sizes that fit it must keep them
+    dim = node.meta["concat_dim"] = skip.concat_dim(target.layout)  # (codegen reads it: decided here, once)
     try:
-        plan = plan_projection(node.policy, skip.merge, source, target, skip.concat_dim)
+        plan = plan_projection(node.policy, skip.merge, source, target, dim)
     except ProjectionError as exc:
         diagnostics.append(_skip_error(graph, node, target, source, exc, recorded()[:decided]))
         if skip.merge.value == "add":
@@ -649,7 +650,7 @@ def _infer_skip(graph: Graph, node: SkipNode, inputs: list[TensorType], diagnost
         return
     node.meta["projection"] = plan
     node.meta["params"] = projection_parameters(plan)
-    node.meta["type"] = merge_type(skip.merge, [target, plan.output], skip.concat_dim)
+    node.meta["type"] = merge_type(skip.merge, [target, plan.output], dim)
 
 
 def _skip_error(graph: Graph, node: SkipNode, target: TensorType, source: TensorType, exc: ProjectionError,

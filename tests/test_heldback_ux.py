@@ -166,3 +166,33 @@ def test_a_tuple_written_as_in_python_is_one_error_saying_write_a_list() -> None
         "(it read the string '(1' and a key '1)': in a {...} mapping a comma ends a value); write a list: [1, 1]",
         "<string>:9:20: error: layer 'd' (Conv2d): kernel_size: (3, 3) is a Python tuple, which YAML does not have "
         "(it read the string '(3, 3)'); write a list: [3, 3]"]
+
+
+# --- a concat skip joins along the channels / features --------------------------------------------
+
+def test_a_concat_skip_between_sequences_joins_the_features_by_default() -> None:
+    """A concat skip with no `dim` between (N, L, C) values joined along dim 1, the positions, and
+    silently inserted a Linear to make the features fit: (N, 20, 16). It joins the features now."""
+    import torch
+
+    spec = (HEADER + "inputs: {x: [10, 32]}\nlayers:\n  - fc: {op: Linear, out_features: 16}\n  - act: {op: ReLU}\n"
+            "skips:\n  - s: {from: x, to: act, merge: concat}\n")
+    model = resgraph.build(spec, seed=0)
+    x = torch.randn(2, 10, 32)
+    torch.testing.assert_close(model(x), torch.cat([x, torch.relu(model.fc(x))], dim=-1))  # (N, 10, 48)
+    assert resgraph.count_parameters(spec) == 32 * 16 + 16  # no projection
+    generated = resgraph.to_python(model)
+    assert "dim=-1" in generated
+    # written, `dim: 1` still joins the positions (the features then need a projection)
+    written = resgraph.build(spec.replace("merge: concat}", "merge: concat, dim: 1}"), seed=0)
+    assert written(x).shape == (2, 20, 16)
+
+
+def test_a_concat_skip_between_maps_still_joins_the_channels() -> None:
+    import torch
+
+    spec = (HEADER + "inputs: {x: [3, 8, 8]}\nlayers:\n  - c: {op: Conv2d, out_channels: 4, kernel_size: 3, "
+            "padding: 1}\nskips:\n  - s: {from: x, to: c, merge: concat}\n")
+    model = resgraph.build(spec, seed=0)
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(model(x), torch.cat([x, model.c(x)], dim=1))
