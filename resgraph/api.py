@@ -208,11 +208,30 @@ def rebuild(record: BuildRecord, *, allow_imports: Iterable[str] = (), seed: int
     return rebuild_model(record, allow_imports=allow_imports, seed=seed, max_params=max_params)
 
 
-def count_parameters(spec: SpecSource, *, params: Mapping[str, Any] | None = None, allow_imports: Iterable[str] = (),
-                     input_shapes: InputShapes | None = None, file: str | None = None) -> int:
-    """The number of parameters a spec's model has, computed without allocating any weight."""
+def count_parameters(spec: SpecSource | CompiledModule | Graph, *, params: Mapping[str, Any] | None = None,
+                     allow_imports: Iterable[str] = (), input_shapes: InputShapes | None = None,
+                     file: str | None = None) -> int:
+    """The number of parameters a spec's model has, computed without allocating any weight.
+
+    Args:
+        spec: a path, YAML text, a dict, a graph from `check`, or a model from `build` (or torch.compile's
+            or DistributedDataParallel's wrapper of one): its spec's count, as `summary` takes them.
+        params, input_shapes, allow_imports, file: as for `build` (ignored for a graph or a model).
+    Raises:
+        SpecError: the spec is invalid.
+        UsageError: an unreadable file, or a torch module resgraph did not build.
+    """
+    from .graph import Graph
+    from .model import CompiledModule
+
+    spec = _built_model(spec, "count_parameters")
     with allowed_imports(allow_imports):
-        _, graph = check_loaded(load(spec, file=file), params, input_shapes=input_shapes)
+        if isinstance(spec, CompiledModule):
+            graph = spec.graph
+        elif isinstance(spec, Graph):
+            graph = spec
+        else:
+            _, graph = check_loaded(load(spec, file=file), params, input_shapes=input_shapes)
         counts = static_parameter_counts(graph)
         if counts is None:
             from .model import part_sizes

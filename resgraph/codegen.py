@@ -286,7 +286,7 @@ def _statement(node: Node, var: str, args: list[str], in_place: bool = False) ->
     if in_place:
         return f"{target} += {projected}"
     operands = [projected, target] if skip.merge is Merge.concat else [target, projected]
-    return f"{target} = {merge_code(skip.merge, operands, skip.concat_dim)}"
+    return f"{target} = {merge_code(skip.merge, operands, node.meta['concat_dim'])}"
 
 
 # Curated ops whose module returns a new tensor that no other value shares and that autograd does

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import hashlib
 import keyword
 import math
@@ -165,7 +166,8 @@ def write_python(module: Any, path: str) -> None:
 
 
 def check_module_file(path: str, source: str) -> None:
-    """Refuse to write `source` at `path` where it would import itself or overwrite what it imports.
+    """Refuse to write `source` at `path` where it would import itself, overwrite what it imports, or
+    hide a module from code run beside it (a standard module, or a package torch needs: `copy.py`).
 
     The file imports torch and the modules of the spec's own layer classes: named after one of them
     (`torch.py`, `mylayers.py`), it is found first by `import` beside it, so it imports itself (and
@@ -179,7 +181,8 @@ def check_module_file(path: str, source: str) -> None:
     import sys
 
     stem, suffix = os.path.splitext(os.path.basename(path))
-    for name in sorted(_imported_modules(source)):
+    imported = _imported_modules(source)
+    for name in sorted(imported):
         if suffix.lower() == ".py" and stem == name.split(".")[0]:
             raise UsageError(f"{path}: the file imports {name}; named {stem}.py it would import "
                              f"itself instead (and hide {name.split('.')[0]} from code run beside it). Name it "
@@ -188,6 +191,78 @@ def check_module_file(path: str, source: str) -> None:
         if origin is not None and same_file(path, origin):
             raise UsageError(f"{path}: that is the source of module {name}, whose layers the spec uses; "
                              "writing it would overwrite it. Name another file")
+    if suffix.lower() == ".py":
+        hidden = _hidden_module(stem, {name.split(".")[0] for name in imported})
+        if hidden is not None:
+            raise UsageError(f"{path}: named {stem}.py it would hide {hidden}: `import` looks beside the "
+                             f"script first, so a program run in that folder that imports {stem} (directly or "
+                             f"through torch) would load this file instead. Name it otherwise, e.g. {stem}_model.py")
+
+
+def _hidden_module(stem: str, imported: set[str]) -> str | None:
+    """What a module file named `stem` would hide, if anything: a standard-library module, or an
+    installed package that the file's own imports need (torch, and those torch requires: sympy,
+    jinja2, ...), found from the installed distributions' metadata.
+
+    >>> _hidden_module("copy", {"torch"}), _hidden_module("sympy", {"torch"}), _hidden_module("net", {"torch"})
+    ("Python's standard module copy", 'the installed package sympy (torch needs it)', None)
+    """
+    import sys
+
+    if stem in sys.stdlib_module_names:
+        return f"Python's standard module {stem}"
+    for root in sorted(imported):
+        if stem in _needed_packages(root):
+            return f"the installed package {stem} ({root} needs it)"
+    loaded = getattr(sys.modules.get(stem), "__file__", None)  # numpy: torch imports it where it is installed
+    if loaded is not None and _installed(loaded):
+        return f"the installed package {stem} (imported here, with torch or resgraph)"
+    return None
+
+
+def _installed(file: str) -> bool:
+    """Whether a module's file is in an installation's library folders (site-packages), not a user's."""
+    import os
+    import site
+    import sysconfig
+
+    folders = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")} | set(site.getsitepackages())
+    return any(os.path.realpath(file).startswith(os.path.realpath(folder) + os.sep) for folder in folders)
+
+
+@functools.cache
+def _needed_packages(root: str) -> frozenset[str]:
+    """The top-level module names of the distribution that provides `root` and of every distribution
+    it requires (its extras left out), recursively."""
+    import importlib.metadata as metadata
+
+    provides = metadata.packages_distributions()  # top-level module -> distributions
+    modules_of: dict[str, set[str]] = {}
+    for module, distributions in provides.items():
+        for distribution in distributions:
+            modules_of.setdefault(_normalized(distribution), set()).add(module)
+    found: set[str] = set()
+    pending = [_normalized(d) for d in provides.get(root, [])]
+    seen: set[str] = set()
+    while pending:
+        distribution = pending.pop()
+        if distribution in seen:
+            continue
+        seen.add(distribution)
+        found |= modules_of.get(distribution, set())
+        try:
+            requirements = metadata.requires(distribution) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for requirement in requirements:
+            named = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement)
+            if named and "extra" not in requirement.partition(";")[2]:
+                pending.append(_normalized(named.group()))
+    return frozenset(found)
+
+
+def _normalized(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()
 
 
 def _imported_modules(source: str) -> set[str]:

@@ -12,6 +12,8 @@ and after. The fixes depend on the cause (`ProjectionError.kind`):
   setting that rounds as the stride does;
 - "larger" (the target was upsampled, or padded, past the source): the nearest input sizes that
   fit, an upsample to an explicit size, or the padding that keeps an unstrided layer's size;
+- "rank" (a map into a vector, as a Linear after a Flatten): a mean over the source's spatial (sequence)
+  dims in a layer of its own, to start the skip from;
 - "ratio" (strides and upsamples between them compose to a fraction, e.g. /3 then x2): a source
   on an integer step from the target, or scale changes that compose to one.
 
@@ -113,6 +115,8 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
                 fixes.append(f"set `projection: crop` on this skip and use an input size where the margins are even: "
                              f"{even}")
         return _join(f"shrunk by {listed}" if listed else "", "; or ".join(fixes))
+    if exc.kind == "rank":
+        return _rank_hint(graph, node) or exc.hint
     if exc.kind == "finer":
         return _join(listed, "take the skip from a layer at the target's scale, or upsample the source first")
     if exc.kind == "ratio":
@@ -279,6 +283,21 @@ def _rounded_past(change: SizeChange) -> bool:
     if "output_padding" in change.geometry or "scale_factor" in change.geometry or stride in (1, [1], None):
         return False
     return any(after > ceiled for after, ceiled in zip(change.after, _ceil(change)))
+
+
+def _rank_hint(graph: Graph, node: SkipNode) -> str | None:
+    """For a map (or sequence) skipped into a vector (a Linear after a Flatten): the layer that makes
+    the source a vector of its channels (features), which the skip can start from."""
+    skip = node.skip
+    source, target = (graph.nodes[name].meta.get("type") for name in (skip.source, skip.to))
+    if source is None or target is None or target.rank != 1 or source.rank < 2:
+        return None
+    dims = list(range(2, source.rank + 1)) if source.layout == "channels_first" else list(range(1, source.rank))
+    channels = source.shape[0] if source.layout == "channels_first" else source.shape[-1]
+    name = f"{skip.source}_mean".replace(".", "_")
+    return (f"a skip joins values with the same number of dims: average the source to ({channels},) in a layer "
+            f"of its own, `- {name}: {{op: mean, dim: {dims}, input: {skip.source}}}`, and start the skip from "
+            f"{name} (give the layer written after it an `input:` naming what it read before)")
 
 
 def _join(what: str, fix: str) -> str:

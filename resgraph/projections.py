@@ -361,8 +361,8 @@ class Mismatch:
                     larger = any(hint(o) > hint(i) for i, o in zip(spatial_in, spatial_out))
                     odd = [requirement("eq", (a - b) % 2, 0) for a, b in zip(spatial_in, spatial_out)
                            if (hint(a) - hint(b)) % 2]
-                    raise ProjectionError(f"the spatial size {'grows' if larger else 'shrinks'} on one grid, with no "
-                                          f"stride between them: {_size(spatial_in)} -> {_size(spatial_out)}",
+                    raise ProjectionError(f"the spatial size {'grows' if larger else 'shrinks'} on one grid (no net "
+                                          f"stride between them): {_size(spatial_in)} -> {_size(spatial_out)}",
                                           kind="larger" if larger else "grid", required=required,
                                           crop_required=tuple(odd))
                 raise ProjectionError(f"spatial size {_size(spatial_in)} -> {_size(spatial_out)} does not match a "
@@ -572,7 +572,8 @@ def plan_projection(policy: Projection, merge: Merge, source: TensorType, target
     if policy is not Projection.none and source.rank != len(want):
         raise ProjectionError(f"their ranks differ ({source.rank} vs {len(want)} dims per sample); "
                               "no projection changes the number of dims",
-                              "merge tensors of the same kind, e.g. add a Flatten before the target")
+                              "a skip joins values with the same number of dims: start it from a value with the "
+                              "target's, or end it at one with the source's", kind="rank")
     spatial = source.rank >= 2 and target.layout == "channels_first"
     if policy is not Projection.none and not spatial and source.shape[:-1] != want[:-1]:
         raise ProjectionError(f"their leading dims differ ({_size(source.shape[:-1])} vs {_size(want[:-1])}); "

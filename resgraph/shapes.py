@@ -28,7 +28,7 @@ from .evaluate import freeze
 from .expand import MAX_BLOCK_DEPTH, BlockRecipe, Reader, blind_scopes, instantiate
 from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode, is_block_value
 from .hints import skip_hint
-from .loader import SourceMap
+from .loader import Origin, SourceMap
 from .ops import OPS, ShapeError, TensorType, merge_type
 from .ops.base import (
     FLOAT_DTYPES,
@@ -76,7 +76,7 @@ _Memo = dict[tuple[Any, ...], Any]
 
 # The `node.meta` entries typing a layer or a skip writes (what an equal node reuses).
 _LAYER_META = ("type", "storage", "args", "params")
-_SKIP_META = ("projection", "params", "type")
+_SKIP_META = ("projection", "params", "type", "concat_dim")
 
 
 def infer_shapes(graph: Graph, input_types: list[TensorType] | None = None,
@@ -183,11 +183,12 @@ def _infer(graph: Graph, input_types: list[TensorType], memo: _Memo) -> list[Dia
         except (ShapeError, SizeOverflowError) as exc:
             problem = _located(graph, node, exc)
             group = _split_group(node)
-            if group is not None:  # every piece of a chunk or split fails alike: say it once, at the first
+            if group is not None:  # every piece of a chunk or split fails alike: say it once, of the layer
                 said = (id(group), str(exc))
                 if said in failed_splits:
                     continue
                 failed_splits.add(said)
+                problem = _split_located(graph, node, group, exc)
             diagnostics.append(problem)
     diagnostics += _inplace_hazards(graph)
     return diagnostics
@@ -578,7 +579,7 @@ def _memo_key(node: LayerNode | SkipNode, inputs: list[TensorType]) -> tuple[Any
         return None if isinstance(layer, BlockOutput) else ("layer", id(layer), *inputs, *_id_bounds(inputs))
     assert type(node) is SkipNode
     skip = node.skip
-    return ("skip", node.policy, skip.merge, skip.concat_dim, *inputs)
+    return ("skip", node.policy, skip.merge, skip.dim, *inputs)
 
 
 def _infer_layer(graph: Graph, node: LayerNode, inputs: list[TensorType]) -> None:
@@ -630,8 +631,9 @@ def _infer_skip(graph: Graph, node: SkipNode, inputs: list[TensorType], diagnost
     skip = node.skip
     target, source = inputs
     decided = recorded_count()  # the decisions before this skip: sizes that fit it must keep them
+    dim = node.meta["concat_dim"] = skip.concat_dim(target.layout)  # (codegen reads it: decided here, once)
     try:
-        plan = plan_projection(node.policy, skip.merge, source, target, skip.concat_dim)
+        plan = plan_projection(node.policy, skip.merge, source, target, dim)
     except ProjectionError as exc:
         diagnostics.append(_skip_error(graph, node, target, source, exc, recorded()[:decided]))
         if skip.merge.value == "add":
@@ -649,7 +651,7 @@ def _infer_skip(graph: Graph, node: SkipNode, inputs: list[TensorType], diagnost
         return
     node.meta["projection"] = plan
     node.meta["params"] = projection_parameters(plan)
-    node.meta["type"] = merge_type(skip.merge, [target, plan.output], skip.concat_dim)
+    node.meta["type"] = merge_type(skip.merge, [target, plan.output], dim)
 
 
 def _skip_error(graph: Graph, node: SkipNode, target: TensorType, source: TensorType, exc: ProjectionError,
@@ -666,6 +668,16 @@ def _located(graph: Graph, node: Node, exc: ShapeError | SizeOverflowError) -> D
     argument that torch would refuse at the first forward), with its hint if it has one."""
     key = getattr(exc, "field", None)
     return Diagnostic(graph.where(node, key), f"{graph.label(node)}: {exc}", getattr(exc, "hint", None))
+
+
+def _split_located(graph: Graph, node: LayerNode, group: SplitBase, exc: ShapeError | SizeOverflowError) -> Diagnostic:
+    """A chunk's or split's shape error, said of the layer the spec wrote (`parts`), not of the piece
+    (`value`) that found it: a piece's origin is `<the layer's>.outputs.<i>` (see `expand.with_pieces`)."""
+    layer = Origin(node.origin.source, node.origin.path[:-2])
+    key = getattr(exc, "field", None)
+    where = (layer.child(key) if key is not None else layer).locate(key=True)
+    return Diagnostic(where, f"layer {graph.qualname + node.layer.split!r} ({group.op}): {exc}",
+                      getattr(exc, "hint", None))
 
 
 def _dtype_origin(graph: Graph, node: Node) -> str:

@@ -162,6 +162,14 @@ class DimSizes:
     def smallest(self) -> int | None:
         return self.valid[0] if self.valid else (self.rule.start if self.rule.kind == "fixed" else None)
 
+    def __repr__(self) -> str:
+        # concise: `valid` and `failures` list every size searched (thousands), kept as data, counted here
+        if not self.free:
+            return f"DimSizes({self.input}.{self.name} = {self.declared}, fixed)"
+        same = f", equal to {', '.join(self.linked)}" if self.linked else ""
+        return (f"DimSizes({self.input}.{self.name}: {self.rule.describe(self.name)}, declared {self.declared}, "
+                f"{len(self.valid)} valid, {len(self.failures)} failing{same})")
+
     def nearest(self, count: int = 3) -> list[int]:
         """The valid sizes closest to the declared one."""
         return sorted(self.valid, key=lambda n: (abs(n - self.declared), n))[:count]
@@ -183,6 +191,13 @@ class SizeReport:
     # conditions on several free dims at once that the rules do not imply (see `joint_guards`), each with
     # the symbols it reads; the input guard checks them
     joint: tuple[tuple[Guard, frozenset[str]], ...] = ()
+
+    def __repr__(self) -> str:
+        # concise (a REPL echoes it): each dim's rule and counts; `format()` is the full report
+        square = "".join(f", square {name}: {rule.describe('size')}" for name, rule in self.square.items())
+        joint = f", {len(self.joint)} joint condition{'s' if len(self.joint) != 1 else ''}" if self.joint else ""
+        low, high = self.range
+        return f"SizeReport({low}..{high}: {', '.join(map(repr, self.dims))}{square}{joint})"
 
     def of(self, input_name: str) -> list[DimSizes]:
         return [dim for dim in self.dims if dim.input == input_name]

@@ -77,7 +77,8 @@ class Skip(StrictModel):
                                       "of a block call).")
     merge: Merge = Field(default=Merge.add, description="add, concat (along dim) or mul (gating, broadcasting).")
     projection: Projection | None = Field(default=None, description="Overrides defaults.projection for this skip.")
-    dim: int | None = Field(default=None, description="Concat dim (batch is dim 0); default 1, the channels.")
+    dim: int | None = Field(default=None, description="Concat dim (batch is dim 0); default the channels (1) of a "
+                                                      "channels-first map, the features (-1) of a features-last value.")
     when: StrictBool = Field(default=True, description="false (usually an expression): the skip is left out.")
 
     @model_validator(mode="after")
@@ -86,9 +87,12 @@ class Skip(StrictModel):
             raise ValueError(f"'dim' only applies to merge: concat, not merge: {self.merge.value}")
         return self
 
-    @property
-    def concat_dim(self) -> int:
-        return 1 if self.dim is None else self.dim
+    def concat_dim(self, layout: str) -> int:
+        """The dim a concat joins along: the one written, else the channels (1) of a channels-first map,
+        the features (-1) of a features-last value (the target's `layout`), never a sequence's positions."""
+        if self.dim is not None:
+            return self.dim
+        return -1 if layout == "features_last" else 1
 
 
 class Defaults(StrictModel):

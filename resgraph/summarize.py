@@ -488,7 +488,8 @@ def parse_columns(columns: str | Iterable[str] | None) -> tuple[str, ...]:
         expanded = DEFAULT_COLUMNS if name == "default" else tuple(COLUMNS) if name == "all" else (name,)
         for column in expanded:
             if column not in COLUMNS:
-                raise UsageError(f"unknown summary column {column!r}{did_you_mean(column, COLUMNS)}; the columns are "
+                meant = did_you_mean(column, COLUMNS)  # ("; did you mean 'params'?": a question ends it)
+                raise UsageError(f"unknown summary column {column!r}{meant}{' The' if meant else '; the'} columns are "
                                  f"{', '.join(COLUMNS)} (or default, all)")
             if column not in chosen:
                 chosen.append(column)

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from .errors import Diagnostic
 from .loader import Origin, Path, SourceMap
 from .ops import OPS
+from .ops.base import DTYPES, dtype_suggestion
 from .schema import EXPRESSION, json_schema
 from .suggest import did_you_mean
 
@@ -63,6 +64,8 @@ def _get(data: Any, path: Path) -> Any:
 
 def _label(path: Path, data: Any, op: Any = None) -> str:
     who, rest = subject(path, data, op)
+    if path[:1] == ("inputs",) and rest[-1:] and isinstance(rest[-1], int) and rest[:-1] in ((), ("shape",)):
+        rest = (f"dim {rest[-1]} of the shape",)  # `x: [0, -1]`: a size, said as the dim it is
     field = ".".join(str(p) for p in rest)
     return f"{who}: {field}" if field else who
 
@@ -81,6 +84,7 @@ def _show(value: Any) -> str:
 def jsonschema_diagnostics(errors: Iterable[Any], data: Any, source: SourceMap) -> list[Diagnostic]:
     """jsonschema's errors about `data` as diagnostics, de-duplicated, in the order given."""
     errors = list(errors)
+    tuples = _tuples_written(data, data, source)
     # An entry that is not a one-key mapping is mis-indented: errors inside it are only noise.
     broken = {tuple(e.absolute_path) for e in errors if e.validator in ("minProperties", "maxProperties")}
     seen: set[tuple[Any, str]] = set()
@@ -90,11 +94,59 @@ def jsonschema_diagnostics(errors: Iterable[Any], data: Any, source: SourceMap) 
         if any(path[:len(b)] == b and len(path) > len(b) for b in broken):
             continue
         for diagnostic in _translate(error, data, source):
+            tuple_written = tuples.get(diagnostic.location)
+            if tuple_written is not None:  # one mistake, said once, at its first part
+                diagnostic = tuple_written
             key = (diagnostic.location, diagnostic.message)
             if key not in seen:
                 seen.add(key)
                 result.append(diagnostic)
     return result
+
+
+def _tuples_written(root: Any, data: Any, source: SourceMap, path: Path = ()) -> dict[Any, Diagnostic]:
+    """Values written as a Python tuple, `kernel_size: (3, 3)`: location of each part -> the one error.
+
+    YAML has no tuples: in a block mapping `(3, 3)` is the string '(3, 3)'; in a flow mapping
+    (`{op: Conv2d, kernel_size: (3, 3)}`) its comma ends the value, so it is the string '(3' and a
+    key '3)' with no value. Where the schema refuses one of those parts, the parts are one mistake.
+    """
+    found: dict[Any, Diagnostic] = {}
+    if isinstance(data, list):
+        for index, item in enumerate(data):
+            found.update(_tuples_written(root, item, source, (*path, index)))
+        return found
+    if not isinstance(data, dict):
+        return found
+    keys = list(data)
+    for position, key in enumerate(keys):
+        value = data[key]
+        if not isinstance(value, str) or not value.startswith("(") or not isinstance(key, str):
+            found.update(_tuples_written(root, value, source, (*path, key)))
+            continue
+        parts, strays = [value], []
+        if ")" not in value:  # a flow mapping split it: the keys after it, with no value, up to the one closing it
+            for stray in keys[position + 1:]:
+                if data[stray] is not None or not isinstance(stray, (str, int, float)):
+                    break
+                parts.append(str(stray))
+                strays.append(stray)
+                if str(stray).endswith(")"):
+                    break
+        written = ", ".join(part.strip() for part in parts)
+        if not written.endswith(")"):
+            continue
+        listed = "[" + written[1:-1].strip() + "]"
+        where = source.locate((*path, key))
+        read = (f"the string {value!r}" if not strays else
+                f"the string {value!r} and {'a key' if len(strays) == 1 else 'keys'} "
+                f"{', '.join(repr(str(p)) for p in strays)}: in a {{...}} mapping a comma ends a value")
+        diagnostic = Diagnostic(where, f"{_label((*path, key), root)}: {written} is a Python tuple, which YAML does "
+                                       f"not have (it read {read}); write a list: {listed}")
+        found[where] = diagnostic
+        for stray in strays:
+            found[source.locate((*path, stray), key=True)] = diagnostic
+    return found
 
 
 def _translate(error: Any, data: Any, source: SourceMap) -> Iterator[Diagnostic]:
@@ -171,7 +223,7 @@ def _translate(error: Any, data: Any, source: SourceMap) -> Iterator[Diagnostic]
 
     if kind in ("enum", "const"):
         options = schema.get("enum", [schema.get("const")])
-        hint = did_you_mean(instance, map(str, options)) if isinstance(instance, str) else ""
+        hint = _choice_hint(instance, map(str, options))
         yield Diagnostic(source.locate(path),
                          f"{_label(path, data)}: expected {describe(schema)}, got {_show(instance)}{hint}")
         return
@@ -323,6 +375,14 @@ def _unknown_argument(op: Any, key: str, allowed: list[str]) -> tuple[str, str |
     if op is None:  # a block call (it names no op): its block's parameters go under `with:`
         takes = f"a block call takes: {takes}; pass the block's parameters under with: {{{key}: ...}}"
     return f"unknown argument {key!r}{hint}", None if hint else takes if op is None else f"{op} takes: {takes}"
+
+
+def _choice_hint(value: Any, options: Iterable[str]) -> str:
+    """The "did you mean" for a string that is none of a closed set of names; a dtype's from the dtype rules."""
+    if not isinstance(value, str):
+        return ""
+    options = list(options)
+    return dtype_suggestion(value) if set(options) == set(DTYPES) else did_you_mean(value, options)
 
 
 def _bound_message(kind: str, bound: Any) -> str:
@@ -558,8 +618,7 @@ def _pydantic_message(item: dict[str, Any]) -> str:
         return f"expected {words[kind]}, got {got}"
     if kind in ("literal_error", "enum"):
         value = item.get("input")
-        hint = did_you_mean(value, re.findall(r"'([^']*)'", str(ctx.get("expected", "")))) \
-            if isinstance(value, str) else ""
+        hint = _choice_hint(value, re.findall(r"'([^']*)'", str(ctx.get("expected", ""))))
         return f"expected {ctx.get('expected', 'another value')}, got {got}{hint}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return f"expected a mapping, got {got}"

@@ -25,7 +25,7 @@ def test_tutorial_literal_fails_naming_the_skip_both_shapes_and_the_fixes() -> N
     first, second = caught.value.diagnostics
     assert str(first.location).endswith("tutorial_literal.yaml:19:5")
     assert first.message == ("skip 'shortcut1': cannot add 'x' (3, 32, 32) to 'res1_conv2' (64, 28, 28): "
-                             "the spatial size shrinks on one grid, with no stride between them: 32x32 -> 28x28")
+                             "the spatial size shrinks on one grid (no net stride between them): 32x32 -> 28x28")
     assert "`padding: 1` on 'res1_conv1' and 'res1_conv2'" in first.hint and "set `projection: crop`" in first.hint
     assert "'res1_conv1' (Conv2d, kernel 3, stride 1, padding 0, dilation 1): 32x32 -> 30x30" in first.hint
     assert second.message.startswith("skip 'shortcut2': cannot add 'relu' (64, 28, 28) to 'res2_conv2' (128, 24, 24)")

@@ -418,7 +418,7 @@ def test_a_computed_value_of_the_wrong_kind_is_refused_as_the_written_one_is(
     (("inputs: {x: [4, 8, 8]}", 'scale: {width: "${text}"}\ninputs: {x: [4, 8, 8]}'), (9, 17),
      "scale: width: expected a number, got string '4'"),
     (("inputs: {x: [4, 8, 8]}", 'inputs: {x: {shape: [4, "${flag}", 8]}}'), (9, 26),
-     "input 'x': shape.1: expected an integer, got boolean True"),
+     "input 'x': dim 1 of the shape: expected an integer, got boolean True"),
 ])
 def test_a_computed_value_inside_a_list_or_a_spec_section_is_held_to_its_kind_too(
         edit: tuple[str, str], where: tuple[int, int], message: str) -> None:

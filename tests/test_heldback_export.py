@@ -803,3 +803,25 @@ def test_a_wrapped_model_is_written_as_its_model_and_a_foreign_module_is_refused
             with pytest.raises(resgraph.UsageError, match=re.escape(message)):
                 write(module, *args)
     assert sorted(os.listdir(tmp_path)) == ["w.pt", "w.py"]
+
+
+@pytest.mark.parametrize(("name", "hidden"), [
+    ("copy", "Python's standard module copy"), ("typing.py", None),
+    ("sympy", "the installed package sympy (torch needs it)"),
+    ("jinja2", "the installed package jinja2 (torch needs it)")])
+def test_a_py_export_never_hides_a_standard_or_needed_module(name: str, hidden: str | None,
+                                                              tmp_path: pathlib.Path) -> None:
+    """`resgraph.save(model, "copy.py")` was written, and then every Python run in that folder (torch
+    imports copy) loaded it instead of the standard library's module."""
+    stem = name.removesuffix(".py")
+    hidden = hidden or f"Python's standard module {stem}"
+    model = resgraph.build(EXAMPLES / "tutorial.yaml", seed=0)
+    path = tmp_path / f"{stem}.py"
+    with pytest.raises(resgraph.UsageError) as caught:
+        resgraph.save(model, path)
+    assert str(caught.value) == (f"{path}: named {stem}.py it would hide {hidden}: `import` looks beside the script "
+                                 f"first, so a program run in that folder that imports {stem} (directly or through "
+                                 f"torch) would load this file instead. Name it otherwise, e.g. {stem}_model.py")
+    assert list(tmp_path.iterdir()) == []
+    resgraph.save(model, tmp_path / "net.py")  # a name no import needs is written
+    assert (tmp_path / "net.py").exists()

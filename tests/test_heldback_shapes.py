@@ -355,7 +355,7 @@ def test_an_input_size_written_as_a_symbol_says_sizes_are_examples() -> None:
         resgraph.check(spec)
     found = [(d.location.line, d.location.column, d.message, d.hint) for d in caught.value.diagnostics]
     assert [(line, column) for line, column, _, _ in found] == [(4, 10), (4, 13), (5, 15)]
-    assert found[0][2] == "input 'x': 1: expected an integer >= 1, got string 'H'"
+    assert found[0][2] == "input 'x': dim 1 of the shape: expected an integer >= 1, got string 'H'"
     assert all(hint.startswith("input sizes are examples, not symbols: write one (e.g. 224), or a parameter")
                for _, _, _, hint in found)
     sized = spec.replace("x: [3, H, W]", 'x: [3, "${size}", "${size}"]').replace("[L]", "[7]").replace(

@@ -37,12 +37,14 @@ from pydantic import (
 )
 from typing_extensions import TypeAliasType
 
+from ..suggest import did_you_mean
 from ..symbolic import SymInt, hints
 from .index import OP_MODULES
 
 __all__ = [
     "ArgumentError",
     "DTYPES",
+    "TORCH_DTYPE_ALIASES",
     "DtypeError",
     "FLOAT_DTYPES",
     "FLOAT_OVERFLOW",
@@ -55,6 +57,7 @@ __all__ = [
     "Identifier",
     "check_scalar",
     "dtype_hint",
+    "dtype_suggestion",
     "is_identifier",
     "number_overflow",
     "scalar_overflow",
@@ -92,6 +95,30 @@ Layout = Literal["channels_first", "features_last"]
 
 DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "bool")
 FLOAT_DTYPES = frozenset({"float32", "float64", "float16", "bfloat16"})
+# torch's other spellings of a dtype (torch.float is torch.float32): a spec writes each dtype one way, so
+# these are refused with the name they stand for; `float` and `int` are float32 and int32 in torch,
+# not the Python types' float64 and int64 that a nearest-spelling suggestion would offer.
+TORCH_DTYPE_ALIASES = {"float": "float32", "double": "float64", "half": "float16", "long": "int64", "int": "int32",
+                       "short": "int16", "cfloat": "complex64", "cdouble": "complex128", "chalf": "complex32"}
+
+
+def dtype_suggestion(word: str) -> str:
+    """`"; did you mean ..."` for a dtype a spec wrote that is not one of DTYPES, or an empty string.
+
+    >>> dtype_suggestion("float"), dtype_suggestion("torch.int64")
+    ("; did you mean 'float32'? (torch.float is float32)", "; did you mean 'int64'? (write it without 'torch.')")
+    >>> dtype_suggestion("short")
+    '; torch.short is int16, which a spec cannot declare: write int32 or int64'
+    """
+    bare = word[len("torch."):] if word.startswith("torch.") else word
+    meant = TORCH_DTYPE_ALIASES.get(bare, bare if bare in DTYPES else None)
+    if meant is None:
+        return did_you_mean(bare, DTYPES)
+    if meant not in DTYPES:
+        kind = "int32 or int64" if meant.startswith("int") else "one of " + ", ".join(DTYPES)
+        return f"; torch.{bare} is {meant}, which a spec cannot declare: write {kind}"
+    why = f"torch.{bare} is {meant}" if bare != meant else "write it without 'torch.'"
+    return f"; did you mean {meant!r}? ({why})"
 # What a layer with weights takes: resgraph builds them float32. A layer that multiplies by them (a conv,
 # Linear, PReLU, attention's projections) needs its input in that dtype too (torch: "Input type (Half) and
 # bias type (float) should be the same"); a norm has kernels for float16 and bfloat16 inputs beside float32

@@ -59,14 +59,14 @@ class SplitBase(ViewOp):
     def code(self, operands: list[str], owner: str) -> str:
         return self.piece_code(operands[0], len(self.outputs) - 1)
 
-    def pieces(self) -> list[tuple[str, Layer]]:
-        """The nodes this layer stands for, one per output: (output name, its piece)."""
+    def pieces(self, name: str) -> list[tuple[str, Layer]]:
+        """The nodes this layer, named `name`, stands for, one per output: (output name, its piece)."""
         raise NotImplementedError
 
 
 def pieces(name: str, group: SplitBase) -> list[tuple[str, Layer]]:
     """The nodes a chunk/split layer stands for: (output name, Piece)."""
-    return group.pieces()
+    return group.pieces(name)
 
 
 class BlockOutput(TensorOp):

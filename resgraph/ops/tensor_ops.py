@@ -169,8 +169,8 @@ class Chunk(SplitBase):
     def piece_code(self, operand: str, index: int) -> str:
         return f"{operand}.chunk({self.chunks}, dim={self.dim})[{index}]"
 
-    def pieces(self) -> list[tuple[str, Layer]]:
-        return _pieces(self)
+    def pieces(self, name: str) -> list[tuple[str, Layer]]:
+        return _pieces(self, name)
 
 
 @register_op
@@ -192,8 +192,8 @@ class Split(SplitBase):
         size = list(self.split_size) if isinstance(self.split_size, list) else self.split_size
         return f"{operand}.split({size}, dim={self.dim})[{index}]"
 
-    def pieces(self) -> list[tuple[str, Layer]]:
-        return _pieces(self)
+    def pieces(self, name: str) -> list[tuple[str, Layer]]:
+        return _pieces(self, name)
 
 
 class Piece(ViewOp):
@@ -202,6 +202,7 @@ class Piece(ViewOp):
     op: str
     group: Chunk | Split
     index: int
+    split: str  # the chunk/split layer's own name: a mistake of the whole group is said of it
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         return self.group.piece_types(inputs)[self.index]
@@ -227,6 +228,7 @@ def _pieces_of(length: int, step: int) -> list[int]:
     return [step] * (count - 1) + [length - (count - 1) * step]
 
 
-def _pieces(group: Chunk | Split) -> list[tuple[str, Layer]]:
-    """The nodes a chunk or split stands for: (output name, Piece)."""
-    return [(out, Piece(op=group.op, input=group.input, group=group, index=i)) for i, out in enumerate(group.outputs)]
+def _pieces(group: Chunk | Split, name: str) -> list[tuple[str, Layer]]:
+    """The nodes the chunk or split layer `name` stands for: (output name, Piece)."""
+    return [(out, Piece(op=group.op, input=group.input, group=group, index=i, split=name))
+            for i, out in enumerate(group.outputs)]

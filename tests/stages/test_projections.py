@@ -116,7 +116,7 @@ def _across_scales(merge: str) -> Refused:
                    "this skip", "scales")
 
 
-ONE_GRID = Refused("the spatial size shrinks on one grid, with no stride between them: {big} -> {small}",
+ONE_GRID = Refused("the spatial size shrinks on one grid (no net stride between them): {big} -> {small}",
                    None, "grid", ("8 == 4", "8 == 4"))  # ceil(8 / 1) == 4, per dim: never
 
 
@@ -265,7 +265,8 @@ EXTRA = [
                  "skip", "scales"), dim=2),
     Case(Projection.auto, Merge.add, m(4, 8, 8), f(8),
          Refused("their ranks differ (3 vs 1 dims per sample); no projection changes the number of dims",
-                 "merge tensors of the same kind, e.g. add a Flatten before the target")),
+                 "a skip joins values with the same number of dims: start it from a value with the target's, or "
+                 "end it at one with the source's", "rank")),
     Case(Projection.none, Merge.add, m(4, 8, 8), f(8), NONE),
     Case(Projection.auto, Merge.add, f(5, 6), f(3, 10),
          Refused("their leading dims differ (5 vs 3); a feature projection only changes the last dim")),
@@ -273,7 +274,7 @@ EXTRA = [
     Case(Projection.auto, Merge.add, m(4, 4, 4), m(8, 8, 8),
          Refused("the target is larger (4x4 -> 8x8); projections only downsample", None, "larger")),
     Case(Projection.auto, Merge.add, m(4, 4, 4, at=AT1), m(8, 6, 6, at=AT1),
-         Refused("the spatial size grows on one grid, with no stride between them: 4x4 -> 6x6", None, "larger",
+         Refused("the spatial size grows on one grid (no net stride between them): 4x4 -> 6x6", None, "larger",
                  ("4 == 6", "4 == 6"))),
     Case(Projection.pad, Merge.add, m(8, 4, 4), m(4, 8, 8),
          Refused("the target is larger (4x4 -> 8x8); projections only downsample", None, "larger")),
@@ -312,7 +313,7 @@ EXTRA = [
 CASES = MATRIX + EXTRA
 ACCEPTED = [c for c in CASES if not isinstance(c.expected, Refused)]
 REFUSED = [c for c in CASES if isinstance(c.expected, Refused)]
-KINDS = ("grid", "stride", "larger", "finer", "ratio", "off-centre", "scales", None)
+KINDS = ("grid", "stride", "larger", "finer", "ratio", "off-centre", "scales", "rank", None)
 
 
 def plan_of(case: Case) -> ProjectionPlan:

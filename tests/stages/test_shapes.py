@@ -328,7 +328,7 @@ def test_a_map_shrunk_on_one_grid_names_the_layers_and_the_padding_that_keeps_th
     b.skip("s", "x", "act")
     assert refused(b) == (
         "skip 's': cannot add 'x' (3, 8, 8) to 'act' (4, 6, 6): "
-        "the spatial size shrinks on one grid, with no stride between them: 8x8 -> 6x6",
+        "the spatial size shrinks on one grid (no net stride between them): 8x8 -> 6x6",
         "shrunk by 'conv' (Conv2d, kernel 3, stride 1, padding 0, dilation 1): 8x8 -> 6x6. Fix: keep the size with "
         "`padding: 1` on 'conv'; or set `projection: crop` on this skip (the maps share a grid, so a centre crop "
         "aligns them)")
@@ -372,7 +372,7 @@ def test_a_target_grown_past_its_source_proposes_the_sizes_that_fit_or_a_fixed_u
     b.skip("s", "x", "up")
     assert refused(b) == (
         "skip 's': cannot add 'x' (4, 15, 15) to 'up' (4, 16, 16): "
-        "the spatial size grows on one grid, with no stride between them: 15x15 -> 16x16",
+        "the spatial size grows on one grid (no net stride between them): 15x15 -> 16x16",
         "'down' (Conv2d, kernel 3, stride 2, padding 1, dilation 1): 15x15 -> 8x8; 'up' (Upsample, scale 2.0): "
         "8x8 -> 16x16: the target grew past the source. Fix: an input size at which this skip fits: 'x' 14x14 "
         "(or 16x16, 12x12); or give the upsampling layer an explicit `size:` (then the model has one input size)")
