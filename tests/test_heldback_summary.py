@@ -265,7 +265,8 @@ def test_a_null_where_a_number_belongs_is_named_once() -> None:
             "layers:\n  - c: {op: Conv2d, out_channels: 4, kernel_size: 3}\n")
     with pytest.raises(resgraph.SpecError) as exc:
         resgraph.check(spec)
-    assert [d.message for d in exc.value.diagnostics] == ["input 'x': dim 1 of the shape: expected an integer >= 1, got null"]
+    assert [d.message for d in exc.value.diagnostics] == [
+        "input 'x': dim 1 of the shape: expected an integer >= 1, got null"]
 
 
 def test_a_layer_that_cannot_run_on_meta_stand_ins_is_measured_where_it_lives(
