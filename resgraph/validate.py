@@ -180,9 +180,11 @@ def block_name_problems(data: Any, source: SourceMap) -> list[tuple[Path, Diagno
                                                 f"block {block!r}: parameter {name!r} would hide the built-in name "
                                                 f"{name!r} ({BUILTIN_NAMES[name]})", hint)))
         inputs = definition.get("inputs") if isinstance(definition, dict) else None
-        seen: set[Any] = set()
+        seen: set[str] = set()
         for i, name in enumerate(inputs if isinstance(inputs, list) else ()):
-            if isinstance(name, str) and name in seen:
+            if not isinstance(name, str):  # (a list or mapping there is the schema's error, and unhashable)
+                continue
+            if name in seen:
                 where = ("blocks", block, "inputs", i)
                 found.append((where, Diagnostic(source.locate(where), f"block {block!r}: inputs: {name!r} is listed "
                                                                       "twice; each input of a block needs its own name",
