@@ -660,8 +660,7 @@ def _scalar_value(node: yaml.ScalarNode) -> Any:
         if not node.style and written[:1] in _NUMBER_START and _untagged(node):  # (`!!str 1e-6` is text)
             if _EXPONENT_FLOAT.match(written):
                 return float(written)  # `eps: 1e-6`: a number, as YAML 1.2 reads it
-            if _YAML12_INT.match(written):
-                _refuse_yaml11_reading(node.tag, written, _shown(written))
+            _refuse_yaml11_reading(node.tag, written, _shown(written))  # (`08`, `0o17`: YAML 1.2 integers)
         return written  # the common case needs no constructor
     if (node.tag == _INT and len(written) <= 18 and written.isascii() and written.isdigit()
             and written[0] != "0"):
