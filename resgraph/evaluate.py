@@ -260,19 +260,19 @@ def evaluate_params(declared: Mapping[str, Any], given: Mapping[str, Any],
     """
     values: dict[str, Any] = {}
     failed = set() if failed is None else failed  # parameters whose own expressions failed (and are reported)
-    order = {name: position for position, name in enumerate(declared)}
     for name, default in declared.items():
         if name in given:
             values[name] = given[name]
         elif _literal(default):
             values[name] = default  # what evaluating it gives, without making the names to evaluate it in
-        elif _reads(default) & failed:
+        elif (reads := _reads(default)) & failed:
             values[name] = None  # its inputs failed: a second error about it would only repeat theirs
             failed.add(name)
         else:
             known = (len(diagnostics), len(dependent) if dependent is not None else 0)
             scope = names(values)
-            later = {read for read in _reads(default) if order.get(read, -1) > order[name]}
+            # (the parameters before this one have values already: a declared one without is after it)
+            later = {read for read in reads if read != name and read in declared and read not in values}
             if later:  # (read from an outer scope, a block's `${b}` would be the spec's `b`, not its own)
                 scope = _DeclaredLater(scope, later, name)
             values[name] = evaluate_tree(default, scope, origin.child(name), diagnostics, dependent=dependent)

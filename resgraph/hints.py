@@ -157,14 +157,15 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
         # sizes off the stride too: a rounding fix works only with its size kept, and not at all where
         # no padding keeps it (a kernel-2 pool).
         resized = [(c, c.keeping_padding()) for c in grown_or_shrunk]
-        keeping = "".join(f" and `padding: {padding}` on {c.name!r}" for c, padding in resized)
+        keeping = (", and keep the other sizes: " + " and ".join(f"`padding: {padding}` on {c.name!r}"
+                                                                  for c, padding in resized)) if resized else ""
         if exc.kind == "stride" and past and all(padding is not None for _, padding in resized):
             rounding = {c.name: _rounding_fix(c) for c in past}
             ceiled = [repr(c.name) for c in past if rounding[c.name] == "drop `ceil_mode: true`"]
             fixes += [f"drop `ceil_mode: true` on {' and '.join(ceiled)}"
-                      + (f", and keep the other sizes:{keeping[4:]}" if keeping else "")] if ceiled else []
+                      + keeping] if ceiled else []
             fixes += [f"{rounding[c.name]} on {c.name!r}, which rounds as its stride does"
-                      + (f", and keep the other sizes:{keeping[4:]}" if keeping else "")
+                      + keeping
                       for c in past if rounding[c.name] not in (None, "drop `ceil_mode: true`")]
         elif exc.kind == "stride" and not past and all(padding is not None for _, padding in resized):
             # Each strided layer that does not give ceil(size / stride), the size every projection gives, with
@@ -173,7 +174,7 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
             named = [f"{fix} on {c.name!r}" for c, fix in floored if fix is not None]
             if named:
                 fixes.append("make " + ("it" if len(named) == 1 else "them") + " round up as the strides do: "
-                             + " and ".join(named) + (f", and keep the other sizes:{keeping[4:]}" if keeping else ""))
+                             + " and ".join(named) + keeping)
         elif exc.kind == "larger":
             # a layer padded past its kernel grew the map: the padding that keeps its size; an upsample: a
             # fixed size (a transposed conv has none: the input sizes above are its fix)

@@ -335,7 +335,7 @@ def _read_text(name: str, *, regular_only: bool) -> str:
             if regular and len(data) > status.st_size:  # it grew since (or has no size: /proc)
                 data += handle.read(MAX_BYTES + 1 - len(data))
         except OSError as exc:
-            raise UsageError(f"{name}: cannot read it ({os_reason(exc)})") from None
+            raise _cannot_read(name, exc) from None
     if len(data) > MAX_BYTES:
         raise UsageError(_too_big(name, None))
     try:
@@ -384,10 +384,8 @@ def open_regular(name: str, what: str) -> BinaryIO:
     try:
         _refuse_irregular(name, os.stat(name).st_mode, what)
         descriptor = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO swapped in: no wait
-    except FileNotFoundError:
-        raise UsageError(f"{name}: no such file") from None
     except OSError as exc:
-        raise UsageError(f"{name}: cannot read it ({os_reason(exc)})") from None
+        raise _cannot_read(name, exc) from None
     try:
         _refuse_irregular(name, os.fstat(descriptor).st_mode, what)
         os.set_blocking(descriptor, True)
@@ -404,13 +402,18 @@ def _open_spec(name: str) -> BinaryIO:
     """
     try:
         handle = open(name, "rb")  # closed by the caller's `with`
-    except FileNotFoundError:
-        raise UsageError(f"{name}: no such file") from None
     except IsADirectoryError:
         raise UsageError(_not_regular(name, stat.S_IFDIR, _SPEC_FILES_ONLY)) from None
     except OSError as exc:
-        raise UsageError(f"{name}: cannot read it ({os_reason(exc)})") from None
+        raise _cannot_read(name, exc) from None
     return handle
+
+
+def _cannot_read(name: str, exc: OSError) -> UsageError:
+    """What is said of a file that could not be opened or read, whichever reader tried (one wording)."""
+    if isinstance(exc, FileNotFoundError):
+        return UsageError(f"{name}: no such file")
+    return UsageError(f"{name}: cannot read it ({os_reason(exc)})")
 
 
 _SPEC_FILES_ONLY = "only spec files can be read"
@@ -657,8 +660,7 @@ def _scalar_value(node: yaml.ScalarNode) -> Any:
         if not node.style and written[:1] in _NUMBER_START and _untagged(node):  # (`!!str 1e-6` is text)
             if _EXPONENT_FLOAT.match(written):
                 return float(written)  # `eps: 1e-6`: a number, as YAML 1.2 reads it
-            if _YAML12_INT.match(written):
-                _refuse_yaml11_reading(node.tag, written, _shown(written))
+            _refuse_yaml11_reading(node.tag, written, _shown(written))  # (`08`, `0o17`: YAML 1.2 integers)
         return written  # the common case needs no constructor
     if (node.tag == _INT and len(written) <= 18 and written.isascii() and written.isdigit()
             and written[0] != "0"):

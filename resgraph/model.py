@@ -563,6 +563,10 @@ def part_sizes(graph: Graph) -> dict[str, int]:
     return {name: owned_parameters(module, node) for name, node in graph.nodes.items()}
 
 
+# Where a model over the limit can still be looked at (not offered where the caller takes no device: `load`).
+_META_OFFER = "; or inspect the model without allocating: --device meta (Python: device='meta')"
+
+
 def _check_size(graph: Graph, sizes: dict[str, int], limit: int, subject: str = "the model would have",
                 meta_hint: bool = True) -> None:
     """Refuse a model over `limit` parameters (`sizes`: per top-level node), pointing at its largest part.
@@ -575,8 +579,8 @@ def _check_size(graph: Graph, sizes: dict[str, int], limit: int, subject: str = 
     largest = max(sizes, key=sizes.__getitem__)
     message = (f"{subject} {total:,} parameters ({_size(total * 4)} as float32), more than the limit of "
                f"{limit:,}; the largest part, {largest!r}, has {sizes[largest]:,}")
-    hint = ("raise the limit with --max-params N (Python: max_params=N) if this is intended"
-            + ("; or inspect it without allocating: --device meta (Python: device='meta')" if meta_hint else ""))
+    offer = _META_OFFER if meta_hint else ""
+    hint = f"raise the limit with --max-params N (Python: max_params=N) if this is intended{offer}"
     if largest not in graph.nodes:  # a submodule added to the model after its build: no place in the spec
         raise UsageError(f"{message} (added after the build); {hint}")
     raise SpecError([Diagnostic(graph.where(graph.nodes[largest]), message, hint)])
@@ -606,9 +610,7 @@ def _check_constants(graph: Graph, limit: int, meta_hint: bool = True) -> None:
                                                    f"{total:,} elements, more than the limit of {limit:,}; this one "
                                                    f"has {size:,}",
                                 "constants are allocated like weights and --max-params N (Python: max_params=N) "
-                                "bounds them too: raise it if this is intended"
-                                + ("; or inspect the model without allocating: --device meta (Python: device='meta')"
-                                   if meta_hint else ""))])
+                                "bounds them too: raise it if this is intended" + (_META_OFFER if meta_hint else ""))])
 
 
 def _size(n_bytes: float) -> str:

@@ -100,7 +100,7 @@ class _Resolver:
         left_out = self.scope.left_out.get(ref)
         outputs = self.split_outputs(ref) if left_out is None else []
         if outputs:  # (a chunk/split is no node: each output it names is one)
-            self.fail(origin, f"{prefix}{ref!r} is a {type(outputs[0][1].group).__name__.lower()} with "
+            self.fail(origin, f"{prefix}{ref!r} is a {outputs[0][1].group.op} with "
                               f"{len(outputs)} outputs, not one node{suffix}",
                       f"read one of its outputs: {', '.join(name for name, _ in outputs)}", key=False)
             return

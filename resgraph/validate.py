@@ -40,7 +40,7 @@ from .spec import BUILTIN_NAMES, BlockLibrary, Spec
 from .suggest import suggestion_budget
 from .translate import coerced_diagnostics, jsonschema_diagnostics, keys_not_strings, pydantic_diagnostics, untyped_body
 
-__all__ = ["block_name_problems", "is_block_library", "schema_diagnostics", "unknown_block_ops", "validate",
+__all__ = ["declared_name_problems", "is_block_library", "schema_diagnostics", "unknown_block_ops", "validate",
            "validate_library"]
 
 _OP_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -84,7 +84,7 @@ def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics:
     described = {path[0] for path in paths if path[:1] and path[0] in _DESCRIPTIVE}
     paths = [path for path in paths if not (path[:1] and path[0] in described)]
     entries, blocks, inputs, fatal = _invalid_parts(paths, loaded.data)
-    misnamed = block_name_problems(loaded.data, loaded.source)
+    misnamed = declared_name_problems(loaded.data, loaded.source)
     problems += [diagnostic for _, diagnostic in misnamed]
     blocks |= {str(path[1]) for path, _ in misnamed if path[0] == "blocks"}  # left out: its calls report nothing more
     if problems and (fatal or diagnostics is None):
@@ -144,7 +144,7 @@ def _parts_reading(data: dict[str, Any], names: set[str]) -> tuple[set[tuple[str
                      if not _reads_none_of(block, names)}
 
 
-def block_name_problems(data: Any, source: SourceMap) -> list[tuple[Path, Diagnostic]]:
+def declared_name_problems(data: Any, source: SourceMap) -> list[tuple[Path, Diagnostic]]:
     """The names a spec or library declares that the schema cannot refuse, each with its path and a
     diagnostic at it: a block parameter named like a name resgraph binds in block bodies
     (`spec.BUILTIN_NAMES`: `index`, `num_blocks`, `in_channels`, ...), which would silently hide the
@@ -155,7 +155,7 @@ def block_name_problems(data: Any, source: SourceMap) -> list[tuple[Path, Diagno
     >>> from resgraph.loader import load_text
     >>> text = "resgraph: 1\\nblocks:\\n  b: {params: {in_channels: 3, depth: 2}, inputs: [a, a]}\\n"
     >>> loaded = load_text(text, "s.yaml")
-    >>> [(path, str(d.location)) for path, d in block_name_problems(loaded.data, loaded.source)]
+    >>> [(path, str(d.location)) for path, d in declared_name_problems(loaded.data, loaded.source)]
     [(('blocks', 'b', 'params', 'in_channels'), 's.yaml:3:16'), (('blocks', 'b', 'inputs', 1), 's.yaml:3:55')]
     """
     found: list[tuple[Path, Diagnostic]] = []
@@ -180,9 +180,11 @@ def block_name_problems(data: Any, source: SourceMap) -> list[tuple[Path, Diagno
                                                 f"block {block!r}: parameter {name!r} would hide the built-in name "
                                                 f"{name!r} ({BUILTIN_NAMES[name]})", hint)))
         inputs = definition.get("inputs") if isinstance(definition, dict) else None
-        seen: set[Any] = set()
+        seen: set[str] = set()
         for i, name in enumerate(inputs if isinstance(inputs, list) else ()):
-            if isinstance(name, str) and name in seen:
+            if not isinstance(name, str):  # (a list or mapping there is the schema's error, and unhashable)
+                continue
+            if name in seen:
                 where = ("blocks", block, "inputs", i)
                 found.append((where, Diagnostic(source.locate(where), f"block {block!r}: inputs: {name!r} is listed "
                                                                       "twice; each input of a block needs its own name",
@@ -292,7 +294,7 @@ def validate_library(loaded: LoadedSpec) -> BlockLibrary:
         SpecError: every violation, located in the library file.
     """
     diagnostics = schema_diagnostics(loaded.data, loaded.source, "library")
-    diagnostics += [diagnostic for _, diagnostic in block_name_problems(loaded.data, loaded.source)]
+    diagnostics += [diagnostic for _, diagnostic in declared_name_problems(loaded.data, loaded.source)]
     if diagnostics:  # the library is refused whole: also name its misspelt ops, which the schema cannot see
         blocks = loaded.data.get("blocks") if isinstance(loaded.data, dict) else None
         raise SpecError(_one_per_line(diagnostics, unknown_block_ops(blocks, loaded.source)))

@@ -9,6 +9,7 @@ import textwrap
 import pytest
 
 import resgraph
+from resgraph.api import check_library
 from resgraph.errors import SpecError
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
@@ -487,3 +488,31 @@ def test_an_instance_whose_when_leaves_no_layer_is_named() -> None:
         """)
     assert errors == ["<string>:7:5: error: block 'unit': no layer is left (every `when:` is false), so there is no "
                       "output (in 'a.1')"]
+
+
+@pytest.mark.parametrize("item", ["[a]", "{a: 1}"])
+def test_a_block_input_that_is_no_name_is_the_schemas_error_not_a_crash(item: str) -> None:
+    # the duplicate-input check ran on the raw data and put each item in a set: a list or mapping raised TypeError
+    errors = _errors(f"""\
+        resgraph: 1
+        name: P
+        inputs:
+          x: [8]
+        blocks:
+          pair:
+            inputs: [{item}, a]
+            layers:
+              - fc: {{op: Linear, out_features: 8}}
+        layers:
+          - h: {{op: Linear, out_features: 4}}
+        """)
+    assert errors and all(":7:" in error for error in errors)
+    with pytest.raises(SpecError):
+        check_library(textwrap.dedent(f"""\
+            resgraph: 1
+            blocks:
+              pair:
+                inputs: [{item}]
+                layers:
+                  - fc: {{op: Linear, out_features: 8}}
+            """))

@@ -469,9 +469,14 @@ def torch_module_class(op: str) -> type:
     if "." in op:
         return _imported_class(op)
     if op not in torch_module_names():
-        hint = did_you_mean(op, [*OPS, *CUSTOM_OPS, *torch_module_names()])
+        hint = did_you_mean(op, _spec_op_names())
         raise GenericOpError(f"unknown op {op!r}: not a resgraph op or a torch.nn layer class{hint}", "op")
     return getattr(torch.nn, op)
+
+
+def _spec_op_names() -> list[str]:
+    """Every name a spec's `op:` may write: resgraph's ops, registered ones, torch.nn's layers."""
+    return [*OPS, *CUSTOM_OPS, *torch_module_names()]
 
 
 _TORCH_NAMESPACES = frozenset({"torch", "nn", "F", "functional"})  # how PyTorch code spells torch's namespaces
@@ -487,7 +492,7 @@ def _torch_spelling(path: str) -> str | None:
     if path.split(".")[0] not in _TORCH_NAMESPACES:
         return None
     name = path.rpartition(".")[2]
-    known = [*OPS, *CUSTOM_OPS, *torch_module_names()]
+    known = _spec_op_names()
     if name in known:
         return name
     return {op.lower(): op for op in known}.get(name.lower())
