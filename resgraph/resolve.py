@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import keyword
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import Diagnostic, SpecError
 from .expand import LayerItem, Scope, SkipItem
@@ -34,9 +34,11 @@ from .loader import Origin
 from .ops import Layer
 from .ops.base import is_identifier
 from .ops.tensor import BlockOutput
-from .ops.tensor_ops import Piece
 from .spec import BlockCall
 from .suggest import did_you_mean
+
+if TYPE_CHECKING:
+    from .ops.tensor_ops import Piece
 
 __all__ = ["resolve"]
 
@@ -90,6 +92,8 @@ class _Resolver:
     def split_outputs(self, name: str) -> list[tuple[str, Piece]]:
         """The outputs a chunk/split layer `name` of this scope names, each with its piece; [] for any
         other name. (A piece's origin is its layer's `outputs[i]`: `(..., NAME, "outputs", i)`.)"""
+        from .ops.tensor_ops import Piece  # (only an unknown name asks: a spec without chunks never loads them)
+
         return [(item.name, item.body) for item in self.scope.layers
                 if isinstance(item.body, Piece) and item.origin.path[-3:-1] == (name, "outputs")]
 
