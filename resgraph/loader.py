@@ -853,8 +853,7 @@ class _Builder:
                 if len(self.diagnostics) > known:  # the key itself cannot be read (reported)
                     continue
                 if not isinstance(key, str):
-                    self.fail(key_node, f"mapping key {key_node.value!r} must be a string",
-                              f"quote it: '{key_node.value}'")
+                    self.fail(key_node, *_key_not_text(key_node.value, key))
                     continue
             if key in first_seen:
                 first = first_seen[key].start_mark
@@ -879,6 +878,19 @@ class _Builder:
                 continue
             combined.update(value)
         return combined
+
+
+def _key_not_text(written: str, key: Any) -> tuple[str, str]:
+    """(message, hint) for a plain key YAML reads as a number, boolean or null (`1:`, `007:`, `true:`).
+
+    Nearly every key in a spec is a name, and quoting one that is not (`'1'`) only swaps this error
+    for the name rule's: the hint says what a name is first, and quoting for the keys that are data.
+    """
+    reading = ("null" if key is None else f"the boolean {written}" if isinstance(key, bool)
+               else f"the integer {key}" if isinstance(key, int) else f"the number {key}")
+    return (f"mapping key {written!r} must be a string; YAML reads it as {reading}",
+            f"names (of layers, inputs, blocks, parameters, arguments) start with an ASCII letter: `layer_1`, not "
+            f"`1`; quote a key that is not a name (in a parameter's own mapping): '{written}'")
 
 
 class _Uncommon(Exception):

@@ -464,7 +464,10 @@ def pydantic_diagnostics(exc: Any, data: Any, origin: Origin) -> Iterator[Diagno
             message = message[named.end():].lstrip()
         full = (*origin.path, *path)
         op = _get(data, ("op",)) if origin.path else None
-        where = origin.source.locate(full, key=item["type"] == "extra_forbidden" or bool(named))
+        of_key = item["loc"][-1:] == ("[key]",) and bool(path)  # a key's own name (`params: {"3": 4}`)
+        where = origin.source.locate(full, key=item["type"] == "extra_forbidden" or bool(named) or of_key)
+        if of_key:  # said of its mapping, as the schema says a bad name in `inputs:`
+            full = full[:-1]
         if item["type"] == "extra_forbidden" and len(path) == 1 and isinstance(op, str) and op in OPS:
             # a layer body typed only once its `op` is computed: said as the schema says it of a literal op
             message, hint = _unknown_argument(op, str(path[0]), list(_fields(OPS[op])))
