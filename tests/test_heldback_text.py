@@ -2,6 +2,11 @@
 
 - A key YAML reads as a number (`1:`, `007:`) is refused at the key with the name rule (test_loader);
   a quoted one that breaks the name rule (`params: {"3": 4}`) is said at the key, of its mapping.
+- An error inside an expression is located at the character it names in the file, however the
+  string is written: a `|` or `>` block (below its header, past its indentation), a plain or quoted
+  scalar over several lines (folded), escapes (`\\"`, `\\x6e`, `''`), a tag or an anchor before it,
+  a line break or non-ASCII text inside the expression. Where no position is known, the string's
+  first line is given, and the message says the place inside it is not known.
 - A tensor has at most 64 dims, the batch dim included (torch's own bound): an input or a layer
   output with more is refused where it is declared or made, in `validate` as in `build`.
 """
@@ -13,6 +18,9 @@ import pathlib
 import pytest
 
 import resgraph
+from resgraph.errors import Diagnostic
+from resgraph.evaluate import evaluate_tree
+from resgraph.loader import Origin, SourceMap
 
 HEADER = "resgraph: 1\nname: Net\ninputs: {x: [3, 8]}\n"
 
@@ -87,3 +95,86 @@ def test_the_cli_refuses_too_many_dims_without_a_traceback(command: str, tmp_pat
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"{spec}:3:10: error: input 'x': the shape would have 301 dims" in result.stderr
 
+
+# --- where an expression's error is --------------------------------------------------------------
+
+# The value of `out_features` as written after its key; `@` marks the character the error names
+# (removed before the spec is read).
+WRITTEN = {
+    "plain": "${width +\n        @nope}",
+    "plain, one line": "${width + @nope}",
+    "single-quoted": "'${width +\n        @nope}'",
+    "single-quoted, escaped quote": "'${width + len(''a'') + @nope}'",
+    "double-quoted": '"${width +\n        @nope}"',
+    "double-quoted, escapes": '"${width + len(\\"a\\") + @\\x6eope}"',
+    "double-quoted, escaped line break": '"${width + \\\n        @nope}"',
+    "literal": "|-\n        ${width + @nope}",
+    "literal, clip": "|\n        ${width + @nope}",
+    "literal, indentation indicator": "|2-\n        ${width + @nope}",
+    "literal, header comment": "|- # ${not this}\n        ${width + @nope}",
+    "folded": ">-\n        ${width +\n        @nope}",
+    "folded, trailing spaces": ">-\n        ${width +   \n        max(1,\n        @nope)}",
+    "tagged": "!!str ${width + @nope}",
+    "anchored": "&size \"${width\n    + @nope}\"",
+    "non-ASCII before": "\"${len('éé') + @nope}\"",
+}
+
+
+def _marked(written: str) -> tuple[str, int, int]:
+    """A spec whose one layer's `out_features` is `written`, and the line and column of its `@`."""
+    text = HEADER + "params: {width: 4}\nlayers:\n  - fc:\n      op: Linear\n      out_features: " + written + "\n"
+    at = text.index("@")
+    return text.replace("@", "", 1), text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)
+
+
+@pytest.mark.parametrize("style", WRITTEN)
+def test_an_unknown_name_is_located_where_it_is_written(style: str) -> None:
+    text, line, column = _marked(WRITTEN[style])
+    (message,) = messages(text)
+    assert message.startswith(f"<string>:{line}:{column}: error: in ${{") and "unknown name 'nope'" in message
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    ("max(width,\n      @nope)", "unknown name 'nope'"),
+    ("[1, 2,\n      @nope]", "unknown name 'nope'"),
+    ("max(1,\n      @2 3)", "invalid expression"),  # (where Python's parser puts it: `2 3` lacks a comma)
+    ("max(1,\n      'é' + @nope)", "unknown name 'nope'"),
+    ("max(1,\n      @1 / 0)", "division by zero")])
+def test_an_expression_over_lines_is_located_on_the_line_of_its_error(body: str, error: str) -> None:
+    """A parameter's `|` block may hold an expression over lines (inside brackets, Python's rule)."""
+    text = ("resgraph: 1\nname: Net\nparams:\n  width: 4\n  w: |-\n    ${" + body + "}\ninputs: {x: [3]}\n"
+            "layers:\n  - fc: {op: Linear, out_features: \"${w}\"}\n")
+    at = text.index("@")
+    line, column = text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)
+    found = messages(text.replace("@", "", 1))
+    assert found[0].startswith(f"<string>:{line}:{column}: error: in ${{") and error in found[0]
+
+
+def test_an_expression_in_a_block_body_is_located_in_each_instance() -> None:
+    text = (HEADER + "blocks:\n  b:\n    params: {k: 1}\n    layers:\n      - fc:\n          op: Linear\n"
+            "          out_features: >-\n            ${k *\n            nope}\nlayers:\n  - c: {block: b}\n")
+    assert messages(text)[0].startswith("<string>:12:13: error: in ${k * nope}: unknown name 'nope'")
+
+
+@pytest.mark.parametrize(("written", "problem"), [
+    ("|\n        ${width +@\n        3}", "holds a line break"),
+    (">\n        ${width +@\n          3}", "holds a line break"),
+    ('"${width}@ x"', "has text after its expression"),
+    ("|-\n        @${width + 3", "is never closed"),
+])
+def test_a_malformed_expression_is_located_where_it_goes_wrong(written: str, problem: str) -> None:
+    """At the line break (not the `|` above it), past the `}`, or at the `${` never closed."""
+    text, line, column = _marked(written)
+    (message,) = messages(text)
+    assert message.startswith(f"<string>:{line}:{column}: error: layer 'fc' (Linear): out_features: ")
+    assert problem in message
+
+
+def test_where_the_place_inside_a_string_is_not_known_its_first_line_is_given_and_said() -> None:
+    source = SourceMap("s.yaml", values={("a",): (3, 5)}, texts={("a",): None})
+    diagnostics: list[Diagnostic] = []
+    evaluate_tree({"a": "${1 + nope}"}, {}, Origin(source, ()), diagnostics)
+    (diagnostic,) = diagnostics
+    assert str(diagnostic.location) == "s.yaml:3:5"
+    assert diagnostic.message == ("in ${1 + nope}: unknown name 'nope'; did you mean 'None'? (somewhere in the "
+                                  "string that starts here: its place in it is not known)")
