@@ -98,10 +98,10 @@ def _walk(item: Any, rel: Path, names: Mapping[str, Any], origin: Origin, diagno
         if exc.dependent and dependent is not None:
             dependent.append(body)
             return None
-        where = origin.child(*rel).locate()
-        column = where.column + 2 + exc.offset if where.line else 0
-        diagnostics.append(Diagnostic(Location(where.file, where.line, column),
-                                      f"in ${{{_shorten(body.strip())}}}: {exc}", _builtin_name_hint(exc.unknown_name)))
+        where, exact = origin.child(*rel).locate_in(2 + exc.offset)  # (2: past the `${`)
+        unknown = "" if exact else " (somewhere in the string that starts here: its place in it is not known)"
+        diagnostics.append(Diagnostic(where, f"in ${{{_shorten(body.strip())}}}: {exc}{unknown}",
+                                      _builtin_name_hint(exc.unknown_name)))
         return None
     if expression_body(result) is not None:
         diagnostics.append(Diagnostic(origin.child(*rel).locate(), "an expression may not produce an expression"))

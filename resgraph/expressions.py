@@ -197,36 +197,52 @@ def evaluate(text: str, names: Mapping[str, Any]) -> Any:
     """
     if len(text) > MAX_LENGTH:
         raise ExpressionError(f"expression is longer than {MAX_LENGTH} characters")
-    lead, tree = _checked_tree(text)
-    return _Evaluator(names, lead).visit(tree)
+    return _Evaluator(names, text).visit(_checked_tree(text))
 
 
 # A block's body is evaluated once per instance (200 times for a 200-block repeat): parse each
 # distinct text once, keyed by the text as written (a str keeps its hash: one look-up, where
-# stripping it and hashing a (stripped, lead) tuple at each evaluation took a fifth of a short
-# one's time). Trees are only read by `_Evaluator`; errors are raised anew (not cached).
+# stripping it and hashing the stripped text at each evaluation took a fifth of a short one's
+# time). Trees are only read by `_Evaluator`; errors are raised anew (not cached).
 @functools.lru_cache(maxsize=4096)
-def _checked_tree(text: str) -> tuple[int, ast.expr]:
-    """The parsed body of an expression, within MAX_NESTING, and its offset in the text (`lead`, the
-    spaces before it: errors point into the text).
+def _checked_tree(text: str) -> ast.expr:
+    """The parsed body of an expression, within MAX_NESTING (errors point into `text`: `_offset`).
 
     Raises:
         ExpressionError: a syntax error, or nesting too deep.
     """
-    lead = len(text) - len(text.lstrip())
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
         broken = "; an expression is written on one line, and this one holds a line break" \
             if "\n" in text.strip() else ""  # (`|` blocks keep them: `a *\n 2` is no Python expression)
-        raise ExpressionError(f"invalid expression: {exc.msg}{broken}", lead + max((exc.offset or 1) - 1, 0)) from None
+        raise ExpressionError(f"invalid expression: {exc.msg}{broken}",
+                              _offset(text, exc.lineno, (exc.offset or 1) - 1, utf8=False)) from None
     except (RecursionError, MemoryError, ValueError):  # the parser's own limits on nesting
-        raise ExpressionError(f"expression nests deeper than {MAX_NESTING} levels", lead) from None
+        raise ExpressionError(f"expression nests deeper than {MAX_NESTING} levels", _offset(text, 1, 0)) from None
     deepest = _nesting(tree.body)
     if deepest is not None:
         raise ExpressionError(f"expression nests deeper than {MAX_NESTING} levels",
-                              lead + getattr(deepest, "col_offset", 0))
-    return lead, tree.body
+                              _offset(text, getattr(deepest, "lineno", 1), getattr(deepest, "col_offset", 0)))
+    return tree.body
+
+
+def _offset(text: str, line: int | None, column: int | None, *, utf8: bool = True) -> int:
+    """The offset in an expression's body `text` of a place Python's parser names in `text.strip()`:
+    a 1-based line and a column on it, in UTF-8 bytes (a node's `col_offset`) or characters (a
+    SyntaxError's), so an error points at its character past a line break (a `|` block keeps them)
+    and past non-ASCII text (`'é' + x`) alike.
+
+    >>> _offset(" max(1,\\n  nope)", 2, 2), _offset("'é' + nope", 1, 7)
+    (10, 6)
+    """
+    stripped = text.strip()
+    lines = stripped.split("\n")
+    index = min(max((line or 1) - 1, 0), len(lines) - 1)
+    column = max(column or 0, 0)
+    if utf8:
+        column = len(lines[index].encode()[:column].decode(errors="ignore"))
+    return len(text) - len(text.lstrip()) + sum(len(before) + 1 for before in lines[:index]) + column
 
 
 def expression_names(text: str) -> set[str] | None:
@@ -303,12 +319,15 @@ def value_size(value: Any, limit: int = MAX_VALUE_SIZE) -> int:
 
 
 class _Evaluator:
-    def __init__(self, names: Mapping[str, Any], lead: int) -> None:
+    def __init__(self, names: Mapping[str, Any], text: str) -> None:
         self.names = names
-        self.lead = lead
+        self.text = text  # (the body as written: errors point into it)
 
     def fail(self, node: ast.AST, message: str) -> ExpressionError:
-        return ExpressionError(message, self.lead + getattr(node, "col_offset", 0))
+        return ExpressionError(message, self.offset(node))
+
+    def offset(self, node: ast.AST) -> int:
+        return _offset(self.text, getattr(node, "lineno", 1), getattr(node, "col_offset", 0))
 
     def visit(self, node: ast.AST) -> Any:
         method = _VISITORS.get(type(node))
@@ -341,7 +360,7 @@ class _Evaluator:
             try:
                 return self.names[node.id]
             except ExpressionError as exc:  # (Unavailable: dependent; another: a name that may not be read here)
-                raise type(exc)(str(exc), self.lead + node.col_offset) from None
+                raise type(exc)(str(exc), self.offset(node)) from None
         if node.id in FUNCTIONS:
             raise self.fail(node, f"{node.id} is a function; call it: {node.id}(...)")
         hint = did_you_mean(node.id, itertools.chain(self.names, ("True", "False", "None")))  # (read only if used)

@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 import yaml
 
 from .errors import Diagnostic, Location, SpecError, UsageError
+from .scalar_positions import YAML_BREAK, Positions, line_starts, locate_offset, scalar_positions
 
 __all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_INT", "MAX_NODES", "LoadedSpec", "Origin", "Path", "SourceMap", "copy_data",
            "data_path", "data_problem", "gc_paused", "load_file", "load_import", "load_library_text", "load_text",
@@ -104,11 +105,32 @@ def _implicit_tag(kind: type[yaml.Node], value: Any, implicit: Any) -> str:
 
 @dataclass(eq=False)
 class SourceMap:
-    """Positions of the values and keys of a loaded document, keyed by data path."""
+    """Positions of the values and keys of a loaded document, keyed by data path; and, of the
+    expression strings whose characters are not where their value's offsets say (a block or
+    multi-line scalar, an escape), where each was written (None: not known; `scalar_positions`)."""
 
     file: str
     values: dict[Path, tuple[int, int]] = field(default_factory=dict)
     keys: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    texts: dict[Path, Positions | None] = field(default_factory=dict)
+
+    def locate_in(self, path: Path, offset: int) -> tuple[Location, bool]:
+        """The position of the character at `offset` in the string at `path`, and whether it is that
+        character's: where it is not known, the string's own position (its first line).
+
+        >>> source = load_text("a: |-\\n  ${x +\\n   y}\\n", "s.yaml").source
+        >>> [str(where) for where, exact in (source.locate_in(("a",), 2), source.locate_in(("a",), 7))]
+        ['s.yaml:2:5', 's.yaml:3:4']
+        """
+        path = tuple(path)
+        if path in self.texts:
+            positions = self.texts[path]
+            if positions is None:
+                return self.locate(path), False
+            line, column = locate_offset(positions, offset)
+            return Location(self.file, line, column), True
+        where = self.locate(path)  # on one line, as written (or data given as a dict: no position)
+        return (Location(self.file, where.line, where.column + offset) if where.line else where), True
 
     def locate(self, path: Path, *, key: bool = False) -> Location:
         """The position of `path` (its key when `key`), falling back to the nearest parent."""
@@ -147,6 +169,9 @@ class Origin:
 
     def locate(self, *, key: bool = False) -> Location:
         return self.source.locate(self.path, key=key)
+
+    def locate_in(self, offset: int) -> tuple[Location, bool]:
+        return self.source.locate_in(self.path, offset)
 
 
 class LoadedSpec:
@@ -220,7 +245,8 @@ def load_library_text(text: str, file: str) -> LoadedSpec:
         return load_text(text, file)
     parsed = _load_library_text(text, file)
     source = parsed.source
-    return LoadedSpec(copy_data(parsed.data), SourceMap(source.file, dict(source.values), dict(source.keys)), text)
+    return LoadedSpec(copy_data(parsed.data),
+                      SourceMap(source.file, dict(source.values), dict(source.keys), dict(source.texts)), text)
 
 
 @functools.lru_cache(maxsize=16)
@@ -524,16 +550,31 @@ def _load_text(text: str, file: str) -> LoadedSpec:
         raise SpecError([Diagnostic(Location(file, 1, 1), f"the document expands to more than {MAX_NODES:,} YAML "
                                                           "nodes", "aliases (*name) multiply nodes; write the spec "
                                                                    "out or use blocks and `repeat:`")])
+    spans: list[tuple[Path, yaml.ScalarNode]] = []
     try:
-        return LoadedSpec(_common_data(root, source), source, text)
+        data, common = _common_data(root, source, spans), True
     except _Uncommon:
-        pass  # (`_Builder` walks it again from the start, and says what it found)
-    source = SourceMap(file)
-    builder = _Builder(source)
-    data = builder.build(root, ())
-    if builder.diagnostics:
-        raise SpecError(builder.diagnostics)
+        common = False  # (`_Builder` walks it again from the start, and says what it found)
+    if not common:
+        source, spans = SourceMap(file), []
+        builder = _Builder(source, spans)
+        data = builder.build(root, ())
+        if builder.diagnostics:
+            raise SpecError(builder.diagnostics)
+    lines = line_starts(text) if spans else []
+    for path, node in spans:
+        start, end = node.start_mark, node.end_mark
+        source.texts.setdefault(path, scalar_positions(text, lines, (start.line, start.column),
+                                                       (end.line, end.column), node.style, node.value))
     return LoadedSpec(data, source, text)
+
+
+def _needs_positions(node: yaml.ScalarNode) -> bool:
+    """Whether an expression string's characters are not where its value's offsets from its position
+    say: a block scalar, one over several lines, or one with an escape or a tag (`SourceMap.texts`)."""
+    start, end, style = node.start_mark, node.end_mark, node.style
+    quotes = 2 if style == "'" or style == '"' else 0
+    return start.line != end.line or end.index - start.index != len(node.value) + quotes
 
 
 def _node_bound(text: str) -> int:
@@ -713,8 +754,6 @@ def _untagged(node: yaml.ScalarNode) -> bool:
     return node.end_mark.index - node.start_mark.index == len(node.value)
 
 
-# YAML's line breaks (a Mark's line counts them; `\r` is one too where the text did not come from a file)
-_YAML_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
 
 
 def _unacceptable_character(text: str, file: str, exc: yaml.reader.ReaderError) -> Diagnostic:
@@ -730,7 +769,7 @@ def _unacceptable_character(text: str, file: str, exc: yaml.reader.ReaderError) 
     if offset < 0:  # (the reader names the first character it refuses: it is in the text)
         found = yaml.reader.Reader.NON_PRINTABLE.search(text)
         offset = found.start() if found else 0
-    breaks = list(_YAML_BREAK.finditer(text, 0, offset))
+    breaks = list(YAML_BREAK.finditer(text, 0, offset))
     line, start = len(breaks) + 1, breaks[-1].end() if breaks else 0
     code = ord(text[offset]) if offset < len(text) else 0
     kind = "a control character" if code < 0x20 or 0x7F <= code <= 0x9F else "a noncharacter"
@@ -770,8 +809,9 @@ def _refuse_yaml11_reading(tag: str, written: str, text: str) -> None:
 class _Builder:
     """Turns a composed YAML node tree into plain data, recording positions and problems."""
 
-    def __init__(self, source: SourceMap) -> None:
+    def __init__(self, source: SourceMap, spans: list[tuple[Path, yaml.ScalarNode]]) -> None:
         self.source = source
+        self.spans = spans  # (see `_common_node`)
         self.diagnostics: list[Diagnostic] = []
         self.nodes_built = 0
         self.active: set[int] = set()  # ids of collection nodes on the current path
@@ -794,6 +834,8 @@ class _Builder:
         # computed inside it (expressions) land on the right character.
         quoted = scalar and (node.style == "'" or node.style == '"')
         self.source.values.setdefault(path, (start.line + 1, start.column + 1 + quoted))
+        if scalar and node.tag == _STR and node.value[:2] == "${" and _needs_positions(node):
+            self.spans.append((path, node))
         if scalar and (node.tag == _STR or node.tag == _INT):
             return self.scalar(node)  # the common case: a name, an op, a size
         if isinstance(node, yaml.ScalarNode) and node.tag in _TEXT_TAGS:
@@ -853,8 +895,7 @@ class _Builder:
                 if len(self.diagnostics) > known:  # the key itself cannot be read (reported)
                     continue
                 if not isinstance(key, str):
-                    self.fail(key_node, f"mapping key {key_node.value!r} must be a string",
-                              f"quote it: '{key_node.value}'")
+                    self.fail(key_node, *_key_not_text(key_node.value, key))
                     continue
             if key in first_seen:
                 first = first_seen[key].start_mark
@@ -881,6 +922,19 @@ class _Builder:
         return combined
 
 
+def _key_not_text(written: str, key: Any) -> tuple[str, str]:
+    """(message, hint) for a plain key YAML reads as a number, boolean or null (`1:`, `007:`, `true:`).
+
+    Nearly every key in a spec is a name, and quoting one that is not (`'1'`) only swaps this error
+    for the name rule's: the hint says what a name is first, and quoting for the keys that are data.
+    """
+    reading = ("null" if key is None else f"the boolean {written}" if isinstance(key, bool)
+               else f"the integer {key}" if isinstance(key, int) else f"the number {key}")
+    return (f"mapping key {written!r} must be a string; YAML reads it as {reading}",
+            f"names (of layers, inputs, blocks, parameters, arguments) start with an ASCII letter: `layer_1`, not "
+            f"`1`; quote a key that is not a name (in a parameter's own mapping): '{written}'")
+
+
 class _Uncommon(Exception):
     """Raised by `_common_data` at a node it leaves to `_Builder`."""
 
@@ -891,8 +945,8 @@ _CONSTRUCTED_TAGS = frozenset({"tag:yaml.org,2002:null", "tag:yaml.org,2002:bool
 _MAP, _SEQ = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
 
 
-def _common_data(root: yaml.Node, source: SourceMap) -> Any:
-    """`_Builder(source).build(root, ())` for a document it would find nothing wrong with and where
+def _common_data(root: yaml.Node, source: SourceMap, spans: list[tuple[Path, yaml.ScalarNode]]) -> Any:
+    """`_Builder(source, spans).build(root, ())` for a document it would find nothing wrong with and where
     no key is `<<`, in one lean walk: the builder's bookkeeping (its node count, the nodes on the
     current path, merged keys, the first position kept where a path is met twice) is for documents
     this walk leaves to it. Every path is met once here, so the node count is the number of paths.
@@ -902,15 +956,16 @@ def _common_data(root: yaml.Node, source: SourceMap) -> Any:
             non-string key, `<<`, nesting deeper than MAX_DEPTH, an unreadable scalar), or where the
             document may have more than MAX_NODES nodes; part of `source` may have been written.
     """
-    data = _common_node(root, (), source.values, source.keys)
+    data = _common_node(root, (), source.values, source.keys, spans)
     if len(source.values) > MAX_NODES:
         raise _Uncommon
     return data
 
 
 def _common_node(node: yaml.Node, path: Path, values: dict[Path, tuple[int, int]],
-                 keys: dict[Path, tuple[int, int]]) -> Any:
-    """The value of `node` at `path`, its position (and its keys') recorded as `_Builder.build` records them."""
+                 keys: dict[Path, tuple[int, int]], spans: list[tuple[Path, yaml.ScalarNode]]) -> Any:
+    """The value of `node` at `path`, its position (and its keys') recorded as `_Builder.build` records
+    them, and each expression string written over lines or with escapes appended to `spans`."""
     start, kind, tag = node.start_mark, type(node), node.tag
     if kind is yaml.ScalarNode:
         style = node.style
@@ -918,6 +973,8 @@ def _common_node(node: yaml.Node, path: Path, values: dict[Path, tuple[int, int]
         values[path] = (start.line + 1, start.column + 1 + (style == "'" or style == '"'))
         if tag in _TEXT_TAGS:
             return node.value
+        if tag == _STR and node.value[:2] == "${" and _needs_positions(node):
+            spans.append((path, node))
         if tag != _STR and tag not in _CONSTRUCTED_TAGS:
             raise _Uncommon
         try:
@@ -928,7 +985,7 @@ def _common_node(node: yaml.Node, path: Path, values: dict[Path, tuple[int, int]
     if len(path) > MAX_DEPTH or len(values) + len(node.value) > MAX_NODES:
         raise _Uncommon  # (said before its members are walked: a huge document is not held twice)
     if kind is yaml.SequenceNode and tag == _SEQ:
-        return [_common_node(item, (*path, index), values, keys) for index, item in enumerate(node.value)]
+        return [_common_node(item, (*path, index), values, keys, spans) for index, item in enumerate(node.value)]
     if kind is not yaml.MappingNode or tag != _MAP:
         raise _Uncommon
     result: dict[str, Any] = {}
@@ -941,5 +998,5 @@ def _common_node(node: yaml.Node, path: Path, values: dict[Path, tuple[int, int]
         child = (*path, key)
         mark = key_node.start_mark
         keys[child] = (mark.line + 1, mark.column + 1)
-        result[key] = _common_node(value_node, child, values, keys)
+        result[key] = _common_node(value_node, child, values, keys, spans)
     return result

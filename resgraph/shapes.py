@@ -43,7 +43,7 @@ from .ops.elementwise import RETURNS_INPUT
 from .ops.tensor import BlockOutput, SplitBase
 from .projections import ProjectionError, describe_steps, plan_projection, projection_dtypes, projection_parameters
 from .resolve import resolve
-from .spec import MAX_DIM, BlockDef, InputDecl, Spec
+from .spec import MAX_DIM, MAX_RANK, BlockDef, InputDecl, Spec
 from .symbolic import (
     Guard,
     SizeOverflowError,
@@ -174,7 +174,11 @@ def _infer(graph: Graph, input_types: list[TensorType], memo: _Memo) -> list[Dia
                 else:
                     assert kind is SkipNode
                     _infer_skip(graph, node, inputs, diagnostics)
-                _check_size(node)
+                try:
+                    _check_size(node)
+                except ShapeError:  # no tensor has that type: its readers are left out, as an input's are
+                    node.meta.pop("type", None)
+                    raise
             # The meta's values are never modified after typing: nodes may share them. (A skip refused
             # with a diagnostic of its own has no projection: it is not kept, so an equal one says it too.)
             if key is not None and (kind is not SkipNode or "projection" in node.meta):
@@ -201,9 +205,10 @@ def _split_group(node: Node) -> SplitBase | None:
 
 
 def _check_size(node: Node) -> None:
-    """Refuse an output no tensor can have: a size, or a number of elements per sample, above
-    MAX_DIM (2^62). torch counts sizes in 64 bits, so such a model would pass every check here and
-    fail at its first forward; and the sizes solver, which works in int64, would overflow.
+    """Refuse an output no tensor can have: more than MAX_RANK dims (64, the batch dim included), or
+    a size, or a number of elements per sample, above MAX_DIM (2^62). torch counts sizes in 64 bits
+    and refuses more dims in its reductions, so such a model would pass every check here and fail at
+    its first forward; and the sizes solver, which works in int64, would overflow.
 
     Raises:
         ShapeError: which, with the shape (sizes too large to print are shown as `>2^62`).
@@ -211,6 +216,11 @@ def _check_size(node: Node) -> None:
     kind = node.meta.get("type")
     if kind is None:  # (a skip refused with its own diagnostic, a block call whose values are typed apart)
         return
+    if len(kind.shape) >= MAX_RANK:  # (with the batch dim, more than MAX_RANK)
+        subject, fix = (("the shape", "declare fewer dims") if isinstance(node, InputNode)
+                        else ("its output", "check the arguments that add dims (a reshape's or unsqueeze's)"))
+        raise ShapeError(f"{subject} would have {len(kind.shape) + 1:,} dims with the batch dim; a torch tensor has "
+                         f"at most {MAX_RANK} (its reductions and others refuse more); {fix}")
     elements = 1
     for d in kind.shape:  # (hint() inlined, a loop: every dim of every node)
         elements *= d.hint if type(d) is SymInt else d

@@ -34,8 +34,9 @@ from .ops import OPS, GenericLayer, Identifier, Layout, Merge, Reference, Strict
 from .ops.base import DTYPES, is_identifier
 from .suggest import did_you_mean
 
-__all__ = ["BUILTIN_NAMES", "INSTANCE_NAMES", "REQUIRED", "SHAPE_NAMES", "BlockCall", "BlockDef", "BlockLibrary",
-           "Defaults", "InputDecl", "Projection", "Scale", "Skip", "Spec", "Training", "layer_body"]
+__all__ = ["BUILTIN_NAMES", "INSTANCE_NAMES", "MAX_DIM", "MAX_RANK", "REQUIRED", "SHAPE_NAMES", "BlockCall",
+           "BlockDef", "BlockLibrary", "Defaults", "InputDecl", "Projection", "Scale", "Skip", "Spec", "Training",
+           "layer_body"]
 
 
 class Projection(str, Enum):
@@ -52,6 +53,10 @@ class Projection(str, Enum):
 # An input's per-sample size: at most 2^62, the bound of every number an expression makes (larger sizes
 # are never real, and size solving works in int64, which a larger one overflowed with a traceback).
 MAX_DIM = MAX_MAGNITUDE
+# The most dims a tensor has, the batch dim included: torch's own bound (ATen's `dim_bitset_size`), past
+# which its reductions, `flip` and others refuse the tensor ("only tensors with up to 64 dims are
+# supported") at the first forward, after every check here had passed.
+MAX_RANK = 64
 Dim = Annotated[int, Field(ge=1, le=MAX_DIM)]
 
 

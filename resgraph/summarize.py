@@ -362,8 +362,9 @@ def short_value(value: Any, *, per_dim: bool = False, literal: bool = False, siz
     """`3x1` for a `size` (3, 1); `3` for (3, 3) when `per_dim` (a value per spatial dim, such as a kernel
     size); a list that is not a size (dims, names) as a list, `[2, 3]`, `[box, cls]`; a large tensor
     literal by its shape (`<16x16 values>`); other values as written (small or ragged lists, mappings,
-    a `literal` tensor's values; booleans as torch's reprs print them, `True`), with characters a
-    terminal would act on escaped (a spec's strings reach the summary).
+    a `literal` tensor's values; booleans as torch's reprs print them, `True`), on one line, with
+    characters a terminal would act on and line breaks escaped (`one_line`): a spec's strings reach
+    table cells, diagram labels and titles, where a line break would start a line of its own.
 
     >>> short_value([3, 3], per_dim=True), short_value([1, 1, 1]), short_value([3, 1])
     ('3', '1x1x1', '3x1')
@@ -385,7 +386,7 @@ def short_value(value: Any, *, per_dim: bool = False, literal: bool = False, siz
             text = "[" + ", ".join(map(str, value)) + "]"
     else:
         text = str(value)
-    return printable(text)
+    return one_line(text)
 
 
 def _as_lists(value: Any) -> Any:

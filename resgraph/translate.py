@@ -336,20 +336,30 @@ def _matches_any(key: str, patterns: dict[str, Any]) -> bool:
 def _malformed_expression(path: Path, text: str, data: Any, source: SourceMap) -> Diagnostic:
     """A string starting with `${` that is not one expression: its `${` never closed (`"${c"`), a line
     break inside it (`|` blocks, `"\\n"`), or text after its `}`. Was said as "a name cannot be an
-    expression", of a number."""
-    where = source.locate(path)
+    expression", of a number. Each is said where it goes wrong in the text: at the `${`, at the line
+    break (of a `|` block too, not at its `|`), or where the text after the `}` starts."""
     if "}" not in text:
-        return Diagnostic(where, f"{_label(path, data)}: {text!r} is not an expression: its `${{` is never closed "
-                                 "by `}`",
+        return Diagnostic(source.locate_in(path, 0)[0], f"{_label(path, data)}: {text!r} is not an expression: its "
+                                                        "`${` is never closed by `}`",
                           'close it: write the value as `"${...}"`, e.g. `"${c * 2}"` (quoted, so that YAML keeps '
                           "the braces)")
     if "\n" in text.rstrip("\n"):
-        return Diagnostic(where, f"{_label(path, data)}: an expression is written on one line; {text!r} holds a "
-                                 "line break",
+        return Diagnostic(source.locate_in(path, text.index("\n"))[0],
+                          f"{_label(path, data)}: an expression is written on one line; {text!r} holds a line break",
                           'join its lines: quote it on one line, or fold it with `>-` and indent its lines alike')
-    return Diagnostic(where, f"{_label(path, data)}: {text!r} has text after its expression; an expression is the "
-                             "whole value, `${...}`",
-                      "move the text inside the braces, or remove it")
+    return Diagnostic(source.locate_in(path, _closed_at(text))[0],
+                      f"{_label(path, data)}: {text!r} has text after its expression; an expression is the whole "
+                      "value, `${...}`", "move the text inside the braces, or remove it")
+
+
+def _closed_at(text: str) -> int:
+    """The offset just past the `}` that closes the `${` starting `text` (0 where none does)."""
+    depth = 0
+    for index, char in enumerate(text[1:], 1):
+        depth += (char == "{") - (char == "}")
+        if depth == 0:
+            return index + 1
+    return 0
 
 
 def _unexpected_key(path: Path, key: str, allowed: list[str], named: bool, data: Any,
@@ -464,7 +474,10 @@ def pydantic_diagnostics(exc: Any, data: Any, origin: Origin) -> Iterator[Diagno
             message = message[named.end():].lstrip()
         full = (*origin.path, *path)
         op = _get(data, ("op",)) if origin.path else None
-        where = origin.source.locate(full, key=item["type"] == "extra_forbidden" or bool(named))
+        of_key = item["loc"][-1:] == ("[key]",) and bool(path)  # a key's own name (`params: {"3": 4}`)
+        where = origin.source.locate(full, key=item["type"] == "extra_forbidden" or bool(named) or of_key)
+        if of_key:  # said of its mapping, as the schema says a bad name in `inputs:`
+            full = full[:-1]
         if item["type"] == "extra_forbidden" and len(path) == 1 and isinstance(op, str) and op in OPS:
             # a layer body typed only once its `op` is computed: said as the schema says it of a literal op
             message, hint = _unknown_argument(op, str(path[0]), list(_fields(OPS[op])))

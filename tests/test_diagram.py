@@ -444,6 +444,22 @@ def test_spec_strings_are_drawn_as_written(value: str) -> None:
     assert f"DiagramTagged p={value}" in texts
 
 
+# A line break in a spec string (YAML's "\n", "\t", "\u2028") started a line of its own in a label,
+# tooltip or heading: `unit(tag=a` over `b)`. Each is written as its escape, as the summary table does.
+@needs_dot
+@pytest.mark.parametrize(("value", "shown"), [("a\nb", "a\\nb"), ("a\tb", "a\\tb"), ("a\u2028b", "a\\u2028b"),
+                                              ("a\rb", "a\\x0db")])
+def test_line_breaks_in_spec_strings_stay_on_their_line(value: str, shown: str) -> None:
+    for options in ({}, {"fold_repeats": True}):
+        svg = resgraph.render(_tagged_spec(value), shapes=False, param_counts=False, **options).pipe(format="svg")
+        texts = [html.unescape(t) for t in re.findall(r"<text[^>]*>([^<]*)</text>", svg.decode())]
+        tooltips = [html.unescape(t) for t in re.findall(r'xlink:title="([^"]*)"', svg.decode())]
+        assert f"DiagramTagged p={shown}" in texts and "b.0: unit(tag=" + shown + ")" in texts
+        assert any(f"padding={shown}, note={shown})" in tip.splitlines()[0] for tip in tooltips)
+        if options:
+            assert f"tag {shown}/y" in texts  # the folded repeat's line of what differs
+
+
 def test_without_graphviz_the_suggested_command_quotes_the_file_names(tmp_path: pathlib.Path) -> None:
     # The command to paste into a shell named the files unquoted: `dot -Tpng x;touch X.dot -o ...`.
     env = {**os.environ, "PATH": os.path.dirname(sys.executable)}  # no `dot` on this PATH

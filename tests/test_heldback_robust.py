@@ -137,16 +137,16 @@ HEAD = "resgraph: 1\nname: M\nparams: {a: 8, b: true}\ninputs:\n  x: [4]\n"
     # each was "a name cannot be an expression ...: the graph's nodes, edges and blocks are fixed", of a
     # number, a boolean or a repeat, which are no names and may be expressions
     ("layers:\n  - fc:\n      op: Linear\n      out_features: |\n        ${a if b\n          else 4}\n",
-     "<string>:9:21: error: layer 'fc' (Linear): out_features: an expression is written on one line; "
+     "<string>:10:17: error: layer 'fc' (Linear): out_features: an expression is written on one line; "
      "'${a if b\\n  else 4}\\n' holds a line break"),
     ('layers:\n  - fc: {op: Linear, out_features: 8, when: "${b and\\n b}"}\n',
-     "<string>:7:46: error: layer 'fc' (Linear): when: an expression is written on one line; '${b and\\n b}' "
+     "<string>:7:53: error: layer 'fc' (Linear): when: an expression is written on one line; '${b and\\n b}' "
      "holds a line break"),
     ('blocks:\n  bb:\n    layers:\n      - r: {op: ReLU}\nlayers:\n  - c: {block: bb, repeat: "${1 +\\n 1}"}\n',
-     "<string>:11:29: error: layer 'c': repeat: an expression is written on one line; '${1 +\\n 1}' holds a line "
+     "<string>:11:34: error: layer 'c': repeat: an expression is written on one line; '${1 +\\n 1}' holds a line "
      "break"),
     ('layers:\n  - fc: {op: Linear, out_features: "${a} "}\n',
-     "<string>:7:37: error: layer 'fc' (Linear): out_features: '${a} ' has text after its expression; an "
+     "<string>:7:41: error: layer 'fc' (Linear): out_features: '${a} ' has text after its expression; an "
      "expression is the whole value, `${...}`\n  hint: move the text inside the braces, or remove it"),
 ])
 def test_a_value_that_is_not_one_expression_says_why(layers: str, expected: str) -> None:
@@ -166,7 +166,7 @@ def test_a_folded_expression_is_read_and_a_name_still_cannot_be_one() -> None:
 def test_a_parameter_written_over_lines_says_so() -> None:
     (message,) = spec_errors("resgraph: 1\nname: M\nparams:\n  a: 8\n  c: |\n    ${a *\n      2}\ninputs:\n"
                              "  x: [4]\nlayers:\n  - fc: {op: Linear, out_features: '${c}'}\n")
-    assert message.startswith("<string>:5:")  # (the `|` block's line)
+    assert message.startswith("<string>:6:10:")  # (the line break Python refuses, not the `|` above it)
     assert message.endswith("error: in ${a *\\n  2}: invalid expression: invalid syntax; an expression is written "
                             "on one line, and this one holds a line break"), message
 

@@ -96,6 +96,28 @@ def test_dates_and_non_string_keys() -> None:
     assert "mapping key 1 must be a string" in message or "must be a string" in message
 
 
+# Digits-only keys (`inputs: {0: [3, 32]}`, a layer named `1:` or `007:`) are integers to YAML. The
+# hint said "quote it", and a quoted `'1'` only met the name rule: both are said at once now.
+@pytest.mark.parametrize(("line", "written", "reading"), [
+    ("inputs: {0: [3, 32]}", "0", "the integer 0"),
+    ("layers:\n  - 1: {op: ReLU}", "1", "the integer 1"),
+    ("layers:\n  - 007: {op: ReLU}", "007", "the integer 7"),
+    ("blocks:\n  0x1f: {layers: []}", "0x1f", "the integer 31"),
+    ("params: {1.5: 2}", "1.5", "the number 1.5"),
+    ("layers:\n  - c: {block: b, with: {true: 1}}", "true", "the boolean true"),
+    ("params: {~: 1}", "~", "null")])
+def test_a_key_yaml_reads_as_a_number_is_refused_at_the_key_with_the_name_rule(line: str, written: str,
+                                                                                reading: str) -> None:
+    text = f"resgraph: 1\n{line}\n"
+    (error,) = errors(text)
+    row = text.count("\n", 0, text.index(f"{written}:")) + 1
+    column = text.index(f"{written}:") - text.rfind("\n", 0, text.index(f"{written}:"))
+    assert error == (f"s.yaml:{row}:{column}: error: mapping key {written!r} must be a string; YAML reads it as "
+                     f"{reading}\n  hint: names (of layers, inputs, blocks, parameters, arguments) start with an "
+                     f"ASCII letter: `layer_1`, not `1`; quote a key that is not a name (in a parameter's own "
+                     f"mapping): '{written}'")
+
+
 def test_recursive_alias_is_refused() -> None:
     (message,) = errors("a: &x\n  - *x\n")
     assert "recursive YAML alias" in message
