@@ -314,9 +314,9 @@ def _build(args: argparse.Namespace) -> int:
                          "the diagram would overwrite the model. Name two files")
     if args.opset is not None and not (args.output or "").lower().endswith(".onnx"):
         raise UsageError("--opset applies to ONNX files: add -o FILE.onnx")
-    from .model import target_device
+    from .devices import target_device
 
-    device = target_device(args.device, f"--device {args.device}")
+    device = None if args.device is None else target_device(args.device, f"--device {shlex.quote(args.device)}")
     if getattr(device, "type", None) == "meta":  # (`meta:0` too) flags that would do nothing on a model without weights
         if args.output and find_format(args.output, "model").suffix != ".py":
             raise UsageError(f"-o {args.output}: a model built with --device {args.device} has no weights to save; "

@@ -11,13 +11,13 @@ import contextlib
 import copy
 import itertools
 import math
-import warnings
 from collections.abc import Iterable
 from typing import Any, NamedTuple, TypeVar
 
 import torch
 from torch import nn
 
+from .devices import Device, target_device
 from .distributed import (
     checkpointed_class,
     fill,
@@ -38,7 +38,6 @@ from .spec import Spec
 __all__ = ["WRAPPER_ATTRIBUTES", "CompiledModule", "Device", "built_model", "compile_model", "export_program",
            "materialize", "meta_module", "name_outputs", "part_sizes", "rebuild"]
 
-Device = torch.device | str | int  # what torch.device() accepts
 
 class CompiledModule(GeneratedModule):
     """Base class of the modules `resgraph.build` returns (block instances are GeneratedModules).
@@ -318,36 +317,6 @@ def _restored(module: CompiledModule, state: dict[str, Any], meta: bool) -> Comp
         if key in own and (own[key].dtype != tensor.dtype or own[key].device != tensor.device):
             own[key].data = tensor
     return module
-
-
-def target_device(device: Device | None, named: str | None = None) -> torch.device | None:
-    """The torch.device `device` names (None: the default device), checked to be one this machine
-    can allocate on, so that a build is refused before it starts instead of failing in torch.
-
-    Args:
-        named: how a message names the device (the CLI: `--device cuda`); default `device='cuda'`.
-    Raises:
-        UsageError: a malformed name (`gpu`), or a device this machine lacks (`cuda` on a CPU-only
-            torch, `cuda:7` with one GPU, a backend this torch was not built with).
-    """
-    if device is None:
-        return None
-    named = named if named is not None else f"device={device!r}"
-    try:
-        with warnings.catch_warnings():  # (torch warns of retired names, mkldnn: the error below says it all)
-            warnings.simplefilter("ignore")
-            target = torch.device(device)
-    except (RuntimeError, ValueError, TypeError) as exc:
-        raise UsageError(f"{named}: {str(exc).splitlines()[0]} (e.g. cpu, cuda, cuda:1, meta)") from None
-    try:  # a well-formed device this machine lacks
-        torch.empty(0, device=target)
-    except (AssertionError, RuntimeError, ImportError) as exc:  # torch's own wording: its first sentence says why
-        reason = (str(exc).strip().splitlines() or ["unavailable"])[0].split(". ")[0].rstrip(".")
-        if "INTERNAL ASSERT" in reason or isinstance(exc, ImportError):  # (torch's wording for a device it lacks)
-            reason = "this torch has no backend for it"
-        raise UsageError(f"{named}: this machine cannot allocate there: {reason} "
-                         "(e.g. cpu, or meta to allocate nothing)") from None
-    return target
 
 
 def compile_model(spec: Spec, graph: Graph, record: BuildRecord, *, seed: int | None = None,

@@ -258,6 +258,35 @@ def test_a_device_this_machine_lacks_is_a_usage_error_not_a_traceback(device: st
     assert len(result.stderr.splitlines()) == 1
 
 
+@pytest.mark.parametrize("device, problem", [
+    ("bogus", "unknown device type 'bogus'"),
+    ("CPU", "unknown device type 'CPU'; did you mean 'cpu'?"),
+    ("gpu", "unknown device type 'gpu'; did you mean 'cuda'?"),
+    ("cuda:x", "the index after ':' must be a whole number from 0 (cuda:0, cuda:1, ...), not 'x'"),
+    ("cuda:-1", "the index after ':' must be a whole number from 0 (cuda:0, cuda:1, ...), not '-1'"),
+    ("cuda:0:1", "the index after ':' must be a whole number from 0 (cuda:0, cuda:1, ...), not '0:1'"),
+    ("cpu:1", "there is one cpu device, with no index but 0: name it cpu"),
+    ("meta:2", "there is one meta device, with no index but 0: name it meta"),
+    ("", "the name is empty"),
+    (":0", "no device type named"),
+])
+def test_a_malformed_device_names_the_option_what_is_wrong_and_the_accepted_forms(
+        device: str, problem: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """torch's words were its whole backend list ('Expected one of cpu, cuda, ipu, xpu, mkldnn, ...') or the bare
+    string ('Invalid device string'); cpu:1 built on the one CPU as if the index were not there."""
+    from resgraph.devices import ACCEPTED
+
+    assert main(["build", "examples/tutorial.yaml", "--device", device]) == 2
+    shown = device or "''"  # (quoted as a shell would need it)
+    assert capsys.readouterr().err == f"resgraph: error: --device {shown}: {problem} (accepted: {ACCEPTED})\n"
+
+
+@pytest.mark.parametrize("device", ["cpu:0", "meta:0"])
+def test_the_one_cpu_and_meta_device_may_be_named_with_index_0(device: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["build", "examples/tutorial.yaml", "--device", device]) == 0
+    assert "Total params" in capsys.readouterr().out
+
+
 def test_an_input_size_beyond_2_62_is_a_usage_error_not_a_traceback() -> None:
     result = cli("build", "examples/tutorial.yaml", "--input", "x=3,100000000000000000000000,32")
     assert result.returncode == 2 and "Traceback" not in result.stderr
