@@ -334,10 +334,16 @@ def compile_model(spec: Spec, graph: Graph, record: BuildRecord, *, seed: int | 
     Raises:
         SpecError: the model has more than `max_params` parameters (checked before any weight
             is allocated), or torch refused a layer's arguments.
-        UsageError: `device` is not one this machine can allocate on (`target_device`).
+        UsageError: `device` is not one this machine can allocate on (`target_device`), or `seed` is
+            given for a build on meta, which has no weights to seed (`materialize` takes it).
     """
     graph.meta["sizes"] = solve_sizes(graph, square=False)  # the forward's input guard states them
     target = target_device(device)
+    if seed is not None and (target if target is not None else torch.get_default_device()).type == "meta":
+        # (as the CLI refuses --seed with --device meta: a seed that seeds nothing would be ignored silently)
+        where = f"device={device!r}" if device is not None else "the default device, meta,"
+        raise UsageError(f"seed={seed!r} chooses the initial weights, and {where} allocates none: drop seed, or give "
+                         f"it to resgraph.materialize(model, seed={seed!r}), which allocates and initialises them")
     # Lower on CPU or meta directly; on any other device, lower on meta and materialize there, so
     # the random draws are the CPU generator's, as in a CPU build.
     lower_on = target if target is None or target.type in ("cpu", "meta") else torch.device("meta")

@@ -127,6 +127,18 @@ def test_cli_meta_builds_refuse_flags_they_would_ignore(args: list[str], message
     assert captured.out == "" and not list(tmp_path.iterdir())  # refused before building
 
 
+@pytest.mark.parametrize("device", ["meta", "meta:0", torch.device("meta"), None])
+def test_python_meta_builds_refuse_a_seed_as_the_cli_does(device: object) -> None:
+    """build(seed=0, device="meta") returned weights with nothing seeded, silently; materialize takes the seed."""
+    where = f"device={device!r}" if device is not None else "the default device, meta,"
+    with torch.device("meta"), pytest.raises(UsageError) as refused:
+        resgraph.build(EXAMPLES / "residual_mlp.yaml", seed=0, device=device)
+    assert str(refused.value) == (f"seed=0 chooses the initial weights, and {where} allocates none: drop seed, or give "
+                                  "it to resgraph.materialize(model, seed=0), which allocates and initialises them")
+    model = resgraph.materialize(resgraph.build(EXAMPLES / "residual_mlp.yaml", device="meta"), seed=0)
+    assert model.fc1.weight.equal(resgraph.build(EXAMPLES / "residual_mlp.yaml", seed=0).fc1.weight)
+
+
 def test_a_meta_model_converted_before_materialize_pickles_with_its_dtypes() -> None:
     """A meta build converted (`.to(torch.bfloat16)`, the usual step before materializing a large
     model) came back from torch.save/pickle float32: only a meta model's values were skipped on
