@@ -9,6 +9,7 @@ of one (FSDP2 needs a group; one rank shows every refusal and every mismatch of 
 
 from __future__ import annotations
 
+import copy
 import io
 import pathlib
 import pickle
@@ -107,6 +108,25 @@ def test_sharding_a_sharded_model_again_is_a_usage_error() -> None:
     fully_shard(vit.encoder[1])  # by hand, before resgraph.shard
     with pytest.raises(UsageError, match=r"\(encoder\.1 is an FSDP2 unit\)"):
         resgraph.shard(vit)
+
+
+@pytest.mark.usefixtures("one_process_group")
+def test_deepcopy_of_a_sharded_model_or_instance_is_a_usage_error_not_a_bare_assert() -> None:
+    """FSDP2's class raised AssertionError('FSDP does not support deepcopy...'), naming neither the model nor a way."""
+    params = {"image_size": 16, "patch": 8, "hidden": 32, "depth": 2, "heads": 2, "mlp": 64}
+    plain = resgraph.build(EXAMPLES / "vit_b_16.yaml", params=params, seed=0)
+    copied = copy.deepcopy(plain)  # before sharding: an ordinary copy
+    assert all(torch.equal(a, b) for a, b in zip(copied.state_dict().values(), plain.state_dict().values()))
+    vit = resgraph.materialize(resgraph.shard(plain), seed=0)
+    for module, name in ((vit, "VisionTransformerB16"), (vit.encoder[0], "EncoderBlock")):
+        with pytest.raises(UsageError) as refused:
+            copy.deepcopy(module)
+        assert str(refused.value) == (
+            f"cannot copy.deepcopy {name}: it is sharded (resgraph.shard), and FSDP2 cannot copy its shards; deepcopy "
+            "it before sharding, or build another (resgraph.build, or resgraph.rebuild(model.build_record) for this "
+            "architecture) and shard that")
+    assert vit(torch.randn(2, 3, 16, 16)).shape == (2, 1000)  # the model is as it was
+    assert copy.deepcopy(copied) is not copied  # an unsharded model of the same classes still copies
 
 
 @pytest.mark.parametrize("args, message", [
