@@ -125,7 +125,8 @@ def build(spec: SpecSource, *, params: Mapping[str, Any] | None = None, seed: in
     Args:
         spec: a path, YAML text, or a dict.
         params: overrides of the spec's declared parameters, e.g. {"num_classes": 10}.
-        seed: makes weight initialisation deterministic (the global RNG is left untouched).
+        seed: makes weight initialisation deterministic (the global RNG is left untouched). Refused
+            with `device="meta"`, which allocates no weights: `materialize` takes it.
         max_params: refuse, before allocating any weight, a model with more parameters (None: no
             limit). A meta build allocates nothing and is never refused; `materialize` checks.
         allow_imports: module prefixes whose classes the spec may name as `op: package.module.Class`;
@@ -143,7 +144,7 @@ def build(spec: SpecSource, *, params: Mapping[str, Any] | None = None, seed: in
     Raises:
         SpecError: every problem found, each with file:line:col; or a model over `max_params`.
         UsageError: the file cannot be read, or `device` is not one this machine can allocate on
-            (a malformed name, or `cuda` on a CPU-only torch).
+            (a malformed name, or `cuda` on a CPU-only torch), or `seed` is given with `device="meta"`.
     """
     from .model import compile_model
 

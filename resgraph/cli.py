@@ -1,6 +1,7 @@
 """The `resgraph` command: a thin layer that parses arguments, calls the library, prints.
 
-Exit codes: 0 success, 1 the spec is invalid, 2 usage error (bad flags, missing file), 130
+Exit codes: 0 success, 1 the spec is invalid, 2 usage error (bad flags, missing file, a `--set` of a
+parameter the spec does not declare or holding an expression), 130
 interrupted (Ctrl-C), 141 the reader of the output went away (`| head`); SIGTERM and SIGHUP end
 the process by that signal (143 and 129 in a shell). None leaves a partial file or a temporary
 one: `files.atomic_write` writes under a temporary name, removed on the way out.
@@ -17,8 +18,12 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from .version import __version__
+
+if TYPE_CHECKING:
+    from .errors import SpecError
 
 __all__ = ["main"]
 
@@ -52,8 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _discard_stdout()
         return EXIT_BROKEN_PIPE
     except SpecError as exc:
-        print(exc.format(), file=sys.stderr)
-        return EXIT_INVALID
+        return _report(exc)
     except UsageError as exc:
         print(f"resgraph: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -62,6 +66,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INVALID
     except KeyboardInterrupt:  # Ctrl-C: a file being written was removed as the exception passed (files.py)
         return EXIT_INTERRUPTED
+
+
+def _report(exc: SpecError) -> int:
+    """Print a SpecError's diagnostics; return the exit status: 2 where they are the caller's, an
+    override (`--set`) the spec cannot take, as for `--input` naming no input; else 1."""
+    from .errors import OverrideError
+
+    print(exc.format(), file=sys.stderr)
+    return EXIT_USAGE if isinstance(exc, OverrideError) else EXIT_INVALID
 
 
 def _discard_stdout() -> None:
@@ -275,12 +288,11 @@ def _validate(args: argparse.Namespace) -> int:
                 continue
             graph = check(loaded, params=overrides, allow_imports=args.allow_imports, input_shapes=input_shapes)
         except SpecError as exc:
-            print(exc.format(), file=sys.stderr)
-            status = max(status, EXIT_INVALID)
+            status = max(status, _report(exc))
             continue
         except UsageError as exc:  # this file cannot be read (missing, a directory): the others are still checked
             print(f"resgraph: error: {exc}", file=sys.stderr)
-            status = EXIT_USAGE
+            status = max(status, EXIT_USAGE)
             continue
         graphs = [graph, *(g for _, g in graph.subgraphs())]
         nodes = [n for g in graphs for n in g.nodes.values()]
@@ -314,9 +326,9 @@ def _build(args: argparse.Namespace) -> int:
                          "the diagram would overwrite the model. Name two files")
     if args.opset is not None and not (args.output or "").lower().endswith(".onnx"):
         raise UsageError("--opset applies to ONNX files: add -o FILE.onnx")
-    from .model import target_device
+    from .devices import target_device
 
-    device = target_device(args.device, f"--device {args.device}")
+    device = None if args.device is None else target_device(args.device, f"--device {shlex.quote(args.device)}")
     if getattr(device, "type", None) == "meta":  # (`meta:0` too) flags that would do nothing on a model without weights
         if args.output and find_format(args.output, "model").suffix != ".py":
             raise UsageError(f"-o {args.output}: a model built with --device {args.device} has no weights to save; "

@@ -163,7 +163,8 @@ def shard(model: M, *, mesh: Any = None, blocks: Iterable[str] | None = None, **
         `model`, sharded in place (its class becomes FSDP2's subclass of the generated one).
     Raises:
         UsageError: a name in `blocks` is not a block of this model, or the model (or a chosen
-            instance) is sharded already.
+            instance) is sharded already. The sharded model, and each sharded instance, raise it
+            from `copy.deepcopy` (FSDP2 cannot copy shards).
     """
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
@@ -177,7 +178,20 @@ def shard(model: M, *, mesh: Any = None, blocks: Iterable[str] | None = None, **
     for _, module in sorted(chosen, key=lambda item: -item[0].count(".")):  # children before parents
         fully_shard(module, mesh=mesh, **options)
     fully_shard(model, mesh=mesh, **options)
+    for module in [model, *(module for _, module in chosen)]:
+        # FSDP2 makes one class, FSDP<cls>, for each class it shards, whose __deepcopy__ raises a bare
+        # AssertionError; these are made for resgraph's generated classes alone, so resgraph says it.
+        type(module).__deepcopy__ = _uncopyable  # type: ignore[method-assign]
     return model
+
+
+def _uncopyable(module: nn.Module, memo: dict[int, Any]) -> Any:
+    """`copy.deepcopy` of a sharded model or block instance: refused, saying what to do instead."""
+    graph = getattr(module, "graph", None)
+    name = graph.name if isinstance(graph, Graph) else type(module).__name__.removeprefix("FSDP")
+    raise UsageError(f"cannot copy.deepcopy {name}: it is sharded (resgraph.shard), and FSDP2 cannot copy its shards; "
+                     "deepcopy it before sharding, or build another (resgraph.build, or resgraph.rebuild(model."
+                     "build_record) for this architecture) and shard that")
 
 
 @functools.cache

@@ -10,8 +10,8 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass, field
 
-__all__ = ["MAX_MESSAGE", "Diagnostic", "Location", "ResgraphError", "SpecError", "UsageError", "one_line", "printable",
-           "shortened"]
+__all__ = ["MAX_MESSAGE", "Diagnostic", "Location", "OverrideError", "ResgraphError", "SpecError", "UsageError",
+           "one_line", "printable", "shortened"]
 
 # Characters a terminal acts on rather than shows: C0/C1 controls (ANSI escapes start with ESC),
 # format characters (bidirectional overrides can reorder what is displayed), surrogates (from
@@ -130,6 +130,12 @@ class SpecError(ResgraphError):
         # Exception pickling replays `args` (the formatted text); replay the diagnostics instead,
         # so errors cross process boundaries (multiprocessing, DDP workers) intact.
         return (type(self), (self.diagnostics,))
+
+
+class OverrideError(SpecError):
+    """A parameter override cannot apply to the spec (it names no declared parameter, or holds an
+    expression): a mistake of the caller's `--set` or `params=`, not of the spec, which is why the
+    command line exits with its usage code. A `SpecError` still, with its diagnostics, for Python."""
 
 
 class UsageError(ResgraphError):

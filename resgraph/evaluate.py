@@ -30,7 +30,8 @@ from .suggest import did_you_mean
 from .translate import coerced_diagnostics, pydantic_diagnostics, subject
 
 __all__ = ["LAYER", "LEFT_OUT", "SCALED_OPS", "concrete", "evaluate_tree", "freeze", "holds_expression", "is_left_out",
-           "FailedNames", "evaluate_params", "names_read", "plain_overrides", "resolve_params", "scale_width"]
+           "FailedNames", "evaluate_params", "names_read", "override_problems", "plain_overrides",
+           "resolve_params", "scale_width"]
 
 SCALED_OPS = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
 
@@ -172,37 +173,46 @@ def _plain(value: Any, name: str) -> Any:
                      "(e.g. int(value) for a numpy integer)")
 
 
-def resolve_params(declared: Mapping[str, Any], overrides: Mapping[str, Any], origin: Origin,
-                   diagnostics: list[Diagnostic], blocks: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
-    """Parameter values: declared defaults (which may use earlier params), then overrides.
+def override_problems(declared: Mapping[str, Any], overrides: Mapping[str, Any], origin: Origin,
+                      blocks: Mapping[str, Any] | None = None) -> list[Diagnostic]:
+    """The overrides that cannot apply, whatever the spec says: of an undeclared parameter (with
+    suggestions; where it names a parameter of one of the spec's `blocks`, their definitions as spec
+    data, how to make it settable), or holding a `${...}`, which would reach the layers unevaluated
+    and be reported there as "an expression may not produce an expression", far from where it was
+    given. Overrides come from `--set`, from `params=` in Python, or from a saved model's record, so
+    the messages name none of them.
 
-    Where a parameter's expression failed (reported), the values are a `FailedNames`: what reads it
-    (`scale:`, an input's shape) fails as `Unavailable`, quietly, instead of reading None.
-
-    An override of an undeclared parameter is an error with suggestions; where it names a
-    parameter of one of the spec's `blocks` (their definitions as spec data), it says how to make it
-    settable. Overrides come from `--set`, from `params=` in Python, or from a saved model's record,
-    so the message names none of them.
+    >>> from resgraph.loader import load_text
+    >>> origin = Origin(load_text("params: {width: 8}", "s.yaml").source, ("params",))
+    >>> [str(d.location) + ": " + d.message for d in override_problems({"width": 8}, {"widht": 4}, origin)]
+    ["s.yaml: cannot override parameter 'widht': the spec declares no parameter 'widht'; did you mean 'width'?"]
     """
-    for name in overrides:
+    problems = []
+    for name, value in overrides.items():
         if name not in declared:
             hint = did_you_mean(name, declared)
             known = f" (declared: {', '.join(declared)})" if declared and not hint else ""
             message = f"cannot override parameter {name!r}: the spec declares no parameter {name!r}{hint}{known}"
-            diagnostics.append(Diagnostic(Location(origin.source.file), message, _block_param_hint(name, blocks)))
-    # An override is a value: a `${...}` in it would reach the layers unevaluated, and be reported
-    # there as "an expression may not produce an expression", far from where it was given.
-    refused = {name for name, value in overrides.items() if name in declared and holds_expression(value)}
-    for name in refused:
-        diagnostics.append(Diagnostic(Location(origin.source.file),
-                                      f"cannot override parameter {name!r} with {_shorten(str(overrides[name]))!r}: "
-                                      "an override is a value, not an expression",
-                                      f"give the value itself; an expression belongs in the spec's `params:` "
-                                      f"(`{name}: \"${{...}}\"`)"))
+            problems.append(Diagnostic(Location(origin.source.file), message, _block_param_hint(name, blocks)))
+        elif holds_expression(value):
+            problems.append(Diagnostic(Location(origin.source.file),
+                                       f"cannot override parameter {name!r} with {_shorten(str(value))!r}: "
+                                       "an override is a value, not an expression",
+                                       f"give the value itself; an expression belongs in the spec's `params:` "
+                                       f"(`{name}: \"${{...}}\"`)"))
+    return problems
+
+
+def resolve_params(declared: Mapping[str, Any], overrides: Mapping[str, Any], origin: Origin,
+                   diagnostics: list[Diagnostic]) -> Mapping[str, Any]:
+    """Parameter values: declared defaults (which may use earlier params), then overrides, which
+    `override_problems` found none wrong with.
+
+    Where a parameter's expression failed (reported), the values are a `FailedNames`: what reads it
+    (`scale:`, an input's shape) fails as `Unavailable`, quietly, instead of reading None.
+    """
     failed: set[str] = set()
-    given = {name: value for name, value in overrides.items() if name not in refused}
-    values = evaluate_params(declared, given, lambda values: values, origin, diagnostics, failed=failed)
-    failed |= refused
+    values = evaluate_params(declared, overrides, lambda values: values, origin, diagnostics, failed=failed)
     return FailedNames(values, failed) if failed else values
 
 

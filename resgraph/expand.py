@@ -59,7 +59,7 @@ from .validate import unknown_block_ops, validate_library
 
 __all__ = ["MAX_BLOCK_DEPTH", "MAX_EXPANDED_NODES", "SHAPE_NAMES", "BlockRecipe", "Expander", "LayerItem", "Reader",
            "Scope", "SkipItem", "blind_scopes", "check_library_blocks", "check_unreached_blocks", "class_name",
-           "expand", "instantiate"]
+           "expand", "first_reports", "instantiate"]
 
 MAX_BLOCK_DEPTH = 32
 # Layers and skips in all scopes together, the top level's and every block instance's: nested
@@ -241,12 +241,28 @@ def instantiate(recipe: BlockRecipe, index: int, input_types: list[TensorType] |
     problems = expander.diagnostics[known:]
     del expander.diagnostics[known:]
     if problems or scope is None:
-        seen = expander.instance_problems
-        fresh = [problem for problem in problems if (problem.location, problem.message) not in seen]
-        seen.update((problem.location, problem.message) for problem in problems)
         raise SpecError([Diagnostic(problem.location, f"{problem.message} (in {qualname.removesuffix('.')!r})",
-                                    problem.hint) for problem in fresh])
+                                    problem.hint) for problem in first_reports(recipe, problems)])
     return scope
+
+
+def first_reports(recipe: BlockRecipe, problems: list[Diagnostic], qualname: str = "") -> list[Diagnostic]:
+    """`problems` of an instance of `recipe`'s block less those another instance reported already.
+
+    A block's body is written once for every call and instance, so a mistake in it is one error,
+    reported in the first instance it shows in. Messages naming the instance's nodes by `qualname`
+    (`layer 'a.fc'`) are compared without it: `layer 'c.fc': unknown node 'x'`, from another call of
+    the same block, is the same mistake at the same line. (A message that depends on the instance,
+    a shape from its input, differs, and is reported.)
+    """
+    seen = recipe.expander.instance_problems
+    fresh = []
+    for problem in problems:
+        key = (problem.location, problem.message.replace(f"'{qualname}", "'") if qualname else problem.message)
+        if key not in seen:
+            seen.add(key)
+            fresh.append(problem)
+    return fresh
 
 
 class _ShapeNames(Mapping[str, Any]):

@@ -11,13 +11,13 @@ import contextlib
 import copy
 import itertools
 import math
-import warnings
 from collections.abc import Iterable
 from typing import Any, NamedTuple, TypeVar
 
 import torch
 from torch import nn
 
+from .devices import Device, target_device
 from .distributed import (
     checkpointed_class,
     fill,
@@ -38,7 +38,6 @@ from .spec import Spec
 __all__ = ["WRAPPER_ATTRIBUTES", "CompiledModule", "Device", "built_model", "compile_model", "export_program",
            "materialize", "meta_module", "name_outputs", "part_sizes", "rebuild"]
 
-Device = torch.device | str | int  # what torch.device() accepts
 
 class CompiledModule(GeneratedModule):
     """Base class of the modules `resgraph.build` returns (block instances are GeneratedModules).
@@ -320,36 +319,6 @@ def _restored(module: CompiledModule, state: dict[str, Any], meta: bool) -> Comp
     return module
 
 
-def target_device(device: Device | None, named: str | None = None) -> torch.device | None:
-    """The torch.device `device` names (None: the default device), checked to be one this machine
-    can allocate on, so that a build is refused before it starts instead of failing in torch.
-
-    Args:
-        named: how a message names the device (the CLI: `--device cuda`); default `device='cuda'`.
-    Raises:
-        UsageError: a malformed name (`gpu`), or a device this machine lacks (`cuda` on a CPU-only
-            torch, `cuda:7` with one GPU, a backend this torch was not built with).
-    """
-    if device is None:
-        return None
-    named = named if named is not None else f"device={device!r}"
-    try:
-        with warnings.catch_warnings():  # (torch warns of retired names, mkldnn: the error below says it all)
-            warnings.simplefilter("ignore")
-            target = torch.device(device)
-    except (RuntimeError, ValueError, TypeError) as exc:
-        raise UsageError(f"{named}: {str(exc).splitlines()[0]} (e.g. cpu, cuda, cuda:1, meta)") from None
-    try:  # a well-formed device this machine lacks
-        torch.empty(0, device=target)
-    except (AssertionError, RuntimeError, ImportError) as exc:  # torch's own wording: its first sentence says why
-        reason = (str(exc).strip().splitlines() or ["unavailable"])[0].split(". ")[0].rstrip(".")
-        if "INTERNAL ASSERT" in reason or isinstance(exc, ImportError):  # (torch's wording for a device it lacks)
-            reason = "this torch has no backend for it"
-        raise UsageError(f"{named}: this machine cannot allocate there: {reason} "
-                         "(e.g. cpu, or meta to allocate nothing)") from None
-    return target
-
-
 def compile_model(spec: Spec, graph: Graph, record: BuildRecord, *, seed: int | None = None,
                   max_params: int | None = DEFAULT_MAX_PARAMS, device: Device | None = None,
                   meta_hint: bool = True) -> CompiledModule:
@@ -365,10 +334,16 @@ def compile_model(spec: Spec, graph: Graph, record: BuildRecord, *, seed: int | 
     Raises:
         SpecError: the model has more than `max_params` parameters (checked before any weight
             is allocated), or torch refused a layer's arguments.
-        UsageError: `device` is not one this machine can allocate on (`target_device`).
+        UsageError: `device` is not one this machine can allocate on (`target_device`), or `seed` is
+            given for a build on meta, which has no weights to seed (`materialize` takes it).
     """
     graph.meta["sizes"] = solve_sizes(graph, square=False)  # the forward's input guard states them
     target = target_device(device)
+    if seed is not None and (target if target is not None else torch.get_default_device()).type == "meta":
+        # (as the CLI refuses --seed with --device meta: a seed that seeds nothing would be ignored silently)
+        where = f"device={device!r}" if device is not None else "the default device, meta,"
+        raise UsageError(f"seed={seed!r} chooses the initial weights, and {where} allocates none: drop seed, or give "
+                         f"it to resgraph.materialize(model, seed={seed!r}), which allocates and initialises them")
     # Lower on CPU or meta directly; on any other device, lower on meta and materialize there, so
     # the random draws are the CPU generator's, as in a CPU build.
     lower_on = target if target is None or target.type in ("cpu", "meta") else torch.device("meta")

@@ -295,7 +295,7 @@ def check_loaded(loaded: LoadedSpec, params: Mapping[str, Any] | None, read: Rea
     except SpecError as exc:
         if not params:
             raise
-        raise SpecError(_override_hints(exc.diagnostics, loaded, params)) from None
+        raise type(exc)(_override_hints(exc.diagnostics, loaded, params)) from None  # (an OverrideError stays one)
 
 
 def _override_hints(diagnostics: list[Diagnostic], loaded: LoadedSpec, params: Mapping[str, Any]) -> list[Diagnostic]:

@@ -25,7 +25,7 @@ from typing import Any
 
 from .errors import Diagnostic, SpecError
 from .evaluate import freeze
-from .expand import MAX_BLOCK_DEPTH, BlockRecipe, Reader, blind_scopes, instantiate
+from .expand import MAX_BLOCK_DEPTH, BlockRecipe, Reader, blind_scopes, first_reports, instantiate
 from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode, is_block_value
 from .hints import skip_hint
 from .loader import Origin, SourceMap
@@ -442,10 +442,13 @@ def _infer_block(graph: Graph, node: BlockNode, inputs: list[TensorType], diagno
         else:
             instance, problems = node.instances[index], []
         problems += _infer(instance, current, memo)
-        if problems:
-            diagnostics.extend(problems)
+        typed = [instance.nodes[output].meta.get("type") for output in instance.outputs]
+        # (failed with nothing said: an inner call's problems were reported by another call already)
+        if problems or not all(typed):
+            # another call of the block may have reported its body's mistakes already
+            diagnostics.extend(first_reports(recipe, problems, qualname) if recipe is not None else problems)
             return
-        current = [instance.nodes[output].meta["type"] for output in instance.outputs]
+        current = typed
         values.append(current[-1])
         counts.append(total_parameters(instance))
         if key is not None and recipe is not None:  # (the recipe is kept there, so its id stays its own)
@@ -543,7 +546,7 @@ def _check_blind(graph: Graph, node: BlockNode) -> list[Diagnostic]:
     for inner in instance.nodes.values():
         if isinstance(inner, BlockNode):
             problems += _check_blind(instance, inner)
-    return problems
+    return first_reports(node.recipe, problems, qualname)
 
 
 def check_uncalled_blocks(spec: Spec, source: SourceMap, blocks: Iterable[str], reached: Iterable[str],

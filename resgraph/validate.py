@@ -26,8 +26,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .errors import Diagnostic, SpecError
-from .evaluate import FailedNames, evaluate_tree, holds_expression, names_read, resolve_params
+from .errors import Diagnostic, OverrideError, SpecError
+from .evaluate import FailedNames, evaluate_tree, holds_expression, names_read, override_problems, resolve_params
 from .expressions import expression_body
 from .loader import LoadedSpec, Origin, Path, SourceMap, gc_paused
 from .ops import OPS, GenericOpError
@@ -66,6 +66,7 @@ def validate(loaded: LoadedSpec, params: Mapping[str, Any] | None = None,
     Raises:
         SpecError: every schema violation outside layer, skip and block entries and inputs (or
             any, without `diagnostics`), and every parameter or top-level section violation.
+        OverrideError: an override of an undeclared parameter, or holding an expression (alone).
     """
     # (gc: a large spec's many small, acyclic objects, see loader.gc_paused; suggestions: bounded for
     # `load_spec` too, which validates alone, see suggest.MAX_COMPARED; in a check, the check's bound)
@@ -95,7 +96,11 @@ def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics:
         data = {**data, **{key: _DESCRIPTIVE[key] for key in described}}
     root = Origin(loaded.source, ())
     found: list[Diagnostic] = []
-    values = resolve_params(data.get("params", {}), params or {}, root.child("params"), found, data.get("blocks"))
+    declared = data.get("params", {})
+    refused = override_problems(declared, params or {}, root.child("params"), data.get("blocks"))
+    if refused:  # (the caller's mistake: said alone, before what the spec does with the values)
+        raise OverrideError(refused)
+    values = resolve_params(declared, params or {}, root.child("params"), found)
     shell = {k: v for k, v in data.items() if k not in _TEMPLATES}
     if found and diagnostics is not None:
         failed = set(values.failed) if isinstance(values, FailedNames) else set()

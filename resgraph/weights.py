@@ -139,7 +139,9 @@ def load_weights(model: nn.Module, state_dict_or_path: Mapping[str, Any] | str |
     Returns:
         The mapping used (also logged to the `resgraph.weights` logger).
     Raises:
-        WeightsError: with `strict`, the match is ambiguous or partial; the message is the report.
+        WeightsError: with `strict`, the match is ambiguous or partial; the message is the report. With
+            or without it, a checkpoint tensor holds another kind of number than the model's it would
+            load into (int64 or bool into float32: `dtype_kind`); nothing is loaded.
         UsageError: the file cannot be read, or holds something other than tensors; or the model is
             on the meta device (materialize it first). A sharded (FSDP2) model loads, each process
             keeping its shard of the checkpoint every process reads.
@@ -152,6 +154,10 @@ def load_weights(model: nn.Module, state_dict_or_path: Mapping[str, Any] | str |
                          "then load_weights")
     source = _renamed(_read(state_dict_or_path), rename)
     mapping = match_state_dicts(target, source)
+    refused = _other_kind(target, source, mapping.pairs)
+    if refused is not None:  # (whatever `strict` says: these values are not the tensor's at any precision)
+        path = isinstance(state_dict_or_path, (str, os.PathLike))
+        raise WeightsError(f"{os.fspath(state_dict_or_path) if path else 'the state_dict'}: {refused}", mapping)
     if strict and not mapping.complete:
         raise WeightsError("the checkpoint does not match the model (strict=False loads what matched):\n"
                            + mapping.report(pairs=False), mapping)
@@ -161,6 +167,43 @@ def load_weights(model: nn.Module, state_dict_or_path: Mapping[str, Any] | str |
     mapping = dataclasses.replace(mapping, loaded=True)
     logger.info("load_weights: %s", mapping.report())
     return mapping
+
+
+def dtype_kind(dtype: torch.dtype) -> str:
+    """The kind of number a dtype holds: "floating-point", "complex", "boolean" or "integer".
+
+    A checkpoint's tensor loads into a model's of the same kind only. Within a kind, precision converts,
+    as torch's `load_state_dict` converts it: a float16 or float64 checkpoint holds the same weights as
+    a float32 model, rounded differently, and converting is what every reference implementation in
+    float64 and every half-precision release relies on. Across kinds the values change meaning: an
+    int64 tensor (token ids, counts, a tensor saved from the wrong model) made into float weights,
+    float weights truncated into a counter, a complex tensor's imaginary part dropped.
+
+    >>> dtype_kind(torch.float16), dtype_kind(torch.int64), dtype_kind(torch.bool)
+    ('floating-point', 'integer', 'boolean')
+    """
+    if dtype.is_complex:
+        return "complex"
+    if dtype.is_floating_point:
+        return "floating-point"
+    return "boolean" if dtype == torch.bool else "integer"
+
+
+def _other_kind(target: Mapping[str, Any], source: Mapping[str, Any], pairs: list[tuple[str, str, str]]) -> str | None:
+    """The first pair whose checkpoint tensor holds another kind of number than the model's (see
+    `dtype_kind`), described; None when every pair's kinds agree."""
+    for ours, theirs, _ in pairs:
+        mine, other = target[ours].dtype, source[theirs].dtype
+        if dtype_kind(mine) != dtype_kind(other):
+            return (f"{theirs} is {_dtype(other)} ({dtype_kind(other)}), and the model's {ours} is {_dtype(mine)} "
+                    f"({dtype_kind(mine)}): copying would convert its values silently, so nothing was loaded. Give a "
+                    f"{dtype_kind(mine)} tensor (another precision of one kind converts: float16, bfloat16 or float64 "
+                    "weights load into float32)")
+    return None
+
+
+def _dtype(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def match_state_dicts(target: Mapping[str, Any], source: Mapping[str, Any]) -> WeightMapping:

@@ -230,6 +230,44 @@ def test_a_library_checked_alone_reports_its_imports_ops_and_block_calls(tmp_pat
     assert sorted(check_library(library).blocks) == ["b", "c"]  # imported and own blocks are known
 
 
+# A mistake in a block's body: its text, the line the error is at, its column, and the error (`{call}`: the
+# first instance's name).
+BROKEN_BODIES = {
+    "an unknown node": ("      - fc: {op: Linear, out_features: 3, input: nowhere}\n", "- fc:", 50,
+                        "layer '{call}.fc': unknown node 'nowhere'"),
+    "a skip from an unknown node": ("      - fc: {op: Linear, out_features: 3}\n    skips:\n"
+                                    "      - s: {from: nowhere, to: fc}\n", "- s:", 19,
+                                    "skip '{call}.s': from: unknown node 'nowhere'"),
+    "a shape its input cannot take": ("      - fc: {op: Conv2d, out_channels: 3, kernel_size: 3}\n", "- fc:", 9,
+                                      "layer '{call}.fc' (Conv2d): expects (C, H, W) per sample, got (4,)"),
+}
+CALLS = {  # the calls, and how the error names the first instance
+    "two calls": ("  - a: {block: b, input: x}\n  - c: {block: b, input: x}\n", "a"),
+    "two calls inside two calls": ("  - a: {block: o, input: x}\n  - c: {block: o, input: x}\n", "a.i1"),
+}
+OUTER = "  o:\n    layers:\n      - i1: {block: b}\n      - i2: {block: b}\n"
+
+
+@pytest.mark.parametrize("calls", CALLS)
+@pytest.mark.parametrize("body", BROKEN_BODIES)
+@pytest.mark.parametrize("imported", [True, False], ids=["library", "own block"])
+def test_a_mistake_in_a_block_body_is_reported_once_however_many_calls_reach_it(
+        body: str, calls: str, imported: bool, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each call of the block reported it again, naming its own instance ('a.fc', then 'c.fc': the same line, the
+    same mistake), where a misspelt op in the body was already reported once."""
+    layers, marker, column, message = BROKEN_BODIES[body]
+    written, call = CALLS[calls]
+    block = "  b:\n    layers:\n" + layers
+    (tmp_path / "lib.yaml").write_text("resgraph: 1\nblocks:\n" + block)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("resgraph: 1\nname: M\n" + ("imports: [lib.yaml]\nblocks:\n" if imported else "blocks:\n" + block)
+                    + OUTER + "inputs: {x: [4]}\nlayers:\n" + written)
+    where = tmp_path / ("lib.yaml" if imported else "spec.yaml")
+    line = next(number for number, text in enumerate(where.read_text().splitlines(), 1) if marker in text)
+    assert main(["validate", str(spec)]) == 1
+    assert capsys.readouterr().err == f"{where}:{line}:{column}: error: {message.format(call=call)}\n"
+
+
 LIBRARY = """
 resgraph: 1
 blocks:

@@ -258,6 +258,63 @@ def test_a_device_this_machine_lacks_is_a_usage_error_not_a_traceback(device: st
     assert len(result.stderr.splitlines()) == 1
 
 
+@pytest.mark.parametrize("device, problem", [
+    ("bogus", "unknown device type 'bogus'"),
+    ("CPU", "unknown device type 'CPU'; did you mean 'cpu'?"),
+    ("gpu", "unknown device type 'gpu'; did you mean 'cuda'?"),
+    ("cuda:x", "the index after ':' must be a whole number from 0 (cuda:0, cuda:1, ...), not 'x'"),
+    ("cuda:-1", "the index after ':' must be a whole number from 0 (cuda:0, cuda:1, ...), not '-1'"),
+    ("cuda:0:1", "the index after ':' must be a whole number from 0 (cuda:0, cuda:1, ...), not '0:1'"),
+    ("cpu:1", "there is one cpu device, with no index but 0: name it cpu"),
+    ("meta:2", "there is one meta device, with no index but 0: name it meta"),
+    ("", "the name is empty"),
+    (":0", "no device type named"),
+])
+def test_a_malformed_device_names_the_option_what_is_wrong_and_the_accepted_forms(
+        device: str, problem: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """torch's words were its whole backend list ('Expected one of cpu, cuda, ipu, xpu, mkldnn, ...') or the bare
+    string ('Invalid device string'); cpu:1 built on the one CPU as if the index were not there."""
+    from resgraph.devices import ACCEPTED
+
+    assert main(["build", "examples/tutorial.yaml", "--device", device]) == 2
+    shown = device or "''"  # (quoted as a shell would need it)
+    assert capsys.readouterr().err == f"resgraph: error: --device {shown}: {problem} (accepted: {ACCEPTED})\n"
+
+
+@pytest.mark.parametrize("device", ["cpu:0", "meta:0"])
+def test_the_one_cpu_and_meta_device_may_be_named_with_index_0(device: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["build", "examples/tutorial.yaml", "--device", device]) == 0
+    assert "Total params" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("pair, status, message", [
+    ("num_classes", 2, "resgraph: error: --set num_classes: expected NAME=VALUE"),
+    ("=10", 2, "resgraph: error: --set =10: expected NAME=VALUE"),
+    ("num_classes=[1,", 2, "resgraph: error: --set num_classes=[1,: not a YAML value (YAML syntax error"),
+    ("num_clases=10", 2, "examples/resnet18.yaml: error: cannot override parameter 'num_clases': the spec declares "
+                         "no parameter 'num_clases'; did you mean 'num_classes'?"),
+    ("num_classes=${image_size}", 2, "examples/resnet18.yaml: error: cannot override parameter 'num_classes' with "
+                                     "'${image_size}': an override is a value, not an expression"),
+    # A value of the wrong kind for where the spec uses it: the spec is invalid at that value, reported at the
+    # layer that reads it (as --input with a shape the layers reject), with the override named in the hint.
+    ("num_classes=ten", 1, "examples/resnet18.yaml:24:42: error: layer 'fc' (Linear): out_features: expected an "
+                           "integer, got string 'ten'\n  hint: num_classes = 'ten' is an override of the spec's value"),
+    ("num_classes=0", 1, "examples/resnet18.yaml:24:42: error: layer 'fc' (Linear): out_features: must be at least 1, "
+                         "got integer 0\n  hint: num_classes = 0 is an override of the spec's value"),
+])
+@pytest.mark.parametrize("command", ["validate", "build", "render", "sizes"])
+def test_a_set_the_spec_cannot_take_is_a_usage_error_and_a_value_it_rejects_is_a_spec_error(
+        command: str, pair: str, status: int, message: str, capsys: pytest.CaptureFixture[str],
+        tmp_path: pathlib.Path) -> None:
+    """An undeclared parameter or an expression exited 1, as if the spec were invalid, while a malformed or
+    repeated --set, and an --input naming no input, exit 2: each is a mistake in the command, not the spec."""
+    output = ["-o", str(tmp_path / "r.svg")] if command == "render" else []
+    assert main([command, "examples/resnet18.yaml", "--set", pair, *output]) == status
+    err = capsys.readouterr().err
+    assert err.startswith(message) and "Traceback" not in err
+    assert not (tmp_path / "r.svg").exists()
+
+
 def test_an_input_size_beyond_2_62_is_a_usage_error_not_a_traceback() -> None:
     result = cli("build", "examples/tutorial.yaml", "--input", "x=3,100000000000000000000000,32")
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -154,10 +154,14 @@ LACKING = [name for name, present in (("cuda", torch.cuda.is_available()), ("xpu
 
 
 @pytest.mark.parametrize("device, message", [
-    ("gpu", "device='gpu': Expected one of cpu, cuda"),
+    ("gpu", "device='gpu': unknown device type 'gpu'; did you mean 'cuda'? (accepted: cpu, cuda, cuda:N"),
+    ("cpu:1", "device='cpu:1': there is one cpu device, with no index but 0: name it cpu (accepted: "),
+    (1.5, "device=1.5: a device is named by a string, a torch.device or an index, not a float (accepted: "),
+    (-1, "device=-1: a device index is a whole number from 0 (accepted: "),
     *((name, f"device={name!r}: this machine cannot allocate there") for name in LACKING),
 ])
-def test_the_api_refuses_a_device_this_machine_lacks_as_the_cli_does(device: str, message: str) -> None:
+def test_the_api_refuses_a_malformed_device_or_one_this_machine_lacks_as_the_cli_does(device: object,
+                                                                                     message: str) -> None:
     """build and materialize name the device and why (torch raised a bare AssertionError, "Torch not
     compiled with CUDA enabled", from inside materialize, after the spec had been checked)."""
     with pytest.raises(UsageError, match=re.escape(message)):

@@ -9,6 +9,7 @@ of one (FSDP2 needs a group; one rank shows every refusal and every mismatch of 
 
 from __future__ import annotations
 
+import copy
 import io
 import pathlib
 import pickle
@@ -109,6 +110,25 @@ def test_sharding_a_sharded_model_again_is_a_usage_error() -> None:
         resgraph.shard(vit)
 
 
+@pytest.mark.usefixtures("one_process_group")
+def test_deepcopy_of_a_sharded_model_or_instance_is_a_usage_error_not_a_bare_assert() -> None:
+    """FSDP2's class raised AssertionError('FSDP does not support deepcopy...'), naming neither the model nor a way."""
+    params = {"image_size": 16, "patch": 8, "hidden": 32, "depth": 2, "heads": 2, "mlp": 64}
+    plain = resgraph.build(EXAMPLES / "vit_b_16.yaml", params=params, seed=0)
+    copied = copy.deepcopy(plain)  # before sharding: an ordinary copy
+    assert all(torch.equal(a, b) for a, b in zip(copied.state_dict().values(), plain.state_dict().values()))
+    vit = resgraph.materialize(resgraph.shard(plain), seed=0)
+    for module, name in ((vit, "VisionTransformerB16"), (vit.encoder[0], "EncoderBlock")):
+        with pytest.raises(UsageError) as refused:
+            copy.deepcopy(module)
+        assert str(refused.value) == (
+            f"cannot copy.deepcopy {name}: it is sharded (resgraph.shard), and FSDP2 cannot copy its shards; deepcopy "
+            "it before sharding, or build another (resgraph.build, or resgraph.rebuild(model.build_record) for this "
+            "architecture) and shard that")
+    assert vit(torch.randn(2, 3, 16, 16)).shape == (2, 1000)  # the model is as it was
+    assert copy.deepcopy(copied) is not copied  # an unsharded model of the same classes still copies
+
+
 @pytest.mark.parametrize("args, message", [
     (["--device", "meta", "--seed", "0"],
      "--seed chooses the initial weights, and --device meta allocates none (no limit applies on meta): drop --seed"),
@@ -125,6 +145,18 @@ def test_cli_meta_builds_refuse_flags_they_would_ignore(args: list[str], message
     captured = capsys.readouterr()
     assert captured.err.startswith(f"resgraph: error: {message}")
     assert captured.out == "" and not list(tmp_path.iterdir())  # refused before building
+
+
+@pytest.mark.parametrize("device", ["meta", "meta:0", torch.device("meta"), None])
+def test_python_meta_builds_refuse_a_seed_as_the_cli_does(device: object) -> None:
+    """build(seed=0, device="meta") returned weights with nothing seeded, silently; materialize takes the seed."""
+    where = f"device={device!r}" if device is not None else "the default device, meta,"
+    with torch.device("meta"), pytest.raises(UsageError) as refused:
+        resgraph.build(EXAMPLES / "residual_mlp.yaml", seed=0, device=device)
+    assert str(refused.value) == (f"seed=0 chooses the initial weights, and {where} allocates none: drop seed, or give "
+                                  "it to resgraph.materialize(model, seed=0), which allocates and initialises them")
+    model = resgraph.materialize(resgraph.build(EXAMPLES / "residual_mlp.yaml", device="meta"), seed=0)
+    assert model.fc1.weight.equal(resgraph.build(EXAMPLES / "residual_mlp.yaml", seed=0).fc1.weight)
 
 
 def test_a_meta_model_converted_before_materialize_pickles_with_its_dtypes() -> None:

@@ -251,7 +251,7 @@ def test_a_position_table_of_two_to_the_twenty_rows_bounds_the_guard() -> None:
     spec = "resgraph: 1\nname: Net\n" + _POSITIONS % 2**20
     (length,) = resgraph.valid_sizes(spec).dims
     assert length.rule.describe("L") == "1 <= L <= 1048576"
-    model = resgraph.build(spec, seed=0, device="meta")
+    model = resgraph.build(spec, device="meta")
     assert _refused(model, torch.zeros(1, 2**20 + 1, dtype=torch.long, device="meta"))
     assert not _refused(model, torch.zeros(1, 2**20, dtype=torch.long, device="meta"))
 
@@ -276,7 +276,7 @@ def test_a_progression_past_two_to_the_twenty_is_checked_whole() -> None:
                  "  - s: {op: add, input: [x, up]}\n", inputs="  x: {shape: [1, 2000000], layout: channels_first}\n")
     (_, samples) = resgraph.valid_sizes(spec).dims
     assert samples.rule.describe("L") == "L: multiples of 4"
-    model = resgraph.build(spec, seed=0, device="meta")
+    model = resgraph.build(spec, device="meta")
     assert not _refused(model, torch.zeros(1, 1, 2000000, device="meta"))
     assert _refused(model, torch.zeros(1, 1, 2000001, device="meta"))
 
@@ -300,7 +300,7 @@ def test_two_inputs_declared_past_two_to_the_twenty_are_solved_together() -> Non
                         "  y: {shape: [1, 2000000], layout: channels_first}\n")
     report = resgraph.valid_sizes(spec)
     assert [dim.rule.describe("L") for dim in report.dims if dim.free] == ["2000000 <= L <= 2000003"] * 2
-    model = resgraph.build(spec, seed=0, device="meta")
+    model = resgraph.build(spec, device="meta")
     x = torch.zeros(1, 1, 2000000, device="meta")
     assert not _refused(model, x, x)
     assert _refused(model, x, torch.zeros(1, 1, 2000001, device="meta"))
@@ -319,7 +319,7 @@ def test_dynamic_shapes_of_a_model_declared_at_billions_of_samples_are_found_in_
     MemoryError asking for 30 GiB."""
     spec = _spec([], "  - conv: {op: Conv1d, out_channels: 2, kernel_size: 4, stride: 4}\n",
                  inputs="  x: {shape: [1, 4000000000], layout: channels_first}\n")
-    model = resgraph.build(spec, seed=0, device="meta")
+    model = resgraph.build(spec, device="meta")
     (shapes,) = model.dynamic_shapes()
     assert shapes[2].min == 8  # the output is 2 long at 8 samples, 1 below
 
@@ -336,7 +336,7 @@ def test_sizes_of_two_residues_up_to_a_position_table_are_a_bounded_periodic_rul
               "  - cat: {op: concat, input: [a, b], dim: 1}\n")
     (length,) = resgraph.valid_sizes(spec).dims
     assert length.rule.describe("L") == f"L in {{2, 3}} + 3k up to {rows}"
-    model = resgraph.build(spec, seed=0, device="meta")
+    model = resgraph.build(spec, device="meta")
     for size in (4, rows + 2, 2 * rows + 3, 2 * rows + 5):
         assert _refused(model, torch.zeros(1, size, dtype=torch.long, device="meta")), size
     for size in (2, 5, rows - 1, rows):

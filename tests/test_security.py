@@ -254,8 +254,8 @@ def test_control_characters_from_a_spec_never_reach_the_terminal(tmp_path: pathl
                    f"  - m: {{op: Dropout, p: \"${{{escaped}}}\"}}\n")
     runs = [(["build", str(good)], 0), (["build", str(good), "--json"], 0), (["validate", str(bad)], 1),
             (["build", str(bad)], 1), (["render", str(bad), "-o", str(tmp_path / "x.dot")], 1),
-            (["build", str(good), "--set", f"tag={escaped}"], 1),
-            (["build", str(good), "--set", f"nope{HOSTILE_TEXT}=1"], 1),
+            (["build", str(good), "--set", f"tag={escaped}"], 2),  # (a block's parameter: the spec declares none)
+            (["build", str(good), "--set", f"nope{HOSTILE_TEXT}=1"], 2),
             (["build", str(tmp_path / f"{HOSTILE_TEXT}.yaml")], 2)]
     for argv, status in runs:
         result = subprocess.run([sys.executable, "-m", "resgraph", *argv], capture_output=True, cwd=ROOT)

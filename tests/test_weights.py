@@ -235,3 +235,35 @@ def test_a_torchvision_vit_checkpoint_loads_into_the_vit_spec() -> None:
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, kind", [(torch.int64, "integer"), (torch.int32, "integer"), (torch.bool, "boolean"),
+                                         (torch.complex64, "complex")])
+@pytest.mark.parametrize("strict", [True, False])
+def test_a_checkpoint_tensor_of_another_kind_of_number_is_refused_and_nothing_loaded(
+        dtype: torch.dtype, kind: str, strict: bool, tmp_path: pathlib.Path) -> None:
+    """An int64 (or bool, or complex) tensor was copied into a float32 weight, converted without a word."""
+    model = resgraph.build(EXAMPLES / "residual_mlp.yaml", seed=0)
+    before = {key: tensor.clone() for key, tensor in model.state_dict().items()}
+    checkpoint = {key: torch.randn_like(tensor) for key, tensor in before.items()}
+    checkpoint["fc2.bias"] = torch.ones(before["fc2.bias"].shape, dtype=dtype)
+    path = tmp_path / "ckpt.pt"
+    torch.save(checkpoint, path)
+    for given, named in ((checkpoint, "the state_dict"), (path, str(path))):
+        with pytest.raises(resgraph.WeightsError) as refused:
+            resgraph.load_weights(model, given, strict=strict)
+        assert str(refused.value) == (
+            f"{named}: fc2.bias is {str(dtype).removeprefix('torch.')} ({kind}), and the model's fc2.bias is float32 "
+            "(floating-point): copying would convert its values silently, so nothing was loaded. Give a floating-point "
+            "tensor (another precision of one kind converts: float16, bfloat16 or float64 weights load into float32)")
+        assert all(torch.equal(tensor, before[key]) for key, tensor in model.state_dict().items())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_a_checkpoint_of_another_floating_point_precision_loads_converted(dtype: torch.dtype) -> None:
+    """The same weights at another precision (a float64 reference, a half-precision release) are the weights."""
+    model = resgraph.build(EXAMPLES / "residual_mlp.yaml", seed=0)
+    checkpoint = {key: torch.randn_like(tensor).to(dtype) for key, tensor in model.state_dict().items()}
+    assert resgraph.load_weights(model, checkpoint).complete
+    assert all(tensor.dtype == torch.float32 and torch.equal(tensor, checkpoint[key].float())
+               for key, tensor in model.state_dict().items())

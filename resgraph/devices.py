@@ -1,0 +1,114 @@
+"""Where weights go: a device named by the CLI's `--device` or Python's `device=`, read and checked once.
+
+torch's own refusals name its whole backend list ("Expected one of cpu, cuda, ipu, xpu, mkldnn, ...
+device type at start of device string") or only the string ("Invalid device string: 'cuda:x'"),
+and it accepts `cpu:1`, which allocates on the one CPU device as if the index were not there. Here
+each malformed name is refused saying which part is wrong and the forms accepted; a well-formed one
+is then tried, so a device this machine lacks is refused before a build starts, not inside torch.
+
+>>> device_problem("cuda:x")
+"the index after ':' must be a whole number from 0 (cuda:0, cuda:1, ...), not 'x'"
+>>> device_problem("cuda:1") is None
+True
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import torch
+
+from .errors import UsageError
+from .suggest import closest
+
+__all__ = ["ACCEPTED", "Device", "device_problem", "target_device"]
+
+Device = torch.device | str | int  # what torch.device() accepts
+
+# What every message about a device name offers.
+ACCEPTED = "cpu, cuda, cuda:N for the GPU of index N (from 0), meta to allocate nothing, or another backend (mps, xpu)"
+# Names offered as a correction (torch decides what is valid; these are only the likely meant ones).
+_COMMON = ("cpu", "cuda", "meta", "mps", "xpu", "hip", "xla", "hpu", "mtia")
+_MEANT = {"gpu": "cuda"}  # a word that is no device type, for the one it means
+_NAME = re.compile(r"(?P<type>[^:]*)(?::(?P<index>.*))?", re.DOTALL)
+_SINGLE = ("cpu", "meta")  # device types with one device: no index but 0 names one
+
+
+def device_problem(name: str) -> str | None:
+    """What is wrong with device name `name`, or None when it is well formed (`TYPE` or `TYPE:N`)."""
+    parts = _NAME.fullmatch(name)
+    assert parts is not None  # (the pattern matches every string)
+    kind, index = parts["type"], parts["index"]
+    if not kind:
+        return "no device type named" if name else "the name is empty"
+    if not _known_type(kind):
+        meant = _MEANT.get(kind.lower()) or closest(kind, _COMMON)
+        return f"unknown device type {kind!r}" + (f"; did you mean {meant!r}?" if meant else "")
+    if index is None:
+        return None
+    if not re.fullmatch(r"0|[1-9][0-9]*", index):
+        return f"the index after ':' must be a whole number from 0 ({kind}:0, {kind}:1, ...), not {index!r}"
+    if kind in _SINGLE and index != "0":
+        return f"there is one {kind} device, with no index but 0: name it {kind}"
+    return None
+
+
+def _known_type(kind: str) -> bool:
+    """Whether torch knows device type `kind` (this build need not have its backend)."""
+    try:
+        with warnings.catch_warnings():  # (torch warns of retired names, mkldnn: the allocation says it all)
+            warnings.simplefilter("ignore")
+            torch.device(kind)
+    except (RuntimeError, ValueError):
+        return False
+    return True
+
+
+def target_device(device: Device | None, named: str | None = None) -> torch.device | None:
+    """The torch.device `device` names (None: the default device), checked to be one this machine
+    can allocate on, so that a build is refused before it starts instead of failing in torch.
+
+    Args:
+        named: how a message names the device (the CLI: `--device cuda`); default `device='cuda'`.
+    Raises:
+        UsageError: a malformed name (`gpu`, `cuda:x`, `cpu:1`) or value (`device=1.5`), or a device
+            this machine lacks (`cuda` on a CPU-only torch, `cuda:7` with one GPU, a backend this torch
+            was not built with).
+    """
+    if device is None:
+        return None
+    named = named if named is not None else f"device={device!r}"
+    target = _parsed(device, named)
+    try:  # a well-formed device this machine lacks
+        if target is None:  # (an index torch maps to no device here: `device=0` without an accelerator)
+            raise RuntimeError("it has no accelerator")
+        torch.empty(0, device=target)
+    except (AssertionError, RuntimeError, ImportError) as exc:  # torch's own wording: its first sentence says why
+        reason = (str(exc).strip().splitlines() or ["unavailable"])[0].split(". ")[0].rstrip(".")
+        if "INTERNAL ASSERT" in reason or isinstance(exc, ImportError):  # (torch's wording for a device it lacks)
+            reason = "this torch has no backend for it"
+        raise UsageError(f"{named}: this machine cannot allocate there: {reason} "
+                         "(e.g. cpu, or meta to allocate nothing)") from None
+    return target
+
+
+def _parsed(device: Device, named: str) -> torch.device | None:
+    """`device` as a torch.device (None: a well-formed index torch cannot map to a device here), or a
+    UsageError saying what is wrong with it and what is accepted."""
+    if isinstance(device, torch.device):
+        problem = device_problem(str(device))
+    elif isinstance(device, str):
+        problem = device_problem(device)
+    elif isinstance(device, int) and not isinstance(device, bool):  # torch's shorthand for an accelerator's index
+        problem = None if device >= 0 else "a device index is a whole number from 0"
+    else:
+        problem = f"a device is named by a string, a torch.device or an index, not a {type(device).__name__}"
+    if problem is not None:
+        raise UsageError(f"{named}: {problem} (accepted: {ACCEPTED})")
+    try:
+        with warnings.catch_warnings():  # (torch warns of retired names, mkldnn: the allocation says it all)
+            warnings.simplefilter("ignore")
+            return torch.device(device)
+    except RuntimeError:
+        return None
