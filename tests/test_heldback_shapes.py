@@ -362,3 +362,65 @@ def test_an_input_size_written_as_a_symbol_says_sizes_are_examples() -> None:
         "inputs:", "params: {size: 32}\ninputs:")
     report = resgraph.valid_sizes(sized, high=64)
     assert report.of("x")[1].valid == tuple(range(3, 65))  # a 3x3 conv: every size from 3
+
+
+# --- an add or mul skip broadcasts as torch does, over sizes that are 1 at every input size ---
+
+_CONTEXT = ("  - conv: {op: Conv2d, out_channels: 8, kernel_size: 3, padding: 1}\n"
+            "  - pooled: {op: %s, input: x}\n"
+            "  - context: {op: Conv2d, out_channels: %d, kernel_size: 1}\n"
+            "  - out: {op: Conv2d, out_channels: 8, kernel_size: 1, input: conv}\n")
+
+
+@pytest.mark.parametrize("merge", ["add", "mul"])
+@pytest.mark.parametrize("pool", ["AdaptiveAvgPool2d, output_size: 1", "mean, dim: 2, keepdim: true",
+                                  "MaxPool2d, kernel_size: 16"])
+def test_a_source_that_broadcasts_into_its_target_merges_without_a_projection(merge: str, pool: str) -> None:
+    """A GCNet context (C, 1, 1) added to, or an SE gate multiplying, a (C, H, W) map is torch's
+    broadcast: no projection, whatever scale the pooled source comes from (a 16x16 max pool is on a
+    grid 16 times coarser, which its broadcast dims never meet). A (C, 1, W) mean over the rows
+    broadcasts over them alone."""
+    spec = _spec([8, 16, 16], _CONTEXT % (pool, 8), f"  - s: {{from: context, to: out, merge: {merge}}}\n")
+    model = resgraph.build(spec, seed=0)
+    assert resgraph.check(spec).nodes["s"].meta["projection"].is_identity
+    combine = torch.add if merge == "add" else torch.mul
+    sizes = resgraph.valid_sizes(spec, low=1, high=40).dims
+    for size in (16, 17, 31) if "MaxPool" in pool else (5, 16, 23):
+        x = torch.randn(2, 8, size, size)
+        pooled = x.mean(2, keepdim=True) if pool.startswith("mean") else model.pooled(x)
+        expected = combine(model.out(model.conv(x)), model.context(pooled))
+        torch.testing.assert_close(model(x), expected)
+    # a max pool gives 1 only at 16..31: there, and only there, the broadcast is what torch runs
+    admitted = tuple(range(16, 32)) if "MaxPool" in pool else tuple(range(1, 41))
+    assert [d.valid for d in sizes if d.name == "H"] == [admitted]
+
+
+@pytest.mark.parametrize("merge", ["add", "mul"])
+def test_a_broadcast_source_whose_channels_alone_differ_gets_the_1x1_conv_alone(merge: str) -> None:
+    """(4, 1, 1) into (8, 16, 16): the 1x1 conv gives the target's channels and keeps the source's 1x1,
+    with no norm over a 1x1 map; the source's coarser grid (a 16x16 max pool) is no stride to take."""
+    spec = _spec([8, 16, 16], _CONTEXT % ("MaxPool2d, kernel_size: 16", 4),
+                 f"  - s: {{from: context, to: out, merge: {merge}}}\n")
+    plan = resgraph.check(spec).nodes["s"].meta["projection"]
+    assert [step.kind.value for step in plan.steps] == ["conv"] and plan.output.shape == (8, 1, 1)
+    assert plan.steps[0].args["stride"] == 1
+    model = resgraph.build(spec, seed=0)
+    combine = torch.add if merge == "add" else torch.mul
+    x = torch.randn(2, 8, 20, 20)
+    torch.testing.assert_close(model(x), combine(model.out(model.conv(x)), model.s(model.context(model.pooled(x)))))
+
+
+def test_an_add_skip_never_grows_its_target_and_a_source_that_broadcasts_nowhere_is_refused() -> None:
+    # (8, 16, 16) into a global pool's (8, 1, 1): projected to the target, as before (torch's x + y would grow it)
+    spec = _spec([8, 16, 16], "  - pool: {op: AdaptiveAvgPool2d, output_size: 1}\n",
+                 "  - s: {from: x, to: pool}\n")
+    graph = resgraph.check(spec)
+    assert graph.nodes["s"].meta["type"].shape == (8, 1, 1)
+    assert [step.kind.value for step in graph.nodes["s"].meta["projection"].steps] == ["conv", "norm"]
+    # (8, 1, 16) against (8, 8, 8): 16 meets 8, which torch refuses at every size
+    spec = _spec([8, 16, 16], "  - m: {op: mean, dim: 2, keepdim: true}\n"
+                              "  - conv: {op: Conv2d, out_channels: 8, kernel_size: 3, padding: 1, stride: 2, "
+                              "input: x}\n", "  - s: {from: m, to: conv, merge: add}\n")
+    assert "skip 's': cannot add 'm' (8, 1, 16) to 'conv' (8, 8, 8)" in _errors(spec)
+
+
