@@ -424,3 +424,39 @@ def test_an_add_skip_never_grows_its_target_and_a_source_that_broadcasts_nowhere
     assert "skip 's': cannot add 'm' (8, 1, 16) to 'conv' (8, 8, 8)" in _errors(spec)
 
 
+# --- ops that drop or reorder dims keep the spatial grid of the dims they keep ---
+
+@pytest.mark.parametrize("drop", ["{op: select, dim: 2, index: 0}", "{op: mean, dim: 2}"])
+def test_a_skip_across_a_select_or_mean_takes_the_stride_the_layers_took(drop: str) -> None:
+    """(4, 3, 9, 9) -> select D -> (4, 9, 9) -> two stride-2 convs -> (8, 3, 3): the grid is known, so the
+    projection steps by 4 (as the convs: 17 -> 9 -> 5, and 17 -> 5 at /4) and fits at every size; with
+    the grid lost it stepped by 3 (9 -> 3 at the declared size only) and admitted 1, 2, 3, 5, 6 and 9."""
+    spec = ("resgraph: 1\nname: Net\ninputs:\n  x: [4, 3, 9, 9]\nlayers:\n"
+            f"  - flat: {drop}\n"
+            "  - c1: {op: Conv2d, out_channels: 8, kernel_size: 3, padding: 1, stride: 2}\n"
+            "  - c2: {op: Conv2d, out_channels: 8, kernel_size: 3, padding: 1, stride: 2}\n"
+            "skips:\n  - s: {from: flat, to: c2}\n")
+    assert resgraph.check(spec).nodes["s"].meta["projection"].reason == "4->8 channels, /4"
+    sizes = {d.name: d.valid for d in resgraph.valid_sizes(spec, low=1, high=40).dims}
+    assert sizes["H"] == sizes["W"] == tuple(range(1, 41))
+    model = resgraph.build(spec, seed=0)
+    for size in (1, 8, 17, 30):
+        x = torch.randn(2, 4, 3, size, size)
+        assert model(x).shape == (2, 8, -(-size // 4), -(-size // 4))
+
+
+def test_a_transpose_moves_each_dims_grid_with_it() -> None:
+    """A (2, 1)-strided map transposed is on a (1, 2) grid: a skip from the input, transposed too, steps
+    by (1, 2), and fits at every size as the layers do."""
+    spec = ("resgraph: 1\nname: Net\ninputs:\n  x: [4, 9, 12]\nlayers:\n"
+            "  - c1: {op: Conv2d, out_channels: 8, kernel_size: 3, padding: 1, stride: [2, 1]}\n"
+            "  - t: {op: transpose, dim0: 2, dim1: 3}\n"
+            "  - xt: {op: transpose, dim0: 2, dim1: 3, input: x}\n"
+            "  - c2: {op: Conv2d, out_channels: 8, kernel_size: 1, input: t}\n"
+            "skips:\n  - s: {from: xt, to: c2}\n")
+    assert resgraph.check(spec).nodes["s"].meta["projection"].reason == "4->8 channels, /1x2"
+    model = resgraph.build(spec, seed=0)
+    for h, w in ((9, 12), (7, 5), (1, 1), (16, 3)):
+        assert model(torch.randn(2, 4, h, w)).shape == (2, 8, w, -(-h // 2))
+
+
