@@ -460,3 +460,32 @@ def test_a_transpose_moves_each_dims_grid_with_it() -> None:
         assert model(torch.randn(2, 4, h, w)).shape == (2, 8, w, -(-h // 2))
 
 
+# --- chunk and split outputs in skips ---
+
+def test_a_skip_reads_and_merges_into_a_chunks_outputs_by_their_own_names() -> None:
+    spec = ("resgraph: 1\nname: Net\ninputs:\n  x: [8, 16, 16]\n  y: [4, 16, 16]\nlayers:\n"
+            "  - parts: {op: chunk, chunks: 2, outputs: [value, gate], input: x}\n"
+            "  - out: {op: mul, input: [value, gate]}\n"
+            "skips:\n  - s1: {from: y, to: gate}\n  - s2: {from: value, to: out, merge: concat}\n")
+    model = resgraph.build(spec)
+    x, y = torch.randn(2, 8, 16, 16), torch.randn(2, 4, 16, 16)
+    value, gate = x.chunk(2, 1)
+    torch.testing.assert_close(model(x, y), torch.cat([value, value * (gate + y)], 1))
+
+
+def test_a_chunk_read_by_its_own_name_or_as_a_call_names_the_output_to_write() -> None:
+    spec = ("resgraph: 1\nname: Net\ninputs:\n  x: [8, 16, 16]\nlayers:\n"
+            "  - parts: {op: chunk, chunks: 2, outputs: [value, gate]}\n"
+            "  - out: {op: mul, input: [value, gate]}\n"
+            "skips:\n  - s1: {from: parts.value, to: out}\n  - s2: {from: x, to: parts.gate}\n"
+            "  - s3: {from: parts, to: out}\n")
+    assert _errors(spec).splitlines() == [
+        "<string>:9:16: error: skip 's1': from: 'parts' is a chunk with 2 outputs, not one node (in 'parts.value')",
+        "  hint: write 'value' alone: a chunk's outputs are nodes of their own names",
+        "<string>:10:23: error: skip 's2': to: 'parts' is a chunk with 2 outputs, not one node (in 'parts.gate')",
+        "  hint: write 'gate' alone: a chunk's outputs are nodes of their own names",
+        "<string>:11:16: error: skip 's3': from: 'parts' is a chunk with 2 outputs, not one node",
+        "  hint: read one of its outputs: value, gate",
+    ]
+
+
