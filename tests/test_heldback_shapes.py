@@ -489,3 +489,34 @@ def test_a_chunk_read_by_its_own_name_or_as_a_call_names_the_output_to_write() -
     ]
 
 
+# --- a concat's wrong dim is blamed on its `dim:` ---
+
+def test_a_concats_wrong_dim_is_located_at_its_dim_key_with_the_dim_that_fits() -> None:
+    spec = ("resgraph: 1\nname: Net\ninputs:\n  x: [8, 16, 16]\n  y: [8, 16, 8]\nlayers:\n"
+            "  - a: {op: concat, input: [x, y], dim: 5}\n"
+            "  - b: {op: concat, input: [x, y], dim: 1}\n"
+            "  - c: {op: concat, input: [x, y]}\n"
+            "  - conv: {op: Conv2d, out_channels: 8, kernel_size: 1, input: x}\n"
+            "  - conv2: {op: Conv2d, out_channels: 8, kernel_size: 1, input: x}\n"
+            "skips:\n  - s1: {from: x, to: conv, merge: concat, dim: 4}\n"
+            "  - s2: {from: x, to: conv2, merge: concat, dim: -4}\n")
+    assert _errors(spec).splitlines() == [
+        "<string>:7:36: error: layer 'a' (concat): dim=5 is out of range for a tensor of 4 dims (batch included)",
+        "  hint: use a dim between 1 and 3 (or -3 to -1)",
+        "<string>:8:36: error: layer 'b' (concat): concat along dim 1 needs all other dims equal, got (8, 16, 16), "
+        "(8, 16, 8)",
+        "  hint: `dim: 3` joins them (the batch is dim 0), if that is the dim meant",
+        # no dim written: the layer itself
+        "<string>:9:5: error: layer 'c' (concat): concat along dim 1 needs all other dims equal, got (8, 16, 16), "
+        "(8, 16, 8)",
+        "  hint: `dim: 3` joins them (the batch is dim 0), if that is the dim meant",
+        "<string>:13:44: error: skip 's1': dim=4 is out of range for a tensor of 4 dims (batch included)",
+        "  hint: use a dim between 1 and 3 (or -3 to -1)",
+        "<string>:14:45: error: skip 's2': dim=-4 is the batch dimension; use a dim between 1 and 3",
+    ]
+    for dim in (3, -1):  # torch agrees on the dim that fits
+        fixed = spec.split("  - a:")[0] + f"  - b: {{op: concat, input: [x, y], dim: {dim}}}\n"
+        x, y = torch.randn(2, 8, 16, 16), torch.randn(2, 8, 16, 8)
+        torch.testing.assert_close(resgraph.build(fixed)(x, y), torch.cat([x, y], dim))
+
+
