@@ -520,3 +520,18 @@ def test_a_concats_wrong_dim_is_located_at_its_dim_key_with_the_dim_that_fits() 
         torch.testing.assert_close(resgraph.build(fixed)(x, y), torch.cat([x, y], dim))
 
 
+# --- skip errors in a block with scaled widths name the channels the model has ---
+
+def test_skip_errors_in_a_width_scaled_block_name_the_scaled_channel_counts() -> None:
+    spec = ("resgraph: 1\nname: Net\nscale: {width: 0.5, divisor: 8}\ninputs:\n  x: [16, 8, 8]\n"
+            "blocks:\n  unit:\n    params: {width: required}\n    layers:\n"
+            "      - c1: {op: Conv2d, out_channels: \"${width}\", kernel_size: 3, padding: 1}\n"
+            "      - c2: {op: Conv2d, out_channels: \"${width // 2}\", kernel_size: 3, padding: 1}\n"
+            "    skips:\n      - r: {from: c1, to: c2, projection: pad}\n"
+            "layers:\n  - u: {block: unit, with: {width: 64}}\n  - v: {block: unit, input: x, with: {width: 32}}\n")
+    errors = _errors(spec)
+    # width 64 is 32 channels under width 0.5, and 64 // 2 = 32 is 16
+    assert "skip 'u.r': cannot add 'c1' (32, 8, 8) to 'c2' (16, 8, 8): pad cannot reduce 32 channels to 16" in errors
+    assert "skip 'v.r': cannot add 'c1' (16, 8, 8) to 'c2' (8, 8, 8): pad cannot reduce 16 channels to 8" in errors
+
+
