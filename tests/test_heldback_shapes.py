@@ -535,3 +535,23 @@ def test_skip_errors_in_a_width_scaled_block_name_the_scaled_channel_counts() ->
     assert "skip 'v.r': cannot add 'c1' (16, 8, 8) to 'c2' (8, 8, 8): pad cannot reduce 16 channels to 8" in errors
 
 
+# --- a concat layer's default dim is the channels or features, as a concat skip's ---
+
+def test_a_concat_layer_joins_features_of_sequences_and_channels_of_maps_by_default() -> None:
+    spec = ("resgraph: 1\nname: Net\ninputs:\n  x: {shape: [10, 16], layout: features_last}\n"
+            "  y: {shape: [10, 8], layout: features_last}\n  z: [4, 8, 8]\nlayers:\n"
+            "  - a: {op: concat, input: [x, y]}\n  - b: {op: concat, input: [z, z]}\n"
+            "  - c: {op: concat, input: [x, x], dim: 1}\n"
+            "  - d: {op: Linear, out_features: 8, input: x}\n"
+            "skips:\n  - s: {from: y, to: d, merge: concat}\noutputs: [a, b, c, d]\n")
+    model = resgraph.build(spec, seed=0)
+    x, y, z = torch.randn(2, 10, 16), torch.randn(2, 10, 8), torch.randn(2, 4, 8, 8)
+    a, b, c, d = model(x, y, z)
+    torch.testing.assert_close(a, torch.cat([x, y], -1))
+    torch.testing.assert_close(b, torch.cat([z, z], 1))
+    torch.testing.assert_close(c, torch.cat([x, x], 1))
+    torch.testing.assert_close(d, torch.cat([y, model.d(x)], -1))  # the skip: one rule for both
+    graph = resgraph.check(spec)
+    assert [graph.nodes[n].meta["type"].shape for n in "abcs"] == [(10, 24), (8, 8, 8), (20, 16), (10, 16)]
+    source = resgraph.to_python(model)
+    assert "torch.cat([x, y], dim=-1)" in source and "torch.cat([z, z], dim=1)" in source

@@ -525,6 +525,11 @@ class Layer(StrictModel):
         """
         raise NotImplementedError(f"{self.op} is a module, not code")
 
+    def code_with(self, operands: list[str], owner: str, args: dict[str, Any]) -> str:
+        """`code`, given the arguments shape inference decided (`node.meta["args"]`: a concat's dim
+        follows its inputs' layout); most ops need only their own."""
+        return self.code(operands, owner)
+
     def call(self, module: str, operands: list[str]) -> str:
         """For module ops: the expression calling the built module (`self.conv1(x)`)."""
         return f"{module}({', '.join(operands)})"

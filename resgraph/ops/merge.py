@@ -14,8 +14,8 @@ from typing import Any
 from ..symbolic import SymInt, hint
 from .base import ArgumentError, ShapeError, TensorType, promote, sample_dim
 
-__all__ = ["Merge", "broadcast_failure", "broadcast_shape", "broadcast_types", "check_gate_layouts", "merge_code",
-           "merge_type"]
+__all__ = ["Merge", "broadcast_failure", "broadcast_shape", "broadcast_types", "check_gate_layouts", "concat_dim",
+           "merge_code", "merge_type"]
 
 
 class Merge(str, Enum):
@@ -63,6 +63,19 @@ def _broadcast_dim(x: Any, y: Any) -> Any:
 
 def _is_one(size: Any) -> bool:
     return not isinstance(size, SymInt) and size == 1
+
+
+def concat_dim(written: int | None, layout: str) -> int:
+    """The dim a concat joins along, for a concat skip and a concat layer alike: the one written,
+    else the channels (1) of a channels-first map, the features (-1) of a features-last value (the
+    target's, or the first input's, `layout`), never a sequence's positions.
+
+    >>> concat_dim(None, "channels_first"), concat_dim(None, "features_last"), concat_dim(2, "features_last")
+    (1, -1, 2)
+    """
+    if written is not None:
+        return written
+    return -1 if layout == "features_last" else 1
 
 
 def merge_type(kind: Merge, types: list[TensorType], dim: int = 1) -> TensorType:
