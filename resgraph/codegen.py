@@ -275,7 +275,7 @@ def _statement(node: Node, var: str, args: list[str], in_place: bool = False) ->
     """A node's statement, given its variable and the variables it reads."""
     if isinstance(node, LayerNode):
         if node.layer.code_only:
-            return f"{var} = {node.layer.code(args, f'self.{node.name}')}"
+            return f"{var} = {node.layer.code_with(args, f'self.{node.name}', node.meta['args'])}"
         return f"{var} = {node.layer.call(f'self.{node.name}', args)}"
     if isinstance(node, BlockNode):
         return f"{var} = self.{node.name}({', '.join(args)})"

@@ -229,18 +229,25 @@ class ProjectionError(ShapeError):
 def wanted_shape(merge: Merge, source: TensorType, target: TensorType, dim: int = 1) -> tuple[Any, ...] | None:
     """The shape the source must have to merge into the target, or None when it already fits.
 
-    add needs the target's shape; mul needs a shape that broadcasts with the target's: a gate whose
+    mul needs a shape that broadcasts with the target's; add one that broadcasts into it, leaving
+    the target's shape as it is (a per-channel (C, 1, 1) context added to every position, as
+    GCNet's). A source whose
     channels (features) alone keep it from broadcasting needs the target's channels and keeps its
-    own other dims (an SE gate (C', 1, 1) into (C, H, W) becomes (C, 1, 1)), anything else the
-    target's own shape; concat needs the target's shape except along `dim`.
+    own other dims (an SE gate (C', 1, 1) into (C, H, W) becomes (C, 1, 1)); anything else needs the
+    target's own shape. concat needs the target's shape except along `dim`.
+
+    >>> m = lambda *shape: TensorType(shape)
+    >>> wanted_shape(Merge.add, m(8, 1, 1), m(8, 4, 4)), wanted_shape(Merge.add, m(2, 1, 1), m(8, 4, 4))
+    (None, (8, 1, 1))
     """
-    if merge is Merge.mul:
-        if _gates(source.shape, target.shape):
+    fits = _gates if merge is Merge.mul else _adds_into if merge is Merge.add else None
+    if fits is not None:
+        if fits(source.shape, target.shape):
             return None
         if source.rank == target.rank and source.rank >= 1:
             axis = 0 if source.rank >= 2 and target.layout == "channels_first" else source.rank - 1
             gate = (*source.shape[:axis], target.shape[axis], *source.shape[axis + 1:])
-            if _gates(gate, target.shape):
+            if fits(gate, target.shape):
                 return gate
     if merge is Merge.concat and source.rank == target.rank:
         axis = sample_dim(dim, target.rank)
@@ -264,6 +271,19 @@ def _gates(gate: tuple[Any, ...], target: tuple[Any, ...]) -> bool:
     if any(isinstance(t, SymInt) and hint(t) == 1 and hint(g) != 1 for g, t in zip(gate, target)):
         return False
     return _broadcasts(gate, target)
+
+
+def _adds_into(source: tuple[Any, ...], target: tuple[Any, ...]) -> bool:
+    """Whether `source` is added to `target` as it is: they broadcast (as `_gates` decides it) and
+    the target keeps its shape, as a residual's value does (a 1 of the source is broadcast over the
+    target's size, never the other way round).
+
+    >>> _adds_into((8, 1, 1), (8, 4, 4)), _adds_into((8, 4, 4), (8, 1, 1)), _adds_into((8, 4, 1), (8, 4, 4))
+    (True, False, True)
+    """
+    if any(hint(s) != 1 and hint(s) != hint(t) for s, t in zip(source, target)):
+        return False
+    return _gates(source, target)
 
 
 def _broadcasts(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
@@ -296,7 +316,9 @@ class Mismatch:
     target_scale: Scale | None = None
     concat_axis: int | None = None  # a concat along a spatial dim keeps the source's size there
     gating: bool = False  # the source multiplies the target (`merge: mul`)
-    broadcast_gate: bool = False  # ... and keeps dims the target broadcasts (an SE gate (C, 1, 1))
+    # The dims (batch-free, as `concat_axis`) the merge broadcasts, where the projected source keeps its
+    # own size: an SE gate's (C, 1, 1) or an added context's H and W. Their grids do not meet.
+    broadcast_axes: frozenset[int] = frozenset()
     # `steps()` and `channels` once found (a plan asks for each two or three times: its modules, its reason)
     _steps: tuple[int, ...] | None = field(default=None, init=False, repr=False, compare=False)
     _channels: tuple[int, int] | None = field(default=None, init=False, repr=False, compare=False)
@@ -336,8 +358,8 @@ class Mismatch:
         ratios = self._grid_ratios()
         steps = []
         for index, (size_in, size_out) in enumerate(zip(spatial_in, spatial_out)):
-            if self.concat_axis == index + 1:
-                steps.append(1)  # the concat dim: the source keeps its own size and grid
+            if self.concat_axis == index + 1 or index + 1 in self.broadcast_axes:
+                steps.append(1)  # the concat dim, a broadcast dim: the source keeps its own size and grid
                 continue
             if ratios is not None:
                 ratio = ratios[index]
@@ -383,12 +405,16 @@ class Mismatch:
 
     def grid_steps(self) -> tuple[int, ...] | None:
         """The integer step between the two grids per spatial dim where both grids are known (1 on a
-        concat's own dim), whether or not the sizes fit it; None where a grid is unknown or the grids
-        are no integer step apart (`steps()` says why)."""
+        concat's own dim and on a broadcast one), whether or not the sizes fit it; None where a grid
+        is unknown or the grids are no integer step apart (`steps()` says why)."""
         ratios = self._grid_ratios()
-        if ratios is None or any(r < 1 or getattr(r, "denominator", 1) != 1 for r in ratios):
+        if ratios is None:
             return None
-        return tuple(1 if self.concat_axis == index + 1 else int(r) for index, r in enumerate(ratios))
+        kept = {*self.broadcast_axes, self.concat_axis}
+        ratios = [1 if index + 1 in kept else r for index, r in enumerate(ratios)]
+        if any(r < 1 or getattr(r, "denominator", 1) != 1 for r in ratios):
+            return None
+        return tuple(int(r) for r in ratios)
 
     def strided(self) -> bool:
         """True when the grids differ (some step > 1); False for the same grid. Raises ProjectionError."""
@@ -436,10 +462,10 @@ def _auto(m: Mismatch) -> Plan:
 
 
 def _norm(m: Mismatch) -> tuple[Step, ...]:
-    """The norm after a projection's conv; none for a broadcast gate, whose map is 1x1 where the
-    target's is not: a BatchNorm there normalises across the batch alone (and refuses a batch of
-    1 in training), and SE blocks project their gates with the conv alone."""
-    return () if m.broadcast_gate else (m.norm(),)
+    """The norm after a projection's conv; none for a broadcast source (a gate, an added context),
+    whose map is 1x1 where the target's is not: a BatchNorm there normalises across the batch alone
+    (and refuses a batch of 1 in training), and SE blocks project their gates with the conv alone."""
+    return () if m.broadcast_axes else (m.norm(),)
 
 
 def _conv(m: Mismatch) -> Plan:
@@ -579,9 +605,9 @@ def plan_projection(policy: Projection, merge: Merge, source: TensorType, target
         raise ProjectionError(f"their leading dims differ ({_size(source.shape[:-1])} vs {_size(want[:-1])}); "
                               "a feature projection only changes the last dim")
     axis = sample_dim(dim, target.rank) if merge is Merge.concat and source.rank == target.rank else None
-    gating = merge is Merge.mul
-    broadcast_gate = gating and hints(want) != hints(target.shape)
-    mismatch = Mismatch(source, want, spatial, target.scale, axis, gating, broadcast_gate)
+    broadcast = frozenset() if merge is Merge.concat else frozenset(
+        index for index, (w, t) in enumerate(zip(want, target.shape)) if hint(w) != hint(t))
+    mismatch = Mismatch(source, want, spatial, target.scale, axis, merge is Merge.mul, broadcast)
     if policy is Projection.auto and merge is not Merge.add and spatial and _is_stride(mismatch):
         steps = mismatch.grid_steps() or mismatch.steps()
         sizes = f"{_size(mismatch.sizes[0])} vs {_size(mismatch.sizes[1])}, /{_short(steps)}"

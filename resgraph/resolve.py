@@ -98,15 +98,20 @@ class _Resolver:
                 if isinstance(item.body, Piece) and item.origin.path[-3:-1] == (name, "outputs")]
 
     def fail_unknown(self, origin: Origin, prefix: str, ref: str, candidates: Iterable[str], suffix: str = "", *,
-                     output: bool = False) -> None:
+                     output: bool = False, written: str = "") -> None:
         """`PREFIX: unknown node 'ref'`, or, for an entry its `when:` left out, that it is left out and
-        where (`output`: the reader is the scope's `outputs:`, which are always there)."""
+        where (`output`: the reader is the scope's `outputs:`, which are always there). `written` is
+        the reference as the spec wrote it, where it names a value of `ref` (`parts.gate`)."""
         left_out = self.scope.left_out.get(ref)
         outputs = self.split_outputs(ref) if left_out is None else []
         if outputs:  # (a chunk/split is no node: each output it names is one)
+            names = [name for name, _ in outputs]
+            piece = written[len(ref) + 1:]
+            # `parts.gate` reads a block call's value; a chunk's outputs are nodes named by themselves
+            fix = (f"write {piece!r} alone: a {outputs[0][1].group.op}'s outputs are nodes of their own names"
+                   if piece in names else f"read one of its outputs: {', '.join(names)}")
             self.fail(origin, f"{prefix}{ref!r} is a {outputs[0][1].group.op} with "
-                              f"{len(outputs)} outputs, not one node{suffix}",
-                      f"read one of its outputs: {', '.join(name for name, _ in outputs)}", key=False)
+                              f"{len(outputs)} outputs, not one node{suffix}", fix, key=False)
             return
         if left_out is None:
             self.fail(origin, f"{prefix}unknown node {ref!r}{did_you_mean(ref, candidates)}{suffix}",
@@ -395,7 +400,7 @@ class _Resolver:
         full, ref = ref, _base(ref)
         if ref not in self.kinds:
             earlier = [n for n, i in self.order.items() if i < self.order.get(name, len(self.order))]
-            self.fail_unknown(where, f"{label}: ", ref, earlier or self.order)
+            self.fail_unknown(where, f"{label}: ", ref, earlier or self.order, written=full)
             return False
         if self.kinds[ref] == "skip":
             target = next(item.skip.to for item in self.scope.skips if item.name == ref)
@@ -460,7 +465,9 @@ class _Resolver:
             ok = True
             for key, ref in (("from", source), ("to", skip.to)):
                 if ref not in self.kinds:
-                    self.fail_unknown(item.origin.child(key), f"skip {name}: {key}: ", ref, self.order)
+                    written = skip.source if key == "from" else ref
+                    self.fail_unknown(item.origin.child(key), f"skip {name}: {key}: ", ref, self.order,
+                                      f" (in {written!r})" if written != ref else "", written=written)
                     ok = False
                 elif self.kinds[ref] == "skip":
                     self.fail(item.origin.child(key), f"skip {name}: {key}: {ref!r} is a skip edge, not a node",
@@ -496,7 +503,7 @@ class _Resolver:
         base = _base(target)
         where = item.origin.child("to")
         if base not in self.kinds:
-            self.fail_unknown(where, f"skip {name}: to: ", base, self.order, f" (in {target!r})")
+            self.fail_unknown(where, f"skip {name}: to: ", base, self.order, f" (in {target!r})", written=target)
         elif base in self.values:
             piece = target[len(base) + 1:]
             self.fail(where, f"skip {name}: to: {target!r} is one output of the block call {base!r}; a skip merges "
@@ -544,7 +551,7 @@ class _Resolver:
             if base in invalid:
                 continue
             if base not in self.kinds:
-                self.fail_unknown(where.child(i), label, base, self.order, output=True)
+                self.fail_unknown(where.child(i), label, base, self.order, output=True, written=ref)
             elif self.kinds[base] == "skip":
                 self.fail(where.child(i), f"{label}{base!r} is a skip edge, not a node", key=False)
             elif ref in outputs:

@@ -32,6 +32,7 @@ from .errors import UsageError
 from .expressions import MAX_MAGNITUDE, make_divisible
 from .ops import OPS, GenericLayer, Identifier, Layout, Merge, Reference, StrictModel
 from .ops.base import DTYPES, is_identifier
+from .ops.merge import concat_dim
 from .suggest import did_you_mean
 
 __all__ = ["BUILTIN_NAMES", "INSTANCE_NAMES", "MAX_DIM", "MAX_RANK", "REQUIRED", "SHAPE_NAMES", "BlockCall",
@@ -93,11 +94,8 @@ class Skip(StrictModel):
         return self
 
     def concat_dim(self, layout: str) -> int:
-        """The dim a concat joins along: the one written, else the channels (1) of a channels-first map,
-        the features (-1) of a features-last value (the target's `layout`), never a sequence's positions."""
-        if self.dim is not None:
-            return self.dim
-        return -1 if layout == "features_last" else 1
+        """The dim a concat joins along, given the target's `layout` (see `ops.merge.concat_dim`)."""
+        return concat_dim(self.dim, layout)
 
 
 class Defaults(StrictModel):

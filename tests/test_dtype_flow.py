@@ -34,7 +34,7 @@ def _torch_dtype(layer: Any, inputs: list[TensorType], dtype: str) -> str | None
     names = {f"v{i}": t for i, t in enumerate(tensors)}
     if layer.code_only:
         owner = layer.build({}) if layer.owned() else None
-        expression = layer.code(list(names), "owner")
+        expression = layer.code_with(list(names), "owner", layer.module_args(inputs))
     else:
         owner = layer.build(layer.module_args(inputs))
         expression = layer.call("owner", list(names))

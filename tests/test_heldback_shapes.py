@@ -362,3 +362,196 @@ def test_an_input_size_written_as_a_symbol_says_sizes_are_examples() -> None:
         "inputs:", "params: {size: 32}\ninputs:")
     report = resgraph.valid_sizes(sized, high=64)
     assert report.of("x")[1].valid == tuple(range(3, 65))  # a 3x3 conv: every size from 3
+
+
+# --- an add or mul skip broadcasts as torch does, over sizes that are 1 at every input size ---
+
+_CONTEXT = ("  - conv: {op: Conv2d, out_channels: 8, kernel_size: 3, padding: 1}\n"
+            "  - pooled: {op: %s, input: x}\n"
+            "  - context: {op: Conv2d, out_channels: %d, kernel_size: 1}\n"
+            "  - out: {op: Conv2d, out_channels: 8, kernel_size: 1, input: conv}\n")
+
+
+@pytest.mark.parametrize("merge", ["add", "mul"])
+@pytest.mark.parametrize("pool", ["AdaptiveAvgPool2d, output_size: 1", "mean, dim: 2, keepdim: true",
+                                  "MaxPool2d, kernel_size: 16"])
+def test_a_source_that_broadcasts_into_its_target_merges_without_a_projection(merge: str, pool: str) -> None:
+    """A GCNet context (C, 1, 1) added to, or an SE gate multiplying, a (C, H, W) map is torch's
+    broadcast: no projection, whatever scale the pooled source comes from (a 16x16 max pool is on a
+    grid 16 times coarser, which its broadcast dims never meet). A (C, 1, W) mean over the rows
+    broadcasts over them alone."""
+    spec = _spec([8, 16, 16], _CONTEXT % (pool, 8), f"  - s: {{from: context, to: out, merge: {merge}}}\n")
+    model = resgraph.build(spec, seed=0)
+    assert resgraph.check(spec).nodes["s"].meta["projection"].is_identity
+    combine = torch.add if merge == "add" else torch.mul
+    sizes = resgraph.valid_sizes(spec, low=1, high=40).dims
+    for size in (16, 17, 31) if "MaxPool" in pool else (5, 16, 23):
+        x = torch.randn(2, 8, size, size)
+        pooled = x.mean(2, keepdim=True) if pool.startswith("mean") else model.pooled(x)
+        expected = combine(model.out(model.conv(x)), model.context(pooled))
+        torch.testing.assert_close(model(x), expected)
+    # a max pool gives 1 only at 16..31: there, and only there, the broadcast is what torch runs
+    admitted = tuple(range(16, 32)) if "MaxPool" in pool else tuple(range(1, 41))
+    assert [d.valid for d in sizes if d.name == "H"] == [admitted]
+
+
+@pytest.mark.parametrize("merge", ["add", "mul"])
+def test_a_broadcast_source_whose_channels_alone_differ_gets_the_1x1_conv_alone(merge: str) -> None:
+    """(4, 1, 1) into (8, 16, 16): the 1x1 conv gives the target's channels and keeps the source's 1x1,
+    with no norm over a 1x1 map; the source's coarser grid (a 16x16 max pool) is no stride to take."""
+    spec = _spec([8, 16, 16], _CONTEXT % ("MaxPool2d, kernel_size: 16", 4),
+                 f"  - s: {{from: context, to: out, merge: {merge}}}\n")
+    plan = resgraph.check(spec).nodes["s"].meta["projection"]
+    assert [step.kind.value for step in plan.steps] == ["conv"] and plan.output.shape == (8, 1, 1)
+    assert plan.steps[0].args["stride"] == 1
+    model = resgraph.build(spec, seed=0)
+    combine = torch.add if merge == "add" else torch.mul
+    x = torch.randn(2, 8, 20, 20)
+    torch.testing.assert_close(model(x), combine(model.out(model.conv(x)), model.s(model.context(model.pooled(x)))))
+
+
+def test_an_add_skip_never_grows_its_target_and_a_source_that_broadcasts_nowhere_is_refused() -> None:
+    # (8, 16, 16) into a global pool's (8, 1, 1): projected to the target, as before (torch's x + y would grow it)
+    spec = _spec([8, 16, 16], "  - pool: {op: AdaptiveAvgPool2d, output_size: 1}\n",
+                 "  - s: {from: x, to: pool}\n")
+    graph = resgraph.check(spec)
+    assert graph.nodes["s"].meta["type"].shape == (8, 1, 1)
+    assert [step.kind.value for step in graph.nodes["s"].meta["projection"].steps] == ["conv", "norm"]
+    # (8, 1, 16) against (8, 8, 8): 16 meets 8, which torch refuses at every size
+    spec = _spec([8, 16, 16], "  - m: {op: mean, dim: 2, keepdim: true}\n"
+                              "  - conv: {op: Conv2d, out_channels: 8, kernel_size: 3, padding: 1, stride: 2, "
+                              "input: x}\n", "  - s: {from: m, to: conv, merge: add}\n")
+    assert "skip 's': cannot add 'm' (8, 1, 16) to 'conv' (8, 8, 8)" in _errors(spec)
+
+
+# --- ops that drop or reorder dims keep the spatial grid of the dims they keep ---
+
+@pytest.mark.parametrize("drop", ["{op: select, dim: 2, index: 0}", "{op: mean, dim: 2}"])
+def test_a_skip_across_a_select_or_mean_takes_the_stride_the_layers_took(drop: str) -> None:
+    """(4, 3, 9, 9) -> select D -> (4, 9, 9) -> two stride-2 convs -> (8, 3, 3): the grid is known, so the
+    projection steps by 4 (as the convs: 17 -> 9 -> 5, and 17 -> 5 at /4) and fits at every size; with
+    the grid lost it stepped by 3 (9 -> 3 at the declared size only) and admitted 1, 2, 3, 5, 6 and 9."""
+    spec = ("resgraph: 1\nname: Net\ninputs:\n  x: [4, 3, 9, 9]\nlayers:\n"
+            f"  - flat: {drop}\n"
+            "  - c1: {op: Conv2d, out_channels: 8, kernel_size: 3, padding: 1, stride: 2}\n"
+            "  - c2: {op: Conv2d, out_channels: 8, kernel_size: 3, padding: 1, stride: 2}\n"
+            "skips:\n  - s: {from: flat, to: c2}\n")
+    assert resgraph.check(spec).nodes["s"].meta["projection"].reason == "4->8 channels, /4"
+    sizes = {d.name: d.valid for d in resgraph.valid_sizes(spec, low=1, high=40).dims}
+    assert sizes["H"] == sizes["W"] == tuple(range(1, 41))
+    model = resgraph.build(spec, seed=0)
+    for size in (1, 8, 17, 30):
+        x = torch.randn(2, 4, 3, size, size)
+        assert model(x).shape == (2, 8, -(-size // 4), -(-size // 4))
+
+
+def test_a_transpose_moves_each_dims_grid_with_it() -> None:
+    """A (2, 1)-strided map transposed is on a (1, 2) grid: a skip from the input, transposed too, steps
+    by (1, 2), and fits at every size as the layers do."""
+    spec = ("resgraph: 1\nname: Net\ninputs:\n  x: [4, 9, 12]\nlayers:\n"
+            "  - c1: {op: Conv2d, out_channels: 8, kernel_size: 3, padding: 1, stride: [2, 1]}\n"
+            "  - t: {op: transpose, dim0: 2, dim1: 3}\n"
+            "  - xt: {op: transpose, dim0: 2, dim1: 3, input: x}\n"
+            "  - c2: {op: Conv2d, out_channels: 8, kernel_size: 1, input: t}\n"
+            "skips:\n  - s: {from: xt, to: c2}\n")
+    assert resgraph.check(spec).nodes["s"].meta["projection"].reason == "4->8 channels, /1x2"
+    model = resgraph.build(spec, seed=0)
+    for h, w in ((9, 12), (7, 5), (1, 1), (16, 3)):
+        assert model(torch.randn(2, 4, h, w)).shape == (2, 8, w, -(-h // 2))
+
+
+# --- chunk and split outputs in skips ---
+
+def test_a_skip_reads_and_merges_into_a_chunks_outputs_by_their_own_names() -> None:
+    spec = ("resgraph: 1\nname: Net\ninputs:\n  x: [8, 16, 16]\n  y: [4, 16, 16]\nlayers:\n"
+            "  - parts: {op: chunk, chunks: 2, outputs: [value, gate], input: x}\n"
+            "  - out: {op: mul, input: [value, gate]}\n"
+            "skips:\n  - s1: {from: y, to: gate}\n  - s2: {from: value, to: out, merge: concat}\n")
+    model = resgraph.build(spec)
+    x, y = torch.randn(2, 8, 16, 16), torch.randn(2, 4, 16, 16)
+    value, gate = x.chunk(2, 1)
+    torch.testing.assert_close(model(x, y), torch.cat([value, value * (gate + y)], 1))
+
+
+def test_a_chunk_read_by_its_own_name_or_as_a_call_names_the_output_to_write() -> None:
+    spec = ("resgraph: 1\nname: Net\ninputs:\n  x: [8, 16, 16]\nlayers:\n"
+            "  - parts: {op: chunk, chunks: 2, outputs: [value, gate]}\n"
+            "  - out: {op: mul, input: [value, gate]}\n"
+            "skips:\n  - s1: {from: parts.value, to: out}\n  - s2: {from: x, to: parts.gate}\n"
+            "  - s3: {from: parts, to: out}\n")
+    assert _errors(spec).splitlines() == [
+        "<string>:9:16: error: skip 's1': from: 'parts' is a chunk with 2 outputs, not one node (in 'parts.value')",
+        "  hint: write 'value' alone: a chunk's outputs are nodes of their own names",
+        "<string>:10:23: error: skip 's2': to: 'parts' is a chunk with 2 outputs, not one node (in 'parts.gate')",
+        "  hint: write 'gate' alone: a chunk's outputs are nodes of their own names",
+        "<string>:11:16: error: skip 's3': from: 'parts' is a chunk with 2 outputs, not one node",
+        "  hint: read one of its outputs: value, gate",
+    ]
+
+
+# --- a concat's wrong dim is blamed on its `dim:` ---
+
+def test_a_concats_wrong_dim_is_located_at_its_dim_key_with_the_dim_that_fits() -> None:
+    spec = ("resgraph: 1\nname: Net\ninputs:\n  x: [8, 16, 16]\n  y: [8, 16, 8]\nlayers:\n"
+            "  - a: {op: concat, input: [x, y], dim: 5}\n"
+            "  - b: {op: concat, input: [x, y], dim: 1}\n"
+            "  - c: {op: concat, input: [x, y]}\n"
+            "  - conv: {op: Conv2d, out_channels: 8, kernel_size: 1, input: x}\n"
+            "  - conv2: {op: Conv2d, out_channels: 8, kernel_size: 1, input: x}\n"
+            "skips:\n  - s1: {from: x, to: conv, merge: concat, dim: 4}\n"
+            "  - s2: {from: x, to: conv2, merge: concat, dim: -4}\n")
+    assert _errors(spec).splitlines() == [
+        "<string>:7:36: error: layer 'a' (concat): dim=5 is out of range for a tensor of 4 dims (batch included)",
+        "  hint: use a dim between 1 and 3 (or -3 to -1)",
+        "<string>:8:36: error: layer 'b' (concat): concat along dim 1 needs all other dims equal, got (8, 16, 16), "
+        "(8, 16, 8)",
+        "  hint: `dim: 3` joins them (the batch is dim 0), if that is the dim meant",
+        # no dim written: the layer itself
+        "<string>:9:5: error: layer 'c' (concat): concat along dim 1 needs all other dims equal, got (8, 16, 16), "
+        "(8, 16, 8)",
+        "  hint: `dim: 3` joins them (the batch is dim 0), if that is the dim meant",
+        "<string>:13:44: error: skip 's1': dim=4 is out of range for a tensor of 4 dims (batch included)",
+        "  hint: use a dim between 1 and 3 (or -3 to -1)",
+        "<string>:14:45: error: skip 's2': dim=-4 is the batch dimension; use a dim between 1 and 3",
+    ]
+    for dim in (3, -1):  # torch agrees on the dim that fits
+        fixed = spec.split("  - a:")[0] + f"  - b: {{op: concat, input: [x, y], dim: {dim}}}\n"
+        x, y = torch.randn(2, 8, 16, 16), torch.randn(2, 8, 16, 8)
+        torch.testing.assert_close(resgraph.build(fixed)(x, y), torch.cat([x, y], dim))
+
+
+# --- skip errors in a block with scaled widths name the channels the model has ---
+
+def test_skip_errors_in_a_width_scaled_block_name_the_scaled_channel_counts() -> None:
+    spec = ("resgraph: 1\nname: Net\nscale: {width: 0.5, divisor: 8}\ninputs:\n  x: [16, 8, 8]\n"
+            "blocks:\n  unit:\n    params: {width: required}\n    layers:\n"
+            "      - c1: {op: Conv2d, out_channels: \"${width}\", kernel_size: 3, padding: 1}\n"
+            "      - c2: {op: Conv2d, out_channels: \"${width // 2}\", kernel_size: 3, padding: 1}\n"
+            "    skips:\n      - r: {from: c1, to: c2, projection: pad}\n"
+            "layers:\n  - u: {block: unit, with: {width: 64}}\n  - v: {block: unit, input: x, with: {width: 32}}\n")
+    errors = _errors(spec)
+    # width 64 is 32 channels under width 0.5, and 64 // 2 = 32 is 16
+    assert "skip 'u.r': cannot add 'c1' (32, 8, 8) to 'c2' (16, 8, 8): pad cannot reduce 32 channels to 16" in errors
+    assert "skip 'v.r': cannot add 'c1' (16, 8, 8) to 'c2' (8, 8, 8): pad cannot reduce 16 channels to 8" in errors
+
+
+# --- a concat layer's default dim is the channels or features, as a concat skip's ---
+
+def test_a_concat_layer_joins_features_of_sequences_and_channels_of_maps_by_default() -> None:
+    spec = ("resgraph: 1\nname: Net\ninputs:\n  x: {shape: [10, 16], layout: features_last}\n"
+            "  y: {shape: [10, 8], layout: features_last}\n  z: [4, 8, 8]\nlayers:\n"
+            "  - a: {op: concat, input: [x, y]}\n  - b: {op: concat, input: [z, z]}\n"
+            "  - c: {op: concat, input: [x, x], dim: 1}\n"
+            "  - d: {op: Linear, out_features: 8, input: x}\n"
+            "skips:\n  - s: {from: y, to: d, merge: concat}\noutputs: [a, b, c, d]\n")
+    model = resgraph.build(spec, seed=0)
+    x, y, z = torch.randn(2, 10, 16), torch.randn(2, 10, 8), torch.randn(2, 4, 8, 8)
+    a, b, c, d = model(x, y, z)
+    torch.testing.assert_close(a, torch.cat([x, y], -1))
+    torch.testing.assert_close(b, torch.cat([z, z], 1))
+    torch.testing.assert_close(c, torch.cat([x, x], 1))
+    torch.testing.assert_close(d, torch.cat([y, model.d(x)], -1))  # the skip: one rule for both
+    graph = resgraph.check(spec)
+    assert [graph.nodes[n].meta["type"].shape for n in "abcs"] == [(10, 24), (8, 8, 8), (20, 16), (10, 16)]
+    source = resgraph.to_python(model)
+    assert "torch.cat([x, y], dim=-1)" in source and "torch.cat([z, z], dim=1)" in source

@@ -106,7 +106,7 @@ CASES: dict[str, list[tuple[dict[str, Any], Shapes] | tuple[dict[str, Any], Shap
                             [(5, 8), (7, 6), (7, 6), (5, 7), (7,)]),
                            ({"num_heads": 2, "masks": ["attn_mask"]}, [(5, 8), (2, 5, 5)])],
     "add": [({"input": ["a", "b"]}, (3, 4)), ({"scalar": 0.5}, (3, 4)), ({"scalar": 1}, (3,), "int64")],
-    "concat": [({"input": ["a", "b"], "dim": -1}, (3, 4))],
+    "concat": [({"input": ["a", "b"], "dim": -1}, (3, 4)), ({"input": ["a", "b"]}, (3, 4, 4))],
     "mul": [({"input": ["a", "b"]}, (3, 4)), ({"scalar": 0.5}, (3, 4))],
 }
 for _name in ("exp", "log", "sqrt", "rsqrt", "sin", "cos", "neg"):
@@ -141,7 +141,7 @@ def _run_torch(layer: Any, inputs: list[TensorType], dtype: str) -> torch.Tensor
     names = {f"v{i}": t for i, t in enumerate(tensors)}
     if layer.code_only:
         owner = layer.build({}) if layer.owned() else None
-        expression = layer.code(list(names), "owner")
+        expression = layer.code_with(list(names), "owner", layer.module_args(inputs))
     else:
         owner = layer.build(layer.module_args(inputs)).eval()
         expression = layer.call("owner", list(names))

@@ -78,7 +78,7 @@ def test_every_module_op_formula_matches_flop_counter(op: str) -> None:
                    for t in inputs]
         names = [f"v{i}" for i in range(len(tensors))]
         owner = None if layer.code_only else layer.build(full).eval()
-        expression = layer.code(names, "owner") if layer.code_only else layer.call("owner", names)
+        expression = layer.code_with(names, "owner", full) if layer.code_only else layer.call("owner", names)
 
         def call(*values: torch.Tensor, expression: str = expression, owner: Any = owner,
                  names: list[str] = names) -> Any:

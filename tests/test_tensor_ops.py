@@ -20,7 +20,8 @@ def test_chunk_and_split_name_their_outputs_and_read_the_same_input() -> None:
 
 
 def test_a_chunk_name_is_not_a_node() -> None:
-    with pytest.raises(resgraph.SpecError, match="'parts' is a chunk with 2 outputs, not one node"):
+    with pytest.raises(resgraph.SpecError, match="'parts' is a chunk with 2 outputs, not one node\n  hint: read one "
+                                                 "of its outputs: a, b"):
         resgraph.check(HEAD + "  - parts: {op: chunk, chunks: 2, outputs: [a, b]}\n  - c: {op: ReLU, input: parts}\n")
 
 

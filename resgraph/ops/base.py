@@ -525,6 +525,11 @@ class Layer(StrictModel):
         """
         raise NotImplementedError(f"{self.op} is a module, not code")
 
+    def code_with(self, operands: list[str], owner: str, args: dict[str, Any]) -> str:
+        """`code`, given the arguments shape inference decided (`node.meta["args"]`: a concat's dim
+        follows its inputs' layout); most ops need only their own."""
+        return self.code(operands, owner)
+
     def call(self, module: str, operands: list[str]) -> str:
         """For module ops: the expression calling the built module (`self.conv1(x)`)."""
         return f"{module}({', '.join(operands)})"
@@ -741,13 +746,19 @@ def to_tuple(value: V | tuple[V, ...] | list[V], size: int, name: str) -> tuple[
 
 
 def sample_dim(dim: int, rank: int, name: str = "dim") -> int:
-    """Map a torch dim (batch is dim 0) to an index into the per-sample shape of `rank` dims."""
+    """Map a torch dim (batch is dim 0) to an index into the per-sample shape of `rank` dims.
+
+    Raises:
+        ArgumentError: out of range, or the batch; blamed on the key `name` (the layer or skip where
+            it is not written).
+    """
     full_rank = rank + 1
     if not -full_rank <= dim < full_rank:
-        raise ShapeError(f"{name}={dim} is out of range for a tensor of {full_rank} dims (batch included)")
+        raise ArgumentError(f"{name}={dim} is out of range for a tensor of {full_rank} dims (batch included)", name,
+                            f"use a dim between 1 and {rank} (or -{rank} to -1)" if rank else None)
     full = dim % full_rank
     if full == 0:
-        raise ShapeError(f"{name}={dim} is the batch dimension; use a dim between 1 and {rank}")
+        raise ArgumentError(f"{name}={dim} is the batch dimension; use a dim between 1 and {rank}", name)
     return full - 1
 
 

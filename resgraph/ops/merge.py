@@ -12,10 +12,10 @@ from enum import Enum
 from typing import Any
 
 from ..symbolic import SymInt, hint
-from .base import ShapeError, TensorType, promote, sample_dim
+from .base import ArgumentError, ShapeError, TensorType, promote, sample_dim
 
-__all__ = ["Merge", "broadcast_failure", "broadcast_shape", "broadcast_types", "check_gate_layouts", "merge_code",
-           "merge_type"]
+__all__ = ["Merge", "broadcast_failure", "broadcast_shape", "broadcast_types", "check_gate_layouts", "concat_dim",
+           "merge_code", "merge_type"]
 
 
 class Merge(str, Enum):
@@ -65,6 +65,19 @@ def _is_one(size: Any) -> bool:
     return not isinstance(size, SymInt) and size == 1
 
 
+def concat_dim(written: int | None, layout: str) -> int:
+    """The dim a concat joins along, for a concat skip and a concat layer alike: the one written,
+    else the channels (1) of a channels-first map, the features (-1) of a features-last value (the
+    target's, or the first input's, `layout`), never a sequence's positions.
+
+    >>> concat_dim(None, "channels_first"), concat_dim(None, "features_last"), concat_dim(2, "features_last")
+    (1, -1, 2)
+    """
+    if written is not None:
+        return written
+    return -1 if layout == "features_last" else 1
+
+
 def merge_type(kind: Merge, types: list[TensorType], dim: int = 1) -> TensorType:
     """The type of merging `types` in order. Raises ShapeError naming the offending shapes."""
     # the result has the promoted dtype of all the tensors, as torch's `+`, `*` and `torch.cat` give it
@@ -83,9 +96,21 @@ def merge_type(kind: Merge, types: list[TensorType], dim: int = 1) -> TensorType
     axis = sample_dim(dim, first.rank)
     for t in types:
         if t.shape[:axis] + t.shape[axis + 1:] != first.shape[:axis] + first.shape[axis + 1:]:
-            raise ShapeError(f"concat along dim {dim} needs all other dims equal, got {_shapes(types)}")
+            raise ArgumentError(f"concat along dim {dim} needs all other dims equal, got {_shapes(types)}", "dim",
+                                _concat_fix(types, axis))
     size = sum(t.shape[axis] for t in types)
     return first.with_shape((*first.shape[:axis], size, *first.shape[axis + 1:]))
+
+
+def _concat_fix(types: list[TensorType], axis: int) -> str:
+    """How to make a concat fit: the one dim along which the shapes do fit, if there is one, else
+    what to change."""
+    shapes = [tuple(hint(s) for s in t.shape) for t in types]
+    fitting = [d for d in range(len(shapes[0])) if d != axis
+               and all(s[:d] + s[d + 1:] == shapes[0][:d] + shapes[0][d + 1:] for s in shapes)]
+    if len(fitting) == 1:
+        return f"`dim: {fitting[0] + 1}` joins them (the batch is dim 0), if that is the dim meant"
+    return "make every other dim equal first (a crop, a pool or an upsample to the same size)"
 
 
 def broadcast_types(op: str, inputs: list[TensorType]) -> TensorType:

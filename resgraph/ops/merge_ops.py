@@ -5,12 +5,12 @@ Their result types and code are the merge functions of `merge.py`, which skips u
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from .base import Layer, Reference, Scalar, TensorType, check_scalar, promote, register_op
-from .merge import Merge, merge_code, merge_type
+from .merge import Merge, concat_dim, merge_code, merge_type
 
 __all__ = ["Add", "Concat", "MergeLayer", "Mul", "ScalarMergeLayer"]
 
@@ -28,10 +28,10 @@ class MergeLayer(Layer):
     max_inputs: ClassVar[int | None] = None
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
-        return merge_type(self.kind, inputs, self.field_value("dim", 1))
+        return merge_type(self.kind, inputs, concat_dim(self.field_value("dim"), inputs[0].layout))
 
     def code(self, operands: list[str], owner: str) -> str:
-        return merge_code(self.kind, operands, self.field_value("dim", 1))
+        return merge_code(self.kind, operands)
 
 
 class ScalarMergeLayer(MergeLayer):
@@ -74,11 +74,23 @@ class Add(ScalarMergeLayer):
 
 @register_op
 class Concat(MergeLayer):
-    """Concatenation of the inputs along `dim` (batch is dim 0; default 1, the channels)."""
+    """Concatenation of the inputs along `dim` (batch is dim 0; default: the channels of a map, the
+    features of a features-last value, as a concat skip's)."""
 
     op: Literal["concat"]
-    dim: int = 1
+    dim: int | None = Field(None, description="The dim to join along (the batch is dim 0); default: the "
+                                              "channels (1) of a map, the features (-1) of a features-last value.")
     kind: ClassVar[Merge] = Merge.concat
+
+    def module_args(self, inputs: list[TensorType]) -> dict[str, Any]:
+        # The dim decided from the inputs' layout (`concat_dim`): what `code_with` writes.
+        return {**super().module_args(inputs), "dim": concat_dim(self.dim, inputs[0].layout)}
+
+    def code_with(self, operands: list[str], owner: str, args: dict[str, Any]) -> str:
+        return merge_code(self.kind, operands, args["dim"])
+
+    def code(self, operands: list[str], owner: str) -> str:
+        raise NotImplementedError("a concat's default dim follows its inputs' layout: its code is `code_with`")
 
 
 @register_op

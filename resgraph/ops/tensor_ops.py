@@ -29,8 +29,25 @@ __all__ = ["Chunk", "Mean", "Permute", "Piece", "Reshape", "Select", "Split", "T
 
 
 def _reordered(x: TensorType, order: list[int]) -> TensorType:
-    """`x` with its per-sample dims in `order`, its layout following the channel dim."""
-    return x.with_shape(tuple(x.shape[i] for i in order), _moved_layout(x, order))
+    """`x` with its per-sample dims in `order`, its layout and grid following the dims they are of."""
+    layout = _moved_layout(x, order)
+    return x.with_shape(tuple(x.shape[i] for i in order), layout, _grid_of(x, order, layout))
+
+
+def _grid_of(x: TensorType, kept: list[int], layout: Layout | None) -> Any:
+    """The grid scale of a map made of `x`'s per-sample dims `kept` (in their new order): each spatial
+    dim keeps its own step, so a skip across a transpose, a select or a mean is planned with the
+    stride the layers took (`TensorType.scale`). None unless the channels stay first of a map.
+
+    >>> from fractions import Fraction
+    >>> x = TensorType((4, 3, 8, 6), scale=(Fraction(1), Fraction(2), Fraction(4)))
+    >>> _grid_of(x, [0, 3, 2], "channels_first"), _grid_of(x, [1, 2, 3], "channels_first")
+    ((Fraction(4, 1), Fraction(2, 1)), None)
+    """
+    if x.scale is None or x.layout != "channels_first" or (layout or x.layout) != "channels_first" \
+            or len(kept) < 2 or kept[0] != 0:
+        return None
+    return tuple(x.scale[axis - 1] for axis in kept[1:])
 
 
 def _moved_layout(x: TensorType, order: list[int]) -> Layout:
@@ -128,7 +145,10 @@ class Mean(TensorOp):
                                 "repeated dim", "dim", "list each dim once")
         dims = set(axes)
         shape = tuple(1 if i in dims else s for i, s in enumerate(x.shape) if self.keepdim or i not in dims)
-        return x.with_shape(shape, None if len(shape) >= 2 else "features_last")
+        layout = None if len(shape) >= 2 else "features_last"
+        if self.keepdim:  # (its averaged dims are 1: no grid; a skip broadcasts over them)
+            return x.with_shape(shape, layout)
+        return x.with_shape(shape, layout, _grid_of(x, [i for i in range(x.rank) if i not in dims], layout))
 
     def code(self, operands: list[str], owner: str) -> str:
         dim = tuple(self.dim) if isinstance(self.dim, list) else self.dim
@@ -149,7 +169,8 @@ class Select(ViewOp):
         if not -x.shape[axis] <= self.index < x.shape[axis]:
             raise ShapeError(f"index {self.index} is out of range for dim {self.dim} of size {x.shape[axis]}")
         shape = x.shape[:axis] + x.shape[axis + 1:]
-        return x.with_shape(shape, "features_last" if len(shape) <= 2 else None)
+        layout = "features_last" if len(shape) <= 2 else None
+        return x.with_shape(shape, layout, _grid_of(x, [i for i in range(x.rank) if i != axis], layout))
 
     def code(self, operands: list[str], owner: str) -> str:
         return f"{operands[0]}.select({self.dim}, {self.index})"
