@@ -10,6 +10,8 @@ import os
 import pathlib
 import shutil
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +59,21 @@ needs_dot = pytest.mark.skipif(shutil.which("dot") is None,
                                reason="Graphviz's `dot` program is not installed (apt-get install graphviz; CI has it)")
 
 BLOCK_LIBRARIES = sorted(p.relative_to(EXAMPLES).as_posix() for p in (EXAMPLES / "blocks").glob("*.yaml"))
+
+
+def run_cli(*args: str, cwd: pathlib.Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`resgraph ARGS` in a fresh interpreter, as a user runs it: its exit code and what it printed."""
+    return subprocess.run([sys.executable, "-m", "resgraph", *args], capture_output=True, text=True, timeout=120,
+                          cwd=cwd)
+
+
+def spec_errors(text: str) -> list[str]:
+    """Every diagnostic `resgraph.check` raises for spec `text`, formatted as the CLI prints them."""
+    import resgraph
+
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(text)
+    return [d.format() for d in caught.value.diagnostics]
 
 
 def check_golden(path: pathlib.Path, actual: str) -> None:

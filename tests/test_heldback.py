@@ -4,21 +4,15 @@ or an attacker would try, each answered with a result or a located resgraph erro
 from __future__ import annotations
 
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
+from conftest import run_cli
 from resgraph.errors import SpecError
 from resgraph.loader import load_text
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TUTORIAL = ROOT / "examples" / "tutorial.yaml"
-
-
-def run_cli(*args: str, cwd: pathlib.Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "resgraph", *args], capture_output=True, text=True, timeout=120,
-                          cwd=cwd)
 
 
 def load_errors(text: str) -> list[str]:

@@ -11,20 +11,10 @@ import sys
 import pytest
 
 import resgraph
+from conftest import run_cli, spec_errors
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HEAD = "resgraph: 1\nname: M\ninputs: {{x: {shape}}}\nlayers:\n"
-
-
-def run_cli(*args: str, cwd: pathlib.Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "resgraph", *args], capture_output=True, text=True, timeout=120,
-                          cwd=cwd)
-
-
-def spec_errors(text: str) -> list[str]:
-    with pytest.raises(resgraph.SpecError) as caught:
-        resgraph.check(text)
-    return [d.format() for d in caught.value.diagnostics]
 
 
 # --- sizes no tensor can have -------------------------------------------------------------------

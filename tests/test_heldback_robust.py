@@ -5,27 +5,15 @@ or a located resgraph error naming what is wrong and how to fix it, never a trac
 from __future__ import annotations
 
 import pathlib
-import subprocess
-import sys
 import time
 
 import pytest
 
 import resgraph
+from conftest import run_cli, spec_errors
 from resgraph.suggest import MAX_COMPARED, closest, suggestion_budget
 
 SPEC = "resgraph: 1\nname: M\ninputs:\n  x: [4]\nlayers:\n  - fc: {op: Linear, out_features: 8}   # note\n"
-
-
-def run_cli(*args: str, cwd: pathlib.Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "resgraph", *args], capture_output=True, text=True, timeout=120,
-                          cwd=cwd)
-
-
-def spec_errors(text: str) -> list[str]:
-    with pytest.raises(resgraph.SpecError) as caught:
-        resgraph.check(text)
-    return [d.format() for d in caught.value.diagnostics]
 
 
 # --- characters YAML never allows -----------------------------------------------------------------
