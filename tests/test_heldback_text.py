@@ -170,6 +170,7 @@ def test_an_expression_in_a_block_body_is_located_in_each_instance() -> None:
     ("|\n        ${width +@\n        3}", "holds a line break"),
     (">\n        ${width +@\n          3}", "holds a line break"),
     ('"${width}@ x"', "has text after its expression"),
+    ("\"${len('}')}@ x\"", "has text after its expression"),  # (not at the brace in the string)
     ("|-\n        @${width + 3", "is never closed"),
 ])
 def test_a_malformed_expression_is_located_where_it_goes_wrong(written: str, problem: str) -> None:
