@@ -333,6 +333,15 @@ def test_an_input_size_beyond_2_62_is_a_usage_error_not_a_traceback() -> None:
     assert "input shape for 'x': expected whole sizes per sample from 1 to 2^62" in result.stderr
 
 
+def test_an_input_of_more_dims_than_a_tensor_has_is_a_usage_error_at_the_flag(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """It was said at the spec's input, "declare fewer dims", of dims the spec never declared."""
+    assert main(["validate", "examples/tutorial.yaml", "--input", "x=" + ",".join(["1"] * 64)]) == 2
+    assert capsys.readouterr().err == ("resgraph: error: input shape for 'x': 64 dims per sample, 65 with the batch "
+                                       "dim; a torch tensor has at most 64\n")
+    assert main(["validate", "examples/tutorial.yaml", "--input", "x=" + ",".join(["1"] * 63)]) == 1  # (Conv2d: 3 dims)
+
+
 def test_file_names_are_echoed_on_one_line_with_control_characters_escaped(tmp_path: pathlib.Path) -> None:
     # A directory of other people's specs (`resgraph validate specs/*`) names the files: a newline in a
     # name forged a line of output (an "ok" or an error), and an escape sequence reached the terminal.
