@@ -7,7 +7,7 @@ each malformed name is refused saying which part is wrong and the forms accepted
 is then tried, so a device this machine lacks is refused before a build starts, not inside torch.
 
 >>> device_problem("cuda:x")
-"the index after ':' must be a whole number from 0 (cuda:0, cuda:1, ...), not 'x'"
+"the index after ':' must be a whole number from 0 to 127 (cuda:0, cuda:1, ...), not 'x'"
 >>> device_problem("cuda:1") is None
 True
 """
@@ -19,10 +19,10 @@ import warnings
 
 import torch
 
-from .errors import UsageError
+from .errors import UsageError, shortened
 from .suggest import closest
 
-__all__ = ["ACCEPTED", "Device", "device_problem", "target_device"]
+__all__ = ["ACCEPTED", "MAX_INDEX", "Device", "device_problem", "target_device"]
 
 Device = torch.device | str | int  # what torch.device() accepts
 
@@ -33,6 +33,9 @@ _COMMON = ("cpu", "cuda", "meta", "mps", "xpu", "hip", "xla", "hpu", "mtia")
 _MEANT = {"gpu": "cuda"}  # a word that is no device type, for the one it means
 _NAME = re.compile(r"(?P<type>[^:]*)(?::(?P<index>.*))?", re.DOTALL)
 _SINGLE = ("cpu", "meta")  # device types with one device: no index but 0 names one
+# The largest device index torch keeps: it stores one in 8 bits (c10::DeviceIndex), and a larger one
+# wraps without a word (`cuda:128` is cuda:-128, `cuda:256` the first GPU, cuda:0).
+MAX_INDEX = 127
 
 
 def device_problem(name: str) -> str | None:
@@ -44,25 +47,38 @@ def device_problem(name: str) -> str | None:
         return "no device type named" if name else "the name is empty"
     if not _known_type(kind):
         meant = _MEANT.get(kind.lower()) or closest(kind, _COMMON)
-        return f"unknown device type {kind!r}" + (f"; did you mean {meant!r}?" if meant else "")
+        return f"unknown device type {_echoed(kind)}" + (f"; did you mean {meant!r}?" if meant else "")
     if index is None:
         return None
-    if not re.fullmatch(r"0|[1-9][0-9]*", index):
-        return f"the index after ':' must be a whole number from 0 ({kind}:0, {kind}:1, ...), not {index!r}"
+    if not re.fullmatch(r"0|[1-9][0-9]*", index) or len(index) > 3 or int(index) > MAX_INDEX:
+        return (f"the index after ':' must be a whole number from 0 to {MAX_INDEX} ({kind}:0, {kind}:1, ...), "
+                f"not {_echoed(index)}")
     if kind in _SINGLE and index != "0":
         return f"there is one {kind} device, with no index but 0: name it {kind}"
     return None
 
 
+def _echoed(part: object) -> str:
+    """A device name or part of one as a message quotes it: a long one cut, so that what is said of it
+    survives the cut of the whole message (`errors.shortened`), which keeps its start and end."""
+    return shortened(repr(part), 60)
+
+
 def _known_type(kind: str) -> bool:
     """Whether torch knows device type `kind` (this build need not have its backend)."""
     try:
-        with warnings.catch_warnings():  # (torch warns of retired names, mkldnn: the allocation says it all)
-            warnings.simplefilter("ignore")
-            torch.device(kind)
+        _torch_device(kind)
     except (RuntimeError, ValueError):
         return False
     return True
+
+
+def _torch_device(device: Device) -> torch.device:
+    """`torch.device(device)`, without the warnings torch gives of retired names (mkldnn): whether the
+    device can be used is said by trying to allocate there, in `target_device`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.device(device)
 
 
 def target_device(device: Device | None, named: str | None = None) -> torch.device | None:
@@ -72,13 +88,13 @@ def target_device(device: Device | None, named: str | None = None) -> torch.devi
     Args:
         named: how a message names the device (the CLI: `--device cuda`); default `device='cuda'`.
     Raises:
-        UsageError: a malformed name (`gpu`, `cuda:x`, `cpu:1`) or value (`device=1.5`), or a device
+        UsageError: a malformed name (`gpu`, `cuda:x`, `cpu:1`, `cuda:128`) or value (`device=1.5`), or a device
             this machine lacks (`cuda` on a CPU-only torch, `cuda:7` with one GPU, a backend this torch
             was not built with).
     """
     if device is None:
         return None
-    named = named if named is not None else f"device={device!r}"
+    named = named if named is not None else f"device={_echoed(device)}"
     target = _parsed(device, named)
     try:  # a well-formed device this machine lacks
         if target is None:  # (an index torch maps to no device here: `device=0` without an accelerator)
@@ -101,14 +117,12 @@ def _parsed(device: Device, named: str) -> torch.device | None:
     elif isinstance(device, str):
         problem = device_problem(device)
     elif isinstance(device, int) and not isinstance(device, bool):  # torch's shorthand for an accelerator's index
-        problem = None if device >= 0 else "a device index is a whole number from 0"
+        problem = None if 0 <= device <= MAX_INDEX else f"a device index is a whole number from 0 to {MAX_INDEX}"
     else:
         problem = f"a device is named by a string, a torch.device or an index, not a {type(device).__name__}"
     if problem is not None:
         raise UsageError(f"{named}: {problem} (accepted: {ACCEPTED})")
     try:
-        with warnings.catch_warnings():  # (torch warns of retired names, mkldnn: the allocation says it all)
-            warnings.simplefilter("ignore")
-            return torch.device(device)
+        return _torch_device(device)
     except RuntimeError:
         return None

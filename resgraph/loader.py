@@ -754,8 +754,6 @@ def _untagged(node: yaml.ScalarNode) -> bool:
     return node.end_mark.index - node.start_mark.index == len(node.value)
 
 
-
-
 def _unacceptable_character(text: str, file: str, exc: yaml.reader.ReaderError) -> Diagnostic:
     r"""The error for a character YAML does not allow anywhere (a control character such as ESC or NUL,
     U+FFFE), located where it is: the reader's own position is a character offset from PyYAML's reader

@@ -102,8 +102,10 @@ def _align(text: str, begin: int, stop: int, style: str | None, value: str) -> l
             written = text[at]
             if style == '"' and written == "\\":  # an escape: decoded, or an escaped line break (nothing)
                 decoded, width = _escape(text, at)
-                if decoded == "":
+                if decoded == "":  # the next line's indentation is no part of the value either
                     at += width
+                    while at < stop and text[at] in " \t":
+                        at += 1
                     continue
                 if decoded != char:
                     return None
@@ -129,8 +131,8 @@ def _escape(text: str, at: int) -> tuple[str | None, int]:
     """The character a double-quoted escape at `at` stands for and its width: "" for an escaped line
     break (it joins two lines), None where it is no escape YAML has."""
     letter = text[at + 1:at + 2]
-    if letter == "\n":
-        return "", 2
+    if letter in _BREAKS:  # (`\r\n` is one break)
+        return "", 3 if text.startswith("\r\n", at + 1) else 2
     if letter in _ESCAPES:
         return _ESCAPES[letter], 2
     width = _HEX_WIDTH.get(letter)

@@ -443,9 +443,9 @@ def _infer_block(graph: Graph, node: BlockNode, inputs: list[TensorType], diagno
             instance, problems = node.instances[index], []
         problems += _infer(instance, current, memo)
         typed = [instance.nodes[output].meta.get("type") for output in instance.outputs]
-        # (failed with nothing said: an inner call's problems were reported by another call already)
         if problems or not all(typed):
-            # another call of the block may have reported its body's mistakes already
+            # Said once: another call of the block may have reported its body's mistakes already, and an
+            # instance may fail with nothing left to say (an inner call's problems were reported by another).
             diagnostics.extend(first_reports(recipe, problems, qualname) if recipe is not None else problems)
             return
         current = typed

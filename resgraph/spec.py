@@ -361,7 +361,8 @@ class Spec(StrictModel):
         """This spec with some inputs declared at other per-sample shapes (dtype and layout kept).
 
         Raises:
-            UsageError: an unknown input, or a shape that is not a list of positive ints.
+            UsageError: an unknown input, or a shape that is not a list of positive ints, or of more
+                dims than a tensor has (MAX_RANK).
         """
         decls = self.input_decls()
         if not isinstance(shapes, Mapping):  # `input_shapes=(3, 224, 224)`, as torchinfo's input_size is given
@@ -376,6 +377,9 @@ class Spec(StrictModel):
             if not shape or not whole:
                 raise UsageError(f"input shape for {name!r}: expected whole sizes per sample from 1 to 2^62, "
                                  f"got {shape!r}")
+            if len(shape) >= MAX_RANK:  # (said of the caller's shape, as a size above 2^62 is, not of the spec's input)
+                raise UsageError(f"input shape for {name!r}: {len(shape):,} dims per sample, {len(shape) + 1:,} with "
+                                 f"the batch dim; a torch tensor has at most {MAX_RANK}")
         inputs = {name: decl.model_copy(update={"shape": list(shapes[name])}) if name in shapes else decl
                   for name, decl in decls.items()}
         return self.model_copy(update={"inputs": inputs})

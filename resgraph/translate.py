@@ -353,12 +353,22 @@ def _malformed_expression(path: Path, text: str, data: Any, source: SourceMap) -
 
 
 def _closed_at(text: str) -> int:
-    """The offset just past the `}` that closes the `${` starting `text` (0 where none does)."""
-    depth = 0
+    """The offset just past the `}` that closes the `${` starting `text` (0 where none does); a brace
+    inside a string literal of the expression (`${len('}')} x`) closes nothing.
+
+    >>> _closed_at("${a} x"), _closed_at("${ {1: 2}[1] } x"), _closed_at("${len('}')} x"), _closed_at("${a")
+    (4, 14, 11, 0)
+    """
+    depth, quote = 0, ""
     for index, char in enumerate(text[1:], 1):
-        depth += (char == "{") - (char == "}")
-        if depth == 0:
-            return index + 1
+        if quote:
+            quote = "" if char == quote and text[index - 1] != "\\" else quote
+        elif char in "'\"":
+            quote = char
+        else:
+            depth += (char == "{") - (char == "}")
+            if depth == 0:
+                return index + 1
     return 0
 
 

@@ -195,11 +195,18 @@ def _other_kind(target: Mapping[str, Any], source: Mapping[str, Any], pairs: lis
     for ours, theirs, _ in pairs:
         mine, other = target[ours].dtype, source[theirs].dtype
         if dtype_kind(mine) != dtype_kind(other):
+            wanted, converts = _GIVE[dtype_kind(mine)]
             return (f"{theirs} is {_dtype(other)} ({dtype_kind(other)}), and the model's {ours} is {_dtype(mine)} "
-                    f"({dtype_kind(mine)}): copying would convert its values silently, so nothing was loaded. Give a "
-                    f"{dtype_kind(mine)} tensor (another precision of one kind converts: float16, bfloat16 or float64 "
-                    "weights load into float32)")
+                    f"({dtype_kind(mine)}): copying would convert its values silently, so nothing was loaded. Give "
+                    f"{wanted}" + (f" (another precision of one kind converts: {converts})" if converts else ""))
     return None
+
+
+# What to give instead, by the model's kind of number, and an example of what converts within it.
+_GIVE = {"floating-point": ("a floating-point tensor", "float16, bfloat16 or float64 weights load into float32"),
+         "integer": ("an integer tensor", "int32 or uint8 values load into int64"),
+         "complex": ("a complex tensor", "complex128 values load into complex64"),
+         "boolean": ("a boolean tensor", None)}
 
 
 def _dtype(dtype: torch.dtype) -> str:

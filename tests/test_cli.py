@@ -262,9 +262,13 @@ def test_a_device_this_machine_lacks_is_a_usage_error_not_a_traceback(device: st
     ("bogus", "unknown device type 'bogus'"),
     ("CPU", "unknown device type 'CPU'; did you mean 'cpu'?"),
     ("gpu", "unknown device type 'gpu'; did you mean 'cuda'?"),
-    ("cuda:x", "the index after ':' must be a whole number from 0 (cuda:0, cuda:1, ...), not 'x'"),
-    ("cuda:-1", "the index after ':' must be a whole number from 0 (cuda:0, cuda:1, ...), not '-1'"),
-    ("cuda:0:1", "the index after ':' must be a whole number from 0 (cuda:0, cuda:1, ...), not '0:1'"),
+    ("cuda:x", "the index after ':' must be a whole number from 0 to 127 (cuda:0, cuda:1, ...), not 'x'"),
+    ("cuda:-1", "the index after ':' must be a whole number from 0 to 127 (cuda:0, cuda:1, ...), not '-1'"),
+    ("cuda:0:1", "the index after ':' must be a whole number from 0 to 127 (cuda:0, cuda:1, ...), not '0:1'"),
+    # torch keeps an index in 8 bits: cuda:128 was cuda:-128, and cuda:256 the first GPU, silently
+    ("cuda:128", "the index after ':' must be a whole number from 0 to 127 (cuda:0, cuda:1, ...), not '128'"),
+    ("cuda:256", "the index after ':' must be a whole number from 0 to 127 (cuda:0, cuda:1, ...), not '256'"),
+    ("cuda:00", "the index after ':' must be a whole number from 0 to 127 (cuda:0, cuda:1, ...), not '00'"),
     ("cpu:1", "there is one cpu device, with no index but 0: name it cpu"),
     ("meta:2", "there is one meta device, with no index but 0: name it meta"),
     ("", "the name is empty"),
@@ -279,6 +283,14 @@ def test_a_malformed_device_names_the_option_what_is_wrong_and_the_accepted_form
     assert main(["build", "examples/tutorial.yaml", "--device", device]) == 2
     shown = device or "''"  # (quoted as a shell would need it)
     assert capsys.readouterr().err == f"resgraph: error: --device {shown}: {problem} (accepted: {ACCEPTED})\n"
+
+
+def test_a_very_long_device_name_still_says_what_is_wrong_with_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """The name was quoted whole twice, and the message cut in its middle lost what was said of it."""
+    assert main(["build", "examples/tutorial.yaml", "--device", "x" * 5000]) == 2
+    err = capsys.readouterr().err
+    assert len(err) < 2100 and "characters ...]xxxxxxxxxxxxxx' (accepted: cpu, cuda" in err
+    assert ": unknown device type 'xxxxxxxxxxxxxx[... 4,972 characters ...]" in err
 
 
 @pytest.mark.parametrize("device", ["cpu:0", "meta:0"])
@@ -319,6 +331,15 @@ def test_an_input_size_beyond_2_62_is_a_usage_error_not_a_traceback() -> None:
     result = cli("build", "examples/tutorial.yaml", "--input", "x=3,100000000000000000000000,32")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "input shape for 'x': expected whole sizes per sample from 1 to 2^62" in result.stderr
+
+
+def test_an_input_of_more_dims_than_a_tensor_has_is_a_usage_error_at_the_flag(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """It was said at the spec's input, "declare fewer dims", of dims the spec never declared."""
+    assert main(["validate", "examples/tutorial.yaml", "--input", "x=" + ",".join(["1"] * 64)]) == 2
+    assert capsys.readouterr().err == ("resgraph: error: input shape for 'x': 64 dims per sample, 65 with the batch "
+                                       "dim; a torch tensor has at most 64\n")
+    assert main(["validate", "examples/tutorial.yaml", "--input", "x=" + ",".join(["1"] * 63)]) == 1  # (Conv2d: 3 dims)
 
 
 def test_file_names_are_echoed_on_one_line_with_control_characters_escaped(tmp_path: pathlib.Path) -> None:

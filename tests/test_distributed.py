@@ -157,7 +157,12 @@ LACKING = [name for name, present in (("cuda", torch.cuda.is_available()), ("xpu
     ("gpu", "device='gpu': unknown device type 'gpu'; did you mean 'cuda'? (accepted: cpu, cuda, cuda:N"),
     ("cpu:1", "device='cpu:1': there is one cpu device, with no index but 0: name it cpu (accepted: "),
     (1.5, "device=1.5: a device is named by a string, a torch.device or an index, not a float (accepted: "),
-    (-1, "device=-1: a device index is a whole number from 0 (accepted: "),
+    (-1, "device=-1: a device index is a whole number from 0 to 127 (accepted: "),
+    (128, "device=128: a device index is a whole number from 0 to 127 (accepted: "),
+    (2**70, f"device={2**70}: a device index is a whole number from 0 to 127 (accepted: "),  # (was a ValueError)
+    ("cuda:\u0661", "device='cuda:\u0661': the index after ':' must be a whole number from 0 to 127 (cuda:0, "),
+    ("cuda:" + "9" * 5000, "the index after ':' must be a whole number from 0 to 127 (cuda:0, cuda:1, ...), not '999"),
+    ("x" * 5000, "device='xxxxxxxx"),
     *((name, f"device={name!r}: this machine cannot allocate there") for name in LACKING),
 ])
 def test_the_api_refuses_a_malformed_device_or_one_this_machine_lacks_as_the_cli_does(device: object,

@@ -108,6 +108,7 @@ WRITTEN = {
     "double-quoted": '"${width +\n        @nope}"',
     "double-quoted, escapes": '"${width + len(\\"a\\") + @\\x6eope}"',
     "double-quoted, escaped line break": '"${width + \\\n        @nope}"',
+    "double-quoted, escaped line break, escaped space": '"${width +\\\n        \\ @nope}"',
     "literal": "|-\n        ${width + @nope}",
     "literal, clip": "|\n        ${width + @nope}",
     "literal, indentation indicator": "|2-\n        ${width + @nope}",
@@ -131,6 +132,15 @@ def _marked(written: str) -> tuple[str, int, int]:
 def test_an_unknown_name_is_located_where_it_is_written(style: str) -> None:
     text, line, column = _marked(WRITTEN[style])
     (message,) = messages(text)
+    assert message.startswith(f"<string>:{line}:{column}: error: in ${{") and "unknown name 'nope'" in message
+
+
+@pytest.mark.parametrize("ending", ["\r\n", "\r"], ids=["CRLF", "CR"])
+@pytest.mark.parametrize("style", WRITTEN)
+def test_an_unknown_name_is_located_where_it_is_written_whatever_the_line_endings(style: str, ending: str) -> None:
+    """YAML reads `\\r\\n` and `\\r` as line breaks; an escaped one (`\\` at a line's end) was not known."""
+    text, line, column = _marked(WRITTEN[style])
+    (message,) = messages(text.replace("\n", ending))
     assert message.startswith(f"<string>:{line}:{column}: error: in ${{") and "unknown name 'nope'" in message
 
 
@@ -160,6 +170,7 @@ def test_an_expression_in_a_block_body_is_located_in_each_instance() -> None:
     ("|\n        ${width +@\n        3}", "holds a line break"),
     (">\n        ${width +@\n          3}", "holds a line break"),
     ('"${width}@ x"', "has text after its expression"),
+    ("\"${len('}')}@ x\"", "has text after its expression"),  # (not at the brace in the string)
     ("|-\n        @${width + 3", "is never closed"),
 ])
 def test_a_malformed_expression_is_located_where_it_goes_wrong(written: str, problem: str) -> None:

@@ -267,3 +267,18 @@ def test_a_checkpoint_of_another_floating_point_precision_loads_converted(dtype:
     assert resgraph.load_weights(model, checkpoint).complete
     assert all(tensor.dtype == torch.float32 and torch.equal(tensor, checkpoint[key].float())
                for key, tensor in model.state_dict().items())
+
+
+@pytest.mark.parametrize("dtype, kind", [(torch.float32, "floating-point"), (torch.bool, "boolean")])
+def test_a_buffer_of_integers_refuses_another_kind_saying_what_it_takes(dtype: torch.dtype, kind: str) -> None:
+    """BatchNorm's counter is int64: the fix offered was "a integer tensor", with float examples."""
+    model = resgraph.build("resgraph: 1\nname: N\ninputs: {x: [4]}\nlayers:\n  - bn: {op: BatchNorm1d}\n")
+    checkpoint = dict(model.state_dict(), **{"bn.num_batches_tracked": torch.tensor(3, dtype=dtype)})
+    with pytest.raises(resgraph.WeightsError) as refused:
+        resgraph.load_weights(model, checkpoint)
+    assert str(refused.value) == (
+        f"the state_dict: bn.num_batches_tracked is {str(dtype).removeprefix('torch.')} ({kind}), and the model's "
+        "bn.num_batches_tracked is int64 (integer): copying would convert its values silently, so nothing was loaded. "
+        "Give an integer tensor (another precision of one kind converts: int32 or uint8 values load into int64)")
+    checkpoint["bn.num_batches_tracked"] = torch.tensor(3, dtype=torch.int32)
+    assert resgraph.load_weights(model, checkpoint).complete and model.bn.num_batches_tracked.item() == 3
