@@ -112,12 +112,21 @@ class ResgraphError(Exception):
 
 @dataclass
 class SpecError(ResgraphError):
-    """A spec is invalid; carries every diagnostic found, sorted by position."""
+    """A spec is invalid; carries every diagnostic found, sorted by position, each once.
+
+    >>> where = Location("net.yaml", 7, 44)
+    >>> twice = Diagnostic(where, "in ${widht}: unknown name 'widht'")
+    >>> len(SpecError([twice, Diagnostic(where, "another problem"), twice]).diagnostics)
+    2
+    """
 
     diagnostics: list[Diagnostic] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.diagnostics = sorted(self.diagnostics, key=lambda d: d.location)
+        # Identical diagnostics (location, message and hint) are one problem found twice: a YAML alias
+        # or `<<:` merge puts one node, with one position, in several places, and each is checked.
+        # Distinct problems at one location are all kept; the first of each stays first among equals.
+        self.diagnostics = sorted(dict.fromkeys(self.diagnostics), key=lambda d: d.location)
         super().__init__(self.format())
 
     def format(self) -> str:
