@@ -107,12 +107,14 @@ def _implicit_tag(kind: type[yaml.Node], value: Any, implicit: Any) -> str:
 class SourceMap:
     """Positions of the values and keys of a loaded document, keyed by data path; and, of the
     expression strings whose characters are not where their value's offsets say (a block or
-    multi-line scalar, an escape), where each was written (None: not known; `scalar_positions`)."""
+    multi-line scalar, an escape), where each was written (None: not known; `scalar_positions`), and
+    of those written as a block scalar, its style (`|` or `>`), which a message about its line breaks names."""
 
     file: str
     values: dict[Path, tuple[int, int]] = field(default_factory=dict)
     keys: dict[Path, tuple[int, int]] = field(default_factory=dict)
     texts: dict[Path, Positions | None] = field(default_factory=dict)
+    blocks: dict[Path, str] = field(default_factory=dict)
 
     def locate_in(self, path: Path, offset: int) -> tuple[Location, bool]:
         """The position of the character at `offset` in the string at `path`, and whether it is that
@@ -246,7 +248,8 @@ def load_library_text(text: str, file: str) -> LoadedSpec:
     parsed = _load_library_text(text, file)
     source = parsed.source
     return LoadedSpec(copy_data(parsed.data),
-                      SourceMap(source.file, dict(source.values), dict(source.keys), dict(source.texts)), text)
+                      SourceMap(source.file, dict(source.values), dict(source.keys), dict(source.texts),
+                                dict(source.blocks)), text)
 
 
 @functools.lru_cache(maxsize=16)
@@ -566,6 +569,8 @@ def _load_text(text: str, file: str) -> LoadedSpec:
         start, end = node.start_mark, node.end_mark
         source.texts.setdefault(path, scalar_positions(text, lines, (start.line, start.column),
                                                        (end.line, end.column), node.style, node.value))
+        if node.style == "|" or node.style == ">":
+            source.blocks.setdefault(path, node.style)
     return LoadedSpec(data, source, text)
 
 

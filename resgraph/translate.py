@@ -335,21 +335,52 @@ def _matches_any(key: str, patterns: dict[str, Any]) -> bool:
 
 def _malformed_expression(path: Path, text: str, data: Any, source: SourceMap) -> Diagnostic:
     """A string starting with `${` that is not one expression: its `${` never closed (`"${c"`), a line
-    break inside it (`|` blocks, `"\\n"`), or text after its `}`. Was said as "a name cannot be an
-    expression", of a number. Each is said where it goes wrong in the text: at the `${`, at the line
-    break (of a `|` block too, not at its `|`), or where the text after the `}` starts."""
+    break inside it (`|` blocks, `"\\n"`), or text after its `}` (only whitespace: said as such). Was said
+    as "a name cannot be an expression", of a number. Each is said where it goes wrong in the text: at the
+    `${`, at the line break (of a `|` block too, not at its `|`), or where the text after the `}` starts."""
     if "}" not in text:
         return Diagnostic(source.locate_in(path, 0)[0], f"{_label(path, data)}: {text!r} is not an expression: its "
                                                         "`${` is never closed by `}`",
                           'close it: write the value as `"${...}"`, e.g. `"${c * 2}"` (quoted, so that YAML keeps '
                           "the braces)")
+    closed = _closed_at(text)
+    if closed and text[closed:].isspace() and "\n" not in text[:closed]:  # no text to move: spaces, or `|+`'s breaks
+        return _whitespace_after_expression(path, text, closed, data, source)
     if "\n" in text.rstrip("\n"):
         return Diagnostic(source.locate_in(path, text.index("\n"))[0],
                           f"{_label(path, data)}: an expression is written on one line; {text!r} holds a line break",
                           'join its lines: quote it on one line, or fold it with `>-` and indent its lines alike')
-    return Diagnostic(source.locate_in(path, _closed_at(text))[0],
+    return Diagnostic(source.locate_in(path, closed)[0],
                       f"{_label(path, data)}: {text!r} has text after its expression; an expression is the whole "
                       "value, `${...}`", "move the text inside the braces, or remove it")
+
+
+def _whitespace_after_expression(path: Path, text: str, closed: int, data: Any, source: SourceMap) -> Diagnostic:
+    """Only whitespace follows the expression's `}`: said as what it is, with how to drop it, just past the `}`.
+
+    A block scalar's one final line break is taken as part of the expression (`|`, `>`: see
+    `expression_body`); blank lines after it are there because the block keeps them (`|+`), and `|-`
+    drops them. They are not accepted: the published schema's pattern, which editors check with, ends
+    at the `}`, and a value should mean the same to resgraph and to the editor.
+    """
+    tail = text[closed:]
+    style = source.blocks.get(tuple(path))
+    where = source.locate_in(path, closed)[0]
+    label = f"{_label(path, data)}: {text!r}"
+    spaces = bool(tail.strip("\n"))
+    blank_lines = tail.count("\n") > 1 if style else "\n" in tail  # (one final break of a block is allowed)
+    if style and not spaces:
+        return Diagnostic(where, f"{label} ends in blank lines after its expression, which its block keeps "
+                                 f"(`{style}+`); an expression is the whole value, `${{...}}`",
+                          f"write the block as `{style}-`, which drops its final line breaks")
+    blanks = "spaces" if not tail.strip("\n ") else "whitespace"  # (a tab too)
+    fixes = [f"delete the {blanks} after its closing `}}`"] if spaces else []
+    if blank_lines:
+        fixes.append(f"write the block as `{style}-`, which drops its final line breaks" if style
+                     else "delete the line breaks (`\\n`) after its closing `}`")
+    kind = " and ".join(name for name, found in ((blanks, spaces), ("line breaks", blank_lines)) if found)
+    return Diagnostic(where, f"{label} has {kind} after its expression; an expression is the whole value, `${{...}}`",
+                      "; ".join(fixes))
 
 
 def _closed_at(text: str) -> int:

@@ -134,8 +134,8 @@ HEAD = "resgraph: 1\nname: M\nparams: {a: 8, b: true}\ninputs:\n  x: [4]\n"
      "<string>:11:34: error: layer 'c': repeat: an expression is written on one line; '${1 +\\n 1}' holds a line "
      "break"),
     ('layers:\n  - fc: {op: Linear, out_features: "${a} "}\n',
-     "<string>:7:41: error: layer 'fc' (Linear): out_features: '${a} ' has text after its expression; an "
-     "expression is the whole value, `${...}`\n  hint: move the text inside the braces, or remove it"),
+     "<string>:7:41: error: layer 'fc' (Linear): out_features: '${a} ' has spaces after its expression; an "
+     "expression is the whole value, `${...}`\n  hint: delete the spaces after its closing `}`"),
 ])
 def test_a_value_that_is_not_one_expression_says_why(layers: str, expected: str) -> None:
     (message,) = spec_errors(HEAD + layers)
