@@ -12,6 +12,8 @@ and after. The fixes depend on the cause (`ProjectionError.kind`):
   setting that rounds as the stride does;
 - "larger" (the target was upsampled, or padded, past the source): the nearest input sizes that
   fit, an upsample to an explicit size, or the padding that keeps an unstrided layer's size;
+- "crossed" (larger along one spatial dim, smaller along another): the input sizes that fit, where the
+  grids are one; a source of the target's size, or one that broadcasts; or a target of the source's;
 - "rank" (a map into a vector, as a Linear after a Flatten): a mean over the source's spatial (sequence)
   dims in a layer of its own, to start the skip from;
 - "ratio" (strides and upsamples between them compose to a fraction, e.g. /3 then x2): a source
@@ -115,6 +117,10 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
                 fixes.append(f"set `projection: crop` on this skip and use an input size where the margins are even: "
                              f"{even}")
         return _join(f"shrunk by {listed}" if listed else "", "; or ".join(fixes))
+    if exc.kind == "crossed":  # (its own hint says what to start or end the skip at)
+        sizes = _fitting_sizes(guards, symbols) if exc.required else ""
+        fits = f"use an input size at which this skip fits: {sizes}; or " if sizes else ""
+        return _join(listed, fits + (exc.hint or ""))
     if exc.kind == "rank":
         return _rank_hint(graph, node) or exc.hint
     if exc.kind == "finer":

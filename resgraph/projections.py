@@ -207,7 +207,8 @@ def projection_parameters(plan: ProjectionPlan) -> int:
 class ProjectionError(ShapeError):
     """A mismatch the policy cannot reconcile; `kind` says which, for the hint that fixes it.
 
-    Kinds: "larger" (the target is larger on the same grid, or grids unknown), "finer" (the target is
+    Kinds: "larger" (the target is larger on the same grid, or grids unknown), "crossed" (larger along
+    one spatial dim and smaller along another: `Mismatch.crossed`), "finer" (the target is
     on a finer grid: upsampled relative to the source), "grid" (same grid,
     different sizes: unpadded convolutions or pools shrank one side), "stride" (the grids differ
     by an integer step, but the sizes do not match that step: an odd size met a stride that
@@ -373,8 +374,9 @@ class Mismatch:
                 step = int(ratio)
             else:
                 if size_out > size_in:
-                    raise ProjectionError(f"the target is larger ({_size(spatial_in)} -> {_size(spatial_out)}); "
-                                          "projections only downsample", kind="larger")
+                    raise self.crossed() or ProjectionError(
+                        f"the target is larger ({_size(spatial_in)} -> {_size(spatial_out)}); projections only "
+                        "downsample", kind="larger")
                 # the smallest step that fits at this size; the model keeps it, and fits wherever it still does
                 step = -(-hint(size_in) // hint(size_out))
             if (size_in if step == 1 else -(-size_in // step)) != size_out:  # (ceil(a / 1) is a: no arithmetic)
@@ -383,6 +385,9 @@ class Mismatch:
                     larger = any(hint(o) > hint(i) for i, o in zip(spatial_in, spatial_out))
                     odd = [requirement("eq", (a - b) % 2, 0) for a, b in zip(spatial_in, spatial_out)
                            if (hint(a) - hint(b)) % 2]
+                    crossed = self.crossed(required) if larger else None
+                    if crossed:
+                        raise crossed
                     raise ProjectionError(f"the spatial size {'grows' if larger else 'shrinks'} on one grid (no net "
                                           f"stride between them): {_size(spatial_in)} -> {_size(spatial_out)}",
                                           kind="larger" if larger else "grid", required=required,
@@ -393,6 +398,37 @@ class Mismatch:
             steps.append(step)
         object.__setattr__(self, "_steps", tuple(steps))  # (a frozen dataclass: its one cache)
         return self._steps
+
+    def crossed(self, required: tuple[Guard, ...] = ()) -> ProjectionError | None:
+        """The error for sizes that grow along one spatial dim and shrink along another, None for others.
+
+        Neither fixes it alone: a projection only shrinks, and a broadcast stretches a size-1 dim
+        only where the other dims already match. (Said as "the target is larger", of 1x16 -> 8x8.)
+        `required`: the size conditions under which the skip would fit, where the grids are one.
+        """
+        spatial_in, spatial_out = self.sizes
+        kept = {*self.broadcast_axes, self.concat_axis}  # (the source keeps its own size there)
+        pairs = [(index + 1, hint(a), hint(b)) for index, (a, b) in enumerate(zip(spatial_in, spatial_out))
+                 if index + 1 not in kept]
+        grown, shrunk = [p for p in pairs if p[2] > p[1]], [p for p in pairs if p[2] < p[1]]
+        if not grown or not shrunk:
+            return None
+
+        def listed(found: list[tuple[int, int, int]]) -> str:
+            return " and ".join(f"dim {dim} ({a} -> {b})" for dim, a, b in found)
+
+        fixes = [f"start the skip from a value of the target's spatial size {_size(spatial_out)}"]
+        if self.concat_axis is None and all(a == 1 for _, a, _ in grown):  # a broadcast then stretches those
+            stretched = {dim for dim, _, _ in grown}
+            sizes = tuple(1 if index + 1 in stretched else b for index, b in enumerate(spatial_out))
+            fixes.append(f"of spatial size {_size(sizes)}, whose size-1 dims broadcast")
+        fixes.append(f"or end it at a layer with the source's spatial size {_size(spatial_in)}")
+        return ProjectionError(
+            f"the sizes differ in a way no projection or broadcast fixes ({_size(spatial_in)} -> "
+            f"{_size(spatial_out)}): {listed(grown)} grows while {listed(shrunk)} shrinks; a projection only "
+            "shrinks, and a broadcast stretches a size-1 dim only where the other dims match",
+            ", or ".join(fixes[:-1]) + ", " + fixes[-1] if len(fixes) > 2 else ", ".join(fixes),
+            kind="crossed", required=required)
 
     def _grid_ratios(self) -> list[Any] | None:
         """The target's grid scale over the source's per spatial dim, where both are known; else None."""
