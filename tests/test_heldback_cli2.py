@@ -1,0 +1,81 @@
+"""Held-back cases of the command line and its library calls: `load_weights` naming every problem of a
+checkpoint at once; the refusal of a seed on meta, decided in one place; `validate` given a block
+library with flags that cannot apply to one; and each command's options given values of the wrong kind.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import resgraph
+from resgraph.weights import MAX_LISTED
+
+
+def _refusal(model: nn.Module, checkpoint: dict[str, torch.Tensor], **kwargs: object) -> str:
+    before = {key: tensor.clone() for key, tensor in model.state_dict().items()}
+    with pytest.raises(resgraph.WeightsError) as refused:
+        resgraph.load_weights(model, checkpoint, **kwargs)  # type: ignore[arg-type]
+    assert all(torch.equal(tensor, before[key]) for key, tensor in model.state_dict().items())  # nothing loaded
+    return str(refused.value)
+
+
+def test_load_weights_names_every_problem_of_a_checkpoint_in_one_refusal() -> None:
+    """Only the first tensor of another kind of number was named, and nothing of the checkpoint's other
+    problems (shapes, missing and unexpected keys): fixing a checkpoint took a run per problem."""
+    model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(4)])
+    checkpoint = {key: torch.randn_like(tensor) for key, tensor in model.state_dict().items()}
+    checkpoint["0.weight"] = checkpoint["0.weight"].long()
+    checkpoint["1.bias"] = checkpoint["1.bias"].bool()
+    checkpoint["2.weight"] = torch.zeros(5, 4)
+    del checkpoint["3.bias"]
+    checkpoint["extra"] = torch.zeros(3)
+    message = _refusal(model, checkpoint)
+    assert message.startswith(
+        "the state_dict: 2 tensors hold another kind of number than the model's they would load into: copying "
+        "would convert their values silently, so nothing was loaded. Give a floating-point tensor (another "
+        "precision of one kind converts: float16, bfloat16 or float64 weights load into float32):\n"
+        "  0.weight is int64 (integer), the model's 0.weight is float32 (floating-point)\n"
+        "  1.bias is bool (boolean), the model's 1.bias is float32 (floating-point)\n"
+        "the checkpoint does not match the model either (strict=False loads what matched):\n")
+    for line in ("  2.weight: the model's is (4, 4), the checkpoint's (5, 4)", "1 missing from the checkpoint:\n"
+                 "  3.bias (4,)", "1 unexpected in the checkpoint:\n  extra (3,)"):
+        assert line in message
+    # strict=False: the other kinds are still refused (nothing loaded), the partial match is not a problem
+    lenient = _refusal(model, checkpoint, strict=False)
+    assert "nothing was loaded" in lenient and "does not match" not in lenient
+    mapping = resgraph.load_weights(model, {k: v.float() for k, v in checkpoint.items()}, strict=False)
+    assert mapping.loaded and not mapping.other_kinds
+
+
+@pytest.mark.parametrize("problem", ["kind", "shape", "missing", "unexpected"])
+def test_a_refusal_with_many_problems_names_the_first_and_counts_the_rest(problem: str) -> None:
+    """A checkpoint of another architecture listed every key, thousands of lines; each list is bounded."""
+    count = MAX_LISTED + 7
+    model = nn.Sequential(*[nn.Linear(2, 2, bias=False) for _ in range(count)])
+    checkpoint = {key: torch.randn_like(tensor) for key, tensor in model.state_dict().items()}
+    if problem == "kind":
+        checkpoint = {key: tensor.long() for key, tensor in checkpoint.items()}
+    elif problem == "shape":
+        checkpoint = {key: torch.zeros(3, 3) for key in checkpoint}
+    elif problem == "missing":
+        model = nn.Sequential(*model, *[nn.Linear(2, 3, bias=False) for _ in range(count)])
+    else:
+        checkpoint.update({f"extra{i}": torch.zeros(i + 1, 5) for i in range(count)})
+    message = _refusal(model, checkpoint)
+    assert message.count("\n  ") == MAX_LISTED + 1  # the first MAX_LISTED, then the count of the rest
+    assert message.endswith("\n  ... and 7 more")
+    assert f"{count} " in message  # the whole count is said
+
+
+def test_the_mapping_carries_each_tensor_of_another_kind_as_data() -> None:
+    model = nn.Linear(2, 2)
+    mapping = resgraph.load_weights(model, {"weight": torch.zeros(2, 2), "bias": torch.zeros(2)})
+    assert mapping.other_kinds == []
+    with pytest.raises(resgraph.WeightsError) as refused:
+        resgraph.load_weights(model, {"weight": torch.zeros(2, 2, dtype=torch.int32), "bias": torch.zeros(2)})
+    assert refused.value.mapping.other_kinds == [("weight", "weight", torch.float32, torch.int32)]
+    assert "1 with another kind of number in the checkpoint (not loaded):\n  weight is int32 (integer)" in \
+        refused.value.mapping.report()
+    assert str(refused.value).startswith("the state_dict: weight is int32 (integer), and the model's weight is")
