@@ -326,18 +326,18 @@ def _build(args: argparse.Namespace) -> int:
                          "the diagram would overwrite the model. Name two files")
     if args.opset is not None and not (args.output or "").lower().endswith(".onnx"):
         raise UsageError("--opset applies to ONNX files: add -o FILE.onnx")
-    from .devices import target_device
+    from .devices import refuse_seed_without_weights, target_device
 
     device = None if args.device is None else target_device(args.device, f"--device {shlex.quote(args.device)}")
+    # (the library's decision, asked before the spec is read, in the flags' names)
+    refuse_seed_without_weights(args.seed, device, f"--device {args.device}", flags=True)
     if getattr(device, "type", None) == "meta":  # (`meta:0` too) flags that would do nothing on a model without weights
         if args.output and find_format(args.output, "model").suffix != ".py":
             raise UsageError(f"-o {args.output}: a model built with --device {args.device} has no weights to save; "
                              "build it on a real device, or write its code with -o FILE.py")
-        for flag, value, does in (("--seed", args.seed, "chooses the initial weights"),
-                                  ("--max-params", args.max_params, "bounds the weights allocated")):
-            if value is not None:
-                raise UsageError(f"{flag} {does}, and --device {args.device} allocates none (no limit applies on "
-                                 f"meta): drop {flag}, or build on a real device")
+        if args.max_params is not None:  # (the CLI's alone: Python's max_params always holds a value, its default)
+            raise UsageError(f"--max-params bounds the weights allocated, and --device {args.device} allocates none "
+                             "(no limit applies on meta): drop --max-params, or build on a real device")
     from .api import DEFAULT_MAX_PARAMS, build, render, summary
     from .export_py import build_options
     from .formats import save

@@ -5,11 +5,16 @@ library with flags that cannot apply to one; and each command's options given va
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 import torch
 from torch import nn
 
 import resgraph
+from conftest import EXAMPLES
+from resgraph.cli import main
+from resgraph.devices import refuse_seed_without_weights
 from resgraph.weights import MAX_LISTED
 
 
@@ -79,3 +84,24 @@ def test_the_mapping_carries_each_tensor_of_another_kind_as_data() -> None:
     assert "1 with another kind of number in the checkpoint (not loaded):\n  weight is int32 (integer)" in \
         refused.value.mapping.report()
     assert str(refused.value).startswith("the state_dict: weight is int32 (integer), and the model's weight is")
+
+
+@pytest.mark.parametrize("device", ["meta", "meta:0"])
+def test_a_seed_on_meta_is_refused_by_one_decision_in_the_names_of_each_caller(
+        device: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI and compile_model each held the refusal, worded apart (the CLI's said "no limit applies on
+    meta" of a seed); now `devices.refuse_seed_without_weights` decides, and each names its own arguments."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["build", str(EXAMPLES / "residual_mlp.yaml"), "--device", device, "--seed", "3"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (f"resgraph: error: --seed chooses the initial weights, and --device {device} allocates "
+                            "none: drop --seed, or build on a real device\n")
+    assert captured.out == "" and not list(tmp_path.iterdir())
+    with pytest.raises(resgraph.UsageError) as refused:
+        resgraph.build(EXAMPLES / "residual_mlp.yaml", seed=3, device=device)
+    assert str(refused.value) == (f"seed=3 chooses the initial weights, and device={device!r} allocates none: drop "
+                                  "seed, or give it to resgraph.materialize(model, seed=3), which allocates and "
+                                  "initialises them")
+    refuse_seed_without_weights(3, torch.device("cpu"), "--device cpu", flags=True)  # weights to seed: allowed
+    refuse_seed_without_weights(None, torch.device("meta"), "--device meta", flags=True)  # nothing to ignore
