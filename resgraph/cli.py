@@ -24,6 +24,7 @@ from .version import __version__
 
 if TYPE_CHECKING:
     from .errors import SpecError
+    from .loader import LoadedSpec
 
 __all__ = ["main"]
 
@@ -277,16 +278,19 @@ def _validate(args: argparse.Namespace) -> int:
 
     # The flags are read once, before any file: a bad --set is one error, not one per file.
     overrides, input_shapes = _overrides(args.overrides), _input_shapes(args.inputs)
+    read = [(path, _read_spec(pathlib.Path(path), load)) for path in args.specs]
+    _refuse_flags_for_libraries(args, read)
     status = EXIT_OK
-    for path in args.specs:
+    for path, found in read:
         try:
-            loaded = load(pathlib.Path(path))
-            if is_block_library(loaded.data):
-                blocks = list(check_library(loaded).blocks)
+            if isinstance(found, Exception):
+                raise found
+            if is_block_library(found.data):
+                blocks = list(check_library(found).blocks)
                 print(f"{one_line(path)}: ok (block library: {len(blocks)} block{'s' if len(blocks) != 1 else ''}: "
                       f"{', '.join(blocks)})")
                 continue
-            graph = check(loaded, params=overrides, allow_imports=args.allow_imports, input_shapes=input_shapes)
+            graph = check(found, params=overrides, allow_imports=args.allow_imports, input_shapes=input_shapes)
         except SpecError as exc:
             status = max(status, _report(exc))
             continue
@@ -299,6 +303,39 @@ def _validate(args: argparse.Namespace) -> int:
         projected = sum(1 for n in nodes if n.meta.get("projection") and not n.meta["projection"].is_identity)
         print(f"{one_line(path)}: ok ({len(nodes)} nodes, {projected} projection{'s' if projected != 1 else ''})")
     return status
+
+
+def _read_spec(path: object, load: Callable[[object], LoadedSpec]) -> LoadedSpec | Exception:
+    """The file loaded, or the user's error reading it (reported in its turn, the others still checked)."""
+    from .errors import SpecError, UsageError
+
+    try:
+        return load(path)
+    except (SpecError, UsageError) as exc:
+        return exc
+
+
+def _refuse_flags_for_libraries(args: argparse.Namespace, read: list[tuple[str, LoadedSpec | Exception]]) -> None:
+    """Refuse --set, --input and --allow-import where every file is a block library: they apply to a
+    spec (its parameters, inputs and imported classes), and a library's blocks take theirs from the
+    specs that call them, so they would be ignored without a word. Beside a spec they apply to it;
+    beside a file that cannot be read (it may be the spec meant) that file's error is said instead.
+
+    Raises:
+        UsageError: naming the flags given and the libraries.
+    """
+    from .errors import UsageError, one_line
+    from .validate import is_block_library
+
+    given = [f"{flag} {value}" for flag, values in (("--set", args.overrides), ("--input", args.inputs),
+                                                    ("--allow-import", args.allow_imports)) for value in values]
+    if not given or not all(not isinstance(found, Exception) and is_block_library(found.data) for _, found in read):
+        return
+    libraries = ", ".join(one_line(path) for path, _ in read)
+    raise UsageError(f"{' '.join(given)}: {'applies' if len(given) == 1 else 'apply'} to a spec, and {libraries} "
+                     f"{'is a block library' if len(read) == 1 else 'are block libraries'}, whose blocks take "
+                     "parameters, inputs and imports from the specs that call them: drop "
+                     f"{'it' if len(given) == 1 else 'them'}, or name a spec that imports the library too")
 
 
 def _build(args: argparse.Namespace) -> int:

@@ -105,3 +105,71 @@ def test_a_seed_on_meta_is_refused_by_one_decision_in_the_names_of_each_caller(
                                   "initialises them")
     refuse_seed_without_weights(3, torch.device("cpu"), "--device cpu", flags=True)  # weights to seed: allowed
     refuse_seed_without_weights(None, torch.device("meta"), "--device meta", flags=True)  # nothing to ignore
+
+
+LIBRARY = """\
+resgraph: 1
+blocks:
+  good:
+    params: {c: 8}
+    layers:
+      - fc: {op: Linear, out_features: "${c}"}
+  bad:
+    params: {c: 8}
+    layers:
+      - fc: {op: Linear, out_features: "${c}"}
+      - fc: {op: ReLU}
+      - u: {block: nosuch}
+      - v: {op: Linear, out_features: "${undefined_name}"}
+"""
+SPEC = """\
+resgraph: 1
+name: Net
+imports: [lib.yaml]
+params: {c: 8}
+inputs: {x: [4]}
+layers:
+  - a: {block: good, with: {c: "${c}"}}
+"""
+
+
+@pytest.mark.parametrize("flags", [["--set", "c=2"], ["--input", "x=5"], ["--allow-import", "mylayers"],
+                                   ["--set", "c=2", "--input", "x=5"]])
+def test_validate_refuses_flags_given_only_block_libraries(flags: list[str], tmp_path: pathlib.Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """`validate lib.yaml --set x=1` said ok, the flag ignored: a library's blocks take their values from calls."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lib.yaml").write_text(LIBRARY.split("  bad:")[0])
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    assert main(["validate", "lib.yaml", *flags]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith(f"resgraph: error: {' '.join(flags)}: appl")
+    assert "lib.yaml is a block library" in captured.err and "name a spec that imports the library" in captured.err
+    # beside a spec, the flags apply to it, and the library is checked too
+    if "--allow-import" not in flags:
+        assert main(["validate", "lib.yaml", "spec.yaml", *flags]) == 0
+        assert capsys.readouterr().out == ("lib.yaml: ok (block library: 1 block: good)\n"
+                                           "spec.yaml: ok (4 nodes, 0 projections)\n")
+    # beside a file that cannot be read, that file's error is said
+    assert main(["validate", "lib.yaml", "missing.yaml", *flags]) == 2
+    assert "missing.yaml: no such file" in capsys.readouterr().err
+
+
+def test_a_library_validated_directly_names_every_mistake_of_a_block_no_call_reaches(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown block called in a library hid the rest of its blocks' mistakes (a duplicate layer name,
+    an unknown name) until it was fixed. A spec calling only the sound block stays valid: it builds."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lib.yaml").write_text(LIBRARY)
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    assert main(["validate", "lib.yaml"]) == 1
+    assert capsys.readouterr().err == (
+        "lib.yaml:11:9: error: layer 'bad.fc': the name is already used by the layer at line 10\n"
+        "  hint: every input, layer and skip needs its own name\n"
+        "lib.yaml:12:20: error: block 'bad', layer 'u': unknown block 'nosuch'\n"
+        "lib.yaml:13:42: error: in ${undefined_name}: unknown name 'undefined_name'\n")
+    assert main(["validate", "spec.yaml", "--set", "c=4"]) == 0
+    assert main(["validate", "spec.yaml", "lib.yaml", "--set", "c=4"]) == 1  # the library's own check still fails
+    captured = capsys.readouterr()
+    assert "spec.yaml: ok" in captured.out and "unknown block 'nosuch'" in captured.err
