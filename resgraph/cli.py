@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 from .version import __version__
 
 if TYPE_CHECKING:
+    import pathlib
+
     from .errors import SpecError
     from .loader import LoadedSpec
 
@@ -269,8 +271,6 @@ def _input_shapes(pairs: list[str]) -> dict[str, tuple[int, ...]]:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    import pathlib  # not at the top: `--help` (with an installed package) need not import it
-
     from .api import check, check_library
     from .errors import SpecError, UsageError, one_line
     from .pipeline import load
@@ -278,7 +278,7 @@ def _validate(args: argparse.Namespace) -> int:
 
     # The flags are read once, before any file: a bad --set is one error, not one per file.
     overrides, input_shapes = _overrides(args.overrides), _input_shapes(args.inputs)
-    read = [(path, _read_spec(pathlib.Path(path), load)) for path in args.specs]
+    read = [(path, _read_spec(path, load)) for path in args.specs]
     _refuse_flags_for_libraries(args, read)
     status = EXIT_OK
     for path, found in read:
@@ -305,12 +305,27 @@ def _validate(args: argparse.Namespace) -> int:
     return status
 
 
-def _read_spec(path: object, load: Callable[[object], LoadedSpec]) -> LoadedSpec | Exception:
+def _spec_path(text: str) -> pathlib.Path:
+    """SPEC as a path; an empty name is refused (pathlib reads it as '.', the current directory).
+
+    Raises:
+        UsageError: the name is empty.
+    """
+    import pathlib  # not at the top: `--help` (with an installed package) need not import it
+
+    from .errors import UsageError
+
+    if not text:
+        raise UsageError("SPEC: the file name is empty; name a spec file (YAML)")
+    return pathlib.Path(text)
+
+
+def _read_spec(path: str, load: Callable[[object], LoadedSpec]) -> LoadedSpec | Exception:
     """The file loaded, or the user's error reading it (reported in its turn, the others still checked)."""
     from .errors import SpecError, UsageError
 
     try:
-        return load(path)
+        return load(_spec_path(path))
     except (SpecError, UsageError) as exc:
         return exc
 
@@ -339,7 +354,6 @@ def _refuse_flags_for_libraries(args: argparse.Namespace, read: list[tuple[str, 
 
 
 def _build(args: argparse.Namespace) -> int:
-    import pathlib  # not at the top: `--help` (with an installed package) need not import it
     import shlex
 
     from .errors import UsageError, one_line
@@ -381,7 +395,7 @@ def _build(args: argparse.Namespace) -> int:
     from .summarize import parse_columns
 
     columns = parse_columns(args.columns)  # an unknown column is refused before the model is built
-    module = build(pathlib.Path(args.spec), params=_overrides(args.overrides), seed=args.seed,
+    module = build(_spec_path(args.spec), params=_overrides(args.overrides), seed=args.seed,
                    max_params=args.max_params or DEFAULT_MAX_PARAMS, allow_imports=args.allow_imports,
                    input_shapes=_input_shapes(args.inputs), device=device)
     imports = [name for name, _ in module.build_record.imports or ()]
@@ -452,12 +466,15 @@ def _check_output(path: str, flag: str, spec: str, imports: Iterable[str] = ()) 
 
 
 def _render(args: argparse.Namespace) -> int:
-    import pathlib  # not at the top: `--help` (with an installed package) need not import it
-
     from .errors import UsageError, one_line
     from .formats import check_writable, find_format
 
-    output = str(pathlib.Path(args.spec).with_suffix(".svg").name) if args.output is None else args.output
+    spec = _spec_path(args.spec)
+    if args.output is None and spec.is_dir():  # (no name to derive the default output from: as reading it says)
+        from .pipeline import load
+
+        load(spec)
+    output = str(spec.with_suffix(".svg").name) if args.output is None else args.output
     replace = args.output is not None  # (the default output: never a file the user did not name)
     _check_output(output, "-o" if args.output is not None else "the default output", args.spec)
     find_format(output, "diagram")
@@ -471,7 +488,7 @@ def _render(args: argparse.Namespace) -> int:
 
     # Built on meta (no weights: counts only), once, so that the libraries it imports are known
     # before anything is written, and a diagram drawn again folded does not read the spec again.
-    module = build(pathlib.Path(args.spec), params=_overrides(args.overrides), allow_imports=args.allow_imports,
+    module = build(spec, params=_overrides(args.overrides), allow_imports=args.allow_imports,
                    input_shapes=_input_shapes(args.inputs), device="meta")
     _check_output(output, "-o" if args.output is not None else "the default output", args.spec,
                   [name for name, _ in module.build_record.imports or ()])
@@ -536,14 +553,12 @@ def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = Fal
 
 
 def _sizes(args: argparse.Namespace) -> int:
-    import pathlib  # not at the top: `--help` (with an installed package) need not import it
-
     from .api import valid_sizes
     from .errors import one_line
     from .sizes import DEFAULT_RANGE
 
     low, high = args.range or DEFAULT_RANGE
-    report = valid_sizes(pathlib.Path(args.spec), params=_overrides(args.overrides), low=low, high=high,
+    report = valid_sizes(_spec_path(args.spec), params=_overrides(args.overrides), low=low, high=high,
                          input_shapes=_input_shapes(args.inputs), allow_imports=args.allow_imports)
     if args.json:
         import json

@@ -173,3 +173,24 @@ def test_a_library_validated_directly_names_every_mistake_of_a_block_no_call_rea
     assert main(["validate", "spec.yaml", "lib.yaml", "--set", "c=4"]) == 1  # the library's own check still fails
     captured = capsys.readouterr()
     assert "spec.yaml: ok" in captured.out and "unknown block 'nosuch'" in captured.err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["render", ""], "SPEC: the file name is empty; name a spec file (YAML)"),
+    (["build", ""], "SPEC: the file name is empty; name a spec file (YAML)"),
+    (["sizes", ""], "SPEC: the file name is empty; name a spec file (YAML)"),
+    (["validate", ""], "SPEC: the file name is empty; name a spec file (YAML)"),
+    (["render", "."], ".: is a directory, not a regular file; only spec files can be read"),
+    (["render", "adir"], "adir: is a directory, not a regular file; only spec files can be read"),
+], ids=["render-empty", "build-empty", "sizes-empty", "validate-empty", "render-dot", "render-dir"])
+def test_a_spec_named_empty_or_a_directory_is_refused_without_a_traceback(
+        argv: list[str], message: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`render ""` and `render .` raised ValueError from pathlib (no name to derive SPEC.svg from); an
+    empty SPEC elsewhere was read as '.', the current directory, and called a directory."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "adir").mkdir()
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"resgraph: error: {message}\n" and captured.out == ""
+    assert [p.name for p in tmp_path.iterdir()] == ["adir"]  # nothing written
