@@ -23,7 +23,10 @@ from typing import TYPE_CHECKING
 from .version import __version__
 
 if TYPE_CHECKING:
+    import pathlib
+
     from .errors import SpecError
+    from .loader import LoadedSpec
 
 __all__ = ["main"]
 
@@ -268,8 +271,6 @@ def _input_shapes(pairs: list[str]) -> dict[str, tuple[int, ...]]:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    import pathlib  # not at the top: `--help` (with an installed package) need not import it
-
     from .api import check, check_library
     from .errors import SpecError, UsageError, one_line
     from .pipeline import load
@@ -277,16 +278,19 @@ def _validate(args: argparse.Namespace) -> int:
 
     # The flags are read once, before any file: a bad --set is one error, not one per file.
     overrides, input_shapes = _overrides(args.overrides), _input_shapes(args.inputs)
+    read = [(path, _read_spec(path, load)) for path in args.specs]
+    _refuse_flags_for_libraries(args, read)
     status = EXIT_OK
-    for path in args.specs:
+    for path, found in read:
         try:
-            loaded = load(pathlib.Path(path))
-            if is_block_library(loaded.data):
-                blocks = list(check_library(loaded).blocks)
+            if isinstance(found, Exception):
+                raise found
+            if is_block_library(found.data):
+                blocks = list(check_library(found).blocks)
                 print(f"{one_line(path)}: ok (block library: {len(blocks)} block{'s' if len(blocks) != 1 else ''}: "
                       f"{', '.join(blocks)})")
                 continue
-            graph = check(loaded, params=overrides, allow_imports=args.allow_imports, input_shapes=input_shapes)
+            graph = check(found, params=overrides, allow_imports=args.allow_imports, input_shapes=input_shapes)
         except SpecError as exc:
             status = max(status, _report(exc))
             continue
@@ -301,8 +305,55 @@ def _validate(args: argparse.Namespace) -> int:
     return status
 
 
-def _build(args: argparse.Namespace) -> int:
+def _spec_path(text: str) -> pathlib.Path:
+    """SPEC as a path; an empty name is refused (pathlib reads it as '.', the current directory).
+
+    Raises:
+        UsageError: the name is empty.
+    """
     import pathlib  # not at the top: `--help` (with an installed package) need not import it
+
+    from .errors import UsageError
+
+    if not text:
+        raise UsageError("SPEC: the file name is empty; name a spec file (YAML)")
+    return pathlib.Path(text)
+
+
+def _read_spec(path: str, load: Callable[[object], LoadedSpec]) -> LoadedSpec | Exception:
+    """The file loaded, or the user's error reading it (reported in its turn, the others still checked)."""
+    from .errors import SpecError, UsageError
+
+    try:
+        return load(_spec_path(path))
+    except (SpecError, UsageError) as exc:
+        return exc
+
+
+def _refuse_flags_for_libraries(args: argparse.Namespace, read: list[tuple[str, LoadedSpec | Exception]]) -> None:
+    """Refuse --set, --input and --allow-import where every file is a block library: they apply to a
+    spec (its parameters, inputs and imported classes), and a library's blocks take theirs from the
+    specs that call them, so they would be ignored without a word. Beside a spec they apply to it;
+    beside a file that cannot be read (it may be the spec meant) that file's error is said instead.
+
+    Raises:
+        UsageError: naming the flags given and the libraries.
+    """
+    from .errors import UsageError, one_line
+    from .validate import is_block_library
+
+    given = [f"{flag} {value}" for flag, values in (("--set", args.overrides), ("--input", args.inputs),
+                                                    ("--allow-import", args.allow_imports)) for value in values]
+    if not given or not all(not isinstance(found, Exception) and is_block_library(found.data) for _, found in read):
+        return
+    libraries = ", ".join(one_line(path) for path, _ in read)
+    raise UsageError(f"{' '.join(given)}: {'applies' if len(given) == 1 else 'apply'} to a spec, and {libraries} "
+                     f"{'is a block library' if len(read) == 1 else 'are block libraries'}, whose blocks take "
+                     "parameters, inputs and imports from the specs that call them: drop "
+                     f"{'it' if len(given) == 1 else 'them'}, or name a spec that imports the library too")
+
+
+def _build(args: argparse.Namespace) -> int:
     import shlex
 
     from .errors import UsageError, one_line
@@ -326,25 +377,25 @@ def _build(args: argparse.Namespace) -> int:
                          "the diagram would overwrite the model. Name two files")
     if args.opset is not None and not (args.output or "").lower().endswith(".onnx"):
         raise UsageError("--opset applies to ONNX files: add -o FILE.onnx")
-    from .devices import target_device
+    from .devices import refuse_seed_without_weights, target_device
 
     device = None if args.device is None else target_device(args.device, f"--device {shlex.quote(args.device)}")
+    # (the library's decision, asked before the spec is read, in the flags' names)
+    refuse_seed_without_weights(args.seed, device, f"--device {args.device}", flags=True)
     if getattr(device, "type", None) == "meta":  # (`meta:0` too) flags that would do nothing on a model without weights
         if args.output and find_format(args.output, "model").suffix != ".py":
             raise UsageError(f"-o {args.output}: a model built with --device {args.device} has no weights to save; "
                              "build it on a real device, or write its code with -o FILE.py")
-        for flag, value, does in (("--seed", args.seed, "chooses the initial weights"),
-                                  ("--max-params", args.max_params, "bounds the weights allocated")):
-            if value is not None:
-                raise UsageError(f"{flag} {does}, and --device {args.device} allocates none (no limit applies on "
-                                 f"meta): drop {flag}, or build on a real device")
+        if args.max_params is not None:  # (the CLI's alone: Python's max_params always holds a value, its default)
+            raise UsageError(f"--max-params bounds the weights allocated, and --device {args.device} allocates none "
+                             "(no limit applies on meta): drop --max-params, or build on a real device")
     from .api import DEFAULT_MAX_PARAMS, build, render, summary
     from .export_py import build_options
     from .formats import save
     from .summarize import parse_columns
 
     columns = parse_columns(args.columns)  # an unknown column is refused before the model is built
-    module = build(pathlib.Path(args.spec), params=_overrides(args.overrides), seed=args.seed,
+    module = build(_spec_path(args.spec), params=_overrides(args.overrides), seed=args.seed,
                    max_params=args.max_params or DEFAULT_MAX_PARAMS, allow_imports=args.allow_imports,
                    input_shapes=_input_shapes(args.inputs), device=device)
     imports = [name for name, _ in module.build_record.imports or ()]
@@ -415,12 +466,15 @@ def _check_output(path: str, flag: str, spec: str, imports: Iterable[str] = ()) 
 
 
 def _render(args: argparse.Namespace) -> int:
-    import pathlib  # not at the top: `--help` (with an installed package) need not import it
-
     from .errors import UsageError, one_line
     from .formats import check_writable, find_format
 
-    output = str(pathlib.Path(args.spec).with_suffix(".svg").name) if args.output is None else args.output
+    spec = _spec_path(args.spec)
+    if args.output is None and spec.is_dir():  # (no name to derive the default output from: as reading it says)
+        from .pipeline import load
+
+        load(spec)
+    output = str(spec.with_suffix(".svg").name) if args.output is None else args.output
     replace = args.output is not None  # (the default output: never a file the user did not name)
     _check_output(output, "-o" if args.output is not None else "the default output", args.spec)
     find_format(output, "diagram")
@@ -434,7 +488,7 @@ def _render(args: argparse.Namespace) -> int:
 
     # Built on meta (no weights: counts only), once, so that the libraries it imports are known
     # before anything is written, and a diagram drawn again folded does not read the spec again.
-    module = build(pathlib.Path(args.spec), params=_overrides(args.overrides), allow_imports=args.allow_imports,
+    module = build(spec, params=_overrides(args.overrides), allow_imports=args.allow_imports,
                    input_shapes=_input_shapes(args.inputs), device="meta")
     _check_output(output, "-o" if args.output is not None else "the default output", args.spec,
                   [name for name, _ in module.build_record.imports or ()])
@@ -499,14 +553,12 @@ def _draw(draw: Callable[[bool], object], path: str, *, fold_repeats: bool = Fal
 
 
 def _sizes(args: argparse.Namespace) -> int:
-    import pathlib  # not at the top: `--help` (with an installed package) need not import it
-
     from .api import valid_sizes
     from .errors import one_line
     from .sizes import DEFAULT_RANGE
 
     low, high = args.range or DEFAULT_RANGE
-    report = valid_sizes(pathlib.Path(args.spec), params=_overrides(args.overrides), low=low, high=high,
+    report = valid_sizes(_spec_path(args.spec), params=_overrides(args.overrides), low=low, high=high,
                          input_shapes=_input_shapes(args.inputs), allow_imports=args.allow_imports)
     if args.json:
         import json

@@ -22,7 +22,7 @@ import torch
 from .errors import UsageError, shortened
 from .suggest import closest
 
-__all__ = ["ACCEPTED", "MAX_INDEX", "Device", "device_problem", "target_device"]
+__all__ = ["ACCEPTED", "MAX_INDEX", "Device", "device_problem", "refuse_seed_without_weights", "target_device"]
 
 Device = torch.device | str | int  # what torch.device() accepts
 
@@ -107,6 +107,36 @@ def target_device(device: Device | None, named: str | None = None) -> torch.devi
         raise UsageError(f"{named}: this machine cannot allocate there: {reason} "
                          "(e.g. cpu, or meta to allocate nothing)") from None
     return target
+
+
+def refuse_seed_without_weights(seed: int | None, target: torch.device | None, where: str, *,
+                                flags: bool = False) -> None:
+    """Refuse a seed for a build on meta, which allocates no weights: the seed would seed nothing,
+    ignored without a word. The one home of this decision: `compile_model` asks it for Python's
+    `build(seed=..., device=...)`, and the command line for `--seed` with `--device`, before it reads
+    the spec; only the names in the message differ.
+
+    >>> refuse_seed_without_weights(0, torch.device("cpu"), "device='cpu'")  # weights to seed: nothing said
+    >>> refuse_seed_without_weights(0, torch.device("meta"), "--device meta", flags=True)
+    Traceback (most recent call last):
+    resgraph.errors.UsageError: --seed chooses the initial weights, and --device meta allocates none: drop --seed, \
+or build on a real device
+
+    Args:
+        target: where the build allocates (`target_device`'s answer); None: torch's default device.
+        where: how the message names the device (`device='meta'`, `--device meta`).
+        flags: name the command line's flags (`--seed`), whose build has no `materialize` step to
+            offer, instead of Python's keywords (`seed=0`).
+    Raises:
+        UsageError: `seed` is given and the build allocates on meta.
+    """
+    if seed is None or (target if target is not None else torch.get_default_device()).type != "meta":
+        return
+    if flags:
+        raise UsageError(f"--seed chooses the initial weights, and {where} allocates none: drop --seed, or build on "
+                         "a real device")
+    raise UsageError(f"seed={seed!r} chooses the initial weights, and {where} allocates none: drop seed, or give it "
+                     f"to resgraph.materialize(model, seed={seed!r}), which allocates and initialises them")
 
 
 def _parsed(device: Device, named: str) -> torch.device | None:

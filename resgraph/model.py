@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, TypeVar
 import torch
 from torch import nn
 
-from .devices import Device, target_device
+from .devices import Device, refuse_seed_without_weights, target_device
 from .distributed import (
     checkpointed_class,
     fill,
@@ -339,11 +339,10 @@ def compile_model(spec: Spec, graph: Graph, record: BuildRecord, *, seed: int | 
     """
     graph.meta["sizes"] = solve_sizes(graph, square=False)  # the forward's input guard states them
     target = target_device(device)
-    if seed is not None and (target if target is not None else torch.get_default_device()).type == "meta":
-        # (as the CLI refuses --seed with --device meta: a seed that seeds nothing would be ignored silently)
-        where = f"device={device!r}" if device is not None else "the default device, meta,"
-        raise UsageError(f"seed={seed!r} chooses the initial weights, and {where} allocates none: drop seed, or give "
-                         f"it to resgraph.materialize(model, seed={seed!r}), which allocates and initialises them")
+    refuse_seed_without_weights(seed, target, f"device={device!r}" if device is not None
+                                else "the default device, meta,")
+    # (`max_params` on meta is not refused, as the CLI refuses --max-params: it always has a value, its
+    # default, so a caller's cannot be told from it; the docstring says no limit applies on meta)
     # Lower on CPU or meta directly; on any other device, lower on meta and materialize there, so
     # the random draws are the CPU generator's, as in a CPU build.
     lower_on = target if target is None or target.type in ("cpu", "meta") else torch.device("meta")

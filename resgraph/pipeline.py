@@ -381,16 +381,18 @@ def check_loaded_library(loaded: LoadedSpec, read: Reader = read_import) -> Bloc
 def _check_loaded_library(loaded: LoadedSpec, read: Reader) -> BlockLibrary:
     library = validate_library(loaded)
     diagnostics = check_library_blocks(library, loaded.source, read)
-    if not diagnostics:  # then each block as no call gives it values: its unknown names, its outputs
-        # (a block another calls is met twice, with its defaults there: a line gets one report)
-        # (no top level: a library has no inputs or layers, which messages may look for)
-        as_spec = Spec.model_construct(name="Library", imports=library.imports, blocks=library.blocks,
-                                       inputs={}, layers=[])
-        reported: set[tuple[str, int]] = set()
-        for found in check_uncalled_blocks(as_spec, loaded.source, list(library.blocks), (), read):
-            if (found.location.file, found.location.line) not in reported:
-                reported.add((found.location.file, found.location.line))
-                diagnostics.append(found)
+    # Then each block as no call gives it values: its unknown names, its outputs, also where an op or
+    # a called block is unknown (a library's every problem in one run; blind_scopes checks nothing
+    # when an import cannot be read). A block another calls is met twice, with its defaults there,
+    # and a line already reported is not reported again: a line gets one report.
+    # (no top level: a library has no inputs or layers, which messages may look for)
+    as_spec = Spec.model_construct(name="Library", imports=library.imports, blocks=library.blocks,
+                                   inputs={}, layers=[])
+    reported = {(d.location.file, d.location.line) for d in diagnostics}
+    for found in check_uncalled_blocks(as_spec, loaded.source, list(library.blocks), (), read):
+        if (found.location.file, found.location.line) not in reported:
+            reported.add((found.location.file, found.location.line))
+            diagnostics.append(found)
     if diagnostics:
         raise SpecError(diagnostics)
     return library

@@ -52,6 +52,7 @@ logger = logging.getLogger("resgraph.weights")
 
 Rename = Mapping[str, "str | None"] | Callable[[str], "str | None"]
 COUNTERS = ("num_batches_tracked",)  # buffers that count steps: follow their module, never required
+MAX_LISTED = 20  # items of each kind a refusal names before counting the rest
 WRAPPERS = ("state_dict", "model_state_dict", "model")  # checkpoint dicts that hold the state_dict under a key
 
 
@@ -68,6 +69,8 @@ class WeightMapping:
         mismatched: (key, the model's shape, the checkpoint's shape) for each key both sides hold
             with different shapes (another `num_classes`, a transposed weight), left unloaded;
             such a key is neither missing nor unexpected.
+        other_kinds: (model key, checkpoint key, the model's dtype, the checkpoint's) for each pair whose
+            checkpoint tensor holds another kind of number (see `dtype_kind`): refused whatever `strict` says.
         details: what the report says after each key listed as missing (`("model", key)`) or
             unexpected (`("checkpoint", key)`): its shape, and for a model's tied name, the tie.
     """
@@ -78,6 +81,7 @@ class WeightMapping:
     ambiguous: list[str] = field(default_factory=list)
     loaded: bool = False
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    other_kinds: list[tuple[str, str, torch.dtype, torch.dtype]] = field(default_factory=list)
     details: dict[tuple[str, str], str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -89,27 +93,34 @@ class WeightMapping:
         """Model key -> the checkpoint key loaded into it."""
         return {ours: theirs for ours, theirs, _ in self.pairs}
 
-    def report(self, *, pairs: bool = True) -> str:
-        """The mapping as text: counts, every pair matched by order (with `pairs`), and what did not match."""
+    def report(self, *, pairs: bool = True, limit: int | None = None) -> str:
+        """The mapping as text: counts, every pair matched by order (with `pairs`), and what did not match.
+
+        `limit`: name at most this many items of each list (pairs, mismatched, missing, ...) and count
+        the rest, so that a checkpoint of another architecture gives a report one can read.
+        """
         by_name = sum(1 for *_, how in self.pairs if how == "name")
         lines = [f"{len(self.pairs)} tensors matched: {by_name} by name, {len(self.pairs) - by_name} by module "
                  "order and shapes"]
         if pairs:
-            lines += [f"  {ours} <- {theirs}" for ours, theirs, how in self.pairs if how == "order"]
+            lines += _bounded([f"  {ours} <- {theirs}" for ours, theirs, how in self.pairs if how == "order"], limit)
+        if self.other_kinds:
+            lines.append(f"{len(self.other_kinds)} with another kind of number in the checkpoint (not loaded):")
+            lines += _bounded([f"  {_kinds(*pair)}" for pair in self.other_kinds], limit)
         if self.mismatched:
             lines.append(f"{len(self.mismatched)} with another shape in the checkpoint (not loaded):")
             transposed = (" (its transpose, as Hugging Face's Conv1D stores a Linear's weight: transpose every such "
                           "weight before loading, square ones too, which load untransposed unnoticed)")
-            lines += [f"  {key}: the model's is {_shape(ours)}, the checkpoint's {_shape(theirs)}"
-                      + (transposed if len(ours) == 2 and ours != theirs and ours == theirs[::-1] else "")
-                      for key, ours, theirs in self.mismatched]
+            lines += _bounded([f"  {key}: the model's is {_shape(ours)}, the checkpoint's {_shape(theirs)}"
+                               + (transposed if len(ours) == 2 and ours != theirs and ours == theirs[::-1] else "")
+                               for key, ours, theirs in self.mismatched], limit)
         for title, items, side in (("ambiguous", self.ambiguous, ""),
                                    ("missing from the checkpoint", self.missing, "model"),
                                    ("unexpected in the checkpoint", self.unexpected, "checkpoint")):
             if items:
                 lines.append(f"{len(items)} {title}:")
-                lines += [f"  {item}" + (f" {self.details[side, item]}" if (side, item) in self.details else "")
-                          for item in items]
+                lines += _bounded([f"  {item}" + (f" {self.details[side, item]}" if (side, item) in self.details
+                                                  else "") for item in items], limit)
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -141,7 +152,8 @@ def load_weights(model: nn.Module, state_dict_or_path: Mapping[str, Any] | str |
     Raises:
         WeightsError: with `strict`, the match is ambiguous or partial; the message is the report. With
             or without it, a checkpoint tensor holds another kind of number than the model's it would
-            load into (int64 or bool into float32: `dtype_kind`); nothing is loaded.
+            load into (int64 or bool into float32: `dtype_kind`); nothing is loaded. The message names
+            every problem (at most MAX_LISTED of each kind, counting the rest), so one run says them all.
         UsageError: the file cannot be read, or holds something other than tensors; or the model is
             on the meta device (materialize it first). A sharded (FSDP2) model loads, each process
             keeping its shard of the checkpoint every process reads.
@@ -154,13 +166,10 @@ def load_weights(model: nn.Module, state_dict_or_path: Mapping[str, Any] | str |
                          "then load_weights")
     source = _renamed(_read(state_dict_or_path), rename)
     mapping = match_state_dicts(target, source)
-    refused = _other_kind(target, source, mapping.pairs)
-    if refused is not None:  # (whatever `strict` says: these values are not the tensor's at any precision)
-        path = isinstance(state_dict_or_path, (str, os.PathLike))
-        raise WeightsError(f"{os.fspath(state_dict_or_path) if path else 'the state_dict'}: {refused}", mapping)
-    if strict and not mapping.complete:
-        raise WeightsError("the checkpoint does not match the model (strict=False loads what matched):\n"
-                           + mapping.report(pairs=False), mapping)
+    refusal = _refusal(mapping, strict, os.fspath(state_dict_or_path)
+                       if isinstance(state_dict_or_path, (str, os.PathLike)) else "the state_dict")
+    if refusal is not None:
+        raise WeightsError(refusal, mapping)
     with torch.no_grad():
         for ours, theirs, _ in mapping.pairs:
             fill(target[ours], source[theirs])  # a sharded (FSDP2) tensor keeps its own shard
@@ -189,17 +198,49 @@ def dtype_kind(dtype: torch.dtype) -> str:
     return "boolean" if dtype == torch.bool else "integer"
 
 
-def _other_kind(target: Mapping[str, Any], source: Mapping[str, Any], pairs: list[tuple[str, str, str]]) -> str | None:
-    """The first pair whose checkpoint tensor holds another kind of number than the model's (see
-    `dtype_kind`), described; None when every pair's kinds agree."""
-    for ours, theirs, _ in pairs:
-        mine, other = target[ours].dtype, source[theirs].dtype
-        if dtype_kind(mine) != dtype_kind(other):
-            wanted, converts = _GIVE[dtype_kind(mine)]
-            return (f"{theirs} is {_dtype(other)} ({dtype_kind(other)}), and the model's {ours} is {_dtype(mine)} "
-                    f"({dtype_kind(mine)}): copying would convert its values silently, so nothing was loaded. Give "
-                    f"{wanted}" + (f" (another precision of one kind converts: {converts})" if converts else ""))
-    return None
+def _refusal(mapping: WeightMapping, strict: bool, named: str) -> str | None:
+    """Why `mapping` is not loaded, naming every problem at once (each list bounded by MAX_LISTED), so
+    that one run says all a checkpoint needs; None when it loads. Tensors of another kind of number are
+    refused whatever `strict` says (their values are not the tensor's at any precision); the rest of
+    an incomplete match with `strict` only."""
+    parts = []
+    if len(mapping.other_kinds) == 1:
+        parts.append(f"{named}: {_other_kind(*mapping.other_kinds[0])}")
+    elif mapping.other_kinds:
+        kinds = {dtype_kind(mine): _GIVE[dtype_kind(mine)] for _, _, mine, _ in mapping.other_kinds}
+        give = " or ".join(wanted for wanted, _ in kinds.values())
+        converts = "; ".join(converts for _, converts in kinds.values() if converts)
+        parts.append("\n".join([
+            f"{named}: {len(mapping.other_kinds)} tensors hold another kind of number than the model's they would "
+            f"load into: copying would convert their values silently, so nothing was loaded. Give {give}"
+            + (f" (another precision of one kind converts: {converts})" if converts else "") + ":",
+            *_bounded([f"  {_kinds(*pair)}" for pair in mapping.other_kinds], MAX_LISTED)]))
+    if strict and not mapping.complete:
+        parts.append(("the checkpoint does not match the model either" if parts else
+                      "the checkpoint does not match the model") + " (strict=False loads what matched):\n"
+                     + dataclasses.replace(mapping, other_kinds=[]).report(pairs=False, limit=MAX_LISTED))
+    return "\n".join(parts) if parts else None
+
+
+def _bounded(lines: list[str], limit: int | None) -> list[str]:
+    """`lines`, the first `limit` of them and a count of the rest (all of them when `limit` is None)."""
+    if limit is None or len(lines) <= limit:
+        return lines
+    return [*lines[:limit], f"  ... and {len(lines) - limit} more"]
+
+
+def _kinds(ours: str, theirs: str, mine: torch.dtype, other: torch.dtype) -> str:
+    """The kinds of number of a checkpoint tensor and of the model's it would load into."""
+    return (f"{theirs} is {_dtype(other)} ({dtype_kind(other)}), the model's {ours} is {_dtype(mine)} "
+            f"({dtype_kind(mine)})")
+
+
+def _other_kind(ours: str, theirs: str, mine: torch.dtype, other: torch.dtype) -> str:
+    """A checkpoint tensor holding another kind of number than the model's it would load into, described."""
+    wanted, converts = _GIVE[dtype_kind(mine)]
+    return (f"{theirs} is {_dtype(other)} ({dtype_kind(other)}), and the model's {ours} is {_dtype(mine)} "
+            f"({dtype_kind(mine)}): copying would convert its values silently, so nothing was loaded. Give "
+            f"{wanted}" + (f" (another precision of one kind converts: {converts})" if converts else ""))
 
 
 # What to give instead, by the model's kind of number, and an example of what converts within it.
@@ -268,7 +309,11 @@ def match_state_dicts(target: Mapping[str, Any], source: Mapping[str, Any]) -> W
                **{("checkpoint", k): " ".join([_shape(tuple(source[k].shape)), *([conflicts[k]] if k in conflicts
                                                                                   else [])])
                   for k in unexpected}}
-    return WeightMapping(pairs, missing, unexpected, ambiguous, mismatched=mismatched, details=details)
+    other_kinds = [(ours_key, theirs_key, target[ours_key].dtype, source[theirs_key].dtype)
+                   for ours_key, theirs_key, _ in pairs
+                   if dtype_kind(target[ours_key].dtype) != dtype_kind(source[theirs_key].dtype)]
+    return WeightMapping(pairs, missing, unexpected, ambiguous, mismatched=mismatched, other_kinds=other_kinds,
+                         details=details)
 
 
 def _shape(shape: tuple[int, ...]) -> str:

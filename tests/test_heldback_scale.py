@@ -131,7 +131,8 @@ def test_deepcopy_of_a_sharded_model_or_instance_is_a_usage_error_not_a_bare_ass
 
 @pytest.mark.parametrize("args, message", [
     (["--device", "meta", "--seed", "0"],
-     "--seed chooses the initial weights, and --device meta allocates none (no limit applies on meta): drop --seed"),
+     "--seed chooses the initial weights, and --device meta allocates none: drop --seed, or build on a real "
+     "device\n"),
     (["--device", "meta", "--max-params", "5"],
      "--max-params bounds the weights allocated, and --device meta allocates none"),
     (["--device", "meta:0", "-o", "mlp.pt"], "-o mlp.pt: a model built with --device meta:0 has no weights to save"),
