@@ -625,13 +625,43 @@ def linked_symbols(guards: list[Guard]) -> dict[str, frozenset[str]]:
 
     for guard in guards:
         # `a == b` that held, or `a != b` that failed (ops check either way: `if k.shape[-1] != q.shape[-1]`)
-        equal = (guard.op, guard.outcome) in (("eq", True), ("ne", False))
-        if equal and guard.left.op == guard.right.op == "sym":
-            parent[root(guard.left.args[0])] = root(guard.right.args[0])
+        if (guard.op, guard.outcome) in (("eq", True), ("ne", False)):
+            left, right = _unwrapped(guard.left, guard.right)
+            if left.op == right.op == "sym":
+                parent[root(left.args[0])] = root(right.args[0])
     groups: dict[str, set[str]] = {}
     for name in parent:
         groups.setdefault(root(name), set()).add(name)
     return {name: frozenset(group) for group in groups.values() if len(group) > 1 for name in group}
+
+
+def _unwrapped(left: Expr, right: Expr) -> tuple[Expr, Expr]:
+    """`left` and `right` without the one-to-one maps they share: `1 + pad.L == 1 + x.L` (a class token
+    before a sequence, a `false` before its mask) holds exactly where `pad.L == x.L` does, as does
+    `2 * a == 2 * b`. The same constant added, or multiplied by (not 0), on both sides is peeled off.
+
+    >>> a, b = SymInt.symbol("x.L", 6), SymInt.symbol("pad.L", 6)
+    >>> [str(side) for side in _unwrapped((1 + a).expr, (b + 1).expr)]
+    ['x.L', 'pad.L']
+    >>> [str(side) for side in _unwrapped((a // 2).expr, (b // 2).expr)]  # (not one-to-one: kept)
+    ['x.L // 2', 'pad.L // 2']
+    """
+    while left.op == right.op and left.op in ("add", "mul") and left is not right:
+        ours, theirs = _constant_term(left), _constant_term(right)
+        if ours is None or theirs is None or ours[0] != theirs[0] or (left.op == "mul" and ours[0] == 0):
+            break
+        left, right = ours[1], theirs[1]
+    return left, right
+
+
+def _constant_term(expr: Expr) -> tuple[int, Expr] | None:
+    """(c, x) for `x + c`, `c + x`, `x * c` or `c * x`; None where neither operand is a constant."""
+    first, second = expr.args
+    if second.op == "const" and first.op != "const":
+        return second.args[0], first
+    if first.op == "const" and second.op != "const":
+        return first.args[0], second
+    return None
 
 
 def _sample(values: tuple[int, ...], declared: int | None) -> str:

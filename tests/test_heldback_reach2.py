@@ -1,0 +1,49 @@
+"""Held-back cases of the language-reach issue, third pass: the recent features combined (ties in
+repeated blocks, multi-output blocks feeding skips, masks shared by block calls with `when:`,
+constants in broadcasting arithmetic, collected repeats, features-last concat defaults), each
+checked against hand-written torch with the same weights, and the mistakes they exposed.
+
+The specification, as these cases pin it:
+
+- Two free dims the model needs equal after the same one-to-one map (a class token before the
+  sequence and a `false` before its key-padding mask: `1 + pad.L == 1 + x.L`) are linked as
+  `pad.L == x.L` is: they admit every length together, and the input guard checks them equal.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import resgraph
+
+HEADER = "resgraph: 1\nname: Net\n"
+
+CLASS_TOKEN_MASK = HEADER + """inputs:
+  x: [5, 8]
+  pad: {shape: [5], dtype: bool}
+layers:
+  - cls:   {op: parameter, shape: [1, 1, 8], batch: true, init: normal}
+  - seq:   {op: concat, input: [cls, x], dim: 1}
+  - nopad: {op: constant, value: [false]}
+  - mask:  {op: concat, input: [nopad, pad]}
+  - attn:  {op: MultiheadAttention, num_heads: 2, input: [seq, mask], masks: [key_padding_mask]}
+"""
+
+
+def test_a_mask_and_a_sequence_each_grown_by_a_class_token_admit_every_length_together() -> None:
+    model = resgraph.build(CLASS_TOKEN_MASK, seed=0).eval()
+    for batch, length in ((2, 5), (3, 7), (1, 1)):
+        x = torch.randn(batch, length, 8)
+        pad = torch.zeros(batch, length, dtype=torch.bool)
+        pad[0, length - 1:] = True
+        seq = torch.cat([model.cls.expand(batch, -1, -1), x], 1)
+        mask = torch.cat([torch.zeros(batch, 1, dtype=torch.bool), pad], 1)
+        expected = model.attn(seq, seq, seq, key_padding_mask=mask, need_weights=False)[0]
+        with torch.no_grad():
+            torch.testing.assert_close(model(x, pad), expected)
+    report = resgraph.valid_sizes(CLASS_TOKEN_MASK)
+    lengths = {f"{dim.input}.{dim.name}": dim for dim in report.dims if dim.free and dim.name == "L"}
+    assert lengths["x.L"].rule.describe("L") == "any L" and lengths["pad.L"].linked == ("x.L",)
+    with pytest.raises(ValueError, match=r"input 'pad' must be \(N, L\) with L = x.L"):
+        model(torch.randn(2, 7, 8), torch.zeros(2, 6, dtype=torch.bool))
