@@ -8,6 +8,9 @@ The specification, as these cases pin it:
 - Two free dims the model needs equal after the same one-to-one map (a class token before the
   sequence and a `false` before its key-padding mask: `1 + pad.L == 1 + x.L`) are linked as
   `pad.L == x.L` is: they admit every length together, and the input guard checks them equal.
+- An uncurated sequence layer given several inputs, one of which is not a (sequence, features)
+  sample, names that input by position and the torch argument it fills (a padding mask passed as
+  `TransformerEncoderLayer`'s `src_mask`): the inputs are passed in order.
 """
 
 from __future__ import annotations
@@ -47,3 +50,17 @@ def test_a_mask_and_a_sequence_each_grown_by_a_class_token_admit_every_length_to
     assert lengths["x.L"].rule.describe("L") == "any L" and lengths["pad.L"].linked == ("x.L",)
     with pytest.raises(ValueError, match=r"input 'pad' must be \(N, L\) with L = x.L"):
         model(torch.randn(2, 7, 8), torch.zeros(2, 6, dtype=torch.bool))
+
+
+def test_a_sequence_layers_input_of_the_wrong_rank_is_named_with_the_torch_argument_it_fills() -> None:
+    spec = HEADER + """inputs:
+  x: [6, 8]
+  pad: {shape: [6], dtype: bool}
+layers:
+  - layer: {op: TransformerEncoderLayer, d_model: 8, nhead: 2, input: [x, pad]}
+"""
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(spec)
+    (message,) = [d.format() for d in caught.value.diagnostics]
+    assert "got (6,) (input 2, passed as torch's `src_mask`)" in message
+    assert message.startswith("<string>:7:64: error: layer 'layer' (TransformerEncoderLayer)")

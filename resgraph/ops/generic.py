@@ -277,13 +277,25 @@ def _check_sample_rank(name: str, cls: type, inputs: list[TensorType], field: st
     if base is None:
         return
     dims = SAMPLE_RANKS[base.__name__]
-    for t in inputs:
+    for position, t in enumerate(inputs):
         if t.rank != len(dims):
             sample = "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+            which = "" if len(inputs) == 1 else f" (input {position + 1}{_forward_argument(cls, position)})"
             raise GenericOpError(f"{name} reads (N, {', '.join(dims)}) with the batch first: each sample needs "
-                                 f"{len(dims)} dim{'s' if len(dims) > 1 else ''} {sample}, got {t}; torch would read "
-                                 "a batch of those as one unbatched input, taking the batch for one of its dims and "
-                                 "mixing samples", field)
+                                 f"{len(dims)} dim{'s' if len(dims) > 1 else ''} {sample}, got {t}{which}; torch "
+                                 "would read a batch of those as one unbatched input, taking the batch for one of its "
+                                 "dims and mixing samples", field)
+
+
+def _forward_argument(cls: type, position: int) -> str:
+    """', passed as torch's `src_mask`': the argument of `cls.forward` an input at `position` fills
+    (a layer's inputs are passed in order), or '' where the signature does not say."""
+    try:
+        names = [p.name for p in inspect.signature(cls.forward).parameters.values()
+                 if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][1:]  # (self)
+    except (TypeError, ValueError):
+        return ""
+    return f", passed as torch's `{names[position]}`" if position < len(names) else ""
 
 
 def _check_reduction(name: str, parameters: dict[str, inspect.Parameter], written: dict[str, Any]) -> None:
