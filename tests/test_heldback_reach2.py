@@ -15,6 +15,8 @@ The specification, as these cases pin it:
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 import torch
 
@@ -64,3 +66,46 @@ layers:
     (message,) = [d.format() for d in caught.value.diagnostics]
     assert "got (6,) (input 2, passed as torch's `src_mask`)" in message
     assert message.startswith("<string>:7:64: error: layer 'layer' (TransformerEncoderLayer)")
+
+
+ALBERT_CAUSAL = HEADER + """inputs:
+  x: [4, 8]
+blocks:
+  layer:
+    layers:
+      - bias: {op: constant, value: [[0.0, -1.0e9, -1.0e9, -1.0e9], [0.0, 0.0, -1.0e9, -1.0e9],
+                                     [0.0, 0.0, 0.0, -1.0e9], [0.0, 0.0, 0.0, 0.0]]}
+      - attn: {op: MultiheadAttention, num_heads: 2, input: [x, bias], masks: [attn_mask]}
+      - fc:   {op: Linear, out_features: 8, tie: {weight: "${None if index == 0 else 'body.0.fc.weight'}"}}
+    skips:
+      - r: {from: x, to: fc}
+layers:
+  - body: {block: layer, repeat: 3, collect: true}
+  - all:  {op: concat, input: [body.*]}
+  - out:  {op: Linear, out_features: 2}
+"""
+
+
+def test_a_tie_in_a_collected_repeat_with_a_mask_constant_per_instance_equals_torch(tmp_path: pathlib.Path) -> None:
+    from test_export import import_file
+
+    model = resgraph.build(ALBERT_CAUSAL, seed=0).eval()
+    bias = torch.full((4, 4), -1e9).triu(1)
+
+    def reference(x: torch.Tensor) -> torch.Tensor:
+        values, h = [], x
+        for block in model.body:
+            assert block.fc.weight is model.body[0].fc.weight
+            h = block.fc(block.attn(h, h, h, attn_mask=bias, need_weights=False)[0]) + h
+            values.append(h)
+        return model.out(torch.cat(values, -1))  # the features-last default: dim -1
+
+    path = tmp_path / "albert.py"
+    path.write_text(resgraph.to_python(model))
+    exported = import_file(path, "albert").Net().eval()
+    exported.load_state_dict(model.state_dict(), strict=True)
+    for batch in (1, 5):
+        x = torch.randn(batch, 4, 8)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), reference(x))
+            torch.testing.assert_close(exported(x), model(x), rtol=0, atol=0)
