@@ -63,7 +63,12 @@ NN_MODULE_ATTRIBUTES = frozenset({
 })
 # The compiled module's own public attributes (api.CompiledModule) and the generated code's names.
 MODEL_ATTRIBUTES = frozenset({"code", "spec", "graph", "build_record", "example_inputs", "dynamic_shapes"})
-GENERATED_CODE_NAMES = frozenset({"self", "torch"})  # names the generated forward itself uses
+# The names the generated forward itself reads: `self`, `torch`, the input guard's `str`, `tuple` and
+# `ValueError` (codegen.input_guard), and the `int`, `max` and `min` of its size conditions
+# (symbolic.render). A node of the same name is a local of that forward, assigned anywhere in it, so
+# it shadows the name from the first line on: a layer named `int` made every call of a model whose
+# guard reads `int(x.shape[2] * 1.7)` fail with UnboundLocalError.
+GENERATED_CODE_NAMES = frozenset({"self", "torch", "str", "tuple", "ValueError", "int", "max", "min"})
 RESERVED_NAMES = NN_MODULE_ATTRIBUTES | MODEL_ATTRIBUTES | GENERATED_CODE_NAMES
 
 

@@ -825,3 +825,51 @@ def test_a_py_export_never_hides_a_standard_or_needed_module(name: str, hidden: 
     assert list(tmp_path.iterdir()) == []
     resgraph.save(model, tmp_path / "net.py")  # a name no import needs is written
     assert (tmp_path / "net.py").exists()
+
+
+# Size conditions on two free dims at once, through an Upsample whose factor is no exact fraction:
+# the guard reads `int(x.shape[2] * 1.7) + int(x.shape[3] * 1.7) - 19 < 1`. `{name}` is one layer's name.
+_JOINT_GUARD = ("resgraph: 1\nname: Net\ninputs:\n  {input}: [1, 8, 8]\n  y: [3]\nlayers:\n"
+                "  - up: {{op: Upsample, scale_factor: 1.7, input: {input}}}\n"
+                "  - {name}: {{op: mean, dim: 3, input: up}}\n  - b: {{op: mean, dim: 2, input: up}}\n"
+                "  - cat: {{op: concat, input: [{name}, b], dim: 2}}\n"
+                "  - conv: {{op: Conv1d, out_channels: 2, kernel_size: 20}}\n"
+                "  - flat: {{op: Flatten}}\n  - fy: {{op: Linear, out_features: 3, input: y}}\n"
+                "  - both: {{op: concat, input: [flat, fy], dim: 1}}\n")
+
+
+def _free_names(source: str) -> set[str]:
+    """The names the functions of `source` read without assigning them (globals and builtins)."""
+    free: set[str] = set()
+    for function in ast.walk(ast.parse(source)):
+        if isinstance(function, ast.FunctionDef):
+            bound = {a.arg for a in function.args.args} | {
+                n.id for n in ast.walk(function) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+            free |= {n.id for n in ast.walk(function) if isinstance(n, ast.Name) and n.id not in bound}
+    return free
+
+
+def test_every_name_the_generated_forward_reads_is_reserved() -> None:
+    """A node is a local of the forward, so a node named as a name the forward reads shadows it in the
+    whole function: each such name must be refused as a node's name (the guard's `str`, `tuple`,
+    `ValueError`, and the `int`/`max`/`min` of size conditions)."""
+    from resgraph.graph import GENERATED_CODE_NAMES
+
+    model = resgraph.build(_JOINT_GUARD.format(input="x", name="rows"), seed=0)
+    assert "int(x.shape[2] * 1.7)" in model.code and "str(tuple(" in model.code  # (what this test exercises)
+    assert _free_names(model.code) <= GENERATED_CODE_NAMES
+    assert {"int", "max", "min"} <= GENERATED_CODE_NAMES  # symbolic.render's functions
+
+
+@pytest.mark.parametrize("name", ["int", "max", "min", "str", "tuple", "ValueError"])
+@pytest.mark.parametrize("where", ["input", "layer"])
+def test_a_node_named_as_a_function_the_guard_calls_is_refused(name: str, where: str) -> None:
+    """A layer named `int` built a model whose every call failed with UnboundLocalError (its guard
+    calls int(...) before the layer's line assigns the local `int`), in the compiled model and the
+    exported file alike; an input named `str` turned the guard's ValueError into 'Tensor object is
+    not callable'. Both are refused with the reserved-name error."""
+    spec = _JOINT_GUARD.format(input=name, name="rows") if where == "input" else _JOINT_GUARD.format(input="x",
+                                                                                                    name=name)
+    with pytest.raises(resgraph.SpecError, match=rf"{where} '{name}': the name is reserved \(it would shadow a "
+                                                 rf"name the generated code uses\)"):
+        resgraph.build(spec, seed=0)
