@@ -209,10 +209,16 @@ def write_diagram(dot: Any, path: str | os.PathLike[str], *, replace: bool = Tru
         None on success; when Graphviz's `dot` program is missing and the format needs it, the
         path of the .dot file written instead.
     Raises:
-        UsageError: an unknown suffix, a path that cannot be written, or one that is a file the
-            diagram was drawn from (its `spec_files`, see `resgraph.render`).
+        UsageError: `dot` is no diagram (a model or spec: `render` draws one), an unknown suffix, a
+            path that cannot be written, or one that is a file the diagram was drawn from (its
+            `spec_files`, see `resgraph.render`).
         FileExistsError: `replace` is False and another file, or a symlink, is at `path`.
     """
+    import graphviz
+
+    if not isinstance(dot, graphviz.Digraph):  # (a model, a graph or a spec: each is drawn by `render` first)
+        raise UsageError(f"write_diagram takes a diagram, not a {type(dot).__name__}; draw it first: "
+                         "resgraph.write_diagram(resgraph.render(model_or_spec), path)")
     name = os.fspath(path)
     writer = find_format(name, "diagram").load_writer()
     drawn_from = getattr(dot, "spec_files", ())  # (none for a Digraph resgraph did not draw)

@@ -477,3 +477,14 @@ def test_without_graphviz_no_command_is_suggested_for_a_name_printed_escaped(tmp
                              "-o", "two\nlines.png"], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert result.returncode == 1 and "or: dot" not in result.stderr
     assert "two\\nlines.png" in result.stderr and (tmp_path / "two\nlines.dot").exists()
+
+
+@pytest.mark.parametrize("given", ["model", "spec path", "graph"])
+def test_write_diagram_given_no_diagram_says_to_render_first(tmp_path: pathlib.Path, given: str) -> None:
+    spec = EXAMPLES / "tutorial.yaml"
+    value = {"model": lambda: resgraph.build(spec), "spec path": lambda: str(spec),
+             "graph": lambda: resgraph.check(spec)}[given]()
+    with pytest.raises(resgraph.UsageError, match=r"write_diagram takes a diagram, not a \w+; draw it first: "
+                                                  r"resgraph\.write_diagram\(resgraph\.render\("):
+        resgraph.write_diagram(value, tmp_path / "net.svg")
+    assert list(tmp_path.iterdir()) == []  # nothing written
