@@ -335,3 +335,9 @@ def test_the_readmes_links_name_files_and_headings_that_exist() -> None:
         assert target.exists(), link
         if anchor:
             assert anchor in headings(target.read_text()), link
+
+
+def test_how_it_works_names_every_module_of_the_package() -> None:
+    text = section("## How it works", "**Where things go:**")
+    modules = sorted(path.name for path in (ROOT / "resgraph").glob("*.py") if not path.name.startswith("__"))
+    assert [name for name in modules if f"`{name}`" not in text] == []
