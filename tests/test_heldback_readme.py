@@ -341,3 +341,14 @@ def test_how_it_works_names_every_module_of_the_package() -> None:
     text = section("## How it works", "**Where things go:**")
     modules = sorted(path.name for path in (ROOT / "resgraph").glob("*.py") if not path.name.startswith("__"))
     assert [name for name in modules if f"`{name}`" not in text] == []
+
+
+def test_block_instances_with_the_same_forward_share_a_generated_class() -> None:
+    assert "instances whose generated `forward` is the same (shape comments included) share one\n  class" in README
+    model = resgraph.build(EXAMPLES / "resnet18.yaml", device="meta")
+    first, second = model.layer1
+    assert type(first) is type(second) and type(first).__name__ == "Basic"  # the block is named `basic`
+    assert type(model.layer2[0]) is not type(model.layer2[1])  # only the first has a projection
+    headings = [line for line in run_cli("build", "examples/resnet18.yaml", "--code").stdout.splitlines()
+                if line.startswith("# ")]
+    assert headings[0] == "# Basic: layer1.0, layer1.1" and headings[-1] == "# ResNet18: the model"
