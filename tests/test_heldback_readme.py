@@ -352,3 +352,10 @@ def test_block_instances_with_the_same_forward_share_a_generated_class() -> None
     headings = [line for line in run_cli("build", "examples/resnet18.yaml", "--code").stdout.splitlines()
                 if line.startswith("# ")]
     assert headings[0] == "# Basic: layer1.0, layer1.1" and headings[-1] == "# ResNet18: the model"
+
+
+def test_every_repository_path_the_readme_names_exists() -> None:
+    named = set(re.findall(r"(?<![\w/.-])((?:tests|examples|resgraph|docs|schemas|bench|\.ci)/[\w./*-]*[\w*])", README))
+    assert len(named) > 40
+    missing = [path for path in sorted(named) if not (list(ROOT.glob(path)) if "*" in path else (ROOT / path).exists())]
+    assert missing == []
