@@ -4,6 +4,7 @@ written, and its numbers are the ones resgraph's registries and builds give."""
 from __future__ import annotations
 
 import ast
+import json
 import re
 import subprocess
 import sys
@@ -359,3 +360,9 @@ def test_every_repository_path_the_readme_names_exists() -> None:
     assert len(named) > 40
     missing = [path for path in sorted(named) if not (list(ROOT.glob(path)) if "*" in path else (ROOT / path).exists())]
     assert missing == []
+
+
+def test_the_resnets_said_to_be_checked_key_for_key_are_the_fixtures() -> None:
+    assert "(ResNet-18's and\nResNet-50's key order and shapes are checked against the fixture" in README
+    models = json.loads((ROOT / "tests" / "fixtures" / "torchvision.json").read_text())["models"]
+    assert sorted(name for name, entry in models.items() if "state_dict" in entry) == ["resnet18", "resnet50"]
