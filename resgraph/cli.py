@@ -33,6 +33,8 @@ __all__ = ["main"]
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 # 128 + SIGINT, 128 + SIGPIPE: what a shell reports for a command ended by that signal; scripts read them as usual.
 EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141
+# What SPEC may be, in each command's --help.
+SPEC_HELP = "YAML, or resgraph:NAME for a file shipped with resgraph"
 
 # Flags of `build` that cannot be combined: the second would be silently ignored.
 BUILD_CONFLICTS = (
@@ -119,14 +121,14 @@ def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 
 
 def _validate_arguments(validate: argparse.ArgumentParser) -> None:
-    validate.add_argument("specs", nargs="+", metavar="SPEC", help="spec files (YAML)")
+    validate.add_argument("specs", nargs="+", metavar="SPEC", help=f"spec files: {SPEC_HELP}")
     _add_set(validate)
 
 
 def _build_arguments(build: argparse.ArgumentParser) -> None:
     from .formats import diagram_suffixes
 
-    build.add_argument("spec", metavar="SPEC", help="spec file (YAML)")
+    build.add_argument("spec", metavar="SPEC", help=f"spec file: {SPEC_HELP}")
     build.add_argument("--json", action="store_true", help="print the summary as JSON")
     build.add_argument("--seed", type=int, help="initialise weights deterministically")
     build.add_argument("-o", "--output", metavar="FILE",
@@ -154,7 +156,7 @@ def _build_arguments(build: argparse.ArgumentParser) -> None:
 def _render_arguments(render: argparse.ArgumentParser) -> None:
     from .formats import diagram_suffixes
 
-    render.add_argument("spec", metavar="SPEC", help="spec file (YAML)")
+    render.add_argument("spec", metavar="SPEC", help=f"spec file: {SPEC_HELP}")
     render.add_argument("-o", "--output", metavar="FILE",
                         help=f"the diagram (default: SPEC's name with .svg, here, never replacing another file); "
                              f"the suffix picks the format: "
@@ -174,7 +176,7 @@ def _render_arguments(render: argparse.ArgumentParser) -> None:
 
 
 def _sizes_arguments(sizes: argparse.ArgumentParser) -> None:
-    sizes.add_argument("spec", metavar="SPEC", help="spec file (YAML)")
+    sizes.add_argument("spec", metavar="SPEC", help=f"spec file: {SPEC_HELP}")
     sizes.add_argument("--range", type=_range, default=None, metavar="LO..HI",
                        help="the sizes to try for each free dim (default: 1..2048)")
     sizes.add_argument("--json", action="store_true", help="print the sizes as JSON")

@@ -3,6 +3,8 @@ written, and its numbers are the ones resgraph's registries and builds give."""
 
 from __future__ import annotations
 
+import ast
+import json
 import re
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import pytest
 import torch
 
 import resgraph
+from conftest import run_cli
 from resgraph.ops import OPS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -189,3 +192,177 @@ def test_an_admitted_size_keeps_the_weights_and_outputs_but_may_narrow_what_the_
     declared(torch.randn(2, 8, 16, 16))
     with pytest.raises(ValueError, match=r"1 <= H <= 5"):
         at_five(torch.randn(2, 8, 16, 16))
+
+
+def test_the_weight_mapping_shown_is_what_load_weights_returns() -> None:
+    # torchvision's ViT keys and structure, small (tests/test_weights.py), stand in for its checkpoint
+    from test_weights import TorchvisionViT
+
+    (snippet,) = blocks(section("### Loading weights written by another implementation", "Tensors are matched"),
+                        "python")
+    shown = re.findall(r"^(mapping\.\S+)\s+# (\([^)]*\)|'[^']*')", snippet, re.MULTILINE)
+    assert len(shown) == 3
+    size = {"image_size": 32, "patch": 16, "hidden": 32, "heads": 4, "mlp": 64, "depth": 2, "num_classes": 7}
+    model = resgraph.build(EXAMPLES / "vit_b_16.yaml", params=size)
+    mapping = resgraph.load_weights(model, TorchvisionViT(32, 16, 32, 4, 64, 2, 7).state_dict())
+    for expression, value in shown:
+        assert eval(expression, {"mapping": mapping}) == ast.literal_eval(value), expression  # noqa: S307
+
+
+def test_the_python_exports_classes_are_the_ones_described() -> None:
+    claim = section("The file has one class per distinct block computation", "It is deterministic")
+    assert ("`Bottleneck` for the first\ninstance of each stage, which has a projection, `Bottleneck2` for the "
+            "others") in claim
+    source = resgraph.to_python(resgraph.build(EXAMPLES / "resnet50.yaml", device="meta"))
+    classes = {node.name: ast.get_source_segment(source, node) for node in ast.parse(source).body
+               if isinstance(node, ast.ClassDef)}
+    assert list(classes) == ["Bottleneck", "Bottleneck2", "ResNet50"]
+    assert "self.downsample(x)" in classes["Bottleneck"] and "downsample" not in classes["Bottleneck2"].split(
+        "def forward")[0]
+    # each stage's first instance is a Bottleneck, the others Bottleneck2s
+    calls = re.findall(r"\b(Bottleneck2?)\(", classes["ResNet50"])
+    assert calls == [name for depth in (3, 4, 6, 3) for name in ["Bottleneck"] + ["Bottleneck2"] * (depth - 1)]
+
+
+def test_the_exported_output_names_quoted_are_torchs() -> None:
+    claim = section("torch names an exported graph's outputs", "**ONNX**")
+    model = resgraph.build(EXAMPLES / "tutorial.yaml", seed=0)
+
+    def output_names(program: torch.export.ExportedProgram) -> list[str]:
+        return list(program.graph_signature.user_outputs)
+
+    def exported(module: torch.nn.Module) -> list[str]:
+        return output_names(torch.export.export(module, model.example_inputs(),
+                                                dynamic_shapes=model.dynamic_shapes()))
+
+    training = exported(model.train())
+    evaluating = exported(model.eval())
+    assert f"is `{evaluating[0]}` in eval mode, and `{training[0]}` in training mode" in claim
+    assert output_names(resgraph.export_program(model)) == ["res2_conv2"]
+
+
+def test_constant_buffers_are_marked_in_summaries_as_said() -> None:
+    claim = section("- Constants are buffers", "- `arange` with `input`")
+    assert "`[buffer, not saved]` (`[buffer]` when `persistent: true`)" in claim
+    rows = {row.name: row for row in resgraph.summary("""
+resgraph: 1
+name: Buffers
+inputs: {x: [4]}
+layers:
+  - kept:    {op: full, shape: [4], value: 0.5, persistent: true}
+  - derived: {op: full, shape: [4], value: 0.5}
+  - total:   {op: add, input: [x, kept]}
+""").rows}
+    assert rows["kept"].op.endswith("[buffer]") and rows["derived"].op.endswith("[buffer, not saved]")
+    assert rows["kept"].params == rows["derived"].params == 0
+
+
+def test_every_option_in_the_commands_help_is_in_the_readmes_command_table() -> None:
+    table = section("## Command line", "A SPEC may be")
+    shared = section("`validate`, `build`, `render` and `sizes` also take", "\n\n")
+    assert "A SPEC may be `resgraph:NAME`" in README
+    for command in ("validate", "build", "render", "sizes", "schema"):
+        result = run_cli(command, "--help")
+        assert result.returncode == 0, result.stderr
+        if command != "schema":
+            assert "resgraph:NAME" in result.stdout  # SPEC's help says what the README does
+        (row,) = re.findall(rf"^\| `resgraph {command}\b.*$", table, re.MULTILINE)
+        said = [row] + ([shared] if command != "schema" else [])
+        for listed in re.findall(r"^  (-\S.*?)(?:\s{2,}|$)", result.stdout, re.MULTILINE):  # `-o FILE, --output FILE`
+            names = re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", listed)
+            mentioned = [name for name in names for text in said
+                         if re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text)]
+            assert mentioned or "--help" in names, (command, listed)
+
+
+def test_validate_refuses_spec_flags_given_with_block_libraries_alone(tmp_path: Path) -> None:
+    assert "with libraries alone they are refused (exit 2)" in README
+    refused = run_cli("validate", "examples/blocks/resnet.yaml", "--set", "planes=3")
+    assert refused.returncode == 2 and "block library" in refused.stderr
+    beside = run_cli("validate", "examples/blocks/resnet.yaml", "examples/resnet18.yaml", "--set", "num_classes=3")
+    assert beside.returncode == 0, beside.stderr
+    claim = section("checks a\n  library on its own", "### Tensor ops")
+    assert ("each block's ops and names (an unknown op, a\n  duplicate layer, an unknown node it reads), every "
+            "mistake at once") in claim
+    library = tmp_path / "lib.yaml"
+    library.write_text("""resgraph: 1
+blocks:
+  unit:
+    layers:
+      - conv: {op: Conv2dd, out_channels: 4, kernel_size: 1}
+      - conv: {op: ReLU}
+      - act:  {op: ReLU, input: nowhere}
+""")
+    checked = run_cli("validate", str(library))
+    errors = [line for line in checked.stdout.splitlines() + checked.stderr.splitlines() if ": error: " in line]
+    assert checked.returncode == 1 and len(errors) == 3, checked.stdout + checked.stderr
+    assert "'Conv2dd'" in errors[0] and "already used" in errors[1] and "'nowhere'" in errors[2]
+
+
+def normalised_lines(yaml_text: str) -> list[str]:
+    """Each line without its comment, its whitespace collapsed; blank lines and `...` elisions dropped."""
+    lines = (" ".join(re.split(r"\s#\s", " " + line)[0].split()) for line in yaml_text.splitlines())
+    return [line for line in lines if line and line not in ("...", "- ...")]
+
+
+@pytest.mark.parametrize(("start", "example"), [
+    ("ResNet-50 in resgraph is its paper's table", "resnet50.yaml"),
+    ("with the block defined once", "blocks/resnet.yaml"),
+    ("so YOLOv8's C2f is\n  written without a copy", "yolov8.yaml"),
+    ("give the linear schedule", "convnext_tiny.yaml"),
+])
+def test_a_yaml_excerpt_the_readme_shows_from_an_example_is_in_it(start: str, example: str) -> None:
+    begin = README.index("```yaml\n", README.index(start)) + len("```yaml\n")
+    excerpt = README[begin:README.index("```", begin)]  # the first YAML block after `start`
+    file_lines = set(normalised_lines((EXAMPLES / example).read_text()))
+    missing = [line for line in normalised_lines(excerpt) if line not in file_lines]
+    assert not missing, f"lines the README shows that {example} does not have: {missing}"
+
+
+def test_the_readmes_links_name_files_and_headings_that_exist() -> None:
+    def headings(text: str) -> set[str]:
+        text = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
+        return {re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+                for title in re.findall(r"^#{1,6} (.+)$", text, re.MULTILINE)}
+
+    prose = re.sub(r"`[^`\n]*`", "", re.sub(r"```.*?```", "", README, flags=re.DOTALL))
+    links = re.findall(r"\]\(([^)\s]+)\)", prose)
+    assert len(links) > 10
+    for link in links:
+        path, _, anchor = link.partition("#")
+        if path.startswith(("http://", "https://")):
+            continue
+        target = ROOT / path if path else ROOT / "README.md"
+        assert target.exists(), link
+        if anchor:
+            assert anchor in headings(target.read_text()), link
+
+
+def test_how_it_works_names_every_module_of_the_package() -> None:
+    text = section("## How it works", "**Where things go:**")
+    modules = sorted(path.name for path in (ROOT / "resgraph").glob("*.py") if not path.name.startswith("__"))
+    assert [name for name in modules if f"`{name}`" not in text] == []
+
+
+def test_block_instances_with_the_same_forward_share_a_generated_class() -> None:
+    assert "instances whose generated `forward` is the same (shape comments included) share one\n  class" in README
+    model = resgraph.build(EXAMPLES / "resnet18.yaml", device="meta")
+    first, second = model.layer1
+    assert type(first) is type(second) and type(first).__name__ == "Basic"  # the block is named `basic`
+    assert type(model.layer2[0]) is not type(model.layer2[1])  # only the first has a projection
+    headings = [line for line in run_cli("build", "examples/resnet18.yaml", "--code").stdout.splitlines()
+                if line.startswith("# ")]
+    assert headings[0] == "# Basic: layer1.0, layer1.1" and headings[-1] == "# ResNet18: the model"
+
+
+def test_every_repository_path_the_readme_names_exists() -> None:
+    named = set(re.findall(r"(?<![\w/.-])((?:tests|examples|resgraph|docs|schemas|bench|\.ci)/[\w./*-]*[\w*])", README))
+    assert len(named) > 40
+    missing = [path for path in sorted(named) if not (list(ROOT.glob(path)) if "*" in path else (ROOT / path).exists())]
+    assert missing == []
+
+
+def test_the_resnets_said_to_be_checked_key_for_key_are_the_fixtures() -> None:
+    assert "(ResNet-18's and\nResNet-50's key order and shapes are checked against the fixture" in README
+    models = json.loads((ROOT / "tests" / "fixtures" / "torchvision.json").read_text())["models"]
+    assert sorted(name for name, entry in models.items() if "state_dict" in entry) == ["resnet18", "resnet50"]
