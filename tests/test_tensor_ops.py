@@ -73,3 +73,12 @@ def test_permute_reshape_and_mean_follow_torch_dims() -> None:
     torch.testing.assert_close(model(x), x.permute(0, 2, 3, 1).reshape(2, -1, 4).mean(dim=1))
     graph = resgraph.check(text)
     assert graph.nodes["last"].meta["type"].layout == "features_last"  # channels moved last
+
+
+def test_chunk_takes_dim_1_in_every_layout_where_none_is_written() -> None:
+    # (unlike concat: a reshape's value is taken for features-last, and YOLOv8 chunks such a (4, A) along dim 1)
+    model = resgraph.build("resgraph: 1\nname: T\ninputs:\n  x: {shape: [4, 6], layout: features_last}\nlayers:\n"
+                           "  - parts: {op: chunk, chunks: 2, outputs: [a, b]}\n"
+                           "  - both: {op: sub, input: [a, b]}\n")
+    x = torch.randn(2, 4, 6)
+    torch.testing.assert_close(model(x), x[:, :2] - x[:, 2:])
