@@ -1,0 +1,80 @@
+"""Held-back cases of input sizes found by checking the rule against torch: at every size `valid_sizes`
+admits, the model compiled at its declared size gives the outputs of a model built at that size with
+the same weights; at every size it refuses, that model would differ, or torch would fail."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+import torch
+
+import resgraph
+
+
+def _spec(input_shape: list[int], layers: str, skips: str = "") -> str:
+    return f"resgraph: 1\nname: Net\ninputs:\n  x: {input_shape}\nlayers:\n{layers}" + (
+        f"skips:\n{skips}" if skips else "")
+
+
+def _built_at(spec: str, model: torch.nn.Module, shape: tuple[int, ...]) -> torch.nn.Module:
+    """The spec built at per-sample `shape`, with `model`'s weights."""
+    other = resgraph.build(spec, input_shapes={"x": shape}).eval()
+    other.load_state_dict(model.state_dict())
+    return other
+
+
+def _unguarded(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's forward with its input guard skipped (as while torch.compile traces it)."""
+    with mock.patch("torch.compiler.is_compiling", return_value=True), torch.no_grad():
+        return model(x)
+
+
+# --- a projection's step after an adaptive pool of more than one position ----------------------------
+
+@pytest.mark.parametrize("policy", ["pad", "avgpool", "conv", "auto"])
+def test_a_step_chosen_after_an_adaptive_pool_admits_only_the_sizes_that_choose_it_again(policy: str) -> None:
+    # Declared at 31, the skip into a pool of 2 positions steps by 16 (positions 0 and 16). The rule
+    # admitted every size that step still fits (17..32), but a model built at 17 steps by 9: another
+    # projection, another output (the subsample kept row 16 where the rebuilt one keeps row 9).
+    spec = _spec([2, 31], "  - pool: {op: AdaptiveAvgPool1d, output_size: 2}\n",
+                 f"  - s: {{from: x, to: pool, projection: {policy}}}\n")
+    (_, length) = resgraph.valid_sizes(spec, low=1, high=64).dims
+    assert length.rule.describe("L") == "31 <= L <= 32"
+    assert length.failures[30] == length.failures[17] == "s"
+    model = resgraph.build(spec, seed=0).eval()
+    x = torch.randn(2, 2, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), _built_at(spec, model, (2, 32))(x))
+    short = torch.randn(2, 2, 17)
+    with pytest.raises(ValueError, match=r"input 'x' must be \(N, 2, L\) with 31 <= L <= 32"):
+        model(short)
+    with torch.no_grad():  # why: the model built at 17 is another one
+        assert not torch.allclose(_unguarded(model, short), _built_at(spec, model, (2, 17))(short))
+
+
+def test_a_step_after_an_adaptive_pool_on_a_map_is_kept_per_dim() -> None:
+    # 2-D, a 1x1 conv projection (auto: conv + norm) into a 3x3 pool: declared 19x30 steps (7, 10);
+    # the sizes that choose those steps again are 19..21 and 28..30
+    spec = _spec([2, 19, 30], "  - pool: {op: AdaptiveAvgPool2d, output_size: 3}\n"
+                 "  - conv: {op: Conv2d, out_channels: 4, kernel_size: 1}\n",
+                 "  - s: {from: x, to: conv}\n")
+    report = resgraph.valid_sizes(spec, low=1, high=64)
+    assert [dim.rule.describe(dim.name) for dim in report.dims if dim.free] == ["19 <= H <= 21", "28 <= W <= 30"]
+    model = resgraph.build(spec, seed=0).eval()
+    assert model.s[0].stride == (7, 10)
+    for shape in [(2, 21, 28), (2, 19, 29)]:
+        x = torch.randn(2, *shape)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), _built_at(spec, model, shape)(x))
+    x = torch.randn(2, 2, 13, 30)  # a stride of 7 gives 13 rows 2 positions, not 3: built at 13 it steps by 5
+    with pytest.raises(ValueError, match="19 <= H <= 21"):
+        model(x)
+    assert _built_at(spec, model, (2, 13, 30)).s[0].stride == (5, 10)
+
+
+def test_a_step_into_a_single_position_still_fits_every_smaller_size() -> None:
+    # a target of size 1 keeps position 0 whatever the step: no size is lost there
+    spec = _spec([2, 31], "  - pool: {op: AdaptiveAvgPool1d, output_size: 1}\n", "  - s: {from: x, to: pool}\n")
+    (_, length) = resgraph.valid_sizes(spec, low=1, high=64).dims
+    assert length.rule.describe("L") == "1 <= L <= 31"
