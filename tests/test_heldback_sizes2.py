@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import resgraph
+from conftest import EXAMPLES
 
 
 def _spec(input_shape: list[int], layers: str, skips: str = "") -> str:
@@ -78,3 +79,64 @@ def test_a_step_into_a_single_position_still_fits_every_smaller_size() -> None:
     spec = _spec([2, 31], "  - pool: {op: AdaptiveAvgPool1d, output_size: 1}\n", "  - s: {from: x, to: pool}\n")
     (_, length) = resgraph.valid_sizes(spec, low=1, high=64).dims
     assert length.rule.describe("L") == "1 <= L <= 31"
+
+
+# --- a block reading its input's channels keeps the spatial sizes free ---------------------------------
+
+IN_SHAPES = """\
+resgraph: 1
+name: Net
+inputs:
+  x: [3, 12, 12]
+blocks:
+  head:
+    inputs: [a, b]
+    layers:
+      - cat: {op: concat, input: [a, b]}
+      - mix: {op: Conv2d, out_channels: "${in_shapes[0][0] + in_shape[0]}", kernel_size: 1}
+layers:
+  - conv: {op: Conv2d, out_channels: 4, kernel_size: 3, padding: 1}
+  - head: {block: head, input: [conv, conv]}
+"""
+
+
+def test_reading_a_blocks_input_channels_keeps_its_spatial_sizes_free() -> None:
+    # `in_shapes[0][0]` (and `in_shape[0]`) specialised every size of the shape read, so YOLOv8's
+    # Detect block, whose widths read `in_shapes[0][0]`, fixed its maps' sizes: built at 640 it
+    # admitted 633..640 only, and refused 672, where Ultralytics' model runs.
+    report = resgraph.valid_sizes(IN_SHAPES, low=1, high=64)
+    assert [dim.rule.describe(dim.name) for dim in report.dims if dim.free] == ["any H", "any W"]
+    model = resgraph.build(IN_SHAPES, seed=0).eval()
+    assert model.head.mix.out_channels == 8
+    x = torch.randn(2, 3, 20, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), _built_at(IN_SHAPES, model, (3, 20, 7))(x))
+
+
+@pytest.mark.parametrize(("read", "rule"), [
+    ("in_shape[1] * 0 + 8", ["H = 12", "any W"]),  # a spatial size read: it is fixed, the other is not
+    ("max(in_shape) * 0 + 8", ["H = 12", "W = 12"]),  # read whole: every size fixed
+    ("len(in_shape) + 5", ["any H", "any W"]),  # the rank is no size
+    ("(in_shape + [1])[0] * 2", ["H = 12", "W = 12"]),
+])
+def test_each_size_an_expression_reads_is_fixed_and_only_those(read: str, rule: list[str]) -> None:
+    spec = IN_SHAPES.replace("${in_shapes[0][0] + in_shape[0]}", "${" + read + "}")
+    report = resgraph.valid_sizes(spec, low=1, high=32)
+    assert [dim.rule.describe(dim.name) for dim in report.dims if dim.free] == rule
+
+
+def test_an_expression_returning_a_blocks_shape_gives_plain_numbers() -> None:
+    spec = IN_SHAPES.replace('"${in_shapes[0][0] + in_shape[0]}", kernel_size: 1}',
+                             '8, kernel_size: 1}\n      - back: {op: reshape, shape: "${in_shape}", input: a}\n'
+                             '      - out: {op: add, input: [back, a]}')
+    model = resgraph.build(spec)
+    assert model(torch.randn(2, 3, 12, 12)).shape == (2, 4, 12, 12)
+    assert [dim.rule.describe(dim.name) for dim in model.graph.meta["sizes"].dims if dim.free] == ["H = 12", "W = 12"]
+
+
+def test_yolov8_admits_every_size_its_levels_line_up_at() -> None:
+    spec = EXAMPLES / "yolov8.yaml"
+    report = resgraph.valid_sizes(spec, params={"image_size": 64}, low=1, high=200)
+    height = report.dims[1]
+    assert height.rule.describe("H") == "H in {25, 26, 27, 28, 29, 30, 31, 32} + 32k"
+    assert (height.failures[56], height.failures[65]) == ("h14_cat", "h11_cat")  # torch's concat fails there
