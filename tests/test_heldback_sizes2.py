@@ -11,6 +11,7 @@ import torch
 
 import resgraph
 from conftest import EXAMPLES
+from resgraph.symbolic import SymInt, recording
 
 
 def _spec(input_shape: list[int], layers: str, skips: str = "") -> str:
@@ -140,3 +141,27 @@ def test_yolov8_admits_every_size_its_levels_line_up_at() -> None:
     height = report.dims[1]
     assert height.rule.describe("H") == "H in {25, 26, 27, 28, 29, 30, 31, 32} + 32k"
     assert (height.failures[56], height.failures[65]) == ("h14_cat", "h11_cat")  # torch's concat fails there
+    assert not report.joint  # (the reshapes' -1 of 4 * A rows decide nothing: no condition on H and W together)
+
+
+# --- a multiple's remainder and quotient decide nothing ------------------------------------------------
+
+def test_a_multiple_divided_by_its_factor_records_no_guard() -> None:
+    h, w = SymInt.symbol("x.H", 6), SymInt.symbol("x.W", 5)
+    with recording() as guards:
+        assert (4 * h * w) % 4 == 0 and (4 * h * w) % 2 == 0
+        quotient = (4 * h * w) // 4
+        assert str(quotient.expr) == "x.H * x.W" and quotient.hint == 30
+        assert str(((12 * h) // 8).expr) == "12 * x.H // 8"  # 8 does not divide 12: left as it is
+    assert guards == []
+
+
+def test_a_reshape_of_a_flattened_map_by_its_channels_needs_nothing_of_h_and_w_together() -> None:
+    spec = _spec([4, 6, 5], "  - f: {op: Flatten}\n  - r: {op: reshape, shape: [4, -1]}\n"
+                 "  - t: {op: reshape, shape: [-1, 2]}\n")
+    report = resgraph.valid_sizes(spec, low=1, high=16)
+    assert "together" not in report.format("spec") and not report.joint
+    model = resgraph.build(spec)
+    for h, w in [(1, 1), (3, 7), (16, 9)]:
+        x = torch.randn(2, 4, h, w)
+        assert torch.equal(model(x), x.reshape(2, 4 * h * w).reshape(2, 4, -1).reshape(2, -1, 2))
