@@ -45,7 +45,15 @@ from .evaluate import (
     is_scaled_already,
     names_read,
 )
-from .expressions import ExpressionError, Unavailable, evaluate, expression_body, expression_names, width_scaling
+from .expressions import (
+    ExpressionError,
+    ReadOnRequest,
+    Unavailable,
+    evaluate,
+    expression_body,
+    expression_names,
+    width_scaling,
+)
 from .loader import MAX_BYTES, MAX_NODES, LoadedSpec, Origin, SourceMap, load_import
 from .ops import Layer, TensorType
 from .ops.base import is_identifier
@@ -285,10 +293,11 @@ class _ShapeNames(Mapping[str, Any]):
         if self.inputs is None:
             raise Unavailable(f"{key} is unknown: the shape of the block's input could not be inferred")
         first = self.inputs[0]
+        # (each size specialised where an expression reads it: `in_shapes[0][0]` fixes the channels alone)
         if key == "in_shapes":
-            return [[specialize(size) for size in t.shape] for t in self.inputs]
+            return [ReadOnRequest(t.shape, specialize) for t in self.inputs]
         if key == "in_shape":
-            return [specialize(size) for size in first.shape]
+            return ReadOnRequest(first.shape, specialize)
         if not first.rank:
             raise ExpressionError(f"{key}: the block's input {first} has no dims")
         return specialize(first.shape[0] if key == "in_channels" else first.shape[-1])

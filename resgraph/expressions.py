@@ -25,13 +25,13 @@ import functools
 import itertools
 import math
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NoReturn
 
 from .suggest import did_you_mean
 
-__all__ = ["FUNCTIONS", "MAX_VALUE_SIZE", "ExpressionError", "Unavailable", "evaluate", "expression_body",
-           "expression_calls", "expression_names",
+__all__ = ["FUNCTIONS", "MAX_VALUE_SIZE", "ExpressionError", "ReadOnRequest", "Unavailable", "evaluate",
+           "expression_body", "expression_calls", "expression_names",
            "make_divisible", "value_size", "width_scaling"]
 
 MAX_LENGTH = 1_000
@@ -189,6 +189,43 @@ def expression_body(value: Any) -> str | None:
     return None
 
 
+class ReadOnRequest(list):  # type: ignore[type-arg]
+    """A list whose items pass through `read` where an expression reads them, one by one.
+
+    A block's `in_shape` is one: `in_shape[0]` specialises the channels alone (a recorded decision,
+    see `resgraph.symbolic`), so a block that reads its input's channels keeps its spatial sizes
+    free. Indexing reads one item; iterating (`max`, `sum`, `+`) reads them all; comparing compares
+    the items as they are (a symbolic size records the comparison). A value an expression returns
+    is a plain list, every item read (`evaluate`).
+    """
+
+    def __init__(self, items: Iterable[Any], read: Callable[[Any], Any]) -> None:
+        super().__init__(items)
+        self.read = read
+
+    def __getitem__(self, index: Any) -> Any:
+        item = super().__getitem__(index)
+        return [self.read(value) for value in item] if isinstance(index, slice) else self.read(item)
+
+    def __iter__(self) -> Iterator[Any]:
+        return map(self.read, super().__iter__())
+
+    def __add__(self, other: Any) -> Any:  # (list's own + copies the items unread)
+        return [*self] + other
+
+    def __radd__(self, other: Any) -> Any:
+        return other + [*self]
+
+
+def _plain(value: Any) -> Any:
+    """`value` with every `ReadOnRequest` in it read into a plain list."""
+    if isinstance(value, ReadOnRequest):
+        return [_plain(item) for item in value]
+    if type(value) is list and any(isinstance(item, list) for item in value):
+        return [_plain(item) for item in value]
+    return value
+
+
 def evaluate(text: str, names: Mapping[str, Any]) -> Any:
     """Evaluate an expression body (without `${}`) with `names` bound.
 
@@ -197,7 +234,8 @@ def evaluate(text: str, names: Mapping[str, Any]) -> Any:
     """
     if len(text) > MAX_LENGTH:
         raise ExpressionError(f"expression is longer than {MAX_LENGTH} characters")
-    return _Evaluator(names, text).visit(_checked_tree(text))
+    value = _Evaluator(names, text).visit(_checked_tree(text))
+    return _plain(value) if isinstance(value, list) else value
 
 
 # A block's body is evaluated once per instance (200 times for a 200-block repeat): parse each
@@ -310,7 +348,7 @@ def value_size(value: Any, limit: int = MAX_VALUE_SIZE) -> int:
             size += len(item)
         elif isinstance(item, (list, tuple)):
             size += len(item)
-            stack.extend(item)
+            stack.extend(list.__iter__(item) if isinstance(item, ReadOnRequest) else item)  # (counted, not read)
         elif isinstance(item, dict):
             size += len(item)
             stack.extend(item.keys())

@@ -39,7 +39,7 @@ from .ops.base import FLOAT_DTYPES, NORM_DTYPES, WEIGHTED_DTYPES, Scale, sample_
 from .ops.merge import check_gate_layouts
 from .ops.pool import check_avg_pool3d_input
 from .spec import Projection
-from .symbolic import Guard, SymInt, hint, hints, requirement, specialize
+from .symbolic import Guard, SymInt, hint, hints, requirement, specialize, sym_max
 
 __all__ = ["POLICIES", "STEPS", "Mismatch", "ProjectionError", "ProjectionPlan", "Step", "StepKind", "StepRule",
            "describe_steps", "plan_projection", "projection_dtypes", "projection_parameters", "step_code",
@@ -379,6 +379,7 @@ class Mismatch:
                         "downsample", kind="larger")
                 # the smallest step that fits at this size; the model keeps it, and fits wherever it still does
                 step = -(-hint(size_in) // hint(size_out))
+                _keep_smallest(size_in, size_out, step)
             if (size_in if step == 1 else -(-size_in // step)) != size_out:  # (ceil(a / 1) is a: no arithmetic)
                 required = tuple(requirement("eq", -(-a // step), b) for a, b in zip(spatial_in, spatial_out))
                 if step == 1:
@@ -656,6 +657,23 @@ def plan_projection(policy: Projection, merge: Merge, source: TensorType, target
                                                                     else "features_last", target.scale))
 
 
+
+
+def _keep_smallest(size_in: Any, size_out: Any, step: int) -> None:
+    """Record that `step` stays the smallest that maps `size_in` onto `size_out` (a guard on the sizes).
+
+    A step chosen where the grids are unknown (after an adaptive pool) is the smallest that fits, and a
+    model built at another size chooses again: where the step fits there but a smaller one would too,
+    the two models keep different positions (declared at 31, an adaptive pool's 2 positions are 0 and
+    16, built at 17 they are 0 and 9), so that size is not the same model. A target of size 1 keeps
+    position 0 whatever the step: there a larger step is the same model.
+    """
+    if step == 1 or (not isinstance(size_out, SymInt) and size_out == 1):
+        return
+    smaller = -(-size_in // (step - 1))  # the size one step less gives: larger than the target's
+    # (the comparison records the guard, true at the declared size; max(..., 2) lets a symbolic target
+    # of size 1 pass at every size)
+    _ = (sym_max(smaller, 2) if isinstance(size_out, SymInt) else smaller) > size_out
 
 
 def _ceil_sizes(dims: tuple[Any, ...], step: int) -> tuple[int, ...]:

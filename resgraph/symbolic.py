@@ -440,7 +440,8 @@ def _expr(value: Operand) -> Expr:
 
 
 def _simplify(op: str, left: Operand, right: Operand) -> Operand | None:
-    """x + 0, x * 1, x // 1 and x * 0: no new node; constants folded, (x + a) + b and (x * a) * b.
+    """x + 0, x * 1, x // 1 and x * 0: no new node; constants folded, (x + a) + b and (x * a) * b;
+    (c * x) // d and (c * x) % d where d divides c.
     (Only constants are compared: comparing a SymInt would record a guard.)"""
     if op in ("add", "mul"):
         symbolic, constant = (left, right) if isinstance(left, SymInt) else (right, left)  # the constant on the right
@@ -459,6 +460,30 @@ def _simplify(op: str, left: Operand, right: Operand) -> Operand | None:
         return None
     if op == "floordiv" and not isinstance(right, SymInt) and right == 1:
         return left
+    if op in ("floordiv", "mod") and isinstance(left, SymInt) and type(right) is int and right > 0:
+        # (c * x) // d is (c / d) * x and (c * x) % d is 0 where d divides c: a reshape's -1 of a size
+        # made as a multiple (4 * A elements into rows of 4) decides nothing, at any size
+        quotient = _divided(left.expr, right)
+        if quotient is not None:
+            return 0 if op == "mod" else SymInt(quotient, left.hint // right)
+    return None
+
+
+def _divided(expr: Expr, divisor: int, depth: int = 16) -> Expr | None:
+    """`expr` divided by `divisor` where a constant factor of its product holds `divisor` (4 * x.H * x.W
+    by 4 is x.H * x.W), else None. (`depth`: products of sizes are shallow; deeper ones are left.)"""
+    if expr.op == "const":
+        return _const(expr.args[0] // divisor) if expr.args[0] % divisor == 0 else None
+    if expr.op != "mul" or depth == 0:
+        return None
+    first, second = expr.args
+    for index, factor in enumerate((first, second)):
+        quotient = _divided(factor, divisor, depth - 1)
+        if quotient is not None:
+            other = second if index == 0 else first
+            if quotient.op == "const" and quotient.args[0] == 1:
+                return other
+            return _node("mul", (quotient, other) if index == 0 else (other, quotient))
     return None
 
 
