@@ -68,13 +68,38 @@ _EXPONENT_FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+
 _NUMBER_START = frozenset("+-.0123456789")  # the first characters `_EXPONENT_FLOAT` admits
 _STR, _INT = "tag:yaml.org,2002:str", "tag:yaml.org,2002:int"
 
+_RESOLVER = _COMPOSER("")  # (a composer of nothing: only its tag table is used)
+# The tag of each short plain scalar text met so far in this process: a spec repeats the same few
+# texts (`3`, `ReLU`, `add`), and the resolver matches regular expressions for each. Bounded in
+# entries and length, as the texts are the specs'.
+_PLAIN_TAGS: dict[str, str] = {}
+_PLAIN_TAGS_KEPT, _PLAIN_TAG_TEXT = 4096, 64
+_COLLECTION_TAGS = {yaml.MappingNode: _RESOLVER.DEFAULT_MAPPING_TAG, yaml.SequenceNode: _RESOLVER.DEFAULT_SEQUENCE_TAG}
+
+
+def _implicit_tag(kind: type[yaml.Node], value: Any, implicit: Any) -> str:
+    """`_RESOLVER.resolve(kind, value, implicit)` as PyYAML's resolver decides it with no path
+    resolvers registered: a mapping's and a list's tag by their kind; a quoted scalar's, `str`; a
+    plain one's by its text (looked up in `_PLAIN_TAGS` first).
+
+    Called by the composer at every node, so each case is answered in a few steps (its cost was a
+    tenth of composing the tutorial as a call to the resolver through a cache keyed by all three).
+    """
+    if value is None:  # (a mapping or a list: `implicit` is then a bool, not a pair)
+        return _COLLECTION_TAGS[kind]
+    if not implicit[0]:
+        return _STR  # (PyYAML's DEFAULT_SCALAR_TAG)
+    tag = _PLAIN_TAGS.get(value)
+    if tag is None:
+        tag = _RESOLVER.resolve(kind, value, implicit)
+        if len(value) <= _PLAIN_TAG_TEXT and len(_PLAIN_TAGS) < _PLAIN_TAGS_KEPT:
+            _PLAIN_TAGS[value] = tag
+    return tag
+
 
 class _Composer(_COMPOSER):  # type: ignore[valid-type,misc]
-    """PyYAML's composer (libyaml's where installed), with each scalar text's implicit tag (`3` an int,
-    `true` a bool) looked up once per process rather than matched again by regular expressions at
-    every node: a spec repeats the same few texts. (No path resolvers are registered, so the tag
-    follows from the node's kind, text and style alone; the table is `_COMPOSER`'s own, as first
-    read in this process.)"""
+    """PyYAML's composer (libyaml's where installed), with each node's implicit tag (`3` an int,
+    `true` a bool) decided by `_implicit_tag` rather than by PyYAML's resolver at every node."""
 
     if _COMPOSER is not yaml.SafeLoader:  # (PyYAML's Python composer needs all of its parts' state)
         def __init__(self, stream: str) -> None:
@@ -89,18 +114,7 @@ class _Composer(_COMPOSER):  # type: ignore[valid-type,misc]
     descend_resolver = staticmethod({}.get)  # (parent, index) -> None
     ascend_resolver = staticmethod(tuple)  # () -> ()
 
-    def resolve(self, kind: type[yaml.Node], value: Any, implicit: Any) -> str:
-        if value is not None and len(value) > 64:  # (the cache keeps short texts only)
-            return _RESOLVER.resolve(kind, value, implicit)
-        return _implicit_tag(kind, value, implicit)
-
-
-_RESOLVER = _COMPOSER("")  # (a composer of nothing: only its tag table is used)
-
-
-@functools.lru_cache(maxsize=4096)
-def _implicit_tag(kind: type[yaml.Node], value: Any, implicit: Any) -> str:
-    return _RESOLVER.resolve(kind, value, implicit)
+    resolve = staticmethod(_implicit_tag)  # (kind, value, implicit) -> tag
 
 
 @dataclass(eq=False)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from resgraph import loader
 from resgraph.errors import SpecError
 from resgraph.loader import MAX_BYTES, MAX_NODES, load_file, load_text
 
@@ -478,3 +479,23 @@ def test_a_key_past_yamls_1024_characters_is_named_in_the_hint() -> None:
                        "  hint: a plain YAML key is at most 1024 characters long: shorten it")
     (other,) = errors("a: b: c\n")  # the same libyaml error for another cause: no such hint
     assert "1024" not in other
+
+
+@pytest.mark.parametrize("text", ["a: 3\n", "a: '3'\n", 'a: "true"\n', "a: true\nb: yes\nc: ~\nd:\n",
+                                  "a: [1, 1.5, .inf, x]\n", "a: {b: 2024-01-01, c: =, d: 1e-6}\n", "? [1]\n: {}\n",
+                                  "a: |\n  3\n", "a: >\n  null\n", "a: 0x1F\nb: 1_000\nc: 1:30\nd: 010\n",
+                                  "a: " + "9" * 100 + "\n", "a: " + "x" * 100 + "\n",
+                                  "a: !!str 3\nb: ! 3\nc: !!int '7'\n"])
+def test_every_node_gets_the_tag_pyyamls_resolver_gives(text: str) -> None:
+    # The composer decides implicit tags itself (`loader._implicit_tag`, short texts looked up once
+    # per process): the tree must be the one PyYAML's own resolver tags, twice over (the second
+    # time from the table of texts met).
+    def tags(node: yaml.Node) -> list[Any]:
+        if isinstance(node, yaml.ScalarNode):
+            return [node.tag, node.value]
+        members = node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair]
+        return [node.tag, *(tags(member) for member in members)]
+
+    expected = tags(yaml.compose(text, Loader=yaml.SafeLoader))
+    for _ in range(2):
+        assert tags(yaml.compose(text, Loader=loader._Composer)) == expected
