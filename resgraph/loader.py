@@ -985,14 +985,21 @@ def _common_node(node: yaml.Node, path: Path, values: dict[Path, tuple[int, int]
     them, and each expression string written over lines or with escapes appended to `spans`."""
     start, kind, tag = node.start_mark, type(node), node.tag
     if kind is yaml.ScalarNode:
-        style = node.style
+        style, written = node.style, node.value
         # (a quoted scalar's position is its first character inside the quotes: see `_Builder.build`)
         values[path] = (start.line + 1, start.column + 1 + (style == "'" or style == '"'))
-        if tag in _TEXT_TAGS:
-            return node.value
-        if tag == _STR and node.value[:2] == "${" and _needs_positions(node):
-            spans.append((path, node))
-        if tag != _STR and tag not in _CONSTRUCTED_TAGS:
+        # The common cases first, read here as `_scalar_value` reads them (a call fewer per scalar): a
+        # name, an op, an expression; a size.
+        if tag == _STR:
+            if written[:2] == "${" and _needs_positions(node):
+                spans.append((path, node))
+            if style or written[:1] not in _NUMBER_START:
+                return written
+        elif tag == _INT and len(written) <= 18 and written.isascii() and written.isdigit() and written[0] != "0":
+            return int(written)
+        elif tag in _TEXT_TAGS:
+            return written
+        elif tag not in _CONSTRUCTED_TAGS:
             raise _Uncommon
         try:
             return _scalar_value(node)
@@ -1012,7 +1019,7 @@ def _common_node(node: yaml.Node, path: Path, values: dict[Path, tuple[int, int]
         key = key_node.value
         if key in result:
             raise _Uncommon  # a duplicate key
-        child = (*path, key)
+        child = path + (key,)
         mark = key_node.start_mark
         keys[child] = (mark.line + 1, mark.column + 1)
         result[key] = _common_node(value_node, child, values, keys, spans)
