@@ -24,7 +24,10 @@ from pydantic import (
     SkipValidation,
     StrictBool,
     Tag,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
     WithJsonSchema,
+    WrapValidator,
     model_validator,
 )
 
@@ -35,7 +38,8 @@ from .ops.base import DTYPES, is_identifier
 from .ops.merge import concat_dim
 from .suggest import did_you_mean
 
-__all__ = ["BUILTIN_NAMES", "INSTANCE_NAMES", "MAX_DIM", "MAX_RANK", "REQUIRED", "SHAPE_NAMES", "BlockCall",
+__all__ = ["BUILTIN_NAMES", "INSTANCE_NAMES", "MAX_DIM", "MAX_RANK", "REQUIRED", "SCHEMA_CHECKED", "SHAPE_NAMES",
+           "BlockCall",
            "BlockDef", "BlockLibrary", "Defaults", "InputDecl", "Projection", "Scale", "Skip", "Spec", "Training",
            "layer_body"]
 
@@ -169,6 +173,25 @@ def _one_key(body: Any, what: str) -> Any:
                      AfterValidator(_entry_as_given)]
 
 
+def _entries(body: Any, what: str) -> Any:
+    """A list of `_one_key` entries, whose entries are not checked again where the JSON Schema has
+    checked them (`SCHEMA_CHECKED`)."""
+    return Annotated[list[_one_key(body, what)], WrapValidator(_entries_unless_schema_checked)]  # type: ignore[misc]
+
+
+# The validation context of a document the JSON Schema accepted (or whose refused parts were
+# replaced by valid stand-ins), as `validate` gives it: the schema checks each `- NAME: {...}`
+# entry as `_entry_as_given` does, so its check is not run again (once per layer, at every build).
+SCHEMA_CHECKED: Mapping[str, bool] = {"schema_checked": True}
+
+
+def _entries_unless_schema_checked(entries: Any, validate_each: ValidatorFunctionWrapHandler,
+                                   info: ValidationInfo) -> Any:
+    if info.context is SCHEMA_CHECKED and type(entries) is list:
+        return list(entries)  # (a list of its own, as pydantic's validation makes)
+    return validate_each(entries)
+
+
 def _entry_as_given(entry: Any) -> Any:
     """`entry` itself when it is one `NAME: {...}` pair with a valid name (the JSON Schema checks a
     spec's entries before this, and words its errors; this guards models built directly).
@@ -198,8 +221,8 @@ class BlockDef(StrictModel):
         default_factory=dict, description="Parameter -> default; the value `required` marks one without a default.")
     inputs: list[Identifier] = Field(default_factory=lambda: ["x"], min_length=1,
                                      description="Names of the block's inputs; default [x].")
-    layers: list[_one_key(LayerTemplate, LAYER_ENTRY)] = Field(min_length=1)  # type: ignore[valid-type]
-    skips: list[_one_key(SkipTemplate, SKIP_ENTRY)] = Field(default_factory=list)  # type: ignore[valid-type]
+    layers: _entries(LayerTemplate, LAYER_ENTRY) = Field(min_length=1)  # type: ignore[valid-type]
+    skips: _entries(SkipTemplate, SKIP_ENTRY) = Field(default_factory=list)  # type: ignore[valid-type]
     outputs: list[Reference] | None = Field(
         default=None, min_length=1,
         description="The block's outputs; default: its last layer. With several, a call's are read as CALL.NAME.")
@@ -299,9 +322,9 @@ class Spec(StrictModel):
         min_length=1, json_schema_extra={"additionalProperties": False},
         description="Input name -> per-sample shape, or {shape, dtype, layout}.")
     defaults: Defaults = Field(default_factory=Defaults)
-    layers: list[_one_key(LayerTemplate, LAYER_ENTRY)] = Field(  # type: ignore[valid-type]
+    layers: _entries(LayerTemplate, LAYER_ENTRY) = Field(  # type: ignore[valid-type]
         min_length=1, description="Ordered; each layer reads the previous one unless it names `input`.")
-    skips: list[_one_key(SkipTemplate, SKIP_ENTRY)] = Field(  # type: ignore[valid-type]
+    skips: _entries(SkipTemplate, SKIP_ENTRY) = Field(  # type: ignore[valid-type]
         default_factory=list, description="Named edges merging one node's output into a later layer's.")
     outputs: list[Reference] | None = Field(default=None, min_length=1,
                                              description="The returned nodes; default: the last layer.")

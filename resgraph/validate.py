@@ -36,7 +36,7 @@ from .ops.generic import torch_module_class
 from .resources import schema_path
 from .schema import json_schema, library_schema
 from .schema_check import Compiler, Predicate, UnsupportedSchema
-from .spec import BUILTIN_NAMES, BlockLibrary, Spec
+from .spec import BUILTIN_NAMES, SCHEMA_CHECKED, BlockLibrary, Spec
 from .suggest import suggestion_budget
 from .translate import coerced_diagnostics, jsonschema_diagnostics, keys_not_strings, pydantic_diagnostics, untyped_body
 
@@ -119,7 +119,8 @@ def _validate(loaded: LoadedSpec, params: Mapping[str, Any] | None, diagnostics:
     if found:
         raise SpecError([*problems, *found])
     try:
-        spec = Spec.model_validate(data)  # (its `params` replaced by their values below: `Spec.mark_invalid`)
+        # (its entries are the schema's, or stand-ins; its `params` replaced by their values below: `Spec.mark_invalid`)
+        spec = Spec.model_validate(data, context=SCHEMA_CHECKED)
     except ValidationError as exc:
         raise SpecError([*problems, *pydantic_diagnostics(exc, data, root)]) from None
     coerced = coerced_diagnostics(spec, data, [key for key, value in shell.items() if holds_expression(value)], root)
@@ -304,7 +305,7 @@ def validate_library(loaded: LoadedSpec) -> BlockLibrary:
         blocks = loaded.data.get("blocks") if isinstance(loaded.data, dict) else None
         raise SpecError(_one_per_line(diagnostics, unknown_block_ops(blocks, loaded.source)))
     try:
-        return BlockLibrary.model_validate(loaded.data)
+        return BlockLibrary.model_validate(loaded.data, context=SCHEMA_CHECKED)  # (refused above unless valid)
     except ValidationError as exc:
         raise SpecError(list(pydantic_diagnostics(exc, loaded.data, Origin(loaded.source, ())))) from None
 

@@ -87,3 +87,24 @@ def test_the_published_root_checks_a_library_as_one_and_anything_else_as_a_spec(
         assert errors == []
     else:
         assert any(complaint in m for m in messages), messages
+
+
+@pytest.mark.parametrize("entry", [{"a": {}, "b": {}}, {"1a": {}}, {"a": 3}])
+def test_a_model_built_directly_checks_its_entries_and_validate_has_the_schema_check_them(entry: dict) -> None:
+    # `validate` types a document the schema accepted, and tells the model so (`SCHEMA_CHECKED`): its
+    # entries are not checked one by one again. Built directly, a model checks each entry itself.
+    from pydantic import ValidationError
+
+    from resgraph.errors import SpecError
+    from resgraph.loader import load_text
+    from resgraph.spec import Spec
+    from resgraph.validate import validate
+
+    document = {"resgraph": 1, "name": "M", "inputs": {"x": [4]}, "layers": [{"fc": {"op": "ReLU"}}, entry]}
+    with pytest.raises(ValidationError) as refused:
+        Spec.model_validate(document)
+    assert [error["loc"] for error in refused.value.errors()] == [("layers", 1)]
+    with pytest.raises(SpecError):  # (worded by the schema's check: see tests/bad_specs)
+        validate(load_text(json.dumps(document), "s.yaml"))
+    assert validate(load_text(json.dumps({**document, "layers": [{"fc": {"op": "ReLU"}}]}))).layers == [
+        {"fc": {"op": "ReLU"}}]
