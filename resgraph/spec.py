@@ -306,6 +306,10 @@ class Training(StrictModel):
                                   "torch.compile); default: every block called with `repeat`.")
 
 
+# (what `Spec._invalid_parts` reads for a spec validation found nothing invalid in)
+_NONE_INVALID: tuple[frozenset[Any], frozenset[str], frozenset[str]] = (frozenset(), frozenset(), frozenset())
+
+
 class Spec(StrictModel):
     """A resgraph architecture spec."""
 
@@ -334,31 +338,31 @@ class Spec(StrictModel):
     nested_first: ClassVar[tuple[type[StrictModel], ...]] = (Scale, BlockDef, InputDecl, Defaults, Training)
 
     # What validation found invalid and reported (expansion leaves them out, and what depends on
-    # them reports nothing more): entries as (section, index), and block names. (Defaults, not
-    # factories: pydantic calls inspect.signature on a factory for every Spec made.)
-    _invalid_entries: frozenset[tuple[str, int]] = PrivateAttr(frozenset())
-    _invalid_blocks: frozenset[str] = PrivateAttr(frozenset())
-    _invalid_inputs: frozenset[str] = PrivateAttr(frozenset())
+    # them reports nothing more): entries as (section, index), block names and input names; None
+    # where it found nothing. (One attribute, whose default is None: pydantic copies each private
+    # attribute's default for every Spec made, and three sets cost a fifth of typing the tutorial's.)
+    _invalid: tuple[frozenset[tuple[str, int]], frozenset[str], frozenset[str]] | None = PrivateAttr(None)
 
-    def _private(self, name: str) -> Any:
-        """A private attribute's value, read where pydantic keeps it: `self._name` is found only
-        after the ordinary lookup fails, by pydantic's `__getattr__` (2.5 us, a tenth of a small
-        spec's expansion for the three sets below)."""
+    def _invalid_parts(self) -> tuple[frozenset[Any], frozenset[str], frozenset[str]]:
+        """(entries, blocks, inputs) validation refused, read where pydantic keeps them: `self._invalid`
+        is found only after the ordinary lookup fails, by pydantic's `__getattr__` (2.5 us, a tenth
+        of a small spec's expansion)."""
         private = self.__pydantic_private__
-        return private[name] if private is not None and name in private else getattr(self, name)
+        invalid = private.get("_invalid") if private is not None else None
+        return invalid if invalid is not None else _NONE_INVALID
 
     @property
     def invalid_entries(self) -> frozenset[tuple[str, int]]:
         """The `layers`/`skips` entries validation refused (and reported), as (section, index)."""
-        return self._private("_invalid_entries")  # type: ignore[no-any-return]
+        return self._invalid_parts()[0]
 
     def invalid_block(self, name: str) -> bool:
         """True for a block whose definition validation refused (and reported)."""
-        return name in self._private("_invalid_blocks")
+        return name in self._invalid_parts()[1]
 
     def invalid_input(self, name: str) -> bool:
         """True for an input whose declaration validation refused (and reported): it has no type."""
-        return name in self._private("_invalid_inputs")
+        return name in self._invalid_parts()[2]
 
     def mark_invalid(self, entries: frozenset[tuple[str, int]], blocks: frozenset[str], inputs: frozenset[str],
                      params: dict[str, Any]) -> Spec:
@@ -372,7 +376,7 @@ class Spec(StrictModel):
         """
         self.__dict__["params"] = params
         self.__pydantic_fields_set__.add("params")
-        self._invalid_entries, self._invalid_blocks, self._invalid_inputs = entries, blocks, inputs
+        self._invalid = (entries, blocks, inputs) if entries or blocks or inputs else None
         return self
 
     def input_decls(self) -> dict[str, InputDecl]:

@@ -108,3 +108,18 @@ def test_a_model_built_directly_checks_its_entries_and_validate_has_the_schema_c
         validate(load_text(json.dumps(document), "s.yaml"))
     assert validate(load_text(json.dumps({**document, "layers": [{"fc": {"op": "ReLU"}}]}))).layers == [
         {"fc": {"op": "ReLU"}}]
+
+
+def test_what_validation_refused_is_marked_on_the_spec_and_nothing_where_it_refused_nothing() -> None:
+    from resgraph.loader import load_text
+    from resgraph.spec import Spec
+    from resgraph.validate import validate
+
+    text = "resgraph: 1\nname: M\ninputs: {x: [4], y: [0]}\nlayers:\n  - fc: {op: Linear, out_features: 2}\n"
+    found: list = []
+    spec = validate(load_text(text + "  - bad: {op: Linear}\n"), None, found)
+    assert found and spec.invalid_entries == {("layers", 1)} and spec.invalid_input("y")
+    assert not spec.invalid_input("x") and not spec.invalid_block("b")
+    clean = validate(load_text(text.replace("y: [0]", "y: [1]")))
+    assert clean.invalid_entries == frozenset() and not clean.invalid_input("y")
+    assert clean == Spec.model_validate(clean.model_dump(by_alias=True, exclude_unset=True))  # (private parts equal)
