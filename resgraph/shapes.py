@@ -176,7 +176,7 @@ def _infer(graph: Graph, input_types: list[TensorType], memo: _Memo) -> list[Dia
                     assert kind is SkipNode
                     _infer_skip(graph, node, inputs, diagnostics)
                 try:
-                    _check_size(node)
+                    _check_size(node, inputs)
                 except ShapeError:  # no tensor has that type: its readers are left out, as an input's are
                     node.meta.pop("type", None)
                     raise
@@ -205,7 +205,7 @@ def _split_group(node: Node) -> SplitBase | None:
     return group if isinstance(group, SplitBase) else None
 
 
-def _check_size(node: Node) -> None:
+def _check_size(node: Node, inputs: Iterable[TensorType] = ()) -> None:
     """Refuse an output no tensor can have: more than MAX_RANK dims (64, the batch dim included), or
     a size, or a number of elements per sample, above MAX_DIM (2^62). torch counts sizes in 64 bits
     and refuses more dims in its reductions, so such a model would pass every check here and fail at
@@ -217,6 +217,9 @@ def _check_size(node: Node) -> None:
     kind = node.meta.get("type")
     if kind is None:  # (a skip refused with its own diagnostic, a block call whose values are typed apart)
         return
+    for given in inputs:  # an input's type passed on (a norm's, an activation's, a residual sum's) was checked
+        if given is kind:
+            return
     if len(kind.shape) >= MAX_RANK:  # (with the batch dim, more than MAX_RANK)
         subject, fix = (("the shape", "declare fewer dims") if isinstance(node, InputNode)
                         else ("its output", "check the arguments that add dims (a reshape's or unsqueeze's)"))

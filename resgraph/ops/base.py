@@ -361,7 +361,11 @@ class TensorType:
         return TensorType(self.shape, dtype, self.layout, self.scale)
 
     def with_layout(self, layout: Layout) -> TensorType:
-        return TensorType(self.shape, self.dtype, layout, self.scale if layout == "channels_first" else None)
+        """This type in `layout` (a features-last one has no grid), without what `with_shape` drops."""
+        scale = self.scale if layout == "channels_first" else None
+        if layout == self.layout and scale is self.scale and self.ids_below is None and self.ids_from is None:
+            return self  # (a norm's output, as most are: one object less to make, hint and check)
+        return TensorType(self.shape, self.dtype, layout, scale)
 
     def scaled(self, factors: tuple[Fraction, ...] | None) -> Scale | None:
         """The grid scale after an op that steps by `factors` per spatial dim (its strides)."""
