@@ -487,17 +487,17 @@ def _type_key(kind: TensorType) -> tuple[Any, ...]:
     """A key equal for types that every typing treats alike (memo keys: see `_Memo`, `_instance_key`).
 
     A symbolic size counts by the identity of its expression (comparing it with `==` would record a
-    guard): `resgraph.symbolic` makes equal expressions one object while shapes are inferred, so the
-    guards a node given the same expressions would record are recorded already, at the first one's
-    site (where a guard decided twice is kept anyway). It holds `ids_below` and `ids_from` too, which
+    guard; one expression object has one hint): `resgraph.symbolic` makes equal expressions one
+    object while shapes are inferred, so the guards a node given the same expressions would record
+    are recorded already, at the first one's site (where a guard decided twice is kept anyway). It holds `ids_below` and `ids_from` too, which
     type equality leaves out: an Embedding's check of its ids reads them. The grid scale counts by
     identity (hashing a Fraction takes microseconds, and a scale passes from layer to layer as one
     object), so an entry keeps the types its key was made of: the id stays that scale's.
     """
     bound = kind.ids_below
     return (kind.dtype, kind.layout, id(kind.scale),
-            tuple([(size.expr, size.hint) if type(size) is SymInt else size for size in kind.shape]),
-            (bound.expr, bound.hint) if type(bound) is SymInt else bound, kind.ids_from)
+            tuple([size.expr if type(size) is SymInt else size for size in kind.shape]),
+            bound.expr if type(bound) is SymInt else bound, kind.ids_from)
 
 
 def _copy_instance(template: Graph, qualname: str) -> Graph:
