@@ -416,6 +416,14 @@ def shared_storage(aliases: int | None, writes: int | None, saves_output: bool) 
 _PLAIN_VALUES = frozenset({int, float, bool, str, type(None)})
 
 
+@functools.lru_cache(maxsize=1024)  # (bounded: a class made per build, an uncurated op's, would pile up)
+def _argument_order(cls: type[StrictModel]) -> dict[str, int]:
+    """An op class's argument fields (`RESGRAPH_KEYS` left out), each with its position: `Layer.args`
+    lists the ones a layer sets in this order, found once per class rather than once per layer."""
+    names = [name for name in cls.__pydantic_fields__ if name not in RESGRAPH_KEYS]
+    return {name: index for index, name in enumerate(names)}
+
+
 class Layer(StrictModel):
     """Base of every layer kind: an op name, optional explicit inputs, and the op's arguments."""
 
@@ -490,18 +498,17 @@ class Layer(StrictModel):
         value is plain (a number, a string, None, a list of them), they are read as they are, which is
         what `model_dump` gives for them in a quarter of its time (once per layer of every build);
         anything else goes through `model_dump`."""
-        values, fields_set = self.__dict__, self.__pydantic_fields_set__
+        values, order = self.__dict__, _argument_order(type(self))
         written = {}
-        for name in type(self).__pydantic_fields__:
-            if name in fields_set and name not in RESGRAPH_KEYS:
-                value = values[name]
-                kind = type(value)
-                if kind in _PLAIN_VALUES:
-                    written[name] = value
-                elif (kind is list or kind is tuple) and all(type(item) in _PLAIN_VALUES for item in value):
-                    written[name] = tuple(value)
-                else:
-                    break
+        for name in sorted([name for name in self.__pydantic_fields_set__ if name in order], key=order.__getitem__):
+            value = values[name]
+            kind = type(value)
+            if kind in _PLAIN_VALUES:
+                written[name] = value
+            elif (kind is list or kind is tuple) and all(type(item) in _PLAIN_VALUES for item in value):
+                written[name] = tuple(value)
+            else:
+                break
         else:
             return written
         dumped = self.model_dump(exclude=RESGRAPH_KEYS, exclude_unset=True, by_alias=False)
