@@ -19,6 +19,7 @@ A node whose inputs failed is skipped silently, so each reported error is an ind
 from __future__ import annotations
 
 import contextvars
+import operator
 from collections.abc import Iterable
 from fractions import Fraction
 from typing import Any
@@ -78,6 +79,9 @@ _Memo = dict[tuple[Any, ...], Any]
 # The `node.meta` entries typing a layer or a skip writes (what an equal node reuses).
 _LAYER_META = ("type", "storage", "args", "params")
 _SKIP_META = ("projection", "params", "type", "concat_dim")
+# Each as (key, value) pairs, read in one call: every typed node is kept, most never reused.
+_KEPT_META = {LayerNode: (_LAYER_META, operator.itemgetter(*_LAYER_META)),
+              SkipNode: (_SKIP_META, operator.itemgetter(*_SKIP_META))}
 
 
 def infer_shapes(graph: Graph, input_types: list[TensorType] | None = None,
@@ -183,8 +187,8 @@ def _infer(graph: Graph, input_types: list[TensorType], memo: _Memo) -> list[Dia
             # The meta's values are never modified after typing: nodes may share them. (A skip refused
             # with a diagnostic of its own has no projection: it is not kept, so an equal one says it too.)
             if key is not None and (kind is not SkipNode or "projection" in node.meta):
-                fields = _SKIP_META if kind is SkipNode else _LAYER_META
-                memo[key] = (node.layer if kind is LayerNode else None, {k: node.meta[k] for k in fields}, inputs)
+                fields, read = _KEPT_META[kind]
+                memo[key] = (node.layer if kind is LayerNode else None, tuple(zip(fields, read(node.meta))), inputs)
         except (ShapeError, SizeOverflowError) as exc:
             problem = _located(graph, node, exc)
             group = _split_group(node)
@@ -489,10 +493,11 @@ def _type_key(kind: TensorType) -> tuple[Any, ...]:
     A symbolic size counts by the identity of its expression (comparing it with `==` would record a
     guard; one expression object has one hint): `resgraph.symbolic` makes equal expressions one
     object while shapes are inferred, so the guards a node given the same expressions would record
-    are recorded already, at the first one's site (where a guard decided twice is kept anyway). It holds `ids_below` and `ids_from` too, which
-    type equality leaves out: an Embedding's check of its ids reads them. The grid scale counts by
-    identity (hashing a Fraction takes microseconds, and a scale passes from layer to layer as one
-    object), so an entry keeps the types its key was made of: the id stays that scale's.
+    are recorded already, at the first one's site (where a guard decided twice is kept anyway). It
+    holds `ids_below` and `ids_from` too, which type equality leaves out: an Embedding's check of its
+    ids reads them. The grid scale counts by identity (hashing a Fraction takes microseconds, and a
+    scale passes from layer to layer as one object), so an entry keeps the types its key was made
+    of: the id stays that scale's.
     """
     bound = kind.ids_below
     return (kind.dtype, kind.layout, id(kind.scale),
