@@ -655,8 +655,11 @@ def plan_projection(policy: Projection, merge: Merge, source: TensorType, target
                               "if it is intended, say how: `projection: conv` (a strided 1x1 conv), `avgpool` or "
                               "`pad` on this skip", kind="scales")
     steps, reason = POLICIES[policy](mismatch)
-    return ProjectionPlan(policy, steps, reason, source.with_shape(want, "channels_first" if spatial
-                                                                    else "features_last", target.scale))
+    layout = "channels_first" if spatial else "features_last"
+    if (same_sizes(want, target.shape) and source.dtype == target.dtype and layout == target.layout
+            and target.ids_below is None and target.ids_from is None):
+        return ProjectionPlan(policy, steps, reason, target)  # (what with_shape would make: one type less)
+    return ProjectionPlan(policy, steps, reason, source.with_shape(want, layout, target.scale))
 
 
 
