@@ -39,7 +39,7 @@ from .ops.base import FLOAT_DTYPES, NORM_DTYPES, WEIGHTED_DTYPES, Scale, sample_
 from .ops.merge import check_gate_layouts
 from .ops.pool import check_avg_pool3d_input
 from .spec import Projection
-from .symbolic import Guard, SymInt, hint, hints, requirement, specialize, sym_max
+from .symbolic import Guard, SymInt, hint, hints, requirement, same_sizes, specialize, sym_max
 
 __all__ = ["POLICIES", "STEPS", "Mismatch", "ProjectionError", "ProjectionPlan", "Step", "StepKind", "StepRule",
            "describe_steps", "plan_projection", "projection_dtypes", "projection_parameters", "step_code",
@@ -241,6 +241,8 @@ def wanted_shape(merge: Merge, source: TensorType, target: TensorType, dim: int 
     >>> wanted_shape(Merge.add, m(8, 1, 1), m(8, 4, 4)), wanted_shape(Merge.add, m(2, 1, 1), m(8, 4, 4))
     (None, (8, 1, 1))
     """
+    if same_sizes(source.shape, target.shape):  # (most skips: what every merge's check below concludes)
+        return None
     fits = _gates if merge is Merge.mul else _adds_into if merge is Merge.add else None
     if fits is not None:
         if fits(source.shape, target.shape):
@@ -248,7 +250,7 @@ def wanted_shape(merge: Merge, source: TensorType, target: TensorType, dim: int 
         if source.rank == target.rank and source.rank >= 1:
             axis = 0 if source.rank >= 2 and target.layout == "channels_first" else source.rank - 1
             gate = (*source.shape[:axis], target.shape[axis], *source.shape[axis + 1:])
-            if fits(gate, target.shape):
+            if same_sizes(gate, target.shape) or fits(gate, target.shape):  # (a projection of the channels alone)
                 return gate
     if merge is Merge.concat and source.rank == target.rank:
         axis = sample_dim(dim, target.rank)
@@ -653,8 +655,11 @@ def plan_projection(policy: Projection, merge: Merge, source: TensorType, target
                               "if it is intended, say how: `projection: conv` (a strided 1x1 conv), `avgpool` or "
                               "`pad` on this skip", kind="scales")
     steps, reason = POLICIES[policy](mismatch)
-    return ProjectionPlan(policy, steps, reason, source.with_shape(want, "channels_first" if spatial
-                                                                    else "features_last", target.scale))
+    layout = "channels_first" if spatial else "features_last"
+    if (same_sizes(want, target.shape) and source.dtype == target.dtype and layout == target.layout
+            and target.ids_below is None and target.ids_from is None):
+        return ProjectionPlan(policy, steps, reason, target)  # (what with_shape would make: one type less)
+    return ProjectionPlan(policy, steps, reason, source.with_shape(want, layout, target.scale))
 
 
 

@@ -19,6 +19,7 @@ A node whose inputs failed is skipped silently, so each reported error is an ind
 from __future__ import annotations
 
 import contextvars
+import operator
 from collections.abc import Iterable
 from fractions import Fraction
 from typing import Any
@@ -67,9 +68,10 @@ _EXPORT_STATIC: contextvars.ContextVar[list[SymInt] | None] = contextvars.Contex
 __all__ = ["check_uncalled_blocks", "declared_type", "free_dims", "infer_shapes", "total_parameters"]
 
 # What typing a layer or skip wrote to `node.meta`, by what it depends on: the layer (by identity:
-# expansion gives equal bodies one object) or the skip's settings, and its input types. Only
-# inputs of plain int sizes are memoised: typing symbolic sizes records guards, at the node's site.
-# A chain of 10,000 equal layers, or 200 instances of a block, is typed once per distinct case.
+# expansion gives equal bodies one object) or the skip's settings, and its input types (see
+# `_type_key`: a symbolic size by its expression, whose guards the first typing recorded already).
+# A chain of 10,000 equal layers, 200 instances of a block, or the layers after the first conv of
+# ResNet's second bottleneck of each stage (equal to the first's), are typed once per distinct case.
 # A layer's or skip's entry is kept once its typing has passed every check (`_check_size` too), so
 # an equal node reuses it without checking again (and without entering its site: it records nothing).
 _Memo = dict[tuple[Any, ...], Any]
@@ -77,6 +79,9 @@ _Memo = dict[tuple[Any, ...], Any]
 # The `node.meta` entries typing a layer or a skip writes (what an equal node reuses).
 _LAYER_META = ("type", "storage", "args", "params")
 _SKIP_META = ("projection", "params", "type", "concat_dim")
+# Each as (key, value) pairs, read in one call: every typed node is kept, most never reused.
+_KEPT_META = {LayerNode: (_LAYER_META, operator.itemgetter(*_LAYER_META)),
+              SkipNode: (_SKIP_META, operator.itemgetter(*_SKIP_META))}
 
 
 def infer_shapes(graph: Graph, input_types: list[TensorType] | None = None,
@@ -175,15 +180,15 @@ def _infer(graph: Graph, input_types: list[TensorType], memo: _Memo) -> list[Dia
                     assert kind is SkipNode
                     _infer_skip(graph, node, inputs, diagnostics)
                 try:
-                    _check_size(node)
+                    _check_size(node, inputs)
                 except ShapeError:  # no tensor has that type: its readers are left out, as an input's are
                     node.meta.pop("type", None)
                     raise
             # The meta's values are never modified after typing: nodes may share them. (A skip refused
             # with a diagnostic of its own has no projection: it is not kept, so an equal one says it too.)
             if key is not None and (kind is not SkipNode or "projection" in node.meta):
-                fields = _SKIP_META if kind is SkipNode else _LAYER_META
-                memo[key] = (node.layer if kind is LayerNode else None, {k: node.meta[k] for k in fields})
+                fields, read = _KEPT_META[kind]
+                memo[key] = (node.layer if kind is LayerNode else None, tuple(zip(fields, read(node.meta))), inputs)
         except (ShapeError, SizeOverflowError) as exc:
             problem = _located(graph, node, exc)
             group = _split_group(node)
@@ -204,7 +209,7 @@ def _split_group(node: Node) -> SplitBase | None:
     return group if isinstance(group, SplitBase) else None
 
 
-def _check_size(node: Node) -> None:
+def _check_size(node: Node, inputs: Iterable[TensorType] = ()) -> None:
     """Refuse an output no tensor can have: more than MAX_RANK dims (64, the batch dim included), or
     a size, or a number of elements per sample, above MAX_DIM (2^62). torch counts sizes in 64 bits
     and refuses more dims in its reductions, so such a model would pass every check here and fail at
@@ -216,6 +221,9 @@ def _check_size(node: Node) -> None:
     kind = node.meta.get("type")
     if kind is None:  # (a skip refused with its own diagnostic, a block call whose values are typed apart)
         return
+    for given in inputs:  # an input's type passed on (a norm's, an activation's, a residual sum's) was checked
+        if given is kind:
+            return
     if len(kind.shape) >= MAX_RANK:  # (with the batch dim, more than MAX_RANK)
         subject, fix = (("the shape", "declare fewer dims") if isinstance(node, InputNode)
                         else ("its output", "check the arguments that add dims (a reshape's or unsqueeze's)"))
@@ -419,6 +427,7 @@ def _infer_block(graph: Graph, node: BlockNode, inputs: list[TensorType], diagno
     recipe = node.recipe
     count = recipe.count if recipe is not None else len(node.instances)
     for index in range(count):
+        given = current  # (kept with the instance's memo entry: see `_type_key`)
         # (a call's own instances are the only ones with its key: a single one has no equal to copy)
         key = _instance_key(recipe, index, current) if recipe is not None and recipe.count > 1 else None
         if recipe is not None:
@@ -452,7 +461,7 @@ def _infer_block(graph: Graph, node: BlockNode, inputs: list[TensorType], diagno
         values.append(current[-1])
         counts.append(total_parameters(instance))
         if key is not None and recipe is not None:  # (the recipe is kept there, so its id stays its own)
-            memo[key] = {"recipe": recipe, "graph": instance, "outputs": current, "params": counts[-1],
+            memo[key] = {"recipe": recipe, "graph": instance, "inputs": given, "outputs": current, "params": counts[-1],
                          "size": recipe.expander.expanded - expanded}
     # A call with several outputs has the types of its one instance's outputs; a collected repeat
     # one per instance. Its own type is its first output's, or the chain's (its last instance's).
@@ -472,12 +481,28 @@ def _instance_key(recipe: BlockRecipe, index: int, inputs: list[TensorType]) -> 
     given = recipe.equal_instances_by(index)
     if given is None:
         return None
-    types = tuple((t.dtype, t.layout, t.scale, tuple((size.expr, size.hint) if isinstance(size, SymInt) else size
-                                                      for size in t.shape)) for t in inputs)
     try:
-        return ("instance", id(recipe), freeze(given), types, _id_bounds(inputs))
+        return ("instance", id(recipe), freeze(given), *map(_type_key, inputs))
     except TypeError:  # a value that cannot be a key
         return None
+
+
+def _type_key(kind: TensorType) -> tuple[Any, ...]:
+    """A key equal for types that every typing treats alike (memo keys: see `_Memo`, `_instance_key`).
+
+    A symbolic size counts by the identity of its expression (comparing it with `==` would record a
+    guard; one expression object has one hint): `resgraph.symbolic` makes equal expressions one
+    object while shapes are inferred, so the guards a node given the same expressions would record
+    are recorded already, at the first one's site (where a guard decided twice is kept anyway). It
+    holds `ids_below` and `ids_from` too, which type equality leaves out: an Embedding's check of its
+    ids reads them. The grid scale counts by identity (hashing a Fraction takes microseconds, and a
+    scale passes from layer to layer as one object), so an entry keeps the types its key was made
+    of: the id stays that scale's.
+    """
+    bound = kind.ids_below
+    return (kind.dtype, kind.layout, id(kind.scale),
+            tuple([size.expr if type(size) is SymInt else size for size in kind.shape]),
+            bound.expr if type(bound) is SymInt else bound, kind.ids_from)
 
 
 def _copy_instance(template: Graph, qualname: str) -> Graph:
@@ -565,13 +590,6 @@ def check_uncalled_blocks(spec: Spec, source: SourceMap, blocks: Iterable[str], 
     return problems
 
 
-def _id_bounds(types: list[TensorType]) -> tuple[Any, ...]:
-    """The types' `ids_below` and `ids_from`, which their equality leaves out: for the memo keys, since an
-    Embedding's check of its ids reads them (two otherwise equal inputs must not share its verdict)."""
-    return tuple(((t.ids_below.expr, t.ids_below.hint) if isinstance(t.ids_below, SymInt) else t.ids_below,
-                  t.ids_from) for t in types)
-
-
 def _plain(types: list[TensorType]) -> bool:
     """True when every size is a plain int (no symbolic size: typing records nothing)."""
     for t in types:  # (loops, not all() over a generator: typing a layer asks this twice)
@@ -583,16 +601,14 @@ def _plain(types: list[TensorType]) -> bool:
 
 def _memo_key(node: LayerNode | SkipNode, inputs: list[TensorType]) -> tuple[Any, ...] | None:
     """The key of a layer's or skip's typing in `_Memo`, or None where it is not memoised (a call's
-    value, a symbolic size; a block call has none). A layer counts by identity: its entry keeps the
-    layer, so its id stays its own, and a hit checks it is the same layer."""
-    if not _plain(inputs):
-        return None
+    value; a block call has none). A layer counts by identity: its entry keeps the layer, so its id
+    stays its own, and a hit checks it is the same layer."""
     if type(node) is LayerNode:
         layer = node.layer
-        return None if isinstance(layer, BlockOutput) else ("layer", id(layer), *inputs, *_id_bounds(inputs))
+        return None if isinstance(layer, BlockOutput) else ("layer", id(layer), *map(_type_key, inputs))
     assert type(node) is SkipNode
     skip = node.skip
-    return ("skip", node.policy, skip.merge, skip.dim, *inputs)
+    return ("skip", node.policy, skip.merge, skip.dim, *map(_type_key, inputs))
 
 
 def _infer_layer(graph: Graph, node: LayerNode, inputs: list[TensorType]) -> None:

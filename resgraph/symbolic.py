@@ -37,8 +37,8 @@ from typing import Any, Union
 from .expressions import MAX_MAGNITUDE
 
 __all__ = ["MAX_SIZE", "VECTOR_OPS", "Expr", "Guard", "SizeOverflowError", "SymInt", "evaluate", "hint", "hints",
-           "post_order", "recorded", "recorded_count", "recording", "render", "requirement", "scaled_size", "site",
-           "size_symbols", "specialize", "sym_max", "sym_min"]
+           "post_order", "recorded", "recorded_count", "recording", "render", "requirement", "same_sizes",
+           "scaled_size", "site", "size_symbols", "specialize", "sym_max", "sym_min"]
 
 # The largest magnitude a size expression may hold, constants and values at the declared size
 # alike: the bound on declared sizes and on every number an expression makes. Sizes are solved in
@@ -501,6 +501,24 @@ def hint(value: Operand) -> int:
 def hints(sizes: tuple[Operand, ...]) -> tuple[int, ...]:
     """Each size's `hint`, as a tuple (hint() inlined: every type of a build is hinted, some twice)."""
     return tuple([size.hint if type(size) is SymInt else size for size in sizes])
+
+
+def same_sizes(a: tuple[Operand, ...], b: tuple[Operand, ...]) -> bool:
+    """Whether two shapes are one at every input size: equal ints, or sizes of one expression, dim by
+    dim. Deciding it records nothing (comparing a size with itself decides nothing), so shape
+    functions ask it first and skip the broadcast, whose answer it already is; False says nothing.
+
+    >>> h = SymInt.symbol("x.H", 8)
+    >>> same_sizes((4, h), (4, h + 0)), same_sizes((4, h), (4, 8))
+    (True, False)
+    """
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if x is not y and not (type(x) is SymInt and type(y) is SymInt and x.expr is y.expr) and not (
+                type(x) is int and type(y) is int and x == y):
+            return False
+    return True
 
 
 def specialize(value: Operand) -> int:

@@ -131,3 +131,33 @@ def test_a_build_leaves_no_reference_cycles_for_the_collector(spec: Any) -> None
         gc.garbage.clear()
         gc.enable()
     assert garbage == []
+
+
+def _typed(graph: Any) -> list[Any]:
+    """Every node's typing, in the graph and its block instances: what memoised inference must reproduce."""
+    found = []
+    for node in graph.nodes.values():
+        meta = node.meta
+        found.append((graph.qualname + node.name, meta.get("type"), meta.get("args"), meta.get("params"),
+                      meta.get("storage"), meta.get("projection")))
+        for instance in getattr(node, "instances", ()):
+            found += _typed(instance)
+    return found
+
+
+@pytest.mark.parametrize("name", ["tutorial", "resnet50", "densenet121", "unet", "gpt2", "yolov8"])
+def test_memoised_typing_of_symbolic_sizes_gives_what_typing_afresh_gives(name: str,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Equal layers on inputs of one symbolic size (ResNet's second bottleneck of each stage repeats the
+    first's layers after its first conv) are typed once; the types, arguments and guards (so the sizes
+    the model admits) are those of typing every node, which records each guard once, at its first site."""
+    import resgraph.shapes
+
+    memoised = resgraph.check(EXAMPLES / f"{name}.yaml")
+    monkeypatch.setattr(resgraph.shapes, "_memo_key", lambda node, inputs: None)
+    afresh = resgraph.check(EXAMPLES / f"{name}.yaml")
+    assert _typed(memoised) == _typed(afresh)
+    assert [(str(g), g.site) for g in memoised.meta["guards"]] == [(str(g), g.site) for g in afresh.meta["guards"]]
+    assert memoised.meta["symbols"] == afresh.meta["symbols"]
+    assert [str(e) for e in memoised.meta["size_exprs"]] == [str(e) for e in afresh.meta["size_exprs"]]
+    assert memoised.meta["export_static"] == afresh.meta["export_static"]

@@ -361,7 +361,11 @@ class TensorType:
         return TensorType(self.shape, dtype, self.layout, self.scale)
 
     def with_layout(self, layout: Layout) -> TensorType:
-        return TensorType(self.shape, self.dtype, layout, self.scale if layout == "channels_first" else None)
+        """This type in `layout` (a features-last one has no grid), without what `with_shape` drops."""
+        scale = self.scale if layout == "channels_first" else None
+        if layout == self.layout and scale is self.scale and self.ids_below is None and self.ids_from is None:
+            return self  # (a norm's output, as most are: one object less to make, hint and check)
+        return TensorType(self.shape, self.dtype, layout, scale)
 
     def scaled(self, factors: tuple[Fraction, ...] | None) -> Scale | None:
         """The grid scale after an op that steps by `factors` per spatial dim (its strides)."""
@@ -410,6 +414,14 @@ def shared_storage(aliases: int | None, writes: int | None, saves_output: bool) 
 
 # The values `Layer.args` reads from a layer's fields as they are (model_dump gives them unchanged).
 _PLAIN_VALUES = frozenset({int, float, bool, str, type(None)})
+
+
+@functools.lru_cache(maxsize=1024)  # (bounded: a class made per build, an uncurated op's, would pile up)
+def _argument_order(cls: type[StrictModel]) -> dict[str, int]:
+    """An op class's argument fields (`RESGRAPH_KEYS` left out), each with its position: `Layer.args`
+    lists the ones a layer sets in this order, found once per class rather than once per layer."""
+    names = [name for name in cls.__pydantic_fields__ if name not in RESGRAPH_KEYS]
+    return {name: index for index, name in enumerate(names)}
 
 
 class Layer(StrictModel):
@@ -486,18 +498,17 @@ class Layer(StrictModel):
         value is plain (a number, a string, None, a list of them), they are read as they are, which is
         what `model_dump` gives for them in a quarter of its time (once per layer of every build);
         anything else goes through `model_dump`."""
-        values, fields_set = self.__dict__, self.__pydantic_fields_set__
+        values, order = self.__dict__, _argument_order(type(self))
         written = {}
-        for name in type(self).__pydantic_fields__:
-            if name in fields_set and name not in RESGRAPH_KEYS:
-                value = values[name]
-                kind = type(value)
-                if kind in _PLAIN_VALUES:
-                    written[name] = value
-                elif (kind is list or kind is tuple) and all(type(item) in _PLAIN_VALUES for item in value):
-                    written[name] = tuple(value)
-                else:
-                    break
+        for name in sorted([name for name in self.__pydantic_fields_set__ if name in order], key=order.__getitem__):
+            value = values[name]
+            kind = type(value)
+            if kind in _PLAIN_VALUES:
+                written[name] = value
+            elif (kind is list or kind is tuple) and all(type(item) in _PLAIN_VALUES for item in value):
+                written[name] = tuple(value)
+            else:
+                break
         else:
             return written
         dumped = self.model_dump(exclude=RESGRAPH_KEYS, exclude_unset=True, by_alias=False)

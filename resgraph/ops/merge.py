@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
-from ..symbolic import SymInt, hint
+from ..symbolic import SymInt, hint, same_sizes
 from .base import ArgumentError, ShapeError, TensorType, promote, sample_dim
 
 __all__ = ["Merge", "broadcast_failure", "broadcast_shape", "broadcast_types", "check_gate_layouts", "concat_dim",
@@ -86,7 +86,7 @@ def merge_type(kind: Merge, types: list[TensorType], dim: int = 1) -> TensorType
     if dtype != first.dtype or first.ids_below is not None or first.ids_from is not None:
         first = first.with_dtype(dtype)  # (else the first type itself: the same value, no copy to make and hint)
     if kind is not Merge.concat:
-        if all(t.shape is first.shape for t in types):  # (a skip's, after its projection: one shape object)
+        if all(same_sizes(t.shape, first.shape) for t in types):  # (a skip's, after its projection: no broadcast)
             return first
         broadcast = broadcast_types(kind.value, [first, *types[1:]])
         # (by identity: `==` on a symbolic size records a guard, and a (1, D) broadcast to (L, D) would pin L to 1)

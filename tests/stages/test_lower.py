@@ -275,3 +275,35 @@ def test_torch_refusing_the_arguments_is_a_spec_error_at_each_refused_layer() ->
         "spec.yaml:9:5: layer 'conv' (Conv2d): torch rejected its arguments: "
         "padding='same' is not supported for strided convolutions",
     ]
+
+
+def test_a_global_module_registration_hook_sees_every_child_lowering_adds(graph: Graph) -> None:
+    """Lowering adds children without add_module's attribute probe, but a global module registration hook
+    (torch's `register_module_module_registration_hook`) still sees each one, and what it returns is used,
+    as add_module does."""
+    from torch.nn.modules.module import register_module_module_registration_hook
+
+    seen: list[str] = []
+
+    def hook(parent: nn.Module, name: str, child: nn.Module) -> nn.Module | None:
+        seen.append(name)
+        return nn.Identity() if name == "act" else None
+
+    handle = register_module_module_registration_hook(hook)
+    try:
+        hooked = lower(graph, seed=0)
+    finally:
+        handle.remove()
+    every_child = [name.rpartition(".")[2] for name, _ in lower(graph, seed=0).named_modules() if name]
+    assert sorted(seen) == sorted(every_child)
+    assert isinstance(hooked.act, nn.Identity)
+
+
+def test_lowering_adds_the_same_children_as_add_module(graph: Graph, module: GeneratedModule) -> None:
+    """The children, their names and order, and the parameters they register, are those add_module would
+    give (`lower._add_child` skips only its probe for an attribute that cannot exist)."""
+    twin = type(module)()
+    for name, child in module.named_children():
+        twin.add_module(name, child)
+    assert list(twin.named_children()) == list(module.named_children())
+    assert list(twin.state_dict()) == [key for key in module.state_dict() if "." in key]
