@@ -145,7 +145,7 @@ def _add_child(module: nn.Module, name: str, child: Any) -> None:
     global module registration hook installed (`nn.modules.module.register_module_module_registration_hook`)
     add_module itself runs, which calls it.
     """
-    if _MODULE_HOOKS or not isinstance(child, nn.Module) or name in RESERVED_NAMES:
+    if _MODULE_HOOKS is None or _MODULE_HOOKS or not isinstance(child, nn.Module) or name in RESERVED_NAMES:
         module.add_module(name, child)  # (raises the TypeError for what is no module)
     else:
         module._modules[name] = child
@@ -159,8 +159,9 @@ def _sequential(modules: list[nn.Module]) -> nn.Sequential:
     return sequential
 
 
-# torch's registry of global module registration hooks: a dict, empty unless a hook is installed.
-_MODULE_HOOKS = torch.nn.modules.module._global_module_registration_hooks
+# torch's registry of global module registration hooks: a dict, empty unless a hook is installed;
+# None where a torch release keeps it elsewhere (add_module is then always used: private to torch).
+_MODULE_HOOKS: dict[Any, Any] | None = getattr(torch.nn.modules.module, "_global_module_registration_hooks", None)
 
 
 def tie_parameters(module: nn.Module, graph: Graph) -> list[Diagnostic]:

@@ -307,3 +307,26 @@ def test_lowering_adds_the_same_children_as_add_module(graph: Graph, module: Gen
         twin.add_module(name, child)
     assert list(twin.named_children()) == list(module.named_children())
     assert list(twin.state_dict()) == [key for key in module.state_dict() if "." in key]
+
+
+def test_lowering_uses_add_module_where_torch_keeps_no_hook_registry(graph: Graph,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a torch release keeps its registration hooks elsewhere, every child goes through add_module
+    (the registry is private to torch), and the model is the same."""
+    from resgraph import lower as lowering
+
+    direct = lower(graph, seed=0)
+    monkeypatch.setattr(lowering, "_MODULE_HOOKS", None)
+    probed: list[str] = []
+    original = nn.Module.add_module
+
+    def add_module(self: nn.Module, name: str, child: nn.Module | None) -> None:
+        probed.append(name)
+        original(self, name, child)
+
+    monkeypatch.setattr(nn.Module, "add_module", add_module)
+    through_add_module = lower(graph, seed=0)
+    assert sorted(probed) == sorted(name.rpartition(".")[2] for name, _ in direct.named_modules() if name)
+    assert list(through_add_module.state_dict()) == list(direct.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(through_add_module.state_dict().values(),
+                                                 direct.state_dict().values()))
