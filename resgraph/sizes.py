@@ -31,8 +31,8 @@ from .expressions import MAX_MAGNITUDE
 from .graph import Graph
 from .symbolic import COMPARISONS, MAX_SIZE, VECTOR_OPS, Expr, Guard, SymInt, evaluate, post_order, requirement
 
-__all__ = ["DEFAULT_RANGE", "MAX_SIZE_SPAN", "DimSizes", "SizeReport", "SizeRule", "check_range", "joint_guards",
-           "linked_symbols", "smallest_without_ones", "solve_sizes", "valid_sizes_mask"]
+__all__ = ["DEFAULT_RANGE", "MAX_SIZE_SPAN", "DimSizes", "SizeLink", "SizeReport", "SizeRule", "check_range",
+           "joint_guards", "linked_sizes", "linked_symbols", "smallest_without_ones", "solve_sizes", "valid_sizes_mask"]
 
 DEFAULT_RANGE = (1, 2048)
 MAX_SIZE_SPAN = 2**20  # sizes tried at once: 1..2^20 takes about 0.2 GB and 2 s
@@ -157,6 +157,10 @@ class DimSizes:
     # The free dims the model needs equal to this one (`pad.L` for a mask over x's sequence), as
     # symbols: they are solved together, each at the same size, and the guard checks they agree.
     linked: tuple[str, ...] = ()
+    # This dim's size as an expression of each other dim related to it one-to-one but not equal (`x.L + 1`
+    # for a mask over a class token and x's sequence; see `linked_sizes`): the input guard checks the
+    # relations themselves (`SizeReport.joint`).
+    related: tuple[str, ...] = ()
 
     @property
     def smallest(self) -> int | None:
@@ -166,7 +170,7 @@ class DimSizes:
         # concise: `valid` and `failures` list every size searched (thousands), kept as data, counted here
         if not self.free:
             return f"DimSizes({self.input}.{self.name} = {self.declared}, fixed)"
-        same = f", equal to {', '.join(self.linked)}" if self.linked else ""
+        same = f", equal to {', '.join((*self.linked, *self.related))}" if self.linked or self.related else ""
         return (f"DimSizes({self.input}.{self.name}: {self.rule.describe(self.name)}, declared {self.declared}, "
                 f"{len(self.valid)} valid, {len(self.failures)} failing{same})")
 
@@ -216,7 +220,7 @@ class SizeReport:
                 if not dim.free:
                     lines.append(f"  {dim.name} = {dim.declared} (fixed by the layers' parameters)")
                     continue
-                same = f" (equal to {', '.join(dim.linked)})" if dim.linked else ""
+                same = f" (equal to {', '.join((*dim.linked, *dim.related))})" if dim.linked or dim.related else ""
                 lines.append(f"  {dim.rule.describe(dim.name)}{same}: {_sample(dim.valid, dim.declared)}")
                 below = [n for n in dim.failures if n < dim.declared]
                 above = [n for n in dim.failures if n > dim.declared]
@@ -240,7 +244,7 @@ class SizeReport:
                 "name": dim.name, "axis": dim.axis, "declared": dim.declared, "free": dim.free,
                 "rule": dim.rule.describe(dim.name), "smallest": dim.smallest, "valid": list(dim.valid),
                 "failures": {str(size): where for size, where in sorted(dim.failures.items())},
-                **({"equal_to": list(dim.linked)} if dim.linked else {})})
+                **({"equal_to": [*dim.linked, *dim.related]} if dim.linked or dim.related else {})})
         for name, rule in self.square.items():
             inputs[name]["square"] = {"rule": rule.describe("size"), "valid": list(self.square_valid[name])}
         together = [{"condition": str(guard), "at": guard.site} for guard, _ in self.joint]
@@ -265,32 +269,43 @@ def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAUL
 
     reads, constants = _guard_facts(guards)
 
-    def solve(varying: set[str]) -> tuple[SizeRule, tuple[int, ...], dict[int, str]]:
+    def solve(varying: set[str], maps: dict[str, tuple[int, int]] | None = None,
+              ) -> tuple[SizeRule, tuple[int, ...], dict[int, str]]:
         """The rule the sizes of `varying` follow, the valid sizes in [low, high], and (with `failures`)
-        the site of the first guard failing at each other size there.
+        the site of the first guard failing at each other size there. With `maps` (scale, offset) for
+        some of them (a group of `linked_sizes`), of the group's parameter k instead: each of those is
+        `scale * k + offset`, and k's range holds every member's sizes in [low, high].
 
         The rule is solved over 1..span (twice past the declared sizes and every constant the guards
         compare with, see `_interest`), whatever range was asked for: it is what the input guard checks,
         so a bound beyond the range (a position table of 4,096 rows) or a declared size beyond it (16,000
         audio samples) must not be lost. Where that span passes MAX_SIZE_SPAN (2,000,000 samples, a table
         of 2^20 rows), windows around those sizes are solved instead (`_windowed_rule`)."""
+        maps = maps or {}
         points = _interest(constants, reads, symbols, varying)
-        span = max(DEFAULT_RANGE[1], 2 * points[-1] + 2, high if high <= MAX_SIZE_SPAN else 0)
+        # (k is at most a member's size plus its offset's magnitude: a constant that matters is reached by then)
+        reach = max((abs(offset) for _, offset in maps.values()), default=0)
+        places = [maps.get(name, (1, 0)) for name in varying]
+        first_k = max(1, min(-((offset - low) // scale) for scale, offset in places))
+        last_k = max(first_k, max((high - offset) // scale for scale, offset in places))
+        span = max(DEFAULT_RANGE[1], 2 * points[-1] + 2 + reach, last_k if last_k <= MAX_SIZE_SPAN else 0)
         if span <= MAX_SIZE_SPAN:
-            rule_sizes, rule_first = _solve_range(guards, symbols, varying, 1, span, failures, reads)
+            rule_sizes, rule_first = _solve_range(guards, symbols, varying, 1, span, failures, reads, maps)
             rule = _rule(rule_sizes, 1, span)
         else:
-            rule = _windowed_rule(guards, symbols, varying, points, reads)
-        if span <= MAX_SIZE_SPAN and high <= span:
+            rule = _windowed_rule(guards, symbols, varying, points, reads, maps)
+        if span <= MAX_SIZE_SPAN and last_k <= span:
             values, first = rule_sizes, rule_first
         else:  # a range far past every constant, or a rule solved in windows: the range's sizes on their own
-            values, first = _solve_range(guards, symbols, varying, low, high, failures, reads)
-        found = {size: guards[index].site for size, index in first.items() if low <= size <= high}
-        return rule, values[bisect.bisect_left(values, low):bisect.bisect_right(values, high)], found
+            values, first = _solve_range(guards, symbols, varying, first_k, last_k, failures, reads, maps)
+        found = {size: guards[index].site for size, index in first.items() if first_k <= size <= last_k}
+        return rule, values[bisect.bisect_left(values, first_k):bisect.bisect_right(values, last_k)], found
 
     dims = []
-    groups = linked_symbols(guards)
+    links = linked_sizes(guards)
+    groups = _equal_groups(links)
     lone: dict[str, tuple[SizeRule, tuple[int, ...]]] = {}  # what each symbol solved alone admits
+    along: dict[frozenset[str], tuple[SizeRule, tuple[int, ...], dict[int, str]]] = {}  # each group, along k
     for input_name in graph.inputs:
         node_type = graph.nodes[input_name].meta["type"]
         names = _dim_names(node_type, input_name, symbols)
@@ -299,17 +314,24 @@ def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAUL
             if symbol is None:
                 dims.append(DimSizes(input_name, axis, names[axis], size, False, SizeRule("fixed", size)))
                 continue
-            group = groups.get(symbol, frozenset((symbol,)))
+            link = links.get(symbol)
+            group = link.group if link is not None else frozenset((symbol,))
             twin = None if failures or len(group) > 1 else next(
                 (other for other in lone if _mirrors(guards, reads, symbols, other, symbol)), None)
             if twin is not None:  # (W after H: the same guards, of another symbol, give the same answer)
                 rule, values, found = *lone[twin], {}
+            elif link is None:
+                rule, values, found = solve({symbol})
+                lone[symbol] = rule, values
             else:
-                rule, values, found = solve(set(group))
-                if len(group) == 1:
-                    lone[symbol] = rule, values
+                if group not in along:
+                    along[group] = solve(set(group), {name: (links[name].scale, links[name].offset) for name in group
+                                                       if (links[name].scale, links[name].offset) != (1, 0)})
+                rule, values, found = _at_link(link, *along[group], low, high)
+            equal = groups.get(symbol, frozenset((symbol,)))
+            related = tuple(link.relative_to(links[other], other) for other in sorted(group - equal)) if link else ()
             dims.append(DimSizes(input_name, axis, names[axis], size, True, rule, values, found,
-                                 tuple(sorted(group - {symbol}))))
+                                 tuple(sorted(equal - {symbol})), related))
     square_rules: dict[str, SizeRule] = {}
     square_valid: dict[str, tuple[int, ...]] = {}
     for input_name in graph.inputs if square else ():
@@ -359,10 +381,11 @@ def _mirrors(guards: list[Guard], reads: list[frozenset[str]], symbols: dict[str
 
 
 def _solve_range(guards: list[Guard], symbols: dict[str, tuple[str, int, int]], varying: set[str], low: int,
-                 high: int, failures: bool, reads: list[frozenset[str]]) -> tuple[tuple[int, ...], dict[int, int]]:
-    """The valid sizes in [low, high] of `varying`, and (with `failures`) the index of the first guard
-    failing at each invalid one."""
-    valid, first = valid_sizes_mask(guards, symbols, varying, low, high, failures=failures, reads=reads)
+                 high: int, failures: bool, reads: list[frozenset[str]],
+                 maps: dict[str, tuple[int, int]] | None = None) -> tuple[tuple[int, ...], dict[int, int]]:
+    """The valid sizes in [low, high] of `varying` (see `valid_sizes_mask` for `maps`), and (with
+    `failures`) the index of the first guard failing at each invalid one."""
+    valid, first = valid_sizes_mask(guards, symbols, varying, low, high, failures=failures, reads=reads, maps=maps)
     values = _valid_values(valid, low)
     found: dict[int, int] = {}
     if failures:
@@ -412,7 +435,8 @@ WINDOW = 8 * MAX_PERIOD  # the sizes tried on either side of a size that matters
 
 
 def _windowed_rule(guards: list[Guard], symbols: dict[str, tuple[str, int, int]], varying: set[str],
-                   points: list[int], reads: list[frozenset[str]]) -> SizeRule:
+                   points: list[int], reads: list[frozenset[str]],
+                   maps: dict[str, tuple[int, int]] | None = None) -> SizeRule:
     """The rule of `varying` where its sizes reach past MAX_SIZE_SPAN (a declared size of 2,000,000, a
     position table of 2^20 rows): solved over 1..DEFAULT_RANGE's end and a window of WINDOW sizes around
     each of `points` (and twice each, as the span would be). The sizes between two windows are taken to
@@ -429,7 +453,8 @@ def _windowed_rule(guards: list[Guard], symbols: dict[str, tuple[str, int, int]]
             spans[-1][1] = max(spans[-1][1], high)
         else:
             spans.append([low, high])
-    windows = [(low, valid_sizes_mask(guards, symbols, varying, low, high, reads=reads)[0]) for low, high in spans]
+    windows = [(low, valid_sizes_mask(guards, symbols, varying, low, high, reads=reads, maps=maps)[0])
+               for low, high in spans]
     rule = _one_range(windows) or _first_rule_bounded(windows)
     if rule is not None:
         return rule
@@ -605,63 +630,183 @@ def _implied(guard: Guard, read: frozenset[str], symbols: dict[str, tuple[str, i
     return bool(numpy.all(holds & ~overflow))
 
 
+@dataclass(frozen=True)
+class SizeLink:
+    """A free dim's place in a group of free dims the model relates one-to-one (`pad.L == x.L`, or
+    `1 + x.L == mask.L`: a class token before a sequence, added to an input one longer): at each value
+    k >= 1 of the group's parameter its size is `scale * k + offset`. Every choice of sizes that meets
+    the relations is one k's, and k = 1 is the smallest at which every member is at least 1."""
+
+    group: frozenset[str]
+    scale: int
+    offset: int
+
+    def relative_to(self, other: SizeLink, name: str) -> str:
+        """This dim's size as an expression of `other`'s (named `name`): 'x.L + 1', '2 * x.L', 'y.L / 2'.
+
+        >>> SizeLink(frozenset(), 1, 1).relative_to(SizeLink(frozenset(), 1, 0), "x.L")
+        'x.L + 1'
+        >>> SizeLink(frozenset(), 1, 3).relative_to(SizeLink(frozenset(), 2, 1), "y.L")
+        '(y.L + 5) / 2'
+        """
+        # k = (other - other.offset) / other.scale, so this is (scale * other + shift) / other.scale
+        scale, shift, divisor = self.scale, self.offset * other.scale - self.scale * other.offset, other.scale
+        common = math.gcd(scale, shift, divisor)
+        scale, shift, divisor = scale // common, shift // common, divisor // common
+        text = name if scale == 1 else f"{scale} * {name}"
+        text += f" + {shift}" if shift > 0 else f" - {-shift}" if shift < 0 else ""
+        return text if divisor == 1 else f"({text}) / {divisor}" if shift else f"{text} / {divisor}"
+
+
+MAX_LINK_SCALE = 2**16  # a relation scaling a size further (an upsample by 2^20) is not linked: solved apart
+
+
+def linked_sizes(guards: list[Guard]) -> dict[str, SizeLink]:
+    """Free dims the model relates one-to-one, each with its place in its group (see `SizeLink`), for
+    symbols in a group of two or more.
+
+    A guard that held `a * X + b == c * Y + d` (integer a, c of one sign: a mask over x's sequence, an
+    input one longer than x's sequence after a class token, a skip from an upsample by 2) relates X and Y
+    wherever it has integer solutions: its solutions are `X = X0 + (c/g) k`, `Y = Y0 + (a/g) k`. Such
+    dims admit no other size alone, only together: the solver varies a group at once, along k. A
+    relation that needs no new link (a second one within a group) is a guard like any other, which
+    the solver checks at each k.
+
+    >>> from resgraph.symbolic import Guard, SymInt
+    >>> x, mask, y = (SymInt.symbol(name, 6) for name in ("x.L", "mask.L", "y.L"))
+    >>> links = linked_sizes([Guard("eq", (1 + x).expr, mask.expr, True, "add"),
+    ...                       Guard("eq", (2 * x).expr, y.expr, True, "skip")])
+    >>> [(name, link.scale, link.offset) for name, link in sorted(links.items())]
+    [('mask.L', 1, 1), ('x.L', 1, 0), ('y.L', 2, 0)]
+    """
+    place: dict[str, tuple[str, int, int]] = {}  # symbol -> (its group's first symbol, scale, offset)
+    members: dict[str, list[str]] = {}
+    for guard in guards:
+        # `a == b` that held, or `a != b` that failed (ops check either way: `if k.shape[-1] != q.shape[-1]`)
+        if (guard.op, guard.outcome) in (("eq", True), ("ne", False)):
+            left, right = _affine(guard.left), _affine(guard.right)
+            if left is not None and right is not None and left[1] != right[1]:
+                _link(place, members, left, right)
+    links: dict[str, SizeLink] = {}
+    for names in members.values():
+        if len(names) > 1:
+            group = frozenset(names)
+            links.update({name: SizeLink(group, *place[name][1:]) for name in names})
+    return links
+
+
 def linked_symbols(guards: list[Guard]) -> dict[str, frozenset[str]]:
     """Free dims the model needs equal (a guard `pad.L == x.L`: a mask over x's sequence, two inputs
-    added): symbol -> every symbol of its group, itself included, for symbols in a group of two or more.
-
-    Such dims admit no other size alone, only together: the solver varies a group at once.
+    added; `1 + pad.L == 1 + x.L`: a class token before both): symbol -> every symbol of its group,
+    itself included, for symbols in a group of two or more. (The members of one group of `linked_sizes`
+    at the same place in it.)
 
     >>> from resgraph.symbolic import Guard, SymInt
     >>> a, b, c = (SymInt.symbol(name, 6) for name in ("x.L", "pad.L", "y.L"))
     >>> sorted(linked_symbols([Guard("eq", b.expr, a.expr, True, "attn")])["x.L"])
     ['pad.L', 'x.L']
     """
-    parent: dict[str, str] = {}
-
-    def root(name: str) -> str:
-        while parent.setdefault(name, name) != name:
-            name = parent[name]
-        return name
-
-    for guard in guards:
-        # `a == b` that held, or `a != b` that failed (ops check either way: `if k.shape[-1] != q.shape[-1]`)
-        if (guard.op, guard.outcome) in (("eq", True), ("ne", False)):
-            left, right = _unwrapped(guard.left, guard.right)
-            if left.op == right.op == "sym":
-                parent[root(left.args[0])] = root(right.args[0])
-    groups: dict[str, set[str]] = {}
-    for name in parent:
-        groups.setdefault(root(name), set()).add(name)
-    return {name: frozenset(group) for group in groups.values() if len(group) > 1 for name in group}
+    return _equal_groups(linked_sizes(guards))
 
 
-def _unwrapped(left: Expr, right: Expr) -> tuple[Expr, Expr]:
-    """`left` and `right` without the one-to-one maps they share: `1 + pad.L == 1 + x.L` (a class token
-    before a sequence, a `false` before its mask) holds exactly where `pad.L == x.L` does, as does
-    `2 * a == 2 * b`. The same constant added, or multiplied by (not 0), on both sides is peeled off.
+def _equal_groups(links: dict[str, SizeLink]) -> dict[str, frozenset[str]]:
+    """`linked_symbols` from `linked_sizes`: the members of a group at the same place in it."""
+    equal: dict[SizeLink, set[str]] = {}
+    for name, link in links.items():
+        equal.setdefault(link, set()).add(name)
+    return {name: frozenset(group) for group in equal.values() if len(group) > 1 for name in group}
 
-    >>> a, b = SymInt.symbol("x.L", 6), SymInt.symbol("pad.L", 6)
-    >>> [str(side) for side in _unwrapped((1 + a).expr, (b + 1).expr)]
-    ['x.L', 'pad.L']
-    >>> [str(side) for side in _unwrapped((a // 2).expr, (b // 2).expr)]  # (not one-to-one: kept)
-    ['x.L // 2', 'pad.L // 2']
+
+def _at_link(link: SizeLink, rule: SizeRule, values: tuple[int, ...], found: dict[int, str], low: int,
+             high: int) -> tuple[SizeRule, tuple[int, ...], dict[int, str]]:
+    """A member's rule, valid sizes in [low, high] and failing sizes there, from its group's along the
+    parameter k (each size is `link.scale * k + link.offset`).
+
+    >>> _at_link(SizeLink(frozenset(), 2, 1), SizeRule("at_least", 1), (1, 2, 3), {}, 1, 6)[:2]
+    (SizeRule(kind='progression', start=3, step=2, stop=None, values=()), (3, 5))
     """
-    while left.op == right.op and left.op in ("add", "mul") and left is not right:
-        ours, theirs = _constant_term(left), _constant_term(right)
-        if ours is None or theirs is None or ours[0] != theirs[0] or (left.op == "mul" and ours[0] == 0):
-            break
-        left, right = ours[1], theirs[1]
-    return left, right
+    scale, offset = link.scale, link.offset
+    if (scale, offset) == (1, 0):
+        return rule, values, found
+    stop = None if rule.stop is None else scale * rule.stop + offset
+    start = scale * rule.start + offset
+    if rule.kind in ("none", "fixed") or (scale == 1 and rule.kind in ("at_least", "range")):
+        mapped = SizeRule(rule.kind, start, rule.step, stop)
+    elif rule.kind in ("at_least", "range", "progression"):
+        mapped = SizeRule("progression", start, scale * rule.step, stop)
+    else:  # periodic, set
+        step = scale * rule.step if rule.kind == "periodic" else rule.step
+        mapped = SizeRule(rule.kind, start, step, stop, tuple(
+            scale * value + (offset if rule.kind == "set" else 0) for value in rule.values))
+    sizes = tuple(size for size in (scale * k + offset for k in values) if low <= size <= high)
+    return mapped, sizes, {size: site for k, site in found.items() if low <= (size := scale * k + offset) <= high}
 
 
-def _constant_term(expr: Expr) -> tuple[int, Expr] | None:
-    """(c, x) for `x + c`, `c + x`, `x * c` or `c * x`; None where neither operand is a constant."""
-    first, second = expr.args
-    if second.op == "const" and first.op != "const":
-        return second.args[0], first
-    if first.op == "const" and second.op != "const":
-        return first.args[0], second
-    return None
+def _affine(expr: Expr) -> tuple[int, str, int] | None:
+    """(a, X, b) for an expression `a * X + b` of one symbol X with integer a (not 0) and b: `1 + x.L`,
+    `x.L * 2`, `2 * (x.L - 1)`; None for any other (`x.L // 2`: not one-to-one).
+
+    >>> x = SymInt.symbol("x.L", 6)
+    >>> _affine((2 * (x - 1)).expr), _affine((x // 2).expr)
+    ((2, 'x.L', -2), None)
+    """
+    scale, offset = 1, 0
+    while expr.op in ("add", "mul"):
+        op, (first, second) = expr.op, expr.args
+        constant, expr = (second, first) if second.op == "const" else (first, second)
+        value = constant.args[0] if constant.op == "const" else None
+        if type(value) is not int or (op == "mul" and value == 0):
+            return None
+        if op == "add":
+            offset += scale * value
+        else:
+            scale *= value
+    return (scale, expr.args[0], offset) if expr.op == "sym" else None
+
+
+def _link(place: dict[str, tuple[str, int, int]], members: dict[str, list[str]], left: tuple[int, str, int],
+          right: tuple[int, str, int]) -> None:
+    """Join the groups of X and Y (`linked_sizes`) where `a * X + b == c * Y + d` has integer solutions."""
+    (a, x, b), (c, y, d) = left, right
+    if a * c < 0:
+        return  # (x.L + y.L == 10: finitely many pairs, not a link; the sizes are solved apart)
+    for name in (x, y):
+        if name not in place:
+            place[name], members[name] = (name, 1, 0), [name]
+    (ours, p, q), (theirs, r, s) = place[x], place[y]
+    if ours == theirs:
+        return
+    # X = p k + q and Y = r m + s, so A k + B == C m + D, with A and C positive
+    big_a, big_b, big_c, big_d = a * p, a * q + b, c * r, c * s + d
+    if big_a < 0:
+        big_a, big_b, big_c, big_d = -big_a, -big_b, -big_c, -big_d
+    common, u, v = _bezout(big_a, big_c)  # u A + v C == g
+    if (big_d - big_b) % common:
+        return
+    times = (big_d - big_b) // common
+    # every solution: k = u t + (C/g) j, m = -v t + (A/g) j; each member's size along j
+    placed = {name: (scale * (big_c // common), scale * u * times + offset)
+              for name in members[ours] for _, scale, offset in [place[name]]}
+    placed.update({name: (scale * (big_a // common), -scale * v * times + offset)
+                   for name in members[theirs] for _, scale, offset in [place[name]]})
+    # shift j so that j = 1 is the smallest at which every size is at least 1
+    shift = max(-((offset - 1) // scale) for scale, offset in placed.values()) - 1
+    placed = {name: (scale, offset + scale * shift) for name, (scale, offset) in placed.items()}
+    if any(scale > MAX_LINK_SCALE or abs(offset) > MAX_SIZE for scale, offset in placed.values()):
+        return
+    place.update({name: (ours, scale, offset) for name, (scale, offset) in placed.items()})
+    members[ours] += members.pop(theirs)
+
+
+def _bezout(a: int, b: int) -> tuple[int, int, int]:
+    """(g, u, v) with g = gcd(a, b) = u * a + v * b, for a, b > 0."""
+    old, r, old_u, u, old_v, v = a, b, 1, 0, 0, 1
+    while r:
+        quotient = old // r
+        old, r = r, old - quotient * r
+        old_u, u = u, old_u - quotient * u
+        old_v, v = v, old_v - quotient * v
+    return old, old_u, old_v
 
 
 def _sample(values: tuple[int, ...], declared: int | None) -> str:
@@ -683,21 +828,28 @@ def _sample(values: tuple[int, ...], declared: int | None) -> str:
 
 def valid_sizes_mask(guards: list[Guard], symbols: dict[str, tuple[str, int, int]], varying: set[str], low: int,
                      high: int, *, failures: bool = False,
-                     reads: list[frozenset[str]] | None = None) -> tuple[Any, Any]:
+                     reads: list[frozenset[str]] | None = None,
+                     maps: dict[str, tuple[int, int]] | None = None) -> tuple[Any, Any]:
     """For each size in [low, high] given to all `varying` symbols (the others at their declared
     values): whether every guard holds (a bool array), and the index of the first guard that fails
     (-1 where none does; only computed with `failures`). `reads`: the symbols each guard reads,
-    where the caller solves the same guards several times (see `_guard_symbols`)."""
+    where the caller solves the same guards several times (see `_guard_symbols`). `maps`: (scale,
+    offset) of the varying symbols that are not given the size k itself but scale * k + offset (a
+    group of `linked_sizes`: a mask one longer than the sequence)."""
     import numpy
 
     candidates = numpy.arange(low, high + 1, dtype=numpy.int64)
     env = {name: numpy.int64(value) for name, (_, _, value) in symbols.items()}
-    env.update({name: candidates for name in varying})
+    maps = maps or {}
+    env.update({name: candidates if name not in maps else maps[name][0] * candidates + maps[name][1]
+                for name in varying})
     memo: dict[int, Any] = {}
     valid = numpy.ones(len(candidates), dtype=bool)
     first = numpy.full(len(candidates), -1)
     reads = _guard_symbols(guards) if reads is None else reads
-    checked = not _stays_small(guards, reads, symbols, varying, max(abs(low), abs(high)))
+    largest = max(abs(low), abs(high))
+    reach = {name: abs(scale) * largest + abs(offset) for name, (scale, offset) in maps.items()}
+    checked = not _stays_small(guards, reads, symbols, varying, largest, reach)
     ops, overflow = _checked_ops(len(candidates)) if checked else (VECTOR_OPS, None)
     with numpy.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for index, (guard, read) in enumerate(zip(guards, reads, strict=True)):
@@ -716,13 +868,15 @@ def valid_sizes_mask(guards: list[Guard], symbols: dict[str, tuple[str, int, int
 
 
 def _stays_small(guards: list[Guard], reads: list[frozenset[str]], symbols: dict[str, tuple[str, int, int]],
-                 varying: set[str], largest: int) -> bool:
+                 varying: set[str], largest: int, reach: dict[str, int] | None = None) -> bool:
     """Whether no sum or product in the guards that read `varying` can pass MAX_SIZE // 2 while those
     symbols stay within `largest` in magnitude (the others at their declared sizes): then numpy's own
     arithmetic is exact at every size tried, as `_checked_ops` would find operation by operation (it
     takes each operand's largest magnitude, two reductions over the sizes: a fifth of ResNet-50's
-    size solving). One walk bounds each expression node's magnitude from its arguments' bounds."""
+    size solving). One walk bounds each expression node's magnitude from its arguments' bounds.
+    `reach`: the largest magnitude of a varying symbol given a scaled size (see `valid_sizes_mask`)."""
     limit = MAX_SIZE // 2
+    reach = reach or {}
     bounds: dict[Expr, int | float] = {}
     for guard, read in zip(guards, reads, strict=True):
         if not read & varying:
@@ -731,7 +885,7 @@ def _stays_small(guards: list[Guard], reads: list[frozenset[str]], symbols: dict
             op = expr.op
             if op == "sym":
                 name = expr.args[0]
-                bounds[expr] = largest if name in varying else abs(symbols[name][2])
+                bounds[expr] = reach.get(name, largest) if name in varying else abs(symbols[name][2])
                 continue
             if op == "const":
                 bounds[expr] = abs(expr.args[0])
