@@ -7,9 +7,10 @@ and after. The fixes depend on the cause (`ProjectionError.kind`):
 - "grid" (the same grid, shrunk by unpadded layers): the padding that keeps each layer's size,
   or `projection: crop`, which aligns maps on one grid;
 - "stride" and "off-centre" (a strided layer met an odd size): the nearest input sizes at which
-  the skip fits, found from the guards recorded so far, or making the layer round up; where a layer
-  rounded up past its stride (ceil_mode with padding, too much padding), that layer and the
-  setting that rounds as the stride does;
+  the skip fits, found from the guards recorded so far and kept where the whole model checks clean
+  there (`fitting`), or making the layer round up; where a layer rounded up past its stride
+  (ceil_mode with padding, too much padding), that layer and the setting that rounds as the
+  stride does;
 - "larger" (the target was upsampled, or padded, past the source): the nearest input sizes that
   fit, an upsample to an explicit size, or the padding that keeps an unstrided layer's size;
 - "crossed" (larger along one spatial dim, smaller along another): the input sizes that fit, where the
@@ -28,12 +29,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .fitting import Offer, fitting_sizes
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode, is_block_value
 from .ops.conv import conv_output_size
 from .ops.pool import pool_output_size
 from .projections import ProjectionError
-from .sizes import valid_sizes_mask
-from .symbolic import COMPARISONS, Guard, evaluate, hint, requirement, size_symbols
+from .symbolic import Guard, hint, requirement
 
 __all__ = ["SizeChange", "changed_layers", "skip_hint"]
 
@@ -75,7 +76,8 @@ class SizeChange:
 def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[Guard],
               symbols: dict[str, tuple[str, int, int]]) -> str | None:
     """The hint for a skip that `exc` refused. `guards` are the decisions made before the skip and the
-    conditions under which it would fit: the input sizes that satisfy all of them are proposed."""
+    conditions under which it would fit: the input sizes that satisfy all of them, and at which the
+    whole model is valid where that can be checked (see `fitting`), are proposed."""
     skip = node.skip
     changes = changed_layers(graph, skip.source, skip.to)
     listed = "; ".join(map(str, changes))
@@ -106,21 +108,23 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
         if by_padding:  # (every layer listed needs its padding: one fix, not alternatives)
             fixes.append("keep the size with " + " and ".join(f"`padding: {padding}` on {' and '.join(names)}"
                                                                 for padding, names in by_padding.items()) + also)
-        fitting = _fitting_sizes(guards, symbols)  # a rounding shrank it: some input sizes fit outright
+        fitting = fitting_sizes(guards, symbols)  # a rounding shrank it: some input sizes fit outright
         if fitting:
-            fixes.append(f"use an input size at which this skip fits: {fitting}")
+            fixes.append(f"use an input size at which this skip fits: {fitting.text}")
         if not exc.crop_required:
             fixes.append("set `projection: crop` on this skip (the maps share a grid, so a centre crop aligns them)")
         elif not fitting:  # odd margins: a crop would be off-centre at this size
-            even = _fitting_sizes([*guards[:len(guards) - len(exc.required)], *exc.crop_required], symbols)
+            # (with a crop, which a try at those sizes alone cannot check)
+            even = fitting_sizes([*guards[:len(guards) - len(exc.required)], *exc.crop_required], symbols,
+                                 checked=False)
             if even:  # (none where the layers shrink by an odd amount at every size)
                 fixes.append(f"set `projection: crop` on this skip and use an input size where the margins are even: "
-                             f"{even}")
-        return _join(f"shrunk by {listed}" if listed else "", "; or ".join(fixes))
+                             f"{even.text}")
+        return _missed(_join(f"shrunk by {listed}" if listed else "", "; or ".join(fixes)), fitting)
     if exc.kind == "crossed":  # (its own hint says what to start or end the skip at)
-        sizes = _fitting_sizes(guards, symbols) if exc.required else ""
-        fits = f"use an input size at which this skip fits: {sizes}; or " if sizes else ""
-        return _join(listed, fits + (exc.hint or ""))
+        sizes = fitting_sizes(guards, symbols) if exc.required else Offer("")
+        fits = f"use an input size at which this skip fits: {sizes.text}; or " if sizes else ""
+        return _missed(_join(listed, fits + (exc.hint or "")), sizes)
     if exc.kind == "rank":
         return _rank_hint(graph, node) or exc.hint
     if exc.kind == "finer":
@@ -156,9 +160,9 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
         fixes = []
         # Without the conditions under which the skip fits, every size where the earlier decisions
         # hold would be "fitting", the declared one (which fails) first.
-        sizes = _fitting_sizes(guards, symbols) if exc.required else ""
+        sizes = fitting_sizes(guards, symbols) if exc.required else Offer("")
         if sizes:
-            fixes.append(f"an input size at which this skip fits: {sizes}")
+            fixes.append(f"an input size at which this skip fits: {sizes.text}")
         # An unstrided layer on the way that changed the size (an unpadded conv, a padded 1x1) moves the
         # sizes off the stride too: a rounding fix works only with its size kept, and not at all where
         # no padding keeps it (a kernel-2 pool).
@@ -192,7 +196,7 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
                                                                     for c, padding in paddings))
             if any(c.op == "Upsample" for c in changes):
                 fixes.append("give the upsampling layer an explicit `size:` (then the model has one input size)")
-        return _join(f"{listed}: {cause}" if listed else cause, "; or ".join(fixes))
+        return _missed(_join(f"{listed}: {cause}" if listed else cause, "; or ".join(fixes)), sizes)
     return exc.hint
 
 
@@ -311,6 +315,15 @@ def _join(what: str, fix: str) -> str:
     return f"{what}. Fix: {fix}" if what and fix else what or fix
 
 
+def _missed(text: str, offer: Offer) -> str:
+    """`text`, and where the sizes that fit this skip were tried and each failed further on, that no input
+    size near the declared one fits the whole model (a size that fits only this skip is not offered)."""
+    if not offer.missed:
+        return text
+    note = f"input size near the declared one fits the whole model: at {offer.missed} it fails further on"
+    return f"{text}. No {note}" if text else f"no {note}"
+
+
 def changed_layers(graph: Graph, source: str, target: str) -> list[SizeChange]:
     """The layers from `source` up to `target` that changed the spatial size, looking inside block calls
     (`'conv1' (Conv2d, kernel 3, stride 1, padding 0): 32x32 -> 30x30`)."""
@@ -360,57 +373,3 @@ def _single(value: Any) -> Any:
     if isinstance(value, (list, tuple)) and len(set(value)) == 1:
         return value[0]
     return value
-
-
-def _fitting_sizes(guards: list[Guard], symbols: dict[str, tuple[str, int, int]], count: int = 3) -> str:
-    """"'x' 224x224 (or 256x256, 288x288)": the input sizes nearest the declared ones at which every guard
-    holds: square where the input is declared square, else each failing dim moved to its nearest sizes
-    (`'x' 16x22`). '' when none is found."""
-    if not guards or not symbols:
-        return ""
-    per_input: dict[str, list[str]] = {}
-    for symbol, (input_name, _, _) in symbols.items():
-        per_input.setdefault(input_name, []).append(symbol)
-    env = {symbol: value for symbol, (_, _, value) in symbols.items()}
-    reads = [size_symbols((guard.left, guard.right)) for guard in guards]
-    texts = []
-    for input_name, names in per_input.items():
-        # A condition on none of this input's dims (sizes an adaptive pool fixed, another input's dims)
-        # that fails at the declared sizes fails at every size of this input: none fits (the solver
-        # would skip it, and offer the declared size itself).
-        if any(not read & set(names) and COMPARISONS[guard.op](evaluate(guard.left, env), evaluate(guard.right, env))
-               != guard.outcome for guard, read in zip(guards, reads)):
-            continue
-        declared = [symbols[name][2] for name in names]
-        if len(set(declared)) == 1:
-            low, high = 1, max(2048, 2 * declared[0])
-            valid, _ = valid_sizes_mask(guards, symbols, set(names), low, high)
-            sizes = [low + index for index, ok in enumerate(valid) if ok]
-            nearest = sorted(sizes, key=lambda n: (abs(n - declared[0]), n))[:count]
-            shown = ["x".join([str(n)] * len(names)) for n in nearest]
-        else:
-            shown = ["x".join(map(str, sizes)) for sizes in _nearest_per_dim(guards, symbols, names, count)]
-        if shown:
-            texts.append(f"{input_name!r} {shown[0]}" + (f" (or {', '.join(shown[1:])})" if len(shown) > 1 else ""))
-    return "; ".join(texts)
-
-
-def _nearest_per_dim(guards: list[Guard], symbols: dict[str, tuple[str, int, int]], names: list[str],
-                     count: int) -> list[tuple[int, ...]]:
-    """For an input declared non-square: its sizes with each dim that fails moved to its nearest valid
-    sizes (solved alone, the others at their declared sizes), the i-th nearest of each together, kept
-    where every guard holds."""
-    options = []
-    for name in names:
-        declared = symbols[name][2]
-        low, high = 1, max(2048, 2 * declared)
-        valid, _ = valid_sizes_mask(guards, symbols, {name}, low, high)
-        sizes = sorted((low + index for index, ok in enumerate(valid) if ok), key=lambda n: (abs(n - declared), n))
-        options.append(sizes[:count] if sizes and sizes[0] != declared else [declared] * count)
-    combos = []
-    for choice in zip(*options):
-        env = {symbol: value for symbol, (_, _, value) in symbols.items()}
-        env.update(zip(names, choice))
-        if all(COMPARISONS[g.op](evaluate(g.left, env), evaluate(g.right, env)) == g.outcome for g in guards):
-            combos.append(tuple(choice))
-    return list(dict.fromkeys(combos))

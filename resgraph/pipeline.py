@@ -25,6 +25,7 @@ from .errors import Diagnostic, Location, SpecError, UsageError
 from .evaluate import plain_overrides
 from .expand import Reader, check_library_blocks, check_unreached_blocks, expand
 from .expressions import expression_names
+from .fitting import Trial, offering, tried
 from .graph import Graph
 from .loader import (
     MAX_DEPTH,
@@ -335,7 +336,8 @@ def _check_loaded(loaded: LoadedSpec, params: dict[str, Any], read: Reader,
             spec = spec.with_input_shapes(input_shapes)
         graph = resolve(expand(spec, loaded.source, read=read, diagnostics=diagnostics), diagnostics=diagnostics)
         assert graph.outputs or diagnostics, "a graph without outputs passed resolution"
-        infer_shapes(graph, diagnostics=diagnostics)
+        with offering(_checker(loaded, params, read, spec, input_shapes)):
+            infer_shapes(graph, diagnostics=diagnostics)
         if diagnostics:  # the run fails: also name what blocks that were never typed hold
             reached = {instance.block for _, instance in graph.subgraphs() if instance.block}
             uncalled = [block for block in spec.blocks if block not in reached]
@@ -350,6 +352,21 @@ def _check_loaded(loaded: LoadedSpec, params: dict[str, Any], read: Reader,
     if diagnostics:
         raise SpecError(diagnostics)
     return spec, graph
+
+
+def _checker(loaded: LoadedSpec, params: dict[str, Any], read: Reader, spec: Spec,
+             input_shapes: Mapping[str, Sequence[int]] | None) -> Callable[[dict[str, dict[int, int]]], Trial]:
+    """How a hint checks the whole spec at other input sizes (input -> {axis: size}), the other inputs as
+    given or declared (see `fitting`): the check a user who took the hint would run."""
+    def check(sizes: dict[str, dict[int, int]]) -> Trial:
+        shapes = {name: list(shape) for name, shape in (input_shapes or {}).items()}
+        for name, axes in sizes.items():
+            shape = shapes.setdefault(name, list(spec.input_decls()[name].shape))
+            for axis, size in axes.items():
+                shape[axis] = size
+        return tried(lambda: _check_loaded(loaded, params, read, shapes)[1])
+
+    return check
 
 
 def _batch_dims_given(declared: Spec, input_shapes: Mapping[str, Sequence[int]], source: SourceMap) -> list[Diagnostic]:

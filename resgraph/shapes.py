@@ -27,6 +27,7 @@ from typing import Any
 from .errors import Diagnostic, SpecError
 from .evaluate import freeze
 from .expand import MAX_BLOCK_DEPTH, BlockRecipe, Reader, blind_scopes, first_reports, instantiate
+from .fitting import refused
 from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode, is_block_value
 from .hints import skip_hint
 from .loader import Origin, SourceMap
@@ -686,7 +687,10 @@ def _infer_skip(graph: Graph, node: SkipNode, inputs: list[TensorType], diagnost
 def _skip_error(graph: Graph, node: SkipNode, target: TensorType, source: TensorType, exc: ProjectionError,
                 decided: list[Guard]) -> Diagnostic:
     skip = node.skip
-    hint = skip_hint(graph, node, exc, [*decided, *exc.required], _SYMBOLS.get() or {})
+    conditions = [*decided, *exc.required]
+    if exc.required:
+        refused(conditions)  # (a check of the spec at other sizes tries sizes that meet these next)
+    hint = skip_hint(graph, node, exc, conditions, _SYMBOLS.get() or {})
     message = (f"{graph.label(node)}: cannot {skip.merge.value} {skip.source!r} {source} "
                f"{'into' if skip.merge.value != 'add' else 'to'} {skip.to!r} {target}: {exc}")
     return Diagnostic(graph.where(node), message, hint)

@@ -1,0 +1,204 @@
+"""Input sizes a hint offers, checked against the whole model (stage 5, for `hints`).
+
+A skip that does not fit is reported where inference meets it, from the guards recorded so far:
+the sizes they admit make that skip fit, but a skip further on may still fail there (U-Net at
+580x580: 579x579 fits copy4, then copy3 fails). So where the caller can check the whole spec at
+other sizes (`offering`, which the pipeline enters), candidates are tried, nearest first: a failed
+try adds the conditions of each skip that failed there (`refused`) and the next candidate is solved
+from all of them; a clean try gives guards that hold for the whole model, and the sizes offered are
+the nearest at which those hold (`sizes` shows why that is sound). At most MAX_TRIALS checks per
+hint and MAX_CHECKS per check of a spec: where none is clean by then, the hint says so. Without a
+way to check (a graph typed directly by `infer_shapes`), the sizes are the guards' alone.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from .errors import ResgraphError
+from .graph import Graph
+from .sizes import valid_sizes_mask
+from .symbolic import COMPARISONS, Guard, evaluate, size_symbols
+
+__all__ = ["MAX_CHECKS", "MAX_TRIALS", "Offer", "Trial", "fitting_sizes", "offering", "refused", "tried"]
+
+MAX_TRIALS = 8  # checks of the whole spec one hint may make (a U-Net of n stages needs at most n)
+MAX_CHECKS = 16  # ... and all hints of one check together (a spec failing at many skips stays fast)
+
+Sizes = tuple[int, ...]  # an input's free dims, in the order of its symbols
+
+
+@dataclass(frozen=True)
+class Trial:
+    """How a check of the whole spec at other input sizes went: the guards it recorded where it was
+    clean (None where it failed), and the conditions of each skip that failed there."""
+
+    guards: tuple[Guard, ...] | None
+    conditions: tuple[Guard, ...] = ()
+
+
+@dataclass
+class _Search:
+    """A check's state: how to try the spec at other sizes (None inside such a try), the tries made,
+    and, inside a try, the conditions of the skips that failed."""
+
+    check: Callable[[dict[str, dict[int, int]]], Trial] | None
+    done: dict[tuple[tuple[str, Sizes], ...], Trial] = field(default_factory=dict)
+    conditions: list[Guard] = field(default_factory=list)
+
+
+_SEARCH: contextvars.ContextVar[_Search | None] = contextvars.ContextVar("fitting_search", default=None)
+
+
+@contextmanager
+def offering(check: Callable[[dict[str, dict[int, int]]], Trial]) -> Iterator[None]:
+    """Within this, hints offer only sizes that `check` (input -> {axis: size} -> Trial) found clean.
+    Inside a try (`tried`), it changes nothing: a try's hints try nothing themselves."""
+    token = _SEARCH.set(_Search(check)) if _SEARCH.get() is None else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            _SEARCH.reset(token)
+
+
+def tried(run: Callable[[], Graph]) -> Trial:
+    """Run a whole check at other sizes (`run` raises a ResgraphError where it fails) and say how it went;
+    its own hints try nothing."""
+    search = _Search(None)
+    token = _SEARCH.set(search)
+    try:
+        graph = run()
+    except ResgraphError:
+        return Trial(None, tuple(search.conditions))
+    finally:
+        _SEARCH.reset(token)
+    return Trial(tuple(graph.meta.get("guards", ())))
+
+
+def refused(conditions: list[Guard]) -> None:
+    """Note the conditions under which a skip that failed would fit (the decisions before it with them),
+    where a try at other sizes is running: the next candidate must meet them too."""
+    search = _SEARCH.get()
+    if search is not None and search.check is None:
+        search.conditions += conditions
+
+
+@dataclass(frozen=True)
+class Offer:
+    """The sizes a hint offers ("'x' 572x572 (or 588x588, 556x556)"), '' where none; `missed` says which
+    candidates were tried and failed where none was found clean (else '')."""
+
+    text: str
+    missed: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.text)
+
+
+def fitting_sizes(guards: list[Guard], symbols: dict[str, tuple[str, int, int]], count: int = 3, *,
+                  checked: bool = True) -> Offer:
+    """The input sizes nearest the declared ones at which every guard holds: square where the input is
+    declared square, else each failing dim moved to its nearest sizes (`'x' 16x22`). With `checked`
+    and a way to check the spec (`offering`), only sizes at which the whole model is valid.
+    `checked=False` for sizes offered with another change to the spec (a crop), which a try at
+    those sizes alone cannot check.
+
+    >>> from resgraph.symbolic import SymInt, requirement
+    >>> fitting_sizes([requirement("eq", SymInt.symbol("x.L", 9) % 2, 0)], {"x.L": ("x", 1, 9)})
+    Offer(text="'x' 8 (or 10, 6)", missed='')
+    """
+    if not guards or not symbols:
+        return Offer("")
+    per_input: dict[str, list[str]] = {}
+    for symbol, (input_name, _, _) in symbols.items():
+        per_input.setdefault(input_name, []).append(symbol)
+    env = {symbol: value for symbol, (_, _, value) in symbols.items()}
+    reads = [size_symbols((guard.left, guard.right)) for guard in guards]
+    search = _SEARCH.get() if checked else None
+    texts, missed = [], []
+    for input_name, names in per_input.items():
+        # A condition on none of this input's dims (sizes an adaptive pool fixed, another input's dims)
+        # that fails at the declared sizes fails at every size of this input: none fits (the solver
+        # would skip it, and offer the declared size itself).
+        if any(not read & set(names) and COMPARISONS[guard.op](evaluate(guard.left, env), evaluate(guard.right, env))
+               != guard.outcome for guard, read in zip(guards, reads)):
+            continue
+        if search is None or search.check is None:
+            shown = _nearest(guards, symbols, names, count)
+        else:
+            shown, failed = _checked(search, guards, symbols, input_name, names, count)
+            if not shown and failed:
+                more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+                missed.append(f"{input_name!r} " + ", ".join(map(_size_text, failed[:3])) + more)
+        if shown:
+            texts.append(f"{input_name!r} {_size_text(shown[0])}"
+                         + (f" (or {', '.join(map(_size_text, shown[1:]))})" if len(shown) > 1 else ""))
+    return Offer("; ".join(texts), "; ".join(missed) if not texts else "")
+
+
+def _size_text(sizes: Sizes) -> str:
+    return "x".join(map(str, sizes))
+
+
+def _checked(search: _Search, guards: list[Guard], symbols: dict[str, tuple[str, int, int]], input_name: str,
+             names: list[str], count: int) -> tuple[list[Sizes], list[Sizes]]:
+    """(the sizes of `input_name` to offer, the candidates tried that failed): candidates are tried nearest
+    first, each failure's conditions narrowing the next (see the module's docstring)."""
+    conditions = list(guards)
+    failed: list[Sizes] = []
+    for _ in range(MAX_TRIALS):
+        if len(search.done) >= MAX_CHECKS:
+            break
+        candidates = [c for c in _nearest(conditions, symbols, names, count + len(failed)) if c not in failed]
+        if not candidates:
+            break
+        candidate = candidates[0]
+        key = ((input_name, candidate),)
+        if key not in search.done:
+            assert search.check is not None
+            search.done[key] = search.check({input_name: {symbols[name][1]: size
+                                                          for name, size in zip(names, candidate)}})
+        trial = search.done[key]
+        if trial.guards is not None:  # clean: the sizes where its guards hold are valid as this one is
+            return _nearest(list(trial.guards), symbols, names, count) or [candidate], failed
+        failed.append(candidate)
+        conditions += trial.conditions
+    return [], failed
+
+
+def _nearest(guards: list[Guard], symbols: dict[str, tuple[str, int, int]], names: list[str],
+             count: int) -> list[Sizes]:
+    """The `count` sizes of one input's free dims (`names`) nearest its declared ones at which every guard
+    holds: square where it is declared square, else per dim (`_nearest_per_dim`)."""
+    declared = [symbols[name][2] for name in names]
+    if len(set(declared)) != 1:
+        return _nearest_per_dim(guards, symbols, names, count)
+    low, high = 1, max(2048, 2 * declared[0])
+    valid, _ = valid_sizes_mask(guards, symbols, set(names), low, high)
+    sizes = [low + index for index, ok in enumerate(valid) if ok]
+    return [(n,) * len(names) for n in sorted(sizes, key=lambda n: (abs(n - declared[0]), n))[:count]]
+
+
+def _nearest_per_dim(guards: list[Guard], symbols: dict[str, tuple[str, int, int]], names: list[str],
+                     count: int) -> list[Sizes]:
+    """For an input declared non-square: its sizes with each dim that fails moved to its nearest valid
+    sizes (solved alone, the others at their declared sizes), the i-th nearest of each together, kept
+    where every guard holds."""
+    options = []
+    for name in names:
+        declared = symbols[name][2]
+        low, high = 1, max(2048, 2 * declared)
+        valid, _ = valid_sizes_mask(guards, symbols, {name}, low, high)
+        sizes = sorted((low + index for index, ok in enumerate(valid) if ok), key=lambda n: (abs(n - declared), n))
+        options.append(sizes[:count] if sizes and sizes[0] != declared else [declared] * count)
+    combos = []
+    for choice in zip(*options):
+        env = {symbol: value for symbol, (_, _, value) in symbols.items()}
+        env.update(zip(names, choice))
+        if all(COMPARISONS[g.op](evaluate(g.left, env), evaluate(g.right, env)) == g.outcome for g in guards):
+            combos.append(tuple(choice))
+    return list(dict.fromkeys(combos))
