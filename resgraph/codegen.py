@@ -119,20 +119,10 @@ def generate_forward(graph: Graph, *, shapes: bool = True, in_place: bool = True
         if isinstance(node, BlockNode) and node.values:
             statements = _block_values(graph, node, shapes, types)
         else:
-            # One statement writing `var`: the loop below, written out (most nodes; the tuples that
-            # loop unpacks took a fifth of a block instance's generation).
             args = reads or _batch_source(graph, node)
             _, shape, elements = types.of(node) if shapes else _NO_FACTS
-            code, comment = _statement(node, var, args, adds_in_place), _comment(node, shape)
-            index = len(body)
-            body.append(f"    {code}  # {comment}" if comment else f"    {code}")
-            for read_var in args:
-                last_read[read_var] = index
-            first_write.setdefault(var, index)
-            last_write[var] = index
-            if shapes:
-                size[var] = max(size.get(var, 0), elements)
-            continue
+            statements = ((_statement(node, var, args, adds_in_place), ((var, elements),), args,
+                           _comment(node, shape)),)
         for code, written, read, comment in statements:
             index = len(body)
             body.append(f"    {code}  # {comment}" if comment else f"    {code}")
