@@ -722,9 +722,8 @@ def _scalar_value(node: yaml.ScalarNode) -> Any:
                 return float(written)  # `eps: 1e-6`: a number, as YAML 1.2 reads it
             _refuse_yaml11_reading(node.tag, written, _shown(written))  # (`08`, `0o17`: YAML 1.2 integers)
         return written  # the common case needs no constructor
-    if (node.tag == _INT and len(written) <= 18 and written.isascii() and written.isdigit()
-            and written[0] != "0"):
-        return int(written)  # the common case; YAML 1.1's `0755` is octal; `1_000`, `0x1f`, long ones: PyYAML
+    if node.tag == _INT and _plain_decimal(written):
+        return int(written)  # the common case
     text = _shown(written)
     if not node.style and _untagged(node):
         _refuse_yaml11_reading(node.tag, written, text)
@@ -738,6 +737,12 @@ def _scalar_value(node: yaml.ScalarNode) -> Any:
     if isinstance(value, int) and abs(value) >= MAX_INT:  # (`0xfff...` of 6,000 digits: later str() raised)
         raise _too_large(written, text)
     return value
+
+
+def _plain_decimal(written: str) -> bool:
+    """Whether an int scalar's text is the common form `int()` reads as YAML does: up to 18 ASCII digits, no
+    leading zero (YAML 1.1's `0755` is octal; `1_000`, `0x1f` and longer ones go through PyYAML)."""
+    return len(written) <= 18 and written.isascii() and written.isdigit() and written[0] != "0"
 
 
 def _too_large(written: str, text: str) -> _Unreadable:
@@ -995,7 +1000,7 @@ def _common_node(node: yaml.Node, path: Path, values: dict[Path, tuple[int, int]
                 spans.append((path, node))
             if style or written[:1] not in _NUMBER_START:
                 return written
-        elif tag == _INT and len(written) <= 18 and written.isascii() and written.isdigit() and written[0] != "0":
+        elif tag == _INT and _plain_decimal(written):
             return int(written)
         elif tag in _TEXT_TAGS:
             return written
