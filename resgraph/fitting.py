@@ -124,8 +124,7 @@ def fitting_sizes(guards: list[Guard], symbols: dict[str, tuple[str, int, int]],
         # A condition on none of this input's dims (sizes an adaptive pool fixed, another input's dims)
         # that fails at the declared sizes fails at every size of this input: none fits (the solver
         # would skip it, and offer the declared size itself).
-        if any(not read & set(names) and COMPARISONS[guard.op](evaluate(guard.left, env), evaluate(guard.right, env))
-               != guard.outcome for guard, read in zip(guards, reads)):
+        if any(not read & set(names) and not _holds(guard, env) for guard, read in zip(guards, reads)):
             continue
         if search is None or search.check is None:
             shown = _nearest(guards, symbols, names, count)
@@ -199,6 +198,11 @@ def _nearest_per_dim(guards: list[Guard], symbols: dict[str, tuple[str, int, int
     for choice in zip(*options):
         env = {symbol: value for symbol, (_, _, value) in symbols.items()}
         env.update(zip(names, choice))
-        if all(COMPARISONS[g.op](evaluate(g.left, env), evaluate(g.right, env)) == g.outcome for g in guards):
+        if all(_holds(guard, env) for guard in guards):
             combos.append(tuple(choice))
     return list(dict.fromkeys(combos))
+
+
+def _holds(guard: Guard, env: dict[str, int]) -> bool:
+    """Whether `guard` decides as it did at the sizes in `env` (symbol -> size)."""
+    return COMPARISONS[guard.op](evaluate(guard.left, env), evaluate(guard.right, env)) == guard.outcome
