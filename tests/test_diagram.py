@@ -432,7 +432,9 @@ def test_spec_strings_reach_dot_as_text(value: str) -> None:
             source = resgraph.render(_tagged_spec(value), **options).source
             doubled = value.replace("\\", "\\\\").replace('"', '\\"')
             assert f"DiagramTagged p={doubled}" in source
-    assert f"padding={doubled}, note={doubled})" in source  # the tooltip
+    # The tooltip: Graphviz reads a tooltip's backslashes twice (see `dot_tooltip`), so they are doubled twice.
+    quadrupled = value.replace("\\", "\\" * 4).replace('"', '\\"')
+    assert f"padding={quadrupled}, note={quadrupled})" in source
     assert f"b.0: unit(tag={doubled})" in source and f"\ntag {doubled}" in source  # the folded repeat's headings
 
 
@@ -441,7 +443,10 @@ def test_spec_strings_reach_dot_as_text(value: str) -> None:
 def test_spec_strings_are_drawn_as_written(value: str) -> None:
     svg = resgraph.render(_tagged_spec(value), shapes=False, param_counts=False).pipe(format="svg").decode()
     texts = [html.unescape(t) for t in re.findall(r"<text[^>]*>([^<]*)</text>", svg)]
+    tooltips = [html.unescape(t) for t in re.findall(r'xlink:title="([^"]*)"', svg)]
     assert f"DiagramTagged p={value}" in texts
+    # `\N` in a tooltip was drawn as the node's name (`a\N` as `aa`), `\G` as the graph's
+    assert any(tip.startswith(f"a: DiagramTagged(padding={value}, note={value})") for tip in tooltips), tooltips
 
 
 # A line break in a spec string (YAML's "\n", "\t", "\u2028") started a line of its own in a label,
