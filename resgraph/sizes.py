@@ -546,30 +546,39 @@ def _runs(indices: list[int]) -> list[tuple[int, int]]:
 
 
 def smallest_without_ones(graph: Graph, symbol: str, start: int, high: int = DEFAULT_RANGE[1]) -> int | None:
-    """The smallest size >= start of `symbol` (and the symbols linked to it, see `linked_symbols`) at
-    which every node's size that depends on it is at least 2.
+    """The smallest size >= start of `symbol` (its group of `linked_sizes` moving with it: equal dims
+    at the same size, related ones along their relation) at which every node's size that depends on
+    it is at least 2.
 
     torch.export treats a size of 1 as a special case (it broadcasts): a dynamic dim must keep every
-    size it determines at 2 or more, so its minimum there is this, not the solver's.
+    size it determines at 2 or more, so its minimum there is this, not the solver's. (A related dim
+    held at its declared size would pin this one at its declared size too: `x.L + 1 == m.L` with m.L
+    at 6 leaves x.L only 5.)
 
     Sizes are tried in chunks from `start`, growing to MAX_SIZE_SPAN in all (then the last WINDOW up to
     `high`): a model declared at 4e9 samples has a range of 4e9 sizes, which no array holds. None where
     none of those is found."""
     symbols = graph.meta.get("symbols", {})
     guards = graph.meta.get("guards", [])
-    group = linked_symbols(guards).get(symbol, frozenset((symbol,)))
+    links = linked_sizes(guards)
+    link = links.get(symbol, SizeLink(frozenset((symbol,)), 1, 0))
+    group, scale, offset = link.group, link.scale, link.offset
+    maps = {name: (links[name].scale, links[name].offset) for name in group
+            if name in links and (links[name].scale, links[name].offset) != (1, 0)}
     need = [requirement("ge", SymInt(expr, 0), 2) for expr in graph.meta.get("size_exprs", [])]
     need = [guard for guard, read in zip(need, _guard_symbols(need), strict=True) if read & group]
-    chunks, low, width = [], start, DEFAULT_RANGE[1]
-    while low <= high and low - start < MAX_SIZE_SPAN:
-        chunks.append((low, min(high, low + width - 1)))
+    # the group's parameter k (this symbol's size is scale * k + offset), from the first k reaching `start`
+    first, last = max(1, -(-(start - offset) // scale)), (high - offset) // scale
+    chunks, low, width = [], first, DEFAULT_RANGE[1]
+    while low <= last and low - first < MAX_SIZE_SPAN:
+        chunks.append((low, min(last, low + width - 1)))
         low, width = low + width, 2 * width
-    if low <= high:
-        chunks.append((max(low, high - WINDOW + 1), high))
+    if low <= last:
+        chunks.append((max(low, last - WINDOW + 1), last))
     for low, stop in chunks:
-        valid, _ = valid_sizes_mask([*guards, *need], symbols, set(group), low, stop)
+        valid, _ = valid_sizes_mask([*guards, *need], symbols, set(group), low, stop, maps=maps)
         if valid.any():
-            return low + int(valid.argmax())
+            return scale * (low + int(valid.argmax())) + offset
     return None
 
 

@@ -113,6 +113,25 @@ def test_sizes_that_break_the_relation_are_refused_by_the_input_guard(form: str)
         model(*(torch.randn(shape) for shape in shapes))
 
 
+# torch.export's lower bounds for related dims: the smallest sizes of the relation at which no size is 1
+# (which torch.export specialises), not the declared sizes (each dim was held to its partner's declared one).
+EXPORT_LOWEST = {"class token: x.L + 1 == m.L": ((2, 2, 8), (2, 3, 8)),
+                 "paddings: x.L - 2 == y.L": ((2, 4, 4), (2, 4, 2)),
+                 "upsample: 2 * x.L == y.L": ((2, 4, 2), (2, 4, 4))}
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_an_exported_model_related_by_an_offset_or_a_scale_runs_from_the_smallest_sizes_that_meet_it(
+        form: str) -> None:
+    spec, forward, _, sizes, _ = FORMS[form]
+    model = resgraph.build(spec, seed=0).eval()
+    exported = torch.export.export(model, model.example_inputs(), dynamic_shapes=model.dynamic_shapes()).module()
+    for shapes in (EXPORT_LOWEST[form], *(s for s in sizes if 1 not in s[0][1:] + s[1][1:])):
+        inputs = [torch.randn(shape) for shape in shapes]
+        with torch.no_grad():
+            torch.testing.assert_close(exported(*inputs), forward(model, *inputs))
+
+
 def test_an_odd_length_for_the_input_twice_as_long_is_refused_by_its_own_rule() -> None:
     model = resgraph.build(UPSAMPLED, seed=0).eval()
     with pytest.raises(ValueError, match=r"input 'y' must be \(N, 4, L\) with L: multiples of 2"):
