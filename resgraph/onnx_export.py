@@ -118,6 +118,7 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | 
         raise ResgraphError(f"ONNX export failed: {exporter_failure(str(exc)) or type(exc).__name__}") from None
     finally:
         module.train(was_training)
+    _keep_spec_names(program.model.graph)
     written = program.model.opset_imports.get("")
     if opset is not None and written != opset:
         # torch's exporter logs a failed down-conversion and keeps its own opset: say so rather than mislabel
@@ -137,6 +138,28 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | 
         onnx.checker.check_model(staged)
 
     atomic_write_staged(os.fspath(path), write)
+
+
+def _keep_spec_names(graph: Any) -> None:
+    """Give a fresh name to every value inside the exported graph (an `onnx_ir.Graph`) that bears the name
+    of one of its inputs or outputs.
+
+    The exporter names values after torch's nodes (`relu`, `linear`, `cat`) and then gives the outputs
+    the spec's names: an output named `relu` after an earlier ReLU left two values named `relu`, which
+    `onnx.checker` refuses (single static assignment)."""
+    import onnx_ir
+
+    ends = {id(value) for value in [*graph.inputs, *graph.outputs]}
+    reserved = {value.name for value in [*graph.inputs, *graph.outputs]}
+    values = [value for node in onnx_ir.traversal.RecursiveGraphIterator(graph) for value in node.outputs]
+    taken = reserved | {value.name for value in values} | set(graph.initializers)
+    for value in values:
+        if value.name in reserved and id(value) not in ends:
+            number = 1
+            while f"{value.name}_{number}" in taken:
+                number += 1
+            value.name = f"{value.name}_{number}"
+            taken.add(value.name)
 
 
 def _stored_bytes(module: Any) -> int:

@@ -115,6 +115,41 @@ def test_onnx_export_passes_the_checker_and_matches_onnxruntime(example: str, tm
         torch.testing.assert_close(torch.from_numpy(actual), model(*inputs), rtol=1e-4, atol=1e-4)
 
 
+# Outputs named as torch's exporter names values inside (after the aten op: relu, linear, cat), with
+# an earlier value of that name: each output keeps the spec's name, and the file is still valid SSA.
+CLASHING_OUTPUTS = {
+    "a ReLU named relu after another ReLU": (
+        "inputs: {x: [3, 8, 8]}\nlayers:\n  - c1: {op: Conv2d, out_channels: 4, kernel_size: 3, padding: 1}\n"
+        "  - r1: {op: ReLU}\n  - c2: {op: Conv2d, out_channels: 4, kernel_size: 3, padding: 1}\n"
+        "  - relu: {op: ReLU}\n", ["relu"]),
+    "a Linear named linear after another Linear": (
+        "inputs: {x: [6]}\nlayers:\n  - fc: {op: Linear, out_features: 5}\n  - linear: {op: Linear, out_features: 4}\n",
+        ["linear"]),
+    "two outputs, the second concat named cat and a ReLU": (
+        "inputs: {x: [6]}\nlayers:\n  - a: {op: ReLU}\n  - b: {op: ReLU}\n"
+        "  - first: {op: concat, input: [a, b]}\n  - cat: {op: concat, input: [first, a]}\n"
+        "outputs: [cat, b]\n", ["cat", "b"]),
+}
+
+
+@pytest.mark.parametrize("case", CLASHING_OUTPUTS)
+def test_onnx_outputs_keep_the_spec_names_that_torch_gives_values_inside(case: str, tmp_path: pathlib.Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    body, names = CLASHING_OUTPUTS[case]
+    model = resgraph.build("resgraph: 1\nname: Clash\n" + body, seed=0).eval()
+    path = tmp_path / "model.onnx"
+    resgraph.to_onnx(model, str(path))  # runs onnx.checker
+    session = ort.InferenceSession(str(path))
+    assert [o.name for o in session.get_outputs()] == names
+    inputs = example_inputs(model, batch=3)
+    actual = session.run(None, {name: t.numpy() for name, t in zip(model.graph.inputs, inputs)})
+    with torch.no_grad():
+        expected = model(*inputs)
+    expected = list(expected) if isinstance(expected, tuple) else [expected]
+    for got, want in zip(actual, expected, strict=True):
+        torch.testing.assert_close(torch.from_numpy(got), want)
+
+
 def test_distributed_data_parallel_gradients_equal_single_process(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "ddp.txt"
     result = subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_worker.py"), str(out)], capture_output=True,
