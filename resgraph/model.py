@@ -472,8 +472,9 @@ def name_outputs(program: Any, graph: Graph) -> Any:
     """Rename the nodes an exported program returns to the spec's output names, in place.
 
     An output that is an input, a parameter or a buffer (a placeholder), or a value returned twice,
-    keeps torch's name: renaming it would rename an input too. A spec name the graph has used for
-    another node, even one renamed here, gets the graph's suffix (`linear_2`): fx never reuses a name.
+    keeps torch's name: renaming it would rename an input too. A node inside the graph that torch
+    named as an output is named (`relu` after an earlier ReLU's `relu`) is renamed first (`relu_3`);
+    only where an input, parameter or buffer holds the name does the output get fx's suffix.
 
     Returns:
         `program`, changed in place.
@@ -487,7 +488,17 @@ def name_outputs(program: Any, graph: Graph) -> Any:
         node = nodes.get(getattr(spec.arg, "name", None))
         if node is None or node.op == "placeholder" or node.name in renamed or node.name == wanted:
             continue
+        holder = nodes.get(wanted)
+        if holder is not None and holder.op != "placeholder" and wanted not in renamed:
+            holder._rename(f"{wanted}_1")  # (fx's namespace moves it on to the first free suffix)
+            nodes[holder.name] = holder
+            for other in program.graph_signature.output_specs:  # (a buffer's update may be the node)
+                if getattr(other.arg, "name", None) == wanted:
+                    other.arg.name = holder.name
+            # fx never frees a name: the name is the output's once no node holds it
+            program.graph._graph_namespace._used_names.discard(wanted)
         node._rename(wanted)  # through the graph's namespace, which keeps names unique
+        nodes[node.name] = node
         spec.arg.name = node.name
         renamed.add(node.name)
     program.graph_module.recompile()

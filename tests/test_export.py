@@ -150,6 +150,31 @@ def test_onnx_outputs_keep_the_spec_names_that_torch_gives_values_inside(case: s
         torch.testing.assert_close(torch.from_numpy(got), want)
 
 
+@pytest.mark.parametrize("case", CLASHING_OUTPUTS)
+def test_an_exported_program_keeps_the_spec_names_that_torch_gives_nodes_inside(case: str) -> None:
+    body, names = CLASHING_OUTPUTS[case]
+    model = resgraph.build("resgraph: 1\nname: Clash\n" + body, seed=0).eval()
+    program = resgraph.export_program(model)
+    assert list(program.graph_signature.user_outputs) == names
+    inputs = example_inputs(model, batch=3)
+    with torch.no_grad():
+        actual, expected = program.module()(*inputs), model(*inputs)
+    torch.testing.assert_close(actual, expected)
+
+
+def test_an_exported_program_in_training_mode_keeps_a_norms_name_and_its_statistics() -> None:
+    spec = ("resgraph: 1\nname: Norms\ninputs: {x: [6]}\nlayers:\n  - bn: {op: BatchNorm1d}\n"
+            "  - fc: {op: Linear, out_features: 6}\n  - batch_norm: {op: BatchNorm1d}\n")
+    model, twin = resgraph.build(spec, seed=0).train(), resgraph.build(spec, seed=0).train()
+    program = resgraph.export_program(model)
+    assert list(program.graph_signature.user_outputs) == ["batch_norm"]
+    x = torch.randn(5, 6)
+    exported = program.module()
+    torch.testing.assert_close(exported(x), twin(x))
+    for (name, mine), (_, theirs) in zip(exported.named_buffers(), twin.named_buffers(), strict=True):
+        torch.testing.assert_close(mine, theirs, msg=name)
+
+
 def test_distributed_data_parallel_gradients_equal_single_process(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "ddp.txt"
     result = subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_worker.py"), str(out)], capture_output=True,
