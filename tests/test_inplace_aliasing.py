@@ -73,6 +73,12 @@ CASES: dict[str, tuple[str, list[str], bool]] = {
     "through eval dropout": ("layers:\n  - fc: {op: Linear, out_features: 6}\n  - drop: {op: Dropout, p: 0.5}\n"
                              "  - act: {op: SiLU, inplace: true}\n  - out: {op: add, input: [act, fc]}\n",
                              ["act"], True),
+    "through stochastic depth": ("layers:\n  - fc: {op: Linear, out_features: 6}\n"
+                                 "  - sd: {op: stochastic_depth, p: 0.1}\n  - act: {op: ReLU, inplace: true}\n"
+                                 "  - out: {op: add, input: [act, fc]}\n", ["act"], True),
+    "through stochastic depth that never drops": (
+        "layers:\n  - fc: {op: Linear, out_features: 6}\n  - sd: {op: stochastic_depth, p: 0.0}\n"
+        "  - act: {op: ReLU, inplace: true}\n  - out: {op: add, input: [act, fc]}\n", ["act"], True),
     "chunk piece": ("layers:\n  - fc: {op: Linear, out_features: 6}\n"
                     "  - parts: {op: chunk, chunks: 2, dim: 2, outputs: [a, b]}\n  - act: {op: ReLU, input: a, "
                     "inplace: true}\n  - out: {op: concat, input: [act, b, fc], dim: 2}\n", ["act"], True),
@@ -94,6 +100,8 @@ CASES: dict[str, tuple[str, list[str], bool]] = {
     "the input": ("layers:\n  - act: {op: ReLU, inplace: true}\n", ["act"], True),
     "the input through Identity": ("layers:\n  - same: {op: Identity}\n  - act: {op: ReLU, inplace: true}\n",
                                    ["act"], True),
+    "the input through stochastic depth": ("layers:\n  - sd: {op: stochastic_depth, p: 0.2, mode: batch}\n"
+                                           "  - act: {op: ReLU, inplace: true}\n", ["act"], True),
     "the input through a view": ("layers:\n  - v: {op: reshape, shape: [48]}\n  - act: {op: ELU, inplace: true}\n",
                                  ["act"], True),
     "the input through a block": (UNIT + "layers:\n  - b: {block: flat}\n  - act: {op: ReLU, inplace: true}\n",

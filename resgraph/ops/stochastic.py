@@ -38,6 +38,7 @@ class StochasticDepth(Layer):
                            "batch: one draw for the whole batch.")
 
     code_only: ClassVar[bool] = True
+    view: ClassVar[bool] = True  # in eval mode (always, at p = 0) it returns its input
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs
