@@ -534,6 +534,8 @@ def _infer_block_output(graph: Graph, node: LayerNode) -> None:
 
     A value the instance passes through from its input (the input itself, a chunk of it) is that
     input's memory: `meta["alias_of"]` names the caller's node it shares, for the in-place check.
+    Values made inside that are one memory (`[box, idn]` with idn an Identity of box, or a chunk
+    piece of it) name each other in `meta["shares_with"]`: writing one in place writes the others.
     """
     assert isinstance(node.layer, BlockOutput)
     call = graph.nodes[node.inputs[0]]
@@ -543,7 +545,13 @@ def _infer_block_output(graph: Graph, node: LayerNode) -> None:
     instance = call.instances[index if call.repeated else 0]
     path = _alias_path(instance, instance.outputs[-1 if call.repeated else index])
     node.meta["storage"] = _returned_storage(instance, path)
-    if path[0] in instance.inputs:
+    if path[0] not in instance.inputs:
+        if not call.repeated:  # (a collected repeat's values are made by instances of their own)
+            shares = tuple(value for other, value in enumerate(call.values)
+                           if other != index and _alias_path(instance, instance.outputs[other])[0] == path[0])
+            if shares:
+                node.meta["shares_with"] = shares
+    else:
         given = instance.inputs.index(path[0])
         if not call.repeated or index == 0:
             node.meta["alias_of"] = call.inputs[given]
@@ -796,6 +804,11 @@ def _inplace_hazards(graph: Graph) -> list[Diagnostic]:
             for reader in readers[value]:
                 if reader != following:
                     _effective_readers(graph, readers, reader, value, others, outputs)
+            for sibling in graph.nodes[value].meta.get("shares_with", ()):  # one memory, made inside a call
+                if sibling in graph.outputs and sibling not in outputs:
+                    outputs.append(sibling)
+                for reader in readers[sibling]:
+                    _effective_readers(graph, readers, reader, sibling, others, outputs)
         root = graph.nodes[path[0]]
         # (a value of a call with several is named as the spec reads it, `head.box`, not by its variable)
         shown = root.name if is_block_value(root) else root.var

@@ -141,6 +141,21 @@ CASES: dict[str, tuple[str, list[str], bool]] = {
     "a collected value that is the caller's": (
         UNIT + "layers:\n  - fc: {op: Linear, out_features: 6}\n  - st: {block: same, repeat: 2, collect: true}\n"
         "  - act: {op: ReLU, input: st.1, inplace: true}\n  - out: {op: add, input: [act, fc]}\n", ["act"], True),
+    # values a call makes inside that are one memory: writing one writes the other
+    "a block value and another that is an Identity of it": (
+        "blocks:\n  pair:\n    layers:\n      - y: {op: Linear, out_features: 6}\n      - same: {op: Identity}\n"
+        "    outputs: [y, same]\nlayers:\n  - p: {block: pair}\n  - act: {op: ReLU, input: p.y, inplace: true}\n"
+        "  - out: {op: add, input: [act, p.same]}\n", ["act"], True),
+    "a block value and a chunk of it, the chunk written": (
+        "blocks:\n  pair:\n    layers:\n      - y: {op: Linear, out_features: 6}\n"
+        "      - parts: {op: chunk, chunks: 2, dim: 2, outputs: [a, b]}\n    outputs: [y, b]\n"
+        "layers:\n  - p: {block: pair}\n  - act: {op: ReLU, input: p.b, inplace: true}\n"
+        "  - out: {op: concat, input: [act, p.y], dim: 2}\n", ["act"], True),
+    "two views of one value made inside, one an output of the model": (
+        "blocks:\n  pair:\n    layers:\n      - y: {op: Linear, out_features: 6}\n"
+        "      - t: {op: transpose, dim0: 1, dim1: 2}\n      - r: {op: reshape, input: y, shape: [48]}\n"
+        "    outputs: [t, r]\nlayers:\n  - p: {block: pair}\n  - act: {op: ReLU, input: p.t, inplace: true}\n"
+        "  - keep: {op: Identity, input: p.r}\noutputs: [act, keep]\n", ["act"], True),
     "a block value of its own": (
         "blocks:\n  pair:\n    layers:\n      - y: {op: Linear, out_features: 6}\n"
         "      - z: {op: Linear, out_features: 6, input: x}\n    outputs: [y, z]\n"
