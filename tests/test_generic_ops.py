@@ -788,3 +788,38 @@ def test_a_torch_class_that_validates_builds_and_runs_at_the_inferred_shape(data
         return  # values torch rejects at run time (targets out of range...): not a shape question
     event("ran")
     assert tuple(out.shape) == (3, *graph.nodes["k"].meta["type"].shape)
+
+
+# A value of another kind than the constructor's plain annotation: torch would build `bias="false"`
+# with a bias (a non-empty string is true), `inplace: "no"` in place, `out_features: true` as 1.
+WRONG_KINDS = {
+    "a quoted false for a bool": ("Bilinear", "in1_features: 4, in2_features: 4, out_features: 2, bias: 'false', "
+                                  "input: [x, x]", "bias", "takes true or false here, got \"false\" (write false "
+                                  "without quotes)"),
+    "a word for a bool": ("Threshold", "threshold: 0.1, value: 0.0, inplace: 'no'", "inplace",
+                          "takes true or false here, got \"no\""),
+    "a number for a bool": ("RReLU", "inplace: 1", "inplace", "takes true or false here, got 1"),
+    "a bool for an int": ("ChannelShuffle", "groups: true", "groups", "takes an integer here, got true"),
+    "a fraction for an int": ("GLU", "dim: 1.5", "dim", "takes an integer here, got 1.5"),
+    "a string for a float": ("Hardshrink", "lambd: '0.5'", "lambd", "takes a number here, got \"0.5\""),
+}
+
+
+@pytest.mark.parametrize("case", WRONG_KINDS)
+def test_an_uncurated_argument_of_another_kind_than_its_annotation_is_refused_at_its_key(case: str) -> None:
+    op, arguments, key, said = WRONG_KINDS[case]
+    text = spec(f"  - layer: {{op: {op}, {arguments}}}\n", x=[4, 4])
+    diagnostic = error_of(text)
+    assert (diagnostic.location.line, diagnostic.location.column) == position_of(text, key + ":")
+    assert diagnostic.message.endswith(f"{key}: torch.nn.{op} {said}")
+
+
+@pytest.mark.parametrize(("op", "arguments"), [("Bilinear", "in1_features: 4, in2_features: 4, out_features: 2, "
+                                                "bias: false, input: [x, x]"),
+                                               ("Threshold", "threshold: 1, value: 0"),  # ints where floats are
+                                               ("RReLU", "lower: 0.1, upper: 0.3, inplace: false")])
+def test_uncurated_arguments_of_their_annotated_kind_build_as_torch_does(op: str, arguments: str) -> None:
+    model = resgraph.build(spec(f"  - layer: {{op: {op}, {arguments}}}\n", x=[4, 4]), seed=0)
+    assert type(model.layer) is getattr(nn, op)
+    if op == "Bilinear":
+        assert model.layer.bias is None

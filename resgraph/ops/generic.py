@@ -194,6 +194,8 @@ class GenericLayer(Layer):
                                      key)
             if key in LAYER_COUNTS and _is_torch(cls) and isinstance(value, int) and value > MAX_LAYER_COUNT:
                 raise GenericOpError(f"{key}={value} is more than {MAX_LAYER_COUNT} layers", key)
+            if key in parameters:
+                _check_type(name, key, value, parameters[key])
         pick = (self.model_extra or {}).get("output")
         if pick is not None and (not isinstance(pick, int) or isinstance(pick, bool)):
             raise GenericOpError(f"output: {json.dumps(pick) if _is_plain(pick) else type(pick).__name__} is not an "
@@ -375,6 +377,24 @@ def _check_value(key: str, value: Any, depth: int = 0) -> None:
         what = "a mapping" if isinstance(value, dict) else f"a {type(value).__name__}"
         raise GenericOpError(f"{key}: {what} is not an argument value; arguments of uncurated ops are numbers, "
                              "strings, booleans, null, or lists of them", key)
+
+
+# The plain types a constructor's annotation may name, and the values each refuses: torch builds
+# `bias="false"` with a bias (the string is true) and `out_features=True` with one feature.
+_PLAIN_ANNOTATIONS = {bool: "bool", int: "int", float: "float"}
+
+
+def _check_type(name: str, key: str, value: Any, parameter: inspect.Parameter) -> None:
+    """A value of another kind than the signature's plain `bool`, `int` or `float` annotation says."""
+    annotation = parameter.annotation
+    wanted = _PLAIN_ANNOTATIONS.get(annotation) if isinstance(annotation, type) else annotation
+    if wanted == "bool" and not isinstance(value, bool):
+        hint = f" (write {value.strip().lower()} without quotes)" if isinstance(value, str) and value.strip().lower() in (
+            "true", "false") else ""
+        raise GenericOpError(f"{key}: {name} takes true or false here, got {json.dumps(value)}{hint}", key)
+    if wanted in ("int", "float") and (isinstance(value, (bool, str)) or (wanted == "int" and isinstance(value, float))):
+        kind = "an integer" if wanted == "int" else "a number"
+        raise GenericOpError(f"{key}: {name} takes {kind} here, got {json.dumps(value)}", key)
 
 
 def _check_not_lazy(name: str, cls: type) -> None:
