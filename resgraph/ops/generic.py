@@ -389,10 +389,11 @@ def _check_type(name: str, key: str, value: Any, parameter: inspect.Parameter) -
     annotation = parameter.annotation
     wanted = _PLAIN_ANNOTATIONS.get(annotation) if isinstance(annotation, type) else annotation
     if wanted == "bool" and not isinstance(value, bool):
-        hint = f" (write {value.strip().lower()} without quotes)" if isinstance(value, str) and value.strip().lower() in (
-            "true", "false") else ""
+        word = value.strip().lower() if isinstance(value, str) else None
+        hint = f" (write {word} without quotes)" if word in ("true", "false") else ""
         raise GenericOpError(f"{key}: {name} takes true or false here, got {json.dumps(value)}{hint}", key)
-    if wanted in ("int", "float") and (isinstance(value, (bool, str)) or (wanted == "int" and isinstance(value, float))):
+    fraction = wanted == "int" and isinstance(value, float)
+    if wanted in ("int", "float") and (isinstance(value, (bool, str)) or fraction):
         kind = "an integer" if wanted == "int" else "a number"
         raise GenericOpError(f"{key}: {name} takes {kind} here, got {json.dumps(value)}", key)
 
