@@ -186,11 +186,12 @@ def same_file(path: str, other: str) -> bool:
     """True when writing `path` would write `other`: the same file by any path to it (`./`, a symlink,
     a hard link), or two symlinks to the same file not created yet."""
     try:
-        return os.path.samefile(path, other)
-    except ValueError:  # no path (a NUL in it)
+        try:
+            return os.path.samefile(path, other)
+        except OSError:  # one of them does not exist (yet), or is no path (`resgraph:NAME`)
+            return os.path.realpath(path) == os.path.realpath(other)
+    except ValueError:  # no path (a NUL in it, or a lone surrogate: a name stored in a crafted file)
         return False
-    except OSError:  # one of them does not exist (yet), or is no path (`resgraph:NAME`)
-        return os.path.realpath(path) == os.path.realpath(other)
 
 
 def _refuse_link(path: str, replace: bool) -> None:

@@ -183,6 +183,16 @@ def test_a_stored_file_name_with_control_characters_is_printed_escaped(
     assert "\x1b" not in str(info.value) and "\\x1b]0;owned\\x07\\x1b[2Jspec.yaml:7:11: error" in str(info.value)
 
 
+@pytest.mark.parametrize("name", ["a\x00b.yaml", "a\ud800.yaml"], ids=["NUL", "lone surrogate"])
+def test_a_stored_file_name_that_is_no_path_does_not_stop_saving_or_drawing_the_model(
+        saved: tuple[pathlib.Path, dict[str, Any]], name: str, tmp_path: pathlib.Path) -> None:
+    path, payload = saved
+    model = resgraph.load(crafted(path, {**payload, "spec_file": name}))  # (checked against the outputs below)
+    resgraph.save(model, tmp_path / "again.py")
+    resgraph.write_diagram(resgraph.render(model), tmp_path / "again.svg")
+    assert (tmp_path / "again.py").stat().st_size and (tmp_path / "again.svg").stat().st_size
+
+
 @pytest.mark.parametrize("size", [2**62 + 1, 2**63, 10**23])
 def test_a_stored_input_size_beyond_2_62_is_refused(saved: tuple[pathlib.Path, dict[str, Any]], size: int) -> None:
     # Past int64, size solving crashed with an OverflowError traceback: the bound a spec and --input apply.
