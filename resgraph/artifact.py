@@ -16,6 +16,7 @@ from typing import Any
 from .errors import ResgraphError, UsageError, shortened
 from .expressions import value_size
 from .files import atomic_write
+from .formats import path_name
 from .loader import MAX_BYTES
 from .model import CompiledModule, built_model, modes, rebuild, restore_modes
 from .pipeline import DEFAULT_MAX_PARAMS, BuildRecord
@@ -87,7 +88,7 @@ def load(path: str | os.PathLike[str], *, allow_imports: Iterable[str] = (),
     """
     import torch
 
-    name = os.fspath(path)
+    name = path_name(path, "load's path")
     payload = read_torch_file(name, expected="a saved model is a .pt file",
                               unreadable="not a readable resgraph model file")
     if not isinstance(payload, dict) or payload.get("format") != ARTIFACT_FORMAT:

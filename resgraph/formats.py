@@ -104,6 +104,17 @@ def find_format(path: str, kind: Kind) -> OutputFormat:
     return fmt
 
 
+def path_name(path: Any, what: str) -> str:
+    """`path` as text: a str, an `os.PathLike` or bytes (decoded as the file system does).
+
+    Raises:
+        UsageError: anything else (`what` names the argument: `save's path`)."""
+    if isinstance(path, (str, bytes, os.PathLike)):
+        name = os.fspath(path)
+        return os.fsdecode(name) if isinstance(name, bytes) else name
+    raise UsageError(f"{what} is a file path (a str or os.PathLike), not {type(path).__name__}")
+
+
 def save(model: Any, path: str | os.PathLike[str], **options: Any) -> None:
     """Write a compiled model (or torch.compile's or DistributedDataParallel's wrapper of one: see
     `model.built_model`) to `path` in the format its suffix names (.pt, .pth, .py, .onnx), atomically.
@@ -118,7 +129,7 @@ def save(model: Any, path: str | os.PathLike[str], **options: Any) -> None:
     """
     from .model import built_model
 
-    name = os.fspath(path)
+    name = path_name(path, "save's path")
     fmt = find_format(name, "model")
     writer = fmt.load_writer()
     model = built_model(model, "save")  # (a wrapper's: its model's)
@@ -219,7 +230,7 @@ def write_diagram(dot: Any, path: str | os.PathLike[str], *, replace: bool = Tru
     if not isinstance(dot, graphviz.Digraph):  # (a model, a graph or a spec: each is drawn by `render` first)
         raise UsageError(f"write_diagram takes a diagram, not a {type(dot).__name__}; draw it first: "
                          "resgraph.write_diagram(resgraph.render(model_or_spec), path)")
-    name = os.fspath(path)
+    name = path_name(path, "write_diagram's path")
     writer = find_format(name, "diagram").load_writer()
     drawn_from = getattr(dot, "spec_files", ())  # (none for a Digraph resgraph did not draw)
     if drawn_from:

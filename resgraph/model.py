@@ -337,6 +337,7 @@ def compile_model(spec: Spec, graph: Graph, record: BuildRecord, *, seed: int | 
         UsageError: `device` is not one this machine can allocate on (`target_device`), or `seed` is
             given for a build on meta, which has no weights to seed (`materialize` takes it).
     """
+    require_limit(max_params)
     graph.meta["sizes"] = solve_sizes(graph, square=False)  # the forward's input guard states them
     target = target_device(device)
     refuse_seed_without_weights(seed, target, f"device={device!r}" if device is not None
@@ -362,6 +363,17 @@ def compile_model(spec: Spec, graph: Graph, record: BuildRecord, *, seed: int | 
 
 
 C = TypeVar("C", bound=nn.Module)
+
+
+def require_limit(max_params: Any) -> None:
+    """`max_params` is a count of parameters or None (no limit).
+
+    Raises:
+        UsageError: anything else (a string, a bool, a negative number: -1 refused every model, as an
+            error located in its spec)."""
+    if max_params is not None and (isinstance(max_params, bool) or not isinstance(max_params, int) or max_params < 0):
+        raise UsageError(f"max_params={max_params!r} is no parameter limit: give a whole number of parameters, 0 "
+                         "or more, or None for no limit")
 
 
 def materialize(module: C, *, device: Device = "cpu", seed: int | None = None,
@@ -411,6 +423,7 @@ def materialize(module: C, *, device: Device = "cpu", seed: int | None = None,
         raise UsageError(f"cannot materialize {type(module).__name__}: {unresettable[0]!r} "
                          f"({type(module.get_submodule(unresettable[0])).__name__}) was put there after the build, on "
                          "meta, and has no reset_parameters() to initialise it; create it on a device instead")
+    require_limit(max_params)
     if max_params is not None:
         sizes = dict.fromkeys(graph.nodes, 0)
         for name, parameter in module.named_parameters():

@@ -34,8 +34,11 @@ def read_torch_file(name: str, *, expected: str, unreadable: str) -> Any:
     """
     import torch
 
+    head = b""
     try:
         with open_regular(name, expected) as handle:
+            head = handle.read(4)
+            handle.seek(0)
             packed = _compressed_entry(handle)
             if packed is not None:
                 raise UsageError(f"{name}: {unreadable} (its entry {packed!r} is compressed, which torch.save never "
@@ -50,6 +53,10 @@ def read_torch_file(name: str, *, expected: str, unreadable: str) -> Any:
         refusal = weights_only_refusal(text)
         if refusal is not None:
             reason = "torch's weights-only reader refused it" + (f": {refusal}" if refusal else "")
+        elif not head:
+            reason = "the file is empty"
+        elif head != b"PK\x03\x04" and not head.startswith(b"\x80"):  # (torch said: list index out of range)
+            reason = "it is neither a zip archive nor a pickle, which torch.save writes"
         else:
             reason = text.splitlines()[0] if text else type(exc).__name__
         raise UsageError(f"{name}: {unreadable} ({reason})") from None

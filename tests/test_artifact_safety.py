@@ -110,7 +110,9 @@ def test_a_self_referencing_payload_is_refused(saved: tuple[pathlib.Path, dict[s
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    (b"", "not a readable resgraph model file (EOFError"),
+    (b"", "not a readable resgraph model file (the file is empty)"),
+    (b"root:x:0:0:root:/root:/bin/bash\n" * 30,
+     "not a readable resgraph model file (it is neither a zip archive nor a pickle, which torch.save writes)"),
     (b"\x00" * 100, "not a readable resgraph model file"),
     (b"PK\x03\x04 truncated zip", "not a readable resgraph model file"),
     (b"resgraph: 1\n", "not a readable resgraph model file"),

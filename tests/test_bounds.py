@@ -293,3 +293,34 @@ def test_seeds_at_the_ends_of_the_range_work() -> None:
         first = resgraph.build(HEAD + "  - fc: {op: Linear, out_features: 2}\n", seed=seed)
         again = resgraph.build(HEAD + "  - fc: {op: Linear, out_features: 2}\n", seed=seed)
         assert first.fc.weight.equal(again.fc.weight)
+
+
+@pytest.mark.parametrize("limit", ["5", -1, 2.5, True])
+def test_a_parameter_limit_that_is_no_count_is_a_usage_error(limit: object) -> None:
+    with pytest.raises(resgraph.UsageError, match=rf"^max_params={limit!r} is no parameter limit: give a whole number"):
+        resgraph.build(HEAD + "  - fc: {op: Linear, out_features: 4}\n", max_params=limit)  # type: ignore[arg-type]
+
+
+def test_a_parameter_limit_of_zero_refuses_any_weight_and_none_none() -> None:
+    spec = HEAD + "  - fc: {op: Linear, out_features: 4}\n"
+    with pytest.raises(resgraph.SpecError, match="more than the limit of 0"):
+        resgraph.build(spec, max_params=0)
+    assert sum(p.numel() for p in resgraph.build(spec, max_params=None).parameters()) == 20
+
+
+@pytest.mark.parametrize("call", ["save", "load", "write_diagram"])
+@pytest.mark.parametrize("path", [123, None, ["model.pt"]], ids=["int", "None", "list"])
+def test_a_path_that_is_no_path_is_a_usage_error(call: str, path: object, tmp_path: pathlib.Path) -> None:
+    model = resgraph.build(HEAD + "  - fc: {op: Linear, out_features: 4}\n", seed=0)
+    run = {"save": lambda: resgraph.save(model, path), "load": lambda: resgraph.load(path),
+           "write_diagram": lambda: resgraph.write_diagram(resgraph.render(model), path)}[call]
+    with pytest.raises(resgraph.UsageError, match=rf"^{call}'s path is a file path \(a str or os.PathLike\), not "):
+        run()
+
+
+def test_a_path_given_as_bytes_is_the_file_it_names(tmp_path: pathlib.Path) -> None:
+    model = resgraph.build(HEAD + "  - fc: {op: Linear, out_features: 4}\n", seed=0)
+    resgraph.save(model, os.fsencode(tmp_path / "model.pt"))
+    again = resgraph.load(os.fsencode(tmp_path / "model.pt"))
+    assert [(k, v.tolist()) for k, v in again.state_dict().items()] == [
+        (k, v.tolist()) for k, v in model.state_dict().items()]
