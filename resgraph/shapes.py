@@ -632,7 +632,7 @@ def _infer_layer(graph: Graph, node: LayerNode, inputs: list[TensorType]) -> Non
     if layer.export_static:
         static = _EXPORT_STATIC.get()
         if static is not None:
-            static += [size for t in inputs for size in t.shape if type(size) is SymInt]
+            static += [size for size in layer.export_static_sizes(inputs) if type(size) is SymInt]
     if out.ids_from is not None and layer.op not in RETURNS_INPUT and any(out is t for t in inputs):
         # An op returning its input's type may still map its values (neg, ReLU): the least id is unknown then
         out = TensorType(out.shape, out.dtype, out.layout, out.scale, ids_below=out.ids_below)

@@ -164,6 +164,20 @@ def test_export_with_dynamic_shapes_keeps_a_max_pooled_length_static_and_the_oth
     assert model(torch.randn(2, 4, 30), torch.randn(2, 4, 20)).shape == (2, 4)
 
 
+def test_a_max_pools_channels_stay_dynamic_in_an_export() -> None:
+    """Only the pooled length is specialised: token ids (L,) embedded to (L, 10) are pooled over the 10
+    with L as channels, and an export with `dynamic_shapes()` takes any L (it was held at 7)."""
+    spec = ("resgraph: 1\nname: TokPool\ninputs:\n  tok: {shape: [7], dtype: int64}\nlayers:\n"
+            "  - e: {op: Embedding, num_embeddings: 20, embedding_dim: 10}\n  - mp: {op: MaxPool1d, kernel_size: 2}\n")
+    model = resgraph.build(spec, seed=0).eval()
+    (dims,) = model.dynamic_shapes()
+    assert sorted(dims) == [0, 1]
+    program = resgraph.export_program(model)
+    for length in (2, 12, 40):
+        tokens = torch.randint(0, 20, (3, length))
+        torch.testing.assert_close(program.module()(tokens), model(tokens))
+
+
 # --- a map shrunk on one grid: the paddings proposed are ones torch takes, proposed together ---------
 
 _SHRINKING_POOLS = ("  - p: {op: MaxPool2d, kernel_size: %s, stride: 1}\n"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -90,6 +90,10 @@ class MaxPoolBase(_PoolBase):
 
     def _dilation(self) -> int | list[int]:
         return self.dilation
+
+    def export_static_sizes(self, inputs: list[TensorType]) -> list[Any]:
+        # (MaxPool1d: ATen's max_pool1d reads the pooled length as a plain int; its channels stay dynamic)
+        return [inputs[0].shape[-1]] if self.export_static else []
 
 
 class AvgPoolBase(_PoolBase):
