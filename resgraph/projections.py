@@ -149,8 +149,8 @@ STEPS: dict[StepKind, StepRule] = {
         module=lambda a: (f"AvgPool{a['dims']}d", {"kernel_size": a["kernel"], "stride": a["kernel"],
                                                     "ceil_mode": True, "count_include_pad": False})),
     StepKind.conv: StepRule(
-        describe=lambda a: f"Conv{a['dims']}d 1x1" + (f" /{_short(a['stride'])}" if a["stride"] not in (1, (1,))
-                                                      else ""),
+        describe=lambda a: f"Conv{a['dims']}d {'x'.join(['1'] * a['dims'])}" + (
+            f" /{_short(a['stride'])}" if a["stride"] not in (1, (1,)) else ""),
         module=lambda a: (f"Conv{a['dims']}d", {"in_channels": a["in"], "out_channels": a["out"], "kernel_size": 1,
                                                 "stride": a["stride"], "bias": False}),
         parameters=lambda a: a["in"] * a["out"], input_dtypes=WEIGHTED_DTYPES),

@@ -208,7 +208,8 @@ class _Walker:
                 memory = _bytes(out) + sum(_bytes(replace(out, shape=shape)) for shape in step_shapes(plan, inputs[1]))
                 projection = ProjectionRow(plan.policy.value, plan.reason, describe_steps(plan.steps),
                                            common["params"])
-                kernel = "1x1" if any(s.kind.value == "conv" for s in plan.steps) else None
+                # (a 1-wide kernel over each spatial dim: `1` for a Conv1d, as its layers' read)
+                kernel = next(("x".join(["1"] * s.args["dims"]) for s in plan.steps if s.kind.value == "conv"), None)
                 self.rows.append(Row(name, "skip", f"skip {node.skip.merge.value} <- {node.skip.source}",
                                      projection=projection, kernel=kernel, **_mac_fields(macs),
                                      activation_bytes=memory, **common))

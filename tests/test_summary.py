@@ -140,6 +140,17 @@ def test_rows_carry_shapes_kernel_parameters_macs_memory_and_connections() -> No
     assert rows["shortcut1"].input_shapes == [[64, 32, 32], [3, 32, 32]] and rows["shortcut1"].kernel == "1x1"
 
 
+@pytest.mark.parametrize(("dims", "kernel"), [(1, "1"), (3, "1x1x1")])
+def test_a_projection_conv_kernel_is_spelled_over_its_own_spatial_dims(dims: int, kernel: str) -> None:
+    spatial = [8] * dims
+    spec = (f"resgraph: 1\nname: P\ninputs:\n  x: {[3, *spatial]}\nlayers:\n"
+            f"  - c: {{op: Conv{dims}d, out_channels: 6, kernel_size: 3, padding: 1}}\n"
+            "skips:\n  - s: {from: x, to: c}\n")
+    rows = {row.name: row for row in resgraph.summary(spec).rows}
+    assert rows["c"].kernel == "x".join(["3"] * dims) and rows["s"].kernel == kernel
+    assert rows["s"].projection is not None and rows["s"].projection.steps.startswith(f"Conv{dims}d {kernel} ")
+
+
 def test_block_instances_connect_to_what_feeds_them() -> None:
     rows = {row.name: row for row in resgraph.summary(EXAMPLES / "resnet18.yaml").rows}
     assert rows["layer1"].connected_to == ["maxpool"]
