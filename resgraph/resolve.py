@@ -347,8 +347,12 @@ class _Resolver:
             valid = [name for name in inputs if self.scope.block or self.scope.inputs[name] is not None]
             refused = len(inputs) - len(valid)
             listed = ", ".join(valid) + (f"{', ' if valid else ''}and {refused} refused above" if refused else "")
-            self.fail(item.origin, f"layer {self.q(item.name)}: {where} has several inputs ({listed}); say which "
-                                   "this layer reads", f"add `input: {valid[0]}`" if valid else None)
+            name, origin = item.name, item.origin
+            split = getattr(body, "split", None)  # a chunk's or split's output: said of that layer, where written
+            if split is not None and origin.path[-3:-1] == (split, "outputs"):
+                name, origin = split, Origin(origin.source, origin.path[:-2])
+            self.fail(origin, f"layer {self.q(name)}: {where} has several inputs ({listed}); say which "
+                              "this layer reads", f"add `input: {valid[0]}`" if valid else None)
             return None
         return inputs
 

@@ -368,3 +368,25 @@ def test_constant_ids_must_lie_in_the_embedding_table_they_index(ids: str, large
     table.load_state_dict(model.table.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(model(torch.randn(2, 8))[0], table(model.ids).mean(0))
+
+
+@pytest.mark.parametrize(("op", "arguments"), [("chunk", "chunks: 2"), ("split", "split_size: [5, 3]")])
+@pytest.mark.parametrize("scope", ["spec", "block"])
+def test_a_chunk_or_split_that_must_name_its_input_is_told_so_at_its_own_name(op: str, arguments: str,
+                                                                              scope: str) -> None:
+    entry = f"- parts: {{op: {op}, {arguments}, dim: -1, outputs: [left, right]}}\n"
+    if scope == "spec":
+        text = HEAD + "inputs:\n  x: [3, 8]\n  y: [3, 8]\nlayers:\n  " + entry
+    else:
+        text = (HEAD + "inputs:\n  x: [3, 8]\n  y: [3, 8]\nblocks:\n  halves:\n    inputs: [a, b]\n    layers:\n"
+                "      " + entry + "    outputs: [left, right]\nlayers:\n  - h: {block: halves, input: [x, y]}\n")
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(text)
+    (diagnostic,) = caught.value.diagnostics
+    before = text[:text.index("parts:")]
+    assert (diagnostic.location.line, diagnostic.location.column) == (before.count("\n") + 1,
+                                                                      len(before) - before.rfind("\n"))
+    inputs = "x, y" if scope == "spec" else "a, b"
+    name = "parts" if scope == "spec" else "h.parts"  # (a block's layer, named in its call)
+    assert diagnostic.message == (f"layer {name!r}: the {scope} has several inputs ({inputs}); say which this layer "
+                                  "reads")
