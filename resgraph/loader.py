@@ -37,6 +37,9 @@ __all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_INT", "MAX_NODES", "LoadedSpec", "Orig
 Path = tuple[str | int, ...]
 
 MAX_NODES = 2_000_000  # YAML nodes after alias expansion (a layer takes about 8)
+# Nodes aliases may add to those written: each is built and placed as if written out (a few microseconds),
+# so a few hundred bytes of nested aliases under MAX_NODES took 8 s and 500 MB; this is a second's worth.
+MAX_ALIAS_NODES = 100_000
 MAX_BYTES = 16 * 2**20  # a spec written with blocks is a few KiB; a generated 100k-layer chain is ~5 MiB
 # libyaml's composer when PyYAML was built with it (it keeps positions too); the Python one otherwise.
 _COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -559,7 +562,7 @@ def _load_text(text: str, file: str) -> LoadedSpec:
     if root is None:
         raise SpecError([Diagnostic(Location(file, 1, 1), "the spec is empty")])
     # Only aliases can make the data bigger than the text, and they need an anchor (&name).
-    size, recursive = _expanded_size(root) if "&" in text else (0, None)
+    size, written, recursive = _expanded_size(root) if "&" in text else (0, 0, None)
     if recursive is not None:
         where = Location(file, recursive.start_mark.line + 1, recursive.start_mark.column + 1)
         raise SpecError([Diagnostic(where, "recursive YAML alias: a node contains itself")])
@@ -567,6 +570,10 @@ def _load_text(text: str, file: str) -> LoadedSpec:
         raise SpecError([Diagnostic(Location(file, 1, 1), f"the document expands to more than {MAX_NODES:,} YAML "
                                                           "nodes", "aliases (*name) multiply nodes; write the spec "
                                                                    "out or use blocks and `repeat:`")])
+    if size - written > MAX_ALIAS_NODES:
+        raise SpecError([Diagnostic(Location(file, 1, 1), f"aliases (*name) add {size - written:,} YAML nodes to the "
+                                                          f"{written:,} written, more than {MAX_ALIAS_NODES:,}",
+                                    "use blocks and `repeat:` to reuse a part of the spec")])
     spans: list[tuple[Path, yaml.ScalarNode]] = []
     try:
         data, common = _common_data(root, source, spans), True
@@ -659,12 +666,13 @@ def _bracket_depth(text: str) -> int:
     return deepest
 
 
-def _expanded_size(root: yaml.Node) -> tuple[int, yaml.Node | None]:
+def _expanded_size(root: yaml.Node) -> tuple[int, int, yaml.Node | None]:
     """How many nodes the document has once aliases are expanded, counted without expanding them.
 
     Aliased nodes are shared objects in the composed tree, so a memoised count over distinct
     nodes takes time proportional to the text, however explosive the aliases ("billion laughs").
-    Returns the size (capped just above MAX_NODES) and a node that contains itself, if any.
+    Returns the size (capped just above MAX_NODES), the number of distinct nodes (those written),
+    and a node that contains itself, if any.
     """
     sizes: dict[int, float] = {}
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
@@ -679,11 +687,11 @@ def _expanded_size(root: yaml.Node) -> tuple[int, yaml.Node | None]:
             sizes[key] = 1 + sum(sizes.get(id(child), float("inf")) for child in children)
             continue
         if key in sizes:  # met again while its own children are pending: a recursive alias
-            return MAX_NODES + 1, node
+            return MAX_NODES + 1, len(sizes), node
         sizes[key] = -1
         stack.append((node, True))
         stack.extend((child, False) for child in children if sizes.get(id(child), -2) < 0)
-    return int(min(sizes[id(root)], MAX_NODES + 1)), None
+    return int(min(sizes[id(root)], MAX_NODES + 1)), len(sizes), None
 
 
 # PyYAML's scalar constructors (ints in any base, floats, booleans, null), which read only the node;
