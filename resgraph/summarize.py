@@ -197,9 +197,17 @@ class _Walker:
                 if not prefix:
                     self.rows.append(Row(name, "input", f"input {out.dtype}", activation_bytes=_bytes(out), **common))
             elif isinstance(node, LayerNode):
-                macs = self.layer_macs(node, name, inputs)
-                self.rows.append(Row(name, "layer", _layer_text(node), kernel=_kernel(node), **_mac_fields(macs),
-                                     activation_bytes=_bytes(out), tied_to=dict(node.layer.tie or {}), **common))
+                swapped = self.replaced(node, name)
+                if swapped is not None:  # (measured as it runs now: its output and MACs may not be the spec's)
+                    macs, produced = _measure(swapped, inputs, output=True)
+                    out = out if produced is None else produced
+                    common["shape"] = list(out.shape)
+                    text = f"{type(swapped).__name__} (put in place after the build)"
+                else:
+                    macs, text = self.layer_macs(node, name, inputs), _layer_text(node)
+                self.rows.append(Row(name, "layer", text, kernel=None if swapped is not None else _kernel(node),
+                                     **_mac_fields(macs), activation_bytes=_bytes(out),
+                                     tied_to=dict(node.layer.tie or {}), **common))
                 totals.add(macs, _bytes(out))
             elif isinstance(node, SkipNode):
                 plan: ProjectionPlan = node.meta["projection"]
@@ -266,12 +274,32 @@ class _Walker:
     def layer_macs(self, node: LayerNode, name: str, inputs: list[TensorType]) -> MacCount | None:
         macs = layer_macs(node.layer, node.meta.get("args", {}), inputs, node.meta["type"])
         if macs is None:
-            macs = _measure(self.module.get_submodule(name), inputs)
+            macs, _ = _measure(self.module.get_submodule(name), inputs)
         return macs
 
+    def replaced(self, node: LayerNode, name: str) -> Any | None:
+        """The submodule at `name` where it is not the one the build made there (`model.fc = nn.Linear(512,
+        10)`, a new head for fine-tuning): of a class that is not the op's (nor a subclass of it, as FSDP2's
+        `FSDPLinear`) or with another number of parameters. None for the built one, and for code ops."""
+        expected = node.layer.torch_name
+        if expected is None or node.layer.code_only:
+            return None
+        try:
+            sub = self.module.get_submodule(name)
+        except AttributeError:
+            return None
+        kinds = {cls.__name__ for cls in type(sub).__mro__}
+        if "SyncBatchNorm" in kinds and expected.startswith("BatchNorm"):  # (DDP's conversion: the same tensors)
+            kinds.add(expected)
+        tied = {key for key, target in (node.layer.tie or {}).items() if target}  # (counted at their targets)
+        owned = sum(p.numel() for key, p in sub.named_parameters() if key not in tied)
+        counted = node.meta.get("params")  # (None where the build did not count them: a tied layer's)
+        return None if expected.rsplit(".", 1)[-1] in kinds and counted in (None, owned) else sub
 
-def _measure(module: Any, inputs: list[TensorType]) -> MacCount | None:
-    """An uncurated layer's MACs: FlopCounterMode on one sample, on the meta device first.
+
+def _measure(module: Any, inputs: list[TensorType], *, output: bool = False) -> tuple[MacCount | None, Any]:
+    """An uncurated layer's MACs: FlopCounterMode on one sample, on the meta device first; and (with
+    `output`) the type of what it returned (its first tensor), None where it could not run.
 
     The module runs with meta stand-ins for its tensors (`functional_call`), wherever it lives: on
     CPU, torch runs an LSTM as one fused kernel and an eval-mode TransformerEncoderLayer on its fast
@@ -291,13 +319,17 @@ def _measure(module: Any, inputs: list[TensorType]) -> MacCount | None:
             args = [torch.zeros((1, *t.shape), dtype=getattr(torch, t.dtype), device=device) for t in inputs]
             with torch.no_grad(), FlopCounterMode(display=False) as counter:
                 if device == "meta":
-                    functional_call(module, stand_ins, tuple(args), strict=False)
+                    result = functional_call(module, stand_ins, tuple(args), strict=False)
                 else:
-                    module(*args)
+                    result = module(*args)
         except Exception:  # an arbitrary module's forward may refuse zeros or a device: try the next, or unknown
             continue
-        return MacCount(counter.get_total_flops() // 2)
-    return None
+        first = next((t for t in (result if isinstance(result, (tuple, list)) else [result])
+                      if isinstance(t, torch.Tensor)), None) if output else None
+        produced = None if first is None else TensorType(tuple(first.shape[1:]),
+                                                         str(first.dtype).removeprefix("torch."))
+        return MacCount(counter.get_total_flops() // 2), produced
+    return None, None
 
 
 def _float_dtype(module: Any) -> str | None:

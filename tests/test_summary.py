@@ -273,3 +273,36 @@ def test_spec_strings_cannot_start_a_line_of_the_table() -> None:
     row = next(line for line in lines if line.startswith("  b.0 "))
     assert "unit(tag=a\\nTotal params: 0\\tb\\u2028c\\u2029d)" in row
     assert len({len(line) for line in lines[1:4]}) == 1  # rules and header as wide as before: one cell, one line
+
+
+# --- a model changed after its build (fine-tuning) --------------------------------------------------
+
+def test_a_head_put_in_place_after_the_build_is_summarised_as_it_runs() -> None:
+    model = resgraph.build(EXAMPLES / "resnet18.yaml", params={"image_size": 32}, seed=0)
+    model.fc = torch.nn.Linear(512, 10)  # a new head, as for fine-tuning
+    summary = resgraph.summary(model)
+    rows = {row.name: row for row in summary.rows}
+    head = rows["fc"]
+    assert head.shape == list(model.eval()(torch.randn(1, 3, 32, 32)).shape[1:]) == [10]
+    assert head.params == 5130 and head.macs == 512 * 10 and head.activation_bytes == 4 * 10
+    assert head.op == "Linear (put in place after the build)"
+    assert summary.total_params == sum(p.numel() for p in model.parameters())
+    assert summary.total_macs == sum(r.macs or 0 for r in summary.rows if r.kind in ("layer", "skip"))
+    assert rows["avgpool"].op.startswith("AdaptiveAvgPool2d(") and rows["layer4.1.conv2"].shape == [512, 1, 1]
+
+
+def test_a_layer_of_another_class_put_in_place_is_named_and_measured() -> None:
+    spec = ("resgraph: 1\nname: M\ninputs: {x: [8]}\nlayers:\n  - fc: {op: Linear, out_features: 16}\n"
+            "  - act: {op: ReLU}\n  - out: {op: Linear, out_features: 4}\n")
+    model = resgraph.build(spec, seed=0)
+    model.act = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.GELU())
+    rows = {row.name: row for row in resgraph.summary(model).rows}
+    assert rows["act"].op == "Sequential (put in place after the build)"
+    assert rows["act"].params == 16 * 16 + 16 and rows["act"].macs == 16 * 16 and rows["act"].shape == [16]
+    assert rows["fc"].op.startswith("Linear(") and rows["out"].op.startswith("Linear(")  # the built ones, as built
+
+
+def test_the_built_layers_of_every_example_are_never_taken_for_replaced_ones() -> None:
+    for example in BUILDING_EXAMPLES:
+        model = resgraph.build(EXAMPLES / example, params=small_params(example), device="meta")
+        assert "put in place after the build" not in resgraph.summary(model).table(), example
