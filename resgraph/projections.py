@@ -35,7 +35,7 @@ from enum import Enum
 from typing import Any
 
 from .ops import Merge, ShapeError, TensorType, broadcast_shape
-from .ops.base import FLOAT_DTYPES, NORM_DTYPES, WEIGHTED_DTYPES, Scale, sample_dim
+from .ops.base import FLOAT_DTYPES, NORM_DTYPES, WEIGHTED_DTYPES, Scale, grid_origin, sample_dim
 from .ops.merge import check_gate_layouts
 from .ops.pool import check_avg_pool3d_input
 from .spec import Projection
@@ -435,8 +435,9 @@ class Mismatch:
 
     def _grid_ratios(self) -> list[Any] | None:
         """The target's grid scale over the source's per spatial dim, where both are known; else None."""
-        if self.source.scale is None or self.target_scale is None:
-            return None
+        if self.source.scale is None or self.target_scale is None or (
+                grid_origin(self.source.scale) != grid_origin(self.target_scale)):
+            return None  # (grids of two origins: no step between them is known)
         # (1 where the grids are one: Fraction division costs microseconds, and most skips have none;
         # mostly the very same Fraction, which `is` tells without Fraction.__eq__'s ABC test)
         return [1 if target is source or target == source else target / source

@@ -291,3 +291,59 @@ def test_defaults_projection_applies_to_every_skip_and_a_skip_overrides_it() -> 
     assert not hasattr(resgraph.build(spec), "s")  # pad: no parameters
     spec["skips"][0]["s"]["projection"] = "conv"
     assert len(resgraph.build(spec).s) == 1
+
+
+# --- a map made by a layer (a sequence reshaped or transposed into a map) has a grid of its own -------
+
+MADE_MAPS = {
+    "reshaped into a 2-d map": ("inputs: {x: [8, 64]}\nlayers:\n  - m: {op: reshape, shape: [8, 8, 8]}\n", 2),
+    "transposed into a 1-d map": ("inputs: {x: {shape: [16, 8], layout: features_last}}\nlayers:\n"
+                                  "  - m: {op: transpose, dim0: 1, dim1: 2}\n", 1),
+}
+
+
+@pytest.mark.parametrize("made", MADE_MAPS)
+def test_a_skip_from_a_map_made_by_a_layer_takes_the_stride_of_the_layers_between(made: str) -> None:
+    """The step is the layers' (2), not the smallest that fits at the declared size (8 -> 4 fits 2, and
+    a 3x3 stride-2 conv on 8 is 4 either way; at 7 -> 3 the smallest fitting step was 3, misaligned)."""
+    head, dims = MADE_MAPS[made]
+    spec = ("resgraph: 1\nname: Own\n" + head + f"  - c: {{op: Conv{dims}d, out_channels: 16, kernel_size: 3, "
+            "stride: 2, padding: 1}\n" + f"  - c2: {{op: Conv{dims}d, out_channels: 16, kernel_size: 1}}\n"
+            "skips:\n  - s: {from: m, to: c2, projection: conv}\n")
+    model = resgraph.build(spec, seed=0).eval()
+    assert model.s[0].stride == (2,) * dims
+    x = torch.randn(2, *model.graph.nodes["x"].meta["type"].shape)
+    with torch.no_grad():
+        m = x.reshape(2, 8, 8, 8) if dims == 2 else x.transpose(1, 2)
+        expected = model.c2(model.c(m)) + model.s(m)
+        torch.testing.assert_close(model(x), expected)
+        torch.testing.assert_close(model.s(m), F.conv2d(m, model.s[0].weight, stride=2) if dims == 2
+                                   else F.conv1d(m, model.s[0].weight, stride=2))
+
+
+def test_a_skip_from_a_made_map_whose_sizes_miss_the_stride_is_refused_as_from_an_input() -> None:
+    """7x7 -> 3x3 by a stride-2 conv without padding: the same error as from a declared 7x7 input (it
+    built a stride-3 projection whose positions 0, 3, 6 met outputs centred on 1, 3, 5)."""
+    body = ("  - c: {op: Conv2d, out_channels: 16, kernel_size: 3, stride: 2}\n"
+            "  - c2: {op: Conv2d, out_channels: 16, kernel_size: 1}\nskips:\n  - s: {from: m, to: c2}\n")
+    made = "resgraph: 1\nname: Made\ninputs: {x: [8, 49]}\nlayers:\n  - m: {op: reshape, shape: [8, 7, 7]}\n" + body
+    given = "resgraph: 1\nname: Given\ninputs: {x: [8, 7, 7]}\nlayers:\n  - m: {op: Identity}\n" + body
+    messages = []
+    for spec in (made, given):
+        with pytest.raises(resgraph.SpecError) as caught:
+            resgraph.check(spec)
+        messages.append(caught.value.diagnostics[0].message)
+    assert messages[0] == messages[1] == ("skip 's': cannot add 'm' (8, 7, 7) to 'c2' (16, 3, 3): spatial size 7x7 "
+                                          "-> 3x3 does not match a stride of 2 (which gives 4x4)")
+
+
+def test_grids_of_two_origins_are_not_compared() -> None:
+    """A map made from one input and a map of another input: no step between them is known, so the step
+    is the smallest that fits, as after an adaptive pool (not the ratio of steps counted from two places)."""
+    spec = ("resgraph: 1\nname: Two\ninputs:\n  x: [8, 64]\n  y: [8, 12, 12]\nlayers:\n"
+            "  - m: {op: reshape, input: x, shape: [8, 8, 8]}\n"
+            "  - c: {op: Conv2d, input: y, out_channels: 8, kernel_size: 3, stride: 3, padding: 1}\n"
+            "skips:\n  - s: {from: m, to: c, projection: conv}\n")
+    model = resgraph.build(spec, seed=0)
+    # 8 -> 4: the smallest step that fits is 2; y's stride, 3, would give 3 (counted as if from one grid)
+    assert model.s[0].stride == (2, 2)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import itertools
 import math
 import re
 import sys
@@ -58,6 +59,7 @@ __all__ = [
     "check_scalar",
     "dtype_hint",
     "dtype_suggestion",
+    "grid_origin",
     "is_identifier",
     "number_overflow",
     "scalar_overflow",
@@ -67,6 +69,7 @@ __all__ = [
     "Layout",
     "OPS",
     "OpRegistry",
+    "OwnGrid",
     "ShapeError",
     "Storage",
     "StrictModel",
@@ -314,6 +317,39 @@ def dtype_hint(dtype: str, accepted: frozenset[str]) -> str | None:
 Scale = tuple[Fraction, ...]
 
 _KEEP: Any = object()  # with_shape's default scale: see there
+_ORIGINS = itertools.count(1)  # (an int, not an object: a copy of a graph keeps its grids' origins)
+
+
+class OwnGrid(tuple):  # type: ignore[type-arg]
+    """The grid scale of a map whose grid starts at a layer, not at an input: a sequence reshaped or
+    transposed into a map. Its steps count from there (`origin`), so a skip between two maps made from
+    it is planned with the strides between them; grids of different origins are not compared (their
+    step is unknown, as after an adaptive pool)."""
+
+    origin: int
+
+    def __new__(cls, steps: Sequence[Fraction], origin: int) -> OwnGrid:
+        grid = super().__new__(cls, steps)
+        grid.origin = origin
+        return grid
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return OwnGrid, (tuple(self), self.origin)
+
+    @classmethod
+    def fresh(cls, dims: int) -> OwnGrid:
+        """A new grid of `dims` spatial dims, at unit steps."""
+        return cls((Fraction(1),) * dims, next(_ORIGINS))
+
+
+def grid_origin(scale: Scale | None) -> int:
+    """Where a grid's steps count from: 0 for an input's (every input is on one), else its layer's."""
+    return scale.origin if isinstance(scale, OwnGrid) else 0
+
+
+def _like(scale: Scale, steps: Sequence[Fraction]) -> Scale:
+    """`steps` on `scale`'s grid (of its origin)."""
+    return OwnGrid(steps, scale.origin) if isinstance(scale, OwnGrid) else tuple(steps)
 
 
 @dataclass(frozen=True)
@@ -322,8 +358,9 @@ class TensorType:
 
     Sizes may be `SymInt`s (they depend on an input's free size; see `resgraph.symbolic`).
     `scale` is, for a channels-first map, the step of its spatial grid in input pixels per dim
-    (1 at an input; 2 after a stride-2 conv; 1/2 after a 2x upsample), or None where unknown
-    (after an adaptive pool, a reshape, an uncurated op that resizes). Projections use it to tell
+    (1 at an input; 2 after a stride-2 conv; 1/2 after a 2x upsample), counted from the layer that
+    made the map where it is no input's (a sequence reshaped or transposed into a map: `OwnGrid`), or
+    None where unknown (after an adaptive pool, an uncurated op that resizes). Projections use it to tell
     a stride (the grids align at a ratio) from a size change on the same grid (valid convs).
     `ids_below`, for integer positions counted at run time (`arange` over a dim), is a bound every
     value stays under (int | SymInt), so an `Embedding` of them knows the lengths its table covers;
@@ -373,7 +410,7 @@ class TensorType:
             return None
         if factors.count(1) == len(factors):  # (most layers: Fraction arithmetic costs microseconds)
             return self.scale
-        return tuple(s * f for s, f in zip(self.scale, factors))
+        return _like(self.scale, [s * f for s, f in zip(self.scale, factors)])
 
     def hints(self) -> TensorType:
         """This type with plain ints: every size at its declared value (for summaries and exports)."""

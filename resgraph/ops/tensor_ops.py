@@ -17,6 +17,7 @@ from .base import (
     ArgumentError,
     Layer,
     Layout,
+    OwnGrid,
     ShapeError,
     TensorType,
     fill_sizes,
@@ -29,9 +30,13 @@ __all__ = ["Chunk", "Mean", "Permute", "Piece", "Reshape", "Select", "Split", "T
 
 
 def _reordered(x: TensorType, order: list[int]) -> TensorType:
-    """`x` with its per-sample dims in `order`, its layout and grid following the dims they are of."""
+    """`x` with its per-sample dims in `order`, its layout and grid following the dims they are of (a
+    sequence made a map, `(L, F)` to `(F, L)`, starts a grid of its own: see `OwnGrid`)."""
     layout = _moved_layout(x, order)
-    return x.with_shape(tuple(x.shape[i] for i in order), layout, _grid_of(x, order, layout))
+    grid = _grid_of(x, order, layout)
+    if grid is None and layout == "channels_first" and x.layout != "channels_first" and len(order) >= 2:
+        grid = OwnGrid.fresh(len(order) - 1)
+    return x.with_shape(tuple(x.shape[i] for i in order), layout, grid)
 
 
 def _grid_of(x: TensorType, kept: list[int], layout: Layout | None) -> Any:
@@ -47,7 +52,8 @@ def _grid_of(x: TensorType, kept: list[int], layout: Layout | None) -> Any:
     if x.scale is None or x.layout != "channels_first" or (layout or x.layout) != "channels_first" \
             or len(kept) < 2 or kept[0] != 0:
         return None
-    return tuple(x.scale[axis - 1] for axis in kept[1:])
+    steps = [x.scale[axis - 1] for axis in kept[1:]]
+    return OwnGrid(steps, x.scale.origin) if isinstance(x.scale, OwnGrid) else tuple(steps)
 
 
 def _moved_layout(x: TensorType, order: list[int]) -> Layout:
@@ -113,7 +119,10 @@ class Reshape(ViewOp):
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs
         sizes = fill_sizes(list(self.shape), x.shape, "shape")
-        return x.with_shape(sizes, "channels_first" if len(sizes) >= 3 else "features_last")
+        out = x.with_shape(sizes, "channels_first" if len(sizes) >= 3 else "features_last")
+        if out.scale is None and out.layout == "channels_first":  # a map made here: a grid of its own
+            out = out.with_shape(out.shape, scale=OwnGrid.fresh(out.rank - 1))
+        return out
 
     def code(self, operands: list[str], owner: str) -> str:
         x = operands[0]

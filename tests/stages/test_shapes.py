@@ -238,8 +238,9 @@ def test_code_ops_and_learned_tensors_have_arguments_and_counts_too() -> None:
                      "storage": Storage(fixed=token["storage"].fixed)}
     assert token["storage"].fixed is not None  # broadcast over the batch: never written in place
     assert cat["type"].shape == (4, 7) and cat["params"] == 0 and cat["storage"] == Storage()
-    assert swap == {"type": TensorType((7, 4), "float32", "channels_first"), "args": {"dim0": 1, "dim1": 2},
-                    "params": 0, "storage": Storage(aliases=0)}  # a view of cat
+    # (a sequence made a map: its grid starts here, at unit steps)
+    assert swap == {"type": TensorType((7, 4), "float32", "channels_first", (Fraction(1),)),
+                    "args": {"dim0": 1, "dim1": 2}, "params": 0, "storage": Storage(aliases=0)}  # a view of cat
     assert total_parameters(graph) == 4
 
 
