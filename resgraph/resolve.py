@@ -462,6 +462,11 @@ class _Resolver:
             name = self.q(item.name)
             source = _base(skip.source)
             if source in invalid or _base(skip.to) in invalid:
+                # (the other end's unknown name is a mistake of its own, said as where both ends are valid)
+                for key, ref, written in (("from", source, skip.source), ("to", _base(skip.to), skip.to)):
+                    if ref not in invalid and ref not in self.kinds:
+                        self.fail_unknown(item.origin.child(key), f"skip {name}: {key}: ", ref, self.order,
+                                          f" (in {written!r})" if written != ref else "", written=written)
                 continue
             if skip.to != _base(skip.to):
                 self.fail_dotted_target(item, name, skip.to)

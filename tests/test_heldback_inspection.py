@@ -266,3 +266,22 @@ def test_a_library_splicing_a_collected_repeat_of_unknown_count_is_ok(tmp_path: 
                        "      - m: {block: rep, repeat: \"${n}\", collect: true}\n"
                        "      - cat2: {op: concat, input: [m.*]}\n")
     assert sorted(check_library(library).blocks) == ["head", "rep"]
+
+
+@pytest.mark.parametrize(("skips", "said"), [
+    ("  - s: {from: c1, to: c9}\n", ["9:23 skip 's': to: unknown node 'c9'"]),  # its source refused
+    ("  - s: {from: xx, to: c1}\n", ["9:15 skip 's': from: unknown node 'xx'; did you mean 'x'?"]),  # its target
+    ("  - s: {from: zz.out, to: c1}\n", ["9:15 skip 's': from: unknown node 'zz' (in 'zz.out')"]),
+    ("  - s: {from: x, to: c1.out}\n", []),  # (whether c1 has a value `out` is not known: it was refused)
+], ids=["unknown target", "unknown source", "unknown dotted source", "a value of the refused layer"])
+def test_a_skip_with_one_end_refused_still_names_an_unknown_other_end(skips: str, said: list[str],
+                                                                      tmp_path: pathlib.Path) -> None:
+    spec = tmp_path / "skips.yaml"
+    spec.write_text("resgraph: 1\nname: Sk\ninputs:\n  x: [3, 32, 32]\nlayers:\n"
+                    "  - c1: {op: Conv2d, out_channels: 8, kernal_size: 3}\n"
+                    "  - c3: {op: Conv2d, out_channels: 8, kernel_size: 3, padding: 1}\nskips:\n" + skips)
+    with pytest.raises(resgraph.SpecError) as exc:
+        resgraph.check(spec)
+    errors = _errors(exc)
+    assert errors[0].startswith("6:39 layer 'c1' (Conv2d): unknown argument 'kernal_size'")
+    assert errors[1:] == said
