@@ -47,6 +47,8 @@ BUILD_CONFLICTS = (
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if sys.stdout is None:  # (`resgraph ... >&-`: the caller closed it, and so discards what it would say)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the process's stdout, open until it exits
     parser = _parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:
@@ -71,6 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INVALID
     except KeyboardInterrupt:  # Ctrl-C: a file being written was removed as the exception passed (files.py)
         return EXIT_INTERRUPTED
+    except OSError as exc:  # printing failed (`> /dev/full`): files are written through files.py, which says so
+        _discard_stdout()
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        what = repr(exc.filename) if exc.filename else "the output"  # (one of ours, not stdout: named)
+        print(f"resgraph: error: cannot write {what}: {reason}", file=sys.stderr)
+        return EXIT_INVALID
 
 
 def _report(exc: SpecError) -> int:

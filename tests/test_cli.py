@@ -101,6 +101,26 @@ def test_head_reads_the_first_lines_without_a_traceback() -> None:
     assert result.returncode in (0, 141) and result.stderr == ""
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
+@pytest.mark.parametrize("command", [["build", "examples/tutorial.yaml"], ["validate", "examples/tutorial.yaml"],
+                                     ["sizes", "examples/tutorial.yaml"], ["schema"]])
+def test_an_output_that_cannot_be_written_is_an_error_not_a_traceback(command: list[str]) -> None:
+    with open("/dev/full", "w") as full:  # (every write fails: no space left on device)
+        process = subprocess.run([sys.executable, "-m", "resgraph", *command], stdout=full, stderr=subprocess.PIPE,
+                                 text=True, cwd=ROOT)
+    assert (process.returncode, process.stderr) == (
+        1, "resgraph: error: cannot write the output: No space left on device\n")
+
+
+def test_a_closed_stdout_discards_what_would_be_said_and_files_are_still_written(tmp_path: pathlib.Path) -> None:
+    saved = tmp_path / "model.pt"
+    command = (f"{sys.executable} -m resgraph validate examples/tutorial.yaml >&- && "
+               f"{sys.executable} -m resgraph build examples/tutorial.yaml -o {saved} >&-")
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=ROOT)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert resgraph.load(saved).graph.name == "TutorialResNet"
+
+
 # Ctrl-C exits 130; SIGTERM ends the process by the signal, as for any program (143 in a shell), after files.py
 # removed the temporary file.
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, -signal.SIGTERM)])
