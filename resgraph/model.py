@@ -28,7 +28,7 @@ from .distributed import (
 from .errors import Diagnostic, SpecError, UsageError
 from .graph import Graph, LayerNode
 from .loader import gc_paused, load_text
-from .lower import GeneratedModule, build_owned, lower, owned_units, seeded, tie_parameters
+from .lower import GeneratedModule, build_owned, lower, owned_units, require_weights, seeded, tie_parameters
 from .ops.generic import allowed_imports, import_prefixes
 from .ownership import Owns, owned_parameters, owns, tied_parameters
 from .pipeline import DEFAULT_MAX_PARAMS, BuildRecord, check_loaded, static_parameter_counts
@@ -401,13 +401,16 @@ def materialize(module: C, *, device: Device = "cpu", seed: int | None = None,
             `constant`, `arange` buffers) of more than `max_params` elements, as `build` refuses them.
         UsageError: `module` was not built by resgraph (nor wraps a model that was), a submodule
             put in place after the build has tensors and no `reset_parameters()`, or `device` is not
-            one this machine can allocate on (`target_device`).
+            one this machine can allocate on (`target_device`), or is the meta device (it holds none).
     """
     # torch.compile's wrapper forwards `graph` to the model it holds, but names every submodule
     # `_orig_mod.*`: read as the model, all of it counted as put in place after the build and was
     # initialised by torch's reset_parameters, not as the seeded build.
     given, module = module, built_model(module, "materialize")
     device = target_device(device)
+    if device is not None and device.type == "meta":
+        raise UsageError("materialize allocates the weights, and the meta device holds none: give the device to "
+                         "allocate them on (device='cpu', 'cuda', ...)")
     graph, record = module.graph, module.build_record
     # Submodules put in place after the build (a new head for fine-tuning) are not the spec's: each
     # is initialised as torch initialises a module after `to_empty`, by its own `reset_parameters`.
@@ -473,9 +476,11 @@ def export_program(module: CompiledModule, *, dynamic: bool = True, **options: A
         renamed through fx's own namespace, which keeps names unique; a later
         `program.run_decompositions()` makes new nodes, named by torch again.)
     Raises:
-        UsageError: the model is sharded (FSDP2): export an ordinary build holding its full state dict.
+        UsageError: the model is sharded (FSDP2): export an ordinary build holding its full state dict; or
+            it was built on the meta device (no weights: materialize it first).
     """
     require_unsharded(module, "torch.export")  # (it failed reading a FakeTensor's data pointer)
+    require_weights(module, "export")  # (torch: "Tensor on device meta is not on the expected device cpu!")
     program = torch.export.export(module, module.example_inputs(batch=2),
                                   dynamic_shapes=module.dynamic_shapes() if dynamic else None, **options)
     return name_outputs(program, module.graph)

@@ -261,6 +261,20 @@ def test_a_meta_model_is_not_exported_to_onnx(tmp_path: pathlib.Path) -> None:
     assert not path.exists()
 
 
+def test_a_meta_model_is_not_given_to_torch_export() -> None:
+    # was: RuntimeError "Tensor on device meta is not on the expected device cpu!" from inside torch
+    with pytest.raises(resgraph.UsageError, match=r"device='meta' and has no weights to export .*materialize"):
+        resgraph.export_program(resgraph.build(MLP, device="meta"))
+    resgraph.export_program(resgraph.materialize(resgraph.build(MLP, device="meta"), seed=0))  # once it has them
+
+
+def test_materializing_on_the_meta_device_is_refused() -> None:
+    model = resgraph.build(MLP, device="meta")
+    with pytest.raises(resgraph.UsageError, match=r"^materialize allocates the weights, and the meta device holds "):
+        resgraph.materialize(model, device="meta", seed=0)
+    assert all(t.is_meta for t in model.state_dict().values())  # (untouched)
+
+
 def test_a_meta_model_with_a_replaced_head_materializes() -> None:
     # Was: RuntimeError "The size of tensor a (3) must match the size of tensor b (10)" (the spec's
     # head copied into the new one), and a KeyError for a submodule under a new name.
