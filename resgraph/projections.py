@@ -43,7 +43,7 @@ from .symbolic import Guard, SymInt, hint, hints, requirement, same_sizes, speci
 
 __all__ = ["POLICIES", "STEPS", "Mismatch", "ProjectionError", "ProjectionPlan", "Step", "StepKind", "StepRule",
            "describe_steps", "plan_projection", "projection_dtypes", "projection_parameters", "step_code",
-           "step_constructor", "wanted_shape"]
+           "step_constructor", "step_kernel", "wanted_shape"]
 
 
 class StepKind(str, Enum):
@@ -106,6 +106,8 @@ class StepRule:
     - `parameters(args)`: the module's parameter count (buffers are not parameters).
     - `input_dtypes`: the dtypes a module step computes with (its weights are float32; see
       `ops.base.WEIGHTED_DTYPES`); a code step takes any.
+    - `kernel(args)`: a convolution's kernel as the summary spells it over the spatial dims (`1x1`,
+      a Conv1d's `1`), None for other steps.
     - `code(expr, args, rank, target)`: for a code step, the expression applying it to `expr`, a
       tensor of `rank` dims (batch included) merging into the variable `target`. Nothing that
       depends on the input size is a constant in it: such sizes are read from the tensors at run
@@ -118,6 +120,7 @@ class StepRule:
     parameters: Callable[[dict[str, Any]], int] = lambda args: 0
     code: Callable[[str, dict[str, Any], int, str], str] | None = None
     input_dtypes: frozenset[str] = FLOAT_DTYPES
+    kernel: Callable[[dict[str, Any]], str | None] = lambda args: None
 
 
 def _short(value: Any) -> str:
@@ -125,6 +128,16 @@ def _short(value: Any) -> str:
     if isinstance(value, (tuple, list)):
         return str(value[0]) if len(set(value)) == 1 else "x".join(map(str, value))
     return str(value)
+
+
+def _unit_kernel(args: dict[str, Any]) -> str:
+    """A 1-wide kernel over each spatial dim, as a convolution layer's kernel is spelled (`1x1`; `1`)."""
+    return "x".join(["1"] * args["dims"])
+
+
+def step_kernel(steps: tuple[Step, ...]) -> str | None:
+    """The kernel of a projection's convolution step, as the summary shows it; None where it has none."""
+    return next((kernel for step in steps if (kernel := STEPS[step.kind].kernel(step.args)) is not None), None)
 
 
 def _pad_code(expr: str, args: dict[str, Any], rank: int, target: str) -> str:
@@ -149,11 +162,11 @@ STEPS: dict[StepKind, StepRule] = {
         module=lambda a: (f"AvgPool{a['dims']}d", {"kernel_size": a["kernel"], "stride": a["kernel"],
                                                     "ceil_mode": True, "count_include_pad": False})),
     StepKind.conv: StepRule(
-        describe=lambda a: f"Conv{a['dims']}d {'x'.join(['1'] * a['dims'])}" + (
+        describe=lambda a: f"Conv{a['dims']}d {_unit_kernel(a)}" + (
             f" /{_short(a['stride'])}" if a["stride"] not in (1, (1,)) else ""),
         module=lambda a: (f"Conv{a['dims']}d", {"in_channels": a["in"], "out_channels": a["out"], "kernel_size": 1,
                                                 "stride": a["stride"], "bias": False}),
-        parameters=lambda a: a["in"] * a["out"], input_dtypes=WEIGHTED_DTYPES),
+        parameters=lambda a: a["in"] * a["out"], input_dtypes=WEIGHTED_DTYPES, kernel=_unit_kernel),
     StepKind.norm: StepRule(
         describe=lambda a: f"BatchNorm{a['dims']}d",
         module=lambda a: (f"BatchNorm{a['dims']}d", {"num_features": a["features"]}),

@@ -29,8 +29,8 @@ from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode, is_bl
 from .macs import MacCount, layer_macs, merge_macs, projection_macs, step_shapes
 from .ops import TensorType
 from .ops.stored import literal_shape
-from .ownership import owned_tensors
-from .projections import ProjectionPlan, describe_steps
+from .ownership import owned_parameters, owned_tensors
+from .projections import ProjectionPlan, describe_steps, step_kernel
 from .suggest import did_you_mean
 
 __all__ = ["COLUMNS", "DEFAULT_COLUMNS", "DTYPE_BYTES", "PER_DIM_ARGS", "Column", "ProjectionRow", "Row", "Summary",
@@ -177,6 +177,7 @@ class _Walker:
         self.rows: list[Row] = []
         self.values: dict[int, list[str]] = {}  # id(block call) -> the rows holding its values, when several
         self.outputs: list[str] = []  # the rows holding the outputs of the graph walked last
+        self.swapped: dict[str, Any] | None = None  # the submodules put in place after the build, once asked
 
     def graph(self, graph: Graph, prefix: str, level: int, sources: list[str]) -> _Totals:
         """Rows for `graph`'s nodes; `sources` name the rows feeding its inputs. Returns its totals."""
@@ -197,7 +198,7 @@ class _Walker:
                 if not prefix:
                     self.rows.append(Row(name, "input", f"input {out.dtype}", activation_bytes=_bytes(out), **common))
             elif isinstance(node, LayerNode):
-                swapped = self.replaced(node, name)
+                swapped = self.replaced(node, name, prefix)
                 if swapped is not None:  # (measured as it runs now: its output and MACs may not be the spec's)
                     macs, produced = _measure(swapped, inputs, output=True)
                     out = out if produced is None else produced
@@ -216,8 +217,7 @@ class _Walker:
                 memory = _bytes(out) + sum(_bytes(replace(out, shape=shape)) for shape in step_shapes(plan, inputs[1]))
                 projection = ProjectionRow(plan.policy.value, plan.reason, describe_steps(plan.steps),
                                            common["params"])
-                # (a 1-wide kernel over each spatial dim: `1` for a Conv1d, as its layers' read)
-                kernel = next(("x".join(["1"] * s.args["dims"]) for s in plan.steps if s.kind.value == "conv"), None)
+                kernel = step_kernel(plan.steps)
                 self.rows.append(Row(name, "skip", f"skip {node.skip.merge.value} <- {node.skip.source}",
                                      projection=projection, kernel=kernel, **_mac_fields(macs),
                                      activation_bytes=memory, **common))
@@ -277,24 +277,28 @@ class _Walker:
             macs, _ = _measure(self.module.get_submodule(name), inputs)
         return macs
 
-    def replaced(self, node: LayerNode, name: str) -> Any | None:
-        """The submodule at `name` where it is not the one the build made there (`model.fc = nn.Linear(512,
-        10)`, a new head for fine-tuning): of a class that is not the op's (nor a subclass of it, as FSDP2's
-        `FSDPLinear`) or with another number of parameters. None for the built one, and for code ops."""
-        expected = node.layer.torch_name
-        if expected is None or node.layer.code_only:
+    def replaced(self, node: LayerNode, name: str, prefix: str) -> Any | None:
+        """The submodule at `name` where it is not what the build made there (`model.fc = nn.Linear(512,
+        10)`, a new head for fine-tuning), as `model.replaced_modules` tells; None for a built one and for
+        code ops. That answer builds the spec on meta, so it is asked only once a module looks changed: of
+        a class not named as the op's, or holding another number of parameters than the build counted."""
+        expected, record = node.layer.torch_name, getattr(self.module, "build_record", None)
+        if expected is None or node.layer.code_only or record is None:
             return None
         try:
             sub = self.module.get_submodule(name)
         except AttributeError:
             return None
-        kinds = {cls.__name__ for cls in type(sub).__mro__}
-        if "SyncBatchNorm" in kinds and expected.startswith("BatchNorm"):  # (DDP's conversion: the same tensors)
-            kinds.add(expected)
-        tied = {key for key, target in (node.layer.tie or {}).items() if target}  # (counted at their targets)
-        owned = sum(p.numel() for key, p in sub.named_parameters() if key not in tied)
-        counted = node.meta.get("params")  # (None where the build did not count them: a tied layer's)
-        return None if expected.rsplit(".", 1)[-1] in kinds and counted in (None, owned) else sub
+        if self.swapped is None:
+            kinds = {cls.__name__ for cls in type(sub).__mro__}
+            counted = node.meta.get("params")  # (None where the build did not count them: a tied layer's)
+            if expected.rsplit(".", 1)[-1] in kinds and counted in (None, owned_parameters(self.module, node, prefix)):
+                return None
+            from .model import replaced_modules
+
+            self.swapped = replaced_modules(self.module)
+        inside = any(name == outer or name.startswith(f"{outer}.") for outer in self.swapped)
+        return sub if inside else None
 
 
 def _measure(module: Any, inputs: list[TensorType], *, output: bool = False) -> tuple[MacCount | None, Any]:

@@ -60,6 +60,7 @@ __all__ = [
     "dtype_hint",
     "dtype_suggestion",
     "grid_origin",
+    "on_grid_of",
     "is_identifier",
     "number_overflow",
     "scalar_overflow",
@@ -336,6 +337,15 @@ class OwnGrid(tuple):  # type: ignore[type-arg]
     def __reduce__(self) -> tuple[Any, ...]:
         return OwnGrid, (tuple(self), self.origin)
 
+    def __eq__(self, other: object) -> bool:  # (steps from two origins are not the same grid)
+        return isinstance(other, tuple) and tuple.__eq__(self, other) is True and grid_origin(other) == self.origin
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((tuple(self), self.origin))
+
     @classmethod
     def fresh(cls, dims: int) -> OwnGrid:
         """A new grid of `dims` spatial dims, at unit steps."""
@@ -347,8 +357,8 @@ def grid_origin(scale: Scale | None) -> int:
     return scale.origin if isinstance(scale, OwnGrid) else 0
 
 
-def _like(scale: Scale, steps: Sequence[Fraction]) -> Scale:
-    """`steps` on `scale`'s grid (of its origin)."""
+def on_grid_of(scale: Scale, steps: Sequence[Fraction]) -> Scale:
+    """`steps` on `scale`'s grid (counted from its origin)."""
     return OwnGrid(steps, scale.origin) if isinstance(scale, OwnGrid) else tuple(steps)
 
 
@@ -410,7 +420,7 @@ class TensorType:
             return None
         if factors.count(1) == len(factors):  # (most layers: Fraction arithmetic costs microseconds)
             return self.scale
-        return _like(self.scale, [s * f for s, f in zip(self.scale, factors)])
+        return on_grid_of(self.scale, [s * f for s, f in zip(self.scale, factors)])
 
     def hints(self) -> TensorType:
         """This type with plain ints: every size at its declared value (for summaries and exports)."""

@@ -21,6 +21,7 @@ from .base import (
     ShapeError,
     TensorType,
     fill_sizes,
+    on_grid_of,
     register_op,
     sample_dim,
 )
@@ -52,8 +53,7 @@ def _grid_of(x: TensorType, kept: list[int], layout: Layout | None) -> Any:
     if x.scale is None or x.layout != "channels_first" or (layout or x.layout) != "channels_first" \
             or len(kept) < 2 or kept[0] != 0:
         return None
-    steps = [x.scale[axis - 1] for axis in kept[1:]]
-    return OwnGrid(steps, x.scale.origin) if isinstance(x.scale, OwnGrid) else tuple(steps)
+    return on_grid_of(x.scale, [x.scale[axis - 1] for axis in kept[1:]])
 
 
 def _moved_layout(x: TensorType, order: list[int]) -> Layout:

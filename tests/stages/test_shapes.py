@@ -39,7 +39,7 @@ from resgraph.expand import expand
 from resgraph.graph import Graph, GraphBuilder
 from resgraph.loader import load_text
 from resgraph.ops import Merge, TensorType
-from resgraph.ops.base import Storage
+from resgraph.ops.base import Storage, grid_origin
 from resgraph.projections import StepKind, plan_projection, step_code
 from resgraph.resolve import resolve
 from resgraph.shapes import declared_type, free_dims, infer_shapes, total_parameters
@@ -238,8 +238,10 @@ def test_code_ops_and_learned_tensors_have_arguments_and_counts_too() -> None:
                      "storage": Storage(fixed=token["storage"].fixed)}
     assert token["storage"].fixed is not None  # broadcast over the batch: never written in place
     assert cat["type"].shape == (4, 7) and cat["params"] == 0 and cat["storage"] == Storage()
-    # (a sequence made a map: its grid starts here, at unit steps)
-    assert swap == {"type": TensorType((7, 4), "float32", "channels_first", (Fraction(1),)),
+    # (a sequence made a map: its grid starts here, at unit steps, counted from its own origin)
+    grid = swap["type"].scale
+    assert grid_origin(grid) != 0 and list(grid) == [Fraction(1)] and grid != (Fraction(1),)
+    assert swap == {"type": TensorType((7, 4), "float32", "channels_first", grid),
                     "args": {"dim0": 1, "dim1": 2}, "params": 0, "storage": Storage(aliases=0)}  # a view of cat
     assert total_parameters(graph) == 4
 
