@@ -144,10 +144,12 @@ def build(spec: SpecSource, *, params: Mapping[str, Any] | None = None, seed: in
     Raises:
         SpecError: every problem found, each with file:line:col; or a model over `max_params`.
         UsageError: the file cannot be read, or `device` is not one this machine can allocate on
-            (a malformed name, or `cuda` on a CPU-only torch), or `seed` is given with `device="meta"`.
+            (a malformed name, or `cuda` on a CPU-only torch), or `seed` is given with `device="meta"`,
+            or `max_params` is neither a count nor None.
     """
-    from .model import compile_model
+    from .model import compile_model, require_limit
 
+    require_limit(max_params)  # (before the spec is checked, which may take seconds)
     prefixes = import_prefixes(allow_imports)
     overrides = plain_overrides(params)  # (what the record stores: plain data a saved model loads back)
     loaded = load(spec, file=file)

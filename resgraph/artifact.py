@@ -15,8 +15,7 @@ from typing import Any
 
 from .errors import ResgraphError, UsageError, shortened
 from .expressions import value_size
-from .files import atomic_write
-from .formats import path_name
+from .files import atomic_write, path_name
 from .loader import MAX_BYTES
 from .model import CompiledModule, built_model, modes, rebuild, restore_modes
 from .pipeline import DEFAULT_MAX_PARAMS, BuildRecord

@@ -73,11 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INVALID
     except KeyboardInterrupt:  # Ctrl-C: a file being written was removed as the exception passed (files.py)
         return EXIT_INTERRUPTED
-    except OSError as exc:  # printing failed (`> /dev/full`): files are written through files.py, which says so
+    except OSError as exc:  # printing failed (`> /dev/full`); a file's own error is a UsageError (files.py)
         _discard_stdout()
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        what = repr(exc.filename) if exc.filename else "the output"  # (one of ours, not stdout: named)
-        print(f"resgraph: error: cannot write {what}: {reason}", file=sys.stderr)
+        # (one with a file name is no write to stdout: said of that file, as the OS says it)
+        said = f"{exc.filename!r}: {reason}" if exc.filename else f"cannot write the output: {reason}"
+        print(f"resgraph: error: {said}", file=sys.stderr)
         return EXIT_INVALID
 
 

@@ -36,7 +36,9 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_staged", "check_writable", "same_file", "write_fresh_text"]
+from .errors import UsageError
+
+__all__ = ["atomic_write", "atomic_write_staged", "check_writable", "path_name", "same_file", "write_fresh_text"]
 
 MAX_FRESH_NAMES = 100  # arch.dot, arch-2.dot, ... arch-100.dot
 
@@ -180,6 +182,17 @@ def check_writable(path: str, *, replace: bool = True) -> None:
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
     if not os.access(directory, os.W_OK | os.X_OK):  # the temporary file is made there
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+
+
+def path_name(path: Any, what: str) -> str:
+    """`path` as text: a str, an `os.PathLike` or bytes (decoded as the file system does).
+
+    Raises:
+        UsageError: anything else (`what` names the argument: `save's path`)."""
+    if isinstance(path, (str, bytes, os.PathLike)):
+        name = os.fspath(path)
+        return os.fsdecode(name) if isinstance(name, bytes) else name
+    raise UsageError(f"{what} is a file path (a str, bytes or os.PathLike), not {type(path).__name__}")
 
 
 def same_file(path: str, other: str) -> bool:

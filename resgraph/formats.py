@@ -104,17 +104,6 @@ def find_format(path: str, kind: Kind) -> OutputFormat:
     return fmt
 
 
-def path_name(path: Any, what: str) -> str:
-    """`path` as text: a str, an `os.PathLike` or bytes (decoded as the file system does).
-
-    Raises:
-        UsageError: anything else (`what` names the argument: `save's path`)."""
-    if isinstance(path, (str, bytes, os.PathLike)):
-        name = os.fspath(path)
-        return os.fsdecode(name) if isinstance(name, bytes) else name
-    raise UsageError(f"{what} is a file path (a str or os.PathLike), not {type(path).__name__}")
-
-
 def save(model: Any, path: str | os.PathLike[str], **options: Any) -> None:
     """Write a compiled model (or torch.compile's or DistributedDataParallel's wrapper of one: see
     `model.built_model`) to `path` in the format its suffix names (.pt, .pth, .py, .onnx), atomically.
@@ -127,6 +116,7 @@ def save(model: Any, path: str | os.PathLike[str], **options: Any) -> None:
             block library it imports), or a module resgraph did not build.
         ResgraphError: the exporter failed.
     """
+    from .files import path_name
     from .model import built_model
 
     name = path_name(path, "save's path")
@@ -230,6 +220,8 @@ def write_diagram(dot: Any, path: str | os.PathLike[str], *, replace: bool = Tru
     if not isinstance(dot, graphviz.Digraph):  # (a model, a graph or a spec: each is drawn by `render` first)
         raise UsageError(f"write_diagram takes a diagram, not a {type(dot).__name__}; draw it first: "
                          "resgraph.write_diagram(resgraph.render(model_or_spec), path)")
+    from .files import path_name
+
     name = path_name(path, "write_diagram's path")
     writer = find_format(name, "diagram").load_writer()
     drawn_from = getattr(dot, "spec_files", ())  # (none for a Digraph resgraph did not draw)

@@ -36,7 +36,7 @@ from .sizes import DEFAULT_RANGE, smallest_without_ones, solve_sizes
 from .spec import Spec
 
 __all__ = ["WRAPPER_ATTRIBUTES", "CompiledModule", "Device", "built_model", "compile_model", "export_program",
-           "materialize", "meta_module", "name_outputs", "part_sizes", "rebuild"]
+           "materialize", "meta_module", "name_outputs", "part_sizes", "rebuild", "replaced_modules", "require_limit"]
 
 
 class CompiledModule(GeneratedModule):

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .errors import ResgraphError, UsageError
-from .files import atomic_write_staged
+from .files import atomic_write_staged, path_name
 from .formats import check_writable, refuse_model_sources
 from .ownership import output_names
 
@@ -76,7 +76,8 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | 
     Args:
         opset: the ONNX opset version (default: the exporter's).
     Raises:
-        UsageError: the onnx / onnxscript packages are missing, the model was built on the meta device or is sharded,
+        UsageError: `path` is no path, the onnx / onnxscript packages are missing, the model was built on the meta
+            device or is sharded,
             `opset` is newer than the installed onnx package knows, or `path` cannot be written (a missing
             folder, a directory there, the spec the model was built from: said before the export, which may
             take minutes).
@@ -94,6 +95,7 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | 
     from .lower import require_weights
     from .model import built_model
 
+    path = path_name(path, "to_onnx's path")
     module = built_model(module, "to_onnx")  # (torch.compile's or DistributedDataParallel's wrapper: its model)
     require_weights(module, "export")  # torch's exporter fails deep inside, in colour, and logs at ERROR
     require_unsharded(module, "an ONNX file")  # (it failed on the DTensors, naming a FakeTensor)

@@ -443,6 +443,12 @@ class _Resolver:
         return {item.name for item in self.scope.layers if item.body is None} | \
             {item.name for item in self.scope.skips if item.skip is None} | self.reserved
 
+    def fail_unknown_end(self, item: SkipItem, name: str, key: str, ref: str, written: str) -> None:
+        """`skip NAME: from: unknown node 'ref'` (or `to:`), said at that key; `written`: as the spec wrote
+        it, where it names a value of `ref` (`parts.gate`)."""
+        self.fail_unknown(item.origin.child(key), f"skip {name}: {key}: ", ref, self.order,
+                          f" (in {written!r})" if written != ref else "", written=written)
+
     def check_skips(self) -> dict[str, list[SkipItem]]:
         into: dict[str, list[SkipItem]] = {}
         invalid = self.invalid
@@ -465,8 +471,7 @@ class _Resolver:
                 # (the other end's unknown name is a mistake of its own, said as where both ends are valid)
                 for key, ref, written in (("from", source, skip.source), ("to", _base(skip.to), skip.to)):
                     if ref not in invalid and ref not in self.kinds:
-                        self.fail_unknown(item.origin.child(key), f"skip {name}: {key}: ", ref, self.order,
-                                          f" (in {written!r})" if written != ref else "", written=written)
+                        self.fail_unknown_end(item, name, key, ref, written)
                 continue
             if skip.to != _base(skip.to):
                 self.fail_dotted_target(item, name, skip.to)
@@ -474,9 +479,7 @@ class _Resolver:
             ok = True
             for key, ref in (("from", source), ("to", skip.to)):
                 if ref not in self.kinds:
-                    written = skip.source if key == "from" else ref
-                    self.fail_unknown(item.origin.child(key), f"skip {name}: {key}: ", ref, self.order,
-                                      f" (in {written!r})" if written != ref else "", written=written)
+                    self.fail_unknown_end(item, name, key, ref, skip.source if key == "from" else ref)
                     ok = False
                 elif self.kinds[ref] == "skip":
                     self.fail(item.origin.child(key), f"skip {name}: {key}: {ref!r} is a skip edge, not a node",

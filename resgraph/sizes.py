@@ -325,8 +325,7 @@ def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAUL
                 lone[symbol] = rule, values
             else:
                 if group not in along:
-                    along[group] = solve(set(group), {name: (links[name].scale, links[name].offset) for name in group
-                                                       if (links[name].scale, links[name].offset) != (1, 0)})
+                    along[group] = solve(set(group), _link_maps(links, group))
                 rule, values, found = _at_link(link, *along[group], low, high)
             equal = groups.get(symbol, frozenset((symbol,)))
             related = tuple(link.relative_to(links[other], other) for other in sorted(group - equal)) if link else ()
@@ -563,8 +562,7 @@ def smallest_without_ones(graph: Graph, symbol: str, start: int, high: int = DEF
     links = linked_sizes(guards)
     link = links.get(symbol, SizeLink(frozenset((symbol,)), 1, 0))
     group, scale, offset = link.group, link.scale, link.offset
-    maps = {name: (links[name].scale, links[name].offset) for name in group
-            if name in links and (links[name].scale, links[name].offset) != (1, 0)}
+    maps = _link_maps(links, group)
     need = [requirement("ge", SymInt(expr, 0), 2) for expr in graph.meta.get("size_exprs", [])]
     need = [guard for guard, read in zip(need, _guard_symbols(need), strict=True) if read & group]
     # the group's parameter k (this symbol's size is scale * k + offset), from the first k reaching `start`
@@ -580,6 +578,13 @@ def smallest_without_ones(graph: Graph, symbol: str, start: int, high: int = DEF
         if valid.any():
             return scale * (low + int(valid.argmax())) + offset
     return None
+
+
+def _link_maps(links: dict[str, SizeLink], group: frozenset[str]) -> dict[str, tuple[int, int]]:
+    """(scale, offset) of each member of a group of `linked_sizes` that is not the group's parameter k
+    itself: what `valid_sizes_mask` takes as `maps`."""
+    return {name: (links[name].scale, links[name].offset) for name in group
+            if name in links and (links[name].scale, links[name].offset) != (1, 0)}
 
 
 def joint_guards(guards: list[Guard], symbols: dict[str, tuple[str, int, int]] | None = None,

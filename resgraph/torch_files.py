@@ -21,6 +21,10 @@ __all__ = ["hollow_tensor", "read_torch_file", "weights_only_refusal"]
 _REFUSED = "Weights only load failed"
 
 
+# How a file torch.save wrote begins: a zip archive (its default since 1.6), or a pickle (the legacy format).
+_ZIP_MAGIC, _PICKLE_PROTOCOL = b"PK\x03\x04", b"\x80"
+
+
 def read_torch_file(name: str, *, expected: str, unreadable: str) -> Any:
     """`torch.load(name, weights_only=True)` onto the CPU, of a regular file only (see `open_regular`).
 
@@ -55,7 +59,7 @@ def read_torch_file(name: str, *, expected: str, unreadable: str) -> Any:
             reason = "torch's weights-only reader refused it" + (f": {refusal}" if refusal else "")
         elif not head:
             reason = "the file is empty"
-        elif head != b"PK\x03\x04" and not head.startswith(b"\x80"):  # (torch said: list index out of range)
+        elif head != _ZIP_MAGIC and not head.startswith(_PICKLE_PROTOCOL):  # (torch: list index out of range)
             reason = "it is neither a zip archive nor a pickle, which torch.save writes"
         else:
             reason = text.splitlines()[0] if text else type(exc).__name__

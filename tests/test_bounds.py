@@ -308,13 +308,15 @@ def test_a_parameter_limit_of_zero_refuses_any_weight_and_none_none() -> None:
     assert sum(p.numel() for p in resgraph.build(spec, max_params=None).parameters()) == 20
 
 
-@pytest.mark.parametrize("call", ["save", "load", "write_diagram"])
+@pytest.mark.parametrize("call", ["save", "load", "write_diagram", "to_onnx"])
 @pytest.mark.parametrize("path", [123, None, ["model.pt"]], ids=["int", "None", "list"])
-def test_a_path_that_is_no_path_is_a_usage_error(call: str, path: object, tmp_path: pathlib.Path) -> None:
+def test_a_path_that_is_no_path_is_a_usage_error(call: str, path: object) -> None:
     model = resgraph.build(HEAD + "  - fc: {op: Linear, out_features: 4}\n", seed=0)
     run = {"save": lambda: resgraph.save(model, path), "load": lambda: resgraph.load(path),
-           "write_diagram": lambda: resgraph.write_diagram(resgraph.render(model), path)}[call]
-    with pytest.raises(resgraph.UsageError, match=rf"^{call}'s path is a file path \(a str or os.PathLike\), not "):
+           "write_diagram": lambda: resgraph.write_diagram(resgraph.render(model), path),
+           "to_onnx": lambda: resgraph.to_onnx(model, path)}[call]
+    said = rf"^{call}'s path is a file path \(a str, bytes or os.PathLike\), not {type(path).__name__}$"
+    with pytest.raises(resgraph.UsageError, match=said):
         run()
 
 

@@ -630,8 +630,8 @@ class Layer(StrictModel):
                 raise DtypeError(index, t.dtype, accepted)
 
     def export_static_sizes(self, inputs: list[TensorType]) -> list[Any]:
-        """The input sizes torch.export specialises (see `export_static`): every one, where it does."""
-        return [size for t in inputs for size in t.shape] if self.export_static else []
+        """The input sizes torch.export specialises, for a layer that is `export_static`: every one."""
+        return [size for t in inputs for size in t.shape]
 
     def storage(self, inputs: list[TensorType]) -> Storage:
         """How the output shares memory with the inputs (see `Storage`), for the in-place check.

@@ -92,8 +92,9 @@ class MaxPoolBase(_PoolBase):
         return self.dilation
 
     def export_static_sizes(self, inputs: list[TensorType]) -> list[Any]:
-        # (MaxPool1d: ATen's max_pool1d reads the pooled length as a plain int; its channels stay dynamic)
-        return [inputs[0].shape[-1]] if self.export_static else []
+        # (MaxPool1d, the one that is `export_static`: ATen's max_pool1d reads the pooled length as a plain
+        # int; the channels stay dynamic)
+        return [inputs[0].shape[-1]]
 
 
 class AvgPoolBase(_PoolBase):
