@@ -4,7 +4,6 @@ and the block libraries (one published document: a library is checked as one, an
 from __future__ import annotations
 
 import json
-import pathlib
 
 import jsonschema
 import pytest
@@ -125,14 +124,3 @@ def test_what_validation_refused_is_marked_on_the_spec_and_nothing_where_it_refu
     assert clean.invalid_entries == frozenset() and not clean.invalid_input("y")
     assert clean == Spec.model_validate(clean.model_dump(by_alias=True, exclude_unset=True))  # (private parts equal)
 
-
-def test_the_shipped_block_libraries_name_the_schema_the_package_ships() -> None:
-    """Their modeline resolves inside the package, installed or not (`../../schemas` left it in a wheel)."""
-    package = pathlib.Path(resgraph.__file__).parent
-    libraries = sorted((package / "blocks").glob("*.yaml"))
-    assert libraries
-    for library in libraries:
-        first = library.read_text().splitlines()[0]
-        assert first.startswith("# yaml-language-server: $schema="), library.name
-        target = (library.parent / first.split("$schema=", 1)[1]).resolve()
-        assert target == (package / "schemas" / "resgraph.schema.json").resolve(), library.name

@@ -306,3 +306,25 @@ def test_the_built_layers_of_every_example_are_never_taken_for_replaced_ones() -
     for example in BUILDING_EXAMPLES:
         model = resgraph.build(EXAMPLES / example, params=small_params(example), device="meta")
         assert "put in place after the build" not in resgraph.summary(model).table(), example
+
+
+class _Scaled(torch.nn.Module):
+    """A registered layer whose class name is not its op's name (as a spec names it)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(in_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * 0.5
+
+
+def test_a_registered_layer_named_otherwise_than_its_class_is_not_taken_for_a_replaced_one() -> None:
+    from resgraph.ops.generic import CUSTOM_OPS
+
+    if "SummaryScaled" not in CUSTOM_OPS:
+        resgraph.register_op("SummaryScaled", _Scaled)
+    spec = "resgraph: 1\nname: R\ninputs: {x: [8]}\nlayers:\n  - s: {op: SummaryScaled, out_features: 4}\n"
+    for model in (resgraph.build(spec, seed=0), resgraph.build(spec, device="meta")):
+        (row,) = [r for r in resgraph.summary(model).rows if r.name == "s"]
+        assert row.op.startswith("SummaryScaled(") and row.shape == [4] and row.params == 36
