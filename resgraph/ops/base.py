@@ -325,7 +325,9 @@ class OwnGrid(tuple):  # type: ignore[type-arg]
     """The grid scale of a map whose grid starts at a layer, not at an input: a sequence reshaped or
     transposed into a map. Its steps count from there (`origin`), so a skip between two maps made from
     it is planned with the strides between them; grids of different origins are not compared (their
-    step is unknown, as after an adaptive pool)."""
+    step is unknown, as after an adaptive pool). Equality is the steps' alone, as a tuple's: origins are
+    numbered per process, and a typing and its memoised copy are the same facts; what compares two grids
+    asks `grid_origin` first."""
 
     origin: int
 
@@ -336,15 +338,6 @@ class OwnGrid(tuple):  # type: ignore[type-arg]
 
     def __reduce__(self) -> tuple[Any, ...]:
         return OwnGrid, (tuple(self), self.origin)
-
-    def __eq__(self, other: object) -> bool:  # (steps from two origins are not the same grid)
-        return isinstance(other, tuple) and tuple.__eq__(self, other) is True and grid_origin(other) == self.origin
-
-    def __ne__(self, other: object) -> bool:
-        return not self == other
-
-    def __hash__(self) -> int:
-        return hash((tuple(self), self.origin))
 
     @classmethod
     def fresh(cls, dims: int) -> OwnGrid:

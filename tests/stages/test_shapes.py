@@ -240,7 +240,7 @@ def test_code_ops_and_learned_tensors_have_arguments_and_counts_too() -> None:
     assert cat["type"].shape == (4, 7) and cat["params"] == 0 and cat["storage"] == Storage()
     # (a sequence made a map: its grid starts here, at unit steps, counted from its own origin)
     grid = swap["type"].scale
-    assert grid_origin(grid) != 0 and list(grid) == [Fraction(1)] and grid != (Fraction(1),)
+    assert grid_origin(grid) != 0 and list(grid) == [Fraction(1)]
     assert swap == {"type": TensorType((7, 4), "float32", "channels_first", grid),
                     "args": {"dim0": 1, "dim1": 2}, "params": 0, "storage": Storage(aliases=0)}  # a view of cat
     assert total_parameters(graph) == 4
