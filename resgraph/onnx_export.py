@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import re
 import warnings
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from typing import Any
 from .errors import ResgraphError, UsageError
 from .files import atomic_write_staged, path_name
 from .formats import check_writable, refuse_model_sources
-from .ownership import output_names
+from .ownership import output_names, unique_name
 
 __all__ = ["EXTERNAL_DATA_BYTES", "to_onnx"]
 
@@ -139,7 +138,7 @@ def to_onnx(module: Any, path: str, *, dynamic_batch: bool = True, opset: int | 
         _name_dims(staged, graph)
         onnx.checker.check_model(staged)
 
-    atomic_write_staged(os.fspath(path), write)
+    atomic_write_staged(path, write)
 
 
 def _keep_spec_names(graph: Any) -> None:
@@ -157,10 +156,7 @@ def _keep_spec_names(graph: Any) -> None:
     taken = reserved | {value.name for value in values} | set(graph.initializers)
     for value in values:
         if value.name in reserved and id(value) not in ends:
-            number = 1
-            while f"{value.name}_{number}" in taken:
-                number += 1
-            value.name = f"{value.name}_{number}"
+            value.name = unique_name(value.name, taken)
             taken.add(value.name)
 
 

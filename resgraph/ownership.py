@@ -35,7 +35,7 @@ from typing import Any
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
 
 __all__ = ["Owns", "Tie", "graph_parameters", "output_names", "owned_parameters", "owned_tensors", "owns",
-           "tied_parameters"]
+           "tied_parameters", "unique_name"]
 
 
 class Owns(str, Enum):
@@ -134,10 +134,15 @@ def output_names(graph: Graph) -> list[str]:
     taken = set(graph.inputs) | {name for name, node in graph.nodes.items()  # only a layer stores a tensor
                                  if isinstance(node, LayerNode) and owns(node) in (Owns.parameter, Owns.buffer)}
     for node in graph.outputs:
-        name = base = graph.nodes[node].var
-        index = 1
-        while name in taken:
-            name, index = f"{base}_{index}", index + 1
+        name = unique_name(graph.nodes[node].var, taken)
         taken.add(name)
         names.append(name)
     return names
+
+
+def unique_name(base: str, taken: set[str]) -> str:
+    """`base`, or `base_1`, `base_2`, ... : the first not in `taken` (ONNX values are named once)."""
+    name, index = base, 1
+    while name in taken:
+        name, index = f"{base}_{index}", index + 1
+    return name

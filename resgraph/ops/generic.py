@@ -379,15 +379,15 @@ def _check_value(key: str, value: Any, depth: int = 0) -> None:
                              "strings, booleans, null, or lists of them", key)
 
 
-# The plain types a constructor's annotation may name, and the values each refuses: torch builds
-# `bias="false"` with a bias (the string is true) and `out_features=True` with one feature.
-_PLAIN_ANNOTATIONS = {bool: "bool", int: "int", float: "float"}
-
-
 def _check_type(name: str, key: str, value: Any, parameter: inspect.Parameter) -> None:
-    """A value of another kind than the signature's plain `bool`, `int` or `float` annotation says."""
+    """Refuse a value of another kind than the signature's plain `bool`, `int` or `float` annotation says
+    (a type, or its name where the class was written with `from __future__ import annotations`): torch
+    builds `bias="false"` with a bias (the string is true) and `out_features=True` with one feature.
+
+    Raises:
+        GenericOpError: at `key`, naming the kind wanted and the value given."""
     annotation = parameter.annotation
-    wanted = _PLAIN_ANNOTATIONS.get(annotation) if isinstance(annotation, type) else annotation
+    wanted = annotation.__name__ if isinstance(annotation, type) else annotation
     if wanted == "bool" and not isinstance(value, bool):
         word = value.strip().lower() if isinstance(value, str) else None
         hint = f" (write {word} without quotes)" if word in ("true", "false") else ""
