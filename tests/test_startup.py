@@ -6,6 +6,7 @@ measures those). `resgraph validate` imports neither torch nor the op modules it
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import os
 import subprocess
@@ -128,3 +129,23 @@ def test_validating_a_spec_builds_its_sections_before_it() -> None:
     nothing, built, sections = (line.split() for line in result.stdout.splitlines())
     assert nothing == ["[]"]  # no validator is built at import
     assert built[:len(sections) + 1] == [*sections, "Spec"]  # each built once, before the spec that nests them
+
+
+def test_the_process_entry_runs_main_without_collector_passes_and_freezes_what_it_made() -> None:
+    # What the process keeps until it exits is frozen, so the collection at interpreter shutdown skips
+    # it; `main` itself (called by tests, in a process that lives on) leaves the collector alone.
+    probe = ("import atexit, gc, sys\nfrom resgraph import cli\n"
+             "atexit.register(lambda: print('AT EXIT', gc.isenabled(), gc.get_freeze_count() > 10_000))\n"
+             "sys.argv = ['resgraph', *sys.argv[1:]]\ncli.entry()\n")
+    for args, status, said in ((["validate", "examples/tutorial.yaml"], 0, "examples/tutorial.yaml: ok"),
+                               (["validate", "nowhere.yaml"], 2, "")):
+        result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=ROOT)
+        assert result.returncode == status, result.stderr
+        assert result.stdout.startswith(said) and result.stdout.endswith("AT EXIT False True\n")
+    assert cli.main(["validate", str(ROOT / "examples" / "tutorial.yaml")]) == 0
+    assert gc.isenabled()
+
+
+def test_the_installed_script_and_python_m_call_the_process_entry() -> None:
+    assert 'resgraph = "resgraph.cli:entry"' in (ROOT / "pyproject.toml").read_text()
+    assert "entry()" in (ROOT / "resgraph" / "__main__.py").read_text()
