@@ -21,6 +21,10 @@ and after. The fixes depend on the cause (`ProjectionError.kind`):
   on an integer step from the target, or scale changes that compose to one.
 
 A crop is never proposed where the maps are on different grids (it would misalign them).
+
+A broadcast the layout rule refuses ("layout", a gating skip's, and a merge or arithmetic layer's
+`LayoutError`) between a stored tensor whose layout was read from its rank and another value is
+answered with the `layout` key that declares the stored tensor's dims as the other's (`stored_layout_hint`).
 """
 
 from __future__ import annotations
@@ -31,12 +35,14 @@ from typing import Any
 
 from .fitting import Offer, fitting_sizes
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode, is_block_value
+from .ops.base import TensorType
 from .ops.conv import conv_output_size
+from .ops.merge import broadcast_shape
 from .ops.pool import pool_output_size
 from .projections import ProjectionError
 from .symbolic import Guard, hint, requirement
 
-__all__ = ["SizeChange", "changed_layers", "skip_hint"]
+__all__ = ["SizeChange", "changed_layers", "skip_hint", "stored_layout_hint"]
 
 _GEOMETRY = (("kernel_size", "kernel"), ("stride", "stride"), ("padding", "padding"), ("dilation", "dilation"),
              ("scale_factor", "scale"), ("size", "size"), ("output_padding", "output_padding"),
@@ -127,6 +133,9 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
         return _missed(_join(listed, fits + (exc.hint or "")), sizes)
     if exc.kind == "rank":
         return _rank_hint(graph, node) or exc.hint
+    if exc.kind == "layout":
+        target, source = (graph.nodes[name].meta["type"] for name in node.inputs)
+        return stored_layout_hint(graph, (skip.source, source), (skip.to, target)) or exc.hint
     if exc.kind == "finer":
         return _join(listed, "take the skip from a layer at the target's scale, or upsample the source first")
     if exc.kind == "ratio":
@@ -373,3 +382,34 @@ def _single(value: Any) -> Any:
     if isinstance(value, (list, tuple)) and len(set(value)) == 1:
         return value[0]
     return value
+
+
+def stored_layout_hint(graph: Graph, gate: tuple[str, TensorType], target: tuple[str, TensorType]) -> str | None:
+    """How to fix a broadcast the layout rule refused between the values named `gate` and `target`
+    (with their types) where one of them is a stored tensor with no `layout` key: its layout was read
+    from its rank, not from what its dims are. Where the two broadcast, its `layout` declared as the
+    other's pairs their dims as torch does; where it holds one size, that of the other's channels or
+    features, the shape that puts it there is offered. None where neither is such a tensor, or
+    neither fix would do.
+    """
+    for (name, mine), (other_name, other) in ((gate, target), (target, gate)):
+        node = graph.nodes.get(name)
+        if type(node) is not LayerNode or not node.layer.declares_layout \
+                or node.layer.field_value("declared_layout") is not None:
+            continue
+        fixes = []
+        if broadcast_shape(mine.shape, other.shape) is not None:
+            example = " (a per-head scale of attention scores)" if other.layout == "features_last" else ""
+            fixes.append(f"if its dims pair with those of {other_name!r} {other} as torch broadcasts them{example}, "
+                         f"write `layout: {other.layout}` on it")
+        sizes = [size for size in mine.shape if hint(size) != 1]
+        axis = 0 if other.layout == "channels_first" else other.rank - 1
+        if len(sizes) == 1 and hint(sizes[0]) == hint(other.shape[axis]):
+            shape = [1] * node.layer.batch + [hint(sizes[0]) if i == axis else 1 for i in range(mine.rank)]
+            meant = "channel" if other.layout == "channels_first" else "feature"
+            fixes.append(f"if its {hint(sizes[0])} values are one per {meant} of {other_name!r}, write `shape: "
+                         f"{shape}`")
+        if fixes:
+            return (f"{name!r} is a stored tensor, whose layout is read from its rank ({mine.rank} dims: "
+                    f"{mine.layout.replace('_', '-')}): " + "; ".join(fixes))
+    return None

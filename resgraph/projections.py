@@ -226,7 +226,8 @@ class ProjectionError(ShapeError):
     different sizes: unpadded convolutions or pools shrank one side), "stride" (the grids differ
     by an integer step, but the sizes do not match that step: an odd size met a stride that
     floors), "ratio" (the grids differ by a non-integer ratio), "scales" (a concat or gate across
-    scales, which `auto` does not reconcile silently), or None.
+    scales, which `auto` does not reconcile silently), "layout" (a gate whose layout is not the
+    target's: `merge.check_gate_layouts`), or None.
     """
 
     def __init__(self, message: str, hint: str | None = None, *, kind: str | None = None,
@@ -644,7 +645,7 @@ def plan_projection(policy: Projection, merge: Merge, source: TensorType, target
             check_gate_layouts(source, target)
         except ShapeError as exc:
             raise ProjectionError(str(exc), "permute the gate to the target's layout first (e.g. `op: permute`), "
-                                            "or produce it with a 1x1 conv and a pool") from None
+                                            "or produce it with a 1x1 conv and a pool", kind="layout") from None
     want = wanted_shape(merge, source, target, dim)
     if want is None:
         return ProjectionPlan(policy, (), "shapes match", source)

@@ -29,7 +29,7 @@ from .evaluate import freeze
 from .expand import MAX_BLOCK_DEPTH, BlockRecipe, Reader, blind_scopes, first_reports, instantiate
 from .fitting import refused
 from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode, is_block_value
-from .hints import skip_hint
+from .hints import skip_hint, stored_layout_hint
 from .loader import Origin, SourceMap
 from .ops import OPS, ShapeError, TensorType, merge_type
 from .ops.base import (
@@ -38,6 +38,7 @@ from .ops.base import (
     WEIGHTED_DTYPES,
     DtypeError,
     FeatureMapLayer,
+    LayoutError,
     Storage,
     dtype_hint,
 )
@@ -628,7 +629,13 @@ def _infer_layer(graph: Graph, node: LayerNode, inputs: list[TensorType]) -> Non
         source = graph.nodes[node.inputs[exc.index]]
         exc.args = (f"{exc}: {source.var!r} is {exc.dtype}{_dtype_origin(graph, source)}",)
         raise
-    out = layer.output_type(inputs)
+    try:
+        out = layer.output_type(inputs)
+    except LayoutError as exc:  # name the operands: a stored tensor among them may declare its layout
+        names = node.inputs
+        exc.hint = stored_layout_hint(graph, (names[exc.gate], inputs[exc.gate]),
+                                      (names[exc.target], inputs[exc.target]))
+        raise
     if layer.export_static:
         static = _EXPORT_STATIC.get()
         if static is not None:

@@ -206,6 +206,69 @@ def test_sdpa_mistakes_are_explained(change: tuple[str, str], message: str) -> N
     assert message in str(caught.value)
 
 
+SWIN_V2_COSINE = """resgraph: 1
+name: CosineAttention
+params: {heads: 4}
+inputs:
+  q: {shape: ["${heads}", 12, 8], layout: features_last}
+  k: {shape: ["${heads}", 12, 8], layout: features_last}
+  v: {shape: ["${heads}", 12, 8], layout: features_last}
+layers:
+  - q_sq: {op: pow, exponent: 2, input: q}
+  - q_ms: {op: mean, dim: -1, keepdim: true}
+  - q_norm: {op: mul, scalar: 8}
+  - q_len: {op: sqrt}
+  - qn: {op: div, input: [q, q_len]}
+  - k_sq: {op: pow, exponent: 2, input: k}
+  - k_ms: {op: mean, dim: -1, keepdim: true}
+  - k_norm: {op: mul, scalar: 8}
+  - k_len: {op: sqrt}
+  - kn: {op: div, input: [k, k_len]}
+  - knt: {op: transpose, dim0: 2, dim1: 3}
+  - logits: {op: matmul, input: [qn, knt]}
+  - logit_scale: {op: parameter, shape: ["${heads}", 1, 1], init: 2.302585092994046, layout: features_last}
+  - clamped: {op: clamp, max: 4.605170185988092}
+  - scale: {op: exp}
+  - scaled: {op: mul, input: [logits, scale]}
+  - probs: {op: Softmax, dim: -1}
+  - out: {op: matmul, input: [probs, v]}
+  - attn: {op: scaled_dot_product_attention, input: [q, k, v]}
+  - head_gate: {op: parameter, shape: [1, "${heads}", 1, 1], batch: true, init: normal, std: 1.0,
+                layout: features_last}
+  - gated: {op: mul, input: [attn, head_gate]}
+outputs: [out, gated]
+"""
+
+
+@pytest.mark.parametrize("heads", [1, 4, 6])
+def test_a_per_head_learned_scale_multiplies_attention_scores_as_in_swin_v2(heads: int) -> None:
+    """Swin V2's cosine attention: the (B, H, N, N) logits times exp(clamp(logit_scale)), a learned
+    (H, 1, 1) tensor declared with the scores' layout; and a (1, H, 1, 1) gate on an sdpa output."""
+    model = resgraph.build(SWIN_V2_COSINE, params={"heads": heads}, seed=0)
+    assert model.logit_scale.shape == (heads, 1, 1) and model.head_gate.shape == (1, heads, 1, 1)
+    q, k, v = (torch.randn(3, heads, 12, 8) for _ in range(3))
+    logit_scale = torch.clamp(model.logit_scale, max=math.log(1.0 / 0.01)).exp()  # timm's SwinV2 WindowAttention
+    attn = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)) * logit_scale
+    out, gated = model(q, k, v)
+    torch.testing.assert_close(out, attn.softmax(-1) @ v)
+    torch.testing.assert_close(gated, F.scaled_dot_product_attention(q, k, v) * model.head_gate)
+    assert torch.allclose(logit_scale, torch.full((heads, 1, 1), 10.0))
+    out.sum().backward()
+    assert model.logit_scale.grad is not None and model.logit_scale.grad.shape == (heads, 1, 1)
+
+
+def test_a_per_head_scale_of_an_sdpa_output_without_a_layout_says_which_key_to_write() -> None:
+    spec = SWIN_V2_COSINE.replace("                layout: features_last}", "                }")
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(spec)
+    (problem,) = caught.value.diagnostics
+    assert problem.location.line == 30  # (the `gated` layer)
+    assert "layer 'gated' (mul): the gate (4, 1, 1) is channels-first but the target (4, 12, 8) is features-last" \
+        in problem.message
+    assert problem.hint is not None and problem.hint.startswith("'head_gate' is a stored tensor") \
+        and problem.hint.endswith("write `layout: features_last` on it")
+
+
 def test_rotary_position_embedding_from_parts_equals_a_hand_written_one() -> None:
     """RoPE (the rotate-half form): angles = positions x inverse frequencies, then
     (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos), with arange, constant, matmul, sin, cos."""

@@ -234,6 +234,110 @@ layers:
     assert list(model.state_dict()) == ["gamma", "weights"]
 
 
+def _features_last_scores(heads: int, length: int, keys: int) -> str:
+    """Inputs q (H, L, E) and k (H, S, E), features-last as an attention's are, and their scores (H, L, S)."""
+    return HEAD + (f"inputs:\n  q: {{shape: [{heads}, {length}, 8], layout: features_last}}\n"
+                   f"  k: {{shape: [{heads}, {keys}, 8], layout: features_last}}\nlayers:\n"
+                   "  - kt: {op: transpose, dim0: 2, dim1: 3, input: k}\n"
+                   "  - scores: {op: matmul, input: [q, kt]}\n")
+
+
+@pytest.mark.parametrize(("heads", "length", "keys"), [(4, 16, 16), (2, 7, 5), (3, 1, 9)])
+@pytest.mark.parametrize(("stored", "stored_shape"), [
+    ("{op: parameter, shape: [HEADS, 1, 1], init: normal, std: 1.0, layout: features_last}", "H11"),
+    ("{op: parameter, shape: [1, HEADS, 1, 1], init: normal, std: 1.0, batch: true, layout: features_last}", "1H11"),
+    ("{op: parameter, shape: [1, 1, KEYS], init: normal, std: 1.0, layout: features_last}", "11S"),
+    ("{op: parameter, shape: [1, LENGTH, 1], init: normal, std: 1.0, layout: features_last}", "1L1"),
+    ("{op: full, shape: [HEADS, 1, 1], value: 0.25, layout: features_last}", "H11"),
+    ("{op: constant, value: VALUES, layout: features_last}", "H11"),
+])
+@pytest.mark.parametrize("op", ["mul", "add", "sub", "div"])
+def test_a_stored_tensor_declares_its_layout_and_broadcasts_into_attention_scores(
+        heads: int, length: int, keys: int, stored: str, stored_shape: str, op: str) -> None:
+    """A per-head (H, 1, 1) scale of features-last (H, L, S) scores (Swin V2's logit_scale), a per-key or
+    per-query one: a parameter or a buffer with `layout: features_last` broadcasts as torch does."""
+    values = [[[1.5 * h - 1.0]] for h in range(heads)]  # (H, 1, 1): one per head
+    stored = stored.replace("HEADS", str(heads)).replace("LENGTH", str(length)).replace("KEYS", str(keys)) \
+        .replace("VALUES", str(values))
+    spec = _features_last_scores(heads, length, keys) + f"  - scale: {stored}\n" \
+                                                        f"  - out: {{op: {op}, input: [scores, scale]}}\n"
+    model = resgraph.build(spec, seed=0)
+    q, k = torch.randn(3, heads, length, 8), torch.randn(3, heads, keys, 8)
+    scale = model.scale.reshape({"H11": (heads, 1, 1), "1H11": (heads, 1, 1), "11S": (1, 1, keys),
+                                 "1L1": (1, length, 1)}[stored_shape])
+    function = {"mul": torch.mul, "add": torch.add, "sub": torch.sub, "div": torch.div}[op]
+    expected = function(q @ k.transpose(2, 3), scale)
+    torch.testing.assert_close(model(q, k), expected)
+    graph = resgraph.check(spec)
+    assert graph.nodes["scale"].meta["type"].layout == "features_last"
+    assert graph.nodes["out"].meta["type"].shape == (heads, length, keys)
+    assert "layout=features_last" in str(resgraph.summary(model))  # shown as written
+
+
+def test_a_stored_tensor_without_a_layout_is_refused_with_the_key_that_declares_it() -> None:
+    """Its layout is read from its rank (3 dims: channels-first), which is not the scores': the error
+    names both layouts, at the layer, and the hint the `layout` key on the stored tensor."""
+    spec = _features_last_scores(4, 16, 16) + ("  - logit_scale: {op: parameter, shape: [4, 1, 1]}\n"
+                                               "  - scaled: {op: mul, input: [scores, logit_scale]}\n")
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(spec)
+    (problem,) = caught.value.diagnostics
+    assert (problem.location.line, problem.location.column) == (10, 5)
+    assert problem.message == ("layer 'scaled' (mul): the gate (4, 1, 1) is channels-first but the target (4, 16, 16) "
+                               "is features-last: broadcasting would pair its channels with the target's first dim")
+    assert problem.hint == ("'logit_scale' is a stored tensor, whose layout is read from its rank (3 dims: "
+                            "channels-first): if its dims pair with those of 'scores' (4, 16, 16) as torch broadcasts "
+                            "them (a per-head scale of attention scores), write `layout: features_last` on it")
+    # the stored tensor first (the target) is told the same; so is a skip that gates with it
+    swapped = spec.replace("input: [scores, logit_scale]", "input: [logit_scale, scores]")
+    with pytest.raises(resgraph.SpecError, match=r"(?s)'logit_scale' is a stored tensor.*`layout: features_last`"):
+        resgraph.check(swapped)
+    skip = _features_last_scores(4, 16, 16).replace("  - kt:", "  - logit_scale: {op: parameter, shape: [4, 1, 1]}\n"
+                                                               "  - kt:") \
+        + "skips:\n  - scaled: {from: logit_scale, to: scores, merge: mul}\n"
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(skip)
+    (problem,) = caught.value.diagnostics
+    assert "skip 'scaled': cannot mul 'logit_scale' (4, 1, 1) into 'scores' (4, 16, 16)" in problem.message
+    assert problem.hint is not None and "write `layout: features_last` on it" in problem.hint
+    fixed = skip.replace("shape: [4, 1, 1]}", "shape: [4, 1, 1], layout: features_last}")
+    model = resgraph.build(fixed, seed=0)
+    q, k = torch.randn(2, 4, 16, 8), torch.randn(2, 4, 16, 8)
+    torch.testing.assert_close(model(q, k), q @ k.transpose(2, 3) * model.logit_scale)
+
+
+def test_a_declared_layout_is_still_held_to_the_layout_rule() -> None:
+    """A features-last (1, 1, C) tensor into a channels-first (C, H, W) map would scale its width: refused,
+    declared or not, naming the declared layout; without a layout key, the hint offers the shape that puts
+    its C values on the channels, and no layout key where that would pair them with the width."""
+    spec = HEAD + ("inputs:\n  x: [6, 6, 6]\nlayers:\n"
+                   "  - gamma: {op: parameter, shape: [1, 1, 6], layout: features_last}\n"
+                   "  - out: {op: mul, input: [x, gamma]}\n")
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(spec)
+    (problem,) = caught.value.diagnostics
+    assert problem.location.line == 7 and problem.hint is None  # (declared: the spec says what it meant)
+    assert "the gate (1, 1, 6) is features-last but the target (6, 6, 6) is channels-first" in problem.message
+    channels_last = HEAD + ("inputs:\n  x: [8, 6, 6]\nlayers:\n  - last: {op: permute, dims: [0, 2, 3, 1]}\n"
+                            "  - gamma: {op: full, shape: [8, 1, 1], value: 0.5}\n"
+                            "  - out: {op: mul, input: [last, gamma]}\n")
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(channels_last)
+    assert caught.value.diagnostics[0].hint == ("'gamma' is a stored tensor, whose layout is read from its rank (3 "
+                                                "dims: channels-first): if its 8 values are one per feature of "
+                                                "'last', write `shape: [1, 1, 8]`")
+
+
+@pytest.mark.parametrize(("layer", "message"), [
+    ("{op: parameter, shape: [4, 1, 1], layout: rows}", "layout"),
+    ("{op: arange, stop: 4, layout: features_last}", "layout"),
+])
+def test_a_stored_layout_takes_the_two_layouts_and_only_where_a_tensor_is_declared(layer: str, message: str) -> None:
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(HEAD + f"inputs:\n  x: [3, 4]\nlayers:\n  - bad: {layer}\n")
+    assert message in str(caught.value) and caught.value.diagnostics[0].location.line == 6
+
+
 # --- weight tying --------------------------------------------------------------------------------
 
 TIED = HEAD + """inputs:

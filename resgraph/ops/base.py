@@ -68,6 +68,7 @@ __all__ = [
     "FeatureMapLayer",
     "Reference",
     "Layout",
+    "LayoutError",
     "OPS",
     "OpRegistry",
     "OwnGrid",
@@ -307,6 +308,18 @@ class DtypeError(ShapeError):
         self.hint = dtype_hint(dtype, accepted)
 
 
+class LayoutError(ShapeError):
+    """A broadcast would pair a value's channels or features with another axis of the value it meets
+    (see `merge.check_gate_layouts`). `gate` and `target` are the two operands' indices among the op's
+    inputs: the shape stage names the nodes they come from, and a stored tensor among them is told the
+    `layout` key that would declare its dims as the other's."""
+
+    def __init__(self, message: str, gate: int = 1, target: int = 0) -> None:
+        super().__init__(message)
+        self.gate, self.target = gate, target
+        self.hint: str | None = None
+
+
 def dtype_hint(dtype: str, accepted: frozenset[str]) -> str | None:
     """How to give an op (or a projection) that takes `accepted` a value it refuses as `dtype`: make
     integers floating point; declare a float of another precision float32 where float32 weights need it."""
@@ -464,6 +477,20 @@ def _argument_order(cls: type[StrictModel]) -> dict[str, int]:
     return {name: index for index, name in enumerate(names)}
 
 
+@functools.lru_cache(maxsize=1024)
+def _spec_keys(cls: type[StrictModel]) -> dict[str, str]:
+    """The argument fields a spec spells otherwise (a stored tensor's `declared_layout` is written
+    `layout`: the name is `Layer.layout`'s), each with the key written: usually none."""
+    return {name: info.alias for name, info in cls.__pydantic_fields__.items()
+            if info.alias is not None and info.alias != name and name not in RESGRAPH_KEYS}
+
+
+def _spelled(cls: type[StrictModel], args: dict[str, Any]) -> dict[str, Any]:
+    """`args` keyed as the spec writes them (see `_spec_keys`), so summaries show what was written."""
+    keys = _spec_keys(cls)
+    return {keys.get(name, name): value for name, value in args.items()} if keys else args
+
+
 class Layer(StrictModel):
     """Base of every layer kind: an op name, optional explicit inputs, and the op's arguments."""
 
@@ -479,6 +506,7 @@ class Layer(StrictModel):
     owns_parameter: ClassVar[bool] = False  # a code op with a learned tensor of its own
     inferred: ClassVar[tuple[str, ...]] = ()
     layout: ClassVar[Layout | None] = None
+    declares_layout: ClassVar[bool] = False  # takes a `layout` key, its output's layout (stored tensors)
     min_inputs: ClassVar[int] = 1
     max_inputs: ClassVar[int | None] = 1
     view: ClassVar[bool] = False  # its output shares its input's storage (see Storage.aliases)
@@ -550,9 +578,9 @@ class Layer(StrictModel):
             else:
                 break
         else:
-            return written
+            return _spelled(type(self), written)
         dumped = self.model_dump(exclude=RESGRAPH_KEYS, exclude_unset=True, by_alias=False)
-        return {k: tuple(v) if isinstance(v, list) else v for k, v in dumped.items()}
+        return _spelled(type(self), {k: tuple(v) if isinstance(v, list) else v for k, v in dumped.items()})
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Layer:
         """pydantic's copy, without what `_written_args` kept (`update` may change an argument)."""

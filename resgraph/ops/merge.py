@@ -12,7 +12,7 @@ from enum import Enum
 from typing import Any
 
 from ..symbolic import SymInt, hint, same_sizes
-from .base import ArgumentError, ShapeError, TensorType, promote, sample_dim
+from .base import ArgumentError, LayoutError, ShapeError, TensorType, promote, sample_dim
 
 __all__ = ["Merge", "broadcast_failure", "broadcast_shape", "broadcast_types", "check_gate_layouts", "concat_dim",
            "merge_code", "merge_type"]
@@ -123,8 +123,8 @@ def broadcast_types(op: str, inputs: list[TensorType]) -> TensorType:
     """
     first = inputs[0]
     shape: tuple[Any, ...] | None = first.shape
-    for other in inputs[1:]:
-        check_gate_layouts(other, first, "gate" if op == "mul" else "operand")
+    for index, other in enumerate(inputs[1:], 1):
+        check_gate_layouts(other, first, "gate" if op == "mul" else "operand", index)
         shape = broadcast_shape(shape, other.shape) if shape is not None else None
     if shape is None:
         raise broadcast_failure(op, inputs)
@@ -155,20 +155,22 @@ def broadcast_failure(op: str, types: list[TensorType]) -> ShapeError:
     return ShapeError(f"{why}; reshape {fixes})")
 
 
-def check_gate_layouts(gate: TensorType, target: TensorType, what: str = "gate") -> None:
+def check_gate_layouts(gate: TensorType, target: TensorType, what: str = "gate", index: int = 1) -> None:
     """A broadcast gate must line its channels up with the target's: a features-last (1, 1, C) gate
     broadcast into a channels-first (C, H, W) map would scale its width instead, silently when H = W = C.
-    (So must any broadcast operand, an added bias or a subtracted mean: `what` names it.)
+    (So must any broadcast operand, an added bias or a subtracted mean: `what` names it; `index` is its
+    position among the op's inputs, the target's being 0.) A stored tensor declares its layout
+    (`layout: features_last` on a per-head `(H, 1, 1)` scale of features-last attention scores).
 
     Raises:
-        ShapeError: the layouts differ and broadcasting would pair different axes.
+        LayoutError: the layouts differ and broadcasting would pair different axes.
     """
     broadcasts = gate.rank == target.rank >= 2 and any(hint(a) != hint(b) for a, b in zip(gate.shape, target.shape))
     if broadcasts and gate.layout != target.layout:
-        raise ShapeError(f"the {what} {gate} is {gate.layout.replace('_', '-')} but the target {target} is "
-                         f"{target.layout.replace('_', '-')}: broadcasting would pair its "
-                         f"{'features' if gate.layout == 'features_last' else 'channels'} with the target's "
-                         f"{'last dim' if gate.layout == 'features_last' else 'first dim'}")
+        raise LayoutError(f"the {what} {gate} is {gate.layout.replace('_', '-')} but the target {target} is "
+                          f"{target.layout.replace('_', '-')}: broadcasting would pair its "
+                          f"{'features' if gate.layout == 'features_last' else 'channels'} with the target's "
+                          f"{'last dim' if gate.layout == 'features_last' else 'first dim'}", index)
 
 
 def merge_code(kind: Merge, operands: list[str], dim: int = 1) -> str:

@@ -12,6 +12,12 @@ a tensor with a leading batch dim of 1 (ViT's `(1, 197, 768)` position embedding
 says the declared shape has it: the tensor is stored as declared and its per-sample value drops
 that dim.
 
+Its layout is read from its rank (3+ dims: channels-first, as `(C, 1, 1)`; else features-last, as
+`(1, D)`), as an input's is, unless `layout` declares it: a per-head `(H, 1, 1)` scale of the
+features-last `(H, L, S)` scores of attention (Swin V2's `logit_scale`) is `layout: features_last`,
+its dims the scores' dim for dim. The layout decides what a broadcast may pair (see
+`merge.check_gate_layouts`) and a concat's default dim.
+
 `arange` with an `input` is not stored: it counts the positions along one dim of its input at run
 time (`torch.arange(x.shape[1])`), so it follows a free sequence length.
 
@@ -19,6 +25,8 @@ time (`torch.arange(x.shape[1])`), so it follows a free sequence length.
 (1, 8)
 >>> Arange(op="arange", stop=5).output_type([]).shape, Arange(op="arange", stop=5).owned()
 ((5,), 'buffer')
+>>> ParameterTensor(op="parameter", shape=[4, 1, 1], layout="features_last").output_type([]).layout
+'features_last'
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from .base import (
     INT_RANGES,
     ArgumentError,
     Layer,
+    Layout,
     Owned,
     Storage,
     TensorType,
@@ -52,6 +61,11 @@ Number = bool | int | float
 Values = TypeAliasType("Values", list[Union[bool, int, float, "Values"]])  # type: ignore[misc]
 Dtype = Literal[DTYPES]  # type: ignore[valid-type]
 PositiveInt = Annotated[int, Field(ge=1)]
+# A stored tensor's `layout` key. Its field is named otherwise: `layout` is every op's class-level fact
+# (`Layer.layout`), which a field of that name would hide.
+DeclaredLayout = Annotated[Layout | None, Field(None, alias="layout", description=(
+    "channels_first (C, ...) or features_last (..., F), as an input declares it; default: by rank (3+ dims: "
+    "channels_first). E.g. features_last for a per-head (H, 1, 1) scale of attention scores (H, L, S)."))]
 
 
 def literal_shape(value: Any) -> tuple[int, ...]:
@@ -168,7 +182,7 @@ class StoredTensor(Layer):
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         shape = self.sample_shape()
-        return TensorType(shape, self.tensor_dtype(), _layout(len(shape)))
+        return TensorType(shape, self.tensor_dtype(), self.field_value("declared_layout") or _layout(len(shape)))
 
     def module_args(self, inputs: list[TensorType]) -> dict[str, Any]:
         return {}
@@ -196,8 +210,10 @@ class ParameterTensor(StoredTensor):
     std: Annotated[float, Field(gt=0)] = Field(0.02, description="Spread of normal / trunc_normal / uniform init.")
     trainable: bool = Field(True, description="false: a frozen parameter (requires_grad=False), still in the "
                                               "state_dict and the parameter count, as YOLOv8's DFL weights.")
+    declared_layout: DeclaredLayout
 
     owns_parameter: ClassVar[bool] = True
+    declares_layout: ClassVar[bool] = True
 
     @model_validator(mode="after")
     def _init_fits(self) -> ParameterTensor:
@@ -305,6 +321,9 @@ class Full(ConstantBase):
     shape: list[PositiveInt] = Field(min_length=1, description="Per sample (with `batch: true`, led by 1).")
     value: Number
     dtype: Dtype = Field("float32", description="Default float32; bool where `value` is true or false.")  # type: ignore[assignment]
+    declared_layout: DeclaredLayout
+
+    declares_layout: ClassVar[bool] = True
 
     @model_validator(mode="after")
     def _value_fits_dtype(self) -> Full:
@@ -333,6 +352,9 @@ class ConstantTensor(ConstantBase):
         "Optional: the shape, when `value` is a flat list of its size; default: the literal's shape."))
     dtype: Dtype = Field("float32", description=(  # type: ignore[assignment]
         "Default float32; bool where every value is true or false (a mask)."))
+    declared_layout: DeclaredLayout
+
+    declares_layout: ClassVar[bool] = True
 
     @model_validator(mode="after")
     def _value_is_a_tensor(self) -> ConstantTensor:
