@@ -225,17 +225,21 @@ STEP_MACS: dict[StepKind, Callable[[Step, tuple[int, ...], tuple[int, ...]], Mac
 }
 
 
-def projection_macs(plan: ProjectionPlan, source: TensorType) -> MacCount:
-    """The MACs of a skip's projection steps, applied in order to `source`."""
+def projection_macs(plan: ProjectionPlan, source: TensorType, output: tuple[int, ...] | None = None) -> MacCount:
+    """The MACs of a skip's projection steps, applied in order to `source` (reaching `output`, the
+    plan's output shape unless given)."""
     total, shape = MacCount(), source.shape
-    for step, after in zip(plan.steps, step_shapes(plan, source)):
+    for step, after in zip(plan.steps, step_shapes(plan, source, output)):
         total += STEP_MACS[step.kind](step, shape, after)
         shape = after
     return total
 
 
-def step_shapes(plan: ProjectionPlan, source: TensorType) -> list[tuple[int, ...]]:
-    """The per-sample shape after each of a skip's projection steps, applied in order to `source`.
+def step_shapes(plan: ProjectionPlan, source: TensorType, output: tuple[int, ...] | None = None
+                ) -> list[tuple[int, ...]]:
+    """The per-sample shape after each of a skip's projection steps, applied in order to `source`, to
+    reach `output` (the plan's output shape unless given: a model changed after its build may run
+    the steps at other sizes).
 
     >>> from resgraph import check
     >>> p1 = check('''{resgraph: 1, name: M, inputs: {x: [4, 15, 15]},
@@ -246,7 +250,7 @@ def step_shapes(plan: ProjectionPlan, source: TensorType) -> list[tuple[int, ...
     """
     shapes, shape = [], source.shape
     for step in plan.steps:
-        shape = _step_shape(step, shape, plan.output.shape)
+        shape = _step_shape(step, shape, plan.output.shape if output is None else output)
         shapes.append(shape)
     return shapes
 

@@ -31,6 +31,7 @@ from .ops import TensorType
 from .ops.stored import literal_shape
 from .ownership import owned_parameters, owned_tensors
 from .projections import ProjectionPlan, describe_steps, step_kernel
+from .run_shapes import ShapeRun
 from .suggest import did_you_mean
 
 __all__ = ["COLUMNS", "DEFAULT_COLUMNS", "DTYPE_BYTES", "PER_DIM_ARGS", "Column", "ProjectionRow", "Row", "Summary",
@@ -82,6 +83,7 @@ class Row:
     connected_to: list[str] = field(default_factory=list)
     tied_to: dict[str, str] = field(default_factory=dict)  # this layer's parameter -> the model's parameter it is
     output_shapes: list[list[int]] = field(default_factory=list)  # each output of a call with several (`shape`: 1st)
+    ran: bool = True  # False: the model, changed after its build, stops at or before this node (shapes unknown)
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,9 @@ class Summary:
     buffer_bytes: int = 0
     activation_bytes: int = 0  # every node's output, one sample
     input_bytes: int = 0
-    unmeasured: list[str] = field(default_factory=list)  # uncurated ops whose MACs are unknown
+    unmeasured: list[str] = field(default_factory=list)  # the layers whose MACs are unknown
+    replaced: list[str] = field(default_factory=list)  # submodules put in place after the build: shapes as it runs
+    failure: str | None = None  # where and why the model, changed after its build, no longer runs
     depth: int | None = None
     columns: tuple[str, ...] = ()
 
@@ -138,6 +142,12 @@ def summarize(graph: Graph, module: Any, *, depth: int | None = None, columns: S
         raise UsageError(f"depth counts module levels from 1 (the top level): a whole number >= 1, not {depth!r}")
     walker = _Walker(module)
     walker.graph(graph, "", 0, list(graph.inputs))
+    if walker.swapped:  # a submodule put in place after the build may change every shape after it: run it
+        from .run_shapes import run_shapes
+
+        run = run_shapes(graph, module, float_dtype=walker.float_dtype)
+        walker = _Walker(module, run=run, swapped=walker.swapped)
+        walker.graph(graph, "", 0, list(graph.inputs))
     rows = walker.rows
     leaves = [r for r in rows if r.kind in ("layer", "skip")]
     total = sum(p.numel() for p in module.parameters())
@@ -153,7 +163,9 @@ def summarize(graph: Graph, module: Any, *, depth: int | None = None, columns: S
         buffer_bytes=sum(b.numel() * b.element_size() for b in module.buffers()),
         activation_bytes=sum(r.activation_bytes for r in leaves),
         input_bytes=sum(r.activation_bytes for r in rows if r.kind == "input"),
-        unmeasured=[r.name for r in leaves if r.macs is None], depth=depth, columns=chosen)
+        unmeasured=[r.name for r in leaves if r.macs is None], depth=depth, columns=chosen,
+        replaced=sorted(walker.swapped or ()), failure=None if walker.run is None or walker.run.failure is None
+        else str(walker.run.failure))
 
 
 @dataclass
@@ -169,15 +181,16 @@ class _Totals:
 class _Walker:
     """Walks a graph and its block instances depth first, appending rows in execution order."""
 
-    def __init__(self, module: Any) -> None:
+    def __init__(self, module: Any, *, run: ShapeRun | None = None, swapped: dict[str, Any] | None = None) -> None:
         self.module = module
+        self.run = run  # the types as the model runs, once a submodule was put in place after the build
         # A model converted after its build (`model.half()`, `.double()`) computes in its weights' dtype:
         # its float32 values are that dtype's, in the memory column and the inputs an uncurated op is measured on.
         self.float_dtype = _float_dtype(module)
         self.rows: list[Row] = []
         self.values: dict[int, list[str]] = {}  # id(block call) -> the rows holding its values, when several
         self.outputs: list[str] = []  # the rows holding the outputs of the graph walked last
-        self.swapped: dict[str, Any] | None = None  # the submodules put in place after the build, once asked
+        self.swapped = swapped  # the submodules put in place after the build, once asked
 
     def graph(self, graph: Graph, prefix: str, level: int, sources: list[str]) -> _Totals:
         """Rows for `graph`'s nodes; `sources` name the rows feeding its inputs. Returns its totals."""
@@ -188,33 +201,40 @@ class _Walker:
                 shown[node.name] = self.values[id(graph.nodes[node.inputs[0]])][node.layer.index]
                 continue
             name = prefix + node.name
-            inputs = [self.runtime(graph.nodes[i].meta["type"]) for i in node.inputs]
+            inputs = [self.type_of(prefix + i, graph.nodes[i]) for i in node.inputs]
             reads = [shown[i] for i in node.inputs]
             shown.setdefault(node.name, name)
-            out: TensorType = self.runtime(node.meta["type"])
-            common = {"shape": list(out.shape), "depth": level, "input_shapes": [list(t.shape) for t in inputs],
-                      "connected_to": reads, **self.owned(node, prefix)}
+            out = self.type_of(name, node)
+            ran = out is not None and None not in inputs
+            if not ran:  # the changed model stopped here or before: the spec's types stand in, unshown
+                out, inputs = self.runtime(node.meta["type"]), [self.runtime(graph.nodes[i].meta["type"])
+                                                                 for i in node.inputs]
+            assert out is not None
+            common = {"shape": list(out.shape) if ran else [], "depth": level,
+                      "input_shapes": [list(t.shape) for t in inputs if t is not None] if ran else [],
+                      "connected_to": reads, "ran": ran, **self.owned(node, prefix)}
             if isinstance(node, InputNode):
                 if not prefix:
                     self.rows.append(Row(name, "input", f"input {out.dtype}", activation_bytes=_bytes(out), **common))
             elif isinstance(node, LayerNode):
                 swapped = self.replaced(node, name, prefix)
                 if swapped is not None:  # (measured as it runs now: its output and MACs may not be the spec's)
-                    macs, produced = _measure(swapped, inputs, output=True)
-                    out = out if produced is None else produced
-                    common["shape"] = list(out.shape)
+                    macs, _ = _measure(swapped, inputs) if ran else (None, None)
                     text = f"{type(swapped).__name__} (put in place after the build)"
                 else:
-                    macs, text = self.layer_macs(node, name, inputs), _layer_text(node)
+                    macs, text = self.layer_macs(node, name, inputs, out) if ran else None, _layer_text(node)
                 self.rows.append(Row(name, "layer", text, kernel=None if swapped is not None else _kernel(node),
                                      **_mac_fields(macs), activation_bytes=_bytes(out),
                                      tied_to=dict(node.layer.tie or {}), **common))
                 totals.add(macs, _bytes(out))
             elif isinstance(node, SkipNode):
                 plan: ProjectionPlan = node.meta["projection"]
-                macs = merge_macs(node.skip.merge.value, out) + projection_macs(plan, inputs[1])
+                reached = _projected_shape(plan, node.meta["type"], out)
+                macs = (merge_macs(node.skip.merge.value, out) + projection_macs(plan, inputs[1], reached)
+                        if ran else None)
                 # the merged value and each projection step's output (an avgpool or subsample keeps the channels)
-                memory = _bytes(out) + sum(_bytes(replace(out, shape=shape)) for shape in step_shapes(plan, inputs[1]))
+                memory = _bytes(out) + sum(_bytes(replace(out, shape=shape))
+                                           for shape in step_shapes(plan, inputs[1], reached))
                 projection = ProjectionRow(plan.policy.value, plan.reason, describe_steps(plan.steps),
                                            common["params"])
                 kernel = step_kernel(plan.steps)
@@ -224,7 +244,9 @@ class _Walker:
                 totals.add(macs, memory)
             elif isinstance(node, BlockNode):
                 if len(outputs := node.output_types()) > 1:
-                    common["output_shapes"] = [list(self.runtime(t).shape) for t in outputs]
+                    kinds = ([self.type_of(prefix + v, graph.nodes[v]) for v in node.values]
+                             if self.run is not None and node.values else [self.runtime(t) for t in outputs])
+                    common["output_shapes"] = [list(t.shape) if t is not None else [] for t in kinds]
                 block = self.block(node, prefix, level, reads, common)
                 totals.add(block.macs, block.activation_bytes)
         self.outputs = [shown[name] for name in graph.outputs]
@@ -248,10 +270,13 @@ class _Walker:
                 self.rows.append(Row(qualified, "instance", instance_title(instance), shape=[], params=0))
                 inner = self.graph(instance, instance.qualname, level + 2, sources)
                 owned = [t for n in instance.nodes.values() for t in owned_tensors(self.module, n, instance.qualname)]
+                out = self.type_of(qualified, instance.nodes[instance.outputs[0]])
+                ins = [self.type_of(instance.qualname + i, instance.nodes[i]) for i in instance.inputs]
+                ran = out is not None and None not in ins
                 self.rows[first] = Row(
                     qualified, "instance", instance_title(instance),
-                    list(instance.nodes[instance.outputs[0]].meta["type"].shape), sum(t.numel() for t in owned),
-                    level + 1, input_shapes=[list(instance.nodes[i].meta["type"].shape) for i in instance.inputs],
+                    list(out.shape) if out is not None and ran else [], sum(t.numel() for t in owned),
+                    level + 1, input_shapes=[list(t.shape) for t in ins if t is not None] if ran else [], ran=ran,
                     trainable_params=sum(t.numel() for t in owned if t.requires_grad),
                     param_bytes=sum(t.numel() * t.element_size() for t in owned), connected_to=sources,
                     activation_bytes=inner.activation_bytes, **_mac_fields(inner.macs))
@@ -260,6 +285,14 @@ class _Walker:
             totals.add(inner.macs, inner.activation_bytes)
         self.rows[at] = replace(self.rows[at], activation_bytes=totals.activation_bytes, **_mac_fields(totals.macs))
         return totals
+
+    def type_of(self, name: str, node: Node) -> TensorType | None:
+        """The type of the value named `name` (dotted) as the module computes it: the spec's (in the
+        module's floating dtype), or, once a submodule was put in place after the build, as it ran;
+        None where the run stopped before it."""
+        if self.run is None:
+            return self.runtime(node.meta["type"])
+        return self.run.types.get(name)
 
     def runtime(self, t: TensorType) -> TensorType:
         """`t` as the module computes it: a float32 value in the module's own floating dtype."""
@@ -271,8 +304,8 @@ class _Walker:
                 "trainable_params": sum(t.numel() for t in tensors if t.requires_grad),
                 "param_bytes": sum(t.numel() * t.element_size() for t in tensors)}
 
-    def layer_macs(self, node: LayerNode, name: str, inputs: list[TensorType]) -> MacCount | None:
-        macs = layer_macs(node.layer, node.meta.get("args", {}), inputs, node.meta["type"])
+    def layer_macs(self, node: LayerNode, name: str, inputs: list[TensorType], out: TensorType) -> MacCount | None:
+        macs = layer_macs(node.layer, node.meta.get("args", {}), inputs, out)
         if macs is None:
             macs, _ = _measure(self.module.get_submodule(name), inputs)
         return macs
@@ -334,6 +367,16 @@ def _measure(module: Any, inputs: list[TensorType], *, output: bool = False) -> 
                                                          str(first.dtype).removeprefix("torch."))
         return MacCount(counter.get_total_flops() // 2), produced
     return None, None
+
+
+def _projected_shape(plan: ProjectionPlan, spec: TensorType, merged: TensorType) -> tuple[int, ...]:
+    """The shape a skip's projection reaches in a model that runs `merged` where its spec made `spec`:
+    each dim the plan's output shares with the spec's merged value follows the run (a target whose
+    size changed); the others (a concat's dim, a dim broadcast from 1) stay the plan's."""
+    final = plan.output.shape
+    if len(final) != len(spec.shape) or len(merged.shape) != len(spec.shape):
+        return final
+    return tuple(m if f == s else f for f, s, m in zip(final, spec.shape, merged.shape))
 
 
 def _float_dtype(module: Any) -> str | None:
@@ -489,15 +532,17 @@ class Column:
 
 COLUMNS: dict[str, Column] = {
     "op": Column("Op", lambda r: r.op),
-    "input_shape": Column("Input shape", lambda r: "; ".join(_shape(s) for s in r.input_shapes)),
-    "output_shape": Column("Output shape", lambda r: "; ".join(_shape(s) for s in r.output_shapes or [r.shape])),
+    "input_shape": Column("Input shape", lambda r: "; ".join(_shape(s) for s in r.input_shapes) if r.ran else "?"),
+    "output_shape": Column("Output shape", lambda r: "; ".join(_shape(s) for s in r.output_shapes or [r.shape])
+                           if r.ran else "?"),
     "kernel": Column("Kernel", lambda r: r.kernel or ""),
     "params": Column("Params", lambda r: f"{r.params:,}", numeric=True),
     "trainable": Column("Trainable", lambda r: f"{r.trainable_params:,}", numeric=True),
     "macs": Column("MACs", lambda r: format_count(r.macs) if r.kind != "input" else "", numeric=True),
     "param_memory": Column("Param memory", lambda r: format_bytes(r.param_bytes) if r.param_bytes else "",
                            numeric=True),
-    "activation_memory": Column("Activations", lambda r: format_bytes(r.activation_bytes), numeric=True),
+    "activation_memory": Column("Activations", lambda r: format_bytes(r.activation_bytes) if r.ran else "?",
+                                numeric=True),
     "connected_to": Column("Connected to", lambda r: ", ".join(r.connected_to)),
 }
 DEFAULT_COLUMNS = ("op", "output_shape", "params")
@@ -554,6 +599,12 @@ def _pad(text: str, width: int, *, right: bool = False) -> str:
     return gap + text if right else text + gap
 
 
+def _listed(names: list[str], most: int = 8) -> str:
+    """`a, b, c`; a long list cut after `most` names (`a, ..., h and 12 more`)."""
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def format_summary(summary: Summary) -> str:
     """A torchinfo-like table: the layer name, then `summary.columns`, then the model's totals."""
     columns = [COLUMNS[name] for name in summary.columns or DEFAULT_COLUMNS]
@@ -580,7 +631,7 @@ def format_summary(summary: Summary) -> str:
 
     split = (f" (convolutions, linear layers, attention: {format_count(summary.matmul_macs)}; "
              f"norms, pools, elementwise: {format_count(summary.total_macs - summary.matmul_macs)})")
-    unknown = f"; unknown for {', '.join(summary.unmeasured)}" if summary.unmeasured else ""
+    unknown = f"; partial: unknown for {_listed(summary.unmeasured)}" if summary.unmeasured else ""
     out = [f"{summary.name} ({one_line(summary.file)})" if summary.file else summary.name, line, fmt(table[0]), line,
            *(fmt(r) for r in table[1:]), line,
            f"Total params: {summary.total_params:,}",
@@ -592,4 +643,8 @@ def format_summary(summary: Summary) -> str:
             f"Parameter memory: {format_bytes(summary.param_bytes)} (+ {format_bytes(summary.buffer_bytes)} buffers)",
             f"Activation memory per sample: {format_bytes(summary.activation_bytes)} "
             f"(every layer's output; input {format_bytes(summary.input_bytes)})"]
+    if summary.replaced:
+        out.append(f"Put in place after the build: {_listed(summary.replaced)} (shapes and MACs as the model runs)")
+    if summary.failure:
+        out.append(f"Does not run: {summary.failure} (shapes from there on: ?)")
     return printable("\n".join(out))  # the file name may come from a saved model

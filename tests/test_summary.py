@@ -302,6 +302,74 @@ def test_a_layer_of_another_class_put_in_place_is_named_and_measured() -> None:
     assert rows["fc"].op.startswith("Linear(") and rows["out"].op.startswith("Linear(")  # the built ones, as built
 
 
+def _produced_shapes(model: torch.nn.Module, x: torch.Tensor) -> dict[str, list[int]]:
+    """Each submodule's output shape (one sample) on a real forward of `x`."""
+    produced: dict[str, list[int]] = {}
+
+    def keep(name: str) -> Any:
+        def hook(_module: torch.nn.Module, _inputs: Any, out: torch.Tensor) -> None:
+            produced.setdefault(name, list(out.shape[1:]))
+        return hook
+
+    hooks = [m.register_forward_hook(keep(name)) for name, m in model.named_modules() if name]
+    with torch.no_grad():
+        produced[""] = list(model.eval()(x).shape[1:])
+    for hook in hooks:
+        hook.remove()
+    return produced
+
+
+def test_the_rows_after_a_replaced_layer_that_changes_its_shape_show_what_runs() -> None:
+    # A stem put in place that keeps the image size (a CIFAR stem: 3x3, stride 1) changes every shape
+    # after it, but the rows after it kept the spec's: layer4 (N, 512, 1, 1) where (N, 512, 2, 2) runs.
+    model = resgraph.build(EXAMPLES / "resnet18.yaml", params={"image_size": 32}, seed=0)
+    model.conv1 = torch.nn.Conv2d(3, 64, 3, padding=1, bias=False)
+    summary = resgraph.summary(model)
+    x = torch.randn(1, 3, 32, 32)
+    produced = _produced_shapes(model, x)
+    rows = {row.name: row for row in summary.rows}
+    compared = [name for name in rows if name in produced]
+    assert len(compared) > 40 and all(rows[name].shape == produced[name] for name in compared), [
+        (name, rows[name].shape, produced[name]) for name in compared if rows[name].shape != produced[name]]
+    assert rows["layer4"].shape == [512, 2, 2] and rows["fc"].shape == produced[""] == [1000]
+    assert rows["layer1.0.conv1"].macs == 64 * 64 * 9 * 16 * 16  # counted at the size that runs
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    assert 2 * summary.matmul_macs == counter.get_total_flops()
+    assert summary.replaced == ["conv1"] and summary.failure is None and summary.unmeasured == []
+    assert "Put in place after the build: conv1" in summary.table()
+
+
+def test_a_head_put_in_place_with_more_layers_after_it_shows_their_new_shapes() -> None:
+    spec = ("resgraph: 1\nname: M\ninputs: {x: [8]}\nlayers:\n  - fc: {op: Linear, out_features: 16}\n"
+            "  - act: {op: ReLU}\n  - drop: {op: Dropout, p: 0.1}\n  - sq: {op: mul, input: [drop, drop]}\n")
+    model = resgraph.build(spec, seed=0)
+    model.fc = torch.nn.Linear(8, 5)
+    rows = {row.name: row for row in resgraph.summary(model).rows}
+    assert [rows[name].shape for name in ("fc", "act", "drop", "sq")] == [[5]] * 4
+    assert rows["act"].macs == 5 and rows["act"].activation_bytes == 4 * 5
+    assert list(model(torch.randn(2, 8)).shape) == [2, 5]
+
+
+def test_a_replaced_layer_that_stops_the_model_running_is_said_not_to_run() -> None:
+    # A stem with more channels than the BatchNorm after it holds: the model raises at bn1. The summary
+    # showed the rows after it with the spec's shapes, as if it ran.
+    model = resgraph.build(EXAMPLES / "resnet18.yaml", params={"image_size": 32}, seed=0)
+    model.conv1 = torch.nn.Conv2d(3, 128, 7, stride=2, padding=3, bias=False)
+    with pytest.raises(RuntimeError, match="running_mean"):
+        model(torch.randn(1, 3, 32, 32))
+    summary = resgraph.summary(model, columns="op,output_shape,macs")
+    rows = {row.name: row for row in summary.rows}
+    assert rows["conv1"].shape == [128, 16, 16] and rows["conv1"].ran
+    assert summary.failure is not None and summary.failure.startswith("bn1 raises RuntimeError: running_mean")
+    after = [row for row in summary.rows if row.name not in ("x", "conv1")]
+    assert after and all(not row.ran and row.shape == [] and row.macs is None for row in after)
+    assert "bn1" in summary.unmeasured and "fc" in summary.unmeasured
+    table = summary.table()
+    assert "Does not run: bn1 raises RuntimeError" in table and "partial: unknown for bn1" in table
+    assert re.search(r"^bn1 +BatchNorm2d\(\) +\? +\?$", table, re.M)
+
+
 def test_the_built_layers_of_every_example_are_never_taken_for_replaced_ones() -> None:
     for example in BUILDING_EXAMPLES:
         model = resgraph.build(EXAMPLES / example, params=small_params(example), device="meta")
