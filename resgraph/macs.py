@@ -32,7 +32,8 @@ Per sample, by op family (sources: torch's `torch/utils/flop_counter.py`, fvcore
   element, the same convention.
 - Dropout, stochastic depth, Identity, reshapes, concat, select, Embedding, learned tensors, constants (`full`,
   `constant`, `arange`), code projection steps (subsample, crop, pad): 0, they only move data.
-- Any other torch.nn class: measured, with FlopCounterMode on one sample (matmul part only).
+- Any other torch.nn class: measured, with FlopCounterMode on one sample (matmul part only); unknown
+  where it runs an op that may hold a product the counter does not see (`unseen_products`).
 
 >>> from resgraph.ops import OPS, TensorType
 >>> conv = OPS["Conv2d"](op="Conv2d", out_channels=64, kernel_size=3, padding=1)
@@ -62,8 +63,8 @@ from .ops.sample_norm import GroupNorm, InstanceNormBase, LayerNorm
 from .ops.tensor_ops import Mean
 from .projections import ProjectionPlan, Step, StepKind
 
-__all__ = ["MAC_RULES", "STEP_MACS", "ZERO_MAC_OPS", "MacCount", "layer_macs", "merge_macs", "projection_macs",
-           "step_shapes"]
+__all__ = ["MAC_RULES", "NO_PRODUCT_ATEN_OPS", "NO_PRODUCT_TAGS", "STEP_MACS", "ZERO_MAC_OPS", "MacCount",
+           "layer_macs", "merge_macs", "projection_macs", "step_shapes", "unseen_products"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,54 @@ MAC_RULES: dict[type[Layer], Rule] = {}
 
 # Elementwise ops that do no arithmetic in inference.
 ZERO_MAC_OPS = frozenset({"Identity", "Dropout", "AlphaDropout"})
+
+# The aten ops (by name, overload aside) besides views, pointwise ops and reductions (torch's own tags
+# say those) that hold no matrix product: they move or make data, or are the families the cost model
+# counts apart for curated ops (norms, pools, softmax, resampling). An uncurated layer that runs only
+# these and the ops FlopCounterMode counts has its matmul-like MACs measured whole; any other op
+# (`_trilinear`, which `nn.Bilinear` runs; `mv`, `dot`; a fused kernel such as a CPU `lstm`) may hide a
+# product the counter does not see, so its MACs are unknown rather than a silent 0.
+NO_PRODUCT_ATEN_OPS = frozenset({
+    "_adaptive_avg_pool2d", "_adaptive_avg_pool3d", "_embedding_bag", "_log_softmax", "_native_batch_norm_legit",
+    "_native_batch_norm_legit_functional", "_native_batch_norm_legit_no_training", "_pdist_forward",
+    "_reshape_alias", "_safe_softmax", "_softmax", "_to_copy", "_unsafe_view", "adaptive_avg_pool1d",
+    "adaptive_max_pool2d", "adaptive_max_pool3d", "alias", "arange", "as_strided_", "avg_pool2d", "avg_pool3d",
+    "bernoulli", "bernoulli_", "cat", "channel_shuffle", "clone", "col2im", "constant_pad_nd", "copy", "copy_",
+    "cudnn_batch_norm", "detach", "detach_", "embedding", "empty", "empty_like", "empty_strided", "expand", "fill",
+    "fill_", "flip", "fractional_max_pool2d", "fractional_max_pool3d", "full", "full_like", "gather", "glu",
+    "im2col", "index", "index_put", "index_put_", "index_select", "lift_fresh", "lift_fresh_copy", "masked_fill",
+    "masked_fill_", "max_pool2d_with_indices", "max_pool3d_with_indices", "max_unpool2d", "max_unpool3d",
+    "native_batch_norm", "native_channel_shuffle", "native_dropout", "native_group_norm", "native_layer_norm",
+    "new_empty", "new_empty_strided", "new_full", "new_ones", "new_zeros", "ones", "ones_like", "pixel_shuffle",
+    "pixel_unshuffle", "rand", "rand_like", "randn", "randn_like", "reflection_pad1d", "reflection_pad2d",
+    "reflection_pad3d", "repeat", "replication_pad1d", "replication_pad2d", "replication_pad3d", "resize_",
+    "resize_as_", "roll", "scalar_tensor", "scatter", "scatter_add", "select_scatter", "set_", "slice_scatter",
+    "sort", "squeeze_", "stack", "t_", "topk", "transpose_", "unsafe_split", "unsafe_split_with_sizes",
+    "unsqueeze_", "upsample_bicubic2d", "upsample_bilinear2d", "upsample_linear1d", "upsample_nearest1d",
+    "upsample_nearest2d", "upsample_nearest3d", "upsample_trilinear3d", "zero", "zero_", "zeros", "zeros_like",
+})
+NO_PRODUCT_TAGS = frozenset({"pointwise", "reduction"})
+
+
+def unseen_products(ops: Any, counted: Any) -> list[str]:
+    """The aten ops among `ops` (OpOverloads, as a TorchDispatchMode sees them) that may hold a matrix
+    product FlopCounterMode does not count: not `counted` (its `flop_registry`, by op packet), not a
+    view, not pointwise or a reduction, not in NO_PRODUCT_ATEN_OPS. Empty: the counter saw every product.
+
+    >>> import torch
+    >>> unseen_products([torch.ops.aten.view.default, torch.ops.aten.relu.default,
+    ...                  torch.ops.aten._trilinear.default], {})
+    ['aten._trilinear.default']
+    """
+    unseen = []
+    for op in ops:
+        name = op.overloadpacket.__name__
+        if (op.overloadpacket in counted or op.is_view or name in NO_PRODUCT_ATEN_OPS
+                or NO_PRODUCT_TAGS & {tag.name for tag in op.tags}):
+            continue
+        if str(op) not in unseen:
+            unseen.append(str(op))
+    return unseen
 
 
 def _rule(*families: type[Layer]) -> Callable[[Rule], Rule]:

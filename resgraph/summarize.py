@@ -26,7 +26,7 @@ from typing import Any
 
 from .errors import UsageError, one_line, printable
 from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode, is_block_value
-from .macs import MacCount, layer_macs, merge_macs, projection_macs, step_shapes
+from .macs import MacCount, layer_macs, merge_macs, projection_macs, step_shapes, unseen_products
 from .ops import TensorType
 from .ops.stored import literal_shape
 from .ownership import owned_parameters, owned_tensors
@@ -219,7 +219,7 @@ class _Walker:
             elif isinstance(node, LayerNode):
                 swapped = self.replaced(node, name, prefix)
                 if swapped is not None:  # (measured as it runs now: its output and MACs may not be the spec's)
-                    macs, _ = _measure(swapped, inputs) if ran else (None, None)
+                    macs = _measure(swapped, inputs) if ran else None
                     text = f"{type(swapped).__name__} (put in place after the build)"
                 else:
                     macs, text = self.layer_macs(node, name, inputs, out) if ran else None, _layer_text(node)
@@ -307,7 +307,7 @@ class _Walker:
     def layer_macs(self, node: LayerNode, name: str, inputs: list[TensorType], out: TensorType) -> MacCount | None:
         macs = layer_macs(node.layer, node.meta.get("args", {}), inputs, out)
         if macs is None:
-            macs, _ = _measure(self.module.get_submodule(name), inputs)
+            macs = _measure(self.module.get_submodule(name), inputs)
         return macs
 
     def replaced(self, node: LayerNode, name: str, prefix: str) -> Any | None:
@@ -334,9 +334,10 @@ class _Walker:
         return sub if inside else None
 
 
-def _measure(module: Any, inputs: list[TensorType], *, output: bool = False) -> tuple[MacCount | None, Any]:
-    """An uncurated layer's MACs: FlopCounterMode on one sample, on the meta device first; and (with
-    `output`) the type of what it returned (its first tensor), None where it could not run.
+def _measure(module: Any, inputs: list[TensorType]) -> MacCount | None:
+    """An uncurated layer's MACs: FlopCounterMode on one sample, on the meta device first; None
+    (unknown) where it could not run, or ran an op that may hold a product the counter does not
+    count (`macs.unseen_products`: `nn.Bilinear`'s `_trilinear` would count 0).
 
     The module runs with meta stand-ins for its tensors (`functional_call`), wherever it lives: on
     CPU, torch runs an LSTM as one fused kernel and an eval-mode TransformerEncoderLayer on its fast
@@ -346,7 +347,17 @@ def _measure(module: Any, inputs: list[TensorType], *, output: bool = False) -> 
     """
     import torch
     from torch.func import functional_call
+    from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import FlopCounterMode
+
+    class Seen(TorchDispatchMode):  # the aten ops the module ran, as the counter sees them
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops: dict[Any, None] = {}
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            self.ops[func] = None
+            return func(*args, **(kwargs or {}))
 
     named = [*module.named_parameters(), *module.named_buffers()]
     stand_ins = {name: torch.empty_like(t, device="meta") for name, t in named}
@@ -354,19 +365,17 @@ def _measure(module: Any, inputs: list[TensorType], *, output: bool = False) -> 
     for device in ["meta", *([own] if own.type != "meta" else [])]:
         try:
             args = [torch.zeros((1, *t.shape), dtype=getattr(torch, t.dtype), device=device) for t in inputs]
-            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            with torch.no_grad(), FlopCounterMode(display=False) as counter, Seen() as seen:
                 if device == "meta":
-                    result = functional_call(module, stand_ins, tuple(args), strict=False)
+                    functional_call(module, stand_ins, tuple(args), strict=False)
                 else:
-                    result = module(*args)
+                    module(*args)
         except Exception:  # an arbitrary module's forward may refuse zeros or a device: try the next, or unknown
             continue
-        first = next((t for t in (result if isinstance(result, (tuple, list)) else [result])
-                      if isinstance(t, torch.Tensor)), None) if output else None
-        produced = None if first is None else TensorType(tuple(first.shape[1:]),
-                                                         str(first.dtype).removeprefix("torch."))
-        return MacCount(counter.get_total_flops() // 2), produced
-    return None, None
+        if unseen_products(seen.ops, counter.flop_registry):
+            return None
+        return MacCount(counter.get_total_flops() // 2)
+    return None
 
 
 def _projected_shape(plan: ProjectionPlan, spec: TensorType, merged: TensorType) -> tuple[int, ...]:

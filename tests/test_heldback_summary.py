@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import re
 import subprocess
 import sys
 import unicodedata
@@ -37,6 +38,46 @@ def test_an_uncurated_layers_macs_do_not_depend_on_where_or_how_the_model_runs()
     for convert in (torch.nn.Module.train, torch.nn.Module.eval, torch.nn.Module.double):
         assert {row.name: row.macs for row in resgraph.summary(convert(model)).rows} == expected, convert.__name__
     assert next(model.parameters()).device == torch.device("cpu")  # measured on meta stand-ins: left where it was
+
+
+class _Score(torch.nn.Module):
+    """A layer whose product is a matrix-vector one (`aten.mv`), which FlopCounterMode does not count."""
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(in_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.mv(x, self.weight).unsqueeze(1)
+
+
+@pytest.mark.parametrize("layer", ["{op: Bilinear, in1_features: 16, in2_features: 8, out_features: 4, input: [x, y]}",
+                                   "{op: HeldbackScore, in_features: 16, input: x}"])
+def test_an_uncurated_layer_whose_products_the_counter_cannot_see_has_unknown_macs(layer: str) -> None:
+    # nn.Bilinear runs `_trilinear` (16 x 8 x 4 MACs a sample) and the layer above `mv`: FlopCounterMode
+    # counts neither, so both showed 0 MACs, not flagged, and the totals read as whole.
+    from resgraph.ops.generic import CUSTOM_OPS
+
+    if "HeldbackScore" not in CUSTOM_OPS:
+        resgraph.register_op("HeldbackScore", _Score)
+    spec = (f"resgraph: 1\nname: M\ninputs: {{x: [16], y: [8]}}\nlayers:\n  - odd: {layer}\n"
+            "  - fc: {op: Linear, out_features: 2}\n")
+    for model in (resgraph.build(spec, seed=0), resgraph.build(spec, device="meta")):
+        summary = resgraph.summary(model, columns="op,macs")
+        rows = {row.name: row for row in summary.rows}
+        assert rows["odd"].macs is None and rows["odd"].matmul_macs is None
+        assert rows["fc"].macs == 2 * rows["odd"].shape[0]  # the layers around it are still counted
+        assert summary.unmeasured == ["odd"] and summary.total_macs == rows["fc"].macs
+        table = summary.table()
+        assert re.search(r"^odd +\S.* +\?$", table, re.M)
+        assert "; partial: unknown for odd" in table
+
+
+def test_uncurated_layers_whose_products_the_counter_sees_stay_measured() -> None:
+    # Pointwise ops, reductions, norms and data movement hold no product: a recurrent layer, an encoder
+    # layer (its softmax is `_safe_softmax`) and a norm are measured, not unknown.
+    summary = resgraph.summary(RECURRENT.replace("output: 0}", "output: 0}\n  - norm: {op: RMSNorm}"))
+    assert summary.unmeasured == [] and {row.name: row.macs for row in summary.rows}["norm"] == 0
 
 
 LISTS = """\
