@@ -21,8 +21,8 @@ import re
 import shlex
 from typing import Any
 
-from .codegen import HELPERS, generate_forward, helpers_used
-from .errors import Diagnostic, ResgraphError, SpecError, UsageError
+from .codegen import HELPERS, generate_forward, helpers_used, shape_comment
+from .errors import Diagnostic, ResgraphError, SpecError, UsageError, one_line
 from .files import atomic_write, same_file
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
 from .ops import GenericLayer, ShapeError
@@ -83,7 +83,7 @@ def export_python(graph: Graph, *, spec_file: str, spec_text: str, options: tupl
     top = exporter.top_class(graph)
     if exporter.diagnostics:
         raise SpecError(exporter.diagnostics)
-    body = "\n\n\n".join([*exporter.block_sources, top])
+    body = "\n\n\n".join([*exporter.block_texts(), top])
     helpers = [HELPERS[name].rstrip("\n") for name in helpers_used(body)]
     if helpers:
         body = "\n\n\n".join([*helpers, body])
@@ -402,8 +402,10 @@ def _dotted(path: str) -> bool:
 
 class _Exporter:
     def __init__(self, graph: Graph) -> None:
-        self.block_sources: list[str] = []
+        # each block class: its lines up to its forward, its forward without shapes, the instances using it
+        self.block_sources: list[tuple[list[str], str, list[Graph]]] = []
         self.classes: dict[tuple[str, str], str] = {}  # (block class, forward source) -> exported name
+        self.instances: dict[str, list[Graph]] = {}  # exported block class -> the instances using it
         self.imports: set[str] = set()  # modules of registered or imported layer classes
         self.diagnostics: list[Diagnostic] = []
         self.callees: dict[int, str] = {}  # id(layer node) -> `nn.Conv2d` or `package.module.Class`
@@ -518,6 +520,7 @@ class _Exporter:
         source = generate_forward(graph, shapes=False)  # shared by instances of different shapes
         key = (graph.name, source)
         if key in self.classes:
+            self.instances[self.classes[key]].append(graph)
             return self.classes[key], parameters
         base = name = safe_identifier(graph.name)
         n = 1
@@ -526,14 +529,38 @@ class _Exporter:
             name = safe_identifier(f"{base}{n}")
         self.taken.add(name)
         self.classes[key] = name
+        self.instances[name] = [graph]
         lines = [f"class {name}(nn.Module):",
                  f"{INDENT}{_docstring(f'Block `{graph.block}`; built with its submodules.')}", ""]
         lines.append(f"{INDENT}def __init__(self{''.join(f', {parameters[a]}' for a in owned)}) -> None:")
         lines.append(f"{INDENT * 2}super().__init__()")
         lines += [f"{INDENT * 2}{_assign(graph.nodes[a], a, parameters[a])}" for a in owned]
-        lines += [""] + _indented(source)
-        self.block_sources.append("\n".join(lines))
+        self.block_sources.append((lines, source, self.instances[name]))
         return name, parameters
+
+    def block_texts(self) -> list[str]:
+        """Each block class's source, its forward commented as `build --code` comments it (shapes,
+        projection reasons) where every instance using the class has those comments; where the
+        instances differ in shapes, the forward without them, headed by each instance's shapes."""
+        texts = []
+        for lines, source, instances in self.block_sources:
+            shaped = {generate_forward(instance) for instance in instances}
+            if len(shaped) == 1:
+                forward = _indented(shaped.pop())
+            else:
+                forward = [f"{INDENT}# Its instances differ in shapes, so its lines carry none:"]
+                forward += [f"{INDENT}#   {_instance_shapes(instance)}" for instance in instances]
+                forward += _indented(source)
+            texts.append("\n".join([*lines, "", *forward]))
+        return texts
+
+
+def _instance_shapes(instance: Graph) -> str:
+    """`layer2.0: (N, 64, 56, 56) -> (N, 128, 28, 28)`: a block instance's input and output shapes.
+    Built from validated names and shapes only; printable on one line."""
+    shapes = [shape_comment(instance.nodes[name]) for name in instance.inputs]
+    outputs = [shape_comment(instance.nodes[name]) for name in instance.outputs]
+    return one_line(f"{instance.qualname.rstrip('.')}: {', '.join(shapes)} -> {', '.join(outputs)}")
 
 
 def _assign(node: Node, attribute: str, expression: str) -> str:

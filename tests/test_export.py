@@ -62,6 +62,37 @@ def test_blocks_export_as_reusable_classes() -> None:
     assert source.count("    def forward(") == 3  # one forward per class, not per instance
 
 
+def _block_forward(source: str, cls: str) -> str:
+    """The exported block class `cls`'s lines from its forward's first comment or def to its end."""
+    body = source.split(f"\nclass {cls}(nn.Module):\n", 1)[1].split("\n\n\nclass ", 1)[0]
+    lines = body.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(("    # ", "    def forward")))
+    return "\n".join(line.removeprefix("    ") for line in lines[start:]).rstrip("\n") + "\n"
+
+
+def test_an_exported_block_class_carries_the_shape_comments_build_code_shows() -> None:
+    # The block classes of the .py export had no comments where `build --code` shows each line's shape.
+    spec = ("resgraph: 1\nname: M\ninputs: {x: [8, 16, 16]}\nblocks:\n  unit:\n    layers:\n"
+            "      - conv: {op: Conv2d, out_channels: 8, kernel_size: 3, padding: 1}\n      - act: {op: ReLU}\n"
+            "    skips:\n      - res: {from: x, to: act}\n"
+            "layers:\n  - body: {block: unit, repeat: 2}\n")
+    model = resgraph.build(spec, seed=0)
+    forward = _block_forward(resgraph.to_python(model), "Unit")
+    assert forward == type(model.body[0]).code == type(model.body[1]).code
+    assert "conv = self.conv(x)  # (N, 8, 16, 16)" in forward and "skip res: add x (identity)" in forward
+
+
+def test_an_exported_block_class_used_at_several_shapes_lists_each_instances_shapes() -> None:
+    model = resgraph.build(EXAMPLES / "resnet18.yaml", params={"image_size": 64}, device="meta")
+    forward = _block_forward(resgraph.to_python(model), "Basic2")
+    header = [line for line in forward.splitlines() if line.startswith("#")]
+    assert header == ["# Its instances differ in shapes, so its lines carry none:",
+                      "#   layer2.0: (N, 64, 16, 16) -> (N, 128, 8, 8)",
+                      "#   layer3.0: (N, 128, 8, 8) -> (N, 256, 4, 4)",
+                      "#   layer4.0: (N, 256, 4, 4) -> (N, 512, 2, 2)"]
+    assert "(N, " not in forward.split("def forward", 1)[1]  # no line claims one instance's shape
+
+
 def test_cli_writes_an_importable_file(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "model.py"
     result = subprocess.run([sys.executable, "-m", "resgraph", "build", "examples/tutorial.yaml", "-o", str(out)],
