@@ -19,7 +19,7 @@ import gc
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, NoReturn
 
 from .version import __version__
 
@@ -70,28 +70,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if sys.stdout is None:  # (`resgraph ... >&-`: the caller closed it, and so discards what it would say)
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the process's stdout, open until it exits
-    parser = _parser(argv)
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return EXIT_USAGE
-    from .errors import ResgraphError, SpecError, UsageError  # once parsed: `--help` exits before this
-
     try:
-        status = args.run(args)
-        sys.stdout.flush()  # a reader that went away is noticed here, not in the interpreter's exit flush
-        return status
+        try:
+            return _parse_and_run(argv)
+        finally:  # whatever was printed, on every way out (`--help` and `--version` too), is written here,
+            sys.stdout.flush()  # so that a failure is noticed here, not in the interpreter's exit flush
     except BrokenPipeError:  # `resgraph build ... | head`: the reader left; say nothing more
         _discard_stdout()
         return EXIT_BROKEN_PIPE
-    except SpecError as exc:
-        return _report(exc)
-    except UsageError as exc:
-        print(f"resgraph: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ResgraphError as exc:
-        print(f"resgraph: error: {exc}", file=sys.stderr)
-        return EXIT_INVALID
     except KeyboardInterrupt:  # Ctrl-C: a file being written was removed as the exception passed (files.py)
         return EXIT_INTERRUPTED
     except OSError as exc:  # printing failed (`> /dev/full`); a file's own error is a UsageError (files.py)
@@ -100,6 +86,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         # (one with a file name is no write to stdout: said of that file, as the OS says it)
         said = f"{exc.filename!r}: {reason}" if exc.filename else f"cannot write the output: {reason}"
         print(f"resgraph: error: {said}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+def _parse_and_run(argv: Sequence[str]) -> int:
+    """Parse `argv` and run its command; return the exit status of a spec or usage error as well.
+
+    Raises:
+        SystemExit: after `--help` or `--version`, or argparse's usage error (status 2).
+        OSError: the output could not be written.
+    """
+    parser = _parser(argv)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    from .errors import ResgraphError, SpecError, UsageError  # once parsed: `--help` exits before this
+
+    try:
+        return args.run(args)
+    except SpecError as exc:
+        return _report(exc)
+    except UsageError as exc:
+        print(f"resgraph: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ResgraphError as exc:
+        print(f"resgraph: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
 
 
@@ -125,10 +137,10 @@ def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     declaring every command's arguments would import the format table for their help texts. Only
     argparse's public API is used (`parser_class`), so a new Python's argparse cannot break it.
     """
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="resgraph",
         description="Declarative PyTorch architectures with named skip edges and automatic projections.")
-    parser.add_argument("--version", action="version", version=f"resgraph {__version__}")
+    parser.add_argument("--version", action=_Version, help="show program's version number and exit")
     named = next((arg for arg in argv if not arg.startswith("-")), None)  # the top level's options take no value
     building = False
 
@@ -137,7 +149,7 @@ def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         # listing the command and its summary for `--help`. Only the command being run needs a parser:
         # building the other four was most of `resgraph --help`'s own time. A command left as None is
         # still a valid choice; argparse looks a parser up only for the command named.
-        return argparse.ArgumentParser(**kwargs) if building else None  # type: ignore[arg-type]
+        return _Parser(**kwargs) if building else None  # type: ignore[arg-type]
 
     commands = parser.add_subparsers(dest="command", metavar="COMMAND",
                                      parser_class=command_parser)  # type: ignore[arg-type]
@@ -148,6 +160,29 @@ def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
             declare(command)
             command.set_defaults(run=run)
     return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, except that help it cannot print is an error, as any other output is.
+
+    argparse drops the OSError of a failed write: `resgraph --help > /dev/full` said nothing and exited 0.
+    """
+
+    def print_help(self, file: IO[str] | None = None) -> None:
+        (sys.stdout if file is None else file).write(self.format_help())
+
+
+class _Version(argparse.Action):
+    """`--version`: prints resgraph's version and exits, as argparse's `version` action does, except that
+    a failed write is an error (argparse drops it)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> NoReturn:
+        sys.stdout.write(f"resgraph {__version__}\n")
+        parser.exit()
 
 
 def _validate_arguments(validate: argparse.ArgumentParser) -> None:

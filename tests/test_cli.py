@@ -92,6 +92,17 @@ def test_a_closed_pipe_ends_quietly_with_141() -> None:
     assert (process.returncode, process.stderr) == (141, "")
 
 
+@pytest.mark.parametrize("command", [["--help"], ["validate", "--help"]])
+def test_help_to_a_closed_pipe_ends_quietly_with_141(command: list[str]) -> None:
+    # argparse dropped the failed write and exited 0, as if the help had been read
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    process = subprocess.run([sys.executable, "-m", "resgraph", *command], stdout=write_end, stderr=subprocess.PIPE,
+                             text=True, cwd=ROOT)
+    os.close(write_end)
+    assert (process.returncode, process.stderr) == (141, "")
+
+
 def test_head_reads_the_first_lines_without_a_traceback() -> None:
     command = f"set -o pipefail; {sys.executable} -m resgraph build examples/resnet152.yaml --device meta | head -2"
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=ROOT)
@@ -102,8 +113,15 @@ def test_head_reads_the_first_lines_without_a_traceback() -> None:
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
-@pytest.mark.parametrize("command", [["build", "examples/tutorial.yaml"], ["validate", "examples/tutorial.yaml"],
-                                     ["sizes", "examples/tutorial.yaml"], ["schema"]])
+@pytest.mark.parametrize("command", [
+    ["build", "examples/tutorial.yaml"], ["build", "examples/tutorial.yaml", "--code"],
+    ["build", "examples/tutorial.yaml", "--json"], ["validate", "examples/tutorial.yaml"],
+    ["sizes", "examples/tutorial.yaml"], ["sizes", "examples/tutorial.yaml", "--json"], ["schema"],
+    ["schema", "--path"],
+    # argparse prints these itself and dropped the failed write: they exited 0, saying nothing
+    ["--version"], ["--help"], ["build", "--help"], ["schema", "-h"],
+    [],  # no command: the help, then status 2 where it could be written
+])
 def test_an_output_that_cannot_be_written_is_an_error_not_a_traceback(command: list[str]) -> None:
     with open("/dev/full", "w") as full:  # (every write fails: no space left on device)
         process = subprocess.run([sys.executable, "-m", "resgraph", *command], stdout=full, stderr=subprocess.PIPE,
