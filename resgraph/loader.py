@@ -727,7 +727,7 @@ def _scalar_value(node: yaml.ScalarNode) -> Any:
     if node.tag == _STR:
         if not node.style and written[:1] in _NUMBER_START and _untagged(node):  # (`!!str 1e-6` is text)
             if _EXPONENT_FLOAT.match(written):
-                return float(written)  # `eps: 1e-6`: a number, as YAML 1.2 reads it
+                return _finite(float(written), written)  # `eps: 1e-6`: a number, as YAML 1.2 reads it
             _refuse_yaml11_reading(node.tag, written, _shown(written))  # (`08`, `0o17`: YAML 1.2 integers)
         return written  # the common case needs no constructor
     if node.tag == _INT and _plain_decimal(written):
@@ -744,6 +744,20 @@ def _scalar_value(node: yaml.ScalarNode) -> Any:
         value = MAX_INT + 1
     if isinstance(value, int) and abs(value) >= MAX_INT:  # (`0xfff...` of 6,000 digits: later str() raised)
         raise _too_large(written, text)
+    return _finite(value, written) if isinstance(value, float) else value
+
+
+def _finite(value: float, written: str) -> float:
+    """`value`, read from `written`, unless it overflowed to infinity where `written` says no infinity.
+
+    Raises:
+        _Unreadable: `1e400`, `-1.0e+999`: past a float's range, which read as `inf` and was said as
+            "got number inf" of a text that has no inf in it.
+    """
+    if math.isinf(value) and "inf" not in written.lower():  # (`.inf`, `-.Inf`, `!!float inf` mean it)
+        raise _Unreadable(f"the number {_shown(written)} is out of range: a number's magnitude is at most "
+                          "about 1.8e308 (a 64-bit float's largest)",
+                          f"write {'-' if written.lstrip().startswith('-') else ''}.inf for an infinite value")
     return value
 
 

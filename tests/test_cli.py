@@ -341,6 +341,9 @@ def test_the_one_cpu_and_meta_device_may_be_named_with_index_0(device: str, caps
     ("num_classes", 2, "resgraph: error: --set num_classes: expected NAME=VALUE"),
     ("=10", 2, "resgraph: error: --set =10: expected NAME=VALUE"),
     ("num_classes=[1,", 2, "resgraph: error: --set num_classes=[1,: not a YAML value (YAML syntax error"),
+    # (was taken as inf, and reported as "got number inf" at the layer)
+    ("num_classes=1e400", 2, "resgraph: error: --set num_classes=1e400: not a YAML value (the number 1e400 is out of "
+                             "range: a number's magnitude is at most about 1.8e308 (a 64-bit float's largest))\n"),
     ("num_clases=10", 2, "examples/resnet18.yaml: error: cannot override parameter 'num_clases': the spec declares "
                          "no parameter 'num_clases'; did you mean 'num_classes'?"),
     ("num_classes=${image_size}", 2, "examples/resnet18.yaml: error: cannot override parameter 'num_classes' with "

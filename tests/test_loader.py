@@ -478,6 +478,40 @@ def test_a_long_integer_either_yaml_reads_otherwise_is_too_large_not_a_traceback
                        "more than 2^64)")
 
 
+@pytest.mark.parametrize(("written", "column", "infinity"), [
+    ("1e400", 4, ".inf"), ("-1e400", 4, "-.inf"), ("+1E400", 4, ".inf"), ("1.0e+999", 4, ".inf"),
+    ("-.5e309", 4, "-.inf"), ("!!float 1e400", 4, ".inf"), ("[1, 2e400]", 8, ".inf"),
+    pytest.param("{x: 9" + "9" * 400 + ".0}", 8, ".inf", id="401-digits"),  # (shortened as any long scalar is)
+])
+def test_a_number_past_a_floats_range_is_refused_as_written_not_read_as_inf(written: str, column: int,
+                                                                           infinity: str) -> None:
+    """`dropout: 1e400` read as inf, and was reported as "got number inf": a value never written."""
+    number = written.removeprefix("!!float ").strip("[]{}").removeprefix("x: ").removeprefix("1, ")
+    shown = number if len(number) <= 40 else f"{number[:20]}...{number[-10:]}"
+    assert errors(f"a: 1\nb: {written}\n") == [
+        f"s.yaml:2:{column}: error: the number {shown} is out of range: a number's magnitude is at most about 1.8e308 "
+        f"(a 64-bit float's largest)\n  hint: write {infinity} for an infinite value"]
+
+
+def test_infinity_written_and_numbers_near_a_floats_limits_are_read() -> None:
+    assert load_text("a: [.inf, -.Inf, !!float inf, 1.7e308, -1e308, 1e-400]\n").data["a"] == [
+        float("inf"), float("-inf"), float("inf"), 1.7e308, -1e308, 0.0]
+
+
+def test_an_overflowing_number_is_said_as_written_where_the_spec_uses_it() -> None:
+    """In a layer's argument, a parameter and an input's shape: each was "got number inf" (or the
+    expression's "number is too large") at the place that used it."""
+    import resgraph
+
+    spec = ("resgraph: 1\nname: M\nparams: {rate: 1e400}\ninputs: {x: [-1e400]}\nlayers:\n"
+            "  - d: {op: Dropout, p: 1.0e+999}\n  - e: {op: Dropout, p: '${rate}'}\n")
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(spec)
+    assert [(str(d.location), d.message.split(" is out of range")[0]) for d in caught.value.diagnostics] == [
+        ("<string>:3:16", "the number 1e400"), ("<string>:4:14", "the number -1e400"),
+        ("<string>:6:25", "the number 1.0e+999")]
+
+
 def test_a_tag_says_which_reading_a_value_means() -> None:
     assert load_text("a: !!str 08\nb: !!int 0b11\nc: '0b11'\nd: \"0o17\"\ne: 0_8\n").data == {
         "a": "08", "b": 3, "c": "0b11", "d": "0o17", "e": "0_8"}  # (`0_8`: text to both versions)
