@@ -23,7 +23,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import yaml
 
@@ -567,12 +567,14 @@ def _load_text(text: str, file: str) -> LoadedSpec:
         where = Location(file, recursive.start_mark.line + 1, recursive.start_mark.column + 1)
         raise SpecError([Diagnostic(where, "recursive YAML alias: a node contains itself")])
     if size > MAX_NODES:
-        raise SpecError([Diagnostic(Location(file, 1, 1), f"the document expands to more than {MAX_NODES:,} YAML "
-                                                          "nodes", "aliases (*name) multiply nodes; write the spec "
-                                                                   "out or use blocks and `repeat:`")])
+        where, this = _where_expansion_passes(text, file, composer, MAX_NODES, counted="all")
+        raise SpecError([Diagnostic(where, f"the document expands to more than {MAX_NODES:,} YAML nodes; {this} is "
+                                           "the first past them", "aliases (*name) multiply nodes; write the spec "
+                                                                  "out or use blocks and `repeat:`")])
     if size - written > MAX_ALIAS_NODES:
-        raise SpecError([Diagnostic(Location(file, 1, 1), f"aliases (*name) add {size - written:,} YAML nodes to the "
-                                                          f"{written:,} written, more than {MAX_ALIAS_NODES:,}",
+        where, this = _where_expansion_passes(text, file, composer, MAX_ALIAS_NODES, counted="added")
+        raise SpecError([Diagnostic(where, f"aliases (*name) add {size - written:,} YAML nodes to the {written:,} "
+                                           f"written, more than {MAX_ALIAS_NODES:,}; {this} is the first past them",
                                     "use blocks and `repeat:` to reuse a part of the spec")])
     spans: list[tuple[Path, yaml.ScalarNode]] = []
     try:
@@ -692,6 +694,48 @@ def _expanded_size(root: yaml.Node) -> tuple[int, int, yaml.Node | None]:
         stack.append((node, True))
         stack.extend((child, False) for child in children if sizes.get(id(child), -2) < 0)
     return int(min(sizes[id(root)], MAX_NODES + 1)), len(sizes), None
+
+
+def _where_expansion_passes(text: str, file: str, composer: type, bound: int,
+                            counted: Literal["all", "added"]) -> tuple[Location, str]:
+    """Where the document's nodes, aliases expanded, first number more than `bound`: all of them, or
+    only those aliases add; and that node as a message names it: "this *name (N nodes)", "this node".
+
+    Called once `_expanded_size` found the bound passed, to say where (the composed tree shares an
+    aliased node and keeps no alias's position): the text's parse events are streamed again, as
+    `_refuse_past_max_nodes` streams them, each alias adding the nodes its anchor's node expands to.
+    """
+    parser = composer(text)
+    expanded: dict[str, int] = {}  # anchor -> the nodes its node expands to, once that node has ended
+    open_nodes: list[tuple[str | None, int]] = []  # each collection being read: its anchor, the count before it
+    total = added = 0
+    try:
+        while parser.check_event():
+            event = parser.get_event()
+            kind = type(event)
+            if kind is yaml.AliasEvent:
+                size = expanded.get(event.anchor, 1)  # (an alias of an unknown anchor was refused in composing)
+                total, added = total + size, added + size
+                if (total if counted == "all" else added) > bound:
+                    mark, nodes = event.start_mark, f"{size:,} node{'s' if size != 1 else ''}"
+                    return Location(file, mark.line + 1, mark.column + 1), f"this *{event.anchor} ({nodes})"
+            elif kind in _NODE_EVENTS:
+                total += 1
+                if counted == "all" and total > bound:  # (a node written after aliases brought the count near)
+                    mark = event.start_mark
+                    return Location(file, mark.line + 1, mark.column + 1), "this node"
+                if kind is yaml.ScalarEvent:
+                    if event.anchor is not None:
+                        expanded[event.anchor] = 1
+                else:
+                    open_nodes.append((event.anchor, total - 1))
+            elif kind is yaml.SequenceEndEvent or kind is yaml.MappingEndEvent:
+                anchor, before = open_nodes.pop()
+                if anchor is not None:
+                    expanded[anchor] = total - before
+    finally:
+        parser.dispose()
+    return Location(file, 1, 1), "a node"  # (not reached: `_expanded_size` counted the same nodes)
 
 
 # PyYAML's scalar constructors (ints in any base, floats, booleans, null), which read only the node;

@@ -134,7 +134,11 @@ def test_alias_expansion_bomb_is_bounded_in_time() -> None:
     start = time.perf_counter()
     messages = errors(bomb)
     assert time.perf_counter() - start < 2.0
-    assert any(f"more than {MAX_NODES:,} YAML nodes" in m for m in messages)
+    # at the alias that passes the bound (was 1:1): `g`'s first *f, as `a` to `f` hold 1,234,566 nodes and *f adds
+    # 1,111,111
+    assert messages == [f"s.yaml:7:8: error: the document expands to more than {MAX_NODES:,} YAML nodes; this *f "
+                        "(1,111,111 nodes) is the first past them\n  hint: aliases (*name) multiply nodes; write the "
+                        "spec out or use blocks and `repeat:`"]
 
 
 def _nested_aliases(width: int, levels: int) -> str:
@@ -150,12 +154,38 @@ def test_aliases_that_add_more_nodes_than_the_alias_bound_are_refused_before_any
     """Under MAX_NODES in all, but a few hundred bytes building 1.9 million nodes (8 s, 500 MB)."""
     text = _nested_aliases(10, 6)  # 10^6 zeros, and the lists holding them
     (message,) = errors(text)
-    found = re.fullmatch(r"s\.yaml:1:1: error: aliases \(\*name\) add ([\d,]+) YAML nodes to the (\d+) written, more "
-                         r"than ([\d,]+)\n  hint: use blocks and `repeat:` to reuse a part of the spec", message)
+    # At the alias that passes the bound (was 1:1): `e`'s 8th *d, as b, c, d add 12,330 and each *d 11,111.
+    found = re.fullmatch(r"s\.yaml:5:36: error: aliases \(\*name\) add ([\d,]+) YAML nodes to the (\d+) written, "
+                         r"more than ([\d,]+); this \*d \(11,111 nodes\) is the first past them\n"
+                         r"  hint: use blocks and `repeat:` to reuse a part of the spec", message)
     assert found is not None, message
     added, written, bound = (int(group.replace(",", "")) for group in found.groups())
     expanded = 1 + 6 + sum(int("1" * k) for k in range(2, 8))  # the mapping, its keys, lists of 10^k zeros
     assert added + written == expanded and written < 100 and bound == loader.MAX_ALIAS_NODES
+
+
+@pytest.mark.parametrize(("text", "where", "this"), [
+    # an anchored mapping, merged (`<<: *m`): each alias adds its 102 nodes, past 100,000 at the 981st (line 982)
+    ("m: &m {k: " + "[" + ", ".join(["1"] * 99) + "]}\n" + "".join(f"x{i}: {{<<: *m}}\n" for i in range(1000)),
+     "s.yaml:982:12", "this *m (102 nodes)"),
+    # an anchored scalar, one node an alias: the 100,001st
+    ("s: &s 1\nl: [" + ", ".join(["*s"] * 100_001) + "]\n", "s.yaml:2:400005", "this *s (1 node)"),
+    # brackets deeper than MAX_DEPTH: composed by PyYAML's Python composer, streamed by its parser
+    # (1,000 nodes each: the 101st)
+    ("d: " + "[" * 70 + "]" * 70 + "\nl: &l [" + ", ".join(["0"] * 999) + "]\nm: [" + ", ".join(["*l"] * 101) + "]\n",
+     "s.yaml:3:405", "this *l (1,000 nodes)"),
+], ids=["merged mapping", "scalar", "deep brackets"])
+def test_the_alias_that_passes_the_bound_is_where_it_is_said(text: str, where: str, this: str) -> None:
+    (message,) = errors(text)
+    assert message.startswith(f"{where}: error: aliases (*name) add ") and f"; {this} is the first past" in message
+
+
+def test_a_node_written_after_aliases_that_passes_the_node_bound_is_where_it_is_said(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loader, "MAX_NODES", 30)
+    text = "a: &a [0, 0, 0, 0, 0, 0, 0, 0, 0]\nb: [*a]\nc: [1, 2, 3, 4, 5]\n"  # 14, 24 by *a, 31 by `c`'s 5
+    assert errors(text)[0].startswith("s.yaml:3:17: error: the document expands to more than 30 YAML nodes; this node "
+                                      "is the first past them")
 
 
 def test_aliases_under_the_bound_read_as_the_spec_written_out() -> None:
