@@ -107,10 +107,9 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
         # A strided layer on the way that floored an odd size still drops a row once the padding is
         # fixed: the padding alone works only at an input size the strides divide.
         strided = [c for c in changes if isinstance(c.geometry.get("stride"), int) and c.geometry["stride"] > 1]
-        floored = [c for c in strided if any(size % c.geometry["stride"] for size in c.before)]
+        floored = _floorings(strided, named=len(changes) > 1)
         total = math.prod(c.geometry["stride"] for c in strided)
-        also = (f" and an input size that is a multiple of {total} ({', '.join(repr(c.name) for c in floored)} "
-                "floored an odd size)") if floored else ""
+        also = f" and an input size that is a multiple of {total} ({floored})" if floored else ""
         if by_padding:  # (every layer listed needs its padding: one fix, not alternatives)
             fixes.append("keep the size with " + " and ".join(f"`padding: {padding}` on {' and '.join(names)}"
                                                                 for padding, names in by_padding.items()) + also)
@@ -143,8 +142,8 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
                              "the strides and scale factors between them so that they compose to an integer step "
                              "(no projection resamples by a fraction)")
     if exc.kind in ("stride", "off-centre", "larger"):
-        cause = {"stride": "a stride floored an odd size", "off-centre": "a layer dropped an odd row",
-                 "larger": "the target grew past the source"}[exc.kind]
+        cause = {"stride": _floorings(changes, named=len(changes) > 1) or "a stride floored a size it does not divide",
+                 "off-centre": "a layer dropped an odd row", "larger": "the target grew past the source"}[exc.kind]
         # A layer that rounded up past ceil(size / stride) (ceil_mode with padding, or more padding than its
         # kernel needs) makes the target larger than the stride gives: rounding up more cannot fix that.
         past = [c for c in changes if _rounded_past(c)]
@@ -207,6 +206,28 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
                 fixes.append("give the upsampling layer an explicit `size:` (then the model has one input size)")
         return _missed(_join(f"{listed}: {cause}" if listed else cause, "; or ".join(fixes)), sizes)
     return exc.hint
+
+
+def _floorings(changes: list[SizeChange], named: bool) -> str:
+    """What each strided layer did with a size its stride does not divide, exactly: "a stride of 3 floored
+    size 10 to 3" where it gave size // stride, else "a stride of 3 met size 10, which it does not divide"
+    (a kernel took more); "... in 'name'" where `named`. Empty where every stride divides its size.
+
+    >>> down = SizeChange("down", "Conv2d", {"kernel_size": 3, "stride": 3}, (9, 10), (3, 3))
+    >>> _floorings([down], named=False)
+    'a stride of 3 floored size 10 to 3'
+    """
+    said = []
+    for change in changes:
+        if not _strided(change):
+            continue
+        phrases = dict.fromkeys(  # (one phrase for a square map's equal dims)
+            f"a stride of {step} floored size {before} to {after}" if after == before // step
+            else f"a stride of {step} met size {before}, which it does not divide"
+            for before, after, step in zip(change.before, change.after, _steps(change))
+            if isinstance(step, int) and before % step)
+        said += [f"{phrase} in {change.name!r}" if named else phrase for phrase in phrases]
+    return " and ".join(said)
 
 
 def _steps(change: SizeChange) -> tuple[int, ...]:

@@ -112,10 +112,10 @@ def test_where_no_size_tried_fits_the_whole_model_the_hint_says_so_and_keeps_its
     with pytest.raises(resgraph.SpecError) as caught:
         resgraph.check(spec)
     hint = caught.value.diagnostics[0].hint
-    assert hint == ("'down' (Conv2d, kernel 2, stride 2, padding 0, dilation 1): 63x63 -> 31x31: a stride floored "
-                    "an odd size. Fix: make it round up as the strides do: `kernel_size: 3` and `padding: 1` on "
-                    "'down'. No input size near the declared one fits the whole model: at 'x' 62x62 it fails "
-                    "further on")
+    assert hint == ("'down' (Conv2d, kernel 2, stride 2, padding 0, dilation 1): 63x63 -> 31x31: a stride of 2 "
+                    "floored size 63 to 31. Fix: make it round up as the strides do: `kernel_size: 3` and "
+                    "`padding: 1` on 'down'. No input size near the declared one fits the whole model: at 'x' 62x62 "
+                    "it fails further on")
 
 
 @pytest.fixture

@@ -345,9 +345,41 @@ def test_a_stride_that_floored_an_odd_size_proposes_the_input_sizes_that_fit() -
     assert refused(b) == (
         "skip 's': cannot add 'x' (4, 9, 9) to 'pool' (4, 4, 4): "
         "spatial size 9x9 -> 4x4 does not match a stride of 2 (which gives 5x5)",
-        "'pool' (MaxPool2d, kernel 2, stride 2, padding 0, dilation 1): 9x9 -> 4x4: a stride floored an odd size. "
+        "'pool' (MaxPool2d, kernel 2, stride 2, padding 0, dilation 1): 9x9 -> 4x4: a stride of 2 floored size 9 to 4. "
         "Fix: an input size at which this skip fits: 'x' 8x8 (or 10x10, 6x6); or make it round up as the strides "
         "do: `ceil_mode: true` on 'pool'")
+
+
+@pytest.mark.parametrize(("size", "layers", "cause"), [
+    # 10 is even: "floored an odd size" was wrong for any stride but 2
+    ([10, 10], [("down", "Conv2d", {"out_channels": 4, "kernel_size": 3, "stride": 3})],
+     "'down' (Conv2d, kernel 3, stride 3, padding 0, dilation 1): 10x10 -> 3x3: a stride of 3 floored size 10 to 3. "),
+    ([9, 10], [("down", "Conv2d", {"out_channels": 4, "kernel_size": 3, "stride": 3})],  # 9 is divided: not named
+     "'down' (Conv2d, kernel 3, stride 3, padding 0, dilation 1): 9x10 -> 3x3: a stride of 3 floored size 10 to 3. "),
+    # the kernel took more than the flooring: 2, not 10 // 3
+    ([10, 10], [("down", "Conv2d", {"out_channels": 4, "kernel_size": 5, "stride": 3})],
+     "'down' (Conv2d, kernel 5, stride 3, padding 0, dilation 1): 10x10 -> 2x2: a stride of 3 met size 10, which it "
+     "does not divide. "),
+    # two layers listed: each is named
+    ([9, 9], [("p", "MaxPool2d", {"kernel_size": 2}), ("q", "MaxPool2d", {"kernel_size": 3})],
+     "'p' (MaxPool2d, kernel 2, stride 2, padding 0, dilation 1): 9x9 -> 4x4; 'q' (MaxPool2d, kernel 3, stride 3, "
+     "padding 0, dilation 1): 4x4 -> 1x1: a stride of 2 floored size 9 to 4 in 'p' and a stride of 3 floored size 4 "
+     "to 1 in 'q'. "),
+    # on one grid, shrunk: the padding works at a multiple of the stride
+    ([31, 31], [("c", "Conv2d", {"out_channels": 4, "kernel_size": 3}), ("p", "MaxPool2d", {"kernel_size": 3}),
+                ("u", "Upsample", {"scale_factor": 3})],
+     "Fix: keep the size with `padding: 1` on 'c' and an input size that is a multiple of 3 (a stride of 3 floored "
+     "size 29 to 9 in 'p'); "),
+], ids=["stride-3-even-size", "one-dim", "kernel-took-more", "two-layers", "one-grid"])
+def test_a_stride_that_did_not_divide_a_size_is_said_exactly(size: list[int], layers: list[tuple[str, str, dict]],
+                                                              cause: str) -> None:
+    b = GraphBuilder("Net")
+    b.input("x", [4, *size])
+    for name, op, arguments in layers:
+        b.layer(name, op, **arguments)
+    b.skip("s", "x", layers[-1][0])
+    _, hint = refused(b)
+    assert hint is not None and cause in hint and "odd" not in hint, hint
 
 
 def test_an_off_centre_crop_names_the_layer_that_dropped_a_row_and_the_sizes_that_fit() -> None:
