@@ -355,15 +355,42 @@ def _missed(text: str, offer: Offer) -> str:
 
 
 def changed_layers(graph: Graph, source: str, target: str) -> list[SizeChange]:
-    """The layers from `source` up to `target` that changed the spatial size, looking inside block calls
-    (`'conv1' (Conv2d, kernel 3, stride 1, padding 0): 32x32 -> 30x30`)."""
-    names = list(graph.nodes)
-    if source not in names or target not in names:
+    """The layers on the way from `source` to `target` that changed the spatial size, looking inside block
+    calls (`'conv1' (Conv2d, kernel 3, stride 1, padding 0): 32x32 -> 30x30`), in execution order. A layer
+    on a branch beside that way, run between the two, changed neither end's size and is not listed."""
+    if source not in graph.nodes or target not in graph.nodes:
         return []
+    between = _between(graph, source, target)
     found: list[SizeChange] = []
-    for name in names[names.index(source) + 1:names.index(target) + 1]:
-        _collect(graph, graph.nodes[name], found)
+    for name, node in graph.nodes.items():
+        if name in between:
+            _collect(graph, node, found)
     return found
+
+
+def _between(graph: Graph, source: str, target: str) -> set[str]:
+    """The nodes on the paths between a skip's ends: those `target` is computed from (itself included)
+    that are computed from `source` (not itself); where `source` is on a branch of its own, not above
+    `target`, the nodes of either branch since they forked (both ends included)."""
+    above_target = _upstream(graph, target)
+    if source not in above_target:
+        return above_target ^ _upstream(graph, source)
+    below_source = {source}
+    for name, node in graph.nodes.items():  # (in execution order: a node's inputs come before it)
+        if any(read in below_source for read in node.inputs):
+            below_source.add(name)
+    return (above_target & below_source) - {source}
+
+
+def _upstream(graph: Graph, name: str) -> set[str]:
+    """`name` and every node it is computed from."""
+    seen, stack = {name}, [name]
+    while stack:
+        for read in graph.nodes[stack.pop()].inputs:
+            if read not in seen and read in graph.nodes:
+                seen.add(read)
+                stack.append(read)
+    return seen
 
 
 def _collect(graph: Graph, node: Node, found: list[SizeChange]) -> None:

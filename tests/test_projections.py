@@ -347,3 +347,38 @@ def test_grids_of_two_origins_are_not_compared() -> None:
     model = resgraph.build(spec, seed=0)
     # 8 -> 4: the smallest step that fits is 2; y's stride, 3, would give 3 (counted as if from one grid)
     assert model.s[0].stride == (2, 2)
+
+
+BRANCHED = ("resgraph: 1\nname: Branched\ninputs: {x: [3, 9, 9]}\nlayers:\n"
+            "  - stem: {op: Conv2d, out_channels: 8, kernel_size: 3, padding: 1}\n%s"
+            "  - act: {op: ReLU}\nskips:\n  - s: {from: %s, to: act}\noutputs: [act, side]\n")
+
+
+@pytest.mark.parametrize(("branches", "source", "hint"), [
+    # The skip's way runs through 'main' (unstrided, unpadded); 'side', strided, is a sibling run between its ends:
+    # it was listed, and "an input size that is a multiple of 2 ('side' floored an odd size)" asked for its stride.
+    ("  - side: {op: Conv2d, input: stem, out_channels: 8, kernel_size: 3, stride: 2}\n"
+     "  - main: {op: Conv2d, input: stem, out_channels: 8, kernel_size: 3}\n", "stem",
+     "shrunk by 'main' (Conv2d, kernel 3, stride 1, padding 0, dilation 1): 9x9 -> 7x7. Fix: keep the size with "
+     "`padding: 1` on 'main'; or set `projection: crop` on this skip (the maps share a grid, so a centre crop aligns "
+     "them)"),
+    # a strided sibling beside a strided way: `ceil_mode: true` was proposed on the sibling too
+    ("  - side: {op: MaxPool2d, input: stem, kernel_size: 3}\n"
+     "  - main: {op: MaxPool2d, input: stem, kernel_size: 2}\n", "stem",
+     "'main' (MaxPool2d, kernel 2, stride 2, padding 0, dilation 1): 9x9 -> 4x4: a stride of 2 floored size 9 to 4. "
+     "Fix: an input size at which this skip fits: 'x' 8x8 (or 10x10, 6x6); or make it round up as the strides do: "
+     "`ceil_mode: true` on 'main'"),
+    # a skip from one branch to the other: the layers of both since they forked, its source included (it was left
+    # out, as the first of the layers between the two in order)
+    ("  - side: {op: Conv2d, input: stem, out_channels: 8, kernel_size: 3, stride: 2}\n"
+     "  - main: {op: Conv2d, input: stem, out_channels: 8, kernel_size: 3}\n", "side",
+     "'side' (Conv2d, kernel 3, stride 2, padding 0, dilation 1): 9x9 -> 4x4; 'main' (Conv2d, kernel 3, stride 1, "
+     "padding 0, dilation 1): 9x9 -> 7x7. Fix: take the skip from a layer at the target's scale, or upsample the "
+     "source first"),
+], ids=["grid", "stride", "across-branches"])
+def test_a_skip_hint_lists_only_the_layers_on_its_way(branches: str, source: str, hint: str) -> None:
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(BRANCHED % (branches, source))
+    (diagnostic,) = caught.value.diagnostics
+    assert str(diagnostic.location) == "<string>:10:5" and diagnostic.message.startswith("skip 's': cannot add ")
+    assert diagnostic.hint == hint
