@@ -304,7 +304,7 @@ EXTRA = [
            Refused("the gate (1, 1, 8) is features-last but the target (8, 4, 4) is channels-first: broadcasting "
                    "would pair its features with the target's last dim",
                    "permute the gate to the target's layout first (e.g. `op: permute`), or produce it with a 1x1 "
-                   "conv and a pool")) for p in ("auto", "none")],
+                   "conv and a pool", "layout")) for p in ("auto", "none")],
     Case(Projection.pad, Merge.add, m(8, 8, 8, at=AT1), m(4, 4, 4, at=AT2),
          Refused("pad cannot reduce 8 channels to 4", "use projection: auto or conv, which learn a 1x1 projection")),
     Case(Projection.pad, Merge.add, f(10), f(6),
@@ -313,7 +313,7 @@ EXTRA = [
 CASES = MATRIX + EXTRA
 ACCEPTED = [c for c in CASES if not isinstance(c.expected, Refused)]
 REFUSED = [c for c in CASES if isinstance(c.expected, Refused)]
-KINDS = ("grid", "stride", "larger", "finer", "ratio", "off-centre", "scales", "rank", None)
+KINDS = ("grid", "stride", "larger", "finer", "ratio", "off-centre", "scales", "rank", "layout", None)
 
 
 def plan_of(case: Case) -> ProjectionPlan:
