@@ -37,7 +37,8 @@ from .sizes import SizeReport
 from .symbolic import SymInt, render
 
 __all__ = ["FRESH_OUTPUT_OPS", "HELPERS", "MAX_STATEMENTS", "PART_PREFIX", "functions_of", "generate_forward",
-           "helpers_used", "in_place_adds", "input_guard", "shape_comment"]
+           "helpers_used", "in_place_adds", "input_guard", "node_reads", "node_statement", "shape_comment",
+           "variables_of"]
 
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # whole names only: fullmatch (`$` would allow "x\n")
 _IDENTIFIER_LINES = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?:\n[A-Za-z][A-Za-z0-9_]*)*")  # lines of them: _all_identifiers
@@ -103,7 +104,7 @@ def generate_forward(graph: Graph, *, shapes: bool = True, in_place: bool = True
     shared = graph.meta.get("shared") if shapes and in_place else None
     if shared is not None and "forward" in shared:
         return shared["forward"]  # type: ignore[no-any-return]
-    variables = _variables(graph)
+    variables = variables_of(graph)
     types = _TypeFacts()
     body: list[str] = []  # one per statement: its line with its comment (and, later, its `del` line)
     first_write: dict[str, int] = {name: -1 for name in graph.inputs}  # variable -> the statement defining it
@@ -113,7 +114,7 @@ def generate_forward(graph: Graph, *, shapes: bool = True, in_place: bool = True
     if shapes:
         for name in graph.inputs:
             size[name] = _elements(graph.nodes[name].meta["type"])
-    for node, var, reads, adds_in_place in _reads(graph, variables, in_place):
+    for node, var, reads, adds_in_place in node_reads(graph, variables, in_place):
         if isinstance(node, InputNode) or is_block_value(node):
             continue  # a block call's values are assigned by the call's statement
         if isinstance(node, BlockNode) and node.values:
@@ -121,7 +122,7 @@ def generate_forward(graph: Graph, *, shapes: bool = True, in_place: bool = True
         else:
             args = reads or _batch_source(graph, node)
             _, shape, elements = types.of(node) if shapes else _NO_FACTS
-            statements = ((_statement(node, var, args, adds_in_place), ((var, elements),), args,
+            statements = ((node_statement(node, var, args, adds_in_place), ((var, elements),), args,
                            _comment(node, shape)),)
         for code, written, read, comment in statements:
             index = len(body)
@@ -222,7 +223,7 @@ def _parts(count: int) -> list[range]:
     return [range(start, stop) for start, stop in zip(bounds, bounds[1:])]
 
 
-def _variables(graph: Graph) -> dict[str, str]:
+def variables_of(graph: Graph) -> dict[str, str]:
     """Node name -> the variable holding its value, once every name reaching the source is checked:
     names become attributes (and comments), variables become variables, so each must be a
     validated identifier."""
@@ -271,7 +272,7 @@ class _TypeFacts:
 _NO_FACTS = (None, None, None)  # what generate_forward uses of _TypeFacts.of without shapes
 
 
-def _statement(node: Node, var: str, args: list[str], in_place: bool = False) -> str:
+def node_statement(node: Node, var: str, args: list[str], in_place: bool = False) -> str:
     """A node's statement, given its variable and the variables it reads."""
     if isinstance(node, LayerNode):
         if node.layer.code_only:
@@ -309,10 +310,11 @@ def in_place_adds(graph: Graph) -> set[str]:
     and dtype (the source broadcasts into the target). A graph input never qualifies: its tensor is
     the caller's.
     """
-    return {node.name for node, _, _, adds_in_place in _reads(graph, _variables(graph), in_place=True) if adds_in_place}
+    return {node.name for node, _, _, adds_in_place in node_reads(graph, variables_of(graph), in_place=True)
+            if adds_in_place}
 
 
-def _reads(graph: Graph, variables: dict[str, str],
+def node_reads(graph: Graph, variables: dict[str, str],
            in_place: bool) -> Iterator[tuple[Node, str, list[str], bool]]:
     """(node, its variable, the variables it reads, whether it adds into its target in place) for
     each node in graph order. The last is what `in_place_adds` decides, and False for every node

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .codegen import HELPERS, _reads, _statement, _variables
+from .codegen import HELPERS, node_reads, node_statement, variables_of
 from .errors import one_line
 from .graph import BlockNode, Graph, InputNode, LayerNode, is_block_value
 from .ops import TensorType
@@ -121,12 +121,12 @@ def _run_graph(graph: Graph, root: Any, module: Any, args: list[Any], types: dic
     import torch
 
     prefix = graph.qualname
-    variables = _variables(graph)
+    variables = variables_of(graph)
     env: dict[str, Any] = {"torch": torch, "self": module}
     for helper, source in HELPERS.items():
         exec(compile(source, f"<resgraph helper {helper}>", "exec"), env)
     calls: dict[str, list[Any]] = {}  # a block call with several values -> them
-    for node, var, reads, _ in _reads(graph, variables, in_place=False):
+    for node, var, reads, _ in node_reads(graph, variables, in_place=False):
         name = prefix + node.name
         if isinstance(node, InputNode):
             env[var] = args[graph.inputs.index(node.name)]
@@ -136,7 +136,7 @@ def _run_graph(graph: Graph, root: Any, module: Any, args: list[Any], types: dic
             calls[node.name] = values = _run_block(node, name, root, [env[r] for r in reads], types)
             env[var] = values[0] if not node.values else values
         else:
-            statement = _statement(node, var, reads or ([graph.inputs[0]] if isinstance(node, LayerNode) else []))
+            statement = node_statement(node, var, reads or ([graph.inputs[0]] if isinstance(node, LayerNode) else []))
             try:
                 exec(statement, env)  # the generated statement: validated identifiers only (see codegen)
             except Exception as error:  # whatever a changed module raises: the run stops there
