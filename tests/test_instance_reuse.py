@@ -94,7 +94,7 @@ def count_work(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 
     monkeypatch.setattr(shapes, "instantiate", counted("instantiate", shapes.instantiate))
     monkeypatch.setattr(shapes, "resolve", counted("resolve", shapes.resolve))
-    monkeypatch.setattr(codegen, "_variables", counted("forward", codegen._variables))  # once per generation
+    monkeypatch.setattr(codegen, "variables_of", counted("forward", codegen.variables_of))  # once per generation
     return counts
 
 
