@@ -583,7 +583,7 @@ def _load_text(text: str, file: str) -> LoadedSpec:
         common = False  # (`_Builder` walks it again from the start, and says what it found)
     if not common:
         source, spans = SourceMap(file), []
-        builder = _Builder(source, spans)
+        builder = _Builder(source, spans, text)
         data = builder.build(root, ())
         if builder.diagnostics:
             raise SpecError(builder.diagnostics)
@@ -761,15 +761,16 @@ _YAML12_INT = re.compile(r"^[-+]?[0-9]+$|^0o[0-7]+$")  # (in a plain scalar PyYA
 _YAML11_BOOLS = frozenset({"yes", "no", "on", "off"})
 
 
-def _scalar_value(node: yaml.ScalarNode) -> Any:
-    """The value of a scalar of a core tag (`str`, `int`, `float`, `bool`, `null`).
+def _scalar_value(node: yaml.ScalarNode, *, untagged: bool) -> Any:
+    """The value of a scalar of a core tag (`str`, `int`, `float`, `bool`, `null`); `untagged`: a plain
+    scalar written without a tag (`_untagged`), which YAML 1.1 and 1.2 may read differently.
 
     Raises:
         _Unreadable: its text is not of its tag (`!!bool 3`, `!!float x`), or an integer of 10^100 or more.
     """
     written = node.value
     if node.tag == _STR:
-        if not node.style and written[:1] in _NUMBER_START and _untagged(node):  # (`!!str 1e-6` is text)
+        if untagged and written[:1] in _NUMBER_START:  # (`!!str 1e-6` is text)
             if _EXPONENT_FLOAT.match(written):
                 return _finite(float(written), written)  # `eps: 1e-6`: a number, as YAML 1.2 reads it
             _refuse_yaml11_reading(node.tag, written, _shown(written))  # (`08`, `0o17`: YAML 1.2 integers)
@@ -777,7 +778,7 @@ def _scalar_value(node: yaml.ScalarNode) -> Any:
     if node.tag == _INT and _plain_decimal(written):
         return int(written)  # the common case
     text = _shown(written)
-    if not node.style and _untagged(node):
+    if untagged:
         _refuse_yaml11_reading(node.tag, written, text)
     try:
         value = _SCALARS.yaml_constructors[node.tag](_SCALARS, node)
@@ -838,10 +839,21 @@ def _shown(written: str) -> str:
     return written if len(written) <= 40 else f"{written[:20]}...{written[-10:]}"
 
 
-def _untagged(node: yaml.ScalarNode) -> bool:
-    """Whether a plain scalar has no tag: a tagged one (`!!bool yes`, `!!str 08`) says which reading it
-    means (its node spans more than its text)."""
-    return node.end_mark.index - node.start_mark.index == len(node.value)
+def _untagged(node: yaml.ScalarNode, text: str) -> bool:
+    """Whether `node`, composed from `text`, is a plain scalar written without a tag: a tagged one
+    (`!!bool yes`, `!!str 08`) says which reading it means. An anchor is no tag: `&e 1e-6` is read
+    as `1e-6` is (it was read as tagged, so as text, and `&i 010` as YAML 1.1's octal 8)."""
+    if node.style:
+        return False
+    start = node.start_mark.index
+    if node.end_mark.index - start == len(node.value):
+        return True  # (nothing before its text: the common case)
+    properties = _PROPERTIES.match(text, start)  # (a plain scalar cannot begin with `&` or `!`)
+    return properties is None or not any(token.startswith("!") for token in properties.group().split())
+
+
+# A node's properties, its anchor and its tag in either order, each followed by white space (or a line break).
+_PROPERTIES = re.compile(r"(?:[&!]\S*\s+)+")
 
 
 def _unacceptable_character(text: str, file: str, exc: yaml.reader.ReaderError) -> Diagnostic:
@@ -897,8 +909,9 @@ def _refuse_yaml11_reading(tag: str, written: str, text: str) -> None:
 class _Builder:
     """Turns a composed YAML node tree into plain data, recording positions and problems."""
 
-    def __init__(self, source: SourceMap, spans: list[tuple[Path, yaml.ScalarNode]]) -> None:
+    def __init__(self, source: SourceMap, spans: list[tuple[Path, yaml.ScalarNode]], text: str) -> None:
         self.source = source
+        self.text = text  # (what the nodes were composed from: a scalar's anchor and tag are read in it)
         self.spans = spans  # (see `_common_node`)
         self.diagnostics: list[Diagnostic] = []
         self.nodes_built = 0
@@ -959,7 +972,7 @@ class _Builder:
 
     def scalar(self, node: yaml.ScalarNode) -> Any:
         try:
-            return _scalar_value(node)
+            return _scalar_value(node, untagged=_untagged(node, self.text))
         except _Unreadable as exc:
             self.fail(node, str(exc), exc.hint)
             return None
@@ -1034,7 +1047,7 @@ _MAP, _SEQ = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
 
 
 def _common_data(root: yaml.Node, source: SourceMap, spans: list[tuple[Path, yaml.ScalarNode]]) -> Any:
-    """`_Builder(source, spans).build(root, ())` for a document it would find nothing wrong with and where
+    """`_Builder(source, spans, text).build(root, ())` for a document it would find nothing wrong with and where
     no key is `<<`, in one lean walk: the builder's bookkeeping (its node count, the nodes on the
     current path, merged keys, the first position kept where a path is met twice) is for documents
     this walk leaves to it. Every path is met once here, so the node count is the number of paths.
@@ -1072,8 +1085,10 @@ def _common_node(node: yaml.Node, path: Path, values: dict[Path, tuple[int, int]
             return written
         elif tag not in _CONSTRUCTED_TAGS:
             raise _Uncommon
+        if not style and node.end_mark.index - start.index != len(written):
+            raise _Uncommon  # (an anchor or a tag before it, or lines: the builder reads its text)
         try:
-            return _scalar_value(node)
+            return _scalar_value(node, untagged=True)
         except _Unreadable:
             raise _Uncommon from None
     values[path] = (start.line + 1, start.column + 1)

@@ -549,6 +549,26 @@ def test_a_tag_says_which_reading_a_value_means() -> None:
     assert load_text("a: !!str 1e-6\nb: !!float 1e-6\nc: 1e-6\n").data == {"a": "1e-6", "b": 1e-6, "c": 1e-6}
 
 
+@pytest.mark.parametrize(("written", "read"), [
+    ("&e 1e-6", 1e-6), ("&e\n  1e-6", 1e-6), ("[&e 2e-3, *e]", [2e-3, 2e-3]), ("{b: &e 1e-5}", {"b": 1e-5}),
+    ("&f !!str 1e-6", "1e-6"), ("!!str &f 1e-6", "1e-6"), ("&n 10", 10), ("&t hello", "hello"),
+    ("&u 1e-6 and text", "1e-6 and text"), ("&i !!int 010", 8)])
+def test_an_anchor_is_no_tag_a_value_with_one_is_read_as_without(written: str, read: object) -> None:
+    # (an anchored scalar was taken for a tagged one: `&e 1e-6` read as text, `&i 010` as octal 8)
+    assert load_text(f"a: {written}\n").data == {"a": read}
+
+
+@pytest.mark.parametrize(("written", "said"), [
+    ("&i 010", "010 has a leading zero: YAML 1.1 reads it as octal (8), YAML 1.2 as 10"),
+    ("&l 1:30", "1:30 is a base-60 number in YAML 1.1 and text in YAML 1.2"),
+    ("&m yes", "yes is true in YAML 1.1 and text in YAML 1.2"),
+    ("&b 1e400", "the number 1e400 is out of range: a number's magnitude is at most about 1.8e308 (a 64-bit "
+                 "float's largest)")])
+def test_an_anchored_value_that_yaml_versions_read_differently_is_refused_as_without(written: str, said: str) -> None:
+    (message,) = errors(f"a: 1\nb: [2, {written}]\n")
+    assert message.startswith(f"s.yaml:2:8: error: {said}")
+
+
 def test_a_plain_merge_key_as_a_value_says_to_quote_it() -> None:
     # (no tag was written: YAML itself reads a plain << as its merge key)
     assert errors("a: <<\n") == ["s.yaml:1:4: error: '<<' is YAML's merge key, not a value\n  hint: quote it: '<<'"]
