@@ -183,10 +183,7 @@ def replaced_modules(module: CompiledModule, rebuilt: nn.Module | None = None) -
     built submodule of another kind or other tensor shapes (`model.fc = nn.Linear(2048, 10)`), or
     added under a new name, by its dotted path. `rebuilt`: the model's spec built on meta, where the
     caller has it already (else it is built here)."""
-    if rebuilt is None:
-        with allowed_imports(module.build_record.allow_imports):  # the ones it was built with
-            rebuilt = meta_module(module.graph)
-    built = dict(rebuilt.named_modules())
+    built = dict((rebuilt if rebuilt is not None else rebuilt_on_meta(module)).named_modules())
     replaced: dict[str, nn.Module] = {}
     for name, sub in module.named_modules():
         if not name or any(name.startswith(f"{outer}.") for outer in replaced):
@@ -201,6 +198,12 @@ def replaced_modules(module: CompiledModule, rebuilt: nn.Module | None = None) -
                 and not any(tie.owner.startswith(f"{outer}.") for outer in replaced)):
             replaced[tie.owner] = module.get_submodule(tie.owner)
     return replaced
+
+
+def rebuilt_on_meta(module: CompiledModule) -> nn.Module:
+    """What a rebuild of `module`'s spec makes, on meta (no weights), with the imports it was built with."""
+    with allowed_imports(module.build_record.allow_imports):
+        return meta_module(module.graph)
 
 
 # Where a wrapper keeps the model it runs: torch.compile's OptimizedModule, DistributedDataParallel's

@@ -150,25 +150,42 @@ def _run_graph(graph: Graph, root: Any, module: Any, args: list[Any], types: dic
 def _run_block(node: BlockNode, name: str, root: Any, args: list[Any], types: dict[str, TensorType]) -> list[Any]:
     """A block call's values: its instances run in turn (a repeat's chained, each recorded as
     `call.N`); a call with several values returns each (a collected repeat: each instance's). A call
-    put in place after the build (`model.layer4 = nn.Identity()`) is run as a whole."""
+    put in place after the build (`model.layer4 = nn.Identity()`) is run as a whole, and so is one
+    instance of a repeat put in place (`model.layer1[1] = nn.Identity()`), in its turn."""
     instances = [_generated(root, instance.qualname.rstrip(".")) for instance in node.instances]
-    if not all(instances):
-        try:
-            value = root.get_submodule(name)(*args)
-        except Exception as error:
-            raise _Stopped(RunFailure(name, one_line(f"{type(error).__name__}: {error}"))) from None
-        return list(value) if isinstance(value, (tuple, list)) else [value]
+    if not all(instances) and not (node.repeated and _children(root, name) == len(node.instances)):
+        return _run_module(root, name, args)
     collected: list[Any] = []
     outputs = args
     for instance, instance_module in zip(node.instances, instances):
         qualified = instance.qualname.rstrip(".")
-        outputs = _run_graph(instance, root, instance_module, outputs, types)
+        if instance_module is None:
+            outputs = _run_module(root, qualified, outputs[:1])
+        else:
+            outputs = _run_graph(instance, root, instance_module, outputs, types)
         if node.repeated:
             if (kind := _type(outputs[0])) is not None:
                 types[qualified] = kind
             collected.append(outputs[0])
             outputs = outputs[:1]
     return collected if node.repeated and node.values else outputs
+
+
+def _run_module(root: Any, name: str, args: list[Any]) -> list[Any]:
+    """The values of the submodule at `name`, called on `args` as it is (put in place after the build)."""
+    try:
+        value = root.get_submodule(name)(*args)
+    except Exception as error:  # whatever a changed module raises: the run stops there
+        raise _Stopped(RunFailure(name, one_line(f"{type(error).__name__}: {error}"))) from None
+    return list(value) if isinstance(value, (tuple, list)) else [value]
+
+
+def _children(root: Any, name: str) -> int | None:
+    """The number of modules in the container at `name` (a repeat's nn.Sequential), or None."""
+    try:
+        return len(root.get_submodule(name)._modules)
+    except AttributeError:
+        return None
 
 
 def _generated(root: Any, name: str) -> Any | None:

@@ -17,6 +17,8 @@ it reads. Totals and the projection list are always the whole model's, whatever 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import re
 import unicodedata
@@ -107,7 +109,7 @@ class Summary:
     activation_bytes: int = 0  # every node's output, one sample
     input_bytes: int = 0
     unmeasured: list[str] = field(default_factory=list)  # the layers whose MACs are unknown
-    replaced: list[str] = field(default_factory=list)  # submodules put in place after the build: shapes as it runs
+    replaced: list[str] = field(default_factory=list)  # submodules put in place or set otherwise after the build
     failure: str | None = None  # where and why the model, changed after its build, no longer runs
     depth: int | None = None
     columns: tuple[str, ...] = ()
@@ -146,7 +148,7 @@ def summarize(graph: Graph, module: Any, *, depth: int | None = None, columns: S
         from .run_shapes import run_shapes
 
         run = run_shapes(graph, module, float_dtype=walker.float_dtype)
-        walker = _Walker(module, run=run, swapped=walker.swapped)
+        walker = _Walker(module, run=run, swapped=walker.swapped, resettled=frozenset(walker.resettled))
         walker.graph(graph, "", 0, list(graph.inputs))
     rows = walker.rows
     leaves = [r for r in rows if r.kind in ("layer", "skip")]
@@ -181,7 +183,8 @@ class _Totals:
 class _Walker:
     """Walks a graph and its block instances depth first, appending rows in execution order."""
 
-    def __init__(self, module: Any, *, run: ShapeRun | None = None, swapped: dict[str, Any] | None = None) -> None:
+    def __init__(self, module: Any, *, run: ShapeRun | None = None, swapped: dict[str, Any] | None = None,
+                 resettled: frozenset[str] = frozenset()) -> None:
         self.module = module
         self.run = run  # the types as the model runs, once a submodule was put in place after the build
         # A model converted after its build (`model.half()`, `.double()`) computes in its weights' dtype:
@@ -191,6 +194,9 @@ class _Walker:
         self.values: dict[int, list[str]] = {}  # id(block call) -> the rows holding its values, when several
         self.outputs: list[str] = []  # the rows holding the outputs of the graph walked last
         self.swapped = swapped  # the submodules put in place after the build, once asked
+        self.made_again: Any = None  # (see `rebuilt`)
+        # of `swapped`, the modules the build made but set otherwise since (`model.conv1.stride = (1, 1)`)
+        self.resettled: set[str] = set(resettled)
 
     def graph(self, graph: Graph, prefix: str, level: int, sources: list[str]) -> _Totals:
         """Rows for `graph`'s nodes; `sources` name the rows feeding its inputs. Returns its totals."""
@@ -201,6 +207,7 @@ class _Walker:
                 shown[node.name] = self.values[id(graph.nodes[node.inputs[0]])][node.layer.index]
                 continue
             name = prefix + node.name
+            swapped_block = self.replaced_block(name, node) if isinstance(node, BlockNode) else None
             inputs = [self.type_of(prefix + i, graph.nodes[i]) for i in node.inputs]
             reads = [shown[i] for i in node.inputs]
             shown.setdefault(node.name, name)
@@ -213,14 +220,23 @@ class _Walker:
             common = {"shape": list(out.shape) if ran else [], "depth": level,
                       "input_shapes": [list(t.shape) for t in inputs if t is not None] if ran else [],
                       "connected_to": reads, "ran": ran, **self.owned(node, prefix)}
-            if isinstance(node, InputNode):
+            if swapped_block is not None:  # a whole block put in place after the build: one row, as it runs now
+                common.update(_held(list(swapped_block.parameters())))
+                macs = _measure(swapped_block, inputs) if ran else None
+                self.rows.append(Row(name, "layer", f"{type(swapped_block).__name__} (put in place after the build)",
+                                     **_mac_fields(macs), activation_bytes=_bytes(out), **common))
+                self.values[id(node)] = [name] * (len(node.values) + len(node.instances))  # (its values: this row)
+                totals.add(macs, _bytes(out))
+            elif isinstance(node, InputNode):
                 if not prefix:
                     self.rows.append(Row(name, "input", f"input {out.dtype}", activation_bytes=_bytes(out), **common))
             elif isinstance(node, LayerNode):
                 swapped = self.replaced(node, name, prefix)
                 if swapped is not None:  # (measured as it runs now: its output and MACs may not be the spec's)
                     macs = _measure(swapped, inputs) if ran else None
-                    text = f"{type(swapped).__name__} (put in place after the build)"
+                    how = "set otherwise" if name in self.resettled else "put in place"
+                    text = f"{type(swapped).__name__}({one_line(swapped.extra_repr())}) ({how} after the build)" if (
+                        name in self.resettled) else f"{type(swapped).__name__} (put in place after the build)"
                 else:
                     macs, text = self.layer_macs(node, name, inputs, out) if ran else None, _layer_text(node)
                 self.rows.append(Row(name, "layer", text, kernel=None if swapped is not None else _kernel(node),
@@ -265,6 +281,21 @@ class _Walker:
             if not node.repeated:
                 inner = self.graph(instance, instance.qualname, level + 1, sources)
                 self.values[id(node)] = self.outputs
+            elif (swapped := self.replaced_block(qualified, instance)) is not None:  # (`model.layer1[1] = ...`)
+                out = self.type_of(qualified, instance.nodes[instance.outputs[0]])
+                ins = [self.run.types.get(source) if self.run else None for source in sources]  # (what it was given)
+                ran = out is not None and None not in ins
+                macs = _measure(swapped, [t for t in ins if t is not None]) if ran else None
+                self.rows.append(Row(
+                    qualified, "layer", f"{type(swapped).__name__} (put in place after the build)",
+                    list(out.shape) if out is not None and ran else [], depth=level + 1,
+                    input_shapes=[list(t.shape) for t in ins if t is not None] if ran else [], ran=ran,
+                    connected_to=sources, activation_bytes=_bytes(out) if out is not None and ran else 0,
+                    **_held(list(swapped.parameters())), **_mac_fields(macs)))
+                inner = _Totals()
+                inner.add(macs, _bytes(out) if out is not None and ran else 0)
+                sources = [qualified]
+                self.values.setdefault(id(node), []).append(qualified)
             else:
                 first = len(self.rows)
                 self.rows.append(Row(qualified, "instance", instance_title(instance), shape=[], params=0))
@@ -299,16 +330,45 @@ class _Walker:
         return replace(t, dtype=self.float_dtype) if self.float_dtype and t.dtype == "float32" else t
 
     def owned(self, node: Node, prefix: str) -> dict[str, int]:
-        tensors = owned_tensors(self.module, node, prefix)
-        return {"params": sum(t.numel() for t in tensors),
-                "trainable_params": sum(t.numel() for t in tensors if t.requires_grad),
-                "param_bytes": sum(t.numel() * t.element_size() for t in tensors)}
+        try:
+            tensors = owned_tensors(self.module, node, prefix)
+        except AttributeError:  # (a block with a part put in place after the build: the tensors it holds now)
+            tensors = list(self.module.get_submodule(prefix + node.name).parameters())
+        return _held(tensors)
 
     def layer_macs(self, node: LayerNode, name: str, inputs: list[TensorType], out: TensorType) -> MacCount | None:
         macs = layer_macs(node.layer, node.meta.get("args", {}), inputs, out)
         if macs is None:
             macs = _measure(self.module.get_submodule(name), inputs)
         return macs
+
+    def replaced_block(self, name: str, call: BlockNode | Graph) -> Any | None:
+        """The submodule at `name` where a block call (`call`: its node) or one instance of a repeat
+        (`call`: its graph) was put in place after the build (`model.layer4 = nn.Identity()`), as
+        `model.replaced_modules` tells; None where it is what the build made. That answer builds the
+        spec on meta, so it is asked only where the module there is missing or of another class
+        than the generated one (a repeat's: nn.Sequential)."""
+        if getattr(self.module, "build_record", None) is None:
+            return None
+        expected = (call.name if isinstance(call, Graph) else "Sequential" if call.repeated
+                    else call.instances[0].name)
+        try:
+            sub = self.module.get_submodule(name)
+        except AttributeError:
+            sub = None
+        # (a repeat's nn.Sequential of another length runs what it holds: put in place as a whole)
+        resized = isinstance(call, BlockNode) and call.repeated and sub is not None and len(sub._modules) != len(
+            call.instances)
+        if self.swapped is None:
+            if sub is not None and type(sub).__name__ in (expected, f"FSDP{expected}") and not resized:
+                return None
+            from .model import replaced_modules
+
+            self.swapped = replaced_modules(self.module, self.rebuilt())
+        if resized:
+            self.swapped = {outer: sub for outer, sub in self.swapped.items() if not outer.startswith(f"{name}.")}
+            self.swapped[name] = sub
+        return sub if any(name == outer or name.startswith(f"{outer}.") for outer in self.swapped) else None
 
     def replaced(self, node: LayerNode, name: str, prefix: str) -> Any | None:
         """The submodule at `name` where it is not what the build made there (`model.fc = nn.Linear(512,
@@ -322,16 +382,80 @@ class _Walker:
             sub = self.module.get_submodule(name)
         except AttributeError:
             return None
+        settings = node.meta.get("args", {})
         if self.swapped is None:
             kinds = {cls.__name__ for cls in type(sub).__mro__}
             counted = node.meta.get("params")  # (None where the build did not count them: a tied layer's)
-            if expected.rsplit(".", 1)[-1] in kinds and counted in (None, owned_parameters(self.module, node, prefix)):
+            if (expected.rsplit(".", 1)[-1] in kinds and counted in (None, owned_parameters(self.module, node, prefix))
+                    and not _settings_changed(sub, settings)):
                 return None
             from .model import replaced_modules
 
-            self.swapped = replaced_modules(self.module)
-        inside = any(name == outer or name.startswith(f"{outer}.") for outer in self.swapped)
-        return sub if inside else None
+            self.swapped = replaced_modules(self.module, self.rebuilt())
+        if any(name == outer or name.startswith(f"{outer}.") for outer in self.swapped):
+            return sub
+        # Of its class and tensor shapes, but set otherwise (`nn.Conv2d(3, 64, 7, stride=1)` for a stride of 2):
+        # what the build made there, made again on meta, says whether it was (an uncurated class may keep a
+        # setting otherwise than it was given).
+        if _settings_changed(sub, settings) and _settings(sub) != _settings(self.rebuilt().get_submodule(name)):
+            self.swapped[name] = sub
+            self.resettled.add(name)
+            return sub
+        return None
+
+    def rebuilt(self) -> Any:
+        """The model its spec builds, on meta (made once, where a module looks changed)."""
+        if self.made_again is None:
+            from .model import rebuilt_on_meta
+
+            self.made_again = rebuilt_on_meta(self.module)
+        return self.made_again
+
+
+def _held(tensors: list[Any]) -> dict[str, int]:
+    """A row's parameter counts and bytes, of the parameters it holds."""
+    return {"params": sum(t.numel() for t in tensors),
+            "trainable_params": sum(t.numel() for t in tensors if t.requires_grad),
+            "param_bytes": sum(t.numel() * t.element_size() for t in tensors)}
+
+
+def _settings(module: Any) -> dict[str, Any]:
+    """A module's settings: its plain attributes of a constructor's kinds (a Conv2d's `stride` and
+    `dilation`, a pool's `kernel_size`, a Dropout's `p`), not its tensors or submodules."""
+    return {key: value for key, value in vars(module).items()
+            if key[0] != "_" and key != "training" and isinstance(value, _SETTING_KINDS)}
+
+
+_SETTING_KINDS = (bool, int, float, str, tuple, type(None))
+
+
+def _settings_changed(module: Any, given: dict[str, Any]) -> bool:
+    """Whether `module` keeps a setting otherwise than its build gave it (`given`: the constructor's
+    arguments, the rest at the constructor's defaults), compared where it keeps one under the
+    argument's name; an int and a tuple of that int alike (`stride=2` is kept as `(2, 2)`)."""
+    kept = _settings(module)
+    for key, value in {**_defaults(type(module)), **given}.items():
+        if key in kept and _sizes(kept[key]) != _sizes(value):
+            return True
+    return False
+
+
+def _sizes(value: Any) -> Any:
+    """`value` with a list as a tuple and a tuple of one repeated value as that value (`(2, 2)` is `2`)."""
+    if isinstance(value, (list, tuple)):
+        value = tuple(value)
+        return value[0] if value and all(v == value[0] for v in value) else value
+    return value
+
+
+@functools.cache
+def _defaults(cls: type) -> dict[str, Any]:
+    """The constructor's arguments with a default, by name; none where it has no signature to read."""
+    try:
+        parameters = inspect.signature(cls.__init__).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
 
 def _measure(module: Any, inputs: list[TensorType]) -> MacCount | None:
@@ -653,7 +777,8 @@ def format_summary(summary: Summary) -> str:
             f"Activation memory per sample: {format_bytes(summary.activation_bytes)} "
             f"(every layer's output; input {format_bytes(summary.input_bytes)})"]
     if summary.replaced:
-        out.append(f"Put in place after the build: {_listed(summary.replaced)} (shapes and MACs as the model runs)")
+        out.append(f"Put in place or set otherwise after the build: {_listed(summary.replaced)} (shapes and MACs "
+                   "as the model runs)")
     if summary.failure:
         out.append(f"Does not run: {summary.failure} (shapes from there on: ?)")
     return printable("\n".join(out))  # the file name may come from a saved model
