@@ -124,6 +124,25 @@ def _report(exc: SpecError) -> int:
     return EXIT_USAGE if isinstance(exc, OverrideError) else EXIT_INVALID
 
 
+def _write(text: str) -> None:
+    """Write a command's output (a summary, JSON, code, the schema) to stdout whole, or raise: a
+    reader that leaves part-way raises BrokenPipeError (exit 141), a full disk OSError.
+
+    One large `sys.stdout.write` to a pipe whose reader left lost the rest silently, and the
+    command exited 0 (`resgraph schema | head -c1`): the pipe took part of it, and CPython's
+    buffered writer did not write the rest. Written here with `os.write` until all is taken.
+    """
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # (stdout replaced by an object without one: a test's capture)
+        sys.stdout.write(text)
+        return
+    sys.stdout.flush()  # (what was printed before it goes first)
+    data = memoryview(text.encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict"))
+    while data:
+        data = data[os.write(descriptor, data):]
+
+
 def _discard_stdout() -> None:
     """Point stdout at the null device, so the interpreter's final flush does not fail again."""
     with contextlib.suppress(OSError, ValueError):  # ValueError: stdout replaced by an object without a descriptor
@@ -478,7 +497,7 @@ def _build(args: argparse.Namespace) -> int:
         status = _draw(lambda fold: render(module, fold_repeats=fold), args.diagram, output_flag="--diagram",
                        render_command=command)
     if args.code:
-        print(_code_listing(module), end="")
+        _write(_code_listing(module))
         return status
     result = summary(module, depth=args.depth, columns=columns)
     if args.json:
@@ -487,9 +506,9 @@ def _build(args: argparse.Namespace) -> int:
         data = result.to_dict()
         if args.output:
             data["saved"] = args.output
-        print(json.dumps(data, indent=2))
+        _write(json.dumps(data, indent=2) + "\n")
     else:
-        print(result.table())
+        _write(result.table() + "\n")
         if args.output:
             print(f"Saved: {one_line(args.output)}")
     return status
@@ -630,9 +649,9 @@ def _sizes(args: argparse.Namespace) -> int:
     if args.json:
         import json
 
-        print(json.dumps({"spec": args.spec, **report.to_dict()}, indent=2))
+        _write(json.dumps({"spec": args.spec, **report.to_dict()}, indent=2) + "\n")
     else:
-        print(report.format(one_line(args.spec)))
+        _write(report.format(one_line(args.spec)) + "\n")
     return EXIT_OK
 
 
@@ -644,7 +663,7 @@ def _schema(args: argparse.Namespace) -> int:
         return EXIT_OK
     from .schema import schema_text
 
-    sys.stdout.write(schema_text())
+    _write(schema_text())
     return EXIT_OK
 
 

@@ -103,6 +103,18 @@ def test_help_to_a_closed_pipe_ends_quietly_with_141(command: list[str]) -> None
     assert (process.returncode, process.stderr) == (141, "")
 
 
+@pytest.mark.parametrize("command", [["schema"], ["build", "examples/resnet152.yaml", "--device", "meta", "--json"]])
+def test_an_output_larger_than_the_pipe_whose_reader_leaves_ends_with_141(command: list[str]) -> None:
+    # The reader takes one byte and leaves while the rest (more than the pipe holds) is being written:
+    # `resgraph schema | head -c1` exited 0, its 286 KB written in one call that the pipe took part of.
+    process = subprocess.Popen([sys.executable, "-m", "resgraph", *command], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, cwd=ROOT)
+    assert process.stdout is not None and process.stderr is not None
+    first = process.stdout.read(1)
+    process.stdout.close()
+    assert (first, process.wait(), process.stderr.read()) == (b"{", 141, b"")
+
+
 def test_head_reads_the_first_lines_without_a_traceback() -> None:
     command = f"set -o pipefail; {sys.executable} -m resgraph build examples/resnet152.yaml --device meta | head -2"
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=ROOT)
