@@ -425,6 +425,24 @@ def _short(value: Any) -> str:
     return str(value)
 
 
+def _stored_origin(graph: Graph, name: str) -> str | None:
+    """The stored tensor (`parameter`, `full`, `constant`) whose value `name` is, itself or through
+    layers that keep their one input's shape and layout (`clamp`, `exp`: Swin V2's scale); None."""
+    for _ in range(MAX_ORIGIN_STEPS):
+        node = graph.nodes.get(name)
+        if type(node) is not LayerNode:
+            return None
+        if node.layer.declares_layout:
+            return name
+        if len(node.inputs) != 1 or graph.nodes[node.inputs[0]].meta.get("type") != node.meta.get("type"):
+            return None
+        name = node.inputs[0]
+    return None
+
+
+MAX_ORIGIN_STEPS = 8  # layers followed back from a refused operand to the stored tensor it is
+
+
 def _single(value: Any) -> Any:
     """An int for a per-dim value that is the same in every dim."""
     if isinstance(value, (list, tuple)) and len(set(value)) == 1:
@@ -440,10 +458,17 @@ def stored_layout_hint(graph: Graph, gate: tuple[str, TensorType], target: tuple
     features, the shape that puts it there is offered. None where neither is such a tensor, or
     neither fix would do.
     """
-    for (name, mine), (other_name, other) in ((gate, target), (target, gate)):
-        node = graph.nodes.get(name)
-        if type(node) is not LayerNode or not node.layer.declares_layout \
-                or node.layer.field_value("declared_layout") is not None:
+    for (value, mine), (other_name, other) in ((gate, target), (target, gate)):
+        name = _stored_origin(graph, value)
+        if name is None:
+            continue
+        node = graph.nodes[name]
+        assert isinstance(node, LayerNode)
+        declared = node.layer.field_value("declared_layout")
+        if declared is not None:  # (declared as the other's is not: `layout: features_last` on scores of a matmul)
+            if declared != other.layout and broadcast_shape(mine.shape, other.shape) is not None:
+                return (f"{name!r} declares `layout: {declared}`, but {other_name!r} {other} is "
+                        f"{other.layout.replace('_', '-')}: write `layout: {other.layout}` on {name!r}")
             continue
         fixes = []
         if broadcast_shape(mine.shape, other.shape) is not None:

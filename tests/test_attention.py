@@ -269,6 +269,55 @@ def test_a_per_head_scale_of_an_sdpa_output_without_a_layout_says_which_key_to_w
         and problem.hint.endswith("write `layout: features_last` on it")
 
 
+SWIN_FROM_A_PROJECTION = """resgraph: 1
+name: SwinScores
+inputs: {x: [16, 96]}
+layers:
+  - qkv: {op: Linear, out_features: 288}
+  - parts: {op: chunk, chunks: 3, dim: -1, outputs: [q0, k0, v0]}
+  - q1: {op: reshape, shape: [-1, 3, 32], input: q0}
+  - q: {op: transpose, dim0: 1, dim1: 2}
+  - k1: {op: reshape, shape: [-1, 3, 32], input: k0}
+  - k: {op: transpose, dim0: 1, dim1: 2}
+  - kt: {op: transpose, dim0: 2, dim1: 3}
+  - logits: {op: matmul, input: [q, kt]}
+  - logit_scale: {op: parameter, shape: [3, 1, 1], init: 2.302585LAYOUT}
+  - clamped: {op: clamp, max: 4.605170}
+  - scale: {op: exp}
+  - scaled: {op: mul, input: [logits, scale]}
+"""
+
+
+def test_scores_of_a_matmul_of_reshaped_maps_take_a_per_head_scale_of_their_own_layout() -> None:
+    # (a reshape to 3+ dims makes a map: these scores are channels-first, as the (3, 1, 1) is by its rank)
+    for layout in ("", ", layout: channels_first"):
+        model = resgraph.build(SWIN_FROM_A_PROJECTION.replace("LAYOUT", layout), seed=0)
+        x = torch.randn(2, 16, 96)
+        q, k, _ = model.qkv(x).chunk(3, dim=-1)
+        q, k = (t.reshape(2, 16, 3, 32).transpose(1, 2) for t in (q, k))
+        torch.testing.assert_close(model(x), (q @ k.transpose(2, 3)) * model.logit_scale.clamp(max=4.605170).exp())
+
+
+def test_a_declared_layout_unlike_the_scores_one_is_named_even_through_the_layers_after_it() -> None:
+    # The refused operand is `scale`, exp(clamp(logit_scale)): the hint follows it back to the parameter.
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(SWIN_FROM_A_PROJECTION.replace("LAYOUT", ", layout: features_last"))
+    (problem,) = caught.value.diagnostics
+    assert (problem.location.line, problem.hint) == (16, (
+        "'logit_scale' declares `layout: features_last`, but 'logits' (3, 16, 16) is channels-first: write "
+        "`layout: channels_first` on 'logit_scale'"))
+    # an sdpa output (features-last) times exp(a gate without `layout`): the gate is named, not `exp`
+    undeclared = SWIN_V2_COSINE.replace("                layout: features_last}", "                }").replace(
+        "  - gated: {op: mul, input: [attn, head_gate]}",
+        "  - positive: {op: exp, input: head_gate}\n  - gated: {op: mul, input: [attn, positive]}")
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(undeclared)
+    (problem,) = caught.value.diagnostics
+    assert "layer 'gated' (mul)" in problem.message and problem.hint is not None
+    assert problem.hint.startswith("'head_gate' is a stored tensor") and problem.hint.endswith(
+        "write `layout: features_last` on it")
+
+
 def test_rotary_position_embedding_from_parts_equals_a_hand_written_one() -> None:
     """RoPE (the rotate-half form): angles = positions x inverse frequencies, then
     (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos), with arange, constant, matmul, sin, cos."""
