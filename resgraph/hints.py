@@ -468,7 +468,8 @@ def stored_layout_hint(graph: Graph, gate: tuple[str, TensorType], target: tuple
         if declared is not None:  # (declared as the other's is not: `layout: features_last` on scores of a matmul)
             if declared != other.layout and broadcast_shape(mine.shape, other.shape) is not None:
                 return (f"{name!r} declares `layout: {declared}`, but {other_name!r} {other} is "
-                        f"{other.layout.replace('_', '-')}: write `layout: {other.layout}` on {name!r}")
+                        f"{other.layout.replace('_', '-')}: if its dims pair with those of {other_name!r} as torch "
+                        f"broadcasts them, write `layout: {other.layout}` on {name!r}")
             continue
         fixes = []
         if broadcast_shape(mine.shape, other.shape) is not None:

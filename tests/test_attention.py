@@ -304,8 +304,8 @@ def test_a_declared_layout_unlike_the_scores_one_is_named_even_through_the_layer
         resgraph.check(SWIN_FROM_A_PROJECTION.replace("LAYOUT", ", layout: features_last"))
     (problem,) = caught.value.diagnostics
     assert (problem.location.line, problem.hint) == (16, (
-        "'logit_scale' declares `layout: features_last`, but 'logits' (3, 16, 16) is channels-first: write "
-        "`layout: channels_first` on 'logit_scale'"))
+        "'logit_scale' declares `layout: features_last`, but 'logits' (3, 16, 16) is channels-first: if its dims "
+        "pair with those of 'logits' as torch broadcasts them, write `layout: channels_first` on 'logit_scale'"))
     # an sdpa output (features-last) times exp(a gate without `layout`): the gate is named, not `exp`
     undeclared = SWIN_V2_COSINE.replace("                layout: features_last}", "                }").replace(
         "  - gated: {op: mul, input: [attn, head_gate]}",

@@ -308,15 +308,19 @@ def test_a_stored_tensor_without_a_layout_is_refused_with_the_key_that_declares_
 
 def test_a_declared_layout_is_still_held_to_the_layout_rule() -> None:
     """A features-last (1, 1, C) tensor into a channels-first (C, H, W) map would scale its width: refused,
-    declared or not, naming the declared layout; without a layout key, the hint offers the shape that puts
-    its C values on the channels, and no layout key where that would pair them with the width."""
+    declared or not, the hint asking whether torch's pairing was meant; without a layout key, the hint
+    offers the shape that puts its C values on the channels, and no layout key where that would pair them
+    with the width."""
     spec = HEAD + ("inputs:\n  x: [6, 6, 6]\nlayers:\n"
                    "  - gamma: {op: parameter, shape: [1, 1, 6], layout: features_last}\n"
                    "  - out: {op: mul, input: [x, gamma]}\n")
     with pytest.raises(resgraph.SpecError) as caught:
         resgraph.check(spec)
     (problem,) = caught.value.diagnostics
-    assert problem.location.line == 7 and problem.hint is None  # (declared: the spec says what it meant)
+    # (declared: the hint asks whether torch's pairing is what was meant; here it would scale the width)
+    assert problem.location.line == 7 and problem.hint == (
+        "'gamma' declares `layout: features_last`, but 'x' (6, 6, 6) is channels-first: if its dims pair with those "
+        "of 'x' as torch broadcasts them, write `layout: channels_first` on 'gamma'")
     assert "the gate (1, 1, 6) is features-last but the target (6, 6, 6) is channels-first" in problem.message
     channels_last = HEAD + ("inputs:\n  x: [8, 6, 6]\nlayers:\n  - last: {op: permute, dims: [0, 2, 3, 1]}\n"
                             "  - gamma: {op: full, shape: [8, 1, 1], value: 0.5}\n"
