@@ -16,6 +16,7 @@ Plain values YAML 1.1 and 1.2 read differently (`010`, `1:30`, `yes`) are refuse
 
 from __future__ import annotations
 
+import bisect
 import functools
 import gc
 import math
@@ -553,7 +554,8 @@ def _load_text(text: str, file: str) -> LoadedSpec:
 
         raise SpecError([Diagnostic(Location(file, line, column), f"YAML syntax error: {problem}", hint)]) from None
     except RecursionError:
-        raise SpecError([Diagnostic(Location(file, 1, 1), "YAML nesting is too deep to parse")]) from None
+        raise SpecError([Diagnostic(_deepest_bracket(text, file), "YAML nesting is too deep to parse",
+                                    f"a spec nests at most {MAX_DEPTH} levels")]) from None
     except yaml.reader.ReaderError as exc:
         raise SpecError([_unacceptable_character(text, file, exc)]) from None
     except yaml.YAMLError as exc:
@@ -666,6 +668,19 @@ def _bracket_depth(text: str) -> int:
         depth = depth + 1 if match.group() in "[{" else max(depth - 1, 0)
         deepest = max(deepest, depth)
     return deepest
+
+
+def _deepest_bracket(text: str, file: str) -> Location:
+    """Where the text first opens a [ or { past MAX_DEPTH levels (as `_bracket_depth` counts them); its
+    start where none does (the composer's recursion ran out on nesting of another kind)."""
+    depth = 0
+    for match in re.finditer(r"[\[\]{}]", text):
+        depth = depth + 1 if match.group() in "[{" else max(depth - 1, 0)
+        if depth > MAX_DEPTH:
+            lines = line_starts(text)
+            line = bisect.bisect_right(lines, match.start())
+            return Location(file, line, match.start() - lines[line - 1] + 1)
+    return Location(file, 1, 1)
 
 
 def _expanded_size(root: yaml.Node) -> tuple[int, int, yaml.Node | None]:

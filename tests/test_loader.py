@@ -260,6 +260,14 @@ def test_deep_nesting_is_refused_not_crashed() -> None:
     assert errors(very_deep)  # either too deep to parse or too deep to accept; never a crash
 
 
+@pytest.mark.parametrize(("nested", "column"), [("[" * 5000 + "]" * 5000, 68), ("{a: " * 3000 + "1" + "}" * 3000, 260)],
+                         ids=["lists", "mappings"])
+def test_nesting_too_deep_to_parse_is_located_where_it_passes_the_spec_bound(nested: str, column: int) -> None:
+    # (it was said at 1:1, wherever the brackets were)
+    assert errors(f"a: 1\nb: [2]\nc: 3\np: {nested}\n") == [
+        f"s.yaml:4:{column}: error: YAML nesting is too deep to parse\n  hint: a spec nests at most 64 levels"]
+
+
 def test_syntax_errors_point_at_the_problem() -> None:
     (message,) = errors("a: [1, 2\nb: 3\n")
     assert message.startswith("s.yaml:2:") and "YAML syntax error" in message
