@@ -450,12 +450,15 @@ def _sizes(value: Any) -> Any:
 
 @functools.cache
 def _defaults(cls: type) -> dict[str, Any]:
-    """The constructor's arguments with a default, by name; none where it has no signature to read."""
+    """The constructor's arguments with a default other than None, by name; none where it has no
+    signature to read."""
     try:
         parameters = inspect.signature(cls.__init__).parameters.values()
     except (TypeError, ValueError):
         return {}
-    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+    # (a default of None is decided by the constructor: MaxPool2d's stride is its kernel_size, MultiheadAttention's
+    # kdim its embed_dim)
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty and p.default is not None}
 
 
 def _measure(module: Any, inputs: list[TensorType]) -> MacCount | None:
