@@ -18,6 +18,7 @@ from .expressions import value_size
 from .files import atomic_write, path_name
 from .loader import MAX_BYTES
 from .model import CompiledModule, built_model, modes, rebuild, restore_modes
+from .ops.base import dtype_name
 from .pipeline import DEFAULT_MAX_PARAMS, BuildRecord
 from .torch_files import hollow_tensor, read_torch_file
 
@@ -180,8 +181,8 @@ def _check_savable(module: CompiledModule) -> None:
 def _dtype_problems(built: Mapping[str, Any], stored: Mapping[str, Any]) -> list[str]:
     """One line per tensor whose stored dtype differs from the built one (load_state_dict would convert it
     silently: a float16 weight rounded, an int64 one made float)."""
-    wrong = [f"{key} is {_dtype(tensor)}, but the spec builds {_dtype(built[key])}" for key, tensor in stored.items()
-             if key in built and tensor.dtype != built[key].dtype]
+    wrong = [f"{key} is {dtype_name(tensor.dtype)}, but the spec builds {dtype_name(built[key].dtype)}"
+             for key, tensor in stored.items() if key in built and tensor.dtype != built[key].dtype]
     return wrong[:1] + ([f"and {len(wrong) - 1} more of another dtype"] if len(wrong) > 1 else [])
 
 
@@ -201,10 +202,6 @@ def _tie_problems(module: CompiledModule, stored: Mapping[str, Any]) -> list[str
         if own is not None and target is not None and not (own.shape == target.shape and torch.equal(own, target)):
             problems.append(f"{tie.path} is tied to {tie.target}, but the file holds different values for them")
     return problems
-
-
-def _dtype(tensor: Any) -> str:
-    return str(tensor.dtype).removeprefix("torch.")
 
 
 def _record(payload: dict[Any, Any], name: str) -> BuildRecord:

@@ -26,6 +26,7 @@ from .errors import Diagnostic, ResgraphError, SpecError, UsageError, one_line
 from .files import atomic_write, same_file
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
 from .ops import GenericLayer, ShapeError
+from .ops.base import dtype_name
 from .ops.generic import allowed_imports, torch_module_class
 from .ownership import Owns, owns, tied_parameters
 from .pipeline import dict_spec_text
@@ -378,7 +379,7 @@ def _torch_dtype(value: Any) -> str | None:
         return None
     import torch
 
-    name = str(value).removeprefix("torch.")
+    name = dtype_name(value)
     return f"torch.{name}" if _IDENTIFIER.fullmatch(name) and getattr(torch, name, None) is value else None
 
 

@@ -27,6 +27,7 @@ from .codegen import HELPERS, node_reads, node_statement, variables_of
 from .errors import one_line
 from .graph import BlockNode, Graph, InputNode, LayerNode, is_block_value
 from .ops import TensorType
+from .ops.base import dtype_name
 
 __all__ = ["RunFailure", "ShapeRun", "run_shapes"]
 
@@ -112,7 +113,7 @@ def _type(value: Any) -> TensorType | None:
 
     first = next((t for t in (value if isinstance(value, (tuple, list)) else [value]) if isinstance(t, torch.Tensor)),
                  None)
-    return None if first is None else TensorType(tuple(first.shape[1:]), str(first.dtype).removeprefix("torch."))
+    return None if first is None else TensorType(tuple(first.shape[1:]), dtype_name(first.dtype))
 
 
 def _run_graph(graph: Graph, root: Any, module: Any, args: list[Any], types: dict[str, TensorType]) -> list[Any]:

@@ -30,6 +30,7 @@ from .errors import UsageError, one_line, printable
 from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode, is_block_value
 from .macs import MacCount, layer_macs, merge_macs, projection_macs, step_shapes, unseen_products
 from .ops import TensorType
+from .ops.base import dtype_name
 from .ops.stored import literal_shape
 from .ownership import owned_parameters, owned_tensors
 from .projections import ProjectionPlan, describe_steps, step_kernel
@@ -517,7 +518,7 @@ def _projected_shape(plan: ProjectionPlan, spec: TensorType, merged: TensorType)
 
 def _float_dtype(module: Any) -> str | None:
     """The one floating dtype of `module`'s parameters and buffers (`float16` after `.half()`), or None."""
-    dtypes = {str(t.dtype).removeprefix("torch.") for t in (*module.parameters(), *module.buffers())
+    dtypes = {dtype_name(t.dtype) for t in (*module.parameters(), *module.buffers())
               if t.is_floating_point()}
     return dtypes.pop() if len(dtypes) == 1 else None
 

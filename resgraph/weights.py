@@ -44,6 +44,7 @@ from torch import nn
 
 from .distributed import fill, is_dtensor
 from .errors import ResgraphError, UsageError
+from .ops.base import dtype_name
 from .torch_files import hollow_tensor, read_torch_file
 
 __all__ = ["Rename", "WeightMapping", "WeightsError", "load_weights"]
@@ -231,14 +232,14 @@ def _bounded(lines: list[str], limit: int | None) -> list[str]:
 
 def _kinds(ours: str, theirs: str, mine: torch.dtype, other: torch.dtype) -> str:
     """The kinds of number of a checkpoint tensor and of the model's it would load into."""
-    return (f"{theirs} is {_dtype(other)} ({dtype_kind(other)}), the model's {ours} is {_dtype(mine)} "
+    return (f"{theirs} is {dtype_name(other)} ({dtype_kind(other)}), the model's {ours} is {dtype_name(mine)} "
             f"({dtype_kind(mine)})")
 
 
 def _other_kind(ours: str, theirs: str, mine: torch.dtype, other: torch.dtype) -> str:
     """A checkpoint tensor holding another kind of number than the model's it would load into, described."""
     wanted, converts = _GIVE[dtype_kind(mine)]
-    return (f"{theirs} is {_dtype(other)} ({dtype_kind(other)}), and the model's {ours} is {_dtype(mine)} "
+    return (f"{theirs} is {dtype_name(other)} ({dtype_kind(other)}), and the model's {ours} is {dtype_name(mine)} "
             f"({dtype_kind(mine)}): copying would convert its values silently, so nothing was loaded. Give "
             f"{wanted}" + (f" (another precision of one kind converts: {converts})" if converts else ""))
 
@@ -248,10 +249,6 @@ _GIVE = {"floating-point": ("a floating-point tensor", "float16, bfloat16 or flo
          "integer": ("an integer tensor", "int32 or uint8 values load into int64"),
          "complex": ("a complex tensor", "complex128 values load into complex64"),
          "boolean": ("a boolean tensor", None)}
-
-
-def _dtype(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def match_state_dicts(target: Mapping[str, Any], source: Mapping[str, Any]) -> WeightMapping:

@@ -69,6 +69,7 @@ __all__ = [
     "Reference",
     "Layout",
     "LayoutError",
+    "dtype_name",
     "OPS",
     "OpRegistry",
     "OwnGrid",
@@ -179,6 +180,11 @@ class StrictModel(BaseModel):
         depth = _parent_namespace_depth + 1 if _parent_namespace_depth > 0 else 0  # this frame is one more
         return super().model_rebuild(force=force, raise_errors=raise_errors, _parent_namespace_depth=depth,
                                      _types_namespace=_types_namespace)
+
+
+def dtype_name(dtype: Any) -> str:
+    """A torch dtype as a spec names it: `float32` for `torch.float32` (no torch import needed)."""
+    return str(dtype).removeprefix("torch.")
 
 
 def promote(dtypes: list[str], scalar: Scalar | None = None, *, floating: bool = False) -> str:

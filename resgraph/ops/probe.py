@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .base import DTYPES, FLOAT_DTYPES, FRESH, ShapeError, Storage, TensorType
+from .base import DTYPES, FLOAT_DTYPES, FRESH, ShapeError, Storage, TensorType, dtype_name
 
 __all__ = ["PROBE_BATCH_SIZES", "GenericOpError", "Probe", "describe", "known_parameters", "probe"]
 
@@ -300,7 +300,7 @@ def _per_sample_type(described: str, values: dict[int, Any], inputs: tuple[Tenso
         raise ShapeError(f"{described} gives each sample a shape that depends on the batch size ({seen}, batch "
                          "included): it reads the batch as data")
     value = next(iter(values.values()))
-    dtype = str(value.dtype).removeprefix("torch.")
+    dtype = dtype_name(value.dtype)
     if dtype not in DTYPES:
         raise ShapeError(f"{described} returns {dtype} values; resgraph types values as {', '.join(DTYPES)}")
     shape = per_sample.pop()
