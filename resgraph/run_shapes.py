@@ -29,7 +29,7 @@ from .graph import BlockNode, Graph, InputNode, LayerNode, is_block_value
 from .ops import TensorType
 from .ops.base import dtype_name
 
-__all__ = ["RunFailure", "ShapeRun", "run_shapes"]
+__all__ = ["RunFailure", "ShapeRun", "meta_stand_ins", "run_shapes"]
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,11 @@ def run_shapes(graph: Graph, module: Any, *, float_dtype: str | None = None) -> 
     shape, on the meta device, and record every node's output type (per sample). The batch is 2: a
     BatchNorm in training mode refuses one value per channel (after a global pool).
 
-    The module's parameters and buffers are replaced by meta stand-ins for the run (`functional_call`),
-    so a model on any device is run without touching its weights. A model that cannot run on meta
-    stand-ins (a tensor kept as a plain attribute on its device) is run where it lives.
+    The module's parameters and buffers are replaced by meta stand-ins for the run (`functional_call`,
+    `meta_stand_ins`), so a model on any device is run without touching its weights or statistics, and
+    without computing anything. It is never run where it lives: that would update a BatchNorm's running
+    statistics and compute a whole forward; a model that cannot run on meta stand-ins (a tensor kept as
+    a plain attribute on its device) is said not to run, with torch's reason.
 
     Args:
         float_dtype: the dtype the model computes in, where it was converted after its build
@@ -92,20 +94,31 @@ def run_shapes(graph: Graph, module: Any, *, float_dtype: str | None = None) -> 
             return ShapeRun(types)
 
     walk = _Walk()
-    named = [*walk.named_parameters(), *walk.named_buffers()]
-    stand_ins = {name: torch.empty_like(t, device="meta") for name, t in named}
-    own = named[0][1].device if named else torch.device("meta")
-    run = None
-    for device in ["meta", *([own] if own.type != "meta" else [])]:
-        args = [torch.zeros((2, *kind.shape), device=device, dtype=getattr(
-                    torch, float_dtype if float_dtype and kind.dtype == "float32" else kind.dtype))
-                for kind in (graph.nodes[name].meta["type"] for name in graph.inputs)]
-        with torch.no_grad():
-            run = functional_call(walk, stand_ins, tuple(args), strict=False) if device == "meta" else walk(*args)
-        if run.failure is None:
-            break
-    assert run is not None
-    return run
+    args = [torch.zeros((2, *kind.shape), device="meta", dtype=getattr(
+                torch, float_dtype if float_dtype and kind.dtype == "float32" else kind.dtype))
+            for kind in (graph.nodes[name].meta["type"] for name in graph.inputs)]
+    with torch.no_grad():
+        return functional_call(walk, meta_stand_ins(walk), tuple(args), strict=False,  # type: ignore[no-any-return]
+                               tie_weights=False)
+
+
+def meta_stand_ins(module: Any) -> dict[str, Any]:
+    """A meta tensor for each parameter and buffer slot of `module`, for `functional_call(...,
+    tie_weights=False)`: each module once, under its first name. A module used in two places
+    (`nn.Sequential(block, block)`) is one slot reachable by two names; swapped under both, the
+    second swap saved the first's stand-in as the original and put it back, so the model's weights
+    were lost to meta. Tied tensors (one Parameter held by two modules) are two slots given one
+    stand-in, so they stay tied."""
+    import torch
+
+    made: dict[int, Any] = {}
+    stand_ins: dict[str, Any] = {}
+    for prefix, sub in module.named_modules():
+        for attribute, tensor in [*sub._parameters.items(), *sub._buffers.items()]:
+            if tensor is not None:
+                stand_ins[f"{prefix}.{attribute}" if prefix else attribute] = made.setdefault(
+                    id(tensor), torch.empty_like(tensor, device="meta"))
+    return stand_ins
 
 
 def _type(value: Any) -> TensorType | None:
@@ -132,7 +145,12 @@ def _run_graph(graph: Graph, root: Any, module: Any, args: list[Any], types: dic
         if isinstance(node, InputNode):
             env[var] = args[graph.inputs.index(node.name)]
         elif is_block_value(node):
-            env[var] = calls[node.inputs[0]][node.layer.index]
+            values = calls[node.inputs[0]]
+            if node.layer.index >= len(values):  # (a collected repeat put in place with fewer instances)
+                said = (f"IndexError: it holds {len(values)} instances, and {node.name!r} reads instance "
+                        f"{node.layer.index}")
+                raise _Stopped(RunFailure(prefix + node.inputs[0], said))
+            env[var] = values[node.layer.index]
         elif isinstance(node, BlockNode):
             calls[node.name] = values = _run_block(node, name, root, [env[r] for r in reads], types)
             env[var] = values[0] if not node.values else values
@@ -154,7 +172,10 @@ def _run_block(node: BlockNode, name: str, root: Any, args: list[Any], types: di
     put in place after the build (`model.layer4 = nn.Identity()`) is run as a whole, and so is one
     instance of a repeat put in place (`model.layer1[1] = nn.Identity()`), in its turn."""
     instances = [_generated(root, instance.qualname.rstrip(".")) for instance in node.instances]
-    if not all(instances) and not (node.repeated and _children(root, name) == len(node.instances)):
+    held = _children(root, name)
+    if node.repeated and node.values and held is not None:  # (a collected repeat: each instance called in turn)
+        instances = instances[:held]
+    elif not all(instances) and not (node.repeated and held == len(node.instances)):
         return _run_module(root, name, args)
     collected: list[Any] = []
     outputs = args

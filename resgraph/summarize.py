@@ -17,12 +17,14 @@ it reads. Totals and the projection list are always the whole model's, whatever 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import itertools
 import math
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -487,23 +489,39 @@ def _measure(module: Any, inputs: list[TensorType]) -> MacCount | None:
             self.ops[func] = None
             return func(*args, **(kwargs or {}))
 
-    named = [*module.named_parameters(), *module.named_buffers()]
-    stand_ins = {name: torch.empty_like(t, device="meta") for name, t in named}
-    own = named[0][1].device if named else torch.device("meta")
-    for device in ["meta", *([own] if own.type != "meta" else [])]:
+    from .run_shapes import meta_stand_ins
+
+    stand_ins = meta_stand_ins(module)
+    own = next(iter(stand_ins.values()), None)
+    own_device = next(itertools.chain(module.parameters(), module.buffers())).device if own is not None else None
+    for device in ["meta", *([own_device] if own_device is not None and own_device.type != "meta" else [])]:
         try:
             args = [torch.zeros((1, *t.shape), dtype=getattr(torch, t.dtype), device=device) for t in inputs]
             with torch.no_grad(), FlopCounterMode(display=False) as counter, Seen() as seen:
                 if device == "meta":
-                    functional_call(module, stand_ins, tuple(args), strict=False)
+                    functional_call(module, stand_ins, tuple(args), strict=False, tie_weights=False)
                 else:
-                    module(*args)
+                    with _in_eval_mode(module):  # (a run where it lives leaves its running statistics as they were)
+                        module(*args)
         except Exception:  # an arbitrary module's forward may refuse zeros or a device: try the next, or unknown
             continue
         if unseen_products(seen.ops, counter.flop_registry):
             return None
         return MacCount(counter.get_total_flops() // 2)
     return None
+
+
+@contextlib.contextmanager
+def _in_eval_mode(module: Any) -> Iterator[None]:
+    """`module` in eval mode (a BatchNorm reads its running statistics instead of updating them), each
+    submodule's own mode put back after."""
+    modes = [(sub, sub.training) for sub in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for sub, training in modes:
+            sub.training = training
 
 
 def _projected_shape(plan: ProjectionPlan, spec: TensorType, merged: TensorType) -> tuple[int, ...]:

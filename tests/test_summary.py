@@ -426,6 +426,73 @@ def test_a_layer_set_otherwise_that_stops_the_model_running_is_said_not_to_run()
     assert summary.failure.startswith("layer2.0.downsample raises RuntimeError: The size of tensor a (16) must match")
 
 
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: t.clone() for name, t in model.state_dict(keep_vars=True).items()}
+
+
+@pytest.mark.parametrize("change", ["shared block", "shared layer", "tied head"])
+def test_a_summary_of_a_changed_model_leaves_every_weight_where_and_as_it_was(change: str) -> None:
+    # A module used in two places lost its weights to the meta run's stand-ins (the model then failed
+    # with 'Tensor on device meta is not on the expected device cpu').
+    if change == "tied head":
+        model = resgraph.build(EXAMPLES / "gpt2.yaml", params=small_params("gpt2.yaml"), seed=0)
+        model.ln_f = torch.nn.LayerNorm(model.ln_f.normalized_shape, eps=1e-3)  # set otherwise: a run on meta
+        tokens = torch.zeros(1, 8, dtype=torch.long)
+    else:
+        model = resgraph.build(EXAMPLES / "resnet18.yaml", params={"image_size": 64}, seed=0)
+        if change == "shared block":
+            model.layer2 = torch.nn.Sequential(model.layer2[0], model.layer2[1], model.layer2[1])
+        else:
+            model.layer4[1].bn2 = model.layer4[1].bn1
+        model.fc = torch.nn.Linear(512, 10)  # (a new head: the summary runs the model on meta)
+        tokens = torch.randn(1, 3, 64, 64)
+    before, expected = _state(model), model.eval()(tokens)
+    model.train()
+    summary = resgraph.summary(model)
+    assert summary.replaced and summary.failure is None
+    after = _state(model)
+    assert all(t.device.type == "cpu" and torch.equal(t, before[name]) for name, t in after.items())
+    torch.testing.assert_close(model.eval()(tokens), expected)
+    if change == "tied head":
+        assert model.lm_head.weight is model.wte.weight
+
+
+def test_a_summary_of_a_model_that_no_longer_runs_computes_nothing_and_updates_no_statistics() -> None:
+    # When the run on meta stopped, the model was run again where it lives, in training mode: a real
+    # forward (1.8 s for ResNet-18 at 224) that moved every BatchNorm's running statistics.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Devices(TorchDispatchMode):  # where each convolution ran
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: set[str] = set()
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if func is torch.ops.aten.convolution.default:
+                self.seen.add(args[0].device.type)
+            return func(*args, **(kwargs or {}))
+
+    model = resgraph.build(EXAMPLES / "resnet18.yaml", seed=0)
+    model.layer4 = torch.nn.Identity()  # the head still expects 512 features
+    before = _state(model)
+    with Devices() as ran:
+        summary = resgraph.summary(model)
+    assert ran.seen == {"meta"} and summary.failure is not None and summary.failure.startswith("fc raises")
+    assert all(torch.equal(t, before[name]) for name, t in _state(model).items())
+
+
+def test_a_collected_repeat_put_in_place_with_fewer_instances_is_said_not_to_run() -> None:
+    spec = ("resgraph: 1\nname: C\ninputs: {x: [4, 8, 8]}\nblocks: {unit: {layers: [{c: {op: Conv2d, out_channels: "
+            "'${in_channels}', kernel_size: 3, padding: 1}}]}}\nlayers:\n"
+            "  - m: {block: unit, repeat: 3, collect: true}\n  - cat: {op: concat, input: [m.*]}\n")
+    model = resgraph.build(spec, seed=0)
+    model.m = torch.nn.Sequential(model.m[0], model.m[1])
+    with pytest.raises(IndexError):
+        model(torch.randn(1, 4, 8, 8))
+    summary = resgraph.summary(model)  # (an IndexError escaped the summary)
+    assert summary.failure == "m raises IndexError: it holds 2 instances, and 'm.2' reads instance 2"
+
+
 def test_the_built_layers_of_every_example_are_never_taken_for_replaced_ones(monkeypatch: Any) -> None:
     import resgraph.model
 
