@@ -14,6 +14,7 @@ table, whose dataclasses would double its start-up).
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import gc
 import os
@@ -50,6 +51,9 @@ def entry() -> None:
     """The process's entry point (the `resgraph` script and `python -m resgraph`): `main`, then exit
     with its status. `main` alone is the same command for a caller whose process lives on (tests).
 
+    Text its output's encoding cannot hold is written escaped (`PYTHONIOENCODING=ascii`, a C locale, a
+    Windows code page), not a UnicodeEncodeError with a traceback.
+
     The cyclic garbage collector is paused for the command and what it made is frozen before the
     process exits. The command's objects (the imported modules, torch's among them, and the typed
     spec and graph) live until then, and the collector only walked them over and over: its passes
@@ -58,12 +62,30 @@ def entry() -> None:
     command makes is cyclic garbage (the pipeline makes none: tests/test_build_speed_paths.py), so
     memory barely grows: 1-2% at the peak of an ONNX export (ResNet-50, ConvNeXt-T, ViT-B/16, GPT-2).
     """
+    codecs.register_error(_ESCAPE, _escape)
+    for stream in (sys.stdout, sys.stderr):  # (an ASCII terminal: `└` written as \u2514)
+        if getattr(stream, "errors", None) in ("strict", "surrogateescape") and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors=_ESCAPE)
     gc.disable()
     try:
         status = main()
     finally:
         gc.freeze()  # (frozen objects are left out of the collection at shutdown; they are freed as ever)
     sys.exit(status)
+
+
+_ESCAPE = "resgraph.escape"  # the output's encoding error handler (see `_escape`)
+
+
+def _escape(error: UnicodeError) -> tuple[str | bytes, int]:
+    """Text an output's encoding cannot hold, written as the bytes it was read from where it is a
+    file name's undecodable bytes (Python's `surrogateescape`, as a C locale reads them), else
+    escaped (`backslashreplace`: `└` as \u2514)."""
+    assert isinstance(error, UnicodeEncodeError)
+    text = error.object[error.start:error.end]
+    if all(0xDC80 <= ord(character) <= 0xDCFF for character in text):
+        return bytes(ord(character) - 0xDC00 for character in text), error.end
+    return codecs.backslashreplace_errors(error)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

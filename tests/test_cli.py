@@ -115,6 +115,23 @@ def test_an_output_larger_than_the_pipe_whose_reader_leaves_ends_with_141(comman
     assert (first, process.wait(), process.stderr.read()) == (b"{", 141, b"")
 
 
+@pytest.mark.parametrize("encoding", [{"PYTHONIOENCODING": "ascii"},
+                                      {"LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}],
+                         ids=["ascii", "C locale"])
+def test_an_output_that_cannot_hold_a_character_gets_it_escaped(encoding: dict[str, str],
+                                                                tmp_path: pathlib.Path) -> None:
+    # The summary's `└ projection` line (and a file name's é) was a UnicodeEncodeError with a traceback.
+    spec = tmp_path / "tutorial.yaml"
+    spec.write_text((ROOT / "examples" / "tutorial.yaml").read_text().replace("name: TutorialResNet",
+                                                                               "name: TutorialResNet\ndescription: é"))
+    process = subprocess.run([sys.executable, "-m", "resgraph", "build", str(spec)], capture_output=True, cwd=ROOT,
+                             env={**os.environ, **encoding})
+    assert process.returncode == 0 and process.stderr == b""
+    assert process.stdout.isascii() and b"\\u2514 projection" in process.stdout
+    utf8 = subprocess.run([sys.executable, "-m", "resgraph", "build", str(spec)], capture_output=True, cwd=ROOT)
+    assert process.stdout.decode().count("\n") == utf8.stdout.decode().count("\n")
+
+
 def test_head_reads_the_first_lines_without_a_traceback() -> None:
     command = f"set -o pipefail; {sys.executable} -m resgraph build examples/resnet152.yaml --device meta | head -2"
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=ROOT)

@@ -423,7 +423,8 @@ def test_a_layer_set_otherwise_that_stops_the_model_running_is_said_not_to_run()
         model(torch.randn(1, 3, 64, 64))
     summary = resgraph.summary(model)
     assert summary.replaced == ["layer2.0.conv1"] and summary.failure is not None
-    assert summary.failure.startswith("layer2.0.downsample raises RuntimeError: ") and "[2, 128, 8, 8]" in summary.failure
+    assert summary.failure.startswith("layer2.0.downsample raises RuntimeError: ")
+    assert "[2, 128, 8, 8]" in summary.failure
 
 
 def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
