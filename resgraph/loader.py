@@ -16,7 +16,6 @@ Plain values YAML 1.1 and 1.2 read differently (`010`, `1:30`, `yes`) are refuse
 
 from __future__ import annotations
 
-import bisect
 import functools
 import gc
 import math
@@ -671,15 +670,23 @@ def _bracket_depth(text: str) -> int:
 
 
 def _deepest_bracket(text: str, file: str) -> Location:
-    """Where the text first opens a [ or { past MAX_DEPTH levels (as `_bracket_depth` counts them); its
-    start where none does (the composer's recursion ran out on nesting of another kind)."""
+    """Where the document first opens a collection past MAX_DEPTH levels, block or flow, as PyYAML's
+    scanner reads it (brackets in comments and strings are text), where the builder's own check of
+    the nesting would say it; the document's start where none does."""
+    opening = (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken, yaml.BlockSequenceStartToken,
+               yaml.BlockMappingStartToken)
+    closing = (yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken, yaml.BlockEndToken)
     depth = 0
-    for match in re.finditer(r"[\[\]{}]", text):
-        depth = depth + 1 if match.group() in "[{" else max(depth - 1, 0)
-        if depth > MAX_DEPTH:
-            lines = line_starts(text)
-            line = bisect.bisect_right(lines, match.start())
-            return Location(file, line, match.start() - lines[line - 1] + 1)
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if isinstance(token, opening):
+                depth += 1
+                if depth > MAX_DEPTH + 1:  # (the document's own collection is no level of a value's path)
+                    return Location(file, token.start_mark.line + 1, token.start_mark.column + 1)
+            elif isinstance(token, closing):
+                depth -= 1
+    except yaml.YAMLError:  # (a syntax error past the nesting: the composer's recursion came first)
+        pass
     return Location(file, 1, 1)
 
 

@@ -260,12 +260,19 @@ def test_deep_nesting_is_refused_not_crashed() -> None:
     assert errors(very_deep)  # either too deep to parse or too deep to accept; never a crash
 
 
-@pytest.mark.parametrize(("nested", "column"), [("[" * 5000 + "]" * 5000, 68), ("{a: " * 3000 + "1" + "}" * 3000, 260)],
-                         ids=["lists", "mappings"])
-def test_nesting_too_deep_to_parse_is_located_where_it_passes_the_spec_bound(nested: str, column: int) -> None:
+@pytest.mark.parametrize(("before", "nested", "where"), [
+    ("a: 1\nb: [2]\nc: 3\n", "[" * 5000 + "]" * 5000, "4:68"),
+    ("a: 1\nb: [2]\nc: 3\n", "{a: " * 3000 + "1" + "}" * 3000, "4:260"),
+    ("name: D  # " + "[" * 100 + "\n", "[" * 1000 + "]" * 1000, "2:68"),  # (brackets in a comment are text)
+    ('name: "' + "[" * 100 + '"\n', "[" * 1000 + "]" * 1000, "2:68"),  # (and in a string)
+    ("".join("  " * i + f"k{i}:\n" for i in range(40)), "  " * 40 + "[" * 1000 + "]" * 1000, "41:108")],
+    ids=["lists", "mappings", "after a comment", "after a string", "under block mappings"])
+def test_nesting_too_deep_to_parse_is_located_where_it_passes_the_spec_bound(before: str, nested: str,
+                                                                             where: str) -> None:
     # (it was said at 1:1, wherever the brackets were)
-    assert errors(f"a: 1\nb: [2]\nc: 3\np: {nested}\n") == [
-        f"s.yaml:4:{column}: error: YAML nesting is too deep to parse\n  hint: a spec nests at most 64 levels"]
+    text = before + ("p: " + nested if not nested.startswith(" ") else nested.replace("[", "p: [", 1)) + "\n"
+    assert errors(text) == [f"s.yaml:{where}: error: YAML nesting is too deep to parse\n"
+                            "  hint: a spec nests at most 64 levels"]
 
 
 def test_syntax_errors_point_at_the_problem() -> None:
