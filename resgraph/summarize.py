@@ -237,9 +237,13 @@ class _Walker:
                 swapped = self.replaced(node, name, prefix)
                 if swapped is not None:  # (measured as it runs now: its output and MACs may not be the spec's)
                     macs = _measure(swapped, inputs) if ran else None
-                    how = "set otherwise" if name in self.resettled else "put in place"
-                    text = f"{type(swapped).__name__}({one_line(swapped.extra_repr())}) ({how} after the build)" if (
-                        name in self.resettled) else f"{type(swapped).__name__} (put in place after the build)"
+                    if name in self.resettled:  # (the built class: its settings shown, as torch prints them)
+                        settings = swapped.extra_repr() or ", ".join(  # (MultiheadAttention prints none: the changed)
+                            f"{key}={value!r}" for key, value in _settings(swapped).items()
+                            if _settings(self.rebuilt().get_submodule(name)).get(key) != value)
+                        text = f"{type(swapped).__name__}({one_line(settings)}) (set otherwise after the build)"
+                    else:
+                        text = f"{type(swapped).__name__} (put in place after the build)"
                 else:
                     macs, text = self.layer_macs(node, name, inputs, out) if ran else None, _layer_text(node)
                 self.rows.append(Row(name, "layer", text, kernel=None if swapped is not None else _kernel(node),

@@ -416,6 +416,15 @@ def test_a_layer_put_in_place_of_its_class_and_shapes_but_set_otherwise_is_summa
     assert resgraph.summary(model).replaced == ["conv1", "maxpool"]
 
 
+def test_a_layer_that_prints_no_settings_shows_the_ones_set_otherwise() -> None:
+    spec = "resgraph: 1\nname: A\ninputs: {x: [10, 16]}\nlayers:\n  - att: {op: MultiheadAttention, num_heads: 4}\n"
+    model = resgraph.build(spec, seed=0)
+    model.att = torch.nn.MultiheadAttention(16, 8, batch_first=True)  # (its extra_repr is empty)
+    (row,) = [r for r in resgraph.summary(model).rows if r.name == "att"]
+    assert row.op == "MultiheadAttention(num_heads=8, head_dim=2) (set otherwise after the build)"
+    assert row.shape == [10, 16]
+
+
 def test_a_layer_set_otherwise_that_stops_the_model_running_is_said_not_to_run() -> None:
     model = resgraph.build(EXAMPLES / "resnet18.yaml", params={"image_size": 64}, seed=0)
     model.layer2[0].conv1.stride = (1, 1)  # the shortcut still halves: the add no longer fits
