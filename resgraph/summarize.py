@@ -496,9 +496,8 @@ def _measure(module: Any, inputs: list[TensorType]) -> MacCount | None:
     from .run_shapes import meta_stand_ins
 
     stand_ins = meta_stand_ins(module)
-    own = next(iter(stand_ins.values()), None)
-    own_device = next(itertools.chain(module.parameters(), module.buffers())).device if own is not None else None
-    for device in ["meta", *([own_device] if own_device is not None and own_device.type != "meta" else [])]:
+    held = next(itertools.chain(module.parameters(), module.buffers()), None)  # (where it lives)
+    for device in ["meta", *([held.device] if held is not None and held.device.type != "meta" else [])]:
         try:
             args = [torch.zeros((1, *t.shape), dtype=getattr(torch, t.dtype), device=device) for t in inputs]
             with torch.no_grad(), FlopCounterMode(display=False) as counter, Seen() as seen:
