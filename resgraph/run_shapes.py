@@ -20,6 +20,7 @@ pass says at which node and why.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,8 +138,8 @@ def _run_graph(graph: Graph, root: Any, module: Any, args: list[Any], types: dic
     prefix = graph.qualname
     variables = variables_of(graph)
     env: dict[str, Any] = {"torch": torch, "self": module}
-    for helper, source in HELPERS.items():
-        exec(compile(source, f"<resgraph helper {helper}>", "exec"), env)
+    for code in _helpers():
+        exec(code, env)  # codegen's own helper functions, which the statements may call
     calls: dict[str, list[Any]] = {}  # a block call with several values -> them
     for node, var, reads, _ in node_reads(graph, variables, in_place=False):
         name = prefix + node.name
@@ -191,6 +192,12 @@ def _run_block(node: BlockNode, name: str, root: Any, args: list[Any], types: di
             collected.append(outputs[0])
             outputs = outputs[:1]
     return collected if node.repeated and node.values else outputs
+
+
+@functools.cache
+def _helpers() -> list[Any]:
+    """Codegen's helper functions, compiled once (a run executes a graph per block instance)."""
+    return [compile(source, f"<resgraph helper {helper}>", "exec") for helper, source in HELPERS.items()]
 
 
 def _run_module(root: Any, name: str, args: list[Any]) -> list[Any]:
