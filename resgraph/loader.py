@@ -822,9 +822,9 @@ def _finite(value: float, written: str) -> float:
             "got number inf" of a text that has no inf in it.
     """
     if math.isinf(value) and "inf" not in written.lower():  # (`.inf`, `-.Inf`, `!!float inf` mean it)
+        # (no hint to write `.inf`: every argument of a spec is a finite number, and says so for one)
         raise _Unreadable(f"the number {_shown(written)} is out of range: a number's magnitude is at most "
-                          "about 1.8e308 (a 64-bit float's largest)",
-                          f"write {'-' if written.lstrip().startswith('-') else ''}.inf for an infinite value")
+                          "about 1.8e308 (a 64-bit float's largest)")
     return value
 
 

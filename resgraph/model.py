@@ -247,20 +247,25 @@ def require_as_built(module: CompiledModule, what: str, rebuilt: nn.Module | Non
     Raises:
         UsageError: naming the first replaced submodule and what to do instead.
     """
+    rebuilt = rebuilt if rebuilt is not None else rebuilt_on_meta(module)
     replaced = replaced_modules(module, rebuilt)
     if replaced:
         name, sub = next(iter(replaced.items()))
+        built = dict(rebuilt.named_modules()).get(name)
+        changed = set_otherwise(sub, built) if built is not None else ""
+        how = f"was set otherwise after the build ({changed})" if changed else "was put there after the build"
         raise UsageError(f"cannot write {type(module).__name__} as {what}: its submodule {name!r} "
-                         f"({type(sub).__name__}) was put there after the build, and {what} describes the model by "
-                         "its spec, which builds another one there. Change the spec (or its params) and rebuild, or "
-                         "save the whole module with torch.save(model)")
+                         f"({type(sub).__name__}) {how}, and {what} describes the model by its spec, which builds "
+                         "another one there. Change the spec (or its params) and rebuild, or save the whole module "
+                         "with torch.save(model)")
 
 
 def _as_built(module: nn.Module, built: nn.Module) -> bool:
     """Whether `module` is what a rebuild makes in its place (`built`): of its class (or FSDP2's
     subclass of it, `FSDPLinear`; a generated one by name, as checkpointing swaps it for a subclass of
-    the same name; a SyncBatchNorm for a BatchNorm) and holding tensors of the same names and shapes
-    itself."""
+    the same name; a SyncBatchNorm for a BatchNorm), holding tensors of the same names and shapes
+    itself, and set as it (`module_settings`: a Conv2d whose stride was changed after the build is
+    not what the spec builds, and a file written from the spec would lose it)."""
     cls, want = type(module), type(built)
     names = (want.__name__, f"FSDP{want.__name__}")  # FSDP2 subclasses each unit as FSDP<its class>
     if isinstance(built, GeneratedModule):
@@ -269,7 +274,33 @@ def _as_built(module: nn.Module, built: nn.Module) -> bool:
         same_class = cls is want or (cls.__name__ == names[1] and issubclass(cls, want)) or (
             # DDP's conversion (`nn.SyncBatchNorm.convert_sync_batchnorm`): the same tensors, synced
             cls is nn.SyncBatchNorm and isinstance(built, nn.modules.batchnorm._BatchNorm))
-    return same_class and _own_shapes(module) == _own_shapes(built)
+    return same_class and _own_shapes(module) == _own_shapes(built) and not changed_settings(module, built)
+
+
+def module_settings(module: nn.Module) -> dict[str, Any]:
+    """A module's settings: its plain attributes of a constructor's kinds (a Conv2d's `stride` and
+    `dilation`, a pool's `kernel_size`, a Dropout's `p`), not its tensors or submodules."""
+    return {key: value for key, value in vars(module).items()
+            if key[0] != "_" and key != "training" and isinstance(value, _SETTING_KINDS)}
+
+
+_SETTING_KINDS = (bool, int, float, str, tuple, type(None))
+
+
+def set_otherwise(module: nn.Module, built: nn.Module) -> str:
+    """The settings `module` holds otherwise than `built` (`stride=(1, 1)`), where it is of `built`'s
+    class and tensor shapes: the module the build made, or one made alike, set otherwise since.
+    Empty where it is not (another class or shapes: put in place), or is set alike."""
+    if type(module) is not type(built) or _own_shapes(module) != _own_shapes(built):
+        return ""
+    return changed_settings(module, built)
+
+
+def changed_settings(module: nn.Module, built: nn.Module) -> str:
+    """The settings `module` holds otherwise than `built` does (`stride=(1, 1)`), of those both hold
+    (a SyncBatchNorm's process group is no BatchNorm's); empty where none."""
+    mine, theirs = module_settings(module), module_settings(built)
+    return ", ".join(f"{key}={value!r}" for key, value in mine.items() if key in theirs and theirs[key] != value)
 
 
 def _own_shapes(module: nn.Module) -> tuple[tuple[str, tuple[int, ...]], ...]:

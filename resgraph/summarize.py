@@ -238,9 +238,12 @@ class _Walker:
                 if swapped is not None:  # (measured as it runs now: its output and MACs may not be the spec's)
                     macs = _measure(swapped, inputs) if ran else None
                     if name in self.resettled:  # (the built class: its settings shown, as torch prints them)
-                        settings = swapped.extra_repr() or ", ".join(  # (MultiheadAttention prints none: the changed)
-                            f"{key}={value!r}" for key, value in _settings(swapped).items()
-                            if _settings(self.rebuilt().get_submodule(name)).get(key) != value)
+                        if macs is None and ran:  # (counted as the spec's layer: MultiheadAttention takes q, k, v)
+                            macs = self.layer_macs(node, name, inputs, out)
+                        from .model import changed_settings
+
+                        # (as torch prints them; MultiheadAttention prints none: the ones that changed)
+                        settings = swapped.extra_repr() or changed_settings(swapped, self.rebuilt().get_submodule(name))
                         text = f"{type(swapped).__name__}({one_line(settings)}) (set otherwise after the build)"
                     else:
                         text = f"{type(swapped).__name__} (put in place after the build)"
@@ -399,16 +402,15 @@ class _Walker:
             from .model import replaced_modules
 
             self.swapped = replaced_modules(self.module, self.rebuilt())
-        if any(name == outer or name.startswith(f"{outer}.") for outer in self.swapped):
-            return sub
-        # Of its class and tensor shapes, but set otherwise (`nn.Conv2d(3, 64, 7, stride=1)` for a stride of 2):
-        # what the build made there, made again on meta, says whether it was (an uncurated class may keep a
-        # setting otherwise than it was given).
-        if _settings_changed(sub, settings) and _settings(sub) != _settings(self.rebuilt().get_submodule(name)):
-            self.swapped[name] = sub
-            self.resettled.add(name)
-            return sub
-        return None
+        if not any(name == outer or name.startswith(f"{outer}.") for outer in self.swapped):
+            return None
+        if name in self.swapped:  # (of the built class and shapes, set otherwise: `model.conv1.stride = (1, 1)`)
+            from .model import set_otherwise
+
+            built = dict(self.rebuilt().named_modules()).get(name)
+            if built is not None and set_otherwise(sub, built):
+                self.resettled.add(name)
+        return sub
 
     def rebuilt(self) -> Any:
         """The model its spec builds, on meta (made once, where a module looks changed)."""
@@ -426,21 +428,13 @@ def _held(tensors: list[Any]) -> dict[str, int]:
             "param_bytes": sum(t.numel() * t.element_size() for t in tensors)}
 
 
-def _settings(module: Any) -> dict[str, Any]:
-    """A module's settings: its plain attributes of a constructor's kinds (a Conv2d's `stride` and
-    `dilation`, a pool's `kernel_size`, a Dropout's `p`), not its tensors or submodules."""
-    return {key: value for key, value in vars(module).items()
-            if key[0] != "_" and key != "training" and isinstance(value, _SETTING_KINDS)}
-
-
-_SETTING_KINDS = (bool, int, float, str, tuple, type(None))
-
-
 def _settings_changed(module: Any, given: dict[str, Any]) -> bool:
     """Whether `module` keeps a setting otherwise than its build gave it (`given`: the constructor's
     arguments, the rest at the constructor's defaults), compared where it keeps one under the
     argument's name; an int and a tuple of that int alike (`stride=2` is kept as `(2, 2)`)."""
-    kept = _settings(module)
+    from .model import module_settings
+
+    kept = module_settings(module)
     for key, value in {**_defaults(type(module)), **given}.items():
         if key in kept and _sizes(kept[key]) != _sizes(value):
             return True

@@ -523,19 +523,18 @@ def test_a_long_integer_either_yaml_reads_otherwise_is_too_large_not_a_traceback
                        "more than 2^64)")
 
 
-@pytest.mark.parametrize(("written", "column", "infinity"), [
-    ("1e400", 4, ".inf"), ("-1e400", 4, "-.inf"), ("+1E400", 4, ".inf"), ("1.0e+999", 4, ".inf"),
-    ("-.5e309", 4, "-.inf"), ("!!float 1e400", 4, ".inf"), ("[1, 2e400]", 8, ".inf"),
-    pytest.param("{x: 9" + "9" * 400 + ".0}", 8, ".inf", id="401-digits"),  # (shortened as any long scalar is)
+@pytest.mark.parametrize(("written", "column"), [
+    ("1e400", 4), ("-1e400", 4), ("+1E400", 4), ("1.0e+999", 4), ("-.5e309", 4), ("!!float 1e400", 4),
+    ("[1, 2e400]", 8), pytest.param("{x: 9" + "9" * 400 + ".0}", 8, id="401-digits"),  # (shortened as any long one)
 ])
-def test_a_number_past_a_floats_range_is_refused_as_written_not_read_as_inf(written: str, column: int,
-                                                                           infinity: str) -> None:
-    """`dropout: 1e400` read as inf, and was reported as "got number inf": a value never written."""
+def test_a_number_past_a_floats_range_is_refused_as_written_not_read_as_inf(written: str, column: int) -> None:
+    """`dropout: 1e400` read as inf, and was reported as "got number inf": a value never written. (No hint
+    offers `.inf`: every argument of a spec is finite.)"""
     number = written.removeprefix("!!float ").strip("[]{}").removeprefix("x: ").removeprefix("1, ")
     shown = number if len(number) <= 40 else f"{number[:20]}...{number[-10:]}"
     assert errors(f"a: 1\nb: {written}\n") == [
         f"s.yaml:2:{column}: error: the number {shown} is out of range: a number's magnitude is at most about 1.8e308 "
-        f"(a 64-bit float's largest)\n  hint: write {infinity} for an infinite value"]
+        "(a 64-bit float's largest)"]
 
 
 def test_infinity_written_and_numbers_near_a_floats_limits_are_read() -> None:

@@ -416,6 +416,35 @@ def test_a_layer_put_in_place_of_its_class_and_shapes_but_set_otherwise_is_summa
     assert resgraph.summary(model).replaced == ["conv1", "maxpool"]
 
 
+def test_a_layer_set_otherwise_is_kept_by_pickle_and_refused_by_files_written_from_the_spec(tmp_path: Any) -> None:
+    # The summary found `model.conv1.stride = (1, 1)`, but save wrote the spec's stride 2 and load gave
+    # another model, silently; pickle and torch.save(model) rebuilt it with stride 2 too.
+    import pickle
+
+    model = resgraph.build(EXAMPLES / "resnet18.yaml", params={"image_size": 64}, seed=0).eval()
+    model.conv1.stride = (1, 1)
+    x = torch.randn(1, 3, 64, 64)
+    for suffix in (".pt", ".py"):
+        with pytest.raises(resgraph.UsageError, match=r"its submodule 'conv1' \(Conv2d\) was set otherwise after the "
+                                                      r"build \(stride=\(1, 1\)\)"):
+            resgraph.save(model, tmp_path / f"m{suffix}")
+        assert not (tmp_path / f"m{suffix}").exists()
+    back = pickle.loads(pickle.dumps(model))
+    assert back.conv1.stride == (1, 1)
+    torch.testing.assert_close(back.eval()(x), model(x))
+
+
+def test_an_attention_layer_set_otherwise_keeps_its_mac_count() -> None:
+    # (it was measured with one input, which MultiheadAttention refuses: its MACs became unknown)
+    spec = ("resgraph: 1\nname: A\ninputs: {x: [10, 16]}\nlayers:\n  - attn: {op: MultiheadAttention, num_heads: 4}\n"
+            "  - fc: {op: Linear, out_features: 8}\n")
+    model = resgraph.build(spec, seed=0)
+    built = resgraph.summary(model).total_macs
+    model.attn.dropout = 0.25
+    summary = resgraph.summary(model)
+    assert summary.total_macs == built and summary.unmeasured == [] and summary.replaced == ["attn"]
+
+
 def test_a_layer_that_prints_no_settings_shows_the_ones_set_otherwise() -> None:
     spec = "resgraph: 1\nname: A\ninputs: {x: [10, 16]}\nlayers:\n  - att: {op: MultiheadAttention, num_heads: 4}\n"
     model = resgraph.build(spec, seed=0)
