@@ -778,6 +778,7 @@ class _Unreadable(Exception):
 # (binary 4, or text: YAML 1.2's core schema has no binary), and what YAML 1.1 leaves text but YAML 1.2 reads
 # as an integer: decimals with a leading zero that are no octal (`08`, `-019`), and `0o17` (YAML 1.2's octal).
 _LEADING_ZERO = re.compile(r"^[-+]?0[0-7_]+$")
+_LEADING_ZERO_DECIMAL = re.compile(r"^[-+]?0[0-9_]+$")  # (what a tag cannot settle either: `!!int 010`, `!!int 08`)
 _BINARY = re.compile(r"^[-+]?0b[01_]+$")
 _YAML12_INT = re.compile(r"^[-+]?[0-9]+$|^0o[0-7]+$")  # (in a plain scalar PyYAML left text: see above)
 _YAML11_BOOLS = frozenset({"yes", "no", "on", "off"})
@@ -802,6 +803,11 @@ def _scalar_value(node: yaml.ScalarNode, *, untagged: bool) -> Any:
     text = _shown(written)
     if untagged:
         _refuse_yaml11_reading(node.tag, written, text)
+    elif node.tag == _INT and _LEADING_ZERO_DECIMAL.match(written):  # (`!!int 010`: the tag says int, not which)
+        digits = written.replace("_", "")
+        in_yaml11 = f"octal {int(digits, 8)}" if _LEADING_ZERO.match(written) else "no number"
+        raise _Unreadable(f"!!int {text} is {in_yaml11} in YAML 1.1 and {int(digits, 10)} in YAML 1.2",
+                          "write the number without the leading zero (0o17 for an octal one)")
     try:
         value = _SCALARS.yaml_constructors[node.tag](_SCALARS, node)
     except (yaml.YAMLError, ValueError, OverflowError, KeyError) as exc:  # KeyError: `!!bool 3`

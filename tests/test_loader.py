@@ -566,7 +566,7 @@ def test_a_tag_says_which_reading_a_value_means() -> None:
 @pytest.mark.parametrize(("written", "read"), [
     ("&e 1e-6", 1e-6), ("&e\n  1e-6", 1e-6), ("[&e 2e-3, *e]", [2e-3, 2e-3]), ("{b: &e 1e-5}", {"b": 1e-5}),
     ("&f !!str 1e-6", "1e-6"), ("!!str &f 1e-6", "1e-6"), ("&n 10", 10), ("&t hello", "hello"),
-    ("&u 1e-6 and text", "1e-6 and text"), ("&i !!int 010", 8)])
+    ("&u 1e-6 and text", "1e-6 and text"), ("&i !!int 0o10", 8)])
 def test_an_anchor_is_no_tag_a_value_with_one_is_read_as_without(written: str, read: object) -> None:
     # (an anchored scalar was taken for a tagged one: `&e 1e-6` read as text, `&i 010` as octal 8)
     assert load_text(f"a: {written}\n").data == {"a": read}
@@ -581,6 +581,17 @@ def test_an_anchor_is_no_tag_a_value_with_one_is_read_as_without(written: str, r
 def test_an_anchored_value_that_yaml_versions_read_differently_is_refused_as_without(written: str, said: str) -> None:
     (message,) = errors(f"a: 1\nb: [2, {written}]\n")
     assert message.startswith(f"s.yaml:2:8: error: {said}")
+
+
+@pytest.mark.parametrize(("written", "said"), [("010", "octal 8 in YAML 1.1 and 10"),
+                                               ("08", "no number in YAML 1.1 and 8"),
+                                               ("-019", "no number in YAML 1.1 and -19")])
+def test_an_int_tag_does_not_settle_a_leading_zero(written: str, said: str) -> None:
+    # (`!!int 010` was read as YAML 1.1's octal 8, silently; `!!int 08` said "invalid literal for int() with base 8")
+    assert errors(f"a: !!int {written}\n") == [
+        f"s.yaml:1:4: error: !!int {written} is {said} in YAML 1.2\n"
+        "  hint: write the number without the leading zero (0o17 for an octal one)"]
+    assert load_text("a: [!!int 0o17, !!int 0b100, !!int 10, !!int 0]\n").data == {"a": [15, 4, 10, 0]}
 
 
 def test_a_plain_merge_key_as_a_value_says_to_quote_it() -> None:
