@@ -794,7 +794,8 @@ def format_summary(summary: Summary) -> str:
     out += [f"MACs per sample: {format_count(summary.total_macs)}{split}{unknown}",
             f"Parameter memory: {format_bytes(summary.param_bytes)} (+ {format_bytes(summary.buffer_bytes)} buffers)",
             f"Activation memory per sample: {format_bytes(summary.activation_bytes)} "
-            f"(every layer's output; input {format_bytes(summary.input_bytes)})"]
+            f"(every layer's output; input {format_bytes(summary.input_bytes)}"
+            f"{'; partial: the spec sizes where the model does not run' if summary.failure else ''})"]
     if summary.replaced:
         out.append(f"Put in place or set otherwise after the build: {_listed(summary.replaced)} (shapes and MACs "
                    "as the model runs)")

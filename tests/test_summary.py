@@ -367,6 +367,7 @@ def test_a_replaced_layer_that_stops_the_model_running_is_said_not_to_run() -> N
     assert "bn1" in summary.unmeasured and "fc" in summary.unmeasured
     table = summary.table()
     assert "Does not run: bn1 raises RuntimeError" in table and "partial: unknown for bn1" in table
+    assert "; partial: the spec sizes where the model does not run)" in table  # (the memory line)
     assert re.search(r"^bn1 +BatchNorm2d\(\) +\? +\?$", table, re.M)
 
 
