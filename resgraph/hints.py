@@ -432,7 +432,7 @@ def _stored_origin(graph: Graph, name: str) -> str | None:
         node = graph.nodes.get(name)
         if type(node) is not LayerNode:
             return None
-        if node.layer.declares_layout:
+        if "declared_layout" in type(node.layer).__pydantic_fields__:  # (one that takes a `layout` key)
             return name
         if len(node.inputs) != 1 or graph.nodes[node.inputs[0]].meta.get("type") != node.meta.get("type"):
             return None

@@ -512,7 +512,6 @@ class Layer(StrictModel):
     owns_parameter: ClassVar[bool] = False  # a code op with a learned tensor of its own
     inferred: ClassVar[tuple[str, ...]] = ()
     layout: ClassVar[Layout | None] = None
-    declares_layout: ClassVar[bool] = False  # takes a `layout` key, its output's layout (stored tensors)
     min_inputs: ClassVar[int] = 1
     max_inputs: ClassVar[int | None] = 1
     view: ClassVar[bool] = False  # its output shares its input's storage (see Storage.aliases)

@@ -213,7 +213,6 @@ class ParameterTensor(StoredTensor):
     declared_layout: DeclaredLayout
 
     owns_parameter: ClassVar[bool] = True
-    declares_layout: ClassVar[bool] = True
 
     @model_validator(mode="after")
     def _init_fits(self) -> ParameterTensor:
@@ -323,8 +322,6 @@ class Full(ConstantBase):
     dtype: Dtype = Field("float32", description="Default float32; bool where `value` is true or false.")  # type: ignore[assignment]
     declared_layout: DeclaredLayout
 
-    declares_layout: ClassVar[bool] = True
-
     @model_validator(mode="after")
     def _value_fits_dtype(self) -> Full:
         _default_dtype(self, [self.value])
@@ -353,8 +350,6 @@ class ConstantTensor(ConstantBase):
     dtype: Dtype = Field("float32", description=(  # type: ignore[assignment]
         "Default float32; bool where every value is true or false (a mask)."))
     declared_layout: DeclaredLayout
-
-    declares_layout: ClassVar[bool] = True
 
     @model_validator(mode="after")
     def _value_is_a_tensor(self) -> ConstantTensor:
