@@ -36,9 +36,9 @@ from .projections import ProjectionPlan, step_code
 from .sizes import SizeReport
 from .symbolic import SymInt, render
 
-__all__ = ["FRESH_OUTPUT_OPS", "HELPERS", "MAX_STATEMENTS", "PART_PREFIX", "functions_of", "generate_forward",
-           "helpers_used", "in_place_adds", "input_guard", "node_reads", "node_statement", "shape_comment",
-           "variables_of"]
+__all__ = ["FRESH_OUTPUT_OPS", "HELPERS", "MAX_STATEMENTS", "PART_PREFIX", "batch_source", "functions_of",
+           "generate_forward", "helpers_used", "in_place_adds", "input_guard", "node_reads", "node_statement",
+           "shape_comment", "variables_of"]
 
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # whole names only: fullmatch (`$` would allow "x\n")
 _IDENTIFIER_LINES = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?:\n[A-Za-z][A-Za-z0-9_]*)*")  # lines of them: _all_identifiers
@@ -120,7 +120,7 @@ def generate_forward(graph: Graph, *, shapes: bool = True, in_place: bool = True
         if isinstance(node, BlockNode) and node.values:
             statements = _block_values(graph, node, shapes, types)
         else:
-            args = reads or _batch_source(graph, node)
+            args = reads or batch_source(graph, node)
             _, shape, elements = types.of(node) if shapes else _NO_FACTS
             statements = ((node_statement(node, var, args, adds_in_place), ((var, elements),), args,
                            _comment(node, shape)),)
@@ -315,7 +315,7 @@ def in_place_adds(graph: Graph) -> set[str]:
 
 
 def node_reads(graph: Graph, variables: dict[str, str],
-           in_place: bool) -> Iterator[tuple[Node, str, list[str], bool]]:
+               in_place: bool) -> Iterator[tuple[Node, str, list[str], bool]]:
     """(node, its variable, the variables it reads, whether it adds into its target in place) for
     each node in graph order. The last is what `in_place_adds` decides, and False for every node
     without `in_place`. Deciding it in the walk that reads each node's variables for its statement
@@ -383,7 +383,7 @@ def _block_values(graph: Graph, node: BlockNode, shapes: bool,
     return statements
 
 
-def _batch_source(graph: Graph, node: Node) -> list[str]:
+def batch_source(graph: Graph, node: Node) -> list[str]:
     """An op with no inputs (a learned tensor) is expanded to the batch of the first input."""
     return [graph.inputs[0]] if isinstance(node, LayerNode) else []
 

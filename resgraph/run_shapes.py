@@ -24,9 +24,9 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from .codegen import HELPERS, node_reads, node_statement, variables_of
+from .codegen import HELPERS, batch_source, node_reads, node_statement, variables_of
 from .errors import one_line
-from .graph import BlockNode, Graph, InputNode, LayerNode, is_block_value
+from .graph import BlockNode, Graph, InputNode, is_block_value
 from .ops import TensorType
 from .ops.base import dtype_name
 
@@ -57,6 +57,11 @@ class _Stopped(Exception):
     def __init__(self, failure: RunFailure) -> None:
         super().__init__(str(failure))
         self.failure = failure
+
+
+def _stopped(name: str, error: Exception) -> _Stopped:
+    """The run stopped at `name`, where torch raised `error`."""
+    return _Stopped(RunFailure(name, one_line(f"{type(error).__name__}: {error}")))
 
 
 def run_shapes(graph: Graph, module: Any, *, float_dtype: str | None = None) -> ShapeRun:
@@ -156,11 +161,11 @@ def _run_graph(graph: Graph, root: Any, module: Any, args: list[Any], types: dic
             calls[node.name] = values = _run_block(node, name, root, [env[r] for r in reads], types)
             env[var] = values[0] if not node.values else values
         else:
-            statement = node_statement(node, var, reads or ([graph.inputs[0]] if isinstance(node, LayerNode) else []))
+            statement = node_statement(node, var, reads or batch_source(graph, node))
             try:
                 exec(statement, env)  # the generated statement: validated identifiers only (see codegen)
             except Exception as error:  # whatever a changed module raises: the run stops there
-                raise _Stopped(RunFailure(name, one_line(f"{type(error).__name__}: {error}"))) from None
+                raise _stopped(name, error) from None
         kind = _type(env[var])
         if kind is not None:
             types[name] = kind
@@ -205,7 +210,7 @@ def _run_module(root: Any, name: str, args: list[Any]) -> list[Any]:
     try:
         value = root.get_submodule(name)(*args)
     except Exception as error:  # whatever a changed module raises: the run stops there
-        raise _Stopped(RunFailure(name, one_line(f"{type(error).__name__}: {error}"))) from None
+        raise _stopped(name, error) from None
     return list(value) if isinstance(value, (tuple, list)) else [value]
 
 
