@@ -23,8 +23,9 @@ and after. The fixes depend on the cause (`ProjectionError.kind`):
 A crop is never proposed where the maps are on different grids (it would misalign them).
 
 A broadcast the layout rule refuses ("layout", a gating skip's, and a merge or arithmetic layer's
-`LayoutError`) between a stored tensor whose layout was read from its rank and another value is
-answered with the `layout` key that declares the stored tensor's dims as the other's (`stored_layout_hint`).
+`LayoutError`) between a stored tensor (itself, or through layers that keep its shape) and another
+value is answered with the `layout` key that declares the stored tensor's dims as the other's, or
+the shape that puts its values on the other's channels or features (`stored_layout_hint`).
 """
 
 from __future__ import annotations
@@ -452,11 +453,12 @@ def _single(value: Any) -> Any:
 
 def stored_layout_hint(graph: Graph, gate: tuple[str, TensorType], target: tuple[str, TensorType]) -> str | None:
     """How to fix a broadcast the layout rule refused between the values named `gate` and `target`
-    (with their types) where one of them is a stored tensor with no `layout` key: its layout was read
-    from its rank, not from what its dims are. Where the two broadcast, its `layout` declared as the
-    other's pairs their dims as torch does; where it holds one size, that of the other's channels or
-    features, the shape that puts it there is offered. None where neither is such a tensor, or
-    neither fix would do.
+    (with their types) where one of them is a stored tensor, itself or through layers that keep its
+    shape (`_stored_origin`). With no `layout` key, its layout was read from its rank, not from what
+    its dims are: where the two broadcast, its `layout` declared as the other's pairs their dims as
+    torch does; where it holds one size, that of the other's channels or features, the shape that
+    puts it there is offered. With a `layout` unlike the other's, the other's is offered, where the
+    two broadcast. None where neither is such a tensor, or no fix would do.
     """
     for (value, mine), (other_name, other) in ((gate, target), (target, gate)):
         name = _stored_origin(graph, value)
