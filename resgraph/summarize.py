@@ -471,7 +471,8 @@ def _measure(module: Any, inputs: list[TensorType]) -> MacCount | None:
     CPU, torch runs an LSTM as one fused kernel and an eval-mode TransformerEncoderLayer on its fast
     path, which the counter cannot see (0 MACs), while on meta both run the matrix products it counts.
     So a built model counts what its spec counts, in train or eval mode. A module that cannot run so
-    (a tensor kept as a plain attribute stays where it is) is measured where it lives.
+    (a tensor kept as a plain attribute stays where it is) is measured where it lives, in eval mode (its
+    running statistics left as they were; each submodule's mode put back).
     """
     import torch
     from torch.func import functional_call
