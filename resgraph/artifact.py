@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import ResgraphError, UsageError, shortened
 from .expressions import value_size
@@ -53,15 +53,38 @@ def save(module: CompiledModule, path: str) -> None:
                "state_dict": module.state_dict()}
 
     def write(tmp: str) -> None:
-        # Through a Python file object, so a failed write (ENOSPC) is the OSError it is; torch's
-        # own file writer reports it as a RuntimeError with no reason.
         with open(tmp, "wb") as handle:
+            stream = _WriteFailures(handle)
             try:
-                torch.save(payload, handle)
+                torch.save(payload, stream)
             except RuntimeError as exc:
+                if stream.failure is not None:
+                    raise stream.failure from None
                 raise OSError(f"torch could not write the file ({str(exc).strip().splitlines()[0]})") from None
 
     atomic_write(path, write)
+
+
+class _WriteFailures:
+    """A binary file that keeps what its `write` raised: torch's zip writer, calling `write`,
+    turns any exception there (a full disk's OSError, Ctrl-C's KeyboardInterrupt) into a
+    RuntimeError that names neither ("unexpected pos 704 vs 598"), so `save` raises the kept one."""
+
+    __slots__ = ("handle", "failure")
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.failure: BaseException | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except BaseException as exc:
+            self.failure = exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 def load(path: str | os.PathLike[str], *, allow_imports: Iterable[str] = (),

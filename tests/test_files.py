@@ -199,6 +199,45 @@ def test_a_full_disk_is_a_clear_error_that_keeps_the_old_file(module: str, suffi
     assert target.read_text() == "previous" and os.listdir(tmp_path) == [target.name]
 
 
+
+class _FailsMidway(_FullDisk):
+    """A file object that writes its first 1,000 bytes, then fails with `failure` (a disk filling up
+    while torch's zip writer is writing, or Ctrl-C arriving then)."""
+
+    def __init__(self, handle: object, failure: BaseException) -> None:
+        super().__init__(handle)
+        self.failure = failure
+        self.written = 0
+
+    def write(self, data: bytes) -> int:
+        if self.written + len(data) > 1_000:
+            raise self.failure
+        self.written += len(data)
+        return self.handle.write(data)  # type: ignore[attr-defined, no-any-return]
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth"])
+@pytest.mark.parametrize(("failure", "code", "message"), [
+    (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), 2, "resgraph: error: cannot write {}: No space left on device"),
+    (OSError(errno.EIO, os.strerror(errno.EIO)), 2, "resgraph: error: cannot write {}: Input/output error"),
+    (KeyboardInterrupt(), 130, "")])  # (Ctrl-C: exit 130, saying nothing, as every command does)
+def test_a_write_failing_inside_torch_s_writer_is_reported_as_itself(
+        suffix: str, failure: BaseException, code: int, message: str, tmp_path: pathlib.Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """torch's zip writer turns a failed write into "unexpected pos 704 vs 598": the cause is named."""
+    import resgraph.artifact
+
+    target = tmp_path / f"model{suffix}"
+    target.write_text("previous")
+    real_open = open
+    monkeypatch.setattr(resgraph.artifact, "open", lambda *a, **k: _FailsMidway(real_open(*a, **k), failure),
+                        raising=False)
+    assert main(["build", str(SPEC), "-o", str(target)]) == code
+    err = capsys.readouterr().err
+    assert err.strip() == message.format(target)
+    assert "pos" not in err and target.read_text() == "previous" and os.listdir(tmp_path) == [target.name]
+
+
 SIGNAL_PROBE = """
 import os, pathlib, signal, sys, time
 from resgraph.files import atomic_write
