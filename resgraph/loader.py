@@ -69,7 +69,7 @@ _TAG_NODES: dict[str, type] = {"tag:yaml.org,2002:map": yaml.MappingNode, "tag:y
 # a signed fraction with no digit before its dot (`-.5`, `+.25`; YAML 1.1 reads `.5` but not `-.5`).
 _EXPONENT_FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+$|^[-+]\.[0-9]+$")
 _NUMBER_START = frozenset("+-.0123456789")  # the first characters `_EXPONENT_FLOAT` admits
-_STR, _INT = "tag:yaml.org,2002:str", "tag:yaml.org,2002:int"
+_STR, _INT, _FLOAT = "tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
 
 _RESOLVER = _COMPOSER("")  # (a composer of nothing: only its tag table is used)
 # The tag of each short plain scalar text met so far in this process: a spec repeats the same few
@@ -801,6 +801,8 @@ def _scalar_value(node: yaml.ScalarNode, *, untagged: bool) -> Any:
     if node.tag == _INT and _plain_decimal(written):
         return int(written)  # the common case
     text = _shown(written)
+    if "_" in written and node.tag in (_INT, _FLOAT):
+        _refuse_loose_underscores(written, text)
     if untagged:
         _refuse_yaml11_reading(node.tag, written, text)
     elif node.tag == _INT and _LEADING_ZERO_DECIMAL.match(written):  # (`!!int 010`: the tag says int, not which)
@@ -906,6 +908,21 @@ def _unacceptable_character(text: str, file: str, exc: yaml.reader.ReaderError) 
                       "quoted string",
                       f'remove it; a string that needs it writes it as an escape in double quotes ("\\x{code:02x}")'
                       if code <= 0xFF else "remove it")
+
+
+# An underscore that does not stand between two digits (hex digits after `0x`).
+_LOOSE_UNDERSCORE = re.compile(r"(?<![0-9])_|_(?![0-9])")
+_LOOSE_HEX_UNDERSCORE = re.compile(r"(?<![0-9A-Fa-f])_|_(?![0-9A-Fa-f])")
+
+
+def _refuse_loose_underscores(written: str, text: str) -> None:
+    """Raise _Unreadable for a number whose underscores do not each group digits (`1__0`, `10_`,
+    `1_.5`, `0x_1F`): YAML 1.1 drops every underscore, so these read as 10, 10, 1.5 and 31, while
+    Python, and the eye, take `1__0` for a mistake. `1_000` and `0x7F_FF` are read as ever."""
+    loose = _LOOSE_HEX_UNDERSCORE if written.lstrip("+-")[:2].lower() == "0x" else _LOOSE_UNDERSCORE
+    if loose.search(written):
+        raise _Unreadable(f"{text} has an underscore that is not between two digits",
+                          f"write {_shown(loose.sub('', written))}; an underscore only groups digits, as in 1_000")
 
 
 def _refuse_yaml11_reading(tag: str, written: str, text: str) -> None:

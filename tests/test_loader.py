@@ -92,6 +92,24 @@ def test_values_both_yaml_versions_read_alike_are_read() -> None:
                                     "h": "010", "i": True}  # (a tag says which reading it means)
 
 
+
+@pytest.mark.parametrize(("written", "fixed"), [
+    ("1__0", "10"), ("10_", "10"), ("-1__000", "-1000"), ("+10_", "+10"), ("0.5_", "0.5"), ("1_.5", "1.5"),
+    ("1._5", "1.5"), ("1__0.25", "10.25"), ("1.5_e+3", "1.5e+3"), ("0x_1F", "0x1F"), ("0x1F_", "0x1F"),
+    ("!!int 1__0", "10"), ("!!float 2._5", "2.5")])
+def test_an_underscore_not_between_two_digits_is_refused_where_written(written: str, fixed: str) -> None:
+    """YAML 1.1 drops every underscore of a number, so PyYAML read `1__0` and `10_` as 10, silently."""
+    (error,) = errors(f"k: [1, {written}]\n")
+    shown = written.split()[-1]
+    assert error == (f"s.yaml:1:8: error: {shown} has an underscore that is not between two digits\n"
+                     f"  hint: write {fixed}; an underscore only groups digits, as in 1_000")
+
+
+def test_underscores_grouping_digits_are_read() -> None:
+    assert load_text("a: 1_000\nb: -2_5\nc: 0x7F_FF\nd: 1_000.000_5\ne: !!int 3_0\nf: '1__0'\ng: _1\n").data == {
+        "a": 1000, "b": -25, "c": 0x7FFF, "d": 1000.0005, "e": 30, "f": "1__0", "g": "_1"}
+
+
 def test_dates_and_non_string_keys() -> None:
     assert load_text("description: 2026-11-27\n").data == {"description": "2026-11-27"}
     (message,) = errors("1: one\n")
