@@ -405,7 +405,7 @@ class _Exporter:
     def __init__(self, graph: Graph) -> None:
         # each block class: its lines up to its forward, its forward without shapes, the instances using it
         self.block_sources: list[tuple[list[str], str, list[Graph]]] = []
-        self.classes: dict[tuple[str, str], str] = {}  # (block class, forward source) -> exported name
+        self.classes: dict[tuple[str, str, tuple[str, ...]], str] = {}  # (block class, forward, init) -> name
         self.instances: dict[str, list[Graph]] = {}  # exported block class -> the instances using it
         self.imports: set[str] = set()  # modules of registered or imported layer classes
         self.diagnostics: list[Diagnostic] = []
@@ -519,7 +519,8 @@ class _Exporter:
         for attribute in owned:
             parameters[attribute] = safe_identifier(attribute, {*owned, *parameters.values()} - {attribute})
         source = generate_forward(graph, shapes=False)  # shared by instances of different shapes
-        key = (graph.name, source)
+        # (its `__init__` is shared too: instances whose buffers persist otherwise need a class of their own)
+        key = (graph.name, source, tuple(_assign(graph.nodes[a], a, a) for a in owned))
         if key in self.classes:
             self.instances[self.classes[key]].append(graph)
             return self.classes[key], parameters

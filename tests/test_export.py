@@ -93,6 +93,24 @@ def test_an_exported_block_class_used_at_several_shapes_lists_each_instances_sha
     assert "(N, " not in forward.split("def forward", 1)[1]  # no line claims one instance's shape
 
 
+
+@pytest.mark.parametrize("persistent", ["${index == 0}", "${index != 0}", "${index == 1}"])
+def test_instances_whose_buffers_persist_otherwise_export_classes_of_their_own(persistent: str,
+                                                                                tmp_path: pathlib.Path) -> None:
+    # One class served both instances, registering every instance's buffer as the first one did: the
+    # file's state_dict had a key the model lacks (or lacked one), and strict loading failed.
+    spec = ("resgraph: 1\nname: PersistRepeat\ninputs: {x: [4]}\nblocks:\n  scale:\n    layers:\n"
+            f"      - k: {{op: full, shape: [4], value: 2.0, persistent: \"{persistent}\"}}\n"
+            "      - m: {op: mul, input: [x, k]}\nlayers:\n  - body: {block: scale, repeat: 3}\n")
+    model = resgraph.build(spec, seed=0)
+    path = tmp_path / "persist_repeat.py"
+    resgraph.save(model, path)
+    exported = import_file(path, path.stem).PersistRepeat()  # type: ignore[attr-defined]
+    assert list(exported.state_dict()) == list(model.state_dict())
+    exported.load_state_dict(model.state_dict(), strict=True)
+    assert path.read_text().count("\nclass Scale") == 2  # the two kinds of instance, not one per instance
+
+
 def test_cli_writes_an_importable_file(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "model.py"
     result = subprocess.run([sys.executable, "-m", "resgraph", "build", "examples/tutorial.yaml", "-o", str(out)],
