@@ -133,8 +133,11 @@ class CompiledModule(GeneratedModule):
         kept = modes(self)
         # Instances checkpointed by `resgraph.checkpoint` (the record rebuilds only the spec's).
         checkpointed = [name for name, m in self.named_modules() if getattr(type(m), "_checkpointed", False)]
+        # Non-persistent buffers (constants, unless `persistent: true`) are no part of a state_dict;
+        # one changed since the build (`model.k.fill_(7)`) travels beside it, as it does in a plain module.
+        unsaved = {name: buffer for name, buffer in self.named_buffers(remove_duplicate=False) if name not in state}
         return (_unpickle, (self.build_record, state, kept.training, kept.frozen, kept.flipped,
-                            replaced_modules(self), checkpointed))
+                            replaced_modules(self), checkpointed, unsaved))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> CompiledModule:
         clone = type(self).__new__(type(self))
@@ -310,14 +313,16 @@ def _own_shapes(module: nn.Module) -> tuple[tuple[str, tuple[int, ...]], ...]:
 
 def _unpickle(record: BuildRecord, state: dict[str, Any], training: bool,
               frozen: list[str] | None = None, flipped: Iterable[str] = (),
-              replaced: dict[str, nn.Module] | None = None, checkpointed: Iterable[str] = ()) -> CompiledModule:
+              replaced: dict[str, nn.Module] | None = None, checkpointed: Iterable[str] = (),
+              unsaved: dict[str, Any] | None = None) -> CompiledModule:
     """The pickled model rebuilt, its tensors as they were pickled: a model converted with `.double()`
     or `.half()`, moved to another device, or built on meta comes back so, not converted to what a
     build gives (ties kept: each tied name holds the one shared tensor), and exactly the parameters
     that were frozen frozen (`frozen`: their names; None in a pickle written before it was kept).
     `flipped`: the submodules whose mode differs from the model's; `replaced`: submodules pickled
     as themselves (see `replaced_modules`), put back in place of the rebuilt ones; `checkpointed`: the
-    instances whose forward runs under activation checkpointing."""
+    instances whose forward runs under activation checkpointing; `unsaved`: the non-persistent buffers
+    (None in a pickle written before they were kept: as built then)."""
     tensors = list(state.values())
     meta = bool(tensors) and all(t.is_meta for t in tensors)
     module = rebuild(record, allow_imports=record.allow_imports, max_params=None, device="meta" if meta else None)
@@ -328,6 +333,9 @@ def _unpickle(record: BuildRecord, state: dict[str, Any], training: bool,
         instance = module.get_submodule(name)
         instance.__class__ = checkpointed_class(type(instance))
     module = _restored(module, state, meta)
+    for name, buffer in (unsaved or {}).items():
+        parent, _, attribute = name.rpartition(".")
+        module.get_submodule(parent).register_buffer(attribute, buffer, persistent=False)
     restore_modes(module, training, frozen, flipped)
     return module
 

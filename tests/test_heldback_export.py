@@ -7,6 +7,7 @@ after their build (a submodule's mode, a replaced head) pickled, saved and mater
 from __future__ import annotations
 
 import ast
+import copy
 import io
 import os
 import pathlib
@@ -119,6 +120,27 @@ def test_a_whole_model_with_a_replaced_head_is_pickled_with_it() -> None:
     assert torch.equal(again(x), model(x))
     assert resgraph.model.replaced_modules(resgraph.build(MLP, seed=0)) == {}
 
+
+
+def test_a_whole_model_pickled_keeps_its_non_persistent_buffers_as_they_were() -> None:
+    # Was: a constant changed after the build (not persistent, so in no state_dict) came back as
+    # built through pickle and torch.save(model), while deepcopy and a plain nn.Module kept it.
+    spec = ("resgraph: 1\nname: Scaled\ninputs: {x: [4]}\nblocks:\n  scale:\n    layers:\n"
+            "      - k: {op: full, shape: [4], value: 2.0, persistent: \"${index == 0}\"}\n"
+            "      - m: {op: mul, input: [x, k]}\nlayers:\n  - body: {block: scale, repeat: 2}\n"
+            "  - c: {op: constant, value: [1.0, 2.0, 3.0, 4.0]}\n  - out: {op: add, input: [body, c]}\n")
+    model = resgraph.build(spec, seed=0).half()
+    model.body[0].k.fill_(7.0)
+    model.body[1].k.fill_(9.0)
+    model.c.mul_(-1)
+    x = torch.randn(2, 4).half()
+    for copied in (_pickled(model), pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        buffers = dict(copied.named_buffers())
+        assert buffers.keys() == dict(model.named_buffers()).keys() and list(copied.state_dict()) == ["body.0.k"]
+        assert all(torch.equal(buffers[name], buffer) and buffers[name].dtype == torch.float16
+                   for name, buffer in model.named_buffers())
+        assert torch.equal(copied(x), model(x))
+        copied.load_state_dict(model.state_dict(), strict=True)  # still not persistent
 
 
 def test_a_whole_model_pickled_stays_checkpointed() -> None:
