@@ -9,6 +9,10 @@ from all of them; a clean try gives guards that hold for the whole model, and th
 the nearest at which those hold (`sizes` shows why that is sound). At most MAX_TRIALS checks per
 hint and MAX_CHECKS per check of a spec: where none is clean by then, the hint says so. Without a
 way to check (a graph typed directly by `infer_shapes`), the sizes are the guards' alone.
+
+A hint that proposes changing layers (a padding, `ceil_mode`) checks the whole spec with them changed
+(`edited`): a layer merged elsewhere with one that changed size (a sibling branch, a later skip)
+may no longer fit, and a fix that moves the error is not offered as one.
 """
 
 from __future__ import annotations
@@ -16,17 +20,21 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from .errors import ResgraphError
+from .errors import Diagnostic, Location, ResgraphError, SpecError
 from .graph import Graph
+from .loader import Origin
 from .sizes import valid_sizes_mask
 from .symbolic import COMPARISONS, Guard, evaluate, size_symbols
 
-__all__ = ["MAX_CHECKS", "MAX_TRIALS", "Offer", "Trial", "fitting_sizes", "offering", "refused", "tried"]
+__all__ = ["MAX_CHECKS", "MAX_EDIT_CHECKS", "MAX_TRIALS", "Edit", "Offer", "Trial", "edited", "fitting_sizes",
+           "offering", "refused", "settings_text", "tried", "tried_edited"]
 
 MAX_TRIALS = 8  # checks of the whole spec one hint may make (a U-Net of n stages needs at most n)
 MAX_CHECKS = 16  # ... and all hints of one check together (a spec failing at many skips stays fast)
+MAX_EDIT_CHECKS = 12  # checks with layers changed, of all hints of one check together
 
 Sizes = tuple[int, ...]  # an input's free dims, in the order of its symbols
 
@@ -38,15 +46,58 @@ class Trial:
 
     guards: tuple[Guard, ...] | None
     conditions: tuple[Guard, ...] = ()
+    failures: tuple[tuple[str, str], ...] = ()  # each error of a failed check: ("net.yaml:8:5", "layer 'sum' ...")
+    graph: Graph | None = field(default=None, compare=False, repr=False)  # typed as far as it could be
+
+
+@dataclass(frozen=True)
+class Edit:
+    """A change to one layer as the spec writes it: where its mapping is (a block's layer: in the block's
+    definition, so every call of the block changes), and the keys to set, a value of None dropping one.
+
+    >>> from resgraph.loader import SourceMap
+    >>> Edit(Origin(SourceMap("net.yaml"), ("layers", 1, "p")), (("ceil_mode", True),)).text
+    '`ceil_mode: true`'
+    """
+
+    origin: Origin
+    settings: tuple[tuple[str, Any], ...]
+
+    @property
+    def text(self) -> str:
+        return settings_text(self.settings)
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return (self.origin.source.file, self.origin.path, self.settings)
+
+
+def settings_text(settings: tuple[tuple[str, Any], ...]) -> str:
+    """Settings as a hint writes them: "`padding: 1`", "drop `ceil_mode: true`" (a value of None).
+
+    >>> settings_text((("padding", 1), ("ceil_mode", None)))
+    '`padding: 1` and drop `ceil_mode: true`'
+    """
+    return " and ".join(f"drop `{key}: true`" if value is None else f"`{key}: {_yaml(value)}`"
+                        for key, value in settings)
+
+
+def _yaml(value: Any) -> str:
+    return "true" if value is True else "false" if value is False else str(value)
+
+
+EditCheck = Callable[[tuple[Edit, ...]], "Trial | None"]
 
 
 @dataclass
 class _Search:
-    """A check's state: how to try the spec at other sizes (None inside such a try), the tries made,
-    and, inside a try, the conditions of the skips that failed."""
+    """A check's state: how to try the spec at other sizes (None inside such a try) and with layers
+    changed, the tries made, and, inside a try, the conditions of the skips that failed."""
 
     check: Callable[[dict[str, dict[int, int]]], Trial] | None
+    edit: EditCheck | None = None
     done: dict[tuple[tuple[str, Sizes], ...], Trial] = field(default_factory=dict)
+    edits_done: dict[tuple[Any, ...], Trial | None] = field(default_factory=dict)
     conditions: list[Guard] = field(default_factory=list)
 
 
@@ -54,10 +105,11 @@ _SEARCH: contextvars.ContextVar[_Search | None] = contextvars.ContextVar("fittin
 
 
 @contextmanager
-def offering(check: Callable[[dict[str, dict[int, int]]], Trial]) -> Iterator[None]:
-    """Within this, hints offer only sizes that `check` (input -> {axis: size} -> Trial) found clean.
+def offering(check: Callable[[dict[str, dict[int, int]]], Trial], edit: EditCheck | None = None) -> Iterator[None]:
+    """Within this, hints offer only sizes that `check` (input -> {axis: size} -> Trial) found clean, and
+    changes to layers that `edit` (edits -> Trial, or None where it cannot apply them) found clean.
     Inside a try (`tried`), it changes nothing: a try's hints try nothing themselves."""
-    token = _SEARCH.set(_Search(check)) if _SEARCH.get() is None else None
+    token = _SEARCH.set(_Search(check, edit)) if _SEARCH.get() is None else None
     try:
         yield
     finally:
@@ -68,15 +120,53 @@ def offering(check: Callable[[dict[str, dict[int, int]]], Trial]) -> Iterator[No
 def tried(run: Callable[[], Graph]) -> Trial:
     """Run a whole check at other sizes (`run` raises a ResgraphError where it fails) and say how it went;
     its own hints try nothing."""
+    return replace(_tried(lambda _: run()), graph=None)  # (kept per size tried: the guards are what is read)
+
+
+def tried_edited(run: Callable[[list[Diagnostic]], Graph]) -> Trial:
+    """Run a whole check with layers changed (`run` reports each problem to the list it is given, and
+    returns the graph typed as far as it could be) and say how it went, with that graph; its own hints
+    try nothing."""
+    return _tried(run)
+
+
+def _tried(run: Callable[[list[Diagnostic]], Graph]) -> Trial:
     search = _Search(None)
     token = _SEARCH.set(search)
+    diagnostics: list[Diagnostic] = []
     try:
-        graph = run()
-    except ResgraphError:
-        return Trial(None, tuple(search.conditions))
+        graph = run(diagnostics)
+    except ResgraphError as exc:
+        found = exc.diagnostics if isinstance(exc, SpecError) else [Diagnostic(Location(""), str(exc))]
+        return Trial(None, tuple(search.conditions), _failures(found))
     finally:
         _SEARCH.reset(token)
-    return Trial(tuple(graph.meta.get("guards", ())))
+    if diagnostics:
+        return Trial(None, tuple(search.conditions), _failures(diagnostics), graph)
+    return Trial(tuple(graph.meta.get("guards", ())), graph=graph)
+
+
+def _failures(diagnostics: list[Diagnostic]) -> tuple[tuple[str, str], ...]:
+    return tuple((str(d.location), d.message) for d in sorted(diagnostics, key=lambda d: d.location))
+
+
+def edited(edits: tuple[Edit, ...]) -> Trial | None:
+    """How a check of the whole spec at its input sizes goes with `edits` applied, as a user who took a
+    hint would run it; None where it cannot be told (no way to check: a graph typed directly, a try's
+    own hints, the checks of this spec used up; an edit the checker cannot apply: a layer of an
+    imported library)."""
+    search = _SEARCH.get()
+    if search is None or search.check is None or search.edit is None:
+        return None
+    key = tuple(sorted(edit.key for edit in edits))
+    if key in search.edits_done:
+        return search.edits_done[key]
+    if len(search.edits_done) >= MAX_EDIT_CHECKS:
+        return None
+    trial = search.edit(edits)
+    # (kept without its graph: a hint reads the graph once, and a large spec's graphs add up)
+    search.edits_done[key] = None if trial is None else replace(trial, graph=None)
+    return trial
 
 
 def refused(conditions: list[Guard]) -> None:

@@ -22,6 +22,13 @@ and after. The fixes depend on the cause (`ProjectionError.kind`):
 
 A crop is never proposed where the maps are on different grids (it would misalign them).
 
+A fix that changes layers (a padding, `ceil_mode`) changes their output sizes for every layer and skip
+that reads them, not only this skip: it is checked against the whole spec with the layers changed
+(`fitting.edited`). Where something else merged with a changed layer then fails to fit (a sibling
+branch added or concatenated to it, a later skip that read the old size), the layers on the other side
+that must change alike are proposed with it (`_siblings`), where that makes the whole spec fit; else
+the hint says that the change alone does not fix the model, and where it then fails.
+
 A broadcast the layout rule refuses ("layout", a gating skip's, and a merge or arithmetic layer's
 `LayoutError`) between a stored tensor (itself, or through layers that keep its shape) and another
 value is answered with the `layout` key that declares the stored tensor's dims as the other's, or
@@ -31,11 +38,13 @@ the shape that puts its values on the other's channels or features (`stored_layo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from .fitting import Offer, fitting_sizes
+from .fitting import Edit, Offer, Trial, edited, fitting_sizes, settings_text
 from .graph import BlockNode, Graph, LayerNode, Node, SkipNode, is_block_value
+from .loader import Origin
 from .ops.base import TensorType
 from .ops.conv import conv_output_size
 from .ops.merge import broadcast_shape
@@ -59,6 +68,7 @@ class SizeChange:
     geometry: dict[str, Any]  # kernel_size, stride, padding, dilation, ... as written
     before: tuple[int, ...]
     after: tuple[int, ...]
+    origin: Origin | None = field(default=None, compare=False, repr=False)  # where the layer is written
 
     def __str__(self) -> str:
         geometry = ", ".join(label if self.geometry[key] is True else f"{label} {_short(self.geometry[key])}"
@@ -95,25 +105,22 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
                               crop_required=_odd_margins(graph, skip.source, skip.to))
     if exc.kind == "grid":
         fixes = []
-        by_padding: dict[Any, list[str]] = {}
-        for change in changes:
-            padding = change.keeping_padding()
-            if padding is not None:
-                by_padding.setdefault(padding, []).append(repr(change.name))
+        kept: list[Change] = [(c, (("padding", c.keeping_padding()),)) for c in changes
+                              if c.keeping_padding() is not None]
         # Every unstrided layer that shrank must keep its size: where one cannot by padding (a kernel-2 pool),
         # padding the others does not make the skip fit.
         if any(c.keeping_padding() is None and "kernel_size" in c.geometry and c.geometry.get("stride", 1) == 1
                for c in changes):
-            by_padding = {}
+            kept = []
         # A strided layer on the way that floored an odd size still drops a row once the padding is
         # fixed: the padding alone works only at an input size the strides divide.
         strided = [c for c in changes if isinstance(c.geometry.get("stride"), int) and c.geometry["stride"] > 1]
         floored = _floorings(strided, named=len(changes) > 1)
         total = math.prod(c.geometry["stride"] for c in strided)
         also = f" and an input size that is a multiple of {total} ({floored})" if floored else ""
-        if by_padding:  # (every layer listed needs its padding: one fix, not alternatives)
-            fixes.append("keep the size with " + " and ".join(f"`padding: {padding}` on {' and '.join(names)}"
-                                                                for padding, names in by_padding.items()) + also)
+        if kept:  # (every layer listed needs its padding: one fix, not alternatives)
+            fixes.append(_whole_fix(graph, node, kept, _keeping_alike,
+                                    f"keep the size with {_on(kept, grouped=True)}{also}", resized=bool(also)))
         fitting = fitting_sizes(guards, symbols)  # a rounding shrank it: some input sizes fit outright
         if fitting:
             fixes.append(f"use an input size at which this skip fits: {fitting.text}")
@@ -166,7 +173,7 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
             cause = ("a layer rounded up past its stride: " + ", ".join(
                 f"{c.name!r} gave {'x'.join(map(str, c.after))} where a stride of {_short(c.geometry['stride'])} "
                 f"gives {'x'.join(map(str, _ceil(c)))}" for c in past))
-        fixes = []
+        fixes: list[str] = []
         # Without the conditions under which the skip fits, every size where the earlier decisions
         # hold would be "fitting", the declared one (which fails) first.
         sizes = fitting_sizes(guards, symbols) if exc.required else Offer("")
@@ -176,24 +183,24 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
         # sizes off the stride too: a rounding fix works only with its size kept, and not at all where
         # no padding keeps it (a kernel-2 pool).
         resized = [(c, c.keeping_padding()) for c in grown_or_shrunk]
-        keeping = (", and keep the other sizes: " + " and ".join(f"`padding: {padding}` on {c.name!r}"
-                                                                  for c, padding in resized)) if resized else ""
+        keep: list[Change] = [(c, (("padding", padding),)) for c, padding in resized]
+        keeping = f", and keep the other sizes: {_on(keep)}" if keep else ""
         if exc.kind == "stride" and past and all(padding is not None for _, padding in resized):
-            rounding = {c.name: _rounding_fix(c) for c in past}
-            ceiled = [repr(c.name) for c in past if rounding[c.name] == "drop `ceil_mode: true`"]
-            fixes += [f"drop `ceil_mode: true` on {' and '.join(ceiled)}"
-                      + keeping] if ceiled else []
-            fixes += [f"{rounding[c.name]} on {c.name!r}, which rounds as its stride does"
-                      + keeping
-                      for c in past if rounding[c.name] not in (None, "drop `ceil_mode: true`")]
+            rounding = {c.name: _rounding_settings(c) for c in past}
+            dropped: list[Change] = [(c, _DROP_CEIL) for c in past if rounding[c.name] == _DROP_CEIL]
+            fixes += [_whole_fix(graph, node, [*dropped, *keep], _rounding_alike,
+                                 f"{_on(dropped, grouped=True)}{keeping}")] if dropped else []
+            fixes += [_whole_fix(graph, node, [(c, settings), *keep], _rounding_alike,
+                                 f"{_on([(c, settings)])}, which rounds as its stride does{keeping}")
+                      for c in past if (settings := rounding[c.name]) not in (None, _DROP_CEIL)]
         elif exc.kind == "stride" and not past and all(padding is not None for _, padding in resized):
             # Each strided layer that does not give ceil(size / stride), the size every projection gives, with
             # the setting that makes it (a layer that already rounds so at every size is not named).
-            floored = [(c, _rounding_fix(c)) for c in changes if _strided(c) and not _rounds_up(c)]
-            named = [f"{fix} on {c.name!r}" for c, fix in floored if fix is not None]
-            if named:
-                fixes.append("make " + ("it" if len(named) == 1 else "them") + " round up as the strides do: "
-                             + " and ".join(named) + keeping)
+            floored = [(c, settings) for c in changes if (settings := _rounding_alike(c)) is not None]
+            if floored:
+                fixes.append(_whole_fix(graph, node, [*floored, *keep], _rounding_alike,
+                                        f"make {'it' if len(floored) == 1 else 'them'} round up as the strides do: "
+                                        f"{_on(floored)}{keeping}"))
         elif exc.kind == "larger":
             # a layer padded past its kernel grew the map: the padding that keeps its size; an upsample: a
             # fixed size (a transposed conv has none: the input sizes above are its fix)
@@ -201,8 +208,8 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
                      and any(a > b for a, b in zip(c.after, c.before))]
             paddings = [(c, c.keeping_padding()) for c in grown]
             if paddings and all(padding is not None for _, padding in paddings):
-                fixes.append("keep the size with " + " and ".join(f"`padding: {padding}` on {c.name!r}"
-                                                                    for c, padding in paddings))
+                grow: list[Change] = [(c, (("padding", padding),)) for c, padding in paddings]
+                fixes.append(_whole_fix(graph, node, grow, _keeping_alike, f"keep the size with {_on(grow)}"))
             if any(c.op == "Upsample" for c in changes):
                 fixes.append("give the upsampling layer an explicit `size:` (then the model has one input size)")
         return _missed(_join(f"{listed}: {cause}" if listed else cause, "; or ".join(fixes)), sizes)
@@ -288,15 +295,21 @@ def _rounds_up(change: SizeChange) -> bool:
     return geometry is not None and all(a == b for a, b in _sizes_out(change, geometry[2], geometry[4]))
 
 
-def _rounding_fix(change: SizeChange) -> str | None:
-    """"`padding: 1`", "`ceil_mode: true`", "drop `ceil_mode: true`" or both: the smallest change with which a
-    strided conv or pool gives ceil(size / stride) at every size, as a strided 1x1 conv or avgpool projection
-    does; None where its geometry is unknown (per-dim values that differ, an uncurated op).
+def _rounding_settings(change: SizeChange) -> Settings | None:
+    """The smallest change of settings (`padding: 1`, `ceil_mode: true`, `ceil_mode` dropped: None, or two
+    of them) with which a strided conv or pool gives ceil(size / stride) at every size, as a strided 1x1
+    conv or avgpool projection does; None where its geometry is unknown (per-dim values that differ, an
+    uncurated op).
 
     A conv needs padding dilation * (kernel - 1) / 2, so one whose kernel spans an even size needs a
     kernel one larger; a pool may need ceil_mode set or dropped, a padding (at most half its kernel, as
     torch allows), or both: a kernel-3 pool with ceil_mode and no padding floors 17 to 8, and with
-    padding 1 it gives 9 from 16; padding 1 without ceil_mode gives both."""
+    padding 1 it gives 9 from 16; padding 1 without ceil_mode gives both.
+
+    >>> _rounding_settings(SizeChange("p", "MaxPool2d", {"kernel_size": 3, "stride": 2, "ceil_mode": True},
+    ...                                  (17, 17), (8, 8)))
+    (('padding', 1), ('ceil_mode', None))
+    """
     geometry = _geometry(change)
     if geometry is None:
         return None
@@ -307,16 +320,156 @@ def _rounding_fix(change: SizeChange) -> str | None:
                       *((q, not ceil_mode) for q in paddings[1:])]
     elif dilation * (kernel - 1) % 2:
         # (no padding rounds an even span at every size: kernel + 1 spans dilation * kernel, which is even)
-        return f"`kernel_size: {kernel + 1}` and `padding: {dilation * kernel // 2}`"
+        return ("kernel_size", kernel + 1), ("padding", dilation * kernel // 2)
     else:
         candidates = [(dilation * (kernel - 1) // 2, ceil_mode)]
     for new_padding, new_ceil in candidates:
         if all(a == b for a, b in _sizes_out(change, new_padding, new_ceil)):
-            parts = [f"`padding: {new_padding}`"] if new_padding != padding else []
+            settings: list[tuple[str, Any]] = [("padding", new_padding)] if new_padding != padding else []
             if new_ceil != ceil_mode:
-                parts.append("`ceil_mode: true`" if new_ceil else "drop `ceil_mode: true`")
-            return " and ".join(parts)
+                settings.append(("ceil_mode", True if new_ceil else None))
+            return tuple(settings)
     return None
+
+
+Settings = tuple[tuple[str, Any], ...]  # a layer's keys to set, as written in the spec (None: drop the key)
+Change = tuple[SizeChange, Settings]  # a layer and the settings a fix gives it
+
+_DROP_CEIL: Settings = (("ceil_mode", None),)
+
+
+def _rounding_alike(change: SizeChange) -> Settings | None:
+    """The settings with which a strided layer that does not round up already rounds up as a stride does."""
+    return _rounding_settings(change) if _strided(change) and not _rounds_up(change) else None
+
+
+def _keeping_alike(change: SizeChange) -> Settings | None:
+    """The padding with which an unstrided conv or pool that changed the size keeps it."""
+    padding = None if _strided(change) else change.keeping_padding()
+    return None if padding is None else (("padding", padding),)
+
+
+def _on(changes: list[Change], *, grouped: bool = False) -> str:
+    """The settings on each layer as a hint writes them: "`padding: 1` on 'a' and `ceil_mode: true` on 'b'";
+    `grouped`: the layers given one setting named together ("`padding: 1` on 'a' and 'b'")."""
+    if not grouped:
+        return " and ".join(f"{settings_text(settings)} on {change.name!r}" for change, settings in changes)
+    by_setting: dict[str, list[str]] = {}
+    for change, settings in changes:
+        by_setting.setdefault(settings_text(settings), []).append(repr(change.name))
+    return " and ".join(f"{text} on {' and '.join(names)}" for text, names in by_setting.items())
+
+
+def _whole_fix(graph: Graph, node: SkipNode, changes: list[Change], alike: Callable[[SizeChange], Settings | None],
+               text: str, *, resized: bool = False) -> str:
+    """`text`, the fix that gives the layers in `changes` their settings, as it holds for the whole spec:
+    checked with them changed (`fitting.edited`); where a value merged with a changed layer's output then
+    no longer fits, with the layers on the other side of that merge given the settings `alike` gives them
+    (`_siblings`), where that makes the whole spec fit (or nothing can be checked); else with what fails.
+    `resized`: the fix takes another input size too, so at the declared one this skip may still fail."""
+    trial = _edited(changes)
+    outcome = _new_problem(graph, node, trial, resized)
+    if outcome == "":
+        return text
+    # (the spec typed with the changes made, where it was checked: the layers after this skip are typed there)
+    siblings = _siblings(trial.graph if trial is not None and trial.graph is not None else graph,
+                         graph.qualname + node.name, [change for change, _ in changes], alike)
+    if siblings:
+        alike_too = [(change, settings) for change, settings, _, _ in siblings]
+        more = _new_problem(graph, node, _edited([*changes, *alike_too]), resized)
+        if not more:  # (clean, or nothing to check it with: the merges say the siblings change alike)
+            return text + "".join(
+                f", and {_on([(change, settings)])} ({_where(change)}), as {merge!r} merges it with {partner!r}"
+                for change, settings, merge, partner in siblings)
+    if outcome is None:
+        return text
+    changed = " and ".join(dict.fromkeys(repr(change.name) for change, _ in changes))
+    return (f"{text}; this skip then fits, but that alone does not make the model fit: with it, {outcome}, so what "
+            f"is merged there with {changed} (or what reads it) must change size as well")
+
+
+def _where(change: SizeChange) -> str:
+    return str(change.origin.locate(key=True)) if change.origin is not None else change.name
+
+
+def _edited(changes: list[Change]) -> Trial | None:
+    """How a check of the whole spec goes with `changes` made (`fitting.edited`); None where it cannot tell."""
+    edits = tuple(Edit(change.origin, settings) for change, settings in changes if change.origin is not None)
+    return edited(edits) if len(edits) == len(changes) else None
+
+
+def _new_problem(graph: Graph, node: SkipNode, trial: Trial | None, resized: bool = False) -> str | None:
+    """"" where `trial` found no new problem and the skip `node` fits (`resized`: or fails, as it may at the
+    declared size); the first new problem ("net.yaml:8:5: layer 'sum' (add): ..."); None where there was
+    no trial. A problem the spec had without the changes (another mistake of the spec's) is not new."""
+    if trial is None:
+        return None
+    if trial.guards is not None:
+        return ""
+    before = edited(())
+    here = str(graph.where(node))
+    failures = [(where, message) for where, message in trial.failures
+                if where == here and not resized or where != here and (before is None
+                                                                      or (where, message) not in before.failures)]
+    return f"{failures[0][0]}: {failures[0][1]}" if failures else ""
+
+
+def _siblings(graph: Graph, skip: str, changed: list[SizeChange],
+              alike: Callable[[SizeChange], Settings | None]) -> list[tuple[SizeChange, Settings, str, str]]:
+    """The layers that must change as `changed` do for the values merged with theirs to fit again: for each
+    node but the skip named `skip` that reads both a value computed from a changed layer and one that is
+    not (a merge layer, a skip, a block call), the layers on the way between the two (a sibling branch
+    since they forked, the way of a later skip) that `alike` gives settings to, with the merge and the
+    changed value's name; found in the graph and in the block instances that hold a changed layer, until
+    none is new."""
+    found: list[tuple[SizeChange, Settings, str, str]] = []
+    names = {change.name for change in changed}
+    for level in _levels(graph, names):
+        for _ in range(MAX_SIBLING_ROUNDS):
+            new = _merged_siblings(level, skip, names, alike)
+            if not new:
+                break
+            found += new
+            names |= {change.name for change, _, _, _ in new}
+    return found
+
+
+MAX_SIBLING_ROUNDS = 4  # sibling searches after siblings were found (a sibling's own sibling, ...)
+
+
+def _levels(graph: Graph, names: set[str]) -> list[Graph]:
+    """`graph` and each block instance in it, nested, holding a layer named (by qualname) in `names`."""
+    levels = [graph]
+    for inner in graph.nodes.values():
+        if isinstance(inner, BlockNode):
+            for instance in inner.instances:
+                if any(name.startswith(instance.qualname) for name in names):
+                    levels += _levels(instance, names)
+    return levels
+
+
+def _merged_siblings(graph: Graph, skip: str, names: set[str],
+                     alike: Callable[[SizeChange], Settings | None]) -> list[tuple[SizeChange, Settings, str, str]]:
+    """One round of `_siblings` in one graph."""
+    marked = {name for name, inner in graph.nodes.items() if graph.qualname + name in names
+              or (isinstance(inner, BlockNode) and any(n.startswith(f"{graph.qualname}{name}.") for n in names))}
+    computed = set(marked)
+    found: list[tuple[SizeChange, Settings, str, str]] = []
+    for name, inner in graph.nodes.items():  # (in execution order: a node's inputs come before it)
+        if any(read in computed for read in inner.inputs):
+            computed.add(name)
+        if graph.qualname + name == skip or len(inner.inputs) < 2:
+            continue
+        changed = [read for read in inner.inputs if read in computed]
+        for partner in changed:
+            # (named by the changed layer it is computed from: 'p', not the skip 's' that added to it)
+            origin = next(n for n in graph.nodes if n in marked and n in _upstream(graph, partner))
+            for other in (read for read in inner.inputs if read not in computed):
+                for change in changed_layers(graph, other, partner):
+                    settings = alike(change) if change.name not in names else None
+                    if settings is not None and all(change.name != c.name for c, _, _, _ in found):
+                        found.append((change, settings, graph.qualname + name, graph.qualname + origin))
+    return found
 
 
 def _rounded_past(change: SizeChange) -> bool:
@@ -413,7 +566,7 @@ def _collect(graph: Graph, node: Node, found: list[SizeChange]) -> None:
                 if getattr(node.layer, key, None) is not None and getattr(node.layer, key) is not False}
     if "stride" not in geometry and "kernel_size" in geometry and hasattr(node.layer, "stride"):
         geometry = {**geometry, "stride": geometry["kernel_size"]}  # a pool's stride defaults to its kernel
-    found.append(SizeChange(graph.qualname + node.name, node.layer.op, geometry, size_in, size_out))
+    found.append(SizeChange(graph.qualname + node.name, node.layer.op, geometry, size_in, size_out, node.origin))
 
 
 def _spatial(tensor_type: Any) -> tuple[int, ...]:

@@ -12,6 +12,7 @@ are in `api`; lowering and the compiled model class are in `model` (they need to
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -25,7 +26,7 @@ from .errors import Diagnostic, Location, SpecError, UsageError
 from .evaluate import plain_overrides
 from .expand import Reader, check_library_blocks, check_unreached_blocks, expand
 from .expressions import expression_names
-from .fitting import Trial, offering, tried
+from .fitting import Edit, Trial, offering, tried, tried_edited
 from .graph import Graph
 from .loader import (
     MAX_DEPTH,
@@ -324,9 +325,18 @@ _EXPRESSION_IN_LINE = re.compile(r"\$\{([^}]*)\}")
 
 def _check_loaded(loaded: LoadedSpec, params: dict[str, Any], read: Reader,
                   input_shapes: Mapping[str, Sequence[int]] | None) -> tuple[Spec, Graph]:
+    diagnostics: list[Diagnostic] = []
+    spec, graph = _typed(loaded, params, read, input_shapes, diagnostics)
+    if diagnostics:
+        raise SpecError(diagnostics)
+    return spec, graph
+
+
+def _typed(loaded: LoadedSpec, params: dict[str, Any], read: Reader, input_shapes: Mapping[str, Sequence[int]] | None,
+           diagnostics: list[Diagnostic]) -> tuple[Spec, Graph]:
+    """The spec and its graph, typed as far as it can be, every problem reported to `diagnostics`."""
     # Each stage reports what it can and leaves out what has a problem, and what depends on it, so
     # that one run reports every independent mistake.
-    diagnostics: list[Diagnostic] = []
     # (gc: the passes allocate many small, acyclic objects, see loader.gc_paused; suggestions: one
     # bound for every error's "did you mean", see suggest.MAX_COMPARED)
     with gc_paused(), suggestion_budget():
@@ -336,7 +346,8 @@ def _check_loaded(loaded: LoadedSpec, params: dict[str, Any], read: Reader,
             spec = spec.with_input_shapes(input_shapes)
         graph = resolve(expand(spec, loaded.source, read=read, diagnostics=diagnostics), diagnostics=diagnostics)
         assert graph.outputs or diagnostics, "a graph without outputs passed resolution"
-        with offering(_checker(loaded, params, read, spec, input_shapes)):
+        with offering(_checker(loaded, params, read, spec, input_shapes), _edit_checker(loaded, params, read,
+                                                                                        input_shapes)):
             infer_shapes(graph, diagnostics=diagnostics)
         if diagnostics:  # the run fails: also name what blocks that were never typed hold
             reached = {instance.block for _, instance in graph.subgraphs() if instance.block}
@@ -349,8 +360,6 @@ def _check_loaded(loaded: LoadedSpec, params: dict[str, Any], read: Reader,
                 reported |= {(d.location.file, d.location.line) for d in new}
                 diagnostics.extend(new)
             diagnostics.extend(_batch_dims_given(declared, input_shapes or {}, loaded.source))
-    if diagnostics:
-        raise SpecError(diagnostics)
     return spec, graph
 
 
@@ -365,6 +374,35 @@ def _checker(loaded: LoadedSpec, params: dict[str, Any], read: Reader, spec: Spe
             for axis, size in axes.items():
                 shape[axis] = size
         return tried(lambda: _check_loaded(loaded, params, read, shapes)[1])
+
+    return check
+
+
+def _edit_checker(loaded: LoadedSpec, params: dict[str, Any], read: Reader,
+                  input_shapes: Mapping[str, Sequence[int]] | None) -> Callable[[tuple[Edit, ...]], Trial | None]:
+    """How a hint checks the whole spec with layers changed as it proposes (see `fitting.edited`): the data
+    as loaded, each layer's mapping changed where it is written; None where one is not in this file (a
+    layer of an imported library) or not a mapping there."""
+    def check(edits: tuple[Edit, ...]) -> Trial | None:
+        data = copy.deepcopy(loaded.data)
+        for edit in edits:
+            if edit.origin.source.file != loaded.file:
+                return None
+            layer = data
+            for part in edit.origin.path:
+                keyed = isinstance(layer, dict) and part in layer
+                if not keyed and not (isinstance(layer, list) and isinstance(part, int) and 0 <= part < len(layer)):
+                    return None
+                layer = layer[part]
+            if not isinstance(layer, dict):
+                return None
+            for key, value in edit.settings:
+                if value is None:
+                    layer.pop(key, None)
+                else:
+                    layer[key] = value
+        changed = LoadedSpec(data, loaded.source, loaded.text)
+        return tried_edited(lambda diagnostics: _typed(changed, params, read, input_shapes, diagnostics)[1])
 
     return check
 

@@ -1,0 +1,172 @@
+"""A fix a skip hint proposes that changes layers (a padding, `ceil_mode`) makes the whole spec fit.
+
+The fix changes those layers' output sizes for everything that reads them, not only the skip the hint
+is about. Each case here is a spec where the changed layer's output is merged elsewhere with a value of
+the old size (a sibling branch concatenated or added to it, a later skip that read it); the hint is
+followed literally, its settings written into the YAML text, and the spec checked again. Where no
+change of layers makes it fit, the hint says so, and where the model then fails.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import resgraph
+from resgraph.errors import SpecError
+
+# The settings on each layer, as a hint writes them: "`padding: 1` on 'a'", "`kernel_size: 5` and
+# `padding: 2` on 'c'", "drop `ceil_mode: true` on 'p' and 'q'".
+_SETTINGS_ON = re.compile(r"((?:(?:drop )?`[^`]+`(?: and )?)+) on ('[^']+'(?: and '[^']+')*)")
+
+
+def _failure(spec: str) -> tuple[str, str]:
+    """(where, hint) of a spec's one error."""
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(spec, file="net.yaml")
+    (diagnostic,) = caught.value.diagnostics
+    return str(diagnostic.location), diagnostic.hint or ""
+
+
+def _layer_fix(hint: str) -> str:
+    """The alternative of the hint's fix that changes layers (an input size, a crop aside)."""
+    fixes = hint.split(" Fix: ", 1)[1].split("; or ")
+    (changing,) = [fix for fix in fixes if fix.startswith(("make ", "keep the size", "drop ", "`"))]
+    return changing
+
+
+def _follow(spec: str, fix: str) -> str:
+    """`spec` with each setting of `fix` written on the layer it names (in a block, by its last name)."""
+    for settings, names in _SETTINGS_ON.findall(fix):
+        for name in re.findall(r"'([^']+)'", names):
+            for setting in re.findall(r"(drop )?`([^`]+)`", settings):
+                spec = _written(spec, name.rsplit(".", 1)[-1], *setting)
+    return spec
+
+
+def _written(spec: str, layer: str, drop: str, setting: str) -> str:
+    key, value = setting.split(": ", 1)
+    (line,) = [line for line in spec.splitlines() if line.lstrip().startswith(f"- {layer}: {{")]
+    body = line[:-1]  # (without the closing brace of its flow mapping)
+    if drop:
+        body = re.sub(rf", {key}: [^,}}]+", "", body)
+    elif re.search(rf"\b{key}: ", body):
+        body = re.sub(rf"\b{key}: [^,}}]+", f"{key}: {value}", body)
+    else:
+        body += f", {key}: {value}"
+    return spec.replace(line, body + "}")
+
+
+def _spec(inputs: str, layers: str, skips: str = "", blocks: str = "") -> str:
+    return (f"resgraph: 1\nname: Net\ninputs: {inputs}\n{blocks}layers:\n{layers}"
+            + (f"skips:\n{skips}" if skips else ""))
+
+
+_X33 = "{x: [8, 33, 33]}"
+
+FITTING_WITH_SIBLINGS = {
+    # two strided convs side by side, added: padding one alone made 'sum' add 17x17 to 16x16
+    "parallel-convs-added": (
+        _spec(_X33, "  - stem: {op: Conv2d, out_channels: 8, kernel_size: 3, padding: 1}\n"
+                    "  - a: {op: Conv2d, out_channels: 8, kernel_size: 3, stride: 2, input: stem}\n"
+                    "  - b: {op: Conv2d, out_channels: 8, kernel_size: 3, stride: 2, input: stem}\n"
+                    "  - sum: {op: add, input: [a, b]}\n",
+              "  - s: {from: stem, to: a}\n"),
+        "make it round up as the strides do: `padding: 1` on 'a', and `padding: 1` on 'b' (net.yaml:7:5), as "
+        "'sum' merges it with 'a'"),
+    # two pools side by side, concatenated: `ceil_mode: true` on one alone made 'cat' fail
+    "parallel-pools-concatenated": (
+        _spec(_X33, "  - p: {op: MaxPool2d, kernel_size: 2, input: x}\n"
+                    "  - q: {op: MaxPool2d, kernel_size: 2, input: x}\n"
+                    "  - cat: {op: concat, input: [p, q]}\n",
+              "  - s: {from: x, to: p}\n"),
+        "make it round up as the strides do: `ceil_mode: true` on 'p', and `ceil_mode: true` on 'q' (net.yaml:6:5), "
+        "as 'cat' merges it with 'p'"),
+    # a stride of 3 that 34 does not divide, on two branches
+    "stride-3-branches": (
+        _spec("{x: [8, 34, 34]}",
+              "  - a: {op: Conv2d, out_channels: 8, kernel_size: 3, stride: 3, input: x}\n"
+              "  - b: {op: Conv2d, out_channels: 8, kernel_size: 3, stride: 3, input: x}\n"
+              "  - cat: {op: concat, input: [a, b]}\n",
+              "  - s: {from: x, to: a}\n"),
+        "make it round up as the strides do: `padding: 1` on 'a', and `padding: 1` on 'b' (net.yaml:6:5), as "
+        "'cat' merges it with 'a'"),
+    # a later skip read the pool's old size: from 'q' (16x16) to what 'p' feeds (17x17 once 'p' rounds up)
+    "later-skip": (
+        _spec(_X33, "  - p: {op: MaxPool2d, kernel_size: 2, input: x}\n"
+                    "  - c: {op: Conv2d, out_channels: 8, kernel_size: 3, padding: 1}\n"
+                    "  - q: {op: MaxPool2d, kernel_size: 2, input: x}\n"
+                    "  - out: {op: Identity, input: c}\n",
+              "  - s: {from: x, to: p}\n  - s2: {from: q, to: out}\n"),
+        "make it round up as the strides do: `ceil_mode: true` on 'p', and `ceil_mode: true` on 'q' (net.yaml:7:5), "
+        "as 's2' merges it with 'p'"),
+    # inside a block: the sibling is the block's layer, changed in the block's definition
+    "branches-in-a-block": (
+        _spec(_X33, "  - stem: {op: Conv2d, out_channels: 8, kernel_size: 1}\n  - d: {block: split}\n",
+              blocks="blocks:\n  split:\n    layers:\n"
+                     "      - a: {op: Conv2d, out_channels: 8, kernel_size: 3, stride: 2}\n"
+                     "      - b: {op: Conv2d, out_channels: 8, kernel_size: 3, stride: 2, input: x}\n"
+                     "      - cat: {op: concat, input: [a, b]}\n"
+                     "    skips:\n      - s: {from: x, to: a}\n"),
+        "make it round up as the strides do: `padding: 1` on 'd.a', and `padding: 1` on 'd.b' (net.yaml:8:9), as "
+        "'d.cat' merges it with 'd.a'"),
+    # a block call's pool added to a pool outside it
+    "block-beside-a-layer": (
+        _spec(_X33, "  - a: {block: down, input: x}\n"
+                    "  - b: {op: MaxPool2d, kernel_size: 2, input: x}\n"
+                    "  - sum: {op: add, input: [a, b]}\n",
+              blocks="blocks:\n  down:\n    layers:\n      - p: {op: MaxPool2d, kernel_size: 2}\n"
+                     "    skips:\n      - s: {from: x, to: p}\n"),
+        "make it round up as the strides do: `ceil_mode: true` on 'a.p', and `ceil_mode: true` on 'b' "
+        "(net.yaml:12:5), as 'sum' merges it with 'a'"),
+    # a pool that rounded up past its stride (ceil_mode with padding), beside one that does too
+    "rounded-past-beside-a-sibling": (
+        _spec("{x: [8, 32, 32]}",
+              "  - p: {op: MaxPool2d, kernel_size: 3, stride: 2, padding: 1, ceil_mode: true, input: x}\n"
+              "  - q: {op: MaxPool2d, kernel_size: 3, stride: 2, padding: 1, ceil_mode: true, input: x}\n"
+              "  - cat: {op: concat, input: [p, q]}\n",
+              "  - s: {from: x, to: p}\n"),
+        "drop `ceil_mode: true` on 'p', and drop `ceil_mode: true` on 'q' (net.yaml:6:5), as 'cat' merges it with "
+        "'p'"),
+    # one grid: an unpadded conv beside another, added; padding one alone made 'sum' add 32x32 to 30x30
+    "grid-branches": (
+        _spec("{x: [8, 32, 32]}",
+              "  - stem: {op: Conv2d, out_channels: 8, kernel_size: 1}\n"
+              "  - a: {op: Conv2d, out_channels: 8, kernel_size: 3, input: stem}\n"
+              "  - b: {op: Conv2d, out_channels: 8, kernel_size: 3, input: stem}\n"
+              "  - sum: {op: add, input: [a, b]}\n",
+              "  - s: {from: stem, to: a}\n"),
+        "keep the size with `padding: 1` on 'a', and `padding: 1` on 'b' (net.yaml:7:5), as 'sum' merges it with "
+        "'a'"),
+}
+
+
+@pytest.mark.parametrize(("spec", "fix"), FITTING_WITH_SIBLINGS.values(), ids=FITTING_WITH_SIBLINGS.keys())
+def test_a_fix_that_changes_a_layer_changes_the_layers_merged_with_it_too(spec: str, fix: str) -> None:
+    """Followed literally, the hint's change of layers makes the whole spec valid: the sibling whose value is
+    merged with the changed layer's is changed alike, named with where it is written. (The change on the
+    skip's own way alone fits the skip and moves the error to the merge.)"""
+    where, hint = _failure(spec)
+    assert _layer_fix(hint) == fix, hint
+    resgraph.check(_follow(spec, fix), file="net.yaml")
+    alone, _ = _failure(_follow(spec, fix.split(", and ")[0]))
+    assert alone != where
+
+
+def test_where_no_layer_of_the_spec_can_change_alike_the_hint_says_the_change_alone_does_not_fit() -> None:
+    """'p' is added to a declared input of the old size: making 'p' round up fits the skip and breaks 'sum'.
+    The hint says so, and where the model then fails; following it gives exactly that error."""
+    spec = _spec("\n  x: [8, 33, 33]\n  y: [8, 16, 16]",
+                 "  - p: {op: MaxPool2d, kernel_size: 2, input: x}\n  - sum: {op: add, input: [p, y]}\n",
+                 "  - s: {from: x, to: p}\n")
+    where, hint = _failure(spec)
+    assert where == "net.yaml:10:5"
+    fix = _layer_fix(hint)
+    assert fix == ("make it round up as the strides do: `ceil_mode: true` on 'p'; this skip then fits, but that alone "
+                   "does not make the model fit: with it, net.yaml:8:5: layer 'sum' (add): add needs broadcastable "
+                   "shapes, got (8, 17, 17), (8, 16, 16), so what is merged there with 'p' (or what reads it) must "
+                   "change size as well")
+    assert "an input size at which this skip fits: 'x' 32x32" in hint  # (the other fix, which does fit)
+    assert _failure(_follow(spec, fix.split(";")[0])) == ("net.yaml:8:5", "")
+    resgraph.check(spec.replace("33, 33", "32, 32"), file="net.yaml")
