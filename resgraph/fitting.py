@@ -152,7 +152,8 @@ def _failures(diagnostics: list[Diagnostic]) -> tuple[tuple[str, str], ...]:
 
 def edited(edits: tuple[Edit, ...]) -> Trial | None:
     """How a check of the whole spec at its input sizes goes with `edits` applied, as a user who took a
-    hint would run it; None where it cannot be told (no way to check: a graph typed directly, a try's
+    hint would run it (no edits: the spec as written, typed past the layer a hint is about, each layer
+    whose inputs are typed); None where it cannot be told (no way to check: a graph typed directly, a try's
     own hints, the checks of this spec used up; an edit the checker cannot apply: a layer of an
     imported library)."""
     search = _SEARCH.get()
@@ -164,8 +165,9 @@ def edited(edits: tuple[Edit, ...]) -> Trial | None:
     if len(search.edits_done) >= MAX_EDIT_CHECKS:
         return None
     trial = search.edit(edits)
-    # (kept without its graph: a hint reads the graph once, and a large spec's graphs add up)
-    search.edits_done[key] = None if trial is None else replace(trial, graph=None)
+    # (kept without its graph, but the spec's as written, which hints read to see past the layer refused: a
+    # hint reads the graph of its changes once, and a large spec's graphs add up)
+    search.edits_done[key] = None if trial is None else trial if not edits else replace(trial, graph=None)
     return trial
 
 

@@ -32,7 +32,10 @@ the hint says that the change alone does not fix the model, and where it then fa
 A broadcast the layout rule refuses ("layout", a gating skip's, and a merge or arithmetic layer's
 `LayoutError`) between a stored tensor (itself, or through layers that keep its shape) and another
 value is answered with the `layout` key that declares the stored tensor's dims as the other's, or
-the shape that puts its values on the other's channels or features (`stored_layout_hint`).
+the shape that puts its values on the other's channels or features (`stored_layout_hint`). Where the
+same stored tensor is also used against a value of the other layout, no key fits both uses (each fix
+would move the refusal to the other): the hint says so, names both uses where they are written, and
+offers a second stored tensor for the refused use, or a permute of it where that broadcasts.
 """
 
 from __future__ import annotations
@@ -612,6 +615,11 @@ def stored_layout_hint(graph: Graph, gate: tuple[str, TensorType], target: tuple
     torch does; where it holds one size, that of the other's channels or features, the shape that
     puts it there is offered. With a `layout` unlike the other's, the other's is offered, where the
     two broadcast. None where neither is such a tensor, or no fix would do.
+
+    Where the stored tensor is also used against a value of the layout it has (a per-head scale of
+    features-last scores, and of a channels-first map), that fix would only move the refusal to that
+    use: the hint says one tensor cannot serve both, names both uses where they are written, and
+    offers a second stored tensor for this use, or a permute or reshape of it (`_disagreeing_uses`).
     """
     for (value, mine), (other_name, other) in ((gate, target), (target, gate)):
         name = _stored_origin(graph, value)
@@ -620,25 +628,116 @@ def stored_layout_hint(graph: Graph, gate: tuple[str, TensorType], target: tuple
         node = graph.nodes[name]
         assert isinstance(node, LayerNode)
         declared = node.layer.field_value("declared_layout")
+        fixes: list[tuple[str, Settings]] = []
         if declared is not None:  # (declared as the other's is not: `layout: features_last` on scores of a matmul)
             if declared != other.layout and broadcast_shape(mine.shape, other.shape) is not None:
-                return (f"{name!r} declares `layout: {declared}`, but {other_name!r} {other} is "
-                        f"{other.layout.replace('_', '-')}: if its dims pair with those of {other_name!r} as torch "
-                        f"broadcasts them, write `layout: {other.layout}` on {name!r}")
+                fixes.append((f"if its dims pair with those of {other_name!r} as torch broadcasts them, write "
+                              f"`layout: {other.layout}` on {name!r}", (("layout", other.layout),)))
+                said = (f"{name!r} declares `layout: {declared}`, but {other_name!r} {other} is "
+                        f"{other.layout.replace('_', '-')}")
+        else:
+            if broadcast_shape(mine.shape, other.shape) is not None:
+                example = " (a per-head scale of attention scores)" if other.layout == "features_last" else ""
+                fixes.append((f"if its dims pair with those of {other_name!r} {other} as torch broadcasts them"
+                              f"{example}, write `layout: {other.layout}` on it", (("layout", other.layout),)))
+            sizes = [size for size in mine.shape if hint(size) != 1]
+            axis = 0 if other.layout == "channels_first" else other.rank - 1
+            if len(sizes) == 1 and hint(sizes[0]) == hint(other.shape[axis]):
+                shape = [1] * node.layer.batch + [hint(sizes[0]) if i == axis else 1 for i in range(mine.rank)]
+                meant = "channel" if other.layout == "channels_first" else "feature"
+                # (a shape of 3+ dims is read as channels-first, of fewer as features-last: where that is not the
+                # other's, the shape alone is refused as well, and the layout is declared with it)
+                ranked = "channels_first" if mine.rank >= 3 else "features_last"
+                reshaped: Settings = (("shape", shape),) if list(map(hint, mine.shape)) != shape[node.layer.batch:] \
+                    else ()
+                if ranked != other.layout:
+                    reshaped += (("layout", other.layout),)
+                if reshaped and all(reshaped != settings for _, settings in fixes):  # (not the layout key again)
+                    fixes.append((f"if its {hint(sizes[0])} values are one per {meant} of {other_name!r}, write "
+                                  f"{settings_text(reshaped)}", reshaped))
+            said = (f"{name!r} is a stored tensor, whose layout is read from its rank ({mine.rank} dims: "
+                    f"{mine.layout.replace('_', '-')})")
+        if not fixes:
             continue
-        fixes = []
-        if broadcast_shape(mine.shape, other.shape) is not None:
-            example = " (a per-head scale of attention scores)" if other.layout == "features_last" else ""
-            fixes.append(f"if its dims pair with those of {other_name!r} {other} as torch broadcasts them{example}, "
-                         f"write `layout: {other.layout}` on it")
-        sizes = [size for size in mine.shape if hint(size) != 1]
-        axis = 0 if other.layout == "channels_first" else other.rank - 1
-        if len(sizes) == 1 and hint(sizes[0]) == hint(other.shape[axis]):
-            shape = [1] * node.layer.batch + [hint(sizes[0]) if i == axis else 1 for i in range(mine.rank)]
-            meant = "channel" if other.layout == "channels_first" else "feature"
-            fixes.append(f"if its {hint(sizes[0])} values are one per {meant} of {other_name!r}, write `shape: "
-                         f"{shape}`")
-        if fixes:
-            return (f"{name!r} is a stored tensor, whose layout is read from its rank ({mine.rank} dims: "
-                    f"{mine.layout.replace('_', '-')}): " + "; ".join(fixes))
+        disagreeing = _disagreeing_uses(graph, name, mine, other.layout)
+        if disagreeing:
+            return _one_tensor_two_layouts(graph, name, mine, (other_name, other), disagreeing, fixes)
+        return f"{said}: " + "; ".join(text for text, _ in fixes)
     return None
+
+
+Use = tuple[str, str, str, TensorType]  # (the layer or skip that reads a stored tensor, where it is written,
+#                                         the value it meets there, that value's type)
+
+
+def _disagreeing_uses(graph: Graph, name: str, mine: TensorType, wanted: str) -> list[Use]:
+    """The uses of the stored tensor `name` whose value pairs with its dims by a layout other than `wanted`,
+    the one a fix would give it (with its layout now, `mine`, they are accepted): each would be refused once
+    it is declared `wanted`. Read from the spec typed as far as it can be (`fitting.edited` with nothing
+    changed), where the layers after the refused one are typed; else from `graph` as typed so far."""
+    checked = edited(())
+    typed = graph
+    if checked is not None and checked.graph is not None:
+        typed = checked.graph if not graph.qualname else dict(checked.graph.subgraphs()).get(
+            graph.qualname.rstrip("."), graph)
+    return [use for use in _stored_uses(typed, name) if use[3].layout != wanted and use[3].layout == mine.layout
+            and _layout_matters(mine, use[3])]
+
+
+def _stored_uses(graph: Graph, name: str) -> list[Use]:
+    """Each layer or skip that meets the stored tensor `name` (itself, or through layers that keep its
+    shape) with another typed value, with that value."""
+    uses: list[Use] = []
+    for node in graph.nodes.values():
+        if len(node.inputs) < 2 or not any(_stored_origin(graph, read) == name for read in node.inputs):
+            continue
+        for read in node.inputs:
+            other = graph.nodes[read].meta.get("type")
+            if _stored_origin(graph, read) != name and other is not None:
+                uses.append((graph.label(node), str(graph.where(node)), graph.qualname + read, other))
+    return uses
+
+
+def _layout_matters(stored: TensorType, other: TensorType) -> bool:
+    """Whether the layout rule applies where `stored` broadcasts into `other` (`merge.check_gate_layouts`)."""
+    return stored.rank == other.rank >= 2 and any(hint(a) != hint(b) for a, b in zip(stored.shape, other.shape))
+
+
+def _one_tensor_two_layouts(graph: Graph, name: str, mine: TensorType, refused: tuple[str, TensorType],
+                            disagreeing: list[Use], fixes: list[tuple[str, Settings]]) -> str:
+    """The hint for a stored tensor refused against a value of one layout and used against values of the
+    other elsewhere: one tensor has one layout; a second one for the refused use, or a permute of it that
+    lays its channels (features) out as the refused value's, where that broadcasts with it."""
+    other_name, other = refused
+    node = graph.nodes[name]
+    here = [use for use in _stored_uses(graph, name) if use[2] == graph.qualname + other_name]
+    label, where = (here[0][0], f" at {here[0][1]}") if here else (f"the use of {other_name!r}", "")
+    uses = "; ".join(f"{use_label} at {use_where} meets {value!r} {value_type}, {_dashed(value_type.layout)}"
+                     for use_label, use_where, value, value_type in disagreeing)
+    settings = settings_text(fixes[0][1])
+    copy = f"{name}_{other.layout}"
+    text = (f"{name!r} ({node.origin.locate(key=True)}) is one stored tensor used against values of both layouts: "
+            f"{label}{where} meets {other_name!r} {other}, {_dashed(other.layout)}; {uses}. A stored tensor has one "
+            f"layout for all its uses, so {settings} on it would refuse the other use instead. Fix: store a second "
+            f"tensor for {label}: a copy of {name!r} named {copy!r} with {settings}, read there instead of {name!r}")
+    dims = _channel_moved(mine)
+    if dims is not None:
+        view = tuple(mine.shape[d - 1] for d in dims[1:])
+        if broadcast_shape(view, other.shape) is not None:
+            text += (f"; or, where both uses must share its values, read it there through `- {copy}: {{op: permute, "
+                     f"dims: {list(dims)}, input: {name}}}` ({_dashed(mine.layout)} {mine} to "
+                     f"{_dashed(other.layout)} {view})")
+    return text + " (a layer written after the new one without an `input:` would read it: name what it read)"
+
+
+def _channel_moved(stored: TensorType) -> tuple[int, ...] | None:
+    """The `permute` dims (batch first) that move a value's channels last (channels-first to features-last) or
+    its features first; None for a value of fewer than 2 dims."""
+    dims = list(range(1, stored.rank + 1))
+    if stored.rank < 2:
+        return None
+    return (0, *dims[1:], dims[0]) if stored.layout == "channels_first" else (0, dims[-1], *dims[:-1])
+
+
+def _dashed(layout: str) -> str:
+    return layout.replace("_", "-")

@@ -1,10 +1,15 @@
-"""A fix a skip hint proposes that changes layers (a padding, `ceil_mode`) makes the whole spec fit.
+"""A fix a hint proposes makes the whole spec fit, followed literally.
 
-The fix changes those layers' output sizes for everything that reads them, not only the skip the hint
-is about. Each case here is a spec where the changed layer's output is merged elsewhere with a value of
-the old size (a sibling branch concatenated or added to it, a later skip that read it); the hint is
-followed literally, its settings written into the YAML text, and the spec checked again. Where no
-change of layers makes it fit, the hint says so, and where the model then fails.
+A skip hint's change of layers (a padding, `ceil_mode`) changes those layers' output sizes for everything
+that reads them, not only the skip the hint is about. Each case here is a spec where the changed layer's
+output is merged elsewhere with a value of the old size (a sibling branch concatenated or added to it, a
+later skip that read it); the hint is followed literally, its settings written into the YAML text, and
+the spec checked again. Where no change of layers makes it fit, the hint says so, and where the model
+then fails.
+
+A stored tensor's `layout` (or `shape`) is one for all its uses: where it meets a features-last value in
+one place and a channels-first one in another, the key that fixes one refusal makes the other, and the
+hint says that, naming both uses, and offers a second tensor or a permute of it for the refused use.
 """
 
 from __future__ import annotations
@@ -49,10 +54,11 @@ def _written(spec: str, layer: str, drop: str, setting: str) -> str:
     key, value = setting.split(": ", 1)
     (line,) = [line for line in spec.splitlines() if line.lstrip().startswith(f"- {layer}: {{")]
     body = line[:-1]  # (without the closing brace of its flow mapping)
+    written = r"(?:\[[^\]]*\]|[^,}]+)"  # (a list, or a scalar)
     if drop:
-        body = re.sub(rf", {key}: [^,}}]+", "", body)
+        body = re.sub(rf", {key}: {written}", "", body)
     elif re.search(rf"\b{key}: ", body):
-        body = re.sub(rf"\b{key}: [^,}}]+", f"{key}: {value}", body)
+        body = re.sub(rf"\b{key}: {written}", f"{key}: {value}", body)
     else:
         body += f", {key}: {value}"
     return spec.replace(line, body + "}")
@@ -170,3 +176,113 @@ def test_where_no_layer_of_the_spec_can_change_alike_the_hint_says_the_change_al
     assert "an input size at which this skip fits: 'x' 32x32" in hint  # (the other fix, which does fit)
     assert _failure(_follow(spec, fix.split(";")[0])) == ("net.yaml:8:5", "")
     resgraph.check(spec.replace("33, 33", "32, 32"), file="net.yaml")
+
+
+# --- one stored tensor used against values of both layouts ---
+
+_SCORES = ("resgraph: 1\nname: T\ninputs:\n  q: {shape: [4, 16, 8], layout: features_last}\n"
+           "  k: {shape: [4, 16, 8], layout: features_last}\n  x: [4, 16, 16]\nlayers:\n"
+           "  - kt: {op: transpose, dim0: 2, dim1: 3, input: k}\n  - scores: {op: matmul, input: [q, kt]}\n")
+
+BOTH_LAYOUTS = {
+    # no `layout` key: refused against the scores first; `layout: features_last` then refused 'gated'
+    "read-from-rank": (
+        _SCORES + "  - scale: {op: parameter, shape: [4, 1, 1]}\n"
+                  "  - scaled: {op: mul, input: [scores, scale]}\n"
+                  "  - gated: {op: mul, input: [x, scale]}\noutputs: [scaled, gated]\n",
+        "net.yaml:11:5", "scale", ("layer 'scaled' (mul) at net.yaml:11:5 meets 'scores' (4, 16, 16), features-last",
+                                   "layer 'gated' (mul) at net.yaml:12:5 meets 'x' (4, 16, 16), channels-first"),
+        "scaled", "`layout: features_last`"),
+    # `layout: features_last` declared: refused at the second use; `layout: channels_first` then refused 'scaled'
+    "declared": (
+        _SCORES + "  - scale: {op: parameter, shape: [4, 1, 1], layout: features_last}\n"
+                  "  - scaled: {op: mul, input: [scores, scale]}\n"
+                  "  - gated: {op: mul, input: [x, scale]}\noutputs: [scaled, gated]\n",
+        "net.yaml:12:5", "scale", ("layer 'gated' (mul) at net.yaml:12:5 meets 'x' (4, 16, 16), channels-first",
+                                   "layer 'scaled' (mul) at net.yaml:11:5 meets 'scores' (4, 16, 16), features-last"),
+        "gated", "`layout: channels_first`"),
+    # a gating skip from the stored tensor into a conv's map, which is the use refused
+    "gating-skip": (
+        _SCORES + "  - scale: {op: full, shape: [4, 1, 1], value: 0.5, layout: features_last}\n"
+                  "  - scaled: {op: mul, input: [scores, scale]}\n"
+                  "  - conv: {op: Conv2d, out_channels: 4, kernel_size: 1, input: x}\n"
+                  "skips:\n  - gate: {from: scale, to: conv, merge: mul}\noutputs: [scaled, conv]\n",
+        "net.yaml:14:5", "scale", ("skip 'gate' at net.yaml:14:5 meets 'conv' (4, 16, 16), channels-first",
+                                   "layer 'scaled' (mul) at net.yaml:11:5 meets 'scores' (4, 16, 16), features-last"),
+        "gate", "`layout: channels_first`"),
+    # one value per channel of a map, and per feature of its permuted copy: the shape hint flipped as well
+    "shape": (
+        "resgraph: 1\nname: T\ninputs:\n  x: [8, 6, 6]\nlayers:\n"
+        "  - gamma: {op: full, shape: [8, 1, 1], value: 0.5}\n"
+        "  - gated: {op: mul, input: [x, gamma]}\n"
+        "  - last: {op: permute, dims: [0, 2, 3, 1], input: x}\n"
+        "  - out: {op: mul, input: [last, gamma]}\noutputs: [gated, out]\n",
+        "net.yaml:9:5", "gamma", ("layer 'out' (mul) at net.yaml:9:5 meets 'last' (6, 6, 8), features-last",
+                                  "layer 'gated' (mul) at net.yaml:7:5 meets 'x' (8, 6, 6), channels-first"),
+        "out", "`shape: [1, 1, 8]` and `layout: features_last`"),
+}
+
+
+def _second_tensor(spec: str, hint: str) -> str:
+    """`spec` with the hint's second stored tensor: "a copy of 'scale' named 'scale_x' with `key: value`, read
+    there instead of 'scale'", written after the first and read by the use refused."""
+    found = re.search(r"store a second tensor for (?:layer|skip) '([^']+)'[^:]*: a copy of '([^']+)' named '([^']+)' "
+                      r"with (.+?), read there instead of", hint)
+    assert found is not None, hint
+    use, stored, copy, settings = found.groups()
+    (line,) = [line for line in spec.splitlines() if line.startswith(f"  - {stored}: {{")]
+    spec = spec.replace(line, f"{line}\n{line.replace(f'- {stored}:', f'- {copy}:')}")
+    for setting in re.findall(r"`([^`]+)`", settings):
+        spec = _written(spec, copy, "", setting)
+    return _read_instead(spec, use, stored, copy)
+
+
+def _read_instead(spec: str, use: str, stored: str, replacement: str) -> str:
+    (line,) = [line for line in spec.splitlines() if line.lstrip().startswith(f"- {use}: {{")]
+    return spec.replace(line, re.sub(rf"\b{stored}\b(?=[\],}}])", replacement, line))
+
+
+@pytest.mark.parametrize(("spec", "where", "stored", "uses", "refused", "setting"), BOTH_LAYOUTS.values(),
+                         ids=BOTH_LAYOUTS.keys())
+def test_a_stored_tensor_used_against_both_layouts_is_told_so_with_both_uses(
+        spec: str, where: str, stored: str, uses: tuple[str, str], refused: str, setting: str) -> None:
+    """The hint that answered each refusal with the other layout flipped the error between the two uses. It
+    now says the tensor is used against both layouts, where each use is, that the key would refuse the other
+    use, and offers a second tensor for the refused use, which (followed literally) makes the spec valid."""
+    found, hint = _failure(spec)
+    assert found == where
+    assert hint.startswith(f"'{stored}' (net.yaml:") and "is one stored tensor used against values of both " \
+                                                       f"layouts: {uses[0]}; {uses[1]}. " in hint, hint
+    assert f"so {setting} on it would refuse the other use instead" in hint
+    # the key alone moves the refusal to the other use (what the hint used to propose)
+    flipped_spec = spec
+    for key in re.findall(r"`([^`]+)`", setting):
+        flipped_spec = _written(flipped_spec, stored, "", key)
+    flipped, _ = _failure(flipped_spec)
+    assert flipped != where and flipped == uses[1].split(" at ")[1].split(" ")[0]
+    resgraph.check(_second_tensor(spec, hint), file="net.yaml")
+
+
+def test_where_a_permute_of_the_stored_tensor_broadcasts_the_hint_offers_it_too() -> None:
+    """(8, 1, 1) per channel of 'x', and per feature of 'last' (6, 6, 8): a permute to (1, 1, 8) serves the
+    second use, the values shared."""
+    spec = BOTH_LAYOUTS["shape"][0]
+    _, hint = _failure(spec)
+    permute = "- gamma_features_last: {op: permute, dims: [0, 2, 3, 1], input: gamma}"
+    assert f"read it there through `{permute}` (channels-first (8, 1, 1) to features-last (1, 1, 8))" in hint
+    spec = spec.replace("  - last:", f"  {permute}\n  - last:")
+    resgraph.check(_read_instead(spec, "out", "gamma", "gamma_features_last"), file="net.yaml")
+
+
+def test_a_stored_tensor_used_against_one_layout_keeps_its_one_fix() -> None:
+    """Two uses against features-last scores: the `layout` key fixes both, and is what the hint says."""
+    spec = _SCORES + ("  - scale: {op: parameter, shape: [4, 1, 1]}\n"
+                      "  - scaled: {op: mul, input: [scores, scale]}\n"
+                      "  - shifted: {op: add, input: [scores, scale]}\noutputs: [scaled, shifted]\n")
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(spec, file="net.yaml")
+    assert [d.hint for d in caught.value.diagnostics] == 2 * [
+        "'scale' is a stored tensor, whose layout is read from its rank (3 dims: channels-first): if its dims pair "
+        "with those of 'scores' (4, 16, 16) as torch broadcasts them (a per-head scale of attention scores), write "
+        "`layout: features_last` on it"]
+    resgraph.check(_written(spec, "scale", "", "layout: features_last"), file="net.yaml")

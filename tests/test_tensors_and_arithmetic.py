@@ -327,9 +327,11 @@ def test_a_declared_layout_is_still_held_to_the_layout_rule() -> None:
                             "  - out: {op: mul, input: [last, gamma]}\n")
     with pytest.raises(resgraph.SpecError) as caught:
         resgraph.check(channels_last)
+    # (a shape of 3 dims is read as channels-first: the features-last layout is declared with it)
     assert caught.value.diagnostics[0].hint == ("'gamma' is a stored tensor, whose layout is read from its rank (3 "
                                                 "dims: channels-first): if its 8 values are one per feature of "
-                                                "'last', write `shape: [1, 1, 8]`")
+                                                "'last', write `shape: [1, 1, 8]` and `layout: features_last`")
+    resgraph.check(channels_last.replace("shape: [8, 1, 1]", "shape: [1, 1, 8], layout: features_last"))
 
 
 @pytest.mark.parametrize(("layer", "message"), [
