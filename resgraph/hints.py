@@ -404,16 +404,18 @@ def _edited(changes: list[Change]) -> Trial | None:
 def _new_problem(graph: Graph, node: SkipNode, trial: Trial | None, resized: bool = False) -> str | None:
     """"" where `trial` found no new problem and the skip `node` fits (`resized`: or fails, as it may at the
     declared size); the first new problem ("net.yaml:8:5: layer 'sum' (add): ..."); None where there was
-    no trial. A problem the spec had without the changes (another mistake of the spec's) is not new."""
+    no trial. A problem where the spec had one without the changes (another mistake of the spec's) is not new."""
     if trial is None:
         return None
     if trial.guards is not None:
         return ""
     before = edited(())
+    # (a layer or skip refused already is another mistake of the spec's, with its own hint, though its sizes,
+    # and so its message, change with these: U-Net's next stage, shrunk by a row less)
+    refused_before = {where for where, _ in before.failures} if before is not None else set()
     here = str(graph.where(node))
     failures = [(where, message) for where, message in trial.failures
-                if where == here and not resized or where != here and (before is None
-                                                                      or (where, message) not in before.failures)]
+                if where == here and not resized or where != here and where not in refused_before]
     return f"{failures[0][0]}: {failures[0][1]}" if failures else ""
 
 

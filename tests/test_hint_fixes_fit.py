@@ -178,6 +178,25 @@ def test_where_no_layer_of_the_spec_can_change_alike_the_hint_says_the_change_al
     resgraph.check(spec.replace("33, 33", "32, 32"), file="net.yaml")
 
 
+def test_a_skip_refused_already_is_not_what_a_fix_breaks() -> None:
+    """Two blocks of unpadded convs, each skip refused: padding the first block changes the second skip's sizes
+    (28 -> 24 becomes 32 -> 28) but not that it is refused, with its own hint. Neither hint says its fix alone
+    does not fit, and following both makes the spec valid."""
+    spec = _spec("{x: [3, 32, 32]}",
+                 "  - c1: {op: Conv2d, out_channels: 8, kernel_size: 3}\n"
+                 "  - c2: {op: Conv2d, out_channels: 8, kernel_size: 3}\n"
+                 "  - c3: {op: Conv2d, out_channels: 8, kernel_size: 3}\n"
+                 "  - c4: {op: Conv2d, out_channels: 8, kernel_size: 3}\n",
+                 "  - s1: {from: x, to: c2}\n  - s2: {from: c2, to: c4}\n")
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(spec, file="net.yaml")
+    fixes = [_layer_fix(d.hint or "") for d in caught.value.diagnostics]
+    assert fixes == ["keep the size with `padding: 1` on 'c1' and 'c2'",
+                     "keep the size with `padding: 1` on 'c3' and 'c4'"]
+    for fix in fixes:
+        spec = _follow(spec, fix)
+    resgraph.check(spec, file="net.yaml")
+
 # --- one stored tensor used against values of both layouts ---
 
 _SCORES = ("resgraph: 1\nname: T\ninputs:\n  q: {shape: [4, 16, 8], layout: features_last}\n"
