@@ -645,19 +645,19 @@ def stored_layout_hint(graph: Graph, gate: tuple[str, TensorType], target: tuple
             sizes = [size for size in mine.shape if hint(size) != 1]
             axis = 0 if other.layout == "channels_first" else other.rank - 1
             if len(sizes) == 1 and hint(sizes[0]) == hint(other.shape[axis]):
-                shape = [1] * node.layer.batch + [hint(sizes[0]) if i == axis else 1 for i in range(mine.rank)]
+                batch = int(node.layer.field_value("batch") or 0) if node.layer.op != "reshape" else 0
+                shape = [1] * batch + [hint(sizes[0]) if i == axis else 1 for i in range(mine.rank)]
                 meant = "channel" if other.layout == "channels_first" else "feature"
                 # (a shape of 3+ dims is read as channels-first, of fewer as features-last: where that is not the
                 # other's, the shape alone is refused as well, and the layout is declared with it)
                 ranked = "channels_first" if mine.rank >= 3 else "features_last"
-                reshaped: Settings = (("shape", shape),) if list(map(hint, mine.shape)) != shape[node.layer.batch:] \
-                    else ()
+                reshaped: Settings = (("shape", shape),) if list(map(hint, mine.shape)) != shape[batch:] else ()
                 if ranked != other.layout:
                     reshaped += (("layout", other.layout),)
                 if reshaped and all(reshaped != settings for _, settings in fixes):  # (not the layout key again)
                     fixes.append((f"if its {hint(sizes[0])} values are one per {meant} of {other_name!r}, write "
                                   f"{settings_text(reshaped)}", reshaped))
-            said = (f"{name!r} is a stored tensor, whose layout is read from its rank ({mine.rank} dims: "
+            said = (f"{name!r} is a {_kind(node)}, whose layout is read from its rank ({mine.rank} dims: "
                     f"{mine.layout.replace('_', '-')})")
         if not fixes:
             continue
@@ -718,10 +718,12 @@ def _one_tensor_two_layouts(graph: Graph, name: str, mine: TensorType, refused: 
                      for use_label, use_where, value, value_type in disagreeing)
     settings = settings_text(fixes[0][1])
     copy = f"{name}_{other.layout}"
-    text = (f"{name!r} ({node.origin.locate(key=True)}) is one stored tensor used against values of both layouts: "
-            f"{label}{where} meets {other_name!r} {other}, {_dashed(other.layout)}; {uses}. A stored tensor has one "
-            f"layout for all its uses, so {settings} on it would refuse the other use instead. Fix: store a second "
-            f"tensor for {label}: a copy of {name!r} named {copy!r} with {settings}, read there instead of {name!r}")
+    kind = _kind(node)
+    text = (f"{name!r} ({node.origin.locate(key=True)}) is one {kind} used against values of both layouts: "
+            f"{label}{where} meets {other_name!r} {other}, {_dashed(other.layout)}; {uses}. A {kind} has one "
+            f"layout for all its uses, so {settings} on it would refuse the other use instead. Fix: "
+            f"{'store a second tensor' if kind == 'stored tensor' else 'add a second reshape'} for {label}: a copy "
+            f"of {name!r} named {copy!r} with {settings}, read there instead of {name!r}")
     dims = _channel_moved(mine)
     if dims is not None:
         view = tuple(mine.shape[d - 1] for d in dims[1:])
@@ -739,6 +741,12 @@ def _channel_moved(stored: TensorType) -> tuple[int, ...] | None:
     if stored.rank < 2:
         return None
     return (0, *dims[1:], dims[0]) if stored.layout == "channels_first" else (0, dims[-1], *dims[:-1])
+
+
+def _kind(node: LayerNode) -> str:
+    """What hints call a value that takes a `layout` key: a stored tensor (`parameter`, `full`, `constant`)
+    or a reshape."""
+    return "reshape" if node.layer.op == "reshape" else "stored tensor"
 
 
 def _dashed(layout: str) -> str:

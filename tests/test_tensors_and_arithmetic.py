@@ -344,6 +344,59 @@ def test_a_stored_layout_takes_the_two_layouts_and_only_where_a_tensor_is_declar
     assert message in str(caught.value) and caught.value.diagnostics[0].location.line == 6
 
 
+
+SQUEEZE_EXCITE_1D = HEAD + """inputs:
+  x: [4, 10]
+layers:
+  - conv: {op: Conv1d, out_channels: 4, kernel_size: 3, padding: 1}
+  - squeezed: {op: mean, dim: -1}
+  - excite: {op: Linear, out_features: 4}
+  - gate: {op: Sigmoid}
+  - per_channel: {op: reshape, shape: [4, 1], input: gate}
+  - scaled: {op: mul, input: [conv, per_channel]}
+"""
+
+
+def test_a_reshape_declares_its_layout_as_a_stored_tensor_does() -> None:
+    # A 1-d squeeze-and-excite gate, (C,) reshaped to (C, 1) against a (C, L) map: 2 dims are read as
+    # features-last, and without a `layout` key on the reshape the spec had no way to say it is per channel.
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(SQUEEZE_EXCITE_1D)
+    assert caught.value.diagnostics[0].hint == (
+        "'per_channel' is a reshape, whose layout is read from its rank (2 dims: features-last): if its dims pair "
+        "with those of 'conv' (4, 10) as torch broadcasts them, write `layout: channels_first` on it")
+    fixed = SQUEEZE_EXCITE_1D.replace("shape: [4, 1], input", "shape: [4, 1], layout: channels_first, input")
+    model = resgraph.build(fixed, seed=0)
+    x = torch.randn(2, 4, 10)
+    conv = model.conv(x)
+    expected = conv * torch.sigmoid(model.excite(conv.mean(-1))).reshape(2, 4, 1)
+    torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+    assert model.graph.nodes["per_channel"].meta["type"].layout == "channels_first"
+
+
+@pytest.mark.parametrize(("target", "stored", "reshaped", "then"), [
+    ("[4, 10]", "[10]", "(10,) to (1, 10)", "[1, 10]"),  # (torch's alignment, where it fits)
+    ("[4, 10]", "[4]", "(4,) to (4, 1)", "[4, 1]"),  # (one value per position of a features-last sequence)
+    ("{shape: [4, 10], layout: channels_first}", "[4]", "(4,) to (4, 1) with `layout: channels_first`",
+     "[4, 1], layout: channels_first"),
+    ("[4, 6, 6]", "[4]", "(4,) to (4, 1, 1)", "[4, 1, 1]"),
+    ("[4, 6, 8]", "[4, 6]", "(4, 6) to (4, 6, 1)", "[4, 6, 1]"),
+    ("[4, 6, 8]", "[6]", "(6,) to (1, 6, 1)", "[1, 6, 1]"),
+    ("{shape: [4, 6, 8], layout: features_last}", "[4]", "(4,) to (4, 1, 1) with `layout: features_last`",
+     "[4, 1, 1], layout: features_last"),
+])
+def test_the_reshape_a_lower_rank_operand_is_told_lines_it_up_as_its_target_lays_its_dims_out(
+        target: str, stored: str, reshaped: str, then: str) -> None:
+    # Against a channels-first map, a (C,) tensor's values are one per channel: (C, 1), not (1, C),
+    # which would broadcast along the map's length.
+    spec = HEAD + (f"inputs:\n  x: {target}\nlayers:\n  - b: {{op: parameter, shape: {stored}, init: ones}}\n"
+                   "  - a: {op: add, input: [x, b]}\n")
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(spec)
+    assert str(caught.value).endswith(f"; reshape {reshaped})")
+    resgraph.check(spec.replace(f"shape: {stored}, init", f"shape: {then}, init"))  # followed literally, it fits
+
+
 # --- weight tying --------------------------------------------------------------------------------
 
 TIED = HEAD + """inputs:

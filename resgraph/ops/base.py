@@ -45,6 +45,7 @@ from .index import OP_MODULES
 __all__ = [
     "ArgumentError",
     "DTYPES",
+    "DeclaredLayout",
     "TORCH_DTYPE_ALIASES",
     "DtypeError",
     "FLOAT_DTYPES",
@@ -98,6 +99,13 @@ def is_identifier(name: Any) -> bool:
 REFERENCE_PATTERN = r"^[A-Za-z][A-Za-z0-9_]*(\.([A-Za-z][A-Za-z0-9_]*|[0-9]+))*(\.\*)?$"
 Reference = Annotated[str, StringConstraints(pattern=REFERENCE_PATTERN, max_length=512)]
 Layout = Literal["channels_first", "features_last"]
+# The `layout` key of a value whose layout is not read from its shape's rank (a stored tensor, a
+# reshape). Its field is named otherwise: `layout` is every op's class-level fact (`Layer.layout`),
+# which a field of that name would hide.
+DeclaredLayout = Annotated[Layout | None, Field(None, alias="layout", description=(
+    "channels_first (C, ...) or features_last (..., F), as an input declares it; default: by rank (3+ dims: "
+    "channels_first). E.g. features_last for a per-head (H, 1, 1) scale of attention scores (H, L, S); "
+    "channels_first for a per-channel (C, 1) gate of a 1-d map (C, L)."))]
 
 DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "bool")
 FLOAT_DTYPES = frozenset({"float32", "float64", "float16", "bfloat16"})

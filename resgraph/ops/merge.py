@@ -151,8 +151,35 @@ def broadcast_failure(op: str, types: list[TensorType]) -> ShapeError:
         # (1, C, 1, 1) against (C, H, W): a batch dim written into a per-sample shape
         fixes = ", ".join(f"{t} as {TensorType(tuple(t.shape[t.rank - low:]))}" for t in long)
         return ShapeError(f"{why}; leave the batch out: write {fixes}, or `batch: true` on a stored tensor)")
-    fixes = ", ".join(f"{t} to {TensorType((1,) * (rank - t.rank) + tuple(t.shape))}" for t in types if t.rank < rank)
-    return ShapeError(f"{why}; reshape {fixes})")
+    widest = next(t for t in types if t.rank == rank)
+    fixes, relaid = [], False
+    for t in types:
+        if t.rank < rank:
+            # Its 1s go where its sizes line up with the widest's dims: before them where torch's trailing
+            # alignment fits, else where another does ((C,) against a channels-first (C, L): after them).
+            shape = _lined_up(t.shape, widest.shape)
+            fixes.append(f"{t} to {TensorType(shape)}")
+            relaid |= any(hint(a) != hint(b) for a, b in zip(shape, widest.shape)) and \
+                ("channels_first" if rank >= 3 else "features_last") != widest.layout
+    # (a value of 3+ dims is read as channels-first, of fewer as features-last: `layout` on a reshape or a
+    # stored tensor says otherwise, where the broadcast would hold it to the other's layout)
+    declared = f" with `layout: {widest.layout}`" if relaid else ""
+    return ShapeError(f"{why}; reshape {', '.join(fixes)}{declared})")
+
+
+def _lined_up(shape: tuple[Any, ...], wide: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`shape` with 1s added to the rank of `wide` so that each of its sizes is 1 or the size of `wide` it
+    meets: at the end (torch's alignment) where that fits, else at the first place that does; at the end
+    where none does.
+
+    >>> _lined_up((4,), (4, 10)), _lined_up((10,), (4, 10)), _lined_up((6,), (4, 6, 9))
+    ((4, 1), (1, 10), (1, 6, 1))
+    """
+    missing = len(wide) - len(shape)
+    for offset in (missing, *range(missing)):
+        if all(_is_one(size) or hint(size) == hint(wide[offset + i]) for i, size in enumerate(shape)):
+            return (1,) * offset + tuple(shape) + (1,) * (missing - offset)
+    return (1,) * missing + tuple(shape)
 
 
 def check_gate_layouts(gate: TensorType, target: TensorType, what: str = "gate", index: int = 1) -> None:

@@ -43,8 +43,8 @@ from .base import (
     INT_DTYPES,
     INT_RANGES,
     ArgumentError,
+    DeclaredLayout,
     Layer,
-    Layout,
     Owned,
     Storage,
     TensorType,
@@ -61,11 +61,6 @@ Number = bool | int | float
 Values = TypeAliasType("Values", list[Union[bool, int, float, "Values"]])  # type: ignore[misc]
 Dtype = Literal[DTYPES]  # type: ignore[valid-type]
 PositiveInt = Annotated[int, Field(ge=1)]
-# A stored tensor's `layout` key. Its field is named otherwise: `layout` is every op's class-level fact
-# (`Layer.layout`), which a field of that name would hide.
-DeclaredLayout = Annotated[Layout | None, Field(None, alias="layout", description=(
-    "channels_first (C, ...) or features_last (..., F), as an input declares it; default: by rank (3+ dims: "
-    "channels_first). E.g. features_last for a per-head (H, 1, 1) scale of attention scores (H, L, S)."))]
 
 
 def literal_shape(value: Any) -> tuple[int, ...]:

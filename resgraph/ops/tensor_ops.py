@@ -15,6 +15,7 @@ from ..symbolic import specialize
 from .base import (
     FLOAT_DTYPES,
     ArgumentError,
+    DeclaredLayout,
     Layer,
     Layout,
     OwnGrid,
@@ -111,15 +112,19 @@ class Permute(ViewOp):
 
 @register_op
 class Reshape(ViewOp):
-    """Reshape each sample (`x.reshape(N, *shape)`); one entry may be -1."""
+    """Reshape each sample (`x.reshape(N, *shape)`); one entry may be -1. The result's layout is read
+    from its rank (3+ dims: channels-first), as an input's is, unless `layout` declares it: a per-channel
+    `(C, 1)` gate of a 1-d map `(C, L)` is `layout: channels_first`."""
 
     op: Literal["reshape"]
     shape: list[Annotated[int, Field(ge=-1)]] = Field(min_length=1)
+    declared_layout: DeclaredLayout
 
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs
         sizes = fill_sizes(list(self.shape), x.shape, "shape")
-        out = x.with_shape(sizes, "channels_first" if len(sizes) >= 3 else "features_last")
+        declared = self.field_value("declared_layout")
+        out = x.with_shape(sizes, declared or ("channels_first" if len(sizes) >= 3 else "features_last"))
         if out.scale is None and out.layout == "channels_first":  # a map made here: a grid of its own
             out = out.with_shape(out.shape, scale=OwnGrid.fresh(out.rank - 1))
         return out
