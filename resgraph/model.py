@@ -11,7 +11,8 @@ import contextlib
 import copy
 import itertools
 import math
-from collections.abc import Iterable
+import types
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple, TypeVar
 
 import torch
@@ -25,8 +26,8 @@ from .distributed import (
     require_unsharded,
     spec_checkpoints,
 )
-from .errors import Diagnostic, SpecError, UsageError
-from .graph import Graph, LayerNode
+from .errors import Diagnostic, SpecError, UsageError, one_line
+from .graph import Graph, LayerNode, Node
 from .loader import gc_paused, load_text
 from .lower import GeneratedModule, build_owned, lower, owned_units, require_weights, seeded, tie_parameters
 from .ops.generic import allowed_imports, import_prefixes
@@ -35,8 +36,10 @@ from .pipeline import DEFAULT_MAX_PARAMS, BuildRecord, check_loaded, static_para
 from .sizes import DEFAULT_RANGE, smallest_without_ones, solve_sizes
 from .spec import Spec
 
-__all__ = ["WRAPPER_ATTRIBUTES", "CompiledModule", "Device", "built_model", "compile_model", "export_program",
-           "materialize", "meta_module", "name_outputs", "part_sizes", "rebuild", "replaced_modules", "require_limit"]
+__all__ = ["WRAPPER_ATTRIBUTES", "CompiledModule", "Device", "as_built", "built_alone_on_meta", "built_model",
+           "changed_inside", "changed_settings", "compile_model", "export_program", "materialize", "meta_module",
+           "module_settings", "name_outputs", "part_sizes", "rebuild", "replaced_modules", "require_limit",
+           "set_otherwise"]
 
 
 class CompiledModule(GeneratedModule):
@@ -209,6 +212,13 @@ def rebuilt_on_meta(module: CompiledModule) -> nn.Module:
         return meta_module(module.graph)
 
 
+def built_alone_on_meta(module: CompiledModule, node: Node) -> Any:
+    """What a rebuild of `module`'s spec makes for one layer or skip `node` (its module, its projection),
+    on meta, with the imports `module` was built with: to compare one part without building the whole."""
+    with allowed_imports(module.build_record.allow_imports), torch.device("meta"):
+        return build_owned(node)
+
+
 # Where a wrapper keeps the model it runs: torch.compile's OptimizedModule, DistributedDataParallel's
 # (and DataParallel's) `module`.
 WRAPPER_ATTRIBUTES = ("_orig_mod", "module")
@@ -264,46 +274,117 @@ def require_as_built(module: CompiledModule, what: str, rebuilt: nn.Module | Non
 
 
 def _as_built(module: nn.Module, built: nn.Module) -> bool:
-    """Whether `module` is what a rebuild makes in its place (`built`): of its class (or FSDP2's
-    subclass of it, `FSDPLinear`; a generated one by name, as checkpointing swaps it for a subclass of
-    the same name; a SyncBatchNorm for a BatchNorm), holding tensors of the same names and shapes
-    itself, and set as it (`module_settings`: a Conv2d whose stride was changed after the build is
-    not what the spec builds, and a file written from the spec would lose it)."""
+    """Whether `module` is what a rebuild makes in its place (`built`), itself: of its class
+    (`_same_class`), holding tensors of the same names and shapes itself, set as it
+    (`module_settings`: a Conv2d whose stride was changed after the build is not what the spec builds,
+    and a file written from the spec would lose it), and holding every part the build put in it
+    (`model.enc.dropout = None` leaves a layer that no longer runs). Its parts are not compared:
+    `as_built` compares them too."""
+    return (_same_class(module, built) and _own_shapes(module) == _own_shapes(built)
+            and not changed_settings(module, built)
+            and all(module._modules.get(name) is not None for name, made in built._modules.items() if made is not None))
+
+
+def as_built(module: nn.Module, built: nn.Module) -> bool:
+    """Whether `module` is what a rebuild makes in its place (`built`) all through: itself
+    (`_as_built`) and every part inside it, none put in place, set otherwise, added or taken away
+    (`model.enc.self_attn.num_heads = 4` changes the layer `enc`)."""
+    return _as_built(module, built) and next(_otherwise_inside(module, built), None) is None
+
+
+def _same_class(module: nn.Module, built: nn.Module) -> bool:
+    """Whether `module` is of `built`'s class, or of one a wrapper gives it: FSDP2's subclass
+    (`FSDPLinear`), a generated one by name (checkpointing swaps it for a subclass of the same name),
+    a SyncBatchNorm for a BatchNorm (DDP's `convert_sync_batchnorm`: the same tensors, synced)."""
     cls, want = type(module), type(built)
     names = (want.__name__, f"FSDP{want.__name__}")  # FSDP2 subclasses each unit as FSDP<its class>
     if isinstance(built, GeneratedModule):
-        same_class = cls.__name__ in names
-    else:
-        same_class = cls is want or (cls.__name__ == names[1] and issubclass(cls, want)) or (
-            # DDP's conversion (`nn.SyncBatchNorm.convert_sync_batchnorm`): the same tensors, synced
-            cls is nn.SyncBatchNorm and isinstance(built, nn.modules.batchnorm._BatchNorm))
-    return same_class and _own_shapes(module) == _own_shapes(built) and not changed_settings(module, built)
+        return cls.__name__ in names
+    return cls is want or (cls.__name__ == names[1] and issubclass(cls, want)) or (
+        cls is nn.SyncBatchNorm and isinstance(built, nn.modules.batchnorm._BatchNorm))
 
 
 def module_settings(module: nn.Module) -> dict[str, Any]:
     """A module's settings: its plain attributes of a constructor's kinds (a Conv2d's `stride` and
-    `dilation`, a pool's `kernel_size`, a Dropout's `p`), not its tensors or submodules."""
+    `dilation`, a pool's `kernel_size`, a Dropout's `p`) and the functions it calls
+    (TransformerEncoderLayer's `activation`), not its tensors or submodules."""
     return {key: value for key, value in vars(module).items()
             if key[0] != "_" and key != "training" and isinstance(value, _SETTING_KINDS)}
 
 
-_SETTING_KINDS = (bool, int, float, str, tuple, type(None))
+_SETTING_KINDS = (bool, int, float, str, tuple, type(None), types.FunctionType, types.BuiltinFunctionType)
 
 
 def set_otherwise(module: nn.Module, built: nn.Module) -> str:
-    """The settings `module` holds otherwise than `built` (`stride=(1, 1)`), where it is of `built`'s
-    class and tensor shapes: the module the build made, or one made alike, set otherwise since.
-    Empty where it is not (another class or shapes: put in place), or is set alike."""
-    if type(module) is not type(built) or _own_shapes(module) != _own_shapes(built):
+    """What `module` holds otherwise than `built`, where it is of `built`'s class and tensor shapes:
+    the module the build made, or one made alike, changed since. Its own settings (`stride=(1, 1)`),
+    then what changed inside it, by the path in it (`changed_inside`). Empty where it is not of
+    `built`'s class and shapes (put in place), or holds all as built."""
+    if not _same_class(module, built) or _own_shapes(module) != _own_shapes(built):
         return ""
-    return changed_settings(module, built)
+    return ", ".join(_otherwise(module, built))
+
+
+def _otherwise(module: nn.Module, built: nn.Module) -> list[str]:
+    """`set_otherwise`'s changes, one by one."""
+    return [*_changed_settings(module, built), *_otherwise_inside(module, built)]
+
+
+def changed_inside(module: nn.Module, built: nn.Module) -> list[str]:
+    """What changed inside `module` since the build made `built` there, part by part, by the path in
+    it: a part's settings (`self_attn.num_heads=4`), a part put in place, as it prints
+    (`linear1=Linear(in_features=16, out_features=64, bias=True)`), one added (the same) or taken
+    away (`dropout=None`). `module`'s own settings are `changed_settings`."""
+    return list(_otherwise_inside(module, built))
+
+
+def _otherwise_inside(module: nn.Module, built: nn.Module) -> Iterator[str]:
+    """`changed_inside`, lazily (`as_built` stops at the first)."""
+    parts = module._modules
+    for name, made in built._modules.items():
+        part = parts.get(name)
+        if made is None:
+            if part is not None:
+                yield f"{name}={_printed(part)}"
+        elif part is None:
+            yield f"{name}=None"
+        elif _as_built(part, made):
+            yield from (f"{name}.{change}" for change in _otherwise_inside(part, made))
+        elif _same_class(part, made) and _own_shapes(part) == _own_shapes(made):  # (set otherwise: how)
+            yield from (f"{name}.{change}" for change in _otherwise(part, made))
+        else:
+            yield f"{name}={_printed(part)}"
+    for name, part in parts.items():
+        if part is not None and name not in built._modules:
+            yield f"{name}={_printed(part)}"
+
+
+def _printed(module: nn.Module) -> str:
+    """`Linear(in_features=16, out_features=64, bias=True)`: a module as torch prints it, its parts left out."""
+    return one_line(f"{type(module).__name__}({module.extra_repr()})")
 
 
 def changed_settings(module: nn.Module, built: nn.Module) -> str:
-    """The settings `module` holds otherwise than `built` does (`stride=(1, 1)`), of those both hold
-    (a SyncBatchNorm's process group is no BatchNorm's); empty where none."""
+    """The settings `module` holds otherwise than `built` does (`stride=(1, 1)`, `activation=gelu`), of
+    those both hold (a SyncBatchNorm's process group is no BatchNorm's); empty where none."""
+    return ", ".join(_changed_settings(module, built))
+
+
+def _changed_settings(module: nn.Module, built: nn.Module) -> Iterator[str]:
     mine, theirs = module_settings(module), module_settings(built)
-    return ", ".join(f"{key}={value!r}" for key, value in mine.items() if key in theirs and theirs[key] != value)
+    return (f"{key}={_setting_text(value)}" for key, value in mine.items()
+            if key in theirs and _comparable(theirs[key]) != _comparable(value))
+
+
+def _comparable(value: Any) -> Any:
+    """A setting as compared: a function by where it is defined (a lambda made per instance is alike)."""
+    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType)):
+        return (getattr(value, "__module__", None), getattr(value, "__qualname__", None))
+    return value
+
+
+def _setting_text(value: Any) -> str:
+    return value.__name__ if isinstance(value, (types.FunctionType, types.BuiltinFunctionType)) else repr(value)
 
 
 def _own_shapes(module: nn.Module) -> tuple[tuple[str, tuple[int, ...]], ...]:

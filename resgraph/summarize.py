@@ -34,8 +34,8 @@ from .macs import MacCount, layer_macs, merge_macs, projection_macs, step_shapes
 from .ops import TensorType
 from .ops.base import dtype_name
 from .ops.stored import literal_shape
-from .ownership import owned_parameters, owned_tensors
-from .projections import ProjectionPlan, describe_steps, step_kernel
+from .ownership import Owns, owned_parameters, owned_tensors, owns
+from .projections import ProjectionPlan, describe_steps, step_constructor, step_kernel
 from .run_shapes import ShapeRun
 from .suggest import did_you_mean
 
@@ -198,6 +198,7 @@ class _Walker:
         self.outputs: list[str] = []  # the rows holding the outputs of the graph walked last
         self.swapped = swapped  # the submodules put in place after the build, once asked
         self.made_again: Any = None  # (see `rebuilt`)
+        self.made_alone: dict[Any, Any] = {}  # a node's module built alone on meta, by its op and arguments
         # of `swapped`, the modules the build made but set otherwise since (`model.conv1.stride = (1, 1)`)
         self.resettled: set[str] = set(resettled)
 
@@ -237,16 +238,9 @@ class _Walker:
                 swapped = self.replaced(node, name, prefix)
                 if swapped is not None:  # (measured as it runs now: its output and MACs may not be the spec's)
                     macs = _measure(swapped, inputs) if ran else None
-                    if name in self.resettled:  # (the built class: its settings shown, as torch prints them)
-                        if macs is None and ran:  # (counted as the spec's layer: MultiheadAttention takes q, k, v)
-                            macs = self.layer_macs(node, name, inputs, out)
-                        from .model import changed_settings
-
-                        # (as torch prints them; MultiheadAttention prints none: the ones that changed)
-                        settings = swapped.extra_repr() or changed_settings(swapped, self.rebuilt().get_submodule(name))
-                        text = f"{type(swapped).__name__}({one_line(settings)}) (set otherwise after the build)"
-                    else:
-                        text = f"{type(swapped).__name__} (put in place after the build)"
+                    if macs is None and ran and name in self.resettled:
+                        macs = self.layer_macs(node, name, inputs, out)  # (MultiheadAttention takes q, k, v)
+                    text = self.changed_text(name, swapped)
                 else:
                     macs, text = self.layer_macs(node, name, inputs, out) if ran else None, _layer_text(node)
                 self.rows.append(Row(name, "layer", text, kernel=None if swapped is not None else _kernel(node),
@@ -256,13 +250,18 @@ class _Walker:
             elif isinstance(node, SkipNode):
                 plan: ProjectionPlan = node.meta["projection"]
                 reached = _projected_shape(plan, node.meta["type"], out)
-                macs = (merge_macs(node.skip.merge.value, out) + projection_macs(plan, inputs[1], reached)
-                        if ran else None)
+                swapped = self.replaced(node, name, prefix)
+                if swapped is None:
+                    projected = projection_macs(plan, inputs[1], reached) if ran else None
+                    steps = describe_steps(plan.steps)
+                else:  # (its projection changed after the build: measured as it runs now, on the skip's source)
+                    projected = _measure(swapped, inputs[1:]) if ran else None
+                    steps = self.changed_text(name, swapped)
+                macs = None if projected is None else merge_macs(node.skip.merge.value, out) + projected
                 # the merged value and each projection step's output (an avgpool or subsample keeps the channels)
                 memory = _bytes(out) + sum(_bytes(replace(out, shape=shape))
                                            for shape in step_shapes(plan, inputs[1], reached))
-                projection = ProjectionRow(plan.policy.value, plan.reason, describe_steps(plan.steps),
-                                           common["params"])
+                projection = ProjectionRow(plan.policy.value, plan.reason, steps, common["params"])
                 kernel = step_kernel(plan.steps)
                 self.rows.append(Row(name, "skip", f"skip {node.skip.merge.value} <- {node.skip.source}",
                                      projection=projection, kernel=kernel, **_mac_fields(macs),
@@ -380,37 +379,87 @@ class _Walker:
             self.swapped[name] = sub
         return sub if any(name == outer or name.startswith(f"{outer}.") for outer in self.swapped) else None
 
-    def replaced(self, node: LayerNode, name: str, prefix: str) -> Any | None:
-        """The submodule at `name` where it is not what the build made there (`model.fc = nn.Linear(512,
-        10)`, a new head for fine-tuning), as `model.replaced_modules` tells; None for a built one and for
-        code ops. That answer builds the spec on meta, so it is asked only once a module looks changed: of
-        a class not named as the op's, or holding another number of parameters than the build counted."""
-        expected, record = node.layer.torch_name, getattr(self.module, "build_record", None)
-        if expected is None or node.layer.code_only or record is None:
+    def replaced(self, node: LayerNode | SkipNode, name: str, prefix: str) -> Any | None:
+        """The module at `name` where it is not what the build made there, all through (`model.fc =
+        nn.Linear(512, 10)`, a new head for fine-tuning; `model.enc.self_attn.num_heads = 4`, a part of a
+        layer; `model.shortcut1[0].stride = (2, 2)`, a skip's projection), as `model.replaced_modules`
+        tells; None for a built one, for code ops and for a skip without a projection module. That
+        answer builds the spec on meta, so it is asked only once a module looks changed
+        (`looks_changed`)."""
+        if getattr(self.module, "build_record", None) is None:
+            return None
+        if isinstance(node, LayerNode) and (node.layer.torch_name is None or node.layer.code_only):
+            return None
+        if isinstance(node, SkipNode) and owns(node) is not Owns.projection:
             return None
         try:
             sub = self.module.get_submodule(name)
         except AttributeError:
             return None
-        settings = node.meta.get("args", {})
         if self.swapped is None:
-            kinds = {cls.__name__ for cls in type(sub).__mro__}
-            counted = node.meta.get("params")  # (None where the build did not count them: a tied layer's)
-            if (expected.rsplit(".", 1)[-1] in kinds and counted in (None, owned_parameters(self.module, node, prefix))
-                    and not _settings_changed(sub, settings)):
+            if not self.looks_changed(node, sub, prefix):
                 return None
             from .model import replaced_modules
 
             self.swapped = replaced_modules(self.module, self.rebuilt())
-        if not any(name == outer or name.startswith(f"{outer}.") for outer in self.swapped):
+        # (the module itself, a part of it, or a block around it)
+        if not any(outer == name or name.startswith(f"{outer}.") or outer.startswith(f"{name}.")
+                   for outer in self.swapped):
             return None
-        if name in self.swapped:  # (of the built class and shapes, set otherwise: `model.conv1.stride = (1, 1)`)
-            from .model import set_otherwise
+        from .model import set_otherwise
 
-            built = dict(self.rebuilt().named_modules()).get(name)
-            if built is not None and set_otherwise(sub, built):
-                self.resettled.add(name)
+        built = self.built_at(name)
+        if built is not None and set_otherwise(sub, built):  # (the built class and shapes, set otherwise)
+            self.resettled.add(name)
         return sub
+
+    def looks_changed(self, node: LayerNode | SkipNode, sub: Any, prefix: str) -> bool:
+        """Whether the module at a layer or a skip's projection (`sub`) may not be what the build made:
+        of a class not named as the op's, holding another number of parameters than the build counted,
+        keeping a setting otherwise than the constructor was given (`_settings_changed`), or, where it
+        has parts (MultiheadAttention's `out_proj`), unlike a build of that layer alone on meta, all
+        through (`model.as_built`); a projection's parts are told by its steps' classes and arguments. So
+        only a layer with parts is built again (once per op and arguments), not the whole model."""
+        counted = node.meta.get("params")  # (None where the build did not count them: a tied layer's)
+        if counted not in (None, owned_parameters(self.module, node, prefix)):
+            return True
+        if isinstance(node, SkipNode):
+            return _projection_changed(sub, node.meta["projection"])
+        if not _made_as(sub, node.layer.torch_name.rsplit(".", 1)[-1], node.meta.get("args", {})):
+            return True
+        if not sub._modules:
+            return False
+        from .model import as_built, built_alone_on_meta
+
+        key = (repr(node.layer), repr(node.meta.get("args")))
+        if key not in self.made_alone:
+            try:
+                self.made_alone[key] = built_alone_on_meta(self.module, node)
+            except Exception:  # (an imported class that cannot be built on meta: taken as built, as before)
+                self.made_alone[key] = None
+        alone = self.made_alone[key]
+        return alone is not None and not as_built(sub, alone)
+
+    def built_at(self, name: str) -> Any | None:
+        """The module a rebuild makes at `name`, on meta; None where it makes none."""
+        try:
+            return self.rebuilt().get_submodule(name)
+        except AttributeError:
+            return None
+
+    def changed_text(self, name: str, sub: Any) -> str:
+        """How a module changed after the build is shown: one of the built class and shapes as torch
+        prints it, then what changed inside it, by its path there (`Conv2d(3, 64, kernel_size=(7, 7),
+        stride=(1, 1), ...)`, `TransformerEncoderLayer(self_attn.num_heads=4)`; a module that prints no
+        settings, as MultiheadAttention, by the ones that changed), `(set otherwise after the build)`;
+        another module by its class, `(put in place after the build)`."""
+        built = self.built_at(name) if name in self.resettled else None
+        if built is None:
+            return f"{type(sub).__name__} (put in place after the build)"
+        from .model import changed_inside, changed_settings
+
+        settings = [sub.extra_repr() or changed_settings(sub, built), *changed_inside(sub, built)]
+        return f"{type(sub).__name__}({one_line(', '.join(filter(None, settings)))}) (set otherwise after the build)"
 
     def rebuilt(self) -> Any:
         """The model its spec builds, on meta (made once, where a module looks changed)."""
@@ -428,15 +477,32 @@ def _held(tensors: list[Any]) -> dict[str, int]:
             "param_bytes": sum(t.numel() * t.element_size() for t in tensors)}
 
 
+def _made_as(module: Any, name: str, given: dict[str, Any]) -> bool:
+    """Whether `module` looks made by the class `name` from the arguments `given`: of that class (or a
+    subclass: FSDP2's `FSDPLinear`), keeping its settings as given (`_settings_changed`)."""
+    return name in {cls.__name__ for cls in type(module).__mro__} and not _settings_changed(module, given)
+
+
+def _projection_changed(module: Any, plan: ProjectionPlan) -> bool:
+    """Whether a skip's projection module may not be what `plan` builds: an nn.Sequential of its module
+    steps, each made as its step's constructor says (`step_constructor`), with no parts of its own."""
+    steps = [step_constructor(step) for step in plan.module_steps]
+    parts = list(module._modules.values())
+    return not (_made_as(module, "Sequential", {}) and len(parts) == len(steps) and all(
+        part is not None and not part._modules and _made_as(part, name, given)
+        for part, (name, given) in zip(parts, steps)))
+
+
 def _settings_changed(module: Any, given: dict[str, Any]) -> bool:
     """Whether `module` keeps a setting otherwise than its build gave it (`given`: the constructor's
     arguments, the rest at the constructor's defaults), compared where it keeps one under the
-    argument's name; an int and a tuple of that int alike (`stride=2` is kept as `(2, 2)`)."""
+    argument's name; an int and a tuple of that int alike (`stride=2` is kept as `(2, 2)`). A function
+    it keeps (TransformerEncoderLayer's `activation`, given as "relu") is left to `model.as_built`."""
     from .model import module_settings
 
     kept = module_settings(module)
     for key, value in {**_defaults(type(module)), **given}.items():
-        if key in kept and _sizes(kept[key]) != _sizes(value):
+        if key in kept and not callable(kept[key]) and _sizes(kept[key]) != _sizes(value):
             return True
     return False
 

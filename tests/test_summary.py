@@ -466,6 +466,106 @@ def test_a_layer_set_otherwise_that_stops_the_model_running_is_said_not_to_run()
     assert "[2, 128, 8, 8]" in summary.failure
 
 
+ENCODER = ("resgraph: 1\nname: E\ninputs: {x: [10, 16]}\nlayers:\n"
+           "  - enc: {op: TransformerEncoderLayer, nhead: 4, dim_feedforward: 32, batch_first: true}\n"
+           "  - fc: {op: Linear, out_features: 8}\n")
+
+
+def _real_failure(model: torch.nn.Module, *inputs: torch.Tensor) -> str | None:
+    """What a real forward raises (its first line), or None where it runs."""
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    except Exception as error:
+        return str(error).splitlines()[0]
+    return None
+
+
+@pytest.mark.parametrize(("change", "shown", "replaced", "runs"), [
+    pytest.param(lambda m: setattr(m.enc.self_attn, "num_heads", 2), "self_attn.num_heads=2", "enc.self_attn", True,
+                 id="a part's setting"),
+    pytest.param(lambda m: setattr(m.enc.self_attn, "head_dim", 8), "self_attn.head_dim=8", "enc.self_attn", True,
+                 id="a part's setting its constructor does not take"),
+    pytest.param(lambda m: setattr(m.enc, "activation", torch.nn.functional.gelu), "activation=gelu", "enc", True,
+                 id="a function it calls"),
+    pytest.param(lambda m: setattr(m.enc, "linear1", torch.nn.Linear(16, 64)),
+                 "linear1=Linear(in_features=16, out_features=64, bias=True)", "enc.linear1", False,
+                 id="a part put in place"),
+    pytest.param(lambda m: setattr(m.enc, "dropout1", None), "dropout1=None", "enc", False, id="a part taken away")])
+def test_a_layer_changed_inside_after_the_build_shows_the_change_by_its_path_and_runs_as_changed(
+        change: Any, shown: str, replaced: str, runs: bool) -> None:
+    # Only the layer's own settings were compared: a part of it set otherwise or put in place was
+    # taken for the built one, shown as the spec's, and the model said to run where it raised.
+    model = resgraph.build(ENCODER, seed=0).train()
+    change(model)
+    summary = resgraph.summary(model)
+    (row,) = [r for r in summary.rows if r.name == "enc"]
+    assert row.op == f"TransformerEncoderLayer({shown}) (set otherwise after the build)"
+    assert summary.replaced == [replaced]
+    assert (summary.failure is None) == runs == (_real_failure(model, torch.randn(2, 10, 16)) is None)
+    if not runs:
+        assert summary.failure is not None and summary.failure.startswith("enc raises ")
+        assert not row.ran and row.shape == []
+
+
+def test_a_model_with_layers_holding_parts_is_not_taken_for_changed_until_a_part_changes(monkeypatch: Any) -> None:
+    import resgraph.model
+
+    made_again: list[str] = []  # (the whole spec is built again only once a part looks changed)
+    monkeypatch.setattr(resgraph.model, "rebuilt_on_meta", lambda module: made_again.append(module.graph.name))
+    summary = resgraph.summary(resgraph.build(ENCODER, seed=0))
+    assert summary.replaced == [] and "after the build" not in summary.table() and made_again == []
+
+
+@pytest.mark.parametrize(("example", "where", "failure"), [
+    ("tutorial.yaml", "shortcut2", "shortcut2 raises RuntimeError: "),  # a skip of the model
+    ("resnet18.yaml", "layer2.0.downsample", "layer2.0.downsample raises RuntimeError: ")])  # inside a block instance
+def test_a_projection_set_otherwise_after_the_build_is_summarised_as_it_runs(example: str, where: str,
+                                                                             failure: str) -> None:
+    # (a skip's projection was never compared: its rows kept the spec's shapes and MACs, and said it ran)
+    model = resgraph.build(EXAMPLES / example, params=small_params(example), seed=0)
+    model.get_submodule(where)[0].stride = (2, 2) if example == "tutorial.yaml" else (1, 1)
+    assert _real_failure(model, *model.example_inputs(1)) is not None
+    summary = resgraph.summary(model)
+    assert summary.replaced == [f"{where}.0"]
+    assert summary.failure is not None and summary.failure.startswith(failure)
+    (row,) = [r for r in summary.rows if r.name == where]
+    assert row.projection is not None and not row.ran
+    stride = "(2, 2)" if example == "tutorial.yaml" else "(1, 1)"
+    assert row.projection.steps == f"Sequential(0.stride={stride}) (set otherwise after the build)"
+
+
+def test_a_projection_changed_but_still_fitting_is_measured_as_it_runs() -> None:
+    model = resgraph.build(EXAMPLES / "tutorial.yaml", seed=0)
+    model.shortcut1[0] = torch.nn.Conv2d(3, 64, 3, padding=1, bias=False)  # a 3x3 projection, the same shapes out
+    summary = resgraph.summary(model)
+    (row,) = [r for r in summary.rows if r.name == "shortcut1"]
+    assert summary.replaced == ["shortcut1.0"] and summary.failure is None
+    assert row.projection is not None and row.projection.steps == (
+        "Sequential(0=Conv2d(3, 64, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=False)) "
+        "(set otherwise after the build)")
+    assert row.matmul_macs == 64 * 3 * 9 * 32 * 32 and row.params == 64 * 3 * 9 + 2 * 64
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".py"])
+def test_every_change_inside_a_layer_is_refused_by_files_written_from_the_spec(tmp_path: Any, suffix: str) -> None:
+    # A function set in place (`activation`) or a part taken away was written as the spec's layer, silently.
+    changes = [
+        (lambda m: setattr(m.enc.self_attn, "num_heads", 2), r"'enc.self_attn' \(MultiheadAttention\) was set "
+                                                             r"otherwise after the build \(num_heads=2\)"),
+        (lambda m: setattr(m.enc, "activation", torch.nn.functional.gelu),
+         r"'enc' \(TransformerEncoderLayer\) was set otherwise after the build \(activation=gelu\)"),
+        (lambda m: setattr(m.enc, "dropout1", None),
+         r"'enc' \(TransformerEncoderLayer\) was set otherwise after the build \(dropout1=None\)"),
+        (lambda m: setattr(m.enc, "linear1", torch.nn.Linear(16, 64)), r"'enc.linear1' \(Linear\) was put there")]
+    for change, said in changes:
+        model = resgraph.build(ENCODER, seed=0)
+        change(model)
+        with pytest.raises(resgraph.UsageError, match=said):
+            resgraph.save(model, tmp_path / f"m{suffix}")
+        assert not (tmp_path / f"m{suffix}").exists()
+
+
 def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: t.clone() for name, t in model.state_dict(keep_vars=True).items()}
 
