@@ -8,6 +8,13 @@ place), with meta stand-ins for the model's tensors, and records each node's val
 name (`layer1.0.conv1`). A statement that raises stops it: the model no longer runs, and the
 pass says at which node and why.
 
+Meta kernels check shapes, not dtypes: a float32 head put in place in a `.half()` model runs on meta
+and raises on every real device ("mat1 and mat2 must have the same dtype"). So each op the run calls
+on tensors of several floating dtypes is called once more on CPU tensors of those dtypes and shapes
+(`_DtypeCheck`), and what torch's kernel says of them stands: an error stops the run there, as on a
+real device; an op that takes them (an add promotes, a norm runs a float16 input beside float32
+weights) goes on. A model of one floating dtype calls no such op, and computes nothing.
+
 >>> from resgraph import build
 >>> model = build("resgraph: 1\\nname: M\\ninputs: {x: [3, 8, 8]}\\nlayers:\\n"
 ...               "  - conv: {op: Conv2d, out_channels: 4, kernel_size: 3}\\n  - act: {op: ReLU}\\n")
@@ -21,12 +28,14 @@ pass says at which node and why.
 from __future__ import annotations
 
 import functools
+import itertools
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from .codegen import HELPERS, batch_source, node_reads, node_statement, variables_of
 from .errors import one_line
-from .graph import BlockNode, Graph, InputNode, is_block_value
+from .graph import BlockNode, Graph, InputNode, LayerNode, is_block_value
 from .ops import TensorType
 from .ops.base import dtype_name
 
@@ -35,7 +44,9 @@ __all__ = ["RunFailure", "ShapeRun", "meta_stand_ins", "run_shapes"]
 
 @dataclass(frozen=True)
 class RunFailure:
-    """Where a run stopped: the node whose statement raised (dotted) and torch's message."""
+    """Where a run stopped: the node whose statement raised (dotted) and torch's message (where the
+    node met values or weights of several floating dtypes, followed by which: `(its input: float16;
+    its parameters and buffers: float32)`)."""
 
     node: str
     error: str
@@ -59,9 +70,11 @@ class _Stopped(Exception):
         self.failure = failure
 
 
-def _stopped(name: str, error: Exception) -> _Stopped:
-    """The run stopped at `name`, where torch raised `error`."""
-    return _Stopped(RunFailure(name, one_line(f"{type(error).__name__}: {error}")))
+def _stopped(name: str, error: Exception, dtypes: str = "") -> _Stopped:
+    """The run stopped at `name`, where torch raised `error`; `dtypes`: the floating dtypes it met, where
+    they clash (`_dtypes_met`)."""
+    said = one_line(f"{type(error).__name__}: {error}")
+    return _Stopped(RunFailure(name, f"{said} ({dtypes})" if dtypes else said))
 
 
 def run_shapes(graph: Graph, module: Any, *, float_dtype: str | None = None) -> ShapeRun:
@@ -103,9 +116,72 @@ def run_shapes(graph: Graph, module: Any, *, float_dtype: str | None = None) -> 
     args = [torch.zeros((2, *kind.shape), device="meta", dtype=getattr(
                 torch, float_dtype if float_dtype and kind.dtype == "float32" else kind.dtype))
             for kind in (graph.nodes[name].meta["type"] for name in graph.inputs)]
-    with torch.no_grad():
+    with torch.no_grad(), _dtype_check()():
         return functional_call(walk, meta_stand_ins(walk), tuple(args), strict=False,  # type: ignore[no-any-return]
                                tie_weights=False)
+
+
+@functools.cache
+def _dtype_check() -> type:
+    """`_DtypeCheck`, the dispatch mode that puts each op of several floating dtypes to a CPU kernel
+    (made once, on the first run: torch is imported only where a model is run)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_map
+
+    cpu = torch.device("cpu")
+
+    def twin(value: Any) -> Any:  # a CPU tensor of the value's dtype, shape and strides; a device: CPU
+        if not isinstance(value, torch.Tensor):
+            return cpu if isinstance(value, torch.device) else value
+        # Floats uninitialised: a kernel refuses their dtypes before it reads them, so a refused 512 MiB
+        # weight is never written. Integers zeros: an index must lie in range.
+        return torch.empty_like(value, device=cpu) if value.is_floating_point() else torch.zeros_like(value, device=cpu)
+
+    def several_floating_dtypes(args: Any, kwargs: dict[str, Any]) -> bool:
+        # (every op of the run passes here: an aten op's tensors are its arguments, or in a list of one)
+        first = None
+        for value in itertools.chain(args, kwargs.values()):
+            for item in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(item, torch.Tensor) and item.is_floating_point():
+                    if first is None:
+                        first = item.dtype
+                    elif item.dtype != first:
+                        return True
+        return False
+
+    def signature(value: Any) -> Any:  # (a dtype clash does not depend on sizes, which the meta kernel checks)
+        return (value.dtype, value.dim()) if isinstance(value, torch.Tensor) else value
+
+    class _DtypeCheck(TorchDispatchMode):
+        """Each op called on tensors of several floating dtypes is called first on CPU tensors of the same
+        dtypes, shapes and strides: torch's CPU kernel raises what a real device raises of those dtypes
+        (meta kernels mostly do not check them), but where it has no kernel for one of them, which a GPU
+        may have. Ops of one floating dtype, all of a healthy model's but an intended mix, pass straight
+        through; a mix that passed is not tried again at other sizes (ResNet's BatchNorms kept in float32
+        in a float16 model: tried once)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.passed: set[str] = set()
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            kwargs = kwargs or {}
+            if several_floating_dtypes(args, kwargs):
+                key = repr((func, tree_map(signature, (args, kwargs))))
+                if key not in self.passed:
+                    on_cpu, kw_on_cpu = tree_map(twin, (args, kwargs))
+                    try:
+                        func(*on_cpu, **kw_on_cpu)  # raises what torch's kernel says of these dtypes
+                    except NotImplementedError:
+                        pass  # no CPU kernel for one of them ("not implemented for 'Half'"): a GPU may have one
+                    except RuntimeError as error:
+                        if "not implemented for" not in str(error):
+                            raise
+                    self.passed.add(key)
+            return func(*args, **kwargs)
+
+    return _DtypeCheck
 
 
 def meta_stand_ins(module: Any) -> dict[str, Any]:
@@ -165,7 +241,7 @@ def _run_graph(graph: Graph, root: Any, module: Any, args: list[Any], types: dic
             try:
                 exec(statement, env)  # the generated statement: validated identifiers only (see codegen)
             except Exception as error:  # whatever a changed module raises: the run stops there
-                raise _stopped(name, error) from None
+                raise _stopped(name, error, _dtypes_met(module, node, [env[r] for r in reads], error)) from None
         kind = _type(env[var])
         if kind is not None:
             types[name] = kind
@@ -197,6 +273,37 @@ def _run_block(node: BlockNode, name: str, root: Any, args: list[Any], types: di
             collected.append(outputs[0])
             outputs = outputs[:1]
     return collected if node.repeated and node.values else outputs
+
+
+def _dtypes_met(module: Any, node: Any, values: list[Any], error: Exception) -> str:
+    """The floating dtypes `node` met, where they are several and torch's `error` is about dtypes: its
+    inputs' and, for a layer, its module's parameters and buffers' (`its input: float16; its parameters
+    and buffers: float32`); else empty."""
+    import torch
+
+    if not _ABOUT_DTYPES.search(str(error)):
+        return ""
+
+    def floating(tensors: Any) -> list[str]:
+        return list(dict.fromkeys(dtype_name(t.dtype) for t in tensors
+                                  if isinstance(t, torch.Tensor) and t.is_floating_point()))
+
+    tensors = [v for value in values for v in (value if isinstance(value, (tuple, list)) else [value])]
+    inputs = floating(tensors)
+    try:
+        held = module.get_submodule(node.name) if isinstance(node, LayerNode) else None
+    except AttributeError:
+        held = None
+    weights = floating([*held.parameters(), *held.buffers()]) if held is not None else []
+    if len({*inputs, *weights}) < 2:
+        return ""
+    said = [f"its input{'s' if len(tensors) > 1 else ''}: {', '.join(inputs)}"] if inputs else []
+    return "; ".join(said + ([f"its parameters and buffers: {', '.join(weights)}"] if weights else []))
+
+
+# torch's words for a dtype clash: "must have the same dtype", "expected scalar type Half", "Input type
+# (c10::Half) and bias type (float)", "Type promoting not supported" (not a TypeError's "'NoneType' object").
+_ABOUT_DTYPES = re.compile(r"\bd?type\b", re.IGNORECASE)
 
 
 @functools.cache

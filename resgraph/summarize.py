@@ -147,11 +147,13 @@ def summarize(graph: Graph, module: Any, *, depth: int | None = None, columns: S
         raise UsageError(f"depth counts module levels from 1 (the top level): a whole number >= 1, not {depth!r}")
     walker = _Walker(module)
     walker.graph(graph, "", 0, list(graph.inputs))
-    if walker.swapped:  # a submodule put in place after the build may change every shape after it: run it
+    # A submodule put in place after the build may change every shape after it, and one of another
+    # floating dtype than the values it meets (a float32 head in a `.half()` model) may not run: run it.
+    if walker.swapped or len(walker.float_dtypes) > 1:
         from .run_shapes import run_shapes
 
         run = run_shapes(graph, module, float_dtype=walker.float_dtype)
-        walker = _Walker(module, run=run, swapped=walker.swapped, resettled=frozenset(walker.resettled))
+        walker = _Walker(module, run=run, swapped=walker.swapped or {}, resettled=frozenset(walker.resettled))
         walker.graph(graph, "", 0, list(graph.inputs))
     rows = walker.rows
     leaves = [r for r in rows if r.kind in ("layer", "skip")]
@@ -190,9 +192,11 @@ class _Walker:
                  resettled: frozenset[str] = frozenset()) -> None:
         self.module = module
         self.run = run  # the types as the model runs, once a submodule was put in place after the build
-        # A model converted after its build (`model.half()`, `.double()`) computes in its weights' dtype:
-        # its float32 values are that dtype's, in the memory column and the inputs an uncurated op is measured on.
-        self.float_dtype = _float_dtype(module)
+        # A model converted after its build (`model.half()`, `.double()`) computes in its weights' dtype
+        # (of several, the one most of them hold: `_float_dtypes`): its float32 values are that dtype's, in
+        # the memory column and the inputs an uncurated op is measured on.
+        self.float_dtypes = _float_dtypes(module)
+        self.float_dtype = max(self.float_dtypes, key=self.float_dtypes.__getitem__) if self.float_dtypes else None
         self.rows: list[Row] = []
         self.values: dict[int, list[str]] = {}  # id(block call) -> the rows holding its values, when several
         self.outputs: list[str] = []  # the rows holding the outputs of the graph walked last
@@ -598,11 +602,14 @@ def _projected_shape(plan: ProjectionPlan, spec: TensorType, merged: TensorType)
     return tuple(m if f == s else f for f, s, m in zip(final, spec.shape, merged.shape))
 
 
-def _float_dtype(module: Any) -> str | None:
-    """The one floating dtype of `module`'s parameters and buffers (`float16` after `.half()`), or None."""
-    dtypes = {dtype_name(t.dtype) for t in (*module.parameters(), *module.buffers())
-              if t.is_floating_point()}
-    return dtypes.pop() if len(dtypes) == 1 else None
+def _float_dtypes(module: Any) -> dict[str, int]:
+    """The floating dtypes of `module`'s parameters and buffers, each with the elements it holds. Where
+    they are several, the model computes in the one most of them hold (a `.half()` model with a float32
+    head put in place is given float16 inputs), and is run to see whether its layers take the others."""
+    counts: dict[Any, int] = {}
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        counts[t.dtype] = counts.get(t.dtype, 0) + t.numel()
+    return {dtype_name(dtype): count for dtype, count in counts.items() if dtype.is_floating_point}
 
 
 def _mac_fields(macs: MacCount | None) -> dict[str, int | None]:

@@ -566,6 +566,78 @@ def test_every_change_inside_a_layer_is_refused_by_files_written_from_the_spec(t
         assert not (tmp_path / f"m{suffix}").exists()
 
 
+# --- a model changed to another floating dtype in part (a layer put in place, `.float()`, `.double()`) -----
+
+def _resnet(dtype: torch.dtype = torch.float32) -> Any:
+    return resgraph.build(EXAMPLES / "resnet18.yaml", params={"image_size": 32}, seed=0).to(dtype).eval()
+
+
+def _says_it_does_not_run_as_torch_raises(model: Any, dtype: torch.dtype, node: str, met: str) -> Any:
+    """The summary of `model` (given `dtype` inputs) says it does not run from `node` on, which met the
+    dtypes `met`, where a real forward raises about dtypes."""
+    raised = _real_failure(model, torch.randn(1, 3, 32, 32, dtype=dtype))
+    assert raised is not None and "type" in raised  # (torch's words: "same dtype", "scalar type", ...)
+    summary = resgraph.summary(model)
+    assert summary.failure is not None and summary.failure.startswith(f"{node} raises RuntimeError: ")
+    assert summary.failure.endswith(f"({met})")
+    assert f"Does not run: {node} raises RuntimeError: " in summary.table()
+    rows = {row.name: row for row in summary.rows}
+    assert not rows[node].ran and not rows["fc"].ran and rows["x"].ran
+    return summary
+
+
+def test_a_float32_head_put_in_place_in_a_half_model_is_said_not_to_run() -> None:
+    # Meta kernels do not check dtypes: this ran on meta, and the summary said the model runs.
+    model = _resnet(torch.float16)
+    model.fc = torch.nn.Linear(512, 10)
+    summary = _says_it_does_not_run_as_torch_raises(model, torch.float16, "fc",
+                                                    "its input: float16; its parameters and buffers: float32")
+    assert summary.failure.startswith("fc raises RuntimeError: mat1 and mat2 must have the same dtype, but got Half "
+                                      "and Float")
+
+
+@pytest.mark.parametrize(("model_dtype", "part", "part_dtype", "node"), [
+    (torch.float16, "fc", torch.float32, "fc"),
+    (torch.bfloat16, "conv1", torch.float32, "conv1"),
+    (torch.float32, "fc", torch.float64, "fc"),
+    (torch.float32, "layer2.0.bn1", torch.float64, "layer2.0.bn1"),  # (a norm takes float16 beside float32, not this)
+    (torch.float64, "layer3", torch.float32, "layer3.0.conv1")])  # (a block: its first layer meets the other dtype)
+def test_a_layer_converted_to_another_float_dtype_than_its_input_is_said_not_to_run_as_torch_raises(
+        model_dtype: torch.dtype, part: str, part_dtype: torch.dtype, node: str) -> None:
+    model = _resnet(model_dtype)
+    model.get_submodule(part).to(part_dtype)
+    met = f"its input: {str(model_dtype)[6:]}; its parameters and buffers: {str(part_dtype)[6:]}"
+    _says_it_does_not_run_as_torch_raises(model, model_dtype, node, met)
+
+
+def test_a_model_of_mixed_float_dtypes_that_runs_shows_each_value_in_the_dtype_it_has() -> None:
+    # Norms run a float16 input beside float32 weights, and an add of float16 and float32 gives float32:
+    # each row's memory is that of the dtype torch gives it (the summary showed every value in float32).
+    spec = ("resgraph: 1\nname: M\ninputs: {x: [3, 8, 8]}\nlayers:\n"
+            "  - conv: {op: Conv2d, out_channels: 4, kernel_size: 3, padding: 1}\n  - bn: {op: BatchNorm2d}\n"
+            "  - flat: {op: Flatten}\n  - fc: {op: Linear, out_features: 6}\n  - norm: {op: LayerNorm}\n"
+            "  - bias: {op: parameter, shape: [6]}\n  - out: {op: add, input: [norm, bias]}\n")
+    model = resgraph.build(spec, seed=0).half().eval()
+    model.bn.float()
+    model.norm.float()
+    model.bias = torch.nn.Parameter(model.bias.float())
+    produced: dict[str, torch.dtype] = {}
+    hooks = [model.get_submodule(name).register_forward_hook(
+        lambda _m, _i, out, name=name: produced.__setitem__(name, out.dtype)) for name in ("conv", "bn", "fc", "norm")]
+    with torch.no_grad():
+        produced["out"] = model(torch.randn(2, 3, 8, 8, dtype=torch.float16)).dtype
+    for hook in hooks:
+        hook.remove()
+    assert produced == {"conv": torch.float16, "bn": torch.float16, "fc": torch.float16, "norm": torch.float16,
+                        "out": torch.float32}
+    summary = resgraph.summary(model)
+    rows = {row.name: row for row in summary.rows}
+    assert summary.failure is None and rows["x"].op == "input float16"
+    sizes = {"x": 3 * 8 * 8, "conv": 4 * 8 * 8, "bn": 4 * 8 * 8, "fc": 6, "norm": 6, "out": 6}
+    assert {name: rows[name].activation_bytes for name in sizes} == {
+        name: count * (4 if produced.get(name) == torch.float32 else 2) for name, count in sizes.items()}
+
+
 def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: t.clone() for name, t in model.state_dict(keep_vars=True).items()}
 
