@@ -448,13 +448,14 @@ def input_guard(graph: Graph) -> list[str]:
         wrong = [f"{name}.dim() != {len(dims) + 1}"]
         firsts = [_first_linked(graph, symbols, name, dim) for dim in dims]
         for dim, first in zip(dims, firsts, strict=True):
-            violation = dim.rule.violation(f"{name}.shape[{dim.axis + 1}]")
+            violation = dim.checked_rule.violation(f"{name}.shape[{dim.axis + 1}]")
             if violation is not None:
                 wrong.append(violation)
             if first is not None:  # a dim the model needs equal to one checked before: compared with that one
                 wrong.append(f"{name}.shape[{dim.axis + 1}] != {first[0]}.shape[{first[1] + 1}]")
         expected = "(N, " + ", ".join(dim.name if dim.free else str(dim.declared) for dim in dims) + ")"
-        rules = [dim.rule.describe(dim.name) for dim in dims if dim.free and dim.rule.violation("n") is not None]
+        rules = [dim.checked_rule.describe(dim.name) for dim in dims
+                 if dim.free and dim.checked_rule.violation("n") is not None]
         rules += [f"{dim.name} = {first[2] if first[0] == name else f'{first[0]}.{first[2]}'}"
                   for dim, first in zip(dims, firsts, strict=True) if first is not None]
         declared = "(N, " + ", ".join(str(dim.declared) for dim in dims) + ")"

@@ -161,6 +161,15 @@ class DimSizes:
     # for a mask over a class token and x's sequence; see `linked_sizes`): the input guard checks the
     # relations themselves (`SizeReport.joint`).
     related: tuple[str, ...] = ()
+    # The rule the input guard checks, where it is not `rule`: a condition this dim shares with other
+    # free dims (`q.L1 % k.L1 == 0`, `pad.L == (x.L - 1) // 2 + 1`) is checked as it is (`SizeReport.joint`),
+    # not at their declared sizes as `rule` states it; this is what the dim's guards on it alone admit.
+    checked: SizeRule | None = None
+
+    @property
+    def checked_rule(self) -> SizeRule:
+        """The rule the input guard checks this dim by (`checked`, else `rule`)."""
+        return self.rule if self.checked is None else self.checked
 
     @property
     def smallest(self) -> int | None:
@@ -268,13 +277,29 @@ def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAUL
     symbols: dict[str, tuple[str, int, int]] = graph.meta.get("symbols", {})
 
     reads, constants = _guard_facts(guards)
+    all_guards, all_reads, all_constants = guards, reads, constants
+
+    def own_rule(varying: set[str], maps: dict[str, tuple[int, int]] | None = None) -> SizeRule | None:
+        """The rule of `varying` from the guards that read nothing else, where some guard reads it with
+        other free dims (None where none does: the rule itself). Such a guard is checked as it is
+        (`joint_guards`); folded into the rule with the other dims at their declared sizes, it held
+        `k.L1` to the divisors of q's declared heads, and a mask over a strided sequence to its
+        declared length."""
+        keep = [index for index, read in enumerate(reads) if read & varying]
+        own = [index for index in keep if reads[index] <= varying]
+        if len(own) == len(keep):
+            return None
+        return solve(varying, maps, ([guards[i] for i in own], [reads[i] for i in own],
+                                     [constants[i] for i in own]))[0]
 
     def solve(varying: set[str], maps: dict[str, tuple[int, int]] | None = None,
+              chosen: tuple[list[Guard], list[frozenset[str]], list[int]] | None = None,
               ) -> tuple[SizeRule, tuple[int, ...], dict[int, str]]:
         """The rule the sizes of `varying` follow, the valid sizes in [low, high], and (with `failures`)
         the site of the first guard failing at each other size there. With `maps` (scale, offset) for
         some of them (a group of `linked_sizes`), of the group's parameter k instead: each of those is
-        `scale * k + offset`, and k's range holds every member's sizes in [low, high].
+        `scale * k + offset`, and k's range holds every member's sizes in [low, high]. `chosen`: the
+        guards to solve, with their reads and constants, where not all of them (`own_rule`).
 
         The rule is solved over 1..span (twice past the declared sizes and every constant the guards
         compare with, see `_interest`), whatever range was asked for: it is what the input guard checks,
@@ -282,6 +307,7 @@ def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAUL
         audio samples) must not be lost. Where that span passes MAX_SIZE_SPAN (2,000,000 samples, a table
         of 2^20 rows), windows around those sizes are solved instead (`_windowed_rule`)."""
         maps = maps or {}
+        guards, reads, constants = chosen or (all_guards, all_reads, all_constants)
         points = _interest(constants, reads, symbols, varying)
         # (k is at most a member's size plus its offset's magnitude: a constant that matters is reached by then)
         reach = max((abs(offset) for _, offset in maps.values()), default=0)
@@ -306,6 +332,7 @@ def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAUL
     groups = _equal_groups(links)
     lone: dict[str, tuple[SizeRule, tuple[int, ...]]] = {}  # what each symbol solved alone admits
     along: dict[frozenset[str], tuple[SizeRule, tuple[int, ...], dict[int, str]]] = {}  # each group, along k
+    owned: dict[frozenset[str], SizeRule | None] = {}  # each group's `own_rule`, along k
     for input_name in graph.inputs:
         node_type = graph.nodes[input_name].meta["type"]
         names = _dim_names(node_type, input_name, symbols)
@@ -327,10 +354,15 @@ def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAUL
                 if group not in along:
                     along[group] = solve(set(group), _link_maps(links, group))
                 rule, values, found = _at_link(link, *along[group], low, high)
+            if group not in owned:
+                owned[group] = own_rule(set(group), _link_maps(links, group))
+            checked = owned[group]
+            if checked is not None and link is not None:
+                checked = _at_link(link, checked, (), {}, low, high)[0]
             equal = groups.get(symbol, frozenset((symbol,)))
             related = tuple(link.relative_to(links[other], other) for other in sorted(group - equal)) if link else ()
             dims.append(DimSizes(input_name, axis, names[axis], size, True, rule, values, found,
-                                 tuple(sorted(equal - {symbol})), related))
+                                 tuple(sorted(equal - {symbol})), related, checked))
     square_rules: dict[str, SizeRule] = {}
     square_valid: dict[str, tuple[int, ...]] = {}
     for input_name in graph.inputs if square else ():
@@ -338,7 +370,7 @@ def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAUL
         if len(free) >= 2:
             square_rules[input_name], square_valid[input_name], _ = solve(
                 set().union(*(groups.get(symbol, {symbol}) for symbol in free)))
-    rules = {f"{dim.input}.{dim.name}": dim.rule for dim in dims if dim.free}
+    rules = {f"{dim.input}.{dim.name}": dim.checked_rule for dim in dims if dim.free}
     joint = tuple(joint_guards(guards, symbols, rules, reads=reads))
     return SizeReport(tuple(dims), square_rules, square_valid, (low, high), joint)
 
@@ -619,10 +651,16 @@ def joint_guards(guards: list[Guard], symbols: dict[str, tuple[str, int, int]] |
 
 def _implied(guard: Guard, read: frozenset[str], symbols: dict[str, tuple[str, int, int]],
              rules: dict[str, SizeRule]) -> bool:
-    """Whether `guard` holds at every combination of the sizes the `rules` of the symbols it reads admit;
-    False where one admits unboundedly many, or the combinations exceed MAX_SIZE_SPAN."""
+    """Whether `guard` holds at every combination of the sizes the `rules` of the symbols it reads admit:
+    shown by the bounds of its two sides (`_bounds`: `1 + A * B > 0` for sizes A, B of at least 1), or
+    by evaluating it at every combination; False where neither shows it (one rule admits unboundedly
+    many sizes, or the combinations exceed MAX_SIZE_SPAN)."""
     import numpy
 
+    ranges = {symbol: _span(rule) for symbol, rule in rules.items() if rule.kind != "none"}
+    left, right = _bounds(guard.left, ranges), _bounds(guard.right, ranges)
+    if left is not None and right is not None and _decided(guard.op, left, right) == guard.outcome:
+        return True
     admitted = []
     for symbol in sorted(read):
         rule = rules.get(symbol)
@@ -642,6 +680,67 @@ def _implied(guard: Guard, read: frozenset[str], symbols: dict[str, tuple[str, i
         left, right = evaluate(guard.left, env, ops=ops), evaluate(guard.right, env, ops=ops)
         holds = COMPARISONS[guard.op](left, right) == guard.outcome
     return bool(numpy.all(holds & ~overflow))
+
+
+Bounds = tuple[float, float]  # the least and the greatest value an expression takes (either may be infinite)
+
+
+def _bounds(expr: Expr, ranges: dict[str, Bounds]) -> Bounds | None:
+    """Bounds of `expr` where each symbol lies in its range (None where a symbol has none, or an operation's
+    bounds are not followed here: a division by a size). Interval arithmetic, enough to show that a
+    condition on two free dims holds at every size each admits alone (`_implied`).
+
+    >>> h = SymInt.symbol("x.H", 224)
+    >>> _bounds((1 + ((h - 16) // 16 + 1) * 2).expr, {"x.H": (16, math.inf)})
+    (3, inf)
+    """
+    found: dict[Expr, Bounds | None] = {}
+    for node in post_order((expr,), found):
+        if node.op == "sym":
+            found[node] = ranges.get(node.args[0])
+            continue
+        if node.op == "const":
+            found[node] = (node.args[0], node.args[0])
+            continue
+        a, b = found[node.args[0]], found[node.args[1]]
+        if a is None or b is None:
+            found[node] = None
+        elif node.op == "add":
+            found[node] = (a[0] + b[0], a[1] + b[1])
+        elif node.op in ("mul", "fmul") and (node.op == "mul" or b[0] == b[1] >= 0):
+            ends = [0 if 0 in (x, y) else x * y for x in a for y in b]  # (a size's 0 times inf: 0)
+            found[node] = (min(ends), max(ends)) if node.op == "mul" else (math.floor(a[0] * b[0]), a[1] * b[0])
+        elif node.op == "floordiv" and b[0] == b[1] > 0:
+            found[node] = tuple(end if math.isinf(end) else end // b[0] for end in a)  # type: ignore[assignment]
+        elif node.op == "mod" and b[0] == b[1] > 0:
+            found[node] = (0, b[0] - 1)
+        elif node.op in ("max", "min"):
+            pick = max if node.op == "max" else min
+            found[node] = (pick(a[0], b[0]), pick(a[1], b[1]))
+        else:
+            found[node] = None
+    return found[expr]
+
+
+def _span(rule: SizeRule) -> Bounds:
+    """The least and the greatest size `rule` admits (a "set" with a stop admits every size past it)."""
+    if rule.kind == "fixed":
+        return rule.start, rule.start
+    if rule.kind == "set":
+        least = min(rule.values) if rule.values else (rule.stop or 0) + 1
+        return least, math.inf if rule.stop is not None else max(rule.values)
+    return rule.start, math.inf if rule.stop is None else rule.stop
+
+
+def _decided(op: str, left: Bounds, right: Bounds) -> bool | None:
+    """The outcome of `left <op> right` at every value within the bounds, or None where it varies."""
+    if op in ("lt", "ge") and (left[1] < right[0] or left[0] >= right[1]):
+        return (left[1] < right[0]) == (op == "lt")
+    if op in ("le", "gt") and (left[1] <= right[0] or left[0] > right[1]):
+        return (left[1] <= right[0]) == (op == "le")
+    if op in ("eq", "ne") and (left[1] < right[0] or left[0] > right[1]):
+        return op == "ne"
+    return None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ The specification, as these cases pin it:
 - The generated forward's input guard checks each dim's rule and the relation itself, and refuses
   a pair that breaks the relation, naming the relation.
 - A relation that is not one-to-one (`x.L + y.L == 10`, `x.L // 2 == y.L`) links nothing: the
-  dims stay solved apart (each pinned where the other is held at its declared size).
+  dims stay solved apart, and the report states each one's rule where the other is held at its
+  declared size; the input guard checks each dim by the conditions on it alone and the relation
+  itself (a mask over a strided sequence runs at every length torch runs, with the mask it needs).
 """
 
 from __future__ import annotations
@@ -151,3 +153,76 @@ def test_a_relation_that_is_not_one_to_one_links_nothing() -> None:
                   requirement("eq", x // 2, y - 1),  # not one-to-one
                   requirement("eq", 2 * x, 24 - 3 * y)):  # scales of opposite signs
         assert linked_sizes([guard]) == {}, str(guard)
+
+
+# --- a dim that is a strided (floor or ceil divided) size of another input's ----------------------------
+
+STRIDED_MASK = HEADER + """inputs:
+  x: [8, {length}]
+  pad: {{shape: [{masked}], dtype: bool}}
+layers:
+{down}  - seq: {{op: transpose, dim0: 1, dim1: 2}}
+  - attn: {{op: MultiheadAttention, num_heads: 2, input: [seq, seq, seq, pad], masks: [key_padding_mask]}}
+"""
+
+# the downsampling of x (to 16 channels), and the same layers in torch, whose output length the mask must have
+DOWNSAMPLINGS = {
+    "conv stride 2": ("  - conv: {op: Conv1d, out_channels: 16, kernel_size: 3, stride: 2, padding: 1, input: x}\n",
+                      [torch.nn.Conv1d(8, 16, 3, stride=2, padding=1)]),
+    "conv stride 3": ("  - conv: {op: Conv1d, out_channels: 16, kernel_size: 5, stride: 3, input: x}\n",
+                      [torch.nn.Conv1d(8, 16, 5, stride=3)]),
+    "max pool": ("  - conv: {op: Conv1d, out_channels: 16, kernel_size: 1, input: x}\n"
+                 "  - pool: {op: MaxPool1d, kernel_size: 2, stride: 2}\n",
+                 [torch.nn.Conv1d(8, 16, 1), torch.nn.MaxPool1d(2, 2)]),
+    "avg pool, ceil mode": ("  - conv: {op: Conv1d, out_channels: 16, kernel_size: 1, input: x}\n"
+                            "  - pool: {op: AvgPool1d, kernel_size: 3, stride: 2, ceil_mode: true}\n",
+                            [torch.nn.Conv1d(8, 16, 1), torch.nn.AvgPool1d(3, 2, ceil_mode=True)]),
+    "two downsamplings": ("  - c1: {op: Conv1d, out_channels: 16, kernel_size: 3, stride: 2, padding: 1, input: x}\n"
+                          "  - c2: {op: Conv1d, out_channels: 16, kernel_size: 3, stride: 2, padding: 1}\n",
+                          [torch.nn.Conv1d(8, 16, 3, stride=2, padding=1),
+                           torch.nn.Conv1d(16, 16, 3, stride=2, padding=1)]),
+}
+
+
+def _downsampled(layers: list[torch.nn.Module], length: int) -> int | None:
+    """The length torch's layers give x's `length` (None where they fail)."""
+    x = torch.zeros(1, 8, length, device="meta")
+    try:
+        for layer in layers:
+            x = layer.to("meta")(x)
+    except RuntimeError:
+        return None
+    return x.shape[-1]
+
+
+@pytest.mark.parametrize("form", DOWNSAMPLINGS)
+def test_a_mask_over_a_strided_sequence_admits_every_length_torch_runs(form: str) -> None:
+    """The mask's length is a floor (or ceil) division of x's: the guard checks that relation (`pad.L ==
+    (x.L - 1) // 2 + 1`) instead of holding both inputs to their declared lengths, so the model runs at
+    every x length torch runs, with the mask torch needs there, and refuses any other mask length."""
+    down, layers = DOWNSAMPLINGS[form]
+    spec = STRIDED_MASK.format(length=11, masked=_downsampled(layers, 11), down=down)
+    model = resgraph.build(spec, seed=0).eval()
+    for length in range(1, 40):
+        masked = _downsampled(layers, length)
+        x = torch.randn(2, 8, length)
+        if masked is None:
+            with pytest.raises(ValueError, match="must"):
+                model(x, torch.zeros(2, 1, dtype=torch.bool))
+            continue
+        model(x, torch.zeros(2, masked, dtype=torch.bool))  # runs
+        for wrong in (masked - 1, masked + 1):
+            if wrong >= 1:
+                with pytest.raises(ValueError, match=r"inputs 'x', 'pad' must have pad\.L == "):
+                    model(x, torch.zeros(2, wrong, dtype=torch.bool))
+    report = resgraph.valid_sizes(spec)
+    assert [str(guard) for guard, _ in report.joint if guard.site == "attn"] != []  # the relation, stated
+    assert "together: pad.L == " in report.format("Net")
+
+
+def test_the_size_report_states_a_strided_relation_beside_each_dims_rule() -> None:
+    spec = STRIDED_MASK.format(length=11, masked=6, down=DOWNSAMPLINGS["conv stride 2"][0])
+    text = resgraph.valid_sizes(spec).format("Net")
+    assert "together: pad.L == (x.L - 1) // 2 + 1, as 'attn' needs (beyond each dim's own rule)" in text
+    model = resgraph.build(spec, seed=0).eval()
+    model(torch.randn(2, 8, 20), torch.zeros(2, 10, dtype=torch.bool))  # the tester's case
