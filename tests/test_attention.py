@@ -377,3 +377,43 @@ def test_causal_attention_with_extra_keys_equals_torch_with_the_causal_mask(extr
         expected = reference(x, x, x, attn_mask=causal_mask(7), need_weights=False)[0]
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
     assert_causal(model, x, 7)
+
+
+GQA_INPUTS = """resgraph: 1
+name: GQA
+inputs:
+  q: [{heads}, 5, 8]
+  k: [{key_heads}, 5, 8]
+  v: [{value_heads}, 5, 8]
+layers:
+  - att: {{op: scaled_dot_product_attention, input: [q, k, v], enable_gqa: true}}
+"""
+
+
+# torch 2.13's rule with enable_gqa: k's and v's head counts each divide q's (equal counts included, k's
+# and v's need not agree); any other counts fail in torch ("must divide the number of heads in query").
+@pytest.mark.parametrize("declared", [(4, 2, 2), (2, 2, 2)], ids=["declared grouped", "declared equal"])
+@pytest.mark.parametrize("heads", [(2, 2, 2), (4, 4, 4), (4, 2, 2), (4, 1, 1), (4, 2, 1), (4, 4, 2), (2, 1, 2),
+                                   (6, 3, 3), (6, 3, 2), (8, 4, 2)])
+def test_grouped_query_attention_runs_at_every_head_count_torch_runs(declared: tuple[int, int, int],
+                                                                    heads: tuple[int, int, int]) -> None:
+    spec = GQA_INPUTS.format(heads=declared[0], key_heads=declared[1], value_heads=declared[2])
+    model = resgraph.build(spec, seed=0).eval()
+    q, k, v = (torch.randn(2, count, 5, 8) for count in heads)
+    torch.testing.assert_close(model(q, k, v), F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
+
+
+@pytest.mark.parametrize("heads", [(2, 4, 4), (4, 3, 3), (4, 2, 3), (4, 4, 8)])
+def test_grouped_query_attention_refuses_head_counts_that_do_not_divide_the_query_heads(
+        heads: tuple[int, int, int]) -> None:
+    model = resgraph.build(GQA_INPUTS.format(heads=4, key_heads=2, value_heads=2), seed=0).eval()
+    q, k, v = (torch.randn(2, count, 5, 8) for count in heads)
+    with pytest.raises(RuntimeError, match="must divide the number of heads in"):
+        F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    with pytest.raises(ValueError, match="must"):
+        model(q, k, v)
+
+
+def test_grouped_query_attention_names_each_count_that_does_not_divide_the_query_heads() -> None:
+    with pytest.raises(resgraph.SpecError, match="4 query heads cannot share 3 value heads"):
+        resgraph.check(GQA_INPUTS.format(heads=4, key_heads=2, value_heads=3))

@@ -28,6 +28,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from ..symbolic import hint
 from .base import (
     FLOAT_DTYPES,
     WEIGHTED_DTYPES,
@@ -244,19 +245,34 @@ class ScaledDotProductAttention(Layer):
         if key.shape[-2] != value.shape[-2]:
             raise ShapeError(f"k and v need the same sequence length, got {shapes}")
         if query.rank == 3:
-            heads, kv_heads = query.shape[0], key.shape[0]
-            if value.shape[0] != kv_heads:
-                raise ShapeError(f"k and v need the same number of heads, got {shapes}")
-            if heads != kv_heads and not self.enable_gqa:
-                raise ShapeError(f"q has {heads} heads but k and v have {kv_heads}: for grouped-query (or "
-                                 f"multi-query) attention add `enable_gqa: true`, got {shapes}")
-            if heads % kv_heads:
-                raise ShapeError(f"{heads} query heads cannot share {kv_heads} key/value heads (grouped-query "
-                                 f"attention needs the query heads to be a multiple), got {shapes}")
+            self.check_heads(query.shape[0], key.shape[0], value.shape[0], shapes)
         out = (*query.shape[:-1], value.shape[-1])
         if len(inputs) == 4:
             self.check_mask(inputs[3], (*query.shape[:-1], key.shape[-2]), query)
         return query.with_shape(out, "features_last")
+
+    def check_heads(self, heads: Any, key_heads: Any, value_heads: Any, shapes: str) -> None:
+        """torch's rule for the heads of q, k and v. With `enable_gqa` each of k's and v's head counts
+        divides q's, and nothing else is asked: equal counts too, and k's and v's need not agree (torch
+        2.13 runs 4 query heads over 2 key and 1 value head). Only the divisions are decided, so a model
+        declared with 4 and 2 heads runs with 4 and 4, and one declared with 4 and 4 runs with 4 and 2.
+        Without it the three counts are one.
+
+        Raises:
+            ShapeError: counts torch refuses at the declared sizes.
+        """
+        if not self.enable_gqa:
+            if value_heads != key_heads:
+                raise ShapeError(f"k and v need the same number of heads, got {shapes}")
+            if heads != key_heads:
+                raise ShapeError(f"q has {heads} heads but k and v have {key_heads}: for grouped-query (or "
+                                 f"multi-query) attention add `enable_gqa: true`, got {shapes}")
+            return
+        names = ("key/value", "key/value") if hint(value_heads) == hint(key_heads) else ("key", "value")
+        for name, shared in zip(names, (key_heads, value_heads), strict=True):
+            if heads % shared:
+                raise ShapeError(f"{heads} query heads cannot share {shared} {name} heads (grouped-query "
+                                 f"attention needs the query heads to be a multiple), got {shapes}")
 
     def check_mask(self, mask: TensorType, scores: tuple[Any, ...], query: TensorType) -> None:
         """The mask must broadcast to the attention scores (heads, L, S) without growing them, and be
