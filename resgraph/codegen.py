@@ -34,7 +34,7 @@ from .ops import Merge, TensorType, merge_code
 from .ownership import Owns, owns
 from .projections import ProjectionPlan, step_code
 from .sizes import SizeReport
-from .symbolic import SymInt, render
+from .symbolic import SymInt, condition
 
 __all__ = ["FRESH_OUTPUT_OPS", "HELPERS", "MAX_STATEMENTS", "PART_PREFIX", "batch_source", "functions_of",
            "generate_forward", "helpers_used", "in_place_adds", "input_guard", "node_reads", "node_statement",
@@ -497,10 +497,6 @@ def _batch_partners(graph: Graph) -> list[tuple[str, str]]:
     return partners
 
 
-_PYTHON_COMPARISON = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
-_NEGATED = {"eq": "ne", "ne": "eq", "lt": "ge", "le": "gt", "gt": "le", "ge": "lt"}
-
-
 def _joint_checks(graph: Graph, report: SizeReport, symbols: dict[str, tuple[str, int, int]]) -> list[str]:
     """Lines checking, per node, the conditions it puts on several free dims at once (`SizeReport.joint`,
     `H + W >= 10`): each dim's rule holds alone at sizes where they fail together (2x2)."""
@@ -514,9 +510,8 @@ def _joint_checks(graph: Graph, report: SizeReport, symbols: dict[str, tuple[str
         inputs = [name for name in graph.inputs if any(symbols[symbol][0] == name for symbol in read)]
         shown = {symbol: symbol.split(".", 1)[1] if len(inputs) == 1 else symbol for symbol in symbols}
         # a condition holds where the comparison comes out as it did at the declared size
-        wrong = [_comparison(guard, _NEGATED[guard.op] if guard.outcome else guard.op, in_code) for guard, _ in guards]
-        needs = " and ".join(_comparison(guard, guard.op if guard.outcome else _NEGATED[guard.op], shown)
-                             for guard, _ in guards)
+        wrong = [condition(guard, in_code, failing=True) for guard, _ in guards]
+        needs = " and ".join(condition(guard, shown) for guard, _ in guards)
         if len(needs) > 300:  # (a detection head's sums of products: name the dims only)
             needs = "a condition on " + " and ".join(sorted(shown[symbol] for symbol in read)) + " together"
         if len(inputs) == 1:
@@ -532,8 +527,3 @@ def _joint_checks(graph: Graph, report: SizeReport, symbols: dict[str, tuple[str
         lines.append(f"    if not torch.compiler.is_compiling() and ({' or '.join(wrong)}):")
         lines.append(f"        raise ValueError({message!r} + {got})")
     return lines
-
-
-def _comparison(guard: Any, op: str, names: dict[str, str]) -> str:
-    """`guard`'s two sides compared by `op`, as Python source with symbols written as `names` gives."""
-    return f"{render(guard.left, names)} {_PYTHON_COMPARISON[op]} {render(guard.right, names)}"

@@ -36,7 +36,8 @@ from typing import Any, Union
 
 from .expressions import MAX_MAGNITUDE
 
-__all__ = ["MAX_SIZE", "VECTOR_OPS", "Expr", "Guard", "SizeOverflowError", "SymInt", "evaluate", "hint", "hints",
+__all__ = ["MAX_SIZE", "VECTOR_OPS", "Expr", "Guard", "SizeOverflowError", "SymInt", "broadcasts", "condition",
+           "evaluate", "hint", "hints",
            "post_order", "recorded", "recorded_count", "recording", "render", "requirement", "same_sizes",
            "scaled_size", "site", "size_symbols", "specialize", "sym_max", "sym_min"]
 
@@ -194,17 +195,35 @@ class Guard:
     `site` names the node being inferred (its qualified name, `layer1.0.conv1`), for messages.
     """
 
-    op: str  # "eq", "ne", "lt", "le", "gt", "ge"
+    op: str  # "eq", "ne", "lt", "le", "gt", "ge", or "bcast" (left is 1 or right: see `broadcasts`)
     left: Expr
     right: Expr
     outcome: bool
     site: str = ""
 
     def __str__(self) -> str:
-        symbol = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}[self.op]
-        if not self.outcome:
-            symbol = {"==": "!=", "!=": "==", "<": ">=", "<=": ">", ">": "<=", ">=": "<"}[symbol]
-        return f"{self.left} {symbol} {self.right}"
+        return condition(self)
+
+
+_PYTHON = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "bcast": "in"}
+_NEGATED = {"==": "!=", "!=": "==", "<": ">=", "<=": ">", ">": "<=", ">=": "<", "in": "not in"}
+
+
+def condition(guard: Guard, names: Mapping[str, str] | None = None, failing: bool = False) -> str:
+    """Python source that is true where `guard` holds (with `failing`: where it fails), each symbol written
+    as `names` gives (see `render`): `resgraph sizes` states it, the input guard checks it.
+
+    >>> h, m = SymInt.symbol("x.H", 8), SymInt.symbol("m.H", 1)
+    >>> with recording() as guards:
+    ...     _ = (h > 2, broadcasts(m, h))
+    >>> [condition(guard) for guard in guards], condition(guards[1], {"m.H": "m.shape[1]"}, failing=True)
+    (['x.H > 2', 'm.H in (1, x.H)'], 'm.shape[1] not in (1, x.H)')
+    """
+    symbol = _PYTHON[guard.op]
+    if guard.outcome == failing:  # (the comparison came out False at the declared size: its negation holds)
+        symbol = _NEGATED[symbol]
+    right = render(guard.right, names)
+    return f"{render(guard.left, names)} {symbol} {f'(1, {right})' if guard.op == 'bcast' else right}"
 
 
 @dataclass
@@ -278,8 +297,13 @@ def _add_guard(recorder: _Recorder, op: str, left: Expr, right: Expr, outcome: b
         recorder.guards.append(Guard(op, left, right, outcome, recorder.site))
 
 
+def _broadcast(size: Any, full: Any) -> Any:
+    return (size == 1) | (size == full)  # (ints or numpy arrays of sizes alike)
+
+
 _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
-    "eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge}
+    "eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge,
+    "bcast": _broadcast}
 
 
 class SymInt:
@@ -527,6 +551,26 @@ def specialize(value: Operand) -> int:
         _record("eq", value.expr, _const(value.hint), True)
         return value.hint
     return value
+
+
+def broadcasts(size: Operand, full: Operand) -> bool:
+    """Whether a dim of `size` broadcasts to one of `full`: it is 1, or `full` itself. Either may hold at
+    another input size (a mask declared (1, 1, S) runs with a dim per head, or per query, as torch
+    broadcasts it), so the decision is recorded as the one guard `size in (1, full)`, never as `size == 1`.
+
+    >>> heads = SymInt.symbol("m.H", 1)
+    >>> with recording() as guards:
+    ...     fits = broadcasts(heads, 4)
+    >>> fits, [str(guard) for guard in guards]
+    (True, ['m.H in (1, 4)'])
+    """
+    if not isinstance(size, SymInt):
+        return size == 1 or size == full
+    if isinstance(full, SymInt) and full.expr is size.expr:
+        return True  # (a size against itself decides nothing)
+    outcome = size.hint in (1, hint(full))
+    _record("bcast", size.expr, _expr(full), outcome)
+    return outcome
 
 
 def sym_max(a: Operand, b: Operand) -> Operand:

@@ -417,3 +417,79 @@ def test_grouped_query_attention_refuses_head_counts_that_do_not_divide_the_quer
 def test_grouped_query_attention_names_each_count_that_does_not_divide_the_query_heads() -> None:
     with pytest.raises(resgraph.SpecError, match="4 query heads cannot share 3 value heads"):
         resgraph.check(GQA_INPUTS.format(heads=4, key_heads=2, value_heads=3))
+
+
+# --- mask dims declared 1 broadcast, as torch broadcasts them ------------------------------------------
+
+SDPA_MASKED = """resgraph: 1
+name: Masked
+inputs:
+  x: [7, 24]
+  mask: {{shape: {mask}, dtype: bool}}
+layers:
+  - qkv: {{op: Linear, out_features: 72, input: x}}
+  - parts: {{op: chunk, chunks: 3, dim: -1, outputs: [q, k, v]}}
+  - qr: {{op: reshape, shape: [-1, 3, 8], input: q}}
+  - qh: {{op: transpose, dim0: 1, dim1: 2}}
+  - kr: {{op: reshape, shape: [-1, 3, 8], input: k}}
+  - kh: {{op: transpose, dim0: 1, dim1: 2}}
+  - vr: {{op: reshape, shape: [-1, 3, 8], input: v}}
+  - vh: {{op: transpose, dim0: 1, dim1: 2}}
+  - att: {{op: scaled_dot_product_attention, input: [qh, kh, vh, mask]}}
+"""
+
+
+def _sdpa_masked(model: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    q, k, v = (part.reshape(x.shape[0], x.shape[1], 3, 8).transpose(1, 2) for part in model.qkv(x).chunk(3, -1))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+# (declared mask, x length, mask shapes per sample torch runs, mask shapes it refuses): torch 2.13 broadcasts an
+# sdpa mask to (heads, L, S), so a dim declared 1 may be 1 or the full size, at any length
+BROADCAST_MASKS = {
+    "(1, 1, S)": ([1, 1, 7], 7, [(3, 1, 7), (1, 7, 7), (3, 7, 7), (1, 1, 7)], [(2, 1, 7), (1, 5, 7), (3, 7, 6)]),
+    "(1, 1, S) at another length": ([1, 1, 7], 10, [(1, 10, 10), (3, 1, 10), (3, 10, 10)], [(1, 7, 10), (2, 1, 10)]),
+    "(1, L, S)": ([1, 7, 7], 9, [(1, 9, 9), (3, 9, 9)], [(2, 9, 9), (3, 7, 9)]),
+}
+
+
+@pytest.mark.parametrize("form", BROADCAST_MASKS)
+def test_an_sdpa_mask_dim_declared_1_may_be_1_or_the_full_size_as_torch_broadcasts_it(form: str) -> None:
+    declared, length, runs, refused = BROADCAST_MASKS[form]
+    model = resgraph.build(SDPA_MASKED.format(mask=declared), seed=0).eval()
+    x = torch.randn(2, length, 24)
+    for shape in runs:
+        mask = torch.rand(2, *shape) > 0.3
+        mask[..., 0] = True
+        with torch.no_grad():
+            torch.testing.assert_close(model(x, mask), _sdpa_masked(model, x, mask), msg=str(shape))
+    for shape in refused:
+        mask = torch.ones(2, *shape, dtype=torch.bool)
+        with pytest.raises(RuntimeError):  # torch refuses it too
+            _sdpa_masked(model, x, mask)
+        with pytest.raises(ValueError, match="must"):
+            model(x, mask)
+
+
+def test_the_size_report_states_a_broadcast_mask_dim_as_1_or_the_size_it_broadcasts_to() -> None:
+    report = resgraph.valid_sizes(SDPA_MASKED.format(mask=[1, 1, 7]))
+    rules = {f"{dim.input}.{dim.name}": dim.rule.describe(dim.name) for dim in report.dims if dim.free}
+    assert rules == {"x.L": "any L", "mask.L1": "L1 in {1, 3}", "mask.L2": "L2 in {1, 7}", "mask.L3": "any L3"}
+    assert "together: mask.L2 in (1, x.L), as 'att' needs" in report.format("Masked")
+
+
+@pytest.mark.parametrize("declared", [1, 4])
+def test_a_multihead_attention_mask_of_one_head_or_of_every_head_runs_at_either(declared: int) -> None:
+    spec = ("resgraph: 1\nname: M\ninputs:\n  x: [6, 16]\n"
+            f"  mask: {{shape: [{declared}, 6, 6], dtype: bool}}\nlayers:\n"
+            "  - attn: {op: MultiheadAttention, num_heads: 4, input: [x, mask], masks: [attn_mask]}\n")
+    model = resgraph.build(spec, seed=0).eval()
+    x = torch.randn(2, 6, 16)
+    for heads in (1, 4):
+        blocked = torch.rand(2, heads, 6, 6) > 0.7
+        blocked[..., 0] = False
+        expected = model.attn(x, x, x, attn_mask=blocked.expand(-1, 4, -1, -1).flatten(0, 1), need_weights=False)[0]
+        with torch.no_grad():
+            torch.testing.assert_close(model(x, blocked), expected)
+    with pytest.raises(ValueError, match="must"):
+        model(x, torch.zeros(2, 2, 6, 6, dtype=torch.bool))

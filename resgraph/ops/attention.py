@@ -28,7 +28,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from ..symbolic import hint
+from ..symbolic import broadcasts, hint
 from .base import (
     FLOAT_DTYPES,
     WEIGHTED_DTYPES,
@@ -40,7 +40,6 @@ from .base import (
     promote,
     register_op,
 )
-from .merge import broadcast_shape
 
 __all__ = ["MultiheadAttention", "ScaledDotProductAttention"]
 
@@ -82,6 +81,15 @@ def _check_mask_dtypes(masks: dict[str, TensorType], query: TensorType) -> None:
         takes = "float32" if query.dtype == "float32" else f"the query's dtype ({query.dtype}) or float32"
         raise ShapeError(f"{first} ({a.dtype}) and {second} ({b.dtype}) are added into one {summed} mask, and "
                          f"torch takes a float mask of {takes} only; make them bool or float32")
+
+
+def _mask_dim_fits(size: Any, full: Any) -> bool:
+    """Whether a mask dim of `size` fits a scores dim of `full` in sdpa, which broadcasts the mask: a dim
+    declared 1 may be 1 or `full` at any size (torch 2.13 runs a (1, 1, S) mask as (H, 1, S) or (1, L, S));
+    one declared as `full` stays equal to it."""
+    if hint(size) == 1:
+        return broadcasts(size, full)
+    return bool(size == full)
 
 
 @register_op
@@ -180,11 +188,11 @@ class MultiheadAttention(Layer):
                 raise ShapeError(f"key_padding_mask must be ({source},) per sample (one entry per key), got {padding}")
         mask = masks.get("attn_mask")
         if mask is not None:
-            # Forms of the mask's own rank only: comparing shapes of two ranks compares their leading
-            # sizes (a tuple's ==), a spurious decision (heads == L) that would make L = heads "invalid"
-            forms = [form for form in ((length, source), (1, length, source), (self.num_heads, length, source))
-                     if len(form) == mask.rank]
-            if mask.shape not in forms:
+            # (L, S), or (1 or num_heads, L, S): the call expands a mask of one head to every head, so either
+            # count runs at any declared one (`broadcasts`, not `== 1`). Sizes of the mask's own rank only:
+            # comparing shapes of two ranks compared their leading sizes, a spurious decision (heads == L)
+            fits = mask.rank in (2, 3) and (mask.rank == 2 or broadcasts(mask.shape[0], self.num_heads))
+            if not (fits and mask.shape[-2:] == (length, source)):
                 raise ShapeError(f"attn_mask must be ({length}, {source}) or ({self.num_heads}, {length}, {source}) "
                                  f"per sample (query by key positions, for all heads or per head), got {mask}")
         _check_mask_dtypes(masks, query)
@@ -281,7 +289,7 @@ class ScaledDotProductAttention(Layer):
             raise ShapeError("is_causal: true and a mask input cannot be combined (torch refuses); merge the causal "
                              "mask into the mask input instead")
         shown = "(" + ", ".join(map(str, scores)) + ")"
-        if mask.rank != len(scores) or broadcast_shape(mask.shape, scores) != scores:
+        if mask.rank != len(scores) or not all(map(_mask_dim_fits, mask.shape, scores)):
             raise ShapeError(f"the mask must broadcast to the attention scores {shown} per sample (query by key "
                              f"positions), got {mask}")
         _check_mask_dtype(mask, "the mask", query)
