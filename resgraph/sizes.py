@@ -280,13 +280,16 @@ def solve_sizes(graph: Graph, *, low: int = DEFAULT_RANGE[0], high: int = DEFAUL
     all_guards, all_reads, all_constants = guards, reads, constants
 
     def own_rule(varying: set[str], maps: dict[str, tuple[int, int]] | None = None) -> SizeRule | None:
-        """The rule of `varying` from the guards that read nothing else, where some guard reads it with
-        other free dims (None where none does: the rule itself). Such a guard is checked as it is
-        (`joint_guards`); folded into the rule with the other dims at their declared sizes, it held
-        `k.L1` to the divisors of q's declared heads, and a mask over a strided sequence to its
-        declared length."""
+        """The rule of `varying` from the guards that read no dim of another input, where some guard reads
+        one (None where none does: the rule itself). Such a guard is checked as it is (`joint_guards`);
+        folded into the rule with the other input's dims at their declared sizes, it held `k.L1` to the
+        divisors of q's declared heads, and a mask over a strided sequence to its declared length. (A
+        condition on two dims of one input stays in each one's rule, at the other's declared size: the
+        guard keeps to each dim's rule, and checks the condition too where the rules do not imply it.)"""
+        own_inputs = {symbols[symbol][0] for symbol in varying if symbol in symbols}
         keep = [index for index, read in enumerate(reads) if read & varying]
-        own = [index for index in keep if reads[index] <= varying]
+        own = [index for index in keep if all(symbol in varying or symbols.get(symbol, ("",))[0] in own_inputs
+                                              for symbol in reads[index])]
         if len(own) == len(keep):
             return None
         return solve(varying, maps, ([guards[i] for i in own], [reads[i] for i in own],
