@@ -29,8 +29,8 @@ from .loader import Origin
 from .sizes import valid_sizes_mask
 from .symbolic import COMPARISONS, Guard, evaluate, size_symbols
 
-__all__ = ["MAX_CHECKS", "MAX_EDIT_CHECKS", "MAX_TRIALS", "Edit", "Offer", "Trial", "edited", "fitting_sizes",
-           "offering", "refused", "settings_text", "tried", "tried_edited"]
+__all__ = ["MAX_CHECKS", "MAX_EDIT_CHECKS", "MAX_TRIALS", "Edit", "EditCheck", "Offer", "Trial", "edited",
+           "fitting_sizes", "offering", "refused", "settings_text", "tried", "tried_edited"]
 
 MAX_TRIALS = 8  # checks of the whole spec one hint may make (a U-Net of n stages needs at most n)
 MAX_CHECKS = 16  # ... and all hints of one check together (a spec failing at many skips stays fast)
@@ -86,7 +86,8 @@ def _yaml(value: Any) -> str:
     return "true" if value is True else "false" if value is False else str(value)
 
 
-EditCheck = Callable[[tuple[Edit, ...]], "Trial | None"]
+# (edits, and other input sizes where given: input -> {axis: size}) -> Trial, or None where it cannot apply them
+EditCheck = Callable[[tuple[Edit, ...], "dict[str, dict[int, int]] | None"], "Trial | None"]
 
 
 @dataclass
@@ -96,7 +97,7 @@ class _Search:
 
     check: Callable[[dict[str, dict[int, int]]], Trial] | None
     edit: EditCheck | None = None
-    done: dict[tuple[tuple[str, Sizes], ...], Trial] = field(default_factory=dict)
+    done: dict[tuple[Any, ...], Trial | None] = field(default_factory=dict)  # (sizes tried, and edits made with them)
     edits_done: dict[tuple[Any, ...], Trial | None] = field(default_factory=dict)
     conditions: list[Guard] = field(default_factory=list)
 
@@ -164,7 +165,7 @@ def edited(edits: tuple[Edit, ...]) -> Trial | None:
         return search.edits_done[key]
     if len(search.edits_done) >= MAX_EDIT_CHECKS:
         return None
-    trial = search.edit(edits)
+    trial = search.edit(edits, None)
     # (kept without its graph, but the spec's as written, which hints read to see past the layer refused: a
     # hint reads the graph of its changes once, and a large spec's graphs add up)
     search.edits_done[key] = None if trial is None else trial if not edits else replace(trial, graph=None)
@@ -192,12 +193,13 @@ class Offer:
 
 
 def fitting_sizes(guards: list[Guard], symbols: dict[str, tuple[str, int, int]], count: int = 3, *,
-                  checked: bool = True) -> Offer:
+                  checked: bool = True, edits: tuple[Edit, ...] = ()) -> Offer:
     """The input sizes nearest the declared ones at which every guard holds: square where the input is
     declared square, else each failing dim moved to its nearest sizes (`'x' 16x22`). With `checked`
     and a way to check the spec (`offering`), only sizes at which the whole model is valid.
     `checked=False` for sizes offered with another change to the spec (a crop), which a try at
-    those sizes alone cannot check.
+    those sizes alone cannot check; `edits`: the changes offered with them, made in each try (where
+    they cannot be made, no size is offered).
 
     >>> from resgraph.symbolic import SymInt, requirement
     >>> fitting_sizes([requirement("eq", SymInt.symbol("x.L", 9) % 2, 0)], {"x.L": ("x", 1, 9)})
@@ -221,7 +223,7 @@ def fitting_sizes(guards: list[Guard], symbols: dict[str, tuple[str, int, int]],
         if search is None or search.check is None:
             shown = _nearest(guards, symbols, names, count)
         else:
-            shown, failed = _checked(search, guards, symbols, input_name, names, count)
+            shown, failed = _checked(search, guards, symbols, input_name, names, count, edits)
             if not shown and failed:
                 more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
                 missed.append(f"{input_name!r} " + ", ".join(map(_size_text, failed[:3])) + more)
@@ -236,9 +238,9 @@ def _size_text(sizes: Sizes) -> str:
 
 
 def _checked(search: _Search, guards: list[Guard], symbols: dict[str, tuple[str, int, int]], input_name: str,
-             names: list[str], count: int) -> tuple[list[Sizes], list[Sizes]]:
+             names: list[str], count: int, edits: tuple[Edit, ...] = ()) -> tuple[list[Sizes], list[Sizes]]:
     """(the sizes of `input_name` to offer, the candidates tried that failed): candidates are tried nearest
-    first, each failure's conditions narrowing the next (see the module's docstring)."""
+    first, each failure's conditions narrowing the next (see the module's docstring), with `edits` made."""
     conditions = list(guards)
     failed: list[Sizes] = []
     for _ in range(MAX_TRIALS):
@@ -248,12 +250,15 @@ def _checked(search: _Search, guards: list[Guard], symbols: dict[str, tuple[str,
         if not candidates:
             break
         candidate = candidates[0]
-        key = ((input_name, candidate),)
+        key = ((input_name, candidate), *sorted(edit.key for edit in edits))
         if key not in search.done:
             assert search.check is not None
-            search.done[key] = search.check({input_name: {symbols[name][1]: size
-                                                          for name, size in zip(names, candidate)}})
+            sizes = {input_name: {symbols[name][1]: size for name, size in zip(names, candidate)}}
+            search.done[key] = (search.check(sizes) if not edits else
+                                None if search.edit is None else search.edit(edits, sizes))
         trial = search.done[key]
+        if trial is None:  # (the edits cannot be made: nothing offered can be checked)
+            return [], []
         if trial.guards is not None:  # clean: the sizes where its guards hold are valid as this one is
             return _nearest(list(trial.guards), symbols, names, count) or [candidate], failed
         failed.append(candidate)

@@ -94,10 +94,15 @@ class SizeChange:
 
 
 def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[Guard],
-              symbols: dict[str, tuple[str, int, int]]) -> str | None:
+              symbols: dict[str, tuple[str, int, int]], *, switch: Edit | None = None) -> str | None:
     """The hint for a skip that `exc` refused. `guards` are the decisions made before the skip and the
     conditions under which it would fit: the input sizes that satisfy all of them, and at which the
-    whole model is valid where that can be checked (see `fitting`), are proposed."""
+    whole model is valid where that can be checked (see `fitting`), are proposed. `switch`: a change of
+    the skip's own keys (another `projection:`) that every fix offered makes too, and is checked with."""
+    if exc.kind == "misaligned":
+        return _misaligned_hint(graph, node, exc, guards, symbols)
+    lead = f"set {switch.text} on this skip, and " if switch is not None else ""
+    switched = (switch,) if switch is not None else ()
     skip = node.skip
     changes = changed_layers(graph, skip.source, skip.to)
     listed = "; ".join(map(str, changes))
@@ -107,7 +112,7 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
         exc = ProjectionError(str(exc), exc.hint, kind="grid", required=exc.required,
                               crop_required=_odd_margins(graph, skip.source, skip.to))
     if exc.kind == "grid":
-        fixes = []
+        fixes: list[str | None] = []
         kept: list[Change] = [(c, (("padding", c.keeping_padding()),)) for c in changes
                               if c.keeping_padding() is not None]
         # Every unstrided layer that shrank must keep its size: where one cannot by padding (a kernel-2 pool),
@@ -123,8 +128,9 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
         also = f" and an input size that is a multiple of {total} ({floored})" if floored else ""
         if kept:  # (every layer listed needs its padding: one fix, not alternatives)
             fixes.append(_whole_fix(graph, node, kept, _keeping_alike,
-                                    f"keep the size with {_on(kept, grouped=True)}{also}", resized=bool(also)))
-        fitting = fitting_sizes(guards, symbols)  # a rounding shrank it: some input sizes fit outright
+                                    f"keep the size with {_on(kept, grouped=True)}{also}", resized=bool(also),
+                                    also=switch))
+        fitting = fitting_sizes(guards, symbols, edits=switched)  # a rounding shrank it: some input sizes fit outright
         if fitting:
             fixes.append(f"use an input size at which this skip fits: {fitting.text}")
         if not exc.crop_required:
@@ -136,10 +142,10 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
             if even:  # (none where the layers shrink by an odd amount at every size)
                 fixes.append(f"set `projection: crop` on this skip and use an input size where the margins are even: "
                              f"{even.text}")
-        return _missed(_join(f"shrunk by {listed}" if listed else "", "; or ".join(fixes)), fitting)
+        return _missed(_join(f"shrunk by {listed}" if listed else "", _alternatives(fixes, lead)), fitting)
     if exc.kind == "crossed":  # (its own hint says what to start or end the skip at)
-        sizes = fitting_sizes(guards, symbols) if exc.required else Offer("")
-        fits = f"use an input size at which this skip fits: {sizes.text}; or " if sizes else ""
+        sizes = fitting_sizes(guards, symbols, edits=switched) if exc.required else Offer("")
+        fits = f"{lead}use an input size at which this skip fits: {sizes.text}; or " if sizes else ""
         return _missed(_join(listed, fits + (exc.hint or "")), sizes)
     if exc.kind == "rank":
         return _rank_hint(graph, node) or exc.hint
@@ -176,10 +182,10 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
             cause = ("a layer rounded up past its stride: " + ", ".join(
                 f"{c.name!r} gave {'x'.join(map(str, c.after))} where a stride of {_short(c.geometry['stride'])} "
                 f"gives {'x'.join(map(str, _ceil(c)))}" for c in past))
-        fixes: list[str] = []
+        fixes: list[str | None] = []
         # Without the conditions under which the skip fits, every size where the earlier decisions
         # hold would be "fitting", the declared one (which fails) first.
-        sizes = fitting_sizes(guards, symbols) if exc.required else Offer("")
+        sizes = fitting_sizes(guards, symbols, edits=switched) if exc.required else Offer("")
         if sizes:
             fixes.append(f"an input size at which this skip fits: {sizes.text}")
         # An unstrided layer on the way that changed the size (an unpadded conv, a padded 1x1) moves the
@@ -192,9 +198,9 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
             rounding = {c.name: _rounding_settings(c) for c in past}
             dropped: list[Change] = [(c, _DROP_CEIL) for c in past if rounding[c.name] == _DROP_CEIL]
             fixes += [_whole_fix(graph, node, [*dropped, *keep], _rounding_alike,
-                                 f"{_on(dropped, grouped=True)}{keeping}")] if dropped else []
+                                 f"{_on(dropped, grouped=True)}{keeping}", also=switch)] if dropped else []
             fixes += [_whole_fix(graph, node, [(c, settings), *keep], _rounding_alike,
-                                 f"{_on([(c, settings)])}, which rounds as its stride does{keeping}")
+                                 f"{_on([(c, settings)])}, which rounds as its stride does{keeping}", also=switch)
                       for c in past if (settings := rounding[c.name]) not in (None, _DROP_CEIL)]
         elif exc.kind == "stride" and not past and all(padding is not None for _, padding in resized):
             # Each strided layer that does not give ceil(size / stride), the size every projection gives, with
@@ -203,7 +209,10 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
             if floored:
                 fixes.append(_whole_fix(graph, node, [*floored, *keep], _rounding_alike,
                                         f"make {'it' if len(floored) == 1 else 'them'} round up as the strides do: "
-                                        f"{_on(floored)}{keeping}"))
+                                        f"{_on(floored)}{keeping}", also=switch))
+            elif keep:  # every stride rounds up already: only the sizes moved off it must be kept
+                fixes.append(_whole_fix(graph, node, keep, _keeping_alike,
+                                        f"keep the size with {_on(keep, grouped=True)}", also=switch))
         elif exc.kind == "larger":
             # a layer padded past its kernel grew the map: the padding that keeps its size; an upsample: a
             # fixed size (a transposed conv has none: the input sizes above are its fix)
@@ -212,11 +221,38 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
             paddings = [(c, c.keeping_padding()) for c in grown]
             if paddings and all(padding is not None for _, padding in paddings):
                 grow: list[Change] = [(c, (("padding", padding),)) for c, padding in paddings]
-                fixes.append(_whole_fix(graph, node, grow, _keeping_alike, f"keep the size with {_on(grow)}"))
+                fixes.append(_whole_fix(graph, node, grow, _keeping_alike, f"keep the size with {_on(grow)}",
+                                        also=switch))
             if any(c.op == "Upsample" for c in changes):
                 fixes.append("give the upsampling layer an explicit `size:` (then the model has one input size)")
-        return _missed(_join(f"{listed}: {cause}" if listed else cause, "; or ".join(fixes)), sizes)
+        return _missed(_join(f"{listed}: {cause}" if listed else cause, _alternatives(fixes, lead)), sizes)
     return exc.hint
+
+
+def _alternatives(fixes: list[str | None], lead: str = "") -> str:
+    """The fixes that work (None: one found not to), each after `lead` (a change every fix makes too)."""
+    return "; or ".join(lead + fix for fix in fixes if fix)
+
+
+def _misaligned_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[Guard],
+                     symbols: dict[str, tuple[str, int, int]]) -> str | None:
+    """For a crop across a stride: the policies that follow the stride, where `projection: auto` fits the whole
+    spec as it is; else why it does not fit here either, with the fixes it then needs (each checked with it),
+    or, where none works, that no policy fits. (Offering auto where no size or layer change makes it fit
+    would only move the error to another message of the same skip.)"""
+    switch = Edit(node.origin, (("projection", "auto"),))
+    unfit = exc.__cause__ if isinstance(exc.__cause__, ProjectionError) else None
+    if unfit is None:  # (the sizes fit the stride: the policy alone, checked with the whole spec)
+        fix = _whole_fix(graph, node, [], _keeping_alike, exc.hint or "", also=switch)
+        return fix if fix is not None else (
+            f"a centre crop does not follow the stride, and `projection: auto` does not fit here either: "
+            f"{_new_problem(graph, node, _edited([], switch))}")
+    inner = skip_hint(graph, node, unfit, [*guards, *unfit.required], symbols, switch=switch)
+    if inner and " Fix: " in inner:
+        return f"use projection: auto or conv (a strided 1x1 conv) or avgpool, which follow the stride, but here the " \
+               f"{unfit}. {inner}"
+    policies = "a centre crop does not follow the stride, and no policy that does (auto, conv, avgpool) fits here"
+    return f"{policies}: the {unfit}" + (f". {inner}" if inner else "")
 
 
 def _floorings(changes: list[SizeChange], named: bool) -> str:
@@ -364,13 +400,18 @@ def _on(changes: list[Change], *, grouped: bool = False) -> str:
 
 
 def _whole_fix(graph: Graph, node: SkipNode, changes: list[Change], alike: Callable[[SizeChange], Settings | None],
-               text: str, *, resized: bool = False) -> str:
+               text: str, *, resized: bool = False, also: Edit | None = None) -> str | None:
     """`text`, the fix that gives the layers in `changes` their settings, as it holds for the whole spec:
     checked with them changed (`fitting.edited`); where a value merged with a changed layer's output then
     no longer fits, with the layers on the other side of that merge given the settings `alike` gives them
     (`_siblings`), where that makes the whole spec fit (or nothing can be checked); else with what fails.
-    `resized`: the fix takes another input size too, so at the declared one this skip may still fail."""
-    trial = _edited(changes)
+    `resized`: the fix takes another input size too, so at the declared one this skip may still fail.
+    `also`: a change of the skip's own keys made with them. None where the check shows that this skip
+    still fails with them (a fix that does not fix it is not offered)."""
+    trial = _edited(changes, also)
+    here = str(graph.where(node))
+    if not resized and trial is not None and any(where == here for where, _ in trial.failures):
+        return None
     outcome = _new_problem(graph, node, trial, resized)
     if outcome == "":
         return text
@@ -379,7 +420,7 @@ def _whole_fix(graph: Graph, node: SkipNode, changes: list[Change], alike: Calla
                          graph.qualname + node.name, [change for change, _ in changes], alike)
     if siblings:
         alike_too = [(change, settings) for change, settings, _, _ in siblings]
-        more = _new_problem(graph, node, _edited([*changes, *alike_too]), resized)
+        more = _new_problem(graph, node, _edited([*changes, *alike_too], also), resized)
         if not more:  # (clean, or nothing to check it with: the merges say the siblings change alike)
             return text + "".join(
                 f", and {_on([(change, settings)])} ({_where(change)}), as {merge!r} merges it with {partner!r}"
@@ -395,10 +436,11 @@ def _where(change: SizeChange) -> str:
     return str(change.origin.locate(key=True)) if change.origin is not None else change.name
 
 
-def _edited(changes: list[Change]) -> Trial | None:
-    """How a check of the whole spec goes with `changes` made (`fitting.edited`); None where it cannot tell."""
+def _edited(changes: list[Change], also: Edit | None = None) -> Trial | None:
+    """How a check of the whole spec goes with `changes` made, and `also` (`fitting.edited`); None where it
+    cannot tell."""
     edits = tuple(Edit(change.origin, settings) for change, settings in changes if change.origin is not None)
-    return edited(edits) if len(edits) == len(changes) else None
+    return edited((*edits, *((also,) if also is not None else ()))) if len(edits) == len(changes) else None
 
 
 def _new_problem(graph: Graph, node: SkipNode, trial: Trial | None, resized: bool = False) -> str | None:

@@ -26,7 +26,7 @@ from .errors import Diagnostic, Location, SpecError, UsageError
 from .evaluate import plain_overrides
 from .expand import Reader, check_library_blocks, check_unreached_blocks, expand
 from .expressions import expression_names
-from .fitting import Edit, Trial, offering, tried, tried_edited
+from .fitting import Edit, EditCheck, Trial, offering, tried, tried_edited
 from .graph import Graph
 from .loader import (
     MAX_DEPTH,
@@ -346,7 +346,7 @@ def _typed(loaded: LoadedSpec, params: dict[str, Any], read: Reader, input_shape
             spec = spec.with_input_shapes(input_shapes)
         graph = resolve(expand(spec, loaded.source, read=read, diagnostics=diagnostics), diagnostics=diagnostics)
         assert graph.outputs or diagnostics, "a graph without outputs passed resolution"
-        with offering(_checker(loaded, params, read, spec, input_shapes), _edit_checker(loaded, params, read,
+        with offering(_checker(loaded, params, read, spec, input_shapes), _edit_checker(loaded, params, read, spec,
                                                                                         input_shapes)):
             infer_shapes(graph, diagnostics=diagnostics)
         if diagnostics:  # the run fails: also name what blocks that were never typed hold
@@ -368,22 +368,30 @@ def _checker(loaded: LoadedSpec, params: dict[str, Any], read: Reader, spec: Spe
     """How a hint checks the whole spec at other input sizes (input -> {axis: size}), the other inputs as
     given or declared (see `fitting`): the check a user who took the hint would run."""
     def check(sizes: dict[str, dict[int, int]]) -> Trial:
-        shapes = {name: list(shape) for name, shape in (input_shapes or {}).items()}
-        for name, axes in sizes.items():
-            shape = shapes.setdefault(name, list(spec.input_decls()[name].shape))
-            for axis, size in axes.items():
-                shape[axis] = size
+        shapes = _resized(spec, input_shapes, sizes)
         return tried(lambda: _check_loaded(loaded, params, read, shapes)[1])
 
     return check
 
 
-def _edit_checker(loaded: LoadedSpec, params: dict[str, Any], read: Reader,
-                  input_shapes: Mapping[str, Sequence[int]] | None) -> Callable[[tuple[Edit, ...]], Trial | None]:
-    """How a hint checks the whole spec with layers changed as it proposes (see `fitting.edited`): the data
-    as loaded, each layer's mapping changed where it is written; None where one is not in this file (a
-    layer of an imported library) or not a mapping there."""
-    def check(edits: tuple[Edit, ...]) -> Trial | None:
+def _resized(spec: Spec, input_shapes: Mapping[str, Sequence[int]] | None,
+             sizes: dict[str, dict[int, int]]) -> dict[str, list[int]]:
+    """The input shapes given (or declared, for an input given none) with `sizes` (input -> {axis: size})."""
+    shapes = {name: list(shape) for name, shape in (input_shapes or {}).items()}
+    for name, axes in sizes.items():
+        shape = shapes.setdefault(name, list(spec.input_decls()[name].shape))
+        for axis, size in axes.items():
+            shape[axis] = size
+    return shapes
+
+
+def _edit_checker(loaded: LoadedSpec, params: dict[str, Any], read: Reader, spec: Spec,
+                  input_shapes: Mapping[str, Sequence[int]] | None) -> EditCheck:
+    """How a hint checks the whole spec with layers changed as it proposes (see `fitting.edited`), at the
+    input sizes given or at others (input -> {axis: size}): the data as loaded, each layer's mapping changed
+    where it is written; None where one is not in this file (a layer of an imported library) or not a
+    mapping there."""
+    def check(edits: tuple[Edit, ...], sizes: dict[str, dict[int, int]] | None = None) -> Trial | None:
         data = copy.deepcopy(loaded.data)
         for edit in edits:
             if edit.origin.source.file != loaded.file:
@@ -402,7 +410,8 @@ def _edit_checker(loaded: LoadedSpec, params: dict[str, Any], read: Reader,
                 else:
                     layer[key] = value
         changed = LoadedSpec(data, loaded.source, loaded.text)
-        return tried_edited(lambda diagnostics: _typed(changed, params, read, input_shapes, diagnostics)[1])
+        shapes = input_shapes if not sizes else _resized(spec, input_shapes, sizes)
+        return tried_edited(lambda diagnostics: _typed(changed, params, read, shapes, diagnostics)[1])
 
     return check
 

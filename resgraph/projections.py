@@ -227,7 +227,8 @@ class ProjectionError(ShapeError):
     by an integer step, but the sizes do not match that step: an odd size met a stride that
     floors), "ratio" (the grids differ by a non-integer ratio), "scales" (a concat or gate across
     scales, which `auto` does not reconcile silently), "layout" (a gate whose layout is not the
-    target's: `merge.check_gate_layouts`), or None.
+    target's: `merge.check_gate_layouts`), "misaligned" (a crop across a stride; its `__cause__`, where
+    set, is the refusal a policy that follows the stride meets at these sizes), or None.
     """
 
     def __init__(self, message: str, hint: str | None = None, *, kind: str | None = None,
@@ -574,14 +575,18 @@ def _crop(m: Mismatch) -> Plan:
                               kind="larger")
     if _is_stride(m, across_grids=True):
         fix = "use projection: auto or conv (a strided 1x1 conv) or avgpool, which follow the stride"
+        unfit: ProjectionError | None = None
         try:
             m.steps()
         except ProjectionError as exc:  # (those follow it only where the sizes fit it)
             fix += f", at sizes that fit it: here the {exc}"
+            unfit = exc
+        # (kind "misaligned": the hint checks which of those fits, and what else it needs, `unfit` the
+        # refusal they would meet here, as the error's cause)
         raise ProjectionError(f"crop would misalign the grids: the target is a strided map "
                               f"({_size(spatial_in)} -> {_size(spatial_out)}, /{_short(m.grid_steps() or m.steps())}), "
                               "and a centre crop of the source does not line up with the positions the stride kept",
-                              fix)
+                              fix, kind="misaligned") from unfit
     margins = [s - w for s, w in zip(spatial_in, spatial_out)]
     if any(margin % 2 for margin in margins):
         odd = [hint(margin) for margin in margins]

@@ -305,3 +305,77 @@ def test_a_stored_tensor_used_against_one_layout_keeps_its_one_fix() -> None:
         "with those of 'scores' (4, 16, 16) as torch broadcasts them (a per-head scale of attention scores), write "
         "`layout: features_last` on it"]
     resgraph.check(_written(spec, "scale", "", "layout: features_last"), file="net.yaml")
+
+
+# --- a layer between the strides, and a crop across one: the fix that works, followed literally ---
+
+def _fixes(hint: str) -> list[str]:
+    """The alternatives of a hint's fix."""
+    return hint.split(" Fix: ", 1)[1].split(". No input size")[0].split("; or ")
+
+
+def _sized(spec: str, fix: str) -> str:
+    """`spec` with the first input size a fix offers ("an input size at which this skip fits: 'x' 32x32") as its
+    declared spatial size (an input written `{x: [C, ...]}`)."""
+    found = re.search(r"an input size at which this skip fits: '(\w+)' ([\dx]+)", fix)
+    assert found is not None, fix
+    name, sizes = found.groups()
+    declared = re.search(rf"\b{name}: \[(\d+), [^\]]*\]", spec)
+    assert declared is not None
+    return spec.replace(declared.group(0), f"{name}: [{declared.group(1)}, {sizes.replace('x', ', ')}]")
+
+
+_C1 = "  - c1: {op: Conv1d, out_channels: 4, kernel_size: 3, padding: %d}\n"
+_DOWN = "  - c3: {op: Conv1d, out_channels: 4, kernel_size: 3, stride: 2, padding: 1}\n"
+
+
+@pytest.mark.parametrize("padding", [2, 0])
+def test_a_layer_between_the_strides_that_changed_the_size_is_given_the_padding_that_keeps_it(padding: int) -> None:
+    """50 -> 52 (or 48) by 'c1', then a stride that rounds up: no input size fits, and the hint offered nothing;
+    the padding that keeps 'c1''s size does, checked and followed."""
+    spec = _spec("{x: [2, 50]}", _C1 % padding + _DOWN, "  - s: {from: x, to: c3}\n")
+    where, hint = _failure(spec)
+    assert where == "net.yaml:8:5"
+    assert hint.endswith(f"a layer between the strides changed the size: 'c1' 50 -> {50 + 2 * padding - 2}. "
+                         "Fix: keep the size with `padding: 1` on 'c1'"), hint
+    resgraph.check(_follow(spec, _layer_fix(hint)), file="net.yaml")
+
+
+_TCN = ("  - c1: {op: Conv1d, out_channels: 4, kernel_size: 3, padding: 2, dilation: 1}\n"
+        "  - c2: {op: Conv1d, out_channels: 4, kernel_size: 3, padding: 4, dilation: 2}\n"
+        "  - c3: {op: Conv1d, out_channels: 4, kernel_size: 3, stride: 2, padding: 4, dilation: 4}\n")
+
+
+def test_a_crop_across_a_stride_is_told_the_policy_that_follows_it_with_the_changes_it_needs() -> None:
+    """A dilated TCN's crop across a stride: the hint said to use `projection: auto` "at sizes that fit it",
+    though none does (and auto's own hint then offered nothing). It now offers auto with the paddings that
+    keep the sizes, checked with both; written into the spec, it is valid."""
+    spec = _spec("{x: [2, 50]}", _TCN, "  - s: {from: x, to: c3, projection: crop}\n")
+    where, hint = _failure(spec)
+    assert where == "net.yaml:9:5"
+    assert hint.startswith("use projection: auto or conv (a strided 1x1 conv) or avgpool, which follow the stride, "
+                           "but here the spatial size 50 -> 28 does not match a stride of 2 (which gives 25). "), hint
+    (fix,) = _fixes(hint)
+    assert fix == "set `projection: auto` on this skip, and keep the size with `padding: 1` on 'c1' and `padding: 2` " \
+                  "on 'c2'"
+    assert "at sizes that fit it" not in hint
+    resgraph.check(_follow(_written(spec, "s", "", "projection: auto"), fix), file="net.yaml")
+    # auto alone, as the old hint said, still fails at every size
+    assert _failure(_written(spec, "s", "", "projection: auto"))[0] == where
+
+
+def test_a_crop_across_a_stride_offers_input_sizes_checked_with_the_policy_that_follows_it() -> None:
+    """A pool flooring 33: auto fits at 32x32, checked with `projection: auto` written (with the crop, no size
+    fits), or with the pool rounding up."""
+    spec = _spec("{x: [4, 33, 33]}", "  - c: {op: Conv2d, out_channels: 4, kernel_size: 3, padding: 1}\n"
+                                     "  - p: {op: MaxPool2d, kernel_size: 2}\n",
+                 "  - s: {from: x, to: p, projection: crop}\n")
+    _, hint = _failure(spec)
+    sizes, rounding = _fixes(hint)
+    assert sizes == "set `projection: auto` on this skip, and an input size at which this skip fits: 'x' 32x32 " \
+                    "(or 34x34, 30x30)"
+    assert rounding == "set `projection: auto` on this skip, and make it round up as the strides do: " \
+                       "`ceil_mode: true` on 'p'"
+    auto = _written(spec, "s", "", "projection: auto")
+    resgraph.check(_sized(auto, sizes), file="net.yaml")
+    resgraph.check(_follow(auto, rounding.split(", and ", 1)[1]), file="net.yaml")

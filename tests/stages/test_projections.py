@@ -106,7 +106,8 @@ NONE = Refused("shapes differ and projection is 'none'",
                "set `projection: auto` on the skip (or under defaults:) to insert one")
 MISALIGNED = Refused("crop would misalign the grids: the target is a strided map ({big} -> {small}, /2), and a "
                      "centre crop of the source does not line up with the positions the stride kept",
-                     "use projection: auto or conv (a strided 1x1 conv) or avgpool, which follow the stride")
+                     "use projection: auto or conv (a strided 1x1 conv) or avgpool, which follow the stride",
+                     "misaligned")
 
 
 def _across_scales(merge: str) -> Refused:
@@ -313,7 +314,7 @@ EXTRA = [
 CASES = MATRIX + EXTRA
 ACCEPTED = [c for c in CASES if not isinstance(c.expected, Refused)]
 REFUSED = [c for c in CASES if isinstance(c.expected, Refused)]
-KINDS = ("grid", "stride", "larger", "finer", "ratio", "off-centre", "scales", "rank", "layout", None)
+KINDS = ("grid", "stride", "larger", "finer", "ratio", "off-centre", "misaligned", "scales", "rank", "layout", None)
 
 
 def plan_of(case: Case) -> ProjectionPlan:
