@@ -571,8 +571,11 @@ def _crop(m: Mismatch) -> Plan:
     m.needs_spatial(Projection.crop)
     (spatial_in, spatial_out), (c_in, c_out) = m.sizes, m.channels
     if any(s < w for s, w in zip(spatial_in, spatial_out)):
+        # (where the crop would fit: the target no larger than the source, with even margins)
+        required = tuple(guard for a, b in zip(spatial_in, spatial_out)
+                         for guard in (requirement("le", b, a), requirement("eq", (a - b) % 2, 0)))
         raise ProjectionError(f"crop cannot enlarge spatial size {_size(spatial_in)} to {_size(spatial_out)}",
-                              kind="larger")
+                              kind="larger", required=required)
     if _is_stride(m, across_grids=True):
         fix = "use projection: auto or conv (a strided 1x1 conv) or avgpool, which follow the stride"
         unfit: ProjectionError | None = None

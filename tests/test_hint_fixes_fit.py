@@ -379,3 +379,32 @@ def test_a_crop_across_a_stride_offers_input_sizes_checked_with_the_policy_that_
     auto = _written(spec, "s", "", "projection: auto")
     resgraph.check(_sized(auto, sizes), file="net.yaml")
     resgraph.check(_follow(auto, rounding.split(", and ", 1)[1]), file="net.yaml")
+
+
+_UNET_CEIL = ("  - e1: {op: Conv2d, out_channels: 4, kernel_size: 3, padding: 1}\n"
+              "  - p1: {op: MaxPool2d, kernel_size: 2, ceil_mode: true}\n"
+              "  - e2: {op: Conv2d, out_channels: 8, kernel_size: 3, padding: 1}\n"
+              "  - u1: {op: ConvTranspose2d, out_channels: 4, kernel_size: 2, stride: 2}\n")
+_OUTPUT_PADDING = ("  - d1: {op: Conv2d, out_channels: 4, kernel_size: 3, stride: 2, padding: 1}\n"
+                   "  - d2: {op: Conv2d, out_channels: 8, kernel_size: 3, stride: 2, padding: 1}\n"
+                   "  - u: {op: ConvTranspose2d, out_channels: 4, kernel_size: 3, stride: 2, padding: 1, "
+                   "output_padding: 1}\n")
+
+
+@pytest.mark.parametrize(("spec", "enlarged"), [
+    # a U-Net level whose ceil_mode pool rounded 33 up: the upsample gives 34 from 33
+    (_spec("{x: [3, 33, 33]}", _UNET_CEIL, "  - s1: {from: e1, to: u1, merge: add, projection: crop}\n"),
+     "33x33 to 34x34"),
+    # a transposed conv with output_padding, concatenated: 7x5 up to 8x6
+    (_spec("{x: [3, 13, 10]}", _OUTPUT_PADDING, "  - s: {from: d1, to: u, merge: concat, projection: crop}\n"),
+     "7x5 to 8x6"),
+], ids=["ceil-mode-unet", "output-padding"])
+def test_a_crop_that_would_enlarge_is_given_the_input_sizes_where_it_fits(spec: str, enlarged: str) -> None:
+    """"crop cannot enlarge" said what grew but no fix: the nearest sizes where the crop fits (the target no
+    larger, the margins even) are offered, checked, and followed they make the spec valid."""
+    _, hint = _failure(spec)
+    assert "the target grew past the source. Fix: an input size at which this skip fits: 'x' " in hint, hint
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(spec, file="net.yaml")
+    assert f"crop cannot enlarge spatial size {enlarged}" in caught.value.diagnostics[0].message
+    resgraph.check(_sized(spec, _fixes(hint)[0]), file="net.yaml")

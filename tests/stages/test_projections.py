@@ -280,7 +280,8 @@ EXTRA = [
     Case(Projection.pad, Merge.add, m(8, 4, 4), m(4, 8, 8),
          Refused("the target is larger (4x4 -> 8x8); projections only downsample", None, "larger")),
     Case(Projection.crop, Merge.add, m(4, 4, 4, at=AT1), m(4, 8, 8, at=AT1),
-         Refused("crop cannot enlarge spatial size 4x4 to 8x8", None, "larger")),
+         Refused("crop cannot enlarge spatial size 4x4 to 8x8", None, "larger",
+                 ("8 <= 4", "0 == 0", "8 <= 4", "0 == 0"))),  # (where it fits: no larger, even margins)
     # "finer": the target is upsampled relative to the source; "ratio": the grids are 3/2 apart.
     Case(Projection.auto, Merge.add, m(4, 4, 4, at=AT1), m(8, 8, 8, at=scale(Fraction(1, 2), Fraction(1, 2))),
          Refused("the target is on a finer grid (upsampled x2 relative to the source; 4x4 -> 8x8); projections only "
