@@ -170,6 +170,12 @@ def skip_hint(graph: Graph, node: SkipNode, exc: ProjectionError, guards: list[G
             cause = ("a layer gave less than its stride does: " + ", ".join(
                 f"{c.name!r} gave {'x'.join(map(str, c.after))} where a stride of {_short(c.geometry['stride'])} "
                 f"gives {'x'.join(map(str, _ceil(c)))}" for c in short))
+        adaptive = [c for c in changes if c.op.startswith("Adaptive")]
+        if exc.kind == "stride" and adaptive and not _floorings(changes, named=False):
+            # no stride met an odd size: an adaptive pool's output size follows no stride of its input's
+            cause = "an adaptive pool set a size that no stride from the source gives: " + ", ".join(
+                f"{c.name!r} {'x'.join(map(str, c.before))} -> {'x'.join(map(str, c.after))} (its output size, "
+                "whatever its input's)" for c in adaptive)
         strided = [c for c in changes if _strided(c)]
         grown_or_shrunk = [c for c in changes
                            if not _strided(c) and "kernel_size" in c.geometry and c.after != c.before]

@@ -398,7 +398,11 @@ class Mismatch:
                 step = -(-hint(size_in) // hint(size_out))
                 _keep_smallest(size_in, size_out, step)
             if (size_in if step == 1 else -(-size_in // step)) != size_out:  # (ceil(a / 1) is a: no arithmetic)
-                required = tuple(requirement("eq", -(-a // step), b) for a, b in zip(spatial_in, spatial_out))
+                # (the dims before this one keep the steps found for them: 16x5 -> 16x4 is /1 along H)
+                per_dim = (*steps, *[step] * (len(spatial_in) - len(steps)))
+                kept = {*self.broadcast_axes, self.concat_axis}  # (the source keeps its own size there)
+                required = tuple(requirement("eq", a if s == 1 else -(-a // s), b) for j, (a, b, s)
+                                 in enumerate(zip(spatial_in, spatial_out, per_dim)) if j + 1 not in kept)
                 if step == 1:
                     larger = any(hint(o) > hint(i) for i, o in zip(spatial_in, spatial_out))
                     odd = [requirement("eq", (a - b) % 2, 0) for a, b in zip(spatial_in, spatial_out)
@@ -411,7 +415,8 @@ class Mismatch:
                                           kind="larger" if larger else "grid", required=required,
                                           crop_required=tuple(odd))
                 raise ProjectionError(f"spatial size {_size(spatial_in)} -> {_size(spatial_out)} does not match a "
-                                      f"stride of {step} (which gives {_size(_ceil_sizes(spatial_in, step))})",
+                                      f"stride of {_short(per_dim)} (which gives "
+                                      f"{'x'.join(str(-(-hint(d) // s)) for d, s in zip(spatial_in, per_dim))})",
                                       kind="stride", required=required)
             steps.append(step)
         object.__setattr__(self, "_steps", tuple(steps))  # (a frozen dataclass: its one cache)
@@ -702,10 +707,6 @@ def _keep_smallest(size_in: Any, size_out: Any, step: int) -> None:
     # (the comparison records the guard, true at the declared size; max(..., 2) lets a symbolic target
     # of size 1 pass at every size)
     _ = (sym_max(smaller, 2) if isinstance(size_out, SymInt) else smaller) > size_out
-
-
-def _ceil_sizes(dims: tuple[Any, ...], step: int) -> tuple[int, ...]:
-    return tuple(-(-hint(d) // step) for d in dims)
 
 
 def _size(dims: tuple[Any, ...]) -> str:

@@ -408,3 +408,20 @@ def test_a_crop_that_would_enlarge_is_given_the_input_sizes_where_it_fits(spec: 
         resgraph.check(spec, file="net.yaml")
     assert f"crop cannot enlarge spatial size {enlarged}" in caught.value.diagnostics[0].message
     resgraph.check(_sized(spec, _fixes(hint)[0]), file="net.yaml")
+
+
+def test_a_skip_past_an_adaptive_pool_names_the_pool_not_a_stride_as_the_cause() -> None:
+    """16x5 -> 16x4: the height is unchanged (a step of 1) and the pool set the width; neither "a stride of 2
+    (which gives 8x3)" nor "a stride floored a size" is what happened."""
+    spec = _spec("{x: [3, 32, 9]}", "  - c0: {op: Conv2d, out_channels: 4, kernel_size: 3, stride: 2, padding: 1}\n"
+                                    "  - a: {op: AdaptiveAvgPool2d, output_size: [null, 4]}\n"
+                                    "  - c: {op: Conv2d, out_channels: 4, kernel_size: 3, padding: 1}\n",
+                 "  - s: {from: c0, to: c}\n")
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(spec, file="net.yaml")
+    (diagnostic,) = caught.value.diagnostics
+    assert diagnostic.message.endswith("spatial size 16x5 -> 16x4 does not match a stride of 1x2 (which gives 16x3)")
+    hint = diagnostic.hint or ""
+    assert "an adaptive pool set a size that no stride from the source gives: 'a' 16x5 -> 16x4" in hint, hint
+    assert "floored" not in hint
+    resgraph.check(_sized(spec, _fixes(hint)[0]), file="net.yaml")
