@@ -81,6 +81,7 @@ class _Resolver:
         self.unknown_values: set[str] = set()  # block calls whose block's `outputs:` are refused (see declare_values)
         self.variables: set[str] = set()  # variables given to BlockOutput nodes
         self.invalid: set[str] = set()  # see `refused_before`
+        self.references: dict[str, list[str]] = {}  # layer -> the names it reads, as written (see `run`)
 
     def q(self, name: str) -> str:
         """A name as messages show it: qualified inside a block instance (`layer1.0.conv1`)."""
@@ -147,6 +148,7 @@ class _Resolver:
         self.declare_values(valid)
         self.failed |= {item.name for item in valid if item.name not in references}
         self.check_references(valid, references)
+        self.references = references
         skips_into = self.check_skips()
         outputs = self.check_outputs()
 
@@ -518,12 +520,28 @@ class _Resolver:
             self.fail_unknown(where, f"skip {name}: to: ", base, self.order, f" (in {target!r})", written=target)
         elif base in self.values:
             piece = target[len(base) + 1:]
+            # The merged value is the new layer's: what reads the call's value must read the layer instead, or
+            # the skip feeds nothing (and a layer written after the call without `input:` would read the new one).
+            readers = [f"{item.name!r} ({item.origin.locate(key=True)})" for item in self.scope.layers
+                       if item.name != base and any(ref in (target, f"{base}.*")
+                                                    for ref in self.references.get(item.name, ()))]
+            if target in (self.scope.outputs or ()):
+                readers.append(f"`outputs:` ({self.scope.origin.child('outputs').locate(key=True)})")
+            layer = f"{base}_{piece}"
+            read = (f", and read {layer} instead of {target} in {' and '.join(readers)}, or the skip feeds nothing"
+                    if readers else f"; nothing reads {target} now: read {layer} where the merged value is used")
+            layers = self.scope.layers
+            after = [item for before, item in zip(layers, layers[1:])
+                     if before.name == base and item.body is not None and item.body.input is None]
+            if after:
+                read += f" (give {after[0].name!r}, written after {base!r}, the `input:` it reads now)"
             self.fail(where, f"skip {name}: to: {target!r} is one output of the block call {base!r}; a skip merges "
                              "into a layer's value, not into one value of a call",
-                      f"merge into a layer that reads it: add `- {base}_{piece}: {{op: Identity, input: {target}}}` "
-                      f"after {base!r} and write `to: {base}_{piece}`"
-                      if is_identifier(f"{base}_{piece}") else
-                      f"merge into a layer that reads it, e.g. {{op: Identity, input: {target}}}", key=False)
+                      f"merge into a layer that reads it: add `- {layer}: {{op: Identity, input: {target}}}` "
+                      f"after {base!r}, write `to: {layer}`{read}"
+                      if is_identifier(layer) else
+                      f"merge into a layer that reads it, e.g. {{op: Identity, input: {target}}}, and read that layer "
+                      f"where {target} is read", key=False)
         else:
             self.fail(where, f"skip {name}: to: {target!r} is not a node name: a skip's target is a layer, written "
                              f"by its name alone", f"write `to: {base}`" if self.kinds[base] == "layer" else None,

@@ -425,3 +425,39 @@ def test_a_skip_past_an_adaptive_pool_names_the_pool_not_a_stride_as_the_cause()
     assert "an adaptive pool set a size that no stride from the source gives: 'a' 16x5 -> 16x4" in hint, hint
     assert "floored" not in hint
     resgraph.check(_sized(spec, _fixes(hint)[0]), file="net.yaml")
+
+
+# --- a skip into one output of a block call ---
+
+_TWO = ("blocks:\n  two:\n    layers:\n"
+        "      - p: {op: Conv2d, out_channels: 4, kernel_size: 3, padding: 1, input: x}\n"
+        "      - q: {op: Conv2d, out_channels: 4, kernel_size: 1, input: x}\n"
+        "    outputs: [p, q]\n")
+
+
+def test_a_skip_into_one_output_of_a_call_is_told_to_point_its_readers_at_the_merge() -> None:
+    """`to: head.q` is refused with a layer to merge into instead. Followed as the hint said before (the layer
+    added, the skip moved), 'c1' still read the unmerged head.q: the skip fed nothing. The hint names 'c1'
+    and where it is written; followed literally, the merged value is what 'c1' reads."""
+    spec = _spec("{x: [4, 8, 8]}", "  - head: {block: two}\n  - c1: {op: add, input: [head.p, head.q]}\n",
+                 "  - s1: {from: x, to: head.q}\n", blocks=_TWO)
+    where, hint = _failure(spec)
+    assert where == "net.yaml:14:23"
+    found = re.fullmatch(r"merge into a layer that reads it: add `(- (\w+): \{[^`]+\})` after 'head', write "
+                         r"`to: (\w+)`, and read (\w+) instead of head\.q in 'c1' \(net\.yaml:12:5\), or the skip "
+                         r"feeds nothing", hint)
+    assert found is not None, hint
+    layer, name, target, read = found.groups()
+    assert name == target == read == "head_q"
+    spec = spec.replace("  - c1:", f"  {layer}\n  - c1:").replace("to: head.q", f"to: {target}")
+    spec = _read_instead(spec, "c1", r"head\.q", read)
+    graph = resgraph.check(spec, file="net.yaml")
+    assert "s1" in graph.nodes["c1"].inputs  # (the merged value, not head.q's)
+
+
+def test_a_skip_into_an_output_nobody_reads_is_told_so() -> None:
+    """head.q is listed in `outputs:`: the hint names that as what must read the new layer."""
+    spec = _spec("{x: [4, 8, 8]}", "  - head: {block: two}\n  - c1: {op: Identity, input: head.p}\n",
+                 "  - s1: {from: x, to: head.q}\n", blocks=_TWO) + "outputs: [c1, head.q]\n"
+    _, hint = _failure(spec)
+    assert hint.endswith("and read head_q instead of head.q in `outputs:` (net.yaml:15:1), or the skip feeds nothing")
