@@ -30,7 +30,7 @@ from .sizes import valid_sizes_mask
 from .symbolic import COMPARISONS, Guard, evaluate, size_symbols
 
 __all__ = ["MAX_CHECKS", "MAX_EDIT_CHECKS", "MAX_TRIALS", "Edit", "EditCheck", "Offer", "Trial", "edited",
-           "fitting_sizes", "offering", "refused", "settings_text", "tried", "tried_edited"]
+           "fitting_sizes", "offering", "refused", "settings_text", "tried", "tried_edited", "trying"]
 
 MAX_TRIALS = 8  # checks of the whole spec one hint may make (a U-Net of n stages needs at most n)
 MAX_CHECKS = 16  # ... and all hints of one check together (a spec failing at many skips stays fast)
@@ -170,6 +170,13 @@ def edited(edits: tuple[Edit, ...]) -> Trial | None:
     # hint reads the graph of its changes once, and a large spec's graphs add up)
     search.edits_done[key] = None if trial is None else trial if not edits else replace(trial, graph=None)
     return trial
+
+
+def trying() -> bool:
+    """Whether a try of the spec (at other sizes, or with layers changed) is running: only whether it
+    fails, and where, is read of it, so its skips' hints, each a search of its own, are not made."""
+    search = _SEARCH.get()
+    return search is not None and search.check is None
 
 
 def refused(conditions: list[Guard]) -> None:

@@ -419,20 +419,21 @@ def _whole_fix(graph: Graph, node: SkipNode, changes: list[Change], alike: Calla
     if not resized and trial is not None and any(where == here for where, _ in trial.failures):
         return None
     outcome = _new_problem(graph, node, trial, resized)
-    if outcome == "":
+    if outcome == "" or trial is None:
+        # (None: nothing to check with, as within a try, whose hints are dropped, or once a spec failing at
+        # many skips has used up its checks: the fix as this skip alone shows it, with no search for siblings,
+        # which walks the graph for each merge)
         return text
     # (the spec typed with the changes made, where it was checked: the layers after this skip are typed there)
-    siblings = _siblings(trial.graph if trial is not None and trial.graph is not None else graph,
+    siblings = _siblings(trial.graph if trial.graph is not None else graph,
                          graph.qualname + node.name, [change for change, _ in changes], alike)
     if siblings:
         alike_too = [(change, settings) for change, settings, _, _ in siblings]
         more = _new_problem(graph, node, _edited([*changes, *alike_too], also), resized)
-        if not more:  # (clean, or nothing to check it with: the merges say the siblings change alike)
+        if more == "":  # (checked clean with the siblings changed alike)
             return text + "".join(
                 f", and {_on([(change, settings)])} ({_where(change)}), as {merge!r} merges it with {partner!r}"
                 for change, settings, merge, partner in siblings)
-    if outcome is None:
-        return text
     changed = " and ".join(dict.fromkeys(repr(change.name) for change, _ in changes))
     return (f"{text}; this skip then fits, but that alone does not make the model fit: with it, {outcome}, so what "
             f"is merged there with {changed} (or what reads it) must change size as well")
@@ -516,7 +517,8 @@ def _merged_siblings(graph: Graph, skip: str, names: set[str],
         changed = [read for read in inner.inputs if read in computed]
         for partner in changed:
             # (named by the changed layer it is computed from: 'p', not the skip 's' that added to it)
-            origin = next(n for n in graph.nodes if n in marked and n in _upstream(graph, partner))
+            upstream = _upstream(graph, partner)
+            origin = next(n for n in graph.nodes if n in marked and n in upstream)
             for other in (read for read in inner.inputs if read not in computed):
                 for change in changed_layers(graph, other, partner):
                     settings = alike(change) if change.name not in names else None

@@ -27,7 +27,7 @@ from typing import Any
 from .errors import Diagnostic, SpecError
 from .evaluate import freeze
 from .expand import MAX_BLOCK_DEPTH, BlockRecipe, Reader, blind_scopes, first_reports, instantiate
-from .fitting import refused
+from .fitting import refused, trying
 from .graph import BlockNode, Graph, InputNode, LayerNode, Node, SkipNode, is_block_value
 from .hints import skip_hint, stored_layout_hint
 from .loader import Origin, SourceMap
@@ -705,7 +705,7 @@ def _skip_error(graph: Graph, node: SkipNode, target: TensorType, source: Tensor
     conditions = [*decided, *exc.required]
     if exc.required:
         refused(conditions)  # (a check of the spec at other sizes tries sizes that meet these next)
-    hint = skip_hint(graph, node, exc, conditions, _SYMBOLS.get() or {})
+    hint = None if trying() else skip_hint(graph, node, exc, conditions, _SYMBOLS.get() or {})
     message = (f"{graph.label(node)}: cannot {skip.merge.value} {skip.source!r} {source} "
                f"{'into' if skip.merge.value != 'add' else 'to'} {skip.to!r} {target}: {exc}")
     return Diagnostic(graph.where(node), message, hint)

@@ -461,3 +461,22 @@ def test_a_skip_into_an_output_nobody_reads_is_told_so() -> None:
                  "  - s1: {from: x, to: head.q}\n", blocks=_TWO) + "outputs: [c1, head.q]\n"
     _, hint = _failure(spec)
     assert hint.endswith("and read head_q instead of head.q in `outputs:` (net.yaml:15:1), or the skip feeds nothing")
+
+
+def test_a_spec_failing_at_many_skips_makes_one_hint_per_skip_not_one_per_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole-spec checks a hint makes (its fixes, at other sizes) only read whether the spec fails, and
+    where: their own skips' hints, each a search, are not made. (They were: a 5,000-layer chain failing at
+    100 skips took 163 s to validate instead of 2.)"""
+    import resgraph.shapes
+
+    layers = "".join(f"  - r{i}: {{op: Conv2d, out_channels: 4, kernel_size: 3{'' if i % 5 == 1 else ', padding: 1'}}}\n"
+                     for i in range(150))
+    skips = "".join(f"  - s{i}: {{from: r{i - 1}, to: r{i + 1}}}\n" for i in range(1, 150, 5))
+    spec = f"resgraph: 1\nname: Many\ninputs:\n  x: [4, 200, 200]\nlayers:\n{layers}skips:\n{skips}"
+    made = []
+    real = resgraph.shapes.skip_hint
+    monkeypatch.setattr(resgraph.shapes, "skip_hint", lambda *a, **k: made.append(1) or real(*a, **k))
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(spec, file="net.yaml")
+    assert len(caught.value.diagnostics) == 30 == len(made)
+    assert all("Fix: keep the size with `padding: 1`" in (d.hint or "") for d in caught.value.diagnostics)
