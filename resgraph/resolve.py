@@ -525,6 +525,9 @@ class _Resolver:
             readers = [f"{item.name!r} ({item.origin.locate(key=True)})" for item in self.scope.layers
                        if item.name != base and any(ref in (target, f"{base}.*")
                                                     for ref in self.references.get(item.name, ()))]
+            readers += [f"the `from:` of skip {other.name!r} ({other.origin.child('from').locate(key=True)})"
+                        for other in self.scope.skips if other is not item and other.skip is not None
+                        and other.skip.source == target]
             if target in (self.scope.outputs or ()):
                 readers.append(f"`outputs:` ({self.scope.origin.child('outputs').locate(key=True)})")
             layer = f"{base}_{piece}"
@@ -534,7 +537,7 @@ class _Resolver:
             after = [item for before, item in zip(layers, layers[1:])
                      if before.name == base and item.body is not None and item.body.input is None]
             if after:
-                read += f" (give {after[0].name!r}, written after {base!r}, the `input:` it reads now)"
+                read += f" (give {after[0].name!r}, written after {base!r}, its `input:`: it would read {layer})"
             self.fail(where, f"skip {name}: to: {target!r} is one output of the block call {base!r}; a skip merges "
                              "into a layer's value, not into one value of a call",
                       f"merge into a layer that reads it: add `- {layer}: {{op: Identity, input: {target}}}` "

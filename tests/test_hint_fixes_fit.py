@@ -15,6 +15,7 @@ hint says that, naming both uses, and offers a second tensor or a permute of it 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
@@ -32,6 +33,13 @@ def _failure(spec: str) -> tuple[str, str]:
         resgraph.check(spec, file="net.yaml")
     (diagnostic,) = caught.value.diagnostics
     return str(diagnostic.location), diagnostic.hint or ""
+
+
+def _all_failures(spec: str) -> list[Any]:
+    """A spec's errors (the diagnostics)."""
+    with pytest.raises(SpecError) as caught:
+        resgraph.check(spec, file="net.yaml")
+    return list(caught.value.diagnostics)
 
 
 def _layer_fix(hint: str) -> str:
@@ -455,6 +463,30 @@ def test_a_skip_into_one_output_of_a_call_is_told_to_point_its_readers_at_the_me
     assert "s1" in graph.nodes["c1"].inputs  # (the merged value, not head.q's)
 
 
+def test_a_skip_reading_the_same_output_is_named_among_its_readers() -> None:
+    """A later skip `from: head.q` reads the unmerged value too: it is named with where its `from:` is, and,
+    followed literally, it carries the merged value."""
+    spec = _spec("{x: [4, 8, 8]}", "  - head: {block: two}\n  - c1: {op: Identity, input: head.p}\n"
+                 "  - c2: {op: Conv2d, out_channels: 4, kernel_size: 1, input: c1}\n",
+                 "  - s1: {from: x, to: head.q}\n  - s2: {from: head.q, to: c2}\n", blocks=_TWO)
+    _, hint = _failure(spec)
+    assert hint.endswith("and read head_q instead of head.q in the `from:` of skip 's2' (net.yaml:16:10), or the "
+                         "skip feeds nothing"), hint
+    spec = spec.replace("  - c1:", "  - head_q: {op: Identity, input: head.q}\n  - c1:")
+    spec = spec.replace("to: head.q", "to: head_q").replace("from: head.q", "from: head_q")
+    graph = resgraph.check(spec, file="net.yaml")
+    assert "s1" in graph.nodes["s2"].inputs and "head.q" not in graph.nodes["s2"].inputs  # (the merged value)
+
+
+def test_a_layer_written_after_the_call_without_an_input_is_told_to_name_it() -> None:
+    spec = _spec("{x: [4, 8, 8]}", "  - head: {block: two}\n  - c1: {op: add, input: [head.p, head.q]}\n",
+                 "  - s1: {from: x, to: head.q}\n", blocks=_TWO)
+    spec = spec.replace("  - c1:", "  - z: {op: Identity, input: head.p}\n  - c1:").replace(
+        "{op: Identity, input: head.p}", "{op: Identity}")
+    hints = [d.hint or "" for d in _all_failures(spec)]
+    assert any(hint.endswith("(give 'z', written after 'head', its `input:`: it would read head_q)") for hint in hints)
+
+
 def test_a_skip_into_an_output_nobody_reads_is_told_so() -> None:
     """head.q is listed in `outputs:`: the hint names that as what must read the new layer."""
     spec = _spec("{x: [4, 8, 8]}", "  - head: {block: two}\n  - c1: {op: Identity, input: head.p}\n",
@@ -463,14 +495,16 @@ def test_a_skip_into_an_output_nobody_reads_is_told_so() -> None:
     assert hint.endswith("and read head_q instead of head.q in `outputs:` (net.yaml:15:1), or the skip feeds nothing")
 
 
-def test_a_spec_failing_at_many_skips_makes_one_hint_per_skip_not_one_per_check(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_spec_failing_at_many_skips_makes_one_hint_per_skip_not_one_per_check(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole-spec checks a hint makes (its fixes, at other sizes) only read whether the spec fails, and
     where: their own skips' hints, each a search, are not made. (They were: a 5,000-layer chain failing at
     100 skips took 163 s to validate instead of 2.)"""
     import resgraph.shapes
 
-    layers = "".join(f"  - r{i}: {{op: Conv2d, out_channels: 4, kernel_size: 3{'' if i % 5 == 1 else ', padding: 1'}}}\n"
-                     for i in range(150))
+    padded = [", padding: 1" if i % 5 != 1 else "" for i in range(150)]
+    layers = "".join(f"  - r{i}: {{op: Conv2d, out_channels: 4, kernel_size: 3{pad}}}\n"
+                     for i, pad in enumerate(padded))
     skips = "".join(f"  - s{i}: {{from: r{i - 1}, to: r{i + 1}}}\n" for i in range(1, 150, 5))
     spec = f"resgraph: 1\nname: Many\ninputs:\n  x: [4, 200, 200]\nlayers:\n{layers}skips:\n{skips}"
     made = []
