@@ -50,7 +50,7 @@ from .graph import BlockNode, Graph, LayerNode, Node, SkipNode, is_block_value
 from .loader import Origin
 from .ops.base import TensorType
 from .ops.conv import conv_output_size
-from .ops.merge import broadcast_shape
+from .ops.merge import broadcast_shape, layout_matters
 from .ops.pool import pool_output_size
 from .projections import ProjectionError
 from .symbolic import Guard, hint, requirement
@@ -686,7 +686,7 @@ def stored_layout_hint(graph: Graph, gate: tuple[str, TensorType], target: tuple
                 fixes.append((f"if its dims pair with those of {other_name!r} as torch broadcasts them, write "
                               f"`layout: {other.layout}` on {name!r}", (("layout", other.layout),)))
                 said = (f"{name!r} declares `layout: {declared}`, but {other_name!r} {other} is "
-                        f"{other.layout.replace('_', '-')}")
+                        f"{_dashed(other.layout)}")
         else:
             if broadcast_shape(mine.shape, other.shape) is not None:
                 example = " (a per-head scale of attention scores)" if other.layout == "features_last" else ""
@@ -708,7 +708,7 @@ def stored_layout_hint(graph: Graph, gate: tuple[str, TensorType], target: tuple
                     fixes.append((f"if its {hint(sizes[0])} values are one per {meant} of {other_name!r}, write "
                                   f"{settings_text(reshaped)}", reshaped))
             said = (f"{name!r} is a {_kind(node)}, whose layout is read from its rank ({mine.rank} dims: "
-                    f"{mine.layout.replace('_', '-')})")
+                    f"{_dashed(mine.layout)})")
         if not fixes:
             continue
         disagreeing = _disagreeing_uses(graph, name, mine, other.layout)
@@ -733,7 +733,7 @@ def _disagreeing_uses(graph: Graph, name: str, mine: TensorType, wanted: str) ->
         typed = checked.graph if not graph.qualname else dict(checked.graph.subgraphs()).get(
             graph.qualname.rstrip("."), graph)
     return [use for use in _stored_uses(typed, name) if use[3].layout != wanted and use[3].layout == mine.layout
-            and _layout_matters(mine, use[3])]
+            and layout_matters(mine, use[3])]
 
 
 def _stored_uses(graph: Graph, name: str) -> list[Use]:
@@ -748,11 +748,6 @@ def _stored_uses(graph: Graph, name: str) -> list[Use]:
             if _stored_origin(graph, read) != name and other is not None:
                 uses.append((graph.label(node), str(graph.where(node)), graph.qualname + read, other))
     return uses
-
-
-def _layout_matters(stored: TensorType, other: TensorType) -> bool:
-    """Whether the layout rule applies where `stored` broadcasts into `other` (`merge.check_gate_layouts`)."""
-    return stored.rank == other.rank >= 2 and any(hint(a) != hint(b) for a, b in zip(stored.shape, other.shape))
 
 
 def _one_tensor_two_layouts(graph: Graph, name: str, mine: TensorType, refused: tuple[str, TensorType],

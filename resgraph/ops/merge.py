@@ -15,7 +15,7 @@ from ..symbolic import SymInt, hint, same_sizes
 from .base import ArgumentError, LayoutError, ShapeError, TensorType, promote, sample_dim
 
 __all__ = ["Merge", "broadcast_failure", "broadcast_shape", "broadcast_types", "check_gate_layouts", "concat_dim",
-           "merge_code", "merge_type"]
+           "layout_matters", "merge_code", "merge_type"]
 
 
 class Merge(str, Enum):
@@ -182,6 +182,11 @@ def _lined_up(shape: tuple[Any, ...], wide: tuple[Any, ...]) -> tuple[Any, ...]:
     return (1,) * missing + tuple(shape)
 
 
+def layout_matters(gate: TensorType, target: TensorType) -> bool:
+    """Whether broadcasting `gate` into `target` pairs dims by layout: same rank (2+), sizes that differ."""
+    return gate.rank == target.rank >= 2 and any(hint(a) != hint(b) for a, b in zip(gate.shape, target.shape))
+
+
 def check_gate_layouts(gate: TensorType, target: TensorType, what: str = "gate", index: int = 1) -> None:
     """A broadcast gate must line its channels up with the target's: a features-last (1, 1, C) gate
     broadcast into a channels-first (C, H, W) map would scale its width instead, silently when H = W = C.
@@ -192,8 +197,7 @@ def check_gate_layouts(gate: TensorType, target: TensorType, what: str = "gate",
     Raises:
         LayoutError: the layouts differ and broadcasting would pair different axes.
     """
-    broadcasts = gate.rank == target.rank >= 2 and any(hint(a) != hint(b) for a, b in zip(gate.shape, target.shape))
-    if broadcasts and gate.layout != target.layout:
+    if layout_matters(gate, target) and gate.layout != target.layout:
         raise LayoutError(f"the {what} {gate} is {gate.layout.replace('_', '-')} but the target {target} is "
                           f"{target.layout.replace('_', '-')}: broadcasting would pair its "
                           f"{'features' if gate.layout == 'features_last' else 'channels'} with the target's "
