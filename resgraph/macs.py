@@ -16,8 +16,9 @@ Per sample, by op family (sources: torch's `torch/utils/flop_counter.py`, fvcore
 - MultiheadAttention: the q, k, v and out projections plus 2 x L x S x E for `q @ k^T` and
   `attn @ v` (flop_counter `sdpa_flop_count` and `mm_flop`); a causal or masked one the same
   (the counter counts the full score matrix).
-- scaled_dot_product_attention: per query head L x S x (E + Ev) (`sdpa_flop_count`; grouped
-  key/value heads are counted per query head, as the math kernel repeats them).
+- scaled_dot_product_attention: per output head L x S x (E + Ev) (`sdpa_flop_count`; grouped
+  key/value heads are counted per query head, as the math kernel repeats them, and one query head
+  broadcast over several key/value heads once per key/value head).
 - matmul: the broadcast stack size x n x k x m (flop_counter `bmm_flop`).
 - BatchNorm (inference) and the projection BatchNorm: 2 per element, 1 without affine
   (fvcore `batchnorm_flop_jit`, eval mode).
@@ -189,8 +190,9 @@ def _attention(layer: Any, args: dict[str, Any], inputs: list[TensorType], out: 
 @_rule(ScaledDotProductAttention)
 def _sdpa(layer: Any, args: dict[str, Any], inputs: list[TensorType], out: TensorType) -> MacCount:
     query, key, value = inputs[:3]
-    # sdpa_flop_count: q @ k^T (L x S x E) and attn @ v (L x S x Ev), per query head
-    return MacCount(_numel(query.shape[:-1]) * key.shape[-2] * (query.shape[-1] + value.shape[-1]))
+    # sdpa_flop_count: q @ k^T (L x S x E) and attn @ v (L x S x Ev), per head of the output (q's, or
+    # k's and v's where one query head is broadcast over them)
+    return MacCount(_numel(out.shape[:-1]) * key.shape[-2] * (query.shape[-1] + value.shape[-1]))
 
 
 @_rule(Matmul)

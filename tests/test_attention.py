@@ -6,6 +6,7 @@ models are checked to be causal: the output at position t does not change when l
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -412,6 +413,39 @@ def test_grouped_query_attention_refuses_head_counts_that_do_not_divide_the_quer
         F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
     with pytest.raises(ValueError, match="must"):
         model(q, k, v)
+
+
+SDPA_HEADS = (GQA_INPUTS.replace(", enable_gqa: true", "").replace("k: [{key_heads}, 5, 8]", "k: [{key_heads}, 6, 8]")
+              .replace("v: [{value_heads}, 5, 8]", "v: [{value_heads}, 6, 3]"))
+
+
+# Without enable_gqa torch broadcasts the head counts as a matmul's batch dims (q k^T, then times v): each
+# count is the largest or 1. One key/value head serves every query head; one query head meets them all.
+@pytest.mark.parametrize("heads", list(itertools.product((1, 2, 4), repeat=3)), ids=str)
+def test_sdpa_heads_broadcast_as_torch_broadcasts_them(heads: tuple[int, int, int]) -> None:
+    q, k, v = torch.randn(2, heads[0], 5, 8), torch.randn(2, heads[1], 6, 8), torch.randn(2, heads[2], 6, 3)
+    spec = SDPA_HEADS.format(heads=heads[0], key_heads=heads[1], value_heads=heads[2])
+    try:
+        expected = F.scaled_dot_product_attention(q, k, v)
+    except RuntimeError:
+        with pytest.raises(resgraph.SpecError, match="enable_gqa: true"):
+            resgraph.check(spec)
+        return
+    model = resgraph.build(spec).eval()
+    torch.testing.assert_close(model(q, k, v), expected)
+    row = resgraph.summary(spec).rows[-1]
+    assert row.shape == list(expected.shape[1:])
+    # q k^T, then times v, per head of the output (flop_counter's sdpa count: one batch of 1)
+    assert row.macs == expected.shape[1] * 5 * 6 * (8 + 3)
+
+
+def test_sdpa_one_key_value_head_declared_admits_one_or_the_query_heads() -> None:
+    model = resgraph.build(SDPA_HEADS.format(heads=4, key_heads=1, value_heads=1)).eval()
+    for key_heads, value_heads in ((1, 1), (4, 4), (1, 4), (4, 1)):
+        q, k, v = torch.randn(2, 4, 5, 8), torch.randn(2, key_heads, 6, 8), torch.randn(2, value_heads, 6, 3)
+        torch.testing.assert_close(model(q, k, v), F.scaled_dot_product_attention(q, k, v))
+    with pytest.raises(ValueError, match="k"):
+        model(torch.randn(2, 4, 5, 8), torch.randn(2, 2, 6, 8), torch.randn(2, 2, 6, 3))
 
 
 def test_grouped_query_attention_names_each_count_that_does_not_divide_the_query_heads() -> None:

@@ -13,9 +13,10 @@ runs it as a causal `scaled_dot_product_attention` (the mask is never materialis
 
 **scaled_dot_product_attention** is `torch.nn.functional.scaled_dot_product_attention` on inputs
 `[q, k, v]` or `[q, k, v, mask]`, per sample either `(seq, features)` (one head) or
-`(heads, seq, head_dim)`: q `(H, L, E)`, k `(Hk, S, E)`, v `(Hk, S, Ev)` give `(H, L, Ev)`.
-Fewer key/value heads than query heads (H a multiple of Hk) is grouped-query attention (one
-key/value head: multi-query), written as in torch with `enable_gqa: true`. The mask follows torch's sdpa
+`(heads, seq, head_dim)`: q `(H, L, E)`, k `(Hk, S, E)`, v `(Hk, S, Ev)` give `(H, L, Ev)`. Head
+counts broadcast as torch broadcasts them (one key/value head serves every query head: multi-query);
+other fewer key/value heads than query heads (H a multiple of Hk) is grouped-query attention,
+written as in torch with `enable_gqa: true`. The mask follows torch's sdpa
 convention, which is the opposite of MultiheadAttention's for bools: true means *may* attend; a
 float mask is added. It has q's rank per sample and broadcasts to `(H, L, S)` (e.g. `(1, L, S)`,
 or `(1, 1, S)` for key padding). `is_causal`, `scale` (default 1/sqrt(E)) and `dropout_p` (applied
@@ -90,6 +91,18 @@ def _mask_dim_fits(size: Any, full: Any) -> bool:
     if hint(size) == 1:
         return broadcasts(size, full)
     return bool(size == full)
+
+
+def _broadcast_heads(a: Any, b: Any) -> Any:
+    """The head count two sdpa operands broadcast to, or None: equal counts stay equal; a count declared
+    1 takes 1 or the other's at any size, as torch broadcasts it (`broadcasts`)."""
+    if hint(a) == hint(b):
+        return a if a == b else None
+    if hint(a) == 1:
+        return b if broadcasts(a, b) else None
+    if hint(b) == 1:
+        return a if broadcasts(b, a) else None
+    return None
 
 
 @register_op
@@ -252,35 +265,44 @@ class ScaledDotProductAttention(Layer):
             raise ShapeError(f"q and k need the same head size (last dim), got {shapes}")
         if key.shape[-2] != value.shape[-2]:
             raise ShapeError(f"k and v need the same sequence length, got {shapes}")
-        if query.rank == 3:
-            self.check_heads(query.shape[0], key.shape[0], value.shape[0], shapes)
         out = (*query.shape[:-1], value.shape[-1])
+        if query.rank == 3:
+            out = (self.check_heads(query.shape[0], key.shape[0], value.shape[0], shapes), *out[1:])
         if len(inputs) == 4:
             self.check_mask(inputs[3], (*query.shape[:-1], key.shape[-2]), query)
         return query.with_shape(out, "features_last")
 
-    def check_heads(self, heads: Any, key_heads: Any, value_heads: Any, shapes: str) -> None:
-        """torch's rule for the heads of q, k and v. With `enable_gqa` each of k's and v's head counts
-        divides q's, and nothing else is asked: equal counts too, and k's and v's need not agree (torch
-        2.13 runs 4 query heads over 2 key and 1 value head). Only the divisions are decided, so a model
-        declared with 4 and 2 heads runs with 4 and 4, and one declared with 4 and 4 runs with 4 and 2.
-        Without it the three counts are one.
+    def check_heads(self, heads: Any, key_heads: Any, value_heads: Any, shapes: str) -> Any:
+        """torch's rule for the heads of q, k and v; returns the output's head count.
+
+        Without `enable_gqa` the three counts broadcast as the batch dims of a matmul do (torch computes
+        q k^T, then its product with v): each is the output's count or 1, so one key/value head serves
+        every query head, and one query head against 4 key/value heads gives 4. With `enable_gqa` each
+        of k's and v's counts divides q's, and nothing else is asked: equal counts too, and k's and v's
+        need not agree (torch 2.13 runs 4 query heads over 2 key and 1 value head). Only the divisions
+        are decided, so a model declared with 4 and 2 heads runs with 4 and 4, and one declared with 4
+        and 4 runs with 4 and 2.
 
         Raises:
             ShapeError: counts torch refuses at the declared sizes.
         """
         if not self.enable_gqa:
-            if value_heads != key_heads:
-                raise ShapeError(f"k and v need the same number of heads, got {shapes}")
-            if heads != key_heads:
+            scores = _broadcast_heads(heads, key_heads)
+            out = None if scores is None else _broadcast_heads(scores, value_heads)
+            if out is not None:
+                return out
+            if hint(key_heads) == hint(value_heads) and hint(heads) % hint(key_heads) == 0:
                 raise ShapeError(f"q has {heads} heads but k and v have {key_heads}: for grouped-query (or "
                                  f"multi-query) attention add `enable_gqa: true`, got {shapes}")
-            return
+            raise ShapeError(f"the head counts of q, k and v ({heads}, {key_heads}, {value_heads}) do not broadcast: "
+                             f"torch takes each as the largest or as 1 (with `enable_gqa: true`, k's and v's divide "
+                             f"q's), got {shapes}")
         names = ("key/value", "key/value") if hint(value_heads) == hint(key_heads) else ("key", "value")
         for name, shared in zip(names, (key_heads, value_heads), strict=True):
             if heads % shared:
                 raise ShapeError(f"{heads} query heads cannot share {shared} {name} heads (grouped-query "
                                  f"attention needs the query heads to be a multiple), got {shapes}")
+        return heads
 
     def check_mask(self, mask: TensorType, scores: tuple[Any, ...], query: TensorType) -> None:
         """The mask must broadcast to the attention scores (heads, L, S) without growing them, and be
