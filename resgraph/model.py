@@ -75,9 +75,10 @@ class CompiledModule(GeneratedModule):
         """`torch.export`'s `dynamic_shapes` for this model: the batch, and every free input dim by the rule
         its sizes follow (`H >= 33`: `Dim.DYNAMIC` with that minimum; a bounded range: with both
         bounds; `H in {188 + 16k}`: the derived Dim 16*k + 156, k >= 2; dims the model needs equal:
-        one shared named Dim). Fixed dims stay static, and so do dims a MaxPool1d's length or an RNN's
-        sequence depends on (torch.export specialises them: `Layer.export_static`). Use it with inputs at
-        the declared sizes (`example_inputs()`).
+        one shared named Dim; dims in a relation between inputs, `Dim.DYNAMIC`, the relation left to
+        torch.export, which checks it in the exported program). Fixed dims stay static, and so do dims a
+        MaxPool1d's length or an RNN's sequence depends on (torch.export specialises them:
+        `Layer.export_static`). Use it with inputs at the declared sizes (`example_inputs()`).
         """
         from torch.export import Dim
 
@@ -85,15 +86,24 @@ class CompiledModule(GeneratedModule):
         static = self.graph.meta.get("export_static", frozenset())  # sizes torch.export specialises (MaxPool1d)
         shapes = []
         made: dict[str, Any] = {}  # symbol -> its Dim: dims the model needs equal share one (`DimSizes.linked`)
+        # Dims in a relation across inputs, unless one of them is static (then so are the others)
+        joint = {symbol for _, read in report.joint if not read & static for symbol in read}
         batch_dim = Dim("batch", min=1)  # one for every input: the batch is dim 0 of each, the same N
         for name in self.graph.inputs:
             dims: dict[int, Any] = {0: batch_dim} if batch else {}
             for dim in report.of(name):
                 label, rule = f"{name}_{dim.name}", dim.rule
-                if not dim.free or rule.kind in ("fixed", "set", "periodic", "none"):
+                related = f"{name}.{dim.name}" in joint and not dim.linked and hasattr(Dim, "DYNAMIC")
+                if not dim.free or (rule.kind in ("fixed", "set", "periodic", "none") and not related):
                     continue
                 if static & {f"{name}.{dim.name}", *dim.linked}:
                     continue  # a dynamic dim there is an export error ("Constraints violated")
+                if related:
+                    # Its rule holds the other inputs at their declared sizes (a mask of 6 holds x.L to
+                    # 11..12); the relation itself (`pad.L == (x.L - 1) // 2 + 1`) torch.export finds as
+                    # it traces, and checks as a guard of the exported program.
+                    dims[dim.axis + 1] = Dim.DYNAMIC
+                    continue
                 shared = next((made[other] for other in dim.linked if other in made), None)
                 if shared is not None:
                     dims[dim.axis + 1] = made[f"{name}.{dim.name}"] = shared

@@ -220,6 +220,25 @@ def test_a_mask_over_a_strided_sequence_admits_every_length_torch_runs(form: str
     assert "together: pad.L == " in report.format("Net")
 
 
+@pytest.mark.parametrize("form", ["conv stride 2", "conv stride 3", "max pool"])
+def test_an_exported_model_with_a_mask_over_a_strided_sequence_runs_at_every_length_torch_runs(form: str) -> None:
+    """`dynamic_shapes()` leaves the relation (`pad.L == (x.L - 1) // 2 + 1`) to torch.export: both lengths are
+    dynamic, and the exported program checks the relation. Each dim's own rule, read with the other input at
+    its declared size, held x.L to 11..12 and the mask to 6. (torch.export specialises a MaxPool1d's length,
+    and so the mask's with it: that model exports at its declared sizes.)"""
+    down, layers = DOWNSAMPLINGS[form]
+    spec = STRIDED_MASK.format(length=11, masked=_downsampled(layers, 11), down=down)
+    model = resgraph.build(spec, seed=0).eval()
+    exported = torch.export.export(model, model.example_inputs(), dynamic_shapes=model.dynamic_shapes()).module()
+    for length in (11,) if form == "max pool" else (11, 12, 20, 31, 64):
+        x, pad = torch.randn(2, 8, length), torch.zeros(2, _downsampled(layers, length), dtype=torch.bool)
+        pad[:, -1] = True
+        with torch.no_grad():
+            torch.testing.assert_close(exported(x, pad), model(x, pad))
+    with pytest.raises(Exception, match="pad"):  # the relation, checked by the exported program
+        exported(torch.randn(2, 8, 11), torch.zeros(2, _downsampled(layers, 11) + 1, dtype=torch.bool))
+
+
 def test_the_size_report_states_a_strided_relation_beside_each_dims_rule() -> None:
     spec = STRIDED_MASK.format(length=11, masked=6, down=DOWNSAMPLINGS["conv stride 2"][0])
     text = resgraph.valid_sizes(spec).format("Net")
