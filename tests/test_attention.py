@@ -448,6 +448,20 @@ def test_sdpa_one_key_value_head_declared_admits_one_or_the_query_heads() -> Non
         model(torch.randn(2, 4, 5, 8), torch.randn(2, 2, 6, 8), torch.randn(2, 2, 6, 3))
 
 
+@pytest.mark.parametrize("mask_heads", [4, 1])
+def test_sdpa_mask_broadcasts_to_the_heads_of_the_output_not_of_q(mask_heads: int) -> None:
+    """One query head over 4 key/value heads gives 4 heads of scores: a mask of 4 heads fits them, and one
+    declared with 1 takes 1 or 4."""
+    spec = (SDPA_HEADS.format(heads=1, key_heads=4, value_heads=4).replace("input: [q, k, v]", "input: [q, k, v, m]")
+            .replace("  v: [4, 6, 3]\n", f"  v: [4, 6, 3]\n  m: {{shape: [{mask_heads}, 5, 6], dtype: bool}}\n"))
+    model = resgraph.build(spec).eval()
+    q, k, v = torch.randn(2, 1, 5, 8), torch.randn(2, 4, 6, 8), torch.randn(2, 4, 6, 3)
+    for heads in {mask_heads, 4}:
+        mask = torch.rand(2, heads, 5, 6) > 0.3
+        mask[..., 0] = True
+        torch.testing.assert_close(model(q, k, v, mask), F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+
+
 def test_grouped_query_attention_names_each_count_that_does_not_divide_the_query_heads() -> None:
     with pytest.raises(resgraph.SpecError, match="4 query heads cannot share 3 value heads"):
         resgraph.check(GQA_INPUTS.format(heads=4, key_heads=2, value_heads=3))

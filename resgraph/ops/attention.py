@@ -269,7 +269,7 @@ class ScaledDotProductAttention(Layer):
         if query.rank == 3:
             out = (self.check_heads(query.shape[0], key.shape[0], value.shape[0], shapes), *out[1:])
         if len(inputs) == 4:
-            self.check_mask(inputs[3], (*query.shape[:-1], key.shape[-2]), query)
+            self.check_mask(inputs[3], (*out[:-1], key.shape[-2]), query)
         return query.with_shape(out, "features_last")
 
     def check_heads(self, heads: Any, key_heads: Any, value_heads: Any, shapes: str) -> Any:
