@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 
+import resgraph
 from resgraph.ops import OPS, GenericLayer, ShapeError, TensorType
 from resgraph.ops.conv import conv_output_size
 from resgraph.symbolic import SymInt
@@ -177,6 +178,8 @@ def test_static_shape_matches_torch(op: str, args: dict[str, Any], shape: Shapes
     ("Unflatten", {"dim": 1, "unflattened_size": [5, 5]}, (12,), "has 25 elements"),
     ("Upsample", {"scale_factor": 2, "mode": "bilinear"}, (3, 8), "needs 2 spatial dims"),
     ("Upsample", {}, (3, 8, 8), "exactly one of size and scale_factor"),
+    ("Upsample", {"scale_factor": 2}, (2, 3, 3, 3, 3), "(C, D, H, W) per sample (torch interpolates 1 to 3 spatial"),
+    ("Upsample", {"scale_factor": 2}, (3,), "(C, L), (C, H, W) or (C, D, H, W) per sample"),
     ("PixelShuffle", {"upscale_factor": 2}, (6, 3, 3), "C*4"),
     ("Softmax", {"dim": 0}, (3,), "batch dimension"),
     ("Linear", {"out_features": 3}, (), "(..., features)"),
@@ -188,6 +191,19 @@ def test_shape_errors_explain_themselves(op: str, args: dict[str, Any], shape: t
     layer = OPS[op].model_validate({"op": op, **args})
     with pytest.raises(ShapeError, match=re.escape(message)):
         layer.output_type([TensorType(shape)])
+
+
+@pytest.mark.parametrize("shape", [(3,), (3, 4), (3, 4, 4), (2, 3, 3, 3), (2, 3, 3, 3, 3)], ids=str)
+def test_upsample_takes_the_ranks_torch_interpolates(shape: tuple[int, ...]) -> None:
+    spec = f"resgraph: 1\nname: U\ninputs:\n  x: {list(shape)}\nlayers:\n  - up: {{op: Upsample, scale_factor: 2}}\n"
+    x = torch.randn(1, *shape)
+    try:
+        expected = torch.nn.Upsample(scale_factor=2)(x)
+    except (RuntimeError, NotImplementedError, ValueError):
+        with pytest.raises(resgraph.SpecError, match="per sample"):
+            resgraph.check(spec)
+        return
+    torch.testing.assert_close(resgraph.build(spec)(x), expected)
 
 
 def test_generic_torch_op_infers_input_size_and_runs_on_meta() -> None:

@@ -55,8 +55,9 @@ class Upsample(Layer):
         self.check_static()
         (x,) = inputs
         n = x.rank - 1
-        if n < 1:
-            raise ShapeError(f"expects (C, *spatial) per sample, got {x}")
+        if not 1 <= n <= 3:  # (F.interpolate takes 3-d, 4-d and 5-d tensors, the batch included)
+            raise ShapeError(f"expects (C, L), (C, H, W) or (C, D, H, W) per sample (torch interpolates 1 to 3 "
+                             f"spatial dims), got {x}")
         needed = {"linear": 1, "bilinear": 2, "bicubic": 2, "trilinear": 3}.get(self.mode)
         if needed is not None and needed != n:
             raise ShapeError(f"mode={self.mode!r} needs {needed} spatial dims, the input {x} has {n}")
