@@ -6,6 +6,7 @@ is checked here against an actual forward pass. A new op without cases fails the
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 from typing import Any
@@ -201,6 +202,25 @@ def test_upsample_takes_the_ranks_torch_interpolates(shape: tuple[int, ...]) -> 
         expected = torch.nn.Upsample(scale_factor=2)(x)
     except (RuntimeError, NotImplementedError, ValueError):
         with pytest.raises(resgraph.SpecError, match="per sample"):
+            resgraph.check(spec)
+        return
+    torch.testing.assert_close(resgraph.build(spec)(x), expected)
+
+
+@pytest.mark.parametrize("op", ["PixelShuffle", "PixelUnshuffle"])
+@pytest.mark.parametrize("shape", [(8,), (8, 4), (8, 4, 4), (2, 8, 4, 4), (3, 2, 8, 4, 4), (8, 3, 4), (6, 4, 4)],
+                         ids=str)
+def test_pixel_shuffles_take_the_shapes_torch_takes(op: str, shape: tuple[int, ...]) -> None:
+    """(*, C * r^2, H, W) and (*, C, H * r, W * r): leading dims (frames of a clip) are torch's too. Fewer than
+    3 dims per sample would make the batch the channels: refused, as every op's dims that name the batch are."""
+    factor = "upscale_factor" if op == "PixelShuffle" else "downscale_factor"
+    spec = f"resgraph: 1\nname: P\ninputs:\n  x: {list(shape)}\nlayers:\n  - p: {{op: {op}, {factor}: 2}}\n"
+    x, expected = torch.randn(2, *shape), None
+    if len(shape) >= 3:
+        with contextlib.suppress(RuntimeError):
+            expected = getattr(torch.nn, op)(2)(x)
+    if expected is None:
+        with pytest.raises(resgraph.SpecError, match="per sample|divisible"):
             resgraph.check(spec)
         return
     torch.testing.assert_close(resgraph.build(spec)(x), expected)

@@ -87,10 +87,11 @@ class PixelShuffle(Layer):
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs
         r = self.upscale_factor
-        if x.rank != 3 or x.shape[0] % (r * r):
-            raise ShapeError(f"expects (C*{r * r}, H, W) per sample, got {x}")
-        return x.with_shape((x.shape[0] // (r * r), x.shape[1] * r, x.shape[2] * r), None,
-                            x.scaled((Fraction(1, r), Fraction(1, r))))
+        if x.rank < 3 or x.shape[-3] % (r * r):
+            raise ShapeError(f"expects (..., C*{r * r}, H, W) per sample, got {x}")
+        *leading, channels, height, width = x.shape  # (torch takes leading dims: frames of a clip, say)
+        return x.with_shape((*leading, channels // (r * r), height * r, width * r), None,
+                            x.scaled((Fraction(1, r), Fraction(1, r))) if x.rank == 3 else None)
 
 
 @register_op
@@ -105,7 +106,10 @@ class PixelUnshuffle(Layer):
     def output_type(self, inputs: list[TensorType]) -> TensorType:
         (x,) = inputs
         r = self.downscale_factor
-        if x.rank != 3 or x.shape[1] % r or x.shape[2] % r:
-            raise ShapeError(f"expects (C, H, W) with H and W divisible by {r}, got {x}")
-        return x.with_shape((x.shape[0] * r * r, x.shape[1] // r, x.shape[2] // r), None,
-                            x.scaled((Fraction(r), Fraction(r))))
+        if x.rank < 3:
+            raise ShapeError(f"expects (..., C, H, W) per sample, got {x}")
+        *leading, channels, height, width = x.shape
+        if height % r or width % r:
+            raise ShapeError(f"expects H and W divisible by downscale_factor={r}, got {x}")
+        return x.with_shape((*leading, channels * r * r, height // r, width // r), None,
+                            x.scaled((Fraction(r), Fraction(r))) if x.rank == 3 else None)
