@@ -97,6 +97,17 @@ class PassThrough(nn.Module):
         return x
 
 
+class PaddedConv(nn.Module):
+    """A reflection pad of 3 then a Conv1d of 7: the length passes through, from L = 4 (pad < L) on."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.pad, self.conv = nn.ReflectionPad1d(3), nn.Conv1d(channels, channels, 7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.pad(x))
+
+
 class Keywords(nn.Module):
     """Takes any keyword argument and keeps it: the shape a spec key takes in generated code."""
 
@@ -823,3 +834,36 @@ def test_uncurated_arguments_of_their_annotated_kind_build_as_torch_does(op: str
     assert type(model.layer) is getattr(nn, op)
     if op == "Bilinear":
         assert model.layer.bias is None
+
+
+@pytest.mark.parametrize(("layer", "reference", "least"), [
+    ("{op: PaddedConv, channels: 4}", PaddedConv(4), 4),
+    ("{op: ReflectionPad1d, padding: [5, -5]}", nn.ReflectionPad1d((5, -5)), 6),  # (5 mirrored in, 5 cut off)
+    ("{op: ReplicationPad1d, padding: [3, -3]}", nn.ReplicationPad1d((3, -3)), 1),  # (torch replicates at 1)
+    ("{op: PassThrough}", PassThrough(), 1),
+], ids=["registered", "uncurated", "replicated", "no least size"])
+def test_an_op_passing_a_size_through_admits_it_from_the_least_size_torch_runs(
+        layer: str, reference: nn.Module, least: int) -> None:
+    """Such an op keeps the size free (it was "any L"), from the least size it runs at: a reflection pad needs
+    each side's padding below the length, so the guard and `resgraph sizes` said L = 1 runs where torch fails."""
+    unique_op("PaddedConv", PaddedConv), unique_op("PassThrough", PassThrough)
+    spec = f"resgraph: 1\nname: P\ninputs:\n  x: {{shape: [4, 16], layout: channels_first}}\nlayers:\n  - p: {layer}\n"
+    model = resgraph.build(spec, seed=0)
+    for length in range(1, 24):
+        x = torch.randn(2, 4, length)
+        assert (length >= least) == _runs(reference, x), length
+        if length >= least:
+            assert model(x).shape == (2, 4, length + reference(x).shape[-1] - length)
+        else:
+            with pytest.raises(ValueError, match=f"with L >= {least}"):
+                model(x)
+    described = "any L" if least == 1 else f"L >= {least}"
+    assert [dim.rule.describe(dim.name) for dim in resgraph.valid_sizes(spec).dims if dim.free] == [described]
+
+
+def _runs(module: nn.Module, x: torch.Tensor) -> bool:
+    try:
+        module(x)
+    except RuntimeError:
+        return False
+    return True

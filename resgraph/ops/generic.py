@@ -250,7 +250,10 @@ class GenericLayer(Layer):
         sizes are (an activation or a norm; an LSTM's or a GRU's sequence, whose features change),
         as two more probes at other free sizes confirm; None for any other op.
 
-        Such an op works at every size of those dims, so it need not fix them (see `output_type`).
+        Such an op works at every size of those dims from the least one it runs at (a reflection pad
+        of 3 then a Conv1d of 7 need L >= 4), so it need not fix them (see `output_type`): where a
+        probe at 1 fails, the least size is found by bisection below the declared one, each dim with
+        the others at their declared sizes, and recorded as a decision (`L >= 4`).
         """
         if len(symbolic) != 1:
             return None
@@ -259,14 +262,29 @@ class GenericLayer(Layer):
         if not any(free) or out.rank != seen.rank or any(
                 is_free and size != before for size, before, is_free in zip(out.shape, seen.shape, free)):
             return None
-        for step in (1, 2):  # two more sizes: a dim that only happens to equal its input's once is not followed
-            other = seen.with_shape(tuple(size + step if is_free else size for size, is_free in zip(seen.shape, free)),
-                                    scale=seen.scale)
-            expected = tuple(moved if is_free else kept for moved, kept, is_free in zip(other.shape, out.shape, free))
+
+        def follows(sizes: tuple[int, ...]) -> bool:
+            """Whether the op runs at these input sizes and passes the free ones through."""
+            other = seen.with_shape(sizes, scale=seen.scale)
+            expected = tuple(moved if is_free else kept for moved, kept, is_free in zip(sizes, out.shape, free))
             try:
-                if probe(cls, self.module_args([other]), (other,), pick).output.shape != expected:
-                    return None
+                return probe(cls, self.module_args([other]), (other,), pick).output.shape == expected
             except ShapeError:
+                return False
+
+        # two more sizes: a dim that only happens to equal its input's once is not followed
+        if not all(follows(tuple(size + step if is_free else size for size, is_free in zip(seen.shape, free)))
+                   for step in (1, 2)):
+            return None
+        for axis, is_free in enumerate(free):
+            at = seen.shape[:axis], seen.shape[axis + 1:]
+            if not is_free or follows((*at[0], 1, *at[1])):
+                continue
+            fails, runs = 1, seen.shape[axis]
+            while runs - fails > 1:
+                middle = (fails + runs) // 2
+                fails, runs = (fails, middle) if follows((*at[0], middle, *at[1])) else (middle, runs)
+            if not given.shape[axis] >= runs:  # (true at the declared size: recorded, so the guard checks it)
                 return None
         same_grid = out.layout == "channels_first" and out.shape[1:] == seen.shape[1:]
         shape = tuple(size if is_free else kept for size, kept, is_free in zip(given.shape, out.shape, free))
