@@ -512,3 +512,18 @@ def test_a_range_too_wide_or_past_2_62_is_a_usage_error(span: str) -> None:
 def test_a_narrow_range_of_large_sizes_still_works() -> None:
     report = resgraph.valid_sizes(EXAMPLES / "tutorial.yaml", low=10**9, high=10**9 + 100)
     assert report.range == (10**9, 10**9 + 100)
+
+
+@pytest.mark.parametrize("op", ["add", "mul", "sub"])
+def test_an_input_dim_declared_1_in_an_elementwise_op_takes_1_or_the_size_it_meets(op: str) -> None:
+    """torch broadcasts a dim of 1 at any size of the other operand, and so does the guard: `y.L in (1, x.L)`,
+    as an sdpa mask's dim declared 1 does (it held y.L to 1)."""
+    spec = f"resgraph: 1\nname: A\ninputs:\n  x: [4, 8]\n  y: [1, 8]\nlayers:\n  - s: {{op: {op}, input: [x, y]}}\n"
+    model = resgraph.build(spec)
+    function = {"add": torch.add, "mul": torch.mul, "sub": torch.sub}[op]
+    for rows, y_rows in ((4, 1), (4, 4), (7, 1), (7, 7)):
+        x, y = torch.randn(2, rows, 8), torch.randn(2, y_rows, 8)
+        torch.testing.assert_close(model(x, y), function(x, y))
+    with pytest.raises(ValueError, match=r"y\.L in \(1, x\.L\)"):
+        model(torch.randn(2, 4, 8), torch.randn(2, 3, 8))
+    assert "together: y.L in (1, x.L), as 's' needs" in resgraph.valid_sizes(spec).format("A")

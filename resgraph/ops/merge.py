@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
-from ..symbolic import SymInt, hint, same_sizes
+from ..symbolic import SymInt, broadcasts, hint, same_sizes
 from .base import ArgumentError, LayoutError, ShapeError, TensorType, promote, sample_dim
 
 __all__ = ["Merge", "broadcast_failure", "broadcast_shape", "broadcast_types", "check_gate_layouts", "concat_dim",
@@ -50,14 +50,14 @@ def _broadcast_dim(x: Any, y: Any) -> Any:
         return x
     # One decision, the one the declared sizes took: sizes equal there stay equal (two free sizes of
     # one tensor, `x * x`: testing `x == 1` first would pin them to 1); else a size that is 1 there
-    # broadcasts (`x == 1`; testing `x == y` first recorded `x != y` for a 1 against a free L, which
-    # made L = 1 "invalid"); else the two must be equal.
+    # takes 1 or the other size, as torch broadcasts it (`x in (1, y)`: testing `x == y` first recorded
+    # `x != y` for a 1 against a free L, which made L = 1 "invalid"); else the two must be equal.
     if hint(x) == hint(y):
         return x if x == y else None
     if hint(x) == 1:
-        return y if x == 1 else None
+        return y if broadcasts(x, y) else None
     if hint(y) == 1:
-        return x if y == 1 else None
+        return x if broadcasts(y, x) else None
     return x if x == y else None
 
 
