@@ -116,9 +116,9 @@ def infer_shapes(graph: Graph, input_types: list[TensorType] | None = None,
                 continue
             reads = _reads(graph, name, readers)
             declared = declared_type(node.decl, bool(reads) and all(_reads_1d_map(op) for op, _ in reads),
-                                     bool(reads) and all(sequence for _, sequence in reads))
+                                     bool(reads) and all(role == "sequence" for _, role in reads))
             shape = list(declared.shape)
-            for axis, label in free_dims(declared):
+            for axis, label in free_dims(declared, positions=bool(reads) and all(role == "mask" for _, role in reads)):
                 symbol = f"{name}.{label}"
                 symbols[symbol] = (name, axis, shape[axis])
                 shape[axis] = SymInt.symbol(symbol, shape[axis])
@@ -266,22 +266,22 @@ def declared_type(decl: InputDecl, map_read: bool = False, sequence_read: bool =
     return TensorType(tuple(decl.shape), decl.dtype, layout, scale)
 
 
-def _reads(graph: Graph, name: str, readers: dict[str, list[str]]) -> list[tuple[Any, bool]]:
+def _reads(graph: Graph, name: str, readers: dict[str, list[str]]) -> list[tuple[Any, str]]:
     """How input `name` is read: per reading layer (a block call's layers that read it included), its
-    op (None where it cannot be told) and whether it reads the input as a sequence (see
-    `Layer.sequence_inputs`). An input read only by 1-d map ops (Conv1d, BatchNorm1d, a 1-d pool...)
-    is a `(C, L)` map whose length is free, not a sequence of fixed features; one read only as
-    attention's q, k or v is a sequence whatever its rank (see `declared_type`)."""
-    reads: list[tuple[Any, bool]] = []
+    op (None where it cannot be told) and its role there (`_role`: a sequence, a mask, or neither).
+    An input read only by 1-d map ops (Conv1d, BatchNorm1d, a 1-d pool...) is a `(C, L)` map whose
+    length is free, not a sequence of fixed features; one read only as attention's q, k or v is a
+    sequence whatever its rank (see `declared_type`); one read only as masks has positions alone."""
+    reads: list[tuple[Any, str]] = []
     for reader in readers[name]:
         node = graph.nodes[reader]
         if isinstance(node, LayerNode):
-            reads.append((node.layer.op, _as_sequence(node.layer.op, node.inputs, name, len(_masks(node.layer)))))
+            reads.append((node.layer.op, _role(node.layer.op, node.inputs, name, len(_masks(node.layer)))))
         elif isinstance(node, BlockNode) and node.recipe is not None:
             # the block's layers that read it say how (its first input, also the first layer with no `input:`)
             definition = node.recipe.definition
             if len(definition.inputs) != len(node.inputs):
-                reads.append((None, False))
+                reads.append((None, ""))
                 continue
             for inner, outer in zip(definition.inputs, node.inputs):
                 if outer == name:
@@ -296,20 +296,26 @@ def _masks(layer: Any) -> Any:
     return extra["masks"] if extra and "masks" in extra else layer.field_value("masks", ())
 
 
-def _as_sequence(op: Any, inputs: list[str], name: str, masks: int) -> bool:
-    """Whether the op named `op`, reading `inputs`, reads `name` only as a sequence (attention's q, k, v)."""
+def _role(op: Any, inputs: list[str], name: str, masks: int) -> str:
+    """How the op named `op`, reading `inputs`, reads `name`: "sequence" where only as attention's q, k
+    or v (see `Layer.sequence_inputs`); "mask" where only as one of attention's masks, which follow
+    them and whose every dim is a position (a float mask's last is the key positions, not features);
+    else ""."""
     cls = OPS.get(op) if isinstance(op, str) else None
     if cls is None:
-        return False
+        return ""
     count = cls.sequence_inputs(len(inputs), masks)
-    return all(index < count for index, read in enumerate(inputs) if read == name)
+    places = [index for index, read in enumerate(inputs) if read == name]
+    if all(index < count for index in places):
+        return "sequence"
+    return "mask" if count and all(index >= count for index in places) else ""
 
 
-def _naming_reads(definition: BlockDef, name: str, blocks: dict[str, Any], depth: int = 0) -> list[tuple[Any, bool]]:
+def _naming_reads(definition: BlockDef, name: str, blocks: dict[str, Any], depth: int = 0) -> list[tuple[Any, str]]:
     """`_reads` of a block's input `name` from its layers' templates, through the blocks they call
     ((None, False) where it cannot be told before expansion: an op written as an expression). The
     first layer reads the block's first input when it names no input."""
-    reads: list[tuple[Any, bool]] = []
+    reads: list[tuple[Any, str]] = []
     for index, entry in enumerate(definition.layers):
         body = next(iter(entry.values()))
         read = body.get("input") if isinstance(body, dict) else None
@@ -319,7 +325,7 @@ def _naming_reads(definition: BlockDef, name: str, blocks: dict[str, Any], depth
         if name not in names:
             continue
         if not isinstance(body, dict):
-            reads.append((None, False))
+            reads.append((None, ""))
             continue
         called = blocks.get(body["block"]) if isinstance(body.get("block"), str) else None
         op = body.get("op")
@@ -327,10 +333,10 @@ def _naming_reads(definition: BlockDef, name: str, blocks: dict[str, Any], depth
             reads += _naming_reads(called.definition, called.definition.inputs[names.index(name)], blocks, depth + 1)
         elif isinstance(op, str) and "block" not in body:
             masks = body.get("masks")
-            reads.append((op, _as_sequence(op, names, name, len(masks) if isinstance(masks, list) else 0)))
+            reads.append((op, _role(op, names, name, len(masks) if isinstance(masks, list) else 0)))
         else:
-            reads.append((None, False))
-    return reads or [(None, False)]
+            reads.append((None, ""))
+    return reads or [(None, "")]
 
 
 def _reads_1d_map(op: Any) -> bool:
@@ -347,15 +353,16 @@ def _reads_1d_map(op: Any) -> bool:
 _SPATIAL_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
 
 
-def free_dims(declared: TensorType) -> list[tuple[int, str]]:
+def free_dims(declared: TensorType, positions: bool = False) -> list[tuple[int, str]]:
     """(axis, name) of the per-sample dims a model may be called with at other sizes.
 
     A channels-first map's spatial dims (`H`, `W`; `L`; `D`, `H`, `W`) and a features-last
     tensor's leading (sequence) dims (`L`, or `L1`, `L2`...) are free; its channels or features are
-    fixed by the layers' parameters. Every dim of an integer input (token ids) is a position.
+    fixed by the layers' parameters. Every dim of an integer input (token ids), and of one read
+    only as attention masks (`positions`: query by key positions, a float mask's too), is a position.
     """
     rank = declared.rank
-    if declared.dtype not in FLOAT_DTYPES:
+    if positions or declared.dtype not in FLOAT_DTYPES:
         axes = list(range(rank))
     elif declared.layout == "channels_first":
         axes = list(range(1, rank))

@@ -541,3 +541,38 @@ def test_a_multihead_attention_mask_of_one_head_or_of_every_head_runs_at_either(
             torch.testing.assert_close(model(x, blocked), expected)
     with pytest.raises(ValueError, match="must"):
         model(x, torch.zeros(2, 2, 6, 6, dtype=torch.bool))
+
+
+FLOAT_MASKS = {
+    "MultiheadAttention attn_mask": ("  am: {shape: [6, 5]}\n",
+                                     "{op: MultiheadAttention, num_heads: 2, input: [x, y, y, am], masks: [attn_mask]}",
+                                     lambda length, source: torch.randn(2, length, source)),
+    "MultiheadAttention key_padding_mask": (
+        "  am: {shape: [5]}\n",
+        "{op: MultiheadAttention, num_heads: 2, input: [x, y, y, am], masks: [key_padding_mask]}",
+        lambda length, source: torch.randn(2, source)),
+    "sdpa": ("  am: {shape: [6, 5]}\n", "{op: scaled_dot_product_attention, input: [x, y, y, am]}",
+             lambda length, source: torch.randn(2, length, source)),
+}
+
+
+@pytest.mark.parametrize("form", FLOAT_MASKS)
+def test_a_float_mask_is_positions_and_leaves_the_lengths_free_as_a_bool_one_does(form: str) -> None:
+    """A float mask's last dim is the key positions, not features: it held the keys to their declared length
+    (`resgraph sizes` said `F = 5 (fixed by the layers' parameters)`)."""
+    declaration, layer, make_mask = FLOAT_MASKS[form]
+    spec = (f"resgraph: 1\nname: M\ninputs:\n  x: [6, 16]\n  y: [5, 16]\n{declaration}layers:\n"
+            f"  - att: {layer}\n")
+    model = resgraph.build(spec, seed=0).eval()
+    for length, source in ((6, 5), (3, 9), (11, 2)):
+        x, y, mask = torch.randn(2, length, 16), torch.randn(2, source, 16), make_mask(length, source)
+        with torch.no_grad():
+            out = model(x, y, mask)
+            if "sdpa" in form:
+                expected = F.scaled_dot_product_attention(x, y, y, attn_mask=mask)
+            else:
+                extra = {"attn_mask": mask.repeat_interleave(2, 0)} if "attn" in form else {"key_padding_mask": mask}
+                expected = model.att(x, y, y, need_weights=False, **extra)[0]
+        torch.testing.assert_close(out, expected)
+    free = [f"{dim.input}.{dim.name}" for dim in resgraph.valid_sizes(spec).dims if dim.free]
+    assert {"x.L", "y.L"} <= set(free) and any(name.startswith("am.") for name in free)
