@@ -561,6 +561,17 @@ class _Resolver:
                                                         f"there is no output{within}", key=True)
                 return []
             last = scope.layers[-1].name
+            path = scope.layers[-1].origin.path
+            if len(path) >= 3 and path[-2] == "outputs" and self.split_outputs(path[-3]):
+                # a chunk or split written last: its pieces are its outputs, as a call's are
+                pieces = [piece for piece, _ in self.split_outputs(path[-3])]
+                if scope.block:
+                    self.fail(scope.origin.child("layers"), f"block {scope.block!r}: its last layer {path[-3]!r} "
+                                                            f"has {len(pieces)} outputs; a block's default output "
+                                                            "is one value",
+                              f"list the block's outputs: outputs: [{', '.join(pieces)}]")
+                    return []
+                return pieces  # the model returns them all
             if last in self.values and last not in self.collected:
                 if scope.block:  # its callers read its outputs by name: they must be listed
                     self.fail(scope.origin.child("layers"), f"block {scope.block!r}: its last layer {last!r} has "

@@ -352,3 +352,34 @@ def test_onnx_export_of_several_outputs_and_a_collected_repeat(tmp_path: pathlib
     with torch.no_grad():
         for ours, theirs in zip(model(x), actual, strict=True):
             torch.testing.assert_close(torch.from_numpy(theirs), ours, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layer", ["{op: chunk, chunks: 2, outputs: [p, q]}",
+                                   "{op: split, split_size: [2, 4], outputs: [p, q]}"])
+def test_a_spec_whose_last_layer_is_a_chunk_or_split_returns_every_piece(layer: str) -> None:
+    """As a spec whose last layer is a call with several outputs does; it returned the last piece alone."""
+    spec = (f"resgraph: 1\nname: S\ninputs: {{x: [4]}}\nlayers:\n  - a: {{op: Linear, out_features: 6}}\n"
+            f"  - parts: {layer}\n")
+    model = resgraph.build(spec, seed=0)
+    x = torch.randn(3, 4)
+    pieces = model.a(x).chunk(2, dim=1) if "chunk" in layer else model.a(x).split([2, 4], dim=1)
+    out = model(x)
+    assert isinstance(out, tuple) and len(out) == 2
+    for got, expected in zip(out, pieces, strict=True):
+        torch.testing.assert_close(got, expected)
+
+
+def test_a_block_whose_last_layer_is_a_chunk_names_its_outputs_and_the_hint_fixes_it() -> None:
+    spec = ("resgraph: 1\nname: G\nblocks:\n  glu:\n    layers:\n      - a: {op: Linear, out_features: 6}\n"
+            "      - parts: {op: chunk, chunks: 2, outputs: [value, gate]}\n"
+            "inputs: {x: [4]}\nlayers:\n  - g: {block: glu}\n  - out: {op: mul, input: [g.value, g.gate]}\n")
+    with pytest.raises(resgraph.SpecError) as caught:
+        resgraph.check(spec)
+    problem = caught.value.diagnostics[0]  # (the caller's reads of g.value and g.gate then fail too)
+    assert "block 'glu': its last layer 'parts' has 2 outputs" in problem.message
+    assert problem.hint == "list the block's outputs: outputs: [value, gate]"
+    fixed = spec.replace("  glu:\n", "  glu:\n    outputs: [value, gate]\n")
+    model = resgraph.build(fixed, seed=0)
+    x = torch.randn(3, 4)
+    value, gate = model.g.a(x).chunk(2, dim=1)
+    torch.testing.assert_close(model(x), value * gate)
