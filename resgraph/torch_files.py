@@ -43,10 +43,9 @@ def read_torch_file(name: str, *, expected: str, unreadable: str) -> Any:
         with open_regular(name, expected) as handle:
             head = handle.read(4)
             handle.seek(0)
-            packed = _compressed_entry(handle)
-            if packed is not None:
-                raise UsageError(f"{name}: {unreadable} (its entry {packed!r} is compressed, which torch.save never "
-                                 "writes: a few megabytes could unpack to gigabytes before anything is checked)")
+            refused = _unchecked_entries(handle) if head == _ZIP_MAGIC else None
+            if refused is not None:
+                raise UsageError(f"{name}: {unreadable} ({refused})")
             return torch.load(handle, map_location="cpu", weights_only=True)
     except UsageError:
         raise
@@ -86,21 +85,24 @@ def hollow_tensor(tensors: Any) -> str | None:
     return None
 
 
-def _compressed_entry(handle: BinaryIO) -> str | None:
-    """The first compressed entry of a zip file (torch.save's format stores each uncompressed, so what
-    torch.load allocates is bounded by the file's size); None for a file with none, or no zip file.
-    Reads the archive's directory only, and leaves the file at its start."""
+def _unchecked_entries(handle: BinaryIO) -> str | None:
+    """Why a zip file's entries cannot be left to torch.load, or None: an entry is compressed (torch.save's
+    format stores each uncompressed, so what torch.load allocates is bounded by the file's size), or the
+    archive's directory does not read, so its entries cannot be checked (torch's reader is more lenient
+    than Python's and would unpack them). Reads the directory only, and leaves the file at its start."""
     try:
-        if not zipfile.is_zipfile(handle):
-            return None
-        handle.seek(0)
         with zipfile.ZipFile(handle) as archive:
-            return next((entry.filename for entry in archive.infolist()
-                         if entry.compress_type != zipfile.ZIP_STORED), None)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError):
-        return None  # (torch.load says what is wrong with it)
+            packed = next((entry.filename for entry in archive.infolist()
+                           if entry.compress_type != zipfile.ZIP_STORED), None)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError) as exc:
+        return (f"its zip directory does not read ({exc}): a truncated or damaged file, whose entries cannot be "
+                "checked before torch unpacks them")
     finally:
         handle.seek(0)
+    if packed is None:
+        return None
+    return (f"its entry {packed!r} is compressed, which torch.save never writes: a few megabytes could unpack to "
+            "gigabytes before anything is checked")
 
 
 def weights_only_refusal(text: str) -> str | None:

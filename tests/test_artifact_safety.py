@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import shutil
 import threading
 from typing import Any
@@ -249,3 +250,31 @@ def test_stored_modes_that_do_not_fit_are_refused(saved: tuple[pathlib.Path, dic
     path, payload = saved
     payload["modes"] = modes
     assert message in load_error(crafted(path, payload), kind)
+
+
+def test_a_zip_whose_directory_python_cannot_read_is_refused_before_torch_unpacks_it(
+        saved: tuple[pathlib.Path, dict[str, Any]], tmp_path: pathlib.Path) -> None:
+    """One corrupt extra field in the archive's directory stops Python's zipfile, but not torch's reader, which
+    then inflated every deflated entry: a zip bomb past the compressed-entry check (1 MB took 193 MB more)."""
+    import struct
+    import zipfile
+
+    model = resgraph.build(SMALL, seed=0)
+    packed = tmp_path / "packed.pt"
+    with zipfile.ZipFile(saved[0]) as source, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as target:
+        for entry in source.infolist():
+            target.writestr(entry.filename, source.read(entry.filename))
+        extra = zipfile.ZipInfo(f"{source.namelist()[0].split('/')[0]}/zz")
+        extra.extra = b"\x99\x99\x04\x00abcd"
+        target.writestr(extra, b"x")
+    raw = bytearray(packed.read_bytes())
+    at = raw.rfind(b"\x99\x99\x04\x00abcd")  # the directory's copy of the field: its size made wrong
+    raw[at + 2:at + 4] = struct.pack("<H", 200)
+    packed.write_bytes(raw)
+    with pytest.raises(zipfile.BadZipFile):
+        zipfile.ZipFile(packed)
+    assert torch.load(packed, weights_only=True).keys() == saved[1].keys()  # torch reads (and inflates) it
+    expected = "its zip directory does not read (Corrupt extra field 9999 (size=200)): a truncated or damaged file"
+    assert expected in load_error(packed)
+    with pytest.raises(resgraph.UsageError, match=re.escape(expected)):
+        resgraph.load_weights(model, packed)
