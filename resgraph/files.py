@@ -72,7 +72,9 @@ def atomic_write(path: str, write: Callable[[str], object], *, replace: bool = T
     tmp = _temporary_path(directory, os.path.basename(target))
     with _cleanup_on_signals(tmp):
         try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # mode filtered by the umask
+            # Made with the mode of the file it replaces (filtered by the umask), so that no one may read
+            # the new content while it is written who may not read the old (a private 0600 checkpoint)
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _mode_of(target) if replace else 0o666))
             write(tmp)
             if replace:
                 with contextlib.suppress(FileNotFoundError):
@@ -89,6 +91,14 @@ def atomic_write(path: str, write: Callable[[str], object], *, replace: bool = T
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+
+def _mode_of(path: str) -> int:
+    """The permission bits of the file at `path`, or 0o666 where there is none (a new file's, before the umask)."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        return 0o666
 
 
 def atomic_write_staged(path: str, write: Callable[[str], object]) -> list[str]:

@@ -92,6 +92,26 @@ def test_replacing_a_file_keeps_its_mode_and_a_failure_keeps_the_file(tmp_path: 
     assert os.listdir(tmp_path) == ["out.txt"]
 
 
+def test_a_file_replacing_a_private_one_is_private_while_it_is_written(tmp_path: pathlib.Path,
+                                                                        umask_022: object) -> None:
+    """The temporary file had the umask's 0644 until the rename: anyone could read the new weights of a 0600
+    checkpoint while they were written."""
+    target = tmp_path / "model.pt"
+    target.write_text("old")
+    os.chmod(target, 0o600)
+    seen: list[int] = []
+
+    def write(path: str) -> None:
+        seen.append(mode(pathlib.Path(path)))
+        pathlib.Path(path).write_text("new")
+
+    atomic_write(str(target), write)
+    assert seen == [0o600] and mode(target) == 0o600 and target.read_text() == "new"
+    fresh = tmp_path / "fresh.pt"
+    atomic_write(str(fresh), write)
+    assert seen[-1] == 0o644 and mode(fresh) == 0o644  # a new file: what open() makes
+
+
 def test_output_onto_a_symlink_writes_through_to_its_target(tmp_path: pathlib.Path, umask_022: object) -> None:
     """`-o link` behaves as `open(link, "w")`: the link stays, its target gets the new content."""
     (tmp_path / "real").mkdir()
