@@ -35,8 +35,8 @@ from .ops import OPS, GenericLayer, Layer
 from .ops.tensor import BlockOutput
 from .spec import BlockCall, InputDecl, Projection, Skip
 
-__all__ = ["GENERATED_CODE_NAMES", "NN_MODULE_ATTRIBUTES", "RESERVED_NAMES", "BlockNode", "Graph", "GraphBuilder",
-           "InputNode", "LayerNode", "Node", "NodeKind", "SkipNode", "is_block_value"]
+__all__ = ["GENERATED_CODE_NAMES", "NN_MODULE_ATTRIBUTES", "RESERVED_NAMES", "SHARDED_MODULE_ATTRIBUTES", "BlockNode",
+           "Graph", "GraphBuilder", "InputNode", "LayerNode", "Node", "NodeKind", "SkipNode", "is_block_value"]
 
 
 class NodeKind(str, Enum):
@@ -61,6 +61,17 @@ NN_MODULE_ATTRIBUTES = frozenset({
     "set_submodule", "share_memory", "state_dict", "to", "to_empty", "train", "training", "type", "xpu",
     "zero_grad",
 })
+# The methods `resgraph.shard` (FSDP2's fully_shard) adds to each module it shards (tests keep this list
+# equal to torch's FSDPModule): a layer of the same name would be called as that method after sharding.
+SHARDED_MODULE_ATTRIBUTES = frozenset({
+    "reset_iter_state", "reshard", "set_all_reduce_hook", "set_allocate_memory_from_process_group_for_comm",
+    "set_custom_all_gather", "set_custom_reduce_scatter", "set_force_sum_reduction_for_comms",
+    "set_gradient_divide_factor", "set_is_last_backward", "set_modules_to_backward_prefetch",
+    "set_modules_to_forward_prefetch", "set_post_optim_event", "set_reduce_scatter_divide_factor",
+    "set_reduce_scatter_max_input_buffers", "set_reduce_scatter_unused_params", "set_requires_all_reduce",
+    "set_requires_gradient_sync", "set_reshard_after_backward", "set_reshard_after_forward",
+    "set_separate_reduce_scatter_group", "set_symm_mem_for_comm", "set_unshard_in_backward", "unshard",
+})
 # The compiled module's own public attributes (api.CompiledModule) and the generated code's names.
 MODEL_ATTRIBUTES = frozenset({"code", "spec", "graph", "build_record", "example_inputs", "dynamic_shapes"})
 # The names the generated forward itself reads: `self`, `torch`, the input guard's `str`, `tuple` and
@@ -69,7 +80,7 @@ MODEL_ATTRIBUTES = frozenset({"code", "spec", "graph", "build_record", "example_
 # it shadows the name from the first line on: a layer named `int` made every call of a model whose
 # guard reads `int(x.shape[2] * 1.7)` fail with UnboundLocalError.
 GENERATED_CODE_NAMES = frozenset({"self", "torch", "str", "tuple", "ValueError", "int", "max", "min"})
-RESERVED_NAMES = NN_MODULE_ATTRIBUTES | MODEL_ATTRIBUTES | GENERATED_CODE_NAMES
+RESERVED_NAMES = NN_MODULE_ATTRIBUTES | SHARDED_MODULE_ATTRIBUTES | MODEL_ATTRIBUTES | GENERATED_CODE_NAMES
 
 
 @dataclass(kw_only=True, slots=True)

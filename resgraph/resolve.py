@@ -29,7 +29,17 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import Diagnostic, SpecError
 from .expand import LayerItem, Scope, SkipItem
-from .graph import GENERATED_CODE_NAMES, RESERVED_NAMES, BlockNode, Graph, InputNode, LayerNode, Node, SkipNode
+from .graph import (
+    GENERATED_CODE_NAMES,
+    RESERVED_NAMES,
+    SHARDED_MODULE_ATTRIBUTES,
+    BlockNode,
+    Graph,
+    InputNode,
+    LayerNode,
+    Node,
+    SkipNode,
+)
 from .loader import Origin
 from .ops import Layer
 from .ops.base import is_identifier
@@ -317,6 +327,7 @@ class _Resolver:
             if name in RESERVED_NAMES or keyword.iskeyword(name):
                 shadowed = ("a Python keyword" if keyword.iskeyword(name) else
                             "a name the generated code uses" if name in GENERATED_CODE_NAMES else
+                            "a method resgraph.shard adds" if name in SHARDED_MODULE_ATTRIBUTES else
                             "a torch.nn.Module attribute")
                 self.fail(origin, f"{kind} {self.q(name)}: the name is reserved (it would shadow {shadowed})",
                           f"rename it, e.g. {name}_")

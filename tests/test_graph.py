@@ -8,13 +8,25 @@ import pytest
 import torch
 
 import resgraph
-from resgraph.graph import NN_MODULE_ATTRIBUTES, RESERVED_NAMES
+from resgraph.graph import NN_MODULE_ATTRIBUTES, RESERVED_NAMES, SHARDED_MODULE_ATTRIBUTES
 
 
 def test_reserved_names_cover_torch_module_api() -> None:
     public = {name for name in dir(torch.nn.Module) if not name.startswith("_")}
     assert public <= NN_MODULE_ATTRIBUTES, f"add to NN_MODULE_ATTRIBUTES: {sorted(public - NN_MODULE_ATTRIBUTES)}"
     assert "training" in RESERVED_NAMES and "code" in RESERVED_NAMES and "self" in RESERVED_NAMES
+
+
+def test_reserved_names_cover_the_methods_sharding_adds() -> None:
+    """resgraph.shard (FSDP2's fully_shard) gives each module it shards FSDPModule's methods: a layer named
+    `unshard` was then called as that method, and the first forward failed."""
+    from torch.distributed.fsdp import FSDPModule
+
+    added = {name for name in set(dir(FSDPModule)) - set(dir(torch.nn.Module)) if not name.startswith("_")}
+    missing = sorted(added - SHARDED_MODULE_ATTRIBUTES)
+    assert not missing, f"add to SHARDED_MODULE_ATTRIBUTES: {missing}"
+    with pytest.raises(resgraph.SpecError, match=r"the name is reserved \(it would shadow a method resgraph.shard"):
+        resgraph.check("resgraph: 1\nname: M\ninputs:\n  x: [4]\nlayers:\n  - unshard: {op: ReLU}\n")
 
 
 @pytest.mark.parametrize("name", ["eval", "training", "parameters", "spec", "code", "torch", "self", "lambda"])
