@@ -125,6 +125,8 @@ def _parse_and_run(argv: Sequence[str]) -> int:
         return EXIT_USAGE
     from .errors import ResgraphError, SpecError, UsageError  # once parsed: `--help` exits before this
 
+    if getattr(args, "allow_imports", None):
+        _import_from_working_directory()
     try:
         return args.run(args)
     except SpecError as exc:
@@ -311,6 +313,15 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return value
+
+
+def _import_from_working_directory() -> None:
+    """Let --allow-import find the user's modules in the working directory, as `python -m resgraph` does
+    (the `resgraph` script's own folder is Python's first path instead). Last on the path: a file there
+    never stands in for an installed module (a `torch.py`)."""
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.append(here)
 
 
 def _module_prefix(text: str) -> str:

@@ -439,3 +439,24 @@ def test_a_usage_error_is_one_line_whatever_file_name_it_names() -> None:
     assert result.returncode == 2
     assert result.stderr == "resgraph: error: cannot write nodir\\nresgraph: error: fake\\x1b[2J/x.py: No such file " \
                             "or directory\n"
+
+
+def test_the_resgraph_script_imports_an_allowed_module_from_the_working_directory(tmp_path: pathlib.Path) -> None:
+    """As `python -m resgraph` does: the `resgraph` script runs with its own folder first on Python's path, not
+    the working directory, and `--allow-import mylayers` said "No module named 'mylayers'" beside mylayers.py."""
+    work, scripts = tmp_path / "work", tmp_path / "bin"
+    work.mkdir()
+    scripts.mkdir()
+    (work / "mylayers.py").write_text("import torch\n\nclass Scale(torch.nn.Module):\n"
+                                      "    def forward(self, x):\n        return x * 3\n")
+    (work / "s.yaml").write_text("resgraph: 1\nname: S\ninputs: {x: [4]}\nlayers:\n  - a: {op: mylayers.Scale}\n")
+    script = scripts / "resgraph"  # what pip's console script does
+    script.write_text("import sys\nfrom resgraph.cli import entry\nsys.exit(entry())\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, str(script), "build", "s.yaml", "--allow-import", "mylayers"],
+                         capture_output=True, text=True, cwd=work, env=env)
+    assert run.returncode == 0, run.stderr
+    assert "Total params: 0" in run.stdout
+    refused = subprocess.run([sys.executable, str(script), "build", "s.yaml"], capture_output=True, text=True,
+                             cwd=work, env=env)
+    assert refused.returncode == 1 and "--allow-import mylayers" in refused.stderr
