@@ -3,6 +3,7 @@ weight tying, and YAML numbers: each compared with the torch computation it stan
 
 from __future__ import annotations
 
+import math
 import pathlib
 
 import pytest
@@ -553,3 +554,24 @@ def test_a_chunk_or_split_that_must_name_its_input_is_told_so_at_its_own_name(op
     name = "parts" if scope == "spec" else "h.parts"  # (a block's layer, named in its call)
     assert diagnostic.message == (f"layer {name!r}: the {scope} has several inputs ({inputs}); say which this layer "
                                   "reads")
+
+
+# (each drawn tensor's bound, and a size some of its 100,000 values pass: beyond the old cuts, +-2 std and +-std)
+@pytest.mark.parametrize(("init", "bound", "reached"), [("normal", math.inf, 1.5), ("trunc_normal", 2.0, 1.5),
+                                                        ("uniform", math.sqrt(3) * 0.5, 0.85)])
+def test_a_drawn_parameter_has_the_standard_deviation_its_std_says(init: str, bound: float, reached: float) -> None:
+    """`std` is each drawn init's standard deviation: uniform's bounds were +-std (a standard deviation of
+    std / sqrt(3)), and trunc_normal was cut at +-2 std (0.88 std) where torch's and timm's cut at +-2."""
+    spec = (f"resgraph: 1\nname: P\ninputs: {{x: [4]}}\nlayers:\n"
+            f"  - p: {{op: parameter, shape: [100000], init: {init}, std: 0.5}}\n  - s: {{op: mean, dim: 1}}\n")
+    drawn = resgraph.build(spec, seed=0).p.detach()
+    assert abs(drawn.std().item() - 0.5) < 0.01 and abs(drawn.mean().item()) < 0.01
+    assert reached < drawn.abs().max().item() <= bound
+
+
+@pytest.mark.parametrize("init", ["zeros", "ones", "1.0e-6", "[1, 2, 3, 4]"])
+def test_std_with_an_init_it_does_not_apply_to_is_refused(init: str) -> None:
+    spec = (f"resgraph: 1\nname: P\ninputs: {{x: [4]}}\nlayers:\n"
+            f"  - p: {{op: parameter, shape: [4], init: {init}, std: 0.5}}\n")
+    with pytest.raises(resgraph.SpecError, match="std applies to a drawn init"):
+        resgraph.check(spec)

@@ -192,6 +192,9 @@ class StoredTensor(Layer):
         return f"{owner}.expand({operands[0]}.shape[0], {', '.join(['-1'] * len(self.sample_shape()))})"
 
 
+_DRAWN = ("normal", "trunc_normal", "uniform")  # the inits `std` applies to
+
+
 @register_op
 class ParameterTensor(StoredTensor):
     """A learned tensor shared by every sample (a class token, a position embedding, a layer scale),
@@ -202,7 +205,8 @@ class ParameterTensor(StoredTensor):
     init: Literal["zeros", "ones", "normal", "trunc_normal", "uniform"] | float | Values = Field(
         "zeros", description=("An initialiser; a number (every element starts at it, e.g. 1.0e-6 for a layer "
                               "scale); or a list literal of the tensor's shape (or a flat list of its size)."))
-    std: Annotated[float, Field(gt=0)] = Field(0.02, description="Spread of normal / trunc_normal / uniform init.")
+    std: Annotated[float, Field(gt=0)] = Field(0.02, description=(
+        "The standard deviation of a normal, trunc_normal (torch's, cut at -2 and 2 as timm's) or uniform init."))
     trainable: bool = Field(True, description="false: a frozen parameter (requires_grad=False), still in the "
                                               "state_dict and the parameter count, as YOLOv8's DFL weights.")
     declared_layout: DeclaredLayout
@@ -211,6 +215,9 @@ class ParameterTensor(StoredTensor):
 
     @model_validator(mode="after")
     def _init_fits(self) -> ParameterTensor:
+        if "std" in self.model_fields_set and self.init not in _DRAWN:
+            raise ValueError(f"std applies to a drawn init ({', '.join(_DRAWN)}), not to init: {self.init!r}; "
+                             "remove it, or choose a drawn init")
         if isinstance(self.init, list):
             _fits(self.init, tuple(self.shape), "init")
         if not isinstance(self.init, str):  # (parameters are float32)
@@ -225,11 +232,13 @@ class ParameterTensor(StoredTensor):
 
     def initializer(self) -> tuple[str, dict[str, float]]:
         """The torch.nn.init function and its arguments for a named `init` (`build` and
-        `tensor_source` share them)."""
+        `tensor_source` share them). `std` is the standard deviation of each drawn one: torch's
+        `trunc_normal_` is cut at -2 and 2 (timm's `trunc_normal_(std=0.02)` for a ViT's tokens), and a
+        uniform of standard deviation std spans +-sqrt(3) std."""
         assert isinstance(self.init, str), self.init
         return {"zeros": ("zeros_", {}), "ones": ("ones_", {}), "normal": ("normal_", {"std": self.std}),
-                "trunc_normal": ("trunc_normal_", {"std": self.std, "a": -2 * self.std, "b": 2 * self.std}),
-                "uniform": ("uniform_", {"a": -self.std, "b": self.std})}[self.init]
+                "trunc_normal": ("trunc_normal_", {"std": self.std}),
+                "uniform": ("uniform_", {"a": -math.sqrt(3) * self.std, "b": math.sqrt(3) * self.std})}[self.init]
 
     def build(self, args: dict[str, Any]) -> Any:
         import torch
