@@ -97,7 +97,8 @@ def export_python(graph: Graph, *, spec_file: str, spec_text: str, options: tupl
                         f"    resgraph build {' '.join([shlex.quote(spec_file), *options])} -o <this file>\n") + "\n\n"
     imports = ("import torch\n" if uses_torch else "") + "from torch import nn\n"
     if exporter.imports:  # layers from the user's own code (register_op / --allow-import)
-        imports += "\n" + "".join(f"import {name}\n" for name in sorted(exporter.imports))
+        imports += "\n" + "".join(f"import {module}\n" if name == module else f"import {module} as {name}\n"
+                                  for module, name in sorted(exporter.imports.items()))
     source = header + imports + "\n\n" + body + "\n"
     check_source(source)
     return source
@@ -407,7 +408,9 @@ class _Exporter:
         self.block_sources: list[tuple[list[str], str, list[Graph]]] = []
         self.classes: dict[tuple[str, str, tuple[str, ...]], str] = {}  # (block class, forward, init) -> name
         self.instances: dict[str, list[Graph]] = {}  # exported block class -> the instances using it
-        self.imports: set[str] = set()  # modules of registered or imported layer classes
+        # modules of registered or imported layer classes -> the name the file calls each by: its own, or
+        # an alias where its top-level name is one the file relies on (a package `nn` would replace torch's)
+        self.imports: dict[str, str] = {}
         self.diagnostics: list[Diagnostic] = []
         self.callees: dict[int, str] = {}  # id(layer node) -> `nn.Conv2d` or `package.module.Class`
         for owner in [graph, *(instance for _, instance in graph.subgraphs())]:
@@ -415,7 +418,7 @@ class _Exporter:
                 if isinstance(node, LayerNode) and owns(node) is Owns.module:
                     self.callees[id(node)] = self.callee(owner, node)
         # Class names are chosen after every import is known, so none shadows an imported module.
-        self.taken: set[str] = {name.split(".")[0] for name in self.imports}
+        self.taken: set[str] = {name.split(".")[0] for name in self.imports.values()}
 
     def fail(self, graph: Graph, node: Node, message: str) -> None:
         self.diagnostics.append(Diagnostic(graph.where(node), f"{graph.label(node)}: cannot be written as Python: "
@@ -442,8 +445,9 @@ class _Exporter:
             self.fail(graph, node, f"its class {qualname!r} (module {module!r}) cannot be imported by name; "
                                    "define it at the top level of an importable module")
             return "None"
-        self.imports.add(module)
-        return f"{module}.{qualname}"
+        name = self.imports.setdefault(module, "_" + module.replace(".", "_") if module.split(".")[0] in RESERVED
+                                       else module)
+        return f"{name}.{qualname}"
 
     def top_class(self, graph: Graph) -> str:
         name = safe_identifier(graph.name, self.taken)

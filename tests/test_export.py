@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
 import subprocess
 import sys
@@ -231,3 +232,30 @@ def test_distributed_data_parallel_gradients_equal_single_process(tmp_path: path
     assert result.returncode == 0, result.stderr[-2000:]
     worst, count = out.read_text().split()
     assert int(count) == 14 and float(worst) < 1e-6  # every parameter of the residual MLP
+
+
+def test_a_layer_module_named_as_a_name_the_file_relies_on_is_imported_under_an_alias(tmp_path: pathlib.Path) -> None:
+    """A package `nn` (or a module `super`, `str`) imported by its own name replaced torch's `nn` (or broke
+    `super().__init__()` and the input check) in the exported file, which then failed to import or to run."""
+    (tmp_path / "nn").mkdir()
+    (tmp_path / "nn" / "__init__.py").write_text("")
+    layer = ("import torch\n\nclass Scale(torch.nn.Module):\n    def __init__(self, k=2.0):\n"
+             "        super().__init__()\n        self.k = k\n\n    def forward(self, x):\n        return x * self.k\n")
+    (tmp_path / "nn" / "layers.py").write_text(layer)
+    (tmp_path / "super.py").write_text(layer)
+    (tmp_path / "spec.yaml").write_text("resgraph: 1\nname: Net\ninputs:\n  x: [4]\nlayers:\n"
+                                        "  - fc: {op: Linear, out_features: 4}\n  - s: {op: nn.layers.Scale, k: 3.0}\n"
+                                        "  - t: {op: super.Scale, k: 0.5}\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    built = subprocess.run([sys.executable, "-m", "resgraph", "build", "spec.yaml", "--allow-import", "nn",
+                            "--allow-import", "super", "-o", "net.py"], capture_output=True, text=True, cwd=tmp_path,
+                           env=env)
+    assert built.returncode == 0, built.stderr
+    source = (tmp_path / "net.py").read_text()
+    assert "import nn.layers as _nn_layers\n" in source and "import super as _super\n" in source
+    check = ("import torch, net, resgraph\n"
+             "model = resgraph.build('spec.yaml', seed=0, allow_imports=['nn', 'super'])\n"
+             "exported = net.Net()\nexported.load_state_dict(model.state_dict())\nx = torch.randn(2, 4)\n"
+             "torch.testing.assert_close(exported(x), model(x))\nprint('same')\n")
+    ran = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert ran.stdout.strip() == "same", ran.stderr
