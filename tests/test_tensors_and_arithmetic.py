@@ -120,7 +120,8 @@ def test_a_misaligned_add_names_its_operand_not_a_gate() -> None:
 
 
 def test_add_layers_broadcast_symbolic_sizes_without_pinning_them() -> None:
-    """x's sequence L stays free (any L, as torch broadcasts a (1, 16) into it); b's 1 broadcasts."""
+    """x's sequence L stays free (any L, as torch broadcasts a (1, 16) into it); b's 1 broadcasts, and b may
+    have x's L too (`b.L in (1, x.L)`: 1 or 5 at x's declared 5)."""
     spec = HEAD + ("inputs:\n  x: {shape: [5, 16], layout: features_last}\n"
                    "  b: {shape: [1, 16], layout: features_last}\nlayers:\n  - s: {op: add, input: [x, b]}\n")
     model = resgraph.build(spec)
@@ -128,7 +129,8 @@ def test_add_layers_broadcast_symbolic_sizes_without_pinning_them() -> None:
         a, b = torch.randn(2, length, 16), torch.randn(2, 1, 16)
         torch.testing.assert_close(model(a, b), a + b)
     x_length, b_length = (d for d in resgraph.valid_sizes(spec, low=1, high=64).dims if d.name == "L")
-    assert x_length.valid == tuple(range(1, 65)) and b_length.valid == (1,)  # (b's L: 1 broadcast, as declared)
+    assert x_length.valid == tuple(range(1, 65)) and b_length.valid == (1, 5)
+    torch.testing.assert_close(model(a, a), a + a)  # (b as long as x: no broadcast)
 
 
 def test_matmul_is_batch_aware_and_checks_inner_sizes() -> None:
