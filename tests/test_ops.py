@@ -248,6 +248,10 @@ def test_a_tuple_result_must_be_picked_with_output() -> None:
     assert "output" not in picked.args()
     with pytest.raises(ShapeError, match="output: 2 does not index the result, which is a tuple of 2"):
         GenericLayer.model_validate({**args, "output": 2}).output_type([sequence])
+    # element 1 is (h_n, c_n): said as such, not as if nothing were picked (`output: 0` would pick the sequence)
+    with pytest.raises(ShapeError, match=r"element 1 of what LSTM\(.*\) returns is a tuple of 2, not a tensor; "
+                                         "`output:` picks one element of the result, and a layer.s value is a tensor$"):
+        GenericLayer.model_validate({**args, "output": 1}).output_type([sequence])
 
 
 @pytest.mark.parametrize(("op", "args", "shape", "dtype"), [

@@ -282,6 +282,9 @@ def _picked(described: str, out: Any, pick: int | None) -> Any:
         out = out[pick]
     if not isinstance(out, torch.Tensor):
         what = f"a tuple of {len(out)}" if isinstance(out, (tuple, list)) else type(out).__name__
+        if pick is not None:  # (an LSTM's element 1 is (h_n, c_n): `output:` picks from the result's own tuple)
+            raise ShapeError(f"element {pick} of what {described} returns is {what}, not a tensor; `output:` picks "
+                             "one element of the result, and a layer's value is a tensor")
         hint = "; pick one element with `output: 0`" if isinstance(out, (tuple, list)) else ""
         raise ShapeError(f"{described} returns {what}, not a tensor{hint}")
     return out
