@@ -1015,11 +1015,15 @@ class _Builder:
         finally:
             self.active.discard(id(node))
 
-    def scalar(self, node: yaml.ScalarNode) -> Any:
+    def scalar(self, node: yaml.ScalarNode, *, key: bool = False) -> Any:
+        """The scalar's value; a problem reading it is reported (a key's with the fix that keeps it a key:
+        quoting it, where writing `true` for YAML 1.1's reading of `on` would make it no name at all)."""
         try:
             return _scalar_value(node, untagged=_untagged(node, self.text))
         except _Unreadable as exc:
-            self.fail(node, str(exc), exc.hint)
+            quote = '"' if "'" in node.value else "'"
+            quoted = f": {quote}{node.value}{quote}" if len(node.value) <= 40 else ""  # (a long one is shown cut)
+            self.fail(node, str(exc), f"quote it, as a key is a name{quoted}" if key else exc.hint)
             return None
 
     def mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, Any]:
@@ -1037,7 +1041,7 @@ class _Builder:
                 continue
             else:
                 known = len(self.diagnostics)
-                key = self.scalar(key_node)
+                key = self.scalar(key_node, key=True)
                 if len(self.diagnostics) > known:  # the key itself cannot be read (reported)
                     continue
                 if not isinstance(key, str):

@@ -69,7 +69,10 @@ def test_merge_keys_supply_defaults_and_explicit_keys_win() -> None:
     ("k: [2, 190:20:30.15]\n", "190:20:30.15 is a base-60 number in YAML 1.1", "quote it"),
     ("k: yes\n", "yes is true in YAML 1.1 and text in YAML 1.2", "write true"),
     ("k: OFF\n", "OFF is false in YAML 1.1 and text in YAML 1.2", "write false"),
-    ("on: 1\n", "on is true in YAML 1.1", "write true"),
+    # a key is a name: `true: 1` would make it none ("mapping keys must be plain strings"); quoting keeps it
+    ("on: 1\n", "on is true in YAML 1.1", "quote it, as a key is a name: 'on'"),
+    ("k: {off: 1}\n", "off is false in YAML 1.1", "quote it, as a key is a name: 'off'"),
+    ("010: 1\n", "010 has a leading zero", "quote it, as a key is a name: '010'"),
     # YAML 1.2's core schema has no binary; its integers are any digits (`08`) and `0o` octals, which 1.1 leaves text
     ("k: 0b100\n", "0b100 is the binary number 4 in YAML 1.1 and text in YAML 1.2", "write 4 for the number"),
     ("k: [1, -0b1_1]\n", "-0b1_1 is the binary number -3 in YAML 1.1 and text in YAML 1.2", "write -3"),
@@ -84,6 +87,14 @@ def test_values_yaml_1_1_and_1_2_read_differently_are_refused_where_written(text
     (error,) = errors(text)
     column = text.index(message.split()[0]) + 1
     assert error.startswith(f"s.yaml:1:{column}: error: {message}") and hint in error.partition("\n  hint: ")[2]
+
+
+@pytest.mark.parametrize("key", ["on", "off", "yes", "No", "010"])
+def test_a_key_yaml_1_1_reads_otherwise_is_read_once_quoted_as_its_hint_says(key: str) -> None:
+    (error,) = errors(f"{key}: 1\n")
+    hint = error.partition("\n  hint: ")[2]
+    assert hint == f"quote it, as a key is a name: '{key}'"
+    assert load_text(f"{hint.rpartition(': ')[2]}: 1\n").data == {key: 1}
 
 
 def test_values_both_yaml_versions_read_alike_are_read() -> None:
