@@ -41,6 +41,7 @@ from .base import (
     promote,
     register_op,
 )
+from .merge import broadcast_dim
 
 __all__ = ["MultiheadAttention", "ScaledDotProductAttention"]
 
@@ -91,18 +92,6 @@ def _mask_dim_fits(size: Any, full: Any) -> bool:
     if hint(size) == 1:
         return broadcasts(size, full)
     return bool(size == full)
-
-
-def _broadcast_heads(a: Any, b: Any) -> Any:
-    """The head count two sdpa operands broadcast to, or None: equal counts stay equal; a count declared
-    1 takes 1 or the other's at any size, as torch broadcasts it (`broadcasts`)."""
-    if hint(a) == hint(b):
-        return a if a == b else None
-    if hint(a) == 1:
-        return b if broadcasts(a, b) else None
-    if hint(b) == 1:
-        return a if broadcasts(b, a) else None
-    return None
 
 
 @register_op
@@ -287,8 +276,8 @@ class ScaledDotProductAttention(Layer):
             ShapeError: counts torch refuses at the declared sizes.
         """
         if not self.enable_gqa:
-            scores = _broadcast_heads(heads, key_heads)
-            out = None if scores is None else _broadcast_heads(scores, value_heads)
+            scores = broadcast_dim(heads, key_heads)
+            out = None if scores is None else broadcast_dim(scores, value_heads)
             if out is not None:
                 return out
             if hint(key_heads) == hint(value_heads) and hint(heads) % hint(key_heads) == 0:

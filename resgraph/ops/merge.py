@@ -14,8 +14,8 @@ from typing import Any
 from ..symbolic import SymInt, broadcasts, hint, same_sizes
 from .base import ArgumentError, LayoutError, ShapeError, TensorType, promote, sample_dim
 
-__all__ = ["Merge", "broadcast_failure", "broadcast_shape", "broadcast_types", "check_gate_layouts", "concat_dim",
-           "layout_matters", "merge_code", "merge_type"]
+__all__ = ["Merge", "broadcast_dim", "broadcast_failure", "broadcast_shape", "broadcast_types", "check_gate_layouts",
+           "concat_dim", "layout_matters", "merge_code", "merge_type"]
 
 
 class Merge(str, Enum):
@@ -37,13 +37,14 @@ def broadcast_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] |
     """
     if len(a) != len(b):
         return None
-    dims = [_broadcast_dim(x, y) for x, y in zip(a, b)]
+    dims = [broadcast_dim(x, y) for x, y in zip(a, b)]
     return None if None in dims else tuple(dims)
 
 
-def _broadcast_dim(x: Any, y: Any) -> Any:
-    """One dim of a broadcast, deciding on symbolic sizes only what broadcasting itself decides (a
-    written 1 broadcasts whatever the other size is: no size decision is recorded for it)."""
+def broadcast_dim(x: Any, y: Any) -> Any:
+    """One dim of a broadcast (None where the sizes do not broadcast), deciding on symbolic sizes only
+    what broadcasting itself decides (a written 1 broadcasts whatever the other size is: no size
+    decision is recorded for it). Elementwise ops and sdpa's head counts broadcast by it."""
     if _is_one(x):
         return y
     if _is_one(y):
