@@ -358,11 +358,12 @@ def free_dims(declared: TensorType, positions: bool = False) -> list[tuple[int, 
 
     A channels-first map's spatial dims (`H`, `W`; `L`; `D`, `H`, `W`) and a features-last
     tensor's leading (sequence) dims (`L`, or `L1`, `L2`...) are free; its channels or features are
-    fixed by the layers' parameters. Every dim of an integer input (token ids), and of one read
-    only as attention masks (`positions`: query by key positions, a float mask's too), is a position.
+    fixed by the layers' parameters. Every dim of an integer input (token ids), and of a features-last
+    one read only as attention masks (`positions`: a float `(L, S)` mask's S is the key positions,
+    not features), is a position; a channels-first mask's dims after the first are free already.
     """
     rank = declared.rank
-    if positions or declared.dtype not in FLOAT_DTYPES:
+    if declared.dtype not in FLOAT_DTYPES or (positions and declared.layout != "channels_first"):
         axes = list(range(rank))
     elif declared.layout == "channels_first":
         axes = list(range(1, rank))
