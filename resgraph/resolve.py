@@ -572,10 +572,9 @@ class _Resolver:
                                                         f"there is no output{within}", key=True)
                 return []
             last = scope.layers[-1].name
-            path = scope.layers[-1].origin.path
-            if len(path) >= 3 and path[-2] == "outputs" and self.split_outputs(path[-3]):
-                # a chunk or split written last: its pieces are its outputs, as a call's are
-                pieces = [piece for piece, _ in self.split_outputs(path[-3])]
+            path = scope.layers[-1].origin.path  # (a piece's: its chunk or split's `outputs[i]`)
+            pieces = [piece for piece, _ in self.split_outputs(path[-3])] if path[-2:-1] == ("outputs",) else []
+            if pieces:  # a chunk or split written last: its pieces are its outputs, as a call's are
                 if scope.block:
                     self.fail(scope.origin.child("layers"), f"block {scope.block!r}: its last layer {path[-3]!r} "
                                                             f"has {len(pieces)} outputs; a block's default output "

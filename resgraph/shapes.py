@@ -313,7 +313,7 @@ def _role(op: Any, inputs: list[str], name: str, masks: int) -> str:
 
 def _naming_reads(definition: BlockDef, name: str, blocks: dict[str, Any], depth: int = 0) -> list[tuple[Any, str]]:
     """`_reads` of a block's input `name` from its layers' templates, through the blocks they call
-    ((None, False) where it cannot be told before expansion: an op written as an expression). The
+    ((None, "") where it cannot be told before expansion: an op written as an expression). The
     first layer reads the block's first input when it names no input."""
     reads: list[tuple[Any, str]] = []
     for index, entry in enumerate(definition.layers):

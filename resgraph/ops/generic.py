@@ -277,13 +277,13 @@ class GenericLayer(Layer):
                    for step in (1, 2)):
             return None
         for axis, is_free in enumerate(free):
-            at = seen.shape[:axis], seen.shape[axis + 1:]
-            if not is_free or follows((*at[0], 1, *at[1])):
+            before, after = seen.shape[:axis], seen.shape[axis + 1:]  # (the other dims at their declared sizes)
+            if not is_free or follows((*before, 1, *after)):
                 continue
             fails, runs = 1, seen.shape[axis]
             while runs - fails > 1:
                 middle = (fails + runs) // 2
-                fails, runs = (fails, middle) if follows((*at[0], middle, *at[1])) else (middle, runs)
+                fails, runs = (fails, middle) if follows((*before, middle, *after)) else (middle, runs)
             if not given.shape[axis] >= runs:  # (true at the declared size: recorded, so the guard checks it)
                 return None
         same_grid = out.layout == "channels_first" and out.shape[1:] == seen.shape[1:]
