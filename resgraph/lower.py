@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .codegen import HELPERS, functions_of, generate_forward, helpers_used
+from .distributed import checkpointed_class, is_dtensor
 from .errors import Diagnostic, SpecError, UsageError
 from .graph import RESERVED_NAMES, BlockNode, Graph, LayerNode, Node, SkipNode
 from .ownership import Owns, Tie, owns, tied_parameters
@@ -42,6 +43,32 @@ class GeneratedModule(nn.Module):
     """Base class of every module with a generated forward; `code` is that forward's source."""
 
     code: str = ""
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # A block instance pickled alone (`torch.save(model.layer1[0])`; a whole model pickles by its
+        # build record, see CompiledModule): its class is generated, so no import can find it by name.
+        # It travels as its generated source, from which `_unpickled_instance` makes the class again.
+        cls = type(self)
+        checkpointed = getattr(cls, "_checkpointed", False)
+        generated = cls.__mro__[1] if checkpointed else cls
+        if generated.__module__ != "resgraph.generated" or "code" not in generated.__dict__:
+            if any(is_dtensor(tensor) for tensor in self.state_dict().values()):  # FSDP2's FSDP<name> class
+                raise UsageError(f"cannot pickle block instance {cls.__name__.removeprefix('FSDP')}: it is sharded "
+                                 "(resgraph.shard), and a file of it would hold only this process's shards; gather "
+                                 "the whole model's weights (get_model_state_dict with full_state_dict=True), or save "
+                                 "the shards with torch.distributed.checkpoint")
+            return super().__reduce_ex__(protocol)  # (a class of the user's own, derived from a generated one)
+        return _unpickled_instance, (generated.__name__, generated.code, checkpointed), self.__getstate__()
+
+
+def _unpickled_instance(name: str, source: str, checkpointed: bool) -> GeneratedModule:
+    """An empty block instance of the generated class of `source` (see `GeneratedModule.__reduce_ex__`);
+    pickle then restores its state. The class is made again where no instance of it was made before
+    (another process), else found in `_generated_class`'s cache."""
+    made = _generated_class(name, source, GeneratedModule)
+    if checkpointed:
+        made = checkpointed_class(made)
+    return made.__new__(made)
 
 
 M = TypeVar("M", bound=GeneratedModule)

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import copy
 import io
+import pathlib
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -109,6 +112,56 @@ def test_whole_module_pickles_and_deep_copies(tutorial: nn.Module) -> None:
         torch.testing.assert_close(other(x), tutorial(x))
     clone.res1_conv1.weight.data.zero_()
     assert not torch.equal(clone.res1_conv1.weight, tutorial.res1_conv1.weight)
+
+
+NESTED_BLOCKS = """
+resgraph: 1
+name: Nested
+inputs: {x: [8]}
+blocks:
+  inner:
+    layers:
+      - fc: {op: Linear, out_features: 8}
+      - act: {op: GELU}
+    skips:
+      - res: {from: x, to: act, merge: add}
+  outer:
+    layers:
+      - a: {block: inner}
+      - norm: {op: LayerNorm}
+layers:
+  - stack: {block: outer, repeat: 2}
+  - head: {op: Linear, out_features: 3}
+"""
+
+
+def test_a_block_instance_pickles_alone_and_loads_in_another_process(tmp_path: pathlib.Path) -> None:
+    # torch.save(model.stack[0]): the instance's class is generated, so it travels as its source
+    model = resgraph.build(NESTED_BLOCKS, seed=0)
+    resgraph.checkpoint(model, blocks=["inner"])
+    instance = model.stack[0]
+    x = torch.randn(2, 8, requires_grad=True)
+    torch.save({"instance": instance, "x": x, "y": instance(x)}, tmp_path / "instance.pt")
+    script = (
+        "import torch\n"
+        f"saved = torch.load({str(tmp_path / 'instance.pt')!r}, weights_only=False)\n"
+        "instance = saved['instance']\n"
+        "y = instance(saved['x'])\n"
+        "torch.testing.assert_close(y, saved['y'], rtol=0, atol=0)\n"
+        "y.sum().backward()\n"
+        "print(type(instance).__name__, type(instance.a).__name__, type(instance.a)._checkpointed)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["Outer", "Inner", "True"]  # the instance's own class, still checkpointed
+
+
+def test_block_instances_pickle_in_process_as_their_own_classes() -> None:
+    model = resgraph.build(NESTED_BLOCKS, seed=0).eval()
+    restored = pickle.loads(pickle.dumps(model.stack))  # nn.Sequential of the repeat's 2 instances
+    assert [type(m) for m in restored] == [type(m) for m in model.stack]  # the generated classes, found again
+    assert restored.state_dict().keys() == model.stack.state_dict().keys()
+    x = torch.randn(2, 8)
+    torch.testing.assert_close(restored(x), model.stack(x), rtol=0, atol=0)
 
 
 def test_module_hooks_fire(tutorial: nn.Module) -> None:
