@@ -82,3 +82,51 @@ def test_chunk_takes_dim_1_in_every_layout_where_none_is_written() -> None:
                            "  - both: {op: sub, input: [a, b]}\n")
     x = torch.randn(2, 4, 6)
     torch.testing.assert_close(model(x), x[:, :2] - x[:, 2:])
+
+
+STRIDED_THEN_PERMUTED = """
+resgraph: 1
+name: PM
+inputs:
+  x: [4, 4, 4]
+layers:
+  - c: {op: Conv2d, out_channels: 4, kernel_size: 1, stride: 3}
+  - last: {op: permute, dims: [0, 2, 3, 1]}
+%s
+  - first: {op: permute, dims: [0, 3, 1, 2]}
+skips:
+  - s: {from: x, to: first, projection: conv}
+"""
+
+
+@pytest.mark.parametrize("channels_last", [
+    "",  # permuted there and straight back
+    "  - norm: {op: LayerNorm}\n  - fc: {op: Linear, out_features: 4}",  # per-position layers (ConvNeXt's)
+    "  - t: {op: transpose, dim0: 1, dim1: 2}\n  - t2: {op: transpose, dim0: 1, dim1: 2}",  # H, W swapped and back
+])
+def test_a_map_permuted_channels_last_and_back_stays_on_its_grid(channels_last: str) -> None:
+    # The shortcut strides 3, as the conv does (the grid told it), not the 2 that 4 -> 2 would suggest
+    model = resgraph.build(STRIDED_THEN_PERMUTED % channels_last, seed=0).eval()
+    assert model.s[0].stride == (3, 3)
+    assert resgraph.valid_sizes(STRIDED_THEN_PERMUTED % channels_last, low=1, high=40).of("x")[1].rule.describe(
+        "H") == "any H"
+
+    def by_hand(x: torch.Tensor) -> torch.Tensor:
+        y = model.c(x).permute(0, 2, 3, 1)
+        if "fc" in channels_last:
+            y = model.fc(model.norm(y))
+        return y.permute(0, 3, 1, 2) + model.s(x)
+
+    with torch.no_grad():
+        for size in (4, 7, 12, 13):  # ceil(H / 3) = ceil(H / 2) only at 4 and below
+            x = torch.randn(2, 4, size, size + 1)
+            torch.testing.assert_close(model(x), by_hand(x), rtol=0, atol=0)
+
+
+def test_a_map_permuted_with_its_channels_in_the_middle_has_no_grid() -> None:
+    # (C, H, W) -> (H, C, W): no layout has its channels there, so the grid is unknown, as after an
+    # adaptive pool: the skip is planned from the sizes (4 -> 2: stride 2)
+    spec = (STRIDED_THEN_PERMUTED % "").replace("[0, 2, 3, 1]", "[0, 2, 1, 3]").replace("[0, 3, 1, 2]",
+                                                                                       "[0, 2, 1, 3]")
+    model = resgraph.build(spec, seed=0)
+    assert model.s[0].stride == (2, 2)

@@ -387,8 +387,10 @@ class TensorType:
     """The static type of a value: per-sample shape (batch implicit), dtype and layout.
 
     Sizes may be `SymInt`s (they depend on an input's free size; see `resgraph.symbolic`).
-    `scale` is, for a channels-first map, the step of its spatial grid in input pixels per dim
-    (1 at an input; 2 after a stride-2 conv; 1/2 after a 2x upsample), counted from the layer that
+    `scale` is, for a map, the step of its spatial grid in input pixels per spatial dim (1 at an input;
+    2 after a stride-2 conv; 1/2 after a 2x upsample); its spatial dims are those after the channels,
+    or before the features of a map permuted channels-last (ConvNeXt's), which keeps its grid through
+    per-position layers (LayerNorm, Linear) and back. It is counted from the layer that
     made the map where it is no input's (a sequence reshaped or transposed into a map: `OwnGrid`), or
     None where unknown (after an adaptive pool, an uncurated op that resizes). Projections use it to tell
     a stride (the grids align at a ratio) from a size change on the same grid (valid convs).
@@ -419,25 +421,29 @@ class TensorType:
         only when the result is the same kind of map with the same spatial sizes."""
         shape, layout = tuple(shape), layout or self.layout
         if scale is _KEEP:
-            same_grid = (self.scale is not None and layout == "channels_first" and len(shape) == self.rank
-                         and hints(shape[1:]) == hints(self.shape[1:]))
-            scale = self.scale if same_grid else None
+            scale = self.scale
+            if scale is not None:  # (a map's spatial dims: after its channels, or before its features)
+                spatial = slice(1, None) if layout == "channels_first" else slice(None, -1)
+                if layout != self.layout or len(shape) != self.rank or hints(shape[spatial]) != hints(
+                        self.shape[spatial]):
+                    scale = None
         return TensorType(shape, self.dtype, layout, scale)  # (not dataclasses.replace: 3x the time, per layer)
 
     def with_dtype(self, dtype: str) -> TensorType:
         return TensorType(self.shape, dtype, self.layout, self.scale)
 
     def with_layout(self, layout: Layout) -> TensorType:
-        """This type in `layout` (a features-last one has no grid), without what `with_shape` drops."""
-        scale = self.scale if layout == "channels_first" else None
+        """This type read in `layout` (its dims unmoved: a grid of the other layout's dims is dropped), without
+        what `with_shape` drops."""
+        scale = self.scale if layout == self.layout else None
         if layout == self.layout and scale is self.scale and self.ids_below is None and self.ids_from is None:
             return self  # (a norm's output, as most are: one object less to make, hint and check)
         return TensorType(self.shape, self.dtype, layout, scale)
 
     def scaled(self, factors: tuple[Fraction, ...] | None) -> Scale | None:
         """The grid scale after an op that steps by `factors` per spatial dim (its strides)."""
-        if self.scale is None or factors is None or len(factors) != len(self.scale):
-            return None
+        if self.scale is None or factors is None or len(factors) != len(self.scale) or self.layout != "channels_first":
+            return None  # (a channels-last map read as channels-first: its grid's dims are others)
         if factors.count(1) == len(factors):  # (most layers: Fraction arithmetic costs microseconds)
             return self.scale
         return on_grid_of(self.scale, [s * f for s, f in zip(self.scale, factors)])

@@ -230,7 +230,7 @@ class GenericLayer(Layer):
         for t in symbolic:
             for size in t.shape:
                 specialize(size)
-        same_grid = (out.layout == "channels_first" and out.rank == inputs[0].rank
+        same_grid = (out.layout == "channels_first" == inputs[0].layout and out.rank == inputs[0].rank
                      and out.shape[1:] == inputs[0].shape[1:])
         return replace(out, scale=inputs[0].scale if same_grid else None)
 
@@ -286,7 +286,7 @@ class GenericLayer(Layer):
                 fails, runs = (fails, middle) if follows((*before, middle, *after)) else (middle, runs)
             if not given.shape[axis] >= runs:  # (true at the declared size: recorded, so the guard checks it)
                 return None
-        same_grid = out.layout == "channels_first" and out.shape[1:] == seen.shape[1:]
+        same_grid = out.layout == "channels_first" == seen.layout and out.shape[1:] == seen.shape[1:]
         shape = tuple(size if is_free else kept for size, kept, is_free in zip(given.shape, out.shape, free))
         return replace(out, shape=shape, scale=given.scale if same_grid else None)
 

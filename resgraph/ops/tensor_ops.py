@@ -35,10 +35,32 @@ def _reordered(x: TensorType, order: list[int]) -> TensorType:
     """`x` with its per-sample dims in `order`, its layout and grid following the dims they are of (a
     sequence made a map, `(L, F)` to `(F, L)`, starts a grid of its own: see `OwnGrid`)."""
     layout = _moved_layout(x, order)
-    grid = _grid_of(x, order, layout)
+    grid = _moved_grid(x, order, layout)
     if grid is None and layout == "channels_first" and x.layout != "channels_first" and len(order) >= 2:
         grid = OwnGrid.fresh(len(order) - 1)
     return x.with_shape(tuple(x.shape[i] for i in order), layout, grid)
+
+
+def _moved_grid(x: TensorType, order: list[int], layout: Layout) -> Any:
+    """The grid scale of `x`'s dims reordered to `order` in `layout`: each spatial dim keeps its own
+    step wherever it goes, as long as the channels end where `layout` has them (first, or last: a map
+    permuted channels-last and back, ConvNeXt's, is on its grid still); else None.
+
+    >>> from fractions import Fraction
+    >>> x = TensorType((4, 3, 8), scale=(Fraction(2), Fraction(3)))
+    >>> last = _moved_grid(x, [1, 2, 0], "features_last"); last
+    (Fraction(2, 1), Fraction(3, 1))
+    >>> _moved_grid(TensorType((3, 8, 4), layout="features_last", scale=last), [2, 1, 0], "channels_first")
+    (Fraction(3, 1), Fraction(2, 1))
+    """
+    if x.scale is None or x.rank < 2:
+        return None
+    channels = 0 if x.layout == "channels_first" else x.rank - 1
+    where = 0 if layout == "channels_first" else x.rank - 1
+    if order[where] != channels:
+        return None
+    steps = dict(zip([axis for axis in range(x.rank) if axis != channels], x.scale))
+    return on_grid_of(x.scale, [steps[axis] for position, axis in enumerate(order) if position != where])
 
 
 def _grid_of(x: TensorType, kept: list[int], layout: Layout | None) -> Any:
