@@ -28,7 +28,7 @@ from .graph import BlockNode, Graph, LayerNode, Node, SkipNode
 from .ops import GenericLayer, ShapeError
 from .ops.base import dtype_name
 from .ops.generic import allowed_imports, torch_module_class
-from .ownership import Owns, owns, tied_parameters
+from .ownership import Owns, in_tie_order, owns, tied_parameters
 from .pipeline import dict_spec_text
 from .projections import step_constructor
 from .version import __version__
@@ -457,7 +457,7 @@ class _Exporter:
                  "", f"{INDENT}def __init__(self) -> None:", f"{INDENT * 2}super().__init__()"]
         for statement in self.members(graph):
             lines += [f"{INDENT * 2}{line}" for line in statement.splitlines()]
-        for tie in tied_parameters(graph):  # paths of validated names: identifiers and indices
+        for tie in in_tie_order(tied_parameters(graph)):  # paths of validated names: identifiers and indices
             lines.append(f"{INDENT * 2}{_attribute(tie.path)} = {_attribute(tie.target)}  # tied")
         lines += [""] + _indented(generate_forward(graph))
         return "\n".join(lines)

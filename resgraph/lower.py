@@ -31,7 +31,7 @@ from .codegen import HELPERS, functions_of, generate_forward, helpers_used
 from .distributed import checkpointed_class, is_dtensor
 from .errors import Diagnostic, SpecError, UsageError
 from .graph import RESERVED_NAMES, BlockNode, Graph, LayerNode, Node, SkipNode
-from .ownership import Owns, Tie, owns, tied_parameters
+from .ownership import Owns, Tie, in_tie_order, owns, tied_parameters
 from .projections import ProjectionPlan, step_constructor
 from .suggest import did_you_mean
 
@@ -194,7 +194,7 @@ _MODULE_HOOKS: dict[Any, Any] | None = getattr(torch.nn.modules.module, "_global
 def tie_parameters(module: nn.Module, graph: Graph) -> list[Diagnostic]:
     """Make every tied parameter (`tie: {weight: wte.weight}`) the very tensor it names.
 
-    `module` is the model lowered from `graph`; ties are set in graph order. Applying them again
+    `module` is the model lowered from `graph`; ties are set in `in_tie_order`. Applying them again
     (after `to_empty` re-creates the parameters) is harmless.
 
     Returns:
@@ -244,7 +244,7 @@ def tie_parameters(module: nn.Module, graph: Graph) -> list[Diagnostic]:
             resolved.append(tie)
     if diagnostics:
         return diagnostics
-    for tie in resolved:
+    for tie in in_tie_order(resolved):
         parent, _, leaf = f"{tie.owner}.{tie.attribute}".rpartition(".")
         setattr(module.get_submodule(parent), leaf, module.get_parameter(tie.target))
     return []

@@ -27,7 +27,7 @@ tied parameters to their owner, so each shared tensor is counted once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -94,6 +94,24 @@ def tied_parameters(graph: Graph) -> Iterator[Tie]:
         elif isinstance(node, BlockNode):
             for instance in node.instances:
                 yield from tied_parameters(instance)
+
+
+def in_tie_order(ties: Iterable[Tie]) -> list[Tie]:
+    """`ties` in the order to set them: a tie whose target is itself tied comes after that tie, so a
+    chain (`c` to `b.weight`, `b` to `a.weight`) shares the last target's tensor whatever the order
+    of its layers (set in graph order, `c` above `b` took `b`'s own tensor, replaced just after).
+    A cycle of ties (refused where ties are checked) keeps graph order."""
+    ties = list(ties)
+    target_of = {tie.path: tie.target for tie in ties}
+
+    def depth(tie: Tie) -> int:
+        seen, target = {tie.path}, tie.target
+        while target in target_of and target not in seen:
+            seen.add(target)
+            target = target_of[target]
+        return len(seen)
+
+    return sorted(ties, key=depth)  # (stable: graph order within a depth)
 
 
 def owned_tensors(module: Any, node: Node, prefix: str = "") -> list[Any]:

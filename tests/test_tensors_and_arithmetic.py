@@ -464,6 +464,30 @@ def test_a_model_built_on_meta_and_materialized_keeps_its_ties() -> None:
         assert torch.equal(a, b), name
 
 
+CHAIN = {"a": "  - a: {op: Linear, out_features: 4, bias: false}\n",
+         "b": "  - b: {op: Linear, out_features: 4, bias: false, tie: {weight: a.weight}}\n",
+         "c": "  - c: {op: Linear, out_features: 4, bias: false, tie: {weight: b.weight}}\n"}
+
+
+@pytest.mark.parametrize("order", ["abc", "cab", "bca", "cba"])
+def test_a_chain_of_ties_shares_one_tensor_whatever_the_order_of_its_layers(order: str, tmp_path: pathlib.Path) -> None:
+    from test_export import import_file
+
+    spec = HEAD + "inputs:\n  x: [4]\nlayers:\n" + "".join(CHAIN[name] for name in order) + "outputs: [a, b, c]\n"
+    model = resgraph.build(spec, seed=0)
+    assert model.c.weight is model.a.weight and model.b.weight is model.a.weight
+    assert sum(p.numel() for p in model.parameters()) == 16 == resgraph.count_parameters(spec)
+    assert resgraph.summary(model).total_params == 16
+    on_meta = resgraph.materialize(resgraph.build(spec, device="meta"), seed=0)
+    assert on_meta.c.weight is on_meta.a.weight and torch.equal(on_meta.a.weight, model.a.weight)
+    resgraph.save(model, tmp_path / "chain.pt")  # (refused as "changed after the build" while c kept its own)
+    path = tmp_path / "chain.py"
+    path.write_text(resgraph.to_python(model))
+    exported = import_file(path, "chain").T()
+    exported.load_state_dict(model.state_dict(), strict=True)
+    assert exported.c.weight is exported.a.weight and exported.b.weight is exported.a.weight
+
+
 def test_the_diagram_shows_the_tie() -> None:
     source = resgraph.render(TIED).source
     assert "weight = wte.weight" in source  # in the tied layers' labels
