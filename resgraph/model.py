@@ -515,7 +515,8 @@ def materialize(module: C, *, device: Device = "cpu", seed: int | None = None,
 
     The values equal, bit for bit, those of `resgraph.build(spec, seed=seed)` (on CPU), for a
     model built with `device="meta"` and then sharded, checkpointed or compiled alike. A submodule
-    put in place after the build is initialised by its own `reset_parameters()`, as torch does. Each
+    put in place after the build keeps its values where it has them (allocated, in a model on meta),
+    else is initialised by its own `reset_parameters()`, as torch does. Each
     layer is built once more on CPU, from the same constructor and with the same random draws in
     the same order as the build, and copied in; so peak extra memory is one layer's weights, and
     a sharded (FSDP2) parameter receives only this process's shard.
@@ -548,7 +549,7 @@ def materialize(module: C, *, device: Device = "cpu", seed: int | None = None,
     # Submodules put in place after the build (a new head for fine-tuning) are not the spec's: each
     # is initialised as torch initialises a module after `to_empty`, by its own `reset_parameters`.
     # One already allocated keeps its values.
-    replaced = replaced_modules(module)
+    replaced = {**replaced_modules(module), **_allocated_in_place(module)}
     kept = {path: outer.state_dict() for path, outer in replaced.items()
             if not any(t.is_meta for t in itertools.chain(outer.parameters(), outer.buffers()))}
     resets = [(f"{path}.{name}" if name else path, sub) for path, outer in replaced.items() if path not in kept
@@ -591,6 +592,26 @@ def materialize(module: C, *, device: Device = "cpu", seed: int | None = None,
             module.get_submodule(path).load_state_dict(state)
     tie_parameters(module, graph)  # to_empty made a tied parameter a tensor of its own again
     return given
+
+
+def _allocated_in_place(module: nn.Module) -> dict[str, nn.Module]:
+    """In a model whose weights are partly on meta (built there), each outermost submodule whose
+    tensors are all allocated: put in place after the build (a pretrained head), even where it is of
+    the built kind and shapes, which `replaced_modules` cannot tell from the built one. Its values are
+    the user's, so `materialize` keeps them. None in a model without meta tensors: materializing one
+    initialises it all again, as a build does."""
+    def tensors(m: nn.Module) -> list[torch.Tensor]:
+        return [*m.parameters(), *m.buffers()]
+
+    if not any(t.is_meta for t in tensors(module)):
+        return {}
+    allocated: dict[str, nn.Module] = {}
+    for name, sub in module.named_modules():
+        if name and not any(name.startswith(f"{outer}.") for outer in allocated):
+            own = tensors(sub)
+            if own and not any(t.is_meta for t in own):
+                allocated[name] = sub
+    return allocated
 
 
 def export_program(module: CompiledModule, *, dynamic: bool = True, **options: Any) -> Any:

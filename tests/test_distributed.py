@@ -7,6 +7,7 @@ Multi-process runs use the gloo backend on CPU in subprocesses (tests/fsdp_worke
 
 from __future__ import annotations
 
+import copy
 import json
 import pathlib
 import re
@@ -114,6 +115,26 @@ def test_materialize_equals_a_seeded_build_bit_for_bit(example: str) -> None:
     for name, tensor in built.items():
         assert not materialized[name].is_meta and materialized[name].dtype == tensor.dtype
         assert torch.equal(materialized[name], tensor), name
+
+
+@pytest.mark.parametrize("path", ["out", "body.1", "body.0.rnn"])
+def test_an_allocated_submodule_of_the_built_kind_put_in_place_keeps_its_values(path: str) -> None:
+    # A pretrained part of the very kind and shapes the build makes: only its being allocated (in a
+    # model on meta) tells it apart, and its values are the user's
+    built = resgraph.build(MIXED, seed=3)
+    pretrained = copy.deepcopy(built.get_submodule(path))
+    with torch.no_grad():
+        for tensor in pretrained.parameters():
+            tensor.fill_(5.0)
+    meta = resgraph.build(MIXED, device="meta")
+    parent, _, leaf = path.rpartition(".")
+    setattr(meta.get_submodule(parent), leaf, pretrained)
+    materialized = tensors(resgraph.materialize(meta, seed=3))
+    for name, tensor in tensors(built).items():
+        if name.startswith(f"{path}."):
+            assert (materialized[name] == 5.0).all(), name
+        else:  # the rest: bit for bit the seeded build
+            assert torch.equal(materialized[name], tensor), name
 
 
 def test_materialize_without_a_seed_draws_from_the_global_generator_as_a_build_does() -> None:
