@@ -225,8 +225,8 @@ def checkpointed_class(cls: type[M]) -> type[M]:
 
 
 class _BufferGuard:
-    """The contexts of one checkpointed call: the recomputation in the backward pass leaves the buffers
-    the forward updates as it found them.
+    """The contexts of one checkpointed call: the recomputation in the backward pass reads the buffers
+    as the forward read them, and leaves those the forward updates as the forward left them.
 
     A BatchNorm in training mode updates its running statistics on every forward; recomputing the
     block would update them a second time (momentum applied twice, `num_batches_tracked` counted
@@ -240,18 +240,32 @@ class _BufferGuard:
         self.stats = [buffer for inner in module.modules() if getattr(inner, "track_running_stats", False)
                       and inner.training for buffer in inner.buffers(recurse=False)]
         self.others = [buffer for buffer in module.buffers() if all(buffer is not stat for stat in self.stats)]
+        # Of these, those a layer may read and then update (a registered layer's step counter, an EMA
+        # codebook) are kept as the forward found them, so that the recomputation reads the same values
+        # and the gradients stay unchanged; not resgraph's constants (the buffers of generated modules),
+        # nor the running statistics, which a forward in training mode updates without reading.
+        constants = [buffer for inner in module.modules() if type(inner).__module__ == "resgraph.generated"
+                     for buffer in inner.buffers(recurse=False)]
+        self.read = [buffer for buffer in self.others if all(buffer is not constant for constant in constants)]
         self.changed: list[torch.Tensor] = []
+        self.rewound: list[tuple[torch.Tensor, torch.Tensor]] = []  # (buffer, its value before the forward)
 
     @contextlib.contextmanager
     def forward(self) -> Iterator[None]:
         versions = [buffer._version for buffer in self.others]
+        before = [buffer.detach().clone() for buffer in self.read]
         yield
         self.changed = self.stats + [buffer for buffer, version in zip(self.others, versions)
                                      if buffer._version != version]
+        self.rewound = [(buffer, value) for buffer, value in zip(self.read, before)
+                        if any(buffer is changed for changed in self.changed)]
 
     @contextlib.contextmanager
     def recompute(self) -> Iterator[None]:
         saved = [buffer.detach().clone() for buffer in self.changed]
+        with torch.no_grad():
+            for buffer, value in self.rewound:
+                buffer.copy_(value)
         try:
             yield
         finally:

@@ -251,6 +251,39 @@ def test_checkpoint_true_in_a_spec_recomputes_each_block_and_leaves_gradients_un
         assert torch.equal(actual[name], grad), name
 
 
+class StepScaled(torch.nn.Module):
+    """A layer that reads a buffer it updates in its forward (a step counter; an EMA codebook alike)."""
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(in_features, in_features)
+        self.register_buffer("steps", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.steps += 1
+        return self.linear(x) * self.steps
+
+
+def test_the_recomputation_reads_a_buffer_as_the_forward_read_it() -> None:
+    # It read the value the forward left (2 where the forward saw 1): other gradients, silently
+    if "StepScaled" not in resgraph.ops.generic.CUSTOM_OPS:
+        resgraph.register_op("StepScaled", StepScaled)
+    spec = ("resgraph: 1\nname: Steps\nblocks:\n  unit:\n    layers:\n      - scaled: {op: StepScaled}\n"
+            "      - norm: {op: BatchNorm1d, momentum: null}\n      - scale: {op: constant, value: [2.0]}\n"
+            "      - out: {op: mul, input: [norm, scale]}\n"
+            "inputs: {x: [8]}\nlayers:\n  - body: {block: unit, repeat: 2, checkpoint: true}\n")
+    checked = resgraph.build(spec, seed=0)
+    plain = resgraph.build(spec.replace(", checkpoint: true", ""), seed=0)
+    x = torch.randn(4, 8)
+    for step in range(2):  # the counter at 1, then 2
+        expected, actual = gradients(plain, x), gradients(checked, x)
+        for name, grad in expected.items():
+            assert torch.equal(actual[name], grad), (step, name)
+        for (name, buffer), (_, kept) in zip(plain.named_buffers(), checked.named_buffers()):
+            assert torch.equal(kept, buffer), (step, name)  # updated once per step, as without checkpointing
+    assert int(checked.body[0].scaled.steps) == 2 and int(checked.body[1].norm.num_batches_tracked) == 2
+
+
 def test_the_checkpoint_api_checkpoints_chosen_blocks_once_at_the_outermost() -> None:
     nested = ("resgraph: 1\nname: Nested\nblocks:\n  inner:\n    layers:\n      - fc: {op: Linear, out_features: 8}\n"
               "  outer:\n    layers:\n      - a: {block: inner}\n      - b: {block: inner}\n"
