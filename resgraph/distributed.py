@@ -69,7 +69,13 @@ def _chooser(graph: Graph, blocks: Iterable[str] | None) -> Choose:
         return lambda node, instance: node.repeated
     if isinstance(blocks, str):  # a lone name would otherwise be read as a list of characters
         blocks = [blocks]
-    wanted = set(blocks)
+    names = list(blocks) if isinstance(blocks, Iterable) else [blocks]
+    odd = [name for name in names if not isinstance(name, str)]
+    if odd:
+        among = "" if names == [blocks] else f", got {type(odd[0]).__name__} {odd[0]!r} among them"
+        raise UsageError(f"blocks={blocks!r}: expected block names (a list of strings, e.g. blocks=['encoder_block'])"
+                         f"{among}")
+    wanted = set(names)
     known = _nameable(graph)
     unknown = sorted(wanted - set(known))
     if unknown:

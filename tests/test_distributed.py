@@ -311,6 +311,16 @@ def test_choosing_an_unknown_block_names_the_known_ones() -> None:
         resgraph.materialize(torch.nn.Linear(2, 2))
 
 
+@pytest.mark.parametrize("blocks, got", [(5, ""), ([["encoder_block"]], ", got list ['encoder_block'] among them"),
+                                         (["encoder_block", None], ", got NoneType None among them")])
+def test_blocks_that_are_no_list_of_names_are_a_usage_error(blocks: Any, got: str) -> None:
+    model = resgraph.build(VIT, params=TINY_VIT, device="meta")
+    for choose in (resgraph.checkpoint, resgraph.compile, resgraph.shard):  # (refused before any work)
+        with pytest.raises(UsageError, match=re.escape(f"blocks={blocks!r}: expected block names (a list of "
+                                                       f"strings, e.g. blocks=['encoder_block']){got}")):
+            choose(model, blocks=blocks)
+
+
 def test_a_checkpointed_model_compiles_whole_without_graph_breaks_and_exports_unchanged() -> None:
     params = {**TINY_VIT, "dropout": 0.1}
     reference = resgraph.build(VIT, params=params, seed=0)
