@@ -450,6 +450,10 @@ def _read(state_dict_or_path: Mapping[str, Any] | str | os.PathLike[str]) -> dic
             loaded = loaded[wrapped[0]]
     if not isinstance(loaded, Mapping):
         raise UsageError(f"a checkpoint is a mapping of names to tensors, not a {type(loaded).__name__}")
+    unnamed = [key for key in loaded if not isinstance(key, str)]
+    if unnamed:
+        raise UsageError(f"a checkpoint is a mapping of names to tensors; its keys include {unnamed[0]!r} "
+                         f"({type(unnamed[0]).__name__}), not a name")
     others = [key for key, value in loaded.items() if not isinstance(value, torch.Tensor)]
     if others:
         raise UsageError(f"the checkpoint holds entries that are not tensors: {', '.join(map(str, others[:5]))}"
@@ -463,11 +467,23 @@ def _read(state_dict_or_path: Mapping[str, Any] | str | os.PathLike[str]) -> dic
 def _renamed(tensors: dict[str, torch.Tensor], rename: Rename | None) -> dict[str, torch.Tensor]:
     if rename is None:
         return tensors
+    if not callable(rename):
+        if not isinstance(rename, Mapping):
+            raise UsageError(f"rename is a mapping of key prefixes ({{'backbone.': ''}}) or a function of a key, "
+                             f"not a {type(rename).__name__}")
+        odd = next(((old, new) for old, new in rename.items()
+                    if not isinstance(old, str) or not (new is None or isinstance(new, str))), None)
+        if odd is not None:
+            raise UsageError(f"rename maps key prefixes to prefixes (or None: leave those keys out), not "
+                             f"{odd[0]!r} to {odd[1]!r}")
     renamed: dict[str, torch.Tensor] = {}
     for key, tensor in tensors.items():
         new = rename(key) if callable(rename) else _by_prefix(key, rename)
         if new is None:
             continue
+        if not isinstance(new, str):
+            raise UsageError(f"rename gave {new!r} ({type(new).__name__}) for checkpoint key {key!r}: it gives a "
+                             "key (a string), or None to leave the key out")
         if new in renamed:
             raise UsageError(f"rename maps two checkpoint keys to {new!r}")
         renamed[new] = tensor

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
+from typing import Any
 from collections import OrderedDict
 
 import pytest
@@ -158,6 +159,24 @@ def test_rename_files_and_wrapped_checkpoints(tmp_path: pathlib.Path) -> None:
         resgraph.load_weights(model, tmp_path / "missing.pt")
     with pytest.raises(resgraph.UsageError, match="not tensors: epoch"):
         resgraph.load_weights(model, {"fc.weight": torch.zeros(5, 16), "epoch": 7})
+
+
+@pytest.mark.parametrize("checkpoint, rename, message", [
+    ({0: torch.zeros(5, 16)}, None, r"its keys include 0 \(int\), not a name"),
+    ("file", None, r"its keys include 0 \(int\), not a name"),  # the same, saved by torch.save
+    ({"fc.weight": torch.zeros(5, 16)}, {"fc": 3}, "rename maps key prefixes to prefixes .*, not 'fc' to 3"),
+    ({"fc.weight": torch.zeros(5, 16)}, {1: "fc"}, "not 1 to 'fc'"),
+    ({"fc.weight": torch.zeros(5, 16)}, ["fc"], "rename is a mapping of key prefixes .* not a list"),
+    ({"fc.weight": torch.zeros(5, 16)}, lambda key: 5, r"rename gave 5 \(int\) for checkpoint key 'fc.weight'"),
+])
+def test_a_checkpoint_or_rename_of_other_than_names_is_a_usage_error(checkpoint: Any, rename: Any, message: str,
+                                                                      tmp_path: pathlib.Path) -> None:
+    # (an AttributeError from inside: 'int' object has no attribute 'rpartition', or 'rstrip')
+    if checkpoint == "file":
+        checkpoint = tmp_path / "ints.pt"
+        torch.save({0: torch.zeros(5, 16), 1: torch.zeros(5)}, checkpoint)
+    with pytest.raises(resgraph.UsageError, match=message):
+        resgraph.load_weights(resgraph.build(SMALL_NET), checkpoint, rename=rename)
 
 
 def test_a_tied_checkpoint_loads_into_a_tied_model_once() -> None:
