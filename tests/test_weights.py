@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import logging
 import pathlib
-from typing import Any
 from collections import OrderedDict
+from typing import Any
 
 import pytest
 import torch
