@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any, BinaryIO
 
-from .errors import ResgraphError, UsageError, shortened
+from .errors import UsageError, shortened
 from .expressions import value_size
 from .files import atomic_write, path_name
 from .loader import MAX_BYTES
@@ -104,10 +104,10 @@ def load(path: str | os.PathLike[str], *, allow_imports: Iterable[str] = (),
         max_params: the same limit `build` applies, checked before any weight is allocated.
     Raises:
         UsageError: the file is missing, not a regular file, not a resgraph artifact or missing
-            a part of one, or it needs imports not allowed.
+            a part of one, or it needs imports not allowed; or its weights do not fit its spec: a
+            tensor missing, extra, of another shape or dtype, or tied parameters (`tie:`) stored
+            with different values (as every other part of a file that is not what `save` wrote).
         SpecError: the stored spec is invalid (e.g. from a newer resgraph) or over a bound.
-        ResgraphError: the stored weights do not fit the stored spec: a tensor missing, extra, of
-            another shape or dtype, or tied parameters (`tie:`) stored with different values.
     """
     import torch
 
@@ -132,14 +132,14 @@ def load(path: str | os.PathLike[str], *, allow_imports: Iterable[str] = (),
         result = module.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # a tensor of the wrong shape
         detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])
-        raise ResgraphError(f"{name}: the stored weights do not match the stored spec ({detail})") from None
+        raise UsageError(f"{name}: the stored weights do not match the stored spec ({detail})") from None
     problems = _dtype_problems(module.state_dict(), state) + _tie_problems(module, state)
     if result.missing_keys:
         problems.append(f"missing weights: {', '.join(result.missing_keys[:5])}")
     if result.unexpected_keys:
         problems.append(f"unexpected weights: {', '.join(result.unexpected_keys[:5])}")
     if problems:
-        raise ResgraphError(f"{name}: the stored weights do not match the stored spec ({'; '.join(problems)})")
+        raise UsageError(f"{name}: the stored weights do not match the stored spec ({'; '.join(problems)})")
     _restore_modes(module, payload.get("modes"), name)
     return module
 
@@ -149,8 +149,8 @@ def _restore_modes(module: CompiledModule, stored: Any, name: str) -> None:
     kept has none: the model stays as built, in training mode with every parameter trainable).
 
     Raises:
-        UsageError: the stored modes are not what `save` writes.
-        ResgraphError: they name a parameter or submodule the stored spec does not build.
+        UsageError: the stored modes are not what `save` writes, or name a parameter or submodule
+            the stored spec does not build.
     """
     if stored is None:
         return
@@ -171,7 +171,7 @@ def _restore_modes(module: CompiledModule, stored: Any, name: str) -> None:
     unknown = [f"parameter {key!r}" for key in stored["frozen"] if key not in parameters]
     unknown += [f"submodule {key!r}" for key in stored["flipped"] if key not in submodules]
     if unknown:
-        raise ResgraphError(f"{name}: the stored modes do not match the stored spec (it builds no "
+        raise UsageError(f"{name}: the stored modes do not match the stored spec (it builds no "
                             f"{', no '.join(unknown[:5])})")
     restore_modes(module, stored["training"], stored["frozen"], stored["flipped"])
 

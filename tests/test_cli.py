@@ -211,10 +211,12 @@ def test_load_refuses_weights_that_do_not_fit_the_spec(tmp_path: pathlib.Path) -
     target = tmp_path / "model.pt"
     assert main(["build", "examples/tutorial.yaml", "-o", str(target)]) == 0
     payload = torch.load(target, weights_only=True)
-    payload["state_dict"]["res1_conv1.weight"] = torch.zeros(1)
-    torch.save(payload, target)
-    with pytest.raises(resgraph.ResgraphError, match="do not match the stored spec"):
-        load(target)
+    for key, tensor in [("res1_conv1.weight", torch.zeros(1)), ("res1_conv1.bias", torch.zeros(64).double()),
+                        ("extra.weight", torch.zeros(1))]:  # another shape, another dtype, a tensor too many
+        changed = {**payload, "state_dict": {**payload["state_dict"], key: tensor}}
+        torch.save(changed, target)
+        with pytest.raises(resgraph.UsageError, match="do not match the stored spec"):  # as every other bad part
+            load(target)
     torch.save({"something": "else"}, target)
     with pytest.raises(resgraph.UsageError, match="not a resgraph model file"):
         load(target)
