@@ -150,7 +150,7 @@ class CompiledModule(GeneratedModule):
         # one changed since the build (`model.k.fill_(7)`) travels beside it, as it does in a plain module.
         unsaved = {name: buffer for name, buffer in self.named_buffers(remove_duplicate=False) if name not in state}
         return (_unpickle, (self.build_record, state, kept.training, kept.frozen, kept.flipped,
-                            replaced_modules(self), checkpointed, unsaved))
+                            replaced_modules(self), checkpointed, unsaved, tied_after_build(self)))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> CompiledModule:
         clone = type(self).__new__(type(self))
@@ -216,6 +216,26 @@ def replaced_modules(module: CompiledModule, rebuilt: nn.Module | None = None) -
     return replaced
 
 
+def tied_after_build(module: CompiledModule) -> dict[str, str]:
+    """Parameters made one tensor after the build (`model.b.weight = model.a.weight`) that the spec's
+    ties do not make one: each such name, by the first name (in `named_parameters` order) holding its
+    tensor. A rebuild from the spec would hold them apart."""
+    target_of = {tie.path: tie.target for tie in tied_parameters(module.graph)}
+
+    def root(name: str) -> str:  # the tensor the spec's ties give `name` (a chain followed; no cycles: built)
+        while name in target_of:
+            name = target_of[name]
+        return name
+
+    first: dict[int, str] = {}
+    tied: dict[str, str] = {}
+    for name, parameter in module.named_parameters(remove_duplicate=False):
+        holder = first.setdefault(id(parameter), name)
+        if root(name) != root(holder):
+            tied[name] = holder
+    return tied
+
+
 def rebuilt_on_meta(module: CompiledModule) -> nn.Module:
     """What a rebuild of `module`'s spec makes, on meta (no weights), with the imports it was built with."""
     with allowed_imports(module.build_record.allow_imports):
@@ -264,13 +284,21 @@ def _tensor_ids(module: nn.Module) -> set[int]:
 
 def require_as_built(module: CompiledModule, what: str, rebuilt: nn.Module | None = None) -> None:
     """Refuse to write `module` as `what` (a format written from its spec) when a submodule was
-    replaced after the build: the file would describe the spec's model, not this one. `rebuilt`: as
-    for `replaced_modules`.
+    replaced after the build, or parameters were tied (`tied_after_build`): the file would describe
+    the spec's model, not this one. `rebuilt`: as for `replaced_modules`.
 
     Raises:
-        UsageError: naming the first replaced submodule and what to do instead.
+        UsageError: naming the first replaced submodule or tied parameter, and what to do instead.
     """
     rebuilt = rebuilt if rebuilt is not None else rebuilt_on_meta(module)
+    tied = tied_after_build(module)
+    if tied:
+        name, holder = next(iter(tied.items()))
+        owner, _, attribute = name.rpartition(".")
+        raise UsageError(f"cannot write {type(module).__name__} as {what}: its parameter {name!r} was tied to "
+                         f"{holder!r} after the build, and {what} describes the model by its spec, which does not tie "
+                         f"them. Tie them in the spec (`tie: {{{attribute}: {holder}}}` on {owner!r}) and rebuild, or "
+                         "save the whole module with torch.save(model)")
     replaced = replaced_modules(module, rebuilt)
     if replaced:
         name, sub = next(iter(replaced.items()))
@@ -405,7 +433,7 @@ def _own_shapes(module: nn.Module) -> tuple[tuple[str, tuple[int, ...]], ...]:
 def _unpickle(record: BuildRecord, state: dict[str, Any], training: bool,
               frozen: list[str] | None = None, flipped: Iterable[str] = (),
               replaced: dict[str, nn.Module] | None = None, checkpointed: Iterable[str] = (),
-              unsaved: dict[str, Any] | None = None) -> CompiledModule:
+              unsaved: dict[str, Any] | None = None, tied: dict[str, str] | None = None) -> CompiledModule:
     """The pickled model rebuilt, its tensors as they were pickled: a model converted with `.double()`
     or `.half()`, moved to another device, or built on meta comes back so, not converted to what a
     build gives (ties kept: each tied name holds the one shared tensor), and exactly the parameters
@@ -413,7 +441,8 @@ def _unpickle(record: BuildRecord, state: dict[str, Any], training: bool,
     `flipped`: the submodules whose mode differs from the model's; `replaced`: submodules pickled
     as themselves (see `replaced_modules`), put back in place of the rebuilt ones; `checkpointed`: the
     instances whose forward runs under activation checkpointing; `unsaved`: the non-persistent buffers
-    (None in a pickle written before they were kept: as built then)."""
+    (None in a pickle written before they were kept: as built then); `tied`: the parameters tied
+    after the build (`tied_after_build`), tied again."""
     tensors = list(state.values())
     meta = bool(tensors) and all(t.is_meta for t in tensors)
     module = rebuild(record, allow_imports=record.allow_imports, max_params=None, device="meta" if meta else None)
@@ -427,6 +456,9 @@ def _unpickle(record: BuildRecord, state: dict[str, Any], training: bool,
     for name, buffer in (unsaved or {}).items():
         parent, _, attribute = name.rpartition(".")
         module.get_submodule(parent).register_buffer(attribute, buffer, persistent=False)
+    for name, holder in (tied or {}).items():  # (the values are equal: loaded from the one tensor)
+        parent, _, attribute = name.rpartition(".")
+        setattr(module.get_submodule(parent), attribute, module.get_parameter(holder))
     restore_modes(module, training, frozen, flipped)
     return module
 

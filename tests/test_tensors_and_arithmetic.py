@@ -3,8 +3,11 @@ weight tying, and YAML numbers: each compared with the torch computation it stan
 
 from __future__ import annotations
 
+import copy
 import math
 import pathlib
+import pickle
+import re
 
 import pytest
 import torch
@@ -486,6 +489,26 @@ def test_a_chain_of_ties_shares_one_tensor_whatever_the_order_of_its_layers(orde
     exported = import_file(path, "chain").T()
     exported.load_state_dict(model.state_dict(), strict=True)
     assert exported.c.weight is exported.a.weight and exported.b.weight is exported.a.weight
+
+
+def test_a_tie_made_after_the_build_is_kept_by_pickle_and_refused_by_files_written_from_the_spec(
+        tmp_path: pathlib.Path) -> None:
+    spec = HEAD + "inputs:\n  x: [4]\nlayers:\n" + CHAIN["a"] + CHAIN["b"].replace(", tie: {weight: a.weight}", "")
+    model = resgraph.build(spec, seed=0)
+    model.b.weight = model.a.weight  # tied after the build
+    for copied in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert copied.b.weight is copied.a.weight and sum(p.numel() for p in copied.parameters()) == 16
+    message = ("its parameter 'b.weight' was tied to 'a.weight' after the build, and {what} describes the model by "
+               "its spec, which does not tie them. Tie them in the spec (`tie: {{weight: a.weight}}` on 'b')")
+    with pytest.raises(resgraph.UsageError, match=re.escape(message.format(what="a .pt file"))):
+        resgraph.save(model, tmp_path / "tied.pt")
+    with pytest.raises(resgraph.UsageError, match=re.escape(message.format(what="Python source"))):
+        resgraph.to_python(model)
+    assert not (tmp_path / "tied.pt").exists()
+    followed = resgraph.build(HEAD + "inputs:\n  x: [4]\nlayers:\n" + CHAIN["a"] + CHAIN["b"], seed=0)  # the hint
+    resgraph.save(followed, tmp_path / "tied.pt")
+    loaded = resgraph.load(tmp_path / "tied.pt")
+    assert loaded.b.weight is loaded.a.weight
 
 
 def test_the_diagram_shows_the_tie() -> None:
