@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 import resgraph
 from conftest import BUILDING_EXAMPLES, EXAMPLES, ROOT, small_params
@@ -123,6 +124,42 @@ def test_cli_writes_an_importable_file(tmp_path: pathlib.Path) -> None:
                            capture_output=True, text=True, cwd=tmp_path)
     assert check.returncode == 0, check.stderr
     assert check.stdout.strip() == "torch.Size([1, 128, 32, 32])"
+
+
+TAGGED = """resgraph: 1
+name: Tagged
+params: {tag: plain, act: ReLU}
+inputs: {x: [4]}
+layers:
+  - fc: {op: Linear, out_features: 4}
+  - act: {op: "${act if tag == 'a b' else 'GELU'}"}
+"""
+
+
+@pytest.mark.parametrize("spec_name", ["net.yaml", "it's spec.yaml", "back\\slash.yaml", 'say "hi".yaml'])
+def test_the_command_in_the_header_of_a_python_file_regenerates_it(spec_name: str, tmp_path: pathlib.Path) -> None:
+    # Copied from the file into a shell, it gave `tag` the text \"a b\" (the docstring's escapes were shown)
+    # and a quoted file name was a shell syntax error
+    (tmp_path / spec_name).write_text(TAGGED)
+    written = tmp_path / "first.py"
+    command = [sys.executable, "-m", "resgraph", "build", spec_name, "--set", "tag=a b", "--input", "x=4",
+               "-o", str(written)]
+    assert subprocess.run(command, cwd=tmp_path, capture_output=True, timeout=300).returncode == 0
+    source = written.read_text()
+    assert "self.act = nn.ReLU()" in source
+    shown = next(line.strip() for line in source.splitlines() if line.strip().startswith("resgraph build "))
+    again = shown.replace("resgraph build ", f"{sys.executable} -m resgraph build ", 1).replace(
+        "<this file>", "second.py")
+    done = subprocess.run(["bash", "-c", again], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "second.py").read_text() == source
+
+
+def test_a_python_file_from_a_dict_spec_says_how_to_regenerate_it_in_python() -> None:
+    model = resgraph.build(yaml.safe_load(TAGGED), params={"tag": "a b"}, input_shapes={"x": [4]})
+    shown = resgraph.to_python(model).split("Regenerate it instead of editing it:\n", 1)[1].splitlines()[0].strip()
+    assert shown == ("resgraph.to_python(resgraph.build(spec, params={'tag': 'a b'}, input_shapes={'x': (4,)}))  "
+                     "# spec: the dict it was built from")
 
 
 @pytest.mark.parametrize("example", BUILDING_EXAMPLES)
