@@ -100,6 +100,10 @@ def find_format(path: str, kind: Kind) -> OutputFormat:
     fmt = FORMATS.get(suffix)
     if fmt is None or fmt.kind != kind:
         options = model_suffixes() if kind == "model" else diagram_suffixes()
+        name = os.path.basename(path)
+        if name.lower() in options:  # (`.svg` alone: a hidden file's name, with no suffix)
+            raise UsageError(f"{path}: the name is only a suffix; give the {kind} file a name before it "
+                             f"(e.g. {os.path.join(os.path.dirname(path), 'model' + name)})")
         raise UsageError(f"{path}: the {kind} file must end in {' or '.join(options)}")
     return fmt
 

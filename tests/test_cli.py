@@ -239,6 +239,11 @@ def test_validate_checks_every_file_and_fails_if_any_is_invalid(capsys: pytest.C
 @pytest.mark.parametrize(("args", "message"), [
     (["build", "no/such/spec.yaml"], "no/such/spec.yaml: no such file"),
     (["build", "examples/tutorial.yaml", "-o", "model.txt"], "must end in .pt or .pth or .py or .onnx"),
+    (["build", "examples/tutorial.yaml", "-o", "out/.py"],  # (not "must end in .py": it does, as a hidden name)
+     "out/.py: the name is only a suffix; give the model file a name before it (e.g. out/model.py)"),
+    (["render", "examples/tutorial.yaml", "-o", ".SVG"],
+     ".SVG: the name is only a suffix; give the diagram file a name before it (e.g. model.SVG)"),
+    (["build", "examples/tutorial.yaml", "--diagram", ".png"], ".png: the name is only a suffix"),
     (["build", "examples/tutorial.yaml", "-o", "/no/such/dir/model.pt"], "cannot write"),
     (["validate", "examples"], "is a directory"),
 ])
