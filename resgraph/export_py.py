@@ -347,13 +347,13 @@ def _is_docstring(statement: ast.stmt) -> bool:
 
 
 def _docstring(text: str) -> str:
-    """A triple-quoted literal whose value is exactly `text`: a raw one, which shows `text` as it is
-    (a `\\` or `"` in a file name or a `--set` value reads as itself, so the command in the header can
-    be copied), where `text` can be one: printable, holding no `\"\"\"` and not ending in `\\` or `"`.
-    Else quotes, backslashes and every unprintable character (control characters, surrogates of
-    undecodable file names) are escaped."""
+    """A triple-quoted literal whose value is exactly `text`, showing `text` as it is where it can: raw
+    where it has a backslash or a quote (a `\\` or `"` in a file name or a `--set` value then reads as
+    itself, so the command in the header can be copied), if it is printable, holds no `\"\"\"` and does
+    not end in `\\` or `"`. Else quotes, backslashes and every unprintable character (control
+    characters, surrogates of undecodable file names) are escaped."""
     if '"""' not in text and not text.endswith(('"', "\\")) and all(ch == "\n" or ch.isprintable() for ch in text):
-        return 'r"""' + text + '"""'
+        return ('r"""' if "\\" in text or '"' in text else '"""') + text + '"""'  # (plain where nothing differs)
 
     def escape(ch: str) -> str:
         if ch == "\n":
