@@ -358,21 +358,25 @@ def free_dims(declared: TensorType, positions: bool = False) -> list[tuple[int, 
 
     A channels-first map's spatial dims (`H`, `W`; `L`; `D`, `H`, `W`) and a features-last
     tensor's leading (sequence) dims (`L`, or `L1`, `L2`...) are free; its channels or features are
-    fixed by the layers' parameters. Every dim of an integer input (token ids), and of a features-last
-    one read only as attention masks (`positions`: a float `(L, S)` mask's S is the key positions,
-    not features), is a position; a channels-first mask's dims after the first are free already.
+    fixed by the layers' parameters. Every dim of an integer input (token ids), and of one read only
+    as attention masks (`positions`: a float `(L, S)` mask's S is the key positions, not features; a
+    `(heads, L, S)` one's first dim the heads, which only the mask's readers fix), is free; a
+    channels-first mask keeps its dims' names (`C`, `H`, `W`: T5's `(1, 1, L)` mask has `mask.W`).
     """
     rank = declared.rank
     if declared.dtype not in FLOAT_DTYPES or (positions and declared.layout != "channels_first"):
         axes = list(range(rank))
     elif declared.layout == "channels_first":
-        axes = list(range(1, rank))
+        axes = list(range(0 if positions else 1, rank))
     else:
         axes = list(range(rank - 1))
     if not axes:
         return []
     if declared.layout == "channels_first" and len(axes) in _SPATIAL_NAMES and axes[0] == 1:
         names = _SPATIAL_NAMES[len(axes)]
+    elif declared.layout == "channels_first" and positions and declared.dtype in FLOAT_DTYPES \
+            and len(axes) - 1 in _SPATIAL_NAMES:
+        names = ("C", *_SPATIAL_NAMES[len(axes) - 1])
     else:
         names = ("L",) if len(axes) == 1 else tuple(f"L{i + 1}" for i in range(len(axes)))
     return list(zip(axes, names))

@@ -576,3 +576,21 @@ def test_a_float_mask_is_positions_and_leaves_the_lengths_free_as_a_bool_one_doe
         torch.testing.assert_close(out, expected)
     free = [f"{dim.input}.{dim.name}" for dim in resgraph.valid_sizes(spec).dims if dim.free]
     assert {"x.L", "y.L"} <= set(free) and any(name.startswith("am.") for name in free)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bool"])
+def test_an_sdpa_mask_per_head_leaves_the_head_count_free(dtype: str) -> None:
+    """A float (heads, L, S) mask read as a channels-first map held its first dim, the heads, at the declared
+    4 (as a map's channels), and q, k and v with it, though nothing with weights fixes them; a bool one did not."""
+    spec = ("resgraph: 1\nname: M\ninputs:\n  q: [4, 5, 8]\n  k: [4, 7, 8]\n"
+            f"  mask: {{shape: [4, 5, 7], dtype: {dtype}}}\n"
+            "layers:\n  - a: {op: scaled_dot_product_attention, input: [q, k, k, mask]}\n")
+    model = resgraph.build(spec)
+    for heads, length, source in ((4, 5, 7), (6, 3, 9), (1, 2, 2)):
+        q, k = torch.randn(2, heads, length, 8), torch.randn(2, heads, source, 8)
+        mask = torch.randn(2, heads, length, source) if dtype == "float32" else torch.rand(2, heads, length, source) > .2
+        with torch.no_grad():
+            torch.testing.assert_close(model(q, k, mask), F.scaled_dot_product_attention(q, k, k, attn_mask=mask))
+    dims = {f"{dim.input}.{dim.name}": dim for dim in resgraph.valid_sizes(spec, low=1, high=8).dims}
+    heads = "mask.C" if dtype == "float32" else "mask.L1"  # (a float mask keeps a map's dim names: T5's mask.W)
+    assert dims[heads].free and dims[heads].valid == tuple(range(1, 9)) and "q.L1" in dims[heads].linked
