@@ -522,10 +522,15 @@ def _auto(m: Mismatch) -> Plan:
 
 
 def _norm(m: Mismatch) -> tuple[Step, ...]:
-    """The norm after a projection's conv; none for a broadcast source (a gate, an added context),
-    whose map is 1x1 where the target's is not: a BatchNorm there normalises across the batch alone
-    (and refuses a batch of 1 in training), and SE blocks project their gates with the conv alone."""
-    return () if m.broadcast_axes else (m.norm(),)
+    """The norm after a projection's conv; none where it projects a `(C', 1, 1)` vector, 1x1 at every
+    input size: a broadcast source (a gate, an added context, 1x1 where the target's map is not), or
+    one into a `(C, 1, 1)` target (both after global pools). A BatchNorm there normalises across the
+    batch alone (and refuses a batch of 1 in training), and SE blocks project their gates with the
+    conv alone. (A size that is 1 only at the declared input size is no such vector; a map projected
+    down to a 1x1 target keeps its norm, as a strided shortcut does.)"""
+    if m.broadcast_axes or all(type(size) is int and size == 1 for size in (*m.source.shape[1:], *m.want[1:])):
+        return ()
+    return (m.norm(),)
 
 
 def _conv(m: Mismatch) -> Plan:

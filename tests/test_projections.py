@@ -189,6 +189,24 @@ def test_mul_broadcasts_a_channel_gate_without_projection() -> None:
     assert not hasattr(model, "g")
 
 
+@pytest.mark.parametrize("merge", ["mul", "add"])
+def test_a_vector_projected_to_a_vector_of_other_channels_takes_the_conv_alone(merge: str) -> None:
+    # (8, 1, 1) into (16, 1, 1), both 1x1 at every size: a BatchNorm after the conv normalised across the
+    # batch alone, and a batch of 1 failed in training ("Expected more than 1 value per channel")
+    spec = {"resgraph": 1, "name": "Vectors", "inputs": {"x": [8, 16, 16]},
+            "layers": [{"pool": {"op": "AdaptiveAvgPool2d", "output_size": 1}},
+                       {"c": {"op": "Conv2d", "out_channels": 16, "kernel_size": 1}},
+                       {"sig": {"op": "Sigmoid"}}],
+            "skips": [{"s": {"from": "pool", "to": "sig", "merge": merge}}]}
+    model = resgraph.build(spec, seed=0).train()
+    assert [type(m).__name__ for m in model.s] == ["Conv2d"]
+    x = torch.randn(1, 8, 16, 16)
+    pooled = F.adaptive_avg_pool2d(x, 1)
+    gate = torch.sigmoid(model.c(pooled))
+    expected = gate * model.s(pooled) if merge == "mul" else gate + model.s(pooled)
+    torch.testing.assert_close(model(x), expected)
+
+
 def test_a_features_last_gate_into_a_channels_first_map_is_refused() -> None:
     """A (1, 1, C) gate broadcast into a (C, H, W) map with H = W = C would scale the width, silently."""
     spec = {"resgraph": 1, "name": "Gate", "inputs": {"x": [4, 4, 4]},
