@@ -172,7 +172,7 @@ def _restore_modes(module: CompiledModule, stored: Any, name: str) -> None:
     unknown += [f"submodule {key!r}" for key in stored["flipped"] if key not in submodules]
     if unknown:
         raise UsageError(f"{name}: the stored modes do not match the stored spec (it builds no "
-                            f"{', no '.join(unknown[:5])})")
+                         f"{', no '.join(unknown[:5])})")
     restore_modes(module, stored["training"], stored["frozen"], stored["flipped"])
 
 

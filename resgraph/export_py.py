@@ -123,8 +123,8 @@ def module_source(module: Any) -> str:
     require_as_built(module, "Python source")
     record = module.build_record
     with allowed_imports(record.allow_imports):  # its own layer classes are found as they were at build
-        options = build_arguments if record.file in ("<dict>", "<string>") else build_options
-        return export_python(module.graph, spec_file=record.file, spec_text=record.spec, options=options(record))
+        arguments = build_arguments if record.file in ("<dict>", "<string>") else build_options  # (no file: Python)
+        return export_python(module.graph, spec_file=record.file, spec_text=record.spec, options=arguments(record))
 
 
 def build_options(record: Any) -> tuple[str, ...]:
